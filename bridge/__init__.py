@@ -1,0 +1,54 @@
+"""webhook-bridge: delivers platform events from Kafka as signed webhooks.
+
+The public Python API for the platform's services:
+
+- :func:`build_event`, :func:`publish_event`, :func:`publish_events`: produce valid events;
+- :class:`WebhookStore`: create, update, delete and list webhook subscriptions;
+- :func:`apply_topics`: create the declared topics and report drift;
+- :func:`sign`, :func:`verify`: the ``X-Webhook-Signature`` scheme;
+- :class:`Settings`: every setting, from the environment and overrides.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .config import Settings
+from .errors import (
+    BridgeError,
+    ConfigError,
+    DeliveryError,
+    InvalidEvent,
+    InvalidRecord,
+    InvalidSubscription,
+    TopicDrift,
+    UnencodableValue,
+)
+from .events import Event, build_event
+from .management import WebhookStore, apply_topics, publish_event, publish_events
+from .payload import delivery_id
+from .signing import sign, verify
+from .subscriptions import Webhook
+
+__all__ = [
+    "__version__",
+    "Settings",
+    "BridgeError",
+    "ConfigError",
+    "DeliveryError",
+    "InvalidEvent",
+    "InvalidRecord",
+    "InvalidSubscription",
+    "TopicDrift",
+    "UnencodableValue",
+    "Event",
+    "build_event",
+    "WebhookStore",
+    "apply_topics",
+    "publish_event",
+    "publish_events",
+    "delivery_id",
+    "sign",
+    "verify",
+    "Webhook",
+]

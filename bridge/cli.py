@@ -1,0 +1,364 @@
+"""The ``webhook-bridge`` command, a thin layer over :mod:`bridge.management` and the worker."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .config import Settings, add_setting_flags, overrides_from_args, parse_bool, parse_list
+from .embedded import EmbeddedBroker, _port_open
+from .errors import BridgeError, ConfigError, InvalidRecord, TopicDrift
+from .events import build_event
+
+__all__ = ["main"]
+
+KAFKA_SETTINGS = [
+    "kafka_bootstrap_servers",
+    "kafka_security_protocol",
+    "kafka_sasl_mechanism",
+    "kafka_sasl_username",
+    "kafka_sasl_password",
+    "kafka_ssl_cafile",
+    "kafka_ssl_certfile",
+    "kafka_ssl_keyfile",
+    "embedded_port",
+]
+TOPIC_SETTINGS = [
+    "events_topic",
+    "extra_source_topics",
+    "subscriptions_topic",
+    "deadletter_topic",
+    "topic_replication_factor",
+    "group_id",
+]
+WORKER_SETTINGS = [
+    "http_timeout",
+    "success_any_2xx",
+    "max_in_flight",
+    "max_body_bytes",
+    "subscription_sync_timeout",
+    "web_host",
+    "web_port",
+    "data_dir",
+    "log_level",
+    "kafka_rebalance_timeout",
+    "kafka_session_timeout",
+]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="webhook-bridge",
+        description="Delivers platform events from Kafka as signed webhooks.",
+    )
+    parser.add_argument("--version", action="version", version=f"webhook-bridge {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run", help="run a worker (starts the embedded broker when none is configured)"
+    )
+    add_setting_flags(run, KAFKA_SETTINGS + TOPIC_SETTINGS + WORKER_SETTINGS)
+    run.set_defaults(handler=_run, settings=KAFKA_SETTINGS + TOPIC_SETTINGS + WORKER_SETTINGS)
+
+    broker = commands.add_parser("broker", help="run only the embedded broker, in the foreground")
+    broker.add_argument("--port", type=int, default=None, help="port (default: --embedded-port)")
+    add_setting_flags(broker, ["embedded_port"])
+    broker.set_defaults(handler=_broker, settings=["embedded_port"])
+
+    topics = commands.add_parser("topics", help="topic management")
+    topic_commands = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
+    apply = topic_commands.add_parser(
+        "apply", help="create missing topics; exit 1 when existing ones drifted"
+    )
+    add_setting_flags(apply, KAFKA_SETTINGS + TOPIC_SETTINGS)
+    apply.set_defaults(handler=_topics_apply, settings=KAFKA_SETTINGS + TOPIC_SETTINGS)
+
+    webhooks = commands.add_parser("webhooks", help="manage webhook subscriptions")
+    hook_commands = webhooks.add_subparsers(
+        dest="webhooks_command", required=True, metavar="ACTION"
+    )
+    common = KAFKA_SETTINGS + ["subscriptions_topic"]
+
+    create = hook_commands.add_parser("create", help="create a webhook; prints its id and secret")
+    create.add_argument("--url", required=True)
+    create.add_argument("--events", required=True, type=parse_list, help="a,b,... or *")
+    create.add_argument("--site-id", help="site scope; omit for an account-scoped webhook")
+    create.add_argument("--user-id", help="owner account (required for account scope)")
+    create.add_argument("--name")
+    create.add_argument("--secret", help="signing secret (default: 32 random bytes)")
+    create.add_argument("--id", dest="webhook_id", help="webhook id (default: generated)")
+    create.add_argument("--inactive", action="store_true", help="create it inactive")
+    add_setting_flags(create, common)
+    create.set_defaults(handler=_webhooks_create, settings=common)
+
+    update = hook_commands.add_parser("update", help="change fields of a webhook")
+    update.add_argument("webhook_id", metavar="ID")
+    update.add_argument("--url")
+    update.add_argument("--events", type=parse_list)
+    update.add_argument("--site-id")
+    update.add_argument("--name")
+    update.add_argument("--secret")
+    update.add_argument("--active", type=parse_bool, help="true or false")
+    add_setting_flags(update, common)
+    update.set_defaults(handler=_webhooks_update, settings=common)
+
+    delete = hook_commands.add_parser("delete", help="delete a webhook (writes a tombstone)")
+    delete.add_argument("webhook_id", metavar="ID")
+    add_setting_flags(delete, common)
+    delete.set_defaults(handler=_webhooks_delete, settings=common)
+
+    listing = hook_commands.add_parser("list", help="list webhooks (secrets hidden)")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_setting_flags(listing, common)
+    listing.set_defaults(handler=_webhooks_list, settings=common)
+
+    publish = commands.add_parser("publish", help="publish a valid platform event")
+    publish.add_argument("event_type", metavar="TYPE")
+    publish.add_argument("--site-id", required=True)
+    publish.add_argument("--user-id", required=True)
+    publish.add_argument("--data", default="{}", help="the event's data as a JSON object")
+    publish.add_argument("--id", dest="event_id", help="event id (default: a random UUID)")
+    add_setting_flags(publish, KAFKA_SETTINGS + ["events_topic"])
+    publish.set_defaults(handler=_publish, settings=KAFKA_SETTINGS + ["events_topic"])
+
+    receive = commands.add_parser("receive", help="a receiver that verifies and prints deliveries")
+    receive.add_argument("--port", type=int, required=True)
+    receive.add_argument("--secret", required=True)
+    receive.add_argument("--host", default="127.0.0.1")
+    receive.add_argument("--status", type=int, default=200, help="status for valid deliveries")
+    receive.set_defaults(handler=_receive, settings=[])
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.load(overrides=overrides_from_args(args, args.settings))
+
+
+def _managed(settings: Settings) -> Settings:
+    """Settings for a management command: with no broker configured, use a running embedded one."""
+    if not settings.embedded:
+        return settings
+    address = f"127.0.0.1:{settings.embedded_port}"
+    if not _port_open("127.0.0.1", settings.embedded_port):
+        raise ConfigError(
+            "no Kafka broker configured: pass --bootstrap-servers HOST:PORT or set "
+            "BRIDGE_KAFKA_BOOTSTRAP_SERVERS (`webhook-bridge run` prints the embedded broker's "
+            f"address; none is listening on {address})"
+        )
+    print(f"using the embedded broker at {address}", file=sys.stderr)
+    return settings.replace(kafka_bootstrap_servers=address)
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .app import Bridge
+    from .management import apply_topics
+
+    settings = _settings(args)
+    broker: EmbeddedBroker | None = None
+    if settings.embedded:
+        broker = EmbeddedBroker(settings.embedded_port)
+        broker.start()
+        settings = settings.replace(kafka_bootstrap_servers=broker.bootstrap_servers)
+        print(f"embedded broker (in memory) at {broker.bootstrap_servers}", flush=True)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        report = loop.run_until_complete(apply_topics(settings))
+        if report.created:
+            print(f"created topics: {', '.join(report.created)}", flush=True)
+        bridge = Bridge(settings)
+        print(
+            f"worker {settings.group_id}: kafka {settings.kafka_bootstrap_servers}, "
+            f"health and metrics at http://{settings.web_host}:{settings.web_port}/",
+            flush=True,
+        )
+        worker = bridge.worker(loop)
+        try:
+            worker.execute_from_commandline()
+        except SystemExit as exc:
+            return int(exc.code or 0)
+        return 0
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+def _broker(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    port = args.port if args.port is not None else settings.embedded_port
+    broker = EmbeddedBroker(port)
+    broker.start()
+    print(f"embedded broker (in memory) at {broker.bootstrap_servers}; Ctrl-C stops it", flush=True)
+    stopped = False
+
+    def stop(*_: Any) -> None:
+        nonlocal stopped
+        stopped = True
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while not stopped:
+            signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+    return 0
+
+
+def _topics_apply(args: argparse.Namespace) -> int:
+    from .management import apply_topics
+
+    settings = _managed(_settings(args))
+    report = asyncio.run(apply_topics(settings, fail_on_drift=False))
+    for name in report.created:
+        print(f"created  {name}")
+    for name in report.existing:
+        print(f"exists   {name}")
+    for drift in report.drift:
+        print(f"DRIFT    {drift}", file=sys.stderr)
+    if report.drift:
+        raise TopicDrift(f"{len(report.drift)} topic setting(s) differ from topics/topics.json")
+    return 0
+
+
+def _webhooks_create(args: argparse.Namespace) -> int:
+    from .management import WebhookStore
+
+    settings = _managed(_settings(args))
+    if args.site_id is None and args.user_id is None:
+        raise ConfigError("an account-scoped webhook (no --site-id) needs --user-id")
+
+    async def go() -> Any:
+        async with WebhookStore(settings) as store:
+            return await store.create(
+                url=args.url,
+                events=args.events,
+                site_id=args.site_id,
+                user_id=args.user_id or "",
+                name=args.name,
+                secret=args.secret,
+                webhook_id=args.webhook_id,
+                active=not args.inactive,
+            )
+
+    webhook = asyncio.run(go())
+    print(f"id      {webhook.id}")
+    if args.secret is None:
+        print(f"secret  {webhook.secret}")
+    return 0
+
+
+def _webhooks_update(args: argparse.Namespace) -> int:
+    from .management import WebhookStore
+
+    settings = _managed(_settings(args))
+    changes = {
+        k: getattr(args, k)
+        for k in ("url", "events", "site_id", "name", "secret", "active")
+        if getattr(args, k) is not None
+    }
+    if not changes:
+        raise ConfigError("nothing to change: give at least one of --url, --events, ...")
+
+    async def go() -> Any:
+        async with WebhookStore(settings) as store:
+            return await store.update(args.webhook_id, **changes)
+
+    webhook = asyncio.run(go())
+    print(f"updated {webhook.id}")
+    return 0
+
+
+def _webhooks_delete(args: argparse.Namespace) -> int:
+    from .management import WebhookStore
+
+    settings = _managed(_settings(args))
+
+    async def go() -> None:
+        async with WebhookStore(settings) as store:
+            await store.delete(args.webhook_id)
+
+    asyncio.run(go())
+    print(f"deleted {args.webhook_id}")
+    return 0
+
+
+def _webhooks_list(args: argparse.Namespace) -> int:
+    from .management import WebhookStore
+
+    settings = _managed(_settings(args))
+
+    async def go() -> Any:
+        async with WebhookStore(settings) as store:
+            return await store.load()
+
+    webhooks = asyncio.run(go())
+    for webhook in sorted(webhooks.values(), key=lambda w: w.id):
+        record = webhook.to_record()
+        record["secret"] = "***"
+        if args.json:
+            print(json.dumps(record, ensure_ascii=False))
+        else:
+            scope = f"site {webhook.site_id}" if webhook.site_id else f"account {webhook.user_id}"
+            state = "active" if webhook.active else "inactive"
+            events = ",".join(sorted(webhook.events))
+            print(f"{webhook.id}  {state:8}  {scope}  {events}  {webhook.url}")
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from . import jsoncanon
+    from .management import publish_events
+
+    settings = _managed(_settings(args))
+    data = jsoncanon.loads(args.data)
+    if not isinstance(data, dict):
+        raise InvalidRecord("schema_invalid", "--data must be a JSON object")
+    event = build_event(
+        args.event_type, data, site_id=args.site_id, user_id=args.user_id, event_id=args.event_id
+    )
+    asyncio.run(publish_events(settings, [event]))
+    print(f"published {event.type} {event.id}")
+    return 0
+
+
+def _receive(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .receiver import make_receiver_app
+
+    print(f"receiving on http://{args.host}:{args.port}/ (Ctrl-C stops)", file=sys.stderr)
+    web.run_app(
+        make_receiver_app(args.secret, status=args.status),
+        host=args.host,
+        port=args.port,
+        print=None,
+        access_log=None,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``webhook-bridge`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except BridgeError as exc:
+        print(f"webhook-bridge: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

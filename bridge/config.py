@@ -1,0 +1,402 @@
+"""The bridge's settings: one typed, immutable object read from the environment and flags.
+
+This is the only module that reads environment variables. Every setting is declared once, with its
+type, environment name (``BRIDGE_*``), command-line flag, default and help text; the CLI builds its
+flags from these declarations and everything else receives a :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["Settings", "SettingSpec", "parse_bool", "parse_list", "DEFAULT_HTTP_TIMEOUT"]
+
+#: The public contract: "We will time out requests after 30 seconds."
+DEFAULT_HTTP_TIMEOUT = 30.0
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_WEB_PORT = 6066
+DEFAULT_EMBEDDED_PORT = 9092
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def parse_bool(text: str) -> bool:
+    """Parse ``1/0``, ``true/false``, ``yes/no``, ``on/off`` (case-insensitive)."""
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"expected a boolean (true/false), got {text!r}")
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    """Parse a comma-separated list, ignoring blanks around items."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"must be positive, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"must be positive, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"not a TCP port: {text!r}")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().upper()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _optional_str(text: str) -> str | None:
+    return text or None
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """How one setting is read: environment name, flag, parser and help."""
+
+    env: str
+    flag: str
+    parse: Callable[[str], Any]
+    help: str
+    secret: bool = False
+    repeatable: bool = False
+
+
+def _setting(
+    default: Any,
+    env: str,
+    flag: str,
+    parse: Callable[[str], Any],
+    help: str,
+    *,
+    secret: bool = False,
+    repeatable: bool = False,
+) -> Any:
+    spec = SettingSpec(
+        env=env, flag=flag, parse=parse, help=help, secret=secret, repeatable=repeatable
+    )
+    return field(default=default, metadata={"spec": spec}, repr=not secret)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the bridge can be configured with. Build with :meth:`load`."""
+
+    # -- Kafka -------------------------------------------------------------------------------
+    kafka_bootstrap_servers: str | None = _setting(
+        None,
+        "BRIDGE_KAFKA_BOOTSTRAP_SERVERS",
+        "--bootstrap-servers",
+        _optional_str,
+        "Kafka bootstrap servers (host:port,...). Unset: `run` starts the embedded broker.",
+    )
+    kafka_security_protocol: str = _setting(
+        "PLAINTEXT",
+        "BRIDGE_KAFKA_SECURITY_PROTOCOL",
+        "--kafka-security-protocol",
+        _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+        "Kafka security protocol.",
+    )
+    kafka_sasl_mechanism: str | None = _setting(
+        None,
+        "BRIDGE_KAFKA_SASL_MECHANISM",
+        "--kafka-sasl-mechanism",
+        _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+        "SASL mechanism when the protocol is SASL_*.",
+    )
+    kafka_sasl_username: str | None = _setting(
+        None, "BRIDGE_KAFKA_SASL_USERNAME", "--kafka-sasl-username", _optional_str, "SASL user."
+    )
+    kafka_sasl_password: str | None = _setting(
+        None,
+        "BRIDGE_KAFKA_SASL_PASSWORD",
+        "--kafka-sasl-password",
+        _optional_str,
+        "SASL password (prefer the environment variable over the flag).",
+        secret=True,
+    )
+    kafka_ssl_cafile: str | None = _setting(
+        None,
+        "BRIDGE_KAFKA_SSL_CAFILE",
+        "--kafka-ssl-cafile",
+        _optional_str,
+        "CA bundle that signed the brokers' certificates (SSL, SASL_SSL).",
+    )
+    kafka_ssl_certfile: str | None = _setting(
+        None,
+        "BRIDGE_KAFKA_SSL_CERTFILE",
+        "--kafka-ssl-certfile",
+        _optional_str,
+        "Client certificate for mutual TLS.",
+    )
+    kafka_ssl_keyfile: str | None = _setting(
+        None,
+        "BRIDGE_KAFKA_SSL_KEYFILE",
+        "--kafka-ssl-keyfile",
+        _optional_str,
+        "Client private key for mutual TLS.",
+    )
+    group_id: str = _setting(
+        "webhook-bridge",
+        "BRIDGE_GROUP_ID",
+        "--group-id",
+        str,
+        "Consumer group and Faust app id; workers sharing it share the event partitions.",
+    )
+    # -- Topics (names only; partitions and configs are declared in topics/) ------------------
+    events_topic: str = _setting(
+        "postion.events",
+        "BRIDGE_EVENTS_TOPIC",
+        "--events-topic",
+        str,
+        "Platform events topic (keyed by site_id).",
+    )
+    extra_source_topics: tuple[str, ...] = _setting(
+        (),
+        "BRIDGE_EXTRA_SOURCE_TOPICS",
+        "--extra-source-topic",
+        parse_list,
+        "More topics carrying platform events in the same envelope (comma-separated in env).",
+        repeatable=True,
+    )
+    subscriptions_topic: str = _setting(
+        "postion.webhooks",
+        "BRIDGE_SUBSCRIPTIONS_TOPIC",
+        "--subscriptions-topic",
+        str,
+        "Compacted topic of webhook subscriptions (keyed by webhook id).",
+    )
+    deadletter_topic: str = _setting(
+        "postion.webhooks.deadletter",
+        "BRIDGE_DEADLETTER_TOPIC",
+        "--deadletter-topic",
+        str,
+        "Where records and deliveries that cannot be processed go, with their reason.",
+    )
+    topic_replication_factor: int = _setting(
+        1,
+        "BRIDGE_TOPIC_REPLICATION_FACTOR",
+        "--topic-replication-factor",
+        _positive_int,
+        "Replication factor used by `topics apply` when it creates topics.",
+    )
+    # -- Delivery ---------------------------------------------------------------------------
+    http_timeout: float = _setting(
+        DEFAULT_HTTP_TIMEOUT,
+        "BRIDGE_HTTP_TIMEOUT",
+        "--http-timeout",
+        _positive_float,
+        "Seconds before a delivery attempt is abandoned (the documented contract is 30).",
+    )
+    success_any_2xx: bool = _setting(
+        False,
+        "BRIDGE_SUCCESS_ANY_2XX",
+        "--success-any-2xx",
+        parse_bool,
+        "Count any 2xx as success. Off: only 200 is success, as the documentation promises.",
+    )
+    max_in_flight: int = _setting(
+        256,
+        "BRIDGE_MAX_IN_FLIGHT",
+        "--max-in-flight",
+        _positive_int,
+        "Deliveries in flight at once per worker, across all endpoints.",
+    )
+    max_body_bytes: int = _setting(
+        DEFAULT_MAX_BODY_BYTES,
+        "BRIDGE_MAX_BODY_BYTES",
+        "--max-body-bytes",
+        _positive_int,
+        "Largest delivery body; bigger events are dead-lettered (payload_too_large).",
+    )
+    subscription_sync_timeout: float = _setting(
+        5.0,
+        "BRIDGE_SUBSCRIPTION_SYNC_TIMEOUT",
+        "--subscription-sync-timeout",
+        _positive_float,
+        "Longest wait for the subscription table to catch up before an event is matched.",
+    )
+    # -- Worker process -----------------------------------------------------------------------
+    web_host: str = _setting(
+        "127.0.0.1",
+        "BRIDGE_WEB_HOST",
+        "--web-host",
+        str,
+        "Address the worker's web server (health, metrics) binds to.",
+    )
+    web_port: int = _setting(
+        DEFAULT_WEB_PORT,
+        "BRIDGE_WEB_PORT",
+        "--web-port",
+        _port,
+        "Port of the worker's web server; each worker on one machine needs its own.",
+    )
+    data_dir: str | None = _setting(
+        None,
+        "BRIDGE_DATA_DIR",
+        "--data-dir",
+        _optional_str,
+        "Writable directory for Faust's local files (default: under the system temp dir).",
+    )
+    log_level: str = _setting(
+        "INFO",
+        "BRIDGE_LOG_LEVEL",
+        "--log-level",
+        _choice("DEBUG", "INFO", "WARNING", "ERROR"),
+        "Log level.",
+    )
+    embedded_port: int = _setting(
+        DEFAULT_EMBEDDED_PORT,
+        "BRIDGE_EMBEDDED_PORT",
+        "--embedded-port",
+        _port,
+        "Port of the embedded broker (only when no bootstrap servers are configured).",
+    )
+    kafka_rebalance_timeout: float = _setting(
+        4.0,
+        "BRIDGE_KAFKA_REBALANCE_TIMEOUT",
+        "--kafka-rebalance-timeout",
+        _positive_float,
+        "Seconds a consumer-group rebalance may take (kept short so joins take seconds).",
+    )
+    kafka_session_timeout: float = _setting(
+        6.0,
+        "BRIDGE_KAFKA_SESSION_TIMEOUT",
+        "--kafka-session-timeout",
+        _positive_float,
+        "Seconds before a silent worker is dropped from the group.",
+    )
+
+    def __post_init__(self) -> None:
+        if self.kafka_security_protocol.startswith("SASL_"):
+            if not (self.kafka_sasl_mechanism and self.kafka_sasl_username):
+                raise ConfigError(
+                    "SASL security protocol needs kafka_sasl_mechanism and kafka_sasl_username"
+                )
+            if self.kafka_sasl_password is None:
+                raise ConfigError("SASL security protocol needs kafka_sasl_password")
+        if self.kafka_session_timeout <= self.kafka_rebalance_timeout / 2:
+            raise ConfigError("kafka_session_timeout must be longer than half the rebalance one")
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def specs(cls) -> dict[str, SettingSpec]:
+        """The declaration of every setting, by field name."""
+        return {f.name: f.metadata["spec"] for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def load(
+        cls,
+        env: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Settings:
+        """Read settings from ``env`` (default: the process environment), then apply overrides.
+
+        ``overrides`` holds already-parsed values by field name (the CLI's flags); ``None``
+        values are ignored so that an absent flag leaves the environment's value in place.
+        """
+        source = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for name, spec in cls.specs().items():
+            raw = source.get(spec.env)
+            if raw is None:
+                continue
+            try:
+                values[name] = spec.parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{spec.env}: {exc}") from None
+        for name, value in (overrides or {}).items():
+            if name not in cls.specs():
+                raise ConfigError(f"unknown setting {name!r}")
+            if value is not None and value != ():
+                values[name] = value
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some settings changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    # -- derived values ------------------------------------------------------------------------
+    @property
+    def embedded(self) -> bool:
+        """True when no broker is configured and the embedded one is to be used."""
+        return self.kafka_bootstrap_servers is None
+
+    @property
+    def source_topics(self) -> tuple[str, ...]:
+        """Every topic the worker consumes platform events from."""
+        return (self.events_topic, *self.extra_source_topics)
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        """Faust's data directory."""
+        if self.data_dir:
+            return Path(self.data_dir)
+        return Path(tempfile.gettempdir()) / "webhook-bridge" / self.group_id
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict, secrets replaced by ``"***"`` (for logs and diagnostics)."""
+        out: dict[str, Any] = {}
+        for name, spec in self.specs().items():
+            value = getattr(self, name)
+            out[name] = "***" if spec.secret and value is not None else value
+        return out
+
+
+def add_setting_flags(parser: Any, names: Sequence[str]) -> None:
+    """Add the flags of the named settings to an ``argparse`` parser (dest = field name)."""
+    specs = Settings.specs()
+    for name in names:
+        spec = specs[name]
+        if spec.repeatable:
+            parser.add_argument(
+                spec.flag,
+                dest=name,
+                action="append",
+                type=lambda text, _p=spec.parse: _p(text)[0] if _p(text) else None,
+                help=f"{spec.help} [env {spec.env}] (repeatable)",
+            )
+        else:
+            parser.add_argument(
+                spec.flag, dest=name, type=spec.parse, help=f"{spec.help} [env {spec.env}]"
+            )
+
+
+def overrides_from_args(args: Any, names: Sequence[str]) -> dict[str, Any]:
+    """Collect parsed flag values for :meth:`Settings.load`."""
+    out: dict[str, Any] = {}
+    for name in names:
+        value = getattr(args, name, None)
+        if isinstance(value, list):
+            value = tuple(v for v in value if v)
+        out[name] = value
+    return out

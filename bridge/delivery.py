@@ -1,0 +1,167 @@
+"""Sending one delivery attempt over HTTP and classifying what came back."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import httpx
+
+from .events import Event, format_timestamp
+from .signing import sign
+from .subscriptions import Webhook
+
+__all__ = [
+    "USER_AGENT",
+    "Delivery",
+    "AttemptResult",
+    "Sender",
+    "build_headers",
+    "is_success",
+    "status_class",
+    "new_client",
+]
+
+#: The documented spelling.
+USER_AGENT = "Position-Webhooks/1.0"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One event for one webhook, ready to send."""
+
+    delivery_id: str
+    webhook: Webhook = field(repr=False)
+    event_id: str
+    event_type: str
+    #: The exact body bytes; the signature is computed over these at send time.
+    body: bytes = field(repr=False)
+    #: When the event happened (its ``timestamp``), for end-to-end latency.
+    occurred_at: datetime | None = None
+    #: The event itself, for dead letters.
+    event: Event | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """What one HTTP attempt produced. Contains no secret and no body."""
+
+    #: True when the response counts as an acknowledgement.
+    success: bool
+    #: HTTP status, or ``None`` when no response arrived.
+    status: int | None
+    #: Error class when no response arrived or it did not count: ``timeout``, ``connect_error``,
+    #: ``tls_error``, ``protocol_error``, ``redirect``, ``http_status``; ``None`` on success.
+    error: str | None
+    #: Seconds from sending to the end of the response (or the failure).
+    duration: float
+    #: When the attempt started (UTC, ``Z``).
+    at: str
+
+    def as_record(self) -> dict[str, object]:
+        return {
+            "at": self.at,
+            "status": self.status,
+            "error": self.error,
+            "duration_seconds": round(self.duration, 6),
+        }
+
+
+def is_success(status: int, *, any_2xx: bool = False) -> bool:
+    """Only 200 acknowledges a delivery, unless the operator widened it to any 2xx."""
+    return status == 200 or (any_2xx and 200 <= status < 300)
+
+
+def status_class(status: int | None) -> str:
+    """``2xx`` … ``5xx``, or ``none`` when no response arrived (a bounded metric label)."""
+    if status is None:
+        return "none"
+    if 100 <= status < 600:
+        return f"{status // 100}xx"
+    return "other"
+
+
+def build_headers(delivery: Delivery) -> dict[str, str]:
+    """The documented headers, signed with the webhook's current secret."""
+    return {
+        "Content-Type": "application/json",
+        "X-Webhook-Signature": sign(delivery.webhook.secret, delivery.body),
+        "X-Webhook-Event": delivery.event_type,
+        "X-Webhook-Delivery": delivery.delivery_id,
+        "User-Agent": USER_AGENT,
+    }
+
+
+def new_client(timeout: float, max_connections: int) -> httpx.AsyncClient:
+    """The one shared client: keep-alive pooling, no redirects, TLS verification on."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout),
+        limits=httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=30.0,
+        ),
+        follow_redirects=False,
+        verify=True,
+        trust_env=False,
+    )
+
+
+def _error_class(exc: BaseException) -> str:
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return "timeout"
+    if isinstance(exc, httpx.ConnectError):
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, ssl.SSLError) or "SSL" in type(cause).__name__:
+            return "tls_error"
+        return "connect_error"
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.LocalProtocolError):
+        return "protocol_error"
+    if isinstance(exc, httpx.NetworkError):
+        return "network_error"
+    return "request_error"
+
+
+class Sender:
+    """Posts deliveries with one shared ``httpx.AsyncClient``."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        timeout: float,
+        any_2xx: bool = False,
+        clock: Callable[[], float] = time.perf_counter,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._client = client
+        self._timeout = timeout
+        self._any_2xx = any_2xx
+        self._clock = clock
+        self._wall_clock = wall_clock
+
+    async def send(self, delivery: Delivery) -> AttemptResult:
+        """One attempt; never raises for what the endpoint or the network does."""
+        at = format_timestamp(self._wall_clock())
+        headers = build_headers(delivery)
+        started = self._clock()
+        try:
+            # The client's timeout applies per phase; this one bounds the whole request, as the
+            # documentation promises ("We will time out requests after 30 seconds").
+            async with asyncio.timeout(self._timeout):
+                response = await self._client.post(
+                    delivery.webhook.url, content=delivery.body, headers=headers
+                )
+                await response.aread()
+        except (httpx.HTTPError, TimeoutError, OSError, ssl.SSLError) as exc:
+            return AttemptResult(False, None, _error_class(exc), self._clock() - started, at)
+        duration = self._clock() - started
+        status = response.status_code
+        if is_success(status, any_2xx=self._any_2xx):
+            return AttemptResult(True, status, None, duration, at)
+        error = "redirect" if 300 <= status < 400 else "http_status"
+        return AttemptResult(False, status, error, duration, at)

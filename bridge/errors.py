@@ -1,0 +1,60 @@
+"""The bridge's exception hierarchy.
+
+    BridgeError                      base of everything the bridge raises on purpose
+    ├── ConfigError                  a setting is missing or malformed (not retriable)
+    ├── InvalidRecord                a Kafka record cannot be processed; it is dead-lettered
+    │   ├── InvalidEvent             a platform event is malformed, schema-invalid or unknown
+    │   ├── InvalidSubscription      a subscription record is malformed
+    │   └── UnencodableValue         a value cannot be encoded byte-stably for JavaScript receivers
+    ├── DeliveryError                one HTTP attempt failed (retriable unless said otherwise)
+    └── TopicDrift                   a topic exists with partitions or configs other than declared
+
+Each error says whether retrying the same operation can succeed (``retriable``), and records that
+are dead-lettered carry a machine-readable ``reason`` (a short snake_case string) next to the
+human-readable message. Callers branch on those attributes, never on message text.
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Base class of the bridge's own errors."""
+
+    retriable: bool = False
+
+
+class ConfigError(BridgeError):
+    """A setting is missing, malformed or inconsistent."""
+
+
+class InvalidRecord(BridgeError):
+    """A record that can never be processed as it is; it goes to the dead-letter topic."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        #: Machine-readable cause, e.g. ``"schema_invalid"``; stable across releases.
+        self.reason = reason
+        #: Human-readable detail; never contains secrets.
+        self.detail = message
+
+
+class InvalidEvent(InvalidRecord):
+    """A platform event is malformed, fails its JSON Schema, or has an unknown type."""
+
+
+class InvalidSubscription(InvalidRecord):
+    """A subscription record is malformed."""
+
+
+class UnencodableValue(InvalidRecord):
+    """A value has no byte-stable JSON form that JavaScript receivers would reproduce."""
+
+
+class DeliveryError(BridgeError):
+    """One HTTP delivery attempt did not succeed."""
+
+    retriable = True
+
+
+class TopicDrift(BridgeError):
+    """An existing topic differs from its declaration in ``topics/``."""

@@ -1,0 +1,311 @@
+"""JSON bytes that survive a JavaScript receiver's ``JSON.stringify(JSON.parse(body))``.
+
+Receivers following our documentation verify the HMAC over the *re-serialized* parsed
+body, so what we sign and send must already be that re-serialization: ``dumps`` produces
+exactly the UTF-8 bytes V8's ``JSON.stringify`` gives after ``JSON.parse`` — compact,
+non-ASCII unescaped, V8's string escapes (lone surrogates as ``\\udxxx``), numbers as
+ECMAScript ``Number::toString``, and object keys in V8's own-property order (array-index
+keys ascending, then the rest in insertion order). ``loads`` parses strictly.
+
+Integer rule: a JavaScript number is a double, so a Python ``int`` with
+``abs(n) > MAX_SAFE_INTEGER`` (2**53 - 1) would change on the receiver's round trip;
+``dumps`` refuses it (``UnencodableValue("unsafe_integer")``) rather than send bytes
+the receiver cannot reproduce. Integral *floats* of any size (``1e300``) are fine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+from bridge.errors import InvalidRecord, UnencodableValue
+
+__all__ = ["MAX_SAFE_INTEGER", "dumps", "loads"]
+
+#: Largest integer n such that n and n + 1 are both exactly representable as doubles.
+MAX_SAFE_INTEGER = 2**53 - 1
+
+#: Containers nested deeper than this are refused (``too_deep``), well inside Python's
+#: recursion limit.
+_MAX_DEPTH = 256
+_MAX_ARRAY_INDEX = 2**32 - 2
+_DIGITS = frozenset("0123456789")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+# The C encoder, used only for values ``_plain`` vouched for (acyclic, exact types, no
+# floats needing reformatting, no array-index keys); surrogates make ``.encode`` fail.
+_C_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False
+)
+_encode_str = json.encoder.encode_basestring  # the C escaper when available
+
+
+class _Unencodable(Exception):
+    """Internal: the reason, and the JSON path segments of the offending value."""
+
+    def __init__(self, reason: str, what: str, path: list[str | int]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.what = what
+        self.path = path
+
+
+def dumps(value: object) -> bytes:
+    """Encode ``value`` to the bytes ``JSON.stringify(JSON.parse(...))`` reproduces.
+
+    Raises ``UnencodableValue`` with reason ``unsafe_integer``, ``non_finite_number``,
+    ``unsupported_type`` (also for non-``str`` dict keys), ``circular_reference`` or
+    ``too_deep``; the message names the JSON path, never the value.
+    """
+    try:
+        if _plain(value, 0):
+            try:
+                return _C_ENCODER.encode(value).encode("utf-8")
+            except UnicodeEncodeError:  # a surrogate code point: needs V8's escaping
+                pass
+        parts: list[str] = []
+        _encode(value, parts, [], set())
+    except _Unencodable as exc:
+        where = _format_path(exc.path)
+        raise UnencodableValue(exc.reason, f"{exc.what} at {where}") from None
+    except RecursionError:  # only if the caller's own stack is already deep
+        raise UnencodableValue("too_deep", "nesting too deep at $") from None
+    return "".join(parts).encode("utf-8")
+
+
+def _plain(value: object, depth: int) -> bool:
+    """True when the C encoder's output for ``value`` is already V8's (bar surrogates).
+
+    False means "use the careful encoder", which also reports every error properly.
+    """
+    if type(value) is str:
+        return True
+    if type(value) is dict:
+        if depth >= _MAX_DEPTH:
+            return False
+        for k, v in value.items():
+            if type(k) is not str or k[:1] in _DIGITS or not _plain(v, depth + 1):
+                return False
+        return True
+    if type(value) is int:
+        return -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
+    if type(value) is list or type(value) is tuple:
+        if depth >= _MAX_DEPTH:
+            return False
+        for v in value:
+            if not _plain(v, depth + 1):
+                return False
+        return True
+    if value is None or type(value) is bool:
+        return True
+    if type(value) is float:
+        r = float.__repr__(value)
+        # Python and JS agree on fixed notation with a fraction; "1.0", "1e-07" differ.
+        return "." in r and "e" not in r and not r.endswith(".0")
+    return False
+
+
+def _encode(value: object, parts: list[str], path: list[str | int], active: set[int]) -> None:
+    """Append V8's JSON text for ``value`` to ``parts``; ``path`` locates errors."""
+    if value is None:
+        parts.append("null")
+    elif value is True:
+        parts.append("true")
+    elif value is False:
+        parts.append("false")
+    elif isinstance(value, str):
+        parts.append(_string_text(str.__str__(value)))
+    elif isinstance(value, int):
+        n = int.__int__(value)
+        if not -MAX_SAFE_INTEGER <= n <= MAX_SAFE_INTEGER:
+            raise _Unencodable(
+                "unsafe_integer", "integer beyond +/-(2**53 - 1) (send a string)", path
+            )
+        parts.append(int.__repr__(n))
+    elif isinstance(value, float):
+        x = float.__float__(value)
+        if not math.isfinite(x):
+            raise _Unencodable("non_finite_number", "NaN or Infinity", path)
+        parts.append(_number_text(x))
+    elif isinstance(value, (dict, list, tuple)):
+        if len(path) >= _MAX_DEPTH:
+            raise _Unencodable("too_deep", f"nesting deeper than {_MAX_DEPTH}", path)
+        if id(value) in active:
+            raise _Unencodable("circular_reference", "a container contains itself", path)
+        active.add(id(value))
+        if isinstance(value, dict):
+            _encode_object(value, parts, path, active)
+        else:
+            parts.append("[")
+            for i, item in enumerate(value):
+                if i:
+                    parts.append(",")
+                path.append(i)
+                _encode(item, parts, path, active)
+                path.pop()
+            parts.append("]")
+        active.discard(id(value))
+    else:
+        raise _Unencodable("unsupported_type", f"unsupported type {type(value).__name__}", path)
+
+
+def _encode_object(
+    obj: dict[object, object], parts: list[str], path: list[str | int], active: set[int]
+) -> None:
+    items: list[tuple[str, object]] = []
+    indexed: list[tuple[int, str, object]] = []
+    for k, v in dict.items(obj):
+        if not isinstance(k, str):
+            raise _Unencodable("unsupported_type", f"object key of type {type(k).__name__}", path)
+        key = str.__str__(k)
+        index = _array_index(key)
+        if index is None:
+            items.append((key, v))
+        else:
+            indexed.append((index, key, v))
+    if indexed:  # V8 enumerates array-index keys first, ascending, then the others
+        indexed.sort(key=lambda entry: entry[0])
+        items = [(key, v) for _, key, v in indexed] + items
+    parts.append("{")
+    for i, (key, v) in enumerate(items):
+        if i:
+            parts.append(",")
+        parts.append(_string_text(key))
+        parts.append(":")
+        path.append(key)
+        _encode(v, parts, path, active)
+        path.pop()
+    parts.append("}")
+
+
+def _array_index(key: str) -> int | None:
+    """The index if ``key`` is an array index: canonical "0" .. "4294967294"."""
+    if not key or len(key) > 10 or not key.isascii() or not key.isdigit():
+        return None
+    if key[0] == "0" and len(key) > 1:
+        return None
+    n = int(key)
+    return n if n <= _MAX_ARRAY_INDEX else None
+
+
+def _string_text(s: str) -> str:
+    """``s`` as a JSON string literal, as well-formed ``JSON.stringify`` writes it."""
+    if s.isascii() or not _SURROGATE.search(s):
+        return _encode_str(s)
+    # Python may hold a UTF-16 surrogate *pair* as two code points; in JavaScript that
+    # is one astral character, so join such pairs first. Only lone ones are escaped.
+    s = s.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", _encode_str(s))
+
+
+def _number_text(x: float) -> str:
+    """ECMAScript ``Number::toString(x)`` for a finite double (``-0`` gives ``"0"``)."""
+    r = float.__repr__(x)  # shortest round-trip digits, like ECMAScript
+    if "e" not in r:  # Python chose fixed notation: 1e-4 <= |x| < 1e16 or zero
+        if r.endswith(".0"):
+            r = r[:-2]
+            return "0" if r == "-0" else r
+        return r
+    mantissa, _, exp = r.partition("e")
+    sign = ""
+    if mantissa[0] == "-":
+        sign, mantissa = "-", mantissa[1:]
+    digits = mantissa.replace(".", "")
+    k = len(digits)
+    n = int(exp) + 1  # x = 0.digits * 10**n
+    if k <= n <= 21:
+        text = digits + "0" * (n - k)
+    elif 0 < n <= 21:
+        text = digits[:n] + "." + digits[n:]
+    elif -6 < n <= 0:
+        text = "0." + "0" * -n + digits
+    else:
+        e = f"e{'+' if n > 0 else '-'}{abs(n - 1)}"
+        text = digits + e if k == 1 else f"{digits[0]}.{digits[1:]}{e}"
+    return sign + text
+
+
+def _format_path(path: list[str | int]) -> str:
+    """``$.data.items[3]["odd key"]``; long paths keep their head and tail only."""
+    out = ["$"]
+    for i, seg in enumerate(path):
+        if len(path) > 12 and 8 <= i < len(path) - 4:
+            if i == 8:
+                out.append(f"...({len(path) - 12} more)...")
+            continue
+        if isinstance(seg, int):
+            out.append(f"[{seg}]")
+        elif seg.isidentifier() and seg.isascii():
+            out.append(f".{seg}")
+        else:
+            shown = seg if len(seg) <= 40 else seg[:40] + "..."
+            out.append(f"[{json.dumps(shown)}]")
+    return "".join(out)
+
+
+class _BadNumber(ValueError):
+    """Internal: a number literal JavaScript would not read back as a finite number."""
+
+
+def _parse_float(s: str) -> float:
+    x = float(s)
+    if math.isinf(x):
+        raise _BadNumber("number beyond the double range")
+    return x
+
+
+def _parse_int(s: str) -> int | float:
+    if len(s) < 16:  # |n| < 10**15: a safe integer
+        return int(s)
+    # Over 309 characters may pass the double range (JavaScript: Infinity); checking
+    # first also keeps int() clear of its 4300-digit limit.
+    x = float(s)
+    if math.isinf(x):
+        raise _BadNumber("number beyond the double range")
+    n = int(s)
+    if abs(n) > MAX_SAFE_INTEGER and _number_text(x) == s:
+        # Exactly how JavaScript prints the double x (e.g. our own dumps(2.0**60)):
+        # nothing is lost by reading it as that double, and dumps writes it back as is.
+        return x
+    return n
+
+
+def _parse_constant(name: str) -> object:
+    raise _BadNumber(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(
+    parse_float=_parse_float, parse_int=_parse_int, parse_constant=_parse_constant
+)
+
+
+def loads(data: bytes | str) -> object:
+    """Parse JSON strictly, like ``JSON.parse`` but refusing what cannot round-trip.
+
+    Rejects invalid UTF-8, ``NaN``/``Infinity`` literals and numbers beyond the double
+    range with ``InvalidRecord("malformed_json")``. Duplicate keys: the last value wins,
+    at the first key's position (as in JavaScript). An integer literal beyond
+    ``MAX_SAFE_INTEGER`` stays an exact ``int`` (which ``dumps`` refuses), unless its text
+    is exactly JavaScript's rendering of the double it denotes ("9007199254740992",
+    "1152921504606847000"): then it is that ``float``, so ``dumps(loads(dumps(v)))``
+    equals ``dumps(v)``.
+    """
+    if isinstance(data, str):
+        text = data
+    else:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            detail = f"invalid UTF-8 at byte {exc.start}"
+            raise InvalidRecord("malformed_json", detail) from None
+    try:
+        return _DECODER.decode(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRecord(
+            "malformed_json", f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except _BadNumber as exc:
+        raise InvalidRecord("malformed_json", str(exc)) from None
+    except RecursionError:
+        raise InvalidRecord("malformed_json", "nesting too deep") from None

@@ -1,0 +1,64 @@
+"""Kafka connection settings for aiokafka and Faust, and small client helpers."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from .config import Settings
+from .errors import ConfigError
+
+__all__ = ["client_kwargs", "faust_broker_kwargs", "bootstrap_servers"]
+
+
+def bootstrap_servers(settings: Settings) -> str:
+    if settings.kafka_bootstrap_servers is None:
+        raise ConfigError("no Kafka bootstrap servers configured")
+    return settings.kafka_bootstrap_servers
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.kafka_security_protocol.endswith("SSL"):
+        return None
+    context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+    if settings.kafka_ssl_certfile:
+        context.load_cert_chain(settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile)
+    return context
+
+
+def client_kwargs(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for aiokafka clients (producer, consumer, admin)."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": bootstrap_servers(settings),
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    context = _ssl_context(settings)
+    if context is not None:
+        kwargs["ssl_context"] = context
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        kwargs["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        kwargs["sasl_plain_username"] = settings.kafka_sasl_username
+        kwargs["sasl_plain_password"] = settings.kafka_sasl_password
+    return kwargs
+
+
+def faust_broker_kwargs(settings: Settings) -> dict[str, Any]:
+    """``broker`` and ``broker_credentials`` for ``faust.App``."""
+    import faust
+
+    urls = ";".join(f"kafka://{host}" for host in bootstrap_servers(settings).split(","))
+    credentials: Any = None
+    context = _ssl_context(settings)
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        credentials = faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password,
+            ssl_context=context,
+            mechanism=settings.kafka_sasl_mechanism or "PLAIN",
+        )
+    elif context is not None:
+        credentials = faust.SSLCredentials(context)
+    out: dict[str, Any] = {"broker": urls}
+    if credentials is not None:
+        out["broker_credentials"] = credentials
+    return out

@@ -1,0 +1,284 @@
+"""Managing the bridge's Kafka state: applying topics, webhook records, and publishing events.
+
+This is the Python API that the CLI is a thin layer over, and that the platform's own services
+can use. Every function takes :class:`~bridge.config.Settings` (for the broker and topic names).
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from .config import Settings
+from .errors import InvalidSubscription, TopicDrift
+from .events import Event, build_event, format_timestamp
+from .kafka import client_kwargs
+from .subscriptions import Webhook, parse_webhook, webhook_from_record
+from .topics import Drift, TopicSpec, declared_topics, find_drift
+
+__all__ = [
+    "TopicReport",
+    "apply_topics",
+    "new_secret",
+    "WebhookStore",
+    "publish_event",
+    "publish_events",
+]
+
+#: 32 random bytes, hex-encoded.
+SECRET_BYTES = 32
+
+
+def new_secret() -> str:
+    """A new signing secret of 32 random bytes (64 hex characters)."""
+    return secrets.token_hex(SECRET_BYTES)
+
+
+@dataclass
+class TopicReport:
+    """What ``topics apply`` did."""
+
+    created: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+    drift: list[Drift] = field(default_factory=list)
+
+
+async def apply_topics(settings: Settings, *, fail_on_drift: bool = True) -> TopicReport:
+    """Create missing declared topics; report existing ones that drifted from the declaration.
+
+    Idempotent. Raises :class:`TopicDrift` (after creating what was missing) when a topic has the
+    wrong partition count or cleanup policy and ``fail_on_drift`` is set.
+    """
+    specs = declared_topics(settings)
+    report = TopicReport()
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        if missing:
+            await admin.create_topics(
+                [
+                    NewTopic(
+                        name=s.name,
+                        num_partitions=s.partitions,
+                        replication_factor=settings.topic_replication_factor,
+                        topic_configs=dict(s.configs),
+                    )
+                    for s in _unique(missing)
+                ]
+            )
+            report.created.extend(s.name for s in _unique(missing))
+        present = _unique(s for s in specs if s.name in existing)
+        if present:
+            report.existing.extend(s.name for s in present)
+            report.drift.extend(await _drift(admin, present))
+    finally:
+        await admin.close()
+    if report.drift and fail_on_drift:
+        raise TopicDrift("; ".join(str(d) for d in report.drift))
+    return report
+
+
+def _unique(specs: Iterable[TopicSpec]) -> list[TopicSpec]:
+    seen: dict[str, TopicSpec] = {}
+    for spec in specs:
+        seen.setdefault(spec.name, spec)
+    return list(seen.values())
+
+
+async def _drift(admin: AIOKafkaAdminClient, specs: Sequence[TopicSpec]) -> list[Drift]:
+    described = await admin.describe_topics([s.name for s in specs])
+    partitions = {d["topic"]: len(d["partitions"]) for d in described}
+    responses = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, s.name) for s in specs]
+    )
+    configs: dict[str, dict[str, str]] = {}
+    for response in responses:
+        for resource in response.resources:
+            name, entries = resource[3], resource[4]
+            configs[name] = {entry[0]: entry[1] for entry in entries}
+    drift: list[Drift] = []
+    for spec in specs:
+        drift.extend(find_drift(spec, partitions.get(spec.name, 0), configs.get(spec.name, {})))
+    return drift
+
+
+class WebhookStore:
+    """Create, update, delete and list webhooks in the compacted subscriptions topic.
+
+    Writes one record per request and waits for the broker's acknowledgement, so that each
+    record is its own batch (the embedded broker reports end offsets exactly only then, and
+    the workers' tables recover every key after a restart).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._producer: AIOKafkaProducer | None = None
+
+    async def __aenter__(self) -> WebhookStore:
+        self._producer = AIOKafkaProducer(
+            **client_kwargs(self._settings), acks="all", linger_ms=0, enable_idempotence=False
+        )
+        await self._producer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def put(self, webhook: Webhook) -> Webhook:
+        """Write a webhook record as it is (validated first)."""
+        webhook_from_record(webhook.to_record())
+        await self._send(webhook.id, webhook.to_bytes())
+        return webhook
+
+    async def create(
+        self,
+        *,
+        url: str,
+        events: Sequence[str],
+        user_id: str,
+        site_id: str | None = None,
+        name: str | None = None,
+        secret: str | None = None,
+        webhook_id: str | None = None,
+        active: bool = True,
+        now: datetime | None = None,
+    ) -> Webhook:
+        """Create a webhook; a secret of 32 random bytes is generated when none is given."""
+        stamp = format_timestamp(now or datetime.now(UTC))
+        record: dict[str, Any] = {
+            "id": webhook_id or f"wh_{uuid.uuid4().hex}",
+            "name": name if name is not None else url,
+            "url": url,
+            "secret": secret or new_secret(),
+            "events": list(events),
+            "site_id": site_id,
+            "user_id": user_id,
+            "active": active,
+            "created_at": stamp,
+            "updated_at": stamp,
+        }
+        return await self.put(webhook_from_record(record))
+
+    async def update(self, webhook_id: str, **changes: Any) -> Webhook:
+        """Change some fields of an existing webhook (``url``, ``events``, ``name``, ``secret``,
+        ``site_id``, ``active``...). Raises :class:`InvalidSubscription` if it does not exist."""
+        current = (await self.load()).get(webhook_id)
+        if current is None:
+            raise InvalidSubscription("unknown_webhook", f"no webhook {webhook_id!r}")
+        record = current.to_record()
+        record.update({k: v for k, v in changes.items()})
+        if "events" in changes:
+            record["events"] = list(changes["events"])
+        record["updated_at"] = format_timestamp(datetime.now(UTC))
+        return await self.put(webhook_from_record(record))
+
+    async def delete(self, webhook_id: str) -> None:
+        """Write the tombstone that deletes a webhook."""
+        await self._send(webhook_id, None)
+
+    async def _send(self, webhook_id: str, value: bytes | None) -> None:
+        assert self._producer is not None, "use WebhookStore as an async context manager"
+        await self._producer.send_and_wait(
+            self._settings.subscriptions_topic, value, key=webhook_id.encode("utf-8")
+        )
+
+    async def load(self) -> dict[str, Webhook]:
+        """Read the whole subscriptions topic; the current webhooks by id (invalid ones skipped)."""
+        records = await read_topic(self._settings, self._settings.subscriptions_topic)
+        current: dict[str, Webhook] = {}
+        for key, value in records:
+            webhook_id = key.decode("utf-8", "replace") if key is not None else None
+            try:
+                webhook = parse_webhook(key, value)
+            except InvalidSubscription:
+                if webhook_id is not None:
+                    current.pop(webhook_id, None)
+                continue
+            if webhook is None:
+                if webhook_id is not None:
+                    current.pop(webhook_id, None)
+            else:
+                current[webhook.id] = webhook
+        return current
+
+
+async def read_topic(
+    settings: Settings, topic: str, *, timeout: float = 30.0
+) -> list[tuple[bytes | None, bytes | None]]:
+    """Every record of ``topic`` from the beginning to the end offsets seen at the start."""
+    consumer = AIOKafkaConsumer(
+        **client_kwargs(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # loads metadata for every topic
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: list[tuple[bytes | None, bytes | None]] = []
+        pending = {tp for tp in tps if ends[tp] > 0}
+        for tp in list(pending):
+            if await consumer.position(tp) >= ends[tp]:
+                pending.discard(tp)
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=int(timeout * 1000))
+            if not batch:
+                raise TimeoutError(f"no records from {topic} within {timeout}s")
+            for tp, messages in batch.items():
+                out.extend((m.key, m.value) for m in messages if m.offset < ends[tp])
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def publish_events(
+    settings: Settings, events: Iterable[Event], *, topic: str | None = None
+) -> None:
+    """Publish events, keyed by site id, waiting for the broker to acknowledge each batch."""
+    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", enable_idempotence=False)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic or settings.events_topic, event.to_bytes(), key=event.key)
+            for event in events
+        ]
+        for future in futures:
+            await future
+    finally:
+        await producer.stop()
+
+
+async def publish_event(
+    settings: Settings,
+    event_type: str,
+    data: Mapping[str, Any],
+    *,
+    site_id: str,
+    user_id: str,
+    event_id: str | None = None,
+) -> Event:
+    """Build, validate and publish one event; returns it (with its id and timestamp)."""
+    event = build_event(event_type, data, site_id=site_id, user_id=user_id, event_id=event_id)
+    await publish_events(settings, [event])
+    return event

@@ -1,0 +1,98 @@
+"""Prometheus metrics of the bridge, registered on a registry that is passed in."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics", "LATENCY_BUCKETS", "REQUEST_BUCKETS"]
+
+#: Seconds; end-to-end latency spans milliseconds (healthy) to hours (after retries).
+LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    1800.0,
+    3600.0,
+    21600.0,
+    86400.0,
+)
+#: Seconds; an HTTP request is cut off at the 30 s timeout.
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
+
+
+class Metrics:
+    """Every metric the bridge exports. Labels are bounded: no webhook id, URL or delivery id."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.events = Counter(
+            "webhook_bridge_events_total",
+            "Platform events consumed, by event type (unknown types as 'invalid').",
+            ["event_type"],
+            registry=registry,
+        )
+        self.deliveries = Counter(
+            "webhook_bridge_deliveries_total",
+            "Deliveries that reached a final outcome, by event type and outcome "
+            "(delivered, dead_lettered).",
+            ["event_type", "outcome"],
+            registry=registry,
+        )
+        self.attempts = Counter(
+            "webhook_bridge_delivery_attempts_total",
+            "HTTP delivery attempts, by outcome (success, failure) and status class "
+            "(2xx..5xx, none when no response arrived).",
+            ["outcome", "status_class"],
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "webhook_bridge_dead_letters_total",
+            "Records and deliveries sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "webhook_bridge_http_request_duration_seconds",
+            "Duration of delivery HTTP requests, by outcome.",
+            ["outcome"],
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        )
+        self.end_to_end = Histogram(
+            "webhook_bridge_end_to_end_latency_seconds",
+            "Time from the event's timestamp to the receiver's 200.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "webhook_bridge_in_flight_requests",
+            "Delivery HTTP requests in flight.",
+            registry=registry,
+        )
+        self.subscriptions = Gauge(
+            "webhook_bridge_subscriptions",
+            "Webhooks in the subscription table, by state (active, inactive).",
+            ["state"],
+            registry=registry,
+        )
+        self.invalid_subscriptions = Counter(
+            "webhook_bridge_invalid_subscription_records_total",
+            "Subscription records that could not be parsed (the webhook is treated as absent).",
+            registry=registry,
+        )
+        self.sync_timeouts = Counter(
+            "webhook_bridge_subscription_sync_timeouts_total",
+            "Times an event was matched before the subscription table was known to be current.",
+            registry=registry,
+        )

@@ -1,0 +1,48 @@
+"""Validation of events and subscriptions against the JSON Schemas in ``topics/schemas``."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from .resources import load_json
+
+__all__ = ["EVENT_TYPES", "schema_errors", "event_data_errors"]
+
+#: The event types of the public documentation, in its order.
+EVENT_TYPES: tuple[str, ...] = tuple(load_json("schemas/event.json")["properties"]["type"]["enum"])
+
+
+@cache
+def _validator(path: str) -> Draft202012Validator:
+    return Draft202012Validator(load_json(path))
+
+
+def _messages(path: str, instance: Any) -> list[str]:
+    errors = sorted(_validator(path).iter_errors(instance), key=lambda e: list(e.absolute_path))
+    out = []
+    for error in errors[:5]:
+        where = "$" + "".join(
+            f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path
+        )
+        out.append(f"{where}: {_short(error.message)}")
+    return out
+
+
+def _short(message: str, limit: int = 200) -> str:
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
+def schema_errors(schema: str, instance: Any) -> list[str]:
+    """Error messages (at most five, with JSON paths) of ``instance`` against a named schema.
+
+    ``schema`` is ``"event"``, ``"webhook"`` or ``"deadletter"``.
+    """
+    return _messages(f"schemas/{schema}.json", instance)
+
+
+def event_data_errors(event_type: str, data: Any) -> list[str]:
+    """Error messages of an event's ``data`` against its type's schema."""
+    return [f"$.data{m[1:]}" for m in _messages(f"schemas/data/{event_type}.json", data)]

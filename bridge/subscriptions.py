@@ -1,0 +1,196 @@
+"""Webhook subscriptions: the record, its parsing, and matching events to webhooks."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import jsoncanon
+from .errors import InvalidRecord, InvalidSubscription
+from .events import Event
+from .schemas import schema_errors
+
+__all__ = ["Webhook", "parse_webhook", "SubscriptionIndex", "ALL_EVENTS", "TEST_EVENT"]
+
+ALL_EVENTS = "*"
+TEST_EVENT = "test.event"
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """One webhook subscription, as the bridge uses it."""
+
+    id: str
+    name: str
+    url: str
+    #: The signing secret. Never printed: see ``__repr__``.
+    secret: str = field(repr=False)
+    #: Event types it wants, or ``{"*"}`` for all of them.
+    events: frozenset[str]
+    #: Site-scoped when set; account-scoped (every site of ``user_id``) when ``None``.
+    site_id: str | None
+    user_id: str
+    active: bool = True
+    #: Any other fields of the record, kept so that updates can round-trip them.
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"Webhook(id={self.id!r}, name={self.name!r}, url={self.url!r}, secret='***', "
+            f"events={sorted(self.events)!r}, site_id={self.site_id!r}, "
+            f"user_id={self.user_id!r}, active={self.active!r})"
+        )
+
+    def wants(self, event_type: str) -> bool:
+        return ALL_EVENTS in self.events or event_type in self.events
+
+    def in_scope(self, event: Event) -> bool:
+        if self.site_id is not None:
+            return self.site_id == event.site_id
+        return self.user_id == event.user_id
+
+    def to_record(self) -> dict[str, Any]:
+        """The subscriptions-topic record value."""
+        record: dict[str, Any] = dict(self.extra)
+        record.update(
+            id=self.id,
+            name=self.name,
+            url=self.url,
+            secret=self.secret,
+            events=sorted(self.events),
+            site_id=self.site_id,
+            user_id=self.user_id,
+            active=self.active,
+        )
+        return record
+
+    def to_bytes(self) -> bytes:
+        return jsoncanon.dumps(self.to_record())
+
+
+_KNOWN = {"id", "name", "url", "secret", "events", "site_id", "user_id", "active"}
+
+
+def webhook_from_record(value: Any) -> Webhook:
+    """Validate a decoded record value and build the :class:`Webhook`."""
+    errors = schema_errors("webhook", value)
+    if errors:
+        # Schema messages quote the offending value; never let that be the secret.
+        secret = value.get("secret") if isinstance(value, dict) else None
+        text = "; ".join(errors)
+        if isinstance(secret, str) and secret:
+            text = text.replace(secret, "***")
+        raise InvalidSubscription("invalid_subscription", text)
+    return Webhook(
+        id=value["id"],
+        name=value["name"],
+        url=value["url"],
+        secret=value["secret"],
+        events=frozenset(value["events"]),
+        site_id=value.get("site_id"),
+        user_id=value["user_id"],
+        active=value["active"],
+        extra={k: v for k, v in value.items() if k not in _KNOWN},
+    )
+
+
+def parse_webhook(key: bytes | None, raw: bytes | None) -> Webhook | None:
+    """Parse a subscriptions-topic record; ``None`` for a tombstone.
+
+    Raises :class:`InvalidSubscription` when the record is malformed or its key is not its id.
+    """
+    if raw is None:
+        return None
+    try:
+        value = jsoncanon.loads(raw)
+    except InvalidRecord as exc:
+        raise InvalidSubscription("invalid_subscription", exc.detail) from None
+    webhook = webhook_from_record(value)
+    if key is not None and key.decode("utf-8", "replace") != webhook.id:
+        raise InvalidSubscription(
+            "invalid_subscription", f"record key {key[:200]!r} is not the webhook id"
+        )
+    return webhook
+
+
+class SubscriptionIndex:
+    """Every known webhook, indexed by id, site and account for matching.
+
+    Matching costs the number of webhooks of the event's site and account, not of all webhooks.
+    """
+
+    def __init__(self, webhooks: Iterable[Webhook] = ()) -> None:
+        self._by_id: dict[str, Webhook] = {}
+        self._by_site: dict[str, set[str]] = defaultdict(set)
+        self._by_account: dict[str, set[str]] = defaultdict(set)
+        self._active = 0
+        for webhook in webhooks:
+            self.put(webhook)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    @property
+    def active_count(self) -> int:
+        """How many webhooks are active."""
+        return self._active
+
+    def __contains__(self, webhook_id: object) -> bool:
+        return webhook_id in self._by_id
+
+    def get(self, webhook_id: str) -> Webhook | None:
+        return self._by_id.get(webhook_id)
+
+    def all(self) -> list[Webhook]:
+        return [self._by_id[k] for k in sorted(self._by_id)]
+
+    def put(self, webhook: Webhook) -> None:
+        """Add or replace a webhook."""
+        self.remove(webhook.id)
+        self._by_id[webhook.id] = webhook
+        self._active += webhook.active
+        if webhook.site_id is not None:
+            self._by_site[webhook.site_id].add(webhook.id)
+        else:
+            self._by_account[webhook.user_id].add(webhook.id)
+
+    def remove(self, webhook_id: str) -> None:
+        """Forget a webhook (no error when unknown)."""
+        old = self._by_id.pop(webhook_id, None)
+        if old is None:
+            return
+        self._active -= old.active
+        bucket, key = (
+            (self._by_site, old.site_id)
+            if old.site_id is not None
+            else (self._by_account, old.user_id)
+        )
+        ids = bucket.get(key)
+        if ids is not None:
+            ids.discard(webhook_id)
+            if not ids:
+                del bucket[key]
+
+    def match(self, event: Event) -> list[Webhook]:
+        """The webhooks that get a delivery of ``event``, ordered by id.
+
+        Active webhooks in scope (same site, or same account for account-scoped ones) whose
+        filter includes the type or ``*``. A ``test.event`` goes only to the webhook its
+        ``data.webhook_id`` names, whatever that webhook's filter, if it is active and belongs to
+        the event's account.
+        """
+        if event.type == TEST_EVENT:
+            target = self._by_id.get(str(event.data.get("webhook_id")))
+            if target is None or not target.active or target.user_id != event.user_id:
+                return []
+            return [target]
+        ids = set(self._by_site.get(event.site_id, ()))
+        ids.update(self._by_account.get(event.user_id, ()))
+        out = []
+        for webhook_id in sorted(ids):
+            webhook = self._by_id[webhook_id]
+            if webhook.active and webhook.wants(event.type):
+                out.append(webhook)
+        return out

@@ -1,0 +1,66 @@
+"""The worker's own HTTP server: ``/healthz``, ``/readyz`` and ``/metrics``.
+
+It runs beside Faust (whose web server only starts after table recovery), so liveness answers
+from the first second and readiness can say "recovering".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from mode import Service
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+__all__ = ["WebServer"]
+
+
+class WebServer(Service):
+    """Serves health, readiness and metrics on one port."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        ready: Callable[[], tuple[bool, str]],
+    ) -> None:
+        super().__init__()
+        self._host = host
+        self._port = port
+        self._registry = registry
+        self._ready = ready
+        self._runner: web.AppRunner | None = None
+
+    def _routes(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ready, why = self._ready()
+        return web.json_response(
+            {"status": "ready" if ready else "not_ready", "detail": why},
+            status=200 if ready else 503,
+        )
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self._registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def on_start(self) -> None:
+        self._runner = web.AppRunner(self._routes(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+
+    async def on_stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

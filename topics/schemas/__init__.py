@@ -1,0 +1,1 @@
+"""JSON Schemas of the event envelope, each event type's data, and subscription records."""

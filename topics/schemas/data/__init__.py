@@ -1,0 +1,1 @@
+"""JSON Schemas of each event type's ``data`` object."""
