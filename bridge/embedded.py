@@ -51,13 +51,20 @@ class EmbeddedBroker:
                 f"port {self.port} is already in use; choose another with --embedded-port"
             )
         url = f"tcp://{self.host}:{self.port}"
-        log = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
-        self._process = subprocess.Popen(
-            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-        )
+        command = [broker_binary(), "broker", "--listener-url", url]
+        command += ["--advertised-listener-url", url]
+        if self._log_path:
+            with open(self._log_path, "ab") as log:
+                self._process = subprocess.Popen(
+                    command, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+                )
+        else:
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         deadline = time.monotonic() + timeout
         while not _port_open(self.host, self.port):
             if self._process.poll() is not None:

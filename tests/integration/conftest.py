@@ -1,0 +1,77 @@
+"""Fixtures for integration tests: one embedded broker per session, fresh topics per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge.config import Settings
+from bridge.embedded import EmbeddedBroker, free_port
+from bridge.management import apply_topics
+from tests.support.processes import WorkerProcess
+from tests.support.receivers import Receiver
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with EmbeddedBroker(free_port(), log_path=str(log)) as running:
+        yield running
+
+
+@pytest.fixture
+def make_settings(broker: EmbeddedBroker, tmp_path: Path) -> Callable[..., Settings]:
+    """Settings with this test's own topics and group, on the session's broker."""
+    suffix = uuid.uuid4().hex[:10]
+
+    def make(**changes: object) -> Settings:
+        base = Settings.load(
+            env={},
+            overrides={
+                "kafka_bootstrap_servers": broker.bootstrap_servers,
+                "group_id": f"t-{suffix}",
+                "events_topic": f"t-{suffix}.events",
+                "subscriptions_topic": f"t-{suffix}.webhooks",
+                "deadletter_topic": f"t-{suffix}.deadletter",
+                "web_port": free_port(),
+                "data_dir": str(tmp_path / "data"),
+                "log_level": "INFO",
+            },
+        )
+        return base.replace(**changes) if changes else base
+
+    return make
+
+
+@pytest.fixture
+async def settings(make_settings: Callable[..., Settings]) -> Settings:
+    current = make_settings()
+    await apply_topics(current)
+    return current
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    running = await Receiver().start()
+    yield running
+    await running.stop()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]]:
+    """Start worker processes; every one is stopped (bounded, then SIGKILL) at teardown."""
+    started: list[WorkerProcess] = []
+
+    def start(worker_settings: Settings) -> WorkerProcess:
+        worker = WorkerProcess(worker_settings, tmp_path / f"worker-{len(started)}.log")
+        started.append(worker.start())
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop(grace=5.0)

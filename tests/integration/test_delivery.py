@@ -1,0 +1,189 @@
+"""End to end on the embedded broker: events become signed deliveries at the right endpoints."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+
+import pytest
+
+from bridge.config import Settings
+from bridge.delivery import USER_AGENT
+from bridge.events import build_event
+from bridge.management import WebhookStore, publish_events, read_topic
+from bridge.payload import delivery_id
+from tests.support.receivers import Receiver
+
+pytestmark = pytest.mark.integration
+
+
+async def create(store: WebhookStore, receiver: Receiver, name: str, **fields: object) -> str:
+    path = f"/wh/{name}"
+    secret = f"secret-{name}-{uuid.uuid4().hex}"
+    webhook = await store.create(
+        url=receiver.url(path), secret=secret, webhook_id=name, name=f"Hook {name}", **fields
+    )
+    receiver.secrets[path] = secret
+    return webhook.id
+
+
+async def test_each_event_type_reaches_exactly_the_right_endpoints(
+    settings: Settings, receiver: Receiver, workers
+) -> None:
+    async with WebhookStore(settings) as store:
+        await create(store, receiver, "site_all", events=["*"], site_id="s1", user_id="u1")
+        await create(
+            store, receiver, "site_published", events=["post.published"], site_id="s1", user_id="u1"
+        )
+        await create(
+            store,
+            receiver,
+            "account",
+            events=["site.created", "subscription.created", "subscription.cancelled"],
+            user_id="u1",
+        )
+        await create(store, receiver, "other_site", events=["*"], site_id="s2", user_id="u1")
+        await create(
+            store, receiver, "inactive", events=["*"], site_id="s1", user_id="u1", active=False
+        )
+        await create(store, receiver, "other_user", events=["*"], user_id="u2")
+        await create(
+            store, receiver, "test_target", events=["post.deleted"], site_id="s9", user_id="u1"
+        )
+    worker = workers(settings)
+    await worker.wait_ready()
+
+    data = {
+        "post.created": {"id": "p1", "title": "Hello"},
+        "post.published": {"id": "p1", "title": "Hello"},
+        "post.deleted": {"id": "p1"},
+        "site.created": {"id": "s1", "name": "My site"},
+        "subscription.created": {"id": "sub1", "email": "a@example.com"},
+        "subscription.cancelled": {"id": "sub1"},
+        "test.event": {"webhook_id": "test_target", "message": "ping"},
+    }
+    events = [
+        build_event(t, d, site_id="s1", user_id="u1", event_id=f"evt-{t}") for t, d in data.items()
+    ]
+    await publish_events(settings, events)
+
+    expected = {
+        ("site_all", t) for t in data if t != "test.event"
+    } | {
+        ("site_published", "post.published"),
+        ("account", "site.created"),
+        ("account", "subscription.created"),
+        ("account", "subscription.cancelled"),
+        ("test_target", "test.event"),
+    }
+    await receiver.wait_for(lambda got: len(got) >= len(expected))
+    # Everything consumed and settled: no further delivery can still be on its way.
+    await worker.wait_metric(
+        'webhook_bridge_events_total{event_type="test.event"}', lambda v: v == 1
+    )
+    await worker.wait_metric("webhook_bridge_in_flight_requests", lambda v: v == 0)
+    got = Counter((r.path.removeprefix("/wh/"), r.headers["X-Webhook-Event"]) for r in receiver.received)
+    assert set(got) == expected
+    assert all(n == 1 for n in got.values()), got
+
+    by_type = {e.type: e for e in events}
+    for record in receiver.received:
+        webhook_id = record.path.removeprefix("/wh/")
+        event = by_type[record.headers["X-Webhook-Event"]]
+        assert receiver.verified(record), record.path
+        assert record.headers["Content-Type"] == "application/json"
+        assert record.headers["User-Agent"] == USER_AGENT
+        assert record.headers["X-Webhook-Delivery"] == delivery_id(event.id, webhook_id)
+        assert record.json == {
+            "id": delivery_id(event.id, webhook_id),
+            "event": {
+                "type": event.type,
+                "data": dict(event.data),
+                "timestamp": event.timestamp,
+                "site_id": "s1",
+                "user_id": "u1",
+            },
+            "webhook": {"id": webhook_id, "name": f"Hook {webhook_id}"},
+        }
+        assert event.timestamp.endswith("Z")
+
+
+async def test_non_200_answers_are_failures_and_dead_lettered(
+    settings: Settings, receiver: Receiver, workers
+) -> None:
+    statuses = {"created": 201, "no_content": 204, "error": 500, "moved": 302, "gone": 410}
+    async with WebhookStore(settings) as store:
+        for name, status in statuses.items():
+            await create(store, receiver, name, events=["post.created"], site_id="s1", user_id="u1")
+            receiver.statuses[f"/wh/{name}"] = status
+        await create(store, receiver, "fine", events=["post.created"], site_id="s1", user_id="u1")
+    worker = workers(settings)
+    await worker.wait_ready()
+    event = build_event("post.created", {"id": "p", "title": "t"}, site_id="s1", user_id="u1")
+    await publish_events(settings, [event])
+
+    await receiver.wait_for(lambda got: len(got) >= len(statuses) + 1)
+    values = await worker.wait_metric(
+        'webhook_bridge_dead_letters_total{reason="delivery_failed"}', lambda v: v == len(statuses)
+    )
+    assert values['webhook_bridge_deliveries_total{event_type="post.created",outcome="delivered"}'] == 1
+    assert values['webhook_bridge_delivery_attempts_total{outcome="failure",status_class="2xx"}'] == 2
+    assert values['webhook_bridge_delivery_attempts_total{outcome="failure",status_class="3xx"}'] == 1
+    assert values['webhook_bridge_delivery_attempts_total{outcome="failure",status_class="5xx"}'] == 1
+    # Redirects are never followed: nothing arrived at the Location.
+    assert receiver.at("/elsewhere") == []
+    assert len(receiver.received) == len(statuses) + 1
+
+    letters = [r for _, r in await read_topic(settings, settings.deadletter_topic)]
+    import json
+
+    records = [json.loads(v) for v in letters if v is not None]
+    assert sorted(r["webhook_id"] for r in records) == sorted(statuses)
+    for record in records:
+        assert record["reason"] == "delivery_failed"
+        assert record["delivery_id"] == delivery_id(event.id, record["webhook_id"])
+        assert record["attempts"][0]["status"] == statuses[record["webhook_id"]]
+        assert record["event"]["id"] == event.id
+        secret = receiver.secrets[f"/wh/{record['webhook_id']}"]
+        assert secret not in json.dumps(record)
+
+
+async def test_malformed_events_are_dead_lettered_and_the_partition_keeps_moving(
+    settings: Settings, receiver: Receiver, workers
+) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    async with WebhookStore(settings) as store:
+        await create(store, receiver, "hook", events=["*"], site_id="s1", user_id="u1")
+    worker = workers(settings)
+    await worker.wait_ready()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        bad = [
+            b"{not json",
+            b'{"id": "x", "type": "post.created"}',
+            b'{"id":"x","type":"nope.nope","data":{},"timestamp":"2024-01-15T10:30:00Z",'
+            b'"site_id":"s1","user_id":"u1"}',
+            b'{"id":"x","type":"post.created","data":{"id":"p","title":"t","n":9007199254740993},'
+            b'"timestamp":"2024-01-15T10:30:00Z","site_id":"s1","user_id":"u1"}',
+            b"\xff\xfe",
+        ]
+        for value in bad:
+            await producer.send_and_wait(settings.events_topic, value, key=b"s1")
+    finally:
+        await producer.stop()
+    good = build_event("post.created", {"id": "p", "title": "ok"}, site_id="s1", user_id="u1")
+    await publish_events(settings, [good])
+    await receiver.wait_for(lambda got: len(got) == 1)
+    assert receiver.received[0].json["event"]["data"]["title"] == "ok"
+    await worker.wait_metric('webhook_bridge_events_total{event_type="invalid"}', lambda v: v == 5)
+
+    import json
+
+    records = [json.loads(v) for _, v in await read_topic(settings, settings.deadletter_topic)]
+    assert sorted(r["reason"] for r in records) == sorted(
+        ["malformed_json", "schema_invalid", "unknown_event_type", "unsafe_integer", "malformed_json"]
+    )
+    assert all(r["source"]["topic"] == settings.events_topic for r in records)
+    assert worker.process is not None and worker.process.poll() is None

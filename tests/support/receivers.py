@@ -1,0 +1,156 @@
+"""Real HTTP receivers on 127.0.0.1 that record, verify and count deliveries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from bridge.signing import verify
+
+NODE_DIR = Path(__file__).resolve().parent.parent / "node"
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    status: int
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def delivery_id(self) -> str:
+        return self.headers["X-Webhook-Delivery"]
+
+
+@dataclass
+class Receiver:
+    """An aiohttp server recording every request; the answer per path is configurable."""
+
+    secrets: dict[str, str] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)
+    holds: dict[str, asyncio.Event] = field(default_factory=dict)
+    received: list[Received] = field(default_factory=list)
+    port: int = 0
+    _changed: asyncio.Condition | None = None
+    _runner: web.AppRunner | None = None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def start(self) -> Receiver:
+        self._changed = asyncio.Condition()
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def stop(self) -> None:
+        for hold in self.holds.values():
+            hold.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        hold = self.holds.get(request.path)
+        status = self.statuses.get(request.path, 200)
+        record = Received(request.path, dict(request.headers), body, status)
+        assert self._changed is not None
+        async with self._changed:
+            self.received.append(record)
+            self._changed.notify_all()
+        if hold is not None:
+            await hold.wait()
+        headers = {"Location": self.url("/elsewhere")} if 300 <= status < 400 else None
+        return web.Response(status=status, text="OK", headers=headers)
+
+    def at(self, path: str) -> list[Received]:
+        return [r for r in self.received if r.path == path]
+
+    def verified(self, record: Received) -> bool:
+        secret = self.secrets[record.path]
+        return verify(secret, record.body, record.headers.get("X-Webhook-Signature", ""))
+
+    async def wait_for(
+        self, predicate: Callable[[list[Received]], bool], timeout: float = 30.0
+    ) -> None:
+        assert self._changed is not None
+        async with self._changed:
+            await asyncio.wait_for(
+                self._changed.wait_for(lambda: predicate(self.received)), timeout
+            )
+
+
+class NodeSpecReceiver:
+    """The documentation's Express receiver, run by Node.js, verifying with one secret."""
+
+    def __init__(self, secret: str, port: int) -> None:
+        self.secret = secret
+        self.port = port
+        self.results: list[dict[str, Any]] = []
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._changed = asyncio.Condition()
+        self.output: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/webhook"
+
+    async def start(self, timeout: float = 20.0) -> NodeSpecReceiver:
+        env = dict(os.environ, PORT=str(self.port), WEBHOOK_SECRET=self.secret)
+        self._process = await asyncio.create_subprocess_exec(
+            "node",
+            str(NODE_DIR / "spec_receiver.js"),
+            cwd=str(NODE_DIR),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        listening = asyncio.get_running_loop().create_future()
+        self._reader = asyncio.create_task(self._read(listening))
+        await asyncio.wait_for(listening, timeout)
+        return self
+
+    async def _read(self, listening: asyncio.Future[None]) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        async for raw in self._process.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.output.append(line)
+            if line.startswith("Webhook server running") and not listening.done():
+                listening.set_result(None)
+            if line.startswith("RESULT "):
+                async with self._changed:
+                    self.results.append(json.loads(line[len("RESULT ") :]))
+                    self._changed.notify_all()
+        if not listening.done():
+            listening.set_exception(RuntimeError("node exited:\n" + "\n".join(self.output)))
+
+    async def wait_for(self, count: int, timeout: float = 30.0) -> None:
+        async with self._changed:
+            await asyncio.wait_for(
+                self._changed.wait_for(lambda: len(self.results) >= count), timeout
+            )
+
+    async def stop(self) -> None:
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill()
+            await self._process.wait()
+        if self._reader is not None:
+            await self._reader
