@@ -1,1 +1,1 @@
-"""Topic declarations and JSON Schemas: data, loaded by :mod:`bridge.topics` and :mod:`bridge.schemas`."""
+"""Topic declarations and JSON Schemas (data, loaded by bridge.topics and bridge.schemas)."""

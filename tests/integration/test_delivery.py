@@ -67,9 +67,7 @@ async def test_each_event_type_reaches_exactly_the_right_endpoints(
     ]
     await publish_events(settings, events)
 
-    expected = {
-        ("site_all", t) for t in data if t != "test.event"
-    } | {
+    expected = {("site_all", t) for t in data if t != "test.event"} | {
         ("site_published", "post.published"),
         ("account", "site.created"),
         ("account", "subscription.created"),
@@ -82,7 +80,9 @@ async def test_each_event_type_reaches_exactly_the_right_endpoints(
         'webhook_bridge_events_total{event_type="test.event"}', lambda v: v == 1
     )
     await worker.wait_metric("webhook_bridge_in_flight_requests", lambda v: v == 0)
-    got = Counter((r.path.removeprefix("/wh/"), r.headers["X-Webhook-Event"]) for r in receiver.received)
+    got = Counter(
+        (r.path.removeprefix("/wh/"), r.headers["X-Webhook-Event"]) for r in receiver.received
+    )
     assert set(got) == expected
     assert all(n == 1 for n in got.values()), got
 
@@ -126,10 +126,19 @@ async def test_non_200_answers_are_failures_and_dead_lettered(
     values = await worker.wait_metric(
         'webhook_bridge_dead_letters_total{reason="delivery_failed"}', lambda v: v == len(statuses)
     )
-    assert values['webhook_bridge_deliveries_total{event_type="post.created",outcome="delivered"}'] == 1
-    assert values['webhook_bridge_delivery_attempts_total{outcome="failure",status_class="2xx"}'] == 2
-    assert values['webhook_bridge_delivery_attempts_total{outcome="failure",status_class="3xx"}'] == 1
-    assert values['webhook_bridge_delivery_attempts_total{outcome="failure",status_class="5xx"}'] == 1
+    assert (
+        values['webhook_bridge_deliveries_total{event_type="post.created",outcome="delivered"}']
+        == 1
+    )
+    assert (
+        values['webhook_bridge_delivery_attempts_total{outcome="failure",status_class="2xx"}'] == 2
+    )
+    assert (
+        values['webhook_bridge_delivery_attempts_total{outcome="failure",status_class="3xx"}'] == 1
+    )
+    assert (
+        values['webhook_bridge_delivery_attempts_total{outcome="failure",status_class="5xx"}'] == 1
+    )
     # Redirects are never followed: nothing arrived at the Location.
     assert receiver.at("/elsewhere") == []
     assert len(receiver.received) == len(statuses) + 1
@@ -183,7 +192,13 @@ async def test_malformed_events_are_dead_lettered_and_the_partition_keeps_moving
 
     records = [json.loads(v) for _, v in await read_topic(settings, settings.deadletter_topic)]
     assert sorted(r["reason"] for r in records) == sorted(
-        ["malformed_json", "schema_invalid", "unknown_event_type", "unsafe_integer", "malformed_json"]
+        [
+            "malformed_json",
+            "schema_invalid",
+            "unknown_event_type",
+            "unsafe_integer",
+            "malformed_json",
+        ]
     )
     assert all(r["source"]["topic"] == settings.events_topic for r in records)
     assert worker.process is not None and worker.process.poll() is None

@@ -25,41 +25,56 @@ async def test_update_deactivate_and_delete_apply_to_the_next_event(
 ) -> None:
     worker = workers(settings)
     await worker.wait_ready()
+    consumed = 0
+
+    async def publish_right_after_change(n: int) -> None:
+        # No wait between the change and the event: the worker must apply the subscription
+        # change before matching an event published after it. Waiting for the event to be
+        # consumed before the next change keeps later changes from overtaking it.
+        nonlocal consumed
+        await publish_events(settings, [post(n)])
+        consumed += 1
+        await worker.wait_metric(
+            'webhook_bridge_events_total{event_type="post.created"}', lambda v: v == consumed
+        )
+        await worker.wait_metric("webhook_bridge_in_flight_requests", lambda v: v == 0)
+
     async with WebhookStore(settings) as store:
         await store.create(
-            url=receiver.url("/a"), events=["post.created"], site_id="s1", user_id="u1",
-            secret="secret-one", webhook_id="hook",
+            url=receiver.url("/a"),
+            events=["post.created"],
+            site_id="s1",
+            user_id="u1",
+            secret="secret-one",
+            webhook_id="hook",
         )
-        # No wait between the change and the event: the worker must apply the subscription
-        # change before matching an event published after it.
-        await publish_events(settings, [post(1)])
-        await receiver.wait_for(lambda got: len(got) == 1)
-        assert receiver.received[-1].path == "/a"
+        await publish_right_after_change(1)
+        assert [r.path for r in receiver.received] == ["/a"]
 
         await store.update("hook", url=receiver.url("/b"), secret="secret-two")
-        await publish_events(settings, [post(2)])
-        await receiver.wait_for(lambda got: len(got) == 2)
-        assert receiver.received[-1].path == "/b"
+        await publish_right_after_change(2)
+        assert [r.path for r in receiver.received] == ["/a", "/b"]
         receiver.secrets["/b"] = "secret-two"
         assert receiver.verified(receiver.received[-1])
 
         await store.update("hook", events=["post.deleted"])
-        await publish_events(settings, [post(3)])
+        await publish_right_after_change(3)
         await store.update("hook", events=["post.created"], active=False)
-        await publish_events(settings, [post(4)])
+        await publish_right_after_change(4)
         await store.delete("hook")
-        await publish_events(settings, [post(5)])
-        await store.create(
-            url=receiver.url("/c"), events=["*"], site_id="s1", user_id="u1",
-            secret="secret-three", webhook_id="hook2",
-        )
-        await publish_events(settings, [post(6)])
+        await publish_right_after_change(5)
+        assert [r.path for r in receiver.received] == ["/a", "/b"]
 
-    await receiver.wait_for(lambda got: len(got) == 3)
-    await worker.wait_metric(
-        'webhook_bridge_events_total{event_type="post.created"}', lambda v: v == 6
-    )
-    await worker.wait_metric("webhook_bridge_in_flight_requests", lambda v: v == 0)
+        await store.create(
+            url=receiver.url("/c"),
+            events=["*"],
+            site_id="s1",
+            user_id="u1",
+            secret="secret-three",
+            webhook_id="hook2",
+        )
+        await publish_right_after_change(6)
+
     assert [r.path for r in receiver.received] == ["/a", "/b", "/c"]
     assert receiver.received[-1].json["event"]["data"]["id"] == "p6"
     values = await worker.metrics()
@@ -73,8 +88,12 @@ async def test_a_restarted_worker_recovers_every_webhook_from_kafka(
     async with WebhookStore(settings) as store:
         for i, name in enumerate(names):
             await store.create(
-                url=receiver.url(f"/{name}"), events=["post.created"], site_id="s1",
-                user_id="u1", secret=f"secret-{i}", webhook_id=name,
+                url=receiver.url(f"/{name}"),
+                events=["post.created"],
+                site_id="s1",
+                user_id="u1",
+                secret=f"secret-{i}",
+                webhook_id=name,
             )
         await store.delete("hook3")
         await store.update("hook5", active=False)
@@ -87,8 +106,12 @@ async def test_a_restarted_worker_recovers_every_webhook_from_kafka(
     # The newest key must survive the restart too (see docs/operations.md on the embedded broker).
     async with WebhookStore(settings) as store:
         await store.create(
-            url=receiver.url("/newest"), events=["post.created"], site_id="s1",
-            user_id="u1", secret="secret-newest", webhook_id="newest",
+            url=receiver.url("/newest"),
+            events=["post.created"],
+            site_id="s1",
+            user_id="u1",
+            secret="secret-newest",
+            webhook_id="newest",
         )
     second = workers(settings.replace(web_port=settings.web_port + 1))
     await second.wait_ready()
@@ -99,7 +122,9 @@ async def test_a_restarted_worker_recovers_every_webhook_from_kafka(
     await receiver.wait_for(
         lambda got: len([r for r in got if r.json["event"]["data"]["id"] == "p2"]) == 7
     )
-    second_round = sorted(r.path for r in receiver.received if r.json["event"]["data"]["id"] == "p2")
+    second_round = sorted(
+        r.path for r in receiver.received if r.json["event"]["data"]["id"] == "p2"
+    )
     assert second_round == sorted(
         [f"/{n}" for n in names if n not in ("hook3", "hook5")] + ["/newest"]
     )
@@ -112,12 +137,20 @@ async def test_a_slow_endpoint_does_not_hold_up_others_on_the_same_partition(
     receiver.holds["/slow"] = release
     async with WebhookStore(settings) as store:
         await store.create(
-            url=receiver.url("/slow"), events=["post.created"], site_id="s1", user_id="u1",
-            secret="s-slow", webhook_id="slow",
+            url=receiver.url("/slow"),
+            events=["post.created"],
+            site_id="s1",
+            user_id="u1",
+            secret="s-slow",
+            webhook_id="slow",
         )
         await store.create(
-            url=receiver.url("/fast"), events=["post.created"], site_id="s1", user_id="u1",
-            secret="s-fast", webhook_id="fast",
+            url=receiver.url("/fast"),
+            events=["post.created"],
+            site_id="s1",
+            user_id="u1",
+            secret="s-fast",
+            webhook_id="fast",
         )
     worker = workers(settings)
     await worker.wait_ready()

@@ -63,7 +63,9 @@ class WorkerProcess:
             while True:
                 assert self.process is not None
                 if self.process.poll() is not None:
-                    raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.tail()}")
+                    raise AssertionError(
+                        f"worker exited with {self.process.returncode}:\n{self.tail()}"
+                    )
                 try:
                     response = await client.get(self.base_url + "/readyz", timeout=1.0)
                     if response.status_code == 200:
