@@ -22,12 +22,16 @@ from prometheus_client import CollectorRegistry
 from . import jsoncanon
 from .config import Settings
 from .deadletters import SourceRef
+from .deliverer import Deliverer
 from .delivery import Sender, new_client
-from .errors import InvalidSubscription
+from .errors import InvalidRecord, InvalidSubscription
+from .health import EndpointHealth
 from .kafka import client_kwargs, faust_broker_kwargs
+from .management import WebhookStore
 from .metrics import Metrics
 from .pipeline import Pipeline
-from .subscriptions import SubscriptionIndex, parse_webhook
+from .retry_policy import RetryPolicy
+from .subscriptions import SubscriptionIndex, Webhook, parse_webhook
 from .sync import TableFreshness
 from .topics import declared_topics
 from .web import WebServer
@@ -46,15 +50,32 @@ class SubscriptionTable(GlobalTable):
         return str(self.changelog_topic.get_topic_name())
 
 
-class _FaustDeadLetters:
-    """Dead letters written through the Faust producer, awaited until acknowledged."""
+class _KafkaOutputs:
+    """The durable outputs of delivery jobs, written through Faust's producer and awaited until
+    the broker acknowledged them; subscription and status records one per batch."""
 
-    def __init__(self, topic: Any) -> None:
-        self._topic = topic
+    def __init__(self, bridge: Bridge) -> None:
+        self._bridge = bridge
 
-    async def send(self, key: bytes | None, record: dict[str, Any]) -> None:
-        future = await self._topic.send(key=key, value=jsoncanon.dumps(record))
+    async def _send(self, topic: Any, key: bytes | None, value: bytes) -> None:
+        future = await topic.send(key=key, value=value)
         await future
+
+    async def dead_letter(self, key: bytes | None, record: dict[str, Any]) -> None:
+        await self._send(self._bridge.deadletter_topic, key, jsoncanon.dumps(record))
+
+    async def retry(self, tier: int, key: bytes, value: bytes) -> None:
+        await self._send(self._bridge.retry_topics[tier], key, value)
+
+    async def attempt(self, key: bytes, record: dict[str, Any]) -> None:
+        await self._send(self._bridge.attempts_topic, key, jsoncanon.dumps(record))
+
+    async def status(self, key: bytes, record: dict[str, Any]) -> None:
+        await self._bridge.store().put_status(record)
+
+    async def disable(self, webhook: Webhook, reason: str) -> None:
+        current = self._bridge.index.get(webhook.id) or webhook
+        await self._bridge.store().disable(current, reason)
 
 
 class Bridge:
@@ -65,11 +86,16 @@ class Bridge:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.index = SubscriptionIndex()
+        #: The newest status record of each webhook (from the compacted status topic).
+        self.statuses: dict[str, dict[str, Any]] = {}
+        self.health = EndpointHealth(settings.disable_after, self.statuses.get)
         self.freshness = TableFreshness(
             self._subscription_end_offsets, timeout=settings.subscription_sync_timeout
         )
         self._partitions = {spec.name: spec.partitions for spec in declared_topics(settings)}
         self._pipeline: Pipeline | None = None
+        self._store: WebhookStore | None = None
+        self._client: Any = None
         self._offsets_consumer: AIOKafkaConsumer | None = None
         self._start_lock = asyncio.Lock()
         self.app = self._build_app()
@@ -93,8 +119,8 @@ class Bridge:
             broker_heartbeat_interval=min(1.0, s.kafka_session_timeout / 4),
             broker_commit_interval=1.0,
             producer_acks=-1,
-            # A rebalance must not wait for 30-second deliveries; unacknowledged events are
-            # simply delivered again (same delivery ids) by the partition's next owner.
+            # A rebalance must not wait for 30-second deliveries; unacknowledged records are
+            # simply processed again (same delivery ids) by the partition's next owner.
             stream_wait_empty=False,
             GlobalTable=SubscriptionTable,
         )
@@ -121,7 +147,21 @@ class Bridge:
             # subscriptions topic is written by others, so every worker must keep tailing it.
             synchronize_all_active_partitions=True,
         )
+        self.status_topic = app.topic(
+            s.status_topic, partitions=self._partitions[s.status_topic], compacting=True, **raw
+        )
+        self.status_table = app.GlobalTable(
+            "endpoint-status",
+            key_type=bytes,
+            value_type=bytes,
+            changelog_topic=self.status_topic,
+            partitions=self._partitions[s.status_topic],
+            on_changelog_event=self.on_status_event,
+            synchronize_all_active_partitions=True,
+        )
         self.deadletter_topic = app.topic(s.deadletter_topic, **raw)
+        self.attempts_topic = app.topic(s.attempts_topic, **raw)
+        self.retry_topics = [app.topic(name, **raw) for name in s.retry_topics]
         self.source_topic = app.topic(*s.source_topics, **raw)
 
         @app.agent(self.source_topic, name="deliver")
@@ -130,15 +170,38 @@ class Bridge:
             manual = stream.noack()
             async for event in manual.events():
                 message = event.message
-                await pipeline.handle(
-                    message.value,
-                    SourceRef(message.topic, message.partition, message.offset, message.key),
-                    functools.partial(manual.ack, event),
+                await pipeline.handle_event(
+                    message.value, _source(message), functools.partial(manual.ack, event)
                 )
 
+        for tier, topic in enumerate(self.retry_topics, start=1):
+            app.agent(topic, name=f"retry-{tier}")(self._retry_agent(tier))
+
+        app.on_before_shutdown.connect(self._drain)
         return app
 
-    # -- the subscription table -----------------------------------------------------------------
+    def _retry_agent(self, tier: int) -> Any:
+        async def retry(stream: Any) -> None:
+            pipeline = await self.pipeline()
+            manual = stream.noack()
+            async for event in manual.events():
+                await pipeline.handle_retry(
+                    event.message.value,
+                    _source(event.message),
+                    functools.partial(manual.ack, event),
+                    tier,
+                )
+
+        return retry
+
+    async def _drain(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        if self._pipeline is None:
+            return
+        handed = await self._pipeline.drain(self.settings.drain_timeout)
+        if handed:
+            log.warning("shutdown: %d unfinished deliveries handed to the retry path", handed)
+
+    # -- the subscription and status tables --------------------------------------------------------
     async def on_subscription_event(self, event: Any) -> None:
         """Keep the index in step with every record the table applies (recovery and live)."""
         message = event.message
@@ -151,12 +214,14 @@ class Bridge:
             # rather than deliveries to a URL or with a secret that are no longer wanted.
             self.metrics.invalid_subscriptions.inc()
             log.warning(
-                "invalid subscription record %s:%d@%d (webhook %s): %s",
-                message.topic,
-                message.partition,
-                message.offset,
-                webhook_id,
-                exc.detail,
+                "invalid subscription record",
+                extra={
+                    "topic": message.topic,
+                    "partition": message.partition,
+                    "offset": message.offset,
+                    "webhook_id": webhook_id,
+                    "detail": exc.detail,
+                },
             )
             webhook = None
         if webhook is None:
@@ -164,13 +229,26 @@ class Bridge:
                 self.index.remove(webhook_id)
         else:
             self.index.put(webhook)
+            if webhook.active:
+                self.health.on_webhook_enabled(webhook.id)
         self.freshness.applied(message.partition, message.offset)
-        self._count_subscriptions()
-
-    def _count_subscriptions(self) -> None:
         active = self.index.active_count
         self.metrics.subscriptions.labels("active").set(active)
         self.metrics.subscriptions.labels("inactive").set(len(self.index) - active)
+
+    async def on_status_event(self, event: Any) -> None:
+        message = event.message
+        if message.key is None:
+            return
+        webhook_id = message.key.decode("utf-8", "replace")
+        try:
+            record = jsoncanon.loads(message.value) if message.value is not None else None
+        except InvalidRecord:
+            record = None
+        if isinstance(record, dict):
+            self.statuses[webhook_id] = record
+        else:
+            self.statuses.pop(webhook_id, None)
 
     async def _subscription_end_offsets(self) -> Mapping[int, int]:
         consumer = self._offsets_consumer
@@ -184,32 +262,54 @@ class Bridge:
         return {tp.partition: offset for tp, offset in ends.items()}
 
     # -- runtime pieces created inside the running loop -------------------------------------------
+    def store(self) -> WebhookStore:
+        assert self._store is not None, "the pipeline starts the store"
+        return self._store
+
     async def pipeline(self) -> Pipeline:
         async with self._start_lock:
             if self._pipeline is None:
                 s = self.settings
-                client = new_client(s.http_timeout, s.max_in_flight)
-                self._client = client
+                self._store = await WebhookStore(s).__aenter__()
+                self._client = new_client(s.http_timeout, s.max_in_flight)
+                outputs = _KafkaOutputs(self)
+                deliverer = Deliverer(
+                    sender=Sender(self._client, timeout=s.http_timeout, any_2xx=s.success_any_2xx),
+                    outputs=outputs,
+                    metrics=self.metrics,
+                    policy=RetryPolicy(
+                        s.retry_schedule, jitter=s.retry_jitter, retry_after_cap=s.retry_after_cap
+                    ),
+                    health=self.health,
+                    max_in_flight=s.max_in_flight,
+                    endpoint_max_in_flight=s.endpoint_max_in_flight,
+                    endpoint_max_queued=s.endpoint_max_queued,
+                    breaker_threshold=s.breaker_threshold,
+                    breaker_cooldown=s.breaker_cooldown,
+                    max_body_bytes=s.max_body_bytes,
+                )
                 self._pipeline = Pipeline(
                     index=self.index,
-                    sender=Sender(client, timeout=s.http_timeout, any_2xx=s.success_any_2xx),
-                    dead_letters=_FaustDeadLetters(self.deadletter_topic),
+                    deliverer=deliverer,
+                    outputs=outputs,
                     metrics=self.metrics,
-                    max_in_flight=s.max_in_flight,
-                    max_body_bytes=s.max_body_bytes,
                     freshness=self.freshness,
                 )
             return self._pipeline
 
     async def close(self) -> None:
-        if self._pipeline is not None:
+        if self._client is not None:
             await self._client.aclose()
+            self._client = None
+        if self._store is not None:
+            await self._store.__aexit__(None, None, None)
+            self._store = None
         if self._offsets_consumer is not None:
             await self._offsets_consumer.stop()
             self._offsets_consumer = None
 
     def ready(self) -> tuple[bool, str]:
-        """Ready once the table is recovered and partitions are assigned."""
+        """Ready once the tables are recovered and partitions are assigned."""
         if not self.app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
             return False, "recovering the subscription table"
         if self.app.rebalancing:
@@ -231,6 +331,10 @@ class Bridge:
             loop=loop,
             loglevel=self.settings.log_level.lower(),
         )
+
+
+def _source(message: Any) -> SourceRef:
+    return SourceRef(message.topic, message.partition, message.offset, message.key)
 
 
 class _Closer(Service):

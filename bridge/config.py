@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .retry_policy import DEFAULT_SCHEDULE, format_duration, parse_duration, parse_schedule
 
 __all__ = ["Settings", "SettingSpec", "parse_bool", "parse_list", "DEFAULT_HTTP_TIMEOUT"]
 
@@ -245,6 +246,93 @@ class Settings:
         _positive_float,
         "Longest wait for the subscription table to catch up before an event is matched.",
     )
+    # -- Reliability -------------------------------------------------------------------------
+    retry_schedule: tuple[float, ...] = _setting(
+        DEFAULT_SCHEDULE,
+        "BRIDGE_RETRY_SCHEDULE",
+        "--retry-schedule",
+        parse_schedule,
+        "Waits before each retry after the first attempt fails (default "
+        + ",".join(format_duration(d) for d in DEFAULT_SCHEDULE)
+        + "); one retry topic per entry.",
+    )
+    retry_jitter: float = _setting(
+        0.1,
+        "BRIDGE_RETRY_JITTER",
+        "--retry-jitter",
+        float,
+        "Fraction of each retry delay taken off at random, spreading bursts of retries.",
+    )
+    retry_after_cap: float = _setting(
+        3600.0,
+        "BRIDGE_RETRY_AFTER_CAP",
+        "--retry-after-cap",
+        parse_duration,
+        "Longest Retry-After (on 429 and 503) honoured; longer requests are cut to this.",
+    )
+    retry_topic_prefix: str = _setting(
+        "postion.webhooks.retry",
+        "BRIDGE_RETRY_TOPIC_PREFIX",
+        "--retry-topic-prefix",
+        str,
+        "Retry topics are named PREFIX.1 ... PREFIX.N, one per schedule entry.",
+    )
+    attempts_topic: str = _setting(
+        "postion.webhooks.attempts",
+        "BRIDGE_ATTEMPTS_TOPIC",
+        "--attempts-topic",
+        str,
+        "Every delivery attempt is recorded here (the per-webhook delivery log).",
+    )
+    status_topic: str = _setting(
+        "postion.webhooks.status",
+        "BRIDGE_STATUS_TOPIC",
+        "--status-topic",
+        str,
+        "Compacted topic of endpoint health (failing since, disabled), keyed by webhook id.",
+    )
+    endpoint_max_in_flight: int = _setting(
+        16,
+        "BRIDGE_ENDPOINT_MAX_IN_FLIGHT",
+        "--endpoint-max-in-flight",
+        _positive_int,
+        "Requests in flight at once to one endpoint (scheme, host and port).",
+    )
+    endpoint_max_queued: int = _setting(
+        256,
+        "BRIDGE_ENDPOINT_MAX_QUEUED",
+        "--endpoint-max-queued",
+        _positive_int,
+        "Deliveries waiting for one busy endpoint; more go to the retry path.",
+    )
+    breaker_threshold: int = _setting(
+        5,
+        "BRIDGE_BREAKER_THRESHOLD",
+        "--breaker-threshold",
+        _positive_int,
+        "Consecutive failures or timeouts that open an endpoint's circuit.",
+    )
+    breaker_cooldown: float = _setting(
+        30.0,
+        "BRIDGE_BREAKER_COOLDOWN",
+        "--breaker-cooldown",
+        parse_duration,
+        "How long an open circuit sends deliveries straight to the retry path before a probe.",
+    )
+    disable_after: float = _setting(
+        5 * 86400.0,
+        "BRIDGE_DISABLE_AFTER",
+        "--disable-after",
+        parse_duration,
+        "An endpoint failing continuously this long is disabled until its webhook is updated.",
+    )
+    drain_timeout: float = _setting(
+        20.0,
+        "BRIDGE_DRAIN_TIMEOUT",
+        "--drain-timeout",
+        parse_duration,
+        "On SIGTERM, how long in-flight deliveries may finish before they go to the retry path.",
+    )
     # -- Worker process -----------------------------------------------------------------------
     web_host: str = _setting(
         "127.0.0.1",
@@ -304,6 +392,8 @@ class Settings:
                 )
             if self.kafka_sasl_password is None:
                 raise ConfigError("SASL security protocol needs kafka_sasl_password")
+        if not 0.0 <= self.retry_jitter < 1.0:
+            raise ConfigError("retry_jitter must be at least 0 and less than 1")
         if self.kafka_session_timeout <= self.kafka_rebalance_timeout / 2:
             raise ConfigError("kafka_session_timeout must be longer than half the rebalance one")
 
@@ -355,6 +445,13 @@ class Settings:
     def source_topics(self) -> tuple[str, ...]:
         """Every topic the worker consumes platform events from."""
         return (self.events_topic, *self.extra_source_topics)
+
+    @property
+    def retry_topics(self) -> tuple[str, ...]:
+        """The retry topic of each schedule entry (tier), in order."""
+        return tuple(
+            f"{self.retry_topic_prefix}.{n}" for n in range(1, len(self.retry_schedule) + 1)
+        )
 
     @property
     def resolved_data_dir(self) -> Path:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import httpx
 
 from .events import Event, format_timestamp
+from .retry_policy import parse_retry_after
 from .signing import sign
 from .subscriptions import Webhook
 
@@ -61,6 +62,8 @@ class AttemptResult:
     duration: float
     #: When the attempt started (UTC, ``Z``).
     at: str
+    #: Seconds a ``Retry-After`` header asked for (429 and 503 answers), if any.
+    retry_after: float | None = None
 
     def as_record(self) -> dict[str, object]:
         return {
@@ -164,4 +167,7 @@ class Sender:
         if is_success(status, any_2xx=self._any_2xx):
             return AttemptResult(True, status, None, duration, at)
         error = "redirect" if 300 <= status < 400 else "http_status"
-        return AttemptResult(False, status, error, duration, at)
+        retry_after = None
+        if status in (429, 503):
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), self._wall_clock())
+        return AttemptResult(False, status, error, duration, at, retry_after)

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from . import jsoncanon
 from .config import Settings
 from .errors import InvalidSubscription, TopicDrift
 from .events import Event, build_event, format_timestamp
@@ -178,11 +179,32 @@ class WebhookStore:
         if current is None:
             raise InvalidSubscription("unknown_webhook", f"no webhook {webhook_id!r}")
         record = current.to_record()
+        record.pop("disabled_reason", None)
         record.update({k: v for k, v in changes.items()})
         if "events" in changes:
             record["events"] = list(changes["events"])
         record["updated_at"] = format_timestamp(datetime.now(UTC))
         return await self.put(webhook_from_record(record))
+
+    async def disable(self, webhook: Webhook, reason: str) -> Webhook:
+        """Deactivate a webhook on the bridge's behalf, saying why (``disabled_reason``); the
+        next update by its owner (``active: true``) enables it again."""
+        record = webhook.to_record()
+        record.update(
+            active=False,
+            disabled_reason=reason,
+            updated_at=format_timestamp(datetime.now(UTC)),
+        )
+        return await self.put(webhook_from_record(record))
+
+    async def put_status(self, record: Mapping[str, Any]) -> None:
+        """Write an endpoint status record (compacted topic, keyed by webhook id)."""
+        assert self._producer is not None, "use WebhookStore as an async context manager"
+        await self._producer.send_and_wait(
+            self._settings.status_topic,
+            jsoncanon.dumps(dict(record)),
+            key=str(record["webhook_id"]).encode("utf-8"),
+        )
 
     async def delete(self, webhook_id: str) -> None:
         """Write the tombstone that deletes a webhook."""

@@ -91,6 +91,36 @@ class Metrics:
             "Subscription records that could not be parsed (the webhook is treated as absent).",
             registry=registry,
         )
+        self.retries = Counter(
+            "webhook_bridge_retries_scheduled_total",
+            "Deliveries put in a retry tier, by tier (1 = first retry).",
+            ["tier"],
+            registry=registry,
+        )
+        self.retry_wait = Histogram(
+            "webhook_bridge_retry_wait_seconds",
+            "Time a delivery spent waiting in a retry tier, from enqueue to its attempt.",
+            ["tier"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.circuits_open = Gauge(
+            "webhook_bridge_circuits_open",
+            "Endpoints whose circuit breaker is open or half-open in this worker.",
+            registry=registry,
+        )
+        self.disabled = Counter(
+            "webhook_bridge_webhooks_disabled_total",
+            "Webhooks disabled by the bridge, by reason (gone: HTTP 410; failing: failed for "
+            "longer than disable_after).",
+            ["reason"],
+            registry=registry,
+        )
+        self.retries_cancelled = Counter(
+            "webhook_bridge_retries_cancelled_total",
+            "Pending retries dropped because their webhook was deleted or deactivated meanwhile.",
+            registry=registry,
+        )
         self.sync_timeouts = Counter(
             "webhook_bridge_subscription_sync_timeouts_total",
             "Times an event was matched before the subscription table was known to be current.",

@@ -1,10 +1,9 @@
-"""From one event record to its deliveries: validate, match, build, send, and account for each.
+"""From records to delivery jobs: events (first attempts) and pending retries (later ones).
 
-Plain asyncio code with its collaborators passed in; the Faust agent only feeds it records. An
-event is acknowledged (its offset may be committed) only when every delivery it produced has
-reached an outcome that is recorded durably: delivered, or dead-lettered. Deliveries of one event,
-and of consecutive events, run concurrently up to ``max_in_flight``, so one slow endpoint does not
-make its partition sequential.
+Plain asyncio code with its collaborators passed in; the Faust agents only feed it records. A
+record is acknowledged (its offset may be committed) only when every job it produced has settled
+durably: delivered, scheduled in a retry tier, or dead-lettered. Jobs of one record, and of
+consecutive records, run concurrently, so one slow endpoint does not make its partition sequential.
 """
 
 from __future__ import annotations
@@ -12,15 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
-from .deadletters import DeadLetterSink, SourceRef, dead_letter_record
-from .delivery import AttemptResult, Delivery, Sender, status_class
-from .errors import InvalidEvent
+from .deadletters import SourceRef, dead_letter_record
+from .deliverer import Deliverer, Job, Outputs
+from .errors import InvalidEvent, InvalidRecord
 from .events import Event, parse_event
 from .metrics import Metrics
-from .payload import EncodedEvent, build_body, delivery_id
+from .payload import EncodedEvent
+from .retries import parse_retry
 from .subscriptions import SubscriptionIndex
 from .sync import TableFreshness
 
@@ -32,39 +32,39 @@ Ack = Callable[[], Awaitable[object]]
 
 
 class Pipeline:
-    """Turns event records into deliveries."""
+    """Turns event and retry records into delivery jobs, and acknowledges records when settled."""
 
     def __init__(
         self,
         *,
         index: SubscriptionIndex,
-        sender: Sender,
-        dead_letters: DeadLetterSink,
+        deliverer: Deliverer,
+        outputs: Outputs,
         metrics: Metrics,
-        max_in_flight: int,
-        max_body_bytes: int,
+        max_pending: int = 4096,
         freshness: TableFreshness | None = None,
-        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        wall_time: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._index = index
-        self._sender = sender
-        self._dead_letters = dead_letters
+        self._deliverer = deliverer
+        self._outputs = outputs
         self._metrics = metrics
-        self._slots = asyncio.Semaphore(max_in_flight)
-        self._max_body_bytes = max_body_bytes
+        #: Bounds jobs started and not settled, so reading stops while too much is pending.
+        self._pending = asyncio.Semaphore(max_pending)
         self._freshness = freshness
-        self._wall_clock = wall_clock
+        self._wall_time = wall_time
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def in_flight(self) -> int:
-        """Deliveries started and not yet finished."""
+        """Jobs started and not yet settled."""
         return len(self._tasks)
 
-    async def handle(self, raw: bytes | None, source: SourceRef, ack: Ack) -> None:
-        """Process one record; returns once its deliveries are started (not finished)."""
+    # -- events: first attempts ----------------------------------------------------------------
+    async def handle_event(self, raw: bytes | None, source: SourceRef, ack: Ack) -> None:
+        """Process one events-topic record; returns once its jobs are started (not settled)."""
         received_at = self._clock()
         if self._freshness is not None and not await self._freshness.wait_current(received_at):
             self._metrics.sync_timeouts.inc()
@@ -74,153 +74,112 @@ class Pipeline:
         except InvalidEvent as exc:
             self._metrics.events.labels("invalid").inc()
             log.warning(
-                "event dead-lettered: %s (%s:%d@%d)",
-                exc.reason,
-                source.topic,
-                source.partition,
-                source.offset,
+                "event dead-lettered",
+                extra={"reason": exc.reason, "topic": source.topic, "offset": source.offset},
             )
-            await self._dead_letter(
-                source, reason=exc.reason, detail=exc.detail, raw=raw, event=None
-            )
+            await self._dead_letter_record(source, exc.reason, exc.detail, raw, None)
             await ack()
             return
         self._metrics.events.labels(event.type).inc()
-        deliveries = await self._plan(event, source)
-        if not deliveries:
+        encoded = EncodedEvent.of(event)
+        jobs = [Job(encoded, webhook, 1, source) for webhook in self._index.match(event)]
+        await self._start(jobs, ack)
+
+    # -- retries: later attempts -----------------------------------------------------------------
+    async def handle_retry(self, raw: bytes | None, source: SourceRef, ack: Ack, tier: int) -> None:
+        """Process one retry-topic record: wait until it is due, then attempt it again.
+
+        Waiting here holds up the records behind it in the same tier, which all became due
+        later (same delay, enqueued later), give or take the jitter: no in-memory queue is
+        needed and nothing is lost if the worker dies meanwhile, since the record is still
+        unacknowledged in Kafka.
+        """
+        try:
+            pending = parse_retry(raw)
+        except InvalidRecord as exc:
+            await self._dead_letter_record(source, exc.reason, exc.detail, raw, None)
             await ack()
             return
-        remaining = len(deliveries)
+        delay = pending.not_before - self._wall_time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self._metrics.retry_wait.labels(str(tier)).observe(
+            max(0.0, self._wall_time() - pending.enqueued_at)
+        )
+        if self._freshness is not None:
+            await self._freshness.wait_current(self._clock())
+        webhook = self._index.get(pending.webhook_id)
+        if webhook is None or not webhook.active:
+            # Deleted or deactivated meanwhile: no further attempts, by design.
+            self._metrics.retries_cancelled.inc()
+            log.info(
+                "pending retry dropped: webhook deleted or inactive",
+                extra={"webhook_id": pending.webhook_id, "delivery_id": pending.delivery_id},
+            )
+            await ack()
+            return
+        job = Job(EncodedEvent.of(pending.event), webhook, pending.attempt, source, pending.history)
+        await self._start([job], ack)
+
+    # -- shared ----------------------------------------------------------------------------------
+    async def _start(self, jobs: Sequence[Job], ack: Ack) -> None:
+        if not jobs:
+            await ack()
+            return
+        remaining = len(jobs)
 
         async def one_done() -> None:
             nonlocal remaining
+            self._pending.release()
             remaining -= 1
             if remaining == 0:
                 await ack()
 
-        for delivery in deliveries:
-            await self._slots.acquire()
-            task = asyncio.create_task(self._run(delivery, source, one_done))
+        for job in jobs:
+            await self._pending.acquire()
+            task = asyncio.create_task(self._deliverer.run(job, one_done))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._finished)
 
-    async def _plan(self, event: Event, source: SourceRef) -> list[Delivery]:
-        encoded = EncodedEvent.of(event)
-        deliveries = []
-        for webhook in self._index.match(event):
-            try:
-                body = build_body(encoded, webhook, max_bytes=self._max_body_bytes)
-            except InvalidEvent as exc:
-                await self._dead_letter(
-                    source,
-                    reason=exc.reason,
-                    detail=exc.detail,
-                    event=event,
-                    webhook_id=webhook.id,
-                    delivery_id=delivery_id(event.id, webhook.id),
-                )
-                self._metrics.deliveries.labels(event.type, "dead_lettered").inc()
-                continue
-            deliveries.append(
-                Delivery(
-                    delivery_id=delivery_id(event.id, webhook.id),
-                    webhook=webhook,
-                    event_id=event.id,
-                    event_type=event.type,
-                    body=body,
-                    occurred_at=event.occurred_at,
-                    event=event,
-                )
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # A bug must not lose a delivery silently: its record stays unacknowledged (so it
+            # is processed again after a restart), and the failure is logged loudly.
+            log.error(
+                "delivery job crashed; its record stays unacknowledged", exc_info=task.exception()
             )
-        return deliveries
+            self._pending.release()
 
-    async def _run(self, delivery: Delivery, source: SourceRef, done: Ack) -> None:
-        try:
-            self._metrics.in_flight.inc()
-            try:
-                result = await self._sender.send(delivery)
-            finally:
-                self._metrics.in_flight.dec()
-            self._record(delivery, result)
-            if not result.success:
-                await self._failed(delivery, source, [result])
-        except Exception:
-            # A bug must not lose the delivery silently: leave the event unacknowledged so it is
-            # delivered again after a restart, and say so loudly.
-            log.exception(
-                "delivery %s crashed; its event stays unacknowledged", delivery.delivery_id
-            )
-            self._slots.release()
-            return
-        self._slots.release()
-        await done()
-
-    def _record(self, delivery: Delivery, result: AttemptResult) -> None:
-        outcome = "success" if result.success else "failure"
-        self._metrics.attempts.labels(outcome, status_class(result.status)).inc()
-        self._metrics.request_duration.labels(outcome).observe(result.duration)
-        if result.success:
-            self._metrics.deliveries.labels(delivery.event_type, "delivered").inc()
-            if delivery.occurred_at is not None:
-                latency = (self._wall_clock() - delivery.occurred_at).total_seconds()
-                self._metrics.end_to_end.observe(max(0.0, latency))
-        else:
-            log.warning(
-                "delivery attempt failed: delivery=%s webhook=%s event_type=%s attempt=1 "
-                "status=%s error=%s",
-                delivery.delivery_id,
-                delivery.webhook.id,
-                delivery.event_type,
-                result.status,
-                result.error,
-            )
-
-    async def _failed(
-        self, delivery: Delivery, source: SourceRef, attempts: list[AttemptResult]
-    ) -> None:
-        last = attempts[-1]
-        detail = f"HTTP {last.status}" if last.status is not None else str(last.error)
-        await self._dead_letter(
-            source,
-            reason="delivery_failed",
-            detail=detail,
-            event=delivery.event,
-            webhook_id=delivery.webhook.id,
-            delivery_id=delivery.delivery_id,
-            attempts=attempts,
-        )
-        self._metrics.deliveries.labels(delivery.event_type, "dead_lettered").inc()
-
-    async def _dead_letter(
+    async def _dead_letter_record(
         self,
         source: SourceRef,
-        *,
         reason: str,
         detail: str,
+        raw: bytes | None,
         event: Event | None,
-        raw: bytes | None = None,
-        webhook_id: str | None = None,
-        delivery_id: str | None = None,
-        attempts: list[AttemptResult] | None = None,
     ) -> None:
         record = dead_letter_record(
             reason=reason,
             detail=detail,
             source=source,
-            now=self._wall_clock(),
+            now=datetime.fromtimestamp(self._wall_time(), UTC),
             event=event,
             raw=raw,
-            webhook_id=webhook_id,
-            delivery_id=delivery_id,
-            attempts=attempts or (),
         )
-        key = webhook_id.encode("utf-8") if webhook_id is not None else source.key
-        await self._dead_letters.send(key, record)
+        await self._outputs.dead_letter(source.key, record)
         self._metrics.dead_letters.labels(reason).inc()
 
-    async def drain(self, timeout: float) -> bool:
-        """Wait for in-flight deliveries; True when all finished within ``timeout``."""
+    async def drain(self, timeout: float) -> int:
+        """On shutdown: let jobs finish for ``timeout`` seconds, then hand the rest to the retry
+        path (see :meth:`Deliverer.run`). Returns how many were handed over."""
         if not self._tasks:
-            return True
+            return 0
         _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
-        return not pending
+        if not pending:
+            return 0
+        self._deliverer.draining = True
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=max(5.0, timeout))
+        return len(pending)

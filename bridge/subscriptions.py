@@ -33,6 +33,8 @@ class Webhook:
     site_id: str | None
     user_id: str
     active: bool = True
+    #: Optional limit of deliveries per second to this webhook.
+    rate_limit: float | None = None
     #: Any other fields of the record, kept so that updates can round-trip them.
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -64,13 +66,15 @@ class Webhook:
             user_id=self.user_id,
             active=self.active,
         )
+        if self.rate_limit is not None:
+            record["rate_limit"] = self.rate_limit
         return record
 
     def to_bytes(self) -> bytes:
         return jsoncanon.dumps(self.to_record())
 
 
-_KNOWN = {"id", "name", "url", "secret", "events", "site_id", "user_id", "active"}
+_KNOWN = {"id", "name", "url", "secret", "events", "site_id", "user_id", "active", "rate_limit"}
 
 
 def webhook_from_record(value: Any) -> Webhook:
@@ -92,6 +96,7 @@ def webhook_from_record(value: Any) -> Webhook:
         site_id=value.get("site_id"),
         user_id=value["user_id"],
         active=value["active"],
+        rate_limit=value.get("rate_limit"),
         extra={k: v for k, v in value.items() if k not in _KNOWN},
     )
 

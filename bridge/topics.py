@@ -49,7 +49,8 @@ def declared_topics(settings: Settings) -> list[TopicSpec]:
     specs: list[TopicSpec] = []
     for logical, decl in doc["topics"].items():
         name = getattr(settings, decl["setting"])
-        specs.append(_spec(logical, name, decl))
+        names = name if isinstance(name, tuple) else (name,)
+        specs.extend(_spec(logical, each, decl) for each in names)
     events = doc["topics"]["events"]
     for extra in settings.extra_source_topics:
         specs.append(_spec("events", extra, events))

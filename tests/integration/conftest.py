@@ -41,6 +41,13 @@ def make_settings(broker: EmbeddedBroker, tmp_path: Path) -> Callable[..., Setti
                 "web_port": free_port(),
                 "data_dir": str(tmp_path / "data"),
                 "log_level": "INFO",
+                # Short retries so that schedules finish within a test; tests of the circuit
+                # breaker set its threshold themselves (all paths of one receiver are one
+                # endpoint).
+                "retry_schedule": (0.3, 0.6),
+                "retry_jitter": 0.0,
+                "breaker_threshold": 1000,
+                "drain_timeout": 5.0,
             },
         )
         return base.replace(**changes) if changes else base

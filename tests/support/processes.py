@@ -24,7 +24,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         if value is None:
             continue
         if isinstance(value, tuple):
-            text = ",".join(value)
+            text = ",".join(str(v) for v in value)
         elif isinstance(value, bool):
             text = "true" if value else "false"
         else:

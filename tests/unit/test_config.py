@@ -49,6 +49,19 @@ DEFAULTS: dict[str, Any] = {
     "max_in_flight": 256,
     "max_body_bytes": 1024 * 1024,
     "subscription_sync_timeout": 5.0,
+    # Svix's schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+    "retry_schedule": (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0),
+    "retry_jitter": 0.1,
+    "retry_after_cap": 3600.0,
+    "retry_topic_prefix": "postion.webhooks.retry",
+    "attempts_topic": "postion.webhooks.attempts",
+    "status_topic": "postion.webhooks.status",
+    "endpoint_max_in_flight": 16,
+    "endpoint_max_queued": 256,
+    "breaker_threshold": 5,
+    "breaker_cooldown": 30.0,
+    "disable_after": 5 * 86400.0,
+    "drain_timeout": 20.0,
     "web_host": "127.0.0.1",
     "web_port": 6066,
     "data_dir": None,
@@ -117,6 +130,18 @@ PARSED: dict[str, tuple[str, Any]] = {
     "max_in_flight": ("8", 8),
     "max_body_bytes": ("4096", 4096),
     "subscription_sync_timeout": ("0.25", 0.25),
+    "retry_schedule": ("1s, 2m,,3h ", (1.0, 120.0, 10800.0)),
+    "retry_jitter": ("0.25", 0.25),
+    "retry_after_cap": ("10m", 600.0),
+    "retry_topic_prefix": ("t1.retry", "t1.retry"),
+    "attempts_topic": ("t1.attempts", "t1.attempts"),
+    "status_topic": ("t1.status", "t1.status"),
+    "endpoint_max_in_flight": ("4", 4),
+    "endpoint_max_queued": ("10", 10),
+    "breaker_threshold": ("3", 3),
+    "breaker_cooldown": ("500ms", 0.5),
+    "disable_after": ("1d", 86400.0),
+    "drain_timeout": ("5", 5.0),
     "web_host": ("0.0.0.0", "0.0.0.0"),
     "web_port": ("8080", 8080),
     "data_dir": ("/var/lib/bridge", "/var/lib/bridge"),
@@ -219,6 +244,17 @@ BAD: list[tuple[str, str]] = [
     ("BRIDGE_MAX_BODY_BYTES", "-10"),
     ("BRIDGE_MAX_BODY_BYTES", "1MB"),
     ("BRIDGE_TOPIC_REPLICATION_FACTOR", "0"),
+    ("BRIDGE_RETRY_SCHEDULE", ""),
+    ("BRIDGE_RETRY_SCHEDULE", "5s,soon"),
+    ("BRIDGE_RETRY_SCHEDULE", "5s,0s"),
+    ("BRIDGE_RETRY_JITTER", "some"),
+    ("BRIDGE_RETRY_AFTER_CAP", "-1s"),
+    ("BRIDGE_ENDPOINT_MAX_IN_FLIGHT", "0"),
+    ("BRIDGE_ENDPOINT_MAX_QUEUED", "0"),
+    ("BRIDGE_BREAKER_THRESHOLD", "0"),
+    ("BRIDGE_BREAKER_COOLDOWN", "30 secs"),
+    ("BRIDGE_DISABLE_AFTER", "5 days"),
+    ("BRIDGE_DRAIN_TIMEOUT", "1w"),
 ]
 
 
@@ -229,6 +265,13 @@ def test_bad_value_raises_config_error_naming_the_variable(env_name: str, raw: s
     assert str(info.value).startswith(f"{env_name}: ")
     assert isinstance(info.value, BridgeError)
     assert info.value.retriable is False
+
+
+@pytest.mark.parametrize("jitter", ["1", "1.5", "-0.1", "nan"])
+def test_retry_jitter_must_be_a_fraction(jitter: str) -> None:
+    with pytest.raises(ConfigError, match="retry_jitter"):
+        Settings.load(env={"BRIDGE_RETRY_JITTER": jitter})
+    assert Settings.load(env={"BRIDGE_RETRY_JITTER": "0"}).retry_jitter == 0.0
 
 
 def test_session_timeout_must_exceed_half_the_rebalance_timeout() -> None:
@@ -365,6 +408,14 @@ def test_source_topics_start_with_the_events_topic() -> None:
         env={"BRIDGE_EVENTS_TOPIC": "ev", "BRIDGE_EXTRA_SOURCE_TOPICS": "legacy,other"}
     )
     assert settings.source_topics == ("ev", "legacy", "other")
+
+
+def test_retry_topics_one_per_schedule_entry() -> None:
+    settings = Settings.load(
+        env={"BRIDGE_RETRY_SCHEDULE": "5s,1m,1h", "BRIDGE_RETRY_TOPIC_PREFIX": "t.retry"}
+    )
+    assert settings.retry_topics == ("t.retry.1", "t.retry.2", "t.retry.3")
+    assert len(Settings().retry_topics) == len(DEFAULTS["retry_schedule"])
 
 
 def test_resolved_data_dir() -> None:

@@ -1,0 +1,301 @@
+"""Making one delivery attempt with endpoint isolation, and settling what happens next.
+
+An attempt passes, in order: the endpoint's circuit breaker, the endpoint's concurrency slots,
+the webhook's rate limit and the worker's in-flight limit; then it is signed and sent. Its outcome
+is recorded (attempts topic, metrics, endpoint health) and settled durably before the caller may
+acknowledge its source record: delivered; scheduled in a retry tier; or dead-lettered. A webhook
+whose endpoint answered 410 Gone, or failed for longer than ``disable_after``, is disabled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from .breaker import Breakers, endpoint_of
+from .deadletters import SourceRef, dead_letter_record
+from .delivery import AttemptResult, Delivery, Sender, status_class
+from .errors import InvalidEvent
+from .events import Event, format_timestamp
+from .health import EndpointHealth, HealthChange
+from .limits import EndpointBusy, EndpointSlots, RateLimits
+from .metrics import Metrics
+from .payload import EncodedEvent, build_body, delivery_id
+from .retries import PendingRetry
+from .retry_policy import RetryPolicy
+from .subscriptions import Webhook
+
+__all__ = ["Outputs", "Job", "Deliverer"]
+
+log = logging.getLogger(__name__)
+
+Done = Callable[[], Awaitable[object]]
+
+#: Errors of attempts that were not made: no request was sent.
+SKIPPED = frozenset({"circuit_open", "endpoint_busy"})
+
+
+class Outputs(Protocol):
+    """Durable writes; each returns once the broker has acknowledged the record."""
+
+    async def dead_letter(self, key: bytes | None, record: dict[str, Any]) -> None: ...
+
+    async def retry(self, tier: int, key: bytes, value: bytes) -> None: ...
+
+    async def attempt(self, key: bytes, record: dict[str, Any]) -> None: ...
+
+    async def status(self, key: bytes, record: dict[str, Any]) -> None: ...
+
+    async def disable(self, webhook: Webhook, reason: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Job:
+    """One delivery attempt to make."""
+
+    encoded: EncodedEvent
+    webhook: Webhook = field(repr=False)
+    #: Number of this attempt (1 for the first).
+    attempt: int
+    source: SourceRef
+    #: Earlier attempts (``AttemptResult.as_record()``), oldest first.
+    history: Sequence[Mapping[str, Any]] = ()
+
+    @property
+    def event(self) -> Event:
+        return self.encoded.event
+
+    @property
+    def delivery_id(self) -> str:
+        return delivery_id(self.event.id, self.webhook.id)
+
+
+class Deliverer:
+    """Runs :class:`Job` s."""
+
+    def __init__(
+        self,
+        *,
+        sender: Sender,
+        outputs: Outputs,
+        metrics: Metrics,
+        policy: RetryPolicy,
+        health: EndpointHealth,
+        max_in_flight: int,
+        endpoint_max_in_flight: int,
+        endpoint_max_queued: int,
+        breaker_threshold: int,
+        breaker_cooldown: float,
+        max_body_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
+        wall_time: Callable[[], float] = time.time,
+    ) -> None:
+        self._sender = sender
+        self._outputs = outputs
+        self._metrics = metrics
+        self._policy = policy
+        self._health = health
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._endpoints = EndpointSlots(endpoint_max_in_flight, endpoint_max_queued)
+        self._breakers = Breakers(breaker_threshold, breaker_cooldown, clock)
+        self._rates = RateLimits(clock)
+        self._max_body_bytes = max_body_bytes
+        self._wall_time = wall_time
+        self.draining = False
+
+    @property
+    def breakers(self) -> Breakers:
+        return self._breakers
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._wall_time(), UTC)
+
+    async def run(self, job: Job, done: Done) -> None:
+        """Attempt the delivery and settle its outcome, then call ``done``.
+
+        When cancelled while draining (SIGTERM), the interrupted attempt is handed to the retry
+        path before ``done`` is called. Any other cancellation leaves the job unsettled: its
+        source record stays unacknowledged and is processed again after a restart.
+        """
+        try:
+            await self._run(job)
+        except asyncio.CancelledError:
+            if not self.draining:
+                raise
+            at = format_timestamp(self._now())
+            await self._settle_failure(
+                job, AttemptResult(False, None, "interrupted", 0.0, at), counts=False
+            )
+            await done()
+            raise
+        await done()
+
+    async def _run(self, job: Job) -> None:
+        webhook = job.webhook
+        try:
+            body = build_body(job.encoded, webhook, max_bytes=self._max_body_bytes)
+        except InvalidEvent as exc:
+            await self._dead_letter(job, exc.reason, exc.detail, [])
+            return
+        delivery = Delivery(
+            delivery_id=job.delivery_id,
+            webhook=webhook,
+            event_id=job.event.id,
+            event_type=job.event.type,
+            body=body,
+            occurred_at=job.event.occurred_at,
+            event=job.event,
+        )
+        endpoint = endpoint_of(webhook.url)
+        if not self._breakers.allow(endpoint):
+            await self._settle_failure(job, self._skipped("circuit_open"), counts=False)
+            return
+        try:
+            await self._endpoints.acquire(endpoint)
+        except EndpointBusy:
+            await self._settle_failure(job, self._skipped("endpoint_busy"), counts=False)
+            return
+        try:
+            await self._rates.wait(webhook.id, webhook.rate_limit)
+            async with self._slots:
+                self._metrics.in_flight.inc()
+                try:
+                    result = await self._sender.send(delivery)
+                finally:
+                    self._metrics.in_flight.dec()
+        finally:
+            self._endpoints.release(endpoint)
+        self._observe(delivery, job, result)
+        if result.success:
+            self._breakers.success(endpoint)
+            self._metrics.circuits_open.set(self._breakers.open_count())
+            await self._record_attempt(job, result, None)
+            await self._publish_health(self._health.on_success(webhook.id))
+            return
+        self._breakers.failure(endpoint)
+        self._metrics.circuits_open.set(self._breakers.open_count())
+        await self._settle_failure(job, result, counts=True)
+
+    def _skipped(self, error: str) -> AttemptResult:
+        return AttemptResult(False, None, error, 0.0, format_timestamp(self._now()))
+
+    def _observe(self, delivery: Delivery, job: Job, result: AttemptResult) -> None:
+        outcome = "success" if result.success else "failure"
+        self._metrics.attempts.labels(outcome, status_class(result.status)).inc()
+        self._metrics.request_duration.labels(outcome).observe(result.duration)
+        if result.success:
+            self._metrics.deliveries.labels(delivery.event_type, "delivered").inc()
+            if delivery.occurred_at is not None:
+                latency = (self._now() - delivery.occurred_at).total_seconds()
+                self._metrics.end_to_end.observe(max(0.0, latency))
+        else:
+            log.warning(
+                "delivery attempt failed",
+                extra={
+                    "delivery_id": delivery.delivery_id,
+                    "webhook_id": delivery.webhook.id,
+                    "event_type": delivery.event_type,
+                    "attempt": job.attempt,
+                    "status": result.status,
+                    "error": result.error,
+                },
+            )
+
+    async def _settle_failure(self, job: Job, result: AttemptResult, *, counts: bool) -> None:
+        """After a failed or skipped attempt: disable, retry or dead-letter, durably."""
+        history = [*job.history, result.as_record()]
+        webhook_id = job.webhook.id
+        now = self._wall_time()
+        if counts and result.status == 410:
+            await self._disable(job, self._health.on_gone(webhook_id, now), "gone")
+            await self._record_attempt(job, result, "disabled")
+            await self._dead_letter(job, "endpoint_gone", "the endpoint answered 410 Gone", history)
+            return
+        if counts:
+            change = self._health.on_failure(webhook_id, now)
+            if change is not None and change.state == "disabled":
+                await self._disable(job, change, "failing")
+                await self._record_attempt(job, result, "disabled")
+                await self._dead_letter(
+                    job, "endpoint_disabled", "the endpoint failed for too long", history
+                )
+                return
+            await self._publish_health(change)
+        retry_after = result.retry_after if result.status in (429, 503) else None
+        decision = self._policy.after_failure(job.attempt, retry_after)
+        if decision.action == "dead_letter":
+            await self._record_attempt(job, result, "dead_letter")
+            last = f"HTTP {result.status}" if result.status is not None else str(result.error)
+            await self._dead_letter(
+                job, "attempts_exhausted", f"{job.attempt} attempts; last: {last}", history
+            )
+            return
+        assert decision.tier is not None and decision.delay is not None
+        pending = PendingRetry(
+            delivery_id=job.delivery_id,
+            webhook_id=webhook_id,
+            event=job.event,
+            attempt=job.attempt + 1,
+            not_before=now + decision.delay,
+            enqueued_at=now,
+            history=tuple(history),
+        )
+        await self._record_attempt(job, result, "retry")
+        await self._outputs.retry(decision.tier, webhook_id.encode("utf-8"), pending.to_bytes())
+        self._metrics.retries.labels(str(decision.tier + 1)).inc()
+
+    async def _disable(self, job: Job, change: HealthChange, reason: str) -> None:
+        log.warning(
+            "disabling webhook",
+            extra={"webhook_id": job.webhook.id, "reason": reason, "delivery_id": job.delivery_id},
+        )
+        await self._publish_health(change)
+        await self._outputs.disable(job.webhook, reason)
+        self._metrics.disabled.labels(reason).inc()
+
+    async def _publish_health(self, change: HealthChange | None) -> None:
+        if change is None:
+            return
+        record = change.to_record(format_timestamp(self._now()))
+        await self._outputs.status(change.webhook_id.encode("utf-8"), record)
+
+    async def _record_attempt(self, job: Job, result: AttemptResult, next_step: str | None) -> None:
+        record = {
+            "delivery_id": job.delivery_id,
+            "webhook_id": job.webhook.id,
+            "event_id": job.event.id,
+            "event_type": job.event.type,
+            "attempt": job.attempt,
+            "outcome": "success"
+            if result.success
+            else ("skipped" if result.error in SKIPPED else "failure"),
+            "status": result.status,
+            "error": result.error,
+            "duration_seconds": round(result.duration, 6),
+            "at": result.at,
+            "next": next_step,
+        }
+        await self._outputs.attempt(job.webhook.id.encode("utf-8"), record)
+
+    async def _dead_letter(
+        self, job: Job, reason: str, detail: str, history: Sequence[Mapping[str, Any]]
+    ) -> None:
+        record = dead_letter_record(
+            reason=reason,
+            detail=detail,
+            source=job.source,
+            now=self._now(),
+            event=job.event,
+            webhook_id=job.webhook.id,
+            delivery_id=job.delivery_id,
+            attempts=(),
+        )
+        record["attempts"] = [dict(a) for a in history]
+        await self._outputs.dead_letter(job.webhook.id.encode("utf-8"), record)
+        self._metrics.dead_letters.labels(reason).inc()
+        self._metrics.deliveries.labels(job.event.type, "dead_lettered").inc()

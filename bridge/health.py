@@ -1,0 +1,93 @@
+"""Endpoint health: how long a webhook's endpoint has failed, and when to disable it (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["HealthChange", "EndpointHealth"]
+
+
+@dataclass(frozen=True)
+class HealthChange:
+    """A status record to publish (and, for ``disabled``, a webhook to disable)."""
+
+    webhook_id: str
+    state: str
+    failing_since: float | None
+    reason: str | None = None
+
+    def to_record(self, updated_at: str) -> dict[str, Any]:
+        return {
+            "webhook_id": self.webhook_id,
+            "state": self.state,
+            "failing_since": self.failing_since,
+            "reason": self.reason,
+            "updated_at": updated_at,
+        }
+
+
+class EndpointHealth:
+    """Decides status transitions from attempt outcomes.
+
+    ``published`` looks up the last status record of a webhook (the status table, shared by all
+    workers); what this worker decided itself is remembered too, so that concurrent failures do
+    not publish the same transition many times.
+    """
+
+    def __init__(
+        self,
+        disable_after: float,
+        published: Callable[[str], Mapping[str, Any] | None],
+    ) -> None:
+        self._disable_after = disable_after
+        self._published = published
+        self._local: dict[str, HealthChange] = {}
+
+    def _current(self, webhook_id: str) -> tuple[str, float | None]:
+        local = self._local.get(webhook_id)
+        if local is not None:
+            return local.state, local.failing_since
+        record = self._published(webhook_id)
+        if record is None:
+            return "healthy", None
+        since = record.get("failing_since")
+        return str(record.get("state", "healthy")), float(since) if since is not None else None
+
+    def _change(self, change: HealthChange) -> HealthChange:
+        self._local[change.webhook_id] = change
+        return change
+
+    def on_success(self, webhook_id: str) -> HealthChange | None:
+        state, _ = self._current(webhook_id)
+        record = self._published(webhook_id)
+        published_state = record.get("state", "healthy") if record is not None else "healthy"
+        if state == "healthy" and published_state == "healthy":
+            return None
+        if state == "healthy" and webhook_id in self._local:
+            # Already published by this worker; the status table has not caught up yet.
+            return None
+        return self._change(HealthChange(webhook_id, "healthy", None))
+
+    def on_failure(self, webhook_id: str, now: float) -> HealthChange | None:
+        state, since = self._current(webhook_id)
+        if state == "disabled":
+            return None
+        if state != "failing" or since is None:
+            return self._change(HealthChange(webhook_id, "failing", now))
+
+        if now - since >= self._disable_after:
+            return self._change(HealthChange(webhook_id, "disabled", since, "failing"))
+        return None
+
+    def on_gone(self, webhook_id: str, now: float) -> HealthChange:
+        _, since = self._current(webhook_id)
+        return self._change(HealthChange(webhook_id, "disabled", since or now, "gone"))
+
+    def on_webhook_enabled(self, webhook_id: str) -> None:
+        """An active subscription record after a disable starts the webhook's health afresh
+        (the stale status record is replaced at the next outcome)."""
+        state, _ = self._current(webhook_id)
+        if state == "disabled":
+            self._local[webhook_id] = HealthChange(webhook_id, "failing", None)

@@ -1,0 +1,103 @@
+"""Isolation between endpoints: per-endpoint concurrency with a bounded queue, and per-webhook
+rate limits (token buckets; the clock is passed in)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["EndpointSlots", "EndpointBusy", "TokenBucket", "RateLimits"]
+
+
+class EndpointBusy(Exception):
+    """The endpoint already has as many deliveries waiting as allowed."""
+
+
+class _Endpoint:
+    __slots__ = ("semaphore", "in_flight", "waiting")
+
+    def __init__(self, limit: int) -> None:
+        self.semaphore = asyncio.Semaphore(limit)
+        self.in_flight = 0
+        self.waiting = 0
+
+
+class EndpointSlots:
+    """At most ``limit`` requests in flight per endpoint and ``max_queued`` waiting for one.
+
+    A delivery that would have to wait behind a full queue raises :class:`EndpointBusy` at once,
+    so a hanging endpoint can hold at most ``limit + max_queued`` deliveries of a worker.
+    """
+
+    def __init__(self, limit: int, max_queued: int) -> None:
+        self._limit = limit
+        self._max_queued = max_queued
+        self._endpoints: dict[str, _Endpoint] = {}
+
+    async def acquire(self, endpoint: str) -> None:
+        state = self._endpoints.get(endpoint)
+        if state is None:
+            state = self._endpoints[endpoint] = _Endpoint(self._limit)
+        if state.semaphore.locked() and state.waiting >= self._max_queued:
+            raise EndpointBusy(endpoint)
+        state.waiting += 1
+        try:
+            await state.semaphore.acquire()
+        finally:
+            state.waiting -= 1
+        state.in_flight += 1
+
+    def release(self, endpoint: str) -> None:
+        state = self._endpoints[endpoint]
+        state.semaphore.release()
+        state.in_flight -= 1
+        if state.in_flight == 0 and state.waiting == 0:
+            # Forget idle endpoints so that the map stays the size of the busy ones.
+            del self._endpoints[endpoint]
+
+    def waiting(self, endpoint: str) -> int:
+        state = self._endpoints.get(endpoint)
+        return state.waiting if state is not None else 0
+
+
+@dataclass
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst`` saved up."""
+
+    rate: float
+    burst: float
+    tokens: float
+    updated: float
+
+    def wait_time(self, now: float) -> float:
+        """Take a token; the seconds to wait before using it (0 when one was available)."""
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        self.tokens -= 1.0
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
+class RateLimits:
+    """Per-webhook rate limits (deliveries per second), for webhooks that set ``rate_limit``."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def wait_time(self, webhook_id: str, rate: float | None) -> float:
+        if rate is None or rate <= 0:
+            self._buckets.pop(webhook_id, None)
+            return 0.0
+        now = self._clock()
+        bucket = self._buckets.get(webhook_id)
+        if bucket is None or bucket.rate != rate:
+            burst = max(1.0, rate)
+            bucket = self._buckets[webhook_id] = TokenBucket(rate, burst, burst, now)
+        return bucket.wait_time(now)
+
+    async def wait(self, webhook_id: str, rate: float | None) -> None:
+        delay = self.wait_time(webhook_id, rate)
+        if delay > 0:
+            await asyncio.sleep(delay)

@@ -1,0 +1,129 @@
+"""When to try a failed delivery again, and when to give up (pure: the clock is passed in)."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+__all__ = [
+    "DEFAULT_SCHEDULE",
+    "parse_duration",
+    "parse_schedule",
+    "format_duration",
+    "parse_retry_after",
+    "RetryPolicy",
+    "Decision",
+]
+
+#: Svix's schedule: after the first attempt fails, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+DEFAULT_SCHEDULE: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """``"5s"``, ``"5m"``, ``"2h"``, ``"1d"``, ``"200ms"`` or plain seconds → seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (examples: 200ms, 5s, 5m, 2h, 1d)")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def parse_schedule(text: str) -> tuple[float, ...]:
+    """A comma-separated list of durations, each the wait before one more attempt."""
+    delays = tuple(parse_duration(part) for part in text.split(",") if part.strip())
+    if not delays:
+        raise ValueError("the retry schedule needs at least one delay")
+    if any(d <= 0 for d in delays):
+        raise ValueError("retry delays must be positive")
+    return delays
+
+
+def format_duration(seconds: float) -> str:
+    """The inverse of :func:`parse_duration`, for messages and ``--help``."""
+    for unit in ("d", "h", "m", "s"):
+        size = _UNITS[unit]
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    return f"{round(seconds * 1000)}ms"
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date), or ``None``."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do after a failed attempt."""
+
+    #: ``"retry"`` or ``"dead_letter"``.
+    action: str
+    #: For a retry: the tier (index into the schedule, so the topic) to wait in.
+    tier: int | None = None
+    #: For a retry: seconds to wait from now.
+    delay: float | None = None
+
+
+class RetryPolicy:
+    """The retry schedule with jitter and ``Retry-After`` handling."""
+
+    def __init__(
+        self,
+        schedule: Sequence[float] = DEFAULT_SCHEDULE,
+        *,
+        jitter: float = 0.1,
+        retry_after_cap: float = 3600.0,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        if not schedule:
+            raise ValueError("empty retry schedule")
+        self.schedule = tuple(schedule)
+        self.jitter = jitter
+        self.retry_after_cap = retry_after_cap
+        self._rand = rand
+
+    @property
+    def max_attempts(self) -> int:
+        """The first attempt plus one per delay."""
+        return len(self.schedule) + 1
+
+    def after_failure(self, attempts_made: int, retry_after: float | None = None) -> Decision:
+        """Decide after attempt number ``attempts_made`` (1-based) failed."""
+        if attempts_made >= self.max_attempts:
+            return Decision("dead_letter")
+        tier = attempts_made - 1
+        base = self.schedule[tier]
+        # Jitter spreads a burst of failures (an endpoint that was down) over time; it only
+        # ever shortens the wait so that a record is never due after its tier's delay.
+        delay = base * (1.0 - self.jitter * self._rand())
+        if retry_after is not None:
+            wanted = min(retry_after, self.retry_after_cap)
+            if wanted > delay:
+                delay = wanted
+                tier = self.tier_for(wanted, at_least=tier)
+        return Decision("retry", tier=tier, delay=delay)
+
+    def tier_for(self, wait: float, *, at_least: int = 0) -> int:
+        """The first tier (from ``at_least``) whose delay covers ``wait``: a record waiting in a
+        tier then never holds up the records queued behind it for longer than the tier's delay."""
+        for index in range(at_least, len(self.schedule)):
+            if self.schedule[index] >= wait:
+                return index
+        return len(self.schedule) - 1

@@ -1,0 +1,560 @@
+"""bridge.pipeline.Pipeline with a fake sender, a recording dead-letter sink and a fresh registry.
+
+Progress is observed through the fakes (events, counters) with ``asyncio.wait_for`` deadlines;
+there are no timed sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from bridge.deadletters import SourceRef
+from bridge.delivery import AttemptResult, Delivery
+from bridge.events import Event
+from bridge.metrics import Metrics
+from bridge.payload import EncodedEvent, build_body, delivery_id
+from bridge.pipeline import Pipeline
+from bridge.schemas import schema_errors
+from bridge.subscriptions import SubscriptionIndex, Webhook
+
+PROMPT = 2.0
+SECRET_PREFIX = "whsec_pipeline_"
+NOW = datetime(2024, 1, 15, 10, 30, 2, 500000, tzinfo=UTC)
+DELIVERIES = "webhook_bridge_deliveries_total"
+SOURCE = SourceRef("postion.events", 2, 41, b"site_789")
+AT = "2024-01-15T10:30:01.000Z"
+OK = AttemptResult(True, 200, None, 0.125, AT)
+
+
+def webhook(
+    webhook_id: str,
+    *,
+    site_id: str | None = "site_789",
+    user_id: str = "user_456",
+    events: tuple[str, ...] = ("*",),
+    active: bool = True,
+    name: str | None = None,
+) -> Webhook:
+    return Webhook(
+        id=webhook_id,
+        name=name if name is not None else f"hook {webhook_id}",
+        url=f"https://hooks.example/{webhook_id}",
+        secret=SECRET_PREFIX + webhook_id,
+        events=frozenset(events),
+        site_id=site_id,
+        user_id=user_id,
+        active=active,
+    )
+
+
+def make_event(
+    event_type: str = "post.created",
+    *,
+    event_id: str = "evt_1",
+    site_id: str = "site_789",
+    user_id: str = "user_456",
+    data: dict[str, Any] | None = None,
+) -> Event:
+    return Event(
+        id=event_id,
+        type=event_type,
+        data=data if data is not None else {"id": "post_123", "title": "My New Post"},
+        timestamp="2024-01-15T10:30:00Z",
+        site_id=site_id,
+        user_id=user_id,
+    )
+
+
+class Acks:
+    """The ack callback: counts calls."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def __call__(self) -> None:
+        self.count += 1
+
+
+class RecordingSink:
+    """A DeadLetterSink that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes | None, dict[str, Any]]] = []
+
+    async def send(self, key: bytes | None, record: dict[str, Any]) -> None:
+        self.records.append((key, json.loads(json.dumps(record))))
+
+
+class ScriptedSender:
+    """Answers each delivery at once: ``results[webhook_id]``, else success."""
+
+    def __init__(self, results: dict[str, AttemptResult] | None = None) -> None:
+        self.results = results or {}
+        self.sent: list[Delivery] = []
+
+    async def send(self, delivery: Delivery) -> AttemptResult:
+        self.sent.append(delivery)
+        return self.results.get(delivery.webhook.id, OK)
+
+
+class BlockingSender:
+    """Every send waits until its webhook's gate is set."""
+
+    def __init__(self) -> None:
+        self.gates: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self.started: list[str] = []
+        self.finished: list[str] = []
+
+    async def send(self, delivery: Delivery) -> AttemptResult:
+        self.started.append(delivery.webhook.id)
+        await self.gates[delivery.webhook.id].wait()
+        self.finished.append(delivery.webhook.id)
+        return OK
+
+    def release(self, webhook_id: str) -> None:
+        self.gates[webhook_id].set()
+
+
+class CrashingSender(ScriptedSender):
+    """Raises (a bug, not an HTTP outcome) for the deliveries of ``event_id``."""
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__()
+        self.event_id = event_id
+
+    async def send(self, delivery: Delivery) -> AttemptResult:
+        if delivery.event_id == self.event_id:
+            raise RuntimeError("bug in the sender")
+        return await super().send(delivery)
+
+
+class FixedFreshness:
+    def __init__(self, current: bool) -> None:
+        self.current = current
+        self.calls: list[float] = []
+
+    async def wait_current(self, received_at: float) -> bool:
+        self.calls.append(received_at)
+        return self.current
+
+
+class Harness:
+    def __init__(
+        self,
+        webhooks: list[Webhook],
+        sender: Any,
+        *,
+        max_in_flight: int = 16,
+        max_body_bytes: int = 1024 * 1024,
+        freshness: Any = None,
+        sink: RecordingSink | None = None,
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self.sink = sink if sink is not None else RecordingSink()
+        self.sender = sender
+        self.pipeline = Pipeline(
+            index=SubscriptionIndex(webhooks),
+            sender=sender,
+            dead_letters=self.sink,
+            metrics=Metrics(self.registry),
+            max_in_flight=max_in_flight,
+            max_body_bytes=max_body_bytes,
+            freshness=freshness,
+            wall_clock=lambda: NOW,
+            clock=lambda: 123.0,
+        )
+
+    def value(self, name: str, **labels: str) -> float | None:
+        return self.registry.get_sample_value(name, labels)
+
+    async def drain(self) -> None:
+        assert await self.pipeline.drain(PROMPT) is True
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Yield to other tasks until ``condition`` holds, failing after a deadline."""
+
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(poll(), PROMPT)
+
+
+async def settle() -> None:
+    """Let every ready task run until it blocks (a yield, not a timed wait)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def assert_valid_dead_letter(record: dict[str, Any]) -> None:
+    assert schema_errors("deadletter", record) == []
+    assert record["dead_lettered_at"] == "2024-01-15T10:30:02.500Z"
+    assert record["source"] == {
+        "topic": "postion.events",
+        "partition": 2,
+        "offset": 41,
+        "key": "site_789",
+    }
+
+
+# ------------------------------------------------------------------------ deliveries
+
+
+async def test_one_delivery_per_matching_webhook() -> None:
+    hooks = [
+        webhook("w-site"),
+        webhook("w-account", site_id=None),
+        webhook("w-posts", events=("post.created",)),
+        webhook("w-other-type", events=("post.deleted",)),
+        webhook("w-other-site", site_id="site_000"),
+        webhook("w-inactive", active=False),
+    ]
+    h = Harness(hooks, ScriptedSender())
+    event = make_event()
+    acks = Acks()
+    await h.pipeline.handle(event.to_bytes(), SOURCE, acks)
+    await h.drain()
+
+    sent = {d.webhook.id: d for d in h.sender.sent}
+    assert sorted(sent) == ["w-account", "w-posts", "w-site"]
+    encoded = EncodedEvent.of(event)
+    for webhook_id, delivery in sent.items():
+        assert delivery.delivery_id == delivery_id("evt_1", webhook_id)
+        assert delivery.event_id == "evt_1"
+        assert delivery.event_type == "post.created"
+        assert delivery.body == build_body(encoded, delivery.webhook)
+        assert delivery.occurred_at == datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
+    assert acks.count == 1
+    assert h.sink.records == []
+
+    assert h.value("webhook_bridge_events_total", event_type="post.created") == 1
+    assert h.value(DELIVERIES, event_type="post.created", outcome="delivered") == 3
+    assert (
+        h.value("webhook_bridge_delivery_attempts_total", outcome="success", status_class="2xx")
+        == 3
+    )
+    assert h.value("webhook_bridge_http_request_duration_seconds_count", outcome="success") == 3
+    assert h.value("webhook_bridge_http_request_duration_seconds_sum", outcome="success") == 0.375
+    assert h.value("webhook_bridge_end_to_end_latency_seconds_count") == 3
+    assert h.value("webhook_bridge_end_to_end_latency_seconds_sum") == 7.5
+    assert h.value("webhook_bridge_in_flight_requests") == 0
+    assert h.pipeline.in_flight == 0
+
+
+async def test_ack_only_after_all_deliveries_finished() -> None:
+    sender = BlockingSender()
+    h = Harness([webhook("w1"), webhook("w2")], sender)
+    acks = Acks()
+    await h.pipeline.handle(make_event().to_bytes(), SOURCE, acks)
+    await until(lambda: len(sender.started) == 2)
+    assert acks.count == 0
+    assert h.pipeline.in_flight == 2
+    assert h.value("webhook_bridge_in_flight_requests") == 2
+
+    sender.release("w1")
+    await until(lambda: h.pipeline.in_flight == 1)
+    await settle()
+    assert acks.count == 0
+    assert h.value("webhook_bridge_in_flight_requests") == 1
+
+    sender.release("w2")
+    await h.drain()
+    assert acks.count == 1
+    assert sorted(sender.finished) == ["w1", "w2"]
+    assert h.value("webhook_bridge_in_flight_requests") == 0
+
+
+async def test_no_matching_webhook_acks_at_once() -> None:
+    h = Harness([webhook("w", site_id="elsewhere")], ScriptedSender())
+    acks = Acks()
+    await h.pipeline.handle(make_event().to_bytes(), SOURCE, acks)
+    assert acks.count == 1
+    assert h.pipeline.in_flight == 0
+    assert h.sender.sent == []
+    assert h.sink.records == []
+    assert h.value("webhook_bridge_events_total", event_type="post.created") == 1
+
+
+async def test_test_event_goes_only_to_the_named_webhook() -> None:
+    hooks = [webhook("named", events=("post.created",)), webhook("star")]
+    h = Harness(hooks, ScriptedSender())
+    acks = Acks()
+    event = make_event("test.event", data={"webhook_id": "named"})
+    await h.pipeline.handle(event.to_bytes(), SOURCE, acks)
+    await h.drain()
+    assert [d.webhook.id for d in h.sender.sent] == ["named"]
+    assert h.sender.sent[0].event_type == "test.event"
+    assert acks.count == 1
+
+
+# ------------------------------------------------------------------- invalid records
+
+INVALID: list[tuple[bytes | None, str]] = [
+    (None, "malformed_json"),
+    (b"{", "malformed_json"),
+    (b"[1, 2]", "not_an_object"),
+    (make_event().to_bytes().replace(b"post.created", b"post.edited"), "unknown_event_type"),
+    (make_event(data={"id": "p"}).to_bytes(), "schema_invalid"),
+    (make_event().to_bytes().replace(b"10:30:00Z", b"10:30:00"), "schema_invalid"),
+    (
+        make_event().to_bytes().replace(b'"post_123"', b'"p","n":9007199254740993'),
+        "unsafe_integer",
+    ),
+]
+
+
+@pytest.mark.parametrize(("raw", "reason"), INVALID)
+async def test_invalid_record_is_dead_lettered_and_acked(raw: bytes | None, reason: str) -> None:
+    h = Harness([webhook("w")], ScriptedSender())
+    acks = Acks()
+    await h.pipeline.handle(raw, SOURCE, acks)
+    assert acks.count == 1
+    assert h.sender.sent == []
+    ((key, record),) = h.sink.records
+    assert key == b"site_789"
+    assert record["reason"] == reason
+    assert record["detail"]
+    assert record["event"] is None
+    assert record["raw"] == (None if raw is None else raw.decode("utf-8"))
+    assert record["webhook_id"] is None
+    assert record["delivery_id"] is None
+    assert record["attempts"] == []
+    assert_valid_dead_letter(record)
+    assert h.value("webhook_bridge_events_total", event_type="invalid") == 1
+    assert h.value("webhook_bridge_dead_letters_total", reason=reason) == 1
+
+
+async def test_invalid_record_without_key_is_dead_lettered_without_key() -> None:
+    h = Harness([], ScriptedSender())
+    acks = Acks()
+    await h.pipeline.handle(b"\xff\xfe", SourceRef("other.events", 0, 7), acks)
+    ((key, record),) = h.sink.records
+    assert key is None
+    assert record["reason"] == "malformed_json"
+    assert record["source"]["key"] is None
+    assert record["raw"] == "\ufffd\ufffd"
+    assert acks.count == 1
+
+
+# ------------------------------------------------------------------- failed delivery
+
+
+@pytest.mark.parametrize(
+    ("result", "detail", "status_class"),
+    [
+        (AttemptResult(False, 500, "http_status", 0.5, AT), "HTTP 500", "5xx"),
+        (AttemptResult(False, 302, "redirect", 0.5, AT), "HTTP 302", "3xx"),
+        (AttemptResult(False, None, "timeout", 30.0, AT), "timeout", "none"),
+    ],
+)
+async def test_failed_attempt_is_dead_lettered(
+    result: AttemptResult, detail: str, status_class: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    h = Harness([webhook("w-bad"), webhook("w-good")], ScriptedSender({"w-bad": result}))
+    event = make_event()
+    acks = Acks()
+    await h.pipeline.handle(event.to_bytes(), SOURCE, acks)
+    await h.drain()
+    assert acks.count == 1
+
+    ((key, record),) = h.sink.records
+    assert key == b"w-bad"
+    assert record["reason"] == "delivery_failed"
+    assert record["detail"] == detail
+    assert record["webhook_id"] == "w-bad"
+    assert record["delivery_id"] == delivery_id("evt_1", "w-bad")
+    assert record["attempts"] == [result.as_record()]
+    assert record["event"] == event.envelope()
+    assert record["raw"] is None
+    assert_valid_dead_letter(record)
+
+    text = json.dumps(record)
+    assert SECRET_PREFIX not in text
+    assert "hooks.example" not in text
+    assert SECRET_PREFIX not in caplog.text
+
+    assert h.value(DELIVERIES, event_type="post.created", outcome="dead_lettered") == 1
+    assert h.value(DELIVERIES, event_type="post.created", outcome="delivered") == 1
+    assert (
+        h.value(
+            "webhook_bridge_delivery_attempts_total", outcome="failure", status_class=status_class
+        )
+        == 1
+    )
+    assert h.value("webhook_bridge_dead_letters_total", reason="delivery_failed") == 1
+    assert h.value("webhook_bridge_http_request_duration_seconds_count", outcome="failure") == 1
+    # Only the successful delivery has an end-to-end latency.
+    assert h.value("webhook_bridge_end_to_end_latency_seconds_count") == 1
+
+
+async def test_ack_waits_for_the_dead_letter_of_a_failed_delivery() -> None:
+    written = asyncio.Event()
+    proceed = asyncio.Event()
+
+    class SlowSink(RecordingSink):
+        async def send(self, key: bytes | None, record: dict[str, Any]) -> None:
+            written.set()
+            await proceed.wait()
+            await super().send(key, record)
+
+    failure = AttemptResult(False, 404, "http_status", 0.1, AT)
+    sink = SlowSink()
+    h = Harness([webhook("w")], ScriptedSender({"w": failure}), sink=sink)
+    acks = Acks()
+    await h.pipeline.handle(make_event().to_bytes(), SOURCE, acks)
+    await asyncio.wait_for(written.wait(), PROMPT)
+    await settle()
+    assert acks.count == 0
+    proceed.set()
+    await h.drain()
+    assert acks.count == 1
+    assert [r["reason"] for _, r in sink.records] == ["delivery_failed"]
+
+
+# ------------------------------------------------------------------ payload too large
+
+
+async def test_payload_too_large_is_per_webhook() -> None:
+    small = webhook("w-small", name="s")
+    large = webhook("w-large", name="L" * 500)
+    event = make_event()
+    limit = len(build_body(EncodedEvent.of(event), small))
+    h = Harness([small, large], ScriptedSender(), max_body_bytes=limit)
+    acks = Acks()
+    await h.pipeline.handle(event.to_bytes(), SOURCE, acks)
+    await h.drain()
+
+    assert [d.webhook.id for d in h.sender.sent] == ["w-small"]
+    ((key, record),) = h.sink.records
+    assert key == b"w-large"
+    assert record["reason"] == "payload_too_large"
+    assert record["webhook_id"] == "w-large"
+    assert record["delivery_id"] == delivery_id("evt_1", "w-large")
+    assert record["event"] == event.envelope()
+    assert record["attempts"] == []
+    assert_valid_dead_letter(record)
+    assert SECRET_PREFIX not in json.dumps(record)
+    assert acks.count == 1
+    assert h.value("webhook_bridge_dead_letters_total", reason="payload_too_large") == 1
+    assert h.value(DELIVERIES, event_type="post.created", outcome="dead_lettered") == 1
+
+
+async def test_payload_too_large_for_every_webhook_acks_at_once() -> None:
+    h = Harness([webhook("w1"), webhook("w2")], ScriptedSender(), max_body_bytes=10)
+    acks = Acks()
+    await h.pipeline.handle(make_event().to_bytes(), SOURCE, acks)
+    assert acks.count == 1
+    assert h.sender.sent == []
+    assert sorted(r["webhook_id"] for _, r in h.sink.records) == ["w1", "w2"]
+    assert {r["reason"] for _, r in h.sink.records} == {"payload_too_large"}
+
+
+# ----------------------------------------------------------------------- concurrency
+
+
+async def test_third_delivery_waits_for_a_slot() -> None:
+    sender = BlockingSender()
+    h = Harness([webhook("w1"), webhook("w2"), webhook("w3")], sender, max_in_flight=2)
+    acks = Acks()
+    handling = asyncio.create_task(h.pipeline.handle(make_event().to_bytes(), SOURCE, acks))
+    await until(lambda: len(sender.started) == 2)
+    await settle()
+    assert sender.started == ["w1", "w2"]
+    assert not handling.done(), "handle() must wait for a free slot"
+    assert h.pipeline.in_flight == 2
+
+    sender.release("w2")
+    await until(lambda: len(sender.started) == 3)
+    assert sender.started[2] == "w3"
+    await asyncio.wait_for(handling, PROMPT)
+    assert acks.count == 0
+
+    sender.release("w1")
+    sender.release("w3")
+    await h.drain()
+    assert acks.count == 1
+
+
+async def test_events_share_the_slots_and_ack_independently() -> None:
+    sender = BlockingSender()
+    hooks = [webhook("w-a", site_id="site_a"), webhook("w-b", site_id="site_b")]
+    h = Harness(hooks, sender, max_in_flight=2)
+    ack_a, ack_b = Acks(), Acks()
+    await h.pipeline.handle(make_event(event_id="a", site_id="site_a").to_bytes(), SOURCE, ack_a)
+    await h.pipeline.handle(make_event(event_id="b", site_id="site_b").to_bytes(), SOURCE, ack_b)
+    await until(lambda: len(sender.started) == 2)
+
+    sender.release("w-b")
+    await until(lambda: ack_b.count == 1)
+    assert ack_a.count == 0
+
+    sender.release("w-a")
+    await h.drain()
+    assert (ack_a.count, ack_b.count) == (1, 1)
+
+
+async def test_sender_crash_leaves_the_event_unacked_and_frees_the_slot(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness([webhook("w")], CrashingSender("e1"), max_in_flight=1)
+    crashed = Acks()
+    await h.pipeline.handle(make_event(event_id="e1").to_bytes(), SOURCE, crashed)
+    await h.drain()
+    assert crashed.count == 0
+    assert "crashed" in caplog.text
+    assert h.value("webhook_bridge_in_flight_requests") == 0
+
+    # The only slot was released: the next event is not blocked.
+    acks = Acks()
+    await asyncio.wait_for(
+        h.pipeline.handle(make_event(event_id="e2").to_bytes(), SOURCE, acks), PROMPT
+    )
+    await h.drain()
+    assert acks.count == 1
+    assert [d.event_id for d in h.sender.sent] == ["e2"]
+
+
+async def test_drain() -> None:
+    sender = BlockingSender()
+    h = Harness([webhook("w")], sender)
+    assert await h.pipeline.drain(PROMPT) is True
+    await h.pipeline.handle(make_event().to_bytes(), SOURCE, Acks())
+    await until(lambda: len(sender.started) == 1)
+    assert await h.pipeline.drain(0.01) is False
+    sender.release("w")
+    assert await h.pipeline.drain(PROMPT) is True
+
+
+# ------------------------------------------------------------------------- freshness
+
+
+async def test_sync_timeout_is_counted_and_the_event_still_delivered() -> None:
+    freshness = FixedFreshness(current=False)
+    h = Harness([webhook("w")], ScriptedSender(), freshness=freshness)
+    acks = Acks()
+    await h.pipeline.handle(make_event().to_bytes(), SOURCE, acks)
+    await h.drain()
+    assert freshness.calls == [123.0]
+    assert h.value("webhook_bridge_subscription_sync_timeouts_total") == 1
+    assert [d.webhook.id for d in h.sender.sent] == ["w"]
+    assert acks.count == 1
+
+
+async def test_current_table_counts_no_sync_timeout() -> None:
+    freshness = FixedFreshness(current=True)
+    h = Harness([webhook("w")], ScriptedSender(), freshness=freshness)
+    await h.pipeline.handle(make_event().to_bytes(), SOURCE, Acks())
+    await h.drain()
+    assert freshness.calls == [123.0]
+    assert h.value("webhook_bridge_subscription_sync_timeouts_total") == 0
