@@ -127,6 +127,23 @@ def _parser() -> argparse.ArgumentParser:
     add_setting_flags(publish, KAFKA_SETTINGS + ["events_topic"])
     publish.set_defaults(handler=_publish, settings=KAFKA_SETTINGS + ["events_topic"])
 
+    dlq = commands.add_parser("dlq", help="dead letters: list and replay")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    dlq_settings = KAFKA_SETTINGS + ["deadletter_topic", "retry_topic_prefix", "retry_schedule"]
+    for action, helptext in (
+        ("list", "list dead letters (one JSON object per line)"),
+        ("replay", "re-enqueue dead letters with their delivery ids"),
+    ):
+        sub = dlq_commands.add_parser(action, help=helptext)
+        sub.add_argument("--webhook", dest="webhook_id", help="only this webhook")
+        sub.add_argument("--delivery", dest="delivery_id", help="only this delivery id")
+        sub.add_argument("--since", help="ISO-8601 time or a duration ago (2h, 1d)")
+        sub.add_argument("--until", help="ISO-8601 time or a duration ago")
+        add_setting_flags(sub, dlq_settings)
+        sub.set_defaults(
+            handler=_dlq_list if action == "list" else _dlq_replay, settings=dlq_settings
+        )
+
     receive = commands.add_parser("receive", help="a receiver that verifies and prints deliveries")
     receive.add_argument("--port", type=int, required=True)
     receive.add_argument("--secret", required=True)
@@ -329,6 +346,37 @@ def _publish(args: argparse.Namespace) -> int:
     )
     asyncio.run(publish_events(settings, [event]))
     print(f"published {event.type} {event.id}")
+    return 0
+
+
+def _dead_letter_filter(args: argparse.Namespace) -> Any:
+    from .management import DeadLetterFilter, parse_time
+
+    try:
+        since = parse_time(args.since) if args.since else None
+        until = parse_time(args.until) if args.until else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return DeadLetterFilter(args.webhook_id, args.delivery_id, since, until)
+
+
+def _dlq_list(args: argparse.Namespace) -> int:
+    from .management import list_dead_letters
+
+    settings = _managed(_settings(args))
+    for record in asyncio.run(list_dead_letters(settings, _dead_letter_filter(args))):
+        print(json.dumps(record, ensure_ascii=False))
+    return 0
+
+
+def _dlq_replay(args: argparse.Namespace) -> int:
+    from .management import replay_dead_letters
+
+    settings = _managed(_settings(args))
+    report = asyncio.run(replay_dead_letters(settings, _dead_letter_filter(args)))
+    for delivery in report.replayed:
+        print(f"replayed {delivery}")
+    print(f"{len(report.replayed)} replayed, {report.skipped} not replayable (invalid events)")
     return 0
 
 

@@ -10,7 +10,7 @@ import secrets
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -19,7 +19,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from . import jsoncanon
 from .config import Settings
-from .errors import InvalidSubscription, TopicDrift
+from .errors import InvalidRecord, InvalidSubscription, TopicDrift
 from .events import Event, build_event, format_timestamp
 from .kafka import client_kwargs
 from .subscriptions import Webhook, parse_webhook, webhook_from_record
@@ -314,3 +314,110 @@ async def publish_event(
     event = build_event(event_type, data, site_id=site_id, user_id=user_id, event_id=event_id)
     await publish_events(settings, [event])
     return event
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """An ISO-8601 time (``2024-01-15T10:30:00Z``) or a duration ago (``30m``, ``2h``, ``1d``)."""
+    from .retry_policy import parse_duration
+
+    moment = now or datetime.now(UTC)
+    try:
+        return moment - timedelta(seconds=parse_duration(text))
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not a time: {text!r} (ISO-8601, or a duration ago like 2h)") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """Which dead letters to list or replay."""
+
+    webhook_id: str | None = None
+    delivery_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        if self.webhook_id is not None and record.get("webhook_id") != self.webhook_id:
+            return False
+        if self.delivery_id is not None and record.get("delivery_id") != self.delivery_id:
+            return False
+        stamp = record.get("dead_lettered_at")
+        if (self.since or self.until) and isinstance(stamp, str):
+            at = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+            if self.since is not None and at < self.since:
+                return False
+            if self.until is not None and at > self.until:
+                return False
+        return True
+
+
+async def list_dead_letters(
+    settings: Settings, where: DeadLetterFilter = DeadLetterFilter()
+) -> list[dict[str, Any]]:
+    """Dead letters matching ``where``, oldest first per partition."""
+    out = []
+    for _, value in await read_topic(settings, settings.deadletter_topic):
+        if value is None:
+            continue
+        try:
+            record = jsoncanon.loads(value)
+        except InvalidRecord:
+            continue
+        if isinstance(record, dict) and where.matches(record):
+            out.append(record)
+    return out
+
+
+@dataclass
+class ReplayReport:
+    replayed: list[str] = field(default_factory=list)
+    #: Dead letters that cannot be replayed (no webhook: the event itself was invalid).
+    skipped: int = 0
+
+
+async def replay_dead_letters(settings: Settings, where: DeadLetterFilter) -> ReplayReport:
+    """Re-enqueue matching dead letters in the first retry tier, due now, with the same delivery
+    id. Each replayed delivery gets the retry schedule again from its second entry; it is signed
+    with the webhook's secret at that time, and dropped if the webhook is gone or inactive."""
+    import time
+
+    from .events import parse_event
+    from .retries import PendingRetry
+
+    report = ReplayReport()
+    pending: list[PendingRetry] = []
+    for record in await list_dead_letters(settings, where):
+        if not record.get("webhook_id") or not isinstance(record.get("event"), dict):
+            report.skipped += 1
+            continue
+        now = time.time()
+        pending.append(
+            PendingRetry(
+                delivery_id=str(record["delivery_id"]),
+                webhook_id=str(record["webhook_id"]),
+                event=parse_event(jsoncanon.dumps(record["event"])),
+                attempt=2,
+                not_before=now,
+                enqueued_at=now,
+                history=tuple(record.get("attempts") or ()),
+                replayed=True,
+            )
+        )
+    if not pending:
+        return report
+    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", enable_idempotence=False)
+    await producer.start()
+    try:
+        for item in pending:
+            await producer.send_and_wait(
+                settings.retry_topics[0], item.to_bytes(), key=item.webhook_id.encode("utf-8")
+            )
+            report.replayed.append(item.delivery_id)
+    finally:
+        await producer.stop()
+    return report
