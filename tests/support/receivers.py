@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     status: int
+    at: float = field(default_factory=time.monotonic)
 
     @property
     def json(self) -> Any:
@@ -41,6 +43,12 @@ class Receiver:
     secrets: dict[str, str] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
     holds: dict[str, asyncio.Event] = field(default_factory=dict)
+    #: Statuses answered in turn, per path, before falling back to ``statuses``.
+    scripts: dict[str, list[int]] = field(default_factory=dict)
+    #: Extra response headers per path (e.g. Retry-After).
+    headers: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: When set, every request gets a dropped connection instead of an answer.
+    down: bool = False
     received: list[Received] = field(default_factory=list)
     port: int = 0
     _changed: asyncio.Condition | None = None
@@ -69,7 +77,10 @@ class Receiver:
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         hold = self.holds.get(request.path)
-        status = self.statuses.get(request.path, 200)
+        script = self.scripts.get(request.path)
+        status = script.pop(0) if script else self.statuses.get(request.path, 200)
+        if self.down:
+            status = 0
         record = Received(request.path, dict(request.headers), body, status)
         assert self._changed is not None
         async with self._changed:
@@ -77,7 +88,13 @@ class Receiver:
             self._changed.notify_all()
         if hold is not None:
             await hold.wait()
-        headers = {"Location": self.url("/elsewhere")} if 300 <= status < 400 else None
+        if status == 0:
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=500)
+        headers = dict(self.headers.get(request.path, {}))
+        if 300 <= status < 400:
+            headers["Location"] = self.url("/elsewhere")
         return web.Response(status=status, text="OK", headers=headers)
 
     def at(self, path: str) -> list[Received]:

@@ -1,7 +1,8 @@
-"""bridge.pipeline.Pipeline with a fake sender, a recording dead-letter sink and a fresh registry.
+"""bridge.pipeline.Pipeline driving a real Deliverer, with a fake sender and fake durable outputs.
 
-Progress is observed through the fakes (events, counters) with ``asyncio.wait_for`` deadlines;
-there are no timed sleeps.
+The sender is any object with ``async def send(delivery) -> AttemptResult``; the outputs record
+what would be written to Kafka; metrics live on a fresh ``CollectorRegistry``. Progress is
+observed through the fakes with ``asyncio.wait_for`` deadlines; there are no timed sleeps.
 """
 
 from __future__ import annotations
@@ -18,21 +19,29 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from bridge.deadletters import SourceRef
+from bridge.deliverer import Deliverer
 from bridge.delivery import AttemptResult, Delivery
 from bridge.events import Event
+from bridge.health import EndpointHealth
 from bridge.metrics import Metrics
 from bridge.payload import EncodedEvent, build_body, delivery_id
 from bridge.pipeline import Pipeline
+from bridge.retries import PendingRetry, parse_retry
+from bridge.retry_policy import RetryPolicy
 from bridge.schemas import schema_errors
 from bridge.subscriptions import SubscriptionIndex, Webhook
 
 PROMPT = 2.0
 SECRET_PREFIX = "whsec_pipeline_"
 NOW = datetime(2024, 1, 15, 10, 30, 2, 500000, tzinfo=UTC)
-DELIVERIES = "webhook_bridge_deliveries_total"
-SOURCE = SourceRef("postion.events", 2, 41, b"site_789")
+NOW_TS = NOW.timestamp()
 AT = "2024-01-15T10:30:01.000Z"
 OK = AttemptResult(True, 200, None, 0.125, AT)
+DELIVERIES = "webhook_bridge_deliveries_total"
+SOURCE = SourceRef("postion.events", 2, 41, b"site_789")
+RETRY_SOURCE = SourceRef("postion.webhooks.retry.1", 0, 9, b"w")
+#: Two retries at most: the first after 5 s, the second after 60 s (no jitter).
+SCHEDULE = (5.0, 60.0)
 
 
 def webhook(
@@ -84,14 +93,37 @@ class Acks:
         self.count += 1
 
 
-class RecordingSink:
-    """A DeadLetterSink that keeps what it was given."""
+class FakeOutputs:
+    """The durable outputs, recorded (values round-tripped through JSON like the real ones)."""
 
     def __init__(self) -> None:
-        self.records: list[tuple[bytes | None, dict[str, Any]]] = []
+        self.dead_letters: list[tuple[bytes | None, dict[str, Any]]] = []
+        self.retries: list[tuple[int, bytes, bytes]] = []
+        self.attempts: list[tuple[bytes, dict[str, Any]]] = []
+        self.statuses: list[tuple[bytes, dict[str, Any]]] = []
+        self.disabled: list[tuple[str, str]] = []
 
-    async def send(self, key: bytes | None, record: dict[str, Any]) -> None:
-        self.records.append((key, json.loads(json.dumps(record))))
+    async def dead_letter(self, key: bytes | None, record: dict[str, Any]) -> None:
+        self.dead_letters.append((key, json.loads(json.dumps(record))))
+
+    async def retry(self, tier: int, key: bytes, value: bytes) -> None:
+        self.retries.append((tier, key, value))
+
+    async def attempt(self, key: bytes, record: dict[str, Any]) -> None:
+        self.attempts.append((key, json.loads(json.dumps(record))))
+
+    async def status(self, key: bytes, record: dict[str, Any]) -> None:
+        self.statuses.append((key, json.loads(json.dumps(record))))
+
+    async def disable(self, webhook: Webhook, reason: str) -> None:
+        self.disabled.append((webhook.id, reason))
+
+    def everything(self) -> str:
+        """All that was written, as text (to look for secrets)."""
+        parts: list[str] = [json.dumps(r) for _, r in self.dead_letters]
+        parts += [value.decode("utf-8") for _, _, value in self.retries]
+        parts += [json.dumps(r) for _, r in self.attempts + self.statuses]
+        return "\n".join(parts)
 
 
 class ScriptedSender:
@@ -153,31 +185,48 @@ class Harness:
         webhooks: list[Webhook],
         sender: Any,
         *,
-        max_in_flight: int = 16,
+        max_in_flight: int = 64,
+        max_pending: int = 4096,
         max_body_bytes: int = 1024 * 1024,
         freshness: Any = None,
-        sink: RecordingSink | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
-        self.sink = sink if sink is not None else RecordingSink()
+        self.metrics = Metrics(self.registry)
+        self.outputs = FakeOutputs()
         self.sender = sender
-        self.pipeline = Pipeline(
-            index=SubscriptionIndex(webhooks),
+        self.index = SubscriptionIndex(webhooks)
+        self.deliverer = Deliverer(
             sender=sender,
-            dead_letters=self.sink,
-            metrics=Metrics(self.registry),
+            outputs=self.outputs,
+            metrics=self.metrics,
+            policy=RetryPolicy(SCHEDULE, jitter=0.0, rand=lambda: 0.0),
+            health=EndpointHealth(5 * 86400.0, {}.get),
             max_in_flight=max_in_flight,
+            # Every test webhook is on the same host: keep endpoint isolation out of the way.
+            endpoint_max_in_flight=1000,
+            endpoint_max_queued=1000,
+            breaker_threshold=1000,
+            breaker_cooldown=30.0,
             max_body_bytes=max_body_bytes,
+            clock=lambda: 123.0,
+            wall_time=lambda: NOW_TS,
+        )
+        self.pipeline = Pipeline(
+            index=self.index,
+            deliverer=self.deliverer,
+            outputs=self.outputs,
+            metrics=self.metrics,
+            max_pending=max_pending,
             freshness=freshness,
-            wall_clock=lambda: NOW,
+            wall_time=lambda: NOW_TS,
             clock=lambda: 123.0,
         )
 
     def value(self, name: str, **labels: str) -> float | None:
         return self.registry.get_sample_value(name, labels)
 
-    async def drain(self) -> None:
-        assert await self.pipeline.drain(PROMPT) is True
+    async def settled(self) -> None:
+        assert await self.pipeline.drain(PROMPT) == 0
 
 
 async def until(condition: Callable[[], bool]) -> None:
@@ -196,15 +245,33 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-def assert_valid_dead_letter(record: dict[str, Any]) -> None:
+def assert_valid_dead_letter(record: dict[str, Any], source: SourceRef = SOURCE) -> None:
     assert schema_errors("deadletter", record) == []
     assert record["dead_lettered_at"] == "2024-01-15T10:30:02.500Z"
     assert record["source"] == {
-        "topic": "postion.events",
-        "partition": 2,
-        "offset": 41,
-        "key": "site_789",
+        "topic": source.topic,
+        "partition": source.partition,
+        "offset": source.offset,
+        "key": None if source.key is None else source.key.decode(),
     }
+
+
+def retry_record(
+    hook: Webhook, *, attempt: int, event: Event | None = None, not_before: float = NOW_TS
+) -> bytes:
+    event = event if event is not None else make_event()
+    history = tuple(
+        AttemptResult(False, 500, "http_status", 0.5, AT).as_record() for _ in range(attempt - 1)
+    )
+    return PendingRetry(
+        delivery_id=delivery_id(event.id, hook.id),
+        webhook_id=hook.id,
+        event=event,
+        attempt=attempt,
+        not_before=not_before,
+        enqueued_at=NOW_TS - 60,
+        history=history,
+    ).to_bytes()
 
 
 # ------------------------------------------------------------------------ deliveries
@@ -222,8 +289,8 @@ async def test_one_delivery_per_matching_webhook() -> None:
     h = Harness(hooks, ScriptedSender())
     event = make_event()
     acks = Acks()
-    await h.pipeline.handle(event.to_bytes(), SOURCE, acks)
-    await h.drain()
+    await h.pipeline.handle_event(event.to_bytes(), SOURCE, acks)
+    await h.settled()
 
     sent = {d.webhook.id: d for d in h.sender.sent}
     assert sorted(sent) == ["w-account", "w-posts", "w-site"]
@@ -235,7 +302,12 @@ async def test_one_delivery_per_matching_webhook() -> None:
         assert delivery.body == build_body(encoded, delivery.webhook)
         assert delivery.occurred_at == datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
     assert acks.count == 1
-    assert h.sink.records == []
+    assert h.outputs.dead_letters == []
+    assert h.outputs.retries == []
+    assert sorted(r["webhook_id"] for _, r in h.outputs.attempts) == sorted(sent)
+    assert {(r["outcome"], r["attempt"], r["next"]) for _, r in h.outputs.attempts} == {
+        ("success", 1, None)
+    }
 
     assert h.value("webhook_bridge_events_total", event_type="post.created") == 1
     assert h.value(DELIVERIES, event_type="post.created", outcome="delivered") == 3
@@ -255,7 +327,7 @@ async def test_ack_only_after_all_deliveries_finished() -> None:
     sender = BlockingSender()
     h = Harness([webhook("w1"), webhook("w2")], sender)
     acks = Acks()
-    await h.pipeline.handle(make_event().to_bytes(), SOURCE, acks)
+    await h.pipeline.handle_event(make_event().to_bytes(), SOURCE, acks)
     await until(lambda: len(sender.started) == 2)
     assert acks.count == 0
     assert h.pipeline.in_flight == 2
@@ -268,7 +340,7 @@ async def test_ack_only_after_all_deliveries_finished() -> None:
     assert h.value("webhook_bridge_in_flight_requests") == 1
 
     sender.release("w2")
-    await h.drain()
+    await h.settled()
     assert acks.count == 1
     assert sorted(sender.finished) == ["w1", "w2"]
     assert h.value("webhook_bridge_in_flight_requests") == 0
@@ -277,11 +349,11 @@ async def test_ack_only_after_all_deliveries_finished() -> None:
 async def test_no_matching_webhook_acks_at_once() -> None:
     h = Harness([webhook("w", site_id="elsewhere")], ScriptedSender())
     acks = Acks()
-    await h.pipeline.handle(make_event().to_bytes(), SOURCE, acks)
+    await h.pipeline.handle_event(make_event().to_bytes(), SOURCE, acks)
     assert acks.count == 1
     assert h.pipeline.in_flight == 0
     assert h.sender.sent == []
-    assert h.sink.records == []
+    assert h.outputs.dead_letters == []
     assert h.value("webhook_bridge_events_total", event_type="post.created") == 1
 
 
@@ -290,8 +362,8 @@ async def test_test_event_goes_only_to_the_named_webhook() -> None:
     h = Harness(hooks, ScriptedSender())
     acks = Acks()
     event = make_event("test.event", data={"webhook_id": "named"})
-    await h.pipeline.handle(event.to_bytes(), SOURCE, acks)
-    await h.drain()
+    await h.pipeline.handle_event(event.to_bytes(), SOURCE, acks)
+    await h.settled()
     assert [d.webhook.id for d in h.sender.sent] == ["named"]
     assert h.sender.sent[0].event_type == "test.event"
     assert acks.count == 1
@@ -317,10 +389,10 @@ INVALID: list[tuple[bytes | None, str]] = [
 async def test_invalid_record_is_dead_lettered_and_acked(raw: bytes | None, reason: str) -> None:
     h = Harness([webhook("w")], ScriptedSender())
     acks = Acks()
-    await h.pipeline.handle(raw, SOURCE, acks)
+    await h.pipeline.handle_event(raw, SOURCE, acks)
     assert acks.count == 1
     assert h.sender.sent == []
-    ((key, record),) = h.sink.records
+    ((key, record),) = h.outputs.dead_letters
     assert key == b"site_789"
     assert record["reason"] == reason
     assert record["detail"]
@@ -337,12 +409,13 @@ async def test_invalid_record_is_dead_lettered_and_acked(raw: bytes | None, reas
 async def test_invalid_record_without_key_is_dead_lettered_without_key() -> None:
     h = Harness([], ScriptedSender())
     acks = Acks()
-    await h.pipeline.handle(b"\xff\xfe", SourceRef("other.events", 0, 7), acks)
-    ((key, record),) = h.sink.records
+    source = SourceRef("other.events", 0, 7)
+    await h.pipeline.handle_event(b"\xff\xfe", source, acks)
+    ((key, record),) = h.outputs.dead_letters
     assert key is None
     assert record["reason"] == "malformed_json"
-    assert record["source"]["key"] is None
     assert record["raw"] == "\ufffd\ufffd"
+    assert_valid_dead_letter(record, source)
     assert acks.count == 1
 
 
@@ -350,76 +423,125 @@ async def test_invalid_record_without_key_is_dead_lettered_without_key() -> None
 
 
 @pytest.mark.parametrize(
-    ("result", "detail", "status_class"),
+    ("result", "status_class"),
     [
-        (AttemptResult(False, 500, "http_status", 0.5, AT), "HTTP 500", "5xx"),
-        (AttemptResult(False, 302, "redirect", 0.5, AT), "HTTP 302", "3xx"),
-        (AttemptResult(False, None, "timeout", 30.0, AT), "timeout", "none"),
+        (AttemptResult(False, 500, "http_status", 0.5, AT), "5xx"),
+        (AttemptResult(False, 302, "redirect", 0.5, AT), "3xx"),
+        (AttemptResult(False, None, "timeout", 30.0, AT), "none"),
     ],
 )
-async def test_failed_attempt_is_dead_lettered(
-    result: AttemptResult, detail: str, status_class: str, caplog: pytest.LogCaptureFixture
+async def test_failed_first_attempt_is_scheduled_for_retry(
+    result: AttemptResult, status_class: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    h = Harness([webhook("w-bad"), webhook("w-good")], ScriptedSender({"w-bad": result}))
+    bad, good = webhook("w-bad"), webhook("w-good")
+    h = Harness([bad, good], ScriptedSender({"w-bad": result}))
     event = make_event()
     acks = Acks()
-    await h.pipeline.handle(event.to_bytes(), SOURCE, acks)
-    await h.drain()
+    await h.pipeline.handle_event(event.to_bytes(), SOURCE, acks)
+    await h.settled()
     assert acks.count == 1
+    assert h.outputs.dead_letters == []
 
-    ((key, record),) = h.sink.records
-    assert key == b"w-bad"
-    assert record["reason"] == "delivery_failed"
-    assert record["detail"] == detail
-    assert record["webhook_id"] == "w-bad"
-    assert record["delivery_id"] == delivery_id("evt_1", "w-bad")
-    assert record["attempts"] == [result.as_record()]
-    assert record["event"] == event.envelope()
-    assert record["raw"] is None
-    assert_valid_dead_letter(record)
+    ((tier, key, value),) = h.outputs.retries
+    assert (tier, key) == (0, b"w-bad")
+    pending = parse_retry(value)
+    assert pending.delivery_id == delivery_id("evt_1", "w-bad")
+    assert pending.webhook_id == "w-bad"
+    assert pending.event == event
+    assert pending.attempt == 2
+    assert pending.not_before == NOW_TS + SCHEDULE[0]
+    assert [dict(a) for a in pending.history] == [result.as_record()]
 
-    text = json.dumps(record)
-    assert SECRET_PREFIX not in text
-    assert "hooks.example" not in text
+    (failed,) = [r for _, r in h.outputs.attempts if r["webhook_id"] == "w-bad"]
+    assert (failed["outcome"], failed["attempt"], failed["next"]) == ("failure", 1, "retry")
+    assert (failed["status"], failed["error"]) == (result.status, result.error)
+
+    assert SECRET_PREFIX not in h.outputs.everything()
     assert SECRET_PREFIX not in caplog.text
-
-    assert h.value(DELIVERIES, event_type="post.created", outcome="dead_lettered") == 1
+    assert h.value("webhook_bridge_retries_scheduled_total", tier="1") == 1
     assert h.value(DELIVERIES, event_type="post.created", outcome="delivered") == 1
+    assert h.value(DELIVERIES, event_type="post.created", outcome="dead_lettered") is None
     assert (
         h.value(
             "webhook_bridge_delivery_attempts_total", outcome="failure", status_class=status_class
         )
         == 1
     )
-    assert h.value("webhook_bridge_dead_letters_total", reason="delivery_failed") == 1
     assert h.value("webhook_bridge_http_request_duration_seconds_count", outcome="failure") == 1
     # Only the successful delivery has an end-to-end latency.
     assert h.value("webhook_bridge_end_to_end_latency_seconds_count") == 1
 
 
-async def test_ack_waits_for_the_dead_letter_of_a_failed_delivery() -> None:
-    written = asyncio.Event()
-    proceed = asyncio.Event()
-
-    class SlowSink(RecordingSink):
-        async def send(self, key: bytes | None, record: dict[str, Any]) -> None:
-            written.set()
-            await proceed.wait()
-            await super().send(key, record)
-
-    failure = AttemptResult(False, 404, "http_status", 0.1, AT)
-    sink = SlowSink()
-    h = Harness([webhook("w")], ScriptedSender({"w": failure}), sink=sink)
+async def test_last_failed_attempt_is_dead_lettered_with_its_history(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    hook = webhook("w")
+    last = AttemptResult(False, 503, "http_status", 0.25, AT)
+    h = Harness([hook], ScriptedSender({"w": last}))
     acks = Acks()
-    await h.pipeline.handle(make_event().to_bytes(), SOURCE, acks)
-    await asyncio.wait_for(written.wait(), PROMPT)
-    await settle()
-    assert acks.count == 0
-    proceed.set()
-    await h.drain()
+    final = len(SCHEDULE) + 1
+    await h.pipeline.handle_retry(retry_record(hook, attempt=final), RETRY_SOURCE, acks, 2)
+    await h.settled()
     assert acks.count == 1
-    assert [r["reason"] for _, r in sink.records] == ["delivery_failed"]
+    assert h.outputs.retries == []
+
+    ((key, record),) = h.outputs.dead_letters
+    assert key == b"w"
+    assert record["reason"] == "attempts_exhausted"
+    assert record["detail"] == f"{final} attempts; last: HTTP 503"
+    assert record["webhook_id"] == "w"
+    assert record["delivery_id"] == delivery_id("evt_1", "w")
+    assert record["event"] == make_event().envelope()
+    assert len(record["attempts"]) == final
+    assert record["attempts"][-1] == last.as_record()
+    assert_valid_dead_letter(record, RETRY_SOURCE)
+
+    (attempt,) = [r for _, r in h.outputs.attempts]
+    assert (attempt["attempt"], attempt["next"]) == (final, "dead_letter")
+    assert SECRET_PREFIX not in h.outputs.everything()
+    assert SECRET_PREFIX not in caplog.text
+    assert h.value("webhook_bridge_dead_letters_total", reason="attempts_exhausted") == 1
+    assert h.value(DELIVERIES, event_type="post.created", outcome="dead_lettered") == 1
+
+
+async def test_due_retry_is_delivered_with_the_same_delivery_id() -> None:
+    hook = webhook("w")
+    h = Harness([hook], ScriptedSender())
+    acks = Acks()
+    await h.pipeline.handle_retry(retry_record(hook, attempt=2), RETRY_SOURCE, acks, 1)
+    await h.settled()
+    (delivery,) = h.sender.sent
+    assert delivery.delivery_id == delivery_id("evt_1", "w")
+    assert delivery.body == build_body(EncodedEvent.of(make_event()), hook)
+    assert acks.count == 1
+    assert h.value("webhook_bridge_retry_wait_seconds_count", tier="1") == 1
+    assert h.value("webhook_bridge_retry_wait_seconds_sum", tier="1") == 60.0
+
+
+async def test_retry_for_a_deleted_or_inactive_webhook_is_dropped() -> None:
+    inactive = webhook("w-off", active=False)
+    h = Harness([inactive], ScriptedSender())
+    for hook in (inactive, webhook("w-deleted")):
+        acks = Acks()
+        await h.pipeline.handle_retry(retry_record(hook, attempt=2), RETRY_SOURCE, acks, 1)
+        assert acks.count == 1
+    assert h.sender.sent == []
+    assert h.outputs.dead_letters == []
+    assert h.value("webhook_bridge_retries_cancelled_total") == 2
+
+
+async def test_invalid_retry_record_is_dead_lettered() -> None:
+    h = Harness([webhook("w")], ScriptedSender())
+    acks = Acks()
+    await h.pipeline.handle_retry(b'{"attempt": 2}', RETRY_SOURCE, acks, 1)
+    assert acks.count == 1
+    ((key, record),) = h.outputs.dead_letters
+    assert key == b"w"
+    assert record["reason"] == "invalid_retry_record"
+    assert record["raw"] == '{"attempt": 2}'
+    assert_valid_dead_letter(record, RETRY_SOURCE)
 
 
 # ------------------------------------------------------------------ payload too large
@@ -432,11 +554,11 @@ async def test_payload_too_large_is_per_webhook() -> None:
     limit = len(build_body(EncodedEvent.of(event), small))
     h = Harness([small, large], ScriptedSender(), max_body_bytes=limit)
     acks = Acks()
-    await h.pipeline.handle(event.to_bytes(), SOURCE, acks)
-    await h.drain()
+    await h.pipeline.handle_event(event.to_bytes(), SOURCE, acks)
+    await h.settled()
 
     assert [d.webhook.id for d in h.sender.sent] == ["w-small"]
-    ((key, record),) = h.sink.records
+    ((key, record),) = h.outputs.dead_letters
     assert key == b"w-large"
     assert record["reason"] == "payload_too_large"
     assert record["webhook_id"] == "w-large"
@@ -445,44 +567,64 @@ async def test_payload_too_large_is_per_webhook() -> None:
     assert record["attempts"] == []
     assert_valid_dead_letter(record)
     assert SECRET_PREFIX not in json.dumps(record)
+    assert h.outputs.retries == []
     assert acks.count == 1
     assert h.value("webhook_bridge_dead_letters_total", reason="payload_too_large") == 1
     assert h.value(DELIVERIES, event_type="post.created", outcome="dead_lettered") == 1
 
 
-async def test_payload_too_large_for_every_webhook_acks_at_once() -> None:
+async def test_payload_too_large_for_every_webhook() -> None:
     h = Harness([webhook("w1"), webhook("w2")], ScriptedSender(), max_body_bytes=10)
     acks = Acks()
-    await h.pipeline.handle(make_event().to_bytes(), SOURCE, acks)
+    await h.pipeline.handle_event(make_event().to_bytes(), SOURCE, acks)
+    await h.settled()
     assert acks.count == 1
     assert h.sender.sent == []
-    assert sorted(r["webhook_id"] for _, r in h.sink.records) == ["w1", "w2"]
-    assert {r["reason"] for _, r in h.sink.records} == {"payload_too_large"}
+    assert sorted(r["webhook_id"] for _, r in h.outputs.dead_letters) == ["w1", "w2"]
+    assert {r["reason"] for _, r in h.outputs.dead_letters} == {"payload_too_large"}
 
 
 # ----------------------------------------------------------------------- concurrency
 
 
-async def test_third_delivery_waits_for_a_slot() -> None:
+async def test_third_delivery_waits_for_an_in_flight_slot() -> None:
     sender = BlockingSender()
     h = Harness([webhook("w1"), webhook("w2"), webhook("w3")], sender, max_in_flight=2)
     acks = Acks()
-    handling = asyncio.create_task(h.pipeline.handle(make_event().to_bytes(), SOURCE, acks))
+    await h.pipeline.handle_event(make_event().to_bytes(), SOURCE, acks)
     await until(lambda: len(sender.started) == 2)
     await settle()
     assert sender.started == ["w1", "w2"]
-    assert not handling.done(), "handle() must wait for a free slot"
-    assert h.pipeline.in_flight == 2
+    assert h.value("webhook_bridge_in_flight_requests") == 2
+    assert h.pipeline.in_flight == 3
 
     sender.release("w2")
     await until(lambda: len(sender.started) == 3)
     assert sender.started[2] == "w3"
-    await asyncio.wait_for(handling, PROMPT)
     assert acks.count == 0
 
     sender.release("w1")
     sender.release("w3")
-    await h.drain()
+    await h.settled()
+    assert acks.count == 1
+
+
+async def test_reading_stops_while_too_many_jobs_are_pending() -> None:
+    sender = BlockingSender()
+    h = Harness([webhook("w1"), webhook("w2"), webhook("w3")], sender, max_pending=2)
+    acks = Acks()
+    handling = asyncio.create_task(h.pipeline.handle_event(make_event().to_bytes(), SOURCE, acks))
+    await until(lambda: len(sender.started) == 2)
+    await settle()
+    assert not handling.done(), "handle_event() must wait while max_pending jobs are unsettled"
+    assert h.pipeline.in_flight == 2
+
+    sender.release("w1")
+    await asyncio.wait_for(handling, PROMPT)
+    await until(lambda: len(sender.started) == 3)
+    sender.release("w2")
+    sender.release("w3")
+    await h.settled()
     assert acks.count == 1
 
 
@@ -491,8 +633,10 @@ async def test_events_share_the_slots_and_ack_independently() -> None:
     hooks = [webhook("w-a", site_id="site_a"), webhook("w-b", site_id="site_b")]
     h = Harness(hooks, sender, max_in_flight=2)
     ack_a, ack_b = Acks(), Acks()
-    await h.pipeline.handle(make_event(event_id="a", site_id="site_a").to_bytes(), SOURCE, ack_a)
-    await h.pipeline.handle(make_event(event_id="b", site_id="site_b").to_bytes(), SOURCE, ack_b)
+    event_a = make_event(event_id="a", site_id="site_a")
+    event_b = make_event(event_id="b", site_id="site_b")
+    await h.pipeline.handle_event(event_a.to_bytes(), SOURCE, ack_a)
+    await h.pipeline.handle_event(event_b.to_bytes(), SOURCE, ack_b)
     await until(lambda: len(sender.started) == 2)
 
     sender.release("w-b")
@@ -500,17 +644,17 @@ async def test_events_share_the_slots_and_ack_independently() -> None:
     assert ack_a.count == 0
 
     sender.release("w-a")
-    await h.drain()
+    await h.settled()
     assert (ack_a.count, ack_b.count) == (1, 1)
 
 
 async def test_sender_crash_leaves_the_event_unacked_and_frees_the_slot(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    h = Harness([webhook("w")], CrashingSender("e1"), max_in_flight=1)
+    h = Harness([webhook("w")], CrashingSender("e1"), max_in_flight=1, max_pending=1)
     crashed = Acks()
-    await h.pipeline.handle(make_event(event_id="e1").to_bytes(), SOURCE, crashed)
-    await h.drain()
+    await h.pipeline.handle_event(make_event(event_id="e1").to_bytes(), SOURCE, crashed)
+    await h.settled()
     assert crashed.count == 0
     assert "crashed" in caplog.text
     assert h.value("webhook_bridge_in_flight_requests") == 0
@@ -518,22 +662,30 @@ async def test_sender_crash_leaves_the_event_unacked_and_frees_the_slot(
     # The only slot was released: the next event is not blocked.
     acks = Acks()
     await asyncio.wait_for(
-        h.pipeline.handle(make_event(event_id="e2").to_bytes(), SOURCE, acks), PROMPT
+        h.pipeline.handle_event(make_event(event_id="e2").to_bytes(), SOURCE, acks), PROMPT
     )
-    await h.drain()
+    await h.settled()
     assert acks.count == 1
     assert [d.event_id for d in h.sender.sent] == ["e2"]
 
 
-async def test_drain() -> None:
+async def test_drain_hands_unfinished_deliveries_to_the_retry_path() -> None:
     sender = BlockingSender()
     h = Harness([webhook("w")], sender)
-    assert await h.pipeline.drain(PROMPT) is True
-    await h.pipeline.handle(make_event().to_bytes(), SOURCE, Acks())
+    assert await h.pipeline.drain(PROMPT) == 0
+    acks = Acks()
+    await h.pipeline.handle_event(make_event().to_bytes(), SOURCE, acks)
     await until(lambda: len(sender.started) == 1)
-    assert await h.pipeline.drain(0.01) is False
-    sender.release("w")
-    assert await h.pipeline.drain(PROMPT) is True
+
+    assert await h.pipeline.drain(0.01) == 1
+    assert acks.count == 1
+    ((tier, key, value),) = h.outputs.retries
+    assert (tier, key) == (0, b"w")
+    pending = parse_retry(value)
+    assert pending.attempt == 2
+    assert [a["error"] for a in pending.history] == ["interrupted"]
+    assert h.pipeline.in_flight == 0
+    assert h.value("webhook_bridge_in_flight_requests") == 0
 
 
 # ------------------------------------------------------------------------- freshness
@@ -543,8 +695,8 @@ async def test_sync_timeout_is_counted_and_the_event_still_delivered() -> None:
     freshness = FixedFreshness(current=False)
     h = Harness([webhook("w")], ScriptedSender(), freshness=freshness)
     acks = Acks()
-    await h.pipeline.handle(make_event().to_bytes(), SOURCE, acks)
-    await h.drain()
+    await h.pipeline.handle_event(make_event().to_bytes(), SOURCE, acks)
+    await h.settled()
     assert freshness.calls == [123.0]
     assert h.value("webhook_bridge_subscription_sync_timeouts_total") == 1
     assert [d.webhook.id for d in h.sender.sent] == ["w"]
@@ -554,7 +706,7 @@ async def test_sync_timeout_is_counted_and_the_event_still_delivered() -> None:
 async def test_current_table_counts_no_sync_timeout() -> None:
     freshness = FixedFreshness(current=True)
     h = Harness([webhook("w")], ScriptedSender(), freshness=freshness)
-    await h.pipeline.handle(make_event().to_bytes(), SOURCE, Acks())
-    await h.drain()
+    await h.pipeline.handle_event(make_event().to_bytes(), SOURCE, Acks())
+    await h.settled()
     assert freshness.calls == [123.0]
     assert h.value("webhook_bridge_subscription_sync_timeouts_total") == 0

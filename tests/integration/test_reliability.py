@@ -1,0 +1,376 @@
+"""Retries, dead letters and replay, endpoint health, and isolation, with real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bridge.config import Settings
+from bridge.events import build_event
+from bridge.management import WebhookStore, publish_events, read_topic
+from bridge.payload import delivery_id
+from tests.support.processes import settings_env
+from tests.support.receivers import Receiver
+
+pytestmark = pytest.mark.integration
+
+
+def post(n: int, site: str = "s1") -> object:
+    return build_event(
+        "post.created", {"id": f"p{n}", "title": f"post {n}"}, site_id=site, user_id="u1"
+    )
+
+
+async def hook(
+    store: WebhookStore, receiver: Receiver, name: str, events: tuple[str, ...] = ("*",)
+) -> None:
+    secret = f"secret-{name}-0123456789"
+    await store.create(
+        url=receiver.url(f"/{name}"),
+        events=list(events),
+        site_id="s1",
+        user_id="u1",
+        secret=secret,
+        webhook_id=name,
+        name=name,
+    )
+    receiver.secrets[f"/{name}"] = secret
+
+
+async def records(settings: Settings, topic: str) -> list[dict]:
+    return [json.loads(v) for _, v in await read_topic(settings, topic) if v is not None]
+
+
+async def test_a_failing_delivery_is_retried_on_schedule_with_the_same_id(
+    make_settings, receiver: Receiver, workers
+) -> None:
+    from bridge.management import apply_topics
+
+    settings = make_settings(retry_schedule=(0.5, 1.0, 1.0))
+    await apply_topics(settings)
+    receiver.scripts["/flaky"] = [500, 503, 200]
+    async with WebhookStore(settings) as store:
+        await hook(store, receiver, "flaky")
+    worker = workers(settings)
+    await worker.wait_ready()
+    event = post(1)
+    await publish_events(settings, [event])
+    await receiver.wait_for(lambda got: len(got) == 3)
+    got = receiver.at("/flaky")
+    assert [r.status for r in got] == [500, 503, 200]
+    assert {r.delivery_id for r in got} == {delivery_id(event.id, "flaky")}
+    assert all(receiver.verified(r) for r in got)
+    # Waited at least the scheduled delays (no jitter in tests).
+    assert got[1].at - got[0].at >= 0.5
+    assert got[2].at - got[1].at >= 1.0
+    values = await worker.wait_metric(
+        'webhook_bridge_deliveries_total{event_type="post.created",outcome="delivered"}',
+        lambda v: v == 1,
+    )
+    assert values['webhook_bridge_retries_scheduled_total{tier="1"}'] == 1
+    assert values['webhook_bridge_retries_scheduled_total{tier="2"}'] == 1
+    log = await records(settings, settings.attempts_topic)
+    assert [(a["attempt"], a["status"], a["next"]) for a in log] == [
+        (1, 500, "retry"),
+        (2, 503, "retry"),
+        (3, 200, None),
+    ]
+    assert {a["delivery_id"] for a in log} == {delivery_id(event.id, "flaky")}
+
+
+async def test_retry_after_is_honoured_on_429(make_settings, receiver: Receiver, workers) -> None:
+    from bridge.management import apply_topics
+
+    settings = make_settings(retry_schedule=(0.2, 5.0))
+    await apply_topics(settings)
+    receiver.scripts["/busy"] = [429, 200]
+    receiver.headers["/busy"] = {"Retry-After": "2"}
+    async with WebhookStore(settings) as store:
+        await hook(store, receiver, "busy")
+    worker = workers(settings)
+    await worker.wait_ready()
+    await publish_events(settings, [post(1)])
+    await receiver.wait_for(lambda got: len(got) == 2)
+    first, second = receiver.at("/busy")
+    assert second.at - first.at >= 2.0
+
+
+async def test_gone_disables_the_webhook_and_dead_letters(
+    settings: Settings, receiver: Receiver, workers
+) -> None:
+    receiver.statuses["/gone"] = 410
+    async with WebhookStore(settings) as store:
+        await hook(store, receiver, "gone")
+        await hook(store, receiver, "ok")
+    worker = workers(settings)
+    await worker.wait_ready()
+    await publish_events(settings, [post(1)])
+    await worker.wait_metric(
+        'webhook_bridge_webhooks_disabled_total{reason="gone"}', lambda v: v == 1
+    )
+    async with WebhookStore(settings) as store:
+        current = await store.load()
+    assert current["gone"].active is False
+    assert current["gone"].extra["disabled_reason"] == "gone"
+    status = await records(settings, settings.status_topic)
+    assert status[-1]["webhook_id"] == "gone" and status[-1]["state"] == "disabled"
+    letters = await records(settings, settings.deadletter_topic)
+    assert [(r["webhook_id"], r["reason"]) for r in letters] == [("gone", "endpoint_gone")]
+    # No further attempts: the next event reaches only the healthy webhook.
+    await publish_events(settings, [post(2)])
+    await receiver.wait_for(lambda got: len(receiver.at("/ok")) == 2)
+    await worker.wait_metric("webhook_bridge_in_flight_requests", lambda v: v == 0)
+    assert len(receiver.at("/gone")) == 1
+    # Updating the subscription enables it again.
+    receiver.statuses["/gone"] = 200
+    async with WebhookStore(settings) as store:
+        await store.update("gone", active=True)
+    await publish_events(settings, [post(3)])
+    await receiver.wait_for(lambda got: len(receiver.at("/gone")) == 2)
+
+
+async def test_an_endpoint_failing_for_too_long_is_disabled(
+    make_settings, receiver: Receiver, workers
+) -> None:
+    from bridge.management import apply_topics
+
+    settings = make_settings(retry_schedule=(0.4, 0.4, 0.4, 0.4, 0.4), disable_after=1.0)
+    await apply_topics(settings)
+    receiver.statuses["/down"] = 500
+    async with WebhookStore(settings) as store:
+        await hook(store, receiver, "down")
+    worker = workers(settings)
+    await worker.wait_ready()
+    await publish_events(settings, [post(1)])
+    await worker.wait_metric(
+        'webhook_bridge_webhooks_disabled_total{reason="failing"}', lambda v: v == 1
+    )
+    letters = await records(settings, settings.deadletter_topic)
+    assert [r["reason"] for r in letters] == ["endpoint_disabled"]
+    states = [r["state"] for r in await records(settings, settings.status_topic)]
+    assert states[0] == "failing" and states[-1] == "disabled"
+
+
+async def test_a_deleted_webhook_gets_no_further_attempts(
+    make_settings, receiver: Receiver, workers
+) -> None:
+    from bridge.management import apply_topics
+
+    settings = make_settings(retry_schedule=(2.0, 2.0))
+    await apply_topics(settings)
+    receiver.statuses["/doomed"] = 500
+    async with WebhookStore(settings) as store:
+        await hook(store, receiver, "doomed")
+    worker = workers(settings)
+    await worker.wait_ready()
+    await publish_events(settings, [post(1)])
+    await receiver.wait_for(lambda got: len(got) == 1)
+    async with WebhookStore(settings) as store:
+        await store.delete("doomed")
+    await worker.wait_metric("webhook_bridge_retries_cancelled_total", lambda v: v == 1)
+    assert len(receiver.at("/doomed")) == 1
+
+
+async def test_dead_letters_can_be_listed_and_replayed_with_the_same_delivery_id(
+    settings: Settings, receiver: Receiver, workers
+) -> None:
+    receiver.statuses["/broken"] = 500
+    async with WebhookStore(settings) as store:
+        await hook(store, receiver, "broken")
+        await hook(store, receiver, "other")
+    receiver.statuses["/other"] = 500
+    worker = workers(settings)
+    await worker.wait_ready()
+    events = [post(1), post(2)]
+    await publish_events(settings, events)
+    attempts = len(settings.retry_schedule) + 1
+    await worker.wait_metric(
+        'webhook_bridge_dead_letters_total{reason="attempts_exhausted"}', lambda v: v == 4
+    )
+    env = settings_env(settings)
+
+    def cli(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "bridge.cli", "dlq", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return result.stdout
+
+    listed = [json.loads(line) for line in cli("list", "--webhook", "broken").splitlines()]
+    assert sorted(r["delivery_id"] for r in listed) == sorted(
+        delivery_id(e.id, "broken") for e in events
+    )
+    assert all(len(r["attempts"]) == attempts for r in listed)
+    assert cli("list", "--since", "2099-01-01T00:00:00Z") == ""
+
+    receiver.statuses["/broken"] = 200
+    target = delivery_id(events[0].id, "broken")
+    out = cli("replay", "--webhook", "broken", "--delivery", target, "--since", "1h")
+    assert f"replayed {target}" in out and "1 replayed" in out
+    await receiver.wait_for(lambda got: any(r.status == 200 for r in receiver.at("/broken")))
+    delivered = [r for r in receiver.at("/broken") if r.status == 200]
+    assert [r.delivery_id for r in delivered] == [target]
+    assert receiver.verified(delivered[0])
+
+
+async def test_crash_mid_flight_loses_nothing(
+    settings: Settings, receiver: Receiver, workers
+) -> None:
+    """SIGKILL a worker while deliveries are in flight; its successor delivers everything."""
+    release = asyncio.Event()
+    receiver.holds["/held"] = release
+    async with WebhookStore(settings) as store:
+        await hook(store, receiver, "held")
+    first = workers(settings)
+    await first.wait_ready()
+    events = [post(n, site=f"s{n % 4}") for n in range(12)]
+    # Site-scoped to s1 only receives s1 events: use an account-scoped webhook instead.
+    async with WebhookStore(settings) as store:
+        await store.update("held", site_id=None)
+    await publish_events(settings, events)
+    await receiver.wait_for(lambda got: len(got) >= 12)
+    first.kill()  # deliveries held in flight: none was answered
+    receiver.holds.pop("/held")
+    release.set()
+    second = workers(settings.replace(web_port=settings.web_port + 1))
+    await second.wait_ready()
+    await receiver.wait_for(
+        lambda got: (
+            {r.delivery_id for r in got if r.status == 200 and r.at > 0}
+            >= {delivery_id(e.id, "held") for e in events}
+        ),
+        timeout=60,
+    )
+    ids = [r.delivery_id for r in receiver.received]
+    assert set(ids) == {delivery_id(e.id, "held") for e in events}
+
+
+async def test_a_receiver_that_was_down_gets_everything_when_back(
+    make_settings, receiver: Receiver, workers
+) -> None:
+    from bridge.management import apply_topics
+
+    settings = make_settings(retry_schedule=(0.5, 1.0, 2.0, 4.0))
+    await apply_topics(settings)
+    receiver.down = True
+    async with WebhookStore(settings) as store:
+        await hook(store, receiver, "flaky")
+    worker = workers(settings)
+    await worker.wait_ready()
+    events = [post(n) for n in range(10)]
+    await publish_events(settings, events)
+    await receiver.wait_for(lambda got: len(got) >= 10)
+    receiver.down = False
+    expected = {delivery_id(e.id, "flaky") for e in events}
+    await receiver.wait_for(
+        lambda got: {r.delivery_id for r in got if r.status == 200} == expected, timeout=30
+    )
+    values = await worker.metrics()
+    assert values.get('webhook_bridge_dead_letters_total{reason="attempts_exhausted"}', 0) == 0
+
+
+async def test_workers_share_partitions_and_a_stopped_one_loses_nothing(
+    settings: Settings, receiver: Receiver, workers
+) -> None:
+    async with WebhookStore(settings) as store:
+        await store.create(
+            url=receiver.url("/all"),
+            events=["*"],
+            user_id="u1",
+            secret="secret-all-0123",
+            webhook_id="all",
+        )
+    pool = [workers(settings.replace(web_port=settings.web_port + i)) for i in range(3)]
+    for worker in pool:
+        await worker.wait_ready()
+    first = [post(n, site=f"site{n}") for n in range(30)]
+    await publish_events(settings, first)
+    await receiver.wait_for(lambda got: len({r.delivery_id for r in got}) == 30)
+    # More than one worker delivered: the partitions are shared.
+    counts = []
+    for worker in pool:
+        values = await worker.metrics()
+        counts.append(values.get('webhook_bridge_events_total{event_type="post.created"}', 0))
+    assert sum(1 for c in counts if c > 0) >= 2, counts
+
+    second = [post(n, site=f"site{n}") for n in range(30, 60)]
+    publishing = asyncio.create_task(publish_events(settings, second))
+    pool[0].stop(grace=10.0)
+    await publishing
+    expected = {delivery_id(e.id, "all") for e in first + second}
+    await receiver.wait_for(lambda got: {r.delivery_id for r in got} == expected, timeout=60)
+
+
+async def test_sigterm_drains_in_flight_deliveries_and_exits(
+    settings: Settings, receiver: Receiver, workers
+) -> None:
+    release = asyncio.Event()
+    receiver.holds["/slow"] = release
+    async with WebhookStore(settings) as store:
+        await hook(store, receiver, "slow")
+    worker = workers(settings)
+    await worker.wait_ready()
+    event = post(1)
+    await publish_events(settings, [event])
+    await receiver.wait_for(lambda got: len(got) == 1)
+    assert worker.process is not None
+    worker.process.terminate()
+    # The held request is still in flight; drain_timeout (5 s in tests) later it is handed to
+    # the retry path and the worker exits by itself.
+    code = await asyncio.to_thread(worker.process.wait, 40)
+    assert code is not None
+    receiver.holds.pop("/slow")
+    release.set()
+    log = await records(settings, settings.attempts_topic)
+    assert [(a["attempt"], a["error"], a["next"]) for a in log] == [(1, "interrupted", "retry")]
+    successor = workers(settings.replace(web_port=settings.web_port + 1))
+    await successor.wait_ready()
+    await receiver.wait_for(
+        lambda got: any(
+            r.status == 200 and r.delivery_id == delivery_id(event.id, "slow") for r in got[1:]
+        ),
+    )
+
+
+async def test_a_hanging_endpoint_does_not_slow_healthy_ones(
+    make_settings, receiver: Receiver, workers
+) -> None:
+    from bridge.management import apply_topics
+
+    hang = await Receiver().start()
+    try:
+        settings = make_settings(http_timeout=3.0, breaker_threshold=3, breaker_cooldown=60.0)
+        await apply_topics(settings)
+        hang.holds["/hang"] = asyncio.Event()  # never set: every request hangs until timeout
+        async with WebhookStore(settings) as store:
+            await store.create(
+                url=hang.url("/hang"),
+                events=["*"],
+                site_id="s1",
+                user_id="u1",
+                secret="secret-hang-0123",
+                webhook_id="hang",
+            )
+            await hook(store, receiver, "healthy")
+        worker = workers(settings)
+        await worker.wait_ready()
+        events = [post(n) for n in range(200)]
+        started = asyncio.get_running_loop().time()
+        await publish_events(settings, events)
+        await receiver.wait_for(lambda got: len(got) == 200, timeout=30)
+        elapsed = asyncio.get_running_loop().time() - started
+        # Every healthy delivery arrived well before even one hanging request timed out.
+        assert elapsed < settings.http_timeout, elapsed
+        values = await worker.wait_metric("webhook_bridge_circuits_open", lambda v: v == 1)
+        assert values["webhook_bridge_circuits_open"] == 1
+    finally:
+        await hang.stop()
