@@ -478,9 +478,9 @@ def add_setting_flags(parser: Any, names: Sequence[str]) -> None:
             parser.add_argument(
                 spec.flag,
                 dest=name,
-                action="append",
-                type=lambda text, _p=spec.parse: _p(text)[0] if _p(text) else None,
-                help=f"{spec.help} [env {spec.env}] (repeatable)",
+                action="extend",
+                type=spec.parse,
+                help=f"{spec.help} [env {spec.env}] (repeatable, or comma-separated)",
             )
         else:
             parser.add_argument(

@@ -128,28 +128,40 @@ class Pipeline:
             return
         remaining = len(jobs)
 
-        async def one_done() -> None:
+        async def one_settled() -> None:
             nonlocal remaining
-            self._pending.release()
             remaining -= 1
             if remaining == 0:
                 await ack()
 
         for job in jobs:
             await self._pending.acquire()
-            task = asyncio.create_task(self._deliverer.run(job, one_done))
+            task = asyncio.create_task(self._run(job, one_settled))
             self._tasks.add(task)
-            task.add_done_callback(self._finished)
+            task.add_done_callback(self._tasks.discard)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # A bug must not lose a delivery silently: its record stays unacknowledged (so it
-            # is processed again after a restart), and the failure is logged loudly.
-            log.error(
-                "delivery job crashed; its record stays unacknowledged", exc_info=task.exception()
-            )
+    async def _run(self, job: Job, settled: Ack) -> None:
+        """One job; its pending slot is released exactly once, however it ends. A job that
+        crashes (a bug) or is cancelled outside a drain leaves its record unacknowledged, so the
+        record is processed again after a restart."""
+        released = False
+
+        async def done() -> None:
+            nonlocal released
+            released = True
             self._pending.release()
+            await settled()
+
+        try:
+            await self._deliverer.run(job, done)
+        except Exception:
+            log.exception(
+                "delivery job crashed; its record stays unacknowledged",
+                extra={"delivery_id": job.delivery_id, "webhook_id": job.webhook.id},
+            )
+        finally:
+            if not released:
+                self._pending.release()
 
     async def _dead_letter_record(
         self,

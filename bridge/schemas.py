@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
@@ -20,14 +21,18 @@ def _validator(path: str) -> Draft202012Validator:
     return Draft202012Validator(load_json(path))
 
 
-def _messages(path: str, instance: Any) -> list[str]:
+def _messages(path: str, instance: Any, redact: Sequence[str] = ()) -> list[str]:
     errors = sorted(_validator(path).iter_errors(instance), key=lambda e: list(e.absolute_path))
     out = []
     for error in errors[:5]:
         where = "$" + "".join(
             f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path
         )
-        out.append(f"{where}: {_short(error.message)}")
+        message = error.message
+        if any(secret in message for secret in redact):
+            # Schema messages quote the offending value: say which rule failed instead.
+            message = f"fails the {error.validator!r} rule (value withheld)"
+        out.append(f"{where}: {_short(message)}")
     return out
 
 
@@ -35,12 +40,13 @@ def _short(message: str, limit: int = 200) -> str:
     return message if len(message) <= limit else message[: limit - 1] + "…"
 
 
-def schema_errors(schema: str, instance: Any) -> list[str]:
+def schema_errors(schema: str, instance: Any, redact: Sequence[str] = ()) -> list[str]:
     """Error messages (at most five, with JSON paths) of ``instance`` against a named schema.
 
-    ``schema`` is ``"event"``, ``"webhook"`` or ``"deadletter"``.
+    ``schema`` is ``"event"``, ``"webhook"`` or ``"deadletter"``. A message that would quote
+    one of the ``redact`` strings (a secret) names only the rule that failed.
     """
-    return _messages(f"schemas/{schema}.json", instance)
+    return _messages(f"schemas/{schema}.json", instance, redact)
 
 
 def event_data_errors(event_type: str, data: Any) -> list[str]:

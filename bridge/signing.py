@@ -14,5 +14,6 @@ def sign(secret: str, body: bytes) -> str:
 
 
 def verify(secret: str, body: bytes, signature: str) -> bool:
-    """Check a signature in constant time, as receivers should."""
-    return hmac.compare_digest(sign(secret, body), signature.strip().lower())
+    """Check a signature in constant time, as receivers should. Never raises for bad input."""
+    given = signature.strip().lower().encode("utf-8", "replace")
+    return hmac.compare_digest(sign(secret, body).encode("ascii"), given)

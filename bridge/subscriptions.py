@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -77,16 +78,22 @@ class Webhook:
 _KNOWN = {"id", "name", "url", "secret", "events", "site_id", "user_id", "active", "rate_limit"}
 
 
+def _secret_forms(value: Any) -> list[str]:
+    """Every way a schema message could quote the record's secret, whatever its type."""
+    if not isinstance(value, dict) or "secret" not in value:
+        return []
+    secret = value["secret"]
+    forms = {repr(secret), str(secret), json.dumps(secret, ensure_ascii=False)}
+    if isinstance(secret, str):
+        forms.add(secret)
+    return [f for f in forms if f]
+
+
 def webhook_from_record(value: Any) -> Webhook:
     """Validate a decoded record value and build the :class:`Webhook`."""
-    errors = schema_errors("webhook", value)
+    errors = schema_errors("webhook", value, redact=_secret_forms(value))
     if errors:
-        # Schema messages quote the offending value; never let that be the secret.
-        secret = value.get("secret") if isinstance(value, dict) else None
-        text = "; ".join(errors)
-        if isinstance(secret, str) and secret:
-            text = text.replace(secret, "***")
-        raise InvalidSubscription("invalid_subscription", text)
+        raise InvalidSubscription("invalid_subscription", "; ".join(errors))
     return Webhook(
         id=value["id"],
         name=value["name"],

@@ -60,6 +60,8 @@ class TableFreshness:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 return False
+            if self._round is not None and self._round.done() and not self._round.cancelled():
+                self._round.exception()  # handled here even when no waiter looked at it
             if self._round is None or self._round.done() or self._round_started < received_at:
                 if self._round is not None and not self._round.done():
                     # A round that started before this event arrived does not cover it; wait
@@ -74,7 +76,8 @@ class TableFreshness:
             if not done:
                 return False
             if self._round.exception() is not None:
-                # The offsets request failed; let the next loop try again within the deadline.
+                # The offsets request failed (or the round timed out); the next loop tries
+                # again within the deadline. Reading the exception marks it as handled.
                 self._round = None
                 await asyncio.sleep(min(0.05, max(0.0, deadline - self._clock())))
         return True

@@ -498,11 +498,6 @@ def test_absent_repeatable_flag_keeps_env() -> None:
     assert settings.extra_source_topics == ("x", "y")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: config.add_setting_flags keeps only the first item of a comma-separated "
-    "repeatable flag value ('--extra-source-topic a,b' silently becomes ('a',))",
-)
 def test_comma_separated_repeatable_flag_loses_nothing() -> None:
     names = ["extra_source_topics"]
     try:

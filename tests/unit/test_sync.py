@@ -305,12 +305,6 @@ async def test_end_offsets_always_failing_gives_false() -> None:
     assert ends.calls >= 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: TableFreshness.wait_current replaces a finished round without retrieving its "
-    "exception (sync.py, the `self._round.done()` branch), so every timed-out or failed round "
-    "is logged by asyncio as 'Task exception was never retrieved' with a traceback",
-)
 async def test_a_failed_round_is_not_reported_as_unretrieved() -> None:
     reported: list[dict[str, Any]] = []
     asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: reported.append(ctx))
