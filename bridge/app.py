@@ -15,6 +15,7 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from faust.tables.globaltable import GlobalTable
 from mode import Service
 from prometheus_client import CollectorRegistry
@@ -27,6 +28,7 @@ from .delivery import Sender, new_client
 from .errors import InvalidRecord, InvalidSubscription
 from .health import EndpointHealth
 from .kafka import client_kwargs, faust_broker_kwargs
+from .logs import logging_config
 from .management import WebhookStore
 from .metrics import Metrics
 from .pipeline import Pipeline
@@ -98,6 +100,8 @@ class Bridge:
         self._client: Any = None
         self._offsets_consumer: AIOKafkaConsumer | None = None
         self._start_lock = asyncio.Lock()
+        self._offsets_lock = asyncio.Lock()
+        self._lag_labels: set[tuple[str, str]] = set()
         self.app = self._build_app()
 
     # -- Faust wiring -----------------------------------------------------------------------
@@ -178,7 +182,32 @@ class Bridge:
             app.agent(topic, name=f"retry-{tier}")(self._retry_agent(tier))
 
         app.on_before_shutdown.connect(self._drain)
+        # Faust's own sensors (events, commits, rebalances...) on the same registry.
+        app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(self.registry, "faust"))
+        app.timer(interval=5.0, name="consumer-lag")(self._update_lag)
         return app
+
+    async def _update_lag(self) -> None:
+        """Records behind the end of each source and retry partition this worker owns, from
+        the committed offsets (what a restart would resume from)."""
+        consumer = self.app.consumer
+        watched = {*self.settings.source_topics, *self.settings.retry_topics}
+        tps = [tp for tp in consumer.assignment() if tp.topic in watched]
+        offsets = await self._offsets()
+        ends = await offsets.end_offsets([TopicPartition(tp.topic, tp.partition) for tp in tps])
+        committed = consumer._committed_offset  # type: ignore[attr-defined]  # no public accessor
+        seen = set()
+        for tp in tps:
+            end = ends.get(TopicPartition(tp.topic, tp.partition))
+            if end is None:
+                continue
+            done = committed.get(tp) or 0
+            labels = (tp.topic, str(tp.partition))
+            self.metrics.lag.labels(*labels).set(max(0, end - done))
+            seen.add(labels)
+        for labels in self._lag_labels - seen:
+            self.metrics.lag.remove(*labels)
+        self._lag_labels = seen
 
     def _retry_agent(self, tier: int) -> Any:
         async def retry(stream: Any) -> None:
@@ -250,12 +279,17 @@ class Bridge:
         else:
             self.statuses.pop(webhook_id, None)
 
+    async def _offsets(self) -> AIOKafkaConsumer:
+        """A group-less consumer used only to ask for end offsets."""
+        async with self._offsets_lock:
+            if self._offsets_consumer is None:
+                consumer = AIOKafkaConsumer(**client_kwargs(self.settings), group_id=None)
+                await consumer.start()
+                self._offsets_consumer = consumer
+            return self._offsets_consumer
+
     async def _subscription_end_offsets(self) -> Mapping[int, int]:
-        consumer = self._offsets_consumer
-        if consumer is None:
-            consumer = AIOKafkaConsumer(**client_kwargs(self.settings), group_id=None)
-            await consumer.start()
-            self._offsets_consumer = consumer
+        consumer = await self._offsets()
         topic = self.settings.subscriptions_topic
         tps = [TopicPartition(topic, p) for p in range(self._partitions[topic])]
         ends = await consumer.end_offsets(tps)
@@ -330,6 +364,8 @@ class Bridge:
             _Closer(self),
             loop=loop,
             loglevel=self.settings.log_level.lower(),
+            logging_config=logging_config(self.settings.log_level, self.settings.log_format),
+            redirect_stdouts=False,
         )
 
 

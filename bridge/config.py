@@ -362,6 +362,13 @@ class Settings:
         _choice("DEBUG", "INFO", "WARNING", "ERROR"),
         "Log level.",
     )
+    log_format: str = _setting(
+        "json",
+        "BRIDGE_LOG_FORMAT",
+        "--log-format",
+        lambda text: _choice("JSON", "TEXT")(text).lower(),
+        "Log lines as JSON objects (json) or plain text (text).",
+    )
     embedded_port: int = _setting(
         DEFAULT_EMBEDDED_PORT,
         "BRIDGE_EMBEDDED_PORT",

@@ -121,6 +121,20 @@ class Metrics:
             "Pending retries dropped because their webhook was deleted or deactivated meanwhile.",
             registry=registry,
         )
+        self.lag = Gauge(
+            "webhook_bridge_consumer_lag",
+            "Records behind the end of each source and retry topic partition this worker owns "
+            "(from committed offsets; approximate on the embedded broker).",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.ssrf_refusals = Counter(
+            "webhook_bridge_ssrf_refusals_total",
+            "Deliveries refused before connecting because the destination is not allowed, by "
+            "reason (loopback, private, link_local, ...; plain_http; bad_url).",
+            ["reason"],
+            registry=registry,
+        )
         self.sync_timeouts = Counter(
             "webhook_bridge_subscription_sync_timeouts_total",
             "Times an event was matched before the subscription table was known to be current.",

@@ -1,0 +1,398 @@
+"""The dashboard and alert rules against real tools: promtool, and a real Prometheus scraping a
+real worker that delivers, retries and dead-letters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from bridge.config import Settings
+from bridge.embedded import free_port
+from bridge.events import build_event
+from bridge.management import WebhookStore, publish_events
+from bridge.metrics import Metrics
+from tests.support.receivers import Receiver
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = ROOT / "deploy" / "grafana" / "webhook-bridge.json"
+PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
+METRICS_DOC = ROOT / "docs" / "metrics.md"
+
+PROMTOOL = shutil.which("promtool")
+PROMETHEUS = shutil.which("prometheus")
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool not on PATH (Debian package 'prometheus')"
+)
+needs_prometheus = pytest.mark.skipif(
+    PROMETHEUS is None, reason="prometheus not on PATH (Debian package 'prometheus')"
+)
+
+ALERTS = {
+    "WebhookBridgeFailureRatioHigh",
+    "WebhookBridgeDeadLettersGrowing",
+    "WebhookBridgeConsumerLagGrowing",
+    "WebhookBridgeNoDeliveries",
+    "WebhookBridgeLatencyP99High",
+    "WebhookBridgeDown",
+}
+#: Metrics the dashboard and alerts use that bridge/metrics.py does not define yet (being added
+#: by the lead with exactly these names). TODO(lead): empty this once they are exported.
+NOT_YET_EXPORTED = ("webhook_bridge_consumer_lag", "webhook_bridge_ssrf_refusals_total")
+#: What Grafana would put for its built-in variables; windows of 1m hold enough 1 s scrapes.
+GRAFANA_BUILTINS = {"__rate_interval": "1m", "__range": "1m", "__interval": "1s"}
+VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
+#: Panels whose series must carry these label values after the test traffic: the panel
+#: breaks down by the right label, and the traffic did what the test means it to.
+EXPECTED_LABELS = {
+    "Deliveries by outcome": ("outcome", {"delivered", "dead_lettered"}),
+    "Failed attempts by status class": ("status_class", {"4xx", "5xx"}),
+    "Retries scheduled by tier": ("tier", {"1", "2"}),
+    "Dead letters by reason": ("reason", {"attempts_exhausted", "endpoint_gone"}),
+    "Webhooks disabled": ("reason", {"gone"}),
+}
+
+
+# -- the dashboard as data ---------------------------------------------------------------------
+def load_dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD.read_text())  # type: ignore[no-any-return]
+
+
+def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel, including those inside (collapsed) rows."""
+    for panel in dashboard["panels"]:
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def variable_values(dashboard: dict[str, Any]) -> dict[str, str]:
+    """Each template variable's default, as Grafana would interpolate it into a query."""
+    values = dict(GRAFANA_BUILTINS)
+    for var in dashboard["templating"]["list"]:
+        if var["type"] == "datasource":
+            continue
+        value = var["current"]["value"]
+        if value in ("$__all", ["$__all"]):
+            value = var["allValue"]
+        elif isinstance(value, list):
+            value = "(" + "|".join(value) + ")"
+        values[var["name"]] = value
+    return values
+
+
+def interpolate(expr: str, values: dict[str, str]) -> str:
+    def one(match: re.Match[str]) -> str:
+        name = next(group for group in match.groups() if group)
+        assert name in values, f"undefined variable ${name} in {expr!r}"
+        return values[name]
+
+    return VARIABLE.sub(one, expr)
+
+
+def dashboard_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    """(panel title, PromQL with variables interpolated) for every target."""
+    values = variable_values(dashboard)
+    return [
+        (panel["title"], interpolate(target["expr"], values))
+        for panel in panels(dashboard)
+        for target in panel.get("targets", [])
+    ]
+
+
+def not_yet_exported(expr: str, dashboard: dict[str, Any]) -> bool:
+    """Expressions over metrics that do not exist yet: the two named ones and Faust's sensor
+    metrics (the lead sets Faust's sensor up with the dashboard's ``faust_prefix``)."""
+    faust = variable_values(dashboard)["faust_prefix"] + "_"
+    return any(name in expr for name in (*NOT_YET_EXPORTED, faust))
+
+
+def exported_metric_names() -> list[str]:
+    """The name of every metric bridge/metrics.py defines, as Prometheus stores it."""
+    registry = CollectorRegistry()
+    Metrics(registry)
+    return [
+        family.name + "_total" if family.type == "counter" else family.name
+        for family in registry.collect()
+    ]
+
+
+# -- Prometheus in a child process -------------------------------------------------------------
+class PrometheusProcess:
+    """``prometheus`` on 127.0.0.1 with its config, data and log under one directory."""
+
+    def __init__(self, directory: Path, *, job: str, target: str, rule_file: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.log_path = directory / "prometheus.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {
+            "global": {
+                "scrape_interval": "1s",
+                "scrape_timeout": "1s",
+                "evaluation_interval": "1s",
+            },
+            "rule_files": [str(rule_file)],
+            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]}],
+        }
+        # JSON is YAML, and the test needs no YAML library.
+        (directory / "prometheus.yml").write_text(json.dumps(config, indent=2))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> PrometheusProcess:
+        assert PROMETHEUS is not None
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    PROMETHEUS,
+                    f"--config.file={self.directory / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={self.directory / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--web.enable-lifecycle",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM, a bounded wait, then SIGKILL."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    async def wait_ready(self, client: httpx.AsyncClient, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"prometheus exited {self.process.returncode}:\n{self.tail()}")
+            try:
+                if (await client.get("/-/ready", timeout=1.0)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"prometheus not ready within {timeout}s:\n{self.tail()}")
+            await asyncio.sleep(0.1)
+
+
+async def api(client: httpx.AsyncClient, path: str, **params: str) -> dict[str, Any]:
+    """One Prometheus API call; the whole answer (``status``, ``data`` or ``error``)."""
+    response = await client.get(path, params=params, timeout=10.0)
+    return response.json()  # type: ignore[no-any-return]
+
+
+def deployed_job_name() -> str:
+    """The scrape job of deploy/prometheus/prometheus.yml, which the alerts and dashboard use."""
+    text = (PROMETHEUS_DIR / "prometheus.yml").read_text()
+    (job,) = re.findall(r"^\s*-\s*job_name:\s*(\S+)\s*$", text, re.MULTILINE)
+    return job
+
+
+@pytest.fixture
+def prometheus(settings: Settings, tmp_path: Path) -> Iterator[PrometheusProcess]:
+    """A Prometheus scraping this test's worker every second; stopped at teardown."""
+    running = PrometheusProcess(
+        tmp_path / "prometheus",
+        job=deployed_job_name(),
+        target=f"127.0.0.1:{settings.web_port}",
+        rule_file=PROMETHEUS_DIR / "alerts.yml",
+    )
+    running.start()
+    yield running
+    running.stop()
+
+
+# -- tests ---------------------------------------------------------------------------------------
+def test_dashboard_is_well_formed_and_covers_every_metric() -> None:
+    dashboard = load_dashboard()
+    assert 36 <= dashboard["schemaVersion"] <= 41
+    variables = {var["name"]: var for var in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+
+    ids = [panel["id"] for panel in panels(dashboard)]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in panels(dashboard):
+        assert panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24, panel["title"]
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        refs = [target["refId"] for target in panel["targets"]]
+        assert refs and len(refs) == len(set(refs)), panel["title"]
+        assert all(target["expr"].strip() for target in panel["targets"]), panel["title"]
+
+    queries = " ".join(expr for _, expr in dashboard_queries(dashboard))
+    docs = METRICS_DOC.read_text()
+    for name in (*exported_metric_names(), *NOT_YET_EXPORTED):
+        assert name in queries, f"{name} is on no dashboard panel"
+        assert f"`{name}`" in docs, f"{name} is not documented in docs/metrics.md"
+    for title in EXPECTED_LABELS:
+        assert any(panel["title"] == title for panel in panels(dashboard)), title
+
+
+@needs_promtool
+def test_promtool_checks_and_unit_tests_the_rules() -> None:
+    assert PROMTOOL is not None
+    for command in (
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts_test.yml"],
+        ["check", "config", "prometheus.yml"],
+    ):
+        done = subprocess.run(
+            [PROMTOOL, *command],
+            cwd=PROMETHEUS_DIR,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, f"promtool {' '.join(command)}:\n{done.stdout}{done.stderr}"
+
+
+async def create_webhook(store: WebhookStore, receiver: Receiver, name: str, status: int) -> None:
+    path = f"/wh/{name}"
+    receiver.statuses[path] = status
+    await store.create(
+        url=receiver.url(path),
+        secret=f"secret-{name}",
+        webhook_id=name,
+        name=name,
+        events=["*"],
+        site_id="s1",
+        user_id="u1",
+    )
+
+
+@needs_prometheus
+async def test_prometheus_evaluates_every_dashboard_and_alert_expression(
+    settings: Settings, receiver: Receiver, workers, prometheus: PrometheusProcess
+) -> None:
+    # Traffic that exercises every outcome: deliveries, retries through both (short) tiers,
+    # dead letters after exhausted attempts, and a 410 that disables its webhook.
+    async with WebhookStore(settings) as store:
+        await create_webhook(store, receiver, "fine", 200)
+        await create_webhook(store, receiver, "also_fine", 200)
+        await create_webhook(store, receiver, "failing", 500)
+        await create_webhook(store, receiver, "gone", 410)
+    worker = workers(settings)
+    await worker.wait_ready()
+    data = {
+        "post.created": {"id": "p1", "title": "Hello"},
+        "post.published": {"id": "p1", "title": "Hello"},
+        "post.deleted": {"id": "p1"},
+    }
+    events = [
+        build_event(event_type, payload, site_id="s1", user_id="u1")
+        for _ in range(10)
+        for event_type, payload in data.items()
+    ]
+    await publish_events(settings, events)
+    await worker.wait_metric(
+        'webhook_bridge_dead_letters_total{reason="attempts_exhausted"}',
+        lambda v: v > 0,
+        timeout=60.0,
+    )
+
+    dashboard = load_dashboard()
+    async with httpx.AsyncClient(base_url=prometheus.url) as client:
+        await prometheus.wait_ready(client)
+        await wait_target_up(client, timeout=30.0)
+        await check_dashboard_queries(client, dashboard, timeout=30.0)
+        await check_alert_rules(client, timeout=30.0)
+
+
+async def wait_target_up(client: httpx.AsyncClient, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        targets = (await api(client, "/api/v1/targets"))["data"]["activeTargets"]
+        if targets and all(t["health"] == "up" for t in targets):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"scrape target not up within {timeout}s: {targets}")
+        await asyncio.sleep(0.2)
+
+
+async def check_dashboard_queries(
+    client: httpx.AsyncClient, dashboard: dict[str, Any], timeout: float
+) -> None:
+    """Every panel query parses; each returns series (rates need two scrapes: poll)."""
+    queries = dashboard_queries(dashboard)
+    deadline = time.monotonic() + timeout
+    while True:
+        missing: list[str] = []
+        series: dict[str, list[dict[str, Any]]] = {}
+        for title, expr in queries:
+            answer = await api(client, "/api/v1/query", query=expr)
+            assert answer["status"] == "success", f"{title}: {expr}\n{answer}"
+            result = answer["data"]["result"]
+            series.setdefault(title, []).extend(result)
+            if not result and not not_yet_exported(expr, dashboard):
+                missing.append(f"{title}: {expr}")
+        wrong = [
+            f"{title}: {label} has {sorted(got)}, needs {sorted(needed)}"
+            for title, (label, needed) in EXPECTED_LABELS.items()
+            if not needed <= (got := {s["metric"].get(label) for s in series[title]})
+        ]
+        if not missing and not wrong:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                "dashboard queries without the expected series:\n" + "\n".join(missing + wrong)
+            )
+        await asyncio.sleep(0.5)
+
+
+async def check_alert_rules(client: httpx.AsyncClient, timeout: float) -> None:
+    """Every alert is loaded, evaluated without error, parses as a query, and is complete."""
+    docs = METRICS_DOC.read_text().lower()
+    deadline = time.monotonic() + timeout
+    while True:
+        groups = (await api(client, "/api/v1/rules"))["data"]["groups"]
+        rules = [rule for group in groups for rule in group["rules"]]
+        if rules and all(rule["health"] == "ok" for rule in rules):
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError(f"rules not all evaluated without error: {rules}")
+        await asyncio.sleep(0.2)
+    assert {rule["name"] for rule in rules} == ALERTS
+    for rule in rules:
+        assert rule["type"] == "alerting", rule["name"]
+        answer = await api(client, "/api/v1/query", query=rule["query"])
+        assert answer["status"] == "success", f"{rule['name']}: {answer}"
+        assert rule["duration"] > 0, f"{rule['name']} has no `for:`"
+        assert rule["labels"]["severity"] in {"warning", "critical"}, rule["name"]
+        annotations = rule["annotations"]
+        assert annotations["summary"] and annotations["description"], rule["name"]
+        anchor = annotations["runbook_url"].partition("#")[2]
+        assert anchor == rule["name"].lower(), rule["name"]
+        assert f"### {rule['name'].lower()}" in docs, f"no runbook section for {rule['name']}"
