@@ -476,6 +476,30 @@ class Settings:
         return out
 
 
+def settings_reference() -> str:
+    """docs/configuration.md's table: every setting with its flag, variable and default."""
+    lines = [
+        "| setting | flag | environment variable | default | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for item in dataclasses.fields(Settings):
+        spec: SettingSpec = item.metadata["spec"]
+        default = item.default
+        if isinstance(default, tuple):
+            shown = ",".join(
+                format_duration(v) if isinstance(v, float) else str(v) for v in default
+            )
+        elif default is None:
+            shown = "(unset)"
+        else:
+            shown = str(default)
+        help_text = spec.help.replace("|", "\\|")
+        lines.append(
+            f"| `{item.name}` | `{spec.flag}` | `{spec.env}` | `{shown}` | {help_text} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def add_setting_flags(parser: Any, names: Sequence[str]) -> None:
     """Add the flags of the named settings to an ``argparse`` parser (dest = field name)."""
     specs = Settings.specs()
