@@ -94,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--secret", help="signing secret (default: 32 random bytes)")
     create.add_argument("--id", dest="webhook_id", help="webhook id (default: generated)")
     create.add_argument("--inactive", action="store_true", help="create it inactive")
+    create.add_argument("--rate-limit", type=float, help="at most this many deliveries per second")
     add_setting_flags(create, common)
     create.set_defaults(handler=_webhooks_create, settings=common)
 
@@ -105,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     update.add_argument("--name")
     update.add_argument("--secret")
     update.add_argument("--active", type=parse_bool, help="true or false")
+    update.add_argument("--rate-limit", type=float, help="deliveries per second (0: no limit)")
     add_setting_flags(update, common)
     update.set_defaults(handler=_webhooks_update, settings=common)
 
@@ -266,6 +268,7 @@ def _webhooks_create(args: argparse.Namespace) -> int:
                 secret=args.secret,
                 webhook_id=args.webhook_id,
                 active=not args.inactive,
+                rate_limit=args.rate_limit,
             )
 
     webhook = asyncio.run(go())
@@ -281,9 +284,11 @@ def _webhooks_update(args: argparse.Namespace) -> int:
     settings = _managed(_settings(args))
     changes = {
         k: getattr(args, k)
-        for k in ("url", "events", "site_id", "name", "secret", "active")
+        for k in ("url", "events", "site_id", "name", "secret", "active", "rate_limit")
         if getattr(args, k) is not None
     }
+    if changes.get("rate_limit") == 0:
+        changes["rate_limit"] = None
     if not changes:
         raise ConfigError("nothing to change: give at least one of --url, --events, ...")
 

@@ -494,9 +494,7 @@ def settings_reference() -> str:
         else:
             shown = str(default)
         help_text = spec.help.replace("|", "\\|")
-        lines.append(
-            f"| `{item.name}` | `{spec.flag}` | `{spec.env}` | `{shown}` | {help_text} |"
-        )
+        lines.append(f"| `{item.name}` | `{spec.flag}` | `{spec.env}` | `{shown}` | {help_text} |")
     return "\n".join(lines) + "\n"
 
 

@@ -154,6 +154,7 @@ class WebhookStore:
         secret: str | None = None,
         webhook_id: str | None = None,
         active: bool = True,
+        rate_limit: float | None = None,
         now: datetime | None = None,
     ) -> Webhook:
         """Create a webhook; a secret of 32 random bytes is generated when none is given."""
@@ -170,6 +171,8 @@ class WebhookStore:
             "created_at": stamp,
             "updated_at": stamp,
         }
+        if rate_limit is not None:
+            record["rate_limit"] = rate_limit
         return await self.put(webhook_from_record(record))
 
     async def update(self, webhook_id: str, **changes: Any) -> Webhook:

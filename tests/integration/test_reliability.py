@@ -373,3 +373,28 @@ async def test_a_hanging_endpoint_does_not_slow_healthy_ones(
         assert values["webhook_bridge_circuits_open"] == 1
     finally:
         await hang.stop()
+
+
+async def test_a_rate_limited_webhook_is_paced_and_others_are_not(
+    settings: Settings, receiver: Receiver, workers
+) -> None:
+    async with WebhookStore(settings) as store:
+        await store.create(
+            url=receiver.url("/paced"),
+            events=["*"],
+            site_id="s1",
+            user_id="u1",
+            secret="secret-paced-0123",
+            webhook_id="paced",
+            rate_limit=5.0,
+        )
+        await hook(store, receiver, "free")
+    worker = workers(settings)
+    await worker.wait_ready()
+    await publish_events(settings, [post(n) for n in range(15)])
+    await receiver.wait_for(lambda got: len(receiver.at("/paced")) == 15, timeout=30)
+    free, paced = receiver.at("/free"), receiver.at("/paced")
+    assert len(free) == 15
+    # A burst of 5, then one every 0.2 s: the last of 15 comes at least ~2 s after the first.
+    assert paced[-1].at - paced[0].at >= 1.8
+    assert free[-1].at - free[0].at < paced[-1].at - paced[0].at
