@@ -27,7 +27,7 @@ from .deliverer import Deliverer
 from .delivery import Sender, new_client
 from .errors import InvalidRecord, InvalidSubscription
 from .health import EndpointHealth
-from .kafka import client_kwargs, faust_broker_kwargs
+from .kafka import address_policy, client_kwargs, faust_broker_kwargs, keyring
 from .logs import logging_config
 from .management import WebhookStore
 from .metrics import Metrics
@@ -88,6 +88,7 @@ class Bridge:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.index = SubscriptionIndex()
+        self.keyring = keyring(settings)
         #: The newest status record of each webhook (from the compacted status topic).
         self.statuses: dict[str, dict[str, Any]] = {}
         self.health = EndpointHealth(settings.disable_after, self.statuses.get)
@@ -237,7 +238,7 @@ class Bridge:
         key: bytes | None = message.key
         webhook_id = key.decode("utf-8", "replace") if key is not None else None
         try:
-            webhook = parse_webhook(key, message.value)
+            webhook = parse_webhook(key, message.value, self.keyring)
         except InvalidSubscription as exc:
             # The newest record is the truth: a webhook whose record is broken gets nothing
             # rather than deliveries to a URL or with a secret that are no longer wanted.
@@ -305,10 +306,19 @@ class Bridge:
             if self._pipeline is None:
                 s = self.settings
                 self._store = await WebhookStore(s).__aenter__()
-                self._client = new_client(s.http_timeout, s.max_in_flight)
+                policy = address_policy(s)
+                self._client = new_client(
+                    s.http_timeout, s.max_in_flight, policy=policy, ca_bundle=s.ca_bundle
+                )
                 outputs = _KafkaOutputs(self)
                 deliverer = Deliverer(
-                    sender=Sender(self._client, timeout=s.http_timeout, any_2xx=s.success_any_2xx),
+                    sender=Sender(
+                        self._client,
+                        timeout=s.http_timeout,
+                        any_2xx=s.success_any_2xx,
+                        allow_http=s.plain_http_allowed,
+                        policy=policy,
+                    ),
                     outputs=outputs,
                     metrics=self.metrics,
                     policy=RetryPolicy(

@@ -36,7 +36,12 @@ TOPIC_SETTINGS = [
     "deadletter_topic",
     "topic_replication_factor",
     "group_id",
+    "retry_schedule",
+    "retry_topic_prefix",
+    "attempts_topic",
+    "status_topic",
 ]
+LOOPBACK = ("127.0.0.0/8", "::1/128")
 WORKER_SETTINGS = [
     "http_timeout",
     "success_any_2xx",
@@ -49,6 +54,20 @@ WORKER_SETTINGS = [
     "log_level",
     "kafka_rebalance_timeout",
     "kafka_session_timeout",
+    "retry_jitter",
+    "retry_after_cap",
+    "endpoint_max_in_flight",
+    "endpoint_max_queued",
+    "breaker_threshold",
+    "breaker_cooldown",
+    "disable_after",
+    "drain_timeout",
+    "ssrf_guard",
+    "allow_networks",
+    "allow_http",
+    "ca_bundle",
+    "secret_keys",
+    "log_format",
 ]
 
 
@@ -83,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     hook_commands = webhooks.add_subparsers(
         dest="webhooks_command", required=True, metavar="ACTION"
     )
-    common = KAFKA_SETTINGS + ["subscriptions_topic"]
+    common = KAFKA_SETTINGS + ["subscriptions_topic", "status_topic"]
 
     create = hook_commands.add_parser("create", help="create a webhook; prints its id and secret")
     create.add_argument("--url", required=True)
@@ -95,8 +114,13 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--id", dest="webhook_id", help="webhook id (default: generated)")
     create.add_argument("--inactive", action="store_true", help="create it inactive")
     create.add_argument("--rate-limit", type=float, help="at most this many deliveries per second")
-    add_setting_flags(create, common)
-    create.set_defaults(handler=_webhooks_create, settings=common)
+    create.add_argument(
+        "--standard-webhooks",
+        action="store_true",
+        help="also sign with Standard Webhooks headers (timestamped, replay-resistant)",
+    )
+    add_setting_flags(create, common + ["secret_keys"])
+    create.set_defaults(handler=_webhooks_create, settings=common + ["secret_keys"])
 
     update = hook_commands.add_parser("update", help="change fields of a webhook")
     update.add_argument("webhook_id", metavar="ID")
@@ -107,8 +131,29 @@ def _parser() -> argparse.ArgumentParser:
     update.add_argument("--secret")
     update.add_argument("--active", type=parse_bool, help="true or false")
     update.add_argument("--rate-limit", type=float, help="deliveries per second (0: no limit)")
-    add_setting_flags(update, common)
-    update.set_defaults(handler=_webhooks_update, settings=common)
+    update.add_argument("--standard-webhooks", type=parse_bool, help="true or false")
+    add_setting_flags(update, common + ["secret_keys"])
+    update.set_defaults(handler=_webhooks_update, settings=common + ["secret_keys"])
+
+    rotate = hook_commands.add_parser(
+        "rotate-secret", help="give a webhook a new secret; prints it"
+    )
+    rotate.add_argument("webhook_id", metavar="ID")
+    rotate.add_argument("--secret", help="the new secret (default: 32 random bytes)")
+    rotate.add_argument(
+        "--overlap",
+        default="0s",
+        help="how long the previous secret stays valid too, e.g. 24h (Standard Webhooks "
+        "signatures carry both meanwhile)",
+    )
+    add_setting_flags(rotate, common + ["secret_keys"])
+    rotate.set_defaults(handler=_webhooks_rotate, settings=common + ["secret_keys"])
+
+    test = hook_commands.add_parser("test", help="send a test.event to one webhook")
+    test.add_argument("webhook_id", metavar="ID")
+    test.add_argument("--message", default="", help="text for data.message")
+    add_setting_flags(test, common + ["events_topic", "secret_keys"])
+    test.set_defaults(handler=_webhooks_test, settings=common + ["events_topic", "secret_keys"])
 
     delete = hook_commands.add_parser("delete", help="delete a webhook (writes a tombstone)")
     delete.add_argument("webhook_id", metavar="ID")
@@ -117,8 +162,8 @@ def _parser() -> argparse.ArgumentParser:
 
     listing = hook_commands.add_parser("list", help="list webhooks (secrets hidden)")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
-    add_setting_flags(listing, common)
-    listing.set_defaults(handler=_webhooks_list, settings=common)
+    add_setting_flags(listing, common + ["secret_keys"])
+    listing.set_defaults(handler=_webhooks_list, settings=common + ["secret_keys"])
 
     publish = commands.add_parser("publish", help="publish a valid platform event")
     publish.add_argument("event_type", metavar="TYPE")
@@ -186,8 +231,18 @@ def _run(args: argparse.Namespace) -> int:
     if settings.embedded:
         broker = EmbeddedBroker(settings.embedded_port)
         broker.start()
-        settings = settings.replace(kafka_bootstrap_servers=broker.bootstrap_servers)
+        # Development mode: endpoints on this machine over plain http are the point of it.
+        settings = settings.replace(
+            kafka_bootstrap_servers=broker.bootstrap_servers,
+            allow_http=True if settings.allow_http is None else settings.allow_http,
+            allow_networks=(*settings.allow_networks, *LOOPBACK),
+        )
         print(f"embedded broker (in memory) at {broker.bootstrap_servers}", flush=True)
+        print(
+            "development mode: plain http and loopback endpoints are allowed "
+            f"(networks allowed: {', '.join(settings.allow_networks)})",
+            flush=True,
+        )
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
@@ -256,6 +311,7 @@ def _webhooks_create(args: argparse.Namespace) -> int:
     settings = _managed(_settings(args))
     if args.site_id is None and args.user_id is None:
         raise ConfigError("an account-scoped webhook (no --site-id) needs --user-id")
+    _check_endpoint(args.url)
 
     async def go() -> Any:
         async with WebhookStore(settings) as store:
@@ -269,6 +325,7 @@ def _webhooks_create(args: argparse.Namespace) -> int:
                 webhook_id=args.webhook_id,
                 active=not args.inactive,
                 rate_limit=args.rate_limit,
+                standard=args.standard_webhooks,
             )
 
     webhook = asyncio.run(go())
@@ -287,6 +344,10 @@ def _webhooks_update(args: argparse.Namespace) -> int:
         for k in ("url", "events", "site_id", "name", "secret", "active", "rate_limit")
         if getattr(args, k) is not None
     }
+    if args.standard_webhooks is not None:
+        changes["standard_webhooks"] = args.standard_webhooks
+    if args.url is not None:
+        _check_endpoint(args.url)
     if changes.get("rate_limit") == 0:
         changes["rate_limit"] = None
     if not changes:
@@ -298,6 +359,61 @@ def _webhooks_update(args: argparse.Namespace) -> int:
 
     webhook = asyncio.run(go())
     print(f"updated {webhook.id}")
+    return 0
+
+
+def _check_endpoint(url: str) -> None:
+    from .ssrf import DestinationForbidden, check_url
+
+    try:
+        check_url(url, allow_http=True)
+    except DestinationForbidden as exc:
+        raise ConfigError(f"--url refused: {exc.detail}") from None
+    if url.startswith("http://"):
+        print(
+            "warning: plain http endpoints are refused by workers unless they allow http "
+            "(BRIDGE_ALLOW_HTTP; on by default only on the embedded broker)",
+            file=sys.stderr,
+        )
+
+
+def _webhooks_rotate(args: argparse.Namespace) -> int:
+    from .management import WebhookStore
+    from .retry_policy import parse_duration
+
+    settings = _managed(_settings(args))
+    try:
+        overlap = parse_duration(args.overlap)
+    except ValueError as exc:
+        raise ConfigError(f"--overlap: {exc}") from None
+
+    async def go() -> Any:
+        async with WebhookStore(settings) as store:
+            return await store.rotate_secret(args.webhook_id, secret=args.secret, overlap=overlap)
+
+    webhook = asyncio.run(go())
+    print(f"id      {webhook.id}")
+    if args.secret is None:
+        print(f"secret  {webhook.secret}")
+    if webhook.previous_secret_expires_at:
+        print(f"previous secret valid until {webhook.previous_secret_expires_at}")
+    return 0
+
+
+def _webhooks_test(args: argparse.Namespace) -> int:
+    from .management import WebhookStore, send_test_event
+
+    settings = _managed(_settings(args))
+
+    async def go() -> Any:
+        async with WebhookStore(settings) as store:
+            webhook = (await store.load()).get(args.webhook_id)
+        if webhook is None:
+            raise ConfigError(f"no webhook {args.webhook_id!r}")
+        return await send_test_event(settings, webhook, args.message)
+
+    event = asyncio.run(go())
+    print(f"published test.event {event.id}")
     return 0
 
 

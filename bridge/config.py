@@ -8,6 +8,7 @@ flags from these declarations and everything else receives a :class:`Settings`.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -333,6 +334,44 @@ class Settings:
         parse_duration,
         "On SIGTERM, how long in-flight deliveries may finish before they go to the retry path.",
     )
+    # -- Security ------------------------------------------------------------------------------
+    ssrf_guard: bool = _setting(
+        True,
+        "BRIDGE_SSRF_GUARD",
+        "--ssrf-guard",
+        parse_bool,
+        "Refuse deliveries to loopback, private, link-local and other internal addresses.",
+    )
+    allow_networks: tuple[str, ...] = _setting(
+        (),
+        "BRIDGE_ALLOW_NETWORKS",
+        "--allow-network",
+        parse_list,
+        "Networks (CIDR) deliveries may reach despite the SSRF guard (comma-separated in env).",
+        repeatable=True,
+    )
+    allow_http: bool | None = _setting(
+        None,
+        "BRIDGE_ALLOW_HTTP",
+        "--allow-http",
+        parse_bool,
+        "Allow plain http:// endpoints (default: only in embedded mode; https otherwise).",
+    )
+    ca_bundle: str | None = _setting(
+        None,
+        "BRIDGE_CA_BUNDLE",
+        "--ca-bundle",
+        _optional_str,
+        "CA bundle (file or directory) for verifying endpoints' TLS certificates.",
+    )
+    secret_keys: str | None = _setting(
+        None,
+        "BRIDGE_SECRET_KEYS",
+        "--secret-keys",
+        _optional_str,
+        "Keys encrypting webhook secrets in Kafka: kid:base64key,... (first one encrypts).",
+        secret=True,
+    )
     # -- Worker process -----------------------------------------------------------------------
     web_host: str = _setting(
         "127.0.0.1",
@@ -399,6 +438,11 @@ class Settings:
                 )
             if self.kafka_sasl_password is None:
                 raise ConfigError("SASL security protocol needs kafka_sasl_password")
+        for network in self.allow_networks:
+            try:
+                ipaddress.ip_network(network)
+            except ValueError as exc:
+                raise ConfigError(f"allow_networks: {exc}") from None
         if not 0.0 <= self.retry_jitter < 1.0:
             raise ConfigError("retry_jitter must be at least 0 and less than 1")
         if self.kafka_session_timeout <= self.kafka_rebalance_timeout / 2:
@@ -452,6 +496,11 @@ class Settings:
     def source_topics(self) -> tuple[str, ...]:
         """Every topic the worker consumes platform events from."""
         return (self.events_topic, *self.extra_source_topics)
+
+    @property
+    def plain_http_allowed(self) -> bool:
+        """http:// endpoints are allowed when configured, else only on the embedded broker."""
+        return self.embedded if self.allow_http is None else self.allow_http
 
     @property
     def retry_topics(self) -> tuple[str, ...]:

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 Done = Callable[[], Awaitable[object]]
 
 #: Errors of attempts that were not made: no request was sent.
-SKIPPED = frozenset({"circuit_open", "endpoint_busy"})
+SKIPPED = frozenset({"circuit_open", "endpoint_busy", "destination_forbidden"})
 
 
 class Outputs(Protocol):
@@ -177,9 +177,11 @@ class Deliverer:
             await self._record_attempt(job, result, None)
             await self._publish_health(self._health.on_success(webhook.id))
             return
-        self._breakers.failure(endpoint)
-        self._metrics.circuits_open.set(self._breakers.open_count())
-        await self._settle_failure(job, result, counts=True)
+        refused = result.error == "destination_forbidden"
+        if not refused:
+            self._breakers.failure(endpoint)
+            self._metrics.circuits_open.set(self._breakers.open_count())
+        await self._settle_failure(job, result, counts=not refused)
 
     def _skipped(self, error: str) -> AttemptResult:
         return AttemptResult(False, None, error, 0.0, format_timestamp(self._now()))
@@ -211,6 +213,17 @@ class Deliverer:
         history = [*job.history, result.as_record()]
         webhook_id = job.webhook.id
         now = self._wall_time()
+        if result.error == "destination_forbidden":
+            # Not retried: the same URL would be refused again.
+            self._metrics.ssrf_refusals.labels(result.refusal or "unknown").inc()
+            await self._record_attempt(job, result, "dead_letter")
+            await self._dead_letter(
+                job,
+                "destination_forbidden",
+                f"refused before connecting: {result.refusal}",
+                history,
+            )
+            return
         if counts and result.status == 410:
             await self._disable(job, self._health.on_gone(webhook_id, now), "gone")
             await self._record_attempt(job, result, "disabled")

@@ -11,9 +11,11 @@ from datetime import UTC, datetime
 
 import httpx
 
+from . import standard_webhooks
 from .events import Event, format_timestamp
 from .retry_policy import parse_retry_after
 from .signing import sign
+from .ssrf import AddressPolicy, DestinationForbidden, check_url, guarded_transport
 from .subscriptions import Webhook
 
 __all__ = [
@@ -64,6 +66,8 @@ class AttemptResult:
     at: str
     #: Seconds a ``Retry-After`` header asked for (429 and 503 answers), if any.
     retry_after: float | None = None
+    #: For ``destination_forbidden``: why (``loopback``, ``private``, ``plain_http`` ...).
+    refusal: str | None = None
 
     def as_record(self) -> dict[str, object]:
         return {
@@ -88,28 +92,55 @@ def status_class(status: int | None) -> str:
     return "other"
 
 
-def build_headers(delivery: Delivery) -> dict[str, str]:
-    """The documented headers, signed with the webhook's current secret."""
-    return {
+def build_headers(delivery: Delivery, now: datetime | None = None) -> dict[str, str]:
+    """The documented headers, signed with the webhook's current secret; for webhooks that opted
+    in, the Standard Webhooks headers too (both secrets during a rotation overlap)."""
+    headers = {
         "Content-Type": "application/json",
         "X-Webhook-Signature": sign(delivery.webhook.secret, delivery.body),
         "X-Webhook-Event": delivery.event_type,
         "X-Webhook-Delivery": delivery.delivery_id,
         "User-Agent": USER_AGENT,
     }
+    if delivery.webhook.standard_webhooks:
+        moment = now or datetime.now(UTC)
+        headers.update(
+            standard_webhooks.headers(
+                delivery.delivery_id,
+                int(moment.timestamp()),
+                delivery.body,
+                delivery.webhook.signing_secrets(moment),
+            )
+        )
+    return headers
 
 
-def new_client(timeout: float, max_connections: int) -> httpx.AsyncClient:
-    """The one shared client: keep-alive pooling, no redirects, TLS verification on."""
+def new_client(
+    timeout: float,
+    max_connections: int,
+    *,
+    policy: AddressPolicy | None = None,
+    ca_bundle: str | None = None,
+) -> httpx.AsyncClient:
+    """The one shared client: keep-alive pooling, no redirects, TLS verification always on.
+
+    Every connection goes through the SSRF guard (``policy``), which connects to the address it
+    checked; without a policy (unit tests only) nothing is checked.
+    """
+    limits = httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections,
+        keepalive_expiry=30.0,
+    )
+    transport = guarded_transport(
+        policy if policy is not None else AddressPolicy(enabled=False),
+        verify=ca_bundle or True,
+        limits=limits,
+    )
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout),
-        limits=httpx.Limits(
-            max_connections=max_connections,
-            max_keepalive_connections=max_connections,
-            keepalive_expiry=30.0,
-        ),
+        transport=transport,
         follow_redirects=False,
-        verify=True,
         trust_env=False,
     )
 
@@ -138,21 +169,27 @@ class Sender:
         *,
         timeout: float,
         any_2xx: bool = False,
+        allow_http: bool = True,
+        policy: AddressPolicy | None = None,
         clock: Callable[[], float] = time.perf_counter,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._client = client
         self._timeout = timeout
         self._any_2xx = any_2xx
+        self._allow_http = allow_http
+        self._policy = policy
         self._clock = clock
         self._wall_clock = wall_clock
 
     async def send(self, delivery: Delivery) -> AttemptResult:
         """One attempt; never raises for what the endpoint or the network does."""
-        at = format_timestamp(self._wall_clock())
-        headers = build_headers(delivery)
+        now = self._wall_clock()
+        at = format_timestamp(now)
         started = self._clock()
         try:
+            check_url(delivery.webhook.url, allow_http=self._allow_http, policy=self._policy)
+            headers = build_headers(delivery, now)
             # The client's timeout applies per phase; this one bounds the whole request, as the
             # documentation promises ("We will time out requests after 30 seconds").
             async with asyncio.timeout(self._timeout):
@@ -160,6 +197,15 @@ class Sender:
                     delivery.webhook.url, content=delivery.body, headers=headers
                 )
                 await response.aread()
+        except DestinationForbidden as exc:
+            return AttemptResult(
+                False,
+                None,
+                "destination_forbidden",
+                self._clock() - started,
+                at,
+                refusal=exc.classification,
+            )
         except (httpx.HTTPError, TimeoutError, OSError, ssl.SSLError) as exc:
             return AttemptResult(False, None, _error_class(exc), self._clock() - started, at)
         duration = self._clock() - started

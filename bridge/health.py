@@ -32,8 +32,10 @@ class EndpointHealth:
     """Decides status transitions from attempt outcomes.
 
     ``published`` looks up the last status record of a webhook (the status table, shared by all
-    workers); what this worker decided itself is remembered too, so that concurrent failures do
-    not publish the same transition many times.
+    workers). What this worker decided itself is remembered until the table changes for that
+    webhook (its own record arriving, or another worker's), so that concurrent failures do not
+    publish the same transition many times, and a recovery published elsewhere ends the failing
+    period here too.
     """
 
     def __init__(
@@ -43,20 +45,25 @@ class EndpointHealth:
     ) -> None:
         self._disable_after = disable_after
         self._published = published
-        self._local: dict[str, HealthChange] = {}
+        #: This worker's last decision per webhook, with the table's record when it was made.
+        self._local: dict[str, tuple[HealthChange, Mapping[str, Any] | None]] = {}
 
     def _current(self, webhook_id: str) -> tuple[str, float | None]:
+        record = self._published(webhook_id)
         local = self._local.get(webhook_id)
         if local is not None:
-            return local.state, local.failing_since
-        record = self._published(webhook_id)
+            change, seen = local
+            if record == seen:
+                return change.state, change.failing_since
+            del self._local[webhook_id]
         if record is None:
             return "healthy", None
         since = record.get("failing_since")
         return str(record.get("state", "healthy")), float(since) if since is not None else None
 
     def _change(self, change: HealthChange) -> HealthChange:
-        self._local[change.webhook_id] = change
+        seen = self._published(change.webhook_id)
+        self._local[change.webhook_id] = (change, dict(seen) if seen is not None else None)
         return change
 
     def on_success(self, webhook_id: str) -> HealthChange | None:
@@ -66,7 +73,7 @@ class EndpointHealth:
         if state == "healthy" and published_state == "healthy":
             return None
         if state == "healthy" and webhook_id in self._local:
-            # Already published by this worker; the status table has not caught up yet.
+            # Already decided by this worker; the status table has not caught up yet.
             return None
         return self._change(HealthChange(webhook_id, "healthy", None))
 
@@ -90,4 +97,4 @@ class EndpointHealth:
         (the stale status record is replaced at the next outcome)."""
         state, _ = self._current(webhook_id)
         if state == "disabled":
-            self._local[webhook_id] = HealthChange(webhook_id, "failing", None)
+            self._change(HealthChange(webhook_id, "failing", None))

@@ -1,4 +1,4 @@
-"""Kafka connection settings for aiokafka and Faust, and small client helpers."""
+"""Objects built from settings: Kafka client arguments, the SSRF policy, the secrets keyring."""
 
 from __future__ import annotations
 
@@ -7,8 +7,28 @@ from typing import Any
 
 from .config import Settings
 from .errors import ConfigError
+from .secretbox import Keyring
+from .ssrf import AddressPolicy
 
-__all__ = ["client_kwargs", "faust_broker_kwargs", "bootstrap_servers"]
+__all__ = [
+    "client_kwargs",
+    "faust_broker_kwargs",
+    "bootstrap_servers",
+    "address_policy",
+    "keyring",
+]
+
+
+def address_policy(settings: Settings) -> AddressPolicy:
+    """The SSRF guard's policy: on unless disabled, with the configured allow-list."""
+    return AddressPolicy.from_setting(
+        ",".join(settings.allow_networks), enabled=settings.ssrf_guard
+    )
+
+
+def keyring(settings: Settings) -> Keyring | None:
+    """The keys that encrypt webhook secrets in Kafka, when configured."""
+    return Keyring.from_setting(settings.secret_keys) if settings.secret_keys else None
 
 
 def bootstrap_servers(settings: Settings) -> str:

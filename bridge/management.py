@@ -17,11 +17,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from . import jsoncanon
+from . import jsoncanon, standard_webhooks
 from .config import Settings
 from .errors import InvalidRecord, InvalidSubscription, TopicDrift
 from .events import Event, build_event, format_timestamp
-from .kafka import client_kwargs
+from .kafka import client_kwargs, keyring
 from .subscriptions import Webhook, parse_webhook, webhook_from_record
 from .topics import Drift, TopicSpec, declared_topics, find_drift
 
@@ -123,6 +123,7 @@ class WebhookStore:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self._keyring = keyring(settings)
         self._producer: AIOKafkaProducer | None = None
 
     async def __aenter__(self) -> WebhookStore:
@@ -138,10 +139,41 @@ class WebhookStore:
             self._producer = None
 
     async def put(self, webhook: Webhook) -> Webhook:
-        """Write a webhook record as it is (validated first)."""
-        webhook_from_record(webhook.to_record())
-        await self._send(webhook.id, webhook.to_bytes())
+        """Write a webhook record (validated first; secrets encrypted when keys are configured)."""
+        record = webhook.to_record()
+        webhook_from_record(record)
+        if self._keyring is not None:
+            aad = webhook.id.encode("utf-8")
+            record["secret"] = self._keyring.encrypt(webhook.secret, aad=aad)
+            if webhook.previous_secret is not None:
+                record["previous_secret"] = self._keyring.encrypt(webhook.previous_secret, aad=aad)
+        await self._send(webhook.id, jsoncanon.dumps(record))
         return webhook
+
+    async def rotate_secret(
+        self, webhook_id: str, *, secret: str | None = None, overlap: float = 0.0
+    ) -> Webhook:
+        """Give a webhook a new secret (32 random bytes unless given). With ``overlap`` seconds,
+        the previous secret stays valid that long: Standard Webhooks signatures carry both."""
+        current = (await self.load()).get(webhook_id)
+        if current is None:
+            raise InvalidSubscription("unknown_webhook", f"no webhook {webhook_id!r}")
+        now = datetime.now(UTC)
+        record = current.to_record()
+        record.pop("disabled_reason", None)
+        new = secret or (
+            standard_webhooks.generate_secret() if current.standard_webhooks else new_secret()
+        )
+        record.update(secret=new, updated_at=format_timestamp(now))
+        if overlap > 0:
+            record["previous_secret"] = current.secret
+            record["previous_secret_expires_at"] = format_timestamp(
+                now + timedelta(seconds=overlap)
+            )
+        else:
+            record.pop("previous_secret", None)
+            record.pop("previous_secret_expires_at", None)
+        return await self.put(webhook_from_record(record))
 
     async def create(
         self,
@@ -155,15 +187,17 @@ class WebhookStore:
         webhook_id: str | None = None,
         active: bool = True,
         rate_limit: float | None = None,
+        standard: bool = False,
         now: datetime | None = None,
     ) -> Webhook:
-        """Create a webhook; a secret of 32 random bytes is generated when none is given."""
+        """Create a webhook; a secret of 32 random bytes is generated when none is given
+        (``whsec_``-prefixed base64 for webhooks that opt in to Standard Webhooks signing)."""
         stamp = format_timestamp(now or datetime.now(UTC))
         record: dict[str, Any] = {
             "id": webhook_id or f"wh_{uuid.uuid4().hex}",
             "name": name if name is not None else url,
             "url": url,
-            "secret": secret or new_secret(),
+            "secret": secret or (standard_webhooks.generate_secret() if standard else new_secret()),
             "events": list(events),
             "site_id": site_id,
             "user_id": user_id,
@@ -173,6 +207,8 @@ class WebhookStore:
         }
         if rate_limit is not None:
             record["rate_limit"] = rate_limit
+        if standard:
+            record["standard_webhooks"] = True
         return await self.put(webhook_from_record(record))
 
     async def update(self, webhook_id: str, **changes: Any) -> Webhook:
@@ -226,7 +262,7 @@ class WebhookStore:
         for key, value in records:
             webhook_id = key.decode("utf-8", "replace") if key is not None else None
             try:
-                webhook = parse_webhook(key, value)
+                webhook = parse_webhook(key, value, self._keyring)
             except InvalidSubscription:
                 if webhook_id is not None:
                     current.pop(webhook_id, None)
@@ -302,6 +338,20 @@ async def publish_events(
             await future
     finally:
         await producer.stop()
+
+
+async def send_test_event(settings: Settings, webhook: Webhook, message: str = "") -> Event:
+    """Publish a ``test.event`` that goes to this webhook only, whatever its event filter."""
+    data: dict[str, Any] = {"webhook_id": webhook.id}
+    if message:
+        data["message"] = message
+    return await publish_event(
+        settings,
+        "test.event",
+        data,
+        site_id=webhook.site_id or f"account:{webhook.user_id}",
+        user_id=webhook.user_id,
+    )
 
 
 async def publish_event(

@@ -47,6 +47,10 @@ class PendingRetry:
         return jsoncanon.dumps(self.to_record())
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def parse_retry(raw: bytes | None) -> PendingRetry:
     """Parse a retry-topic record; raises :class:`InvalidRecord` (``invalid_retry_record``)."""
     try:
@@ -58,18 +62,21 @@ def parse_retry(raw: bytes | None) -> PendingRetry:
         not_before = value["not_before"]
         if not isinstance(attempt, int) or attempt < 2:
             raise InvalidRecord("invalid_retry_record", "$.attempt must be an integer >= 2")
-        if not isinstance(not_before, int | float):
+        if not _is_number(not_before):
             raise InvalidRecord("invalid_retry_record", "$.not_before must be a number")
+        enqueued_at = value.get("enqueued_at", not_before)
+        if not _is_number(enqueued_at):
+            raise InvalidRecord("invalid_retry_record", "$.enqueued_at must be a number")
         history = value.get("attempts", [])
-        if not isinstance(history, list):
-            raise InvalidRecord("invalid_retry_record", "$.attempts must be an array")
+        if not isinstance(history, list) or not all(isinstance(a, dict) for a in history):
+            raise InvalidRecord("invalid_retry_record", "$.attempts must be an array of objects")
         return PendingRetry(
             delivery_id=str(value["delivery_id"]),
             webhook_id=str(value["webhook_id"]),
             event=event,
             attempt=attempt,
             not_before=float(not_before),
-            enqueued_at=float(value.get("enqueued_at", not_before)),
+            enqueued_at=float(enqueued_at),
             history=tuple(history),
             replayed=bool(value.get("replayed", False)),
         )

@@ -6,12 +6,14 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from . import jsoncanon
+from . import jsoncanon, standard_webhooks
 from .errors import InvalidRecord, InvalidSubscription
 from .events import Event
 from .schemas import schema_errors
+from .secretbox import Keyring, is_encrypted
 
 __all__ = ["Webhook", "parse_webhook", "SubscriptionIndex", "ALL_EVENTS", "TEST_EVENT"]
 
@@ -36,6 +38,13 @@ class Webhook:
     active: bool = True
     #: Optional limit of deliveries per second to this webhook.
     rate_limit: float | None = None
+    #: Also sign with Standard Webhooks headers (``webhook-id``, ``webhook-timestamp``,
+    #: ``webhook-signature``), which carry a timestamp and so resist replays.
+    standard_webhooks: bool = False
+    #: The secret before the last rotation, still valid until ``previous_secret_expires_at``.
+    previous_secret: str | None = field(default=None, repr=False)
+    #: ISO-8601 UTC end of the rotation overlap.
+    previous_secret_expires_at: str | None = None
     #: Any other fields of the record, kept so that updates can round-trip them.
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -45,6 +54,15 @@ class Webhook:
             f"events={sorted(self.events)!r}, site_id={self.site_id!r}, "
             f"user_id={self.user_id!r}, active={self.active!r})"
         )
+
+    def signing_secrets(self, now: datetime) -> list[str]:
+        """The secrets to sign with: the current one, and the previous one during an overlap."""
+        secrets = [self.secret]
+        if self.previous_secret and self.previous_secret_expires_at:
+            expires = datetime.fromisoformat(self.previous_secret_expires_at.replace("Z", "+00:00"))
+            if now < expires:
+                secrets.append(self.previous_secret)
+        return secrets
 
     def wants(self, event_type: str) -> bool:
         return ALL_EVENTS in self.events or event_type in self.events
@@ -69,13 +87,31 @@ class Webhook:
         )
         if self.rate_limit is not None:
             record["rate_limit"] = self.rate_limit
+        if self.standard_webhooks:
+            record["standard_webhooks"] = True
+        if self.previous_secret is not None:
+            record["previous_secret"] = self.previous_secret
+            record["previous_secret_expires_at"] = self.previous_secret_expires_at
         return record
 
     def to_bytes(self) -> bytes:
         return jsoncanon.dumps(self.to_record())
 
 
-_KNOWN = {"id", "name", "url", "secret", "events", "site_id", "user_id", "active", "rate_limit"}
+_KNOWN = {
+    "id",
+    "name",
+    "url",
+    "secret",
+    "events",
+    "site_id",
+    "user_id",
+    "active",
+    "rate_limit",
+    "standard_webhooks",
+    "previous_secret",
+    "previous_secret_expires_at",
+}
 
 
 def _secret_forms(value: Any) -> list[str]:
@@ -89,26 +125,49 @@ def _secret_forms(value: Any) -> list[str]:
     return [f for f in forms if f]
 
 
-def webhook_from_record(value: Any) -> Webhook:
+def webhook_from_record(value: Any, keyring: Keyring | None = None) -> Webhook:
     """Validate a decoded record value and build the :class:`Webhook`."""
     errors = schema_errors("webhook", value, redact=_secret_forms(value))
     if errors:
         raise InvalidSubscription("invalid_subscription", "; ".join(errors))
+    aad = value["id"].encode("utf-8")
+    secret = _reveal(value["secret"], keyring, aad)
+    previous = value.get("previous_secret")
+    if isinstance(previous, str):
+        previous = _reveal(previous, keyring, aad)
+    if value.get("standard_webhooks"):
+        # Fail here, once, rather than at every delivery: a whsec_ secret must be base64.
+        standard_webhooks.secret_key(secret)
     return Webhook(
         id=value["id"],
         name=value["name"],
         url=value["url"],
-        secret=value["secret"],
+        secret=secret,
         events=frozenset(value["events"]),
         site_id=value.get("site_id"),
         user_id=value["user_id"],
         active=value["active"],
         rate_limit=value.get("rate_limit"),
+        standard_webhooks=bool(value.get("standard_webhooks", False)),
+        previous_secret=previous if isinstance(previous, str) else None,
+        previous_secret_expires_at=value.get("previous_secret_expires_at"),
         extra={k: v for k, v in value.items() if k not in _KNOWN},
     )
 
 
-def parse_webhook(key: bytes | None, raw: bytes | None) -> Webhook | None:
+def _reveal(secret: str, keyring: Keyring | None, aad: bytes) -> str:
+    if keyring is not None:
+        return keyring.decrypt(secret, aad=aad)
+    if is_encrypted(secret):
+        raise InvalidSubscription(
+            "secret_undecryptable", "the secret is encrypted but no secret_keys are configured"
+        )
+    return secret
+
+
+def parse_webhook(
+    key: bytes | None, raw: bytes | None, keyring: Keyring | None = None
+) -> Webhook | None:
     """Parse a subscriptions-topic record; ``None`` for a tombstone.
 
     Raises :class:`InvalidSubscription` when the record is malformed or its key is not its id.
@@ -119,7 +178,7 @@ def parse_webhook(key: bytes | None, raw: bytes | None) -> Webhook | None:
         value = jsoncanon.loads(raw)
     except InvalidRecord as exc:
         raise InvalidSubscription("invalid_subscription", exc.detail) from None
-    webhook = webhook_from_record(value)
+    webhook = webhook_from_record(value, keyring)
     if key is not None and key.decode("utf-8", "replace") != webhook.id:
         raise InvalidSubscription(
             "invalid_subscription", f"record key {key[:200]!r} is not the webhook id"

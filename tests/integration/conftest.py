@@ -51,6 +51,10 @@ def make_settings(broker: EmbeddedBroker, tmp_path: Path) -> Callable[..., Setti
                 "retry_jitter": 0.0,
                 "breaker_threshold": 1000,
                 "drain_timeout": 5.0,
+                # The tests' receivers are on this machine: allow loopback over plain http,
+                # as the embedded mode does. (test_security.py turns the guard's allow-list off.)
+                "allow_http": True,
+                "allow_networks": ("127.0.0.0/8",),
             },
         )
         return base.replace(**changes) if changes else base

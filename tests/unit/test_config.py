@@ -62,6 +62,12 @@ DEFAULTS: dict[str, Any] = {
     "breaker_cooldown": 30.0,
     "disable_after": 5 * 86400.0,
     "drain_timeout": 20.0,
+    "ssrf_guard": True,
+    "allow_networks": (),
+    "allow_http": None,
+    "ca_bundle": None,
+    "secret_keys": None,
+    "log_format": "json",
     "web_host": "127.0.0.1",
     "web_port": 6066,
     "data_dir": None,
@@ -142,6 +148,12 @@ PARSED: dict[str, tuple[str, Any]] = {
     "breaker_cooldown": ("500ms", 0.5),
     "disable_after": ("1d", 86400.0),
     "drain_timeout": ("5", 5.0),
+    "ssrf_guard": ("off", False),
+    "allow_networks": ("10.1.0.0/16, fd00::/8", ("10.1.0.0/16", "fd00::/8")),
+    "allow_http": ("yes", True),
+    "ca_bundle": ("/etc/ca-bundle.pem", "/etc/ca-bundle.pem"),
+    "secret_keys": ("k1:AAAA", "k1:AAAA"),
+    "log_format": ("TEXT", "text"),
     "web_host": ("0.0.0.0", "0.0.0.0"),
     "web_port": ("8080", 8080),
     "data_dir": ("/var/lib/bridge", "/var/lib/bridge"),
@@ -175,7 +187,7 @@ def test_spec_names_are_consistent_and_unique() -> None:
         assert spec.env == "BRIDGE_" + name.upper(), name
         assert spec.flag.startswith("--"), name
         assert spec.help, name
-    assert [n for n, s in specs.items() if s.secret] == ["kafka_sasl_password"]
+    assert [n for n, s in specs.items() if s.secret] == ["kafka_sasl_password", "secret_keys"]
 
 
 @pytest.mark.parametrize("text", ["1", "true", "True", "YES", "on", " On "])

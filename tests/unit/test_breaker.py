@@ -1,0 +1,239 @@
+"""bridge.breaker: endpoint keys and the per-endpoint circuit breaker, with an explicit clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge.breaker import CLOSED, HALF_OPEN, OPEN, Breakers, CircuitBreaker, endpoint_of
+
+THRESHOLD = 3
+COOLDOWN = 30.0
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- endpoint_of -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "endpoint"),
+    [
+        ("https://hooks.example/receive?x=1", "https://hooks.example:443"),
+        ("http://hooks.example/receive", "http://hooks.example:80"),
+        ("https://hooks.example:8443/a/b", "https://hooks.example:8443"),
+        ("http://hooks.example:8080", "http://hooks.example:8080"),
+        ("http://hooks.example:443/", "http://hooks.example:443"),
+        ("https://hooks.example:80/", "https://hooks.example:80"),
+        ("https://Hooks.EXAMPLE/Path", "https://hooks.example:443"),
+        ("HTTPS://hooks.example/", "https://hooks.example:443"),
+        ("https://user:password@hooks.example:9000/x", "https://hooks.example:9000"),
+        ("https://hooks.example/#frag", "https://hooks.example:443"),
+        ("https://10.1.2.3/x", "https://10.1.2.3:443"),
+    ],
+)
+def test_endpoint_of(url: str, endpoint: str) -> None:
+    assert endpoint_of(url) == endpoint
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("https://hooks.example/a", "https://hooks.example:443/b?c=d"),
+        ("http://hooks.example/a", "http://HOOKS.example:80/"),
+        ("https://hooks.example/a", "HTTPS://Hooks.Example/a"),
+    ],
+)
+def test_same_endpoint(a: str, b: str) -> None:
+    assert endpoint_of(a) == endpoint_of(b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("https://hooks.example/", "http://hooks.example/"),
+        ("https://hooks.example/", "https://hooks.example:8443/"),
+        ("https://hooks.example/", "https://other.example/"),
+        ("https://a.hooks.example/", "https://hooks.example/"),
+    ],
+)
+def test_different_endpoints(a: str, b: str) -> None:
+    assert endpoint_of(a) != endpoint_of(b)
+
+
+def test_endpoint_never_contains_credentials() -> None:
+    assert "s3cret" not in endpoint_of("https://admin:s3cret@hooks.example/x")
+
+
+# -- CircuitBreaker ------------------------------------------------------------------------------
+
+
+def tripped(now: float = 100.0) -> CircuitBreaker:
+    """A breaker opened at ``now``."""
+    breaker = CircuitBreaker(THRESHOLD, COOLDOWN)
+    for _ in range(THRESHOLD):
+        assert breaker.allow(now)
+        breaker.failure(now)
+    assert breaker.state == OPEN
+    return breaker
+
+
+def test_starts_closed_and_allows() -> None:
+    breaker = CircuitBreaker(THRESHOLD, COOLDOWN)
+    assert breaker.state == CLOSED
+    assert all(breaker.allow(float(t)) for t in range(10))
+
+
+def test_opens_after_threshold_consecutive_failures() -> None:
+    breaker = CircuitBreaker(THRESHOLD, COOLDOWN)
+    for n in range(1, THRESHOLD):
+        breaker.failure(100.0 + n)
+        assert breaker.state == CLOSED, f"open after {n} failures"
+        assert breaker.allow(100.0 + n)
+    breaker.failure(110.0)
+    assert breaker.state == OPEN
+    assert breaker.opened_at == 110.0
+    assert not breaker.allow(110.0)
+
+
+def test_threshold_of_one_opens_at_the_first_failure() -> None:
+    breaker = CircuitBreaker(1, COOLDOWN)
+    breaker.failure(5.0)
+    assert breaker.state == OPEN
+
+
+def test_success_resets_the_count() -> None:
+    breaker = CircuitBreaker(THRESHOLD, COOLDOWN)
+    for _ in range(THRESHOLD - 1):
+        breaker.failure(100.0)
+    breaker.success()
+    assert breaker.failures == 0
+    for _ in range(THRESHOLD - 1):
+        breaker.failure(101.0)
+    assert breaker.state == CLOSED
+    breaker.failure(102.0)
+    assert breaker.state == OPEN
+
+
+def test_open_refuses_until_the_cooldown_has_passed() -> None:
+    breaker = tripped(now=100.0)
+    for now in (100.0, 110.0, 129.0, 129.999):
+        assert not breaker.allow(now), now
+        assert breaker.state == OPEN
+    assert breaker.allow(100.0 + COOLDOWN)
+
+
+def test_half_open_lets_exactly_one_probe_through() -> None:
+    breaker = tripped(now=100.0)
+    assert breaker.allow(200.0)
+    assert breaker.state == HALF_OPEN
+    # While the probe is out, nothing else goes, however long it takes.
+    assert not breaker.allow(200.0)
+    assert not breaker.allow(201.0)
+    assert not breaker.allow(200.0 + 10 * COOLDOWN)
+    assert breaker.state == HALF_OPEN
+
+
+def test_probe_success_closes() -> None:
+    breaker = tripped(now=100.0)
+    assert breaker.allow(130.0)
+    breaker.success()
+    assert breaker.state == CLOSED
+    assert breaker.failures == 0
+    assert all(breaker.allow(131.0) for _ in range(5))
+    # Closed again means a fresh count: it takes ``threshold`` failures to open.
+    for _ in range(THRESHOLD - 1):
+        breaker.failure(132.0)
+    assert breaker.state == CLOSED
+
+
+def test_probe_failure_reopens_with_a_fresh_cooldown() -> None:
+    breaker = tripped(now=100.0)
+    assert breaker.allow(140.0)
+    breaker.failure(145.0)
+    assert breaker.state == OPEN
+    assert breaker.opened_at == 145.0
+    # The cooldown counts from the probe's failure, not from the first opening.
+    assert not breaker.allow(145.0 + COOLDOWN - 0.001)
+    assert breaker.allow(145.0 + COOLDOWN)
+    assert breaker.state == HALF_OPEN
+    assert not breaker.allow(145.0 + COOLDOWN)
+
+
+def test_a_single_probe_failure_reopens_even_below_threshold() -> None:
+    breaker = tripped(now=100.0)
+    breaker.failures = 0  # whatever the count, a failed probe re-opens
+    assert breaker.allow(130.0)
+    breaker.failure(131.0)
+    assert breaker.state == OPEN
+
+
+# -- Breakers ------------------------------------------------------------------------------------
+
+
+def test_breakers_are_per_endpoint_and_use_the_clock() -> None:
+    clock = FakeClock(1000.0)
+    breakers = Breakers(THRESHOLD, COOLDOWN, clock)
+    for _ in range(THRESHOLD):
+        breakers.failure("https://a:443")
+    assert breakers.state("https://a:443") == OPEN
+    assert not breakers.allow("https://a:443")
+    assert breakers.allow("https://b:443")
+    assert breakers.state("https://b:443") == CLOSED
+
+    clock.now += COOLDOWN - 1
+    assert not breakers.allow("https://a:443")
+    clock.now += 1
+    assert breakers.allow("https://a:443")
+    assert breakers.state("https://a:443") == HALF_OPEN
+    assert not breakers.allow("https://a:443")
+
+    clock.now += 5
+    breakers.failure("https://a:443")
+    assert breakers.state("https://a:443") == OPEN
+    clock.now += COOLDOWN - 1
+    assert not breakers.allow("https://a:443")
+    clock.now += 1
+    assert breakers.allow("https://a:443")
+    breakers.success("https://a:443")
+    assert breakers.state("https://a:443") == CLOSED
+    assert breakers.allow("https://a:443")
+
+
+def test_unknown_endpoint_is_closed_and_success_is_harmless() -> None:
+    breakers = Breakers(THRESHOLD, COOLDOWN, FakeClock())
+    assert breakers.state("https://never-seen:443") == CLOSED
+    breakers.success("https://never-seen:443")
+    assert breakers.state("https://never-seen:443") == CLOSED
+    assert breakers.open_count() == 0
+
+
+def test_open_count() -> None:
+    clock = FakeClock(0.0)
+    breakers = Breakers(THRESHOLD, COOLDOWN, clock)
+    endpoints = ["https://a:443", "https://b:443", "https://c:443"]
+    for endpoint in endpoints:
+        assert breakers.allow(endpoint)
+    assert breakers.open_count() == 0
+
+    for endpoint in endpoints[:2]:
+        for _ in range(THRESHOLD):
+            breakers.failure(endpoint)
+    breakers.failure(endpoints[2])  # below threshold: still closed
+    assert breakers.open_count() == 2
+
+    clock.now = COOLDOWN
+    assert breakers.allow(endpoints[0])  # half-open still counts
+    assert breakers.state(endpoints[0]) == HALF_OPEN
+    assert breakers.open_count() == 2
+
+    breakers.success(endpoints[0])
+    assert breakers.open_count() == 1
+    assert breakers.allow(endpoints[1])
+    breakers.failure(endpoints[1])  # probe failed: open again
+    assert breakers.open_count() == 1

@@ -1,0 +1,213 @@
+"""bridge.health.EndpointHealth: status transitions, with a dict standing in for the status table.
+
+``table`` plays the shared status table (what every worker has published); ``publish`` copies a
+change into it the way the status topic eventually would.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bridge.health import EndpointHealth, HealthChange
+from bridge.schemas import schema_errors
+
+DISABLE_AFTER = 5 * 86400.0
+W = "webhook_1"
+T0 = 1_700_000_000.0
+
+
+def make(table: dict[str, dict[str, Any]] | None = None) -> tuple[EndpointHealth, dict[str, Any]]:
+    table = {} if table is None else table
+    return EndpointHealth(DISABLE_AFTER, table.get), table
+
+
+def publish(table: dict[str, dict[str, Any]], change: HealthChange | None) -> None:
+    assert change is not None
+    table[change.webhook_id] = change.to_record("2024-01-15T10:30:00.000Z")
+
+
+def test_first_failure_starts_failing_since_now() -> None:
+    health, _ = make()
+    assert health.on_failure(W, T0) == HealthChange(W, "failing", T0)
+
+
+def test_later_failures_publish_nothing_until_disable_after() -> None:
+    health, _ = make()
+    health.on_failure(W, T0)
+    for now in (T0 + 1, T0 + 3600, T0 + DISABLE_AFTER - 1):
+        assert health.on_failure(W, now) is None
+    change = health.on_failure(W, T0 + DISABLE_AFTER)
+    assert change == HealthChange(W, "disabled", T0, "failing")
+    # Disabled once: nothing more, however many failures follow.
+    assert health.on_failure(W, T0 + DISABLE_AFTER + 1) is None
+    assert health.on_failure(W, T0 + 10 * DISABLE_AFTER) is None
+
+
+def test_success_after_failing_is_published_once() -> None:
+    health, table = make()
+    publish(table, health.on_failure(W, T0))
+    assert health.on_success(W) == HealthChange(W, "healthy", None)
+    # The status table has not caught up yet (it still says failing): no repeat.
+    assert table[W]["state"] == "failing"
+    assert health.on_success(W) is None
+    assert health.on_success(W) is None
+
+
+def test_success_when_healthy_publishes_nothing() -> None:
+    health, _ = make()
+    assert health.on_success(W) is None
+    assert health.on_success(W) is None
+
+
+def test_failure_after_recovery_starts_a_new_period() -> None:
+    health, _ = make()
+    health.on_failure(W, T0)
+    health.on_success(W)
+    later = T0 + DISABLE_AFTER + 10
+    assert health.on_failure(W, later) == HealthChange(W, "failing", later)
+    assert health.on_failure(W, later + DISABLE_AFTER - 1) is None
+
+
+def test_on_gone_disables_with_reason_gone() -> None:
+    health, _ = make()
+    assert health.on_gone(W, T0) == HealthChange(W, "disabled", T0, "gone")
+    assert health.on_failure(W, T0 + 1) is None
+
+
+def test_on_gone_keeps_the_failing_since() -> None:
+    health, _ = make()
+    health.on_failure(W, T0)
+    assert health.on_gone(W, T0 + 60) == HealthChange(W, "disabled", T0, "gone")
+
+
+def test_webhook_enabled_after_disable_starts_a_new_failing_period() -> None:
+    health, _ = make()
+    health.on_failure(W, T0)
+    health.on_failure(W, T0 + DISABLE_AFTER)  # disabled
+    health.on_webhook_enabled(W)
+    later = T0 + 2 * DISABLE_AFTER
+    assert health.on_failure(W, later) == HealthChange(W, "failing", later)
+    assert health.on_failure(W, later + 1) is None
+    assert health.on_failure(W, later + DISABLE_AFTER) == HealthChange(
+        W, "disabled", later, "failing"
+    )
+
+
+def test_webhook_enabled_after_gone_then_success_is_healthy() -> None:
+    health, table = make()
+    publish(table, health.on_gone(W, T0))
+    health.on_webhook_enabled(W)
+    assert health.on_success(W) == HealthChange(W, "healthy", None)
+
+
+def test_webhook_enabled_when_not_disabled_changes_nothing() -> None:
+    health, _ = make()
+    health.on_failure(W, T0)
+    health.on_webhook_enabled(W)
+    # Still the same failing period: no new "failing", and disabled on schedule.
+    assert health.on_failure(W, T0 + 10) is None
+    assert health.on_failure(W, T0 + DISABLE_AFTER) == HealthChange(W, "disabled", T0, "failing")
+
+
+def test_webhooks_are_independent() -> None:
+    health, _ = make()
+    health.on_failure("a", T0)
+    assert health.on_failure("b", T0 + 5) == HealthChange("b", "failing", T0 + 5)
+    assert health.on_success("c") is None
+    assert health.on_failure("a", T0 + DISABLE_AFTER) is not None
+
+
+# -- the published table (other workers' decisions) is respected ---------------------------------
+
+
+def test_published_failing_period_is_continued_not_restarted() -> None:
+    table = {W: {"webhook_id": W, "state": "failing", "failing_since": T0, "reason": None}}
+    health, _ = make(table)
+    assert health.on_failure(W, T0 + 100) is None
+    assert health.on_failure(W, T0 + DISABLE_AFTER) == HealthChange(W, "disabled", T0, "failing")
+
+
+def test_published_disabled_is_not_failed_again() -> None:
+    table = {W: {"webhook_id": W, "state": "disabled", "failing_since": T0, "reason": "gone"}}
+    health, _ = make(table)
+    assert health.on_failure(W, T0 + 100) is None
+    assert health.on_failure(W, T0 + 10 * DISABLE_AFTER) is None
+
+
+def test_published_failing_then_success_is_healthy() -> None:
+    table = {W: {"webhook_id": W, "state": "failing", "failing_since": T0, "reason": None}}
+    health, _ = make(table)
+    assert health.on_success(W) == HealthChange(W, "healthy", None)
+    assert health.on_success(W) is None
+
+
+def test_published_healthy_then_failure_is_failing() -> None:
+    table = {W: {"webhook_id": W, "state": "healthy", "failing_since": None, "reason": None}}
+    health, _ = make(table)
+    assert health.on_success(W) is None
+    assert health.on_failure(W, T0) == HealthChange(W, "failing", T0)
+
+
+def test_published_failing_without_since_starts_a_period() -> None:
+    table = {W: {"webhook_id": W, "state": "failing", "failing_since": None}}
+    health, _ = make(table)
+    assert health.on_failure(W, T0) == HealthChange(W, "failing", T0)
+
+
+def test_published_disabled_then_enabled_starts_afresh() -> None:
+    table = {W: {"webhook_id": W, "state": "disabled", "failing_since": T0, "reason": "failing"}}
+    health, _ = make(table)
+    health.on_webhook_enabled(W)
+    later = T0 + 3 * DISABLE_AFTER
+    assert health.on_failure(W, later) == HealthChange(W, "failing", later)
+
+
+def test_published_gone_keeps_its_since() -> None:
+    table = {W: {"webhook_id": W, "state": "failing", "failing_since": T0}}
+    health, _ = make(table)
+    assert health.on_gone(W, T0 + 5) == HealthChange(W, "disabled", T0, "gone")
+
+
+def test_table_is_read_live() -> None:
+    health, table = make()
+    # Another worker publishes a failing period after this one was created.
+    table[W] = {"webhook_id": W, "state": "failing", "failing_since": T0}
+    assert health.on_failure(W, T0 + 1) is None
+
+
+def test_recovery_published_by_another_worker_ends_the_failing_period() -> None:
+    table: dict[str, dict[str, Any]] = {}
+    worker_a = EndpointHealth(DISABLE_AFTER, table.get)
+    worker_b = EndpointHealth(DISABLE_AFTER, table.get)
+    publish(table, worker_a.on_failure(W, T0))
+    # Worker B (another partition of the same webhook's deliveries) gets a 200.
+    publish(table, worker_b.on_success(W))
+    assert table[W]["state"] == "healthy"
+    # Days later worker A sees its next failure: a new failing period, not a disable.
+    later = T0 + DISABLE_AFTER
+    assert worker_a.on_failure(W, later) == HealthChange(W, "failing", later)
+
+
+@pytest.mark.parametrize(
+    ("change", "record"),
+    [
+        (
+            HealthChange(W, "failing", T0),
+            {"state": "failing", "failing_since": T0, "reason": None},
+        ),
+        (
+            HealthChange(W, "disabled", T0, "gone"),
+            {"state": "disabled", "failing_since": T0, "reason": "gone"},
+        ),
+        (
+            HealthChange(W, "healthy", None),
+            {"state": "healthy", "failing_since": None, "reason": None},
+        ),
+    ],
+)
+def test_to_record(change: HealthChange, record: dict[str, Any]) -> None:
+    out = change.to_record("2024-01-15T10:30:00.000Z")
+    assert out == {"webhook_id": W, "updated_at": "2024-01-15T10:30:00.000Z", **record}
+    assert schema_errors("status", out) == []

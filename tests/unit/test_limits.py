@@ -1,0 +1,262 @@
+"""bridge.limits: per-endpoint slots with a bounded queue, and per-webhook token buckets.
+
+Concurrency is driven by ``asyncio.Event`` gates and observed through the slots' own counters,
+every wait bounded by ``asyncio.wait_for``; the token buckets run on a fake clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from bridge import limits
+from bridge.limits import EndpointBusy, EndpointSlots, RateLimits, TokenBucket
+
+#: Upper bound for anything that should happen promptly.
+PROMPT = 2.0
+A = "https://a.example:443"
+B = "https://b.example:443"
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Yield to other tasks until ``condition`` holds, failing after a deadline."""
+
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(poll(), PROMPT)
+
+
+class Holders:
+    """Tasks that each take a slot, report it, and keep it until their gate opens."""
+
+    def __init__(self, slots: EndpointSlots) -> None:
+        self.slots = slots
+        self.active: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        self.entered: list[int] = []
+        self.gates: dict[int, asyncio.Event] = {}
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+
+    def start(self, n: int, endpoint: str = A) -> asyncio.Task[None]:
+        gate = self.gates[n] = asyncio.Event()
+
+        async def hold() -> None:
+            await self.slots.acquire(endpoint)
+            try:
+                self.entered.append(n)
+                self.active[endpoint] = self.active.get(endpoint, 0) + 1
+                self.peak[endpoint] = max(self.peak.get(endpoint, 0), self.active[endpoint])
+                await gate.wait()
+            finally:
+                self.active[endpoint] -= 1
+                self.slots.release(endpoint)
+
+        task = self.tasks[n] = asyncio.create_task(hold())
+        return task
+
+    async def finish(self, *ns: int) -> None:
+        for n in ns:
+            self.gates[n].set()
+        await asyncio.wait_for(asyncio.gather(*(self.tasks[n] for n in ns)), PROMPT)
+
+
+async def test_at_most_limit_in_flight_per_endpoint() -> None:
+    slots = EndpointSlots(limit=2, max_queued=10)
+    holders = Holders(slots)
+    for n in range(5):
+        holders.start(n)
+    await until(lambda: len(holders.entered) == 2 and slots.waiting(A) == 3)
+    assert holders.entered == [0, 1]
+
+    await holders.finish(0)
+    await until(lambda: len(holders.entered) == 3)
+    assert slots.waiting(A) == 2
+    assert holders.entered == [0, 1, 2]  # first come, first served
+
+    await holders.finish(1, 2, 3, 4)
+    assert holders.peak[A] == 2
+    assert sorted(holders.entered) == [0, 1, 2, 3, 4]
+
+
+async def test_queue_is_bounded_and_the_next_is_refused_at_once() -> None:
+    slots = EndpointSlots(limit=1, max_queued=2)
+    holders = Holders(slots)
+    holders.start(0)
+    holders.start(1)
+    holders.start(2)
+    await until(lambda: holders.entered == [0] and slots.waiting(A) == 2)
+
+    # Refused without waiting: a deadline far shorter than anything in flight would take.
+    with pytest.raises(EndpointBusy):
+        await asyncio.wait_for(slots.acquire(A), PROMPT)
+    assert slots.waiting(A) == 2
+
+    # The refused call took no place: when one waiter gets in, the queue has room again.
+    await holders.finish(0)
+    await until(lambda: holders.entered == [0, 1] and slots.waiting(A) == 1)
+    holders.start(3)
+    await until(lambda: slots.waiting(A) == 2)
+    await holders.finish(1, 2, 3)
+    assert holders.peak[A] == 1
+
+
+async def test_no_queue_refuses_as_soon_as_the_slots_are_taken() -> None:
+    slots = EndpointSlots(limit=2, max_queued=0)
+    await asyncio.wait_for(slots.acquire(A), PROMPT)
+    await asyncio.wait_for(slots.acquire(A), PROMPT)
+    with pytest.raises(EndpointBusy):
+        await asyncio.wait_for(slots.acquire(A), PROMPT)
+    slots.release(A)
+    await asyncio.wait_for(slots.acquire(A), PROMPT)
+    slots.release(A)
+    slots.release(A)
+
+
+async def test_other_endpoints_are_unaffected() -> None:
+    slots = EndpointSlots(limit=1, max_queued=1)
+    holders = Holders(slots)
+    holders.start(0, A)
+    holders.start(1, A)
+    await until(lambda: slots.waiting(A) == 1)
+    with pytest.raises(EndpointBusy):
+        await asyncio.wait_for(slots.acquire(A), PROMPT)
+
+    # A hanging endpoint A holds nothing of B's.
+    holders.start(2, B)
+    await until(lambda: 2 in holders.entered)
+    assert slots.waiting(B) == 0
+    await holders.finish(2)
+    await holders.finish(0, 1)
+
+
+async def test_idle_endpoints_are_forgotten() -> None:
+    slots = EndpointSlots(limit=1, max_queued=5)
+    holders = Holders(slots)
+    for n, endpoint in enumerate([A, A, B]):
+        holders.start(n, endpoint)
+    await until(lambda: slots.waiting(A) == 1 and 2 in holders.entered)
+    await holders.finish(0, 1, 2)
+    assert slots.waiting(A) == 0
+    # No observable API lists endpoints; the map is what must not grow with every URL seen.
+    assert slots._endpoints == {}
+
+
+async def test_a_cancelled_waiter_gives_back_its_place_in_the_queue() -> None:
+    slots = EndpointSlots(limit=1, max_queued=1)
+    holders = Holders(slots)
+    holders.start(0)
+    waiter = holders.start(1)
+    await until(lambda: slots.waiting(A) == 1)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(waiter, PROMPT)
+    assert slots.waiting(A) == 0
+    holders.start(2)  # queued, not refused
+    await until(lambda: slots.waiting(A) == 1)
+    await holders.finish(0, 2)
+    assert 1 not in holders.entered
+    assert slots._endpoints == {}
+
+
+# -- TokenBucket / RateLimits --------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_bucket_burst_then_spaced() -> None:
+    bucket = TokenBucket(rate=2.0, burst=2.0, tokens=2.0, updated=0.0)
+    assert [bucket.wait_time(0.0) for _ in range(5)] == [0.0, 0.0, 0.5, 1.0, 1.5]
+
+
+def test_token_bucket_refills_at_rate_up_to_burst() -> None:
+    bucket = TokenBucket(rate=2.0, burst=3.0, tokens=0.0, updated=0.0)
+    assert bucket.wait_time(0.5) == 0.0  # one token refilled in 0.5 s
+    assert bucket.wait_time(0.5) == 0.5
+    # A long idle period saves up at most ``burst`` tokens.
+    assert [bucket.wait_time(1000.0) for _ in range(4)] == [0.0, 0.0, 0.0, 0.5]
+
+
+def test_rate_limits_burst_then_one_per_interval() -> None:
+    clock = FakeClock()
+    rates = RateLimits(clock)
+    # rate 4/s: a burst of 4, then each further delivery 0.25 s after the previous one.
+    assert [rates.wait_time("w", 4.0) for _ in range(6)] == [0.0, 0.0, 0.0, 0.0, 0.25, 0.5]
+
+
+def test_rate_limits_steady_at_the_rate_never_waits() -> None:
+    clock = FakeClock()
+    rates = RateLimits(clock)
+    assert rates.wait_time("w", 2.0) == 0.0
+    assert rates.wait_time("w", 2.0) == 0.0
+    for _ in range(10):
+        clock.now += 0.5
+        assert rates.wait_time("w", 2.0) == 0.0
+    assert rates.wait_time("w", 2.0) == 0.5
+
+
+def test_rate_below_one_has_a_burst_of_one() -> None:
+    clock = FakeClock()
+    rates = RateLimits(clock)
+    assert rates.wait_time("w", 0.5) == 0.0
+    assert rates.wait_time("w", 0.5) == 2.0
+    clock.now += 2.0
+    assert rates.wait_time("w", 0.5) == 2.0  # the token refilled is already promised
+
+
+@pytest.mark.parametrize("rate", [None, 0, 0.0, -1.0])
+def test_no_rate_never_waits(rate: float | None) -> None:
+    rates = RateLimits(FakeClock())
+    assert [rates.wait_time("w", rate) for _ in range(100)] == [0.0] * 100
+
+
+def test_removing_the_rate_forgets_the_bucket() -> None:
+    rates = RateLimits(FakeClock())
+    assert rates.wait_time("w", 1.0) == 0.0
+    assert rates.wait_time("w", 1.0) == 1.0
+    assert rates.wait_time("w", None) == 0.0
+    # Limited again later: a fresh, full bucket.
+    assert rates.wait_time("w", 1.0) == 0.0
+    assert rates.wait_time("w", 1.0) == 1.0
+
+
+def test_rate_change_resets_the_bucket() -> None:
+    rates = RateLimits(FakeClock())
+    assert rates.wait_time("w", 1.0) == 0.0
+    assert rates.wait_time("w", 1.0) == 1.0
+    assert [rates.wait_time("w", 2.0) for _ in range(3)] == [0.0, 0.0, 0.5]
+
+
+def test_rate_limits_are_per_webhook() -> None:
+    rates = RateLimits(FakeClock())
+    assert rates.wait_time("w1", 1.0) == 0.0
+    assert rates.wait_time("w1", 1.0) == 1.0
+    assert rates.wait_time("w2", 1.0) == 0.0
+
+
+async def test_wait_sleeps_for_the_wait_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+
+    async def fake_sleep(delay: float) -> None:
+        slept.append(delay)
+
+    monkeypatch.setattr(limits.asyncio, "sleep", fake_sleep)
+    rates = RateLimits(FakeClock())
+    await rates.wait("w", 2.0)
+    await rates.wait("w", 2.0)
+    assert slept == []
+    await rates.wait("w", 2.0)
+    await rates.wait("w", 2.0)
+    assert slept == [0.5, 1.0]
+    await rates.wait("w", None)
+    await rates.wait("other", 2.0)
+    assert slept == [0.5, 1.0]

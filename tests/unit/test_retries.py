@@ -1,0 +1,219 @@
+"""bridge.retries: the pending-retry record, its round trip and its validation."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+
+from bridge.errors import InvalidRecord
+from bridge.events import Event
+from bridge.resources import load_json
+from bridge.retries import PendingRetry, parse_retry
+
+EVENT = Event(
+    id="evt_1",
+    type="post.created",
+    data={"id": "post_123", "title": "Héllo ✓"},
+    timestamp="2024-01-15T10:30:00Z",
+    site_id="site_789",
+    user_id="user_456",
+)
+HISTORY = (
+    {
+        "at": "2024-01-15T10:30:01.000Z",
+        "status": 500,
+        "error": "http_status",
+        "duration_seconds": 0.1,
+    },
+    {
+        "at": "2024-01-15T10:30:06.000Z",
+        "status": None,
+        "error": "timeout",
+        "duration_seconds": 30.0,
+    },
+)
+PENDING = PendingRetry(
+    delivery_id="d7d3f0a2-0000-5000-8000-000000000001",
+    webhook_id="webhook_abc",
+    event=EVENT,
+    attempt=3,
+    not_before=1_705_314_906.5,
+    enqueued_at=1_705_314_606.25,
+    history=HISTORY,
+    replayed=True,
+)
+
+
+def retry_validator() -> Draft202012Validator:
+    """retry.json refers to event.json by a relative id: resolve it from ``topics/schemas``."""
+    registry: Registry[Any] = Registry().with_resources(
+        (name, Resource.from_contents(load_json(f"schemas/{name}")))
+        for name in ("event.json", "retry.json")
+    )
+    return Draft202012Validator(load_json("schemas/retry.json"), registry=registry)
+
+
+def valid_record(**changes: Any) -> dict[str, Any]:
+    record = PENDING.to_record()
+    record.update(changes)
+    return record
+
+
+def encode(value: Any) -> bytes:
+    return json.dumps(value).encode("utf-8")
+
+
+def test_round_trip() -> None:
+    assert parse_retry(PENDING.to_bytes()) == PENDING
+
+
+def test_round_trip_of_the_defaults() -> None:
+    pending = PendingRetry("d", "w", EVENT, attempt=2, not_before=10.0, enqueued_at=5.0)
+    parsed = parse_retry(pending.to_bytes())
+    assert parsed == pending
+    assert parsed.history == ()
+    assert parsed.replayed is False
+
+
+def test_record_shape() -> None:
+    record = PENDING.to_record()
+    assert record == {
+        "delivery_id": PENDING.delivery_id,
+        "webhook_id": "webhook_abc",
+        "event": EVENT.envelope(),
+        "attempt": 3,
+        "not_before": 1_705_314_906.5,
+        "enqueued_at": 1_705_314_606.25,
+        "attempts": [dict(a) for a in HISTORY],
+        "replayed": True,
+    }
+    assert list(retry_validator().iter_errors(record)) == []
+    assert json.loads(PENDING.to_bytes()) == record
+
+
+def test_optional_fields_default() -> None:
+    record = valid_record()
+    for key in ("enqueued_at", "attempts", "replayed"):
+        del record[key]
+    parsed = parse_retry(encode(record))
+    assert parsed.enqueued_at == parsed.not_before == 1_705_314_906.5
+    assert parsed.history == ()
+    assert parsed.replayed is False
+
+
+def test_integer_not_before_is_a_number() -> None:
+    assert parse_retry(encode(valid_record(not_before=1_705_314_906))).not_before == 1_705_314_906.0
+
+
+def bad_event(**changes: Any) -> dict[str, Any]:
+    return {**EVENT.envelope(), **changes}
+
+
+def without(key: str) -> dict[str, Any]:
+    record = valid_record()
+    del record[key]
+    return record
+
+
+INVALID: dict[str, bytes | None] = {
+    "no value": None,
+    "empty": b"",
+    "not json": b"{not json",
+    "truncated": PENDING.to_bytes()[:-1],
+    "not utf-8": PENDING.to_bytes().replace(b"webhook_abc", b"webhook_\xff"),
+    "array": b"[1, 2]",
+    "string": b'"retry"',
+    "null": b"null",
+    "number": b"3",
+    **{
+        f"missing {key}": encode(without(key))
+        for key in PENDING.to_record()
+        if key not in {"enqueued_at", "attempts", "replayed"}
+    },
+    "attempt 1": encode(valid_record(attempt=1)),
+    "attempt 0": encode(valid_record(attempt=0)),
+    "attempt negative": encode(valid_record(attempt=-3)),
+    "attempt string": encode(valid_record(attempt="3")),
+    "attempt float": encode(valid_record(attempt=2.5)),
+    "attempt null": encode(valid_record(attempt=None)),
+    "attempt true": encode(valid_record(attempt=True)),
+    "not_before string": encode(valid_record(not_before="soon")),
+    "not_before null": encode(valid_record(not_before=None)),
+    "not_before array": encode(valid_record(not_before=[1])),
+    "not_before object": encode(valid_record(not_before={})),
+    "attempts object": encode(valid_record(attempts={"a": 1})),
+    "attempts string": encode(valid_record(attempts="none")),
+    "event string": encode(valid_record(event="evt_1")),
+    "event null": encode(valid_record(event=None)),
+    "event empty": encode(valid_record(event={})),
+    "event unknown type": encode(valid_record(event=bad_event(type="post.exploded"))),
+    "event bad timestamp": encode(valid_record(event=bad_event(timestamp="yesterday"))),
+    "event missing id": encode(
+        valid_record(event={k: v for k, v in EVENT.envelope().items() if k != "id"})
+    ),
+    "event bad data": encode(valid_record(event=bad_event(data={"id": 5}))),
+}
+
+
+@pytest.mark.parametrize("raw", list(INVALID.values()), ids=list(INVALID))
+def test_invalid_records(raw: bytes | None) -> None:
+    with pytest.raises(InvalidRecord) as info:
+        parse_retry(raw)
+    assert info.value.reason == "invalid_retry_record"
+    assert info.value.detail
+
+
+def test_missing_field_is_named() -> None:
+    with pytest.raises(InvalidRecord, match="webhook_id"):
+        parse_retry(encode(without("webhook_id")))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=(ValueError, TypeError),
+    reason=(
+        "BUG: bridge/retries.py parse_retry converts enqueued_at with a bare float(), outside "
+        "any validation, so a record whose enqueued_at is not a number raises ValueError or "
+        "TypeError instead of InvalidRecord('invalid_retry_record'); Pipeline.handle_retry "
+        "catches only InvalidRecord, so the retry agent crashes instead of dead-lettering it"
+    ),
+)
+@pytest.mark.parametrize("enqueued_at", ["yesterday", None, [1]])
+def test_bad_enqueued_at_is_an_invalid_record(enqueued_at: Any) -> None:
+    with pytest.raises(InvalidRecord) as info:
+        parse_retry(encode(valid_record(enqueued_at=enqueued_at)))
+    assert info.value.reason == "invalid_retry_record"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TypeError,
+    reason=(
+        "BUG: bridge/retries.py parse_retry checks only that $.attempts is an array, not that its "
+        "items are objects; a record with attempts [1] is accepted and the first to_bytes() of "
+        "it (every retry or dead letter the Deliverer writes) raises TypeError in dict(a)"
+    ),
+)
+def test_attempts_items_must_be_objects() -> None:
+    try:
+        pending = parse_retry(encode(valid_record(attempts=[1])))
+    except InvalidRecord as exc:
+        assert exc.reason == "invalid_retry_record"
+        return
+    pending.to_bytes()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG: bridge/retries.py parse_retry tests not_before with isinstance(x, int | float), "
+        "which a JSON true passes (bool is an int): not_before true is read as 1.0"
+    ),
+)
+def test_boolean_not_before_is_refused() -> None:
+    with pytest.raises(InvalidRecord):
+        parse_retry(encode(valid_record(not_before=True)))
