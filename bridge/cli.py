@@ -443,7 +443,9 @@ def _webhooks_list(args: argparse.Namespace) -> int:
     webhooks = asyncio.run(go())
     for webhook in sorted(webhooks.values(), key=lambda w: w.id):
         record = webhook.to_record()
-        record["secret"] = "***"
+        for field in ("secret", "previous_secret"):
+            if record.get(field) is not None:
+                record[field] = "***"
         if args.json:
             print(json.dumps(record, ensure_ascii=False))
         else:

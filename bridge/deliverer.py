@@ -225,7 +225,9 @@ class Deliverer:
             )
             return
         if counts and result.status == 410:
-            await self._disable(job, self._health.on_gone(webhook_id, now), "gone")
+            gone = self._health.on_gone(webhook_id, now)
+            if gone is not None:
+                await self._disable(job, gone, "gone")
             await self._record_attempt(job, result, "disabled")
             await self._dead_letter(job, "endpoint_gone", "the endpoint answered 410 Gone", history)
             return

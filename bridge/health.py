@@ -88,8 +88,11 @@ class EndpointHealth:
             return self._change(HealthChange(webhook_id, "disabled", since, "failing"))
         return None
 
-    def on_gone(self, webhook_id: str, now: float) -> HealthChange:
-        _, since = self._current(webhook_id)
+    def on_gone(self, webhook_id: str, now: float) -> HealthChange | None:
+        """410 Gone: disable, unless this worker already did (concurrent deliveries)."""
+        state, since = self._current(webhook_id)
+        if state == "disabled":
+            return None
         return self._change(HealthChange(webhook_id, "disabled", since or now, "gone"))
 
     def on_webhook_enabled(self, webhook_id: str) -> None:

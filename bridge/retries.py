@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from . import jsoncanon
 from .errors import InvalidEvent, InvalidRecord
@@ -47,7 +47,7 @@ class PendingRetry:
         return jsoncanon.dumps(self.to_record())
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 

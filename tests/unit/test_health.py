@@ -190,6 +190,29 @@ def test_recovery_published_by_another_worker_ends_the_failing_period() -> None:
     assert worker_a.on_failure(W, later) == HealthChange(W, "failing", later)
 
 
+def test_own_record_arriving_changes_nothing() -> None:
+    health, table = make()
+    publish(table, health.on_failure(W, T0))
+    assert health.on_failure(W, T0 + 1) is None
+    assert health.on_failure(W, T0 + DISABLE_AFTER) == HealthChange(W, "disabled", T0, "failing")
+    publish(table, HealthChange(W, "disabled", T0, "failing"))
+    assert health.on_failure(W, T0 + DISABLE_AFTER + 1) is None
+
+
+def test_failing_period_published_by_another_worker_is_adopted() -> None:
+    table: dict[str, dict[str, Any]] = {}
+    worker_a = EndpointHealth(DISABLE_AFTER, table.get)
+    worker_b = EndpointHealth(DISABLE_AFTER, table.get)
+    publish(table, worker_a.on_failure(W, T0))
+    publish(table, worker_a.on_success(W))
+    # B starts a new failing period; A's next failure continues it rather than starting another.
+    publish(table, worker_b.on_failure(W, T0 + 100))
+    assert worker_a.on_failure(W, T0 + 200) is None
+    assert worker_a.on_failure(W, T0 + 100 + DISABLE_AFTER) == HealthChange(
+        W, "disabled", T0 + 100, "failing"
+    )
+
+
 @pytest.mark.parametrize(
     ("change", "record"),
     [

@@ -274,14 +274,12 @@ def test_parse_retry_after(value: str, seconds: float) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", [None, "", "   ", "soon", "1.5", "-5", "12abc", "0x10", "Mon, 99 Foo 2024", "∞"]
+    "value",
+    # Superscript and non-ASCII digits pass str.isdigit() but are not delta-seconds.
+    [None, "", "   ", "soon", "1.5", "-5", "12abc", "0x10", "Mon, 99 Foo 2024", "∞", "²", "١٢٠"],
 )
 def test_parse_retry_after_garbage(value: str | None) -> None:
     assert parse_retry_after(value, NOW) is None
-
-
-def test_parse_retry_after_superscript_digit_is_garbage() -> None:
-    assert parse_retry_after("²", NOW) is None
 
 
 @given(st.integers(min_value=0, max_value=10**12))
@@ -289,10 +287,9 @@ def test_parse_retry_after_any_delta_seconds(seconds: int) -> None:
     assert parse_retry_after(str(seconds), NOW) == float(seconds)
 
 
-@given(st.text(max_size=40))
-def test_parse_retry_after_never_raises_on_ascii(text: str) -> None:
-    # Header values reach this function as text; whatever they hold, the answer is a
-    # non-negative number of seconds or None (never an exception).
-    value = "".join(c for c in text if c.isascii())
+@given(st.text(max_size=40) | st.text(alphabet="0123456789²³¹٣ ", max_size=8))
+def test_parse_retry_after_never_raises(value: str) -> None:
+    # Header values come from the endpoint; whatever they hold, the answer is a non-negative
+    # number of seconds or None, never an exception.
     result = parse_retry_after(value, NOW)
     assert result is None or result >= 0.0
