@@ -3,7 +3,9 @@
 The public Python API for the platform's services:
 
 - :func:`build_event`, :func:`publish_event`, :func:`publish_events`: produce valid events;
-- :class:`WebhookStore`: create, update, delete and list webhook subscriptions;
+- :class:`WebhookStore`: create, update, delete, list, rotate secrets of webhook subscriptions;
+  :func:`send_test_event` sends a ``test.event`` to one webhook;
+- :func:`list_dead_letters`, :func:`replay_dead_letters`: inspect and re-enqueue dead letters;
 - :func:`apply_topics`: create the declared topics and report drift;
 - :func:`sign`, :func:`verify`: the ``X-Webhook-Signature`` scheme;
 - :class:`Settings`: every setting, from the environment and overrides.
@@ -25,7 +27,16 @@ from .errors import (
     UnencodableValue,
 )
 from .events import Event, build_event
-from .management import WebhookStore, apply_topics, publish_event, publish_events
+from .management import (
+    DeadLetterFilter,
+    WebhookStore,
+    apply_topics,
+    list_dead_letters,
+    publish_event,
+    publish_events,
+    replay_dead_letters,
+    send_test_event,
+)
 from .payload import delivery_id
 from .signing import sign, verify
 from .subscriptions import Webhook
@@ -44,6 +55,10 @@ __all__ = [
     "Event",
     "build_event",
     "WebhookStore",
+    "DeadLetterFilter",
+    "list_dead_letters",
+    "replay_dead_letters",
+    "send_test_event",
     "apply_topics",
     "publish_event",
     "publish_events",

@@ -20,7 +20,7 @@ from faust.tables.globaltable import GlobalTable
 from mode import Service
 from prometheus_client import CollectorRegistry
 
-from . import jsoncanon
+from . import __version__, jsoncanon
 from .config import Settings
 from .deadletters import SourceRef
 from .deliverer import Deliverer
@@ -86,7 +86,7 @@ class Bridge:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.metrics = Metrics(self.registry)
+        self.metrics = Metrics(self.registry, __version__)
         self.index = SubscriptionIndex()
         self.keyring = keyring(settings)
         #: The newest status record of each webhook (from the compacted status topic).

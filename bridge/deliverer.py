@@ -128,6 +128,7 @@ class Deliverer:
             if not self.draining:
                 raise
             at = format_timestamp(self._now())
+            self._metrics.skipped.labels("interrupted").inc()
             await self._settle_failure(
                 job, AttemptResult(False, None, "interrupted", 0.0, at), counts=False
             )
@@ -184,6 +185,7 @@ class Deliverer:
         await self._settle_failure(job, result, counts=not refused)
 
     def _skipped(self, error: str) -> AttemptResult:
+        self._metrics.skipped.labels(error).inc()
         return AttemptResult(False, None, error, 0.0, format_timestamp(self._now()))
 
     def _observe(self, delivery: Delivery, job: Job, result: AttemptResult) -> None:
@@ -215,6 +217,7 @@ class Deliverer:
         now = self._wall_time()
         if result.error == "destination_forbidden":
             # Not retried: the same URL would be refused again.
+            self._metrics.skipped.labels("destination_forbidden").inc()
             self._metrics.ssrf_refusals.labels(result.refusal or "unknown").inc()
             await self._record_attempt(job, result, "dead_letter")
             await self._dead_letter(

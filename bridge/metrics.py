@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+)
 
 __all__ = ["Metrics", "LATENCY_BUCKETS", "REQUEST_BUCKETS"]
 
@@ -34,8 +40,30 @@ REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 class Metrics:
     """Every metric the bridge exports. Labels are bounded: no webhook id, URL or delivery id."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, version: str = "") -> None:
         self.registry = registry
+        # Memory, CPU and file descriptors of this process (process_* metrics).
+        ProcessCollector(registry=registry)
+        self.build_info = Gauge(
+            "webhook_bridge_build_info",
+            "Always 1; the version label says which release this worker runs.",
+            ["version"],
+            registry=registry,
+        )
+        self.build_info.labels(version or "unknown").set(1)
+        self.skipped = Counter(
+            "webhook_bridge_attempts_skipped_total",
+            "Attempts settled without an HTTP request, by reason (circuit_open, endpoint_busy, "
+            "destination_forbidden, interrupted).",
+            ["reason"],
+            registry=registry,
+        )
+        self.pending = Gauge(
+            "webhook_bridge_pending_jobs",
+            "Delivery jobs started and not yet settled (waiting for an endpoint, a rate limit "
+            "or a response).",
+            registry=registry,
+        )
         self.events = Counter(
             "webhook_bridge_events_total",
             "Platform events consumed, by event type (unknown types as 'invalid').",

@@ -138,7 +138,12 @@ class Pipeline:
             await self._pending.acquire()
             task = asyncio.create_task(self._run(job, one_settled))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._forget)
+        self._metrics.pending.set(len(self._tasks))
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._metrics.pending.set(len(self._tasks))
 
     async def _run(self, job: Job, settled: Ack) -> None:
         """One job; its pending slot is released exactly once, however it ends. A job that
