@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from .breaker import Breakers, endpoint_of
+from .breaker import CLOSED, Breakers, endpoint_of
 from .deadletters import SourceRef, dead_letter_record
 from .delivery import AttemptResult, Delivery, Sender, status_class
 from .errors import InvalidEvent
@@ -141,7 +141,7 @@ class Deliverer:
         try:
             body = build_body(job.encoded, webhook, max_bytes=self._max_body_bytes)
         except InvalidEvent as exc:
-            await self._dead_letter(job, exc.reason, exc.detail, [])
+            await self._dead_letter(job, exc.reason, exc.detail, job.history)
             return
         delivery = Delivery(
             delivery_id=job.delivery_id,
@@ -161,6 +161,7 @@ class Deliverer:
         except EndpointBusy:
             await self._settle_failure(job, self._skipped("endpoint_busy"), counts=False)
             return
+        result: AttemptResult | None = None
         try:
             await self._rates.wait(webhook.id, webhook.rate_limit)
             async with self._slots:
@@ -171,17 +172,25 @@ class Deliverer:
                     self._metrics.in_flight.dec()
         finally:
             self._endpoints.release(endpoint)
-        self._observe(delivery, job, result)
+            if result is None:
+                # Cancelled or crashed mid-request: tell the breaker, or a half-open circuit
+                # would wait for its probe's answer for ever.
+                self._breakers.failure(endpoint)
         if result.success:
+            self._observe(delivery, job, result)
             self._breakers.success(endpoint)
             self._metrics.circuits_open.set(self._breakers.open_count())
             await self._record_attempt(job, result, None)
             await self._publish_health(self._health.on_success(webhook.id))
             return
+        # A refusal by the SSRF guard made no request: it is not an HTTP attempt and says
+        # nothing about the endpoint's health, but it must still release a half-open probe.
         refused = result.error == "destination_forbidden"
         if not refused:
+            self._observe(delivery, job, result)
+        if not refused or self._breakers.state(endpoint) != CLOSED:
             self._breakers.failure(endpoint)
-            self._metrics.circuits_open.set(self._breakers.open_count())
+        self._metrics.circuits_open.set(self._breakers.open_count())
         await self._settle_failure(job, result, counts=not refused)
 
     def _skipped(self, error: str) -> AttemptResult:

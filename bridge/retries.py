@@ -62,6 +62,9 @@ def parse_retry(raw: bytes | None) -> PendingRetry:
         not_before = value["not_before"]
         if not isinstance(attempt, int) or attempt < 2:
             raise InvalidRecord("invalid_retry_record", "$.attempt must be an integer >= 2")
+        for name in ("delivery_id", "webhook_id"):
+            if not isinstance(value[name], str) or not value[name]:
+                raise InvalidRecord("invalid_retry_record", f"$.{name} must be a string")
         if not _is_number(not_before):
             raise InvalidRecord("invalid_retry_record", "$.not_before must be a number")
         enqueued_at = value.get("enqueued_at", not_before)

@@ -572,16 +572,6 @@ async def test_destination_forbidden_is_dead_lettered_and_not_the_endpoints_faul
     assert h.outputs.statuses == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: bridge/deliverer.py Deliverer._run tells the breaker neither success nor failure "
-        "when the half-open probe's send raises, is cancelled, or is refused as "
-        "destination_forbidden (`if not refused:` skips breakers.failure), so "
-        "CircuitBreaker.probing stays set forever: every later delivery to the endpoint in this "
-        "worker is skipped as circuit_open until the worker restarts"
-    ),
-)
 @pytest.mark.parametrize(
     "probe", [REFUSED, RuntimeError("bug in the sender")], ids=["refused", "crashed"]
 )
@@ -623,15 +613,6 @@ async def test_payload_too_large_is_dead_lettered_without_sending() -> None:
     assert h.value("webhook_bridge_dead_letters_total", reason="payload_too_large") == 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: bridge/deliverer.py Deliverer._run dead-letters payload_too_large with an empty "
-        "attempt list ([]), dropping job.history: a delivery whose body outgrew max_body_bytes "
-        "between attempts (webhook renamed, limit lowered) loses its earlier attempts, though "
-        "docs/operations.md says each dead letter holds every attempt"
-    ),
-)
 async def test_payload_too_large_on_a_retry_keeps_the_earlier_attempts() -> None:
     h = Harness(FakeSender(), max_body_bytes=100)
     await h.run(make_job(3, history=earlier(2)))

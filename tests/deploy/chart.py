@@ -1,0 +1,100 @@
+"""Rendering the Helm chart with ``helm template`` and picking objects out of the result."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.deploy.tools import REPO
+
+__all__ = ["CHART_DIR", "CI_VALUES", "Chart", "Rendered", "RenderError"]
+
+CHART_DIR = REPO / "helm" / "webhook-bridge"
+CI_VALUES = sorted((CHART_DIR / "ci").glob("*-values.yaml"))
+RELEASE = "wb"
+NAMESPACE = "bridge"
+
+
+class RenderError(Exception):
+    """``helm template`` failed; the message is helm's error output."""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The objects of one rendering, in helm's order."""
+
+    objects: list[dict[str, Any]]
+
+    def all(self, kind: str) -> list[dict[str, Any]]:
+        return [o for o in self.objects if o["kind"] == kind]
+
+    def one(self, kind: str, component: str | None = None) -> dict[str, Any]:
+        found = [
+            o
+            for o in self.all(kind)
+            if component is None
+            or o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component
+        ]
+        assert len(found) == 1, f"expected one {kind} ({component}), found {len(found)}"
+        return found[0]
+
+    def kinds(self) -> list[str]:
+        return sorted(o["kind"] for o in self.objects)
+
+
+class Chart:
+    """Runs helm on the chart; renderings are cached per arguments."""
+
+    def __init__(self, helm: Path) -> None:
+        self.helm = helm
+        self._cache: dict[tuple[Any, ...], Rendered] = {}
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.helm), *args], capture_output=True, text=True, timeout=60, check=False
+        )
+
+    def lint(self, values_file: Path | None = None) -> subprocess.CompletedProcess[str]:
+        extra = ["--values", str(values_file)] if values_file else []
+        return self.run("lint", "--strict", str(CHART_DIR), *extra)
+
+    def render(
+        self,
+        values_files: Iterable[Path] = (),
+        values: Mapping[str, Any] | None = None,
+        *,
+        show_only: str | None = None,
+    ) -> Rendered:
+        """``helm template`` with values files, then ``values`` (a nested dict) on top."""
+        files = tuple(str(f) for f in values_files)
+        key = (files, json.dumps(values or {}, sort_keys=True), show_only)
+        if key not in self._cache:
+            self._cache[key] = self._render(files, values or {}, show_only)
+        return self._cache[key]
+
+    def _render(
+        self, files: tuple[str, ...], values: Mapping[str, Any], show_only: str | None
+    ) -> Rendered:
+        args = ["template", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE]
+        for name in files:
+            args += ["--values", name]
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as extra:
+            yaml.safe_dump(dict(values), extra)
+        try:
+            args += ["--values", extra.name]
+            if show_only:
+                args += ["--show-only", show_only]
+            result = self.run(*args)
+        finally:
+            Path(extra.name).unlink()
+        if result.returncode != 0:
+            raise RenderError(result.stderr.strip())
+        objects = [o for o in yaml.safe_load_all(result.stdout) if o]
+        return Rendered(objects)

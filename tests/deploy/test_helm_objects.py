@@ -1,0 +1,588 @@
+"""What the chart renders: security, probes, settings, the topics hook, scaling, network policy
+and monitoring, checked on the parsed objects of ``helm template``."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bridge.config import Settings
+from bridge.retry_policy import parse_duration
+from tests.deploy.chart import CHART_DIR, NAMESPACE, RELEASE, Chart, RenderError
+from tests.deploy.tools import REPO
+
+pytestmark = pytest.mark.deploy
+
+CI = CHART_DIR / "ci"
+FAILING = Path(__file__).resolve().parent / "values"
+VALUES = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+FULLNAME = f"{RELEASE}-webhook-bridge"
+#: Ranges the NetworkPolicy must never let the workers reach (besides explicit Kafka rules).
+FORBIDDEN_V4 = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "127.0.0.0/8",
+]
+
+
+def camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(part.capitalize() for part in rest)
+
+
+def container(obj: dict[str, Any], index: int = 0) -> dict[str, Any]:
+    return obj["spec"]["template"]["spec"]["containers"][index]  # type: ignore[no-any-return]
+
+
+def env_of(c: dict[str, Any]) -> dict[str, Any]:
+    """Environment by name: the value, or the valueFrom mapping."""
+    out: dict[str, Any] = {}
+    for entry in c.get("env", []):
+        assert entry["name"] not in out, f"duplicate env {entry['name']}"
+        out[entry["name"]] = entry.get("value", entry.get("valueFrom"))
+    return out
+
+
+def secret_settings() -> dict[str, Any]:
+    return {n: s for n, s in Settings.specs().items() if s.secret}
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+def test_config_block_has_one_key_per_setting() -> None:
+    specs = Settings.specs()
+    expected = {camel(n) for n, s in specs.items() if not s.secret}
+    assert set(VALUES["config"]) == expected, (
+        f"missing in values.yaml config: {sorted(expected - set(VALUES['config']))}; "
+        f"not settings: {sorted(set(VALUES['config']) - expected)}"
+    )
+    assert set(VALUES["secret"]["keys"]) == {camel(n) for n in secret_settings()}
+    assert set(VALUES["secret"]["values"]) == {camel(n) for n in secret_settings()}
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    assert set(schema["properties"]["config"]["properties"]) == expected
+    assert set(schema["properties"]) - {"global"} == set(VALUES)
+
+
+def test_config_comments_name_each_environment_variable() -> None:
+    text = (CHART_DIR / "values.yaml").read_text()
+    block = text.split("\nconfig:\n", 1)[1].split("\n\n", 1)[0]
+    for name, spec in Settings.specs().items():
+        if not spec.secret:
+            key_line = re.search(rf"^  {camel(name)}:", block, re.M)
+            assert key_line, name
+            comment = block[: key_line.start()].rsplit("\n  #", 8)
+            assert spec.env in "".join(comment[-8:]), f"{camel(name)}: comment lacks {spec.env}"
+
+
+def _sample(name: str, default: Any, spec: Any) -> Any:
+    """A valid value for the setting that differs from its default where possible."""
+    samples: dict[str, Any] = {
+        "kafka_bootstrap_servers": "broker-1:9092,broker-2:9092",
+        "kafka_sasl_mechanism": "SCRAM-SHA-256",
+        "kafka_sasl_username": "bridge-user",
+        "kafka_ssl_cafile": "/etc/tls/ca.crt",
+        "kafka_ssl_certfile": "/etc/tls/tls.crt",
+        "kafka_ssl_keyfile": "/etc/tls/tls.key",
+        "extra_source_topics": ["more.events", "other.events"],
+        "allow_networks": ["10.20.0.0/16", "fd00:1::/64"],
+        "allow_http": True,
+        "ca_bundle": "/etc/ssl/certs",
+        "data_dir": "/var/lib/bridge",
+        "retry_schedule": ["5s", "1m", "1.5h"],
+    }
+    if name in samples:
+        return samples[name]
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, int):
+        return default + 1
+    if isinstance(default, float):
+        return default * 2
+    if isinstance(default, str):
+        try:
+            spec.parse(default + "-x")
+        except ValueError:
+            return default
+        return default + "-x"
+    raise AssertionError(f"no sample for {name} (default {default!r}): add one")
+
+
+def _as_env_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def test_every_setting_reaches_the_bridge_through_its_environment_variable(chart: Chart) -> None:
+    specs = Settings.specs()
+    defaults: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Settings)}
+    config = {camel(n): _sample(n, defaults[n], s) for n, s in specs.items() if not s.secret}
+    secrets = {camel(n): f"secret-{n}" for n in secret_settings()}
+    if "secretKeys" in secrets:
+        secrets["secretKeys"] = "k1:" + "A" * 43 + "="
+    rendered = chart.render(values={"config": config, "secret": {"values": secrets}})
+    for kind, component in (("Deployment", "worker"), ("Job", "topics")):
+        env = env_of(container(rendered.one(kind, component)))
+        plain = {k: v for k, v in env.items() if isinstance(v, str)}
+        for name, spec in specs.items():
+            if spec.secret:
+                ref = env[spec.env]["secretKeyRef"]
+                assert ref["key"] == VALUES["secret"]["keys"][camel(name)]
+                plain[spec.env] = secrets[camel(name)]
+            else:
+                assert spec.env in plain, f"{camel(name)} did not become {spec.env}"
+                expected = spec.parse(_as_env_text(config[camel(name)]))
+                assert spec.parse(plain[spec.env]) == expected, (spec.env, plain[spec.env])
+        settings = Settings.load(env=plain)
+        assert settings.max_body_bytes == defaults["max_body_bytes"] + 1
+
+
+def test_defaults_give_valid_settings(chart: Chart) -> None:
+    env = env_of(container(chart.render().one("Deployment")))
+    settings = Settings.load(env={k: v for k, v in env.items() if isinstance(v, str)})
+    assert settings.web_host == "0.0.0.0"
+    assert settings.kafka_bootstrap_servers
+    assert str(settings.resolved_data_dir) == VALUES["config"]["dataDir"]
+
+
+def test_secret_settings_are_refused_in_config(chart: Chart) -> None:
+    for name in secret_settings():
+        with pytest.raises(RenderError, match=camel(name)):
+            chart.render(values={"config": {camel(name): "plain-text"}})
+
+
+def test_existing_secret_provides_credentials(chart: Chart) -> None:
+    rendered = chart.render([CI / "sasl-tls-values.yaml"])
+    assert not rendered.all("Secret"), "no Secret when existingSecret is set"
+    scenario = yaml.safe_load((CI / "sasl-tls-values.yaml").read_text())
+    for kind, component in (("Deployment", "worker"), ("Job", "topics")):
+        env = env_of(container(rendered.one(kind, component)))
+        assert env["BRIDGE_KAFKA_SASL_PASSWORD"] == {
+            "secretKeyRef": {"name": "webhook-bridge-credentials", "key": "sasl-password"}
+        }
+        assert env["BRIDGE_SECRET_KEYS"] == {
+            "secretKeyRef": {"name": "webhook-bridge-credentials", "key": "secret-keys"}
+        }
+        assert env["BRIDGE_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+        assert env["BRIDGE_KAFKA_SASL_USERNAME"] == scenario["config"]["kafkaSaslUsername"]
+        assert env["BRIDGE_KAFKA_SSL_CAFILE"] == "/etc/webhook-bridge/kafka-tls/ca.crt"
+        assert env["BRIDGE_RETRY_SCHEDULE"] == "5s,5m,30m,2h,5h,10h,10h"
+        pod = rendered.one(kind, component)["spec"]["template"]["spec"]
+        tls = [v for v in pod["volumes"] if v["name"] == "kafka-tls"]
+        assert tls == [
+            {"name": "kafka-tls", "secret": {"secretName": "kafka-ca", "defaultMode": 288}}
+        ]
+
+
+def test_chart_secret_and_its_hook_copy(chart: Chart) -> None:
+    rendered = chart.render([CI / "keda-values.yaml"])
+    secrets = {s["metadata"]["name"]: s for s in rendered.all("Secret")}
+    main, hook = secrets[FULLNAME], secrets[f"{FULLNAME}-topics"]
+    assert main["data"] == hook["data"]
+    assert set(main["data"]) == {"kafka-sasl-password", "secret-keys"}
+    assert "helm.sh/hook" not in main["metadata"].get("annotations", {})
+    job = rendered.one("Job", "topics")
+    assert hook["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert int(hook["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+        job["metadata"]["annotations"]["helm.sh/hook-weight"]
+    )
+    worker_env = env_of(container(rendered.one("Deployment")))
+    job_env = env_of(container(job))
+    assert worker_env["BRIDGE_KAFKA_SASL_PASSWORD"]["secretKeyRef"]["name"] == FULLNAME
+    assert job_env["BRIDGE_KAFKA_SASL_PASSWORD"]["secretKeyRef"]["name"] == f"{FULLNAME}-topics"
+    annotations = rendered.one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert re.fullmatch(r"[0-9a-f]{64}", annotations["checksum/secret"])
+
+
+def test_no_secret_and_no_secret_env_by_default(chart: Chart) -> None:
+    rendered = chart.render()
+    assert not rendered.all("Secret")
+    env = env_of(container(rendered.one("Deployment")))
+    assert not any(isinstance(v, dict) for v in env.values())
+
+
+# -- pod security, probes, volumes ------------------------------------------------------------
+
+
+def _pods(rendered: Any) -> list[tuple[str, dict[str, Any]]]:
+    pods = [("Deployment", rendered.one("Deployment")["spec"]["template"]["spec"])]
+    pods.append(("Job", rendered.one("Job", "topics")["spec"]["template"]["spec"]))
+    pods.append(("test Pod", rendered.one("Pod", "test")["spec"]))
+    return pods
+
+
+def test_every_pod_runs_non_root_with_a_read_only_root_and_no_capabilities(chart: Chart) -> None:
+    for what, pod in _pods(chart.render()):
+        assert pod["securityContext"]["runAsNonRoot"] is True, what
+        assert pod["securityContext"]["runAsUser"] == 10001, what
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, what
+        assert pod["automountServiceAccountToken"] is False, what
+        assert pod["enableServiceLinks"] is False, what
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True, what
+            assert sc["allowPrivilegeEscalation"] is False, what
+            assert sc["capabilities"] == {"drop": ["ALL"]}, what
+            assert sc["runAsNonRoot"] is True, what
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, what
+    deployment = chart.render().one("Deployment")["spec"]["template"]["spec"]
+    assert deployment["securityContext"]["fsGroup"] == 10001
+
+
+def test_writable_paths_are_empty_dirs(chart: Chart) -> None:
+    pod = chart.render().one("Deployment")["spec"]["template"]["spec"]
+    env = env_of(pod["containers"][0])
+    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for path in (env["BRIDGE_DATA_DIR"], "/tmp"):
+        assert "emptyDir" in volumes[mounts[path]], path
+
+
+def test_probes_use_healthz_and_readyz_on_the_web_port(chart: Chart) -> None:
+    rendered = chart.render(values={"config": {"webPort": 7070}})
+    c = container(rendered.one("Deployment"))
+    env = env_of(c)
+    assert env["BRIDGE_WEB_PORT"] == "7070"
+    assert env["BRIDGE_WEB_HOST"] == "0.0.0.0"
+    assert c["ports"] == [{"name": "http-metrics", "containerPort": 7070, "protocol": "TCP"}]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-metrics"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-metrics"}
+    assert c["args"] == ["run"]
+    service = rendered.one("Service")
+    assert service["spec"]["ports"][0]["name"] == "http-metrics"
+    assert service["spec"]["ports"][0]["targetPort"] == "http-metrics"
+
+
+def test_selectors_pick_the_workers_only(chart: Chart) -> None:
+    rendered = chart.render([CI / "monitoring-values.yaml"])
+    deployment = rendered.one("Deployment")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    worker_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= worker_labels.items()
+    for other in (rendered.one("Job", "topics")["spec"]["template"], rendered.one("Pod", "test")):
+        assert not selector.items() <= other["metadata"]["labels"].items()
+    assert rendered.one("Service")["spec"]["selector"] == selector
+    assert rendered.one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"] == selector
+    assert rendered.one("ServiceMonitor")["spec"]["selector"]["matchLabels"].items() <= (
+        rendered.one("Service")["metadata"]["labels"].items()
+    )
+
+
+def test_service_account_mounts_no_token(chart: Chart) -> None:
+    account = chart.render().one("ServiceAccount")
+    assert account["automountServiceAccountToken"] is False
+    pod = chart.render().one("Deployment")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "key"),
+    [
+        ("soft", "preferredDuringSchedulingIgnoredDuringExecution"),
+        ("hard", "requiredDuringSchedulingIgnoredDuringExecution"),
+        ("", None),
+    ],
+)
+def test_pod_anti_affinity(chart: Chart, mode: str, key: str | None) -> None:
+    pod = chart.render(values={"podAntiAffinity": mode}).one("Deployment")["spec"]["template"]
+    affinity = pod["spec"].get("affinity")
+    if key is None:
+        assert affinity is None
+    else:
+        assert list(affinity["podAntiAffinity"]) == [key]
+
+
+# -- shutdown ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("drain", ["20s", "2m", "1.5m", 45, "500ms"])
+def test_termination_grace_period_covers_the_drain(chart: Chart, drain: Any) -> None:
+    deployment = chart.render(values={"config": {"drainTimeout": drain}}).one("Deployment")
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    drain_seconds = parse_duration(str(drain))
+    assert grace == math.ceil(drain_seconds) + VALUES["terminationGraceMarginSeconds"]
+    assert grace > drain_seconds
+    env = env_of(container(deployment))
+    assert parse_duration(env["BRIDGE_DRAIN_TIMEOUT"]) == drain_seconds
+
+
+def test_explicit_termination_grace_period_wins(chart: Chart) -> None:
+    deployment = chart.render(values={"terminationGracePeriodSeconds": 99}).one("Deployment")
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 99
+
+
+def test_chart_defaults_match_the_bridge_defaults() -> None:
+    defaults: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Settings)}
+    # The chart falls back to these when config leaves them unset (grace period, KEDA trigger).
+    helpers = (CHART_DIR / "templates" / "_helpers.tpl").read_text()
+    scaled = (CHART_DIR / "templates" / "scaledobject.yaml").read_text()
+    assert f'drainTimeout | default "{int(defaults["drain_timeout"])}s"' in helpers
+    assert f"webPort | default {defaults['web_port']}" in helpers
+    assert f'groupId | default "{defaults["group_id"]}"' in scaled
+    assert f'eventsTopic | default "{defaults["events_topic"]}"' in scaled
+    assert VALUES["service"]["port"] == VALUES["config"]["webPort"] == defaults["web_port"]
+
+
+# -- topics hook ------------------------------------------------------------------------------
+
+
+def test_topics_hook_job(chart: Chart) -> None:
+    rendered = chart.render([CI / "sasl-tls-values.yaml"])
+    job = rendered.one("Job", "topics")
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    assert "helm.sh/hook-weight" in annotations
+    assert container(job)["args"] == ["topics", "apply"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    assert env_of(container(job)) == env_of(container(rendered.one("Deployment")))
+
+
+def test_topics_hook_can_be_disabled(chart: Chart) -> None:
+    assert not chart.render(values={"topicsJob": {"enabled": False}}).all("Job")
+
+
+# -- scaling ----------------------------------------------------------------------------------
+
+
+def test_partitions_match_the_events_topic() -> None:
+    topics = json.loads((REPO / "topics" / "topics.json").read_text())
+    assert VALUES["partitions"] == topics["topics"]["events"]["partitions"]
+
+
+def test_hpa_is_capped_at_partitions(chart: Chart) -> None:
+    rendered = chart.render([CI / "autoscaling-hpa-values.yaml"])
+    hpa = rendered.one("HorizontalPodAutoscaler")
+    assert hpa["spec"]["maxReplicas"] <= VALUES["partitions"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == rendered.one("Deployment")["metadata"]["name"]
+    assert "replicas" not in rendered.one("Deployment")["spec"]
+
+
+def test_keda_scales_on_the_lag_of_the_events_topic(chart: Chart) -> None:
+    rendered = chart.render([CI / "keda-values.yaml"])
+    scaled = rendered.one("ScaledObject")
+    assert scaled["spec"]["maxReplicaCount"] <= VALUES["partitions"]
+    trigger = scaled["spec"]["triggers"][0]
+    assert trigger["type"] == "kafka"
+    meta = trigger["metadata"]
+    assert meta["bootstrapServers"] == "kafka.kafka.svc:9093"
+    defaults: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Settings)}
+    assert meta["consumerGroup"] == defaults["group_id"]
+    assert meta["topic"] == defaults["events_topic"]
+    assert meta["lagThreshold"] == "500"
+    assert meta["sasl"] == "scram_sha256" and meta["tls"] == "enable"
+    auth = rendered.one("TriggerAuthentication")
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    refs = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
+    assert refs["password"] == {
+        "parameter": "password",
+        "name": FULLNAME,
+        "key": "kafka-sasl-password",
+    }
+    assert refs["ca"]["name"] == "kafka-ca"
+    assert "replicas" not in rendered.one("Deployment")["spec"]
+
+
+@pytest.mark.parametrize(
+    ("values_file", "message"),
+    [
+        ("replicas-over-partitions.yaml", "replicaCount (7) exceeds partitions (6)"),
+        ("hpa-over-partitions.yaml", "autoscaling.maxReplicas (12) exceeds partitions (6)"),
+        ("keda-over-partitions.yaml", "keda.maxReplicaCount (8) exceeds partitions (6)"),
+        ("hpa-and-keda.yaml", "exclusive"),
+    ],
+)
+def test_more_workers_than_partitions_fails(chart: Chart, values_file: str, message: str) -> None:
+    with pytest.raises(RenderError, match=re.escape(message)):
+        chart.render([FAILING / values_file])
+
+
+# -- network policy ---------------------------------------------------------------------------
+
+
+def _egress_allows(policy: dict[str, Any], address: str, port: int) -> bool:
+    ip = ipaddress.ip_address(address)
+    for rule in policy["spec"]["egress"]:
+        ports = [p["port"] for p in rule.get("ports", [])]
+        if ports and port not in ports:
+            continue
+        peers = rule.get("to")
+        if peers is None:
+            return True
+        for peer in peers:
+            block = peer.get("ipBlock")
+            if block is None:
+                continue
+            net = ipaddress.ip_network(block["cidr"])
+            if ip.version == net.version and ip in net:
+                excepted = [ipaddress.ip_network(e) for e in block.get("except", [])]
+                if not any(ip.version == e.version and ip in e for e in excepted):
+                    return True
+    return False
+
+
+def test_network_policy_egress_excludes_private_ranges(chart: Chart) -> None:
+    policy = chart.render([CI / "networkpolicy-values.yaml"]).one("NetworkPolicy")
+    internet = [
+        peer["ipBlock"]
+        for rule in policy["spec"]["egress"]
+        for peer in rule.get("to", [])
+        if peer.get("ipBlock", {}).get("cidr") == "0.0.0.0/0"
+    ]
+    assert len(internet) == 1
+    for cidr in [*FORBIDDEN_V4, "34.118.224.0/20"]:
+        assert cidr in internet[0]["except"]
+    for block in (
+        p["ipBlock"] for r in policy["spec"]["egress"] for p in r.get("to", []) if "ipBlock" in p
+    ):
+        net = ipaddress.ip_network(block["cidr"])
+        for excepted in block.get("except", []):
+            assert ipaddress.ip_network(excepted).subnet_of(net)  # type: ignore[arg-type]
+    # Webhook ports: public yes; private, metadata, loopback and the cluster's CIDRs no.
+    assert _egress_allows(policy, "93.184.216.34", 443)
+    assert _egress_allows(policy, "2606:2800:220:1::1", 443)
+    for address in (
+        "10.1.2.3",
+        "172.20.0.5",
+        "192.168.1.1",
+        "169.254.169.254",
+        "127.0.0.1",
+        "100.64.0.1",
+        "34.118.230.1",
+        "fd00::1",
+        "fe80::1",
+        "::1",
+        "::ffff:10.0.0.1",
+    ):
+        assert not _egress_allows(policy, address, 443), address
+    # Kafka: its network on its port only.
+    assert _egress_allows(policy, "10.20.3.4", 9092)
+    assert not _egress_allows(policy, "10.20.3.4", 443)
+    assert not _egress_allows(policy, "10.30.3.4", 9092)
+
+
+def test_network_policy_ingress_and_dns(chart: Chart) -> None:
+    policy = chart.render([CI / "networkpolicy-values.yaml"]).one("NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    ingress = policy["spec"]["ingress"][0]
+    assert ingress["ports"] == [{"port": "http-metrics", "protocol": "TCP"}]
+    test_pod = chart.render([CI / "networkpolicy-values.yaml"]).one("Pod", "test")
+    test_peer = ingress["from"][-1]["podSelector"]["matchLabels"]
+    assert test_peer.items() <= test_pod["metadata"]["labels"].items()
+    dns = policy["spec"]["egress"][0]
+    assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
+    selected = policy["spec"]["podSelector"]["matchExpressions"][0]["values"]
+    assert sorted(selected) == ["topics", "worker"]
+
+
+def test_default_network_policy_keeps_internet_rule_private_free(chart: Chart) -> None:
+    policy = chart.render(values={"networkPolicy": {"enabled": True}}).one("NetworkPolicy")
+    for address in ("10.1.2.3", "169.254.169.254", "192.168.0.10"):
+        assert not _egress_allows(policy, address, 443), address
+    assert _egress_allows(policy, "1.1.1.1", 8443)
+
+
+# -- monitoring -------------------------------------------------------------------------------
+
+
+def test_service_monitor_scrapes_the_metrics_port_as_job_webhook_bridge(chart: Chart) -> None:
+    monitor = chart.render([CI / "monitoring-values.yaml"]).one("ServiceMonitor")
+    endpoint = monitor["spec"]["endpoints"][0]
+    assert endpoint["port"] == "http-metrics" and endpoint["path"] == "/metrics"
+    assert endpoint["relabelings"][0] == {
+        "action": "replace",
+        "targetLabel": "job",
+        "replacement": "webhook-bridge",
+    }
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+
+
+def test_prometheus_rule_is_the_alerts_file(chart: Chart) -> None:
+    rule = chart.render([CI / "monitoring-values.yaml"]).one("PrometheusRule")
+    alerts = yaml.safe_load((CHART_DIR / "files" / "alerts.yml").read_text())
+    assert rule["spec"]["groups"] == alerts["groups"]
+    exprs = [r["expr"] for g in alerts["groups"] for r in g["rules"]]
+    assert any("webhook_bridge_dead_letters_total" in e for e in exprs)
+
+
+def test_dashboard_config_map_is_the_dashboard_file(chart: Chart) -> None:
+    config_map = chart.render([CI / "monitoring-values.yaml"]).one("ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "Webhooks"}
+    text = (CHART_DIR / "files" / "grafana-dashboard.json").read_text()
+    assert config_map["data"] == {"webhook-bridge.json": text}
+    dashboard = json.loads(text)
+    assert dashboard["panels"]
+
+
+def test_monitoring_is_off_by_default(chart: Chart) -> None:
+    kinds = chart.render().kinds()
+    assert "ServiceMonitor" not in kinds and "PrometheusRule" not in kinds
+    assert "ConfigMap" not in kinds
+
+
+# -- helm test --------------------------------------------------------------------------------
+
+
+def test_helm_test_pod_gets_readyz_through_the_service(chart: Chart) -> None:
+    rendered = chart.render()
+    pod = rendered.one("Pod", "test")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    command = pod["spec"]["containers"][0]["command"]
+    service = rendered.one("Service")
+    port = service["spec"]["ports"][0]["port"]
+    assert command[0] == "curl" and "--fail" in command
+    assert command[-1] == f"http://{service['metadata']['name']}.{NAMESPACE}.svc:{port}/readyz"
+
+
+# -- values.yaml ------------------------------------------------------------------------------
+
+
+def undocumented_keys(text: str) -> list[str]:
+    """Keys without a comment line above them (or on their line); list items are data."""
+    lines = text.splitlines()
+    key = re.compile(r"^\s*[A-Za-z0-9_.-]+:")
+    item = re.compile(r"^(\s*)- ")
+    undocumented = []
+    list_indent: int | None = None
+    for number, line in enumerate(lines):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        indent = len(line) - len(line.lstrip())
+        if (found := item.match(line)) is not None:
+            list_indent = len(found.group(1))
+            continue
+        if list_indent is not None and indent > list_indent:
+            continue
+        list_indent = None
+        if not key.match(line):
+            continue
+        previous = next((p for p in reversed(lines[:number]) if p.strip()), "")
+        if not previous.lstrip().startswith("#") and "#" not in line:
+            undocumented.append(f"values.yaml:{number + 1}: {line.strip()}")
+    return undocumented
+
+
+def test_undocumented_keys_are_found() -> None:
+    text = "# a\na:\n  b: 1\n  # c\n  c:\n    - x: 1\n      y: 2\n  d: 3  # d\n"
+    assert undocumented_keys(text) == ["values.yaml:3: b: 1"]
+
+
+def test_every_values_key_is_commented() -> None:
+    undocumented = undocumented_keys((CHART_DIR / "values.yaml").read_text())
+    assert not undocumented, "\n".join(undocumented)
