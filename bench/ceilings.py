@@ -1,0 +1,258 @@
+"""Ceilings measured in the same run, against the same receiver and broker as the scenarios."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from .kit import event_bytes, new_producer, now_stamp, percentile, sample_body, sign
+
+SECRET = b"bench-secret-0123456789abcdef0123456789abcdef"
+
+
+async def _post_loop(
+    post: Any, urls: list[str], count: int, concurrency: int
+) -> tuple[float, list[float], int]:
+    """``concurrency`` tasks POSTing signed bodies until ``count`` requests are done."""
+    body, base_headers = sample_body()
+    latencies: list[float] = []
+    failures = 0
+    next_n = 0
+
+    async def task() -> None:
+        nonlocal next_n, failures
+        while next_n < count:
+            n = next_n
+            next_n += 1
+            headers = dict(base_headers)
+            headers["X-Webhook-Delivery"] = str(uuid.uuid4())
+            headers["X-Webhook-Signature"] = sign(SECRET, body)
+            started = time.perf_counter()
+            ok = await post(urls[n % len(urls)], body, headers)
+            latencies.append(time.perf_counter() - started)
+            if not ok:
+                failures += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(task() for _ in range(concurrency)))
+    return time.perf_counter() - started, latencies, failures
+
+
+def _result(
+    name: str, elapsed: float, latencies: list[float], failures: int, count: int, **extra: Any
+) -> dict[str, Any]:
+    rate = count / elapsed if elapsed > 0 else 0.0
+    return {
+        "name": name,
+        "deliveries_per_s": round(rate, 1),
+        "p50_ms": _ms(percentile(latencies, 0.50)),
+        "p99_ms": _ms(percentile(latencies, 0.99)),
+        "ceiling_per_s": round(rate, 1),
+        "ratio": 1.0,
+        "latency_kind": "client request duration",
+        "requests": count,
+        "failures": failures,
+        "seconds": round(elapsed, 2),
+        **extra,
+    }
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 2)
+
+
+async def aiohttp_ceiling(urls: list[str], count: int, concurrency: int = 32) -> dict[str, Any]:
+    """(a) A raw aiohttp client loop: the fastest a Python process signs and POSTs here."""
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def post(url: str, body: bytes, headers: dict[str, str]) -> bool:
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+                return response.status == 200
+
+        await _post_loop(post, urls, min(500, count), concurrency)  # warm the pool
+        elapsed, latencies, failures = await _post_loop(post, urls, count, concurrency)
+    return _result(
+        "ceiling_aiohttp",
+        elapsed,
+        latencies,
+        failures,
+        count,
+        concurrency=concurrency,
+        body_bytes=len(sample_body()[0]),
+        what="raw aiohttp client, N tasks POSTing a signed ~600-byte body with the documented "
+        "headers (standard asyncio loop, same as the worker)",
+    )
+
+
+async def httpx_ceiling(urls: list[str], count: int, concurrency: int = 8) -> dict[str, Any]:
+    """(c) httpx with its default transport, for context (the bridge sends with httpx)."""
+    async with httpx.AsyncClient() as client:
+
+        async def post(url: str, body: bytes, headers: dict[str, str]) -> bool:
+            response = await client.post(url, content=body, headers=headers)
+            await response.aread()
+            return response.status_code == 200
+
+        await _post_loop(post, urls, min(200, count), concurrency)
+        elapsed, latencies, failures = await _post_loop(post, urls, count, concurrency)
+    return _result(
+        f"ceiling_httpx_{concurrency}",
+        elapsed,
+        latencies,
+        failures,
+        count,
+        concurrency=concurrency,
+        what=f"httpx.AsyncClient() default transport, {concurrency} in flight",
+    )
+
+
+async def bridge_sender_ceiling(urls: list[str], count: int, concurrency: int = 32) -> dict[str, Any]:
+    """The bridge's own HTTP stack (``bridge.delivery.new_client`` with the SSRF-guarded
+    transport, ``Sender.send`` with ``build_headers``), no Kafka: what the worker could reach if
+    everything around the HTTP request were free."""
+    from bridge.delivery import Delivery, Sender, new_client
+    from bridge.ssrf import AddressPolicy
+    from bridge.subscriptions import Webhook
+
+    policy = AddressPolicy.from_setting("127.0.0.0/8", enabled=True)
+    client = new_client(30.0, 256, policy=policy)
+    sender = Sender(client, timeout=30.0, allow_http=True, policy=policy)
+    body, _ = sample_body()
+    webhooks = [
+        Webhook(
+            id=f"wh-{i}",
+            name=f"wh-{i}",
+            url=url,
+            secret="s" * 64,
+            events=frozenset({"*"}),
+            site_id="site-0",
+            user_id="user-0",
+        )
+        for i, url in enumerate(urls)
+    ]
+
+    async def post(url: str, body_: bytes, headers: dict[str, str]) -> bool:
+        webhook = webhooks[urls.index(url)]
+        delivery = Delivery(str(uuid.uuid4()), webhook, "e", "post.published", body)
+        result = await sender.send(delivery)
+        return result.success
+
+    try:
+        await _post_loop(post, urls, min(300, count), concurrency)
+        elapsed, latencies, failures = await _post_loop(post, urls, count, concurrency)
+    finally:
+        await client.aclose()
+    return _result(
+        "ceiling_bridge_sender",
+        elapsed,
+        latencies,
+        failures,
+        count,
+        concurrency=concurrency,
+        what="bridge.delivery.Sender with new_client() (httpx + SSRF-guarded transport), "
+        f"{concurrency} in flight, no Kafka",
+    )
+
+
+async def kafka_ceiling(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
+    """(b) Raw aiokafka consume rate of a pre-filled topic (6 partitions, event-sized records)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 6, 1)])
+    finally:
+        await admin.close()
+    producer = new_producer(bootstrap, linger_ms=5)
+    await producer.start()
+    stamp = now_stamp()
+    try:
+        futures = [
+            await producer.send(
+                topic,
+                event_bytes(str(uuid.uuid4()), f"site-{n % 1000}", "u", stamp, n),
+                key=f"site-{n % 1000}".encode(),
+            )
+            for n in range(count)
+        ]
+        for future in futures:
+            await future
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(6)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        got = 0
+        started = time.perf_counter()
+        deadline = started + 60
+        while got < count and time.perf_counter() < deadline:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            for messages in batch.values():
+                got += len(messages)
+        elapsed = time.perf_counter() - started
+    finally:
+        await consumer.stop()
+    rate = got / elapsed if elapsed > 0 else 0.0
+    return {
+        "name": "ceiling_kafka_consume",
+        "deliveries_per_s": round(rate, 1),
+        "p50_ms": None,
+        "p99_ms": None,
+        "ceiling_per_s": round(rate, 1),
+        "ratio": 1.0,
+        "latency_kind": None,
+        "records": got,
+        "seconds": round(elapsed, 2),
+        "what": "AIOKafkaConsumer.getmany over a pre-filled 6-partition topic (records/s)",
+    }
+
+
+def cpu_costs(samples: int = 2000) -> dict[str, float]:
+    """Microseconds per call of the bridge's per-event and per-delivery pure-Python steps."""
+    from bridge.delivery import Delivery, build_headers
+    from bridge.events import parse_event
+    from bridge.payload import EncodedEvent, build_body
+    from bridge.subscriptions import Webhook
+
+    raw = event_bytes(str(uuid.uuid4()), "site-0", "user-0", now_stamp(), 1)
+    webhook = Webhook(
+        id="wh-0",
+        name="wh-0",
+        url="http://127.0.0.1:1/hook",
+        secret="s" * 64,
+        events=frozenset({"*"}),
+        site_id="site-0",
+        user_id="user-0",
+    )
+
+    def timed(fn: Any) -> float:
+        fn()
+        started = time.perf_counter()
+        for _ in range(samples):
+            fn()
+        return round((time.perf_counter() - started) / samples * 1e6, 1)
+
+    event = parse_event(raw)
+    encoded = EncodedEvent.of(event)
+    body = build_body(encoded, webhook)
+    delivery = Delivery("d", webhook, event.id, event.type, body)
+    return {
+        "parse_event_us": timed(lambda: parse_event(raw)),
+        "encode_event_us": timed(lambda: EncodedEvent.of(event)),
+        "build_body_us": timed(lambda: build_body(encoded, webhook)),
+        "build_headers_us": timed(lambda: build_headers(delivery)),
+    }
