@@ -152,6 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     test = hook_commands.add_parser("test", help="send a test.event to one webhook")
     test.add_argument("webhook_id", metavar="ID")
     test.add_argument("--message", default="", help="text for data.message")
+    test.add_argument("--site-id", help="site of the event (needed for account-scoped webhooks)")
+    test.add_argument("--user-id", help="account of the event (default: the webhook's)")
     add_setting_flags(test, common + ["events_topic", "secret_keys"])
     test.set_defaults(handler=_webhooks_test, settings=common + ["events_topic", "secret_keys"])
 
@@ -319,7 +321,7 @@ def _webhooks_create(args: argparse.Namespace) -> int:
                 url=args.url,
                 events=args.events,
                 site_id=args.site_id,
-                user_id=args.user_id or "",
+                user_id=args.user_id,
                 name=args.name,
                 secret=args.secret,
                 webhook_id=args.webhook_id,
@@ -410,7 +412,9 @@ def _webhooks_test(args: argparse.Namespace) -> int:
             webhook = (await store.load()).get(args.webhook_id)
         if webhook is None:
             raise ConfigError(f"no webhook {args.webhook_id!r}")
-        return await send_test_event(settings, webhook, args.message)
+        return await send_test_event(
+            settings, webhook, args.message, site_id=args.site_id, user_id=args.user_id
+        )
 
     event = asyncio.run(go())
     print(f"published test.event {event.id}")

@@ -180,7 +180,7 @@ class WebhookStore:
         *,
         url: str,
         events: Sequence[str],
-        user_id: str,
+        user_id: str | None = None,
         site_id: str | None = None,
         name: str | None = None,
         secret: str | None = None,
@@ -340,18 +340,33 @@ async def publish_events(
         await producer.stop()
 
 
-async def send_test_event(settings: Settings, webhook: Webhook, message: str = "") -> Event:
-    """Publish a ``test.event`` that goes to this webhook only, whatever its event filter."""
+async def send_test_event(
+    settings: Settings,
+    webhook: Webhook,
+    message: str = "",
+    *,
+    site_id: str | None = None,
+    user_id: str | None = None,
+) -> Event:
+    """Publish a ``test.event`` that goes to this webhook only, whatever its event filter.
+
+    The event carries the webhook's site and account unless given: an account-scoped webhook
+    needs ``site_id`` (one of the account's sites), a site-scoped one without an owner needs
+    ``user_id``. Raises :class:`InvalidSubscription` when the webhook is inactive (nothing would
+    be delivered) or an id is missing.
+    """
+    if not webhook.active:
+        raise InvalidSubscription("webhook_inactive", f"webhook {webhook.id!r} is inactive")
+    site = site_id or webhook.site_id
+    user = user_id or webhook.user_id
+    if site is None or user is None:
+        raise InvalidSubscription(
+            "test_event_scope", "give the site id (account-scoped webhook) or the user id"
+        )
     data: dict[str, Any] = {"webhook_id": webhook.id}
     if message:
         data["message"] = message
-    return await publish_event(
-        settings,
-        "test.event",
-        data,
-        site_id=webhook.site_id or f"account:{webhook.user_id}",
-        user_id=webhook.user_id,
-    )
+    return await publish_event(settings, "test.event", data, site_id=site, user_id=user)
 
 
 async def publish_event(

@@ -34,7 +34,8 @@ class Webhook:
     events: frozenset[str]
     #: Site-scoped when set; account-scoped (every site of ``user_id``) when ``None``.
     site_id: str | None
-    user_id: str
+    #: The owning account; required for account scope, optional for site scope.
+    user_id: str | None
     active: bool = True
     #: Optional limit of deliveries per second to this webhook.
     rate_limit: float | None = None
@@ -145,7 +146,7 @@ def webhook_from_record(value: Any, keyring: Keyring | None = None) -> Webhook:
         secret=secret,
         events=frozenset(value["events"]),
         site_id=value.get("site_id"),
-        user_id=value["user_id"],
+        user_id=value.get("user_id"),
         active=value["active"],
         rate_limit=value.get("rate_limit"),
         standard_webhooks=bool(value.get("standard_webhooks", False)),
@@ -225,6 +226,7 @@ class SubscriptionIndex:
         if webhook.site_id is not None:
             self._by_site[webhook.site_id].add(webhook.id)
         else:
+            assert webhook.user_id is not None  # the schema requires it for account scope
             self._by_account[webhook.user_id].add(webhook.id)
 
     def remove(self, webhook_id: str) -> None:
@@ -233,11 +235,11 @@ class SubscriptionIndex:
         if old is None:
             return
         self._active -= old.active
-        bucket, key = (
-            (self._by_site, old.site_id)
-            if old.site_id is not None
-            else (self._by_account, old.user_id)
-        )
+        if old.site_id is not None:
+            bucket, key = self._by_site, old.site_id
+        else:
+            assert old.user_id is not None
+            bucket, key = self._by_account, old.user_id
         ids = bucket.get(key)
         if ids is not None:
             ids.discard(webhook_id)
@@ -249,12 +251,14 @@ class SubscriptionIndex:
 
         Active webhooks in scope (same site, or same account for account-scoped ones) whose
         filter includes the type or ``*``. A ``test.event`` goes only to the webhook its
-        ``data.webhook_id`` names, whatever that webhook's filter, if it is active and belongs to
-        the event's account.
+        ``data.webhook_id`` names, whatever that webhook's filter, if it is active, the event is
+        in its scope (its site, or its account) and comes from its owner (when it has one).
         """
         if event.type == TEST_EVENT:
             target = self._by_id.get(str(event.data.get("webhook_id")))
-            if target is None or not target.active or target.user_id != event.user_id:
+            if target is None or not target.active or not target.in_scope(event):
+                return []
+            if target.user_id is not None and target.user_id != event.user_id:
                 return []
             return [target]
         ids = set(self._by_site.get(event.site_id, ()))

@@ -133,30 +133,36 @@ async def test_a_restarted_worker_recovers_every_webhook_from_kafka(
 async def test_a_slow_endpoint_does_not_hold_up_others_on_the_same_partition(
     settings: Settings, receiver: Receiver, workers
 ) -> None:
+    # Another server: paths of one server are one endpoint, which shares its slots.
+    slow = await Receiver().start()
     release = asyncio.Event()
-    receiver.holds["/slow"] = release
-    async with WebhookStore(settings) as store:
-        await store.create(
-            url=receiver.url("/slow"),
-            events=["post.created"],
-            site_id="s1",
-            user_id="u1",
-            secret="s-slow",
-            webhook_id="slow",
-        )
-        await store.create(
-            url=receiver.url("/fast"),
-            events=["post.created"],
-            site_id="s1",
-            user_id="u1",
-            secret="s-fast",
-            webhook_id="fast",
-        )
-    worker = workers(settings)
-    await worker.wait_ready()
-    await publish_events(settings, [post(n) for n in range(20)])
-    # All twenty reach the fast endpoint while the slow one still holds its first requests.
-    await receiver.wait_for(lambda got: len([r for r in got if r.path == "/fast"]) == 20)
-    assert not release.is_set()
-    release.set()
-    await receiver.wait_for(lambda got: len([r for r in got if r.path == "/slow"]) == 20)
+    slow.holds["/slow"] = release
+    try:
+        async with WebhookStore(settings) as store:
+            await store.create(
+                url=slow.url("/slow"),
+                events=["post.created"],
+                site_id="s1",
+                user_id="u1",
+                secret="s-slow",
+                webhook_id="slow",
+            )
+            await store.create(
+                url=receiver.url("/fast"),
+                events=["post.created"],
+                site_id="s1",
+                user_id="u1",
+                secret="s-fast",
+                webhook_id="fast",
+            )
+        worker = workers(settings)
+        await worker.wait_ready()
+        await publish_events(settings, [post(n) for n in range(20)])
+        # All twenty reach the fast endpoint while the slow one still holds its first requests.
+        await receiver.wait_for(lambda got: len([r for r in got if r.path == "/fast"]) == 20)
+        assert not release.is_set()
+        assert len(slow.received) >= 1
+        release.set()
+        await slow.wait_for(lambda got: len(got) == 20)
+    finally:
+        await slow.stop()

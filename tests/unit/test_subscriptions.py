@@ -184,7 +184,18 @@ def test_schema_errors(changes: dict[str, Any]) -> None:
     assert f"$.{field}" in error.detail
 
 
-@pytest.mark.parametrize("field", ["id", "name", "url", "secret", "events", "user_id", "active"])
+def test_user_id_is_required_only_for_account_scope() -> None:
+    site_scoped = record()
+    del site_scoped["user_id"]
+    assert site_scoped.get("site_id")
+    webhook = parse_webhook(None, encode(site_scoped))
+    assert webhook is not None and webhook.user_id is None
+    account_scoped = dict(site_scoped, site_id=None)
+    error = invalid(None, encode(account_scoped))
+    assert "user_id" in error.detail or "anyOf" in error.detail
+
+
+@pytest.mark.parametrize("field", ["id", "name", "url", "secret", "events", "active"])
 def test_missing_required_field(field: str) -> None:
     value = record()
     del value[field]

@@ -1,0 +1,666 @@
+"""The scenarios: each starts its own worker process(es) on fresh topics and group, measures, and
+returns one result dict (name, deliveries_per_s, p50_ms, p99_ms, ceiling_per_s, ratio, extras)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bridge.config import Settings
+
+from . import kit
+from .kit import Hook, Published, Worker, metric_sum, percentile
+from .procs import Procs, rss_kib
+from .profiling import Profiler, format_summary, summarise
+from .receivers import Arrivals, Receiver, start_aiohttp
+
+DELIVERED = "webhook_bridge_deliveries_total"
+
+
+@dataclass
+class Sizes:
+    """How much each scenario does; ``--quick`` shrinks everything to fit in three minutes."""
+
+    aiohttp_requests: int
+    httpx_requests: int
+    sender_requests: int
+    kafka_records: int
+    fanout_1_events: int
+    fanout_10_events: int
+    paced_seconds: float
+    subscriptions: int
+    recovery_seconds: float
+    naive_events: int
+    isolation_slow: bool
+    endpoints: int = 16
+
+    @classmethod
+    def for_mode(cls, quick: bool) -> Sizes:
+        if quick:
+            return cls(
+                aiohttp_requests=20000,
+                httpx_requests=3000,
+                sender_requests=3000,
+                kafka_records=50000,
+                fanout_1_events=2500,
+                fanout_10_events=250,
+                paced_seconds=8.0,
+                subscriptions=20000,
+                recovery_seconds=45.0,
+                naive_events=800,
+                isolation_slow=False,
+            )
+        return cls(
+            aiohttp_requests=60000,
+            httpx_requests=8000,
+            sender_requests=8000,
+            kafka_records=200000,
+            fanout_1_events=15000,
+            fanout_10_events=1500,
+            paced_seconds=30.0,
+            subscriptions=100000,
+            recovery_seconds=90.0,
+            naive_events=4000,
+            isolation_slow=True,
+        )
+
+
+@dataclass
+class Context:
+    """What every scenario shares within one run."""
+
+    procs: Procs
+    bootstrap: str
+    receiver: Receiver
+    workdir: Path
+    out_dir: Path
+    python: str
+    sizes: Sizes
+    run_id: str
+    ceiling: float
+    profile: str | None = None
+    profile_format: str = "raw"
+    profile_seconds: int = 60
+    fanout_1_rate: float | None = None
+    baseline_rss_kib: int | None = None
+    profile_summary: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def prefix(self, name: str) -> str:
+        return f"bench-{self.run_id}-{name}-{uuid.uuid4().hex[:4]}"
+
+    def settings(self, name: str, **changes: Any) -> Settings:
+        return kit.make_settings(self.bootstrap, self.prefix(name), self.workdir, **changes)
+
+    def urls(self, n: int | None = None) -> list[str]:
+        return [self.receiver.url(i) for i in range(n or self.sizes.endpoints)]
+
+    def log(self, text: str) -> None:
+        print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+def _result(ctx: Context, name: str, rate: float | None, p50: float | None, p99: float | None,
+            **extra: Any) -> dict[str, Any]:
+    ratio = round(rate / ctx.ceiling, 4) if rate and ctx.ceiling else None
+    return {
+        "name": name,
+        "deliveries_per_s": None if rate is None else round(rate, 1),
+        "p50_ms": _ms(p50),
+        "p99_ms": _ms(p99),
+        "ceiling_per_s": round(ctx.ceiling, 1),
+        "ratio": ratio,
+        **extra,
+    }
+
+
+def _loadavg() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+async def _wait_arrivals(
+    arrivals: Arrivals,
+    expected: set[str],
+    timeout: float,
+    alive: Callable[[], bool] | None = None,
+    on_first: Callable[[], None] | None = None,
+) -> tuple[dict[str, float], bool]:
+    """Poll the receiver log until every expected delivery id arrived (first arrival time of
+    each), or the deadline. Returns (arrivals, complete)."""
+    first: dict[str, float] = {}
+    seen = 0
+    deadline = time.monotonic() + timeout
+    while True:
+        arrivals.poll()
+        for i in range(seen, len(arrivals.ids)):
+            delivery = arrivals.ids[i]
+            if delivery in expected and delivery not in first:
+                first[delivery] = arrivals.times[i]
+                if on_first is not None and len(first) == 1:
+                    on_first()
+        seen = len(arrivals.ids)
+        if len(first) >= len(expected):
+            return first, True
+        if time.monotonic() > deadline:
+            return first, False
+        if alive is not None and not alive():
+            return first, False
+        await asyncio.sleep(0.05)
+
+
+def _window_rate(times: Sequence[float]) -> tuple[float | None, float | None]:
+    """Deliveries/s between the first and last arrival, and that window in seconds."""
+    if len(times) < 2:
+        return None, None
+    ordered = sorted(times)
+    span = ordered[-1] - ordered[0]
+    if span <= 0:
+        return None, None
+    return (len(ordered) - 1) / span, span
+
+
+def _worker_extras(worker: Worker, metrics: dict[str, float]) -> dict[str, Any]:
+    return {
+        "attempts_failed": metric_sum(metrics, "webhook_bridge_delivery_attempts_total", outcome="failure"),
+        "retries_scheduled": metric_sum(metrics, "webhook_bridge_retries_scheduled_total"),
+        "dead_letters": metric_sum(metrics, "webhook_bridge_dead_letters_total"),
+        "sync_timeouts": metric_sum(metrics, "webhook_bridge_subscription_sync_timeouts_total"),
+        "worker_rss_mib": round((worker.rss_kib() or 0) / 1024, 1),
+    }
+
+
+def _http_quantiles(metrics: dict[str, float]) -> tuple[float | None, float | None]:
+    name = "webhook_bridge_http_request_duration_seconds"
+    return (
+        kit.histogram_quantile(metrics, name, 0.50, outcome="success"),
+        kit.histogram_quantile(metrics, name, 0.99, outcome="success"),
+    )
+
+
+async def _start_ready(ctx: Context, settings: Settings, label: str, timeout: float = 120.0
+                       ) -> tuple[Worker, float]:
+    worker = kit.start_worker(ctx.procs, settings, label, ctx.python)
+    ready = await worker.wait_ready(timeout)
+    return worker, ready
+
+
+def _stop(ctx: Context, worker: Worker) -> None:
+    ctx.procs.stop(worker.proc, grace=10.0)
+
+
+def _start_profiler(ctx: Context, name: str, pid: int) -> Profiler | None:
+    if ctx.profile != name:
+        return None
+    suffix = {"raw": "txt", "flamegraph": "svg", "speedscope": "json"}[ctx.profile_format]
+    output = ctx.out_dir / f"profile-{name}.{suffix}"
+    if output.exists():
+        output.unlink()
+    ctx.log(f"py-spy recording {name} (pid {pid}) to {output}")
+    return Profiler.start(pid, output, fmt=ctx.profile_format, max_seconds=ctx.profile_seconds)
+
+
+def _finish_profiler(ctx: Context, name: str, profiler: Profiler | None, result: dict[str, Any]) -> None:
+    if profiler is None:
+        return
+    ok = profiler.finish()
+    result["profiled"] = True
+    result["profile"] = str(profiler.output)
+    if not ok:
+        result["profile_error"] = profiler.log_text()[-500:]
+        return
+    if profiler.fmt == "raw":
+        summary = summarise(profiler.output)
+        result["profile_top"] = summary["by_component"]
+        text = format_summary(summary, f"py-spy profile of {name}")
+        (ctx.out_dir / f"profile-{name}.summary.md").write_text(text)
+        (ctx.out_dir / f"profile-{name}.summary.json").write_text(json.dumps(summary, indent=2))
+        ctx.profile_summary = text
+        print(text, file=sys.stderr, flush=True)
+
+
+# -- backlog throughput: fanout_1 and fanout_10 ------------------------------------------------
+
+
+async def backlog(ctx: Context, name: str, nsites: int, per_site: int, events: int,
+                  extra_settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    settings = ctx.settings(name, **(extra_settings or {}))
+    await kit.prepare_topics(settings)
+    hooks, by_site, sites = kit.make_hooks(settings.group_id, nsites, per_site, ctx.urls())
+    await kit.write_hooks(settings, hooks)
+    published = Published()
+    await kit.publish_backlog(settings, sites, events, published)
+    expected = set(published.expected_ids(by_site))
+    arrivals = ctx.receiver.arrivals()
+    load_start = _loadavg()
+    worker = kit.start_worker(ctx.procs, settings, name, ctx.python)
+    profiler: Profiler | None = None
+    try:
+        ready = await worker.wait_ready(120.0)
+        rss_ready = worker.rss_kib()
+        cpu_start = worker.cpu_seconds()
+        started = time.monotonic()
+        profiler = _start_profiler(ctx, name, worker.pid)
+        first, complete = await _wait_arrivals(
+            arrivals, expected, timeout=max(60.0, len(expected) / 20), alive=worker.proc.alive
+        )
+        elapsed = time.monotonic() - started
+        cpu = worker.cpu_seconds() - cpu_start
+        result_profiler = profiler
+        profiler = None
+        metrics = await asyncio.to_thread(worker.metrics)
+        rate, window = _window_rate(list(first.values()))
+        p50, p99 = _http_quantiles(metrics)
+        arrivals.poll()
+        counts = Counter(arrivals.ids)
+        result = _result(
+            ctx, name, rate, p50, p99,
+            latency_kind="worker HTTP request duration (histogram, bucket-interpolated)",
+            webhooks=len(hooks), events=events, deliveries_expected=len(expected),
+            deliveries_seen=len(first), complete=complete,
+            duplicates=sum(c - 1 for d, c in counts.items() if d in expected and c > 1),
+            delivered_metric=metric_sum(metrics, DELIVERED, outcome="delivered"),
+            window_s=None if window is None else round(window, 2),
+            ready_s=round(ready, 2),
+            worker_cpu_pct=round(100 * cpu / elapsed, 1) if elapsed > 0 else None,
+            worker_cpu_ms_per_delivery=round(1000 * cpu / len(first), 3) if first else None,
+            endpoints=len(ctx.urls()),
+            loadavg_start=load_start, loadavg_end=_loadavg(),
+            worker_rss_ready_mib=round((rss_ready or 0) / 1024, 1),
+            **_worker_extras(worker, metrics),
+        )
+        if rss_ready and name == "fanout_1":
+            ctx.baseline_rss_kib = rss_ready
+        _finish_profiler(ctx, name, result_profiler, result)
+        if not complete:
+            result["error"] = f"only {len(first)} of {len(expected)} deliveries arrived"
+        return result
+    finally:
+        if profiler is not None:
+            profiler.finish()
+        _stop(ctx, worker)
+
+
+async def fanout_1(ctx: Context) -> dict[str, Any]:
+    """One delivery per event: 1000 sites with one webhook each, spread over the endpoints."""
+    result = await backlog(ctx, "fanout_1", 1000, 1, ctx.sizes.fanout_1_events)
+    ctx.fanout_1_rate = result["deliveries_per_s"]
+    return result
+
+
+async def fanout_10(ctx: Context) -> dict[str, Any]:
+    """Ten webhooks matching every event: 100 sites with ten webhooks each."""
+    return await backlog(ctx, "fanout_10", 100, 10, ctx.sizes.fanout_10_events)
+
+
+# -- paced load: latency_half_load and isolation ---------------------------------------------------
+
+
+def _half_rate(ctx: Context) -> float:
+    rate = ctx.fanout_1_rate or 100.0
+    return max(10.0, rate / 2)
+
+
+async def paced(
+    ctx: Context,
+    name: str,
+    rate: float,
+    seconds: float,
+    *,
+    hook_urls: Callable[[int], str] | None = None,
+    nsites: int = 100,
+    extra_settings: dict[str, Any] | None = None,
+    drain: float = 20.0,
+) -> dict[str, Any]:
+    """Publish at ``rate`` for ``seconds`` to a ready worker; latency from each event's timestamp
+    to its arrival at the receiver. Returns raw measurements (the callers shape results)."""
+    settings = ctx.settings(name, **(extra_settings or {}))
+    await kit.prepare_topics(settings)
+    urls = ctx.urls()
+    hooks: list[Hook] = []
+    by_site: dict[str, list[Hook]] = {}
+    sites = []
+    for s in range(nsites):
+        site, user = f"{settings.group_id}-site-{s}", f"{settings.group_id}-user-{s}"
+        url = hook_urls(s) if hook_urls is not None else urls[s % len(urls)]
+        hook = Hook(f"{settings.group_id}-wh-{s}", url, f"secret-{s:08d}", site, user)
+        hooks.append(hook)
+        by_site[site] = [hook]
+        sites.append((site, user))
+    await kit.write_hooks(settings, hooks)
+    worker, ready = await _start_ready(ctx, settings, name)
+    try:
+        arrivals = ctx.receiver.arrivals()
+        published = Published()
+        load_start = _loadavg()
+        cpu_start = worker.cpu_seconds()
+        t0 = time.monotonic()
+        sent = await kit.publish_paced(settings, sites, rate, seconds, published)
+        publish_s = time.monotonic() - t0
+        expected_all = published.expected_ids(by_site)
+        healthy_urls = set(urls)
+        url_of = {h.id: h.url for h in hooks}
+        healthy = {d for d, (_, wh) in expected_all.items() if url_of[wh] in healthy_urls}
+        first, complete = await _wait_arrivals(arrivals, healthy, timeout=drain,
+                                               alive=worker.proc.alive)
+        cpu = worker.cpu_seconds() - cpu_start
+        wall = time.monotonic() - t0
+        metrics = await asyncio.to_thread(worker.metrics)
+        event_of = {d: e for d, (e, _) in expected_all.items()}
+        latencies = [first[d] - published.stamps[event_of[d]] for d in first]
+        return {
+            "settings": settings,
+            "published": sent,
+            "publish_s": publish_s,
+            "healthy_expected": len(healthy),
+            "healthy_delivered": len(first),
+            "complete": complete,
+            "latencies": latencies,
+            "healthy_rate": len(first) / publish_s if publish_s > 0 else None,
+            "ready_s": ready,
+            "worker_cpu_pct": round(100 * cpu / wall, 1) if wall > 0 else None,
+            "metrics": metrics,
+            "extras": _worker_extras(worker, metrics),
+            "loadavg_start": load_start,
+            "loadavg_end": _loadavg(),
+        }
+    finally:
+        _stop(ctx, worker)
+
+
+async def latency_half_load(ctx: Context) -> dict[str, Any]:
+    """Publish at half the fan-out-1 rate; event timestamp -> receiver arrival."""
+    rate = _half_rate(ctx)
+    run = await paced(ctx, "latency_half_load", rate, ctx.sizes.paced_seconds)
+    lat = run["latencies"]
+    result = _result(
+        ctx, "latency_half_load", run["healthy_rate"], percentile(lat, 0.5), percentile(lat, 0.99),
+        latency_kind="event timestamp -> receiver arrival (ms clocks, same machine)",
+        offered_per_s=round(rate, 1), published=run["published"],
+        delivered=run["healthy_delivered"], complete=run["complete"],
+        p90_ms=_ms(percentile(lat, 0.9)), max_ms=_ms(max(lat) if lat else None),
+        worker_cpu_pct=run["worker_cpu_pct"], ready_s=round(run["ready_s"], 2),
+        loadavg_start=run["loadavg_start"], loadavg_end=run["loadavg_end"],
+        **run["extras"],
+    )
+    if not run["complete"]:
+        result["error"] = f"{run['healthy_expected'] - run['healthy_delivered']} not delivered"
+    return result
+
+
+async def _isolation(ctx: Context, name: str, mode: str, fault_seconds: float) -> dict[str, Any]:
+    """10% of webhooks on a faulty endpoint (``hang``: answers after far longer than the 2 s
+    timeout; ``slow``: answers 200 after ``fault_seconds``), the rest on the healthy receiver;
+    paced at half the fan-out-1 rate; compared with a run of the same shape without the fault."""
+    from .procs import free_port
+
+    rate = _half_rate(ctx)
+    port = free_port()
+    proc, _ = start_aiohttp(ctx.procs, ctx.workdir, f"{name}-receiver", [(port, mode, fault_seconds)])
+    faulty_url = f"http://127.0.0.1:{port}/hook"
+    urls = ctx.urls()
+    settings = {"http_timeout": 2.0, "breaker_threshold": 5}
+    try:
+        # Same shape, no fault: the faulty tenth points at the healthy receiver too.
+        base = await paced(ctx, f"{name}_nofault", rate, ctx.sizes.paced_seconds,
+                           extra_settings=settings)
+        fault = await paced(
+            ctx, name, rate, ctx.sizes.paced_seconds, extra_settings=settings,
+            hook_urls=lambda s: faulty_url if s % 10 == 0 else urls[s % len(urls)],
+        )
+    finally:
+        ctx.procs.stop(proc, grace=5.0)
+    lat, base_lat = fault["latencies"], base["latencies"]
+    p99, base_p99 = percentile(lat, 0.99), percentile(base_lat, 0.99)
+    result = _result(
+        ctx, name, fault["healthy_rate"], percentile(lat, 0.5), p99,
+        latency_kind="healthy webhooks: event timestamp -> receiver arrival",
+        fault=f"10% of webhooks on an endpoint that {'hangs' if mode == 'hang' else 'answers after'}"
+        f" {fault_seconds:g}s; http_timeout 2s; breaker_threshold 5",
+        offered_per_s=round(rate, 1),
+        healthy_delivered=fault["healthy_delivered"], healthy_expected=fault["healthy_expected"],
+        no_fault_per_s=None if base["healthy_rate"] is None else round(base["healthy_rate"], 1),
+        no_fault_p50_ms=_ms(percentile(base_lat, 0.5)), no_fault_p99_ms=_ms(base_p99),
+        rate_vs_no_fault=round(fault["healthy_rate"] / base["healthy_rate"], 3)
+        if fault["healthy_rate"] and base["healthy_rate"] else None,
+        p99_vs_no_fault=round(p99 / base_p99, 2) if p99 and base_p99 else None,
+        faulty_attempts_failed=fault["extras"]["attempts_failed"],
+        retries_scheduled=fault["extras"]["retries_scheduled"],
+        circuits_open=metric_sum(fault["metrics"], "webhook_bridge_circuits_open"),
+        worker_cpu_pct=fault["worker_cpu_pct"],
+        loadavg_start=base["loadavg_start"], loadavg_end=fault["loadavg_end"],
+    )
+    if not fault["complete"]:
+        result["error"] = (
+            f"{fault['healthy_expected'] - fault['healthy_delivered']} healthy deliveries "
+            "missing after the drain period"
+        )
+    return result
+
+
+async def isolation(ctx: Context) -> dict[str, Any]:
+    return await _isolation(ctx, "isolation", "hang", 600.0)
+
+
+async def isolation_slow(ctx: Context) -> dict[str, Any]:
+    return await _isolation(ctx, "isolation_slow", "slow", 1.0)
+
+
+# -- subscriptions_100k ----------------------------------------------------------------------------
+
+
+async def subscriptions_100k(ctx: Context) -> dict[str, Any]:
+    """Write N subscriptions (one record per batch), then time a worker's start until ready."""
+    count = ctx.sizes.subscriptions
+    settings = ctx.settings("subscriptions")
+    await kit.prepare_topics(settings)
+    hooks, _, _ = kit.make_hooks(settings.group_id, count, 1, ctx.urls())
+    # How fast can records be written one per batch? Sequential send_and_wait on a sample, then
+    # the whole set with bounded concurrency (single-record batches).
+    sample = ctx.settings("subscriptions-seq")
+    await kit.prepare_topics(sample)
+    seq_n = min(2000, count)
+    seq_s = await kit.write_hooks(sample, hooks[:seq_n], sequential=True)
+    write_s = await kit.write_hooks(settings, hooks, in_flight=256)
+    load_start = _loadavg()
+    worker = kit.start_worker(ctx.procs, settings, "subscriptions", ctx.python)
+    try:
+        ready = await worker.wait_ready(600.0)
+        rss = worker.rss_kib() or 0
+        metrics = await asyncio.to_thread(worker.metrics)
+        active = metric_sum(metrics, "webhook_bridge_subscriptions", state="active")
+        result = _result(
+            ctx, "subscriptions_100k", None, None, None,
+            latency_kind=None,
+            subscriptions=count,
+            write_per_s=round(count / write_s, 1),
+            write_s=round(write_s, 2),
+            sequential_send_and_wait_per_s=round(seq_n / seq_s, 1),
+            ready_s=round(ready, 2),
+            worker_rss_mib=round(rss / 1024, 1),
+            rss_per_subscription_bytes=round((rss - ctx.baseline_rss_kib) * 1024 / count)
+            if ctx.baseline_rss_kib else None,
+            active_gauge=active,
+            count_verified=active == count,
+            loadavg_start=load_start, loadavg_end=_loadavg(),
+        )
+        if active != count:
+            result["error"] = f"the worker recovered {active:g} of {count} subscriptions"
+        return result
+    finally:
+        _stop(ctx, worker)
+
+
+# -- recovery_after_sigkill ------------------------------------------------------------------------
+
+
+async def recovery_after_sigkill(ctx: Context) -> dict[str, Any]:
+    """Steady stream; SIGKILL the worker; start another in the same group; time to the first
+    delivery, to catching up, and whether every event still arrived."""
+    rate = max(10.0, _half_rate(ctx) / 2)
+    settings = ctx.settings("recovery")
+    await kit.prepare_topics(settings)
+    hooks, by_site, sites = kit.make_hooks(settings.group_id, 100, 1, ctx.urls())
+    await kit.write_hooks(settings, hooks)
+    first_worker, _ = await _start_ready(ctx, settings, "recovery-a")
+    second: Worker | None = None
+    arrivals = ctx.receiver.arrivals()
+    published = Published()
+    stop = asyncio.Event()
+    producer = asyncio.create_task(
+        kit.publish_paced(settings, sites, rate, ctx.sizes.recovery_seconds, published, stop)
+    )
+    try:
+        await asyncio.sleep(3.0)
+        arrivals.poll()
+        before_kill = len(arrivals.ids)
+        killed_at = time.time()
+        ctx.procs.kill(first_worker.proc)
+        second = kit.start_worker(ctx.procs, settings, "recovery-b", ctx.python)
+        restarted = time.time()
+        ready = await second.wait_ready(120.0)
+        # First arrival after the restart (the killed worker can send nothing any more).
+        deadline = time.monotonic() + 60
+        first_after = None
+        while first_after is None and time.monotonic() < deadline:
+            arrivals.poll()
+            after = [t for t in arrivals.times if t > restarted]
+            if after:
+                first_after = min(after)
+            else:
+                await asyncio.sleep(0.05)
+        # Caught up: every event published before the restart has been delivered.
+        expected_before = {
+            d for d, (e, _) in published.expected_ids(by_site).items()
+            if published.stamps[e] <= restarted
+        }
+        got, caught_up = await _wait_arrivals(arrivals, expected_before, timeout=60.0,
+                                              alive=second.proc.alive)
+        caught_up_at = max(got.values()) if got else None
+        stop.set()
+        sent = await producer
+        expected = published.expected_ids(by_site)
+        got_all, complete = await _wait_arrivals(arrivals, set(expected), timeout=30.0,
+                                                 alive=second.proc.alive)
+        counts = Counter(arrivals.ids)
+        lat_after = sorted(
+            got_all[d] - published.stamps[e] for d, (e, _) in expected.items()
+            if d in got_all and published.stamps[e] > (caught_up_at or restarted) + 1
+        )
+        metrics = await asyncio.to_thread(second.metrics)
+        result = _result(
+            ctx, "recovery_after_sigkill",
+            None, percentile(lat_after, 0.5), percentile(lat_after, 0.99),
+            latency_kind="event timestamp -> arrival, for events published after catching up",
+            offered_per_s=round(rate, 1),
+            delivered_before_kill=before_kill,
+            restart_to_ready_s=round(ready, 2),
+            restart_to_first_delivery_s=round(first_after - restarted, 2) if first_after else None,
+            restart_to_caught_up_s=round(caught_up_at - restarted, 2) if caught_up_at else None,
+            published=sent, deliveries_expected=len(expected), delivered=len(got_all),
+            missing=len(expected) - len(got_all),
+            redelivered=sum(c - 1 for d, c in counts.items() if d in expected and c > 1),
+            session_timeout_s=settings.kafka_session_timeout,
+            kill_to_restart_ms=round((restarted - killed_at) * 1000, 1),
+            **_worker_extras(second, metrics),
+        )
+        if first_after is None:
+            result["error"] = "no delivery within 60 s of the restart"
+        elif not complete:
+            result["error"] = f"{len(expected) - len(got_all)} deliveries never arrived"
+        elif not caught_up:
+            result["error"] = "did not catch up within 60 s"
+        return result
+    finally:
+        stop.set()
+        if not producer.done():
+            try:
+                await asyncio.wait_for(producer, 10.0)
+            except (TimeoutError, Exception):
+                producer.cancel()
+        if first_worker.proc.alive():
+            ctx.procs.kill(first_worker.proc)
+        if second is not None:
+            _stop(ctx, second)
+
+
+# -- naive_baseline --------------------------------------------------------------------------------
+
+
+async def naive_baseline(ctx: Context) -> dict[str, Any]:
+    """bench/naive_app.py: a Faust agent awaiting one httpx POST per delivery."""
+    settings = ctx.settings("naive")
+    await kit.prepare_topics(settings)
+    hooks, by_site, sites = kit.make_hooks(settings.group_id, 1000, 1, ctx.urls())
+    hooks_file = ctx.workdir / f"{settings.group_id}-hooks.json"
+    hooks_file.write_text(json.dumps({
+        site: [{"id": h.id, "name": f"bench {h.id}", "url": h.url, "secret": h.secret}
+               for h in site_hooks]
+        for site, site_hooks in by_site.items()
+    }))
+    published = Published()
+    await kit.publish_backlog(settings, sites, ctx.sizes.naive_events, published)
+    expected = set(published.expected_ids(by_site))
+    arrivals = ctx.receiver.arrivals()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(
+        NAIVE_BROKER=f"kafka://{ctx.bootstrap}", NAIVE_TOPIC=settings.events_topic,
+        NAIVE_GROUP=settings.group_id, NAIVE_WEBHOOKS=str(hooks_file),
+        NAIVE_DATADIR=str(ctx.workdir / "data" / settings.group_id), PYTHONUNBUFFERED="1",
+    )
+    load_start = _loadavg()
+    proc = ctx.procs.spawn("naive", [ctx.python, "-m", "bench.naive_app"], env=env)
+    spawned = time.time()
+    started = time.monotonic()
+    cpu_start = kit.cpu_seconds(proc.pid)
+    try:
+        first, complete = await _wait_arrivals(
+            arrivals, expected, timeout=max(90.0, len(expected) / 10), alive=proc.alive
+        )
+        cpu = kit.cpu_seconds(proc.pid) - cpu_start
+        rate, window = _window_rate(list(first.values()))
+        gaps = sorted(b - a for a, b in zip(sorted(first.values()), sorted(first.values())[1:]))
+        result = _result(
+            ctx, "naive_baseline", rate, percentile(gaps, 0.5), percentile(gaps, 0.99),
+            latency_kind="gap between consecutive arrivals (one request at a time)",
+            events=ctx.sizes.naive_events, deliveries_expected=len(expected),
+            deliveries_seen=len(first), complete=complete,
+            window_s=None if window is None else round(window, 2),
+            start_to_first_delivery_s=round(min(first.values()) - spawned, 2) if first else None,
+            bridge_speedup=round(ctx.fanout_1_rate / rate, 2) if ctx.fanout_1_rate and rate else None,
+            process_cpu_pct=round(100 * cpu / (time.monotonic() - started), 1),
+            process_rss_mib=round((rss_kib(proc.pid) or 0) / 1024, 1),
+            loadavg_start=load_start, loadavg_end=_loadavg(),
+        )
+        if not complete:
+            result["error"] = f"only {len(first)} of {len(expected)} deliveries arrived"
+        if not proc.alive() and not complete:
+            result["error"] += f"; naive app exited: {proc.tail(10)}"
+        return result
+    finally:
+        ctx.procs.stop(proc, grace=8.0)
+
+
+SCENARIOS: dict[str, Callable[[Context], Any]] = {
+    "fanout_1": fanout_1,
+    "fanout_10": fanout_10,
+    "latency_half_load": latency_half_load,
+    "isolation": isolation,
+    "isolation_slow": isolation_slow,
+    "subscriptions_100k": subscriptions_100k,
+    "recovery_after_sigkill": recovery_after_sigkill,
+    "naive_baseline": naive_baseline,
+}
+#: Scenarios that pace their load from the fan-out-1 rate (it is measured first if not asked).
+NEEDS_FANOUT_1 = {"latency_half_load", "isolation", "isolation_slow", "recovery_after_sigkill"}
