@@ -114,7 +114,9 @@ async def httpx_ceiling(urls: list[str], count: int, concurrency: int = 8) -> di
     )
 
 
-async def bridge_sender_ceiling(urls: list[str], count: int, concurrency: int = 32) -> dict[str, Any]:
+async def bridge_sender_ceiling(
+    urls: list[str], count: int, concurrency: int = 32
+) -> dict[str, Any]:
     """The bridge's own HTTP stack (``bridge.delivery.new_client`` with the SSRF-guarded
     transport, ``Sender.send`` with ``build_headers``), no Kafka: what the worker could reach if
     everything around the HTTP request were free."""

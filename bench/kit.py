@@ -164,7 +164,9 @@ def metric_sum(metrics: dict[str, float], name: str, **labels: str) -> float:
     return total
 
 
-def histogram_quantile(metrics: dict[str, float], name: str, q: float, **labels: str) -> float | None:
+def histogram_quantile(
+    metrics: dict[str, float], name: str, q: float, **labels: str
+) -> float | None:
     """Prometheus-style quantile (linear within the bucket) of a histogram, in its unit."""
     buckets: dict[float, float] = {}
     for key, value in metrics.items():
@@ -263,9 +265,7 @@ async def write_hooks(
             pending: set[asyncio.Future[Any]] = set()
             for hook in hooks:
                 if len(pending) >= in_flight:
-                    done, pending = await asyncio.wait(
-                        pending, return_when=asyncio.FIRST_COMPLETED
-                    )
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                     for future in done:
                         future.result()
                 future = await producer.send(

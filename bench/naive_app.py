@@ -57,7 +57,9 @@ async def deliver(stream):  # type: ignore[no-untyped-def]
             body = json.dumps(
                 {
                     "id": delivery,
-                    "event": {k: event[k] for k in ("type", "data", "timestamp", "site_id", "user_id")},
+                    "event": {
+                        k: event[k] for k in ("type", "data", "timestamp", "site_id", "user_id")
+                    },
                     "webhook": {"id": hook["id"], "name": hook["name"]},
                 },
                 separators=(",", ":"),

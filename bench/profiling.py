@@ -57,7 +57,9 @@ class Profiler:
     fmt: str
 
     @classmethod
-    def start(cls, pid: int, output: Path, *, fmt: str, max_seconds: int, rate: int = 100) -> Profiler:
+    def start(
+        cls, pid: int, output: Path, *, fmt: str, max_seconds: int, rate: int = 100
+    ) -> Profiler:
         binary = pyspy_binary()
         if binary is None:
             raise RuntimeError("py-spy not installed (pip install py-spy)")
@@ -80,7 +82,10 @@ class Profiler:
             "--nonblocking",
         ]
         popen = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         log.close()

@@ -112,8 +112,9 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
 
-def _result(ctx: Context, name: str, rate: float | None, p50: float | None, p99: float | None,
-            **extra: Any) -> dict[str, Any]:
+def _result(
+    ctx: Context, name: str, rate: float | None, p50: float | None, p99: float | None, **extra: Any
+) -> dict[str, Any]:
     ratio = round(rate / ctx.ceiling, 4) if rate and ctx.ceiling else None
     return {
         "name": name,
@@ -173,7 +174,9 @@ def _window_rate(times: Sequence[float]) -> tuple[float | None, float | None]:
 
 def _worker_extras(worker: Worker, metrics: dict[str, float]) -> dict[str, Any]:
     return {
-        "attempts_failed": metric_sum(metrics, "webhook_bridge_delivery_attempts_total", outcome="failure"),
+        "attempts_failed": metric_sum(
+            metrics, "webhook_bridge_delivery_attempts_total", outcome="failure"
+        ),
         "retries_scheduled": metric_sum(metrics, "webhook_bridge_retries_scheduled_total"),
         "dead_letters": metric_sum(metrics, "webhook_bridge_dead_letters_total"),
         "sync_timeouts": metric_sum(metrics, "webhook_bridge_subscription_sync_timeouts_total"),
@@ -189,8 +192,9 @@ def _http_quantiles(metrics: dict[str, float]) -> tuple[float | None, float | No
     )
 
 
-async def _start_ready(ctx: Context, settings: Settings, label: str, timeout: float = 120.0
-                       ) -> tuple[Worker, float]:
+async def _start_ready(
+    ctx: Context, settings: Settings, label: str, timeout: float = 120.0
+) -> tuple[Worker, float]:
     worker = kit.start_worker(ctx.procs, settings, label, ctx.python)
     ready = await worker.wait_ready(timeout)
     return worker, ready
@@ -211,7 +215,9 @@ def _start_profiler(ctx: Context, name: str, pid: int) -> Profiler | None:
     return Profiler.start(pid, output, fmt=ctx.profile_format, max_seconds=ctx.profile_seconds)
 
 
-def _finish_profiler(ctx: Context, name: str, profiler: Profiler | None, result: dict[str, Any]) -> None:
+def _finish_profiler(
+    ctx: Context, name: str, profiler: Profiler | None, result: dict[str, Any]
+) -> None:
     if profiler is None:
         return
     ok = profiler.finish()
@@ -233,8 +239,14 @@ def _finish_profiler(ctx: Context, name: str, profiler: Profiler | None, result:
 # -- backlog throughput: fanout_1 and fanout_10 ------------------------------------------------
 
 
-async def backlog(ctx: Context, name: str, nsites: int, per_site: int, events: int,
-                  extra_settings: dict[str, Any] | None = None) -> dict[str, Any]:
+async def backlog(
+    ctx: Context,
+    name: str,
+    nsites: int,
+    per_site: int,
+    events: int,
+    extra_settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     settings = ctx.settings(name, **(extra_settings or {}))
     await kit.prepare_topics(settings)
     hooks, by_site, sites = kit.make_hooks(settings.group_id, nsites, per_site, ctx.urls())
@@ -257,7 +269,8 @@ async def backlog(ctx: Context, name: str, nsites: int, per_site: int, events: i
         )
         elapsed = time.monotonic() - started
         cpu = worker.cpu_seconds() - cpu_start
-        result_profiler = profiler
+        profiled: dict[str, Any] = {}
+        _finish_profiler(ctx, name, profiler, profiled)
         profiler = None
         metrics = await asyncio.to_thread(worker.metrics)
         rate, window = _window_rate(list(first.values()))
@@ -265,10 +278,17 @@ async def backlog(ctx: Context, name: str, nsites: int, per_site: int, events: i
         arrivals.poll()
         counts = Counter(arrivals.ids)
         result = _result(
-            ctx, name, rate, p50, p99,
+            ctx,
+            name,
+            rate,
+            p50,
+            p99,
             latency_kind="worker HTTP request duration (histogram, bucket-interpolated)",
-            webhooks=len(hooks), events=events, deliveries_expected=len(expected),
-            deliveries_seen=len(first), complete=complete,
+            webhooks=len(hooks),
+            events=events,
+            deliveries_expected=len(expected),
+            deliveries_seen=len(first),
+            complete=complete,
             duplicates=sum(c - 1 for d, c in counts.items() if d in expected and c > 1),
             delivered_metric=metric_sum(metrics, DELIVERED, outcome="delivered"),
             window_s=None if window is None else round(window, 2),
@@ -276,13 +296,14 @@ async def backlog(ctx: Context, name: str, nsites: int, per_site: int, events: i
             worker_cpu_pct=round(100 * cpu / elapsed, 1) if elapsed > 0 else None,
             worker_cpu_ms_per_delivery=round(1000 * cpu / len(first), 3) if first else None,
             endpoints=len(ctx.urls()),
-            loadavg_start=load_start, loadavg_end=_loadavg(),
+            loadavg_start=load_start,
+            loadavg_end=_loadavg(),
             worker_rss_ready_mib=round((rss_ready or 0) / 1024, 1),
             **_worker_extras(worker, metrics),
         )
         if rss_ready and name == "fanout_1":
             ctx.baseline_rss_kib = rss_ready
-        _finish_profiler(ctx, name, result_profiler, result)
+        result.update(profiled)
         if not complete:
             result["error"] = f"only {len(first)} of {len(expected)} deliveries arrived"
         return result
@@ -340,6 +361,7 @@ async def paced(
         sites.append((site, user))
     await kit.write_hooks(settings, hooks)
     worker, ready = await _start_ready(ctx, settings, name)
+    profiler = _start_profiler(ctx, name, worker.pid)
     try:
         arrivals = ctx.receiver.arrivals()
         published = Published()
@@ -352,11 +374,15 @@ async def paced(
         healthy_urls = set(urls)
         url_of = {h.id: h.url for h in hooks}
         healthy = {d for d, (_, wh) in expected_all.items() if url_of[wh] in healthy_urls}
-        first, complete = await _wait_arrivals(arrivals, healthy, timeout=drain,
-                                               alive=worker.proc.alive)
+        first, complete = await _wait_arrivals(
+            arrivals, healthy, timeout=drain, alive=worker.proc.alive
+        )
         cpu = worker.cpu_seconds() - cpu_start
         wall = time.monotonic() - t0
         metrics = await asyncio.to_thread(worker.metrics)
+        profiled: dict[str, Any] = {}
+        _finish_profiler(ctx, name, profiler, profiled)
+        profiler = None
         event_of = {d: e for d, (e, _) in expected_all.items()}
         latencies = [first[d] - published.stamps[event_of[d]] for d in first]
         return {
@@ -374,8 +400,11 @@ async def paced(
             "extras": _worker_extras(worker, metrics),
             "loadavg_start": load_start,
             "loadavg_end": _loadavg(),
+            "profiled": profiled,
         }
     finally:
+        if profiler is not None:
+            profiler.finish()
         _stop(ctx, worker)
 
 
@@ -385,14 +414,24 @@ async def latency_half_load(ctx: Context) -> dict[str, Any]:
     run = await paced(ctx, "latency_half_load", rate, ctx.sizes.paced_seconds)
     lat = run["latencies"]
     result = _result(
-        ctx, "latency_half_load", run["healthy_rate"], percentile(lat, 0.5), percentile(lat, 0.99),
+        ctx,
+        "latency_half_load",
+        run["healthy_rate"],
+        percentile(lat, 0.5),
+        percentile(lat, 0.99),
         latency_kind="event timestamp -> receiver arrival (ms clocks, same machine)",
-        offered_per_s=round(rate, 1), published=run["published"],
-        delivered=run["healthy_delivered"], complete=run["complete"],
-        p90_ms=_ms(percentile(lat, 0.9)), max_ms=_ms(max(lat) if lat else None),
-        worker_cpu_pct=run["worker_cpu_pct"], ready_s=round(run["ready_s"], 2),
-        loadavg_start=run["loadavg_start"], loadavg_end=run["loadavg_end"],
+        offered_per_s=round(rate, 1),
+        published=run["published"],
+        delivered=run["healthy_delivered"],
+        complete=run["complete"],
+        p90_ms=_ms(percentile(lat, 0.9)),
+        max_ms=_ms(max(lat) if lat else None),
+        worker_cpu_pct=run["worker_cpu_pct"],
+        ready_s=round(run["ready_s"], 2),
+        loadavg_start=run["loadavg_start"],
+        loadavg_end=run["loadavg_end"],
         **run["extras"],
+        **run["profiled"],
     )
     if not run["complete"]:
         result["error"] = f"{run['healthy_expected'] - run['healthy_delivered']} not delivered"
@@ -407,39 +446,56 @@ async def _isolation(ctx: Context, name: str, mode: str, fault_seconds: float) -
 
     rate = _half_rate(ctx)
     port = free_port()
-    proc, _ = start_aiohttp(ctx.procs, ctx.workdir, f"{name}-receiver", [(port, mode, fault_seconds)])
+    proc, _ = start_aiohttp(
+        ctx.procs, ctx.workdir, f"{name}-receiver", [(port, mode, fault_seconds)]
+    )
     faulty_url = f"http://127.0.0.1:{port}/hook"
     urls = ctx.urls()
     settings = {"http_timeout": 2.0, "breaker_threshold": 5}
     try:
         # Same shape, no fault: the faulty tenth points at the healthy receiver too.
-        base = await paced(ctx, f"{name}_nofault", rate, ctx.sizes.paced_seconds,
-                           extra_settings=settings)
+        base = await paced(
+            ctx, f"{name}_nofault", rate, ctx.sizes.paced_seconds, extra_settings=settings
+        )
         fault = await paced(
-            ctx, name, rate, ctx.sizes.paced_seconds, extra_settings=settings,
+            ctx,
+            name,
+            rate,
+            ctx.sizes.paced_seconds,
+            extra_settings=settings,
             hook_urls=lambda s: faulty_url if s % 10 == 0 else urls[s % len(urls)],
         )
     finally:
         ctx.procs.stop(proc, grace=5.0)
+    what = "hangs" if mode == "hang" else "answers after"
     lat, base_lat = fault["latencies"], base["latencies"]
     p99, base_p99 = percentile(lat, 0.99), percentile(base_lat, 0.99)
     result = _result(
-        ctx, name, fault["healthy_rate"], percentile(lat, 0.5), p99,
+        ctx,
+        name,
+        fault["healthy_rate"],
+        percentile(lat, 0.5),
+        p99,
         latency_kind="healthy webhooks: event timestamp -> receiver arrival",
-        fault=f"10% of webhooks on an endpoint that {'hangs' if mode == 'hang' else 'answers after'}"
-        f" {fault_seconds:g}s; http_timeout 2s; breaker_threshold 5",
+        fault=f"10% of webhooks on an endpoint that {what} {fault_seconds:g}s; "
+        "http_timeout 2s; breaker_threshold 5",
         offered_per_s=round(rate, 1),
-        healthy_delivered=fault["healthy_delivered"], healthy_expected=fault["healthy_expected"],
+        healthy_delivered=fault["healthy_delivered"],
+        healthy_expected=fault["healthy_expected"],
         no_fault_per_s=None if base["healthy_rate"] is None else round(base["healthy_rate"], 1),
-        no_fault_p50_ms=_ms(percentile(base_lat, 0.5)), no_fault_p99_ms=_ms(base_p99),
+        no_fault_p50_ms=_ms(percentile(base_lat, 0.5)),
+        no_fault_p99_ms=_ms(base_p99),
         rate_vs_no_fault=round(fault["healthy_rate"] / base["healthy_rate"], 3)
-        if fault["healthy_rate"] and base["healthy_rate"] else None,
+        if fault["healthy_rate"] and base["healthy_rate"]
+        else None,
         p99_vs_no_fault=round(p99 / base_p99, 2) if p99 and base_p99 else None,
         faulty_attempts_failed=fault["extras"]["attempts_failed"],
         retries_scheduled=fault["extras"]["retries_scheduled"],
         circuits_open=metric_sum(fault["metrics"], "webhook_bridge_circuits_open"),
         worker_cpu_pct=fault["worker_cpu_pct"],
-        loadavg_start=base["loadavg_start"], loadavg_end=fault["loadavg_end"],
+        loadavg_start=base["loadavg_start"],
+        loadavg_end=fault["loadavg_end"],
+        **fault["profiled"],
     )
     if not fault["complete"]:
         result["error"] = (
@@ -475,13 +531,24 @@ async def subscriptions_100k(ctx: Context) -> dict[str, Any]:
     write_s = await kit.write_hooks(settings, hooks, in_flight=256)
     load_start = _loadavg()
     worker = kit.start_worker(ctx.procs, settings, "subscriptions", ctx.python)
+    profiler = None
     try:
+        if ctx.profile == "subscriptions_100k":
+            await asyncio.sleep(0.5)  # let the interpreter start before py-spy attaches
+            profiler = _start_profiler(ctx, "subscriptions_100k", worker.pid)
         ready = await worker.wait_ready(600.0)
+        profiled: dict[str, Any] = {}
+        _finish_profiler(ctx, "subscriptions_100k", profiler, profiled)
+        profiler = None
         rss = worker.rss_kib() or 0
         metrics = await asyncio.to_thread(worker.metrics)
         active = metric_sum(metrics, "webhook_bridge_subscriptions", state="active")
         result = _result(
-            ctx, "subscriptions_100k", None, None, None,
+            ctx,
+            "subscriptions_100k",
+            None,
+            None,
+            None,
             latency_kind=None,
             subscriptions=count,
             write_per_s=round(count / write_s, 1),
@@ -490,15 +557,20 @@ async def subscriptions_100k(ctx: Context) -> dict[str, Any]:
             ready_s=round(ready, 2),
             worker_rss_mib=round(rss / 1024, 1),
             rss_per_subscription_bytes=round((rss - ctx.baseline_rss_kib) * 1024 / count)
-            if ctx.baseline_rss_kib else None,
+            if ctx.baseline_rss_kib
+            else None,
             active_gauge=active,
             count_verified=active == count,
-            loadavg_start=load_start, loadavg_end=_loadavg(),
+            loadavg_start=load_start,
+            loadavg_end=_loadavg(),
+            **profiled,
         )
         if active != count:
             result["error"] = f"the worker recovered {active:g} of {count} subscriptions"
         return result
     finally:
+        if profiler is not None:
+            profiler.finish()
         _stop(ctx, worker)
 
 
@@ -542,33 +614,42 @@ async def recovery_after_sigkill(ctx: Context) -> dict[str, Any]:
                 await asyncio.sleep(0.05)
         # Caught up: every event published before the restart has been delivered.
         expected_before = {
-            d for d, (e, _) in published.expected_ids(by_site).items()
+            d
+            for d, (e, _) in published.expected_ids(by_site).items()
             if published.stamps[e] <= restarted
         }
-        got, caught_up = await _wait_arrivals(arrivals, expected_before, timeout=60.0,
-                                              alive=second.proc.alive)
+        got, caught_up = await _wait_arrivals(
+            arrivals, expected_before, timeout=60.0, alive=second.proc.alive
+        )
         caught_up_at = max(got.values()) if got else None
         stop.set()
         sent = await producer
         expected = published.expected_ids(by_site)
-        got_all, complete = await _wait_arrivals(arrivals, set(expected), timeout=30.0,
-                                                 alive=second.proc.alive)
+        got_all, complete = await _wait_arrivals(
+            arrivals, set(expected), timeout=30.0, alive=second.proc.alive
+        )
         counts = Counter(arrivals.ids)
         lat_after = sorted(
-            got_all[d] - published.stamps[e] for d, (e, _) in expected.items()
+            got_all[d] - published.stamps[e]
+            for d, (e, _) in expected.items()
             if d in got_all and published.stamps[e] > (caught_up_at or restarted) + 1
         )
         metrics = await asyncio.to_thread(second.metrics)
         result = _result(
-            ctx, "recovery_after_sigkill",
-            None, percentile(lat_after, 0.5), percentile(lat_after, 0.99),
+            ctx,
+            "recovery_after_sigkill",
+            None,
+            percentile(lat_after, 0.5),
+            percentile(lat_after, 0.99),
             latency_kind="event timestamp -> arrival, for events published after catching up",
             offered_per_s=round(rate, 1),
             delivered_before_kill=before_kill,
             restart_to_ready_s=round(ready, 2),
             restart_to_first_delivery_s=round(first_after - restarted, 2) if first_after else None,
             restart_to_caught_up_s=round(caught_up_at - restarted, 2) if caught_up_at else None,
-            published=sent, deliveries_expected=len(expected), delivered=len(got_all),
+            published=sent,
+            deliveries_expected=len(expected),
+            delivered=len(got_all),
             missing=len(expected) - len(got_all),
             redelivered=sum(c - 1 for d, c in counts.items() if d in expected and c > 1),
             session_timeout_s=settings.kafka_session_timeout,
@@ -604,44 +685,77 @@ async def naive_baseline(ctx: Context) -> dict[str, Any]:
     await kit.prepare_topics(settings)
     hooks, by_site, sites = kit.make_hooks(settings.group_id, 1000, 1, ctx.urls())
     hooks_file = ctx.workdir / f"{settings.group_id}-hooks.json"
-    hooks_file.write_text(json.dumps({
-        site: [{"id": h.id, "name": f"bench {h.id}", "url": h.url, "secret": h.secret}
-               for h in site_hooks]
-        for site, site_hooks in by_site.items()
-    }))
+    hooks_file.write_text(
+        json.dumps(
+            {
+                site: [
+                    {"id": h.id, "name": f"bench {h.id}", "url": h.url, "secret": h.secret}
+                    for h in site_hooks
+                ]
+                for site, site_hooks in by_site.items()
+            }
+        )
+    )
     published = Published()
     await kit.publish_backlog(settings, sites, ctx.sizes.naive_events, published)
     expected = set(published.expected_ids(by_site))
     arrivals = ctx.receiver.arrivals()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     env.update(
-        NAIVE_BROKER=f"kafka://{ctx.bootstrap}", NAIVE_TOPIC=settings.events_topic,
-        NAIVE_GROUP=settings.group_id, NAIVE_WEBHOOKS=str(hooks_file),
-        NAIVE_DATADIR=str(ctx.workdir / "data" / settings.group_id), PYTHONUNBUFFERED="1",
+        NAIVE_BROKER=f"kafka://{ctx.bootstrap}",
+        NAIVE_TOPIC=settings.events_topic,
+        NAIVE_GROUP=settings.group_id,
+        NAIVE_WEBHOOKS=str(hooks_file),
+        NAIVE_DATADIR=str(ctx.workdir / "data" / settings.group_id),
+        PYTHONUNBUFFERED="1",
     )
     load_start = _loadavg()
     proc = ctx.procs.spawn("naive", [ctx.python, "-m", "bench.naive_app"], env=env)
     spawned = time.time()
     started = time.monotonic()
     cpu_start = kit.cpu_seconds(proc.pid)
+    profiler: Profiler | None = None
     try:
+
+        def attach() -> None:
+            nonlocal profiler
+            profiler = _start_profiler(ctx, "naive_baseline", proc.pid)
+
         first, complete = await _wait_arrivals(
-            arrivals, expected, timeout=max(90.0, len(expected) / 10), alive=proc.alive
+            arrivals,
+            expected,
+            timeout=max(90.0, len(expected) / 10),
+            alive=proc.alive,
+            on_first=attach,
         )
+        profiled: dict[str, Any] = {}
+        _finish_profiler(ctx, "naive_baseline", profiler, profiled)
+        profiler = None
         cpu = kit.cpu_seconds(proc.pid) - cpu_start
         rate, window = _window_rate(list(first.values()))
-        gaps = sorted(b - a for a, b in zip(sorted(first.values()), sorted(first.values())[1:]))
+        ordered = sorted(first.values())
+        gaps = sorted(b - a for a, b in zip(ordered, ordered[1:], strict=False))
         result = _result(
-            ctx, "naive_baseline", rate, percentile(gaps, 0.5), percentile(gaps, 0.99),
+            ctx,
+            "naive_baseline",
+            rate,
+            percentile(gaps, 0.5),
+            percentile(gaps, 0.99),
             latency_kind="gap between consecutive arrivals (one request at a time)",
-            events=ctx.sizes.naive_events, deliveries_expected=len(expected),
-            deliveries_seen=len(first), complete=complete,
+            events=ctx.sizes.naive_events,
+            deliveries_expected=len(expected),
+            deliveries_seen=len(first),
+            complete=complete,
             window_s=None if window is None else round(window, 2),
             start_to_first_delivery_s=round(min(first.values()) - spawned, 2) if first else None,
-            bridge_speedup=round(ctx.fanout_1_rate / rate, 2) if ctx.fanout_1_rate and rate else None,
+            bridge_speedup=round(ctx.fanout_1_rate / rate, 2)
+            if ctx.fanout_1_rate and rate
+            else None,
             process_cpu_pct=round(100 * cpu / (time.monotonic() - started), 1),
             process_rss_mib=round((rss_kib(proc.pid) or 0) / 1024, 1),
-            loadavg_start=load_start, loadavg_end=_loadavg(),
+            loadavg_start=load_start,
+            loadavg_end=_loadavg(),
+            **profiled,
         )
         if not complete:
             result["error"] = f"only {len(first)} of {len(expected)} deliveries arrived"
@@ -649,6 +763,8 @@ async def naive_baseline(ctx: Context) -> dict[str, Any]:
             result["error"] += f"; naive app exited: {proc.tail(10)}"
         return result
     finally:
+        if profiler is not None:
+            profiler.finish()
         ctx.procs.stop(proc, grace=8.0)
 
 

