@@ -534,16 +534,18 @@ def settings_reference() -> str:
     for item in dataclasses.fields(Settings):
         spec: SettingSpec = item.metadata["spec"]
         default = item.default
+        durations = spec.parse in (parse_duration, parse_schedule)
         if isinstance(default, tuple):
-            shown = ",".join(
-                format_duration(v) if isinstance(v, float) else str(v) for v in default
-            )
-        elif default is None:
-            shown = "(unset)"
+            shown = ",".join(format_duration(v) if durations else str(v) for v in default)
+        elif isinstance(default, bool):
+            shown = "true" if default else "false"
+        elif durations and isinstance(default, float):
+            shown = format_duration(default)
         else:
-            shown = str(default)
+            shown = "" if default is None else str(default)
+        shown = f"`{shown}`" if shown else "(unset)"
         help_text = spec.help.replace("|", "\\|")
-        lines.append(f"| `{item.name}` | `{spec.flag}` | `{spec.env}` | `{shown}` | {help_text} |")
+        lines.append(f"| `{item.name}` | `{spec.flag}` | `{spec.env}` | {shown} | {help_text} |")
     return "\n".join(lines) + "\n"
 
 

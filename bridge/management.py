@@ -218,8 +218,17 @@ class WebhookStore:
         if current is None:
             raise InvalidSubscription("unknown_webhook", f"no webhook {webhook_id!r}")
         record = current.to_record()
-        record.pop("disabled_reason", None)
+        if changes.get("active") is True:
+            record.pop("disabled_reason", None)
         record.update({k: v for k, v in changes.items()})
+        if changes.get("standard_webhooks") and not str(record["secret"]).startswith("whsec_"):
+            # Standard Webhooks libraries read the secret as whsec_ + base64; any other secret
+            # would verify nowhere. Give one with the change (or rotate first).
+            raise InvalidSubscription(
+                "secret_not_whsec",
+                "Standard Webhooks signing needs a whsec_ secret: pass one with --secret, "
+                "or create the webhook with --standard-webhooks",
+            )
         if "events" in changes:
             record["events"] = list(changes["events"])
         record["updated_at"] = format_timestamp(datetime.now(UTC))
