@@ -21,10 +21,11 @@ from mode import Service
 from prometheus_client import CollectorRegistry
 
 from . import __version__, jsoncanon
+from .aiohttp_sender import AiohttpSender
 from .config import Settings
 from .deadletters import SourceRef
 from .deliverer import Deliverer
-from .delivery import Sender, new_client
+from .delivery import DeliverySender, Sender, new_client
 from .errors import InvalidRecord, InvalidSubscription
 from .health import EndpointHealth
 from .kafka import address_policy, client_kwargs, faust_broker_kwargs, keyring
@@ -33,6 +34,7 @@ from .management import WebhookStore
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .retry_policy import RetryPolicy
+from .ssrf import AddressPolicy
 from .subscriptions import SubscriptionIndex, Webhook, parse_webhook
 from .sync import TableFreshness
 from .topics import declared_topics
@@ -98,7 +100,7 @@ class Bridge:
         self._partitions = {spec.name: spec.partitions for spec in declared_topics(settings)}
         self._pipeline: Pipeline | None = None
         self._store: WebhookStore | None = None
-        self._client: Any = None
+        self._sender: DeliverySender | None = None
         self._offsets_consumer: AIOKafkaConsumer | None = None
         self._start_lock = asyncio.Lock()
         self._offsets_lock = asyncio.Lock()
@@ -307,18 +309,10 @@ class Bridge:
                 s = self.settings
                 self._store = await WebhookStore(s).__aenter__()
                 policy = address_policy(s)
-                self._client = new_client(
-                    s.http_timeout, s.max_in_flight, policy=policy, ca_bundle=s.ca_bundle
-                )
+                self._sender = self._new_sender(policy)
                 outputs = _KafkaOutputs(self)
                 deliverer = Deliverer(
-                    sender=Sender(
-                        self._client,
-                        timeout=s.http_timeout,
-                        any_2xx=s.success_any_2xx,
-                        allow_http=s.plain_http_allowed,
-                        policy=policy,
-                    ),
+                    sender=self._sender,
                     outputs=outputs,
                     metrics=self.metrics,
                     policy=RetryPolicy(
@@ -341,10 +335,33 @@ class Bridge:
                 )
             return self._pipeline
 
+    def _new_sender(self, policy: AddressPolicy) -> DeliverySender:
+        s = self.settings
+        if s.http_client == "httpx":
+            client = new_client(
+                s.http_timeout, s.max_in_flight, policy=policy, ca_bundle=s.ca_bundle
+            )
+            return Sender(
+                client,
+                timeout=s.http_timeout,
+                any_2xx=s.success_any_2xx,
+                allow_http=s.plain_http_allowed,
+                policy=policy,
+            )
+        return AiohttpSender(
+            timeout=s.http_timeout,
+            max_connections=s.max_in_flight,
+            max_connections_per_endpoint=s.endpoint_max_in_flight,
+            policy=policy,
+            allow_http=s.plain_http_allowed,
+            any_2xx=s.success_any_2xx,
+            ca_bundle=s.ca_bundle,
+        )
+
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._sender is not None:
+            await self._sender.aclose()
+            self._sender = None
         if self._store is not None:
             await self._store.__aexit__(None, None, None)
             self._store = None

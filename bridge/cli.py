@@ -44,6 +44,7 @@ TOPIC_SETTINGS = [
 LOOPBACK = ("127.0.0.0/8", "::1/128")
 WORKER_SETTINGS = [
     "http_timeout",
+    "http_client",
     "success_any_2xx",
     "max_in_flight",
     "max_body_bytes",

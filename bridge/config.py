@@ -226,6 +226,13 @@ class Settings:
         parse_bool,
         "Count any 2xx as success. Off: only 200 is success, as the documentation promises.",
     )
+    http_client: str = _setting(
+        "aiohttp",
+        "BRIDGE_HTTP_CLIENT",
+        "--http-client",
+        lambda text: _choice("AIOHTTP", "HTTPX")(text).lower(),
+        "HTTP client of the delivery hot path: aiohttp (fastest) or httpx (the reference).",
+    )
     max_in_flight: int = _setting(
         256,
         "BRIDGE_MAX_IN_FLIGHT",

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from .breaker import CLOSED, Breakers, endpoint_of
 from .deadletters import SourceRef, dead_letter_record
-from .delivery import AttemptResult, Delivery, Sender, status_class
+from .delivery import AttemptResult, Delivery, DeliverySender, status_class
 from .errors import InvalidEvent
 from .events import Event, format_timestamp
 from .health import EndpointHealth, HealthChange
@@ -81,7 +81,7 @@ class Deliverer:
     def __init__(
         self,
         *,
-        sender: Sender,
+        sender: DeliverySender,
         outputs: Outputs,
         metrics: Metrics,
         policy: RetryPolicy,

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 import httpx
 
@@ -23,6 +24,7 @@ __all__ = [
     "Delivery",
     "AttemptResult",
     "Sender",
+    "DeliverySender",
     "build_headers",
     "is_success",
     "status_class",
@@ -76,6 +78,14 @@ class AttemptResult:
             "error": self.error,
             "duration_seconds": round(self.duration, 6),
         }
+
+
+class DeliverySender(Protocol):
+    """What sends one attempt: :class:`Sender` (httpx) or ``AiohttpSender`` (the hot path)."""
+
+    async def send(self, delivery: Delivery) -> AttemptResult: ...
+
+    async def aclose(self) -> None: ...
 
 
 def is_success(status: int, *, any_2xx: bool = False) -> bool:
@@ -161,7 +171,8 @@ def _error_class(exc: BaseException) -> str:
 
 
 class Sender:
-    """Posts deliveries with one shared ``httpx.AsyncClient``."""
+    """Posts deliveries with one shared ``httpx.AsyncClient`` (the reference sender; the worker's
+    hot path uses :class:`bridge.aiohttp_sender.AiohttpSender`, which behaves the same)."""
 
     def __init__(
         self,
@@ -182,6 +193,9 @@ class Sender:
         self._clock = clock
         self._wall_clock = wall_clock
 
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
     async def send(self, delivery: Delivery) -> AttemptResult:
         """One attempt; never raises for what the endpoint or the network does."""
         now = self._wall_clock()
@@ -198,22 +212,38 @@ class Sender:
                 )
                 await response.aread()
         except DestinationForbidden as exc:
-            return AttemptResult(
-                False,
-                None,
-                "destination_forbidden",
-                self._clock() - started,
-                at,
-                refusal=exc.classification,
-            )
+            return refused(exc, duration=self._clock() - started, at=at)
         except (httpx.HTTPError, TimeoutError, OSError, ssl.SSLError) as exc:
             return AttemptResult(False, None, _error_class(exc), self._clock() - started, at)
-        duration = self._clock() - started
-        status = response.status_code
-        if is_success(status, any_2xx=self._any_2xx):
-            return AttemptResult(True, status, None, duration, at)
-        error = "redirect" if 300 <= status < 400 else "http_status"
-        retry_after = None
-        if status in (429, 503):
-            retry_after = parse_retry_after(response.headers.get("Retry-After"), self._wall_clock())
-        return AttemptResult(False, status, error, duration, at, retry_after)
+        return answered(
+            response.status_code,
+            response.headers.get("Retry-After"),
+            duration=self._clock() - started,
+            at=at,
+            now=self._wall_clock(),
+            any_2xx=self._any_2xx,
+        )
+
+
+def answered(
+    status: int,
+    retry_after_header: str | None,
+    *,
+    duration: float,
+    at: str,
+    now: datetime,
+    any_2xx: bool,
+) -> AttemptResult:
+    """The result of an attempt that got a response (shared by every sender)."""
+    if is_success(status, any_2xx=any_2xx):
+        return AttemptResult(True, status, None, duration, at)
+    error = "redirect" if 300 <= status < 400 else "http_status"
+    retry_after = parse_retry_after(retry_after_header, now) if status in (429, 503) else None
+    return AttemptResult(False, status, error, duration, at, retry_after)
+
+
+def refused(exc: DestinationForbidden, *, duration: float, at: str) -> AttemptResult:
+    """The result of an attempt the SSRF guard refused before connecting."""
+    return AttemptResult(
+        False, None, "destination_forbidden", duration, at, refusal=exc.classification
+    )

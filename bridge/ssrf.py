@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 import anyio
 import httpcore
 import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from .errors import BridgeError, ConfigError
 
@@ -47,6 +48,7 @@ __all__ = [
     "check_url",
     "resolve",
     "GuardedBackend",
+    "GuardedResolver",
     "guarded_transport",
 ]
 
@@ -440,3 +442,38 @@ def guarded_transport(
         network_backend=GuardedBackend(policy, resolver=resolver),
     )
     return transport
+
+
+class GuardedResolver(AbstractResolver):
+    """An aiohttp resolver that refuses forbidden addresses.
+
+    aiohttp connects to the addresses its resolver returns, so returning only checked addresses
+    gives the same protection against DNS rebinding as :class:`GuardedBackend`. aiohttp does not
+    call the resolver for IP-literal hosts: check those with :func:`check_url` and a policy.
+    """
+
+    def __init__(self, policy: AddressPolicy, *, resolver: Resolver | None = None) -> None:
+        self._policy = policy
+        self._resolve = resolver or resolve
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        addresses = await self._resolve(host, port)
+        if not addresses:
+            raise OSError(f"{host} did not resolve")
+        _refuse_if_forbidden(self._policy, host, addresses)
+        return [
+            {
+                "hostname": host,
+                "host": str(ip),
+                "port": port,
+                "family": socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+            for ip in addresses
+        ]
+
+    async def close(self) -> None:
+        return None

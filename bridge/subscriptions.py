@@ -251,16 +251,19 @@ class SubscriptionIndex:
 
         Active webhooks in scope (same site, or same account for account-scoped ones) whose
         filter includes the type or ``*``. A ``test.event`` goes only to the webhook its
-        ``data.webhook_id`` names, whatever that webhook's filter, if it is active, the event is
-        in its scope (its site, or its account) and comes from its owner (when it has one).
+        ``data.webhook_id`` names, whatever that webhook's filter and site, if it is active and
+        the event comes from its owner's account (from its site, when it has no owner).
         """
         if event.type == TEST_EVENT:
             target = self._by_id.get(str(event.data.get("webhook_id")))
-            if target is None or not target.active or not target.in_scope(event):
+            if target is None or not target.active:
                 return []
-            if target.user_id is not None and target.user_id != event.user_id:
-                return []
-            return [target]
+            # Owned by the event's account; a site-scoped webhook without an owner: same site.
+            if target.user_id is not None:
+                owned = target.user_id == event.user_id
+            else:
+                owned = target.site_id == event.site_id
+            return [target] if owned else []
         ids = set(self._by_site.get(event.site_id, ()))
         ids.update(self._by_account.get(event.user_id, ()))
         out = []
