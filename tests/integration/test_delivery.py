@@ -197,3 +197,30 @@ async def test_malformed_events_are_dead_lettered_and_the_partition_keeps_moving
     )
     assert all(r["source"]["topic"] == settings.events_topic for r in records)
     assert worker.process is not None and worker.process.poll() is None
+
+
+async def test_the_httpx_reference_sender_delivers_the_same(
+    make_settings, receiver: Receiver, workers
+) -> None:
+    """BRIDGE_HTTP_CLIENT=httpx: the reference sender, through the same guard and contract."""
+    from bridge.management import apply_topics
+
+    settings = make_settings(http_client="httpx")
+    await apply_topics(settings)
+    receiver.statuses["/wh/broken"] = 302
+    async with WebhookStore(settings) as store:
+        await create(store, receiver, "fine", events=["*"], site_id="s1", user_id="u1")
+        await create(store, receiver, "broken", events=["*"], site_id="s1", user_id="u1")
+    worker = workers(settings)
+    await worker.wait_ready()
+    event = build_event("post.created", {"id": "p", "title": "é"}, site_id="s1", user_id="u1")
+    await publish_events(settings, [event])
+    await receiver.wait_for(lambda got: len(receiver.at("/wh/fine")) == 1)
+    record = receiver.at("/wh/fine")[0]
+    assert receiver.verified(record)
+    assert record.headers["User-Agent"] == USER_AGENT
+    assert record.delivery_id == delivery_id(event.id, "fine")
+    await worker.wait_metric(
+        'webhook_bridge_dead_letters_total{reason="attempts_exhausted"}', lambda v: v == 1
+    )
+    assert receiver.at("/elsewhere") == []
