@@ -137,6 +137,7 @@ async def _wait_arrivals(
     timeout: float,
     alive: Callable[[], bool] | None = None,
     on_first: Callable[[], None] | None = None,
+    stop_at: int | None = None,
 ) -> tuple[dict[str, float], bool]:
     """Poll the receiver log until every expected delivery id arrived (first arrival time of
     each), or the deadline. Returns (arrivals, complete)."""
@@ -154,6 +155,8 @@ async def _wait_arrivals(
         seen = len(arrivals.ids)
         if len(first) >= len(expected):
             return first, True
+        if stop_at is not None and len(first) >= stop_at:
+            return first, False
         if time.monotonic() > deadline:
             return first, False
         if alive is not None and not alive():
@@ -238,6 +241,28 @@ def _finish_profiler(
 
 # -- backlog throughput: fanout_1 and fanout_10 ------------------------------------------------
 
+#: Seconds after /readyz without a single delivery of a pre-published backlog that count as
+#: "the backlog was skipped".
+SKIP_TIMEOUT = 15.0
+
+
+async def _backlog_skipped(
+    arrivals: Arrivals, expected: set[str], alive: Callable[[], bool]
+) -> bool:
+    """True when not one delivery of the pre-published backlog arrives within SKIP_TIMEOUT of
+    the worker being ready.
+
+    This is a bug found with this harness (faust-streaming 0.15.3 under the bridge): a worker
+    of a *new* consumer group sometimes fetches the events partitions while its tables are
+    still recovering, before those partitions are active; Faust's ``Consumer.getmany`` drops
+    records of inactive partitions, the fetch position has already moved to the end, and the
+    "seek to committed offsets" after recovery does nothing because the group has no committed
+    offset. The backlog is then never delivered (at-least-once violated for events published
+    before the group's first commit). It happened in about one start in five here.
+    """
+    got, _ = await _wait_arrivals(arrivals, expected, SKIP_TIMEOUT, alive, stop_at=1)
+    return not got
+
 
 async def backlog(
     ctx: Context,
@@ -261,6 +286,14 @@ async def backlog(
     try:
         ready = await worker.wait_ready(120.0)
         rss_ready = worker.rss_kib()
+        skipped = await _backlog_skipped(arrivals, expected, worker.proc.alive)
+        if skipped:
+            # The worker read the backlog during its start-up and dropped it (see
+            # _backlog_skipped). Measure throughput on a second backlog published now instead.
+            ctx.log(f"{name}: the pre-published backlog was skipped at start; publishing again")
+            published = Published()
+            await kit.publish_backlog(settings, sites, events, published)
+            expected = set(published.expected_ids(by_site))
         cpu_start = worker.cpu_seconds()
         started = time.monotonic()
         profiler = _start_profiler(ctx, name, worker.pid)
@@ -299,6 +332,7 @@ async def backlog(
             loadavg_start=load_start,
             loadavg_end=_loadavg(),
             worker_rss_ready_mib=round((rss_ready or 0) / 1024, 1),
+            backlog_skipped_at_start=skipped,
             **_worker_extras(worker, metrics),
         )
         if rss_ready and name == "fanout_1":
@@ -721,6 +755,16 @@ async def naive_baseline(ctx: Context) -> dict[str, Any]:
             nonlocal profiler
             profiler = _start_profiler(ctx, "naive_baseline", proc.pid)
 
+        # No readiness endpoint here: allow start-up time, then the same check as the bridge's.
+        got, _ = await _wait_arrivals(
+            arrivals, expected, 20.0 + SKIP_TIMEOUT, proc.alive, stop_at=1
+        )
+        skipped = not got and proc.alive()
+        if skipped:
+            ctx.log("naive_baseline: the pre-published backlog was skipped; publishing again")
+            published = Published()
+            await kit.publish_backlog(settings, sites, ctx.sizes.naive_events, published)
+            expected = set(published.expected_ids(by_site))
         first, complete = await _wait_arrivals(
             arrivals,
             expected,
@@ -753,6 +797,7 @@ async def naive_baseline(ctx: Context) -> dict[str, Any]:
             else None,
             process_cpu_pct=round(100 * cpu / (time.monotonic() - started), 1),
             process_rss_mib=round((rss_kib(proc.pid) or 0) / 1024, 1),
+            backlog_skipped_at_start=skipped,
             loadavg_start=load_start,
             loadavg_end=_loadavg(),
             **profiled,

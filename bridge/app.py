@@ -137,34 +137,11 @@ class Bridge:
             "key_serializer": "raw",
             "value_serializer": "raw",
         }
-        self.subscriptions_topic = app.topic(
-            s.subscriptions_topic,
-            partitions=self._partitions[s.subscriptions_topic],
-            compacting=True,
-            **raw,
+        self.subscriptions_topic, self.table = self._global_table(
+            app, "subscriptions", s.subscriptions_topic, self.on_subscription_event, raw
         )
-        self.table = app.GlobalTable(
-            "subscriptions",
-            key_type=bytes,
-            value_type=bytes,
-            changelog_topic=self.subscriptions_topic,
-            partitions=self._partitions[s.subscriptions_topic],
-            on_changelog_event=self.on_subscription_event,
-            # Without this, a global table reads its changelog only while recovering; the
-            # subscriptions topic is written by others, so every worker must keep tailing it.
-            synchronize_all_active_partitions=True,
-        )
-        self.status_topic = app.topic(
-            s.status_topic, partitions=self._partitions[s.status_topic], compacting=True, **raw
-        )
-        self.status_table = app.GlobalTable(
-            "endpoint-status",
-            key_type=bytes,
-            value_type=bytes,
-            changelog_topic=self.status_topic,
-            partitions=self._partitions[s.status_topic],
-            on_changelog_event=self.on_status_event,
-            synchronize_all_active_partitions=True,
+        self.status_topic, self.status_table = self._global_table(
+            app, "endpoint-status", s.status_topic, self.on_status_event, raw
         )
         self.deadletter_topic = app.topic(s.deadletter_topic, **raw)
         self.attempts_topic = app.topic(s.attempts_topic, **raw)
@@ -211,6 +188,25 @@ class Bridge:
         for labels in self._lag_labels - seen:
             self.metrics.lag.remove(*labels)
         self._lag_labels = seen
+
+    def _global_table(
+        self, app: faust.App, name: str, topic_name: str, on_record: Any, raw: dict[str, Any]
+    ) -> tuple[Any, Any]:
+        """A global table fed by a compacted topic that others write (its changelog)."""
+        partitions = self._partitions[topic_name]
+        topic = app.topic(topic_name, partitions=partitions, compacting=True, **raw)
+        table = app.GlobalTable(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            changelog_topic=topic,
+            partitions=partitions,
+            on_changelog_event=on_record,
+            # Without this, a global table reads its changelog only while recovering; these
+            # topics are written by others, so every worker must keep tailing them.
+            synchronize_all_active_partitions=True,
+        )
+        return topic, table
 
     def _retry_agent(self, tier: int) -> Any:
         async def retry(stream: Any) -> None:
