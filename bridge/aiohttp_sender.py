@@ -19,7 +19,14 @@ import aiohttp
 
 from .delivery import AttemptResult, Delivery, answered, build_headers, refused
 from .events import format_timestamp
-from .ssrf import AddressPolicy, DestinationForbidden, GuardedResolver, check_url
+from .ssrf import (
+    AddressPolicy,
+    DestinationForbidden,
+    GuardedResolver,
+    Resolver,
+    check_url,
+    ssl_context,
+)
 
 __all__ = ["AiohttpSender"]
 
@@ -53,6 +60,7 @@ class AiohttpSender:
         allow_http: bool,
         any_2xx: bool = False,
         ca_bundle: str | None = None,
+        resolver: Resolver | None = None,
         clock: Callable[[], float] = time.perf_counter,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -62,7 +70,9 @@ class AiohttpSender:
         self._any_2xx = any_2xx
         self._clock = clock
         self._wall_clock = wall_clock
-        self._ssl = ssl.create_default_context(cafile=ca_bundle)
+        # The same trust as the httpx sender: certifi's bundle, or the CA file or directory.
+        self._ssl = ssl_context(ca_bundle or True)
+        self._resolver = resolver
         self._limits = (max_connections, max_connections_per_endpoint)
         self._session: aiohttp.ClientSession | None = None
 
@@ -71,7 +81,7 @@ class AiohttpSender:
         if self._session is None:
             limit, per_host = self._limits
             connector = aiohttp.TCPConnector(
-                resolver=GuardedResolver(self._policy),
+                resolver=GuardedResolver(self._policy, resolver=self._resolver),
                 limit=limit,
                 limit_per_host=per_host,
                 ssl=self._ssl,

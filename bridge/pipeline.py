@@ -52,6 +52,9 @@ class Pipeline:
         self._metrics = metrics
         #: Bounds jobs started and not settled, so reading stops while too much is pending.
         self._pending = asyncio.Semaphore(max_pending)
+        #: Bounds records waiting for the subscription table (a separate bound: a record
+        #: holding one of these may need job slots next).
+        self._waiting = asyncio.Semaphore(max_pending)
         self._freshness = freshness
         self._wall_time = wall_time
         self._clock = clock
@@ -64,11 +67,34 @@ class Pipeline:
 
     # -- events: first attempts ----------------------------------------------------------------
     async def handle_event(self, raw: bytes | None, source: SourceRef, ack: Ack) -> None:
-        """Process one events-topic record; returns once its jobs are started (not settled)."""
+        """Take one events-topic record; returns at once unless too many records are waiting.
+
+        Matching waits until the subscription table is known to be current as of the record's
+        arrival (see :mod:`bridge.sync`). That wait runs beside the reading of further records,
+        so records arriving together share one check rather than paying one round trip each.
+        """
         received_at = self._clock()
-        if self._freshness is not None and not await self._freshness.wait_current(received_at):
-            self._metrics.sync_timeouts.inc()
-            log.warning("subscription table not known to be current; matching anyway")
+        if self._freshness is None or self._freshness.covers(received_at):
+            await self._match(raw, source, ack)
+            return
+        await self._waiting.acquire()
+        task = asyncio.create_task(self._match_when_current(raw, source, ack, received_at))
+        self._tasks.add(task)
+        task.add_done_callback(self._forget)
+
+    async def _match_when_current(
+        self, raw: bytes | None, source: SourceRef, ack: Ack, received_at: float
+    ) -> None:
+        try:
+            assert self._freshness is not None
+            if not await self._freshness.wait_current(received_at):
+                self._metrics.sync_timeouts.inc()
+                log.warning("subscription table not known to be current; matching anyway")
+        finally:
+            self._waiting.release()
+        await self._match(raw, source, ack)
+
+    async def _match(self, raw: bytes | None, source: SourceRef, ack: Ack) -> None:
         try:
             event = parse_event(raw)
         except InvalidEvent as exc:

@@ -50,6 +50,7 @@ __all__ = [
     "GuardedBackend",
     "GuardedResolver",
     "guarded_transport",
+    "ssl_context",
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -396,6 +397,12 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
+
+
+def ssl_context(verify: ssl.SSLContext | str | bool) -> ssl.SSLContext:
+    """The TLS context for endpoints: certifi's bundle (``True``), or a CA bundle file or
+    directory (:class:`ConfigError` when it cannot be loaded)."""
+    return _ssl_context(verify)
 
 
 def _ssl_context(verify: ssl.SSLContext | str | bool) -> ssl.SSLContext:

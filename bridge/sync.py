@@ -46,6 +46,10 @@ class TableFreshness:
             self._applied[partition] = offset + 1
             self._progress.set()
 
+    def covers(self, received_at: float) -> bool:
+        """True when a finished round already covers a record received at ``received_at``."""
+        return received_at <= self._covered_until
+
     def caught_up_to(self, ends: Mapping[int, int]) -> bool:
         return all(self._applied.get(p, 0) >= end for p, end in ends.items() if end > 0)
 

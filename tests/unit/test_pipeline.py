@@ -174,6 +174,9 @@ class FixedFreshness:
         self.current = current
         self.calls: list[float] = []
 
+    def covers(self, received_at: float) -> bool:
+        return False
+
     async def wait_current(self, received_at: float) -> bool:
         self.calls.append(received_at)
         return self.current

@@ -1,0 +1,905 @@
+"""bridge.aiohttp_sender: the aiohttp hot path against real 127.0.0.1 servers, and its parity with
+the httpx :class:`bridge.delivery.Sender`.
+
+Safety: nothing here connects anywhere but servers these tests start on 127.0.0.1. Every socket
+aiohttp opens goes through ``aiohappyeyeballs.start_connection``, which an autouse fixture wraps to
+record each address and to fail the test for any address other than 127.0.0.1. Refusals are shown
+with fake resolvers and servers that count TCP connections (expecting none).
+
+``AiohttpSender`` has no parameter for the resolver its ``GuardedResolver`` uses, so tests that
+need a host name to resolve to 127.0.0.1 (or to a forbidden address) replace the module's
+``GuardedResolver`` name with one bound to a fake resolver (:func:`inject_resolver`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import ipaddress
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohappyeyeballs
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+import bridge.aiohttp_sender as aiohttp_sender_module
+from bridge.aiohttp_sender import AiohttpSender
+from bridge.delivery import (
+    USER_AGENT,
+    AttemptResult,
+    Delivery,
+    DeliverySender,
+    Sender,
+    build_headers,
+    new_client,
+)
+from bridge.errors import ConfigError
+from bridge.events import Event
+from bridge.payload import EncodedEvent, build_body, delivery_id
+from bridge.signing import sign, verify
+from bridge.ssrf import AddressPolicy, DestinationForbidden, GuardedResolver, IPAddress
+from bridge.subscriptions import Webhook
+
+# A whsec_ secret whose remainder is base64, so Standard Webhooks signing accepts it too.
+SECRET = "whsec_" + base64.b64encode(b"aiohttp-sender-test-secret-32byt").decode()
+WALL = dt.datetime(2024, 1, 15, 10, 30, 0, 250000, tzinfo=dt.UTC)
+AT = "2024-01-15T10:30:00.250Z"
+#: Two minutes after WALL, as an HTTP date: WALL is 0.25 s past the minute, so 119.75 s.
+RETRY_DATE = "Mon, 15 Jan 2024 10:32:00 GMT"
+LOOPBACK_SETTING = "127.0.0.0/8"
+DOCUMENTED_HEADERS = {
+    "content-type",
+    "x-webhook-signature",
+    "x-webhook-event",
+    "x-webhook-delivery",
+    "user-agent",
+}
+STANDARD_HEADERS = {"webhook-id", "webhook-timestamp", "webhook-signature"}
+#: What HTTP/1.1 itself needs next to the documented headers.
+TRANSPORT_HEADERS = {"host", "content-length"}
+
+EVENT = Event(
+    id="evt_1",
+    type="post.published",
+    data={"id": "post_123", "title": "Héllo ✓"},
+    timestamp="2024-01-15T10:30:00Z",
+    site_id="site_789",
+    user_id="user_456",
+)
+
+Outcome = tuple[bool, int | None, str | None, float | None]
+Respond = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def make_delivery(url: str, *, standard_webhooks: bool = False) -> Delivery:
+    webhook = Webhook(
+        id="webhook_abc",
+        name="My Webhook",
+        url=url,
+        secret=SECRET,
+        events=frozenset({"*"}),
+        site_id="site_789",
+        user_id="user_456",
+        standard_webhooks=standard_webhooks,
+    )
+    return Delivery(
+        delivery_id=delivery_id(EVENT.id, webhook.id),
+        webhook=webhook,
+        event_id=EVENT.id,
+        event_type=EVENT.type,
+        body=build_body(EncodedEvent.of(EVENT), webhook),
+        occurred_at=EVENT.occurred_at,
+        event=EVENT,
+    )
+
+
+def outcome(result: AttemptResult) -> Outcome:
+    return (result.success, result.status, result.error, result.retry_after)
+
+
+class Ticks:
+    """A fake perf_counter: each call advances by ``step``."""
+
+    def __init__(self, start: float = 100.0, step: float = 0.25) -> None:
+        self.now = start - step
+        self.step = step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def loopback_policy() -> AddressPolicy:
+    return AddressPolicy.from_setting(LOOPBACK_SETTING)
+
+
+def aiohttp_sender(
+    *,
+    policy: AddressPolicy | None = None,
+    allow_http: bool = True,
+    any_2xx: bool = False,
+    timeout: float = 5.0,
+    ca_bundle: str | None = None,
+) -> AiohttpSender:
+    return AiohttpSender(
+        timeout=timeout,
+        max_connections=4,
+        max_connections_per_endpoint=2,
+        policy=loopback_policy() if policy is None else policy,
+        allow_http=allow_http,
+        any_2xx=any_2xx,
+        ca_bundle=ca_bundle,
+        clock=Ticks(),
+        wall_clock=lambda: WALL,
+    )
+
+
+def httpx_sender(*, any_2xx: bool = False, timeout: float = 5.0) -> Sender:
+    policy = loopback_policy()
+    return Sender(
+        new_client(timeout, 4, policy=policy),
+        timeout=timeout,
+        any_2xx=any_2xx,
+        allow_http=True,
+        policy=policy,
+        clock=Ticks(),
+        wall_clock=lambda: WALL,
+    )
+
+
+def make_sender(kind: str, *, any_2xx: bool = False, timeout: float = 5.0) -> DeliverySender:
+    if kind == "aiohttp":
+        return aiohttp_sender(any_2xx=any_2xx, timeout=timeout)
+    return httpx_sender(any_2xx=any_2xx, timeout=timeout)
+
+
+async def send_once(sender: DeliverySender, delivery: Delivery) -> AttemptResult:
+    try:
+        return await sender.send(delivery)
+    finally:
+        await sender.aclose()
+
+
+# --- safety net and fakes ------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def connects(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every address aiohttp tries to connect to; anything but 127.0.0.1 fails the test."""
+    attempted: list[str] = []
+    real = aiohappyeyeballs.start_connection
+
+    async def loopback_only(addr_infos: Sequence[Any], **kwargs: Any) -> socket.socket:
+        hosts = [str(info[4][0]) for info in addr_infos]
+        attempted.extend(hosts)
+        if any(host != "127.0.0.1" for host in hosts):
+            raise AssertionError(f"these tests connect only to 127.0.0.1, not to {hosts}")
+        return await real(addr_infos, **kwargs)
+
+    monkeypatch.setattr(aiohappyeyeballs, "start_connection", loopback_only)
+    return attempted
+
+
+@dataclass
+class FakeResolver:
+    """Answers every question with the same addresses; records the questions."""
+
+    answer: list[str]
+    asked: list[tuple[str, int]] = field(default_factory=list)
+
+    async def __call__(self, host: str, port: int) -> Sequence[IPAddress]:
+        self.asked.append((host, port))
+        return [ipaddress.ip_address(a) for a in self.answer]
+
+
+def inject_resolver(monkeypatch: pytest.MonkeyPatch, resolver: FakeResolver) -> None:
+    """Make every AiohttpSender built by this module's helpers resolve with ``resolver`` (as if
+    passed as ``AiohttpSender(resolver=...)``), through the real GuardedResolver."""
+
+    def guarded(policy: AddressPolicy, *, resolver_: object = None, **_: object) -> GuardedResolver:
+        return GuardedResolver(policy, resolver=resolver)
+
+    monkeypatch.setattr(aiohttp_sender_module, "GuardedResolver", guarded)
+
+
+def unused_port() -> int:
+    """A 127.0.0.1 port nothing listens on (bound, then closed)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- a recording aiohttp server on 127.0.0.1 ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Seen:
+    method: str
+    path_qs: str
+    #: As received: names in their case, in order, repeated headers repeated.
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    def values(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+    def names(self) -> list[str]:
+        return [k.lower() for k, _ in self.headers]
+
+
+async def ok(request: web.BaseRequest) -> web.StreamResponse:
+    return web.Response(text="OK")
+
+
+def answer(code: int, headers: dict[str, str] | None = None) -> Respond:
+    async def respond(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(status=code, headers=headers, reason="Test")
+
+    return respond
+
+
+class _Server(web.Server):
+    """aiohttp's low-level server, telling the test when a connection ends."""
+
+    def __init__(self, state: LocalServer, handler: Respond) -> None:
+        super().__init__(handler, handler_cancellation=True)
+        self._state = state
+
+    def connection_lost(self, handler: Any, exc: BaseException | None = None) -> None:
+        super().connection_lost(handler, exc)
+        self._state.note_lost()
+
+
+@dataclass
+class LocalServer:
+    port: int = 0
+    respond: Respond = ok
+    requests: list[Seen] = field(default_factory=list)
+    #: TCP connections accepted (counted before any TLS handshake).
+    connections: int = 0
+    lost: int = 0
+    server_names: list[str | None] = field(default_factory=list)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def url(self, path: str = "/hook", *, scheme: str = "http", host: str = "127.0.0.1") -> str:
+        return f"{scheme}://{host}:{self.port}{path}"
+
+    def note_lost(self) -> None:
+        self.lost += 1
+        self._changed.set()
+
+    async def wait_lost(self, count: int, timeout: float = 2.0) -> None:
+        async with asyncio.timeout(timeout):
+            while self.lost < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+
+@asynccontextmanager
+async def local_server(ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[LocalServer]:
+    state = LocalServer()
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        body = await request.read()
+        headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers)
+        state.requests.append(Seen(request.method, request.path_qs, headers, body))
+        return await state.respond(request)
+
+    manager = _Server(state, handle)
+
+    def counting_factory() -> asyncio.BaseProtocol:
+        state.connections += 1
+        return manager()
+
+    if ssl_context is not None:
+
+        def record_sni(_obj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+            state.server_names.append(name)
+
+        ssl_context.sni_callback = record_sni
+    server = await asyncio.get_running_loop().create_server(
+        counting_factory, "127.0.0.1", 0, ssl=ssl_context
+    )
+    state.port = int(server.sockets[0].getsockname()[1])
+    try:
+        yield state
+    finally:
+        server.close()
+        await manager.shutdown(1.0)
+        await server.wait_closed()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[LocalServer]:
+    async with local_server() as state:
+        yield state
+
+
+# --- the request ---------------------------------------------------------------------------------
+
+
+async def test_sends_one_post_with_exactly_the_documented_headers(server: LocalServer) -> None:
+    delivery = make_delivery(server.url("/hook?x=1"))
+    result = await send_once(aiohttp_sender(), delivery)
+
+    assert result == AttemptResult(True, 200, None, 0.25, AT)
+    (seen,) = server.requests
+    assert (seen.method, seen.path_qs) == ("POST", "/hook?x=1")
+    # Nothing but the documented headers and what HTTP/1.1 needs, each exactly once: no Accept,
+    # no Accept-Encoding, no second Content-Type or User-Agent added by aiohttp.
+    assert sorted(seen.names()) == sorted(DOCUMENTED_HEADERS | TRANSPORT_HEADERS)
+    assert seen.values("Content-Type") == ["application/json"]
+    assert seen.values("X-Webhook-Signature") == [sign(SECRET, delivery.body)]
+    assert seen.values("X-Webhook-Event") == ["post.published"]
+    assert seen.values("X-Webhook-Delivery") == [delivery.delivery_id]
+    assert seen.values("User-Agent") == [USER_AGENT] == ["Position-Webhooks/1.0"]
+    assert seen.values("Content-Length") == [str(len(delivery.body))]
+    assert seen.values("Host") == [f"127.0.0.1:{server.port}"]
+    assert seen.values("Accept-Encoding") == seen.values("Accept") == []
+    # Byte for byte what build_headers gives (header names keep their documented spelling).
+    for name, value in build_headers(delivery, WALL).items():
+        assert (name, value) in seen.headers
+
+
+async def test_body_bytes_are_sent_unchanged_and_verify(server: LocalServer) -> None:
+    delivery = make_delivery(server.url())
+    await send_once(aiohttp_sender(), delivery)
+    (seen,) = server.requests
+    assert seen.body == delivery.body
+    assert verify(SECRET, seen.body, seen.values("X-Webhook-Signature")[0])
+
+
+async def test_no_secret_in_headers_or_body(server: LocalServer) -> None:
+    await send_once(aiohttp_sender(), make_delivery(server.url()))
+    (seen,) = server.requests
+    assert SECRET not in " ".join(f"{k}: {v}" for k, v in seen.headers)
+    assert SECRET.encode() not in seen.body
+
+
+@pytest.mark.parametrize("opted_in", [False, True])
+async def test_standard_webhooks_headers_only_when_opted_in(
+    server: LocalServer, opted_in: bool
+) -> None:
+    delivery = make_delivery(server.url(), standard_webhooks=opted_in)
+    result = await send_once(aiohttp_sender(), delivery)
+    assert result.success
+    (seen,) = server.requests
+    expected_names = DOCUMENTED_HEADERS | TRANSPORT_HEADERS
+    if not opted_in:
+        assert sorted(seen.names()) == sorted(expected_names)
+        assert not STANDARD_HEADERS & set(seen.names())
+        return
+    assert sorted(seen.names()) == sorted(expected_names | STANDARD_HEADERS)
+    (msg_id,) = seen.values("webhook-id")
+    (timestamp,) = seen.values("webhook-timestamp")
+    (signature,) = seen.values("webhook-signature")
+    assert msg_id == delivery.delivery_id
+    assert timestamp == str(int(WALL.timestamp()))
+    # Checked independently of bridge.standard_webhooks: v1,<base64 HMAC-SHA256> over
+    # "<id>.<timestamp>.<body>" keyed with the base64-decoded whsec_ secret.
+    key = base64.b64decode(SECRET.removeprefix("whsec_"))
+    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + seen.body, hashlib.sha256).digest()
+    assert signature == "v1," + base64.b64encode(mac).decode()
+    assert seen.values("X-Webhook-Signature") == [sign(SECRET, delivery.body)]
+
+
+# --- responses -----------------------------------------------------------------------------------
+
+# (status, response headers, any_2xx, expected (success, status, error, retry_after))
+STATUS_TABLE: list[tuple[int, dict[str, str], bool, Outcome]] = [
+    (200, {}, False, (True, 200, None, None)),
+    (201, {}, False, (False, 201, "http_status", None)),
+    (202, {}, False, (False, 202, "http_status", None)),
+    (204, {}, False, (False, 204, "http_status", None)),
+    (299, {}, False, (False, 299, "http_status", None)),
+    (200, {}, True, (True, 200, None, None)),
+    (201, {}, True, (True, 201, None, None)),
+    (204, {}, True, (True, 204, None, None)),
+    (299, {}, True, (True, 299, None, None)),
+    (301, {"Location": "/followed"}, False, (False, 301, "redirect", None)),
+    (302, {"Location": "/followed"}, False, (False, 302, "redirect", None)),
+    (303, {"Location": "/followed"}, False, (False, 303, "redirect", None)),
+    (307, {"Location": "/followed"}, False, (False, 307, "redirect", None)),
+    (308, {"Location": "/followed"}, False, (False, 308, "redirect", None)),
+    (301, {"Location": "/followed"}, True, (False, 301, "redirect", None)),
+    (304, {}, False, (False, 304, "redirect", None)),
+    (400, {}, False, (False, 400, "http_status", None)),
+    (400, {}, True, (False, 400, "http_status", None)),
+    (401, {}, False, (False, 401, "http_status", None)),
+    (404, {}, False, (False, 404, "http_status", None)),
+    (410, {}, False, (False, 410, "http_status", None)),
+    (500, {}, False, (False, 500, "http_status", None)),
+    (429, {}, False, (False, 429, "http_status", None)),
+    (429, {"Retry-After": "7"}, False, (False, 429, "http_status", 7.0)),
+    (429, {"Retry-After": RETRY_DATE}, False, (False, 429, "http_status", 119.75)),
+    (429, {"Retry-After": "soon"}, False, (False, 429, "http_status", None)),
+    (503, {"Retry-After": "120"}, False, (False, 503, "http_status", 120.0)),
+    (503, {"Retry-After": RETRY_DATE}, False, (False, 503, "http_status", 119.75)),
+    # Retry-After only counts on 429 and 503.
+    (500, {"Retry-After": "30"}, False, (False, 500, "http_status", None)),
+]
+
+
+def _table_id(row: tuple[int, dict[str, str], bool, Outcome]) -> str:
+    code, headers, any_2xx, _ = row
+    retry = headers.get("Retry-After")
+    return f"{code}" + ("-any2xx" if any_2xx else "") + (f"-retry[{retry}]" if retry else "")
+
+
+@pytest.mark.parametrize(
+    ("code", "headers", "any_2xx", "expected"),
+    STATUS_TABLE,
+    ids=[_table_id(row) for row in STATUS_TABLE],
+)
+async def test_status_handling(
+    server: LocalServer,
+    code: int,
+    headers: dict[str, str],
+    any_2xx: bool,
+    expected: Outcome,
+) -> None:
+    server.respond = answer(code, headers)
+    result = await send_once(aiohttp_sender(any_2xx=any_2xx), make_delivery(server.url()))
+    assert outcome(result) == expected
+    assert (result.duration, result.at, result.refusal) == (0.25, AT, None)
+    assert [seen.path_qs for seen in server.requests] == ["/hook"]
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize("location", ["/followed", "absolute"])
+async def test_redirects_are_not_followed(server: LocalServer, code: int, location: str) -> None:
+    target = server.url("/followed") if location == "absolute" else location
+
+    async def respond(request: web.BaseRequest) -> web.StreamResponse:
+        if request.path == "/followed":
+            return web.Response(text="followed")
+        return web.Response(status=code, headers={"Location": target})
+
+    server.respond = respond
+    result = await send_once(aiohttp_sender(any_2xx=True), make_delivery(server.url()))
+    assert outcome(result) == (False, code, "redirect", None)
+    assert [(seen.method, seen.path_qs) for seen in server.requests] == [("POST", "/hook")]
+
+
+@pytest.mark.parametrize(
+    ("code", "headers", "any_2xx", "expected"),
+    STATUS_TABLE,
+    ids=[_table_id(row) for row in STATUS_TABLE],
+)
+async def test_parity_with_the_httpx_sender(
+    server: LocalServer,
+    code: int,
+    headers: dict[str, str],
+    any_2xx: bool,
+    expected: Outcome,
+) -> None:
+    server.respond = answer(code, headers)
+    delivery = make_delivery(server.url())
+    by_aiohttp = await send_once(aiohttp_sender(any_2xx=any_2xx), delivery)
+    by_httpx = await send_once(httpx_sender(any_2xx=any_2xx), delivery)
+    assert outcome(by_aiohttp) == outcome(by_httpx) == expected
+    assert by_aiohttp == by_httpx  # duration and start time too (same fake clocks)
+    assert len(server.requests) == 2
+    first, second = server.requests
+    assert first.body == second.body == delivery.body
+    for name in DOCUMENTED_HEADERS:
+        assert first.values(name) == second.values(name)
+
+
+# --- failures without an answer ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["aiohttp", "httpx"])
+async def test_whole_request_timeout(server: LocalServer, kind: str) -> None:
+    never = asyncio.Event()
+    handler_ended = asyncio.Event()
+
+    async def hang(request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            await never.wait()
+        finally:
+            handler_ended.set()
+        raise AssertionError("unreachable")
+
+    server.respond = hang
+    started = time.perf_counter()
+    result = await asyncio.wait_for(
+        send_once(make_sender(kind, timeout=0.2), make_delivery(server.url())), 5
+    )
+    elapsed = time.perf_counter() - started
+    assert outcome(result) == (False, None, "timeout", None)
+    assert 0.15 <= elapsed < 1.0
+    assert len(server.requests) == 1
+    # The client gave the connection up: the server saw it go and cancelled the handler.
+    await asyncio.wait_for(handler_ended.wait(), 2)
+    assert not never.is_set()
+
+
+async def test_slow_body_after_200_headers_hits_the_timeout(server: LocalServer) -> None:
+    # The timeout covers reading the response too: a 200 whose body never ends is no success.
+    never = asyncio.Event()
+
+    async def trickle(request: web.BaseRequest) -> web.StreamResponse:
+        response = web.StreamResponse(status=200)
+        await response.prepare(request)
+        await response.write(b"O")
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    server.respond = trickle
+    started = time.perf_counter()
+    result = await asyncio.wait_for(
+        send_once(aiohttp_sender(timeout=0.2), make_delivery(server.url())), 5
+    )
+    assert outcome(result) == (False, None, "timeout", None)
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize("kind", ["aiohttp", "httpx"])
+async def test_connection_refused_is_connect_error(kind: str) -> None:
+    url = f"http://127.0.0.1:{unused_port()}/hook"
+    result = await send_once(make_sender(kind), make_delivery(url))
+    assert result == AttemptResult(False, None, "connect_error", 0.25, AT)
+
+
+@dataclass
+class HangUpServer:
+    port: int = 0
+    connections: int = 0
+    requests: int = 0
+
+
+@asynccontextmanager
+async def hang_up_server() -> AsyncIterator[HangUpServer]:
+    """Reads each request in full, then closes the connection without answering."""
+    state = HangUpServer()
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        state.connections += 1
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            state.requests += 1
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    state.port = int(server.sockets[0].getsockname()[1])
+    try:
+        yield state
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("kind", ["aiohttp", "httpx"])
+async def test_server_closing_without_answering(kind: str) -> None:
+    async with hang_up_server() as state:
+        url = f"http://127.0.0.1:{state.port}/hook"
+        result = await send_once(make_sender(kind), make_delivery(url))
+    assert result.success is False
+    assert result.status is None
+    assert result.error in {"protocol_error", "network_error"}
+    # One attempt means one request: the client did not retry on a new connection.
+    assert (state.connections, state.requests) == (1, 1)
+
+
+# --- SSRF ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]", "127.1", "2130706433", "0x7f.0.0.1"])
+async def test_loopback_is_refused_without_an_allow_list(
+    server: LocalServer, connects: list[str], host: str
+) -> None:
+    sender = aiohttp_sender(policy=AddressPolicy())
+    result = await send_once(sender, make_delivery(server.url(host=host)))
+    assert result == AttemptResult(
+        False, None, "destination_forbidden", 0.25, AT, refusal="loopback"
+    )
+    assert server.connections == 0
+    assert server.requests == []
+    assert connects == []
+
+
+@pytest.mark.parametrize(
+    ("answer", "allow", "classification"),
+    [
+        (["10.0.0.5"], "", "private"),
+        # A mixed answer is refused even though its first address is allow-listed.
+        (["127.0.0.1", "10.0.0.5"], LOOPBACK_SETTING, "private"),
+        (["127.0.0.1"], "", "loopback"),
+        (["::ffff:10.0.0.5"], LOOPBACK_SETTING, "ipv4_mapped_private"),
+    ],
+)
+async def test_guarded_resolver_refuses_forbidden_answers(
+    answer: list[str], allow: str, classification: str
+) -> None:
+    fake = FakeResolver(answer)
+    resolver = GuardedResolver(AddressPolicy.from_setting(allow), resolver=fake)
+    with pytest.raises(DestinationForbidden) as caught:
+        await resolver.resolve("hooks.test", 443)
+    assert caught.value.classification == classification
+    assert caught.value.host == "hooks.test"
+    assert caught.value.detail.startswith("hooks.test resolves to ")
+    assert fake.asked == [("hooks.test", 443)]
+    await resolver.close()
+
+
+async def test_guarded_resolver_returns_the_checked_addresses() -> None:
+    fake = FakeResolver(["127.0.0.1", "2606:4700::1111", "127.0.0.1"])
+    resolver = GuardedResolver(loopback_policy(), resolver=fake)
+    results = await resolver.resolve("hooks.test", 8443)
+    assert [(r["hostname"], r["host"], r["port"], r["family"]) for r in results] == [
+        ("hooks.test", "127.0.0.1", 8443, socket.AF_INET),
+        ("hooks.test", "2606:4700::1111", 8443, socket.AF_INET6),
+        ("hooks.test", "127.0.0.1", 8443, socket.AF_INET),
+    ]
+    assert all(r["flags"] == socket.AI_NUMERICHOST for r in results)
+
+
+async def test_guarded_resolver_empty_answer_is_an_os_error() -> None:
+    resolver = GuardedResolver(AddressPolicy(), resolver=FakeResolver([]))
+    with pytest.raises(OSError, match="did not resolve"):
+        await resolver.resolve("empty.test", 443)
+
+
+@pytest.mark.parametrize(
+    ("answer", "allow", "classification"),
+    [
+        (["10.0.0.5"], "", "private"),
+        (["10.0.0.5"], LOOPBACK_SETTING, "private"),
+        (["127.0.0.1", "10.0.0.5"], LOOPBACK_SETTING, "private"),
+        (["127.0.0.1"], "", "loopback"),
+    ],
+)
+async def test_sender_refuses_a_forbidden_resolution_before_connecting(
+    server: LocalServer,
+    connects: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    answer: list[str],
+    allow: str,
+    classification: str,
+) -> None:
+    fake = FakeResolver(answer)
+    inject_resolver(monkeypatch, fake)
+    sender = aiohttp_sender(policy=AddressPolicy.from_setting(allow))
+    result = await send_once(sender, make_delivery(server.url(host="hooks.test")))
+    assert result == AttemptResult(
+        False, None, "destination_forbidden", 0.25, AT, refusal=classification
+    )
+    assert fake.asked == [("hooks.test", server.port)]
+    assert connects == []
+    assert server.connections == 0
+
+
+async def test_allow_listed_loopback_is_delivered(server: LocalServer, connects: list[str]) -> None:
+    sender = aiohttp_sender(policy=loopback_policy())
+    try:
+        first = await sender.send(make_delivery(server.url()))
+        second = await sender.send(make_delivery(server.url()))
+    finally:
+        await sender.aclose()
+    assert outcome(first) == outcome(second) == (True, 200, None, None)
+    assert len(server.requests) == 2
+    assert server.connections == 1  # keep-alive
+    assert connects == ["127.0.0.1"]
+
+
+async def test_allow_listed_name_is_delivered_to_the_checked_address(
+    server: LocalServer, connects: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeResolver(["127.0.0.1"])
+    inject_resolver(monkeypatch, fake)
+    result = await send_once(aiohttp_sender(), make_delivery(server.url(host="hooks.test")))
+    assert outcome(result) == (True, 200, None, None)
+    (seen,) = server.requests
+    assert seen.values("Host") == [f"hooks.test:{server.port}"]
+    assert fake.asked == [("hooks.test", server.port)]
+    assert connects == ["127.0.0.1"]
+
+
+async def test_plain_http_is_refused_unless_allowed(
+    server: LocalServer, connects: list[str]
+) -> None:
+    sender = aiohttp_sender(policy=loopback_policy(), allow_http=False)
+    result = await send_once(sender, make_delivery(server.url()))
+    assert result == AttemptResult(
+        False, None, "destination_forbidden", 0.25, AT, refusal="plain_http"
+    )
+    assert server.connections == 0
+    assert connects == []
+
+
+# --- TLS -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SelfSigned:
+    cert_file: Path
+    server_context: ssl.SSLContext
+    subject_der: bytes
+
+
+def self_signed(directory: Path, dns_name: str) -> SelfSigned:
+    """A self-signed certificate for ``dns_name`` only (no IP SAN); it is its own trust anchor."""
+    now = dt.datetime.now(dt.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns_name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([x509.OID_SERVER_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file = directory / f"{dns_name}.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file = directory / f"{dns_name}.key"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return SelfSigned(cert_file, context, name.public_bytes())
+
+
+def openssl_subject_hash(subject_der: bytes) -> str:
+    """``openssl x509 -hash`` for a name of one lower-case ASCII CN (the canonical encoding is
+    the DER without the outer SEQUENCE header), as a CA directory (``capath``) needs."""
+    assert subject_der[0] == 0x30 and subject_der[1] == len(subject_der) - 2
+    digest = hashlib.sha1(subject_der[2:]).digest()
+    return f"{int.from_bytes(digest[:4], 'little'):08x}"
+
+
+async def test_tls_verifies_and_sends_sni_for_the_url_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, connects: list[str]
+) -> None:
+    cert = self_signed(tmp_path, "hooks.test")
+    fake = FakeResolver(["127.0.0.1"])
+    inject_resolver(monkeypatch, fake)
+    async with local_server(cert.server_context) as server:
+        sender = aiohttp_sender(allow_http=False, ca_bundle=str(cert.cert_file))
+        delivery = make_delivery(server.url(scheme="https", host="hooks.test"))
+        result = await send_once(sender, delivery)
+    assert outcome(result) == (True, 200, None, None)
+    assert server.server_names == ["hooks.test"]
+    (seen,) = server.requests
+    assert seen.values("Host") == [f"hooks.test:{server.port}"]
+    assert seen.body == delivery.body
+    assert connects == ["127.0.0.1"]
+
+
+async def test_tls_rejects_a_certificate_for_another_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert = self_signed(tmp_path, "other.test")
+    inject_resolver(monkeypatch, FakeResolver(["127.0.0.1"]))
+    async with local_server(cert.server_context) as server:
+        sender = aiohttp_sender(allow_http=False, ca_bundle=str(cert.cert_file))
+        result = await send_once(
+            sender, make_delivery(server.url(scheme="https", host="hooks.test"))
+        )
+    assert result == AttemptResult(False, None, "tls_error", 0.25, AT)
+    assert server.server_names == ["hooks.test"]
+    assert server.requests == []
+
+
+async def test_tls_checks_the_name_not_the_connected_ip(tmp_path: Path) -> None:
+    # The certificate names hooks.test only; reaching the same server by its IP must fail.
+    cert = self_signed(tmp_path, "hooks.test")
+    async with local_server(cert.server_context) as server:
+        sender = aiohttp_sender(allow_http=False, ca_bundle=str(cert.cert_file))
+        result = await send_once(sender, make_delivery(server.url(scheme="https")))
+    assert outcome(result) == (False, None, "tls_error", None)
+    assert server.requests == []
+
+
+async def test_tls_without_the_ca_bundle_is_a_tls_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert = self_signed(tmp_path, "hooks.test")
+    inject_resolver(monkeypatch, FakeResolver(["127.0.0.1"]))
+    async with local_server(cert.server_context) as server:
+        sender = aiohttp_sender(allow_http=False)
+        result = await send_once(
+            sender, make_delivery(server.url(scheme="https", host="hooks.test"))
+        )
+    assert outcome(result) == (False, None, "tls_error", None)
+    assert server.requests == []
+
+
+async def test_ca_bundle_may_be_a_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    cert = self_signed(tmp_path, "hooks.test")
+    hashed = certs / f"{openssl_subject_hash(cert.subject_der)}.0"
+    hashed.write_bytes(cert.cert_file.read_bytes())
+    inject_resolver(monkeypatch, FakeResolver(["127.0.0.1"]))
+    async with local_server(cert.server_context) as server:
+        sender = aiohttp_sender(allow_http=False, ca_bundle=str(certs))
+        result = await send_once(
+            sender, make_delivery(server.url(scheme="https", host="hooks.test"))
+        )
+    assert outcome(result) == (True, 200, None, None)
+
+
+def test_missing_ca_bundle_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot load CA certificates"):
+        aiohttp_sender(ca_bundle=str(tmp_path / "missing.pem"))
+
+
+# --- closing -------------------------------------------------------------------------------------
+
+
+async def test_aclose_closes_the_session_and_send_reopens_it(server: LocalServer) -> None:
+    sender = aiohttp_sender()
+    await sender.aclose()  # before any send: nothing to close
+    try:
+        first = await sender.send(make_delivery(server.url()))
+        second = await sender.send(make_delivery(server.url()))
+        assert outcome(first) == outcome(second) == (True, 200, None, None)
+        assert server.connections == 1  # one pooled keep-alive connection
+
+        await sender.aclose()
+        await server.wait_lost(1)  # closing the session closed its connection
+        await sender.aclose()  # idempotent
+
+        third = await sender.send(make_delivery(server.url()))
+        assert outcome(third) == (True, 200, None, None)
+        assert server.connections == 2  # a new session, a new connection
+        assert len(server.requests) == 3
+    finally:
+        await sender.aclose()
+    await server.wait_lost(2)
+
+
+async def test_a_resolver_passed_to_the_sender_is_guarded(server: LocalServer) -> None:
+    """The public ``resolver=`` argument: its answers go through the SSRF check too."""
+    private = FakeResolver(["10.0.0.5"])
+    sender = AiohttpSender(
+        timeout=5.0,
+        max_connections=4,
+        max_connections_per_endpoint=2,
+        policy=AddressPolicy(),
+        allow_http=True,
+        resolver=private,
+    )
+    try:
+        result = await sender.send(make_delivery(f"http://hooks.test:{server.port}/hook"))
+    finally:
+        await sender.aclose()
+    assert (result.error, result.refusal) == ("destination_forbidden", "private")
+    assert private.asked and server.connections == 0
