@@ -222,3 +222,37 @@ def test_bad_event_data_is_refused_before_publishing() -> None:
     )
     assert result.returncode == 1
     assert "unsafe_integer" in result.stderr
+
+
+async def test_broker_command_runs_the_embedded_broker_until_ctrl_c() -> None:
+    import socket
+
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    broker = subprocess.Popen(
+        [*CLI, "broker", "--port", str(port)],
+        env=base,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert broker.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(broker.stdout.readline), 30)
+        assert f"127.0.0.1:{port}" in line
+        # A real Kafka-protocol broker answers there: apply the topics through it.
+        settings = Settings.load(env={}, overrides={"kafka_bootstrap_servers": f"127.0.0.1:{port}"})
+        result = cli(settings, "topics", "apply")
+        assert "created  postion.events" in result.stdout
+    finally:
+        broker.send_signal(2)
+        try:
+            code = broker.wait(20)
+        except subprocess.TimeoutExpired:
+            broker.kill()
+            code = broker.wait()
+        if broker.stdout is not None:
+            broker.stdout.close()
+    assert code == 0
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
