@@ -55,6 +55,7 @@ WORKER_SETTINGS = [
     "log_level",
     "kafka_rebalance_timeout",
     "kafka_session_timeout",
+    "kafka_fetch_max_wait",
     "retry_jitter",
     "retry_after_cap",
     "endpoint_max_in_flight",

@@ -429,6 +429,13 @@ class Settings:
         _positive_float,
         "Seconds a consumer-group rebalance may take (kept short so joins take seconds).",
     )
+    kafka_fetch_max_wait: float = _setting(
+        0.05,
+        "BRIDGE_KAFKA_FETCH_MAX_WAIT",
+        "--kafka-fetch-max-wait",
+        parse_duration,
+        "Longest time a fetch waits for new records (the embedded broker holds fetches this long).",
+    )
     kafka_session_timeout: float = _setting(
         6.0,
         "BRIDGE_KAFKA_SESSION_TIMEOUT",

@@ -75,6 +75,7 @@ DEFAULTS: dict[str, Any] = {
     "log_level": "INFO",
     "embedded_port": 9092,
     "kafka_rebalance_timeout": 4.0,
+    "kafka_fetch_max_wait": 0.05,
     "kafka_session_timeout": 6.0,
 }
 
@@ -162,6 +163,7 @@ PARSED: dict[str, tuple[str, Any]] = {
     "log_level": ("debug", "DEBUG"),
     "embedded_port": ("19092", 19092),
     "kafka_rebalance_timeout": ("2", 2.0),
+    "kafka_fetch_max_wait": ("200ms", 0.2),
     "kafka_session_timeout": ("10", 10.0),
 }
 
