@@ -64,25 +64,29 @@ class TableFreshness:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 return False
-            if self._round is not None and self._round.done() and not self._round.cancelled():
-                self._round.exception()  # handled here even when no waiter looked at it
-            if self._round is None or self._round.done() or self._round_started < received_at:
-                if self._round is not None and not self._round.done():
-                    # A round that started before this event arrived does not cover it; wait
+            # Other waiters may replace ``self._round`` while this one waits: only ever look
+            # at the round this waiter awaited.
+            current = self._round
+            if current is not None and current.done() and not current.cancelled():
+                current.exception()  # handled here even when no waiter looked at it
+            if current is None or current.done() or self._round_started < received_at:
+                if current is not None and not current.done():
+                    # A round that started before this record arrived does not cover it; wait
                     # for it to end, then start the next one.
-                    await asyncio.wait({self._round}, timeout=remaining)
+                    await asyncio.wait({current}, timeout=remaining)
                     continue
                 self._round_started = self._clock()
-                self._round = asyncio.ensure_future(
+                current = self._round = asyncio.ensure_future(
                     asyncio.wait_for(self._run_round(self._round_started), self._timeout)
                 )
-            done, _ = await asyncio.wait({self._round}, timeout=remaining)
+            done, _ = await asyncio.wait({current}, timeout=remaining)
             if not done:
                 return False
-            if self._round.exception() is not None:
+            if current.cancelled() or current.exception() is not None:
                 # The offsets request failed (or the round timed out); the next loop tries
-                # again within the deadline. Reading the exception marks it as handled.
-                self._round = None
+                # again within the deadline.
+                if self._round is current:
+                    self._round = None
                 await asyncio.sleep(min(0.05, max(0.0, deadline - self._clock())))
         return True
 

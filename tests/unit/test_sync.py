@@ -322,3 +322,37 @@ async def test_a_failed_round_is_not_reported_as_unretrieved() -> None:
     assert await asyncio.wait_for(fresh.wait_current(clock()), PROMPT) is True
     gc.collect()
     assert [c["message"] for c in reported] == []
+
+
+async def test_a_waiter_is_not_confused_by_the_next_round_another_waiter_started() -> None:
+    """Waiter A awaits round 1; waiter B, woken first, starts round 2 as soon as round 1 ends.
+    A must judge round 1, not the still-running round 2 (it used to read ``self._round`` and
+    crash with InvalidStateError, leaving its record unmatched)."""
+    gates: list[asyncio.Event] = []
+
+    async def ends() -> dict[int, int]:
+        gate = asyncio.Event()
+        gates.append(gate)
+        await gate.wait()
+        return {0: 0}
+
+    now = [1.5]
+    fresh = TableFreshness(ends, timeout=5.0, clock=lambda: now[0])
+    starter = asyncio.create_task(fresh.wait_current(1.0))  # starts round 1 at 1.5
+    await asyncio.wait_for(_until(lambda: len(gates) == 1), PROMPT)
+    late = asyncio.create_task(fresh.wait_current(2.0))  # not covered by round 1
+    await asyncio.sleep(0)
+    covered = asyncio.create_task(fresh.wait_current(1.2))  # covered by round 1, waits after
+    await asyncio.sleep(0)
+    now[0] = 2.5
+    gates[0].set()
+    await asyncio.wait_for(_until(lambda: len(gates) == 2), PROMPT)
+    assert await asyncio.wait_for(starter, PROMPT) is True
+    assert await asyncio.wait_for(covered, PROMPT) is True
+    gates[1].set()
+    assert await asyncio.wait_for(late, PROMPT) is True
+
+
+async def _until(condition: Any) -> None:
+    while not condition():
+        await asyncio.sleep(0)
