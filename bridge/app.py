@@ -27,7 +27,7 @@ from .deadletters import SourceRef
 from .deliverer import Deliverer
 from .delivery import DeliverySender, Sender, new_client
 from .errors import InvalidRecord, InvalidSubscription
-from .faust_patches import set_fetch_max_wait
+from .faust_patches import reread_uncommitted_partitions, set_fetch_max_wait
 from .health import EndpointHealth
 from .kafka import address_policy, client_kwargs, faust_broker_kwargs, keyring
 from .logs import logging_config
@@ -113,6 +113,7 @@ class Bridge:
         s = self.settings
         s.resolved_data_dir.mkdir(parents=True, exist_ok=True)
         set_fetch_max_wait(s.kafka_fetch_max_wait)
+        reread_uncommitted_partitions()
         app = faust.App(
             s.group_id,
             **faust_broker_kwargs(s),

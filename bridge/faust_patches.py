@@ -1,9 +1,14 @@
-"""Adjustments to faust-streaming that its settings do not expose, applied once by bridge.app.
+"""Adjustments to faust-streaming that its settings do not expose, applied by bridge.app.
 
 Faust creates its consumer with ``fetch_max_wait_ms=1500`` hard-coded. Real Kafka answers a
 waiting fetch as soon as records arrive, but the embedded broker (Tansu) holds it for the whole
 wait, which put up to 1.5 s between an event and its delivery. The bridge sets the wait from
 ``kafka_fetch_max_wait`` instead (idle fetches then cost one small request per wait per broker).
+
+After a rebalance Faust drops the records fetched while it recovered its tables, then seeks each
+partition to its committed offset; aiokafka skips partitions with none, so their first records
+were lost until a restart. The bridge seeks those to their beginning (``auto_offset_reset``
+earliest, as configured).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-__all__ = ["set_fetch_max_wait"]
+__all__ = ["set_fetch_max_wait", "reread_uncommitted_partitions"]
 
 _fetch_max_wait_ms = 1500
 _original = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
@@ -31,3 +36,25 @@ def set_fetch_max_wait(seconds: float) -> None:
     _fetch_max_wait_ms = max(1, int(seconds * 1000))
     consumer_thread: Any = faust_aiokafka.AIOKafkaConsumerThread
     consumer_thread._create_worker_consumer = _create_worker_consumer
+
+
+async def _seek_uncommitted_to_start(consumer: Any) -> dict[Any, Any]:
+    committed: dict[Any, Any] = await consumer.seek_to_committed()
+    for tp, offset in committed.items():
+        if offset is None or offset <= 0:
+            # aiokafka seeks only partitions with a committed offset above 0. The others keep
+            # the position of whatever was fetched while Faust's flow was suspended for the
+            # rebalance, and Faust drops those buffered records: a partition's first records
+            # (a fresh retry tier, say) would be skipped until the next restart.
+            await consumer.seek_to_beginning(tp)
+    return committed
+
+
+async def _seek_to_committed(self: Any) -> Any:
+    return await self.call_thread(_seek_uncommitted_to_start, self._ensure_consumer())
+
+
+def reread_uncommitted_partitions() -> None:
+    """After a rebalance, read partitions without a committed offset from their beginning."""
+    consumer_thread: Any = faust_aiokafka.AIOKafkaConsumerThread
+    consumer_thread.seek_to_committed = _seek_to_committed
