@@ -114,22 +114,42 @@ async def httpx_ceiling(urls: list[str], count: int, concurrency: int = 8) -> di
     )
 
 
+def _hot_path_sender(policy: Any) -> tuple[Any, Any, str]:
+    """The sender the worker uses (``bridge.aiohttp_sender.AiohttpSender`` when it exists, else
+    ``bridge.delivery.Sender`` over ``new_client()``): (sender, closer, class name)."""
+    try:
+        from bridge.aiohttp_sender import AiohttpSender
+    except ImportError:
+        from bridge.delivery import Sender, new_client
+
+        client = new_client(30.0, 256, policy=policy)
+        sender = Sender(client, timeout=30.0, allow_http=True, policy=policy)
+        return sender, client.aclose, "Sender (httpx)"
+    sender = AiohttpSender(
+        timeout=30.0,
+        max_connections=256,
+        max_connections_per_endpoint=16,
+        policy=policy,
+        allow_http=True,
+    )
+    return sender, sender.aclose, "AiohttpSender"
+
+
 async def bridge_sender_ceiling(
     urls: list[str], count: int, concurrency: int = 32
 ) -> dict[str, Any]:
-    """The bridge's own HTTP stack (``bridge.delivery.new_client`` with the SSRF-guarded
-    transport, ``Sender.send`` with ``build_headers``), no Kafka: what the worker could reach if
+    """The bridge's own HTTP sending (the worker's sender class with the SSRF guard,
+    ``build_headers``, the documented success rule), no Kafka: what the worker could reach if
     everything around the HTTP request were free."""
-    from bridge.delivery import Delivery, Sender, new_client
+    from bridge.delivery import Delivery
     from bridge.ssrf import AddressPolicy
     from bridge.subscriptions import Webhook
 
     policy = AddressPolicy.from_setting("127.0.0.0/8", enabled=True)
-    client = new_client(30.0, 256, policy=policy)
-    sender = Sender(client, timeout=30.0, allow_http=True, policy=policy)
+    sender, close, kind = _hot_path_sender(policy)
     body, _ = sample_body()
-    webhooks = [
-        Webhook(
+    webhooks = {
+        url: Webhook(
             id=f"wh-{i}",
             name=f"wh-{i}",
             url=url,
@@ -139,19 +159,18 @@ async def bridge_sender_ceiling(
             user_id="user-0",
         )
         for i, url in enumerate(urls)
-    ]
+    }
 
     async def post(url: str, body_: bytes, headers: dict[str, str]) -> bool:
-        webhook = webhooks[urls.index(url)]
-        delivery = Delivery(str(uuid.uuid4()), webhook, "e", "post.published", body)
+        delivery = Delivery(str(uuid.uuid4()), webhooks[url], "e", "post.published", body)
         result = await sender.send(delivery)
-        return result.success
+        return bool(result.success)
 
     try:
         await _post_loop(post, urls, min(300, count), concurrency)
         elapsed, latencies, failures = await _post_loop(post, urls, count, concurrency)
     finally:
-        await client.aclose()
+        await close()
     return _result(
         "ceiling_bridge_sender",
         elapsed,
@@ -159,8 +178,9 @@ async def bridge_sender_ceiling(
         failures,
         count,
         concurrency=concurrency,
-        what="bridge.delivery.Sender with new_client() (httpx + SSRF-guarded transport), "
-        f"{concurrency} in flight, no Kafka",
+        sender=kind,
+        what=f"the worker's sender class ({kind}) with the SSRF guard, {concurrency} in flight, "
+        "no Kafka",
     )
 
 
@@ -257,4 +277,101 @@ def cpu_costs(samples: int = 2000) -> dict[str, float]:
         "encode_event_us": timed(lambda: EncodedEvent.of(event)),
         "build_body_us": timed(lambda: build_body(encoded, webhook)),
         "build_headers_us": timed(lambda: build_headers(delivery)),
+    }
+
+
+async def end_offsets_rtt(bootstrap: str, topic: str, rounds: int = 300) -> float:
+    """Milliseconds per ``end_offsets`` call (the request the bridge's subscription-freshness
+    check makes) on an idle loop: the broker round trip without any queueing."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        tps = [TopicPartition(topic, p) for p in range(6)]
+        await consumer.end_offsets(tps)
+        started = time.perf_counter()
+        for _ in range(rounds):
+            await consumer.end_offsets(tps)
+        return round((time.perf_counter() - started) / rounds * 1000, 3)
+    finally:
+        await consumer.stop()
+
+
+async def kafka_latency_floor(
+    bootstrap: str, topic: str, rate: float, seconds: float, fetch_max_wait_ms: int = 10
+) -> dict[str, Any]:
+    """Produce at ``rate`` and consume with a raw aiokafka consumer polling with a short fetch
+    wait: the publish -> consume latency of this broker, below which no worker can deliver.
+
+    The embedded broker (Tansu) answers a fetch late when it had nothing at the start: with
+    aiokafka's default 500 ms wait a raw consumer sees about 130 ms at p50, with 10 ms about
+    2 ms (measured while writing this harness); Faust's consumer uses 1500 ms."""
+    import json as _json
+    from datetime import datetime
+
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 6, 1)])
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=fetch_max_wait_ms
+    )
+    await consumer.start()
+    latencies: list[float] = []
+
+    async def consume() -> None:
+        while True:
+            batch = await consumer.getmany(timeout_ms=1000)
+            now = time.time()
+            for messages in batch.values():
+                for message in messages:
+                    stamp = _json.loads(message.value)["timestamp"]
+                    at = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+                    latencies.append(now - at)
+
+    try:
+        await consumer.topics()
+        tps = [TopicPartition(topic, p) for p in range(6)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        task = asyncio.create_task(consume())
+        producer = new_producer(bootstrap, linger_ms=0)
+        await producer.start()
+        sent = 0
+        try:
+            started = time.monotonic()
+            while (elapsed := time.monotonic() - started) < seconds:
+                while sent < int(elapsed * rate):
+                    n = sent
+                    value = event_bytes(str(uuid.uuid4()), f"s{n % 100}", "u", now_stamp(), n)
+                    await producer.send(topic, value, key=f"s{n % 100}".encode())
+                    sent += 1
+                await asyncio.sleep(0.01)
+            await producer.flush()
+        finally:
+            await producer.stop()
+        deadline = time.monotonic() + fetch_max_wait_ms / 1000 + 3
+        while len(latencies) < sent and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await consumer.stop()
+    return {
+        "name": "ceiling_kafka_latency",
+        "deliveries_per_s": round(rate, 1),
+        "p50_ms": _ms(percentile(latencies, 0.50)),
+        "p99_ms": _ms(percentile(latencies, 0.99)),
+        "ceiling_per_s": None,
+        "ratio": None,
+        "latency_kind": "event timestamp -> raw consumer getmany (ms timestamps)",
+        "records": sent,
+        "consumed": len(latencies),
+        "fetch_max_wait_ms": fetch_max_wait_ms,
+        "what": f"paced producer + raw AIOKafkaConsumer (fetch_max_wait_ms={fetch_max_wait_ms})"
+        ": the broker's publish -> consume latency",
     }

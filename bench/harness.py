@@ -36,11 +36,14 @@ ORDER = [
     "isolation",
     "isolation_slow",
     "subscriptions_100k",
-    "recovery_after_sigkill",
     "naive_baseline",
+    "recovery_after_sigkill",
 ]
 #: Longest a scenario may take before the run gives up on it (seconds).
-SCENARIO_TIMEOUT = {"quick": 150.0, "full": 420.0}
+SCENARIO_TIMEOUT = {"quick": 90.0, "full": 420.0}
+#: Seconds from the start of a run after which no further scenario starts (quick runs must end
+#: within three minutes, full ones within fifteen, stragglers and shutdown included).
+RUN_BUDGET = {"quick": 165.0, "full": 840.0}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=["auto", "nginx", "aiohttp"],
         default="auto",
         help="healthy receiver: nginx when installed (auto), or the aiohttp one",
+    )
+    parser.add_argument(
+        "--worker-patch",
+        metavar="PATCH[,PATCH]",
+        help="ablation: run every bridge worker through bench.patched_worker with these "
+        "patches (sync_race_fixed, no_freshness, no_attempt_log, no_event_validation, "
+        "no_spinner); never rewrites BENCHMARKS.md",
     )
     parser.add_argument(
         "--no-write",
@@ -110,6 +120,7 @@ async def _run(
     meta: dict[str, Any],
     results: list[dict[str, Any]],
 ) -> None:
+    run_started = time.monotonic()
     sizes = Sizes.for_mode(args.quick)
     names = _selected(args, sizes)
     force = None if args.receiver == "auto" else args.receiver
@@ -121,21 +132,39 @@ async def _run(
     urls = [receiver.url(i) for i in range(sizes.endpoints)]
 
     print("bench: ceilings ...", file=sys.stderr, flush=True)
-    top = await ceilings.aiohttp_ceiling(urls, sizes.aiohttp_requests, 32)
+    top = await _safe("ceiling_aiohttp", ceilings.aiohttp_ceiling(urls, sizes.aiohttp_requests, 32))
     top["receiver"] = receiver.kind
     _emit(top, results)
-    kafka = await ceilings.kafka_ceiling(
-        broker.bootstrap_servers, f"bench-{meta['run_id']}-kafka-ceiling", sizes.kafka_records
+    ceiling = top.get("deliveries_per_s") or 0.0
+    kafka_topic = f"bench-{meta['run_id']}-kafka-ceiling"
+    kafka = await _safe(
+        "ceiling_kafka_consume",
+        ceilings.kafka_ceiling(broker.bootstrap_servers, kafka_topic, sizes.kafka_records),
     )
     kafka["cpu_costs_us"] = ceilings.cpu_costs()
+    kafka["end_offsets_rtt_ms"] = await ceilings.end_offsets_rtt(
+        broker.bootstrap_servers, kafka_topic
+    )
     _emit(kafka, results)
-    for coroutine in (
-        ceilings.httpx_ceiling(urls, sizes.httpx_requests, 8),
-        ceilings.bridge_sender_ceiling(urls, sizes.sender_requests, 32),
+    floor = await _safe(
+        "ceiling_kafka_latency",
+        ceilings.kafka_latency_floor(
+            broker.bootstrap_servers, f"bench-{meta['run_id']}-kafka-latency", 200.0, 4.0
+        ),
+    )
+    _emit(floor, results)
+    for name, coroutine in (
+        ("ceiling_httpx_8", ceilings.httpx_ceiling(urls, sizes.httpx_requests, 8)),
+        (
+            "ceiling_bridge_sender",
+            ceilings.bridge_sender_ceiling(urls, sizes.sender_requests, 32),
+        ),
     ):
-        extra = await coroutine
-        extra["ratio"] = round(extra["deliveries_per_s"] / top["deliveries_per_s"], 4)
-        extra["ceiling_per_s"] = top["deliveries_per_s"]
+        _check_stop()
+        extra = await _safe(name, coroutine)
+        if extra.get("deliveries_per_s") and ceiling:
+            extra["ratio"] = round(extra["deliveries_per_s"] / ceiling, 4)
+        extra["ceiling_per_s"] = ceiling
         _emit(extra, results)
 
     ctx = Context(
@@ -147,18 +176,47 @@ async def _run(
         python=sys.executable,
         sizes=sizes,
         run_id=meta["run_id"],
-        ceiling=top["deliveries_per_s"],
+        ceiling=ceiling,
+        latency_floor_ms=floor.get("p50_ms"),
         profile=args.profile,
         profile_format=args.profile_format,
         profile_seconds=120 if not args.quick else 60,
     )
     timeout = SCENARIO_TIMEOUT["quick" if args.quick else "full"]
+    budget = RUN_BUDGET["quick" if args.quick else "full"]
     for name in names:
+        _check_stop()
+        remaining = budget - (time.monotonic() - run_started)
+        if remaining < 20:
+            _emit(
+                {
+                    "name": name,
+                    "deliveries_per_s": None,
+                    "p50_ms": None,
+                    "p99_ms": None,
+                    "ceiling_per_s": ctx.ceiling,
+                    "ratio": None,
+                    "error": f"skipped: the run's {budget:.0f} s budget is spent",
+                },
+                results,
+            )
+            continue
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
         started = time.monotonic()
         try:
-            result = await asyncio.wait_for(SCENARIOS[name](ctx), timeout)
-        except (TimeoutError, RuntimeError, AssertionError, OSError) as exc:
+            result = await asyncio.wait_for(SCENARIOS[name](ctx), min(timeout, remaining))
+        except TimeoutError:
+            result = {
+                "name": name,
+                "deliveries_per_s": None,
+                "p50_ms": None,
+                "p99_ms": None,
+                "ceiling_per_s": ctx.ceiling,
+                "ratio": None,
+                "error": f"TimeoutError: the scenario did not finish in its "
+                f"{min(timeout, remaining):.0f} s",
+            }
+        except Exception as exc:  # one scenario's failure is reported, the run goes on
             result = {
                 "name": name,
                 "deliveries_per_s": None,
@@ -169,8 +227,61 @@ async def _run(
                 "error": f"{type(exc).__name__}: {str(exc)[-1500:]}",
             }
         result["scenario_s"] = round(time.monotonic() - started, 1)
+        _check_stop()
         _emit(result, results)
     meta["profile_summary"] = ctx.profile_summary
+
+
+#: The signal that asked the run to stop, once one did.
+_STOP: list[int] = []
+
+
+def _check_stop() -> None:
+    if _STOP:
+        raise KeyboardInterrupt(f"signal {_STOP[0]}")
+
+
+async def _guarded(coroutine: Any, seconds: float) -> None:
+    """Run the benchmark with a deadline; SIGINT and SIGTERM stop it between awaits (and no
+    scenario may swallow that: the loop checks after each one), then everything is stopped."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+
+    def on_signal(signum: int) -> None:
+        if not _STOP:
+            _STOP.append(signum)
+            print(f"bench: signal {signum}; stopping", file=sys.stderr, flush=True)
+            task.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await asyncio.wait_for(coroutine, seconds)
+    except asyncio.CancelledError:
+        if _STOP:
+            raise KeyboardInterrupt(f"signal {_STOP[0]}") from None
+        raise
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    _check_stop()
+
+
+async def _safe(name: str, coroutine: Any) -> dict[str, Any]:
+    """A ceiling's result, or a result saying why it could not be measured."""
+    try:
+        return dict(await coroutine)
+    except Exception as exc:  # a ceiling must not end the run
+        return {
+            "name": name,
+            "deliveries_per_s": None,
+            "p50_ms": None,
+            "p99_ms": None,
+            "ceiling_per_s": None,
+            "ratio": None,
+            "error": f"{type(exc).__name__}: {str(exc)[-500:]}",
+        }
 
 
 def _install_sigterm() -> None:
@@ -183,6 +294,10 @@ def _install_sigterm() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _install_sigterm()
+    if args.worker_patch:
+        from . import kit
+
+        kit.WORKER_PATCH = args.worker_patch
     OUT.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="webhook-bridge-bench-"))
     run_id = uuid.uuid4().hex[:6]
@@ -207,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         broker.start()
         print(f"bench: embedded broker at {broker.bootstrap_servers}", file=sys.stderr, flush=True)
-        asyncio.run(asyncio.wait_for(_run(args, procs, broker, workdir, meta, results), limit * 60))
+        asyncio.run(_guarded(_run(args, procs, broker, workdir, meta, results), limit * 60))
     except KeyboardInterrupt:
         print("bench: interrupted; stopping everything", file=sys.stderr, flush=True)
         status = 130
@@ -229,7 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
         flush=True,
     )
-    if status == 0 and not args.no_write and not args.only and results:
+    meta["worker_patch"] = args.worker_patch
+    writable = not (args.no_write or args.only or args.worker_patch)
+    if status == 0 and writable and results:
         report.write_benchmarks(REPO / "BENCHMARKS.md", meta, results)
         print("bench: BENCHMARKS.md rewritten", file=sys.stderr, flush=True)
     if any(r.get("error") for r in results):

@@ -147,8 +147,15 @@ class Worker:
         return cpu_seconds(self.pid)
 
 
+#: ``bench/run --worker-patch``: run workers through bench.patched_worker with these patches.
+WORKER_PATCH: str | None = None
+
+
 def start_worker(procs: Procs, settings: Settings, name: str, python: str) -> Worker:
-    proc = procs.spawn(name, [python, "-m", "bridge.cli", "run"], env=settings_env(settings))
+    command = [python, "-m", "bridge.cli", "run"]
+    if WORKER_PATCH:
+        command = [python, "-m", "bench.patched_worker", WORKER_PATCH]
+    proc = procs.spawn(name, command, env=settings_env(settings))
     return Worker(settings, proc)
 
 

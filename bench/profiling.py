@@ -11,6 +11,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .procs import REPO
 
@@ -30,7 +31,7 @@ COMPONENTS: list[tuple[str, str]] = [
     ("/faust/", "faust"),
     ("/mode/", "mode (faust's service layer)"),
     ("/prometheus_client/", "prometheus_client"),
-    ("/aiohttp/", "aiohttp (worker web server)"),
+    ("/aiohttp/", "aiohttp (delivery client, and the /metrics server)"),
     ("/opentracing/", "faust"),
     ("/croniter/", "faust"),
     ("/yarl/", "yarl"),
@@ -125,6 +126,8 @@ def _short_file(path: str) -> str:
 
 
 def _component(path: str) -> str | None:
+    # py-spy prints paths relative to their sys.path entry ("aiokafka/client.py"), or absolute.
+    path = "/" + path.lstrip("/")
     for needle, name in COMPONENTS:
         if needle in path:
             # "/bridge/" also matches nothing else; site-packages "kafka/" only via aiokafka.
@@ -134,12 +137,33 @@ def _component(path: str) -> str | None:
     return None
 
 
+#: Frames that are on every stack of their thread (the event loop, the CLI, thread start-up):
+#: they say nothing about where the time goes, so inclusive tables leave them out.
+GENERIC = (
+    "BaseEventLoop.",
+    "Handle._run ",
+    "_run_module_as_main ",
+    "_run_code ",
+    "<module> ",
+    "main (bridge/cli.py)",
+    "main (bench/patched_worker.py)",
+    "_run (bridge/cli.py)",
+    "Worker.execute_from_commandline ",
+    "Thread._bootstrap",
+    "ServiceThread._start_thread ",
+    "WorkerThread.run ",
+)
+IDLE_LEAVES = ("EpollSelector.select ", "select.epoll.poll")
+
+
 def summarise(raw_path: Path, top: int = 15) -> dict[str, object]:
-    """Top functions by own time and by inclusive time, and time per component, from py-spy's
-    raw (collapsed stack) output."""
+    """From py-spy's raw (collapsed stack) output: the share of samples per thread, idle in the
+    event loop's epoll, per component (each sample charged to its innermost frame in a known
+    package), and the top functions by own and by inclusive time."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     components: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
     total = 0
     for line in raw_path.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -147,7 +171,7 @@ def summarise(raw_path: Path, top: int = 15) -> dict[str, object]:
             continue
         count = int(count_text)
         frames = [f for f in stack.split(";") if f]
-        # py-spy's raw format starts with the thread name ("process N:..." / "thread ...").
+        # With --threads py-spy's raw format starts with the process and thread names.
         frames = [f for f in frames if not f.startswith(("process ", "thread "))]
         if not frames:
             continue
@@ -156,9 +180,19 @@ def summarise(raw_path: Path, top: int = 15) -> dict[str, object]:
         for frame in frames:
             func, path = _parse_frame(frame)
             labels.append((f"{func} ({_short_file(path)})", path))
+        in_thread = any(label.startswith("Thread._bootstrap") for label, _ in labels)
+        threads[
+            "other thread (faust's consumer thread)"
+            if in_thread
+            else "main thread (the worker's event loop)"
+        ] += count
         own[labels[-1][0]] += count
         for label in {label for label, _ in labels}:
-            inclusive[label] += count
+            if not label.startswith(GENERIC):
+                inclusive[label] += count
+        if labels[-1][0].startswith(IDLE_LEAVES):
+            components["idle: an event loop waiting in epoll"] += count
+            continue
         charged = "python/asyncio (stdlib)"
         for _, path in reversed(labels):
             component = _component(path)
@@ -167,35 +201,59 @@ def summarise(raw_path: Path, top: int = 15) -> dict[str, object]:
                 break
         components[charged] += count
 
-    def table(counter: Counter[str]) -> list[dict[str, object]]:
+    def table(counter: Counter[str], key: str) -> list[dict[str, object]]:
         return [
-            {"function": name, "share": round(count / total, 3), "samples": count}
+            {key: name, "share": round(count / total, 3), "samples": count}
             for name, count in counter.most_common(top)
         ]
 
+    if not total:
+        return {
+            "samples": 0,
+            "by_thread": [],
+            "by_component": [],
+            "top_own": [],
+            "top_inclusive": [],
+        }
     return {
         "samples": total,
+        "by_thread": table(threads, "thread"),
         "by_component": [
             {"component": name, "share": round(count / total, 3), "samples": count}
             for name, count in components.most_common()
-        ]
-        if total
-        else [],
-        "top_own": table(own) if total else [],
-        "top_inclusive": table(inclusive) if total else [],
+        ],
+        "top_own": table(own, "function"),
+        "top_inclusive": table(inclusive, "function"),
     }
 
 
 def format_summary(summary: dict[str, object], title: str) -> str:
-    lines = [f"### {title}", "", f"{summary['samples']} samples.", ""]
-    lines += ["Time by component (each sample charged to its innermost frame in a known package):"]
-    lines += ["", "| component | share |", "|---|---|"]
-    for row in summary["by_component"]:  # type: ignore[attr-defined]
+    rows: Any = summary
+    lines = [f"### {title}", "", f"{rows['samples']} samples (100 Hz, non-blocking).", ""]
+    lines += ["| thread | share |", "|---|---|"]
+    for row in rows["by_thread"]:
+        lines.append(f"| {row['thread']} | {row['share'] * 100:.1f}% |")
+    lines += [
+        "",
+        "Time by component (each sample charged to its innermost frame in a known package; "
+        "stdlib frames are charged to the package that called them):",
+        "",
+        "| component | share |",
+        "|---|---|",
+    ]
+    for row in rows["by_component"]:
         lines.append(f"| {row['component']} | {row['share'] * 100:.1f}% |")
     lines += ["", "Top functions by own time:", "", "| function | share |", "|---|---|"]
-    for row in summary["top_own"]:  # type: ignore[attr-defined]
+    for row in rows["top_own"]:
         lines.append(f"| `{row['function']}` | {row['share'] * 100:.1f}% |")
-    lines += ["", "Top functions by inclusive time:", "", "| function | share |", "|---|---|"]
-    for row in summary["top_inclusive"]:  # type: ignore[attr-defined]
+    lines += [
+        "",
+        "Top functions by inclusive time (the event loop, CLI and thread start-up frames, which "
+        "are on every stack, left out):",
+        "",
+        "| function | share |",
+        "|---|---|",
+    ]
+    for row in rows["top_inclusive"]:
         lines.append(f"| `{row['function']}` | {row['share'] * 100:.1f}% |")
     return "\n".join(lines) + "\n"

@@ -98,25 +98,37 @@ def _fmt(value: Any) -> str:
 #: Extras worth a column of prose in the results table.
 NOTES = {
     "ceiling_aiohttp": ["concurrency", "body_bytes"],
-    "ceiling_kafka_consume": ["records"],
+    "ceiling_kafka_consume": ["records", "end_offsets_rtt_ms"],
+    "ceiling_kafka_latency": ["records", "consumed", "fetch_max_wait_ms"],
     "ceiling_httpx_8": ["concurrency"],
-    "ceiling_bridge_sender": ["concurrency"],
+    "ceiling_bridge_sender": ["sender", "concurrency"],
     "fanout_1": [
         "deliveries_seen",
+        "deliveries_expected",
         "worker_cpu_pct",
         "worker_cpu_ms_per_delivery",
         "ready_s",
-        "retries_scheduled",
+        "backlog_skipped_at_start",
         "duplicates",
     ],
     "fanout_10": [
         "deliveries_seen",
+        "deliveries_expected",
         "worker_cpu_pct",
         "worker_cpu_ms_per_delivery",
-        "retries_scheduled",
+        "backlog_skipped_at_start",
         "duplicates",
     ],
-    "latency_half_load": ["offered_per_s", "delivered", "p90_ms", "max_ms", "worker_cpu_pct"],
+    "latency_half_load": [
+        "offered_per_s",
+        "delivered",
+        "p90_ms",
+        "max_ms",
+        "broker_floor_p50_ms",
+        "p50_vs_broker_floor",
+        "worker_cpu_pct",
+        "sync_timeouts",
+    ],
     "isolation": [
         "offered_per_s",
         "no_fault_per_s",
@@ -150,7 +162,12 @@ NOTES = {
         "missing",
         "redelivered",
     ],
-    "naive_baseline": ["deliveries_seen", "bridge_speedup", "process_cpu_pct"],
+    "naive_baseline": [
+        "deliveries_seen",
+        "bridge_speedup",
+        "process_cpu_pct",
+        "backlog_skipped_at_start",
+    ],
 }
 
 
@@ -270,37 +287,43 @@ customers, one endpoint would measure that limit instead of the bridge.
 Every scenario starts its worker(s) as real processes (`python -m bridge.cli run`, settings via
 `BRIDGE_*` environment: `LOG_LEVEL=WARNING`, `ALLOW_HTTP=true`, `ALLOW_NETWORKS=127.0.0.0/8`,
 `BREAKER_THRESHOLD=100000` except in the isolation scenarios) with its own topics and consumer
-group, and stops them with SIGTERM (SIGKILL after a bounded wait).
+group, and stops them with SIGTERM (SIGKILL after a bounded wait). Deliveries are counted at the
+receiver by delivery id (each expected id once; repeats are reported as duplicates).
 
 - **Ceilings**, same run, same receiver: `ceiling_aiohttp` is 32 aiohttp tasks POSTing a signed
   ~600-byte body with the documented headers for a fixed count (the standard asyncio loop, like
   the worker); `ceiling_kafka_consume` is a raw `AIOKafkaConsumer.getmany` loop over a pre-filled
-  6-partition topic; `ceiling_httpx_8` is httpx's default transport with 8 in flight, and
-  `ceiling_bridge_sender` is the bridge's own `Sender` + `new_client()` (httpx with the
-  SSRF-guarded transport) with 32 in flight and no Kafka, for context. Their p50/p99 are client
-  request durations.
+  6-partition topic (with `end_offsets_rtt_ms`, one `end_offsets` round trip on an idle loop, the
+  request the subscription-freshness check makes); `ceiling_kafka_latency` publishes at 200/s and
+  consumes with a raw consumer polling with a 10 ms fetch wait: the broker's own publish ->
+  consume latency. `ceiling_httpx_8` is httpx's default transport with 8 in flight, and
+  `ceiling_bridge_sender` the worker's own sender class (aiohttp or httpx, with the SSRF guard)
+  with 32 in flight and no Kafka, for context. Their p50/p99 are client request durations.
 - **fanout_1 / fanout_10**: webhooks written (one record per batch), events pre-published, *then*
   the worker is started, so the backlog measures throughput: deliveries/s = (arrivals - 1) /
-  (last arrival - first arrival), counting each expected delivery id once, from the receiver's
-  log; the worker's `webhook_bridge_deliveries_total` is reported beside it. fanout_1: 1000 sites
-  with one webhook each; fanout_10: 100 sites with ten webhooks each (all events). p50/p99 are
-  the worker's HTTP request duration (`webhook_bridge_http_request_duration_seconds`,
-  interpolated within buckets). `worker_cpu_pct` is the worker's CPU time over the delivery
-  phase (100 = one core).
+  (last arrival - first arrival). fanout_1: 1000 sites with one webhook each; fanout_10: 100
+  sites with ten webhooks each (all events). p50/p99 are the worker's HTTP request duration
+  (`webhook_bridge_http_request_duration_seconds`, interpolated within buckets).
+  `worker_cpu_pct` is the worker's CPU time over the delivery phase (100 = one core). When not
+  one delivery of the pre-published backlog arrives within 6 s of `/readyz` (the start-up bug
+  described under *What limits throughput*), `backlog_skipped_at_start` is true and the same
+  number of events is published again to measure on. A backlog that stops progressing for 10 s
+  ends the wait (the result then says how many of the expected deliveries arrived).
 - **latency_half_load**: a ready worker; events published at half the fanout_1 rate of the same
   run (paced every 10 ms); latency = receiver arrival time minus the event's `timestamp` (both
   this machine's clock; the timestamp has millisecond precision and nginx's `$msec` too, so
   values are within about 1 ms).
 - **isolation**: the same paced load, 10% of the webhooks on an endpoint that does not answer for
   600 s (`bench/receiver.py` in hang mode), `BRIDGE_HTTP_TIMEOUT=2`, the default breaker threshold
-  (5); healthy deliveries/s and latency compared with a run of the same shape where that tenth
-  points at the healthy receiver. `isolation_slow` (full runs only) does the same with an
-  endpoint answering 200 after 1 s.
+  (5); the healthy 90%'s deliveries/s and latency compared with a run of the same shape where
+  that tenth points at the healthy receiver (the same 90% counted). `isolation_slow` (full runs
+  only) does the same with an endpoint answering 200 after 1 s.
 - **subscriptions_100k**: N webhook records written one record per batch (aiokafka
   `max_batch_size` smaller than two records, `linger_ms=0`, 256 sends in flight; a sample of
   2000 with sequential `send_and_wait` for comparison), then a worker is started: seconds until
   `/readyz` is 200, its VmRSS, and the `webhook_bridge_subscriptions{state="active"}` gauge,
-  which must equal N. `--quick` writes 20,000 (the name stays).
+  which must equal N. `--quick` writes 20,000 (the name stays). `rss_per_subscription_bytes`
+  compares with fanout_1's worker (1000 webhooks) at ready.
 - **recovery_after_sigkill**: a worker delivering a paced stream (a quarter of the fanout_1 rate)
   is SIGKILLed; another starts at once with the same group. Reported: restart to `/readyz`,
   restart to the first delivery, restart to having delivered every event published before the
@@ -308,11 +331,18 @@ group, and stops them with SIGTERM (SIGKILL after a bounded wait).
   counted, not errors).
 - **naive_baseline**: `bench/naive_app.py`, a Faust agent that awaits one httpx POST per
   delivery (no concurrency, no retries), on the same backlog shape as fanout_1.
-- **Profiling**: `bench/run --profile fanout_1` attaches `py-spy record --nonblocking --format raw`
-  to the worker from ready until the backlog is delivered, writes `bench/out/profile-fanout_1.txt`
-  (collapsed stacks) and a summary (`.summary.md`), and prints the top functions and the share of
-  samples per component (each sample charged to its innermost frame in a known package).
-  `--profile-format flamegraph` writes an svg instead. bench/out/ is not committed.
+- **Profiling**: `bench/run --profile NAME` attaches `py-spy record --nonblocking --format raw`
+  to the scenario's worker from ready until its load is delivered (subscriptions_100k: from start
+  to ready), writes `bench/out/profile-NAME.txt` (collapsed stacks) and a summary
+  (`.summary.md`), and prints the share of samples per thread, per component and the top
+  functions. `--profile-format flamegraph` writes an svg instead. bench/out/ is not committed.
+- **Ablation**: `bench/run --only fanout_1 --worker-patch no_freshness` (or `no_attempt_log`,
+  `no_event_validation`, comma-separated) runs the workers through `bench/patched_worker.py`,
+  which takes that one cost away at run time: how much faster the worker would be if it were
+  free. Such runs never rewrite this file.
+- **Bounds**: every wait has a deadline; a quick run starts no scenario after 165 s and aborts
+  at 3.5 minutes, a full one after 14 and 16 minutes. Everything started is stopped by PID at the
+  end, also on Ctrl-C, SIGTERM and errors.
 
 ## How to run
 
@@ -321,9 +351,13 @@ bench/run --quick                      # everything, small sizes, < 3 minutes
 bench/run                              # everything, full sizes, < 15 minutes
 bench/run --only fanout_1              # one scenario (repeatable; does not rewrite this file)
 bench/run --quick --profile fanout_1   # with py-spy on fanout_1's worker
+bench/run --quick --only fanout_1 --worker-patch no_freshness   # ablation
 PYTHON=/path/to/venv/bin/python bench/run --quick
 ```
 
 Needs the project installed with the `embedded` extra in that Python (`./dev` makes `.venv`),
 plus `py-spy` for `--profile`; nginx (`apt-get install nginx-light`) is used when present.
+Progress goes to stderr, one JSON object per result to stdout; everything is also saved as
+`bench/out/results-<time>.json`, with the worker and receiver logs left in the run's temporary
+directory (printed at the start).
 """

@@ -75,6 +75,8 @@ class AiohttpSender:
         self._resolver = resolver
         self._limits = (max_connections, max_connections_per_endpoint)
         self._session: aiohttp.ClientSession | None = None
+        #: check_url's verdict per URL (it depends only on the URL and fixed settings).
+        self._checked: dict[str, DestinationForbidden | None] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         # Created lazily: a session belongs to the running event loop.
@@ -98,6 +100,19 @@ class AiohttpSender:
             )
         return self._session
 
+    def _check(self, url: str) -> None:
+        if url not in self._checked:
+            if len(self._checked) > 50_000:
+                self._checked.clear()
+            try:
+                check_url(url, allow_http=self._allow_http, policy=self._policy)
+                self._checked[url] = None
+            except DestinationForbidden as exc:
+                self._checked[url] = exc
+        refusal = self._checked[url]
+        if refusal is not None:
+            raise refusal
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -109,7 +124,7 @@ class AiohttpSender:
         at = format_timestamp(now)
         started = self._clock()
         try:
-            check_url(delivery.webhook.url, allow_http=self._allow_http, policy=self._policy)
+            self._check(delivery.webhook.url)
             headers = build_headers(delivery, now)
             # The session's total timeout bounds the request; this one also covers reading the
             # body ("We will time out requests after 30 seconds").

@@ -72,8 +72,12 @@ class _KafkaOutputs:
     async def retry(self, tier: int, key: bytes, value: bytes) -> None:
         await self._send(self._bridge.retry_topics[tier], key, value)
 
-    async def attempt(self, key: bytes, record: dict[str, Any]) -> None:
-        await self._send(self._bridge.attempts_topic, key, jsoncanon.dumps(record))
+    async def attempt(self, key: bytes, record: dict[str, Any], *, durable: bool = True) -> None:
+        value = jsoncanon.dumps(record)
+        if durable:
+            await self._send(self._bridge.attempts_topic, key, value)
+        else:
+            self._bridge.attempts_topic.send_soon(key=key, value=value)
 
     async def status(self, key: bytes, record: dict[str, Any]) -> None:
         await self._bridge.store().put_status(record)

@@ -41,8 +41,14 @@ async def hook(
     receiver.secrets[f"/{name}"] = secret
 
 
-async def records(settings: Settings, topic: str) -> list[dict]:
-    return [json.loads(v) for _, v in await read_topic(settings, topic) if v is not None]
+async def records(settings: Settings, topic: str, *, at_least: int = 0) -> list[dict]:
+    """The topic's records; with ``at_least``, poll (deadline 15 s) until that many arrived:
+    attempt records of successful deliveries are written without waiting for the broker."""
+    deadline = asyncio.get_running_loop().time() + 15
+    while True:
+        found = [json.loads(v) for _, v in await read_topic(settings, topic) if v is not None]
+        if len(found) >= at_least or asyncio.get_running_loop().time() > deadline:
+            return found
 
 
 async def test_a_failing_delivery_is_retried_on_schedule_with_the_same_id(
@@ -73,7 +79,7 @@ async def test_a_failing_delivery_is_retried_on_schedule_with_the_same_id(
     )
     assert values['webhook_bridge_retries_scheduled_total{tier="1"}'] == 1
     assert values['webhook_bridge_retries_scheduled_total{tier="2"}'] == 1
-    log = await records(settings, settings.attempts_topic)
+    log = await records(settings, settings.attempts_topic, at_least=3)
     assert [(a["attempt"], a["status"], a["next"]) for a in log] == [
         (1, 500, "retry"),
         (2, 503, "retry"),

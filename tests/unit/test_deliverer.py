@@ -144,7 +144,7 @@ class FakeOutputs:
         self.calls.append("retry")
         self.retries.append((tier, key, value))
 
-    async def attempt(self, key: bytes, record: dict[str, Any]) -> None:
+    async def attempt(self, key: bytes, record: dict[str, Any], *, durable: bool = True) -> None:
         self.calls.append("attempt")
         self.attempts.append((key, json.loads(json.dumps(record))))
 

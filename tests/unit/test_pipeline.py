@@ -109,7 +109,7 @@ class FakeOutputs:
     async def retry(self, tier: int, key: bytes, value: bytes) -> None:
         self.retries.append((tier, key, value))
 
-    async def attempt(self, key: bytes, record: dict[str, Any]) -> None:
+    async def attempt(self, key: bytes, record: dict[str, Any], *, durable: bool = True) -> None:
         self.attempts.append((key, json.loads(json.dumps(record))))
 
     async def status(self, key: bytes, record: dict[str, Any]) -> None:
