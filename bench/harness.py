@@ -141,10 +141,17 @@ async def _run(
         "ceiling_kafka_consume",
         ceilings.kafka_ceiling(broker.bootstrap_servers, kafka_topic, sizes.kafka_records),
     )
-    kafka["cpu_costs_us"] = ceilings.cpu_costs()
-    kafka["end_offsets_rtt_ms"] = await ceilings.end_offsets_rtt(
-        broker.bootstrap_servers, kafka_topic
-    )
+    try:
+        kafka["cpu_costs_us"] = ceilings.cpu_costs()
+    except Exception as exc:  # the bridge's internals moved: say so, go on
+        kafka["cpu_costs_us"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    try:
+        kafka["end_offsets_rtt_ms"] = await asyncio.wait_for(
+            ceilings.end_offsets_rtt(broker.bootstrap_servers, kafka_topic), 60
+        )
+    except Exception as exc:
+        kafka["end_offsets_rtt_ms"] = None
+        kafka["end_offsets_error"] = f"{type(exc).__name__}: {exc}"[:300]
     _emit(kafka, results)
     floor = await _safe(
         "ceiling_kafka_latency",
@@ -311,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": sys.executable,
     }
     meta.update(report.machine())
+    meta["bridge_commit"] = report.bridge_commit()
     meta["other_busy_processes_start"] = report.busy_processes(exclude_self=True)
     print(f"bench: run {run_id}, logs in {workdir}", file=sys.stderr, flush=True)
     procs = Procs(workdir)

@@ -32,7 +32,7 @@ def _no_freshness() -> None:
 
     _require(TableFreshness, "wait_current")
 
-    async def wait_current(self: Any, received_at: float) -> bool:
+    async def wait_current(self: Any, *args: Any, **kwargs: Any) -> bool:
         return True
 
     TableFreshness.wait_current = wait_current  # type: ignore[method-assign]
@@ -86,7 +86,7 @@ def _no_attempt_log() -> None:
     _require(app, "_KafkaOutputs")
     _require(app._KafkaOutputs, "attempt")
 
-    async def attempt(self: Any, key: bytes, record: dict[str, Any]) -> None:
+    async def attempt(self: Any, *args: Any, **kwargs: Any) -> None:
         return None
 
     app._KafkaOutputs.attempt = attempt  # type: ignore[method-assign]

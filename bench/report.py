@@ -61,8 +61,40 @@ def machine() -> dict[str, Any]:
     }
 
 
+#: Command lines that look like work competing for the CPU (test suites, brokers, servers);
+#: everything else (shells, the machine's own agents) is left out of the report.
+WORKLOADS = re.compile(r"python|pytest|node|tansu|nginx|java|cargo|rustc|\bgo\b|cc1|make|npm")
+
+
+def bridge_commit() -> str:
+    """The checked-out commit, and whether bridge/ differs from it (read-only git)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "bridge"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if not head:
+        return "unknown"
+    return f"{head} (bridge/ with uncommitted changes)" if dirty else head
+
+
 def busy_processes(exclude_self: bool = True, limit: int = 6) -> list[str]:
-    """Other processes by accumulated CPU (a hint of what else ran on the machine)."""
+    """Other workload processes by accumulated CPU (a hint of what else ran on the machine)."""
     me = os.getpid()
     rows = []
     ticks = os.sysconf("SC_CLK_TCK")
@@ -79,7 +111,7 @@ def busy_processes(exclude_self: bool = True, limit: int = 6) -> list[str]:
         fields = stat[stat.rfind(")") + 2 :].split()
         cpu = (int(fields[11]) + int(fields[12])) / ticks
         state = fields[0]
-        if cmd and cpu > 1.0:
+        if cmd and cpu > 1.0 and WORKLOADS.search(cmd):
             rows.append((cpu, state, cmd[:90]))
     rows.sort(reverse=True)
     return [f"{cpu:.0f}s cpu [{state}] {cmd}" for cpu, state, cmd in rows[:limit]]
@@ -207,7 +239,23 @@ def write_benchmarks(path: Path, meta: dict[str, Any], results: list[dict[str, A
         profile = _kept(path, PROFILE_START, PROFILE_END) or "\n(no profile recorded yet)\n"
     load_start = ", ".join(f"{x:.2f}" for x in meta["loadavg_start"])
     load_end = ", ".join(f"{x:.2f}" for x in meta["loadavg_end"])
-    shared = meta["loadavg_start"][0] > 0.5 or bool(meta.get("other_busy_processes_start"))
+    at_start = [p for p in meta.get("other_busy_processes_start") or [] if WORKLOADS.search(p)]
+    at_end = [p for p in meta.get("other_busy_processes_end") or [] if WORKLOADS.search(p)]
+    others = at_start + at_end
+    if others:
+        busy = (
+            ". **Other workloads ran on the machine during this run** (listed under *Machine and "
+            "software*): absolute numbers are noisy; the ratios against ceilings measured in the "
+            "same run are the point."
+        )
+    elif meta["loadavg_start"][0] > 0.5:
+        busy = (
+            f". The load average at the start ({meta['loadavg_start'][0]:.2f}) is trailing load "
+            "(earlier runs or other jobs): absolute numbers are noisy; the ratios against "
+            "ceilings measured in the same run are the point."
+        )
+    else:
+        busy = "."
     lines = [
         "# Benchmarks",
         "",
@@ -215,17 +263,10 @@ def write_benchmarks(path: Path, meta: dict[str, Any], results: list[dict[str, A
         "analysis is kept across runs, everything else is rewritten.",
         "",
         f"- **Run**: `{' '.join(meta['argv'])}` ({meta['mode']}), {meta['started']}, "
-        f"{meta.get('seconds', '?')} s",
+        f"{meta.get('seconds', '?')} s, bridge at `{meta.get('bridge_commit', 'unknown')}`",
         f"- **Receiver**: {meta.get('receiver', '?')}",
         f"- **Load average** (1, 5, 15 min) at start: {load_start}; at end: {load_end} "
-        f"(2 cores)"
-        + (
-            ". **The machine was shared with other jobs during this run** (test suites of "
-            "other engineers): absolute numbers are noisy; the ratios against ceilings measured "
-            "in the same run are the point."
-            if shared
-            else "."
-        ),
+        f"(2 cores)" + busy,
         "",
         "## Results",
         "",
@@ -243,7 +284,7 @@ def write_benchmarks(path: Path, meta: dict[str, Any], results: list[dict[str, A
             f"{_fmt(r.get('ratio'))} | {_notes(r)} |"
         )
     kafka = next((r for r in results if r["name"] == "ceiling_kafka_consume"), None)
-    if kafka and kafka.get("cpu_costs_us"):
+    if kafka and kafka.get("cpu_costs_us") and "error" not in kafka["cpu_costs_us"]:
         costs = ", ".join(f"{k} {v} µs" for k, v in kafka["cpu_costs_us"].items())
         lines += ["", f"Per-call CPU of the bridge's pure steps (in the harness process): {costs}."]
     packages = ", ".join(f"{k} {v}" for k, v in meta["packages"].items() if v)
@@ -258,8 +299,9 @@ def write_benchmarks(path: Path, meta: dict[str, Any], results: list[dict[str, A
         f"kernel {meta['kernel']}",
         f"- Python {meta['python_version']} (`{meta['python']}`)",
         f"- Packages: {packages}",
-        "- Other processes with the most CPU when the run started: "
-        + ("; ".join(f"`{p}`" for p in meta.get("other_busy_processes_start") or []) or "none"),
+        "- Other workload processes with the most CPU at the start of the run: "
+        + ("; ".join(f"`{p}`" for p in at_start) or "none"),
+        "- ... and at its end: " + ("; ".join(f"`{p}`" for p in at_end) or "none"),
         "",
         "## What limits throughput",
         "",
@@ -328,7 +370,8 @@ receiver by delivery id (each expected id once; repeats are reported as duplicat
   is SIGKILLed; another starts at once with the same group. Reported: restart to `/readyz`,
   restart to the first delivery, restart to having delivered every event published before the
   restart, and whether any delivery is missing at the end (at-least-once: redeliveries are
-  counted, not errors).
+  counted, not errors). Its p50/p99 are the latencies of events published in the 4 s after
+  catching up.
 - **naive_baseline**: `bench/naive_app.py`, a Faust agent that awaits one httpx POST per
   delivery (no concurrency, no retries), on the same backlog shape as fanout_1.
 - **Profiling**: `bench/run --profile NAME` attaches `py-spy record --nonblocking --format raw`
@@ -337,7 +380,8 @@ receiver by delivery id (each expected id once; repeats are reported as duplicat
   (`.summary.md`), and prints the share of samples per thread, per component and the top
   functions. `--profile-format flamegraph` writes an svg instead. bench/out/ is not committed.
 - **Ablation**: `bench/run --only fanout_1 --worker-patch no_freshness` (or `no_attempt_log`,
-  `no_event_validation`, comma-separated) runs the workers through `bench/patched_worker.py`,
+  `no_event_validation`, `no_spinner`, `sync_race_fixed`, comma-separated) runs the workers
+  through `bench/patched_worker.py`,
   which takes that one cost away at run time: how much faster the worker would be if it were
   free. Such runs never rewrite this file.
 - **Bounds**: every wait has a deadline; a quick run starts no scenario after 165 s and aborts

@@ -794,6 +794,7 @@ async def naive_baseline(ctx: Context) -> dict[str, Any]:
         NAIVE_DATADIR=str(ctx.workdir / "data" / settings.group_id),
         PYTHONUNBUFFERED="1",
     )
+    Path(env["NAIVE_DATADIR"]).mkdir(parents=True, exist_ok=True)
     load_start = _loadavg()
     proc = ctx.procs.spawn("naive", [ctx.python, "-m", "bench.naive_app"], env=env)
     spawned = time.time()

@@ -72,12 +72,8 @@ class _KafkaOutputs:
     async def retry(self, tier: int, key: bytes, value: bytes) -> None:
         await self._send(self._bridge.retry_topics[tier], key, value)
 
-    async def attempt(self, key: bytes, record: dict[str, Any], *, durable: bool = True) -> None:
-        value = jsoncanon.dumps(record)
-        if durable:
-            await self._send(self._bridge.attempts_topic, key, value)
-        else:
-            self._bridge.attempts_topic.send_soon(key=key, value=value)
+    async def attempt(self, key: bytes, record: dict[str, Any]) -> None:
+        await self._send(self._bridge.attempts_topic, key, jsoncanon.dumps(record))
 
     async def status(self, key: bytes, record: dict[str, Any]) -> None:
         await self._bridge.store().put_status(record)
@@ -388,7 +384,7 @@ class Bridge:
             registry=self.registry,
             ready=self.ready,
         )
-        return faust.Worker(
+        worker = faust.Worker(
             self.app,
             web,
             _Closer(self),
@@ -397,6 +393,10 @@ class Bridge:
             logging_config=logging_config(self.settings.log_level, self.settings.log_format),
             redirect_stdouts=False,
         )
+        # Faust's terminal spinner sets the root logger to DEBUG (every library debug call then
+        # builds a record) and writes escape codes into the logs.
+        worker.spinner = None
+        return worker
 
 
 def _source(message: Any) -> SourceRef:

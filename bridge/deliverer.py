@@ -47,9 +47,7 @@ class Outputs(Protocol):
 
     async def retry(self, tier: int, key: bytes, value: bytes) -> None: ...
 
-    async def attempt(self, key: bytes, record: dict[str, Any], *, durable: bool = True) -> None:
-        """Write an attempt record; with ``durable=False``, return once it is queued."""
-        ...
+    async def attempt(self, key: bytes, record: dict[str, Any]) -> None: ...
 
     async def status(self, key: bytes, record: dict[str, Any]) -> None: ...
 
@@ -182,9 +180,7 @@ class Deliverer:
             self._observe(delivery, job, result)
             self._breakers.success(endpoint)
             self._metrics.circuits_open.set(self._breakers.open_count())
-            # The delivery itself is settled by the receiver's 200; its log record need not
-            # hold up the source record's acknowledgement (a crash may lose the last few).
-            await self._record_attempt(job, result, None, durable=False)
+            await self._record_attempt(job, result, None)
             await self._publish_health(self._health.on_success(webhook.id))
             return
         # A refusal by the SSRF guard made no request: it is not an HTTP attempt and says
@@ -295,9 +291,7 @@ class Deliverer:
         record = change.to_record(format_timestamp(self._now()))
         await self._outputs.status(change.webhook_id.encode("utf-8"), record)
 
-    async def _record_attempt(
-        self, job: Job, result: AttemptResult, next_step: str | None, *, durable: bool = True
-    ) -> None:
+    async def _record_attempt(self, job: Job, result: AttemptResult, next_step: str | None) -> None:
         record = {
             "delivery_id": job.delivery_id,
             "webhook_id": job.webhook.id,
@@ -313,7 +307,7 @@ class Deliverer:
             "at": result.at,
             "next": next_step,
         }
-        await self._outputs.attempt(job.webhook.id.encode("utf-8"), record, durable=durable)
+        await self._outputs.attempt(job.webhook.id.encode("utf-8"), record)
 
     async def _dead_letter(
         self, job: Job, reason: str, detail: str, history: Sequence[Mapping[str, Any]]
