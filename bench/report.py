@@ -380,7 +380,7 @@ receiver by delivery id (each expected id once; repeats are reported as duplicat
   (`.summary.md`), and prints the share of samples per thread, per component and the top
   functions. `--profile-format flamegraph` writes an svg instead. bench/out/ is not committed.
 - **Ablation**: `bench/run --only fanout_1 --worker-patch no_freshness` (or `no_attempt_log`,
-  `no_event_validation`, `no_spinner`, `sync_race_fixed`, comma-separated) runs the workers
+  `no_event_validation`, comma-separated) runs the workers
   through `bench/patched_worker.py`,
   which takes that one cost away at run time: how much faster the worker would be if it were
   free. Such runs never rewrite this file.
