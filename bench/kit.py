@@ -24,8 +24,6 @@ from bridge.payload import delivery_id
 
 from .procs import Proc, Procs, free_port, http_get, rss_kib
 
-ENV_OF = {name: spec.env for name, spec in Settings.specs().items()}
-
 #: Worker settings every scenario uses unless it says otherwise.
 BASE_WORKER = {
     "log_level": "WARNING",
@@ -60,16 +58,7 @@ def make_settings(bootstrap: str, prefix: str, workdir: Path, **changes: Any) ->
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes ``python -m bridge.cli run`` load exactly these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    for name, value in settings.__dict__.items():
-        if value is None:
-            continue
-        if isinstance(value, tuple):
-            text = ",".join(str(v) for v in value)
-        elif isinstance(value, bool):
-            text = "true" if value else "false"
-        else:
-            text = str(value)
-        env[ENV_OF[name]] = text
+    env.update(settings.to_env())
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

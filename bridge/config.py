@@ -496,6 +496,22 @@ class Settings:
                 values[name] = value
         return cls(**values)
 
+    def to_env(self) -> dict[str, str]:
+        """The ``BRIDGE_*`` variables that make :meth:`load` return these settings again (for
+        starting a worker process with them); unset settings are left out."""
+        env: dict[str, str] = {}
+        for name, spec in self.specs().items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, tuple):
+                env[spec.env] = ",".join(str(v) for v in value)
+            elif isinstance(value, bool):
+                env[spec.env] = "true" if value else "false"
+            else:
+                env[spec.env] = str(value)
+        return env
+
     def replace(self, **changes: Any) -> Settings:
         """A copy with some settings changed (validated again)."""
         return dataclasses.replace(self, **changes)

@@ -14,22 +14,11 @@ import httpx
 
 from bridge.config import Settings
 
-ENV_OF = {name: spec.env for name, spec in Settings.specs().items()}
-
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a child process load exactly these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    for name, value in settings.__dict__.items():
-        if value is None:
-            continue
-        if isinstance(value, tuple):
-            text = ",".join(str(v) for v in value)
-        elif isinstance(value, bool):
-            text = "true" if value else "false"
-        else:
-            text = str(value)
-        env[ENV_OF[name]] = text
+    env.update(settings.to_env())
     return env
 
 

@@ -545,3 +545,22 @@ def test_bad_flag_values_are_argparse_errors(
 def test_overrides_from_args_ignores_missing_attributes() -> None:
     overrides = overrides_from_args(argparse.Namespace(group_id="g"), ["group_id", "web_port"])
     assert overrides == {"group_id": "g", "web_port": None}
+
+
+def test_to_env_round_trips_through_load() -> None:
+    settings = Settings.load(
+        env={},
+        overrides={
+            "kafka_bootstrap_servers": "k1:9092",
+            "retry_schedule": (0.3, 0.6),
+            "allow_networks": ("127.0.0.0/8", "::1/128"),
+            "allow_http": False,
+            "http_client": "httpx",
+            "disable_after": 1.5,
+            "secret_keys": "k1:AAAA",
+        },
+    )
+    env = settings.to_env()
+    assert env["BRIDGE_ALLOW_HTTP"] == "false"
+    assert "BRIDGE_DATA_DIR" not in env  # unset stays unset
+    assert Settings.load(env=env) == settings
