@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
@@ -105,10 +104,3 @@ def _port_open(host: str, port: int) -> bool:
     except OSError:
         return False
 
-
-def have_binary() -> bool:
-    """True when the embedded broker can be started here."""
-    try:
-        return shutil.which(broker_binary()) is not None
-    except ConfigError:
-        return False
