@@ -103,4 +103,3 @@ def _port_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
-
