@@ -247,7 +247,7 @@ def _run(args: argparse.Namespace) -> int:
             f"(networks allowed: {', '.join(settings.allow_networks)})",
             flush=True,
         )
-    loop = asyncio.new_event_loop()
+    loop = _new_loop(settings.event_loop)
     asyncio.set_event_loop(loop)
     try:
         report = loop.run_until_complete(apply_topics(settings))
@@ -268,6 +268,18 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if broker is not None:
             broker.stop()
+
+
+def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """The worker's event loop: uvloop unless asked for the standard library's."""
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError:  # not built for this platform
+            print("uvloop is not installed; using the asyncio event loop", file=sys.stderr)
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def _broker(args: argparse.Namespace) -> int:

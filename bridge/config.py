@@ -233,6 +233,13 @@ class Settings:
         lambda text: _choice("AIOHTTP", "HTTPX")(text).lower(),
         "HTTP client of the delivery hot path: aiohttp (fastest) or httpx (the reference).",
     )
+    event_loop: str = _setting(
+        "uvloop",
+        "BRIDGE_EVENT_LOOP",
+        "--event-loop",
+        lambda text: _choice("UVLOOP", "ASYNCIO")(text).lower(),
+        "Event loop of the worker: uvloop (faster) or asyncio (the standard library's).",
+    )
     max_in_flight: int = _setting(
         256,
         "BRIDGE_MAX_IN_FLIGHT",
