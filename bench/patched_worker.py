@@ -38,15 +38,15 @@ def _no_freshness() -> None:
 
 
 def _no_attempt_log() -> None:
-    from bridge import app
+    from bridge import outputs
 
-    _require(app, "_KafkaOutputs")
-    _require(app._KafkaOutputs, "attempt")
+    _require(outputs, "KafkaOutputs")
+    _require(outputs.KafkaOutputs, "attempt")
 
     async def attempt(self: Any, *args: Any, **kwargs: Any) -> None:
         return None
 
-    app._KafkaOutputs.attempt = attempt  # type: ignore[method-assign]
+    outputs.KafkaOutputs.attempt = attempt  # type: ignore[method-assign]
 
 
 def _no_event_validation() -> None:

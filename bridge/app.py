@@ -33,10 +33,11 @@ from .kafka import address_policy, client_kwargs, faust_broker_kwargs, keyring
 from .logs import logging_config
 from .management import WebhookStore
 from .metrics import Metrics
+from .outputs import KafkaOutputs
 from .pipeline import Pipeline
 from .retry_policy import RetryPolicy
 from .ssrf import AddressPolicy
-from .subscriptions import SubscriptionIndex, Webhook, parse_webhook
+from .subscriptions import SubscriptionIndex, parse_webhook
 from .sync import TableFreshness
 from .topics import declared_topics
 from .web import WebServer
@@ -53,34 +54,6 @@ class SubscriptionTable(GlobalTable):
         # Faust derives this name from the table's name even when a changelog topic is given;
         # its assignor then looks up a topic that does not exist and the group join hangs.
         return str(self.changelog_topic.get_topic_name())
-
-
-class _KafkaOutputs:
-    """The durable outputs of delivery jobs, written through Faust's producer and awaited until
-    the broker acknowledged them; subscription and status records one per batch."""
-
-    def __init__(self, bridge: Bridge) -> None:
-        self._bridge = bridge
-
-    async def _send(self, topic: Any, key: bytes | None, value: bytes) -> None:
-        future = await topic.send(key=key, value=value)
-        await future
-
-    async def dead_letter(self, key: bytes | None, record: dict[str, Any]) -> None:
-        await self._send(self._bridge.deadletter_topic, key, jsoncanon.dumps(record))
-
-    async def retry(self, tier: int, key: bytes, value: bytes) -> None:
-        await self._send(self._bridge.retry_topics[tier], key, value)
-
-    async def attempt(self, key: bytes, record: dict[str, Any]) -> None:
-        await self._send(self._bridge.attempts_topic, key, jsoncanon.dumps(record))
-
-    async def status(self, key: bytes, record: dict[str, Any]) -> None:
-        await self._bridge.store().put_status(record)
-
-    async def disable(self, webhook: Webhook, reason: str) -> None:
-        current = self._bridge.index.get(webhook.id) or webhook
-        await self._bridge.store().disable(current, reason)
 
 
 class Bridge:
@@ -101,6 +74,7 @@ class Bridge:
         self._partitions = {spec.name: spec.partitions for spec in declared_topics(settings)}
         self._pipeline: Pipeline | None = None
         self._store: WebhookStore | None = None
+        self._outputs: KafkaOutputs | None = None
         self._sender: DeliverySender | None = None
         self._offsets_consumer: AIOKafkaConsumer | None = None
         self._start_lock = asyncio.Lock()
@@ -146,8 +120,6 @@ class Bridge:
         self.status_topic, self.status_table = self._global_table(
             app, "endpoint-status", s.status_topic, self.on_status_event, raw
         )
-        self.deadletter_topic = app.topic(s.deadletter_topic, **raw)
-        self.attempts_topic = app.topic(s.attempts_topic, **raw)
         self.retry_topics = [app.topic(name, **raw) for name in s.retry_topics]
         self.source_topic = app.topic(*s.source_topics, **raw)
 
@@ -298,10 +270,6 @@ class Bridge:
         return {tp.partition: offset for tp, offset in ends.items()}
 
     # -- runtime pieces created inside the running loop -------------------------------------------
-    def store(self) -> WebhookStore:
-        assert self._store is not None, "the pipeline starts the store"
-        return self._store
-
     async def pipeline(self) -> Pipeline:
         async with self._start_lock:
             if self._pipeline is None:
@@ -309,7 +277,9 @@ class Bridge:
                 self._store = await WebhookStore(s).__aenter__()
                 policy = address_policy(s)
                 self._sender = self._new_sender(policy)
-                outputs = _KafkaOutputs(self)
+                outputs = KafkaOutputs(s, self._store, self.index.get)
+                await outputs.start()
+                self._outputs = outputs
                 deliverer = Deliverer(
                     sender=self._sender,
                     outputs=outputs,
@@ -361,6 +331,9 @@ class Bridge:
         if self._sender is not None:
             await self._sender.aclose()
             self._sender = None
+        if self._outputs is not None:
+            await self._outputs.stop()
+            self._outputs = None
         if self._store is not None:
             await self._store.__aexit__(None, None, None)
             self._store = None

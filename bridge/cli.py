@@ -271,14 +271,20 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
-    """The worker's event loop: uvloop unless asked for the standard library's."""
+    """The worker's event loop: uvloop unless asked for the standard library's.
+
+    uvloop becomes the process's event loop policy, so that the loops Faust starts in its own
+    threads (the consumer's) are uvloop too.
+    """
+    policy: asyncio.AbstractEventLoopPolicy | None = None
     if kind == "uvloop":
         try:
             import uvloop
         except ImportError:  # not built for this platform
             print("uvloop is not installed; using the asyncio event loop", file=sys.stderr)
         else:
-            return uvloop.new_event_loop()
+            policy = uvloop.EventLoopPolicy()
+    asyncio.set_event_loop_policy(policy)
     return asyncio.new_event_loop()
 
 

@@ -443,6 +443,13 @@ class Settings:
         parse_duration,
         "Longest time a fetch waits for new records (the embedded broker holds fetches this long).",
     )
+    kafka_output_linger: float = _setting(
+        0.005,
+        "BRIDGE_KAFKA_OUTPUT_LINGER",
+        "--kafka-output-linger",
+        parse_duration,
+        "How long attempt, retry and dead-letter records wait to share a produce request.",
+    )
     kafka_session_timeout: float = _setting(
         6.0,
         "BRIDGE_KAFKA_SESSION_TIMEOUT",

@@ -1,26 +1,49 @@
-"""The worker's event loop follows the ``event_loop`` setting."""
+"""The worker's event loop follows the ``event_loop`` setting, in every thread."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Iterator
 
+import pytest
 import uvloop
 
 from bridge.cli import _new_loop
 
 
-def test_uvloop_by_default_setting_value() -> None:
+@pytest.fixture(autouse=True)
+def _default_policy() -> Iterator[None]:
+    yield
+    asyncio.set_event_loop_policy(None)
+
+
+def _loop_made_in_a_thread() -> asyncio.AbstractEventLoop:
+    made: list[asyncio.AbstractEventLoop] = []
+    thread = threading.Thread(target=lambda: made.append(asyncio.new_event_loop()))
+    thread.start()
+    thread.join(10)
+    return made[0]
+
+
+def test_uvloop_for_the_worker_and_the_loops_faust_starts_in_threads() -> None:
     loop = _new_loop("uvloop")
+    other = _loop_made_in_a_thread()
     try:
         assert isinstance(loop, uvloop.Loop)
+        assert isinstance(other, uvloop.Loop)
     finally:
         loop.close()
+        other.close()
 
 
 def test_asyncio_loop_when_asked() -> None:
+    _new_loop("uvloop").close()
     loop = _new_loop("asyncio")
+    other = _loop_made_in_a_thread()
     try:
         assert not isinstance(loop, uvloop.Loop)
-        assert isinstance(loop, asyncio.AbstractEventLoop)
+        assert not isinstance(other, uvloop.Loop)
     finally:
         loop.close()
+        other.close()

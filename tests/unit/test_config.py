@@ -77,6 +77,7 @@ DEFAULTS: dict[str, Any] = {
     "embedded_port": 9092,
     "kafka_rebalance_timeout": 4.0,
     "kafka_fetch_max_wait": 0.05,
+    "kafka_output_linger": 0.005,
     "kafka_session_timeout": 6.0,
 }
 
@@ -166,6 +167,7 @@ PARSED: dict[str, tuple[str, Any]] = {
     "embedded_port": ("19092", 19092),
     "kafka_rebalance_timeout": ("2", 2.0),
     "kafka_fetch_max_wait": ("200ms", 0.2),
+    "kafka_output_linger": ("2ms", 0.002),
     "kafka_session_timeout": ("10", 10.0),
 }
 
