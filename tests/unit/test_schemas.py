@@ -1,0 +1,159 @@
+"""bridge.schemas: the compiled validator accepts exactly what jsonschema accepts.
+
+Events and subscriptions are checked by fastjsonschema first and worded by jsonschema only when
+rejected; if the two disagreed, an invalid record could pass, or a valid one be dead-lettered
+with no error to show. Hypothesis builds instances near each schema (its own property names,
+values of every JSON type, strings near the patterns) and compares the verdicts.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+
+from bridge.resources import load_json
+from bridge.schemas import EVENT_TYPES, event_data_errors, is_valid, schema_errors
+
+SCHEMAS = ["schemas/event.json", "schemas/webhook.json"] + [
+    f"schemas/data/{t}.json" for t in EVENT_TYPES
+]
+
+NEAR_STRINGS = st.sampled_from(
+    [
+        "",
+        "x",
+        "\x00",
+        "a\x00b",
+        "ok\n",
+        "2024-01-15T10:30:00Z",
+        "2024-01-15T10:30:00.123Z",
+        "2024-01-15T10:30:00.1234567891Z",
+        "2024-01-15T10:30:00+00:00",
+        "2024-01-15T10:30:00Z\n",
+        "https://example.com/hook",
+        "http://127.0.0.1:8080/x",
+        "https://exa mple.com",
+        "ftp://example.com",
+        "*",
+        "post.created",
+        "test.event",
+        "post.unknown",
+        "x" * 201,
+        "y" * 2049,
+    ]
+)
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+    NEAR_STRINGS,
+)
+JSON = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=8,
+)
+
+
+@cache
+def _reference(path: str) -> Draft202012Validator:
+    return Draft202012Validator(load_json(path))
+
+
+def _names(path: str) -> list[str]:
+    schema = load_json(path)
+    return sorted(schema.get("properties", {})) + ["extra"]
+
+
+def _value_for(name: str) -> st.SearchStrategy[Any]:
+    if name == "events":
+        return st.lists(st.one_of(NEAR_STRINGS, SCALARS), max_size=3)
+    if name == "data":
+        return st.dictionaries(st.sampled_from(["id", "title", "plan", "email", "x"]), SCALARS)
+    return st.one_of(NEAR_STRINGS, SCALARS, JSON)
+
+
+@st.composite
+def near(draw: st.DrawFn, path: str) -> Any:
+    """Mostly objects with the schema's own keys (some missing, some of the wrong type)."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(JSON)
+    keys = draw(st.lists(st.sampled_from(_names(path)), unique=True))
+    return {key: draw(_value_for(key)) for key in keys}
+
+
+@pytest.mark.parametrize("path", SCHEMAS)
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_compiled_validator_agrees_with_jsonschema(path: str, data: st.DataObject) -> None:
+    instance = data.draw(near(path))
+    expected = not any(True for _ in _reference(path).iter_errors(instance))
+    assert is_valid(path, instance) is expected
+
+
+@pytest.mark.parametrize("path", SCHEMAS)
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_agrees_on_the_schema_s_valid_examples_mutated(path: str, data: st.DataObject) -> None:
+    """Start from a valid instance and change one key, so the valid side is well covered."""
+    valid: dict[str, Any] = {
+        "schemas/event.json": {
+            "id": "e1",
+            "type": "post.created",
+            "data": {"id": "p1", "title": "T"},
+            "timestamp": "2024-01-15T10:30:00Z",
+            "site_id": "s1",
+            "user_id": "u1",
+        },
+        "schemas/webhook.json": {
+            "id": "w1",
+            "name": "n",
+            "url": "https://example.com/hook",
+            "secret": "whsec_x",
+            "events": ["*"],
+            "active": True,
+            "site_id": "s1",
+        },
+    }.get(path, {"id": "x1", "title": "T", "plan": "pro", "email": "a@b.c", "name": "n"})
+    key = data.draw(st.sampled_from(_names(path)))
+    instance = dict(valid)
+    if data.draw(st.booleans()):
+        instance[key] = data.draw(_value_for(key))
+    else:
+        instance.pop(key, None)
+    expected = not any(True for _ in _reference(path).iter_errors(instance))
+    assert is_valid(path, instance) is expected
+
+
+def test_errors_still_worded_with_paths() -> None:
+    errors = schema_errors("event", {"id": "", "type": "post.created"})
+    assert errors and all(e.startswith("$") for e in errors)
+    assert any("$.id" in e for e in errors)
+    assert event_data_errors("post.created", {"id": 5}) == [
+        "$.data: 'title' is a required property",
+        "$.data.id: 5 is not of type 'string'",
+    ]
+
+
+def test_valid_instances_have_no_errors() -> None:
+    assert (
+        schema_errors(
+            "event",
+            {
+                "id": "e1",
+                "type": "test.event",
+                "data": {},
+                "timestamp": "2024-01-15T10:30:00.5Z",
+                "site_id": "s",
+                "user_id": "u",
+            },
+        )
+        == []
+    )
