@@ -12,11 +12,20 @@ __all__ = ["endpoint_of", "CircuitBreaker", "Breakers", "CLOSED", "OPEN", "HALF_
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 
+_ENDPOINTS: dict[str, str] = {}
+
+
 def endpoint_of(url: str) -> str:
     """The endpoint a URL belongs to: scheme, host and port (what one server answers for)."""
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+    endpoint = _ENDPOINTS.get(url)
+    if endpoint is None:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        endpoint = f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+        if len(_ENDPOINTS) >= 50_000:  # remembered per URL; webhooks' URLs are few
+            _ENDPOINTS.clear()
+        _ENDPOINTS[url] = endpoint
+    return endpoint
 
 
 @dataclass
@@ -62,6 +71,8 @@ class Breakers:
         self._cooldown = cooldown
         self._clock = clock
         self._by_endpoint: dict[str, CircuitBreaker] = {}
+        #: Endpoints whose breaker is not closed (kept as states change, for ``open_count``).
+        self._not_closed: set[str] = set()
 
     def _get(self, endpoint: str) -> CircuitBreaker:
         breaker = self._by_endpoint.get(endpoint)
@@ -70,17 +81,24 @@ class Breakers:
         return breaker
 
     def allow(self, endpoint: str) -> bool:
-        return self._get(endpoint).allow(self._clock())
+        breaker = self._get(endpoint)
+        if breaker.state == CLOSED:
+            return True
+        return breaker.allow(self._clock())
 
     def success(self, endpoint: str) -> None:
         breaker = self._by_endpoint.get(endpoint)
         if breaker is not None:
             breaker.success()
+            self._not_closed.discard(endpoint)
             if breaker.failures == 0 and len(self._by_endpoint) > 10_000:
                 del self._by_endpoint[endpoint]
 
     def failure(self, endpoint: str) -> None:
-        self._get(endpoint).failure(self._clock())
+        breaker = self._get(endpoint)
+        breaker.failure(self._clock())
+        if breaker.state != CLOSED:
+            self._not_closed.add(endpoint)
 
     def state(self, endpoint: str) -> str:
         breaker = self._by_endpoint.get(endpoint)
@@ -88,4 +106,4 @@ class Breakers:
 
     def open_count(self) -> int:
         """Endpoints whose circuit is open or half-open."""
-        return sum(1 for b in self._by_endpoint.values() if b.state != CLOSED)
+        return len(self._not_closed)

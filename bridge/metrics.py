@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -42,6 +44,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry, version: str = "") -> None:
         self.registry = registry
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         # Memory, CPU and file descriptors of this process (process_* metrics).
         ProcessCollector(registry=registry)
         self.build_info = Gauge(
@@ -168,3 +171,12 @@ class Metrics:
             "Times an event was matched before the subscription table was known to be current.",
             registry=registry,
         )
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, remembered: the hot path observes the same few label
+        sets millions of times, and ``labels()`` validates and locks on every call."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found

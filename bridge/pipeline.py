@@ -18,6 +18,7 @@ from .deadletters import SourceRef, dead_letter_record
 from .deliverer import Deliverer, Job, Outputs
 from .errors import InvalidEvent, InvalidRecord
 from .events import Event, parse_event
+from .limits import Slots
 from .metrics import Metrics
 from .payload import EncodedEvent
 from .retries import parse_retry
@@ -51,10 +52,10 @@ class Pipeline:
         self._outputs = outputs
         self._metrics = metrics
         #: Bounds jobs started and not settled, so reading stops while too much is pending.
-        self._pending = asyncio.Semaphore(max_pending)
+        self._pending = Slots(max_pending)
         #: Bounds records waiting for the subscription table (a separate bound: a record
         #: holding one of these may need job slots next).
-        self._waiting = asyncio.Semaphore(max_pending)
+        self._waiting = Slots(max_pending)
         self._freshness = freshness
         self._wall_time = wall_time
         self._clock = clock
@@ -106,7 +107,7 @@ class Pipeline:
             await self._dead_letter_record(source, exc.reason, exc.detail, raw, None)
             await ack()
             return
-        self._metrics.events.labels(event.type).inc()
+        self._metrics.child(self._metrics.events, event.type).inc()
         encoded = EncodedEvent.of(event)
         jobs = [Job(encoded, webhook, 1, source) for webhook in self._index.match(event)]
         await self._start(jobs, ack)

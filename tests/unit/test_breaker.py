@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.breaker import CLOSED, HALF_OPEN, OPEN, Breakers, CircuitBreaker, endpoint_of
 
@@ -237,3 +239,25 @@ def test_open_count() -> None:
     assert breakers.allow(endpoints[1])
     breakers.failure(endpoints[1])  # probe failed: open again
     assert breakers.open_count() == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["allow", "success", "failure", "tick"]),
+            st.sampled_from(["https://a:443", "https://b:443", "https://c:443"]),
+        ),
+        max_size=60,
+    )
+)
+def test_open_count_always_equals_a_recount(steps: list[tuple[str, str]]) -> None:
+    now = [0.0]
+    breakers = Breakers(threshold=2, cooldown=1.0, clock=lambda: now[0])
+    for action, endpoint in steps:
+        if action == "tick":
+            now[0] += 0.6
+        else:
+            getattr(breakers, action)(endpoint)
+        recount = sum(1 for b in breakers._by_endpoint.values() if b.state != CLOSED)
+        assert breakers.open_count() == recount

@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.errors import InvalidEvent, InvalidRecord
 from bridge.events import Event, build_event, format_timestamp, parse_event
@@ -394,3 +396,21 @@ def test_format_timestamp(moment: datetime, text: str) -> None:
 def test_format_timestamp_rejects_naive_datetimes() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         format_timestamp(datetime(2024, 1, 15, 10, 30))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    moment=st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.sampled_from(
+            [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(0))]
+        ),
+    )
+)
+def test_format_timestamp_matches_the_strftime_form(moment: datetime) -> None:
+    utc = moment.astimezone(UTC)
+    expected = utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    if utc.year < 1000:  # strftime does not pad years on every platform
+        expected = f"{utc.year:04d}" + expected[expected.index("-") :]
+    assert format_timestamp(moment) == expected

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from bridge import limits
-from bridge.limits import EndpointBusy, EndpointSlots, RateLimits, TokenBucket
+from bridge.limits import EndpointBusy, EndpointSlots, RateLimits, Slots, TokenBucket
 
 #: Upper bound for anything that should happen promptly.
 PROMPT = 2.0
@@ -160,6 +160,68 @@ async def test_a_cancelled_waiter_gives_back_its_place_in_the_queue() -> None:
     await holders.finish(0, 2)
     assert 1 not in holders.entered
     assert slots._endpoints == {}
+
+
+# -- Slots ----------------------------------------------------------------------------------------
+
+
+async def test_slots_bound_and_hand_over_in_arrival_order() -> None:
+    slots = Slots(2)
+    order: list[int] = []
+    gate = asyncio.Event()
+
+    async def holder(n: int) -> None:
+        async with slots:
+            order.append(n)
+            await gate.wait()
+
+    tasks = [asyncio.create_task(holder(n)) for n in range(6)]
+    await until(lambda: len(order) == 2 and slots.waiting == 4)
+    assert order == [0, 1] and slots.locked()
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), PROMPT)
+    assert order == [0, 1, 2, 3, 4, 5]
+    assert not slots.locked()
+    # Every slot came back: two can be taken again without waiting, not three.
+    await asyncio.wait_for(slots.acquire(), PROMPT)
+    await asyncio.wait_for(slots.acquire(), PROMPT)
+    assert slots.locked()
+
+
+async def test_slots_a_cancelled_waiter_takes_no_slot() -> None:
+    slots = Slots(1)
+    await slots.acquire()
+    cancelled = asyncio.create_task(slots.acquire())
+    after = asyncio.create_task(slots.acquire())
+    await until(lambda: slots.waiting == 2)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    slots.release()
+    await asyncio.wait_for(after, PROMPT)  # the slot skipped the cancelled waiter
+    assert slots.locked()
+    slots.release()
+    assert not slots.locked()
+
+
+async def test_slots_granted_then_cancelled_passes_the_slot_on() -> None:
+    slots = Slots(1)
+    await slots.acquire()
+    first = asyncio.create_task(slots.acquire())
+    second = asyncio.create_task(slots.acquire())
+    await until(lambda: slots.waiting == 2)
+    slots.release()  # granted to ``first`` ...
+    first.cancel()  # ... which is cancelled before it runs again
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await asyncio.wait_for(second, PROMPT)
+    slots.release()
+    assert not slots.locked()
+
+
+def test_slots_need_a_positive_limit() -> None:
+    with pytest.raises(ValueError):
+        Slots(0)
 
 
 # -- TokenBucket / RateLimits --------------------------------------------------------------------
