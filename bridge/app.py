@@ -27,7 +27,11 @@ from .deadletters import SourceRef
 from .deliverer import Deliverer
 from .delivery import DeliverySender, Sender, new_client
 from .errors import InvalidRecord, InvalidSubscription
-from .faust_patches import reread_uncommitted_partitions, set_fetch_max_wait
+from .faust_patches import (
+    cheap_recovery_wait_for,
+    reread_uncommitted_partitions,
+    set_fetch_max_wait,
+)
 from .health import EndpointHealth
 from .kafka import address_policy, client_kwargs, faust_broker_kwargs, keyring
 from .logs import logging_config
@@ -55,6 +59,13 @@ class SubscriptionTable(GlobalTable):
         # its assignor then looks up a topic that does not exist and the group join hangs.
         return str(self.changelog_topic.get_topic_name())
 
+    def _to_value(self, v: Any) -> Any:
+        # The bridge keeps its own parsed view of every record (the subscription index, the
+        # statuses) through ``on_changelog_event`` and never reads the table's values: store a
+        # marker rather than a second copy of every record (tens of MB at 100,000 webhooks).
+        # ``None`` stays ``None``: that is how the store recognises a deletion.
+        return None if v is None else True
+
 
 class Bridge:
     """Everything one worker process runs, wired together."""
@@ -64,6 +75,12 @@ class Bridge:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry, __version__)
         self.index = SubscriptionIndex()
+        # Read when scraped, not set at each of (at start) 100,000 records.
+        index = self.index
+        self.metrics.subscriptions.labels("active").set_function(lambda: index.active_count)
+        self.metrics.subscriptions.labels("inactive").set_function(
+            lambda: len(index) - index.active_count
+        )
         self.keyring = keyring(settings)
         #: The newest status record of each webhook (from the compacted status topic).
         self.statuses: dict[str, dict[str, Any]] = {}
@@ -88,6 +105,7 @@ class Bridge:
         s.resolved_data_dir.mkdir(parents=True, exist_ok=True)
         set_fetch_max_wait(s.kafka_fetch_max_wait)
         reread_uncommitted_partitions()
+        cheap_recovery_wait_for()
         app = faust.App(
             s.group_id,
             **faust_broker_kwargs(s),
@@ -180,6 +198,7 @@ class Bridge:
             # Without this, a global table reads its changelog only while recovering; these
             # topics are written by others, so every worker must keep tailing them.
             synchronize_all_active_partitions=True,
+            recovery_buffer_size=10_000,
         )
         return topic, table
 
@@ -235,9 +254,6 @@ class Bridge:
             if webhook.active:
                 self.health.on_webhook_enabled(webhook.id)
         self.freshness.applied(message.partition, message.offset)
-        active = self.index.active_count
-        self.metrics.subscriptions.labels("active").set(active)
-        self.metrics.subscriptions.labels("inactive").set(len(self.index) - active)
 
     async def on_status_event(self, event: Any) -> None:
         message = event.message
