@@ -29,6 +29,7 @@ from .delivery import DeliverySender, Sender, new_client
 from .errors import InvalidRecord, InvalidSubscription
 from .faust_patches import (
     cheap_recovery_wait_for,
+    fast_record_handoff,
     reread_uncommitted_partitions,
     set_fetch_max_wait,
 )
@@ -106,6 +107,7 @@ class Bridge:
         set_fetch_max_wait(s.kafka_fetch_max_wait)
         reread_uncommitted_partitions()
         cheap_recovery_wait_for()
+        fast_record_handoff()
         app = faust.App(
             s.group_id,
             **faust_broker_kwargs(s),

@@ -14,23 +14,33 @@ Faust recovers a table by awaiting ``asyncio.wait_for(queue.get(), timeout=5.0)`
 record. On Python 3.11 each ``wait_for`` call starts a task, the largest single cost of reading
 100,000 subscriptions at start; the bridge gives that module ``wait_for`` as Python 3.12
 implements it (``asyncio.timeout`` around the awaitable, same results and errors, no task).
+
+Faust's consumer hands every fetched record to its streams and tables with
+``await self.wait_first(callback(message), self.suspend_flow.wait())``: four tasks and an
+``asyncio.wait`` per record, so that a rebalance can interrupt a callback that waits for room in
+a full stream buffer. The bridge first runs the callback directly; almost always it finishes
+without waiting and nothing else is needed. Only when it would wait does the rest of it become a
+task, raced against the flow suspension exactly as before (``fast_record_handoff``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any, TypeVar
 
 from faust.tables import recovery as faust_recovery
+from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from mode.services import WaitResults as _WaitResults
 
 __all__ = [
     "set_fetch_max_wait",
     "reread_uncommitted_partitions",
     "cheap_recovery_wait_for",
     "wait_for",
+    "fast_record_handoff",
 ]
 
 T = TypeVar("T")
@@ -98,3 +108,74 @@ def cheap_recovery_wait_for() -> None:
     if sys.version_info < (3, 12) and getattr(faust_recovery, "asyncio", None) is asyncio:
         recovery: Any = faust_recovery
         recovery.asyncio = _AsyncioFor312WaitFor()
+
+
+class _Rest:
+    """Awaiting this continues a coroutine that already ran to its first suspension: what it
+    yielded goes up to the task first, then every value and error is passed through."""
+
+    __slots__ = ("_coro", "_yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
+        self._coro = coro
+        self._yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, value = self._coro, self._yielded
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # delivered into the coroutine, as ``await`` would
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
+async def _finish(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
+    return await _Rest(coro, yielded)
+
+
+_EVENT_WAIT = asyncio.Event.wait.__code__
+_original_wait_first = faust_consumer.Consumer.wait_first
+
+
+async def _wait_first(self: Any, *coros: Any, timeout: Any = None) -> Any:
+    # Only the record hand-off of ``Consumer._drain_messages``: a callback coroutine raced
+    # against ``suspend_flow.wait()``, while the flow is not suspended and the service runs.
+    if not (
+        len(coros) == 2
+        and timeout is None
+        and asyncio.iscoroutine(coros[0])
+        and getattr(coros[1], "cr_code", None) is _EVENT_WAIT
+        and not self.suspend_flow.is_set()
+        and not self._stopped.is_set()
+        and not self._crashed.is_set()
+    ):
+        return await _original_wait_first(self, *coros, timeout=timeout)
+    callback, suspended = coros
+    try:
+        yielded = callback.send(None)
+    except StopIteration as stop:
+        suspended.close()  # never started
+        return _WaitResults([callback], [stop.value], False)
+    except BaseException:
+        suspended.close()
+        raise
+    # It has to wait (a full stream buffer): race the rest of it against the suspension.
+    rest = asyncio.ensure_future(_finish(callback, yielded))
+    return await _original_wait_first(self, rest, suspended)
+
+
+def fast_record_handoff() -> None:
+    """Faust's consumer gives records to streams and tables without four tasks per record."""
+    consumer_class: Any = faust_consumer.Consumer
+    consumer_class.wait_first = _wait_first

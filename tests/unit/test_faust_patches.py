@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import warnings
 
 import pytest
 from faust.tables import recovery
+from faust.transport import consumer as faust_consumer
+from mode import Service
 
 from bridge import faust_patches
-from bridge.faust_patches import cheap_recovery_wait_for, wait_for
+from bridge.faust_patches import _wait_first, cheap_recovery_wait_for, fast_record_handoff, wait_for
 
 
 async def test_returns_what_the_awaitable_returns() -> None:
@@ -62,3 +65,107 @@ def test_applied_to_faust_recovery_only() -> None:
         assert isinstance(recovery.asyncio, faust_patches._AsyncioFor312WaitFor)
     finally:
         recovery.asyncio = original
+
+
+# -- fast_record_handoff ---------------------------------------------------------------------------
+
+
+class FakeConsumer(Service):
+    """What the hand-off uses of Faust's consumer: a service with ``suspend_flow``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.suspend_flow = asyncio.Event()
+
+
+async def test_handoff_that_does_not_wait_runs_inline_without_tasks() -> None:
+    consumer = FakeConsumer()
+    tasks_seen: list[int] = []
+
+    async def callback() -> str:
+        tasks_seen.append(len(asyncio.all_tasks()))
+        return "delivered"
+
+    before = len(asyncio.all_tasks())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "coroutine ... was never awaited" would fail
+        result = await _wait_first(consumer, callback(), consumer.suspend_flow.wait())
+    assert result.results == ["delivered"] and not result.stopped
+    assert tasks_seen == [before]
+
+
+async def test_handoff_that_waits_finishes_when_the_wait_ends() -> None:
+    consumer = FakeConsumer()
+    queue: asyncio.Queue[str] = asyncio.Queue(maxsize=1)
+    queue.put_nowait("full")
+
+    async def callback() -> str:
+        await queue.put("second")  # waits for room, like a full stream buffer
+        return "delivered"
+
+    handoff = asyncio.ensure_future(_wait_first(consumer, callback(), consumer.suspend_flow.wait()))
+    await asyncio.sleep(0.01)
+    assert not handoff.done()
+    assert queue.get_nowait() == "full"
+    result = await asyncio.wait_for(handoff, 5.0)
+    assert "delivered" in result.results
+    assert queue.get_nowait() == "second"
+
+
+async def test_handoff_that_waits_is_cancelled_by_a_flow_suspension() -> None:
+    consumer = FakeConsumer()
+    gate = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def callback() -> str:
+        try:
+            await gate.wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "delivered"
+
+    handoff = asyncio.ensure_future(_wait_first(consumer, callback(), consumer.suspend_flow.wait()))
+    await asyncio.sleep(0.01)
+    consumer.suspend_flow.set()
+    result = await asyncio.wait_for(handoff, 5.0)
+    assert "delivered" not in result.results
+    await asyncio.wait_for(cancelled.wait(), 5.0)
+
+
+async def test_handoff_errors_propagate() -> None:
+    consumer = FakeConsumer()
+
+    async def callback() -> None:
+        raise ValueError("bad record")
+
+    with pytest.raises(ValueError, match="bad record"):
+        await _wait_first(consumer, callback(), consumer.suspend_flow.wait())
+
+
+async def test_suspended_flow_takes_faust_s_own_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    consumer = FakeConsumer()
+    consumer.suspend_flow.set()
+    calls: list[int] = []
+    original = faust_patches._original_wait_first
+
+    async def recording(self: object, *coros: object, timeout: object = None) -> object:
+        calls.append(len(coros))
+        return await original(self, *coros, timeout=timeout)
+
+    monkeypatch.setattr(faust_patches, "_original_wait_first", recording)
+
+    async def callback() -> None:
+        return None
+
+    await _wait_first(consumer, callback(), consumer.suspend_flow.wait())
+    assert calls == [2]
+
+
+def test_installed_on_faust_s_consumer() -> None:
+    original = faust_consumer.Consumer.wait_first
+    try:
+        fast_record_handoff()
+        assert faust_consumer.Consumer.wait_first is _wait_first
+    finally:
+        faust_consumer.Consumer.wait_first = original  # type: ignore[method-assign]
