@@ -15,7 +15,7 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+from faust.sensors.prometheus import FaustMetrics
 from faust.tables.globaltable import GlobalTable
 from mode import Service
 from prometheus_client import CollectorRegistry
@@ -27,6 +27,7 @@ from .deadletters import SourceRef
 from .deliverer import Deliverer
 from .delivery import DeliverySender, Sender, new_client
 from .errors import InvalidRecord, InvalidSubscription
+from .faust_monitor import FaustPrometheusMonitor
 from .faust_patches import (
     cheap_recovery_wait_for,
     fast_record_handoff,
@@ -158,7 +159,7 @@ class Bridge:
 
         app.on_before_shutdown.connect(self._drain)
         # Faust's own sensors (events, commits, rebalances...) on the same registry.
-        app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(self.registry, "faust"))
+        app.monitor = FaustPrometheusMonitor(metrics=FaustMetrics.create(self.registry, "faust"))
         app.timer(interval=5.0, name="consumer-lag")(self._update_lag)
         return app
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
@@ -60,6 +61,9 @@ class Pipeline:
         self._wall_time = wall_time
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Records waiting for the subscription table, oldest first, and the task releasing them.
+        self._held: deque[tuple[float, bytes | None, SourceRef, Ack]] = deque()
+        self._releaser: asyncio.Task[None] | None = None
 
     @property
     def in_flight(self) -> int:
@@ -71,29 +75,45 @@ class Pipeline:
         """Take one events-topic record; returns at once unless too many records are waiting.
 
         Matching waits until the subscription table is known to be current as of the record's
-        arrival (see :mod:`bridge.sync`). That wait runs beside the reading of further records,
-        so records arriving together share one check rather than paying one round trip each.
+        arrival (see :mod:`bridge.sync`). Records that must wait are held in arrival order and
+        released together by one task per round of that check, beside the reading of further
+        records: records arriving together share one check rather than paying one round trip
+        (or one task) each.
         """
         received_at = self._clock()
-        if self._freshness is None or self._freshness.covers(received_at):
+        if self._freshness is None or (not self._held and self._freshness.covers(received_at)):
             await self._match(raw, source, ack)
             return
         await self._waiting.acquire()
-        task = asyncio.create_task(self._match_when_current(raw, source, ack, received_at))
-        self._tasks.add(task)
-        task.add_done_callback(self._forget)
+        self._held.append((received_at, raw, source, ack))
+        if self._releaser is None or self._releaser.done():
+            task = asyncio.create_task(self._release_held())
+            self._releaser = task
+            self._tasks.add(task)
+            task.add_done_callback(self._forget)
 
-    async def _match_when_current(
-        self, raw: bytes | None, source: SourceRef, ack: Ack, received_at: float
-    ) -> None:
-        try:
-            assert self._freshness is not None
-            if not await self._freshness.wait_current(received_at):
-                self._metrics.sync_timeouts.inc()
-                log.warning("subscription table not known to be current; matching anyway")
-        finally:
-            self._waiting.release()
-        await self._match(raw, source, ack)
+    async def _release_held(self) -> None:
+        """Match held records once the table is current as of the newest of them."""
+        freshness = self._freshness
+        assert freshness is not None
+        while self._held:
+            current = await freshness.wait_current(self._held[-1][0])
+            batch, self._held = self._held, deque()
+            if not current:
+                self._metrics.sync_timeouts.inc(len(batch))
+                log.warning(
+                    "subscription table not known to be current; matching anyway",
+                    extra={"records": len(batch)},
+                )
+            for _, raw, source, ack in batch:
+                self._waiting.release()
+                try:
+                    await self._match(raw, source, ack)
+                except Exception:
+                    log.exception(
+                        "matching a record failed; it stays unacknowledged",
+                        extra={"topic": source.topic, "offset": source.offset},
+                    )
 
     async def _match(self, raw: bytes | None, source: SourceRef, ack: Ack) -> None:
         try:

@@ -713,3 +713,53 @@ async def test_current_table_counts_no_sync_timeout() -> None:
     await h.settled()
     assert freshness.calls == [123.0]
     assert h.value("webhook_bridge_subscription_sync_timeouts_total") == 0
+
+
+class GatedFreshness:
+    """Not current until the test opens the gate; records each wait."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.calls: list[float] = []
+
+    def covers(self, received_at: float) -> bool:
+        return self.gate.is_set()
+
+    async def wait_current(self, received_at: float) -> bool:
+        self.calls.append(received_at)
+        await self.gate.wait()
+        return True
+
+
+async def test_records_waiting_for_the_table_share_one_check_and_keep_their_order() -> None:
+    freshness = GatedFreshness()
+    h = Harness([webhook("w")], ScriptedSender(), freshness=freshness)
+    clock = iter(range(1000))
+    h.pipeline._clock = lambda: float(next(clock))
+    acks = Acks()
+    for n in range(50):
+        await h.pipeline.handle_event(make_event(event_id=f"e{n}").to_bytes(), SOURCE, acks)
+    await until(lambda: len(freshness.calls) == 1)
+    # One task holds all fifty records; none was matched before the table was current.
+    assert h.pipeline.in_flight == 1
+    assert h.sender.sent == []
+    freshness.gate.set()
+    await until(lambda: acks.count == 50)
+    await h.settled()
+    assert [d.event_id for d in h.sender.sent] == [f"e{n}" for n in range(50)]
+    # The check asked about the newest record held, which covers all of the older ones.
+    assert freshness.calls == [49.0]
+
+
+async def test_a_record_arriving_after_held_ones_waits_behind_them() -> None:
+    freshness = GatedFreshness()
+    h = Harness([webhook("w")], ScriptedSender(), freshness=freshness)
+    acks = Acks()
+    await h.pipeline.handle_event(make_event(event_id="first").to_bytes(), SOURCE, acks)
+    await until(lambda: len(freshness.calls) == 1)
+    freshness.gate.set()  # from now on ``covers`` says yes ...
+    await h.pipeline.handle_event(make_event(event_id="second").to_bytes(), SOURCE, acks)
+    await until(lambda: acks.count == 2)
+    await h.settled()
+    # ... yet "second" was not matched ahead of "first", still held when it arrived.
+    assert [d.event_id for d in h.sender.sent] == ["first", "second"]
