@@ -7,12 +7,19 @@ import sys
 import warnings
 
 import pytest
+from aiokafka import TopicPartition
 from faust.tables import recovery
 from faust.transport import consumer as faust_consumer
 from mode import Service
 
 from bridge import faust_patches
-from bridge.faust_patches import _wait_first, cheap_recovery_wait_for, fast_record_handoff, wait_for
+from bridge.faust_patches import (
+    _seek_uncommitted_to_start,
+    _wait_first,
+    cheap_recovery_wait_for,
+    fast_record_handoff,
+    wait_for,
+)
 
 
 async def test_returns_what_the_awaitable_returns() -> None:
@@ -169,3 +176,35 @@ def test_installed_on_faust_s_consumer() -> None:
         assert faust_consumer.Consumer.wait_first is _wait_first
     finally:
         faust_consumer.Consumer.wait_first = original  # type: ignore[method-assign]
+
+
+# -- reread_uncommitted_partitions ----------------------------------------------------------------
+
+
+class FakeAiokafkaConsumer:
+    def __init__(self, committed: dict[TopicPartition, int | None]) -> None:
+        self.committed = committed
+        self.seeks: list[tuple[TopicPartition, ...]] = []
+
+    async def seek_to_committed(self) -> dict[TopicPartition, int | None]:
+        return dict(self.committed)
+
+    async def seek_to_beginning(self, *partitions: TopicPartition) -> None:
+        self.seeks.append(partitions)
+
+
+async def test_uncommitted_stream_partitions_start_over_in_one_request() -> None:
+    events0, events1 = TopicPartition("events", 0), TopicPartition("events", 1)
+    retry0 = TopicPartition("retry.1", 0)
+    table0 = TopicPartition("webhooks", 0)
+    consumer = FakeAiokafkaConsumer({events0: 42, events1: None, retry0: 0, table0: None})
+    committed = await _seek_uncommitted_to_start(consumer, frozenset({"webhooks"}))
+    assert committed[events0] == 42
+    # The table's partition keeps the position its recovery gave it.
+    assert consumer.seeks == [(events1, retry0)]
+
+
+async def test_nothing_to_seek_when_everything_was_committed() -> None:
+    consumer = FakeAiokafkaConsumer({TopicPartition("events", 0): 7})
+    await _seek_uncommitted_to_start(consumer, frozenset())
+    assert consumer.seeks == []
