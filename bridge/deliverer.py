@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, Protocol
 
 from .breaker import CLOSED, Breakers, endpoint_of
@@ -70,7 +71,7 @@ class Job:
     def event(self) -> Event:
         return self.encoded.event
 
-    @property
+    @cached_property
     def delivery_id(self) -> str:
         return delivery_id(self.event.id, self.webhook.id)
 
@@ -139,7 +140,9 @@ class Deliverer:
     async def _run(self, job: Job) -> None:
         webhook = job.webhook
         try:
-            body = build_body(job.encoded, webhook, max_bytes=self._max_body_bytes)
+            body = build_body(
+                job.encoded, webhook, max_bytes=self._max_body_bytes, delivery=job.delivery_id
+            )
         except InvalidEvent as exc:
             await self._dead_letter(job, exc.reason, exc.detail, job.history)
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 
@@ -24,7 +25,17 @@ def delivery_id(event_id: str, webhook_id: str) -> str:
     """
     # The NUL separator keeps ("a:b", "c") and ("a", "b:c") apart; the schemas forbid NUL in
     # event and webhook ids, so it cannot occur inside either.
-    return str(uuid.uuid5(DELIVERY_NAMESPACE, f"{event_id}\x00{webhook_id}"))
+    # This is uuid.uuid5(DELIVERY_NAMESPACE, name) without building UUID objects (a property
+    # test compares the two): SHA-1 of namespace and name, version 5, RFC 4122 variant.
+    name = f"{event_id}\x00{webhook_id}".encode()
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_NAMESPACE_BYTES = DELIVERY_NAMESPACE.bytes
 
 
 @dataclass(frozen=True)
@@ -61,23 +72,31 @@ class EncodedEvent:
         )
 
 
-def build_body(encoded: EncodedEvent, webhook: Webhook, *, max_bytes: int | None = None) -> bytes:
+def build_body(
+    encoded: EncodedEvent,
+    webhook: Webhook,
+    *,
+    max_bytes: int | None = None,
+    delivery: str | None = None,
+) -> bytes:
     """The delivery body: ``{"id": <delivery id>, "event": {...}, "webhook": {"id", "name"}}``.
 
     Byte-identical to ``JSON.stringify(JSON.parse(body))``, so the documentation's Node.js
     receiver, which signs its re-serialization, verifies it. Raises
     :class:`InvalidEvent` (``payload_too_large``) when longer than ``max_bytes``.
+    ``delivery`` is the delivery id when the caller has it already.
     """
     # None of the top-level keys is an array index, so JavaScript keeps them in this order and
     # the pieces can be joined without re-encoding the event for every webhook.
     body = b"".join(
         (
             b'{"id":',
-            jsoncanon.dumps(delivery_id(encoded.event.id, webhook.id)),
+            # A UUID: ASCII hex digits and dashes, nothing to escape.
+            b'"%s"' % (delivery or delivery_id(encoded.event.id, webhook.id)).encode(),
             b',"event":',
             encoded.encoded,
             b',"webhook":',
-            jsoncanon.dumps({"id": webhook.id, "name": webhook.name}),
+            _webhook_json(webhook.id, webhook.name),
             b"}",
         )
     )
@@ -86,3 +105,17 @@ def build_body(encoded: EncodedEvent, webhook: Webhook, *, max_bytes: int | None
             "payload_too_large", f"delivery body is {len(body)} bytes, limit {max_bytes}"
         )
     return body
+
+
+_WEBHOOK_JSON: dict[tuple[str, str], bytes] = {}
+
+
+def _webhook_json(webhook_id: str, name: str) -> bytes:
+    """``{"id":…,"name":…}`` of a webhook, encoded once per id and name."""
+    key = (webhook_id, name)
+    found = _WEBHOOK_JSON.get(key)
+    if found is None:
+        if len(_WEBHOOK_JSON) >= 100_000:
+            _WEBHOOK_JSON.clear()
+        found = _WEBHOOK_JSON[key] = jsoncanon.dumps({"id": webhook_id, "name": name})
+    return found

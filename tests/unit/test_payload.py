@@ -84,6 +84,18 @@ def test_delivery_id_is_a_canonical_uuid5(event_id: str, webhook_id: str) -> Non
     assert parsed.variant == uuid.RFC_4122
 
 
+@settings(max_examples=500, deadline=None)
+@given(
+    event_id=st.text(st.characters(blacklist_categories=("Cs",)), max_size=60),
+    webhook_id=st.text(st.characters(blacklist_categories=("Cs",)), max_size=60),
+)
+def test_delivery_id_is_exactly_the_standard_library_s_uuid5(
+    event_id: str, webhook_id: str
+) -> None:
+    expected = str(uuid.uuid5(DELIVERY_NAMESPACE, f"{event_id}\x00{webhook_id}"))
+    assert delivery_id(event_id, webhook_id) == expected
+
+
 def test_delivery_id_differs_per_event_and_per_webhook() -> None:
     ids = {delivery_id(e, w) for e in ("evt_1", "evt_2", "evt_3") for w in ("wh_1", "wh_2", "wh_3")}
     assert len(ids) == 9
