@@ -108,6 +108,10 @@ class Deliverer:
         self._max_body_bytes = max_body_bytes
         self._wall_time = wall_time
         self.draining = False
+        self._in_flight = 0
+        # Gauges read when scraped rather than set around every request.
+        metrics.in_flight.set_function(lambda: self._in_flight)
+        metrics.circuits_open.set_function(self._breakers.open_count)
 
     @property
     def breakers(self) -> Breakers:
@@ -168,11 +172,11 @@ class Deliverer:
         try:
             await self._rates.wait(webhook.id, webhook.rate_limit)
             async with self._slots:
-                self._metrics.in_flight.inc()
+                self._in_flight += 1
                 try:
                     result = await self._sender.send(delivery)
                 finally:
-                    self._metrics.in_flight.dec()
+                    self._in_flight -= 1
         finally:
             self._endpoints.release(endpoint)
             if result is None:
@@ -182,7 +186,6 @@ class Deliverer:
         if result.success:
             self._observe(delivery, job, result)
             self._breakers.success(endpoint)
-            self._metrics.circuits_open.set(self._breakers.open_count())
             await self._record_attempt(job, result, None)
             await self._publish_health(self._health.on_success(webhook.id))
             return
@@ -193,7 +196,6 @@ class Deliverer:
             self._observe(delivery, job, result)
         if not refused or self._breakers.state(endpoint) != CLOSED:
             self._breakers.failure(endpoint)
-        self._metrics.circuits_open.set(self._breakers.open_count())
         await self._settle_failure(job, result, counts=not refused)
 
     def _skipped(self, error: str) -> AttemptResult:

@@ -61,6 +61,7 @@ class Pipeline:
         self._wall_time = wall_time
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
+        metrics.pending.set_function(lambda: len(self._tasks))
         #: Records waiting for the subscription table, oldest first, and the task releasing them.
         self._held: deque[tuple[float, bytes | None, SourceRef, Ack]] = deque()
         self._releaser: asyncio.Task[None] | None = None
@@ -186,11 +187,9 @@ class Pipeline:
             task = asyncio.create_task(self._run(job, one_settled))
             self._tasks.add(task)
             task.add_done_callback(self._forget)
-        self._metrics.pending.set(len(self._tasks))
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._metrics.pending.set(len(self._tasks))
 
     async def _run(self, job: Job, settled: Ack) -> None:
         """One job; its pending slot is released exactly once, however it ends. A job that
