@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bridge.config import Settings
 from bridge.embedded import EmbeddedBroker
 
 from . import ceilings, report
@@ -132,7 +133,11 @@ async def _run(
     urls = [receiver.url(i) for i in range(sizes.endpoints)]
 
     print("bench: ceilings ...", file=sys.stderr, flush=True)
-    top = await _safe("ceiling_aiohttp", ceilings.aiohttp_ceiling(urls, sizes.aiohttp_requests, 32))
+    loop_kind = Settings().event_loop  # the worker's default; the ceilings run on it too
+    top = await _safe(
+        "ceiling_aiohttp",
+        ceilings.aiohttp_ceiling(urls, sizes.aiohttp_requests, 32, loop=loop_kind),
+    )
     top["receiver"] = receiver.kind
     _emit(top, results)
     ceiling = top.get("deliveries_per_s") or 0.0
@@ -164,7 +169,7 @@ async def _run(
         ("ceiling_httpx_8", ceilings.httpx_ceiling(urls, sizes.httpx_requests, 8)),
         (
             "ceiling_bridge_sender",
-            ceilings.bridge_sender_ceiling(urls, sizes.sender_requests, 32),
+            ceilings.bridge_sender_ceiling(urls, sizes.sender_requests, 32, loop=loop_kind),
         ),
     ):
         _check_stop()
