@@ -333,14 +333,15 @@ group, and stops them with SIGTERM (SIGKILL after a bounded wait). Deliveries ar
 receiver by delivery id (each expected id once; repeats are reported as duplicates).
 
 - **Ceilings**, same run, same receiver: `ceiling_aiohttp` is 32 aiohttp tasks POSTing a signed
-  ~600-byte body with the documented headers for a fixed count (the standard asyncio loop, like
-  the worker); `ceiling_kafka_consume` is a raw `AIOKafkaConsumer.getmany` loop over a pre-filled
+  ~600-byte body with the documented headers for a fixed count, on the worker's event loop
+  (uvloop), in a thread of its own, the median of three back-to-back runs (`runs_per_s` has all
+  three); `ceiling_kafka_consume` is a raw `AIOKafkaConsumer.getmany` loop over a pre-filled
   6-partition topic (with `end_offsets_rtt_ms`, one `end_offsets` round trip on an idle loop, the
   request the subscription-freshness check makes); `ceiling_kafka_latency` publishes at 200/s and
   consumes with a raw consumer polling with a 10 ms fetch wait: the broker's own publish ->
   consume latency. `ceiling_httpx_8` is httpx's default transport with 8 in flight, and
   `ceiling_bridge_sender` the worker's own sender class (aiohttp or httpx, with the SSRF guard)
-  with 32 in flight and no Kafka, for context. Their p50/p99 are client request durations.
+  with 32 in flight and no Kafka, on uvloop too, for context. Their p50/p99 are client request durations.
 - **fanout_1 / fanout_10**: webhooks written (one record per batch), events pre-published, *then*
   the worker is started, so the backlog measures throughput: deliveries/s = (arrivals - 1) /
   (last arrival - first arrival). fanout_1: 1000 sites with one webhook each; fanout_10: 100

@@ -19,8 +19,11 @@ Faust's consumer hands every fetched record to its streams and tables with
 ``await self.wait_first(callback(message), self.suspend_flow.wait())``: four tasks and an
 ``asyncio.wait`` per record, so that a rebalance can interrupt a callback that waits for room in
 a full stream buffer. The bridge first runs the callback directly; almost always it finishes
-without waiting and nothing else is needed. Only when it would wait does the rest of it become a
-task, raced against the flow suspension exactly as before (``fast_record_handoff``).
+without waiting, and one yield to the event loop follows, as Faust's own hand-off yields per
+record (without it a rebalance could not stop the flow inside a fetched batch, and records
+were lost after a worker was killed and replaced). Only when the callback would wait does the
+rest of it become a task, raced against the flow suspension exactly as before
+(``fast_record_handoff``).
 """
 
 from __future__ import annotations
@@ -178,6 +181,9 @@ async def _wait_first(self: Any, *coros: Any, timeout: Any = None) -> Any:
         yielded = callback.send(None)
     except StopIteration as stop:
         suspended.close()  # never started
+        # Yield to the loop once per record, as Faust's own hand-off does: a rebalance must be
+        # able to stop the flow between two records of a fetched batch.
+        await asyncio.sleep(0)
         return _WaitResults([callback], [stop.value], False)
     except BaseException:
         suspended.close()

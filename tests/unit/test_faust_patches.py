@@ -101,6 +101,20 @@ async def test_handoff_that_does_not_wait_runs_inline_without_tasks() -> None:
     assert tasks_seen == [before]
 
 
+async def test_handoff_yields_to_the_loop_once_per_record() -> None:
+    """Between two records a rebalance must be able to run (and stop the flow): without this
+    yield a SIGKILL-and-restart benchmark lost records (BENCHMARKS.md)."""
+    consumer = FakeConsumer()
+    ran: list[str] = []
+    asyncio.get_running_loop().call_soon(ran.append, "rebalance")
+
+    async def callback() -> str:
+        return "delivered"
+
+    await _wait_first(consumer, callback(), consumer.suspend_flow.wait())
+    assert ran == ["rebalance"]
+
+
 async def test_handoff_that_waits_finishes_when_the_wait_ends() -> None:
     consumer = FakeConsumer()
     queue: asyncio.Queue[str] = asyncio.Queue(maxsize=1)
