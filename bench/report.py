@@ -341,7 +341,8 @@ receiver by delivery id (each expected id once; repeats are reported as duplicat
   consumes with a raw consumer polling with a 10 ms fetch wait: the broker's own publish ->
   consume latency. `ceiling_httpx_8` is httpx's default transport with 8 in flight, and
   `ceiling_bridge_sender` the worker's own sender class (aiohttp or httpx, with the SSRF guard)
-  with 32 in flight and no Kafka, on uvloop too, for context. Their p50/p99 are client request durations.
+  with 32 in flight and no Kafka, on uvloop too, for context. Their p50/p99 are client request
+  durations.
 - **fanout_1 / fanout_10**: webhooks written (one record per batch), events pre-published, *then*
   the worker is started, so the backlog measures throughput: deliveries/s = (arrivals - 1) /
   (last arrival - first arrival). fanout_1: 1000 sites with one webhook each; fanout_10: 100
