@@ -156,6 +156,8 @@ NOTES = {
         "delivered",
         "p90_ms",
         "max_ms",
+        "warmup_p50_ms",
+        "warmup_p99_ms",
         "broker_floor_p50_ms",
         "p50_vs_broker_floor",
         "worker_cpu_pct",
@@ -356,7 +358,9 @@ receiver by delivery id (each expected id once; repeats are reported as duplicat
 - **latency_half_load**: a ready worker; events published at half the fanout_1 rate of the same
   run (paced every 10 ms); latency = receiver arrival time minus the event's `timestamp` (both
   this machine's clock; the timestamp has millisecond precision and nginx's `$msec` too, so
-  values are within about 1 ms).
+  values are within about 1 ms). Events of the first 2 s of load are reported apart
+  (`warmup_p50_ms`, `warmup_p99_ms`, `warmup_max_ms`): the worker reports ready about a second
+  before it delivers at full speed; p50/p99 (here and in the isolation scenarios) are the rest.
 - **isolation**: the same paced load, 10% of the webhooks on an endpoint that does not answer for
   600 s (`bench/receiver.py` in hang mode), `BRIDGE_HTTP_TIMEOUT=2`, the default breaker threshold
   (5); the healthy 90%'s deliveries/s and latency compared with a run of the same shape where
