@@ -45,6 +45,7 @@ LOOPBACK = ("127.0.0.0/8", "::1/128")
 WORKER_SETTINGS = [
     "http_timeout",
     "http_client",
+    "event_loop",
     "success_any_2xx",
     "max_in_flight",
     "max_body_bytes",
@@ -56,6 +57,7 @@ WORKER_SETTINGS = [
     "kafka_rebalance_timeout",
     "kafka_session_timeout",
     "kafka_fetch_max_wait",
+    "kafka_output_linger",
     "retry_jitter",
     "retry_after_cap",
     "endpoint_max_in_flight",
