@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 __all__ = ["endpoint_of", "CircuitBreaker", "Breakers", "CLOSED", "OPEN", "HALF_OPEN"]
@@ -12,20 +13,12 @@ __all__ = ["endpoint_of", "CircuitBreaker", "Breakers", "CLOSED", "OPEN", "HALF_
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 
-_ENDPOINTS: dict[str, str] = {}
-
-
+@lru_cache(maxsize=50_000)  # remembered per URL; webhooks' URLs are few
 def endpoint_of(url: str) -> str:
     """The endpoint a URL belongs to: scheme, host and port (what one server answers for)."""
-    endpoint = _ENDPOINTS.get(url)
-    if endpoint is None:
-        parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        endpoint = f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
-        if len(_ENDPOINTS) >= 50_000:  # remembered per URL; webhooks' URLs are few
-            _ENDPOINTS.clear()
-        _ENDPOINTS[url] = endpoint
-    return endpoint
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
 @dataclass

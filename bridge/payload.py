@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
+from functools import lru_cache
 
 from . import jsoncanon
 from .errors import InvalidEvent
@@ -107,15 +108,7 @@ def build_body(
     return body
 
 
-_WEBHOOK_JSON: dict[tuple[str, str], bytes] = {}
-
-
+@lru_cache(maxsize=100_000)
 def _webhook_json(webhook_id: str, name: str) -> bytes:
     """``{"id":…,"name":…}`` of a webhook, encoded once per id and name."""
-    key = (webhook_id, name)
-    found = _WEBHOOK_JSON.get(key)
-    if found is None:
-        if len(_WEBHOOK_JSON) >= 100_000:
-            _WEBHOOK_JSON.clear()
-        found = _WEBHOOK_JSON[key] = jsoncanon.dumps({"id": webhook_id, "name": name})
-    return found
+    return jsoncanon.dumps({"id": webhook_id, "name": name})
