@@ -217,8 +217,8 @@ async def _bridge_sender_run(urls: list[str], count: int, concurrency: int) -> d
     )
 
 
-async def kafka_ceiling(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
-    """(b) Raw aiokafka consume rate of a pre-filled topic (6 partitions, event-sized records)."""
+async def _create_topic(bootstrap: str, topic: str) -> None:
+    """A 6-partition topic for a Kafka ceiling."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -227,6 +227,11 @@ async def kafka_ceiling(bootstrap: str, topic: str, count: int) -> dict[str, Any
         await admin.create_topics([NewTopic(topic, 6, 1)])
     finally:
         await admin.close()
+
+
+async def kafka_ceiling(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
+    """(b) Raw aiokafka consume rate of a pre-filled topic (6 partitions, event-sized records)."""
+    await _create_topic(bootstrap, topic)
     producer = new_producer(bootstrap, linger_ms=5)
     await producer.start()
     stamp = now_stamp()
@@ -342,14 +347,7 @@ async def kafka_latency_floor(
     import json as _json
     from datetime import datetime
 
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 6, 1)])
-    finally:
-        await admin.close()
+    await _create_topic(bootstrap, topic)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=fetch_max_wait_ms
     )

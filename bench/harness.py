@@ -218,26 +218,13 @@ async def _run(
         try:
             result = await asyncio.wait_for(SCENARIOS[name](ctx), min(timeout, remaining))
         except TimeoutError:
-            result = {
-                "name": name,
-                "deliveries_per_s": None,
-                "p50_ms": None,
-                "p99_ms": None,
-                "ceiling_per_s": ctx.ceiling,
-                "ratio": None,
-                "error": f"TimeoutError: the scenario did not finish in its "
-                f"{min(timeout, remaining):.0f} s",
-            }
+            result = _failed(
+                name,
+                ctx.ceiling,
+                f"TimeoutError: the scenario did not finish in its {min(timeout, remaining):.0f} s",
+            )
         except Exception as exc:  # one scenario's failure is reported, the run goes on
-            result = {
-                "name": name,
-                "deliveries_per_s": None,
-                "p50_ms": None,
-                "p99_ms": None,
-                "ceiling_per_s": ctx.ceiling,
-                "ratio": None,
-                "error": f"{type(exc).__name__}: {str(exc)[-1500:]}",
-            }
+            result = _failed(name, ctx.ceiling, f"{type(exc).__name__}: {str(exc)[-1500:]}")
         result["scenario_s"] = round(time.monotonic() - started, 1)
         _check_stop()
         _emit(result, results)
@@ -285,15 +272,20 @@ async def _safe(name: str, coroutine: Any) -> dict[str, Any]:
     try:
         return dict(await coroutine)
     except Exception as exc:  # a ceiling must not end the run
-        return {
-            "name": name,
-            "deliveries_per_s": None,
-            "p50_ms": None,
-            "p99_ms": None,
-            "ceiling_per_s": None,
-            "ratio": None,
-            "error": f"{type(exc).__name__}: {str(exc)[-500:]}",
-        }
+        return _failed(name, None, f"{type(exc).__name__}: {str(exc)[-500:]}")
+
+
+def _failed(name: str, ceiling: float | None, error: str) -> dict[str, Any]:
+    """The result of a scenario or ceiling that could not be measured, saying why."""
+    return {
+        "name": name,
+        "deliveries_per_s": None,
+        "p50_ms": None,
+        "p99_ms": None,
+        "ceiling_per_s": ceiling,
+        "ratio": None,
+        "error": error,
+    }
 
 
 def _install_sigterm() -> None:
