@@ -53,6 +53,7 @@ from bridge.payload import EncodedEvent, build_body, delivery_id
 from bridge.signing import sign, verify
 from bridge.ssrf import AddressPolicy, DestinationForbidden, GuardedResolver, IPAddress
 from bridge.subscriptions import Webhook
+from tests.support.clocks import Ticks
 
 # A whsec_ secret whose remainder is base64, so Standard Webhooks signing accepts it too.
 SECRET = "whsec_" + base64.b64encode(b"aiohttp-sender-test-secret-32byt").decode()
@@ -109,18 +110,6 @@ def make_delivery(url: str, *, standard_webhooks: bool = False) -> Delivery:
 
 def outcome(result: AttemptResult) -> Outcome:
     return (result.success, result.status, result.error, result.retry_after)
-
-
-class Ticks:
-    """A fake perf_counter: each call advances by ``step``."""
-
-    def __init__(self, start: float = 100.0, step: float = 0.25) -> None:
-        self.now = start - step
-        self.step = step
-
-    def __call__(self) -> float:
-        self.now += self.step
-        return self.now
 
 
 def loopback_policy() -> AddressPolicy:

@@ -7,17 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.breaker import CLOSED, HALF_OPEN, OPEN, Breakers, CircuitBreaker, endpoint_of
+from tests.support.clocks import FakeClock
 
 THRESHOLD = 3
 COOLDOWN = 30.0
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # -- endpoint_of -----------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from bridge.events import Event
 from bridge.payload import EncodedEvent, build_body, delivery_id
 from bridge.signing import sign, verify
 from bridge.subscriptions import Webhook
+from tests.support.clocks import Ticks
 
 SECRET = "whsec_delivery-test-secret"
 URL = "https://hooks.example/receive?x=1"
@@ -60,18 +61,6 @@ def make_delivery() -> Delivery:
         occurred_at=EVENT.occurred_at,
         event=EVENT,
     )
-
-
-class Ticks:
-    """A fake perf_counter: each call advances by ``step``."""
-
-    def __init__(self, start: float = 100.0, step: float = 0.25) -> None:
-        self.now = start - step
-        self.step = step
-
-    def __call__(self) -> float:
-        self.now += self.step
-        return self.now
 
 
 class Recorder:

@@ -13,6 +13,7 @@ import pytest
 
 from bridge import limits
 from bridge.limits import EndpointBusy, EndpointSlots, RateLimits, Slots, TokenBucket
+from tests.support.clocks import FakeClock
 
 #: Upper bound for anything that should happen promptly.
 PROMPT = 2.0
@@ -225,14 +226,6 @@ def test_slots_need_a_positive_limit() -> None:
 
 
 # -- TokenBucket / RateLimits --------------------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_token_bucket_burst_then_spaced() -> None:

@@ -14,17 +14,10 @@ from typing import Any
 import pytest
 
 from bridge.sync import TableFreshness
+from tests.support.clocks import FakeClock
 
 #: Upper bound for anything that should happen promptly.
 PROMPT = 2.0
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeEndOffsets:
