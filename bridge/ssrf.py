@@ -402,10 +402,6 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
 def ssl_context(verify: ssl.SSLContext | str | bool) -> ssl.SSLContext:
     """The TLS context for endpoints: certifi's bundle (``True``), or a CA bundle file or
     directory (:class:`ConfigError` when it cannot be loaded)."""
-    return _ssl_context(verify)
-
-
-def _ssl_context(verify: ssl.SSLContext | str | bool) -> ssl.SSLContext:
     if not isinstance(verify, str):
         return httpx.create_ssl_context(verify=verify, trust_env=False)
     try:
@@ -432,14 +428,14 @@ def guarded_transport(
     ``httpx.AsyncClient(transport=...)``; the client's own ``verify`` and ``limits`` are then
     ignored.
     """
-    ssl_context = _ssl_context(verify)
+    context = ssl_context(verify)
     transport = httpx.AsyncHTTPTransport(
-        verify=ssl_context, limits=limits, http2=False, trust_env=False
+        verify=context, limits=limits, http2=False, trust_env=False
     )
     # Mirrors the pool httpx 0.28 builds in AsyncHTTPTransport.__init__ (no proxy, no uds),
     # adding only the network backend, which httpx does not let us pass.
     transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=ssl_context,
+        ssl_context=context,
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=limits.keepalive_expiry,
