@@ -139,47 +139,66 @@ async def httpx_ceiling(urls: list[str], count: int, concurrency: int = 8) -> di
     )
 
 
-def _hot_path_sender(policy: Any) -> tuple[Any, Any, str]:
-    """The sender the worker uses (``bridge.aiohttp_sender.AiohttpSender`` when it exists, else
-    ``bridge.delivery.Sender`` over ``new_client()``): (sender, closer, class name)."""
-    try:
-        from bridge.aiohttp_sender import AiohttpSender
-    except ImportError:
-        from bridge.delivery import Sender, new_client
+def _hot_path_sender(policy: Any, kind: str = "http1") -> tuple[Any, Any, str]:
+    """The worker's sender for the ``http_client`` setting ``kind`` (``http1``, ``aiohttp`` or
+    ``httpx``; older checkouts fall back to what they have): (sender, closer, class name)."""
+    from bridge.delivery import Sender, new_client
 
-        client = new_client(30.0, 256, policy=policy)
-        sender = Sender(client, timeout=30.0, allow_http=True, policy=policy)
-        return sender, client.aclose, "Sender (httpx)"
-    sender = AiohttpSender(
-        timeout=30.0,
-        max_connections=256,
-        max_connections_per_endpoint=16,
-        policy=policy,
-        allow_http=True,
-    )
-    return sender, sender.aclose, "AiohttpSender"
+    options = {
+        "timeout": 30.0,
+        "max_connections": 256,
+        "max_connections_per_endpoint": 16,
+        "policy": policy,
+        "allow_http": True,
+    }
+    if kind == "http1":
+        try:
+            from bridge.http1_sender import Http1Sender
+        except ImportError:
+            kind = "aiohttp"
+        else:
+            sender: Any = Http1Sender(**options)
+            return sender, sender.aclose, "Http1Sender"
+    if kind == "aiohttp":
+        try:
+            from bridge.aiohttp_sender import AiohttpSender
+        except ImportError:
+            kind = "httpx"
+        else:
+            sender = AiohttpSender(**options)
+            return sender, sender.aclose, "AiohttpSender"
+    client = new_client(30.0, 256, policy=policy)
+    sender = Sender(client, timeout=30.0, allow_http=True, policy=policy)
+    return sender, client.aclose, "Sender (httpx)"
 
 
 async def bridge_sender_ceiling(
-    urls: list[str], count: int, concurrency: int = 32, *, loop: str = "uvloop"
+    urls: list[str],
+    count: int,
+    concurrency: int = 32,
+    *,
+    loop: str = "uvloop",
+    kind: str = "http1",
 ) -> dict[str, Any]:
     """The bridge's own HTTP sending (the worker's sender class with the SSRF guard,
     ``build_headers``, the documented success rule), no Kafka: what the worker could reach if
     everything around the HTTP request were free. On the worker's event loop, in a thread."""
     result: dict[str, Any] = await asyncio.to_thread(
-        _run_on, loop, _bridge_sender_run(urls, count, concurrency)
+        _run_on, loop, _bridge_sender_run(urls, count, concurrency, kind)
     )
     result["event_loop"] = loop
     return result
 
 
-async def _bridge_sender_run(urls: list[str], count: int, concurrency: int) -> dict[str, Any]:
+async def _bridge_sender_run(
+    urls: list[str], count: int, concurrency: int, kind: str
+) -> dict[str, Any]:
     from bridge.delivery import Delivery
     from bridge.ssrf import AddressPolicy
     from bridge.subscriptions import Webhook
 
     policy = AddressPolicy.from_setting("127.0.0.0/8", enabled=True)
-    sender, close, kind = _hot_path_sender(policy)
+    sender, close, kind = _hot_path_sender(policy, kind)
     body, _ = sample_body()
     webhooks = {
         url: Webhook(

@@ -35,6 +35,7 @@ from .faust_patches import (
     set_fetch_max_wait,
 )
 from .health import EndpointHealth
+from .http1_sender import Http1Sender
 from .kafka import address_policy, client_kwargs, faust_broker_kwargs, keyring
 from .logs import logging_config
 from .management import WebhookStore
@@ -336,7 +337,8 @@ class Bridge:
                 allow_http=s.plain_http_allowed,
                 policy=policy,
             )
-        return AiohttpSender(
+        sender_class = AiohttpSender if s.http_client == "aiohttp" else Http1Sender
+        return sender_class(
             timeout=s.http_timeout,
             max_connections=s.max_in_flight,
             max_connections_per_endpoint=s.endpoint_max_in_flight,

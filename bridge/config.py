@@ -227,11 +227,12 @@ class Settings:
         "Count any 2xx as success. Off: only 200 is success, as the documentation promises.",
     )
     http_client: str = _setting(
-        "aiohttp",
+        "http1",
         "BRIDGE_HTTP_CLIENT",
         "--http-client",
-        lambda text: _choice("AIOHTTP", "HTTPX")(text).lower(),
-        "HTTP client of the delivery hot path: aiohttp (fastest) or httpx (the reference).",
+        lambda text: _choice("HTTP1", "AIOHTTP", "HTTPX")(text).lower(),
+        "HTTP client of the delivery hot path: http1 (the bridge's own keep-alive HTTP/1.1 "
+        "client, fastest), aiohttp, or httpx (the reference). All behave the same.",
     )
     event_loop: str = _setting(
         "uvloop",

@@ -46,6 +46,7 @@ __all__ = [
     "parse_ip_literal",
     "AddressPolicy",
     "check_url",
+    "checked_addresses",
     "resolve",
     "GuardedBackend",
     "GuardedResolver",
@@ -445,6 +446,23 @@ def guarded_transport(
         network_backend=GuardedBackend(policy, resolver=resolver),
     )
     return transport
+
+
+async def checked_addresses(
+    policy: AddressPolicy, host: str, port: int, *, resolver: Resolver | None = None
+) -> list[IPAddress]:
+    """The addresses to connect to for ``host``: the IP literal itself, or every address the
+    resolver gives (``OSError`` when there is none), refusing with :class:`DestinationForbidden`
+    if *any* of them is forbidden. Connect only to what this returns."""
+    literal = parse_ip_literal(host)
+    if literal is not None:
+        addresses = [literal]
+    else:
+        addresses = list(dict.fromkeys(await (resolver or resolve)(host, port)))
+        if not addresses:
+            raise OSError(f"{host} did not resolve")
+    _refuse_if_forbidden(policy, host, addresses)
+    return addresses
 
 
 class GuardedResolver(AbstractResolver):

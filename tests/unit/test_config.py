@@ -46,7 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "topic_replication_factor": 1,
     "http_timeout": 30.0,
     "success_any_2xx": False,
-    "http_client": "aiohttp",
+    "http_client": "http1",
     "event_loop": "uvloop",
     "max_in_flight": 256,
     "max_body_bytes": 1024 * 1024,

@@ -1,14 +1,14 @@
-"""bridge.aiohttp_sender: the aiohttp hot path against real 127.0.0.1 servers, and its parity with
-the httpx :class:`bridge.delivery.Sender`.
+"""The hot-path senders, :class:`bridge.http1_sender.Http1Sender` (the default) and
+:class:`bridge.aiohttp_sender.AiohttpSender`, against real 127.0.0.1 servers, and their parity
+with the httpx :class:`bridge.delivery.Sender`. Every test of a hot-path sender runs for both
+(``kind``).
 
 Safety: nothing here connects anywhere but servers these tests start on 127.0.0.1. Every socket
-aiohttp opens goes through ``aiohappyeyeballs.start_connection``, which an autouse fixture wraps to
+aiohttp opens goes through ``aiohappyeyeballs.start_connection`` and every socket of
+:mod:`bridge.http1` through ``bridge.http1.open_connection``; an autouse fixture wraps both to
 record each address and to fail the test for any address other than 127.0.0.1. Refusals are shown
-with fake resolvers and servers that count TCP connections (expecting none).
-
-``AiohttpSender`` has no parameter for the resolver its ``GuardedResolver`` uses, so tests that
-need a host name to resolve to 127.0.0.1 (or to a forbidden address) replace the module's
-``GuardedResolver`` name with one bound to a fake resolver (:func:`inject_resolver`).
+with fake resolvers (passed as ``resolver=``) and servers that count TCP connections (expecting
+none).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-import bridge.aiohttp_sender as aiohttp_sender_module
+import bridge.http1
 from bridge.aiohttp_sender import AiohttpSender
 from bridge.delivery import (
     USER_AGENT,
@@ -49,6 +49,7 @@ from bridge.delivery import (
 )
 from bridge.errors import ConfigError
 from bridge.events import Event
+from bridge.http1_sender import Http1Sender
 from bridge.payload import EncodedEvent, build_body, delivery_id
 from bridge.signing import sign, verify
 from bridge.ssrf import AddressPolicy, DestinationForbidden, GuardedResolver, IPAddress
@@ -116,15 +117,27 @@ def loopback_policy() -> AddressPolicy:
     return AddressPolicy.from_setting(LOOPBACK_SETTING)
 
 
-def aiohttp_sender(
+HOT = ["http1", "aiohttp"]
+
+
+@pytest.fixture(params=HOT)
+def kind(request: pytest.FixtureRequest) -> str:
+    """Which hot-path sender a test runs."""
+    return str(request.param)
+
+
+def hot_sender(
+    kind: str,
     *,
     policy: AddressPolicy | None = None,
     allow_http: bool = True,
     any_2xx: bool = False,
     timeout: float = 5.0,
     ca_bundle: str | None = None,
-) -> AiohttpSender:
-    return AiohttpSender(
+    resolver: FakeResolver | None = None,
+) -> Http1Sender | AiohttpSender:
+    sender_class = Http1Sender if kind == "http1" else AiohttpSender
+    return sender_class(
         timeout=timeout,
         max_connections=4,
         max_connections_per_endpoint=2,
@@ -132,6 +145,7 @@ def aiohttp_sender(
         allow_http=allow_http,
         any_2xx=any_2xx,
         ca_bundle=ca_bundle,
+        resolver=resolver,
         clock=Ticks(),
         wall_clock=lambda: WALL,
     )
@@ -151,8 +165,8 @@ def httpx_sender(*, any_2xx: bool = False, timeout: float = 5.0) -> Sender:
 
 
 def make_sender(kind: str, *, any_2xx: bool = False, timeout: float = 5.0) -> DeliverySender:
-    if kind == "aiohttp":
-        return aiohttp_sender(any_2xx=any_2xx, timeout=timeout)
+    if kind in HOT:
+        return hot_sender(kind, any_2xx=any_2xx, timeout=timeout)
     return httpx_sender(any_2xx=any_2xx, timeout=timeout)
 
 
@@ -168,18 +182,31 @@ async def send_once(sender: DeliverySender, delivery: Delivery) -> AttemptResult
 
 @pytest.fixture(autouse=True)
 def connects(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every address aiohttp tries to connect to; anything but 127.0.0.1 fails the test."""
+    """Every address a hot-path sender tries to connect to; anything but 127.0.0.1 fails the
+    test."""
     attempted: list[str] = []
-    real = aiohappyeyeballs.start_connection
 
-    async def loopback_only(addr_infos: Sequence[Any], **kwargs: Any) -> socket.socket:
-        hosts = [str(info[4][0]) for info in addr_infos]
+    def check(hosts: list[str]) -> None:
         attempted.extend(hosts)
         if any(host != "127.0.0.1" for host in hosts):
             raise AssertionError(f"these tests connect only to 127.0.0.1, not to {hosts}")
-        return await real(addr_infos, **kwargs)
 
-    monkeypatch.setattr(aiohappyeyeballs, "start_connection", loopback_only)
+    real_start = aiohappyeyeballs.start_connection
+
+    async def start_loopback_only(addr_infos: Sequence[Any], **kwargs: Any) -> socket.socket:
+        check([str(info[4][0]) for info in addr_infos])
+        return await real_start(addr_infos, **kwargs)
+
+    real_open = bridge.http1.open_connection
+
+    async def open_loopback_only(
+        loop: Any, factory: Any, host: str, port: int, **kwargs: Any
+    ) -> asyncio.Protocol:
+        check([host])
+        return await real_open(loop, factory, host, port, **kwargs)
+
+    monkeypatch.setattr(aiohappyeyeballs, "start_connection", start_loopback_only)
+    monkeypatch.setattr(bridge.http1, "open_connection", open_loopback_only)
     return attempted
 
 
@@ -193,16 +220,6 @@ class FakeResolver:
     async def __call__(self, host: str, port: int) -> Sequence[IPAddress]:
         self.asked.append((host, port))
         return [ipaddress.ip_address(a) for a in self.answer]
-
-
-def inject_resolver(monkeypatch: pytest.MonkeyPatch, resolver: FakeResolver) -> None:
-    """Make every AiohttpSender built by this module's helpers resolve with ``resolver`` (as if
-    passed as ``AiohttpSender(resolver=...)``), through the real GuardedResolver."""
-
-    def guarded(policy: AddressPolicy, *, resolver_: object = None, **_: object) -> GuardedResolver:
-        return GuardedResolver(policy, resolver=resolver)
-
-    monkeypatch.setattr(aiohttp_sender_module, "GuardedResolver", guarded)
 
 
 def unused_port() -> int:
@@ -321,9 +338,11 @@ async def server() -> AsyncIterator[LocalServer]:
 # --- the request ---------------------------------------------------------------------------------
 
 
-async def test_sends_one_post_with_exactly_the_documented_headers(server: LocalServer) -> None:
+async def test_sends_one_post_with_exactly_the_documented_headers(
+    server: LocalServer, kind: str
+) -> None:
     delivery = make_delivery(server.url("/hook?x=1"))
-    result = await send_once(aiohttp_sender(), delivery)
+    result = await send_once(hot_sender(kind), delivery)
 
     assert result == AttemptResult(True, 200, None, 0.25, AT)
     (seen,) = server.requests
@@ -344,16 +363,16 @@ async def test_sends_one_post_with_exactly_the_documented_headers(server: LocalS
         assert (name, value) in seen.headers
 
 
-async def test_body_bytes_are_sent_unchanged_and_verify(server: LocalServer) -> None:
+async def test_body_bytes_are_sent_unchanged_and_verify(server: LocalServer, kind: str) -> None:
     delivery = make_delivery(server.url())
-    await send_once(aiohttp_sender(), delivery)
+    await send_once(hot_sender(kind), delivery)
     (seen,) = server.requests
     assert seen.body == delivery.body
     assert verify(SECRET, seen.body, seen.values("X-Webhook-Signature")[0])
 
 
-async def test_no_secret_in_headers_or_body(server: LocalServer) -> None:
-    await send_once(aiohttp_sender(), make_delivery(server.url()))
+async def test_no_secret_in_headers_or_body(server: LocalServer, kind: str) -> None:
+    await send_once(hot_sender(kind), make_delivery(server.url()))
     (seen,) = server.requests
     assert SECRET not in " ".join(f"{k}: {v}" for k, v in seen.headers)
     assert SECRET.encode() not in seen.body
@@ -361,10 +380,12 @@ async def test_no_secret_in_headers_or_body(server: LocalServer) -> None:
 
 @pytest.mark.parametrize("opted_in", [False, True])
 async def test_standard_webhooks_headers_only_when_opted_in(
-    server: LocalServer, opted_in: bool
+    server: LocalServer,
+    opted_in: bool,
+    kind: str,
 ) -> None:
     delivery = make_delivery(server.url(), standard_webhooks=opted_in)
-    result = await send_once(aiohttp_sender(), delivery)
+    result = await send_once(hot_sender(kind), delivery)
     assert result.success
     (seen,) = server.requests
     expected_names = DOCUMENTED_HEADERS | TRANSPORT_HEADERS
@@ -440,9 +461,10 @@ async def test_status_handling(
     headers: dict[str, str],
     any_2xx: bool,
     expected: Outcome,
+    kind: str,
 ) -> None:
     server.respond = answer(code, headers)
-    result = await send_once(aiohttp_sender(any_2xx=any_2xx), make_delivery(server.url()))
+    result = await send_once(hot_sender(kind, any_2xx=any_2xx), make_delivery(server.url()))
     assert outcome(result) == expected
     assert (result.duration, result.at, result.refusal) == (0.25, AT, None)
     assert [seen.path_qs for seen in server.requests] == ["/hook"]
@@ -450,7 +472,9 @@ async def test_status_handling(
 
 @pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
 @pytest.mark.parametrize("location", ["/followed", "absolute"])
-async def test_redirects_are_not_followed(server: LocalServer, code: int, location: str) -> None:
+async def test_redirects_are_not_followed(
+    server: LocalServer, code: int, location: str, kind: str
+) -> None:
     target = server.url("/followed") if location == "absolute" else location
 
     async def respond(request: web.BaseRequest) -> web.StreamResponse:
@@ -459,7 +483,7 @@ async def test_redirects_are_not_followed(server: LocalServer, code: int, locati
         return web.Response(status=code, headers={"Location": target})
 
     server.respond = respond
-    result = await send_once(aiohttp_sender(any_2xx=True), make_delivery(server.url()))
+    result = await send_once(hot_sender(kind, any_2xx=True), make_delivery(server.url()))
     assert outcome(result) == (False, code, "redirect", None)
     assert [(seen.method, seen.path_qs) for seen in server.requests] == [("POST", "/hook")]
 
@@ -475,13 +499,14 @@ async def test_parity_with_the_httpx_sender(
     headers: dict[str, str],
     any_2xx: bool,
     expected: Outcome,
+    kind: str,
 ) -> None:
     server.respond = answer(code, headers)
     delivery = make_delivery(server.url())
-    by_aiohttp = await send_once(aiohttp_sender(any_2xx=any_2xx), delivery)
+    by_hot = await send_once(hot_sender(kind, any_2xx=any_2xx), delivery)
     by_httpx = await send_once(httpx_sender(any_2xx=any_2xx), delivery)
-    assert outcome(by_aiohttp) == outcome(by_httpx) == expected
-    assert by_aiohttp == by_httpx  # duration and start time too (same fake clocks)
+    assert outcome(by_hot) == outcome(by_httpx) == expected
+    assert by_hot == by_httpx  # duration and start time too (same fake clocks)
     assert len(server.requests) == 2
     first, second = server.requests
     assert first.body == second.body == delivery.body
@@ -492,7 +517,7 @@ async def test_parity_with_the_httpx_sender(
 # --- failures without an answer ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("kind", [*HOT, "httpx"])
 async def test_whole_request_timeout(server: LocalServer, kind: str) -> None:
     never = asyncio.Event()
     handler_ended = asyncio.Event()
@@ -518,7 +543,7 @@ async def test_whole_request_timeout(server: LocalServer, kind: str) -> None:
     assert not never.is_set()
 
 
-async def test_slow_body_after_200_headers_hits_the_timeout(server: LocalServer) -> None:
+async def test_slow_body_after_200_headers_hits_the_timeout(server: LocalServer, kind: str) -> None:
     # The timeout covers reading the response too: a 200 whose body never ends is no success.
     never = asyncio.Event()
 
@@ -532,13 +557,13 @@ async def test_slow_body_after_200_headers_hits_the_timeout(server: LocalServer)
     server.respond = trickle
     started = time.perf_counter()
     result = await asyncio.wait_for(
-        send_once(aiohttp_sender(timeout=0.2), make_delivery(server.url())), 5
+        send_once(hot_sender(kind, timeout=0.2), make_delivery(server.url())), 5
     )
     assert outcome(result) == (False, None, "timeout", None)
     assert time.perf_counter() - started < 1.0
 
 
-@pytest.mark.parametrize("kind", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("kind", [*HOT, "httpx"])
 async def test_connection_refused_is_connect_error(kind: str) -> None:
     url = f"http://127.0.0.1:{unused_port()}/hook"
     result = await send_once(make_sender(kind), make_delivery(url))
@@ -581,7 +606,7 @@ async def hang_up_server() -> AsyncIterator[HangUpServer]:
         await server.wait_closed()
 
 
-@pytest.mark.parametrize("kind", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("kind", [*HOT, "httpx"])
 async def test_server_closing_without_answering(kind: str) -> None:
     async with hang_up_server() as state:
         url = f"http://127.0.0.1:{state.port}/hook"
@@ -598,9 +623,12 @@ async def test_server_closing_without_answering(kind: str) -> None:
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "[::1]", "127.1", "2130706433", "0x7f.0.0.1"])
 async def test_loopback_is_refused_without_an_allow_list(
-    server: LocalServer, connects: list[str], host: str
+    server: LocalServer,
+    connects: list[str],
+    host: str,
+    kind: str,
 ) -> None:
-    sender = aiohttp_sender(policy=AddressPolicy())
+    sender = hot_sender(kind, policy=AddressPolicy())
     result = await send_once(sender, make_delivery(server.url(host=host)))
     assert result == AttemptResult(
         False, None, "destination_forbidden", 0.25, AT, refusal="loopback"
@@ -668,10 +696,10 @@ async def test_sender_refuses_a_forbidden_resolution_before_connecting(
     answer: list[str],
     allow: str,
     classification: str,
+    kind: str,
 ) -> None:
     fake = FakeResolver(answer)
-    inject_resolver(monkeypatch, fake)
-    sender = aiohttp_sender(policy=AddressPolicy.from_setting(allow))
+    sender = hot_sender(kind, resolver=fake, policy=AddressPolicy.from_setting(allow))
     result = await send_once(sender, make_delivery(server.url(host="hooks.test")))
     assert result == AttemptResult(
         False, None, "destination_forbidden", 0.25, AT, refusal=classification
@@ -681,8 +709,10 @@ async def test_sender_refuses_a_forbidden_resolution_before_connecting(
     assert server.connections == 0
 
 
-async def test_allow_listed_loopback_is_delivered(server: LocalServer, connects: list[str]) -> None:
-    sender = aiohttp_sender(policy=loopback_policy())
+async def test_allow_listed_loopback_is_delivered(
+    server: LocalServer, connects: list[str], kind: str
+) -> None:
+    sender = hot_sender(kind, policy=loopback_policy())
     try:
         first = await sender.send(make_delivery(server.url()))
         second = await sender.send(make_delivery(server.url()))
@@ -695,11 +725,15 @@ async def test_allow_listed_loopback_is_delivered(server: LocalServer, connects:
 
 
 async def test_allow_listed_name_is_delivered_to_the_checked_address(
-    server: LocalServer, connects: list[str], monkeypatch: pytest.MonkeyPatch
+    server: LocalServer,
+    connects: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
 ) -> None:
     fake = FakeResolver(["127.0.0.1"])
-    inject_resolver(monkeypatch, fake)
-    result = await send_once(aiohttp_sender(), make_delivery(server.url(host="hooks.test")))
+    result = await send_once(
+        hot_sender(kind, resolver=fake), make_delivery(server.url(host="hooks.test"))
+    )
     assert outcome(result) == (True, 200, None, None)
     (seen,) = server.requests
     assert seen.values("Host") == [f"hooks.test:{server.port}"]
@@ -708,9 +742,11 @@ async def test_allow_listed_name_is_delivered_to_the_checked_address(
 
 
 async def test_plain_http_is_refused_unless_allowed(
-    server: LocalServer, connects: list[str]
+    server: LocalServer,
+    connects: list[str],
+    kind: str,
 ) -> None:
-    sender = aiohttp_sender(policy=loopback_policy(), allow_http=False)
+    sender = hot_sender(kind, policy=loopback_policy(), allow_http=False)
     result = await send_once(sender, make_delivery(server.url()))
     assert result == AttemptResult(
         False, None, "destination_forbidden", 0.25, AT, refusal="plain_http"
@@ -772,13 +808,15 @@ def openssl_subject_hash(subject_der: bytes) -> str:
 
 
 async def test_tls_verifies_and_sends_sni_for_the_url_host(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, connects: list[str]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    connects: list[str],
+    kind: str,
 ) -> None:
     cert = self_signed(tmp_path, "hooks.test")
     fake = FakeResolver(["127.0.0.1"])
-    inject_resolver(monkeypatch, fake)
     async with local_server(cert.server_context) as server:
-        sender = aiohttp_sender(allow_http=False, ca_bundle=str(cert.cert_file))
+        sender = hot_sender(kind, resolver=fake, allow_http=False, ca_bundle=str(cert.cert_file))
         delivery = make_delivery(server.url(scheme="https", host="hooks.test"))
         result = await send_once(sender, delivery)
     assert outcome(result) == (True, 200, None, None)
@@ -790,12 +828,14 @@ async def test_tls_verifies_and_sends_sni_for_the_url_host(
 
 
 async def test_tls_rejects_a_certificate_for_another_name(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
 ) -> None:
     cert = self_signed(tmp_path, "other.test")
-    inject_resolver(monkeypatch, FakeResolver(["127.0.0.1"]))
+    fake = FakeResolver(["127.0.0.1"])
     async with local_server(cert.server_context) as server:
-        sender = aiohttp_sender(allow_http=False, ca_bundle=str(cert.cert_file))
+        sender = hot_sender(kind, resolver=fake, allow_http=False, ca_bundle=str(cert.cert_file))
         result = await send_once(
             sender, make_delivery(server.url(scheme="https", host="hooks.test"))
         )
@@ -804,23 +844,25 @@ async def test_tls_rejects_a_certificate_for_another_name(
     assert server.requests == []
 
 
-async def test_tls_checks_the_name_not_the_connected_ip(tmp_path: Path) -> None:
+async def test_tls_checks_the_name_not_the_connected_ip(tmp_path: Path, kind: str) -> None:
     # The certificate names hooks.test only; reaching the same server by its IP must fail.
     cert = self_signed(tmp_path, "hooks.test")
     async with local_server(cert.server_context) as server:
-        sender = aiohttp_sender(allow_http=False, ca_bundle=str(cert.cert_file))
+        sender = hot_sender(kind, allow_http=False, ca_bundle=str(cert.cert_file))
         result = await send_once(sender, make_delivery(server.url(scheme="https")))
     assert outcome(result) == (False, None, "tls_error", None)
     assert server.requests == []
 
 
 async def test_tls_without_the_ca_bundle_is_a_tls_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
 ) -> None:
     cert = self_signed(tmp_path, "hooks.test")
-    inject_resolver(monkeypatch, FakeResolver(["127.0.0.1"]))
+    fake = FakeResolver(["127.0.0.1"])
     async with local_server(cert.server_context) as server:
-        sender = aiohttp_sender(allow_http=False)
+        sender = hot_sender(kind, resolver=fake, allow_http=False)
         result = await send_once(
             sender, make_delivery(server.url(scheme="https", host="hooks.test"))
         )
@@ -829,32 +871,36 @@ async def test_tls_without_the_ca_bundle_is_a_tls_error(
 
 
 async def test_ca_bundle_may_be_a_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
 ) -> None:
     certs = tmp_path / "certs"
     certs.mkdir()
     cert = self_signed(tmp_path, "hooks.test")
     hashed = certs / f"{openssl_subject_hash(cert.subject_der)}.0"
     hashed.write_bytes(cert.cert_file.read_bytes())
-    inject_resolver(monkeypatch, FakeResolver(["127.0.0.1"]))
+    fake = FakeResolver(["127.0.0.1"])
     async with local_server(cert.server_context) as server:
-        sender = aiohttp_sender(allow_http=False, ca_bundle=str(certs))
+        sender = hot_sender(kind, resolver=fake, allow_http=False, ca_bundle=str(certs))
         result = await send_once(
             sender, make_delivery(server.url(scheme="https", host="hooks.test"))
         )
     assert outcome(result) == (True, 200, None, None)
 
 
-def test_missing_ca_bundle_is_a_config_error(tmp_path: Path) -> None:
+def test_missing_ca_bundle_is_a_config_error(tmp_path: Path, kind: str) -> None:
     with pytest.raises(ConfigError, match="cannot load CA certificates"):
-        aiohttp_sender(ca_bundle=str(tmp_path / "missing.pem"))
+        hot_sender(kind, ca_bundle=str(tmp_path / "missing.pem"))
 
 
 # --- closing -------------------------------------------------------------------------------------
 
 
-async def test_aclose_closes_the_session_and_send_reopens_it(server: LocalServer) -> None:
-    sender = aiohttp_sender()
+async def test_aclose_closes_the_session_and_send_reopens_it(
+    server: LocalServer, kind: str
+) -> None:
+    sender = hot_sender(kind)
     await sender.aclose()  # before any send: nothing to close
     try:
         first = await sender.send(make_delivery(server.url()))
@@ -875,10 +921,11 @@ async def test_aclose_closes_the_session_and_send_reopens_it(server: LocalServer
     await server.wait_lost(2)
 
 
-async def test_a_resolver_passed_to_the_sender_is_guarded(server: LocalServer) -> None:
+async def test_a_resolver_passed_to_the_sender_is_guarded(server: LocalServer, kind: str) -> None:
     """The public ``resolver=`` argument: its answers go through the SSRF check too."""
     private = FakeResolver(["10.0.0.5"])
-    sender = AiohttpSender(
+    sender_class = Http1Sender if kind == "http1" else AiohttpSender
+    sender = sender_class(
         timeout=5.0,
         max_connections=4,
         max_connections_per_endpoint=2,

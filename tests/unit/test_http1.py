@@ -1,0 +1,578 @@
+"""bridge.http1: the response parser fed byte by byte (no network), request heads and targets as
+pure functions, and the connection pool against scripted servers on 127.0.0.1.
+
+The senders' behaviour (headers, statuses, timeouts, TLS, SSRF) is in test_senders.py, which
+runs every case for Http1Sender too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.http1 import (
+    MAX_DRAIN,
+    MAX_HEAD,
+    ConnectFailed,
+    Http1Client,
+    ProtocolError,
+    Target,
+    _Connection,
+    render_head,
+    target_of,
+)
+from bridge.ssrf import AddressPolicy, DestinationForbidden
+
+# --- the parser, fed by hand ---------------------------------------------------------------------
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.aborted = False
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class Fed:
+    outcome: tuple[int, str | None] | BaseException | None
+    keepable: bool
+    transport: FakeTransport
+
+
+def feed(pieces: list[bytes], *, eof: bool = False) -> Fed:
+    """One exchange on a connection with a fake transport, the response given in ``pieces``."""
+    loop = asyncio.new_event_loop()
+    try:
+        conn = _Connection(loop, ("http", "h", 80))
+        transport = FakeTransport()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        waiter = conn.exchange(b"POST / HTTP/1.1\r\n\r\n")
+        for piece in pieces:
+            conn.data_received(piece)
+        if eof:
+            conn.eof_received()
+            conn.connection_lost(None)
+        outcome: tuple[int, str | None] | BaseException | None = None
+        if waiter.done():
+            outcome = waiter.exception() or waiter.result()
+        return Fed(outcome, conn.keepable, transport)
+    finally:
+        loop.close()
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    edges = [0, *points, len(data)]
+    return [data[a:b] for a, b in zip(edges, edges[1:], strict=False) if b > a]
+
+
+def chunked(body: bytes, sizes: list[int]) -> bytes:
+    out = b""
+    rest = body
+    for size in sizes:
+        if not rest:
+            break
+        piece, rest = rest[: max(size, 1)], rest[max(size, 1) :]
+        out += b"%x\r\n%b\r\n" % (len(piece), piece)
+    if rest:
+        out += b"%x\r\n%b\r\n" % (len(rest), rest)
+    return out + b"0\r\n\r\n"
+
+
+statuses = st.sampled_from([200, 201, 204, 301, 400, 404, 429, 500, 503])
+bodies = st.binary(max_size=300)
+names = st.sampled_from(["Server", "Date", "X-Thing", "Content-Type", "Set-Cookie"])
+values = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    status=statuses,
+    body=bodies,
+    extra=st.lists(st.tuples(names, values), max_size=5),
+    retry_after=st.one_of(
+        st.none(), st.sampled_from(["7", "120", "Mon, 15 Jan 2024 10:32:00 GMT"])
+    ),
+    use_chunked=st.booleans(),
+    sizes=st.lists(st.integers(1, 64), max_size=8),
+    cuts=st.lists(st.integers(0, 2000), max_size=12),
+    interim=st.booleans(),
+)
+def test_any_split_of_a_response_parses_the_same(
+    status: int,
+    body: bytes,
+    extra: list[tuple[str, str]],
+    retry_after: str | None,
+    use_chunked: bool,
+    sizes: list[int],
+    cuts: list[int],
+    interim: bool,
+) -> None:
+    headers = [f"{name}: {value}" for name, value in extra]
+    if retry_after is not None:
+        headers.append(f"Retry-After: {retry_after}")
+    if status == 204:
+        payload = b""
+    elif use_chunked:
+        headers.append("Transfer-Encoding: chunked")
+        payload = chunked(body, sizes)
+    else:
+        headers.append(f"Content-Length: {len(body)}")
+        payload = body
+    head = f"HTTP/1.1 {status} Whatever\r\n" + "".join(h + "\r\n" for h in headers) + "\r\n"
+    response = head.encode() + payload
+    if interim:
+        response = b"HTTP/1.1 100 Continue\r\n\r\n" + response
+    fed = feed(split(response, cuts))
+    assert fed.outcome == (status, retry_after)
+    assert fed.keepable
+    assert not fed.transport.aborted
+
+
+@pytest.mark.parametrize(
+    ("response", "expected", "keepable"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", (200, None), True),
+        (b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n", (200, None), True),
+        (b"HTTP/1.1 304 Not Modified\r\n\r\n", (304, None), True),
+        (b"HTTP/1.1 200 OK\r\nCONTENT-LENGTH: 2\r\n\r\nok", (200, None), True),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok", (200, None), True),
+        # The server says it will close: not kept.
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", (200, None), False),
+        (
+            b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, Close\r\nContent-Length: 0\r\n\r\n",
+            (200, None),
+            False,
+        ),
+        # HTTP/1.0 answers are not kept.
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", (200, None), False),
+        # Bytes after the response: something is off, not kept.
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200", (200, None), False),
+        # Chunked wins over Content-Length; chunk extensions and trailers are skipped.
+        (
+            b"HTTP/1.1 429 x\r\nRetry-After: 3\r\nContent-Length: 99\r\n"
+            b"Transfer-Encoding: gzip, chunked\r\n\r\n2;ext=1\r\nok\r\n0\r\nX-Trailer: 1\r\n\r\n",
+            (429, "3"),
+            True,
+        ),
+        # A body longer than MAX_DRAIN is not read: the answer counts, the connection does not.
+        (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (MAX_DRAIN + 1), (200, None), False),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % (MAX_DRAIN + 1),
+            (200, None),
+            False,
+        ),
+    ],
+)
+def test_responses(response: bytes, expected: tuple[int, str | None], keepable: bool) -> None:
+    fed = feed([response])
+    assert fed.outcome == expected
+    assert fed.keepable is keepable
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"HTTP/2 200 OK\r\n\r\n",
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+        b"HTTP/1.1 20 OK\r\n\r\n",
+        b"HTTP/1.1 099 x\r\n\r\n",
+        b"ICY 200 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n folded: header\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokXX",
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n" + b"X-Big: " + b"a" * MAX_HEAD + b"\r\n\r\n",
+    ],
+)
+def test_malformed_responses_fail_and_drop_the_connection(response: bytes) -> None:
+    fed = feed([response])
+    assert isinstance(fed.outcome, ProtocolError)
+    assert not fed.keepable
+    assert fed.transport.aborted
+
+
+def test_an_endless_head_fails_once_it_passes_the_limit() -> None:
+    fed = feed([b"HTTP/1.1 200 OK\r\n"] + [b"X: " + b"a" * 1000 + b"\r\n"] * 70)
+    assert isinstance(fed.outcome, ProtocolError)
+
+
+def test_closed_before_any_byte_says_nothing_was_received() -> None:
+    fed = feed([], eof=True)
+    assert isinstance(fed.outcome, ProtocolError)
+    assert fed.outcome.nothing_received
+
+
+def test_truncated_body_is_a_protocol_error_with_bytes_received() -> None:
+    fed = feed([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"], eof=True)
+    assert isinstance(fed.outcome, ProtocolError)
+    assert not fed.outcome.nothing_received
+
+
+def test_body_until_close_ends_at_close_and_is_not_kept() -> None:
+    fed = feed([b"HTTP/1.1 200 OK\r\n\r\nsome ", b"body"], eof=True)
+    assert fed.outcome == (200, None)
+    assert not fed.keepable
+
+
+def test_body_until_close_still_open_is_not_an_answer_yet() -> None:
+    fed = feed([b"HTTP/1.1 200 OK\r\n\r\nsome "])
+    assert fed.outcome is None
+
+
+def test_unsolicited_bytes_on_an_idle_connection_drop_it() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        conn = _Connection(loop, ("http", "h", 80))
+        transport = FakeTransport()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        conn.data_received(b"HTTP/1.1 200 OK\r\n\r\n")
+        assert transport.aborted and conn.closed and not conn.keepable
+    finally:
+        loop.close()
+
+
+# --- request heads and targets -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "key", "prefix", "tls"),
+    [
+        (
+            "http://127.0.0.1:8080/hook?x=1",
+            ("http", "127.0.0.1", 8080),
+            b"POST /hook?x=1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n",
+            False,
+        ),
+        (
+            "https://example.com",
+            ("https", "example.com", 443),
+            b"POST / HTTP/1.1\r\nHost: example.com\r\n",
+            True,
+        ),
+        (
+            "https://example.com:443/a",
+            ("https", "example.com", 443),
+            b"POST /a HTTP/1.1\r\nHost: example.com\r\n",
+            True,
+        ),
+        (
+            "http://example.com:443/a",
+            ("http", "example.com", 443),
+            b"POST /a HTTP/1.1\r\nHost: example.com:443\r\n",
+            False,
+        ),
+        (
+            "https://[::1]:8443/h",
+            ("https", "::1", 8443),
+            b"POST /h HTTP/1.1\r\nHost: [::1]:8443\r\n",
+            True,
+        ),
+        (
+            "https://Bücher.example/a b?q=ü",
+            ("https", "xn--bcher-kva.example", 443),
+            b"POST /a%20b?q=%C3%BC HTTP/1.1\r\nHost: xn--bcher-kva.example\r\n",
+            True,
+        ),
+    ],
+)
+def test_target_of(url: str, key: tuple[str, str, int], prefix: bytes, tls: bool) -> None:
+    target = target_of(url)
+    assert (target.key, target.host, target.port, target.tls, target.prefix) == (
+        key,
+        key[1],
+        key[2],
+        tls,
+        prefix,
+    )
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com/", "file:///etc/passwd", "http:///nohost"])
+def test_target_of_refuses_other_urls(url: str) -> None:
+    with pytest.raises(ValueError):
+        target_of(url)
+
+
+def test_render_head_is_exact() -> None:
+    target = target_of("http://h.test/hook")
+    head = render_head(target, {"Content-Type": "application/json", "X-A": "b"}, 42)
+    assert head == (
+        b"POST /hook HTTP/1.1\r\nHost: h.test\r\n"
+        b"Content-Type: application/json\r\nX-A: b\r\nContent-Length: 42\r\n\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-A": "b\r\nX-Injected: 1"},
+        {"X-A": "b\nX-Injected: 1"},
+        {"X-A": "b\r"},
+        {"X-A\r\nX-B": "c"},
+        {"X-A": "snowman ☃"},
+    ],
+)
+def test_render_head_refuses_what_could_split_it(headers: dict[str, str]) -> None:
+    with pytest.raises(ValueError):
+        render_head(target_of("http://h.test/"), headers, 0)
+
+
+# --- the pool against scripted servers -----------------------------------------------------------
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+REQUEST = b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody"
+
+#: What a scripted server does with the n-th request on a connection: bytes to answer, or None
+#: to close the connection without answering.
+Script = Callable[[int, int], bytes | None]
+
+
+@dataclass
+class Scripted:
+    port: int = 0
+    connections: int = 0
+    requests: list[tuple[int, int]] = field(default_factory=list)
+    lost: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def wait(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@asynccontextmanager
+async def scripted(script: Script) -> AsyncIterator[Scripted]:
+    """A server on 127.0.0.1 reading requests (head + Content-Length body) and following
+    ``script(connection number, request number on it)``."""
+    state = Scripted()
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        state.connections += 1
+        number = state.connections
+        n = 0
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    return
+                length = 0
+                for line in head.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.lower() == b"content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+                n += 1
+                state.requests.append((number, n))
+                state.changed.set()
+                answer = script(number, n)
+                if answer is None:
+                    return
+                writer.write(answer)
+                await writer.drain()
+        except ConnectionError:
+            return
+        finally:
+            writer.close()
+            state.lost += 1
+            state.changed.set()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    state.port = int(server.sockets[0].getsockname()[1])
+    try:
+        yield state
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def client(**kwargs: Any) -> Http1Client:
+    import ssl
+
+    options: dict[str, Any] = {
+        "policy": AddressPolicy.from_setting("127.0.0.0/8"),
+        "ssl_context": ssl.create_default_context(),
+    }
+    options.update(kwargs)
+    return Http1Client(**options)
+
+
+def target(port: int) -> Target:
+    return target_of(f"http://127.0.0.1:{port}/hook")
+
+
+async def test_keep_alive_reuses_one_connection() -> None:
+    async with scripted(lambda c, n: OK) as server:
+        http = client()
+        try:
+            for _ in range(3):
+                assert await http.post(target(server.port), REQUEST, 5) == (200, None)
+        finally:
+            await http.aclose()
+    assert server.connections == 1
+    assert server.requests == [(1, 1), (1, 2), (1, 3)]
+
+
+async def test_a_kept_connection_closed_by_the_server_is_replaced_once() -> None:
+    # The second request on connection 1 finds it closed by the server (keep-alive race): the
+    # client sends it again on a new connection, once.
+    async with scripted(lambda c, n: None if (c, n) == (1, 2) else OK) as server:
+        http = client()
+        try:
+            assert await http.post(target(server.port), REQUEST, 5) == (200, None)
+            assert await http.post(target(server.port), REQUEST, 5) == (200, None)
+        finally:
+            await http.aclose()
+    assert server.requests == [(1, 1), (1, 2), (2, 1)]
+
+
+async def test_a_new_connection_closed_without_answer_is_not_retried() -> None:
+    async with scripted(lambda c, n: OK if (c, n) == (1, 1) else None) as server:
+        http = client()
+        try:
+            assert await http.post(target(server.port), REQUEST, 5) == (200, None)
+            with pytest.raises(ProtocolError) as caught:
+                await http.post(target(server.port), REQUEST, 5)
+        finally:
+            await http.aclose()
+    assert caught.value.nothing_received
+    # Once on the kept connection, once on a fresh one, then given up.
+    assert server.requests == [(1, 1), (1, 2), (2, 1)]
+
+
+async def test_connection_close_is_honoured() -> None:
+    close = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    async with scripted(lambda c, n: close) as server:
+        http = client()
+        try:
+            for _ in range(2):
+                assert await http.post(target(server.port), REQUEST, 5) == (200, None)
+        finally:
+            await http.aclose()
+    assert server.requests == [(1, 1), (2, 1)]
+
+
+async def test_idle_connections_expire() -> None:
+    async with scripted(lambda c, n: OK) as server:
+        http = client(keepalive_expiry=0.0)
+        try:
+            for _ in range(2):
+                assert await http.post(target(server.port), REQUEST, 5) == (200, None)
+        finally:
+            await http.aclose()
+    assert server.requests == [(1, 1), (2, 1)]
+
+
+async def test_the_sweeper_closes_idle_connections() -> None:
+    async with scripted(lambda c, n: OK) as server:
+        http = client(keepalive_expiry=0.05)
+        try:
+            assert await http.post(target(server.port), REQUEST, 5) == (200, None)
+            assert http.open_connections == 1
+            await server.wait(lambda: server.lost == 1)
+            # A client-side close: the server saw it end, the client forgot it.
+            assert http.open_connections == 0
+        finally:
+            await http.aclose()
+
+
+async def test_idle_connections_per_endpoint_are_capped() -> None:
+    async with scripted(lambda c, n: OK) as server:
+        http = client(max_idle_per_endpoint=1)
+        try:
+            results = await asyncio.gather(
+                *(http.post(target(server.port), REQUEST, 5) for _ in range(3))
+            )
+            assert results == [(200, None)] * 3
+            assert server.connections == 3
+            await server.wait(lambda: server.lost == 2)
+            assert http.open_connections == 1
+        finally:
+            await http.aclose()
+
+
+async def test_timeout_aborts_the_connection() -> None:
+    async with scripted(
+        lambda c, n: b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nslow"
+    ) as server:
+        http = client()
+        try:
+            with pytest.raises(TimeoutError):
+                await http.post(target(server.port), REQUEST, 0.2)
+            await server.wait(lambda: server.lost == 1)
+            assert http.open_connections == 0
+        finally:
+            await http.aclose()
+
+
+async def test_cancelling_a_request_drops_its_connection() -> None:
+    async with scripted(lambda c, n: b"HTTP/1.1 200 OK\r\n") as server:
+        http = client()
+        try:
+            task = asyncio.create_task(http.post(target(server.port), REQUEST, 30))
+            await server.wait(lambda: len(server.requests) == 1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await server.wait(lambda: server.lost == 1)
+        finally:
+            await http.aclose()
+
+
+async def test_refused_connection_is_connect_failed() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    http = client()
+    with pytest.raises(ConnectFailed):
+        await http.post(target(port), REQUEST, 5)
+
+
+async def test_unresolvable_name_is_connect_failed() -> None:
+    async def nothing(host: str, port: int) -> list[Any]:
+        raise OSError("no such name")
+
+    http = client(resolver=nothing)
+    with pytest.raises(ConnectFailed, match="cannot resolve"):
+        await http.post(target_of("http://nowhere.test/"), REQUEST, 5)
+
+
+async def test_forbidden_ip_literal_is_refused_before_connecting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import bridge.http1
+
+    async def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("no connection may be opened")
+
+    monkeypatch.setattr(bridge.http1, "open_connection", never)
+    http = client(policy=AddressPolicy())
+    with pytest.raises(DestinationForbidden):
+        await http.post(target_of("http://10.0.0.5/"), REQUEST, 5)
