@@ -36,19 +36,33 @@ def _compiled(path: str) -> Callable[[Any], Any]:
     return fastjsonschema.compile(schema)
 
 
-def is_valid(path: str, instance: Any) -> bool:
-    """Whether ``instance`` satisfies the schema at ``path`` (fast: compiled)."""
+def _first_error(path: str, instance: Any) -> fastjsonschema.JsonSchemaValueException | None:
     try:
         _compiled(path)(instance)
-    except fastjsonschema.JsonSchemaValueException:
-        return False
-    return True
+    except fastjsonschema.JsonSchemaValueException as exc:
+        return exc
+    return None
+
+
+def is_valid(path: str, instance: Any) -> bool:
+    """Whether ``instance`` satisfies the schema at ``path`` (fast: compiled)."""
+    return _first_error(path, instance) is None
 
 
 def _messages(path: str, instance: Any, redact: Sequence[str] = ()) -> list[str]:
-    if is_valid(path, instance):
+    compiled_error = _first_error(path, instance)
+    if compiled_error is None:
         return []
     errors = sorted(_validator(path).iter_errors(instance), key=lambda e: list(e.absolute_path))
+    if not errors:
+        # The compiled validator is the authority. jsonschema matches ``pattern`` with Python's
+        # ``re``, whose ``$`` also matches before a final newline; JSON Schema patterns are
+        # ECMA-262 regular expressions, where it does not ("...Z\n" is no timestamp).
+        where = "$" + "".join(
+            f"[{p}]" if isinstance(p, int) else f".{p}" for p in compiled_error.path[1:]
+        )
+        rule = compiled_error.rule or "schema"
+        return [f"{where}: fails the {rule!r} rule"]
     out = []
     for error in errors[:5]:
         where = "$" + "".join(

@@ -8,13 +8,14 @@ values of every JSON type, strings near the patterns) and compares the verdicts.
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, ValidationError, validators
 
 from bridge.resources import load_json
 from bridge.schemas import EVENT_TYPES, event_data_errors, is_valid, schema_errors
@@ -62,9 +63,22 @@ JSON = st.recursive(
 )
 
 
+def _ecma_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+    """``pattern`` as JSON Schema means it (ECMA-262): ``$`` matches only at the very end,
+    where Python's ``re`` also matches before a final newline."""
+    if isinstance(instance, str) and not re.search(
+        re.sub(r"(?<!\\)\$$", r"\\Z", pattern), instance
+    ):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+#: The reference: jsonschema, with ECMA-262 ``$`` in patterns.
+_Reference = validators.extend(Draft202012Validator, {"pattern": _ecma_pattern})
+
+
 @cache
-def _reference(path: str) -> Draft202012Validator:
-    return Draft202012Validator(load_json(path))
+def _reference(path: str) -> Any:
+    return _Reference(load_json(path))
 
 
 def _names(path: str) -> list[str]:
@@ -157,3 +171,23 @@ def test_valid_instances_have_no_errors() -> None:
         )
         == []
     )
+
+
+@pytest.mark.parametrize("timestamp", ["2024-01-15T10:30:00Z\n", "2024-01-15T10:30:00.5Z\n"])
+def test_a_trailing_newline_is_no_timestamp_and_the_error_says_where(timestamp: str) -> None:
+    # Python's re (and so jsonschema) lets "$" match before a final newline; JSON Schema's
+    # ECMA-262 patterns do not. The compiled validator decides, and the error still names the
+    # field although jsonschema finds nothing wrong.
+    event = {
+        "id": "e1",
+        "type": "post.created",
+        "data": {"id": "p1", "title": "T"},
+        "timestamp": timestamp,
+        "site_id": "s1",
+        "user_id": "u1",
+    }
+    assert not any(
+        True for _ in Draft202012Validator(load_json("schemas/event.json")).iter_errors(event)
+    )
+    assert not is_valid("schemas/event.json", event)
+    assert schema_errors("event", event) == ["$.timestamp: fails the 'pattern' rule"]
