@@ -31,7 +31,9 @@ from .faust_monitor import FaustPrometheusMonitor
 from .faust_patches import (
     cheap_recovery_wait_for,
     fast_record_handoff,
+    prompt_fetcher,
     reread_uncommitted_partitions,
+    standby_after_active,
     set_fetch_max_wait,
 )
 from .health import EndpointHealth
@@ -110,6 +112,8 @@ class Bridge:
         reread_uncommitted_partitions()
         cheap_recovery_wait_for()
         fast_record_handoff()
+        prompt_fetcher()
+        standby_after_active()
         app = faust.App(
             s.group_id,
             **faust_broker_kwargs(s),

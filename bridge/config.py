@@ -438,11 +438,13 @@ class Settings:
         "Seconds a consumer-group rebalance may take (kept short so joins take seconds).",
     )
     kafka_fetch_max_wait: float = _setting(
-        0.05,
+        0.01,
         "BRIDGE_KAFKA_FETCH_MAX_WAIT",
         "--kafka-fetch-max-wait",
         parse_duration,
-        "Longest time a fetch waits for new records (the embedded broker holds fetches this long).",
+        "Longest time a fetch waits for new records. The embedded broker holds every fetch "
+        "this long (latency); Apache Kafka answers as soon as records arrive, so there it only "
+        "paces idle polling (500ms is Kafka's default).",
     )
     kafka_output_linger: float = _setting(
         0.005,

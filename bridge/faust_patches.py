@@ -24,6 +24,17 @@ record (without it a rebalance could not stop the flow inside a fetched batch, a
 were lost after a worker was killed and replaced). Only when the callback would wait does the
 rest of it become a task, raced against the flow suspension exactly as before
 (``fast_record_handoff``).
+
+Faust's fetcher asks the consumer thread for records with a one-second timeout, and sleeps a
+second when no partition is active (while its tables recover). A partition resumed meanwhile
+waited for the end of that second: the worker said ready about a second before it delivered
+anything, and the first events after every start or rebalance arrived up to a second late. The
+bridge polls every ``FETCHER_POLL`` seconds instead (``prompt_fetcher``).
+
+Faust recovers a global table's partitions as active partitions, then seeks them again, as
+standby partitions, to where the recovery *started*, re-reading (and skipping) every record of
+the subscription topic right after ready. The bridge starts the standby reading of partitions
+that were just recovered as active where that recovery ended (``standby_after_active``).
 """
 
 from __future__ import annotations
@@ -44,6 +55,9 @@ __all__ = [
     "cheap_recovery_wait_for",
     "wait_for",
     "fast_record_handoff",
+    "FETCHER_POLL",
+    "prompt_fetcher",
+    "standby_after_active",
 ]
 
 T = TypeVar("T")
@@ -197,3 +211,53 @@ def fast_record_handoff() -> None:
     """Faust's consumer gives records to streams and tables without four tasks per record."""
     consumer_class: Any = faust_consumer.Consumer
     consumer_class.wait_first = _wait_first
+
+
+#: Longest time Faust's fetcher waits before it looks at which partitions are active again.
+FETCHER_POLL = 0.05
+
+
+async def _wait_next_records(self: Any, timeout: float) -> tuple[Any, Any]:
+    # faust.transport.consumer.Consumer._wait_next_records (faust-streaming 0.15), with the
+    # timeout and the idle sleep bounded by FETCHER_POLL.
+    if not self.flow_active:
+        await self.wait(self.can_resume_flow)
+    try:
+        self.not_waiting_next_records.set()
+        active_partitions = None if self.app.client_only else self._get_active_partitions()
+        records: Any = {}
+        if self.app.client_only or active_partitions:
+            records = await self._getmany(
+                active_partitions=active_partitions, timeout=min(timeout, FETCHER_POLL)
+            )
+        else:
+            await self.sleep(FETCHER_POLL)
+        return records, active_partitions
+    finally:
+        self.not_waiting_next_records.set()
+
+
+def prompt_fetcher() -> None:
+    """Partitions resumed after a rebalance are fetched within ``FETCHER_POLL`` seconds."""
+    consumer_class: Any = faust_consumer.Consumer
+    consumer_class._wait_next_records = _wait_next_records
+
+
+_original_seek_offsets = faust_recovery.Recovery._seek_offsets
+
+
+async def _seek_offsets(self: Any, consumer: Any, tps: Any, offsets: Any, title: str) -> None:
+    if title == "standby":
+        # A partition both active and standby (a global table's) was just read up to
+        # active_offsets by the active recovery: continue from there, not from the start.
+        offsets = offsets.copy()
+        for tp in tps & self.active_tps:
+            offsets[tp] = max(offsets[tp], self.active_offsets[tp])
+    await _original_seek_offsets(self, consumer, tps, offsets, title)
+
+
+def standby_after_active() -> None:
+    """Global tables are not read twice at start: standby reading continues where the active
+    recovery ended."""
+    recovery_class: Any = faust_recovery.Recovery
+    recovery_class._seek_offsets = _seek_offsets

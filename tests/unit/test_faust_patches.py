@@ -1,10 +1,14 @@
-"""bridge.faust_patches: the task-free ``wait_for`` given to Faust's table recovery."""
+"""bridge.faust_patches: the task-free ``wait_for`` given to Faust's table recovery, the record
+hand-off, the seeks after a rebalance, the fetcher's poll and the standby start of global
+tables."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 import warnings
+from collections import Counter
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
@@ -14,8 +18,11 @@ from mode import Service
 
 from bridge import faust_patches
 from bridge.faust_patches import (
+    FETCHER_POLL,
+    _seek_offsets,
     _seek_uncommitted_to_start,
     _wait_first,
+    _wait_next_records,
     cheap_recovery_wait_for,
     fast_record_handoff,
     wait_for,
@@ -222,3 +229,98 @@ async def test_nothing_to_seek_when_everything_was_committed() -> None:
     consumer = FakeAiokafkaConsumer({TopicPartition("events", 0): 7})
     await _seek_uncommitted_to_start(consumer, frozenset())
     assert consumer.seeks == []
+
+
+# -- prompt_fetcher ---------------------------------------------------------------------------
+
+
+class FakeFetchingConsumer:
+    """What Faust's ``_wait_next_records`` uses of its consumer."""
+
+    def __init__(self, active: set[TopicPartition]) -> None:
+        self.flow_active = True
+        self.app = type("App", (), {"client_only": False})()
+        self.not_waiting_next_records = asyncio.Event()
+        self.active = active
+        self.getmany_timeouts: list[float] = []
+        self.slept: list[float] = []
+
+    def _get_active_partitions(self) -> set[TopicPartition]:
+        return self.active
+
+    async def _getmany(self, active_partitions: Any, timeout: float) -> dict[Any, Any]:
+        self.getmany_timeouts.append(timeout)
+        return {TopicPartition("events", 0): ["record"]}
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+
+async def test_fetcher_asks_for_records_for_at_most_the_poll_interval() -> None:
+    events = TopicPartition("events", 0)
+    consumer = FakeFetchingConsumer({events})
+    records, active = await _wait_next_records(consumer, 1.0)  # Faust's fetcher passes 1.0
+    assert consumer.getmany_timeouts == [FETCHER_POLL] and FETCHER_POLL <= 0.1
+    assert records == {events: ["record"]} and active == {events}
+    assert consumer.not_waiting_next_records.is_set()
+
+
+async def test_fetcher_without_active_partitions_looks_again_after_the_poll_interval() -> None:
+    # While the tables recover no stream partition is active: Faust slept a whole second
+    # here, so partitions resumed meanwhile waited for it.
+    consumer = FakeFetchingConsumer(set())
+    records, active = await _wait_next_records(consumer, 1.0)
+    assert (records, active) == ({}, set())
+    assert consumer.slept == [FETCHER_POLL]
+    assert consumer.getmany_timeouts == []
+
+
+def test_prompt_fetcher_is_installed_on_faust_s_consumer() -> None:
+    original = faust_consumer.Consumer._wait_next_records
+    try:
+        faust_patches.prompt_fetcher()
+        assert faust_consumer.Consumer._wait_next_records is _wait_next_records
+    finally:
+        faust_consumer.Consumer._wait_next_records = original  # type: ignore[method-assign]
+
+
+# -- standby_after_active ---------------------------------------------------------------------
+
+
+class FakeRecovery:
+    def __init__(self, active_offsets: dict[TopicPartition, int]) -> None:
+        self.active_tps = set(active_offsets)
+        self.active_offsets: Counter[TopicPartition] = Counter(active_offsets)
+
+
+async def test_standby_reading_of_a_recovered_global_partition_starts_where_recovery_ended(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seeks: list[tuple[str, dict[TopicPartition, int]]] = []
+
+    async def recording(self: Any, consumer: Any, tps: Any, offsets: Any, title: str) -> None:
+        seeks.append((title, {tp: offsets[tp] for tp in tps}))
+
+    monkeypatch.setattr(faust_patches, "_original_seek_offsets", recording)
+    hooks0, hooks1 = TopicPartition("webhooks", 0), TopicPartition("webhooks", 1)
+    other = TopicPartition("other-table", 0)
+    recovery = FakeRecovery({hooks0: 26, hooks1: 37})
+    standby_offsets: Counter[TopicPartition] = Counter({hooks0: -1, hooks1: 40, other: -1})
+    await _seek_offsets(recovery, None, {hooks0, hooks1, other}, standby_offsets, "standby")
+    await _seek_offsets(recovery, None, {hooks0}, Counter({hooks0: -1}), "active")
+    assert seeks == [
+        # From where the active recovery got to (or further, if standby reading was ahead);
+        # a standby-only partition is left alone.
+        ("standby", {hooks0: 26, hooks1: 40, other: -1}),
+        ("active", {hooks0: -1}),
+    ]
+    assert standby_offsets == Counter({hooks0: -1, hooks1: 40, other: -1})  # not changed
+
+
+def test_standby_after_active_is_installed_on_faust_s_recovery() -> None:
+    original = recovery.Recovery._seek_offsets
+    try:
+        faust_patches.standby_after_active()
+        assert recovery.Recovery._seek_offsets is _seek_offsets
+    finally:
+        recovery.Recovery._seek_offsets = original  # type: ignore[method-assign]
