@@ -33,8 +33,8 @@ from .faust_patches import (
     fast_record_handoff,
     prompt_fetcher,
     reread_uncommitted_partitions,
-    standby_after_active,
     set_fetch_max_wait,
+    standby_after_active,
 )
 from .health import EndpointHealth
 from .http1_sender import Http1Sender
