@@ -147,6 +147,6 @@ class AiohttpSender:
             retry_after,
             duration=self._clock() - started,
             at=at,
-            now=self._wall_clock(),
+            wall_clock=self._wall_clock,
             any_2xx=self._any_2xx,
         )

@@ -15,7 +15,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
 from typing import Any, Protocol
 
 from .breaker import CLOSED, Breakers, endpoint_of
@@ -71,9 +70,12 @@ class Job:
     def event(self) -> Event:
         return self.encoded.event
 
-    @cached_property
-    def delivery_id(self) -> str:
-        return delivery_id(self.event.id, self.webhook.id)
+    #: UUIDv5 of the event and webhook ids (set in ``__post_init__``).
+    delivery_id: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Not a cached_property: on Python 3.11 its lock cost more than the hash.
+        object.__setattr__(self, "delivery_id", delivery_id(self.event.id, self.webhook.id))
 
 
 class Deliverer:
@@ -210,7 +212,7 @@ class Deliverer:
         if result.success:
             m.child(m.deliveries, delivery.event_type, "delivered").inc()
             if delivery.occurred_at is not None:
-                latency = (self._now() - delivery.occurred_at).total_seconds()
+                latency = self._wall_time() - delivery.occurred_at.timestamp()
                 self._metrics.end_to_end.observe(max(0.0, latency))
         else:
             log.warning(

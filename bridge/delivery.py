@@ -220,7 +220,7 @@ class Sender:
             response.headers.get("Retry-After"),
             duration=self._clock() - started,
             at=at,
-            now=self._wall_clock(),
+            wall_clock=self._wall_clock,
             any_2xx=self._any_2xx,
         )
 
@@ -231,14 +231,17 @@ def answered(
     *,
     duration: float,
     at: str,
-    now: datetime,
+    wall_clock: Callable[[], datetime],
     any_2xx: bool,
 ) -> AttemptResult:
-    """The result of an attempt that got a response (shared by every sender)."""
+    """The result of an attempt that got a response (shared by every sender). ``wall_clock``
+    is read only to turn a ``Retry-After`` date into seconds."""
     if is_success(status, any_2xx=any_2xx):
         return AttemptResult(True, status, None, duration, at)
     error = "redirect" if 300 <= status < 400 else "http_status"
-    retry_after = parse_retry_after(retry_after_header, now) if status in (429, 503) else None
+    retry_after = (
+        parse_retry_after(retry_after_header, wall_clock()) if status in (429, 503) else None
+    )
     return AttemptResult(False, status, error, duration, at, retry_after)
 
 

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from . import jsoncanon
@@ -53,7 +54,13 @@ class Event:
 
     @property
     def occurred_at(self) -> datetime:
-        return datetime.fromisoformat(self.timestamp.replace("Z", "+00:00"))
+        return _parse_timestamp(self.timestamp)
+
+
+@lru_cache(maxsize=4096)
+def _parse_timestamp(timestamp: str) -> datetime:
+    # Read for every delivery of an event (its latency); events of a moment share a timestamp.
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
 
 
 def format_timestamp(moment: datetime) -> str:

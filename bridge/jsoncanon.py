@@ -21,7 +21,7 @@ import re
 
 from bridge.errors import InvalidRecord, UnencodableValue
 
-__all__ = ["MAX_SAFE_INTEGER", "dumps", "loads"]
+__all__ = ["MAX_SAFE_INTEGER", "dumps", "dumps_flat", "loads"]
 
 #: Largest integer n such that n and n + 1 are both exactly representable as doubles.
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -72,6 +72,27 @@ def dumps(value: object) -> bytes:
     except RecursionError:  # only if the caller's own stack is already deep
         raise UnencodableValue("too_deep", "nesting too deep at $") from None
     return "".join(parts).encode("utf-8")
+
+
+def dumps_flat(record: dict[str, object]) -> bytes:
+    """:func:`dumps` for a dict of strings, numbers, booleans and ``None`` (a record the bridge
+    writes, such as an attempt): the same bytes, without walking the values twice."""
+    for key, value in record.items():
+        if type(key) is not str or key[:1] in _DIGITS or not _flat_plain(value):
+            return dumps(record)
+    try:
+        return _C_ENCODER.encode(record).encode("utf-8")
+    except UnicodeEncodeError:  # a surrogate code point: needs V8's escaping
+        return dumps(record)
+
+
+def _flat_plain(value: object) -> bool:
+    kind = type(value)
+    if kind is str or value is None or kind is bool:
+        return True
+    if kind is int:
+        return -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER  # type: ignore[operator]
+    return kind is float and _plain(value, 0)
 
 
 def _plain(value: object, depth: int) -> bool:

@@ -90,7 +90,7 @@ class KafkaOutputs:
         await self._send(self._settings.retry_topics[tier], key, value)
 
     async def attempt(self, key: bytes, record: dict[str, Any]) -> None:
-        await self._send(self._settings.attempts_topic, key, jsoncanon.dumps(record))
+        await self._send(self._settings.attempts_topic, key, jsoncanon.dumps_flat(record))
 
     async def status(self, key: bytes, record: dict[str, Any]) -> None:
         await self._store.put_status(record)

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from bridge import jsoncanon
 from bridge.errors import InvalidRecord, UnencodableValue
-from bridge.jsoncanon import MAX_SAFE_INTEGER, dumps, loads
+from bridge.jsoncanon import MAX_SAFE_INTEGER, dumps, dumps_flat, loads
 
 ROUNDTRIP_JS = Path(__file__).resolve().parents[1] / "node" / "roundtrip.js"
 
@@ -441,6 +441,19 @@ def test_dumps_is_stable_through_loads(value: object) -> None:
 @given(st.one_of(json_values, plain_values))
 def test_fast_path_agrees_with_careful_encoder(value: object) -> None:
     assert dumps(value) == slow_path(value)
+
+
+@FAST
+@given(st.dictionaries(keys, st.one_of(scalars, st.integers()), max_size=12))
+def test_dumps_flat_is_dumps_for_flat_records(record: dict[str, object]) -> None:
+    try:
+        expected = dumps(record)
+    except UnencodableValue as exc:
+        with pytest.raises(UnencodableValue) as caught:
+            dumps_flat(record)
+        assert caught.value.reason == exc.reason
+        return
+    assert dumps_flat(record) == expected
 
 
 @FAST
