@@ -438,13 +438,14 @@ class Settings:
         "Seconds a consumer-group rebalance may take (kept short so joins take seconds).",
     )
     kafka_fetch_max_wait: float = _setting(
-        0.01,
+        0.05,
         "BRIDGE_KAFKA_FETCH_MAX_WAIT",
         "--kafka-fetch-max-wait",
         parse_duration,
         "Longest time a fetch waits for new records. The embedded broker holds every fetch "
-        "this long (latency); Apache Kafka answers as soon as records arrive, so there it only "
-        "paces idle polling (500ms is Kafka's default).",
+        "this long (latency), and below ~50ms it can return nothing for a large backlog (a "
+        "table of 100,000 subscriptions never recovered at 10ms); Apache Kafka answers as soon "
+        "as records arrive, so there it only paces idle polling (500ms is Kafka's default).",
     )
     kafka_output_linger: float = _setting(
         0.005,

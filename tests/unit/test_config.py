@@ -76,7 +76,7 @@ DEFAULTS: dict[str, Any] = {
     "log_level": "INFO",
     "embedded_port": 9092,
     "kafka_rebalance_timeout": 4.0,
-    "kafka_fetch_max_wait": 0.01,
+    "kafka_fetch_max_wait": 0.05,
     "kafka_output_linger": 0.005,
     "kafka_session_timeout": 6.0,
 }
