@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from collections.abc import Iterator
 
 import pytest
 import uvloop
 
-from bridge.cli import _new_loop
+from bridge.cli import WORKER_GC_THRESHOLDS, _new_loop, tune_gc
 
 
 @pytest.fixture(autouse=True)
@@ -47,3 +48,13 @@ def test_asyncio_loop_when_asked() -> None:
     finally:
         loop.close()
         other.close()
+
+
+def test_tune_gc_sets_the_worker_thresholds() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == WORKER_GC_THRESHOLDS
+        assert WORKER_GC_THRESHOLDS[0] > before[0]
+    finally:
+        gc.set_threshold(*before)
