@@ -24,6 +24,7 @@ __all__ = [
     "Delivery",
     "AttemptResult",
     "Sender",
+    "SenderBase",
     "DeliverySender",
     "build_headers",
     "is_success",
@@ -170,9 +171,86 @@ def _error_class(exc: BaseException) -> str:
     return "request_error"
 
 
-class Sender:
+class SenderBase:
+    """What every sender shares: the attempt's clocks, the SSRF check of the URL (its verdict
+    remembered per URL), the documented headers, and turning what came back into an
+    :class:`AttemptResult`. A sender implements ``_post`` (send, return the status and the
+    ``Retry-After`` header), ``_error_class`` and ``aclose``, and names in ``_failures`` the
+    exceptions that mean the endpoint or the network failed."""
+
+    #: Exceptions that are an attempt's failure, not a bug; classified by ``_error_class``.
+    _failures: tuple[type[BaseException], ...] = (TimeoutError, OSError)
+    #: URLs whose verdict is remembered; cleared when full.
+    _CHECKED_URLS = 50_000
+
+    def __init__(
+        self,
+        *,
+        timeout: float,
+        any_2xx: bool,
+        allow_http: bool,
+        policy: AddressPolicy | None,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], datetime],
+    ) -> None:
+        self._timeout = timeout
+        self._any_2xx = any_2xx
+        self._allow_http = allow_http
+        self._policy = policy
+        self._clock = clock
+        self._wall_clock = wall_clock
+        #: check_url's verdict per URL (it depends only on the URL and fixed settings).
+        self._checked: dict[str, DestinationForbidden | None] = {}
+
+    def _check(self, url: str) -> None:
+        if url not in self._checked:
+            if len(self._checked) >= self._CHECKED_URLS:
+                self._checked.clear()
+            try:
+                check_url(url, allow_http=self._allow_http, policy=self._policy)
+                self._checked[url] = None
+            except DestinationForbidden as exc:
+                self._checked[url] = exc
+        refusal = self._checked[url]
+        if refusal is not None:
+            raise refusal
+
+    async def _post(self, delivery: Delivery, headers: dict[str, str]) -> tuple[int, str | None]:
+        raise NotImplementedError
+
+    def _error_class(self, exc: BaseException) -> str:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def send(self, delivery: Delivery) -> AttemptResult:
+        """One attempt; never raises for what the endpoint or the network does."""
+        now = self._wall_clock()
+        at = format_timestamp(now)
+        started = self._clock()
+        try:
+            self._check(delivery.webhook.url)
+            status, retry_after = await self._post(delivery, build_headers(delivery, now))
+        except DestinationForbidden as exc:
+            return refused(exc, duration=self._clock() - started, at=at)
+        except self._failures as exc:
+            return AttemptResult(False, None, self._error_class(exc), self._clock() - started, at)
+        return answered(
+            status,
+            retry_after,
+            duration=self._clock() - started,
+            at=at,
+            wall_clock=self._wall_clock,
+            any_2xx=self._any_2xx,
+        )
+
+
+class Sender(SenderBase):
     """Posts deliveries with one shared ``httpx.AsyncClient`` (the reference sender; the worker's
-    hot path uses :class:`bridge.aiohttp_sender.AiohttpSender`, which behaves the same)."""
+    hot path uses :class:`bridge.http1_sender.Http1Sender`, which behaves the same)."""
+
+    _failures = (httpx.HTTPError, TimeoutError, OSError, ssl.SSLError)
 
     def __init__(
         self,
@@ -185,44 +263,31 @@ class Sender:
         clock: Callable[[], float] = time.perf_counter,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        super().__init__(
+            timeout=timeout,
+            any_2xx=any_2xx,
+            allow_http=allow_http,
+            policy=policy,
+            clock=clock,
+            wall_clock=wall_clock,
+        )
         self._client = client
-        self._timeout = timeout
-        self._any_2xx = any_2xx
-        self._allow_http = allow_http
-        self._policy = policy
-        self._clock = clock
-        self._wall_clock = wall_clock
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def send(self, delivery: Delivery) -> AttemptResult:
-        """One attempt; never raises for what the endpoint or the network does."""
-        now = self._wall_clock()
-        at = format_timestamp(now)
-        started = self._clock()
-        try:
-            check_url(delivery.webhook.url, allow_http=self._allow_http, policy=self._policy)
-            headers = build_headers(delivery, now)
-            # The client's timeout applies per phase; this one bounds the whole request, as the
-            # documentation promises ("We will time out requests after 30 seconds").
-            async with asyncio.timeout(self._timeout):
-                response = await self._client.post(
-                    delivery.webhook.url, content=delivery.body, headers=headers
-                )
-                await response.aread()
-        except DestinationForbidden as exc:
-            return refused(exc, duration=self._clock() - started, at=at)
-        except (httpx.HTTPError, TimeoutError, OSError, ssl.SSLError) as exc:
-            return AttemptResult(False, None, _error_class(exc), self._clock() - started, at)
-        return answered(
-            response.status_code,
-            response.headers.get("Retry-After"),
-            duration=self._clock() - started,
-            at=at,
-            wall_clock=self._wall_clock,
-            any_2xx=self._any_2xx,
-        )
+    async def _post(self, delivery: Delivery, headers: dict[str, str]) -> tuple[int, str | None]:
+        # The client's timeout applies per phase; this one bounds the whole request, as the
+        # documentation promises ("We will time out requests after 30 seconds").
+        async with asyncio.timeout(self._timeout):
+            response = await self._client.post(
+                delivery.webhook.url, content=delivery.body, headers=headers
+            )
+            await response.aread()
+        return response.status_code, response.headers.get("Retry-After")
+
+    def _error_class(self, exc: BaseException) -> str:
+        return _error_class(exc)
 
 
 def answered(

@@ -13,28 +13,26 @@ import ssl
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import lru_cache
 
-from .delivery import AttemptResult, Delivery, answered, build_headers, refused
-from .events import format_timestamp
+from .delivery import Delivery, SenderBase
 from .http1 import (
     ConnectFailed,
     Http1Client,
     HttpError,
     ProtocolError,
-    Target,
     render_head,
     target_of,
 )
-from .ssrf import AddressPolicy, DestinationForbidden, Resolver, check_url, ssl_context
+from .ssrf import AddressPolicy, Resolver, ssl_context
 
 __all__ = ["Http1Sender"]
 
-#: URLs whose verdict (a Target or a refusal) is remembered; cleared when full.
-_TARGETS_CACHED = 50_000
 
-
-class Http1Sender:
+class Http1Sender(SenderBase):
     """Posts deliveries over pooled keep-alive HTTP/1.1 connections (:class:`Http1Client`)."""
+
+    _failures = (HttpError, TimeoutError, OSError, ValueError)
 
     def __init__(
         self,
@@ -50,12 +48,14 @@ class Http1Sender:
         clock: Callable[[], float] = time.perf_counter,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._timeout = timeout
-        self._policy = policy
-        self._allow_http = allow_http
-        self._any_2xx = any_2xx
-        self._clock = clock
-        self._wall_clock = wall_clock
+        super().__init__(
+            timeout=timeout,
+            any_2xx=any_2xx,
+            allow_http=allow_http,
+            policy=policy,
+            clock=clock,
+            wall_clock=wall_clock,
+        )
         self._client = Http1Client(
             policy=policy,
             # The same trust as the other senders: certifi's bundle, or the CA file or directory.
@@ -64,53 +64,26 @@ class Http1Sender:
             max_idle=max_connections,
             max_idle_per_endpoint=max_connections_per_endpoint,
         )
-        #: check_url's verdict and the parsed target per URL (both depend only on the URL).
-        self._targets: dict[str, Target | DestinationForbidden] = {}
 
     @property
     def open_connections(self) -> int:
         return self._client.open_connections
 
-    def _target(self, url: str) -> Target:
-        verdict = self._targets.get(url)
-        if verdict is None:
-            if len(self._targets) >= _TARGETS_CACHED:
-                self._targets.clear()
-            try:
-                check_url(url, allow_http=self._allow_http, policy=self._policy)
-                verdict = target_of(url)
-            except DestinationForbidden as exc:
-                verdict = exc
-            self._targets[url] = verdict
-        if isinstance(verdict, DestinationForbidden):
-            raise verdict
-        return verdict
-
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def send(self, delivery: Delivery) -> AttemptResult:
-        """One attempt; never raises for what the endpoint or the network does."""
-        now = self._wall_clock()
-        at = format_timestamp(now)
-        started = self._clock()
-        try:
-            target = self._target(delivery.webhook.url)
-            body = delivery.body
-            head = render_head(target, build_headers(delivery, now), len(body))
-            status, retry_after = await self._client.post(target, head + body, self._timeout)
-        except DestinationForbidden as exc:
-            return refused(exc, duration=self._clock() - started, at=at)
-        except (HttpError, TimeoutError, OSError, ValueError) as exc:
-            return AttemptResult(False, None, _error_class(exc), self._clock() - started, at)
-        return answered(
-            status,
-            retry_after,
-            duration=self._clock() - started,
-            at=at,
-            wall_clock=self._wall_clock,
-            any_2xx=self._any_2xx,
-        )
+    async def _post(self, delivery: Delivery, headers: dict[str, str]) -> tuple[int, str | None]:
+        target = _target_of(delivery.webhook.url)
+        body = delivery.body
+        head = render_head(target, headers, len(body))
+        return await self._client.post(target, head + body, self._timeout)
+
+    def _error_class(self, exc: BaseException) -> str:
+        return _error_class(exc)
+
+
+#: The parsed target of each URL (the URL has passed the SSRF check first).
+_target_of = lru_cache(maxsize=50_000)(target_of)
 
 
 def _error_class(exc: BaseException) -> str:
