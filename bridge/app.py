@@ -31,6 +31,7 @@ from .faust_monitor import FaustPrometheusMonitor
 from .faust_patches import (
     cheap_recovery_wait_for,
     fast_record_handoff,
+    no_table_registration_pause,
     prompt_fetcher,
     reread_uncommitted_partitions,
     set_fetch_max_wait,
@@ -114,6 +115,7 @@ class Bridge:
         fast_record_handoff()
         prompt_fetcher()
         standby_after_active()
+        no_table_registration_pause()
         app = faust.App(
             s.group_id,
             **faust_broker_kwargs(s),

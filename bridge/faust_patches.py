@@ -35,6 +35,11 @@ Faust recovers a global table's partitions as active partitions, then seeks them
 standby partitions, to where the recovery *started*, re-reading (and skipping) every record of
 the subscription topic right after ready. The bridge starts the standby reading of partitions
 that were just recovered as active where that recovery ended (``standby_after_active``).
+
+Faust's table manager sleeps one second when it starts, before it registers the tables'
+changelog channels, in case tables are still being defined. The bridge defines every table
+before the app starts, so the pause only added a second to every start and every replacement
+of a failed worker (``no_table_registration_pause``).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import sys
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any, TypeVar
 
+from faust.tables import manager as faust_tables
 from faust.tables import recovery as faust_recovery
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -58,6 +64,7 @@ __all__ = [
     "FETCHER_POLL",
     "prompt_fetcher",
     "standby_after_active",
+    "no_table_registration_pause",
 ]
 
 T = TypeVar("T")
@@ -261,3 +268,17 @@ def standby_after_active() -> None:
     recovery ended."""
     recovery_class: Any = faust_recovery.Recovery
     recovery_class._seek_offsets = _seek_offsets
+
+
+async def _start_table_manager(self: Any) -> None:
+    # faust.tables.manager.TableManager.on_start (faust-streaming 0.15) without its
+    # ``await self.sleep(1.0)``: every table exists before the app starts.
+    if not self.should_stop:
+        await self._update_channels()
+        await self.recovery.start()
+
+
+def no_table_registration_pause() -> None:
+    """The table manager registers the tables at once when it starts."""
+    manager_class: Any = faust_tables.TableManager
+    manager_class.on_start = _start_table_manager

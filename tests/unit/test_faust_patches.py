@@ -324,3 +324,45 @@ def test_standby_after_active_is_installed_on_faust_s_recovery() -> None:
         assert recovery.Recovery._seek_offsets is _seek_offsets
     finally:
         recovery.Recovery._seek_offsets = original  # type: ignore[method-assign]
+
+
+# -- no_table_registration_pause ------------------------------------------------------------
+
+
+class FakeTableManager:
+    def __init__(self, *, stopping: bool = False) -> None:
+        self.should_stop = stopping
+        self.calls: list[str] = []
+        self.recovery = self
+
+    async def _update_channels(self) -> None:
+        self.calls.append("channels")
+
+    async def start(self) -> None:
+        self.calls.append("recovery")
+
+    async def sleep(self, seconds: float) -> None:
+        raise AssertionError(f"slept {seconds} s")
+
+
+async def test_table_manager_registers_the_tables_without_a_pause() -> None:
+    manager = FakeTableManager()
+    await faust_patches._start_table_manager(manager)
+    assert manager.calls == ["channels", "recovery"]
+
+
+async def test_table_manager_that_is_stopping_registers_nothing() -> None:
+    manager = FakeTableManager(stopping=True)
+    await faust_patches._start_table_manager(manager)
+    assert manager.calls == []
+
+
+def test_no_table_registration_pause_is_installed_on_faust_s_table_manager() -> None:
+    from faust.tables import manager
+
+    original = manager.TableManager.on_start
+    try:
+        faust_patches.no_table_registration_pause()
+        assert manager.TableManager.on_start is faust_patches._start_table_manager
+    finally:
+        manager.TableManager.on_start = original  # type: ignore[method-assign]
