@@ -155,7 +155,12 @@ class Pipeline:
             max(0.0, self._wall_time() - pending.enqueued_at)
         )
         if self._freshness is not None:
-            await self._freshness.wait_current(self._clock())
+            # Current as of the moment the retry became due: a change that reached the
+            # subscriptions topic before then applies to it. Records that fell due together (a
+            # tier's backlog after an outage, an open circuit's skipped attempts) then share one
+            # round of the check instead of paying one offsets request each.
+            overdue = max(0.0, self._wall_time() - pending.not_before)
+            await self._freshness.wait_current(self._clock() - overdue)
         webhook = self._index.get(pending.webhook_id)
         if webhook is None or not webhook.active:
             # Deleted or deactivated meanwhile: no further attempts, by design.

@@ -30,6 +30,7 @@ from bridge.retries import PendingRetry, parse_retry
 from bridge.retry_policy import RetryPolicy
 from bridge.schemas import schema_errors
 from bridge.subscriptions import SubscriptionIndex, Webhook
+from bridge.sync import TableFreshness
 
 PROMPT = 2.0
 SECRET_PREFIX = "whsec_pipeline_"
@@ -713,6 +714,48 @@ async def test_current_table_counts_no_sync_timeout() -> None:
     await h.settled()
     assert freshness.calls == [123.0]
     assert h.value("webhook_bridge_subscription_sync_timeouts_total") == 0
+
+
+@pytest.mark.parametrize(("not_before", "asked"), [(NOW_TS, 123.0), (NOW_TS - 30.0, 93.0)])
+async def test_retry_waits_for_the_table_as_of_when_it_fell_due(
+    not_before: float, asked: float
+) -> None:
+    # The pipeline's clock reads 123.0 and the wall clock NOW_TS: a retry due 30 s ago asks for
+    # the table as of 30 s ago on the pipeline's clock, so a backlog of overdue retries is
+    # covered by rounds already finished instead of starting one round each.
+    freshness = FixedFreshness(current=True)
+    hook = webhook("w")
+    h = Harness([hook], ScriptedSender(), freshness=freshness)
+    acks = Acks()
+    record = retry_record(hook, attempt=2, not_before=not_before)
+    await h.pipeline.handle_retry(record, RETRY_SOURCE, acks, 1)
+    await h.settled()
+    assert freshness.calls == [asked]
+    assert [d.webhook.id for d in h.sender.sent] == ["w"]
+
+
+async def test_a_backlog_of_overdue_retries_shares_one_offsets_request() -> None:
+    requests = 0
+    clock = 1000.0
+
+    async def end_offsets() -> dict[int, int]:
+        nonlocal requests
+        requests += 1
+        return {}
+
+    freshness = TableFreshness(end_offsets, timeout=PROMPT, clock=lambda: clock)
+    hook = webhook("w")
+    h = Harness([hook], ScriptedSender(), freshness=freshness)
+    h.pipeline._clock = lambda: clock
+    acks = Acks()
+    for n in range(20):
+        clock += 0.01  # processing moves on; every record fell due a minute ago or earlier
+        event = make_event(event_id=f"e{n}")
+        record = retry_record(hook, attempt=2, event=event, not_before=NOW_TS - 60 - n)
+        await h.pipeline.handle_retry(record, RETRY_SOURCE, acks, 1)
+    await h.settled()
+    assert acks.count == 20
+    assert requests == 1
 
 
 class GatedFreshness:
