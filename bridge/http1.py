@@ -245,13 +245,16 @@ class _Connection(asyncio.Protocol):
         if self._state == _UNTIL_CLOSE:
             self._keep = False
             self._done()
+        elif not self._received:
+            # Closed or reset before a single byte of the response: for a kept-alive connection
+            # this is the server's idle timeout racing our reuse (post() retries it once).
+            failure = ProtocolError("connection closed without a response", nothing_received=True)
+            failure.__cause__ = exc
+            self._fail(failure)
         elif isinstance(exc, OSError):
             self._fail(exc)
         else:
-            detail = "connection closed before the response ended"
-            if not self._received:
-                detail = "connection closed without a response"
-            self._fail(ProtocolError(detail, nothing_received=not self._received))
+            self._fail(ProtocolError("connection closed before the response ended"))
 
     def _fail(self, exc: BaseException) -> None:
         waiter = self._waiter

@@ -8,6 +8,8 @@ runs every case for Http1Sender too.
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -345,9 +347,10 @@ def test_render_head_refuses_what_could_split_it(headers: dict[str, str]) -> Non
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 REQUEST = b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody"
 
-#: What a scripted server does with the n-th request on a connection: bytes to answer, or None
-#: to close the connection without answering.
+#: What a scripted server does with the n-th request on a connection: bytes to answer, None to
+#: close the connection without answering, or RESET to reset it (TCP RST).
 Script = Callable[[int, int], bytes | None]
+RESET = b"<reset>"
 
 
 @dataclass
@@ -392,6 +395,11 @@ async def scripted(script: Script) -> AsyncIterator[Scripted]:
                 state.changed.set()
                 answer = script(number, n)
                 if answer is None:
+                    return
+                if answer == RESET:
+                    sock = writer.get_extra_info("socket")
+                    # Linger 0: close() sends RST instead of FIN.
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     return
                 writer.write(answer)
                 await writer.drain()
@@ -442,6 +450,17 @@ async def test_a_kept_connection_closed_by_the_server_is_replaced_once() -> None
     # The second request on connection 1 finds it closed by the server (keep-alive race): the
     # client sends it again on a new connection, once.
     async with scripted(lambda c, n: None if (c, n) == (1, 2) else OK) as server:
+        http = client()
+        try:
+            assert await http.post(target(server.port), REQUEST, 5) == (200, None)
+            assert await http.post(target(server.port), REQUEST, 5) == (200, None)
+        finally:
+            await http.aclose()
+    assert server.requests == [(1, 1), (1, 2), (2, 1)]
+
+
+async def test_a_kept_connection_reset_by_the_server_is_replaced_once() -> None:
+    async with scripted(lambda c, n: RESET if (c, n) == (1, 2) else OK) as server:
         http = client()
         try:
             assert await http.post(target(server.port), REQUEST, 5) == (200, None)
