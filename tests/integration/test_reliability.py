@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from bridge.config import Settings
+from bridge.embedded import free_port
 from bridge.events import build_event
 from bridge.management import WebhookStore, publish_events, read_topic
 from bridge.payload import delivery_id
@@ -246,7 +247,7 @@ async def test_crash_mid_flight_loses_nothing(
     first.kill()  # deliveries held in flight: none was answered
     receiver.holds.pop("/held")
     release.set()
-    second = workers(settings.replace(web_port=settings.web_port + 1))
+    second = workers(settings.replace(web_port=free_port()))
     await second.wait_ready()
     await receiver.wait_for(
         lambda got: (
@@ -294,7 +295,7 @@ async def test_workers_share_partitions_and_a_stopped_one_loses_nothing(
             secret="secret-all-0123",
             webhook_id="all",
         )
-    pool = [workers(settings.replace(web_port=settings.web_port + i)) for i in range(3)]
+    pool = [workers(settings.replace(web_port=free_port())) for _ in range(3)]
     for worker in pool:
         await worker.wait_ready()
     first = [post(n, site=f"site{n}") for n in range(30)]
@@ -337,7 +338,7 @@ async def test_sigterm_drains_in_flight_deliveries_and_exits(
     release.set()
     log = await records(settings, settings.attempts_topic)
     assert [(a["attempt"], a["error"], a["next"]) for a in log] == [(1, "interrupted", "retry")]
-    successor = workers(settings.replace(web_port=settings.web_port + 1))
+    successor = workers(settings.replace(web_port=free_port()))
     await successor.wait_ready()
     await receiver.wait_for(
         lambda got: any(

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from bridge.config import Settings
+from bridge.embedded import free_port
 from bridge.events import build_event
 from bridge.management import WebhookStore, publish_events
 from tests.support.receivers import Receiver
@@ -113,7 +114,7 @@ async def test_a_restarted_worker_recovers_every_webhook_from_kafka(
             secret="secret-newest",
             webhook_id="newest",
         )
-    second = workers(settings.replace(web_port=settings.web_port + 1))
+    second = workers(settings.replace(web_port=free_port()))
     await second.wait_ready()
     values = await second.metrics()
     assert values['webhook_bridge_subscriptions{state="active"}'] == 7
