@@ -317,6 +317,23 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
     return addresses
 
 
+async def checked_addresses(
+    policy: AddressPolicy, host: str, port: int, *, resolver: Resolver | None = None
+) -> list[IPAddress]:
+    """The addresses to connect to for ``host``: the IP literal itself, or every address the
+    resolver gives (``OSError`` when there is none), refusing with :class:`DestinationForbidden`
+    if *any* of them is forbidden. Connect only to what this returns."""
+    literal = parse_ip_literal(host)
+    if literal is not None:
+        addresses = [literal]
+    else:
+        addresses = list(dict.fromkeys(await (resolver or resolve)(host, port)))
+        if not addresses:
+            raise OSError(f"{host} resolves to no address")
+    _refuse_if_forbidden(policy, host, addresses)
+    return addresses
+
+
 class GuardedBackend(httpcore.AsyncNetworkBackend):
     """An httpcore network backend that connects only to addresses the policy allows.
 
@@ -340,25 +357,6 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
             httpcore.AnyIOBackend() if inner is None else inner
         )
 
-    async def _addresses(self, host: str, port: int, timeout: float | None) -> list[IPAddress]:
-        literal = parse_ip_literal(host)
-        if literal is not None:
-            return [literal]
-        try:
-            with anyio.fail_after(timeout):
-                answer = await self._resolver(host, port)
-        except TimeoutError as exc:
-            raise httpcore.ConnectTimeout(f"resolving {host} timed out") from exc
-        except OSError as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
-        addresses: list[IPAddress] = []
-        for ip in answer:
-            if ip not in addresses:
-                addresses.append(ip)
-        if not addresses:
-            raise httpcore.ConnectError(f"{host} resolves to no address")
-        return addresses
-
     async def connect_tcp(
         self,
         host: str,
@@ -368,8 +366,15 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         started = time.monotonic()
-        addresses = await self._addresses(host, port, timeout)
-        _refuse_if_forbidden(self._policy, host, addresses)
+        try:
+            with anyio.fail_after(timeout):
+                addresses = await checked_addresses(
+                    self._policy, host, port, resolver=self._resolver
+                )
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(f"resolving {host} timed out") from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
         last_error: httpcore.ConnectError | None = None
         for ip in addresses:
             remaining = (
@@ -446,23 +451,6 @@ def guarded_transport(
         network_backend=GuardedBackend(policy, resolver=resolver),
     )
     return transport
-
-
-async def checked_addresses(
-    policy: AddressPolicy, host: str, port: int, *, resolver: Resolver | None = None
-) -> list[IPAddress]:
-    """The addresses to connect to for ``host``: the IP literal itself, or every address the
-    resolver gives (``OSError`` when there is none), refusing with :class:`DestinationForbidden`
-    if *any* of them is forbidden. Connect only to what this returns."""
-    literal = parse_ip_literal(host)
-    if literal is not None:
-        addresses = [literal]
-    else:
-        addresses = list(dict.fromkeys(await (resolver or resolve)(host, port)))
-        if not addresses:
-            raise OSError(f"{host} did not resolve")
-    _refuse_if_forbidden(policy, host, addresses)
-    return addresses
 
 
 class GuardedResolver(AbstractResolver):
