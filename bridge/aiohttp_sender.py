@@ -68,8 +68,8 @@ class AiohttpSender(SenderBase):
         )
         # The same trust as the httpx sender: certifi's bundle, or the CA file or directory.
         self._ssl = ssl_context(ca_bundle or True)
-        self._guard = policy
-        self._resolver = resolver
+        # aiohttp connects to whatever its resolver returns: only addresses the policy allows.
+        self._resolver = GuardedResolver(policy, resolver=resolver)
         self._limits = (max_connections, max_connections_per_endpoint)
         self._session: aiohttp.ClientSession | None = None
 
@@ -78,7 +78,7 @@ class AiohttpSender(SenderBase):
         if self._session is None:
             limit, per_host = self._limits
             connector = aiohttp.TCPConnector(
-                resolver=GuardedResolver(self._guard, resolver=self._resolver),
+                resolver=self._resolver,
                 limit=limit,
                 limit_per_host=per_host,
                 ssl=self._ssl,
@@ -113,5 +113,4 @@ class AiohttpSender(SenderBase):
                 await response.read()
                 return response.status, response.headers.get("Retry-After")
 
-    def _error_class(self, exc: BaseException) -> str:
-        return _error_class(exc)
+    _error_class = staticmethod(_error_class)

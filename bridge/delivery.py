@@ -218,7 +218,8 @@ class SenderBase:
     async def _post(self, delivery: Delivery, headers: dict[str, str]) -> tuple[int, str | None]:
         raise NotImplementedError
 
-    def _error_class(self, exc: BaseException) -> str:
+    @staticmethod
+    def _error_class(exc: BaseException) -> str:
         raise NotImplementedError
 
     async def aclose(self) -> None:
@@ -286,8 +287,7 @@ class Sender(SenderBase):
             await response.aread()
         return response.status_code, response.headers.get("Retry-After")
 
-    def _error_class(self, exc: BaseException) -> str:
-        return _error_class(exc)
+    _error_class = staticmethod(_error_class)
 
 
 def answered(

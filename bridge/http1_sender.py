@@ -29,6 +29,24 @@ from .ssrf import AddressPolicy, Resolver, ssl_context
 __all__ = ["Http1Sender"]
 
 
+#: The parsed target of each URL (the URL has passed the SSRF check first).
+_target_of = lru_cache(maxsize=50_000)(target_of)
+
+
+def _error_class(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+        return "tls_error"
+    if isinstance(exc, ConnectFailed):
+        return "connect_error"
+    if isinstance(exc, ProtocolError):
+        return "protocol_error"
+    if isinstance(exc, OSError):
+        return "network_error"
+    return "request_error"
+
+
 class Http1Sender(SenderBase):
     """Posts deliveries over pooled keep-alive HTTP/1.1 connections (:class:`Http1Client`)."""
 
@@ -78,23 +96,4 @@ class Http1Sender(SenderBase):
         head = render_head(target, headers, len(body))
         return await self._client.post(target, head + body, self._timeout)
 
-    def _error_class(self, exc: BaseException) -> str:
-        return _error_class(exc)
-
-
-#: The parsed target of each URL (the URL has passed the SSRF check first).
-_target_of = lru_cache(maxsize=50_000)(target_of)
-
-
-def _error_class(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
-        return "tls_error"
-    if isinstance(exc, ConnectFailed):
-        return "connect_error"
-    if isinstance(exc, ProtocolError):
-        return "protocol_error"
-    if isinstance(exc, OSError):
-        return "network_error"
-    return "request_error"
+    _error_class = staticmethod(_error_class)
