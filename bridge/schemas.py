@@ -7,7 +7,7 @@ paths. ``tests/unit/test_schemas.py`` checks that the two agree on which instanc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from typing import Any
 
@@ -58,22 +58,22 @@ def _messages(path: str, instance: Any, redact: Sequence[str] = ()) -> list[str]
         # The compiled validator is the authority. jsonschema matches ``pattern`` with Python's
         # ``re``, whose ``$`` also matches before a final newline; JSON Schema patterns are
         # ECMA-262 regular expressions, where it does not ("...Z\n" is no timestamp).
-        where = "$" + "".join(
-            f"[{p}]" if isinstance(p, int) else f".{p}" for p in compiled_error.path[1:]
-        )
         rule = compiled_error.rule or "schema"
-        return [f"{where}: fails the {rule!r} rule"]
+        return [f"{_json_path(compiled_error.path[1:])}: fails the {rule!r} rule"]
     out = []
     for error in errors[:5]:
-        where = "$" + "".join(
-            f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path
-        )
+        where = _json_path(error.absolute_path)
         message = error.message
         if any(secret in message for secret in redact):
             # Schema messages quote the offending value: say which rule failed instead.
             message = f"fails the {error.validator!r} rule (value withheld)"
         out.append(f"{where}: {_short(message)}")
     return out
+
+
+def _json_path(parts: Iterable[Any]) -> str:
+    """``$.data.items[2]``: a JSON path from property names and array indexes."""
+    return "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
 
 
 def _short(message: str, limit: int = 200) -> str:
