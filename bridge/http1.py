@@ -86,14 +86,23 @@ class ProtocolError(HttpError):
 class Target:
     """Where one URL's requests go, with their first bytes prepared."""
 
-    #: Connections are pooled per (scheme, host, port).
+    #: (scheme, host, port); connections are pooled per key. The host is the one to resolve
+    #: and to verify TLS against (IDNA-encoded, IPv6 without brackets).
     key: tuple[str, str, int]
-    #: The host to resolve and to verify TLS against (IDNA-encoded, IPv6 without brackets).
-    host: str
-    port: int
-    tls: bool
     #: ``POST <path?query> HTTP/1.1`` and the ``Host`` header, CRLF-terminated.
     prefix: bytes
+
+    @property
+    def host(self) -> str:
+        return self.key[1]
+
+    @property
+    def port(self) -> int:
+        return self.key[2]
+
+    @property
+    def tls(self) -> bool:
+        return self.key[0] == "https"
 
 
 def target_of(url: str) -> Target:
@@ -107,13 +116,7 @@ def target_of(url: str) -> Target:
     # host_port_subcomponent brackets IPv6 and leaves the scheme's default port out.
     host_header = parsed.host_port_subcomponent
     prefix = f"POST {path} HTTP/1.1\r\nHost: {host_header}\r\n".encode("ascii")
-    return Target(
-        (parsed.scheme, parsed.raw_host, port),
-        parsed.raw_host,
-        port,
-        parsed.scheme == "https",
-        prefix,
-    )
+    return Target((parsed.scheme, parsed.raw_host, port), prefix)
 
 
 def render_head(target: Target, headers: dict[str, str], content_length: int) -> bytes:
