@@ -12,8 +12,9 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from .deadletters import SourceRef, dead_letter_record
 from .deliverer import Deliverer, Job, Outputs
@@ -88,10 +89,7 @@ class Pipeline:
         await self._waiting.acquire()
         self._held.append((received_at, raw, source, ack))
         if self._releaser is None or self._releaser.done():
-            task = asyncio.create_task(self._release_held())
-            self._releaser = task
-            self._tasks.add(task)
-            task.add_done_callback(self._forget)
+            self._releaser = self._track(self._release_held())
 
     async def _release_held(self) -> None:
         """Match held records once the table is current as of the newest of them."""
@@ -189,12 +187,14 @@ class Pipeline:
 
         for job in jobs:
             await self._pending.acquire()
-            task = asyncio.create_task(self._run(job, one_settled))
-            self._tasks.add(task)
-            task.add_done_callback(self._forget)
+            self._track(self._run(job, one_settled))
 
-    def _forget(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+    def _track(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``work`` as a task counted in ``in_flight`` until it ends."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _run(self, job: Job, settled: Ack) -> None:
         """One job; its pending slot is released exactly once, however it ends. A job that
