@@ -1,9 +1,10 @@
 """Faust's Prometheus sensor, with its per-record label lookups remembered.
 
 ``faust.sensors.prometheus.PrometheusMonitor`` resolves labelled children (``labels(topic=...)``,
-and a stream label through a regular expression) for every record consumed and every event a
-stream takes. The metrics and their values are the same here; the children are looked up once
-per topic, partition and stream.
+and a stream label through a regular expression) for every record consumed, every end offset it
+tracks and every event a stream takes. The metrics and their values are the same here; the
+children are looked up once per topic, partition and stream, and looked up again after Faust
+removes the topic and partition children (it does at every rebalance).
 """
 
 from __future__ import annotations
@@ -24,6 +25,24 @@ class FaustPrometheusMonitor(PrometheusMonitor):
         self._by_topic: dict[str, Any] = {}
         self._by_partition: dict[Any, Any] = {}
         self._by_stream: dict[Any, Any] = {}
+        self._end_offsets: dict[Any, Any] = {}
+
+    def _clear_partition_related_metrics(self) -> None:
+        # Faust removes these children from their metrics; a remembered one would go on
+        # counting where no scrape sees it.
+        super()._clear_partition_related_metrics()
+        self._by_topic.clear()
+        self._by_partition.clear()
+        self._end_offsets.clear()
+
+    def track_tp_end_offset(self, tp: Any, offset: int) -> None:
+        Monitor.track_tp_end_offset(self, tp, offset)
+        child = self._end_offsets.get(tp)
+        if child is None:
+            child = self._end_offsets[tp] = self._metrics.topic_partition_end_offset.labels(
+                topic=tp.topic, partition=tp.partition
+            )
+        child.set(offset)
 
     def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
         Monitor.on_message_in(self, tp, offset, message)

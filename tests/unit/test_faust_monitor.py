@@ -26,12 +26,13 @@ class FakeStream:
         return "stream-1"
 
 
-def _feed(monitor: Any) -> None:
+def _feed(monitor: Any, start: int = 0) -> None:
     streams = [FakeStream(), FakeStream()]
-    for n in range(30):
+    for n in range(start, start + 30):
         tp = TP("events" if n % 3 else "subscriptions", n % 4)
         message = SimpleNamespace(time_in=None)
         monitor.on_message_in(tp, n, message)
+        monitor.track_tp_end_offset(tp, n + 100)
         state = monitor.on_stream_event_in(tp, n, streams[n % 2], object())
         assert state is not None and "time_in" in state
 
@@ -54,3 +55,24 @@ def test_same_samples_as_faust_s_prometheus_monitor() -> None:
     assert _samples(ours) == expected
     per_topic = {labels: v for (name, labels), v in expected.items() if "per_topic" in name}
     assert per_topic, sorted(name for name, _ in expected)
+
+
+def test_same_samples_after_faust_clears_the_partition_metrics_on_a_rebalance() -> None:
+    theirs, ours = CollectorRegistry(), CollectorRegistry()
+    monitors = [
+        PrometheusMonitor(metrics=FaustMetrics.create(theirs, "faust")),
+        FaustPrometheusMonitor(metrics=FaustMetrics.create(ours, "faust")),
+    ]
+    for monitor in monitors:
+        _feed(monitor)
+        monitor._clear_partition_related_metrics()  # what a rebalance's start and end do
+        _feed(monitor, start=1000)
+    expected = _samples(theirs)
+    assert _samples(ours) == expected
+    # After the clearing only the new records count per topic; the totals keep everything.
+    per_topic = [v for (name, _), v in expected.items() if name.endswith("per_topic_total")]
+    assert sum(per_topic) == 30
+    end_offsets = {
+        labels: v for (name, labels), v in expected.items() if "partition_end_offset" in name
+    }
+    assert end_offsets and min(end_offsets.values()) >= 1100
