@@ -1,7 +1,8 @@
-"""The Faust application: topics, the subscription table, the delivery agent and the worker.
+"""The Faust application: topics, the subscription table, the retry agents and the worker.
 
-This is the only module that builds a ``faust.App``. The agent is a few lines that hand records to
-:class:`bridge.pipeline.Pipeline`; the table's changelog callback keeps the
+This is the only module that builds a ``faust.App``. Event records reach
+:class:`bridge.pipeline.Pipeline` through a :class:`bridge.direct_topic.DirectTopic`, retry
+records through one small agent per tier; the table's changelog callback keeps the
 :class:`bridge.subscriptions.SubscriptionIndex` that the pipeline matches against.
 """
 
@@ -26,10 +27,12 @@ from .config import Settings
 from .deadletters import SourceRef
 from .deliverer import Deliverer
 from .delivery import DeliverySender, Sender, new_client
+from .direct_topic import DirectTopic
 from .errors import InvalidRecord, InvalidSubscription
 from .faust_monitor import FaustPrometheusMonitor
 from .faust_patches import (
     cheap_recovery_wait_for,
+    end_offset_once_per_fetch,
     fast_record_handoff,
     no_table_registration_pause,
     prompt_fetcher,
@@ -116,6 +119,7 @@ class Bridge:
         prompt_fetcher()
         standby_after_active()
         no_table_registration_pause()
+        end_offset_once_per_fetch()
         app = faust.App(
             s.group_id,
             **faust_broker_kwargs(s),
@@ -149,17 +153,10 @@ class Bridge:
             app, "endpoint-status", s.status_topic, self.on_status_event, raw
         )
         self.retry_topics = [app.topic(name, **raw) for name in s.retry_topics]
-        self.source_topic = app.topic(*s.source_topics, **raw)
-
-        @app.agent(self.source_topic, name="deliver")
-        async def deliver(stream: Any) -> None:
-            pipeline = await self.pipeline()
-            manual = stream.noack()
-            async for event in manual.events():
-                message = event.message
-                await pipeline.handle_event(
-                    message.value, _source(message), functools.partial(manual.ack, event)
-                )
+        # Events go from Faust's conductor straight to the pipeline (bridge/direct_topic.py);
+        # the retry tiers, where records wait until due, keep an agent each.
+        self.source_topic = DirectTopic(app, list(s.source_topics), self.pipeline)
+        self.source_topic.subscribe()
 
         for tier, topic in enumerate(self.retry_topics, start=1):
             app.agent(topic, name=f"retry-{tier}")(self._retry_agent(tier))

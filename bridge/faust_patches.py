@@ -36,6 +36,10 @@ standby partitions, to where the recovery *started*, re-reading (and skipping) e
 the subscription topic right after ready. The bridge starts the standby reading of partitions
 that were just recovered as active where that recovery ended (``standby_after_active``).
 
+Faust's consumer reads a partition's high-water mark from its consumer thread and reports it
+to the sensors for every record it hands on, the same value for every record of a fetch. The
+bridge reads and reports it once per partition per fetch (``end_offset_once_per_fetch``).
+
 Faust's table manager sleeps one second when it starts, before it registers the tables'
 changelog channels, in case tables are still being defined. The bridge defines every table
 before the app starts, so the pause only added a second to every start and every replacement
@@ -46,7 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Coroutine, Generator
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Generator
 from typing import Any, TypeVar
 
 from faust.tables import manager as faust_tables
@@ -65,6 +69,7 @@ __all__ = [
     "prompt_fetcher",
     "standby_after_active",
     "no_table_registration_pause",
+    "end_offset_once_per_fetch",
 ]
 
 T = TypeVar("T")
@@ -282,3 +287,41 @@ def no_table_registration_pause() -> None:
     """The table manager registers the tables at once when it starts."""
     manager_class: Any = faust_tables.TableManager
     manager_class.on_start = _start_table_manager
+
+
+async def _getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
+    # faust.transport.consumer.Consumer.getmany (faust-streaming 0.15), with the high-water
+    # mark of each partition read and reported once per fetch instead of once per record.
+    records, active_partitions = await self._wait_next_records(timeout)
+    generation_id = self.app.consumer_generation_id
+    if records is None or self.should_stop:
+        return
+    records_it = self.scheduler.iterate(records)
+    to_message = self._to_message
+    if self.flow_active:
+        reported: set[Any] = set()
+        for tp, record in records_it:
+            if not self.flow_active:
+                break
+            if self.app.consumer_generation_id != generation_id:
+                break  # a rebalance since the fetch: its records are read again
+            if (
+                active_partitions is None
+                or tp in active_partitions
+                or tp in self._buffered_partitions
+            ):
+                if tp not in reported:
+                    reported.add(tp)
+                    self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                yield tp, to_message(tp, record)
+    else:
+        try:
+            await self.perform_seek()
+        except Exception as exc:
+            self.log.warning(f"exception performing seek when flow not active {exc}")
+
+
+def end_offset_once_per_fetch() -> None:
+    """Faust's consumer reports each partition's end offset once per fetch."""
+    consumer_class: Any = faust_consumer.Consumer
+    consumer_class.getmany = _getmany

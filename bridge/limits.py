@@ -38,6 +38,13 @@ class Slots:
         """Waiters, including cancelled ones not yet skipped (an upper bound)."""
         return len(self._waiters)
 
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free now; never waits."""
+        if self._free > 0:
+            self._free -= 1
+            return True
+        return False
+
     async def acquire(self) -> None:
         if self._free > 0:
             self._free -= 1

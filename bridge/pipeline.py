@@ -87,6 +87,22 @@ class Pipeline:
             await self._match(raw, source, ack)
             return
         await self._waiting.acquire()
+        self._hold(received_at, raw, source, ack)
+
+    def accepts(self) -> bool:
+        """True when :meth:`offer` can take a record now."""
+        return not self._waiting.locked()
+
+    def offer(self, raw: bytes | None, source: SourceRef, ack: Ack) -> None:
+        """Take one events-topic record without waiting, for a caller that cannot await (see
+        :mod:`bridge.direct_topic`); only after :meth:`accepts` said yes. The record is held
+        and matched by the releasing task, exactly as a record :meth:`handle_event` holds."""
+        if not self._waiting.try_acquire():
+            raise RuntimeError("Pipeline.offer without room: check accepts() first")
+        self._hold(self._clock(), raw, source, ack)
+
+    def _hold(self, received_at: float, raw: bytes | None, source: SourceRef, ack: Ack) -> None:
+        """Queue a record (its ``_waiting`` slot taken) for the releasing task."""
         self._held.append((received_at, raw, source, ack))
         if self._releaser is None or self._releaser.done():
             self._releaser = self._track(self._release_held())
@@ -94,9 +110,10 @@ class Pipeline:
     async def _release_held(self) -> None:
         """Match held records once the table is current as of the newest of them."""
         freshness = self._freshness
-        assert freshness is not None
         while self._held:
-            current = await freshness.wait_current(self._held[-1][0])
+            current = True
+            if freshness is not None:
+                current = await freshness.wait_current(self._held[-1][0])
             batch, self._held = self._held, deque()
             if not current:
                 self._metrics.sync_timeouts.inc(len(batch))

@@ -1,6 +1,6 @@
 """bridge.faust_patches: the task-free ``wait_for`` given to Faust's table recovery, the record
-hand-off, the seeks after a rebalance, the fetcher's poll and the standby start of global
-tables."""
+hand-off, the seeks after a rebalance, the fetcher's poll, the standby start of global
+tables and the end offsets reported once per fetch."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from mode import Service
 from bridge import faust_patches
 from bridge.faust_patches import (
     FETCHER_POLL,
+    _getmany,
     _seek_offsets,
     _seek_uncommitted_to_start,
     _wait_first,
@@ -366,3 +367,109 @@ def test_no_table_registration_pause_is_installed_on_faust_s_table_manager() -> 
         assert manager.TableManager.on_start is faust_patches._start_table_manager
     finally:
         manager.TableManager.on_start = original  # type: ignore[method-assign]
+
+
+# -- end_offset_once_per_fetch ------------------------------------------------------------------
+
+
+class FakeGetmanyConsumer:
+    """What Faust's ``getmany`` uses of its consumer; ``highwater`` counts its calls."""
+
+    def __init__(self, records: dict[Any, list[Any]], active: set[Any] | None) -> None:
+        self.records = records
+        self.active = active
+        self.flow_active = True
+        self.should_stop = False
+        self._buffered_partitions: set[Any] = set()
+        self.reported: list[tuple[Any, int]] = []
+        self.highwater_calls = 0
+        self.seeks = 0
+        monitor = type("Monitor", (), {"track_tp_end_offset": self._track})()
+        self.app = type("App", (), {"consumer_generation_id": 1, "monitor": monitor})()
+        self.scheduler = type("Scheduler", (), {"iterate": staticmethod(_round_robin)})()
+
+    def _track(self, tp: Any, offset: int) -> None:
+        self.reported.append((tp, offset))
+
+    async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
+        return self.records, self.active
+
+    def highwater(self, tp: Any) -> int:
+        self.highwater_calls += 1
+        return 1000 + tp.partition
+
+    def _to_message(self, tp: Any, record: Any) -> tuple[str, Any]:
+        return ("message", record)
+
+    async def perform_seek(self) -> None:
+        self.seeks += 1
+
+
+def _round_robin(records: dict[Any, list[Any]]) -> Any:
+    iterators = {tp: iter(values) for tp, values in records.items()}
+    while iterators:
+        for tp, it in list(iterators.items()):
+            try:
+                yield tp, next(it)
+            except StopIteration:
+                del iterators[tp]
+
+
+async def _collect(consumer: Any) -> list[Any]:
+    return [item async for item in _getmany(consumer, 1.0)]
+
+
+async def test_end_offsets_are_read_and_reported_once_per_partition_per_fetch() -> None:
+    a, b, idle = TopicPartition("events", 0), TopicPartition("events", 1), TopicPartition("x", 0)
+    consumer = FakeGetmanyConsumer(
+        {a: ["a0", "a1", "a2"], b: ["b0", "b1"], idle: ["i0"]}, active={a, b}
+    )
+    got = await _collect(consumer)
+    # Same records, same order as Faust's own loop; the inactive partition's are not handed on.
+    assert got == [
+        (a, ("message", "a0")),
+        (b, ("message", "b0")),
+        (a, ("message", "a1")),
+        (b, ("message", "b1")),
+        (a, ("message", "a2")),
+    ]
+    assert consumer.reported == [(a, 1000), (b, 1001)]
+    assert consumer.highwater_calls == 2
+    # Faust's own loop hands on the same records (and reads the high-water mark five times).
+    theirs = FakeGetmanyConsumer(
+        {a: ["a0", "a1", "a2"], b: ["b0", "b1"], idle: ["i0"]}, active={a, b}
+    )
+    theirs.log = type("Log", (), {"dev": staticmethod(lambda *args: None)})()  # type: ignore[attr-defined]
+    original: Any = faust_consumer.Consumer.getmany
+    assert original is not _getmany
+    assert [item async for item in original(theirs, 1.0)] == got
+    assert theirs.highwater_calls == 5 and set(theirs.reported) == set(consumer.reported)
+    # The next fetch reports again.
+    await _collect(consumer)
+    assert consumer.reported == [(a, 1000), (b, 1001)] * 2
+
+
+async def test_a_rebalance_during_the_fetch_stops_the_hand_off() -> None:
+    a = TopicPartition("events", 0)
+    consumer = FakeGetmanyConsumer({a: ["a0", "a1", "a2"]}, active=None)
+    got = []
+    async for item in _getmany(consumer, 1.0):
+        got.append(item)
+        consumer.app.consumer_generation_id += 1
+    assert got == [(a, ("message", "a0"))]
+
+
+async def test_a_suspended_flow_seeks_instead_of_handing_on() -> None:
+    consumer = FakeGetmanyConsumer({TopicPartition("events", 0): ["a0"]}, active=None)
+    consumer.flow_active = False
+    assert await _collect(consumer) == []
+    assert consumer.seeks == 1
+
+
+def test_end_offset_once_per_fetch_is_installed_on_faust_s_consumer() -> None:
+    original = faust_consumer.Consumer.getmany
+    try:
+        faust_patches.end_offset_once_per_fetch()
+        assert faust_consumer.Consumer.getmany is _getmany
+    finally:
+        faust_consumer.Consumer.getmany = original  # type: ignore[method-assign]

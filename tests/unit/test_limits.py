@@ -315,3 +315,13 @@ async def test_wait_sleeps_for_the_wait_time(monkeypatch: pytest.MonkeyPatch) ->
     await rates.wait("w", None)
     await rates.wait("other", 2.0)
     assert slept == [0.5, 1.0]
+
+
+def test_try_acquire_takes_a_free_slot_and_never_waits() -> None:
+    slots = Slots(2)
+    assert slots.try_acquire() and slots.try_acquire()
+    assert slots.locked()
+    assert not slots.try_acquire()
+    slots.release()
+    assert not slots.locked()
+    assert slots.try_acquire()

@@ -806,3 +806,61 @@ async def test_a_record_arriving_after_held_ones_waits_behind_them() -> None:
     await h.settled()
     # ... yet "second" was not matched ahead of "first", still held when it arrived.
     assert [d.event_id for d in h.sender.sent] == ["first", "second"]
+
+
+# ------------------------------------------------------------------------- offer (no waiting)
+
+
+async def test_offered_records_wait_for_the_table_like_handled_ones_and_keep_their_order() -> None:
+    freshness = GatedFreshness()
+    h = Harness([webhook("w")], ScriptedSender(), freshness=freshness)
+    clock = iter(range(1000))
+    h.pipeline._clock = lambda: float(next(clock))
+    acks = Acks()
+    for n in range(30):
+        assert h.pipeline.accepts()
+        h.pipeline.offer(make_event(event_id=f"e{n}").to_bytes(), SOURCE, acks)
+    await until(lambda: len(freshness.calls) == 1)
+    assert h.sender.sent == []  # nothing matched before the table was current
+    freshness.gate.set()
+    # A record handed over the waiting way after offered ones still comes after them.
+    await h.pipeline.handle_event(make_event(event_id="last").to_bytes(), SOURCE, acks)
+    await until(lambda: acks.count == 31)
+    await h.settled()
+    assert [d.event_id for d in h.sender.sent] == [f"e{n}" for n in range(30)] + ["last"]
+    assert freshness.calls[0] == 29.0
+
+
+async def test_offered_records_are_matched_without_a_freshness_check_when_there_is_none() -> None:
+    h = Harness([webhook("w1"), webhook("w2")], ScriptedSender())
+    acks = Acks()
+    h.pipeline.offer(make_event(event_id="e1").to_bytes(), SOURCE, acks)
+    h.pipeline.offer(b"{not json", SOURCE, acks)
+    await until(lambda: acks.count == 2)
+    await h.settled()
+    assert sorted(d.webhook.id for d in h.sender.sent) == ["w1", "w2"]
+    assert [r["reason"] for _, r in h.outputs.dead_letters] == ["malformed_json"]
+
+
+async def test_accepts_says_no_once_the_held_records_reach_the_limit() -> None:
+    freshness = GatedFreshness()
+    h = Harness([webhook("w")], ScriptedSender(), freshness=freshness, max_pending=3)
+    acks = Acks()
+    for n in range(3):
+        assert h.pipeline.accepts()
+        h.pipeline.offer(make_event(event_id=f"e{n}").to_bytes(), SOURCE, acks)
+    assert not h.pipeline.accepts()
+    with pytest.raises(RuntimeError, match="accepts"):
+        h.pipeline.offer(make_event(event_id="over").to_bytes(), SOURCE, acks)
+    # The waiting way blocks instead, until the held records are released.
+    late = asyncio.ensure_future(
+        h.pipeline.handle_event(make_event(event_id="e3").to_bytes(), SOURCE, acks)
+    )
+    await settle()
+    assert not late.done()
+    freshness.gate.set()
+    await asyncio.wait_for(late, PROMPT)
+    await until(lambda: acks.count == 4)
+    assert h.pipeline.accepts()
+    await h.settled()
+    assert [d.event_id for d in h.sender.sent] == ["e0", "e1", "e2", "e3"]

@@ -1,0 +1,148 @@
+"""A Faust topic whose records go straight to the pipeline, past Faust's stream and agent.
+
+Faust's conductor hands every fetched record to each channel subscribed to its topic: it decodes
+the record into an event (``channel.decode``), then puts the event on the channel's queue
+(``queue.full()``, ``queue.put_nowait_enhanced``), or, when the queue is full, awaits
+``channel.put``. A stream takes the event from the queue, an agent iterates the stream, and the
+acknowledgement goes back through the stream and its sensors. For the events topic, where the
+agent only passed each record on to :class:`bridge.pipeline.Pipeline`, that machinery cost more
+CPU per event than the bridge's own matching (BENCHMARKS.md).
+
+:class:`DirectTopic` keeps what matters of Faust: its consumer and fetcher, the conductor and its
+flow control (a rebalance stops the hand-off exactly as before), reference-counted
+acknowledgements and offset commits. It replaces the rest: the record is its own event (the
+topic's keys and values are raw bytes; nothing is decoded), and the "queue" is the pipeline,
+which holds records until the subscription table is current (``full()`` while the pipeline holds
+as many as it may, ``put`` waits for room). What a stream did for each record is kept: a record
+fetched before a rebalance that has happened since is dropped unacknowledged; others are counted
+in by Faust's sensors (``faust_messages_received_per_topic_total``...) and, once every delivery
+job they produced has settled, acknowledged to Faust's consumer and counted out. The stream's
+per-event sensor calls (``faust_total_events``...) are not made for this topic.
+
+Records taken before a rebalance are matched and delivered even if their partition moves: the
+next owner may deliver them again with the same delivery ids (at-least-once, idempotent by id),
+and Faust discards commits for partitions this worker no longer owns.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import faust
+
+from .deadletters import SourceRef
+from .pipeline import Ack
+
+__all__ = ["DirectTopic", "Intake"]
+
+
+class Intake(Protocol):
+    """What a :class:`DirectTopic` hands records to (:class:`bridge.pipeline.Pipeline`)."""
+
+    def accepts(self) -> bool: ...
+
+    def offer(self, raw: bytes | None, source: SourceRef, ack: Ack) -> None: ...
+
+    async def handle_event(self, raw: bytes | None, source: SourceRef, ack: Ack) -> None: ...
+
+
+class _Sink:
+    """The channel queue the conductor sees: puts go to the intake."""
+
+    __slots__ = ("_topic",)
+
+    def __init__(self, topic: DirectTopic) -> None:
+        self._topic = topic
+
+    def full(self) -> bool:
+        intake = self._topic.intake
+        return intake is None or not intake.accepts()
+
+    def put_nowait_enhanced(
+        self,
+        value: Any,
+        *,
+        on_pressure_high: Callable[[], None] | None = None,
+        on_pressure_drop: Callable[[], None] | None = None,
+    ) -> None:
+        topic = self._topic
+        intake = topic.intake
+        assert intake is not None  # full() said there is room
+        if topic.current(value):
+            intake.offer(value.value, _source(value), topic.acker(value))
+
+
+class DirectTopic(faust.Topic):
+    """Raw-bytes topic whose records are handed to an :class:`Intake` by Faust's conductor.
+
+    ``start_intake`` is awaited (inside the running loop) for the first record that finds no
+    intake yet; later records go to ``intake`` directly.
+    """
+
+    def __init__(
+        self,
+        app: faust.App,
+        topics: list[str],
+        start_intake: Callable[[], Awaitable[Intake]],
+    ) -> None:
+        self.intake: Intake | None = None
+        self._start_intake = start_intake
+        self._sink = _Sink(self)
+        super().__init__(
+            app,
+            topics=topics,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            acks=True,
+            is_iterator=True,
+        )
+
+    def subscribe(self) -> None:
+        """Register with the conductor: the worker's consumer subscribes to these topics."""
+        self.app.topics.add(self)
+
+    # -- what the conductor calls ---------------------------------------------------------------
+    def _compile_decode(self) -> None:
+        # Faust compiles a decoder into ``self.decode``; records here stay as fetched.
+        self.decode = self._decode  # type: ignore[method-assign]
+
+    async def _decode(self, message: Any, *, propagate: bool = False) -> Any:
+        return message
+
+    @property
+    def queue(self) -> Any:
+        return self._sink
+
+    async def put(self, value: Any) -> None:
+        """The conductor's path when :meth:`_Sink.full` said no: wait for room."""
+        intake = self.intake
+        if intake is None:
+            intake = self.intake = await self._start_intake()
+        if self.current(value):
+            await intake.handle_event(value.value, _source(value), self.acker(value))
+
+    # -- what a stream did for each record -------------------------------------------------------
+    def current(self, message: Any) -> bool:
+        """Count the record in (Faust's sensors), unless it was fetched before a rebalance
+        that has happened since: such a record is dropped unacknowledged, as a stream drops
+        it, and its partition's owner reads it again from the committed offset."""
+        app = self.app
+        if message.generation_id != app.consumer_generation_id or not app.flow_control.is_active():
+            return False
+        app.sensors.on_message_in(message.tp, message.offset, message)
+        return True
+
+    def acker(self, message: Any) -> Ack:
+        return functools.partial(self._ack, message)
+
+    async def _ack(self, message: Any) -> None:
+        if message.ack(self.app.consumer):
+            self.app.sensors.on_message_out(message.tp, message.offset, message)
+
+
+def _source(message: Any) -> SourceRef:
+    return SourceRef(message.topic, message.partition, message.offset, message.key)
