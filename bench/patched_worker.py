@@ -6,7 +6,12 @@ environment) after monkeypatching, in this process only:
 * ``no_freshness``: ``TableFreshness.wait_current`` returns at once (no end-offsets round trip
   to the broker before each event is matched);
 * ``no_attempt_log``: attempt records are not written to the attempts topic;
-* ``no_event_validation``: events are parsed without the JSON Schema validation.
+* ``no_event_validation``: events are parsed without the JSON Schema validation;
+* ``no_faust_sensor``: Faust's per-record sensor calls (records in and out, stream events
+  in and out, end offsets) do nothing;
+* ``no_http``: the HTTP/1.1 client answers 200 at once without a request (what the worker
+  costs without its HTTP exchange; the receiver then sees nothing, so only the worker's
+  ``delivered`` metric counts).
 
 (``sync_race_fixed`` and ``no_spinner`` served while those fixes were not in the bridge; both
 are in it now: bridge/sync.py and ``Bridge.worker``.)
@@ -17,6 +22,7 @@ longer fits the bridge's code fails loudly at start, so a stale patch cannot mea
 
 from __future__ import annotations
 
+import itertools
 import sys
 from typing import Any
 
@@ -58,10 +64,54 @@ def _no_event_validation() -> None:
     events.event_data_errors = lambda *args, **kwargs: []  # type: ignore[assignment]
 
 
+def _no_http() -> None:
+    from bridge import http1
+
+    _require(http1, "Http1Client")
+    _require(http1.Http1Client, "post")
+
+    async def post(self: Any, *args: Any, **kwargs: Any) -> tuple[int, str | None]:
+        return 200, None
+
+    http1.Http1Client.post = post  # type: ignore[method-assign]
+
+    # Without a request an attempt lasts microseconds, and so small a duration takes the
+    # careful JSON encoder's path (Python writes 1e-05 where JavaScript writes 0.00001): a cost
+    # real deliveries do not have. Each attempt is recorded as lasting 1.2345 ms instead.
+    from bridge import http1_sender
+
+    _require(http1_sender.Http1Sender, "__init__")
+    original_init = http1_sender.Http1Sender.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        ticks = itertools.count()
+        self._clock = lambda: next(ticks) * 0.0012345
+
+    http1_sender.Http1Sender.__init__ = __init__  # type: ignore[method-assign]
+
+
+def _no_faust_sensor() -> None:
+    from bridge import faust_monitor
+
+    monitor = faust_monitor.FaustPrometheusMonitor
+    for name in (
+        "on_message_in",
+        "on_stream_event_in",
+        "on_stream_event_out",
+        "on_message_out",
+        "track_tp_end_offset",
+    ):
+        _require(monitor, name)
+        setattr(monitor, name, lambda self, *args, **kwargs: None)
+
+
 PATCHES = {
     "no_freshness": _no_freshness,
     "no_attempt_log": _no_attempt_log,
     "no_event_validation": _no_event_validation,
+    "no_http": _no_http,
+    "no_faust_sensor": _no_faust_sensor,
 }
 
 
