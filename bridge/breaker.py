@@ -93,6 +93,13 @@ class Breakers:
         if breaker.state != CLOSED:
             self._not_closed.add(endpoint)
 
+    def reopens_in(self, endpoint: str) -> float | None:
+        """Seconds until an open circuit lets a probe through; ``None`` unless open."""
+        breaker = self._by_endpoint.get(endpoint)
+        if breaker is None or breaker.state != OPEN:
+            return None
+        return max(0.0, breaker.opened_at + breaker.cooldown - self._clock())
+
     def state(self, endpoint: str) -> str:
         breaker = self._by_endpoint.get(endpoint)
         return breaker.state if breaker is not None else CLOSED

@@ -163,7 +163,10 @@ class Deliverer:
         )
         endpoint = endpoint_of(webhook.url)
         if not self._breakers.allow(endpoint):
-            await self._settle_failure(job, self._skipped("circuit_open"), counts=False)
+            # Not retried before the circuit would let it through: a retry due earlier would
+            # only be skipped again, spending an attempt and a round through the retry tiers.
+            skip = self._skipped("circuit_open", self._breakers.reopens_in(endpoint))
+            await self._settle_failure(job, skip, counts=False)
             return
         try:
             await self._endpoints.acquire(endpoint)
@@ -200,9 +203,11 @@ class Deliverer:
             self._breakers.failure(endpoint)
         await self._settle_failure(job, result, counts=not refused)
 
-    def _skipped(self, error: str) -> AttemptResult:
+    def _skipped(self, error: str, retry_after: float | None = None) -> AttemptResult:
         self._metrics.skipped.labels(error).inc()
-        return AttemptResult(False, None, error, 0.0, format_timestamp(self._now()))
+        return AttemptResult(
+            False, None, error, 0.0, format_timestamp(self._now()), retry_after=retry_after
+        )
 
     def _observe(self, delivery: Delivery, job: Job, result: AttemptResult) -> None:
         outcome = "success" if result.success else "failure"
@@ -261,7 +266,11 @@ class Deliverer:
                 )
                 return
             await self._publish_health(change)
-        retry_after = result.retry_after if result.status in (429, 503) else None
+        retry_after = (
+            result.retry_after
+            if result.status in (429, 503) or result.error == "circuit_open"
+            else None
+        )
         decision = self._policy.after_failure(job.attempt, retry_after)
         if decision.action == "dead_letter":
             await self._record_attempt(job, result, "dead_letter")

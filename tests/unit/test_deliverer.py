@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from bridge.breaker import CLOSED, OPEN, endpoint_of
+from bridge.breaker import CLOSED, OPEN, Breakers, endpoint_of
 from bridge.deadletters import SourceRef
 from bridge.deliverer import Deliverer, Job
 from bridge.delivery import AttemptResult, Delivery
@@ -694,3 +694,40 @@ async def test_cancellation_outside_a_drain_leaves_the_job_unsettled() -> None:
     sender.gate.set()
     await h.run(make_job())
     assert h.attempt()["outcome"] == "success"
+
+
+async def test_a_skip_while_the_circuit_is_open_is_not_retried_before_it_reopens() -> None:
+    h = Harness(FakeSender(*[failed(500)] * THRESHOLD))
+    for n in range(THRESHOLD):
+        await h.run(make_job(event=make_event(f"evt_{n}")))
+    assert h.deliverer.breakers.state(endpoint_of(WEBHOOK.url)) == OPEN
+    # 10 s into the 30 s cooldown: the first tier (5 s) would come round while still open,
+    # so the retry waits the remaining 20 s, in the first tier whose delay covers it.
+    h.clock.now += 10.0
+    await h.run(make_job())
+    tier, pending = h.retry()
+    assert (tier, pending.attempt, pending.not_before) == (1, 2, NOW_TS + 20.0)
+    assert h.attempt() == attempt_record(1, skipped("circuit_open"), "retry")
+    assert pending.history == (skipped("circuit_open").as_record(),)
+    # Less than the first tier's delay left: the schedule as usual.
+    h.clock.now += 18.0
+    await h.run(make_job())
+    tier, pending = h.retry()
+    assert (tier, pending.attempt, pending.not_before) == (0, 2, NOW_TS + 5.0)
+    assert len(h.sender.sent) == THRESHOLD
+
+
+def test_reopens_in_counts_down_only_while_open() -> None:
+    clock = Clock(100.0)
+    breakers = Breakers(threshold=2, cooldown=30.0, clock=clock)
+    assert breakers.reopens_in("e") is None
+    breakers.failure("e")
+    assert breakers.reopens_in("e") is None  # one failure: still closed
+    breakers.failure("e")
+    assert breakers.reopens_in("e") == 30.0
+    clock.now += 12.5
+    assert breakers.reopens_in("e") == 17.5
+    clock.now += 20.0
+    assert breakers.reopens_in("e") == 0.0
+    assert breakers.allow("e")  # the probe: half-open now
+    assert breakers.reopens_in("e") is None
