@@ -14,10 +14,12 @@ acknowledgements and offset commits. It replaces the rest: the record is its own
 topic's keys and values are raw bytes; nothing is decoded), and the "queue" is the pipeline,
 which holds records until the subscription table is current (``full()`` while the pipeline holds
 as many as it may, ``put`` waits for room). What a stream did for each record is kept: a record
-fetched before a rebalance that has happened since is dropped unacknowledged; others are counted
-in by Faust's sensors (``faust_messages_received_per_topic_total``...) and, once every delivery
-job they produced has settled, acknowledged to Faust's consumer and counted out. The stream's
-per-event sensor calls (``faust_total_events``...) are not made for this topic.
+fetched before a rebalance that has happened since is dropped (a stream acknowledges such a
+record; this topic leaves it unacknowledged, the safe side: the partition's owner reads it
+again from the committed offset); others are counted in by Faust's sensors
+(``faust_messages_received_per_topic_total``...) and, once every delivery job they produced has
+settled, acknowledged to Faust's consumer and counted out. The stream's per-event sensor calls
+(``faust_total_events``...) are not made for this topic.
 
 Records taken before a rebalance are matched and delivered even if their partition moves: the
 next owner may deliver them again with the same delivery ids (at-least-once, idempotent by id),
@@ -128,8 +130,8 @@ class DirectTopic(faust.Topic):
     # -- what a stream did for each record -------------------------------------------------------
     def current(self, message: Any) -> bool:
         """Count the record in (Faust's sensors), unless it was fetched before a rebalance
-        that has happened since: such a record is dropped unacknowledged, as a stream drops
-        it, and its partition's owner reads it again from the committed offset."""
+        that has happened since: such a record is dropped, as a stream drops it, but left
+        unacknowledged; its partition's owner reads it again from the committed offset."""
         app = self.app
         if message.generation_id != app.consumer_generation_id or not app.flow_control.is_active():
             return False
