@@ -18,8 +18,9 @@ fetched before a rebalance that has happened since is dropped (a stream acknowle
 record; this topic leaves it unacknowledged, the safe side: the partition's owner reads it
 again from the committed offset); others are counted in by Faust's sensors
 (``faust_messages_received_per_topic_total``...) and, once every delivery job they produced has
-settled, acknowledged to Faust's consumer and counted out. The stream's per-event sensor calls
-(``faust_total_events``...) are not made for this topic.
+settled, acknowledged to Faust's consumer and counted out, and the time of the last record taken
+from each partition is kept where Faust's stall check looks for it. The stream's other per-event
+sensor calls (``faust_total_events``...) are not made for this topic.
 
 Records taken before a rebalance are matched and delivered even if their partition moves: the
 next owner may deliver them again with the same delivery ids (at-least-once, idempotent by id),
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
+from time import monotonic
 from typing import Any, Protocol
 
 import faust
@@ -136,6 +138,10 @@ class DirectTopic(faust.Topic):
         if message.generation_id != app.consumer_generation_id or not app.flow_control.is_active():
             return False
         app.sensors.on_message_in(message.tp, message.offset, message)
+        # What a stream's sensor records per event, and what Faust's consumer checks every few
+        # seconds: a partition with records to read whose stream took nothing for
+        # ``stream_processing_timeout`` (5 minutes) is logged as a stalled stream.
+        app.monitor.stream_inbound_time[message.tp] = monotonic()
         return True
 
     def acker(self, message: Any) -> Ack:

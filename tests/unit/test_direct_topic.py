@@ -7,6 +7,7 @@ fetch (``ConsumerMessage``, as the aiokafka driver builds it); the intake is a r
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -139,6 +140,11 @@ async def test_the_first_record_starts_the_intake_and_later_ones_are_offered(rig
         (None, SourceRef(TOPIC, 1, 9, b"site_789")),
     ]
     assert rig.sensor.ins == [7, 8, 9]
+    # Faust's consumer checks this every few seconds and logs a stalled stream for a partition
+    # with records to read and no recent time here (after stream_processing_timeout).
+    inbound = rig.app.monitor.stream_inbound_time
+    assert set(inbound) == {TP(TOPIC, 1), TP(TOPIC, 2)}
+    assert all(time.monotonic() - t < PROMPT for t in inbound.values())
 
 
 async def test_a_full_intake_is_waited_for_not_offered_to(rig: Rig) -> None:
