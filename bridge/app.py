@@ -216,7 +216,7 @@ class Bridge:
             async for event in manual.events():
                 await pipeline.handle_retry(
                     event.message.value,
-                    _source(event.message),
+                    SourceRef.of(event.message),
                     functools.partial(manual.ack, event),
                     tier,
                 )
@@ -394,10 +394,6 @@ class Bridge:
         # builds a record) and writes escape codes into the logs.
         worker.spinner = None
         return worker
-
-
-def _source(message: Any) -> SourceRef:
-    return SourceRef(message.topic, message.partition, message.offset, message.key)
 
 
 class _Closer(Service):

@@ -26,6 +26,12 @@ class SourceRef:
     offset: int
     key: bytes | None = None
 
+    @classmethod
+    def of(cls, message: Any) -> SourceRef:
+        """Where a consumed record (a Faust message: ``topic``, ``partition``, ``offset``,
+        ``key``) came from."""
+        return cls(message.topic, message.partition, message.offset, message.key)
+
     def as_record(self) -> dict[str, Any]:
         return {
             "topic": self.topic,

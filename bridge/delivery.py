@@ -67,7 +67,8 @@ class AttemptResult:
     duration: float
     #: When the attempt started (UTC, ``Z``).
     at: str
-    #: Seconds a ``Retry-After`` header asked for (429 and 503 answers), if any.
+    #: Seconds a ``Retry-After`` header asked for (429 and 503 answers), if any; for a
+    #: ``circuit_open`` skip, the seconds until the circuit lets a probe through.
     retry_after: float | None = None
     #: For ``destination_forbidden``: why (``loopback``, ``private``, ``plain_http`` ...).
     refusal: str | None = None

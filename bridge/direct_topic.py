@@ -75,7 +75,7 @@ class _Sink:
         intake = topic.intake
         assert intake is not None  # full() said there is room
         if topic.current(value):
-            intake.offer(value.value, _source(value), topic.acker(value))
+            intake.offer(value.value, SourceRef.of(value), topic.acker(value))
 
 
 class DirectTopic(faust.Topic):
@@ -127,7 +127,7 @@ class DirectTopic(faust.Topic):
         if intake is None:
             intake = self.intake = await self._start_intake()
         if self.current(value):
-            await intake.handle_event(value.value, _source(value), self.acker(value))
+            await intake.handle_event(value.value, SourceRef.of(value), self.acker(value))
 
     # -- what a stream did for each record -------------------------------------------------------
     def current(self, message: Any) -> bool:
@@ -150,7 +150,3 @@ class DirectTopic(faust.Topic):
     async def _ack(self, message: Any) -> None:
         if message.ack(self.app.consumer):
             self.app.sensors.on_message_out(message.tp, message.offset, message)
-
-
-def _source(message: Any) -> SourceRef:
-    return SourceRef(message.topic, message.partition, message.offset, message.key)
