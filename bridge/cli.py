@@ -284,7 +284,8 @@ def tune_gc() -> None:
     A worker allocates a few hundred objects per event and keeps its tables for good; with the
     defaults the collections of older generations ran about every two seconds at 2,000
     events/s and showed as ~100 ms latency steps at half load; with these thresholds the steps
-    went away and CPU per delivery fell from 0.207 to 0.193 ms (BENCHMARKS.md, 2026-11-27).
+    went away and CPU per delivery fell from 0.207 to 0.193 ms (targeted fanout_1 runs,
+    2026-11-27, commit ``8829c75``).
     """
     gc.set_threshold(*WORKER_GC_THRESHOLDS)
 

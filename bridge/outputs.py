@@ -5,7 +5,8 @@ Each write is awaited until the broker acknowledged it (``acks=all``), so a sour
 acknowledged only after everything it caused is durable. Many jobs write at once; a few
 milliseconds of ``linger`` lets their records share produce requests. Going around Faust's
 ``topic.send`` (its per-message futures, buffer and sensors) made an attempt record about a
-tenth as costly in CPU (BENCHMARKS.md). Status and disable records go through the
+tenth as costly in CPU (0.27 ms each through Faust: BENCHMARKS.md as of ``1398415``; ~0.03 ms
+since, fourth session's A/B runs in BENCHMARKS.md). Status and disable records go through the
 :class:`~bridge.management.WebhookStore`, one record per batch, because workers keep those
 topics in tables.
 """

@@ -1,6 +1,7 @@
 """From records to delivery jobs: events (first attempts) and pending retries (later ones).
 
-Plain asyncio code with its collaborators passed in; the Faust agents only feed it records. A
+Plain asyncio code with its collaborators passed in; Faust (the events topic's
+:class:`~bridge.direct_topic.DirectTopic`, the retry agents) only feeds it records. A
 record is acknowledged (its offset may be committed) only when every job it produced has settled
 durably: delivered, scheduled in a retry tier, or dead-lettered. Jobs of one record, and of
 consecutive records, run concurrently, so one slow endpoint does not make its partition sequential.
