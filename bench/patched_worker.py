@@ -22,6 +22,7 @@ longer fits the bridge's code fails loudly at start, so a stale patch cannot mea
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import sys
 from typing import Any
@@ -49,8 +50,10 @@ def _no_attempt_log() -> None:
     _require(outputs, "KafkaOutputs")
     _require(outputs.KafkaOutputs, "attempt")
 
-    async def attempt(self: Any, *args: Any, **kwargs: Any) -> None:
-        return None
+    async def attempt(self: Any, *args: Any, **kwargs: Any) -> asyncio.Future[None]:
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        written.set_result(None)
+        return written
 
     outputs.KafkaOutputs.attempt = attempt  # type: ignore[method-assign]
 

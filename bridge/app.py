@@ -217,7 +217,7 @@ class Bridge:
                 await pipeline.handle_retry(
                     event.message.value,
                     SourceRef.of(event.message),
-                    functools.partial(manual.ack, event),
+                    functools.partial(_ack_event, manual, event),
                     tier,
                 )
 
@@ -405,3 +405,14 @@ class _Closer(Service):
 
     async def on_stop(self) -> None:
         await self._bridge.close()
+
+
+def _ack_event(stream: Any, event: Any) -> None:
+    """What ``Stream.ack`` does (it is a coroutine function that never suspends), callable where
+    acknowledgements are synchronous (:data:`bridge.pipeline.Ack`)."""
+    message = event.message
+    last = event.ack()
+    sensors = stream.app.sensors
+    sensors.on_stream_event_out(message.tp, message.offset, stream, event)
+    if last:
+        sensors.on_message_out(message.tp, message.offset, message)

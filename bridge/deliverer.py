@@ -10,9 +10,10 @@ whose endpoint answered 410 Gone, or failed for longer than ``disable_after``, i
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -34,20 +35,22 @@ __all__ = ["Outputs", "Job", "Deliverer"]
 
 log = logging.getLogger(__name__)
 
-Done = Callable[[], Awaitable[object]]
+Done = Callable[[], None]
 
 #: Errors of attempts that were not made: no request was sent.
 SKIPPED = frozenset({"circuit_open", "endpoint_busy", "destination_forbidden"})
 
 
 class Outputs(Protocol):
-    """Durable writes; each returns once the broker has acknowledged the record."""
+    """Durable writes; each returns once the broker has acknowledged the record, except
+    ``attempt``, which returns once the record is queued, with the future of that
+    acknowledgement."""
 
     async def dead_letter(self, key: bytes | None, record: dict[str, Any]) -> None: ...
 
     async def retry(self, tier: int, key: bytes, value: bytes) -> None: ...
 
-    async def attempt(self, key: bytes, record: dict[str, Any]) -> None: ...
+    async def attempt(self, key: bytes, record: dict[str, Any]) -> asyncio.Future[Any]: ...
 
     async def status(self, key: bytes, record: dict[str, Any]) -> None: ...
 
@@ -122,15 +125,20 @@ class Deliverer:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._wall_time(), UTC)
 
-    async def run(self, job: Job, done: Done) -> None:
-        """Attempt the delivery and settle its outcome, then call ``done``.
+    async def run(self, job: Job, done: Done) -> asyncio.Future[Any] | None:
+        """Attempt the delivery and settle its outcome; ``done`` is called once it is settled.
+
+        Returns ``None`` when the job has ended: settled (``done`` was called), or not (an
+        exception says why). A successful attempt whose record is still on its way to the broker
+        returns that write instead: ``done`` is called from its acknowledgement, with no task
+        waiting for it, and never if the write fails (the caller sees the future's exception).
 
         When cancelled while draining (SIGTERM), the interrupted attempt is handed to the retry
         path before ``done`` is called. Any other cancellation leaves the job unsettled: its
         source record stays unacknowledged and is processed again after a restart.
         """
         try:
-            await self._run(job)
+            written = await self._run(job)
         except asyncio.CancelledError:
             if not self.draining:
                 raise
@@ -139,11 +147,17 @@ class Deliverer:
             await self._settle_failure(
                 job, AttemptResult(False, None, "interrupted", 0.0, at), counts=False
             )
-            await done()
+            done()
             raise
-        await done()
+        if written is None:
+            done()
+            return None
+        written.add_done_callback(functools.partial(_call_if_written, done))
+        return written
 
-    async def _run(self, job: Job) -> None:
+    async def _run(self, job: Job) -> asyncio.Future[Any] | None:
+        """The attempt and its settlement; returns the pending write of a successful
+        attempt's record when nothing else is left to settle."""
         webhook = job.webhook
         try:
             body = build_body(
@@ -151,7 +165,7 @@ class Deliverer:
             )
         except InvalidEvent as exc:
             await self._dead_letter(job, exc.reason, exc.detail, job.history)
-            return
+            return None
         delivery = Delivery(
             delivery_id=job.delivery_id,
             webhook=webhook,
@@ -167,12 +181,12 @@ class Deliverer:
             # only be skipped again, spending an attempt and a round through the retry tiers.
             skip = self._skipped("circuit_open", self._breakers.reopens_in(endpoint))
             await self._settle_failure(job, skip, counts=False)
-            return
+            return None
         try:
             await self._endpoints.acquire(endpoint)
         except EndpointBusy:
             await self._settle_failure(job, self._skipped("endpoint_busy"), counts=False)
-            return
+            return None
         result: AttemptResult | None = None
         try:
             await self._rates.wait(webhook.id, webhook.rate_limit)
@@ -191,9 +205,13 @@ class Deliverer:
         if result.success:
             self._observe(delivery, job, result)
             self._breakers.success(endpoint)
-            await self._record_attempt(job, result, None)
-            await self._publish_health(self._health.on_success(webhook.id))
-            return
+            written = await self._queue_attempt(job, result, None)
+            change = self._health.on_success(webhook.id)
+            if change is None:
+                return written
+            await written
+            await self._publish_health(change)
+            return None
         # A refusal by the SSRF guard made no request: it is not an HTTP attempt and says
         # nothing about the endpoint's health, but it must still release a half-open probe.
         refused = result.error == "destination_forbidden"
@@ -202,6 +220,7 @@ class Deliverer:
         if not refused or self._breakers.state(endpoint) != CLOSED:
             self._breakers.failure(endpoint)
         await self._settle_failure(job, result, counts=not refused)
+        return None
 
     def _skipped(self, error: str, retry_after: float | None = None) -> AttemptResult:
         self._metrics.skipped.labels(error).inc()
@@ -309,6 +328,12 @@ class Deliverer:
         await self._outputs.status(change.webhook_id.encode("utf-8"), record)
 
     async def _record_attempt(self, job: Job, result: AttemptResult, next_step: str | None) -> None:
+        await (await self._queue_attempt(job, result, next_step))
+
+    async def _queue_attempt(
+        self, job: Job, result: AttemptResult, next_step: str | None
+    ) -> asyncio.Future[Any]:
+        """Queue the attempt's record; returns the future of the broker's acknowledgement."""
         record = {
             "delivery_id": job.delivery_id,
             "webhook_id": job.webhook.id,
@@ -324,7 +349,7 @@ class Deliverer:
             "at": result.at,
             "next": next_step,
         }
-        await self._outputs.attempt(job.webhook.id.encode("utf-8"), record)
+        return await self._outputs.attempt(job.webhook.id.encode("utf-8"), record)
 
     async def _dead_letter(
         self, job: Job, reason: str, detail: str, history: Sequence[Mapping[str, Any]]
@@ -343,3 +368,10 @@ class Deliverer:
         await self._outputs.dead_letter(job.webhook.id.encode("utf-8"), record)
         self._metrics.dead_letters.labels(reason).inc()
         self._metrics.deliveries.labels(job.event.type, "dead_lettered").inc()
+
+
+def _call_if_written(done: Done, written: asyncio.Future[Any]) -> None:
+    """The attempt record's acknowledgement settles its job; a failed write leaves it
+    unsettled (the caller, watching the same future, logs it)."""
+    if not written.cancelled() and written.exception() is None:
+        done()

@@ -147,6 +147,6 @@ class DirectTopic(faust.Topic):
     def acker(self, message: Any) -> Ack:
         return functools.partial(self._ack, message)
 
-    async def _ack(self, message: Any) -> None:
+    def _ack(self, message: Any) -> None:
         if message.ack(self.app.consumer):
             self.app.sensors.on_message_out(message.tp, message.offset, message)

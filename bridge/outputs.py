@@ -2,7 +2,9 @@
 plain aiokafka producer of their own.
 
 Each write is awaited until the broker acknowledged it (``acks=all``), so a source record is
-acknowledged only after everything it caused is durable. Many jobs write at once; a few
+acknowledged only after everything it caused is durable; an attempt record is handed over as a
+future of that acknowledgement, which settles a successful job without a task waiting for it
+(:meth:`bridge.deliverer.Deliverer.run`). Many jobs write at once; a few
 milliseconds of ``linger`` lets their records share produce requests. Going around Faust's
 ``topic.send`` (its per-message futures, buffer and sensors) made an attempt record about a
 tenth as costly in CPU (0.27 ms each through Faust: BENCHMARKS.md as of ``1398415``; ~0.03 ms
@@ -13,6 +15,7 @@ topics in tables.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -80,9 +83,14 @@ class KafkaOutputs:
             self._producer = None
 
     async def _send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        await (await self._queue(topic, key, value))
+
+    async def _queue(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+        """Hand a record to the producer (waiting while its buffer is full); returns the
+        future of the broker's acknowledgement."""
         assert self._producer is not None, "KafkaOutputs.start() first"
-        future: Any = await self._producer.send(topic, value, key=key)
-        await future
+        future: asyncio.Future[Any] = await self._producer.send(topic, value, key=key)
+        return future
 
     async def dead_letter(self, key: bytes | None, record: dict[str, Any]) -> None:
         await self._send(self._settings.deadletter_topic, key, jsoncanon.dumps(record))
@@ -90,8 +98,8 @@ class KafkaOutputs:
     async def retry(self, tier: int, key: bytes, value: bytes) -> None:
         await self._send(self._settings.retry_topics[tier], key, value)
 
-    async def attempt(self, key: bytes, record: dict[str, Any]) -> None:
-        await self._send(self._settings.attempts_topic, key, jsoncanon.dumps_flat(record))
+    async def attempt(self, key: bytes, record: dict[str, Any]) -> asyncio.Future[Any]:
+        return await self._queue(self._settings.attempts_topic, key, jsoncanon.dumps_flat(record))
 
     async def status(self, key: bytes, record: dict[str, Any]) -> None:
         await self._store.put_status(record)

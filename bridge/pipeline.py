@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,7 +32,9 @@ __all__ = ["Pipeline"]
 
 log = logging.getLogger(__name__)
 
-Ack = Callable[[], Awaitable[object]]
+#: Acknowledges a record; synchronous, so the acknowledgement of a job's attempt record can
+#: settle the job (and its record) from a callback (see :meth:`Deliverer.run`).
+Ack = Callable[[], None]
 
 
 class Pipeline:
@@ -63,7 +65,9 @@ class Pipeline:
         self._wall_time = wall_time
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
-        metrics.pending.set_function(lambda: len(self._tasks))
+        #: Jobs whose task has ended, settled once their attempt record is acknowledged.
+        self._written: set[asyncio.Future[Any]] = set()
+        metrics.pending.set_function(lambda: self.in_flight)
         #: Records waiting for the subscription table, oldest first, and the task releasing them.
         self._held: deque[tuple[float, bytes | None, SourceRef, Ack]] = deque()
         self._releaser: asyncio.Task[None] | None = None
@@ -71,7 +75,7 @@ class Pipeline:
     @property
     def in_flight(self) -> int:
         """Jobs started and not yet settled."""
-        return len(self._tasks)
+        return len(self._tasks) + len(self._written)
 
     # -- events: first attempts ----------------------------------------------------------------
     async def handle_event(self, raw: bytes | None, source: SourceRef, ack: Ack) -> None:
@@ -142,7 +146,7 @@ class Pipeline:
                 extra={"reason": exc.reason, "topic": source.topic, "offset": source.offset},
             )
             await self._dead_letter_record(source, exc.reason, exc.detail, raw, None)
-            await ack()
+            ack()
             return
         self._metrics.child(self._metrics.events, event.type).inc()
         encoded = EncodedEvent.of(event)
@@ -162,7 +166,7 @@ class Pipeline:
             pending = parse_retry(raw)
         except InvalidRecord as exc:
             await self._dead_letter_record(source, exc.reason, exc.detail, raw, None)
-            await ack()
+            ack()
             return
         delay = pending.not_before - self._wall_time()
         if delay > 0:
@@ -185,7 +189,7 @@ class Pipeline:
                 "pending retry dropped: webhook deleted or inactive",
                 extra={"webhook_id": pending.webhook_id, "delivery_id": pending.delivery_id},
             )
-            await ack()
+            ack()
             return
         job = Job(EncodedEvent.of(pending.event), webhook, pending.attempt, source, pending.history)
         await self._start([job], ack)
@@ -193,15 +197,15 @@ class Pipeline:
     # -- shared ----------------------------------------------------------------------------------
     async def _start(self, jobs: Sequence[Job], ack: Ack) -> None:
         if not jobs:
-            await ack()
+            ack()
             return
         remaining = len(jobs)
 
-        async def one_settled() -> None:
+        def one_settled() -> None:
             nonlocal remaining
             remaining -= 1
             if remaining == 0:
-                await ack()
+                ack()
 
         for job in jobs:
             await self._pending.acquire()
@@ -216,26 +220,44 @@ class Pipeline:
 
     async def _run(self, job: Job, settled: Ack) -> None:
         """One job; its pending slot is released exactly once, however it ends. A job that
-        crashes (a bug) or is cancelled outside a drain leaves its record unacknowledged, so the
-        record is processed again after a restart."""
+        crashes (a bug), whose attempt record cannot be written, or that is cancelled outside a
+        drain leaves its record unacknowledged, so the record is processed again after a
+        restart."""
         released = False
 
-        async def done() -> None:
+        def done() -> None:
             nonlocal released
             released = True
             self._pending.release()
-            await settled()
+            settled()
 
-        try:
-            await self._deliverer.run(job, done)
-        except Exception:
-            log.exception(
-                "delivery job crashed; its record stays unacknowledged",
-                extra={"delivery_id": job.delivery_id, "webhook_id": job.webhook.id},
-            )
-        finally:
+        def ended(written: asyncio.Future[Any]) -> None:
+            # After the deliverer's own callback, which called ``done`` if the write succeeded.
+            self._written.discard(written)
             if not released:
                 self._pending.release()
+                self._log_unsettled(job, written.exception() if not written.cancelled() else None)
+
+        written: asyncio.Future[Any] | None = None
+        try:
+            written = await self._deliverer.run(job, done)
+        except Exception as exc:
+            self._log_unsettled(job, exc)
+        finally:
+            if written is not None:
+                # The task ends here; the job settles when the broker acknowledges its record.
+                self._written.add(written)
+                written.add_done_callback(ended)
+            elif not released:
+                self._pending.release()
+
+    @staticmethod
+    def _log_unsettled(job: Job, exc: BaseException | None) -> None:
+        log.error(
+            "delivery job crashed; its record stays unacknowledged",
+            exc_info=exc,
+            extra={"delivery_id": job.delivery_id, "webhook_id": job.webhook.id},
+        )
 
     async def _dead_letter_record(
         self,
@@ -258,14 +280,17 @@ class Pipeline:
 
     async def drain(self, timeout: float) -> int:
         """On shutdown: let jobs finish for ``timeout`` seconds, then hand the rest to the retry
-        path (see :meth:`Deliverer.run`). Returns how many were handed over."""
-        if not self._tasks:
-            return 0
-        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
-        if not pending:
-            return 0
-        self._deliverer.draining = True
-        for task in pending:
-            task.cancel()
-        await asyncio.wait(pending, timeout=max(5.0, timeout))
-        return len(pending)
+        path (see :meth:`Deliverer.run`); then wait for the attempt records still on their way
+        to the broker, which settle their jobs. Returns how many jobs were handed over."""
+        handed = 0
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+            if pending:
+                self._deliverer.draining = True
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending, timeout=max(5.0, timeout))
+                handed = len(pending)
+        if self._written:
+            await asyncio.wait(set(self._written), timeout=max(5.0, timeout))
+        return handed

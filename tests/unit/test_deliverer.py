@@ -129,6 +129,9 @@ class FakeOutputs:
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        #: When set, attempt records stay unacknowledged until the test resolves their futures.
+        self.hold_attempts = False
+        self.attempt_writes: list[asyncio.Future[Any]] = []
         self.dead_letters: list[tuple[bytes | None, dict[str, Any]]] = []
         self.retries: list[tuple[int, bytes, bytes]] = []
         self.attempts: list[tuple[bytes, dict[str, Any]]] = []
@@ -144,9 +147,14 @@ class FakeOutputs:
         self.calls.append("retry")
         self.retries.append((tier, key, value))
 
-    async def attempt(self, key: bytes, record: dict[str, Any], *, durable: bool = True) -> None:
+    async def attempt(self, key: bytes, record: dict[str, Any]) -> asyncio.Future[Any]:
         self.calls.append("attempt")
         self.attempts.append((key, json.loads(json.dumps(record))))
+        written: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self.hold_attempts:
+            written.set_result(None)
+        self.attempt_writes.append(written)
+        return written
 
     async def status(self, key: bytes, record: dict[str, Any]) -> None:
         self.calls.append("status")
@@ -179,7 +187,7 @@ class Acks:
     def __init__(self) -> None:
         self.count = 0
 
-    async def __call__(self) -> None:
+    def __call__(self) -> None:
         self.count += 1
 
 
@@ -220,9 +228,12 @@ class Harness:
         self.acks = Acks()
 
     async def run(self, job: Job) -> None:
-        await asyncio.wait_for(self.deliverer.run(job, self.acks), PROMPT)
+        """Run the job until it is settled (its attempt record, if pending, acknowledged)."""
+        written = await asyncio.wait_for(self.deliverer.run(job, self.acks), PROMPT)
+        if written is not None:
+            await asyncio.wait_for(written, PROMPT)
 
-    def start(self, job: Job) -> asyncio.Task[None]:
+    def start(self, job: Job) -> asyncio.Task[asyncio.Future[Any] | None]:
         return asyncio.create_task(self.deliverer.run(job, self.acks))
 
     def value(self, name: str, **labels: str) -> float | None:
@@ -324,6 +335,33 @@ async def test_success_after_failure_publishes_healthy() -> None:
     states = [record["state"] for _, record in h.outputs.statuses]
     assert states == ["failing", "healthy"]
     assert h.attempt() == attempt_record(2, OK, None)
+
+
+async def test_a_success_is_settled_by_its_attempt_records_acknowledgement() -> None:
+    h = Harness(FakeSender(OK))
+    h.outputs.hold_attempts = True
+    written = await asyncio.wait_for(h.deliverer.run(make_job(), h.acks), PROMPT)
+    # The job's work is over; only the broker's acknowledgement of the record is left.
+    assert written is h.outputs.attempt_writes[0]
+    await asyncio.sleep(0)
+    assert h.acks.count == 0
+    written.set_result(None)
+    await until(lambda: h.acks.count == 1)
+
+
+async def test_a_success_that_changes_health_settles_before_returning() -> None:
+    h = Harness(FakeSender(failed(500), OK))
+    await h.run(make_job())
+    h.outputs.hold_attempts = True
+    running = h.start(make_job(2, history=earlier(1)))
+    await until(lambda: len(h.outputs.attempt_writes) == 2)
+    await asyncio.sleep(0)
+    # The "healthy" status follows the attempt record once that is durable.
+    assert h.outputs.calls[-1] == "attempt" and not running.done()
+    h.outputs.attempt_writes[1].set_result(None)
+    assert await asyncio.wait_for(running, PROMPT) is None
+    assert h.outputs.calls[-2:] == ["attempt", "status"]
+    assert h.acks.count == 2
 
 
 # -- failures: retry, dead letter ------------------------------------------------------------------

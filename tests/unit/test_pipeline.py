@@ -90,7 +90,7 @@ class Acks:
     def __init__(self) -> None:
         self.count = 0
 
-    async def __call__(self) -> None:
+    def __call__(self) -> None:
         self.count += 1
 
 
@@ -101,6 +101,9 @@ class FakeOutputs:
         self.dead_letters: list[tuple[bytes | None, dict[str, Any]]] = []
         self.retries: list[tuple[int, bytes, bytes]] = []
         self.attempts: list[tuple[bytes, dict[str, Any]]] = []
+        #: When set, attempt records stay unacknowledged until the test resolves their futures.
+        self.hold_attempts = False
+        self.attempt_writes: list[asyncio.Future[Any]] = []
         self.statuses: list[tuple[bytes, dict[str, Any]]] = []
         self.disabled: list[tuple[str, str]] = []
 
@@ -110,8 +113,13 @@ class FakeOutputs:
     async def retry(self, tier: int, key: bytes, value: bytes) -> None:
         self.retries.append((tier, key, value))
 
-    async def attempt(self, key: bytes, record: dict[str, Any], *, durable: bool = True) -> None:
+    async def attempt(self, key: bytes, record: dict[str, Any]) -> asyncio.Future[Any]:
         self.attempts.append((key, json.loads(json.dumps(record))))
+        written: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self.hold_attempts:
+            written.set_result(None)
+        self.attempt_writes.append(written)
+        return written
 
     async def status(self, key: bytes, record: dict[str, Any]) -> None:
         self.statuses.append((key, json.loads(json.dumps(record))))
@@ -690,6 +698,72 @@ async def test_drain_hands_unfinished_deliveries_to_the_retry_path() -> None:
     assert [a["error"] for a in pending.history] == ["interrupted"]
     assert h.pipeline.in_flight == 0
     assert h.value("webhook_bridge_in_flight_requests") == 0
+
+
+async def test_a_delivered_job_settles_when_its_attempt_record_is_acknowledged() -> None:
+    h = Harness([webhook("w")], ScriptedSender(), max_pending=1)
+    h.outputs.hold_attempts = True
+    acks = Acks()
+    await h.pipeline.handle_event(make_event(event_id="e1").to_bytes(), SOURCE, acks)
+    await until(lambda: len(h.outputs.attempt_writes) == 1)
+    await settle()
+    # Delivered, its task ended, but not settled: the record and the slot wait for the broker.
+    assert acks.count == 0
+    assert h.pipeline.in_flight == 1
+    assert h.value("webhook_bridge_pending_jobs") == 1
+    following = asyncio.create_task(
+        h.pipeline.handle_event(make_event(event_id="e2").to_bytes(), SOURCE, Acks())
+    )
+    await settle()
+    assert not following.done(), "the unsettled job must keep its pending slot"
+
+    h.outputs.attempt_writes[0].set_result(None)
+    await until(lambda: acks.count == 1)
+    await asyncio.wait_for(following, PROMPT)  # the slot came back
+    h.outputs.attempt_writes[1].set_result(None)
+    await h.settled()
+    assert h.pipeline.in_flight == 0
+
+
+async def test_an_attempt_record_that_cannot_be_written_leaves_its_record_unacknowledged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness([webhook("w")], ScriptedSender(), max_pending=1)
+    h.outputs.hold_attempts = True
+    lost = Acks()
+    await h.pipeline.handle_event(make_event(event_id="e1").to_bytes(), SOURCE, lost)
+    await until(lambda: len(h.outputs.attempt_writes) == 1)
+    h.outputs.attempt_writes[0].set_exception(RuntimeError("broker gone"))
+    await until(lambda: h.pipeline.in_flight == 0)
+    await settle()
+    assert lost.count == 0
+    assert "stays unacknowledged" in caplog.text and "broker gone" in caplog.text
+
+    # The only slot was released: the next event is not blocked.
+    h.outputs.hold_attempts = False
+    acks = Acks()
+    await asyncio.wait_for(
+        h.pipeline.handle_event(make_event(event_id="e2").to_bytes(), SOURCE, acks), PROMPT
+    )
+    await h.settled()
+    assert acks.count == 1
+
+
+async def test_drain_waits_for_attempt_records_on_their_way() -> None:
+    h = Harness([webhook("w")], ScriptedSender())
+    h.outputs.hold_attempts = True
+    acks = Acks()
+    await h.pipeline.handle_event(make_event().to_bytes(), SOURCE, acks)
+    await until(lambda: len(h.outputs.attempt_writes) == 1)
+
+    draining = asyncio.create_task(h.pipeline.drain(PROMPT))
+    await settle()
+    assert not draining.done(), "drain() must wait for the delivered job's attempt record"
+    h.outputs.attempt_writes[0].set_result(None)
+    # Delivered jobs are not handed to the retry path: nothing was interrupted.
+    assert await asyncio.wait_for(draining, PROMPT) == 0
+    assert acks.count == 1
+    assert h.outputs.retries == []
 
 
 # ------------------------------------------------------------------------- freshness
