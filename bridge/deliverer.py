@@ -10,7 +10,6 @@ whose endpoint answered 410 Gone, or failed for longer than ``disable_after``, i
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -130,8 +129,8 @@ class Deliverer:
 
         Returns ``None`` when the job has ended: settled (``done`` was called), or not (an
         exception says why). A successful attempt whose record is still on its way to the broker
-        returns that write instead: ``done`` is called from its acknowledgement, with no task
-        waiting for it, and never if the write fails (the caller sees the future's exception).
+        returns that write instead, without calling ``done``: the job is settled when the write
+        succeeds, which the caller sees from the future's callback, with no task waiting for it.
 
         When cancelled while draining (SIGTERM), the interrupted attempt is handed to the retry
         path before ``done`` is called. Any other cancellation leaves the job unsettled: its
@@ -151,8 +150,6 @@ class Deliverer:
             raise
         if written is None:
             done()
-            return None
-        written.add_done_callback(functools.partial(_call_if_written, done))
         return written
 
     async def _run(self, job: Job) -> asyncio.Future[Any] | None:
@@ -368,10 +365,3 @@ class Deliverer:
         await self._outputs.dead_letter(job.webhook.id.encode("utf-8"), record)
         self._metrics.dead_letters.labels(reason).inc()
         self._metrics.deliveries.labels(job.event.type, "dead_lettered").inc()
-
-
-def _call_if_written(done: Done, written: asyncio.Future[Any]) -> None:
-    """The attempt record's acknowledgement settles its job; a failed write leaves it
-    unsettled (the caller, watching the same future, logs it)."""
-    if not written.cancelled() and written.exception() is None:
-        done()

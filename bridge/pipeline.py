@@ -231,12 +231,13 @@ class Pipeline:
             self._pending.release()
             settled()
 
-        def ended(written: asyncio.Future[Any]) -> None:
-            # After the deliverer's own callback, which called ``done`` if the write succeeded.
+        def written_ended(written: asyncio.Future[Any]) -> None:
             self._written.discard(written)
-            if not released:
+            if written.cancelled() or written.exception() is not None:
                 self._pending.release()
-                self._log_unsettled(job, written.exception() if not written.cancelled() else None)
+                self._log_unsettled(job, None if written.cancelled() else written.exception())
+            else:
+                done()
 
         written: asyncio.Future[Any] | None = None
         try:
@@ -247,7 +248,7 @@ class Pipeline:
             if written is not None:
                 # The task ends here; the job settles when the broker acknowledges its record.
                 self._written.add(written)
-                written.add_done_callback(ended)
+                written.add_done_callback(written_ended)
             elif not released:
                 self._pending.release()
 
