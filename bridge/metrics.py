@@ -63,8 +63,8 @@ class Metrics:
         )
         self.pending = Gauge(
             "webhook_bridge_pending_jobs",
-            "Delivery jobs started and not yet settled (waiting for an endpoint, a rate limit "
-            "or a response).",
+            "Delivery jobs started and not yet settled (waiting for an endpoint, a rate limit, "
+            "a response or the broker's acknowledgement of their records).",
             registry=registry,
         )
         self.events = Counter(
