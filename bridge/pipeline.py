@@ -280,18 +280,19 @@ class Pipeline:
         self._metrics.dead_letters.labels(reason).inc()
 
     async def drain(self, timeout: float) -> int:
-        """On shutdown: let jobs finish for ``timeout`` seconds, then hand the rest to the retry
-        path (see :meth:`Deliverer.run`); then wait for the attempt records still on their way
-        to the broker, which settle their jobs. Returns how many jobs were handed over."""
-        handed = 0
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
-            if pending:
-                self._deliverer.draining = True
-                for task in pending:
-                    task.cancel()
-                await asyncio.wait(pending, timeout=max(5.0, timeout))
-                handed = len(pending)
-        if self._written:
-            await asyncio.wait(set(self._written), timeout=max(5.0, timeout))
-        return handed
+        """On shutdown: let jobs finish for ``timeout`` seconds (a delivered job finishes when
+        the broker acknowledges its attempt record), then hand the rest to the retry path (see
+        :meth:`Deliverer.run`) and wait for them and the records still on their way. Returns how
+        many jobs were handed over."""
+        if self._tasks or self._written:
+            await asyncio.wait({*self._tasks, *self._written}, timeout=timeout)
+        unfinished = {task for task in self._tasks if not task.done()}
+        if unfinished:
+            self._deliverer.draining = True
+            for task in unfinished:
+                task.cancel()
+        # Jobs that ended meanwhile may have left writes not waited for above.
+        rest = {*unfinished, *self._written}
+        if rest:
+            await asyncio.wait(rest, timeout=max(5.0, timeout))
+        return len(unfinished)
