@@ -22,6 +22,14 @@ settled, acknowledged to Faust's consumer and counted out, and the time of the l
 from each partition is kept where Faust's stall check looks for it. The stream's other per-event
 sensor calls (``faust_total_events``...) are not made for this topic.
 
+The conductor's own per-record work is skipped for these topics: for every fetched record it
+takes a lock over its partition-to-callback index, waits for flow control, waits for Faust's
+producer buffer to drain (a buffer only table writes fill; the bridge writes no table), and
+builds the sets it needs to fan a record out to several channels and decoders. This topic is the
+only channel of its topics, so :meth:`DirectTopic.subscribe` puts a hand-off in front of the
+conductor's callback that gives records of these topics to the topic directly (waiting for flow
+control as the conductor does) and passes every other record to the conductor.
+
 Records taken before a rebalance are matched and delivered even if their partition moves: the
 next owner may deliver them again with the same delivery ids (at-least-once, idempotent by id),
 and Faust discards commits for partitions this worker no longer owns.
@@ -78,6 +86,27 @@ class _Sink:
             intake.offer(value.value, SourceRef.of(value), topic.acker(value))
 
 
+class _HandOff:
+    """The consumer's callback: records of ``topics`` go to ``direct``, others to ``rest``."""
+
+    __slots__ = ("_topics", "_direct", "_rest")
+
+    def __init__(
+        self,
+        topics: frozenset[str],
+        direct: DirectTopic,
+        rest: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        self._topics = topics
+        self._direct = direct
+        self._rest = rest
+
+    def __call__(self, message: Any) -> Awaitable[None]:
+        if message.topic in self._topics:
+            return self._direct.take(message)
+        return self._rest(message)
+
+
 class DirectTopic(faust.Topic):
     """Raw-bytes topic whose records are handed to an :class:`Intake` by Faust's conductor.
 
@@ -106,8 +135,26 @@ class DirectTopic(faust.Topic):
         )
 
     def subscribe(self) -> None:
-        """Register with the conductor: the worker's consumer subscribes to these topics."""
-        self.app.topics.add(self)
+        """Register with the conductor: the worker's consumer subscribes to these topics and
+        gives their records to :meth:`take`, the rest to the conductor (before the consumer
+        exists: Faust's consumer keeps the callback it was created with)."""
+        conductor: Any = self.app.topics
+        conductor.add(self)
+        conductor.on_message = _HandOff(frozenset(self.topics), self, conductor.on_message)
+
+    async def take(self, message: Any) -> None:
+        """One fetched record of these topics, as the conductor would hand it to its only
+        channel: after flow control allows, counted once, then offered or waited for."""
+        flow_control = self.app.flow_control
+        if not flow_control.is_active():
+            await flow_control.acquire()
+        message.incref(1)
+        sink = self._sink
+        if sink.full():
+            self.app.sensors.on_topic_buffer_full(message.tp)
+            await self.put(message)
+        else:
+            sink.put_nowait_enhanced(message)
 
     # -- what the conductor calls ---------------------------------------------------------------
     def _compile_decode(self) -> None:

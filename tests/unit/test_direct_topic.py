@@ -188,3 +188,45 @@ async def test_records_fetched_before_a_rebalance_are_dropped_unacknowledged(rig
     assert not stale.acked
     await rig.fetched(rig.message(3))  # fetched in the new generation
     assert [src.offset for _, src, _ in intake.handled] == [1, 3]
+
+
+async def test_records_wait_while_the_flow_is_suspended(rig: Rig) -> None:
+    await rig.fetched(rig.message(1))
+    intake = rig.topic.intake
+    assert isinstance(intake, Intake)
+    rig.app.flow_control.suspend()
+    waiting = asyncio.ensure_future(rig.fetched(rig.message(2)))
+    for _ in range(10):  # every chance to run: it must still be waiting
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    assert [src.offset for _, src, _ in intake.handled + intake.offered] == [1]
+    rig.app.flow_control.resume()
+    await waiting
+    assert [src.offset for _, src, _ in intake.handled + intake.offered] == [1, 2]
+    assert rig.sensor.ins == [1, 2]
+
+
+async def test_records_of_other_topics_go_through_the_conductor(rig: Rig) -> None:
+    other = rig.app.topic("other.topic", value_type=bytes, value_serializer="raw")
+    rig.app.topics.add(other)
+    await rig.app.topics._update_indices()
+    await rig.app.topics.on_partitions_assigned({TP(TOPIC, 1), TP("other.topic", 0)})
+    message = ConsumerMessage(
+        "other.topic",
+        0,
+        5,
+        0.0,
+        0,
+        [],
+        None,
+        b"for the other channel",
+        None,
+        tp=TP("other.topic", 0),
+        generation_id=rig.app.consumer_generation_id,
+    )
+    await rig.fetched(message)
+    event = other.queue.get_nowait()
+    assert event.value == b"for the other channel"
+    assert rig.topic.intake is None and rig.starts == 0
+    await rig.fetched(rig.message(1))
+    assert rig.starts == 1
