@@ -45,6 +45,7 @@ from typing import Any, Protocol
 import faust
 
 from .deadletters import SourceRef
+from .faust_patches import UNBUFFERED
 from .pipeline import Ack
 
 __all__ = ["DirectTopic", "Intake"]
@@ -142,9 +143,13 @@ class DirectTopic(faust.Topic):
         conductor.add(self)
         conductor.on_message = _HandOff(frozenset(self.topics), self, conductor.on_message)
 
-    async def take(self, message: Any) -> None:
+    async def take(self, message: Any) -> Any:
         """One fetched record of these topics, as the conductor would hand it to its only
-        channel: after flow control allows, counted once, then offered or waited for."""
+        channel: after flow control allows, counted once, then offered or waited for.
+
+        Returns ``UNBUFFERED``: the record is in no buffer that a rebalance clears (the
+        pipeline keeps what it took), so Faust's consumer need not yield to the loop after
+        every such record (:mod:`bridge.faust_patches`)."""
         flow_control = self.app.flow_control
         if not flow_control.is_active():
             await flow_control.acquire()
@@ -155,6 +160,7 @@ class DirectTopic(faust.Topic):
             await self.put(message)
         else:
             sink.put_nowait_enhanced(message)
+        return UNBUFFERED
 
     # -- what the conductor calls ---------------------------------------------------------------
     def _compile_decode(self) -> None:

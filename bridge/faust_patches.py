@@ -21,9 +21,12 @@ Faust's consumer hands every fetched record to its streams and tables with
 a full stream buffer. The bridge first runs the callback directly; almost always it finishes
 without waiting, and one yield to the event loop follows, as Faust's own hand-off yields per
 record (without it a rebalance could not stop the flow inside a fetched batch, and records
-were lost after a worker was killed and replaced). Only when the callback would wait does the
-rest of it become a task, raced against the flow suspension exactly as before
-(``fast_record_handoff``).
+were lost after a worker was killed and replaced: those records were in a stream's buffer,
+which a rebalance clears). A callback that put its record in no such buffer says so by returning
+``UNBUFFERED`` (the events topic's hand-off, :mod:`bridge.direct_topic`); after those the yield
+comes once every ``UNBUFFERED_YIELD_EVERY`` records, as Faust's consumer yields every 100
+records of a fetch. Only when the callback would wait does the rest of it become a task, raced
+against the flow suspension exactly as before (``fast_record_handoff``).
 
 Faust's fetcher asks the consumer thread for records with a one-second timeout, and sleeps a
 second when no partition is active (while its tables recover). A partition resumed meanwhile
@@ -65,6 +68,8 @@ __all__ = [
     "cheap_recovery_wait_for",
     "wait_for",
     "fast_record_handoff",
+    "UNBUFFERED",
+    "UNBUFFERED_YIELD_EVERY",
     "FETCHER_POLL",
     "prompt_fetcher",
     "standby_after_active",
@@ -185,6 +190,19 @@ async def _finish(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
     return await _Rest(coro, yielded)
 
 
+class _Unbuffered:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNBUFFERED"
+
+
+#: Returned by a record callback that put its record in no buffer a rebalance clears.
+UNBUFFERED: Any = _Unbuffered()
+#: After that many such records in a row the hand-off yields to the loop.
+UNBUFFERED_YIELD_EVERY = 32
+_unbuffered_since_yield = 0
+
 _EVENT_WAIT = asyncio.Event.wait.__code__
 _original_wait_first = faust_consumer.Consumer.wait_first
 
@@ -208,8 +226,14 @@ async def _wait_first(self: Any, *coros: Any, timeout: Any = None) -> Any:
     except StopIteration as stop:
         suspended.close()  # never started
         # Yield to the loop once per record, as Faust's own hand-off does: a rebalance must be
-        # able to stop the flow between two records of a fetched batch.
-        await asyncio.sleep(0)
+        # able to stop the flow between two records of a fetched batch, before the stream that
+        # buffered the first hands it on. Records no stream buffered need not wait for that.
+        global _unbuffered_since_yield
+        if stop.value is not UNBUFFERED or _unbuffered_since_yield >= UNBUFFERED_YIELD_EVERY - 1:
+            _unbuffered_since_yield = 0
+            await asyncio.sleep(0)
+        else:
+            _unbuffered_since_yield += 1
         return _WaitResults([callback], [stop.value], False)
     except BaseException:
         suspended.close()

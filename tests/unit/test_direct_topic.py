@@ -18,6 +18,7 @@ from faust.types.tuples import TP, ConsumerMessage
 
 from bridge.deadletters import SourceRef
 from bridge.direct_topic import DirectTopic
+from bridge.faust_patches import UNBUFFERED
 
 TOPIC = "postion.events"
 PROMPT = 2.0
@@ -77,8 +78,8 @@ class Rig:
             generation_id=self.app.consumer_generation_id,
         )
 
-    async def fetched(self, message: ConsumerMessage) -> None:
-        await asyncio.wait_for(self.app.topics.on_message(message), PROMPT)
+    async def fetched(self, message: ConsumerMessage) -> Any:
+        return await asyncio.wait_for(self.app.topics.on_message(message), PROMPT)
 
 
 def new_app(name: str) -> faust.App:
@@ -224,9 +225,11 @@ async def test_records_of_other_topics_go_through_the_conductor(rig: Rig) -> Non
         tp=TP("other.topic", 0),
         generation_id=rig.app.consumer_generation_id,
     )
-    await rig.fetched(message)
+    # Buffered by the other topic's channel: Faust's consumer must yield after it.
+    assert await rig.fetched(message) is not UNBUFFERED
     event = other.queue.get_nowait()
     assert event.value == b"for the other channel"
     assert rig.topic.intake is None and rig.starts == 0
-    await rig.fetched(rig.message(1))
+    assert await rig.fetched(rig.message(1)) is UNBUFFERED
+    assert await rig.fetched(rig.message(2)) is UNBUFFERED
     assert rig.starts == 1

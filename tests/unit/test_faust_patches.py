@@ -19,6 +19,8 @@ from mode import Service
 from bridge import faust_patches
 from bridge.faust_patches import (
     FETCHER_POLL,
+    UNBUFFERED,
+    UNBUFFERED_YIELD_EVERY,
     _getmany,
     _seek_offsets,
     _seek_uncommitted_to_start,
@@ -121,6 +123,32 @@ async def test_handoff_yields_to_the_loop_once_per_record() -> None:
 
     await _wait_first(consumer, callback(), consumer.suspend_flow.wait())
     assert ran == ["rebalance"]
+
+
+async def test_records_no_stream_buffered_yield_once_every_few() -> None:
+    """The events topic's hand-off returns UNBUFFERED: no stream buffer a rebalance clears
+    holds its records, so the loop gets a turn every UNBUFFERED_YIELD_EVERY records; any
+    other record still yields at once."""
+    consumer = FakeConsumer()
+    loop = asyncio.get_running_loop()
+
+    async def unbuffered() -> object:
+        return UNBUFFERED
+
+    async def buffered() -> None:
+        return None
+
+    async def yielded(callback: Any) -> bool:
+        ran: list[bool] = []
+        loop.call_soon(ran.append, True)
+        await _wait_first(consumer, callback(), consumer.suspend_flow.wait())
+        return bool(ran)
+
+    assert await yielded(buffered)  # and the count starts again
+    turns = [await yielded(unbuffered) for _ in range(3 * UNBUFFERED_YIELD_EVERY)]
+    assert turns == ([False] * (UNBUFFERED_YIELD_EVERY - 1) + [True]) * 3
+    assert not await yielded(unbuffered)
+    assert await yielded(buffered)
 
 
 async def test_handoff_that_waits_finishes_when_the_wait_ends() -> None:
