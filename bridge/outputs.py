@@ -8,9 +8,11 @@ future of that acknowledgement, which settles a successful job without a task wa
 milliseconds of ``linger`` lets their records share produce requests. Going around Faust's
 ``topic.send`` (its per-message futures, buffer and sensors) made an attempt record about a
 tenth as costly in CPU (0.27 ms each through Faust: BENCHMARKS.md as of ``1398415``; ~0.03 ms
-since, fourth session's A/B runs in BENCHMARKS.md). Status and disable records go through the
-:class:`~bridge.management.WebhookStore`, one record per batch, because workers keep those
-topics in tables.
+since, fourth session's A/B runs in BENCHMARKS.md). Attempt records, one per delivery attempt,
+skip the producer's per-record ``send`` as well: they are gathered into one batch per partition
+(:mod:`bridge.record_batches`) and share the batch's acknowledgement. Status and disable records
+go through the :class:`~bridge.management.WebhookStore`, one record per batch, because workers
+keep those topics in tables.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from . import jsoncanon
 from .config import Settings
 from .kafka import client_kwargs
 from .management import WebhookStore
+from .record_batches import PartitionBatches
 from .subscriptions import Webhook
 
 __all__ = ["KafkaOutputs", "CachedPartitioner"]
@@ -66,18 +69,31 @@ class KafkaOutputs:
         #: The newest known state of a webhook (the subscription index), for ``disable``.
         self._current = current
         self._producer: AIOKafkaProducer | None = None
+        #: Attempt records, one per delivery attempt, go in batches of their own.
+        self._attempts: PartitionBatches | None = None
 
     async def start(self) -> None:
+        partitioner = CachedPartitioner()
         self._producer = AIOKafkaProducer(
             **client_kwargs(self._settings),
             acks="all",
             enable_idempotence=False,
             linger_ms=round(self._settings.kafka_output_linger * 1000),
-            partitioner=CachedPartitioner(),
+            partitioner=partitioner,
         )
         await self._producer.start()
+        self._attempts = PartitionBatches(
+            self._producer,
+            self._settings.attempts_topic,
+            partitioner,
+            self._settings.kafka_output_linger,
+        )
+        await self._attempts.start()
 
     async def stop(self) -> None:
+        if self._attempts is not None:
+            await self._attempts.close()
+            self._attempts = None
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
@@ -99,7 +115,8 @@ class KafkaOutputs:
         await self._send(self._settings.retry_topics[tier], key, value)
 
     async def attempt(self, key: bytes, record: dict[str, Any]) -> asyncio.Future[Any]:
-        return await self._queue(self._settings.attempts_topic, key, jsoncanon.dumps_flat(record))
+        assert self._attempts is not None, "KafkaOutputs.start() first"
+        return self._attempts.add(key, jsoncanon.dumps_flat(record))
 
     async def status(self, key: bytes, record: dict[str, Any]) -> None:
         await self._store.put_status(record)

@@ -1,0 +1,64 @@
+"""bridge.outputs.KafkaOutputs against the embedded broker: attempt records, written in
+per-partition batches (bridge.record_batches), all arrive, in their key's partition, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+
+from bridge.config import Settings
+from bridge.kafka import client_kwargs
+from bridge.management import WebhookStore
+from bridge.outputs import KafkaOutputs
+
+RECORDS = 600
+KEYS = 25
+
+
+async def test_attempt_records_arrive_in_their_keys_partition_in_order(
+    settings: Settings,
+) -> None:
+    async with WebhookStore(settings) as store:
+        outputs = KafkaOutputs(settings, store, lambda _: None)
+        await outputs.start()
+        try:
+            futures = []
+            for seq in range(RECORDS):
+                key = f"wh_{seq % KEYS}".encode()
+                futures.append(await outputs.attempt(key, {"seq": seq, "note": "é \u2028"}))
+                if seq % 50 == 0:
+                    await asyncio.sleep(0)  # others run meanwhile, as jobs do
+            await asyncio.wait_for(asyncio.gather(*futures), 15)
+        finally:
+            await outputs.stop()
+
+    consumer = AIOKafkaConsumer(
+        **client_kwargs(settings), group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # loads metadata for every topic
+        partitions = sorted(consumer.partitions_for_topic(settings.attempts_topic) or ())
+        assert len(partitions) > 1
+        consumer.assign([TopicPartition(settings.attempts_topic, p) for p in partitions])
+        seen: list[tuple[int, bytes, dict]] = []
+        deadline = asyncio.get_running_loop().time() + 15
+        while len(seen) < RECORDS and asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for tp, records in batch.items():
+                seen += [(tp.partition, r.key, json.loads(r.value)) for r in records]
+    finally:
+        await consumer.stop()
+
+    assert len(seen) == RECORDS
+    reference = DefaultPartitioner()
+    by_key: dict[bytes, list[int]] = {}
+    for partition, key, record in seen:
+        assert partition == reference(key, partitions, partitions)
+        assert record["note"] == "é \u2028"
+        by_key.setdefault(key, []).append(record["seq"])
+    for n in range(KEYS):
+        assert by_key[f"wh_{n}".encode()] == list(range(n, RECORDS, KEYS))
