@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 
 from bridge.errors import InvalidRecord, UnencodableValue
 
-__all__ = ["MAX_SAFE_INTEGER", "dumps", "dumps_flat", "loads"]
+__all__ = ["MAX_SAFE_INTEGER", "dumps", "dumps_flat", "dumps_str", "loads"]
 
 #: Largest integer n such that n and n + 1 are both exactly representable as doubles.
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -33,12 +34,38 @@ _MAX_ARRAY_INDEX = 2**32 - 2
 _DIGITS = frozenset("0123456789")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
+_encode_str = json.encoder.encode_basestring  # the C escaper when available
+
 # The C encoder, used only for values ``_plain`` vouched for (acyclic, exact types, no
 # floats needing reformatting, no array-index keys); surrogates make ``.encode`` fail.
 _C_ENCODER = json.JSONEncoder(
     ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False
 )
-_encode_str = json.encoder.encode_basestring  # the C escaper when available
+
+
+def _no_default(value: object) -> object:
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _c_encoder() -> Callable[[object], str]:
+    """``_C_ENCODER.encode``, without the C encoder ``JSONEncoder.encode`` builds per call."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator
+        return _C_ENCODER.encode
+    # The arguments JSONEncoder.iterencode passes: markers (None: check_circular=False),
+    # default, the string encoder, indent, key and item separators, sort_keys, skipkeys,
+    # allow_nan.
+    iterencode = make(None, _no_default, _encode_str, None, ":", ",", False, False, False)
+
+    def encode(value: object) -> str:
+        if type(value) is str:
+            return _encode_str(value)
+        return "".join(iterencode(value, 0))
+
+    return encode
+
+
+_c_encode = _c_encoder()
 
 
 class _Unencodable(Exception):
@@ -61,7 +88,7 @@ def dumps(value: object) -> bytes:
     try:
         if _plain(value, 0):
             try:
-                return _C_ENCODER.encode(value).encode("utf-8")
+                return _c_encode(value).encode("utf-8")
             except UnicodeEncodeError:  # a surrogate code point: needs V8's escaping
                 pass
         parts: list[str] = []
@@ -77,22 +104,35 @@ def dumps(value: object) -> bytes:
 def dumps_flat(record: dict[str, object]) -> bytes:
     """:func:`dumps` for a dict of strings, numbers, booleans and ``None`` (a record the bridge
     writes, such as an attempt): the same bytes, without walking the values twice."""
+    # One attempt record per delivery attempt passes here: the checks of ``_plain`` inline.
     for key, value in record.items():
-        if type(key) is not str or key[:1] in _DIGITS or not _flat_plain(value):
+        if type(key) is not str or key[:1] in _DIGITS:
             return dumps(record)
+        kind = type(value)
+        if kind is str or value is None or kind is bool:
+            continue
+        if kind is int:
+            if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:  # type: ignore[operator]
+                continue
+        elif kind is float:
+            r = float.__repr__(value)
+            if "." in r and "e" not in r and not r.endswith(".0"):
+                continue
+        return dumps(record)
     try:
-        return _C_ENCODER.encode(record).encode("utf-8")
+        return _c_encode(record).encode("utf-8")
     except UnicodeEncodeError:  # a surrogate code point: needs V8's escaping
         return dumps(record)
 
 
-def _flat_plain(value: object) -> bool:
-    kind = type(value)
-    if kind is str or value is None or kind is bool:
-        return True
-    if kind is int:
-        return -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER  # type: ignore[operator]
-    return kind is float and _plain(value, 0)
+def dumps_str(value: str) -> bytes:
+    """:func:`dumps` of a ``str`` (the same bytes, without the general checks)."""
+    if type(value) is str:
+        try:
+            return _encode_str(value).encode("utf-8")
+        except UnicodeEncodeError:  # a surrogate code point: needs V8's escaping
+            pass
+    return dumps(value)
 
 
 def _plain(value: object, depth: int) -> bool:

@@ -51,8 +51,8 @@ class EncodedEvent:
     def of(cls, event: Event) -> EncodedEvent:
         # No key here is an array index, so JavaScript keeps this order and the pieces can be
         # joined; ``data`` was encoded once already, when the event was validated.
-        dumps = jsoncanon.dumps
-        data = event.data_json or dumps(event.data)
+        dumps = jsoncanon.dumps_str
+        data = event.data_json or jsoncanon.dumps(event.data)
         return cls(
             event,
             b"".join(

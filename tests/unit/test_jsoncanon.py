@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from bridge import jsoncanon
 from bridge.errors import InvalidRecord, UnencodableValue
-from bridge.jsoncanon import MAX_SAFE_INTEGER, dumps, dumps_flat, loads
+from bridge.jsoncanon import MAX_SAFE_INTEGER, dumps, dumps_flat, dumps_str, loads
 
 ROUNDTRIP_JS = Path(__file__).resolve().parents[1] / "node" / "roundtrip.js"
 
@@ -454,6 +454,20 @@ def test_dumps_flat_is_dumps_for_flat_records(record: dict[str, object]) -> None
         assert caught.value.reason == exc.reason
         return
     assert dumps_flat(record) == expected
+
+
+@FAST
+@given(st.text(alphabet=st.characters(codec=None, categories=None)))
+def test_dumps_str_is_dumps_for_strings(value: str) -> None:
+    # Any code point, lone surrogates included (those take the careful encoder).
+    assert dumps_str(value) == dumps(value)
+
+
+def test_dumps_str_of_a_str_subclass_is_its_value() -> None:
+    class Name(str):
+        pass
+
+    assert dumps_str(Name("a\ud800")) == dumps("a\ud800") == b'"a\\ud800"'
 
 
 @FAST
