@@ -234,7 +234,7 @@ class Deliverer:
             m.child(m.deliveries, delivery.event_type, "delivered").inc()
             if delivery.occurred_at is not None:
                 latency = self._wall_time() - delivery.occurred_at.timestamp()
-                self._metrics.end_to_end.observe(max(0.0, latency))
+                m.child(m.end_to_end).observe(max(0.0, latency))
         else:
             log.warning(
                 "delivery attempt failed",

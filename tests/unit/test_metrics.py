@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry
+import math
 
-from bridge.metrics import Metrics
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
+
+from bridge.metrics import HotCounter, HotHistogram, Metrics
 
 
 def test_child_is_remembered_and_counts_like_labels() -> None:
@@ -23,3 +28,66 @@ def test_child_is_remembered_and_counts_like_labels() -> None:
 def test_same_labels_on_different_metrics_are_different_children() -> None:
     metrics = Metrics(CollectorRegistry())
     assert metrics.child(metrics.dead_letters, "x") is not metrics.child(metrics.skipped, "x")
+
+
+def _exposition(registry: CollectorRegistry) -> list[str]:
+    """The registry's text exposition of the bridge's metrics, without creation timestamps."""
+    text = generate_latest(registry).decode()
+    return [
+        line
+        for line in text.splitlines()
+        if "webhook_bridge_" in line and "_created" not in line and "build_info" not in line
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["events", "attempts", "request_duration", "end_to_end"]),
+            st.one_of(
+                st.sampled_from([0.0, 0.005, 0.01, 30.0, 86400.0, math.inf]),
+                st.floats(min_value=0, max_value=1e6, allow_nan=False),
+            ),
+        ),
+        max_size=40,
+    )
+)
+def test_hot_handles_expose_what_prometheus_client_does(ops: list[tuple[str, float]]) -> None:
+    """The same operations through Metrics.child and through prometheus-client's own children
+    give the same exposition (bucket bounds included: an amount equal to a bound is in it)."""
+    hot_registry, plain_registry = CollectorRegistry(), CollectorRegistry()
+    hot, plain = Metrics(hot_registry, "t"), Metrics(plain_registry, "t")
+    for name, amount in ops:
+        if name == "events":
+            hot.child(hot.events, "post.created").inc(amount)
+            plain.events.labels("post.created").inc(amount)
+        elif name == "attempts":
+            hot.child(hot.attempts, "success", "2xx").inc()
+            plain.attempts.labels("success", "2xx").inc()
+        elif name == "request_duration":
+            hot.child(hot.request_duration, "success").observe(amount)
+            plain.request_duration.labels("success").observe(amount)
+        else:
+            hot.child(hot.end_to_end).observe(amount)
+            plain.end_to_end.observe(amount)
+    assert _exposition(hot_registry) == _exposition(plain_registry)
+
+
+def test_hot_handles_are_used_for_counters_and_histograms_only() -> None:
+    metrics = Metrics(CollectorRegistry())
+    assert isinstance(metrics.child(metrics.events, "post.created"), HotCounter)
+    assert isinstance(metrics.child(metrics.end_to_end), HotHistogram)
+    assert isinstance(metrics.child(metrics.request_duration, "failure"), HotHistogram)
+    lag = metrics.child(metrics.lag, "t", "0")
+    assert not isinstance(lag, HotCounter | HotHistogram)
+    lag.set(3)  # a gauge child, as labels() gives it
+
+
+def test_a_hot_counter_refuses_negative_amounts_and_nan_goes_in_no_bucket() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    with pytest.raises(ValueError):
+        metrics.child(metrics.events, "post.created").inc(-1)
+    metrics.child(metrics.end_to_end).observe(math.nan)
+    assert registry.get_sample_value("webhook_bridge_end_to_end_latency_seconds_count") == 0
