@@ -14,8 +14,11 @@ broker has acknowledged the batch, or fails with the producer's error for the wh
   from the producer's metadata), so records keyed alike share a partition with records the
   producer writes itself.
 - Records of one partition reach the producer in the order they were added: one sender per
-  partition hands its closed batches over in turn (``send_batch`` waits while the partition's
-  previous batch is queued).
+  partition hands its batches over in turn (``send_batch`` waits while the partition's previous
+  batch is queued in the producer). While it waits, the partition's open batch stays open past
+  its linger and takes every record meanwhile: the producer sends one batch per partition per
+  produce request, so closing a batch per linger would queue them faster than the broker
+  takes them when its answers are slower than the linger.
 - A record too big for a batch gets a batch of its own (a builder always takes its first
   record): if the broker refuses it, no other record fails with it.
 - :meth:`PartitionBatches.close` hands over what is open and waits for every sender; call it
@@ -33,11 +36,13 @@ __all__ = ["PartitionBatches"]
 
 
 class _Batch:
-    __slots__ = ("builder", "acknowledged")
+    __slots__ = ("builder", "acknowledged", "due")
 
     def __init__(self, builder: Any, acknowledged: asyncio.Future[Any]) -> None:
         self.builder = builder
         self.acknowledged = acknowledged
+        #: Its linger is over, but the partition's sender was still busy with the batch before.
+        self.due = False
 
 
 class PartitionBatches:
@@ -90,8 +95,16 @@ class PartitionBatches:
 
     def _hand_over_all(self) -> None:
         self._timer = None
-        for partition in list(self._open):
-            self._hand_over(partition)
+        for partition, batch in list(self._open.items()):
+            sender = self._senders.get(partition)
+            if sender is not None and not sender.done():
+                # The producer has not taken the batch before yet: this one stays open and goes
+                # to the sender as soon as it has, with everything added meanwhile. Handing it
+                # over now would queue one small batch per linger behind the producer, each
+                # waiting for a produce request of its own.
+                batch.due = True
+            else:
+                self._hand_over(partition)
         # The producer's view of the topic, for the next records (a topic can grow).
         known = self._producer.client.cluster.partitions_for_topic(self._topic)
         if known:
@@ -110,7 +123,14 @@ class PartitionBatches:
 
     async def _send(self, partition: int) -> None:
         queue = self._closed[partition]
-        while queue:
+        while True:
+            if not queue:
+                open_batch = self._open.get(partition)
+                if open_batch is None or not open_batch.due:
+                    return
+                del self._open[partition]
+                open_batch.builder.close()
+                queue.append(open_batch)
             batch = queue.popleft()
             try:
                 sent = await self._producer.send_batch(

@@ -42,6 +42,7 @@ class Producer:
         self.sent: list[Sent] = []
         self.gate: asyncio.Event | None = None  # when set up, send_batch waits for it
         self.refuse: Exception | None = None
+        self.entered = 0  # send_batch calls, finished or not
         self.client = self  # .client.cluster.partitions_for_topic
         self.cluster = self
 
@@ -57,6 +58,7 @@ class Producer:
 
     async def send_batch(self, builder: BatchBuilder, topic: str, *, partition: int) -> Any:
         assert topic == TOPIC
+        self.entered += 1
         if self.gate is not None:
             await self.gate.wait()
         if self.refuse is not None:
@@ -196,3 +198,22 @@ async def test_partitions_follow_the_producers_metadata() -> None:
     await until(lambda: len(producer.sent) == 3)
     assert producer.sent[2].partition == partition_of(b"wh_3")
     await batches.close()
+
+
+async def test_while_the_producer_holds_a_batch_the_next_one_stays_open() -> None:
+    """The producer takes one batch per partition per produce request: while it has not taken
+    the last one, records go on joining one open batch instead of a queue of small ones."""
+    producer = Producer(partitions=1)
+    batches = await started(producer, linger=0.005)
+    producer.gate = asyncio.Event()  # the producer is slow to take the first batch
+    batches.add(b"wh", b"1")
+    await until(lambda: producer.entered == 1)
+    batches.add(b"wh", b"2")
+    await until(lambda: batches._open[0].due)  # its linger is over; it stays open
+    batches.add(b"wh", b"3")
+    batches.add(b"wh", b"4")
+    assert producer.entered == 1
+    producer.gate.set()
+    await until(lambda: producer.entered == 2)
+    await batches.close()
+    assert [[v for _, v in s.records] for s in producer.sent] == [[b"1"], [b"2", b"3", b"4"]]
