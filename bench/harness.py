@@ -71,6 +71,15 @@ def _parser() -> argparse.ArgumentParser:
         help="py-spy output format (raw is summarised; flamegraph writes an svg)",
     )
     parser.add_argument(
+        "--paced-rate",
+        type=float,
+        metavar="EVENTS_PER_S",
+        help="offer this rate in the paced scenarios (latency_half_load, isolation, "
+        "isolation_slow; recovery_after_sigkill offers half of it) instead of half the fan-out "
+        "1 rate measured in the run, which is then not measured unless asked for: to compare "
+        "two versions of the bridge at the same load; never rewrites BENCHMARKS.md",
+    )
+    parser.add_argument(
         "--receiver",
         choices=["auto", "nginx", "aiohttp"],
         default="auto",
@@ -103,7 +112,7 @@ def _selected(args: argparse.Namespace, sizes: Sizes) -> list[str]:
         names.remove("isolation_slow")
     if args.profile and args.profile not in names:
         names.append(args.profile)
-    if NEEDS_FANOUT_1 & set(names) and "fanout_1" not in names:
+    if NEEDS_FANOUT_1 & set(names) and "fanout_1" not in names and args.paced_rate is None:
         names.insert(0, "fanout_1")
     return [n for n in ORDER if n in names]
 
@@ -193,6 +202,7 @@ async def _run(
         profile=args.profile,
         profile_format=args.profile_format,
         profile_seconds=120 if not args.quick else 60,
+        paced_rate=args.paced_rate,
     )
     timeout = SCENARIO_TIMEOUT["quick" if args.quick else "full"]
     budget = RUN_BUDGET["quick" if args.quick else "full"]
@@ -350,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     meta["worker_patch"] = args.worker_patch
-    writable = not (args.no_write or args.only or args.worker_patch)
+    writable = not (args.no_write or args.only or args.worker_patch or args.paced_rate)
     if status == 0 and writable and results:
         report.write_benchmarks(REPO / "BENCHMARKS.md", meta, results)
         print("bench: BENCHMARKS.md rewritten", file=sys.stderr, flush=True)

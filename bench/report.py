@@ -402,6 +402,7 @@ bench/run                              # everything, full sizes, < 15 minutes
 bench/run --only fanout_1              # one scenario (repeatable; does not rewrite this file)
 bench/run --quick --profile fanout_1   # with py-spy on fanout_1's worker
 bench/run --quick --only fanout_1 --worker-patch no_freshness   # ablation
+bench/run --only isolation_slow --paced-rate 4000   # a paced scenario at a set rate (A/B)
 PYTHON=/path/to/venv/bin/python bench/run --quick
 ```
 

@@ -91,6 +91,8 @@ class Context:
     profile_format: str = "raw"
     profile_seconds: int = 60
     fanout_1_rate: float | None = None
+    #: ``--paced-rate``: the paced scenarios' rate, instead of half the fan-out 1 rate.
+    paced_rate: float | None = None
     latency_floor_ms: float | None = None
     baseline_rss_kib: int | None = None
     profile_summary: str | None = None
@@ -397,6 +399,8 @@ async def fanout_10(ctx: Context) -> dict[str, Any]:
 
 
 def _half_rate(ctx: Context) -> float:
+    if ctx.paced_rate is not None:
+        return ctx.paced_rate
     rate = ctx.fanout_1_rate or 100.0
     return max(10.0, rate / 2)
 
