@@ -49,7 +49,9 @@ def is_valid(path: str, instance: Any) -> bool:
     return _first_error(path, instance) is None
 
 
-def _messages(path: str, instance: Any, redact: Sequence[str] = ()) -> list[str]:
+def _messages(
+    path: str, instance: Any, redact: Callable[[], Sequence[str]] | None = None
+) -> list[str]:
     compiled_error = _first_error(path, instance)
     if compiled_error is None:
         return []
@@ -60,11 +62,12 @@ def _messages(path: str, instance: Any, redact: Sequence[str] = ()) -> list[str]
         # ECMA-262 regular expressions, where it does not ("...Z\n" is no timestamp).
         rule = compiled_error.rule or "schema"
         return [f"{_json_path(compiled_error.path[1:])}: fails the {rule!r} rule"]
+    secrets = redact() if redact is not None else ()
     out = []
     for error in errors[:5]:
         where = _json_path(error.absolute_path)
         message = error.message
-        if any(secret in message for secret in redact):
+        if any(secret in message for secret in secrets):
             # Schema messages quote the offending value: say which rule failed instead.
             message = f"fails the {error.validator!r} rule (value withheld)"
         out.append(f"{where}: {_short(message)}")
@@ -80,11 +83,14 @@ def _short(message: str, limit: int = 200) -> str:
     return message if len(message) <= limit else message[: limit - 1] + "…"
 
 
-def schema_errors(schema: str, instance: Any, redact: Sequence[str] = ()) -> list[str]:
+def schema_errors(
+    schema: str, instance: Any, redact: Callable[[], Sequence[str]] | None = None
+) -> list[str]:
     """Error messages (at most five, with JSON paths) of ``instance`` against a named schema.
 
     ``schema`` is ``"event"``, ``"webhook"`` or ``"deadletter"``. A message that would quote
-    one of the ``redact`` strings (a secret) names only the rule that failed.
+    one of the strings ``redact()`` returns (forms of a secret) names only the rule that
+    failed; ``redact`` is called only for an invalid instance.
     """
     return _messages(f"schemas/{schema}.json", instance, redact)
 
