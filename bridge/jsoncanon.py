@@ -36,8 +36,9 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 _encode_str = json.encoder.encode_basestring  # the C escaper when available
 
-# The C encoder, used only for values ``_plain`` vouched for (acyclic, exact types, no
-# floats needing reformatting, no array-index keys); surrogates make ``.encode`` fail.
+# The C encoder (``_c_encode`` below, this object's ``encode`` when there is no C
+# accelerator), used only for values ``_plain`` vouched for (acyclic, exact types, no floats
+# needing reformatting, no array-index keys); surrogates make the ``.encode("utf-8")`` fail.
 _C_ENCODER = json.JSONEncoder(
     ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False
 )
@@ -115,8 +116,7 @@ def dumps_flat(record: dict[str, object]) -> bytes:
             if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:  # type: ignore[operator]
                 continue
         elif kind is float:
-            r = float.__repr__(value)
-            if "." in r and "e" not in r and not r.endswith(".0"):
+            if _plain_float(value):  # type: ignore[arg-type]
                 continue
         return dumps(record)
     try:
@@ -161,10 +161,15 @@ def _plain(value: object, depth: int) -> bool:
     if value is None or type(value) is bool:
         return True
     if type(value) is float:
-        r = float.__repr__(value)
-        # Python and JS agree on fixed notation with a fraction; "1.0", "1e-07" differ.
-        return "." in r and "e" not in r and not r.endswith(".0")
+        return _plain_float(value)
     return False
+
+
+def _plain_float(value: float) -> bool:
+    """True when Python's ``repr`` of ``value`` is also JavaScript's ``Number::toString``."""
+    r = float.__repr__(value)
+    # Python and JS agree on fixed notation with a fraction; "1.0", "1e-07" differ.
+    return "." in r and "e" not in r and not r.endswith(".0")
 
 
 def _encode(value: object, parts: list[str], path: list[str | int], active: set[int]) -> None:
