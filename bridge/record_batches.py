@@ -128,21 +128,21 @@ class PartitionBatches:
                 open_batch = self._open.get(partition)
                 if open_batch is None or not open_batch.due:
                     return
-                del self._open[partition]
-                open_batch.builder.close()
-                queue.append(open_batch)
+                self._hand_over(partition)  # to this sender, which is still running
             batch = queue.popleft()
+            acknowledged = batch.acknowledged
             try:
                 sent = await self._producer.send_batch(
                     batch.builder, self._topic, partition=partition
                 )
             except asyncio.CancelledError:
-                _settle_from(batch.acknowledged, None, asyncio.CancelledError())
+                acknowledged.cancel()
                 raise
             except Exception as exc:  # refused by the producer: the batch's records failed
-                _settle_from(batch.acknowledged, None, exc)
+                if not acknowledged.done():
+                    acknowledged.set_exception(exc)
                 continue
-            sent.add_done_callback(_copy_to(batch.acknowledged))
+            sent.add_done_callback(_copy_to(acknowledged))
 
     async def close(self) -> None:
         """Hand over the open batches and wait until every batch is with the producer."""
@@ -156,22 +156,16 @@ class PartitionBatches:
 
 
 def _copy_to(target: asyncio.Future[Any]) -> Callable[[asyncio.Future[Any]], None]:
+    """A done-callback giving ``target`` the outcome of the future it is called with."""
+
     def copy(source: asyncio.Future[Any]) -> None:
-        if source.cancelled():
-            _settle_from(target, None, asyncio.CancelledError())
+        if target.done():
             return
-        error = source.exception()
-        _settle_from(target, None if error is not None else source.result(), error)
+        if source.cancelled():
+            target.cancel()
+        elif (error := source.exception()) is not None:
+            target.set_exception(error)
+        else:
+            target.set_result(source.result())
 
     return copy
-
-
-def _settle_from(target: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if target.done():
-        return
-    if error is None:
-        target.set_result(result)
-    elif isinstance(error, asyncio.CancelledError):
-        target.cancel()
-    else:
-        target.set_exception(error)
