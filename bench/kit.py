@@ -19,6 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from bridge.config import Settings
+from bridge.embedded import GROUP_TIMEOUTS
 from bridge.management import apply_topics
 from bridge.payload import delivery_id
 
@@ -33,6 +34,9 @@ BASE_WORKER = {
     "breaker_threshold": 100000,
     "drain_timeout": 3.0,
     "retry_jitter": 0.0,
+    # The run's broker is Tansu: the group timeouts `webhook-bridge run` uses on its embedded
+    # broker (a 1 s first join instead of 3 s; see bridge.embedded.GROUP_TIMEOUTS).
+    **GROUP_TIMEOUTS,
 }
 
 

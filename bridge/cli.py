@@ -13,7 +13,7 @@ from typing import Any
 
 from . import __version__
 from .config import Settings, add_setting_flags, overrides_from_args, parse_bool, parse_list
-from .embedded import EmbeddedBroker, _port_open
+from .embedded import GROUP_TIMEOUTS, EmbeddedBroker, _port_open
 from .errors import BridgeError, ConfigError, InvalidRecord, TopicDrift
 from .events import build_event
 
@@ -236,6 +236,9 @@ def _run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     broker: EmbeddedBroker | None = None
     if settings.embedded:
+        settings = Settings.load(
+            overrides=overrides_from_args(args, args.settings), defaults=GROUP_TIMEOUTS
+        )
         broker = EmbeddedBroker(settings.embedded_port)
         broker.start()
         # Development mode: endpoints on this machine over plain http are the point of it.

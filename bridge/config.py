@@ -435,7 +435,8 @@ class Settings:
         "BRIDGE_KAFKA_REBALANCE_TIMEOUT",
         "--kafka-rebalance-timeout",
         _positive_float,
-        "Seconds a consumer-group rebalance may take (kept short so joins take seconds).",
+        "Seconds a consumer-group rebalance may take (kept short so joins take seconds). `run` "
+        "on the embedded broker uses 3 unless set (below twice its session timeout).",
     )
     kafka_fetch_max_wait: float = _setting(
         0.05,
@@ -459,7 +460,10 @@ class Settings:
         "BRIDGE_KAFKA_SESSION_TIMEOUT",
         "--kafka-session-timeout",
         _positive_float,
-        "Seconds before a silent worker is dropped from the group.",
+        "Seconds before a silent worker is dropped from the group (6 is Apache Kafka's lowest "
+        "by default). The embedded broker holds a new group's first join until half of it has "
+        "passed (at most 3 s, checked once a second): `run` on the embedded broker uses 2 unless "
+        "set, a 1 s join.",
     )
 
     def __post_init__(self) -> None:
@@ -491,14 +495,21 @@ class Settings:
         cls,
         env: Mapping[str, str] | None = None,
         overrides: Mapping[str, Any] | None = None,
+        defaults: Mapping[str, Any] | None = None,
     ) -> Settings:
         """Read settings from ``env`` (default: the process environment), then apply overrides.
 
         ``overrides`` holds already-parsed values by field name (the CLI's flags); ``None``
         values are ignored so that an absent flag leaves the environment's value in place.
+        ``defaults`` replaces the declared defaults of some settings (parsed values by field
+        name): for a setting neither the environment nor a flag gives.
         """
         source = os.environ if env is None else env
         values: dict[str, Any] = {}
+        for name, value in (defaults or {}).items():
+            if name not in cls.specs():
+                raise ConfigError(f"unknown setting {name!r}")
+            values[name] = value
         for name, spec in cls.specs().items():
             raw = source.get(spec.env)
             if raw is None:

@@ -9,7 +9,16 @@ from types import TracebackType
 
 from .errors import ConfigError
 
-__all__ = ["EmbeddedBroker", "broker_binary", "free_port"]
+__all__ = ["EmbeddedBroker", "GROUP_TIMEOUTS", "broker_binary", "free_port"]
+
+#: Consumer-group timeouts of a worker on the embedded broker where none are configured. Tansu
+#: (0.6) answers the first JoinGroup of a forming group only once half the member's session
+#: timeout has passed, at most 3 s, looking once a second: a 3 s join at the 6 s session that
+#: Apache Kafka requires by default, 1 s at 2 s. Every start and every replacement of a failed
+#: worker waits for it. (Apache Kafka's counterpart is the broker's
+#: ``group.initial.rebalance.delay.ms``, which docker-compose sets to 0.) The rebalance timeout
+#: must stay below twice the session timeout.
+GROUP_TIMEOUTS: dict[str, float] = {"kafka_session_timeout": 2.0, "kafka_rebalance_timeout": 3.0}
 
 
 def broker_binary() -> str:

@@ -18,6 +18,7 @@ from bridge.config import (
     parse_bool,
     parse_list,
 )
+from bridge.embedded import GROUP_TIMEOUTS
 from bridge.errors import BridgeError, ConfigError
 
 SASL = {
@@ -334,6 +335,31 @@ def test_false_override_is_not_ignored() -> None:
 def test_unknown_override_is_rejected() -> None:
     with pytest.raises(ConfigError, match="no_such_setting"):
         Settings.load(env={}, overrides={"no_such_setting": 1})
+
+
+def test_given_defaults_yield_to_env_and_flags() -> None:
+    defaults = {"kafka_session_timeout": 5.0, "group_id": "from-defaults", "http_timeout": 9.0}
+    settings = Settings.load(
+        env={"BRIDGE_GROUP_ID": "from-env"}, overrides={"http_timeout": 7.0}, defaults=defaults
+    )
+    assert settings.kafka_session_timeout == 5.0
+    assert settings.group_id == "from-env"
+    assert settings.http_timeout == 7.0
+    assert Settings.load(env={}).kafka_session_timeout == DEFAULTS["kafka_session_timeout"]
+
+
+def test_unknown_default_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="no_such_setting"):
+        Settings.load(env={}, defaults={"no_such_setting": 1})
+
+
+def test_embedded_group_timeouts_are_valid_settings_and_shorter() -> None:
+    settings = Settings.load(env={}, defaults=GROUP_TIMEOUTS)
+    # Tansu answers a forming group's first join once half the session timeout has passed
+    # (at most 3 s), looking once a second: 2 s is the longest session with a 1 s join.
+    assert settings.kafka_session_timeout <= 2.0
+    assert settings.kafka_rebalance_timeout < 2 * settings.kafka_session_timeout
+    assert settings.kafka_session_timeout < DEFAULTS["kafka_session_timeout"]
 
 
 # ----------------------------------------------------------------------------- SASL
