@@ -95,7 +95,9 @@ class Bridge:
         self.statuses: dict[str, dict[str, Any]] = {}
         self.health = EndpointHealth(settings.disable_after, self.statuses.get)
         self.freshness = TableFreshness(
-            self._subscription_end_offsets, timeout=settings.subscription_sync_timeout
+            self._subscription_end_offsets,
+            timeout=settings.subscription_sync_timeout,
+            source_ends=self._source_ends,
         )
         self._partitions = {spec.name: spec.partitions for spec in declared_topics(settings)}
         self._pipeline: Pipeline | None = None
@@ -284,6 +286,26 @@ class Bridge:
                 await consumer.start()
                 self._offsets_consumer = consumer
             return self._offsets_consumer
+
+    def _source_ends(self) -> dict[tuple[str, int], int]:
+        """The high-water marks of this worker's source partitions as its consumer last fetched
+        them (no request: aiokafka keeps them from each fetch response, in Faust's consumer
+        thread). Empty when they cannot be read, for instance during a rebalance: rounds then
+        cover records by arrival time only."""
+        sources = self.settings.source_topics
+        consumer = self.app.consumer
+        ends: dict[tuple[str, int], int] = {}
+        try:
+            for tp in consumer.assignment():
+                if tp.topic in sources:
+                    end = consumer.highwater(tp)
+                    if end is not None:
+                        ends[(tp.topic, tp.partition)] = end
+        except (AssertionError, RuntimeError, KeyError):
+            # aiokafka asserts the partition is assigned; the assignment can change under the
+            # loop (the consumer thread) while this reads it.
+            return {}
+        return ends
 
     async def _subscription_end_offsets(self) -> Mapping[int, int]:
         consumer = await self._offsets()

@@ -88,7 +88,8 @@ class Pipeline:
         (or one task) each.
         """
         received_at = self._clock()
-        if self._freshness is None or (not self._held and self._freshness.covers(received_at)):
+        freshness = self._freshness
+        if freshness is None or (not self._held and freshness.covers(received_at, source)):
             await self._match(raw, source, ack)
             return
         await self._waiting.acquire()
@@ -113,13 +114,32 @@ class Pipeline:
             self._releaser = self._track(self._release_held())
 
     async def _release_held(self) -> None:
-        """Match held records once the table is current as of the newest of them."""
+        """Match held records once the table is current as of the newest of them.
+
+        Records that arrived while that was checked are matched with them only when the check
+        covers them too (see :mod:`bridge.sync`); the others wait for the next round. A
+        partition's records arrive in offset order and coverage only grows, so what is matched
+        of one partition is always its oldest held records, in order.
+        """
         freshness = self._freshness
         while self._held:
             current = True
             if freshness is not None:
-                current = await freshness.wait_current(self._held[-1][0])
-            batch, self._held = self._held, deque()
+                received_at, _, source, _ = self._held[-1]
+                current = await freshness.wait_current(received_at, source)
+            if current and freshness is not None:
+                batch: deque[tuple[float, bytes | None, SourceRef, Ack]] = deque()
+                kept: deque[tuple[float, bytes | None, SourceRef, Ack]] = deque()
+                for held in self._held:
+                    (batch if freshness.covers(held[0], held[2]) else kept).append(held)
+                if not batch:
+                    # wait_current said yes for the newest record, so covers must too; never
+                    # spin on a check that contradicts itself: match them all, as on a timeout.
+                    log.error("subscription table check passed a record it does not cover")
+                    batch, kept = kept, batch
+                self._held = kept
+            else:
+                batch, self._held = self._held, deque()
             if not current:
                 self._metrics.sync_timeouts.inc(len(batch))
                 log.warning(

@@ -6,6 +6,15 @@ the worker checks that the table has applied everything that was in the subscrip
 the event was received: a *round* reads the topic's end offsets, then waits until the table has
 applied records up to them. Events received before a round started are covered by it; rounds are
 shared by all waiting events, so the cost is one offsets request per batch of events, not per event.
+
+A round also covers every source record below the high-water marks the worker's consumer had
+seen when the round started (``source_ends``): such a record was in its partition before the
+broker answered that fetch, so before the round asked for the subscriptions topic's end, and so
+was every subscription change published before it. That covers the records of a fetch that
+reach the worker while a round runs, and records fetched before a round started and handed on
+after it, without another round. (Covering them because they arrived while the round waited,
+as the first version did, was wrong: a record published after the round read the end offsets
+could arrive before the round ended.)
 """
 
 from __future__ import annotations
@@ -13,10 +22,27 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
-__all__ = ["TableFreshness"]
+__all__ = ["TableFreshness", "Position"]
 
 EndOffsets = Callable[[], Awaitable[Mapping[int, int]]]
+#: The consumer's high-water marks of the source partitions, by (topic, partition): what the
+#: latest fetch responses reported, read without a request.
+SourceEnds = Callable[[], Mapping[tuple[str, int], int]]
+
+
+class Position(Protocol):
+    """Where a source record is (:class:`bridge.deadletters.SourceRef` is one)."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
 
 
 class TableFreshness:
@@ -28,8 +54,12 @@ class TableFreshness:
         *,
         timeout: float,
         clock: Callable[[], float] = time.monotonic,
+        source_ends: SourceEnds | None = None,
     ) -> None:
         self._end_offsets = end_offsets
+        self._source_ends = source_ends
+        #: Source records below these offsets, by (topic, partition), are covered.
+        self._covered_offsets: dict[tuple[str, int], int] = {}
         self._timeout = timeout
         self._clock = clock
         #: Next offset to apply, by partition (i.e. last applied offset + 1).
@@ -46,21 +76,27 @@ class TableFreshness:
             self._applied[partition] = offset + 1
             self._progress.set()
 
-    def covers(self, received_at: float) -> bool:
-        """True when a finished round already covers a record received at ``received_at``."""
-        return received_at <= self._covered_until
+    def covers(self, received_at: float, source: Position | None = None) -> bool:
+        """True when a finished round already covers a record received at ``received_at``
+        (from ``source``, when it is a source record)."""
+        if received_at <= self._covered_until:
+            return True
+        if source is None:
+            return False
+        return source.offset < self._covered_offsets.get((source.topic, source.partition), 0)
 
     def caught_up_to(self, ends: Mapping[int, int]) -> bool:
         return all(self._applied.get(p, 0) >= end for p, end in ends.items() if end > 0)
 
-    async def wait_current(self, received_at: float) -> bool:
+    async def wait_current(self, received_at: float, source: Position | None = None) -> bool:
         """Wait until every subscription change that reached the topic before ``received_at``
-        (a value of ``clock``) is applied. False when that could not be shown within the timeout:
-        the caller then matches against the table as it is (and counts it)."""
-        if received_at <= self._covered_until:
+        (a value of ``clock``), or before the record at ``source``, is applied. False when that
+        could not be shown within the timeout: the caller then matches against the table as it
+        is (and counts it). True means :meth:`covers` says so from then on."""
+        if self.covers(received_at, source):
             return True
         deadline = self._clock() + self._timeout
-        while received_at > self._covered_until:
+        while not self.covers(received_at, source):
             remaining = deadline - self._clock()
             if remaining <= 0:
                 return False
@@ -91,8 +127,14 @@ class TableFreshness:
         return True
 
     async def _run_round(self, started: float) -> None:
+        # Read before the request goes out: these records were in the topic before it.
+        seen = dict(self._source_ends()) if self._source_ends is not None else {}
         ends = await self._end_offsets()
         while not self.caught_up_to(ends):
             self._progress.clear()
             await self._progress.wait()
         self._covered_until = max(self._covered_until, started)
+        covered = self._covered_offsets
+        for key, end in seen.items():
+            if end > covered.get(key, 0):
+                covered[key] = end

@@ -183,10 +183,10 @@ class FixedFreshness:
         self.current = current
         self.calls: list[float] = []
 
-    def covers(self, received_at: float) -> bool:
-        return False
+    def covers(self, received_at: float, source: Any = None) -> bool:
+        return self.current and bool(self.calls)
 
-    async def wait_current(self, received_at: float) -> bool:
+    async def wait_current(self, received_at: float, source: Any = None) -> bool:
         self.calls.append(received_at)
         return self.current
 
@@ -832,6 +832,48 @@ async def test_a_backlog_of_overdue_retries_shares_one_offsets_request() -> None
     assert requests == 1
 
 
+async def test_a_record_arriving_during_a_round_is_matched_with_it_only_if_covered() -> None:
+    clock = 1.0
+    gate = asyncio.Event()
+    requests = 0
+
+    async def end_offsets() -> dict[int, int]:
+        nonlocal requests
+        requests += 1
+        await gate.wait()
+        return {0: 1} if requests == 1 else {0: 2}
+
+    # The consumer had fetched the events partition up to offset 42 when the round started.
+    seen = {("postion.events", 2): 42}
+    freshness = TableFreshness(
+        end_offsets, timeout=PROMPT, clock=lambda: clock, source_ends=lambda: dict(seen)
+    )
+    freshness.applied(0, 0)
+    h = Harness([webhook("w")], ScriptedSender(), freshness=freshness)
+    h.pipeline._clock = lambda: clock
+    acks = Acks()
+
+    async def handle(event_id: str, offset: int) -> None:
+        source = SourceRef("postion.events", 2, offset, b"site_789")
+        await h.pipeline.handle_event(make_event(event_id=event_id).to_bytes(), source, acks)
+
+    await handle("first", 40)
+    await until(lambda: requests == 1)
+    clock = 2.0  # both arrive while the round runs
+    seen[("postion.events", 2)] = 44
+    await handle("fetched-before-the-round", 41)
+    await handle("published-after-it-read-the-ends", 42)
+    gate.set()
+    await until(lambda: acks.count == 2)
+    await until(lambda: requests == 2)
+    await settle()
+    assert [d.event_id for d in h.sender.sent] == ["first", "fetched-before-the-round"]
+    freshness.applied(0, 1)  # the subscription change the second round waits for
+    await until(lambda: acks.count == 3)
+    await h.settled()
+    assert [d.event_id for d in h.sender.sent][2:] == ["published-after-it-read-the-ends"]
+
+
 class GatedFreshness:
     """Not current until the test opens the gate; records each wait."""
 
@@ -839,10 +881,10 @@ class GatedFreshness:
         self.gate = asyncio.Event()
         self.calls: list[float] = []
 
-    def covers(self, received_at: float) -> bool:
+    def covers(self, received_at: float, source: Any = None) -> bool:
         return self.gate.is_set()
 
-    async def wait_current(self, received_at: float) -> bool:
+    async def wait_current(self, received_at: float, source: Any = None) -> bool:
         self.calls.append(received_at)
         await self.gate.wait()
         return True

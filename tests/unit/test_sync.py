@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from bridge.deadletters import SourceRef
 from bridge.sync import TableFreshness
 from tests.support.clocks import FakeClock
 
@@ -349,3 +350,80 @@ async def test_a_waiter_is_not_confused_by_the_next_round_another_waiter_started
 async def _until(condition: Any) -> None:
     while not condition():
         await asyncio.sleep(0)
+
+
+# ------------------------------------------------- source records covered by their offsets
+
+
+class SeenEnds:
+    """The consumer's high-water marks of the source partitions, as the test sets them; records
+    whether they were read before the end-offsets request of each round."""
+
+    def __init__(self, ends: FakeEndOffsets) -> None:
+        self.value: dict[tuple[str, int], int] = {}
+        self._ends = ends
+        self.read_before_request: list[bool] = []
+
+    def __call__(self) -> dict[tuple[str, int], int]:
+        self.read_before_request.append(self._ends.calls == len(self.read_before_request))
+        return dict(self.value)
+
+
+def at(partition: int, offset: int, topic: str = "events") -> SourceRef:
+    return SourceRef(topic, partition, offset)
+
+
+async def test_a_round_covers_source_records_below_the_ends_seen_when_it_started() -> None:
+    clock = FakeClock(1.0)
+    ends = FakeEndOffsets({0: 1})
+    ends.gate.clear()
+    seen = SeenEnds(ends)
+    fresh = TableFreshness(ends, timeout=5, clock=clock, source_ends=seen)
+    seen.value = {("events", 0): 10, ("events", 1): 4}
+    first = asyncio.create_task(fresh.wait_current(1.0, at(0, 3)))
+    await ends.wait_calls(1)
+    assert seen.read_before_request == [True]
+    # Fetched before the round began, handed on after: covered by the same round.
+    clock.now = 2.0
+    seen.value = {("events", 0): 12, ("events", 1): 4}  # a later fetch: not this round's
+    handed_on = asyncio.create_task(fresh.wait_current(2.0, at(0, 9)))
+    await settle()
+    fresh.applied(0, 0)
+    ends.gate.set()
+    assert await asyncio.wait_for(first, PROMPT) is True
+    assert await asyncio.wait_for(handed_on, PROMPT) is True
+    assert ends.calls == 1
+    assert fresh.covers(2.0, at(1, 3))
+    # Not below what the round saw, and received after it started: not covered.
+    assert not fresh.covers(2.0, at(0, 10))
+    assert not fresh.covers(2.0, at(1, 4))
+    assert not fresh.covers(2.0, at(2, 0))
+    assert not fresh.covers(2.0, at(0, 3, topic="other"))
+    assert not fresh.covers(2.0)
+    # Received before the round started: covered whatever its offset.
+    assert fresh.covers(1.0, at(0, 99))
+
+
+async def test_a_source_record_above_what_the_round_saw_waits_for_the_next_round() -> None:
+    clock = FakeClock(1.0)
+    ends = FakeEndOffsets({0: 1}, {0: 2})
+    ends.gate.clear()
+    seen = SeenEnds(ends)
+    seen.value = {("events", 0): 5}
+    fresh = TableFreshness(ends, timeout=5, clock=clock, source_ends=seen)
+    first = asyncio.create_task(fresh.wait_current(1.0, at(0, 4)))
+    await ends.wait_calls(1)
+    clock.now = 2.0
+    seen.value = {("events", 0): 6}
+    # Published after the round read the ends: it must not ride on that round.
+    late = asyncio.create_task(fresh.wait_current(2.0, at(0, 5)))
+    fresh.applied(0, 0)
+    ends.gate.set()
+    assert await asyncio.wait_for(first, PROMPT) is True
+    await ends.wait_calls(2)
+    await settle()
+    assert not late.done(), "covered only once the second round's end offset is applied"
+    fresh.applied(0, 1)
+    assert await asyncio.wait_for(late, PROMPT) is True
+    assert seen.read_before_request == [True, True]
+    assert fresh.covers(2.0, at(0, 5))
