@@ -301,9 +301,10 @@ class Bridge:
                     end = consumer.highwater(tp)
                     if end is not None:
                         ends[(tp.topic, tp.partition)] = end
-        except (AssertionError, RuntimeError, KeyError):
-            # aiokafka asserts the partition is assigned; the assignment can change under the
-            # loop (the consumer thread) while this reads it.
+        except Exception:
+            # aiokafka asserts the partition is assigned, the assignment can change under the
+            # loop (the consumer thread) while this reads it, and the consumer may be stopping:
+            # the marks only let a round cover more, so without them it covers by time alone.
             return {}
         return ends
 
