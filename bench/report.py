@@ -162,6 +162,8 @@ NOTES = {
         "p50_vs_broker_floor",
         "worker_cpu_pct",
         "sync_timeouts",
+        "received_p99_ms",
+        "matched_p99_ms",
     ],
     "isolation": [
         "offered_per_s",
@@ -361,6 +363,10 @@ receiver by delivery id (each expected id once; repeats are reported as duplicat
   values are within about 1 ms). Events of the first 2 s of load are reported apart
   (`warmup_p50_ms`, `warmup_p99_ms`, `warmup_max_ms`): the worker reports ready about a second
   before it delivers at full speed; p50/p99 (here and in the isolation scenarios) are the rest.
+  Where the time goes, from the worker's own histograms over the whole run (warm-up included,
+  interpolated within buckets): `received_p50_ms`/`received_p99_ms` from the event's timestamp
+  to its record reaching the pipeline, `matched_*` to its match after the subscription-freshness
+  check; the rest up to the receiver is the delivery itself.
 - **isolation**: the same paced load, 10% of the webhooks on an endpoint that does not answer for
   600 s (`bench/receiver.py` in hang mode), `BRIDGE_HTTP_TIMEOUT=2`, the default breaker threshold
   (5); the healthy 90%'s deliveries/s and latency compared with a run of the same shape where

@@ -525,12 +525,26 @@ async def latency_half_load(ctx: Context) -> dict[str, Any]:
         ready_s=round(run["ready_s"], 2),
         loadavg_start=run["loadavg_start"],
         loadavg_end=run["loadavg_end"],
+        **_stage_quantiles(run["metrics"]),
         **run["extras"],
         **run["profiled"],
     )
     if not run["complete"]:
         result["error"] = f"{run['healthy_expected'] - run['healthy_delivered']} not delivered"
     return result
+
+
+def _stage_quantiles(metrics: dict[str, float]) -> dict[str, float | None]:
+    """Where the latency goes, from the worker's histograms (whole run, warm-up included;
+    interpolated within buckets): event timestamp -> record received by the pipeline ->
+    matched after the freshness check."""
+    out: dict[str, float | None] = {}
+    stages = "webhook_bridge_event_stage_latency_seconds"
+    for stage in ("received", "matched"):
+        for q in (0.5, 0.99):
+            value = kit.histogram_quantile(metrics, stages, q, stage=stage)
+            out[f"{stage}_p{round(q * 100)}_ms"] = _ms(value)
+    return out
 
 
 async def _isolation(ctx: Context, name: str, mode: str, fault_seconds: float) -> dict[str, Any]:

@@ -14,7 +14,14 @@ from prometheus_client import (
 )
 from prometheus_client.values import MutexValue
 
-__all__ = ["Metrics", "HotCounter", "HotHistogram", "LATENCY_BUCKETS", "REQUEST_BUCKETS"]
+__all__ = [
+    "Metrics",
+    "HotCounter",
+    "HotHistogram",
+    "LATENCY_BUCKETS",
+    "REQUEST_BUCKETS",
+    "STAGE_BUCKETS",
+]
 
 #: Seconds; end-to-end latency spans milliseconds (healthy) to hours (after retries).
 LATENCY_BUCKETS = (
@@ -35,6 +42,31 @@ LATENCY_BUCKETS = (
     1800.0,
     3600.0,
     21600.0,
+    86400.0,
+)
+#: Seconds; the stages before a delivery take milliseconds when healthy (a 50 ms target needs
+#: buckets on both sides of it) and hours for a replayed backlog.
+STAGE_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.04,
+    0.05,
+    0.06,
+    0.075,
+    0.09,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    5.0,
+    30.0,
+    300.0,
+    3600.0,
     86400.0,
 )
 #: Seconds; an HTTP request is cut off at the 30 s timeout.
@@ -106,6 +138,15 @@ class Metrics:
             "webhook_bridge_end_to_end_latency_seconds",
             "Time from the event's timestamp to the receiver's 200.",
             buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.stage_latency = Histogram(
+            "webhook_bridge_event_stage_latency_seconds",
+            "Time from the event's timestamp to a stage of its first attempt in this worker: "
+            "received (its record reached the pipeline), matched (the subscription table was "
+            "current and the event matched).",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
             registry=registry,
         )
         self.in_flight = Gauge(

@@ -90,7 +90,7 @@ class Pipeline:
         received_at = self._clock()
         freshness = self._freshness
         if freshness is None or (not self._held and freshness.covers(received_at, source)):
-            await self._match(raw, source, ack)
+            await self._match(raw, source, ack, received_at)
             return
         await self._waiting.acquire()
         self._hold(received_at, raw, source, ack)
@@ -146,17 +146,19 @@ class Pipeline:
                     "subscription table not known to be current; matching anyway",
                     extra={"records": len(batch)},
                 )
-            for _, raw, source, ack in batch:
+            for received_at, raw, source, ack in batch:
                 self._waiting.release()
                 try:
-                    await self._match(raw, source, ack)
+                    await self._match(raw, source, ack, received_at)
                 except Exception:
                     log.exception(
                         "matching a record failed; it stays unacknowledged",
                         extra={"topic": source.topic, "offset": source.offset},
                     )
 
-    async def _match(self, raw: bytes | None, source: SourceRef, ack: Ack) -> None:
+    async def _match(
+        self, raw: bytes | None, source: SourceRef, ack: Ack, received_at: float
+    ) -> None:
         try:
             event = parse_event(raw)
         except InvalidEvent as exc:
@@ -168,7 +170,16 @@ class Pipeline:
             await self._dead_letter_record(source, exc.reason, exc.detail, raw, None)
             ack()
             return
-        self._metrics.child(self._metrics.events, event.type).inc()
+        m = self._metrics
+        m.child(m.events, event.type).inc()
+        # The stages of the event's way to its first attempt, on the event's own clock (its
+        # timestamp): received is when its record reached the pipeline (``received_at`` on the
+        # pipeline's clock, carried over to the wall clock).
+        now = self._wall_time()
+        occurred = event.occurred_at.timestamp()
+        received = now - (self._clock() - received_at)
+        m.child(m.stage_latency, "received").observe(max(0.0, received - occurred))
+        m.child(m.stage_latency, "matched").observe(max(0.0, now - occurred))
         encoded = EncodedEvent.of(event)
         jobs = [Job(encoded, webhook, 1, source) for webhook in self._index.match(event)]
         await self._start(jobs, ack)

@@ -874,6 +874,31 @@ async def test_a_record_arriving_during_a_round_is_matched_with_it_only_if_cover
     assert [d.event_id for d in h.sender.sent][2:] == ["published-after-it-read-the-ends"]
 
 
+async def test_stage_latencies_are_observed_from_the_event_timestamp() -> None:
+    # The event says 10:30:00; the wall clock reads NOW (10:30:02.5). Its record reached the
+    # pipeline at 100.0 on the pipeline's clock and was matched at 100.5, after a freshness
+    # round: received 2.0 s after the event's timestamp, matched 2.5 s.
+    clock = [100.0]
+
+    class Round(FixedFreshness):
+        async def wait_current(self, received_at: float, source: Any = None) -> bool:
+            clock[0] = 100.5  # the round took half a second
+            return await super().wait_current(received_at, source)
+
+    h = Harness([webhook("w")], ScriptedSender(), freshness=Round(current=True))
+    h.pipeline._clock = lambda: clock[0]
+    await h.pipeline.handle_event(make_event().to_bytes(), SOURCE, Acks())
+    await h.settled()
+    stage = "webhook_bridge_event_stage_latency_seconds"
+    assert h.value(stage + "_count", stage="received") == 1
+    assert h.value(stage + "_sum", stage="received") == pytest.approx(2.0)
+    assert h.value(stage + "_sum", stage="matched") == pytest.approx(2.5)
+    # Invalid records have no timestamp to measure from.
+    await h.pipeline.handle_event(b"{not json", SOURCE, Acks())
+    await h.settled()
+    assert h.value(stage + "_count", stage="received") == 1
+
+
 class GatedFreshness:
     """Not current until the test opens the gate; records each wait."""
 
