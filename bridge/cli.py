@@ -8,7 +8,7 @@ import gc
 import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import __version__
@@ -207,8 +207,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    return Settings.load(overrides=overrides_from_args(args, args.settings))
+def _settings(args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -> Settings:
+    return Settings.load(overrides=overrides_from_args(args, args.settings), defaults=defaults)
 
 
 def _managed(settings: Settings) -> Settings:
@@ -236,9 +236,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     broker: EmbeddedBroker | None = None
     if settings.embedded:
-        settings = Settings.load(
-            overrides=overrides_from_args(args, args.settings), defaults=GROUP_TIMEOUTS
-        )
+        settings = _settings(args, defaults=GROUP_TIMEOUTS)
         broker = EmbeddedBroker(settings.embedded_port)
         broker.start()
         # Development mode: endpoints on this machine over plain http are the point of it.
