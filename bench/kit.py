@@ -311,6 +311,8 @@ class Published:
 
     stamps: dict[str, float] = field(default_factory=dict)
     sites: dict[str, str] = field(default_factory=dict)
+    #: Seconds from each event's timestamp to the broker's acknowledgement of its write.
+    acks: list[float] = field(default_factory=list)
 
     def expected_ids(self, hooks_by_site: dict[str, list[Hook]]) -> dict[str, tuple[str, str]]:
         """delivery id -> (event id, webhook id) of every delivery these events should produce."""
@@ -388,13 +390,15 @@ async def publish_paced(
                 site, user = sites[sent % len(sites)]
                 event_id = str(uuid.uuid4())
                 stamp, value = _stamp_ms(time.time())
-                futures.append(
-                    await producer.send(
-                        settings.events_topic,
-                        event_bytes(event_id, site, user, stamp, sent),
-                        key=site.encode(),
-                    )
+                written = await producer.send(
+                    settings.events_topic,
+                    event_bytes(event_id, site, user, stamp, sent),
+                    key=site.encode(),
                 )
+                written.add_done_callback(
+                    lambda _, at=value: published.acks.append(time.time() - at)
+                )
+                futures.append(written)
                 published.stamps[event_id] = value
                 published.sites[event_id] = site
                 sent += 1
@@ -457,6 +461,17 @@ def sample_body(n: int = 0) -> tuple[bytes, dict[str, str]]:
 
 def sign(secret: bytes, body: bytes) -> str:
     return hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def window_quantile(
+    samples: Iterable[tuple[float, float]], start: float, width: float, q: float
+) -> list[float | None]:
+    """``q`` quantile of the values of ``(moment, value)`` samples in consecutive windows of
+    ``width`` seconds from ``start`` (a quantile per window, in order)."""
+    windows: dict[int, list[float]] = {}
+    for moment, value in samples:
+        windows.setdefault(int((moment - start) // width), []).append(value)
+    return [percentile(windows.get(i, ()), q) for i in range(max(windows, default=-1) + 1)]
 
 
 def percentile(values: Iterable[float], q: float) -> float | None:

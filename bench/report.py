@@ -120,6 +120,8 @@ def busy_processes(exclude_self: bool = True, limit: int = 6) -> list[str]:
 def _fmt(value: Any) -> str:
     if value is None:
         return "–"
+    if isinstance(value, list):
+        return "/".join(_fmt(v) for v in value)
     if isinstance(value, float):
         if value >= 100:
             return f"{value:,.0f}"
@@ -164,6 +166,10 @@ NOTES = {
         "sync_timeouts",
         "received_p99_ms",
         "matched_p99_ms",
+        "p99_by_5s_ms",
+        "publish_ack_p99_ms",
+        "same_load_floor_p99_ms",
+        "same_load_floor_p99_by_5s_ms",
     ],
     "isolation": [
         "offered_per_s",

@@ -17,8 +17,9 @@ from typing import Any
 
 from bridge.config import Settings
 
-from . import kit
-from .kit import Hook, Published, Worker, metric_sum, percentile
+from . import ceilings, kit
+from .ceilings import WINDOW_S
+from .kit import Hook, Published, Worker, metric_sum, percentile, window_quantile
 from .procs import Procs, rss_kib
 from .profiling import Profiler, format_summary, summarise
 from .receivers import Arrivals, Receiver, start_aiohttp
@@ -464,9 +465,11 @@ async def paced(
         # before it delivers at full speed (BENCHMARKS.md), which is start-up, not steady state.
         begin = min(published.stamps.values(), default=0.0)
         latencies, warmup = [], []
+        samples = []
         for d in first:
             stamp = published.stamps[event_of[d]]
             (warmup if stamp < begin + WARMUP_S else latencies).append(first[d] - stamp)
+            samples.append((stamp, first[d] - stamp))
         return {
             "warmup_latencies": warmup,
             "settings": settings,
@@ -476,6 +479,8 @@ async def paced(
             "healthy_delivered": len(first),
             "complete": complete,
             "latencies": latencies,
+            "p99_by_window": window_quantile(samples, begin, WINDOW_S, 0.99),
+            "acks": published.acks,
             "healthy_rate": len(first) / publish_s if publish_s > 0 else None,
             "ready_s": ready,
             "worker_cpu_pct": round(100 * cpu / wall, 1) if wall > 0 else None,
@@ -496,10 +501,22 @@ WARMUP_S = 2.0
 
 
 async def latency_half_load(ctx: Context) -> dict[str, Any]:
-    """Publish at half the fan-out-1 rate; event timestamp -> receiver arrival."""
+    """Publish at half the fan-out-1 rate; event timestamp -> receiver arrival. Then the same
+    publishing, for as long, read by a raw aiokafka consumer with the worker's fetch wait: the
+    broker's own latency at this load, the floor under the worker's."""
     rate = _half_rate(ctx)
     run = await paced(ctx, "latency_half_load", rate, ctx.sizes.paced_seconds)
     lat = run["latencies"]
+    wait_ms = round(run["settings"].kafka_fetch_max_wait * 1000)
+    floor = await ceilings.kafka_latency_floor(
+        ctx.bootstrap,
+        f"{ctx.prefix('latency_half_load-floor')}.events",
+        rate,
+        ctx.sizes.paced_seconds,
+        fetch_max_wait_ms=wait_ms,
+    )
+    windows = f"p99_by_{WINDOW_S:g}s_ms"
+    acks = run["acks"]
     result = _result(
         ctx,
         "latency_half_load",
@@ -516,6 +533,13 @@ async def latency_half_load(ctx: Context) -> dict[str, Any]:
         p50_vs_broker_floor=round(percentile(lat, 0.5) * 1000 / ctx.latency_floor_ms, 2)
         if lat and ctx.latency_floor_ms
         else None,
+        **{windows: [_ms(q) for q in run["p99_by_window"]]},
+        publish_ack_p50_ms=_ms(percentile(acks, 0.5)),
+        publish_ack_p99_ms=_ms(percentile(acks, 0.99)),
+        same_load_floor_p50_ms=floor["p50_ms"],
+        same_load_floor_p99_ms=floor["p99_ms"],
+        **{f"same_load_floor_{windows}": floor[windows]},
+        same_load_floor_fetch_wait_ms=wait_ms,
         max_ms=_ms(max(lat) if lat else None),
         warmup_s=WARMUP_S,
         warmup_p50_ms=_ms(percentile(run["warmup_latencies"], 0.5)),
