@@ -372,7 +372,12 @@ receiver by delivery id (each expected id once; repeats are reported as duplicat
   Where the time goes, from the worker's own histograms over the whole run (warm-up included,
   interpolated within buckets): `received_p50_ms`/`received_p99_ms` from the event's timestamp
   to its record reaching the pipeline, `matched_*` to its match after the subscription-freshness
-  check; the rest up to the receiver is the delivery itself.
+  check; the rest up to the receiver is the delivery itself. `p99_by_5s_ms`: the p99 of each
+  5-second window of load, in order (by event timestamp, warm-up included). `publish_ack_*`:
+  from the event's timestamp to the broker's acknowledgement of its write. `same_load_floor_*`:
+  after the worker's run, the same publishing (rate, duration, ticks) into a fresh topic read by
+  a raw aiokafka consumer with the worker's fetch wait (`ceilings.kafka_latency_floor`): the
+  broker's own publish -> consume latency at this load, with its p99 per window too.
 - **isolation**: the same paced load, 10% of the webhooks on an endpoint that does not answer for
   600 s (`bench/receiver.py` in hang mode), `BRIDGE_HTTP_TIMEOUT=2`, the default breaker threshold
   (5); the healthy 90%'s deliveries/s and latency compared with a run of the same shape where
