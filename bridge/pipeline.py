@@ -28,13 +28,25 @@ from .retries import parse_retry
 from .subscriptions import SubscriptionIndex
 from .sync import TableFreshness
 
-__all__ = ["Pipeline"]
+__all__ = ["Pipeline", "drain_worst_case", "handover_timeout"]
 
 log = logging.getLogger(__name__)
 
 #: Acknowledges a record; synchronous, so the acknowledgement of a job's attempt record can
 #: settle the job (and its record) from a callback (see :meth:`Deliverer.run`).
 Ack = Callable[[], None]
+
+
+def handover_timeout(drain_timeout: float) -> float:
+    """Longest wait, after the drain timeout, for the jobs handed to the retry path and the
+    records still on their way (at least 5 s, so that a short drain can still write them)."""
+    return max(5.0, drain_timeout)
+
+
+def drain_worst_case(drain_timeout: float) -> float:
+    """The longest :meth:`Pipeline.drain` can take with ``drain_timeout``: what a supervisor's
+    grace period must cover, plus the time to commit and leave the consumer group."""
+    return drain_timeout + handover_timeout(drain_timeout)
 
 
 class Pipeline:
@@ -325,5 +337,5 @@ class Pipeline:
         # Jobs that ended meanwhile may have left writes not waited for above.
         rest = {*unfinished, *self._written}
         if rest:
-            await asyncio.wait(rest, timeout=max(5.0, timeout))
+            await asyncio.wait(rest, timeout=handover_timeout(timeout))
         return len(unfinished)

@@ -19,6 +19,7 @@ import yaml
 from bridge.cli import _parser
 from bridge.config import Settings
 from bridge.events import build_event
+from bridge.pipeline import drain_worst_case
 from bridge.retry_policy import parse_duration
 from bridge.ssrf import check_url
 from bridge.subscriptions import webhook_from_record
@@ -135,9 +136,11 @@ def test_bridge_settings_allow_the_demo_receiver_only_by_configuration() -> None
         "10.0.0.0/8",
     }
     assert "DEMO ONLY" in COMPOSE_FILE.read_text()
-    # Docker's default SIGKILL after 10 s would cut the drain short.
+    # Docker's default SIGKILL after 10 s would cut the drain short; so would anything shorter
+    # than the drain's worst case (in-flight deliveries, then the handed-over ones) plus the
+    # time to commit and leave the group.
     grace = parse_duration(SERVICES["bridge"]["stop_grace_period"])
-    assert grace > settings.drain_timeout
+    assert grace >= drain_worst_case(settings.drain_timeout) + 10
 
 
 def _documented_commands() -> list[list[str]]:

@@ -144,15 +144,18 @@ Seconds of a duration as bridge/retry_policy.py parses it: 200ms, 5s, 5m, 2h, 1d
 {{- end }}
 
 {{/*
-terminationGracePeriodSeconds: the explicit value, or the drain timeout plus the margin that Faust
-needs after the drain to commit offsets and leave the consumer group.
+terminationGracePeriodSeconds: the explicit value, or the drain's worst case plus the margin that
+Faust needs after the drain to commit offsets and leave the consumer group. The drain waits up to
+drainTimeout for in-flight deliveries, then up to max(5 s, drainTimeout) for the ones it handed to
+the retry path (bridge.pipeline.drain_worst_case).
 */}}
 {{- define "webhook-bridge.terminationGracePeriodSeconds" -}}
 {{- if not (kindIs "invalid" .Values.terminationGracePeriodSeconds) }}
 {{- .Values.terminationGracePeriodSeconds | int64 }}
 {{- else }}
 {{- $drain := include "webhook-bridge.durationSeconds" (.Values.config.drainTimeout | default "20s") | float64 }}
-{{- addf (ceil $drain) .Values.terminationGraceMarginSeconds | int64 }}
+{{- $handover := max 5 (ceil $drain | int64) }}
+{{- addf (ceil $drain) $handover .Values.terminationGraceMarginSeconds | int64 }}
 {{- end }}
 {{- end }}
 
