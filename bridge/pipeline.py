@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 #: Acknowledges a record; synchronous, so the acknowledgement of a job's attempt record can
 #: settle the job (and its record) from a callback (see :meth:`Deliverer.run`).
 Ack = Callable[[], None]
+#: A record waiting for the subscription table: when it arrived, its value, where it is, and
+#: how to acknowledge it.
+Held = tuple[float, bytes | None, SourceRef, Ack]
 
 
 def handover_timeout(drain_timeout: float) -> float:
@@ -81,7 +84,7 @@ class Pipeline:
         self._written: set[asyncio.Future[Any]] = set()
         metrics.pending.set_function(lambda: self.in_flight)
         #: Records waiting for the subscription table, oldest first, and the task releasing them.
-        self._held: deque[tuple[float, bytes | None, SourceRef, Ack]] = deque()
+        self._held: deque[Held] = deque()
         self._releaser: asyncio.Task[None] | None = None
 
     @property
@@ -140,8 +143,8 @@ class Pipeline:
                 received_at, _, source, _ = self._held[-1]
                 current = await freshness.wait_current(received_at, source)
             if current and freshness is not None:
-                batch: deque[tuple[float, bytes | None, SourceRef, Ack]] = deque()
-                kept: deque[tuple[float, bytes | None, SourceRef, Ack]] = deque()
+                batch: deque[Held] = deque()
+                kept: deque[Held] = deque()
                 for held in self._held:
                     (batch if freshness.covers(held[0], held[2]) else kept).append(held)
                 if not batch:

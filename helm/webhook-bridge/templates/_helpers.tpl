@@ -154,8 +154,8 @@ the retry path (bridge.pipeline.drain_worst_case).
 {{- .Values.terminationGracePeriodSeconds | int64 }}
 {{- else }}
 {{- $drain := include "webhook-bridge.durationSeconds" (.Values.config.drainTimeout | default "20s") | float64 }}
-{{- $handover := max 5 (ceil $drain | int64) }}
-{{- addf (ceil $drain) $handover .Values.terminationGraceMarginSeconds | int64 }}
+{{- $whole := ceil $drain | int64 }}
+{{- add $whole (max 5 $whole) .Values.terminationGraceMarginSeconds }}
 {{- end }}
 {{- end }}
 
