@@ -170,6 +170,10 @@ NOTES = {
         "publish_ack_p99_ms",
         "same_load_floor_p99_ms",
         "same_load_floor_p99_by_5s_ms",
+        "raw_loop_p50_ms",
+        "raw_loop_p99_ms",
+        "raw_loop_p99_by_5s_ms",
+        "p99_vs_raw_loop",
     ],
     "isolation": [
         "offered_per_s",
@@ -378,6 +382,12 @@ receiver by delivery id (each expected id once; repeats are reported as duplicat
   after the worker's run, the same publishing (rate, duration, ticks) into a fresh topic read by
   a raw aiokafka consumer with the worker's fetch wait (`ceilings.kafka_latency_floor`): the
   broker's own publish -> consume latency at this load, with its p99 per window too.
+  `raw_loop_*`: then the same publishing again, into a fresh topic read by `bench/raw_loop.py`
+  in its own process, as the worker runs: a raw aiokafka consumer (no group, no table, no
+  freshness check, no retries, the worker's fetch wait) POSTing each event, signed, with
+  aiohttp (32 in flight) to the same receiver. The shortest loop from topic to receiver: its
+  latency is the ceiling the worker's is quoted against (`p99_vs_raw_loop`), as the raw aiohttp
+  loop is for throughput.
 - **isolation**: the same paced load, 10% of the webhooks on an endpoint that does not answer for
   600 s (`bench/receiver.py` in hang mode), `BRIDGE_HTTP_TIMEOUT=2`, the default breaker threshold
   (5); the healthy 90%'s deliveries/s and latency compared with a run of the same shape where

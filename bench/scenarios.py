@@ -460,16 +460,7 @@ async def paced(
         profiled: dict[str, Any] = {}
         _finish_profiler(ctx, name, profiler, profiled)
         profiler = None
-        event_of = {d: e for d, (e, _) in expected_all.items()}
-        # The first WARMUP_S of load are reported apart: a worker reports ready about a second
-        # before it delivers at full speed (BENCHMARKS.md), which is start-up, not steady state.
-        begin = min(published.stamps.values(), default=0.0)
-        latencies, warmup = [], []
-        samples = []
-        for d in first:
-            stamp = published.stamps[event_of[d]]
-            (warmup if stamp < begin + WARMUP_S else latencies).append(first[d] - stamp)
-            samples.append((stamp, first[d] - stamp))
+        latencies, warmup, by_window = _arrival_latencies(first, expected_all, published)
         return {
             "warmup_latencies": warmup,
             "settings": settings,
@@ -479,7 +470,7 @@ async def paced(
             "healthy_delivered": len(first),
             "complete": complete,
             "latencies": latencies,
-            "p99_by_window": window_quantile(samples, begin, WINDOW_S, 0.99),
+            "p99_by_window": by_window,
             "acks": published.acks,
             "healthy_rate": len(first) / publish_s if publish_s > 0 else None,
             "ready_s": ready,
@@ -500,6 +491,81 @@ async def paced(
 WARMUP_S = 2.0
 
 
+def _arrival_latencies(
+    first: dict[str, float], expected: dict[str, tuple[str, str]], published: Published
+) -> tuple[list[float], list[float], list[float | None]]:
+    """Event timestamp -> first arrival of each delivery: (after the warm-up, during it, p99 by
+    window). The first WARMUP_S of load are reported apart: a worker reports ready about a
+    second before it delivers at full speed (BENCHMARKS.md), which is start-up, not steady
+    state."""
+    begin = min(published.stamps.values(), default=0.0)
+    latencies: list[float] = []
+    warmup: list[float] = []
+    samples = []
+    for d, arrived in first.items():
+        stamp = published.stamps[expected[d][0]]
+        (warmup if stamp < begin + WARMUP_S else latencies).append(arrived - stamp)
+        samples.append((stamp, arrived - stamp))
+    return latencies, warmup, window_quantile(samples, begin, WINDOW_S, 0.99)
+
+
+async def raw_loop_latency(ctx: Context, rate: float, seconds: float) -> dict[str, Any]:
+    """bench/raw_loop.py, its own process, under the same paced publishing as the worker (same
+    rate, length, sites and receiver): the latency no worker can beat on this machine."""
+    settings = ctx.settings("raw_loop")
+    await kit.prepare_topics(settings)
+    hooks, by_site, sites = kit.make_hooks(settings.group_id, 100, 1, ctx.urls())
+    hooks_file = ctx.workdir / f"{settings.group_id}-hooks.json"
+    hooks_file.write_text(
+        json.dumps(
+            {
+                site: [{"id": h.id, "url": h.url, "secret": h.secret} for h in site_hooks]
+                for site, site_hooks in by_site.items()
+            }
+        )
+    )
+    ready_file = ctx.workdir / f"{settings.group_id}-ready"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(
+        RAW_BROKER=ctx.bootstrap,
+        RAW_TOPIC=settings.events_topic,
+        RAW_WEBHOOKS=str(hooks_file),
+        RAW_FETCH_WAIT_MS=str(round(settings.kafka_fetch_max_wait * 1000)),
+        RAW_READY=str(ready_file),
+        PYTHONUNBUFFERED="1",
+    )
+    proc = ctx.procs.spawn("raw_loop", [ctx.python, "-m", "bench.raw_loop"], env=env)
+    try:
+        deadline = time.monotonic() + 30.0
+        while not ready_file.exists():
+            if not proc.alive() or time.monotonic() > deadline:
+                return {"error": f"raw loop did not start: {proc.tail(10)}"}
+            await asyncio.sleep(0.05)
+        arrivals = ctx.receiver.arrivals()
+        published = Published()
+        cpu_start = kit.cpu_seconds(proc.pid)
+        t0 = time.monotonic()
+        await kit.publish_paced(settings, sites, rate, seconds, published)
+        expected = published.expected_ids(by_site)
+        first, complete = await _wait_arrivals(
+            arrivals, set(expected), timeout=20.0, alive=proc.alive, idle=5.0
+        )
+        cpu = kit.cpu_seconds(proc.pid) - cpu_start
+        wall = time.monotonic() - t0
+    finally:
+        ctx.procs.stop(proc, grace=3.0)
+    latencies, _, by_window = _arrival_latencies(first, expected, published)
+    out: dict[str, Any] = {
+        "p50_ms": _ms(percentile(latencies, 0.5)),
+        "p99_ms": _ms(percentile(latencies, 0.99)),
+        f"p99_by_{WINDOW_S:g}s_ms": [_ms(q) for q in by_window],
+        "cpu_pct": round(100 * cpu / wall, 1) if wall > 0 else None,
+    }
+    if not complete:
+        out["error"] = f"{len(expected) - len(first)} of {len(expected)} deliveries missing"
+    return out
+
+
 async def latency_half_load(ctx: Context) -> dict[str, Any]:
     """Publish at half the fan-out-1 rate; event timestamp -> receiver arrival. Then the same
     publishing, for as long, read by a raw aiokafka consumer with the worker's fetch wait: the
@@ -515,8 +581,10 @@ async def latency_half_load(ctx: Context) -> dict[str, Any]:
         ctx.sizes.paced_seconds,
         fetch_max_wait_ms=wait_ms,
     )
+    raw = await raw_loop_latency(ctx, rate, ctx.sizes.paced_seconds)
     windows = f"p99_by_{WINDOW_S:g}s_ms"
     acks = run["acks"]
+    p99 = percentile(lat, 0.99)
     result = _result(
         ctx,
         "latency_half_load",
@@ -540,6 +608,11 @@ async def latency_half_load(ctx: Context) -> dict[str, Any]:
         same_load_floor_p99_ms=floor["p99_ms"],
         **{f"same_load_floor_{windows}": floor[windows]},
         same_load_floor_fetch_wait_ms=wait_ms,
+        raw_loop_p50_ms=raw.get("p50_ms"),
+        raw_loop_p99_ms=raw.get("p99_ms"),
+        **{f"raw_loop_{windows}": raw.get(windows)},
+        raw_loop_cpu_pct=raw.get("cpu_pct"),
+        p99_vs_raw_loop=round(p99 * 1000 / raw["p99_ms"], 2) if p99 and raw.get("p99_ms") else None,
         max_ms=_ms(max(lat) if lat else None),
         warmup_s=WARMUP_S,
         warmup_p50_ms=_ms(percentile(run["warmup_latencies"], 0.5)),
@@ -553,6 +626,8 @@ async def latency_half_load(ctx: Context) -> dict[str, Any]:
         **run["extras"],
         **run["profiled"],
     )
+    if "error" in raw:
+        result["raw_loop_error"] = raw["error"]
     if not run["complete"]:
         result["error"] = f"{run['healthy_expected'] - run['healthy_delivered']} not delivered"
     return result
