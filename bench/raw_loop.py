@@ -3,9 +3,10 @@
 A raw aiokafka consumer (no group, no commits, no subscription table, no freshness check, no
 retries, no attempt log, no Faust) reads every partition of the events topic with the worker's
 fetch wait, and POSTs each event to its site's webhooks with aiohttp, up to 32 requests in
-flight, signed and identified as the bridge signs and identifies them. Whatever latency this loop
-has at a given load on this machine, no worker can beat: it is the ceiling the worker's latency
-is compared with, the way its throughput is compared with the raw aiohttp loop.
+flight, signed and identified as the bridge signs and identifies them. It is the shortest loop
+one would write with these libraries, doing none of what makes a bridge reliable: the ceiling
+the worker's latency is quoted against, as the raw aiohttp loop is the ceiling for its
+throughput (and, like that one, not a bound a worker with a faster HTTP path cannot pass).
 
 Run as its own process, as the worker is, so that it shares the machine the same way::
 

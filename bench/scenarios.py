@@ -511,7 +511,8 @@ def _arrival_latencies(
 
 async def raw_loop_latency(ctx: Context, rate: float, seconds: float) -> dict[str, Any]:
     """bench/raw_loop.py, its own process, under the same paced publishing as the worker (same
-    rate, length, sites and receiver): the latency no worker can beat on this machine."""
+    rate, length, sites and receiver): the shortest topic-to-receiver loop's latency at this
+    load on this machine."""
     settings = ctx.settings("raw_loop")
     await kit.prepare_topics(settings)
     hooks, by_site, sites = kit.make_hooks(settings.group_id, 100, 1, ctx.urls())
