@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
-from bridge.metrics import HotCounter, HotHistogram, Metrics
+from bridge.metrics import LATENCY_BUCKETS, STAGE_BUCKETS, HotCounter, HotHistogram, Metrics
 
 
 def test_child_is_remembered_and_counts_like_labels() -> None:
@@ -91,3 +91,10 @@ def test_a_hot_counter_refuses_negative_amounts_and_nan_goes_in_no_bucket() -> N
         metrics.child(metrics.events, "post.created").inc(-1)
     metrics.child(metrics.end_to_end).observe(math.nan)
     assert registry.get_sample_value("webhook_bridge_end_to_end_latency_seconds_count") == 0
+
+
+def test_end_to_end_buckets_resolve_latency_near_a_50_ms_objective() -> None:
+    for buckets in (LATENCY_BUCKETS, STAGE_BUCKETS):
+        near = [b for b in buckets if 0.01 <= b <= 0.1]
+        assert near[0] == 0.01 and near[-1] == 0.1
+        assert max(b - a for a, b in zip(near, near[1:], strict=False)) <= 0.025 + 1e-12
