@@ -323,7 +323,7 @@ class Bridge:
                 self._store = await WebhookStore(s).__aenter__()
                 policy = address_policy(s)
                 self._sender = self._new_sender(policy)
-                outputs = KafkaOutputs(s, self._store, self.index.get)
+                outputs = KafkaOutputs(s, self._store, self.index.get, self.metrics)
                 await outputs.start()
                 self._outputs = outputs
                 deliverer = Deliverer(

@@ -20,6 +20,7 @@ __all__ = [
     "HotHistogram",
     "LATENCY_BUCKETS",
     "REQUEST_BUCKETS",
+    "OUTPUT_BUCKETS",
     "STAGE_BUCKETS",
 ]
 
@@ -74,6 +75,25 @@ STAGE_BUCKETS = (
 )
 #: Seconds; an HTTP request is cut off at the 30 s timeout.
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
+#: Seconds; a broker acknowledges a write in milliseconds, and the producer gives up after its
+#: request timeout (aiokafka's default: 40 s).
+OUTPUT_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
 
 
 class Metrics:
@@ -210,6 +230,22 @@ class Metrics:
             "Deliveries refused before connecting because the destination is not allowed, by "
             "reason (loopback, private, link_local, ...; plain_http; bad_url).",
             ["reason"],
+            registry=registry,
+        )
+        self.output_writes = Counter(
+            "webhook_bridge_output_writes_total",
+            "Records this worker wrote to its own topics, by output (attempt, retry, "
+            "dead_letter, status, disable) and outcome (acknowledged: the broker has it; "
+            "failed: the producer gave up).",
+            ["output", "outcome"],
+            registry=registry,
+        )
+        self.output_write_duration = Histogram(
+            "webhook_bridge_output_write_duration_seconds",
+            "From handing a write to the Kafka producer to the broker's acknowledgement or the "
+            "producer's failure, by output; attempt records are written and timed per batch.",
+            ["output"],
+            buckets=OUTPUT_BUCKETS,
             registry=registry,
         )
         self.sync_timeouts = Counter(

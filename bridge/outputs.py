@@ -13,12 +13,17 @@ skip the producer's per-record ``send`` as well: they are gathered into one batc
 (:mod:`bridge.record_batches`) and share the batch's acknowledgement. Status and disable records
 go through the :class:`~bridge.management.WebhookStore`, one record per batch, because workers
 keep those topics in tables.
+
+Every write is counted and timed by output (``webhook_bridge_output_writes_total``,
+``webhook_bridge_output_write_duration_seconds``): a source record waits for its writes, so slow
+or failing writes show as lag and redeliveries, and these metrics say why.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -28,6 +33,7 @@ from . import jsoncanon
 from .config import Settings
 from .kafka import client_kwargs
 from .management import WebhookStore
+from .metrics import Metrics
 from .record_batches import PartitionBatches
 from .subscriptions import Webhook
 
@@ -63,8 +69,10 @@ class KafkaOutputs:
         settings: Settings,
         store: WebhookStore,
         current: Callable[[str], Webhook | None],
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._store = store
         #: The newest known state of a webhook (the subscription index), for ``disable``.
         self._current = current
@@ -87,8 +95,32 @@ class KafkaOutputs:
             self._settings.attempts_topic,
             partitioner,
             self._settings.kafka_output_linger,
+            settled=self._attempts_settled if self._metrics is not None else None,
         )
         await self._attempts.start()
+
+    def _attempts_settled(self, records: int, seconds: float, error: BaseException | None) -> None:
+        self._observe("attempt", seconds, error is None, records)
+
+    def _observe(self, output: str, seconds: float, acknowledged: bool, records: int = 1) -> None:
+        metrics = self._metrics
+        if metrics is None:
+            return
+        outcome = "acknowledged" if acknowledged else "failed"
+        metrics.child(metrics.output_writes, output, outcome).inc(records)
+        metrics.child(metrics.output_write_duration, output).observe(seconds)
+
+    async def _observed(self, output: str, write: Awaitable[Any]) -> None:
+        """Await ``write``, counting and timing it as a write to ``output``."""
+        started = time.monotonic()
+        try:
+            await write
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._observe(output, time.monotonic() - started, False)
+            raise
+        self._observe(output, time.monotonic() - started, True)
 
     async def stop(self) -> None:
         if self._attempts is not None:
@@ -109,17 +141,19 @@ class KafkaOutputs:
         return future
 
     async def dead_letter(self, key: bytes | None, record: dict[str, Any]) -> None:
-        await self._send(self._settings.deadletter_topic, key, jsoncanon.dumps(record))
+        value = jsoncanon.dumps(record)
+        await self._observed("dead_letter", self._send(self._settings.deadletter_topic, key, value))
 
     async def retry(self, tier: int, key: bytes, value: bytes) -> None:
-        await self._send(self._settings.retry_topics[tier], key, value)
+        await self._observed("retry", self._send(self._settings.retry_topics[tier], key, value))
 
     async def attempt(self, key: bytes, record: dict[str, Any]) -> asyncio.Future[Any]:
         assert self._attempts is not None, "KafkaOutputs.start() first"
         return self._attempts.add(key, jsoncanon.dumps_flat(record))
 
     async def status(self, key: bytes, record: dict[str, Any]) -> None:
-        await self._store.put_status(record)
+        await self._observed("status", self._store.put_status(record))
 
     async def disable(self, webhook: Webhook, reason: str) -> None:
-        await self._store.disable(self._current(webhook.id) or webhook, reason)
+        current = self._current(webhook.id) or webhook
+        await self._observed("disable", self._store.disable(current, reason))

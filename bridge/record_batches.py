@@ -23,6 +23,9 @@ broker has acknowledged the batch, or fails with the producer's error for the wh
   record): if the broker refuses it, no other record fails with it.
 - :meth:`PartitionBatches.close` hands over what is open and waits for every sender; call it
   before stopping the producer.
+- ``settled``, when given, is told of every batch the producer was given once its outcome is
+  known: how many records, the seconds from handing it to the producer, and the error (``None``
+  when the broker acknowledged it). Cancelled batches (a stopping producer) are not reported.
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["PartitionBatches"]
+__all__ = ["PartitionBatches", "Settled"]
+
+#: ``settled(records, seconds, error)``: a batch's outcome (see the module's docstring).
+Settled = Callable[[int, float, BaseException | None], None]
 
 
 class _Batch:
@@ -45,6 +51,18 @@ class _Batch:
         self.due = False
 
 
+def _report(settled: Settled, records: int, handed: float) -> Callable[[asyncio.Future[Any]], None]:
+    """A done-callback of a batch's acknowledgement telling ``settled`` its outcome."""
+
+    def report(acknowledged: asyncio.Future[Any]) -> None:
+        if acknowledged.cancelled():
+            return
+        seconds = asyncio.get_running_loop().time() - handed
+        settled(records, seconds, acknowledged.exception())
+
+    return report
+
+
 class PartitionBatches:
     """Per-partition batches of ``topic`` for ``producer`` (an ``AIOKafkaProducer``)."""
 
@@ -54,8 +72,10 @@ class PartitionBatches:
         topic: str,
         partitioner: Callable[[bytes | None, list[int], list[int]], int],
         linger: float,
+        settled: Settled | None = None,
     ) -> None:
         self._producer = producer
+        self._settled = settled
         self._topic = topic
         self._partitioner = partitioner
         self._linger = linger
@@ -131,6 +151,10 @@ class PartitionBatches:
                 self._hand_over(partition)  # to this sender, which is still running
             batch = queue.popleft()
             acknowledged = batch.acknowledged
+            if self._settled is not None:
+                handed = asyncio.get_running_loop().time()
+                records = batch.builder.record_count()
+                acknowledged.add_done_callback(_report(self._settled, records, handed))
             try:
                 sent = await self._producer.send_batch(
                     batch.builder, self._topic, partition=partition

@@ -52,6 +52,7 @@ ALERTS = {
     "WebhookBridgeConsumerLagGrowing",
     "WebhookBridgeNoDeliveries",
     "WebhookBridgeLatencyP99High",
+    "WebhookBridgeOutputWritesFailing",
     "WebhookBridgeDown",
 }
 #: What Grafana would put for its built-in variables; windows of 1m hold enough 1 s scrapes.
@@ -68,6 +69,10 @@ EXPECTED_LABELS = {
         {"attempts_exhausted", "endpoint_gone", "destination_forbidden"},
     ),
     "Webhooks disabled": ("reason", {"gone"}),
+    "Kafka writes by output and outcome": (
+        "output",
+        {"attempt", "retry", "dead_letter", "disable"},
+    ),
 }
 
 

@@ -1,17 +1,22 @@
 """bridge.outputs.KafkaOutputs against the embedded broker: attempt records, written in
-per-partition batches (bridge.record_batches), all arrive, in their key's partition, in order."""
+per-partition batches (bridge.record_batches), all arrive, in their key's partition, in order;
+every write is counted and timed by output."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
+from prometheus_client import CollectorRegistry
 
 from bridge.config import Settings
 from bridge.kafka import client_kwargs
 from bridge.management import WebhookStore
+from bridge.metrics import Metrics
 from bridge.outputs import KafkaOutputs
 
 RECORDS = 600
@@ -62,3 +67,37 @@ async def test_attempt_records_arrive_in_their_keys_partition_in_order(
         by_key.setdefault(key, []).append(record["seq"])
     for n in range(KEYS):
         assert by_key[f"wh_{n}".encode()] == list(range(n, RECORDS, KEYS))
+
+
+async def test_every_write_is_counted_and_timed_by_output_and_outcome(settings: Settings) -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    async with WebhookStore(settings) as store:
+        outputs = KafkaOutputs(settings, store, lambda _: None, metrics)
+        await outputs.start()
+        try:
+            attempts = [await outputs.attempt(f"wh_{n % 3}".encode(), {"n": n}) for n in range(40)]
+            await asyncio.wait_for(asyncio.gather(*attempts), 15)
+            await outputs.retry(0, b"wh_1", b'{"pending": 1}')
+            await outputs.dead_letter(b"wh_2", {"reason": "test"})
+            # Larger than the producer's request limit: aiokafka refuses it before sending.
+            with pytest.raises(MessageSizeTooLargeError):
+                await outputs.dead_letter(b"wh_2", {"reason": "x" * 2_000_000})
+        finally:
+            await outputs.stop()
+
+    def sample(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    writes = "webhook_bridge_output_writes_total"
+    assert sample(writes, output="attempt", outcome="acknowledged") == 40
+    assert sample(writes, output="retry", outcome="acknowledged") == 1
+    assert sample(writes, output="dead_letter", outcome="acknowledged") == 1
+    assert sample(writes, output="dead_letter", outcome="failed") == 1
+    assert sample(writes, output="attempt", outcome="failed") == 0
+    duration = "webhook_bridge_output_write_duration_seconds"
+    # Attempt records are timed per batch: 40 records keyed three ways make 1..40 batches.
+    assert 1 <= sample(f"{duration}_count", output="attempt") <= 40
+    assert sample(f"{duration}_count", output="retry") == 1
+    assert sample(f"{duration}_count", output="dead_letter") == 2
+    assert 0 < sample(f"{duration}_sum", output="retry") < 15

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
-from bridge.outputs import CachedPartitioner
+from bridge.config import Settings
+from bridge.metrics import Metrics
+from bridge.outputs import CachedPartitioner, KafkaOutputs
 
 
 @settings(max_examples=300, deadline=None)
@@ -39,3 +45,44 @@ def test_the_cache_is_bounded() -> None:
     for n in range(10):
         cached(str(n).encode(), [0, 1], [0, 1])
     assert len(cached._hashes) <= 4
+
+
+class _Store:
+    """What KafkaOutputs uses of a WebhookStore, failing when told to."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.calls: list[str] = []
+
+    async def put_status(self, record: dict) -> None:
+        self.calls.append("status")
+        if self.error is not None:
+            raise self.error
+
+    async def disable(self, webhook: object, reason: str) -> None:
+        self.calls.append(f"disable:{reason}")
+        if self.error is not None:
+            raise self.error
+
+
+async def test_status_and_disable_writes_are_counted_by_outcome() -> None:
+    registry = CollectorRegistry()
+    store = _Store()
+    outputs = KafkaOutputs(Settings(), store, lambda _: None, Metrics(registry))  # type: ignore[arg-type]
+    await outputs.status(b"wh", {"webhook_id": "wh"})
+    await outputs.disable(SimpleNamespace(id="wh"), "gone")  # type: ignore[arg-type]
+    store.error = RuntimeError("broker unreachable")
+    with pytest.raises(RuntimeError, match="broker unreachable"):
+        await outputs.status(b"wh", {"webhook_id": "wh"})
+    assert store.calls == ["status", "disable:gone", "status"]
+
+    def sample(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    writes = "webhook_bridge_output_writes_total"
+    assert sample(writes, output="status", outcome="acknowledged") == 1
+    assert sample(writes, output="status", outcome="failed") == 1
+    assert sample(writes, output="disable", outcome="acknowledged") == 1
+    duration = "webhook_bridge_output_write_duration_seconds_count"
+    assert sample(duration, output="status") == 2
+    assert sample(duration, output="disable") == 1

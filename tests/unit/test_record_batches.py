@@ -217,3 +217,47 @@ async def test_while_the_producer_holds_a_batch_the_next_one_stays_open() -> Non
     await until(lambda: producer.entered == 2)
     await batches.close()
     assert [[v for _, v in s.records] for s in producer.sent] == [[b"1"], [b"2", b"3", b"4"]]
+
+
+async def test_each_handed_over_batch_reports_its_records_time_and_outcome() -> None:
+    producer = Producer(partitions=1, batch_bytes=200)
+    reports: list[tuple[int, float, BaseException | None]] = []
+    batches = PartitionBatches(
+        producer,
+        TOPIC,
+        DefaultPartitioner(),
+        LONG,
+        settled=lambda n, seconds, error: reports.append((n, seconds, error)),
+    )
+    await batches.start()
+    first = [batches.add(b"wh", b"a"), batches.add(b"wh", b"b")]
+    await batches.close()
+    assert reports == []  # handed over, not yet acknowledged
+    producer.sent[0].ack.set_result(None)
+    await asyncio.wait_for(asyncio.gather(*first), PROMPT)
+    assert [(n, error) for n, _, error in reports] == [(2, None)]
+    assert 0 <= reports[0][1] < PROMPT
+
+    refused = RuntimeError("producer closed")
+    producer.refuse = refused
+    batches = PartitionBatches(
+        producer, TOPIC, DefaultPartitioner(), LONG, settled=lambda *r: reports.append(r)
+    )
+    await batches.start()
+    lost = batches.add(b"wh", b"c")
+    await batches.close()
+    with pytest.raises(RuntimeError):
+        await asyncio.wait_for(lost, PROMPT)
+    assert reports[1][0] == 1 and reports[1][2] is refused
+
+    producer.refuse = None
+    cancelled = PartitionBatches(
+        producer, TOPIC, DefaultPartitioner(), LONG, settled=lambda *r: reports.append(r)
+    )
+    await cancelled.start()
+    future = cancelled.add(b"wh", b"d")
+    await cancelled.close()
+    producer.sent[-1].ack.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(future, PROMPT)
+    assert len(reports) == 2  # a cancelled batch (a stopping producer) is not reported
