@@ -13,7 +13,7 @@ Run as its own process, as the worker is, so that it shares the machine the same
     RAW_BROKER=127.0.0.1:9092 RAW_TOPIC=events RAW_WEBHOOKS=hooks.json \
     RAW_FETCH_WAIT_MS=50 RAW_READY=/tmp/ready python -m bench.raw_loop
 
-``hooks.json`` is ``{"site id": [{"id", "url", "secret"}, ...]}``. The file named by
+``hooks.json`` is ``{"site id": [{"id", "url", "secret", ...}, ...]}``. The file named by
 ``RAW_READY`` is written once the consumer is assigned every partition and positioned at its
 start; the loop then runs until it is signalled.
 """

@@ -509,6 +509,24 @@ def _arrival_latencies(
     return latencies, warmup, window_quantile(samples, begin, WINDOW_S, 0.99)
 
 
+def _hooks_file(ctx: Context, settings: Settings, by_site: dict[str, list[Hook]]) -> Path:
+    """The webhooks of a loop that reads them from a file (bench/naive_app.py,
+    bench/raw_loop.py): ``{"site id": [{"id", "name", "url", "secret"}, ...]}``."""
+    path = ctx.workdir / f"{settings.group_id}-hooks.json"
+    path.write_text(
+        json.dumps(
+            {
+                site: [
+                    {"id": h.id, "name": f"bench {h.id}", "url": h.url, "secret": h.secret}
+                    for h in site_hooks
+                ]
+                for site, site_hooks in by_site.items()
+            }
+        )
+    )
+    return path
+
+
 async def raw_loop_latency(ctx: Context, rate: float, seconds: float) -> dict[str, Any]:
     """bench/raw_loop.py, its own process, under the same paced publishing as the worker (same
     rate, length, sites and receiver): the shortest topic-to-receiver loop's latency at this
@@ -516,15 +534,7 @@ async def raw_loop_latency(ctx: Context, rate: float, seconds: float) -> dict[st
     settings = ctx.settings("raw_loop")
     await kit.prepare_topics(settings)
     hooks, by_site, sites = kit.make_hooks(settings.group_id, 100, 1, ctx.urls())
-    hooks_file = ctx.workdir / f"{settings.group_id}-hooks.json"
-    hooks_file.write_text(
-        json.dumps(
-            {
-                site: [{"id": h.id, "url": h.url, "secret": h.secret} for h in site_hooks]
-                for site, site_hooks in by_site.items()
-            }
-        )
-    )
+    hooks_file = _hooks_file(ctx, settings, by_site)
     ready_file = ctx.workdir / f"{settings.group_id}-ready"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     env.update(
@@ -902,18 +912,7 @@ async def naive_baseline(ctx: Context) -> dict[str, Any]:
     settings = ctx.settings("naive")
     await kit.prepare_topics(settings)
     hooks, by_site, sites = kit.make_hooks(settings.group_id, 1000, 1, ctx.urls())
-    hooks_file = ctx.workdir / f"{settings.group_id}-hooks.json"
-    hooks_file.write_text(
-        json.dumps(
-            {
-                site: [
-                    {"id": h.id, "name": f"bench {h.id}", "url": h.url, "secret": h.secret}
-                    for h in site_hooks
-                ]
-                for site, site_hooks in by_site.items()
-            }
-        )
-    )
+    hooks_file = _hooks_file(ctx, settings, by_site)
     published = Published()
     await kit.publish_backlog(settings, sites, ctx.sizes.naive_events, published)
     expected = set(published.expected_ids(by_site))

@@ -18,6 +18,7 @@ from bridge.kafka import client_kwargs
 from bridge.management import WebhookStore
 from bridge.metrics import Metrics
 from bridge.outputs import KafkaOutputs
+from tests.support.metrics import sample
 
 RECORDS = 600
 KEYS = 25
@@ -86,18 +87,15 @@ async def test_every_write_is_counted_and_timed_by_output_and_outcome(settings: 
         finally:
             await outputs.stop()
 
-    def sample(name: str, **labels: str) -> float:
-        return registry.get_sample_value(name, labels) or 0.0
-
     writes = "webhook_bridge_output_writes_total"
-    assert sample(writes, output="attempt", outcome="acknowledged") == 40
-    assert sample(writes, output="retry", outcome="acknowledged") == 1
-    assert sample(writes, output="dead_letter", outcome="acknowledged") == 1
-    assert sample(writes, output="dead_letter", outcome="failed") == 1
-    assert sample(writes, output="attempt", outcome="failed") == 0
+    assert sample(registry, writes, output="attempt", outcome="acknowledged") == 40
+    assert sample(registry, writes, output="retry", outcome="acknowledged") == 1
+    assert sample(registry, writes, output="dead_letter", outcome="acknowledged") == 1
+    assert sample(registry, writes, output="dead_letter", outcome="failed") == 1
+    assert sample(registry, writes, output="attempt", outcome="failed") == 0
     duration = "webhook_bridge_output_write_duration_seconds"
     # Attempt records are timed per batch: 40 records keyed three ways make 1..40 batches.
-    assert 1 <= sample(f"{duration}_count", output="attempt") <= 40
-    assert sample(f"{duration}_count", output="retry") == 1
-    assert sample(f"{duration}_count", output="dead_letter") == 2
-    assert 0 < sample(f"{duration}_sum", output="retry") < 15
+    assert 1 <= sample(registry, f"{duration}_count", output="attempt") <= 40
+    assert sample(registry, f"{duration}_count", output="retry") == 1
+    assert sample(registry, f"{duration}_count", output="dead_letter") == 2
+    assert 0 < sample(registry, f"{duration}_sum", output="retry") < 15

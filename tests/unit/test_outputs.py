@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from bridge.config import Settings
 from bridge.metrics import Metrics
 from bridge.outputs import CachedPartitioner, KafkaOutputs
+from tests.support.metrics import sample
 
 
 @settings(max_examples=300, deadline=None)
@@ -76,13 +77,10 @@ async def test_status_and_disable_writes_are_counted_by_outcome() -> None:
         await outputs.status(b"wh", {"webhook_id": "wh"})
     assert store.calls == ["status", "disable:gone", "status"]
 
-    def sample(name: str, **labels: str) -> float:
-        return registry.get_sample_value(name, labels) or 0.0
-
     writes = "webhook_bridge_output_writes_total"
-    assert sample(writes, output="status", outcome="acknowledged") == 1
-    assert sample(writes, output="status", outcome="failed") == 1
-    assert sample(writes, output="disable", outcome="acknowledged") == 1
+    assert sample(registry, writes, output="status", outcome="acknowledged") == 1
+    assert sample(registry, writes, output="status", outcome="failed") == 1
+    assert sample(registry, writes, output="disable", outcome="acknowledged") == 1
     duration = "webhook_bridge_output_write_duration_seconds_count"
-    assert sample(duration, output="status") == 2
-    assert sample(duration, output="disable") == 1
+    assert sample(registry, duration, output="status") == 2
+    assert sample(registry, duration, output="disable") == 1

@@ -222,14 +222,15 @@ async def test_while_the_producer_holds_a_batch_the_next_one_stays_open() -> Non
 async def test_each_handed_over_batch_reports_its_records_time_and_outcome() -> None:
     producer = Producer(partitions=1, batch_bytes=200)
     reports: list[tuple[int, float, BaseException | None]] = []
-    batches = PartitionBatches(
-        producer,
-        TOPIC,
-        DefaultPartitioner(),
-        LONG,
-        settled=lambda n, seconds, error: reports.append((n, seconds, error)),
-    )
-    await batches.start()
+
+    async def reporting() -> PartitionBatches:
+        batches = PartitionBatches(
+            producer, TOPIC, DefaultPartitioner(), LONG, settled=lambda *r: reports.append(r)
+        )
+        await batches.start()
+        return batches
+
+    batches = await reporting()
     first = [batches.add(b"wh", b"a"), batches.add(b"wh", b"b")]
     await batches.close()
     assert reports == []  # handed over, not yet acknowledged
@@ -240,10 +241,7 @@ async def test_each_handed_over_batch_reports_its_records_time_and_outcome() -> 
 
     refused = RuntimeError("producer closed")
     producer.refuse = refused
-    batches = PartitionBatches(
-        producer, TOPIC, DefaultPartitioner(), LONG, settled=lambda *r: reports.append(r)
-    )
-    await batches.start()
+    batches = await reporting()
     lost = batches.add(b"wh", b"c")
     await batches.close()
     with pytest.raises(RuntimeError):
@@ -251,10 +249,7 @@ async def test_each_handed_over_batch_reports_its_records_time_and_outcome() -> 
     assert reports[1][0] == 1 and reports[1][2] is refused
 
     producer.refuse = None
-    cancelled = PartitionBatches(
-        producer, TOPIC, DefaultPartitioner(), LONG, settled=lambda *r: reports.append(r)
-    )
-    await cancelled.start()
+    cancelled = await reporting()
     future = cancelled.add(b"wh", b"d")
     await cancelled.close()
     producer.sent[-1].ack.cancel()
