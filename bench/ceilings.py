@@ -22,6 +22,9 @@ from .kit import (
 )
 
 SECRET = b"bench-secret-0123456789abcdef0123456789abcdef"
+#: Width of the windows whose latency quantiles are reported in order (``p99_by_5s_ms``): on the
+#: embedded broker latency grows as a topic grows within one run (BENCHMARKS.md).
+WINDOW_S = 5.0
 
 
 async def _post_loop(
@@ -379,7 +382,7 @@ async def kafka_latency_floor(
         bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=fetch_max_wait_ms
     )
     await consumer.start()
-    latencies: list[float] = []
+    #: (event timestamp, latency) of each record consumed.
     samples: list[tuple[float, float]] = []
 
     async def consume() -> None:
@@ -390,7 +393,6 @@ async def kafka_latency_floor(
                 for message in messages:
                     stamp = _json.loads(message.value)["timestamp"]
                     at = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-                    latencies.append(now - at)
                     samples.append((at, now - at))
 
     try:
@@ -416,12 +418,13 @@ async def kafka_latency_floor(
         finally:
             await producer.stop()
         deadline = time.monotonic() + fetch_max_wait_ms / 1000 + 3
-        while len(latencies) < sent and time.monotonic() < deadline:
+        while len(samples) < sent and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     finally:
         await consumer.stop()
+    latencies = [latency for _, latency in samples]
     return {
         "name": "ceiling_kafka_latency",
         "deliveries_per_s": round(rate, 1),
@@ -439,8 +442,3 @@ async def kafka_latency_floor(
         "what": f"paced producer + raw AIOKafkaConsumer (fetch_max_wait_ms={fetch_max_wait_ms})"
         ": the broker's publish -> consume latency",
     }
-
-
-#: Width of the windows whose latency quantiles are reported in order (``p99_by_5s_ms``): on the
-#: embedded broker latency grows as a topic grows within one run (BENCHMARKS.md).
-WINDOW_S = 5.0

@@ -579,8 +579,9 @@ async def raw_loop_latency(ctx: Context, rate: float, seconds: float) -> dict[st
 
 async def latency_half_load(ctx: Context) -> dict[str, Any]:
     """Publish at half the fan-out-1 rate; event timestamp -> receiver arrival. Then the same
-    publishing, for as long, read by a raw aiokafka consumer with the worker's fetch wait: the
-    broker's own latency at this load, the floor under the worker's."""
+    publishing, for as long, twice more: read by a raw aiokafka consumer with the worker's fetch
+    wait (the broker's own latency at this load, the floor under the worker's), and by
+    bench/raw_loop.py (the shortest loop to the receiver: the ceiling quoted against)."""
     rate = _half_rate(ctx)
     run = await paced(ctx, "latency_half_load", rate, ctx.sizes.paced_seconds)
     lat = run["latencies"]
