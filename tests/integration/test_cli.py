@@ -256,3 +256,94 @@ async def test_broker_command_runs_the_embedded_broker_until_ctrl_c() -> None:
     assert code == 0
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+
+
+def _process_state(pid: int) -> str | None:
+    """The state letter of ``/proc/<pid>/stat``; None when the process is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    return stat.rpartition(")")[2].split()[0]
+
+
+def _broker_child(parent: int, port: int) -> int | None:
+    """The pid of ``parent``'s Tansu child listening on ``port``, if it has one yet."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and f"tcp://127.0.0.1:{port}".encode() in cmdline:
+            return int(entry.name)
+    return None
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("command", ["broker", "run"])
+def test_the_embedded_broker_dies_with_a_killed_parent(command: str, tmp_path: Path) -> None:
+    """SIGKILL of ``broker`` or ``run`` leaves no Tansu behind holding the port."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(
+        BRIDGE_EMBEDDED_PORT=str(port),
+        BRIDGE_WEB_PORT=str(free_port()),
+        BRIDGE_DATA_DIR=str(tmp_path / "data"),
+    )
+    with open(tmp_path / "out.log", "wb") as log:
+        parent = subprocess.Popen(
+            [*CLI, command], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+        )
+    child = None
+    try:
+        deadline = time.monotonic() + 30
+        while child is None or not _listening(port):
+            assert parent.poll() is None, (tmp_path / "out.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "out.log").read_text()
+            child = child or _broker_child(parent.pid, port)
+            time.sleep(0.02)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        # Gone, or a zombie not reaped yet by whoever inherited it: either way not running.
+        while _process_state(child) not in (None, "Z", "X"):
+            assert time.monotonic() < deadline, f"broker pid {child} outlived its parent"
+            time.sleep(0.02)
+        while _listening(port):
+            assert time.monotonic() < deadline, f"port {port} still taken"
+            time.sleep(0.02)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if child is not None and _process_state(child) not in (None, "Z", "X"):
+            os.kill(child, 9)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_taken_port_is_reported_with_the_process_holding_it() -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = cli(None, "broker", "--port", str(port), check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"webhook-bridge: port {port} is already in use by pid {os.getpid()} ("
+    )
+    assert result.stderr.count("\n") == 1 and "--embedded-port" in result.stderr
