@@ -32,6 +32,7 @@ from .errors import InvalidRecord, InvalidSubscription
 from .faust_monitor import FaustPrometheusMonitor
 from .faust_patches import (
     cheap_recovery_wait_for,
+    commit_settled_only,
     end_offset_once_per_fetch,
     fast_record_handoff,
     no_table_registration_pause,
@@ -122,6 +123,7 @@ class Bridge:
         standby_after_active()
         no_table_registration_pause()
         end_offset_once_per_fetch()
+        commit_settled_only()
         app = faust.App(
             s.group_id,
             **faust_broker_kwargs(s),

@@ -45,7 +45,7 @@ from typing import Any, Protocol
 import faust
 
 from .deadletters import SourceRef
-from .faust_patches import UNBUFFERED
+from .faust_patches import UNBUFFERED, TakenOffsets, taken_offsets
 from .pipeline import Ack
 
 __all__ = ["DirectTopic", "Intake"]
@@ -88,23 +88,34 @@ class _Sink:
 
 
 class _HandOff:
-    """The consumer's callback: records of ``topics`` go to ``direct``, others to ``rest``."""
+    """The consumer's callback: records of ``topics`` go to ``direct``, others to ``rest``;
+    every record of a topic whose records are acknowledged is first reported to ``taken``, so
+    that no commit passes it before it is acknowledged (:func:`bridge.faust_patches.
+    commit_settled_only`)."""
 
-    __slots__ = ("_topics", "_direct", "_rest")
+    __slots__ = ("_topics", "_direct", "_rest", "_taken", "_acks_enabled_for")
 
     def __init__(
         self,
         topics: frozenset[str],
         direct: DirectTopic,
         rest: Callable[[Any], Awaitable[None]],
+        taken: TakenOffsets,
+        acks_enabled_for: Callable[[str], bool],
     ) -> None:
         self._topics = topics
         self._direct = direct
         self._rest = rest
+        self._taken = taken
+        self._acks_enabled_for = acks_enabled_for
 
     def __call__(self, message: Any) -> Awaitable[None]:
-        if message.topic in self._topics:
+        topic = message.topic
+        if topic in self._topics:
+            self._taken.take(message.tp, message.offset)
             return self._direct.take(message)
+        if self._acks_enabled_for(topic):
+            self._taken.take(message.tp, message.offset)
         return self._rest(message)
 
 
@@ -141,7 +152,13 @@ class DirectTopic(faust.Topic):
         exists: Faust's consumer keeps the callback it was created with)."""
         conductor: Any = self.app.topics
         conductor.add(self)
-        conductor.on_message = _HandOff(frozenset(self.topics), self, conductor.on_message)
+        conductor.on_message = _HandOff(
+            frozenset(self.topics),
+            self,
+            conductor.on_message,
+            taken_offsets(self.app),
+            conductor.acks_enabled_for,
+        )
 
     async def take(self, message: Any) -> Any:
         """One fetched record of these topics, as the conductor would hand it to its only

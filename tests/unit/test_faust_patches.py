@@ -5,6 +5,7 @@ tables and the end offsets reported once per fetch."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sys
 import warnings
 from collections import Counter
@@ -14,6 +15,8 @@ import pytest
 from aiokafka import TopicPartition
 from faust.tables import recovery
 from faust.transport import consumer as faust_consumer
+from hypothesis import given
+from hypothesis import strategies as st
 from mode import Service
 
 from bridge import faust_patches
@@ -501,3 +504,101 @@ def test_end_offset_once_per_fetch_is_installed_on_faust_s_consumer() -> None:
         assert faust_consumer.Consumer.getmany is _getmany
     finally:
         faust_consumer.Consumer.getmany = original  # type: ignore[method-assign]
+
+
+class _CommitState:
+    """The parts of Faust's consumer that ``_new_offset`` reads, as Faust keeps them."""
+
+    def __init__(self) -> None:
+        from collections import defaultdict
+
+        from intervaltree import IntervalTree
+
+        self.app = type("App", (), {})()
+        self._acked: dict[Any, list[int]] = defaultdict(list)
+        self._acked_index: dict[Any, set[int]] = defaultdict(set)
+        self._gap: dict[Any, Any] = defaultdict(IntervalTree)
+        self.tp = TopicPartition("events", 0)
+
+    def hand_over(self, *offsets: int) -> None:
+        for offset in offsets:
+            faust_patches.taken_offsets(self.app).take(self.tp, offset)
+
+    def ack(self, *offsets: int) -> None:
+        for offset in offsets:
+            self._acked[self.tp].append(offset)
+            self._acked_index[self.tp].add(offset)
+
+    def commit(self) -> int | None:
+        return faust_patches._new_offset(self, self.tp)
+
+
+def test_a_commit_never_passes_an_unacknowledged_record() -> None:
+    # Faust's own rule committed 39 here: it took the run 15..38 to start right after 14.
+    state = _CommitState()
+    state.hand_over(*range(14, 39))
+    state.ack(*range(15, 39))
+    assert state.commit() == 14
+    state.ack(14)
+    assert state.commit() == 39
+    assert state._acked[state.tp] == [] and state._acked_index[state.tp] == set()
+
+
+def test_a_hole_in_the_offsets_is_passed_once_the_records_around_it_are_acknowledged() -> None:
+    state = _CommitState()
+    state.hand_over(3, 4, 9, 10)  # 5..8: compacted away, or transaction markers
+    state._gap[state.tp].addi(5, 10)  # what Faust's fetch loop records: 5..9, 9 included
+    state.ack(3, 4, 10)
+    assert state.commit() == 9
+    state.ack(9)
+    assert state.commit() == 11
+
+
+def test_acknowledgements_of_records_handed_over_before_a_seek_count_but_never_lead() -> None:
+    state = _CommitState()
+    state.hand_over(20, 21, 22)
+    # A rebalance: the consumer seeks back to the committed offset 20 and hands over again.
+    state.hand_over(20, 21)
+    state.ack(22)  # the earlier copy of 22 settles
+    assert state.commit() == 20
+    state.ack(20)
+    assert state.commit() == 21
+    state.ack(21)
+    assert state.commit() == 22  # 22 is not handed over again yet: nothing past it
+
+
+def test_nothing_handed_over_since_the_seek_commits_nothing() -> None:
+    state = _CommitState()
+    state.hand_over(5)
+    faust_patches.taken_offsets(state.app).reset()
+    state.ack(5, 6, 7)  # late acknowledgements from before the seek
+    assert state.commit() is None
+
+
+def test_the_guard_is_installed_on_faust_consumer() -> None:
+    faust_patches.commit_settled_only()
+    assert faust_consumer.Consumer._new_offset is faust_patches._new_offset
+    assert faust_consumer.Consumer.perform_seek is faust_patches._perform_seek
+
+
+@given(
+    offsets=st.lists(st.integers(0, 3), min_size=1, max_size=40).map(
+        lambda steps: list(itertools.accumulate(s + 1 for s in steps))
+    ),
+    data=st.data(),
+)
+def test_commits_stay_below_every_unacknowledged_record(offsets: list[int], data: Any) -> None:
+    state = _CommitState()
+    state.hand_over(*offsets)
+    order = data.draw(st.permutations(offsets))
+    acknowledged: set[int] = set()
+    committed = 0
+    for offset in order:
+        state.ack(offset)
+        acknowledged.add(offset)
+        point = state.commit()
+        if point is not None:
+            committed = max(committed, point)
+        unsettled = [o for o in offsets if o not in acknowledged]
+        assert not unsettled or committed <= min(unsettled)
+    assert committed == offsets[-1] + 1
