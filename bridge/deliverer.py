@@ -348,6 +348,10 @@ class Deliverer:
         }
         return await self._outputs.attempt(job.webhook.id.encode("utf-8"), record)
 
+    async def dead_letter(self, job: Job, reason: str, detail: str) -> None:
+        """Dead-letter ``job`` without an attempt (its earlier attempts are kept)."""
+        await self._dead_letter(job, reason, detail, job.history)
+
     async def _dead_letter(
         self, job: Job, reason: str, detail: str, history: Sequence[Mapping[str, Any]]
     ) -> None:

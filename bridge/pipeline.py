@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from .deadletters import SourceRef, dead_letter_record
+from .deadletters import SourceRef, dead_letter_record, internal_error
 from .deliverer import Deliverer, Job, Outputs
 from .errors import InvalidEvent, InvalidRecord
 from .events import Event, parse_event
@@ -163,28 +163,31 @@ class Pipeline:
                 )
             for received_at, raw, source, ack in batch:
                 self._waiting.release()
-                try:
-                    await self._match(raw, source, ack, received_at)
-                except Exception:
-                    log.exception(
-                        "matching a record failed; it stays unacknowledged",
-                        extra={"topic": source.topic, "offset": source.offset},
-                    )
+                await self._match(raw, source, ack, received_at)
 
     async def _match(
         self, raw: bytes | None, source: SourceRef, ack: Ack, received_at: float
     ) -> None:
+        """Parse, match and start the record's jobs; a record that cannot be matched (invalid,
+        or a bug met while matching it) is dead-lettered and acknowledged."""
         try:
-            event = parse_event(raw)
+            jobs = self._jobs_of(raw, source, received_at)
         except InvalidEvent as exc:
             self._metrics.events.labels("invalid").inc()
             log.warning(
                 "event dead-lettered",
                 extra={"reason": exc.reason, "topic": source.topic, "offset": source.offset},
             )
-            await self._dead_letter_record(source, exc.reason, exc.detail, raw, None)
-            ack()
+            await self._settle_unmatched(source, exc.reason, exc.detail, raw, ack)
             return
+        except Exception as exc:
+            await self._settle_unmatched(source, *internal_error(exc, "matching"), raw, ack)
+            return
+        await self._start(jobs, ack)
+
+    def _jobs_of(self, raw: bytes | None, source: SourceRef, received_at: float) -> list[Job]:
+        """The record's jobs, one per matching webhook; raises :class:`InvalidEvent`."""
+        event = parse_event(raw)
         m = self._metrics
         m.child(m.events, event.type).inc()
         # The stages of the event's way to its first attempt, on the event's own clock (its
@@ -196,8 +199,23 @@ class Pipeline:
         m.child(m.stage_latency, "received").observe(max(0.0, received - occurred))
         m.child(m.stage_latency, "matched").observe(max(0.0, now - occurred))
         encoded = EncodedEvent.of(event)
-        jobs = [Job(encoded, webhook, 1, source) for webhook in self._index.match(event)]
-        await self._start(jobs, ack)
+        return [Job(encoded, webhook, 1, source) for webhook in self._index.match(event)]
+
+    async def _settle_unmatched(
+        self, source: SourceRef, reason: str, detail: str, raw: bytes | None, ack: Ack
+    ) -> None:
+        """Dead-letter a record that produced no job, then acknowledge it; if even the dead
+        letter cannot be written, the record stays unacknowledged (its partition's commits
+        wait for it, and it is read again after a restart)."""
+        try:
+            await self._dead_letter_record(source, reason, detail, raw, None)
+        except Exception:
+            log.exception(
+                "dead letter not written; the record stays unacknowledged",
+                extra={"reason": reason, "topic": source.topic, "offset": source.offset},
+            )
+            return
+        ack()
 
     # -- retries: later attempts -----------------------------------------------------------------
     async def handle_retry(self, raw: bytes | None, source: SourceRef, ack: Ack, tier: int) -> None:
@@ -211,8 +229,10 @@ class Pipeline:
         try:
             pending = parse_retry(raw)
         except InvalidRecord as exc:
-            await self._dead_letter_record(source, exc.reason, exc.detail, raw, None)
-            ack()
+            await self._settle_unmatched(source, exc.reason, exc.detail, raw, ack)
+            return
+        except Exception as exc:
+            await self._settle_unmatched(source, *internal_error(exc, "reading a retry"), raw, ack)
             return
         delay = pending.not_before - self._wall_time()
         if delay > 0:
@@ -237,7 +257,12 @@ class Pipeline:
             )
             ack()
             return
-        job = Job(EncodedEvent.of(pending.event), webhook, pending.attempt, source, pending.history)
+        try:
+            encoded = EncodedEvent.of(pending.event)
+            job = Job(encoded, webhook, pending.attempt, source, pending.history)
+        except Exception as exc:
+            await self._settle_unmatched(source, *internal_error(exc, "reading a retry"), raw, ack)
+            return
         await self._start([job], ack)
 
     # -- shared ----------------------------------------------------------------------------------
@@ -266,9 +291,10 @@ class Pipeline:
 
     async def _run(self, job: Job, settled: Ack) -> None:
         """One job; its pending slot is released exactly once, however it ends. A job that
-        crashes (a bug), whose attempt record cannot be written, or that is cancelled outside a
-        drain leaves its record unacknowledged, so the record is processed again after a
-        restart."""
+        crashes (a bug) or whose attempt record cannot be written is dead-lettered
+        (``internal_error``) and so settled; only if that dead letter cannot be written either,
+        or the job is cancelled outside a drain, does its record stay unacknowledged, to be
+        processed again after a restart."""
         released = False
 
         def done() -> None:
@@ -277,11 +303,18 @@ class Pipeline:
             self._pending.release()
             settled()
 
+        def release() -> None:
+            nonlocal released
+            released = True
+            self._pending.release()
+
         def written_ended(written: asyncio.Future[Any]) -> None:
             self._written.discard(written)
-            if written.cancelled() or written.exception() is not None:
-                self._pending.release()
-                self._log_unsettled(job, None if written.cancelled() else written.exception())
+            if written.cancelled():
+                release()
+                self._log_unsettled(job, None)
+            elif (exc := written.exception()) is not None:
+                self._track(self._give_up(job, exc, "writing its attempt record", done, release))
             else:
                 done()
 
@@ -289,19 +322,38 @@ class Pipeline:
         try:
             written = await self._deliverer.run(job, done)
         except Exception as exc:
-            self._log_unsettled(job, exc)
+            if not released:
+                await self._give_up(job, exc, "delivering", done, release)
+            else:
+                log.exception(
+                    "delivery job failed after it settled",
+                    extra={"delivery_id": job.delivery_id, "webhook_id": job.webhook.id},
+                )
         finally:
             if written is not None:
                 # The task ends here; the job settles when the broker acknowledges its record.
                 self._written.add(written)
                 written.add_done_callback(written_ended)
             elif not released:
-                self._pending.release()
+                release()
+
+    async def _give_up(
+        self, job: Job, exc: BaseException, stage: str, done: Ack, release: Ack
+    ) -> None:
+        """Settle a job that failed for a reason of the bridge's own by dead-lettering it."""
+        reason, detail = internal_error(exc, stage)
+        try:
+            await self._deliverer.dead_letter(job, reason, detail)
+        except Exception:
+            release()
+            self._log_unsettled(job, exc)
+            return
+        done()
 
     @staticmethod
     def _log_unsettled(job: Job, exc: BaseException | None) -> None:
         log.error(
-            "delivery job crashed; its record stays unacknowledged",
+            "delivery job not settled; its record stays unacknowledged",
             exc_info=exc,
             extra={"delivery_id": job.delivery_id, "webhook_id": job.webhook.id},
         )

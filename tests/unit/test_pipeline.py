@@ -106,8 +106,12 @@ class FakeOutputs:
         self.attempt_writes: list[asyncio.Future[Any]] = []
         self.statuses: list[tuple[bytes, dict[str, Any]]] = []
         self.disabled: list[tuple[str, str]] = []
+        #: When set, dead letters cannot be written (raised from ``dead_letter``).
+        self.dead_letter_error: Exception | None = None
 
     async def dead_letter(self, key: bytes | None, record: dict[str, Any]) -> None:
+        if self.dead_letter_error is not None:
+            raise self.dead_letter_error
         self.dead_letters.append((key, json.loads(json.dumps(record))))
 
     async def retry(self, tier: int, key: bytes, value: bytes) -> None:
@@ -660,15 +664,20 @@ async def test_events_share_the_slots_and_ack_independently() -> None:
     assert (ack_a.count, ack_b.count) == (1, 1)
 
 
-async def test_sender_crash_leaves_the_event_unacked_and_frees_the_slot(
+async def test_a_sender_crash_dead_letters_the_job_as_an_internal_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     h = Harness([webhook("w")], CrashingSender("e1"), max_in_flight=1, max_pending=1)
     crashed = Acks()
     await h.pipeline.handle_event(make_event(event_id="e1").to_bytes(), SOURCE, crashed)
     await h.settled()
-    assert crashed.count == 0
-    assert "crashed" in caplog.text
+    assert crashed.count == 1
+    [(key, letter)] = h.outputs.dead_letters
+    assert key == b"w" and letter["reason"] == "internal_error"
+    assert letter["detail"] == "delivering: RuntimeError"
+    assert letter["event"]["id"] == "e1" and letter["delivery_id"]
+    assert "bug in the sender" in caplog.text  # the traceback is logged
+    assert h.value("webhook_bridge_dead_letters_total", reason="internal_error") == 1
     assert h.value("webhook_bridge_in_flight_requests") == 0
 
     # The only slot was released: the next event is not blocked.
@@ -679,6 +688,48 @@ async def test_sender_crash_leaves_the_event_unacked_and_frees_the_slot(
     await h.settled()
     assert acks.count == 1
     assert [d.event_id for d in h.sender.sent] == ["e2"]
+
+
+async def test_a_crashed_job_whose_dead_letter_cannot_be_written_stays_unacknowledged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness([webhook("w")], CrashingSender("e1"), max_in_flight=1, max_pending=1)
+    h.outputs.dead_letter_error = RuntimeError("broker gone")
+    crashed = Acks()
+    await h.pipeline.handle_event(make_event(event_id="e1").to_bytes(), SOURCE, crashed)
+    await h.settled()
+    assert crashed.count == 0
+    assert "stays unacknowledged" in caplog.text
+    assert h.pipeline.in_flight == 0
+
+
+@pytest.mark.parametrize("where", ["parse", "match", "encode"])
+async def test_a_bug_while_matching_dead_letters_the_record_as_an_internal_error(
+    where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bridge.pipeline as pipeline_module
+
+    h = Harness([webhook("w")], ScriptedSender())
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("secret-looking detail")
+
+    if where == "parse":
+        monkeypatch.setattr(pipeline_module, "parse_event", boom)
+    elif where == "match":
+        monkeypatch.setattr(h.pipeline._index, "match", boom)
+    else:
+        monkeypatch.setattr(pipeline_module.EncodedEvent, "of", boom)
+    acks = Acks()
+    raw = make_event(event_id="e1").to_bytes()
+    await h.pipeline.handle_event(raw, SOURCE, acks)
+    await h.settled()
+    assert acks.count == 1
+    [(_, letter)] = h.outputs.dead_letters
+    assert letter["reason"] == "internal_error" and letter["detail"] == "matching: KeyError"
+    assert "secret-looking detail" not in json.dumps(letter)
+    assert letter["raw"] == raw.decode() and letter["source"]["offset"] == SOURCE.offset
+    assert h.sender.sent == []
 
 
 async def test_drain_hands_unfinished_deliveries_to_the_retry_path() -> None:
@@ -725,19 +776,22 @@ async def test_a_delivered_job_settles_when_its_attempt_record_is_acknowledged()
     assert h.pipeline.in_flight == 0
 
 
-async def test_an_attempt_record_that_cannot_be_written_leaves_its_record_unacknowledged(
+async def test_an_attempt_record_that_cannot_be_written_dead_letters_its_job(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     h = Harness([webhook("w")], ScriptedSender(), max_pending=1)
     h.outputs.hold_attempts = True
-    lost = Acks()
-    await h.pipeline.handle_event(make_event(event_id="e1").to_bytes(), SOURCE, lost)
+    acked = Acks()
+    await h.pipeline.handle_event(make_event(event_id="e1").to_bytes(), SOURCE, acked)
     await until(lambda: len(h.outputs.attempt_writes) == 1)
     h.outputs.attempt_writes[0].set_exception(RuntimeError("broker gone"))
     await until(lambda: h.pipeline.in_flight == 0)
     await settle()
-    assert lost.count == 0
-    assert "stays unacknowledged" in caplog.text and "broker gone" in caplog.text
+    assert acked.count == 1
+    [(_, letter)] = h.outputs.dead_letters
+    assert letter["reason"] == "internal_error"
+    assert letter["detail"] == "writing its attempt record: RuntimeError"
+    assert "broker gone" in caplog.text
 
     # The only slot was released: the next event is not blocked.
     h.outputs.hold_attempts = False
