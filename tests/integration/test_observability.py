@@ -53,6 +53,7 @@ ALERTS = {
     "WebhookBridgeNoDeliveries",
     "WebhookBridgeLatencyP99High",
     "WebhookBridgeOutputWritesFailing",
+    "WebhookBridgeInternalErrors",
     "WebhookBridgeDown",
 }
 #: What Grafana would put for its built-in variables; windows of 1m hold enough 1 s scrapes.
