@@ -38,6 +38,12 @@ Done = Callable[[], None]
 
 #: Errors of attempts that were not made: no request was sent.
 SKIPPED = frozenset({"circuit_open", "endpoint_busy", "destination_forbidden"})
+#: Attempts not made because the endpoint could not take them now: the same attempt is tried
+#: again later, without spending an entry of the retry schedule.
+DEFERRED = frozenset({"circuit_open", "endpoint_busy"})
+#: How often one delivery may be deferred before a deferral counts as an attempt (so that a
+#: delivery to an endpoint that never has room still reaches the end of its schedule).
+MAX_DEFERRALS = 100
 
 
 class Outputs(Protocol):
@@ -287,7 +293,12 @@ class Deliverer:
             if result.status in (429, 503) or result.error == "circuit_open"
             else None
         )
-        decision = self._policy.after_failure(job.attempt, retry_after)
+        next_attempt = job.attempt + 1
+        if result.error in DEFERRED and _deferrals(history) <= MAX_DEFERRALS:
+            decision = self._policy.after_skip(retry_after)
+            next_attempt = job.attempt
+        else:
+            decision = self._policy.after_failure(job.attempt, retry_after)
         if decision.action == "dead_letter":
             await self._record_attempt(job, result, "dead_letter")
             last = f"HTTP {result.status}" if result.status is not None else str(result.error)
@@ -300,7 +311,7 @@ class Deliverer:
             delivery_id=job.delivery_id,
             webhook_id=webhook_id,
             event=job.event,
-            attempt=job.attempt + 1,
+            attempt=next_attempt,
             not_before=now + decision.delay,
             enqueued_at=now,
             history=tuple(history),
@@ -369,3 +380,8 @@ class Deliverer:
         await self._outputs.dead_letter(job.webhook.id.encode("utf-8"), record)
         self._metrics.dead_letters.labels(reason).inc()
         self._metrics.deliveries.labels(job.event.type, "dead_lettered").inc()
+
+
+def _deferrals(history: Sequence[Mapping[str, Any]]) -> int:
+    """How many of a delivery's recorded attempts were deferred (not made)."""
+    return sum(1 for attempt in history if attempt.get("error") in DEFERRED)

@@ -60,8 +60,8 @@ def parse_retry(raw: bytes | None) -> PendingRetry:
         event = parse_event(jsoncanon.dumps(value["event"]))
         attempt = value["attempt"]
         not_before = value["not_before"]
-        if not isinstance(attempt, int) or attempt < 2:
-            raise InvalidRecord("invalid_retry_record", "$.attempt must be an integer >= 2")
+        if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+            raise InvalidRecord("invalid_retry_record", "$.attempt must be an integer >= 1")
         for name in ("delivery_id", "webhook_id"):
             if not isinstance(value[name], str) or not value[name]:
                 raise InvalidRecord("invalid_retry_record", f"$.{name} must be a string")

@@ -120,6 +120,16 @@ class RetryPolicy:
                 tier = self.tier_for(wanted, at_least=tier)
         return Decision("retry", tier=tier, delay=delay)
 
+    def after_skip(self, wait: float | None = None) -> Decision:
+        """Decide after an attempt that was not made (an open circuit, a full endpoint queue):
+        the same attempt, once ``wait`` seconds have passed (when the circuit lets a request
+        through), or after the first delay of the schedule; it spends no entry of the
+        schedule."""
+        delay = self.schedule[0] * (1.0 - self.jitter * self._rand())
+        if wait is not None:
+            delay = max(delay, min(wait, self.retry_after_cap))
+        return Decision("retry", tier=self.tier_for(delay), delay=delay)
+
     def tier_for(self, wait: float, *, at_least: int = 0) -> int:
         """The first tier (from ``at_least``) whose delay covers ``wait``: a record waiting in a
         tier then never holds up the records queued behind it for longer than the tier's delay."""

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from bridge.breaker import CLOSED, OPEN, Breakers, endpoint_of
 from bridge.deadletters import SourceRef
-from bridge.deliverer import Deliverer, Job
+from bridge.deliverer import MAX_DEFERRALS, Deliverer, Job
 from bridge.delivery import AttemptResult, Delivery
 from bridge.events import Event, format_timestamp
 from bridge.health import EndpointHealth
@@ -532,7 +532,7 @@ async def test_circuit_opens_and_jobs_are_skipped_without_sending() -> None:
     assert len(h.sender.sent) == THRESHOLD  # not sent
     assert h.attempt() == attempt_record(1, skipped("circuit_open"), "retry")
     tier, pending = h.retry()
-    assert (tier, pending.attempt, pending.not_before) == (0, 2, NOW_TS + 5.0)
+    assert (tier, pending.attempt, pending.not_before) == (0, 1, NOW_TS + 5.0)
     assert pending.history == (skipped("circuit_open").as_record(),)
     assert h.acks.count == THRESHOLD + 1
     # A skip is not an HTTP attempt, nor a failure of the endpoint.
@@ -572,6 +572,58 @@ async def test_a_full_endpoint_queue_skips_with_endpoint_busy() -> None:
     await asyncio.wait_for(first, PROMPT)
     assert h.acks.count == 2
     assert h.outputs.attempts[-1][1]["outcome"] == "success"
+
+
+async def test_a_deferred_attempt_keeps_its_number_and_spends_no_entry_of_the_schedule() -> None:
+    sender = FakeSender()
+    sender.gate = asyncio.Event()
+    h = Harness(sender, endpoint_max_in_flight=1, endpoint_max_queued=0)
+    first = h.start(make_job(event=make_event("evt_first")))
+    await asyncio.wait_for(sender.started.wait(), PROMPT)
+    # The last attempt of the schedule, deferred: it is still the last attempt, not a dead letter.
+    last = h.deliverer._policy.max_attempts
+    await h.run(make_job(last, history=earlier(last - 1)))
+    tier, pending = h.retry()
+    assert (tier, pending.attempt) == (0, last)
+    assert h.outputs.dead_letters == []
+    sender.gate.set()
+    await asyncio.wait_for(first, PROMPT)
+
+
+async def test_an_endpoint_down_for_the_whole_schedule_gets_every_attempt_despite_deferrals() -> (
+    None
+):
+    h = Harness(FakeSender(*[failed(503)] * 20))
+    breaker = h.deliverer.breakers._get(endpoint_of(WEBHOOK.url))
+    job = make_job()
+    while not h.outputs.dead_letters:
+        # Each attempt is first deferred by an open circuit, then made once it reopens.
+        breaker.state, breaker.opened_at = OPEN, h.clock.now
+        await h.run(job)
+        _, deferred = h.retry()
+        assert deferred.attempt == job.attempt
+        h.clock.now += 3600.0
+        await h.run(make_job(deferred.attempt, history=deferred.history))
+        if h.outputs.dead_letters:
+            break
+        _, pending = h.retry()
+        assert pending.attempt == job.attempt + 1
+        job = make_job(pending.attempt, history=pending.history)
+    assert len(h.sender.sent) == h.deliverer._policy.max_attempts
+    assert h.outputs.dead_letters[0][1]["reason"] == "attempts_exhausted"
+
+
+async def test_deferrals_count_as_attempts_once_there_were_too_many() -> None:
+    sender = FakeSender()
+    sender.gate = asyncio.Event()
+    h = Harness(sender, endpoint_max_in_flight=1, endpoint_max_queued=0)
+    first = h.start(make_job(event=make_event("evt_first")))
+    await asyncio.wait_for(sender.started.wait(), PROMPT)
+    deferred = tuple(skipped("endpoint_busy").as_record() for _ in range(MAX_DEFERRALS))
+    await h.run(make_job(2, history=deferred))
+    assert h.retry()[1].attempt == 3
+    sender.gate.set()
+    await asyncio.wait_for(first, PROMPT)
 
 
 async def test_max_in_flight_bounds_requests_across_endpoints() -> None:
@@ -750,14 +802,14 @@ async def test_a_skip_while_the_circuit_is_open_is_not_retried_before_it_reopens
     h.clock.now += 10.0
     await h.run(make_job())
     tier, pending = h.retry()
-    assert (tier, pending.attempt, pending.not_before) == (1, 2, NOW_TS + 20.0)
+    assert (tier, pending.attempt, pending.not_before) == (1, 1, NOW_TS + 20.0)
     assert h.attempt() == attempt_record(1, skipped("circuit_open"), "retry")
     assert pending.history == (skipped("circuit_open").as_record(),)
     # Less than the first tier's delay left: the schedule as usual.
     h.clock.now += 18.0
     await h.run(make_job())
     tier, pending = h.retry()
-    assert (tier, pending.attempt, pending.not_before) == (0, 2, NOW_TS + 5.0)
+    assert (tier, pending.attempt, pending.not_before) == (0, 1, NOW_TS + 5.0)
     assert len(h.sender.sent) == THRESHOLD
 
 

@@ -134,7 +134,7 @@ INVALID: dict[str, bytes | None] = {
         for key in PENDING.to_record()
         if key not in {"enqueued_at", "attempts", "replayed"}
     },
-    "attempt 1": encode(valid_record(attempt=1)),
+    "attempt true": encode(valid_record(attempt=True)),
     "attempt 0": encode(valid_record(attempt=0)),
     "attempt negative": encode(valid_record(attempt=-3)),
     "attempt string": encode(valid_record(attempt="3")),
