@@ -6,19 +6,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from urllib.parse import urlsplit
+
+from .urls import WebhookUrl
 
 __all__ = ["endpoint_of", "CircuitBreaker", "Breakers", "CLOSED", "OPEN", "HALF_OPEN"]
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 
-@lru_cache(maxsize=50_000)  # remembered per URL; webhooks' URLs are few
+@lru_cache(maxsize=50_000)  # read for every attempt; a third of the cost of parse's own cache
 def endpoint_of(url: str) -> str:
-    """The endpoint a URL belongs to: scheme, host and port (what one server answers for)."""
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+    """The endpoint a URL belongs to: scheme, host and port (what one server answers for).
+
+    Raises :class:`bridge.urls.InvalidUrl` for a URL no one could use.
+    """
+    return WebhookUrl.parse(url).endpoint
 
 
 @dataclass

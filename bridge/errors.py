@@ -5,6 +5,7 @@
     ├── InvalidRecord                a Kafka record cannot be processed; it is dead-lettered
     │   ├── InvalidEvent             a platform event is malformed, schema-invalid or unknown
     │   ├── InvalidSubscription      a subscription record is malformed
+    │   │   └── InvalidUrl           a webhook URL no deployment could ever call
     │   └── UnencodableValue         a value cannot be encoded byte-stably for JavaScript receivers
     ├── DeliveryError                one HTTP attempt failed (retriable unless said otherwise)
     └── TopicDrift                   a topic exists with partitions or configs other than declared
@@ -44,6 +45,20 @@ class InvalidEvent(InvalidRecord):
 
 class InvalidSubscription(InvalidRecord):
     """A subscription record is malformed."""
+
+
+class InvalidUrl(InvalidSubscription):
+    """A webhook URL that cannot be used by any deployment (see :mod:`bridge.urls`).
+
+    Not retriable: the same URL is refused again. ``reason`` is always ``"invalid_url"``;
+    ``detail`` is one line that never quotes the URL (its path or query may carry a token).
+    """
+
+    def __init__(self, detail: str, *, problem: str = "malformed") -> None:
+        super().__init__("invalid_url", detail)
+        #: What is wrong, a short snake_case word: ``malformed``, ``too_long``, ``character``,
+        #: ``scheme``, ``userinfo``, ``fragment``, ``no_host``, ``host``, ``port``.
+        self.problem = problem
 
 
 class UnencodableValue(InvalidRecord):

@@ -211,8 +211,8 @@ class Metrics:
         )
         self.ssrf_refusals = Counter(
             "webhook_bridge_ssrf_refusals_total",
-            "Deliveries refused before connecting because the destination is not allowed, by "
-            "reason (loopback, private, link_local, ...; plain_http; bad_url).",
+            "Deliveries refused before connecting because this deployment's policy does not "
+            "allow the destination, by reason (loopback, private, link_local, ...; plain_http).",
             ["reason"],
             registry=registry,
         )

@@ -2,8 +2,10 @@
 
 Two layers, both needed:
 
-* :func:`check_url` — static checks on a webhook URL (scheme, credentials, host present and, given
-  a policy, IP-literal hosts). Cheap; run it when a subscription is accepted.
+* :func:`check_url` — static checks on a webhook URL: first :meth:`bridge.urls.WebhookUrl.parse`
+  (:class:`bridge.urls.InvalidUrl` for a URL no deployment could use), then this deployment's
+  policy (plain http, and given an :class:`AddressPolicy`, IP-literal hosts). Cheap; run it when
+  a subscription is accepted and before each attempt.
 * :class:`GuardedBackend` / :func:`guarded_transport` — the enforcement point. Every new TCP
   connection resolves the host once, checks *every* resolved address with an
   :class:`AddressPolicy`, and connects to the checked IP literal, so a DNS answer that changes
@@ -11,7 +13,10 @@ Two layers, both needed:
   SNI and certificate verification, because httpcore passes the origin's hostname to
   ``start_tls`` separately from ``connect_tcp``.
 
-Refusals raise :class:`DestinationForbidden` before any socket exists. httpx does not wrap it (its
+Refusals raise :class:`DestinationForbidden` before any socket exists. It is the *policy* refusal
+(another deployment, or other settings, could allow the URL); a URL that is unusable anywhere is
+:class:`bridge.urls.InvalidUrl` instead (``invalid_url``; the line between the two is drawn in
+:mod:`bridge.urls`). httpx does not wrap it (its
 exception mapping only translates httpcore's own exceptions and re-raises anything else as it is),
 so ``await client.post(...)`` raises ``DestinationForbidden`` itself.
 
@@ -36,6 +41,7 @@ import httpx
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from .errors import BridgeError, ConfigError
+from .urls import WebhookUrl
 
 __all__ = [
     "IPAddress",
@@ -123,11 +129,10 @@ class DestinationForbidden(BridgeError):
         self.reason = "destination_forbidden"
         #: Human-readable detail, e.g. ``"127.0.0.1 is loopback"``.
         self.detail = detail
-        #: The host as written in the URL, when known.
+        #: The host (as :class:`bridge.urls.WebhookUrl` normalises it, or as connected to).
         self.host = host
         #: Why: an address class from :func:`classify` (``"loopback"``, ``"ipv4_mapped_private"``
-        #: …) or a URL problem (``"scheme"``, ``"plain_http"``, ``"userinfo"``, ``"no_host"``,
-        #: ``"malformed_url"``, ``"unix_socket"``).
+        #: …), ``"plain_http"`` or ``"unix_socket"``.
         self.classification = classification
 
 
@@ -255,38 +260,25 @@ class AddressPolicy:
         return f"AddressPolicy(allow_networks=[{networks}], enabled={self.enabled})"
 
 
-def check_url(url: str, *, allow_http: bool, policy: AddressPolicy | None = None) -> None:
-    """Refuse URLs the bridge must never call, raising :class:`DestinationForbidden`.
+def check_url(url: str, *, allow_http: bool, policy: AddressPolicy | None = None) -> WebhookUrl:
+    """The parsed URL, if the bridge may call it; raises otherwise.
 
-    Refused: schemes other than http(s), ``http`` unless ``allow_http``, user info
-    (``user:pass@``), a missing host, unparsable URLs and, when ``policy`` is given, IP-literal
-    hosts the policy forbids. Host names are only judged when connecting (see
-    :class:`GuardedBackend`), since DNS answers change.
+    :class:`bridge.urls.InvalidUrl` when :meth:`~bridge.urls.WebhookUrl.parse` refuses it (no
+    deployment could use it: another scheme, user info, no host, a bad port or host...);
+    :class:`DestinationForbidden` when this deployment's policy does: ``http`` unless
+    ``allow_http`` and, when ``policy`` is given, IP-literal hosts the policy forbids. Host names
+    are only judged when connecting (see :class:`GuardedBackend`), since DNS answers change.
     """
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
-        raise DestinationForbidden("URL is malformed", classification="malformed_url") from None
-    host = parsed.host
-    if parsed.scheme not in ("http", "https"):
-        scheme = parsed.scheme or "(none)"
-        raise DestinationForbidden(
-            f"scheme {scheme} not allowed", host=host or None, classification="scheme"
-        )
+    parsed = WebhookUrl.parse(url)
     if parsed.scheme == "http" and not allow_http:
         raise DestinationForbidden(
-            "plain http not allowed", host=host or None, classification="plain_http"
+            "plain http not allowed", host=parsed.host, classification="plain_http"
         )
-    if parsed.userinfo:
-        raise DestinationForbidden(
-            "credentials in the URL not allowed", host=host or None, classification="userinfo"
-        )
-    if not host:
-        raise DestinationForbidden("URL has no host", classification="no_host")
     if policy is not None:
-        ip = parse_ip_literal(host)
+        ip = parse_ip_literal(parsed.host)
         if ip is not None:
-            _refuse_if_forbidden(policy, host, [ip])
+            _refuse_if_forbidden(policy, parsed.host, [ip])
+    return parsed
 
 
 def _refuse_if_forbidden(policy: AddressPolicy, host: str, addresses: Iterable[IPAddress]) -> None:

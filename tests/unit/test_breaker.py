@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.breaker import CLOSED, HALF_OPEN, OPEN, Breakers, CircuitBreaker, endpoint_of
+from bridge.urls import InvalidUrl
 from tests.support.clocks import FakeClock
 
 THRESHOLD = 3
@@ -27,9 +28,10 @@ COOLDOWN = 30.0
         ("https://hooks.example:80/", "https://hooks.example:80"),
         ("https://Hooks.EXAMPLE/Path", "https://hooks.example:443"),
         ("HTTPS://hooks.example/", "https://hooks.example:443"),
-        ("https://user:password@hooks.example:9000/x", "https://hooks.example:9000"),
-        ("https://hooks.example/#frag", "https://hooks.example:443"),
         ("https://10.1.2.3/x", "https://10.1.2.3:443"),
+        ("https://0x0a.1.2.3/x", "https://10.1.2.3:443"),
+        ("http://[::1]:8080/x", "http://[::1]:8080"),
+        ("https://Bücher.example/", "https://xn--bcher-kva.example:443"),
     ],
 )
 def test_endpoint_of(url: str, endpoint: str) -> None:
@@ -61,8 +63,21 @@ def test_different_endpoints(a: str, b: str) -> None:
     assert endpoint_of(a) != endpoint_of(b)
 
 
-def test_endpoint_never_contains_credentials() -> None:
-    assert "s3cret" not in endpoint_of("https://admin:s3cret@hooks.example/x")
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:99999/x",  # once a ValueError from every attempt
+        "http://xn--/",  # once an endpoint "http://xn--:80"
+        "https://admin:s3cret@hooks.example/x",
+        "https://hooks.example/#frag",
+        "ftp://hooks.example/",
+    ],
+)
+def test_an_unusable_url_has_no_endpoint(url: str) -> None:
+    # The deliverer dead-letters such a delivery (invalid_url) instead of attempting it.
+    with pytest.raises(InvalidUrl) as caught:
+        endpoint_of(url)
+    assert "s3cret" not in str(caught.value)
 
 
 # -- CircuitBreaker ------------------------------------------------------------------------------
