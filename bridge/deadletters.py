@@ -112,6 +112,7 @@ def dead_letter_record(
         }
     return record
 
+
 def internal_error(exc: BaseException, stage: str) -> tuple[str, str]:
     """The dead-letter reason and detail for a record or job that failed through a fault of the
     bridge's own (a bug, an output that cannot be written) while ``stage``; the exception is

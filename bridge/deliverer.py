@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from .breaker import CLOSED, Breakers, endpoint_of
 from .deadletters import SourceRef, dead_letter_record
 from .delivery import AttemptResult, Delivery, DeliverySender, status_class
-from .errors import InvalidEvent
+from .errors import InvalidEvent, InvalidUrl
 from .events import Event, format_timestamp
 from .health import EndpointHealth, HealthChange
 from .limits import EndpointBusy, EndpointSlots, RateLimits, Slots
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 Done = Callable[[], None]
 
 #: Errors of attempts that were not made: no request was sent.
-SKIPPED = frozenset({"circuit_open", "endpoint_busy", "destination_forbidden"})
+SKIPPED = frozenset({"circuit_open", "endpoint_busy", "destination_forbidden", "invalid_url"})
 #: Attempts not made because the endpoint could not take them now: the same attempt is tried
 #: again later, without spending an entry of the retry schedule.
 DEFERRED = frozenset({"circuit_open", "endpoint_busy"})
@@ -178,7 +178,17 @@ class Deliverer:
             occurred_at=job.event.occurred_at,
             event=job.event,
         )
-        endpoint = endpoint_of(webhook.url)
+        try:
+            endpoint = endpoint_of(webhook.url)
+        except InvalidUrl as exc:
+            # Not retried: no deployment can use the URL (the record predates the check, or
+            # was written around it); the webhook's owner must change it.
+            invalid = self._skipped("invalid_url")
+            await self._record_attempt(job, invalid, "dead_letter")
+            await self._dead_letter(
+                job, "invalid_url", exc.detail, [*job.history, invalid.as_record()]
+            )
+            return None
         if not self._breakers.allow(endpoint):
             # Not retried before the circuit would let it through: a retry due earlier would
             # only be skipped again, spending an attempt and a round through the retry tiers.

@@ -9,6 +9,7 @@ is bounded by ``asyncio.wait_for``; progress is observed through events, never t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -274,7 +275,7 @@ class Harness:
 def attempt_record(attempt: int, result: AttemptResult, next_step: str | None) -> dict[str, Any]:
     if result.success:
         outcome = "success"
-    elif result.error in ("circuit_open", "endpoint_busy", "destination_forbidden"):
+    elif result.error in ("circuit_open", "endpoint_busy", "destination_forbidden", "invalid_url"):
         outcome = "skipped"
     else:
         outcome = "failure"
@@ -666,6 +667,25 @@ async def test_destination_forbidden_is_dead_lettered_and_not_the_endpoints_faul
         await h.run(make_job(event=make_event(f"evt_{n}")))
     assert h.deliverer.breakers.state(endpoint_of(WEBHOOK.url)) == CLOSED
     assert h.outputs.statuses == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:99999/x", "http://xn--/", "https://hooks.example:0/", "https://exa mple/"],
+)
+async def test_an_unusable_url_is_dead_lettered_as_invalid_url_without_a_request(url: str) -> None:
+    h = Harness(FakeSender())
+    webhook = dataclasses.replace(WEBHOOK, url=url)
+    await h.run(make_job(3, webhook=webhook, history=earlier(2)))
+    assert h.acks.count == 1
+    assert h.sender.sent == []
+    record = h.dead_letter()
+    assert record["reason"] == "invalid_url"
+    assert url not in record["detail"]
+    assert len(record["attempts"]) == 3 and record["attempts"][-1]["error"] == "invalid_url"
+    assert h.attempt()["outcome"] == "skipped" and h.attempt()["next"] == "dead_letter"
+    assert h.outputs.retries == h.outputs.statuses == []
+    assert h.value("webhook_bridge_dead_letters_total", reason="invalid_url") == 1.0
 
 
 @pytest.mark.parametrize(
