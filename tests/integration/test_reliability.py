@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bridge.config import Settings
 from bridge.embedded import free_port
@@ -16,6 +17,7 @@ from bridge.management import WebhookStore, publish_events, read_topic
 from bridge.payload import delivery_id
 from tests.support.processes import settings_env
 from tests.support.receivers import Receiver
+from tests.support.records import RawWriter, committed_offsets, end_offsets
 
 pytestmark = pytest.mark.integration
 
@@ -405,3 +407,103 @@ async def test_a_rate_limited_webhook_is_paced_and_others_are_not(
     # A burst of 5, then one every 0.2 s: the last of 15 comes at least ~2 s after the first.
     assert paced[-1].at - paced[0].at >= 1.8
     assert free[-1].at - free[0].at < paced[-1].at - paced[0].at
+
+
+async def records_from(settings: Settings, topic: str, offsets: dict[int, int]) -> int:
+    """How many records ``topic`` holds at or past ``offsets`` (by partition): read until a
+    fetch of half a second brings nothing more (end offsets of batched writes are not exact
+    on the embedded broker)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, offsets.get(tp.partition, 0))
+        count = 0
+        while batch := await consumer.getmany(timeout_ms=500):
+            count += sum(len(messages) for messages in batch.values())
+        return count
+    finally:
+        await consumer.stop()
+
+
+async def test_duplicates_after_a_crash_are_bounded_by_the_records_taken_since_the_last_commit(
+    settings: Settings, receiver: Receiver, workers, record_property
+) -> None:
+    """300 events to one 200 ms endpoint (16 in flight, more queued, the rest deferred to the
+    retry tier), SIGKILL two thirds of the way (commits every second have moved on): the
+    replacement delivers everything, and delivers again at most the records at or past the
+    committed offsets of the moment of the kill, in the events topic and in the retry tiers
+    (each once per copy: its source record, and the retry record of a deferral if one was
+    written)."""
+    receiver.delays["/slow"] = 0.2
+    async with WebhookStore(settings) as store:
+        await hook(store, receiver, "slow")
+        await store.update("slow", site_id=None)
+    first = workers(settings)
+    await first.wait_ready()
+    events = [post(n, site=f"s{n % 6}") for n in range(300)]
+    where: dict[str, tuple[int, int]] = {}
+    writer = await RawWriter(settings.kafka_bootstrap_servers).start()
+    try:
+        for event in events:
+            where[event.id] = await writer.write(
+                settings.events_topic, event.to_bytes(), key=event.key
+            )
+    finally:
+        await writer.stop()
+
+    def delivered() -> list[str]:
+        return [r.delivery_id for r in receiver.received if r.status == 200]
+
+    await receiver.wait_for(lambda got: len(delivered()) >= 200, timeout=60)
+    committed = await committed_offsets(
+        settings.kafka_bootstrap_servers, settings.group_id, settings.events_topic
+    )
+    retry_committed = {
+        topic: await committed_offsets(settings.kafka_bootstrap_servers, settings.group_id, topic)
+        for topic in settings.retry_topics
+    }
+    first.kill()
+    before = len(delivered())
+    taken_since_commit = sum(
+        1 for partition, offset in where.values() if offset >= committed.get(partition, 0)
+    )
+    # Retry records too: one that was already delivered from can be delivered again.
+    for topic, done in retry_committed.items():
+        taken_since_commit += await records_from(settings, topic, done)
+
+    second = workers(settings.replace(web_port=free_port()))
+    await second.wait_ready()
+    expected = {delivery_id(e.id, "slow") for e in events}
+    await receiver.wait_for(lambda got: set(delivered()) >= expected, timeout=90)
+    # Everything settled: the events topic and every retry tier committed to their ends.
+    deadline = asyncio.get_running_loop().time() + 60
+    for topic in (settings.events_topic, *settings.retry_topics):
+        while True:
+            ends = await end_offsets(settings.kafka_bootstrap_servers, topic)
+            done = await committed_offsets(
+                settings.kafka_bootstrap_servers, settings.group_id, topic
+            )
+            if all(done.get(p, 0) >= end for p, end in ends.items() if end > 0):
+                break
+            assert asyncio.get_running_loop().time() < deadline, (topic, ends, done)
+            await asyncio.sleep(0.2)
+    ids = delivered()
+    duplicates = len(ids) - len(set(ids))
+    record_property("delivered_before_kill", before)
+    record_property("taken_since_commit", taken_since_commit)
+    record_property("duplicates", duplicates)
+    print(
+        f"crash duplicates: {duplicates} of 300 events; {before} delivered before the kill; "
+        f"{taken_since_commit} records at or past the committed offsets"
+    )
+    assert set(ids) == expected
+    assert duplicates <= taken_since_commit

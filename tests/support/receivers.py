@@ -47,6 +47,8 @@ class Receiver:
     scripts: dict[str, list[int]] = field(default_factory=dict)
     #: Extra response headers per path (e.g. Retry-After).
     headers: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: Seconds each request to a path takes to be answered (an endpoint's own latency).
+    delays: dict[str, float] = field(default_factory=dict)
     #: When set, every request gets a dropped connection instead of an answer.
     down: bool = False
     received: list[Received] = field(default_factory=list)
@@ -88,6 +90,9 @@ class Receiver:
             self._changed.notify_all()
         if hold is not None:
             await hold.wait()
+        delay = self.delays.get(request.path)
+        if delay is not None:
+            await asyncio.sleep(delay)
         if status == 0:
             assert request.transport is not None
             request.transport.close()

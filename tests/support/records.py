@@ -1,0 +1,175 @@
+"""Raw Kafka access for fault-injection tests: writing any bytes, tailing topics, group offsets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+#: Largest record the raw writer sends: room for events far beyond the bridge's body limit.
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+#: Largest fetch per partition of a tail: a record of MAX_REQUEST_BYTES fits.
+MAX_FETCH_BYTES = 2 * MAX_REQUEST_BYTES
+
+
+class Record(NamedTuple):
+    """One record as read back."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+
+class RawWriter:
+    """Writes any key, value and headers, one record per batch (each acknowledged before the
+    next is sent), so that the embedded broker reports end offsets exactly."""
+
+    def __init__(self, bootstrap_servers: str) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            acks="all",
+            linger_ms=0,
+            enable_idempotence=False,
+            max_request_size=MAX_REQUEST_BYTES,
+        )
+
+    async def start(self) -> RawWriter:
+        await self._producer.start()
+        return self
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def write(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> tuple[int, int]:
+        """Write one record; its (partition, offset)."""
+        if key is None and value is None:
+            # The producer's ``send`` refuses a record with neither; a batch of its own takes it.
+            batch = self._producer.create_batch()
+            batch.append(key=None, value=None, timestamp=None, headers=list(headers))
+            if partition is None:
+                partition = (await self.partitions(topic))[0]
+            sent = await self._producer.send_batch(batch, topic, partition=partition)
+            metadata = await sent
+        else:
+            metadata = await self._producer.send_and_wait(
+                topic, value, key=key, partition=partition, headers=list(headers) or None
+            )
+        return metadata.partition, metadata.offset
+
+    async def partitions(self, topic: str) -> list[int]:
+        return sorted(await self._producer.partitions_for(topic))
+
+
+class TopicTail:
+    """Every record of some topics, from their beginning, read on in the background."""
+
+    def __init__(self, bootstrap_servers: str, topics: Iterable[str]) -> None:
+        self._topics = list(topics)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=MAX_FETCH_BYTES,
+            fetch_max_bytes=4 * MAX_FETCH_BYTES,
+        )
+        self.records: list[Record] = []
+        self._task: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+
+    async def start(self) -> TopicTail:
+        consumer = self._consumer
+        await consumer.start()
+        await consumer.topics()
+        tps = [
+            TopicPartition(topic, p)
+            for topic in self._topics
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                batch = await self._consumer.getmany(timeout_ms=100)
+                for messages in batch.values():
+                    self.records.extend(
+                        Record(
+                            m.topic,
+                            m.partition,
+                            m.offset,
+                            m.key,
+                            m.value,
+                            tuple((k, bytes(v)) for k, v in (m.headers or ())),
+                        )
+                        for m in messages
+                    )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # surfaced by ``of``
+            self._failure = exc
+
+    def of(self, topic: str) -> list[Record]:
+        if self._failure is not None:
+            raise AssertionError(f"reading the topics failed: {self._failure!r}")
+        return [r for r in self.records if r.topic == topic]
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._consumer.stop()
+
+
+async def committed_offsets(bootstrap_servers: str, group_id: str, topic: str) -> dict[int, int]:
+    """The group's committed offsets of ``topic``'s partitions (absent: nothing committed).
+
+    Read with OffsetFetch through a consumer of the group that joins nothing (the embedded
+    broker answers the admin API's ListConsumerGroupOffsets with a response aiokafka cannot
+    decode)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()
+        found: dict[int, int] = {}
+        for partition in sorted(consumer.partitions_for_topic(topic) or ()):
+            offset = await consumer.committed(TopicPartition(topic, partition))
+            if offset is not None:
+                found[partition] = offset
+        return found
+    finally:
+        await consumer.stop()
+
+
+async def end_offsets(bootstrap_servers: str, topic: str) -> dict[int, int]:
+    """The partitions' end offsets (exact on the embedded broker only for topics written one
+    record per batch)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        ends = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    return {tp.partition: offset for tp, offset in ends.items()}
