@@ -30,17 +30,8 @@ from .delivery import DeliverySender, Sender, new_client
 from .direct_topic import DirectTopic
 from .errors import InvalidRecord, InvalidSubscription
 from .faust_monitor import FaustPrometheusMonitor
-from .faust_patches import (
-    cheap_recovery_wait_for,
-    commit_settled_only,
-    end_offset_once_per_fetch,
-    fast_record_handoff,
-    no_table_registration_pause,
-    prompt_fetcher,
-    reread_uncommitted_partitions,
-    set_fetch_max_wait,
-    standby_after_active,
-)
+from .faust_patches import install as install_faust_patches
+from .faust_patches import set_fetch_max_wait
 from .health import EndpointHealth
 from .http1_sender import Http1Sender
 from .kafka import address_policy, client_kwargs, faust_broker_kwargs, keyring
@@ -116,14 +107,7 @@ class Bridge:
         s = self.settings
         s.resolved_data_dir.mkdir(parents=True, exist_ok=True)
         set_fetch_max_wait(s.kafka_fetch_max_wait)
-        reread_uncommitted_partitions()
-        cheap_recovery_wait_for()
-        fast_record_handoff()
-        prompt_fetcher()
-        standby_after_active()
-        no_table_registration_pause()
-        end_offset_once_per_fetch()
-        commit_settled_only()
+        install_faust_patches()
         app = faust.App(
             s.group_id,
             **faust_broker_kwargs(s),

@@ -61,43 +61,50 @@ of a failed worker (``no_table_registration_pause``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import importlib.metadata
+import inspect
 import sys
 from bisect import bisect_left
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Generator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from faust.tables import manager as faust_tables
 from faust.tables import recovery as faust_recovery
+from faust.transport import conductor as faust_conductor
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitResults as _WaitResults
 
+from .errors import ConfigError
+
 __all__ = [
+    "install",
+    "PATCHES",
+    "Patch",
+    "PatchMismatch",
+    "FAUST_VERSION",
+    "fingerprint",
+    "ORIGINALS",
     "set_fetch_max_wait",
-    "reread_uncommitted_partitions",
-    "cheap_recovery_wait_for",
     "wait_for",
-    "fast_record_handoff",
     "UNBUFFERED",
     "UNBUFFERED_YIELD_EVERY",
     "FETCHER_POLL",
-    "prompt_fetcher",
-    "standby_after_active",
-    "no_table_registration_pause",
-    "end_offset_once_per_fetch",
     "TakenOffsets",
-    "commit_settled_only",
+    "taken_offsets",
 ]
 
 T = TypeVar("T")
 
 _fetch_max_wait_ms = 1500
-_original = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
+_original_create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
 
 
 def _create_worker_consumer(self: Any, transport: Any) -> Any:
-    consumer = _original(self, transport)
+    consumer = _original_create_worker_consumer(self, transport)
     consumer._fetch_max_wait_ms = _fetch_max_wait_ms  # read when the consumer starts
     return consumer
 
@@ -107,8 +114,6 @@ def set_fetch_max_wait(seconds: float) -> None:
     from now on."""
     global _fetch_max_wait_ms
     _fetch_max_wait_ms = max(1, int(seconds * 1000))
-    consumer_thread: Any = faust_aiokafka.AIOKafkaConsumerThread
-    consumer_thread._create_worker_consumer = _create_worker_consumer
 
 
 async def _seek_uncommitted_to_start(
@@ -139,12 +144,6 @@ async def _seek_to_committed(self: Any) -> Any:
     )
 
 
-def reread_uncommitted_partitions() -> None:
-    """After a rebalance, read partitions without a committed offset from their beginning."""
-    consumer_thread: Any = faust_aiokafka.AIOKafkaConsumerThread
-    consumer_thread.seek_to_committed = _seek_to_committed
-
-
 async def wait_for(awaitable: Awaitable[T], timeout: float | None) -> T:
     """``asyncio.wait_for`` as Python 3.12 implements it: no task of its own."""
     if timeout is None:
@@ -160,13 +159,6 @@ class _AsyncioFor312WaitFor:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(asyncio, name)
-
-
-def cheap_recovery_wait_for() -> None:
-    """Table recovery waits for each record without starting a task (Python 3.11)."""
-    if sys.version_info < (3, 12) and getattr(faust_recovery, "asyncio", None) is asyncio:
-        recovery: Any = faust_recovery
-        recovery.asyncio = _AsyncioFor312WaitFor()
 
 
 class _Rest:
@@ -256,12 +248,6 @@ async def _wait_first(self: Any, *coros: Any, timeout: Any = None) -> Any:
     return await _original_wait_first(self, rest, suspended)
 
 
-def fast_record_handoff() -> None:
-    """Faust's consumer gives records to streams and tables without four tasks per record."""
-    consumer_class: Any = faust_consumer.Consumer
-    consumer_class.wait_first = _wait_first
-
-
 #: Longest time Faust's fetcher waits before it looks at which partitions are active again.
 FETCHER_POLL = 0.05
 
@@ -286,12 +272,6 @@ async def _wait_next_records(self: Any, timeout: float) -> tuple[Any, Any]:
         self.not_waiting_next_records.set()
 
 
-def prompt_fetcher() -> None:
-    """Partitions resumed after a rebalance are fetched within ``FETCHER_POLL`` seconds."""
-    consumer_class: Any = faust_consumer.Consumer
-    consumer_class._wait_next_records = _wait_next_records
-
-
 _original_seek_offsets = faust_recovery.Recovery._seek_offsets
 
 
@@ -305,25 +285,12 @@ async def _seek_offsets(self: Any, consumer: Any, tps: Any, offsets: Any, title:
     await _original_seek_offsets(self, consumer, tps, offsets, title)
 
 
-def standby_after_active() -> None:
-    """Global tables are not read twice at start: standby reading continues where the active
-    recovery ended."""
-    recovery_class: Any = faust_recovery.Recovery
-    recovery_class._seek_offsets = _seek_offsets
-
-
 async def _start_table_manager(self: Any) -> None:
     # faust.tables.manager.TableManager.on_start (faust-streaming 0.15) without its
     # ``await self.sleep(1.0)``: every table exists before the app starts.
     if not self.should_stop:
         await self._update_channels()
         await self.recovery.start()
-
-
-def no_table_registration_pause() -> None:
-    """The table manager registers the tables at once when it starts."""
-    manager_class: Any = faust_tables.TableManager
-    manager_class.on_start = _start_table_manager
 
 
 async def _getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
@@ -356,12 +323,6 @@ async def _getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
             await self.perform_seek()
         except Exception as exc:
             self.log.warning(f"exception performing seek when flow not active {exc}")
-
-
-def end_offset_once_per_fetch() -> None:
-    """Faust's consumer reports each partition's end offset once per fetch."""
-    consumer_class: Any = faust_consumer.Consumer
-    consumer_class.getmany = _getmany
 
 
 class _Taken:
@@ -457,10 +418,187 @@ async def _perform_seek(self: Any) -> None:
     taken_offsets(self.app).reset()
 
 
-def commit_settled_only() -> None:
-    """Faust's consumer commits a partition only up to its first record handed over and not
-    acknowledged. The consumer's callback must report every record of an acknowledged topic
-    to ``taken_offsets(app).take`` before handing it on (:mod:`bridge.direct_topic`)."""
-    consumer_class: Any = faust_consumer.Consumer
-    consumer_class._new_offset = _new_offset
-    consumer_class.perform_seek = _perform_seek
+# -- installing them ------------------------------------------------------------------------------
+
+#: The faust-streaming release the patches were written against and checked with.
+FAUST_VERSION = "0.15.3"
+
+
+class PatchMismatch(ConfigError):
+    """faust-streaming is not the release, or a function a patch replaces or relies on is not
+    the code, that the patch was written against: the worker refuses to start."""
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One replacement of (or reliance on) a faust-streaming internal."""
+
+    #: Short name, used in messages.
+    name: str
+    #: The class or module holding the attribute.
+    owner: Any
+    attribute: str
+    #: What is put in its place; ``None`` for an internal that is only relied on (checked,
+    #: not replaced).
+    replacement: Any
+    #: SHA-256 (first 16 hex digits) of the original's source, as faust-streaming ships it.
+    fingerprint: str
+    #: The upstream behaviour the patch changes, in one line.
+    upstream: str
+
+
+def fingerprint(original: Any) -> str:
+    """The first 16 hex digits of the SHA-256 of ``original``'s source (of the function a
+    ``mode`` service task wraps; for a module, of its name)."""
+    if inspect.ismodule(original):
+        text = f"module {original.__name__}"
+    else:
+        text = inspect.getsource(getattr(original, "fun", original))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+PATCHES: tuple[Patch, ...] = (
+    Patch(
+        "fetch_max_wait",
+        faust_aiokafka.AIOKafkaConsumerThread,
+        "_create_worker_consumer",
+        _create_worker_consumer,
+        "c2701bfc3e6f6cad",
+        "the worker's consumer is created with fetch_max_wait_ms=1500, not configurable",
+    ),
+    Patch(
+        "reread_uncommitted_partitions",
+        faust_aiokafka.AIOKafkaConsumerThread,
+        "seek_to_committed",
+        _seek_to_committed,
+        "775ab0adc4b052ab",
+        "partitions without a committed offset keep their pre-rebalance position, and Faust "
+        "drops what was fetched meanwhile",
+    ),
+    Patch(
+        "cheap_recovery_wait_for",
+        faust_recovery,
+        "asyncio",
+        _AsyncioFor312WaitFor() if sys.version_info < (3, 12) else asyncio,
+        "854b5a9b982c053b",
+        "table recovery awaits asyncio.wait_for per record, a task each on Python 3.11",
+    ),
+    Patch(
+        "cheap_recovery_wait_for.caller",
+        faust_recovery.Recovery,
+        "_slurp_changelogs",
+        None,
+        "7825c7e50f766d5a",
+        "the only caller of asyncio.wait_for in faust.tables.recovery",
+    ),
+    Patch(
+        "fast_record_handoff",
+        faust_consumer.Consumer,
+        "wait_first",
+        _wait_first,
+        "feade6a31f8a6789",
+        "every fetched record is handed on through wait_first: four tasks and asyncio.wait",
+    ),
+    Patch(
+        "fast_record_handoff.caller",
+        faust_consumer.Consumer,
+        "_drain_messages",
+        None,
+        "44a2500309e83c63",
+        "the record hand-off whose wait_first call the fast path recognises",
+    ),
+    Patch(
+        "prompt_fetcher",
+        faust_consumer.Consumer,
+        "_wait_next_records",
+        _wait_next_records,
+        "6218e1969a636b3f",
+        "the fetcher waits up to 1 s for records and sleeps 1 s while no partition is active",
+    ),
+    Patch(
+        "standby_after_active",
+        faust_recovery.Recovery,
+        "_seek_offsets",
+        _seek_offsets,
+        "19598ca63d94d250",
+        "a global table's partitions are read again as standby from where recovery started",
+    ),
+    Patch(
+        "no_table_registration_pause",
+        faust_tables.TableManager,
+        "on_start",
+        _start_table_manager,
+        "365dd25fbc0e0684",
+        "the table manager sleeps 1 s before registering the tables' changelogs",
+    ),
+    Patch(
+        "end_offset_once_per_fetch",
+        faust_consumer.Consumer,
+        "getmany",
+        _getmany,
+        "4b168d84882a70d6",
+        "each fetched record reads and reports its partition's high-water mark",
+    ),
+    Patch(
+        "commit_settled_only",
+        faust_consumer.Consumer,
+        "_new_offset",
+        _new_offset,
+        "1d2c7ea89a7ad4f1",
+        "a run of acknowledged offsets starting one past the committed offset is committed "
+        "over the unacknowledged record before it",
+    ),
+    Patch(
+        "commit_settled_only.seek",
+        faust_consumer.Consumer,
+        "perform_seek",
+        _perform_seek,
+        "0e8c130ff4b0afd8",
+        "(the seek after which the records handed over are counted anew)",
+    ),
+    Patch(
+        "direct_topic.conductor",
+        faust_conductor.Conductor,
+        "_compile_message_handler",
+        None,
+        "9fbc0538097aa4ec",
+        "the conductor's per-record callback, which bridge.direct_topic puts a hand-off before",
+    ),
+)
+
+
+#: Each patched or relied-on attribute as faust-streaming shipped it (as found when this module
+#: was imported, before anything was installed).
+ORIGINALS: dict[str, Any] = {p.name: getattr(p.owner, p.attribute) for p in PATCHES}
+
+
+def install() -> None:
+    """Apply every patch, once: each original must be the code its patch was written against.
+
+    Idempotent (a patch already applied is skipped). Raises :class:`PatchMismatch`, naming the
+    patch, when the installed faust-streaming is another release or an original's fingerprint
+    differs; nothing is patched then.
+    """
+    installed = importlib.metadata.version("faust-streaming")
+    if installed != FAUST_VERSION:
+        raise PatchMismatch(
+            f"faust-streaming {installed} is installed; bridge.faust_patches was written "
+            f"against {FAUST_VERSION}: check every patch against the new release"
+        )
+    pending: list[Patch] = []
+    for patch in PATCHES:
+        current = getattr(patch.owner, patch.attribute)
+        if patch.replacement is not None and current is patch.replacement:
+            continue
+        found = fingerprint(current)
+        if found != patch.fingerprint:
+            where = getattr(patch.owner, "__qualname__", getattr(patch.owner, "__name__", "?"))
+            raise PatchMismatch(
+                f"faust patch {patch.name}: {where}.{patch.attribute} is not the code the "
+                f"patch was written against (fingerprint {found}, expected "
+                f"{patch.fingerprint}); upstream behaviour it changes: {patch.upstream}"
+            )
+        if patch.replacement is not None:
+            pending.append(patch)
+    for patch in pending:
+        setattr(patch.owner, patch.attribute, patch.replacement)

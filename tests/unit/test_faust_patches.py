@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import sys
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,8 +31,6 @@ from bridge.faust_patches import (
     _seek_uncommitted_to_start,
     _wait_first,
     _wait_next_records,
-    cheap_recovery_wait_for,
-    fast_record_handoff,
     wait_for,
 )
 
@@ -71,20 +71,6 @@ async def test_starts_no_task() -> None:
 
     await wait_for(probe(), timeout=1.0)
     assert seen == [before]
-
-
-@pytest.mark.skipif(sys.version_info >= (3, 12), reason="3.12's own wait_for has no task")
-def test_applied_to_faust_recovery_only() -> None:
-    original = recovery.asyncio
-    try:
-        cheap_recovery_wait_for()
-        assert recovery.asyncio.wait_for is wait_for
-        assert recovery.asyncio.sleep is asyncio.sleep  # the rest is asyncio's
-        assert asyncio.wait_for is not wait_for
-        cheap_recovery_wait_for()  # idempotent
-        assert isinstance(recovery.asyncio, faust_patches._AsyncioFor312WaitFor)
-    finally:
-        recovery.asyncio = original
 
 
 # -- fast_record_handoff ---------------------------------------------------------------------------
@@ -222,15 +208,6 @@ async def test_suspended_flow_takes_faust_s_own_path(monkeypatch: pytest.MonkeyP
     assert calls == [2]
 
 
-def test_installed_on_faust_s_consumer() -> None:
-    original = faust_consumer.Consumer.wait_first
-    try:
-        fast_record_handoff()
-        assert faust_consumer.Consumer.wait_first is _wait_first
-    finally:
-        faust_consumer.Consumer.wait_first = original  # type: ignore[method-assign]
-
-
 # -- reread_uncommitted_partitions ----------------------------------------------------------------
 
 
@@ -307,15 +284,6 @@ async def test_fetcher_without_active_partitions_looks_again_after_the_poll_inte
     assert consumer.getmany_timeouts == []
 
 
-def test_prompt_fetcher_is_installed_on_faust_s_consumer() -> None:
-    original = faust_consumer.Consumer._wait_next_records
-    try:
-        faust_patches.prompt_fetcher()
-        assert faust_consumer.Consumer._wait_next_records is _wait_next_records
-    finally:
-        faust_consumer.Consumer._wait_next_records = original  # type: ignore[method-assign]
-
-
 # -- standby_after_active ---------------------------------------------------------------------
 
 
@@ -349,15 +317,6 @@ async def test_standby_reading_of_a_recovered_global_partition_starts_where_reco
     assert standby_offsets == Counter({hooks0: -1, hooks1: 40, other: -1})  # not changed
 
 
-def test_standby_after_active_is_installed_on_faust_s_recovery() -> None:
-    original = recovery.Recovery._seek_offsets
-    try:
-        faust_patches.standby_after_active()
-        assert recovery.Recovery._seek_offsets is _seek_offsets
-    finally:
-        recovery.Recovery._seek_offsets = original  # type: ignore[method-assign]
-
-
 # -- no_table_registration_pause ------------------------------------------------------------
 
 
@@ -387,17 +346,6 @@ async def test_table_manager_that_is_stopping_registers_nothing() -> None:
     manager = FakeTableManager(stopping=True)
     await faust_patches._start_table_manager(manager)
     assert manager.calls == []
-
-
-def test_no_table_registration_pause_is_installed_on_faust_s_table_manager() -> None:
-    from faust.tables import manager
-
-    original = manager.TableManager.on_start
-    try:
-        faust_patches.no_table_registration_pause()
-        assert manager.TableManager.on_start is faust_patches._start_table_manager
-    finally:
-        manager.TableManager.on_start = original  # type: ignore[method-assign]
 
 
 # -- end_offset_once_per_fetch ------------------------------------------------------------------
@@ -497,15 +445,6 @@ async def test_a_suspended_flow_seeks_instead_of_handing_on() -> None:
     assert consumer.seeks == 1
 
 
-def test_end_offset_once_per_fetch_is_installed_on_faust_s_consumer() -> None:
-    original = faust_consumer.Consumer.getmany
-    try:
-        faust_patches.end_offset_once_per_fetch()
-        assert faust_consumer.Consumer.getmany is _getmany
-    finally:
-        faust_consumer.Consumer.getmany = original  # type: ignore[method-assign]
-
-
 class _CommitState:
     """The parts of Faust's consumer that ``_new_offset`` reads, as Faust keeps them."""
 
@@ -575,12 +514,6 @@ def test_nothing_handed_over_since_the_seek_commits_nothing() -> None:
     assert state.commit() is None
 
 
-def test_the_guard_is_installed_on_faust_consumer() -> None:
-    faust_patches.commit_settled_only()
-    assert faust_consumer.Consumer._new_offset is faust_patches._new_offset
-    assert faust_consumer.Consumer.perform_seek is faust_patches._perform_seek
-
-
 @given(
     offsets=st.lists(st.integers(0, 3), min_size=1, max_size=40).map(
         lambda steps: list(itertools.accumulate(s + 1 for s in steps))
@@ -602,3 +535,87 @@ def test_commits_stay_below_every_unacknowledged_record(offsets: list[int], data
         unsettled = [o for o in offsets if o not in acknowledged]
         assert not unsettled or committed <= min(unsettled)
     assert committed == offsets[-1] + 1
+
+
+# -- installing the patches -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def pristine() -> Iterator[None]:
+    """Faust as shipped during the test (each original as faust_patches found it), and
+    whatever was installed before it afterwards."""
+    saved = {p.name: getattr(p.owner, p.attribute) for p in faust_patches.PATCHES}
+    for patch in faust_patches.PATCHES:
+        setattr(patch.owner, patch.attribute, faust_patches.ORIGINALS[patch.name])
+    try:
+        yield
+    finally:
+        for patch in faust_patches.PATCHES:
+            setattr(patch.owner, patch.attribute, saved[patch.name])
+
+
+@pytest.mark.parametrize("patch", faust_patches.PATCHES, ids=lambda p: p.name)
+def test_each_fingerprint_is_the_shipped_original_s(patch: faust_patches.Patch) -> None:
+    assert faust_patches.fingerprint(faust_patches.ORIGINALS[patch.name]) == patch.fingerprint
+
+
+def test_install_puts_every_replacement_in_place_once(pristine: None) -> None:
+    faust_patches.install()
+    for patch in faust_patches.PATCHES:
+        current = getattr(patch.owner, patch.attribute)
+        expected = (
+            faust_patches.ORIGINALS[patch.name]
+            if patch.replacement is None
+            else (patch.replacement)
+        )
+        assert current is expected, patch.name
+    faust_patches.install()  # idempotent
+    assert faust_consumer.Consumer._new_offset is faust_patches._new_offset
+    if sys.version_info < (3, 12):
+        assert recovery.asyncio.wait_for is wait_for
+        assert recovery.asyncio.sleep is asyncio.sleep  # the rest is asyncio's
+        assert asyncio.wait_for is not wait_for
+
+
+@pytest.mark.parametrize(
+    "name", [p.name for p in faust_patches.PATCHES if not p.attribute == "asyncio"]
+)
+def test_a_changed_original_refuses_to_start_naming_the_patch(
+    name: str, pristine: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patch = next(p for p in faust_patches.PATCHES if p.name == name)
+
+    def changed(*args: Any, **kwargs: Any) -> None:
+        """Not the code the patch was written against."""
+
+    monkeypatch.setattr(patch.owner, patch.attribute, changed)
+    with pytest.raises(faust_patches.PatchMismatch, match=f"faust patch {re.escape(name)}:"):
+        faust_patches.install()
+    # Nothing was patched.
+    for other in faust_patches.PATCHES:
+        if other.name != name:
+            assert getattr(other.owner, other.attribute) is faust_patches.ORIGINALS[other.name]
+
+
+def test_another_faust_release_refuses_to_start(
+    pristine: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(faust_patches, "FAUST_VERSION", "0.15.2")
+    with pytest.raises(faust_patches.PatchMismatch, match="faust-streaming 0.15.3 is installed"):
+        faust_patches.install()
+    assert faust_consumer.Consumer._new_offset is faust_patches.ORIGINALS["commit_settled_only"]
+
+
+def test_the_worker_does_not_start_with_a_changed_original(
+    pristine: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from bridge.app import Bridge
+    from bridge.config import Settings
+
+    def changed(self: Any, tp: Any) -> None:
+        return None
+
+    monkeypatch.setattr(faust_consumer.Consumer, "_new_offset", changed)
+    settings = Settings.load(env={}, overrides={"data_dir": str(tmp_path)})
+    with pytest.raises(faust_patches.PatchMismatch, match="faust patch commit_settled_only:"):
+        Bridge(settings)
