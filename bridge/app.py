@@ -22,7 +22,6 @@ from mode import Service
 from prometheus_client import CollectorRegistry
 
 from . import __version__, jsoncanon
-from .aiohttp_sender import AiohttpSender
 from .config import Settings
 from .deadletters import SourceRef
 from .deliverer import Deliverer
@@ -349,8 +348,7 @@ class Bridge:
                 allow_http=s.plain_http_allowed,
                 policy=policy,
             )
-        sender_class = AiohttpSender if s.http_client == "aiohttp" else Http1Sender
-        return sender_class(
+        return Http1Sender(
             timeout=s.http_timeout,
             max_connections=s.max_in_flight,
             max_connections_per_endpoint=s.endpoint_max_in_flight,

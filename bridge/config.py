@@ -230,9 +230,9 @@ class Settings:
         "http1",
         "BRIDGE_HTTP_CLIENT",
         "--http-client",
-        lambda text: _choice("HTTP1", "AIOHTTP", "HTTPX")(text).lower(),
+        lambda text: _choice("HTTP1", "HTTPX")(text).lower(),
         "HTTP client of the delivery hot path: http1 (the bridge's own keep-alive HTTP/1.1 "
-        "client, fastest), aiohttp, or httpx (the reference). All behave the same.",
+        "client, fastest) or httpx (the reference). Both behave the same.",
     )
     event_loop: str = _setting(
         "uvloop",

@@ -3,28 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
+import httpcore
 import httpx
 
 from . import standard_webhooks
 from .events import Event, format_timestamp
+from .http1 import MAX_RESPONSE
 from .retry_policy import parse_retry_after
 from .signing import sign
-from .ssrf import AddressPolicy, DestinationForbidden, check_url, guarded_transport
+from .ssrf import (
+    AddressPolicy,
+    DestinationForbidden,
+    GuardedBackend,
+    Resolver,
+    check_url,
+    guarded_transport,
+)
 from .subscriptions import Webhook
 
 __all__ = [
     "USER_AGENT",
     "Delivery",
     "AttemptResult",
+    "ErrorTable",
     "Sender",
     "SenderBase",
+    "classify",
     "DeliverySender",
     "build_headers",
     "is_success",
@@ -83,7 +95,7 @@ class AttemptResult:
 
 
 class DeliverySender(Protocol):
-    """What sends one attempt: :class:`Sender` (httpx) or ``AiohttpSender`` (the hot path)."""
+    """What sends one attempt: :class:`Sender` (httpx) or ``Http1Sender`` (the hot path)."""
 
     async def send(self, delivery: Delivery) -> AttemptResult: ...
 
@@ -133,11 +145,14 @@ def new_client(
     *,
     policy: AddressPolicy | None = None,
     ca_bundle: str | None = None,
+    resolver: Resolver | None = None,
 ) -> httpx.AsyncClient:
     """The one shared client: keep-alive pooling, no redirects, TLS verification always on.
 
     Every connection goes through the SSRF guard (``policy``), which connects to the address it
-    checked; without a policy (unit tests only) nothing is checked.
+    checked (names resolved by ``resolver``, the system's by default); without a policy (unit
+    tests only) nothing is checked. Every response is cut at
+    :data:`bridge.http1.MAX_RESPONSE` bytes, counted on the wire (see :class:`Sender`).
     """
     limits = httpx.Limits(
         max_connections=max_connections,
@@ -148,39 +163,171 @@ def new_client(
         policy if policy is not None else AddressPolicy(enabled=False),
         verify=ca_bundle or True,
         limits=limits,
+        resolver=resolver,
     )
-    return httpx.AsyncClient(
+    _count_response_bytes(transport)
+    client = httpx.AsyncClient(
         timeout=httpx.Timeout(timeout),
         transport=transport,
         follow_redirects=False,
         trust_env=False,
     )
+    # Only the documented headers (and Host, Content-Length), as Http1Sender sends: not httpx's
+    # own Accept, Accept-Encoding, Connection and User-Agent.
+    client.headers.clear()
+    return client
 
 
-def _error_class(exc: BaseException) -> str:
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
-        return "timeout"
-    if isinstance(exc, httpx.ConnectError):
-        cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, ssl.SSLError) or "SSL" in type(cause).__name__:
-            return "tls_error"
-        return "connect_error"
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.LocalProtocolError):
-        return "protocol_error"
-    if isinstance(exc, httpx.NetworkError):
-        return "network_error"
-    return "request_error"
+class _CapReached(Exception):
+    """A response needed more than :data:`~bridge.http1.MAX_RESPONSE` bytes."""
+
+
+class _CappedStream(httpcore.AsyncNetworkStream):
+    """A connection whose reads stop after :data:`~bridge.http1.MAX_RESPONSE` bytes per request:
+    every byte after the request counts (status lines, headers, chunk framing, trailers, body),
+    as :mod:`bridge.http1` counts them. h11 never sees more; the read that would pass the cap
+    raises :class:`_CapReached` instead (and httpcore closes the connection)."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+        self._left = MAX_RESPONSE
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        if self._left <= 0:
+            raise _CapReached
+        data = await self._inner.read(min(max_bytes, self._left), timeout)
+        self._left -= len(data)
+        return data
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        # httpcore writes the whole request before it reads the response: the count restarts.
+        self._left = MAX_RESPONSE
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return _CappedStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _CappedBackend(httpcore.AsyncNetworkBackend):
+    """Wraps every stream of ``inner`` in a :class:`_CappedStream`."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+        self._inner = inner
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _CappedStream(stream)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return _CappedStream(await self._inner.connect_unix_socket(path, timeout, socket_options))
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def _count_response_bytes(transport: httpx.AsyncHTTPTransport) -> None:
+    """Put :class:`_CappedBackend` around the network backend of ``transport``'s pool.
+
+    httpx lets no network backend be passed; :func:`bridge.ssrf.guarded_transport` built the
+    pool with its :class:`~bridge.ssrf.GuardedBackend`, kept by httpcore 1.0 as
+    ``_network_backend`` and handed to each new connection. Refuses to go on if that changed."""
+    pool = transport._pool
+    backend = getattr(pool, "_network_backend", None)
+    if not isinstance(pool, httpcore.AsyncConnectionPool) or not isinstance(
+        backend, GuardedBackend
+    ):
+        raise RuntimeError(
+            "httpx/httpcore changed: the transport's pool has no GuardedBackend to wrap; "
+            "the reference sender cannot cap responses"
+        )
+    pool._network_backend = _CappedBackend(backend)
+
+
+#: What h11 accepts in a header value and llhttp, the hot path's parser, refuses: control
+#: characters other than tab.
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+#: The largest Content-Length llhttp reads (a 64-bit count).
+_MAX_CONTENT_LENGTH = 2**64 - 1
+
+
+def _refusal(response: httpx.Response) -> str | None:
+    """Why a response head that h11 accepted is malformed all the same, or ``None``.
+
+    llhttp refuses these and h11 does not; both senders must give the same outcome."""
+    if response.http_version not in ("HTTP/1.1", "HTTP/1.0"):
+        return "malformed status line"
+    length = encoded = False
+    for name, value in response.headers.raw:
+        if _CONTROL.search(value):
+            return "control character in a header value"
+        name = name.lower()
+        if name == b"content-length":
+            if int(value) > _MAX_CONTENT_LENGTH:  # h11 has checked that it is digits
+                return "Content-Length overflow"
+            length = True
+        elif name == b"transfer-encoding":
+            encoded = True
+    if length and encoded:
+        return "both Content-Length and Transfer-Encoding"
+    return None
+
+
+#: How a sender's failures are classed: ``(exception type, error class)`` pairs; the first
+#: that the exception, or one it was raised from or while handling, is an instance of gives
+#: the class. (httpx raises its error from httpcore's, which httpcore's pool re-raises
+#: ``from None`` while handling the ``ssl`` or ``OSError`` one: the chain is followed through
+#: ``__context__`` even when a traceback would hide it.)
+ErrorTable = tuple[tuple[type[BaseException], str], ...]
+
+
+def classify(exc: BaseException, table: ErrorTable) -> str | None:
+    """The error class ``table`` gives ``exc``, or ``None`` when it names no failure."""
+    chain = [exc]
+    while len(chain) < 8:
+        last = chain[-1]
+        link = last.__cause__ or last.__context__
+        if link is None:
+            break
+        chain.append(link)
+    for kind, error in table:
+        if any(isinstance(link, kind) for link in chain):
+            return error
+    return None
 
 
 class SenderBase:
     """What every sender shares: the attempt's clocks, the SSRF check of the URL (its verdict
     remembered per URL), the documented headers, and turning what came back into an
     :class:`AttemptResult`. A sender implements ``_post`` (send, return the status and the
-    ``Retry-After`` header), ``_error_class`` and ``aclose``, and names in ``_failures`` the
-    exceptions that mean the endpoint or the network failed."""
+    ``Retry-After`` header) and ``aclose``, and declares in ``_errors`` the exceptions that mean
+    the endpoint or the network failed, with their error class."""
 
-    #: Exceptions that are an attempt's failure, not a bug; classified by ``_error_class``.
-    _failures: tuple[type[BaseException], ...] = (TimeoutError, OSError)
+    #: An attempt's failures, not bugs, by error class (read by :func:`classify` in ``send``);
+    #: any other exception propagates.
+    _errors: ErrorTable = ((TimeoutError, "timeout"), (OSError, "network_error"))
     #: URLs whose verdict is remembered; cleared when full.
     _CHECKED_URLS = 50_000
 
@@ -219,10 +366,6 @@ class SenderBase:
     async def _post(self, delivery: Delivery, headers: dict[str, str]) -> tuple[int, str | None]:
         raise NotImplementedError
 
-    @staticmethod
-    def _error_class(exc: BaseException) -> str:
-        raise NotImplementedError
-
     async def aclose(self) -> None:
         raise NotImplementedError
 
@@ -236,8 +379,11 @@ class SenderBase:
             status, retry_after = await self._post(delivery, build_headers(delivery, now))
         except DestinationForbidden as exc:
             return refused(exc, duration=self._clock() - started, at=at)
-        except self._failures as exc:
-            return AttemptResult(False, None, self._error_class(exc), self._clock() - started, at)
+        except Exception as exc:
+            error = classify(exc, self._errors)
+            if error is None:
+                raise
+            return AttemptResult(False, None, error, self._clock() - started, at)
         return answered(
             status,
             retry_after,
@@ -249,10 +395,26 @@ class SenderBase:
 
 
 class Sender(SenderBase):
-    """Posts deliveries with one shared ``httpx.AsyncClient`` (the reference sender; the worker's
-    hot path uses :class:`bridge.http1_sender.Http1Sender`, which behaves the same)."""
+    """Posts deliveries with one shared ``httpx.AsyncClient``: the reference sender, and the
+    hot path's test oracle (:class:`bridge.http1_sender.Http1Sender` behaves the same).
 
-    _failures = (httpx.HTTPError, TimeoutError, OSError, ssl.SSLError)
+    The response is streamed and its body discarded as it arrives, never held. With a client
+    from :func:`new_client`, reads stop at :data:`bridge.http1.MAX_RESPONSE` bytes of the
+    response, every byte counted: a response that needs more is a ``protocol_error`` if its
+    head was not complete by then, else its status stands and the connection is closed. Heads
+    that h11 accepts and llhttp refuses are refused here too (see :func:`_refusal`)."""
+
+    _errors: ErrorTable = (
+        (httpx.TimeoutException, "timeout"),
+        (TimeoutError, "timeout"),
+        # A failed TLS handshake is a ConnectError raised from the SSL error.
+        (ssl.SSLError, "tls_error"),
+        (httpx.ConnectError, "connect_error"),
+        (httpx.ProtocolError, "protocol_error"),
+        (httpx.NetworkError, "network_error"),
+        (OSError, "network_error"),
+        (httpx.HTTPError, "request_error"),
+    )
 
     def __init__(
         self,
@@ -282,13 +444,26 @@ class Sender(SenderBase):
         # The client's timeout applies per phase; this one bounds the whole request, as the
         # documentation promises ("We will time out requests after 30 seconds").
         async with asyncio.timeout(self._timeout):
-            response = await self._client.post(
-                delivery.webhook.url, content=delivery.body, headers=headers
-            )
-            await response.aread()
-        return response.status_code, response.headers.get("Retry-After")
-
-    _error_class = staticmethod(_error_class)
+            try:
+                async with self._client.stream(
+                    "POST", delivery.webhook.url, content=delivery.body, headers=headers
+                ) as response:
+                    refusal = _refusal(response)
+                    if refusal is not None:
+                        raise httpx.RemoteProtocolError(refusal)
+                    try:
+                        # Raw: a body is never decoded (a response built in memory, as with
+                        # httpx.MockTransport, has been read already).
+                        if not response.is_stream_consumed:
+                            async for _ in response.aiter_raw():
+                                pass
+                    except _CapReached:
+                        pass  # the head was complete: the receiver answered
+                    return response.status_code, response.headers.get("Retry-After")
+            except _CapReached:
+                raise httpx.RemoteProtocolError(
+                    f"response head longer than {MAX_RESPONSE} bytes"
+                ) from None
 
 
 def answered(

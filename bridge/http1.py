@@ -3,49 +3,60 @@
 The worker's hot path (:class:`bridge.http1_sender.Http1Sender`) spends most of its time in the
 HTTP client; general clients (httpx, aiohttp) build request objects, header multidicts, payload
 wrappers and several timers per request. This client keeps, per URL, the request line and ``Host``
-header as bytes, writes head and body in one ``write``, parses only what decides the outcome
-(status, ``Content-Length``, ``Transfer-Encoding``, ``Connection``, ``Retry-After``) and arms one
-timer per request. What it promises:
+header as bytes, writes head and body in one ``write`` and arms one timer per request. Responses
+are parsed by llhttp (Node's parser, through ``httptools``), never by code of ours; we only read
+the status, ``Retry-After`` and what llhttp says about keeping the connection. What it promises:
 
 * Every new connection goes to addresses from :func:`bridge.ssrf.checked_addresses` (IP literals
   and DNS answers checked against the policy before any socket exists), tried in order.
 * TLS is verified against the URL's host name (SNI and certificate name), never the IP.
 * One deadline covers resolving, connecting, the TLS handshake, sending and reading the whole
   response; at the deadline the connection is aborted and :class:`TimeoutError` raised.
-* Redirects are answers like any other (never followed); ``1xx`` interim answers are skipped.
-* A response body is read and discarded, up to :data:`MAX_DRAIN` bytes; a longer body ends the
-  exchange at that point and the connection is closed instead of kept.
-* A connection is kept only after a complete, well-formed HTTP/1.1 exchange without
-  ``Connection: close``. A kept connection that turns out closed before a single response byte
-  (the server's keep-alive timeout racing our reuse) is replaced by a new one once: deliveries are
-  idempotent by their delivery id.
+* Redirects are answers like any other (never followed); ``1xx`` interim answers are skipped
+  (``101`` is a :class:`ProtocolError`: we never ask to switch protocols).
+* One cap, :data:`MAX_RESPONSE` bytes, counts *every* byte received after the request is sent:
+  status lines (interim ones too), headers, chunk sizes and extensions, trailers, body. A
+  response that needs more ends there and its connection is closed: once the final status line
+  and headers are complete, that status is the answer (the body is never needed); before, it is
+  a :class:`ProtocolError`.
+* A response is complete when its framing says so (``Content-Length``, the last chunk, or, with
+  neither, the server's clean close). A reset, or a close before the framing is complete, fails
+  the exchange (``OSError``, :class:`ProtocolError`); so does anything llhttp refuses, and:
+  ``Transfer-Encoding`` other than one ``chunked``, NUL, VT or FF in the reason phrase, a version
+  other than HTTP/1.0 and HTTP/1.1, a status below 100 (h11, and so httpx, refuses these too).
+  The connection of a failed exchange is closed.
+* A connection is kept only after a complete exchange that llhttp says may keep alive, with no
+  byte after it. A kept connection that turns out closed or reset before a single response byte
+  (the server's keep-alive timeout racing our reuse) is replaced by a new one once: deliveries
+  are idempotent by their delivery id.
 
 Errors, all raised from :meth:`Http1Client.post`::
 
     HttpError
     ├── ConnectFailed      resolving or connecting failed (the cause is chained)
-    └── ProtocolError      malformed, truncated or missing response
+    └── ProtocolError      malformed, truncated, oversized or missing response
     TimeoutError           the deadline passed
     ssl.SSLError           the TLS handshake failed (certificate, name, protocol)
-    OSError                the network failed after connecting
+    OSError                the network failed after connecting (a reset, ...)
     DestinationForbidden   the SSRF guard refused the destination (nothing was connected)
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
+from httptools import HttpResponseParser
 from yarl import URL
 
 from .ssrf import AddressPolicy, Resolver, checked_addresses
 
 __all__ = [
-    "MAX_HEAD",
-    "MAX_DRAIN",
+    "MAX_RESPONSE",
     "HttpError",
     "ConnectFailed",
     "ProtocolError",
@@ -56,13 +67,14 @@ __all__ = [
     "Http1Client",
 ]
 
-#: Largest response head (status line and headers) accepted.
-MAX_HEAD = 64 * 1024
-#: Response body bytes read to keep a connection; beyond it the connection is dropped instead.
-MAX_DRAIN = 1024 * 1024
-_MAX_LINE = 8 * 1024
+#: Bytes of one response read at most, everything after the request counted. Below h11's own
+#: limit on an incomplete head or chunk line (100 KiB in httpcore), so that in the httpx
+#: reference sender, which counts the same bytes, this cap is also what ends an endless line.
+MAX_RESPONSE = 64 * 1024
 
-_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_CLOSE, _DONE = range(8)
+_VERSIONS = ("1.1", "1.0")
+#: What h11 refuses in a reason phrase and llhttp lets through.
+_BAD_REASON = re.compile(rb"[\x00\x0b\x0c]")
 
 
 class HttpError(Exception):
@@ -74,7 +86,7 @@ class ConnectFailed(HttpError):
 
 
 class ProtocolError(HttpError):
-    """The server's answer was malformed, truncated or missing."""
+    """The server's answer was malformed, truncated, oversized or missing."""
 
     def __init__(self, detail: str, *, nothing_received: bool = False) -> None:
         super().__init__(detail)
@@ -150,32 +162,45 @@ async def open_connection(
     return protocol
 
 
-def _content_length(value: bytes) -> int:
-    value = value.strip()
-    if not value.isdigit():
-        raise ProtocolError("malformed Content-Length")
-    return int(value)
+class _PastTheEnd(Exception):
+    """Stops the parser at a byte after the final response (raised from a callback)."""
 
 
 class _Connection(asyncio.Protocol):
-    """One TCP (or TLS) connection carrying one exchange at a time."""
+    """One TCP (or TLS) connection carrying one exchange at a time; its responses parsed by
+    llhttp, whose callbacks are the ``on_*`` methods."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, key: tuple[str, str, int]) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, key: tuple[str, str, int], max_response: int
+    ) -> None:
         self.loop = loop
         self.key = key
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
         self.on_lost: Callable[[_Connection], None] | None = None
+        self._max_response = max_response
+        self._parser = HttpResponseParser(self)
+        # RFC 9112 allows whitespace before a chunk extension ("2 ;x=y"); h11 and aiohttp read
+        # it too (aiohttp sets this leniency for responses).
+        self._parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)
         self._waiter: asyncio.Future[tuple[int, str | None]] | None = None
-        self._buf = bytearray()
-        self._state = _DONE
+        # -- the exchange
+        self._left = 0  # bytes of the cap not used yet
         self._received = False
-        self._status = 0
-        self._retry_after: str | None = None
+        self._status = 0  # the final status, once its head is complete
+        self._complete = False
         self._keep = True
-        self._remaining = 0
-        self._drained = 0
+        # -- the message (interim or final) being parsed
+        self._in_head = False
+        self._framed = False  # Content-Length or Transfer-Encoding: chunked
+        self._chunked = False
+        self._retry_after: str | None = None
+
+    @property
+    def received(self) -> bool:
+        """Whether any byte of a response arrived in the current (or last) exchange."""
+        return self._received
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -188,11 +213,27 @@ class _Connection(asyncio.Protocol):
             self.abort()
             return
         self._received = True
-        self._buf += data
+        left = self._left
+        over = len(data) > left
+        if over:
+            data = data[:left]
+        self._left = left - len(data)
         try:
-            self._advance()
-        except ProtocolError as exc:
-            self._fail(exc)
+            self._parser.feed_data(data)
+        except Exception as exc:  # llhttp's errors, and whatever our callbacks raised
+            if not self._complete:
+                self._fail(_malformed(exc))
+                return
+            self._keep = False  # bytes past the final response
+        if self._complete:
+            self._done()
+        elif over:
+            if self._status:
+                # The final head is complete: the receiver answered, and the rest is not needed.
+                self._keep = False
+                self._done()
+            else:
+                self._fail(ProtocolError(f"response head longer than {self._max_response} bytes"))
 
     def eof_received(self) -> bool:
         self._ended(None)
@@ -203,19 +244,70 @@ class _Connection(asyncio.Protocol):
         if self.on_lost is not None:
             self.on_lost(self)
 
+    # -- llhttp's callbacks ----------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._complete:
+            raise _PastTheEnd
+        self._in_head = True
+        self._framed = self._chunked = False
+        self._retry_after = None
+        # Bare LF line ends in the head, as h11 and aiohttp read them (not in chunk framing,
+        # where h11 refuses them).
+        self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+
+    def on_status(self, reason: bytes) -> None:
+        if _BAD_REASON.search(reason) is not None:
+            raise ProtocolError("control character in the reason phrase")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a trailer: not part of the answer
+        name = name.lower()
+        if name == b"transfer-encoding":
+            # llhttp also reads other codings (gzip, chunked; identity ...), which h11 and
+            # httpx refuse; we never need a body decoded.
+            if self._chunked or value.strip(b" \t").lower() != b"chunked":
+                raise ProtocolError("Transfer-Encoding other than one chunked")
+            self._framed = self._chunked = True
+        elif name == b"content-length":
+            self._framed = True
+        elif name == b"retry-after":
+            text = value.rstrip(b" \t").decode("latin-1")
+            if self._retry_after is not None:
+                text = f"{self._retry_after}, {text}"  # repeated: joined, as httpx does
+            self._retry_after = text
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=False)
+        self._in_head = False
+        status = parser.get_status_code()
+        if status < 100 or parser.get_http_version() not in _VERSIONS:
+            raise ProtocolError("malformed status line")
+        if status < 200:
+            if status == 101:
+                raise ProtocolError("unexpected protocol switch")
+            return  # an interim answer: the real one follows
+        self._status = status
+        self._keep = parser.should_keep_alive()
+
+    def on_message_complete(self) -> None:
+        if self._status:
+            self._complete = True
+
     # -- the exchange --------------------------------------------------------------------------
     def exchange(self, data: bytes) -> asyncio.Future[tuple[int, str | None]]:
         """Send one request; the future gives ``(status, Retry-After)`` once the response is
-        complete, or fails with :class:`ProtocolError`, ``OSError`` or ``TimeoutError``."""
+        complete (or its final head is and the cap is reached), or fails with
+        :class:`ProtocolError`, ``OSError`` or ``TimeoutError``."""
         assert self.transport is not None and self._waiter is None
         waiter: asyncio.Future[tuple[int, str | None]] = self.loop.create_future()
         self._waiter = waiter
-        self._state = _HEAD
+        self._left = self._max_response
         self._received = False
+        self._status = 0
+        self._complete = False
         self._keep = True
-        self._retry_after = None
-        self._drained = 0
-        self._buf.clear()
         self.transport.write(data)
         return waiter
 
@@ -245,17 +337,19 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self._waiter is None:
             return
-        if self._state == _UNTIL_CLOSE:
+        if exc is None and self._status and not self._framed:
+            # A body without a length ends with the connection: a clean close completes it
+            # (a reset does not).
             self._keep = False
             self._done()
+        elif isinstance(exc, OSError):
+            self._fail(exc)
         elif not self._received:
-            # Closed or reset before a single byte of the response: for a kept-alive connection
-            # this is the server's idle timeout racing our reuse (post() retries it once).
+            # Closed before a single byte of the response: for a kept-alive connection this is
+            # the server's idle timeout racing our reuse (post() retries it once).
             failure = ProtocolError("connection closed without a response", nothing_received=True)
             failure.__cause__ = exc
             self._fail(failure)
-        elif isinstance(exc, OSError):
-            self._fail(exc)
         else:
             self._fail(ProtocolError("connection closed before the response ended"))
 
@@ -270,151 +364,18 @@ class _Connection(asyncio.Protocol):
     def _done(self) -> None:
         waiter = self._waiter
         self._waiter = None
-        self._state = _DONE
-        if self._buf:  # bytes past the response: not a connection to reuse
-            self._keep = False
         if waiter is not None and not waiter.done():
             waiter.set_result((self._status, self._retry_after))
 
-    def _advance(self) -> None:
-        buf = self._buf
-        while self._waiter is not None:
-            state = self._state
-            if state == _HEAD:
-                end = buf.find(b"\r\n\r\n")
-                if end < 0 or end > MAX_HEAD:
-                    if len(buf) > MAX_HEAD:
-                        raise ProtocolError("response head too large")
-                    return
-                head = bytes(buf[:end])
-                del buf[: end + 4]
-                self._head(head)
-            elif state == _LENGTH:
-                if len(buf) < self._remaining:
-                    self._remaining -= len(buf)
-                    buf.clear()
-                    return
-                del buf[: self._remaining]
-                self._done()
-            elif state == _CHUNK_SIZE:
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    if len(buf) > _MAX_LINE:
-                        raise ProtocolError("chunk size line too long")
-                    return
-                size_text = bytes(buf[:end]).split(b";", 1)[0].strip()
-                del buf[: end + 2]
-                try:
-                    size = int(size_text, 16)
-                except ValueError:
-                    raise ProtocolError("malformed chunk size") from None
-                if size < 0 or size_text[:1] in (b"+", b"-") or b"_" in size_text:
-                    raise ProtocolError("malformed chunk size")
-                self._drained += size
-                if self._drained > MAX_DRAIN:
-                    self._keep = False
-                    self._done()
-                elif size == 0:
-                    self._state = _TRAILER
-                else:
-                    self._remaining = size
-                    self._state = _CHUNK_DATA
-            elif state == _CHUNK_DATA:
-                if len(buf) < self._remaining:
-                    self._remaining -= len(buf)
-                    buf.clear()
-                    return
-                del buf[: self._remaining]
-                self._state = _CHUNK_END
-            elif state == _CHUNK_END:
-                if len(buf) < 2:
-                    return
-                if buf[:2] != b"\r\n":
-                    raise ProtocolError("chunk not followed by CRLF")
-                del buf[:2]
-                self._state = _CHUNK_SIZE
-            elif state == _TRAILER:
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    if len(buf) > MAX_HEAD:
-                        raise ProtocolError("trailer too large")
-                    return
-                del buf[: end + 2]
-                if end == 0:
-                    self._done()
-            elif state == _UNTIL_CLOSE:
-                self._drained += len(buf)
-                buf.clear()
-                if self._drained > MAX_DRAIN:
-                    self._done()
-                return
-            else:
-                return
 
-    def _head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
-        line = lines[0]
-        if (
-            line[:5] != b"HTTP/"
-            or line[5:8] not in (b"1.1", b"1.0")
-            or line[8:9] != b" "
-            or not line[9:12].isdigit()
-            or line[12:13] not in (b"", b" ")
-        ):
-            raise ProtocolError("malformed status line")
-        status = int(line[9:12])
-        if status < 100:
-            raise ProtocolError("malformed status line")
-        keep = line[5:8] == b"1.1"
-        length: int | None = None
-        chunked = False
-        encoded = False
-        retry_after: str | None = None
-        for header in lines[1:]:
-            name, sep, value = header.partition(b":")
-            if not sep or not name or name != name.strip():
-                raise ProtocolError("malformed header line")
-            name = name.lower()
-            if name == b"content-length":
-                declared = _content_length(value)
-                if length is not None and declared != length:
-                    raise ProtocolError("conflicting Content-Length headers")
-                length = declared
-            elif name == b"transfer-encoding":
-                encoded = True
-                chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
-            elif name == b"connection":
-                if b"close" in value.lower():
-                    keep = False
-            elif name == b"retry-after":
-                retry_after = value.strip().decode("latin-1")
-        if status < 200:
-            if status == 101:
-                raise ProtocolError("unexpected protocol switch")
-            return  # an interim answer: the real one follows
-        self._status = status
-        self._retry_after = retry_after
-        self._keep = keep
-        if status in (204, 304):
-            self._done()
-        elif encoded:
-            if chunked:
-                self._state = _CHUNK_SIZE
-            else:
-                self._keep = False
-                self._state = _UNTIL_CLOSE
-        elif length is not None:
-            if length > MAX_DRAIN:
-                self._keep = False
-                self._done()
-            elif length == 0:
-                self._done()
-            else:
-                self._remaining = length
-                self._state = _LENGTH
-        else:
-            self._keep = False
-            self._state = _UNTIL_CLOSE
+def _malformed(exc: Exception) -> ProtocolError:
+    """The :class:`ProtocolError` for an exception out of ``feed_data``: our own, raised in a
+    callback (llhttp reports it as a callback error), or llhttp's, with its reason."""
+    if isinstance(exc.__context__, ProtocolError):
+        return exc.__context__
+    failure = ProtocolError(f"malformed response: {exc}")
+    failure.__cause__ = exc
+    return failure
 
 
 class Http1Client:
@@ -429,8 +390,10 @@ class Http1Client:
         max_idle: int = 100,
         max_idle_per_endpoint: int = 10,
         keepalive_expiry: float = 30.0,
+        max_response: int = MAX_RESPONSE,
     ) -> None:
         self._policy = policy
+        self._max_response = max_response
         self._ssl = ssl_context
         self._resolver = resolver
         self._max_idle = max_idle
@@ -453,9 +416,12 @@ class Http1Client:
         if conn is not None:
             try:
                 return await self._exchange(loop, conn, data, deadline)
-            except ProtocolError as exc:
-                # The server closed a kept-alive connection as we reused it: once more, fresh.
-                if not exc.nothing_received:
+            except TimeoutError:
+                raise
+            except (ProtocolError, OSError):
+                # The server closed or reset a kept-alive connection as we reused it, before
+                # answering: once more, on a new connection.
+                if conn.received:
                     raise
         conn = await self._connect(loop, target, deadline)
         return await self._exchange(loop, conn, data, deadline)
@@ -510,7 +476,7 @@ class Http1Client:
                 try:
                     protocol = await open_connection(
                         loop,
-                        lambda: _Connection(loop, target.key),
+                        lambda: _Connection(loop, target.key, self._max_response),
                         str(ip),
                         target.port,
                         ssl_context=context,

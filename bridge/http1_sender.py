@@ -1,10 +1,11 @@
 """Sending delivery attempts with :mod:`bridge.http1`: the worker's hot path.
 
-Same interface and behaviour as :class:`bridge.delivery.Sender` (httpx) and
-:class:`bridge.aiohttp_sender.AiohttpSender`: the documented headers from
-:func:`bridge.delivery.build_headers`, the same success rule, one whole-request timeout, no
-redirects, TLS always verified, every URL through :func:`bridge.ssrf.check_url` and every
-connection through the SSRF guard. It differs in cost only (see BENCHMARKS.md).
+Same interface and behaviour as :class:`bridge.delivery.Sender` (httpx, the reference): the
+documented headers from :func:`bridge.delivery.build_headers`, the same success rule, one
+whole-request timeout, no redirects, TLS always verified, every URL through
+:func:`bridge.ssrf.check_url` and every connection through the SSRF guard, the same cap on what
+is read of a response and the same outcome for every malformed one
+(tests/unit/test_sender_contract.py). It differs in cost only (see BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -15,15 +16,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import lru_cache
 
-from .delivery import Delivery, SenderBase
-from .http1 import (
-    ConnectFailed,
-    Http1Client,
-    HttpError,
-    ProtocolError,
-    render_head,
-    target_of,
-)
+from .delivery import Delivery, ErrorTable, SenderBase
+from .http1 import ConnectFailed, Http1Client, ProtocolError, render_head, target_of
 from .ssrf import AddressPolicy, Resolver, ssl_context
 
 __all__ = ["Http1Sender"]
@@ -33,24 +27,18 @@ __all__ = ["Http1Sender"]
 _target_of = lru_cache(maxsize=50_000)(target_of)
 
 
-def _error_class(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
-        return "tls_error"
-    if isinstance(exc, ConnectFailed):
-        return "connect_error"
-    if isinstance(exc, ProtocolError):
-        return "protocol_error"
-    if isinstance(exc, OSError):
-        return "network_error"
-    return "request_error"
-
-
 class Http1Sender(SenderBase):
     """Posts deliveries over pooled keep-alive HTTP/1.1 connections (:class:`Http1Client`)."""
 
-    _failures = (HttpError, TimeoutError, OSError, ValueError)
+    _errors: ErrorTable = (
+        (TimeoutError, "timeout"),
+        (ssl.SSLError, "tls_error"),  # certificate errors too
+        (ConnectFailed, "connect_error"),
+        (ProtocolError, "protocol_error"),
+        (OSError, "network_error"),
+        # render_head refusing a header value that could split the head.
+        (ValueError, "request_error"),
+    )
 
     def __init__(
         self,
@@ -95,5 +83,3 @@ class Http1Sender(SenderBase):
         body = delivery.body
         head = render_head(target, headers, len(body))
         return await self._client.post(target, head + body, self._timeout)
-
-    _error_class = staticmethod(_error_class)

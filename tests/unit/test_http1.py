@@ -1,8 +1,9 @@
-"""bridge.http1: the response parser fed byte by byte (no network), request heads and targets as
-pure functions, and the connection pool against scripted servers on 127.0.0.1.
+"""bridge.http1: a connection fed response bytes by hand (no network: llhttp's parsing, the cap,
+what is kept), request heads and targets as pure functions, and the connection pool against
+scripted servers on 127.0.0.1.
 
-The senders' behaviour (headers, statuses, timeouts, TLS, SSRF) is in test_senders.py, which
-runs every case for Http1Sender too.
+The senders' behaviour (headers, statuses, timeouts, TLS, SSRF) is in test_senders.py and what
+both senders make of malformed and hostile responses in test_sender_contract.py.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.http1 import (
-    MAX_DRAIN,
-    MAX_HEAD,
+    MAX_RESPONSE,
     ConnectFailed,
     Http1Client,
     ProtocolError,
@@ -58,11 +58,12 @@ class Fed:
     transport: FakeTransport
 
 
-def feed(pieces: list[bytes], *, eof: bool = False) -> Fed:
-    """One exchange on a connection with a fake transport, the response given in ``pieces``."""
+def feed(pieces: list[bytes], *, eof: bool = False, reset: bool = False) -> Fed:
+    """One exchange on a connection with a fake transport, the response given in ``pieces``,
+    then a clean close (``eof``) or a reset (``reset``)."""
     loop = asyncio.new_event_loop()
     try:
-        conn = _Connection(loop, ("http", "h", 80))
+        conn = _Connection(loop, ("http", "h", 80), MAX_RESPONSE)
         transport = FakeTransport()
         conn.connection_made(transport)  # type: ignore[arg-type]
         waiter = conn.exchange(b"POST / HTTP/1.1\r\n\r\n")
@@ -71,6 +72,8 @@ def feed(pieces: list[bytes], *, eof: bool = False) -> Fed:
         if eof:
             conn.eof_received()
             conn.connection_lost(None)
+        if reset:
+            conn.connection_lost(ConnectionResetError(104, "Connection reset by peer"))
         outcome: tuple[int, str | None] | BaseException | None = None
         if waiter.done():
             outcome = waiter.exception() or waiter.result()
@@ -155,7 +158,14 @@ def test_any_split_of_a_response_parses_the_same(
         (b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n", (200, None), True),
         (b"HTTP/1.1 304 Not Modified\r\n\r\n", (304, None), True),
         (b"HTTP/1.1 200 OK\r\nCONTENT-LENGTH: 2\r\n\r\nok", (200, None), True),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok", (200, None), True),
+        # Bare LF line ends in the head.
+        (b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok", (200, None), True),
+        # HTTP/1.0 asking to keep the connection.
+        (
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+            (200, None),
+            True,
+        ),
         # The server says it will close: not kept.
         (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", (200, None), False),
         (
@@ -167,17 +177,41 @@ def test_any_split_of_a_response_parses_the_same(
         (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", (200, None), False),
         # Bytes after the response: something is off, not kept.
         (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200", (200, None), False),
-        # Chunked wins over Content-Length; chunk extensions and trailers are skipped.
+        # Chunk extensions and trailers are skipped (a Retry-After trailer is no answer).
         (
-            b"HTTP/1.1 429 x\r\nRetry-After: 3\r\nContent-Length: 99\r\n"
-            b"Transfer-Encoding: gzip, chunked\r\n\r\n2;ext=1\r\nok\r\n0\r\nX-Trailer: 1\r\n\r\n",
+            b"HTTP/1.1 429 x\r\nRetry-After: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2;ext=1\r\nok\r\n0\r\nX-Trailer: 1\r\nRetry-After: 9\r\n\r\n",
             (429, "3"),
             True,
         ),
-        # A body longer than MAX_DRAIN is not read: the answer counts, the connection does not.
-        (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (MAX_DRAIN + 1), (200, None), False),
+        # Interim answers are skipped, their headers too.
         (
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % (MAX_DRAIN + 1),
+            b"HTTP/1.1 103 Early\r\nRetry-After: 1\r\n\r\n"
+            b"HTTP/1.1 503 x\r\nContent-Length: 0\r\n\r\n",
+            (503, None),
+            True,
+        ),
+        # Repeated Retry-After headers are joined, as httpx joins them.
+        (
+            b"HTTP/1.1 429 x\r\nRetry-After: 3 \r\nRetry-After: 4\r\nContent-Length: 0\r\n\r\n",
+            (429, "3, 4"),
+            True,
+        ),
+        # A response longer than the cap is not read: the answer counts, the connection does not.
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b"
+            % (2 * MAX_RESPONSE, b"a" * 2 * MAX_RESPONSE),
+            (200, None),
+            False,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;%b" % (b"e" * MAX_RESPONSE),
+            (200, None),
+            False,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n%b"
+            % (b"X-T: 1\r\n" * MAX_RESPONSE),
             (200, None),
             False,
         ),
@@ -203,11 +237,28 @@ def test_responses(response: bytes, expected: tuple[int, str | None], keepable: 
         b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551616\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x2\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n 2 \r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"f" * 17 + b"\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokXX",
+        b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX Y: 1\r\n\r\n",
+        b"HTTP/1.1 200 O\x00K\r\n\r\n",
+        b"HTTP/2.0 200 OK\r\n\r\n",
+        b"HTTP/0.9 200 OK\r\n\r\n",
         b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\n" + b"X-Big: " + b"a" * MAX_HEAD + b"\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n" + b"X-Big: " + b"a" * MAX_RESPONSE + b"\r\n\r\n",
     ],
 )
 def test_malformed_responses_fail_and_drop_the_connection(response: bytes) -> None:
@@ -215,6 +266,42 @@ def test_malformed_responses_fail_and_drop_the_connection(response: bytes) -> No
     assert isinstance(fed.outcome, ProtocolError)
     assert not fed.keepable
     assert fed.transport.aborted
+
+
+STARTS = [
+    b"",
+    b"HTTP/1.1 200 OK\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\n",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    start=st.sampled_from(STARTS),
+    rest=st.binary(max_size=200),
+    cuts=st.lists(st.integers(0, 400), max_size=6),
+    end=st.sampled_from(["open", "eof", "reset"]),
+)
+def test_hostile_bytes_never_escape_data_received(
+    start: bytes, rest: bytes, cuts: list[int], end: str
+) -> None:
+    # feed() calls data_received directly: an exception out of it would fail this test.
+    fed = feed(split(start + rest, cuts), eof=end == "eof", reset=end == "reset")
+    outcome = fed.outcome
+    if isinstance(outcome, BaseException):
+        assert isinstance(outcome, ProtocolError | ConnectionResetError)
+        assert not fed.keepable
+    else:
+        assert outcome is None or 100 <= outcome[0] <= 999
+
+
+def test_a_huge_content_length_fails_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    fed = feed([b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n"])
+    assert isinstance(fed.outcome, ProtocolError)
+    assert "overflow" in str(fed.outcome).lower()
+    assert caplog.records == []
 
 
 def test_an_endless_head_fails_once_it_passes_the_limit() -> None:
@@ -240,6 +327,35 @@ def test_body_until_close_ends_at_close_and_is_not_kept() -> None:
     assert not fed.keepable
 
 
+def test_body_until_close_reset_is_a_network_error() -> None:
+    fed = feed([b"HTTP/1.1 200 OK\r\n\r\nsome "], reset=True)
+    assert isinstance(fed.outcome, ConnectionResetError)
+    assert not fed.keepable
+
+
+def test_reset_before_any_byte_is_the_reset() -> None:
+    fed = feed([], reset=True)
+    assert isinstance(fed.outcome, ConnectionResetError)
+
+
+def test_a_head_within_the_cap_and_a_body_past_it_keeps_the_status() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % MAX_RESPONSE
+    # Exactly the cap: the body is one byte short, so the next byte is one too many.
+    first = head + b"a" * (MAX_RESPONSE - len(head))
+    assert feed([first]).outcome is None
+    fed = feed([first, b"a"])
+    assert fed.outcome == (200, None)
+    assert not fed.keepable
+
+
+def test_a_response_ending_exactly_at_the_cap_is_kept() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
+    length = MAX_RESPONSE - len(head % MAX_RESPONSE)
+    fed = feed([head % length + b"a" * length])
+    assert fed.outcome == (200, None)
+    assert fed.keepable
+
+
 def test_body_until_close_still_open_is_not_an_answer_yet() -> None:
     fed = feed([b"HTTP/1.1 200 OK\r\n\r\nsome "])
     assert fed.outcome is None
@@ -248,7 +364,7 @@ def test_body_until_close_still_open_is_not_an_answer_yet() -> None:
 def test_unsolicited_bytes_on_an_idle_connection_drop_it() -> None:
     loop = asyncio.new_event_loop()
     try:
-        conn = _Connection(loop, ("http", "h", 80))
+        conn = _Connection(loop, ("http", "h", 80), MAX_RESPONSE)
         transport = FakeTransport()
         conn.connection_made(transport)  # type: ignore[arg-type]
         conn.data_received(b"HTTP/1.1 200 OK\r\n\r\n")
@@ -482,6 +598,18 @@ async def test_a_new_connection_closed_without_answer_is_not_retried() -> None:
     assert caught.value.nothing_received
     # Once on the kept connection, once on a fresh one, then given up.
     assert server.requests == [(1, 1), (1, 2), (2, 1)]
+
+
+async def test_a_new_connection_reset_without_answer_is_not_retried() -> None:
+    async with scripted(lambda c, n: RESET) as server:
+        http = client()
+        try:
+            with pytest.raises(OSError) as caught:
+                await http.post(target(server.port), REQUEST, 5)
+        finally:
+            await http.aclose()
+    assert not isinstance(caught.value, TimeoutError)
+    assert server.requests == [(1, 1)]
 
 
 async def test_connection_close_is_honoured() -> None:
