@@ -129,13 +129,18 @@ def build_event(
 ) -> Event:
     """A new, validated event; the id defaults to a random UUID and the time to now."""
     moment = timestamp if timestamp is not None else datetime.now(UTC)
-    return _from_mapping(
-        {
-            "id": event_id if event_id is not None else str(uuid.uuid4()),
-            "type": event_type,
-            "data": dict(data),
-            "timestamp": format_timestamp(moment),
-            "site_id": site_id,
-            "user_id": user_id,
-        }
-    )
+    envelope = {
+        "id": event_id if event_id is not None else str(uuid.uuid4()),
+        "type": event_type,
+        "data": dict(data),
+        "timestamp": format_timestamp(moment),
+        "site_id": site_id,
+        "user_id": user_id,
+    }
+    try:
+        # What parse_event's loads refuses, refused before publishing (a command-line argument
+        # that is not UTF-8 arrives with lone surrogates, for one).
+        jsoncanon.check_text(envelope)
+    except InvalidRecord as exc:
+        raise InvalidEvent(exc.reason, exc.detail) from None
+    return _from_mapping(envelope)

@@ -7,6 +7,12 @@ non-ASCII unescaped, V8's string escapes (lone surrogates as ``\\udxxx``), numbe
 ECMAScript ``Number::toString``, and object keys in V8's own-property order (array-index
 keys ascending, then the rest in insertion order). ``loads`` parses strictly.
 
+Text rule: a lone surrogate (``"\\ud800"`` escaped without its pair) is valid JSON but no
+Unicode text: it has no UTF-8 form, so an id, key or header made from it fails wherever it is
+encoded. ``loads`` refuses it (``InvalidRecord("invalid_text")``, as I-JSON, RFC 7493, does);
+:func:`find_lone_surrogate` finds one in values built in Python. ``dumps`` still writes one as
+V8 does (``\\udxxx``), since it encodes whatever it is given.
+
 Integer rule: a JavaScript number is a double, so a Python ``int`` with
 ``abs(n) > MAX_SAFE_INTEGER`` (2**53 - 1) would change on the receiver's round trip;
 ``dumps`` refuses it (``UnencodableValue("unsafe_integer")``) rather than send bytes
@@ -18,11 +24,19 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from bridge.errors import InvalidRecord, UnencodableValue
 
-__all__ = ["MAX_SAFE_INTEGER", "dumps", "dumps_flat", "dumps_str", "loads"]
+__all__ = [
+    "MAX_SAFE_INTEGER",
+    "dumps",
+    "dumps_flat",
+    "dumps_str",
+    "loads",
+    "check_text",
+    "find_lone_surrogate",
+]
 
 #: Largest integer n such that n and n + 1 are both exactly representable as doubles.
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -33,6 +47,8 @@ _MAX_DEPTH = 256
 _MAX_ARRAY_INDEX = 2**32 - 2
 _DIGITS = frozenset("0123456789")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+#: The JSON escape of a surrogate code point (a pair is two of them).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 _encode_str = json.encoder.encode_basestring  # the C escaper when available
 
@@ -95,7 +111,7 @@ def dumps(value: object) -> bytes:
         parts: list[str] = []
         _encode(value, parts, [], set())
     except _Unencodable as exc:
-        where = _format_path(exc.path)
+        where = format_path(exc.path)
         raise UnencodableValue(exc.reason, f"{exc.what} at {where}") from None
     except RecursionError:  # only if the caller's own stack is already deep
         raise UnencodableValue("too_deep", "nesting too deep at $") from None
@@ -292,8 +308,9 @@ def _number_text(x: float) -> str:
     return sign + text
 
 
-def _format_path(path: list[str | int]) -> str:
-    """``$.data.items[3]["odd key"]``; long paths keep their head and tail only."""
+def format_path(path: Sequence[str | int]) -> str:
+    """``$.data.items[3]["odd key"]``: printable anywhere (other keys quoted and escaped to
+    ASCII, cut after 40 characters); long paths keep their head and tail only."""
     out = ["$"]
     for i, seg in enumerate(path):
         if len(path) > 12 and 8 <= i < len(path) - 4:
@@ -350,13 +367,15 @@ def loads(data: bytes | str) -> object:
     """Parse JSON strictly, like ``JSON.parse`` but refusing what cannot round-trip.
 
     Rejects invalid UTF-8, ``NaN``/``Infinity`` literals and numbers beyond the double
-    range with ``InvalidRecord("malformed_json")``. Duplicate keys: the last value wins,
+    range with ``InvalidRecord("malformed_json")``, and strings (keys too) holding a lone
+    surrogate with ``InvalidRecord("invalid_text")``. Duplicate keys: the last value wins,
     at the first key's position (as in JavaScript). An integer literal beyond
     ``MAX_SAFE_INTEGER`` stays an exact ``int`` (which ``dumps`` refuses), unless its text
     is exactly JavaScript's rendering of the double it denotes ("9007199254740992",
     "1152921504606847000"): then it is that ``float``, so ``dumps(loads(dumps(v)))``
     equals ``dumps(v)``.
     """
+    literal_surrogates = isinstance(data, str)  # UTF-8 bytes cannot hold one
     if isinstance(data, str):
         text = data
     else:
@@ -366,7 +385,7 @@ def loads(data: bytes | str) -> object:
             detail = f"invalid UTF-8 at byte {exc.start}"
             raise InvalidRecord("malformed_json", detail) from None
     try:
-        return _DECODER.decode(text)
+        value = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise InvalidRecord(
             "malformed_json", f"{exc.msg} at line {exc.lineno} column {exc.colno}"
@@ -375,3 +394,43 @@ def loads(data: bytes | str) -> object:
         raise InvalidRecord("malformed_json", str(exc)) from None
     except RecursionError:
         raise InvalidRecord("malformed_json", "nesting too deep") from None
+    # Per record on the hot path: a search for a backslash (memchr) rules out every escape
+    # in most records; the pattern then rules out the other escapes; only a surrogate escape
+    # (a pair is two) or, in a str, a raw surrogate costs a walk over the decoded strings.
+    if ("\\" in text and _SURROGATE_ESCAPE.search(text) is not None) or (
+        literal_surrogates and not text.isascii() and _SURROGATE.search(text) is not None
+    ):
+        check_text(value)
+    return value
+
+
+def check_text(value: object) -> None:
+    """Raise ``InvalidRecord("invalid_text")`` if a string in ``value`` (an object key too)
+    holds a lone surrogate; the message names its JSON path, never the string."""
+    where = find_lone_surrogate(value)
+    if where is not None:
+        raise InvalidRecord("invalid_text", f"a lone surrogate (\\udxxx) in the string at {where}")
+
+
+def find_lone_surrogate(value: object) -> str | None:
+    """The JSON path of a string (an object key, or a value) holding a lone surrogate, or
+    ``None``. Containers are walked without recursion, however deep."""
+    stack: list[tuple[object, list[str | int]]] = [(value, [])]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if _has_surrogate(item):
+                return format_path(path)
+        elif isinstance(item, dict):
+            for key in item:
+                if isinstance(key, str) and _has_surrogate(key):
+                    return format_path([*path, key])
+            stack.extend((child, [*path, str(key)]) for key, child in reversed(item.items()))
+        elif isinstance(item, list | tuple):
+            stack.extend((child, [*path, i]) for i, child in reversed(list(enumerate(item))))
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    # A surrogate *pair* held as two code points is one too: it has no UTF-8 form either.
+    return not text.isascii() and _SURROGATE.search(text) is not None

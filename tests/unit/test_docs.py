@@ -49,10 +49,10 @@ REGENERATE = (
 SECRET = "whsec_dG9wLXNlY3JldA-ü"
 
 # Data a naive encoder gets wrong for JavaScript: reordered keys, floats that print differently,
-# escapes, non-ASCII, a lone surrogate.
+# escapes, non-ASCII, text that looks like a surrogate escape (a lone surrogate itself is refused).
 TRICKY = {
     "id": "post_123",
-    "title": 'Ünïcödé ✓ 日本語 🎉 "quoted" \\ \n\t\u2028 </script> \ud800',
+    "title": 'Ünïcödé ✓ 日本語 🎉 "quoted" \\ \n\t\u2028 </script> \\ud800',
     "b": 1,
     "10": 2,
     "2": 3,

@@ -12,10 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge import jsoncanon
 from bridge.errors import InvalidEvent, InvalidRecord
 from bridge.events import Event, build_event, format_timestamp, parse_event
 from bridge.jsoncanon import MAX_SAFE_INTEGER
+from bridge.payload import EncodedEvent, build_body, delivery_id
 from bridge.schemas import EVENT_TYPES
+from bridge.subscriptions import Webhook
 
 #: The documentation's event types, in its order.
 DOCUMENTED_TYPES = (
@@ -368,6 +371,77 @@ def test_build_event_rejects_unsafe_integers() -> None:
     with pytest.raises(InvalidEvent) as info:
         build_event("post.deleted", {"id": "p", "n": 2**53}, site_id="s", user_id="u")
     assert info.value.reason == "unsafe_integer"
+
+
+# ---------------------------------------------------------------------------- text
+
+LONE_SURROGATES: list[tuple[str, Any, str]] = [
+    ("id", "evt_\ud800", "$.id"),  # once: parsed, then no delivery id could be made
+    ("site_id", "\udcff", "$.site_id"),
+    ("user_id", "u\udfff", "$.user_id"),
+    ("data", {"id": "p", "title": "t\ud83d"}, "$.data.title"),
+    ("data", {"id": "p", "title": "t", "\ud800": 1}, '$.data["\\ud800"]'),
+    ("data", {"id": "p", "title": "t", "tags": [{"x": "\udbff"}]}, "$.data.tags[0].x"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "where"), LONE_SURROGATES)
+def test_lone_surrogates_are_refused_at_parse(field: str, value: Any, where: str) -> None:
+    error = rejected(raw(envelope(**{field: value})))  # json.dumps escapes them: "\ud800"
+    assert error.reason == "invalid_text"
+    assert error.detail.endswith(f"at {where}")
+
+
+@pytest.mark.parametrize(("field", "value", "where"), LONE_SURROGATES)
+def test_build_event_refuses_lone_surrogates(field: str, value: Any, where: str) -> None:
+    fields = envelope(**{field: value})
+    with pytest.raises(InvalidEvent) as info:
+        build_event(
+            "post.created",
+            fields["data"],
+            site_id=fields["site_id"],
+            user_id=fields["user_id"],
+            event_id=fields["id"],
+        )
+    assert info.value.reason == "invalid_text"
+    assert info.value.detail.endswith(f"at {where}")
+
+
+def test_surrogate_pairs_and_escaped_backslashes_are_text() -> None:
+    event = parse_event(
+        b'{"id":"evt_\\\\ud800","type":"post.created","data":{"id":"p","title":"\\ud83d\\ude00"},'
+        b'"timestamp":"2024-01-15T10:30:00Z","site_id":"s","user_id":"u"}'
+    )
+    assert event.id == "evt_\\ud800"
+    assert event.data["title"] == "\U0001f600"
+
+
+TEXT = st.text(st.characters(exclude_categories=()), max_size=6)  # lone surrogates included
+
+
+@settings(max_examples=300, deadline=None)
+@given(event_id=TEXT, site_id=TEXT, title=TEXT, key=TEXT)
+def test_an_event_that_parses_can_be_delivered(
+    event_id: str, site_id: str, title: str, key: str
+) -> None:
+    """Whatever text the record holds, parse_event either refuses it or gives an event whose
+    record key, delivery id and delivery body can all be made."""
+    data = {"id": "p", "title": title, key: [title]}
+    record = raw(envelope(id=event_id or "e", site_id=site_id or "s", data=data))
+    try:
+        event = parse_event(record)
+    except InvalidEvent as exc:
+        assert exc.reason in ("invalid_text", "schema_invalid")
+        return
+    webhook = Webhook(
+        id="w", name="n", url="https://hooks.example/", secret="s", events=frozenset("*"),
+        site_id=event.site_id, user_id=None,
+    )  # fmt: skip
+    body = build_body(EncodedEvent.of(event), webhook)
+    assert jsoncanon.loads(body)["event"]["data"]["title"] == title
+    assert event.key.decode("utf-8") == event.site_id
+    assert delivery_id(event.id, webhook.id)
+    assert parse_event(event.to_bytes()) == event
 
 
 # ---------------------------------------------------------------------------- timestamps

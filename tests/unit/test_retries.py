@@ -140,7 +140,6 @@ INVALID: dict[str, bytes | None] = {
     "attempt string": encode(valid_record(attempt="3")),
     "attempt float": encode(valid_record(attempt=2.5)),
     "attempt null": encode(valid_record(attempt=None)),
-    "attempt true": encode(valid_record(attempt=True)),
     "not_before string": encode(valid_record(not_before="soon")),
     "not_before null": encode(valid_record(not_before=None)),
     "not_before array": encode(valid_record(not_before=[1])),
@@ -163,6 +162,14 @@ INVALID: dict[str, bytes | None] = {
         valid_record(event={k: v for k, v in EVENT.envelope().items() if k != "id"})
     ),
     "event bad data": encode(valid_record(event=bad_event(data={"id": 5}))),
+    # Lone surrogates (escaped by json.dumps): no record key or delivery id could be made.
+    "webhook_id lone surrogate": encode(valid_record(webhook_id="webhook_\ud800")),
+    "delivery_id lone surrogate": encode(valid_record(delivery_id="\udcff")),
+    "event id lone surrogate": encode(valid_record(event=bad_event(id="evt_\ud800"))),
+    "event data lone surrogate": encode(
+        valid_record(event=bad_event(data={"id": "p", "title": "\udfff"}))
+    ),
+    "attempts lone surrogate": encode(valid_record(attempts=[{"error": "\ud800"}])),
 }
 
 
