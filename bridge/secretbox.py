@@ -138,7 +138,12 @@ class Keyring:
         kid, payload = parts[2], parts[3]
         cipher = self._ciphers.get(kid)
         if cipher is None:
-            raise InvalidSubscription(_REASON, f"secret is encrypted with unknown key id {kid!r}")
+            # Not the record's key id: the whole value is the secret field's, never printed.
+            raise InvalidSubscription(
+                _REASON,
+                "secret is encrypted with a key id not in secret_keys "
+                f"(configured: {', '.join(self._ciphers)})",
+            )
         try:
             blob = _b64decode(payload, urlsafe=True)
         except (binascii.Error, ValueError):
