@@ -36,12 +36,13 @@ from .http1_sender import Http1Sender
 from .kafka import address_policy, client_kwargs, faust_broker_kwargs, keyring
 from .logs import logging_config
 from .management import WebhookStore
-from .metrics import Metrics
+from .metrics import INVALID_RECORD_REASONS, INVALID_STATUS_REASONS, Metrics
 from .outputs import KafkaOutputs
 from .pipeline import Pipeline
 from .retry_policy import RetryPolicy
+from .schemas import is_valid
 from .ssrf import AddressPolicy
-from .subscriptions import SubscriptionIndex, parse_webhook
+from .subscriptions import SubscriptionIndex, parse_webhook, webhook_key
 from .sync import TableFreshness
 from .topics import declared_topics
 from .web import WebServer
@@ -219,49 +220,79 @@ class Bridge:
 
     # -- the subscription and status tables --------------------------------------------------------
     async def on_subscription_event(self, event: Any) -> None:
-        """Keep the index in step with every record the table applies (recovery and live)."""
+        """Keep the index in step with every record the table applies (recovery and live).
+
+        Never raises, and always reports the record as applied: a record left unreported would
+        keep the freshness barrier from ever finding the table current, and every event would
+        then wait ``subscription_sync_timeout`` before it is matched.
+        """
         message = event.message
-        key: bytes | None = message.key
-        webhook_id = key.decode("utf-8", "replace") if key is not None else None
+        webhook_id = webhook_key(message.key)
         try:
-            webhook = parse_webhook(key, message.value, self.keyring)
+            webhook = parse_webhook(message.key, message.value, self.keyring)
         except InvalidSubscription as exc:
             # The newest record is the truth: a webhook whose record is broken gets nothing
             # rather than deliveries to a URL or with a secret that are no longer wanted.
-            self.metrics.invalid_subscriptions.inc()
-            log.warning(
-                "invalid subscription record",
-                extra={
-                    "topic": message.topic,
-                    "partition": message.partition,
-                    "offset": message.offset,
-                    "webhook_id": webhook_id,
-                    "detail": exc.detail,
-                },
-            )
+            self._skipped_record("subscription", message, exc.reason, exc.detail)
             webhook = None
-        if webhook is None:
-            if webhook_id is not None:
-                self.index.remove(webhook_id)
-        else:
-            self.index.put(webhook)
-            if webhook.active:
-                self.health.on_webhook_enabled(webhook.id)
-        self.freshness.applied(message.partition, message.offset)
+        except Exception as exc:  # a bug: counted and logged, the table goes on
+            self._skipped_record("subscription", message, "other", type(exc).__name__)
+            webhook = None
+        try:
+            if webhook is None:
+                if webhook_id is not None:
+                    self.index.remove(webhook_id)
+            else:
+                self.index.put(webhook)
+                if webhook.active:
+                    self.health.on_webhook_enabled(webhook.id)
+        finally:
+            self.freshness.applied(message.partition, message.offset)
 
     async def on_status_event(self, event: Any) -> None:
+        """Keep the endpoint statuses in step with the status table; a record that is not a
+        valid status (``topics/schemas/status.json``) counts as none."""
         message = event.message
-        if message.key is None:
+        webhook_id = webhook_key(message.key)
+        if webhook_id is None:
+            reason = "null_key" if message.key is None else "key_not_utf8"
+            self._skipped_record("status", message, reason, "the record names no webhook")
             return
-        webhook_id = message.key.decode("utf-8", "replace")
-        try:
-            record = jsoncanon.loads(message.value) if message.value is not None else None
-        except InvalidRecord:
-            record = None
-        if isinstance(record, dict):
-            self.statuses[webhook_id] = record
-        else:
+        record: Any = None
+        if message.value is not None:
+            try:
+                record = jsoncanon.loads(message.value)
+            except InvalidRecord as exc:
+                self._skipped_record("status", message, exc.reason, exc.detail)
+            else:
+                if not is_valid("schemas/status.json", record):
+                    self._skipped_record("status", message, "schema_invalid", "not a status")
+                    record = None
+        if record is None:
             self.statuses.pop(webhook_id, None)
+        else:
+            self.statuses[webhook_id] = record
+
+    def _skipped_record(self, table: str, message: Any, reason: str, detail: str) -> None:
+        """Count and log a table record that was skipped: where it is and why, never its key's
+        bytes or its value (a subscription record holds secrets)."""
+        known: tuple[str, ...]
+        if table == "subscription":
+            counter, known = self.metrics.invalid_subscriptions, INVALID_RECORD_REASONS
+        else:
+            counter, known = self.metrics.invalid_statuses, INVALID_STATUS_REASONS
+        counter.labels(reason if reason in known else "other").inc()
+        log.warning(
+            "invalid %s record skipped",
+            table,
+            extra={
+                "topic": message.topic,
+                "partition": message.partition,
+                "offset": message.offset,
+                "reason": reason,
+                "detail": detail,
+            },
+        )
 
     async def _offsets(self) -> AIOKafkaConsumer:
         """A group-less consumer used only to ask for end offsets."""

@@ -407,12 +407,13 @@ def _webhooks_update(args: argparse.Namespace) -> int:
 
 def _check_endpoint(url: str) -> None:
     from .ssrf import DestinationForbidden, check_url
+    from .urls import InvalidUrl
 
     try:
-        check_url(url, allow_http=True)
-    except DestinationForbidden as exc:
-        raise ConfigError(f"--url refused: {exc.detail}") from None
-    if url.startswith("http://"):
+        parsed = check_url(url, allow_http=True)
+    except (DestinationForbidden, InvalidUrl) as exc:
+        raise ConfigError(f"--url refused ({exc.reason}): {exc.detail}") from None
+    if parsed.scheme == "http":
         print(
             "warning: plain http endpoints are refused by workers unless they allow http "
             "(BRIDGE_ALLOW_HTTP; on by default only on the embedded broker)",

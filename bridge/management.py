@@ -6,6 +6,7 @@ can use. Every function takes :class:`~bridge.config.Settings` (for the broker a
 
 from __future__ import annotations
 
+import logging
 import secrets
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,8 +23,9 @@ from .config import Settings
 from .errors import InvalidRecord, InvalidSubscription, TopicDrift
 from .events import Event, build_event, format_timestamp
 from .kafka import client_kwargs, keyring
-from .subscriptions import Webhook, parse_webhook, webhook_from_record
+from .subscriptions import Webhook, parse_webhook, webhook_from_record, webhook_key
 from .topics import Drift, TopicSpec, declared_topics, find_drift
+from .urls import WebhookUrl
 
 __all__ = [
     "TopicReport",
@@ -33,6 +35,8 @@ __all__ = [
     "publish_event",
     "publish_events",
 ]
+
+log = logging.getLogger(__name__)
 
 #: 32 random bytes, hex-encoded.
 SECRET_BYTES = 32
@@ -139,7 +143,17 @@ class WebhookStore:
             self._producer = None
 
     async def put(self, webhook: Webhook) -> Webhook:
-        """Write a webhook record (validated first; secrets encrypted when keys are configured)."""
+        """Write a webhook record (validated first; secrets encrypted when keys are configured).
+
+        Raises :class:`~bridge.errors.InvalidUrl` for a URL no one could use, and
+        :class:`InvalidSubscription` for any other invalid field; nothing is written then.
+        """
+        WebhookUrl.parse(webhook.url)
+        return await self._put(webhook)
+
+    async def _put(self, webhook: Webhook) -> Webhook:
+        """Write a webhook whose URL this call does not set (rotating, disabling, changing
+        other fields): a stored URL that is no longer valid does not block those."""
         record = webhook.to_record()
         webhook_from_record(record)
         if self._keyring is not None:
@@ -173,7 +187,7 @@ class WebhookStore:
         else:
             record.pop("previous_secret", None)
             record.pop("previous_secret_expires_at", None)
-        return await self.put(webhook_from_record(record))
+        return await self._put(webhook_from_record(record))
 
     async def create(
         self,
@@ -232,7 +246,8 @@ class WebhookStore:
         if "events" in changes:
             record["events"] = list(changes["events"])
         record["updated_at"] = format_timestamp(datetime.now(UTC))
-        return await self.put(webhook_from_record(record))
+        webhook = webhook_from_record(record)
+        return await (self.put(webhook) if "url" in changes else self._put(webhook))
 
     async def disable(self, webhook: Webhook, reason: str) -> Webhook:
         """Deactivate a webhook on the bridge's behalf, saying why (``disabled_reason``); the
@@ -243,7 +258,7 @@ class WebhookStore:
             disabled_reason=reason,
             updated_at=format_timestamp(datetime.now(UTC)),
         )
-        return await self.put(webhook_from_record(record))
+        return await self._put(webhook_from_record(record))
 
     async def put_status(self, record: Mapping[str, Any]) -> None:
         """Write an endpoint status record (compacted topic, keyed by webhook id)."""
@@ -265,18 +280,28 @@ class WebhookStore:
         )
 
     async def load(self) -> dict[str, Webhook]:
-        """Read the whole subscriptions topic; the current webhooks by id (invalid ones skipped)."""
+        """Read the whole subscriptions topic; the current webhooks by id.
+
+        Invalid records are skipped with a warning (their reason, never a value), as the
+        workers skip them: one whose key names a webhook makes that webhook absent, as its
+        newest record; one without a usable key (none, not UTF-8) names no webhook.
+        """
         records = await read_topic(self._settings, self._settings.subscriptions_topic)
         current: dict[str, Webhook] = {}
         for key, value in records:
-            webhook_id = key.decode("utf-8", "replace") if key is not None else None
+            webhook_id = webhook_key(key)
             try:
                 webhook = parse_webhook(key, value, self._keyring)
-            except InvalidSubscription:
+            except InvalidSubscription as exc:
+                log.warning(
+                    "skipping an invalid subscription record%s: %s",
+                    "" if webhook_id is None else f" of webhook {webhook_id[:200]!r}",
+                    exc,
+                )
                 if webhook_id is not None:
                     current.pop(webhook_id, None)
                 continue
-            if webhook is None:
+            if webhook is None:  # a tombstone
                 if webhook_id is not None:
                     current.pop(webhook_id, None)
             else:
@@ -453,7 +478,8 @@ async def list_dead_letters(
 @dataclass
 class ReplayReport:
     replayed: list[str] = field(default_factory=list)
-    #: Dead letters that cannot be replayed (no webhook: the event itself was invalid).
+    #: Dead letters that cannot be replayed: the event itself was invalid (no webhook), or is
+    #: invalid as the bridge reads events now.
     skipped: int = 0
 
 
@@ -472,12 +498,18 @@ async def replay_dead_letters(settings: Settings, where: DeadLetterFilter) -> Re
         if not record.get("webhook_id") or not isinstance(record.get("event"), dict):
             report.skipped += 1
             continue
+        try:
+            # As a worker reads it: an event it would dead-letter now is not replayed.
+            event = parse_event(jsoncanon.dumps(record["event"]))
+        except InvalidRecord:
+            report.skipped += 1
+            continue
         now = time.time()
         pending.append(
             PendingRetry(
                 delivery_id=str(record["delivery_id"]),
                 webhook_id=str(record["webhook_id"]),
-                event=parse_event(jsoncanon.dumps(record["event"])),
+                event=event,
                 attempt=2,
                 not_before=now,
                 enqueued_at=now,

@@ -14,6 +14,8 @@ from prometheus_client import (
 )
 from prometheus_client.values import MutexValue
 
+from .subscriptions import RECORD_PROBLEMS
+
 __all__ = [
     "Metrics",
     "HotCounter",
@@ -22,6 +24,8 @@ __all__ = [
     "REQUEST_BUCKETS",
     "OUTPUT_BUCKETS",
     "STAGE_BUCKETS",
+    "INVALID_RECORD_REASONS",
+    "INVALID_STATUS_REASONS",
 ]
 
 #: Seconds; end-to-end latency spans milliseconds (healthy) to hours (after retries). Between
@@ -72,6 +76,18 @@ STAGE_BUCKETS = (
     300.0,
     3600.0,
     86400.0,
+)
+#: Label values of ``webhook_bridge_invalid_subscription_records_total``: the reasons of
+#: :func:`bridge.subscriptions.parse_webhook`, and ``other`` (an unexpected error).
+INVALID_RECORD_REASONS = (*RECORD_PROBLEMS, "other")
+#: Label values of ``webhook_bridge_invalid_status_records_total``.
+INVALID_STATUS_REASONS = (
+    "null_key",
+    "key_not_utf8",
+    "malformed_json",
+    "invalid_text",
+    "schema_invalid",
+    "other",
 )
 #: Seconds; an HTTP request is cut off at the 30 s timeout.
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
@@ -169,9 +185,25 @@ class Metrics:
         )
         self.invalid_subscriptions = Counter(
             "webhook_bridge_invalid_subscription_records_total",
-            "Subscription records that could not be parsed (the webhook is treated as absent).",
+            "Subscription records skipped as invalid, by reason (null_key, key_not_utf8, "
+            "key_mismatch, malformed_json, invalid_text, schema_invalid, secret_undecryptable, "
+            "secret_malformed, other); a webhook whose newest record is invalid is absent.",
+            ["reason"],
             registry=registry,
         )
+        self.invalid_statuses = Counter(
+            "webhook_bridge_invalid_status_records_total",
+            "Endpoint status records skipped as invalid, by reason (null_key, key_not_utf8, "
+            "malformed_json, invalid_text, schema_invalid, other); the webhook's status is then "
+            "healthy.",
+            ["reason"],
+            registry=registry,
+        )
+        # Every reason from the start, so that a rate over them is 0 rather than absent.
+        for reason in INVALID_RECORD_REASONS:
+            self.invalid_subscriptions.labels(reason)
+        for reason in INVALID_STATUS_REASONS:
+            self.invalid_statuses.labels(reason)
         self.retries = Counter(
             "webhook_bridge_retries_scheduled_total",
             "Deliveries put in a retry tier, by tier (1 = first retry).",

@@ -16,7 +16,16 @@ from .events import Event
 from .schemas import schema_errors
 from .secretbox import Keyring, is_encrypted
 
-__all__ = ["Webhook", "parse_webhook", "SubscriptionIndex", "ALL_EVENTS", "TEST_EVENT"]
+__all__ = [
+    "Webhook",
+    "parse_webhook",
+    "webhook_from_record",
+    "webhook_key",
+    "RECORD_PROBLEMS",
+    "SubscriptionIndex",
+    "ALL_EVENTS",
+    "TEST_EVENT",
+]
 
 ALL_EVENTS = "*"
 TEST_EVENT = "test.event"
@@ -117,10 +126,24 @@ _KNOWN = {
 
 
 def webhook_from_record(value: Any, keyring: Keyring | None = None) -> Webhook:
-    """Validate a decoded record value and build the :class:`Webhook`."""
+    """Validate a record value built in Python and build the :class:`Webhook`.
+
+    Raises :class:`InvalidSubscription`: ``invalid_text`` for a lone surrogate in any string,
+    ``schema_invalid``, ``secret_undecryptable`` or ``secret_malformed``. The URL is not judged
+    here (a stored webhook keeps its URL; see :mod:`bridge.urls`): writers check it.
+    """
+    try:
+        jsoncanon.check_text(value)
+    except InvalidRecord as exc:
+        raise InvalidSubscription(exc.reason, exc.detail) from None
+    return _webhook(value, keyring)
+
+
+def _webhook(value: Any, keyring: Keyring | None) -> Webhook:
+    """The webhook of a decoded record value whose strings are all text."""
     errors = schema_errors("webhook", value)
     if errors:
-        raise InvalidSubscription("invalid_subscription", "; ".join(errors))
+        raise InvalidSubscription("schema_invalid", "; ".join(errors))
     aad = value["id"].encode("utf-8")
     secret = _reveal(value["secret"], keyring, aad)
     previous = value.get("previous_secret")
@@ -166,23 +189,56 @@ def _reveal(secret: str, keyring: Keyring | None, aad: bytes) -> str:
     return secret
 
 
+#: Why a subscriptions-topic record was refused (:attr:`InvalidSubscription.reason` of
+#: :func:`parse_webhook`): a bounded set, the label values of
+#: ``webhook_bridge_invalid_subscription_records_total``.
+RECORD_PROBLEMS = (
+    "null_key",
+    "key_not_utf8",
+    "key_mismatch",
+    "malformed_json",
+    "invalid_text",
+    "schema_invalid",
+    "secret_undecryptable",
+    "secret_malformed",
+)
+
+
+def webhook_key(key: bytes | None) -> str | None:
+    """The webhook id a record key names; ``None`` when it names none (no key, not UTF-8)."""
+    if key is None:
+        return None
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def parse_webhook(
     key: bytes | None, raw: bytes | None, keyring: Keyring | None = None
 ) -> Webhook | None:
     """Parse a subscriptions-topic record; ``None`` for a tombstone.
 
-    Raises :class:`InvalidSubscription` when the record is malformed or its key is not its id.
+    Raises :class:`InvalidSubscription`, with one of :data:`RECORD_PROBLEMS` as its reason, for
+    any other record: no key (a compacted topic keeps no keyless record, and Apache Kafka refuses
+    one), a key that is not UTF-8, a value that is not a valid webhook, a key that is not its id.
+    Nothing else: the subscription table reads every record through here.
     """
+    webhook_id = webhook_key(key)
+    if webhook_id is None:
+        if key is None:
+            raise InvalidSubscription("null_key", "the record has no key (the webhook id)")
+        raise InvalidSubscription("key_not_utf8", "the record key is not UTF-8")
     if raw is None:
         return None
     try:
         value = jsoncanon.loads(raw)
     except InvalidRecord as exc:
-        raise InvalidSubscription("invalid_subscription", exc.detail) from None
-    webhook = webhook_from_record(value, keyring)
-    if key is not None and key.decode("utf-8", "replace") != webhook.id:
+        raise InvalidSubscription(exc.reason, exc.detail) from None
+    webhook = _webhook(value, keyring)
+    if webhook.id != webhook_id:
         raise InvalidSubscription(
-            "invalid_subscription", f"record key {key[:200]!r} is not the webhook id"
+            "key_mismatch", f"the record key {webhook_id[:200]!r} is not the webhook id"
         )
     return webhook
 

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import time
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from bridge.config import Settings
 from bridge.embedded import free_port
 from bridge.events import build_event
+from bridge.kafka import client_kwargs
 from bridge.management import WebhookStore, publish_events
+from tests.support.processes import settings_env
 from tests.support.receivers import Receiver
 
 pytestmark = pytest.mark.integration
@@ -167,3 +173,72 @@ async def test_a_slow_endpoint_does_not_hold_up_others_on_the_same_partition(
         await slow.wait_for(lambda got: len(got) == 20)
     finally:
         await slow.stop()
+
+
+async def write_raw(settings: Settings, key: bytes | None, value: bytes | None) -> None:
+    """One record straight to the subscriptions topic, bypassing WebhookStore's checks (in a
+    batch of its own, as the embedded broker needs)."""
+    producer = AIOKafkaProducer(
+        **client_kwargs(settings), acks="all", linger_ms=0, enable_idempotence=False
+    )
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.subscriptions_topic, value, key=key)
+    finally:
+        await producer.stop()
+
+
+#: Accepted by the embedded broker (Apache Kafka refuses keyless records on compacted topics):
+#: no key, and an id escaped as a lone surrogate, which has no UTF-8 form.
+KEYLESS_UNENCODABLE = (
+    b'{"id":"\\ud800","name":"n","url":"https://hooks.example/","secret":"s","events":["*"],'
+    b'"site_id":"s1","user_id":"u1","active":true}'
+)
+
+
+async def test_a_keyless_record_with_an_unencodable_id_delays_nothing(
+    settings: Settings, receiver: Receiver, workers
+) -> None:
+    async with WebhookStore(settings) as store:
+        await store.create(
+            url=receiver.url("/a"),
+            events=["post.created"],
+            site_id="s1",
+            user_id="u1",
+            secret="secret-a",
+            webhook_id="hook",
+        )
+    await write_raw(settings, None, KEYLESS_UNENCODABLE)  # read while the table recovers
+    worker = workers(settings)
+    await worker.wait_ready()
+    await write_raw(settings, None, KEYLESS_UNENCODABLE)  # and read live
+    await worker.wait_metric(
+        'webhook_bridge_invalid_subscription_records_total{reason="null_key"}', lambda v: v == 2
+    )
+
+    # The bad records are the newest of their partitions: once they made the table "not
+    # current" for ever, and every event waited subscription_sync_timeout (5 s) to be matched.
+    for n in range(3):
+        published = time.monotonic()
+        await publish_events(settings, [post(n)])
+        await receiver.wait_for(lambda got, n=n: len(got) == n + 1, timeout=10.0)
+        assert receiver.received[-1].at - published < 1.0
+    values = await worker.metrics()
+    assert values["webhook_bridge_subscription_sync_timeouts_total"] == 0
+
+    # The management commands read the same records: a warning, not a UnicodeEncodeError.
+    listing = subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "webhooks", "list"],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert listing.returncode == 0, listing.stderr
+    assert [line.split()[0] for line in listing.stdout.splitlines()] == ["hook"]
+    assert listing.stderr.count("skipping an invalid subscription record: null_key") == 2
+    assert "Traceback" not in listing.stderr
+    async with WebhookStore(settings) as store:
+        await store.update("hook", name="renamed")
+        assert (await store.load())["hook"].name == "renamed"

@@ -1,0 +1,272 @@
+"""bridge.app: the subscription and status tables' changelog callbacks.
+
+A record the callbacks cannot use is skipped, counted and logged (never its value), and never
+keeps the freshness barrier from finding the table current. The Bridge is built for real (no
+broker is contacted until it runs); the callbacks get records as Faust hands them over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import generate_latest
+
+from bridge import app as app_module
+from bridge.app import Bridge
+from bridge.config import Settings
+from bridge.logs import JsonFormatter
+from bridge.metrics import INVALID_RECORD_REASONS, INVALID_STATUS_REASONS
+
+TOPIC = "postion.webhooks"
+KEY1 = base64.b64encode(bytes(range(32))).decode()
+
+
+def record(**changes: Any) -> dict[str, Any]:
+    value: dict[str, Any] = {
+        "id": "hook",
+        "name": "My Webhook",
+        "url": "https://hooks.example/webhook",
+        "secret": "s3cret",
+        "events": ["*"],
+        "site_id": "site_1",
+        "user_id": "user_1",
+        "active": True,
+    }
+    value.update(changes)
+    return value
+
+
+def encode(value: Any) -> bytes:
+    return json.dumps(value).encode("utf-8")
+
+
+@pytest.fixture
+def bridge(tmp_path: Path) -> Iterator[Bridge]:
+    settings = Settings.load(
+        env={},
+        overrides={
+            "kafka_bootstrap_servers": "127.0.0.1:1",  # never contacted
+            "data_dir": str(tmp_path / "data"),
+            "secret_keys": f"k1:{KEY1}",
+        },
+    )
+    yield Bridge(settings)
+
+
+class Feed:
+    """Hands records to a callback as Faust does, one offset after another per partition."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+        self.offsets: dict[tuple[str, int], int] = {}
+
+    def _event(self, topic: str, key: bytes | None, value: bytes | None, partition: int) -> Any:
+        offset = self.offsets.get((topic, partition), 0)
+        self.offsets[(topic, partition)] = offset + 1
+        message = SimpleNamespace(
+            topic=topic, partition=partition, offset=offset, key=key, value=value
+        )
+        return SimpleNamespace(message=message)
+
+    def subscription(self, key: bytes | None, value: bytes | None, partition: int = 0) -> None:
+        event = self._event(TOPIC, key, value, partition)
+        asyncio.run(self.bridge.on_subscription_event(event))
+
+    def status(self, key: bytes | None, value: bytes | None) -> None:
+        asyncio.run(self.bridge.on_status_event(self._event(TOPIC + ".status", key, value, 0)))
+
+
+def invalid(bridge: Bridge, reason: str, table: str = "subscription") -> float:
+    name = f"webhook_bridge_invalid_{table}_records_total"
+    value = bridge.registry.get_sample_value(name, {"reason": reason})
+    assert value is not None
+    return value
+
+
+# ------------------------------------------------------------------------ subscriptions
+
+BAD_RECORDS: list[tuple[str, bytes | None, bytes | None, str]] = [
+    # what, key, value, reason
+    ("null key, unencodable id", None, encode(record(id="\ud800")), "null_key"),
+    ("null key, valid record", None, encode(record()), "null_key"),
+    ("null key, tombstone", None, None, "null_key"),
+    ("key not UTF-8", b"\xffhook", encode(record()), "key_not_utf8"),
+    ("key not UTF-8, tombstone", b"\xff", None, "key_not_utf8"),
+    ("id unencodable", b"hook", encode(record(id="hook\ud800")), "invalid_text"),
+    ("surrogate in an unknown field", b"hook", encode(record(x={"\udc00": 1})), "invalid_text"),
+    ("value not JSON", b"hook", b"{not json", "malformed_json"),
+    ("value not UTF-8", b"hook", b'{"id":"\xff"}', "malformed_json"),
+    ("value not an object", b"hook", b"[1]", "schema_invalid"),
+    ("wrong types", b"hook", encode(record(events="*", active="yes")), "schema_invalid"),
+    ("id is not the key", b"other", encode(record()), "key_mismatch"),
+    ("undecryptable", b"hook", encode(record(secret="enc:v1:k9:AAAA")), "secret_undecryptable"),
+    ("bad whsec", b"hook", encode(record(standard_webhooks=True, secret="whsec_!")),
+     "secret_malformed"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"), [r[1:] for r in BAD_RECORDS], ids=[r[0] for r in BAD_RECORDS]
+)
+def test_a_bad_subscription_record_is_skipped_counted_and_applied(
+    bridge: Bridge, caplog: pytest.LogCaptureFixture, key: bytes | None, value: bytes | None,
+    reason: str,
+) -> None:  # fmt: skip
+    feed = Feed(bridge)
+    feed.subscription(b"keep", encode(record(id="keep")))
+    with caplog.at_level(logging.WARNING, logger=app_module.__name__):
+        feed.subscription(key, value)  # offset 1: the partition's last record
+    assert invalid(bridge, reason) == 1
+    assert sum(invalid(bridge, r) for r in INVALID_RECORD_REASONS) == 1
+    # Applied: the freshness barrier finds the table current up to the partition's end, so
+    # events do not wait subscription_sync_timeout for a record that was skipped.
+    assert bridge.freshness.caught_up_to({0: 2})
+    assert bridge.index.get("keep") is not None
+    (logged,) = [
+        r for r in caplog.records if r.getMessage() == "invalid subscription record skipped"
+    ]
+    assert (logged.partition, logged.offset, logged.reason) == (0, 1, reason)  # type: ignore[attr-defined]
+    assert "s3cret" not in JsonFormatter().format(logged)
+
+
+def test_a_broken_newest_record_makes_its_webhook_absent(bridge: Bridge) -> None:
+    feed = Feed(bridge)
+    feed.subscription(b"hook", encode(record()))
+    assert bridge.index.get("hook") is not None
+    feed.subscription(b"hook", encode(record(active="yes")))
+    assert bridge.index.get("hook") is None
+
+
+@pytest.mark.parametrize("key", [None, b"\xffhook"])
+def test_a_record_that_names_no_webhook_removes_none(bridge: Bridge, key: bytes | None) -> None:
+    feed = Feed(bridge)
+    feed.subscription(b"hook", encode(record()))
+    feed.subscription(key, None)
+    feed.subscription(key, encode(record(active="yes")))
+    assert bridge.index.get("hook") is not None
+
+
+def test_an_unexpected_error_is_counted_as_other_and_the_record_applied(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(app_module, "parse_webhook", broken)
+    Feed(bridge).subscription(b"hook", encode(record()))
+    assert invalid(bridge, "other") == 1
+    assert bridge.freshness.caught_up_to({0: 1})
+
+
+def test_every_reason_is_exported_from_the_start(bridge: Bridge) -> None:
+    for reason in INVALID_RECORD_REASONS:
+        assert invalid(bridge, reason) == 0
+    for reason in INVALID_STATUS_REASONS:
+        assert invalid(bridge, reason, "status") == 0
+
+
+# ------------------------------------------------------------------------------ status
+
+STATUS = {"webhook_id": "hook", "state": "failing", "failing_since": 1.5, "updated_at": "x"}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        (None, encode(STATUS), "null_key"),
+        (b"\xff", encode(STATUS), "key_not_utf8"),
+        (b"hook", b"{", "malformed_json"),
+        (b"hook", encode({**STATUS, "reason": "\ud800"}), "invalid_text"),
+        (b"hook", encode({**STATUS, "failing_since": "yesterday"}), "schema_invalid"),
+        (b"hook", b"[]", "schema_invalid"),
+    ],
+)
+def test_a_bad_status_record_is_skipped_and_counted(
+    bridge: Bridge, key: bytes | None, value: bytes, reason: str
+) -> None:
+    feed = Feed(bridge)
+    feed.status(b"hook", encode(STATUS))
+    assert bridge.statuses["hook"] == STATUS
+    feed.status(key, value)
+    assert invalid(bridge, reason, "status") == 1
+    if key == b"hook":  # the newest record of the webhook is no status: none
+        assert "hook" not in bridge.statuses
+    else:
+        assert bridge.statuses["hook"] == STATUS
+    # The health decisions read what is left without failing.
+    bridge.health.on_failure("hook", 2.0)
+
+
+def test_a_status_tombstone_removes_the_status(bridge: Bridge) -> None:
+    feed = Feed(bridge)
+    feed.status(b"hook", encode(STATUS))
+    feed.status(b"hook", None)
+    assert "hook" not in bridge.statuses
+    assert sum(invalid(bridge, r, "status") for r in INVALID_STATUS_REASONS) == 0
+
+
+# --------------------------------------------------------------------------- redaction
+
+CANARY = "cAn4ry-5ecret-"
+SECRETS = st.recursive(
+    st.one_of(
+        st.text(max_size=8).map(lambda t: CANARY + t),
+        st.sampled_from(
+            [CANARY, f"enc:v1:{CANARY}:AAAA", f"enc:v1:k1:{CANARY}", f"whsec_{CANARY}!"]
+        ),
+    ),
+    lambda inner: (
+        st.lists(inner, min_size=1, max_size=3)
+        | st.dictionaries(st.sampled_from(["v", "value", "enc", "kid", "token"]), inner, min_size=1)
+    ),
+    max_leaves=4,
+)
+SECRET_FIELDS = ["secret", "previous_secret", "secret_encrypted", "auth", "signing_key", "x"]
+BREAKERS: list[dict[str, Any]] = [
+    {},
+    {"active": "yes"},
+    {"events": []},
+    {"url": None},
+    {"id": ""},
+    {"name": ["n"]},
+    {"standard_webhooks": True},
+    {"previous_secret_expires_at": 5},
+]
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    secrets=st.dictionaries(st.sampled_from(SECRET_FIELDS), SECRETS, min_size=1, max_size=3),
+    breaker=st.sampled_from(BREAKERS),
+    key=st.sampled_from([b"hook", b"other", None]),
+)
+def test_secrets_of_any_shape_never_reach_errors_logs_or_metrics(
+    bridge: Bridge,
+    caplog: pytest.LogCaptureFixture,
+    secrets: dict[str, Any],
+    breaker: dict[str, Any],
+    key: bytes | None,
+) -> None:
+    caplog.clear()
+    value = encode(record(**secrets, **breaker))
+    with caplog.at_level(logging.DEBUG):
+        Feed(bridge).subscription(key, value)
+    for logged in caplog.records:
+        assert CANARY not in JsonFormatter().format(logged)
+        assert CANARY not in logged.getMessage()
+        assert not any(CANARY in str(v) for v in vars(logged).values() if v is not value)
+    assert CANARY not in generate_latest(bridge.registry).decode()

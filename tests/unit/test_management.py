@@ -1,0 +1,164 @@
+"""bridge.management without a broker: what WebhookStore refuses before writing, how it reads
+the subscriptions topic (records given here as they come from ``read_topic``), and which dead
+letters ``replay_dead_letters`` cannot replay. Records it would write are captured, never sent."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from bridge import management
+from bridge.config import Settings
+from bridge.errors import InvalidSubscription
+from bridge.management import DeadLetterFilter, WebhookStore, replay_dead_letters
+from bridge.subscriptions import Webhook, parse_webhook
+from bridge.urls import InvalidUrl
+
+SETTINGS = Settings.load(env={}, overrides={"kafka_bootstrap_servers": "127.0.0.1:1"})
+SECRET = "s3cret-value"
+UNUSABLE = ["http://127.0.0.1:99999/x", "http://xn--/", "ftp://hooks.example/", "https://a b/"]
+
+
+def record(**changes: Any) -> dict[str, Any]:
+    value: dict[str, Any] = {
+        "id": "hook",
+        "name": "My Webhook",
+        "url": "https://hooks.example/webhook",
+        "secret": SECRET,
+        "events": ["*"],
+        "site_id": "site_1",
+        "user_id": "user_1",
+        "active": True,
+    }
+    value.update(changes)
+    return value
+
+
+def encode(value: Any) -> bytes:
+    return json.dumps(value).encode("utf-8")
+
+
+class CapturingStore(WebhookStore):
+    """A store whose writes are kept here instead of being sent."""
+
+    def __init__(self, stored: dict[str, Webhook] | None = None) -> None:
+        super().__init__(SETTINGS)
+        self.stored = stored or {}
+        self.sent: list[tuple[str, bytes | None]] = []
+
+    async def _send(self, webhook_id: str, value: bytes | None) -> None:
+        self.sent.append((webhook_id, value))
+
+    async def load(self) -> dict[str, Webhook]:
+        return dict(self.stored)
+
+
+def stored(url: str) -> Webhook:
+    webhook = parse_webhook(b"hook", encode(record(url=url)))
+    assert webhook is not None
+    return webhook
+
+
+# ------------------------------------------------------------------------- URL checks
+
+
+@pytest.mark.parametrize("url", UNUSABLE)
+async def test_create_refuses_an_unusable_url_before_writing(url: str) -> None:
+    store = CapturingStore()
+    with pytest.raises(InvalidUrl) as caught:
+        await store.create(url=url, events=["*"], site_id="site_1", user_id="user_1")
+    assert caught.value.reason == "invalid_url"
+    assert store.sent == []
+
+
+@pytest.mark.parametrize("url", UNUSABLE)
+async def test_update_and_put_refuse_an_unusable_url(url: str) -> None:
+    store = CapturingStore({"hook": stored("https://hooks.example/old")})
+    with pytest.raises(InvalidUrl):
+        await store.update("hook", url=url)
+    with pytest.raises(InvalidUrl):
+        await store.put(stored(url))
+    assert store.sent == []
+
+
+async def test_a_stored_unusable_url_does_not_block_other_changes() -> None:
+    # Deactivating, renaming, rotating or disabling a webhook whose stored URL no one could use
+    # still works; setting the URL is what is checked.
+    store = CapturingStore({"hook": stored("http://xn--/")})
+    await store.update("hook", active=False, name="renamed")
+    await store.rotate_secret("hook", secret="new-secret")
+    await store.disable(stored("http://xn--/"), "failing")
+    fixed = await store.update("hook", url="https://hooks.example/new")
+    assert fixed.url == "https://hooks.example/new"
+    assert [webhook_id for webhook_id, _ in store.sent] == ["hook"] * 4
+
+
+# ----------------------------------------------------------------------- reading records
+
+
+async def test_load_skips_invalid_records_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    records: list[tuple[bytes | None, bytes | None]] = [
+        (b"hook", encode(record())),
+        (b"gone", encode(record(id="gone"))),
+        (b"gone", encode(record(id="gone", active="yes"))),  # its newest record is broken
+        # A null key and an id with no UTF-8 form: once a UnicodeEncodeError out of load().
+        (None, encode(record(id="\ud800"))),
+        (b"\xffhook", encode(record())),
+        (None, None),
+        (b"hook2", encode(record(id="hook2", previous_secret={"v": SECRET}))),
+        (b"hook3", encode(record(id="hook3", url="http://127.0.0.1:99999/x"))),  # kept
+    ]
+
+    async def read_topic(settings: Settings, topic: str) -> list[Any]:
+        assert topic == SETTINGS.subscriptions_topic
+        return records
+
+    monkeypatch.setattr(management, "read_topic", read_topic)
+    with caplog.at_level(logging.WARNING, logger=management.__name__):
+        webhooks = await WebhookStore(SETTINGS).load()
+    assert sorted(webhooks) == ["hook", "hook3"]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 5
+    assert any("null_key" in w for w in warnings)
+    assert any("key_not_utf8" in w for w in warnings)
+    assert any("of webhook 'gone'" in w and "schema_invalid" in w for w in warnings)
+    assert not any(SECRET in w for w in warnings)
+    assert all("\n" not in w and w.isprintable() for w in warnings)
+
+
+# ------------------------------------------------------------------------------- replay
+
+
+async def test_replay_skips_dead_letters_whose_event_the_bridge_refuses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    event = {
+        "id": "evt_\ud800",  # no delivery id could be made of it
+        "type": "post.created",
+        "data": {"id": "p", "title": "t"},
+        "timestamp": "2024-01-15T10:30:00Z",
+        "site_id": "s",
+        "user_id": "u",
+    }
+    letters = [
+        {"webhook_id": "hook", "delivery_id": "d1", "event": event},
+        {"webhook_id": "hook", "delivery_id": "d2", "event": {**event, "id": "e", "data": {}}},
+        {"webhook_id": None, "delivery_id": None, "event": None},
+    ]
+
+    async def list_dead_letters(settings: Settings, where: DeadLetterFilter) -> list[Any]:
+        return letters
+
+    monkeypatch.setattr(management, "list_dead_letters", list_dead_letters)
+    report = await replay_dead_letters(SETTINGS, DeadLetterFilter())  # nothing to write
+    assert report.replayed == [] and report.skipped == 3
+
+
+def test_invalid_url_is_an_invalid_subscription() -> None:
+    # Callers that catch InvalidSubscription (the CLI, the platform's services) catch it too.
+    assert issubclass(InvalidUrl, InvalidSubscription)
