@@ -23,6 +23,7 @@ from .errors import (
     InvalidEvent,
     InvalidRecord,
     InvalidSubscription,
+    InvalidUrl,
     TopicDrift,
     UnencodableValue,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "InvalidEvent",
     "InvalidRecord",
     "InvalidSubscription",
+    "InvalidUrl",
     "TopicDrift",
     "UnencodableValue",
     "Event",
