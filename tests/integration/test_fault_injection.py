@@ -271,11 +271,17 @@ class Suite:
             case, encode(envelope), invalid=invalid, envelope=envelope, required=required, **record
         )
 
-    async def subscription(self, key: bytes | None, value: bytes | None) -> None:
+    async def subscription(
+        self, key: bytes | None, value: bytes | None, *, partition: int | None = None
+    ) -> int:
+        """Write a subscriptions-topic record; the partition it went to."""
         try:
-            await self.writer.write(self.settings.subscriptions_topic, value, key=key)
+            partition, _ = await self.writer.write(
+                self.settings.subscriptions_topic, value, key=key, partition=partition
+            )
         except KafkaError as exc:
             pytest.skip(f"the embedded broker refuses this record: {exc!r}")
+        return partition
 
     def webhook(self, case: str, site: str, **changes: Any) -> dict[str, Any]:
         """A valid subscription record of ``site`` (and its own account) to the aux receiver."""
@@ -832,18 +838,22 @@ def _site(name: str) -> str:
 async def _subscriptions(
     s: Suite, name: str, records: Sequence[tuple[bytes | None, bytes | None]], site: str
 ) -> list[Written]:
-    """Write ``records``, then a valid control webhook of the same site, then a probe event
-    of the site: the control must get it, so the table still applies what follows poison."""
-    for key, value in records:
-        await s.subscription(key, value)
-    return [await _controlled_probe(s, name, site)]
+    """Write ``records``, then valid control webhooks of the same site, then a probe event of
+    the site: the controls must get it (see :func:`_controlled_probe`)."""
+    partitions = {await s.subscription(key, value) for key, value in records}
+    return [await _controlled_probe(s, name, site, partitions)]
 
 
-async def _controlled_probe(s: Suite, name: str, site: str) -> Written:
-    control = s.webhook(name, site, id=unique("control"))
-    await s.subscription(*_keyed(control))
+async def _controlled_probe(s: Suite, name: str, site: str, partitions: set[int]) -> Written:
+    """A probe event of ``site`` after a valid control webhook of the site on each of
+    ``partitions`` (where poison went): every control must get the probe, so the table still
+    applies what follows poison on each partition it touched."""
+    required: dict[str, str | None] = {}
     envelope = s.envelope(site_id=site, user_id=f"user-of-{site}")
-    required = {control["id"]: _delivery_id(envelope["id"], control["id"])}
+    for partition in sorted(partitions):
+        control = s.webhook(name, site, id=unique("control"))
+        await s.subscription(*_keyed(control), partition=partition)
+        required[control["id"]] = _delivery_id(envelope["id"], control["id"])
     return await s.json_event(name, envelope, key=site.encode(), required=required)
 
 
@@ -1243,12 +1253,12 @@ async def _write_generated_subscription(s: Suite, name: str, spec: dict[str, Any
     }
     key = keys[spec["key"]]
     if spec["kind"] == "record":
-        await s.subscription(key, encode(record))
+        partition = await s.subscription(key, encode(record))
     elif spec["kind"] == "bytes":
-        await s.subscription(key, spec["bytes"] + secret.encode())
+        partition = await s.subscription(key, spec["bytes"] + secret.encode())
     else:
-        await s.subscription(key, None)
-    return await _controlled_probe(s, name, site)
+        partition = await s.subscription(key, None)
+    return await _controlled_probe(s, name, site, {partition})
 
 
 @hypothesis_settings(
