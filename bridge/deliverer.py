@@ -37,10 +37,15 @@ log = logging.getLogger(__name__)
 Done = Callable[[], None]
 
 #: Errors of attempts that were not made: no request was sent.
-SKIPPED = frozenset({"circuit_open", "endpoint_busy", "destination_forbidden", "invalid_url"})
+SKIPPED = frozenset(
+    {"circuit_open", "endpoint_busy", "rate_limited", "destination_forbidden", "invalid_url"}
+)
 #: Attempts not made because the endpoint could not take them now: the same attempt is tried
 #: again later, without spending an entry of the retry schedule.
-DEFERRED = frozenset({"circuit_open", "endpoint_busy"})
+DEFERRED = frozenset({"circuit_open", "endpoint_busy", "rate_limited"})
+#: Longest wait for a webhook's rate limit inside a job; a longer one defers the attempt to the
+#: retry path, so that no source record is held for it.
+MAX_RATE_WAIT = 5.0
 #: How often one delivery may be deferred before a deferral counts as an attempt (so that a
 #: delivery to an endpoint that never has room still reaches the end of its schedule).
 MAX_DEFERRALS = 100
@@ -189,6 +194,11 @@ class Deliverer:
                 job, "invalid_url", exc.detail, [*job.history, invalid.as_record()]
             )
             return None
+        rate_wait = self._rates.wait_time(webhook.id, webhook.rate_limit)
+        if rate_wait > MAX_RATE_WAIT:
+            self._rates.refund(webhook.id)
+            await self._settle_failure(job, self._skipped("rate_limited", rate_wait), counts=False)
+            return None
         if not self._breakers.allow(endpoint):
             # Not retried before the circuit would let it through: a retry due earlier would
             # only be skipped again, spending an attempt and a round through the retry tiers.
@@ -202,7 +212,8 @@ class Deliverer:
             return None
         result: AttemptResult | None = None
         try:
-            await self._rates.wait(webhook.id, webhook.rate_limit)
+            if rate_wait > 0:
+                await asyncio.sleep(rate_wait)
             async with self._slots:
                 self._in_flight += 1
                 try:
@@ -300,7 +311,7 @@ class Deliverer:
             await self._publish_health(change)
         retry_after = (
             result.retry_after
-            if result.status in (429, 503) or result.error == "circuit_open"
+            if result.status in (429, 503) or result.error in ("circuit_open", "rate_limited")
             else None
         )
         next_attempt = job.attempt + 1

@@ -166,6 +166,12 @@ class RateLimits:
             bucket = self._buckets[webhook_id] = TokenBucket(rate, burst, burst, now)
         return bucket.wait_time(now)
 
+    def refund(self, webhook_id: str) -> None:
+        """Give back the token the last :meth:`wait_time` took (the delivery was not made)."""
+        bucket = self._buckets.get(webhook_id)
+        if bucket is not None:
+            bucket.tokens += 1.0
+
     async def wait(self, webhook_id: str, rate: float | None) -> None:
         delay = self.wait_time(webhook_id, rate)
         if delay > 0:
