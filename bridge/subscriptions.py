@@ -70,8 +70,16 @@ class Webhook:
         """The secrets to sign with: the current one, and the previous one during an overlap."""
         secrets = [self.secret]
         if self.previous_secret and self.previous_secret_expires_at:
-            expires = datetime.fromisoformat(self.previous_secret_expires_at.replace("Z", "+00:00"))
-            if now < expires:
+            # An expiry that is not a time with a zone ends the overlap: signing falls back to
+            # the current secret rather than failing every delivery.
+            try:
+                expires = datetime.fromisoformat(
+                    self.previous_secret_expires_at.replace("Z", "+00:00")
+                )
+                overlapping = now < expires
+            except (ValueError, TypeError):
+                overlapping = False
+            if overlapping:
                 secrets.append(self.previous_secret)
         return secrets
 

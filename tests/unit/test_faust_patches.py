@@ -419,7 +419,7 @@ async def test_end_offsets_are_read_and_reported_once_per_partition_per_fetch() 
         {a: ["a0", "a1", "a2"], b: ["b0", "b1"], idle: ["i0"]}, active={a, b}
     )
     theirs.log = type("Log", (), {"dev": staticmethod(lambda *args: None)})()  # type: ignore[attr-defined]
-    original: Any = faust_consumer.Consumer.getmany
+    original: Any = faust_patches.ORIGINALS["end_offset_once_per_fetch"]
     assert original is not _getmany
     assert [item async for item in original(theirs, 1.0)] == got
     assert theirs.highwater_calls == 5 and set(theirs.reported) == set(consumer.reported)

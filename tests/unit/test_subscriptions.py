@@ -522,3 +522,23 @@ def test_test_event_after_removal() -> None:
     index = SubscriptionIndex([hook("w")])
     index.remove("w")
     assert index.match(ping("w")) == []
+
+
+@pytest.mark.parametrize("expires", ["not a time", "2026-12-03T10:00:00"])
+def test_an_expiry_that_is_not_a_zoned_time_ends_the_overlap(expires: str) -> None:
+    from datetime import UTC, datetime
+
+    from bridge.subscriptions import Webhook
+
+    webhook = Webhook(
+        id="w",
+        name="w",
+        url="https://hooks.example/w",
+        secret="current-secret-0123456789",
+        events=frozenset({"*"}),
+        site_id=None,
+        user_id="u",
+        previous_secret="previous-secret-0123456789",
+        previous_secret_expires_at=expires,
+    )
+    assert webhook.signing_secrets(datetime(2026, 12, 1, tzinfo=UTC)) == [webhook.secret]
