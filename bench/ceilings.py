@@ -153,7 +153,7 @@ async def httpx_ceiling(urls: list[str], count: int, concurrency: int = 8) -> di
 def _hot_path_sender(policy: Any, kind: str = "http1") -> tuple[Any, Any, str]:
     """The worker's sender for the ``http_client`` setting ``kind`` (``http1``, ``aiohttp`` or
     ``httpx``; older checkouts fall back to what they have): (sender, closer, class name)."""
-    from bridge.delivery import Sender, new_client
+    from bridge.http.sender import Sender, new_client
 
     options = {
         "timeout": 30.0,
@@ -164,7 +164,7 @@ def _hot_path_sender(policy: Any, kind: str = "http1") -> tuple[Any, Any, str]:
     }
     if kind == "http1":
         try:
-            from bridge.http1_sender import Http1Sender
+            from bridge.http.http1_sender import Http1Sender
         except ImportError:
             kind = "aiohttp"
         else:
@@ -204,9 +204,9 @@ async def bridge_sender_ceiling(
 async def _bridge_sender_run(
     urls: list[str], count: int, concurrency: int, kind: str
 ) -> dict[str, Any]:
-    from bridge.delivery import Delivery
-    from bridge.ssrf import AddressPolicy
-    from bridge.subscriptions import Webhook
+    from bridge.http.sender import Delivery
+    from bridge.http.ssrf import AddressPolicy
+    from bridge.subscriptions.webhook import Webhook
 
     policy = AddressPolicy.from_setting("127.0.0.0/8", enabled=True)
     sender, close, kind = _hot_path_sender(policy, kind)
@@ -313,10 +313,10 @@ async def kafka_ceiling(bootstrap: str, topic: str, count: int) -> dict[str, Any
 
 def cpu_costs(samples: int = 2000) -> dict[str, float]:
     """Microseconds per call of the bridge's per-event and per-delivery pure-Python steps."""
-    from bridge.delivery import Delivery, build_headers
-    from bridge.events import parse_event
-    from bridge.payload import EncodedEvent, build_body
-    from bridge.subscriptions import Webhook
+    from bridge.contract.events import parse_event
+    from bridge.contract.payload import EncodedEvent, build_body
+    from bridge.http.sender import Delivery, build_headers
+    from bridge.subscriptions.webhook import Webhook
 
     raw = event_bytes(str(uuid.uuid4()), "site-0", "user-0", now_stamp(), 1)
     webhook = Webhook(

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.config import Settings
-from bridge.embedded import EmbeddedBroker
+from bridge.worker.embedded import EmbeddedBroker
 
 from . import ceilings, report
 from .procs import REPO, Procs, free_port

@@ -18,10 +18,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from bridge.admin.management import apply_topics
 from bridge.config import Settings
-from bridge.embedded import GROUP_TIMEOUTS
-from bridge.management import apply_topics
-from bridge.payload import delivery_id
+from bridge.contract.payload import delivery_id
+from bridge.worker.embedded import GROUP_TIMEOUTS
 
 from .procs import Proc, Procs, free_port, http_get, rss_kib
 
@@ -35,7 +35,7 @@ BASE_WORKER = {
     "drain_timeout": 3.0,
     "retry_jitter": 0.0,
     # The run's broker is Tansu: the group timeouts `webhook-bridge run` uses on its embedded
-    # broker (a 1 s first join instead of 3 s; see bridge.embedded.GROUP_TIMEOUTS).
+    # broker (a 1 s first join instead of 3 s; see bridge.worker.embedded.GROUP_TIMEOUTS).
     **GROUP_TIMEOUTS,
 }
 

@@ -14,7 +14,7 @@ environment) after monkeypatching, in this process only:
   ``delivered`` metric counts).
 
 (``sync_race_fixed`` and ``no_spinner`` served while those fixes were not in the bridge; both
-are in it now: bridge/sync.py and ``Bridge.worker``.)
+are in it now: bridge/subscriptions/freshness.py and ``Bridge.worker``.)
 
 ``bench/run --worker-patch PATCH`` uses it for every bridge worker of the run. A patch that no
 longer fits the bridge's code fails loudly at start, so a stale patch cannot measure nothing.
@@ -34,7 +34,7 @@ def _require(owner: Any, name: str) -> None:
 
 
 def _no_freshness() -> None:
-    from bridge.sync import TableFreshness
+    from bridge.subscriptions.freshness import TableFreshness
 
     _require(TableFreshness, "wait_current")
 
@@ -45,7 +45,7 @@ def _no_freshness() -> None:
 
 
 def _no_attempt_log() -> None:
-    from bridge import outputs
+    from bridge.kafka import outputs
 
     _require(outputs, "KafkaOutputs")
     _require(outputs.KafkaOutputs, "attempt")
@@ -59,7 +59,7 @@ def _no_attempt_log() -> None:
 
 
 def _no_event_validation() -> None:
-    from bridge import events
+    from bridge.contract import events
 
     _require(events, "schema_errors")
     _require(events, "event_data_errors")
@@ -68,7 +68,7 @@ def _no_event_validation() -> None:
 
 
 def _no_http() -> None:
-    from bridge import http1
+    from bridge.http import http1
 
     _require(http1, "Http1Client")
     _require(http1.Http1Client, "post")
@@ -81,7 +81,7 @@ def _no_http() -> None:
     # Without a request an attempt lasts microseconds, and so small a duration takes the
     # careful JSON encoder's path (Python writes 1e-05 where JavaScript writes 0.00001): a cost
     # real deliveries do not have. Each attempt is recorded as lasting 1.2345 ms instead.
-    from bridge import http1_sender
+    from bridge.http import http1_sender
 
     _require(http1_sender.Http1Sender, "__init__")
     original_init = http1_sender.Http1Sender.__init__
@@ -95,7 +95,7 @@ def _no_http() -> None:
 
 
 def _no_faust_sensor() -> None:
-    from bridge import faust_monitor
+    from bridge.worker import faust_monitor
 
     monitor = faust_monitor.FaustPrometheusMonitor
     for name in (
@@ -125,7 +125,7 @@ def main() -> int:
             raise SystemExit(f"unknown patch {name!r}; known: {', '.join(PATCHES)}")
         PATCHES[name]()
     print(f"bench.patched_worker: patched {', '.join(names) or 'nothing'}", flush=True)
-    from bridge.cli import main as cli_main
+    from bridge.cli.commands import main as cli_main
 
     return cli_main(["run"])
 

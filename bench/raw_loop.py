@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bridge.payload import delivery_id
+from bridge.contract.payload import delivery_id
 
 IN_FLIGHT = 32
 

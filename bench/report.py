@@ -332,9 +332,9 @@ def write_benchmarks(path: Path, meta: dict[str, Any], results: list[dict[str, A
 
 METHOD = """## Method
 
-Each run starts an embedded broker (`bridge.embedded.EmbeddedBroker`, Tansu in memory) on a free
-port, and the healthy receiver: nginx from Debian (`return 200`, one worker process, 16 ports on
-127.0.0.1, an access log line `$msec $http_x_webhook_delivery $server_port` per request) when
+Each run starts an embedded broker (`bridge.worker.embedded.EmbeddedBroker`, Tansu in memory) on a
+free port, and the healthy receiver: nginx from Debian (`return 200`, one worker process, 16 ports
+on 127.0.0.1, an access log line `$msec $http_x_webhook_delivery $server_port` per request) when
 `nginx` is installed, else `bench/receiver.py` (aiohttp, same log format). Webhooks are spread
 over the 16 ports because the bridge limits concurrency *per endpoint* (scheme, host, port:
 `endpoint_max_in_flight` 16, `endpoint_max_queued` 256): 16 endpoints is a realistic spread of

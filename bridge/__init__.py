@@ -15,8 +15,21 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .config import Settings
-from .errors import (
+from bridge.admin.management import (
+    DeadLetterFilter,
+    WebhookStore,
+    apply_topics,
+    list_dead_letters,
+    publish_event,
+    publish_events,
+    replay_dead_letters,
+    send_test_event,
+)
+from bridge.config import Settings
+from bridge.contract.events import Event, build_event
+from bridge.contract.payload import delivery_id
+from bridge.contract.signing import sign, verify
+from bridge.errors import (
     BridgeError,
     ConfigError,
     DeliveryError,
@@ -27,20 +40,7 @@ from .errors import (
     TopicDrift,
     UnencodableValue,
 )
-from .events import Event, build_event
-from .management import (
-    DeadLetterFilter,
-    WebhookStore,
-    apply_topics,
-    list_dead_letters,
-    publish_event,
-    publish_events,
-    replay_dead_letters,
-    send_test_event,
-)
-from .payload import delivery_id
-from .signing import sign, verify
-from .subscriptions import Webhook
+from bridge.subscriptions.webhook import Webhook
 
 __all__ = [
     "__version__",

@@ -16,8 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .retry_policy import DEFAULT_SCHEDULE, format_duration, parse_duration, parse_schedule
+from bridge.delivery.retry_policy import (
+    DEFAULT_SCHEDULE,
+    format_duration,
+    parse_duration,
+    parse_schedule,
+)
+from bridge.errors import ConfigError
 
 __all__ = ["Settings", "SettingSpec", "parse_bool", "parse_list", "DEFAULT_HTTP_TIMEOUT"]
 

@@ -48,7 +48,7 @@ class InvalidSubscription(InvalidRecord):
 
 
 class InvalidUrl(InvalidSubscription):
-    """A webhook URL that cannot be used by any deployment (see :mod:`bridge.urls`).
+    """A webhook URL that cannot be used by any deployment (see :mod:`bridge.subscriptions.urls`).
 
     Not retriable: the same URL is refused again. ``reason`` is always ``"invalid_url"``;
     ``detail`` is one line that never quotes the URL (its path or query may carry a token).

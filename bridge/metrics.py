@@ -14,7 +14,7 @@ from prometheus_client import (
 )
 from prometheus_client.values import MutexValue
 
-from .subscriptions import RECORD_PROBLEMS
+from bridge.subscriptions.webhook import RECORD_PROBLEMS
 
 __all__ = [
     "Metrics",
@@ -78,7 +78,7 @@ STAGE_BUCKETS = (
     86400.0,
 )
 #: Label values of ``webhook_bridge_invalid_subscription_records_total``: the reasons of
-#: :func:`bridge.subscriptions.parse_webhook`, and ``other`` (an unexpected error).
+#: :func:`bridge.subscriptions.webhook.parse_webhook`, and ``other`` (an unexpected error).
 INVALID_RECORD_REASONS = (*RECORD_PROBLEMS, "other")
 #: Label values of ``webhook_bridge_invalid_status_records_total``.
 INVALID_STATUS_REASONS = (

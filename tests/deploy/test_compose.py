@@ -16,13 +16,13 @@ import jsonschema
 import pytest
 import yaml
 
-from bridge.cli import _parser
+from bridge.cli.commands import _parser
 from bridge.config import Settings
-from bridge.events import build_event
-from bridge.pipeline import drain_worst_case
-from bridge.retry_policy import parse_duration
-from bridge.ssrf import check_url
-from bridge.subscriptions import webhook_from_record
+from bridge.contract.events import build_event
+from bridge.delivery.pipeline import drain_worst_case
+from bridge.delivery.retry_policy import parse_duration
+from bridge.http.ssrf import check_url
+from bridge.subscriptions.webhook import webhook_from_record
 from tests.deploy import tools
 from tests.deploy.tools import REPO
 

@@ -150,7 +150,7 @@ def test_values_schema_rejects_unknown_settings(chart: Chart) -> None:
 
 @pytest.mark.parametrize("values_file", SCENARIOS, ids=SCENARIO_IDS)
 def test_notes_render_with_valid_commands(chart: Chart, values_file: Path | None) -> None:
-    from bridge.cli import _parser
+    from bridge.cli.commands import _parser
 
     extra = ["--values", str(values_file)] if values_file else []
     result = chart.run(

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from bridge.admin.management import apply_topics
 from bridge.config import Settings
-from bridge.embedded import EmbeddedBroker, free_port
-from bridge.management import apply_topics
+from bridge.worker.embedded import EmbeddedBroker, free_port
 from tests.support.processes import WorkerProcess
 from tests.support.receivers import Receiver
 

@@ -15,7 +15,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bridge.config import Settings
-from bridge.embedded import free_port
+from bridge.worker.embedded import free_port
 from tests.support.processes import settings_env
 
 pytestmark = pytest.mark.integration

@@ -49,12 +49,12 @@ from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from bridge.admin.management import WebhookStore, apply_topics
 from bridge.config import Settings
-from bridge.embedded import EmbeddedBroker, free_port
-from bridge.events import format_timestamp
-from bridge.management import WebhookStore, apply_topics
-from bridge.payload import delivery_id
-from bridge.schemas import EVENT_TYPES
+from bridge.contract.events import format_timestamp
+from bridge.contract.payload import delivery_id
+from bridge.contract.schemas import EVENT_TYPES
+from bridge.worker.embedded import EmbeddedBroker, free_port
 from tests.support.processes import WorkerProcess, settings_env
 from tests.support.receivers import Receiver
 from tests.support.records import RawWriter, TopicTail, committed_offsets, end_offsets

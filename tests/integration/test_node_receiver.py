@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 
+from bridge.admin.management import WebhookStore, publish_events
 from bridge.config import Settings
-from bridge.embedded import free_port
-from bridge.events import build_event
-from bridge.management import WebhookStore, publish_events
+from bridge.contract.events import build_event
+from bridge.worker.embedded import free_port
 from tests.support.receivers import NODE_DIR, NodeSpecReceiver
 
 pytestmark = [

@@ -18,11 +18,11 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from bridge.admin.management import WebhookStore, publish_events
 from bridge.config import Settings
-from bridge.embedded import free_port
-from bridge.events import build_event
-from bridge.management import WebhookStore, publish_events
+from bridge.contract.events import build_event
 from bridge.metrics import Metrics
+from bridge.worker.embedded import free_port
 from tests.support.receivers import Receiver
 
 pytestmark = pytest.mark.integration
@@ -347,7 +347,7 @@ async def test_prometheus_evaluates_every_dashboard_and_alert_expression(
         values = await worker.metrics()
         counts = {k: v for k, v in values.items() if "_total{" in k and "faust" not in k}
         raise AssertionError(f"{exc}\n{counts}\n{worker.tail()}") from None
-    # Events reach the pipeline past Faust's stream (bridge/direct_topic.py); Faust's sensor
+    # Events reach the pipeline past Faust's stream (bridge/worker/direct_topic.py); Faust's sensor
     # still counts them in, by topic (a dashboard panel).
     values = await worker.metrics()
     received = values.get(

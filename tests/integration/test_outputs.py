@@ -1,5 +1,5 @@
-"""bridge.outputs.KafkaOutputs against the embedded broker: attempt records, written in
-per-partition batches (bridge.record_batches), all arrive, in their key's partition, in order;
+"""bridge.kafka.outputs.KafkaOutputs against the embedded broker: attempt records, written in
+per-partition batches (bridge.kafka.record_batches), all arrive, in their key's partition, in order;
 every write is counted and timed by output."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import CollectorRegistry
 
+from bridge.admin.management import WebhookStore
 from bridge.config import Settings
-from bridge.kafka import client_kwargs
-from bridge.management import WebhookStore
+from bridge.kafka.clients import client_kwargs
+from bridge.kafka.outputs import KafkaOutputs
 from bridge.metrics import Metrics
-from bridge.outputs import KafkaOutputs
 from tests.support.metrics import sample
 
 RECORDS = 600

@@ -10,10 +10,10 @@ import sys
 import pytest
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
+from bridge.admin.management import WebhookStore, apply_topics, publish_events, read_topic
 from bridge.config import Settings
-from bridge.events import build_event
-from bridge.management import WebhookStore, apply_topics, publish_events, read_topic
-from bridge.secretbox import generate_key
+from bridge.contract.events import build_event
+from bridge.subscriptions.secretbox import generate_key
 from tests.support.processes import settings_env
 from tests.support.receivers import Receiver
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge.signing import verify
+from bridge.contract.signing import verify
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "node"
 

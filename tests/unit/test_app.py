@@ -1,4 +1,4 @@
-"""bridge.app: the subscription and status tables' changelog callbacks.
+"""bridge.worker.app: the subscription and status tables' changelog callbacks.
 
 A record the callbacks cannot use is skipped, counted and logged (never its value), and never
 keeps the freshness barrier from finding the table current. The Bridge is built for real (no
@@ -21,11 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
-from bridge import app as app_module
-from bridge.app import Bridge
 from bridge.config import Settings
-from bridge.logs import JsonFormatter
 from bridge.metrics import INVALID_RECORD_REASONS, INVALID_STATUS_REASONS
+from bridge.worker import app as app_module
+from bridge.worker.app import Bridge
+from bridge.worker.logs import JsonFormatter
 
 TOPIC = "postion.webhooks"
 KEY1 = base64.b64encode(bytes(range(32))).decode()

@@ -1,4 +1,5 @@
-"""bridge.breaker: endpoint keys and the per-endpoint circuit breaker, with an explicit clock."""
+"""bridge.delivery.breaker: endpoint keys and the per-endpoint circuit breaker, with an explicit
+clock."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.breaker import CLOSED, HALF_OPEN, OPEN, Breakers, CircuitBreaker, endpoint_of
-from bridge.urls import InvalidUrl
+from bridge.delivery.breaker import CLOSED, HALF_OPEN, OPEN, Breakers, CircuitBreaker, endpoint_of
+from bridge.subscriptions.urls import InvalidUrl
 from tests.support.clocks import FakeClock
 
 THRESHOLD = 3

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge import cli
+from bridge.cli import commands as cli
 
 BROKER = ["--bootstrap-servers", "127.0.0.1:1"]
 

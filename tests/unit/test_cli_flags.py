@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from bridge import cli
+from bridge.cli import commands as cli
 from bridge.config import Settings
 
 

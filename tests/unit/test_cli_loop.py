@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import uvloop
 
-from bridge.cli import WORKER_GC_THRESHOLDS, _new_loop, tune_gc
+from bridge.cli.commands import WORKER_GC_THRESHOLDS, _new_loop, tune_gc
 
 
 @pytest.fixture(autouse=True)

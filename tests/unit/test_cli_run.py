@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from bridge import cli, management
+from bridge.admin import management
+from bridge.cli import commands as cli
 from bridge.config import Settings
-from bridge.embedded import GROUP_TIMEOUTS
+from bridge.worker.embedded import GROUP_TIMEOUTS
 
 
 class _Stop(Exception):

@@ -18,8 +18,8 @@ from bridge.config import (
     parse_bool,
     parse_list,
 )
-from bridge.embedded import GROUP_TIMEOUTS
 from bridge.errors import BridgeError, ConfigError
+from bridge.worker.embedded import GROUP_TIMEOUTS
 
 SASL = {
     "BRIDGE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",

@@ -1,4 +1,5 @@
-"""bridge.deadletters: every dead letter fits a produce request; large records go by reference."""
+"""bridge.delivery.dead_letters: every dead letter fits a produce request; large records go by
+reference."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge import jsoncanon
-from bridge.deadletters import (
+from bridge.contract import jsoncanon
+from bridge.contract.events import Event, build_event
+from bridge.delivery.dead_letters import (
     MAX_EVENT_BYTES,
     MAX_RAW_BYTES,
     PREFIX_CHARS,
@@ -18,7 +20,6 @@ from bridge.deadletters import (
     dead_letter_record,
     internal_error,
 )
-from bridge.events import Event, build_event
 
 SOURCE = SourceRef("postion.events", 2, 14, b"site_1")
 NOW = datetime(2026, 12, 3, tzinfo=UTC)

@@ -1,4 +1,5 @@
-"""bridge.deliverer.Deliverer: one attempt through breaker, slots and sender, and how it settles.
+"""bridge.delivery.deliverer.Deliverer: one attempt through breaker, slots and sender, and how it
+settles.
 
 The sender is scripted (it returns ``AttemptResult`` s, optionally held back by a gate), the
 durable outputs are recorded, the retry policy is real (default schedule, no jitter), health runs
@@ -19,18 +20,18 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from bridge.breaker import CLOSED, OPEN, Breakers, endpoint_of
-from bridge.deadletters import SourceRef
-from bridge.deliverer import MAX_DEFERRALS, Deliverer, Job
-from bridge.delivery import AttemptResult, Delivery
-from bridge.events import Event, format_timestamp
-from bridge.health import EndpointHealth
+from bridge.contract.events import Event, format_timestamp
+from bridge.contract.payload import EncodedEvent, build_body, delivery_id
+from bridge.contract.schemas import schema_errors
+from bridge.delivery.breaker import CLOSED, OPEN, Breakers, endpoint_of
+from bridge.delivery.dead_letters import SourceRef
+from bridge.delivery.deliverer import MAX_DEFERRALS, Deliverer, Job
+from bridge.delivery.endpoint_health import EndpointHealth
+from bridge.delivery.pending_retry import PendingRetry, parse_retry
+from bridge.delivery.retry_policy import DEFAULT_SCHEDULE, RetryPolicy
+from bridge.http.sender import AttemptResult, Delivery
 from bridge.metrics import Metrics
-from bridge.payload import EncodedEvent, build_body, delivery_id
-from bridge.retries import PendingRetry, parse_retry
-from bridge.retry_policy import DEFAULT_SCHEDULE, RetryPolicy
-from bridge.schemas import schema_errors
-from bridge.subscriptions import Webhook
+from bridge.subscriptions.webhook import Webhook
 
 #: Upper bound for anything that should happen promptly.
 PROMPT = 2.0

@@ -1,4 +1,5 @@
-"""bridge.delivery: one HTTP attempt through httpx.MockTransport, and how outcomes are classed."""
+"""bridge.http.sender: one HTTP attempt through httpx.MockTransport, and how outcomes are
+classed."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from bridge.delivery import (
+from bridge.contract.events import Event
+from bridge.contract.payload import EncodedEvent, build_body, delivery_id
+from bridge.contract.signing import sign, verify
+from bridge.http.sender import (
     USER_AGENT,
     AttemptResult,
     Delivery,
@@ -20,10 +24,7 @@ from bridge.delivery import (
     new_client,
     status_class,
 )
-from bridge.events import Event
-from bridge.payload import EncodedEvent, build_body, delivery_id
-from bridge.signing import sign, verify
-from bridge.subscriptions import Webhook
+from bridge.subscriptions.webhook import Webhook
 from tests.support.clocks import Ticks
 
 SECRET = "whsec_delivery-test-secret"

@@ -1,4 +1,4 @@
-"""bridge.direct_topic.DirectTopic, fed by Faust's own conductor (no broker needed).
+"""bridge.worker.direct_topic.DirectTopic, fed by Faust's own conductor (no broker needed).
 
 Records are given to ``app.topics.on_message`` exactly as Faust's consumer gives them after a
 fetch (``ConsumerMessage``, as the aiokafka driver builds it); the intake is a recording fake.
@@ -16,9 +16,9 @@ import pytest
 from faust.sensors import Sensor
 from faust.types.tuples import TP, ConsumerMessage
 
-from bridge.deadletters import SourceRef
-from bridge.direct_topic import DirectTopic
-from bridge.faust_patches import UNBUFFERED
+from bridge.delivery.dead_letters import SourceRef
+from bridge.worker.direct_topic import DirectTopic
+from bridge.worker.faust_patches import UNBUFFERED
 
 TOPIC = "postion.events"
 PROMPT = 2.0

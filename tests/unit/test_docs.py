@@ -25,15 +25,15 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from bridge import cli
+from bridge.cli import commands as cli
 from bridge.config import settings_reference
-from bridge.delivery import Delivery, build_headers
-from bridge.embedded import free_port
-from bridge.events import build_event
+from bridge.contract.events import build_event
+from bridge.contract.payload import EncodedEvent, build_body, delivery_id
+from bridge.contract.signing import sign
+from bridge.http.sender import Delivery, build_headers
 from bridge.metrics import Metrics
-from bridge.payload import EncodedEvent, build_body, delivery_id
-from bridge.signing import sign
-from bridge.subscriptions import Webhook
+from bridge.subscriptions.webhook import Webhook
+from bridge.worker.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"

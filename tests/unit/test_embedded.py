@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.embedded import die_with_parent, port_holder, port_in_use_message
+from bridge.worker.embedded import die_with_parent, port_holder, port_in_use_message
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux /proc")
 
@@ -28,7 +28,7 @@ ECHO_THEN_LINGER = (
 #: that has ended by then), checks that the child is alive, prints the child's pid and waits.
 PARENT = """
 import subprocess, sys, threading
-from bridge.embedded import spawn_bound_to_parent
+from bridge.worker.embedded import spawn_bound_to_parent
 
 command = [sys.executable, "-c", sys.argv[2]]
 pipes = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE)

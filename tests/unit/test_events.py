@@ -1,4 +1,5 @@
-"""bridge.events: parsing and validating the event envelope, building events, timestamps."""
+"""bridge.contract.events: parsing and validating the event envelope, building events,
+timestamps."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge import jsoncanon
+from bridge.contract import jsoncanon
+from bridge.contract.events import Event, build_event, format_timestamp, parse_event
+from bridge.contract.jsoncanon import MAX_SAFE_INTEGER
+from bridge.contract.payload import EncodedEvent, build_body, delivery_id
+from bridge.contract.schemas import EVENT_TYPES
 from bridge.errors import InvalidEvent, InvalidRecord
-from bridge.events import Event, build_event, format_timestamp, parse_event
-from bridge.jsoncanon import MAX_SAFE_INTEGER
-from bridge.payload import EncodedEvent, build_body, delivery_id
-from bridge.schemas import EVENT_TYPES
-from bridge.subscriptions import Webhook
+from bridge.subscriptions.webhook import Webhook
 
 #: The documentation's event types, in its order.
 DOCUMENTED_TYPES = (

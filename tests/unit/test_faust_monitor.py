@@ -1,4 +1,4 @@
-"""bridge.faust_monitor: the same Prometheus samples as Faust's own sensor."""
+"""bridge.worker.faust_monitor: the same Prometheus samples as Faust's own sensor."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from faust.types import TP
 from prometheus_client import CollectorRegistry
 
-from bridge.faust_monitor import FaustPrometheusMonitor
+from bridge.worker.faust_monitor import FaustPrometheusMonitor
 
 
 class Owner:

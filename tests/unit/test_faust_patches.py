@@ -1,5 +1,5 @@
-"""bridge.faust_patches: the task-free ``wait_for`` given to Faust's table recovery, the record
-hand-off, the seeks after a rebalance, the fetcher's poll, the standby start of global
+"""bridge.worker.faust_patches: the task-free ``wait_for`` given to Faust's table recovery, the
+record hand-off, the seeks after a rebalance, the fetcher's poll, the standby start of global
 tables and the end offsets reported once per fetch."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from mode import Service
 
-from bridge import faust_patches
-from bridge.faust_patches import (
+from bridge.worker import faust_patches
+from bridge.worker.faust_patches import (
     FETCHER_POLL,
     UNBUFFERED,
     UNBUFFERED_YIELD_EVERY,
@@ -609,8 +609,8 @@ def test_another_faust_release_refuses_to_start(
 def test_the_worker_does_not_start_with_a_changed_original(
     pristine: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
-    from bridge.app import Bridge
     from bridge.config import Settings
+    from bridge.worker.app import Bridge
 
     def changed(self: Any, tp: Any) -> None:
         return None

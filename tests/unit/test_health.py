@@ -1,4 +1,5 @@
-"""bridge.health.EndpointHealth: status transitions, with a dict standing in for the status table.
+"""bridge.delivery.endpoint_health.EndpointHealth: status transitions, with a dict standing in for
+the status table.
 
 ``table`` plays the shared status table (what every worker has published); ``publish`` copies a
 change into it the way the status topic eventually would.
@@ -10,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from bridge.health import EndpointHealth, HealthChange
-from bridge.schemas import schema_errors
+from bridge.contract.schemas import schema_errors
+from bridge.delivery.endpoint_health import EndpointHealth, HealthChange
 
 DISABLE_AFTER = 5 * 86400.0
 W = "webhook_1"

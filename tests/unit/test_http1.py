@@ -1,5 +1,5 @@
-"""bridge.http1: a connection fed response bytes by hand (no network: llhttp's parsing, the cap,
-what is kept), request heads and targets as pure functions, and the connection pool against
+"""bridge.http.http1: a connection fed response bytes by hand (no network: llhttp's parsing, the
+cap, what is kept), request heads and targets as pure functions, and the connection pool against
 scripted servers on 127.0.0.1.
 
 The senders' behaviour (headers, statuses, timeouts, TLS, SSRF) is in test_senders.py and what
@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.http1 import (
+from bridge.http.http1 import (
     MAX_RESPONSE,
     ConnectFailed,
     Http1Client,
@@ -30,7 +30,7 @@ from bridge.http1 import (
     render_head,
     target_of,
 )
-from bridge.ssrf import AddressPolicy, DestinationForbidden
+from bridge.http.ssrf import AddressPolicy, DestinationForbidden
 
 # --- the parser, fed by hand ---------------------------------------------------------------------
 
@@ -714,12 +714,12 @@ async def test_unresolvable_name_is_connect_failed() -> None:
 async def test_forbidden_ip_literal_is_refused_before_connecting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import bridge.http1
+    import bridge.http.http1
 
     async def never(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("no connection may be opened")
 
-    monkeypatch.setattr(bridge.http1, "open_connection", never)
+    monkeypatch.setattr(bridge.http.http1, "open_connection", never)
     http = client(policy=AddressPolicy())
     with pytest.raises(DestinationForbidden):
         await http.post(target_of("http://10.0.0.5/"), REQUEST, 5)

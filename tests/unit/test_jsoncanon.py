@@ -1,4 +1,4 @@
-"""bridge.jsoncanon: exact bytes for each rule, and agreement with real V8 (Node.js).
+"""bridge.contract.jsoncanon: exact bytes for each rule, and agreement with real V8 (Node.js).
 
 The Node.js checks share one ``tests/node/roundtrip.js`` process per module; they are
 skipped only when ``node`` is not on PATH.
@@ -22,9 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge import jsoncanon
-from bridge.errors import InvalidRecord, UnencodableValue
-from bridge.jsoncanon import (
+from bridge.contract import jsoncanon
+from bridge.contract.jsoncanon import (
     MAX_SAFE_INTEGER,
     dumps,
     dumps_flat,
@@ -32,6 +31,7 @@ from bridge.jsoncanon import (
     find_lone_surrogate,
     loads,
 )
+from bridge.errors import InvalidRecord, UnencodableValue
 
 ROUNDTRIP_JS = Path(__file__).resolve().parents[1] / "node" / "roundtrip.js"
 

@@ -9,7 +9,7 @@ import pytest
 
 from bridge.config import Settings
 from bridge.errors import ConfigError
-from bridge.kafka import address_policy, client_kwargs, faust_broker_kwargs, keyring
+from bridge.kafka.clients import address_policy, client_kwargs, faust_broker_kwargs, keyring
 
 
 def test_plaintext() -> None:

@@ -1,4 +1,4 @@
-"""bridge.limits: per-endpoint slots with a bounded queue, and per-webhook token buckets.
+"""bridge.delivery.limits: per-endpoint slots with a bounded queue, and per-webhook token buckets.
 
 Concurrency is driven by ``asyncio.Event`` gates and observed through the slots' own counters,
 every wait bounded by ``asyncio.wait_for``; the token buckets run on a fake clock.
@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import pytest
 
-from bridge import limits
-from bridge.limits import EndpointBusy, EndpointSlots, RateLimits, Slots, TokenBucket
+from bridge.delivery import limits
+from bridge.delivery.limits import EndpointBusy, EndpointSlots, RateLimits, Slots, TokenBucket
 from tests.support.clocks import FakeClock
 
 #: Upper bound for anything that should happen promptly.

@@ -1,4 +1,4 @@
-"""bridge.management without a broker: what WebhookStore refuses before writing, how it reads
+"""bridge.admin.management without a broker: what WebhookStore refuses before writing, how it reads
 the subscriptions topic (records given here as they come from ``read_topic``), and which dead
 letters ``replay_dead_letters`` cannot replay. Records it would write are captured, never sent."""
 
@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from bridge import management
+from bridge.admin import management
+from bridge.admin.management import DeadLetterFilter, WebhookStore, replay_dead_letters
 from bridge.config import Settings
 from bridge.errors import InvalidSubscription
-from bridge.management import DeadLetterFilter, WebhookStore, replay_dead_letters
-from bridge.subscriptions import Webhook, parse_webhook
-from bridge.urls import InvalidUrl
+from bridge.subscriptions.urls import InvalidUrl
+from bridge.subscriptions.webhook import Webhook, parse_webhook
 
 SETTINGS = Settings.load(env={}, overrides={"kafka_bootstrap_servers": "127.0.0.1:1"})
 SECRET = "s3cret-value"

@@ -1,4 +1,5 @@
-"""bridge.outputs: the cached partitioner picks exactly the partitions aiokafka's default does."""
+"""bridge.kafka.outputs: the cached partitioner picks exactly the partitions aiokafka's default
+does."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from bridge.config import Settings
+from bridge.kafka.outputs import CachedPartitioner, KafkaOutputs
 from bridge.metrics import Metrics
-from bridge.outputs import CachedPartitioner, KafkaOutputs
 from tests.support.metrics import sample
 
 

@@ -1,4 +1,5 @@
-"""bridge.payload: the deterministic delivery id and the documented body shape, byte for byte."""
+"""bridge.contract.payload: the deterministic delivery id and the documented body shape, byte for
+byte."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge import jsoncanon
+from bridge.contract import jsoncanon
+from bridge.contract.events import Event
+from bridge.contract.jsoncanon import MAX_SAFE_INTEGER
+from bridge.contract.payload import DELIVERY_NAMESPACE, EncodedEvent, build_body, delivery_id
 from bridge.errors import InvalidEvent
-from bridge.events import Event
-from bridge.jsoncanon import MAX_SAFE_INTEGER
-from bridge.payload import DELIVERY_NAMESPACE, EncodedEvent, build_body, delivery_id
-from bridge.subscriptions import Webhook
+from bridge.subscriptions.webhook import Webhook
 
 # No example database: the tests must leave no files behind in the work tree.
 FAST = settings(max_examples=200, deadline=None, database=None)
@@ -122,7 +123,7 @@ def test_delivery_id_separator_keeps_pairs_apart(
 
 def test_ids_with_nul_are_refused_so_the_separator_stays_unambiguous() -> None:
     # delivery_id joins the ids with NUL; the schemas keep NUL out of both ids.
-    from bridge.schemas import schema_errors
+    from bridge.contract.schemas import schema_errors
 
     event = {
         "id": "a\x00b",

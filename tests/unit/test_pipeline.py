@@ -1,4 +1,5 @@
-"""bridge.pipeline.Pipeline driving a real Deliverer, with a fake sender and fake durable outputs.
+"""bridge.delivery.pipeline.Pipeline driving a real Deliverer, with a fake sender and fake durable
+outputs.
 
 The sender is any object with ``async def send(delivery) -> AttemptResult``; the outputs record
 what would be written to Kafka; metrics live on a fresh ``CollectorRegistry``. Progress is
@@ -18,19 +19,19 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from bridge.deadletters import SourceRef
-from bridge.deliverer import Deliverer
-from bridge.delivery import AttemptResult, Delivery
-from bridge.events import Event
-from bridge.health import EndpointHealth
+from bridge.contract.events import Event
+from bridge.contract.payload import EncodedEvent, build_body, delivery_id
+from bridge.contract.schemas import schema_errors
+from bridge.delivery.dead_letters import SourceRef
+from bridge.delivery.deliverer import Deliverer
+from bridge.delivery.endpoint_health import EndpointHealth
+from bridge.delivery.pending_retry import PendingRetry, parse_retry
+from bridge.delivery.pipeline import Pipeline
+from bridge.delivery.retry_policy import RetryPolicy
+from bridge.http.sender import AttemptResult, Delivery
 from bridge.metrics import Metrics
-from bridge.payload import EncodedEvent, build_body, delivery_id
-from bridge.pipeline import Pipeline
-from bridge.retries import PendingRetry, parse_retry
-from bridge.retry_policy import RetryPolicy
-from bridge.schemas import schema_errors
-from bridge.subscriptions import SubscriptionIndex, Webhook
-from bridge.sync import TableFreshness
+from bridge.subscriptions.freshness import TableFreshness
+from bridge.subscriptions.webhook import SubscriptionIndex, Webhook
 
 PROMPT = 2.0
 SECRET_PREFIX = "whsec_pipeline_"
@@ -707,7 +708,7 @@ async def test_a_crashed_job_whose_dead_letter_cannot_be_written_stays_unacknowl
 async def test_a_bug_while_matching_dead_letters_the_record_as_an_internal_error(
     where: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bridge.pipeline as pipeline_module
+    import bridge.delivery.pipeline as pipeline_module
 
     h = Harness([webhook("w")], ScriptedSender())
 

@@ -1,4 +1,4 @@
-"""bridge.record_batches.PartitionBatches with aiokafka's real BatchBuilder and a producer
+"""bridge.kafka.record_batches.PartitionBatches with aiokafka's real BatchBuilder and a producer
 stand-in that records what it is handed (the broker round trip: tests/integration)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from bridge.record_batches import PartitionBatches
+from bridge.kafka.record_batches import PartitionBatches
 
 TOPIC = "t.attempts"
 PROMPT = 2.0

@@ -1,4 +1,4 @@
-"""bridge.retries: the pending-retry record, its round trip and its validation."""
+"""bridge.delivery.pending_retry: the pending-retry record, its round trip and its validation."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
+from bridge.contract.events import Event
+from bridge.contract.resources import load_json
+from bridge.delivery.pending_retry import PendingRetry, parse_retry
 from bridge.errors import InvalidRecord
-from bridge.events import Event
-from bridge.resources import load_json
-from bridge.retries import PendingRetry, parse_retry
 
 EVENT = Event(
     id="evt_1",

@@ -1,4 +1,5 @@
-"""bridge.retry_policy: durations, the schedule, jitter, Retry-After and the tier a retry waits in.
+"""bridge.delivery.retry_policy: durations, the schedule, jitter, Retry-After and the tier a retry
+waits in.
 
 The policy is pure: randomness is injected (``rand``) and the clock is passed to
 ``parse_retry_after``, so every expectation below is exact.
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.retry_policy import (
+from bridge.delivery.retry_policy import (
     DEFAULT_SCHEDULE,
     Decision,
     RetryPolicy,

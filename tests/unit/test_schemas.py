@@ -1,4 +1,4 @@
-"""bridge.schemas: the compiled validator accepts exactly what jsonschema accepts.
+"""bridge.contract.schemas: the compiled validator accepts exactly what jsonschema accepts.
 
 Events and subscriptions are checked by fastjsonschema first and worded by jsonschema only when
 rejected; if the two disagreed, an invalid record could pass, or a valid one be dead-lettered
@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, ValidationError, validators
 
-from bridge.resources import load_json
-from bridge.schemas import EVENT_TYPES, event_data_errors, is_valid, schema_errors
+from bridge.contract.resources import load_json
+from bridge.contract.schemas import EVENT_TYPES, event_data_errors, is_valid, schema_errors
 
 SCHEMAS = ["schemas/event.json", "schemas/webhook.json"] + [
     f"schemas/data/{t}.json" for t in EVENT_TYPES

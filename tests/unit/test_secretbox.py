@@ -1,4 +1,5 @@
-"""bridge.secretbox: AES-256-GCM secrets bound to their webhook id, with rotating key ids."""
+"""bridge.subscriptions.secretbox: AES-256-GCM secrets bound to their webhook id, with rotating key
+ids."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.errors import ConfigError, InvalidSubscription
-from bridge.secretbox import Keyring, generate_key, is_encrypted, key_id
+from bridge.subscriptions.secretbox import Keyring, generate_key, is_encrypted, key_id
 
 FAST = settings(max_examples=200, deadline=None, database=None)
 

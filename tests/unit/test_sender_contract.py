@@ -3,20 +3,20 @@
 Each case is a byte script played by a raw server on 127.0.0.1 (tests/support/raw_server.py)
 after it has read the request; after its script the server keeps the connection open unless the
 script closes (FIN) or resets (RST) it, so a sender that waits for more than the response
-promises shows up as a timeout. Both senders, :class:`bridge.http1_sender.Http1Sender` (llhttp)
-and the httpx reference :class:`bridge.delivery.Sender` (h11), must give each case the same
+promises shows up as a timeout. Both senders, :class:`bridge.http.http1_sender.Http1Sender` (llhttp)
+and the httpx reference :class:`bridge.http.sender.Sender` (h11), must give each case the same
 ``(success, status, error, retry_after)``.
 
-The rules both follow (see :mod:`bridge.http1`): a response is complete when its framing says
+The rules both follow (see :mod:`bridge.http.http1`): a response is complete when its framing says
 so; anything malformed, truncated or reset fails it (``protocol_error``; a reset is a
-``network_error``); one cap (:data:`bridge.http1.MAX_RESPONSE`) counts every byte of the
+``network_error``); one cap (:data:`bridge.http.http1.MAX_RESPONSE`) counts every byte of the
 response, and a response that needs more ends there: a ``protocol_error`` if the final head was
 not complete by then, else its status stands. Floods therefore end after a few dozen KiB; the
 CPU-budget test holds both senders to that against servers sending as fast as loopback allows.
 
 h11 and llhttp do not refuse exactly the same bytes. Where the difference is in the head, the
-senders add the other's rule (see ``bridge.http1`` and ``bridge.delivery._refusal``); what is
-left (obsolete line folding, repeated equal ``Content-Length``, chunk-extension syntax, sizes
+senders add the other's rule (see ``bridge.http.http1`` and ``bridge.http.sender._refusal``); what
+is left (obsolete line folding, repeated equal ``Content-Length``, chunk-extension syntax, sizes
 beyond 64 bits, trailers, interim heads, and bytes past a response, which h11 reads as the next
 response on that connection) is pinned here, in ``KNOWN_DIFFERENCES`` and its own test, so that
 any change, in either library, is seen.
@@ -31,13 +31,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from bridge.delivery import AttemptResult, Delivery, DeliverySender, Sender, new_client
-from bridge.events import Event
-from bridge.http1 import MAX_RESPONSE
-from bridge.http1_sender import Http1Sender
-from bridge.payload import EncodedEvent, build_body, delivery_id
-from bridge.ssrf import AddressPolicy
-from bridge.subscriptions import Webhook
+from bridge.contract.events import Event
+from bridge.contract.payload import EncodedEvent, build_body, delivery_id
+from bridge.http.http1 import MAX_RESPONSE
+from bridge.http.http1_sender import Http1Sender
+from bridge.http.sender import AttemptResult, Delivery, DeliverySender, Sender, new_client
+from bridge.http.ssrf import AddressPolicy
+from bridge.subscriptions.webhook import Webhook
 from tests.support.raw_server import (
     CLOSE,
     RESET,

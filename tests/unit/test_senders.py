@@ -1,12 +1,12 @@
-"""The senders, :class:`bridge.http1_sender.Http1Sender` (the worker's default) and the httpx
-reference :class:`bridge.delivery.Sender`, against real 127.0.0.1 servers: the request, statuses,
+"""The senders, :class:`bridge.http.http1_sender.Http1Sender` (the worker's default) and the httpx
+reference :class:`bridge.http.sender.Sender`, against real 127.0.0.1 servers: the request, statuses,
 timeouts, SSRF, TLS. Every test runs for both (``kind``); what they do with malformed and hostile
 responses is in test_sender_contract.py.
 
 Safety: nothing here connects anywhere but servers these tests start on 127.0.0.1. Every socket
-of :mod:`bridge.http1` is opened by ``bridge.http1.open_connection`` and every socket of httpx
-(through the SSRF guard) by ``httpcore.AnyIOBackend.connect_tcp``; an autouse fixture wraps both
-to record each address and to fail the test for any address other than 127.0.0.1. Refusals are
+of :mod:`bridge.http.http1` is opened by ``bridge.http.http1.open_connection`` and every socket of
+httpx (through the SSRF guard) by ``httpcore.AnyIOBackend.connect_tcp``; an autouse fixture wraps
+both to record each address and to fail the test for any address other than 127.0.0.1. Refusals are
 shown with fake resolvers (passed as ``resolver=``) and servers that count TCP connections
 (expecting none).
 """
@@ -36,8 +36,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-import bridge.http1
-from bridge.delivery import (
+import bridge.http.http1
+from bridge.contract.events import Event
+from bridge.contract.payload import EncodedEvent, build_body, delivery_id
+from bridge.contract.signing import sign, verify
+from bridge.errors import ConfigError
+from bridge.http.http1_sender import Http1Sender
+from bridge.http.sender import (
     USER_AGENT,
     AttemptResult,
     Delivery,
@@ -45,13 +50,8 @@ from bridge.delivery import (
     build_headers,
     new_client,
 )
-from bridge.errors import ConfigError
-from bridge.events import Event
-from bridge.http1_sender import Http1Sender
-from bridge.payload import EncodedEvent, build_body, delivery_id
-from bridge.signing import sign, verify
-from bridge.ssrf import AddressPolicy, DestinationForbidden, GuardedResolver, IPAddress
-from bridge.subscriptions import Webhook
+from bridge.http.ssrf import AddressPolicy, DestinationForbidden, GuardedResolver, IPAddress
+from bridge.subscriptions.webhook import Webhook
 from tests.support.clocks import Ticks
 
 # A whsec_ secret whose remainder is base64, so Standard Webhooks signing accepts it too.
@@ -188,7 +188,7 @@ def connects(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         check([host])
         return await real_connect(backend, host, port, *args, **kwargs)
 
-    real_open = bridge.http1.open_connection
+    real_open = bridge.http.http1.open_connection
 
     async def open_loopback_only(
         loop: Any, factory: Any, host: str, port: int, **kwargs: Any
@@ -197,7 +197,7 @@ def connects(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return await real_open(loop, factory, host, port, **kwargs)
 
     monkeypatch.setattr(httpcore.AnyIOBackend, "connect_tcp", connect_loopback_only)
-    monkeypatch.setattr(bridge.http1, "open_connection", open_loopback_only)
+    monkeypatch.setattr(bridge.http.http1, "open_connection", open_loopback_only)
     return attempted
 
 
@@ -390,7 +390,7 @@ async def test_standard_webhooks_headers_only_when_opted_in(
     (signature,) = seen.values("webhook-signature")
     assert msg_id == delivery.delivery_id
     assert timestamp == str(int(WALL.timestamp()))
-    # Checked independently of bridge.standard_webhooks: v1,<base64 HMAC-SHA256> over
+    # Checked independently of bridge.contract.standard_webhooks: v1,<base64 HMAC-SHA256> over
     # "<id>.<timestamp>.<body>" keyed with the base64-decoded whsec_ secret.
     key = base64.b64decode(SECRET.removeprefix("whsec_"))
     mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + seen.body, hashlib.sha256).digest()

@@ -1,4 +1,4 @@
-"""bridge.signing: lower-case hex HMAC-SHA256 of the exact body, and its verification."""
+"""bridge.contract.signing: lower-case hex HMAC-SHA256 of the exact body, and its verification."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.signing import sign, verify
+from bridge.contract.signing import sign, verify
 
 FAST = settings(max_examples=300, deadline=None, database=None)
 

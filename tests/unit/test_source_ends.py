@@ -7,8 +7,8 @@ from typing import Any
 
 from faust.types import TP
 
-from bridge.app import Bridge
 from bridge.config import Settings
+from bridge.worker.app import Bridge
 
 SETTINGS = Settings.load(env={}, overrides={"extra_source_topics": ("legacy.events",)})
 

@@ -1,4 +1,4 @@
-"""bridge.ssrf: address classes, allow-lists, URL checks and the guarded httpx transport.
+"""bridge.http.ssrf: address classes, allow-lists, URL checks and the guarded httpx transport.
 
 Safety: nothing here connects anywhere but 127.0.0.1 servers the tests start. Refusals are shown
 with a fake resolver and a fake inner backend that fails the test if it is ever asked to connect.
@@ -28,7 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.errors import BridgeError, ConfigError, InvalidUrl
-from bridge.ssrf import (
+from bridge.http.ssrf import (
     AddressPolicy,
     DestinationForbidden,
     GuardedBackend,
@@ -39,7 +39,7 @@ from bridge.ssrf import (
     parse_ip_literal,
     resolve,
 )
-from bridge.urls import WebhookUrl
+from bridge.subscriptions.urls import WebhookUrl
 
 FAST = settings(max_examples=300, deadline=None, database=None)
 LIMITS = httpx.Limits(max_connections=4, max_keepalive_connections=4, keepalive_expiry=5.0)

@@ -1,4 +1,5 @@
-"""bridge.standard_webhooks: headers that the reference ``standardwebhooks`` verifier accepts."""
+"""bridge.contract.standard_webhooks: headers that the reference ``standardwebhooks`` verifier
+accepts."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from bridge.errors import InvalidSubscription
-from bridge.standard_webhooks import (
+from bridge.contract.standard_webhooks import (
     HEADER_ID,
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
@@ -23,6 +23,7 @@ from bridge.standard_webhooks import (
     secret_key,
     sign,
 )
+from bridge.errors import InvalidSubscription
 
 FAST = settings(max_examples=200, deadline=None, database=None)
 

@@ -1,4 +1,4 @@
-"""bridge.subscriptions: parsing subscription records and matching events to webhooks."""
+"""bridge.subscriptions.webhook: parsing subscription records and matching events to webhooks."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge.contract.events import Event
 from bridge.errors import InvalidRecord, InvalidSubscription
-from bridge.events import Event
-from bridge.subscriptions import (
+from bridge.subscriptions.webhook import (
     ALL_EVENTS,
     RECORD_PROBLEMS,
     TEST_EVENT,
@@ -528,7 +528,7 @@ def test_test_event_after_removal() -> None:
 def test_an_expiry_that_is_not_a_zoned_time_ends_the_overlap(expires: str) -> None:
     from datetime import UTC, datetime
 
-    from bridge.subscriptions import Webhook
+    from bridge.subscriptions.webhook import Webhook
 
     webhook = Webhook(
         id="w",

@@ -1,4 +1,4 @@
-"""bridge.sync.TableFreshness with a fake end-offsets request and a fake clock.
+"""bridge.subscriptions.freshness.TableFreshness with a fake end-offsets request and a fake clock.
 
 Every wait is bounded by ``asyncio.wait_for``; progress is observed through events and the fake's
 call count, never through sleeps.
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from bridge.deadletters import SourceRef
-from bridge.sync import TableFreshness
+from bridge.delivery.dead_letters import SourceRef
+from bridge.subscriptions.freshness import TableFreshness
 from tests.support.clocks import FakeClock
 
 #: Upper bound for anything that should happen promptly.

@@ -1,12 +1,13 @@
-"""bridge.topics: declared topics named by the settings, and drift between declared and actual."""
+"""bridge.kafka.topics: declared topics named by the settings, and drift between declared and
+actual."""
 
 from __future__ import annotations
 
 import pytest
 
 from bridge.config import Settings
-from bridge.resources import load_json
-from bridge.topics import Drift, TopicSpec, declared_topics, find_drift
+from bridge.contract.resources import load_json
+from bridge.kafka.topics import Drift, TopicSpec, declared_topics, find_drift
 
 
 def by_name(settings: Settings) -> dict[str, TopicSpec]:

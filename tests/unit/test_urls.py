@@ -1,5 +1,5 @@
-"""bridge.urls: the one parser of webhook URLs; what it refuses, what it normalises, and that
-every HTTP client the bridge uses reads its normal form the same way."""
+"""bridge.subscriptions.urls: the one parser of webhook URLs; what it refuses, what it normalises,
+and that every HTTP client the bridge uses reads its normal form the same way."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bridge.errors import BridgeError, InvalidSubscription
-from bridge.urls import MAX_URL_LENGTH, InvalidUrl, WebhookUrl
+from bridge.subscriptions.urls import MAX_URL_LENGTH, InvalidUrl, WebhookUrl
 
 ACCEPTED = [
     # url, (scheme, host, port, target), endpoint, normal form

@@ -1,0 +1,1 @@
+"""Management tools: topics, webhooks, publishing events, reading topics, dead-letter replay."""

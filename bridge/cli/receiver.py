@@ -1,0 +1,55 @@
+"""A webhook receiver that verifies signatures and prints deliveries (demos and debugging)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from aiohttp import web
+
+from bridge.contract.signing import verify
+
+__all__ = ["make_receiver_app"]
+
+
+def make_receiver_app(
+    secret: str,
+    *,
+    status: int = 200,
+    out: TextIO | None = None,
+    on_delivery: Callable[[dict[str, Any]], None] | None = None,
+) -> web.Application:
+    """An aiohttp app answering ``POST`` on any path: 401 for a bad signature, else ``status``.
+
+    Each request is printed as one JSON line: delivery id, event type, whether the signature
+    verified, and the parsed body.
+    """
+    stream = out if out is not None else sys.stdout
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        signature = request.headers.get("X-Webhook-Signature", "")
+        ok = bool(signature) and verify(secret, body, signature)
+        try:
+            parsed: Any = json.loads(body)
+        except ValueError:
+            parsed = None
+        line = {
+            "delivery": request.headers.get("X-Webhook-Delivery"),
+            "event": request.headers.get("X-Webhook-Event"),
+            "verified": ok,
+            "path": request.path,
+            "body": parsed,
+        }
+        print(json.dumps(line, ensure_ascii=False), file=stream, flush=True)
+        if on_delivery is not None:
+            on_delivery(line)
+        if not ok:
+            return web.Response(status=401, text="Invalid signature")
+        return web.Response(status=status, text="OK" if status == 200 else "")
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/{tail:.*}", handle)
+    return app

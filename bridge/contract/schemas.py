@@ -1,0 +1,172 @@
+"""Validation of events and subscriptions against the JSON Schemas in ``topics/schemas``.
+
+Every instance is first checked by a compiled validator (fastjsonschema, a few microseconds);
+only an instance it rejects goes through ``jsonschema``, which finds the errors and their
+paths. ``tests/unit/test_schemas.py`` checks that the two agree on which instances are valid.
+
+Messages never quote the instance: only JSON paths, the rule that failed with what the schema
+expects, and the JSON type found (``$.previous_secret: expected string or null, got object``).
+Records hold secrets (``secret``, ``previous_secret``, their encrypted forms, whatever a
+producer adds) in any shape, and these messages go to logs, dead letters and error output.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+import fastjsonschema
+from jsonschema import Draft202012Validator, ValidationError
+
+from bridge.contract.jsoncanon import format_path
+from bridge.contract.resources import load_json
+
+__all__ = ["EVENT_TYPES", "schema_errors", "event_data_errors"]
+
+#: The event types of the public documentation, in its order.
+EVENT_TYPES: tuple[str, ...] = tuple(load_json("schemas/event.json")["properties"]["type"]["enum"])
+
+
+@cache
+def _validator(path: str) -> Draft202012Validator:
+    return Draft202012Validator(load_json(path))
+
+
+@cache
+def _compiled(path: str) -> Callable[[Any], Any]:
+    schema = dict(load_json(path))
+    # fastjsonschema knows drafts 4, 6 and 7; the keywords these schemas use mean the same in
+    # 2020-12 and in draft 7.
+    schema["$schema"] = "http://json-schema.org/draft-07/schema#"
+    return fastjsonschema.compile(schema)
+
+
+def _first_error(path: str, instance: Any) -> fastjsonschema.JsonSchemaValueException | None:
+    try:
+        _compiled(path)(instance)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        return exc
+    return None
+
+
+def is_valid(path: str, instance: Any) -> bool:
+    """Whether ``instance`` satisfies the schema at ``path`` (fast: compiled)."""
+    return _first_error(path, instance) is None
+
+
+def _messages(path: str, instance: Any) -> list[str]:
+    compiled_error = _first_error(path, instance)
+    if compiled_error is None:
+        return []
+    errors = sorted(_validator(path).iter_errors(instance), key=lambda e: list(e.absolute_path))
+    if not errors:
+        # The compiled validator is the authority. jsonschema matches ``pattern`` with Python's
+        # ``re``, whose ``$`` also matches before a final newline; JSON Schema patterns are
+        # ECMA-262 regular expressions, where it does not ("...Z\n" is no timestamp).
+        rule = compiled_error.rule or "schema"
+        return [f"{format_path(compiled_error.path[1:])}: fails the {rule!r} rule"]
+    out: list[str] = []
+    for error in errors:
+        message = f"{format_path(list(error.absolute_path))}: {_short(_describe(error))}"
+        if message not in out:
+            out.append(message)
+        if len(out) == 5:
+            break
+    return out
+
+
+def _describe(error: ValidationError) -> str:
+    """What failed, in words that never quote the instance (jsonschema's own messages do)."""
+    rule, expected, got = error.validator, error.validator_value, _json_type(error.instance)
+    if rule == "type":
+        names = [expected] if isinstance(expected, str) else list(expected)
+        return f"expected {' or '.join(names)}, got {got}"
+    if rule == "required" and isinstance(error.instance, dict):
+        missing = [repr(name) for name in expected if name not in error.instance]
+        if len(missing) == 1:
+            return f"{missing[0]} is a required property"
+        return f"missing the required properties {', '.join(missing)}"
+    if rule == "enum":
+        return f"expected one of {', '.join(json.dumps(v) for v in expected)}, got a {got}"
+    if rule == "const":
+        return f"expected {json.dumps(expected)}, got a {got}"
+    if rule == "pattern":
+        return f"a {got} that does not match {expected!r}"
+    if rule in _BOUNDS:
+        return _BOUNDS[rule].format(json.dumps(expected))
+    if rule == "uniqueItems":
+        return "has duplicate items"
+    if rule in ("anyOf", "oneOf"):
+        groups: list[list[str]] = [
+            [str(name) for name in sub["required"]]
+            for sub in expected
+            if isinstance(sub, dict) and sub.get("required")
+        ]
+        if groups and len(groups) == len(expected):
+            forms = " or ".join(", ".join(names) for names in groups)
+            return f"needs {forms} (present and of the right type)"
+        return f"matches none of the allowed forms ({rule})"
+    if rule == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
+        extra = [format_path([*error.absolute_path, k]) for k in error.instance if k not in allowed]
+        return f"not allowed here: {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}"
+    if rule == "format":
+        return f"not a valid {expected}"
+    return f"fails the {rule!r} rule (got {got})"
+
+
+_BOUNDS = {
+    "minLength": "shorter than {} characters",
+    "maxLength": "longer than {} characters",
+    "minItems": "fewer than {} items",
+    "maxItems": "more than {} items",
+    "minProperties": "fewer than {} properties",
+    "maxProperties": "more than {} properties",
+    "minimum": "less than {}",
+    "maximum": "more than {}",
+    "exclusiveMinimum": "not more than {}",
+    "exclusiveMaximum": "not less than {}",
+    "multipleOf": "not a multiple of {}",
+}
+
+
+def _json_type(value: Any) -> str:
+    """The JSON type name of a decoded value (a Python type name for anything else)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    for kind, name in _JSON_TYPES:
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+_JSON_TYPES: tuple[tuple[type, str], ...] = (
+    (int, "integer"),
+    (float, "number"),
+    (str, "string"),
+    (list, "array"),
+    (tuple, "array"),
+    (dict, "object"),
+)
+
+
+def _short(message: str, limit: int = 200) -> str:
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
+def schema_errors(schema: str, instance: Any) -> list[str]:
+    """Error messages (at most five, with JSON paths) of ``instance`` against a named schema.
+
+    ``schema`` is ``"event"``, ``"webhook"``, ``"deadletter"``... The messages name paths,
+    rules and JSON types, never a value of the instance.
+    """
+    return _messages(f"schemas/{schema}.json", instance)
+
+
+def event_data_errors(event_type: str, data: Any) -> list[str]:
+    """Error messages of an event's ``data`` against its type's schema."""
+    return [f"$.data{m[1:]}" for m in _messages(f"schemas/data/{event_type}.json", data)]

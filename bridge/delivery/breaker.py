@@ -1,0 +1,111 @@
+"""Per-endpoint circuit breakers (pure: the clock is passed in)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+from bridge.subscriptions.urls import WebhookUrl
+
+__all__ = ["endpoint_of", "CircuitBreaker", "Breakers", "CLOSED", "OPEN", "HALF_OPEN"]
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+@lru_cache(maxsize=50_000)  # read for every attempt; a third of the cost of parse's own cache
+def endpoint_of(url: str) -> str:
+    """The endpoint a URL belongs to: scheme, host and port (what one server answers for).
+
+    Raises :class:`bridge.subscriptions.urls.InvalidUrl` for a URL no one could use.
+    """
+    return WebhookUrl.parse(url).endpoint
+
+
+@dataclass
+class CircuitBreaker:
+    """Closed → open after ``threshold`` consecutive failures; after ``cooldown`` one probe is
+    let through (half-open): its success closes the circuit, its failure opens it again."""
+
+    threshold: int
+    cooldown: float
+    state: str = CLOSED
+    failures: int = 0
+    opened_at: float = 0.0
+    probing: bool = False
+
+    def allow(self, now: float) -> bool:
+        """May a request be sent now? (Half-open lets exactly one probe through.)"""
+        if self.state == CLOSED:
+            return True
+        if self.state == OPEN and now - self.opened_at >= self.cooldown:
+            self.state = HALF_OPEN
+            self.probing = False
+        if self.state == HALF_OPEN and not self.probing:
+            self.probing = True
+            return True
+        return False
+
+    def success(self) -> None:
+        self.state, self.failures, self.probing = CLOSED, 0, False
+
+    def failure(self, now: float) -> None:
+        self.failures += 1
+        if self.state == HALF_OPEN or self.failures >= self.threshold:
+            self.state, self.opened_at, self.probing = OPEN, now, False
+
+
+class Breakers:
+    """One breaker per endpoint, created on first use."""
+
+    def __init__(
+        self, threshold: int, cooldown: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._threshold = threshold
+        self._cooldown = cooldown
+        self._clock = clock
+        self._by_endpoint: dict[str, CircuitBreaker] = {}
+        #: Endpoints whose breaker is not closed (kept as states change, for ``open_count``).
+        self._not_closed: set[str] = set()
+
+    def _get(self, endpoint: str) -> CircuitBreaker:
+        breaker = self._by_endpoint.get(endpoint)
+        if breaker is None:
+            breaker = self._by_endpoint[endpoint] = CircuitBreaker(self._threshold, self._cooldown)
+        return breaker
+
+    def allow(self, endpoint: str) -> bool:
+        breaker = self._get(endpoint)
+        if breaker.state == CLOSED:
+            return True
+        return breaker.allow(self._clock())
+
+    def success(self, endpoint: str) -> None:
+        breaker = self._by_endpoint.get(endpoint)
+        if breaker is not None:
+            breaker.success()
+            self._not_closed.discard(endpoint)
+            if breaker.failures == 0 and len(self._by_endpoint) > 10_000:
+                del self._by_endpoint[endpoint]
+
+    def failure(self, endpoint: str) -> None:
+        breaker = self._get(endpoint)
+        breaker.failure(self._clock())
+        if breaker.state != CLOSED:
+            self._not_closed.add(endpoint)
+
+    def reopens_in(self, endpoint: str) -> float | None:
+        """Seconds until an open circuit lets a probe through; ``None`` unless open."""
+        breaker = self._by_endpoint.get(endpoint)
+        if breaker is None or breaker.state != OPEN:
+            return None
+        return max(0.0, breaker.opened_at + breaker.cooldown - self._clock())
+
+    def state(self, endpoint: str) -> str:
+        breaker = self._by_endpoint.get(endpoint)
+        return breaker.state if breaker is not None else CLOSED
+
+    def open_count(self) -> int:
+        """Endpoints whose circuit is open or half-open."""
+        return len(self._not_closed)

@@ -1,0 +1,408 @@
+"""Making one delivery attempt with endpoint isolation, and settling what happens next.
+
+An attempt passes, in order: the endpoint's circuit breaker, the endpoint's concurrency slots,
+the webhook's rate limit and the worker's in-flight limit; then it is signed and sent. Its outcome
+is recorded (attempts topic, metrics, endpoint health) and settled durably before the caller may
+acknowledge its source record: delivered; scheduled in a retry tier; or dead-lettered. A webhook
+whose endpoint answered 410 Gone, or failed for longer than ``disable_after``, is disabled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from bridge.contract.events import Event, format_timestamp
+from bridge.contract.payload import EncodedEvent, build_body, delivery_id
+from bridge.delivery.breaker import CLOSED, Breakers, endpoint_of
+from bridge.delivery.dead_letters import SourceRef, dead_letter_record
+from bridge.delivery.endpoint_health import EndpointHealth, HealthChange
+from bridge.delivery.limits import EndpointBusy, EndpointSlots, RateLimits, Slots
+from bridge.delivery.pending_retry import PendingRetry
+from bridge.delivery.retry_policy import RetryPolicy
+from bridge.errors import InvalidEvent, InvalidUrl
+from bridge.http.sender import AttemptResult, Delivery, DeliverySender, status_class
+from bridge.metrics import Metrics
+from bridge.subscriptions.webhook import Webhook
+
+__all__ = ["Outputs", "Job", "Deliverer"]
+
+log = logging.getLogger(__name__)
+
+Done = Callable[[], None]
+
+#: Errors of attempts that were not made: no request was sent.
+SKIPPED = frozenset(
+    {"circuit_open", "endpoint_busy", "rate_limited", "destination_forbidden", "invalid_url"}
+)
+#: Attempts not made because the endpoint could not take them now: the same attempt is tried
+#: again later, without spending an entry of the retry schedule.
+DEFERRED = frozenset({"circuit_open", "endpoint_busy", "rate_limited"})
+#: Longest wait for a webhook's rate limit inside a job; a longer one defers the attempt to the
+#: retry path, so that no source record is held for it.
+MAX_RATE_WAIT = 5.0
+#: How often one delivery may be deferred before a deferral counts as an attempt (so that a
+#: delivery to an endpoint that never has room still reaches the end of its schedule).
+MAX_DEFERRALS = 100
+
+
+class Outputs(Protocol):
+    """Durable writes; each returns once the broker has acknowledged the record, except
+    ``attempt``, which returns once the record is queued, with the future of that
+    acknowledgement."""
+
+    async def dead_letter(self, key: bytes | None, record: dict[str, Any]) -> None: ...
+
+    async def retry(self, tier: int, key: bytes, value: bytes) -> None: ...
+
+    async def attempt(self, key: bytes, record: dict[str, Any]) -> asyncio.Future[Any]: ...
+
+    async def status(self, key: bytes, record: dict[str, Any]) -> None: ...
+
+    async def disable(self, webhook: Webhook, reason: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Job:
+    """One delivery attempt to make."""
+
+    encoded: EncodedEvent
+    webhook: Webhook = field(repr=False)
+    #: Number of this attempt (1 for the first).
+    attempt: int
+    source: SourceRef
+    #: Earlier attempts (``AttemptResult.as_record()``), oldest first.
+    history: Sequence[Mapping[str, Any]] = ()
+
+    @property
+    def event(self) -> Event:
+        return self.encoded.event
+
+    #: UUIDv5 of the event and webhook ids (set in ``__post_init__``).
+    delivery_id: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Not a cached_property: on Python 3.11 its lock cost more than the hash.
+        object.__setattr__(self, "delivery_id", delivery_id(self.event.id, self.webhook.id))
+
+
+class Deliverer:
+    """Runs :class:`Job` s."""
+
+    def __init__(
+        self,
+        *,
+        sender: DeliverySender,
+        outputs: Outputs,
+        metrics: Metrics,
+        policy: RetryPolicy,
+        health: EndpointHealth,
+        max_in_flight: int,
+        endpoint_max_in_flight: int,
+        endpoint_max_queued: int,
+        breaker_threshold: int,
+        breaker_cooldown: float,
+        max_body_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
+        wall_time: Callable[[], float] = time.time,
+    ) -> None:
+        self._sender = sender
+        self._outputs = outputs
+        self._metrics = metrics
+        self._policy = policy
+        self._health = health
+        self._slots = Slots(max_in_flight)
+        self._endpoints = EndpointSlots(endpoint_max_in_flight, endpoint_max_queued)
+        self._breakers = Breakers(breaker_threshold, breaker_cooldown, clock)
+        self._rates = RateLimits(clock)
+        self._max_body_bytes = max_body_bytes
+        self._wall_time = wall_time
+        self.draining = False
+        self._in_flight = 0
+        # Gauges read when scraped rather than set around every request.
+        metrics.in_flight.set_function(lambda: self._in_flight)
+        metrics.circuits_open.set_function(self._breakers.open_count)
+
+    @property
+    def breakers(self) -> Breakers:
+        return self._breakers
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._wall_time(), UTC)
+
+    async def run(self, job: Job, done: Done) -> asyncio.Future[Any] | None:
+        """Attempt the delivery and settle its outcome; ``done`` is called once it is settled.
+
+        Returns ``None`` when the job has ended: settled (``done`` was called), or not (an
+        exception says why). A successful attempt whose record is still on its way to the broker
+        returns that write instead, without calling ``done``: the job is settled when the write
+        succeeds, which the caller sees from the future's callback, with no task waiting for it.
+
+        When cancelled while draining (SIGTERM), the interrupted attempt is handed to the retry
+        path before ``done`` is called. Any other cancellation leaves the job unsettled: its
+        source record stays unacknowledged and is processed again after a restart.
+        """
+        try:
+            written = await self._run(job)
+        except asyncio.CancelledError:
+            if not self.draining:
+                raise
+            at = format_timestamp(self._now())
+            self._metrics.skipped.labels("interrupted").inc()
+            await self._settle_failure(
+                job, AttemptResult(False, None, "interrupted", 0.0, at), counts=False
+            )
+            done()
+            raise
+        if written is None:
+            done()
+        return written
+
+    async def _run(self, job: Job) -> asyncio.Future[Any] | None:
+        """The attempt and its settlement; returns the pending write of a successful
+        attempt's record when nothing else is left to settle."""
+        webhook = job.webhook
+        try:
+            body = build_body(
+                job.encoded, webhook, max_bytes=self._max_body_bytes, delivery=job.delivery_id
+            )
+        except InvalidEvent as exc:
+            await self._dead_letter(job, exc.reason, exc.detail, job.history)
+            return None
+        delivery = Delivery(
+            delivery_id=job.delivery_id,
+            webhook=webhook,
+            event_id=job.event.id,
+            event_type=job.event.type,
+            body=body,
+            occurred_at=job.event.occurred_at,
+            event=job.event,
+        )
+        try:
+            endpoint = endpoint_of(webhook.url)
+        except InvalidUrl as exc:
+            # Not retried: no deployment can use the URL (the record predates the check, or
+            # was written around it); the webhook's owner must change it.
+            invalid = self._skipped("invalid_url")
+            await self._record_attempt(job, invalid, "dead_letter")
+            await self._dead_letter(
+                job, "invalid_url", exc.detail, [*job.history, invalid.as_record()]
+            )
+            return None
+        rate_wait = self._rates.wait_time(webhook.id, webhook.rate_limit)
+        if rate_wait > MAX_RATE_WAIT:
+            self._rates.refund(webhook.id)
+            await self._settle_failure(job, self._skipped("rate_limited", rate_wait), counts=False)
+            return None
+        if not self._breakers.allow(endpoint):
+            # Not retried before the circuit would let it through: a retry due earlier would
+            # only be skipped again, spending an attempt and a round through the retry tiers.
+            skip = self._skipped("circuit_open", self._breakers.reopens_in(endpoint))
+            await self._settle_failure(job, skip, counts=False)
+            return None
+        try:
+            await self._endpoints.acquire(endpoint)
+        except EndpointBusy:
+            await self._settle_failure(job, self._skipped("endpoint_busy"), counts=False)
+            return None
+        result: AttemptResult | None = None
+        try:
+            if rate_wait > 0:
+                await asyncio.sleep(rate_wait)
+            async with self._slots:
+                self._in_flight += 1
+                try:
+                    result = await self._sender.send(delivery)
+                finally:
+                    self._in_flight -= 1
+        finally:
+            self._endpoints.release(endpoint)
+            if result is None:
+                # Cancelled or crashed mid-request: tell the breaker, or a half-open circuit
+                # would wait for its probe's answer for ever.
+                self._breakers.failure(endpoint)
+        if result.success:
+            self._observe(delivery, job, result)
+            self._breakers.success(endpoint)
+            written = await self._queue_attempt(job, result, None)
+            change = self._health.on_success(webhook.id)
+            if change is None:
+                return written
+            await written
+            await self._publish_health(change)
+            return None
+        # A refusal by the SSRF guard made no request: it is not an HTTP attempt and says
+        # nothing about the endpoint's health, but it must still release a half-open probe.
+        refused = result.error == "destination_forbidden"
+        if not refused:
+            self._observe(delivery, job, result)
+        if not refused or self._breakers.state(endpoint) != CLOSED:
+            self._breakers.failure(endpoint)
+        await self._settle_failure(job, result, counts=not refused)
+        return None
+
+    def _skipped(self, error: str, retry_after: float | None = None) -> AttemptResult:
+        self._metrics.skipped.labels(error).inc()
+        return AttemptResult(
+            False, None, error, 0.0, format_timestamp(self._now()), retry_after=retry_after
+        )
+
+    def _observe(self, delivery: Delivery, job: Job, result: AttemptResult) -> None:
+        outcome = "success" if result.success else "failure"
+        m = self._metrics
+        m.child(m.attempts, outcome, status_class(result.status)).inc()
+        m.child(m.request_duration, outcome).observe(result.duration)
+        if result.success:
+            m.child(m.deliveries, delivery.event_type, "delivered").inc()
+            if delivery.occurred_at is not None:
+                latency = self._wall_time() - delivery.occurred_at.timestamp()
+                m.child(m.end_to_end).observe(max(0.0, latency))
+        else:
+            log.warning(
+                "delivery attempt failed",
+                extra={
+                    "delivery_id": delivery.delivery_id,
+                    "webhook_id": delivery.webhook.id,
+                    "event_type": delivery.event_type,
+                    "attempt": job.attempt,
+                    "status": result.status,
+                    "error": result.error,
+                },
+            )
+
+    async def _settle_failure(self, job: Job, result: AttemptResult, *, counts: bool) -> None:
+        """After a failed or skipped attempt: disable, retry or dead-letter, durably."""
+        history = [*job.history, result.as_record()]
+        webhook_id = job.webhook.id
+        now = self._wall_time()
+        if result.error == "destination_forbidden":
+            # Not retried: the same URL would be refused again.
+            self._metrics.skipped.labels("destination_forbidden").inc()
+            self._metrics.ssrf_refusals.labels(result.refusal or "unknown").inc()
+            await self._record_attempt(job, result, "dead_letter")
+            await self._dead_letter(
+                job,
+                "destination_forbidden",
+                f"refused before connecting: {result.refusal}",
+                history,
+            )
+            return
+        if counts and result.status == 410:
+            gone = self._health.on_gone(webhook_id, now)
+            if gone is not None:
+                await self._disable(job, gone, "gone")
+            await self._record_attempt(job, result, "disabled")
+            await self._dead_letter(job, "endpoint_gone", "the endpoint answered 410 Gone", history)
+            return
+        if counts:
+            change = self._health.on_failure(webhook_id, now)
+            if change is not None and change.state == "disabled":
+                await self._disable(job, change, "failing")
+                await self._record_attempt(job, result, "disabled")
+                await self._dead_letter(
+                    job, "endpoint_disabled", "the endpoint failed for too long", history
+                )
+                return
+            await self._publish_health(change)
+        retry_after = (
+            result.retry_after
+            if result.status in (429, 503) or result.error in ("circuit_open", "rate_limited")
+            else None
+        )
+        next_attempt = job.attempt + 1
+        if result.error in DEFERRED and _deferrals(history) <= MAX_DEFERRALS:
+            decision = self._policy.after_skip(retry_after)
+            next_attempt = job.attempt
+        else:
+            decision = self._policy.after_failure(job.attempt, retry_after)
+        if decision.action == "dead_letter":
+            await self._record_attempt(job, result, "dead_letter")
+            last = f"HTTP {result.status}" if result.status is not None else str(result.error)
+            await self._dead_letter(
+                job, "attempts_exhausted", f"{job.attempt} attempts; last: {last}", history
+            )
+            return
+        assert decision.tier is not None and decision.delay is not None
+        pending = PendingRetry(
+            delivery_id=job.delivery_id,
+            webhook_id=webhook_id,
+            event=job.event,
+            attempt=next_attempt,
+            not_before=now + decision.delay,
+            enqueued_at=now,
+            history=tuple(history),
+        )
+        await self._record_attempt(job, result, "retry")
+        await self._outputs.retry(decision.tier, webhook_id.encode("utf-8"), pending.to_bytes())
+        self._metrics.retries.labels(str(decision.tier + 1)).inc()
+
+    async def _disable(self, job: Job, change: HealthChange, reason: str) -> None:
+        log.warning(
+            "disabling webhook",
+            extra={"webhook_id": job.webhook.id, "reason": reason, "delivery_id": job.delivery_id},
+        )
+        await self._publish_health(change)
+        await self._outputs.disable(job.webhook, reason)
+        self._metrics.disabled.labels(reason).inc()
+
+    async def _publish_health(self, change: HealthChange | None) -> None:
+        if change is None:
+            return
+        record = change.to_record(format_timestamp(self._now()))
+        await self._outputs.status(change.webhook_id.encode("utf-8"), record)
+
+    async def _record_attempt(self, job: Job, result: AttemptResult, next_step: str | None) -> None:
+        await (await self._queue_attempt(job, result, next_step))
+
+    async def _queue_attempt(
+        self, job: Job, result: AttemptResult, next_step: str | None
+    ) -> asyncio.Future[Any]:
+        """Queue the attempt's record; returns the future of the broker's acknowledgement."""
+        record = {
+            "delivery_id": job.delivery_id,
+            "webhook_id": job.webhook.id,
+            "event_id": job.event.id,
+            "event_type": job.event.type,
+            "attempt": job.attempt,
+            "outcome": "success"
+            if result.success
+            else ("skipped" if result.error in SKIPPED else "failure"),
+            "status": result.status,
+            "error": result.error,
+            "duration_seconds": round(result.duration, 6),
+            "at": result.at,
+            "next": next_step,
+        }
+        return await self._outputs.attempt(job.webhook.id.encode("utf-8"), record)
+
+    async def dead_letter(self, job: Job, reason: str, detail: str) -> None:
+        """Dead-letter ``job`` without an attempt (its earlier attempts are kept)."""
+        await self._dead_letter(job, reason, detail, job.history)
+
+    async def _dead_letter(
+        self, job: Job, reason: str, detail: str, history: Sequence[Mapping[str, Any]]
+    ) -> None:
+        record = dead_letter_record(
+            reason=reason,
+            detail=detail,
+            source=job.source,
+            now=self._now(),
+            event=job.event,
+            webhook_id=job.webhook.id,
+            delivery_id=job.delivery_id,
+            attempts=(),
+        )
+        record["attempts"] = [dict(a) for a in history]
+        await self._outputs.dead_letter(job.webhook.id.encode("utf-8"), record)
+        self._metrics.dead_letters.labels(reason).inc()
+        self._metrics.deliveries.labels(job.event.type, "dead_lettered").inc()
+
+
+def _deferrals(history: Sequence[Mapping[str, Any]]) -> int:
+    """How many of a delivery's recorded attempts were deferred (not made)."""
+    return sum(1 for attempt in history if attempt.get("error") in DEFERRED)

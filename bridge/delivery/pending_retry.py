@@ -1,0 +1,93 @@
+"""Pending retries: the record that waits in a retry topic until its attempt is due."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeGuard
+
+from bridge.contract import jsoncanon
+from bridge.contract.events import Event, parse_event
+from bridge.errors import InvalidEvent, InvalidRecord
+
+__all__ = ["PendingRetry", "parse_retry"]
+
+
+@dataclass(frozen=True)
+class PendingRetry:
+    """A delivery to attempt again once ``not_before`` has passed."""
+
+    delivery_id: str
+    webhook_id: str
+    event: Event
+    #: Number of the attempt to make (the first attempt was 1).
+    attempt: int
+    #: Unix time before which the attempt is not made.
+    not_before: float
+    #: Unix time when the record was written.
+    enqueued_at: float
+    #: Every attempt so far (``AttemptResult.as_record()``), oldest first.
+    history: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
+    #: True for a delivery re-enqueued from the dead-letter topic.
+    replayed: bool = False
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "delivery_id": self.delivery_id,
+            "webhook_id": self.webhook_id,
+            "event": self.event.envelope(),
+            "attempt": self.attempt,
+            "not_before": self.not_before,
+            "enqueued_at": self.enqueued_at,
+            "attempts": [dict(a) for a in self.history],
+            "replayed": self.replayed,
+        }
+
+    def to_bytes(self) -> bytes:
+        return jsoncanon.dumps(self.to_record())
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def parse_retry(raw: bytes | None) -> PendingRetry:
+    """Parse a retry-topic record; raises :class:`InvalidRecord` (``invalid_retry_record``)."""
+    try:
+        value = jsoncanon.loads(raw if raw is not None else b"")
+        if not isinstance(value, dict):
+            raise InvalidRecord("invalid_retry_record", "not a JSON object")
+        event = parse_event(jsoncanon.dumps(value["event"]))
+        attempt = value["attempt"]
+        not_before = value["not_before"]
+        if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+            raise InvalidRecord("invalid_retry_record", "$.attempt must be an integer >= 1")
+        for name in ("delivery_id", "webhook_id"):
+            if not isinstance(value[name], str) or not value[name]:
+                raise InvalidRecord("invalid_retry_record", f"$.{name} must be a string")
+        if not _is_number(not_before):
+            raise InvalidRecord("invalid_retry_record", "$.not_before must be a number")
+        enqueued_at = value.get("enqueued_at", not_before)
+        if not _is_number(enqueued_at):
+            raise InvalidRecord("invalid_retry_record", "$.enqueued_at must be a number")
+        history = value.get("attempts", [])
+        if not isinstance(history, list) or not all(isinstance(a, dict) for a in history):
+            raise InvalidRecord("invalid_retry_record", "$.attempts must be an array of objects")
+        return PendingRetry(
+            delivery_id=str(value["delivery_id"]),
+            webhook_id=str(value["webhook_id"]),
+            event=event,
+            attempt=attempt,
+            not_before=float(not_before),
+            enqueued_at=float(enqueued_at),
+            history=tuple(history),
+            replayed=bool(value.get("replayed", False)),
+        )
+    except KeyError as exc:
+        raise InvalidRecord("invalid_retry_record", f"missing {exc.args[0]!r}") from None
+    except InvalidEvent as exc:
+        raise InvalidRecord("invalid_retry_record", f"event: {exc.detail}") from None
+    except InvalidRecord as exc:
+        if exc.reason == "invalid_retry_record":
+            raise
+        raise InvalidRecord("invalid_retry_record", exc.detail) from None

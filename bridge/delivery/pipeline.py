@@ -1,0 +1,396 @@
+"""From records to delivery jobs: events (first attempts) and pending retries (later ones).
+
+Plain asyncio code with its collaborators passed in; Faust (the events topic's
+:class:`~bridge.worker.direct_topic.DirectTopic`, the retry agents) only feeds it records. A
+record is acknowledged (its offset may be committed) only when every job it produced has settled
+durably: delivered, scheduled in a retry tier, or dead-lettered. Jobs of one record, and of
+consecutive records, run concurrently, so one slow endpoint does not make its partition sequential.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from bridge.contract.events import Event, parse_event
+from bridge.contract.payload import EncodedEvent
+from bridge.delivery.dead_letters import SourceRef, dead_letter_record, internal_error
+from bridge.delivery.deliverer import Deliverer, Job, Outputs
+from bridge.delivery.limits import Slots
+from bridge.delivery.pending_retry import parse_retry
+from bridge.errors import InvalidEvent, InvalidRecord
+from bridge.metrics import Metrics
+from bridge.subscriptions.freshness import TableFreshness
+from bridge.subscriptions.webhook import SubscriptionIndex
+
+__all__ = ["Pipeline", "drain_worst_case", "handover_timeout"]
+
+log = logging.getLogger(__name__)
+
+#: Acknowledges a record; synchronous, so the acknowledgement of a job's attempt record can
+#: settle the job (and its record) from a callback (see :meth:`Deliverer.run`).
+Ack = Callable[[], None]
+#: A record waiting for the subscription table: when it arrived, its value, where it is, and
+#: how to acknowledge it.
+Held = tuple[float, bytes | None, SourceRef, Ack]
+
+
+def handover_timeout(drain_timeout: float) -> float:
+    """Longest wait, after the drain timeout, for the jobs handed to the retry path and the
+    records still on their way (at least 5 s, so that a short drain can still write them)."""
+    return max(5.0, drain_timeout)
+
+
+def drain_worst_case(drain_timeout: float) -> float:
+    """The longest :meth:`Pipeline.drain` can take with ``drain_timeout``: what a supervisor's
+    grace period must cover, plus the time to commit and leave the consumer group."""
+    return drain_timeout + handover_timeout(drain_timeout)
+
+
+class Pipeline:
+    """Turns event and retry records into delivery jobs, and acknowledges records when settled."""
+
+    def __init__(
+        self,
+        *,
+        index: SubscriptionIndex,
+        deliverer: Deliverer,
+        outputs: Outputs,
+        metrics: Metrics,
+        max_pending: int = 4096,
+        freshness: TableFreshness | None = None,
+        wall_time: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._index = index
+        self._deliverer = deliverer
+        self._outputs = outputs
+        self._metrics = metrics
+        #: Bounds jobs started and not settled, so reading stops while too much is pending.
+        self._pending = Slots(max_pending)
+        #: Bounds records waiting for the subscription table (a separate bound: a record
+        #: holding one of these may need job slots next).
+        self._waiting = Slots(max_pending)
+        self._freshness = freshness
+        self._wall_time = wall_time
+        self._clock = clock
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: Jobs whose task has ended, settled once their attempt record is acknowledged.
+        self._written: set[asyncio.Future[Any]] = set()
+        metrics.pending.set_function(lambda: self.in_flight)
+        #: Records waiting for the subscription table, oldest first, and the task releasing them.
+        self._held: deque[Held] = deque()
+        self._releaser: asyncio.Task[None] | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs started and not yet settled."""
+        return len(self._tasks) + len(self._written)
+
+    # -- events: first attempts ----------------------------------------------------------------
+    async def handle_event(self, raw: bytes | None, source: SourceRef, ack: Ack) -> None:
+        """Take one events-topic record; returns at once unless too many records are waiting.
+
+        Matching waits until the subscription table is known to be current as of the record's
+        arrival (see :mod:`bridge.subscriptions.freshness`). Records that must wait are held in
+        arrival order and released together by one task per round of that check, beside the reading
+        of further records: records arriving together share one check rather than paying one round
+        trip (or one task) each.
+        """
+        received_at = self._clock()
+        freshness = self._freshness
+        if freshness is None or (not self._held and freshness.covers(received_at, source)):
+            await self._match(raw, source, ack, received_at)
+            return
+        await self._waiting.acquire()
+        self._hold(received_at, raw, source, ack)
+
+    def accepts(self) -> bool:
+        """True when :meth:`offer` can take a record now."""
+        return not self._waiting.locked()
+
+    def offer(self, raw: bytes | None, source: SourceRef, ack: Ack) -> None:
+        """Take one events-topic record without waiting, for a caller that cannot await (see
+        :mod:`bridge.worker.direct_topic`); only after :meth:`accepts` said yes. The record is held
+        and matched by the releasing task, exactly as a record :meth:`handle_event` holds."""
+        if not self._waiting.try_acquire():
+            raise RuntimeError("Pipeline.offer without room: check accepts() first")
+        self._hold(self._clock(), raw, source, ack)
+
+    def _hold(self, received_at: float, raw: bytes | None, source: SourceRef, ack: Ack) -> None:
+        """Queue a record (its ``_waiting`` slot taken) for the releasing task."""
+        self._held.append((received_at, raw, source, ack))
+        if self._releaser is None or self._releaser.done():
+            self._releaser = self._track(self._release_held())
+
+    async def _release_held(self) -> None:
+        """Match held records once the table is current as of the newest of them.
+
+        Records that arrived while that was checked are matched with them only when the check
+        covers them too (see :mod:`bridge.subscriptions.freshness`); the others wait for the next
+        round. A partition's records arrive in offset order and coverage only grows, so what is
+        matched of one partition is always its oldest held records, in order.
+        """
+        freshness = self._freshness
+        while self._held:
+            current = True
+            if freshness is not None:
+                received_at, _, source, _ = self._held[-1]
+                current = await freshness.wait_current(received_at, source)
+            if current and freshness is not None:
+                batch: deque[Held] = deque()
+                kept: deque[Held] = deque()
+                for held in self._held:
+                    (batch if freshness.covers(held[0], held[2]) else kept).append(held)
+                if not batch:
+                    # wait_current said yes for the newest record, so covers must too; never
+                    # spin on a check that contradicts itself: match them all, as on a timeout.
+                    log.error("subscription table check passed a record it does not cover")
+                    batch, kept = kept, batch
+                self._held = kept
+            else:
+                batch, self._held = self._held, deque()
+            if not current:
+                self._metrics.sync_timeouts.inc(len(batch))
+                log.warning(
+                    "subscription table not known to be current; matching anyway",
+                    extra={"records": len(batch)},
+                )
+            for received_at, raw, source, ack in batch:
+                self._waiting.release()
+                await self._match(raw, source, ack, received_at)
+
+    async def _match(
+        self, raw: bytes | None, source: SourceRef, ack: Ack, received_at: float
+    ) -> None:
+        """Parse, match and start the record's jobs; a record that cannot be matched (invalid,
+        or a bug met while matching it) is dead-lettered and acknowledged."""
+        try:
+            jobs = self._jobs_of(raw, source, received_at)
+        except InvalidEvent as exc:
+            self._metrics.events.labels("invalid").inc()
+            log.warning(
+                "event dead-lettered",
+                extra={"reason": exc.reason, "topic": source.topic, "offset": source.offset},
+            )
+            await self._settle_unmatched(source, exc.reason, exc.detail, raw, ack)
+            return
+        except Exception as exc:
+            await self._settle_unmatched(source, *internal_error(exc, "matching"), raw, ack)
+            return
+        await self._start(jobs, ack)
+
+    def _jobs_of(self, raw: bytes | None, source: SourceRef, received_at: float) -> list[Job]:
+        """The record's jobs, one per matching webhook; raises :class:`InvalidEvent`."""
+        event = parse_event(raw)
+        m = self._metrics
+        m.child(m.events, event.type).inc()
+        # The stages of the event's way to its first attempt, on the event's own clock (its
+        # timestamp): received is when its record reached the pipeline (``received_at`` on the
+        # pipeline's clock, carried over to the wall clock).
+        now = self._wall_time()
+        occurred = event.occurred_at.timestamp()
+        received = now - (self._clock() - received_at)
+        m.child(m.stage_latency, "received").observe(max(0.0, received - occurred))
+        m.child(m.stage_latency, "matched").observe(max(0.0, now - occurred))
+        encoded = EncodedEvent.of(event)
+        return [Job(encoded, webhook, 1, source) for webhook in self._index.match(event)]
+
+    async def _settle_unmatched(
+        self, source: SourceRef, reason: str, detail: str, raw: bytes | None, ack: Ack
+    ) -> None:
+        """Dead-letter a record that produced no job, then acknowledge it; if even the dead
+        letter cannot be written, the record stays unacknowledged (its partition's commits
+        wait for it, and it is read again after a restart)."""
+        try:
+            await self._dead_letter_record(source, reason, detail, raw, None)
+        except Exception:
+            log.exception(
+                "dead letter not written; the record stays unacknowledged",
+                extra={"reason": reason, "topic": source.topic, "offset": source.offset},
+            )
+            return
+        ack()
+
+    # -- retries: later attempts -----------------------------------------------------------------
+    async def handle_retry(self, raw: bytes | None, source: SourceRef, ack: Ack, tier: int) -> None:
+        """Process one retry-topic record: wait until it is due, then attempt it again.
+
+        Waiting here holds up the records behind it in the same tier, which all became due
+        later (same delay, enqueued later), give or take the jitter: no in-memory queue is
+        needed and nothing is lost if the worker dies meanwhile, since the record is still
+        unacknowledged in Kafka.
+        """
+        try:
+            pending = parse_retry(raw)
+        except InvalidRecord as exc:
+            await self._settle_unmatched(source, exc.reason, exc.detail, raw, ack)
+            return
+        except Exception as exc:
+            await self._settle_unmatched(source, *internal_error(exc, "reading a retry"), raw, ack)
+            return
+        delay = pending.not_before - self._wall_time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self._metrics.retry_wait.labels(str(tier)).observe(
+            max(0.0, self._wall_time() - pending.enqueued_at)
+        )
+        if self._freshness is not None:
+            # Current as of the moment the retry became due: a change that reached the
+            # subscriptions topic before then applies to it. Records that fell due together (a
+            # tier's backlog after an outage, an open circuit's skipped attempts) then share one
+            # round of the check instead of paying one offsets request each.
+            overdue = max(0.0, self._wall_time() - pending.not_before)
+            await self._freshness.wait_current(self._clock() - overdue)
+        webhook = self._index.get(pending.webhook_id)
+        if webhook is None or not webhook.active:
+            # Deleted or deactivated meanwhile: no further attempts, by design.
+            self._metrics.retries_cancelled.inc()
+            log.info(
+                "pending retry dropped: webhook deleted or inactive",
+                extra={"webhook_id": pending.webhook_id, "delivery_id": pending.delivery_id},
+            )
+            ack()
+            return
+        try:
+            encoded = EncodedEvent.of(pending.event)
+            job = Job(encoded, webhook, pending.attempt, source, pending.history)
+        except Exception as exc:
+            await self._settle_unmatched(source, *internal_error(exc, "reading a retry"), raw, ack)
+            return
+        await self._start([job], ack)
+
+    # -- shared ----------------------------------------------------------------------------------
+    async def _start(self, jobs: Sequence[Job], ack: Ack) -> None:
+        if not jobs:
+            ack()
+            return
+        remaining = len(jobs)
+
+        def one_settled() -> None:
+            nonlocal remaining
+            remaining -= 1
+            if remaining == 0:
+                ack()
+
+        for job in jobs:
+            await self._pending.acquire()
+            self._track(self._run(job, one_settled))
+
+    def _track(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``work`` as a task counted in ``in_flight`` until it ends."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _run(self, job: Job, settled: Ack) -> None:
+        """One job; its pending slot is released exactly once, however it ends. A job that
+        crashes (a bug) or whose attempt record cannot be written is dead-lettered
+        (``internal_error``) and so settled; only if that dead letter cannot be written either,
+        or the job is cancelled outside a drain, does its record stay unacknowledged, to be
+        processed again after a restart."""
+        released = False
+
+        def done() -> None:
+            nonlocal released
+            released = True
+            self._pending.release()
+            settled()
+
+        def release() -> None:
+            nonlocal released
+            released = True
+            self._pending.release()
+
+        def written_ended(written: asyncio.Future[Any]) -> None:
+            self._written.discard(written)
+            if written.cancelled():
+                release()
+                self._log_unsettled(job, None)
+            elif (exc := written.exception()) is not None:
+                self._track(self._give_up(job, exc, "writing its attempt record", done, release))
+            else:
+                done()
+
+        written: asyncio.Future[Any] | None = None
+        try:
+            written = await self._deliverer.run(job, done)
+        except Exception as exc:
+            if not released:
+                await self._give_up(job, exc, "delivering", done, release)
+            else:
+                log.exception(
+                    "delivery job failed after it settled",
+                    extra={"delivery_id": job.delivery_id, "webhook_id": job.webhook.id},
+                )
+        finally:
+            if written is not None:
+                # The task ends here; the job settles when the broker acknowledges its record.
+                self._written.add(written)
+                written.add_done_callback(written_ended)
+            elif not released:
+                release()
+
+    async def _give_up(
+        self, job: Job, exc: BaseException, stage: str, done: Ack, release: Ack
+    ) -> None:
+        """Settle a job that failed for a reason of the bridge's own by dead-lettering it."""
+        reason, detail = internal_error(exc, stage)
+        try:
+            await self._deliverer.dead_letter(job, reason, detail)
+        except Exception:
+            release()
+            self._log_unsettled(job, exc)
+            return
+        done()
+
+    @staticmethod
+    def _log_unsettled(job: Job, exc: BaseException | None) -> None:
+        log.error(
+            "delivery job not settled; its record stays unacknowledged",
+            exc_info=exc,
+            extra={"delivery_id": job.delivery_id, "webhook_id": job.webhook.id},
+        )
+
+    async def _dead_letter_record(
+        self,
+        source: SourceRef,
+        reason: str,
+        detail: str,
+        raw: bytes | None,
+        event: Event | None,
+    ) -> None:
+        record = dead_letter_record(
+            reason=reason,
+            detail=detail,
+            source=source,
+            now=datetime.fromtimestamp(self._wall_time(), UTC),
+            event=event,
+            raw=raw,
+        )
+        await self._outputs.dead_letter(source.key, record)
+        self._metrics.dead_letters.labels(reason).inc()
+
+    async def drain(self, timeout: float) -> int:
+        """On shutdown: let jobs finish for ``timeout`` seconds (a delivered job finishes when
+        the broker acknowledges its attempt record), then hand the rest to the retry path (see
+        :meth:`Deliverer.run`) and wait for them and the records still on their way. Returns how
+        many jobs were handed over."""
+        if self._tasks or self._written:
+            await asyncio.wait({*self._tasks, *self._written}, timeout=timeout)
+        unfinished = {task for task in self._tasks if not task.done()}
+        if unfinished:
+            self._deliverer.draining = True
+            for task in unfinished:
+                task.cancel()
+        # Jobs that ended meanwhile may have left writes not waited for above.
+        rest = {*unfinished, *self._written}
+        if rest:
+            await asyncio.wait(rest, timeout=handover_timeout(timeout))
+        return len(unfinished)

@@ -1,0 +1,542 @@
+"""A small HTTP/1.1 keep-alive client that does one thing: POST a body and read the status.
+
+The worker's hot path (:class:`bridge.http.http1_sender.Http1Sender`) spends most of its time in the
+HTTP client; general clients (httpx, aiohttp) build request objects, header multidicts, payload
+wrappers and several timers per request. This client keeps, per URL, the request line and ``Host``
+header as bytes, writes head and body in one ``write`` and arms one timer per request. Responses
+are parsed by llhttp (Node's parser, through ``httptools``), never by code of ours; we only read
+the status, ``Retry-After`` and what llhttp says about keeping the connection. What it promises:
+
+* Every new connection goes to addresses from :func:`bridge.http.ssrf.checked_addresses` (IP
+  literals
+  and DNS answers checked against the policy before any socket exists), tried in order.
+* TLS is verified against the URL's host name (SNI and certificate name), never the IP.
+* One deadline covers resolving, connecting, the TLS handshake, sending and reading the whole
+  response; at the deadline the connection is aborted and :class:`TimeoutError` raised.
+* Redirects are answers like any other (never followed); ``1xx`` interim answers are skipped
+  (``101`` is a :class:`ProtocolError`: we never ask to switch protocols).
+* One cap, :data:`MAX_RESPONSE` bytes, counts *every* byte received after the request is sent:
+  status lines (interim ones too), headers, chunk sizes and extensions, trailers, body. A
+  response that needs more ends there and its connection is closed: once the final status line
+  and headers are complete, that status is the answer (the body is never needed); before, it is
+  a :class:`ProtocolError`.
+* A response is complete when its framing says so (``Content-Length``, the last chunk, or, with
+  neither, the server's clean close). A reset, or a close before the framing is complete, fails
+  the exchange (``OSError``, :class:`ProtocolError`); so does anything llhttp refuses, and:
+  ``Transfer-Encoding`` other than one ``chunked``, NUL, VT or FF in the reason phrase, a version
+  other than HTTP/1.0 and HTTP/1.1, a status below 100 (h11, and so httpx, refuses these too).
+  The connection of a failed exchange is closed.
+* A connection is kept only after a complete exchange that llhttp says may keep alive, with no
+  byte after it. A kept connection that turns out closed or reset before a single response byte
+  (the server's keep-alive timeout racing our reuse) is replaced by a new one once: deliveries
+  are idempotent by their delivery id.
+
+Errors, all raised from :meth:`Http1Client.post`::
+
+    HttpError
+    ├── ConnectFailed      resolving or connecting failed (the cause is chained)
+    └── ProtocolError      malformed, truncated, oversized or missing response
+    TimeoutError           the deadline passed
+    ssl.SSLError           the TLS handshake failed (certificate, name, protocol)
+    OSError                the network failed after connecting (a reset, ...)
+    DestinationForbidden   the SSRF guard refused the destination (nothing was connected)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+from httptools import HttpResponseParser
+from yarl import URL
+
+from bridge.http.ssrf import AddressPolicy, Resolver, checked_addresses
+
+__all__ = [
+    "MAX_RESPONSE",
+    "HttpError",
+    "ConnectFailed",
+    "ProtocolError",
+    "Target",
+    "target_of",
+    "render_head",
+    "open_connection",
+    "Http1Client",
+]
+
+#: Bytes of one response read at most, everything after the request counted. Below h11's own
+#: limit on an incomplete head or chunk line (100 KiB in httpcore), so that in the httpx
+#: reference sender, which counts the same bytes, this cap is also what ends an endless line.
+MAX_RESPONSE = 64 * 1024
+
+_VERSIONS = ("1.1", "1.0")
+#: What h11 refuses in a reason phrase and llhttp lets through.
+_BAD_REASON = re.compile(rb"[\x00\x0b\x0c]")
+
+
+class HttpError(Exception):
+    """Base of this client's own errors."""
+
+
+class ConnectFailed(HttpError):
+    """No connection: the name did not resolve or no address accepted (the cause is chained)."""
+
+
+class ProtocolError(HttpError):
+    """The server's answer was malformed, truncated, oversized or missing."""
+
+    def __init__(self, detail: str, *, nothing_received: bool = False) -> None:
+        super().__init__(detail)
+        #: True when the connection ended before a single byte of the response.
+        self.nothing_received = nothing_received
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where one URL's requests go, with their first bytes prepared."""
+
+    #: (scheme, host, port); connections are pooled per key. The host is the one to resolve
+    #: and to verify TLS against (IDNA-encoded, IPv6 without brackets).
+    key: tuple[str, str, int]
+    #: ``POST <path?query> HTTP/1.1`` and the ``Host`` header, CRLF-terminated.
+    prefix: bytes
+
+    @property
+    def host(self) -> str:
+        return self.key[1]
+
+    @property
+    def port(self) -> int:
+        return self.key[2]
+
+    @property
+    def tls(self) -> bool:
+        return self.key[0] == "https"
+
+
+def target_of(url: str) -> Target:
+    """Parse an ``http``/``https`` URL (``ValueError`` for anything else)."""
+    parsed = URL(url)
+    if parsed.scheme not in ("http", "https") or not parsed.raw_host:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    port = parsed.port
+    assert port is not None  # yarl knows the default ports of http and https
+    path = parsed.raw_path_qs or "/"
+    # host_port_subcomponent brackets IPv6 and leaves the scheme's default port out.
+    host_header = parsed.host_port_subcomponent
+    prefix = f"POST {path} HTTP/1.1\r\nHost: {host_header}\r\n".encode("ascii")
+    return Target((parsed.scheme, parsed.raw_host, port), prefix)
+
+
+def render_head(target: Target, headers: dict[str, str], content_length: int) -> bytes:
+    """The request head: ``target``'s prefix, ``headers`` in their order, ``Content-Length``.
+
+    ``ValueError`` if a name or value could split the head (CR, LF) or is not Latin-1."""
+    lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
+    text = "".join(lines)
+    if text.count("\n") != len(lines) or text.count("\r") != len(lines):
+        raise ValueError("a header name or value contains CR or LF")
+    return b"%b%bContent-Length: %d\r\n\r\n" % (
+        target.prefix,
+        text.encode("latin-1"),
+        content_length,
+    )
+
+
+async def open_connection(
+    loop: asyncio.AbstractEventLoop,
+    factory: Callable[[], asyncio.Protocol],
+    host: str,
+    port: int,
+    *,
+    ssl_context: ssl.SSLContext | None,
+    server_hostname: str | None,
+) -> asyncio.Protocol:
+    """Every socket the client opens is opened here (``host`` is a checked IP literal)."""
+    _transport, protocol = await loop.create_connection(
+        factory, host, port, ssl=ssl_context, server_hostname=server_hostname
+    )
+    return protocol
+
+
+class _PastTheEnd(Exception):
+    """Stops the parser at a byte after the final response (raised from a callback)."""
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection carrying one exchange at a time; its responses parsed by
+    llhttp, whose callbacks are the ``on_*`` methods."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, key: tuple[str, str, int], max_response: int
+    ) -> None:
+        self.loop = loop
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self.on_lost: Callable[[_Connection], None] | None = None
+        self._max_response = max_response
+        self._parser = HttpResponseParser(self)
+        # RFC 9112 allows whitespace before a chunk extension ("2 ;x=y"); h11 and aiohttp read
+        # it too (aiohttp sets this leniency for responses).
+        self._parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)
+        self._waiter: asyncio.Future[tuple[int, str | None]] | None = None
+        # -- the exchange
+        self._left = 0  # bytes of the cap not used yet
+        self._received = False
+        self._status = 0  # the final status, once its head is complete
+        self._complete = False
+        self._keep = True
+        # -- the message (interim or final) being parsed
+        self._in_head = False
+        self._framed = False  # Content-Length or Transfer-Encoding: chunked
+        self._chunked = False
+        self._retry_after: str | None = None
+
+    @property
+    def received(self) -> bool:
+        """Whether any byte of a response arrived in the current (or last) exchange."""
+        return self._received
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._waiter is None:
+            # Bytes nobody asked for: the connection cannot be trusted with the next request.
+            self.abort()
+            return
+        self._received = True
+        left = self._left
+        over = len(data) > left
+        if over:
+            data = data[:left]
+        self._left = left - len(data)
+        try:
+            self._parser.feed_data(data)
+        except Exception as exc:  # llhttp's errors, and whatever our callbacks raised
+            if not self._complete:
+                self._fail(_malformed(exc))
+                return
+            self._keep = False  # bytes past the final response
+        if self._complete:
+            self._done()
+        elif over:
+            if self._status:
+                # The final head is complete: the receiver answered, and the rest is not needed.
+                self._keep = False
+                self._done()
+            else:
+                self._fail(ProtocolError(f"response head longer than {self._max_response} bytes"))
+
+    def eof_received(self) -> bool:
+        self._ended(None)
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ended(exc)
+        if self.on_lost is not None:
+            self.on_lost(self)
+
+    # -- llhttp's callbacks ----------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._complete:
+            raise _PastTheEnd
+        self._in_head = True
+        self._framed = self._chunked = False
+        self._retry_after = None
+        # Bare LF line ends in the head, as h11 and aiohttp read them (not in chunk framing,
+        # where h11 refuses them).
+        self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+
+    def on_status(self, reason: bytes) -> None:
+        if _BAD_REASON.search(reason) is not None:
+            raise ProtocolError("control character in the reason phrase")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a trailer: not part of the answer
+        name = name.lower()
+        if name == b"transfer-encoding":
+            # llhttp also reads other codings (gzip, chunked; identity ...), which h11 and
+            # httpx refuse; we never need a body decoded.
+            if self._chunked or value.strip(b" \t").lower() != b"chunked":
+                raise ProtocolError("Transfer-Encoding other than one chunked")
+            self._framed = self._chunked = True
+        elif name == b"content-length":
+            self._framed = True
+        elif name == b"retry-after":
+            text = value.rstrip(b" \t").decode("latin-1")
+            if self._retry_after is not None:
+                text = f"{self._retry_after}, {text}"  # repeated: joined, as httpx does
+            self._retry_after = text
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=False)
+        self._in_head = False
+        status = parser.get_status_code()
+        if status < 100 or parser.get_http_version() not in _VERSIONS:
+            raise ProtocolError("malformed status line")
+        if status < 200:
+            if status == 101:
+                raise ProtocolError("unexpected protocol switch")
+            return  # an interim answer: the real one follows
+        self._status = status
+        self._keep = parser.should_keep_alive()
+
+    def on_message_complete(self) -> None:
+        if self._status:
+            self._complete = True
+
+    # -- the exchange --------------------------------------------------------------------------
+    def exchange(self, data: bytes) -> asyncio.Future[tuple[int, str | None]]:
+        """Send one request; the future gives ``(status, Retry-After)`` once the response is
+        complete (or its final head is and the cap is reached), or fails with
+        :class:`ProtocolError`, ``OSError`` or ``TimeoutError``."""
+        assert self.transport is not None and self._waiter is None
+        waiter: asyncio.Future[tuple[int, str | None]] = self.loop.create_future()
+        self._waiter = waiter
+        self._left = self._max_response
+        self._received = False
+        self._status = 0
+        self._complete = False
+        self._keep = True
+        self.transport.write(data)
+        return waiter
+
+    def expire(self) -> None:
+        """The deadline passed: fail the exchange and drop the connection."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError())
+        self._waiter = None
+        self.abort()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    @property
+    def keepable(self) -> bool:
+        return self._keep and not self.closed and self._waiter is None
+
+    def _ended(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._waiter is None:
+            return
+        if exc is None and self._status and not self._framed:
+            # A body without a length ends with the connection: a clean close completes it
+            # (a reset does not).
+            self._keep = False
+            self._done()
+        elif isinstance(exc, OSError):
+            self._fail(exc)
+        elif not self._received:
+            # Closed before a single byte of the response: for a kept-alive connection this is
+            # the server's idle timeout racing our reuse (post() retries it once).
+            failure = ProtocolError("connection closed without a response", nothing_received=True)
+            failure.__cause__ = exc
+            self._fail(failure)
+        else:
+            self._fail(ProtocolError("connection closed before the response ended"))
+
+    def _fail(self, exc: BaseException) -> None:
+        waiter = self._waiter
+        self._waiter = None
+        self._keep = False
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        self.abort()
+
+    def _done(self) -> None:
+        waiter = self._waiter
+        self._waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_result((self._status, self._retry_after))
+
+
+def _malformed(exc: Exception) -> ProtocolError:
+    """The :class:`ProtocolError` for an exception out of ``feed_data``: our own, raised in a
+    callback (llhttp reports it as a callback error), or llhttp's, with its reason."""
+    if isinstance(exc.__context__, ProtocolError):
+        return exc.__context__
+    failure = ProtocolError(f"malformed response: {exc}")
+    failure.__cause__ = exc
+    return failure
+
+
+class Http1Client:
+    """Pooled keep-alive connections per (scheme, host, port); see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        policy: AddressPolicy,
+        ssl_context: ssl.SSLContext,
+        resolver: Resolver | None = None,
+        max_idle: int = 100,
+        max_idle_per_endpoint: int = 10,
+        keepalive_expiry: float = 30.0,
+        max_response: int = MAX_RESPONSE,
+    ) -> None:
+        self._policy = policy
+        self._max_response = max_response
+        self._ssl = ssl_context
+        self._resolver = resolver
+        self._max_idle = max_idle
+        self._max_idle_per_endpoint = max_idle_per_endpoint
+        self._expiry = keepalive_expiry
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._idle_count = 0
+        self._open: set[_Connection] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
+    async def post(self, target: Target, data: bytes, timeout: float) -> tuple[int, str | None]:
+        """Send ``data`` (head and body) to ``target``; ``(status, Retry-After)``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        conn = self._take(target.key, loop.time())
+        if conn is not None:
+            try:
+                return await self._exchange(loop, conn, data, deadline)
+            except TimeoutError:
+                raise
+            except (ProtocolError, OSError):
+                # The server closed or reset a kept-alive connection as we reused it, before
+                # answering: once more, on a new connection.
+                if conn.received:
+                    raise
+        conn = await self._connect(loop, target, deadline)
+        return await self._exchange(loop, conn, data, deadline)
+
+    async def aclose(self) -> None:
+        """Close every connection (in use or idle); the client stays usable."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for conn in list(self._open):
+            conn.close()
+        self._open.clear()
+        self._idle.clear()
+        self._idle_count = 0
+
+    async def _exchange(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        conn: _Connection,
+        data: bytes,
+        deadline: float,
+    ) -> tuple[int, str | None]:
+        waiter = conn.exchange(data)
+        timer = loop.call_at(deadline, conn.expire)
+        try:
+            answer = await waiter
+        except BaseException:
+            conn.abort()  # cancelled, timed out or failed: its state is unknown
+            raise
+        finally:
+            timer.cancel()
+        if conn.keepable:
+            self._put(conn, loop.time())
+        else:
+            conn.close()
+        return answer
+
+    async def _connect(
+        self, loop: asyncio.AbstractEventLoop, target: Target, deadline: float
+    ) -> _Connection:
+        context = self._ssl if target.tls else None
+        hostname = target.host if target.tls else None
+        async with asyncio.timeout_at(deadline):
+            try:
+                addresses = await checked_addresses(
+                    self._policy, target.host, target.port, resolver=self._resolver
+                )
+            except OSError as exc:
+                raise ConnectFailed(f"cannot resolve {target.host}: {exc}") from exc
+            failure: OSError | None = None
+            for ip in addresses:
+                try:
+                    protocol = await open_connection(
+                        loop,
+                        lambda: _Connection(loop, target.key, self._max_response),
+                        str(ip),
+                        target.port,
+                        ssl_context=context,
+                        server_hostname=hostname,
+                    )
+                except ssl.SSLError:
+                    raise
+                except OSError as exc:
+                    failure = exc
+                    continue
+                assert isinstance(protocol, _Connection)
+                protocol.on_lost = self._lost
+                self._open.add(protocol)
+                return protocol
+        raise ConnectFailed(f"cannot connect to {target.host}:{target.port}: {failure}") from (
+            failure
+        )
+
+    def _lost(self, conn: _Connection) -> None:
+        self._open.discard(conn)
+
+    def _take(self, key: tuple[str, str, int], now: float) -> _Connection | None:
+        stack = self._idle.get(key)
+        while stack:
+            conn = stack.pop()
+            self._idle_count -= 1
+            if not conn.closed and now - conn.idle_since < self._expiry:
+                return conn
+            conn.close()
+        return None
+
+    def _put(self, conn: _Connection, now: float) -> None:
+        stack = self._idle.get(conn.key)
+        if stack is None:
+            stack = self._idle[conn.key] = []
+        if len(stack) >= self._max_idle_per_endpoint or self._idle_count >= self._max_idle:
+            conn.close()
+            return
+        conn.idle_since = now
+        stack.append(conn)
+        self._idle_count += 1
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(self._expiry, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close idle connections unused for ``keepalive_expiry`` (servers rarely say when)."""
+        self._sweeper = None
+        now = asyncio.get_running_loop().time()
+        for key, stack in list(self._idle.items()):
+            keep: list[_Connection] = []
+            for conn in stack:
+                if not conn.closed and now - conn.idle_since < self._expiry:
+                    keep.append(conn)
+                else:
+                    conn.close()
+            self._idle_count -= len(stack) - len(keep)
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+        if self._idle_count:
+            self._sweeper = asyncio.get_running_loop().call_later(self._expiry, self._sweep)

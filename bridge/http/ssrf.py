@@ -1,0 +1,484 @@
+"""Outbound request safety: refusing webhook URLs and addresses that point inside our network.
+
+Two layers, both needed:
+
+* :func:`check_url` — static checks on a webhook URL: first
+  :meth:`bridge.subscriptions.urls.WebhookUrl.parse`
+  (:class:`bridge.subscriptions.urls.InvalidUrl` for a URL no deployment could use), then this
+  deployment's policy (plain http, and given an :class:`AddressPolicy`, IP-literal hosts). Cheap;
+  run it when a subscription is accepted and before each attempt.
+* :class:`GuardedBackend` / :func:`guarded_transport` — the enforcement point. Every new TCP
+  connection resolves the host once, checks *every* resolved address with an
+  :class:`AddressPolicy`, and connects to the checked IP literal, so a DNS answer that changes
+  between check and connect (rebinding) cannot slip through. TLS still uses the URL's hostname for
+  SNI and certificate verification, because httpcore passes the origin's hostname to
+  ``start_tls`` separately from ``connect_tcp``.
+
+Refusals raise :class:`DestinationForbidden` before any socket exists. It is the *policy* refusal
+(another deployment, or other settings, could allow the URL); a URL that is unusable anywhere is
+:class:`bridge.subscriptions.urls.InvalidUrl` instead (``invalid_url``; the line between the two is
+drawn in
+:mod:`bridge.subscriptions.urls`). httpx does not wrap it (its
+exception mapping only translates httpcore's own exceptions and re-raises anything else as it is),
+so ``await client.post(...)`` raises ``DestinationForbidden`` itself.
+
+What this does not cover: an HTTP proxy (it resolves names itself; the bridge uses none, and a
+client given an explicit transport ignores proxy environment variables), and NAT64 prefixes other
+than the well-known ones (an operator-specific NAT64 /96 looks like any public IPv6 address).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+import anyio
+import httpcore
+import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from bridge.errors import BridgeError, ConfigError
+from bridge.subscriptions.urls import WebhookUrl
+
+__all__ = [
+    "IPAddress",
+    "IPNetwork",
+    "Resolver",
+    "DestinationForbidden",
+    "classify",
+    "parse_ip_literal",
+    "AddressPolicy",
+    "check_url",
+    "checked_addresses",
+    "resolve",
+    "GuardedBackend",
+    "GuardedResolver",
+    "guarded_transport",
+    "ssl_context",
+]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: ``async (host, port) -> addresses``; the default is :func:`resolve`.
+Resolver = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
+
+_V4 = ipaddress.IPv4Network
+_V6 = ipaddress.IPv6Network
+
+# Order matters: the first matching network names the reason.
+_V4_TABLE: tuple[tuple[ipaddress.IPv4Network, str], ...] = (
+    (_V4("0.0.0.0/32"), "unspecified"),
+    (_V4("0.0.0.0/8"), "this_network"),
+    (_V4("255.255.255.255/32"), "broadcast"),
+    (_V4("127.0.0.0/8"), "loopback"),
+    (_V4("10.0.0.0/8"), "private"),
+    (_V4("172.16.0.0/12"), "private"),
+    (_V4("192.168.0.0/16"), "private"),
+    (_V4("169.254.0.0/16"), "link_local"),  # includes the 169.254.169.254 metadata service
+    (_V4("100.64.0.0/10"), "cgnat"),
+    (_V4("192.0.0.0/24"), "ietf_protocol"),
+    (_V4("192.0.2.0/24"), "documentation"),
+    (_V4("198.51.100.0/24"), "documentation"),
+    (_V4("203.0.113.0/24"), "documentation"),
+    (_V4("198.18.0.0/15"), "benchmarking"),
+    (_V4("192.88.99.0/24"), "reserved"),  # deprecated 6to4 relay anycast (RFC 7526)
+    (_V4("224.0.0.0/4"), "multicast"),
+    (_V4("240.0.0.0/4"), "reserved"),
+)
+
+_V6_UNSPECIFIED = ipaddress.IPv6Address("::")
+_V6_LOOPBACK = ipaddress.IPv6Address("::1")
+_V6_MAPPED = _V6("::ffff:0:0/96")
+_V6_NAT64 = _V6("64:ff9b::/96")
+_V6_NAT64_LOCAL = _V6("64:ff9b:1::/48")
+_V6_6TO4 = _V6("2002::/16")
+_V6_GLOBAL_UNICAST = _V6("2000::/3")
+
+_V6_TABLE: tuple[tuple[ipaddress.IPv6Network, str], ...] = (
+    (_V6("2001::/32"), "reserved"),  # Teredo: the real destination is hidden in the address
+    (_V6("2001:2::/48"), "benchmarking"),
+    (_V6("2001:db8::/32"), "documentation"),
+    (_V6("2001::/23"), "ietf_protocol"),
+    (_V6("3fff::/20"), "documentation"),
+    (_V6("fc00::/7"), "unique_local"),
+    (_V6("fe80::/10"), "link_local"),
+    (_V6("fec0::/10"), "site_local"),
+    (_V6("ff00::/8"), "multicast"),
+    (_V6("100::/64"), "discard"),
+)
+
+
+class DestinationForbidden(BridgeError):
+    """A webhook URL or the address it resolves to is not an allowed destination.
+
+    Not retriable: the same URL will be refused again. ``reason`` is always
+    ``"destination_forbidden"``; ``detail`` names the host and the classification but never the
+    URL's path, query or credentials.
+    """
+
+    retriable = False
+
+    def __init__(
+        self, detail: str, *, host: str | None = None, classification: str | None = None
+    ) -> None:
+        super().__init__(f"destination_forbidden: {detail}")
+        #: Machine-readable cause, the same for every refusal.
+        self.reason = "destination_forbidden"
+        #: Human-readable detail, e.g. ``"127.0.0.1 is loopback"``.
+        self.detail = detail
+        #: The host (as :class:`bridge.subscriptions.urls.WebhookUrl` normalises it, or as connected
+        #: to).
+        self.host = host
+        #: Why: an address class from :func:`classify` (``"loopback"``, ``"ipv4_mapped_private"``
+        #: …), ``"plain_http"`` or ``"unix_socket"``.
+        self.classification = classification
+
+
+def _classify_v4(ip: ipaddress.IPv4Address) -> str | None:
+    for network, reason in _V4_TABLE:
+        if ip in network:
+            return reason
+    return None
+
+
+def _embedded(prefix: str, v4: int) -> str | None:
+    inner = _classify_v4(ipaddress.IPv4Address(v4))
+    return None if inner is None else f"{prefix}_{inner}"
+
+
+def _classify_v6(ip: ipaddress.IPv6Address) -> str | None:
+    value = int(ip)
+    bare = ipaddress.IPv6Address(value)  # drops any %scope, which network membership ignores
+    if bare == _V6_UNSPECIFIED:
+        return "unspecified"
+    if bare == _V6_LOOPBACK:
+        return "loopback"
+    if bare in _V6_MAPPED:
+        return _embedded("ipv4_mapped", value & 0xFFFFFFFF)
+    # For the local-use NAT64 prefix we assume the common /96 layout (RFC 6052: last 32 bits).
+    if bare in _V6_NAT64 or bare in _V6_NAT64_LOCAL:
+        return _embedded("nat64", value & 0xFFFFFFFF)
+    if bare in _V6_6TO4:
+        return _embedded("6to4", (value >> 80) & 0xFFFFFFFF)
+    for network, reason in _V6_TABLE:
+        if bare in network:
+            return reason
+    if bare not in _V6_GLOBAL_UNICAST:
+        return "reserved"
+    return None
+
+
+def classify(ip: IPAddress) -> str | None:
+    """Why ``ip`` is not a public unicast destination, or ``None`` when it is.
+
+    Reasons are short snake_case strings: ``loopback``, ``private``, ``link_local``, ``cgnat``,
+    ``multicast``, ``reserved``, ``unspecified``, ``this_network``, ``broadcast``,
+    ``documentation``, ``benchmarking``, ``ietf_protocol``, ``unique_local``, ``site_local``,
+    ``discard``; IPv6 addresses that embed an IPv4 address (IPv4-mapped, NAT64, 6to4) are judged by
+    that address and prefixed: ``ipv4_mapped_loopback``, ``nat64_private``, ``6to4_loopback``.
+    Teredo (2001::/32) and anything outside 2000::/3 not named above is ``reserved``.
+    """
+    if isinstance(ip, ipaddress.IPv4Address):
+        return _classify_v4(ip)
+    return _classify_v6(ip)
+
+
+_LEGACY_V4_CHARS = frozenset("0123456789abcdefxABCDEFX.")
+
+
+def parse_ip_literal(host: str) -> IPAddress | None:
+    """The address ``host`` denotes without DNS, or ``None`` when it is a name.
+
+    Besides canonical literals (``[::1]`` brackets allowed), this accepts the legacy IPv4 forms
+    that ``getaddrinfo`` would turn into an address without asking DNS: ``127.1``,
+    ``0x7f.0.0.1``, ``2130706433``.
+    """
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        return ipaddress.ip_address(bare)
+    except ValueError:
+        pass
+    if not bare or not set(bare) <= _LEGACY_V4_CHARS:
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(bare))
+    except OSError:
+        return None
+
+
+def _parse_network(text: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError as exc:
+        raise ConfigError(f"not an IP network: {text.strip()!r} ({exc})") from None
+
+
+class AddressPolicy:
+    """Which resolved addresses the bridge may connect to.
+
+    An address is allowed when the policy is disabled, when it lies in one of ``allow_networks``
+    (which overrides :func:`classify`; an IPv4-mapped IPv6 address also matches by its IPv4
+    address), or when :func:`classify` finds nothing wrong with it.
+    """
+
+    def __init__(self, allow_networks: Sequence[IPNetwork] = (), *, enabled: bool = True) -> None:
+        self.allow_networks: tuple[IPNetwork, ...] = tuple(allow_networks)
+        self.enabled = enabled
+
+    @classmethod
+    def from_setting(cls, text: str, *, enabled: bool = True) -> AddressPolicy:
+        """Parse a comma-separated allow-list such as ``"10.20.0.0/16, fd00:1::/64"``.
+
+        Networks must not have host bits set (``10.0.0.1/8`` is a :class:`ConfigError`).
+        """
+        networks = [_parse_network(part) for part in text.split(",") if part.strip()]
+        return cls(networks, enabled=enabled)
+
+    def _allow_listed(self, ip: IPAddress) -> bool:
+        candidates: list[IPAddress] = [ip]
+        if isinstance(ip, ipaddress.IPv6Address):
+            bare = ipaddress.IPv6Address(int(ip))
+            candidates = [bare]
+            if bare.ipv4_mapped is not None:
+                candidates.append(bare.ipv4_mapped)
+        return any(
+            candidate.version == network.version and candidate in network
+            for candidate in candidates
+            for network in self.allow_networks
+        )
+
+    def check(self, ip: IPAddress) -> str | None:
+        """``None`` when ``ip`` may be connected to, else the reason from :func:`classify`."""
+        if not self.enabled or self._allow_listed(ip):
+            return None
+        return classify(ip)
+
+    def __repr__(self) -> str:
+        networks = ", ".join(str(network) for network in self.allow_networks)
+        return f"AddressPolicy(allow_networks=[{networks}], enabled={self.enabled})"
+
+
+def check_url(url: str, *, allow_http: bool, policy: AddressPolicy | None = None) -> WebhookUrl:
+    """The parsed URL, if the bridge may call it; raises otherwise.
+
+    :class:`bridge.subscriptions.urls.InvalidUrl` when
+    :meth:`~bridge.subscriptions.urls.WebhookUrl.parse` refuses it (no deployment could use it:
+    another scheme, user info, no host, a bad port or host...);
+    :class:`DestinationForbidden` when this deployment's policy does: ``http`` unless
+    ``allow_http`` and, when ``policy`` is given, IP-literal hosts the policy forbids. Host names
+    are only judged when connecting (see :class:`GuardedBackend`), since DNS answers change.
+    """
+    parsed = WebhookUrl.parse(url)
+    if parsed.scheme == "http" and not allow_http:
+        raise DestinationForbidden(
+            "plain http not allowed", host=parsed.host, classification="plain_http"
+        )
+    if policy is not None:
+        ip = parse_ip_literal(parsed.host)
+        if ip is not None:
+            _refuse_if_forbidden(policy, parsed.host, [ip])
+    return parsed
+
+
+def _refuse_if_forbidden(policy: AddressPolicy, host: str, addresses: Iterable[IPAddress]) -> None:
+    for ip in addresses:
+        why = policy.check(ip)
+        if why is None:
+            continue
+        literal = parse_ip_literal(host)
+        if literal is not None:
+            bare = host.strip("[]")
+            detail = f"{host} is {why}" if bare == str(literal) else f"{host} ({ip}) is {why}"
+        else:
+            detail = f"{host} resolves to {ip}, which is {why}"
+        raise DestinationForbidden(detail, host=host, classification=why)
+
+
+async def resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address ``getaddrinfo`` gives for ``host`` (TCP), in its order, without duplicates."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses: list[IPAddress] = []
+    for family, _type, _proto, _canonname, sockaddr in infos:
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        ip = ipaddress.ip_address(str(sockaddr[0]))
+        if ip not in addresses:
+            addresses.append(ip)
+    return addresses
+
+
+async def checked_addresses(
+    policy: AddressPolicy, host: str, port: int, *, resolver: Resolver | None = None
+) -> list[IPAddress]:
+    """The addresses to connect to for ``host``: the IP literal itself, or every address the
+    resolver gives (``OSError`` when there is none), refusing with :class:`DestinationForbidden`
+    if *any* of them is forbidden. Connect only to what this returns."""
+    literal = parse_ip_literal(host)
+    if literal is not None:
+        addresses = [literal]
+    else:
+        addresses = list(dict.fromkeys(await (resolver or resolve)(host, port)))
+        if not addresses:
+            raise OSError(f"{host} resolves to no address")
+    _refuse_if_forbidden(policy, host, addresses)
+    return addresses
+
+
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """An httpcore network backend that connects only to addresses the policy allows.
+
+    Each ``connect_tcp`` resolves the host once (IP literals are not resolved), refuses with
+    :class:`DestinationForbidden` if *any* address is forbidden (a mixed answer is suspicious),
+    then hands the inner backend the checked IP literals, trying them in order until one
+    connects. Name-resolution failures become ``httpcore.ConnectError`` (``httpx.ConnectError``
+    through httpx) and a resolution that outlasts the connect timeout ``httpcore.ConnectTimeout``.
+    """
+
+    def __init__(
+        self,
+        policy: AddressPolicy,
+        *,
+        resolver: Resolver | None = None,
+        inner: httpcore.AsyncNetworkBackend | None = None,
+    ) -> None:
+        self._policy = policy
+        self._resolver: Resolver = resolve if resolver is None else resolver
+        self._inner: httpcore.AsyncNetworkBackend = (
+            httpcore.AnyIOBackend() if inner is None else inner
+        )
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        started = time.monotonic()
+        try:
+            with anyio.fail_after(timeout):
+                addresses = await checked_addresses(
+                    self._policy, host, port, resolver=self._resolver
+                )
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(f"resolving {host} timed out") from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+        last_error: httpcore.ConnectError | None = None
+        for ip in addresses:
+            remaining = (
+                None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+            )
+            try:
+                return await self._inner.connect_tcp(
+                    str(ip),
+                    port,
+                    timeout=remaining,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except httpcore.ConnectError as exc:
+                last_error = exc
+        assert last_error is not None  # addresses is never empty
+        raise last_error
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise DestinationForbidden("unix sockets are not allowed", classification="unix_socket")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def ssl_context(verify: ssl.SSLContext | str | bool) -> ssl.SSLContext:
+    """The TLS context for endpoints: certifi's bundle (``True``), or a CA bundle file or
+    directory (:class:`ConfigError` when it cannot be loaded)."""
+    if not isinstance(verify, str):
+        return httpx.create_ssl_context(verify=verify, trust_env=False)
+    try:
+        if os.path.isdir(verify):
+            return ssl.create_default_context(capath=verify)
+        return ssl.create_default_context(cafile=verify)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load CA certificates from {verify!r}: {exc}") from None
+
+
+def guarded_transport(
+    policy: AddressPolicy,
+    *,
+    verify: ssl.SSLContext | str | bool = True,
+    limits: httpx.Limits,
+    resolver: Resolver | None = None,
+) -> httpx.AsyncHTTPTransport:
+    """An httpx transport (HTTP/1.1, no proxy) whose every connection goes through
+    :class:`GuardedBackend`.
+
+    ``verify``: ``True`` for certifi's CA bundle (environment variables are ignored), ``False``
+    to disable verification, an ``ssl.SSLContext``, or the path of a CA bundle file or directory
+    (:class:`ConfigError` when it cannot be loaded). Pass the result as
+    ``httpx.AsyncClient(transport=...)``; the client's own ``verify`` and ``limits`` are then
+    ignored.
+    """
+    context = ssl_context(verify)
+    transport = httpx.AsyncHTTPTransport(
+        verify=context, limits=limits, http2=False, trust_env=False
+    )
+    # Mirrors the pool httpx 0.28 builds in AsyncHTTPTransport.__init__ (no proxy, no uds),
+    # adding only the network backend, which httpx does not let us pass.
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=context,
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        http1=True,
+        http2=False,
+        retries=0,
+        network_backend=GuardedBackend(policy, resolver=resolver),
+    )
+    return transport
+
+
+class GuardedResolver(AbstractResolver):
+    """An aiohttp resolver that refuses forbidden addresses.
+
+    aiohttp connects to the addresses its resolver returns, so returning only checked addresses
+    gives the same protection against DNS rebinding as :class:`GuardedBackend`. aiohttp does not
+    call the resolver for IP-literal hosts: check those with :func:`check_url` and a policy.
+    """
+
+    def __init__(self, policy: AddressPolicy, *, resolver: Resolver | None = None) -> None:
+        self._policy = policy
+        self._resolve = resolver or resolve
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        addresses = await self._resolve(host, port)
+        if not addresses:
+            raise OSError(f"{host} did not resolve")
+        _refuse_if_forbidden(self._policy, host, addresses)
+        return [
+            {
+                "hostname": host,
+                "host": str(ip),
+                "port": port,
+                "family": socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+            for ip in addresses
+        ]
+
+    async def close(self) -> None:
+        return None

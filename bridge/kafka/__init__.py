@@ -1,0 +1,1 @@
+"""Kafka plumbing: client settings, the worker's outputs, record batches, topic declarations."""

@@ -1,0 +1,84 @@
+"""Objects built from settings: Kafka client arguments, the SSRF policy, the secrets keyring."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from bridge.config import Settings
+from bridge.errors import ConfigError
+from bridge.http.ssrf import AddressPolicy
+from bridge.subscriptions.secretbox import Keyring
+
+__all__ = [
+    "client_kwargs",
+    "faust_broker_kwargs",
+    "bootstrap_servers",
+    "address_policy",
+    "keyring",
+]
+
+
+def address_policy(settings: Settings) -> AddressPolicy:
+    """The SSRF guard's policy: on unless disabled, with the configured allow-list."""
+    return AddressPolicy.from_setting(
+        ",".join(settings.allow_networks), enabled=settings.ssrf_guard
+    )
+
+
+def keyring(settings: Settings) -> Keyring | None:
+    """The keys that encrypt webhook secrets in Kafka, when configured."""
+    return Keyring.from_setting(settings.secret_keys) if settings.secret_keys else None
+
+
+def bootstrap_servers(settings: Settings) -> str:
+    if settings.kafka_bootstrap_servers is None:
+        raise ConfigError("no Kafka bootstrap servers configured")
+    return settings.kafka_bootstrap_servers
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.kafka_security_protocol.endswith("SSL"):
+        return None
+    context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+    if settings.kafka_ssl_certfile:
+        context.load_cert_chain(settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile)
+    return context
+
+
+def client_kwargs(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for aiokafka clients (producer, consumer, admin)."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": bootstrap_servers(settings),
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    context = _ssl_context(settings)
+    if context is not None:
+        kwargs["ssl_context"] = context
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        kwargs["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        kwargs["sasl_plain_username"] = settings.kafka_sasl_username
+        kwargs["sasl_plain_password"] = settings.kafka_sasl_password
+    return kwargs
+
+
+def faust_broker_kwargs(settings: Settings) -> dict[str, Any]:
+    """``broker`` and ``broker_credentials`` for ``faust.App``."""
+    import faust
+
+    urls = ";".join(f"kafka://{host}" for host in bootstrap_servers(settings).split(","))
+    credentials: Any = None
+    context = _ssl_context(settings)
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        credentials = faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password,
+            ssl_context=context,
+            mechanism=settings.kafka_sasl_mechanism or "PLAIN",
+        )
+    elif context is not None:
+        credentials = faust.SSLCredentials(context)
+    out: dict[str, Any] = {"broker": urls}
+    if credentials is not None:
+        out["broker_credentials"] = credentials
+    return out

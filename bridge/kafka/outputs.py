@@ -1,0 +1,159 @@
+"""The durable outputs of delivery jobs: attempt, retry and dead-letter records, through one
+plain aiokafka producer of their own.
+
+Each write is awaited until the broker acknowledged it (``acks=all``), so a source record is
+acknowledged only after everything it caused is durable; an attempt record is handed over as a
+future of that acknowledgement, which settles a successful job without a task waiting for it
+(:meth:`bridge.delivery.deliverer.Deliverer.run`). Many jobs write at once; a few
+milliseconds of ``linger`` lets their records share produce requests. Going around Faust's
+``topic.send`` (its per-message futures, buffer and sensors) made an attempt record about a
+tenth as costly in CPU (0.27 ms each through Faust: BENCHMARKS.md as of ``1398415``; ~0.03 ms
+since, fourth session's A/B runs in BENCHMARKS.md). Attempt records, one per delivery attempt,
+skip the producer's per-record ``send`` as well: they are gathered into one batch per partition
+(:mod:`bridge.kafka.record_batches`) and share the batch's acknowledgement. Status and disable
+records go through the :class:`~bridge.admin.management.WebhookStore`, one record per batch, because
+workers keep those topics in tables.
+
+Every write is counted and timed by output (``webhook_bridge_output_writes_total``,
+``webhook_bridge_output_write_duration_seconds``): a source record waits for its writes, so slow
+or failing writes show as lag and redeliveries, and these metrics say why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner, murmur2
+
+from bridge.admin.management import WebhookStore
+from bridge.config import Settings
+from bridge.contract import jsoncanon
+from bridge.kafka.clients import client_kwargs
+from bridge.kafka.record_batches import PartitionBatches
+from bridge.metrics import Metrics
+from bridge.subscriptions.webhook import Webhook
+
+__all__ = ["KafkaOutputs", "CachedPartitioner"]
+
+
+class CachedPartitioner:
+    """aiokafka's default partitioner (Java-compatible murmur2) with the hash of each key
+    remembered: records are keyed by webhook id, a few keys written again and again, and the
+    pure-Python murmur2 cost more than the rest of producing a record."""
+
+    def __init__(self, max_keys: int = 100_000) -> None:
+        self._hashes: dict[bytes, int] = {}
+        self._max_keys = max_keys
+        self._fallback = DefaultPartitioner()
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            return int(self._fallback(key, all_partitions, available))
+        hashed = self._hashes.get(key)
+        if hashed is None:
+            if len(self._hashes) >= self._max_keys:
+                self._hashes.clear()
+            hashed = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
+        return all_partitions[hashed % len(all_partitions)]
+
+
+class KafkaOutputs:
+    """Implements :class:`bridge.delivery.deliverer.Outputs` on Kafka topics."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: WebhookStore,
+        current: Callable[[str], Webhook | None],
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._store = store
+        #: The newest known state of a webhook (the subscription index), for ``disable``.
+        self._current = current
+        self._producer: AIOKafkaProducer | None = None
+        #: Attempt records, one per delivery attempt, go in batches of their own.
+        self._attempts: PartitionBatches | None = None
+
+    async def start(self) -> None:
+        partitioner = CachedPartitioner()
+        self._producer = AIOKafkaProducer(
+            **client_kwargs(self._settings),
+            acks="all",
+            enable_idempotence=False,
+            linger_ms=round(self._settings.kafka_output_linger * 1000),
+            partitioner=partitioner,
+        )
+        await self._producer.start()
+        self._attempts = PartitionBatches(
+            self._producer,
+            self._settings.attempts_topic,
+            partitioner,
+            self._settings.kafka_output_linger,
+            settled=self._attempts_settled if self._metrics is not None else None,
+        )
+        await self._attempts.start()
+
+    def _attempts_settled(self, records: int, seconds: float, error: BaseException | None) -> None:
+        self._observe("attempt", seconds, error is None, records)
+
+    def _observe(self, output: str, seconds: float, acknowledged: bool, records: int = 1) -> None:
+        metrics = self._metrics
+        if metrics is None:
+            return
+        outcome = "acknowledged" if acknowledged else "failed"
+        metrics.child(metrics.output_writes, output, outcome).inc(records)
+        metrics.child(metrics.output_write_duration, output).observe(seconds)
+
+    async def _observed(self, output: str, write: Awaitable[Any]) -> None:
+        """Await ``write``, counting and timing it as a write to ``output``."""
+        started = time.monotonic()
+        try:
+            await write
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._observe(output, time.monotonic() - started, False)
+            raise
+        self._observe(output, time.monotonic() - started, True)
+
+    async def stop(self) -> None:
+        if self._attempts is not None:
+            await self._attempts.close()
+            self._attempts = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def _send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        await (await self._queue(topic, key, value))
+
+    async def _queue(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+        """Hand a record to the producer (waiting while its buffer is full); returns the
+        future of the broker's acknowledgement."""
+        assert self._producer is not None, "KafkaOutputs.start() first"
+        future: asyncio.Future[Any] = await self._producer.send(topic, value, key=key)
+        return future
+
+    async def dead_letter(self, key: bytes | None, record: dict[str, Any]) -> None:
+        value = jsoncanon.dumps(record)
+        await self._observed("dead_letter", self._send(self._settings.deadletter_topic, key, value))
+
+    async def retry(self, tier: int, key: bytes, value: bytes) -> None:
+        await self._observed("retry", self._send(self._settings.retry_topics[tier], key, value))
+
+    async def attempt(self, key: bytes, record: dict[str, Any]) -> asyncio.Future[Any]:
+        assert self._attempts is not None, "KafkaOutputs.start() first"
+        return self._attempts.add(key, jsoncanon.dumps_flat(record))
+
+    async def status(self, key: bytes, record: dict[str, Any]) -> None:
+        await self._observed("status", self._store.put_status(record))
+
+    async def disable(self, webhook: Webhook, reason: str) -> None:
+        current = self._current(webhook.id) or webhook
+        await self._observed("disable", self._store.disable(current, reason))

@@ -1,0 +1,1 @@
+"""Webhook subscriptions: the record, its URL, secret encryption, the index and its freshness."""

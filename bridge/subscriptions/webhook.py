@@ -1,0 +1,338 @@
+"""Webhook subscriptions: the record, its parsing, and matching events to webhooks."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+from types import MappingProxyType
+from typing import Any
+
+from bridge.contract import jsoncanon, standard_webhooks
+from bridge.contract.events import Event
+from bridge.contract.schemas import schema_errors
+from bridge.errors import InvalidRecord, InvalidSubscription
+from bridge.subscriptions.secretbox import Keyring, is_encrypted
+
+__all__ = [
+    "Webhook",
+    "parse_webhook",
+    "webhook_from_record",
+    "webhook_key",
+    "RECORD_PROBLEMS",
+    "SubscriptionIndex",
+    "ALL_EVENTS",
+    "TEST_EVENT",
+]
+
+ALL_EVENTS = "*"
+TEST_EVENT = "test.event"
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """One webhook subscription, as the bridge uses it."""
+
+    id: str
+    name: str
+    url: str
+    #: The signing secret. Never printed: see ``__repr__``.
+    secret: str = field(repr=False)
+    #: Event types it wants, or ``{"*"}`` for all of them.
+    events: frozenset[str]
+    #: Site-scoped when set; account-scoped (every site of ``user_id``) when ``None``.
+    site_id: str | None
+    #: The owning account; required for account scope, optional for site scope.
+    user_id: str | None
+    active: bool = True
+    #: Optional limit of deliveries per second to this webhook.
+    rate_limit: float | None = None
+    #: Also sign with Standard Webhooks headers (``webhook-id``, ``webhook-timestamp``,
+    #: ``webhook-signature``), which carry a timestamp and so resist replays.
+    standard_webhooks: bool = False
+    #: The secret before the last rotation, still valid until ``previous_secret_expires_at``.
+    previous_secret: str | None = field(default=None, repr=False)
+    #: ISO-8601 UTC end of the rotation overlap.
+    previous_secret_expires_at: str | None = None
+    #: Any other fields of the record, kept so that updates can round-trip them.
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"Webhook(id={self.id!r}, name={self.name!r}, url={self.url!r}, secret='***', "
+            f"events={sorted(self.events)!r}, site_id={self.site_id!r}, "
+            f"user_id={self.user_id!r}, active={self.active!r})"
+        )
+
+    def signing_secrets(self, now: datetime) -> list[str]:
+        """The secrets to sign with: the current one, and the previous one during an overlap."""
+        secrets = [self.secret]
+        if self.previous_secret and self.previous_secret_expires_at:
+            # An expiry that is not a time with a zone ends the overlap: signing falls back to
+            # the current secret rather than failing every delivery.
+            try:
+                expires = datetime.fromisoformat(
+                    self.previous_secret_expires_at.replace("Z", "+00:00")
+                )
+                overlapping = now < expires
+            except (ValueError, TypeError):
+                overlapping = False
+            if overlapping:
+                secrets.append(self.previous_secret)
+        return secrets
+
+    def wants(self, event_type: str) -> bool:
+        return ALL_EVENTS in self.events or event_type in self.events
+
+    def in_scope(self, event: Event) -> bool:
+        if self.site_id is not None:
+            return self.site_id == event.site_id
+        return self.user_id == event.user_id
+
+    def to_record(self) -> dict[str, Any]:
+        """The subscriptions-topic record value."""
+        record: dict[str, Any] = dict(self.extra)
+        record.update(
+            id=self.id,
+            name=self.name,
+            url=self.url,
+            secret=self.secret,
+            events=sorted(self.events),
+            site_id=self.site_id,
+            user_id=self.user_id,
+            active=self.active,
+        )
+        if self.rate_limit is not None:
+            record["rate_limit"] = self.rate_limit
+        if self.standard_webhooks:
+            record["standard_webhooks"] = True
+        if self.previous_secret is not None:
+            record["previous_secret"] = self.previous_secret
+            record["previous_secret_expires_at"] = self.previous_secret_expires_at
+        return record
+
+    def to_bytes(self) -> bytes:
+        return jsoncanon.dumps(self.to_record())
+
+
+_KNOWN = {
+    "id",
+    "name",
+    "url",
+    "secret",
+    "events",
+    "site_id",
+    "user_id",
+    "active",
+    "rate_limit",
+    "standard_webhooks",
+    "previous_secret",
+    "previous_secret_expires_at",
+}
+
+
+def webhook_from_record(value: Any, keyring: Keyring | None = None) -> Webhook:
+    """Validate a record value built in Python and build the :class:`Webhook`.
+
+    Raises :class:`InvalidSubscription`: ``invalid_text`` for a lone surrogate in any string,
+    ``schema_invalid``, ``secret_undecryptable`` or ``secret_malformed``. The URL is not judged
+    here (a stored webhook keeps its URL; see :mod:`bridge.subscriptions.urls`): writers check it.
+    """
+    try:
+        jsoncanon.check_text(value)
+    except InvalidRecord as exc:
+        raise InvalidSubscription(exc.reason, exc.detail) from None
+    return _webhook(value, keyring)
+
+
+def _webhook(value: Any, keyring: Keyring | None) -> Webhook:
+    """The webhook of a decoded record value whose strings are all text."""
+    errors = schema_errors("webhook", value)
+    if errors:
+        raise InvalidSubscription("schema_invalid", "; ".join(errors))
+    aad = value["id"].encode("utf-8")
+    secret = _reveal(value["secret"], keyring, aad)
+    previous = value.get("previous_secret")
+    if isinstance(previous, str):
+        previous = _reveal(previous, keyring, aad)
+    if value.get("standard_webhooks"):
+        # Fail here, once, rather than at every delivery: a whsec_ secret must be base64.
+        standard_webhooks.secret_key(secret)
+    return Webhook(
+        id=value["id"],
+        name=value["name"],
+        url=value["url"],
+        secret=secret,
+        events=_shared(frozenset(value["events"])),
+        site_id=value.get("site_id"),
+        user_id=value.get("user_id"),
+        active=value["active"],
+        rate_limit=value.get("rate_limit"),
+        standard_webhooks=bool(value.get("standard_webhooks", False)),
+        previous_secret=previous if isinstance(previous, str) else None,
+        previous_secret_expires_at=value.get("previous_secret_expires_at"),
+        extra={k: v for k, v in value.items() if k not in _KNOWN} or _NO_EXTRA,
+    )
+
+
+#: One instance of each distinct event filter and of "no other fields": a worker holds every
+#: webhook in memory (100,000 of them in the benchmark), and most share these.
+_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
+
+
+@lru_cache(maxsize=10_000)
+def _shared(events: frozenset[str]) -> frozenset[str]:
+    return events  # the cache returns the first instance equal to ``events``
+
+
+def _reveal(secret: str, keyring: Keyring | None, aad: bytes) -> str:
+    if keyring is not None:
+        return keyring.decrypt(secret, aad=aad)
+    if is_encrypted(secret):
+        raise InvalidSubscription(
+            "secret_undecryptable", "the secret is encrypted but no secret_keys are configured"
+        )
+    return secret
+
+
+#: Why a subscriptions-topic record was refused (:attr:`InvalidSubscription.reason` of
+#: :func:`parse_webhook`): a bounded set, the label values of
+#: ``webhook_bridge_invalid_subscription_records_total``.
+RECORD_PROBLEMS = (
+    "null_key",
+    "key_not_utf8",
+    "key_mismatch",
+    "malformed_json",
+    "invalid_text",
+    "schema_invalid",
+    "secret_undecryptable",
+    "secret_malformed",
+)
+
+
+def webhook_key(key: bytes | None) -> str | None:
+    """The webhook id a record key names; ``None`` when it names none (no key, not UTF-8)."""
+    if key is None:
+        return None
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def parse_webhook(
+    key: bytes | None, raw: bytes | None, keyring: Keyring | None = None
+) -> Webhook | None:
+    """Parse a subscriptions-topic record; ``None`` for a tombstone.
+
+    Raises :class:`InvalidSubscription`, with one of :data:`RECORD_PROBLEMS` as its reason, for
+    any other record: no key (a compacted topic keeps no keyless record, and Apache Kafka refuses
+    one), a key that is not UTF-8, a value that is not a valid webhook, a key that is not its id.
+    Nothing else: the subscription table reads every record through here.
+    """
+    webhook_id = webhook_key(key)
+    if webhook_id is None:
+        if key is None:
+            raise InvalidSubscription("null_key", "the record has no key (the webhook id)")
+        raise InvalidSubscription("key_not_utf8", "the record key is not UTF-8")
+    if raw is None:
+        return None
+    try:
+        value = jsoncanon.loads(raw)
+    except InvalidRecord as exc:
+        raise InvalidSubscription(exc.reason, exc.detail) from None
+    webhook = _webhook(value, keyring)
+    if webhook.id != webhook_id:
+        raise InvalidSubscription(
+            "key_mismatch", f"the record key {webhook_id[:200]!r} is not the webhook id"
+        )
+    return webhook
+
+
+class SubscriptionIndex:
+    """Every known webhook, indexed by id, site and account for matching.
+
+    Matching costs the number of webhooks of the event's site and account, not of all webhooks.
+    """
+
+    def __init__(self, webhooks: Iterable[Webhook] = ()) -> None:
+        self._by_id: dict[str, Webhook] = {}
+        self._by_site: dict[str, set[str]] = defaultdict(set)
+        self._by_account: dict[str, set[str]] = defaultdict(set)
+        self._active = 0
+        for webhook in webhooks:
+            self.put(webhook)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    @property
+    def active_count(self) -> int:
+        """How many webhooks are active."""
+        return self._active
+
+    def __contains__(self, webhook_id: object) -> bool:
+        return webhook_id in self._by_id
+
+    def get(self, webhook_id: str) -> Webhook | None:
+        return self._by_id.get(webhook_id)
+
+    def all(self) -> list[Webhook]:
+        return [self._by_id[k] for k in sorted(self._by_id)]
+
+    def put(self, webhook: Webhook) -> None:
+        """Add or replace a webhook."""
+        self.remove(webhook.id)
+        self._by_id[webhook.id] = webhook
+        self._active += webhook.active
+        if webhook.site_id is not None:
+            self._by_site[webhook.site_id].add(webhook.id)
+        else:
+            assert webhook.user_id is not None  # the schema requires it for account scope
+            self._by_account[webhook.user_id].add(webhook.id)
+
+    def remove(self, webhook_id: str) -> None:
+        """Forget a webhook (no error when unknown)."""
+        old = self._by_id.pop(webhook_id, None)
+        if old is None:
+            return
+        self._active -= old.active
+        if old.site_id is not None:
+            bucket, key = self._by_site, old.site_id
+        else:
+            assert old.user_id is not None
+            bucket, key = self._by_account, old.user_id
+        ids = bucket.get(key)
+        if ids is not None:
+            ids.discard(webhook_id)
+            if not ids:
+                del bucket[key]
+
+    def match(self, event: Event) -> list[Webhook]:
+        """The webhooks that get a delivery of ``event``, ordered by id.
+
+        Active webhooks in scope (same site, or same account for account-scoped ones) whose
+        filter includes the type or ``*``. A ``test.event`` goes only to the webhook its
+        ``data.webhook_id`` names, whatever that webhook's filter and site, if it is active and
+        the event comes from its owner's account (from its site, when it has no owner).
+        """
+        if event.type == TEST_EVENT:
+            target = self._by_id.get(str(event.data.get("webhook_id")))
+            if target is None or not target.active:
+                return []
+            # Owned by the event's account; a site-scoped webhook without an owner: same site.
+            if target.user_id is not None:
+                owned = target.user_id == event.user_id
+            else:
+                owned = target.site_id == event.site_id
+            return [target] if owned else []
+        ids = set(self._by_site.get(event.site_id, ()))
+        ids.update(self._by_account.get(event.user_id, ()))
+        out = []
+        for webhook_id in sorted(ids):
+            webhook = self._by_id[webhook_id]
+            if webhook.active and webhook.wants(event.type):
+                out.append(webhook)
+        return out

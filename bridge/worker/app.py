@@ -1,0 +1,458 @@
+"""The Faust application: topics, the subscription table, the retry agents and the worker.
+
+This is the only module that builds a ``faust.App``. Event records reach
+:class:`bridge.delivery.pipeline.Pipeline` through a
+:class:`bridge.worker.direct_topic.DirectTopic`, retry records through one small agent per tier; the
+table's changelog callback keeps the
+:class:`bridge.subscriptions.webhook.SubscriptionIndex` that the pipeline matches against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.sensors.prometheus import FaustMetrics
+from faust.tables.globaltable import GlobalTable
+from mode import Service
+from prometheus_client import CollectorRegistry
+
+from bridge import __version__
+from bridge.admin.management import WebhookStore
+from bridge.config import Settings
+from bridge.contract import jsoncanon
+from bridge.contract.schemas import is_valid
+from bridge.delivery.dead_letters import SourceRef
+from bridge.delivery.deliverer import Deliverer
+from bridge.delivery.endpoint_health import EndpointHealth
+from bridge.delivery.pipeline import Pipeline
+from bridge.delivery.retry_policy import RetryPolicy
+from bridge.errors import InvalidRecord, InvalidSubscription
+from bridge.http.http1_sender import Http1Sender
+from bridge.http.sender import DeliverySender, Sender, new_client
+from bridge.http.ssrf import AddressPolicy
+from bridge.kafka.clients import address_policy, client_kwargs, faust_broker_kwargs, keyring
+from bridge.kafka.outputs import KafkaOutputs
+from bridge.kafka.topics import declared_topics
+from bridge.metrics import INVALID_RECORD_REASONS, INVALID_STATUS_REASONS, Metrics
+from bridge.subscriptions.freshness import TableFreshness
+from bridge.subscriptions.webhook import SubscriptionIndex, parse_webhook, webhook_key
+from bridge.worker.direct_topic import DirectTopic
+from bridge.worker.faust_monitor import FaustPrometheusMonitor
+from bridge.worker.faust_patches import install as install_faust_patches
+from bridge.worker.faust_patches import set_fetch_max_wait
+from bridge.worker.logs import logging_config
+from bridge.worker.web import WebServer
+
+__all__ = ["Bridge"]
+
+log = logging.getLogger(__name__)
+
+
+class SubscriptionTable(GlobalTable):
+    """A global table whose changelog is the subscriptions topic itself."""
+
+    def _changelog_topic_name(self) -> str:
+        # Faust derives this name from the table's name even when a changelog topic is given;
+        # its assignor then looks up a topic that does not exist and the group join hangs.
+        return str(self.changelog_topic.get_topic_name())
+
+    def _to_value(self, v: Any) -> Any:
+        # The bridge keeps its own parsed view of every record (the subscription index, the
+        # statuses) through ``on_changelog_event`` and never reads the table's values: store a
+        # marker rather than a second copy of every record (tens of MB at 100,000 webhooks).
+        # ``None`` stays ``None``: that is how the store recognises a deletion.
+        return None if v is None else True
+
+
+class Bridge:
+    """Everything one worker process runs, wired together."""
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = Metrics(self.registry, __version__)
+        self.index = SubscriptionIndex()
+        # Read when scraped, not set at each of (at start) 100,000 records.
+        index = self.index
+        self.metrics.subscriptions.labels("active").set_function(lambda: index.active_count)
+        self.metrics.subscriptions.labels("inactive").set_function(
+            lambda: len(index) - index.active_count
+        )
+        self.keyring = keyring(settings)
+        #: The newest status record of each webhook (from the compacted status topic).
+        self.statuses: dict[str, dict[str, Any]] = {}
+        self.health = EndpointHealth(settings.disable_after, self.statuses.get)
+        self.freshness = TableFreshness(
+            self._subscription_end_offsets,
+            timeout=settings.subscription_sync_timeout,
+            source_ends=self._source_ends,
+        )
+        self._partitions = {spec.name: spec.partitions for spec in declared_topics(settings)}
+        self._pipeline: Pipeline | None = None
+        self._store: WebhookStore | None = None
+        self._outputs: KafkaOutputs | None = None
+        self._sender: DeliverySender | None = None
+        self._offsets_consumer: AIOKafkaConsumer | None = None
+        self._start_lock = asyncio.Lock()
+        self._offsets_lock = asyncio.Lock()
+        self._lag_labels: set[tuple[str, str]] = set()
+        self.app = self._build_app()
+
+    # -- Faust wiring -----------------------------------------------------------------------
+    def _build_app(self) -> faust.App:
+        s = self.settings
+        s.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+        set_fetch_max_wait(s.kafka_fetch_max_wait)
+        install_faust_patches()
+        app = faust.App(
+            s.group_id,
+            **faust_broker_kwargs(s),
+            store="memory://",
+            datadir=str(s.resolved_data_dir),
+            web_enabled=False,
+            topic_allow_declare=False,
+            topic_disable_leader=False,
+            table_standby_replicas=0,
+            consumer_auto_offset_reset="earliest",
+            broker_rebalance_timeout=s.kafka_rebalance_timeout,
+            broker_session_timeout=s.kafka_session_timeout,
+            broker_heartbeat_interval=min(1.0, s.kafka_session_timeout / 4),
+            broker_commit_interval=1.0,
+            producer_acks=-1,
+            # A rebalance must not wait for 30-second deliveries; unacknowledged records are
+            # simply processed again (same delivery ids) by the partition's next owner.
+            stream_wait_empty=False,
+            GlobalTable=SubscriptionTable,
+        )
+        raw: dict[str, Any] = {
+            "key_type": bytes,
+            "value_type": bytes,
+            "key_serializer": "raw",
+            "value_serializer": "raw",
+        }
+        self.subscriptions_topic, self.table = self._global_table(
+            app, "subscriptions", s.subscriptions_topic, self.on_subscription_event, raw
+        )
+        self.status_topic, self.status_table = self._global_table(
+            app, "endpoint-status", s.status_topic, self.on_status_event, raw
+        )
+        self.retry_topics = [app.topic(name, **raw) for name in s.retry_topics]
+        # Events go from Faust's conductor straight to the pipeline (bridge/worker/direct_topic.py);
+        # the retry tiers, where records wait until due, keep an agent each.
+        self.source_topic = DirectTopic(app, list(s.source_topics), self.pipeline)
+        self.source_topic.subscribe()
+
+        for tier, topic in enumerate(self.retry_topics, start=1):
+            app.agent(topic, name=f"retry-{tier}")(self._retry_agent(tier))
+
+        app.on_before_shutdown.connect(self._drain)
+        # Faust's own sensors (events, commits, rebalances...) on the same registry.
+        app.monitor = FaustPrometheusMonitor(metrics=FaustMetrics.create(self.registry, "faust"))
+        app.timer(interval=5.0, name="consumer-lag")(self._update_lag)
+        return app
+
+    async def _update_lag(self) -> None:
+        """Records behind the end of each source and retry partition this worker owns, from
+        the committed offsets (what a restart would resume from)."""
+        consumer = self.app.consumer
+        watched = {*self.settings.source_topics, *self.settings.retry_topics}
+        tps = [tp for tp in consumer.assignment() if tp.topic in watched]
+        offsets = await self._offsets()
+        ends = await offsets.end_offsets([TopicPartition(tp.topic, tp.partition) for tp in tps])
+        committed = consumer._committed_offset  # type: ignore[attr-defined]  # no public accessor
+        seen = set()
+        for tp in tps:
+            end = ends.get(TopicPartition(tp.topic, tp.partition))
+            if end is None:
+                continue
+            done = committed.get(tp) or 0
+            labels = (tp.topic, str(tp.partition))
+            self.metrics.lag.labels(*labels).set(max(0, end - done))
+            seen.add(labels)
+        for labels in self._lag_labels - seen:
+            self.metrics.lag.remove(*labels)
+        self._lag_labels = seen
+
+    def _global_table(
+        self, app: faust.App, name: str, topic_name: str, on_record: Any, raw: dict[str, Any]
+    ) -> tuple[Any, Any]:
+        """A global table fed by a compacted topic that others write (its changelog)."""
+        partitions = self._partitions[topic_name]
+        topic = app.topic(topic_name, partitions=partitions, compacting=True, **raw)
+        table = app.GlobalTable(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            changelog_topic=topic,
+            partitions=partitions,
+            on_changelog_event=on_record,
+            # Without this, a global table reads its changelog only while recovering; these
+            # topics are written by others, so every worker must keep tailing them.
+            synchronize_all_active_partitions=True,
+            recovery_buffer_size=10_000,
+        )
+        return topic, table
+
+    def _retry_agent(self, tier: int) -> Any:
+        async def retry(stream: Any) -> None:
+            pipeline = await self.pipeline()
+            manual = stream.noack()
+            async for event in manual.events():
+                await pipeline.handle_retry(
+                    event.message.value,
+                    SourceRef.of(event.message),
+                    functools.partial(_ack_event, manual, event),
+                    tier,
+                )
+
+        return retry
+
+    async def _drain(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        if self._pipeline is None:
+            return
+        handed = await self._pipeline.drain(self.settings.drain_timeout)
+        if handed:
+            log.warning("shutdown: %d unfinished deliveries handed to the retry path", handed)
+
+    # -- the subscription and status tables --------------------------------------------------------
+    async def on_subscription_event(self, event: Any) -> None:
+        """Keep the index in step with every record the table applies (recovery and live).
+
+        Never raises, and always reports the record as applied: a record left unreported would
+        keep the freshness barrier from ever finding the table current, and every event would
+        then wait ``subscription_sync_timeout`` before it is matched.
+        """
+        message = event.message
+        webhook_id = webhook_key(message.key)
+        try:
+            webhook = parse_webhook(message.key, message.value, self.keyring)
+        except InvalidSubscription as exc:
+            # The newest record is the truth: a webhook whose record is broken gets nothing
+            # rather than deliveries to a URL or with a secret that are no longer wanted.
+            self._skipped_record("subscription", message, exc.reason, exc.detail)
+            webhook = None
+        except Exception as exc:  # a bug: counted and logged, the table goes on
+            self._skipped_record("subscription", message, "other", type(exc).__name__)
+            webhook = None
+        try:
+            if webhook is None:
+                if webhook_id is not None:
+                    self.index.remove(webhook_id)
+            else:
+                self.index.put(webhook)
+                if webhook.active:
+                    self.health.on_webhook_enabled(webhook.id)
+        finally:
+            self.freshness.applied(message.partition, message.offset)
+
+    async def on_status_event(self, event: Any) -> None:
+        """Keep the endpoint statuses in step with the status table; a record that is not a
+        valid status (``topics/schemas/status.json``) counts as none."""
+        message = event.message
+        webhook_id = webhook_key(message.key)
+        if webhook_id is None:
+            reason = "null_key" if message.key is None else "key_not_utf8"
+            self._skipped_record("status", message, reason, "the record names no webhook")
+            return
+        record: Any = None
+        if message.value is not None:
+            try:
+                record = jsoncanon.loads(message.value)
+            except InvalidRecord as exc:
+                self._skipped_record("status", message, exc.reason, exc.detail)
+            else:
+                if not is_valid("schemas/status.json", record):
+                    self._skipped_record("status", message, "schema_invalid", "not a status")
+                    record = None
+        if record is None:
+            self.statuses.pop(webhook_id, None)
+        else:
+            self.statuses[webhook_id] = record
+
+    def _skipped_record(self, table: str, message: Any, reason: str, detail: str) -> None:
+        """Count and log a table record that was skipped: where it is and why, never its key's
+        bytes or its value (a subscription record holds secrets)."""
+        known: tuple[str, ...]
+        if table == "subscription":
+            counter, known = self.metrics.invalid_subscriptions, INVALID_RECORD_REASONS
+        else:
+            counter, known = self.metrics.invalid_statuses, INVALID_STATUS_REASONS
+        counter.labels(reason if reason in known else "other").inc()
+        log.warning(
+            "invalid %s record skipped",
+            table,
+            extra={
+                "topic": message.topic,
+                "partition": message.partition,
+                "offset": message.offset,
+                "reason": reason,
+                "detail": detail,
+            },
+        )
+
+    async def _offsets(self) -> AIOKafkaConsumer:
+        """A group-less consumer used only to ask for end offsets."""
+        async with self._offsets_lock:
+            if self._offsets_consumer is None:
+                consumer = AIOKafkaConsumer(**client_kwargs(self.settings), group_id=None)
+                await consumer.start()
+                self._offsets_consumer = consumer
+            return self._offsets_consumer
+
+    def _source_ends(self) -> dict[tuple[str, int], int]:
+        """The high-water marks of this worker's source partitions as its consumer last fetched
+        them (no request: aiokafka keeps them from each fetch response, in Faust's consumer
+        thread). Empty when they cannot be read, for instance during a rebalance: rounds then
+        cover records by arrival time only."""
+        sources = self.settings.source_topics
+        consumer = self.app.consumer
+        ends: dict[tuple[str, int], int] = {}
+        try:
+            for tp in consumer.assignment():
+                if tp.topic in sources:
+                    end = consumer.highwater(tp)
+                    if end is not None:
+                        ends[(tp.topic, tp.partition)] = end
+        except Exception:
+            # aiokafka asserts the partition is assigned, the assignment can change under the
+            # loop (the consumer thread) while this reads it, and the consumer may be stopping:
+            # the marks only let a round cover more, so without them it covers by time alone.
+            return {}
+        return ends
+
+    async def _subscription_end_offsets(self) -> Mapping[int, int]:
+        consumer = await self._offsets()
+        topic = self.settings.subscriptions_topic
+        tps = [TopicPartition(topic, p) for p in range(self._partitions[topic])]
+        ends = await consumer.end_offsets(tps)
+        return {tp.partition: offset for tp, offset in ends.items()}
+
+    # -- runtime pieces created inside the running loop -------------------------------------------
+    async def pipeline(self) -> Pipeline:
+        async with self._start_lock:
+            if self._pipeline is None:
+                s = self.settings
+                self._store = await WebhookStore(s).__aenter__()
+                policy = address_policy(s)
+                self._sender = self._new_sender(policy)
+                outputs = KafkaOutputs(s, self._store, self.index.get, self.metrics)
+                await outputs.start()
+                self._outputs = outputs
+                deliverer = Deliverer(
+                    sender=self._sender,
+                    outputs=outputs,
+                    metrics=self.metrics,
+                    policy=RetryPolicy(
+                        s.retry_schedule, jitter=s.retry_jitter, retry_after_cap=s.retry_after_cap
+                    ),
+                    health=self.health,
+                    max_in_flight=s.max_in_flight,
+                    endpoint_max_in_flight=s.endpoint_max_in_flight,
+                    endpoint_max_queued=s.endpoint_max_queued,
+                    breaker_threshold=s.breaker_threshold,
+                    breaker_cooldown=s.breaker_cooldown,
+                    max_body_bytes=s.max_body_bytes,
+                )
+                self._pipeline = Pipeline(
+                    index=self.index,
+                    deliverer=deliverer,
+                    outputs=outputs,
+                    metrics=self.metrics,
+                    freshness=self.freshness,
+                )
+            return self._pipeline
+
+    def _new_sender(self, policy: AddressPolicy) -> DeliverySender:
+        s = self.settings
+        if s.http_client == "httpx":
+            client = new_client(
+                s.http_timeout, s.max_in_flight, policy=policy, ca_bundle=s.ca_bundle
+            )
+            return Sender(
+                client,
+                timeout=s.http_timeout,
+                any_2xx=s.success_any_2xx,
+                allow_http=s.plain_http_allowed,
+                policy=policy,
+            )
+        return Http1Sender(
+            timeout=s.http_timeout,
+            max_connections=s.max_in_flight,
+            max_connections_per_endpoint=s.endpoint_max_in_flight,
+            policy=policy,
+            allow_http=s.plain_http_allowed,
+            any_2xx=s.success_any_2xx,
+            ca_bundle=s.ca_bundle,
+        )
+
+    async def close(self) -> None:
+        if self._sender is not None:
+            await self._sender.aclose()
+            self._sender = None
+        if self._outputs is not None:
+            await self._outputs.stop()
+            self._outputs = None
+        if self._store is not None:
+            await self._store.__aexit__(None, None, None)
+            self._store = None
+        if self._offsets_consumer is not None:
+            await self._offsets_consumer.stop()
+            self._offsets_consumer = None
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready once the tables are recovered and partitions are assigned."""
+        if not self.app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
+            return False, "recovering the subscription table"
+        if self.app.rebalancing:
+            return False, "rebalancing"
+        return True, f"{len(self.index)} webhooks loaded"
+
+    # -- the worker ------------------------------------------------------------------------------
+    def worker(self, loop: asyncio.AbstractEventLoop) -> faust.Worker:
+        web = WebServer(
+            host=self.settings.web_host,
+            port=self.settings.web_port,
+            registry=self.registry,
+            ready=self.ready,
+        )
+        worker = faust.Worker(
+            self.app,
+            web,
+            _Closer(self),
+            loop=loop,
+            loglevel=self.settings.log_level.lower(),
+            logging_config=logging_config(self.settings.log_level, self.settings.log_format),
+            redirect_stdouts=False,
+        )
+        # Faust's terminal spinner sets the root logger to DEBUG (every library debug call then
+        # builds a record) and writes escape codes into the logs.
+        worker.spinner = None
+        return worker
+
+
+class _Closer(Service):
+    """Closes the HTTP client and the offsets consumer when the worker stops."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        super().__init__()
+        self._bridge = bridge
+
+    async def on_stop(self) -> None:
+        await self._bridge.close()
+
+
+def _ack_event(stream: Any, event: Any) -> None:
+    """What ``Stream.ack`` does (it is a coroutine function that never suspends), callable where
+    acknowledgements are synchronous (:data:`bridge.delivery.pipeline.Ack`)."""
+    message = event.message
+    last = event.ack()
+    sensors = stream.app.sensors
+    sensors.on_stream_event_out(message.tp, message.offset, stream, event)
+    if last:
+        sensors.on_message_out(message.tp, message.offset, message)
