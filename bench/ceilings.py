@@ -153,7 +153,7 @@ async def httpx_ceiling(urls: list[str], count: int, concurrency: int = 8) -> di
 def _hot_path_sender(policy: Any, kind: str = "http1") -> tuple[Any, Any, str]:
     """The worker's sender for the ``http_client`` setting ``kind`` (``http1``, ``aiohttp`` or
     ``httpx``; older checkouts fall back to what they have): (sender, closer, class name)."""
-    from bridge.http.sender import Sender, new_client
+    from bridge.http.httpx_sender import HttpxSender, new_client
 
     options = {
         "timeout": 30.0,
@@ -179,8 +179,8 @@ def _hot_path_sender(policy: Any, kind: str = "http1") -> tuple[Any, Any, str]:
             sender = AiohttpSender(**options)
             return sender, sender.aclose, "AiohttpSender"
     client = new_client(30.0, 256, policy=policy)
-    sender = Sender(client, timeout=30.0, allow_http=True, policy=policy)
-    return sender, client.aclose, "Sender (httpx)"
+    sender = HttpxSender(client, timeout=30.0, allow_http=True, policy=policy)
+    return sender, client.aclose, "HttpxSender (httpx)"
 
 
 async def bridge_sender_ceiling(
@@ -204,7 +204,7 @@ async def bridge_sender_ceiling(
 async def _bridge_sender_run(
     urls: list[str], count: int, concurrency: int, kind: str
 ) -> dict[str, Any]:
-    from bridge.http.sender import Delivery
+    from bridge.http.base import Delivery
     from bridge.http.ssrf import AddressPolicy
     from bridge.subscriptions.webhook import Webhook
 
@@ -315,7 +315,7 @@ def cpu_costs(samples: int = 2000) -> dict[str, float]:
     """Microseconds per call of the bridge's per-event and per-delivery pure-Python steps."""
     from bridge.contract.events import parse_event
     from bridge.contract.payload import EncodedEvent, build_body
-    from bridge.http.sender import Delivery, build_headers
+    from bridge.http.base import Delivery, build_headers
     from bridge.subscriptions.webhook import Webhook
 
     raw = event_bytes(str(uuid.uuid4()), "site-0", "user-0", now_stamp(), 1)

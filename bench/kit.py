@@ -18,7 +18,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from bridge.admin.management import apply_topics
+from bridge.admin.topics import apply_topics
 from bridge.config import Settings
 from bridge.contract.payload import delivery_id
 from bridge.worker.embedded import GROUP_TIMEOUTS

@@ -10,30 +10,85 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bridge.delivery.retry_policy import (
-    DEFAULT_SCHEDULE,
-    format_duration,
-    parse_duration,
-    parse_schedule,
-)
+from bridge.delivery.retry_policy import DEFAULT_SCHEDULE
 from bridge.errors import ConfigError
 
-__all__ = ["Settings", "SettingSpec", "parse_bool", "parse_list", "DEFAULT_HTTP_TIMEOUT"]
+__all__ = [
+    "parse_duration",
+    "parse_schedule",
+    "format_duration",
+    "parse_time",
+    "Settings",
+    "SettingSpec",
+    "parse_bool",
+    "parse_list",
+    "DEFAULT_HTTP_TIMEOUT",
+    "add_setting_flags",
+    "overrides_from_args",
+    "settings_reference",
+]
 
 #: The public contract: "We will time out requests after 30 seconds."
 DEFAULT_HTTP_TIMEOUT = 30.0
-DEFAULT_MAX_BODY_BYTES = 1024 * 1024
-DEFAULT_WEB_PORT = 6066
-DEFAULT_EMBEDDED_PORT = 9092
+_DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+_DEFAULT_WEB_PORT = 6066
+_DEFAULT_EMBEDDED_PORT = 9092
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """``"5s"``, ``"5m"``, ``"2h"``, ``"1d"``, ``"200ms"`` or plain seconds → seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (examples: 200ms, 5s, 5m, 2h, 1d)")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def parse_schedule(text: str) -> tuple[float, ...]:
+    """A comma-separated list of durations, each the wait before one more attempt."""
+    delays = tuple(parse_duration(part) for part in text.split(",") if part.strip())
+    if not delays:
+        raise ValueError("the retry schedule needs at least one delay")
+    if any(d <= 0 for d in delays):
+        raise ValueError("retry delays must be positive")
+    return delays
+
+
+def format_duration(seconds: float) -> str:
+    """The inverse of :func:`parse_duration`, for messages and ``--help``."""
+    for unit in ("d", "h", "m", "s"):
+        size = _UNITS[unit]
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    return f"{round(seconds * 1000)}ms"
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """An ISO-8601 time (``2024-01-15T10:30:00Z``) or a duration ago (``30m``, ``2h``, ``1d``)."""
+    moment = now or datetime.now(UTC)
+    try:
+        return moment - timedelta(seconds=parse_duration(text))
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not a time: {text!r} (ISO-8601, or a duration ago like 2h)") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def parse_bool(text: str) -> bool:
@@ -254,7 +309,7 @@ class Settings:
         "Deliveries in flight at once per worker, across all endpoints.",
     )
     max_body_bytes: int = _setting(
-        DEFAULT_MAX_BODY_BYTES,
+        _DEFAULT_MAX_BODY_BYTES,
         "BRIDGE_MAX_BODY_BYTES",
         "--max-body-bytes",
         _positive_int,
@@ -401,7 +456,7 @@ class Settings:
         "Address the worker's web server (health, metrics) binds to.",
     )
     web_port: int = _setting(
-        DEFAULT_WEB_PORT,
+        _DEFAULT_WEB_PORT,
         "BRIDGE_WEB_PORT",
         "--web-port",
         _port,
@@ -429,7 +484,7 @@ class Settings:
         "Log lines as JSON objects (json) or plain text (text).",
     )
     embedded_port: int = _setting(
-        DEFAULT_EMBEDDED_PORT,
+        _DEFAULT_EMBEDDED_PORT,
         "BRIDGE_EMBEDDED_PORT",
         "--embedded-port",
         _port,

@@ -2,12 +2,13 @@
 
     BridgeError                      base of everything the bridge raises on purpose
     ├── ConfigError                  a setting is missing or malformed (not retriable)
+    │   └── PatchMismatch            faust-streaming differs from what the bridge patches
     ├── InvalidRecord                a Kafka record cannot be processed; it is dead-lettered
     │   ├── InvalidEvent             a platform event is malformed, schema-invalid or unknown
     │   ├── InvalidSubscription      a subscription record is malformed
     │   │   └── InvalidUrl           a webhook URL no deployment could ever call
     │   └── UnencodableValue         a value cannot be encoded byte-stably for JavaScript receivers
-    ├── DeliveryError                one HTTP attempt failed (retriable unless said otherwise)
+    ├── DestinationForbidden         the SSRF policy refused a destination (bridge.http.ssrf)
     └── TopicDrift                   a topic exists with partitions or configs other than declared
 
 Each error says whether retrying the same operation can succeed (``retriable``), and records that
@@ -16,6 +17,17 @@ human-readable message. Callers branch on those attributes, never on message tex
 """
 
 from __future__ import annotations
+
+__all__ = [
+    "BridgeError",
+    "ConfigError",
+    "InvalidRecord",
+    "InvalidEvent",
+    "InvalidSubscription",
+    "InvalidUrl",
+    "UnencodableValue",
+    "TopicDrift",
+]
 
 
 class BridgeError(Exception):
@@ -63,12 +75,6 @@ class InvalidUrl(InvalidSubscription):
 
 class UnencodableValue(InvalidRecord):
     """A value has no byte-stable JSON form that JavaScript receivers would reproduce."""
-
-
-class DeliveryError(BridgeError):
-    """One HTTP delivery attempt did not succeed."""
-
-    retriable = True
 
 
 class TopicDrift(BridgeError):

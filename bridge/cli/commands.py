@@ -18,7 +18,14 @@ from bridge.contract.events import build_event
 from bridge.errors import BridgeError, ConfigError, InvalidRecord, TopicDrift
 from bridge.worker.embedded import GROUP_TIMEOUTS, EmbeddedBroker, _port_open
 
-__all__ = ["main"]
+__all__ = [
+    "main",
+    "KAFKA_SETTINGS",
+    "TOPIC_SETTINGS",
+    "WORKER_GC_THRESHOLDS",
+    "WORKER_SETTINGS",
+    "tune_gc",
+]
 
 KAFKA_SETTINGS = [
     "kafka_bootstrap_servers",
@@ -43,7 +50,7 @@ TOPIC_SETTINGS = [
     "attempts_topic",
     "status_topic",
 ]
-LOOPBACK = ("127.0.0.0/8", "::1/128")
+_LOOPBACK = ("127.0.0.0/8", "::1/128")
 WORKER_SETTINGS = [
     "http_timeout",
     "http_client",
@@ -231,7 +238,7 @@ def _managed(settings: Settings) -> Settings:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bridge.admin.management import apply_topics
+    from bridge.admin.topics import apply_topics
     from bridge.worker.app import Bridge
 
     settings = _settings(args)
@@ -244,7 +251,7 @@ def _run(args: argparse.Namespace) -> int:
         settings = settings.replace(
             kafka_bootstrap_servers=broker.bootstrap_servers,
             allow_http=True if settings.allow_http is None else settings.allow_http,
-            allow_networks=(*settings.allow_networks, *LOOPBACK),
+            allow_networks=(*settings.allow_networks, *_LOOPBACK),
         )
         print(f"embedded broker (in memory) at {broker.bootstrap_servers}", flush=True)
         print(
@@ -334,7 +341,7 @@ def _broker(args: argparse.Namespace) -> int:
 
 
 def _topics_apply(args: argparse.Namespace) -> int:
-    from bridge.admin.management import apply_topics
+    from bridge.admin.topics import apply_topics
 
     settings = _managed(_settings(args))
     report = asyncio.run(apply_topics(settings, fail_on_drift=False))
@@ -350,7 +357,7 @@ def _topics_apply(args: argparse.Namespace) -> int:
 
 
 def _webhooks_create(args: argparse.Namespace) -> int:
-    from bridge.admin.management import WebhookStore
+    from bridge.subscriptions.store import WebhookStore
 
     settings = _managed(_settings(args))
     if args.site_id is None and args.user_id is None:
@@ -380,7 +387,7 @@ def _webhooks_create(args: argparse.Namespace) -> int:
 
 
 def _webhooks_update(args: argparse.Namespace) -> int:
-    from bridge.admin.management import WebhookStore
+    from bridge.subscriptions.store import WebhookStore
 
     settings = _managed(_settings(args))
     changes = {
@@ -423,8 +430,8 @@ def _check_endpoint(url: str) -> None:
 
 
 def _webhooks_rotate(args: argparse.Namespace) -> int:
-    from bridge.admin.management import WebhookStore
-    from bridge.delivery.retry_policy import parse_duration
+    from bridge.config import parse_duration
+    from bridge.subscriptions.store import WebhookStore
 
     settings = _managed(_settings(args))
     try:
@@ -446,7 +453,8 @@ def _webhooks_rotate(args: argparse.Namespace) -> int:
 
 
 def _webhooks_test(args: argparse.Namespace) -> int:
-    from bridge.admin.management import WebhookStore, send_test_event
+    from bridge.admin.publish import send_test_event
+    from bridge.subscriptions.store import WebhookStore
 
     settings = _managed(_settings(args))
 
@@ -465,7 +473,7 @@ def _webhooks_test(args: argparse.Namespace) -> int:
 
 
 def _webhooks_delete(args: argparse.Namespace) -> int:
-    from bridge.admin.management import WebhookStore
+    from bridge.subscriptions.store import WebhookStore
 
     settings = _managed(_settings(args))
 
@@ -479,7 +487,7 @@ def _webhooks_delete(args: argparse.Namespace) -> int:
 
 
 def _webhooks_list(args: argparse.Namespace) -> int:
-    from bridge.admin.management import WebhookStore
+    from bridge.subscriptions.store import WebhookStore
 
     settings = _managed(_settings(args))
 
@@ -504,7 +512,7 @@ def _webhooks_list(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from bridge.admin.management import publish_events
+    from bridge.admin.publish import publish_events
     from bridge.contract import jsoncanon
 
     settings = _managed(_settings(args))
@@ -520,7 +528,8 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _dead_letter_filter(args: argparse.Namespace) -> Any:
-    from bridge.admin.management import DeadLetterFilter, parse_time
+    from bridge.admin.dead_letters import DeadLetterFilter
+    from bridge.config import parse_time
 
     try:
         since = parse_time(args.since) if args.since else None
@@ -531,7 +540,7 @@ def _dead_letter_filter(args: argparse.Namespace) -> Any:
 
 
 def _dlq_list(args: argparse.Namespace) -> int:
-    from bridge.admin.management import list_dead_letters
+    from bridge.admin.dead_letters import list_dead_letters
 
     settings = _managed(_settings(args))
     for record in asyncio.run(list_dead_letters(settings, _dead_letter_filter(args))):
@@ -540,7 +549,7 @@ def _dlq_list(args: argparse.Namespace) -> int:
 
 
 def _dlq_replay(args: argparse.Namespace) -> int:
-    from bridge.admin.management import replay_dead_letters
+    from bridge.admin.dead_letters import replay_dead_letters
 
     settings = _managed(_settings(args))
     report = asyncio.run(replay_dead_letters(settings, _dead_letter_filter(args)))

@@ -36,6 +36,7 @@ __all__ = [
     "loads",
     "check_text",
     "find_lone_surrogate",
+    "format_path",
 ]
 
 #: Largest integer n such that n and n + 1 are both exactly representable as doubles.

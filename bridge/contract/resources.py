@@ -7,6 +7,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+__all__ = ["load_json"]
+
 _PACKAGE = "bridge.topicdefs"
 
 

@@ -23,7 +23,7 @@ from jsonschema import Draft202012Validator, ValidationError
 from bridge.contract.jsoncanon import format_path
 from bridge.contract.resources import load_json
 
-__all__ = ["EVENT_TYPES", "schema_errors", "event_data_errors"]
+__all__ = ["EVENT_TYPES", "schema_errors", "event_data_errors", "is_valid"]
 
 #: The event types of the public documentation, in its order.
 EVENT_TYPES: tuple[str, ...] = tuple(load_json("schemas/event.json")["properties"]["type"]["enum"])

@@ -34,6 +34,7 @@ __all__ = [
     "sign",
     "secret_key",
     "generate_secret",
+    "SECRET_BYTES",
 ]
 
 HEADER_ID = "webhook-id"

@@ -7,13 +7,20 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from bridge.contract import jsoncanon
 from bridge.contract.events import Event, format_timestamp
-from bridge.http.sender import AttemptResult
+from bridge.http.base import AttemptResult
 
-__all__ = ["SourceRef", "DeadLetterSink", "dead_letter_record", "internal_error"]
+__all__ = [
+    "SourceRef",
+    "dead_letter_record",
+    "internal_error",
+    "MAX_EVENT_BYTES",
+    "MAX_RAW_BYTES",
+    "PREFIX_CHARS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +34,7 @@ MAX_EVENT_BYTES = 512 * 1024
 #: offset given), so that every dead letter fits a produce request (1 MiB by default).
 PREFIX_CHARS = 4096
 #: Longest ``detail`` kept.
-MAX_DETAIL_CHARS = 1024
+_MAX_DETAIL_CHARS = 1024
 
 
 @dataclass(frozen=True)
@@ -54,12 +61,6 @@ class SourceRef:
         }
 
 
-class DeadLetterSink(Protocol):
-    """Writes a dead letter durably; returns once the broker has acknowledged it."""
-
-    async def send(self, key: bytes | None, record: dict[str, Any]) -> None: ...
-
-
 def dead_letter_record(
     *,
     reason: str,
@@ -80,7 +81,7 @@ def dead_letter_record(
     """
     record: dict[str, Any] = {
         "reason": reason,
-        "detail": detail[:MAX_DETAIL_CHARS],
+        "detail": detail[:_MAX_DETAIL_CHARS],
         "source": source.as_record(),
         "event": None,
         "raw": None,

@@ -26,26 +26,26 @@ from bridge.delivery.limits import EndpointBusy, EndpointSlots, RateLimits, Slot
 from bridge.delivery.pending_retry import PendingRetry
 from bridge.delivery.retry_policy import RetryPolicy
 from bridge.errors import InvalidEvent, InvalidUrl
-from bridge.http.sender import AttemptResult, Delivery, DeliverySender, status_class
+from bridge.http.base import AttemptResult, Delivery, DeliverySender, status_class
 from bridge.metrics import Metrics
 from bridge.subscriptions.webhook import Webhook
 
-__all__ = ["Outputs", "Job", "Deliverer"]
+__all__ = ["Outputs", "Job", "Deliverer", "MAX_DEFERRALS"]
 
 log = logging.getLogger(__name__)
 
-Done = Callable[[], None]
+_Done = Callable[[], None]
 
 #: Errors of attempts that were not made: no request was sent.
-SKIPPED = frozenset(
+_SKIPPED = frozenset(
     {"circuit_open", "endpoint_busy", "rate_limited", "destination_forbidden", "invalid_url"}
 )
 #: Attempts not made because the endpoint could not take them now: the same attempt is tried
 #: again later, without spending an entry of the retry schedule.
-DEFERRED = frozenset({"circuit_open", "endpoint_busy", "rate_limited"})
+_DEFERRED = frozenset({"circuit_open", "endpoint_busy", "rate_limited"})
 #: Longest wait for a webhook's rate limit inside a job; a longer one defers the attempt to the
 #: retry path, so that no source record is held for it.
-MAX_RATE_WAIT = 5.0
+_MAX_RATE_WAIT = 5.0
 #: How often one delivery may be deferred before a deferral counts as an attempt (so that a
 #: delivery to an endpoint that never has room still reaches the end of its schedule).
 MAX_DEFERRALS = 100
@@ -135,7 +135,7 @@ class Deliverer:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._wall_time(), UTC)
 
-    async def run(self, job: Job, done: Done) -> asyncio.Future[Any] | None:
+    async def run(self, job: Job, done: _Done) -> asyncio.Future[Any] | None:
         """Attempt the delivery and settle its outcome; ``done`` is called once it is settled.
 
         Returns ``None`` when the job has ended: settled (``done`` was called), or not (an
@@ -195,7 +195,7 @@ class Deliverer:
             )
             return None
         rate_wait = self._rates.wait_time(webhook.id, webhook.rate_limit)
-        if rate_wait > MAX_RATE_WAIT:
+        if rate_wait > _MAX_RATE_WAIT:
             self._rates.refund(webhook.id)
             await self._settle_failure(job, self._skipped("rate_limited", rate_wait), counts=False)
             return None
@@ -315,7 +315,7 @@ class Deliverer:
             else None
         )
         next_attempt = job.attempt + 1
-        if result.error in DEFERRED and _deferrals(history) <= MAX_DEFERRALS:
+        if result.error in _DEFERRED and _deferrals(history) <= MAX_DEFERRALS:
             decision = self._policy.after_skip(retry_after)
             next_attempt = job.attempt
         else:
@@ -371,7 +371,7 @@ class Deliverer:
             "attempt": job.attempt,
             "outcome": "success"
             if result.success
-            else ("skipped" if result.error in SKIPPED else "failure"),
+            else ("skipped" if result.error in _SKIPPED else "failure"),
             "status": result.status,
             "error": result.error,
             "duration_seconds": round(result.duration, 6),
@@ -405,4 +405,4 @@ class Deliverer:
 
 def _deferrals(history: Sequence[Mapping[str, Any]]) -> int:
     """How many of a delivery's recorded attempts were deferred (not made)."""
-    return sum(1 for attempt in history if attempt.get("error") in DEFERRED)
+    return sum(1 for attempt in history if attempt.get("error") in _DEFERRED)

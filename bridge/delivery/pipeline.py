@@ -26,9 +26,9 @@ from bridge.delivery.pending_retry import parse_retry
 from bridge.errors import InvalidEvent, InvalidRecord
 from bridge.metrics import Metrics
 from bridge.subscriptions.freshness import TableFreshness
-from bridge.subscriptions.webhook import SubscriptionIndex
+from bridge.subscriptions.index import SubscriptionIndex
 
-__all__ = ["Pipeline", "drain_worst_case", "handover_timeout"]
+__all__ = ["Pipeline", "drain_worst_case", "handover_timeout", "Ack"]
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 Ack = Callable[[], None]
 #: A record waiting for the subscription table: when it arrived, its value, where it is, and
 #: how to acknowledge it.
-Held = tuple[float, bytes | None, SourceRef, Ack]
+_Held = tuple[float, bytes | None, SourceRef, Ack]
 
 
 def handover_timeout(drain_timeout: float) -> float:
@@ -84,7 +84,7 @@ class Pipeline:
         self._written: set[asyncio.Future[Any]] = set()
         metrics.pending.set_function(lambda: self.in_flight)
         #: Records waiting for the subscription table, oldest first, and the task releasing them.
-        self._held: deque[Held] = deque()
+        self._held: deque[_Held] = deque()
         self._releaser: asyncio.Task[None] | None = None
 
     @property
@@ -143,8 +143,8 @@ class Pipeline:
                 received_at, _, source, _ = self._held[-1]
                 current = await freshness.wait_current(received_at, source)
             if current and freshness is not None:
-                batch: deque[Held] = deque()
-                kept: deque[Held] = deque()
+                batch: deque[_Held] = deque()
+                kept: deque[_Held] = deque()
                 for held in self._held:
                     (batch if freshness.covers(held[0], held[2]) else kept).append(held)
                 if not batch:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -11,9 +10,6 @@ from email.utils import parsedate_to_datetime
 
 __all__ = [
     "DEFAULT_SCHEDULE",
-    "parse_duration",
-    "parse_schedule",
-    "format_duration",
     "parse_retry_after",
     "RetryPolicy",
     "Decision",
@@ -21,36 +17,6 @@ __all__ = [
 
 #: Svix's schedule: after the first attempt fails, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
 DEFAULT_SCHEDULE: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
-
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-
-
-def parse_duration(text: str) -> float:
-    """``"5s"``, ``"5m"``, ``"2h"``, ``"1d"``, ``"200ms"`` or plain seconds → seconds."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ValueError(f"not a duration: {text!r} (examples: 200ms, 5s, 5m, 2h, 1d)")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
-
-
-def parse_schedule(text: str) -> tuple[float, ...]:
-    """A comma-separated list of durations, each the wait before one more attempt."""
-    delays = tuple(parse_duration(part) for part in text.split(",") if part.strip())
-    if not delays:
-        raise ValueError("the retry schedule needs at least one delay")
-    if any(d <= 0 for d in delays):
-        raise ValueError("retry delays must be positive")
-    return delays
-
-
-def format_duration(seconds: float) -> str:
-    """The inverse of :func:`parse_duration`, for messages and ``--help``."""
-    for unit in ("d", "h", "m", "s"):
-        size = _UNITS[unit]
-        if seconds >= size and (seconds / size).is_integer():
-            return f"{int(seconds / size)}{unit}"
-    return f"{round(seconds * 1000)}ms"
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:

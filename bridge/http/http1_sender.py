@@ -1,8 +1,8 @@
 """Sending delivery attempts with :mod:`bridge.http.http1`: the worker's hot path.
 
-Same interface and behaviour as :class:`bridge.http.sender.Sender` (httpx, the reference): the
-documented headers from :func:`bridge.http.sender.build_headers`, the same success rule, one
-whole-request timeout, no redirects, TLS always verified, every URL through
+Same interface and behaviour as :class:`bridge.http.httpx_sender.HttpxSender` (httpx, the
+reference): the documented headers from :func:`bridge.http.base.build_headers`, the same success
+rule, one whole-request timeout, no redirects, TLS always verified, every URL through
 :func:`bridge.http.ssrf.check_url` and every connection through the SSRF guard, the same cap on what
 is read of a response and the same outcome for every malformed one
 (tests/unit/test_sender_contract.py). It differs in cost only (see BENCHMARKS.md).
@@ -16,9 +16,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import lru_cache
 
+from bridge.http.base import Delivery, ErrorTable, SenderBase
 from bridge.http.http1 import ConnectFailed, Http1Client, ProtocolError, render_head, target_of
-from bridge.http.sender import Delivery, ErrorTable, SenderBase
-from bridge.http.ssrf import AddressPolicy, Resolver, ssl_context
+from bridge.http.ssrf import AddressPolicy, Resolver
+from bridge.http.tls import ssl_context
 
 __all__ = ["Http1Sender"]
 

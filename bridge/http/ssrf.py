@@ -7,8 +7,9 @@ Two layers, both needed:
   (:class:`bridge.subscriptions.urls.InvalidUrl` for a URL no deployment could use), then this
   deployment's policy (plain http, and given an :class:`AddressPolicy`, IP-literal hosts). Cheap;
   run it when a subscription is accepted and before each attempt.
-* :class:`GuardedBackend` / :func:`guarded_transport` — the enforcement point. Every new TCP
-  connection resolves the host once, checks *every* resolved address with an
+* the enforcement points, :mod:`bridge.http.guarded_transport` (httpx) and
+  :mod:`bridge.http.http1` (the bridge's client), both through :func:`checked_addresses`. Every new
+  TCP connection resolves the host once, checks *every* resolved address with an
   :class:`AddressPolicy`, and connects to the checked IP literal, so a DNS answer that changes
   between check and connect (rebinding) cannot slip through. TLS still uses the URL's hostname for
   SNI and certificate verification, because httpcore passes the origin's hostname to
@@ -31,16 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import os
 import socket
-import ssl
-import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-
-import anyio
-import httpcore
-import httpx
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 from bridge.errors import BridgeError, ConfigError
 from bridge.subscriptions.urls import WebhookUrl
@@ -54,21 +47,26 @@ __all__ = [
     "parse_ip_literal",
     "AddressPolicy",
     "check_url",
-    "checked_addresses",
     "resolve",
-    "GuardedBackend",
-    "GuardedResolver",
-    "guarded_transport",
-    "ssl_context",
+    "checked_addresses",
 ]
 
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 #: ``async (host, port) -> addresses``; the default is :func:`resolve`.
 Resolver = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
 
+
 _V4 = ipaddress.IPv4Network
+
+
 _V6 = ipaddress.IPv6Network
+
 
 # Order matters: the first matching network names the reason.
 _V4_TABLE: tuple[tuple[ipaddress.IPv4Network, str], ...] = (
@@ -91,13 +89,27 @@ _V4_TABLE: tuple[tuple[ipaddress.IPv4Network, str], ...] = (
     (_V4("240.0.0.0/4"), "reserved"),
 )
 
+
 _V6_UNSPECIFIED = ipaddress.IPv6Address("::")
+
+
 _V6_LOOPBACK = ipaddress.IPv6Address("::1")
+
+
 _V6_MAPPED = _V6("::ffff:0:0/96")
+
+
 _V6_NAT64 = _V6("64:ff9b::/96")
+
+
 _V6_NAT64_LOCAL = _V6("64:ff9b:1::/48")
+
+
 _V6_6TO4 = _V6("2002::/16")
+
+
 _V6_GLOBAL_UNICAST = _V6("2000::/3")
+
 
 _V6_TABLE: tuple[tuple[ipaddress.IPv6Network, str], ...] = (
     (_V6("2001::/32"), "reserved"),  # Teredo: the real destination is hidden in the address
@@ -328,157 +340,3 @@ async def checked_addresses(
             raise OSError(f"{host} resolves to no address")
     _refuse_if_forbidden(policy, host, addresses)
     return addresses
-
-
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """An httpcore network backend that connects only to addresses the policy allows.
-
-    Each ``connect_tcp`` resolves the host once (IP literals are not resolved), refuses with
-    :class:`DestinationForbidden` if *any* address is forbidden (a mixed answer is suspicious),
-    then hands the inner backend the checked IP literals, trying them in order until one
-    connects. Name-resolution failures become ``httpcore.ConnectError`` (``httpx.ConnectError``
-    through httpx) and a resolution that outlasts the connect timeout ``httpcore.ConnectTimeout``.
-    """
-
-    def __init__(
-        self,
-        policy: AddressPolicy,
-        *,
-        resolver: Resolver | None = None,
-        inner: httpcore.AsyncNetworkBackend | None = None,
-    ) -> None:
-        self._policy = policy
-        self._resolver: Resolver = resolve if resolver is None else resolver
-        self._inner: httpcore.AsyncNetworkBackend = (
-            httpcore.AnyIOBackend() if inner is None else inner
-        )
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        started = time.monotonic()
-        try:
-            with anyio.fail_after(timeout):
-                addresses = await checked_addresses(
-                    self._policy, host, port, resolver=self._resolver
-                )
-        except TimeoutError as exc:
-            raise httpcore.ConnectTimeout(f"resolving {host} timed out") from exc
-        except OSError as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
-        last_error: httpcore.ConnectError | None = None
-        for ip in addresses:
-            remaining = (
-                None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
-            )
-            try:
-                return await self._inner.connect_tcp(
-                    str(ip),
-                    port,
-                    timeout=remaining,
-                    local_address=local_address,
-                    socket_options=socket_options,
-                )
-            except httpcore.ConnectError as exc:
-                last_error = exc
-        assert last_error is not None  # addresses is never empty
-        raise last_error
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise DestinationForbidden("unix sockets are not allowed", classification="unix_socket")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-def ssl_context(verify: ssl.SSLContext | str | bool) -> ssl.SSLContext:
-    """The TLS context for endpoints: certifi's bundle (``True``), or a CA bundle file or
-    directory (:class:`ConfigError` when it cannot be loaded)."""
-    if not isinstance(verify, str):
-        return httpx.create_ssl_context(verify=verify, trust_env=False)
-    try:
-        if os.path.isdir(verify):
-            return ssl.create_default_context(capath=verify)
-        return ssl.create_default_context(cafile=verify)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load CA certificates from {verify!r}: {exc}") from None
-
-
-def guarded_transport(
-    policy: AddressPolicy,
-    *,
-    verify: ssl.SSLContext | str | bool = True,
-    limits: httpx.Limits,
-    resolver: Resolver | None = None,
-) -> httpx.AsyncHTTPTransport:
-    """An httpx transport (HTTP/1.1, no proxy) whose every connection goes through
-    :class:`GuardedBackend`.
-
-    ``verify``: ``True`` for certifi's CA bundle (environment variables are ignored), ``False``
-    to disable verification, an ``ssl.SSLContext``, or the path of a CA bundle file or directory
-    (:class:`ConfigError` when it cannot be loaded). Pass the result as
-    ``httpx.AsyncClient(transport=...)``; the client's own ``verify`` and ``limits`` are then
-    ignored.
-    """
-    context = ssl_context(verify)
-    transport = httpx.AsyncHTTPTransport(
-        verify=context, limits=limits, http2=False, trust_env=False
-    )
-    # Mirrors the pool httpx 0.28 builds in AsyncHTTPTransport.__init__ (no proxy, no uds),
-    # adding only the network backend, which httpx does not let us pass.
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=context,
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
-        http1=True,
-        http2=False,
-        retries=0,
-        network_backend=GuardedBackend(policy, resolver=resolver),
-    )
-    return transport
-
-
-class GuardedResolver(AbstractResolver):
-    """An aiohttp resolver that refuses forbidden addresses.
-
-    aiohttp connects to the addresses its resolver returns, so returning only checked addresses
-    gives the same protection against DNS rebinding as :class:`GuardedBackend`. aiohttp does not
-    call the resolver for IP-literal hosts: check those with :func:`check_url` and a policy.
-    """
-
-    def __init__(self, policy: AddressPolicy, *, resolver: Resolver | None = None) -> None:
-        self._policy = policy
-        self._resolve = resolver or resolve
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        addresses = await self._resolve(host, port)
-        if not addresses:
-            raise OSError(f"{host} did not resolve")
-        _refuse_if_forbidden(self._policy, host, addresses)
-        return [
-            {
-                "hostname": host,
-                "host": str(ip),
-                "port": port,
-                "family": socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
-                "proto": 0,
-                "flags": socket.AI_NUMERICHOST,
-            }
-            for ip in addresses
-        ]
-
-    async def close(self) -> None:
-        return None

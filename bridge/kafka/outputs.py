@@ -11,8 +11,8 @@ tenth as costly in CPU (0.27 ms each through Faust: BENCHMARKS.md as of ``139841
 since, fourth session's A/B runs in BENCHMARKS.md). Attempt records, one per delivery attempt,
 skip the producer's per-record ``send`` as well: they are gathered into one batch per partition
 (:mod:`bridge.kafka.record_batches`) and share the batch's acknowledgement. Status and disable
-records go through the :class:`~bridge.admin.management.WebhookStore`, one record per batch, because
-workers keep those topics in tables.
+records go through the :class:`~bridge.subscriptions.store.WebhookStore`, one record per batch,
+because workers keep those topics in tables.
 
 Every write is counted and timed by output (``webhook_bridge_output_writes_total``,
 ``webhook_bridge_output_write_duration_seconds``): a source record waits for its writes, so slow
@@ -29,12 +29,12 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 
-from bridge.admin.management import WebhookStore
 from bridge.config import Settings
 from bridge.contract import jsoncanon
 from bridge.kafka.clients import client_kwargs
 from bridge.kafka.record_batches import PartitionBatches
 from bridge.metrics import Metrics
+from bridge.subscriptions.store import WebhookStore
 from bridge.subscriptions.webhook import Webhook
 
 __all__ = ["KafkaOutputs", "CachedPartitioner"]

@@ -26,10 +26,10 @@ from typing import Protocol
 
 __all__ = ["TableFreshness", "Position"]
 
-EndOffsets = Callable[[], Awaitable[Mapping[int, int]]]
+_EndOffsets = Callable[[], Awaitable[Mapping[int, int]]]
 #: The consumer's high-water marks of the source partitions, by (topic, partition): what the
 #: latest fetch responses reported, read without a request.
-SourceEnds = Callable[[], Mapping[tuple[str, int], int]]
+_SourceEnds = Callable[[], Mapping[tuple[str, int], int]]
 
 
 class Position(Protocol):
@@ -50,11 +50,11 @@ class TableFreshness:
 
     def __init__(
         self,
-        end_offsets: EndOffsets,
+        end_offsets: _EndOffsets,
         *,
         timeout: float,
         clock: Callable[[], float] = time.monotonic,
-        source_ends: SourceEnds | None = None,
+        source_ends: _SourceEnds | None = None,
     ) -> None:
         self._end_offsets = end_offsets
         self._source_ends = source_ends

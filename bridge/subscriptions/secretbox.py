@@ -35,8 +35,8 @@ __all__ = [
 PREFIX = "enc:"
 _VERSION = "v1"
 KEY_BYTES = 32
-NONCE_BYTES = 12
-TAG_BYTES = 16
+_NONCE_BYTES = 12
+_TAG_BYTES = 16
 _KID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _REASON = "secret_undecryptable"
 
@@ -118,7 +118,7 @@ class Keyring:
 
     def encrypt(self, plaintext: str, *, aad: bytes) -> str:
         """Encrypt ``plaintext`` with the first key; ``aad`` is the webhook id's bytes."""
-        nonce = os.urandom(NONCE_BYTES)
+        nonce = os.urandom(_NONCE_BYTES)
         sealed = self._ciphers[self._primary].encrypt(nonce, plaintext.encode("utf-8"), aad)
         payload = base64.urlsafe_b64encode(nonce + sealed).decode("ascii")
         return f"{PREFIX}{_VERSION}:{self._primary}:{payload}"
@@ -148,10 +148,10 @@ class Keyring:
             blob = _b64decode(payload, urlsafe=True)
         except (binascii.Error, ValueError):
             raise InvalidSubscription(_REASON, "encrypted secret is not valid base64url") from None
-        if len(blob) < NONCE_BYTES + TAG_BYTES:
+        if len(blob) < _NONCE_BYTES + _TAG_BYTES:
             raise InvalidSubscription(_REASON, "encrypted secret is too short")
         try:
-            plain = cipher.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+            plain = cipher.decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], aad)
             return plain.decode("utf-8")
         except (InvalidTag, UnicodeDecodeError):
             raise InvalidSubscription(

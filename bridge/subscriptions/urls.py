@@ -1,7 +1,7 @@
 """The one parser and validator of webhook URLs: which server a webhook posts to, and how.
 
 Every user of a webhook URL goes through :meth:`WebhookUrl.parse`: ``webhooks create`` and
-``update`` and :class:`bridge.admin.management.WebhookStore` (refused there with a one-line
+``update`` and :class:`bridge.subscriptions.store.WebhookStore` (refused there with a one-line
 :class:`InvalidUrl`), the circuit breaker's endpoint key
 (:func:`bridge.delivery.breaker.endpoint_of`), the SSRF check (:func:`bridge.http.ssrf.check_url`)
 and the senders, so that none of them reads a URL differently from the others. A URL already in the

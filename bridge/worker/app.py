@@ -4,7 +4,7 @@ This is the only module that builds a ``faust.App``. Event records reach
 :class:`bridge.delivery.pipeline.Pipeline` through a
 :class:`bridge.worker.direct_topic.DirectTopic`, retry records through one small agent per tier; the
 table's changelog callback keeps the
-:class:`bridge.subscriptions.webhook.SubscriptionIndex` that the pipeline matches against.
+:class:`bridge.subscriptions.index.SubscriptionIndex` that the pipeline matches against.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from mode import Service
 from prometheus_client import CollectorRegistry
 
 from bridge import __version__
-from bridge.admin.management import WebhookStore
 from bridge.config import Settings
 from bridge.contract import jsoncanon
 from bridge.contract.schemas import is_valid
@@ -33,15 +32,18 @@ from bridge.delivery.endpoint_health import EndpointHealth
 from bridge.delivery.pipeline import Pipeline
 from bridge.delivery.retry_policy import RetryPolicy
 from bridge.errors import InvalidRecord, InvalidSubscription
+from bridge.http.base import DeliverySender
 from bridge.http.http1_sender import Http1Sender
-from bridge.http.sender import DeliverySender, Sender, new_client
+from bridge.http.httpx_sender import HttpxSender, new_client
 from bridge.http.ssrf import AddressPolicy
 from bridge.kafka.clients import address_policy, client_kwargs, faust_broker_kwargs, keyring
 from bridge.kafka.outputs import KafkaOutputs
 from bridge.kafka.topics import declared_topics
 from bridge.metrics import INVALID_RECORD_REASONS, INVALID_STATUS_REASONS, Metrics
 from bridge.subscriptions.freshness import TableFreshness
-from bridge.subscriptions.webhook import SubscriptionIndex, parse_webhook, webhook_key
+from bridge.subscriptions.index import SubscriptionIndex
+from bridge.subscriptions.store import WebhookStore
+from bridge.subscriptions.webhook import parse_webhook, webhook_key
 from bridge.worker.direct_topic import DirectTopic
 from bridge.worker.faust_monitor import FaustPrometheusMonitor
 from bridge.worker.faust_patches import install as install_faust_patches
@@ -54,7 +56,7 @@ __all__ = ["Bridge"]
 log = logging.getLogger(__name__)
 
 
-class SubscriptionTable(GlobalTable):
+class _SubscriptionTable(GlobalTable):
     """A global table whose changelog is the subscriptions topic itself."""
 
     def _changelog_topic_name(self) -> str:
@@ -128,7 +130,7 @@ class Bridge:
             # A rebalance must not wait for 30-second deliveries; unacknowledged records are
             # simply processed again (same delivery ids) by the partition's next owner.
             stream_wait_empty=False,
-            GlobalTable=SubscriptionTable,
+            GlobalTable=_SubscriptionTable,
         )
         raw: dict[str, Any] = {
             "key_type": bytes,
@@ -374,7 +376,7 @@ class Bridge:
             client = new_client(
                 s.http_timeout, s.max_in_flight, policy=policy, ca_bundle=s.ca_bundle
             )
-            return Sender(
+            return HttpxSender(
                 client,
                 timeout=s.http_timeout,
                 any_2xx=s.success_any_2xx,

@@ -18,7 +18,16 @@ from typing import Any
 
 from bridge.errors import ConfigError
 
-__all__ = ["EmbeddedBroker", "GROUP_TIMEOUTS", "broker_binary", "free_port", "port_holder"]
+__all__ = [
+    "EmbeddedBroker",
+    "GROUP_TIMEOUTS",
+    "broker_binary",
+    "free_port",
+    "port_holder",
+    "die_with_parent",
+    "port_in_use_message",
+    "spawn_bound_to_parent",
+]
 
 #: Consumer-group timeouts of a worker on the embedded broker where none are configured. Tansu
 #: (0.6) answers the first JoinGroup of a forming group only once half the member's session

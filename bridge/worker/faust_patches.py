@@ -97,7 +97,7 @@ __all__ = [
     "taken_offsets",
 ]
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 _fetch_max_wait_ms = 1500
 _original_create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
@@ -144,7 +144,7 @@ async def _seek_to_committed(self: Any) -> Any:
     )
 
 
-async def wait_for(awaitable: Awaitable[T], timeout: float | None) -> T:
+async def wait_for(awaitable: Awaitable[_T], timeout: float | None) -> _T:
     """``asyncio.wait_for`` as Python 3.12 implements it: no task of its own."""
     if timeout is None:
         return await awaitable

@@ -17,10 +17,9 @@ import pytest
 import yaml
 
 from bridge.cli.commands import _parser
-from bridge.config import Settings
+from bridge.config import Settings, parse_duration
 from bridge.contract.events import build_event
 from bridge.delivery.pipeline import drain_worst_case
-from bridge.delivery.retry_policy import parse_duration
 from bridge.http.ssrf import check_url
 from bridge.subscriptions.webhook import webhook_from_record
 from tests.deploy import tools

@@ -14,9 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from bridge.config import Settings
+from bridge.config import Settings, parse_duration
 from bridge.delivery.pipeline import drain_worst_case
-from bridge.delivery.retry_policy import parse_duration
 from tests.deploy.chart import CHART_DIR, NAMESPACE, RELEASE, Chart, RenderError
 from tests.deploy.tools import REPO
 

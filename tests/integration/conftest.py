@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.admin.management import apply_topics
+from bridge.admin.topics import apply_topics
 from bridge.config import Settings
 from bridge.worker.embedded import EmbeddedBroker, free_port
 from tests.support.processes import WorkerProcess

@@ -8,11 +8,13 @@ from collections import Counter
 
 import pytest
 
-from bridge.admin.management import WebhookStore, publish_events, read_topic
+from bridge.admin.publish import publish_events
 from bridge.config import Settings
 from bridge.contract.events import build_event
 from bridge.contract.payload import delivery_id
-from bridge.http.sender import USER_AGENT
+from bridge.http.base import USER_AGENT
+from bridge.kafka.reading import read_topic
+from bridge.subscriptions.store import WebhookStore
 from tests.support.receivers import Receiver
 
 pytestmark = pytest.mark.integration
@@ -203,7 +205,7 @@ async def test_the_httpx_reference_sender_delivers_the_same(
     make_settings, receiver: Receiver, workers
 ) -> None:
     """BRIDGE_HTTP_CLIENT=httpx: the reference sender, through the same guard and contract."""
-    from bridge.admin.management import apply_topics
+    from bridge.admin.topics import apply_topics
 
     settings = make_settings(http_client="httpx")
     await apply_topics(settings)

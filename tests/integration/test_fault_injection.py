@@ -49,11 +49,12 @@ from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from bridge.admin.management import WebhookStore, apply_topics
+from bridge.admin.topics import apply_topics
 from bridge.config import Settings
 from bridge.contract.events import format_timestamp
 from bridge.contract.payload import delivery_id
 from bridge.contract.schemas import EVENT_TYPES
+from bridge.subscriptions.store import WebhookStore
 from bridge.worker.embedded import EmbeddedBroker, free_port
 from tests.support.processes import WorkerProcess, settings_env
 from tests.support.receivers import Receiver

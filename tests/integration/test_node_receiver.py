@@ -6,9 +6,10 @@ import shutil
 
 import pytest
 
-from bridge.admin.management import WebhookStore, publish_events
+from bridge.admin.publish import publish_events
 from bridge.config import Settings
 from bridge.contract.events import build_event
+from bridge.subscriptions.store import WebhookStore
 from bridge.worker.embedded import free_port
 from tests.support.receivers import NODE_DIR, NodeSpecReceiver
 

@@ -18,10 +18,11 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from bridge.admin.management import WebhookStore, publish_events
+from bridge.admin.publish import publish_events
 from bridge.config import Settings
 from bridge.contract.events import build_event
 from bridge.metrics import Metrics
+from bridge.subscriptions.store import WebhookStore
 from bridge.worker.embedded import free_port
 from tests.support.receivers import Receiver
 

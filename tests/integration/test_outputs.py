@@ -13,11 +13,11 @@ from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import CollectorRegistry
 
-from bridge.admin.management import WebhookStore
 from bridge.config import Settings
 from bridge.kafka.clients import client_kwargs
 from bridge.kafka.outputs import KafkaOutputs
 from bridge.metrics import Metrics
+from bridge.subscriptions.store import WebhookStore
 from tests.support.metrics import sample
 
 RECORDS = 600

@@ -10,10 +10,12 @@ import sys
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bridge.admin.management import WebhookStore, publish_events, read_topic
+from bridge.admin.publish import publish_events
 from bridge.config import Settings
 from bridge.contract.events import build_event
 from bridge.contract.payload import delivery_id
+from bridge.kafka.reading import read_topic
+from bridge.subscriptions.store import WebhookStore
 from bridge.worker.embedded import free_port
 from tests.support.processes import settings_env
 from tests.support.receivers import Receiver
@@ -57,7 +59,7 @@ async def records(settings: Settings, topic: str, *, at_least: int = 0) -> list[
 async def test_a_failing_delivery_is_retried_on_schedule_with_the_same_id(
     make_settings, receiver: Receiver, workers
 ) -> None:
-    from bridge.admin.management import apply_topics
+    from bridge.admin.topics import apply_topics
 
     settings = make_settings(retry_schedule=(0.5, 1.0, 1.0))
     await apply_topics(settings)
@@ -92,7 +94,7 @@ async def test_a_failing_delivery_is_retried_on_schedule_with_the_same_id(
 
 
 async def test_retry_after_is_honoured_on_429(make_settings, receiver: Receiver, workers) -> None:
-    from bridge.admin.management import apply_topics
+    from bridge.admin.topics import apply_topics
 
     settings = make_settings(retry_schedule=(0.2, 5.0))
     await apply_topics(settings)
@@ -145,7 +147,7 @@ async def test_gone_disables_the_webhook_and_dead_letters(
 async def test_an_endpoint_failing_for_too_long_is_disabled(
     make_settings, receiver: Receiver, workers
 ) -> None:
-    from bridge.admin.management import apply_topics
+    from bridge.admin.topics import apply_topics
 
     settings = make_settings(retry_schedule=(0.4, 0.4, 0.4, 0.4, 0.4), disable_after=1.0)
     await apply_topics(settings)
@@ -167,7 +169,7 @@ async def test_an_endpoint_failing_for_too_long_is_disabled(
 async def test_a_deleted_webhook_gets_no_further_attempts(
     make_settings, receiver: Receiver, workers
 ) -> None:
-    from bridge.admin.management import apply_topics
+    from bridge.admin.topics import apply_topics
 
     settings = make_settings(retry_schedule=(2.0, 2.0))
     await apply_topics(settings)
@@ -265,7 +267,7 @@ async def test_crash_mid_flight_loses_nothing(
 async def test_a_receiver_that_was_down_gets_everything_when_back(
     make_settings, receiver: Receiver, workers
 ) -> None:
-    from bridge.admin.management import apply_topics
+    from bridge.admin.topics import apply_topics
 
     settings = make_settings(retry_schedule=(0.5, 1.0, 2.0, 4.0))
     await apply_topics(settings)
@@ -352,7 +354,7 @@ async def test_sigterm_drains_in_flight_deliveries_and_exits(
 async def test_a_hanging_endpoint_does_not_slow_healthy_ones(
     make_settings, receiver: Receiver, workers
 ) -> None:
-    from bridge.admin.management import apply_topics
+    from bridge.admin.topics import apply_topics
 
     hang = await Receiver().start()
     try:

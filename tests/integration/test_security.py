@@ -10,10 +10,13 @@ import sys
 import pytest
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
-from bridge.admin.management import WebhookStore, apply_topics, publish_events, read_topic
+from bridge.admin.publish import publish_events
+from bridge.admin.topics import apply_topics
 from bridge.config import Settings
 from bridge.contract.events import build_event
+from bridge.kafka.reading import read_topic
 from bridge.subscriptions.secretbox import generate_key
+from bridge.subscriptions.store import WebhookStore
 from tests.support.processes import settings_env
 from tests.support.receivers import Receiver
 

@@ -10,10 +10,11 @@ import time
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from bridge.admin.management import WebhookStore, publish_events
+from bridge.admin.publish import publish_events
 from bridge.config import Settings
 from bridge.contract.events import build_event
 from bridge.kafka.clients import client_kwargs
+from bridge.subscriptions.store import WebhookStore
 from bridge.worker.embedded import free_port
 from tests.support.processes import settings_env
 from tests.support.receivers import Receiver

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bridge.admin import management
+from bridge.admin import topics
 from bridge.cli import commands as cli
 from bridge.config import Settings
 from bridge.worker.embedded import GROUP_TIMEOUTS
@@ -49,7 +49,7 @@ def started(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Settings]]:
 
     monkeypatch.setattr(cli, "_new_loop", recorded_loop)
     monkeypatch.setattr(cli, "EmbeddedBroker", _FakeBroker)
-    monkeypatch.setattr(management, "apply_topics", apply_topics)
+    monkeypatch.setattr(topics, "apply_topics", apply_topics)
     for name in ("BRIDGE_KAFKA_BOOTSTRAP_SERVERS", "BRIDGE_KAFKA_SESSION_TIMEOUT"):
         monkeypatch.delenv(name, raising=False)
     thresholds = gc.get_threshold()

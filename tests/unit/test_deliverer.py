@@ -29,7 +29,7 @@ from bridge.delivery.deliverer import MAX_DEFERRALS, Deliverer, Job
 from bridge.delivery.endpoint_health import EndpointHealth
 from bridge.delivery.pending_retry import PendingRetry, parse_retry
 from bridge.delivery.retry_policy import DEFAULT_SCHEDULE, RetryPolicy
-from bridge.http.sender import AttemptResult, Delivery
+from bridge.http.base import AttemptResult, Delivery
 from bridge.metrics import Metrics
 from bridge.subscriptions.webhook import Webhook
 

@@ -14,16 +14,15 @@ import pytest
 from bridge.contract.events import Event
 from bridge.contract.payload import EncodedEvent, build_body, delivery_id
 from bridge.contract.signing import sign, verify
-from bridge.http.sender import (
+from bridge.http.base import (
     USER_AGENT,
     AttemptResult,
     Delivery,
-    Sender,
     build_headers,
     is_success,
-    new_client,
     status_class,
 )
+from bridge.http.httpx_sender import HttpxSender, new_client
 from bridge.subscriptions.webhook import Webhook
 from tests.support.clocks import Ticks
 
@@ -86,7 +85,7 @@ async def send_with(
 ) -> tuple[AttemptResult, Recorder]:
     recorder = Recorder(respond)
     async with httpx.AsyncClient(transport=httpx.MockTransport(recorder)) as client:
-        sender = Sender(
+        sender = HttpxSender(
             client, timeout=timeout, any_2xx=any_2xx, clock=Ticks(), wall_clock=lambda: WALL
         )
         result = await sender.send(make_delivery())
@@ -296,7 +295,7 @@ async def test_duration_uses_the_injected_clock() -> None:
 
     ticks = clock()
     async with httpx.AsyncClient(transport=httpx.MockTransport(status(200))) as client:
-        sender = Sender(client, timeout=5, clock=lambda: next(ticks), wall_clock=lambda: WALL)
+        sender = HttpxSender(client, timeout=5, clock=lambda: next(ticks), wall_clock=lambda: WALL)
         result = await sender.send(make_delivery())
     assert result.duration == 2.75
     assert result.at == "2024-01-15T10:30:00.250Z"

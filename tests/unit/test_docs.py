@@ -30,7 +30,7 @@ from bridge.config import settings_reference
 from bridge.contract.events import build_event
 from bridge.contract.payload import EncodedEvent, build_body, delivery_id
 from bridge.contract.signing import sign
-from bridge.http.sender import Delivery, build_headers
+from bridge.http.base import Delivery, build_headers
 from bridge.metrics import Metrics
 from bridge.subscriptions.webhook import Webhook
 from bridge.worker.embedded import free_port

@@ -28,10 +28,11 @@ from bridge.delivery.endpoint_health import EndpointHealth
 from bridge.delivery.pending_retry import PendingRetry, parse_retry
 from bridge.delivery.pipeline import Pipeline
 from bridge.delivery.retry_policy import RetryPolicy
-from bridge.http.sender import AttemptResult, Delivery
+from bridge.http.base import AttemptResult, Delivery
 from bridge.metrics import Metrics
 from bridge.subscriptions.freshness import TableFreshness
-from bridge.subscriptions.webhook import SubscriptionIndex, Webhook
+from bridge.subscriptions.index import SubscriptionIndex
+from bridge.subscriptions.webhook import Webhook
 
 PROMPT = 2.0
 SECRET_PREFIX = "whsec_pipeline_"

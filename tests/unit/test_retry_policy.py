@@ -13,14 +13,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bridge.config import format_duration, parse_duration, parse_schedule
 from bridge.delivery.retry_policy import (
     DEFAULT_SCHEDULE,
     Decision,
     RetryPolicy,
-    format_duration,
-    parse_duration,
     parse_retry_after,
-    parse_schedule,
 )
 
 NOW = datetime(2024, 1, 15, 10, 30, 0, tzinfo=UTC)

@@ -4,8 +4,8 @@ Each case is a byte script played by a raw server on 127.0.0.1 (tests/support/ra
 after it has read the request; after its script the server keeps the connection open unless the
 script closes (FIN) or resets (RST) it, so a sender that waits for more than the response
 promises shows up as a timeout. Both senders, :class:`bridge.http.http1_sender.Http1Sender` (llhttp)
-and the httpx reference :class:`bridge.http.sender.Sender` (h11), must give each case the same
-``(success, status, error, retry_after)``.
+and the httpx reference :class:`bridge.http.httpx_sender.HttpxSender` (h11), must give each case the
+same ``(success, status, error, retry_after)``.
 
 The rules both follow (see :mod:`bridge.http.http1`): a response is complete when its framing says
 so; anything malformed, truncated or reset fails it (``protocol_error``; a reset is a
@@ -15,10 +15,10 @@ not complete by then, else its status stands. Floods therefore end after a few d
 CPU-budget test holds both senders to that against servers sending as fast as loopback allows.
 
 h11 and llhttp do not refuse exactly the same bytes. Where the difference is in the head, the
-senders add the other's rule (see ``bridge.http.http1`` and ``bridge.http.sender._refusal``); what
-is left (obsolete line folding, repeated equal ``Content-Length``, chunk-extension syntax, sizes
-beyond 64 bits, trailers, interim heads, and bytes past a response, which h11 reads as the next
-response on that connection) is pinned here, in ``KNOWN_DIFFERENCES`` and its own test, so that
+senders add the other's rule (see ``bridge.http.http1`` and ``bridge.http.httpx_sender._refusal``);
+what is left (obsolete line folding, repeated equal ``Content-Length``, chunk-extension syntax,
+sizes beyond 64 bits, trailers, interim heads, and bytes past a response, which h11 reads as the
+next response on that connection) is pinned here, in ``KNOWN_DIFFERENCES`` and its own test, so that
 any change, in either library, is seen.
 """
 
@@ -33,9 +33,10 @@ import pytest
 
 from bridge.contract.events import Event
 from bridge.contract.payload import EncodedEvent, build_body, delivery_id
+from bridge.http.base import AttemptResult, Delivery, DeliverySender
 from bridge.http.http1 import MAX_RESPONSE
 from bridge.http.http1_sender import Http1Sender
-from bridge.http.sender import AttemptResult, Delivery, DeliverySender, Sender, new_client
+from bridge.http.httpx_sender import HttpxSender, new_client
 from bridge.http.ssrf import AddressPolicy
 from bridge.subscriptions.webhook import Webhook
 from tests.support.raw_server import (
@@ -388,7 +389,7 @@ def make_sender(kind: str, timeout: float) -> DeliverySender:
             policy=policy,
             allow_http=True,
         )
-    return Sender(new_client(timeout, 4, policy=policy), timeout=timeout, policy=policy)
+    return HttpxSender(new_client(timeout, 4, policy=policy), timeout=timeout, policy=policy)
 
 
 def outcome(result: AttemptResult) -> Outcome:

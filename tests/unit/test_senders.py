@@ -1,7 +1,7 @@
 """The senders, :class:`bridge.http.http1_sender.Http1Sender` (the worker's default) and the httpx
-reference :class:`bridge.http.sender.Sender`, against real 127.0.0.1 servers: the request, statuses,
-timeouts, SSRF, TLS. Every test runs for both (``kind``); what they do with malformed and hostile
-responses is in test_sender_contract.py.
+reference :class:`bridge.http.httpx_sender.HttpxSender`, against real 127.0.0.1 servers: the
+request, statuses, timeouts, SSRF, TLS. Every test runs for both (``kind``); what they do with
+malformed and hostile responses is in test_sender_contract.py.
 
 Safety: nothing here connects anywhere but servers these tests start on 127.0.0.1. Every socket
 of :mod:`bridge.http.http1` is opened by ``bridge.http.http1.open_connection`` and every socket of
@@ -41,16 +41,10 @@ from bridge.contract.events import Event
 from bridge.contract.payload import EncodedEvent, build_body, delivery_id
 from bridge.contract.signing import sign, verify
 from bridge.errors import ConfigError
+from bridge.http.base import USER_AGENT, AttemptResult, Delivery, build_headers
 from bridge.http.http1_sender import Http1Sender
-from bridge.http.sender import (
-    USER_AGENT,
-    AttemptResult,
-    Delivery,
-    Sender,
-    build_headers,
-    new_client,
-)
-from bridge.http.ssrf import AddressPolicy, DestinationForbidden, GuardedResolver, IPAddress
+from bridge.http.httpx_sender import HttpxSender, new_client
+from bridge.http.ssrf import AddressPolicy, IPAddress
 from bridge.subscriptions.webhook import Webhook
 from tests.support.clocks import Ticks
 
@@ -133,11 +127,11 @@ def hot_sender(
     timeout: float = 5.0,
     ca_bundle: str | None = None,
     resolver: FakeResolver | None = None,
-) -> Http1Sender | Sender:
+) -> Http1Sender | HttpxSender:
     """The sender ``kind`` with the worker's options (fake clocks)."""
     policy = loopback_policy() if policy is None else policy
     if kind == "httpx":
-        return Sender(
+        return HttpxSender(
             new_client(timeout, 4, policy=policy, ca_bundle=ca_bundle, resolver=resolver),
             timeout=timeout,
             any_2xx=any_2xx,
@@ -160,7 +154,7 @@ def hot_sender(
     )
 
 
-async def send_once(sender: Http1Sender | Sender, delivery: Delivery) -> AttemptResult:
+async def send_once(sender: Http1Sender | HttpxSender, delivery: Delivery) -> AttemptResult:
     try:
         return await sender.send(delivery)
     finally:
@@ -604,94 +598,6 @@ async def test_server_closing_without_answering(kind: str) -> None:
 
 
 # --- SSRF ----------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]", "127.1", "2130706433", "0x7f.0.0.1"])
-async def test_loopback_is_refused_without_an_allow_list(
-    server: LocalServer,
-    connects: list[str],
-    host: str,
-    kind: str,
-) -> None:
-    sender = hot_sender(kind, policy=AddressPolicy())
-    result = await send_once(sender, make_delivery(server.url(host=host)))
-    assert result == AttemptResult(
-        False, None, "destination_forbidden", 0.25, AT, refusal="loopback"
-    )
-    assert server.connections == 0
-    assert server.requests == []
-    assert connects == []
-
-
-@pytest.mark.parametrize(
-    ("answer", "allow", "classification"),
-    [
-        (["10.0.0.5"], "", "private"),
-        # A mixed answer is refused even though its first address is allow-listed.
-        (["127.0.0.1", "10.0.0.5"], LOOPBACK_SETTING, "private"),
-        (["127.0.0.1"], "", "loopback"),
-        (["::ffff:10.0.0.5"], LOOPBACK_SETTING, "ipv4_mapped_private"),
-    ],
-)
-async def test_guarded_resolver_refuses_forbidden_answers(
-    answer: list[str], allow: str, classification: str
-) -> None:
-    fake = FakeResolver(answer)
-    resolver = GuardedResolver(AddressPolicy.from_setting(allow), resolver=fake)
-    with pytest.raises(DestinationForbidden) as caught:
-        await resolver.resolve("hooks.test", 443)
-    assert caught.value.classification == classification
-    assert caught.value.host == "hooks.test"
-    assert caught.value.detail.startswith("hooks.test resolves to ")
-    assert fake.asked == [("hooks.test", 443)]
-    await resolver.close()
-
-
-async def test_guarded_resolver_returns_the_checked_addresses() -> None:
-    fake = FakeResolver(["127.0.0.1", "2606:4700::1111", "127.0.0.1"])
-    resolver = GuardedResolver(loopback_policy(), resolver=fake)
-    results = await resolver.resolve("hooks.test", 8443)
-    assert [(r["hostname"], r["host"], r["port"], r["family"]) for r in results] == [
-        ("hooks.test", "127.0.0.1", 8443, socket.AF_INET),
-        ("hooks.test", "2606:4700::1111", 8443, socket.AF_INET6),
-        ("hooks.test", "127.0.0.1", 8443, socket.AF_INET),
-    ]
-    assert all(r["flags"] == socket.AI_NUMERICHOST for r in results)
-
-
-async def test_guarded_resolver_empty_answer_is_an_os_error() -> None:
-    resolver = GuardedResolver(AddressPolicy(), resolver=FakeResolver([]))
-    with pytest.raises(OSError, match="did not resolve"):
-        await resolver.resolve("empty.test", 443)
-
-
-@pytest.mark.parametrize(
-    ("answer", "allow", "classification"),
-    [
-        (["10.0.0.5"], "", "private"),
-        (["10.0.0.5"], LOOPBACK_SETTING, "private"),
-        (["127.0.0.1", "10.0.0.5"], LOOPBACK_SETTING, "private"),
-        (["127.0.0.1"], "", "loopback"),
-    ],
-)
-async def test_sender_refuses_a_forbidden_resolution_before_connecting(
-    server: LocalServer,
-    connects: list[str],
-    monkeypatch: pytest.MonkeyPatch,
-    answer: list[str],
-    allow: str,
-    classification: str,
-    kind: str,
-) -> None:
-    fake = FakeResolver(answer)
-    sender = hot_sender(kind, resolver=fake, policy=AddressPolicy.from_setting(allow))
-    result = await send_once(sender, make_delivery(server.url(host="hooks.test")))
-    assert result == AttemptResult(
-        False, None, "destination_forbidden", 0.25, AT, refusal=classification
-    )
-    assert fake.asked == [("hooks.test", server.port)]
-    assert connects == []
-    assert server.connections == 0
 
 
 async def test_allow_listed_loopback_is_delivered(

@@ -28,14 +28,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.errors import BridgeError, ConfigError, InvalidUrl
+from bridge.http.guarded_transport import GuardedBackend, guarded_transport
 from bridge.http.ssrf import (
     AddressPolicy,
     DestinationForbidden,
-    GuardedBackend,
     IPAddress,
     check_url,
     classify,
-    guarded_transport,
     parse_ip_literal,
     resolve,
 )

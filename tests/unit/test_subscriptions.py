@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 
 from bridge.contract.events import Event
 from bridge.errors import InvalidRecord, InvalidSubscription
+from bridge.subscriptions.index import SubscriptionIndex
 from bridge.subscriptions.webhook import (
     ALL_EVENTS,
     RECORD_PROBLEMS,
     TEST_EVENT,
-    SubscriptionIndex,
     Webhook,
     parse_webhook,
     webhook_from_record,

@@ -130,7 +130,7 @@ without an exponent (YAML numbers arrive as float64 and would print as 1.048576e
 {{- end }}
 
 {{/*
-Seconds of a duration as bridge/delivery/retry_policy.py parses it: 200ms, 5s, 5m, 2h, 1d or plain seconds.
+Seconds of a duration as bridge/config.py parses it (parse_duration): 200ms, 5s, 5m, 2h, 1d or plain seconds.
 */}}
 {{- define "webhook-bridge.durationSeconds" -}}
 {{- $text := include "webhook-bridge.envValue" . | trim }}

@@ -1,6 +1,7 @@
-"""bridge.admin.management without a broker: what WebhookStore refuses before writing, how it reads
-the subscriptions topic (records given here as they come from ``read_topic``), and which dead
-letters ``replay_dead_letters`` cannot replay. Records it would write are captured, never sent."""
+"""bridge.subscriptions.store and bridge.admin without a broker: what WebhookStore refuses before
+writing, how it reads the subscriptions topic (records given here as they come from ``read_topic``),
+and which dead letters ``replay_dead_letters`` cannot replay. Records it would write are captured,
+never sent."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from typing import Any
 
 import pytest
 
-from bridge.admin import management
-from bridge.admin.management import DeadLetterFilter, WebhookStore, replay_dead_letters
+from bridge.admin import dead_letters
+from bridge.admin.dead_letters import DeadLetterFilter, replay_dead_letters
 from bridge.config import Settings
 from bridge.errors import InvalidSubscription
+from bridge.subscriptions import store
+from bridge.subscriptions.store import WebhookStore
 from bridge.subscriptions.urls import InvalidUrl
 from bridge.subscriptions.webhook import Webhook, parse_webhook
 
@@ -118,8 +121,8 @@ async def test_load_skips_invalid_records_with_a_warning(
         assert topic == SETTINGS.subscriptions_topic
         return records
 
-    monkeypatch.setattr(management, "read_topic", read_topic)
-    with caplog.at_level(logging.WARNING, logger=management.__name__):
+    monkeypatch.setattr(store, "read_topic", read_topic)
+    with caplog.at_level(logging.WARNING, logger=store.__name__):
         webhooks = await WebhookStore(SETTINGS).load()
     assert sorted(webhooks) == ["hook", "hook3"]
     warnings = [r.getMessage() for r in caplog.records]
@@ -154,7 +157,7 @@ async def test_replay_skips_dead_letters_whose_event_the_bridge_refuses(
     async def list_dead_letters(settings: Settings, where: DeadLetterFilter) -> list[Any]:
         return letters
 
-    monkeypatch.setattr(management, "list_dead_letters", list_dead_letters)
+    monkeypatch.setattr(dead_letters, "list_dead_letters", list_dead_letters)
     report = await replay_dead_letters(SETTINGS, DeadLetterFilter())  # nothing to write
     assert report.replayed == [] and report.skipped == 3
 

@@ -1,0 +1,77 @@
+"""Publishing events: any valid event, and a ``test.event`` aimed at one webhook."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from bridge.config import Settings
+from bridge.contract.events import Event, build_event
+from bridge.errors import InvalidSubscription
+from bridge.kafka.clients import client_kwargs
+from bridge.subscriptions.webhook import Webhook
+
+__all__ = ["publish_events", "send_test_event", "publish_event"]
+
+
+async def publish_events(
+    settings: Settings, events: Iterable[Event], *, topic: str | None = None
+) -> None:
+    """Publish events, keyed by site id, waiting for the broker to acknowledge each batch."""
+    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", enable_idempotence=False)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic or settings.events_topic, event.to_bytes(), key=event.key)
+            for event in events
+        ]
+        for future in futures:
+            await future
+    finally:
+        await producer.stop()
+
+
+async def send_test_event(
+    settings: Settings,
+    webhook: Webhook,
+    message: str = "",
+    *,
+    site_id: str | None = None,
+    user_id: str | None = None,
+) -> Event:
+    """Publish a ``test.event`` that goes to this webhook only, whatever its event filter.
+
+    The event carries the webhook's site and account unless given: an account-scoped webhook
+    needs ``site_id`` (one of the account's sites), a site-scoped one without an owner needs
+    ``user_id``. Raises :class:`InvalidSubscription` when the webhook is inactive (nothing would
+    be delivered) or an id is missing.
+    """
+    if not webhook.active:
+        raise InvalidSubscription("webhook_inactive", f"webhook {webhook.id!r} is inactive")
+    site = site_id or webhook.site_id
+    user = user_id or webhook.user_id
+    if site is None or user is None:
+        raise InvalidSubscription(
+            "test_event_scope", "give the site id (account-scoped webhook) or the user id"
+        )
+    data: dict[str, Any] = {"webhook_id": webhook.id}
+    if message:
+        data["message"] = message
+    return await publish_event(settings, "test.event", data, site_id=site, user_id=user)
+
+
+async def publish_event(
+    settings: Settings,
+    event_type: str,
+    data: Mapping[str, Any],
+    *,
+    site_id: str,
+    user_id: str,
+    event_id: str | None = None,
+) -> Event:
+    """Build, validate and publish one event; returns it (with its id and timestamp)."""
+    event = build_event(event_type, data, site_id=site_id, user_id=user_id, event_id=event_id)
+    await publish_events(settings, [event])
+    return event

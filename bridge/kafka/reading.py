@@ -1,0 +1,58 @@
+"""Reading a whole topic, start to end, outside a consumer group."""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bridge.config import Settings
+from bridge.kafka.clients import client_kwargs
+
+__all__ = ["read_topic"]
+
+
+async def read_topic(
+    settings: Settings, topic: str, *, timeout: float = 30.0, settle: float = 0.3
+) -> list[tuple[bytes | None, bytes | None]]:
+    """Every record of ``topic`` from the beginning to its end.
+
+    Reads up to the end offsets, then keeps fetching until a fetch of ``settle`` seconds returns
+    nothing: the embedded broker (Tansu) reports the end of a partition whose last write was a
+    batch as that batch's first offset + 1, which would otherwise drop the batch's other records.
+    """
+    consumer = AIOKafkaConsumer(
+        **client_kwargs(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # loads metadata for every topic
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: list[tuple[bytes | None, bytes | None]] = []
+        pending = {tp for tp in tps if ends[tp] > 0}
+        for tp in list(pending):
+            if await consumer.position(tp) >= ends[tp]:
+                pending.discard(tp)
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=int(timeout * 1000))
+            if not batch:
+                raise TimeoutError(f"no records from {topic} within {timeout}s")
+            for tp, messages in batch.items():
+                out.extend((m.key, m.value) for m in messages)
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+        while True:
+            batch = await consumer.getmany(*tps, timeout_ms=int(settle * 1000))
+            if not batch:
+                return out
+            for messages in batch.values():
+                out.extend((m.key, m.value) for m in messages)
+    finally:
+        await consumer.stop()

@@ -1,0 +1,227 @@
+"""Webhook subscriptions in their compacted topic: create, update, rotate, disable, delete, load."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from bridge.config import Settings
+from bridge.contract import jsoncanon, standard_webhooks
+from bridge.contract.events import format_timestamp
+from bridge.errors import InvalidSubscription
+from bridge.kafka.clients import client_kwargs, keyring
+from bridge.kafka.reading import read_topic
+from bridge.subscriptions.urls import WebhookUrl
+from bridge.subscriptions.webhook import Webhook, parse_webhook, webhook_from_record, webhook_key
+
+__all__ = ["SECRET_BYTES", "new_secret", "WebhookStore"]
+
+
+log = logging.getLogger(__name__)
+
+
+#: 32 random bytes, hex-encoded.
+SECRET_BYTES = 32
+
+
+def new_secret() -> str:
+    """A new signing secret of 32 random bytes (64 hex characters)."""
+    return secrets.token_hex(SECRET_BYTES)
+
+
+class WebhookStore:
+    """Create, update, delete and list webhooks in the compacted subscriptions topic.
+
+    Writes one record per request and waits for the broker's acknowledgement, so that each
+    record is its own batch (the embedded broker reports end offsets exactly only then, and
+    the workers' tables recover every key after a restart).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._keyring = keyring(settings)
+        self._producer: AIOKafkaProducer | None = None
+
+    async def __aenter__(self) -> WebhookStore:
+        self._producer = AIOKafkaProducer(
+            **client_kwargs(self._settings), acks="all", linger_ms=0, enable_idempotence=False
+        )
+        await self._producer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def put(self, webhook: Webhook) -> Webhook:
+        """Write a webhook record (validated first; secrets encrypted when keys are configured).
+
+        Raises :class:`~bridge.errors.InvalidUrl` for a URL no one could use, and
+        :class:`InvalidSubscription` for any other invalid field; nothing is written then.
+        """
+        WebhookUrl.parse(webhook.url)
+        return await self._put(webhook)
+
+    async def _put(self, webhook: Webhook) -> Webhook:
+        """Write a webhook whose URL this call does not set (rotating, disabling, changing
+        other fields): a stored URL that is no longer valid does not block those."""
+        record = webhook.to_record()
+        webhook_from_record(record)
+        if self._keyring is not None:
+            aad = webhook.id.encode("utf-8")
+            record["secret"] = self._keyring.encrypt(webhook.secret, aad=aad)
+            if webhook.previous_secret is not None:
+                record["previous_secret"] = self._keyring.encrypt(webhook.previous_secret, aad=aad)
+        await self._send(webhook.id, jsoncanon.dumps(record))
+        return webhook
+
+    async def rotate_secret(
+        self, webhook_id: str, *, secret: str | None = None, overlap: float = 0.0
+    ) -> Webhook:
+        """Give a webhook a new secret (32 random bytes unless given). With ``overlap`` seconds,
+        the previous secret stays valid that long: Standard Webhooks signatures carry both."""
+        current = (await self.load()).get(webhook_id)
+        if current is None:
+            raise InvalidSubscription("unknown_webhook", f"no webhook {webhook_id!r}")
+        now = datetime.now(UTC)
+        record = current.to_record()
+        record.pop("disabled_reason", None)
+        new = secret or (
+            standard_webhooks.generate_secret() if current.standard_webhooks else new_secret()
+        )
+        record.update(secret=new, updated_at=format_timestamp(now))
+        if overlap > 0:
+            record["previous_secret"] = current.secret
+            record["previous_secret_expires_at"] = format_timestamp(
+                now + timedelta(seconds=overlap)
+            )
+        else:
+            record.pop("previous_secret", None)
+            record.pop("previous_secret_expires_at", None)
+        return await self._put(webhook_from_record(record))
+
+    async def create(
+        self,
+        *,
+        url: str,
+        events: Sequence[str],
+        user_id: str | None = None,
+        site_id: str | None = None,
+        name: str | None = None,
+        secret: str | None = None,
+        webhook_id: str | None = None,
+        active: bool = True,
+        rate_limit: float | None = None,
+        standard: bool = False,
+        now: datetime | None = None,
+    ) -> Webhook:
+        """Create a webhook; a secret of 32 random bytes is generated when none is given
+        (``whsec_``-prefixed base64 for webhooks that opt in to Standard Webhooks signing)."""
+        stamp = format_timestamp(now or datetime.now(UTC))
+        record: dict[str, Any] = {
+            "id": webhook_id or f"wh_{uuid.uuid4().hex}",
+            "name": name if name is not None else url,
+            "url": url,
+            "secret": secret or (standard_webhooks.generate_secret() if standard else new_secret()),
+            "events": list(events),
+            "site_id": site_id,
+            "user_id": user_id,
+            "active": active,
+            "created_at": stamp,
+            "updated_at": stamp,
+        }
+        if rate_limit is not None:
+            record["rate_limit"] = rate_limit
+        if standard:
+            record["standard_webhooks"] = True
+        return await self.put(webhook_from_record(record))
+
+    async def update(self, webhook_id: str, **changes: Any) -> Webhook:
+        """Change some fields of an existing webhook (``url``, ``events``, ``name``, ``secret``,
+        ``site_id``, ``active``...). Raises :class:`InvalidSubscription` if it does not exist."""
+        current = (await self.load()).get(webhook_id)
+        if current is None:
+            raise InvalidSubscription("unknown_webhook", f"no webhook {webhook_id!r}")
+        record = current.to_record()
+        if changes.get("active") is True:
+            record.pop("disabled_reason", None)
+        record.update({k: v for k, v in changes.items()})
+        if changes.get("standard_webhooks") and not str(record["secret"]).startswith("whsec_"):
+            # Standard Webhooks libraries read the secret as whsec_ + base64; any other secret
+            # would verify nowhere. Give one with the change (or rotate first).
+            raise InvalidSubscription(
+                "secret_not_whsec",
+                "Standard Webhooks signing needs a whsec_ secret: pass one with --secret, "
+                "or create the webhook with --standard-webhooks",
+            )
+        if "events" in changes:
+            record["events"] = list(changes["events"])
+        record["updated_at"] = format_timestamp(datetime.now(UTC))
+        webhook = webhook_from_record(record)
+        return await (self.put(webhook) if "url" in changes else self._put(webhook))
+
+    async def disable(self, webhook: Webhook, reason: str) -> Webhook:
+        """Deactivate a webhook on the bridge's behalf, saying why (``disabled_reason``); the
+        next update by its owner (``active: true``) enables it again."""
+        record = webhook.to_record()
+        record.update(
+            active=False,
+            disabled_reason=reason,
+            updated_at=format_timestamp(datetime.now(UTC)),
+        )
+        return await self._put(webhook_from_record(record))
+
+    async def put_status(self, record: Mapping[str, Any]) -> None:
+        """Write an endpoint status record (compacted topic, keyed by webhook id)."""
+        assert self._producer is not None, "use WebhookStore as an async context manager"
+        await self._producer.send_and_wait(
+            self._settings.status_topic,
+            jsoncanon.dumps(dict(record)),
+            key=str(record["webhook_id"]).encode("utf-8"),
+        )
+
+    async def delete(self, webhook_id: str) -> None:
+        """Write the tombstone that deletes a webhook."""
+        await self._send(webhook_id, None)
+
+    async def _send(self, webhook_id: str, value: bytes | None) -> None:
+        assert self._producer is not None, "use WebhookStore as an async context manager"
+        await self._producer.send_and_wait(
+            self._settings.subscriptions_topic, value, key=webhook_id.encode("utf-8")
+        )
+
+    async def load(self) -> dict[str, Webhook]:
+        """Read the whole subscriptions topic; the current webhooks by id.
+
+        Invalid records are skipped with a warning (their reason, never a value), as the
+        workers skip them: one whose key names a webhook makes that webhook absent, as its
+        newest record; one without a usable key (none, not UTF-8) names no webhook.
+        """
+        records = await read_topic(self._settings, self._settings.subscriptions_topic)
+        current: dict[str, Webhook] = {}
+        for key, value in records:
+            webhook_id = webhook_key(key)
+            try:
+                webhook = parse_webhook(key, value, self._keyring)
+            except InvalidSubscription as exc:
+                log.warning(
+                    "skipping an invalid subscription record%s: %s",
+                    "" if webhook_id is None else f" of webhook {webhook_id[:200]!r}",
+                    exc,
+                )
+                if webhook_id is not None:
+                    current.pop(webhook_id, None)
+                continue
+            if webhook is None:  # a tombstone
+                if webhook_id is not None:
+                    current.pop(webhook_id, None)
+            else:
+                current[webhook.id] = webhook
+        return current

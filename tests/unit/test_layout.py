@@ -1,0 +1,64 @@
+"""The package's layout: which subsystem may import which, and what each module exports."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import bridge
+
+PACKAGE = Path(bridge.__file__).parent
+MODULES = sorted(
+    ".".join(("bridge", *path.relative_to(PACKAGE).with_suffix("").parts))
+    for path in PACKAGE.rglob("*.py")
+    if path.name not in ("__init__.py", "__main__.py")
+)
+
+
+def test_the_worker_never_loads_the_admin_tools_or_the_cli() -> None:
+    code = (
+        "import sys, bridge.worker.app, bridge.delivery.pipeline, bridge.kafka.outputs\n"
+        "print(' '.join(m for m in sys.modules if m.startswith(('bridge.admin', 'bridge.cli'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert loaded == []
+
+
+def _defined_public_names(path: Path) -> set[str]:
+    """Public classes, functions and constants a module defines itself (not imports)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return {n for n in names if not n.startswith("_") and n != "log"}
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_all_lists_exactly_what_the_module_defines_for_others(name: str) -> None:
+    module = importlib.import_module(name)
+    exported = getattr(module, "__all__", None)
+    assert exported is not None, f"{name} has no __all__"
+    assert len(exported) == len(set(exported)), f"{name}.__all__ repeats a name"
+    missing = [n for n in exported if not hasattr(module, n)]
+    assert not missing, f"{name}.__all__ names what it does not have: {missing}"
+    path = PACKAGE.joinpath(*name.split(".")[1:]).with_suffix(".py")
+    unlisted = sorted(_defined_public_names(path) - set(exported))
+    assert not unlisted, f"{name} defines public names missing from __all__: {unlisted}"
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_every_module_opens_with_a_one_line_statement_of_its_job(name: str) -> None:
+    doc = importlib.import_module(name).__doc__
+    assert doc and doc.strip(), f"{name} has no docstring"
+    assert len(doc.strip().splitlines()[0]) <= 100
