@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict, TypeVar
 
 import aiohttp
 import httpx
@@ -21,15 +23,33 @@ from .kit import (
     window_quantile,
 )
 
+if TYPE_CHECKING:
+    from bridge.http.base import DeliverySender
+    from bridge.http.ssrf import AddressPolicy
+
+T = TypeVar("T")
+
 SECRET = b"bench-secret-0123456789abcdef0123456789abcdef"
 #: Width of the windows whose latency quantiles are reported in order (``p99_by_5s_ms``): on the
 #: embedded broker latency grows as a topic grows within one run (BENCHMARKS.md).
 WINDOW_S = 5.0
 
+#: Sends one signed POST (url, body, headers); True when the receiver acknowledged it.
+Post = Callable[[str, bytes, dict[str, str]], Awaitable[bool]]
 
-async def _post_loop(
-    post: Any, urls: list[str], count: int, concurrency: int
-) -> tuple[float, list[float], int]:
+
+class PostRun(NamedTuple):
+    """One :func:`_post_loop` run."""
+
+    #: Wall seconds of the whole run.
+    elapsed: float
+    #: Seconds per request, in completion order.
+    latencies: list[float]
+    #: Requests not acknowledged.
+    failures: int
+
+
+async def _post_loop(post: Post, urls: list[str], count: int, concurrency: int) -> PostRun:
     """``concurrency`` tasks POSTing signed bodies until ``count`` requests are done."""
     body, base_headers = sample_body()
     latencies: list[float] = []
@@ -52,7 +72,7 @@ async def _post_loop(
 
     started = time.perf_counter()
     await asyncio.gather(*(task() for _ in range(concurrency)))
-    return time.perf_counter() - started, latencies, failures
+    return PostRun(time.perf_counter() - started, latencies, failures)
 
 
 def _result(
@@ -78,9 +98,7 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(value * 1000, 2)
 
 
-async def _aiohttp_runs(
-    urls: list[str], count: int, concurrency: int, runs: int
-) -> list[tuple[float, list[float], int]]:
+async def _aiohttp_runs(urls: list[str], count: int, concurrency: int, runs: int) -> list[PostRun]:
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
     async with aiohttp.ClientSession(connector=connector) as session:
 
@@ -93,7 +111,7 @@ async def _aiohttp_runs(
         return [await _post_loop(post, urls, count, concurrency) for _ in range(runs)]
 
 
-def _run_on(loop_kind: str, coro: Any) -> Any:
+def _run_on(loop_kind: str, coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to completion on a new event loop of ``loop_kind`` (in this thread)."""
     if loop_kind == "uvloop":
         import uvloop
@@ -111,7 +129,7 @@ async def aiohttp_ceiling(
     own while the harness waits; ``runs`` back-to-back runs, the median one reported (one run
     of a few seconds on a shared machine can be off by a third)."""
     results = await asyncio.to_thread(_run_on, loop, _aiohttp_runs(urls, count, concurrency, runs))
-    ordered = sorted(results, key=lambda r: r[0])
+    ordered = sorted(results, key=lambda r: r.elapsed)
     elapsed, latencies, failures = ordered[len(ordered) // 2]
     return _result(
         "ceiling_aiohttp",
@@ -121,7 +139,7 @@ async def aiohttp_ceiling(
         count,
         concurrency=concurrency,
         event_loop=loop,
-        runs_per_s=[round(count / r[0], 1) for r in results],
+        runs_per_s=[round(count / r.elapsed, 1) for r in results],
         body_bytes=len(sample_body()[0]),
         what="raw aiohttp client, N tasks POSTing a signed ~600-byte body with the documented "
         f"headers, on {loop} like the worker; median of {runs} runs",
@@ -150,12 +168,24 @@ async def httpx_ceiling(urls: list[str], count: int, concurrency: int = 8) -> di
     )
 
 
-def _hot_path_sender(policy: Any, kind: str = "http1") -> tuple[Any, Any, str]:
+class _SenderOptions(TypedDict):
+    """What the sender classes are built with here (the worker's defaults, plain http allowed)."""
+
+    timeout: float
+    max_connections: int
+    max_connections_per_endpoint: int
+    policy: AddressPolicy
+    allow_http: bool
+
+
+def _hot_path_sender(
+    policy: AddressPolicy, kind: str = "http1"
+) -> tuple[DeliverySender, Callable[[], Awaitable[None]], str]:
     """The worker's sender for the ``http_client`` setting ``kind`` (``http1``, ``aiohttp`` or
     ``httpx``; older checkouts fall back to what they have): (sender, closer, class name)."""
     from bridge.http.httpx_sender import HttpxSender, new_client
 
-    options = {
+    options: _SenderOptions = {
         "timeout": 30.0,
         "max_connections": 256,
         "max_connections_per_endpoint": 16,
@@ -168,16 +198,17 @@ def _hot_path_sender(policy: Any, kind: str = "http1") -> tuple[Any, Any, str]:
         except ImportError:
             kind = "aiohttp"
         else:
-            sender: Any = Http1Sender(**options)
-            return sender, sender.aclose, "Http1Sender"
+            http1 = Http1Sender(**options)
+            return http1, http1.aclose, "Http1Sender"
     if kind == "aiohttp":
         try:
-            from bridge.aiohttp_sender import AiohttpSender
+            # Gone from the bridge; only a checkout from before its removal has it.
+            aiohttp_sender = importlib.import_module("bridge.aiohttp_sender")
         except ImportError:
             kind = "httpx"
         else:
-            sender = AiohttpSender(**options)
-            return sender, sender.aclose, "AiohttpSender"
+            legacy = aiohttp_sender.AiohttpSender(**options)
+            return legacy, legacy.aclose, "AiohttpSender"
     client = new_client(30.0, 256, policy=policy)
     sender = HttpxSender(client, timeout=30.0, allow_http=True, policy=policy)
     return sender, client.aclose, "HttpxSender (httpx)"
@@ -329,7 +360,7 @@ def cpu_costs(samples: int = 2000) -> dict[str, float]:
         user_id="user-0",
     )
 
-    def timed(fn: Any) -> float:
+    def timed(fn: Callable[[], object]) -> float:
         fn()
         started = time.perf_counter()
         for _ in range(samples):

@@ -17,8 +17,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from bridge.config import Settings
@@ -250,7 +252,7 @@ def _check_stop() -> None:
         raise KeyboardInterrupt(f"signal {_STOP[0]}")
 
 
-async def _guarded(coroutine: Any, seconds: float) -> None:
+async def _guarded(coroutine: Awaitable[None], seconds: float) -> None:
     """Run the benchmark with a deadline; SIGINT and SIGTERM stop it between awaits (and no
     scenario may swallow that: the loop checks after each one), then everything is stopped."""
     loop = asyncio.get_running_loop()
@@ -277,7 +279,7 @@ async def _guarded(coroutine: Any, seconds: float) -> None:
     _check_stop()
 
 
-async def _safe(name: str, coroutine: Any) -> dict[str, Any]:
+async def _safe(name: str, coroutine: Awaitable[Mapping[str, Any]]) -> dict[str, Any]:
     """A ceiling's result, or a result saying why it could not be measured."""
     try:
         return dict(await coroutine)
@@ -299,7 +301,7 @@ def _failed(name: str, ceiling: float | None, error: str) -> dict[str, Any]:
 
 
 def _install_sigterm() -> None:
-    def handler(signum: int, frame: Any) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)

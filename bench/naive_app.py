@@ -46,7 +46,7 @@ client: httpx.AsyncClient | None = None
 
 
 @app.agent(events)
-async def deliver(stream):  # type: ignore[no-untyped-def]
+async def deliver(stream: faust.StreamT[bytes]) -> None:
     global client
     if client is None:
         client = httpx.AsyncClient(timeout=30.0)

@@ -18,6 +18,7 @@ import asyncio
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -39,7 +40,9 @@ async def _serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    def handler(port: int, mode: str, seconds: float):  # type: ignore[no-untyped-def]
+    def handler(
+        port: int, mode: str, seconds: float
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
             lines.append(
                 f"{time.time():.6f} {request.headers.get('X-Webhook-Delivery', '-')} {port}\n"

@@ -7,6 +7,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,7 +174,7 @@ def start_fast_receiver(procs: Procs, workdir: Path, nports: int, *, force: str 
     return Receiver("aiohttp", ports, proc, log, 1e-6)
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:  # type: ignore[no-untyped-def]
+def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout
     while True:
         if predicate():

@@ -45,7 +45,7 @@ def machine() -> dict[str, Any]:
                     mem_kib = int(line.split()[1])
     except OSError:
         pass
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from bridge.config import Settings
 
@@ -188,7 +188,20 @@ def _window_rate(times: Sequence[float]) -> tuple[float | None, float | None]:
     return (len(ordered) - 1) / span, span
 
 
-def _worker_extras(worker: Worker, metrics: dict[str, float]) -> dict[str, Any]:
+class WorkerExtras(TypedDict):
+    """What a worker's metrics said at the end of a scenario (reported with its result)."""
+
+    events_consumed: float
+    in_flight_at_end: float
+    consumer_lag_at_end: float
+    attempts_failed: float
+    retries_scheduled: float
+    dead_letters: float
+    sync_timeouts: float
+    worker_rss_mib: float
+
+
+def _worker_extras(worker: Worker, metrics: dict[str, float]) -> WorkerExtras:
     return {
         "events_consumed": metric_sum(metrics, "webhook_bridge_events_total"),
         "in_flight_at_end": metric_sum(metrics, "webhook_bridge_in_flight_requests"),
@@ -406,6 +419,39 @@ def _half_rate(ctx: Context) -> float:
     return max(10.0, rate / 2)
 
 
+@dataclass
+class PacedRun:
+    """What :func:`paced` measured; the scenarios shape their results from it."""
+
+    settings: Settings
+    #: Events published.
+    published: int
+    #: Seconds the publishing took.
+    publish_s: float
+    #: Deliveries to the measured healthy webhooks: expected, and arrived.
+    healthy_expected: int
+    healthy_delivered: int
+    #: Every expected healthy delivery arrived before the drain period ended.
+    complete: bool
+    #: Event timestamp -> first arrival (seconds) of each healthy delivery, after the warm-up
+    #: and during it, and the p99 of each window of ``WINDOW_S``.
+    latencies: list[float]
+    warmup_latencies: list[float]
+    p99_by_window: list[float | None]
+    #: Event timestamp -> the broker's acknowledgement of its write (seconds).
+    acks: list[float]
+    #: Healthy deliveries per second of publishing.
+    healthy_rate: float | None
+    ready_s: float
+    worker_cpu_pct: float | None
+    metrics: dict[str, float]
+    extras: WorkerExtras
+    loadavg_start: float
+    loadavg_end: float
+    #: The profile's summary when this scenario was profiled.
+    profiled: dict[str, Any]
+
+
 async def paced(
     ctx: Context,
     name: str,
@@ -417,7 +463,7 @@ async def paced(
     nsites: int = 100,
     extra_settings: dict[str, Any] | None = None,
     drain: float = 20.0,
-) -> dict[str, Any]:
+) -> PacedRun:
     """Publish at ``rate`` for ``seconds`` to a ready worker; latency from each event's timestamp
     to its arrival at the receiver. Returns raw measurements (the callers shape results)."""
     settings = ctx.settings(name, **(extra_settings or {}))
@@ -461,26 +507,26 @@ async def paced(
         _finish_profiler(ctx, name, profiler, profiled)
         profiler = None
         latencies, warmup, by_window = _arrival_latencies(first, expected_all, published)
-        return {
-            "warmup_latencies": warmup,
-            "settings": settings,
-            "published": sent,
-            "publish_s": publish_s,
-            "healthy_expected": len(healthy),
-            "healthy_delivered": len(first),
-            "complete": complete,
-            "latencies": latencies,
-            "p99_by_window": by_window,
-            "acks": published.acks,
-            "healthy_rate": len(first) / publish_s if publish_s > 0 else None,
-            "ready_s": ready,
-            "worker_cpu_pct": round(100 * cpu / wall, 1) if wall > 0 else None,
-            "metrics": metrics,
-            "extras": _worker_extras(worker, metrics),
-            "loadavg_start": load_start,
-            "loadavg_end": _loadavg(),
-            "profiled": profiled,
-        }
+        return PacedRun(
+            warmup_latencies=warmup,
+            settings=settings,
+            published=sent,
+            publish_s=publish_s,
+            healthy_expected=len(healthy),
+            healthy_delivered=len(first),
+            complete=complete,
+            latencies=latencies,
+            p99_by_window=by_window,
+            acks=published.acks,
+            healthy_rate=len(first) / publish_s if publish_s > 0 else None,
+            ready_s=ready,
+            worker_cpu_pct=round(100 * cpu / wall, 1) if wall > 0 else None,
+            metrics=metrics,
+            extras=_worker_extras(worker, metrics),
+            loadavg_start=load_start,
+            loadavg_end=_loadavg(),
+            profiled=profiled,
+        )
     finally:
         if profiler is not None:
             profiler.finish()
@@ -584,8 +630,8 @@ async def latency_half_load(ctx: Context) -> dict[str, Any]:
     bench/raw_loop.py (the shortest loop to the receiver: the ceiling quoted against)."""
     rate = _half_rate(ctx)
     run = await paced(ctx, "latency_half_load", rate, ctx.sizes.paced_seconds)
-    lat = run["latencies"]
-    wait_ms = round(run["settings"].kafka_fetch_max_wait * 1000)
+    lat = run.latencies
+    wait_ms = round(run.settings.kafka_fetch_max_wait * 1000)
     floor = await ceilings.kafka_latency_floor(
         ctx.bootstrap,
         f"{ctx.prefix('latency_half_load-floor')}.events",
@@ -595,25 +641,25 @@ async def latency_half_load(ctx: Context) -> dict[str, Any]:
     )
     raw = await raw_loop_latency(ctx, rate, ctx.sizes.paced_seconds)
     windows = f"p99_by_{WINDOW_S:g}s_ms"
-    acks = run["acks"]
-    p99 = percentile(lat, 0.99)
+    acks = run.acks
+    p50, p99 = percentile(lat, 0.5), percentile(lat, 0.99)
     result = _result(
         ctx,
         "latency_half_load",
-        run["healthy_rate"],
-        percentile(lat, 0.5),
-        percentile(lat, 0.99),
+        run.healthy_rate,
+        p50,
+        p99,
         latency_kind="event timestamp -> receiver arrival (ms clocks, same machine)",
         offered_per_s=round(rate, 1),
-        published=run["published"],
-        delivered=run["healthy_delivered"],
-        complete=run["complete"],
+        published=run.published,
+        delivered=run.healthy_delivered,
+        complete=run.complete,
         p90_ms=_ms(percentile(lat, 0.9)),
         broker_floor_p50_ms=ctx.latency_floor_ms,
-        p50_vs_broker_floor=round(percentile(lat, 0.5) * 1000 / ctx.latency_floor_ms, 2)
-        if lat and ctx.latency_floor_ms
+        p50_vs_broker_floor=round(p50 * 1000 / ctx.latency_floor_ms, 2)
+        if p50 is not None and ctx.latency_floor_ms
         else None,
-        **{windows: [_ms(q) for q in run["p99_by_window"]]},
+        **{windows: [_ms(q) for q in run.p99_by_window]},
         publish_ack_p50_ms=_ms(percentile(acks, 0.5)),
         publish_ack_p99_ms=_ms(percentile(acks, 0.99)),
         same_load_floor_p50_ms=floor["p50_ms"],
@@ -627,21 +673,21 @@ async def latency_half_load(ctx: Context) -> dict[str, Any]:
         p99_vs_raw_loop=round(p99 * 1000 / raw["p99_ms"], 2) if p99 and raw.get("p99_ms") else None,
         max_ms=_ms(max(lat) if lat else None),
         warmup_s=WARMUP_S,
-        warmup_p50_ms=_ms(percentile(run["warmup_latencies"], 0.5)),
-        warmup_p99_ms=_ms(percentile(run["warmup_latencies"], 0.99)),
-        warmup_max_ms=_ms(max(run["warmup_latencies"], default=None)),
-        worker_cpu_pct=run["worker_cpu_pct"],
-        ready_s=round(run["ready_s"], 2),
-        loadavg_start=run["loadavg_start"],
-        loadavg_end=run["loadavg_end"],
-        **_stage_quantiles(run["metrics"]),
-        **run["extras"],
-        **run["profiled"],
+        warmup_p50_ms=_ms(percentile(run.warmup_latencies, 0.5)),
+        warmup_p99_ms=_ms(percentile(run.warmup_latencies, 0.99)),
+        warmup_max_ms=_ms(max(run.warmup_latencies, default=None)),
+        worker_cpu_pct=run.worker_cpu_pct,
+        ready_s=round(run.ready_s, 2),
+        loadavg_start=run.loadavg_start,
+        loadavg_end=run.loadavg_end,
+        **_stage_quantiles(run.metrics),
+        **run.extras,
+        **run.profiled,
     )
     if "error" in raw:
         result["raw_loop_error"] = raw["error"]
-    if not run["complete"]:
-        result["error"] = f"{run['healthy_expected'] - run['healthy_delivered']} not delivered"
+    if not run.complete:
+        result["error"] = f"{run.healthy_expected - run.healthy_delivered} not delivered"
     return result
 
 
@@ -694,38 +740,38 @@ async def _isolation(ctx: Context, name: str, mode: str, fault_seconds: float) -
     finally:
         ctx.procs.stop(proc, grace=5.0)
     what = "hangs" if mode == "hang" else "answers after"
-    lat, base_lat = fault["latencies"], base["latencies"]
+    lat, base_lat = fault.latencies, base.latencies
     p99, base_p99 = percentile(lat, 0.99), percentile(base_lat, 0.99)
     result = _result(
         ctx,
         name,
-        fault["healthy_rate"],
+        fault.healthy_rate,
         percentile(lat, 0.5),
         p99,
         latency_kind="healthy webhooks: event timestamp -> receiver arrival",
         fault=f"10% of webhooks on an endpoint that {what} {fault_seconds:g}s; "
         "http_timeout 2s; breaker_threshold 5",
         offered_per_s=round(rate, 1),
-        healthy_delivered=fault["healthy_delivered"],
-        healthy_expected=fault["healthy_expected"],
-        no_fault_per_s=None if base["healthy_rate"] is None else round(base["healthy_rate"], 1),
+        healthy_delivered=fault.healthy_delivered,
+        healthy_expected=fault.healthy_expected,
+        no_fault_per_s=None if base.healthy_rate is None else round(base.healthy_rate, 1),
         no_fault_p50_ms=_ms(percentile(base_lat, 0.5)),
         no_fault_p99_ms=_ms(base_p99),
-        rate_vs_no_fault=round(fault["healthy_rate"] / base["healthy_rate"], 3)
-        if fault["healthy_rate"] and base["healthy_rate"]
+        rate_vs_no_fault=round(fault.healthy_rate / base.healthy_rate, 3)
+        if fault.healthy_rate and base.healthy_rate
         else None,
         p99_vs_no_fault=round(p99 / base_p99, 2) if p99 and base_p99 else None,
-        faulty_attempts_failed=fault["extras"]["attempts_failed"],
-        retries_scheduled=fault["extras"]["retries_scheduled"],
-        circuits_open=metric_sum(fault["metrics"], "webhook_bridge_circuits_open"),
-        worker_cpu_pct=fault["worker_cpu_pct"],
-        loadavg_start=base["loadavg_start"],
-        loadavg_end=fault["loadavg_end"],
-        **fault["profiled"],
+        faulty_attempts_failed=fault.extras["attempts_failed"],
+        retries_scheduled=fault.extras["retries_scheduled"],
+        circuits_open=metric_sum(fault.metrics, "webhook_bridge_circuits_open"),
+        worker_cpu_pct=fault.worker_cpu_pct,
+        loadavg_start=base.loadavg_start,
+        loadavg_end=fault.loadavg_end,
+        **fault.profiled,
     )
-    if not fault["complete"]:
+    if not fault.complete:
         result["error"] = (
-            f"{fault['healthy_expected'] - fault['healthy_delivered']} healthy deliveries "
+            f"{fault.healthy_expected - fault.healthy_delivered} healthy deliveries "
             "missing after the drain period"
         )
     return result
