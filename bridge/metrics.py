@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import inspect
 from bisect import bisect_left
 from typing import Any
 
@@ -12,8 +15,10 @@ from prometheus_client import (
     Histogram,
     ProcessCollector,
 )
+from prometheus_client import values as prometheus_values
 from prometheus_client.values import MutexValue
 
+from bridge.errors import ConfigError
 from bridge.subscriptions.webhook import RECORD_PROBLEMS
 
 __all__ = [
@@ -26,6 +31,9 @@ __all__ = [
     "STAGE_BUCKETS",
     "INVALID_RECORD_REASONS",
     "INVALID_STATUS_REASONS",
+    "RELIED_ON",
+    "PrometheusClientMismatch",
+    "check_prometheus_client",
 ]
 
 #: Seconds; end-to-end latency spans milliseconds (healthy) to hours (after retries). Between
@@ -100,6 +108,7 @@ class Metrics:
     """Every metric the bridge exports. Labels are bounded: no webhook id, URL or delivery id."""
 
     def __init__(self, registry: CollectorRegistry, version: str = "") -> None:
+        check_prometheus_client()
         self.registry = registry
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         # Memory, CPU and file descriptors of this process (process_* metrics).
@@ -285,9 +294,16 @@ class Metrics:
 class HotCounter:
     """``inc()`` of one counter child, for the worker's event loop thread only.
 
-    prometheus-client's ``Counter.inc`` checks the metric and takes a lock for every call
-    (~0.33 us); the bridge changes its hot-path metrics from one thread, so this adds to the
-    child's value directly (~0.08 us). Scrapes read the same value as before."""
+    It adds to the child's ``MutexValue._value`` without taking its lock, and skips
+    ``Counter.inc``'s observability check (a ``labels()`` child always passes it) and exemplars
+    (the bridge sets none). This is safe because every update of the bridge's counters and
+    histograms runs on the event loop's thread: no two writers race, and a scrape, which reads
+    under the lock from another thread, reads the same float ``Counter.inc`` would have left.
+    It is a private contract with prometheus-client, kept because the hot path makes several
+    updates per delivery and the public calls cost several times more (see BENCHMARKS.md,
+    *Metric updates*). It is guarded: pyproject.toml bounds the release, and
+    :func:`check_prometheus_client` refuses to build :class:`Metrics` when one of the
+    internals in :data:`RELIED_ON` is not the code this was written against."""
 
     __slots__ = ("_value",)
 
@@ -301,8 +317,10 @@ class HotCounter:
 
 
 class HotHistogram:
-    """``observe()`` of one histogram child, for the worker's event loop thread only (see
-    :class:`HotCounter`): the sum and the first bucket whose bound holds the amount."""
+    """``observe()`` of one histogram child, for the worker's event loop thread only, under the
+    contract of :class:`HotCounter`: it adds the amount to ``_sum`` and 1 to the first of the
+    per-bucket (not cumulative) ``_buckets`` whose bound in ``_upper_bounds`` (ascending, the
+    last +Inf) holds it, as ``Histogram.observe`` does; NaN goes through ``observe`` itself."""
 
     __slots__ = ("_sum", "_buckets", "_bounds", "_child")
 
@@ -318,6 +336,51 @@ class HotHistogram:
             return
         self._sum._value += amount
         self._buckets[bisect_left(self._bounds, amount)]._value += 1
+
+
+#: The prometheus-client internals :class:`HotCounter` and :class:`HotHistogram` rely on, each
+#: with the first 16 hex digits of the SHA-256 of its source as prometheus-client 0.26 ships
+#: it: the value class and its lock, where a counter keeps its value, where a histogram keeps
+#: its sum, bounds and per-bucket counts, how ``inc`` and ``observe`` change them, and how a
+#: scrape reads them back.
+RELIED_ON: dict[str, str] = {
+    "values.MutexValue": "70ff194268e82391",
+    "Counter._metric_init": "17b9d10bf21b912c",
+    "Counter.inc": "a974907585d081bb",
+    "Counter._child_samples": "edfab8ca9c0a5ad5",
+    "Histogram._prepare_buckets": "e857c68ce98710d9",
+    "Histogram._metric_init": "61aeac1b768d4786",
+    "Histogram.observe": "38beca3be1d1595b",
+    "Histogram._child_samples": "a20de7fdbe76e25b",
+}
+
+
+class PrometheusClientMismatch(ConfigError):
+    """The installed prometheus-client's internals are not those the bridge's hot-path metric
+    handles were written against: the worker refuses to start."""
+
+
+def check_prometheus_client() -> None:
+    """Raise :class:`PrometheusClientMismatch`, naming the internal, when one of
+    :data:`RELIED_ON` is missing or its source differs from the one recorded there."""
+    owners = {"values": prometheus_values, "Counter": Counter, "Histogram": Histogram}
+    for name, expected in RELIED_ON.items():
+        owner, attribute = name.split(".")
+        found = getattr(owners[owner], attribute, None)
+        digest = "missing" if found is None else _source_digest(found)
+        if digest != expected:
+            raise PrometheusClientMismatch(
+                f"prometheus-client: {name} is not the code bridge.metrics' HotCounter and "
+                f"HotHistogram were written against (fingerprint {digest}, expected "
+                f"{expected}); check them against this release, then update RELIED_ON and "
+                "the version bound in pyproject.toml"
+            )
+
+
+@functools.cache
+def _source_digest(code: Any) -> str:
+    """The first 16 hex digits of the SHA-256 of ``code``'s source (once per object)."""
+    return hashlib.sha256(inspect.getsource(code).encode("utf-8")).hexdigest()[:16]
 
 
 def _hot(child: Any) -> Any:

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
+import tomllib
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.values import MutexValue
 
-from bridge.metrics import LATENCY_BUCKETS, STAGE_BUCKETS, HotCounter, HotHistogram, Metrics
+from bridge.metrics import (
+    LATENCY_BUCKETS,
+    REQUEST_BUCKETS,
+    STAGE_BUCKETS,
+    HotCounter,
+    HotHistogram,
+    Metrics,
+    PrometheusClientMismatch,
+    check_prometheus_client,
+)
 
 
 def test_child_is_remembered_and_counts_like_labels() -> None:
@@ -98,3 +111,76 @@ def test_end_to_end_buckets_resolve_latency_near_a_50_ms_objective() -> None:
         near = [b for b in buckets if 0.01 <= b <= 0.1]
         assert near[0] == 0.01 and near[-1] == 0.1
         assert max(b - a for a, b in zip(near, near[1:], strict=False)) <= 0.025 + 1e-12
+
+
+# -- the prometheus-client internals the hot handles rely on ---------------------------------------
+
+
+def test_the_internals_relied_on_are_the_code_they_were_written_against() -> None:
+    check_prometheus_client()  # raises if any fingerprint in RELIED_ON differs
+
+
+def test_a_changed_internal_stops_the_metrics_with_its_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def observe(self: Histogram, amount: float, exemplar: object = None) -> None:
+        """Stands for a release whose observe keeps its buckets some other way."""
+
+    monkeypatch.setattr(Histogram, "observe", observe)
+    with pytest.raises(PrometheusClientMismatch, match=r"Histogram\.observe"):
+        Metrics(CollectorRegistry())
+
+
+def test_a_missing_internal_stops_the_metrics_with_its_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delattr(Histogram, "_prepare_buckets")
+    with pytest.raises(PrometheusClientMismatch, match=r"Histogram\._prepare_buckets.*missing"):
+        check_prometheus_client()
+
+
+def test_pyproject_bounds_prometheus_client_to_the_release_checked() -> None:
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    wanted = [d for d in pyproject["project"]["dependencies"] if d.startswith("prometheus-client")]
+    assert wanted == ["prometheus-client>=0.26,<0.27"]
+    assert importlib.metadata.version("prometheus-client").startswith("0.26.")
+
+
+def test_the_children_have_the_shape_the_hot_handles_write_to() -> None:
+    metrics = Metrics(CollectorRegistry())
+    counter = metrics.attempts.labels("success", "2xx")
+    assert type(counter._value) is MutexValue
+    assert type(counter._value._value) is float
+    assert hasattr(counter._value, "_lock")
+    histogram = metrics.request_duration.labels("success")
+    assert type(histogram._sum) is MutexValue and type(histogram._sum._value) is float
+    assert histogram._upper_bounds == [*REQUEST_BUCKETS, math.inf]
+    assert len(histogram._buckets) == len(histogram._upper_bounds)
+    assert all(type(b) is MutexValue for b in histogram._buckets)
+
+
+def test_values_written_the_hot_way_are_what_the_registry_reads() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.child(metrics.attempts, "success", "2xx").inc(2.5)
+    metrics.child(metrics.attempts, "success", "2xx").inc()
+    attempts = {"outcome": "success", "status_class": "2xx"}
+    assert registry.get_sample_value("webhook_bridge_delivery_attempts_total", attempts) == 3.5
+    duration = metrics.child(metrics.request_duration, "failure")
+    for amount in (0.005, 0.0051, 7.0, 45.0):  # on a bound, just past it, mid-range, past the last
+        duration.observe(amount)
+    name, failure = "webhook_bridge_http_request_duration_seconds", {"outcome": "failure"}
+
+    def bucket(le: str) -> float | None:
+        return registry.get_sample_value(f"{name}_bucket", {**failure, "le": le})
+
+    assert [bucket(le) for le in ("0.005", "0.01", "5.0", "10.0", "30.0", "+Inf")] == [
+        1.0,
+        2.0,
+        2.0,
+        3.0,
+        3.0,
+        4.0,
+    ]
+    assert registry.get_sample_value(f"{name}_count", failure) == 4.0
+    assert registry.get_sample_value(f"{name}_sum", failure) == 0.005 + 0.0051 + 7.0 + 45.0
