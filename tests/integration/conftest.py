@@ -14,8 +14,6 @@ from bridge.worker.embedded import EmbeddedBroker, free_port
 from tests.support.processes import WorkerProcess
 from tests.support.receivers import Receiver
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:

@@ -244,11 +244,7 @@ BREAKERS: list[dict[str, Any]] = [
 ]
 
 
-@settings(
-    max_examples=200,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     secrets=st.dictionaries(st.sampled_from(SECRET_FIELDS), SECRETS, min_size=1, max_size=3),
     breaker=st.sampled_from(BREAKERS),

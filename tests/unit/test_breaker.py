@@ -4,7 +4,7 @@ clock."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.delivery.breaker import CLOSED, HALF_OPEN, OPEN, Breakers, CircuitBreaker, endpoint_of
@@ -250,7 +250,6 @@ def test_open_count() -> None:
     assert breakers.open_count() == 1
 
 
-@settings(max_examples=200, deadline=None)
 @given(
     steps=st.lists(
         st.tuples(

@@ -8,13 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bridge.worker.embedded import die_with_parent, port_holder, port_in_use_message
+from tests.support.waiting import eventually_sync
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux /proc")
 
@@ -59,15 +59,6 @@ def _dead(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] in ("Z", "X")
 
 
-def _wait_dead(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not _dead(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def _read_line(stream: object, timeout: float) -> bytes:
     assert hasattr(stream, "readline") and hasattr(stream, "fileno")
     ready, _, _ = select.select([stream], [], [], timeout)
@@ -100,7 +91,9 @@ def test_the_child_dies_when_its_parent_is_killed(started_from: str) -> None:
         assert not _dead(child_pid)
         parent.kill()
         parent.wait()
-        assert _wait_dead(child_pid), f"pid {child_pid} outlived its parent"
+        eventually_sync(
+            lambda: _dead(child_pid), timeout=10.0, message=f"pid {child_pid} outlived its parent"
+        )
     finally:
         if parent.poll() is None:
             parent.kill()

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.contract import jsoncanon
@@ -420,7 +420,6 @@ def test_surrogate_pairs_and_escaped_backslashes_are_text() -> None:
 TEXT = st.text(st.characters(exclude_categories=()), max_size=6)  # lone surrogates included
 
 
-@settings(max_examples=300, deadline=None)
 @given(event_id=TEXT, site_id=TEXT, title=TEXT, key=TEXT)
 def test_an_event_that_parses_can_be_delivered(
     event_id: str, site_id: str, title: str, key: str
@@ -473,7 +472,6 @@ def test_format_timestamp_rejects_naive_datetimes() -> None:
         format_timestamp(datetime(2024, 1, 15, 10, 30))
 
 
-@settings(max_examples=300, deadline=None)
 @given(
     moment=st.datetimes(
         min_value=datetime(1, 1, 2),

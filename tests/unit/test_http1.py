@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.http.http1 import (
@@ -107,7 +107,6 @@ names = st.sampled_from(["Server", "Date", "X-Thing", "Content-Type", "Set-Cooki
 values = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=30)
 
 
-@settings(max_examples=300, deadline=None)
 @given(
     status=statuses,
     body=bodies,
@@ -277,7 +276,6 @@ STARTS = [
 ]
 
 
-@settings(max_examples=400, deadline=None)
 @given(
     start=st.sampled_from(STARTS),
     rest=st.binary(max_size=200),

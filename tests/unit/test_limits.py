@@ -7,28 +7,16 @@ every wait bounded by ``asyncio.wait_for``; the token buckets run on a fake cloc
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 
 from bridge.delivery import limits
 from bridge.delivery.limits import EndpointBusy, EndpointSlots, RateLimits, Slots, TokenBucket
 from tests.support.clocks import FakeClock
+from tests.support.waiting import PROMPT, eventually
 
-#: Upper bound for anything that should happen promptly.
-PROMPT = 2.0
 A = "https://a.example:443"
 B = "https://b.example:443"
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Yield to other tasks until ``condition`` holds, failing after a deadline."""
-
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0)
-
-    await asyncio.wait_for(poll(), PROMPT)
 
 
 class Holders:
@@ -70,11 +58,11 @@ async def test_at_most_limit_in_flight_per_endpoint() -> None:
     holders = Holders(slots)
     for n in range(5):
         holders.start(n)
-    await until(lambda: len(holders.entered) == 2 and slots.waiting(A) == 3)
+    await eventually(lambda: len(holders.entered) == 2 and slots.waiting(A) == 3)
     assert holders.entered == [0, 1]
 
     await holders.finish(0)
-    await until(lambda: len(holders.entered) == 3)
+    await eventually(lambda: len(holders.entered) == 3)
     assert slots.waiting(A) == 2
     assert holders.entered == [0, 1, 2]  # first come, first served
 
@@ -89,7 +77,7 @@ async def test_queue_is_bounded_and_the_next_is_refused_at_once() -> None:
     holders.start(0)
     holders.start(1)
     holders.start(2)
-    await until(lambda: holders.entered == [0] and slots.waiting(A) == 2)
+    await eventually(lambda: holders.entered == [0] and slots.waiting(A) == 2)
 
     # Refused without waiting: a deadline far shorter than anything in flight would take.
     with pytest.raises(EndpointBusy):
@@ -98,9 +86,9 @@ async def test_queue_is_bounded_and_the_next_is_refused_at_once() -> None:
 
     # The refused call took no place: when one waiter gets in, the queue has room again.
     await holders.finish(0)
-    await until(lambda: holders.entered == [0, 1] and slots.waiting(A) == 1)
+    await eventually(lambda: holders.entered == [0, 1] and slots.waiting(A) == 1)
     holders.start(3)
-    await until(lambda: slots.waiting(A) == 2)
+    await eventually(lambda: slots.waiting(A) == 2)
     await holders.finish(1, 2, 3)
     assert holders.peak[A] == 1
 
@@ -122,13 +110,13 @@ async def test_other_endpoints_are_unaffected() -> None:
     holders = Holders(slots)
     holders.start(0, A)
     holders.start(1, A)
-    await until(lambda: slots.waiting(A) == 1)
+    await eventually(lambda: slots.waiting(A) == 1)
     with pytest.raises(EndpointBusy):
         await asyncio.wait_for(slots.acquire(A), PROMPT)
 
     # A hanging endpoint A holds nothing of B's.
     holders.start(2, B)
-    await until(lambda: 2 in holders.entered)
+    await eventually(lambda: 2 in holders.entered)
     assert slots.waiting(B) == 0
     await holders.finish(2)
     await holders.finish(0, 1)
@@ -139,7 +127,7 @@ async def test_idle_endpoints_are_forgotten() -> None:
     holders = Holders(slots)
     for n, endpoint in enumerate([A, A, B]):
         holders.start(n, endpoint)
-    await until(lambda: slots.waiting(A) == 1 and 2 in holders.entered)
+    await eventually(lambda: slots.waiting(A) == 1 and 2 in holders.entered)
     await holders.finish(0, 1, 2)
     assert slots.waiting(A) == 0
     # No observable API lists endpoints; the map is what must not grow with every URL seen.
@@ -151,13 +139,13 @@ async def test_a_cancelled_waiter_gives_back_its_place_in_the_queue() -> None:
     holders = Holders(slots)
     holders.start(0)
     waiter = holders.start(1)
-    await until(lambda: slots.waiting(A) == 1)
+    await eventually(lambda: slots.waiting(A) == 1)
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(waiter, PROMPT)
     assert slots.waiting(A) == 0
     holders.start(2)  # queued, not refused
-    await until(lambda: slots.waiting(A) == 1)
+    await eventually(lambda: slots.waiting(A) == 1)
     await holders.finish(0, 2)
     assert 1 not in holders.entered
     assert slots._endpoints == {}
@@ -177,7 +165,7 @@ async def test_slots_bound_and_hand_over_in_arrival_order() -> None:
             await gate.wait()
 
     tasks = [asyncio.create_task(holder(n)) for n in range(6)]
-    await until(lambda: len(order) == 2 and slots.waiting == 4)
+    await eventually(lambda: len(order) == 2 and slots.waiting == 4)
     assert order == [0, 1] and slots.locked()
     gate.set()
     await asyncio.wait_for(asyncio.gather(*tasks), PROMPT)
@@ -194,7 +182,7 @@ async def test_slots_a_cancelled_waiter_takes_no_slot() -> None:
     await slots.acquire()
     cancelled = asyncio.create_task(slots.acquire())
     after = asyncio.create_task(slots.acquire())
-    await until(lambda: slots.waiting == 2)
+    await eventually(lambda: slots.waiting == 2)
     cancelled.cancel()
     with pytest.raises(asyncio.CancelledError):
         await cancelled
@@ -210,7 +198,7 @@ async def test_slots_granted_then_cancelled_passes_the_slot_on() -> None:
     await slots.acquire()
     first = asyncio.create_task(slots.acquire())
     second = asyncio.create_task(slots.acquire())
-    await until(lambda: slots.waiting == 2)
+    await eventually(lambda: slots.waiting == 2)
     slots.release()  # granted to ``first`` ...
     first.cancel()  # ... which is cancelled before it runs again
     with pytest.raises(asyncio.CancelledError):

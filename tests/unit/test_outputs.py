@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
@@ -17,7 +17,6 @@ from bridge.metrics import Metrics
 from tests.support.metrics import sample
 
 
-@settings(max_examples=300, deadline=None)
 @given(
     keys=st.lists(st.binary(max_size=40), min_size=1, max_size=20),
     count=st.integers(1, 64),

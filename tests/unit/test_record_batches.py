@@ -11,9 +11,9 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from bridge.kafka.record_batches import PartitionBatches
+from tests.support.waiting import PROMPT, eventually
 
 TOPIC = "t.attempts"
-PROMPT = 2.0
 LONG = 600.0  # a linger no test waits for
 
 
@@ -74,14 +74,6 @@ async def started(producer: Producer, linger: float = LONG) -> PartitionBatches:
     return batches
 
 
-async def until(condition: Any) -> None:
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.001)
-
-    await asyncio.wait_for(poll(), PROMPT)
-
-
 def partition_of(key: bytes, partitions: int = 4) -> int:
     every = list(range(partitions))
     return int(DefaultPartitioner()(key, every, every))
@@ -92,7 +84,7 @@ async def test_records_of_a_partition_share_a_batch_and_its_acknowledgement() ->
     batches = await started(producer, linger=0.01)
     keys = [b"wh_%d" % n for n in range(12)]
     futures = [batches.add(key, b"v-" + key) for key in keys]
-    await until(lambda: sum(len(s.records) for s in producer.sent) == 12)
+    await eventually(lambda: sum(len(s.records) for s in producer.sent) == 12)
     # One batch per partition used, each record in its key's partition, in the order added.
     assert len(producer.sent) == len({partition_of(k) for k in keys})
     for sent in producer.sent:
@@ -102,7 +94,7 @@ async def test_records_of_a_partition_share_a_batch_and_its_acknowledgement() ->
     assert not any(f.done() for f in futures)
     first = producer.sent[0]
     first.ack.set_result("metadata")
-    await until(lambda: any(f.done() for f in futures))
+    await eventually(lambda: any(f.done() for f in futures))
     for key, future in zip(keys, futures, strict=True):
         assert future.done() == (partition_of(key) == first.partition)
     for sent in producer.sent[1:]:
@@ -189,13 +181,13 @@ async def test_partitions_follow_the_producers_metadata() -> None:
     producer = Producer(partitions=1)
     batches = await started(producer, linger=0.01)
     batches.add(b"wh_3", b"x")
-    await until(lambda: len(producer.sent) == 1)
+    await eventually(lambda: len(producer.sent) == 1)
     assert producer.sent[0].partition == 0
     producer.partitions = set(range(4))  # the topic grew; the next window sees it
     batches.add(b"wh_3", b"y")
-    await until(lambda: len(producer.sent) == 2)
+    await eventually(lambda: len(producer.sent) == 2)
     batches.add(b"wh_3", b"z")
-    await until(lambda: len(producer.sent) == 3)
+    await eventually(lambda: len(producer.sent) == 3)
     assert producer.sent[2].partition == partition_of(b"wh_3")
     await batches.close()
 
@@ -207,14 +199,14 @@ async def test_while_the_producer_holds_a_batch_the_next_one_stays_open() -> Non
     batches = await started(producer, linger=0.005)
     producer.gate = asyncio.Event()  # the producer is slow to take the first batch
     batches.add(b"wh", b"1")
-    await until(lambda: producer.entered == 1)
+    await eventually(lambda: producer.entered == 1)
     batches.add(b"wh", b"2")
-    await until(lambda: batches._open[0].due)  # its linger is over; it stays open
+    await eventually(lambda: batches._open[0].due)  # its linger is over; it stays open
     batches.add(b"wh", b"3")
     batches.add(b"wh", b"4")
     assert producer.entered == 1
     producer.gate.set()
-    await until(lambda: producer.entered == 2)
+    await eventually(lambda: producer.entered == 2)
     await batches.close()
     assert [[v for _, v in s.records] for s in producer.sent] == [[b"1"], [b"2", b"3", b"4"]]
 

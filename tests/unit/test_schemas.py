@@ -13,7 +13,7 @@ from functools import cache
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, ValidationError, validators
 
@@ -104,7 +104,6 @@ def near(draw: st.DrawFn, path: str) -> Any:
 
 
 @pytest.mark.parametrize("path", SCHEMAS)
-@settings(max_examples=300, deadline=None)
 @given(data=st.data())
 def test_compiled_validator_agrees_with_jsonschema(path: str, data: st.DataObject) -> None:
     instance = data.draw(near(path))
@@ -113,7 +112,6 @@ def test_compiled_validator_agrees_with_jsonschema(path: str, data: st.DataObjec
 
 
 @pytest.mark.parametrize("path", SCHEMAS)
-@settings(max_examples=100, deadline=None)
 @given(data=st.data())
 def test_agrees_on_the_schema_s_valid_examples_mutated(path: str, data: st.DataObject) -> None:
     """Start from a valid instance and change one key, so the valid side is well covered."""
@@ -224,7 +222,6 @@ def instances_with_a_canary(draw: st.DrawFn, path: str) -> Any:
 
 
 @pytest.mark.parametrize("schema", WORDED)
-@settings(max_examples=150, deadline=None)
 @given(data=st.data())
 def test_error_messages_name_paths_and_types_never_values(schema: str, data: st.DataObject) -> None:
     instance = data.draw(instances_with_a_canary(f"schemas/{schema}.json"))

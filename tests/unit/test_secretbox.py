@@ -7,13 +7,11 @@ import base64
 import re
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.errors import ConfigError, InvalidSubscription
 from bridge.subscriptions.secretbox import Keyring, generate_key, is_encrypted, key_id
-
-FAST = settings(max_examples=200, deadline=None, database=None)
 
 KEY1 = base64.b64encode(bytes(range(32))).decode()
 KEY2 = base64.b64encode(bytes(range(100, 132))).decode()
@@ -171,7 +169,6 @@ def test_generate_key() -> None:
     Keyring.from_setting(f"new:{key}")
 
 
-@FAST
 @given(plaintext=st.text(), aad=st.binary(max_size=64))
 def test_round_trip_property(plaintext: str, aad: bytes) -> None:
     keyring = ring(f"kid2:{KEY2},kid1:{KEY1}")

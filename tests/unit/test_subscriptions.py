@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.contract.events import Event
@@ -296,7 +296,6 @@ def hostile_values(draw: st.DrawFn) -> bytes | None:
     return json.dumps(value, allow_nan=True).encode("utf-8")
 
 
-@settings(max_examples=500, deadline=None)
 @given(KEYS, hostile_values())
 def test_parse_webhook_is_total(key: bytes | None, raw: bytes | None) -> None:
     """Whatever the record, a webhook, a tombstone, or InvalidSubscription with a bounded

@@ -16,9 +16,7 @@ import pytest
 from bridge.delivery.dead_letters import SourceRef
 from bridge.subscriptions.freshness import TableFreshness
 from tests.support.clocks import FakeClock
-
-#: Upper bound for anything that should happen promptly.
-PROMPT = 2.0
+from tests.support.waiting import PROMPT, eventually
 
 
 class FakeEndOffsets:
@@ -333,23 +331,18 @@ async def test_a_waiter_is_not_confused_by_the_next_round_another_waiter_started
     now = [1.5]
     fresh = TableFreshness(ends, timeout=5.0, clock=lambda: now[0])
     starter = asyncio.create_task(fresh.wait_current(1.0))  # starts round 1 at 1.5
-    await asyncio.wait_for(_until(lambda: len(gates) == 1), PROMPT)
+    await eventually(lambda: len(gates) == 1)
     late = asyncio.create_task(fresh.wait_current(2.0))  # not covered by round 1
     await asyncio.sleep(0)
     covered = asyncio.create_task(fresh.wait_current(1.2))  # covered by round 1, waits after
     await asyncio.sleep(0)
     now[0] = 2.5
     gates[0].set()
-    await asyncio.wait_for(_until(lambda: len(gates) == 2), PROMPT)
+    await eventually(lambda: len(gates) == 2)
     assert await asyncio.wait_for(starter, PROMPT) is True
     assert await asyncio.wait_for(covered, PROMPT) is True
     gates[1].set()
     assert await asyncio.wait_for(late, PROMPT) is True
-
-
-async def _until(condition: Any) -> None:
-    while not condition():
-        await asyncio.sleep(0)
 
 
 # ------------------------------------------------- source records covered by their offsets
