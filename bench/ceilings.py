@@ -235,7 +235,9 @@ async def bridge_sender_ceiling(
 async def _bridge_sender_run(
     urls: list[str], count: int, concurrency: int, kind: str
 ) -> dict[str, Any]:
-    from bridge.http.base import Delivery
+    from bridge.contract.events import parse_event
+    from bridge.contract.payload import EncodedEvent
+    from bridge.delivery.job import Job, SourceRef
     from bridge.http.ssrf import AddressPolicy
     from bridge.subscriptions.webhook import Webhook
 
@@ -255,9 +257,18 @@ async def _bridge_sender_run(
         for i, url in enumerate(urls)
     }
 
+    source = SourceRef("bench", 0, 0)
+    # A job per request, as the worker makes one per delivery; the events (a fresh id each, so
+    # every delivery id differs) are made before the clock starts.
+    events = iter(
+        [
+            EncodedEvent.of(parse_event(event_bytes(str(uuid.uuid4()), "s", "u", now_stamp(), 1)))
+            for _ in range(count + min(300, count) + len(urls))
+        ]
+    )
+
     async def post(url: str, body_: bytes, headers: dict[str, str]) -> bool:
-        delivery = Delivery(str(uuid.uuid4()), webhooks[url], "e", "post.published", body)
-        result = await sender.send(delivery)
+        result = await sender.send(Job(next(events), webhooks[url], 1, source), body)
         return bool(result.success)
 
     try:
@@ -346,7 +357,8 @@ def cpu_costs(samples: int = 2000) -> dict[str, float]:
     """Microseconds per call of the bridge's per-event and per-delivery pure-Python steps."""
     from bridge.contract.events import parse_event
     from bridge.contract.payload import EncodedEvent, build_body
-    from bridge.http.base import Delivery, build_headers
+    from bridge.delivery.job import Job, SourceRef
+    from bridge.http.base import build_headers
     from bridge.subscriptions.webhook import Webhook
 
     raw = event_bytes(str(uuid.uuid4()), "site-0", "user-0", now_stamp(), 1)
@@ -370,12 +382,12 @@ def cpu_costs(samples: int = 2000) -> dict[str, float]:
     event = parse_event(raw)
     encoded = EncodedEvent.of(event)
     body = build_body(encoded, webhook)
-    delivery = Delivery("d", webhook, event.id, event.type, body)
+    job = Job(encoded, webhook, 1, SourceRef("bench", 0, 0))
     return {
         "parse_event_us": timed(lambda: parse_event(raw)),
         "encode_event_us": timed(lambda: EncodedEvent.of(event)),
         "build_body_us": timed(lambda: build_body(encoded, webhook)),
-        "build_headers_us": timed(lambda: build_headers(delivery)),
+        "build_headers_us": timed(lambda: build_headers(job, body)),
     }
 
 

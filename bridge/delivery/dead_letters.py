@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from bridge.contract import jsoncanon
 from bridge.contract.events import Event, format_timestamp
+from bridge.delivery.job import SourceRef
 from bridge.http.base import AttemptResult
 
 __all__ = [
@@ -35,30 +35,6 @@ MAX_EVENT_BYTES = 512 * 1024
 PREFIX_CHARS = 4096
 #: Longest ``detail`` kept.
 _MAX_DETAIL_CHARS = 1024
-
-
-@dataclass(frozen=True)
-class SourceRef:
-    """Where a record came from."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None = None
-
-    @classmethod
-    def of(cls, message: Any) -> SourceRef:
-        """Where a consumed record (a Faust message: ``topic``, ``partition``, ``offset``,
-        ``key``) came from."""
-        return cls(message.topic, message.partition, message.offset, message.key)
-
-    def as_record(self) -> dict[str, Any]:
-        return {
-            "topic": self.topic,
-            "partition": self.partition,
-            "offset": self.offset,
-            "key": None if self.key is None else self.key.decode("utf-8", "replace"),
-        }
 
 
 def dead_letter_record(

@@ -13,28 +13,26 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from bridge.contract.events import Event, format_timestamp
-from bridge.contract.payload import EncodedEvent, build_body, delivery_id
+from bridge.contract.events import format_timestamp
+from bridge.contract.payload import build_body
 from bridge.delivery.breaker import CLOSED, Breakers, endpoint_of
-from bridge.delivery.dead_letters import SourceRef, dead_letter_record
+from bridge.delivery.dead_letters import dead_letter_record
 from bridge.delivery.endpoint_health import EndpointHealth, HealthChange
+from bridge.delivery.job import Ack, Job
 from bridge.delivery.limits import EndpointBusy, EndpointSlots, RateLimits, Slots
 from bridge.delivery.pending_retry import PendingRetry
 from bridge.delivery.retry_policy import RetryPolicy
 from bridge.errors import InvalidEvent, InvalidUrl
-from bridge.http.base import AttemptResult, Delivery, DeliverySender, status_class
+from bridge.http.base import AttemptResult, DeliverySender, status_class
 from bridge.metrics import Metrics
 from bridge.subscriptions.webhook import Webhook
 
-__all__ = ["Outputs", "Job", "Deliverer", "MAX_DEFERRALS"]
+__all__ = ["Outputs", "Deliverer", "MAX_DEFERRALS"]
 
 log = logging.getLogger(__name__)
-
-_Done = Callable[[], None]
 
 #: Errors of attempts that were not made: no request was sent.
 _SKIPPED = frozenset(
@@ -65,30 +63,6 @@ class Outputs(Protocol):
     async def status(self, key: bytes, record: dict[str, Any]) -> None: ...
 
     async def disable(self, webhook: Webhook, reason: str) -> None: ...
-
-
-@dataclass(frozen=True)
-class Job:
-    """One delivery attempt to make."""
-
-    encoded: EncodedEvent
-    webhook: Webhook = field(repr=False)
-    #: Number of this attempt (1 for the first).
-    attempt: int
-    source: SourceRef
-    #: Earlier attempts (``AttemptResult.as_record()``), oldest first.
-    history: Sequence[Mapping[str, Any]] = ()
-
-    @property
-    def event(self) -> Event:
-        return self.encoded.event
-
-    #: UUIDv5 of the event and webhook ids (set in ``__post_init__``).
-    delivery_id: str = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        # Not a cached_property: on Python 3.11 its lock cost more than the hash.
-        object.__setattr__(self, "delivery_id", delivery_id(self.event.id, self.webhook.id))
 
 
 class Deliverer:
@@ -135,7 +109,7 @@ class Deliverer:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._wall_time(), UTC)
 
-    async def run(self, job: Job, done: _Done) -> asyncio.Future[Any] | None:
+    async def run(self, job: Job, done: Ack) -> asyncio.Future[Any] | None:
         """Attempt the delivery and settle its outcome; ``done`` is called once it is settled.
 
         Returns ``None`` when the job has ended: settled (``done`` was called), or not (an
@@ -174,15 +148,6 @@ class Deliverer:
         except InvalidEvent as exc:
             await self._dead_letter(job, exc.reason, exc.detail, job.history)
             return None
-        delivery = Delivery(
-            delivery_id=job.delivery_id,
-            webhook=webhook,
-            event_id=job.event.id,
-            event_type=job.event.type,
-            body=body,
-            occurred_at=job.event.occurred_at,
-            event=job.event,
-        )
         try:
             endpoint = endpoint_of(webhook.url)
         except InvalidUrl as exc:
@@ -217,7 +182,7 @@ class Deliverer:
             async with self._slots:
                 self._in_flight += 1
                 try:
-                    result = await self._sender.send(delivery)
+                    result = await self._sender.send(job, body)
                 finally:
                     self._in_flight -= 1
         finally:
@@ -227,7 +192,7 @@ class Deliverer:
                 # would wait for its probe's answer for ever.
                 self._breakers.failure(endpoint)
         if result.success:
-            self._observe(delivery, job, result)
+            self._observe(job, result)
             self._breakers.success(endpoint)
             written = await self._queue_attempt(job, result, None)
             change = self._health.on_success(webhook.id)
@@ -240,7 +205,7 @@ class Deliverer:
         # nothing about the endpoint's health, but it must still release a half-open probe.
         refused = result.error == "destination_forbidden"
         if not refused:
-            self._observe(delivery, job, result)
+            self._observe(job, result)
         if not refused or self._breakers.state(endpoint) != CLOSED:
             self._breakers.failure(endpoint)
         await self._settle_failure(job, result, counts=not refused)
@@ -252,23 +217,22 @@ class Deliverer:
             False, None, error, 0.0, format_timestamp(self._now()), retry_after=retry_after
         )
 
-    def _observe(self, delivery: Delivery, job: Job, result: AttemptResult) -> None:
+    def _observe(self, job: Job, result: AttemptResult) -> None:
         outcome = "success" if result.success else "failure"
         m = self._metrics
         m.child(m.attempts, outcome, status_class(result.status)).inc()
         m.child(m.request_duration, outcome).observe(result.duration)
         if result.success:
-            m.child(m.deliveries, delivery.event_type, "delivered").inc()
-            if delivery.occurred_at is not None:
-                latency = self._wall_time() - delivery.occurred_at.timestamp()
-                m.child(m.end_to_end).observe(max(0.0, latency))
+            m.child(m.deliveries, job.event.type, "delivered").inc()
+            latency = self._wall_time() - job.event.occurred_at.timestamp()
+            m.child(m.end_to_end).observe(max(0.0, latency))
         else:
             log.warning(
                 "delivery attempt failed",
                 extra={
-                    "delivery_id": delivery.delivery_id,
-                    "webhook_id": delivery.webhook.id,
-                    "event_type": delivery.event_type,
+                    "delivery_id": job.delivery_id,
+                    "webhook_id": job.webhook.id,
+                    "event_type": job.event.type,
                     "attempt": job.attempt,
                     "status": result.status,
                     "error": result.error,

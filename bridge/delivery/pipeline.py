@@ -19,8 +19,9 @@ from typing import Any
 
 from bridge.contract.events import Event, parse_event
 from bridge.contract.payload import EncodedEvent
-from bridge.delivery.dead_letters import SourceRef, dead_letter_record, internal_error
-from bridge.delivery.deliverer import Deliverer, Job, Outputs
+from bridge.delivery.dead_letters import dead_letter_record, internal_error
+from bridge.delivery.deliverer import Deliverer, Outputs
+from bridge.delivery.job import Ack, Job, SourceRef
 from bridge.delivery.limits import Slots
 from bridge.delivery.pending_retry import parse_retry
 from bridge.errors import InvalidEvent, InvalidRecord
@@ -28,13 +29,10 @@ from bridge.metrics import Metrics
 from bridge.subscriptions.freshness import TableFreshness
 from bridge.subscriptions.index import SubscriptionIndex
 
-__all__ = ["Pipeline", "drain_worst_case", "handover_timeout", "Ack"]
+__all__ = ["Pipeline", "drain_worst_case", "handover_timeout"]
 
 log = logging.getLogger(__name__)
 
-#: Acknowledges a record; synchronous, so the acknowledgement of a job's attempt record can
-#: settle the job (and its record) from a callback (see :meth:`Deliverer.run`).
-Ack = Callable[[], None]
 #: A record waiting for the subscription table: when it arrived, its value, where it is, and
 #: how to acknowledge it.
 _Held = tuple[float, bytes | None, SourceRef, Ack]

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
 from bridge.contract import standard_webhooks
-from bridge.contract.events import Event, format_timestamp
+from bridge.contract.events import format_timestamp
 from bridge.contract.signing import sign
+from bridge.delivery.job import Job
 from bridge.delivery.retry_policy import parse_retry_after
 from bridge.http.ssrf import AddressPolicy, DestinationForbidden, check_url
-from bridge.subscriptions.webhook import Webhook
 
 __all__ = [
     "USER_AGENT",
-    "Delivery",
     "AttemptResult",
     "DeliverySender",
     "is_success",
@@ -32,22 +31,6 @@ __all__ = [
 
 #: The documented spelling.
 USER_AGENT = "Position-Webhooks/1.0"
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One event for one webhook, ready to send."""
-
-    delivery_id: str
-    webhook: Webhook = field(repr=False)
-    event_id: str
-    event_type: str
-    #: The exact body bytes; the signature is computed over these at send time.
-    body: bytes = field(repr=False)
-    #: When the event happened (its ``timestamp``), for end-to-end latency.
-    occurred_at: datetime | None = None
-    #: The event itself, for dead letters.
-    event: Event | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -83,7 +66,7 @@ class AttemptResult:
 class DeliverySender(Protocol):
     """What sends one attempt: :class:`~bridge.http.httpx_sender.HttpxSender` or ``Http1Sender``."""
 
-    async def send(self, delivery: Delivery) -> AttemptResult: ...
+    async def send(self, job: Job, body: bytes) -> AttemptResult: ...
 
     async def aclose(self) -> None: ...
 
@@ -102,24 +85,24 @@ def status_class(status: int | None) -> str:
     return "other"
 
 
-def build_headers(delivery: Delivery, now: datetime | None = None) -> dict[str, str]:
+def build_headers(job: Job, body: bytes, now: datetime | None = None) -> dict[str, str]:
     """The documented headers, signed with the webhook's current secret; for webhooks that opted
     in, the Standard Webhooks headers too (both secrets during a rotation overlap)."""
     headers = {
         "Content-Type": "application/json",
-        "X-Webhook-Signature": sign(delivery.webhook.secret, delivery.body),
-        "X-Webhook-Event": delivery.event_type,
-        "X-Webhook-Delivery": delivery.delivery_id,
+        "X-Webhook-Signature": sign(job.webhook.secret, body),
+        "X-Webhook-Event": job.event.type,
+        "X-Webhook-Delivery": job.delivery_id,
         "User-Agent": USER_AGENT,
     }
-    if delivery.webhook.standard_webhooks:
+    if job.webhook.standard_webhooks:
         moment = now or datetime.now(UTC)
         headers.update(
             standard_webhooks.headers(
-                delivery.delivery_id,
+                job.delivery_id,
                 int(moment.timestamp()),
-                delivery.body,
-                delivery.webhook.signing_secrets(moment),
+                body,
+                job.webhook.signing_secrets(moment),
             )
         )
     return headers
@@ -193,20 +176,21 @@ class SenderBase:
         if refusal is not None:
             raise refusal
 
-    async def _post(self, delivery: Delivery, headers: dict[str, str]) -> tuple[int, str | None]:
+    async def _post(self, job: Job, body: bytes, headers: dict[str, str]) -> tuple[int, str | None]:
         raise NotImplementedError
 
     async def aclose(self) -> None:
         raise NotImplementedError
 
-    async def send(self, delivery: Delivery) -> AttemptResult:
-        """One attempt; never raises for what the endpoint or the network does."""
+    async def send(self, job: Job, body: bytes) -> AttemptResult:
+        """One attempt to POST ``body`` (built for ``job``), signed now; never raises for what the
+        endpoint or the network does."""
         now = self._wall_clock()
         at = format_timestamp(now)
         started = self._clock()
         try:
-            self._check(delivery.webhook.url)
-            status, retry_after = await self._post(delivery, build_headers(delivery, now))
+            self._check(job.webhook.url)
+            status, retry_after = await self._post(job, body, build_headers(job, body, now))
         except DestinationForbidden as exc:
             return refused(exc, duration=self._clock() - started, at=at)
         except Exception as exc:

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import lru_cache
 
-from bridge.http.base import Delivery, ErrorTable, SenderBase
+from bridge.delivery.job import Job
+from bridge.http.base import ErrorTable, SenderBase
 from bridge.http.http1 import ConnectFailed, Http1Client, ProtocolError, render_head, target_of
 from bridge.http.ssrf import AddressPolicy, Resolver
 from bridge.http.tls import ssl_context
@@ -79,8 +80,7 @@ class Http1Sender(SenderBase):
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def _post(self, delivery: Delivery, headers: dict[str, str]) -> tuple[int, str | None]:
-        target = _target_of(delivery.webhook.url)
-        body = delivery.body
+    async def _post(self, job: Job, body: bytes, headers: dict[str, str]) -> tuple[int, str | None]:
+        target = _target_of(job.webhook.url)
         head = render_head(target, headers, len(body))
         return await self._client.post(target, head + body, self._timeout)

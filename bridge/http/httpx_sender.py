@@ -13,7 +13,8 @@ from typing import Any
 import httpcore
 import httpx
 
-from bridge.http.base import Delivery, ErrorTable, SenderBase
+from bridge.delivery.job import Job
+from bridge.http.base import ErrorTable, SenderBase
 from bridge.http.guarded_transport import GuardedBackend, guarded_transport
 from bridge.http.http1 import MAX_RESPONSE
 from bridge.http.ssrf import AddressPolicy, Resolver
@@ -226,13 +227,13 @@ class HttpxSender(SenderBase):
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def _post(self, delivery: Delivery, headers: dict[str, str]) -> tuple[int, str | None]:
+    async def _post(self, job: Job, body: bytes, headers: dict[str, str]) -> tuple[int, str | None]:
         # The client's timeout applies per phase; this one bounds the whole request, as the
         # documentation promises ("We will time out requests after 30 seconds").
         async with asyncio.timeout(self._timeout):
             try:
                 async with self._client.stream(
-                    "POST", delivery.webhook.url, content=delivery.body, headers=headers
+                    "POST", job.webhook.url, content=body, headers=headers
                 ) as response:
                     refusal = _refusal(response)
                     if refusal is not None:

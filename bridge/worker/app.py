@@ -26,9 +26,9 @@ from bridge import __version__
 from bridge.config import Settings
 from bridge.contract import jsoncanon
 from bridge.contract.schemas import is_valid
-from bridge.delivery.dead_letters import SourceRef
 from bridge.delivery.deliverer import Deliverer
 from bridge.delivery.endpoint_health import EndpointHealth
+from bridge.delivery.job import SourceRef
 from bridge.delivery.pipeline import Pipeline
 from bridge.delivery.retry_policy import RetryPolicy
 from bridge.errors import InvalidRecord, InvalidSubscription

@@ -44,8 +44,7 @@ from typing import Any, Protocol
 
 import faust
 
-from bridge.delivery.dead_letters import SourceRef
-from bridge.delivery.pipeline import Ack
+from bridge.delivery.job import Ack, SourceRef
 from bridge.worker.faust_patches import UNBUFFERED, TakenOffsets, taken_offsets
 
 __all__ = ["DirectTopic", "Intake"]

@@ -24,14 +24,15 @@ from bridge.contract.events import Event, format_timestamp
 from bridge.contract.payload import EncodedEvent, build_body, delivery_id
 from bridge.contract.schemas import schema_errors
 from bridge.delivery.breaker import CLOSED, OPEN, Breakers, endpoint_of
-from bridge.delivery.dead_letters import SourceRef
-from bridge.delivery.deliverer import MAX_DEFERRALS, Deliverer, Job
+from bridge.delivery.deliverer import MAX_DEFERRALS, Deliverer
 from bridge.delivery.endpoint_health import EndpointHealth
+from bridge.delivery.job import Job, SourceRef
 from bridge.delivery.pending_retry import PendingRetry, parse_retry
 from bridge.delivery.retry_policy import DEFAULT_SCHEDULE, RetryPolicy
-from bridge.http.base import AttemptResult, Delivery
+from bridge.http.base import AttemptResult
 from bridge.metrics import Metrics
 from bridge.subscriptions.webhook import Webhook
+from tests.support.jobs import Outgoing
 
 #: Upper bound for anything that should happen promptly.
 PROMPT = 2.0
@@ -111,11 +112,12 @@ class FakeSender:
 
     def __init__(self, *results: AttemptResult | Exception) -> None:
         self.script = list(results)
-        self.sent: list[Delivery] = []
+        self.sent: list[Outgoing] = []
         self.started = asyncio.Event()
         self.gate: asyncio.Event | None = None
 
-    async def send(self, delivery: Delivery) -> AttemptResult:
+    async def send(self, job: Job, body: bytes) -> AttemptResult:
+        delivery = Outgoing(job, body)
         self.sent.append(delivery)
         self.started.set()
         if self.gate is not None:

@@ -12,12 +12,10 @@ import httpx
 import pytest
 
 from bridge.contract.events import Event
-from bridge.contract.payload import EncodedEvent, build_body, delivery_id
 from bridge.contract.signing import sign, verify
 from bridge.http.base import (
     USER_AGENT,
     AttemptResult,
-    Delivery,
     build_headers,
     is_success,
     status_class,
@@ -25,6 +23,7 @@ from bridge.http.base import (
 from bridge.http.httpx_sender import HttpxSender, new_client
 from bridge.subscriptions.webhook import Webhook
 from tests.support.clocks import Ticks
+from tests.support.jobs import Outgoing, outgoing
 
 SECRET = "whsec_delivery-test-secret"
 URL = "https://hooks.example/receive?x=1"
@@ -51,16 +50,8 @@ WEBHOOK = Webhook(
 )
 
 
-def make_delivery() -> Delivery:
-    return Delivery(
-        delivery_id=delivery_id(EVENT.id, WEBHOOK.id),
-        webhook=WEBHOOK,
-        event_id=EVENT.id,
-        event_type=EVENT.type,
-        body=build_body(EncodedEvent.of(EVENT), WEBHOOK),
-        occurred_at=EVENT.occurred_at,
-        event=EVENT,
-    )
+def make_delivery() -> Outgoing:
+    return outgoing(EVENT, WEBHOOK)
 
 
 class Recorder:
@@ -88,7 +79,7 @@ async def send_with(
         sender = HttpxSender(
             client, timeout=timeout, any_2xx=any_2xx, clock=Ticks(), wall_clock=lambda: WALL
         )
-        result = await sender.send(make_delivery())
+        result = await sender.send(*make_delivery())
     return result, recorder
 
 
@@ -132,7 +123,7 @@ async def test_no_secret_in_headers_or_body() -> None:
 
 def test_build_headers_exactly() -> None:
     delivery = make_delivery()
-    assert build_headers(delivery) == {
+    assert build_headers(*delivery) == {
         "Content-Type": "application/json",
         "X-Webhook-Signature": sign(SECRET, delivery.body),
         "X-Webhook-Event": "post.published",
@@ -142,9 +133,9 @@ def test_build_headers_exactly() -> None:
     assert USER_AGENT == "Position-Webhooks/1.0"
 
 
-def test_delivery_repr_has_no_secret_url_or_body() -> None:
+def test_job_repr_has_no_secret_url_or_body() -> None:
     delivery = make_delivery()
-    text = repr(delivery)
+    text = repr(delivery.job)
     assert delivery.delivery_id in text
     assert SECRET not in text
     assert "hooks.example" not in text
@@ -296,7 +287,7 @@ async def test_duration_uses_the_injected_clock() -> None:
     ticks = clock()
     async with httpx.AsyncClient(transport=httpx.MockTransport(status(200))) as client:
         sender = HttpxSender(client, timeout=5, clock=lambda: next(ticks), wall_clock=lambda: WALL)
-        result = await sender.send(make_delivery())
+        result = await sender.send(*make_delivery())
     assert result.duration == 2.75
     assert result.at == "2024-01-15T10:30:00.250Z"
 

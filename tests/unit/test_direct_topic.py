@@ -16,7 +16,7 @@ import pytest
 from faust.sensors import Sensor
 from faust.types.tuples import TP, ConsumerMessage
 
-from bridge.delivery.dead_letters import SourceRef
+from bridge.delivery.job import SourceRef
 from bridge.worker.direct_topic import DirectTopic
 from bridge.worker.faust_patches import UNBUFFERED
 

@@ -28,9 +28,10 @@ from prometheus_client import CollectorRegistry
 from bridge.cli import commands as cli
 from bridge.config import settings_reference
 from bridge.contract.events import build_event
-from bridge.contract.payload import EncodedEvent, build_body, delivery_id
+from bridge.contract.payload import EncodedEvent, build_body
 from bridge.contract.signing import sign
-from bridge.http.base import Delivery, build_headers
+from bridge.delivery.job import Job, SourceRef
+from bridge.http.base import build_headers
 from bridge.metrics import Metrics
 from bridge.subscriptions.webhook import Webhook
 from bridge.worker.embedded import free_port
@@ -248,8 +249,8 @@ def delivery(
         user_id="user_456",
     )
     body = build_body(EncodedEvent.of(event), webhook, max_bytes=1024 * 1024)
-    sent = Delivery(delivery_id(event.id, webhook.id), webhook, event.id, event.type, body)
-    return body, build_headers(sent)
+    job = Job(EncodedEvent.of(event), webhook, 1, SourceRef("events", 0, 0))
+    return body, build_headers(job, body)
 
 
 def tampered(signature: str) -> str:

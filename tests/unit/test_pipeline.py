@@ -22,17 +22,18 @@ from prometheus_client import CollectorRegistry
 from bridge.contract.events import Event
 from bridge.contract.payload import EncodedEvent, build_body, delivery_id
 from bridge.contract.schemas import schema_errors
-from bridge.delivery.dead_letters import SourceRef
 from bridge.delivery.deliverer import Deliverer
 from bridge.delivery.endpoint_health import EndpointHealth
+from bridge.delivery.job import Job, SourceRef
 from bridge.delivery.pending_retry import PendingRetry, parse_retry
 from bridge.delivery.pipeline import Pipeline
 from bridge.delivery.retry_policy import RetryPolicy
-from bridge.http.base import AttemptResult, Delivery
+from bridge.http.base import AttemptResult
 from bridge.metrics import Metrics
 from bridge.subscriptions.freshness import TableFreshness
 from bridge.subscriptions.index import SubscriptionIndex
 from bridge.subscriptions.webhook import Webhook
+from tests.support.jobs import Outgoing
 
 PROMPT = 2.0
 SECRET_PREFIX = "whsec_pipeline_"
@@ -146,9 +147,10 @@ class ScriptedSender:
 
     def __init__(self, results: dict[str, AttemptResult] | None = None) -> None:
         self.results = results or {}
-        self.sent: list[Delivery] = []
+        self.sent: list[Outgoing] = []
 
-    async def send(self, delivery: Delivery) -> AttemptResult:
+    async def send(self, job: Job, body: bytes) -> AttemptResult:
+        delivery = Outgoing(job, body)
         self.sent.append(delivery)
         return self.results.get(delivery.webhook.id, OK)
 
@@ -161,7 +163,8 @@ class BlockingSender:
         self.started: list[str] = []
         self.finished: list[str] = []
 
-    async def send(self, delivery: Delivery) -> AttemptResult:
+    async def send(self, job: Job, body: bytes) -> AttemptResult:
+        delivery = Outgoing(job, body)
         self.started.append(delivery.webhook.id)
         await self.gates[delivery.webhook.id].wait()
         self.finished.append(delivery.webhook.id)
@@ -178,10 +181,10 @@ class CrashingSender(ScriptedSender):
         super().__init__()
         self.event_id = event_id
 
-    async def send(self, delivery: Delivery) -> AttemptResult:
-        if delivery.event_id == self.event_id:
+    async def send(self, job: Job, body: bytes) -> AttemptResult:
+        if job.event.id == self.event_id:
             raise RuntimeError("bug in the sender")
-        return await super().send(delivery)
+        return await super().send(job, body)
 
 
 class FixedFreshness:
@@ -315,10 +318,10 @@ async def test_one_delivery_per_matching_webhook() -> None:
     encoded = EncodedEvent.of(event)
     for webhook_id, delivery in sent.items():
         assert delivery.delivery_id == delivery_id("evt_1", webhook_id)
-        assert delivery.event_id == "evt_1"
-        assert delivery.event_type == "post.created"
+        assert delivery.job.event.id == "evt_1"
+        assert delivery.job.event.type == "post.created"
         assert delivery.body == build_body(encoded, delivery.webhook)
-        assert delivery.occurred_at == datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
+        assert delivery.job.event.occurred_at == datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
     assert acks.count == 1
     assert h.outputs.dead_letters == []
     assert h.outputs.retries == []
@@ -383,7 +386,7 @@ async def test_test_event_goes_only_to_the_named_webhook() -> None:
     await h.pipeline.handle_event(event.to_bytes(), SOURCE, acks)
     await h.settled()
     assert [d.webhook.id for d in h.sender.sent] == ["named"]
-    assert h.sender.sent[0].event_type == "test.event"
+    assert h.sender.sent[0].job.event.type == "test.event"
     assert acks.count == 1
 
 
@@ -689,7 +692,7 @@ async def test_a_sender_crash_dead_letters_the_job_as_an_internal_error(
     )
     await h.settled()
     assert acks.count == 1
-    assert [d.event_id for d in h.sender.sent] == ["e2"]
+    assert [d.job.event.id for d in h.sender.sent] == ["e2"]
 
 
 async def test_a_crashed_job_whose_dead_letter_cannot_be_written_stays_unacknowledged(
@@ -923,11 +926,11 @@ async def test_a_record_arriving_during_a_round_is_matched_with_it_only_if_cover
     await until(lambda: acks.count == 2)
     await until(lambda: requests == 2)
     await settle()
-    assert [d.event_id for d in h.sender.sent] == ["first", "fetched-before-the-round"]
+    assert [d.job.event.id for d in h.sender.sent] == ["first", "fetched-before-the-round"]
     freshness.applied(0, 1)  # the subscription change the second round waits for
     await until(lambda: acks.count == 3)
     await h.settled()
-    assert [d.event_id for d in h.sender.sent][2:] == ["published-after-it-read-the-ends"]
+    assert [d.job.event.id for d in h.sender.sent][2:] == ["published-after-it-read-the-ends"]
 
 
 async def test_stage_latencies_are_observed_from_the_event_timestamp() -> None:
@@ -986,7 +989,7 @@ async def test_records_waiting_for_the_table_share_one_check_and_keep_their_orde
     freshness.gate.set()
     await until(lambda: acks.count == 50)
     await h.settled()
-    assert [d.event_id for d in h.sender.sent] == [f"e{n}" for n in range(50)]
+    assert [d.job.event.id for d in h.sender.sent] == [f"e{n}" for n in range(50)]
     # The check asked about the newest record held, which covers all of the older ones.
     assert freshness.calls == [49.0]
 
@@ -1002,7 +1005,7 @@ async def test_a_record_arriving_after_held_ones_waits_behind_them() -> None:
     await until(lambda: acks.count == 2)
     await h.settled()
     # ... yet "second" was not matched ahead of "first", still held when it arrived.
-    assert [d.event_id for d in h.sender.sent] == ["first", "second"]
+    assert [d.job.event.id for d in h.sender.sent] == ["first", "second"]
 
 
 # ------------------------------------------------------------------------- offer (no waiting)
@@ -1024,7 +1027,7 @@ async def test_offered_records_wait_for_the_table_like_handled_ones_and_keep_the
     await h.pipeline.handle_event(make_event(event_id="last").to_bytes(), SOURCE, acks)
     await until(lambda: acks.count == 31)
     await h.settled()
-    assert [d.event_id for d in h.sender.sent] == [f"e{n}" for n in range(30)] + ["last"]
+    assert [d.job.event.id for d in h.sender.sent] == [f"e{n}" for n in range(30)] + ["last"]
     assert freshness.calls[0] == 29.0
 
 
@@ -1060,4 +1063,4 @@ async def test_accepts_says_no_once_the_held_records_reach_the_limit() -> None:
     await until(lambda: acks.count == 4)
     assert h.pipeline.accepts()
     await h.settled()
-    assert [d.event_id for d in h.sender.sent] == ["e0", "e1", "e2", "e3"]
+    assert [d.job.event.id for d in h.sender.sent] == ["e0", "e1", "e2", "e3"]

@@ -32,13 +32,13 @@ from dataclasses import dataclass
 import pytest
 
 from bridge.contract.events import Event
-from bridge.contract.payload import EncodedEvent, build_body, delivery_id
-from bridge.http.base import AttemptResult, Delivery, DeliverySender
+from bridge.http.base import AttemptResult, DeliverySender
 from bridge.http.http1 import MAX_RESPONSE
 from bridge.http.http1_sender import Http1Sender
 from bridge.http.httpx_sender import HttpxSender, new_client
 from bridge.http.ssrf import AddressPolicy
 from bridge.subscriptions.webhook import Webhook
+from tests.support.jobs import Outgoing, outgoing
 from tests.support.raw_server import (
     CLOSE,
     RESET,
@@ -359,7 +359,7 @@ EVENT = Event(
 )
 
 
-def make_delivery(url: str) -> Delivery:
+def make_delivery(url: str) -> Outgoing:
     webhook = Webhook(
         id="webhook_contract",
         name="contract",
@@ -369,14 +369,7 @@ def make_delivery(url: str) -> Delivery:
         site_id="site_1",
         user_id="user_1",
     )
-    return Delivery(
-        delivery_id=delivery_id(EVENT.id, webhook.id),
-        webhook=webhook,
-        event_id=EVENT.id,
-        event_type=EVENT.type,
-        body=build_body(EncodedEvent.of(EVENT), webhook),
-        event=EVENT,
-    )
+    return outgoing(EVENT, webhook)
 
 
 def make_sender(kind: str, timeout: float) -> DeliverySender:
@@ -405,7 +398,7 @@ async def attempt(kind: str, script: Sequence[Action], timeout: float) -> Outcom
     async with raw_server(script) as server:
         sender = make_sender(kind, timeout)
         try:
-            result = await asyncio.wait_for(sender.send(make_delivery(server.url())), 30)
+            result = await asyncio.wait_for(sender.send(*make_delivery(server.url())), 30)
         finally:
             await sender.aclose()
     return outcome(result)
@@ -462,8 +455,8 @@ async def test_a_connection_is_kept_only_after_a_clean_exchange(
     async with raw_server(script) as server:
         sender = make_sender(kind, 5.0)
         try:
-            first = await sender.send(make_delivery(server.url()))
-            second = await sender.send(make_delivery(server.url()))
+            first = await sender.send(*make_delivery(server.url()))
+            second = await sender.send(*make_delivery(server.url()))
         finally:
             await sender.aclose()
     assert outcome(first) == outcome(second)
@@ -480,7 +473,7 @@ async def test_bytes_past_the_response_differ_on_the_next_attempt() -> None:
             sender = make_sender(kind, 5.0)
             try:
                 seen[kind] = [
-                    outcome(await sender.send(make_delivery(server.url()))) for _ in range(2)
+                    outcome(await sender.send(*make_delivery(server.url()))) for _ in range(2)
                 ]
             finally:
                 await sender.aclose()
@@ -516,7 +509,7 @@ async def test_a_flood_costs_little_cpu(
         sender = make_sender(kind, 10.0)
         try:
             cpu, wall = time.thread_time(), time.monotonic()
-            result = await sender.send(make_delivery(server.url()))
+            result = await sender.send(*make_delivery(server.url()))
             cpu, wall = time.thread_time() - cpu, time.monotonic() - wall
         finally:
             await sender.aclose()

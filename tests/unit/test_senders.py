@@ -38,15 +38,15 @@ from cryptography.x509.oid import NameOID
 
 import bridge.http.http1
 from bridge.contract.events import Event
-from bridge.contract.payload import EncodedEvent, build_body, delivery_id
 from bridge.contract.signing import sign, verify
 from bridge.errors import ConfigError
-from bridge.http.base import USER_AGENT, AttemptResult, Delivery, build_headers
+from bridge.http.base import USER_AGENT, AttemptResult, build_headers
 from bridge.http.http1_sender import Http1Sender
 from bridge.http.httpx_sender import HttpxSender, new_client
 from bridge.http.ssrf import AddressPolicy, IPAddress
 from bridge.subscriptions.webhook import Webhook
 from tests.support.clocks import Ticks
+from tests.support.jobs import Outgoing, outgoing
 
 # A whsec_ secret whose remainder is base64, so Standard Webhooks signing accepts it too.
 SECRET = "whsec_" + base64.b64encode(b"the-senders-test-secret-32-bytes").decode()
@@ -79,7 +79,7 @@ Outcome = tuple[bool, int | None, str | None, float | None]
 Respond = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
-def make_delivery(url: str, *, standard_webhooks: bool = False) -> Delivery:
+def make_delivery(url: str, *, standard_webhooks: bool = False) -> Outgoing:
     webhook = Webhook(
         id="webhook_abc",
         name="My Webhook",
@@ -90,15 +90,7 @@ def make_delivery(url: str, *, standard_webhooks: bool = False) -> Delivery:
         user_id="user_456",
         standard_webhooks=standard_webhooks,
     )
-    return Delivery(
-        delivery_id=delivery_id(EVENT.id, webhook.id),
-        webhook=webhook,
-        event_id=EVENT.id,
-        event_type=EVENT.type,
-        body=build_body(EncodedEvent.of(EVENT), webhook),
-        occurred_at=EVENT.occurred_at,
-        event=EVENT,
-    )
+    return outgoing(EVENT, webhook)
 
 
 def outcome(result: AttemptResult) -> Outcome:
@@ -154,9 +146,9 @@ def hot_sender(
     )
 
 
-async def send_once(sender: Http1Sender | HttpxSender, delivery: Delivery) -> AttemptResult:
+async def send_once(sender: Http1Sender | HttpxSender, delivery: Outgoing) -> AttemptResult:
     try:
-        return await sender.send(delivery)
+        return await sender.send(*delivery)
     finally:
         await sender.aclose()
 
@@ -344,7 +336,7 @@ async def test_sends_one_post_with_exactly_the_documented_headers(
     assert seen.values("Host") == [f"127.0.0.1:{server.port}"]
     assert seen.values("Accept-Encoding") == seen.values("Accept") == []
     # Byte for byte what build_headers gives (header names keep their documented spelling).
-    for name, value in build_headers(delivery, WALL).items():
+    for name, value in build_headers(*delivery, WALL).items():
         assert (name, value) in seen.headers
 
 
@@ -605,8 +597,8 @@ async def test_allow_listed_loopback_is_delivered(
 ) -> None:
     sender = hot_sender(kind, policy=loopback_policy())
     try:
-        first = await sender.send(make_delivery(server.url()))
-        second = await sender.send(make_delivery(server.url()))
+        first = await sender.send(*make_delivery(server.url()))
+        second = await sender.send(*make_delivery(server.url()))
     finally:
         await sender.aclose()
     assert outcome(first) == outcome(second) == (True, 200, None, None)
@@ -794,8 +786,8 @@ async def test_aclose_closes_the_connections_and_send_reopens_them(server: Local
     sender = hot_sender("http1")
     await sender.aclose()  # before any send: nothing to close
     try:
-        first = await sender.send(make_delivery(server.url()))
-        second = await sender.send(make_delivery(server.url()))
+        first = await sender.send(*make_delivery(server.url()))
+        second = await sender.send(*make_delivery(server.url()))
         assert outcome(first) == outcome(second) == (True, 200, None, None)
         assert server.connections == 1  # one pooled keep-alive connection
 
@@ -803,7 +795,7 @@ async def test_aclose_closes_the_connections_and_send_reopens_them(server: Local
         await server.wait_lost(1)  # closing the sender closed its connection
         await sender.aclose()  # idempotent
 
-        third = await sender.send(make_delivery(server.url()))
+        third = await sender.send(*make_delivery(server.url()))
         assert outcome(third) == (True, 200, None, None)
         assert server.connections == 2  # a new connection
         assert len(server.requests) == 3
@@ -817,7 +809,7 @@ async def test_a_resolver_passed_to_the_sender_is_guarded(server: LocalServer, k
     private = FakeResolver(["10.0.0.5"])
     sender = hot_sender(kind, policy=AddressPolicy(), resolver=private)
     try:
-        result = await sender.send(make_delivery(f"http://hooks.test:{server.port}/hook"))
+        result = await sender.send(*make_delivery(f"http://hooks.test:{server.port}/hook"))
     finally:
         await sender.aclose()
     assert (result.error, result.refusal) == ("destination_forbidden", "private")

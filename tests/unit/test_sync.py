@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bridge.delivery.dead_letters import SourceRef
+from bridge.delivery.job import SourceRef
 from bridge.subscriptions.freshness import TableFreshness
 from tests.support.clocks import FakeClock
 from tests.support.waiting import PROMPT, eventually

@@ -1,0 +1,76 @@
+"""One delivery job: an event for one webhook, from its source record to its outcome."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge.contract.events import Event
+from bridge.contract.payload import EncodedEvent, delivery_id
+from bridge.subscriptions.webhook import Webhook
+
+__all__ = ["Ack", "SourceRef", "Job"]
+
+#: Settles a source record: called once, when everything started for the record is settled
+#: durably (delivered, scheduled for a retry, or dead-lettered). Synchronous, so that the
+#: acknowledgement of a job's attempt record can settle the job (and its record) from a
+#: callback (see :meth:`bridge.delivery.deliverer.Deliverer.run`).
+Ack = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """Where a record came from."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None = None
+
+    @classmethod
+    def of(cls, message: Any) -> SourceRef:
+        """Where a consumed record (a Faust message: ``topic``, ``partition``, ``offset``,
+        ``key``) came from."""
+        return cls(message.topic, message.partition, message.offset, message.key)
+
+    def as_record(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "key": None if self.key is None else self.key.decode("utf-8", "replace"),
+        }
+
+
+@dataclass(frozen=True, repr=False)
+class Job:
+    """One attempt to deliver an event to a webhook: made by matching (or read from a retry tier),
+    sent by a sender, settled by the deliverer."""
+
+    encoded: EncodedEvent
+    webhook: Webhook = field(repr=False)
+    #: Number of this attempt (1 for the first).
+    attempt: int
+    source: SourceRef
+    #: Earlier attempts (``AttemptResult.as_record()``), oldest first.
+    history: Sequence[Mapping[str, Any]] = ()
+
+    @property
+    def event(self) -> Event:
+        return self.encoded.event
+
+    #: UUIDv5 of the event and webhook ids (set in ``__post_init__``).
+    delivery_id: str = field(init=False, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        # No secret, URL, body or event data: jobs are logged.
+        return (
+            f"Job(delivery_id={self.delivery_id!r}, webhook_id={self.webhook.id!r}, "
+            f"event_id={self.event.id!r}, event_type={self.event.type!r}, "
+            f"attempt={self.attempt}, source={self.source!r})"
+        )
+
+    def __post_init__(self) -> None:
+        # Not a cached_property: on Python 3.11 its lock cost more than the hash.
+        object.__setattr__(self, "delivery_id", delivery_id(self.event.id, self.webhook.id))
