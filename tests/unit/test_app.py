@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,28 +25,11 @@ from bridge.metrics import INVALID_RECORD_REASONS, INVALID_STATUS_REASONS
 from bridge.worker import app as app_module
 from bridge.worker.app import Bridge
 from bridge.worker.logs import JsonFormatter
+from tests.support.builders import SECRET, encode
+from tests.support.builders import webhook_record as record
 
 TOPIC = "postion.webhooks"
 KEY1 = base64.b64encode(bytes(range(32))).decode()
-
-
-def record(**changes: Any) -> dict[str, Any]:
-    value: dict[str, Any] = {
-        "id": "hook",
-        "name": "My Webhook",
-        "url": "https://hooks.example/webhook",
-        "secret": "s3cret",
-        "events": ["*"],
-        "site_id": "site_1",
-        "user_id": "user_1",
-        "active": True,
-    }
-    value.update(changes)
-    return value
-
-
-def encode(value: Any) -> bytes:
-    return json.dumps(value).encode("utf-8")
 
 
 @pytest.fixture
@@ -136,7 +118,7 @@ def test_a_bad_subscription_record_is_skipped_counted_and_applied(
         r for r in caplog.records if r.getMessage() == "invalid subscription record skipped"
     ]
     assert (logged.partition, logged.offset, logged.reason) == (0, 1, reason)  # type: ignore[attr-defined]
-    assert "s3cret" not in JsonFormatter().format(logged)
+    assert SECRET not in JsonFormatter().format(logged)
 
 
 def test_a_broken_newest_record_makes_its_webhook_absent(bridge: Bridge) -> None:

@@ -5,7 +5,6 @@ never sent."""
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -19,29 +18,11 @@ from bridge.subscriptions import store
 from bridge.subscriptions.store import WebhookStore
 from bridge.subscriptions.urls import InvalidUrl
 from bridge.subscriptions.webhook import Webhook, parse_webhook
+from tests.support.builders import SECRET, encode
+from tests.support.builders import webhook_record as record
 
 SETTINGS = Settings.load(env={}, overrides={"kafka_bootstrap_servers": "127.0.0.1:1"})
-SECRET = "s3cret-value"
 UNUSABLE = ["http://127.0.0.1:99999/x", "http://xn--/", "ftp://hooks.example/", "https://a b/"]
-
-
-def record(**changes: Any) -> dict[str, Any]:
-    value: dict[str, Any] = {
-        "id": "hook",
-        "name": "My Webhook",
-        "url": "https://hooks.example/webhook",
-        "secret": SECRET,
-        "events": ["*"],
-        "site_id": "site_1",
-        "user_id": "user_1",
-        "active": True,
-    }
-    value.update(changes)
-    return value
-
-
-def encode(value: Any) -> bytes:
-    return json.dumps(value).encode("utf-8")
 
 
 class CapturingStore(WebhookStore):

@@ -21,27 +21,22 @@ from bridge.subscriptions.webhook import (
     webhook_from_record,
     webhook_key,
 )
+from tests.support.builders import encode, webhook_record
 
 SECRET = "whsec_Zq8-very-secret-value"
 
 
 def record(**changes: Any) -> dict[str, Any]:
-    value: dict[str, Any] = {
-        "id": "webhook_abc",
-        "name": "My Webhook",
-        "url": "https://hooks.example/webhook",
-        "secret": SECRET,
-        "events": ["post.created", "post.published"],
-        "site_id": "site_789",
-        "user_id": "user_456",
-        "active": True,
-    }
-    value.update(changes)
-    return value
-
-
-def encode(value: Any) -> bytes:
-    return json.dumps(value).encode("utf-8")
+    return webhook_record(
+        **{
+            "id": "webhook_abc",
+            "secret": SECRET,
+            "events": ["post.created", "post.published"],
+            "site_id": "site_789",
+            "user_id": "user_456",
+            **changes,
+        }
+    )
 
 
 def hook(
