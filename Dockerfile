@@ -51,12 +51,15 @@ COPY --from=builder /opt/webhook-bridge /opt/webhook-bridge
 
 # BRIDGE_WEB_HOST: the worker binds 127.0.0.1 by default, unreachable for health checks and
 # Prometheus from outside the container. BRIDGE_DATA_DIR: Faust's files, writable for 10001.
+# BRIDGE_LOG_FORMAT: JSON lines for log collectors, even under `docker run -t` (the default,
+# auto, writes readable lines to a terminal).
 ENV PATH=/opt/webhook-bridge/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     BRIDGE_WEB_HOST=0.0.0.0 \
     BRIDGE_WEB_PORT=6066 \
-    BRIDGE_DATA_DIR=/data
+    BRIDGE_DATA_DIR=/data \
+    BRIDGE_LOG_FORMAT=json
 
 USER 10001:10001
 WORKDIR /data

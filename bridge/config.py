@@ -1,18 +1,20 @@
 """The bridge's settings: one typed, immutable object read from the environment and flags.
 
 This is the only module that reads environment variables. Every setting is declared once, with its
-type, environment name (``BRIDGE_*``), command-line flag, default and help text; the CLI builds its
-flags from these declarations and everything else receives a :class:`Settings`.
+section, type, environment name (``BRIDGE_*``), command-line flag, default and help text; the CLI
+builds its flag groups and docs/configuration.md its tables from these declarations, and everything
+else receives a :class:`Settings`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import ipaddress
 import os
 import re
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,11 +29,14 @@ __all__ = [
     "format_duration",
     "parse_time",
     "Settings",
+    "Section",
     "SettingSpec",
     "parse_bool",
     "parse_list",
     "DEFAULT_HTTP_TIMEOUT",
     "add_setting_flags",
+    "add_section_flags",
+    "settings_of",
     "overrides_from_args",
     "settings_reference",
 ]
@@ -141,64 +146,93 @@ def _optional_str(text: str) -> str | None:
     return text or None
 
 
+class Section(enum.Enum):
+    """A group of settings, declared with each setting (as faust's ``@sections.Broker.setting``).
+
+    Each command takes the flags of whole sections (:data:`bridge.cli.commands.COMMAND_SECTIONS`),
+    its ``--help`` shows one group per section, and docs/configuration.md one table per section.
+    The value is the group's title.
+    """
+
+    KAFKA = "Kafka connection"
+    EMBEDDED = "Embedded broker"
+    EVENTS = "Events topic"
+    SUBSCRIPTIONS = "Subscription topics"
+    DEAD_LETTERS = "Retry and dead-letter topics"
+    TOPICS = "Other topics and the consumer group"
+    SECRETS = "Secret encryption"
+    DELIVERY = "Delivery"
+    RELIABILITY = "Retries, limits and circuit breakers"
+    SECURITY = "Endpoint security"
+    PROCESS = "Worker process"
+    CONSUMER = "Kafka client tuning"
+
+    def setting(
+        self,
+        default: Any,
+        env: str,
+        flag: str,
+        parse: Callable[[str], Any],
+        help: str,
+        *,
+        secret: bool = False,
+        repeatable: bool = False,
+    ) -> Any:
+        """Declare a :class:`Settings` field of this section."""
+        spec = SettingSpec(
+            env=env,
+            flag=flag,
+            parse=parse,
+            help=help,
+            section=self,
+            secret=secret,
+            repeatable=repeatable,
+        )
+        return field(default=default, metadata={"spec": spec}, repr=not secret)
+
+
 @dataclass(frozen=True)
 class SettingSpec:
-    """How one setting is read: environment name, flag, parser and help."""
+    """How one setting is read: environment name, flag, parser, help and section."""
 
     env: str
     flag: str
     parse: Callable[[str], Any]
     help: str
+    section: Section
     secret: bool = False
     repeatable: bool = False
-
-
-def _setting(
-    default: Any,
-    env: str,
-    flag: str,
-    parse: Callable[[str], Any],
-    help: str,
-    *,
-    secret: bool = False,
-    repeatable: bool = False,
-) -> Any:
-    spec = SettingSpec(
-        env=env, flag=flag, parse=parse, help=help, secret=secret, repeatable=repeatable
-    )
-    return field(default=default, metadata={"spec": spec}, repr=not secret)
 
 
 @dataclass(frozen=True)
 class Settings:
     """Everything the bridge can be configured with. Build with :meth:`load`."""
 
-    # -- Kafka -------------------------------------------------------------------------------
-    kafka_bootstrap_servers: str | None = _setting(
+    kafka_bootstrap_servers: str | None = Section.KAFKA.setting(
         None,
         "BRIDGE_KAFKA_BOOTSTRAP_SERVERS",
         "--bootstrap-servers",
         _optional_str,
         "Kafka bootstrap servers (host:port,...). Unset: `run` starts the embedded broker.",
     )
-    kafka_security_protocol: str = _setting(
+    kafka_security_protocol: str = Section.KAFKA.setting(
         "PLAINTEXT",
         "BRIDGE_KAFKA_SECURITY_PROTOCOL",
         "--kafka-security-protocol",
         _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
         "Kafka security protocol.",
     )
-    kafka_sasl_mechanism: str | None = _setting(
+    kafka_sasl_mechanism: str | None = Section.KAFKA.setting(
         None,
         "BRIDGE_KAFKA_SASL_MECHANISM",
         "--kafka-sasl-mechanism",
         _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
         "SASL mechanism when the protocol is SASL_*.",
     )
-    kafka_sasl_username: str | None = _setting(
+    kafka_sasl_username: str | None = Section.KAFKA.setting(
         None, "BRIDGE_KAFKA_SASL_USERNAME", "--kafka-sasl-username", _optional_str, "SASL user."
     )
-    kafka_sasl_password: str | None = _setting(
+    kafka_sasl_password: str | None = Section.KAFKA.setting(
         None,
         "BRIDGE_KAFKA_SASL_PASSWORD",
         "--kafka-sasl-password",
@@ -206,43 +240,43 @@ class Settings:
         "SASL password (prefer the environment variable over the flag).",
         secret=True,
     )
-    kafka_ssl_cafile: str | None = _setting(
+    kafka_ssl_cafile: str | None = Section.KAFKA.setting(
         None,
         "BRIDGE_KAFKA_SSL_CAFILE",
         "--kafka-ssl-cafile",
         _optional_str,
         "CA bundle that signed the brokers' certificates (SSL, SASL_SSL).",
     )
-    kafka_ssl_certfile: str | None = _setting(
+    kafka_ssl_certfile: str | None = Section.KAFKA.setting(
         None,
         "BRIDGE_KAFKA_SSL_CERTFILE",
         "--kafka-ssl-certfile",
         _optional_str,
         "Client certificate for mutual TLS.",
     )
-    kafka_ssl_keyfile: str | None = _setting(
+    kafka_ssl_keyfile: str | None = Section.KAFKA.setting(
         None,
         "BRIDGE_KAFKA_SSL_KEYFILE",
         "--kafka-ssl-keyfile",
         _optional_str,
         "Client private key for mutual TLS.",
     )
-    group_id: str = _setting(
+    group_id: str = Section.TOPICS.setting(
         "webhook-bridge",
         "BRIDGE_GROUP_ID",
         "--group-id",
         str,
         "Consumer group and Faust app id; workers sharing it share the event partitions.",
     )
-    # -- Topics (names only; partitions and configs are declared in topics/) ------------------
-    events_topic: str = _setting(
+    # Topic names only: partitions and configs are declared in topics/.
+    events_topic: str = Section.EVENTS.setting(
         "postion.events",
         "BRIDGE_EVENTS_TOPIC",
         "--events-topic",
         str,
         "Platform events topic (keyed by site_id).",
     )
-    extra_source_topics: tuple[str, ...] = _setting(
+    extra_source_topics: tuple[str, ...] = Section.TOPICS.setting(
         (),
         "BRIDGE_EXTRA_SOURCE_TOPICS",
         "--extra-source-topic",
@@ -250,43 +284,42 @@ class Settings:
         "More topics carrying platform events in the same envelope (comma-separated in env).",
         repeatable=True,
     )
-    subscriptions_topic: str = _setting(
+    subscriptions_topic: str = Section.SUBSCRIPTIONS.setting(
         "postion.webhooks",
         "BRIDGE_SUBSCRIPTIONS_TOPIC",
         "--subscriptions-topic",
         str,
         "Compacted topic of webhook subscriptions (keyed by webhook id).",
     )
-    deadletter_topic: str = _setting(
+    deadletter_topic: str = Section.DEAD_LETTERS.setting(
         "postion.webhooks.deadletter",
         "BRIDGE_DEADLETTER_TOPIC",
         "--deadletter-topic",
         str,
         "Where records and deliveries that cannot be processed go, with their reason.",
     )
-    topic_replication_factor: int = _setting(
+    topic_replication_factor: int = Section.TOPICS.setting(
         1,
         "BRIDGE_TOPIC_REPLICATION_FACTOR",
         "--topic-replication-factor",
         _positive_int,
         "Replication factor used by `topics apply` when it creates topics.",
     )
-    # -- Delivery ---------------------------------------------------------------------------
-    http_timeout: float = _setting(
+    http_timeout: float = Section.DELIVERY.setting(
         DEFAULT_HTTP_TIMEOUT,
         "BRIDGE_HTTP_TIMEOUT",
         "--http-timeout",
         _positive_float,
         "Seconds before a delivery attempt is abandoned (the documented contract is 30).",
     )
-    success_any_2xx: bool = _setting(
+    success_any_2xx: bool = Section.DELIVERY.setting(
         False,
         "BRIDGE_SUCCESS_ANY_2XX",
         "--success-any-2xx",
         parse_bool,
         "Count any 2xx as success. Off: only 200 is success, as the documentation promises.",
     )
-    http_client: str = _setting(
+    http_client: str = Section.DELIVERY.setting(
         "http1",
         "BRIDGE_HTTP_CLIENT",
         "--http-client",
@@ -294,36 +327,35 @@ class Settings:
         "HTTP client of the delivery hot path: http1 (the bridge's own keep-alive HTTP/1.1 "
         "client, fastest) or httpx (the reference). Both behave the same.",
     )
-    event_loop: str = _setting(
+    event_loop: str = Section.PROCESS.setting(
         "uvloop",
         "BRIDGE_EVENT_LOOP",
         "--event-loop",
         lambda text: _choice("UVLOOP", "ASYNCIO")(text).lower(),
         "Event loop of the worker: uvloop (faster) or asyncio (the standard library's).",
     )
-    max_in_flight: int = _setting(
+    max_in_flight: int = Section.DELIVERY.setting(
         256,
         "BRIDGE_MAX_IN_FLIGHT",
         "--max-in-flight",
         _positive_int,
         "Deliveries in flight at once per worker, across all endpoints.",
     )
-    max_body_bytes: int = _setting(
+    max_body_bytes: int = Section.DELIVERY.setting(
         _DEFAULT_MAX_BODY_BYTES,
         "BRIDGE_MAX_BODY_BYTES",
         "--max-body-bytes",
         _positive_int,
         "Largest delivery body; bigger events are dead-lettered (payload_too_large).",
     )
-    subscription_sync_timeout: float = _setting(
+    subscription_sync_timeout: float = Section.DELIVERY.setting(
         5.0,
         "BRIDGE_SUBSCRIPTION_SYNC_TIMEOUT",
         "--subscription-sync-timeout",
         _positive_float,
         "Longest wait for the subscription table to catch up before an event is matched.",
     )
-    # -- Reliability -------------------------------------------------------------------------
-    retry_schedule: tuple[float, ...] = _setting(
+    retry_schedule: tuple[float, ...] = Section.DEAD_LETTERS.setting(
         DEFAULT_SCHEDULE,
         "BRIDGE_RETRY_SCHEDULE",
         "--retry-schedule",
@@ -332,92 +364,91 @@ class Settings:
         + ",".join(format_duration(d) for d in DEFAULT_SCHEDULE)
         + "); one retry topic per entry.",
     )
-    retry_jitter: float = _setting(
+    retry_jitter: float = Section.RELIABILITY.setting(
         0.1,
         "BRIDGE_RETRY_JITTER",
         "--retry-jitter",
         float,
         "Fraction of each retry delay taken off at random, spreading bursts of retries.",
     )
-    retry_after_cap: float = _setting(
+    retry_after_cap: float = Section.RELIABILITY.setting(
         3600.0,
         "BRIDGE_RETRY_AFTER_CAP",
         "--retry-after-cap",
         parse_duration,
         "Longest Retry-After (on 429 and 503) honoured; longer requests are cut to this.",
     )
-    retry_topic_prefix: str = _setting(
+    retry_topic_prefix: str = Section.DEAD_LETTERS.setting(
         "postion.webhooks.retry",
         "BRIDGE_RETRY_TOPIC_PREFIX",
         "--retry-topic-prefix",
         str,
         "Retry topics are named PREFIX.1 ... PREFIX.N, one per schedule entry.",
     )
-    attempts_topic: str = _setting(
+    attempts_topic: str = Section.TOPICS.setting(
         "postion.webhooks.attempts",
         "BRIDGE_ATTEMPTS_TOPIC",
         "--attempts-topic",
         str,
         "Every delivery attempt is recorded here (the per-webhook delivery log).",
     )
-    status_topic: str = _setting(
+    status_topic: str = Section.SUBSCRIPTIONS.setting(
         "postion.webhooks.status",
         "BRIDGE_STATUS_TOPIC",
         "--status-topic",
         str,
         "Compacted topic of endpoint health (failing since, disabled), keyed by webhook id.",
     )
-    endpoint_max_in_flight: int = _setting(
+    endpoint_max_in_flight: int = Section.RELIABILITY.setting(
         16,
         "BRIDGE_ENDPOINT_MAX_IN_FLIGHT",
         "--endpoint-max-in-flight",
         _positive_int,
         "Requests in flight at once to one endpoint (scheme, host and port).",
     )
-    endpoint_max_queued: int = _setting(
+    endpoint_max_queued: int = Section.RELIABILITY.setting(
         256,
         "BRIDGE_ENDPOINT_MAX_QUEUED",
         "--endpoint-max-queued",
         _positive_int,
         "Deliveries waiting for one busy endpoint; more go to the retry path.",
     )
-    breaker_threshold: int = _setting(
+    breaker_threshold: int = Section.RELIABILITY.setting(
         5,
         "BRIDGE_BREAKER_THRESHOLD",
         "--breaker-threshold",
         _positive_int,
         "Consecutive failures or timeouts that open an endpoint's circuit.",
     )
-    breaker_cooldown: float = _setting(
+    breaker_cooldown: float = Section.RELIABILITY.setting(
         30.0,
         "BRIDGE_BREAKER_COOLDOWN",
         "--breaker-cooldown",
         parse_duration,
         "How long an open circuit sends deliveries straight to the retry path before a probe.",
     )
-    disable_after: float = _setting(
+    disable_after: float = Section.RELIABILITY.setting(
         5 * 86400.0,
         "BRIDGE_DISABLE_AFTER",
         "--disable-after",
         parse_duration,
         "An endpoint failing continuously this long is disabled until its webhook is updated.",
     )
-    drain_timeout: float = _setting(
+    drain_timeout: float = Section.RELIABILITY.setting(
         20.0,
         "BRIDGE_DRAIN_TIMEOUT",
         "--drain-timeout",
         parse_duration,
         "On SIGTERM, how long in-flight deliveries may finish before they go to the retry path.",
     )
-    # -- Security ------------------------------------------------------------------------------
-    ssrf_guard: bool = _setting(
+    ssrf_guard: bool = Section.SECURITY.setting(
         True,
         "BRIDGE_SSRF_GUARD",
         "--ssrf-guard",
         parse_bool,
         "Refuse deliveries to loopback, private, link-local and other internal addresses.",
     )
-    allow_networks: tuple[str, ...] = _setting(
+    allow_networks: tuple[str, ...] = Section.SECURITY.setting(
         (),
         "BRIDGE_ALLOW_NETWORKS",
         "--allow-network",
@@ -425,21 +456,21 @@ class Settings:
         "Networks (CIDR) deliveries may reach despite the SSRF guard (comma-separated in env).",
         repeatable=True,
     )
-    allow_http: bool | None = _setting(
+    allow_http: bool | None = Section.SECURITY.setting(
         None,
         "BRIDGE_ALLOW_HTTP",
         "--allow-http",
         parse_bool,
         "Allow plain http:// endpoints (default: only in embedded mode; https otherwise).",
     )
-    ca_bundle: str | None = _setting(
+    ca_bundle: str | None = Section.SECURITY.setting(
         None,
         "BRIDGE_CA_BUNDLE",
         "--ca-bundle",
         _optional_str,
         "CA bundle (file or directory) for verifying endpoints' TLS certificates.",
     )
-    secret_keys: str | None = _setting(
+    secret_keys: str | None = Section.SECRETS.setting(
         None,
         "BRIDGE_SECRET_KEYS",
         "--secret-keys",
@@ -447,50 +478,51 @@ class Settings:
         "Keys encrypting webhook secrets in Kafka: kid:base64key,... (first one encrypts).",
         secret=True,
     )
-    # -- Worker process -----------------------------------------------------------------------
-    web_host: str = _setting(
+    web_host: str = Section.PROCESS.setting(
         "127.0.0.1",
         "BRIDGE_WEB_HOST",
         "--web-host",
         str,
         "Address the worker's web server (health, metrics) binds to.",
     )
-    web_port: int = _setting(
+    web_port: int = Section.PROCESS.setting(
         _DEFAULT_WEB_PORT,
         "BRIDGE_WEB_PORT",
         "--web-port",
         _port,
         "Port of the worker's web server; each worker on one machine needs its own.",
     )
-    data_dir: str | None = _setting(
+    data_dir: str | None = Section.PROCESS.setting(
         None,
         "BRIDGE_DATA_DIR",
         "--data-dir",
         _optional_str,
         "Writable directory for Faust's local files (default: under the system temp dir).",
     )
-    log_level: str = _setting(
+    log_level: str = Section.PROCESS.setting(
         "INFO",
         "BRIDGE_LOG_LEVEL",
         "--log-level",
         _choice("DEBUG", "INFO", "WARNING", "ERROR"),
         "Log level.",
     )
-    log_format: str = _setting(
-        "json",
+    log_format: str = Section.PROCESS.setting(
+        "auto",
         "BRIDGE_LOG_FORMAT",
         "--log-format",
-        lambda text: _choice("JSON", "TEXT")(text).lower(),
-        "Log lines as JSON objects (json) or plain text (text).",
+        lambda text: _choice("AUTO", "JSON", "TEXT")(text).lower(),
+        "Log lines of `run`: json (one JSON object per line), text (one readable line per event; "
+        "Faust's start-up chatter hidden below DEBUG) or auto (text when stderr is a terminal, "
+        "else json; the container image sets json).",
     )
-    embedded_port: int = _setting(
+    embedded_port: int = Section.EMBEDDED.setting(
         _DEFAULT_EMBEDDED_PORT,
         "BRIDGE_EMBEDDED_PORT",
         "--embedded-port",
         _port,
         "Port of the embedded broker (only when no bootstrap servers are configured).",
     )
-    kafka_rebalance_timeout: float = _setting(
+    kafka_rebalance_timeout: float = Section.CONSUMER.setting(
         4.0,
         "BRIDGE_KAFKA_REBALANCE_TIMEOUT",
         "--kafka-rebalance-timeout",
@@ -498,7 +530,7 @@ class Settings:
         "Seconds a consumer-group rebalance may take (kept short so joins take seconds). `run` "
         "on the embedded broker uses 3 unless set (below twice its session timeout).",
     )
-    kafka_fetch_max_wait: float = _setting(
+    kafka_fetch_max_wait: float = Section.CONSUMER.setting(
         0.05,
         "BRIDGE_KAFKA_FETCH_MAX_WAIT",
         "--kafka-fetch-max-wait",
@@ -508,14 +540,14 @@ class Settings:
         "table of 100,000 subscriptions never recovered at 10ms); Apache Kafka answers as soon "
         "as records arrive, so there it only paces idle polling (500ms is Kafka's default).",
     )
-    kafka_output_linger: float = _setting(
+    kafka_output_linger: float = Section.CONSUMER.setting(
         0.005,
         "BRIDGE_KAFKA_OUTPUT_LINGER",
         "--kafka-output-linger",
         parse_duration,
         "How long attempt, retry and dead-letter records wait to share a produce request.",
     )
-    kafka_session_timeout: float = _setting(
+    kafka_session_timeout: float = Section.CONSUMER.setting(
         6.0,
         "BRIDGE_KAFKA_SESSION_TIMEOUT",
         "--kafka-session-timeout",
@@ -644,32 +676,54 @@ class Settings:
         return out
 
 
+def settings_of(sections: Iterable[Section]) -> list[str]:
+    """The names of the settings in ``sections``, section by section in declaration order."""
+    wanted = list(dict.fromkeys(sections))
+    specs = Settings.specs()
+    return [name for section in wanted for name, spec in specs.items() if spec.section is section]
+
+
+def _shown_default(item: dataclasses.Field[Any]) -> str:
+    spec: SettingSpec = item.metadata["spec"]
+    default = item.default
+    durations = spec.parse in (parse_duration, parse_schedule)
+    if isinstance(default, tuple):
+        shown = ",".join(format_duration(v) if durations else str(v) for v in default)
+    elif isinstance(default, bool):
+        shown = "true" if default else "false"
+    elif durations and isinstance(default, float):
+        shown = format_duration(default)
+    else:
+        shown = "" if default is None else str(default)
+    return f"`{shown}`" if shown else "(unset)"
+
+
 def settings_reference() -> str:
-    """docs/configuration.md's table: every setting with its flag, variable and default."""
-    lines = [
-        "| setting | flag | environment variable | default | meaning |",
-        "|---|---|---|---|---|",
-    ]
-    for item in dataclasses.fields(Settings):
-        spec: SettingSpec = item.metadata["spec"]
-        default = item.default
-        durations = spec.parse in (parse_duration, parse_schedule)
-        if isinstance(default, tuple):
-            shown = ",".join(format_duration(v) if durations else str(v) for v in default)
-        elif isinstance(default, bool):
-            shown = "true" if default else "false"
-        elif durations and isinstance(default, float):
-            shown = format_duration(default)
-        else:
-            shown = "" if default is None else str(default)
-        shown = f"`{shown}`" if shown else "(unset)"
-        help_text = spec.help.replace("|", "\\|")
-        lines.append(f"| `{item.name}` | `{spec.flag}` | `{spec.env}` | {shown} | {help_text} |")
-    return "\n".join(lines) + "\n"
+    """docs/configuration.md's tables: one per section, every setting with its flag, variable
+    and default."""
+    fields = {item.name: item for item in dataclasses.fields(Settings)}
+    parts: list[str] = []
+    for section in Section:
+        lines = [
+            f"### {section.value}",
+            "",
+            "| setting | flag | environment variable | default | meaning |",
+            "|---|---|---|---|---|",
+        ]
+        for name in settings_of([section]):
+            spec: SettingSpec = fields[name].metadata["spec"]
+            help_text = spec.help.replace("|", "\\|")
+            lines.append(
+                f"| `{name}` | `{spec.flag}` | `{spec.env}` | {_shown_default(fields[name])} "
+                f"| {help_text} |"
+            )
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
 
 
 def add_setting_flags(parser: Any, names: Sequence[str]) -> None:
-    """Add the flags of the named settings to an ``argparse`` parser (dest = field name)."""
+    """Add the flags of the named settings to an ``argparse`` parser or argument group
+    (dest = field name)."""
     specs = Settings.specs()
     for name in names:
         spec = specs[name]
@@ -685,6 +739,17 @@ def add_setting_flags(parser: Any, names: Sequence[str]) -> None:
             parser.add_argument(
                 spec.flag, dest=name, type=spec.parse, help=f"{spec.help} [env {spec.env}]"
             )
+
+
+def add_section_flags(parser: Any, sections: Iterable[Section]) -> list[str]:
+    """Add the flags of every setting in ``sections`` to an ``argparse`` parser, one argument
+    group per section; returns the names of those settings (for :func:`overrides_from_args`)."""
+    names: list[str] = []
+    for section in dict.fromkeys(sections):
+        members = settings_of([section])
+        add_setting_flags(parser.add_argument_group(f"{section.value} settings"), members)
+        names.extend(members)
+    return names
 
 
 def overrides_from_args(args: Any, names: Sequence[str]) -> dict[str, Any]:

@@ -1,5 +1,4 @@
-"""The ``webhook-bridge`` command, a thin layer over :mod:`bridge.admin.management` and the
-worker."""
+"""The ``webhook-bridge`` command, a thin layer over :mod:`bridge.admin` and the worker."""
 
 from __future__ import annotations
 
@@ -9,79 +8,65 @@ import gc
 import json
 import signal
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bridge import __version__
-from bridge.config import Settings, add_setting_flags, overrides_from_args, parse_bool, parse_list
-from bridge.contract.events import build_event
+from bridge.config import (
+    Section,
+    Settings,
+    add_section_flags,
+    overrides_from_args,
+    parse_bool,
+    parse_list,
+)
+from bridge.contract.events import Event, build_event
 from bridge.errors import BridgeError, ConfigError, InvalidRecord, TopicDrift
 from bridge.worker.embedded import GROUP_TIMEOUTS, EmbeddedBroker, _port_open
 
+if TYPE_CHECKING:
+    from bridge.subscriptions.webhook import Webhook
+
 __all__ = [
     "main",
-    "KAFKA_SETTINGS",
-    "TOPIC_SETTINGS",
+    "COMMAND_SECTIONS",
     "WORKER_GC_THRESHOLDS",
-    "WORKER_SETTINGS",
     "tune_gc",
 ]
 
-KAFKA_SETTINGS = [
-    "kafka_bootstrap_servers",
-    "kafka_security_protocol",
-    "kafka_sasl_mechanism",
-    "kafka_sasl_username",
-    "kafka_sasl_password",
-    "kafka_ssl_cafile",
-    "kafka_ssl_certfile",
-    "kafka_ssl_keyfile",
-    "embedded_port",
-]
-TOPIC_SETTINGS = [
-    "events_topic",
-    "extra_source_topics",
-    "subscriptions_topic",
-    "deadletter_topic",
-    "topic_replication_factor",
-    "group_id",
-    "retry_schedule",
-    "retry_topic_prefix",
-    "attempts_topic",
-    "status_topic",
-]
+_T = TypeVar("_T")
+
+_MANAGEMENT = (Section.KAFKA, Section.EMBEDDED)
+_WEBHOOKS = (*_MANAGEMENT, Section.SUBSCRIPTIONS, Section.SECRETS)
+
+#: The settings sections whose flags each command takes (``run``: every setting).
+COMMAND_SECTIONS: dict[str, tuple[Section, ...]] = {
+    "run": tuple(Section),
+    "broker": (Section.EMBEDDED,),
+    "topics apply": (
+        *_MANAGEMENT,
+        Section.EVENTS,
+        Section.SUBSCRIPTIONS,
+        Section.DEAD_LETTERS,
+        Section.TOPICS,
+    ),
+    "webhooks create": _WEBHOOKS,
+    "webhooks update": _WEBHOOKS,
+    "webhooks rotate-secret": _WEBHOOKS,
+    "webhooks test": (*_WEBHOOKS, Section.EVENTS),
+    "webhooks delete": (*_MANAGEMENT, Section.SUBSCRIPTIONS),
+    "webhooks list": _WEBHOOKS,
+    "publish": (*_MANAGEMENT, Section.EVENTS),
+    "dlq list": (*_MANAGEMENT, Section.DEAD_LETTERS),
+    "dlq replay": (*_MANAGEMENT, Section.DEAD_LETTERS),
+    "receive": (),
+}
 _LOOPBACK = ("127.0.0.0/8", "::1/128")
-WORKER_SETTINGS = [
-    "http_timeout",
-    "http_client",
-    "event_loop",
-    "success_any_2xx",
-    "max_in_flight",
-    "max_body_bytes",
-    "subscription_sync_timeout",
-    "web_host",
-    "web_port",
-    "data_dir",
-    "log_level",
-    "kafka_rebalance_timeout",
-    "kafka_session_timeout",
-    "kafka_fetch_max_wait",
-    "kafka_output_linger",
-    "retry_jitter",
-    "retry_after_cap",
-    "endpoint_max_in_flight",
-    "endpoint_max_queued",
-    "breaker_threshold",
-    "breaker_cooldown",
-    "disable_after",
-    "drain_timeout",
-    "ssrf_guard",
-    "allow_networks",
-    "allow_http",
-    "ca_bundle",
-    "secret_keys",
-    "log_format",
-]
+
+
+def _settings_flags(parser: argparse.ArgumentParser, command: str) -> None:
+    """Give ``parser`` the flags of ``command``'s sections, remembered for :func:`_settings`."""
+    parser.set_defaults(settings=add_section_flags(parser, COMMAND_SECTIONS[command]))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,28 +80,26 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run", help="run a worker (starts the embedded broker when none is configured)"
     )
-    add_setting_flags(run, KAFKA_SETTINGS + TOPIC_SETTINGS + WORKER_SETTINGS)
-    run.set_defaults(handler=_run, settings=KAFKA_SETTINGS + TOPIC_SETTINGS + WORKER_SETTINGS)
+    _settings_flags(run, "run")
+    run.set_defaults(handler=_run)
 
     broker = commands.add_parser("broker", help="run only the embedded broker, in the foreground")
     broker.add_argument("--port", type=int, default=None, help="port (default: --embedded-port)")
-    add_setting_flags(broker, ["embedded_port"])
-    broker.set_defaults(handler=_broker, settings=["embedded_port"])
+    _settings_flags(broker, "broker")
+    broker.set_defaults(handler=_broker)
 
     topics = commands.add_parser("topics", help="topic management")
     topic_commands = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
     apply = topic_commands.add_parser(
         "apply", help="create missing topics; exit 1 when existing ones drifted"
     )
-    add_setting_flags(apply, KAFKA_SETTINGS + TOPIC_SETTINGS)
-    apply.set_defaults(handler=_topics_apply, settings=KAFKA_SETTINGS + TOPIC_SETTINGS)
+    _settings_flags(apply, "topics apply")
+    apply.set_defaults(handler=_topics_apply)
 
     webhooks = commands.add_parser("webhooks", help="manage webhook subscriptions")
     hook_commands = webhooks.add_subparsers(
         dest="webhooks_command", required=True, metavar="ACTION"
     )
-    common = KAFKA_SETTINGS + ["subscriptions_topic", "status_topic"]
-
     create = hook_commands.add_parser("create", help="create a webhook; prints its id and secret")
     create.add_argument("--url", required=True)
     create.add_argument("--events", required=True, type=parse_list, help="a,b,... or *")
@@ -132,8 +115,8 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also sign with Standard Webhooks headers (timestamped, replay-resistant)",
     )
-    add_setting_flags(create, common + ["secret_keys"])
-    create.set_defaults(handler=_webhooks_create, settings=common + ["secret_keys"])
+    _settings_flags(create, "webhooks create")
+    create.set_defaults(handler=_webhooks_create)
 
     update = hook_commands.add_parser("update", help="change fields of a webhook")
     update.add_argument("webhook_id", metavar="ID")
@@ -145,8 +128,8 @@ def _parser() -> argparse.ArgumentParser:
     update.add_argument("--active", type=parse_bool, help="true or false")
     update.add_argument("--rate-limit", type=float, help="deliveries per second (0: no limit)")
     update.add_argument("--standard-webhooks", type=parse_bool, help="true or false")
-    add_setting_flags(update, common + ["secret_keys"])
-    update.set_defaults(handler=_webhooks_update, settings=common + ["secret_keys"])
+    _settings_flags(update, "webhooks update")
+    update.set_defaults(handler=_webhooks_update)
 
     rotate = hook_commands.add_parser(
         "rotate-secret", help="give a webhook a new secret; prints it"
@@ -159,39 +142,44 @@ def _parser() -> argparse.ArgumentParser:
         help="how long the previous secret stays valid too, e.g. 24h (Standard Webhooks "
         "signatures carry both meanwhile)",
     )
-    add_setting_flags(rotate, common + ["secret_keys"])
-    rotate.set_defaults(handler=_webhooks_rotate, settings=common + ["secret_keys"])
+    _settings_flags(rotate, "webhooks rotate-secret")
+    rotate.set_defaults(handler=_webhooks_rotate)
 
     test = hook_commands.add_parser("test", help="send a test.event to one webhook")
     test.add_argument("webhook_id", metavar="ID")
     test.add_argument("--message", default="", help="text for data.message")
     test.add_argument("--site-id", help="site of the event (needed for account-scoped webhooks)")
     test.add_argument("--user-id", help="account of the event (default: the webhook's)")
-    add_setting_flags(test, common + ["events_topic", "secret_keys"])
-    test.set_defaults(handler=_webhooks_test, settings=common + ["events_topic", "secret_keys"])
+    _settings_flags(test, "webhooks test")
+    test.set_defaults(handler=_webhooks_test)
 
     delete = hook_commands.add_parser("delete", help="delete a webhook (writes a tombstone)")
     delete.add_argument("webhook_id", metavar="ID")
-    add_setting_flags(delete, common)
-    delete.set_defaults(handler=_webhooks_delete, settings=common)
+    _settings_flags(delete, "webhooks delete")
+    delete.set_defaults(handler=_webhooks_delete)
 
     listing = hook_commands.add_parser("list", help="list webhooks (secrets hidden)")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
-    add_setting_flags(listing, common + ["secret_keys"])
-    listing.set_defaults(handler=_webhooks_list, settings=common + ["secret_keys"])
+    _settings_flags(listing, "webhooks list")
+    listing.set_defaults(handler=_webhooks_list)
 
     publish = commands.add_parser("publish", help="publish a valid platform event")
     publish.add_argument("event_type", metavar="TYPE")
     publish.add_argument("--site-id", required=True)
     publish.add_argument("--user-id", required=True)
-    publish.add_argument("--data", default="{}", help="the event's data as a JSON object")
+    publish.add_argument(
+        "--data",
+        default="{}",
+        metavar="JSON|@FILE|-",
+        help="the event's data as a JSON object: inline, read from FILE (@FILE) or from stdin "
+        "(- or @-)",
+    )
     publish.add_argument("--id", dest="event_id", help="event id (default: a random UUID)")
-    add_setting_flags(publish, KAFKA_SETTINGS + ["events_topic"])
-    publish.set_defaults(handler=_publish, settings=KAFKA_SETTINGS + ["events_topic"])
+    _settings_flags(publish, "publish")
+    publish.set_defaults(handler=_publish)
 
     dlq = commands.add_parser("dlq", help="dead letters: list and replay")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
-    dlq_settings = KAFKA_SETTINGS + ["deadletter_topic", "retry_topic_prefix", "retry_schedule"]
     for action, helptext in (
         ("list", "list dead letters (one JSON object per line)"),
         ("replay", "re-enqueue dead letters with their delivery ids"),
@@ -201,17 +189,16 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--delivery", dest="delivery_id", help="only this delivery id")
         sub.add_argument("--since", help="ISO-8601 time or a duration ago (2h, 1d)")
         sub.add_argument("--until", help="ISO-8601 time or a duration ago")
-        add_setting_flags(sub, dlq_settings)
-        sub.set_defaults(
-            handler=_dlq_list if action == "list" else _dlq_replay, settings=dlq_settings
-        )
+        _settings_flags(sub, f"dlq {action}")
+        sub.set_defaults(handler=_dlq_list if action == "list" else _dlq_replay)
 
     receive = commands.add_parser("receive", help="a receiver that verifies and prints deliveries")
     receive.add_argument("--port", type=int, required=True)
     receive.add_argument("--secret", required=True)
     receive.add_argument("--host", default="127.0.0.1")
     receive.add_argument("--status", type=int, default=200, help="status for valid deliveries")
-    receive.set_defaults(handler=_receive, settings=[])
+    _settings_flags(receive, "receive")
+    receive.set_defaults(handler=_receive)
     return parser
 
 
@@ -232,6 +219,14 @@ def _managed(settings: Settings) -> Settings:
         )
     print(f"using the embedded broker at {address}", file=sys.stderr)
     return settings.replace(kafka_bootstrap_servers=address)
+
+
+def _run_managed(
+    args: argparse.Namespace, coro_factory: Callable[[Settings], Coroutine[Any, Any, _T]]
+) -> _T:
+    """Run a management command's coroutine on the settings of ``args``: with no broker
+    configured, on the running embedded broker (see :func:`_managed`)."""
+    return asyncio.run(coro_factory(_managed(_settings(args))))
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -291,10 +286,8 @@ def tune_gc() -> None:
     """Collect cyclic garbage less often than Python's defaults.
 
     A worker allocates a few hundred objects per event and keeps its tables for good; with the
-    defaults the collections of older generations ran about every two seconds at 2,000
-    events/s and showed as ~100 ms latency steps at half load; with these thresholds the steps
-    went away and CPU per delivery fell from 0.207 to 0.193 ms (targeted fanout_1 runs,
-    2026-11-27, commit ``8829c75``).
+    defaults, collections of the older generations showed as latency steps at half load (see
+    BENCHMARKS.md).
     """
     gc.set_threshold(*WORKER_GC_THRESHOLDS)
 
@@ -343,8 +336,7 @@ def _broker(args: argparse.Namespace) -> int:
 def _topics_apply(args: argparse.Namespace) -> int:
     from bridge.admin.topics import apply_topics
 
-    settings = _managed(_settings(args))
-    report = asyncio.run(apply_topics(settings, fail_on_drift=False))
+    report = _run_managed(args, lambda settings: apply_topics(settings, fail_on_drift=False))
     for name in report.created:
         print(f"created  {name}")
     for name in report.existing:
@@ -359,12 +351,10 @@ def _topics_apply(args: argparse.Namespace) -> int:
 def _webhooks_create(args: argparse.Namespace) -> int:
     from bridge.subscriptions.store import WebhookStore
 
-    settings = _managed(_settings(args))
-    if args.site_id is None and args.user_id is None:
-        raise ConfigError("an account-scoped webhook (no --site-id) needs --user-id")
-    _check_endpoint(args.url)
-
-    async def go() -> Any:
+    async def create(settings: Settings) -> Webhook:
+        if args.site_id is None and args.user_id is None:
+            raise ConfigError("an account-scoped webhook (no --site-id) needs --user-id")
+        _check_endpoint(args.url)
         async with WebhookStore(settings) as store:
             return await store.create(
                 url=args.url,
@@ -379,7 +369,7 @@ def _webhooks_create(args: argparse.Namespace) -> int:
                 standard=args.standard_webhooks,
             )
 
-    webhook = asyncio.run(go())
+    webhook = _run_managed(args, create)
     print(f"id      {webhook.id}")
     if args.secret is None:
         print(f"secret  {webhook.secret}")
@@ -389,26 +379,24 @@ def _webhooks_create(args: argparse.Namespace) -> int:
 def _webhooks_update(args: argparse.Namespace) -> int:
     from bridge.subscriptions.store import WebhookStore
 
-    settings = _managed(_settings(args))
-    changes = {
-        k: getattr(args, k)
-        for k in ("url", "events", "site_id", "name", "secret", "active", "rate_limit")
-        if getattr(args, k) is not None
-    }
-    if args.standard_webhooks is not None:
-        changes["standard_webhooks"] = args.standard_webhooks
-    if args.url is not None:
-        _check_endpoint(args.url)
-    if changes.get("rate_limit") == 0:
-        changes["rate_limit"] = None
-    if not changes:
-        raise ConfigError("nothing to change: give at least one of --url, --events, ...")
-
-    async def go() -> Any:
+    async def update(settings: Settings) -> Webhook:
+        changes = {
+            k: getattr(args, k)
+            for k in ("url", "events", "site_id", "name", "secret", "active", "rate_limit")
+            if getattr(args, k) is not None
+        }
+        if args.standard_webhooks is not None:
+            changes["standard_webhooks"] = args.standard_webhooks
+        if args.url is not None:
+            _check_endpoint(args.url)
+        if changes.get("rate_limit") == 0:
+            changes["rate_limit"] = None
+        if not changes:
+            raise ConfigError("nothing to change: give at least one of --url, --events, ...")
         async with WebhookStore(settings) as store:
             return await store.update(args.webhook_id, **changes)
 
-    webhook = asyncio.run(go())
+    webhook = _run_managed(args, update)
     print(f"updated {webhook.id}")
     return 0
 
@@ -433,17 +421,15 @@ def _webhooks_rotate(args: argparse.Namespace) -> int:
     from bridge.config import parse_duration
     from bridge.subscriptions.store import WebhookStore
 
-    settings = _managed(_settings(args))
-    try:
-        overlap = parse_duration(args.overlap)
-    except ValueError as exc:
-        raise ConfigError(f"--overlap: {exc}") from None
-
-    async def go() -> Any:
+    async def rotate(settings: Settings) -> Webhook:
+        try:
+            overlap = parse_duration(args.overlap)
+        except ValueError as exc:
+            raise ConfigError(f"--overlap: {exc}") from None
         async with WebhookStore(settings) as store:
             return await store.rotate_secret(args.webhook_id, secret=args.secret, overlap=overlap)
 
-    webhook = asyncio.run(go())
+    webhook = _run_managed(args, rotate)
     print(f"id      {webhook.id}")
     if args.secret is None:
         print(f"secret  {webhook.secret}")
@@ -456,9 +442,7 @@ def _webhooks_test(args: argparse.Namespace) -> int:
     from bridge.admin.publish import send_test_event
     from bridge.subscriptions.store import WebhookStore
 
-    settings = _managed(_settings(args))
-
-    async def go() -> Any:
+    async def test(settings: Settings) -> Event:
         async with WebhookStore(settings) as store:
             webhook = (await store.load()).get(args.webhook_id)
         if webhook is None:
@@ -467,7 +451,7 @@ def _webhooks_test(args: argparse.Namespace) -> int:
             settings, webhook, args.message, site_id=args.site_id, user_id=args.user_id
         )
 
-    event = asyncio.run(go())
+    event = _run_managed(args, test)
     print(f"published test.event {event.id}")
     return 0
 
@@ -475,13 +459,11 @@ def _webhooks_test(args: argparse.Namespace) -> int:
 def _webhooks_delete(args: argparse.Namespace) -> int:
     from bridge.subscriptions.store import WebhookStore
 
-    settings = _managed(_settings(args))
-
-    async def go() -> None:
+    async def delete(settings: Settings) -> None:
         async with WebhookStore(settings) as store:
             await store.delete(args.webhook_id)
 
-    asyncio.run(go())
+    _run_managed(args, delete)
     print(f"deleted {args.webhook_id}")
     return 0
 
@@ -489,13 +471,11 @@ def _webhooks_delete(args: argparse.Namespace) -> int:
 def _webhooks_list(args: argparse.Namespace) -> int:
     from bridge.subscriptions.store import WebhookStore
 
-    settings = _managed(_settings(args))
-
-    async def go() -> Any:
+    async def load(settings: Settings) -> dict[str, Webhook]:
         async with WebhookStore(settings) as store:
             return await store.load()
 
-    webhooks = asyncio.run(go())
+    webhooks = _run_managed(args, load)
     for webhook in sorted(webhooks.values(), key=lambda w: w.id):
         record = webhook.to_record()
         for field in ("secret", "previous_secret"):
@@ -513,18 +493,50 @@ def _webhooks_list(args: argparse.Namespace) -> int:
 
 def _publish(args: argparse.Namespace) -> int:
     from bridge.admin.publish import publish_events
-    from bridge.contract import jsoncanon
 
-    settings = _managed(_settings(args))
-    data = jsoncanon.loads(args.data)
-    if not isinstance(data, dict):
-        raise InvalidRecord("schema_invalid", "--data must be a JSON object")
-    event = build_event(
-        args.event_type, data, site_id=args.site_id, user_id=args.user_id, event_id=args.event_id
-    )
-    asyncio.run(publish_events(settings, [event]))
+    async def publish(settings: Settings) -> Event:
+        event = build_event(
+            args.event_type,
+            _event_data(args.data),
+            site_id=args.site_id,
+            user_id=args.user_id,
+            event_id=args.event_id,
+        )
+        await publish_events(settings, [event])
+        return event
+
+    event = _run_managed(args, publish)
     print(f"published {event.type} {event.id}")
     return 0
+
+
+def _event_data(argument: str) -> dict[str, Any]:
+    """``--data``: a JSON object given inline, read from a file (``@FILE``) or from stdin
+    (``-`` or ``@-``), as curl reads its ``--data``."""
+    from bridge.contract import jsoncanon
+
+    if argument in ("-", "@-"):
+        text: bytes | str = sys.stdin.buffer.read()
+        source = "--data from stdin"
+    elif argument.startswith("@"):
+        path = argument[1:]
+        try:
+            with open(path, "rb") as file:
+                text = file.read()
+        except OSError as exc:
+            raise ConfigError(f"--data @{path}: {exc.strerror or exc}") from None
+        source = f"--data @{path}"
+    else:
+        text, source = argument, ""
+    try:
+        data = jsoncanon.loads(text)
+    except InvalidRecord as exc:
+        if exc.reason != "malformed_json" or not source:
+            raise
+        raise InvalidRecord(exc.reason, f"{source} is not JSON: {exc.detail}") from None
+    if not isinstance(data, dict):
+        raise InvalidRecord("schema_invalid", "--data must be a JSON object")
+    return data
 
 
 def _dead_letter_filter(args: argparse.Namespace) -> Any:
@@ -542,8 +554,10 @@ def _dead_letter_filter(args: argparse.Namespace) -> Any:
 def _dlq_list(args: argparse.Namespace) -> int:
     from bridge.admin.dead_letters import list_dead_letters
 
-    settings = _managed(_settings(args))
-    for record in asyncio.run(list_dead_letters(settings, _dead_letter_filter(args))):
+    async def listing(settings: Settings) -> list[dict[str, Any]]:
+        return await list_dead_letters(settings, _dead_letter_filter(args))
+
+    for record in _run_managed(args, listing):
         print(json.dumps(record, ensure_ascii=False))
     return 0
 
@@ -551,8 +565,9 @@ def _dlq_list(args: argparse.Namespace) -> int:
 def _dlq_replay(args: argparse.Namespace) -> int:
     from bridge.admin.dead_letters import replay_dead_letters
 
-    settings = _managed(_settings(args))
-    report = asyncio.run(replay_dead_letters(settings, _dead_letter_filter(args)))
+    report = _run_managed(
+        args, lambda settings: replay_dead_letters(settings, _dead_letter_filter(args))
+    )
     for delivery in report.replayed:
         print(f"replayed {delivery}")
     print(f"{len(report.replayed)} replayed, {report.skipped} not replayable (invalid events)")

@@ -1,15 +1,27 @@
-"""Structured logs: one JSON object per line, with the delivery's ids and never a secret or body."""
+"""Worker logs: JSON lines for machines, readable lines on a terminal; never a secret or body.
+
+Both formats show the same things: time, level, logger, message and the known ``extra`` fields
+(:data:`FIELDS`). A log call's other attributes never reach a line.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
-__all__ = ["JsonFormatter", "logging_config", "FIELDS"]
+__all__ = [
+    "FIELDS",
+    "QUIET_LOGGERS",
+    "JsonFormatter",
+    "TextFormatter",
+    "logging_config",
+    "resolve_log_format",
+]
 
-#: ``extra`` keys copied into the JSON line when a log call passes them.
+#: ``extra`` keys copied into the line when a log call passes them.
 FIELDS = (
     "delivery_id",
     "webhook_id",
@@ -27,6 +39,28 @@ FIELDS = (
 )
 _FORBIDDEN = frozenset({"secret", "body", "signature", "password"})
 
+#: Libraries whose INFO lines narrate start-up, stop and rebalances (each Faust and mode service
+#: says "Starting...", aiokafka lists every assigned partition): raised to WARNING in the text
+#: format unless the level is DEBUG.
+QUIET_LOGGERS = ("faust", "mode", "aiokafka")
+
+
+class _ServiceNarration(logging.Filter):
+    """Drops the INFO and DEBUG lines mode services log through their own module's logger (the
+    bridge's services too): they start with mode's ``[^--ServiceName]: `` label."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not str(record.msg).startswith("[^")
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in FIELDS:
+        value = record.__dict__.get(name)
+        if value is not None and name not in _FORBIDDEN:
+            out[name] = value
+    return out
+
 
 class JsonFormatter(logging.Formatter):
     """Formats a record as a JSON line: time, level, logger, message and known fields."""
@@ -40,26 +74,65 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for name in FIELDS:
-            value = record.__dict__.get(name)
-            if value is not None and name not in _FORBIDDEN:
-                line[name] = value
+        line.update(_fields(record))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
-def logging_config(level: str, fmt: str) -> dict[str, Any]:
-    """A ``logging.config.dictConfig`` for the worker: JSON lines (``json``) or plain text."""
-    formatter: dict[str, Any] = (
-        {"()": JsonFormatter}
-        if fmt == "json"
-        else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
-    )
-    return {
+class TextFormatter(logging.Formatter):
+    """Formats a record as one readable line:
+    ``12:04:05.123 INFO    pipeline: message key=value ...``.
+
+    Local time, the logger's last name, line breaks in the message escaped (one line per event)
+    and values with spaces or quotes JSON-quoted. An exception's traceback follows on its own
+    lines, indented.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        moment = datetime.fromtimestamp(record.created).strftime("%H:%M:%S.%f")[:-3]
+        short = record.name.rpartition(".")[2]
+        parts = [moment, f"{record.levelname:<7}", f"{short}:", _one_line(record.getMessage())]
+        parts.extend(f"{key}={_value(value)}" for key, value in _fields(record).items())
+        line = " ".join(parts)
+        if record.exc_info:
+            trace = self.formatException(record.exc_info)
+            line += "\n" + "\n".join("    " + row for row in trace.splitlines())
+        return line
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _value(value: Any) -> str:
+    text = str(value)
+    if not text or any(c.isspace() or c in "\"'=\\" for c in text):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def resolve_log_format(fmt: str, stream: TextIO | None = None) -> str:
+    """``json`` or ``text``: ``auto`` is text when ``stream`` (default: stderr, where the logs
+    go) is a terminal, else json."""
+    if fmt != "auto":
+        return fmt
+    target = sys.stderr if stream is None else stream
+    try:
+        return "text" if target.isatty() else "json"
+    except (AttributeError, ValueError):  # closed or replaced by an object without isatty
+        return "json"
+
+
+def logging_config(level: str, fmt: str, stream: TextIO | None = None) -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` for the worker: lines on stderr in ``fmt`` (``json``,
+    ``text`` or ``auto``, see :func:`resolve_log_format`)."""
+    resolved = resolve_log_format(fmt, stream)
+    formatter = JsonFormatter if resolved == "json" else TextFormatter
+    config: dict[str, Any] = {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"main": formatter},
+        "formatters": {"main": {"()": formatter}},
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
@@ -69,3 +142,9 @@ def logging_config(level: str, fmt: str) -> dict[str, Any]:
         },
         "root": {"level": level.upper(), "handlers": ["stderr"]},
     }
+    if resolved == "text" and level.upper() != "DEBUG":
+        quiet = logging.getLevelName(max(logging.WARNING, logging.getLevelName(level.upper())))
+        config["loggers"] = {name: {"level": quiet} for name in QUIET_LOGGERS}
+        config["filters"] = {"narration": {"()": _ServiceNarration}}
+        config["handlers"]["stderr"]["filters"] = ["narration"]
+    return config

@@ -103,6 +103,7 @@ def test_runtime_contract() -> None:
     assert env["BRIDGE_WEB_HOST"] == "0.0.0.0"
     assert env[web_port.env] == words["EXPOSE"]
     assert env["BRIDGE_DATA_DIR"] == CHART_VALUES["config"]["dataDir"]
+    assert env["BRIDGE_LOG_FORMAT"] == "json"  # even under `docker run -t`
     labels = dict(re.findall(r"(org\.opencontainers\.image\.[a-z]+)=\"([^\"]*)\"", words["LABEL"]))
     assert labels["org.opencontainers.image.version"] == "${VERSION}"
     args = dict(rest.split("=", 1) for word, rest in stage if word == "ARG" and "=" in rest)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -12,9 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bridge.config import Settings
+from bridge.kafka.reading import read_topic
 from bridge.worker.embedded import free_port
 from tests.support.processes import settings_env
 
@@ -190,6 +193,13 @@ async def test_readme_flow_on_the_embedded_broker(tmp_path: Path) -> None:
             run.kill()
             run.wait()
         log.close()
+    # Not a terminal: the worker's log lines are JSON objects.
+    logged = [
+        json.loads(line)
+        for line in (tmp_path / "run.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    assert any(line["logger"].startswith("faust.") for line in logged)
     # Ctrl-C stopped the embedded broker too.
     import socket
 
@@ -347,3 +357,136 @@ def test_a_taken_port_is_reported_with_the_process_holding_it() -> None:
         f"webhook-bridge: port {port} is already in use by pid {os.getpid()} ("
     )
     assert result.stderr.count("\n") == 1 and "--embedded-port" in result.stderr
+
+
+async def test_publish_reads_a_large_payload_from_stdin_and_a_file(
+    settings, tmp_path: Path
+) -> None:
+    """200 KB of data does not fit on a command line: ``--data -`` and ``--data @FILE``."""
+    data = {"id": "post_big", "title": "Ünïcödé ✓", "content": "x" * 200_000}
+    text = json.dumps(data, ensure_ascii=False)
+    common = ["publish", "post.created", "--site-id", "site_1", "--user-id", "user_1"]
+    piped = subprocess.run(
+        [*CLI, *common, "--data", "-"],
+        env=settings_env(settings),
+        input=text.encode(),
+        capture_output=True,
+        timeout=60,
+    )
+    assert piped.returncode == 0, piped.stderr
+    path = tmp_path / "data.json"
+    path.write_text(text, encoding="utf-8")
+    from_file = cli(settings, *common, "--data", f"@{path}")
+    ids = [piped.stdout.decode().split()[-1], from_file.stdout.split()[-1]]
+    events = {
+        event["id"]: event
+        for event in (
+            json.loads(value) for _, value in await read_topic(settings, settings.events_topic)
+        )
+    }
+    assert sorted(events) == sorted(ids)
+    assert all(event["data"] == data for event in events.values())
+
+
+def test_publish_explains_a_missing_data_file(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.json"
+    result = cli(
+        None,
+        "publish",
+        "post.created",
+        "--site-id",
+        "s",
+        "--user-id",
+        "u",
+        "--data",
+        f"@{missing}",
+        "--bootstrap-servers",
+        "127.0.0.1:1",
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr == f"webhook-bridge: --data @{missing}: No such file or directory\n"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a pseudo-terminal")
+def test_run_on_a_terminal_logs_readable_lines_without_start_up_chatter(tmp_path: Path) -> None:
+    import pty
+    import signal
+    import threading
+
+    web_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(
+        BRIDGE_EMBEDDED_PORT=str(free_port()),
+        BRIDGE_WEB_PORT=str(web_port),
+        BRIDGE_DATA_DIR=str(tmp_path / "data"),
+        BRIDGE_EVENT_LOOP="asyncio",
+    )
+    controller, device = pty.openpty()
+    run = subprocess.Popen(
+        [*CLI, "run"], env=env, stdin=device, stdout=device, stderr=device, close_fds=True
+    )
+    os.close(device)
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # the terminal closed with the last process holding it
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{web_port}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert run.poll() is None, b"".join(chunks).decode(errors="replace")
+            assert time.monotonic() < deadline, b"".join(chunks).decode(errors="replace")
+            time.sleep(0.1)
+        # A record the subscription table skips, with a warning naming its place and reason.
+        settings = Settings.load(env=env)
+        servers = f"127.0.0.1:{settings.embedded_port}"
+        asyncio.run(_produce(servers, settings.subscriptions_topic, b"hook", b"not json"))
+        while "invalid subscription record skipped" not in b"".join(chunks).decode(
+            "utf-8", "replace"
+        ):
+            assert run.poll() is None and time.monotonic() < deadline, b"".join(chunks)
+            time.sleep(0.05)
+    finally:
+        run.send_signal(signal.SIGINT)
+        try:
+            run.wait(20)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            run.wait()
+        reader.join(10)
+        os.close(controller)
+    output = b"".join(chunks).decode(errors="replace")
+    assert "worker webhook-bridge: kafka 127.0.0.1:" in output
+    assert "Starting..." not in output and "Stopping..." not in output, output
+    assert "assigned partitions" not in output, output
+    assert not any(line.startswith("{") for line in output.splitlines()), output
+    (skipped,) = [line for line in output.splitlines() if "invalid subscription record" in line]
+    assert re.fullmatch(
+        r"\d\d:\d\d:\d\d\.\d{3} WARNING app: invalid subscription record skipped "
+        r"reason=malformed_json topic=postion\.webhooks partition=\d+ offset=0 detail=\".+\"\r?",
+        skipped,
+    ), skipped
+
+
+async def _produce(servers: str, topic: str, key: bytes, value: bytes) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()

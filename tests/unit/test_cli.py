@@ -1,4 +1,5 @@
-"""bridge.cli: what the management commands refuse before they contact a broker, in one line.
+"""bridge.cli: what the management commands refuse before they contact a broker, in one line;
+``publish --data`` from a file or stdin; the helper every management command runs through.
 
 The broker address given is a closed port: a command that got as far as connecting would fail
 with another message.
@@ -6,9 +7,21 @@ with another message.
 
 from __future__ import annotations
 
+import io
+import json
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
 import pytest
 
+from bridge.admin import publish
 from bridge.cli import commands as cli
+from bridge.config import Settings
+from bridge.contract.events import Event
+from bridge.errors import ConfigError
+from bridge.worker.embedded import free_port
 
 BROKER = ["--bootstrap-servers", "127.0.0.1:1"]
 
@@ -59,3 +72,193 @@ def test_publish_refuses_lone_surrogates(
     err = refused(capsys, "publish", "post.created", *args, *extra)
     assert err.startswith("webhook-bridge: invalid_text: a lone surrogate")
     assert err.isascii()
+
+
+# ------------------------------------------------------------------------ publish --data
+
+
+@pytest.fixture
+def published(monkeypatch: pytest.MonkeyPatch) -> list[Event]:
+    """Events ``publish`` would send (the producer faked)."""
+    sent: list[Event] = []
+
+    async def publish_events(settings: Settings, events: Any) -> None:
+        sent.extend(events)
+
+    monkeypatch.setattr(publish, "publish_events", publish_events)
+    return sent
+
+
+def _stdin(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+
+
+def _publish(*data: str) -> int:
+    return cli.main(["publish", "post.created", "--site-id", "s", "--user-id", "u", *data, *BROKER])
+
+
+BIG = {"id": "post_1", "title": "Ünïcödé ✓", "content": "x" * 200_000}
+
+
+def test_publish_reads_data_from_a_file(
+    published: list[Event], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(BIG, ensure_ascii=False), encoding="utf-8")
+    assert _publish("--data", f"@{path}") == 0
+    (event,) = published
+    assert event.data == BIG
+    assert capsys.readouterr().out == f"published post.created {event.id}\n"
+
+
+@pytest.mark.parametrize("argument", ["-", "@-"])
+def test_publish_reads_data_from_stdin(
+    published: list[Event], monkeypatch: pytest.MonkeyPatch, argument: str
+) -> None:
+    _stdin(monkeypatch, json.dumps(BIG).encode())
+    assert _publish("--data", argument) == 0
+    assert published[0].data == BIG
+
+
+def test_publish_inline_data_and_its_default(published: list[Event]) -> None:
+    assert _publish("--data", '{"id": "p", "title": "t"}') == 0
+    assert published[0].data == {"id": "p", "title": "t"}
+
+
+def test_publish_refuses_a_missing_file(
+    published: list[Event], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing.json"
+    assert _publish("--data", f"@{missing}") == 1
+    err = capsys.readouterr().err
+    assert err == f"webhook-bridge: --data @{missing}: No such file or directory\n"
+    assert published == []
+
+
+def test_publish_refuses_a_directory(
+    published: list[Event], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _publish("--data", f"@{tmp_path}") == 1
+    assert capsys.readouterr().err == f"webhook-bridge: --data @{tmp_path}: Is a directory\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"id": "p",', "malformed_json: --data @{path} is not JSON: Expecting property name"),
+        (
+            b"\n\n\n",
+            "malformed_json: --data @{path} is not JSON: Expecting value at line 4 column 1",
+        ),
+        (b'{"id": "\xff"}', "malformed_json: --data @{path} is not JSON: invalid UTF-8 at byte 8"),
+        (b"[1, 2]", "schema_invalid: --data must be a JSON object"),
+    ],
+)
+def test_publish_refuses_a_file_that_is_not_a_json_object(
+    published: list[Event],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: bytes,
+    message: str,
+) -> None:
+    path = tmp_path / "data.json"
+    path.write_bytes(content)
+    assert _publish("--data", f"@{path}") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("webhook-bridge: " + message.format(path=path))
+    assert err.count("\n") == 1
+    assert published == []
+
+
+def test_publish_refuses_invalid_json_on_stdin(
+    published: list[Event], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _stdin(monkeypatch, b"not json")
+    assert _publish("--data", "-") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("webhook-bridge: malformed_json: --data from stdin is not JSON: ")
+    assert err.count("\n") == 1
+
+
+def test_publish_inline_invalid_json_keeps_its_message(
+    published: list[Event], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _publish("--data", "{") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("webhook-bridge: malformed_json: Expecting property name")
+
+
+# -------------------------------------------------------------------------- _run_managed
+
+
+def _parsed(*argv: str) -> Any:
+    return cli._parser().parse_args(["webhooks", "list", *argv])
+
+
+def test_run_managed_uses_the_configured_broker(capsys: pytest.CaptureFixture[str]) -> None:
+    seen: list[Settings] = []
+
+    async def work(settings: Settings) -> str:
+        seen.append(settings)
+        return "done"
+
+    assert cli._run_managed(_parsed("--bootstrap-servers", "127.0.0.1:1"), work) == "done"
+    assert seen[0].kafka_bootstrap_servers == "127.0.0.1:1"
+    assert capsys.readouterr().err == ""
+
+
+def test_run_managed_uses_a_running_embedded_broker(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("BRIDGE_KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    seen: list[Settings] = []
+
+    async def work(settings: Settings) -> None:
+        seen.append(settings)
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert cli._run_managed(_parsed("--embedded-port", str(port)), work) is None
+    assert seen[0].kafka_bootstrap_servers == f"127.0.0.1:{port}"
+    assert capsys.readouterr().err == f"using the embedded broker at 127.0.0.1:{port}\n"
+
+
+def test_run_managed_explains_a_missing_broker_before_running(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("BRIDGE_KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    started: list[Settings] = []
+
+    async def work(settings: Settings) -> None:
+        started.append(settings)
+
+    port = free_port()
+    with pytest.raises(ConfigError, match="no Kafka broker configured") as info:
+        cli._run_managed(_parsed("--embedded-port", str(port)), work)
+    assert f"none is listening on 127.0.0.1:{port}" in str(info.value)
+    assert started == []
+
+
+def test_a_management_command_exits_1_with_its_error_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bridge.subscriptions import store
+
+    class NoStore:
+        def __init__(self, settings: Settings) -> None:
+            pass
+
+        async def __aenter__(self) -> NoStore:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            pass
+
+        async def load(self) -> dict[str, Any]:
+            return {}
+
+    monkeypatch.setattr(store, "WebhookStore", NoStore)
+    assert cli.main(["webhooks", "test", "nope", *BROKER]) == 1
+    assert capsys.readouterr().err == "webhook-bridge: no webhook 'nope'\n"

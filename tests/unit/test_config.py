@@ -12,11 +12,14 @@ import pytest
 
 from bridge.config import (
     DEFAULT_HTTP_TIMEOUT,
+    Section,
     Settings,
+    add_section_flags,
     add_setting_flags,
     overrides_from_args,
     parse_bool,
     parse_list,
+    settings_of,
 )
 from bridge.errors import BridgeError, ConfigError
 from bridge.worker.embedded import GROUP_TIMEOUTS
@@ -70,7 +73,7 @@ DEFAULTS: dict[str, Any] = {
     "allow_http": None,
     "ca_bundle": None,
     "secret_keys": None,
-    "log_format": "json",
+    "log_format": "auto",
     "web_host": "127.0.0.1",
     "web_port": 6066,
     "data_dir": None,
@@ -196,6 +199,7 @@ def test_spec_names_are_consistent_and_unique() -> None:
         assert spec.env == "BRIDGE_" + name.upper(), name
         assert spec.flag.startswith("--"), name
         assert spec.help, name
+        assert isinstance(spec.section, Section), name
     assert [n for n, s in specs.items() if s.secret] == ["kafka_sasl_password", "secret_keys"]
 
 
@@ -249,6 +253,7 @@ BAD: list[tuple[str, str]] = [
     ("BRIDGE_KAFKA_SECURITY_PROTOCOL", "TLS"),
     ("BRIDGE_KAFKA_SASL_MECHANISM", "GSSAPI"),
     ("BRIDGE_LOG_LEVEL", "TRACE"),
+    ("BRIDGE_LOG_FORMAT", "yaml"),
     ("BRIDGE_WEB_PORT", "65536"),
     ("BRIDGE_WEB_PORT", "-1"),
     ("BRIDGE_WEB_PORT", "http"),
@@ -594,3 +599,32 @@ def test_to_env_round_trips_through_load() -> None:
     assert env["BRIDGE_ALLOW_HTTP"] == "false"
     assert "BRIDGE_DATA_DIR" not in env  # unset stays unset
     assert Settings.load(env=env) == settings
+
+
+@pytest.mark.parametrize("text", ["auto", "JSON", " Text "])
+def test_log_format_values(text: str) -> None:
+    assert Settings.load(env={"BRIDGE_LOG_FORMAT": text}).log_format == text.strip().lower()
+
+
+# ---------------------------------------------------------------------------- sections
+
+
+def test_settings_of_follows_sections_then_declaration_order() -> None:
+    names = list(Settings.specs())
+    kafka = settings_of([Section.KAFKA])
+    assert kafka[0] == "kafka_bootstrap_servers"
+    assert kafka == sorted(kafka, key=names.index)
+    assert settings_of([Section.EMBEDDED, Section.KAFKA]) == ["embedded_port", *kafka]
+    assert settings_of([Section.KAFKA, Section.KAFKA]) == kafka
+    assert settings_of([]) == []
+
+
+def test_add_section_flags_groups_the_flags_and_returns_the_names() -> None:
+    parser = argparse.ArgumentParser(prog="bridge-test")
+    names = add_section_flags(parser, [Section.SUBSCRIPTIONS, Section.SECRETS])
+    assert names == ["subscriptions_topic", "status_topic", "secret_keys"]
+    text = parser.format_help()
+    assert "\nSubscription topics settings:\n  --subscriptions-topic" in text
+    assert "\nSecret encryption settings:\n  --secret-keys" in text
+    args = parser.parse_args(["--status-topic", "st"])
+    assert Settings.load(env={}, overrides=overrides_from_args(args, names)).status_topic == "st"
