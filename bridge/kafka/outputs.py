@@ -6,9 +6,8 @@ acknowledged only after everything it caused is durable; an attempt record is ha
 future of that acknowledgement, which settles a successful job without a task waiting for it
 (:meth:`bridge.delivery.deliverer.Deliverer.run`). Many jobs write at once; a few
 milliseconds of ``linger`` lets their records share produce requests. Going around Faust's
-``topic.send`` (its per-message futures, buffer and sensors) made an attempt record about a
-tenth as costly in CPU (0.27 ms each through Faust: BENCHMARKS.md as of ``1398415``; ~0.03 ms
-since, fourth session's A/B runs in BENCHMARKS.md). Attempt records, one per delivery attempt,
+``topic.send`` (its per-message futures, buffer and sensors) makes an attempt record several
+times cheaper in CPU (see BENCHMARKS.md, *Outputs*). Attempt records, one per delivery attempt,
 skip the producer's per-record ``send`` as well: they are gathered into one batch per partition
 (:mod:`bridge.kafka.record_batches`) and share the batch's acknowledgement. Status and disable
 records go through the :class:`~bridge.subscriptions.store.WebhookStore`, one record per batch,

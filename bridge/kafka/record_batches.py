@@ -1,14 +1,15 @@
 """Records of one topic gathered into one batch per partition, handed to the producer whole.
 
-aiokafka's ``AIOKafkaProducer.send`` costs ~11 us of Python per record on this machine (a
-future per record, the accumulator's checks, a wait for buffer room) on top of what building the
-record costs; the bridge writes one attempt record per delivery attempt, so at full speed that
-was about a tenth of a worker's CPU. :class:`PartitionBatches` appends each record to the open
-batch of its partition (aiokafka's ``BatchBuilder``, the producer's own format and size limit)
-and gives the batch to the producer (``send_batch``) when it is full or ``linger`` seconds after
-its first record, as the producer's own accumulator would. Every record of a batch shares the
-batch's acknowledgement: :meth:`PartitionBatches.add` returns a future that resolves when the
-broker has acknowledged the batch, or fails with the producer's error for the whole batch.
+aiokafka's ``AIOKafkaProducer.send`` does per-record work (a future per record, the
+accumulator's checks, a wait for buffer room) on top of what building the record costs, and the
+bridge writes one attempt record per delivery attempt, so that work is a visible share of a
+worker's CPU (see BENCHMARKS.md, *Attempt-record batches*). :class:`PartitionBatches` appends
+each record to the open batch of its partition (aiokafka's ``BatchBuilder``, the producer's own
+format and size limit) and gives the batch to the producer (``send_batch``) when it is full or
+``linger`` seconds after its first record, as the producer's own accumulator would. Every
+record of a batch shares the batch's acknowledgement: :meth:`PartitionBatches.add` returns a
+future that resolves when the broker has acknowledged the batch, or fails with the producer's
+error for the whole batch.
 
 - Partitions are chosen as the producer chooses them (its partitioner, the topic's partitions
   from the producer's metadata), so records keyed alike share a partition with records the
