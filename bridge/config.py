@@ -536,8 +536,8 @@ class Settings:
         "--kafka-fetch-max-wait",
         parse_duration,
         "Longest time a fetch waits for new records. The embedded broker holds every fetch "
-        "this long (latency), and below ~50ms it can return nothing for a large backlog (a "
-        "table of 100,000 subscriptions never recovered at 10ms); Apache Kafka answers as soon "
+        "this long (latency), and below ~50ms it can return nothing for a large backlog (see "
+        "BENCHMARKS.md, *Fetch wait on the embedded broker*); Apache Kafka answers as soon "
         "as records arrive, so there it only paces idle polling (500ms is Kafka's default).",
     )
     kafka_output_linger: float = Section.CONSUMER.setting(

@@ -287,7 +287,7 @@ def tune_gc() -> None:
 
     A worker allocates a few hundred objects per event and keeps its tables for good; with the
     defaults, collections of the older generations showed as latency steps at half load (see
-    BENCHMARKS.md).
+    BENCHMARKS.md, *Cyclic GC thresholds*).
     """
     gc.set_threshold(*WORKER_GC_THRESHOLDS)
 

@@ -17,9 +17,8 @@ class Slots:
     """A FIFO counting semaphore whose acquire and release cost the same however many wait.
 
     ``asyncio.Semaphore.acquire`` (Python 3.11) scans every waiter on each call, which made
-    thousands of jobs queued for the in-flight limit quadratic (BENCHMARKS.md as of ``c01e216``,
-    bug 3). Here a released
-    slot is handed straight to the oldest waiter still waiting.
+    thousands of jobs queued for the in-flight limit quadratic (see BENCHMARKS.md, *Slots*). Here
+    a released slot is handed straight to the oldest waiter still waiting.
     """
 
     __slots__ = ("_free", "_waiters")
