@@ -1,0 +1,171 @@
+"""A webhook's delivery log: its newest attempts, bounded by count and age, queried newest first.
+
+Attempts are ordered by when they started, then by delivery id and attempt number, an order
+that does not depend on when a worker read them: a cursor handed out before a restart still
+points at the same place after the log was rebuilt from the attempts topic.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from bridge.attempts.record import OUTCOMES, Attempt
+
+__all__ = ["LogQuery", "Page", "WebhookLog", "encode_cursor", "decode_cursor"]
+
+#: Where an attempt sits in a log: (started at, delivery id, attempt number).
+_Position = tuple[float, str, int]
+
+
+@dataclass(frozen=True)
+class LogQuery:
+    """Which attempts to list; ``None`` matches everything."""
+
+    event_type: str | None = None
+    #: ``success``, ``failure`` or ``skipped``.
+    outcome: str | None = None
+    #: ``2xx`` … ``5xx``, or ``none`` for attempts that got no response.
+    status_class: str | None = None
+    #: Seconds since the epoch, inclusive.
+    since: float | None = None
+    #: Seconds since the epoch, exclusive.
+    until: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.outcome is not None and self.outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {', '.join(sorted(OUTCOMES))}")
+
+    def matches(self, attempt: Attempt) -> bool:
+        return (
+            (self.event_type is None or attempt.event_type == self.event_type)
+            and (self.outcome is None or attempt.outcome == self.outcome)
+            and (self.status_class is None or attempt.status_class == self.status_class)
+            and (self.since is None or attempt.at_seconds >= self.since)
+            and (self.until is None or attempt.at_seconds < self.until)
+        )
+
+
+@dataclass(frozen=True)
+class Page:
+    """Attempts newest first, and the cursor of the next (older) page, if there is one."""
+
+    items: list[Attempt]
+    next_cursor: str | None
+
+
+def encode_cursor(position: _Position) -> str:
+    """An opaque cursor for the attempts older than ``position``."""
+    text = json.dumps(list(position), separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> _Position:
+    """The position a cursor from :func:`encode_cursor` names; ``ValueError`` for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at, delivery_id, number = json.loads(raw)
+    except (ValueError, TypeError) as exc:
+        raise ValueError("not a cursor of this list") from exc
+    if (
+        isinstance(at, bool)
+        or not isinstance(at, int | float)
+        or not isinstance(delivery_id, str)
+        or isinstance(number, bool)
+        or not isinstance(number, int)
+    ):
+        raise ValueError("not a cursor of this list")
+    return (float(at), delivery_id, number)
+
+
+def _position(attempt: Attempt) -> _Position:
+    return (attempt.at_seconds, attempt.delivery_id, attempt.attempt)
+
+
+class WebhookLog:
+    """The newest attempts of one webhook: at most ``max_attempts``, none older than
+    ``max_age`` seconds (checked against the ``now`` given to :meth:`add` and :meth:`page`)."""
+
+    def __init__(self, *, max_attempts: int, max_age: float) -> None:
+        if max_attempts < 1 or max_age <= 0:
+            raise ValueError("a delivery log keeps at least one attempt for some time")
+        self._max_attempts = max_attempts
+        self._max_age = max_age
+        #: Positions, oldest first, and the attempt at each.
+        self._positions: list[_Position] = []
+        self._attempts: dict[_Position, Attempt] = {}
+        #: Positions of each delivery's attempts.
+        self._deliveries: dict[str, list[_Position]] = {}
+
+    def __len__(self) -> int:
+        return len(self._positions)
+
+    def add(self, attempt: Attempt, now: float) -> bool:
+        """Keep ``attempt``; ``False`` when it is already kept (the same record read twice) or
+        too old to keep."""
+        if attempt.at_seconds < now - self._max_age:
+            return False
+        position = _position(attempt)
+        if position in self._attempts:
+            return False
+        if (
+            len(self._positions) >= self._max_attempts
+            and self._positions
+            and position < self._positions[0]
+        ):
+            return False  # older than everything kept in a full log
+        bisect.insort(self._positions, position)
+        self._attempts[position] = attempt
+        self._deliveries.setdefault(attempt.delivery_id, []).append(position)
+        while len(self._positions) > self._max_attempts:
+            self._drop_oldest()
+        self.expire(now)
+        return True
+
+    def expire(self, now: float) -> None:
+        """Forget attempts older than the log's age limit."""
+        oldest = now - self._max_age
+        while self._positions and self._positions[0][0] < oldest:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        position = self._positions.pop(0)
+        attempt = self._attempts.pop(position)
+        kept = self._deliveries[attempt.delivery_id]
+        kept.remove(position)
+        if not kept:
+            del self._deliveries[attempt.delivery_id]
+
+    def _newest_first(self, before: _Position | None) -> Iterator[Attempt]:
+        end = (
+            len(self._positions) if before is None else bisect.bisect_left(self._positions, before)
+        )
+        for index in range(end - 1, -1, -1):
+            yield self._attempts[self._positions[index]]
+
+    def page(
+        self, query: LogQuery, *, now: float, limit: int = 50, cursor: str | None = None
+    ) -> Page:
+        """Attempts matching ``query``, newest first, ``limit`` at a time; ``cursor`` (from the
+        previous page) continues where it ended. ``ValueError`` for a bad limit or cursor."""
+        if not 1 <= limit <= 1000:
+            raise ValueError("limit must be between 1 and 1000")
+        self.expire(now)
+        before = None if cursor is None else decode_cursor(cursor)
+        items: list[Attempt] = []
+        for attempt in self._newest_first(before):
+            if query.since is not None and attempt.at_seconds < query.since:
+                break
+            if not query.matches(attempt):
+                continue
+            if len(items) == limit:
+                return Page(items, encode_cursor(_position(items[-1])))
+            items.append(attempt)
+        return Page(items, None)
+
+    def delivery(self, delivery_id: str) -> list[Attempt]:
+        """Every kept attempt of one delivery, in the order they were made."""
+        return [self._attempts[p] for p in sorted(self._deliveries.get(delivery_id, ()))]

@@ -1,0 +1,129 @@
+"""An attempt record of the attempts topic, read back: parsed, checked, and shown to an API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bridge.contract import jsoncanon
+from bridge.errors import InvalidRecord
+
+__all__ = ["OUTCOMES", "Attempt", "status_class"]
+
+#: The ``outcome`` values an attempt record may carry.
+OUTCOMES = frozenset({"success", "failure", "skipped"})
+
+
+def status_class(status: int | None) -> str:
+    """``2xx`` … ``5xx`` for a response, ``none`` when no response arrived (a filter value)."""
+    if status is None:
+        return "none"
+    return f"{status // 100}xx" if 100 <= status < 600 else "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One delivery attempt as the deliverer recorded it (``topics/schemas/attempt.json``)."""
+
+    delivery_id: str
+    webhook_id: str
+    event_id: str | None
+    event_type: str
+    #: 1 for the first attempt of a delivery.
+    attempt: int
+    #: ``success``, ``failure`` or ``skipped`` (no request was made).
+    outcome: str
+    status: int | None
+    #: Error class (``timeout``, ``http_status``, ``circuit_open`` ...), ``None`` on success.
+    error: str | None
+    duration_seconds: float
+    #: When the attempt started, as recorded (``2024-01-15T10:30:00.250Z``).
+    at: str
+    #: The same moment in seconds since the epoch, for ordering and windows.
+    at_seconds: float
+    #: What followed: ``retry``, ``dead_letter``, ``disabled``, or ``None``.
+    next: str | None
+
+    @property
+    def status_class(self) -> str:
+        return status_class(self.status)
+
+    @classmethod
+    def parse(cls, value: bytes | None) -> Attempt:
+        """The attempt in a record's value; :class:`InvalidRecord` (with a ``reason``) when the
+        value is not an attempt record. Values are never quoted in the error."""
+        if value is None:
+            raise InvalidRecord("tombstone", "an attempt record has no value")
+        record = jsoncanon.loads(value)
+        if not isinstance(record, dict):
+            raise InvalidRecord("not_an_object", "an attempt record is a JSON object")
+        return cls.of(record)
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> Attempt:
+        """The attempt in a decoded attempt record (see :meth:`parse`)."""
+
+        def text(name: str, *, optional: bool = False) -> str | None:
+            value = record.get(name)
+            if value is None and optional:
+                return None
+            if not isinstance(value, str) or not value:
+                raise InvalidRecord("schema_invalid", f"attempt record: {name} is not a string")
+            return value
+
+        attempt = record.get("attempt")
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+            raise InvalidRecord("schema_invalid", "attempt record: attempt is not a count")
+        outcome = record.get("outcome")
+        if outcome not in OUTCOMES:
+            raise InvalidRecord("schema_invalid", "attempt record: unknown outcome")
+        status = record.get("status")
+        if status is not None and (isinstance(status, bool) or not isinstance(status, int)):
+            raise InvalidRecord("schema_invalid", "attempt record: status is not an integer")
+        duration = record.get("duration_seconds")
+        if isinstance(duration, bool) or not isinstance(duration, int | float) or duration < 0:
+            raise InvalidRecord("schema_invalid", "attempt record: duration_seconds is not >= 0")
+        at = text("at")
+        assert at is not None
+        try:
+            moment = datetime.fromisoformat(at.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidRecord("schema_invalid", "attempt record: at is not a time") from None
+        if moment.tzinfo is None:
+            raise InvalidRecord("schema_invalid", "attempt record: at has no time zone")
+        delivery_id = text("delivery_id")
+        webhook_id = text("webhook_id")
+        event_type = text("event_type")
+        assert delivery_id is not None and webhook_id is not None and event_type is not None
+        return cls(
+            delivery_id=delivery_id,
+            webhook_id=webhook_id,
+            event_id=text("event_id", optional=True),
+            event_type=event_type,
+            attempt=attempt,
+            outcome=str(outcome),
+            status=status,
+            error=text("error", optional=True),
+            duration_seconds=float(duration),
+            at=at,
+            at_seconds=moment.timestamp(),
+            next=text("next", optional=True),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The attempt as the API shows it."""
+        return {
+            "delivery_id": self.delivery_id,
+            "webhook_id": self.webhook_id,
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "attempt": self.attempt,
+            "outcome": self.outcome,
+            "status": self.status,
+            "status_class": self.status_class,
+            "error": self.error,
+            "duration_seconds": self.duration_seconds,
+            "at": self.at,
+            "next": self.next,
+        }

@@ -1,0 +1,153 @@
+"""A webhook's delivery stats over the last hour, day and week, in bounded memory.
+
+Attempts are counted in time buckets: one per minute for the last hour, one per hour for the
+last week. The hour window is exact to the minute; the day and week windows are made of whole
+hours, so they cover up to one hour more than their name (the current hour is always included).
+Latency quantiles are estimated from a fixed histogram per bucket, interpolated within the
+bucket that holds the quantile, as Prometheus' ``histogram_quantile`` does: their error is at
+most the width of that bucket.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+
+from bridge.attempts.record import Attempt
+
+__all__ = ["LATENCY_BOUNDS", "WINDOWS", "WindowStats", "WebhookStats"]
+
+#: Upper bounds (seconds) of the latency histogram's buckets; the last one is open.
+LATENCY_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, math.inf)
+#: The windows stats are given for, by name, in seconds.
+WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 604800.0}
+
+_MINUTE = 60.0
+_HOUR = 3600.0
+_MINUTES_KEPT = 60
+_HOURS_KEPT = 24 * 7
+
+
+@dataclass
+class _Bucket:
+    attempts: int = 0
+    successes: int = 0
+    failures: int = 0
+    skipped: int = 0
+    latency: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BOUNDS))
+
+    def add(self, attempt: Attempt) -> None:
+        if attempt.outcome == "skipped":
+            self.skipped += 1
+            return
+        self.attempts += 1
+        if attempt.outcome == "success":
+            self.successes += 1
+        else:
+            self.failures += 1
+        self.latency[bisect.bisect_left(LATENCY_BOUNDS, attempt.duration_seconds)] += 1
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """What one window saw. ``attempts`` counts requests made (``successes + failures``);
+    skipped attempts (open circuit, full queue, rate limit, refused destination) are apart."""
+
+    window: str
+    attempts: int
+    successes: int
+    failures: int
+    skipped: int
+    #: ``failures / attempts``, ``None`` without attempts.
+    failure_ratio: float | None
+    #: Estimated latency quantiles in seconds, ``None`` without attempts.
+    latency_p50: float | None
+    latency_p99: float | None
+
+
+def _quantile(q: float, counts: list[int]) -> float | None:
+    total = sum(counts)
+    if total == 0:
+        return None
+    rank = q * total
+    seen = 0
+    for index, count in enumerate(counts):
+        if count and seen + count >= rank:
+            lower = 0.0 if index == 0 else LATENCY_BOUNDS[index - 1]
+            upper = LATENCY_BOUNDS[index]
+            if math.isinf(upper):
+                return lower  # the open bucket: its lower bound is all that is known
+            return lower + (upper - lower) * (rank - seen) / count
+        seen += count
+    return LATENCY_BOUNDS[-2]
+
+
+class WebhookStats:
+    """Counts of one webhook's attempts by minute (last hour) and by hour (last week), and
+    when it last succeeded and failed."""
+
+    def __init__(self) -> None:
+        self._minutes: dict[int, _Bucket] = {}
+        self._hours: dict[int, _Bucket] = {}
+        #: ``at`` of the newest successful and failed attempt seen.
+        self.last_success: Attempt | None = None
+        self.last_failure: Attempt | None = None
+
+    def add(self, attempt: Attempt, now: float) -> None:
+        """Count ``attempt`` (each attempt once: the caller drops records read twice)."""
+        if attempt.outcome == "success":
+            if self.last_success is None or attempt.at_seconds > self.last_success.at_seconds:
+                self.last_success = attempt
+        elif attempt.outcome == "failure":
+            if self.last_failure is None or attempt.at_seconds > self.last_failure.at_seconds:
+                self.last_failure = attempt
+        minute = int(attempt.at_seconds // _MINUTE)
+        hour = int(attempt.at_seconds // _HOUR)
+        if minute > int(now // _MINUTE) - _MINUTES_KEPT:
+            self._minutes.setdefault(minute, _Bucket()).add(attempt)
+        if hour > int(now // _HOUR) - _HOURS_KEPT:
+            self._hours.setdefault(hour, _Bucket()).add(attempt)
+        self.expire(now)
+
+    def expire(self, now: float) -> None:
+        """Forget buckets that no window reaches any more."""
+        first_minute = int(now // _MINUTE) - _MINUTES_KEPT + 1
+        for key in [k for k in self._minutes if k < first_minute]:
+            del self._minutes[key]
+        first_hour = int(now // _HOUR) - _HOURS_KEPT + 1
+        for key in [k for k in self._hours if k < first_hour]:
+            del self._hours[key]
+
+    @property
+    def buckets(self) -> int:
+        """How many buckets are held (the memory this webhook's stats take grows with it)."""
+        return len(self._minutes) + len(self._hours)
+
+    def window(self, name: str, now: float) -> WindowStats:
+        """The stats of window ``name`` (``1h``, ``24h`` or ``7d``) as of ``now``."""
+        seconds = WINDOWS[name]
+        self.expire(now)
+        if seconds <= _MINUTES_KEPT * _MINUTE:
+            first = int(now // _MINUTE) - int(seconds // _MINUTE) + 1
+            chosen = [b for k, b in self._minutes.items() if k >= first]
+        else:
+            first = int(now // _HOUR) - int(seconds // _HOUR) + 1
+            chosen = [b for k, b in self._hours.items() if k >= first]
+        total = _Bucket()
+        for bucket in chosen:
+            total.attempts += bucket.attempts
+            total.successes += bucket.successes
+            total.failures += bucket.failures
+            total.skipped += bucket.skipped
+            total.latency = [a + b for a, b in zip(total.latency, bucket.latency, strict=True)]
+        return WindowStats(
+            window=name,
+            attempts=total.attempts,
+            successes=total.successes,
+            failures=total.failures,
+            skipped=total.skipped,
+            failure_ratio=total.failures / total.attempts if total.attempts else None,
+            latency_p50=_quantile(0.5, total.latency),
+            latency_p99=_quantile(0.99, total.latency),
+        )

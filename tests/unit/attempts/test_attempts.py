@@ -1,0 +1,251 @@
+"""bridge.attempts: attempt records read back, the per-webhook log and its stats (pure)."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.attempts.book import ActivityBook
+from bridge.attempts.log import LogQuery, WebhookLog, decode_cursor, encode_cursor
+from bridge.attempts.record import Attempt
+from bridge.attempts.stats import LATENCY_BOUNDS, WebhookStats
+from bridge.errors import InvalidRecord
+
+T0 = datetime(2024, 1, 15, 10, 0, tzinfo=UTC).timestamp()
+
+
+def stamp(seconds: float) -> str:
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def record(**changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "delivery_id": "d1",
+        "webhook_id": "wh",
+        "event_id": "e1",
+        "event_type": "post.created",
+        "attempt": 1,
+        "outcome": "success",
+        "status": 200,
+        "error": None,
+        "duration_seconds": 0.05,
+        "at": stamp(T0),
+        "next": None,
+    }
+    base.update(changes)
+    return base
+
+
+def attempt(at: float = T0, **changes: Any) -> Attempt:
+    return Attempt.of(record(at=stamp(at), **changes))
+
+
+# ------------------------------------------------------------------------------- records
+
+
+def test_an_attempt_record_reads_back_as_the_deliverer_wrote_it() -> None:
+    parsed = Attempt.parse(json.dumps(record(status=503, outcome="failure")).encode())
+    assert parsed.status_class == "5xx"
+    assert parsed.at_seconds == T0
+    assert parsed.as_dict()["status_class"] == "5xx"
+    assert {k: parsed.as_dict()[k] for k in record()} == record(status=503, outcome="failure")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        b"[1]",
+        b"not json",
+        json.dumps(record(attempt=0)).encode(),
+        json.dumps(record(attempt=True)).encode(),
+        json.dumps(record(outcome="maybe")).encode(),
+        json.dumps(record(status="200")).encode(),
+        json.dumps(record(duration_seconds=-1)).encode(),
+        json.dumps(record(at="yesterday")).encode(),
+        json.dumps(record(at="2024-01-15T10:00:00")).encode(),
+        json.dumps(record(delivery_id="")).encode(),
+        json.dumps(record(webhook_id=None)).encode(),
+    ],
+)
+def test_what_is_not_an_attempt_record_is_refused_with_a_reason(value: bytes | None) -> None:
+    with pytest.raises(InvalidRecord) as caught:
+        Attempt.parse(value)
+    assert caught.value.reason
+    assert "yesterday" not in str(caught.value)  # values are never quoted
+
+
+# ------------------------------------------------------------------------------------ log
+
+
+def test_the_log_lists_newest_first_in_pages_that_meet_exactly() -> None:
+    log = WebhookLog(max_attempts=100, max_age=86400)
+    for i in range(25):
+        assert log.add(attempt(T0 + i, delivery_id=f"d{i:02}"), now=T0 + 30)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = log.page(LogQuery(), now=T0 + 30, limit=10, cursor=cursor)
+        seen += [a.delivery_id for a in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == [f"d{i:02}" for i in reversed(range(25))]
+
+
+def test_filters_combine() -> None:
+    log = WebhookLog(max_attempts=100, max_age=86400)
+    log.add(attempt(T0, delivery_id="a"), now=T0)
+    log.add(attempt(T0 + 1, delivery_id="b", outcome="failure", status=500), now=T0)
+    log.add(attempt(T0 + 2, delivery_id="c", outcome="failure", status=None, error="timeout"), T0)
+    log.add(attempt(T0 + 3, delivery_id="d", event_type="post.deleted"), now=T0)
+
+    def ids(query: LogQuery) -> list[str]:
+        return [a.delivery_id for a in log.page(query, now=T0 + 10).items]
+
+    assert ids(LogQuery(outcome="failure")) == ["c", "b"]
+    assert ids(LogQuery(status_class="none")) == ["c"]
+    assert ids(LogQuery(status_class="2xx", event_type="post.created")) == ["a"]
+    assert ids(LogQuery(since=T0 + 1, until=T0 + 3)) == ["c", "b"]
+    with pytest.raises(ValueError):
+        LogQuery(outcome="maybe")
+
+
+def test_a_delivery_shows_every_attempt_in_order() -> None:
+    log = WebhookLog(max_attempts=100, max_age=86400)
+    log.add(attempt(T0 + 60, attempt=3), now=T0 + 60)
+    log.add(attempt(T0, attempt=1, outcome="failure", status=500, next="retry"), now=T0 + 60)
+    log.add(attempt(T0 + 5, attempt=2, outcome="failure", status=502, next="retry"), T0 + 60)
+    log.add(attempt(T0 + 1, delivery_id="other"), now=T0 + 60)
+    assert [(a.attempt, a.status) for a in log.delivery("d1")] == [(1, 500), (2, 502), (3, 200)]
+    assert log.delivery("missing") == []
+
+
+def test_the_same_record_read_twice_is_kept_once() -> None:
+    book = ActivityBook()
+    assert book.add(attempt(), now=T0)
+    assert not book.add(attempt(), now=T0)
+    activity = book.get("wh")
+    assert activity is not None and len(activity.log) == 1
+    assert activity.stats.window("1h", T0).attempts == 1
+
+
+def test_the_log_is_bounded_by_count_and_age() -> None:
+    log = WebhookLog(max_attempts=3, max_age=100)
+    for i in range(5):
+        log.add(attempt(T0 + i, delivery_id=f"d{i}"), now=T0 + 5)
+    assert [a.delivery_id for a in log.page(LogQuery(), now=T0 + 5).items] == ["d4", "d3", "d2"]
+    assert not log.add(attempt(T0, delivery_id="old"), now=T0 + 5)  # older than a full log
+    assert log.page(LogQuery(), now=T0 + 103).items[-1].delivery_id == "d3"
+    assert log.page(LogQuery(), now=T0 + 1000).items == []
+    assert log.delivery("d4") == []
+    assert not log.add(attempt(T0, delivery_id="late"), now=T0 + 1000)
+
+
+@pytest.mark.parametrize("cursor", ["", "x", "bm90IGpzb24", encode_cursor((1.0, "d", 1))[:-2]])
+def test_a_cursor_that_is_not_ours_is_refused(cursor: str) -> None:
+    log = WebhookLog(max_attempts=3, max_age=100)
+    with pytest.raises(ValueError):
+        log.page(LogQuery(), now=T0, cursor=cursor)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 50), st.sampled_from(["a", "b", "c"]), st.integers(1, 3)),
+        max_size=60,
+    ),
+    st.integers(1, 7),
+    st.sampled_from([None, "success", "failure"]),
+)
+def test_paging_lists_each_kept_attempt_once_in_order(
+    rows: list[tuple[int, str, int]], limit: int, outcome: str | None
+) -> None:
+    log = WebhookLog(max_attempts=40, max_age=10_000)
+    for offset, delivery, number in rows:
+        log.add(
+            attempt(
+                T0 + offset,
+                delivery_id=delivery,
+                attempt=number,
+                outcome="success" if number == 3 else "failure",
+            ),
+            now=T0 + 60,
+        )
+    query = LogQuery(outcome=outcome)
+    everything = log.page(query, now=T0 + 60, limit=1000).items
+    paged: list[Attempt] = []
+    cursor = None
+    for _ in range(100):
+        page = log.page(query, now=T0 + 60, limit=limit, cursor=cursor)
+        assert len(page.items) <= limit
+        paged += page.items
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert paged == everything
+    keys = [(a.at_seconds, a.delivery_id, a.attempt) for a in paged]
+    assert keys == sorted(set(keys), reverse=True)
+    assert len(log) <= 40
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False), st.text(), st.integers())
+def test_cursors_round_trip(at: float, delivery_id: str, number: int) -> None:
+    assert decode_cursor(encode_cursor((at, delivery_id, number))) == (at, delivery_id, number)
+
+
+# ---------------------------------------------------------------------------------- stats
+
+
+def test_windows_count_what_they_cover() -> None:
+    stats = WebhookStats()
+    now = T0 + 10 * 86400
+    stats.add(attempt(now - 30), now)  # this minute
+    stats.add(attempt(now - 1800, outcome="failure", status=500), now)
+    stats.add(attempt(now - 7200, outcome="failure", status=None, error="timeout"), now)
+    stats.add(attempt(now - 3 * 86400), now)
+    stats.add(attempt(now - 60, outcome="skipped", status=None, error="circuit_open"), now)
+    stats.add(attempt(now - 8 * 86400), now)  # beyond every window
+    hour, day, week = (stats.window(w, now) for w in ("1h", "24h", "7d"))
+    assert (hour.attempts, hour.successes, hour.failures, hour.skipped) == (2, 1, 1, 1)
+    assert hour.failure_ratio == 0.5
+    assert (day.attempts, day.failures) == (3, 2)
+    assert (week.attempts, week.successes) == (4, 2)
+    assert stats.last_failure is not None and stats.last_failure.at_seconds == now - 1800
+    assert stats.last_success is not None and stats.last_success.at_seconds == now - 30
+
+
+def test_an_empty_window_has_no_ratio_or_latency() -> None:
+    window = WebhookStats().window("24h", T0)
+    assert (window.attempts, window.failure_ratio, window.latency_p50) == (0, None, None)
+
+
+def test_buckets_are_dropped_once_no_window_reaches_them() -> None:
+    stats = WebhookStats()
+    for minute in range(600):
+        stats.add(attempt(T0 + minute * 60), T0 + minute * 60)
+    assert stats.buckets <= 60 + 11
+    stats.expire(T0 + 30 * 86400)
+    assert stats.buckets == 0
+
+
+@given(st.lists(st.floats(0.0, 100.0), min_size=1, max_size=200))
+def test_latency_quantiles_are_within_the_bucket_that_holds_them(durations: list[float]) -> None:
+    stats = WebhookStats()
+    for i, duration in enumerate(durations):
+        stats.add(attempt(T0, delivery_id=str(i), duration_seconds=duration), T0)
+    window = stats.window("1h", T0)
+    assert window.attempts == len(durations)
+    for q, estimate in ((0.5, window.latency_p50), (0.99, window.latency_p99)):
+        assert estimate is not None
+        exact = sorted(durations)[max(0, math.ceil(q * len(durations)) - 1)]
+        index = next(i for i, bound in enumerate(LATENCY_BOUNDS) if exact <= bound)
+        lower = 0.0 if index == 0 else LATENCY_BOUNDS[index - 1]
+        upper = LATENCY_BOUNDS[index] if index < len(LATENCY_BOUNDS) - 1 else lower
+        assert lower - 1e-9 <= estimate <= upper + 1e-9
