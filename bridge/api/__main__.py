@@ -1,0 +1,101 @@
+"""``python -m bridge.api``: make a token, or serve ``/v1`` over the subscriptions topic.
+
+Until the worker serves the API (docs/api.md, "Design"), ``serve`` runs it as its own process
+over :class:`~bridge.api.store_repository.StoreRepository`, with the settings of every other
+command (``BRIDGE_*``; the embedded broker on its default port when none is configured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import os
+import sys
+
+from aiohttp import web
+
+from bridge.api.app import create_app
+from bridge.api.auth import SCOPES, TokenSet, hash_token, new_token
+from bridge.api.service import WebhookService
+from bridge.api.store_repository import StoreRepository
+from bridge.config import Settings
+from bridge.errors import BridgeError
+
+
+def _token(args: argparse.Namespace) -> int:
+    scopes = [s for s in args.scopes.split(",") if s]
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown or not scopes:
+        print(f"--scopes: a comma-separated list of {', '.join(SCOPES)}", file=sys.stderr)
+        return 2
+    token = new_token()
+    entry: dict[str, object] = {"name": args.name, "sha256": hash_token(token), "scopes": scopes}
+    if args.site_id:
+        entry["site_id"] = args.site_id
+    if args.user_id:
+        entry["user_id"] = args.user_id
+    print(f"token: {token}", file=sys.stderr)
+    print("  (shown once; the token file keeps only its sha256)", file=sys.stderr)
+    print(json.dumps(entry))
+    return 0
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from bridge.admin.publish import send_test_event
+    from bridge.http.ssrf import check_url
+    from bridge.kafka.clients import address_policy
+    from bridge.subscriptions.store import WebhookStore
+
+    tokens = TokenSet.from_file(args.tokens)
+    settings = Settings.load(
+        env=os.environ, overrides={"kafka_bootstrap_servers": args.bootstrap_servers}
+    )
+    allow_http, policy = settings.plain_http_allowed, address_policy(settings)
+    if settings.embedded:
+        settings = settings.replace(kafka_bootstrap_servers=f"127.0.0.1:{settings.embedded_port}")
+    async with WebhookStore(settings) as store:
+        service = WebhookService(
+            StoreRepository(store),
+            publisher=functools.partial(send_test_event, settings),
+            check_url=functools.partial(check_url, allow_http=allow_http, policy=policy),
+        )
+        runner = web.AppRunner(create_app(service, tokens), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, args.host, args.port).start()
+        print(f"serving /v1 on http://{args.host}:{args.port} ({len(tokens)} tokens)", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bridge.api", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    token = commands.add_parser("token", help="a new token; prints its token-file entry")
+    token.add_argument("--name", required=True)
+    token.add_argument("--scopes", default="read,write", help="read, write or read,write")
+    token.add_argument("--site-id", help="restrict the token to this site's webhooks")
+    token.add_argument("--user-id", help="restrict the token to this account's webhooks")
+    serve = commands.add_parser("serve", help="serve /v1 over the subscriptions topic")
+    serve.add_argument("--tokens", required=True, help="the token file (YAML or JSON)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8081)
+    serve.add_argument("--bootstrap-servers", help="Kafka (default: BRIDGE_* or embedded)")
+    args = parser.parse_args(argv)
+    if args.command == "token":
+        return _token(args)
+    try:
+        asyncio.run(_serve(args))
+    except BridgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Bearer tokens with scopes, loaded hashed from a file, and who may touch which webhook.
+
+The token file is YAML or JSON (a Kubernetes Secret key mounted as a file gives exactly this)::
+
+    tokens:
+      - name: platform            # shown in logs and errors, never the token
+        sha256: 9f86d081884c...   # hex SHA-256 of the token (python -m bridge.api token)
+        scopes: [read, write]
+      - name: site-1-tools
+        sha256: 60303ae22b99...
+        scopes: [read]
+        site_id: site_1           # optional: only this site's webhooks
+        user_id: user_1           # optional: only this account's webhooks
+
+Only the SHA-256 of each token is stored, in the file and in memory. A fast hash is the right
+one here, unlike for passwords: tokens are 32 random bytes (:func:`new_token`), so nobody can
+guess one from its hash whatever the hash costs, and a slow hash (bcrypt, scrypt) would only
+spend CPU on every request. The presented token's hash is compared with every stored hash with
+:func:`hmac.compare_digest`, so the time taken says nothing about which stored hash is close.
+
+``401`` for a request without a usable token, ``403`` for a token without the scope or outside
+its site or account (RFC 6750's ``WWW-Authenticate`` errors ``invalid_token`` and
+``insufficient_scope``). Neither tokens nor their hashes appear in any ``repr``, log or error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from bridge.api.problems import FieldError, Problem
+from bridge.errors import ConfigError
+from bridge.subscriptions.webhook import Webhook
+
+__all__ = [
+    "Scope",
+    "SCOPES",
+    "REALM",
+    "hash_token",
+    "new_token",
+    "ApiToken",
+    "Principal",
+    "TokenSet",
+]
+
+Scope = Literal["read", "write"]
+
+#: Every scope: ``read`` for GET requests, ``write`` for the others.
+SCOPES: tuple[Scope, ...] = ("read", "write")
+
+#: The ``realm`` of ``WWW-Authenticate`` challenges.
+REALM = "webhook-bridge"
+
+_HEX_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+# RFC 6750's b64token: what may follow "Bearer ".
+_B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
+_TOKEN_FIELDS = {"name", "sha256", "scopes", "site_id", "user_id"}
+
+
+def hash_token(token: str) -> str:
+    """The hex SHA-256 of a token's UTF-8 bytes: what the token file stores."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_token() -> str:
+    """A new token: ``wbt_`` and 32 random bytes, URL-safe base64."""
+    return "wbt_" + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """One configured token, as its hash."""
+
+    #: A name for people (logs, errors); not secret.
+    name: str
+    #: Hex SHA-256 of the token. Never printed.
+    sha256: str = field(repr=False)
+    scopes: frozenset[Scope] = frozenset()
+    #: When set, only webhooks of this site (``site_id`` equal) are visible and writable.
+    site_id: str | None = None
+    #: When set, only webhooks of this account (``user_id`` equal) are visible and writable.
+    user_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is asking: the token's name, scopes and restriction (never the token)."""
+
+    name: str
+    scopes: frozenset[Scope]
+    site_id: str | None = None
+    user_id: str | None = None
+
+    def require(self, scope: Scope) -> None:
+        """Raise a ``403`` unless this principal has ``scope``."""
+        if scope not in self.scopes:
+            raise Problem(
+                "forbidden",
+                f"the token {self.name!r} lacks the {scope!r} scope",
+                headers={
+                    "WWW-Authenticate": (
+                        f'Bearer realm="{REALM}", error="insufficient_scope", scope="{scope}"'
+                    )
+                },
+            )
+
+    def allows(self, site_id: str | None, user_id: str | None) -> bool:
+        """Whether a webhook of this site and account is within the token's restriction."""
+        if self.site_id is not None and site_id != self.site_id:
+            return False
+        return self.user_id is None or user_id == self.user_id
+
+    def check(self, webhook: Webhook) -> None:
+        """Raise a ``403`` naming the field unless ``webhook`` is within the restriction."""
+        self.check_scope(webhook.site_id, webhook.user_id)
+
+    def check_scope(self, site_id: str | None, user_id: str | None, location: str = "body") -> None:
+        """Raise a ``403`` naming the field unless this site and account are allowed."""
+        if self.allows(site_id, user_id):
+            return
+        if self.site_id is not None and site_id != self.site_id:
+            error = FieldError(
+                "site_id",
+                "out_of_scope",
+                f"the token is restricted to site {self.site_id!r}",
+                location,
+            )
+        else:
+            error = FieldError(
+                "user_id",
+                "out_of_scope",
+                f"the token is restricted to account {self.user_id!r}",
+                location,
+            )
+        raise Problem("forbidden", error.detail, errors=[error])
+
+
+class TokenSet:
+    """The configured tokens; :meth:`authenticate` turns an ``Authorization`` header into a
+    :class:`Principal` or a ``401``."""
+
+    def __init__(self, tokens: list[ApiToken]) -> None:
+        names = [t.name for t in tokens]
+        if len(set(names)) != len(names):
+            raise ConfigError("API tokens: two tokens have the same name")
+        if len({t.sha256 for t in tokens}) != len(tokens):
+            raise ConfigError("API tokens: two tokens have the same sha256")
+        self._tokens = tuple(tokens)
+
+    def __repr__(self) -> str:
+        return f"TokenSet({[t.name for t in self._tokens]!r})"
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TokenSet:
+        """Load a token file: JSON, or YAML (needs PyYAML) when it is not JSON."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"API tokens: cannot read {path}: {exc}") from None
+        return cls.from_mapping(_parse(text), source=str(path))
+
+    @classmethod
+    def from_mapping(cls, data: Any, *, source: str = "tokens") -> TokenSet:
+        """Build from the decoded file: ``{"tokens": [{"name", "sha256", "scopes", ...}]}``."""
+        if not isinstance(data, Mapping) or set(data) != {"tokens"}:
+            raise ConfigError(f"{source}: expected a mapping with exactly the key 'tokens'")
+        entries = data["tokens"]
+        if not isinstance(entries, list):
+            raise ConfigError(f"{source}: 'tokens' must be a list")
+        return cls([_token(entry, f"{source}: tokens[{i}]") for i, entry in enumerate(entries)])
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The principal of an ``Authorization: Bearer <token>`` header; ``401`` otherwise."""
+        if authorization is None:
+            raise _unauthorized("send Authorization: Bearer <token>", error=None)
+        scheme, _, credentials = authorization.strip().partition(" ")
+        credentials = credentials.strip()
+        if scheme.lower() != "bearer" or not _B64TOKEN.match(credentials):
+            raise _unauthorized("the Authorization header is not a bearer token", "invalid_request")
+        presented = hash_token(credentials)
+        found: ApiToken | None = None
+        for token in self._tokens:  # every one, so the time does not depend on the match
+            if hmac.compare_digest(presented, token.sha256):
+                found = token
+        if found is None:
+            raise _unauthorized("unknown token", "invalid_token")
+        return Principal(found.name, found.scopes, found.site_id, found.user_id)
+
+
+def _unauthorized(detail: str, error: str | None) -> Problem:
+    challenge = f'Bearer realm="{REALM}"' + (f', error="{error}"' if error else "")
+    return Problem("unauthorized", detail, headers={"WWW-Authenticate": challenge})
+
+
+def _parse(text: str) -> Any:
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"API tokens: invalid JSON: {exc.msg} at line {exc.lineno}") from None
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError(
+            "API tokens: a YAML token file needs PyYAML; or write it as JSON"
+        ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        # The message is the parser's problem, never a quote of the file (it holds hashes).
+        raise ConfigError(f"API tokens: invalid YAML{where}") from None
+
+
+def _token(entry: Any, where: str) -> ApiToken:
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{where}: expected a mapping")
+    unknown = sorted(str(k) for k in entry if k not in _TOKEN_FIELDS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown} (a token is stored as its sha256)")
+    name = entry.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{where}: 'name' must be a non-empty string")
+    digest = entry.get("sha256")
+    if not isinstance(digest, str) or not _HEX_DIGEST.match(digest.lower()):
+        raise ConfigError(f"{where} ({name}): 'sha256' must be 64 hex digits")
+    scopes = entry.get("scopes")
+    if (
+        not isinstance(scopes, list)
+        or not scopes
+        or not all(isinstance(s, str) and s in SCOPES for s in scopes)
+    ):
+        raise ConfigError(f"{where} ({name}): 'scopes' must be a non-empty list of {list(SCOPES)}")
+    restriction: dict[str, str | None] = {}
+    for key in ("site_id", "user_id"):
+        value = entry.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"{where} ({name}): {key!r} must be a non-empty string")
+        restriction[key] = value
+    return ApiToken(
+        name=name,
+        sha256=digest.lower(),
+        scopes=frozenset(scopes),
+        site_id=restriction["site_id"],
+        user_id=restriction["user_id"],
+    )

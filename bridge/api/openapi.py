@@ -1,0 +1,719 @@
+"""The OpenAPI 3.1 document of ``/v1``, built from the topics' JSON Schemas; its request schemas.
+
+The document is the one source of truth for request bodies: the routes validate each body
+against the schema named here (:func:`request_validator`), and those schemas take their field
+definitions from ``topics/schemas/webhook.json``, which the CLI and the workers validate
+records with. So the API, the CLI and the subscription table refuse the same values.
+
+Operations not served yet (the delivery log, stats, recovery, dead letters) carry
+``x-bridge-served: false``; docs/api.md says what is built.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from functools import cache
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from bridge.contract.resources import load_json
+from bridge.contract.schemas import EVENT_TYPES
+
+__all__ = [
+    "API_VERSION",
+    "MAX_PAGE_LIMIT",
+    "DEFAULT_PAGE_LIMIT",
+    "MAX_OVERLAP_SECONDS",
+    "WEBHOOK_STATES",
+    "openapi_document",
+    "request_schema",
+    "request_validator",
+    "served_operations",
+]
+
+API_VERSION = "1.0.0"
+DEFAULT_PAGE_LIMIT = 50
+MAX_PAGE_LIMIT = 200
+#: The longest rotation overlap (30 days).
+MAX_OVERLAP_SECONDS = 30 * 24 * 3600
+
+#: ``active``; ``inactive`` (turned off by its owner); ``disabled`` (turned off by the bridge:
+#: the endpoint answered 410, or failed longer than ``disable_after``; ``disabled_reason`` says).
+WEBHOOK_STATES = ("active", "inactive", "disabled")
+
+_PROBLEM = "#/components/schemas/Problem"
+
+
+def _webhook_field(name: str) -> dict[str, Any]:
+    """A property schema of ``topics/schemas/webhook.json`` (a copy)."""
+    return copy.deepcopy(load_json("schemas/webhook.json")["properties"][name])
+
+
+def _attempt_fields() -> dict[str, Any]:
+    return copy.deepcopy(load_json("schemas/attempt.json")["properties"])
+
+
+def _embedded(path: str) -> dict[str, Any]:
+    """A topic schema to embed in components (without ``$schema`` and ``$id``, which would
+    change the base URI of the references around it)."""
+    schema = copy.deepcopy(load_json(path))
+    for key in ("$schema", "$id"):
+        schema.pop(key, None)
+    return dict(schema)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_SCOPE_ANY_OF = copy.deepcopy(load_json("schemas/webhook.json")["anyOf"])
+
+_WRITABLE = ("name", "url", "events", "site_id", "user_id", "active", "rate_limit")
+
+
+def _schemas() -> dict[str, Any]:
+    webhook_props: dict[str, Any] = {
+        "id": _webhook_field("id"),
+        "name": _webhook_field("name"),
+        "url": _webhook_field("url"),
+        "events": _webhook_field("events"),
+        "site_id": _webhook_field("site_id"),
+        "user_id": _webhook_field("user_id"),
+        "active": _webhook_field("active"),
+        "state": {"enum": list(WEBHOOK_STATES)},
+        "disabled_reason": _webhook_field("disabled_reason"),
+        "rate_limit": _webhook_field("rate_limit"),
+        "standard_webhooks": _webhook_field("standard_webhooks"),
+        "previous_secret_expires_at": {
+            "type": ["string", "null"],
+            "description": "End of the rotation overlap: the previous secret signs too until then.",
+        },
+        "created_at": {"type": ["string", "null"]},
+        "updated_at": {"type": ["string", "null"]},
+        "version": {
+            "type": "string",
+            "description": "Changes with every change of the webhook; its ETag (quoted).",
+        },
+    }
+    create_props = {
+        name: _webhook_field(name) for name in ("id", "secret", "standard_webhooks", *_WRITABLE)
+    }
+    create_props["secret"]["description"] = (
+        "Default: 32 random bytes (hex), or a whsec_ secret with standard_webhooks."
+    )
+    update_props = {name: _webhook_field(name) for name in (*_WRITABLE, "standard_webhooks")}
+    attempt = _attempt_fields()
+    attempt.update(
+        {
+            "response_bytes": {"type": ["integer", "null"], "minimum": 0},
+            "next_retry_at": {"type": ["string", "null"]},
+        }
+    )
+    window = {
+        "type": "object",
+        "required": ["attempts", "successes", "failure_ratio"],
+        "properties": {
+            "attempts": {"type": "integer", "minimum": 0},
+            "successes": {"type": "integer", "minimum": 0},
+            "failure_ratio": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+            "latency_p50_seconds": {"type": ["number", "null"]},
+            "latency_p99_seconds": {"type": ["number", "null"]},
+        },
+    }
+    time_range = {
+        "since": {"type": "string", "format": "date-time"},
+        "until": {"type": "string", "format": "date-time"},
+    }
+    return {
+        "Problem": {
+            "type": "object",
+            "description": "RFC 9457 problem details.",
+            "required": ["type", "title", "status", "detail"],
+            "properties": {
+                "type": {"type": "string", "format": "uri"},
+                "title": {"type": "string"},
+                "status": {"type": "integer", "minimum": 400, "maximum": 599},
+                "detail": {"type": "string"},
+                "errors": {"type": "array", "items": _ref("FieldError")},
+            },
+        },
+        "FieldError": {
+            "type": "object",
+            "required": ["field", "in", "reason", "detail"],
+            "properties": {
+                "field": {"type": "string", "description": "Dotted path, e.g. events[0]."},
+                "in": {"enum": ["body", "query", "header", "path"]},
+                "reason": {"type": "string", "description": "snake_case cause."},
+                "detail": {"type": "string"},
+            },
+        },
+        "Webhook": {
+            "type": "object",
+            "required": ["id", "name", "url", "events", "active", "state", "version"],
+            "properties": webhook_props,
+        },
+        "WebhookWithSecret": {
+            "allOf": [
+                _ref("Webhook"),
+                {
+                    "type": "object",
+                    "required": ["secret"],
+                    "properties": {"secret": {"type": "string"}},
+                },
+            ],
+            "description": "Only creation and rotation return the secret.",
+        },
+        "WebhookList": {
+            "type": "object",
+            "required": ["items", "next_cursor"],
+            "properties": {
+                "items": {"type": "array", "items": _ref("Webhook")},
+                "next_cursor": {"type": ["string", "null"]},
+            },
+        },
+        "WebhookCreate": {
+            "type": "object",
+            "required": ["url", "events"],
+            "anyOf": _SCOPE_ANY_OF,
+            "properties": create_props,
+            "additionalProperties": False,
+        },
+        "WebhookUpdate": {
+            "type": "object",
+            "minProperties": 1,
+            "properties": update_props,
+            "additionalProperties": False,
+            "description": "Only the fields given change; rate_limit null removes the limit. "
+            "The secret changes only by rotation.",
+        },
+        "RotateSecret": {
+            "type": "object",
+            "properties": {
+                "secret": _webhook_field("secret"),
+                "overlap_seconds": {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": MAX_OVERLAP_SECONDS,
+                    "description": "How long the previous secret also signs (Standard Webhooks).",
+                },
+            },
+            "additionalProperties": False,
+        },
+        "TestEventRequest": {
+            "type": "object",
+            "properties": {
+                "message": {"type": "string", "maxLength": 1000},
+                "site_id": {"type": "string", "minLength": 1, "maxLength": 200},
+                "user_id": {"type": "string", "minLength": 1, "maxLength": 200},
+            },
+            "additionalProperties": False,
+        },
+        "TestEventAccepted": {
+            "type": "object",
+            "required": ["webhook_id", "event_id"],
+            "properties": {"webhook_id": {"type": "string"}, "event_id": {"type": "string"}},
+        },
+        "Attempt": {
+            "type": "object",
+            "required": ["delivery_id", "attempt"],
+            "properties": attempt,
+        },
+        "AttemptList": {
+            "type": "object",
+            "required": ["items", "next_cursor"],
+            "properties": {
+                "items": {"type": "array", "items": _ref("Attempt")},
+                "next_cursor": {"type": ["string", "null"]},
+            },
+        },
+        "Delivery": {
+            "type": "object",
+            "required": ["delivery_id", "webhook_id", "attempts"],
+            "properties": {
+                "delivery_id": {"type": "string"},
+                "webhook_id": {"type": "string"},
+                "event_id": {"type": "string"},
+                "event_type": {"type": "string"},
+                "state": {"enum": ["delivered", "retrying", "dead_lettered", "dropped"]},
+                "attempts": {"type": "array", "items": _ref("Attempt")},
+            },
+        },
+        "WebhookStats": {
+            "type": "object",
+            "required": ["webhook_id", "windows", "state"],
+            "properties": {
+                "webhook_id": {"type": "string"},
+                "windows": {
+                    "type": "object",
+                    "required": ["1h", "24h", "7d"],
+                    "properties": {"1h": window, "24h": window, "7d": window},
+                },
+                "last_success_at": {"type": ["string", "null"]},
+                "last_failure_at": {"type": ["string", "null"]},
+                "state": {
+                    "type": "object",
+                    "required": ["health"],
+                    "properties": {
+                        "health": {"enum": ["healthy", "failing", "circuit_open", "disabled"]},
+                        "failing_since": {"type": ["string", "null"]},
+                        "disabled_reason": {"type": ["string", "null"]},
+                    },
+                },
+            },
+        },
+        "Redelivery": {
+            "type": "object",
+            "required": ["delivery_id", "webhook_id"],
+            "properties": {"delivery_id": {"type": "string"}, "webhook_id": {"type": "string"}},
+        },
+        "RecoveryCreate": {
+            "type": "object",
+            "required": ["since"],
+            "properties": time_range,
+            "additionalProperties": False,
+        },
+        "Recovery": {
+            "type": "object",
+            "required": ["id", "webhook_id", "since", "state", "progress"],
+            "properties": {
+                "id": {"type": "string"},
+                "webhook_id": {"type": "string"},
+                **time_range,
+                "state": {"enum": ["pending", "running", "done", "cancelled", "failed"]},
+                "progress": {
+                    "type": "object",
+                    "properties": {
+                        "events_scanned": {"type": "integer", "minimum": 0},
+                        "events_matched": {"type": "integer", "minimum": 0},
+                        "enqueued": {"type": "integer", "minimum": 0},
+                        "fraction": {"type": "number", "minimum": 0, "maximum": 1},
+                    },
+                },
+                "created_at": {"type": "string"},
+                "finished_at": {"type": ["string", "null"]},
+            },
+        },
+        "DeadLetter": _embedded("schemas/deadletter.json"),
+        "DeadLetterList": {
+            "type": "object",
+            "required": ["items", "next_cursor"],
+            "properties": {
+                "items": {"type": "array", "items": _ref("DeadLetter")},
+                "next_cursor": {"type": ["string", "null"]},
+            },
+        },
+        "DeadLetterReplay": {
+            "type": "object",
+            "properties": {
+                "webhook_id": {"type": "string", "minLength": 1},
+                "delivery_id": {"type": "string", "minLength": 1},
+                **time_range,
+            },
+            "additionalProperties": False,
+        },
+        "ReplayReport": {
+            "type": "object",
+            "required": ["replayed", "skipped"],
+            "properties": {
+                "replayed": {"type": "array", "items": {"type": "string"}},
+                "skipped": {"type": "integer", "minimum": 0},
+            },
+        },
+    }
+
+
+def _problem_response(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/problem+json": {"schema": {"$ref": _PROBLEM}}},
+    }
+
+
+def _json(schema: Mapping[str, Any], description: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
+        **extra,
+    }
+
+
+_ETAG_HEADER = {
+    "ETag": {"description": "The webhook's version, quoted.", "schema": {"type": "string"}}
+}
+
+_ID_PARAM = {
+    "name": "webhook_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+}
+_IF_MATCH = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "description": "The ETag read before; a changed webhook answers 412.",
+    "schema": {"type": "string"},
+}
+
+
+def _query(name: str, schema: Mapping[str, Any], description: str = "") -> dict[str, Any]:
+    param = {"name": name, "in": "query", "required": False, "schema": dict(schema)}
+    if description:
+        param["description"] = description
+    return param
+
+
+_LIMIT = _query(
+    "limit",
+    {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_LIMIT, "default": DEFAULT_PAGE_LIMIT},
+)
+_CURSOR = _query(
+    "cursor",
+    {"type": "string", "minLength": 1, "maxLength": 2000},
+    "next_cursor of the previous page, with the same filters.",
+)
+_SINCE = _query("since", {"type": "string", "format": "date-time"})
+_UNTIL = _query("until", {"type": "string", "format": "date-time"})
+
+
+def _operation(
+    operation_id: str,
+    summary: str,
+    scope: str,
+    responses: dict[str, Any],
+    *,
+    parameters: list[dict[str, Any]] | None = None,
+    body: str | None = None,
+    body_required: bool = True,
+    served: bool = True,
+    tag: str = "webhooks",
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "operationId": operation_id,
+        "summary": summary,
+        "tags": [tag],
+        "security": [{"bearer": [scope]}],
+        "responses": {
+            **responses,
+            "400": _problem_response("Invalid request; errors name the fields."),
+            "401": _problem_response("No valid bearer token."),
+            "403": _problem_response("The token lacks the scope, or the site or account."),
+        },
+    }
+    if body is not None:
+        out["requestBody"] = {
+            "required": body_required,
+            "content": {"application/json": {"schema": _ref(body)}},
+        }
+        out["responses"]["413"] = _problem_response("The body is larger than 1 MiB.")
+        out["responses"]["415"] = _problem_response("The body is not application/json.")
+    if parameters:
+        out["parameters"] = parameters
+    if not served:
+        out["x-bridge-served"] = False
+    return out
+
+
+def _paths() -> dict[str, Any]:
+    not_found = _problem_response("No such webhook.")
+    changed = _problem_response("If-Match does not match the current ETag.")
+    webhook = _json(_ref("Webhook"), "The webhook.", headers=_ETAG_HEADER)
+    with_secret = _json(
+        _ref("WebhookWithSecret"), "The webhook and its secret.", headers=_ETAG_HEADER
+    )
+    return {
+        "/v1/openapi.json": {
+            "get": {
+                "operationId": "getOpenApi",
+                "summary": "This document.",
+                "tags": ["meta"],
+                "security": [],
+                "responses": {"200": _json({"type": "object"}, "The OpenAPI document.")},
+            }
+        },
+        "/v1/webhooks": {
+            "get": _operation(
+                "listWebhooks",
+                "List webhooks, ordered by id; secrets are never shown.",
+                "read",
+                {"200": _json(_ref("WebhookList"), "One page.")},
+                parameters=[
+                    _query("site_id", {"type": "string", "minLength": 1, "maxLength": 200}),
+                    _query("user_id", {"type": "string", "minLength": 1, "maxLength": 200}),
+                    _query(
+                        "event_type",
+                        {"enum": list(EVENT_TYPES)},
+                        "Webhooks that receive this type (also those subscribed to *).",
+                    ),
+                    _query("state", {"enum": list(WEBHOOK_STATES)}),
+                    _LIMIT,
+                    _CURSOR,
+                ],
+            ),
+            "post": _operation(
+                "createWebhook",
+                "Create a webhook; with a client-chosen id, repeating it is idempotent.",
+                "write",
+                {
+                    "201": {
+                        **with_secret,
+                        "headers": {
+                            **_ETAG_HEADER,
+                            "Location": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "200": _json(
+                        _ref("WebhookWithSecret"),
+                        "That id exists with this very body: the same answer again.",
+                        headers=_ETAG_HEADER,
+                    ),
+                    "409": _problem_response("That id exists with another body."),
+                },
+                body="WebhookCreate",
+            ),
+        },
+        "/v1/webhooks/{webhook_id}": {
+            "parameters": [_ID_PARAM],
+            "get": _operation(
+                "getWebhook", "One webhook.", "read", {"200": webhook, "404": not_found}
+            ),
+            "patch": _operation(
+                "updateWebhook",
+                "Change some fields.",
+                "write",
+                {"200": webhook, "404": not_found, "412": changed},
+                parameters=[_IF_MATCH],
+                body="WebhookUpdate",
+            ),
+            "delete": _operation(
+                "deleteWebhook",
+                "Delete a webhook (a tombstone in the subscriptions topic).",
+                "write",
+                {"204": {"description": "Deleted."}, "404": not_found, "412": changed},
+                parameters=[_IF_MATCH],
+            ),
+        },
+        "/v1/webhooks/{webhook_id}/rotate-secret": {
+            "parameters": [_ID_PARAM],
+            "post": _operation(
+                "rotateWebhookSecret",
+                "A new secret, returned once; the previous one may overlap.",
+                "write",
+                {"200": with_secret, "404": not_found, "412": changed},
+                parameters=[_IF_MATCH],
+                body="RotateSecret",
+                body_required=False,
+            ),
+        },
+        "/v1/webhooks/{webhook_id}/test": {
+            "parameters": [_ID_PARAM],
+            "post": _operation(
+                "sendTestEvent",
+                "Publish a test.event delivered to this webhook only.",
+                "write",
+                {
+                    "202": _json(_ref("TestEventAccepted"), "Published."),
+                    "404": not_found,
+                    "409": _problem_response("The webhook is not active."),
+                },
+                body="TestEventRequest",
+                body_required=False,
+            ),
+        },
+        "/v1/webhooks/{webhook_id}/attempts": {
+            "parameters": [_ID_PARAM],
+            "get": _operation(
+                "listAttempts",
+                "Attempts of a webhook, newest first.",
+                "read",
+                {"200": _json(_ref("AttemptList"), "One page."), "404": not_found},
+                parameters=[
+                    _query("event_type", {"enum": list(EVENT_TYPES)}),
+                    _query("outcome", {"enum": ["success", "failure", "skipped"]}),
+                    _query("status_class", {"enum": ["2xx", "3xx", "4xx", "5xx", "none"]}),
+                    _SINCE,
+                    _UNTIL,
+                    _LIMIT,
+                    _CURSOR,
+                ],
+                served=False,
+                tag="deliveries",
+            ),
+        },
+        "/v1/webhooks/{webhook_id}/stats": {
+            "parameters": [_ID_PARAM],
+            "get": _operation(
+                "getWebhookStats",
+                "Attempts, successes, failure ratio and latency over 1 h, 24 h and 7 d; state.",
+                "read",
+                {"200": _json(_ref("WebhookStats"), "The stats."), "404": not_found},
+                served=False,
+                tag="deliveries",
+            ),
+        },
+        "/v1/webhooks/{webhook_id}/recoveries": {
+            "parameters": [_ID_PARAM],
+            "post": _operation(
+                "startRecovery",
+                "Deliver again this webhook's events since (until) a time, same delivery ids.",
+                "write",
+                {"202": _json(_ref("Recovery"), "Started; poll it."), "404": not_found},
+                body="RecoveryCreate",
+                served=False,
+                tag="recovery",
+            ),
+        },
+        "/v1/recoveries/{recovery_id}": {
+            "parameters": [
+                {
+                    "name": "recovery_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "minLength": 1},
+                }
+            ],
+            "get": _operation(
+                "getRecovery",
+                "Progress of a recovery.",
+                "read",
+                {"200": _json(_ref("Recovery"), "The recovery."), "404": not_found},
+                served=False,
+                tag="recovery",
+            ),
+            "delete": _operation(
+                "cancelRecovery",
+                "Cancel a recovery (what it enqueued stays enqueued).",
+                "write",
+                {"200": _json(_ref("Recovery"), "Cancelled."), "404": not_found},
+                served=False,
+                tag="recovery",
+            ),
+        },
+        "/v1/deliveries/{delivery_id}": {
+            "parameters": [
+                {
+                    "name": "delivery_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "minLength": 1},
+                }
+            ],
+            "get": _operation(
+                "getDelivery",
+                "One delivery (X-Webhook-Delivery id) with all its attempts.",
+                "read",
+                {"200": _json(_ref("Delivery"), "The delivery."), "404": not_found},
+                served=False,
+                tag="deliveries",
+            ),
+        },
+        "/v1/deliveries/{delivery_id}/redeliver": {
+            "parameters": [
+                {
+                    "name": "delivery_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "minLength": 1},
+                }
+            ],
+            "post": _operation(
+                "redeliver",
+                "Deliver again now, with the same delivery id.",
+                "write",
+                {"202": _json(_ref("Redelivery"), "Enqueued."), "404": not_found},
+                served=False,
+                tag="recovery",
+            ),
+        },
+        "/v1/dead-letters": {
+            "get": _operation(
+                "listDeadLetters",
+                "Dead letters, as `webhook-bridge dlq list` shows them.",
+                "read",
+                {"200": _json(_ref("DeadLetterList"), "One page.")},
+                parameters=[
+                    _query("webhook_id", {"type": "string", "minLength": 1}),
+                    _query("delivery_id", {"type": "string", "minLength": 1}),
+                    _SINCE,
+                    _UNTIL,
+                    _LIMIT,
+                    _CURSOR,
+                ],
+                served=False,
+                tag="recovery",
+            ),
+        },
+        "/v1/dead-letters/replay": {
+            "post": _operation(
+                "replayDeadLetters",
+                "Re-enqueue matching dead letters with their delivery ids.",
+                "write",
+                {"200": _json(_ref("ReplayReport"), "What was replayed.")},
+                body="DeadLetterReplay",
+                served=False,
+                tag="recovery",
+            ),
+        },
+    }
+
+
+@cache
+def _document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "info": {
+            "title": "webhook-bridge control plane",
+            "version": API_VERSION,
+            "description": "Webhooks, delivery logs, stats and recovery, served from Kafka. "
+            "Every error is an RFC 9457 problem (application/problem+json) naming the fields.",
+        },
+        "tags": [
+            {"name": "webhooks"},
+            {"name": "deliveries"},
+            {"name": "recovery"},
+            {"name": "meta"},
+        ],
+        "security": [{"bearer": ["read"]}],
+        "paths": _paths(),
+        "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A token from the bridge's token file; scopes read (GET) and "
+                    "write (the rest), optionally restricted to one site or account.",
+                }
+            },
+            "schemas": _schemas(),
+        },
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document (a fresh copy: callers may change it)."""
+    return copy.deepcopy(_document())
+
+
+def request_schema(name: str) -> dict[str, Any]:
+    """A schema of ``components/schemas`` (``"WebhookCreate"``...), self-contained."""
+    schema = copy.deepcopy(_document()["components"]["schemas"][name])
+    return dict(schema)
+
+
+@cache
+def request_validator(name: str) -> Draft202012Validator:
+    """The validator of a request body schema (JSON Schema 2020-12, as OpenAPI 3.1 says)."""
+    return Draft202012Validator(request_schema(name))
+
+
+def served_operations() -> list[tuple[str, str]]:
+    """``(method, path)`` of every operation the API serves today."""
+    return [
+        (method.upper(), path)
+        for path, item in _document()["paths"].items()
+        for method, operation in item.items()
+        if method != "parameters" and operation.get("x-bridge-served", True)
+    ]

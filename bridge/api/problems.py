@@ -1,0 +1,225 @@
+"""RFC 9457 problem details: the one shape of every API error, and reading JSON request bodies.
+
+Every answer that is not a success is ``application/problem+json`` with ``type``, ``title``,
+``status`` and ``detail``; a validation problem adds ``errors``, one ``{field, in, reason,
+detail}`` per wrong field (``field`` a dotted path such as ``events[0]``, ``in`` one of
+``body``, ``query``, ``header``, ``path``). Bad input is always a ``4xx``: the middleware turns
+aiohttp's own refusals (unknown route, wrong method, body too large) into problems too, and only
+a bug in the bridge answers ``500``, without any detail.
+
+Problem details never quote what the client sent: request bodies hold webhook secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from bridge.contract import jsoncanon
+from bridge.errors import InvalidRecord
+
+__all__ = [
+    "PROBLEM_JSON",
+    "PROBLEM_TYPE_PREFIX",
+    "PROBLEM_TITLES",
+    "DEFAULT_MAX_BODY_BYTES",
+    "FieldError",
+    "Problem",
+    "problem_response",
+    "read_json_object",
+    "problem_middleware",
+]
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+#: ``type`` of every problem is this prefix and a slug of :data:`PROBLEM_TITLES` (a tag URI,
+#: RFC 4151: a stable identifier that names no server; docs/api.md lists them).
+PROBLEM_TYPE_PREFIX = "tag:webhook-bridge,2026:problem:"
+
+#: Slug -> (status, title) of every problem the API answers.
+PROBLEM_TITLES: Mapping[str, tuple[int, str]] = {
+    "validation_failed": (400, "The request has invalid fields"),
+    "malformed_json": (400, "The request body is not valid JSON"),
+    "unauthorized": (401, "Authentication required"),
+    "forbidden": (403, "Not allowed"),
+    "not_found": (404, "Not found"),
+    "method_not_allowed": (405, "Method not allowed"),
+    "conflict": (409, "Conflict with the current state"),
+    "precondition_failed": (412, "The resource changed (If-Match does not match its ETag)"),
+    "body_too_large": (413, "The request body is too large"),
+    "unsupported_media_type": (415, "The request body must be application/json"),
+    "timeout": (503, "The request took too long"),
+    "internal_error": (500, "Internal error"),
+}
+
+#: The largest request body accepted (1 MiB); a larger one is answered ``413``.
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One wrong field of a request."""
+
+    #: Dotted path of the field (``url``, ``events[0]``, a query parameter or header name);
+    #: empty for the body as a whole.
+    field: str
+    #: Machine-readable cause, snake_case (``required``, ``type``, ``unknown_field``,
+    #: ``invalid_url``...).
+    reason: str
+    #: What is wrong, for people; never quotes the value.
+    detail: str
+    #: Where the field is: ``body``, ``query``, ``header`` or ``path``.
+    location: str = "body"
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "field": self.field,
+            "in": self.location,
+            "reason": self.reason,
+            "detail": self.detail,
+        }
+
+
+class Problem(Exception):
+    """An API error: raised anywhere below a handler, answered as problem+json."""
+
+    def __init__(
+        self,
+        slug: str,
+        detail: str,
+        *,
+        errors: Iterable[FieldError] = (),
+        headers: Mapping[str, str] | None = None,
+        status: int | None = None,
+    ) -> None:
+        default_status, self.title = PROBLEM_TITLES[slug]
+        super().__init__(f"{slug}: {detail}")
+        self.slug = slug
+        self.status = status or default_status
+        self.detail = detail
+        self.errors = tuple(errors)
+        self.headers = dict(headers or {})
+
+    @classmethod
+    def invalid(cls, *errors: FieldError) -> Problem:
+        """A ``400 validation_failed`` naming the fields."""
+        fields = ", ".join(sorted({e.field or "(body)" for e in errors}))
+        return cls("validation_failed", f"invalid: {fields}", errors=errors)
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": PROBLEM_TYPE_PREFIX + self.slug,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if self.errors:
+            body["errors"] = [e.to_dict() for e in self.errors]
+        return body
+
+
+def problem_response(problem: Problem) -> web.Response:
+    """The problem+json response of ``problem``."""
+    return web.Response(
+        status=problem.status,
+        body=jsoncanon.dumps(problem.to_dict()),
+        content_type=PROBLEM_JSON,
+        headers=problem.headers,
+    )
+
+
+async def read_json_object(
+    request: web.Request, *, max_bytes: int = DEFAULT_MAX_BODY_BYTES
+) -> dict[str, Any]:
+    """The request body as a JSON object, or a :class:`Problem`.
+
+    ``415`` unless the body is ``application/json``; ``413`` when it is larger than
+    ``max_bytes`` (judged from ``Content-Length`` before reading, and while reading a chunked
+    body); ``400 malformed_json`` for bytes that are not strict JSON (invalid UTF-8, lone
+    surrogates, ``NaN``, numbers no double holds or integers beyond 2^53 - 1, which the topic's
+    records cannot carry); ``400 validation_failed`` when it is not an object.
+    """
+    media = request.content_type
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        raise Problem(
+            "unsupported_media_type",
+            "send the body as application/json",
+            errors=[FieldError("Content-Type", "media_type", "not JSON", "header")],
+        )
+    too_large = Problem("body_too_large", f"the body may hold at most {max_bytes} bytes")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(65536)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large
+        chunks.append(chunk)
+    try:
+        value = jsoncanon.loads(b"".join(chunks))
+        jsoncanon.dumps(value)  # refuses integers beyond 2^53 - 1 (unsafe_integer)
+    except InvalidRecord as exc:
+        raise Problem("malformed_json", f"{exc.reason}: {exc.detail}") from None
+    if not isinstance(value, dict):
+        raise Problem.invalid(FieldError("", "type", "the body must be a JSON object"))
+    return value
+
+
+_HTTP_SLUGS = {
+    404: "not_found",
+    405: "method_not_allowed",
+    412: "precondition_failed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def problem_middleware(timeout: float) -> Middleware:
+    """Middleware answering every error as a problem and every request within ``timeout``.
+
+    A handler that takes longer is cancelled and answered ``503 timeout`` with ``Retry-After``.
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            async with asyncio.timeout(timeout):
+                return await handler(request)
+        except Problem as problem:
+            return problem_response(problem)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            slug = _HTTP_SLUGS.get(exc.status)
+            if slug is None:
+                slug = "validation_failed" if exc.status < 500 else "internal_error"
+            headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+            detail = f"{request.method} {request.path}: {exc.reason}"
+            if exc.status == 413:
+                detail = "the request body is too large"
+            return problem_response(Problem(slug, detail, headers=headers, status=exc.status))
+        except TimeoutError:
+            late = Problem(
+                "timeout", f"not answered within {timeout:g} s", headers={"Retry-After": "1"}
+            )
+            return problem_response(late)
+        except Exception:
+            # A bug, never bad input: logged with its traceback (no request body or header).
+            log.exception("internal error answering %s %s", request.method, request.path)
+            return problem_response(Problem("internal_error", "the bridge failed; see its log"))
+
+    return middleware

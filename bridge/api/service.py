@@ -1,0 +1,530 @@
+"""What the webhook routes mean: validation, versions and If-Match, idempotent create, rotation.
+
+Pure of I/O except through the repository and the test-event publisher it is given, with the
+clock passed in. Records are built as :class:`~bridge.subscriptions.store.WebhookStore` builds
+them in ``create``, ``update`` and ``rotate_secret`` (same defaults, same fields, the same
+``disabled_reason`` rule) and validated by the same code: the request schema (its fields are
+``topics/schemas/webhook.json``'s), then :func:`~bridge.subscriptions.webhook.webhook_from_record`
+and the URL check (``WebhookUrl.parse``, or the deployment's stricter ``check_url``).
+
+Changes of one webhook are serialized in this process (a lock per id), so a version checked
+is the version replaced. Several API processes writing the same webhook need the writes routed
+to one of them (docs/api.md, "Design").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from jsonschema import ValidationError
+
+from bridge.api.auth import Principal
+from bridge.api.openapi import request_validator
+from bridge.api.problems import FieldError, Problem
+from bridge.api.repository import WebhookRepository, webhook_version
+from bridge.contract import standard_webhooks
+from bridge.contract.events import Event, format_timestamp
+from bridge.errors import BridgeError, InvalidSubscription, InvalidUrl
+from bridge.subscriptions.store import new_secret
+from bridge.subscriptions.urls import WebhookUrl
+from bridge.subscriptions.webhook import Webhook, webhook_from_record
+
+__all__ = [
+    "TestEventPublisher",
+    "WebhookFilter",
+    "Page",
+    "Created",
+    "WebhookService",
+    "body_errors",
+    "webhook_state",
+    "public_view",
+    "etag",
+    "encode_cursor",
+    "decode_cursor",
+]
+
+
+class TestEventPublisher(Protocol):
+    """Publishes a ``test.event`` for one webhook (as
+    :func:`bridge.admin.publish.send_test_event`); raises :class:`InvalidSubscription`
+    (``webhook_inactive``, ``test_event_scope``) when it cannot."""
+
+    def __call__(
+        self, webhook: Webhook, message: str, *, site_id: str | None, user_id: str | None
+    ) -> Awaitable[Event]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookFilter:
+    """Which webhooks a list returns (``None``: any)."""
+
+    site_id: str | None = None
+    user_id: str | None = None
+    #: Webhooks that receive this event type (their filter names it, or ``*``).
+    event_type: str | None = None
+    #: ``active``, ``inactive`` or ``disabled`` (see :func:`webhook_state`).
+    state: str | None = None
+
+    def matches(self, webhook: Webhook) -> bool:
+        if self.site_id is not None and webhook.site_id != self.site_id:
+            return False
+        if self.user_id is not None and webhook.user_id != self.user_id:
+            return False
+        if self.event_type is not None and not webhook.wants(self.event_type):
+            return False
+        return self.state is None or webhook_state(webhook) == self.state
+
+    def digest(self) -> str:
+        """A short digest of the filter, which a cursor carries: a cursor only continues the
+        listing it came from."""
+        text = json.dumps([self.site_id, self.user_id, self.event_type, self.state])
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a listing."""
+
+    items: list[Webhook]
+    #: Give it back as ``cursor`` for the next page; ``None`` on the last page.
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """The outcome of a create."""
+
+    webhook: Webhook
+    #: ``False`` when the id existed with the same body (the request was a repeat).
+    created: bool
+
+
+def webhook_state(webhook: Webhook) -> str:
+    """``active``; ``disabled`` when the bridge turned it off (``disabled_reason``); else
+    ``inactive``."""
+    if webhook.active:
+        return "active"
+    return "disabled" if webhook.extra.get("disabled_reason") else "inactive"
+
+
+def public_view(webhook: Webhook, *, with_secret: bool = False) -> dict[str, Any]:
+    """The API's representation of a webhook: no secret unless ``with_secret``."""
+    out: dict[str, Any] = {
+        "id": webhook.id,
+        "name": webhook.name,
+        "url": webhook.url,
+        "events": sorted(webhook.events),
+        "site_id": webhook.site_id,
+        "user_id": webhook.user_id,
+        "active": webhook.active,
+        "state": webhook_state(webhook),
+        "disabled_reason": webhook.extra.get("disabled_reason"),
+        "rate_limit": webhook.rate_limit,
+        "standard_webhooks": webhook.standard_webhooks,
+        "previous_secret_expires_at": webhook.previous_secret_expires_at,
+        "created_at": webhook.extra.get("created_at"),
+        "updated_at": webhook.extra.get("updated_at"),
+        "version": webhook_version(webhook),
+    }
+    if with_secret:
+        out["secret"] = webhook.secret
+    return out
+
+
+def etag(webhook: Webhook) -> str:
+    """The ``ETag`` header value: the version, quoted (a strong validator)."""
+    return f'"{webhook_version(webhook)}"'
+
+
+def _if_match(header: str | None, current: Webhook | None) -> None:
+    """RFC 9110 If-Match with strong comparison: ``412`` unless the header is absent, ``*``
+    with a current webhook, or lists the current ETag."""
+    if header is None:
+        return
+    if current is None:
+        raise Problem("precondition_failed", "the webhook does not exist (If-Match)")
+    value = header.strip()
+    if value == "*":
+        return
+    tags = [t.strip() for t in value.split(",")]
+    if not all(len(t) >= 2 and t.endswith('"') and t.startswith(('"', 'W/"')) for t in tags):
+        raise Problem.invalid(
+            FieldError("If-Match", "malformed", "expected one or more quoted ETags", "header")
+        )
+    if etag(current) not in tags:  # a weak tag (W/"...") never matches: strong comparison
+        raise Problem(
+            "precondition_failed",
+            "the webhook changed since that ETag was read; GET it again",
+            headers={"ETag": etag(current)},
+        )
+
+
+def encode_cursor(after: str, where: WebhookFilter) -> str:
+    """An opaque cursor: the last id of a page and the filter's digest, base64url JSON.
+
+    Not signed, only validated (:func:`decode_cursor`): all a made-up cursor can choose is the
+    id a listing starts after, which the client could reach by paging anyway; the token's
+    restriction is applied to every page whatever the cursor says.
+    """
+    raw = json.dumps({"a": after, "f": where.digest()}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str, where: WebhookFilter) -> str:
+    """The id a page starts after; ``400`` for a cursor that is not one of
+    :func:`encode_cursor`'s or came from a listing with other filters."""
+    problem = Problem.invalid(
+        FieldError("cursor", "invalid_cursor", "not a cursor of this listing", "query")
+    )
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value = json.loads(raw)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise problem from None
+    if (
+        not isinstance(value, dict)
+        or set(value) != {"a", "f"}
+        or not isinstance(value["a"], str)
+        or value["f"] != where.digest()
+    ):
+        raise problem
+    return value["a"]
+
+
+def _field_name(path: Iterable[Any]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def body_errors(schema: str, body: Mapping[str, Any]) -> list[FieldError]:
+    """The fields of ``body`` that ``schema`` (a request schema of the OpenAPI document)
+    refuses, at most ten; messages never quote a value."""
+    errors = sorted(
+        request_validator(schema).iter_errors(body), key=lambda e: list(map(str, e.path))
+    )
+    out: list[FieldError] = []
+    for error in errors:
+        out.extend(_field_errors(error))
+        if len(out) >= 10:
+            break
+    return out[:10]
+
+
+def _field_errors(error: ValidationError) -> list[FieldError]:
+    field = _field_name(error.absolute_path)
+    rule, expected = error.validator, error.validator_value
+    if rule == "additionalProperties" and isinstance(error.instance, dict):
+        known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
+        return [
+            FieldError(_field_name([*error.absolute_path, k]), "unknown_field", "not a field here")
+            for k in error.instance
+            if k not in known
+        ]
+    if rule == "required" and isinstance(error.instance, dict):
+        return [
+            FieldError(_field_name([*error.absolute_path, k]), "required", "is required")
+            for k in expected
+            if k not in error.instance
+        ]
+    if rule == "anyOf" and not field:
+        return [FieldError("site_id", "required", "give site_id, or user_id for an account")]
+    if rule == "type":
+        names = [expected] if isinstance(expected, str) else list(expected)
+        return [FieldError(field, "type", f"expected {' or '.join(names)}")]
+    if rule == "enum":
+        options = ", ".join(json.dumps(v) for v in expected)
+        return [FieldError(field, "enum", f"expected one of {options}"[:300])]
+    if rule == "minProperties":
+        return [FieldError(field, "empty", "give at least one field")]
+    bounds = {
+        "minLength": "shorter than {} characters",
+        "maxLength": "longer than {} characters",
+        "minItems": "fewer than {} items",
+        "maximum": "more than {}",
+        "minimum": "less than {}",
+        "exclusiveMinimum": "not more than {}",
+    }
+    if rule in bounds:
+        return [FieldError(field, str(rule), bounds[str(rule)].format(json.dumps(expected)))]
+    if rule == "uniqueItems":
+        return [FieldError(field, "duplicate", "has duplicate items")]
+    if rule == "pattern":
+        return [FieldError(field, "pattern", f"does not match {expected!r}")]
+    return [FieldError(field, str(rule), f"fails the {rule!r} rule")]
+
+
+def _from_record(record: dict[str, Any], *, check_url: Callable[[str], object] | None) -> Webhook:
+    """The webhook of a record built here, validated as WebhookStore validates, with the
+    problem naming the field."""
+    try:
+        webhook = webhook_from_record(record)
+        if check_url is not None:
+            check_url(webhook.url)
+    except InvalidUrl as exc:
+        raise Problem.invalid(FieldError("url", "invalid_url", exc.detail)) from None
+    except InvalidSubscription as exc:
+        field = "secret" if exc.reason.startswith("secret") else ""
+        if exc.reason == "schema_invalid" and exc.detail.startswith("$."):
+            field = exc.detail[2:].split(":", 1)[0]
+        raise Problem.invalid(FieldError(field, exc.reason, exc.detail)) from None
+    except BridgeError as exc:  # the deployment's policy (DestinationForbidden: plain http...)
+        reason = str(getattr(exc, "reason", "forbidden"))
+        detail = str(getattr(exc, "detail", "refused by this deployment's policy"))
+        raise Problem.invalid(FieldError("url", reason, detail)) from None
+    return webhook
+
+
+class WebhookService:
+    """The webhook operations of the API over a :class:`WebhookRepository`.
+
+    ``check_url`` judges URLs being set (default :meth:`WebhookUrl.parse`, what WebhookStore
+    checks; a deployment passes its SSRF policy's ``check_url`` too). ``publisher`` sends test
+    events (none: the test route answers 409). ``clock`` gives aware datetimes.
+    """
+
+    def __init__(
+        self,
+        repository: WebhookRepository,
+        *,
+        publisher: TestEventPublisher | None = None,
+        check_url: Callable[[str], object] = WebhookUrl.parse,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._repository = repository
+        self._publisher = publisher
+        self._check_url = check_url
+        self._clock = clock
+        #: One lock per webhook being changed, with the number of requests holding or
+        #: awaiting it (dropped at zero, so made-up ids leave nothing behind).
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    def __repr__(self) -> str:
+        return f"WebhookService({self._repository!r})"
+
+    @asynccontextmanager
+    async def _locked(self, webhook_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(webhook_id, (asyncio.Lock(), 0))
+        self._locks[webhook_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[webhook_id]
+            if users == 1:
+                del self._locks[webhook_id]
+            else:
+                self._locks[webhook_id] = (lock, users - 1)
+
+    async def _existing(self, webhook_id: str, principal: Principal) -> Webhook:
+        webhook = await self._repository.get(webhook_id)
+        if webhook is None:
+            raise Problem("not_found", "no such webhook")
+        principal.check(webhook)
+        return webhook
+
+    async def list(
+        self, principal: Principal, where: WebhookFilter, *, limit: int, cursor: str | None
+    ) -> Page:
+        """One page of the webhooks ``where`` selects, within the token's restriction."""
+        principal.check_scope(
+            where.site_id or principal.site_id, where.user_id or principal.user_id, "query"
+        )
+        after = decode_cursor(cursor, where) if cursor is not None else None
+
+        def visible(webhook: Webhook) -> bool:
+            return where.matches(webhook) and principal.allows(webhook.site_id, webhook.user_id)
+
+        items = await self._repository.scan(after=after, limit=limit + 1, where=visible)
+        more = len(items) > limit
+        items = items[:limit]
+        return Page(items, encode_cursor(items[-1].id, where) if more else None)
+
+    async def get(self, principal: Principal, webhook_id: str) -> Webhook:
+        return await self._existing(webhook_id, principal)
+
+    async def create(self, principal: Principal, body: Mapping[str, Any]) -> Created:
+        """Create from a request body; with a client-chosen id that exists, the same body
+        answers the existing webhook (``created`` false), another body ``409``."""
+        errors = body_errors("WebhookCreate", body)
+        if errors:
+            raise Problem.invalid(*errors)
+        principal.check_scope(body.get("site_id"), body.get("user_id"))
+        webhook_id = body.get("id") or f"wh_{uuid.uuid4().hex}"
+        async with self._locked(webhook_id):
+            existing = await self._repository.get(webhook_id)
+            if existing is not None:
+                principal.check(existing)
+                if _same(existing, body):
+                    return Created(existing, created=False)
+                raise Problem(
+                    "conflict",
+                    "a webhook with this id exists with other fields",
+                    errors=[FieldError("id", "exists", "another webhook has this id")],
+                )
+            standard = bool(body.get("standard_webhooks", False))
+            stamp = format_timestamp(self._clock())
+            record: dict[str, Any] = {
+                "id": webhook_id,
+                "name": body["name"] if body.get("name") is not None else body["url"],
+                "url": body["url"],
+                "secret": body.get("secret")
+                or (standard_webhooks.generate_secret() if standard else new_secret()),
+                "events": list(body["events"]),
+                "site_id": body.get("site_id"),
+                "user_id": body.get("user_id"),
+                "active": body.get("active", True),
+                "created_at": stamp,
+                "updated_at": stamp,
+            }
+            if body.get("rate_limit") is not None:
+                record["rate_limit"] = body["rate_limit"]
+            if standard:
+                record["standard_webhooks"] = True
+            webhook = _from_record(record, check_url=self._check_url)
+            await self._repository.put(webhook)
+            return Created(webhook, created=True)
+
+    async def update(
+        self,
+        principal: Principal,
+        webhook_id: str,
+        changes: Mapping[str, Any],
+        *,
+        if_match: str | None,
+    ) -> Webhook:
+        """Change some fields (``WebhookUpdate``), as ``WebhookStore.update`` does."""
+        errors = body_errors("WebhookUpdate", changes)
+        if errors:
+            raise Problem.invalid(*errors)
+        async with self._locked(webhook_id):
+            current = await self._existing(webhook_id, principal)
+            _if_match(if_match, current)
+            record = current.to_record()
+            if changes.get("active") is True:
+                record.pop("disabled_reason", None)
+            record.update(changes)
+            if changes.get("standard_webhooks") and not str(record["secret"]).startswith("whsec_"):
+                raise Problem(
+                    "conflict",
+                    "Standard Webhooks signing needs a whsec_ secret: rotate to one first",
+                    errors=[
+                        FieldError(
+                            "standard_webhooks",
+                            "secret_not_whsec",
+                            "rotate the secret to a whsec_ one first",
+                        )
+                    ],
+                )
+            if "rate_limit" in changes and changes["rate_limit"] is None:
+                record.pop("rate_limit", None)
+            record["updated_at"] = format_timestamp(self._clock())
+            principal.check_scope(record.get("site_id"), record.get("user_id"))
+            webhook = _from_record(record, check_url=self._check_url if "url" in changes else None)
+            await self._repository.put(webhook)
+            return webhook
+
+    async def delete(self, principal: Principal, webhook_id: str, *, if_match: str | None) -> None:
+        async with self._locked(webhook_id):
+            current = await self._existing(webhook_id, principal)
+            _if_match(if_match, current)
+            await self._repository.delete(webhook_id)
+
+    async def rotate_secret(
+        self,
+        principal: Principal,
+        webhook_id: str,
+        body: Mapping[str, Any],
+        *,
+        if_match: str | None,
+    ) -> Webhook:
+        """A new secret (given, or generated as ``WebhookStore.rotate_secret`` does); with
+        ``overlap_seconds``, the previous secret stays valid that long."""
+        errors = body_errors("RotateSecret", body)
+        if errors:
+            raise Problem.invalid(*errors)
+        async with self._locked(webhook_id):
+            current = await self._existing(webhook_id, principal)
+            _if_match(if_match, current)
+            now = self._clock()
+            record = current.to_record()
+            record.pop("disabled_reason", None)
+            secret = body.get("secret") or (
+                standard_webhooks.generate_secret() if current.standard_webhooks else new_secret()
+            )
+            record.update(secret=secret, updated_at=format_timestamp(now))
+            overlap = float(body.get("overlap_seconds", 0))
+            if overlap > 0:
+                record["previous_secret"] = current.secret
+                record["previous_secret_expires_at"] = format_timestamp(
+                    now + timedelta(seconds=overlap)
+                )
+            else:
+                record.pop("previous_secret", None)
+                record.pop("previous_secret_expires_at", None)
+            webhook = _from_record(record, check_url=None)
+            await self._repository.put(webhook)
+            return webhook
+
+    async def send_test(
+        self, principal: Principal, webhook_id: str, body: Mapping[str, Any]
+    ) -> Event:
+        """Publish a ``test.event`` to this webhook only."""
+        errors = body_errors("TestEventRequest", body)
+        if errors:
+            raise Problem.invalid(*errors)
+        webhook = await self._existing(webhook_id, principal)
+        site_id, user_id = body.get("site_id"), body.get("user_id")
+        principal.check_scope(site_id or webhook.site_id, user_id or webhook.user_id)
+        if self._publisher is None:
+            raise Problem("conflict", "this API server cannot publish events")
+        try:
+            return await self._publisher(
+                webhook, body.get("message", ""), site_id=site_id, user_id=user_id
+            )
+        except InvalidSubscription as exc:
+            if exc.reason == "webhook_inactive":
+                raise Problem("conflict", "the webhook is not active") from None
+            raise Problem.invalid(FieldError("site_id", exc.reason, exc.detail)) from None
+
+
+def _same(existing: Webhook, body: Mapping[str, Any]) -> bool:
+    """Whether a create ``body`` describes ``existing`` (a repeated request)."""
+    wanted = {
+        "name": body["name"] if body.get("name") is not None else body["url"],
+        "url": body["url"],
+        "events": frozenset(body["events"]),
+        "site_id": body.get("site_id"),
+        "user_id": body.get("user_id"),
+        "active": body.get("active", True),
+        "rate_limit": body.get("rate_limit"),
+        "standard_webhooks": bool(body.get("standard_webhooks", False)),
+    }
+    have = {
+        "name": existing.name,
+        "url": existing.url,
+        "events": existing.events,
+        "site_id": existing.site_id,
+        "user_id": existing.user_id,
+        "active": existing.active,
+        "rate_limit": existing.rate_limit,
+        "standard_webhooks": existing.standard_webhooks,
+    }
+    if wanted != have:
+        return False
+    secret = body.get("secret")
+    return secret is None or hmac.compare_digest(
+        str(secret).encode("utf-8"), existing.secret.encode("utf-8")
+    )

@@ -1,0 +1,76 @@
+"""A WebhookRepository over the subscriptions topic itself, through WebhookStore (as the CLI).
+
+Each read loads the whole topic (:meth:`WebhookStore.load`), which is what the CLI does and
+costs a topic read per request: right for a management process and for tests on the real
+broker, not for a worker serving many requests (docs/api.md, "Design": the table-backed
+repository). Reads within ``cache_seconds`` share one load; a write through this repository
+updates that view at once, so the service always sees its own writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from bridge.subscriptions.store import WebhookStore
+from bridge.subscriptions.webhook import Webhook
+
+__all__ = ["StoreRepository"]
+
+
+class StoreRepository:
+    """Reads with :meth:`WebhookStore.load`, writes with ``put`` and ``delete``.
+
+    ``store`` must be entered (``async with WebhookStore(settings) as store``) for as long as
+    the repository is used. ``clock`` is a monotonic clock in seconds.
+    """
+
+    def __init__(
+        self,
+        store: WebhookStore,
+        *,
+        cache_seconds: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._cache_seconds = cache_seconds
+        self._clock = clock
+        self._view: dict[str, Webhook] | None = None
+        self._loaded_at = 0.0
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return "StoreRepository()"
+
+    async def _current(self) -> dict[str, Webhook]:
+        async with self._lock:
+            if self._view is None or self._clock() - self._loaded_at >= self._cache_seconds:
+                self._view = await self._store.load()
+                self._loaded_at = self._clock()
+            return self._view
+
+    async def get(self, webhook_id: str) -> Webhook | None:
+        return (await self._current()).get(webhook_id)
+
+    async def scan(
+        self, *, after: str | None, limit: int, where: Callable[[Webhook], bool]
+    ) -> list[Webhook]:
+        view = await self._current()
+        out: list[Webhook] = []
+        for webhook_id in sorted(view):
+            if after is not None and webhook_id <= after:
+                continue
+            if where(view[webhook_id]):
+                out.append(view[webhook_id])
+                if len(out) == limit:
+                    break
+        return out
+
+    async def put(self, webhook: Webhook) -> None:
+        await self._store.put(webhook)
+        (await self._current())[webhook.id] = webhook
+
+    async def delete(self, webhook_id: str) -> None:
+        await self._store.delete(webhook_id)
+        (await self._current()).pop(webhook_id, None)

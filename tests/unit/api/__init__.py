@@ -1,0 +1,1 @@
+"""Unit tests of the control plane's HTTP API (bridge.api)."""

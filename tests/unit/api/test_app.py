@@ -1,0 +1,422 @@
+"""The webhook routes over an in-memory repository: CRUD, versions, idempotency, auth, paging."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from bridge.api.openapi import served_operations
+from bridge.api.problems import PROBLEM_JSON, Problem
+from bridge.api.repository import webhook_version
+from bridge.api.service import WebhookFilter, decode_cursor, encode_cursor
+from tests.unit.api.conftest import ADMIN, READER, SITE_1, USER_1, WRITER, Api, auth
+
+
+async def problem(response: Any, status: int) -> dict[str, Any]:
+    assert response.status == status, await response.text()
+    assert response.content_type == PROBLEM_JSON
+    body: dict[str, Any] = await response.json(content_type=PROBLEM_JSON)
+    return body
+
+
+def fields(body: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(e["field"], e["reason"]) for e in body.get("errors", [])]
+
+
+async def test_create_returns_the_secret_once_then_get_and_list_never_do(api: Api) -> None:
+    response = await api.client.post(
+        "/v1/webhooks",
+        json={"url": "https://example.com/hook", "events": ["post.created", "post.published"],
+              "site_id": "site_1", "user_id": "user_1", "name": "My Webhook"},
+        headers=auth(),
+    )  # fmt: skip
+    assert response.status == 201
+    created = await response.json()
+    assert len(created["secret"]) == 64 and created["state"] == "active"
+    assert response.headers["Location"] == f"/v1/webhooks/{created['id']}"
+    assert response.headers["ETag"] == f'"{created["version"]}"'
+    assert response.headers["Cache-Control"] == "no-store"
+    stored = await api.repository.get(created["id"])
+    assert stored is not None and stored.secret == created["secret"]
+    assert created["version"] == webhook_version(stored)
+
+    got = await api.client.get(f"/v1/webhooks/{created['id']}", headers=auth(READER))
+    assert got.status == 200 and got.headers["ETag"] == response.headers["ETag"]
+    body = await got.json()
+    assert "secret" not in body and body == {k: v for k, v in created.items() if k != "secret"}
+    listing = await (await api.client.get("/v1/webhooks", headers=auth(READER))).json()
+    assert listing == {"items": [body], "next_cursor": None}
+    assert created["secret"] not in json.dumps(listing)
+
+
+async def test_a_standard_webhooks_secret_is_generated_when_asked(api: Api) -> None:
+    created = await api.create(standard_webhooks=True)
+    assert created["secret"].startswith("whsec_") and created["standard_webhooks"] is True
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"events": ["post.created"], "site_id": "s"}, [("url", "required")]),
+        ({"url": "https://e.com/h", "site_id": "s"}, [("events", "required")]),
+        ({"url": "https://e.com/h", "events": ["*"]}, [("site_id", "required")]),
+        ({"url": "https://e.com/h", "events": [], "site_id": "s"}, [("events", "minItems")]),
+        ({"url": "https://e.com/h", "events": ["post.exploded"], "site_id": "s"},
+         [("events[0]", "enum")]),
+        ({"url": "https://e.com/h", "events": ["*", "*"], "site_id": "s"},
+         [("events", "duplicate")]),
+        ({"url": 5, "events": ["*"], "site_id": "s"}, [("url", "type")]),
+        ({"url": "ftp://e.com/h", "events": ["*"], "site_id": "s"}, [("url", "invalid_url")]),
+        ({"url": "https://u:p@e.com/h", "events": ["*"], "site_id": "s"},
+         [("url", "invalid_url")]),
+        ({"url": "https://e.com/h", "events": ["*"], "site_id": "s", "colour": "red"},
+         [("colour", "unknown_field")]),
+        ({"url": "https://e.com/h", "events": ["*"], "site_id": "s", "rate_limit": 0},
+         [("rate_limit", "exclusiveMinimum")]),
+        ({"url": "https://e.com/h", "events": ["*"], "site_id": "s", "id": ""},
+         [("id", "minLength"), ("id", "pattern")]),
+        ({"url": "https://e.com/h", "events": ["*"], "site_id": "s", "standard_webhooks": True,
+          "secret": "whsec_!!!"}, [("secret", "secret_malformed")]),
+        ({"url": "https://e.com/h", "events": ["*"], "site_id": "s", "created_at": "x"},
+         [("created_at", "unknown_field")]),
+    ],
+)  # fmt: skip
+async def test_invalid_creates_are_400s_naming_the_field(
+    api: Api, body: dict[str, Any], expected: list[tuple[str, str]]
+) -> None:
+    response = await api.client.post("/v1/webhooks", json=body, headers=auth())
+    result = await problem(response, 400)
+    assert fields(result) == expected
+    assert await api.repository.scan(after=None, limit=10, where=lambda w: True) == []
+
+
+async def test_the_deployments_url_policy_is_applied(api: Api) -> None:
+    from bridge.api.service import WebhookService
+    from bridge.http.ssrf import AddressPolicy, check_url
+
+    service = WebhookService(
+        api.repository,
+        check_url=lambda url: check_url(url, allow_http=False, policy=AddressPolicy()),
+    )
+    from bridge.api.auth import Principal
+
+    admin = Principal("admin", frozenset({"read", "write"}))
+    for url in ("http://example.com/h", "https://127.0.0.1/h"):
+        with pytest.raises(Problem) as caught:
+            await service.create(admin, {"url": url, "events": ["*"], "site_id": "s"})
+        assert [(e.field, e.reason) for e in caught.value.errors] == [
+            ("url", "destination_forbidden")
+        ]
+
+
+async def test_creating_with_a_chosen_id_twice_is_idempotent(api: Api) -> None:
+    body = {"id": "wh_mine", "url": "https://example.com/h", "events": ["post.created"],
+            "site_id": "site_1", "user_id": "user_1"}  # fmt: skip
+    first = await api.client.post("/v1/webhooks", json=body, headers=auth())
+    assert first.status == 201
+    again = await api.client.post("/v1/webhooks", json=body, headers=auth())
+    assert again.status == 200
+    assert await again.json() == await first.json()  # the secret too: the first answer was lost
+    other = await api.client.post(
+        "/v1/webhooks", json={**body, "events": ["post.deleted"]}, headers=auth()
+    )
+    assert fields(await problem(other, 409)) == [("id", "exists")]
+    wrong_secret = await api.client.post(
+        "/v1/webhooks", json={**body, "secret": "guess"}, headers=auth()
+    )
+    await problem(wrong_secret, 409)
+
+
+async def test_concurrent_creates_of_one_id_make_one_webhook(api: Api) -> None:
+    body = {"id": "wh_race", "url": "https://example.com/h", "events": ["*"], "site_id": "s"}
+    answers = await asyncio.gather(
+        *(api.client.post("/v1/webhooks", json=body, headers=auth()) for _ in range(5))
+    )
+    assert sorted(a.status for a in answers) == [200, 200, 200, 200, 201]
+    assert len({(await a.json())["secret"] for a in answers}) == 1
+
+
+async def test_update_with_if_match_and_a_lost_update_is_a_412(api: Api) -> None:
+    created = await api.create()
+    path, tag = f"/v1/webhooks/{created['id']}", f'"{created["version"]}"'
+    first = await api.client.patch(
+        path, json={"name": "renamed"}, headers={**auth(), "If-Match": tag}
+    )
+    assert first.status == 200
+    updated = await first.json()
+    assert updated["name"] == "renamed" and updated["version"] != created["version"]
+    assert first.headers["ETag"] == f'"{updated["version"]}"'
+    assert "secret" not in updated
+    lost = await api.client.patch(path, json={"name": "mine"}, headers={**auth(), "If-Match": tag})
+    result = await problem(lost, 412)
+    assert lost.headers["ETag"] == first.headers["ETag"]
+    assert "changed" in result["detail"]
+    weak = await api.client.patch(
+        path, json={"name": "x"}, headers={**auth(), "If-Match": f"W/{first.headers['ETag']}"}
+    )
+    await problem(weak, 412)
+    any_version = await api.client.patch(
+        path, json={"name": "any"}, headers={**auth(), "If-Match": "*"}
+    )
+    assert any_version.status == 200
+    malformed = await api.client.patch(
+        path, json={"name": "x"}, headers={**auth(), "If-Match": "abc"}
+    )
+    assert fields(await problem(malformed, 400)) == [("If-Match", "malformed")]
+    stored = await api.repository.get(created["id"])
+    assert stored is not None and stored.name == "any"
+
+
+async def test_update_follows_webhook_store_update(api: Api) -> None:
+    created = await api.create(rate_limit=5)
+    path = f"/v1/webhooks/{created['id']}"
+    stored = await api.repository.get(created["id"])
+    assert stored is not None
+    from bridge.subscriptions.webhook import webhook_from_record
+
+    record = stored.to_record()
+    record.update(active=False, disabled_reason="gone")
+    await api.repository.put(webhook_from_record(record))
+    disabled = await (await api.client.get(path, headers=auth())).json()
+    assert disabled["state"] == "disabled" and disabled["disabled_reason"] == "gone"
+    inactive = await api.client.get("/v1/webhooks?state=disabled", headers=auth())
+    assert [w["id"] for w in (await inactive.json())["items"]] == [created["id"]]
+
+    enabled = await (
+        await api.client.patch(path, json={"active": True, "rate_limit": None}, headers=auth())
+    ).json()
+    assert enabled["state"] == "active" and enabled["disabled_reason"] is None
+    assert enabled["rate_limit"] is None
+    assert enabled["created_at"] == created["created_at"]
+    assert enabled["updated_at"] > created["updated_at"]
+    for body, expected in [
+        ({}, [("", "empty")]),
+        ({"secret": "new"}, [("secret", "unknown_field")]),
+        ({"url": "https://e.com/#frag"}, [("url", "invalid_url")]),
+        ({"site_id": None, "user_id": None}, [("", "schema_invalid")]),
+        ({"events": "post.created"}, [("events", "type")]),
+    ]:
+        response = await api.client.patch(path, json=body, headers=auth())
+        assert fields(await problem(response, 400)) == expected, body
+    standard = await api.client.patch(path, json={"standard_webhooks": True}, headers=auth())
+    assert fields(await problem(standard, 409)) == [("standard_webhooks", "secret_not_whsec")]
+
+
+async def test_delete_with_and_without_if_match(api: Api) -> None:
+    created = await api.create()
+    path = f"/v1/webhooks/{created['id']}"
+    await problem(await api.client.delete(path, headers={**auth(), "If-Match": '"old"'}), 412)
+    assert (await api.client.delete(path, headers=auth())).status == 204
+    await problem(await api.client.get(path, headers=auth()), 404)
+    await problem(await api.client.delete(path, headers=auth()), 404)
+    await problem(await api.client.patch(path, json={"name": "x"}, headers=auth()), 404)
+
+
+async def test_rotate_secret_with_an_overlap(api: Api) -> None:
+    created = await api.create()
+    path = f"/v1/webhooks/{created['id']}/rotate-secret"
+    response = await api.client.post(
+        path, json={"overlap_seconds": 3600}, headers={**auth(), "If-Match": response_tag(created)}
+    )
+    assert response.status == 200 and response.headers["Cache-Control"] == "no-store"
+    rotated = await response.json()
+    assert rotated["secret"] != created["secret"] and len(rotated["secret"]) == 64
+    assert rotated["version"] != created["version"]
+    stored = await api.repository.get(created["id"])
+    assert stored is not None and stored.previous_secret == created["secret"]
+    expires = datetime.fromisoformat(rotated["previous_secret_expires_at"].replace("Z", "+00:00"))
+    assert 3599 < (expires - api.clock.now).total_seconds() <= 3600
+    assert stored.signing_secrets(api.clock.now) == [rotated["secret"], created["secret"]]
+
+    bare = await api.client.post(path, headers=auth())  # no body: new secret, no overlap
+    assert bare.status == 200
+    final = await bare.json()
+    assert final["previous_secret_expires_at"] is None
+    chosen = await api.client.post(path, json={"secret": "chosen-secret-1"}, headers=auth())
+    assert (await chosen.json())["secret"] == "chosen-secret-1"
+    for body, expected in [
+        ({"overlap_seconds": -1}, [("overlap_seconds", "minimum")]),
+        ({"overlap_seconds": 10**9}, [("overlap_seconds", "maximum")]),
+        ({"overlap": "24h"}, [("overlap", "unknown_field")]),
+        ({"secret": ""}, [("secret", "minLength")]),
+    ]:
+        response = await api.client.post(path, json=body, headers=auth())
+        assert fields(await problem(response, 400)) == expected, body
+
+
+def response_tag(webhook: dict[str, Any]) -> str:
+    return f'"{webhook["version"]}"'
+
+
+async def test_send_a_test_event(api: Api) -> None:
+    created = await api.create()
+    path = f"/v1/webhooks/{created['id']}/test"
+    response = await api.client.post(path, json={"message": "hello"}, headers=auth())
+    assert response.status == 202
+    answer = await response.json()
+    (event,) = api.published.events
+    assert answer == {"webhook_id": created["id"], "event_id": event.id}
+    assert event.type == "test.event" and event.site_id == "site_1"
+    assert event.data == {"webhook_id": created["id"], "message": "hello"}
+    assert (await api.client.post(path, headers=auth())).status == 202
+    account = await api.create(site_id=None, user_id="user_1")
+    scope = await api.client.post(f"/v1/webhooks/{account['id']}/test", headers=auth())
+    assert fields(await problem(scope, 400)) == [("site_id", "test_event_scope")]
+    await api.client.patch(f"/v1/webhooks/{created['id']}", json={"active": False},
+                           headers=auth())  # fmt: skip
+    await problem(await api.client.post(path, headers=auth()), 409)
+
+
+async def test_list_filters_and_pages_with_cursors(api: Api) -> None:
+    ids = []
+    for n in range(7):
+        created = await api.create(
+            id=f"wh_{n}",
+            site_id=f"site_{n % 2}",
+            user_id="user_1",
+            events=["post.created"] if n % 3 else ["*"],
+            active=n != 4,
+        )
+        ids.append(created["id"])
+    seen: list[str] = []
+    cursor = None
+    while True:
+        query = "limit=3" + (f"&cursor={cursor}" if cursor else "")
+        page = await (await api.client.get(f"/v1/webhooks?{query}", headers=auth())).json()
+        seen += [w["id"] for w in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids
+
+    async def listed(query: str) -> list[str]:
+        response = await api.client.get(f"/v1/webhooks?{query}", headers=auth())
+        assert response.status == 200, await response.text()
+        return [w["id"] for w in (await response.json())["items"]]
+
+    assert await listed("site_id=site_0") == ["wh_0", "wh_2", "wh_4", "wh_6"]
+    assert await listed("event_type=post.deleted") == ["wh_0", "wh_3", "wh_6"]
+    assert await listed("event_type=post.created&site_id=site_1") == ["wh_1", "wh_3", "wh_5"]
+    assert await listed("state=inactive") == ["wh_4"]
+    assert await listed("user_id=user_2") == []
+
+    first = await (await api.client.get("/v1/webhooks?limit=2&site_id=site_0",
+                                        headers=auth())).json()  # fmt: skip
+    other_filter = await api.client.get(
+        f"/v1/webhooks?limit=2&cursor={first['next_cursor']}", headers=auth()
+    )
+    assert fields(await problem(other_filter, 400)) == [("cursor", "invalid_cursor")]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("limit=0", [("limit", "range")]),
+        ("limit=201", [("limit", "range")]),
+        ("limit=ten", [("limit", "range")]),
+        ("limit=%EF%BC%91", [("limit", "range")]),  # a full-width digit
+        ("state=sleeping", [("state", "enum")]),
+        ("event_type=post.exploded", [("event_type", "enum")]),
+        ("site_id=", [("site_id", "length")]),
+        ("colour=red", [("colour", "unknown_field")]),
+        ("limit=1&limit=2", [("limit", "repeated")]),
+        ("cursor=not-a-cursor", [("cursor", "invalid_cursor")]),
+        ("cursor=e30", [("cursor", "invalid_cursor")]),
+    ],
+)
+async def test_bad_list_parameters_are_400s_naming_them(
+    api: Api, query: str, expected: list[tuple[str, str]]
+) -> None:
+    response = await api.client.get(f"/v1/webhooks?{query}", headers=auth())
+    result = await problem(response, 400)
+    assert fields(result) == expected
+    assert all(e["in"] == "query" for e in result["errors"])
+
+
+def test_a_cursor_carries_its_filter() -> None:
+    where = WebhookFilter(site_id="s")
+    assert decode_cursor(encode_cursor("wh_9", where), where) == "wh_9"
+    with pytest.raises(Problem):
+        decode_cursor(encode_cursor("wh_9", where), WebhookFilter())
+
+
+def path_of(template: str) -> str:
+    return template.replace("{webhook_id}", "wh_x")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [op for op in served_operations() if op[1] != "/v1/openapi.json"]
+)
+async def test_every_route_needs_a_token_and_its_scope(api: Api, method: str, path: str) -> None:
+    url = path_of(path)
+    response = await api.client.request(method, url)
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="webhook-bridge"'
+    await problem(response, 401)
+    response = await api.client.request(method, url, headers=auth("wbt_nope"))
+    await problem(response, 401)
+    wrong = WRITER if method == "GET" else READER
+    response = await api.client.request(method, url, json={}, headers=auth(wrong))
+    result = await problem(response, 403)
+    assert "scope" in result["detail"]
+
+
+async def test_a_site_token_sees_and_changes_only_its_site(api: Api) -> None:
+    mine = await api.create(token=SITE_1, site_id="site_1", user_id="user_9")
+    theirs = await api.create(site_id="site_2", user_id="user_1")
+    account = await api.create(site_id=None, user_id="user_1")
+    listing = await (await api.client.get("/v1/webhooks", headers=auth(SITE_1))).json()
+    assert [w["id"] for w in listing["items"]] == [mine["id"]]
+    other = await api.client.get("/v1/webhooks?site_id=site_2", headers=auth(SITE_1))
+    assert fields(await problem(other, 403)) == [("site_id", "out_of_scope")]
+    for webhook in (theirs, account):
+        path = f"/v1/webhooks/{webhook['id']}"
+        await problem(await api.client.get(path, headers=auth(SITE_1)), 403)
+        await problem(await api.client.delete(path, headers=auth(SITE_1)), 403)
+        await problem(await api.client.post(f"{path}/rotate-secret", headers=auth(SITE_1)), 403)
+        await problem(await api.client.post(f"{path}/test", headers=auth(SITE_1)), 403)
+    move = await api.client.patch(
+        f"/v1/webhooks/{mine['id']}", json={"site_id": "site_2"}, headers=auth(SITE_1)
+    )
+    assert fields(await problem(move, 403)) == [("site_id", "out_of_scope")]
+    create_elsewhere = await api.client.post(
+        "/v1/webhooks",
+        json={"url": "https://e.com/h", "events": ["*"], "user_id": "user_9"},
+        headers=auth(SITE_1),
+    )
+    await problem(create_elsewhere, 403)
+    user_listing = await (await api.client.get("/v1/webhooks", headers=auth(USER_1))).json()
+    assert {w["id"] for w in user_listing["items"]} == {theirs["id"], account["id"]}
+
+
+async def test_a_long_or_odd_path_id_is_a_400_or_404_never_a_500(api: Api) -> None:
+    response = await api.client.get("/v1/webhooks/" + "x" * 201, headers=auth())
+    assert fields(await problem(response, 400)) == [("webhook_id", "invalid_id")]
+    response = await api.client.get("/v1/webhooks/%00", headers=auth())
+    await problem(response, 400)
+    response = await api.client.get("/v1/webhooks/%E2%9C%93", headers=auth())
+    await problem(response, 404)
+
+
+async def test_deeply_nested_bodies_are_a_400(api: Api) -> None:
+    body = b'{"url": ' + b"[" * 20000 + b"]" * 20000 + b"}"
+    response = await api.client.post(
+        "/v1/webhooks", data=body, headers={**auth(), "Content-Type": "application/json"}
+    )
+    await problem(response, 400)
+
+
+async def test_no_secret_or_token_in_the_log(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    created = await api.create()
+    await api.client.get("/v1/webhooks", headers=auth())
+    await api.client.get("/v1/webhooks", headers=auth("wbt_wrong"))
+    await api.client.post(
+        f"/v1/webhooks/{created['id']}/rotate-secret", json={"secret": "chosen-s3cret"},
+        headers=auth(),
+    )  # fmt: skip
+    for secret in (created["secret"], "chosen-s3cret", ADMIN, "wbt_wrong"):
+        assert secret not in caplog.text

@@ -1,0 +1,217 @@
+"""Bearer tokens: loading the hashed token file, authenticating, scopes and restrictions."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.api import auth
+from bridge.api.auth import Principal, TokenSet, hash_token, new_token
+from bridge.api.problems import Problem
+from bridge.errors import ConfigError
+from bridge.subscriptions.webhook import Webhook
+from tests.unit.api.conftest import ADMIN, READER, SITE_1, TOKENS, USER_1
+
+
+def webhook(site_id: str | None, user_id: str | None) -> Webhook:
+    return Webhook(
+        id="wh_1", name="n", url="https://example.com/h", secret="s" * 16,
+        events=frozenset({"*"}), site_id=site_id, user_id=user_id,
+    )  # fmt: skip
+
+
+def test_a_new_token_is_32_random_bytes_and_hashes_to_hex_sha256() -> None:
+    token = new_token()
+    assert token.startswith("wbt_") and len(token) == 4 + 43
+    assert new_token() != token
+    assert hash_token("abc") == ("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+
+
+YAML_FILE = """\
+# as a Kubernetes Secret key mounted as a file gives it
+tokens:
+  - name: platform
+    sha256: {digest}
+    scopes: [read, write]
+  - name: site-1-tools
+    sha256: {other}
+    scopes: [read]
+    site_id: site_1
+"""
+
+
+def test_loads_yaml_and_json_files(tmp_path: Path) -> None:
+    yaml_path = tmp_path / "tokens.yaml"
+    yaml_path.write_text(YAML_FILE.format(digest=hash_token(ADMIN), other=hash_token(SITE_1)))
+    tokens = TokenSet.from_file(yaml_path)
+    assert tokens.authenticate(f"Bearer {ADMIN}") == Principal(
+        "platform", frozenset({"read", "write"})
+    )
+    assert tokens.authenticate(f"bearer {SITE_1}").site_id == "site_1"
+    json_path = tmp_path / "tokens.json"
+    json_path.write_text(json.dumps(TOKENS))
+    assert len(TokenSet.from_file(json_path)) == 5
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"tokens": {}}, "'tokens' must be a list"),
+        ({"tokens": [], "extra": 1}, "exactly the key 'tokens'"),
+        ([], "exactly the key 'tokens'"),
+        ({"tokens": ["x"]}, "expected a mapping"),
+        ({"tokens": [{"name": "a", "token": "plain", "scopes": ["read"]}]}, "unknown keys"),
+        ({"tokens": [{"name": "", "sha256": "0" * 64, "scopes": ["read"]}]}, "'name'"),
+        ({"tokens": [{"name": "a", "sha256": "xyz", "scopes": ["read"]}]}, "64 hex digits"),
+        ({"tokens": [{"name": "a", "sha256": "0" * 64, "scopes": []}]}, "'scopes'"),
+        ({"tokens": [{"name": "a", "sha256": "0" * 64, "scopes": ["admin"]}]}, "'scopes'"),
+        (
+            {"tokens": [{"name": "a", "sha256": "0" * 64, "scopes": ["read"], "site_id": 3}]},
+            "'site_id'",
+        ),
+        (
+            {
+                "tokens": [
+                    {"name": "a", "sha256": "0" * 64, "scopes": ["read"]},
+                    {"name": "a", "sha256": "1" * 64, "scopes": ["read"]},
+                ]
+            },
+            "same name",
+        ),
+        (
+            {
+                "tokens": [
+                    {"name": "a", "sha256": "0" * 64, "scopes": ["read"]},
+                    {"name": "b", "sha256": "0" * 64, "scopes": ["read"]},
+                ]
+            },
+            "same sha256",
+        ),
+    ],
+)
+def test_a_malformed_token_file_is_a_config_error(data: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TokenSet.from_mapping(data)
+
+
+def test_file_errors_never_quote_the_file(tmp_path: Path) -> None:
+    digest = hash_token(ADMIN)
+    path = tmp_path / "tokens.yaml"
+    path.write_text(f"tokens:\n  - name: a\n    sha256: {digest}\n    scopes: [read\n")
+    with pytest.raises(ConfigError) as caught:
+        TokenSet.from_file(path)
+    assert digest not in str(caught.value)
+    path.write_text('{"tokens": [{"name": "a", "sha256": "' + digest + '", ')
+    with pytest.raises(ConfigError) as caught:
+        TokenSet.from_file(path)
+    assert digest not in str(caught.value)
+    with pytest.raises(ConfigError, match="cannot read"):
+        TokenSet.from_file(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    ("header", "error"),
+    [
+        (None, None),
+        ("", "invalid_request"),
+        ("Basic dXNlcjpwYXNz", "invalid_request"),
+        ("Bearer", "invalid_request"),
+        ("Bearer two words", "invalid_request"),
+        ("Bearer wbt_unknown", "invalid_token"),
+        (f"Bearer {ADMIN}x", "invalid_token"),
+    ],
+)
+def test_no_usable_token_is_a_401_with_a_bearer_challenge(
+    header: str | None, error: str | None
+) -> None:
+    with pytest.raises(Problem) as caught:
+        TokenSet.from_mapping(TOKENS).authenticate(header)
+    problem = caught.value
+    assert problem.status == 401
+    challenge = problem.headers["WWW-Authenticate"]
+    assert challenge.startswith('Bearer realm="webhook-bridge"')
+    assert (f'error="{error}"' in challenge) if error else ("error=" not in challenge)
+    assert ADMIN not in json.dumps(problem.to_dict())
+
+
+def test_every_stored_hash_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, str]] = []
+    original = hmac.compare_digest
+
+    def compare(a: str, b: str) -> bool:
+        calls.append((a, b))
+        return original(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", compare)
+    tokens = TokenSet.from_mapping(TOKENS)
+    tokens.authenticate(f"Bearer {ADMIN}")  # the first one: the others are compared too
+    assert len(calls) == len(TOKENS["tokens"])
+    assert all(a == hash_token(ADMIN) for a, _ in calls)
+
+
+def test_scopes_are_required_with_a_403_naming_the_scope() -> None:
+    reader = TokenSet.from_mapping(TOKENS).authenticate(f"Bearer {READER}")
+    reader.require("read")
+    with pytest.raises(Problem) as caught:
+        reader.require("write")
+    assert caught.value.status == 403
+    assert 'error="insufficient_scope", scope="write"' in caught.value.headers["WWW-Authenticate"]
+
+
+def test_restrictions_to_a_site_or_an_account() -> None:
+    tokens = TokenSet.from_mapping(TOKENS)
+    site = tokens.authenticate(f"Bearer {SITE_1}")
+    user = tokens.authenticate(f"Bearer {USER_1}")
+    admin = tokens.authenticate(f"Bearer {ADMIN}")
+    assert site.allows("site_1", None) and site.allows("site_1", "anyone")
+    assert not site.allows("site_2", "user_1") and not site.allows(None, "user_1")
+    assert user.allows(None, "user_1") and user.allows("site_9", "user_1")
+    assert not user.allows("site_1", None) and not user.allows("site_1", "user_2")
+    assert admin.allows(None, None)
+    with pytest.raises(Problem) as caught:
+        site.check(webhook("site_2", "user_1"))
+    assert caught.value.status == 403
+    assert [(e.field, e.reason) for e in caught.value.errors] == [("site_id", "out_of_scope")]
+    with pytest.raises(Problem) as caught:
+        user.check(webhook(None, "user_2"))
+    assert [(e.field, e.reason) for e in caught.value.errors] == [("user_id", "out_of_scope")]
+
+
+def test_no_token_or_hash_in_any_repr() -> None:
+    tokens = TokenSet.from_mapping(TOKENS)
+    principal = tokens.authenticate(f"Bearer {ADMIN}")
+    entry = auth._token(TOKENS["tokens"][0], "t")
+    for text in (repr(tokens), str(tokens), repr(principal), repr(entry)):
+        assert ADMIN not in text and hash_token(ADMIN) not in text
+
+
+@given(st.text(max_size=80))
+def test_any_other_header_is_refused_with_a_401(header: str) -> None:
+    tokens = TokenSet.from_mapping(TOKENS)
+    known = {f"Bearer {t}" for t in (ADMIN, READER, SITE_1, USER_1)}
+    if header.strip() in known or header.strip().lower() in {k.lower() for k in known}:
+        return
+    with pytest.raises(Problem) as caught:
+        tokens.authenticate(header)
+    assert caught.value.status == 401
+
+
+@given(st.binary(min_size=16, max_size=48))
+def test_any_configured_random_token_authenticates_as_itself(raw: bytes) -> None:
+    token = "wbt_" + raw.hex()
+    tokens = TokenSet.from_mapping(
+        {
+            "tokens": [
+                *TOKENS["tokens"],
+                {"name": "generated", "sha256": hash_token(token), "scopes": ["read"]},
+            ]
+        }
+    )
+    assert tokens.authenticate(f"Bearer {token}").name == "generated"
+    assert tokens.authenticate(f"Bearer  {token} ").name == "generated"

@@ -1,0 +1,93 @@
+"""The OpenAPI document: valid OpenAPI 3.1, served as built, and one source with the topics."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+from openapi_spec_validator import validate
+
+from bridge.api.app import create_app
+from bridge.api.auth import TokenSet
+from bridge.api.openapi import (
+    openapi_document,
+    request_schema,
+    request_validator,
+    served_operations,
+)
+from bridge.api.repository import MemoryRepository
+from bridge.api.service import WebhookService
+from bridge.contract.resources import load_json
+from tests.unit.api.conftest import Api
+
+
+def test_the_document_is_valid_openapi_3_1() -> None:
+    document = openapi_document()
+    assert document["openapi"] == "3.1.0"
+    validate(document)
+
+
+def test_every_issue_20_operation_is_described() -> None:
+    operations = {
+        operation["operationId"]
+        for item in openapi_document()["paths"].values()
+        for method, operation in item.items()
+        if method != "parameters"
+    }
+    assert operations >= {
+        "listWebhooks", "createWebhook", "getWebhook", "updateWebhook", "deleteWebhook",
+        "rotateWebhookSecret", "sendTestEvent", "listAttempts", "getDelivery", "getWebhookStats",
+        "redeliver", "startRecovery", "getRecovery", "cancelRecovery", "listDeadLetters",
+        "replayDeadLetters",
+    }  # fmt: skip
+
+
+def test_every_operation_but_the_document_needs_a_scope_and_answers_problems() -> None:
+    for path, item in openapi_document()["paths"].items():
+        for method, operation in item.items():
+            if method == "parameters" or path == "/v1/openapi.json":
+                continue
+            (requirement,) = operation["security"]
+            assert requirement["bearer"] == ["read" if method == "get" else "write"], path
+            for status in ("400", "401", "403"):
+                content = operation["responses"][status]["content"]
+                assert list(content) == ["application/problem+json"], (path, method)
+
+
+def test_the_app_serves_exactly_the_operations_marked_served() -> None:
+    app = create_app(WebhookService(MemoryRepository()), TokenSet([]))
+    routes = {
+        (route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if isinstance(route.resource, web.Resource) and route.method != "HEAD"
+    }
+    assert routes == set(served_operations())
+
+
+def test_request_fields_are_the_subscription_schemas_fields() -> None:
+    webhook = load_json("schemas/webhook.json")
+    create = request_schema("WebhookCreate")
+    for name, schema in create["properties"].items():
+        if name != "secret":  # the same, with a description of its default
+            assert schema == webhook["properties"][name], name
+    assert create["anyOf"] == webhook["anyOf"]
+    assert create["additionalProperties"] is False
+    update = request_schema("WebhookUpdate")
+    assert "secret" not in update["properties"]  # only rotation changes it, and returns it
+    assert set(update["properties"]) < set(webhook["properties"])
+
+
+def test_request_validators_refuse_what_the_topic_schema_refuses() -> None:
+    validator = request_validator("WebhookCreate")
+    good = {"url": "https://example.com/h", "events": ["post.created"], "site_id": "s"}
+    assert validator.is_valid(good)
+    assert not validator.is_valid({**good, "events": ["post.exploded"]})
+    assert not validator.is_valid({**good, "events": []})
+    assert not validator.is_valid({"url": "https://example.com/h", "events": ["*"]})  # no scope
+    assert not validator.is_valid({**good, "colour": "red"})
+
+
+async def test_the_document_is_served_without_a_token(api: Api) -> None:
+    response = await api.client.get("/v1/openapi.json")
+    assert response.status == 200
+    assert json.loads(await response.text()) == openapi_document()

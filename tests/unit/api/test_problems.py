@@ -1,0 +1,155 @@
+"""Problem details: their shape, reading bodies (size, media type, strict JSON), the middleware."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from bridge.api.problems import (
+    PROBLEM_JSON,
+    PROBLEM_TITLES,
+    PROBLEM_TYPE_PREFIX,
+    FieldError,
+    Problem,
+    problem_middleware,
+    read_json_object,
+)
+
+LIMIT = 1024
+
+
+async def echo(request: web.Request) -> web.Response:
+    return web.json_response(await read_json_object(request, max_bytes=LIMIT))
+
+
+async def boom(request: web.Request) -> web.Response:
+    raise RuntimeError("a bug with a secret in its message: s3cr3t")
+
+
+async def slow(request: web.Request) -> web.Response:
+    await asyncio.sleep(10)
+    return web.Response()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[TestClient[Any, Any]]:
+    app = web.Application(middlewares=[problem_middleware(0.2)], client_max_size=LIMIT)
+    app.router.add_post("/echo", echo)
+    app.router.add_get("/boom", boom)
+    app.router.add_get("/slow", slow)
+    test_client = TestClient(TestServer(app))
+    await test_client.start_server()
+    try:
+        yield test_client
+    finally:
+        await test_client.close()
+
+
+def test_a_problem_is_rfc_9457_with_field_errors() -> None:
+    problem = Problem.invalid(
+        FieldError("url", "invalid_url", "no host"), FieldError("limit", "range", "1..200", "query")
+    )
+    assert problem.to_dict() == {
+        "type": PROBLEM_TYPE_PREFIX + "validation_failed",
+        "title": PROBLEM_TITLES["validation_failed"][1],
+        "status": 400,
+        "detail": "invalid: limit, url",
+        "errors": [
+            {"field": "url", "in": "body", "reason": "invalid_url", "detail": "no host"},
+            {"field": "limit", "in": "query", "reason": "range", "detail": "1..200"},
+        ],
+    }
+    assert "errors" not in Problem("not_found", "no such webhook").to_dict()
+
+
+async def problem_of(response: Any, status: int) -> dict[str, Any]:
+    assert response.status == status, await response.text()
+    assert response.content_type == PROBLEM_JSON
+    body: dict[str, Any] = await response.json(content_type=PROBLEM_JSON)
+    assert body["status"] == status and body["type"].startswith(PROBLEM_TYPE_PREFIX)
+    return body
+
+
+async def test_a_json_object_is_read(client: TestClient[Any, Any]) -> None:
+    response = await client.post("/echo", data=b'{"a": [1, 2.5, "\\u00e9"]}',
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    assert await response.json() == {"a": [1, 2.5, "é"]}
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{", "malformed_json"),
+        (b"", "malformed_json"),
+        (b'{"a": NaN}', "malformed_json"),
+        (b'{"a": 1e999}', "malformed_json"),
+        (b'{"a": "\\ud800"}', "invalid_text"),
+        (b'{"a": 9007199254740993}', "unsafe_integer"),
+        (b'{"a": "\xff"}', "malformed_json"),
+    ],
+)
+async def test_what_is_not_strict_json_is_a_400_saying_why(
+    client: TestClient[Any, Any], body: bytes, reason: str
+) -> None:
+    response = await client.post("/echo", data=body, headers={"Content-Type": "application/json"})
+    problem = await problem_of(response, 400)
+    assert problem["type"].endswith("malformed_json")
+    assert problem["detail"].startswith(reason)
+
+
+async def test_a_body_that_is_not_an_object_names_the_body(client: TestClient[Any, Any]) -> None:
+    response = await client.post("/echo", data=b"[1]", headers={"Content-Type": "application/json"})
+    problem = await problem_of(response, 400)
+    assert problem["errors"] == [{"field": "", "in": "body", "reason": "type",
+                                  "detail": "the body must be a JSON object"}]  # fmt: skip
+
+
+async def test_other_media_types_are_a_415(client: TestClient[Any, Any]) -> None:
+    response = await client.post("/echo", data=b"{}", headers={"Content-Type": "text/plain"})
+    problem = await problem_of(response, 415)
+    assert problem["errors"][0]["field"] == "Content-Type"
+    response = await client.post(
+        "/echo", data=b"{}", headers={"Content-Type": "application/merge-patch+json"}
+    )
+    assert response.status == 200
+
+
+async def test_too_large_bodies_are_a_413_declared_or_chunked(client: TestClient[Any, Any]) -> None:
+    big = b'{"a": "' + b"x" * LIMIT + b'"}'
+    response = await client.post("/echo", data=big, headers={"Content-Type": "application/json"})
+    await problem_of(response, 413)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(4):
+            yield b" " * (LIMIT // 2)
+
+    response = await client.post(
+        "/echo", data=chunks(), headers={"Content-Type": "application/json"}
+    )
+    await problem_of(response, 413)
+
+
+async def test_unknown_routes_and_methods_are_problems(client: TestClient[Any, Any]) -> None:
+    await problem_of(await client.get("/nowhere"), 404)
+    response = await client.get("/echo")
+    await problem_of(response, 405)
+    assert response.headers["Allow"] == "POST"
+
+
+async def test_a_bug_is_a_500_without_its_message(
+    client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    problem = await problem_of(await client.get("/boom"), 500)
+    assert "s3cr3t" not in str(problem)
+    assert "internal error answering GET /boom" in caplog.text
+
+
+async def test_a_slow_request_is_a_503_with_retry_after(client: TestClient[Any, Any]) -> None:
+    response = await client.get("/slow")
+    await problem_of(response, 503)
+    assert response.headers["Retry-After"] == "1"
