@@ -56,6 +56,7 @@ COMMAND_SECTIONS: dict[str, tuple[Section, ...]] = {
     "webhooks test": (*_WEBHOOKS, Section.EVENTS),
     "webhooks delete": (*_MANAGEMENT, Section.SUBSCRIPTIONS),
     "webhooks list": _WEBHOOKS,
+    "webhooks recover": (*_WEBHOOKS, Section.EVENTS, Section.TOPICS, Section.DEAD_LETTERS),
     "publish": (*_MANAGEMENT, Section.EVENTS),
     "dlq list": (*_MANAGEMENT, Section.DEAD_LETTERS),
     "dlq replay": (*_MANAGEMENT, Section.DEAD_LETTERS),
@@ -162,6 +163,25 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     _settings_flags(listing, "webhooks list")
     listing.set_defaults(handler=_webhooks_list)
+
+    recover = hook_commands.add_parser(
+        "recover",
+        help="send a webhook again the events published between two times (same delivery ids)",
+    )
+    recover.add_argument("webhook_id", metavar="ID")
+    recover.add_argument(
+        "--since", required=True, help="ISO-8601 time, or a duration ago (30m, 2h, 1d)"
+    )
+    recover.add_argument("--until", help="ISO-8601 time, or a duration ago (default: now)")
+    recover.add_argument("--delivery", dest="delivery_id", help="only this delivery id")
+    recover.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="deliveries enqueued per second (default 10, never above the webhook's rate_limit)",
+    )
+    _settings_flags(recover, "webhooks recover")
+    recover.set_defaults(handler=_webhooks_recover)
 
     publish = commands.add_parser("publish", help="publish a valid platform event")
     publish.add_argument("event_type", metavar="TYPE")
@@ -453,6 +473,43 @@ def _webhooks_test(args: argparse.Namespace) -> int:
 
     event = _run_managed(args, test)
     print(f"published test.event {event.id}")
+    return 0
+
+
+def _webhooks_recover(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from bridge.admin.recovery import DEFAULT_RATE, Operation, RecoveryRequest, recover
+    from bridge.config import parse_time
+    from bridge.subscriptions.store import WebhookStore
+
+    try:
+        since = parse_time(args.since)
+        until = parse_time(args.until) if args.until else datetime.now(UTC)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+    async def run(settings: Settings) -> Operation:
+        async with WebhookStore(settings) as store:
+            webhook = (await store.load()).get(args.webhook_id)
+        if webhook is None:
+            raise ConfigError(f"no webhook {args.webhook_id!r}")
+        if not webhook.active:
+            raise ConfigError(f"webhook {args.webhook_id!r} is inactive: nothing would be sent")
+        try:
+            request = RecoveryRequest(
+                webhook,
+                since,
+                until,
+                delivery_id=args.delivery_id,
+                rate=DEFAULT_RATE if args.rate is None else args.rate,
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return await recover(settings, Operation(request))
+
+    operation = _run_managed(args, run)
+    print(json.dumps(operation.as_dict()))
     return 0
 
 

@@ -1,0 +1,320 @@
+"""Recovering a webhook's events: what it was sent (or missed) between two times, sent again.
+
+A recovery reads the retained source topics, keeps the records published in ``[since, until)``
+(the record's timestamp: when the platform published the event) whose event the webhook would
+be sent now, and enqueues each in the first retry tier, due at once, with the delivery id the
+first delivery had: receivers deduplicate on it. Deliveries then go through the worker's
+normal path (the endpoint's concurrency, rate limit and circuit breaker apply), and the
+recovery writes them no faster than ``rate`` per second, so an endpoint is never flooded and the
+retry tier never holds a backlog of not-yet-due records in front of other webhooks' retries.
+
+A recovery is an :class:`Operation`: it reports progress and counts while it runs and can be
+cancelled; :class:`Operations` keeps the latest ones of a process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from bridge.config import Settings
+from bridge.contract.events import format_timestamp, parse_event
+from bridge.contract.payload import delivery_id
+from bridge.delivery.pending_retry import PendingRetry
+from bridge.errors import InvalidRecord
+from bridge.kafka.clients import client_kwargs
+from bridge.subscriptions.index import SubscriptionIndex
+from bridge.subscriptions.webhook import Webhook
+
+__all__ = [
+    "DEFAULT_RATE",
+    "RecoveryRequest",
+    "Operation",
+    "Operations",
+    "select",
+    "recover",
+]
+
+#: Deliveries a recovery enqueues per second unless told otherwise (and never more than the
+#: webhook's own ``rate_limit``).
+DEFAULT_RATE = 10.0
+
+
+@dataclass(frozen=True)
+class RecoveryRequest:
+    """What to recover: ``webhook``'s events published in ``[since, until)``, or only the one
+    delivery ``delivery_id`` among them."""
+
+    webhook: Webhook
+    since: datetime
+    until: datetime
+    delivery_id: str | None = None
+    #: Deliveries enqueued per second, at most.
+    rate: float = DEFAULT_RATE
+
+    def __post_init__(self) -> None:
+        if self.since.tzinfo is None or self.until.tzinfo is None:
+            raise ValueError("since and until must carry a time zone")
+        if self.until <= self.since:
+            raise ValueError("until must be after since")
+        if not self.rate > 0:
+            raise ValueError("rate must be positive")
+
+    @property
+    def pace(self) -> float:
+        """Deliveries per second: ``rate``, and no more than the webhook's rate limit."""
+        limit = self.webhook.rate_limit
+        return min(self.rate, limit) if limit is not None and limit > 0 else self.rate
+
+
+def select(
+    request: RecoveryRequest, index: SubscriptionIndex, timestamp_ms: int, value: bytes | None
+) -> PendingRetry | str | None:
+    """What to do with one source record: the delivery to enqueue, a reason it cannot be
+    read (``invalid_event`` …), or ``None`` when it is outside the request (time, webhook,
+    delivery id). ``index`` holds the request's webhook alone."""
+    at = timestamp_ms / 1000
+    if not request.since.timestamp() <= at < request.until.timestamp():
+        return None
+    try:
+        event = parse_event(value)
+    except InvalidRecord as exc:
+        return exc.reason
+    if not index.match(event):
+        return None
+    webhook_id = request.webhook.id
+    delivery = delivery_id(event.id, webhook_id)
+    if request.delivery_id is not None and delivery != request.delivery_id:
+        return None
+    return PendingRetry(
+        delivery_id=delivery,
+        webhook_id=webhook_id,
+        event=event,
+        attempt=1,
+        not_before=0.0,
+        enqueued_at=0.0,
+        replayed=True,
+    )
+
+
+@dataclass
+class Operation:
+    """One recovery, as it goes."""
+
+    request: RecoveryRequest
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    #: ``running``, ``done``, ``cancelled`` or ``failed``.
+    state: str = "running"
+    #: Source records read, matched (and enqueued), and unreadable (not valid events).
+    scanned: int = 0
+    enqueued: int = 0
+    invalid: int = 0
+    #: Records of the source partitions to read, and read so far.
+    total: int = 0
+    done: int = 0
+    error: str | None = None
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    _cancel: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def cancel(self) -> None:
+        """Stop after the delivery being written; what was enqueued stays enqueued."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def as_dict(self) -> dict[str, Any]:
+        def moment(seconds: float | None) -> str | None:
+            return (
+                None if seconds is None else format_timestamp(datetime.fromtimestamp(seconds, UTC))
+            )
+
+        return {
+            "id": self.id,
+            "kind": "recover",
+            "webhook_id": self.request.webhook.id,
+            "since": format_timestamp(self.request.since),
+            "until": format_timestamp(self.request.until),
+            "delivery_id": self.request.delivery_id,
+            "rate": self.request.pace,
+            "state": self.state,
+            "scanned": self.scanned,
+            "enqueued": self.enqueued,
+            "invalid": self.invalid,
+            "progress": 1.0 if self.total == 0 else round(min(1.0, self.done / self.total), 4),
+            "error": self.error,
+            "started_at": moment(self.started_at),
+            "finished_at": moment(self.finished_at),
+        }
+
+
+class Operations:
+    """The latest operations of this process, by id (the oldest finished ones are forgotten)."""
+
+    def __init__(self, keep: int = 100) -> None:
+        self._keep = keep
+        self._operations: dict[str, Operation] = {}
+
+    def add(self, operation: Operation) -> None:
+        self._operations[operation.id] = operation
+        finished = [o for o in self._operations.values() if o.state != "running"]
+        for old in finished[: max(0, len(self._operations) - self._keep)]:
+            del self._operations[old.id]
+
+    def get(self, operation_id: str) -> Operation | None:
+        return self._operations.get(operation_id)
+
+    def all(self) -> list[Operation]:
+        return list(self._operations.values())
+
+
+_Write = Callable[[PendingRetry], Awaitable[None]]
+
+
+async def recover(
+    settings: Settings,
+    operation: Operation,
+    *,
+    write: _Write | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    wall_time: Callable[[], float] = time.time,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    settle: float = 0.3,
+) -> Operation:
+    """Run ``operation`` to its end (or its cancellation) and return it.
+
+    Every source partition is read from the first record published at ``since`` (as far as
+    the broker can tell: a broker that cannot look offsets up by time is read from its first
+    record) to its end when the recovery started, then until a fetch of ``settle`` seconds
+    brings nothing (the embedded broker can report an end before the last records of a batch).
+    ``write`` enqueues one delivery (the first retry tier by default)."""
+    request = operation.request
+    index = SubscriptionIndex([request.webhook])
+    producer: AIOKafkaProducer | None = None
+    if write is None:
+        producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", enable_idempotence=False)
+        await producer.start()
+        tier = settings.retry_topics[0]
+
+        async def write(item: PendingRetry) -> None:
+            assert producer is not None
+            await producer.send_and_wait(tier, item.to_bytes(), key=item.webhook_id.encode())
+
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await _run(consumer, write, settings, operation, index, clock, wall_time, sleep, settle)
+    except Exception as exc:
+        operation.state = "failed"
+        operation.error = type(exc).__name__
+        raise
+    finally:
+        operation.finished_at = wall_time()
+        await consumer.stop()
+        if producer is not None:
+            await producer.stop()
+    return operation
+
+
+async def _run(
+    consumer: AIOKafkaConsumer,
+    write: _Write,
+    settings: Settings,
+    operation: Operation,
+    index: SubscriptionIndex,
+    clock: Callable[[], float],
+    wall_time: Callable[[], float],
+    sleep: Callable[[float], Awaitable[None]],
+    settle: float,
+) -> None:
+    request = operation.request
+    await consumer.topics()
+    tps = [
+        TopicPartition(topic, p)
+        for topic in settings.source_topics
+        for p in sorted(consumer.partitions_for_topic(topic) or ())
+    ]
+    if not tps:
+        operation.state = "done"
+        return
+    consumer.assign(tps)
+    ends = await consumer.end_offsets(tps)
+    since_ms = int(request.since.timestamp() * 1000)
+    found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
+    starts = {}
+    for tp in tps:
+        hint = found.get(tp)
+        # No record at or after ``since``: nothing to read there (a real broker); the
+        # embedded one answers every lookup with offset 0, which is read and filtered.
+        starts[tp] = ends[tp] if hint is None else min(hint.offset, ends[tp])
+        consumer.seek(tp, starts[tp])
+    operation.total = sum(ends[tp] - starts[tp] for tp in tps)
+    reached = dict(starts)
+    pending = {tp for tp in tps if starts[tp] < ends[tp]}
+    interval = 1.0 / request.pace
+    next_write = clock()
+
+    async def take(records: Iterable[Any]) -> bool:
+        nonlocal next_write
+        for record in records:
+            if operation.cancelled:
+                return False
+            operation.scanned += 1
+            chosen = select(request, index, record.timestamp, record.value)
+            if chosen is None:
+                continue
+            if isinstance(chosen, str):
+                operation.invalid += 1
+                continue
+            wait = next_write - clock()
+            if wait > 0:
+                await sleep(wait)
+            now = wall_time()
+            await write(
+                PendingRetry(
+                    delivery_id=chosen.delivery_id,
+                    webhook_id=chosen.webhook_id,
+                    event=chosen.event,
+                    attempt=1,
+                    not_before=now,
+                    enqueued_at=now,
+                    replayed=True,
+                )
+            )
+            next_write = max(next_write, clock()) + interval
+            operation.enqueued += 1
+            if request.delivery_id is not None:
+                return False  # the one delivery asked for
+        return True
+
+    while pending:
+        batch = await consumer.getmany(*pending, timeout_ms=30_000)
+        if not batch:
+            raise TimeoutError("no records from the source topics within 30s")
+        for tp, records in batch.items():
+            if not await take(records):
+                operation.state = "cancelled" if operation.cancelled else "done"
+                return
+            position = await consumer.position(tp)
+            operation.done += min(position, ends[tp]) - reached[tp]
+            reached[tp] = min(position, ends[tp])
+            if position >= ends[tp]:
+                pending.discard(tp)
+    while True:
+        batch = await consumer.getmany(*tps, timeout_ms=int(settle * 1000))
+        if not batch:
+            break
+        for records in batch.values():
+            if not await take(records):
+                operation.state = "cancelled" if operation.cancelled else "done"
+                return
+    operation.state = "cancelled" if operation.cancelled else "done"

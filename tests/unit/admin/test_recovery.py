@@ -1,0 +1,137 @@
+"""bridge.admin.recovery without a broker: which records a recovery sends again, its pace, its
+progress and cancellation (the reading of topics is in tests/integration/test_recovery.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.admin.recovery import Operation, Operations, RecoveryRequest, select
+from bridge.contract.events import build_event
+from bridge.contract.payload import delivery_id
+from bridge.delivery.pending_retry import PendingRetry
+from bridge.subscriptions.index import SubscriptionIndex
+from bridge.subscriptions.webhook import Webhook
+
+SINCE = datetime(2024, 1, 15, 10, 0, tzinfo=UTC)
+UNTIL = SINCE + timedelta(hours=1)
+WEBHOOK = Webhook(
+    id="wh",
+    name="wh",
+    url="https://hooks.example/wh",
+    secret="s" * 32,
+    events=frozenset({"post.created"}),
+    site_id="s1",
+    user_id="u1",
+)
+
+
+def ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def request(**changes: object) -> RecoveryRequest:
+    base: dict[str, object] = {"webhook": WEBHOOK, "since": SINCE, "until": UNTIL}
+    base.update(changes)
+    return RecoveryRequest(**base)  # type: ignore[arg-type]
+
+
+def event_bytes(event_type: str = "post.created", site: str = "s1", event_id: str = "e1") -> bytes:
+    event = build_event(event_type, {"id": "p", "title": "t"}, site_id=site, user_id="u1")
+    record = json.loads(event.to_bytes())
+    record["id"] = event_id
+    return json.dumps(record).encode()
+
+
+INDEX = SubscriptionIndex([WEBHOOK])
+
+
+def test_a_matching_record_in_the_window_is_sent_again_with_its_first_delivery_id() -> None:
+    chosen = select(request(), INDEX, ms(SINCE), event_bytes())
+    assert isinstance(chosen, PendingRetry)
+    assert chosen.delivery_id == delivery_id("e1", "wh")
+    assert (chosen.webhook_id, chosen.attempt, chosen.replayed) == ("wh", 1, True)
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "value"),
+    [
+        (ms(SINCE) - 1, event_bytes()),  # before the window
+        (ms(UNTIL), event_bytes()),  # the window is half-open
+        (ms(SINCE), event_bytes("post.deleted")),  # not in the webhook's filter
+        (ms(SINCE), event_bytes(site="s2")),  # another site
+    ],
+)
+def test_records_outside_the_request_are_passed_over(timestamp: int, value: bytes) -> None:
+    assert select(request(), INDEX, timestamp, value) is None
+
+
+def test_one_delivery_only() -> None:
+    wanted = delivery_id("e2", "wh")
+    assert select(request(delivery_id=wanted), INDEX, ms(SINCE), event_bytes(event_id="e1")) is None
+    assert isinstance(
+        select(request(delivery_id=wanted), INDEX, ms(SINCE), event_bytes(event_id="e2")),
+        PendingRetry,
+    )
+
+
+@pytest.mark.parametrize("value", [None, b"{", b"[]", b'{"id": "x"}'])
+def test_unreadable_records_are_counted_by_reason(value: bytes | None) -> None:
+    reason = select(request(), INDEX, ms(SINCE), value)
+    assert isinstance(reason, str) and reason
+
+
+def test_the_pace_never_exceeds_the_webhooks_rate_limit() -> None:
+    limited = dataclasses.replace(WEBHOOK, rate_limit=2.0)
+    assert request(webhook=limited, rate=50.0).pace == 2.0
+    assert request(webhook=limited, rate=0.5).pace == 0.5
+    assert request(rate=50.0).pace == 50.0
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"until": SINCE},
+        {"since": SINCE.replace(tzinfo=None)},
+        {"rate": 0.0},
+        {"rate": float("nan")},
+    ],
+)
+def test_a_request_that_cannot_run_is_refused(changes: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        request(**changes)
+
+
+def test_an_operation_reports_progress_and_cancellation() -> None:
+    operation = Operation(request())
+    assert operation.as_dict()["progress"] == 1.0  # nothing to read
+    operation.total, operation.done = 8, 2
+    shown = operation.as_dict()
+    assert shown["progress"] == 0.25 and shown["state"] == "running"
+    assert shown["since"] == "2024-01-15T10:00:00.000Z" and shown["webhook_id"] == "wh"
+    operation.cancel()
+    assert operation.cancelled
+
+
+def test_operations_forget_the_oldest_finished_ones() -> None:
+    operations = Operations(keep=2)
+    running = Operation(request())
+    operations.add(running)
+    for _ in range(3):
+        finished = Operation(request(), state="done")
+        operations.add(finished)
+    assert operations.get(running.id) is running
+    assert len(operations.all()) == 2
+    assert operations.get(finished.id) is finished
+
+
+@given(st.integers(0, 2 * 3600 * 1000))
+def test_the_window_is_exactly_since_to_until(offset_ms: int) -> None:
+    timestamp = ms(SINCE) - 1800 * 1000 + offset_ms
+    inside = ms(SINCE) <= timestamp < ms(UNTIL)
+    assert (select(request(), INDEX, timestamp, event_bytes()) is not None) == inside
