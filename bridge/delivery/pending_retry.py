@@ -28,7 +28,7 @@ class PendingRetry:
     enqueued_at: float
     #: Every attempt so far (``AttemptResult.as_record()``), oldest first.
     history: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
-    #: True for a delivery re-enqueued from the dead-letter topic.
+    #: True for a delivery an operator sent again (dead-letter replay, recovery).
     replayed: bool = False
 
     def to_record(self) -> dict[str, Any]:
