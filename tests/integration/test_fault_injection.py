@@ -59,6 +59,7 @@ from bridge.worker.embedded import EmbeddedBroker, free_port
 from tests.support.processes import WorkerProcess, settings_env
 from tests.support.receivers import Receiver
 from tests.support.records import RawWriter, TopicTail, committed_offsets, end_offsets
+from tests.support.waiting import poll
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -451,15 +452,16 @@ class Suite:
 
     async def settled(self, written: Sequence[Written]) -> list[str]:
         """Poll until every record of ``written`` is settled and committed (or the deadline)."""
-        deadline = time.monotonic() + SETTLE_WITHIN
-        while True:
+
+        async def now() -> tuple[dict[int, int], list[str]]:
             committed = await committed_offsets(
                 self.bootstrap, self.settings.group_id, self.settings.events_topic
             )
-            problems = self.problems_of(written, committed)
-            if not problems or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(POLL * 4)
+            return committed, self.problems_of(written, committed)
+
+        committed, problems = await poll(
+            now, until=lambda now: not now[1], timeout=SETTLE_WITHIN, interval=POLL * 4
+        )
         for w in written:
             if committed.get(w.partition, 0) <= w.offset:
                 blocker = self.ledger.get((w.partition, committed.get(w.partition, 0)))
@@ -1314,16 +1316,17 @@ async def test_no_secret_in_cli_output_and_every_offset_committed(suite: Suite) 
     problems += await suite.leaks(list(suite.canaries))
 
     topic = suite.settings.events_topic
-    deadline = time.monotonic() + SETTLE_WITHIN
-    while True:
+
+    async def behind_now() -> dict[int, tuple[int, int]]:
         ends = await end_offsets(suite.bootstrap, topic)
         committed = await committed_offsets(suite.bootstrap, suite.settings.group_id, topic)
-        behind = {
+        return {
             p: (committed.get(p, 0), end) for p, end in ends.items() if committed.get(p, 0) < end
         }
-        if not behind or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(POLL * 4)
+
+    behind = await poll(
+        behind_now, until=lambda behind: not behind, timeout=SETTLE_WITHIN, interval=POLL * 4
+    )
     for partition, (done, end) in sorted(behind.items()):
         blocker = suite.ledger.get((partition, done))
         owner = f": held by {blocker.case}'s record" if blocker else ""

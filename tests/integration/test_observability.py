@@ -3,13 +3,10 @@ real worker that delivers, retries and dead-letters."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import shutil
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +21,9 @@ from bridge.contract.events import build_event
 from bridge.metrics import Metrics
 from bridge.subscriptions.store import WebhookStore
 from bridge.worker.embedded import free_port
+from tests.support.processes import ChildProcess
 from tests.support.receivers import Receiver
+from tests.support.waiting import poll
 
 pytestmark = pytest.mark.integration
 
@@ -136,14 +135,13 @@ def exported_metric_names() -> list[str]:
 
 
 # -- Prometheus in a child process -------------------------------------------------------------
-class PrometheusProcess:
+class PrometheusProcess(ChildProcess):
     """``prometheus`` on 127.0.0.1 with its config, data and log under one directory."""
 
     def __init__(self, directory: Path, *, job: str, target: str, rule_file: Path) -> None:
+        super().__init__(directory / "prometheus.log")
         self.directory = directory
         self.port = free_port()
-        self.log_path = directory / "prometheus.log"
-        self.process: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
         config = {
             "global": {
@@ -163,52 +161,19 @@ class PrometheusProcess:
 
     def start(self) -> PrometheusProcess:
         assert PROMETHEUS is not None
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    PROMETHEUS,
-                    f"--config.file={self.directory / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={self.directory / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    "--web.enable-lifecycle",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.spawn(
+            [
+                PROMETHEUS,
+                f"--config.file={self.directory / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.directory / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--web.enable-lifecycle",
+            ]
+        )
         return self
 
-    def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM, a bounded wait, then SIGKILL."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(grace)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
-
-    async def wait_ready(self, client: httpx.AsyncClient, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"prometheus exited {self.process.returncode}:\n{self.tail()}")
-            try:
-                if (await client.get("/-/ready", timeout=1.0)).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"prometheus not ready within {timeout}s:\n{self.tail()}")
-            await asyncio.sleep(0.1)
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        await self.wait_http(self.url + "/-/ready", timeout=timeout, what="prometheus")
 
 
 async def api(client: httpx.AsyncClient, path: str, **params: str) -> dict[str, Any]:
@@ -358,21 +323,23 @@ async def test_prometheus_evaluates_every_dashboard_and_alert_expression(
 
     dashboard = load_dashboard()
     async with httpx.AsyncClient(base_url=prometheus.url) as client:
-        await prometheus.wait_ready(client)
+        await prometheus.wait_ready()
         await wait_target_up(client, timeout=30.0)
         await check_dashboard_queries(client, dashboard, timeout=30.0)
         await check_alert_rules(client, timeout=30.0)
 
 
 async def wait_target_up(client: httpx.AsyncClient, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        targets = (await api(client, "/api/v1/targets"))["data"]["activeTargets"]
-        if targets and all(t["health"] == "up" for t in targets):
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"scrape target not up within {timeout}s: {targets}")
-        await asyncio.sleep(0.2)
+    async def targets() -> list[dict[str, Any]]:
+        return (await api(client, "/api/v1/targets"))["data"]["activeTargets"]
+
+    found = await poll(
+        targets,
+        until=lambda found: found and all(t["health"] == "up" for t in found),
+        timeout=timeout,
+        interval=0.2,
+    )
+    assert found and all(t["health"] == "up" for t in found), f"scrape target not up: {found}"
 
 
 async def check_dashboard_queries(
@@ -380,8 +347,8 @@ async def check_dashboard_queries(
 ) -> None:
     """Every panel query parses; each returns series (rates need two scrapes: poll)."""
     queries = dashboard_queries(dashboard)
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def problems() -> list[str]:
         missing: list[str] = []
         series: dict[str, list[dict[str, Any]]] = {}
         for title, expr in queries:
@@ -396,27 +363,25 @@ async def check_dashboard_queries(
             for title, (label, needed) in EXPECTED_LABELS.items()
             if not needed <= (got := {s["metric"].get(label) for s in series[title]})
         ]
-        if not missing and not wrong:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                "dashboard queries without the expected series:\n" + "\n".join(missing + wrong)
-            )
-        await asyncio.sleep(0.5)
+        return missing + wrong
+
+    left = await poll(problems, until=lambda left: not left, timeout=timeout, interval=0.5)
+    assert not left, "dashboard queries without the expected series:\n" + "\n".join(left)
 
 
 async def check_alert_rules(client: httpx.AsyncClient, timeout: float) -> None:
     """Every alert is loaded, evaluated without error, parses as a query, and is complete."""
     docs = METRICS_DOC.read_text().lower()
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def loaded() -> list[dict[str, Any]]:
         groups = (await api(client, "/api/v1/rules"))["data"]["groups"]
-        rules = [rule for group in groups for rule in group["rules"]]
-        if rules and all(rule["health"] == "ok" for rule in rules):
-            break
-        if time.monotonic() > deadline:
-            raise AssertionError(f"rules not all evaluated without error: {rules}")
-        await asyncio.sleep(0.2)
+        return [rule for group in groups for rule in group["rules"]]
+
+    def evaluated(rules: list[dict[str, Any]]) -> bool:
+        return bool(rules) and all(rule["health"] == "ok" for rule in rules)
+
+    rules = await poll(loaded, until=evaluated, timeout=timeout, interval=0.2)
+    assert evaluated(rules), f"rules not all evaluated without error: {rules}"
     assert {rule["name"] for rule in rules} == ALERTS
     for rule in rules:
         assert rule["type"] == "alerting", rule["name"]

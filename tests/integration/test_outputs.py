@@ -19,6 +19,7 @@ from bridge.kafka.outputs import KafkaOutputs
 from bridge.metrics import Metrics
 from bridge.subscriptions.store import WebhookStore
 from tests.support.metrics import sample
+from tests.support.waiting import poll
 
 RECORDS = 600
 KEYS = 25
@@ -51,11 +52,14 @@ async def test_attempt_records_arrive_in_their_keys_partition_in_order(
         assert len(partitions) > 1
         consumer.assign([TopicPartition(settings.attempts_topic, p) for p in partitions])
         seen: list[tuple[int, bytes, dict]] = []
-        deadline = asyncio.get_running_loop().time() + 15
-        while len(seen) < RECORDS and asyncio.get_running_loop().time() < deadline:
+
+        async def all_read() -> bool:
             batch = await consumer.getmany(timeout_ms=200)
             for tp, records in batch.items():
-                seen += [(tp.partition, r.key, json.loads(r.value)) for r in records]
+                seen.extend((tp.partition, r.key, json.loads(r.value)) for r in records)
+            return len(seen) >= RECORDS
+
+        await poll(all_read, timeout=15)
     finally:
         await consumer.stop()
 

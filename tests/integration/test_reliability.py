@@ -20,6 +20,7 @@ from bridge.worker.embedded import free_port
 from tests.support.processes import settings_env
 from tests.support.receivers import Receiver
 from tests.support.records import RawWriter, committed_offsets, end_offsets
+from tests.support.waiting import poll
 
 pytestmark = pytest.mark.integration
 
@@ -49,11 +50,11 @@ async def hook(
 async def records(settings: Settings, topic: str, *, at_least: int = 0) -> list[dict]:
     """The topic's records; with ``at_least``, poll (deadline 15 s) until that many arrived:
     attempt records of successful deliveries are written without waiting for the broker."""
-    deadline = asyncio.get_running_loop().time() + 15
-    while True:
-        found = [json.loads(v) for _, v in await read_topic(settings, topic) if v is not None]
-        if len(found) >= at_least or asyncio.get_running_loop().time() > deadline:
-            return found
+
+    async def found() -> list[dict]:
+        return [json.loads(v) for _, v in await read_topic(settings, topic) if v is not None]
+
+    return await poll(found, until=lambda found: len(found) >= at_least, timeout=15, interval=0.1)
 
 
 async def test_a_failing_delivery_is_retried_on_schedule_with_the_same_id(
@@ -487,17 +488,17 @@ async def test_duplicates_after_a_crash_are_bounded_by_the_records_taken_since_t
     expected = {delivery_id(e.id, "slow") for e in events}
     await receiver.wait_for(lambda got: set(delivered()) >= expected, timeout=90)
     # Everything settled: the events topic and every retry tier committed to their ends.
-    deadline = asyncio.get_running_loop().time() + 60
     for topic in (settings.events_topic, *settings.retry_topics):
-        while True:
+
+        async def behind(topic: str = topic) -> dict[int, tuple[int, int]]:
             ends = await end_offsets(settings.kafka_bootstrap_servers, topic)
             done = await committed_offsets(
                 settings.kafka_bootstrap_servers, settings.group_id, topic
             )
-            if all(done.get(p, 0) >= end for p, end in ends.items() if end > 0):
-                break
-            assert asyncio.get_running_loop().time() < deadline, (topic, ends, done)
-            await asyncio.sleep(0.2)
+            return {p: (done.get(p, 0), end) for p, end in ends.items() if done.get(p, 0) < end}
+
+        left = await poll(behind, until=lambda left: not left, timeout=60, interval=0.2)
+        assert not left, f"{topic}: (committed, end) by partition {left}"
     ids = delivered()
     duplicates = len(ids) - len(set(ids))
     record_property("delivered_before_kill", before)
