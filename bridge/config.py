@@ -166,6 +166,7 @@ class Section(enum.Enum):
     SECURITY = "Endpoint security"
     PROCESS = "Worker process"
     CONSUMER = "Kafka client tuning"
+    ACTIVITY = "Delivery log and stats"
 
     def setting(
         self,
@@ -392,6 +393,20 @@ class Settings:
         str,
         "Every delivery attempt is recorded here (the per-webhook delivery log).",
     )
+    delivery_log_max_attempts: int = Section.ACTIVITY.setting(
+        1000,
+        "BRIDGE_DELIVERY_LOG_MAX_ATTEMPTS",
+        "--delivery-log-max-attempts",
+        _positive_int,
+        "Attempts kept in each webhook's delivery log (the newest).",
+    )
+    delivery_log_max_age: float = Section.ACTIVITY.setting(
+        7 * 86400.0,
+        "BRIDGE_DELIVERY_LOG_MAX_AGE",
+        "--delivery-log-max-age",
+        parse_duration,
+        "Attempts older than this leave the delivery log; at least 7d, the longest stats window.",
+    )
     status_topic: str = Section.SUBSCRIPTIONS.setting(
         "postion.webhooks.status",
         "BRIDGE_STATUS_TOPIC",
@@ -575,6 +590,8 @@ class Settings:
             raise ConfigError("retry_jitter must be at least 0 and less than 1")
         if self.kafka_session_timeout <= self.kafka_rebalance_timeout / 2:
             raise ConfigError("kafka_session_timeout must be longer than half the rebalance one")
+        if self.delivery_log_max_age < 7 * 86400.0:
+            raise ConfigError("delivery_log_max_age must be at least 7d (the longest stats window)")
 
     # -- construction ------------------------------------------------------------------------
     @classmethod

@@ -47,6 +47,10 @@ class ActivityBook:
     def get(self, webhook_id: str) -> Activity | None:
         return self._activity.get(webhook_id)
 
+    def empty(self) -> Activity:
+        """The activity of a webhook with no attempt kept (not added to the book)."""
+        return Activity(WebhookLog(max_attempts=self._max_attempts, max_age=self._max_age))
+
     def forget(self, webhook_id: str) -> None:
         """Drop a deleted webhook's log and stats."""
         self._activity.pop(webhook_id, None)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import json
 import signal
 import sys
+import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -57,6 +59,16 @@ COMMAND_SECTIONS: dict[str, tuple[Section, ...]] = {
     "webhooks delete": (*_MANAGEMENT, Section.SUBSCRIPTIONS),
     "webhooks list": _WEBHOOKS,
     "webhooks recover": (*_WEBHOOKS, Section.EVENTS, Section.TOPICS, Section.DEAD_LETTERS),
+    "webhooks attempts": (*_MANAGEMENT, Section.TOPICS, Section.ACTIVITY),
+    "webhooks stats": (*_MANAGEMENT, Section.TOPICS, Section.ACTIVITY),
+    "deliveries show": (*_MANAGEMENT, Section.TOPICS),
+    "deliveries redeliver": (
+        *_WEBHOOKS,
+        Section.EVENTS,
+        Section.TOPICS,
+        Section.DEAD_LETTERS,
+        Section.ACTIVITY,
+    ),
     "publish": (*_MANAGEMENT, Section.EVENTS),
     "dlq list": (*_MANAGEMENT, Section.DEAD_LETTERS),
     "dlq replay": (*_MANAGEMENT, Section.DEAD_LETTERS),
@@ -182,6 +194,46 @@ def _parser() -> argparse.ArgumentParser:
     )
     _settings_flags(recover, "webhooks recover")
     recover.set_defaults(handler=_webhooks_recover)
+
+    attempts = hook_commands.add_parser(
+        "attempts", help="a webhook's delivery log, newest first (from the attempts topic)"
+    )
+    attempts.add_argument("webhook_id", metavar="ID")
+    attempts.add_argument("--event-type", help="only this event type")
+    attempts.add_argument("--outcome", choices=("success", "failure", "skipped"))
+    attempts.add_argument("--status-class", help="2xx ... 5xx, or none (no response)")
+    attempts.add_argument("--since", help="ISO-8601 time, or a duration ago (30m, 2h, 1d)")
+    attempts.add_argument("--until", help="ISO-8601 time, or a duration ago")
+    attempts.add_argument("--limit", type=int, default=50, help="at most this many (1-1000)")
+    attempts.add_argument("--json", action="store_true", help="one JSON object per line")
+    _settings_flags(attempts, "webhooks attempts")
+    attempts.set_defaults(handler=_webhooks_attempts)
+
+    stats = hook_commands.add_parser(
+        "stats", help="a webhook's attempts, failures and latency over 1h, 24h and 7d"
+    )
+    stats.add_argument("webhook_id", metavar="ID")
+    stats.add_argument("--json", action="store_true", help="one JSON object")
+    _settings_flags(stats, "webhooks stats")
+    stats.set_defaults(handler=_webhooks_stats)
+
+    deliveries = commands.add_parser(
+        "deliveries", help="one delivery: its attempts, sending it again"
+    )
+    delivery_commands = deliveries.add_subparsers(dest="deliveries_command", required=True)
+    show = delivery_commands.add_parser("show", help="every attempt of one delivery, in order")
+    show.add_argument("delivery_id", metavar="DELIVERY_ID")
+    show.add_argument("--webhook", dest="webhook_id", help="its webhook (reads one partition)")
+    show.add_argument("--json", action="store_true", help="one JSON object per line")
+    _settings_flags(show, "deliveries show")
+    show.set_defaults(handler=_deliveries_show)
+    redeliver = delivery_commands.add_parser(
+        "redeliver", help="send one delivery again now, with the same delivery id"
+    )
+    redeliver.add_argument("delivery_id", metavar="DELIVERY_ID")
+    redeliver.add_argument("--webhook", dest="webhook_id", help="its webhook (reads one partition)")
+    _settings_flags(redeliver, "deliveries redeliver")
+    redeliver.set_defaults(handler=_deliveries_redeliver)
 
     publish = commands.add_parser("publish", help="publish a valid platform event")
     publish.add_argument("event_type", metavar="TYPE")
@@ -510,6 +562,119 @@ def _webhooks_recover(args: argparse.Namespace) -> int:
 
     operation = _run_managed(args, run)
     print(json.dumps(operation.as_dict()))
+    return 0
+
+
+def _attempt_line(attempt: Any) -> str:
+    answer = "-" if attempt.status is None else str(attempt.status)
+    line = (
+        f"{attempt.at}  {attempt.delivery_id}  {attempt.event_type}  attempt {attempt.attempt}  "
+        f"{attempt.outcome}  {answer}  {attempt.error or '-'}  {attempt.duration_seconds:.3f}s"
+    )
+    return f"{line}  -> {attempt.next}" if attempt.next else line
+
+
+def _webhooks_attempts(args: argparse.Namespace) -> int:
+    from bridge.admin.activity import read_activity
+    from bridge.attempts.log import LogQuery
+    from bridge.config import parse_time
+
+    try:
+        query = LogQuery(
+            event_type=args.event_type,
+            outcome=args.outcome,
+            status_class=args.status_class,
+            since=parse_time(args.since).timestamp() if args.since else None,
+            until=parse_time(args.until).timestamp() if args.until else None,
+        )
+        if not 1 <= args.limit <= 1000:
+            raise ValueError("--limit must be between 1 and 1000")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    now = time.time()
+    reading = _run_managed(args, lambda settings: read_activity(settings, args.webhook_id, now=now))
+    page = reading.activity.log.page(query, now=now, limit=args.limit)
+    for attempt in page.items:
+        print(json.dumps(attempt.as_dict()) if args.json else _attempt_line(attempt))
+    return 0
+
+
+def _webhooks_stats(args: argparse.Namespace) -> int:
+    from bridge.admin.activity import read_activity
+    from bridge.attempts.stats import WINDOWS
+
+    now = time.time()
+    reading = _run_managed(args, lambda settings: read_activity(settings, args.webhook_id, now=now))
+    stats = reading.activity.stats
+    windows = [stats.window(name, now) for name in WINDOWS]
+    last_success = stats.last_success.at if stats.last_success else None
+    last_failure = stats.last_failure.at if stats.last_failure else None
+    if args.json:
+        shown = {
+            "webhook_id": args.webhook_id,
+            "windows": {w.window: dataclasses.asdict(w) for w in windows},
+            "last_success": last_success,
+            "last_failure": last_failure,
+        }
+        print(json.dumps(shown))
+        return 0
+
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}s"
+
+    print("window  attempts  successes  failures  failure_ratio  p50      p99      skipped")
+    for w in windows:
+        ratio = "-" if w.failure_ratio is None else f"{w.failure_ratio:.3f}"
+        print(
+            f"{w.window:<6}  {w.attempts:>8}  {w.successes:>9}  {w.failures:>8}  {ratio:>13}  "
+            f"{seconds(w.latency_p50):<7}  {seconds(w.latency_p99):<7}  {w.skipped:>7}"
+        )
+    print(f"last success: {last_success or '-'}  last failure: {last_failure or '-'}")
+    return 0
+
+
+def _deliveries_show(args: argparse.Namespace) -> int:
+    from bridge.admin.activity import find_delivery
+
+    attempts = _run_managed(
+        args, lambda settings: find_delivery(settings, args.delivery_id, webhook_id=args.webhook_id)
+    )
+    if not attempts:
+        raise ConfigError(f"no attempt of delivery {args.delivery_id!r} in the attempts topic")
+    for attempt in attempts:
+        print(json.dumps(attempt.as_dict()) if args.json else _attempt_line(attempt))
+    return 0
+
+
+def _deliveries_redeliver(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from bridge.admin.activity import find_delivery
+    from bridge.admin.recovery import Operation, RecoveryRequest, recover
+    from bridge.subscriptions.store import WebhookStore
+
+    async def run(settings: Settings) -> Operation:
+        attempts = await find_delivery(settings, args.delivery_id, webhook_id=args.webhook_id)
+        if not attempts:
+            raise ConfigError(f"no attempt of delivery {args.delivery_id!r} in the attempts topic")
+        first = attempts[0]
+        async with WebhookStore(settings) as store:
+            webhook = (await store.load()).get(first.webhook_id)
+        if webhook is None or not webhook.active:
+            raise ConfigError(f"webhook {first.webhook_id!r} is gone or inactive")
+        # The event was published before its first attempt, at most the events' retention
+        # earlier; the reading stops at the delivery.
+        since = datetime.fromtimestamp(first.at_seconds - settings.delivery_log_max_age, UTC)
+        until = datetime.fromtimestamp(first.at_seconds + 1, UTC)
+        request = RecoveryRequest(webhook, since, until, delivery_id=args.delivery_id)
+        return await recover(settings, Operation(request))
+
+    operation = _run_managed(args, run)
+    if operation.enqueued == 0:
+        raise ConfigError(
+            f"the event of delivery {args.delivery_id!r} is no longer in the source topics"
+        )
+    print(f"redelivering {args.delivery_id}")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 
 from bridge.config import Settings
 from bridge.kafka.clients import client_kwargs
@@ -11,9 +12,15 @@ __all__ = ["read_topic"]
 
 
 async def read_topic(
-    settings: Settings, topic: str, *, timeout: float = 30.0, settle: float = 0.3
+    settings: Settings,
+    topic: str,
+    *,
+    timeout: float = 30.0,
+    settle: float = 0.3,
+    key: bytes | None = None,
 ) -> list[tuple[bytes | None, bytes | None]]:
-    """Every record of ``topic`` from the beginning to its end.
+    """Every record of ``topic`` from the beginning to its end; given ``key``, only the records
+    with that key, read from the one partition a producer's default partitioner puts it in.
 
     Reads up to the end offsets, then keeps fetching until a fetch of ``settle`` seconds returns
     nothing: the embedded broker (Tansu) reports the end of a partition whose last write was a
@@ -29,7 +36,10 @@ async def read_topic(
     try:
         await consumer.topics()  # loads metadata for every topic
         partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        numbers = sorted(partitions)
+        if key is not None and numbers:
+            numbers = [DefaultPartitioner()(key, numbers, numbers)]
+        tps = [TopicPartition(topic, p) for p in numbers]
         if not tps:
             return []
         consumer.assign(tps)
@@ -51,7 +61,7 @@ async def read_topic(
         while True:
             batch = await consumer.getmany(*tps, timeout_ms=int(settle * 1000))
             if not batch:
-                return out
+                return out if key is None else [r for r in out if r[0] == key]
             for messages in batch.values():
                 out.extend((m.key, m.value) for m in messages)
     finally:

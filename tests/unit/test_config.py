@@ -67,6 +67,8 @@ DEFAULTS: dict[str, Any] = {
     "breaker_threshold": 5,
     "breaker_cooldown": 30.0,
     "disable_after": 5 * 86400.0,
+    "delivery_log_max_attempts": 1000,
+    "delivery_log_max_age": 7 * 86400.0,
     "drain_timeout": 20.0,
     "ssrf_guard": True,
     "allow_networks": (),
@@ -157,6 +159,8 @@ PARSED: dict[str, tuple[str, Any]] = {
     "breaker_threshold": ("3", 3),
     "breaker_cooldown": ("500ms", 0.5),
     "disable_after": ("1d", 86400.0),
+    "delivery_log_max_attempts": ("50", 50),
+    "delivery_log_max_age": ("14d", 14 * 86400.0),
     "drain_timeout": ("5", 5.0),
     "ssrf_guard": ("off", False),
     "allow_networks": ("10.1.0.0/16, fd00::/8", ("10.1.0.0/16", "fd00::/8")),
@@ -298,6 +302,12 @@ def test_retry_jitter_must_be_a_fraction(jitter: str) -> None:
     with pytest.raises(ConfigError, match="retry_jitter"):
         Settings.load(env={"BRIDGE_RETRY_JITTER": jitter})
     assert Settings.load(env={"BRIDGE_RETRY_JITTER": "0"}).retry_jitter == 0.0
+
+
+def test_the_delivery_log_keeps_at_least_the_longest_stats_window() -> None:
+    with pytest.raises(ConfigError, match="delivery_log_max_age"):
+        Settings.load(env={"BRIDGE_DELIVERY_LOG_MAX_AGE": "6d"})
+    assert Settings.load(env={"BRIDGE_DELIVERY_LOG_MAX_AGE": "7d"}).delivery_log_max_age == 604800
 
 
 def test_session_timeout_must_exceed_half_the_rebalance_timeout() -> None:

@@ -1,0 +1,100 @@
+"""A webhook's delivery log, stats and one delivery, read back from the attempts topic by the
+management commands, and one delivery sent again, on the real broker with a real worker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from bridge.admin.publish import publish_events
+from bridge.config import Settings
+from bridge.contract.events import build_event
+from bridge.contract.payload import delivery_id
+from bridge.subscriptions.store import WebhookStore
+from tests.support.processes import settings_env
+from tests.support.receivers import Receiver
+from tests.support.waiting import poll
+
+pytestmark = pytest.mark.integration
+
+
+def cli(settings: Settings, *args: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "bridge.cli", *args],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+
+
+def lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+async def test_the_log_shows_two_failures_then_the_success_and_the_stats_count_them(
+    settings: Settings, receiver: Receiver, workers
+) -> None:
+    receiver.secrets["/wh"] = "secret-wh-0123456789"
+    receiver.scripts["/wh"] = [500, 503]
+    async with WebhookStore(settings) as store:
+        await store.create(
+            url=receiver.url("/wh"),
+            events=["post.created"],
+            site_id="s1",
+            user_id="u1",
+            secret="secret-wh-0123456789",
+            webhook_id="wh",
+            name="wh",
+        )
+    worker = workers(settings)
+    await worker.wait_ready()
+    event = build_event("post.created", {"id": "p1", "title": "t"}, site_id="s1", user_id="u1")
+    await publish_events(settings, [event])
+    target = delivery_id(event.id, "wh")
+    await receiver.wait_for(lambda got: [r.status for r in got] == [500, 503, 200])
+
+    logged = await poll(
+        lambda: lines(cli(settings, "webhooks", "attempts", "wh", "--json")),
+        until=lambda got: len(got) == 3,
+        timeout=30,
+        interval=0.5,
+    )
+    assert [(a["attempt"], a["status"], a["outcome"]) for a in logged] == [
+        (3, 200, "success"),
+        (2, 503, "failure"),
+        (1, 500, "failure"),
+    ]
+    assert {a["delivery_id"] for a in logged} == {target}
+    assert [a["next"] for a in logged] == [None, "retry", "retry"]
+    failures = lines(cli(settings, "webhooks", "attempts", "wh", "--json", "--outcome", "failure"))
+    assert [a["status"] for a in failures] == [503, 500]
+    assert (
+        lines(cli(settings, "webhooks", "attempts", "wh", "--json", "--status-class", "2xx"))[0][
+            "status"
+        ]
+        == 200
+    )
+
+    shown = lines(cli(settings, "deliveries", "show", target, "--json"))
+    assert [a["attempt"] for a in shown] == [1, 2, 3]
+    assert shown == lines(cli(settings, "deliveries", "show", target, "--webhook", "wh", "--json"))
+
+    [stats] = lines(cli(settings, "webhooks", "stats", "wh", "--json"))
+    for window in ("1h", "24h", "7d"):
+        counted = stats["windows"][window]
+        assert (counted["attempts"], counted["successes"], counted["failures"]) == (3, 1, 2)
+        assert counted["failure_ratio"] == pytest.approx(2 / 3)
+    assert stats["last_success"] == logged[0]["at"]
+    assert stats["last_failure"] == logged[1]["at"]
+    assert "last success:" in cli(settings, "webhooks", "stats", "wh")
+
+    assert f"redelivering {target}" in cli(settings, "deliveries", "redeliver", target)
+    await receiver.wait_for(lambda got: len(got) == 4)
+    assert receiver.received[-1].delivery_id == target and receiver.received[-1].status == 200
+    assert receiver.verified(receiver.received[-1])
