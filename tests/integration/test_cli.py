@@ -20,6 +20,7 @@ from bridge.config import Settings
 from bridge.kafka.reading import read_topic
 from bridge.worker.embedded import free_port
 from tests.support.processes import settings_env
+from tests.support.waiting import eventually, eventually_sync
 
 pytestmark = pytest.mark.integration
 
@@ -100,17 +101,19 @@ async def test_readme_flow_on_the_embedded_broker(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
         async with httpx.AsyncClient() as client:
-            while True:
-                try:
-                    if (await client.get(f"http://127.0.0.1:{web_port}/readyz")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
+
+            async def ready() -> bool:
                 assert run.poll() is None, (tmp_path / "run.log").read_text()
-                assert time.monotonic() < deadline, (tmp_path / "run.log").read_text()
-                await asyncio.sleep(0.1)
+                try:
+                    answer = await client.get(f"http://127.0.0.1:{web_port}/readyz")
+                except httpx.HTTPError:
+                    return False
+                return answer.status_code == 200
+
+            await eventually(
+                ready, timeout=60, interval=0.1, message=lambda: (tmp_path / "run.log").read_text()
+            )
         common = ["--embedded-port", str(broker_port)]
         created = subprocess.run(
             [
@@ -319,22 +322,29 @@ def test_the_embedded_broker_dies_with_a_killed_parent(command: str, tmp_path: P
         )
     child = None
     try:
-        deadline = time.monotonic() + 30
-        while child is None or not _listening(port):
+
+        def started() -> bool:
+            nonlocal child
             assert parent.poll() is None, (tmp_path / "out.log").read_text()
-            assert time.monotonic() < deadline, (tmp_path / "out.log").read_text()
             child = child or _broker_child(parent.pid, port)
-            time.sleep(0.02)
+            return child is not None and _listening(port)
+
+        log = tmp_path / "out.log"
+        eventually_sync(started, timeout=30, interval=0.02, message=lambda: log.read_text())
+        assert child is not None
+        broker = child
         parent.kill()
         parent.wait()
-        deadline = time.monotonic() + 10
         # Gone, or a zombie not reaped yet by whoever inherited it: either way not running.
-        while _process_state(child) not in (None, "Z", "X"):
-            assert time.monotonic() < deadline, f"broker pid {child} outlived its parent"
-            time.sleep(0.02)
-        while _listening(port):
-            assert time.monotonic() < deadline, f"port {port} still taken"
-            time.sleep(0.02)
+        eventually_sync(
+            lambda: _process_state(broker) in (None, "Z", "X"),
+            timeout=10,
+            interval=0.02,
+            message=f"broker pid {broker} outlived its parent",
+        )
+        eventually_sync(
+            lambda: not _listening(port), timeout=10, interval=0.02, message=f"port {port} taken"
+        )
     finally:
         if parent.poll() is None:
             parent.kill()

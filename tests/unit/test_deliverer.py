@@ -13,7 +13,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,10 +31,12 @@ from bridge.delivery.retry_policy import DEFAULT_SCHEDULE, RetryPolicy
 from bridge.http.base import AttemptResult
 from bridge.metrics import Metrics
 from bridge.subscriptions.webhook import Webhook
+from tests.support.clocks import FakeClock
+from tests.support.fakes import Acks, FakeOutputs
 from tests.support.jobs import Outgoing
+from tests.support.waiting import PROMPT, eventually
 
 #: Upper bound for anything that should happen promptly.
-PROMPT = 2.0
 SECRET = "whsec_deliverer-unit-7Qz9xK2m"
 NOW = datetime(2024, 1, 15, 10, 30, 2, 500000, tzinfo=UTC)
 NOW_TS = NOW.timestamp()
@@ -128,73 +129,6 @@ class FakeSender:
         return result
 
 
-class FakeOutputs:
-    """The durable outputs, recorded in call order (records round-tripped through JSON)."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-        #: When set, attempt records stay unacknowledged until the test resolves their futures.
-        self.hold_attempts = False
-        self.attempt_writes: list[asyncio.Future[Any]] = []
-        self.dead_letters: list[tuple[bytes | None, dict[str, Any]]] = []
-        self.retries: list[tuple[int, bytes, bytes]] = []
-        self.attempts: list[tuple[bytes, dict[str, Any]]] = []
-        self.statuses: list[tuple[bytes, dict[str, Any]]] = []
-        self.disabled: list[tuple[str, str]] = []
-        self.disabled_reprs: list[str] = []
-
-    async def dead_letter(self, key: bytes | None, record: dict[str, Any]) -> None:
-        self.calls.append("dead_letter")
-        self.dead_letters.append((key, json.loads(json.dumps(record))))
-
-    async def retry(self, tier: int, key: bytes, value: bytes) -> None:
-        self.calls.append("retry")
-        self.retries.append((tier, key, value))
-
-    async def attempt(self, key: bytes, record: dict[str, Any]) -> asyncio.Future[Any]:
-        self.calls.append("attempt")
-        self.attempts.append((key, json.loads(json.dumps(record))))
-        written: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if not self.hold_attempts:
-            written.set_result(None)
-        self.attempt_writes.append(written)
-        return written
-
-    async def status(self, key: bytes, record: dict[str, Any]) -> None:
-        self.calls.append("status")
-        self.statuses.append((key, json.loads(json.dumps(record))))
-
-    async def disable(self, webhook: Webhook, reason: str) -> None:
-        self.calls.append("disable")
-        self.disabled.append((webhook.id, reason))
-        self.disabled_reprs.append(repr(webhook))
-
-    def everything(self) -> str:
-        """All that was recorded, as text (to look for secrets)."""
-        parts = [json.dumps(r) for _, r in self.dead_letters + self.attempts + self.statuses]
-        parts += [
-            json.dumps([tier, key.decode(), value.decode()]) for tier, key, value in self.retries
-        ]
-        parts += [json.dumps(self.disabled), *self.disabled_reprs]
-        return "\n".join(parts)
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Acks:
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self) -> None:
-        self.count += 1
-
-
 class Harness:
     def __init__(
         self,
@@ -211,8 +145,8 @@ class Harness:
         self.outputs = FakeOutputs()
         self.sender = sender
         self.table: dict[str, dict[str, Any]] = {}
-        self.clock = Clock(5000.0)
-        self.wall = Clock(NOW_TS)
+        self.clock = FakeClock(5000.0)
+        self.wall = FakeClock(NOW_TS)
         self.policy = RetryPolicy(jitter=0.0)
         self.deliverer = Deliverer(
             sender=sender,
@@ -301,16 +235,6 @@ def skipped(error: str) -> AttemptResult:
     return AttemptResult(False, None, error, 0.0, NOW_TEXT)
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    """Yield to other tasks until ``condition`` holds, failing after a deadline."""
-
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0)
-
-    await asyncio.wait_for(poll(), PROMPT)
-
-
 # -- success ---------------------------------------------------------------------------------------
 
 
@@ -364,7 +288,7 @@ async def test_a_success_that_changes_health_settles_before_returning() -> None:
     await h.run(make_job())
     h.outputs.hold_attempts = True
     running = asyncio.create_task(h.deliverer.run(make_job(2, history=earlier(1)), h.acks))
-    await until(lambda: len(h.outputs.attempt_writes) == 2)
+    await eventually(lambda: len(h.outputs.attempt_writes) == 2)
     await asyncio.sleep(0)
     # The "healthy" status follows the attempt record once that is durable.
     assert h.outputs.calls[-1] == "attempt" and not running.done()
@@ -837,7 +761,7 @@ async def test_a_skip_while_the_circuit_is_open_is_not_retried_before_it_reopens
 
 
 def test_reopens_in_counts_down_only_while_open() -> None:
-    clock = Clock(100.0)
+    clock = FakeClock(100.0)
     breakers = Breakers(threshold=2, cooldown=30.0, clock=clock)
     assert breakers.reopens_in("e") is None
     breakers.failure("e")

@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -35,6 +34,7 @@ from bridge.http.base import build_headers
 from bridge.metrics import Metrics
 from bridge.subscriptions.webhook import Webhook
 from bridge.worker.embedded import free_port
+from tests.support.waiting import eventually_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -330,16 +330,17 @@ def node_receiver(source: str, directory: Path) -> Iterator[str]:
             [NODE, str(script)], env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
         )
     try:
-        deadline = time.monotonic() + 20.0
         url = f"http://127.0.0.1:{port}/webhook"
-        while True:
+
+        def listening() -> bool:
             assert process.poll() is None, log.read_text(errors="replace")
             try:
                 httpx.get(url, timeout=1.0, trust_env=False)
-                break
             except httpx.TransportError:
-                assert time.monotonic() < deadline, "receiver not listening within 20 s"
-                time.sleep(0.05)
+                return False
+            return True
+
+        eventually_sync(listening, timeout=20.0, interval=0.05, message="receiver not listening")
         yield url
     finally:
         process.terminate()

@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,9 +32,10 @@ from bridge.metrics import Metrics
 from bridge.subscriptions.freshness import TableFreshness
 from bridge.subscriptions.index import SubscriptionIndex
 from bridge.subscriptions.webhook import Webhook
+from tests.support.fakes import Acks, FakeOutputs
 from tests.support.jobs import Outgoing
+from tests.support.waiting import PROMPT, eventually
 
-PROMPT = 2.0
 SECRET_PREFIX = "whsec_pipeline_"
 NOW = datetime(2024, 1, 15, 10, 30, 2, 500000, tzinfo=UTC)
 NOW_TS = NOW.timestamp()
@@ -85,61 +85,6 @@ def make_event(
         site_id=site_id,
         user_id=user_id,
     )
-
-
-class Acks:
-    """The ack callback: counts calls."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self) -> None:
-        self.count += 1
-
-
-class FakeOutputs:
-    """The durable outputs, recorded (values round-tripped through JSON like the real ones)."""
-
-    def __init__(self) -> None:
-        self.dead_letters: list[tuple[bytes | None, dict[str, Any]]] = []
-        self.retries: list[tuple[int, bytes, bytes]] = []
-        self.attempts: list[tuple[bytes, dict[str, Any]]] = []
-        #: When set, attempt records stay unacknowledged until the test resolves their futures.
-        self.hold_attempts = False
-        self.attempt_writes: list[asyncio.Future[Any]] = []
-        self.statuses: list[tuple[bytes, dict[str, Any]]] = []
-        self.disabled: list[tuple[str, str]] = []
-        #: When set, dead letters cannot be written (raised from ``dead_letter``).
-        self.dead_letter_error: Exception | None = None
-
-    async def dead_letter(self, key: bytes | None, record: dict[str, Any]) -> None:
-        if self.dead_letter_error is not None:
-            raise self.dead_letter_error
-        self.dead_letters.append((key, json.loads(json.dumps(record))))
-
-    async def retry(self, tier: int, key: bytes, value: bytes) -> None:
-        self.retries.append((tier, key, value))
-
-    async def attempt(self, key: bytes, record: dict[str, Any]) -> asyncio.Future[Any]:
-        self.attempts.append((key, json.loads(json.dumps(record))))
-        written: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if not self.hold_attempts:
-            written.set_result(None)
-        self.attempt_writes.append(written)
-        return written
-
-    async def status(self, key: bytes, record: dict[str, Any]) -> None:
-        self.statuses.append((key, json.loads(json.dumps(record))))
-
-    async def disable(self, webhook: Webhook, reason: str) -> None:
-        self.disabled.append((webhook.id, reason))
-
-    def everything(self) -> str:
-        """All that was written, as text (to look for secrets)."""
-        parts: list[str] = [json.dumps(r) for _, r in self.dead_letters]
-        parts += [value.decode("utf-8") for _, _, value in self.retries]
-        parts += [json.dumps(r) for _, r in self.attempts + self.statuses]
-        return "\n".join(parts)
 
 
 class ScriptedSender:
@@ -250,16 +195,6 @@ class Harness:
         assert await self.pipeline.drain(PROMPT) == 0
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    """Yield to other tasks until ``condition`` holds, failing after a deadline."""
-
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0)
-
-    await asyncio.wait_for(poll(), PROMPT)
-
-
 async def settle() -> None:
     """Let every ready task run until it blocks (a yield, not a timed wait)."""
     for _ in range(20):
@@ -349,13 +284,13 @@ async def test_ack_only_after_all_deliveries_finished() -> None:
     h = Harness([webhook("w1"), webhook("w2")], sender)
     acks = Acks()
     await h.pipeline.handle_event(make_event().to_bytes(), SOURCE, acks)
-    await until(lambda: len(sender.started) == 2)
+    await eventually(lambda: len(sender.started) == 2)
     assert acks.count == 0
     assert h.pipeline.in_flight == 2
     assert h.value("webhook_bridge_in_flight_requests") == 2
 
     sender.release("w1")
-    await until(lambda: h.pipeline.in_flight == 1)
+    await eventually(lambda: h.pipeline.in_flight == 1)
     await settle()
     assert acks.count == 0
     assert h.value("webhook_bridge_in_flight_requests") == 1
@@ -613,14 +548,14 @@ async def test_third_delivery_waits_for_an_in_flight_slot() -> None:
     h = Harness([webhook("w1"), webhook("w2"), webhook("w3")], sender, max_in_flight=2)
     acks = Acks()
     await h.pipeline.handle_event(make_event().to_bytes(), SOURCE, acks)
-    await until(lambda: len(sender.started) == 2)
+    await eventually(lambda: len(sender.started) == 2)
     await settle()
     assert sender.started == ["w1", "w2"]
     assert h.value("webhook_bridge_in_flight_requests") == 2
     assert h.pipeline.in_flight == 3
 
     sender.release("w2")
-    await until(lambda: len(sender.started) == 3)
+    await eventually(lambda: len(sender.started) == 3)
     assert sender.started[2] == "w3"
     assert acks.count == 0
 
@@ -635,14 +570,14 @@ async def test_reading_stops_while_too_many_jobs_are_pending() -> None:
     h = Harness([webhook("w1"), webhook("w2"), webhook("w3")], sender, max_pending=2)
     acks = Acks()
     handling = asyncio.create_task(h.pipeline.handle_event(make_event().to_bytes(), SOURCE, acks))
-    await until(lambda: len(sender.started) == 2)
+    await eventually(lambda: len(sender.started) == 2)
     await settle()
     assert not handling.done(), "handle_event() must wait while max_pending jobs are unsettled"
     assert h.pipeline.in_flight == 2
 
     sender.release("w1")
     await asyncio.wait_for(handling, PROMPT)
-    await until(lambda: len(sender.started) == 3)
+    await eventually(lambda: len(sender.started) == 3)
     sender.release("w2")
     sender.release("w3")
     await h.settled()
@@ -658,10 +593,10 @@ async def test_events_share_the_slots_and_ack_independently() -> None:
     event_b = make_event(event_id="b", site_id="site_b")
     await h.pipeline.handle_event(event_a.to_bytes(), SOURCE, ack_a)
     await h.pipeline.handle_event(event_b.to_bytes(), SOURCE, ack_b)
-    await until(lambda: len(sender.started) == 2)
+    await eventually(lambda: len(sender.started) == 2)
 
     sender.release("w-b")
-    await until(lambda: ack_b.count == 1)
+    await eventually(lambda: ack_b.count == 1)
     assert ack_a.count == 0
 
     sender.release("w-a")
@@ -743,7 +678,7 @@ async def test_drain_hands_unfinished_deliveries_to_the_retry_path() -> None:
     assert await h.pipeline.drain(PROMPT) == 0
     acks = Acks()
     await h.pipeline.handle_event(make_event().to_bytes(), SOURCE, acks)
-    await until(lambda: len(sender.started) == 1)
+    await eventually(lambda: len(sender.started) == 1)
 
     assert await h.pipeline.drain(0.01) == 1
     assert acks.count == 1
@@ -761,7 +696,7 @@ async def test_a_delivered_job_settles_when_its_attempt_record_is_acknowledged()
     h.outputs.hold_attempts = True
     acks = Acks()
     await h.pipeline.handle_event(make_event(event_id="e1").to_bytes(), SOURCE, acks)
-    await until(lambda: len(h.outputs.attempt_writes) == 1)
+    await eventually(lambda: len(h.outputs.attempt_writes) == 1)
     await settle()
     # Delivered, its task ended, but not settled: the record and the slot wait for the broker.
     assert acks.count == 0
@@ -774,7 +709,7 @@ async def test_a_delivered_job_settles_when_its_attempt_record_is_acknowledged()
     assert not following.done(), "the unsettled job must keep its pending slot"
 
     h.outputs.attempt_writes[0].set_result(None)
-    await until(lambda: acks.count == 1)
+    await eventually(lambda: acks.count == 1)
     await asyncio.wait_for(following, PROMPT)  # the slot came back
     h.outputs.attempt_writes[1].set_result(None)
     await h.settled()
@@ -788,9 +723,9 @@ async def test_an_attempt_record_that_cannot_be_written_dead_letters_its_job(
     h.outputs.hold_attempts = True
     acked = Acks()
     await h.pipeline.handle_event(make_event(event_id="e1").to_bytes(), SOURCE, acked)
-    await until(lambda: len(h.outputs.attempt_writes) == 1)
+    await eventually(lambda: len(h.outputs.attempt_writes) == 1)
     h.outputs.attempt_writes[0].set_exception(RuntimeError("broker gone"))
-    await until(lambda: h.pipeline.in_flight == 0)
+    await eventually(lambda: h.pipeline.in_flight == 0)
     await settle()
     assert acked.count == 1
     [(_, letter)] = h.outputs.dead_letters
@@ -813,7 +748,7 @@ async def test_drain_waits_for_attempt_records_on_their_way() -> None:
     h.outputs.hold_attempts = True
     acks = Acks()
     await h.pipeline.handle_event(make_event().to_bytes(), SOURCE, acks)
-    await until(lambda: len(h.outputs.attempt_writes) == 1)
+    await eventually(lambda: len(h.outputs.attempt_writes) == 1)
 
     draining = asyncio.create_task(h.pipeline.drain(PROMPT))
     await settle()
@@ -917,18 +852,18 @@ async def test_a_record_arriving_during_a_round_is_matched_with_it_only_if_cover
         await h.pipeline.handle_event(make_event(event_id=event_id).to_bytes(), source, acks)
 
     await handle("first", 40)
-    await until(lambda: requests == 1)
+    await eventually(lambda: requests == 1)
     clock = 2.0  # both arrive while the round runs
     seen[("postion.events", 2)] = 44
     await handle("fetched-before-the-round", 41)
     await handle("published-after-it-read-the-ends", 42)
     gate.set()
-    await until(lambda: acks.count == 2)
-    await until(lambda: requests == 2)
+    await eventually(lambda: acks.count == 2)
+    await eventually(lambda: requests == 2)
     await settle()
     assert [d.job.event.id for d in h.sender.sent] == ["first", "fetched-before-the-round"]
     freshness.applied(0, 1)  # the subscription change the second round waits for
-    await until(lambda: acks.count == 3)
+    await eventually(lambda: acks.count == 3)
     await h.settled()
     assert [d.job.event.id for d in h.sender.sent][2:] == ["published-after-it-read-the-ends"]
 
@@ -982,12 +917,12 @@ async def test_records_waiting_for_the_table_share_one_check_and_keep_their_orde
     acks = Acks()
     for n in range(50):
         await h.pipeline.handle_event(make_event(event_id=f"e{n}").to_bytes(), SOURCE, acks)
-    await until(lambda: len(freshness.calls) == 1)
+    await eventually(lambda: len(freshness.calls) == 1)
     # One task holds all fifty records; none was matched before the table was current.
     assert h.pipeline.in_flight == 1
     assert h.sender.sent == []
     freshness.gate.set()
-    await until(lambda: acks.count == 50)
+    await eventually(lambda: acks.count == 50)
     await h.settled()
     assert [d.job.event.id for d in h.sender.sent] == [f"e{n}" for n in range(50)]
     # The check asked about the newest record held, which covers all of the older ones.
@@ -999,10 +934,10 @@ async def test_a_record_arriving_after_held_ones_waits_behind_them() -> None:
     h = Harness([webhook("w")], ScriptedSender(), freshness=freshness)
     acks = Acks()
     await h.pipeline.handle_event(make_event(event_id="first").to_bytes(), SOURCE, acks)
-    await until(lambda: len(freshness.calls) == 1)
+    await eventually(lambda: len(freshness.calls) == 1)
     freshness.gate.set()  # from now on ``covers`` says yes ...
     await h.pipeline.handle_event(make_event(event_id="second").to_bytes(), SOURCE, acks)
-    await until(lambda: acks.count == 2)
+    await eventually(lambda: acks.count == 2)
     await h.settled()
     # ... yet "second" was not matched ahead of "first", still held when it arrived.
     assert [d.job.event.id for d in h.sender.sent] == ["first", "second"]
@@ -1020,12 +955,12 @@ async def test_offered_records_wait_for_the_table_like_handled_ones_and_keep_the
     for n in range(30):
         assert h.pipeline.accepts()
         h.pipeline.offer(make_event(event_id=f"e{n}").to_bytes(), SOURCE, acks)
-    await until(lambda: len(freshness.calls) == 1)
+    await eventually(lambda: len(freshness.calls) == 1)
     assert h.sender.sent == []  # nothing matched before the table was current
     freshness.gate.set()
     # A record handed over the waiting way after offered ones still comes after them.
     await h.pipeline.handle_event(make_event(event_id="last").to_bytes(), SOURCE, acks)
-    await until(lambda: acks.count == 31)
+    await eventually(lambda: acks.count == 31)
     await h.settled()
     assert [d.job.event.id for d in h.sender.sent] == [f"e{n}" for n in range(30)] + ["last"]
     assert freshness.calls[0] == 29.0
@@ -1036,7 +971,7 @@ async def test_offered_records_are_matched_without_a_freshness_check_when_there_
     acks = Acks()
     h.pipeline.offer(make_event(event_id="e1").to_bytes(), SOURCE, acks)
     h.pipeline.offer(b"{not json", SOURCE, acks)
-    await until(lambda: acks.count == 2)
+    await eventually(lambda: acks.count == 2)
     await h.settled()
     assert sorted(d.webhook.id for d in h.sender.sent) == ["w1", "w2"]
     assert [r["reason"] for _, r in h.outputs.dead_letters] == ["malformed_json"]
@@ -1060,7 +995,7 @@ async def test_accepts_says_no_once_the_held_records_reach_the_limit() -> None:
     assert not late.done()
     freshness.gate.set()
     await asyncio.wait_for(late, PROMPT)
-    await until(lambda: acks.count == 4)
+    await eventually(lambda: acks.count == 4)
     assert h.pipeline.accepts()
     await h.settled()
     assert [d.job.event.id for d in h.sender.sent] == ["e0", "e1", "e2", "e3"]

@@ -49,6 +49,7 @@ from tests.support.raw_server import (
     raw_server,
     raw_server_thread,
 )
+from tests.support.waiting import poll
 
 SENDERS = ["http1", "httpx"]
 Outcome = tuple[bool, int | None, str | None, float | None]
@@ -514,9 +515,7 @@ async def test_a_flood_costs_little_cpu(
         finally:
             await sender.aclose()
         # The sender closed the connection: the flood stopped long before its own end.
-        deadline = time.monotonic() + 5.0
-        while not server.client_gone_at and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await poll(lambda: server.client_gone_at, timeout=5.0, interval=0.01)
         sent = server.sent
     assert wall < 2.0, f"{name}: the attempt took {wall:.2f} s"
     assert cpu < 0.3, f"{name}: the attempt used {cpu:.3f} s of CPU"

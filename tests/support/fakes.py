@@ -1,0 +1,73 @@
+"""Fakes of the deliverer's collaborators: acknowledgements and the durable outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from bridge.subscriptions.webhook import Webhook
+
+
+class Acks:
+    """An acknowledgement callback (:data:`bridge.delivery.job.Ack`) that counts its calls."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+
+
+class FakeOutputs:
+    """:class:`bridge.delivery.deliverer.Outputs`, recorded in call order (records round-tripped
+    through JSON, as the real ones are encoded)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.dead_letters: list[tuple[bytes | None, dict[str, Any]]] = []
+        self.retries: list[tuple[int, bytes, bytes]] = []
+        self.attempts: list[tuple[bytes, dict[str, Any]]] = []
+        #: When set, attempt records stay unacknowledged until the test resolves their futures.
+        self.hold_attempts = False
+        self.attempt_writes: list[asyncio.Future[Any]] = []
+        self.statuses: list[tuple[bytes, dict[str, Any]]] = []
+        self.disabled: list[tuple[str, str]] = []
+        self.disabled_reprs: list[str] = []
+        #: When set, dead letters cannot be written (raised from ``dead_letter``).
+        self.dead_letter_error: Exception | None = None
+
+    async def dead_letter(self, key: bytes | None, record: dict[str, Any]) -> None:
+        self.calls.append("dead_letter")
+        if self.dead_letter_error is not None:
+            raise self.dead_letter_error
+        self.dead_letters.append((key, json.loads(json.dumps(record))))
+
+    async def retry(self, tier: int, key: bytes, value: bytes) -> None:
+        self.calls.append("retry")
+        self.retries.append((tier, key, value))
+
+    async def attempt(self, key: bytes, record: dict[str, Any]) -> asyncio.Future[Any]:
+        self.calls.append("attempt")
+        self.attempts.append((key, json.loads(json.dumps(record))))
+        written: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self.hold_attempts:
+            written.set_result(None)
+        self.attempt_writes.append(written)
+        return written
+
+    async def status(self, key: bytes, record: dict[str, Any]) -> None:
+        self.calls.append("status")
+        self.statuses.append((key, json.loads(json.dumps(record))))
+
+    async def disable(self, webhook: Webhook, reason: str) -> None:
+        self.calls.append("disable")
+        self.disabled.append((webhook.id, reason))
+        self.disabled_reprs.append(repr(webhook))
+
+    def everything(self) -> str:
+        """All that was written, as text (to look for secrets)."""
+        parts = [json.dumps(r) for _, r in self.dead_letters + self.attempts + self.statuses]
+        parts += [value.decode("utf-8") for _, _, value in self.retries]
+        parts += [json.dumps(self.disabled), *self.disabled_reprs]
+        return "\n".join(parts)
