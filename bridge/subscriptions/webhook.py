@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from functools import lru_cache
 from types import MappingProxyType
@@ -118,20 +118,8 @@ class Webhook:
         return jsoncanon.dumps(self.to_record())
 
 
-_KNOWN = {
-    "id",
-    "name",
-    "url",
-    "secret",
-    "events",
-    "site_id",
-    "user_id",
-    "active",
-    "rate_limit",
-    "standard_webhooks",
-    "previous_secret",
-    "previous_secret_expires_at",
-}
+#: Record fields the Webhook holds as attributes; the others stay in ``extra``.
+_KNOWN = frozenset(f.name for f in fields(Webhook)) - {"extra"}
 
 
 def webhook_from_record(value: Any, keyring: Keyring | None = None) -> Webhook:

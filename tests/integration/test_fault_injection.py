@@ -53,6 +53,7 @@ from bridge.admin.topics import apply_topics
 from bridge.config import Settings
 from bridge.contract.events import format_timestamp
 from bridge.contract.payload import delivery_id
+from bridge.contract.resources import load_json
 from bridge.contract.schemas import EVENT_TYPES
 from bridge.subscriptions.store import WebhookStore
 from bridge.worker.embedded import EmbeddedBroker, free_port
@@ -1185,20 +1186,8 @@ def generated_subscriptions(draw: st.DrawFn) -> dict[str, Any]:
     extra ones added; or arbitrary bytes, or a tombstone; with an odd key at times."""
     kind = draw(st.sampled_from(["record", "record", "record", "bytes", "tombstone"]))
     spec: dict[str, Any] = {"kind": kind}
-    fields = [
-        "id",
-        "name",
-        "url",
-        "secret",
-        "events",
-        "site_id",
-        "user_id",
-        "active",
-        "rate_limit",
-        "standard_webhooks",
-        "previous_secret",
-        "previous_secret_expires_at",
-    ]
+    # Every field the schema knows, so that a field added to it is fuzzed too.
+    fields = sorted(load_json("schemas/webhook.json")["properties"])
     spec["replace"] = draw(st.dictionaries(st.sampled_from(fields), JSON_VALUES, max_size=3))
     spec["drop"] = draw(st.lists(st.sampled_from(fields), max_size=2))
     spec["extra"] = draw(st.dictionaries(TEXT, JSON_VALUES, max_size=2))
