@@ -1,11 +1,12 @@
 """What the webhook routes mean: validation, versions and If-Match, idempotent create, rotation.
 
 Pure of I/O except through the repository and the test-event publisher it is given, with the
-clock passed in. Records are built as :class:`~bridge.subscriptions.store.WebhookStore` builds
-them in ``create``, ``update`` and ``rotate_secret`` (same defaults, same fields, the same
-``disabled_reason`` rule) and validated by the same code: the request schema (its fields are
-``topics/schemas/webhook.json``'s), then :func:`~bridge.subscriptions.webhook.webhook_from_record`
-and the URL check (``WebhookUrl.parse``, or the deployment's stricter ``check_url``).
+clock passed in. Records are built by :mod:`bridge.subscriptions.changes`, the functions
+:class:`~bridge.subscriptions.store.WebhookStore` builds its records with (same defaults, same
+fields, the same ``disabled_reason`` rule), and validated by the same code: the request
+schema (its fields are ``topics/schemas/webhook.json``'s), then
+:func:`~bridge.subscriptions.webhook.webhook_from_record` and the URL check
+(``WebhookUrl.parse``, or the deployment's stricter ``check_url``).
 
 Changes of one webhook are serialized in this process (a lock per id), so a version checked
 is the version replaced. Several API processes writing the same webhook need the writes routed
@@ -24,7 +25,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from jsonschema import ValidationError
@@ -33,10 +34,9 @@ from bridge.api.auth import Principal
 from bridge.api.openapi import request_validator
 from bridge.api.problems import FieldError, Problem
 from bridge.api.repository import WebhookRepository, webhook_version
-from bridge.contract import standard_webhooks
-from bridge.contract.events import Event, format_timestamp
+from bridge.contract.events import Event
 from bridge.errors import BridgeError, InvalidSubscription, InvalidUrl
-from bridge.subscriptions.store import new_secret
+from bridge.subscriptions.changes import created_record, rotated_record, updated_record
 from bridge.subscriptions.urls import WebhookUrl
 from bridge.subscriptions.webhook import Webhook, webhook_from_record
 
@@ -374,25 +374,19 @@ class WebhookService:
                     "a webhook with this id exists with other fields",
                     errors=[FieldError("id", "exists", "another webhook has this id")],
                 )
-            standard = bool(body.get("standard_webhooks", False))
-            stamp = format_timestamp(self._clock())
-            record: dict[str, Any] = {
-                "id": webhook_id,
-                "name": body["name"] if body.get("name") is not None else body["url"],
-                "url": body["url"],
-                "secret": body.get("secret")
-                or (standard_webhooks.generate_secret() if standard else new_secret()),
-                "events": list(body["events"]),
-                "site_id": body.get("site_id"),
-                "user_id": body.get("user_id"),
-                "active": body.get("active", True),
-                "created_at": stamp,
-                "updated_at": stamp,
-            }
-            if body.get("rate_limit") is not None:
-                record["rate_limit"] = body["rate_limit"]
-            if standard:
-                record["standard_webhooks"] = True
+            record = created_record(
+                webhook_id=webhook_id,
+                url=body["url"],
+                events=body["events"],
+                now=self._clock(),
+                site_id=body.get("site_id"),
+                user_id=body.get("user_id"),
+                name=body.get("name"),
+                secret=body.get("secret"),
+                active=body.get("active", True),
+                rate_limit=body.get("rate_limit"),
+                standard=bool(body.get("standard_webhooks", False)),
+            )
             webhook = _from_record(record, check_url=self._check_url)
             await self._repository.put(webhook)
             return Created(webhook, created=True)
@@ -412,25 +406,14 @@ class WebhookService:
         async with self._locked(webhook_id):
             current = await self._existing(webhook_id, principal)
             _if_match(if_match, current)
-            record = current.to_record()
-            if changes.get("active") is True:
-                record.pop("disabled_reason", None)
-            record.update(changes)
-            if changes.get("standard_webhooks") and not str(record["secret"]).startswith("whsec_"):
+            try:
+                record = updated_record(current, changes, self._clock())
+            except InvalidSubscription as exc:
                 raise Problem(
                     "conflict",
-                    "Standard Webhooks signing needs a whsec_ secret: rotate to one first",
-                    errors=[
-                        FieldError(
-                            "standard_webhooks",
-                            "secret_not_whsec",
-                            "rotate the secret to a whsec_ one first",
-                        )
-                    ],
-                )
-            if "rate_limit" in changes and changes["rate_limit"] is None:
-                record.pop("rate_limit", None)
-            record["updated_at"] = format_timestamp(self._clock())
+                    exc.detail,
+                    errors=[FieldError("standard_webhooks", exc.reason, exc.detail)],
+                ) from None
             principal.check_scope(record.get("site_id"), record.get("user_id"))
             webhook = _from_record(record, check_url=self._check_url if "url" in changes else None)
             await self._repository.put(webhook)
@@ -458,22 +441,12 @@ class WebhookService:
         async with self._locked(webhook_id):
             current = await self._existing(webhook_id, principal)
             _if_match(if_match, current)
-            now = self._clock()
-            record = current.to_record()
-            record.pop("disabled_reason", None)
-            secret = body.get("secret") or (
-                standard_webhooks.generate_secret() if current.standard_webhooks else new_secret()
+            record = rotated_record(
+                current,
+                now=self._clock(),
+                secret=body.get("secret"),
+                overlap=float(body.get("overlap_seconds", 0)),
             )
-            record.update(secret=secret, updated_at=format_timestamp(now))
-            overlap = float(body.get("overlap_seconds", 0))
-            if overlap > 0:
-                record["previous_secret"] = current.secret
-                record["previous_secret_expires_at"] = format_timestamp(
-                    now + timedelta(seconds=overlap)
-                )
-            else:
-                record.pop("previous_secret", None)
-                record.pop("previous_secret_expires_at", None)
             webhook = _from_record(record, check_url=None)
             await self._repository.put(webhook)
             return webhook

@@ -20,7 +20,7 @@ __all__ = ["StoreRepository"]
 
 
 class StoreRepository:
-    """Reads with :meth:`WebhookStore.load`, writes with ``put`` and ``delete``.
+    """Reads with :meth:`WebhookStore.load`, writes with ``write`` and ``delete``.
 
     ``store`` must be entered (``async with WebhookStore(settings) as store``) for as long as
     the repository is used. ``clock`` is a monotonic clock in seconds.
@@ -68,7 +68,9 @@ class StoreRepository:
         return out
 
     async def put(self, webhook: Webhook) -> None:
-        await self._store.put(webhook)
+        # The service judged the URL when it set it (with the deployment's policy); a rotation
+        # or a rename of a webhook whose stored URL is no longer valid must still be written.
+        await self._store.write(webhook)
         (await self._current())[webhook.id] = webhook
 
     async def delete(self, webhook_id: str) -> None:

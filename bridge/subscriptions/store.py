@@ -3,36 +3,34 @@
 from __future__ import annotations
 
 import logging
-import secrets
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
 from bridge.config import Settings
-from bridge.contract import jsoncanon, standard_webhooks
-from bridge.contract.events import format_timestamp
+from bridge.contract import jsoncanon
 from bridge.errors import InvalidSubscription
 from bridge.kafka.clients import client_kwargs, keyring
 from bridge.kafka.reading import read_topic
+from bridge.subscriptions.changes import (
+    SECRET_BYTES,
+    created_record,
+    disabled_record,
+    new_secret,
+    rotated_record,
+    updated_record,
+)
 from bridge.subscriptions.urls import WebhookUrl
 from bridge.subscriptions.webhook import Webhook, parse_webhook, webhook_from_record, webhook_key
 
+# SECRET_BYTES and new_secret live in bridge.subscriptions.changes; named here for callers of old.
 __all__ = ["SECRET_BYTES", "new_secret", "WebhookStore"]
 
 
 log = logging.getLogger(__name__)
-
-
-#: 32 random bytes, hex-encoded.
-SECRET_BYTES = 32
-
-
-def new_secret() -> str:
-    """A new signing secret of 32 random bytes (64 hex characters)."""
-    return secrets.token_hex(SECRET_BYTES)
 
 
 class WebhookStore:
@@ -67,11 +65,13 @@ class WebhookStore:
         :class:`InvalidSubscription` for any other invalid field; nothing is written then.
         """
         WebhookUrl.parse(webhook.url)
-        return await self._put(webhook)
+        return await self.write(webhook)
 
-    async def _put(self, webhook: Webhook) -> Webhook:
-        """Write a webhook whose URL this call does not set (rotating, disabling, changing
-        other fields): a stored URL that is no longer valid does not block those."""
+    async def write(self, webhook: Webhook) -> Webhook:
+        """Write a webhook record without judging its URL again, as :meth:`put` does otherwise:
+        for changes that do not set the URL (rotating, disabling, renaming), so that a stored
+        URL that is no longer valid does not block them, and for callers that judged the URL
+        themselves (the API, with the deployment's policy)."""
         record = webhook.to_record()
         webhook_from_record(record)
         if self._keyring is not None:
@@ -90,22 +90,8 @@ class WebhookStore:
         current = (await self.load()).get(webhook_id)
         if current is None:
             raise InvalidSubscription("unknown_webhook", f"no webhook {webhook_id!r}")
-        now = datetime.now(UTC)
-        record = current.to_record()
-        record.pop("disabled_reason", None)
-        new = secret or (
-            standard_webhooks.generate_secret() if current.standard_webhooks else new_secret()
-        )
-        record.update(secret=new, updated_at=format_timestamp(now))
-        if overlap > 0:
-            record["previous_secret"] = current.secret
-            record["previous_secret_expires_at"] = format_timestamp(
-                now + timedelta(seconds=overlap)
-            )
-        else:
-            record.pop("previous_secret", None)
-            record.pop("previous_secret_expires_at", None)
-        return await self._put(webhook_from_record(record))
+        record = rotated_record(current, now=datetime.now(UTC), secret=secret, overlap=overlap)
+        return await self.write(webhook_from_record(record))
 
     async def create(
         self,
@@ -124,23 +110,19 @@ class WebhookStore:
     ) -> Webhook:
         """Create a webhook; a secret of 32 random bytes is generated when none is given
         (``whsec_``-prefixed base64 for webhooks that opt in to Standard Webhooks signing)."""
-        stamp = format_timestamp(now or datetime.now(UTC))
-        record: dict[str, Any] = {
-            "id": webhook_id or f"wh_{uuid.uuid4().hex}",
-            "name": name if name is not None else url,
-            "url": url,
-            "secret": secret or (standard_webhooks.generate_secret() if standard else new_secret()),
-            "events": list(events),
-            "site_id": site_id,
-            "user_id": user_id,
-            "active": active,
-            "created_at": stamp,
-            "updated_at": stamp,
-        }
-        if rate_limit is not None:
-            record["rate_limit"] = rate_limit
-        if standard:
-            record["standard_webhooks"] = True
+        record = created_record(
+            webhook_id=webhook_id or f"wh_{uuid.uuid4().hex}",
+            url=url,
+            events=events,
+            now=now or datetime.now(UTC),
+            site_id=site_id,
+            user_id=user_id,
+            name=name,
+            secret=secret,
+            active=active,
+            rate_limit=rate_limit,
+            standard=standard,
+        )
         return await self.put(webhook_from_record(record))
 
     async def update(self, webhook_id: str, **changes: Any) -> Webhook:
@@ -149,34 +131,15 @@ class WebhookStore:
         current = (await self.load()).get(webhook_id)
         if current is None:
             raise InvalidSubscription("unknown_webhook", f"no webhook {webhook_id!r}")
-        record = current.to_record()
-        if changes.get("active") is True:
-            record.pop("disabled_reason", None)
-        record.update({k: v for k, v in changes.items()})
-        if changes.get("standard_webhooks") and not str(record["secret"]).startswith("whsec_"):
-            # Standard Webhooks libraries read the secret as whsec_ + base64; any other secret
-            # would verify nowhere. Give one with the change (or rotate first).
-            raise InvalidSubscription(
-                "secret_not_whsec",
-                "Standard Webhooks signing needs a whsec_ secret: pass one with --secret, "
-                "or create the webhook with --standard-webhooks",
-            )
-        if "events" in changes:
-            record["events"] = list(changes["events"])
-        record["updated_at"] = format_timestamp(datetime.now(UTC))
-        webhook = webhook_from_record(record)
-        return await (self.put(webhook) if "url" in changes else self._put(webhook))
+        webhook = webhook_from_record(updated_record(current, changes, datetime.now(UTC)))
+        return await (self.put(webhook) if "url" in changes else self.write(webhook))
 
     async def disable(self, webhook: Webhook, reason: str) -> Webhook:
         """Deactivate a webhook on the bridge's behalf, saying why (``disabled_reason``); the
         next update by its owner (``active: true``) enables it again."""
-        record = webhook.to_record()
-        record.update(
-            active=False,
-            disabled_reason=reason,
-            updated_at=format_timestamp(datetime.now(UTC)),
+        return await self.write(
+            webhook_from_record(disabled_record(webhook, reason, datetime.now(UTC)))
         )
-        return await self._put(webhook_from_record(record))
 
     async def put_status(self, record: Mapping[str, Any]) -> None:
         """Write an endpoint status record (compacted topic, keyed by webhook id)."""

@@ -5,7 +5,9 @@ never sent."""
 
 from __future__ import annotations
 
+import json
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -14,10 +16,10 @@ from bridge.admin import dead_letters
 from bridge.admin.dead_letters import DeadLetterFilter, replay_dead_letters
 from bridge.config import Settings
 from bridge.errors import InvalidSubscription
-from bridge.subscriptions import store
+from bridge.subscriptions import changes, store
 from bridge.subscriptions.store import WebhookStore
 from bridge.subscriptions.urls import InvalidUrl
-from bridge.subscriptions.webhook import Webhook, parse_webhook
+from bridge.subscriptions.webhook import Webhook, parse_webhook, webhook_from_record
 from tests.support.builders import SECRET, encode
 from tests.support.builders import webhook_record as record
 
@@ -146,3 +148,65 @@ async def test_replay_skips_dead_letters_whose_event_the_bridge_refuses(
 def test_invalid_url_is_an_invalid_subscription() -> None:
     # Callers that catch InvalidSubscription (the CLI, the platform's services) catch it too.
     assert issubclass(InvalidUrl, InvalidSubscription)
+
+
+async def test_write_takes_a_stored_unusable_url_and_put_does_not() -> None:
+    # The API judges URLs itself (with the deployment's policy) and writes with ``write``.
+    store = CapturingStore()
+    await store.write(stored("http://xn--/"))
+    with pytest.raises(InvalidUrl):
+        await store.put(stored("http://xn--/"))
+    assert [webhook_id for webhook_id, _ in store.sent] == ["hook"]
+
+
+# ------------------------------------------------------------------ change records
+
+NOW = datetime(2026, 1, 15, 10, 30, tzinfo=UTC)
+
+
+def test_created_record_names_the_webhook_after_its_url_and_generates_the_secret() -> None:
+    record = changes.created_record(
+        webhook_id="wh", url="https://h.example/x", events=("*",), now=NOW, site_id="s"
+    )
+    assert record["name"] == "https://h.example/x" and len(record["secret"]) == 64
+    assert record["created_at"] == record["updated_at"] == "2026-01-15T10:30:00.000Z"
+    assert "rate_limit" not in record and "standard_webhooks" not in record
+    standard = changes.created_record(
+        webhook_id="wh", url="https://h.example/x", events=["*"], now=NOW, standard=True
+    )
+    assert standard["secret"].startswith("whsec_") and standard["standard_webhooks"] is True
+
+
+def test_updated_record_enables_clears_the_reason_and_removes_a_null_rate_limit() -> None:
+    current = webhook_from_record(record(active=False, disabled_reason="gone", rate_limit=5.0))
+    changed = changes.updated_record(current, {"active": True, "rate_limit": None}, NOW)
+    assert changed["active"] is True and "disabled_reason" not in changed
+    assert "rate_limit" not in changed
+    with pytest.raises(InvalidSubscription) as caught:
+        changes.updated_record(current, {"standard_webhooks": True}, NOW)
+    assert caught.value.reason == "secret_not_whsec"
+
+
+def test_rotated_record_keeps_the_previous_secret_only_with_an_overlap() -> None:
+    current = webhook_from_record(record(disabled_reason="failing"))
+    overlapping = changes.rotated_record(current, now=NOW, secret="new-secret-1", overlap=60)
+    assert overlapping["previous_secret"] == SECRET
+    assert overlapping["previous_secret_expires_at"] == "2026-01-15T10:31:00.000Z"
+    assert "disabled_reason" not in overlapping
+    again = changes.rotated_record(webhook_from_record(overlapping), now=NOW)
+    assert "previous_secret" not in again and again["secret"] not in ("new-secret-1", SECRET)
+
+
+async def test_the_store_and_the_api_build_the_same_records() -> None:
+    # One implementation: what WebhookStore writes for a change is what the functions build.
+    store = CapturingStore({"hook": webhook_from_record(record())})
+    await store.update("hook", name="renamed", rate_limit=None)
+    [(_, value)] = store.sent
+    assert value is not None
+    written = json.loads(value)
+    built = changes.updated_record(
+        store.stored["hook"], {"name": "renamed", "rate_limit": None}, NOW
+    )
+    assert {k: v for k, v in written.items() if k != "updated_at"} == {
+        k: v for k, v in built.items() if k != "updated_at"
+    }

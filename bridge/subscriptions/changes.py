@@ -1,0 +1,130 @@
+"""The records of webhook changes (create, update, rotate, disable), built once for every writer.
+
+Pure: the clock's reading and the generated secrets come in as arguments or from
+:func:`new_secret`, nothing is validated or written here. :class:`~bridge.subscriptions.store.
+WebhookStore` (the CLI, the workers) and :class:`~bridge.api.service.WebhookService` (the API)
+both build their records with these functions, then validate them with
+:func:`~bridge.subscriptions.webhook.webhook_from_record`, so a webhook changed by either has
+the same defaults and fields.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from bridge.contract import standard_webhooks
+from bridge.contract.events import format_timestamp
+from bridge.errors import InvalidSubscription
+from bridge.subscriptions.webhook import Webhook
+
+__all__ = [
+    "SECRET_BYTES",
+    "new_secret",
+    "generated_secret",
+    "created_record",
+    "updated_record",
+    "rotated_record",
+    "disabled_record",
+]
+
+#: 32 random bytes, hex-encoded.
+SECRET_BYTES = 32
+
+
+def new_secret() -> str:
+    """A new signing secret of 32 random bytes (64 hex characters)."""
+    return secrets.token_hex(SECRET_BYTES)
+
+
+def generated_secret(standard: bool) -> str:
+    """The secret given when none is: ``whsec_`` base64 for Standard Webhooks, else hex."""
+    return standard_webhooks.generate_secret() if standard else new_secret()
+
+
+def created_record(
+    *,
+    webhook_id: str,
+    url: str,
+    events: Iterable[str],
+    now: datetime,
+    site_id: str | None = None,
+    user_id: str | None = None,
+    name: str | None = None,
+    secret: str | None = None,
+    active: bool = True,
+    rate_limit: float | None = None,
+    standard: bool = False,
+) -> dict[str, Any]:
+    """The record of a new webhook: named after its URL unless named, a secret generated
+    unless given, created and updated ``now``."""
+    stamp = format_timestamp(now)
+    record: dict[str, Any] = {
+        "id": webhook_id,
+        "name": name if name is not None else url,
+        "url": url,
+        "secret": secret or generated_secret(standard),
+        "events": list(events),
+        "site_id": site_id,
+        "user_id": user_id,
+        "active": active,
+        "created_at": stamp,
+        "updated_at": stamp,
+    }
+    if rate_limit is not None:
+        record["rate_limit"] = rate_limit
+    if standard:
+        record["standard_webhooks"] = True
+    return record
+
+
+def updated_record(current: Webhook, changes: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """``current``'s record with ``changes``: ``active: true`` clears ``disabled_reason``,
+    ``rate_limit: None`` removes the limit. :class:`InvalidSubscription`
+    (``secret_not_whsec``) when Standard Webhooks signing is asked for without a ``whsec_``
+    secret, which no Standard Webhooks library could verify."""
+    record = current.to_record()
+    if changes.get("active") is True:
+        record.pop("disabled_reason", None)
+    record.update(changes)
+    if changes.get("standard_webhooks") and not str(record["secret"]).startswith("whsec_"):
+        raise InvalidSubscription(
+            "secret_not_whsec",
+            "Standard Webhooks signing needs a whsec_ secret: give one with the change, "
+            "or rotate to one first",
+        )
+    if "events" in changes:
+        record["events"] = list(changes["events"])
+    if "rate_limit" in changes and changes["rate_limit"] is None:
+        record.pop("rate_limit", None)
+    record["updated_at"] = format_timestamp(now)
+    return record
+
+
+def rotated_record(
+    current: Webhook, *, now: datetime, secret: str | None = None, overlap: float = 0.0
+) -> dict[str, Any]:
+    """``current``'s record with a new secret (generated unless given); with ``overlap``
+    seconds, the previous secret stays valid that long. Clears ``disabled_reason``."""
+    record = current.to_record()
+    record.pop("disabled_reason", None)
+    record.update(
+        secret=secret or generated_secret(current.standard_webhooks),
+        updated_at=format_timestamp(now),
+    )
+    if overlap > 0:
+        record["previous_secret"] = current.secret
+        record["previous_secret_expires_at"] = format_timestamp(now + timedelta(seconds=overlap))
+    else:
+        record.pop("previous_secret", None)
+        record.pop("previous_secret_expires_at", None)
+    return record
+
+
+def disabled_record(current: Webhook, reason: str, now: datetime) -> dict[str, Any]:
+    """``current``'s record turned off by the bridge, saying why (``disabled_reason``)."""
+    record = current.to_record()
+    record.update(active=False, disabled_reason=reason, updated_at=format_timestamp(now))
+    return record
