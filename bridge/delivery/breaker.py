@@ -47,6 +47,11 @@ class CircuitBreaker:
             return True
         return False
 
+    def release(self) -> None:
+        """Give back a probe that :meth:`allow` let through but that was not sent."""
+        if self.state == HALF_OPEN:
+            self.probing = False
+
     def success(self) -> None:
         self.state, self.failures, self.probing = CLOSED, 0, False
 
@@ -80,6 +85,13 @@ class Breakers:
         if breaker.state == CLOSED:
             return True
         return breaker.allow(self._clock())
+
+    def release(self, endpoint: str) -> None:
+        """The request :meth:`allow` let through was not sent: a half-open circuit's probe goes
+        to the next request, which would otherwise wait for an answer that never comes."""
+        breaker = self._by_endpoint.get(endpoint)
+        if breaker is not None:
+            breaker.release()
 
     def success(self, endpoint: str) -> None:
         breaker = self._by_endpoint.get(endpoint)

@@ -167,12 +167,17 @@ class Deliverer:
         if not self._breakers.allow(endpoint):
             # Not retried before the circuit would let it through: a retry due earlier would
             # only be skipped again, spending an attempt and a round through the retry tiers.
+            # No request is made: the webhook's rate limit gets its token back.
+            self._rates.refund(webhook.id)
             skip = self._skipped("circuit_open", self._breakers.reopens_in(endpoint))
             await self._settle_failure(job, skip, counts=False)
             return None
         try:
             await self._endpoints.acquire(endpoint)
         except EndpointBusy:
+            # Nor here; and a half-open circuit's probe goes to the next request.
+            self._rates.refund(webhook.id)
+            self._breakers.release(endpoint)
             await self._settle_failure(job, self._skipped("endpoint_busy"), counts=False)
             return None
         result: AttemptResult | None = None

@@ -269,3 +269,15 @@ def test_open_count_always_equals_a_recount(steps: list[tuple[str, str]]) -> Non
             getattr(breakers, action)(endpoint)
         recount = sum(1 for b in breakers._by_endpoint.values() if b.state != CLOSED)
         assert breakers.open_count() == recount
+
+
+def test_a_probe_given_back_goes_to_the_next_request() -> None:
+    breaker = tripped(now=100.0)
+    assert breaker.allow(200.0)
+    breaker.release()
+    assert breaker.state == HALF_OPEN
+    assert breaker.allow(200.0)
+    assert not breaker.allow(200.0)
+    closed = CircuitBreaker(THRESHOLD, COOLDOWN)
+    closed.release()  # nothing to give back
+    assert closed.state == CLOSED

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from bridge.contract.events import Event, format_timestamp
 from bridge.contract.payload import EncodedEvent, build_body, delivery_id
 from bridge.contract.schemas import schema_errors
-from bridge.delivery.breaker import CLOSED, OPEN, Breakers, endpoint_of
+from bridge.delivery.breaker import CLOSED, HALF_OPEN, OPEN, Breakers, endpoint_of
 from bridge.delivery.deliverer import MAX_DEFERRALS, Deliverer
 from bridge.delivery.endpoint_health import EndpointHealth
 from bridge.delivery.job import Job, SourceRef
@@ -774,3 +774,43 @@ def test_reopens_in_counts_down_only_while_open() -> None:
     assert breakers.reopens_in("e") == 0.0
     assert breakers.allow("e")  # the probe: half-open now
     assert breakers.reopens_in("e") is None
+
+
+async def test_a_probe_that_finds_the_endpoint_busy_goes_to_the_next_request() -> None:
+    # Requests allowed while the circuit was closed still hold every slot of the endpoint when
+    # its cooldown ends: the probe the breaker let through is not sent, so it must not stay out.
+    h = Harness(FakeSender(), endpoint_max_in_flight=1, endpoint_max_queued=0)
+    endpoint = endpoint_of(WEBHOOK.url)
+    await h.deliverer._endpoints.acquire(endpoint)  # a request from before the circuit opened
+    for _ in range(THRESHOLD):
+        h.deliverer.breakers.failure(endpoint)
+    h.clock.now += COOLDOWN
+    await h.run(make_job())
+    assert h.attempt() == attempt_record(1, skipped("endpoint_busy"), "retry")
+    assert h.deliverer.breakers.state(endpoint) == HALF_OPEN
+    h.deliverer._endpoints.release(endpoint)
+    await h.run(make_job(event=make_event("evt_next")))
+    assert len(h.sender.sent) == 1  # the next request is the probe
+    assert h.deliverer.breakers.state(endpoint) == CLOSED
+
+
+@pytest.mark.parametrize("skip", ["circuit_open", "endpoint_busy"])
+async def test_an_attempt_not_made_gives_its_rate_limit_token_back(skip: str) -> None:
+    # One delivery per 100 s: the token a skipped attempt took would hold the next real one.
+    limited = dataclasses.replace(WEBHOOK, rate_limit=0.01)
+    h = Harness(FakeSender(), endpoint_max_in_flight=1, endpoint_max_queued=0)
+    endpoint = endpoint_of(limited.url)
+    if skip == "circuit_open":
+        for _ in range(THRESHOLD):
+            h.deliverer.breakers.failure(endpoint)
+    else:
+        await h.deliverer._endpoints.acquire(endpoint)
+    await h.run(make_job(webhook=limited))
+    assert h.attempt()["error"] == skip
+    if skip == "circuit_open":
+        h.clock.now += COOLDOWN
+    else:
+        h.deliverer._endpoints.release(endpoint)
+    await h.run(make_job(webhook=limited, event=make_event("evt_next")))
+    assert len(h.sender.sent) == 1
+    assert h.attempt()["outcome"] == "success"  # sent at once, not deferred as rate_limited
