@@ -2,7 +2,8 @@
 
 Every instance is first checked by a compiled validator (fastjsonschema, a few microseconds);
 only an instance it rejects goes through ``jsonschema``, which finds the errors and their
-paths. ``tests/unit/test_schemas.py`` checks that the two agree on which instances are valid.
+paths. ``tests/unit/contract/test_schemas.py`` checks that the two agree on which instances are
+valid.
 
 Messages never quote the instance: only JSON paths, the rule that failed with what the schema
 expects, and the JSON type found (``$.previous_secret: expected string or null, got object``).

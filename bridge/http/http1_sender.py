@@ -5,7 +5,7 @@ reference): the documented headers from :func:`bridge.http.base.build_headers`, 
 rule, one whole-request timeout, no redirects, TLS always verified, every URL through
 :func:`bridge.http.ssrf.check_url` and every connection through the SSRF guard, the same cap on what
 is read of a response and the same outcome for every malformed one
-(tests/unit/test_sender_contract.py). It differs in cost only (see BENCHMARKS.md).
+(tests/unit/http/test_sender_contract.py). It differs in cost only (see BENCHMARKS.md).
 """
 
 from __future__ import annotations

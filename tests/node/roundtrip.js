@@ -1,5 +1,5 @@
 'use strict';
-// JSON round-trip oracle for tests/unit/test_jsoncanon.py.
+// JSON round-trip oracle for tests/unit/contract/test_jsoncanon.py.
 //
 // Reads newline-delimited requests on stdin and writes exactly one line per request:
 //   <base64 body>     -> base64(Buffer.from(JSON.stringify(JSON.parse(body)), 'utf8'))

@@ -83,7 +83,7 @@ def test_the_child_dies_when_its_parent_is_killed(started_from: str) -> None:
         [sys.executable, "-c", PARENT, started_from, ECHO_THEN_LINGER],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=Path(__file__).resolve().parents[3],
     )
     child_pid = None
     try:

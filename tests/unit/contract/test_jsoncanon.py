@@ -33,7 +33,7 @@ from bridge.contract.jsoncanon import (
 )
 from bridge.errors import InvalidRecord, UnencodableValue
 
-ROUNDTRIP_JS = Path(__file__).resolve().parents[1] / "node" / "roundtrip.js"
+ROUNDTRIP_JS = Path(__file__).resolve().parents[2] / "node" / "roundtrip.js"
 
 #: Each example runs Node.js too: slower than hypothesis expects.
 NODE = settings(suppress_health_check=[HealthCheck.too_slow])
