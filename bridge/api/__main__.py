@@ -1,8 +1,10 @@
-"""``python -m bridge.api``: make a token, or serve ``/v1`` over the subscriptions topic.
+"""``python -m bridge.api``: make a token, or serve ``/v1`` over the topics.
 
 Until the worker serves the API (docs/api.md, "Design"), ``serve`` runs it as its own process
-over :class:`~bridge.api.store_repository.StoreRepository`, with the settings of every other
-command (``BRIDGE_*``; the embedded broker on its default port when none is configured).
+over :class:`~bridge.api.store_repository.StoreRepository` and :mod:`bridge.api.kafka_sources`
+(delivery log, stats, dead letters and recoveries read from and written to the topics), with
+the settings of every other command (``BRIDGE_*``; the embedded broker on its default port when
+none is configured).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from aiohttp import web
 
 from bridge.api.app import create_app
 from bridge.api.auth import SCOPES, TokenSet, hash_token, new_token
+from bridge.api.control import ControlService
+from bridge.api.kafka_sources import KafkaActivitySource, KafkaDeadLetters, kafka_recovery_runner
+from bridge.api.recoveries import Recoveries
 from bridge.api.service import WebhookService
 from bridge.api.store_repository import StoreRepository
 from bridge.config import Settings
@@ -56,12 +61,20 @@ async def _serve(args: argparse.Namespace) -> None:
     if settings.embedded:
         settings = settings.replace(kafka_bootstrap_servers=f"127.0.0.1:{settings.embedded_port}")
     async with WebhookStore(settings) as store:
+        repository = StoreRepository(store)
         service = WebhookService(
-            StoreRepository(store),
+            repository,
             publisher=functools.partial(send_test_event, settings),
             check_url=functools.partial(check_url, allow_http=allow_http, policy=policy),
         )
-        runner = web.AppRunner(create_app(service, tokens), access_log=None)
+        control = ControlService(
+            repository,
+            KafkaActivitySource(settings),
+            Recoveries(kafka_recovery_runner(settings)),
+            KafkaDeadLetters(settings),
+            redeliver_lookback=settings.delivery_log_max_age,
+        )
+        runner = web.AppRunner(create_app(service, control, tokens), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, args.host, args.port).start()
         print(f"serving /v1 on http://{args.host}:{args.port} ({len(tokens)} tokens)", flush=True)

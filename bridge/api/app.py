@@ -1,20 +1,25 @@
-"""The aiohttp application of ``/v1``: the OpenAPI document and the webhook routes.
+"""The aiohttp application of ``/v1``: the OpenAPI document and every route it declares.
 
 Handlers are thin: authenticate (:class:`~bridge.api.auth.TokenSet`), check the scope, read and
-bound the input, call :class:`~bridge.api.service.WebhookService`, answer JSON. Every error is a
-problem (:mod:`bridge.api.problems`), bad input always a ``4xx``.
+bound the input, call :class:`~bridge.api.service.WebhookService` (webhooks) or
+:class:`~bridge.api.control.ControlService` (delivery log, stats, recovery, dead letters),
+answer JSON. Every error is a problem (:mod:`bridge.api.problems`), bad input always a ``4xx``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
 
+from bridge.admin.dead_letters import DeadLetterFilter
+from bridge.admin.recovery import Operation
 from bridge.api.auth import Principal, Scope, TokenSet
+from bridge.api.control import ControlService, decode_dead_letter_cursor
 from bridge.api.openapi import (
     DEFAULT_PAGE_LIMIT,
     MAX_PAGE_LIMIT,
@@ -28,7 +33,8 @@ from bridge.api.problems import (
     problem_middleware,
     read_json_object,
 )
-from bridge.api.service import WebhookFilter, WebhookService, etag, public_view
+from bridge.api.service import WebhookFilter, WebhookService, body_errors, etag, public_view
+from bridge.attempts.log import LogQuery, decode_cursor
 from bridge.contract import jsoncanon
 from bridge.contract.schemas import EVENT_TYPES
 from bridge.subscriptions.webhook import Webhook
@@ -39,7 +45,12 @@ __all__ = ["DEFAULT_REQUEST_TIMEOUT", "ApiConfig", "create_app"]
 DEFAULT_REQUEST_TIMEOUT = 10.0
 
 _LIST_PARAMS = ("site_id", "user_id", "event_type", "state", "limit", "cursor")
+_ATTEMPT_PARAMS = ("event_type", "outcome", "status_class", "since", "until", "limit", "cursor")
+_DEAD_LETTER_PARAMS = ("webhook_id", "delivery_id", "since", "until", "limit", "cursor")
+_OUTCOMES = ("success", "failure", "skipped")
+_STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "none")
 _MAX_ID = 200
+_MAX_CURSOR = 2000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,9 +83,21 @@ def _webhook_response(
     return _json(public_view(webhook, with_secret=with_secret), status, headers=out)
 
 
+def _operation_response(operation: Operation, status: int = 200) -> web.Response:
+    headers = {"Location": f"/v1/recoveries/{quote(operation.id, safe='')}"}
+    return _json(operation.as_dict(), status, headers=headers if status == 202 else None)
+
+
 class _Routes:
-    def __init__(self, service: WebhookService, tokens: TokenSet, config: ApiConfig) -> None:
+    def __init__(
+        self,
+        service: WebhookService,
+        control: ControlService,
+        tokens: TokenSet,
+        config: ApiConfig,
+    ) -> None:
         self._service = service
+        self._control = control
         self._tokens = tokens
         self._config = config
 
@@ -89,20 +112,20 @@ class _Routes:
         return await read_json_object(request, max_bytes=self._config.max_body_bytes)
 
     @staticmethod
-    def _webhook_id(request: web.Request) -> str:
-        webhook_id = request.match_info["webhook_id"]
-        if len(webhook_id) > _MAX_ID or "\x00" in webhook_id:
-            raise Problem.invalid(
-                FieldError("webhook_id", "invalid_id", "not a webhook id", "path")
-            )
-        return webhook_id
+    def _path_id(request: web.Request, name: str = "webhook_id") -> str:
+        value = request.match_info[name]
+        if len(value) > _MAX_ID or "\x00" in value:
+            raise Problem.invalid(FieldError(name, "invalid_id", "not an id", "path"))
+        return value
+
+    _webhook_id = _path_id
 
     async def openapi(self, request: web.Request) -> web.Response:
         return _json(openapi_document())
 
     async def list_webhooks(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "read")
-        query = _single_values(request)
+        query = _single_values(request, _LIST_PARAMS)
         limit = _limit(query.get("limit"))
         event_type = query.get("event_type")
         state = query.get("state")
@@ -176,13 +199,179 @@ class _Routes:
         event = await self._service.send_test(principal, webhook_id, body)
         return _json({"webhook_id": webhook_id, "event_id": event.id}, 202)
 
+    async def list_attempts(self, request: web.Request) -> web.Response:
+        principal = self._principal(request, "read")
+        webhook_id = self._webhook_id(request)
+        query = _single_values(request, _ATTEMPT_PARAMS)
+        limit = _limit(query.get("limit"))
+        errors: list[FieldError] = []
+        for name, allowed in (
+            ("event_type", EVENT_TYPES),
+            ("outcome", _OUTCOMES),
+            ("status_class", _STATUS_CLASSES),
+        ):
+            value = query.get(name)
+            if value is not None and value not in allowed:
+                errors.append(
+                    FieldError(name, "enum", f"expected one of {', '.join(allowed)}", "query")
+                )
+        since, until = _time_range(query, errors, "query")
+        cursor = query.get("cursor")
+        if cursor is not None:
+            try:
+                if len(cursor) > _MAX_CURSOR:
+                    raise ValueError(cursor)
+                decode_cursor(cursor)
+            except ValueError:
+                errors.append(
+                    FieldError("cursor", "invalid_cursor", "not a cursor of this list", "query")
+                )
+        if errors:
+            raise Problem.invalid(*errors)
+        log_query = LogQuery(
+            event_type=query.get("event_type"),
+            outcome=query.get("outcome"),
+            status_class=query.get("status_class"),
+            since=None if since is None else since.timestamp(),
+            until=None if until is None else until.timestamp(),
+        )
+        page = await self._control.attempts(
+            principal, webhook_id, log_query, limit=limit, cursor=cursor
+        )
+        return _json({"items": [a.as_dict() for a in page.items], "next_cursor": page.next_cursor})
 
-def _single_values(request: web.Request) -> dict[str, str]:
-    """The query parameters of a listing: ``400`` for an unknown or repeated one."""
+    async def webhook_stats(self, request: web.Request) -> web.Response:
+        principal = self._principal(request, "read")
+        _single_values(request, ())
+        return _json(await self._control.stats(principal, self._webhook_id(request)))
+
+    async def get_delivery(self, request: web.Request) -> web.Response:
+        principal = self._principal(request, "read")
+        _single_values(request, ())
+        delivery_id = self._path_id(request, "delivery_id")
+        return _json(await self._control.delivery(principal, delivery_id))
+
+    async def redeliver(self, request: web.Request) -> web.Response:
+        principal = self._principal(request, "write")
+        delivery_id = self._path_id(request, "delivery_id")
+        operation = await self._control.redeliver(principal, delivery_id)
+        return _operation_response(operation, 202)
+
+    async def start_recovery(self, request: web.Request) -> web.Response:
+        principal = self._principal(request, "write")
+        webhook_id = self._webhook_id(request)
+        body = await self._body(request)
+        errors = body_errors("RecoveryCreate", body)
+        since, until = _time_range(body, errors, "body") if not errors else (None, None)
+        if errors:
+            raise Problem.invalid(*errors)
+        assert since is not None
+        rate = body.get("rate")
+        operation = await self._control.recover(
+            principal,
+            webhook_id,
+            since=since,
+            until=until,
+            rate=None if rate is None else float(rate),
+        )
+        return _operation_response(operation, 202)
+
+    async def get_recovery(self, request: web.Request) -> web.Response:
+        principal = self._principal(request, "read")
+        _single_values(request, ())
+        operation_id = self._path_id(request, "recovery_id")
+        return _operation_response(await self._control.recovery(principal, operation_id))
+
+    async def cancel_recovery(self, request: web.Request) -> web.Response:
+        principal = self._principal(request, "write")
+        operation_id = self._path_id(request, "recovery_id")
+        return _operation_response(await self._control.cancel_recovery(principal, operation_id))
+
+    async def list_dead_letters(self, request: web.Request) -> web.Response:
+        principal = self._principal(request, "read")
+        query = _single_values(request, _DEAD_LETTER_PARAMS)
+        limit = _limit(query.get("limit"))
+        errors: list[FieldError] = []
+        for name in ("webhook_id", "delivery_id"):
+            value = query.get(name)
+            if value is not None and not 0 < len(value) <= _MAX_ID:
+                errors.append(FieldError(name, "length", "empty or too long", "query"))
+        since, until = _time_range(query, errors, "query")
+        cursor = query.get("cursor")
+        if cursor is not None and not 0 < len(cursor) <= _MAX_CURSOR:
+            errors.append(
+                FieldError("cursor", "invalid_cursor", "not a cursor of this list", "query")
+            )
+        if errors:
+            raise Problem.invalid(*errors)
+        if cursor is not None:
+            decode_dead_letter_cursor(cursor)
+        where = DeadLetterFilter(
+            webhook_id=query.get("webhook_id"),
+            delivery_id=query.get("delivery_id"),
+            since=since,
+            until=until,
+        )
+        page = await self._control.dead_letters(principal, where, limit=limit, cursor=cursor)
+        return _json({"items": page.items, "next_cursor": page.next_cursor})
+
+    async def replay_dead_letters(self, request: web.Request) -> web.Response:
+        principal = self._principal(request, "write")
+        body = await self._body(request, optional=True)
+        errors = body_errors("DeadLetterReplay", body)
+        since, until = _time_range(body, errors, "body") if not errors else (None, None)
+        if errors:
+            raise Problem.invalid(*errors)
+        where = DeadLetterFilter(
+            webhook_id=body.get("webhook_id"),
+            delivery_id=body.get("delivery_id"),
+            since=since,
+            until=until,
+        )
+        report = await self._control.replay_dead_letters(principal, where)
+        return _json({"replayed": report.replayed, "skipped": report.skipped})
+
+
+def _time(text: str) -> datetime | None:
+    """An RFC 3339 date-time with its offset; ``None`` for anything else."""
+    if len(text) > 64:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        # In UTC, as every time the bridge shows; a time that has none (year 1 east of
+        # Greenwich) is refused here rather than failing where it is shown.
+        return moment.astimezone(UTC) if moment.tzinfo is not None else None
+    except (ValueError, OverflowError):
+        return None
+
+
+def _time_range(
+    values: Mapping[str, Any], errors: list[FieldError], location: str
+) -> tuple[datetime | None, datetime | None]:
+    """``since`` and ``until`` of a query or body, each optional; errors name the field."""
+    out: dict[str, datetime | None] = {"since": None, "until": None}
+    for name in out:
+        text = values.get(name)
+        if text is None:
+            continue
+        moment = _time(text) if isinstance(text, str) else None
+        if moment is None:
+            errors.append(
+                FieldError(name, "format", "a date-time with a time zone (RFC 3339)", location)
+            )
+        out[name] = moment
+    since, until = out["since"], out["until"]
+    if since is not None and until is not None and until <= since:
+        errors.append(FieldError("until", "range", "until must be after since", location))
+    return since, until
+
+
+def _single_values(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
+    """The query parameters of a request: ``400`` for an unknown or repeated one."""
     errors: list[FieldError] = []
     values: dict[str, str] = {}
     for name, value in request.query.items():
-        if name not in _LIST_PARAMS:
+        if name not in allowed:
             errors.append(FieldError(name[:100], "unknown_field", "not a parameter here", "query"))
         elif name in values:
             errors.append(FieldError(name, "repeated", "give it once", "query"))
@@ -204,15 +393,25 @@ def _limit(text: str | None) -> int:
 
 
 def create_app(
-    service: WebhookService, tokens: TokenSet, *, config: ApiConfig | None = None
+    service: WebhookService,
+    control: ControlService,
+    tokens: TokenSet,
+    *,
+    config: ApiConfig | None = None,
 ) -> web.Application:
-    """The ``/v1`` application: the OpenAPI document (no token needed) and the webhook routes."""
+    """The ``/v1`` application: the OpenAPI document (no token needed) and every operation it
+    declares. The recoveries ``control`` runs are cancelled when the application shuts down."""
     config = config or ApiConfig()
-    routes = _Routes(service, tokens, config)
+    routes = _Routes(service, control, tokens, config)
     app = web.Application(
         middlewares=[problem_middleware(config.request_timeout)],
         client_max_size=config.max_body_bytes,
     )
+
+    async def cancel_recoveries(app: web.Application) -> None:
+        await control.close()
+
+    app.on_shutdown.append(cancel_recoveries)
     app.router.add_get("/v1/openapi.json", routes.openapi, allow_head=False)
     app.router.add_get("/v1/webhooks", routes.list_webhooks, allow_head=False)
     app.router.add_post("/v1/webhooks", routes.create_webhook)
@@ -221,4 +420,13 @@ def create_app(
     app.router.add_delete("/v1/webhooks/{webhook_id}", routes.delete_webhook)
     app.router.add_post("/v1/webhooks/{webhook_id}/rotate-secret", routes.rotate_secret)
     app.router.add_post("/v1/webhooks/{webhook_id}/test", routes.send_test)
+    app.router.add_get("/v1/webhooks/{webhook_id}/attempts", routes.list_attempts, allow_head=False)
+    app.router.add_get("/v1/webhooks/{webhook_id}/stats", routes.webhook_stats, allow_head=False)
+    app.router.add_post("/v1/webhooks/{webhook_id}/recoveries", routes.start_recovery)
+    app.router.add_get("/v1/recoveries/{recovery_id}", routes.get_recovery, allow_head=False)
+    app.router.add_delete("/v1/recoveries/{recovery_id}", routes.cancel_recovery)
+    app.router.add_get("/v1/deliveries/{delivery_id}", routes.get_delivery, allow_head=False)
+    app.router.add_post("/v1/deliveries/{delivery_id}/redeliver", routes.redeliver)
+    app.router.add_get("/v1/dead-letters", routes.list_dead_letters, allow_head=False)
+    app.router.add_post("/v1/dead-letters/replay", routes.replay_dead_letters)
     return app

@@ -5,8 +5,8 @@ against the schema named here (:func:`request_validator`), and those schemas tak
 definitions from ``topics/schemas/webhook.json``, which the CLI and the workers validate
 records with. So the API, the CLI and the subscription table refuse the same values.
 
-Operations not served yet (the delivery log, stats, recovery, dead letters) carry
-``x-bridge-served: false``; docs/api.md says what is built.
+An operation the application does not serve would carry ``x-bridge-served: false``; today it
+serves every one (tests/unit/api/test_openapi.py keeps the two in step).
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ __all__ = [
     "DEFAULT_PAGE_LIMIT",
     "MAX_OVERLAP_SECONDS",
     "WEBHOOK_STATES",
+    "STATUS_CLASSES",
+    "DELIVERY_STATES",
+    "HEALTH_STATES",
+    "MAX_RECOVERY_RATE",
     "openapi_document",
     "request_schema",
     "request_validator",
@@ -38,6 +42,15 @@ DEFAULT_PAGE_LIMIT = 50
 MAX_PAGE_LIMIT = 200
 #: The longest rotation overlap (30 days).
 MAX_OVERLAP_SECONDS = 30 * 24 * 3600
+
+#: ``status_class`` filter values of the delivery log.
+STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "none")
+#: What a delivery's last attempt says (``Delivery.state``).
+DELIVERY_STATES = ("delivered", "retrying", "dead_lettered", "dropped")
+#: ``WebhookStats.state.health``.
+HEALTH_STATES = ("healthy", "failing", "disabled", "inactive")
+#: The fastest pace a recovery may be asked for (deliveries per second).
+MAX_RECOVERY_RATE = 1000
 
 #: ``active``; ``inactive`` (turned off by its owner); ``disabled`` (turned off by the bridge:
 #: the endpoint answered 410, or failed longer than ``disable_after``; ``disabled_reason`` says).
@@ -105,23 +118,26 @@ def _schemas() -> dict[str, Any]:
     )
     update_props = {name: _webhook_field(name) for name in (*_WRITABLE, "standard_webhooks")}
     attempt = _attempt_fields()
-    attempt.update(
-        {
-            "response_bytes": {"type": ["integer", "null"], "minimum": 0},
-            "next_retry_at": {"type": ["string", "null"]},
-        }
-    )
+    attempt["event_id"] = {"type": ["string", "null"]}
+    attempt["status_class"] = {
+        "enum": [*STATUS_CLASSES, "other"],
+        "description": "The status's class; none when no response arrived.",
+    }
+    counts = ("attempts", "successes", "failures", "skipped")
     window = {
         "type": "object",
-        "required": ["attempts", "successes", "failure_ratio"],
+        "description": "attempts counts requests made (successes + failures); skipped "
+        "attempts (open circuit, full queue, rate limit) are apart.",
+        "required": [*counts, "failure_ratio", "latency_p50_seconds", "latency_p99_seconds"],
         "properties": {
-            "attempts": {"type": "integer", "minimum": 0},
-            "successes": {"type": "integer", "minimum": 0},
+            **{name: {"type": "integer", "minimum": 0} for name in counts},
             "failure_ratio": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-            "latency_p50_seconds": {"type": ["number", "null"]},
-            "latency_p99_seconds": {"type": ["number", "null"]},
+            "latency_p50_seconds": {"type": ["number", "null"], "minimum": 0},
+            "latency_p99_seconds": {"type": ["number", "null"], "minimum": 0},
         },
+        "additionalProperties": False,
     }
+    nullable_text = {"type": ["string", "null"]}
     time_range = {
         "since": {"type": "string", "format": "date-time"},
         "until": {"type": "string", "format": "date-time"},
@@ -217,8 +233,9 @@ def _schemas() -> dict[str, Any]:
         },
         "Attempt": {
             "type": "object",
-            "required": ["delivery_id", "attempt"],
+            "required": list(attempt),
             "properties": attempt,
+            "additionalProperties": False,
         },
         "AttemptList": {
             "type": "object",
@@ -230,70 +247,132 @@ def _schemas() -> dict[str, Any]:
         },
         "Delivery": {
             "type": "object",
-            "required": ["delivery_id", "webhook_id", "attempts"],
+            "required": [
+                "delivery_id",
+                "webhook_id",
+                "event_id",
+                "event_type",
+                "state",
+                "attempts",
+            ],
             "properties": {
                 "delivery_id": {"type": "string"},
                 "webhook_id": {"type": "string"},
-                "event_id": {"type": "string"},
+                "event_id": nullable_text,
                 "event_type": {"type": "string"},
-                "state": {"enum": ["delivered", "retrying", "dead_lettered", "dropped"]},
-                "attempts": {"type": "array", "items": _ref("Attempt")},
+                "state": {
+                    "enum": list(DELIVERY_STATES),
+                    "description": "From the last attempt: succeeded, to be retried, "
+                    "dead-lettered, or nothing follows (the webhook was disabled...).",
+                },
+                "attempts": {"type": "array", "minItems": 1, "items": _ref("Attempt")},
             },
+            "additionalProperties": False,
         },
         "WebhookStats": {
             "type": "object",
-            "required": ["webhook_id", "windows", "state"],
+            "required": ["webhook_id", "windows", "last_success_at", "last_failure_at", "state"],
             "properties": {
                 "webhook_id": {"type": "string"},
                 "windows": {
                     "type": "object",
                     "required": ["1h", "24h", "7d"],
                     "properties": {"1h": window, "24h": window, "7d": window},
+                    "additionalProperties": False,
                 },
-                "last_success_at": {"type": ["string", "null"]},
-                "last_failure_at": {"type": ["string", "null"]},
+                "last_success_at": nullable_text,
+                "last_failure_at": nullable_text,
                 "state": {
                     "type": "object",
-                    "required": ["health"],
+                    "required": ["active", "health", "failing_since", "disabled_reason", "source"],
                     "properties": {
-                        "health": {"enum": ["healthy", "failing", "circuit_open", "disabled"]},
-                        "failing_since": {"type": ["string", "null"]},
-                        "disabled_reason": {"type": ["string", "null"]},
+                        "active": {"type": "boolean"},
+                        "health": {"enum": list(HEALTH_STATES)},
+                        "failing_since": nullable_text,
+                        "disabled_reason": nullable_text,
+                        "source": {
+                            "enum": ["webhook", "status", "log"],
+                            "description": "What the health was read from: the webhook record "
+                            "(inactive, disabled), the endpoint status topic, or the delivery log "
+                            "when the endpoint has no status record.",
+                        },
                     },
+                    "additionalProperties": False,
                 },
             },
-        },
-        "Redelivery": {
-            "type": "object",
-            "required": ["delivery_id", "webhook_id"],
-            "properties": {"delivery_id": {"type": "string"}, "webhook_id": {"type": "string"}},
+            "additionalProperties": False,
         },
         "RecoveryCreate": {
             "type": "object",
             "required": ["since"],
-            "properties": time_range,
+            "properties": {
+                **time_range,
+                "rate": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "maximum": MAX_RECOVERY_RATE,
+                    "description": "Deliveries enqueued per second, at most (default 10, "
+                    "never above the webhook's rate_limit).",
+                },
+            },
             "additionalProperties": False,
+            "description": "until defaults to now.",
         },
         "Recovery": {
             "type": "object",
-            "required": ["id", "webhook_id", "since", "state", "progress"],
+            "description": "A recovery or a redelivery (a recovery of one delivery_id), as it "
+            "goes; kept by the API process that started it.",
+            "required": [
+                "id",
+                "kind",
+                "webhook_id",
+                "since",
+                "until",
+                "delivery_id",
+                "rate",
+                "state",
+                "scanned",
+                "enqueued",
+                "invalid",
+                "progress",
+                "error",
+                "started_at",
+                "finished_at",
+            ],  # fmt: skip
             "properties": {
                 "id": {"type": "string"},
+                "kind": {"const": "recover"},
                 "webhook_id": {"type": "string"},
-                **time_range,
-                "state": {"enum": ["pending", "running", "done", "cancelled", "failed"]},
-                "progress": {
-                    "type": "object",
-                    "properties": {
-                        "events_scanned": {"type": "integer", "minimum": 0},
-                        "events_matched": {"type": "integer", "minimum": 0},
-                        "enqueued": {"type": "integer", "minimum": 0},
-                        "fraction": {"type": "number", "minimum": 0, "maximum": 1},
-                    },
+                "since": {"type": "string"},
+                "until": {"type": "string"},
+                "delivery_id": nullable_text,
+                "rate": {"type": "number", "exclusiveMinimum": 0},
+                "state": {"enum": ["running", "done", "cancelled", "failed"]},
+                "scanned": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Source records read.",
                 },
-                "created_at": {"type": "string"},
-                "finished_at": {"type": ["string", "null"]},
+                "enqueued": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Deliveries enqueued (the webhook's matching events).",
+                },
+                "invalid": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Source records that are not valid events.",
+                },
+                "progress": {"type": "number", "minimum": 0, "maximum": 1},
+                "error": {
+                    "type": ["string", "null"],
+                    "description": "Why it failed: event_not_retained (a redelivery whose event "
+                    "left the source topics), or the error's class.",
+                },
+                "started_at": nullable_text,
+                "finished_at": nullable_text,
             },
+            "additionalProperties": False,
         },
         "DeadLetter": _embedded("schemas/deadletter.json"),
         "DeadLetterList": {
@@ -306,9 +385,11 @@ def _schemas() -> dict[str, Any]:
         },
         "DeadLetterReplay": {
             "type": "object",
+            "description": "Every field narrows the replay; a token restricted to a site or "
+            "account must give webhook_id.",
             "properties": {
-                "webhook_id": {"type": "string", "minLength": 1},
-                "delivery_id": {"type": "string", "minLength": 1},
+                "webhook_id": {"type": "string", "minLength": 1, "maxLength": 200},
+                "delivery_id": {"type": "string", "minLength": 1, "maxLength": 200},
                 **time_range,
             },
             "additionalProperties": False,
@@ -371,11 +452,9 @@ _LIMIT = _query(
 )
 _CURSOR = _query(
     "cursor",
-    {"type": "string", "minLength": 1, "maxLength": 2000},
+    {"type": "string", "minLength": 1, "maxLength": 2000, "pattern": "^[A-Za-z0-9_-]+$"},
     "next_cursor of the previous page, with the same filters.",
 )
-_SINCE = _query("since", {"type": "string", "format": "date-time"})
-_UNTIL = _query("until", {"type": "string", "format": "date-time"})
 
 
 def _operation(
@@ -416,8 +495,24 @@ def _operation(
     return out
 
 
+_LOCATION = {
+    "Location": {"description": "The recovery: /v1/recoveries/{id}.", "schema": {"type": "string"}}
+}
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+    }
+
+
 def _paths() -> dict[str, Any]:
     not_found = _problem_response("No such webhook.")
+    no_recovery = _problem_response("No such recovery in this API process.")
+    no_delivery = _problem_response("No attempt of this delivery is kept.")
     changed = _problem_response("If-Match does not match the current ETag.")
     webhook = _json(_ref("Webhook"), "The webhook.", headers=_ETAG_HEADER)
     with_secret = _json(
@@ -532,13 +627,20 @@ def _paths() -> dict[str, Any]:
                 parameters=[
                     _query("event_type", {"enum": list(EVENT_TYPES)}),
                     _query("outcome", {"enum": ["success", "failure", "skipped"]}),
-                    _query("status_class", {"enum": ["2xx", "3xx", "4xx", "5xx", "none"]}),
-                    _SINCE,
-                    _UNTIL,
+                    _query(
+                        "status_class",
+                        {"enum": list(STATUS_CLASSES)},
+                        "none: attempts that got no response.",
+                    ),
+                    _query("since", {"type": "string", "format": "date-time"}, "Inclusive."),
+                    _query(
+                        "until",
+                        {"type": "string", "format": "date-time"},
+                        "Exclusive; after since.",
+                    ),
                     _LIMIT,
                     _CURSOR,
                 ],
-                served=False,
                 tag="deliveries",
             ),
         },
@@ -549,7 +651,6 @@ def _paths() -> dict[str, Any]:
                 "Attempts, successes, failure ratio and latency over 1 h, 24 h and 7 d; state.",
                 "read",
                 {"200": _json(_ref("WebhookStats"), "The stats."), "404": not_found},
-                served=False,
                 tag="deliveries",
             ),
         },
@@ -559,89 +660,83 @@ def _paths() -> dict[str, Any]:
                 "startRecovery",
                 "Deliver again this webhook's events since (until) a time, same delivery ids.",
                 "write",
-                {"202": _json(_ref("Recovery"), "Started; poll it."), "404": not_found},
+                {
+                    "202": _json(_ref("Recovery"), "Started; poll it.", headers=_LOCATION),
+                    "404": not_found,
+                    "409": _problem_response("The webhook is not active."),
+                },
                 body="RecoveryCreate",
-                served=False,
                 tag="recovery",
             ),
         },
         "/v1/recoveries/{recovery_id}": {
-            "parameters": [
-                {
-                    "name": "recovery_id",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string", "minLength": 1},
-                }
-            ],
+            "parameters": [_path_param("recovery_id")],
             "get": _operation(
                 "getRecovery",
-                "Progress of a recovery.",
+                "Progress of a recovery or redelivery.",
                 "read",
-                {"200": _json(_ref("Recovery"), "The recovery."), "404": not_found},
-                served=False,
+                {"200": _json(_ref("Recovery"), "The recovery."), "404": no_recovery},
                 tag="recovery",
             ),
             "delete": _operation(
                 "cancelRecovery",
-                "Cancel a recovery (what it enqueued stays enqueued).",
+                "Cancel a running recovery and wait until it stopped (what it enqueued stays "
+                "enqueued); a finished one is answered as it is.",
                 "write",
-                {"200": _json(_ref("Recovery"), "Cancelled."), "404": not_found},
-                served=False,
+                {"200": _json(_ref("Recovery"), "Cancelled, or finished."), "404": no_recovery},
                 tag="recovery",
             ),
         },
         "/v1/deliveries/{delivery_id}": {
-            "parameters": [
-                {
-                    "name": "delivery_id",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string", "minLength": 1},
-                }
-            ],
+            "parameters": [_path_param("delivery_id")],
             "get": _operation(
                 "getDelivery",
-                "One delivery (X-Webhook-Delivery id) with all its attempts.",
+                "One delivery (X-Webhook-Delivery id) with all its attempts, in order.",
                 "read",
-                {"200": _json(_ref("Delivery"), "The delivery."), "404": not_found},
-                served=False,
+                {"200": _json(_ref("Delivery"), "The delivery."), "404": no_delivery},
                 tag="deliveries",
             ),
         },
         "/v1/deliveries/{delivery_id}/redeliver": {
-            "parameters": [
-                {
-                    "name": "delivery_id",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string", "minLength": 1},
-                }
-            ],
+            "parameters": [_path_param("delivery_id")],
             "post": _operation(
                 "redeliver",
-                "Deliver again now, with the same delivery id.",
+                "Deliver again now, with the same delivery id: a recovery of that delivery.",
                 "write",
-                {"202": _json(_ref("Redelivery"), "Enqueued."), "404": not_found},
-                served=False,
+                {
+                    "202": _json(_ref("Recovery"), "Started; poll it.", headers=_LOCATION),
+                    "404": no_delivery,
+                    "409": _problem_response("The delivery's webhook is gone or not active."),
+                },
                 tag="recovery",
             ),
         },
         "/v1/dead-letters": {
             "get": _operation(
                 "listDeadLetters",
-                "Dead letters, as `webhook-bridge dlq list` shows them.",
+                "Dead letters, oldest first, as `webhook-bridge dlq list` shows them; a "
+                "restricted token sees those of its webhooks only.",
                 "read",
-                {"200": _json(_ref("DeadLetterList"), "One page.")},
+                {
+                    "200": _json(_ref("DeadLetterList"), "One page."),
+                    "404": _problem_response("webhook_id names no webhook (restricted tokens)."),
+                },
                 parameters=[
-                    _query("webhook_id", {"type": "string", "minLength": 1}),
-                    _query("delivery_id", {"type": "string", "minLength": 1}),
-                    _SINCE,
-                    _UNTIL,
+                    _query("webhook_id", {"type": "string", "minLength": 1, "maxLength": 200}),
+                    _query("delivery_id", {"type": "string", "minLength": 1, "maxLength": 200}),
+                    _query(
+                        "since",
+                        {"type": "string", "format": "date-time"},
+                        "Dead-lettered at or after.",
+                    ),
+                    _query(
+                        "until",
+                        {"type": "string", "format": "date-time"},
+                        "Dead-lettered at or before; after since.",
+                    ),
                     _LIMIT,
                     _CURSOR,
                 ],
-                served=False,
                 tag="recovery",
             ),
         },
@@ -650,9 +745,12 @@ def _paths() -> dict[str, Any]:
                 "replayDeadLetters",
                 "Re-enqueue matching dead letters with their delivery ids.",
                 "write",
-                {"200": _json(_ref("ReplayReport"), "What was replayed.")},
+                {
+                    "200": _json(_ref("ReplayReport"), "What was replayed."),
+                    "404": _problem_response("webhook_id names no webhook (restricted tokens)."),
+                },
                 body="DeadLetterReplay",
-                served=False,
+                body_required=False,
                 tag="recovery",
             ),
         },

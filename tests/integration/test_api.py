@@ -1,31 +1,72 @@
-"""The API's webhook routes on the real broker: writes land in the compacted subscriptions topic
-as WebhookStore writes them (encrypted secrets included), versions catch changes made by others."""
+"""The API on the real broker: webhook writes land in the compacted subscriptions topic as
+WebhookStore writes them (encrypted secrets included), versions catch changes made by others;
+with a real worker and receiver, the delivery log, stats, recovery and redelivery routes."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from bridge.admin.publish import send_test_event
+from bridge.admin.publish import publish_events, send_test_event
 from bridge.admin.topics import apply_topics
 from bridge.api.app import create_app
 from bridge.api.auth import TokenSet, hash_token
+from bridge.api.control import ControlService
+from bridge.api.kafka_sources import KafkaActivitySource, KafkaDeadLetters, kafka_recovery_runner
+from bridge.api.recoveries import Recoveries
 from bridge.api.service import WebhookService
 from bridge.api.store_repository import StoreRepository
 from bridge.config import Settings
 from bridge.contract import jsoncanon
+from bridge.contract.events import Event, build_event, format_timestamp
+from bridge.contract.payload import delivery_id
 from bridge.kafka.reading import read_topic
 from bridge.subscriptions.secretbox import generate_key
 from bridge.subscriptions.store import WebhookStore
+from tests.support.receivers import Receiver
+from tests.support.waiting import poll
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "wbt_integration-0123456789abcdef0123456789abcdef"
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+READER = "wbt_integration-reader-0123456789abcdef0123456789"
+SITE_2 = "wbt_integration-site2-0123456789abcdef0123456789a"
+TOKENS = {
+    "tokens": [
+        {"name": "it", "sha256": hash_token(TOKEN), "scopes": ["read", "write"]},
+        {"name": "reader", "sha256": hash_token(READER), "scopes": ["read"]},
+        {"name": "s2", "sha256": hash_token(SITE_2), "scopes": ["read", "write"], "site_id": "s2"},
+    ]
+}
+
+
+@asynccontextmanager
+async def api_client(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
+    """The API as ``python -m bridge.api serve`` builds it, over the test's topics."""
+    async with WebhookStore(settings) as store:
+        repository = StoreRepository(store, cache_seconds=0)
+        service = WebhookService(repository, publisher=functools.partial(send_test_event, settings))
+        control = ControlService(
+            repository,
+            KafkaActivitySource(settings),
+            Recoveries(kafka_recovery_runner(settings)),
+            KafkaDeadLetters(settings),
+            redeliver_lookback=settings.delivery_log_max_age,
+        )
+        tokens = TokenSet.from_mapping(TOKENS)
+        client = TestClient(TestServer(create_app(service, control, tokens)))
+        await client.start_server()
+        try:
+            yield client
+        finally:
+            await client.close()
 
 
 async def test_webhook_routes_write_the_subscriptions_topic(
@@ -33,20 +74,8 @@ async def test_webhook_routes_write_the_subscriptions_topic(
 ) -> None:
     settings = make_settings(secret_keys=f"k1:{generate_key()}")
     await apply_topics(settings)
-    tokens = TokenSet.from_mapping(
-        {"tokens": [{"name": "it", "sha256": hash_token(TOKEN), "scopes": ["read", "write"]}]}
-    )
-    async with WebhookStore(settings) as store, WebhookStore(settings) as cli:
-        service = WebhookService(
-            StoreRepository(store, cache_seconds=0),
-            publisher=functools.partial(send_test_event, settings),
-        )
-        client = TestClient(TestServer(create_app(service, tokens)))
-        await client.start_server()
-        try:
-            await _exercise(client, cli, settings)
-        finally:
-            await client.close()
+    async with api_client(settings) as client, WebhookStore(settings) as cli:
+        await _exercise(client, cli, settings)
 
 
 async def _exercise(client: TestClient[Any, Any], cli: WebhookStore, settings: Settings) -> None:
@@ -115,3 +144,122 @@ async def _exercise(client: TestClient[Any, Any], cli: WebhookStore, settings: S
     assert "wh_api" not in await cli.load()
     gone = await client.get("/v1/webhooks/wh_api", headers=HEADERS)
     assert gone.status == 404
+
+
+def post(n: int, site: str) -> Event:
+    return build_event(
+        "post.created", {"id": f"p{n}", "title": f"post {n}"}, site_id=site, user_id="u1"
+    )
+
+
+async def get(client: TestClient[Any, Any], path: str, token: str = TOKEN) -> Any:
+    response = await client.get(path, headers={"Authorization": f"Bearer {token}"})
+    assert response.status == 200, await response.text()
+    return await response.json()
+
+
+async def finished(client: TestClient[Any, Any], location: str) -> dict[str, Any]:
+    shown: dict[str, Any] = await poll(
+        lambda: get(client, location),
+        until=lambda op: op["state"] != "running",
+        timeout=60,
+        interval=0.2,
+    )
+    return shown
+
+
+async def test_the_log_stats_recovery_and_redelivery_of_a_real_worker(
+    settings: Settings, receiver: Receiver, workers
+) -> None:
+    receiver.scripts["/wh"] = [500, 503]
+    async with WebhookStore(settings) as store:
+        for name, site in (("wh", "s1"), ("other", "s2")):
+            receiver.secrets[f"/{name}"] = f"secret-{name}-0123456789"
+            await store.create(
+                url=receiver.url(f"/{name}"),
+                events=["post.created"],
+                site_id=site,
+                user_id="u1",
+                secret=f"secret-{name}-0123456789",
+                webhook_id=name,
+                name=name,
+            )
+    worker = workers(settings)
+    await worker.wait_ready()
+    first = post(1, "s1")
+    await publish_events(settings, [first])
+    target = delivery_id(first.id, "wh")
+    await receiver.wait_for(lambda got: [r.status for r in got] == [500, 503, 200])
+
+    async with api_client(settings) as client:
+        # The delivery, its attempts in order; the log, newest first; the stats.
+        delivery = await poll(
+            lambda: client.get(f"/v1/deliveries/{target}", headers=HEADERS),
+            until=lambda response: response.status == 200,
+            timeout=30,
+            interval=0.5,
+        )
+        shown = await poll(
+            lambda: get(client, f"/v1/deliveries/{target}"),
+            until=lambda d: len(d["attempts"]) == 3,
+            timeout=30,
+            interval=0.5,
+        )
+        assert delivery.status == 200 and shown["state"] == "delivered"
+        assert [(a["attempt"], a["status"], a["next"]) for a in shown["attempts"]] == [
+            (1, 500, "retry"),
+            (2, 503, "retry"),
+            (3, 200, None),
+        ]
+        log = await get(client, "/v1/webhooks/wh/attempts")
+        assert [a["attempt"] for a in log["items"]] == [3, 2, 1]
+        assert log["items"] == shown["attempts"][::-1]
+        stats = await get(client, "/v1/webhooks/wh/stats")
+        for window in ("1h", "24h", "7d"):
+            counted = stats["windows"][window]
+            assert (counted["attempts"], counted["successes"], counted["failures"]) == (3, 1, 2)
+        assert stats["last_success_at"] == log["items"][0]["at"]
+        assert stats["last_failure_at"] == log["items"][1]["at"]
+        assert stats["state"]["active"] is True and stats["state"]["health"] == "healthy"
+
+        # Auth: no token, a read-only token writing, another site's token.
+        assert (await client.get("/v1/webhooks/wh/attempts")).status == 401
+        reader = {"Authorization": f"Bearer {READER}"}
+        assert (
+            await client.post(f"/v1/deliveries/{target}/redeliver", headers=reader)
+        ).status == 403
+        site_2 = {"Authorization": f"Bearer {SITE_2}"}
+        assert (await client.get("/v1/webhooks/wh/stats", headers=site_2)).status == 403
+        assert (await client.get(f"/v1/deliveries/{target}", headers=site_2)).status == 403
+        assert (await get(client, "/v1/webhooks/other/stats", SITE_2))["webhook_id"] == "other"
+
+        # Recover since a time: exactly that webhook's events from then, with their ids.
+        # The last attempt started after the first event was published, and before these.
+        since = datetime.fromisoformat(log["items"][0]["at"].replace("Z", "+00:00"))
+        after = [post(2, "s1"), post(3, "s1"), post(4, "s2")]
+        await publish_events(settings, after)
+        await receiver.wait_for(
+            lambda _: len(receiver.at("/wh")) == 5 and len(receiver.at("/other")) == 1
+        )
+        response = await client.post(
+            "/v1/webhooks/wh/recoveries",
+            json={"since": format_timestamp(since), "rate": 50},
+            headers=HEADERS,
+        )
+        assert response.status == 202, await response.text()
+        assert response.headers["Location"] == f"/v1/recoveries/{(await response.json())['id']}"
+        recovered = await finished(client, response.headers["Location"])
+        assert recovered["state"] == "done" and recovered["enqueued"] == 2
+        await receiver.wait_for(lambda _: len(receiver.at("/wh")) == 7)
+        again = sorted(r.delivery_id for r in receiver.at("/wh")[5:])
+        assert again == sorted(delivery_id(e.id, "wh") for e in after[:2])
+        assert all(receiver.verified(r) for r in receiver.at("/wh"))
+
+        # Redeliver the first delivery: the same id again.
+        response = await client.post(f"/v1/deliveries/{target}/redeliver", headers=HEADERS)
+        assert response.status == 202, await response.text()
+        redelivered = await finished(client, response.headers["Location"])
+        assert redelivered["state"] == "done" and redelivered["enqueued"] == 1
+        await receiver.wait_for(lambda _: len(receiver.at("/wh")) == 8)
+        assert receiver.at("/wh")[-1].delivery_id == target
+        assert len(receiver.at("/other")) == 1

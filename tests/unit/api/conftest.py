@@ -1,7 +1,8 @@
-"""Fixtures of the API tests: tokens, an in-memory service and a client of its application."""
+"""Fixtures of the API tests: tokens, in-memory services and sources, a client of the app."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -10,10 +11,17 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from bridge.admin.dead_letters import DeadLetterFilter, ReplayReport
+from bridge.admin.recovery import Operation
+from bridge.api.activity import EndpointStatus
 from bridge.api.app import ApiConfig, create_app
 from bridge.api.auth import TokenSet, hash_token
+from bridge.api.control import ControlService
+from bridge.api.recoveries import Recoveries
 from bridge.api.repository import MemoryRepository
 from bridge.api.service import WebhookService
+from bridge.attempts.book import Activity, ActivityBook
+from bridge.attempts.record import Attempt
 from bridge.contract.events import Event, build_event
 from bridge.errors import InvalidSubscription
 from bridge.subscriptions.webhook import Webhook
@@ -82,12 +90,137 @@ class Published:
         return event
 
 
+#: The wall time of the activity fakes: 2026-01-15T10:30:00Z.
+NOW = 1768473000.0
+
+
+def attempt(
+    delivery_id: str,
+    number: int,
+    *,
+    webhook_id: str = "wh_1",
+    at: float = NOW - 60,
+    outcome: str = "failure",
+    status: int | None = 500,
+    next: str | None = "retry",
+    event_type: str = "post.created",
+) -> Attempt:
+    """An attempt record as the deliverer writes it, read back."""
+    stamp = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
+    return Attempt.of(
+        {
+            "delivery_id": delivery_id,
+            "webhook_id": webhook_id,
+            "event_id": f"evt_{delivery_id}",
+            "event_type": event_type,
+            "attempt": number,
+            "outcome": outcome,
+            "status": status,
+            "error": None if outcome == "success" else "http_status",
+            "duration_seconds": 0.02,
+            "at": stamp.replace("+00:00", "Z"),
+            "next": next,
+        }
+    )
+
+
+class MemoryActivity:
+    """An ActivitySource over an ActivityBook (what the worker's tables will hold)."""
+
+    def __init__(self) -> None:
+        self.book = ActivityBook()
+        self.attempts: list[Attempt] = []
+        self.statuses: dict[str, EndpointStatus] = {}
+
+    def add(self, *attempts: Attempt) -> None:
+        for one in attempts:
+            self.attempts.append(one)
+            self.book.add(one, NOW)
+
+    async def activity(self, webhook_id: str) -> Activity:
+        return self.book.get(webhook_id) or self.book.empty()
+
+    async def delivery(self, delivery_id: str) -> list[Attempt]:
+        found = [a for a in self.attempts if a.delivery_id == delivery_id]
+        return sorted(found, key=lambda a: (a.at_seconds, a.attempt))
+
+    async def status(self, webhook_id: str) -> EndpointStatus | None:
+        return self.statuses.get(webhook_id)
+
+
+@dataclass
+class MemoryDeadLetters:
+    """Dead-letter records in a list; replays are recorded."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    replays: list[DeadLetterFilter] = field(default_factory=list)
+
+    async def list(self, where: DeadLetterFilter) -> list[dict[str, Any]]:
+        return [r for r in self.records if where.matches(r)]
+
+    async def replay(self, where: DeadLetterFilter) -> ReplayReport:
+        self.replays.append(where)
+        chosen = [r for r in self.records if where.matches(r)]
+        return ReplayReport([str(r["delivery_id"]) for r in chosen if r.get("delivery_id")], 0)
+
+
+def dead_letter(n: int, webhook_id: str | None = "wh_1", at: str = "2026-01-15T10:00:00.000Z"):
+    """A dead-letter record of topics/schemas/deadletter.json."""
+    return {
+        "reason": "attempts_exhausted",
+        "detail": "8 attempts",
+        "source": {"topic": "events", "partition": 0, "offset": n, "key": None},
+        "webhook_id": webhook_id,
+        "delivery_id": f"dl_{n}" if webhook_id else None,
+        "attempts": [],
+        "dead_lettered_at": at,
+    }
+
+
+@dataclass
+class Runner:
+    """A recovery runner: enqueues ``enqueued`` deliveries, or with ``hold`` waits until
+    cancelled; every operation it ran is kept."""
+
+    enqueued: int = 2
+    hold: bool = False
+    ran: list[Operation] = field(default_factory=list)
+
+    async def __call__(self, operation: Operation) -> Operation:
+        self.ran.append(operation)
+        if self.hold:
+            await asyncio.Event().wait()
+        operation.scanned = 5
+        operation.enqueued = self.enqueued
+        operation.total = operation.done = 5
+        operation.state = "done"
+        return operation
+
+
+def control_service(
+    repository: MemoryRepository,
+    activity: MemoryActivity | None = None,
+    runner: Runner | None = None,
+    dead_letters: MemoryDeadLetters | None = None,
+) -> ControlService:
+    return ControlService(
+        repository,
+        activity or MemoryActivity(),
+        Recoveries(runner or Runner(), clock=lambda: NOW),
+        dead_letters or MemoryDeadLetters(),
+        clock=lambda: NOW,
+    )
+
+
 @dataclass
 class Api:
     client: TestClient[Any, Any]
     repository: MemoryRepository
     published: Published
     clock: Clock
+    activity: MemoryActivity
+    runner: Runner
+    dead_letters: MemoryDeadLetters
 
     async def create(self, token: str = ADMIN, **body: Any) -> dict[str, Any]:
         body = {"url": "https://example.com/hook", "events": ["post.created"], **body}
@@ -111,10 +244,12 @@ async def api(tokens: TokenSet) -> AsyncIterator[Api]:
     published = Published()
     clock = Clock()
     service = WebhookService(repository, publisher=published, clock=clock)
-    app = create_app(service, tokens, config=ApiConfig(max_body_bytes=64 * 1024))
+    activity, runner, dead_letters = MemoryActivity(), Runner(), MemoryDeadLetters()
+    control = control_service(repository, activity, runner, dead_letters)
+    app = create_app(service, control, tokens, config=ApiConfig(max_body_bytes=64 * 1024))
     client = TestClient(TestServer(app))
     await client.start_server()
     try:
-        yield Api(client, repository, published, clock)
+        yield Api(client, repository, published, clock, activity, runner, dead_letters)
     finally:
         await client.close()

@@ -345,7 +345,9 @@ def test_a_cursor_carries_its_filter() -> None:
 
 
 def path_of(template: str) -> str:
-    return template.replace("{webhook_id}", "wh_x")
+    for name in ("webhook_id", "delivery_id", "recovery_id"):
+        template = template.replace(f"{{{name}}}", "x_1")
+    return template
 
 
 @pytest.mark.parametrize(

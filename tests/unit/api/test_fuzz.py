@@ -1,4 +1,4 @@
-"""Schemathesis fuzzes every served operation: no 5xx, answers match the document, auth holds."""
+"""Schemathesis fuzzes every operation: no 5xx, answers match the document, auth holds."""
 
 from __future__ import annotations
 
@@ -18,7 +18,17 @@ from bridge.api.openapi import openapi_document
 from bridge.api.repository import MemoryRepository
 from bridge.api.service import WebhookService
 from bridge.worker.embedded import free_port
-from tests.unit.api.conftest import TOKENS, Published, auth
+from tests.unit.api.conftest import (
+    NOW,
+    TOKENS,
+    MemoryActivity,
+    MemoryDeadLetters,
+    Published,
+    attempt,
+    auth,
+    control_service,
+    dead_letter,
+)
 
 
 def served_document() -> dict[str, Any]:
@@ -43,8 +53,17 @@ class Server:
         self._runner: web.AppRunner | None = None
 
     def start(self) -> Server:
-        service = WebhookService(MemoryRepository(), publisher=Published())
-        app = create_app(service, TokenSet.from_mapping(TOKENS), config=ApiConfig())
+        repository = MemoryRepository()
+        activity = MemoryActivity()
+        activity.add(
+            attempt("d1", 1),
+            attempt("d1", 2, at=NOW - 30, outcome="success", status=200, next=None),
+        )
+        service = WebhookService(repository, publisher=Published())
+        control = control_service(
+            repository, activity, dead_letters=MemoryDeadLetters([dead_letter(1)])
+        )
+        app = create_app(service, control, TokenSet.from_mapping(TOKENS), config=ApiConfig())
         self._thread.start()
 
         async def up() -> None:

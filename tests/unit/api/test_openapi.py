@@ -18,7 +18,7 @@ from bridge.api.openapi import (
 from bridge.api.repository import MemoryRepository
 from bridge.api.service import WebhookService
 from bridge.contract.resources import load_json
-from tests.unit.api.conftest import Api
+from tests.unit.api.conftest import Api, control_service
 
 
 def test_the_document_is_valid_openapi_3_1() -> None:
@@ -55,7 +55,8 @@ def test_every_operation_but_the_document_needs_a_scope_and_answers_problems() -
 
 
 def test_the_app_serves_exactly_the_operations_marked_served() -> None:
-    app = create_app(WebhookService(MemoryRepository()), TokenSet([]))
+    repository = MemoryRepository()
+    app = create_app(WebhookService(repository), control_service(repository), TokenSet([]))
     routes = {
         (route.method, route.resource.canonical)
         for route in app.router.routes()

@@ -1,0 +1,411 @@
+"""What the delivery-log, stats, recovery and dead-letter routes mean, over their sources.
+
+Every operation first finds the webhook it concerns in the :class:`WebhookRepository` and checks
+the token's site or account restriction against it (``404`` for an unknown webhook, ``403``
+naming ``site_id`` or ``user_id`` outside the restriction), then reads an
+:class:`~bridge.api.activity.ActivitySource`, starts an operation in
+:class:`~bridge.api.recoveries.Recoveries`, or reads or replays a :class:`DeadLetterSource`.
+
+A restricted token sees one delivery only while its webhook exists and is within the
+restriction; it sees the dead letters of its own webhooks only (those of deleted webhooks and of
+events no webhook was found for are for unrestricted tokens), and replays one webhook's at a
+time (``webhook_id`` required).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from bridge.admin.dead_letters import DeadLetterFilter, ReplayReport
+from bridge.admin.recovery import DEFAULT_RATE, Operation, RecoveryRequest
+from bridge.api.activity import ActivitySource
+from bridge.api.auth import Principal
+from bridge.api.problems import FieldError, Problem
+from bridge.api.recoveries import Recoveries
+from bridge.api.repository import WebhookRepository
+from bridge.attempts.log import LogQuery, WebhookLog
+from bridge.attempts.log import Page as LogPage
+from bridge.attempts.record import Attempt
+from bridge.attempts.stats import WINDOWS
+from bridge.contract.events import format_timestamp
+from bridge.subscriptions.webhook import Webhook
+
+__all__ = [
+    "DEFAULT_REDELIVER_LOOKBACK",
+    "DeadLetterSource",
+    "DeadLetterPage",
+    "ControlService",
+    "delivery_state",
+    "encode_dead_letter_cursor",
+    "decode_dead_letter_cursor",
+]
+
+#: How long before its first attempt a delivery's event is looked for in the source topics
+#: when it is redelivered (seconds): the delivery log's longest retention.
+DEFAULT_REDELIVER_LOOKBACK = 7 * 86400.0
+
+
+class DeadLetterSource(Protocol):
+    """Dead letters to list and replay (as :mod:`bridge.admin.dead_letters` does on Kafka)."""
+
+    async def list(self, where: DeadLetterFilter) -> list[dict[str, Any]]:
+        """The dead-letter records ``where`` selects."""
+        ...
+
+    async def replay(self, where: DeadLetterFilter) -> ReplayReport:
+        """Re-enqueue the dead letters ``where`` selects, with their delivery ids."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterPage:
+    """Dead letters, oldest first, and the cursor of the next page."""
+
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def delivery_state(attempts: list[Attempt]) -> str:
+    """``delivered``, ``retrying``, ``dead_lettered`` or ``dropped``, from the last attempt."""
+    last = attempts[-1]
+    if last.outcome == "success":
+        return "delivered"
+    return {"retry": "retrying", "dead_letter": "dead_lettered"}.get(last.next or "", "dropped")
+
+
+def _dead_letter_position(record: dict[str, Any]) -> tuple[str, str, int, int]:
+    source = record.get("source")
+    source = source if isinstance(source, dict) else {}
+    partition, offset = source.get("partition"), source.get("offset")
+    return (
+        str(record.get("dead_lettered_at", "")),
+        str(source.get("topic", "")),
+        partition if isinstance(partition, int) else -1,
+        offset if isinstance(offset, int) else -1,
+    )
+
+
+def encode_dead_letter_cursor(position: tuple[str, str, int, int]) -> str:
+    """An opaque cursor for the dead letters after ``position`` (time, topic, partition,
+    offset: the record's place, which never changes)."""
+    text = json.dumps(list(position), separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_dead_letter_cursor(cursor: str) -> tuple[str, str, int, int]:
+    """The position in a cursor of :func:`encode_dead_letter_cursor`; ``400`` naming
+    ``cursor`` for anything else."""
+    problem = Problem.invalid(
+        FieldError("cursor", "invalid_cursor", "not a cursor of this list", "query")
+    )
+    try:
+        value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        raise problem from None
+    if (
+        not isinstance(value, list)
+        or len(value) != 4
+        or not all(isinstance(v, str) for v in value[:2])
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value[2:])
+    ):
+        raise problem
+    return (value[0], value[1], value[2], value[3])
+
+
+def _moment(seconds: float | None) -> str | None:
+    return None if seconds is None else format_timestamp(datetime.fromtimestamp(seconds, UTC))
+
+
+class ControlService:
+    """The delivery log, stats, recovery and dead-letter operations of the API.
+
+    ``redeliver_lookback``: how far before a delivery's first attempt its event is looked for.
+    ``clock`` gives the time in seconds since the epoch.
+    """
+
+    def __init__(
+        self,
+        repository: WebhookRepository,
+        activity: ActivitySource,
+        recoveries: Recoveries,
+        dead_letters: DeadLetterSource,
+        *,
+        redeliver_lookback: float = DEFAULT_REDELIVER_LOOKBACK,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._repository = repository
+        self._activity = activity
+        self._recoveries = recoveries
+        self._dead_letters = dead_letters
+        self._lookback = redeliver_lookback
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"ControlService({self._activity!r}, {self._recoveries!r})"
+
+    async def close(self) -> None:
+        """Cancel the running recoveries (the application shuts down)."""
+        await self._recoveries.close()
+
+    async def _webhook(self, principal: Principal, webhook_id: str) -> Webhook:
+        webhook = await self._repository.get(webhook_id)
+        if webhook is None:
+            raise Problem("not_found", "no such webhook")
+        principal.check(webhook)
+        return webhook
+
+    # ------------------------------------------------------------------ log and stats
+
+    async def attempts(
+        self,
+        principal: Principal,
+        webhook_id: str,
+        query: LogQuery,
+        *,
+        limit: int,
+        cursor: str | None,
+    ) -> LogPage:
+        """One page of the webhook's attempts, newest first (``cursor`` already checked)."""
+        await self._webhook(principal, webhook_id)
+        activity = await self._activity.activity(webhook_id)
+        try:
+            return activity.log.page(query, now=self._clock(), limit=limit, cursor=cursor)
+        except ValueError:
+            raise Problem.invalid(
+                FieldError("cursor", "invalid_cursor", "not a cursor of this list", "query")
+            ) from None
+
+    async def stats(self, principal: Principal, webhook_id: str) -> dict[str, Any]:
+        """The ``WebhookStats`` view: windows, last success and failure, state."""
+        webhook = await self._webhook(principal, webhook_id)
+        activity = await self._activity.activity(webhook_id)
+        now = self._clock()
+        stats = activity.stats
+        windows = {}
+        for name in WINDOWS:
+            window = stats.window(name, now)
+            windows[name] = {
+                "attempts": window.attempts,
+                "successes": window.successes,
+                "failures": window.failures,
+                "skipped": window.skipped,
+                "failure_ratio": window.failure_ratio,
+                "latency_p50_seconds": window.latency_p50,
+                "latency_p99_seconds": window.latency_p99,
+            }
+        last_success, last_failure = stats.last_success, stats.last_failure
+        return {
+            "webhook_id": webhook_id,
+            "windows": windows,
+            "last_success_at": last_success.at if last_success else None,
+            "last_failure_at": last_failure.at if last_failure else None,
+            "state": await self._state(webhook, activity.log, last_success, last_failure, now),
+        }
+
+    async def _state(
+        self,
+        webhook: Webhook,
+        log: WebhookLog,
+        last_success: Attempt | None,
+        last_failure: Attempt | None,
+        now: float,
+    ) -> dict[str, Any]:
+        reason = webhook.extra.get("disabled_reason")
+        state: dict[str, Any] = {
+            "active": webhook.active,
+            "health": "healthy",
+            "failing_since": None,
+            "disabled_reason": reason if isinstance(reason, str) else None,
+            "source": "webhook",
+        }
+        if not webhook.active:
+            state["health"] = "disabled" if state["disabled_reason"] else "inactive"
+            return state
+        status = await self._activity.status(webhook.id)
+        # A "disabled" status of a webhook that is active again is stale: its owner enabled it.
+        if status is not None and status.state in ("healthy", "failing"):
+            state.update(
+                health=status.state,
+                failing_since=_moment(status.failing_since) if status.state == "failing" else None,
+                source="status",
+            )
+            return state
+        state["source"] = "log"
+        if last_failure is None or (
+            last_success is not None and last_success.at_seconds > last_failure.at_seconds
+        ):
+            return state
+        # Failing since the oldest failure kept after the last success.
+        since = None if last_success is None else last_success.at_seconds
+        query = LogQuery(outcome="failure", since=since)
+        first: Attempt | None = None
+        cursor: str | None = None
+        while True:
+            page = log.page(query, now=now, limit=1000, cursor=cursor)
+            if page.items:
+                first = page.items[-1]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        state.update(health="failing", failing_since=first.at if first else last_failure.at)
+        return state
+
+    async def delivery(self, principal: Principal, delivery_id: str) -> dict[str, Any]:
+        """The ``Delivery`` view: the delivery's attempts in order; ``404`` without any."""
+        attempts = await self._delivery_attempts(principal, delivery_id)
+        first = attempts[0]
+        return {
+            "delivery_id": delivery_id,
+            "webhook_id": first.webhook_id,
+            "event_id": first.event_id,
+            "event_type": first.event_type,
+            "state": delivery_state(attempts),
+            "attempts": [a.as_dict() for a in attempts],
+        }
+
+    async def _delivery_attempts(self, principal: Principal, delivery_id: str) -> list[Attempt]:
+        attempts = await self._activity.delivery(delivery_id)
+        if not attempts:
+            raise Problem("not_found", "no attempt of this delivery is kept")
+        if principal.site_id is not None or principal.user_id is not None:
+            webhook = await self._repository.get(attempts[0].webhook_id)
+            if webhook is None:  # whose it was is no longer known
+                raise Problem("not_found", "no attempt of this delivery is kept")
+            principal.check(webhook)
+        return attempts
+
+    # ------------------------------------------------------------------ recovery
+
+    async def redeliver(self, principal: Principal, delivery_id: str) -> Operation:
+        """Send one delivery again (same delivery id): a recovery of that delivery alone."""
+        attempts = await self._delivery_attempts(principal, delivery_id)
+        first = attempts[0]
+        webhook = await self._repository.get(first.webhook_id)
+        if webhook is None:
+            raise Problem("conflict", "the delivery's webhook was deleted")
+        principal.check(webhook)
+        if not webhook.active:
+            raise Problem("conflict", "the webhook is not active: nothing would be sent")
+        # The event was published before the first attempt, at most the lookback earlier.
+        since = datetime.fromtimestamp(first.at_seconds - self._lookback, UTC)
+        until = datetime.fromtimestamp(first.at_seconds + 1, UTC)
+        return self._recoveries.start(
+            RecoveryRequest(webhook, since, until, delivery_id=delivery_id)
+        )
+
+    async def recover(
+        self,
+        principal: Principal,
+        webhook_id: str,
+        *,
+        since: datetime,
+        until: datetime | None,
+        rate: float | None,
+    ) -> Operation:
+        """Send the webhook again its events published in ``[since, until)`` (until now)."""
+        webhook = await self._webhook(principal, webhook_id)
+        end = until or datetime.fromtimestamp(self._clock(), UTC)
+        if end <= since:
+            field = "until" if until is not None else "since"
+            raise Problem.invalid(FieldError(field, "range", "since must be before until"))
+        if not webhook.active:
+            raise Problem("conflict", "the webhook is not active: nothing would be sent")
+        request = RecoveryRequest(webhook, since, end, rate=DEFAULT_RATE if rate is None else rate)
+        return self._recoveries.start(request)
+
+    def _operation(self, principal: Principal, operation_id: str) -> Operation:
+        operation = self._recoveries.get(operation_id)
+        if operation is None:
+            raise Problem("not_found", "no such recovery (this process keeps its latest ones)")
+        principal.check(operation.request.webhook)
+        return operation
+
+    async def recovery(self, principal: Principal, operation_id: str) -> Operation:
+        return self._operation(principal, operation_id)
+
+    async def cancel_recovery(self, principal: Principal, operation_id: str) -> Operation:
+        """Stop a running recovery; a finished one is answered as it is."""
+        self._operation(principal, operation_id)
+        operation = await self._recoveries.cancel(operation_id)
+        assert operation is not None
+        return operation
+
+    # ------------------------------------------------------------------ dead letters
+
+    async def _scope_dead_letters(
+        self, principal: Principal, webhook_id: str | None, location: str
+    ) -> Callable[[dict[str, Any]], Any] | None:
+        """``None`` for an unrestricted token; else a check of a record's webhook (awaitable)."""
+        if principal.site_id is None and principal.user_id is None:
+            return None
+        if webhook_id is not None:
+            webhook = await self._repository.get(webhook_id)
+            if webhook is None:
+                raise Problem("not_found", "no such webhook")
+            if not principal.allows(webhook.site_id, webhook.user_id):
+                raise Problem(
+                    "forbidden",
+                    "the webhook is outside the token's site or account",
+                    errors=[
+                        FieldError(
+                            "webhook_id",
+                            "out_of_scope",
+                            "outside the token's restriction",
+                            location,
+                        )
+                    ],
+                )
+        seen: dict[str, bool] = {}
+
+        async def visible(record: dict[str, Any]) -> bool:
+            owner = record.get("webhook_id")
+            if not isinstance(owner, str):
+                return False
+            if owner not in seen:
+                webhook = await self._repository.get(owner)
+                seen[owner] = webhook is not None and principal.allows(
+                    webhook.site_id, webhook.user_id
+                )
+            return seen[owner]
+
+        return visible
+
+    async def dead_letters(
+        self, principal: Principal, where: DeadLetterFilter, *, limit: int, cursor: str | None
+    ) -> DeadLetterPage:
+        """Dead letters ``where`` selects, oldest first, within the token's restriction."""
+        after = decode_dead_letter_cursor(cursor) if cursor is not None else None
+        visible = await self._scope_dead_letters(principal, where.webhook_id, "query")
+        records = sorted(await self._dead_letters.list(where), key=_dead_letter_position)
+        items: list[dict[str, Any]] = []
+        for record in records:
+            position = _dead_letter_position(record)
+            if after is not None and position <= after:
+                continue
+            if visible is not None and not await visible(record):
+                continue
+            if len(items) == limit:
+                return DeadLetterPage(
+                    items, encode_dead_letter_cursor(_dead_letter_position(items[-1]))
+                )
+            items.append(record)
+        return DeadLetterPage(items, None)
+
+    async def replay_dead_letters(
+        self, principal: Principal, where: DeadLetterFilter
+    ) -> ReplayReport:
+        """Re-enqueue the dead letters ``where`` selects; a restricted token names its webhook."""
+        if (principal.site_id or principal.user_id) and where.webhook_id is None:
+            raise Problem(
+                "forbidden",
+                "a token restricted to a site or account replays one webhook at a time",
+                errors=[FieldError("webhook_id", "required", "give one of your webhooks")],
+            )
+        await self._scope_dead_letters(principal, where.webhook_id, "body")
+        return await self._dead_letters.replay(where)

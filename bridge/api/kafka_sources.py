@@ -1,0 +1,80 @@
+"""The API's delivery log, stats, dead letters and recoveries read from and written to Kafka.
+
+What ``python -m bridge.api serve`` uses today, through the management code the CLI runs
+(:mod:`bridge.admin.activity`, :mod:`bridge.admin.dead_letters`, :mod:`bridge.admin.recovery`):
+every request reads the topics it needs. The worker-held tables of docs/api.md will replace
+:class:`KafkaActivitySource`; the dead letters and the recovery runner stay Kafka operations.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bridge.admin.activity import find_delivery, read_activity
+from bridge.admin.dead_letters import (
+    DeadLetterFilter,
+    ReplayReport,
+    list_dead_letters,
+    replay_dead_letters,
+)
+from bridge.admin.recovery import recover
+from bridge.api.activity import EndpointStatus
+from bridge.api.recoveries import RecoveryRunner
+from bridge.attempts.book import Activity
+from bridge.attempts.record import Attempt
+from bridge.config import Settings
+from bridge.kafka.reading import read_topic
+
+__all__ = ["KafkaActivitySource", "KafkaDeadLetters", "kafka_recovery_runner"]
+
+
+class KafkaActivitySource:
+    """An :class:`~bridge.api.activity.ActivitySource` reading the attempts and status topics
+    on every call: one webhook's partition for its log, stats and status, every partition of
+    the attempts topic for one delivery. ``clock`` gives the time (seconds since the epoch)
+    the log and stats are as of."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        self._settings = settings
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"KafkaActivitySource({self._settings.attempts_topic!r})"
+
+    async def activity(self, webhook_id: str) -> Activity:
+        return (await read_activity(self._settings, webhook_id, now=self._clock())).activity
+
+    async def delivery(self, delivery_id: str) -> list[Attempt]:
+        return await find_delivery(self._settings, delivery_id)
+
+    async def status(self, webhook_id: str) -> EndpointStatus | None:
+        key = webhook_id.encode("utf-8")
+        records = await read_topic(self._settings, self._settings.status_topic, key=key)
+        values = [value for k, value in records if k == key]
+        return EndpointStatus.parse(values[-1]) if values else None
+
+
+class KafkaDeadLetters:
+    """A :class:`~bridge.api.control.DeadLetterSource` over the dead-letter topic, as
+    ``webhook-bridge dlq list`` and ``dlq replay``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def __repr__(self) -> str:
+        return f"KafkaDeadLetters({self._settings.deadletter_topic!r})"
+
+    async def list(self, where: DeadLetterFilter) -> list[dict[str, Any]]:
+        return await list_dead_letters(self._settings, where)
+
+    async def replay(self, where: DeadLetterFilter) -> ReplayReport:
+        return await replay_dead_letters(self._settings, where)
+
+
+def kafka_recovery_runner(settings: Settings) -> RecoveryRunner:
+    """:func:`~bridge.admin.recovery.recover` with ``settings``: reads the source topics,
+    writes the first retry tier."""
+    return functools.partial(recover, settings)

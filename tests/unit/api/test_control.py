@@ -1,0 +1,404 @@
+"""The delivery log, stats, recovery and dead-letter routes over in-memory sources and runner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp import ClientResponse
+
+from bridge.api.activity import EndpointStatus
+from bridge.api.app import create_app
+from bridge.api.auth import TokenSet
+from bridge.api.repository import MemoryRepository
+from bridge.api.service import WebhookService
+from bridge.attempts.log import encode_cursor
+from tests.support.waiting import eventually
+from tests.unit.api.conftest import (
+    NOW,
+    SITE_1,
+    TOKENS,
+    USER_1,
+    Api,
+    MemoryActivity,
+    Runner,
+    attempt,
+    auth,
+    control_service,
+    dead_letter,
+)
+
+
+async def problem(response: ClientResponse, status: int) -> dict[str, Any]:
+    assert response.status == status, await response.text()
+    assert response.content_type == "application/problem+json"
+    result: dict[str, Any] = await response.json()
+    return result
+
+
+async def get_json(api: Api, path: str) -> dict[str, Any]:
+    response = await api.client.get(path, headers=auth())
+    assert response.status == 200, await response.text()
+    result: dict[str, Any] = await response.json()
+    return result
+
+
+def fields(result: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(e["field"], e["reason"]) for e in result.get("errors", [])]
+
+
+def failed_twice_then_delivered(api: Api, delivery_id: str = "d1", webhook_id: str = "wh_1"):
+    api.activity.add(
+        attempt(delivery_id, 1, webhook_id=webhook_id, at=NOW - 300, status=500),
+        attempt(delivery_id, 2, webhook_id=webhook_id, at=NOW - 200, status=503),
+        attempt(
+            delivery_id,
+            3,
+            webhook_id=webhook_id,
+            at=NOW - 100,
+            outcome="success",
+            status=200,
+            next=None,
+        ),
+    )
+
+
+async def test_attempts_newest_first_filtered_and_paged(api: Api) -> None:
+    await api.create(id="wh_1")
+    failed_twice_then_delivered(api)
+    response = await api.client.get("/v1/webhooks/wh_1/attempts", headers=auth())
+    assert response.status == 200
+    page = await response.json()
+    assert [(a["attempt"], a["status"], a["status_class"]) for a in page["items"]] == [
+        (3, 200, "2xx"),
+        (2, 503, "5xx"),
+        (1, 500, "5xx"),
+    ]
+    assert page["next_cursor"] is None
+
+    failures = await (
+        await api.client.get("/v1/webhooks/wh_1/attempts?outcome=failure", headers=auth())
+    ).json()
+    assert [a["attempt"] for a in failures["items"]] == [2, 1]
+    since = "2026-01-15T10:26:00Z"  # NOW - 240 s: attempts 2 and 3
+    until = "2026-01-15T10:28:30%2B00:00"  # NOW - 90 s, exclusive
+    ranged = await (
+        await api.client.get(
+            f"/v1/webhooks/wh_1/attempts?since={since}&until={until}", headers=auth()
+        )
+    ).json()
+    assert [a["attempt"] for a in ranged["items"]] == [3, 2]
+
+    first = await (
+        await api.client.get("/v1/webhooks/wh_1/attempts?limit=2", headers=auth())
+    ).json()
+    assert [a["attempt"] for a in first["items"]] == [3, 2] and first["next_cursor"]
+    rest = await (
+        await api.client.get(
+            f"/v1/webhooks/wh_1/attempts?limit=2&cursor={first['next_cursor']}", headers=auth()
+        )
+    ).json()
+    assert [a["attempt"] for a in rest["items"]] == [1] and rest["next_cursor"] is None
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("outcome=won", [("outcome", "enum")]),
+        ("status_class=6xx", [("status_class", "enum")]),
+        ("event_type=post.exploded", [("event_type", "enum")]),
+        ("since=yesterday", [("since", "format")]),
+        ("since=2026-01-15T10:00:00", [("since", "format")]),  # no time zone
+        ("since=2026-01-15T11:00:00Z&until=2026-01-15T10:00:00Z", [("until", "range")]),
+        ("cursor=not-a-cursor", [("cursor", "invalid_cursor")]),
+        ("limit=0", [("limit", "range")]),
+        ("colour=red", [("colour", "unknown_field")]),
+        ("outcome=failure&outcome=success", [("outcome", "repeated")]),
+    ],
+)
+async def test_bad_attempt_queries_are_400s_naming_the_field(
+    api: Api, query: str, expected: list[tuple[str, str]]
+) -> None:
+    await api.create(id="wh_1")
+    response = await api.client.get(f"/v1/webhooks/wh_1/attempts?{query}", headers=auth())
+    assert fields(await problem(response, 400)) == expected
+
+
+async def test_attempts_and_stats_of_an_unknown_webhook_are_404s(api: Api) -> None:
+    for path in ("/v1/webhooks/nope/attempts", "/v1/webhooks/nope/stats"):
+        await problem(await api.client.get(path, headers=auth()), 404)
+
+
+async def test_stats_count_the_windows_and_say_failing_since_from_the_log(api: Api) -> None:
+    await api.create(id="wh_1")
+    failed_twice_then_delivered(api)
+    api.activity.add(attempt("d2", 1, at=NOW - 50, status=502))
+    stats = await (await api.client.get("/v1/webhooks/wh_1/stats", headers=auth())).json()
+    for window in ("1h", "24h", "7d"):
+        counted = stats["windows"][window]
+        assert (counted["attempts"], counted["successes"], counted["failures"]) == (4, 1, 3)
+        assert counted["failure_ratio"] == pytest.approx(0.75)
+        assert counted["latency_p50_seconds"] is not None
+    assert stats["last_success_at"] == "2026-01-15T10:28:20.000Z"
+    assert stats["last_failure_at"] == "2026-01-15T10:29:10.000Z"
+    assert stats["state"] == {
+        "active": True,
+        "health": "failing",
+        "failing_since": "2026-01-15T10:29:10.000Z",
+        "disabled_reason": None,
+        "source": "log",
+    }
+
+
+async def test_stats_state_from_the_status_topic_and_the_webhook_record(api: Api) -> None:
+    await api.create(id="wh_1")
+    api.activity.statuses["wh_1"] = EndpointStatus("failing", NOW - 3600, None, "x")
+    state = (await (await api.client.get("/v1/webhooks/wh_1/stats", headers=auth())).json())[
+        "state"
+    ]
+    assert (state["health"], state["failing_since"], state["source"]) == (
+        "failing",
+        "2026-01-15T09:30:00.000Z",
+        "status",
+    )
+    webhook = await api.repository.get("wh_1")
+    assert webhook is not None
+    from bridge.subscriptions.webhook import webhook_from_record
+
+    record = webhook.to_record()
+    record.update(active=False, disabled_reason="gone")
+    await api.repository.put(webhook_from_record(record))
+    stats = await (await api.client.get("/v1/webhooks/wh_1/stats", headers=auth())).json()
+    assert stats["state"] == {
+        "active": False,
+        "health": "disabled",
+        "failing_since": None,
+        "disabled_reason": "gone",
+        "source": "webhook",
+    }
+    assert stats["windows"]["1h"]["attempts"] == 0 and stats["last_success_at"] is None
+
+
+async def test_a_delivery_shows_every_attempt_in_order(api: Api) -> None:
+    await api.create(id="wh_1")
+    failed_twice_then_delivered(api)
+    response = await api.client.get("/v1/deliveries/d1", headers=auth())
+    assert response.status == 200
+    delivery = await response.json()
+    assert delivery["state"] == "delivered" and delivery["webhook_id"] == "wh_1"
+    assert [(a["attempt"], a["status"]) for a in delivery["attempts"]] == [
+        (1, 500),
+        (2, 503),
+        (3, 200),
+    ]
+    await problem(await api.client.get("/v1/deliveries/none", headers=auth()), 404)
+
+
+async def test_redeliver_starts_a_recovery_of_that_delivery(api: Api) -> None:
+    await api.create(id="wh_1")
+    failed_twice_then_delivered(api)
+    response = await api.client.post("/v1/deliveries/d1/redeliver", headers=auth())
+    assert response.status == 202, await response.text()
+    started = await response.json()
+    assert response.headers["Location"] == f"/v1/recoveries/{started['id']}"
+    assert started["delivery_id"] == "d1" and started["webhook_id"] == "wh_1"
+    [operation] = api.runner.ran
+    request = operation.request
+    assert request.delivery_id == "d1"
+    assert request.until.timestamp() == NOW - 300 + 1  # after the first attempt
+    polled = await eventually(
+        lambda: _done(api, response.headers["Location"]), message="the redelivery did not end"
+    )
+    assert polled["enqueued"] == 2 and polled["finished_at"] is not None
+
+    await problem(await api.client.post("/v1/deliveries/none/redeliver", headers=auth()), 404)
+    await api.client.patch("/v1/webhooks/wh_1", json={"active": False}, headers=auth())
+    await problem(await api.client.post("/v1/deliveries/d1/redeliver", headers=auth()), 409)
+
+
+async def _done(api: Api, location: str) -> dict[str, Any] | None:
+    shown: dict[str, Any] = await (await api.client.get(location, headers=auth())).json()
+    return shown if shown["state"] == "done" else None
+
+
+async def test_a_redelivery_whose_event_is_gone_fails_saying_so(api: Api) -> None:
+    await api.create(id="wh_1")
+    failed_twice_then_delivered(api)
+    api.runner.enqueued = 0
+    response = await api.client.post("/v1/deliveries/d1/redeliver", headers=auth())
+    location = response.headers["Location"]
+
+    async def failed() -> dict[str, Any] | None:
+        shown: dict[str, Any] = await (await api.client.get(location, headers=auth())).json()
+        return shown if shown["state"] == "failed" else None
+
+    assert (await eventually(failed))["error"] == "event_not_retained"
+
+
+async def test_recover_since_a_time_then_poll_it(api: Api) -> None:
+    await api.create(id="wh_1")
+    body = {"since": "2026-01-15T09:00:00Z", "until": "2026-01-15T10:00:00Z", "rate": 5}
+    response = await api.client.post("/v1/webhooks/wh_1/recoveries", json=body, headers=auth())
+    assert response.status == 202, await response.text()
+    started = await response.json()
+    assert (started["since"], started["until"], started["rate"]) == (
+        "2026-01-15T09:00:00.000Z",
+        "2026-01-15T10:00:00.000Z",
+        5,
+    )
+    done = await eventually(lambda: _done(api, response.headers["Location"]))
+    assert done["progress"] == 1.0 and done["scanned"] == 5
+    # Until defaults to now.
+    response = await api.client.post(
+        "/v1/webhooks/wh_1/recoveries", json={"since": "2026-01-15T09:00:00Z"}, headers=auth()
+    )
+    assert (await response.json())["until"] == "2026-01-15T10:30:00.000Z"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({}, [("since", "required")]),
+        ({"since": "soon"}, [("since", "format")]),
+        ({"since": "0001-01-01T00:00:00+05:00"}, [("since", "format")]),  # before year 1 in UTC
+        ({"since": "2026-01-15T09:00:00Z", "until": "2026-01-15T08:00:00Z"}, [("until", "range")]),
+        ({"since": "2026-01-16T09:00:00Z"}, [("since", "range")]),  # after now
+        ({"since": "2026-01-15T09:00:00Z", "rate": 0}, [("rate", "exclusiveMinimum")]),
+        ({"since": "2026-01-15T09:00:00Z", "speed": 1}, [("speed", "unknown_field")]),
+    ],
+)
+async def test_bad_recoveries_are_400s_naming_the_field(
+    api: Api, body: dict[str, Any], expected: list[tuple[str, str]]
+) -> None:
+    await api.create(id="wh_1")
+    response = await api.client.post("/v1/webhooks/wh_1/recoveries", json=body, headers=auth())
+    assert fields(await problem(response, 400)) == expected
+    assert api.runner.ran == []
+
+
+async def test_cancel_stops_a_running_recovery(api: Api) -> None:
+    await api.create(id="wh_1")
+    api.runner.hold = True
+    response = await api.client.post(
+        "/v1/webhooks/wh_1/recoveries", json={"since": "2026-01-15T09:00:00Z"}, headers=auth()
+    )
+    location = response.headers["Location"]
+    assert (await (await api.client.get(location, headers=auth())).json())["state"] == "running"
+    cancelled = await api.client.delete(location, headers=auth())
+    assert cancelled.status == 200
+    assert (await cancelled.json())["state"] == "cancelled"
+    again = await api.client.delete(location, headers=auth())  # answered as it is
+    assert (await again.json())["state"] == "cancelled"
+    await problem(await api.client.get("/v1/recoveries/nope", headers=auth()), 404)
+    await problem(await api.client.delete("/v1/recoveries/nope", headers=auth()), 404)
+
+
+async def test_shutting_the_app_down_cancels_running_recoveries() -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    repository = MemoryRepository()
+    runner = Runner(hold=True)
+    control = control_service(repository, MemoryActivity(), runner)
+    app = create_app(WebhookService(repository), control, TokenSet.from_mapping(TOKENS))
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    body = {"url": "https://example.com/h", "events": ["*"], "site_id": "s", "id": "wh_1"}
+    await client.post("/v1/webhooks", json=body, headers=auth())
+    await client.post(
+        "/v1/webhooks/wh_1/recoveries", json={"since": "2026-01-15T09:00:00Z"}, headers=auth()
+    )
+    [operation] = runner.ran
+    assert operation.state == "running"
+    await client.close()
+    assert operation.state == "cancelled" and operation.finished_at is not None
+
+
+async def test_dead_letters_listed_oldest_first_in_pages(api: Api) -> None:
+    api.dead_letters.records = [
+        dead_letter(3, at="2026-01-15T10:03:00.000Z"),
+        dead_letter(1, at="2026-01-15T10:01:00.000Z"),
+        dead_letter(2, webhook_id="wh_2", at="2026-01-15T10:02:00.000Z"),
+    ]
+    first = await (await api.client.get("/v1/dead-letters?limit=2", headers=auth())).json()
+    assert [d["delivery_id"] for d in first["items"]] == ["dl_1", "dl_2"]
+    rest = await (
+        await api.client.get(
+            f"/v1/dead-letters?limit=2&cursor={first['next_cursor']}", headers=auth()
+        )
+    ).json()
+    assert [d["delivery_id"] for d in rest["items"]] == ["dl_3"] and rest["next_cursor"] is None
+    only = await (await api.client.get("/v1/dead-letters?webhook_id=wh_2", headers=auth())).json()
+    assert [d["delivery_id"] for d in only["items"]] == ["dl_2"]
+    ranged = await (
+        await api.client.get("/v1/dead-letters?since=2026-01-15T10:02:30Z", headers=auth())
+    ).json()
+    assert [d["delivery_id"] for d in ranged["items"]] == ["dl_3"]
+    bad = await api.client.get(
+        f"/v1/dead-letters?cursor={encode_cursor((1.0, 'x', 1))}&until=x", headers=auth()
+    )
+    assert fields(await problem(bad, 400)) == [("until", "format")]
+    bad = await api.client.get("/v1/dead-letters?cursor=abc", headers=auth())
+    assert fields(await problem(bad, 400)) == [("cursor", "invalid_cursor")]
+
+
+async def test_replay_dead_letters(api: Api) -> None:
+    api.dead_letters.records = [dead_letter(1), dead_letter(2, webhook_id="wh_2")]
+    response = await api.client.post(
+        "/v1/dead-letters/replay", json={"webhook_id": "wh_1"}, headers=auth()
+    )
+    assert response.status == 200
+    assert await response.json() == {"replayed": ["dl_1"], "skipped": 0}
+    everything = await api.client.post("/v1/dead-letters/replay", headers=auth())
+    assert (await everything.json())["replayed"] == ["dl_1", "dl_2"]
+    bad = await api.client.post(
+        "/v1/dead-letters/replay", json={"since": "2026-01-15T10:00:00"}, headers=auth()
+    )
+    assert fields(await problem(bad, 400)) == [("since", "format")]
+
+
+async def test_a_site_token_reaches_only_its_sites_webhooks(api: Api) -> None:
+    await api.create(id="wh_1", site_id="site_1", user_id="user_1")
+    await api.create(id="wh_2", site_id="site_2", user_id="user_2")
+    failed_twice_then_delivered(api, "d1", "wh_1")
+    failed_twice_then_delivered(api, "d2", "wh_2")
+    api.dead_letters.records = [
+        dead_letter(1),
+        dead_letter(2, webhook_id="wh_2"),
+        dead_letter(3, webhook_id=None),
+    ]
+    for token in (SITE_1, USER_1):
+        assert (await api.client.get("/v1/webhooks/wh_1/attempts", headers=auth(token))).ok
+        assert (await api.client.get("/v1/deliveries/d1", headers=auth(token))).ok
+        for method, path in (
+            ("GET", "/v1/webhooks/wh_2/attempts"),
+            ("GET", "/v1/webhooks/wh_2/stats"),
+            ("GET", "/v1/deliveries/d2"),
+            ("POST", "/v1/deliveries/d2/redeliver"),
+        ):
+            response = await api.client.request(method, path, headers=auth(token))
+            assert fields(await problem(response, 403))[0][1] == "out_of_scope", path
+        response = await api.client.post(
+            "/v1/webhooks/wh_2/recoveries",
+            json={"since": "2026-01-15T09:00:00Z"},
+            headers=auth(token),
+        )
+        await problem(response, 403)
+        # Dead letters: its webhooks' only, and a replay names one of them.
+        listed = await (await api.client.get("/v1/dead-letters", headers=auth(token))).json()
+        assert [d["delivery_id"] for d in listed["items"]] == ["dl_1"]
+        other = await api.client.get("/v1/dead-letters?webhook_id=wh_2", headers=auth(token))
+        assert fields(await problem(other, 403)) == [("webhook_id", "out_of_scope")]
+        replay = await api.client.post("/v1/dead-letters/replay", headers=auth(token))
+        assert fields(await problem(replay, 403)) == [("webhook_id", "required")]
+        replay = await api.client.post(
+            "/v1/dead-letters/replay", json={"webhook_id": "wh_2"}, headers=auth(token)
+        )
+        await problem(replay, 403)
+    assert api.dead_letters.replays == []
+    # A recovery started by the platform is not the site's to see or cancel.
+    response = await api.client.post(
+        "/v1/webhooks/wh_2/recoveries", json={"since": "2026-01-15T09:00:00Z"}, headers=auth()
+    )
+    location = response.headers["Location"]
+    await problem(await api.client.get(location, headers=auth(SITE_1)), 403)
+    await problem(await api.client.delete(location, headers=auth(SITE_1)), 403)
