@@ -14,9 +14,8 @@ from bridge.admin.publish import publish_events
 from bridge.config import Settings
 from bridge.contract.events import build_event
 from bridge.contract.payload import delivery_id
-from bridge.subscriptions.store import WebhookStore
 from tests.support.processes import settings_env
-from tests.support.receivers import Receiver
+from tests.support.receivers import Receiver, subscribe
 from tests.support.waiting import poll
 
 pytestmark = pytest.mark.integration
@@ -40,18 +39,8 @@ def lines(text: str) -> list[dict[str, Any]]:
 async def test_the_log_shows_two_failures_then_the_success_and_the_stats_count_them(
     settings: Settings, receiver: Receiver, workers
 ) -> None:
-    receiver.secrets["/wh"] = "secret-wh-0123456789"
     receiver.scripts["/wh"] = [500, 503]
-    async with WebhookStore(settings) as store:
-        await store.create(
-            url=receiver.url("/wh"),
-            events=["post.created"],
-            site_id="s1",
-            user_id="u1",
-            secret="secret-wh-0123456789",
-            webhook_id="wh",
-            name="wh",
-        )
+    await subscribe(settings, receiver, {"wh": "s1"}, ("post.created",))
     worker = workers(settings)
     await worker.wait_ready()
     event = build_event("post.created", {"id": "p1", "title": "t"}, site_id="s1", user_id="u1")

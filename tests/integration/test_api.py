@@ -29,7 +29,7 @@ from bridge.contract.payload import delivery_id
 from bridge.kafka.reading import read_topic
 from bridge.subscriptions.secretbox import generate_key
 from bridge.subscriptions.store import WebhookStore
-from tests.support.receivers import Receiver
+from tests.support.receivers import Receiver, subscribe
 from tests.support.waiting import poll
 
 pytestmark = pytest.mark.integration
@@ -172,18 +172,7 @@ async def test_the_log_stats_recovery_and_redelivery_of_a_real_worker(
     settings: Settings, receiver: Receiver, workers
 ) -> None:
     receiver.scripts["/wh"] = [500, 503]
-    async with WebhookStore(settings) as store:
-        for name, site in (("wh", "s1"), ("other", "s2")):
-            receiver.secrets[f"/{name}"] = f"secret-{name}-0123456789"
-            await store.create(
-                url=receiver.url(f"/{name}"),
-                events=["post.created"],
-                site_id=site,
-                user_id="u1",
-                secret=f"secret-{name}-0123456789",
-                webhook_id=name,
-                name=name,
-            )
+    await subscribe(settings, receiver, {"wh": "s1", "other": "s2"}, ("post.created",))
     worker = workers(settings)
     await worker.wait_ready()
     first = post(1, "s1")

@@ -15,9 +15,8 @@ from bridge.admin.publish import publish_events
 from bridge.config import Settings
 from bridge.contract.events import Event, build_event, format_timestamp
 from bridge.contract.payload import delivery_id
-from bridge.subscriptions.store import WebhookStore
 from tests.support.processes import settings_env
-from tests.support.receivers import Receiver
+from tests.support.receivers import Receiver, subscribe
 
 pytestmark = pytest.mark.integration
 
@@ -44,18 +43,7 @@ def cli(settings: Settings, *args: str) -> dict[str, object]:
 async def test_recover_since_a_time_sends_that_webhooks_events_again_with_their_ids(
     settings: Settings, receiver: Receiver, workers
 ) -> None:
-    async with WebhookStore(settings) as store:
-        for name, site in (("a", "s1"), ("b", "s2")):
-            receiver.secrets[f"/{name}"] = f"secret-{name}-0123456789"
-            await store.create(
-                url=receiver.url(f"/{name}"),
-                events=["post.created"],
-                site_id=site,
-                user_id="u1",
-                secret=f"secret-{name}-0123456789",
-                webhook_id=name,
-                name=name,
-            )
+    await subscribe(settings, receiver, {"a": "s1", "b": "s2"}, ("post.created",))
     worker = workers(settings)
     await worker.wait_ready()
 

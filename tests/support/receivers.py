@@ -14,7 +14,9 @@ from typing import Any
 
 from aiohttp import web
 
+from bridge.config import Settings
 from bridge.contract.signing import verify
+from bridge.subscriptions.store import WebhookStore
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "node"
 
@@ -176,3 +178,23 @@ class NodeSpecReceiver:
             await self._process.wait()
         if self._reader is not None:
             await self._reader
+
+
+async def subscribe(
+    settings: Settings, receiver: Receiver, sites: dict[str, str], events: tuple[str, ...]
+) -> None:
+    """Create one webhook per ``{name: site_id}`` of account ``u1``, at ``/name`` of
+    ``receiver``, which then verifies its deliveries."""
+    async with WebhookStore(settings) as store:
+        for name, site in sites.items():
+            secret = f"secret-{name}-0123456789"
+            receiver.secrets[f"/{name}"] = secret
+            await store.create(
+                url=receiver.url(f"/{name}"),
+                events=list(events),
+                site_id=site,
+                user_id="u1",
+                secret=secret,
+                webhook_id=name,
+                name=name,
+            )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -9,19 +10,12 @@ import pytest
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-from bridge.contract.events import Event
 from bridge.contract.resources import load_json
 from bridge.delivery.pending_retry import PendingRetry, parse_retry
 from bridge.errors import InvalidRecord
+from tests.support.jobs import SPEC_EVENT
 
-EVENT = Event(
-    id="evt_1",
-    type="post.created",
-    data={"id": "post_123", "title": "Héllo ✓"},
-    timestamp="2024-01-15T10:30:00Z",
-    site_id="site_789",
-    user_id="user_456",
-)
+EVENT = dataclasses.replace(SPEC_EVENT, type="post.created")
 HISTORY = (
     {
         "at": "2024-01-15T10:30:01.000Z",

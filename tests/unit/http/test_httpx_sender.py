@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from bridge.contract.events import Event
 from bridge.contract.signing import sign, verify
 from bridge.http.base import (
     USER_AGENT,
@@ -21,9 +20,8 @@ from bridge.http.base import (
     status_class,
 )
 from bridge.http.httpx_sender import HttpxSender, new_client
-from bridge.subscriptions.webhook import Webhook
 from tests.support.clocks import Ticks
-from tests.support.jobs import Outgoing, outgoing
+from tests.support.jobs import SPEC_EVENT, Outgoing, outgoing, spec_webhook
 
 SECRET = "whsec_delivery-test-secret"
 URL = "https://hooks.example/receive?x=1"
@@ -31,23 +29,8 @@ WALL = datetime(2024, 1, 15, 10, 30, 0, 250000, tzinfo=UTC)
 
 Handler = Callable[[httpx.Request], Awaitable[httpx.Response] | httpx.Response]
 
-EVENT = Event(
-    id="evt_1",
-    type="post.published",
-    data={"id": "post_123", "title": "Héllo ✓"},
-    timestamp="2024-01-15T10:30:00Z",
-    site_id="site_789",
-    user_id="user_456",
-)
-WEBHOOK = Webhook(
-    id="webhook_abc",
-    name="My Webhook",
-    url=URL,
-    secret=SECRET,
-    events=frozenset({"*"}),
-    site_id="site_789",
-    user_id="user_456",
-)
+EVENT = SPEC_EVENT
+WEBHOOK = spec_webhook(URL, SECRET)
 
 
 def make_delivery() -> Outgoing:

@@ -37,16 +37,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import bridge.http.http1
-from bridge.contract.events import Event
 from bridge.contract.signing import sign, verify
 from bridge.errors import ConfigError
 from bridge.http.base import USER_AGENT, AttemptResult, build_headers
 from bridge.http.http1_sender import Http1Sender
 from bridge.http.httpx_sender import HttpxSender, new_client
 from bridge.http.ssrf import AddressPolicy, IPAddress
-from bridge.subscriptions.webhook import Webhook
 from tests.support.clocks import Ticks
-from tests.support.jobs import Outgoing, outgoing
+from tests.support.jobs import SPEC_EVENT, Outgoing, outgoing, spec_webhook
 
 # A whsec_ secret whose remainder is base64, so Standard Webhooks signing accepts it too.
 SECRET = "whsec_" + base64.b64encode(b"the-senders-test-secret-32-bytes").decode()
@@ -66,31 +64,14 @@ STANDARD_HEADERS = {"webhook-id", "webhook-timestamp", "webhook-signature"}
 #: What HTTP/1.1 itself needs next to the documented headers.
 TRANSPORT_HEADERS = {"host", "content-length"}
 
-EVENT = Event(
-    id="evt_1",
-    type="post.published",
-    data={"id": "post_123", "title": "Héllo ✓"},
-    timestamp="2024-01-15T10:30:00Z",
-    site_id="site_789",
-    user_id="user_456",
-)
+EVENT = SPEC_EVENT
 
 Outcome = tuple[bool, int | None, str | None, float | None]
 Respond = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 def make_delivery(url: str, *, standard_webhooks: bool = False) -> Outgoing:
-    webhook = Webhook(
-        id="webhook_abc",
-        name="My Webhook",
-        url=url,
-        secret=SECRET,
-        events=frozenset({"*"}),
-        site_id="site_789",
-        user_id="user_456",
-        standard_webhooks=standard_webhooks,
-    )
-    return outgoing(EVENT, webhook)
+    return outgoing(EVENT, spec_webhook(url, SECRET, standard_webhooks=standard_webhooks))
 
 
 def outcome(result: AttemptResult) -> Outcome:
