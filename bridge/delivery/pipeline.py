@@ -102,7 +102,11 @@ class Pipeline:
         """
         received_at = self._clock()
         freshness = self._freshness
-        if freshness is None or (not self._held and freshness.covers(received_at, source)):
+        if freshness is None:
+            await self._match(raw, source, ack, received_at)
+            return
+        freshness.received(source)
+        if not self._held and freshness.covers(received_at, source):
             await self._match(raw, source, ack, received_at)
             return
         await self._waiting.acquire()
@@ -118,6 +122,8 @@ class Pipeline:
         and matched by the releasing task, exactly as a record :meth:`handle_event` holds."""
         if not self._waiting.try_acquire():
             raise RuntimeError("Pipeline.offer without room: check accepts() first")
+        if self._freshness is not None:
+            self._freshness.received(source)
         self._hold(self._clock(), raw, source, ack)
 
     def _hold(self, received_at: float, raw: bytes | None, source: SourceRef, ack: Ack) -> None:
@@ -132,7 +138,9 @@ class Pipeline:
         Records that arrived while that was checked are matched with them only when the check
         covers them too (see :mod:`bridge.subscriptions.freshness`); the others wait for the next
         round. A partition's records arrive in offset order and coverage only grows, so what is
-        matched of one partition is always its oldest held records, in order.
+        matched of one partition is always its oldest held records, in order (coverage shrinks
+        only when a partition is read again from a lower offset, where the records before and
+        after that have no order between them to keep).
         """
         freshness = self._freshness
         while self._held:

@@ -15,6 +15,15 @@ reach the worker while a round runs, and records fetched before a round started 
 after it, without another round. (Covering them because they arrived while the round waited,
 as the first version did, was wrong: a record published after the round read the end offsets
 could arrive before the round ended.)
+
+That rule holds while a partition's offsets only grow. A partition read again from a lower
+offset breaks it when the topic was deleted and created again under the worker: its new records
+start over below the marks earlier rounds saw, and would count as covered without a round. So
+the worker reports each source record as it arrives (:meth:`TableFreshness.received`); a record
+at or below the last one of its partition forgets that partition's marks, and a round already
+running when that happens does not put them back. Its records are then covered by arrival time
+until a round sees the partition again. The same happens, harmlessly (one more round), when a
+partition is read again after a rebalance or a restart.
 """
 
 from __future__ import annotations
@@ -60,6 +69,10 @@ class TableFreshness:
         self._source_ends = source_ends
         #: Source records below these offsets, by (topic, partition), are covered.
         self._covered_offsets: dict[tuple[str, int], int] = {}
+        #: The offset of the last source record received, by (topic, partition).
+        self._last_received: dict[tuple[str, int], int] = {}
+        #: How many times each partition was read again from a lower offset.
+        self._rereads: dict[tuple[str, int], int] = {}
         self._timeout = timeout
         self._clock = clock
         #: Next offset to apply, by partition (i.e. last applied offset + 1).
@@ -75,6 +88,16 @@ class TableFreshness:
         if offset + 1 > self._applied.get(partition, 0):
             self._applied[partition] = offset + 1
             self._progress.set()
+
+    def received(self, source: Position) -> None:
+        """Note a source record's arrival; call it for each, in the order its partition
+        delivers them (see the module's docstring)."""
+        key = (source.topic, source.partition)
+        last = self._last_received.get(key)
+        self._last_received[key] = source.offset
+        if last is not None and source.offset <= last:
+            self._covered_offsets.pop(key, None)
+            self._rereads[key] = self._rereads.get(key, 0) + 1
 
     def covers(self, received_at: float, source: Position | None = None) -> bool:
         """True when a finished round already covers a record received at ``received_at``
@@ -129,6 +152,7 @@ class TableFreshness:
     async def _run_round(self, started: float) -> None:
         # Read before the request goes out: these records were in the topic before it.
         seen = dict(self._source_ends()) if self._source_ends is not None else {}
+        rereads = dict(self._rereads)
         ends = await self._end_offsets()
         while not self.caught_up_to(ends):
             self._progress.clear()
@@ -136,5 +160,7 @@ class TableFreshness:
         self._covered_until = max(self._covered_until, started)
         covered = self._covered_offsets
         for key, end in seen.items():
+            if self._rereads.get(key, 0) != rereads.get(key, 0):
+                continue  # read again from a lower offset since this round saw its mark
             if end > covered.get(key, 0):
                 covered[key] = end

@@ -137,6 +137,9 @@ class FixedFreshness:
         self.current = current
         self.calls: list[float] = []
 
+    def received(self, source: Any) -> None:
+        pass
+
     def covers(self, received_at: float, source: Any = None) -> bool:
         return self.current and bool(self.calls)
 
@@ -868,6 +871,45 @@ async def test_a_record_arriving_during_a_round_is_matched_with_it_only_if_cover
     assert [d.job.event.id for d in h.sender.sent][2:] == ["published-after-it-read-the-ends"]
 
 
+async def test_a_partition_read_again_from_a_lower_offset_waits_for_a_new_round() -> None:
+    # A topic deleted and created again under the worker: offsets start over below the
+    # high-water mark an earlier round saw, so that mark must not cover the new records.
+    clock = 1.0
+    requests = 0
+
+    async def end_offsets() -> dict[int, int]:
+        nonlocal requests
+        requests += 1
+        return {0: 1}
+
+    seen = {("postion.events", 2): 42}
+    freshness = TableFreshness(
+        end_offsets, timeout=PROMPT, clock=lambda: clock, source_ends=lambda: dict(seen)
+    )
+    freshness.applied(0, 0)
+    h = Harness([webhook("w")], ScriptedSender(), freshness=freshness)
+    h.pipeline._clock = lambda: clock
+    acks = Acks()
+
+    async def handle(event_id: str, offset: int) -> None:
+        source = SourceRef("postion.events", 2, offset, b"site_789")
+        await h.pipeline.handle_event(make_event(event_id=event_id).to_bytes(), source, acks)
+
+    await handle("old", 40)
+    await eventually(lambda: acks.count == 1)
+    assert requests == 1
+    clock = 2.0
+    await handle("old-next", 41)  # below the mark, in order: no new round
+    await eventually(lambda: acks.count == 2)
+    assert requests == 1
+    seen[("postion.events", 2)] = 5
+    await handle("new", 3)
+    await eventually(lambda: acks.count == 3)
+    await h.settled()
+    assert requests == 2
+    assert [d.job.event.id for d in h.sender.sent] == ["old", "old-next", "new"]
+
+
 async def test_stage_latencies_are_observed_from_the_event_timestamp() -> None:
     # The event says 10:30:00; the wall clock reads NOW (10:30:02.5). Its record reached the
     # pipeline at 100.0 on the pipeline's clock and was matched at 100.5, after a freshness
@@ -899,6 +941,9 @@ class GatedFreshness:
     def __init__(self) -> None:
         self.gate = asyncio.Event()
         self.calls: list[float] = []
+
+    def received(self, source: Any) -> None:
+        pass
 
     def covers(self, received_at: float, source: Any = None) -> bool:
         return self.gate.is_set()

@@ -420,3 +420,61 @@ async def test_a_source_record_above_what_the_round_saw_waits_for_the_next_round
     assert await asyncio.wait_for(late, PROMPT) is True
     assert seen.read_before_request == [True, True]
     assert fresh.covers(2.0, at(0, 5))
+
+
+async def test_a_recreated_source_topic_is_not_covered_by_its_old_high_water_marks() -> None:
+    # The events topic is deleted and created again under a running worker: its partition
+    # starts over from offset 0, far below the marks the worker saw before.
+    clock = FakeClock(1.0)
+    ends = FakeEndOffsets({0: 0})
+    seen = SeenEnds(ends)
+    seen.value = {("events", 0): 1000, ("events", 1): 7}
+    fresh = TableFreshness(ends, timeout=5, clock=clock, source_ends=seen)
+    fresh.received(at(0, 999))
+    assert await asyncio.wait_for(fresh.wait_current(1.0, at(0, 999)), PROMPT) is True
+    assert fresh.covers(9.0, at(0, 40))
+    fresh.received(at(0, 0))  # the new partition's first record
+    clock.now = 2.0
+    assert not fresh.covers(2.0, at(0, 0)), "the old marks no longer cover the partition"
+    assert fresh.covers(2.0, at(1, 6)), "other partitions keep theirs"
+    seen.value = {("events", 0): 30, ("events", 1): 7}
+    assert await asyncio.wait_for(fresh.wait_current(2.0, at(0, 0)), PROMPT) is True
+    assert ends.calls == 2
+    assert fresh.covers(9.0, at(0, 29))
+    assert not fresh.covers(9.0, at(0, 40)), "published after the second round read the ends"
+
+
+async def test_a_round_running_when_a_partition_is_read_again_keeps_its_old_mark_out() -> None:
+    clock = FakeClock(1.0)
+    ends = FakeEndOffsets({0: 0})
+    ends.gate.clear()
+    seen = SeenEnds(ends)
+    seen.value = {("events", 0): 1000, ("events", 1): 7}
+    fresh = TableFreshness(ends, timeout=5, clock=clock, source_ends=seen)
+    fresh.received(at(0, 999))
+    running = asyncio.create_task(fresh.wait_current(1.0, at(0, 999)))
+    await ends.wait_calls(1)
+    fresh.received(at(0, 3))  # read again from a lower offset while the round runs
+    ends.gate.set()
+    assert await asyncio.wait_for(running, PROMPT) is True
+    assert not fresh.covers(9.0, at(0, 40))
+    assert fresh.covers(9.0, at(1, 6))
+    assert fresh.covers(1.0, at(0, 40)), "received before the round started: covered by time"
+
+
+async def test_records_arriving_in_order_keep_the_marks() -> None:
+    clock = FakeClock(1.0)
+    ends = FakeEndOffsets({0: 0})
+    seen = SeenEnds(ends)
+    seen.value = {("events", 0): 100}
+    fresh = TableFreshness(ends, timeout=5, clock=clock, source_ends=seen)
+    fresh.received(at(0, 10))
+    assert await asyncio.wait_for(fresh.wait_current(1.0, at(0, 10)), PROMPT) is True
+    for offset in (11, 50, 99):
+        fresh.received(at(0, offset))
+        assert fresh.covers(9.0, at(0, offset))
+    fresh.received(at(1, 5))  # another partition's order is its own
+    assert fresh.covers(9.0, at(0, 99))
+    assert ends.calls == 1
+    fresh.received(at(0, 99))  # the same record again: the partition is read again
+    assert not fresh.covers(9.0, at(0, 99))
