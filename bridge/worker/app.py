@@ -104,6 +104,7 @@ class Bridge:
         self._start_lock = asyncio.Lock()
         self._offsets_lock = asyncio.Lock()
         self._lag_labels: set[tuple[str, str]] = set()
+        self._runtime: _Runtime | None = None
         self.app = self._build_app()
 
     # -- Faust wiring -----------------------------------------------------------------------
@@ -153,7 +154,10 @@ class Bridge:
         for tier, topic in enumerate(self.retry_topics, start=1):
             app.agent(topic, name=f"retry-{tier}")(self._retry_agent(tier))
 
-        app.on_before_shutdown.connect(self._drain)
+        # Weak: Faust's app signals keep their receivers in one mapping shared by every app of
+        # the process (the class's signal), so a strong receiver would keep this bridge, its app
+        # and its registry alive for as long as the process runs.
+        app.on_before_shutdown.connect(self._drain, weak=True)
         # Faust's own sensors (events, commits, rebalances...) on the same registry.
         app.monitor = FaustPrometheusMonitor(metrics=FaustMetrics.create(self.registry, "faust"))
         app.timer(interval=5.0, name="consumer-lag")(self._update_lag)
@@ -416,17 +420,23 @@ class Bridge:
         return True, f"{len(self.index)} webhooks loaded"
 
     # -- the worker ------------------------------------------------------------------------------
-    def worker(self, loop: asyncio.AbstractEventLoop) -> faust.Worker:
+    def _services(self) -> list[Service]:
+        """What runs beside the Faust app: the health and metrics server, and the closer of the
+        HTTP client and Kafka clients the bridge opens itself."""
         web = WebServer(
             host=self.settings.web_host,
             port=self.settings.web_port,
             registry=self.registry,
             ready=self.ready,
         )
+        return [web, _Closer(self)]
+
+    def worker(self, loop: asyncio.AbstractEventLoop) -> faust.Worker:
+        """The process's worker (``webhook-bridge run``): it owns ``loop``, handles SIGTERM and
+        SIGINT, configures logging and ends the process when it stops."""
         worker = faust.Worker(
             self.app,
-            web,
-            _Closer(self),
+            *self._services(),
             loop=loop,
             loglevel=self.settings.log_level.lower(),
             logging_config=logging_config(self.settings.log_level, self.settings.log_format),
@@ -436,6 +446,41 @@ class Bridge:
         # builds a record) and writes escape codes into the logs.
         worker.spinner = None
         return worker
+
+    async def start(self) -> None:
+        """Run the same services as :meth:`worker`, inside the running event loop, and return
+        once the tables are recovered (stop the bridge to abandon a start that hangs).
+
+        For a host that owns its process (an embedding program, the integration tests): no
+        signal handlers, no logging configuration, no change to the event loop policy, the
+        working directory or the process title. Faust's consumer still runs in a thread of its
+        own with its own loop; :meth:`stop` ends both. A bridge starts once.
+        """
+        if self._runtime is not None:
+            raise RuntimeError("this bridge was already started")
+        self._runtime = _Runtime(self.app, self._services())
+        await self._runtime.start()
+
+    async def stop(self) -> None:
+        """Stop what :meth:`start` started: the consumer leaves its group, in-flight deliveries
+        get ``drain_timeout`` to finish (then go to the retry path), the clients close and
+        Faust's consumer thread ends."""
+        if self._runtime is not None:
+            await self._runtime.stop()
+
+
+class _Runtime(Service):
+    """The Faust app and the services beside it, as :class:`faust.Worker` composes them (the
+    app last, so that it stops first), without what the worker does for a process."""
+
+    def __init__(self, app: faust.App, services: list[Service]) -> None:
+        super().__init__()
+        self._app = app
+        self._services = services
+
+    def on_init_dependencies(self) -> list[Any]:
+        self._app.beacon.reattach(self.beacon)
+        return [*self._services, self._app]
 
 
 class _Closer(Service):

@@ -13,6 +13,7 @@ from bridge.config import Settings
 from bridge.worker.embedded import EmbeddedBroker, free_port
 from tests.support.processes import WorkerProcess
 from tests.support.receivers import Receiver
+from tests.support.workers import InProcessWorker
 
 
 @pytest.fixture(scope="session")
@@ -87,3 +88,25 @@ def workers(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]]:
     yield start
     for worker in started:
         worker.stop(grace=5.0)
+
+
+@pytest.fixture
+async def in_process_workers() -> AsyncIterator[Callable[[Settings], InProcessWorker]]:
+    """Start workers inside the test's event loop (where no crash, signal, log output or command
+    line is tested); every one is stopped, within a bounded time, at teardown."""
+    started: list[InProcessWorker] = []
+
+    def start(worker_settings: Settings) -> InProcessWorker:
+        worker = InProcessWorker(worker_settings)
+        started.append(worker.start())
+        return worker
+
+    yield start
+    failures: list[BaseException] = []
+    for worker in reversed(started):
+        try:
+            await worker.stop()
+        except Exception as exc:  # stop the others, then fail
+            failures.append(exc)
+    if failures:
+        raise failures[0]

@@ -31,7 +31,7 @@ async def create(store: WebhookStore, receiver: Receiver, name: str, **fields: o
 
 
 async def test_each_event_type_reaches_exactly_the_right_endpoints(
-    settings: Settings, receiver: Receiver, workers
+    settings: Settings, receiver: Receiver, in_process_workers
 ) -> None:
     async with WebhookStore(settings) as store:
         await create(store, receiver, "site_all", events=["*"], site_id="s1", user_id="u1")
@@ -53,7 +53,7 @@ async def test_each_event_type_reaches_exactly_the_right_endpoints(
         await create(
             store, receiver, "test_target", events=["post.deleted"], site_id="s9", user_id="u1"
         )
-    worker = workers(settings)
+    worker = in_process_workers(settings)
     await worker.wait_ready()
 
     data = {
@@ -112,7 +112,7 @@ async def test_each_event_type_reaches_exactly_the_right_endpoints(
 
 
 async def test_non_200_answers_are_failures_retried_then_dead_lettered(
-    settings: Settings, receiver: Receiver, workers
+    settings: Settings, receiver: Receiver, in_process_workers
 ) -> None:
     statuses = {"created": 201, "no_content": 204, "error": 500, "moved": 302}
     async with WebhookStore(settings) as store:
@@ -120,7 +120,7 @@ async def test_non_200_answers_are_failures_retried_then_dead_lettered(
             await create(store, receiver, name, events=["post.created"], site_id="s1", user_id="u1")
             receiver.statuses[f"/wh/{name}"] = status
         await create(store, receiver, "fine", events=["post.created"], site_id="s1", user_id="u1")
-    worker = workers(settings)
+    worker = in_process_workers(settings)
     await worker.wait_ready()
     event = build_event("post.created", {"id": "p", "title": "t"}, site_id="s1", user_id="u1")
     await publish_events(settings, [event])
@@ -157,13 +157,13 @@ async def test_non_200_answers_are_failures_retried_then_dead_lettered(
 
 
 async def test_malformed_events_are_dead_lettered_and_the_partition_keeps_moving(
-    settings: Settings, receiver: Receiver, workers
+    settings: Settings, receiver: Receiver, in_process_workers
 ) -> None:
     from aiokafka import AIOKafkaProducer
 
     async with WebhookStore(settings) as store:
         await create(store, receiver, "hook", events=["*"], site_id="s1", user_id="u1")
-    worker = workers(settings)
+    worker = in_process_workers(settings)
     await worker.wait_ready()
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
     await producer.start()
@@ -198,11 +198,11 @@ async def test_malformed_events_are_dead_lettered_and_the_partition_keeps_moving
         ]
     )
     assert all(r["source"]["topic"] == settings.events_topic for r in records)
-    assert worker.process is not None and worker.process.poll() is None
+    assert worker.running
 
 
 async def test_the_httpx_reference_sender_delivers_the_same(
-    make_settings, receiver: Receiver, workers
+    make_settings, receiver: Receiver, in_process_workers
 ) -> None:
     """BRIDGE_HTTP_CLIENT=httpx: the reference sender, through the same guard and contract."""
     from bridge.admin.topics import apply_topics
@@ -213,7 +213,7 @@ async def test_the_httpx_reference_sender_delivers_the_same(
     async with WebhookStore(settings) as store:
         await create(store, receiver, "fine", events=["*"], site_id="s1", user_id="u1")
         await create(store, receiver, "broken", events=["*"], site_id="s1", user_id="u1")
-    worker = workers(settings)
+    worker = in_process_workers(settings)
     await worker.wait_ready()
     event = build_event("post.created", {"id": "p", "title": "é"}, site_id="s1", user_id="u1")
     await publish_events(settings, [event])

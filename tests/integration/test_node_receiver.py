@@ -35,7 +35,9 @@ TRICKY = [
 ]
 
 
-async def test_spec_receiver_verifies_every_delivery(settings: Settings, workers) -> None:
+async def test_spec_receiver_verifies_every_delivery(
+    settings: Settings, in_process_workers
+) -> None:
     secret = "whsec_" + "x" * 40
     node = await NodeSpecReceiver(secret, free_port()).start()
     wrong = await NodeSpecReceiver("not-the-secret", free_port()).start()
@@ -60,7 +62,7 @@ async def test_spec_receiver_verifies_every_delivery(settings: Settings, workers
                 secret=secret,
                 webhook_id="control",
             )
-        worker = workers(settings)
+        worker = in_process_workers(settings)
         await worker.wait_ready()
         events = [build_event("post.created", data, site_id="s1", user_id="u1") for data in TRICKY]
         events.append(

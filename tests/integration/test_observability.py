@@ -271,7 +271,7 @@ async def create_webhook(store: WebhookStore, receiver: Receiver, name: str, sta
 
 @needs_prometheus
 async def test_prometheus_evaluates_every_dashboard_and_alert_expression(
-    settings: Settings, receiver: Receiver, workers, prometheus: PrometheusProcess
+    settings: Settings, receiver: Receiver, in_process_workers, prometheus: PrometheusProcess
 ) -> None:
     # Traffic that exercises every outcome: deliveries, retries through both (short) tiers,
     # dead letters after exhausted attempts, a 410 that disables its webhook, and a URL the
@@ -290,7 +290,7 @@ async def test_prometheus_evaluates_every_dashboard_and_alert_expression(
             site_id="s1",
             user_id="u1",
         )
-    worker = workers(settings)
+    worker = in_process_workers(settings)
     await worker.wait_ready()
     data = {
         "post.created": {"id": "p1", "title": "Hello"},

@@ -58,7 +58,7 @@ async def records(settings: Settings, topic: str, *, at_least: int = 0) -> list[
 
 
 async def test_a_failing_delivery_is_retried_on_schedule_with_the_same_id(
-    make_settings, receiver: Receiver, workers
+    make_settings, receiver: Receiver, in_process_workers
 ) -> None:
     from bridge.admin.topics import apply_topics
 
@@ -67,7 +67,7 @@ async def test_a_failing_delivery_is_retried_on_schedule_with_the_same_id(
     receiver.scripts["/flaky"] = [500, 503, 200]
     async with WebhookStore(settings) as store:
         await hook(store, receiver, "flaky")
-    worker = workers(settings)
+    worker = in_process_workers(settings)
     await worker.wait_ready()
     event = post(1)
     await publish_events(settings, [event])
@@ -94,7 +94,9 @@ async def test_a_failing_delivery_is_retried_on_schedule_with_the_same_id(
     assert {a["delivery_id"] for a in log} == {delivery_id(event.id, "flaky")}
 
 
-async def test_retry_after_is_honoured_on_429(make_settings, receiver: Receiver, workers) -> None:
+async def test_retry_after_is_honoured_on_429(
+    make_settings, receiver: Receiver, in_process_workers
+) -> None:
     from bridge.admin.topics import apply_topics
 
     settings = make_settings(retry_schedule=(0.2, 5.0))
@@ -103,7 +105,7 @@ async def test_retry_after_is_honoured_on_429(make_settings, receiver: Receiver,
     receiver.headers["/busy"] = {"Retry-After": "2"}
     async with WebhookStore(settings) as store:
         await hook(store, receiver, "busy")
-    worker = workers(settings)
+    worker = in_process_workers(settings)
     await worker.wait_ready()
     await publish_events(settings, [post(1)])
     await receiver.wait_for(lambda got: len(got) == 2)
@@ -112,13 +114,13 @@ async def test_retry_after_is_honoured_on_429(make_settings, receiver: Receiver,
 
 
 async def test_gone_disables_the_webhook_and_dead_letters(
-    settings: Settings, receiver: Receiver, workers
+    settings: Settings, receiver: Receiver, in_process_workers
 ) -> None:
     receiver.statuses["/gone"] = 410
     async with WebhookStore(settings) as store:
         await hook(store, receiver, "gone")
         await hook(store, receiver, "ok")
-    worker = workers(settings)
+    worker = in_process_workers(settings)
     await worker.wait_ready()
     await publish_events(settings, [post(1)])
     await worker.wait_metric(
@@ -146,7 +148,7 @@ async def test_gone_disables_the_webhook_and_dead_letters(
 
 
 async def test_an_endpoint_failing_for_too_long_is_disabled(
-    make_settings, receiver: Receiver, workers
+    make_settings, receiver: Receiver, in_process_workers
 ) -> None:
     from bridge.admin.topics import apply_topics
 
@@ -155,7 +157,7 @@ async def test_an_endpoint_failing_for_too_long_is_disabled(
     receiver.statuses["/down"] = 500
     async with WebhookStore(settings) as store:
         await hook(store, receiver, "down")
-    worker = workers(settings)
+    worker = in_process_workers(settings)
     await worker.wait_ready()
     await publish_events(settings, [post(1)])
     await worker.wait_metric(
@@ -168,7 +170,7 @@ async def test_an_endpoint_failing_for_too_long_is_disabled(
 
 
 async def test_a_deleted_webhook_gets_no_further_attempts(
-    make_settings, receiver: Receiver, workers
+    make_settings, receiver: Receiver, in_process_workers
 ) -> None:
     from bridge.admin.topics import apply_topics
 
@@ -177,7 +179,7 @@ async def test_a_deleted_webhook_gets_no_further_attempts(
     receiver.statuses["/doomed"] = 500
     async with WebhookStore(settings) as store:
         await hook(store, receiver, "doomed")
-    worker = workers(settings)
+    worker = in_process_workers(settings)
     await worker.wait_ready()
     await publish_events(settings, [post(1)])
     await receiver.wait_for(lambda got: len(got) == 1)
@@ -188,14 +190,14 @@ async def test_a_deleted_webhook_gets_no_further_attempts(
 
 
 async def test_dead_letters_can_be_listed_and_replayed_with_the_same_delivery_id(
-    settings: Settings, receiver: Receiver, workers
+    settings: Settings, receiver: Receiver, in_process_workers
 ) -> None:
     receiver.statuses["/broken"] = 500
     async with WebhookStore(settings) as store:
         await hook(store, receiver, "broken")
         await hook(store, receiver, "other")
     receiver.statuses["/other"] = 500
-    worker = workers(settings)
+    worker = in_process_workers(settings)
     await worker.wait_ready()
     events = [post(1), post(2)]
     await publish_events(settings, events)
@@ -205,8 +207,10 @@ async def test_dead_letters_can_be_listed_and_replayed_with_the_same_delivery_id
     )
     env = settings_env(settings)
 
-    def cli(*args: str) -> str:
-        result = subprocess.run(
+    async def cli(*args: str) -> str:
+        # In a thread: the worker runs in this loop and goes on meanwhile.
+        result = await asyncio.to_thread(
+            subprocess.run,
             [sys.executable, "-m", "bridge.cli", "dlq", *args],
             env=env,
             capture_output=True,
@@ -216,16 +220,16 @@ async def test_dead_letters_can_be_listed_and_replayed_with_the_same_delivery_id
         )
         return result.stdout
 
-    listed = [json.loads(line) for line in cli("list", "--webhook", "broken").splitlines()]
+    listed = [json.loads(line) for line in (await cli("list", "--webhook", "broken")).splitlines()]
     assert sorted(r["delivery_id"] for r in listed) == sorted(
         delivery_id(e.id, "broken") for e in events
     )
     assert all(len(r["attempts"]) == attempts for r in listed)
-    assert cli("list", "--since", "2099-01-01T00:00:00Z") == ""
+    assert await cli("list", "--since", "2099-01-01T00:00:00Z") == ""
 
     receiver.statuses["/broken"] = 200
     target = delivery_id(events[0].id, "broken")
-    out = cli("replay", "--webhook", "broken", "--delivery", target, "--since", "1h")
+    out = await cli("replay", "--webhook", "broken", "--delivery", target, "--since", "1h")
     assert f"replayed {target}" in out and "1 replayed" in out
     await receiver.wait_for(lambda got: any(r.status == 200 for r in receiver.at("/broken")))
     delivered = [r for r in receiver.at("/broken") if r.status == 200]
@@ -266,7 +270,7 @@ async def test_crash_mid_flight_loses_nothing(
 
 
 async def test_a_receiver_that_was_down_gets_everything_when_back(
-    make_settings, receiver: Receiver, workers
+    make_settings, receiver: Receiver, in_process_workers
 ) -> None:
     from bridge.admin.topics import apply_topics
 
@@ -275,7 +279,7 @@ async def test_a_receiver_that_was_down_gets_everything_when_back(
     receiver.down = True
     async with WebhookStore(settings) as store:
         await hook(store, receiver, "flaky")
-    worker = workers(settings)
+    worker = in_process_workers(settings)
     await worker.wait_ready()
     events = [post(n) for n in range(10)]
     await publish_events(settings, events)
@@ -353,7 +357,7 @@ async def test_sigterm_drains_in_flight_deliveries_and_exits(
 
 
 async def test_a_hanging_endpoint_does_not_slow_healthy_ones(
-    make_settings, receiver: Receiver, workers
+    make_settings, receiver: Receiver, in_process_workers
 ) -> None:
     from bridge.admin.topics import apply_topics
 
@@ -372,7 +376,7 @@ async def test_a_hanging_endpoint_does_not_slow_healthy_ones(
                 webhook_id="hang",
             )
             await hook(store, receiver, "healthy")
-        worker = workers(settings)
+        worker = in_process_workers(settings)
         await worker.wait_ready()
         events = [post(n) for n in range(200)]
         started = asyncio.get_running_loop().time()
@@ -388,7 +392,7 @@ async def test_a_hanging_endpoint_does_not_slow_healthy_ones(
 
 
 async def test_a_rate_limited_webhook_is_paced_and_others_are_not(
-    settings: Settings, receiver: Receiver, workers
+    settings: Settings, receiver: Receiver, in_process_workers
 ) -> None:
     async with WebhookStore(settings) as store:
         await store.create(
@@ -401,7 +405,7 @@ async def test_a_rate_limited_webhook_is_paced_and_others_are_not(
             rate_limit=5.0,
         )
         await hook(store, receiver, "free")
-    worker = workers(settings)
+    worker = in_process_workers(settings)
     await worker.wait_ready()
     await publish_events(settings, [post(n) for n in range(15)])
     await receiver.wait_for(lambda got: len(receiver.at("/paced")) == 15, timeout=30)

@@ -54,7 +54,9 @@ async def letters(settings: Settings) -> list[dict]:
     return [json.loads(v) for _, v in await read_topic(settings, settings.deadletter_topic) if v]
 
 
-async def test_the_guard_refuses_loopback_before_connecting(make_settings, workers) -> None:
+async def test_the_guard_refuses_loopback_before_connecting(
+    make_settings, in_process_workers
+) -> None:
     counter = await ConnectionCounter().start()
     try:
         settings = make_settings(allow_networks=(), allow_http=True)
@@ -69,7 +71,7 @@ async def test_the_guard_refuses_loopback_before_connecting(make_settings, worke
                     secret="secret-0123456789",
                     webhook_id=name,
                 )
-        worker = workers(settings)
+        worker = in_process_workers(settings)
         await worker.wait_ready()
         await publish_events(settings, [post(1)])
         values = await worker.wait_metric(
@@ -86,7 +88,7 @@ async def test_the_guard_refuses_loopback_before_connecting(make_settings, worke
         await counter.stop()
 
 
-async def test_plain_http_is_refused_unless_allowed(make_settings, workers) -> None:
+async def test_plain_http_is_refused_unless_allowed(make_settings, in_process_workers) -> None:
     counter = await ConnectionCounter().start()
     try:
         settings = make_settings(allow_http=False)
@@ -100,7 +102,7 @@ async def test_plain_http_is_refused_unless_allowed(make_settings, workers) -> N
                 secret="secret-0123456789",
                 webhook_id="plain",
             )
-        worker = workers(settings)
+        worker = in_process_workers(settings)
         await worker.wait_ready()
         await publish_events(settings, [post(1)])
         await worker.wait_metric(
@@ -112,7 +114,7 @@ async def test_plain_http_is_refused_unless_allowed(make_settings, workers) -> N
 
 
 async def test_standard_webhooks_signatures_verify_with_the_reference_library(
-    settings: Settings, receiver: Receiver, workers
+    settings: Settings, receiver: Receiver, in_process_workers
 ) -> None:
     async with WebhookStore(settings) as store:
         hook = await store.create(
@@ -124,7 +126,7 @@ async def test_standard_webhooks_signatures_verify_with_the_reference_library(
             standard=True,
         )
     assert hook.secret.startswith("whsec_")
-    worker = workers(settings)
+    worker = in_process_workers(settings)
     await worker.wait_ready()
     await publish_events(settings, [post(1)])
     await receiver.wait_for(lambda got: len(got) == 1)

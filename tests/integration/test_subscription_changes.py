@@ -29,9 +29,9 @@ def post(n: int, site: str = "s1") -> object:
 
 
 async def test_update_deactivate_and_delete_apply_to_the_next_event(
-    settings: Settings, receiver: Receiver, workers
+    settings: Settings, receiver: Receiver, in_process_workers
 ) -> None:
-    worker = workers(settings)
+    worker = in_process_workers(settings)
     await worker.wait_ready()
     consumed = 0
 
@@ -139,7 +139,7 @@ async def test_a_restarted_worker_recovers_every_webhook_from_kafka(
 
 
 async def test_a_slow_endpoint_does_not_hold_up_others_on_the_same_partition(
-    settings: Settings, receiver: Receiver, workers
+    settings: Settings, receiver: Receiver, in_process_workers
 ) -> None:
     # Another server: paths of one server are one endpoint, which shares its slots.
     slow = await Receiver().start()
@@ -163,7 +163,7 @@ async def test_a_slow_endpoint_does_not_hold_up_others_on_the_same_partition(
                 secret="s-fast",
                 webhook_id="fast",
             )
-        worker = workers(settings)
+        worker = in_process_workers(settings)
         await worker.wait_ready()
         await publish_events(settings, [post(n) for n in range(20)])
         # All twenty reach the fast endpoint while the slow one still holds its first requests.
@@ -198,7 +198,7 @@ KEYLESS_UNENCODABLE = (
 
 
 async def test_a_keyless_record_with_an_unencodable_id_delays_nothing(
-    settings: Settings, receiver: Receiver, workers
+    settings: Settings, receiver: Receiver, in_process_workers
 ) -> None:
     async with WebhookStore(settings) as store:
         await store.create(
@@ -210,7 +210,7 @@ async def test_a_keyless_record_with_an_unencodable_id_delays_nothing(
             webhook_id="hook",
         )
     await write_raw(settings, None, KEYLESS_UNENCODABLE)  # read while the table recovers
-    worker = workers(settings)
+    worker = in_process_workers(settings)
     await worker.wait_ready()
     await write_raw(settings, None, KEYLESS_UNENCODABLE)  # and read live
     await worker.wait_metric(
@@ -228,7 +228,8 @@ async def test_a_keyless_record_with_an_unencodable_id_delays_nothing(
     assert values["webhook_bridge_subscription_sync_timeouts_total"] == 0
 
     # The management commands read the same records: a warning, not a UnicodeEncodeError.
-    listing = subprocess.run(
+    listing = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "bridge.cli", "webhooks", "list"],
         env=settings_env(settings),
         capture_output=True,

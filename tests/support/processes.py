@@ -85,7 +85,30 @@ class ChildProcess:
             return "(no log)"
 
 
-class WorkerProcess(ChildProcess):
+class MetricsWaiting:
+    """``wait_metric`` over whatever ``metrics()`` reads (a child's /metrics, a registry)."""
+
+    async def metrics(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    async def wait_metric(
+        self, name: str, predicate: Callable[[float], bool], timeout: float = 30.0
+    ) -> dict[str, float]:
+        """Poll the metrics until ``predicate(value)`` holds for ``name`` (0 when absent)."""
+        values = await poll(
+            self.metrics,
+            until=lambda values: predicate(values.get(name, 0.0)),
+            timeout=timeout,
+            interval=0.1,
+        )
+        if not predicate(values.get(name, 0.0)):
+            raise AssertionError(
+                f"{name} = {values.get(name)} did not reach the condition in {timeout}s"
+            )
+        return values
+
+
+class WorkerProcess(ChildProcess, MetricsWaiting):
     """``webhook-bridge run`` in a child process, with its log in a file."""
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
@@ -108,22 +131,6 @@ class WorkerProcess(ChildProcess):
         async with httpx.AsyncClient() as client:
             text = (await client.get(self.base_url + "/metrics", timeout=5.0)).text
         return parse_metrics(text)
-
-    async def wait_metric(
-        self, name: str, predicate: Callable[[float], bool], timeout: float = 30.0
-    ) -> dict[str, float]:
-        """Poll /metrics until ``predicate(value)`` holds for ``name`` (0 when absent)."""
-        values = await poll(
-            self.metrics,
-            until=lambda values: predicate(values.get(name, 0.0)),
-            timeout=timeout,
-            interval=0.1,
-        )
-        if not predicate(values.get(name, 0.0)):
-            raise AssertionError(
-                f"{name} = {values.get(name)} did not reach the condition in {timeout}s"
-            )
-        return values
 
 
 def parse_metrics(text: str) -> dict[str, float]:
