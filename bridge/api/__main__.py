@@ -17,11 +17,13 @@ import os
 import sys
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
 
 from bridge.api.app import create_app
 from bridge.api.auth import SCOPES, TokenSet, hash_token, new_token
 from bridge.api.control import ControlService
 from bridge.api.kafka_sources import KafkaActivitySource, KafkaDeadLetters, kafka_recovery_runner
+from bridge.api.metrics import ApiMetrics
 from bridge.api.recoveries import Recoveries
 from bridge.api.service import WebhookService
 from bridge.api.store_repository import StoreRepository
@@ -74,7 +76,14 @@ async def _serve(args: argparse.Namespace) -> None:
             KafkaDeadLetters(settings),
             redeliver_lookback=settings.delivery_log_max_age,
         )
-        runner = web.AppRunner(create_app(service, control, tokens), access_log=None)
+        registry = CollectorRegistry()
+        app = create_app(service, control, tokens, metrics=ApiMetrics(registry))
+
+        async def metrics(request: web.Request) -> web.Response:
+            return web.Response(body=generate_latest(registry), content_type="text/plain")
+
+        app.router.add_get("/metrics", metrics, allow_head=False)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, args.host, args.port).start()
         print(f"serving /v1 on http://{args.host}:{args.port} ({len(tokens)} tokens)", flush=True)

@@ -20,6 +20,7 @@ from bridge.admin.dead_letters import DeadLetterFilter
 from bridge.admin.recovery import Operation
 from bridge.api.auth import Principal, Scope, TokenSet
 from bridge.api.control import ControlService, decode_dead_letter_cursor
+from bridge.api.metrics import ApiMetrics, metrics_middleware
 from bridge.api.openapi import (
     DEFAULT_PAGE_LIMIT,
     MAX_PAGE_LIMIT,
@@ -398,13 +399,18 @@ def create_app(
     tokens: TokenSet,
     *,
     config: ApiConfig | None = None,
+    metrics: ApiMetrics | None = None,
 ) -> web.Application:
     """The ``/v1`` application: the OpenAPI document (no token needed) and every operation it
-    declares. The recoveries ``control`` runs are cancelled when the application shuts down."""
+    declares. The recoveries ``control`` runs are cancelled when the application shuts down.
+    Given ``metrics``, every request is counted and timed."""
     config = config or ApiConfig()
     routes = _Routes(service, control, tokens, config)
+    middlewares = [problem_middleware(config.request_timeout)]
+    if metrics is not None:
+        middlewares.insert(0, metrics_middleware(metrics))
     app = web.Application(
-        middlewares=[problem_middleware(config.request_timeout)],
+        middlewares=middlewares,
         client_max_size=config.max_body_bytes,
     )
 

@@ -252,3 +252,40 @@ async def test_the_log_stats_recovery_and_redelivery_of_a_real_worker(
         await receiver.wait_for(lambda _: len(receiver.at("/wh")) == 8)
         assert receiver.at("/wh")[-1].delivery_id == target
         assert len(receiver.at("/other")) == 1
+
+
+async def test_python_m_bridge_api_serve_answers_and_counts_its_requests(
+    settings: Settings, tmp_path: Any
+) -> None:
+    """The API as its own process: a token file, /v1 behind it, /metrics by route template."""
+    import json
+    import sys
+
+    import httpx
+
+    from bridge.worker.embedded import free_port
+    from tests.support.processes import ChildProcess, settings_env
+
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps(TOKENS))
+    port = free_port()
+    child = ChildProcess(tmp_path / "api.log")
+    argv = [sys.executable, "-m", "bridge.api", "serve", "--tokens", str(tokens)]
+    child.spawn([*argv, "--port", str(port)], env=settings_env(settings))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await child.wait_http(f"{base}/v1/openapi.json", timeout=30, what="the API")
+        async with httpx.AsyncClient(base_url=base) as client:
+            assert (await client.get("/v1/webhooks")).status_code == 401
+            listed = await client.get("/v1/webhooks", headers=HEADERS)
+            assert listed.status_code == 200, listed.text
+            assert (await client.get("/v1/webhooks/nope", headers=HEADERS)).status_code == 404
+            text = (await client.get("/metrics")).text
+        assert (
+            'webhook_bridge_api_requests_total{method="GET",route="/v1/webhooks",'
+            'status_class="4xx"} 1.0' in text
+        )
+        assert 'route="/v1/webhooks/{webhook_id}"' in text and "nope" not in text
+        assert TOKEN not in child.tail(1000)
+    finally:
+        child.stop(grace=5)
