@@ -264,14 +264,21 @@ class Bridge:
         return Owner(webhook_id, partition, url, url == self.settings.canonical_url)
 
     def _owners(self) -> dict[int, str]:
-        """The owner's URL of each attempts partition that has one now."""
+        """The owner's URL of each attempts partition that has one now.
+
+        The group's leader files the attempts topic under its tables' changelogs when it has
+        the attempts table, else (a ``deliver`` worker) under the other topics: both are
+        looked at."""
         topic = self.settings.attempts_topic
+        # Faust's PartitionAssignor; its declared interface lacks external_topics_metadata.
+        assignor: Any = self.app.assignor
         try:
-            hosts = self.app.assignor.table_metadata(topic)
+            distributions = (assignor.table_metadata(topic), assignor.external_topics_metadata())
         except Exception:  # no assignment yet
             return {}
         return {
             partition: str(host).rstrip("/")
+            for hosts in distributions
             for host, topics in hosts.items()
             for partition in topics.get(topic, ())
         }

@@ -240,9 +240,11 @@ async def test_an_api_worker_holds_the_log_while_a_deliver_worker_delivers(
 ) -> None:
     settings = log_settings
     await subscribe(settings, receiver, {"wh": "s1"}, ("post.created",))
+    # The deliver worker joins first, so it leads the group: the leader, which has no attempts
+    # table, still publishes who owns the attempts partitions.
     deliver = workers(settings.replace(role="deliver", delivery_log=False))
-    api = workers(settings.replace(role="api", web_port=free_port()))
     await deliver.wait_ready()
+    api = workers(settings.replace(role="api", web_port=free_port()))
     await api.wait_ready()
     # The deliver worker has no /v1; the api worker holds every attempts partition.
     assert (await get(deliver, "/v1/webhooks/wh/attempts", headers=AUTH)).status_code == 404

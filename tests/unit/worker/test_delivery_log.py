@@ -98,20 +98,24 @@ def bridge(tmp_path: Path) -> Iterator[Bridge]:
 
 
 class FakeAssignor:
-    def __init__(self, hosts: dict[str, dict[str, list[int]]]) -> None:
+    def __init__(self, hosts: dict[str, dict[str, list[int]]], *, as_table: bool = True) -> None:
         self.hosts = hosts
+        self.as_table = as_table
 
     def table_metadata(self, topic: str) -> Any:
-        return self.hosts
+        return self.hosts if self.as_table else {}
+
+    def external_topics_metadata(self) -> Any:
+        return {} if self.as_table else self.hosts
 
 
-def owners(bridge: Bridge, mine: list[int], theirs: list[int]) -> None:
+def owners(bridge: Bridge, mine: list[int], theirs: list[int], *, as_table: bool = True) -> None:
     topic = bridge.settings.attempts_topic
     hosts = {
         "http://127.0.0.1:7001": {topic: mine},
         "http://127.0.0.1:7002": {topic: theirs},
     }
-    bridge.app.assignor = FakeAssignor(hosts)  # type: ignore[assignment]
+    bridge.app.assignor = FakeAssignor(hosts, as_table=as_table)  # type: ignore[assignment]
 
 
 def test_owner_is_found_in_the_assignment(bridge: Bridge) -> None:
@@ -122,6 +126,13 @@ def test_owner_is_found_in_the_assignment(bridge: Bridge) -> None:
     owners(bridge, [q for q in range(6) if q != p], [p])
     owner = bridge.owner("wh")
     assert (owner.url, owner.local) == ("http://127.0.0.1:7002", False)
+
+
+def test_owners_are_found_when_the_leader_has_no_attempts_table(bridge: Bridge) -> None:
+    # A deliver worker as the group's leader files the attempts topic with the other topics.
+    p = attempts_partition("wh", 6)
+    owners(bridge, [q for q in range(6) if q != p], [p], as_table=False)
+    assert bridge.owner("wh").url == "http://127.0.0.1:7002"
 
 
 def test_no_owner_during_a_rebalance_is_unavailable(bridge: Bridge) -> None:
