@@ -407,6 +407,38 @@ class Settings:
         parse_duration,
         "Attempts older than this leave the delivery log; at least 7d, the longest stats window.",
     )
+    delivery_log: bool = Section.ACTIVITY.setting(
+        False,
+        "BRIDGE_DELIVERY_LOG",
+        "--delivery-log",
+        parse_bool,
+        "Hold the delivery log and stats of this worker's attempts partitions in memory and "
+        "answer /v1 from them (roles api and all; needs api_tokens).",
+    )
+    role: str = Section.ACTIVITY.setting(
+        "all",
+        "BRIDGE_ROLE",
+        "--role",
+        lambda text: _choice("API", "DELIVER", "ALL")(text).lower(),
+        "What the worker does: deliver (events and retries), api (/v1 and the delivery log, "
+        "no deliveries) or all (both).",
+    )
+    api_tokens: str | None = Section.ACTIVITY.setting(
+        None,
+        "BRIDGE_API_TOKENS",
+        "--api-tokens",
+        _optional_str,
+        "Token file (YAML or JSON) of the /v1 API; the worker serves /v1 on its web port when "
+        "set and its role includes the API.",
+    )
+    advertised_url: str | None = Section.ACTIVITY.setting(
+        None,
+        "BRIDGE_ADVERTISED_URL",
+        "--advertised-url",
+        _optional_str,
+        "URL other workers reach this worker's web server at, to route delivery-log requests "
+        "to it (default: http://web_host:web_port; set it when web_host is 0.0.0.0).",
+    )
     status_topic: str = Section.SUBSCRIPTIONS.setting(
         "postion.webhooks.status",
         "BRIDGE_STATUS_TOPIC",
@@ -592,6 +624,10 @@ class Settings:
             raise ConfigError("kafka_session_timeout must be longer than half the rebalance one")
         if self.delivery_log_max_age < 7 * 86400.0:
             raise ConfigError("delivery_log_max_age must be at least 7d (the longest stats window)")
+        if self.role == "api" and self.api_tokens is None:
+            raise ConfigError("role api needs api_tokens (the token file of /v1)")
+        if self.delivery_log and (self.role == "deliver" or self.api_tokens is None):
+            raise ConfigError("delivery_log needs a role with the API (api or all) and api_tokens")
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -655,6 +691,22 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     # -- derived values ------------------------------------------------------------------------
+    @property
+    def serves_api(self) -> bool:
+        """The worker serves ``/v1`` (a role with the API and a token file)."""
+        return self.role in ("api", "all") and self.api_tokens is not None
+
+    @property
+    def delivers(self) -> bool:
+        """The worker consumes events and retries (roles deliver and all)."""
+        return self.role in ("deliver", "all")
+
+    @property
+    def canonical_url(self) -> str:
+        """Where other workers reach this one's web server (``advertised_url`` or the bind
+        address)."""
+        return (self.advertised_url or f"http://{self.web_host}:{self.web_port}").rstrip("/")
+
     @property
     def embedded(self) -> bool:
         """True when no broker is configured and the embedded one is to be used."""

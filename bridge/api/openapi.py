@@ -479,6 +479,10 @@ def _operation(
             "400": _problem_response("Invalid request; errors name the fields."),
             "401": _problem_response("No valid bearer token."),
             "403": _problem_response("The token lacks the scope, or the site or account."),
+            "503": _problem_response(
+                "Not answered in time, or the delivery log's owner is unknown (a rebalance): "
+                "retry after Retry-After seconds."
+            ),
         },
     }
     if body is not None:

@@ -47,6 +47,10 @@ class ActivityBook:
     def get(self, webhook_id: str) -> Activity | None:
         return self._activity.get(webhook_id)
 
+    def activities(self) -> list[Activity]:
+        """The log and stats of every webhook held."""
+        return list(self._activity.values())
+
     def empty(self) -> Activity:
         """The activity of a webhook with no attempt kept (not added to the book)."""
         return Activity(WebhookLog(max_attempts=self._max_attempts, max_age=self._max_age))

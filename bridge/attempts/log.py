@@ -166,6 +166,10 @@ class WebhookLog:
             items.append(attempt)
         return Page(items, None)
 
+    def attempts(self) -> list[Attempt]:
+        """Every kept attempt, oldest first."""
+        return [self._attempts[p] for p in self._positions]
+
     def delivery(self, delivery_id: str) -> list[Attempt]:
         """Every kept attempt of one delivery, in the order they were made."""
         return [self._attempts[p] for p in sorted(self._deliveries.get(delivery_id, ()))]

@@ -13,8 +13,10 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from bridge.attempts.record import Attempt
+from bridge.errors import InvalidRecord
 
 __all__ = ["LATENCY_BOUNDS", "WINDOWS", "WindowStats", "WebhookStats"]
 
@@ -118,6 +120,45 @@ class WebhookStats:
         first_hour = int(now // _HOUR) - _HOURS_KEPT + 1
         for key in [k for k in self._hours if k < first_hour]:
             del self._hours[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The counts as JSON-able data (:meth:`from_dict` rebuilds them)."""
+
+        def buckets(held: dict[int, _Bucket]) -> list[list[Any]]:
+            return [
+                [key, b.attempts, b.successes, b.failures, b.skipped, b.latency]
+                for key, b in sorted(held.items())
+            ]
+
+        return {
+            "minutes": buckets(self._minutes),
+            "hours": buckets(self._hours),
+            "last_success": None if self.last_success is None else self.last_success.as_dict(),
+            "last_failure": None if self.last_failure is None else self.last_failure.as_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WebhookStats:
+        """The stats :meth:`to_dict` gave; ``ValueError`` for anything else."""
+        stats = cls()
+        try:
+            for name, held in (("minutes", stats._minutes), ("hours", stats._hours)):
+                for key, attempts, successes, failures, skipped, latency in data[name]:
+                    if len(latency) != len(LATENCY_BOUNDS):
+                        raise ValueError("latency histogram of another size")
+                    held[int(key)] = _Bucket(
+                        int(attempts),
+                        int(successes),
+                        int(failures),
+                        int(skipped),
+                        [int(n) for n in latency],
+                    )
+            for name in ("last_success", "last_failure"):
+                if data[name] is not None:
+                    setattr(stats, name, Attempt.of(data[name]))
+        except (KeyError, TypeError, InvalidRecord) as exc:
+            raise ValueError(f"not stats data: {exc}") from None
+        return stats
 
     @property
     def buckets(self) -> int:

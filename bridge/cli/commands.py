@@ -336,7 +336,8 @@ def _run(args: argparse.Namespace) -> int:
         bridge = Bridge(settings)
         print(
             f"worker {settings.group_id}: kafka {settings.kafka_bootstrap_servers}, "
-            f"health and metrics at http://{settings.web_host}:{settings.web_port}/",
+            f"health and metrics at http://{settings.web_host}:{settings.web_port}/"
+            + (f", /v1 (role {settings.role})" if settings.serves_api else ""),
             flush=True,
         )
         worker = bridge.worker(loop)

@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import quote
 
+import aiohttp
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.sensors.prometheus import FaustMetrics
@@ -23,6 +26,9 @@ from mode import Service
 from prometheus_client import CollectorRegistry
 
 from bridge import __version__
+from bridge.attempts.book import Activity
+from bridge.attempts.record import Attempt
+from bridge.attempts.wire import activity_from_dict, attempts_from_list
 from bridge.config import Settings
 from bridge.contract import jsoncanon
 from bridge.contract.schemas import is_valid
@@ -44,6 +50,13 @@ from bridge.subscriptions.freshness import TableFreshness
 from bridge.subscriptions.index import SubscriptionIndex
 from bridge.subscriptions.store import WebhookStore
 from bridge.subscriptions.webhook import parse_webhook, webhook_key
+from bridge.worker.delivery_log import (
+    AssignmentTable,
+    DeliveryLogReader,
+    Owner,
+    OwnerUnavailable,
+    attempts_partition,
+)
 from bridge.worker.direct_topic import DirectTopic
 from bridge.worker.faust_monitor import FaustPrometheusMonitor
 from bridge.worker.faust_patches import install as install_faust_patches
@@ -105,6 +118,18 @@ class Bridge:
         self._offsets_lock = asyncio.Lock()
         self._lag_labels: set[tuple[str, str]] = set()
         self._runtime: _Runtime | None = None
+        #: The delivery log of this worker's attempts partitions (setting ``delivery_log``).
+        self.delivery_log: DeliveryLogReader | None = None
+        if settings.delivery_log:
+            self.delivery_log = DeliveryLogReader(
+                topic=settings.attempts_topic,
+                consumer_factory=lambda: AIOKafkaConsumer(
+                    **client_kwargs(settings), group_id=None, enable_auto_commit=False
+                ),
+                max_attempts=settings.delivery_log_max_attempts,
+                max_age=settings.delivery_log_max_age,
+            )
+        self._http: aiohttp.ClientSession | None = None
         self.app = self._build_app()
 
     # -- Faust wiring -----------------------------------------------------------------------
@@ -119,6 +144,12 @@ class Bridge:
             store="memory://",
             datadir=str(s.resolved_data_dir),
             web_enabled=False,
+            # Sent to every member with the assignment: where an attempts partition's owner
+            # answers (the bridge's own web server; Faust's is off).
+            canonical_url=s.canonical_url,
+            # The attempts table claims every partition read (bridge/worker/delivery_log.py);
+            # the check only guards persisted stores, and every store here is in memory.
+            recovery_consistency_check=not s.delivery_log,
             topic_allow_declare=False,
             topic_disable_leader=False,
             table_standby_replicas=0,
@@ -145,14 +176,18 @@ class Bridge:
         self.status_topic, self.status_table = self._global_table(
             app, "endpoint-status", s.status_topic, self.on_status_event, raw
         )
+        if self.delivery_log is not None:
+            self.attempts_table = self._attempts_table(app, raw)
         self.retry_topics = [app.topic(name, **raw) for name in s.retry_topics]
         # Events go from Faust's conductor straight to the pipeline (bridge/worker/direct_topic.py);
-        # the retry tiers, where records wait until due, keep an agent each.
+        # the retry tiers, where records wait until due, keep an agent each. A worker without
+        # the deliver role subscribes to neither: Faust's assignor gives a topic's partitions
+        # only to members subscribed to it, so an api worker gets attempts partitions only.
         self.source_topic = DirectTopic(app, list(s.source_topics), self.pipeline)
-        self.source_topic.subscribe()
-
-        for tier, topic in enumerate(self.retry_topics, start=1):
-            app.agent(topic, name=f"retry-{tier}")(self._retry_agent(tier))
+        if s.delivers:
+            self.source_topic.subscribe()
+            for tier, topic in enumerate(self.retry_topics, start=1):
+                app.agent(topic, name=f"retry-{tier}")(self._retry_agent(tier))
 
         # Weak: Faust's app signals keep their receivers in one mapping shared by every app of
         # the process (the class's signal), so a strong receiver would keep this bridge, its app
@@ -204,6 +239,137 @@ class Bridge:
             recovery_buffer_size=10_000,
         )
         return topic, table
+
+    def _attempts_table(self, app: faust.App, raw: dict[str, Any]) -> AssignmentTable:
+        """The attempts topic as a table that only takes part in the assignment."""
+        assert self.delivery_log is not None
+        s = self.settings
+        partitions = self._partitions[s.attempts_topic]
+        topic = app.topic(s.attempts_topic, partitions=partitions, **raw)
+        table = AssignmentTable(
+            app,
+            name="attempts",
+            key_type=bytes,
+            value_type=bytes,
+            changelog_topic=topic,
+            partitions=partitions,
+            beacon=app.tables.beacon,
+        )
+        table.on_assigned = self.delivery_log.assign
+        app.tables.add(table)
+        return table
+
+    # -- the delivery log: owners and routing -----------------------------------------------------
+    def owner(self, webhook_id: str) -> Owner:
+        """Which worker holds ``webhook_id``'s log, from the assignment every member gets."""
+        topic = self.settings.attempts_topic
+        partition = attempts_partition(webhook_id, self._partitions[topic])
+        url = self._owners().get(partition)
+        return Owner(webhook_id, partition, url, url == self.settings.canonical_url)
+
+    def _owners(self) -> dict[int, str]:
+        """The owner's URL of each attempts partition that has one now.
+
+        The group's leader files the attempts topic under its tables' changelogs when it has
+        the attempts table, else (a ``deliver`` worker) under the other topics: both are
+        looked at."""
+        topic = self.settings.attempts_topic
+        # Faust's PartitionAssignor; its declared interface lacks external_topics_metadata.
+        assignor: Any = self.app.assignor
+        try:
+            distributions = (assignor.table_metadata(topic), assignor.external_topics_metadata())
+        except Exception:  # no assignment yet
+            return {}
+        return {
+            partition: str(host).rstrip("/")
+            for hosts in distributions
+            for host, topics in hosts.items()
+            for partition in topics.get(topic, ())
+        }
+
+    def local_activity(self, webhook_id: str) -> Activity:
+        """``webhook_id``'s log and stats from this worker's book; :class:`OwnerUnavailable`
+        when this worker does not hold it or is still reading its partition (never routed
+        on: this answers routed requests)."""
+        reader = self.delivery_log
+        if reader is None:
+            raise OwnerUnavailable("this worker holds no delivery log")
+        owner = self.owner(webhook_id)
+        if not owner.local or owner.partition not in reader.assigned:
+            raise OwnerUnavailable("this worker does not hold the webhook's partition now")
+        return reader.book.get(webhook_id) or reader.book.empty()
+
+    def local_delivery(self, delivery_id: str) -> list[Attempt]:
+        """The attempts of one delivery in this worker's book (its webhook's log)."""
+        reader = self.delivery_log
+        if reader is None:
+            return []
+        found: list[Attempt] = []
+        for activity in reader.book.activities():
+            found.extend(activity.log.delivery(delivery_id))
+        return sorted(found, key=lambda a: (a.at_seconds, a.attempt))
+
+    async def activity_for(
+        self, webhook_id: str, *, headers: Mapping[str, str] | None = None
+    ) -> Activity:
+        """``webhook_id``'s log and stats: from this worker's book when it owns the webhook,
+        else from its owner (one hop; the owner answers from its book only).
+        :class:`OwnerUnavailable` while no owner is known (a rebalance) or it does not answer.
+        ``headers`` go with a routed request (the caller's ``Authorization``)."""
+        owner = self.owner(webhook_id)
+        if owner.url is None:
+            raise OwnerUnavailable("the webhook's delivery log has no owner now (rebalancing)")
+        if owner.local:
+            return self.local_activity(webhook_id)
+        data = await self._ask(
+            owner.url, f"/internal/v1/activity/{quote(webhook_id, safe='')}", headers
+        )
+        try:
+            return activity_from_dict(
+                data,
+                max_attempts=self.settings.delivery_log_max_attempts,
+                max_age=self.settings.delivery_log_max_age,
+                now=time.time(),
+            )
+        except ValueError as exc:
+            raise OwnerUnavailable(f"the owner's answer was not a delivery log ({exc})") from None
+
+    async def delivery_for(
+        self, delivery_id: str, *, headers: Mapping[str, str] | None = None
+    ) -> list[Attempt]:
+        """Every kept attempt of one delivery: a delivery id does not name its webhook, so
+        every owner is asked (each from its own book) and this worker's book read."""
+        owners = self._owners()
+        if len(owners) < self._partitions[self.settings.attempts_topic]:
+            raise OwnerUnavailable("some attempts partitions have no owner now (rebalancing)")
+        path = f"/internal/v1/deliveries/{quote(delivery_id, safe='')}"
+        others = sorted(set(owners.values()) - {self.settings.canonical_url})
+        answers = await asyncio.gather(*(self._ask(url, path, headers) for url in others))
+        found = self.local_delivery(delivery_id)
+        for data in answers:
+            try:
+                found.extend(attempts_from_list(data.get("attempts")))
+            except ValueError as exc:
+                raise OwnerUnavailable(f"an owner's answer was not attempts ({exc})") from None
+        return sorted(found, key=lambda a: (a.at_seconds, a.attempt))
+
+    async def _ask(self, url: str, path: str, headers: Mapping[str, str] | None) -> Any:
+        """GET ``url + path`` from another worker: its JSON object, or
+        :class:`OwnerUnavailable`."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.settings.http_timeout)
+            )
+        try:
+            async with self._http.get(url + path, headers=dict(headers or {})) as response:
+                if response.status != 200:
+                    raise OwnerUnavailable(f"the owner answered {response.status}")
+                data = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise OwnerUnavailable(f"the owner did not answer ({type(exc).__name__})") from None
+        if not isinstance(data, dict):
+            raise OwnerUnavailable("the owner's answer was not a JSON object")
+        return data
 
     def _retry_agent(self, tier: int) -> Any:
         async def retry(stream: Any) -> None:
@@ -410,6 +576,9 @@ class Bridge:
         if self._offsets_consumer is not None:
             await self._offsets_consumer.stop()
             self._offsets_consumer = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
     def ready(self) -> tuple[bool, str]:
         """Ready once the tables are recovered and partitions are assigned."""
@@ -417,19 +586,32 @@ class Bridge:
             return False, "recovering the subscription table"
         if self.app.rebalancing:
             return False, "rebalancing"
+        if self.delivery_log is not None and not self.delivery_log.caught_up:
+            return False, "reading the delivery log"
         return True, f"{len(self.index)} webhooks loaded"
 
     # -- the worker ------------------------------------------------------------------------------
     def _services(self) -> list[Service]:
-        """What runs beside the Faust app: the health and metrics server, and the closer of the
-        HTTP client and Kafka clients the bridge opens itself."""
+        """What runs beside the Faust app: the health and metrics server (serving ``/v1`` for the
+        roles with the API), the closer of the HTTP client and Kafka clients the bridge opens
+        itself, and the delivery log's reader."""
+        api: Callable[[], Awaitable[Any]] | None = None
+        if self.settings.serves_api:
+            # Only workers serving /v1 load bridge.api (and through it the admin tools).
+            from bridge.worker.api import api_application
+
+            api = functools.partial(api_application, self)
         web = WebServer(
             host=self.settings.web_host,
             port=self.settings.web_port,
             registry=self.registry,
             ready=self.ready,
+            application=api,
         )
-        return [web, _Closer(self)]
+        services: list[Service] = [web, _Closer(self)]
+        if self.delivery_log is not None:
+            services.append(self.delivery_log)
+        return services
 
     def worker(self, loop: asyncio.AbstractEventLoop) -> faust.Worker:
         """The process's worker (``webhook-bridge run``): it owns ``loop``, handles SIGTERM and

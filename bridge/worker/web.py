@@ -1,4 +1,5 @@
-"""The worker's own HTTP server: ``/healthz``, ``/readyz`` and ``/metrics``.
+"""The worker's own HTTP server: ``/healthz``, ``/readyz`` and ``/metrics``, and ``/v1`` when
+the worker serves the API.
 
 It runs beside Faust (whose web server only starts after table recovery), so liveness answers
 from the first second and readiness can say "recovering".
@@ -6,7 +7,7 @@ from the first second and readiness can say "recovering".
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from mode import Service
@@ -25,16 +26,19 @@ class WebServer(Service):
         port: int,
         registry: CollectorRegistry,
         ready: Callable[[], tuple[bool, str]],
+        application: Callable[[], Awaitable[web.Application]] | None = None,
     ) -> None:
         super().__init__()
         self._host = host
         self._port = port
         self._registry = registry
         self._ready = ready
+        #: Makes the application the probes are added to (the API's), else a bare one.
+        self._application = application
         self._runner: web.AppRunner | None = None
 
-    def _routes(self) -> web.Application:
-        app = web.Application()
+    async def _routes(self) -> web.Application:
+        app = await self._application() if self._application is not None else web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
@@ -55,7 +59,7 @@ class WebServer(Service):
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def on_start(self) -> None:
-        self._runner = web.AppRunner(self._routes(), access_log=None)
+        self._runner = web.AppRunner(await self._routes(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()

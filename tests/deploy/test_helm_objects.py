@@ -101,6 +101,9 @@ def _sample(name: str, default: Any, spec: Any) -> Any:
         "ca_bundle": "/etc/ssl/certs",
         "data_dir": "/var/lib/bridge",
         "retry_schedule": ["5s", "1m", "1.5h"],
+        "api_tokens": "/etc/bridge/tokens.yaml",
+        "advertised_url": "http://bridge-0.bridge:6066",
+        "role": "api",
     }
     if name in samples:
         return samples[name]

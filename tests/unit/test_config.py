@@ -69,6 +69,10 @@ DEFAULTS: dict[str, Any] = {
     "disable_after": 5 * 86400.0,
     "delivery_log_max_attempts": 1000,
     "delivery_log_max_age": 7 * 86400.0,
+    "delivery_log": False,
+    "role": "all",
+    "api_tokens": None,
+    "advertised_url": None,
     "drain_timeout": 20.0,
     "ssrf_guard": True,
     "allow_networks": (),
@@ -161,6 +165,10 @@ PARSED: dict[str, tuple[str, Any]] = {
     "disable_after": ("1d", 86400.0),
     "delivery_log_max_attempts": ("50", 50),
     "delivery_log_max_age": ("14d", 14 * 86400.0),
+    "delivery_log": ("on", True),
+    "role": ("Deliver", "deliver"),
+    "api_tokens": ("/etc/bridge/tokens.yaml", "/etc/bridge/tokens.yaml"),
+    "advertised_url": ("http://10.0.0.7:8080", "http://10.0.0.7:8080"),
     "drain_timeout": ("5", 5.0),
     "ssrf_guard": ("off", False),
     "allow_networks": ("10.1.0.0/16, fd00::/8", ("10.1.0.0/16", "fd00::/8")),
@@ -188,7 +196,9 @@ def test_parse_table_covers_every_setting() -> None:
 def test_env_var_is_parsed(name: str) -> None:
     raw, expected = PARSED[name]
     env_name = Settings.specs()[name].env
-    settings = Settings.load(env={env_name: raw})
+    # The delivery log needs the API's token file.
+    needs = {"BRIDGE_API_TOKENS": "t.yaml"} if name == "delivery_log" else {}
+    settings = Settings.load(env={**needs, env_name: raw})
     assert getattr(settings, name) == expected
     assert expected != DEFAULTS[name]
 
@@ -258,6 +268,7 @@ BAD: list[tuple[str, str]] = [
     ("BRIDGE_KAFKA_SASL_MECHANISM", "GSSAPI"),
     ("BRIDGE_LOG_LEVEL", "TRACE"),
     ("BRIDGE_LOG_FORMAT", "yaml"),
+    ("BRIDGE_ROLE", "both"),
     ("BRIDGE_WEB_PORT", "65536"),
     ("BRIDGE_WEB_PORT", "-1"),
     ("BRIDGE_WEB_PORT", "http"),
@@ -308,6 +319,37 @@ def test_the_delivery_log_keeps_at_least_the_longest_stats_window() -> None:
     with pytest.raises(ConfigError, match="delivery_log_max_age"):
         Settings.load(env={"BRIDGE_DELIVERY_LOG_MAX_AGE": "6d"})
     assert Settings.load(env={"BRIDGE_DELIVERY_LOG_MAX_AGE": "7d"}).delivery_log_max_age == 604800
+
+
+def test_the_api_role_needs_a_token_file() -> None:
+    with pytest.raises(ConfigError, match="api_tokens"):
+        Settings.load(env={"BRIDGE_ROLE": "api"})
+    settings = Settings.load(env={"BRIDGE_ROLE": "api", "BRIDGE_API_TOKENS": "t.yaml"})
+    assert (settings.serves_api, settings.delivers) == (True, False)
+
+
+def test_the_delivery_log_needs_a_role_serving_the_api() -> None:
+    for env in (
+        {"BRIDGE_DELIVERY_LOG": "on"},
+        {"BRIDGE_DELIVERY_LOG": "on", "BRIDGE_ROLE": "deliver", "BRIDGE_API_TOKENS": "t.yaml"},
+    ):
+        with pytest.raises(ConfigError, match="delivery_log"):
+            Settings.load(env=env)
+    env = {"BRIDGE_DELIVERY_LOG": "on", "BRIDGE_API_TOKENS": "t.yaml"}
+    assert Settings.load(env=env).delivery_log
+
+
+def test_roles() -> None:
+    assert (Settings.load(env={}).delivers, Settings.load(env={}).serves_api) == (True, False)
+    deliver = Settings.load(env={"BRIDGE_ROLE": "deliver", "BRIDGE_API_TOKENS": "t.yaml"})
+    assert (deliver.delivers, deliver.serves_api) == (True, False)
+
+
+def test_the_canonical_url_defaults_to_the_web_server() -> None:
+    settings = Settings.load(env={"BRIDGE_WEB_PORT": "9001"})
+    assert settings.canonical_url == "http://127.0.0.1:9001"
+    advertised = settings.replace(advertised_url="http://10.0.0.7:9001/")
+    assert advertised.canonical_url == "http://10.0.0.7:9001"
 
 
 def test_session_timeout_must_exceed_half_the_rebalance_timeout() -> None:

@@ -31,6 +31,34 @@ def test_the_worker_never_loads_the_admin_tools_or_the_cli() -> None:
     assert loaded == []
 
 
+@pytest.mark.parametrize("tokens", [False, True])
+def test_only_a_worker_serving_the_api_loads_it(tmp_path: Path, tokens: bool) -> None:
+    """``Bridge.worker`` imports bridge.api (and through it the admin tools) only for a role
+    with the API and a token file."""
+    token_file = tmp_path / "tokens.json"
+    token_file.write_text('{"tokens": []}')
+    overrides = {
+        "kafka_bootstrap_servers": "127.0.0.1:1",
+        "data_dir": str(tmp_path / "data"),
+        "api_tokens": str(token_file) if tokens else None,
+    }
+    code = (
+        "import asyncio, sys\n"
+        "from bridge.config import Settings\n"
+        "from bridge.worker.app import Bridge\n"
+        f"settings = Settings.load(env={{}}, overrides={overrides!r})\n"
+        "Bridge(settings).worker(asyncio.new_event_loop())\n"
+        "print(' '.join(m for m in sys.modules if m.startswith(\n"
+        "    ('bridge.admin', 'bridge.cli', 'bridge.api', 'bridge.worker.api'))))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert ("bridge.worker.api" in found) == tokens
+    if not tokens:
+        assert found == []
+
+
 def _defined_public_names(path: Path) -> set[str]:
     """Public classes, functions and constants a module defines itself (not imports)."""
     names: set[str] = set()

@@ -1,0 +1,185 @@
+"""``/v1`` served by a worker whose role includes the API, over its delivery log.
+
+Imported only by such workers (it loads :mod:`bridge.api` and, through it, the admin tools).
+The delivery log, stats and deliveries come from :class:`WorkerActivitySource`, which asks the
+worker's :class:`~bridge.worker.app.Bridge`: its own book for the webhooks of its attempts
+partitions, the owner's for the others (one hop). The owners answer through the internal
+routes below, with the caller's bearer token, checked again (scope and site or account
+restriction) by the owner. Without ``delivery_log`` the worker serves ``/v1`` over
+:class:`~bridge.api.kafka_sources.KafkaActivitySource` (topics read per request).
+"""
+
+from __future__ import annotations
+
+import functools
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from bridge.api.activity import ActivitySource, EndpointStatus
+from bridge.api.app import create_app
+from bridge.api.auth import TokenSet
+from bridge.api.control import ControlService
+from bridge.api.kafka_sources import KafkaActivitySource, KafkaDeadLetters, kafka_recovery_runner
+from bridge.api.problems import Problem
+from bridge.api.recoveries import Recoveries
+from bridge.api.repository import WebhookRepository
+from bridge.api.service import WebhookService
+from bridge.api.store_repository import StoreRepository
+from bridge.attempts.book import Activity
+from bridge.attempts.record import Attempt
+from bridge.attempts.wire import activity_to_dict
+from bridge.contract import jsoncanon
+from bridge.subscriptions.store import WebhookStore
+from bridge.worker.delivery_log import OwnerUnavailable
+
+if TYPE_CHECKING:
+    from bridge.worker.app import Bridge
+
+__all__ = ["WorkerActivitySource", "api_application"]
+
+#: The ``Authorization`` of the request being answered, sent on with routed reads.
+_authorization: ContextVar[str | None] = ContextVar("authorization", default=None)
+
+
+def _unavailable(exc: OwnerUnavailable) -> Problem:
+    return Problem("unavailable", exc.detail, headers={"Retry-After": str(exc.retry_after)})
+
+
+class WorkerActivitySource:
+    """An :class:`~bridge.api.activity.ActivitySource` over the workers' delivery logs
+    (:meth:`Bridge.activity_for <bridge.worker.app.Bridge.activity_for>`) and the worker's
+    endpoint-status table. ``503 unavailable`` with ``Retry-After`` while an owner is unknown
+    or does not answer."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self._bridge = bridge
+
+    def __repr__(self) -> str:
+        return f"WorkerActivitySource({self._bridge.settings.canonical_url!r})"
+
+    @staticmethod
+    def _headers() -> dict[str, str]:
+        authorization = _authorization.get()
+        return {} if authorization is None else {"Authorization": authorization}
+
+    async def activity(self, webhook_id: str) -> Activity:
+        try:
+            return await self._bridge.activity_for(webhook_id, headers=self._headers())
+        except OwnerUnavailable as exc:
+            raise _unavailable(exc) from None
+
+    async def delivery(self, delivery_id: str) -> list[Attempt]:
+        try:
+            return await self._bridge.delivery_for(delivery_id, headers=self._headers())
+        except OwnerUnavailable as exc:
+            raise _unavailable(exc) from None
+
+    async def status(self, webhook_id: str) -> EndpointStatus | None:
+        record = self._bridge.statuses.get(webhook_id)
+        return None if record is None else EndpointStatus.parse(jsoncanon.dumps(record))
+
+
+@web.middleware
+async def _keep_authorization(request: web.Request, handler: Any) -> web.StreamResponse:
+    token = _authorization.set(request.headers.get("Authorization"))
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    finally:
+        _authorization.reset(token)
+
+
+class _Internal:
+    """The routes other workers read this worker's book through (never routed on)."""
+
+    def __init__(self, bridge: Bridge, tokens: TokenSet, repository: WebhookRepository) -> None:
+        self._bridge = bridge
+        self._tokens = tokens
+        self._repository = repository
+
+    def _principal(self, request: web.Request) -> Any:
+        principal = self._tokens.authenticate(request.headers.get("Authorization"))
+        principal.require("read")
+        return principal
+
+    async def activity(self, request: web.Request) -> web.Response:
+        principal = self._principal(request)
+        webhook_id = request.match_info["webhook_id"]
+        webhook = await self._repository.get(webhook_id)
+        if webhook is None:
+            raise Problem("not_found", "no such webhook")
+        principal.check(webhook)
+        try:
+            activity = self._bridge.local_activity(webhook_id)
+        except OwnerUnavailable as exc:
+            raise _unavailable(exc) from None
+        return web.Response(
+            body=jsoncanon.dumps(activity_to_dict(activity)), content_type="application/json"
+        )
+
+    async def delivery(self, request: web.Request) -> web.Response:
+        principal = self._principal(request)
+        attempts = self._bridge.local_delivery(request.match_info["delivery_id"])
+        shown = []
+        for attempt in attempts:
+            webhook = await self._repository.get(attempt.webhook_id)
+            if webhook is not None and principal.allows(webhook.site_id, webhook.user_id):
+                shown.append(attempt.as_dict())
+        return web.Response(
+            body=jsoncanon.dumps({"attempts": shown}), content_type="application/json"
+        )
+
+    async def summary(self, request: web.Request) -> web.Response:
+        self._principal(request)
+        reader = self._bridge.delivery_log
+        body: dict[str, Any] = {"served_by": self._bridge.settings.canonical_url}
+        if reader is not None:
+            body.update(reader.summary())
+        return web.Response(body=jsoncanon.dumps(body), content_type="application/json")
+
+
+async def api_application(bridge: Bridge) -> web.Application:
+    """``/v1`` (and the internal routes of the delivery log) for ``bridge``'s web server; the
+    webhook store it opens is closed with the application."""
+    from bridge.admin.publish import send_test_event
+    from bridge.http.ssrf import check_url
+    from bridge.kafka.clients import address_policy
+
+    settings = bridge.settings
+    assert settings.api_tokens is not None
+    tokens = TokenSet.from_file(settings.api_tokens)
+    store = await WebhookStore(settings).__aenter__()
+    repository = StoreRepository(store)
+    service = WebhookService(
+        repository,
+        publisher=functools.partial(send_test_event, settings),
+        check_url=functools.partial(
+            check_url, allow_http=settings.plain_http_allowed, policy=address_policy(settings)
+        ),
+    )
+    activity: ActivitySource = (
+        WorkerActivitySource(bridge)
+        if bridge.delivery_log is not None
+        else KafkaActivitySource(settings)
+    )
+    control = ControlService(
+        repository,
+        activity,
+        Recoveries(kafka_recovery_runner(settings)),
+        KafkaDeadLetters(settings),
+        redeliver_lookback=settings.delivery_log_max_age,
+    )
+    app = create_app(service, control, tokens)
+    app.middlewares.append(_keep_authorization)
+    internal = _Internal(bridge, tokens, repository)
+    app.router.add_get("/internal/v1/activity/{webhook_id}", internal.activity, allow_head=False)
+    app.router.add_get("/internal/v1/deliveries/{delivery_id}", internal.delivery, allow_head=False)
+    app.router.add_get("/internal/v1/delivery-log", internal.summary, allow_head=False)
+
+    async def close_store(app: web.Application) -> None:
+        await store.__aexit__(None, None, None)
+
+    app.on_cleanup.append(close_store)
+    return app

@@ -1,0 +1,277 @@
+"""The delivery log of the attempts partitions this worker owns, read without gaps.
+
+Two pieces, each doing what it does well:
+
+* :class:`AssignmentTable`, a Faust (non-global) ``Table`` whose changelog is the attempts
+  topic, used for **assignment only**: Faust's assignor gives each member that holds the table
+  some of the topic's partitions and sends every member each member's ``canonical_url`` with
+  the assignment (``app.assignor.table_metadata``), which is how a request is routed to the
+  owner. Faust reads none of its records: :meth:`AssignmentTable.persisted_offset` says every
+  partition is already read, so recovery has nothing to do and the partitions stay paused
+  (Faust's own changelog reading drops records where recovery ends; see docs/api.md).
+* :class:`DeliveryLogReader`, an aiokafka consumer without a group, ``assign()``-ed to the
+  partitions the table was given at each rebalance, starting at ``offsets_for_times(now -
+  delivery_log_max_age)`` (or the partition's start when the broker has no answer), never
+  paused: every record it reads goes into an :class:`~bridge.attempts.book.ActivityBook`,
+  whose limits bound memory. The webhooks of a partition that is revoked are forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+from faust.tables.table import Table
+from mode import Service
+
+from bridge.attempts.book import ActivityBook
+from bridge.attempts.record import Attempt
+from bridge.errors import InvalidRecord
+
+__all__ = [
+    "NEVER_READ",
+    "AssignmentTable",
+    "DeliveryLogReader",
+    "Owner",
+    "OwnerUnavailable",
+    "attempts_partition",
+]
+
+log = logging.getLogger(__name__)
+
+#: The offset :class:`AssignmentTable` claims to have read up to: past any partition's end.
+NEVER_READ = 2**62
+
+_partitioner = DefaultPartitioner()
+
+
+def attempts_partition(webhook_id: str, partitions: int) -> int:
+    """The attempts partition of a webhook's records (the producer's default partitioner, as
+    :class:`bridge.kafka.outputs.KafkaOutputs` writes them)."""
+    every = list(range(partitions))
+    return int(_partitioner(webhook_id.encode("utf-8"), every, every))
+
+
+class AssignmentTable(Table):  # type: ignore[type-arg]  # faust: Table[KT, VT]
+    """A table over the attempts topic that only takes part in the assignment."""
+
+    #: Called after each rebalance with the attempts partitions this worker now owns.
+    on_assigned: Callable[[set[int]], None] | None = None
+
+    def _changelog_topic_name(self) -> str:
+        # As for the subscription table: the given topic, not ``<app>-<table>-changelog``.
+        return str(self.changelog_topic.get_topic_name())
+
+    def persisted_offset(self, tp: Any) -> int | None:
+        # "Everything is read": recovery finds nothing remaining and never resumes these
+        # partitions; the DeliveryLogReader reads them instead. (The app turns Faust's
+        # ``recovery_consistency_check`` off, which would call this offset impossible.)
+        return NEVER_READ
+
+    async def on_rebalance(
+        self, assigned: Any, revoked: Any, newly_assigned: Any, generation_id: int = 0
+    ) -> None:
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+        topic = self._changelog_topic_name()
+        if self.on_assigned is not None:
+            self.on_assigned({tp.partition for tp in assigned if tp.topic == topic})
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Where a webhook's log is held."""
+
+    webhook_id: str
+    partition: int
+    #: The owner's ``canonical_url``; ``None`` while no assignment names one.
+    url: str | None
+    #: This worker holds it.
+    local: bool
+
+
+class OwnerUnavailable(Exception):
+    """The log cannot be answered now (no owner during a rebalance, or the owner did not
+    answer); the client should retry after ``retry_after`` seconds."""
+
+    def __init__(self, detail: str, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+class DeliveryLogReader(Service):
+    """Feeds the book from the owned attempts partitions (module docstring).
+
+    ``consumer_factory`` makes the group-less consumer; ``clock`` gives the time in seconds
+    since the epoch."""
+
+    def __init__(
+        self,
+        *,
+        topic: str,
+        consumer_factory: Callable[[], AIOKafkaConsumer],
+        max_attempts: int,
+        max_age: float,
+        clock: Callable[[], float] = time.time,
+        poll_timeout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.topic = topic
+        self.book = ActivityBook(max_attempts=max_attempts, max_age=max_age)
+        self._max_age = max_age
+        self._consumer_factory = consumer_factory
+        self._consumer: AIOKafkaConsumer | None = None
+        self._clock = clock
+        self._poll_timeout = poll_timeout
+        #: The partitions the latest assignment gave (``None`` before the first one).
+        self._wanted: set[int] | None = None
+        self._changed = asyncio.Event()
+        #: Partitions being read, and the webhook ids seen in each.
+        self._held: dict[int, set[str]] = {}
+        #: Records read per partition (duplicates and invalid ones included).
+        self.read: dict[int, int] = {}
+        #: The last offset read per partition.
+        self.positions: dict[int, int] = {}
+        #: Partitions not yet read up to the end they had when assigned.
+        self._catching_up: dict[int, int] = {}
+        #: (partition, expected offset, offset read) whenever a record was not the next one.
+        self.gaps: list[tuple[int, int, int]] = []
+        self.invalid = 0
+
+    # -- what the table tells ---------------------------------------------------------------
+    def assign(self, partitions: Iterable[int]) -> None:
+        """The partitions to read from now on (called at each rebalance)."""
+        self._wanted = set(partitions)
+        self._changed.set()
+
+    @property
+    def assigned(self) -> set[int]:
+        return set(self._held)
+
+    @property
+    def caught_up(self) -> bool:
+        """Every partition has been read up to its end at assignment."""
+        return (
+            self._wanted is not None and self._wanted == set(self._held) and not (self._catching_up)
+        )
+
+    def add(self, partition: int, offset: int, value: bytes | None) -> None:
+        """One record of ``partition`` into the book; never raises."""
+        if partition not in self._held:
+            return  # fetched before the partition was revoked
+        self.read[partition] = self.read.get(partition, 0) + 1
+        last = self.positions.get(partition)
+        if last is not None and offset > last + 1:
+            self.gaps.append((partition, last + 1, offset))
+        if last is None or offset > last:
+            self.positions[partition] = offset
+        end = self._catching_up.get(partition)
+        if end is not None and offset + 1 >= end:
+            del self._catching_up[partition]
+        try:
+            attempt = Attempt.parse(value)
+        except InvalidRecord:
+            self.invalid += 1
+            return
+        except Exception:  # a bug: counted, the log goes on
+            self.invalid += 1
+            log.exception("attempt record skipped")
+            return
+        self.book.add(attempt, self._clock())
+        self._held[partition].add(attempt.webhook_id)
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Drop the webhooks of partitions no longer owned."""
+        for partition in partitions:
+            for webhook_id in self._held.pop(partition, ()):
+                self.book.forget(webhook_id)
+            self.read.pop(partition, None)
+            self.positions.pop(partition, None)
+            self._catching_up.pop(partition, None)
+
+    def summary(self) -> dict[str, Any]:
+        """What this reader holds (``GET /internal/delivery-log``)."""
+        return {
+            "partitions": sorted(self._held),
+            "caught_up": self.caught_up,
+            "webhooks": len(self.book),
+            "attempts": sum(len(a.log) for a in self.book.activities()),
+            "records_read": sum(self.read.values()),
+            "read": {str(p): n for p, n in sorted(self.read.items())},
+            "positions": {str(p): n for p, n in sorted(self.positions.items())},
+            "invalid": self.invalid,
+            "gaps": self.gaps[-20:],
+        }
+
+    # -- the consumer -------------------------------------------------------------------------
+    async def _reassign(self, consumer: AIOKafkaConsumer) -> None:
+        self._changed.clear()
+        wanted = set(self._wanted or ())
+        self.forget(set(self._held) - wanted)
+        new = sorted(wanted - set(self._held))
+        tps = {p: TopicPartition(self.topic, p) for p in sorted(wanted)}
+        consumer.assign(list(tps.values()))
+        if not new:
+            return
+        for p in new:
+            self._held[p] = set()
+            # Not caught up until its start and end are known (ready() reads this meanwhile).
+            self._catching_up[p] = NEVER_READ
+        new_tps = [tps[p] for p in new]
+        since_ms = int((self._clock() - self._max_age) * 1000)
+        found = await consumer.offsets_for_times({tp: since_ms for tp in new_tps})
+        starts = await consumer.beginning_offsets(new_tps)
+        ends = await consumer.end_offsets(new_tps)
+        for tp in new_tps:
+            stamped = found.get(tp)
+            # Brokers without a time index (the embedded one answers 0 for every time) give
+            # the start: the book drops what is older than its age limit.
+            start = stamped.offset if stamped is not None else ends[tp]
+            start = max(start, starts[tp])
+            consumer.seek(tp, start)
+            if ends[tp] > start:
+                self._catching_up[tp.partition] = ends[tp]
+            else:
+                self._catching_up.pop(tp.partition, None)
+        log.info("delivery log: reading attempts partitions %s", new)
+
+    async def _check_caught_up(self, consumer: AIOKafkaConsumer) -> None:
+        """A partition is caught up once read to the end it had when assigned, or to the
+        high-water mark of a fetch response: the embedded broker reports ends too low (its
+        last batch's base offset + 1), so the end asked for at assignment may never be
+        reached by an offset, while a fetch's mark is always reached."""
+        for partition in list(self._catching_up):
+            tp = TopicPartition(self.topic, partition)
+            mark = consumer.highwater(tp)
+            if mark is not None and await consumer.position(tp) >= mark:
+                self._catching_up.pop(partition, None)
+
+    @Service.task
+    async def _read(self) -> None:
+        consumer = self._consumer_factory()
+        await consumer.start()
+        self._consumer = consumer
+        try:
+            while not self.should_stop:
+                if self._changed.is_set():
+                    await self._reassign(consumer)
+                if not self._held:
+                    try:
+                        await asyncio.wait_for(self._changed.wait(), self._poll_timeout)
+                    except TimeoutError:
+                        pass
+                    continue
+                batches = await consumer.getmany(timeout_ms=int(self._poll_timeout * 1000))
+                for tp, records in batches.items():
+                    for record in records:
+                        self.add(tp.partition, record.offset, record.value)
+                await self._check_caught_up(consumer)
+        finally:
+            self._consumer = None
+            await consumer.stop()

@@ -1,0 +1,270 @@
+"""``/v1`` served by workers from their delivery logs (``delivery_log``), on the real broker:
+the attempts of a delivery that failed twice, every record of a batched topic held without gaps
+and again after a restart, the partitions split between two workers (the revoked ones
+forgotten) and a request routed to the owner."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+
+import bridge
+from bridge.admin.publish import publish_events
+from bridge.admin.topics import apply_topics
+from bridge.api.auth import hash_token
+from bridge.config import Settings
+from bridge.contract import jsoncanon
+from bridge.contract.events import build_event, format_timestamp
+from bridge.contract.payload import delivery_id
+from bridge.worker.delivery_log import attempts_partition
+from bridge.worker.embedded import free_port
+from tests.support.processes import WorkerProcess, settings_env
+from tests.support.receivers import Receiver, subscribe
+from tests.support.waiting import poll
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "wbt_worker-activity-0123456789abcdef0123456789ab"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+async def log_settings(make_settings: Callable[..., Settings], tmp_path: Path) -> Settings:
+    tokens = tmp_path / "tokens.json"
+    entry = {"name": "it", "sha256": hash_token(TOKEN), "scopes": ["read", "write"]}
+    tokens.write_text(json.dumps({"tokens": [entry]}))
+    settings = make_settings(delivery_log=True, api_tokens=str(tokens))
+    await apply_topics(settings)
+    return settings
+
+
+async def get(worker: WorkerProcess, path: str, **kwargs: Any) -> httpx.Response:
+    async with httpx.AsyncClient() as client:
+        return await client.get(worker.base_url + path, timeout=10.0, **kwargs)
+
+
+async def log_of(worker: WorkerProcess) -> dict[str, Any]:
+    response = await get(worker, "/internal/v1/delivery-log", headers=AUTH)
+    assert response.status_code == 200, response.text
+    summary: dict[str, Any] = response.json()
+    return summary
+
+
+def test_workers_import_this_tree(log_settings: Settings) -> None:
+    tree = str(Path(__file__).parents[2])
+    assert bridge.__file__.startswith(tree)
+    code = "import bridge; print(bridge.__file__)"
+    child = subprocess.run(
+        [sys.executable, "-c", code], env=settings_env(log_settings), capture_output=True, text=True
+    )
+    assert child.stdout.startswith(tree), child
+
+
+async def test_the_workers_log_shows_two_failures_then_the_success_and_survives_a_restart(
+    log_settings: Settings, receiver: Receiver, workers: Callable[[Settings], WorkerProcess]
+) -> None:
+    settings = log_settings
+    receiver.scripts["/wh"] = [500, 503]
+    await subscribe(settings, receiver, {"wh": "s1"}, ("post.created",))
+    worker = workers(settings)
+    await worker.wait_ready()
+    where = (await get(worker, "/internal/v1/delivery-log", headers=AUTH)).json()
+    assert where["served_by"] == settings.canonical_url
+
+    event = build_event("post.created", {"id": "p1", "title": "t"}, site_id="s1", user_id="u1")
+    await publish_events(settings, [event])
+    target = delivery_id(event.id, "wh")
+    await receiver.wait_for(lambda got: [r.status for r in got] == [500, 503, 200])
+
+    async def attempts(w: WorkerProcess) -> list[dict[str, Any]]:
+        response = await get(w, "/v1/webhooks/wh/attempts", headers=AUTH)
+        assert response.status_code == 200, response.text
+        items: list[dict[str, Any]] = response.json()["items"]
+        return items
+
+    logged = await poll(
+        lambda: attempts(worker), until=lambda a: len(a) == 3, timeout=30, interval=0.2
+    )
+    assert [(a["attempt"], a["status"], a["outcome"]) for a in logged] == [
+        (3, 200, "success"),
+        (2, 503, "failure"),
+        (1, 500, "failure"),
+    ]
+    assert [a["next"] for a in logged] == [None, "retry", "retry"]
+    delivery = await get(worker, f"/v1/deliveries/{target}", headers=AUTH)
+    assert delivery.status_code == 200, delivery.text
+    shown = delivery.json()
+    assert [a["attempt"] for a in shown["attempts"]] == [1, 2, 3]
+    assert shown["state"] == "delivered"
+    stats = (await get(worker, "/v1/webhooks/wh/stats", headers=AUTH)).json()
+    assert (stats["windows"]["1h"]["attempts"], stats["windows"]["1h"]["failures"]) == (3, 2)
+
+    # Auth is enforced on the worker's /v1 and on its internal routes.
+    for path in (
+        "/v1/webhooks/wh/attempts",
+        f"/v1/deliveries/{target}",
+        "/internal/v1/activity/wh",
+    ):
+        assert (await get(worker, path)).status_code == 401
+        wrong = {"Authorization": "Bearer wbt_not-a-token-0123456789abcdef0123456789"}
+        assert (await get(worker, path, headers=wrong)).status_code == 401
+
+    # A restart rebuilds the log from the attempts topic.
+    worker.stop(grace=5.0)
+    again = workers(settings)
+    await again.wait_ready()
+    assert await attempts(again) == logged
+    assert (await get(again, f"/v1/deliveries/{target}", headers=AUTH)).json() == shown
+
+
+def _attempt(webhook_id: str, n: int, now: float) -> bytes:
+    at = datetime.fromtimestamp(now - 600 + n % 500, UTC)
+    return jsoncanon.dumps(
+        {
+            "delivery_id": f"d-{webhook_id}-{n}",
+            "webhook_id": webhook_id,
+            "event_id": f"e-{n}",
+            "event_type": "post.created",
+            "attempt": 1,
+            "outcome": "success" if n % 3 else "failure",
+            "status": 200 if n % 3 else 500,
+            "error": None if n % 3 else "http_status",
+            "duration_seconds": 0.01,
+            "at": format_timestamp(at),
+            "next": None if n % 3 else "retry",
+        }
+    )
+
+
+async def _write_batched(settings: Settings, webhooks: list[str], first: int, count: int) -> None:
+    """``count`` attempt records spread over ``webhooks``, sent in large batches."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, linger_ms=20, acks="all"
+    )
+    await producer.start()
+    try:
+        now = time.time()
+        sent = []
+        for n in range(first, first + count):
+            webhook_id = webhooks[n % len(webhooks)]
+            sent.append(
+                await producer.send(
+                    settings.attempts_topic, _attempt(webhook_id, n, now), key=webhook_id.encode()
+                )
+            )
+        for future in sent:
+            await future
+    finally:
+        await producer.stop()
+
+
+async def test_every_record_is_held_without_gaps_across_restarts_and_a_second_worker(
+    log_settings: Settings, receiver: Receiver, workers: Callable[[Settings], WorkerProcess]
+) -> None:
+    settings = log_settings
+    webhooks = [f"wh{i}" for i in range(12)]
+    await subscribe(settings, receiver, dict.fromkeys(webhooks, "s1"), ("post.created",))
+    await _write_batched(settings, webhooks, 0, 4000)
+
+    def complete(total: int) -> Callable[[dict[str, Any]], bool]:
+        return lambda s: s["attempts"] == total and s["records_read"] == total and not s["gaps"]
+
+    a = workers(settings)
+    await a.wait_ready()
+    summary = await poll(lambda: log_of(a), until=complete(4000), timeout=60, interval=0.2)
+    assert complete(4000)(summary), summary
+    # Records written while the worker runs are read too (live, never paused).
+    await _write_batched(settings, webhooks, 4000, 2000)
+    summary = await poll(lambda: log_of(a), until=complete(6000), timeout=60, interval=0.2)
+    assert complete(6000)(summary), summary
+    partitions = len(summary["partitions"])
+    assert partitions > 1
+
+    a.stop(grace=5.0)
+    a = workers(settings)
+    await a.wait_ready()
+    summary = await poll(lambda: log_of(a), until=complete(6000), timeout=60, interval=0.2)
+    assert complete(6000)(summary), summary
+
+    b = workers(settings.replace(web_port=free_port()))
+
+    async def split() -> tuple[dict[str, Any], dict[str, Any]]:
+        try:
+            return await log_of(a), await log_of(b)
+        except (httpx.HTTPError, AssertionError):
+            return {"partitions": []}, {"partitions": []}
+
+    def disjoint(pair: tuple[dict[str, Any], dict[str, Any]]) -> bool:
+        one, two = pair
+        return (
+            bool(one["partitions"])
+            and bool(two["partitions"])
+            and not set(one["partitions"]) & set(two["partitions"])
+            and len(one["partitions"]) + len(two["partitions"]) == partitions
+            and one["caught_up"]
+            and two["caught_up"]
+            and one["attempts"] + two["attempts"] == 6000
+        )
+
+    one, two = await poll(split, until=disjoint, timeout=90, interval=0.3)
+    assert disjoint((one, two)), (one, two)
+    assert not one["gaps"] and not two["gaps"]
+
+    # Every webhook is answered by either worker, from its owner's book (routed once).
+    routed = 0
+    for webhook_id in webhooks:
+        owner_partition = attempts_partition(webhook_id, partitions)
+        expected = sum(1 for n in range(6000) if webhooks[n % len(webhooks)] == webhook_id)
+        for worker in (a, b):
+            response = await get(worker, f"/v1/webhooks/{webhook_id}/stats", headers=AUTH)
+            assert response.status_code == 200, response.text
+            counted = response.json()["windows"]["1h"]
+            assert counted["attempts"] == expected, (webhook_id, worker.base_url, counted)
+            holds = (one if worker is a else two)["partitions"]
+            routed += owner_partition not in holds
+    assert routed == len(webhooks)  # each webhook was asked once of the worker not holding it
+
+
+async def test_an_api_worker_holds_the_log_while_a_deliver_worker_delivers(
+    log_settings: Settings, receiver: Receiver, workers: Callable[[Settings], WorkerProcess]
+) -> None:
+    settings = log_settings
+    await subscribe(settings, receiver, {"wh": "s1"}, ("post.created",))
+    # The deliver worker joins first, so it leads the group: the leader, which has no attempts
+    # table, still publishes who owns the attempts partitions.
+    deliver = workers(settings.replace(role="deliver", delivery_log=False))
+    await deliver.wait_ready()
+    api = workers(settings.replace(role="api", web_port=free_port()))
+    await api.wait_ready()
+    # The deliver worker has no /v1; the api worker holds every attempts partition.
+    assert (await get(deliver, "/v1/webhooks/wh/attempts", headers=AUTH)).status_code == 404
+    summary = await poll(
+        lambda: log_of(api), until=lambda s: len(s["partitions"]) == 6, timeout=30, interval=0.2
+    )
+    assert len(summary["partitions"]) == 6, summary
+
+    event = build_event("post.created", {"id": "p1", "title": "t"}, site_id="s1", user_id="u1")
+    await publish_events(settings, [event])
+    await receiver.wait_for(lambda got: len(got) == 1)
+
+    async def attempts() -> list[dict[str, Any]]:
+        response = await get(api, "/v1/webhooks/wh/attempts", headers=AUTH)
+        assert response.status_code == 200, response.text
+        items: list[dict[str, Any]] = response.json()["items"]
+        return items
+
+    logged = await poll(attempts, until=lambda a: len(a) == 1, timeout=30, interval=0.2)
+    assert [(a["status"], a["delivery_id"]) for a in logged] == [(200, delivery_id(event.id, "wh"))]
+    # The api worker consumes no events: the deliver worker made the delivery alone.
+    metrics = await api.metrics()
+    assert not any(k.startswith("webhook_bridge_events_total") and v for k, v in metrics.items())

@@ -1,0 +1,62 @@
+"""bridge.attempts.wire: a webhook's log and stats sent between workers come back equal (pure)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from bridge.attempts.book import ActivityBook
+from bridge.attempts.stats import WINDOWS, WebhookStats
+from bridge.attempts.wire import activity_from_dict, activity_to_dict, attempts_from_list
+from bridge.contract import jsoncanon
+from tests.unit.attempts.test_attempts import T0, attempt
+
+
+def test_an_activity_comes_back_equal_through_json() -> None:
+    book = ActivityBook(max_attempts=3, max_age=7 * 86400.0)
+    for n in range(5):  # more than the log keeps: the stats count all five
+        outcome = "failure" if n % 2 else "success"
+        book.add(
+            attempt(T0 + n * 700, delivery_id=f"d{n}", outcome=outcome, duration_seconds=n / 10),
+            T0 + 4000,
+        )
+    held = book.get("wh")
+    assert held is not None
+    data = jsoncanon.loads(jsoncanon.dumps(activity_to_dict(held)))
+    back = activity_from_dict(data, max_attempts=3, max_age=7 * 86400.0, now=T0 + 4000)
+    assert back.log.attempts() == held.log.attempts()
+    assert len(back.log) == 3
+    for window in WINDOWS:
+        assert back.stats.window(window, T0 + 4000) == held.stats.window(window, T0 + 4000)
+    assert back.stats.window("24h", T0 + 4000).attempts == 5
+    assert back.stats.last_success == held.stats.last_success
+    assert back.stats.last_failure == held.stats.last_failure
+
+
+def test_empty_stats_come_back_empty() -> None:
+    stats = WebhookStats.from_dict(WebhookStats().to_dict())
+    assert dataclasses.astuple(stats.window("7d", T0))[1:5] == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        None,
+        [],
+        {"attempts": []},
+        {"attempts": "x", "stats": WebhookStats().to_dict()},
+        {"attempts": [], "stats": {"minutes": [[1, 1, 1, 0, 0, [1]]], "hours": []}},
+        {"attempts": [{"attempt": 0}], "stats": WebhookStats().to_dict()},
+    ],
+)
+def test_anything_else_is_a_value_error(data: object) -> None:
+    with pytest.raises(ValueError):
+        activity_from_dict(data, max_attempts=3, max_age=7 * 86400.0, now=T0)
+
+
+def test_attempts_from_list() -> None:
+    one = attempt(T0)
+    assert attempts_from_list([one.as_dict()]) == [one]
+    with pytest.raises(ValueError):
+        attempts_from_list({"attempts": []})

@@ -1,0 +1,165 @@
+"""bridge.worker.delivery_log and the worker's routing rules, without a broker."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+
+from bridge.config import Settings
+from bridge.contract import jsoncanon
+from bridge.worker.app import Bridge
+from bridge.worker.delivery_log import (
+    NEVER_READ,
+    DeliveryLogReader,
+    OwnerUnavailable,
+    attempts_partition,
+)
+from tests.unit.attempts.test_attempts import T0, record, stamp
+
+KEY1 = base64.b64encode(bytes(range(32))).decode()
+
+
+def reader() -> DeliveryLogReader:
+    return DeliveryLogReader(
+        topic="attempts",
+        consumer_factory=lambda: None,  # type: ignore[arg-type,return-value]  # never started
+        max_attempts=10,
+        max_age=7 * 86400.0,
+        clock=lambda: T0 + 60,
+    )
+
+
+def value(webhook_id: str, n: int) -> bytes:
+    return jsoncanon.dumps(record(webhook_id=webhook_id, delivery_id=f"d{n}"))
+
+
+def test_the_partition_is_the_producers() -> None:
+    every = list(range(6))
+    for webhook_id in ("wh", "a", "webhook-123", "é"):
+        expected = DefaultPartitioner()(webhook_id.encode(), every, every)
+        assert attempts_partition(webhook_id, 6) == expected
+
+
+def test_records_of_held_partitions_fill_the_book_and_gaps_are_reported() -> None:
+    log = reader()
+    log._held = {0: set(), 1: set()}
+    log.add(0, 0, value("a", 0))
+    log.add(0, 1, value("a", 1))
+    log.add(0, 3, value("a", 3))  # offset 2 never came
+    log.add(1, 5, value("b", 0))  # a partition may start anywhere
+    log.add(1, 6, b"not json")
+    log.add(2, 0, value("c", 0))  # not held (fetched before a revocation): ignored
+    summary = log.summary()
+    assert (summary["attempts"], summary["records_read"], summary["invalid"]) == (4, 5, 1)
+    assert summary["gaps"] == [(0, 2, 3)]
+    assert log.book.get("c") is None
+    log.forget([0])
+    assert log.book.get("a") is None and log.book.get("b") is not None
+    assert log.summary()["partitions"] == [1]
+
+
+def test_caught_up_only_once_every_assigned_partition_is_read_to_its_end() -> None:
+    log = reader()
+    assert not log.caught_up  # no assignment yet
+    log.assign([0, 1])
+    assert not log.caught_up
+    log._changed.clear()
+    log._held = {0: set(), 1: set()}
+    log._catching_up = {0: NEVER_READ, 1: 2}
+    assert not log.caught_up
+    log._catching_up = {1: 2}
+    log.add(1, 1, value("b", 1))
+    assert log.caught_up
+
+
+@pytest.fixture
+def bridge(tmp_path: Path) -> Iterator[Bridge]:
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text('{"tokens": []}')
+    settings = Settings.load(
+        env={},
+        overrides={
+            "kafka_bootstrap_servers": "127.0.0.1:1",  # never contacted
+            "data_dir": str(tmp_path / "data"),
+            "secret_keys": f"k1:{KEY1}",
+            "delivery_log": True,
+            "api_tokens": str(tokens),
+            "web_port": 7001,
+        },
+    )
+    yield Bridge(settings)
+
+
+class FakeAssignor:
+    def __init__(self, hosts: dict[str, dict[str, list[int]]], *, as_table: bool = True) -> None:
+        self.hosts = hosts
+        self.as_table = as_table
+
+    def table_metadata(self, topic: str) -> Any:
+        return self.hosts if self.as_table else {}
+
+    def external_topics_metadata(self) -> Any:
+        return {} if self.as_table else self.hosts
+
+
+def owners(bridge: Bridge, mine: list[int], theirs: list[int], *, as_table: bool = True) -> None:
+    topic = bridge.settings.attempts_topic
+    hosts = {
+        "http://127.0.0.1:7001": {topic: mine},
+        "http://127.0.0.1:7002": {topic: theirs},
+    }
+    bridge.app.assignor = FakeAssignor(hosts, as_table=as_table)  # type: ignore[assignment]
+
+
+def test_owner_is_found_in_the_assignment(bridge: Bridge) -> None:
+    p = attempts_partition("wh", 6)
+    owners(bridge, [p], [q for q in range(6) if q != p])
+    owner = bridge.owner("wh")
+    assert (owner.partition, owner.url, owner.local) == (p, "http://127.0.0.1:7001", True)
+    owners(bridge, [q for q in range(6) if q != p], [p])
+    owner = bridge.owner("wh")
+    assert (owner.url, owner.local) == ("http://127.0.0.1:7002", False)
+
+
+def test_owners_are_found_when_the_leader_has_no_attempts_table(bridge: Bridge) -> None:
+    # A deliver worker as the group's leader files the attempts topic with the other topics.
+    p = attempts_partition("wh", 6)
+    owners(bridge, [q for q in range(6) if q != p], [p], as_table=False)
+    assert bridge.owner("wh").url == "http://127.0.0.1:7002"
+
+
+def test_no_owner_during_a_rebalance_is_unavailable(bridge: Bridge) -> None:
+    owners(bridge, [], [])
+    with pytest.raises(OwnerUnavailable):
+        asyncio.run(bridge.activity_for("wh"))
+    with pytest.raises(OwnerUnavailable):
+        asyncio.run(bridge.delivery_for("d1"))
+
+
+def test_a_routed_read_is_never_routed_again(bridge: Bridge) -> None:
+    p = attempts_partition("wh", 6)
+    owners(bridge, [q for q in range(6) if q != p], [p])
+    with pytest.raises(OwnerUnavailable):
+        bridge.local_activity("wh")  # what the internal route answers: this book or 503
+
+
+def test_an_owned_webhook_is_answered_from_the_book(bridge: Bridge) -> None:
+    p = attempts_partition("wh", 6)
+    owners(bridge, [p], [q for q in range(6) if q != p])
+    log = bridge.delivery_log
+    assert log is not None
+    with pytest.raises(OwnerUnavailable):  # assigned but not read yet
+        bridge.local_activity("wh")
+    log._held[p] = set()
+    now = jsoncanon.dumps(record(webhook_id="wh", delivery_id="d0", at=stamp(time.time() - 10)))
+    log.add(p, 0, now)
+    activity = asyncio.run(bridge.activity_for("wh"))
+    assert [a.delivery_id for a in activity.log.attempts()] == ["d0"]
+    assert [a.delivery_id for a in bridge.local_delivery("d0")] == ["d0"]
