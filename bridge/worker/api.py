@@ -22,6 +22,7 @@ from bridge.api.app import create_app
 from bridge.api.auth import TokenSet
 from bridge.api.control import ControlService
 from bridge.api.kafka_sources import KafkaActivitySource, KafkaDeadLetters, kafka_recovery_runner
+from bridge.api.metrics import ApiMetrics
 from bridge.api.problems import Problem
 from bridge.api.recoveries import Recoveries
 from bridge.api.repository import WebhookRepository
@@ -171,7 +172,7 @@ async def api_application(bridge: Bridge) -> web.Application:
         KafkaDeadLetters(settings),
         redeliver_lookback=settings.delivery_log_max_age,
     )
-    app = create_app(service, control, tokens)
+    app = create_app(service, control, tokens, metrics=ApiMetrics(bridge.registry))
     app.middlewares.append(_keep_authorization)
     internal = _Internal(bridge, tokens, repository)
     app.router.add_get("/internal/v1/activity/{webhook_id}", internal.activity, allow_head=False)

@@ -16,6 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from bridge.admin.publish import publish_events
+from bridge.api.auth import hash_token
 from bridge.config import Settings
 from bridge.contract.events import build_event
 from bridge.metrics import Metrics
@@ -54,8 +55,10 @@ ALERTS = {
     "WebhookBridgeLatencyP99High",
     "WebhookBridgeOutputWritesFailing",
     "WebhookBridgeInternalErrors",
+    "WebhookBridgeApiErrors",
     "WebhookBridgeDown",
 }
+API_TOKEN = "wbt_dashboard-0123456789abcdef0123456789abcdef"
 #: What Grafana would put for its built-in variables; windows of 1m hold enough 1 s scrapes.
 GRAFANA_BUILTINS = {"__rate_interval": "1m", "__range": "1m", "__interval": "1s"}
 VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
@@ -271,7 +274,11 @@ async def create_webhook(store: WebhookStore, receiver: Receiver, name: str, sta
 
 @needs_prometheus
 async def test_prometheus_evaluates_every_dashboard_and_alert_expression(
-    settings: Settings, receiver: Receiver, in_process_workers, prometheus: PrometheusProcess
+    settings: Settings,
+    receiver: Receiver,
+    in_process_workers,
+    prometheus: PrometheusProcess,
+    tmp_path: Path,
 ) -> None:
     # Traffic that exercises every outcome: deliveries, retries through both (short) tiers,
     # dead letters after exhausted attempts, a 410 that disables its webhook, and a URL the
@@ -290,8 +297,18 @@ async def test_prometheus_evaluates_every_dashboard_and_alert_expression(
             site_id="s1",
             user_id="u1",
         )
-    worker = in_process_workers(settings)
+    # The worker serves /v1 too (role all, a token file), for the API's panels.
+    tokens = tmp_path / "tokens.json"
+    entry = {"name": "dash", "sha256": hash_token(API_TOKEN), "scopes": ["read"]}
+    tokens.write_text(json.dumps({"tokens": [entry]}))
+    worker = in_process_workers(settings.replace(delivery_log=True, api_tokens=str(tokens)))
     await worker.wait_ready()
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{settings.web_port}",
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
+    ) as api_client:
+        assert (await api_client.get("/v1/webhooks")).status_code == 200
+        assert (await api_client.get("/v1/webhooks/nope")).status_code == 404
     data = {
         "post.created": {"id": "p1", "title": "Hello"},
         "post.published": {"id": "p1", "title": "Hello"},
