@@ -167,6 +167,7 @@ class Section(enum.Enum):
     PROCESS = "Worker process"
     CONSUMER = "Kafka client tuning"
     ACTIVITY = "Delivery log and stats"
+    API_CLIENT = "Control plane API, for the management commands"
 
     def setting(
         self,
@@ -438,6 +439,22 @@ class Settings:
         _optional_str,
         "URL other workers reach this worker's web server at, to route delivery-log requests "
         "to it (default: http://web_host:web_port; set it when web_host is 0.0.0.0).",
+    )
+    api_url: str | None = Section.API_CLIENT.setting(
+        None,
+        "BRIDGE_API_URL",
+        "--api-url",
+        _optional_str,
+        "Base URL of a worker serving /v1 (http://HOST:PORT): the delivery-log, stats, "
+        "delivery and recovery commands ask it instead of reading Kafka themselves.",
+    )
+    api_token: str | None = Section.API_CLIENT.setting(
+        None,
+        "BRIDGE_API_TOKEN",
+        "--api-token",
+        _optional_str,
+        "Bearer token for api_url (prefer the environment variable over the flag).",
+        secret=True,
     )
     status_topic: str = Section.SUBSCRIPTIONS.setting(
         "postion.webhooks.status",

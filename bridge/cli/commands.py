@@ -58,16 +58,23 @@ COMMAND_SECTIONS: dict[str, tuple[Section, ...]] = {
     "webhooks test": (*_WEBHOOKS, Section.EVENTS),
     "webhooks delete": (*_MANAGEMENT, Section.SUBSCRIPTIONS),
     "webhooks list": _WEBHOOKS,
-    "webhooks recover": (*_WEBHOOKS, Section.EVENTS, Section.TOPICS, Section.DEAD_LETTERS),
-    "webhooks attempts": (*_MANAGEMENT, Section.TOPICS, Section.ACTIVITY),
-    "webhooks stats": (*_MANAGEMENT, Section.TOPICS, Section.ACTIVITY),
-    "deliveries show": (*_MANAGEMENT, Section.TOPICS),
+    "webhooks recover": (
+        *_WEBHOOKS,
+        Section.EVENTS,
+        Section.TOPICS,
+        Section.DEAD_LETTERS,
+        Section.API_CLIENT,
+    ),
+    "webhooks attempts": (*_MANAGEMENT, Section.TOPICS, Section.ACTIVITY, Section.API_CLIENT),
+    "webhooks stats": (*_MANAGEMENT, Section.TOPICS, Section.ACTIVITY, Section.API_CLIENT),
+    "deliveries show": (*_MANAGEMENT, Section.TOPICS, Section.API_CLIENT),
     "deliveries redeliver": (
         *_WEBHOOKS,
         Section.EVENTS,
         Section.TOPICS,
         Section.DEAD_LETTERS,
         Section.ACTIVITY,
+        Section.API_CLIENT,
     ),
     "publish": (*_MANAGEMENT, Section.EVENTS),
     "dlq list": (*_MANAGEMENT, Section.DEAD_LETTERS),
@@ -561,9 +568,38 @@ def _webhooks_recover(args: argparse.Namespace) -> int:
             raise ConfigError(str(exc)) from None
         return await recover(settings, Operation(request))
 
-    operation = _run_managed(args, run)
-    print(json.dumps(operation.as_dict()))
+    api = _api(args)
+    if api is None:
+        print(json.dumps(_run_managed(args, run).as_dict()))
+        return 0
+    with api:
+        if args.delivery_id is not None:
+            path = f"/v1/deliveries/{_path_part(args.delivery_id)}/redeliver"
+            started = api.post(path)
+        else:
+            body: dict[str, Any] = {"since": _rfc3339(since.timestamp())}
+            body["until"] = _rfc3339(until.timestamp())
+            if args.rate is not None:
+                body["rate"] = args.rate
+            started = api.post(f"/v1/webhooks/{_path_part(args.webhook_id)}/recoveries", body)
+        print(json.dumps(api.finished(started)))
     return 0
+
+
+def _api(args: argparse.Namespace) -> Any:
+    """The ``/v1`` client when ``--api-url`` (``BRIDGE_API_URL``) is set, else ``None``."""
+    from bridge.cli.api_client import ApiClient
+
+    settings = _settings(args)
+    if settings.api_url is None:
+        return None
+    return ApiClient(settings.api_url, settings.api_token)
+
+
+def _path_part(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")
 
 
 def _attempt_line(attempt: Any) -> str:
@@ -592,24 +628,75 @@ def _webhooks_attempts(args: argparse.Namespace) -> int:
             raise ValueError("--limit must be between 1 and 1000")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    now = time.time()
-    reading = _run_managed(args, lambda settings: read_activity(settings, args.webhook_id, now=now))
-    page = reading.activity.log.page(query, now=now, limit=args.limit)
-    for attempt in page.items:
+    api = _api(args)
+    if api is not None:
+        from bridge.attempts.record import Attempt
+
+        params = {
+            k: v
+            for k, v in {
+                "event_type": args.event_type,
+                "outcome": args.outcome,
+                "status_class": args.status_class,
+                "since": _rfc3339(query.since),
+                "until": _rfc3339(query.until),
+                "limit": str(args.limit),
+            }.items()
+            if v is not None
+        }
+        with api:
+            answer = api.get(f"/v1/webhooks/{_path_part(args.webhook_id)}/attempts", params)
+        items = [Attempt.of(item) for item in answer["items"]]
+    else:
+        now = time.time()
+        reading = _run_managed(
+            args, lambda settings: read_activity(settings, args.webhook_id, now=now)
+        )
+        items = reading.activity.log.page(query, now=now, limit=args.limit).items
+    for attempt in items:
         print(json.dumps(attempt.as_dict()) if args.json else _attempt_line(attempt))
     return 0
 
 
+def _rfc3339(seconds: float | None) -> str | None:
+    from datetime import UTC, datetime
+
+    from bridge.contract.events import format_timestamp
+
+    return None if seconds is None else format_timestamp(datetime.fromtimestamp(seconds, UTC))
+
+
 def _webhooks_stats(args: argparse.Namespace) -> int:
     from bridge.admin.activity import read_activity
-    from bridge.attempts.stats import WINDOWS
+    from bridge.attempts.stats import WINDOWS, WindowStats
 
-    now = time.time()
-    reading = _run_managed(args, lambda settings: read_activity(settings, args.webhook_id, now=now))
-    stats = reading.activity.stats
-    windows = [stats.window(name, now) for name in WINDOWS]
-    last_success = stats.last_success.at if stats.last_success else None
-    last_failure = stats.last_failure.at if stats.last_failure else None
+    api = _api(args)
+    if api is not None:
+        with api:
+            answer = api.get(f"/v1/webhooks/{_path_part(args.webhook_id)}/stats")
+        windows = [
+            WindowStats(
+                window=name,
+                attempts=shown["attempts"],
+                successes=shown["successes"],
+                failures=shown["failures"],
+                skipped=shown["skipped"],
+                failure_ratio=shown["failure_ratio"],
+                latency_p50=shown["latency_p50_seconds"],
+                latency_p99=shown["latency_p99_seconds"],
+            )
+            for name, shown in answer["windows"].items()
+        ]
+        last_success, last_failure = answer["last_success_at"], answer["last_failure_at"]
+    else:
+        now = time.time()
+        reading = _run_managed(
+            args, lambda settings: read_activity(settings, args.webhook_id, now=now)
+        )
+        stats = reading.activity.stats
+        windows = [stats.window(name, now) for name in WINDOWS]
+        last_success = stats.last_success.at if stats.last_success else None
+        last_failure = stats.last_failure.at if stats.last_failure else None
     if args.json:
         shown = {
             "webhook_id": args.webhook_id,
@@ -636,10 +723,18 @@ def _webhooks_stats(args: argparse.Namespace) -> int:
 
 def _deliveries_show(args: argparse.Namespace) -> int:
     from bridge.admin.activity import find_delivery
+    from bridge.attempts.record import Attempt
 
-    attempts = _run_managed(
-        args, lambda settings: find_delivery(settings, args.delivery_id, webhook_id=args.webhook_id)
-    )
+    api = _api(args)
+    if api is not None:
+        with api:
+            answer = api.get(f"/v1/deliveries/{_path_part(args.delivery_id)}")
+        attempts = [Attempt.of(item) for item in answer["attempts"]]
+    else:
+        attempts = _run_managed(
+            args,
+            lambda settings: find_delivery(settings, args.delivery_id, webhook_id=args.webhook_id),
+        )
     if not attempts:
         raise ConfigError(f"no attempt of delivery {args.delivery_id!r} in the attempts topic")
     for attempt in attempts:
@@ -670,8 +765,14 @@ def _deliveries_redeliver(args: argparse.Namespace) -> int:
         request = RecoveryRequest(webhook, since, until, delivery_id=args.delivery_id)
         return await recover(settings, Operation(request))
 
-    operation = _run_managed(args, run)
-    if operation.enqueued == 0:
+    api = _api(args)
+    if api is not None:
+        with api:
+            started = api.post(f"/v1/deliveries/{_path_part(args.delivery_id)}/redeliver")
+            enqueued = int(api.finished(started)["enqueued"])
+    else:
+        enqueued = _run_managed(args, run).enqueued
+    if enqueued == 0:
         raise ConfigError(
             f"the event of delivery {args.delivery_id!r} is no longer in the source topics"
         )

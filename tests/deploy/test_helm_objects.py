@@ -103,6 +103,7 @@ def _sample(name: str, default: Any, spec: Any) -> Any:
         "retry_schedule": ["5s", "1m", "1.5h"],
         "api_tokens": "/etc/bridge/tokens.yaml",
         "advertised_url": "http://bridge-0.bridge:6066",
+        "api_url": "http://webhook-bridge-api:6066",
         "role": "api",
     }
     if name in samples:
@@ -137,14 +138,16 @@ def test_every_setting_reaches_the_bridge_through_its_environment_variable(chart
     secrets = {camel(n): f"secret-{n}" for n in secret_settings()}
     if "secretKeys" in secrets:
         secrets["secretKeys"] = "k1:" + "A" * 43 + "="
-    rendered = chart.render(values={"config": config, "secret": {"values": secrets}})
+    # A key the chart leaves empty by default (a setting the workers do not need) is named.
+    keys = {k: v or f"key-{k}" for k, v in VALUES["secret"]["keys"].items()}
+    rendered = chart.render(values={"config": config, "secret": {"values": secrets, "keys": keys}})
     for kind, component in (("Deployment", "worker"), ("Job", "topics")):
         env = env_of(container(rendered.one(kind, component)))
         plain = {k: v for k, v in env.items() if isinstance(v, str)}
         for name, spec in specs.items():
             if spec.secret:
                 ref = env[spec.env]["secretKeyRef"]
-                assert ref["key"] == VALUES["secret"]["keys"][camel(name)]
+                assert ref["key"] == keys[camel(name)]
                 plain[spec.env] = secrets[camel(name)]
             else:
                 assert spec.env in plain, f"{camel(name)} did not become {spec.env}"

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bridge.admin.publish import publish_events
+from bridge.api.auth import hash_token
 from bridge.config import Settings
 from bridge.contract.events import build_event
 from bridge.contract.payload import delivery_id
@@ -36,12 +38,27 @@ def lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+TOKEN = "wbt_cli-through-the-api-0123456789abcdef0123456789"
+
+
+@pytest.mark.parametrize("source", ["kafka", "api"])
 async def test_the_log_shows_two_failures_then_the_success_and_the_stats_count_them(
-    settings: Settings, receiver: Receiver, workers
+    settings: Settings, receiver: Receiver, workers, tmp_path: Path, source: str
 ) -> None:
+    """The commands read the attempts topic themselves, or (``--api-url``) ask a worker's /v1,
+    which holds the log in memory: the same answers either way."""
     receiver.scripts["/wh"] = [500, 503]
     await subscribe(settings, receiver, {"wh": "s1"}, ("post.created",))
-    worker = workers(settings)
+    worker_settings = settings
+    if source == "api":
+        tokens = tmp_path / "tokens.json"
+        entry = {"name": "cli", "sha256": hash_token(TOKEN), "scopes": ["read", "write"]}
+        tokens.write_text(json.dumps({"tokens": [entry]}))
+        worker_settings = settings.replace(delivery_log=True, api_tokens=str(tokens))
+        settings = settings.replace(
+            api_url=f"http://127.0.0.1:{settings.web_port}", api_token=TOKEN
+        )
+    worker = workers(worker_settings)
     await worker.wait_ready()
     event = build_event("post.created", {"id": "p1", "title": "t"}, site_id="s1", user_id="u1")
     await publish_events(settings, [event])

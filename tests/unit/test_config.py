@@ -73,6 +73,8 @@ DEFAULTS: dict[str, Any] = {
     "role": "all",
     "api_tokens": None,
     "advertised_url": None,
+    "api_url": None,
+    "api_token": None,
     "drain_timeout": 20.0,
     "ssrf_guard": True,
     "allow_networks": (),
@@ -169,6 +171,8 @@ PARSED: dict[str, tuple[str, Any]] = {
     "role": ("Deliver", "deliver"),
     "api_tokens": ("/etc/bridge/tokens.yaml", "/etc/bridge/tokens.yaml"),
     "advertised_url": ("http://10.0.0.7:8080", "http://10.0.0.7:8080"),
+    "api_url": ("http://10.0.0.7:6066", "http://10.0.0.7:6066"),
+    "api_token": ("wbt_x", "wbt_x"),
     "drain_timeout": ("5", 5.0),
     "ssrf_guard": ("off", False),
     "allow_networks": ("10.1.0.0/16, fd00::/8", ("10.1.0.0/16", "fd00::/8")),
@@ -214,7 +218,11 @@ def test_spec_names_are_consistent_and_unique() -> None:
         assert spec.flag.startswith("--"), name
         assert spec.help, name
         assert isinstance(spec.section, Section), name
-    assert [n for n, s in specs.items() if s.secret] == ["kafka_sasl_password", "secret_keys"]
+    assert [n for n, s in specs.items() if s.secret] == [
+        "kafka_sasl_password",
+        "api_token",
+        "secret_keys",
+    ]
 
 
 @pytest.mark.parametrize("text", ["1", "true", "True", "YES", "on", " On "])
