@@ -52,6 +52,7 @@ def test_required_ci_scenarios_exist() -> None:
         "keda",
         "monitoring",
         "networkpolicy",
+        "api",
     ):
         assert f"{required}-values.yaml" in names
 

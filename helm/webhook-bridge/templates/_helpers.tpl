@@ -65,6 +65,73 @@ app.kubernetes.io/component: worker
 {{- end }}
 
 {{/*
+Selector labels of the API pods (api.enabled).
+*/}}
+{{- define "webhook-bridge.apiSelectorLabels" -}}
+{{ include "webhook-bridge.selectorLabels" . }}
+app.kubernetes.io/component: api
+{{- end }}
+
+{{/*
+Name of the API's objects (Deployment, Service, Ingress, ...): the full name + "-api".
+*/}}
+{{- define "webhook-bridge.apiName" -}}
+{{- printf "%s-api" (include "webhook-bridge.fullname" . | trunc 59 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+Name of the Secret holding the API's token file: the existing one, or the chart's.
+*/}}
+{{- define "webhook-bridge.apiTokensSecretName" -}}
+{{- .Values.api.tokens.existingSecret | default (printf "%s-tokens" (include "webhook-bridge.apiName" . | trunc 56 | trimSuffix "-")) }}
+{{- end }}
+
+{{/*
+The API's token file as the chart creates it from api.tokens.entries: JSON, hashed entries only.
+Fails on anything that is not a hashed entry, so a raw token never reaches a Secret even when
+the schema is skipped (helm --skip-schema-validation).
+*/}}
+{{- define "webhook-bridge.apiTokensFile" -}}
+{{- $allowed := list "name" "sha256" "scopes" "site_id" "user_id" }}
+{{- $entries := list }}
+{{- $seen := dict }}
+{{- range $i, $entry := .Values.api.tokens.entries }}
+{{- if not (kindIs "map" $entry) }}
+{{- fail (printf "api.tokens.entries[%d]: expected a mapping as `python -m bridge.api token` prints it" $i) }}
+{{- end }}
+{{- range $key, $_ := $entry }}
+{{- if not (has $key $allowed) }}
+{{- fail (printf "api.tokens.entries[%d]: unknown key %q: an entry holds the token's sha256, never the token (python -m bridge.api token prints the entry)" $i $key) }}
+{{- end }}
+{{- end }}
+{{- $name := $entry.name | default "" | toString }}
+{{- if or (not $name) (hasPrefix "wbt_" $name) }}
+{{- fail (printf "api.tokens.entries[%d]: name must be a non-empty label, not a token" $i) }}
+{{- end }}
+{{- $digest := $entry.sha256 | default "" | toString | lower }}
+{{- if not (regexMatch "^[0-9a-f]{64}$" $digest) }}
+{{- fail (printf "api.tokens.entries[%d] (%s): sha256 must be the 64 hex digits of the token's SHA-256, never the token itself" $i $name) }}
+{{- end }}
+{{- if hasKey $seen $digest }}
+{{- fail (printf "api.tokens.entries[%d] (%s): the same sha256 as another entry" $i $name) }}
+{{- end }}
+{{- $_ := set $seen $digest true }}
+{{- $scopes := $entry.scopes | default list }}
+{{- if or (not (kindIs "slice" $scopes)) (not $scopes) (without $scopes "read" "write") }}
+{{- fail (printf "api.tokens.entries[%d] (%s): scopes must be a non-empty list of read, write" $i $name) }}
+{{- end }}
+{{- $out := dict "name" $name "sha256" $digest "scopes" $scopes }}
+{{- range $key := list "site_id" "user_id" }}
+{{- with get $entry $key }}
+{{- $_ := set $out $key (toString .) }}
+{{- end }}
+{{- end }}
+{{- $entries = append $entries $out }}
+{{- end }}
+{{- dict "tokens" $entries | toJson }}
+{{- end }}
+
+{{/*
 Create the name of the service account to use.
 */}}
 {{- define "webhook-bridge.serviceAccountName" -}}
@@ -194,11 +261,22 @@ Fail on values that cannot work: secret settings in `config`, more workers than 
 {{- if and .Values.keda.enabled (gt (.Values.keda.maxReplicaCount | int) $partitions) }}
 {{- fail (printf "keda.maxReplicaCount (%d) exceeds partitions (%d): workers beyond the events topic's partition count sit idle" (.Values.keda.maxReplicaCount | int) $partitions) }}
 {{- end }}
+{{- if .Values.api.enabled }}
+{{- range $setting := list "role" "apiTokens" "advertisedUrl" "deliveryLog" }}
+{{- if not (kindIs "invalid" (get $.Values.config $setting)) }}
+{{- fail (printf "config.%s is set by the chart when api.enabled (workers --role deliver, the API Deployment --role api with the delivery log, api.tokens and its pod IP): leave it unset" $setting) }}
+{{- end }}
+{{- end }}
+{{- if not (or .Values.api.tokens.existingSecret .Values.api.tokens.entries) }}
+{{- fail "api.enabled needs tokens: api.tokens.entries (as `python -m bridge.api token` prints them) or api.tokens.existingSecret" }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
 The settings as environment variables, shared by the workers and the topics Job.
-Usage: include "webhook-bridge.env" (dict "root" $ "secretName" "...")
+Usage: include "webhook-bridge.env" (dict "root" $ "secretName" "..." ["skip" (list "role" ...)])
+(skip: config keys left out, for settings a Deployment sets itself).
 Order: config (sorted by key), then the TLS file paths of kafkaTls unless config sets them, then
 the secret settings from the Secret, then extraEnv.
 */}}
@@ -206,8 +284,9 @@ the secret settings from the Secret, then extraEnv.
 {{- $root := .root }}
 {{- $values := $root.Values }}
 {{- $settings := dict }}
+{{- $skip := .skip | default list }}
 {{- range $setting, $value := $values.config }}
-{{- if not (kindIs "invalid" $value) }}
+{{- if and (not (kindIs "invalid" $value)) (not (has $setting $skip)) }}
 {{- $_ := set $settings $setting $value }}
 {{- end }}
 {{- end }}
