@@ -44,6 +44,9 @@ class Attempt:
     at_seconds: float
     #: What followed: ``retry``, ``dead_letter``, ``disabled``, or ``None``.
     next: str | None
+    #: When the retry is due (as recorded), for ``next`` retry; ``None`` otherwise or in records
+    #: written before it was recorded.
+    next_at: str | None = None
 
     @property
     def status_class(self) -> str:
@@ -109,6 +112,7 @@ class Attempt:
             at=at,
             at_seconds=moment.timestamp(),
             next=text("next", optional=True),
+            next_at=text("next_at", optional=True),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -126,4 +130,5 @@ class Attempt:
             "duration_seconds": self.duration_seconds,
             "at": self.at,
             "next": self.next,
+            "next_at": self.next_at,
         }

@@ -608,6 +608,8 @@ def _attempt_line(attempt: Any) -> str:
         f"{attempt.at}  {attempt.delivery_id}  {attempt.event_type}  attempt {attempt.attempt}  "
         f"{attempt.outcome}  {answer}  {attempt.error or '-'}  {attempt.duration_seconds:.3f}s"
     )
+    if attempt.next_at:
+        return f"{line}  -> {attempt.next} at {attempt.next_at}"
     return f"{line}  -> {attempt.next}" if attempt.next else line
 
 

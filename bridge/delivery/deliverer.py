@@ -306,7 +306,7 @@ class Deliverer:
             enqueued_at=now,
             history=tuple(history),
         )
-        await self._record_attempt(job, result, "retry")
+        await self._record_attempt(job, result, "retry", next_at=pending.not_before)
         await self._outputs.retry(decision.tier, webhook_id.encode("utf-8"), pending.to_bytes())
         self._metrics.retries.labels(str(decision.tier + 1)).inc()
 
@@ -325,13 +325,16 @@ class Deliverer:
         record = change.to_record(format_timestamp(self._now()))
         await self._outputs.status(change.webhook_id.encode("utf-8"), record)
 
-    async def _record_attempt(self, job: Job, result: AttemptResult, next_step: str | None) -> None:
-        await (await self._queue_attempt(job, result, next_step))
+    async def _record_attempt(
+        self, job: Job, result: AttemptResult, next_step: str | None, next_at: float | None = None
+    ) -> None:
+        await (await self._queue_attempt(job, result, next_step, next_at))
 
     async def _queue_attempt(
-        self, job: Job, result: AttemptResult, next_step: str | None
+        self, job: Job, result: AttemptResult, next_step: str | None, next_at: float | None = None
     ) -> asyncio.Future[Any]:
-        """Queue the attempt's record; returns the future of the broker's acknowledgement."""
+        """Queue the attempt's record; returns the future of the broker's acknowledgement.
+        ``next_at`` (Unix time) is when a retry is due, recorded only for ``next_step`` retry."""
         record = {
             "delivery_id": job.delivery_id,
             "webhook_id": job.webhook.id,
@@ -347,6 +350,8 @@ class Deliverer:
             "at": result.at,
             "next": next_step,
         }
+        if next_at is not None:
+            record["next_at"] = format_timestamp(datetime.fromtimestamp(next_at, UTC))
         return await self._outputs.attempt(job.webhook.id.encode("utf-8"), record)
 
     async def dead_letter(self, job: Job, reason: str, detail: str) -> None:

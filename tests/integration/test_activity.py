@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,14 @@ async def test_the_log_shows_two_failures_then_the_success_and_the_stats_count_t
     ]
     assert {a["delivery_id"] for a in logged} == {target}
     assert [a["next"] for a in logged] == [None, "retry", "retry"]
+
+    # A retry's due time: after its attempt, no later than the next attempt started.
+    def moment(text: str) -> float:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+    for retried, following in ((logged[2], logged[1]), (logged[1], logged[0])):
+        due = moment(retried["next_at"])
+        assert moment(retried["at"]) < due <= moment(following["at"]) + 0.001
     failures = lines(cli(settings, "webhooks", "attempts", "wh", "--json", "--outcome", "failure"))
     assert [a["status"] for a in failures] == [503, 500]
     assert (

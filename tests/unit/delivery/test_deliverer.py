@@ -188,9 +188,23 @@ class Harness:
         return tier, parse_retry(value)
 
     def attempt(self, index: int = -1) -> dict[str, Any]:
+        """The attempt record, checked against its schema; a retry's ``next_at`` is checked
+        against the retry record written with it (the same moment) and left out."""
         key, record = self.outputs.attempts[index]
         assert key == b"webhook_abc"
         assert schema_errors("attempt", record) == []
+        record = dict(record)
+        next_at = record.pop("next_at", None)
+        assert (next_at is not None) == (record["next"] == "retry"), record
+        if next_at is not None:
+            due = [p for _, p in map(self.retry, range(len(self.outputs.retries)))]
+            (pending,) = [
+                p
+                for p in due
+                if p.delivery_id == record["delivery_id"] and p.history[-1]["at"] == record["at"]
+            ]
+            moment = datetime.fromtimestamp(pending.not_before, UTC)
+            assert next_at == format_timestamp(moment)
         return record
 
     def dead_letter(self, index: int = -1) -> dict[str, Any]:
