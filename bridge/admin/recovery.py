@@ -15,6 +15,7 @@ cancelled; :class:`Operations` keeps the latest ones of a process.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -213,6 +214,7 @@ async def recover(
     await consumer.start()
     try:
         await _run(consumer, write, settings, operation, index, clock, wall_time, sleep, settle)
+        operation.state = "cancelled" if operation.cancelled else "done"
     except Exception as exc:
         operation.state = "failed"
         operation.error = type(exc).__name__
@@ -236,6 +238,8 @@ async def _run(
     sleep: Callable[[float], Awaitable[None]],
     settle: float,
 ) -> None:
+    """Read the source partitions and enqueue what the request selects, until their end, a
+    cancellation, or the one delivery asked for."""
     request = operation.request
     await consumer.topics()
     tps = [
@@ -244,7 +248,6 @@ async def _run(
         for p in sorted(consumer.partitions_for_topic(topic) or ())
     ]
     if not tps:
-        operation.state = "done"
         return
     consumer.assign(tps)
     ends = await consumer.end_offsets(tps)
@@ -279,17 +282,7 @@ async def _run(
             if wait > 0:
                 await sleep(wait)
             now = wall_time()
-            await write(
-                PendingRetry(
-                    delivery_id=chosen.delivery_id,
-                    webhook_id=chosen.webhook_id,
-                    event=chosen.event,
-                    attempt=1,
-                    not_before=now,
-                    enqueued_at=now,
-                    replayed=True,
-                )
-            )
+            await write(dataclasses.replace(chosen, not_before=now, enqueued_at=now))
             next_write = max(next_write, clock()) + interval
             operation.enqueued += 1
             if request.delivery_id is not None:
@@ -302,7 +295,6 @@ async def _run(
             raise TimeoutError("no records from the source topics within 30s")
         for tp, records in batch.items():
             if not await take(records):
-                operation.state = "cancelled" if operation.cancelled else "done"
                 return
             position = await consumer.position(tp)
             operation.done += min(position, ends[tp]) - reached[tp]
@@ -315,6 +307,4 @@ async def _run(
             break
         for records in batch.values():
             if not await take(records):
-                operation.state = "cancelled" if operation.cancelled else "done"
                 return
-    operation.state = "cancelled" if operation.cancelled else "done"
