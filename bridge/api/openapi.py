@@ -484,8 +484,9 @@ def _operation(
             "401": _problem_response("No valid bearer token."),
             "403": _problem_response("The token lacks the scope, or the site or account."),
             "503": _problem_response(
-                "Not answered in time, or the delivery log's owner is unknown (a rebalance): "
-                "retry after Retry-After seconds."
+                "Not answered in time, the webhooks table could not be shown current, or the "
+                "owner of the webhook or its delivery log is unknown (a rebalance): retry after "
+                "Retry-After seconds."
             ),
         },
     }
