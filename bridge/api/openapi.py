@@ -325,7 +325,8 @@ def _schemas() -> dict[str, Any]:
         "Recovery": {
             "type": "object",
             "description": "A recovery or a redelivery (a recovery of one delivery_id), as it "
-            "goes; kept by the API process that started it.",
+            "goes. Workers record it in the recoveries topic, so every worker shows it; "
+            "python -m bridge.api serve keeps it in its process.",
             "required": [
                 "id",
                 "kind",
@@ -340,6 +341,7 @@ def _schemas() -> dict[str, Any]:
                 "invalid",
                 "progress",
                 "error",
+                "resumed",
                 "started_at",
                 "finished_at",
             ],  # fmt: skip
@@ -371,7 +373,13 @@ def _schemas() -> dict[str, Any]:
                 "error": {
                     "type": ["string", "null"],
                     "description": "Why it failed: event_not_retained (a redelivery whose event "
-                    "left the source topics), or the error's class.",
+                    "left the source topics), webhook_deleted, or the error's class.",
+                },
+                "resumed": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "How many times another worker resumed it (its worker "
+                    "stopped); what it had enqueued is not enqueued again after a clean stop.",
                 },
                 "started_at": nullable_text,
                 "finished_at": nullable_text,

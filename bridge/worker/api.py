@@ -23,12 +23,15 @@ before (docs/api.md, "Concurrent changes").
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import time
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
+from aiokafka import AIOKafkaProducer
 
 from bridge.api.activity import ActivitySource, EndpointStatus
 from bridge.api.app import ApiConfig, create_app
@@ -37,7 +40,7 @@ from bridge.api.control import ControlService
 from bridge.api.kafka_sources import KafkaActivitySource, KafkaDeadLetters, kafka_recovery_runner
 from bridge.api.metrics import ApiMetrics
 from bridge.api.problems import Problem, read_body
-from bridge.api.recoveries import Recoveries
+from bridge.api.recoveries import DEFAULT_HEARTBEAT, Recoveries
 from bridge.api.repository import WebhookRepository
 from bridge.api.service import WebhookService
 from bridge.api.table_repository import TableRepository
@@ -46,8 +49,11 @@ from bridge.attempts.record import Attempt
 from bridge.attempts.wire import activity_to_dict
 from bridge.contract import jsoncanon
 from bridge.errors import InvalidRecord
+from bridge.kafka.clients import client_kwargs
 from bridge.subscriptions.store import WebhookStore
 from bridge.worker.delivery_log import OwnerUnavailable
+from bridge.worker.recovery_journal import KafkaRecoveryJournal, keep_taking_over, take_over
+from bridge.worker.recovery_view import DEFAULT_STALE_AFTER
 
 if TYPE_CHECKING:
     from bridge.worker.app import Bridge
@@ -60,12 +66,14 @@ _authorization: ContextVar[str | None] = ContextVar("authorization", default=Non
 #: The header of a change relayed to its webhook's owner: the relaying worker's URL.
 RELAYED_BY = "X-Bridge-Relayed-By"
 
-#: The routes that change one webhook named in the path (method, route template).
-_CHANGES = frozenset(
+#: The routes the owner of the webhook named in the path answers (method, route template):
+#: its changes, and its recoveries, which run in the owner.
+_BY_OWNER = frozenset(
     {
         ("PATCH", "/v1/webhooks/{webhook_id}"),
         ("DELETE", "/v1/webhooks/{webhook_id}"),
         ("POST", "/v1/webhooks/{webhook_id}/rotate-secret"),
+        ("POST", "/v1/webhooks/{webhook_id}/recoveries"),
     }
 )
 #: Request headers a relayed change carries; response headers its answer brings back.
@@ -128,7 +136,7 @@ async def _changed_webhook(request: web.Request, max_bytes: int) -> str | None:
     without a client-chosen id, which no other request can race)."""
     resource = request.match_info.route.resource
     template = None if resource is None else resource.canonical
-    if (request.method, template) in _CHANGES:
+    if (request.method, template) in _BY_OWNER:
         return request.match_info.get("webhook_id")
     if request.method == "POST" and template == "/v1/webhooks":
         try:
@@ -160,6 +168,11 @@ class _Relay:
         if self._bridge.delivery_log is None or RELAYED_BY in request.headers:
             response = await handler(request)
             return response
+        runner = self._live_runner(request)
+        if runner is not None:
+            # A cancel goes to the worker running the recovery.
+            self._tokens.authenticate(request.headers.get("Authorization")).require("write")
+            return await self._relay(runner, request)
         webhook_id = await _changed_webhook(request, self._max_bytes)
         if webhook_id is None:
             response = await handler(request)
@@ -174,6 +187,22 @@ class _Relay:
         if owner.url is None:
             raise _unavailable(OwnerUnavailable("the webhook has no owner now (rebalancing)"))
         return await self._relay(owner.url, request)
+
+    def _live_runner(self, request: web.Request) -> str | None:
+        """For ``DELETE /v1/recoveries/{id}``: the URL of another worker running it now."""
+        resource = request.match_info.route.resource
+        view = self._bridge.recoveries
+        if (
+            request.method != "DELETE"
+            or resource is None
+            or resource.canonical != "/v1/recoveries/{recovery_id}"
+            or view is None
+        ):
+            return None
+        runner = view.live_runner(
+            request.match_info["recovery_id"], time.time(), DEFAULT_STALE_AFTER
+        )
+        return None if runner == self._bridge.settings.canonical_url else runner
 
     async def _relay(self, url: str, request: web.Request) -> web.Response:
         if self._session is None:
@@ -283,10 +312,20 @@ async def api_application(bridge: Bridge) -> web.Application:
         if bridge.delivery_log is not None
         else KafkaActivitySource(settings)
     )
+    assert bridge.recoveries is not None  # a worker serving the API reads the recoveries
+    producer = AIOKafkaProducer(
+        **client_kwargs(settings), acks="all", linger_ms=0, enable_idempotence=False
+    )
+    await producer.start()
+    recoveries = Recoveries(
+        kafka_recovery_runner(settings),
+        journal=KafkaRecoveryJournal(bridge.recoveries, producer, settings.recoveries_topic),
+        url=settings.canonical_url,
+    )
     control = ControlService(
         repository,
         activity,
-        Recoveries(kafka_recovery_runner(settings)),
+        recoveries,
         KafkaDeadLetters(settings),
         redeliver_lookback=settings.delivery_log_max_age,
     )
@@ -299,9 +338,37 @@ async def api_application(bridge: Bridge) -> web.Application:
     app.router.add_get("/internal/v1/deliveries/{delivery_id}", internal.delivery, allow_head=False)
     app.router.add_get("/internal/v1/delivery-log", internal.summary, allow_head=False)
 
+    taking_over: list[asyncio.Task[None]] = []
+    reader = bridge.delivery_log
+    if reader is not None:
+        view = bridge.recoveries
+
+        def owns(webhook_id: str) -> bool:
+            owner = bridge.owner(webhook_id)
+            return owner.local and owner.partition in reader.assigned
+
+        async def take_over_once() -> list[str]:
+            return await take_over(view, recoveries, owns=owns, webhook=bridge.index.get)
+
+        async def start_taking_over(app: web.Application) -> None:
+            taking_over.append(
+                asyncio.create_task(keep_taking_over(take_over_once, DEFAULT_HEARTBEAT))
+            )
+
+        app.on_startup.append(start_taking_over)
+
+    async def stop_taking_over(app: web.Application) -> None:
+        # Before the recoveries are released: a worker that stops takes none over.
+        for task in taking_over:
+            task.cancel()
+        await asyncio.gather(*taking_over, return_exceptions=True)
+
+    app.on_shutdown.insert(0, stop_taking_over)
+
     async def close_store(app: web.Application) -> None:
         await relay.close()
         await store.__aexit__(None, None, None)
+        await producer.stop()
 
     app.on_cleanup.append(close_store)
     return app

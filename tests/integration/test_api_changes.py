@@ -1,24 +1,31 @@
-"""Webhook changes through the workers' ``/v1`` on the real broker: two workers, a change sent to
-either is made by the webhook's owner, so clients racing with one ``ETag`` through different
-workers get exactly one ``200``; a change made through one worker is read by the other at once."""
+"""Webhook changes and recoveries through the workers' ``/v1`` on the real broker, with two
+workers: a change sent to either is made by the webhook's owner, so clients racing with one
+``ETag`` through different workers get exactly one ``200``, and a change made through one worker
+is read by the other at once; a recovery runs at the owner, is shown by both, and is resumed by
+the other worker when its worker stops."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from bridge.admin.publish import publish_events
 from bridge.admin.topics import apply_topics
 from bridge.api.auth import hash_token
 from bridge.config import Settings
+from bridge.contract.events import build_event, format_timestamp
+from bridge.contract.payload import delivery_id
 from bridge.kafka.topics import declared_topics
 from bridge.worker.delivery_log import attempts_partition
 from bridge.worker.embedded import free_port
+from tests.support.receivers import Receiver, subscribe
 from tests.support.waiting import poll
 from tests.support.workers import InProcessWorker
 
@@ -166,3 +173,51 @@ async def test_racing_changes_through_two_workers_make_one_win_and_reads_see_it(
             json={"name": "x"},
         )
         assert stranger.status_code == 401, stranger.text
+
+
+async def test_a_recovery_runs_at_the_owner_shows_everywhere_and_survives_its_worker(
+    api_settings: Settings,
+    receiver: Receiver,
+    in_process_workers: Callable[[Settings], InProcessWorker],
+) -> None:
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        first, second, owners = await _two_workers(api_settings, in_process_workers, client)
+        webhook_id = _id_owned_by(owners, first, _attempts_partitions(api_settings), "rec")
+        await subscribe(api_settings, receiver, {webhook_id: "s1"}, ("post.created",))
+        path = f"/{webhook_id}"
+        since = datetime.now(UTC)
+        while datetime.now(UTC) <= since:
+            await asyncio.sleep(0.001)
+        events = [
+            build_event("post.created", {"id": f"p{n}", "title": "t"}, site_id="s1", user_id="u1")
+            for n in range(12)
+        ]
+        await publish_events(api_settings, events)
+        await receiver.wait_for(lambda _: len(receiver.at(path)) == 12)
+
+        # Sent to the worker that does not own the webhook: run by the owner, shown by both.
+        started = await client.post(
+            second.base_url + f"/v1/webhooks/{webhook_id}/recoveries",
+            json={"since": format_timestamp(since), "rate": 3},
+            headers=AUTH,
+        )
+        assert started.status_code == 202, started.text
+        location = started.headers["Location"]
+
+        async def shown(worker: InProcessWorker) -> dict[str, Any]:
+            response = await client.get(worker.base_url + location, headers=AUTH)
+            assert response.status_code == 200, response.text
+            body: dict[str, Any] = response.json()
+            return body
+
+        await poll(lambda: shown(second), until=lambda r: r["enqueued"] >= 3, timeout=30)
+        # The owner stops mid-way: it releases the recovery, the other worker resumes it.
+        await first.stop()
+        done = await poll(
+            lambda: shown(second), until=lambda r: r["state"] != "running", timeout=60
+        )
+        assert (done["state"], done["enqueued"], done["scanned"]) == ("done", 12, 12), done
+        await receiver.wait_for(lambda _: len(receiver.at(path)) == 24)
+        again = sorted(r.delivery_id for r in receiver.at(path)[12:])
+        assert again == sorted(delivery_id(e.id, webhook_id) for e in events)
+        assert all(receiver.verified(r) for r in receiver.at(path))
