@@ -122,6 +122,24 @@ def _moment(seconds: float | None) -> str | None:
     return None if seconds is None else format_timestamp(datetime.fromtimestamp(seconds, UTC))
 
 
+def _circuit_open_until(log: WebhookLog, now: float) -> str | None:
+    """When the endpoint's circuit lets a probe through, while it is open: the workers' breakers
+    live in their memory, but an attempt skipped because of one is in the log, with its retry
+    due when the circuit lets a request through (``next_at``). A newer attempt, or a due time
+    passed, means the circuit has let one through since."""
+    newest = log.page(LogQuery(), now=now, limit=1).items
+    if not newest or newest[0].error != "circuit_open" or newest[0].outcome != "skipped":
+        return None
+    due = newest[0].next_at
+    if due is None:
+        return None
+    try:
+        due_seconds = datetime.fromisoformat(due.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+    return due if due_seconds > now else None
+
+
 class ControlService:
     """The delivery log, stats, recovery and dead-letter operations of the API.
 
@@ -222,6 +240,7 @@ class ControlService:
             "health": "healthy",
             "failing_since": None,
             "disabled_reason": reason if isinstance(reason, str) else None,
+            "circuit_open_until": _circuit_open_until(log, now) if webhook.active else None,
             "source": "webhook",
         }
         if not webhook.active:

@@ -288,12 +288,25 @@ def _schemas() -> dict[str, Any]:
                 "last_failure_at": nullable_text,
                 "state": {
                     "type": "object",
-                    "required": ["active", "health", "failing_since", "disabled_reason", "source"],
+                    "required": [
+                        "active",
+                        "health",
+                        "failing_since",
+                        "disabled_reason",
+                        "circuit_open_until",
+                        "source",
+                    ],
                     "properties": {
                         "active": {"type": "boolean"},
                         "health": {"enum": list(HEALTH_STATES)},
                         "failing_since": nullable_text,
                         "disabled_reason": nullable_text,
+                        "circuit_open_until": {
+                            "type": ["string", "null"],
+                            "description": "Set while the endpoint's circuit is open: the newest "
+                            "attempt was skipped (circuit_open) and its retry, when the circuit "
+                            "lets a probe through, is still to come. Null otherwise.",
+                        },
                         "source": {
                             "enum": ["webhook", "status", "log"],
                             "description": "What the health was read from: the webhook record "
