@@ -74,8 +74,8 @@ def _no_http() -> None:
     _require(http1, "Http1Client")
     _require(http1.Http1Client, "post")
 
-    async def post(self: Any, *args: Any, **kwargs: Any) -> tuple[int, str | None]:
-        return 200, None
+    async def post(self: Any, *args: Any, **kwargs: Any) -> http1.Answer:
+        return http1.Answer(200, None)
 
     http1.Http1Client.post = post  # type: ignore[method-assign]
 

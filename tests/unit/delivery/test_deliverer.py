@@ -242,6 +242,9 @@ def attempt_record(attempt: int, result: AttemptResult, next_step: str | None) -
         "duration_seconds": result.duration,
         "at": result.at,
         "next": next_step,
+        "response_bytes": result.response_bytes,
+        **({"response_truncated": True} if result.response_truncated else {}),
+        **({"response_prefix": result.response_text} if result.response_prefix is not None else {}),
     }
 
 
