@@ -75,7 +75,7 @@ def _no_http() -> None:
     _require(http1.Http1Client, "post")
 
     async def post(self: Any, *args: Any, **kwargs: Any) -> http1.Answer:
-        return http1.Answer(200, None)
+        return 200, None, 0, False, None
 
     http1.Http1Client.post = post  # type: ignore[method-assign]
 

@@ -163,7 +163,7 @@ class SenderBase:
     """What every sender shares: the attempt's clocks, the SSRF check of the URL (its verdict
     remembered per URL), the documented headers, and turning what came back into an
     :class:`AttemptResult`. A sender implements ``_post`` (send, return the
-    :class:`~bridge.http.http1.Answer`: status, ``Retry-After`` header, what was read of the
+    :data:`~bridge.http.http1.Answer`: status, ``Retry-After`` header, what was read of the
     body) and ``aclose``, and declares in ``_errors`` the exceptions that mean the endpoint or
     the network failed, with their error class."""
 
@@ -249,8 +249,7 @@ def answered(
 ) -> AttemptResult:
     """The result of an attempt that got a response (shared by every sender). ``wall_clock``
     is read only to turn a ``Retry-After`` date into seconds."""
-    status = answer.status
-    prefix = answer.body_prefix
+    status, retry_after_header, body_bytes, cut, prefix = answer
     if is_success(status, any_2xx=any_2xx):
         return AttemptResult(
             True,
@@ -258,13 +257,13 @@ def answered(
             None,
             duration,
             at,
-            response_bytes=answer.body_bytes,
-            response_truncated=answer.body_cut,
+            response_bytes=body_bytes,
+            response_truncated=cut,
             response_prefix=prefix,
         )
     error = "redirect" if 300 <= status < 400 else "http_status"
     retry_after = (
-        parse_retry_after(answer.retry_after, wall_clock()) if status in (429, 503) else None
+        parse_retry_after(retry_after_header, wall_clock()) if status in (429, 503) else None
     )
     return AttemptResult(
         False,
@@ -273,8 +272,8 @@ def answered(
         duration,
         at,
         retry_after,
-        response_bytes=answer.body_bytes,
-        response_truncated=answer.body_cut,
+        response_bytes=body_bytes,
+        response_truncated=cut,
         response_prefix=prefix,
     )
 

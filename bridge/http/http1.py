@@ -52,7 +52,7 @@ import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, cast
+from typing import cast
 
 from httptools import HttpResponseParser
 from yarl import URL
@@ -82,18 +82,13 @@ _VERSIONS = ("1.1", "1.0")
 _BAD_REASON = re.compile(rb"[\x00\x0b\x0c]")
 
 
-class Answer(NamedTuple):
-    """What one exchange got back: the final status and what was read of its body."""
-
-    status: int
-    #: The ``Retry-After`` header (repeated ones joined with ``, ``), or ``None``.
-    retry_after: str | None
-    #: Body bytes read (after chunk framing), up to the cap on the whole response.
-    body_bytes: int = 0
-    #: True when the cap ended the body before its framing did (the rest was never read).
-    body_cut: bool = False
-    #: The body's first bytes, as many as the client keeps; ``None`` when it keeps none.
-    body_prefix: bytes | None = None
+#: What one exchange got back: ``(status, Retry-After, body bytes, cut, prefix)``: the final
+#: status; the ``Retry-After`` header (repeated ones joined with ``, ``) or ``None``; the body
+#: bytes read (after chunk framing, up to the cap on the whole response); whether the cap ended
+#: the body before its framing did (the rest never read); the body's first bytes, as many as
+#: the client keeps, or ``None`` when it keeps none. A plain tuple: one is built per attempt on
+#: the hot path, where a named tuple costs a Python-level call.
+Answer = tuple[int, str | None, int, bool, bytes | None]
 
 
 class HttpError(Exception):
@@ -333,7 +328,7 @@ class _Connection(asyncio.Protocol):
 
     # -- the exchange --------------------------------------------------------------------------
     def exchange(self, data: bytes) -> asyncio.Future[Answer]:
-        """Send one request; the future gives the :class:`Answer` once the response is
+        """Send one request; the future gives the :data:`Answer` once the response is
         complete (or its final head is and the cap is reached), or fails with
         :class:`ProtocolError`, ``OSError`` or ``TimeoutError``."""
         assert self.transport is not None and self._waiter is None
@@ -405,7 +400,7 @@ class _Connection(asyncio.Protocol):
         self._waiter = None
         if waiter is not None and not waiter.done():
             waiter.set_result(
-                Answer(
+                (
                     self._status,
                     self._retry_after,
                     self._body_bytes,
@@ -442,7 +437,7 @@ class Http1Client:
     ) -> None:
         self._policy = policy
         self._max_response = max_response
-        #: Body bytes of each response to keep (:attr:`Answer.body_prefix`); 0 keeps none.
+        #: Body bytes of each response to keep (the :data:`Answer`'s last item); 0 keeps none.
         self._body_prefix = body_prefix
         self._ssl = ssl_context
         self._resolver = resolver

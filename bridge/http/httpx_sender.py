@@ -265,7 +265,7 @@ class HttpxSender(SenderBase):
                             read += len(piece)
                     except _CapReached:
                         cut = True  # the head was complete: the receiver answered
-                    return Answer(
+                    return (
                         response.status_code,
                         response.headers.get("Retry-After"),
                         read,
