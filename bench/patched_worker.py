@@ -74,8 +74,8 @@ def _no_http() -> None:
     _require(http1, "Http1Client")
     _require(http1.Http1Client, "post")
 
-    async def post(self: Any, *args: Any, **kwargs: Any) -> tuple[int, str | None]:
-        return 200, None
+    async def post(self: Any, *args: Any, **kwargs: Any) -> http1.Answer:
+        return 200, None, 0, False, None
 
     http1.Http1Client.post = post  # type: ignore[method-assign]
 

@@ -34,6 +34,7 @@ __all__ = [
     "parse_bool",
     "parse_list",
     "DEFAULT_HTTP_TIMEOUT",
+    "MAX_ATTEMPT_RESPONSE_PREFIX",
     "add_setting_flags",
     "add_section_flags",
     "settings_of",
@@ -44,6 +45,9 @@ __all__ = [
 #: The public contract: "We will time out requests after 30 seconds."
 DEFAULT_HTTP_TIMEOUT = 30.0
 _DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+#: The most of a response's body an attempt record may keep (``attempt_response_prefix_bytes``):
+#: enough to see a receiver's error message, small enough that a kept delivery log stays small.
+MAX_ATTEMPT_RESPONSE_PREFIX = 1024
 _DEFAULT_WEB_PORT = 6066
 _DEFAULT_EMBEDDED_PORT = 9092
 
@@ -122,6 +126,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise ValueError(f"must be positive, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must be 0 or more, got {text!r}")
     return value
 
 
@@ -349,6 +360,15 @@ class Settings:
         "--max-body-bytes",
         _positive_int,
         "Largest delivery body; bigger events are dead-lettered (payload_too_large).",
+    )
+    attempt_response_prefix_bytes: int = Section.DELIVERY.setting(
+        0,
+        "BRIDGE_ATTEMPT_RESPONSE_PREFIX_BYTES",
+        "--attempt-response-prefix-bytes",
+        _count,
+        "Keep the first N bytes of each response body in its attempt record (response_prefix), "
+        f"at most {MAX_ATTEMPT_RESPONSE_PREFIX}. 0, the default, keeps none: bodies can hold "
+        "personal data; only their size is recorded.",
     )
     subscription_sync_timeout: float = Section.DELIVERY.setting(
         5.0,
@@ -643,6 +663,11 @@ class Settings:
                 ipaddress.ip_network(network)
             except ValueError as exc:
                 raise ConfigError(f"allow_networks: {exc}") from None
+        if not 0 <= self.attempt_response_prefix_bytes <= MAX_ATTEMPT_RESPONSE_PREFIX:
+            raise ConfigError(
+                "attempt_response_prefix_bytes must be between 0 and "
+                f"{MAX_ATTEMPT_RESPONSE_PREFIX} (0 keeps no response body)"
+            )
         if not 0.0 <= self.retry_jitter < 1.0:
             raise ConfigError("retry_jitter must be at least 0 and less than 1")
         if self.kafka_session_timeout <= self.kafka_rebalance_timeout / 2:

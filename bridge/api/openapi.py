@@ -123,6 +123,20 @@ def _schemas() -> dict[str, Any]:
         "type": ["string", "null"],
         "description": "When the retry is due, for next retry (null otherwise, or not recorded).",
     }
+    attempt["response_bytes"]["description"] = (
+        "Bytes of the response body read, up to the 64 KiB cap on a response (its head counted "
+        "too): the body's length unless response_truncated. Null when no response arrived, or "
+        "not recorded."
+    )
+    attempt["response_truncated"] = {
+        "type": "boolean",
+        "description": "True when the cap ended the body: response_bytes is what was read.",
+    }
+    attempt["response_prefix"]["description"] = (
+        "The response body's first bytes as UTF-8 text (invalid bytes replaced), only when the "
+        "worker keeps them (attempt_response_prefix_bytes, off by default); absent otherwise. "
+        "Written by the receiver: may hold control characters."
+    )
     attempt["status_class"] = {
         "enum": [*STATUS_CLASSES, "other"],
         "description": "The status's class; none when no response arrived.",
@@ -237,7 +251,7 @@ def _schemas() -> dict[str, Any]:
         },
         "Attempt": {
             "type": "object",
-            "required": list(attempt),
+            "required": [name for name in attempt if name != "response_prefix"],
             "properties": attempt,
             "additionalProperties": False,
         },

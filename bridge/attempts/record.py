@@ -47,6 +47,15 @@ class Attempt:
     #: When the retry is due (as recorded), for ``next`` retry; ``None`` otherwise or in records
     #: written before it was recorded.
     next_at: str | None = None
+    #: Bytes of the response body read, up to the cap on a response (see
+    #: ``response_truncated``); ``None`` when no response arrived, or in records written before
+    #: it was recorded.
+    response_bytes: int | None = None
+    #: True when the cap ended the body: ``response_bytes`` is what was read, not its length.
+    response_truncated: bool = False
+    #: The body's first bytes as text, only when the worker was told to keep them
+    #: (``attempt_response_prefix_bytes``); receiver-controlled: escape before showing it.
+    response_prefix: str | None = None
 
     @property
     def status_class(self) -> str:
@@ -95,6 +104,19 @@ class Attempt:
             raise InvalidRecord("schema_invalid", "attempt record: at is not a time") from None
         if moment.tzinfo is None:
             raise InvalidRecord("schema_invalid", "attempt record: at has no time zone")
+        response_bytes = record.get("response_bytes")
+        if response_bytes is not None and (
+            isinstance(response_bytes, bool)
+            or not isinstance(response_bytes, int)
+            or response_bytes < 0
+        ):
+            raise InvalidRecord("schema_invalid", "attempt record: response_bytes is not a count")
+        truncated = record.get("response_truncated", False)
+        if not isinstance(truncated, bool):
+            raise InvalidRecord("schema_invalid", "attempt record: response_truncated is not true")
+        prefix = record.get("response_prefix")
+        if prefix is not None and not isinstance(prefix, str):
+            raise InvalidRecord("schema_invalid", "attempt record: response_prefix is not a string")
         delivery_id = text("delivery_id")
         webhook_id = text("webhook_id")
         event_type = text("event_type")
@@ -113,11 +135,14 @@ class Attempt:
             at_seconds=moment.timestamp(),
             next=text("next", optional=True),
             next_at=text("next_at", optional=True),
+            response_bytes=response_bytes,
+            response_truncated=truncated,
+            response_prefix=prefix,
         )
 
     def as_dict(self) -> dict[str, Any]:
-        """The attempt as the API shows it."""
-        return {
+        """The attempt as the API shows it (``response_prefix`` only when recorded)."""
+        shown: dict[str, Any] = {
             "delivery_id": self.delivery_id,
             "webhook_id": self.webhook_id,
             "event_id": self.event_id,
@@ -131,4 +156,9 @@ class Attempt:
             "at": self.at,
             "next": self.next,
             "next_at": self.next_at,
+            "response_bytes": self.response_bytes,
+            "response_truncated": self.response_truncated,
         }
+        if self.response_prefix is not None:
+            shown["response_prefix"] = self.response_prefix
+        return shown

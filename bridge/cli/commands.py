@@ -602,15 +602,35 @@ def _path_part(text: str) -> str:
     return quote(text, safe="")
 
 
+def _escaped(text: str) -> str:
+    """``text`` with every character a terminal could act on (C0 and C1 controls, DEL, line
+    breaks, bidirectional and other format characters), the backslash and the double quote
+    written as Python escapes: a receiver's bytes are shown, never obeyed."""
+    return "".join(
+        c
+        if c.isprintable() and c not in '\\"'
+        else ('\\"' if c == '"' else c.encode("unicode_escape").decode("ascii"))
+        for c in text
+    )
+
+
 def _attempt_line(attempt: Any) -> str:
     answer = "-" if attempt.status is None else str(attempt.status)
+    size = "-" if attempt.response_bytes is None else f"{attempt.response_bytes}B"
+    if attempt.response_truncated:
+        size += "+"  # the cap ended the body: at least this much
     line = (
         f"{attempt.at}  {attempt.delivery_id}  {attempt.event_type}  attempt {attempt.attempt}  "
-        f"{attempt.outcome}  {answer}  {attempt.error or '-'}  {attempt.duration_seconds:.3f}s"
+        f"{attempt.outcome}  {answer}  {attempt.error or '-'}  {attempt.duration_seconds:.3f}s  "
+        f"{size}"
     )
     if attempt.next_at:
-        return f"{line}  -> {attempt.next} at {attempt.next_at}"
-    return f"{line}  -> {attempt.next}" if attempt.next else line
+        line = f"{line}  -> {attempt.next} at {attempt.next_at}"
+    elif attempt.next:
+        line = f"{line}  -> {attempt.next}"
+    if attempt.response_prefix is not None:
+        line = f'{line}  body "{_escaped(attempt.response_prefix)}"'
+    return line
 
 
 def _webhooks_attempts(args: argparse.Namespace) -> int:

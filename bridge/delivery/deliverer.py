@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from bridge.contract.events import format_timestamp
 from bridge.contract.payload import build_body
+from bridge.delivery.attempt_record import attempt_record
 from bridge.delivery.breaker import CLOSED, Breakers, endpoint_of
 from bridge.delivery.dead_letters import dead_letter_record
 from bridge.delivery.endpoint_health import EndpointHealth, HealthChange
@@ -335,23 +336,10 @@ class Deliverer:
     ) -> asyncio.Future[Any]:
         """Queue the attempt's record; returns the future of the broker's acknowledgement.
         ``next_at`` (Unix time) is when a retry is due, recorded only for ``next_step`` retry."""
-        record = {
-            "delivery_id": job.delivery_id,
-            "webhook_id": job.webhook.id,
-            "event_id": job.event.id,
-            "event_type": job.event.type,
-            "attempt": job.attempt,
-            "outcome": "success"
-            if result.success
-            else ("skipped" if result.error in _SKIPPED else "failure"),
-            "status": result.status,
-            "error": result.error,
-            "duration_seconds": round(result.duration, 6),
-            "at": result.at,
-            "next": next_step,
-        }
-        if next_at is not None:
-            record["next_at"] = format_timestamp(datetime.fromtimestamp(next_at, UTC))
+        outcome = (
+            "success" if result.success else ("skipped" if result.error in _SKIPPED else "failure")
+        )
+        record = attempt_record(job, result, outcome, next_step, next_at)
         return await self._outputs.attempt(job.webhook.id.encode("utf-8"), record)
 
     async def dead_letter(self, job: Job, reason: str, detail: str) -> None:

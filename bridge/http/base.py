@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -12,6 +13,7 @@ from bridge.contract.events import format_timestamp
 from bridge.contract.signing import sign
 from bridge.delivery.job import Job
 from bridge.delivery.retry_policy import parse_retry_after
+from bridge.http.http1 import Answer
 from bridge.http.ssrf import AddressPolicy, DestinationForbidden, check_url
 
 __all__ = [
@@ -35,7 +37,8 @@ USER_AGENT = "Position-Webhooks/1.0"
 
 @dataclass(frozen=True)
 class AttemptResult:
-    """What one HTTP attempt produced. Contains no secret and no body."""
+    """What one HTTP attempt produced. Contains no secret, and nothing of the response's body
+    but its size, unless the sender was told to keep its first bytes (``response_prefix``)."""
 
     #: True when the response counts as an acknowledgement.
     success: bool
@@ -53,6 +56,31 @@ class AttemptResult:
     retry_after: float | None = None
     #: For ``destination_forbidden``: why (``loopback``, ``private``, ``plain_http`` ...).
     refusal: str | None = None
+    #: Body bytes read, up to the cap on what is read of a response
+    #: (:data:`bridge.http.http1.MAX_RESPONSE`, the head counted too); ``None`` when no
+    #: response arrived.
+    response_bytes: int | None = None
+    #: True when the cap ended the body: ``response_bytes`` is what was read, not its length.
+    response_truncated: bool = False
+    #: The body's first bytes, only when the sender keeps them (``attempt_response_prefix_bytes``);
+    #: never in :meth:`as_record` (retries and dead letters), never logged.
+    response_prefix: bytes | None = field(default=None, repr=False)
+
+    @property
+    def response_text(self) -> str | None:
+        """:attr:`response_prefix` as text: UTF-8, each invalid byte replaced by U+FFFD, a
+        character cut by the prefix's end left out, and never more bytes (as UTF-8) than the
+        prefix had: a replacement character takes 3 bytes, so text of invalid bytes is shortened
+        to fit. Control characters are kept (whatever shows the text must escape them)."""
+        prefix = self.response_prefix
+        if prefix is None:
+            return None
+        # Not final: an incomplete character at the end stays in the decoder, left out.
+        text = codecs.getincrementaldecoder("utf-8")("replace").decode(prefix)
+        encoded = text.encode("utf-8")
+        if len(encoded) > len(prefix):
+            text = encoded[: len(prefix)].decode("utf-8", "ignore")
+        return text
 
     def as_record(self) -> dict[str, object]:
         return {
@@ -134,9 +162,10 @@ def classify(exc: BaseException, table: ErrorTable) -> str | None:
 class SenderBase:
     """What every sender shares: the attempt's clocks, the SSRF check of the URL (its verdict
     remembered per URL), the documented headers, and turning what came back into an
-    :class:`AttemptResult`. A sender implements ``_post`` (send, return the status and the
-    ``Retry-After`` header) and ``aclose``, and declares in ``_errors`` the exceptions that mean
-    the endpoint or the network failed, with their error class."""
+    :class:`AttemptResult`. A sender implements ``_post`` (send, return the
+    :data:`~bridge.http.http1.Answer`: status, ``Retry-After`` header, what was read of the
+    body) and ``aclose``, and declares in ``_errors`` the exceptions that mean the endpoint or
+    the network failed, with their error class."""
 
     #: An attempt's failures, not bugs, by error class (read by :func:`classify` in ``send``);
     #: any other exception propagates.
@@ -153,8 +182,11 @@ class SenderBase:
         policy: AddressPolicy | None,
         clock: Callable[[], float],
         wall_clock: Callable[[], datetime],
+        response_prefix: int = 0,
     ) -> None:
         self._timeout = timeout
+        #: Body bytes of each response to keep in the result (0: none, nothing copied).
+        self._response_prefix = response_prefix
         self._any_2xx = any_2xx
         self._allow_http = allow_http
         self._policy = policy
@@ -176,7 +208,7 @@ class SenderBase:
         if refusal is not None:
             raise refusal
 
-    async def _post(self, job: Job, body: bytes, headers: dict[str, str]) -> tuple[int, str | None]:
+    async def _post(self, job: Job, body: bytes, headers: dict[str, str]) -> Answer:
         raise NotImplementedError
 
     async def aclose(self) -> None:
@@ -190,7 +222,7 @@ class SenderBase:
         started = self._clock()
         try:
             self._check(job.webhook.url)
-            status, retry_after = await self._post(job, body, build_headers(job, body, now))
+            answer = await self._post(job, body, build_headers(job, body, now))
         except DestinationForbidden as exc:
             return refused(exc, duration=self._clock() - started, at=at)
         except Exception as exc:
@@ -199,8 +231,7 @@ class SenderBase:
                 raise
             return AttemptResult(False, None, error, self._clock() - started, at)
         return answered(
-            status,
-            retry_after,
+            answer,
             duration=self._clock() - started,
             at=at,
             wall_clock=self._wall_clock,
@@ -209,8 +240,7 @@ class SenderBase:
 
 
 def answered(
-    status: int,
-    retry_after_header: str | None,
+    answer: Answer,
     *,
     duration: float,
     at: str,
@@ -219,13 +249,33 @@ def answered(
 ) -> AttemptResult:
     """The result of an attempt that got a response (shared by every sender). ``wall_clock``
     is read only to turn a ``Retry-After`` date into seconds."""
+    status, retry_after_header, body_bytes, cut, prefix = answer
     if is_success(status, any_2xx=any_2xx):
-        return AttemptResult(True, status, None, duration, at)
+        return AttemptResult(
+            True,
+            status,
+            None,
+            duration,
+            at,
+            response_bytes=body_bytes,
+            response_truncated=cut,
+            response_prefix=prefix,
+        )
     error = "redirect" if 300 <= status < 400 else "http_status"
     retry_after = (
         parse_retry_after(retry_after_header, wall_clock()) if status in (429, 503) else None
     )
-    return AttemptResult(False, status, error, duration, at, retry_after)
+    return AttemptResult(
+        False,
+        status,
+        error,
+        duration,
+        at,
+        retry_after,
+        response_bytes=body_bytes,
+        response_truncated=cut,
+        response_prefix=prefix,
+    )
 
 
 def refused(exc: DestinationForbidden, *, duration: float, at: str) -> AttemptResult:

@@ -20,6 +20,9 @@ the status, ``Retry-After`` and what llhttp says about keeping the connection. W
   response that needs more ends there and its connection is closed: once the final status line
   and headers are complete, that status is the answer (the body is never needed); before, it is
   a :class:`ProtocolError`.
+* The body is never decoded or kept: its bytes are counted as llhttp hands them over (after
+  chunk framing, up to the cap), and only its first ``body_prefix`` bytes are copied when the
+  client is told to keep them (0, the default, copies nothing).
 * A response is complete when its framing says so (``Content-Length``, the last chunk, or, with
   neither, the server's clean close). A reset, or a close before the framing is complete, fails
   the exchange (``OSError``, :class:`ProtocolError`); so does anything llhttp refuses, and:
@@ -58,6 +61,7 @@ from bridge.http.ssrf import AddressPolicy, Resolver, checked_addresses
 
 __all__ = [
     "MAX_RESPONSE",
+    "Answer",
     "HttpError",
     "ConnectFailed",
     "ProtocolError",
@@ -76,6 +80,15 @@ MAX_RESPONSE = 64 * 1024
 _VERSIONS = ("1.1", "1.0")
 #: What h11 refuses in a reason phrase and llhttp lets through.
 _BAD_REASON = re.compile(rb"[\x00\x0b\x0c]")
+
+
+#: What one exchange got back: ``(status, Retry-After, body bytes, cut, prefix)``: the final
+#: status; the ``Retry-After`` header (repeated ones joined with ``, ``) or ``None``; the body
+#: bytes read (after chunk framing, up to the cap on the whole response); whether the cap ended
+#: the body before its framing did (the rest never read); the body's first bytes, as many as
+#: the client keeps, or ``None`` when it keeps none. A plain tuple: one is built per attempt on
+#: the hot path, where a named tuple costs a Python-level call.
+Answer = tuple[int, str | None, int, bool, bytes | None]
 
 
 class HttpError(Exception):
@@ -172,7 +185,11 @@ class _Connection(asyncio.Protocol):
     llhttp, whose callbacks are the ``on_*`` methods."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, key: tuple[str, str, int], max_response: int
+        self,
+        loop: asyncio.AbstractEventLoop,
+        key: tuple[str, str, int],
+        max_response: int,
+        body_prefix: int = 0,
     ) -> None:
         self.loop = loop
         self.key = key
@@ -181,17 +198,21 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.on_lost: Callable[[_Connection], None] | None = None
         self._max_response = max_response
+        self._prefix_limit = body_prefix
         self._parser = HttpResponseParser(self)
         # RFC 9112 allows whitespace before a chunk extension ("2 ;x=y"); h11 and aiohttp read
         # it too (aiohttp sets this leniency for responses).
         self._parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)
-        self._waiter: asyncio.Future[tuple[int, str | None]] | None = None
+        self._waiter: asyncio.Future[Answer] | None = None
         # -- the exchange
         self._left = 0  # bytes of the cap not used yet
         self._received = False
         self._status = 0  # the final status, once its head is complete
         self._complete = False
         self._keep = True
+        self._body_bytes = 0
+        self._body_cut = False
+        self._prefix = b""
         # -- the message (interim or final) being parsed
         self._in_head = False
         self._framed = False  # Content-Length or Transfer-Encoding: chunked
@@ -232,6 +253,7 @@ class _Connection(asyncio.Protocol):
             if self._status:
                 # The final head is complete: the receiver answered, and the rest is not needed.
                 self._keep = False
+                self._body_cut = True
                 self._done()
             else:
                 self._fail(ProtocolError(f"response head longer than {self._max_response} bytes"))
@@ -278,6 +300,14 @@ class _Connection(asyncio.Protocol):
                 text = f"{self._retry_after}, {text}"  # repeated: joined, as httpx does
             self._retry_after = text
 
+    def on_body(self, body: bytes) -> None:
+        # Only the final response has a body (llhttp gives none to interim ones, and a second
+        # response stops at on_message_begin). Counted always, copied only when asked for.
+        count = self._body_bytes
+        self._body_bytes = count + len(body)
+        if count < self._prefix_limit:
+            self._prefix += body[: self._prefix_limit - count]
+
     def on_headers_complete(self) -> None:
         parser = self._parser
         parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=False)
@@ -297,18 +327,21 @@ class _Connection(asyncio.Protocol):
             self._complete = True
 
     # -- the exchange --------------------------------------------------------------------------
-    def exchange(self, data: bytes) -> asyncio.Future[tuple[int, str | None]]:
-        """Send one request; the future gives ``(status, Retry-After)`` once the response is
+    def exchange(self, data: bytes) -> asyncio.Future[Answer]:
+        """Send one request; the future gives the :data:`Answer` once the response is
         complete (or its final head is and the cap is reached), or fails with
         :class:`ProtocolError`, ``OSError`` or ``TimeoutError``."""
         assert self.transport is not None and self._waiter is None
-        waiter: asyncio.Future[tuple[int, str | None]] = self.loop.create_future()
+        waiter: asyncio.Future[Answer] = self.loop.create_future()
         self._waiter = waiter
         self._left = self._max_response
         self._received = False
         self._status = 0
         self._complete = False
         self._keep = True
+        self._body_bytes = 0
+        self._body_cut = False
+        self._prefix = b""
         self.transport.write(data)
         return waiter
 
@@ -366,7 +399,15 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter
         self._waiter = None
         if waiter is not None and not waiter.done():
-            waiter.set_result((self._status, self._retry_after))
+            waiter.set_result(
+                (
+                    self._status,
+                    self._retry_after,
+                    self._body_bytes,
+                    self._body_cut,
+                    self._prefix if self._prefix_limit else None,
+                )
+            )
 
 
 def _malformed(exc: Exception) -> ProtocolError:
@@ -392,9 +433,12 @@ class Http1Client:
         max_idle_per_endpoint: int = 10,
         keepalive_expiry: float = 30.0,
         max_response: int = MAX_RESPONSE,
+        body_prefix: int = 0,
     ) -> None:
         self._policy = policy
         self._max_response = max_response
+        #: Body bytes of each response to keep (the :data:`Answer`'s last item); 0 keeps none.
+        self._body_prefix = body_prefix
         self._ssl = ssl_context
         self._resolver = resolver
         self._max_idle = max_idle
@@ -409,8 +453,8 @@ class Http1Client:
     def open_connections(self) -> int:
         return len(self._open)
 
-    async def post(self, target: Target, data: bytes, timeout: float) -> tuple[int, str | None]:
-        """Send ``data`` (head and body) to ``target``; ``(status, Retry-After)``."""
+    async def post(self, target: Target, data: bytes, timeout: float) -> Answer:
+        """Send ``data`` (head and body) to ``target``; what came back."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         conn = self._take(target.key, loop.time())
@@ -444,7 +488,7 @@ class Http1Client:
         conn: _Connection,
         data: bytes,
         deadline: float,
-    ) -> tuple[int, str | None]:
+    ) -> Answer:
         waiter = conn.exchange(data)
         timer = loop.call_at(deadline, conn.expire)
         try:
@@ -477,7 +521,9 @@ class Http1Client:
                 try:
                     protocol = await open_connection(
                         loop,
-                        lambda: _Connection(loop, target.key, self._max_response),
+                        lambda: _Connection(
+                            loop, target.key, self._max_response, self._body_prefix
+                        ),
                         str(ip),
                         target.port,
                         ssl_context=context,

@@ -18,7 +18,14 @@ from functools import lru_cache
 
 from bridge.delivery.job import Job
 from bridge.http.base import ErrorTable, SenderBase
-from bridge.http.http1 import ConnectFailed, Http1Client, ProtocolError, render_head, target_of
+from bridge.http.http1 import (
+    Answer,
+    ConnectFailed,
+    Http1Client,
+    ProtocolError,
+    render_head,
+    target_of,
+)
 from bridge.http.ssrf import AddressPolicy, Resolver
 from bridge.http.tls import ssl_context
 
@@ -53,6 +60,7 @@ class Http1Sender(SenderBase):
         any_2xx: bool = False,
         ca_bundle: str | None = None,
         resolver: Resolver | None = None,
+        response_prefix: int = 0,
         clock: Callable[[], float] = time.perf_counter,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -63,6 +71,7 @@ class Http1Sender(SenderBase):
             policy=policy,
             clock=clock,
             wall_clock=wall_clock,
+            response_prefix=response_prefix,
         )
         self._client = Http1Client(
             policy=policy,
@@ -71,6 +80,7 @@ class Http1Sender(SenderBase):
             resolver=resolver,
             max_idle=max_connections,
             max_idle_per_endpoint=max_connections_per_endpoint,
+            body_prefix=response_prefix,
         )
 
     @property
@@ -80,7 +90,7 @@ class Http1Sender(SenderBase):
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def _post(self, job: Job, body: bytes, headers: dict[str, str]) -> tuple[int, str | None]:
+    async def _post(self, job: Job, body: bytes, headers: dict[str, str]) -> Answer:
         target = _target_of(job.webhook.url)
         head = render_head(target, headers, len(body))
         return await self._client.post(target, head + body, self._timeout)

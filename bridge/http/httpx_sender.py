@@ -6,7 +6,7 @@ import asyncio
 import re
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +16,7 @@ import httpx
 from bridge.delivery.job import Job
 from bridge.http.base import ErrorTable, SenderBase
 from bridge.http.guarded_transport import GuardedBackend, guarded_transport
-from bridge.http.http1 import MAX_RESPONSE
+from bridge.http.http1 import MAX_RESPONSE, Answer
 from bridge.http.ssrf import AddressPolicy, Resolver
 
 __all__ = ["new_client", "HttpxSender"]
@@ -181,11 +181,18 @@ def _refusal(response: httpx.Response) -> str | None:
     return None
 
 
+async def _one(content: bytes) -> AsyncIterator[bytes]:
+    """A body already read, as the one piece of a stream."""
+    if content:
+        yield content
+
+
 class HttpxSender(SenderBase):
     """Posts deliveries with one shared ``httpx.AsyncClient``: the reference sender, and the
     hot path's test oracle (:class:`bridge.http.http1_sender.Http1Sender` behaves the same).
 
-    The response is streamed and its body discarded as it arrives, never held. With a client
+    The response is streamed and its body discarded as it arrives, never held: its bytes are
+    counted, and only its first ``response_prefix`` bytes kept when asked for. With a client
     from :func:`new_client`, reads stop at :data:`bridge.http.http1.MAX_RESPONSE` bytes of the
     response, every byte counted: a response that needs more is a ``protocol_error`` if its
     head was not complete by then, else its status stands and the connection is closed. Heads
@@ -211,6 +218,7 @@ class HttpxSender(SenderBase):
         any_2xx: bool = False,
         allow_http: bool = True,
         policy: AddressPolicy | None = None,
+        response_prefix: int = 0,
         clock: Callable[[], float] = time.perf_counter,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -221,13 +229,14 @@ class HttpxSender(SenderBase):
             policy=policy,
             clock=clock,
             wall_clock=wall_clock,
+            response_prefix=response_prefix,
         )
         self._client = client
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def _post(self, job: Job, body: bytes, headers: dict[str, str]) -> tuple[int, str | None]:
+    async def _post(self, job: Job, body: bytes, headers: dict[str, str]) -> Answer:
         # The client's timeout applies per phase; this one bounds the whole request, as the
         # documentation promises ("We will time out requests after 30 seconds").
         async with asyncio.timeout(self._timeout):
@@ -238,15 +247,31 @@ class HttpxSender(SenderBase):
                     refusal = _refusal(response)
                     if refusal is not None:
                         raise httpx.RemoteProtocolError(refusal)
+                    limit = self._response_prefix
+                    read = 0
+                    cut = False
+                    prefix = b""
                     try:
                         # Raw: a body is never decoded (a response built in memory, as with
-                        # httpx.MockTransport, has been read already).
-                        if not response.is_stream_consumed:
-                            async for _ in response.aiter_raw():
-                                pass
+                        # httpx.MockTransport, has been read already and comes as one piece).
+                        pieces = (
+                            response.aiter_raw()
+                            if not response.is_stream_consumed
+                            else _one(response.content)
+                        )
+                        async for piece in pieces:
+                            if read < limit:
+                                prefix += piece[: limit - read]
+                            read += len(piece)
                     except _CapReached:
-                        pass  # the head was complete: the receiver answered
-                    return response.status_code, response.headers.get("Retry-After")
+                        cut = True  # the head was complete: the receiver answered
+                    return (
+                        response.status_code,
+                        response.headers.get("Retry-After"),
+                        read,
+                        cut,
+                        prefix if limit else None,
+                    )
             except _CapReached:
                 raise httpx.RemoteProtocolError(
                     f"response head longer than {MAX_RESPONSE} bytes"

@@ -574,6 +574,7 @@ class Bridge:
                 any_2xx=s.success_any_2xx,
                 allow_http=s.plain_http_allowed,
                 policy=policy,
+                response_prefix=s.attempt_response_prefix_bytes,
             )
         return Http1Sender(
             timeout=s.http_timeout,
@@ -583,6 +584,7 @@ class Bridge:
             allow_http=s.plain_http_allowed,
             any_2xx=s.success_any_2xx,
             ca_bundle=s.ca_bundle,
+            response_prefix=s.attempt_response_prefix_bytes,
         )
 
     async def close(self) -> None:

@@ -49,6 +49,8 @@ class Receiver:
     scripts: dict[str, list[int]] = field(default_factory=dict)
     #: Extra response headers per path (e.g. Retry-After).
     headers: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: Response bodies answered in turn, per path, the last one again (``OK`` otherwise).
+    bodies: dict[str, list[bytes]] = field(default_factory=dict)
     #: Seconds each request to a path takes to be answered (an endpoint's own latency).
     delays: dict[str, float] = field(default_factory=dict)
     #: When set, every request gets a dropped connection instead of an answer.
@@ -83,6 +85,8 @@ class Receiver:
         hold = self.holds.get(request.path)
         script = self.scripts.get(request.path)
         status = script.pop(0) if script else self.statuses.get(request.path, 200)
+        answers = self.bodies.get(request.path)
+        answer = (answers.pop(0) if len(answers) > 1 else answers[0]) if answers else None
         if self.down:
             status = 0
         record = Received(request.path, dict(request.headers), body, status)
@@ -102,6 +106,8 @@ class Receiver:
         headers = dict(self.headers.get(request.path, {}))
         if 300 <= status < 400:
             headers["Location"] = self.url("/elsewhere")
+        if answer is not None:
+            return web.Response(status=status, body=answer, headers=headers)
         return web.Response(status=status, text="OK", headers=headers)
 
     def at(self, path: str) -> list[Received]:

@@ -12,6 +12,7 @@ import pytest
 
 from bridge.config import (
     DEFAULT_HTTP_TIMEOUT,
+    MAX_ATTEMPT_RESPONSE_PREFIX,
     Section,
     Settings,
     add_section_flags,
@@ -54,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "event_loop": "uvloop",
     "max_in_flight": 256,
     "max_body_bytes": 1024 * 1024,
+    "attempt_response_prefix_bytes": 0,
     "subscription_sync_timeout": 5.0,
     # Svix's schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
     "retry_schedule": (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0),
@@ -154,6 +156,7 @@ PARSED: dict[str, tuple[str, Any]] = {
     "event_loop": ("AsyncIO", "asyncio"),
     "max_in_flight": ("8", 8),
     "max_body_bytes": ("4096", 4096),
+    "attempt_response_prefix_bytes": ("256", 256),
     "subscription_sync_timeout": ("0.25", 0.25),
     "retry_schedule": ("1s, 2m,,3h ", (1.0, 120.0, 10800.0)),
     "retry_jitter": ("0.25", 0.25),
@@ -306,6 +309,8 @@ BAD: list[tuple[str, str]] = [
     ("BRIDGE_BREAKER_COOLDOWN", "30 secs"),
     ("BRIDGE_DISABLE_AFTER", "5 days"),
     ("BRIDGE_DRAIN_TIMEOUT", "1w"),
+    ("BRIDGE_ATTEMPT_RESPONSE_PREFIX_BYTES", "-1"),
+    ("BRIDGE_ATTEMPT_RESPONSE_PREFIX_BYTES", "1k"),
 ]
 
 
@@ -323,6 +328,22 @@ def test_retry_jitter_must_be_a_fraction(jitter: str) -> None:
     with pytest.raises(ConfigError, match="retry_jitter"):
         Settings.load(env={"BRIDGE_RETRY_JITTER": jitter})
     assert Settings.load(env={"BRIDGE_RETRY_JITTER": "0"}).retry_jitter == 0.0
+
+
+def test_the_response_prefix_is_off_by_default_and_bounded() -> None:
+    """Response bodies can hold personal data: none is kept unless asked for, and never more
+    than MAX_ATTEMPT_RESPONSE_PREFIX bytes."""
+    assert Settings().attempt_response_prefix_bytes == 0
+    most = MAX_ATTEMPT_RESPONSE_PREFIX
+    assert most == 1024
+    env = "BRIDGE_ATTEMPT_RESPONSE_PREFIX_BYTES"
+    assert Settings.load(env={env: str(most)}).attempt_response_prefix_bytes == most
+    with pytest.raises(ConfigError, match="attempt_response_prefix_bytes"):
+        Settings.load(env={env: str(most + 1)})
+    with pytest.raises(ConfigError, match="attempt_response_prefix_bytes"):
+        Settings(attempt_response_prefix_bytes=-1)
+    with pytest.raises(ConfigError, match="attempt_response_prefix_bytes"):
+        Settings().replace(attempt_response_prefix_bytes=most + 1)
 
 
 def test_the_delivery_log_keeps_at_least_the_longest_stats_window() -> None:

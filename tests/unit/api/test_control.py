@@ -447,3 +447,45 @@ async def test_a_site_token_reaches_only_its_sites_webhooks(api: Api) -> None:
     location = response.headers["Location"]
     await problem(await api.client.get(location, headers=auth(SITE_1)), 403)
     await problem(await api.client.delete(location, headers=auth(SITE_1)), 403)
+
+
+async def test_attempts_show_the_response_size_and_a_kept_prefix(api: Api) -> None:
+    """The API shows what the record holds: the size always (null without a response), the
+    prefix only when the worker kept one, as JSON (control characters escaped), in the
+    document's Attempt schema."""
+    from dataclasses import replace
+
+    from jsonschema import Draft202012Validator
+
+    from bridge.api.openapi import openapi_document
+
+    await api.create(id="wh_1")
+    kept = "\x1b[2J\x00 Jane"
+    api.activity.add(
+        replace(
+            attempt("d1", 1, at=NOW - 200, status=500),
+            response_bytes=70000 // 2,
+            response_truncated=True,
+            response_prefix=kept,
+        ),
+        replace(
+            attempt("d1", 2, at=NOW - 100, outcome="success", status=200, next=None),
+            response_bytes=2,
+        ),
+        attempt("d2", 1, at=NOW - 50, status=None),
+    )
+    page = await get_json(api, "/v1/webhooks/wh_1/attempts")
+    shown = {(a["delivery_id"], a["attempt"]): a for a in page["items"]}
+    assert (shown["d1", 1]["response_bytes"], shown["d1", 1]["response_truncated"]) == (35000, True)
+    assert shown["d1", 1]["response_prefix"] == kept
+    assert (shown["d1", 2]["response_bytes"], shown["d1", 2]["response_truncated"]) == (2, False)
+    assert "response_prefix" not in shown["d1", 2]
+    assert shown["d2", 1]["response_bytes"] is None
+    schema = openapi_document()["components"]["schemas"]["Attempt"]
+    validator = Draft202012Validator(schema)
+    for item in page["items"]:
+        assert list(validator.iter_errors(item)) == []
+    raw = await (await api.client.get("/v1/deliveries/d1", headers=auth())).read()
+    assert b"\x1b" not in raw and b"\x00" not in raw
+    delivery = await get_json(api, "/v1/deliveries/d1")
+    assert [a.get("response_prefix") for a in delivery["attempts"]] == [kept, None]

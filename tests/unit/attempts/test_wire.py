@@ -60,3 +60,13 @@ def test_attempts_from_list() -> None:
     assert attempts_from_list([one.as_dict()]) == [one]
     with pytest.raises(ValueError):
         attempts_from_list({"attempts": []})
+
+
+def test_the_response_fields_come_back_through_json() -> None:
+    """What the owner of a log sends another worker: the size, and a kept prefix with control
+    characters, escaped by JSON and unchanged on arrival."""
+    kept = attempt(T0, response_bytes=70, response_truncated=True, response_prefix="\x00\x1b[2J")
+    plain = attempt(T0 + 1, delivery_id="d2", response_bytes=2)
+    data = jsoncanon.loads(jsoncanon.dumps([kept.as_dict(), plain.as_dict()]))
+    assert attempts_from_list(data) == [kept, plain]
+    assert "response_prefix" not in data[1]

@@ -262,3 +262,38 @@ def test_a_management_command_exits_1_with_its_error_in_one_line(
     monkeypatch.setattr(store, "WebhookStore", NoStore)
     assert cli.main(["webhooks", "test", "nope", *BROKER]) == 1
     assert capsys.readouterr().err == "webhook-bridge: no webhook 'nope'\n"
+
+
+def test_an_attempt_line_shows_the_response_size_and_an_escaped_prefix() -> None:
+    """A receiver's bytes are shown, never obeyed: control characters, line breaks, bidi
+    overrides, quotes and backslashes come out as escapes; the size is always there."""
+    from bridge.attempts.record import Attempt
+
+    base = {
+        "delivery_id": "d1",
+        "webhook_id": "wh",
+        "event_id": "e1",
+        "event_type": "post.created",
+        "attempt": 1,
+        "outcome": "failure",
+        "status": 500,
+        "error": "http_status",
+        "duration_seconds": 0.25,
+        "at": "2024-01-15T10:30:00.250Z",
+        "next": "retry",
+        "next_at": "2024-01-15T10:30:05.250Z",
+    }
+    older = cli._attempt_line(Attempt.of(base))
+    assert older.endswith("0.250s  -  -> retry at 2024-01-15T10:30:05.250Z")
+    sized = cli._attempt_line(Attempt.of(base | {"response_bytes": 12}))
+    assert "  0.250s  12B  -> retry" in sized and "body" not in sized
+    cut = cli._attempt_line(
+        Attempt.of(base | {"response_bytes": 65000, "response_truncated": True})
+    )
+    assert "  65000B+  " in cut
+    hostile = '\x1b[2J\x1b]0;x\x07\x00\r\nfake line\u202e\u0085"\\ caf\u00e9'
+    line = cli._attempt_line(Attempt.of(base | {"response_bytes": 40, "response_prefix": hostile}))
+    assert line.endswith(
+        'body "\\x1b[2J\\x1b]0;x\\x07\\x00\\r\\nfake line\\u202e\\x85\\"\\\\ caf\u00e9"'
+    )
+    assert line.isprintable()

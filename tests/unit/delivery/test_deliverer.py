@@ -242,6 +242,9 @@ def attempt_record(attempt: int, result: AttemptResult, next_step: str | None) -
         "duration_seconds": result.duration,
         "at": result.at,
         "next": next_step,
+        "response_bytes": result.response_bytes,
+        **({"response_truncated": True} if result.response_truncated else {}),
+        **({"response_prefix": result.response_text} if result.response_prefix is not None else {}),
     }
 
 
@@ -705,6 +708,45 @@ async def test_the_secret_is_never_recorded(caplog: pytest.LogCaptureFixture) ->
     logged = [json.dumps(vars(r), default=str) for r in caplog.records]
     assert logged  # failures and the disable were logged
     assert not [line for line in logged if SECRET in line]
+
+
+async def test_the_response_prefix_is_only_in_attempt_records(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A kept body prefix (it can hold personal data) goes to the attempt record and nowhere
+    else: not to retry records, dead letters, logs or metric labels."""
+    caplog.set_level(logging.DEBUG)
+    body = b"name=Jane Roe; card=4111"
+
+    def answer(status: int) -> AttemptResult:
+        return dataclasses.replace(failed(status), response_bytes=len(body), response_prefix=body)
+
+    h = Harness(FakeSender(answer(500), answer(410), answer(503), answer(500)))
+    await h.run(make_job())  # a retry
+    await h.run(make_job(2, history=earlier(1), webhook=make_webhook("gone", "gone.example")))
+    await h.run(make_job(8, history=earlier(7)))  # attempts exhausted: a dead letter
+    await h.run(make_job(8, history=earlier(7), event=make_event("x")))
+
+    text = body.decode()
+    assert [a["response_prefix"] for _, a in h.outputs.attempts] == [text] * 4
+    assert {"retry", "dead_letter", "attempt", "disable"} <= set(h.outputs.calls)
+    for _, record in h.outputs.dead_letters:
+        assert text not in json.dumps(record)
+        assert [a.get("response_prefix") for a in record["attempts"]] == [None] * len(
+            record["attempts"]
+        )
+    assert all(text not in value.decode() for _, _, value in h.outputs.retries)
+    assert text not in json.dumps(h.outputs.disabled) + "".join(h.outputs.disabled_reprs)
+    labels = [
+        value
+        for metric in h.registry.collect()
+        for sample in metric.samples
+        for value in sample.labels.values()
+    ]
+    assert labels and not [v for v in labels if "Jane" in v or "card" in v]
+    logged = [json.dumps(vars(r), default=str) for r in caplog.records]
+    assert logged  # failures and the disable were logged
+    assert not [line for line in logged if "Jane" in line]
 
 
 # -- cancellation ----------------------------------------------------------------------------------

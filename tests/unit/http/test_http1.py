@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from bridge.http.http1 import (
     MAX_RESPONSE,
+    Answer,
     ConnectFailed,
     Http1Client,
     ProtocolError,
@@ -53,17 +54,27 @@ class FakeTransport:
 
 @dataclass
 class Fed:
+    #: ``(status, Retry-After)``, the failure, or ``None`` while unanswered.
     outcome: tuple[int, str | None] | BaseException | None
     keepable: bool
     transport: FakeTransport
+    #: The whole answer, when there is one.
+    answer: Answer | None = None
 
 
-def feed(pieces: list[bytes], *, eof: bool = False, reset: bool = False) -> Fed:
+def feed(
+    pieces: list[bytes],
+    *,
+    eof: bool = False,
+    reset: bool = False,
+    body_prefix: int = 0,
+    max_response: int = MAX_RESPONSE,
+) -> Fed:
     """One exchange on a connection with a fake transport, the response given in ``pieces``,
     then a clean close (``eof``) or a reset (``reset``)."""
     loop = asyncio.new_event_loop()
     try:
-        conn = _Connection(loop, ("http", "h", 80), MAX_RESPONSE)
+        conn = _Connection(loop, ("http", "h", 80), max_response, body_prefix)
         transport = FakeTransport()
         conn.connection_made(transport)  # type: ignore[arg-type]
         waiter = conn.exchange(b"POST / HTTP/1.1\r\n\r\n")
@@ -75,9 +86,15 @@ def feed(pieces: list[bytes], *, eof: bool = False, reset: bool = False) -> Fed:
         if reset:
             conn.connection_lost(ConnectionResetError(104, "Connection reset by peer"))
         outcome: tuple[int, str | None] | BaseException | None = None
+        answer = None
         if waiter.done():
-            outcome = waiter.exception() or waiter.result()
-        return Fed(outcome, conn.keepable, transport)
+            failure = waiter.exception()
+            if failure is None:
+                answer = waiter.result()
+                outcome = answer[:2]
+            else:
+                outcome = failure
+        return Fed(outcome, conn.keepable, transport, answer)
     finally:
         loop.close()
 
@@ -118,6 +135,7 @@ values = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E),
     sizes=st.lists(st.integers(1, 64), max_size=8),
     cuts=st.lists(st.integers(0, 2000), max_size=12),
     interim=st.booleans(),
+    prefix=st.sampled_from([0, 1, 16, 1024]),
 )
 def test_any_split_of_a_response_parses_the_same(
     status: int,
@@ -128,6 +146,7 @@ def test_any_split_of_a_response_parses_the_same(
     sizes: list[int],
     cuts: list[int],
     interim: bool,
+    prefix: int,
 ) -> None:
     headers = [f"{name}: {value}" for name, value in extra]
     if retry_after is not None:
@@ -144,10 +163,13 @@ def test_any_split_of_a_response_parses_the_same(
     response = head.encode() + payload
     if interim:
         response = b"HTTP/1.1 100 Continue\r\n\r\n" + response
-    fed = feed(split(response, cuts))
+    fed = feed(split(response, cuts), body_prefix=prefix)
     assert fed.outcome == (status, retry_after)
     assert fed.keepable
     assert not fed.transport.aborted
+    # Every body byte counted (after chunk framing), the first ``prefix`` kept only when asked.
+    sent = b"" if status == 204 else body
+    assert fed.answer == (status, retry_after, len(sent), False, sent[:prefix] if prefix else None)
 
 
 @pytest.mark.parametrize(
@@ -553,7 +575,7 @@ async def test_keep_alive_reuses_one_connection() -> None:
         http = client()
         try:
             for _ in range(3):
-                assert await http.post(target(server.port), REQUEST, 5) == (200, None)
+                assert (await http.post(target(server.port), REQUEST, 5))[:2] == (200, None)
         finally:
             await http.aclose()
     assert server.connections == 1
@@ -566,8 +588,8 @@ async def test_a_kept_connection_closed_by_the_server_is_replaced_once() -> None
     async with scripted(lambda c, n: None if (c, n) == (1, 2) else OK) as server:
         http = client()
         try:
-            assert await http.post(target(server.port), REQUEST, 5) == (200, None)
-            assert await http.post(target(server.port), REQUEST, 5) == (200, None)
+            assert (await http.post(target(server.port), REQUEST, 5))[:2] == (200, None)
+            assert (await http.post(target(server.port), REQUEST, 5))[:2] == (200, None)
         finally:
             await http.aclose()
     assert server.requests == [(1, 1), (1, 2), (2, 1)]
@@ -577,8 +599,8 @@ async def test_a_kept_connection_reset_by_the_server_is_replaced_once() -> None:
     async with scripted(lambda c, n: RESET if (c, n) == (1, 2) else OK) as server:
         http = client()
         try:
-            assert await http.post(target(server.port), REQUEST, 5) == (200, None)
-            assert await http.post(target(server.port), REQUEST, 5) == (200, None)
+            assert (await http.post(target(server.port), REQUEST, 5))[:2] == (200, None)
+            assert (await http.post(target(server.port), REQUEST, 5))[:2] == (200, None)
         finally:
             await http.aclose()
     assert server.requests == [(1, 1), (1, 2), (2, 1)]
@@ -588,7 +610,7 @@ async def test_a_new_connection_closed_without_answer_is_not_retried() -> None:
     async with scripted(lambda c, n: OK if (c, n) == (1, 1) else None) as server:
         http = client()
         try:
-            assert await http.post(target(server.port), REQUEST, 5) == (200, None)
+            assert (await http.post(target(server.port), REQUEST, 5))[:2] == (200, None)
             with pytest.raises(ProtocolError) as caught:
                 await http.post(target(server.port), REQUEST, 5)
         finally:
@@ -616,7 +638,7 @@ async def test_connection_close_is_honoured() -> None:
         http = client()
         try:
             for _ in range(2):
-                assert await http.post(target(server.port), REQUEST, 5) == (200, None)
+                assert (await http.post(target(server.port), REQUEST, 5))[:2] == (200, None)
         finally:
             await http.aclose()
     assert server.requests == [(1, 1), (2, 1)]
@@ -627,7 +649,7 @@ async def test_idle_connections_expire() -> None:
         http = client(keepalive_expiry=0.0)
         try:
             for _ in range(2):
-                assert await http.post(target(server.port), REQUEST, 5) == (200, None)
+                assert (await http.post(target(server.port), REQUEST, 5))[:2] == (200, None)
         finally:
             await http.aclose()
     assert server.requests == [(1, 1), (2, 1)]
@@ -637,7 +659,7 @@ async def test_the_sweeper_closes_idle_connections() -> None:
     async with scripted(lambda c, n: OK) as server:
         http = client(keepalive_expiry=0.05)
         try:
-            assert await http.post(target(server.port), REQUEST, 5) == (200, None)
+            assert (await http.post(target(server.port), REQUEST, 5))[:2] == (200, None)
             assert http.open_connections == 1
             await server.wait(lambda: server.lost == 1)
             # A client-side close: the server saw it end, the client forgot it.
@@ -653,7 +675,7 @@ async def test_idle_connections_per_endpoint_are_capped() -> None:
             results = await asyncio.gather(
                 *(http.post(target(server.port), REQUEST, 5) for _ in range(3))
             )
-            assert results == [(200, None)] * 3
+            assert [r[:2] for r in results] == [(200, None)] * 3
             assert server.connections == 3
             await server.wait(lambda: server.lost == 2)
             assert http.open_connections == 1

@@ -130,7 +130,9 @@ def test_job_repr_has_no_secret_url_or_body() -> None:
 
 async def test_200_is_success() -> None:
     result, _ = await send_with(status(200, text="OK"))
-    assert result == AttemptResult(True, 200, None, 0.25, "2024-01-15T10:30:00.250Z")
+    assert result == AttemptResult(
+        True, 200, None, 0.25, "2024-01-15T10:30:00.250Z", response_bytes=2
+    )
     assert result.as_record() == {
         "at": "2024-01-15T10:30:00.250Z",
         "status": 200,

@@ -20,6 +20,10 @@ what is left (obsolete line folding, repeated equal ``Content-Length``, chunk-ex
 sizes beyond 64 bits, trailers, interim heads, and bytes past a response, which h11 reads as the
 next response on that connection) is pinned here, in ``KNOWN_DIFFERENCES`` and its own test, so that
 any change, in either library, is seen.
+
+Both also report what they read of the body the same way: ``response_bytes`` (body bytes after
+chunk framing, up to the cap; ``None`` without a response), whether the cap cut the body, and,
+only when asked for, its first bytes (``BODIES``, and every case checks what holds for all).
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from bridge.config import MAX_ATTEMPT_RESPONSE_PREFIX
 from bridge.contract.events import Event
 from bridge.http.base import AttemptResult, DeliverySender
 from bridge.http.http1 import MAX_RESPONSE
@@ -373,7 +380,7 @@ def make_delivery(url: str) -> Outgoing:
     return outgoing(EVENT, webhook)
 
 
-def make_sender(kind: str, timeout: float) -> DeliverySender:
+def make_sender(kind: str, timeout: float, prefix: int = 0) -> DeliverySender:
     policy = AddressPolicy.from_setting("127.0.0.0/8")
     if kind == "http1":
         return Http1Sender(
@@ -382,12 +389,30 @@ def make_sender(kind: str, timeout: float) -> DeliverySender:
             max_connections_per_endpoint=2,
             policy=policy,
             allow_http=True,
+            response_prefix=prefix,
         )
-    return HttpxSender(new_client(timeout, 4, policy=policy), timeout=timeout, policy=policy)
+    return HttpxSender(
+        new_client(timeout, 4, policy=policy),
+        timeout=timeout,
+        policy=policy,
+        response_prefix=prefix,
+    )
 
 
 def outcome(result: AttemptResult) -> Outcome:
+    """The result's outcome, after checking what every result promises about the body."""
+    assert (result.response_bytes is None) == (result.status is None), result
+    if result.response_bytes is not None:
+        assert 0 <= result.response_bytes < MAX_RESPONSE, result
+    assert not (result.response_truncated and result.response_bytes is None), result
     return (result.success, result.status, result.error, result.retry_after)
+
+
+Body = tuple[int | None, bool, bytes | None]
+
+
+def body_of(result: AttemptResult) -> Body:
+    return (result.response_bytes, result.response_truncated, result.response_prefix)
 
 
 @pytest.fixture(params=SENDERS)
@@ -396,13 +421,21 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 
 async def attempt(kind: str, script: Sequence[Action], timeout: float) -> Outcome:
+    result = await attempt_result(kind, script, timeout)
+    assert result.response_prefix is None  # none kept unless asked for
+    return outcome(result)
+
+
+async def attempt_result(
+    kind: str, script: Sequence[Action], timeout: float, prefix: int = 0
+) -> AttemptResult:
     async with raw_server(script) as server:
-        sender = make_sender(kind, timeout)
+        sender = make_sender(kind, timeout, prefix)
         try:
             result = await asyncio.wait_for(sender.send(*make_delivery(server.url())), 30)
         finally:
             await sender.aclose()
-    return outcome(result)
+    return result
 
 
 # --- the suite -----------------------------------------------------------------------------------
@@ -430,6 +463,136 @@ async def test_known_differences_between_h11_and_llhttp(
 def test_case_names_are_unique() -> None:
     names = [c.name for c in CASES] + [c.name for c, _, _ in KNOWN_DIFFERENCES]
     assert len(names) == len(set(names))
+
+
+# --- what was read of the body -------------------------------------------------------------------
+
+#: The prefix both senders are asked to keep in ``BODIES``.
+PREFIX = 16
+HOSTILE = b"\x00\x1b[2J\x1b]0;owned\x07\xff\xfe\xc3(\r\n\x7f\xe2\x80\xae" + b"z" * 40
+
+
+def capped(head: bytes) -> int:
+    """Body bytes left under the cap after ``head``."""
+    return MAX_RESPONSE - len(head)
+
+
+def endless_chunks_body(head: bytes, piece_data: int, framing: int) -> int:
+    """Body bytes of chunks ``<size>\\r\\n<data>\\r\\n`` (``framing`` bytes around
+    ``piece_data``) read until the cap: whole chunks, then what of the last one's data fits."""
+    left = capped(head)
+    whole, rest = divmod(left, piece_data + framing)
+    return whole * piece_data + max(0, min(rest - 5, piece_data))
+
+
+#: (name, script, (response_bytes, cut, prefix kept with PREFIX)).
+BODIES: list[tuple[str, Sequence[Action], Body]] = [
+    ("empty", [H + EMPTY], (0, False, b"")),
+    ("sized", [H + b"Content-Length: 2\r\n\r\nok"], (2, False, b"ok")),
+    ("chunked", [CHUNKED + b"2\r\nok\r\n3\r\n!!!\r\n0\r\nX-T: 1\r\n\r\n"], (5, False, b"ok!!!")),
+    ("until close", [H + b"\r\nsome body", CLOSE], (9, False, b"some body")),
+    (
+        "longer than the prefix",
+        [H + b"Content-Length: 40\r\n\r\n" + b"x" * 40],
+        (40, False, b"x" * 16),
+    ),
+    (
+        "hostile bytes",
+        [H + b"Content-Length: %d\r\n\r\n" % len(HOSTILE) + HOSTILE],
+        (len(HOSTILE), False, HOSTILE[:16]),
+    ),
+    (
+        "204 with a body",
+        [b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello"],
+        (0, False, b""),
+    ),
+    ("bytes past the response", [H + EMPTY + b"HTTP/1.1 200"], (0, False, b"")),
+    (
+        "interim then final",
+        [b"HTTP/1.1 100 Continue\r\n\r\n" + H + b"Content-Length: 1\r\n\r\n!"],
+        (1, False, b"!"),
+    ),
+    (
+        "trickled body",
+        [H + b"Content-Length: 4\r\n\r\n", Trickle(b"slow", 0.01)],
+        (4, False, b"slow"),
+    ),
+    (
+        "body past the cap",
+        [H + b"Content-Length: %d\r\n\r\n" % (2 * MAX_RESPONSE), b"a" * (2 * MAX_RESPONSE)],
+        (capped(H + b"Content-Length: %d\r\n\r\n" % (2 * MAX_RESPONSE)), True, b"a" * 16),
+    ),
+    (
+        "endless body of a 500",
+        [b"HTTP/1.1 500 x\r\n\r\n", Flood(A_KIB)],
+        (capped(b"HTTP/1.1 500 x\r\n\r\n"), True, b"a" * 16),
+    ),
+    (
+        "endless chunks",
+        [CHUNKED, Flood(b"400\r\n" + A_KIB + b"\r\n")],
+        (endless_chunks_body(CHUNKED, 1024, 7), True, b"a" * 16),
+    ),
+    ("endless chunk extension", [CHUNKED + b"1;a=", Flood(b"b")], (0, True, b"")),
+    ("no response", [CLOSE], (None, False, None)),
+    ("timeout in the body", [H + b"Content-Length: 10\r\n\r\nshort"], (None, False, None)),
+]
+
+
+@pytest.mark.parametrize(("name", "script", "expected"), BODIES, ids=[b[0] for b in BODIES])
+async def test_every_sender_reads_the_same_body(
+    name: str, script: Sequence[Action], expected: Body, kind: str
+) -> None:
+    result = await attempt_result(kind, script, 0.5 if "timeout" in name else 5.0, PREFIX)
+    outcome(result)
+    assert body_of(result) == expected
+    # Without the prefix asked for, the same count and nothing kept.
+    unasked = await attempt_result(kind, script, 0.5 if "timeout" in name else 5.0)
+    assert body_of(unasked) == (*expected[:2], None)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    body=st.one_of(
+        st.binary(max_size=4096),
+        st.lists(
+            st.sampled_from([b"\x00", b"\x1b[31m", b"\xff", b"\xc3", b"\r\n", b"\xe2\x80\xae"]),
+            max_size=600,
+        ).map(b"".join),
+    ),
+    framing=st.sampled_from(["length", "chunked", "close"]),
+    cuts=st.lists(st.integers(0, 5000), max_size=4),
+    kept=st.sampled_from([0, 1, 7, MAX_ATTEMPT_RESPONSE_PREFIX]),
+)
+def test_any_body_is_counted_and_only_its_prefix_kept(
+    body: bytes, framing: str, cuts: list[int], kept: int
+) -> None:
+    """Hostile bodies (NULs, escapes, invalid UTF-8, sent in pieces with pauses between them):
+    both senders count every byte and keep exactly the first ``kept``, nothing when 0."""
+    if framing == "length":
+        response = H + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    elif framing == "chunked":
+        response = CHUNKED + (b"%x\r\n%b\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
+    else:
+        response = H + b"\r\n" + body
+    points = sorted({c % (len(response) + 1) for c in cuts})
+    script: list[Action] = []
+    for start, end in zip([0, *points], [*points, len(response)], strict=True):
+        script += [response[start:end], Pause(0.001)]
+    if framing == "close":
+        script.append(CLOSE)
+
+    async def both() -> list[AttemptResult]:
+        return [await attempt_result(kind, script, 5.0, kept) for kind in SENDERS]
+
+    for result in asyncio.run(both()):
+        assert outcome(result) == OK
+        assert body_of(result) == (len(body), False, body[:kept] if kept else None)
+        if result.response_text is not None:
+            assert len(result.response_text.encode("utf-8")) <= kept
+
+
+def test_body_case_names_are_unique() -> None:
+    assert len({b[0] for b in BODIES}) == len(BODIES)
 
 
 # --- the connection after an answer ------------------------------------------------------------
@@ -498,16 +661,17 @@ FLOODS = [
 ]
 
 
+@pytest.mark.parametrize("kept", [0, MAX_ATTEMPT_RESPONSE_PREFIX], ids=["no prefix", "prefix"])
 @pytest.mark.parametrize(
     ("name", "prefix", "piece", "expected"), FLOODS, ids=[f[0] for f in FLOODS]
 )
 async def test_a_flood_costs_little_cpu(
-    name: str, prefix: list[bytes], piece: bytes, expected: Outcome, kind: str
+    name: str, prefix: list[bytes], piece: bytes, expected: Outcome, kind: str, kept: int
 ) -> None:
     flood = Flood(piece, max_bytes=8 * 1024**3, max_seconds=FLOOD_SECONDS)
     # The server runs in its own thread: thread_time() below is the client's CPU only.
     with raw_server_thread([*prefix, flood]) as server:
-        sender = make_sender(kind, 10.0)
+        sender = make_sender(kind, 10.0, kept)
         try:
             cpu, wall = time.thread_time(), time.monotonic()
             result = await sender.send(*make_delivery(server.url()))
@@ -520,6 +684,8 @@ async def test_a_flood_costs_little_cpu(
     assert wall < 2.0, f"{name}: the attempt took {wall:.2f} s"
     assert cpu < 0.3, f"{name}: the attempt used {cpu:.3f} s of CPU"
     assert outcome(result) == expected
+    if result.response_prefix is not None:
+        assert len(result.response_prefix) <= kept
     assert server.client_gone_at, f"{name}: the flood did not see the client go"
     # What was sent is at most the cap plus what the socket buffers hold, far from a flood.
     assert sent < 64 * 1024**2, f"{name}: {sent} bytes sent"

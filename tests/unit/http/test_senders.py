@@ -302,7 +302,7 @@ async def test_sends_one_post_with_exactly_the_documented_headers(
     delivery = make_delivery(server.url("/hook?x=1"))
     result = await send_once(hot_sender(kind), delivery)
 
-    assert result == AttemptResult(True, 200, None, 0.25, AT)
+    assert result == AttemptResult(True, 200, None, 0.25, AT, response_bytes=2)
     (seen,) = server.requests
     assert (seen.method, seen.path_qs) == ("POST", "/hook?x=1")
     # Nothing but the documented headers and what HTTP/1.1 needs, each exactly once: no Accept,

@@ -1,9 +1,13 @@
 """bridge.kafka.outputs: the cached partitioner picks exactly the partitions aiokafka's default
-does."""
+does; writes are counted; attempt records reach their batches as written."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import json
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
@@ -11,9 +15,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from bridge.attempts.record import Attempt
 from bridge.config import Settings
+from bridge.contract.schemas import schema_errors
+from bridge.delivery.attempt_record import attempt_record
+from bridge.http.base import AttemptResult
 from bridge.kafka.outputs import CachedPartitioner, KafkaOutputs
 from bridge.metrics import Metrics
+from tests.support.jobs import SPEC_EVENT, outgoing, spec_webhook
 from tests.support.metrics import sample
 
 
@@ -84,3 +93,53 @@ async def test_status_and_disable_writes_are_counted_by_outcome() -> None:
     duration = "webhook_bridge_output_write_duration_seconds_count"
     assert sample(registry, duration, output="status") == 2
     assert sample(registry, duration, output="disable") == 1
+
+
+class _Batches:
+    """What KafkaOutputs uses of PartitionBatches: the attempt records it is handed."""
+
+    def __init__(self) -> None:
+        self.added: list[tuple[bytes, bytes]] = []
+
+    def add(self, key: bytes, value: bytes) -> asyncio.Future[Any]:
+        self.added.append((key, value))
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+async def test_an_attempt_record_is_written_with_its_response_fields() -> None:
+    """The response's size and kept prefix reach the topic as written (control characters and
+    NULs escaped by the JSON encoder), and read back into the same Attempt."""
+    outputs = KafkaOutputs(Settings(), _Store(), lambda _: None)  # type: ignore[arg-type]
+    batches = _Batches()
+    outputs._attempts = batches  # type: ignore[assignment]
+    job = outgoing(SPEC_EVENT, spec_webhook("https://example.test/hook", "whsec_x")).job
+    answer = AttemptResult(
+        False,
+        500,
+        "http_status",
+        0.25,
+        "2024-01-15T10:30:00.250Z",
+        response_bytes=65000,
+        response_truncated=True,
+        response_prefix=b'{"error":"\x00\x1b[2J\xff"}',
+    )
+    for result in (answer, dataclasses.replace(answer, response_prefix=None)):
+        record = attempt_record(job, result, "failure", "dead_letter")
+        await (await outputs.attempt(b"webhook_abc", record))
+    (key, value), (_, plain) = batches.added
+    assert key == b"webhook_abc"
+    assert b"\x00" not in value and b"\x1b" not in value
+    # The invalid byte became U+FFFD (3 bytes): the text is cut to the 18 bytes kept.
+    text = '{"error":"\x00\x1b[2J\ufffd'
+    written = json.loads(value)
+    assert written == {**attempt_record(job, answer, "failure", "dead_letter")}
+    assert written["response_prefix"] == text
+    assert schema_errors("attempt", written) == []
+    read = Attempt.parse(value)
+    assert (read.response_bytes, read.response_truncated) == (65000, True)
+    assert read.response_prefix == text
+    # Without a kept prefix (the default), the size only.
+    assert "response_prefix" not in json.loads(plain)
+    assert Attempt.parse(plain).response_prefix is None

@@ -1,0 +1,50 @@
+"""The record one delivery attempt writes to the attempts topic (topics/schemas/attempt.json)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from bridge.contract.events import format_timestamp
+from bridge.delivery.job import Job
+from bridge.http.base import AttemptResult
+
+__all__ = ["attempt_record"]
+
+
+def attempt_record(
+    job: Job,
+    result: AttemptResult,
+    outcome: str,
+    next_step: str | None,
+    next_at: float | None = None,
+) -> dict[str, Any]:
+    """The attempt record of ``result``: ``outcome`` is ``success``, ``failure`` or
+    ``skipped``; ``next_at`` (Unix time) is when a retry is due, recorded only for
+    ``next_step`` retry.
+
+    Of the response's body only its size is recorded (``response_bytes``, ``None`` without a
+    response; ``response_truncated`` when the cap ended it), and its first bytes
+    (``response_prefix``) only when the sender kept them, as text no longer in UTF-8 than the
+    bytes kept: a receiver cannot make a record larger than that."""
+    record: dict[str, Any] = {
+        "delivery_id": job.delivery_id,
+        "webhook_id": job.webhook.id,
+        "event_id": job.event.id,
+        "event_type": job.event.type,
+        "attempt": job.attempt,
+        "outcome": outcome,
+        "status": result.status,
+        "error": result.error,
+        "duration_seconds": round(result.duration, 6),
+        "at": result.at,
+        "next": next_step,
+        "response_bytes": result.response_bytes,
+    }
+    if next_at is not None:
+        record["next_at"] = format_timestamp(datetime.fromtimestamp(next_at, UTC))
+    if result.response_truncated:
+        record["response_truncated"] = True
+    if result.response_prefix is not None:
+        record["response_prefix"] = result.response_text
+    return record
