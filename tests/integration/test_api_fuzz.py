@@ -1,14 +1,16 @@
 """Schemathesis fuzzes every ``/v1`` operation of a real worker (role ``all``, ``delivery_log``)
-on the embedded broker, whose delivery log holds real attempts made to a real receiver: no 5xx,
-every answer as the document describes it; and every operation of the document refuses a
-request without a token, with a bad one, with a token lacking its scope and with a token of
-another site.
+on the embedded broker, whose delivery log holds real attempts made to a real receiver (a
+delivery that failed once, one dead-lettered, recoveries): no 5xx, every answer as the document
+describes it (schemathesis's default checks but ``positive_data_acceptance``). And every
+operation of the document refuses a request without a token, with a bad one, with a token
+lacking its scope and with a token of another site.
 
 Nothing leaves loopback, whatever the fuzzer makes up. The worker runs in this process, in a
 thread with its own event loop (schemathesis calls synchronously), under a
 :class:`~tests.support.loopback.LoopbackGuard` installed for the whole module: a lookup of any
 name, or a connection to anything but 127.0.0.0/8 or ::1, is refused and fails the tests.
-Before each request, every ``url`` of a generated body is pointed at the test's receiver
+Generated webhook URLs never name another host: half of the generated bodies with a ``url``
+get the receiver's, and before each request every other ``url`` is pointed at the receiver
 (keeping the generated path and query), unless :meth:`WebhookUrl.parse` refuses it: the API
 refuses those with that same parser before anything is stored, so they stay as generated, to be
 answered ``400``.
@@ -40,7 +42,7 @@ from bridge.contract.payload import delivery_id
 from bridge.subscriptions.urls import InvalidUrl, WebhookUrl
 from tests.support.loopback import LoopbackGuard
 from tests.support.receivers import Receiver, subscribe
-from tests.support.waiting import poll
+from tests.support.waiting import eventually_sync, poll
 from tests.support.workers import InProcessWorker
 
 T = TypeVar("T")
@@ -72,6 +74,12 @@ FUZZ_EXAMPLES = 20
 #: and site s2's (its own). The fuzzer is not given their ids, so it cannot change them.
 THEIRS = "auth-site-1-hook"
 MINE = "auth-site-2-hook"
+#: The only webhooks the fuzzer's deletes are given (of a site no event is published to).
+DOOMED = ["doomed-1", "doomed-2", "doomed-3"]
+#: Every webhook of the deployment, by site: each one posts to its own path of the receiver.
+SITES = {"wh": "s1", "dead": "s1", "other": "s2", THEIRS: "s1", MINE: "s2"} | dict.fromkeys(
+    DOOMED, "s3"
+)
 
 
 def auth(token: str) -> dict[str, str]:
@@ -158,15 +166,15 @@ async def _recovered(worker: InProcessWorker, webhook_id: str, since: str) -> st
     return str(shown.json()["id"])
 
 
-DOOMED = ["doomed-1", "doomed-2", "doomed-3"]
-SITES = {"wh": "s1", "dead": "s1", "other": "s2", THEIRS: "s1", MINE: "s2"} | dict.fromkeys(
-    DOOMED, "s3"
-)
-
-
-async def _start(settings: Settings, receiver: Receiver) -> InProcessWorker:
+async def _start(settings: Settings, receiver: Receiver, guard: LoopbackGuard) -> InProcessWorker:
     """The worker (built in this loop, which the guard must see), subscribed to ``receiver``."""
-    assert LoopbackGuard.covers(asyncio.get_running_loop())
+    loop = asyncio.get_running_loop()
+    assert LoopbackGuard.covers(loop)
+    # The guard is on in this loop (an IP literal: even unguarded, nothing would be looked up).
+    with pytest.raises(OSError, match="loopback guard"):
+        await loop.getaddrinfo("192.0.2.1", 80)
+    assert guard.violations == ["lookup of '192.0.2.1' in an event loop"]
+    guard.violations.clear()
     await apply_topics(settings)
     receiver.scripts["/wh"] = [500]  # fails once, then the retry succeeds
     receiver.statuses["/dead"] = 500  # fails every attempt: dead-lettered after the schedule
@@ -238,7 +246,7 @@ def deployment(
         receiver = thread.run(Receiver().start())
         worker: InProcessWorker | None = None
         try:
-            worker = thread.run(_start(settings, receiver))
+            worker = thread.run(_start(settings, receiver, guard))
             deployed = thread.run(_seed(settings, worker, receiver, guard))
             TARGETS.ids, TARGETS.doomed, TARGETS.receiver = deployed.known, DOOMED, receiver
             yield deployed
@@ -457,3 +465,36 @@ def test_every_operation_refuses_missing_bad_and_insufficient_tokens(
         assert MINE in {w["id"] for w in listed}
         assert {w["site_id"] for w in listed} == {"s2"}
     assert deployment.guard.violations == []
+
+
+def test_the_guard_refuses_what_the_worker_would_send_elsewhere(deployment: Deployment) -> None:
+    """Last, so that no replay of the fuzzer's resends its dead letter: a webhook whose host
+    is a name (under .invalid, which never resolves) gets a test event; each attempt of the
+    worker's is refused by the guard before any lookup."""
+    guard = deployment.guard
+    assert guard.violations == []
+    with httpx.Client(base_url=deployment.base_url, headers=auth(WRITER), timeout=30.0) as client:
+        body = {
+            "id": "probe",
+            "url": "http://guard-probe.invalid/hook",
+            "events": ["post.created"],
+            "site_id": "s4",
+            "user_id": "u4",
+        }
+        assert client.post("/v1/webhooks", json=body).status_code == 201
+        sent = client.post("/v1/webhooks/probe/test", json={})
+        assert sent.status_code == 202, sent.text
+        path = f"/v1/deliveries/{delivery_id(sent.json()['event_id'], 'probe')}"
+
+        def ended() -> dict[str, Any] | None:
+            response = client.get(path)
+            shown: dict[str, Any] = response.json()
+            return shown if response.status_code == 200 and shown["state"] != "retrying" else None
+
+        delivery = eventually_sync(ended, timeout=30.0, interval=0.2)
+        assert client.delete("/v1/webhooks/probe").status_code == 204
+    assert delivery["state"] == "dead_lettered", delivery
+    assert {a["outcome"] for a in delivery["attempts"]} == {"failure"}
+    refused = "lookup of 'guard-probe.invalid' in an event loop"
+    assert guard.violations == [refused] * len(delivery["attempts"])
+    guard.violations.clear()
