@@ -329,6 +329,13 @@ def flatmap_body(context: schemathesis.HookContext, body: Any) -> st.SearchStrat
     return st.one_of(st.just(body), st.just({**body, "url": TARGETS.receiver.url("/fuzzed")}))
 
 
+@schema.hook
+def filter_query(context: schemathesis.HookContext, query: dict[str, Any] | None) -> bool:
+    # A negative case whose only fault is an unknown parameter with an empty list of values is
+    # sent without that parameter (no value, no name): a valid request, rightly answered 200.
+    return not any(value == [] for value in (query or {}).values())
+
+
 def test_the_worker_serves_the_fuzzed_document(deployment: Deployment) -> None:
     assert fetch_document(deployment) == served_only(openapi_document())
 
