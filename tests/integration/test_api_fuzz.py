@@ -475,9 +475,9 @@ def test_every_operation_refuses_missing_bad_and_insufficient_tokens(
 
 
 def test_the_guard_refuses_what_the_worker_would_send_elsewhere(deployment: Deployment) -> None:
-    """Last, so that no replay of the fuzzer's resends its dead letter: a webhook whose host
-    is a name (under .invalid, which never resolves) gets a test event; each attempt of the
-    worker's is refused by the guard before any lookup."""
+    """A webhook whose host is a name (under .invalid, which never resolves) gets a test event:
+    each attempt of the worker's is refused by the guard before any lookup. The webhook is
+    deleted once its delivery is dead-lettered, so a replay would drop it, whatever ran after."""
     guard = deployment.guard
     assert guard.violations == []
     with httpx.Client(base_url=deployment.base_url, headers=auth(WRITER), timeout=30.0) as client:
