@@ -455,7 +455,8 @@ def test_every_operation_refuses_missing_bad_and_insufficient_tokens(
             refused(response, 403, label)
             assert 'error="insufficient_scope"' in response.headers["WWW-Authenticate"], label
             response = client.request(method, **request, headers=auth(SITE_2))
-            refused(response, 403, f"{label} with another site's token")
+            problem = refused(response, 403, f"{label} with another site's token")
+            assert [e["reason"] for e in problem["errors"]] == ["out_of_scope"], (label, problem)
 
         # The site token does read its own site's: the refusals above are about the site.
         mine = deployment.mine
