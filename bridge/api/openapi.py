@@ -622,7 +622,15 @@ def _paths() -> dict[str, Any]:
                 "updateWebhook",
                 "Change some fields.",
                 "write",
-                {"200": webhook, "404": not_found, "412": changed},
+                {
+                    "200": webhook,
+                    "404": not_found,
+                    "409": _problem_response(
+                        "standard_webhooks asked of a webhook whose secret is not whsec_: "
+                        "give one with the change, or rotate to one first."
+                    ),
+                    "412": changed,
+                },
                 parameters=[_IF_MATCH],
                 body="WebhookUpdate",
             ),

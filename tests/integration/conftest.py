@@ -23,9 +23,9 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
         yield running
 
 
-@pytest.fixture
-def make_settings(broker: EmbeddedBroker, tmp_path: Path) -> Callable[..., Settings]:
-    """Settings with this test's own topics and group, on the session's broker."""
+def settings_factory(broker: EmbeddedBroker, data_dir: Path) -> Callable[..., Settings]:
+    """Settings with their own topics and group (one fresh suffix per factory) on ``broker``;
+    each call applies its ``changes`` to them."""
     suffix = uuid.uuid4().hex[:10]
 
     def make(**changes: object) -> Settings:
@@ -42,7 +42,7 @@ def make_settings(broker: EmbeddedBroker, tmp_path: Path) -> Callable[..., Setti
                 "recoveries_topic": f"t-{suffix}.recoveries",
                 "retry_topic_prefix": f"t-{suffix}.retry",
                 "web_port": free_port(),
-                "data_dir": str(tmp_path / "data"),
+                "data_dir": str(data_dir),
                 "log_level": "INFO",
                 # Short retries so that schedules finish within a test; tests of the circuit
                 # breaker set its threshold themselves (all paths of one receiver are one
@@ -60,6 +60,20 @@ def make_settings(broker: EmbeddedBroker, tmp_path: Path) -> Callable[..., Setti
         return base.replace(**changes) if changes else base
 
     return make
+
+
+@pytest.fixture
+def make_settings(broker: EmbeddedBroker, tmp_path: Path) -> Callable[..., Settings]:
+    """Settings with this test's own topics and group, on the session's broker."""
+    return settings_factory(broker, tmp_path / "data")
+
+
+@pytest.fixture(scope="module")
+def make_module_settings(
+    broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., Settings]:
+    """:func:`make_settings` shared by the tests of one module (one worker for all of them)."""
+    return settings_factory(broker, tmp_path_factory.mktemp("module") / "data")
 
 
 @pytest.fixture

@@ -92,6 +92,13 @@ def server() -> Iterator[Server]:
 schema = schemathesis.openapi.from_dict(served_document())
 
 
+@schema.hook
+def filter_query(context: schemathesis.HookContext, query: dict[str, Any] | None) -> bool:
+    # A negative case whose only fault is an unknown parameter with an empty list of values is
+    # sent without that parameter (no value, no name): a valid request, rightly answered 200.
+    return not any(value == [] for value in (query or {}).values())
+
+
 @schema.parametrize()
 @settings(max_examples=40, suppress_health_check=list(HealthCheck), deadline=None)
 def test_no_operation_fails_or_answers_outside_its_document(case: Any, server: Server) -> None:

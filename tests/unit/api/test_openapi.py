@@ -18,7 +18,7 @@ from bridge.api.openapi import (
 from bridge.api.repository import MemoryRepository
 from bridge.api.service import WebhookService
 from bridge.contract.resources import load_json
-from tests.unit.api.conftest import Api, control_service
+from tests.unit.api.conftest import Api, auth, control_service
 
 
 def test_the_document_is_valid_openapi_3_1() -> None:
@@ -92,3 +92,16 @@ async def test_the_document_is_served_without_a_token(api: Api) -> None:
     response = await api.client.get("/v1/openapi.json")
     assert response.status == 200
     assert json.loads(await response.text()) == openapi_document()
+
+
+async def test_an_update_the_webhooks_secret_cannot_take_is_a_documented_409(api: Api) -> None:
+    # Standard Webhooks signing asked of a webhook whose secret is not whsec_: the conflict
+    # the service answers must be one updateWebhook declares (the fuzzer on a real worker
+    # reaches existing webhooks, and found it undeclared).
+    created = await api.create()
+    response = await api.client.patch(
+        f"/v1/webhooks/{created['id']}", json={"standard_webhooks": True}, headers=auth()
+    )
+    assert response.status == 409
+    update = openapi_document()["paths"]["/v1/webhooks/{webhook_id}"]["patch"]
+    assert list(update["responses"]["409"]["content"]) == ["application/problem+json"]
