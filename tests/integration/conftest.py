@@ -11,6 +11,7 @@ import pytest
 from bridge.admin.topics import apply_topics
 from bridge.config import Settings
 from bridge.worker.embedded import EmbeddedBroker, free_port
+from tests.support.api import write_token_file
 from tests.support.processes import WorkerProcess
 from tests.support.receivers import Receiver
 from tests.support.workers import InProcessWorker
@@ -125,3 +126,13 @@ async def in_process_workers() -> AsyncIterator[Callable[[Settings], InProcessWo
             failures.append(exc)
     if failures:
         raise failures[0]
+
+
+@pytest.fixture
+async def log_settings(make_settings: Callable[..., Settings], tmp_path: Path) -> Settings:
+    """This test's settings for workers that serve /v1 with a delivery log (token
+    :data:`tests.support.api.LOG_TOKEN`), its topics created."""
+    tokens = write_token_file(tmp_path / "tokens.json")
+    current = make_settings(delivery_log=True, api_tokens=str(tokens))
+    await apply_topics(current)
+    return current

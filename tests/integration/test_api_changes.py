@@ -7,42 +7,28 @@ the other worker when its worker stops."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from bridge.admin.publish import publish_events
-from bridge.admin.topics import apply_topics
-from bridge.api.auth import hash_token
 from bridge.config import Settings
 from bridge.contract.events import build_event, format_timestamp
 from bridge.contract.payload import delivery_id
 from bridge.kafka.topics import declared_topics
 from bridge.worker.delivery_log import attempts_partition
 from bridge.worker.embedded import free_port
+from tests.support.api import LOG_AUTH
 from tests.support.receivers import Receiver, subscribe
 from tests.support.waiting import poll
 from tests.support.workers import InProcessWorker
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "wbt_api-changes-0123456789abcdef0123456789abcd"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-async def api_settings(make_settings: Callable[..., Settings], tmp_path: Path) -> Settings:
-    tokens = tmp_path / "tokens.json"
-    entry = {"name": "it", "sha256": hash_token(TOKEN), "scopes": ["read", "write"]}
-    tokens.write_text(json.dumps({"tokens": [entry]}))
-    settings = make_settings(delivery_log=True, api_tokens=str(tokens))
-    await apply_topics(settings)
-    return settings
+AUTH = LOG_AUTH
 
 
 def _attempts_partitions(settings: Settings) -> int:
@@ -103,11 +89,11 @@ def _body(webhook_id: str) -> dict[str, Any]:
 
 
 async def test_racing_changes_through_two_workers_make_one_win_and_reads_see_it(
-    api_settings: Settings, in_process_workers: Callable[[Settings], InProcessWorker]
+    log_settings: Settings, in_process_workers: Callable[[Settings], InProcessWorker]
 ) -> None:
     async with httpx.AsyncClient(timeout=30.0) as client:
-        first, second, owners = await _two_workers(api_settings, in_process_workers, client)
-        partitions = _attempts_partitions(api_settings)
+        first, second, owners = await _two_workers(log_settings, in_process_workers, client)
+        partitions = _attempts_partitions(log_settings)
         for owner, other in ((second, first), (first, second)):
             webhook_id = _id_owned_by(owners, owner, partitions, tag=str(id(owner)))
             # Created through the worker that does not own it: relayed to the owner.
@@ -176,14 +162,14 @@ async def test_racing_changes_through_two_workers_make_one_win_and_reads_see_it(
 
 
 async def test_a_recovery_runs_at_the_owner_shows_everywhere_and_survives_its_worker(
-    api_settings: Settings,
+    log_settings: Settings,
     receiver: Receiver,
     in_process_workers: Callable[[Settings], InProcessWorker],
 ) -> None:
     async with httpx.AsyncClient(timeout=30.0) as client:
-        first, second, owners = await _two_workers(api_settings, in_process_workers, client)
-        webhook_id = _id_owned_by(owners, first, _attempts_partitions(api_settings), "rec")
-        await subscribe(api_settings, receiver, {webhook_id: "s1"}, ("post.created",))
+        first, second, owners = await _two_workers(log_settings, in_process_workers, client)
+        webhook_id = _id_owned_by(owners, first, _attempts_partitions(log_settings), "rec")
+        await subscribe(log_settings, receiver, {webhook_id: "s1"}, ("post.created",))
         path = f"/{webhook_id}"
         since = datetime.now(UTC)
         while datetime.now(UTC) <= since:
@@ -192,7 +178,7 @@ async def test_a_recovery_runs_at_the_owner_shows_everywhere_and_survives_its_wo
             build_event("post.created", {"id": f"p{n}", "title": "t"}, site_id="s1", user_id="u1")
             for n in range(12)
         ]
-        await publish_events(api_settings, events)
+        await publish_events(log_settings, events)
         await receiver.wait_for(lambda _: len(receiver.at(path)) == 12)
 
         # Sent to the worker that does not own the webhook: run by the owner, shown by both.

@@ -40,6 +40,7 @@ from bridge.config import Settings
 from bridge.contract.events import Event, build_event, format_timestamp
 from bridge.contract.payload import delivery_id
 from bridge.subscriptions.urls import InvalidUrl, WebhookUrl
+from tests.support.api import served_only
 from tests.support.loopback import LoopbackGuard
 from tests.support.receivers import Receiver, subscribe
 from tests.support.waiting import eventually_sync, poll
@@ -257,17 +258,6 @@ def deployment(
             thread.run(receiver.stop())
     # Deliveries made after the last test (a test event, a replay) were guarded as well.
     assert guard.violations == []
-
-
-def served_only(document: dict[str, Any]) -> dict[str, Any]:
-    """The document without the operations marked ``x-bridge-served: false``."""
-    for path, item in list(document["paths"].items()):
-        for method in [m for m, op in item.items() if m != "parameters"]:
-            if item[method].get("x-bridge-served", True) is False:
-                del item[method]
-        if not [m for m in item if m != "parameters"]:
-            del document["paths"][path]
-    return document
 
 
 def fetch_document(deployment: Deployment) -> dict[str, Any]:

@@ -5,7 +5,6 @@ forgotten) and a request routed to the owner."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -20,32 +19,20 @@ from aiokafka import AIOKafkaProducer
 
 import bridge
 from bridge.admin.publish import publish_events
-from bridge.admin.topics import apply_topics
-from bridge.api.auth import hash_token
 from bridge.config import Settings
 from bridge.contract import jsoncanon
 from bridge.contract.events import build_event, format_timestamp
 from bridge.contract.payload import delivery_id
 from bridge.worker.delivery_log import attempts_partition
 from bridge.worker.embedded import free_port
+from tests.support.api import LOG_AUTH
 from tests.support.processes import WorkerProcess, settings_env
 from tests.support.receivers import Receiver, subscribe
 from tests.support.waiting import poll
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "wbt_worker-activity-0123456789abcdef0123456789ab"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-async def log_settings(make_settings: Callable[..., Settings], tmp_path: Path) -> Settings:
-    tokens = tmp_path / "tokens.json"
-    entry = {"name": "it", "sha256": hash_token(TOKEN), "scopes": ["read", "write"]}
-    tokens.write_text(json.dumps({"tokens": [entry]}))
-    settings = make_settings(delivery_log=True, api_tokens=str(tokens))
-    await apply_topics(settings)
-    return settings
+AUTH = LOG_AUTH
 
 
 async def get(worker: WorkerProcess, path: str, **kwargs: Any) -> httpx.Response:

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, settings
 
 from bridge.api.app import ApiConfig, create_app
 from bridge.api.auth import TokenSet
-from bridge.api.openapi import openapi_document
 from bridge.api.repository import MemoryRepository
 from bridge.api.service import WebhookService
 from bridge.worker.embedded import free_port
+from tests.support.api import served_document
 from tests.unit.api.conftest import (
     NOW,
     TOKENS,
@@ -29,17 +29,6 @@ from tests.unit.api.conftest import (
     control_service,
     dead_letter,
 )
-
-
-def served_document() -> dict[str, Any]:
-    document = openapi_document()
-    for path, item in list(document["paths"].items()):
-        for method in [m for m, op in item.items() if m != "parameters"]:
-            if item[method].get("x-bridge-served", True) is False:
-                del item[method]
-        if not [m for m in item if m != "parameters"]:
-            del document["paths"][path]
-    return document
 
 
 class Server:
