@@ -18,13 +18,19 @@ checks versions against what ``get`` returns.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from bridge.contract import jsoncanon
 from bridge.subscriptions.webhook import Webhook
 
-__all__ = ["SECRET_FIELDS", "webhook_version", "WebhookRepository", "MemoryRepository"]
+__all__ = [
+    "SECRET_FIELDS",
+    "webhook_version",
+    "scan_ordered",
+    "WebhookRepository",
+    "MemoryRepository",
+]
 
 #: Record fields that hold secrets: never part of a version, never answered by a read.
 SECRET_FIELDS = ("secret", "previous_secret")
@@ -43,6 +49,21 @@ def webhook_version(webhook: Webhook) -> str:
     for name in SECRET_FIELDS:
         record.pop(name, None)
     return hashlib.sha256(jsoncanon.dumps(record)).hexdigest()[:20]
+
+
+def scan_ordered(
+    webhooks: Iterable[Webhook], *, after: str | None, limit: int, where: Callable[[Webhook], bool]
+) -> list[Webhook]:
+    """:meth:`WebhookRepository.scan` over ``webhooks`` given in id order."""
+    out: list[Webhook] = []
+    for webhook in webhooks:
+        if after is not None and webhook.id <= after:
+            continue
+        if where(webhook):
+            out.append(webhook)
+            if len(out) == limit:
+                break
+    return out
 
 
 class WebhookRepository(Protocol):
@@ -82,16 +103,8 @@ class MemoryRepository:
     async def scan(
         self, *, after: str | None, limit: int, where: Callable[[Webhook], bool]
     ) -> list[Webhook]:
-        out: list[Webhook] = []
-        for webhook_id in sorted(self._webhooks):
-            if after is not None and webhook_id <= after:
-                continue
-            webhook = self._webhooks[webhook_id]
-            if where(webhook):
-                out.append(webhook)
-                if len(out) == limit:
-                    break
-        return out
+        ordered = (self._webhooks[webhook_id] for webhook_id in sorted(self._webhooks))
+        return scan_ordered(ordered, after=after, limit=limit, where=where)
 
     async def put(self, webhook: Webhook) -> None:
         self._webhooks[webhook.id] = webhook

@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from bridge.api.repository import scan_ordered
 from bridge.subscriptions.store import WebhookStore
 from bridge.subscriptions.webhook import Webhook
 
@@ -57,15 +58,8 @@ class StoreRepository:
         self, *, after: str | None, limit: int, where: Callable[[Webhook], bool]
     ) -> list[Webhook]:
         view = await self._current()
-        out: list[Webhook] = []
-        for webhook_id in sorted(view):
-            if after is not None and webhook_id <= after:
-                continue
-            if where(view[webhook_id]):
-                out.append(view[webhook_id])
-                if len(out) == limit:
-                    break
-        return out
+        ordered = (view[webhook_id] for webhook_id in sorted(view))
+        return scan_ordered(ordered, after=after, limit=limit, where=where)
 
     async def put(self, webhook: Webhook) -> None:
         # The service judged the URL when it set it (with the deployment's policy); a rotation

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 
 from bridge.api.problems import Problem
+from bridge.api.repository import scan_ordered
 from bridge.subscriptions.freshness import TableFreshness
 from bridge.subscriptions.index import SubscriptionIndex
 from bridge.subscriptions.store import WebhookStore
@@ -65,15 +66,7 @@ class TableRepository:
     async def scan(
         self, *, after: str | None, limit: int, where: Callable[[Webhook], bool]
     ) -> list[Webhook]:
-        out: list[Webhook] = []
-        for webhook in (await self._current()).all():
-            if after is not None and webhook.id <= after:
-                continue
-            if where(webhook):
-                out.append(webhook)
-                if len(out) == limit:
-                    break
-        return out
+        return scan_ordered((await self._current()).all(), after=after, limit=limit, where=where)
 
     async def put(self, webhook: Webhook) -> None:
         # The service judged the URL when it set it (as for StoreRepository.put). The next read
