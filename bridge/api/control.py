@@ -29,7 +29,7 @@ from bridge.api.auth import Principal
 from bridge.api.problems import FieldError, Problem
 from bridge.api.recoveries import Recoveries
 from bridge.api.repository import WebhookRepository
-from bridge.attempts.log import LogQuery, WebhookLog
+from bridge.attempts.log import AttemptLog, LogQuery
 from bridge.attempts.log import Page as LogPage
 from bridge.attempts.record import Attempt
 from bridge.attempts.stats import WINDOWS
@@ -211,7 +211,7 @@ class ControlService:
     async def _state(
         self,
         webhook: Webhook,
-        log: WebhookLog,
+        log: AttemptLog,
         last_success: Attempt | None,
         last_failure: Attempt | None,
         now: float,
