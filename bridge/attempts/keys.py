@@ -30,6 +30,7 @@ __all__ = [
     "encode_text",
     "is_attempt_key",
     "time_of",
+    "webhook_part",
 ]
 
 #: The next offset of the partition to read, as decimal ASCII.

@@ -62,7 +62,7 @@ class RocksOptions:
     write_buffer_size: int = 4 * 1024 * 1024
     max_write_buffer_number: int = 2
     target_file_size_base: int = 16 * 1024 * 1024
-    bloom_bits_per_key: float = 10.0
+    bloom_bits_per_key: int = 10
     block_cache_size: int = 16 * 1024 * 1024
     max_open_files: int = 256
 
@@ -157,20 +157,12 @@ class PartitionLog:
         one write; ``False`` when it was already kept or too old (the checkpoint is then
         written with the next write or :meth:`flush`). A failed write raises and changes
         nothing, in memory or on disk."""
-        self._pending = offset + 1
-        if attempt.at_seconds < now - self.max_age:
+        if not self._keeps(attempt, now):
+            self._pending = offset + 1
             return False
-        try:
-            key = attempt_key(attempt)
-        except ValueError:
-            return False  # an attempt number no key can hold
+        key = attempt_key(attempt)
         prefix = encode_text(attempt.webhook_id)
         held = self._held.get(prefix)
-        if held is not None and held.count:
-            if self._db.key_may_exist(key) and self._db.get(key) is not None:
-                return False
-            if held.count >= self.max_attempts and key < held.oldest:
-                return False  # older than everything kept in a full log
         batch = rocksdict.WriteBatch(raw_mode=True)
         batch.put(key, value)
         batch.put(DELIVERY_INDEX + encode_text(attempt.delivery_id) + key, b"")
@@ -178,12 +170,27 @@ class PartitionLog:
         count, oldest = self._trim(batch, prefix, current, key, now)
         batch.put(CHECKPOINT, str(offset + 1).encode())
         self.write(batch)
-        self.checkpoint = offset + 1
+        self.checkpoint = self._pending = offset + 1
         current.count, current.oldest = count, oldest
         if held is None:
             self._held[prefix] = current
         current.stats.add(attempt, now)
         return True
+
+    def _keeps(self, attempt: Attempt, now: float) -> bool:
+        """``attempt`` is new, recent enough, and not older than everything in a full log."""
+        if attempt.at_seconds < now - self.max_age:
+            return False
+        try:
+            key = attempt_key(attempt)
+        except ValueError:
+            return False  # an attempt number no key can hold
+        held = self._held.get(encode_text(attempt.webhook_id))
+        if held is None or not held.count:
+            return True
+        if self._db.key_may_exist(key) and self._db.get(key) is not None:
+            return False  # the same record read twice
+        return held.count < self.max_attempts or key > held.oldest
 
     def flush(self) -> None:
         """Write the checkpoint of records read since the last write, if any."""

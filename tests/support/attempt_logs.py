@@ -51,4 +51,3 @@ class DiskLog:
 
 
 LogFactory = Callable[..., Any]
-

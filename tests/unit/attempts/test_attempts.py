@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.attempts.book import ActivityBook
-from bridge.attempts.log import LogQuery, WebhookLog, decode_cursor, encode_cursor
+from bridge.attempts.log import LogQuery, decode_cursor, encode_cursor
 from bridge.attempts.record import Attempt
 from bridge.attempts.stats import LATENCY_BOUNDS, WebhookStats
 from bridge.errors import InvalidRecord
