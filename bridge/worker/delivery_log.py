@@ -147,6 +147,8 @@ class DeliveryLogReader(Service):
         self.read: dict[int, int] = {}
         #: The last offset read per partition.
         self.positions: dict[int, int] = {}
+        #: The next offset to fetch per partition (kept across ``assign()``, which forgets).
+        self._next: dict[int, int] = {}
         #: The checkpoint each partition was resumed from (stores that keep one).
         self.resumed: dict[int, int] = {}
         #: Partitions whose stored log was dropped and read again (checkpoint out of range).
@@ -192,6 +194,7 @@ class DeliveryLogReader(Service):
             self.gaps.append((partition, last + 1, offset))
         if last is None or offset > last:
             self.positions[partition] = offset
+        self._next[partition] = offset + 1
         end = self._catching_up.get(partition)
         if end is not None and offset + 1 >= end:
             del self._catching_up[partition]
@@ -220,6 +223,7 @@ class DeliveryLogReader(Service):
             self.store.drop(partition)
             self.read.pop(partition, None)
             self.positions.pop(partition, None)
+            self._next.pop(partition, None)
             self.resumed.pop(partition, None)
             self._catching_up.pop(partition, None)
             self._failed.discard(partition)
@@ -247,6 +251,9 @@ class DeliveryLogReader(Service):
         new = sorted(wanted - self._held)
         tps = {p: TopicPartition(self.topic, p) for p in sorted(wanted)}
         consumer.assign(list(tps.values()))
+        # A new assignment has no positions: the partitions still held go on where they were.
+        for p, offset in self._next.items():
+            consumer.seek(tps[p], offset)
         if not new:
             return
         checkpoints: dict[int, int | None] = {}
@@ -279,6 +286,7 @@ class DeliveryLogReader(Service):
                 start = stamped.offset if stamped is not None else ends[tp]
                 start = max(start, starts[tp])
             consumer.seek(tp, start)
+            self._next[tp.partition] = start
             if ends[tp] > start:
                 self._catching_up[tp.partition] = ends[tp]
             else:
@@ -321,6 +329,7 @@ class DeliveryLogReader(Service):
                 self._read_again([partition])
             else:
                 consumer.seek(TopicPartition(self.topic, partition), checkpoint)
+                self._next[partition] = checkpoint
 
     @Service.task
     async def _read(self) -> None:
