@@ -7,10 +7,11 @@ partition), so a revoked partition is closed and deleted whole. It holds (see
 * ``webhook id, position -> the attempt record's bytes as read`` (fields this version does not
   know are kept and shown by a version that does);
 * ``delivery index: delivery id, attempt key -> b""``, for the deliveries route;
-* the checkpoint, the next offset of the partition to read, written in the same
-  ``WriteBatch`` as the attempts it covers: after a crash the database holds exactly the
-  attempts of the records before its checkpoint (each kept or dropped by the same rules as
-  :class:`~bridge.attempts.log.WebhookLog`).
+* the checkpoint, the next offset of the partition to read and the timestamp of the record
+  before it (so a reader can tell the topic it was read from is still the one it finds),
+  written in the same ``WriteBatch`` as the attempts it covers: after a crash the database
+  holds exactly the attempts of the records before its checkpoint (each kept or dropped by
+  the same rules as :class:`~bridge.attempts.log.WebhookLog`).
 
 Memory holds, per webhook, its count of kept attempts, the key of its oldest one and its
 :class:`~bridge.attempts.stats.WebhookStats`; the stats are rebuilt at open from the kept
@@ -24,7 +25,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import rocksdict
 
@@ -44,7 +45,24 @@ from bridge.attempts.record import Attempt
 from bridge.attempts.stats import WebhookStats
 from bridge.errors import InvalidRecord
 
-__all__ = ["DiskWebhookLog", "PartitionLog", "RocksOptions"]
+__all__ = ["Checkpoint", "DiskWebhookLog", "PartitionLog", "RocksOptions"]
+
+
+class Checkpoint(NamedTuple):
+    """Where reading a partition stopped."""
+
+    #: The next offset to read.
+    offset: int
+    #: The timestamp (ms) of the record at ``offset - 1``, as the broker gave it.
+    timestamp: int
+
+    def encode(self) -> bytes:
+        return b"%d %d" % self
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Checkpoint:
+        offset, timestamp = raw.split()
+        return cls(int(offset), int(timestamp))
 
 
 @dataclass(frozen=True)
@@ -125,10 +143,10 @@ class PartitionLog:
         self.write: Callable[[rocksdict.WriteBatch], None] = self._db.write
         self._held: dict[bytes, _Held] = {}
         raw = self._db.get(CHECKPOINT)
-        #: The next offset to read, as written (``None``: nothing was ever written).
-        self.checkpoint: int | None = None if raw is None else int(raw)
-        #: The next offset to read once the pending checkpoint is written.
-        self._pending: int | None = None
+        #: Where reading stopped, as written (``None``: nothing was ever written).
+        self.checkpoint: Checkpoint | None = None if raw is None else Checkpoint.decode(raw)
+        #: The checkpoint to write with the next write.
+        self._pending: Checkpoint | None = None
         self._load(now)
 
     def _load(self, now: float) -> None:
@@ -152,13 +170,16 @@ class PartitionLog:
         self.sweep(now)
 
     # -- writing ---------------------------------------------------------------------------------
-    def add(self, attempt: Attempt, value: bytes, offset: int, now: float) -> bool:
-        """Keep ``attempt`` (``value`` as read, at ``offset``), and the checkpoint past it, in
-        one write; ``False`` when it was already kept or too old (the checkpoint is then
-        written with the next write or :meth:`flush`). A failed write raises and changes
-        nothing, in memory or on disk."""
+    def add(
+        self, attempt: Attempt, value: bytes, offset: int, now: float, timestamp: int = -1
+    ) -> bool:
+        """Keep ``attempt`` (``value`` as read, at ``offset`` with ``timestamp``), and the
+        checkpoint past it, in one write; ``False`` when it was already kept or too old (the
+        checkpoint is then written with the next write or :meth:`flush`). A failed write
+        raises and changes nothing, in memory or on disk."""
+        read = Checkpoint(offset + 1, timestamp)
         if not self._keeps(attempt, now):
-            self._pending = offset + 1
+            self._pending = read
             return False
         key = attempt_key(attempt)
         prefix = encode_text(attempt.webhook_id)
@@ -168,9 +189,9 @@ class PartitionLog:
         batch.put(DELIVERY_INDEX + encode_text(attempt.delivery_id) + key, b"")
         current = held or _Held()
         count, oldest = self._trim(batch, prefix, current, key, now)
-        batch.put(CHECKPOINT, str(offset + 1).encode())
+        batch.put(CHECKPOINT, read.encode())
         self.write(batch)
-        self.checkpoint = self._pending = offset + 1
+        self.checkpoint = self._pending = read
         current.count, current.oldest = count, oldest
         if held is None:
             self._held[prefix] = current
@@ -197,13 +218,13 @@ class PartitionLog:
         if self._pending is None or self._pending == self.checkpoint:
             return
         batch = rocksdict.WriteBatch(raw_mode=True)
-        batch.put(CHECKPOINT, str(self._pending).encode())
+        batch.put(CHECKPOINT, self._pending.encode())
         self.write(batch)
         self.checkpoint = self._pending
 
-    def skip(self, offset: int) -> None:
+    def skip(self, offset: int, timestamp: int = -1) -> None:
         """A record that is not an attempt was read at ``offset``."""
-        self._pending = offset + 1
+        self._pending = Checkpoint(offset + 1, timestamp)
 
     def _ascending(self, prefix: bytes, held: _Held, new: bytes | None) -> Iterator[bytes]:
         """The webhook's kept keys oldest first, with ``new`` (not yet written) among them."""

@@ -19,10 +19,10 @@ import rocksdict
 from bridge.attempts.book import Activity, ActivityBook
 from bridge.attempts.log import WebhookLog
 from bridge.attempts.record import Attempt
-from bridge.attempts.rocks import PartitionLog, RocksOptions
+from bridge.attempts.rocks import Checkpoint, PartitionLog, RocksOptions
 from bridge.attempts.stats import WebhookStats
 
-__all__ = ["STORES", "DeliveryLogStore", "MemoryStore", "RocksStore"]
+__all__ = ["STORES", "Checkpoint", "DeliveryLogStore", "MemoryStore", "RocksStore"]
 
 #: The values of the ``delivery_log_store`` setting.
 STORES = ("memory", "rocksdb")
@@ -31,15 +31,24 @@ STORES = ("memory", "rocksdb")
 class DeliveryLogStore(Protocol):
     """The log of the held partitions, fed record by record by the reader."""
 
-    def open(self, partition: int, now: float) -> int | None:
-        """Hold ``partition``; the next offset to read when the store kept one."""
+    def open(self, partition: int, now: float) -> Checkpoint | None:
+        """Hold ``partition``; where reading it stopped, when the store kept that."""
         ...
 
-    def add(self, partition: int, offset: int, attempt: Attempt, value: bytes, now: float) -> bool:
-        """Keep ``attempt`` (``value`` as read); ``False`` when already kept or too old."""
+    def add(
+        self,
+        partition: int,
+        offset: int,
+        attempt: Attempt,
+        value: bytes,
+        now: float,
+        timestamp: int = -1,
+    ) -> bool:
+        """Keep ``attempt`` (``value`` as read, the record's ``timestamp``); ``False`` when
+        already kept or too old."""
         ...
 
-    def skip(self, partition: int, offset: int) -> None:
+    def skip(self, partition: int, offset: int, timestamp: int = -1) -> None:
         """A record that is not an attempt was read at ``offset``."""
         ...
 
@@ -78,15 +87,23 @@ class MemoryStore:
         self.book = ActivityBook(max_attempts=max_attempts, max_age=max_age)
         self._webhooks: dict[int, set[str]] = {}
 
-    def open(self, partition: int, now: float) -> int | None:
+    def open(self, partition: int, now: float) -> Checkpoint | None:
         self._webhooks.setdefault(partition, set())
         return None
 
-    def add(self, partition: int, offset: int, attempt: Attempt, value: bytes, now: float) -> bool:
+    def add(
+        self,
+        partition: int,
+        offset: int,
+        attempt: Attempt,
+        value: bytes,
+        now: float,
+        timestamp: int = -1,
+    ) -> bool:
         self._webhooks.setdefault(partition, set()).add(attempt.webhook_id)
         return self.book.add(attempt, now)
 
-    def skip(self, partition: int, offset: int) -> None:
+    def skip(self, partition: int, offset: int, timestamp: int = -1) -> None:
         pass
 
     def flush(self, partition: int) -> None:
@@ -147,7 +164,7 @@ class RocksStore:
     def _path(self, partition: int) -> Path:
         return self.directory / str(partition)
 
-    def open(self, partition: int, now: float) -> int | None:
+    def open(self, partition: int, now: float) -> Checkpoint | None:
         held = self.partitions.get(partition)
         if held is None:
             held = self.partitions[partition] = PartitionLog(
@@ -160,11 +177,19 @@ class RocksStore:
             )
         return held.checkpoint
 
-    def add(self, partition: int, offset: int, attempt: Attempt, value: bytes, now: float) -> bool:
-        return self.partitions[partition].add(attempt, value, offset, now)
+    def add(
+        self,
+        partition: int,
+        offset: int,
+        attempt: Attempt,
+        value: bytes,
+        now: float,
+        timestamp: int = -1,
+    ) -> bool:
+        return self.partitions[partition].add(attempt, value, offset, now, timestamp)
 
-    def skip(self, partition: int, offset: int) -> None:
-        self.partitions[partition].skip(offset)
+    def skip(self, partition: int, offset: int, timestamp: int = -1) -> None:
+        self.partitions[partition].skip(offset, timestamp)
 
     def flush(self, partition: int) -> None:
         held = self.partitions.get(partition)

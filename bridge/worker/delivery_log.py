@@ -15,9 +15,13 @@ Two pieces, each doing what it does well:
   whose limits bound what it holds. A partition starts at the checkpoint its store kept (the
   RocksDB store: a restart reads only what it missed), else at ``offsets_for_times(now -
   delivery_log_max_age)`` (or the partition's start when the broker has no answer). A
-  checkpoint before the partition's start (retention deleted records never read) or past its
-  end (the topic was recreated: the fetch answers "out of range") is dropped with its log and
-  the partition read again. A partition that is revoked is forgotten (its files deleted).
+  checkpoint before the partition's start (retention deleted records never read) is dropped
+  with its log and the partition read again, and so is one whose topic was recreated: reading
+  resumes one record early, and that record must be the one the checkpoint names (its offset
+  and timestamp); past the topic's end the broker answers "out of range" (Kafka) or an empty
+  fetch with a lower high-water mark (the embedded broker, whose reported ends cannot be
+  compared with a checkpoint: they may be too low). A partition that is revoked is forgotten
+  (its files deleted).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from faust.tables.table import Table
 from mode import Service
 
 from bridge.attempts.record import Attempt
-from bridge.attempts.stores import DeliveryLogStore
+from bridge.attempts.stores import Checkpoint, DeliveryLogStore
 from bridge.errors import InvalidRecord
 
 __all__ = [
@@ -157,6 +161,10 @@ class DeliveryLogReader(Service):
         self._catching_up: dict[int, int] = {}
         #: Partitions whose store failed a write: read again from their checkpoint.
         self._failed: set[int] = set()
+        #: Resumed partitions whose first record must be the one their checkpoint names.
+        self._verifying: dict[int, Checkpoint] = {}
+        #: Partitions found to be another topic than their checkpoint's: read again.
+        self._stale: set[int] = set()
         #: (partition, expected offset, offset read) whenever a record was not the next one.
         self.gaps: list[tuple[int, int, int]] = []
         self.invalid = 0
@@ -178,16 +186,23 @@ class DeliveryLogReader(Service):
             self._wanted is not None and self._wanted == set(self._held) and not (self._catching_up)
         )
 
-    def hold(self, partition: int) -> int | None:
+    def hold(self, partition: int) -> Checkpoint | None:
         """Start holding ``partition``: the offset its store says to resume from, if any."""
         self._held.add(partition)
         return self.store.open(partition, self._clock())
 
-    def add(self, partition: int, offset: int, value: bytes | None) -> None:
+    def add(self, partition: int, offset: int, value: bytes | None, timestamp: int = -1) -> None:
         """One record of ``partition`` into the store; never raises (a store that fails is
         read again from its checkpoint)."""
-        if partition not in self._held or partition in self._failed:
+        if partition not in self._held or partition in self._failed or partition in self._stale:
             return  # fetched before the partition was revoked, or after a failed write
+        expected = self._verifying.pop(partition, None)
+        if expected is not None:
+            if offset == expected.offset - 1 and timestamp == expected.timestamp:
+                return  # the record before the checkpoint, already kept: the same topic
+            log.warning("delivery log: partition %s is not the one read before", partition)
+            self._stale.add(partition)
+            return
         self.read[partition] = self.read.get(partition, 0) + 1
         last = self.positions.get(partition)
         if last is not None and offset > last + 1:
@@ -202,16 +217,16 @@ class DeliveryLogReader(Service):
             attempt = Attempt.parse(value)
         except InvalidRecord:
             self.invalid += 1
-            self.store.skip(partition, offset)
+            self.store.skip(partition, offset, timestamp)
             return
         except Exception:  # a bug: counted, the log goes on
             self.invalid += 1
-            self.store.skip(partition, offset)
+            self.store.skip(partition, offset, timestamp)
             log.exception("attempt record skipped")
             return
         assert value is not None
         try:
-            self.store.add(partition, offset, attempt, value, self._clock())
+            self.store.add(partition, offset, attempt, value, self._clock(), timestamp)
         except Exception:
             log.exception("delivery log: partition %s not written; reading it again", partition)
             self._failed.add(partition)
@@ -227,6 +242,8 @@ class DeliveryLogReader(Service):
             self.resumed.pop(partition, None)
             self._catching_up.pop(partition, None)
             self._failed.discard(partition)
+            self._verifying.pop(partition, None)
+            self._stale.discard(partition)
 
     def summary(self) -> dict[str, Any]:
         """What this reader holds (``GET /internal/delivery-log``)."""
@@ -256,7 +273,7 @@ class DeliveryLogReader(Service):
             consumer.seek(tps[p], offset)
         if not new:
             return
-        checkpoints: dict[int, int | None] = {}
+        checkpoints: dict[int, Checkpoint | None] = {}
         for p in new:
             checkpoints[p] = self.hold(p)
             # Not caught up until its start and end are known (ready() reads this meanwhile).
@@ -264,21 +281,27 @@ class DeliveryLogReader(Service):
         new_tps = [tps[p] for p in new]
         starts = await consumer.beginning_offsets(new_tps)
         ends = await consumer.end_offsets(new_tps)
+        resume: dict[int, int] = {}
         for tp in new_tps:
             checkpoint = checkpoints[tp.partition]
-            if checkpoint is not None and checkpoint < starts[tp]:
+            if checkpoint is not None and checkpoint.offset < starts[tp]:
                 log.info("delivery log: partition %s kept offsets no longer in the topic", tp)
                 self.store.drop(tp.partition)
                 self.reread += 1
                 checkpoint = self.hold(tp.partition)
-            if checkpoint is not None:
-                self.resumed[tp.partition] = checkpoint
+            if checkpoint is None:
+                continue
+            self.resumed[tp.partition] = checkpoint.offset
+            resume[tp.partition] = checkpoint.offset
+            if checkpoint.offset > starts[tp] and checkpoint.timestamp >= 0:
+                resume[tp.partition] -= 1  # to see the record the checkpoint names
+                self._verifying[tp.partition] = checkpoint
         since_ms = int((self._clock() - self._max_age) * 1000)
-        unkept = [tp for tp in new_tps if tp.partition not in self.resumed]
+        unkept = [tp for tp in new_tps if tp.partition not in resume]
         found = await consumer.offsets_for_times({tp: since_ms for tp in unkept}) if unkept else {}
         for tp in new_tps:
-            if tp.partition in self.resumed:
-                start = self.resumed[tp.partition]
+            if tp.partition in resume:
+                start = resume[tp.partition]
             else:
                 stamped = found.get(tp)
                 # Brokers without a time index (the embedded one answers 0 for every time)
@@ -304,6 +327,19 @@ class DeliveryLogReader(Service):
             if mark is not None and await consumer.position(tp) >= mark:
                 self._catching_up.pop(partition, None)
 
+    def _check_resumed(self, consumer: AIOKafkaConsumer) -> None:
+        """Read again the partitions found to be another topic: by their first record, or
+        by a fetch that gave none and a high-water mark below the checkpoint (the record it
+        names is not there). Called right after a fetch returns, so the mark and the records
+        come from the same responses."""
+        for partition, checkpoint in list(self._verifying.items()):
+            mark = consumer.highwater(TopicPartition(self.topic, partition))
+            if mark is not None and mark < checkpoint.offset:
+                log.warning("delivery log: partition %s is shorter than its checkpoint", partition)
+                self._stale.add(partition)
+        if self._stale:
+            self._read_again(self._stale)
+
     def _read_again(self, partitions: Iterable[int]) -> None:
         """Drop ``partitions``' logs and read them anew (at the next reassignment)."""
         partitions = set(partitions) & self._held
@@ -328,8 +364,8 @@ class DeliveryLogReader(Service):
             if checkpoint is None:
                 self._read_again([partition])
             else:
-                consumer.seek(TopicPartition(self.topic, partition), checkpoint)
-                self._next[partition] = checkpoint
+                consumer.seek(TopicPartition(self.topic, partition), checkpoint.offset)
+                self._next[partition] = checkpoint.offset
 
     @Service.task
     async def _read(self) -> None:
@@ -357,7 +393,8 @@ class DeliveryLogReader(Service):
                     continue
                 for tp, records in batches.items():
                     for record in records:
-                        self.add(tp.partition, record.offset, record.value)
+                        self.add(tp.partition, record.offset, record.value, record.timestamp)
+                self._check_resumed(consumer)
                 self._flush(consumer, [tp.partition for tp in batches])
                 await self._check_caught_up(consumer)
                 if self._clock() - swept >= self._sweep_interval:

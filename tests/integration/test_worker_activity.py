@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 import bridge
 from bridge.admin.publish import publish_events
@@ -335,3 +336,39 @@ async def test_a_log_on_disk_survives_restarts_and_a_kill_reading_only_what_it_m
             assert response.status_code == 200, response.text
             pages.append(response.json())
         assert pages[0] == pages[1] and len(pages[0]["items"]) == 200
+
+
+async def test_a_log_on_disk_of_a_recreated_topic_is_dropped_and_read_again(
+    log_settings: Settings, receiver: Receiver, workers: Callable[[Settings], WorkerProcess]
+) -> None:
+    settings = log_settings.replace(delivery_log_store="rocksdb")
+    webhooks = [f"wh{i}" for i in range(12)]
+    await subscribe(settings, receiver, dict.fromkeys(webhooks, "s1"), ("post.created",))
+    await _write_batched(settings, webhooks, 0, 1200)
+    a = workers(settings)
+    await a.wait_ready()
+    summary = await poll(lambda: log_of(a), until=lambda s: s["attempts"] == 1200, timeout=60)
+    assert summary["attempts"] == 1200, summary
+    a.stop(grace=5.0)
+
+    # The topic is deleted and created again, with fewer records than were read.
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.delete_topics([settings.attempts_topic])
+    finally:
+        await admin.close()
+    await apply_topics(settings)
+    await _write_batched(settings, webhooks, 5000, 120)
+
+    a = workers(settings)
+    await a.wait_ready()
+    summary = await poll(
+        lambda: log_of(a), until=lambda s: s["attempts"] == 120 and s["caught_up"], timeout=60
+    )
+    assert summary["attempts"] == 120 and summary["records_read"] == 120, summary
+    assert summary["reread"] > 0 and not summary["gaps"], summary
+    response = await get(a, "/v1/webhooks/wh0/attempts", headers=AUTH)
+    assert {i["delivery_id"] for i in response.json()["items"]} == {
+        f"d-wh0-{n}" for n in range(5000, 5120) if n % 12 == 0
+    }

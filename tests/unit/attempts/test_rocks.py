@@ -9,7 +9,7 @@ import rocksdict
 
 from bridge.attempts.keys import DELIVERY_INDEX
 from bridge.attempts.log import LogQuery
-from bridge.attempts.rocks import PartitionLog
+from bridge.attempts.rocks import Checkpoint, PartitionLog
 from tests.support.attempt_logs import attempt_bytes
 from tests.unit.attempts.test_attempts import T0, attempt
 
@@ -34,7 +34,7 @@ def test_a_failed_write_leaves_the_checkpoint_and_attempts_together(tmp_path: Pa
     # Nothing trimmed by count: stats rebuilt at open count kept attempts only.
     clean = open_log(tmp_path / "clean", max_attempts=20)
     for offset, one in enumerate(RECORDS):
-        clean.add(one, attempt_bytes(one), offset, T0 + 100)
+        clean.add(one, attempt_bytes(one), offset, T0 + 100, 5000 + offset)
     clean.flush()
 
     log = open_log(tmp_path / "crashed", max_attempts=20)
@@ -51,24 +51,24 @@ def test_a_failed_write_leaves_the_checkpoint_and_attempts_together(tmp_path: Pa
     log.write = fail_on_the_seventh
     with pytest.raises(Crash):
         for offset, one in enumerate(RECORDS):
-            log.add(one, attempt_bytes(one), offset, T0 + 100)
+            log.add(one, attempt_bytes(one), offset, T0 + 100, 5000 + offset)
     before = (kept(log), log.checkpoint, log.stats("wh"))
     log.close()
 
     # Reopened ("restarted"): the checkpoint is right after the last record written, and
     # exactly that record's and its predecessors' attempts are there, as memory had them.
     log = open_log(tmp_path / "crashed", max_attempts=20)
-    assert log.checkpoint == 6
+    assert log.checkpoint == Checkpoint(6, 5000 + 5)
     assert (kept(log), log.checkpoint) == before[:2]
     stats = log.stats("wh")
     assert stats is not None and before[2] is not None
     assert stats.window("1h", T0 + 100) == before[2].window("1h", T0 + 100)
     # Reading on from the checkpoint (each record again at most once) ends where a clean read
     # ends, with nothing counted twice.
-    for offset in range(log.checkpoint, len(RECORDS)):
-        log.add(RECORDS[offset], attempt_bytes(RECORDS[offset]), offset, T0 + 100)
+    for offset in range(log.checkpoint.offset, len(RECORDS)):
+        log.add(RECORDS[offset], attempt_bytes(RECORDS[offset]), offset, T0 + 100, 5000 + offset)
     assert kept(log) == kept(clean)
-    assert log.checkpoint == clean.checkpoint == len(RECORDS)
+    assert log.checkpoint == clean.checkpoint == (len(RECORDS), 5000 + len(RECORDS) - 1)
     mine, theirs = log.stats("wh"), clean.stats("wh")
     assert mine is not None and theirs is not None
     assert mine.window("1h", T0 + 100) == theirs.window("1h", T0 + 100)
@@ -79,14 +79,14 @@ def test_a_failed_write_leaves_the_checkpoint_and_attempts_together(tmp_path: Pa
 def test_records_not_kept_move_the_checkpoint_when_flushed(tmp_path: Path) -> None:
     log = open_log(tmp_path)
     one = RECORDS[0]
-    assert log.add(one, attempt_bytes(one), 0, T0 + 100)
-    assert not log.add(one, attempt_bytes(one), 1, T0 + 100)  # read twice
-    log.skip(2)  # not an attempt record
-    assert log.checkpoint == 1
+    assert log.add(one, attempt_bytes(one), 0, T0 + 100, 10)
+    assert not log.add(one, attempt_bytes(one), 1, T0 + 100, 11)  # read twice
+    log.skip(2, 12)  # not an attempt record
+    assert log.checkpoint == (1, 10)
     log.flush()
-    assert log.checkpoint == 3
+    assert log.checkpoint == (3, 12)
     log.close()
-    assert open_log(tmp_path).checkpoint == 3
+    assert open_log(tmp_path).checkpoint == (3, 12)
 
 
 def test_what_is_trimmed_leaves_the_delivery_index_too(tmp_path: Path) -> None:

@@ -105,7 +105,7 @@ def test_a_dropped_partition_is_deleted_and_a_kept_one_reopens(tmp_path: Path) -
     assert not (tmp_path / "1").exists() and store.get("y") is None
     store.close()
     store = RocksStore(tmp_path, max_attempts=10, max_age=86400)
-    assert store.open(0, T0) == 6
+    assert store.open(0, T0) == (6, -1)
     assert store.open(1, T0) is None
     activity = store.get("x")
     assert activity is not None and activity.log.attempts() == [one]

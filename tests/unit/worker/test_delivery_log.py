@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from bridge.attempts.stores import DeliveryLogStore, MemoryStore, RocksStore
+from bridge.attempts.stores import Checkpoint, DeliveryLogStore, MemoryStore, RocksStore
 from bridge.config import Settings
 from bridge.contract import jsoncanon
 from bridge.worker.app import Bridge
@@ -219,7 +219,8 @@ def test_a_failed_write_is_read_again_from_the_checkpoint(tmp_path: Path) -> Non
     assert activity is not None
     assert [a.delivery_id for a in activity.log.attempts()] == [f"d{n}" for n in range(5)]
     assert activity.stats.window("1h", T0 + 60).attempts == 5
-    assert partition.checkpoint == 5 and not log.gaps
+    assert partition.checkpoint is not None and partition.checkpoint.offset == 5
+    assert not log.gaps
     store.close()
 
 
@@ -227,13 +228,53 @@ def test_a_checkpoint_is_resumed_and_a_revoked_partition_deleted(tmp_path: Path)
     store = RocksStore(tmp_path / "log", max_attempts=10, max_age=7 * 86400.0)
     log = reader(store)
     assert log.hold(2) is None
-    log.add(2, 7, value("a", 0))
-    log.add(2, 8, b"{}")
+    log.add(2, 7, value("a", 0), 1700)
+    log.add(2, 8, b"{}", 1800)
     log._flush(Seeks(), [2])  # type: ignore[arg-type]
     store.close()
     store = RocksStore(tmp_path / "log", max_attempts=10, max_age=7 * 86400.0)
     log = reader(store)
-    assert log.hold(2) == 9
+    assert log.hold(2) == (9, 1800)
     log.forget([2])
     assert not (tmp_path / "log" / "2").exists()
     store.close()
+
+
+def test_a_resumed_partition_must_start_with_the_record_its_checkpoint_names(
+    tmp_path: Path,
+) -> None:
+    store = RocksStore(tmp_path / "log", max_attempts=10, max_age=7 * 86400.0)
+    log = reader(store)
+    log.hold(0)
+    log.hold(1)
+    log._verifying = {0: Checkpoint(5, 1700), 1: Checkpoint(5, 1700)}
+    log.add(0, 4, value("a", 4), 1700)  # the same record: the same topic
+    log.add(0, 5, value("a", 5), 1800)
+    log.add(1, 4, value("b", 4), 9999)  # another record at that offset: recreated
+    log.add(1, 5, value("b", 5), 9999)
+    assert log._stale == {1} and log.summary()["records_read"] == 1
+    log._check_resumed(Highwaters({}))  # type: ignore[arg-type]
+    assert log.assigned == {0} and log.reread == 1 and log._changed.is_set()
+    store.close()
+
+
+def test_a_fetch_without_the_checkpoint_s_record_and_a_lower_end_is_another_topic(
+    tmp_path: Path,
+) -> None:
+    store = RocksStore(tmp_path / "log", max_attempts=10, max_age=7 * 86400.0)
+    log = reader(store)
+    for p in (0, 1, 2):
+        log.hold(p)
+    log._verifying = {p: Checkpoint(50, 1700) for p in (0, 1, 2)}
+    # Partition 0 not fetched yet; 1 answered up to 50 (its record is coming); 2 ends at 3.
+    log._check_resumed(Highwaters({1: 50, 2: 3}))  # type: ignore[arg-type]
+    assert log.assigned == {0, 1} and set(log._verifying) == {0, 1}
+    store.close()
+
+
+class Highwaters:
+    def __init__(self, marks: dict[int, int]) -> None:
+        self.marks = marks
+
+    def highwater(self, tp: Any) -> int | None:
+        return self.marks.get(tp.partition)
