@@ -399,7 +399,10 @@ class DeliveryLogReader(Service):
                 await self._check_caught_up(consumer)
                 if self._clock() - swept >= self._sweep_interval:
                     swept = self._clock()
-                    self.store.sweep(swept)
+                    try:
+                        self.store.sweep(swept)
+                    except Exception:  # tried again at the next sweep; reads filter by age
+                        log.exception("delivery log: sweep failed")
         finally:
             self._consumer = None
             try:
