@@ -50,6 +50,7 @@ def make_settings(bootstrap: str, prefix: str, workdir: Path, **changes: Any) ->
         "deadletter_topic": f"{prefix}.deadletter",
         "attempts_topic": f"{prefix}.attempts",
         "status_topic": f"{prefix}.status",
+        "recoveries_topic": f"{prefix}.recoveries",
         "retry_topic_prefix": f"{prefix}.retry",
         "web_port": free_port(),
         "data_dir": str(workdir / "data" / prefix),

@@ -473,6 +473,14 @@ class Settings:
         str,
         "Compacted topic of endpoint health (failing since, disabled), keyed by webhook id.",
     )
+    recoveries_topic: str = Section.ACTIVITY.setting(
+        "postion.webhooks.recoveries",
+        "BRIDGE_RECOVERIES_TOPIC",
+        "--recoveries-topic",
+        str,
+        "Compacted topic of the API's recoveries and redeliveries (progress, positions), keyed "
+        "by recovery id.",
+    )
     endpoint_max_in_flight: int = Section.RELIABILITY.setting(
         16,
         "BRIDGE_ENDPOINT_MAX_IN_FLIGHT",

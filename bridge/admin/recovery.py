@@ -9,7 +9,9 @@ recovery writes them no faster than ``rate`` per second, so an endpoint is never
 retry tier never holds a backlog of not-yet-due records in front of other webhooks' retries.
 
 A recovery is an :class:`Operation`: it reports progress and counts while it runs and can be
-cancelled; :class:`Operations` keeps the latest ones of a process.
+cancelled; :class:`Operations` keeps the latest ones of a process. An operation is also a record
+(:meth:`Operation.to_record`, ``topics/schemas/recovery.json``) holding where it has read each
+source partition to, so another process can resume it from there (:meth:`Operation.from_record`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ __all__ = [
     "RecoveryRequest",
     "Operation",
     "Operations",
+    "position_key",
     "select",
     "recover",
 ]
@@ -46,6 +49,41 @@ __all__ = [
 #: Deliveries a recovery enqueues per second unless told otherwise (and never more than the
 #: webhook's own ``rate_limit``).
 DEFAULT_RATE = 10.0
+
+
+def position_key(tp: TopicPartition) -> str:
+    """How a record names a source partition (``topic:partition``; topic names have no ``:``)."""
+    return f"{tp.topic}:{tp.partition}"
+
+
+def _moment(seconds: float | None) -> str | None:
+    return None if seconds is None else format_timestamp(datetime.fromtimestamp(seconds, UTC))
+
+
+def _seconds(value: Any, name: str) -> float:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} is not a time")
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError(f"{name} has no time zone")
+    return moment.timestamp()
+
+
+def _count(record: dict[str, Any], name: str) -> int:
+    value = record.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} is not a count")
+    return value
+
+
+def _offsets(record: dict[str, Any], name: str) -> dict[str, int]:
+    value = record.get(name) or {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        for k, v in value.items()
+    ):
+        raise ValueError(f"{name} is not offsets by partition")
+    return dict(value)
 
 
 @dataclass(frozen=True)
@@ -123,6 +161,15 @@ class Operation:
     error: str | None = None
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
+    #: The next offset to read of each source partition (:func:`position_key`), and the end
+    #: each is read to before the final settle read; empty until the reading starts.
+    positions: dict[str, int] = field(default_factory=dict)
+    ends: dict[str, int] = field(default_factory=dict)
+    #: The URL of the worker running it (``None``: released by a worker that stopped, for the
+    #: webhook's owner to resume).
+    runner: str | None = None
+    #: How many times it was resumed by another worker.
+    resumed: int = 0
     _cancel: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def cancel(self) -> None:
@@ -133,12 +180,65 @@ class Operation:
     def cancelled(self) -> bool:
         return self._cancel.is_set()
 
-    def as_dict(self) -> dict[str, Any]:
-        def moment(seconds: float | None) -> str | None:
-            return (
-                None if seconds is None else format_timestamp(datetime.fromtimestamp(seconds, UTC))
-            )
+    def to_record(self, *, updated_at: float) -> dict[str, Any]:
+        """The operation as a record of the recoveries topic (no secret: the webhook by id)."""
+        return {
+            **self.as_dict(),
+            "total": self.total,
+            "read": self.done,
+            "positions": dict(self.positions),
+            "ends": dict(self.ends),
+            "runner": self.runner,
+            "updated_at": _moment(updated_at),
+        }
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any], webhook: Webhook) -> Operation:
+        """The operation a record describes, for ``webhook`` (the record names its id);
+        :class:`ValueError` when the record is not one."""
+        if record.get("webhook_id") != webhook.id:
+            raise ValueError("the record is of another webhook")
+        state = record.get("state")
+        if state not in ("running", "done", "cancelled", "failed"):
+            raise ValueError("state is not an operation state")
+        delivery = record.get("delivery_id")
+        rate = record.get("rate")
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0:
+            raise ValueError("rate is not positive")
+        operation_id = record.get("id")
+        if not isinstance(operation_id, str) or not operation_id:
+            raise ValueError("id is not a string")
+        since = datetime.fromtimestamp(_seconds(record.get("since"), "since"), UTC)
+        until = datetime.fromtimestamp(_seconds(record.get("until"), "until"), UTC)
+        finished = record.get("finished_at")
+        error = record.get("error")
+        runner = record.get("runner")
+        return cls(
+            RecoveryRequest(
+                webhook,
+                since,
+                until,
+                delivery_id=delivery if isinstance(delivery, str) else None,
+                rate=float(rate),
+            ),
+            id=operation_id,
+            state=str(state),
+            scanned=_count(record, "scanned"),
+            enqueued=_count(record, "enqueued"),
+            invalid=_count(record, "invalid"),
+            total=_count(record, "total"),
+            done=_count(record, "read"),
+            error=error if isinstance(error, str) else None,
+            started_at=_seconds(record.get("started_at"), "started_at"),
+            finished_at=None if finished is None else _seconds(finished, "finished_at"),
+            positions=_offsets(record, "positions"),
+            ends=_offsets(record, "ends"),
+            runner=runner if isinstance(runner, str) else None,
+            resumed=_count(record, "resumed"),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        moment = _moment
         return {
             "id": self.id,
             "kind": "recover",
@@ -153,6 +253,7 @@ class Operation:
             "invalid": self.invalid,
             "progress": 1.0 if self.total == 0 else round(min(1.0, self.done / self.total), 4),
             "error": self.error,
+            "resumed": self.resumed,
             "started_at": moment(self.started_at),
             "finished_at": moment(self.finished_at),
         }
@@ -250,33 +351,46 @@ async def _run(
     if not tps:
         return
     consumer.assign(tps)
-    ends = await consumer.end_offsets(tps)
-    since_ms = int(request.since.timestamp() * 1000)
-    found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
-    starts = {}
+    current_ends = await consumer.end_offsets(tps)
+    starts: dict[TopicPartition, int] = {}
+    if operation.positions:
+        # Resumed: read on from where the last runner recorded it had read, to the same ends.
+        ends = {tp: operation.ends.get(position_key(tp), current_ends[tp]) for tp in tps}
+        for tp in tps:
+            starts[tp] = operation.positions.get(position_key(tp), ends[tp])
+    else:
+        ends = current_ends
+        since_ms = int(request.since.timestamp() * 1000)
+        found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
+        for tp in tps:
+            hint = found.get(tp)
+            # No record at or after ``since``: nothing to read there (a real broker); the
+            # embedded one answers every lookup with offset 0, which is read and filtered.
+            starts[tp] = ends[tp] if hint is None else min(hint.offset, ends[tp])
+        operation.total = sum(ends[tp] - starts[tp] for tp in tps)
+        operation.ends = {position_key(tp): ends[tp] for tp in tps}
+        operation.positions = {position_key(tp): starts[tp] for tp in tps}
     for tp in tps:
-        hint = found.get(tp)
-        # No record at or after ``since``: nothing to read there (a real broker); the
-        # embedded one answers every lookup with offset 0, which is read and filtered.
-        starts[tp] = ends[tp] if hint is None else min(hint.offset, ends[tp])
         consumer.seek(tp, starts[tp])
-    operation.total = sum(ends[tp] - starts[tp] for tp in tps)
     reached = dict(starts)
     pending = {tp for tp in tps if starts[tp] < ends[tp]}
     interval = 1.0 / request.pace
     next_write = clock()
 
-    async def take(records: Iterable[Any]) -> bool:
+    async def take(tp: TopicPartition, records: Iterable[Any]) -> bool:
         nonlocal next_write
+        key = position_key(tp)
         for record in records:
             if operation.cancelled:
                 return False
-            operation.scanned += 1
+            # Counted once handled: a record being written when the recovery is released is
+            # read again by the worker that resumes it, and counted there.
             chosen = select(request, index, record.timestamp, record.value)
-            if chosen is None:
-                continue
-            if isinstance(chosen, str):
-                operation.invalid += 1
+            if chosen is None or isinstance(chosen, str):
+                if chosen is not None:
+                    operation.invalid += 1
+                operation.scanned += 1
+                operation.positions[key] = record.offset + 1
                 continue
             wait = next_write - clock()
             if wait > 0:
@@ -285,6 +399,8 @@ async def _run(
             await write(dataclasses.replace(chosen, not_before=now, enqueued_at=now))
             next_write = max(next_write, clock()) + interval
             operation.enqueued += 1
+            operation.scanned += 1
+            operation.positions[key] = record.offset + 1
             if request.delivery_id is not None:
                 return False  # the one delivery asked for
         return True
@@ -294,7 +410,7 @@ async def _run(
         if not batch:
             raise TimeoutError("no records from the source topics within 30s")
         for tp, records in batch.items():
-            if not await take(records):
+            if not await take(tp, records):
                 return
             position = await consumer.position(tp)
             operation.done += min(position, ends[tp]) - reached[tp]
@@ -305,6 +421,6 @@ async def _run(
         batch = await consumer.getmany(*tps, timeout_ms=int(settle * 1000))
         if not batch:
             break
-        for records in batch.values():
-            if not await take(records):
+        for tp, records in batch.items():
+            if not await take(tp, records):
                 return

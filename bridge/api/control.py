@@ -122,6 +122,24 @@ def _moment(seconds: float | None) -> str | None:
     return None if seconds is None else format_timestamp(datetime.fromtimestamp(seconds, UTC))
 
 
+def _circuit_open_until(log: AttemptLog, now: float) -> str | None:
+    """When the endpoint's circuit lets a probe through, while it is open: the workers' breakers
+    live in their memory, but an attempt skipped because of one is in the log, with its retry
+    due when the circuit lets a request through (``next_at``). A newer attempt, or a due time
+    passed, means the circuit has let one through since."""
+    newest = log.page(LogQuery(), now=now, limit=1).items
+    if not newest or newest[0].error != "circuit_open" or newest[0].outcome != "skipped":
+        return None
+    due = newest[0].next_at
+    if due is None:
+        return None
+    try:
+        due_seconds = datetime.fromisoformat(due.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+    return due if due_seconds > now else None
+
+
 class ControlService:
     """The delivery log, stats, recovery and dead-letter operations of the API.
 
@@ -222,6 +240,7 @@ class ControlService:
             "health": "healthy",
             "failing_since": None,
             "disabled_reason": reason if isinstance(reason, str) else None,
+            "circuit_open_until": _circuit_open_until(log, now) if webhook.active else None,
             "source": "webhook",
         }
         if not webhook.active:
@@ -295,7 +314,7 @@ class ControlService:
         # The event was published before the first attempt, at most the lookback earlier.
         since = datetime.fromtimestamp(first.at_seconds - self._lookback, UTC)
         until = datetime.fromtimestamp(first.at_seconds + 1, UTC)
-        return self._recoveries.start(
+        return await self._recoveries.start(
             RecoveryRequest(webhook, since, until, delivery_id=delivery_id)
         )
 
@@ -317,24 +336,38 @@ class ControlService:
         if not webhook.active:
             raise Problem("conflict", "the webhook is not active: nothing would be sent")
         request = RecoveryRequest(webhook, since, end, rate=DEFAULT_RATE if rate is None else rate)
-        return self._recoveries.start(request)
+        return await self._recoveries.start(request)
 
-    def _operation(self, principal: Principal, operation_id: str) -> Operation:
+    async def _operation(self, principal: Principal, operation_id: str) -> Operation:
+        """An operation this process runs or ran, else as the journal last recorded it."""
         operation = self._recoveries.get(operation_id)
         if operation is None:
-            raise Problem("not_found", "no such recovery (this process keeps its latest ones)")
+            record = await self._recoveries.record_of(operation_id)
+            webhook_id = None if record is None else record.get("webhook_id")
+            webhook = (
+                await self._repository.get(webhook_id) if isinstance(webhook_id, str) else None
+            )
+            if record is None or webhook is None:
+                raise Problem("not_found", "no such recovery")
+            try:
+                operation = Operation.from_record(record, webhook)
+            except ValueError:
+                raise Problem("not_found", "no such recovery") from None
         principal.check(operation.request.webhook)
         return operation
 
     async def recovery(self, principal: Principal, operation_id: str) -> Operation:
-        return self._operation(principal, operation_id)
+        return await self._operation(principal, operation_id)
 
     async def cancel_recovery(self, principal: Principal, operation_id: str) -> Operation:
-        """Stop a running recovery; a finished one is answered as it is."""
-        self._operation(principal, operation_id)
-        operation = await self._recoveries.cancel(operation_id)
-        assert operation is not None
-        return operation
+        """Stop a running recovery; a finished one is answered as it is. One that this process
+        does not run (it was sent here, so no live runner was known) is recorded cancelled."""
+        operation = await self._operation(principal, operation_id)
+        if self._recoveries.running_here(operation_id):
+            stopped = await self._recoveries.cancel(operation_id)
+            assert stopped is not None
+            return stopped
+        return await self._recoveries.cancel_recorded(operation)
 
     # ------------------------------------------------------------------ dead letters
 

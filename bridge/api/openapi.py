@@ -288,12 +288,25 @@ def _schemas() -> dict[str, Any]:
                 "last_failure_at": nullable_text,
                 "state": {
                     "type": "object",
-                    "required": ["active", "health", "failing_since", "disabled_reason", "source"],
+                    "required": [
+                        "active",
+                        "health",
+                        "failing_since",
+                        "disabled_reason",
+                        "circuit_open_until",
+                        "source",
+                    ],
                     "properties": {
                         "active": {"type": "boolean"},
                         "health": {"enum": list(HEALTH_STATES)},
                         "failing_since": nullable_text,
                         "disabled_reason": nullable_text,
+                        "circuit_open_until": {
+                            "type": ["string", "null"],
+                            "description": "Set while the endpoint's circuit is open: the newest "
+                            "attempt was skipped (circuit_open) and its retry, when the circuit "
+                            "lets a probe through, is still to come. Null otherwise.",
+                        },
                         "source": {
                             "enum": ["webhook", "status", "log"],
                             "description": "What the health was read from: the webhook record "
@@ -325,7 +338,8 @@ def _schemas() -> dict[str, Any]:
         "Recovery": {
             "type": "object",
             "description": "A recovery or a redelivery (a recovery of one delivery_id), as it "
-            "goes; kept by the API process that started it.",
+            "goes. Workers record it in the recoveries topic, so every worker shows it; "
+            "python -m bridge.api serve keeps it in its process.",
             "required": [
                 "id",
                 "kind",
@@ -340,6 +354,7 @@ def _schemas() -> dict[str, Any]:
                 "invalid",
                 "progress",
                 "error",
+                "resumed",
                 "started_at",
                 "finished_at",
             ],  # fmt: skip
@@ -371,7 +386,13 @@ def _schemas() -> dict[str, Any]:
                 "error": {
                     "type": ["string", "null"],
                     "description": "Why it failed: event_not_retained (a redelivery whose event "
-                    "left the source topics), or the error's class.",
+                    "left the source topics), webhook_deleted, or the error's class.",
+                },
+                "resumed": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "How many times another worker resumed it (its worker "
+                    "stopped); what it had enqueued is not enqueued again after a clean stop.",
                 },
                 "started_at": nullable_text,
                 "finished_at": nullable_text,
@@ -484,8 +505,9 @@ def _operation(
             "401": _problem_response("No valid bearer token."),
             "403": _problem_response("The token lacks the scope, or the site or account."),
             "503": _problem_response(
-                "Not answered in time, or the delivery log's owner is unknown (a rebalance): "
-                "retry after Retry-After seconds."
+                "Not answered in time, the webhooks table could not be shown current, or the "
+                "owner of the webhook or its delivery log is unknown (a rebalance): retry after "
+                "Retry-After seconds."
             ),
         },
     }

@@ -32,6 +32,7 @@ __all__ = [
     "FieldError",
     "Problem",
     "problem_response",
+    "read_body",
     "read_json_object",
     "problem_middleware",
 ]
@@ -137,6 +138,35 @@ def problem_response(problem: Problem) -> web.Response:
     )
 
 
+#: Where :func:`read_body` keeps a body it read, for whoever reads it next.
+_BODY_KEY = web.RequestKey("bridge.api.body", bytes)
+
+
+async def read_body(request: web.Request, *, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> bytes:
+    """The request body, at most ``max_bytes`` (``413 body_too_large`` otherwise, judged from
+    ``Content-Length`` before reading and while reading a chunked body). Read once: a second
+    call (a middleware, then the route) gets the same bytes."""
+    kept = request.get(_BODY_KEY)
+    if isinstance(kept, bytes):
+        return kept
+    too_large = Problem("body_too_large", f"the body may hold at most {max_bytes} bytes")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(65536)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request[_BODY_KEY] = body
+    return body
+
+
 async def read_json_object(
     request: web.Request, *, max_bytes: int = DEFAULT_MAX_BODY_BYTES
 ) -> dict[str, Any]:
@@ -157,21 +187,9 @@ async def read_json_object(
             "send the body as application/json",
             errors=[FieldError("Content-Type", "media_type", "not JSON", "header")],
         )
-    too_large = Problem("body_too_large", f"the body may hold at most {max_bytes} bytes")
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = await request.content.read(65536)
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > max_bytes:
-            raise too_large
-        chunks.append(chunk)
+    body = await read_body(request, max_bytes=max_bytes)
     try:
-        value = jsoncanon.loads(b"".join(chunks))
+        value = jsoncanon.loads(body)
         jsoncanon.dumps(value)  # refuses integers beyond 2^53 - 1 (unsafe_integer)
     except InvalidRecord as exc:
         raise Problem("malformed_json", f"{exc.reason}: {exc.detail}") from None

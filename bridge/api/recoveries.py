@@ -1,11 +1,17 @@
-"""Recoveries and redeliveries the API started: background tasks of this process, tracked by id.
+"""Recoveries and redeliveries the API runs: background tasks of this process, tracked by id.
 
 Each runs :func:`bridge.admin.recovery.recover` (or whatever :class:`RecoveryRunner` the API
 was given: tests pass an in-memory one) as an :class:`asyncio.Task`, and is kept in an
 :class:`~bridge.admin.recovery.Operations` registry, so ``GET /v1/recoveries/{id}`` shows its
-progress and ``DELETE`` cancels it. Operations live in this process only: a restart forgets them
-(what they enqueued stays enqueued), and :meth:`Recoveries.close` cancels the running ones when
-the application shuts down.
+progress and ``DELETE`` cancels it.
+
+Without a :class:`RecoveryJournal` (``python -m bridge.api serve``), operations live in this
+process only: a restart forgets them (what they enqueued stays enqueued), and
+:meth:`Recoveries.close` cancels the running ones. With one (the workers: the recoveries topic),
+each operation is written when it starts, every ``heartbeat`` seconds while it runs (with where
+it has read each source partition to) and when it ends, so any process can show it; at shutdown
+the running ones are *released* (written ``running`` without a runner) and the webhook's owner
+resumes them from their positions (:meth:`Recoveries.resume`).
 """
 
 from __future__ import annotations
@@ -14,11 +20,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from bridge.admin.recovery import Operation, Operations, RecoveryRequest
 
-__all__ = ["RecoveryRunner", "Recoveries"]
+__all__ = ["DEFAULT_HEARTBEAT", "RecoveryJournal", "RecoveryRunner", "Recoveries"]
+
+#: Seconds between two records of a running operation.
+DEFAULT_HEARTBEAT = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +39,24 @@ class RecoveryRunner(Protocol):
     def __call__(self, operation: Operation) -> Awaitable[Operation]: ...
 
 
+class RecoveryJournal(Protocol):
+    """Where operations are recorded, for every process to read (the recoveries topic)."""
+
+    async def write(self, record: dict[str, Any]) -> None:
+        """Record an operation (:meth:`Operation.to_record`); returns once it is stored."""
+        ...
+
+    async def read(self, operation_id: str) -> dict[str, Any] | None:
+        """The newest record of an operation, as of this call (a write that returned before it
+        is seen), or ``None``."""
+        ...
+
+
 class Recoveries:
-    """The operations this process started, running as tasks (see the module docstring).
+    """The operations this process runs, as tasks (see the module docstring).
 
     ``clock`` gives the wall time (seconds since the epoch) an operation finished at, when the
-    runner did not record it.
+    runner did not record it; ``url`` is this process's address, recorded as the runner.
     """
 
     def __init__(
@@ -43,29 +65,71 @@ class Recoveries:
         *,
         keep: int = 100,
         clock: Callable[[], float] = time.time,
+        journal: RecoveryJournal | None = None,
+        url: str | None = None,
+        heartbeat: float = DEFAULT_HEARTBEAT,
     ) -> None:
         self._runner = runner
         self._clock = clock
         self._operations = Operations(keep)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._journal = journal
+        self._url = url
+        self._heartbeat = heartbeat
+        #: Operations being released (this process stops): written running, without a runner.
+        self._releasing: set[str] = set()
 
     def __repr__(self) -> str:
         return f"Recoveries({len(self._tasks)} running)"
 
-    def start(self, request: RecoveryRequest) -> Operation:
-        """Start recovering ``request`` in the background; its operation, ``running``."""
-        operation = Operation(request, started_at=self._clock())
+    @property
+    def journal(self) -> RecoveryJournal | None:
+        return self._journal
+
+    async def start(self, request: RecoveryRequest) -> Operation:
+        """Start recovering ``request`` in the background; its operation, ``running`` (and
+        recorded, with a journal, before this returns)."""
+        return await self._launch(Operation(request, started_at=self._clock()))
+
+    async def resume(self, operation: Operation) -> Operation:
+        """Run on an operation another process released or left (it reads on from its
+        recorded positions); recorded with this process as its runner before this returns."""
+        operation.resumed += 1
+        return await self._launch(operation)
+
+    def running_here(self, operation_id: str) -> bool:
+        return operation_id in self._tasks
+
+    async def _launch(self, operation: Operation) -> Operation:
+        operation.runner = self._url
         self._operations.add(operation)
+        await self._record(operation)
         self._tasks[operation.id] = asyncio.create_task(
             self._run(operation), name=f"recovery-{operation.id}"
         )
         return operation
 
+    async def _record(self, operation: Operation) -> None:
+        if self._journal is not None:
+            await self._journal.write(operation.to_record(updated_at=self._clock()))
+
+    async def _beat(self, operation: Operation) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat)
+            try:
+                await self._record(operation)
+            except Exception as exc:  # the next beat tries again; the run goes on
+                log.warning("recovery %s not recorded: %s", operation.id, type(exc).__name__)
+
     async def _run(self, operation: Operation) -> None:
+        beat = asyncio.create_task(self._beat(operation)) if self._journal is not None else None
         try:
             await self._runner(operation)
         except asyncio.CancelledError:
-            operation.state = "cancelled"
+            if operation.id in self._releasing:
+                operation.runner = None
+            else:
+                operation.state = "cancelled"
             raise
         except Exception as exc:
             # recover() marks the operation failed; a runner may not have.
@@ -83,12 +147,35 @@ class Recoveries:
                 operation.state = "failed"
                 operation.error = "event_not_retained"
         finally:
-            if operation.finished_at is None:
+            if beat is not None:
+                beat.cancel()
+            if operation.id in self._releasing:
+                operation.state = "running"
+                operation.finished_at = None
+            elif operation.finished_at is None:
                 operation.finished_at = self._clock()
             self._tasks.pop(operation.id, None)
+            try:
+                await asyncio.shield(self._record(operation))
+            except Exception as exc:
+                log.warning("recovery %s not recorded: %s", operation.id, type(exc).__name__)
 
     def get(self, operation_id: str) -> Operation | None:
+        """An operation this process runs or ran (its latest ones)."""
         return self._operations.get(operation_id)
+
+    async def record_of(self, operation_id: str) -> dict[str, Any] | None:
+        """The journal's newest record of an operation (``None`` without a journal)."""
+        return None if self._journal is None else await self._journal.read(operation_id)
+
+    async def cancel_recorded(self, operation: Operation) -> Operation:
+        """Cancel an operation no process runs (released, or its runner stopped answering):
+        record it ``cancelled`` so no process resumes it."""
+        if operation.state == "running":
+            operation.state = "cancelled"
+            operation.finished_at = self._clock()
+            await self._record(operation)
+        return operation
 
     @property
     def running(self) -> int:
@@ -104,23 +191,32 @@ class Recoveries:
             operation.cancel()
             task.cancel()
             await asyncio.wait([task])
-            self._stopped(operation)
+            await self._stopped(operation)
         return operation
 
-    def _stopped(self, operation: Operation) -> None:
-        # A task cancelled before its first step never ran _run's finally.
-        if operation.state == "running":
-            operation.state = "cancelled"
-        if operation.finished_at is None:
-            operation.finished_at = self._clock()
+    async def _stopped(self, operation: Operation) -> None:
+        """Settle and record an operation whose task was stopped: a task cancelled before its
+        first step never ran ``_run``, which does it otherwise (recording twice is harmless:
+        the topic keeps the newest record)."""
         self._tasks.pop(operation.id, None)
+        if operation.id in self._releasing:
+            operation.runner = None
+        else:
+            if operation.state == "running":
+                operation.state = "cancelled"
+            if operation.finished_at is None:
+                operation.finished_at = self._clock()
+        await self._record(operation)
 
     async def close(self) -> None:
-        """Cancel every running operation and wait for them to stop (application shutdown)."""
+        """Stop every running operation and wait for them to stop (application shutdown):
+        released for another process to resume with a journal, else cancelled."""
         tasks = list(self._tasks.items())
         for operation_id, task in tasks:
             operation = self._operations.get(operation_id)
-            if operation is not None:
+            if self._journal is not None:
+                self._releasing.add(operation_id)
+            elif operation is not None:
                 operation.cancel()
             task.cancel()
         if tasks:
@@ -128,4 +224,4 @@ class Recoveries:
         for operation_id, _ in tasks:
             operation = self._operations.get(operation_id)
             if operation is not None:
-                self._stopped(operation)
+                await self._stopped(operation)

@@ -8,8 +8,8 @@ repository. Implementations:
 * :class:`MemoryRepository`: a dict, for tests and for trying the API without a broker;
 * :class:`bridge.api.store_repository.StoreRepository`: reads the subscriptions topic and writes
   through :class:`~bridge.subscriptions.store.WebhookStore` (what the CLI does);
-* next (docs/api.md, "Design"): the worker's subscription table for reads, the same store for
-  writes, so a request costs no topic read.
+* :class:`bridge.api.table_repository.TableRepository`: the worker's subscription table for
+  reads (current as of each read), the same store for writes, so a request costs no topic read.
 
 A repository's reads must see its own writes once ``put``/``delete`` returned: the service
 checks versions against what ``get`` returns.

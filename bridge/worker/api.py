@@ -7,41 +7,80 @@ partitions, the owner's for the others (one hop). The owners answer through the 
 routes below, with the caller's bearer token, checked again (scope and site or account
 restriction) by the owner. Without ``delivery_log`` the worker serves ``/v1`` over
 :class:`~bridge.api.kafka_sources.KafkaActivitySource` (topics read per request).
+
+Webhooks are read from the worker's subscription table, current as of each request
+(:class:`~bridge.api.table_repository.TableRepository`). Changes of one webhook are made by one
+worker: with ``delivery_log``, the owner of the webhook's attempts partition (the worker that
+holds its log); a change sent to another worker is relayed to the owner once (the relayed request
+says so in ``X-Bridge-Relayed-By`` and is never relayed again). The owner serializes the changes
+of each webhook (:class:`~bridge.api.service.WebhookService`'s lock per id) and checks
+``If-Match`` against a table current as of the change, so two clients racing with the same
+``ETag`` through different workers get one ``200`` and one ``412``. While a rebalance moves a
+partition, the old and the new owner can each take one change: the window is the rebalance's,
+and a client that sent ``If-Match`` may then see its change applied over one made a moment
+before (docs/api.md, "Concurrent changes").
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import time
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 from aiohttp import web
+from aiokafka import AIOKafkaProducer
 
 from bridge.api.activity import ActivitySource, EndpointStatus
-from bridge.api.app import create_app
+from bridge.api.app import ApiConfig, create_app
 from bridge.api.auth import TokenSet
 from bridge.api.control import ControlService
 from bridge.api.kafka_sources import KafkaActivitySource, KafkaDeadLetters, kafka_recovery_runner
 from bridge.api.metrics import ApiMetrics
-from bridge.api.problems import Problem
-from bridge.api.recoveries import Recoveries
+from bridge.api.problems import Problem, read_body
+from bridge.api.recoveries import DEFAULT_HEARTBEAT, Recoveries
 from bridge.api.repository import WebhookRepository
 from bridge.api.service import WebhookService
-from bridge.api.store_repository import StoreRepository
+from bridge.api.table_repository import TableRepository
 from bridge.attempts.book import Activity
 from bridge.attempts.record import Attempt
 from bridge.attempts.wire import activity_to_dict
 from bridge.contract import jsoncanon
+from bridge.errors import InvalidRecord
+from bridge.kafka.clients import client_kwargs
 from bridge.subscriptions.store import WebhookStore
 from bridge.worker.delivery_log import OwnerUnavailable
+from bridge.worker.recovery_journal import KafkaRecoveryJournal, keep_taking_over, take_over
+from bridge.worker.recovery_view import DEFAULT_STALE_AFTER
 
 if TYPE_CHECKING:
     from bridge.worker.app import Bridge
 
-__all__ = ["WorkerActivitySource", "api_application"]
+__all__ = ["RELAYED_BY", "WorkerActivitySource", "api_application"]
 
 #: The ``Authorization`` of the request being answered, sent on with routed reads.
 _authorization: ContextVar[str | None] = ContextVar("authorization", default=None)
+
+#: The header of a change relayed to its webhook's owner: the relaying worker's URL.
+RELAYED_BY = "X-Bridge-Relayed-By"
+
+#: The routes the owner of the webhook named in the path answers (method, route template):
+#: its changes, and its recoveries, which run in the owner.
+_BY_OWNER = frozenset(
+    {
+        ("PATCH", "/v1/webhooks/{webhook_id}"),
+        ("DELETE", "/v1/webhooks/{webhook_id}"),
+        ("POST", "/v1/webhooks/{webhook_id}/rotate-secret"),
+        ("POST", "/v1/webhooks/{webhook_id}/recoveries"),
+    }
+)
+#: Request headers a relayed change carries; response headers its answer brings back.
+_RELAYED_REQUEST_HEADERS = ("Authorization", "Content-Type", "If-Match", "Accept")
+_RELAYED_RESPONSE_HEADERS = ("Content-Type", "ETag", "Location", "Retry-After")
+#: The most a relayed answer may hold (a webhook, or a problem).
+_MAX_RELAYED_ANSWER = 1 << 20
 
 
 def _unavailable(exc: OwnerUnavailable) -> Problem:
@@ -90,6 +129,114 @@ async def _keep_authorization(request: web.Request, handler: Any) -> web.StreamR
         return response
     finally:
         _authorization.reset(token)
+
+
+async def _changed_webhook(request: web.Request, max_bytes: int) -> str | None:
+    """The id of the webhook a request changes, or ``None`` (not a change, or a creation
+    without a client-chosen id, which no other request can race)."""
+    resource = request.match_info.route.resource
+    template = None if resource is None else resource.canonical
+    if (request.method, template) in _BY_OWNER:
+        return request.match_info.get("webhook_id")
+    if request.method == "POST" and template == "/v1/webhooks":
+        try:
+            body = jsoncanon.loads(await read_body(request, max_bytes=max_bytes))
+        except InvalidRecord:  # the route answers what is wrong with it
+            return None
+        chosen = body.get("id") if isinstance(body, dict) else None
+        return chosen if isinstance(chosen, str) and chosen else None
+    return None
+
+
+class _Relay:
+    """Sends a change of a webhook to its owner (see the module docstring)."""
+
+    def __init__(self, bridge: Bridge, tokens: TokenSet, *, max_bytes: int) -> None:
+        self._bridge = bridge
+        self._tokens = tokens
+        self._max_bytes = max_bytes
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        response: web.StreamResponse
+        if self._bridge.delivery_log is None or RELAYED_BY in request.headers:
+            response = await handler(request)
+            return response
+        runner = self._live_runner(request)
+        if runner is not None:
+            # A cancel goes to the worker running the recovery.
+            self._tokens.authenticate(request.headers.get("Authorization")).require("write")
+            return await self._relay(runner, request)
+        webhook_id = await _changed_webhook(request, self._max_bytes)
+        if webhook_id is None:
+            response = await handler(request)
+            return response
+        owner = self._bridge.owner(webhook_id)
+        if owner.local:
+            response = await handler(request)
+            return response
+        # Refused here what the owner would refuse, so a stranger cannot make workers call
+        # each other.
+        self._tokens.authenticate(request.headers.get("Authorization")).require("write")
+        if owner.url is None:
+            raise _unavailable(OwnerUnavailable("the webhook has no owner now (rebalancing)"))
+        return await self._relay(owner.url, request)
+
+    def _live_runner(self, request: web.Request) -> str | None:
+        """For ``DELETE /v1/recoveries/{id}``: the URL of another worker running it now."""
+        resource = request.match_info.route.resource
+        view = self._bridge.recoveries
+        if (
+            request.method != "DELETE"
+            or resource is None
+            or resource.canonical != "/v1/recoveries/{recovery_id}"
+            or view is None
+        ):
+            return None
+        runner = view.live_runner(
+            request.match_info["recovery_id"], time.time(), DEFAULT_STALE_AFTER
+        )
+        return None if runner == self._bridge.settings.canonical_url else runner
+
+    async def _relay(self, url: str, request: web.Request) -> web.Response:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._bridge.settings.http_timeout)
+            )
+        headers = {
+            name: request.headers[name]
+            for name in _RELAYED_REQUEST_HEADERS
+            if name in request.headers
+        }
+        headers[RELAYED_BY] = self._bridge.settings.canonical_url
+        try:
+            async with self._session.request(
+                request.method,
+                url + request.rel_url.path_qs,
+                data=await read_body(request, max_bytes=self._max_bytes),
+                headers=headers,
+            ) as answer:
+                body = await answer.content.read(_MAX_RELAYED_ANSWER + 1)
+                if len(body) > _MAX_RELAYED_ANSWER:
+                    raise OwnerUnavailable("the owner's answer was too large")
+                kept = {
+                    name: answer.headers[name]
+                    for name in _RELAYED_RESPONSE_HEADERS
+                    if name in answer.headers
+                }
+                return web.Response(status=answer.status, body=body, headers=kept)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _unavailable(
+                OwnerUnavailable(f"the webhook's owner did not answer ({type(exc).__name__})")
+            ) from None
+        except OwnerUnavailable as exc:
+            raise _unavailable(exc) from None
 
 
 class _Internal:
@@ -152,7 +299,7 @@ async def api_application(bridge: Bridge) -> web.Application:
     assert settings.api_tokens is not None
     tokens = TokenSet.from_file(settings.api_tokens)
     store = await WebhookStore(settings).__aenter__()
-    repository = StoreRepository(store)
+    repository = TableRepository(bridge.index, bridge.freshness, store)
     service = WebhookService(
         repository,
         publisher=functools.partial(send_test_event, settings),
@@ -165,22 +312,63 @@ async def api_application(bridge: Bridge) -> web.Application:
         if bridge.delivery_log is not None
         else KafkaActivitySource(settings)
     )
+    assert bridge.recoveries is not None  # a worker serving the API reads the recoveries
+    producer = AIOKafkaProducer(
+        **client_kwargs(settings), acks="all", linger_ms=0, enable_idempotence=False
+    )
+    await producer.start()
+    recoveries = Recoveries(
+        kafka_recovery_runner(settings),
+        journal=KafkaRecoveryJournal(bridge.recoveries, producer, settings.recoveries_topic),
+        url=settings.canonical_url,
+    )
     control = ControlService(
         repository,
         activity,
-        Recoveries(kafka_recovery_runner(settings)),
+        recoveries,
         KafkaDeadLetters(settings),
         redeliver_lookback=settings.delivery_log_max_age,
     )
     app = create_app(service, control, tokens, metrics=ApiMetrics(bridge.registry))
     app.middlewares.append(_keep_authorization)
+    relay = _Relay(bridge, tokens, max_bytes=ApiConfig().max_body_bytes)
+    app.middlewares.append(relay.middleware)
     internal = _Internal(bridge, tokens, repository)
     app.router.add_get("/internal/v1/activity/{webhook_id}", internal.activity, allow_head=False)
     app.router.add_get("/internal/v1/deliveries/{delivery_id}", internal.delivery, allow_head=False)
     app.router.add_get("/internal/v1/delivery-log", internal.summary, allow_head=False)
 
+    taking_over: list[asyncio.Task[None]] = []
+    reader = bridge.delivery_log
+    if reader is not None:
+        view = bridge.recoveries
+
+        def owns(webhook_id: str) -> bool:
+            owner = bridge.owner(webhook_id)
+            return owner.local and owner.partition in reader.assigned
+
+        async def take_over_once() -> list[str]:
+            return await take_over(view, recoveries, owns=owns, webhook=bridge.index.get)
+
+        async def start_taking_over(app: web.Application) -> None:
+            taking_over.append(
+                asyncio.create_task(keep_taking_over(take_over_once, DEFAULT_HEARTBEAT))
+            )
+
+        app.on_startup.append(start_taking_over)
+
+    async def stop_taking_over(app: web.Application) -> None:
+        # Before the recoveries are released: a worker that stops takes none over.
+        for task in taking_over:
+            task.cancel()
+        await asyncio.gather(*taking_over, return_exceptions=True)
+
+    app.on_shutdown.insert(0, stop_taking_over)
+
     async def close_store(app: web.Application) -> None:
+        await relay.close()
         await store.__aexit__(None, None, None)
+        await producer.stop()
 
     app.on_cleanup.append(close_store)
     return app

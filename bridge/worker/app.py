@@ -63,6 +63,7 @@ from bridge.worker.faust_monitor import FaustPrometheusMonitor
 from bridge.worker.faust_patches import install as install_faust_patches
 from bridge.worker.faust_patches import set_fetch_max_wait
 from bridge.worker.logs import logging_config
+from bridge.worker.recovery_view import RecoveryView
 from bridge.worker.web import WebServer
 
 __all__ = ["Bridge", "delivery_log_store"]
@@ -144,6 +145,15 @@ class Bridge:
                 store=delivery_log_store(settings),
                 max_age=settings.delivery_log_max_age,
             )
+        #: Every recovery's newest record (workers serving the API: the recoveries table).
+        self.recoveries: RecoveryView | None = None
+        if settings.serves_api:
+            self.recoveries = RecoveryView(
+                TableFreshness(
+                    lambda: self._end_offsets(settings.recoveries_topic),
+                    timeout=settings.subscription_sync_timeout,
+                )
+            )
         self._http: aiohttp.ClientSession | None = None
         self.app = self._build_app()
 
@@ -191,6 +201,10 @@ class Bridge:
         self.status_topic, self.status_table = self._global_table(
             app, "endpoint-status", s.status_topic, self.on_status_event, raw
         )
+        if self.recoveries is not None:
+            self.recoveries_topic, self.recoveries_table = self._global_table(
+                app, "recoveries", s.recoveries_topic, self.on_recovery_event, raw
+            )
         if self.delivery_log is not None:
             self.attempts_table = self._attempts_table(app, raw)
         self.retry_topics = [app.topic(name, **raw) for name in s.retry_topics]
@@ -459,6 +473,12 @@ class Bridge:
         else:
             self.statuses[webhook_id] = record
 
+    async def on_recovery_event(self, event: Any) -> None:
+        """Keep the recovery view in step with the recoveries table."""
+        message = event.message
+        assert self.recoveries is not None
+        self.recoveries.apply(message.partition, message.offset, message.key, message.value)
+
     def _skipped_record(self, table: str, message: Any, reason: str, detail: str) -> None:
         """Count and log a table record that was skipped: where it is and why, never its key's
         bytes or its value (a subscription record holds secrets)."""
@@ -511,8 +531,10 @@ class Bridge:
         return ends
 
     async def _subscription_end_offsets(self) -> Mapping[int, int]:
+        return await self._end_offsets(self.settings.subscriptions_topic)
+
+    async def _end_offsets(self, topic: str) -> Mapping[int, int]:
         consumer = await self._offsets()
-        topic = self.settings.subscriptions_topic
         tps = [TopicPartition(topic, p) for p in range(self._partitions[topic])]
         ends = await consumer.end_offsets(tps)
         return {tp.partition: offset for tp, offset in ends.items()}

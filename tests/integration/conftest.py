@@ -39,6 +39,7 @@ def make_settings(broker: EmbeddedBroker, tmp_path: Path) -> Callable[..., Setti
                 "deadletter_topic": f"t-{suffix}.deadletter",
                 "attempts_topic": f"t-{suffix}.attempts",
                 "status_topic": f"t-{suffix}.status",
+                "recoveries_topic": f"t-{suffix}.recoveries",
                 "retry_topic_prefix": f"t-{suffix}.retry",
                 "web_port": free_port(),
                 "data_dir": str(tmp_path / "data"),

@@ -584,6 +584,7 @@ async def suite(
             "deadletter_topic": f"{prefix}.deadletter",
             "attempts_topic": f"{prefix}.attempts",
             "status_topic": f"{prefix}.status",
+            "recoveries_topic": f"{prefix}.recoveries",
             "retry_topic_prefix": f"{prefix}.retry",
             "web_port": free_port(),
             "data_dir": str(tmp / "data"),

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from bridge.admin.recovery import Operation, Operations, RecoveryRequest, select
 from bridge.contract.events import build_event
 from bridge.contract.payload import delivery_id
+from bridge.contract.schemas import is_valid
 from bridge.delivery.pending_retry import PendingRetry
 from bridge.subscriptions.index import SubscriptionIndex
 from bridge.subscriptions.webhook import Webhook
@@ -135,3 +136,34 @@ def test_the_window_is_exactly_since_to_until(offset_ms: int) -> None:
     timestamp = ms(SINCE) - 1800 * 1000 + offset_ms
     inside = ms(SINCE) <= timestamp < ms(UNTIL)
     assert (select(request(), INDEX, timestamp, event_bytes()) is not None) == inside
+
+
+def test_an_operation_is_a_record_another_worker_resumes_from() -> None:
+    operation = Operation(request(delivery_id="d1", rate=4.0), scanned=7, enqueued=2, invalid=1)
+    operation.total, operation.done = 10, 7
+    operation.positions, operation.ends = {"t:0": 5, "t:1": 3}, {"t:0": 6, "t:1": 4}
+    operation.runner = "http://10.0.0.1:6066"
+    record = operation.to_record(updated_at=SINCE.timestamp() + 5)
+    assert is_valid("schemas/recovery.json", record)
+    assert "secret" not in json.dumps(record) and WEBHOOK.secret not in json.dumps(record)
+    back = Operation.from_record(json.loads(json.dumps(record)), WEBHOOK)
+    assert back.to_record(updated_at=SINCE.timestamp() + 5) == record
+    assert back.as_dict() == operation.as_dict()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"webhook_id": "other"},
+        {"state": "paused"},
+        {"rate": 0},
+        {"id": ""},
+        {"since": "yesterday"},
+        {"positions": {"t:0": -1}},
+        {"scanned": True},
+    ],
+)
+def test_a_record_that_is_not_an_operation_is_refused(change: dict[str, object]) -> None:
+    record = Operation(request()).to_record(updated_at=SINCE.timestamp())
+    with pytest.raises(ValueError):
+        Operation.from_record({**record, **change}, WEBHOOK)

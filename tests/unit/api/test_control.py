@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from bridge.api.auth import TokenSet
 from bridge.api.repository import MemoryRepository
 from bridge.api.service import WebhookService
 from bridge.attempts.log import encode_cursor
+from bridge.attempts.record import Attempt
 from tests.support.waiting import eventually
 from tests.unit.api.conftest import (
     NOW,
@@ -146,8 +148,50 @@ async def test_stats_count_the_windows_and_say_failing_since_from_the_log(api: A
         "health": "failing",
         "failing_since": "2026-01-15T10:29:10.000Z",
         "disabled_reason": None,
+        "circuit_open_until": None,
         "source": "log",
     }
+
+
+def circuit_skip(at: float, due: float) -> Attempt:
+    """An attempt skipped because the endpoint's circuit was open, its retry due at ``due``."""
+
+    def moment(seconds: float) -> str:
+        stamp = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+        return stamp.replace("+00:00", "Z")
+
+    return Attempt.of(
+        {
+            "delivery_id": "d3",
+            "webhook_id": "wh_1",
+            "event_id": "evt_d3",
+            "event_type": "post.created",
+            "attempt": 1,
+            "outcome": "skipped",
+            "status": None,
+            "error": "circuit_open",
+            "duration_seconds": 0.0,
+            "at": moment(at),
+            "next": "retry",
+            "next_at": moment(due),
+        }
+    )
+
+
+async def test_stats_say_until_when_the_circuit_is_open_from_the_newest_attempt(api: Api) -> None:
+    await api.create(id="wh_1")
+    failed_twice_then_delivered(api)
+    api.activity.add(circuit_skip(at=NOW - 10, due=NOW + 20))
+    state = (await (await api.client.get("/v1/webhooks/wh_1/stats", headers=auth())).json())[
+        "state"
+    ]
+    assert state["circuit_open_until"] == "2026-01-15T10:30:20.000Z"
+    # Once the retry was due, or a newer attempt was made, the circuit let one through.
+    api.activity.add(attempt("d4", 1, at=NOW - 5, outcome="success", status=200, next=None))
+    state = (await (await api.client.get("/v1/webhooks/wh_1/stats", headers=auth())).json())[
+        "state"
+    ]
+    assert state["circuit_open_until"] is None
 
 
 async def test_stats_state_from_the_status_topic_and_the_webhook_record(api: Api) -> None:
@@ -174,6 +218,7 @@ async def test_stats_state_from_the_status_topic_and_the_webhook_record(api: Api
         "health": "disabled",
         "failing_since": None,
         "disabled_reason": "gone",
+        "circuit_open_until": None,
         "source": "webhook",
     }
     assert stats["windows"]["1h"]["attempts"] == 0 and stats["last_success_at"] is None

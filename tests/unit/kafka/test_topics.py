@@ -32,6 +32,7 @@ def test_default_names_and_shapes() -> None:
         ],
         ("attempts", "postion.webhooks.attempts", 6, "delete"),
         ("status", "postion.webhooks.status", 3, "compact"),
+        ("recoveries", "postion.webhooks.recoveries", 3, "compact"),
         ("assignor_leader", "webhook-bridge-__assignor-__leader", 1, "delete"),
     ]
 
@@ -73,6 +74,7 @@ def test_names_follow_the_settings() -> None:
         retry_schedule=(1.0, 60.0),
         attempts_topic="t1.attempts",
         status_topic="t1.status",
+        recoveries_topic="t1.recoveries",
         group_id="t1-group",
     )
     specs = by_name(settings)
@@ -84,6 +86,7 @@ def test_names_follow_the_settings() -> None:
         "t1.retry.2",
         "t1.attempts",
         "t1.status",
+        "t1.recoveries",
         "t1-group-__assignor-__leader",
     }
     assert specs["t1.events"].logical == "events"

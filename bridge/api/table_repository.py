@@ -1,0 +1,84 @@
+"""A WebhookRepository over a worker's subscription table, current as of each request.
+
+A worker already holds every webhook (its subscription index, fed by the global table over the
+compacted subscriptions topic), so a read costs no topic read. What a read must not do is answer
+from a table that has not yet applied a change another process wrote: each read first waits
+until the table has applied everything the topic held when the read began
+(:meth:`TableFreshness.wait_current <bridge.subscriptions.freshness.TableFreshness.wait_current>`:
+one end-offsets request shared by every request waiting at that moment). So a change written by
+any process, once its write returned, is seen by every later read of every worker, and the
+service's version check (``If-Match``) compares against the newest record. A table that cannot
+be shown current within ``subscription_sync_timeout`` answers ``503`` with ``Retry-After``
+rather than a version that may be old.
+
+Writes go through :class:`~bridge.subscriptions.store.WebhookStore`, one acknowledged record each,
+as the CLI writes them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from bridge.api.problems import Problem
+from bridge.subscriptions.freshness import TableFreshness
+from bridge.subscriptions.index import SubscriptionIndex
+from bridge.subscriptions.store import WebhookStore
+from bridge.subscriptions.webhook import Webhook
+
+__all__ = ["TableRepository"]
+
+
+class TableRepository:
+    """Reads ``index`` once ``freshness`` shows it current; writes with ``store``.
+
+    ``clock`` must be the clock ``freshness`` was built with (monotonic seconds)."""
+
+    def __init__(
+        self,
+        index: SubscriptionIndex,
+        freshness: TableFreshness,
+        store: WebhookStore,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._index = index
+        self._freshness = freshness
+        self._store = store
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"TableRepository({len(self._index)} webhooks)"
+
+    async def _current(self) -> SubscriptionIndex:
+        if not await self._freshness.wait_current(self._clock()):
+            raise Problem(
+                "unavailable",
+                "the webhooks table could not be shown current; try again",
+                headers={"Retry-After": "1"},
+            )
+        return self._index
+
+    async def get(self, webhook_id: str) -> Webhook | None:
+        return (await self._current()).get(webhook_id)
+
+    async def scan(
+        self, *, after: str | None, limit: int, where: Callable[[Webhook], bool]
+    ) -> list[Webhook]:
+        out: list[Webhook] = []
+        for webhook in (await self._current()).all():
+            if after is not None and webhook.id <= after:
+                continue
+            if where(webhook):
+                out.append(webhook)
+                if len(out) == limit:
+                    break
+        return out
+
+    async def put(self, webhook: Webhook) -> None:
+        # The service judged the URL when it set it (as for StoreRepository.put). The next read
+        # waits until the table applied this record: it was in the topic before that read began.
+        await self._store.write(webhook)
+
+    async def delete(self, webhook_id: str) -> None:
+        await self._store.delete(webhook_id)

@@ -1,0 +1,77 @@
+"""Every recovery's newest record, as the worker's recoveries table applies them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from bridge.contract import jsoncanon
+from bridge.errors import InvalidRecord
+from bridge.subscriptions.freshness import TableFreshness
+
+__all__ = ["DEFAULT_STALE_AFTER", "RecoveryView"]
+
+#: Seconds without a record after which a running recovery's runner is taken for gone.
+DEFAULT_STALE_AFTER = 15.0
+
+
+def _updated_at(record: dict[str, Any]) -> float | None:
+    value = record.get("updated_at")
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class RecoveryView:
+    """The newest record of each recovery, fed by the recoveries table (:meth:`apply`)."""
+
+    def __init__(self, freshness: TableFreshness) -> None:
+        self.freshness = freshness
+        self._records: dict[str, dict[str, Any]] = {}
+        self.invalid = 0
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def apply(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
+        """One record of the topic; never raises (an invalid one is counted and skipped)."""
+        try:
+            if key is None:
+                self.invalid += 1
+                return
+            operation_id = key.decode("utf-8")
+            if value is None:
+                self._records.pop(operation_id, None)
+                return
+            record = jsoncanon.loads(value)
+            if not isinstance(record, dict) or record.get("id") != operation_id:
+                self.invalid += 1
+                return
+            self._records[operation_id] = record
+        except (InvalidRecord, UnicodeDecodeError):
+            self.invalid += 1
+        finally:
+            self.freshness.applied(partition, offset)
+
+    def get(self, operation_id: str) -> dict[str, Any] | None:
+        return self._records.get(operation_id)
+
+    def running(self) -> Iterator[dict[str, Any]]:
+        """The records of recoveries recorded ``running``."""
+        return (r for r in list(self._records.values()) if r.get("state") == "running")
+
+    def live_runner(self, operation_id: str, now: float, stale_after: float) -> str | None:
+        """The URL of the worker running a recovery, if it recorded it within ``stale_after``
+        seconds of ``now``."""
+        record = self._records.get(operation_id)
+        if record is None or record.get("state") != "running":
+            return None
+        runner = record.get("runner")
+        updated = _updated_at(record)
+        if not isinstance(runner, str) or updated is None or now - updated > stale_after:
+            return None
+        return runner

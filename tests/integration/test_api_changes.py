@@ -1,0 +1,223 @@
+"""Webhook changes and recoveries through the workers' ``/v1`` on the real broker, with two
+workers: a change sent to either is made by the webhook's owner, so clients racing with one
+``ETag`` through different workers get exactly one ``200``, and a change made through one worker
+is read by the other at once; a recovery runs at the owner, is shown by both, and is resumed by
+the other worker when its worker stops."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bridge.admin.publish import publish_events
+from bridge.admin.topics import apply_topics
+from bridge.api.auth import hash_token
+from bridge.config import Settings
+from bridge.contract.events import build_event, format_timestamp
+from bridge.contract.payload import delivery_id
+from bridge.kafka.topics import declared_topics
+from bridge.worker.delivery_log import attempts_partition
+from bridge.worker.embedded import free_port
+from tests.support.receivers import Receiver, subscribe
+from tests.support.waiting import poll
+from tests.support.workers import InProcessWorker
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "wbt_api-changes-0123456789abcdef0123456789abcd"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+async def api_settings(make_settings: Callable[..., Settings], tmp_path: Path) -> Settings:
+    tokens = tmp_path / "tokens.json"
+    entry = {"name": "it", "sha256": hash_token(TOKEN), "scopes": ["read", "write"]}
+    tokens.write_text(json.dumps({"tokens": [entry]}))
+    settings = make_settings(delivery_log=True, api_tokens=str(tokens))
+    await apply_topics(settings)
+    return settings
+
+
+def _attempts_partitions(settings: Settings) -> int:
+    return next(
+        t.partitions for t in declared_topics(settings) if t.name == settings.attempts_topic
+    )
+
+
+async def _partitions(client: httpx.AsyncClient, worker: InProcessWorker) -> set[int]:
+    response = await client.get(worker.base_url + "/internal/v1/delivery-log", headers=AUTH)
+    assert response.status_code == 200, response.text
+    return set(response.json()["partitions"])
+
+
+async def _two_workers(
+    settings: Settings,
+    start: Callable[[Settings], InProcessWorker],
+    client: httpx.AsyncClient,
+) -> tuple[InProcessWorker, InProcessWorker, dict[int, InProcessWorker]]:
+    first = start(settings)
+    await first.wait_ready()
+    second = start(settings.replace(web_port=free_port()))
+    await second.wait_ready()
+    partitions = _attempts_partitions(settings)
+
+    async def split() -> tuple[set[int], set[int]]:
+        return await _partitions(client, first), await _partitions(client, second)
+
+    held = await poll(
+        split,
+        until=lambda s: bool(s[0]) and bool(s[1]) and len(s[0] | s[1]) == partitions,
+        timeout=60,
+        interval=0.2,
+    )
+    owners = {p: first for p in held[0]} | {p: second for p in held[1]}
+    return first, second, owners
+
+
+def _id_owned_by(
+    owners: dict[int, InProcessWorker], worker: InProcessWorker, partitions: int, tag: str
+) -> str:
+    for n in range(10_000):
+        candidate = f"wh_{tag}_{n}"
+        if owners[attempts_partition(candidate, partitions)] is worker:
+            return candidate
+    raise AssertionError("no id found")
+
+
+def _body(webhook_id: str) -> dict[str, Any]:
+    return {
+        "id": webhook_id,
+        "url": "http://127.0.0.1:9/hook",
+        "events": ["post.created"],
+        "site_id": "s1",
+        "user_id": "u1",
+        "name": "n0",
+    }
+
+
+async def test_racing_changes_through_two_workers_make_one_win_and_reads_see_it(
+    api_settings: Settings, in_process_workers: Callable[[Settings], InProcessWorker]
+) -> None:
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        first, second, owners = await _two_workers(api_settings, in_process_workers, client)
+        partitions = _attempts_partitions(api_settings)
+        for owner, other in ((second, first), (first, second)):
+            webhook_id = _id_owned_by(owners, owner, partitions, tag=str(id(owner)))
+            # Created through the worker that does not own it: relayed to the owner.
+            created = await client.post(
+                other.base_url + "/v1/webhooks", json=_body(webhook_id), headers=AUTH
+            )
+            assert created.status_code == 201, created.text
+            tag = created.headers["ETag"]
+            # The same creation again, through the owner: idempotent, the same secret.
+            again = await client.post(
+                owner.base_url + "/v1/webhooks", json=_body(webhook_id), headers=AUTH
+            )
+            assert again.status_code == 200, again.text
+            assert again.json()["secret"] == created.json()["secret"]
+
+            for round_ in range(8):
+                # Two clients, one ETag, each through a different worker, at the same moment.
+                answers = await asyncio.gather(
+                    *(
+                        client.patch(
+                            worker.base_url + f"/v1/webhooks/{webhook_id}",
+                            json={"name": f"r{round_}-{i}"},
+                            headers={**AUTH, "If-Match": tag},
+                        )
+                        for i, worker in enumerate((first, second))
+                    )
+                )
+                statuses = sorted(a.status_code for a in answers)
+                assert statuses == [200, 412], [a.text for a in answers]
+                winner = next(a for a in answers if a.status_code == 200)
+                tag = winner.headers["ETag"]
+                # Either worker reads the change at once, with its ETag.
+                for worker in (first, second):
+                    read = await client.get(
+                        worker.base_url + f"/v1/webhooks/{webhook_id}", headers=AUTH
+                    )
+                    assert read.status_code == 200, read.text
+                    assert read.headers["ETag"] == tag
+                    assert read.json()["name"] == winner.json()["name"]
+
+            # A rotation and a deletion through the other worker are relayed too.
+            rotated = await client.post(
+                other.base_url + f"/v1/webhooks/{webhook_id}/rotate-secret",
+                json={},
+                headers={**AUTH, "If-Match": tag},
+            )
+            assert rotated.status_code == 200, rotated.text
+            assert rotated.json()["secret"] != created.json()["secret"]
+            gone = await client.delete(
+                other.base_url + f"/v1/webhooks/{webhook_id}",
+                headers={**AUTH, "If-Match": rotated.headers["ETag"]},
+            )
+            assert gone.status_code == 204, gone.text
+            for worker in (first, second):
+                read = await client.get(
+                    worker.base_url + f"/v1/webhooks/{webhook_id}", headers=AUTH
+                )
+                assert read.status_code == 404, read.text
+
+        # A change without a token is refused by the worker it was sent to (not relayed).
+        stranger = await client.patch(
+            first.base_url + f"/v1/webhooks/{_id_owned_by(owners, second, partitions, 'x')}",
+            json={"name": "x"},
+        )
+        assert stranger.status_code == 401, stranger.text
+
+
+async def test_a_recovery_runs_at_the_owner_shows_everywhere_and_survives_its_worker(
+    api_settings: Settings,
+    receiver: Receiver,
+    in_process_workers: Callable[[Settings], InProcessWorker],
+) -> None:
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        first, second, owners = await _two_workers(api_settings, in_process_workers, client)
+        webhook_id = _id_owned_by(owners, first, _attempts_partitions(api_settings), "rec")
+        await subscribe(api_settings, receiver, {webhook_id: "s1"}, ("post.created",))
+        path = f"/{webhook_id}"
+        since = datetime.now(UTC)
+        while datetime.now(UTC) <= since:
+            await asyncio.sleep(0.001)
+        events = [
+            build_event("post.created", {"id": f"p{n}", "title": "t"}, site_id="s1", user_id="u1")
+            for n in range(12)
+        ]
+        await publish_events(api_settings, events)
+        await receiver.wait_for(lambda _: len(receiver.at(path)) == 12)
+
+        # Sent to the worker that does not own the webhook: run by the owner, shown by both.
+        started = await client.post(
+            second.base_url + f"/v1/webhooks/{webhook_id}/recoveries",
+            json={"since": format_timestamp(since), "rate": 3},
+            headers=AUTH,
+        )
+        assert started.status_code == 202, started.text
+        location = started.headers["Location"]
+
+        async def shown(worker: InProcessWorker) -> dict[str, Any]:
+            response = await client.get(worker.base_url + location, headers=AUTH)
+            assert response.status_code == 200, response.text
+            body: dict[str, Any] = response.json()
+            return body
+
+        await poll(lambda: shown(second), until=lambda r: r["enqueued"] >= 3, timeout=30)
+        # The owner stops mid-way: it releases the recovery, the other worker resumes it.
+        await first.stop()
+        done = await poll(
+            lambda: shown(second), until=lambda r: r["state"] != "running", timeout=60
+        )
+        assert (done["state"], done["enqueued"], done["scanned"]) == ("done", 12, 12), done
+        await receiver.wait_for(lambda _: len(receiver.at(path)) == 24)
+        again = sorted(r.delivery_id for r in receiver.at(path)[12:])
+        assert again == sorted(delivery_id(e.id, webhook_id) for e in events)
+        assert all(receiver.verified(r) for r in receiver.at(path))

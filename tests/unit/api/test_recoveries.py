@@ -1,0 +1,109 @@
+"""Recoveries with a journal: recorded at start, while running and at the end; released (not
+cancelled) when the process stops; resumed with this process as the runner."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bridge.admin.recovery import Operation, RecoveryRequest
+from bridge.api.recoveries import Recoveries
+from bridge.subscriptions.webhook import webhook_from_record
+from tests.support.builders import webhook_record
+from tests.support.waiting import eventually
+
+SINCE = datetime(2024, 1, 15, 10, 0, tzinfo=UTC)
+WEBHOOK = webhook_from_record(webhook_record(id="wh"))
+URL = "http://10.0.0.1:6066"
+
+
+class Journal:
+    """Every record written, in order."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    async def write(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+    async def read(self, operation_id: str) -> dict[str, Any] | None:
+        found = [r for r in self.records if r["id"] == operation_id]
+        return found[-1] if found else None
+
+
+class Held:
+    """A runner that enqueues one delivery, then waits until stopped (or ``finish`` is set)."""
+
+    def __init__(self) -> None:
+        self.finish = asyncio.Event()
+
+    async def __call__(self, operation: Operation) -> Operation:
+        operation.enqueued += 1
+        operation.positions = {"t:0": 4}
+        await self.finish.wait()
+        operation.state = "done"
+        return operation
+
+
+def request() -> RecoveryRequest:
+    return RecoveryRequest(WEBHOOK, SINCE, SINCE + timedelta(hours=1))
+
+
+async def test_an_operation_is_recorded_at_start_while_running_and_at_the_end() -> None:
+    journal, runner = Journal(), Held()
+    recoveries = Recoveries(runner, journal=journal, url=URL, heartbeat=0.01)
+    operation = await recoveries.start(request())
+    # Recorded before start() returned: any worker reads it at once.
+    assert journal.records[0]["state"] == "running" and journal.records[0]["runner"] == URL
+    await eventually(lambda: any(r["enqueued"] == 1 for r in journal.records), timeout=5)
+    runner.finish.set()
+    await eventually(lambda: journal.records[-1]["state"] == "done", timeout=5)
+    assert await recoveries.record_of(operation.id) == journal.records[-1]
+    assert journal.records[-1]["finished_at"] is not None
+
+
+async def test_a_stopping_process_releases_its_recoveries_for_another_to_resume() -> None:
+    journal = Journal()
+    recoveries = Recoveries(Held(), journal=journal, url=URL, heartbeat=0.01)
+    operation = await recoveries.start(request())
+    await eventually(lambda: any(r["positions"] for r in journal.records), timeout=5)
+    await recoveries.close()
+    last = journal.records[-1]
+    assert (last["state"], last["runner"], last["finished_at"]) == ("running", None, None)
+    assert last["positions"] == {"t:0": 4} and last["enqueued"] == 1
+
+    # Another process resumes it from the record: same id, counts carried on.
+    elsewhere, runner = Journal(), Held()
+    other = Recoveries(runner, journal=elsewhere, url="http://10.0.0.2:6066")
+    resumed = await other.resume(Operation.from_record(last, WEBHOOK))
+    assert resumed.id == operation.id and other.running_here(operation.id)
+    assert elsewhere.records[0]["runner"] == "http://10.0.0.2:6066"
+    assert elsewhere.records[0]["resumed"] == 1
+    runner.finish.set()
+    await eventually(lambda: elsewhere.records[-1]["state"] == "done", timeout=5)
+    assert elsewhere.records[-1]["enqueued"] == 2
+
+
+async def test_a_cancel_is_recorded_and_never_resumed() -> None:
+    journal = Journal()
+    recoveries = Recoveries(Held(), journal=journal, url=URL, heartbeat=0.01)
+    operation = await recoveries.start(request())
+    await recoveries.cancel(operation.id)
+    await eventually(lambda: journal.records[-1]["state"] == "cancelled", timeout=5)
+
+
+async def test_a_recovery_no_one_runs_is_recorded_cancelled() -> None:
+    journal = Journal()
+    recoveries = Recoveries(Held(), journal=journal, url=URL)
+    orphan = Operation(request(), runner=None)
+    cancelled = await recoveries.cancel_recorded(orphan)
+    assert cancelled.state == "cancelled" and journal.records[-1]["state"] == "cancelled"
+
+
+async def test_without_a_journal_a_stop_cancels() -> None:
+    recoveries = Recoveries(Held())
+    operation = await recoveries.start(request())
+    await asyncio.sleep(0)
+    await recoveries.close()
+    assert operation.state == "cancelled"

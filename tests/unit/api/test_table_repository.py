@@ -1,0 +1,67 @@
+"""TableRepository answers from the index only once the table is shown current, else 503."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from bridge.api.problems import Problem
+from bridge.api.table_repository import TableRepository
+from bridge.subscriptions.freshness import TableFreshness
+from bridge.subscriptions.index import SubscriptionIndex
+from bridge.subscriptions.webhook import Webhook, webhook_from_record
+from tests.support.builders import webhook_record
+
+
+def webhook(webhook_id: str) -> Webhook:
+    return webhook_from_record(webhook_record(id=webhook_id))
+
+
+class Store:
+    """What the repository writes (the WebhookStore's two write methods)."""
+
+    def __init__(self) -> None:
+        self.written: list[Any] = []
+
+    async def write(self, value: Webhook) -> Webhook:
+        self.written.append(value)
+        return value
+
+    async def delete(self, webhook_id: str) -> None:
+        self.written.append(webhook_id)
+
+
+def repository(index: SubscriptionIndex, ends: Mapping[int, int], timeout: float = 0.2) -> Any:
+    async def end_offsets() -> Mapping[int, int]:
+        return ends
+
+    freshness = TableFreshness(end_offsets, timeout=timeout)
+    return TableRepository(index, freshness, Store()), freshness  # type: ignore[arg-type]
+
+
+async def test_reads_wait_until_the_table_applied_what_the_topic_held() -> None:
+    index = SubscriptionIndex([webhook("a"), webhook("b"), webhook("c")])
+    repo, freshness = repository(index, {0: 3, 1: 0})
+    freshness.applied(0, 2)
+    assert (await repo.get("a")).id == "a"
+    found = await repo.scan(after="a", limit=1, where=lambda w: True)
+    assert [w.id for w in found] == ["b"]
+
+
+async def test_a_table_behind_its_topic_answers_503_not_an_old_version() -> None:
+    index = SubscriptionIndex([webhook("a")])
+    repo, freshness = repository(index, {0: 5})
+    freshness.applied(0, 3)  # one record not applied
+    with pytest.raises(Problem) as refused:
+        await repo.get("a")
+    assert refused.value.status == 503
+    assert refused.value.headers["Retry-After"] == "1"
+
+
+async def test_writes_go_to_the_store() -> None:
+    repo, _ = repository(SubscriptionIndex(), {})
+    await repo.put(webhook("a"))
+    await repo.delete("a")
+    assert [getattr(w, "id", w) for w in repo._store.written] == ["a", "a"]

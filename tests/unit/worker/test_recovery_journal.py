@@ -1,0 +1,106 @@
+"""Taking over recoveries: only running ones of webhooks this worker owns, only when released or
+not recorded for a while, never one this worker runs; one whose webhook is gone is failed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bridge.admin.recovery import Operation, RecoveryRequest
+from bridge.api.recoveries import Recoveries
+from bridge.contract import jsoncanon
+from bridge.subscriptions.freshness import TableFreshness
+from bridge.subscriptions.webhook import Webhook, webhook_from_record
+from bridge.worker.recovery_journal import take_over
+from bridge.worker.recovery_view import RecoveryView
+from tests.support.builders import webhook_record
+
+NOW = datetime(2024, 1, 15, 12, 0, tzinfo=UTC)
+WEBHOOKS = {w: webhook_from_record(webhook_record(id=w)) for w in ("a", "b")}
+
+
+async def _ends() -> Mapping[int, int]:
+    return {}
+
+
+class Journal:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    async def write(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+    async def read(self, operation_id: str) -> dict[str, Any] | None:
+        return None
+
+
+class Never:
+    """A runner that never finishes (the test only looks at what was started)."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+
+    async def __call__(self, operation: Operation) -> Operation:
+        self.ran.append(operation.id)
+        return operation
+
+
+def recorded(
+    operation_id: str, webhook: Webhook, *, runner: str | None, age: float, state: str = "running"
+) -> bytes:
+    operation = Operation(
+        RecoveryRequest(webhook, NOW - timedelta(hours=2), NOW - timedelta(hours=1)),
+        id=operation_id,
+        state=state,
+        runner=runner,
+        positions={"t:0": 3},
+    )
+    return jsoncanon.dumps(operation.to_record(updated_at=NOW.timestamp() - age))
+
+
+async def test_only_released_or_silent_recoveries_of_owned_webhooks_are_resumed() -> None:
+    view = RecoveryView(TableFreshness(_ends, timeout=1.0))
+    rows = [
+        ("released", WEBHOOKS["a"], None, 1.0, "running"),
+        ("silent", WEBHOOKS["a"], "http://w1", 60.0, "running"),
+        ("live", WEBHOOKS["a"], "http://w1", 1.0, "running"),
+        ("finished", WEBHOOKS["a"], None, 60.0, "done"),
+        ("not-mine", WEBHOOKS["b"], None, 60.0, "running"),
+    ]
+    for offset, (rid, webhook, runner, age, state) in enumerate(rows):
+        view.apply(
+            0, offset, rid.encode(), recorded(rid, webhook, runner=runner, age=age, state=state)
+        )
+    journal, runner = Journal(), Never()
+    recoveries = Recoveries(runner, journal=journal, url="http://w2")
+    resumed = await take_over(
+        view,
+        recoveries,
+        owns=lambda webhook_id: webhook_id == "a",
+        webhook=WEBHOOKS.get,
+        wall_time=NOW.timestamp,
+        stale_after=15.0,
+    )
+    assert sorted(resumed) == ["released", "silent"]
+    assert {r["id"]: (r["runner"], r["resumed"]) for r in journal.records[:2]} == {
+        "released": ("http://w2", 1),
+        "silent": ("http://w2", 1),
+    }
+    # The positions come along: the resumed run reads on from them.
+    assert all(r["positions"] == {"t:0": 3} for r in journal.records[:2])
+
+
+async def test_a_recovery_this_worker_runs_or_whose_webhook_is_gone_is_not_resumed() -> None:
+    view = RecoveryView(TableFreshness(_ends, timeout=1.0))
+    view.apply(0, 0, b"gone", recorded("gone", WEBHOOKS["a"], runner=None, age=60.0))
+    journal = Journal()
+    recoveries = Recoveries(Never(), journal=journal, url="http://w2")
+    resumed = await take_over(
+        view, recoveries, owns=lambda _: True, webhook=lambda _: None, wall_time=NOW.timestamp
+    )
+    assert resumed == []
+    assert (journal.records[-1]["state"], journal.records[-1]["error"]) == (
+        "failed",
+        "webhook_deleted",
+    )

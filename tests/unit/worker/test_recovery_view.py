@@ -1,0 +1,67 @@
+"""The recovery view keeps each recovery's newest record, skips what is not one, reports every
+record applied (so reads are never held up), and tells a live runner from a gone one."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from bridge.contract import jsoncanon
+from bridge.subscriptions.freshness import TableFreshness
+from bridge.worker.recovery_view import RecoveryView
+
+
+async def _ends() -> Mapping[int, int]:
+    return {}
+
+
+def view() -> RecoveryView:
+    return RecoveryView(TableFreshness(_ends, timeout=1.0))
+
+
+def record(**changes: Any) -> dict[str, Any]:
+    value: dict[str, Any] = {
+        "id": "r1",
+        "webhook_id": "wh",
+        "state": "running",
+        "runner": "http://w1:6066",
+        "updated_at": "2024-01-15T10:00:00.000Z",
+    }
+    value.update(changes)
+    return value
+
+
+def test_the_newest_record_wins_and_a_tombstone_forgets() -> None:
+    v = view()
+    v.apply(0, 0, b"r1", jsoncanon.dumps(record()))
+    v.apply(0, 1, b"r1", jsoncanon.dumps(record(state="done")))
+    assert v.get("r1") is not None and v.get("r1")["state"] == "done"  # type: ignore[index]
+    assert list(v.running()) == []
+    v.apply(0, 2, b"r1", None)
+    assert v.get("r1") is None and len(v) == 0
+
+
+def test_records_that_are_not_recoveries_are_counted_and_still_applied() -> None:
+    v = view()
+    bad = [
+        (None, jsoncanon.dumps(record())),
+        (b"\xff", jsoncanon.dumps(record())),
+        (b"r1", b"not json"),
+        (b"r1", jsoncanon.dumps([1])),
+        (b"r2", jsoncanon.dumps(record())),  # its id is another one's
+    ]
+    for offset, (key, value) in enumerate(bad):
+        v.apply(1, offset, key, value)
+    assert v.invalid == len(bad) and len(v) == 0
+    assert v.freshness.caught_up_to({1: len(bad)})
+
+
+def test_a_runner_is_live_only_while_it_records() -> None:
+    v = view()
+    v.apply(0, 0, b"r1", jsoncanon.dumps(record()))
+    at = 1705312800.0  # 2024-01-15T10:00:00Z
+    assert v.live_runner("r1", at + 10, stale_after=15) == "http://w1:6066"
+    assert v.live_runner("r1", at + 16, stale_after=15) is None
+    v.apply(0, 1, b"r1", jsoncanon.dumps(record(runner=None)))
+    assert v.live_runner("r1", at, stale_after=15) is None
+    assert v.live_runner("unknown", at, stale_after=15) is None
