@@ -10,6 +10,7 @@ to read, so a restart reads only what it missed, and memory holds the stats only
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +24,8 @@ from bridge.attempts.rocks import Checkpoint, PartitionLog, RocksOptions
 from bridge.attempts.stats import WebhookStats
 
 __all__ = ["STORES", "Checkpoint", "DeliveryLogStore", "MemoryStore", "RocksStore"]
+
+log = logging.getLogger(__name__)
 
 #: The values of the ``delivery_log_store`` setting.
 STORES = ("memory", "rocksdb")
@@ -167,15 +170,25 @@ class RocksStore:
     def open(self, partition: int, now: float) -> Checkpoint | None:
         held = self.partitions.get(partition)
         if held is None:
-            held = self.partitions[partition] = PartitionLog(
-                self._path(partition),
-                max_attempts=self._max_attempts,
-                max_age=self._max_age,
-                now=now,
-                options=self._options,
-                cache=self._cache,
-            )
+            try:
+                held = self._open(partition, now)
+            except Exception:
+                # Damaged files: the log is read again from the topic, as with no files.
+                log.exception("delivery log: partition %s unreadable; reading it again", partition)
+                shutil.rmtree(self._path(partition), ignore_errors=True)
+                held = self._open(partition, now)
+            self.partitions[partition] = held
         return held.checkpoint
+
+    def _open(self, partition: int, now: float) -> PartitionLog:
+        return PartitionLog(
+            self._path(partition),
+            max_attempts=self._max_attempts,
+            max_age=self._max_age,
+            now=now,
+            options=self._options,
+            cache=self._cache,
+        )
 
     def add(
         self,

@@ -123,3 +123,17 @@ def test_a_dropped_partition_is_deleted_and_a_kept_one_reopens(tmp_path: Path) -
     assert activity is not None and activity.log.attempts() == [one]
     assert activity.stats.window("1h", T0).attempts == 1
     store.close()
+
+
+def test_a_partition_whose_files_are_damaged_is_read_again(tmp_path: Path) -> None:
+    store = RocksStore(tmp_path, max_attempts=10, max_age=86400)
+    one = attempt(T0, webhook_id="x")
+    store.open(0, T0)
+    assert store.add(0, 5, one, attempt_bytes(one), T0)
+    store.close()
+    for name in ("CURRENT", *(f.name for f in (tmp_path / "0").glob("MANIFEST-*"))):
+        (tmp_path / "0" / name).write_bytes(b"not rocksdb")
+    store = RocksStore(tmp_path, max_attempts=10, max_age=86400)
+    assert store.open(0, T0) is None and store.get("x") is None
+    assert store.add(0, 0, one, attempt_bytes(one), T0)
+    store.close()
