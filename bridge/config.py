@@ -436,6 +436,16 @@ class Settings:
         "Hold the delivery log and stats of this worker's attempts partitions in memory and "
         "answer /v1 from them (roles api and all; needs api_tokens).",
     )
+    delivery_log_store: str = Section.ACTIVITY.setting(
+        "memory",
+        "BRIDGE_DELIVERY_LOG_STORE",
+        "--delivery-log-store",
+        lambda text: _choice("MEMORY", "ROCKSDB")(text).lower(),
+        "Where the delivery log is held: memory (a restart reads the attempts topic again "
+        "from now - delivery_log_max_age) or rocksdb (under DATA_DIR/delivery-log, one "
+        "database per partition with a checkpoint: a restart reads only what it missed, "
+        "memory holds the stats only).",
+    )
     role: str = Section.ACTIVITY.setting(
         "all",
         "BRIDGE_ROLE",

@@ -29,7 +29,7 @@ from bridge.api.auth import Principal
 from bridge.api.problems import FieldError, Problem
 from bridge.api.recoveries import Recoveries
 from bridge.api.repository import WebhookRepository
-from bridge.attempts.log import LogQuery, WebhookLog
+from bridge.attempts.log import AttemptLog, LogQuery
 from bridge.attempts.log import Page as LogPage
 from bridge.attempts.record import Attempt
 from bridge.attempts.stats import WINDOWS
@@ -122,7 +122,7 @@ def _moment(seconds: float | None) -> str | None:
     return None if seconds is None else format_timestamp(datetime.fromtimestamp(seconds, UTC))
 
 
-def _circuit_open_until(log: WebhookLog, now: float) -> str | None:
+def _circuit_open_until(log: AttemptLog, now: float) -> str | None:
     """When the endpoint's circuit lets a probe through, while it is open: the workers' breakers
     live in their memory, but an attempt skipped because of one is in the log, with its retry
     due when the circuit lets a request through (``next_at``). A newer attempt, or a due time
@@ -229,7 +229,7 @@ class ControlService:
     async def _state(
         self,
         webhook: Webhook,
-        log: WebhookLog,
+        log: AttemptLog,
         last_success: Attempt | None,
         last_failure: Attempt | None,
         now: float,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bridge.attempts.log import WebhookLog
+from bridge.attempts.log import AttemptLog, WebhookLog
 from bridge.attempts.record import Attempt
 from bridge.attempts.stats import WebhookStats
 
@@ -15,7 +15,7 @@ __all__ = ["Activity", "ActivityBook"]
 class Activity:
     """One webhook's log and stats."""
 
-    log: WebhookLog
+    log: AttemptLog
     stats: WebhookStats = field(default_factory=WebhookStats)
 
 
@@ -39,6 +39,7 @@ class ActivityBook:
         if activity is None:
             activity = Activity(WebhookLog(max_attempts=self._max_attempts, max_age=self._max_age))
             self._activity[attempt.webhook_id] = activity
+        assert isinstance(activity.log, WebhookLog)  # the book makes only these
         if not activity.log.add(attempt, now):
             return False
         activity.stats.add(attempt, now)

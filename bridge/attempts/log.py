@@ -12,10 +12,11 @@ import bisect
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from bridge.attempts.record import OUTCOMES, Attempt
 
-__all__ = ["LogQuery", "Page", "WebhookLog", "encode_cursor", "decode_cursor"]
+__all__ = ["AttemptLog", "LogQuery", "Page", "WebhookLog", "encode_cursor", "decode_cursor"]
 
 #: Where an attempt sits in a log: (started at, delivery id, attempt number).
 _Position = tuple[float, str, int]
@@ -79,6 +80,21 @@ def decode_cursor(cursor: str) -> _Position:
     ):
         raise ValueError("not a cursor of this list")
     return (float(at), delivery_id, number)
+
+
+class AttemptLog(Protocol):
+    """A webhook's log as the API reads it: :class:`WebhookLog` in memory,
+    :class:`~bridge.attempts.rocks.DiskWebhookLog` on disk (the same results and cursors)."""
+
+    def __len__(self) -> int: ...
+
+    def page(
+        self, query: LogQuery, *, now: float, limit: int = 50, cursor: str | None = None
+    ) -> Page: ...
+
+    def attempts(self) -> list[Attempt]: ...
+
+    def delivery(self, delivery_id: str) -> list[Attempt]: ...
 
 
 def _position(attempt: Attempt) -> _Position:

@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 from bridge import __version__
 from bridge.attempts.book import Activity
 from bridge.attempts.record import Attempt
+from bridge.attempts.stores import DeliveryLogStore, MemoryStore, RocksStore
 from bridge.attempts.wire import activity_from_dict, attempts_from_list
 from bridge.config import Settings
 from bridge.contract import jsoncanon
@@ -65,7 +66,7 @@ from bridge.worker.logs import logging_config
 from bridge.worker.recovery_view import RecoveryView
 from bridge.worker.web import WebServer
 
-__all__ = ["Bridge"]
+__all__ = ["Bridge", "delivery_log_store"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,17 @@ class _SubscriptionTable(GlobalTable):
         # marker rather than a second copy of every record (tens of MB at 100,000 webhooks).
         # ``None`` stays ``None``: that is how the store recognises a deletion.
         return None if v is None else True
+
+
+def delivery_log_store(settings: Settings) -> DeliveryLogStore:
+    """The store of setting ``delivery_log_store``; RocksDB's under
+    ``<data dir>/delivery-log/<attempts topic>``."""
+    max_attempts = settings.delivery_log_max_attempts
+    max_age = settings.delivery_log_max_age
+    if settings.delivery_log_store == "rocksdb":
+        directory = settings.resolved_data_dir / "delivery-log" / settings.attempts_topic
+        return RocksStore(directory, max_attempts=max_attempts, max_age=max_age)
+    return MemoryStore(max_attempts=max_attempts, max_age=max_age)
 
 
 class Bridge:
@@ -125,9 +137,12 @@ class Bridge:
             self.delivery_log = DeliveryLogReader(
                 topic=settings.attempts_topic,
                 consumer_factory=lambda: AIOKafkaConsumer(
-                    **client_kwargs(settings), group_id=None, enable_auto_commit=False
+                    **client_kwargs(settings),
+                    group_id=None,
+                    enable_auto_commit=False,
+                    auto_offset_reset="none",
                 ),
-                max_attempts=settings.delivery_log_max_attempts,
+                store=delivery_log_store(settings),
                 max_age=settings.delivery_log_max_age,
             )
         #: Every recovery's newest record (workers serving the API: the recoveries table).
@@ -311,17 +326,14 @@ class Bridge:
         owner = self.owner(webhook_id)
         if not owner.local or owner.partition not in reader.assigned:
             raise OwnerUnavailable("this worker does not hold the webhook's partition now")
-        return reader.book.get(webhook_id) or reader.book.empty()
+        return reader.store.get(webhook_id) or reader.store.empty()
 
     def local_delivery(self, delivery_id: str) -> list[Attempt]:
         """The attempts of one delivery in this worker's book (its webhook's log)."""
         reader = self.delivery_log
         if reader is None:
             return []
-        found: list[Attempt] = []
-        for activity in reader.book.activities():
-            found.extend(activity.log.delivery(delivery_id))
-        return sorted(found, key=lambda a: (a.at_seconds, a.attempt))
+        return sorted(reader.store.delivery(delivery_id), key=lambda a: (a.at_seconds, a.attempt))
 
     async def activity_for(
         self, webhook_id: str, *, headers: Mapping[str, str] | None = None

@@ -10,10 +10,18 @@ Two pieces, each doing what it does well:
   partition is already read, so recovery has nothing to do and the partitions stay paused
   (Faust's own changelog reading drops records where recovery ends; see docs/api.md).
 * :class:`DeliveryLogReader`, an aiokafka consumer without a group, ``assign()``-ed to the
-  partitions the table was given at each rebalance, starting at ``offsets_for_times(now -
-  delivery_log_max_age)`` (or the partition's start when the broker has no answer), never
-  paused: every record it reads goes into an :class:`~bridge.attempts.book.ActivityBook`,
-  whose limits bound memory. The webhooks of a partition that is revoked are forgotten.
+  partitions the table was given at each rebalance, never paused: every record it reads goes
+  into a :class:`~bridge.attempts.stores.DeliveryLogStore` (setting ``delivery_log_store``),
+  whose limits bound what it holds. A partition starts at the checkpoint its store kept (the
+  RocksDB store: a restart reads only what it missed), else at ``offsets_for_times(now -
+  delivery_log_max_age)`` (or the partition's start when the broker has no answer). A
+  checkpoint before the partition's start (retention deleted records never read) is dropped
+  with its log and the partition read again, and so is one whose topic was recreated: reading
+  resumes one record early, and that record must be the one the checkpoint names (its offset
+  and timestamp); past the topic's end the broker answers "out of range" (Kafka) or an empty
+  fetch with a lower high-water mark (the embedded broker, whose reported ends cannot be
+  compared with a checkpoint: they may be too low). A partition that is revoked is forgotten
+  (its files deleted).
 """
 
 from __future__ import annotations
@@ -26,12 +34,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import OffsetOutOfRangeError
 from aiokafka.partitioner import DefaultPartitioner
 from faust.tables.table import Table
 from mode import Service
 
-from bridge.attempts.book import ActivityBook
 from bridge.attempts.record import Attempt
+from bridge.attempts.stores import Checkpoint, DeliveryLogStore
 from bridge.errors import InvalidRecord
 
 __all__ = [
@@ -106,40 +115,56 @@ class OwnerUnavailable(Exception):
 
 
 class DeliveryLogReader(Service):
-    """Feeds the book from the owned attempts partitions (module docstring).
+    """Feeds the store from the owned attempts partitions (module docstring).
 
-    ``consumer_factory`` makes the group-less consumer; ``clock`` gives the time in seconds
-    since the epoch."""
+    ``consumer_factory`` makes the group-less consumer (with ``auto_offset_reset="none"``, so
+    an offset out of range is reported rather than silently moved); ``clock`` gives the time
+    in seconds since the epoch; every ``sweep_interval`` seconds old attempts and stats
+    buckets are expired."""
 
     def __init__(
         self,
         *,
         topic: str,
         consumer_factory: Callable[[], AIOKafkaConsumer],
-        max_attempts: int,
+        store: DeliveryLogStore,
         max_age: float,
         clock: Callable[[], float] = time.time,
         poll_timeout: float = 0.2,
+        sweep_interval: float = 60.0,
     ) -> None:
         super().__init__()
         self.topic = topic
-        self.book = ActivityBook(max_attempts=max_attempts, max_age=max_age)
+        self.store = store
         self._max_age = max_age
         self._consumer_factory = consumer_factory
         self._consumer: AIOKafkaConsumer | None = None
         self._clock = clock
         self._poll_timeout = poll_timeout
+        self._sweep_interval = sweep_interval
         #: The partitions the latest assignment gave (``None`` before the first one).
         self._wanted: set[int] | None = None
         self._changed = asyncio.Event()
-        #: Partitions being read, and the webhook ids seen in each.
-        self._held: dict[int, set[str]] = {}
+        #: Partitions being read.
+        self._held: set[int] = set()
         #: Records read per partition (duplicates and invalid ones included).
         self.read: dict[int, int] = {}
         #: The last offset read per partition.
         self.positions: dict[int, int] = {}
+        #: The next offset to fetch per partition (kept across ``assign()``, which forgets).
+        self._next: dict[int, int] = {}
+        #: The checkpoint each partition was resumed from (stores that keep one).
+        self.resumed: dict[int, int] = {}
+        #: Partitions whose stored log was dropped and read again (checkpoint out of range).
+        self.reread = 0
         #: Partitions not yet read up to the end they had when assigned.
         self._catching_up: dict[int, int] = {}
+        #: Partitions whose store failed a write: read again from their checkpoint.
+        self._failed: set[int] = set()
+        #: Resumed partitions whose first record must be the one their checkpoint names.
+        self._verifying: dict[int, Checkpoint] = {}
+        #: Partitions found to be another topic than their checkpoint's: read again.
+        self._stale: set[int] = set()
         #: (partition, expected offset, offset read) whenever a record was not the next one.
         self.gaps: list[tuple[int, int, int]] = []
         self.invalid = 0
@@ -161,16 +186,30 @@ class DeliveryLogReader(Service):
             self._wanted is not None and self._wanted == set(self._held) and not (self._catching_up)
         )
 
-    def add(self, partition: int, offset: int, value: bytes | None) -> None:
-        """One record of ``partition`` into the book; never raises."""
-        if partition not in self._held:
-            return  # fetched before the partition was revoked
+    def hold(self, partition: int) -> Checkpoint | None:
+        """Start holding ``partition``: the offset its store says to resume from, if any."""
+        self._held.add(partition)
+        return self.store.open(partition, self._clock())
+
+    def add(self, partition: int, offset: int, value: bytes | None, timestamp: int = -1) -> None:
+        """One record of ``partition`` into the store; never raises (a store that fails is
+        read again from its checkpoint)."""
+        if partition not in self._held or partition in self._failed or partition in self._stale:
+            return  # fetched before the partition was revoked, or after a failed write
+        expected = self._verifying.pop(partition, None)
+        if expected is not None:
+            if offset == expected.offset - 1 and timestamp == expected.timestamp:
+                return  # the record before the checkpoint, already kept: the same topic
+            log.warning("delivery log: partition %s is not the one read before", partition)
+            self._stale.add(partition)
+            return
         self.read[partition] = self.read.get(partition, 0) + 1
         last = self.positions.get(partition)
         if last is not None and offset > last + 1:
             self.gaps.append((partition, last + 1, offset))
         if last is None or offset > last:
             self.positions[partition] = offset
+        self._next[partition] = offset + 1
         end = self._catching_up.get(partition)
         if end is not None and offset + 1 >= end:
             del self._catching_up[partition]
@@ -178,33 +217,45 @@ class DeliveryLogReader(Service):
             attempt = Attempt.parse(value)
         except InvalidRecord:
             self.invalid += 1
+            self.store.skip(partition, offset, timestamp)
             return
         except Exception:  # a bug: counted, the log goes on
             self.invalid += 1
+            self.store.skip(partition, offset, timestamp)
             log.exception("attempt record skipped")
             return
-        self.book.add(attempt, self._clock())
-        self._held[partition].add(attempt.webhook_id)
+        assert value is not None
+        try:
+            self.store.add(partition, offset, attempt, value, self._clock(), timestamp)
+        except Exception:
+            log.exception("delivery log: partition %s not written; reading it again", partition)
+            self._failed.add(partition)
 
     def forget(self, partitions: Iterable[int]) -> None:
-        """Drop the webhooks of partitions no longer owned."""
+        """Drop the logs of partitions no longer owned."""
         for partition in partitions:
-            for webhook_id in self._held.pop(partition, ()):
-                self.book.forget(webhook_id)
+            self._held.discard(partition)
+            self.store.drop(partition)
             self.read.pop(partition, None)
             self.positions.pop(partition, None)
+            self._next.pop(partition, None)
+            self.resumed.pop(partition, None)
             self._catching_up.pop(partition, None)
+            self._failed.discard(partition)
+            self._verifying.pop(partition, None)
+            self._stale.discard(partition)
 
     def summary(self) -> dict[str, Any]:
         """What this reader holds (``GET /internal/delivery-log``)."""
         return {
+            **self.store.summary(),
             "partitions": sorted(self._held),
             "caught_up": self.caught_up,
-            "webhooks": len(self.book),
-            "attempts": sum(len(a.log) for a in self.book.activities()),
             "records_read": sum(self.read.values()),
             "read": {str(p): n for p, n in sorted(self.read.items())},
             "positions": {str(p): n for p, n in sorted(self.positions.items())},
+            "resumed": {str(p): n for p, n in sorted(self.resumed.items())},
+            "reread": self.reread,
             "invalid": self.invalid,
             "gaps": self.gaps[-20:],
         }
@@ -213,33 +264,57 @@ class DeliveryLogReader(Service):
     async def _reassign(self, consumer: AIOKafkaConsumer) -> None:
         self._changed.clear()
         wanted = set(self._wanted or ())
-        self.forget(set(self._held) - wanted)
-        new = sorted(wanted - set(self._held))
+        self.forget(self._held - wanted)
+        new = sorted(wanted - self._held)
         tps = {p: TopicPartition(self.topic, p) for p in sorted(wanted)}
         consumer.assign(list(tps.values()))
+        # A new assignment has no positions: the partitions still held go on where they were.
+        for p, offset in self._next.items():
+            consumer.seek(tps[p], offset)
         if not new:
             return
+        checkpoints: dict[int, Checkpoint | None] = {}
         for p in new:
-            self._held[p] = set()
+            checkpoints[p] = self.hold(p)
             # Not caught up until its start and end are known (ready() reads this meanwhile).
             self._catching_up[p] = NEVER_READ
         new_tps = [tps[p] for p in new]
-        since_ms = int((self._clock() - self._max_age) * 1000)
-        found = await consumer.offsets_for_times({tp: since_ms for tp in new_tps})
         starts = await consumer.beginning_offsets(new_tps)
         ends = await consumer.end_offsets(new_tps)
+        resume: dict[int, int] = {}
         for tp in new_tps:
-            stamped = found.get(tp)
-            # Brokers without a time index (the embedded one answers 0 for every time) give
-            # the start: the book drops what is older than its age limit.
-            start = stamped.offset if stamped is not None else ends[tp]
-            start = max(start, starts[tp])
+            checkpoint = checkpoints[tp.partition]
+            if checkpoint is not None and checkpoint.offset < starts[tp]:
+                log.info("delivery log: partition %s kept offsets no longer in the topic", tp)
+                self.store.drop(tp.partition)
+                self.reread += 1
+                checkpoint = self.hold(tp.partition)
+            if checkpoint is None:
+                continue
+            self.resumed[tp.partition] = checkpoint.offset
+            resume[tp.partition] = checkpoint.offset
+            if checkpoint.offset > starts[tp] and checkpoint.timestamp >= 0:
+                resume[tp.partition] -= 1  # to see the record the checkpoint names
+                self._verifying[tp.partition] = checkpoint
+        since_ms = int((self._clock() - self._max_age) * 1000)
+        unkept = [tp for tp in new_tps if tp.partition not in resume]
+        found = await consumer.offsets_for_times({tp: since_ms for tp in unkept}) if unkept else {}
+        for tp in new_tps:
+            if tp.partition in resume:
+                start = resume[tp.partition]
+            else:
+                stamped = found.get(tp)
+                # Brokers without a time index (the embedded one answers 0 for every time)
+                # give the start: the store drops what is older than its age limit.
+                start = stamped.offset if stamped is not None else ends[tp]
+                start = max(start, starts[tp])
             consumer.seek(tp, start)
+            self._next[tp.partition] = start
             if ends[tp] > start:
                 self._catching_up[tp.partition] = ends[tp]
             else:
                 self._catching_up.pop(tp.partition, None)
-        log.info("delivery log: reading attempts partitions %s", new)
+        log.info("delivery log: reading attempts partitions %s (resumed: %s)", new, self.resumed)
 
     async def _check_caught_up(self, consumer: AIOKafkaConsumer) -> None:
         """A partition is caught up once read to the end it had when assigned, or to the
@@ -252,11 +327,52 @@ class DeliveryLogReader(Service):
             if mark is not None and await consumer.position(tp) >= mark:
                 self._catching_up.pop(partition, None)
 
+    def _check_resumed(self, consumer: AIOKafkaConsumer) -> None:
+        """Read again the partitions found to be another topic: by their first record, or
+        by a fetch that gave none and a high-water mark below the checkpoint (the record it
+        names is not there). Called right after a fetch returns, so the mark and the records
+        come from the same responses."""
+        for partition, checkpoint in list(self._verifying.items()):
+            mark = consumer.highwater(TopicPartition(self.topic, partition))
+            if mark is not None and mark < checkpoint.offset:
+                log.warning("delivery log: partition %s is shorter than its checkpoint", partition)
+                self._stale.add(partition)
+        if self._stale:
+            self._read_again(self._stale)
+
+    def _read_again(self, partitions: Iterable[int]) -> None:
+        """Drop ``partitions``' logs and read them anew (at the next reassignment)."""
+        partitions = set(partitions) & self._held
+        self.forget(partitions)
+        self.reread += len(partitions)
+        self._changed.set()
+
+    def _flush(self, consumer: AIOKafkaConsumer, partitions: Iterable[int]) -> None:
+        """Write the checkpoints of what was read; a partition whose write failed is read
+        again from its last written checkpoint."""
+        for partition in partitions:
+            if partition not in self._failed:
+                try:
+                    self.store.flush(partition)
+                except Exception:
+                    log.exception("delivery log: checkpoint of partition %s not written", partition)
+                    self._failed.add(partition)
+        for partition in list(self._failed):
+            self._failed.discard(partition)
+            checkpoint = self.store.open(partition, self._clock())
+            self.positions.pop(partition, None)
+            if checkpoint is None:
+                self._read_again([partition])
+            else:
+                consumer.seek(TopicPartition(self.topic, partition), checkpoint.offset)
+                self._next[partition] = checkpoint.offset
+
     @Service.task
     async def _read(self) -> None:
         consumer = self._consumer_factory()
         await consumer.start()
         self._consumer = consumer
+        swept = self._clock()
         try:
             while not self.should_stop:
                 if self._changed.is_set():
@@ -267,11 +383,29 @@ class DeliveryLogReader(Service):
                     except TimeoutError:
                         pass
                     continue
-                batches = await consumer.getmany(timeout_ms=int(self._poll_timeout * 1000))
+                try:
+                    batches = await consumer.getmany(timeout_ms=int(self._poll_timeout * 1000))
+                except OffsetOutOfRangeError as exc:
+                    # A checkpoint past the end: the topic was recreated since it was written.
+                    out = {tp.partition for tp in exc.args[0]} if exc.args else set(self._held)
+                    log.warning("delivery log: partitions %s out of range; reading again", out)
+                    self._read_again(out)
+                    continue
                 for tp, records in batches.items():
                     for record in records:
-                        self.add(tp.partition, record.offset, record.value)
+                        self.add(tp.partition, record.offset, record.value, record.timestamp)
+                self._check_resumed(consumer)
+                self._flush(consumer, [tp.partition for tp in batches])
                 await self._check_caught_up(consumer)
+                if self._clock() - swept >= self._sweep_interval:
+                    swept = self._clock()
+                    try:
+                        self.store.sweep(swept)
+                    except Exception:  # tried again at the next sweep; reads filter by age
+                        log.exception("delivery log: sweep failed")
         finally:
             self._consumer = None
-            await consumer.stop()
+            try:
+                await consumer.stop()
+            finally:
+                self.store.close()

@@ -41,6 +41,7 @@ API_OFF = {
             "mountPath": "/etc/t",
         },
         "podIPv6": True,
+        "dataSizeLimit": "4Gi",
         "resources": {"requests": {"cpu": "1"}},
         "podAnnotations": {"a": "b"},
         "service": {"port": 8080, "type": "NodePort"},
@@ -94,9 +95,9 @@ def _token_file(secret: dict[str, Any], key: str = "tokens.json") -> Any:
     "values_file", [None, *CI_VALUES], ids=lambda p: p.name if p else "default"
 )
 def test_api_off_changes_nothing(chart: Chart, values_file: Path | None) -> None:
-    if values_file == API_VALUES:
-        pytest.skip("the scenario enables the API")
     base = yaml.safe_load(values_file.read_text()) if values_file else {}
+    if base.get("api", {}).get("enabled"):
+        pytest.skip("the scenario enables the API")
     assert template_text(chart, base, API_OFF) == template_text(chart, base)
     rendered = chart.render([values_file] if values_file else [])
     components = {
@@ -153,6 +154,27 @@ def test_api_env_tokens_file_and_advertised_url(chart: Chart) -> None:
     secret = rendered.one("Secret", "api")
     assert volumes["api-tokens"]["secret"]["secretName"] == secret["metadata"]["name"]
     assert tokens["key"] in secret["data"]
+
+
+def test_a_delivery_log_on_disk_gets_the_api_data_volume_s_own_limit(chart: Chart) -> None:
+    def data_volume(rendered: Any) -> dict[str, Any]:
+        api = rendered.one("Deployment", "api")
+        volumes = {v["name"]: v for v in api["spec"]["template"]["spec"]["volumes"]}
+        assert {"name": "data", "mountPath": "/data"} in container(api)["volumeMounts"]
+        return dict(volumes["data"])
+
+    default = VALUES["volumes"]["dataSizeLimit"]
+    assert data_volume(api_render(chart)) == {"name": "data", "emptyDir": {"sizeLimit": default}}
+    rendered = api_render(
+        chart, {"config": {"deliveryLogStore": "rocksdb"}, "api": {"dataSizeLimit": "3Gi"}}
+    )
+    assert data_volume(rendered) == {"name": "data", "emptyDir": {"sizeLimit": "3Gi"}}
+    settings = _settings(container(rendered.one("Deployment", "api")))
+    assert settings.delivery_log_store == "rocksdb"
+    assert str(settings.resolved_data_dir) == "/data"
+    worker = rendered.one("Deployment", "worker")
+    volumes = {v["name"]: v for v in worker["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["data"]["emptyDir"]["sizeLimit"] == default
 
 
 def test_advertised_url_brackets_an_ipv6_pod_ip(chart: Chart) -> None:

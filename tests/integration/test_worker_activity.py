@@ -5,6 +5,7 @@ forgotten) and a request routed to the owner."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -16,9 +17,11 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 import bridge
 from bridge.admin.publish import publish_events
+from bridge.admin.topics import apply_topics
 from bridge.config import Settings
 from bridge.contract import jsoncanon
 from bridge.contract.events import build_event, format_timestamp
@@ -255,3 +258,105 @@ async def test_an_api_worker_holds_the_log_while_a_deliver_worker_delivers(
     # The api worker consumes no events: the deliver worker made the delivery alone.
     metrics = await api.metrics()
     assert not any(k.startswith("webhook_bridge_events_total") and v for k, v in metrics.items())
+
+
+async def test_a_log_on_disk_survives_restarts_and_a_kill_reading_only_what_it_missed(
+    log_settings: Settings, receiver: Receiver, workers: Callable[[Settings], WorkerProcess]
+) -> None:
+    settings = log_settings.replace(delivery_log_store="rocksdb")
+    webhooks = [f"wh{i}" for i in range(12)]
+    await subscribe(settings, receiver, dict.fromkeys(webhooks, "s1"), ("post.created",))
+    await _write_batched(settings, webhooks, 0, 3000)
+
+    def holds(total: int, read: int) -> Callable[[dict[str, Any]], bool]:
+        return lambda s: (
+            s["attempts"] == total
+            and s["records_read"] == read
+            and s["caught_up"]
+            and not s["gaps"]
+        )
+
+    a = workers(settings)
+    await a.wait_ready()
+    summary = await poll(lambda: log_of(a), until=holds(3000, 3000), timeout=60, interval=0.2)
+    assert holds(3000, 3000)(summary), summary
+    assert summary["store"] == "rocksdb" and summary["disk_bytes"] > 0 and not summary["resumed"]
+    written = sorted(summary["read"])  # the partitions the webhooks' records are in
+    a.stop(grace=5.0)
+
+    # Written while no worker runs: the restarted worker resumes every partition written to
+    # from its checkpoint and reads these records only.
+    await _write_batched(settings, webhooks, 3000, 1000)
+    a = workers(settings)
+    await a.wait_ready()
+    summary = await poll(lambda: log_of(a), until=holds(4000, 1000), timeout=60, interval=0.2)
+    assert holds(4000, 1000)(summary), summary
+    assert sorted(summary["resumed"]) == written
+    assert sum(summary["resumed"].values()) == 3000 and summary["reread"] == 0
+
+    # Killed while records arrive: each is kept once after the restart, whatever was written.
+    writing = asyncio.ensure_future(_write_batched(settings, webhooks, 4000, 2000))
+    await poll(lambda: log_of(a), until=lambda s: s["records_read"] > 1200, timeout=60)
+    a.kill()
+    await writing
+    a = workers(settings)
+    await a.wait_ready()
+    summary = await poll(lambda: log_of(a), until=lambda s: s["attempts"] == 6000, timeout=60)
+    assert summary["attempts"] == 6000 and not summary["gaps"], summary
+    assert summary["records_read"] < 2000, summary  # not the whole topic again
+
+    # The log answers as an in-memory log read from the topic does (a worker of another group,
+    # which holds every partition itself).
+    memory = workers(
+        settings.replace(
+            delivery_log_store="memory",
+            web_port=free_port(),
+            group_id=settings.group_id + "-memory",
+            data_dir=str(Path(str(settings.data_dir)) / "memory"),
+        )
+    )
+    await memory.wait_ready()
+    for webhook_id in webhooks[:3]:
+        path = f"/v1/webhooks/{webhook_id}/attempts?limit=200"
+        pages = []
+        for worker in (a, memory):
+            response = await get(worker, path, headers=AUTH)
+            assert response.status_code == 200, response.text
+            pages.append(response.json())
+        assert pages[0] == pages[1] and len(pages[0]["items"]) == 200
+
+
+async def test_a_log_on_disk_of_a_recreated_topic_is_dropped_and_read_again(
+    log_settings: Settings, receiver: Receiver, workers: Callable[[Settings], WorkerProcess]
+) -> None:
+    settings = log_settings.replace(delivery_log_store="rocksdb")
+    webhooks = [f"wh{i}" for i in range(12)]
+    await subscribe(settings, receiver, dict.fromkeys(webhooks, "s1"), ("post.created",))
+    await _write_batched(settings, webhooks, 0, 1200)
+    a = workers(settings)
+    await a.wait_ready()
+    summary = await poll(lambda: log_of(a), until=lambda s: s["attempts"] == 1200, timeout=60)
+    assert summary["attempts"] == 1200, summary
+    a.stop(grace=5.0)
+
+    # The topic is deleted and created again, with fewer records than were read.
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.delete_topics([settings.attempts_topic])
+    finally:
+        await admin.close()
+    await apply_topics(settings)
+    await _write_batched(settings, webhooks, 5000, 120)
+
+    a = workers(settings)
+    await a.wait_ready()
+    summary = await poll(
+        lambda: log_of(a), until=lambda s: s["attempts"] == 120 and s["caught_up"], timeout=60
+    )
+    assert summary["attempts"] == 120 and summary["records_read"] == 120, summary
+    assert summary["reread"] > 0 and not summary["gaps"], summary
+    response = await get(a, "/v1/webhooks/wh0/attempts", headers=AUTH)
+    assert {i["delivery_id"] for i in response.json()["items"]} == {
+        f"d-wh0-{n}" for n in range(5000, 5120) if n % 12 == 0
+    }

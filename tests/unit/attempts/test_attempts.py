@@ -8,14 +8,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.attempts.book import ActivityBook
-from bridge.attempts.log import LogQuery, WebhookLog, decode_cursor, encode_cursor
+from bridge.attempts.log import LogQuery, decode_cursor, encode_cursor
 from bridge.attempts.record import Attempt
 from bridge.attempts.stats import LATENCY_BOUNDS, WebhookStats
 from bridge.errors import InvalidRecord
+from tests.support.attempt_logs import LogFactory
 
 T0 = datetime(2024, 1, 15, 10, 0, tzinfo=UTC).timestamp()
 
@@ -85,8 +86,8 @@ def test_what_is_not_an_attempt_record_is_refused_with_a_reason(value: bytes | N
 # ------------------------------------------------------------------------------------ log
 
 
-def test_the_log_lists_newest_first_in_pages_that_meet_exactly() -> None:
-    log = WebhookLog(max_attempts=100, max_age=86400)
+def test_the_log_lists_newest_first_in_pages_that_meet_exactly(make_log: LogFactory) -> None:
+    log = make_log(max_attempts=100, max_age=86400)
     for i in range(25):
         assert log.add(attempt(T0 + i, delivery_id=f"d{i:02}"), now=T0 + 30)
     seen: list[str] = []
@@ -100,8 +101,8 @@ def test_the_log_lists_newest_first_in_pages_that_meet_exactly() -> None:
     assert seen == [f"d{i:02}" for i in reversed(range(25))]
 
 
-def test_filters_combine() -> None:
-    log = WebhookLog(max_attempts=100, max_age=86400)
+def test_filters_combine(make_log: LogFactory) -> None:
+    log = make_log(max_attempts=100, max_age=86400)
     log.add(attempt(T0, delivery_id="a"), now=T0)
     log.add(attempt(T0 + 1, delivery_id="b", outcome="failure", status=500), now=T0)
     log.add(attempt(T0 + 2, delivery_id="c", outcome="failure", status=None, error="timeout"), T0)
@@ -118,8 +119,8 @@ def test_filters_combine() -> None:
         LogQuery(outcome="maybe")
 
 
-def test_a_delivery_shows_every_attempt_in_order() -> None:
-    log = WebhookLog(max_attempts=100, max_age=86400)
+def test_a_delivery_shows_every_attempt_in_order(make_log: LogFactory) -> None:
+    log = make_log(max_attempts=100, max_age=86400)
     log.add(attempt(T0 + 60, attempt=3), now=T0 + 60)
     log.add(attempt(T0, attempt=1, outcome="failure", status=500, next="retry"), now=T0 + 60)
     log.add(attempt(T0 + 5, attempt=2, outcome="failure", status=502, next="retry"), T0 + 60)
@@ -137,8 +138,8 @@ def test_the_same_record_read_twice_is_kept_once() -> None:
     assert activity.stats.window("1h", T0).attempts == 1
 
 
-def test_the_log_is_bounded_by_count_and_age() -> None:
-    log = WebhookLog(max_attempts=3, max_age=100)
+def test_the_log_is_bounded_by_count_and_age(make_log: LogFactory) -> None:
+    log = make_log(max_attempts=3, max_age=100)
     for i in range(5):
         log.add(attempt(T0 + i, delivery_id=f"d{i}"), now=T0 + 5)
     assert [a.delivery_id for a in log.page(LogQuery(), now=T0 + 5).items] == ["d4", "d3", "d2"]
@@ -150,8 +151,8 @@ def test_the_log_is_bounded_by_count_and_age() -> None:
 
 
 @pytest.mark.parametrize("cursor", ["", "x", "bm90IGpzb24", encode_cursor((1.0, "d", 1))[:-2]])
-def test_a_cursor_that_is_not_ours_is_refused(cursor: str) -> None:
-    log = WebhookLog(max_attempts=3, max_age=100)
+def test_a_cursor_that_is_not_ours_is_refused(cursor: str, make_log: LogFactory) -> None:
+    log = make_log(max_attempts=3, max_age=100)
     with pytest.raises(ValueError):
         log.page(LogQuery(), now=T0, cursor=cursor)
 
@@ -164,10 +165,11 @@ def test_a_cursor_that_is_not_ours_is_refused(cursor: str) -> None:
     st.integers(1, 7),
     st.sampled_from([None, "success", "failure"]),
 )
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # make_log: a factory
 def test_paging_lists_each_kept_attempt_once_in_order(
-    rows: list[tuple[int, str, int]], limit: int, outcome: str | None
+    make_log: LogFactory, rows: list[tuple[int, str, int]], limit: int, outcome: str | None
 ) -> None:
-    log = WebhookLog(max_attempts=40, max_age=10_000)
+    log = make_log(max_attempts=40, max_age=10_000)
     for offset, delivery, number in rows:
         log.add(
             attempt(

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
+from bridge.attempts.stores import Checkpoint, DeliveryLogStore, MemoryStore, RocksStore
 from bridge.config import Settings
 from bridge.contract import jsoncanon
 from bridge.worker.app import Bridge
@@ -26,11 +27,22 @@ from tests.unit.attempts.test_attempts import T0, record, stamp
 KEY1 = base64.b64encode(bytes(range(32))).decode()
 
 
-def reader() -> DeliveryLogReader:
+@pytest.fixture(params=["memory", "rocksdb"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DeliveryLogStore]:
+    made: DeliveryLogStore = (
+        MemoryStore(max_attempts=10, max_age=7 * 86400.0)
+        if request.param == "memory"
+        else RocksStore(tmp_path / "log", max_attempts=10, max_age=7 * 86400.0)
+    )
+    yield made
+    made.close()
+
+
+def reader(store: DeliveryLogStore) -> DeliveryLogReader:
     return DeliveryLogReader(
         topic="attempts",
         consumer_factory=lambda: None,  # type: ignore[arg-type,return-value]  # never started
-        max_attempts=10,
+        store=store,
         max_age=7 * 86400.0,
         clock=lambda: T0 + 60,
     )
@@ -47,9 +59,12 @@ def test_the_partition_is_the_producers() -> None:
         assert attempts_partition(webhook_id, 6) == expected
 
 
-def test_records_of_held_partitions_fill_the_book_and_gaps_are_reported() -> None:
-    log = reader()
-    log._held = {0: set(), 1: set()}
+def test_records_of_held_partitions_fill_the_store_and_gaps_are_reported(
+    store: DeliveryLogStore,
+) -> None:
+    log = reader(store)
+    log.hold(0)
+    log.hold(1)
     log.add(0, 0, value("a", 0))
     log.add(0, 1, value("a", 1))
     log.add(0, 3, value("a", 3))  # offset 2 never came
@@ -59,19 +74,22 @@ def test_records_of_held_partitions_fill_the_book_and_gaps_are_reported() -> Non
     summary = log.summary()
     assert (summary["attempts"], summary["records_read"], summary["invalid"]) == (4, 5, 1)
     assert summary["gaps"] == [(0, 2, 3)]
-    assert log.book.get("c") is None
+    assert log.store.get("c") is None
     log.forget([0])
-    assert log.book.get("a") is None and log.book.get("b") is not None
+    assert log.store.get("a") is None and log.store.get("b") is not None
     assert log.summary()["partitions"] == [1]
 
 
-def test_caught_up_only_once_every_assigned_partition_is_read_to_its_end() -> None:
-    log = reader()
+def test_caught_up_only_once_every_assigned_partition_is_read_to_its_end(
+    store: DeliveryLogStore,
+) -> None:
+    log = reader(store)
     assert not log.caught_up  # no assignment yet
     log.assign([0, 1])
     assert not log.caught_up
     log._changed.clear()
-    log._held = {0: set(), 1: set()}
+    log._held = {0, 1}
+    log.store.open(1, T0)
     log._catching_up = {0: NEVER_READ, 1: 2}
     assert not log.caught_up
     log._catching_up = {1: 2}
@@ -157,9 +175,106 @@ def test_an_owned_webhook_is_answered_from_the_book(bridge: Bridge) -> None:
     assert log is not None
     with pytest.raises(OwnerUnavailable):  # assigned but not read yet
         bridge.local_activity("wh")
-    log._held[p] = set()
+    log.hold(p)
     now = jsoncanon.dumps(record(webhook_id="wh", delivery_id="d0", at=stamp(time.time() - 10)))
     log.add(p, 0, now)
     activity = asyncio.run(bridge.activity_for("wh"))
     assert [a.delivery_id for a in activity.log.attempts()] == ["d0"]
     assert [a.delivery_id for a in bridge.local_delivery("d0")] == ["d0"]
+
+
+class Seeks:
+    """What the reader asks of its consumer after a failed write."""
+
+    def __init__(self) -> None:
+        self.seeks: list[tuple[int, int]] = []
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.seeks.append((tp.partition, offset))
+
+
+def test_a_failed_write_is_read_again_from_the_checkpoint(tmp_path: Path) -> None:
+    store = RocksStore(tmp_path / "log", max_attempts=10, max_age=7 * 86400.0)
+    log = reader(store)
+    log.hold(0)
+    for n in range(3):
+        log.add(0, n, value("a", n))
+    partition = store.partitions[0]
+    real = partition.write
+
+    def broken(batch: Any) -> None:
+        raise OSError("disk full")
+
+    partition.write = broken
+    log.add(0, 3, value("a", 3))  # fails: not kept, and what follows is not read
+    log.add(0, 4, value("a", 4))
+    consumer = Seeks()
+    log._flush(consumer, [0])  # type: ignore[arg-type]
+    assert consumer.seeks == [(0, 3)]
+    partition.write = real
+    log.add(0, 3, value("a", 3))
+    log.add(0, 4, value("a", 4))
+    log._flush(consumer, [0])  # type: ignore[arg-type]
+    activity = store.get("a")
+    assert activity is not None
+    assert [a.delivery_id for a in activity.log.attempts()] == [f"d{n}" for n in range(5)]
+    assert activity.stats.window("1h", T0 + 60).attempts == 5
+    assert partition.checkpoint is not None and partition.checkpoint.offset == 5
+    assert not log.gaps
+    store.close()
+
+
+def test_a_checkpoint_is_resumed_and_a_revoked_partition_deleted(tmp_path: Path) -> None:
+    store = RocksStore(tmp_path / "log", max_attempts=10, max_age=7 * 86400.0)
+    log = reader(store)
+    assert log.hold(2) is None
+    log.add(2, 7, value("a", 0), 1700)
+    log.add(2, 8, b"{}", 1800)
+    log._flush(Seeks(), [2])  # type: ignore[arg-type]
+    store.close()
+    store = RocksStore(tmp_path / "log", max_attempts=10, max_age=7 * 86400.0)
+    log = reader(store)
+    assert log.hold(2) == (9, 1800)
+    log.forget([2])
+    assert not (tmp_path / "log" / "2").exists()
+    store.close()
+
+
+def test_a_resumed_partition_must_start_with_the_record_its_checkpoint_names(
+    tmp_path: Path,
+) -> None:
+    store = RocksStore(tmp_path / "log", max_attempts=10, max_age=7 * 86400.0)
+    log = reader(store)
+    log.hold(0)
+    log.hold(1)
+    log._verifying = {0: Checkpoint(5, 1700), 1: Checkpoint(5, 1700)}
+    log.add(0, 4, value("a", 4), 1700)  # the same record: the same topic
+    log.add(0, 5, value("a", 5), 1800)
+    log.add(1, 4, value("b", 4), 9999)  # another record at that offset: recreated
+    log.add(1, 5, value("b", 5), 9999)
+    assert log._stale == {1} and log.summary()["records_read"] == 1
+    log._check_resumed(Highwaters({}))  # type: ignore[arg-type]
+    assert log.assigned == {0} and log.reread == 1 and log._changed.is_set()
+    store.close()
+
+
+def test_a_fetch_without_the_checkpoint_s_record_and_a_lower_end_is_another_topic(
+    tmp_path: Path,
+) -> None:
+    store = RocksStore(tmp_path / "log", max_attempts=10, max_age=7 * 86400.0)
+    log = reader(store)
+    for p in (0, 1, 2):
+        log.hold(p)
+    log._verifying = {p: Checkpoint(50, 1700) for p in (0, 1, 2)}
+    # Partition 0 not fetched yet; 1 answered up to 50 (its record is coming); 2 ends at 3.
+    log._check_resumed(Highwaters({1: 50, 2: 3}))  # type: ignore[arg-type]
+    assert log.assigned == {0, 1} and set(log._verifying) == {0, 1}
+    store.close()
+
+
+class Highwaters:
+    def __init__(self, marks: dict[int, int]) -> None:
+        self.marks = marks
+
+    def highwater(self, tp: Any) -> int | None:
+        return self.marks.get(tp.partition)

@@ -1,0 +1,259 @@
+"""Where the delivery log of the attempts partitions a worker holds is kept: memory or RocksDB.
+
+Both keep the same log by the same rules and answer the same queries; they differ in what a
+restart costs. :class:`MemoryStore` (the default) holds everything in an
+:class:`~bridge.attempts.book.ActivityBook` and has no checkpoint: a restart reads the
+attempts topic again from ``now - delivery_log_max_age``. :class:`RocksStore` keeps each
+partition's log in a :class:`~bridge.attempts.rocks.PartitionLog` on disk with the next offset
+to read, so a restart reads only what it missed, and memory holds the stats only.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Protocol
+
+import rocksdict
+
+from bridge.attempts.book import Activity, ActivityBook
+from bridge.attempts.log import WebhookLog
+from bridge.attempts.record import Attempt
+from bridge.attempts.rocks import Checkpoint, PartitionLog, RocksOptions
+from bridge.attempts.stats import WebhookStats
+
+__all__ = ["STORES", "Checkpoint", "DeliveryLogStore", "MemoryStore", "RocksStore"]
+
+log = logging.getLogger(__name__)
+
+#: The values of the ``delivery_log_store`` setting.
+STORES = ("memory", "rocksdb")
+
+
+class DeliveryLogStore(Protocol):
+    """The log of the held partitions, fed record by record by the reader."""
+
+    def open(self, partition: int, now: float) -> Checkpoint | None:
+        """Hold ``partition``; where reading it stopped, when the store kept that."""
+        ...
+
+    def add(
+        self,
+        partition: int,
+        offset: int,
+        attempt: Attempt,
+        value: bytes,
+        now: float,
+        timestamp: int = -1,
+    ) -> bool:
+        """Keep ``attempt`` (``value`` as read, the record's ``timestamp``); ``False`` when
+        already kept or too old."""
+        ...
+
+    def skip(self, partition: int, offset: int, timestamp: int = -1) -> None:
+        """A record that is not an attempt was read at ``offset``."""
+        ...
+
+    def flush(self, partition: int) -> None:
+        """Write what was read of ``partition`` so far (the checkpoint)."""
+        ...
+
+    def drop(self, partition: int) -> None:
+        """Forget ``partition``'s log (revoked, or to be read again)."""
+        ...
+
+    def sweep(self, now: float) -> None:
+        """Expire old attempts and stats of every webhook."""
+        ...
+
+    def get(self, webhook_id: str) -> Activity | None: ...
+
+    def empty(self) -> Activity: ...
+
+    def delivery(self, delivery_id: str) -> list[Attempt]:
+        """Every kept attempt of one delivery (any webhook)."""
+        ...
+
+    def summary(self) -> dict[str, Any]:
+        """Webhooks and attempts held, and what the store is."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class MemoryStore:
+    """The log in memory: an :class:`ActivityBook`, and the webhooks seen in each partition
+    (to forget them when it is revoked)."""
+
+    def __init__(self, *, max_attempts: int, max_age: float) -> None:
+        self.book = ActivityBook(max_attempts=max_attempts, max_age=max_age)
+        self._webhooks: dict[int, set[str]] = {}
+
+    def open(self, partition: int, now: float) -> Checkpoint | None:
+        self._webhooks.setdefault(partition, set())
+        return None
+
+    def add(
+        self,
+        partition: int,
+        offset: int,
+        attempt: Attempt,
+        value: bytes,
+        now: float,
+        timestamp: int = -1,
+    ) -> bool:
+        self._webhooks.setdefault(partition, set()).add(attempt.webhook_id)
+        return self.book.add(attempt, now)
+
+    def skip(self, partition: int, offset: int, timestamp: int = -1) -> None:
+        pass
+
+    def flush(self, partition: int) -> None:
+        pass
+
+    def drop(self, partition: int) -> None:
+        for webhook_id in self._webhooks.pop(partition, ()):
+            self.book.forget(webhook_id)
+
+    def sweep(self, now: float) -> None:
+        for activity in self.book.activities():
+            assert isinstance(activity.log, WebhookLog)
+            activity.log.expire(now)
+            activity.stats.expire(now)
+
+    def get(self, webhook_id: str) -> Activity | None:
+        return self.book.get(webhook_id)
+
+    def empty(self) -> Activity:
+        return self.book.empty()
+
+    def delivery(self, delivery_id: str) -> list[Attempt]:
+        found: list[Attempt] = []
+        for activity in self.book.activities():
+            found.extend(activity.log.delivery(delivery_id))
+        return found
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "store": "memory",
+            "webhooks": len(self.book),
+            "attempts": sum(len(a.log) for a in self.book.activities()),
+        }
+
+    def close(self) -> None:
+        pass
+
+
+class RocksStore:
+    """The log on disk: one :class:`PartitionLog` per held partition under ``directory``
+    (``<data dir>/delivery-log/<attempts topic>/<partition>``), one block cache shared by all."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_attempts: int,
+        max_age: float,
+        options: RocksOptions | None = None,
+    ) -> None:
+        self.directory = directory
+        self._max_attempts = max_attempts
+        self._max_age = max_age
+        self._options = options or RocksOptions()
+        self._cache = rocksdict.Cache(self._options.block_cache_size)
+        self.partitions: dict[int, PartitionLog] = {}
+
+    def _path(self, partition: int) -> Path:
+        return self.directory / str(partition)
+
+    def open(self, partition: int, now: float) -> Checkpoint | None:
+        held = self.partitions.get(partition)
+        if held is None:
+            try:
+                held = self._open(partition, now)
+            except Exception:
+                # Damaged files: the log is read again from the topic, as with no files.
+                log.exception("delivery log: partition %s unreadable; reading it again", partition)
+                shutil.rmtree(self._path(partition), ignore_errors=True)
+                held = self._open(partition, now)
+            self.partitions[partition] = held
+        return held.checkpoint
+
+    def _open(self, partition: int, now: float) -> PartitionLog:
+        return PartitionLog(
+            self._path(partition),
+            max_attempts=self._max_attempts,
+            max_age=self._max_age,
+            now=now,
+            options=self._options,
+            cache=self._cache,
+        )
+
+    def add(
+        self,
+        partition: int,
+        offset: int,
+        attempt: Attempt,
+        value: bytes,
+        now: float,
+        timestamp: int = -1,
+    ) -> bool:
+        return self.partitions[partition].add(attempt, value, offset, now, timestamp)
+
+    def skip(self, partition: int, offset: int, timestamp: int = -1) -> None:
+        self.partitions[partition].skip(offset, timestamp)
+
+    def flush(self, partition: int) -> None:
+        held = self.partitions.get(partition)
+        if held is not None:
+            held.flush()
+
+    def drop(self, partition: int) -> None:
+        held = self.partitions.pop(partition, None)
+        if held is not None:
+            held.destroy()
+        else:
+            shutil.rmtree(self._path(partition), ignore_errors=True)
+
+    def sweep(self, now: float) -> None:
+        for held in self.partitions.values():
+            held.sweep(now)
+
+    def _partition_of(self, webhook_id: str) -> PartitionLog | None:
+        for held in self.partitions.values():
+            if held.stats(webhook_id) is not None:
+                return held
+        return None
+
+    def get(self, webhook_id: str) -> Activity | None:
+        held = self._partition_of(webhook_id)
+        if held is None:
+            return None
+        stats = held.stats(webhook_id)
+        assert stats is not None
+        return Activity(held.log(webhook_id), stats)
+
+    def empty(self) -> Activity:
+        return Activity(
+            WebhookLog(max_attempts=self._max_attempts, max_age=self._max_age), WebhookStats()
+        )
+
+    def delivery(self, delivery_id: str) -> list[Attempt]:
+        found: list[Attempt] = []
+        for held in self.partitions.values():
+            found.extend(held.delivery(delivery_id))
+        return found
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "store": "rocksdb",
+            "webhooks": sum(len(p) for p in self.partitions.values()),
+            "attempts": sum(p.attempts for p in self.partitions.values()),
+            "disk_bytes": sum(p.disk_bytes() for p in self.partitions.values()),
+        }
+
+    def close(self) -> None:
+        for held in self.partitions.values():
+            held.close()
+        self.partitions.clear()
