@@ -29,7 +29,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bridge.api.auth import hash_token, new_token
 from bridge.config import Settings
-from bridge.subscriptions.store import WebhookStore
 
 from . import kit
 from .kit import percentile
@@ -286,15 +285,6 @@ async def _raw_consume(bootstrap: str, topic: str, count: int, timeout: float) -
     }
 
 
-async def _store_load_s(settings: Settings) -> float:
-    """Seconds of one ``WebhookStore.load()``: what the API's webhook check costs when its
-    one-second view has expired (``bridge/api/store_repository.py``)."""
-    async with WebhookStore(settings) as store:
-        started = time.perf_counter()
-        await store.load()
-        return time.perf_counter() - started
-
-
 def query_paths(webhook_ids: list[str], count: int, *, seed: int = 11) -> list[tuple[str, str]]:
     """``count`` (kind, path) requests over random webhooks: most a plain page of 50, a fifth
     filtered (outcome, status class and event type, since a day ago); ``cursor`` kinds are
@@ -413,7 +403,6 @@ async def attempts_query(ctx: Context) -> dict[str, Any]:
     produce_s = await _produce(ctx.bootstrap, base_settings.attempts_topic, records)
     del records
     raw = await _raw_consume(ctx.bootstrap, base_settings.attempts_topic, sizes.attempts, 120.0)
-    store_load_s = await _store_load_s(base_settings)
     paths = query_paths(webhook_ids, sizes.queries)
     stores = {}
     for store in log_stores():
@@ -427,9 +416,7 @@ async def attempts_query(ctx: Context) -> dict[str, Any]:
         if store is not None:
             changes["delivery_log_store"] = store
         settings = base_settings.replace(**changes)
-        stores[store or "memory"] = await _api_worker(
-            ctx, settings, token, sizes, paths, raw, store_load_s
-        )
+        stores[store or "memory"] = await _api_worker(ctx, settings, token, sizes, paths, raw)
     empty_rss = await _empty_log_rss_kib(ctx, settings)
     for measured in stores.values():
         if empty_rss and measured["records_read"]:
@@ -454,7 +441,6 @@ async def attempts_query(ctx: Context) -> dict[str, Any]:
         raw_consume_per_s=raw["per_s"],
         raw_consume_records=raw["records"],
         attempts_partitions=raw["partitions"],
-        store_load_s=round(store_load_s, 3),
         empty_log_rss_mib=round((empty_rss or 0) / 1024, 1),
         queries=sizes.queries,
         concurrency=sizes.concurrency,
@@ -512,7 +498,6 @@ async def _api_worker(
     sizes: AttemptsSizes,
     paths: list[tuple[str, str]],
     raw: dict[str, Any],
-    store_load_s: float,
 ) -> dict[str, Any]:
     """One API-role worker over the filled topics: ready, ingest, RSS, disk, queries."""
     load_start = _loadavg()
@@ -539,10 +524,6 @@ async def _api_worker(
         h99 = percentile(healthz.latencies, 0.99)
         p99 = percentile(lat, 0.99)
         ingest = watched["ingest_per_s"]
-        # Requests that waited for the API's view of the webhooks to be read again (a whole read
-        # of the subscriptions topic once the one-second view expired) take about store_load_s.
-        unwaited = [x for x in lat if x < store_load_s / 2]
-        unwaited_p99 = percentile(unwaited, 0.99)
         read = watched["records_read"]
         out: dict[str, Any] = {
             **_quantiles(lat),
@@ -568,15 +549,10 @@ async def _api_worker(
             "items_returned": timed.items,
             "queries_per_s": round(len(lat) / timed.seconds, 1) if timed.seconds > 0 else None,
             "by_kind": {k: _quantiles(v) | {"n": len(v)} for k, v in sorted(timed.by_kind.items())},
-            "waited_for_webhooks_reload": len(lat) - len(unwaited),
-            "unwaited_p50_ms": _ms(percentile(unwaited, 0.5)),
-            "unwaited_p99_ms": _ms(unwaited_p99),
+            "over_100ms": sum(x > 0.1 for x in lat),
             "healthz_p50_ms": _ms(percentile(healthz.latencies, 0.5)),
             "healthz_p99_ms": _ms(h99),
             "p99_vs_healthz": round(p99 / h99, 2) if p99 and h99 else None,
-            "unwaited_p99_vs_healthz": round(unwaited_p99 / h99, 2)
-            if unwaited_p99 and h99
-            else None,
             "loadavg_start": load_start,
             "loadavg_end": _loadavg(),
         }
