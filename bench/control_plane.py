@@ -40,6 +40,7 @@ __all__ = [
     "attempt_records",
     "attempts_query",
     "dir_bytes",
+    "end_offsets_ms",
     "fanout_1_log",
     "log_stores",
     "query_paths",
@@ -67,7 +68,7 @@ class AttemptsSizes:
     def for_mode(cls, quick: bool) -> AttemptsSizes:
         if quick:
             return cls(log_pairs=1, webhooks=2000, attempts=20000, queries=500, query_seconds=30)
-        return cls(log_pairs=3, webhooks=100000, attempts=1000000, queries=5000)
+        return cls(log_pairs=3, webhooks=100000, attempts=1000000, queries=5000, query_seconds=300)
 
 
 def write_tokens(workdir: Path) -> tuple[Path, str]:
@@ -403,6 +404,7 @@ async def attempts_query(ctx: Context) -> dict[str, Any]:
     produce_s = await _produce(ctx.bootstrap, base_settings.attempts_topic, records)
     del records
     raw = await _raw_consume(ctx.bootstrap, base_settings.attempts_topic, sizes.attempts, 120.0)
+    offsets_ms = await end_offsets_ms(ctx.bootstrap, base_settings.subscriptions_topic)
     paths = query_paths(webhook_ids, sizes.queries)
     stores = {}
     for store in log_stores():
@@ -416,13 +418,21 @@ async def attempts_query(ctx: Context) -> dict[str, Any]:
         if store is not None:
             changes["delivery_log_store"] = store
         settings = base_settings.replace(**changes)
-        stores[store or "memory"] = await _api_worker(ctx, settings, token, sizes, paths, raw)
-    empty_rss = await _empty_log_rss_kib(ctx, settings)
+        measured = await _api_worker(ctx, settings, token, sizes, paths, raw)
+        p50 = measured["p50_ms"]
+        measured["p50_vs_end_offsets"] = round(p50 / offsets_ms, 2) if p50 and offsets_ms else None
+        stores[store or "memory"] = measured
+    empty = await _empty_log_worker(ctx, settings)
+    empty_rss = empty["rss_kib"]
     for measured in stores.values():
-        if empty_rss and measured["records_read"]:
-            kept = measured["log_attempts"] or measured["records_read"]
+        read = measured["records_read"]
+        if empty_rss and read:
+            kept = measured["log_attempts"] or read
             rss_kib = measured["worker_rss_mib"] * 1024
             measured["rss_per_attempt_bytes"] = round((rss_kib - empty_rss) * 1024 / kept)
+        if read:
+            cpu = measured["worker_cpu_s_to_all_read"] - empty["cpu_s"]
+            measured["ingest_cpu_us_per_record"] = round(cpu * 1e6 / read, 1)
     first = next(iter(stores.values()))
     result = _result(
         ctx,
@@ -442,6 +452,9 @@ async def attempts_query(ctx: Context) -> dict[str, Any]:
         raw_consume_records=raw["records"],
         attempts_partitions=raw["partitions"],
         empty_log_rss_mib=round((empty_rss or 0) / 1024, 1),
+        empty_log_ready_s=empty["ready_s"],
+        empty_log_cpu_s=empty["cpu_s"],
+        subscriptions_end_offsets_ms=offsets_ms,
         queries=sizes.queries,
         concurrency=sizes.concurrency,
         stores=stores,
@@ -575,9 +588,9 @@ async def _api_worker(
         ctx.procs.stop(worker.proc, grace=10.0)
 
 
-async def _empty_log_rss_kib(ctx: Context, settings: Settings) -> int | None:
-    """VmRSS of the same API-role worker (same webhooks) over an empty attempts topic, at
-    ready: what the kept attempts are counted against."""
+async def _empty_log_worker(ctx: Context, settings: Settings) -> dict[str, Any]:
+    """The same API-role worker (same webhooks) over an empty attempts topic, at ready: its
+    VmRSS, seconds to ready and CPU seconds, which the kept attempts are counted against."""
     empty = settings.replace(
         attempts_topic=f"{settings.attempts_topic}-empty",
         group_id=f"{settings.group_id}-empty",
@@ -587,7 +600,28 @@ async def _empty_log_rss_kib(ctx: Context, settings: Settings) -> int | None:
     await kit.prepare_topics(empty)
     worker = kit.start_worker(ctx.procs, empty, "attempts_query_empty", ctx.python)
     try:
-        await worker.wait_ready(600.0)
-        return worker.rss_kib()
+        ready = await worker.wait_ready(600.0)
+        return {
+            "rss_kib": worker.rss_kib(),
+            "ready_s": round(ready, 2),
+            "cpu_s": round(worker.cpu_seconds(), 2),
+        }
     finally:
         ctx.procs.stop(worker.proc, grace=10.0)
+
+
+async def end_offsets_ms(bootstrap: str, topic: str, rounds: int = 20) -> float:
+    """Milliseconds per ``end_offsets`` of every partition of ``topic`` (the request of each
+    freshness round the API's webhook check waits for), on an idle loop."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        await consumer.end_offsets(tps)
+        started = time.perf_counter()
+        for _ in range(rounds):
+            await consumer.end_offsets(tps)
+        return round((time.perf_counter() - started) / rounds * 1000, 2)
+    finally:
+        await consumer.stop()

@@ -232,12 +232,15 @@ NOTES = {
         "ingest_per_s",
         "raw_consume_per_s",
         "ingest_vs_raw_consume",
+        "ingest_cpu_us_per_record",
         "worker_rss_mib",
         "rss_per_attempt_bytes",
         "data_dir_bytes",
         "max_ms",
         "healthz_p99_ms",
         "p99_vs_healthz",
+        "subscriptions_end_offsets_ms",
+        "p50_vs_end_offsets",
         "over_100ms",
         "statuses",
     ],
@@ -455,7 +458,9 @@ receiver by delivery id (each expected id once; repeats are reported as duplicat
   `/internal/v1/delivery-log` counting every record read (polled every 0.2 s from the start),
   `ingest_per_s` between the first poll that saw records and the one that saw them all (too
   coarse to mean much at `--quick` sizes); its VmRSS then, and `rss_per_attempt_bytes` against the
-  same worker over an empty attempts topic (`empty_log_rss_mib`); `data_dir_bytes`, the bytes
+  same worker over an empty attempts topic (`empty_log_rss_mib`, started after it), as is
+  `ingest_cpu_us_per_record` (worker CPU until every record was read, less that worker's CPU at
+  ready, per record); `data_dir_bytes`, the bytes
   allocated under its data dir (for a log kept on disk). Then `/healthz` and 5,000 requests
   (`--quick` 500) of `GET /v1/webhooks/{id}/attempts` on random webhooks, 8 in flight, each timed
   from send to body read: 60% `limit=50`, 10% each `outcome=failure`, `status_class=2xx` with
@@ -463,9 +468,13 @@ receiver by delivery id (each expected id once; repeats are reported as duplicat
   p50/p99 in the table are the attempts requests'; `p99_vs_healthz` divides by `/healthz`'s p99
   on the same server at the same concurrency; `over_100ms` counts the slow ones, `statuses` every
   answer's status (all must be 200). The route checks that the webhook exists in the worker's
-  subscription table once it is shown current (`bridge/api/table_repository.py`), so the 100,000
-  webhooks are the table's. When the settings have `delivery_log_store`, each store is measured
-  (`stores` in the JSON, the first store's figures in the table).
+  subscription table once it is shown current (`bridge/api/table_repository.py`): each request
+  waits for a freshness round that starts after it arrived, one `end_offsets` of the
+  subscriptions topic, which the embedded broker answers in time growing with the batches in the
+  topic (one per webhook); `subscriptions_end_offsets_ms` is that request timed in the harness
+  before the worker starts, and `p50_vs_end_offsets` the attempts p50 over it. When the settings
+  have `delivery_log_store`, each store is measured (`stores` in the JSON, the first store's
+  figures in the table).
 - **Profiling**: `bench/run --profile NAME` attaches `py-spy record --nonblocking --format raw`
   to the scenario's worker from ready until its load is delivered (subscriptions_100k: from start
   to ready), writes `bench/out/profile-NAME.txt` (collapsed stacks) and a summary
