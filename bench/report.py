@@ -460,8 +460,8 @@ receiver by delivery id (each expected id once; repeats are reported as duplicat
   coarse to mean much at `--quick` sizes); its VmRSS then, and `rss_per_attempt_bytes` against the
   same worker over an empty attempts topic (`empty_log_rss_mib`, started after it), as is
   `ingest_cpu_us_per_record` (worker CPU until every record was read, less that worker's CPU at
-  ready, per record); `data_dir_bytes`, the bytes
-  allocated under its data dir (for a log kept on disk). Then `/healthz` and 5,000 requests
+  ready, per record); `data_dir_bytes`, the bytes allocated under its data dir (for a log kept
+  on disk). Then `/healthz` and 5,000 requests
   (`--quick` 500) of `GET /v1/webhooks/{id}/attempts` on random webhooks, 8 in flight, each timed
   from send to body read: 60% `limit=50`, 10% each `outcome=failure`, `status_class=2xx` with
   `event_type`, `since` a day ago, and a first page of 3 followed by the page its cursor names.
