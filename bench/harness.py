@@ -26,7 +26,7 @@ from typing import Any
 from bridge.config import Settings
 from bridge.worker.embedded import EmbeddedBroker
 
-from . import ceilings, report
+from . import ceilings, control_plane, report
 from .procs import REPO, Procs, free_port
 from .receivers import start_fast_receiver
 from .scenarios import NEEDS_FANOUT_1, SCENARIOS, Context, Sizes
@@ -41,17 +41,30 @@ ORDER = [
     "subscriptions_100k",
     "naive_baseline",
     "recovery_after_sigkill",
+    "fanout_1_log",
+    "attempts_query",
 ]
+#: Every scenario by name: the delivery scenarios and the control plane's.
+ALL_SCENARIOS = {
+    **SCENARIOS,
+    "fanout_1_log": control_plane.fanout_1_log,
+    "attempts_query": control_plane.attempts_query,
+}
 #: Longest a scenario may take before the run gives up on it (seconds).
 SCENARIO_TIMEOUT = {"quick": 90.0, "full": 420.0}
+#: ... except these, which run several workers or fill a topic with a million records first.
+LONG_SCENARIO_TIMEOUT = {
+    "fanout_1_log": {"quick": 90.0, "full": 600.0},
+    "attempts_query": {"quick": 90.0, "full": 900.0},
+}
 #: Seconds from the start of a run after which no further scenario starts (quick runs must end
-#: within three minutes, full ones within fifteen, stragglers and shutdown included).
-RUN_BUDGET = {"quick": 165.0, "full": 840.0}
+#: within four minutes, full ones within twenty-seven, stragglers and shutdown included).
+RUN_BUDGET = {"quick": 225.0, "full": 1500.0}
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes; under 3 minutes")
+    parser.add_argument("--quick", action="store_true", help="small sizes; under 4 minutes")
     parser.add_argument(
         "--only",
         action="append",
@@ -103,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         "--max-minutes",
         type=float,
         default=None,
-        help="abort the run after this long (default 3.5 with --quick, 16 otherwise)",
+        help="abort the run after this long (default 4.5 with --quick, 27 otherwise)",
     )
     return parser
 
@@ -206,8 +219,8 @@ async def _run(
         profile_seconds=120 if not args.quick else 60,
         paced_rate=args.paced_rate,
     )
-    timeout = SCENARIO_TIMEOUT["quick" if args.quick else "full"]
-    budget = RUN_BUDGET["quick" if args.quick else "full"]
+    mode = "quick" if args.quick else "full"
+    budget = RUN_BUDGET[mode]
     for name in names:
         _check_stop()
         remaining = budget - (time.monotonic() - run_started)
@@ -226,9 +239,10 @@ async def _run(
             )
             continue
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
+        timeout = LONG_SCENARIO_TIMEOUT.get(name, SCENARIO_TIMEOUT)[mode]
         started = time.monotonic()
         try:
-            result = await asyncio.wait_for(SCENARIOS[name](ctx), min(timeout, remaining))
+            result = await asyncio.wait_for(ALL_SCENARIOS[name](ctx), min(timeout, remaining))
         except TimeoutError:
             result = _failed(
                 name,
@@ -334,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     broker = EmbeddedBroker(free_port(), log_path=str(workdir / "tansu.log"))
     results: list[dict[str, Any]] = []
     started = time.monotonic()
-    limit = args.max_minutes or (3.5 if args.quick else 16.0)
+    limit = args.max_minutes or (4.5 if args.quick else 27.0)
     status = 0
     try:
         broker.start()

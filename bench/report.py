@@ -214,6 +214,36 @@ NOTES = {
         "process_cpu_pct",
         "backlog_skipped_at_start",
     ],
+    "fanout_1_log": [
+        "pairs",
+        "ratio_median_without_log",
+        "ratio_cost_median",
+        "cpu_ms_per_delivery_median_with_log",
+        "cpu_ms_per_delivery_median_without_log",
+        "cpu_ms_cost_median",
+        "paired_log_lower_ratio",
+        "paired_log_more_cpu",
+    ],
+    "attempts_query": [
+        "webhooks",
+        "attempts",
+        "ready_s",
+        "all_read_s",
+        "ingest_per_s",
+        "raw_consume_per_s",
+        "ingest_vs_raw_consume",
+        "ingest_cpu_us_per_record",
+        "worker_rss_mib",
+        "rss_per_attempt_bytes",
+        "data_dir_bytes",
+        "max_ms",
+        "healthz_p99_ms",
+        "p99_vs_healthz",
+        "subscriptions_end_offsets_ms",
+        "p50_vs_end_offsets",
+        "over_100ms",
+        "statuses",
+    ],
 }
 
 
@@ -407,6 +437,44 @@ receiver by delivery id (each expected id once; repeats are reported as duplicat
   catching up.
 - **naive_baseline**: `bench/naive_app.py`, a Faust agent that awaits one httpx POST per
   delivery (no concurrency, no retries), on the same backlog shape as fanout_1.
+- **fanout_1_log** (`bench/control_plane.py`): the fanout_1 backlog run twice per pair, once with
+  the worker in role `all` holding the delivery log (`BRIDGE_DELIVERY_LOG=true`, a token file in
+  `BRIDGE_API_TOKENS`: it reads its own attempt records back into the log and serves `/v1`) and
+  once without, alternating which goes first (off-on, on-off, ...; 3 pairs, `--quick` 1). Each
+  run's ratio is against the raw aiohttp ceiling of the run; `deliveries/s` and `ratio` in the
+  table are the medians with the log, `ratio_median_without_log` the same without, and the cost
+  is the median of the paired differences (`ratio_cost_median`, `cpu_ms_cost_median` in worker
+  CPU ms per delivery); `paired_log_lower_ratio`/`paired_log_more_cpu` count the pairs where the
+  log's run was worse. Every run's figures are in the JSON.
+- **attempts_query** (`bench/control_plane.py`): 100,000 webhook records written one record per
+  batch to the subscriptions topic (`--quick` 2,000), then 1,000,000 synthetic attempt records
+  (`--quick` 20,000) written in batches to the attempts topic, keyed by webhook id: valid per
+  `topics/schemas/attempt.json`, the deliverer's fields and sizes (~320 bytes, UUID ids, 90%
+  successes, failures with `next` retry and `next_at`, skips), webhooks drawn at random, `at`
+  (and the record timestamp) rising evenly over the last 5 days. `raw_consume_per_s`: a raw
+  `AIOKafkaConsumer.getmany` read of that topic from the start, no parsing (the ingest ceiling).
+  Then `webhook-bridge run --role api --delivery-log true` with a token file, its own web port
+  and data dir: `ready_s` from its start to `/readyz` 200, `all_read_s` to
+  `/internal/v1/delivery-log` counting every record read (polled every 0.2 s from the start),
+  `ingest_per_s` between the first poll that saw records and the one that saw them all (too
+  coarse to mean much at `--quick` sizes); its VmRSS then, and `rss_per_attempt_bytes` against the
+  same worker over an empty attempts topic (`empty_log_rss_mib`, started after it), as is
+  `ingest_cpu_us_per_record` (worker CPU until every record was read, less that worker's CPU at
+  ready, per record); `data_dir_bytes`, the bytes allocated under its data dir (for a log kept
+  on disk). Then `/healthz` and 5,000 requests
+  (`--quick` 500) of `GET /v1/webhooks/{id}/attempts` on random webhooks, 8 in flight, each timed
+  from send to body read: 60% `limit=50`, 10% each `outcome=failure`, `status_class=2xx` with
+  `event_type`, `since` a day ago, and a first page of 3 followed by the page its cursor names.
+  p50/p99 in the table are the attempts requests'; `p99_vs_healthz` divides by `/healthz`'s p99
+  on the same server at the same concurrency; `over_100ms` counts the slow ones, `statuses` every
+  answer's status (all must be 200). The route checks that the webhook exists in the worker's
+  subscription table once it is shown current (`bridge/api/table_repository.py`): each request
+  waits for a freshness round that starts after it arrived, one `end_offsets` of the
+  subscriptions topic, which the embedded broker answers in time growing with the batches in the
+  topic (one per webhook); `subscriptions_end_offsets_ms` is that request timed in the harness
+  before the worker starts, and `p50_vs_end_offsets` the attempts p50 over it. When the settings
+  have `delivery_log_store`, each store is measured (`stores` in the JSON, the first store's
+  figures in the table).
 - **Profiling**: `bench/run --profile NAME` attaches `py-spy record --nonblocking --format raw`
   to the scenario's worker from ready until its load is delivered (subscriptions_100k: from start
   to ready), writes `bench/out/profile-NAME.txt` (collapsed stacks) and a summary
@@ -417,15 +485,15 @@ receiver by delivery id (each expected id once; repeats are reported as duplicat
   through `bench/patched_worker.py`,
   which takes that one cost away at run time: how much faster the worker would be if it were
   free. Such runs never rewrite this file.
-- **Bounds**: every wait has a deadline; a quick run starts no scenario after 165 s and aborts
-  at 3.5 minutes, a full one after 14 and 16 minutes. Everything started is stopped by PID at the
+- **Bounds**: every wait has a deadline; a quick run starts no scenario after 225 s and aborts
+  at 4.5 minutes, a full one after 25 and 27 minutes. Everything started is stopped by PID at the
   end, also on Ctrl-C, SIGTERM and errors.
 
 ## How to run
 
 ```sh
-bench/run --quick                      # everything, small sizes, < 3 minutes
-bench/run                              # everything, full sizes, < 15 minutes
+bench/run --quick                      # everything, small sizes, < 4 minutes
+bench/run                              # everything, full sizes, < 25 minutes
 bench/run --only fanout_1              # one scenario (repeatable; does not rewrite this file)
 bench/run --quick --profile fanout_1   # with py-spy on fanout_1's worker
 bench/run --quick --only fanout_1 --worker-patch no_freshness   # ablation

@@ -43,6 +43,8 @@ class Sizes:
     naive_events: int
     isolation_slow: bool
     endpoints: int = 16
+    #: ``--quick`` (bench/control_plane.py sizes its scenarios from it).
+    quick: bool = False
 
     @classmethod
     def for_mode(cls, quick: bool) -> Sizes:
@@ -59,6 +61,7 @@ class Sizes:
                 recovery_seconds=45.0,
                 naive_events=800,
                 isolation_slow=False,
+                quick=True,
             )
         return cls(
             aiohttp_requests=60000,

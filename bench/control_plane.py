@@ -1,0 +1,627 @@
+"""The control plane's scenarios: fan-out 1 with the delivery log fed, and the attempts query.
+
+``fanout_1_log`` runs the fan-out 1 backlog with the worker in role ``all`` holding the delivery
+log (``delivery_log`` and ``api_tokens``) and without, alternating, and reports both against the
+raw aiohttp ceiling of the run and the log's cost. ``attempts_query`` fills the attempts topic
+with synthetic attempt records of many webhooks, starts an API-role worker holding the log, and
+measures its time to ready, its ingest rate against a raw consume of the same topic, its RSS and
+disk, and ``GET /v1/webhooks/{id}/attempts`` latency against ``/healthz`` on the same server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import random
+import statistics
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bridge.api.auth import hash_token, new_token
+from bridge.config import Settings
+
+from . import kit
+from .kit import percentile
+from .procs import free_port
+from .scenarios import Context, _loadavg, _ms, _result, backlog
+
+__all__ = [
+    "AttemptsSizes",
+    "attempt_records",
+    "attempts_query",
+    "dir_bytes",
+    "end_offsets_ms",
+    "fanout_1_log",
+    "log_stores",
+    "query_paths",
+    "write_tokens",
+]
+
+
+@dataclass(frozen=True)
+class AttemptsSizes:
+    """How much the control plane scenarios do (``--quick`` shrinks them)."""
+
+    #: fan-out 1 runs with and without the delivery log, alternating (pairs of runs).
+    log_pairs: int
+    #: Webhook records written to the subscriptions topic for ``attempts_query``.
+    webhooks: int
+    #: Synthetic attempt records written to the attempts topic.
+    attempts: int
+    #: Requests of the query phase, and how many are in flight at once.
+    queries: int
+    concurrency: int = 8
+    #: Seconds the query phase may take (it stops with what it has).
+    query_seconds: float = 180.0
+
+    @classmethod
+    def for_mode(cls, quick: bool) -> AttemptsSizes:
+        if quick:
+            return cls(log_pairs=1, webhooks=2000, attempts=20000, queries=500, query_seconds=30)
+        return cls(log_pairs=3, webhooks=100000, attempts=1000000, queries=5000, query_seconds=300)
+
+
+def write_tokens(workdir: Path) -> tuple[Path, str]:
+    """A token file with one read token (its hash only, as ``python -m bridge.api token``
+    writes it); returns the file and the token."""
+    token = new_token()
+    path = workdir / "api-tokens.json"
+    entry = {"name": "bench", "sha256": hash_token(token), "scopes": ["read"]}
+    path.write_text(json.dumps({"tokens": [entry]}))
+    return path, token
+
+
+def log_stores() -> list[str | None]:
+    """The delivery log's stores to measure: each of ``delivery_log_store``'s choices once that
+    setting exists, else the one (in memory) the worker has."""
+    names = {f.name for f in dataclasses.fields(Settings)}
+    if "delivery_log_store" in names:
+        return ["memory", "rocksdb"]
+    return [None]
+
+
+def dir_bytes(path: Path) -> tuple[int, int]:
+    """(bytes allocated on disk, apparent size) of every file under ``path``."""
+    allocated = apparent = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            allocated += st.st_blocks * 512
+            apparent += st.st_size
+    return allocated, apparent
+
+
+# -- fanout_1_log --------------------------------------------------------------------------------
+
+
+async def fanout_1_log(ctx: Context) -> dict[str, Any]:
+    """The fan-out 1 backlog with and without the delivery log, alternating (off-on, on-off,
+    ...), each against the raw aiohttp ceiling of the run; the cost as the paired differences."""
+    sizes = AttemptsSizes.for_mode(ctx.sizes.quick)
+    tokens, _ = write_tokens(ctx.workdir)
+    with_log = {"role": "all", "delivery_log": True, "api_tokens": str(tokens)}
+    runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    load_start = _loadavg()
+    for pair in range(sizes.log_pairs):
+        order = (False, True) if pair % 2 == 0 else (True, False)
+        for logged in order:
+            ctx.log(f"fanout_1_log: pair {pair + 1}, delivery log {'on' if logged else 'off'}")
+            run = await backlog(
+                ctx,
+                "fanout_1_log_on" if logged else "fanout_1_log_off",
+                1000,
+                1,
+                ctx.sizes.fanout_1_events,
+                extra_settings=with_log if logged else None,
+            )
+            runs[logged].append(run)
+
+    def column(logged: bool, key: str) -> list[float]:
+        return [r[key] for r in runs[logged] if r.get(key) is not None]
+
+    def median(logged: bool, key: str) -> float | None:
+        values = column(logged, key)
+        return round(statistics.median(values), 4) if values else None
+
+    pairs = list(zip(runs[False], runs[True], strict=True))
+    ratio_diffs = [
+        on["ratio"] - off["ratio"] for off, on in pairs if on.get("ratio") and off.get("ratio")
+    ]
+    cpu_key = "worker_cpu_ms_per_delivery"
+    cpu_diffs = [
+        on[cpu_key] - off[cpu_key] for off, on in pairs if on.get(cpu_key) and off.get(cpu_key)
+    ]
+    rate = median(True, "deliveries_per_s")
+    result = _result(
+        ctx,
+        "fanout_1_log",
+        rate,
+        None,
+        None,
+        latency_kind=None,
+        pairs=len(pairs),
+        order="alternating: off,on then on,off, ...",
+        ratio_with_log=column(True, "ratio"),
+        ratio_without_log=column(False, "ratio"),
+        ratio_median_with_log=median(True, "ratio"),
+        ratio_median_without_log=median(False, "ratio"),
+        ratio_cost_median=round(statistics.median(ratio_diffs), 4) if ratio_diffs else None,
+        cpu_ms_per_delivery_with_log=column(True, cpu_key),
+        cpu_ms_per_delivery_without_log=column(False, cpu_key),
+        cpu_ms_per_delivery_median_with_log=median(True, cpu_key),
+        cpu_ms_per_delivery_median_without_log=median(False, cpu_key),
+        cpu_ms_cost_median=round(statistics.median(cpu_diffs), 4) if cpu_diffs else None,
+        paired_log_lower_ratio=sum(d < 0 for d in ratio_diffs),
+        paired_log_more_cpu=sum(d > 0 for d in cpu_diffs),
+        deliveries_per_s_without_log=median(False, "deliveries_per_s"),
+        worker_rss_mib_with_log=median(True, "worker_rss_mib"),
+        worker_rss_mib_without_log=median(False, "worker_rss_mib"),
+        loadavg_start=load_start,
+        loadavg_end=_loadavg(),
+    )
+    # The median run's ratio stands in the table's ratio column (the median, not the mean).
+    result["ratio"] = result["ratio_median_with_log"]
+    errors = [f"{r['name']}: {r['error']}" for rs in runs.values() for r in rs if r.get("error")]
+    if errors:
+        result["error"] = "; ".join(errors)[:1500]
+    return result
+
+
+# -- attempts_query ------------------------------------------------------------------------------
+
+_EVENT_TYPES = ("post.published", "post.updated", "post.deleted", "comment.created")
+#: How the synthetic attempts end: (outcome, status, error, next), with weights.
+_ENDINGS: list[tuple[tuple[str, int | None, str | None, str | None], int]] = [
+    (("success", 200, None, None), 90),
+    (("failure", 500, "http_status", "retry"), 4),
+    (("failure", 503, "http_status", "retry"), 2),
+    (("failure", None, "timeout", "retry"), 2),
+    (("failure", None, "connect_error", "dead_letter"), 1),
+    (("skipped", None, "circuit_open", "retry"), 1),
+]
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def attempt_records(
+    webhook_ids: list[str], count: int, *, days: float, seed: int = 7
+) -> list[tuple[bytes, bytes, int]]:
+    """``count`` attempt records (``topics/schemas/attempt.json``, the deliverer's field order
+    and sizes: UUID delivery and event ids, six-decimal durations) of random webhooks, their
+    ``at`` times rising evenly over the ``days`` before now: (key, value, timestamp in ms)."""
+    rng = random.Random(seed)
+    now = datetime.now(UTC) - timedelta(seconds=30)
+    start = now - timedelta(days=days)
+    step = (now - start) / max(1, count)
+    endings = [e for e, _ in _ENDINGS]
+    weights = [w for _, w in _ENDINGS]
+    chosen = rng.choices(endings, weights, k=count)
+    out = []
+    for n in range(count):
+        webhook_id = webhook_ids[rng.randrange(len(webhook_ids))]
+        at = start + step * n
+        outcome, status, error, next_step = chosen[n]
+        attempt = 1 if outcome == "success" and rng.random() < 0.9 else rng.randint(1, 4)
+        record: dict[str, Any] = {
+            "delivery_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "webhook_id": webhook_id,
+            "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "event_type": _EVENT_TYPES[n % len(_EVENT_TYPES)],
+            "attempt": attempt,
+            "outcome": outcome,
+            "status": status,
+            "error": error,
+            "duration_seconds": round(rng.uniform(0.02, 2.0), 6),
+            "at": _stamp(at),
+            "next": next_step,
+        }
+        if next_step == "retry":
+            record["next_at"] = _stamp(at + timedelta(seconds=30 * 2**attempt))
+        value = json.dumps(record, separators=(",", ":")).encode()
+        out.append((webhook_id.encode(), value, int(at.timestamp() * 1000)))
+    return out
+
+
+async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, int]]) -> float:
+    """Write ``records`` in batches (the delivery log's reader is not misled by the embedded
+    broker's end offsets of batched partitions: it reads on past them); returns seconds."""
+    producer = kit.new_producer(bootstrap, linger_ms=20, max_batch_size=256 * 1024)
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        pending: list[asyncio.Future[Any]] = []
+        for key, value, stamp in records:
+            pending.append(await producer.send(topic, value, key=key, timestamp_ms=stamp))
+            if len(pending) >= 20000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started
+
+
+async def _raw_consume(bootstrap: str, topic: str, count: int, timeout: float) -> dict[str, Any]:
+    """A raw aiokafka consume of every partition from the start, until ``count`` records or the
+    deadline: the ceiling of the log's ingest (no parsing, no book)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        got = 0
+        started = time.perf_counter()
+        deadline = started + timeout
+        while got < count and time.perf_counter() < deadline:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            for messages in batch.values():
+                got += len(messages)
+        elapsed = time.perf_counter() - started
+    finally:
+        await consumer.stop()
+    return {
+        "records": got,
+        "seconds": round(elapsed, 2),
+        "per_s": round(got / elapsed, 1) if elapsed > 0 else None,
+        "partitions": len(tps),
+    }
+
+
+def query_paths(webhook_ids: list[str], count: int, *, seed: int = 11) -> list[tuple[str, str]]:
+    """``count`` (kind, path) requests over random webhooks: most a plain page of 50, a fifth
+    filtered (outcome, status class and event type, since a day ago); ``cursor`` kinds are
+    resolved when sent (a first page of 3, then the page its cursor names)."""
+    rng = random.Random(seed)
+    since = _stamp(datetime.now(UTC) - timedelta(days=1))
+    kinds = [
+        ("page", "limit=50", 60),
+        ("outcome", "outcome=failure", 10),
+        ("status_class", "status_class=2xx&event_type=post.published", 10),
+        ("since", f"since={since}", 10),
+        ("cursor", "limit=3", 10),
+    ]
+    picks = rng.choices(kinds, [k[2] for k in kinds], k=count)
+    return [
+        (kind, f"/v1/webhooks/{webhook_ids[rng.randrange(len(webhook_ids))]}/attempts?{query}")
+        for kind, query, _ in picks
+    ]
+
+
+@dataclass
+class _Timed:
+    latencies: list[float] = dataclasses.field(default_factory=list)
+    by_kind: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    statuses: Counter[int] = dataclasses.field(default_factory=Counter)
+    items: int = 0
+    seconds: float = 0.0
+    #: Requests of the list not sent before the budget ran out.
+    unsent: int = 0
+
+
+async def _run_requests(
+    base: str,
+    requests: list[tuple[str, str]],
+    token: str,
+    concurrency: int,
+    budget: float,
+) -> _Timed:
+    """Send ``requests`` with ``concurrency`` in flight, each timed from send to body read; ends
+    at ``budget`` seconds with what was answered."""
+    timed = _Timed()
+    headers = {"Authorization": f"Bearer {token}"}
+    queue = list(reversed(requests))
+    started = time.perf_counter()
+    deadline = started + budget
+    timeout = aiohttp.ClientTimeout(total=60)
+
+    async def one(session: aiohttp.ClientSession, kind: str, path: str) -> dict[str, Any] | None:
+        sent = time.perf_counter()
+        async with session.get(base + path, headers=headers) as response:
+            body = await response.read()
+        elapsed = time.perf_counter() - sent
+        timed.latencies.append(elapsed)
+        timed.by_kind.setdefault(kind, []).append(elapsed)
+        timed.statuses[response.status] += 1
+        if response.status != 200 or not body.startswith(b"{"):
+            return None
+        page: dict[str, Any] = json.loads(body)
+        timed.items += len(page.get("items", ()))
+        return page
+
+    async def loop(session: aiohttp.ClientSession) -> None:
+        while queue and time.perf_counter() < deadline:
+            kind, path = queue.pop()
+            page = await one(session, kind if kind != "cursor" else "cursor_first", path)
+            if kind == "cursor" and page and page.get("next_cursor"):
+                await one(session, "cursor", f"{path}&cursor={page['next_cursor']}")
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        await asyncio.gather(*(loop(session) for _ in range(concurrency)))
+    timed.seconds = time.perf_counter() - started
+    timed.unsent = len(queue)
+    return timed
+
+
+async def _summary(base: str, token: str) -> dict[str, Any] | None:
+    timeout = aiohttp.ClientTimeout(total=5)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with session.get(
+                base + "/internal/v1/delivery-log", headers={"Authorization": f"Bearer {token}"}
+            ) as response:
+                if response.status != 200:
+                    return None
+                body: dict[str, Any] = await response.json()
+                return body
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+
+
+def _quantiles(values: list[float]) -> dict[str, float | None]:
+    return {
+        "p50_ms": _ms(percentile(values, 0.5)),
+        "p99_ms": _ms(percentile(values, 0.99)),
+        "max_ms": _ms(max(values, default=None)),
+    }
+
+
+async def attempts_query(ctx: Context) -> dict[str, Any]:
+    """Attempts of many webhooks in the attempts topic, an API-role worker holding their log:
+    ready time, ingest vs a raw consume, RSS, disk, and the attempts route's latency."""
+    sizes = AttemptsSizes.for_mode(ctx.sizes.quick)
+    tokens, token = write_tokens(ctx.workdir)
+    base_settings = ctx.settings("attempts_query")
+    await kit.prepare_topics(base_settings)
+    hooks, _, _ = kit.make_hooks(base_settings.group_id, sizes.webhooks, 1, ctx.urls())
+    ctx.log(f"attempts_query: writing {len(hooks)} webhooks (one record per batch)")
+    hooks_s = await kit.write_hooks(base_settings, hooks, in_flight=256)
+    webhook_ids = [h.id for h in hooks]
+    started = time.perf_counter()
+    records = await asyncio.to_thread(attempt_records, webhook_ids, sizes.attempts, days=5.0)
+    build_s = time.perf_counter() - started
+    value_bytes = sum(len(v) for _, v, _ in records)
+    ctx.log(f"attempts_query: producing {len(records)} attempt records")
+    produce_s = await _produce(ctx.bootstrap, base_settings.attempts_topic, records)
+    del records
+    raw = await _raw_consume(ctx.bootstrap, base_settings.attempts_topic, sizes.attempts, 120.0)
+    offsets_ms = await end_offsets_ms(ctx.bootstrap, base_settings.subscriptions_topic)
+    paths = query_paths(webhook_ids, sizes.queries)
+    stores = {}
+    for store in log_stores():
+        changes: dict[str, Any] = {
+            "role": "api",
+            "delivery_log": True,
+            "api_tokens": str(tokens),
+            "web_port": free_port(),
+            "data_dir": str(ctx.workdir / "data" / f"{base_settings.group_id}-{store or 'log'}"),
+        }
+        if store is not None:
+            changes["delivery_log_store"] = store
+        settings = base_settings.replace(**changes)
+        measured = await _api_worker(ctx, settings, token, sizes, paths, raw)
+        p50 = measured["p50_ms"]
+        measured["p50_vs_end_offsets"] = round(p50 / offsets_ms, 2) if p50 and offsets_ms else None
+        stores[store or "memory"] = measured
+    empty = await _empty_log_worker(ctx, settings)
+    empty_rss = empty["rss_kib"]
+    for measured in stores.values():
+        read = measured["records_read"]
+        if empty_rss and read:
+            kept = measured["log_attempts"] or read
+            rss_kib = measured["worker_rss_mib"] * 1024
+            measured["rss_per_attempt_bytes"] = round((rss_kib - empty_rss) * 1024 / kept)
+        if read:
+            cpu = measured["worker_cpu_s_to_all_read"] - empty["cpu_s"]
+            measured["ingest_cpu_us_per_record"] = round(cpu * 1e6 / read, 1)
+    first = next(iter(stores.values()))
+    result = _result(
+        ctx,
+        "attempts_query",
+        None,
+        None if first.get("p50_ms") is None else first["p50_ms"] / 1000,
+        None if first.get("p99_ms") is None else first["p99_ms"] / 1000,
+        latency_kind="GET /v1/webhooks/{id}/attempts, client send -> body read",
+        webhooks=sizes.webhooks,
+        attempts=sizes.attempts,
+        attempt_value_bytes_mean=round(value_bytes / max(1, sizes.attempts), 1),
+        webhooks_write_s=round(hooks_s, 2),
+        records_build_s=round(build_s, 2),
+        produce_s=round(produce_s, 2),
+        produce_per_s=round(sizes.attempts / produce_s, 1) if produce_s > 0 else None,
+        raw_consume_per_s=raw["per_s"],
+        raw_consume_records=raw["records"],
+        attempts_partitions=raw["partitions"],
+        empty_log_rss_mib=round((empty_rss or 0) / 1024, 1),
+        empty_log_ready_s=empty["ready_s"],
+        empty_log_cpu_s=empty["cpu_s"],
+        subscriptions_end_offsets_ms=offsets_ms,
+        queries=sizes.queries,
+        concurrency=sizes.concurrency,
+        stores=stores,
+        **{k: v for k, v in first.items() if k not in ("p50_ms", "p99_ms")},
+    )
+    errors = [f"{name}: {r['error']}" for name, r in stores.items() if r.get("error")]
+    if errors:
+        result["error"] = "; ".join(errors)[:1500]
+    return result
+
+
+async def _watch_ingest(
+    worker: kit.Worker, token: str, count: int, timeout: float
+) -> dict[str, Any]:
+    """Poll the worker from its start: seconds to ``/readyz`` 200, to its delivery log having
+    read ``count`` records (the reader's ``caught_up`` rests on the broker's end offsets, which
+    the embedded broker reports low for batched partitions), and the ingest rate between the
+    first poll that saw records and the one that saw them all (polls every 0.2 s)."""
+    ready_s = None
+    first: tuple[float, int] | None = None
+    read, summary = 0, None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not worker.proc.alive():
+            raise RuntimeError(f"worker exited:\n{worker.proc.tail()}")
+        if ready_s is None and await asyncio.to_thread(worker.ready):
+            ready_s = time.monotonic() - worker.started_at
+        if read < count:
+            current = await _summary(worker.base_url, token)
+            if current is not None:
+                summary, read = current, int(current["records_read"])
+                if read and first is None:
+                    first = (time.monotonic(), read)
+        if ready_s is not None and read >= count:
+            break
+        await asyncio.sleep(0.2)
+    all_read_at = time.monotonic()
+    rate = None
+    if first is not None and read > first[1] and all_read_at > first[0]:
+        rate = (read - first[1]) / (all_read_at - first[0])
+    return {
+        "ready_s": None if ready_s is None else round(ready_s, 2),
+        "all_read_s": round(all_read_at - worker.started_at, 2) if read >= count else None,
+        "records_read": read,
+        "ingest_per_s": None if rate is None else round(rate, 1),
+        "summary": summary or {},
+    }
+
+
+async def _api_worker(
+    ctx: Context,
+    settings: Settings,
+    token: str,
+    sizes: AttemptsSizes,
+    paths: list[tuple[str, str]],
+    raw: dict[str, Any],
+) -> dict[str, Any]:
+    """One API-role worker over the filled topics: ready, ingest, RSS, disk, queries."""
+    load_start = _loadavg()
+    label = f"attempts_query_{getattr(settings, 'delivery_log_store', 'memory')}"
+    worker = kit.start_worker(ctx.procs, settings, label, ctx.python)
+    try:
+        watched = await _watch_ingest(worker, token, sizes.attempts, 600.0)
+        summary = watched["summary"]
+        cpu_ready = worker.cpu_seconds()
+        rss_ready = worker.rss_kib() or 0
+        disk, apparent = dir_bytes(Path(settings.data_dir or ""))
+        healthz = await _run_requests(
+            worker.base_url,
+            [("healthz", "/healthz")] * sizes.queries,
+            token,
+            sizes.concurrency,
+            sizes.query_seconds / 3,
+        )
+        timed = await _run_requests(
+            worker.base_url, paths, token, sizes.concurrency, sizes.query_seconds
+        )
+        rss_end = worker.rss_kib() or 0
+        lat = timed.latencies
+        h99 = percentile(healthz.latencies, 0.99)
+        p99 = percentile(lat, 0.99)
+        ingest = watched["ingest_per_s"]
+        read = watched["records_read"]
+        out: dict[str, Any] = {
+            **_quantiles(lat),
+            "ready_s": watched["ready_s"],
+            "all_read_s": watched["all_read_s"],
+            "records_read": read,
+            "log_attempts": summary.get("attempts"),
+            "log_webhooks": summary.get("webhooks"),
+            "invalid": summary.get("invalid"),
+            "gaps": len(summary.get("gaps") or ()),
+            "ingest_per_s": ingest,
+            "ingest_vs_raw_consume": round(ingest / raw["per_s"], 4)
+            if ingest and raw["per_s"]
+            else None,
+            "worker_cpu_s_to_all_read": round(cpu_ready, 2),
+            "worker_rss_mib": round(rss_ready / 1024, 1),
+            "worker_rss_mib_after_queries": round(rss_end / 1024, 1),
+            "data_dir_bytes": disk,
+            "data_dir_apparent_bytes": apparent,
+            "answered": len(lat),
+            "unsent": timed.unsent,
+            "statuses": {str(k): v for k, v in sorted(timed.statuses.items())},
+            "items_returned": timed.items,
+            "queries_per_s": round(len(lat) / timed.seconds, 1) if timed.seconds > 0 else None,
+            "by_kind": {k: _quantiles(v) | {"n": len(v)} for k, v in sorted(timed.by_kind.items())},
+            "over_100ms": sum(x > 0.1 for x in lat),
+            "healthz_p50_ms": _ms(percentile(healthz.latencies, 0.5)),
+            "healthz_p99_ms": _ms(h99),
+            "p99_vs_healthz": round(p99 / h99, 2) if p99 and h99 else None,
+            "loadavg_start": load_start,
+            "loadavg_end": _loadavg(),
+        }
+        problems = []
+        if read < sizes.attempts:
+            problems.append(f"the log read {read} of {sizes.attempts} records")
+        if watched["ready_s"] is None:
+            problems.append("the worker was not ready within 600 s")
+        bad = sum(v for k, v in timed.statuses.items() if k != 200)
+        if bad:
+            problems.append(f"{bad} answers not 200: {dict(timed.statuses)}")
+        if timed.unsent:
+            problems.append(
+                f"{timed.unsent} of {len(paths)} requests not sent within {sizes.query_seconds:g} s"
+            )
+        if problems:
+            out["error"] = "; ".join(problems)
+        return out
+    finally:
+        ctx.procs.stop(worker.proc, grace=10.0)
+
+
+async def _empty_log_worker(ctx: Context, settings: Settings) -> dict[str, Any]:
+    """The same API-role worker (same webhooks) over an empty attempts topic, at ready: its
+    VmRSS, seconds to ready and CPU seconds, which the kept attempts are counted against."""
+    empty = settings.replace(
+        attempts_topic=f"{settings.attempts_topic}-empty",
+        group_id=f"{settings.group_id}-empty",
+        web_port=free_port(),
+        data_dir=f"{settings.data_dir}-empty",
+    )
+    await kit.prepare_topics(empty)
+    worker = kit.start_worker(ctx.procs, empty, "attempts_query_empty", ctx.python)
+    try:
+        ready = await worker.wait_ready(600.0)
+        return {
+            "rss_kib": worker.rss_kib(),
+            "ready_s": round(ready, 2),
+            "cpu_s": round(worker.cpu_seconds(), 2),
+        }
+    finally:
+        ctx.procs.stop(worker.proc, grace=10.0)
+
+
+async def end_offsets_ms(bootstrap: str, topic: str, rounds: int = 20) -> float:
+    """Milliseconds per ``end_offsets`` of every partition of ``topic`` (the request of each
+    freshness round the API's webhook check waits for), on an idle loop."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        await consumer.end_offsets(tps)
+        started = time.perf_counter()
+        for _ in range(rounds):
+            await consumer.end_offsets(tps)
+        return round((time.perf_counter() - started) / rounds * 1000, 2)
+    finally:
+        await consumer.stop()
