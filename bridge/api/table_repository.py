@@ -33,7 +33,12 @@ __all__ = ["TableRepository"]
 class TableRepository:
     """Reads ``index`` once ``freshness`` shows it current; writes with ``store``.
 
-    ``clock`` must be the clock ``freshness`` was built with (monotonic seconds)."""
+    ``clock`` must be the clock ``freshness`` was built with (monotonic seconds). With
+    ``current=False`` reads answer from the table as it is (it trails the topic by the time a
+    record takes to reach the worker): for the delivery-log and stats routes, which only check
+    that a webhook exists and whose attempts trail the deliveries anyway, so that they do not
+    cost an end-offsets request each (on the embedded broker that request takes longer the more
+    records the subscriptions topic holds: ~100 ms at 100,000 webhooks, BENCHMARKS.md)."""
 
     def __init__(
         self,
@@ -42,17 +47,19 @@ class TableRepository:
         store: WebhookStore,
         *,
         clock: Callable[[], float] = time.monotonic,
+        current: bool = True,
     ) -> None:
         self._index = index
         self._freshness = freshness
         self._store = store
         self._clock = clock
+        self._wait = current
 
     def __repr__(self) -> str:
         return f"TableRepository({len(self._index)} webhooks)"
 
     async def _current(self) -> SubscriptionIndex:
-        if not await self._freshness.wait_current(self._clock()):
+        if self._wait and not await self._freshness.wait_current(self._clock()):
             raise Problem(
                 "unavailable",
                 "the webhooks table could not be shown current; try again",

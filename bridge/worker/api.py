@@ -322,8 +322,11 @@ async def api_application(bridge: Bridge) -> web.Application:
         journal=KafkaRecoveryJournal(bridge.recoveries, producer, settings.recoveries_topic),
         url=settings.canonical_url,
     )
+    # The log, stats and recovery routes only check that a webhook exists (and whose it is):
+    # the table as it is will do, without an end-offsets request per read.
+    as_it_is = TableRepository(bridge.index, bridge.freshness, store, current=False)
     control = ControlService(
-        repository,
+        as_it_is,
         activity,
         recoveries,
         KafkaDeadLetters(settings),
@@ -333,7 +336,7 @@ async def api_application(bridge: Bridge) -> web.Application:
     app.middlewares.append(_keep_authorization)
     relay = _Relay(bridge, tokens, max_bytes=ApiConfig().max_body_bytes)
     app.middlewares.append(relay.middleware)
-    internal = _Internal(bridge, tokens, repository)
+    internal = _Internal(bridge, tokens, as_it_is)
     app.router.add_get("/internal/v1/activity/{webhook_id}", internal.activity, allow_head=False)
     app.router.add_get("/internal/v1/deliveries/{delivery_id}", internal.delivery, allow_head=False)
     app.router.add_get("/internal/v1/delivery-log", internal.summary, allow_head=False)

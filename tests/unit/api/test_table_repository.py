@@ -33,12 +33,15 @@ class Store:
         self.written.append(webhook_id)
 
 
-def repository(index: SubscriptionIndex, ends: Mapping[int, int], timeout: float = 0.2) -> Any:
+def repository(
+    index: SubscriptionIndex, ends: Mapping[int, int], timeout: float = 0.2, current: bool = True
+) -> Any:
     async def end_offsets() -> Mapping[int, int]:
         return ends
 
     freshness = TableFreshness(end_offsets, timeout=timeout)
-    return TableRepository(index, freshness, Store()), freshness  # type: ignore[arg-type]
+    store = Store()
+    return TableRepository(index, freshness, store, current=current), freshness  # type: ignore[arg-type]
 
 
 async def test_reads_wait_until_the_table_applied_what_the_topic_held() -> None:
@@ -65,3 +68,10 @@ async def test_writes_go_to_the_store() -> None:
     await repo.put(webhook("a"))
     await repo.delete("a")
     assert [getattr(w, "id", w) for w in repo._store.written] == ["a", "a"]
+
+
+async def test_without_current_reads_answer_from_the_table_as_it_is() -> None:
+    index = SubscriptionIndex([webhook("a")])
+    repo, freshness = repository(index, {0: 5}, current=False)
+    freshness.applied(0, 3)  # behind its topic: answered all the same, without waiting
+    assert (await repo.get("a")).id == "a"
