@@ -196,7 +196,6 @@ class _Relay:
             request.method != "DELETE"
             or resource is None
             or resource.canonical != "/v1/recoveries/{recovery_id}"
-            or view is None
         ):
             return None
         runner = view.live_runner(
@@ -312,7 +311,6 @@ async def api_application(bridge: Bridge) -> web.Application:
         if bridge.delivery_log is not None
         else KafkaActivitySource(settings)
     )
-    assert bridge.recoveries is not None  # a worker serving the API reads the recoveries
     producer = AIOKafkaProducer(
         **client_kwargs(settings), acks="all", linger_ms=0, enable_idempotence=False
     )

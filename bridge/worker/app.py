@@ -145,15 +145,17 @@ class Bridge:
                 store=delivery_log_store(settings),
                 max_age=settings.delivery_log_max_age,
             )
-        #: Every recovery's newest record (workers serving the API: the recoveries table).
-        self.recoveries: RecoveryView | None = None
-        if settings.serves_api:
-            self.recoveries = RecoveryView(
-                TableFreshness(
-                    lambda: self._end_offsets(settings.recoveries_topic),
-                    timeout=settings.subscription_sync_timeout,
-                )
+        #: Every recovery's newest record (the recoveries table). Every role declares the table,
+        #: though only workers serving the API read the view: Faust's assignor gives each
+        #: member the partitions of the *leader's* global tables, and a member handed a topic it
+        #: does not subscribe to stops consuming (aiokafka: "assignment for unsubscribed
+        #: topic"), so a deliver worker in a group led by an API worker made no deliveries.
+        self.recoveries = RecoveryView(
+            TableFreshness(
+                lambda: self._end_offsets(settings.recoveries_topic),
+                timeout=settings.subscription_sync_timeout,
             )
+        )
         self._http: aiohttp.ClientSession | None = None
         self.app = self._build_app()
 
@@ -201,10 +203,9 @@ class Bridge:
         self.status_topic, self.status_table = self._global_table(
             app, "endpoint-status", s.status_topic, self.on_status_event, raw
         )
-        if self.recoveries is not None:
-            self.recoveries_topic, self.recoveries_table = self._global_table(
-                app, "recoveries", s.recoveries_topic, self.on_recovery_event, raw
-            )
+        self.recoveries_topic, self.recoveries_table = self._global_table(
+            app, "recoveries", s.recoveries_topic, self.on_recovery_event, raw
+        )
         if self.delivery_log is not None:
             self.attempts_table = self._attempts_table(app, raw)
         self.retry_topics = [app.topic(name, **raw) for name in s.retry_topics]
@@ -476,7 +477,6 @@ class Bridge:
     async def on_recovery_event(self, event: Any) -> None:
         """Keep the recovery view in step with the recoveries table."""
         message = event.message
-        assert self.recoveries is not None
         self.recoveries.apply(message.partition, message.offset, message.key, message.value)
 
     def _skipped_record(self, table: str, message: Any, reason: str, detail: str) -> None:

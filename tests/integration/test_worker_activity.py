@@ -225,17 +225,31 @@ async def test_every_record_is_held_without_gaps_across_restarts_and_a_second_wo
     assert routed == len(webhooks)  # each webhook was asked once of the worker not holding it
 
 
+@pytest.mark.parametrize("first", ["deliver", "api"])
 async def test_an_api_worker_holds_the_log_while_a_deliver_worker_delivers(
-    log_settings: Settings, receiver: Receiver, workers: Callable[[Settings], WorkerProcess]
+    log_settings: Settings,
+    receiver: Receiver,
+    workers: Callable[[Settings], WorkerProcess],
+    first: str,
 ) -> None:
     settings = log_settings
     await subscribe(settings, receiver, {"wh": "s1"}, ("post.created",))
-    # The deliver worker joins first, so it leads the group: the leader, which has no attempts
-    # table, still publishes who owns the attempts partitions.
-    deliver = workers(settings.replace(role="deliver", delivery_log=False))
-    await deliver.wait_ready()
-    api = workers(settings.replace(role="api", web_port=free_port()))
-    await api.wait_ready()
+    # The worker that joins first leads the group. A deliver worker leading, which has no
+    # attempts table, still publishes who owns the attempts partitions; an api worker leading
+    # hands every member its global tables, which the deliver worker must subscribe to as well
+    # (it once stopped consuming: "assignment for unsubscribed topic", no delivery made).
+    deliver_settings = settings.replace(role="deliver", delivery_log=False)
+    api_settings = settings.replace(role="api", web_port=free_port())
+    if first == "deliver":
+        deliver = workers(deliver_settings)
+        await deliver.wait_ready()
+        api = workers(api_settings)
+        await api.wait_ready()
+    else:
+        api = workers(api_settings)
+        await api.wait_ready()
+        deliver = workers(deliver_settings)
+        await deliver.wait_ready()
     # The deliver worker has no /v1; the api worker holds every attempts partition.
     assert (await get(deliver, "/v1/webhooks/wh/attempts", headers=AUTH)).status_code == 404
     summary = await poll(
