@@ -11,6 +11,10 @@ from bridge.errors import InvalidRecord
 
 __all__ = ["OUTCOMES", "Attempt", "status_class"]
 
+#: Text fields an attempt record must carry, and text fields it may leave null.
+_TEXT = ("delivery_id", "webhook_id", "event_type", "at")
+_OPTIONAL_TEXT = ("event_id", "error", "next", "next_at")
+
 #: The ``outcome`` values an attempt record may carry.
 OUTCOMES = frozenset({"success", "failure", "skipped"})
 
@@ -75,15 +79,24 @@ class Attempt:
     @classmethod
     def of(cls, record: dict[str, Any]) -> Attempt:
         """The attempt in a decoded attempt record (see :meth:`parse`)."""
-
-        def text(name: str, *, optional: bool = False) -> str | None:
-            value = record.get(name)
-            if value is None and optional:
-                return None
+        # Read for every attempt record a worker's delivery log takes: checked in loops over
+        # the names rather than a helper call per field.
+        get = record.get
+        texts: tuple[Any, ...] = (
+            get("delivery_id"),
+            get("webhook_id"),
+            get("event_type"),
+            get("at"),
+        )
+        for name, value in zip(_TEXT, texts, strict=True):
             if not isinstance(value, str) or not value:
                 raise InvalidRecord("schema_invalid", f"attempt record: {name} is not a string")
-            return value
-
+        optional = (get("event_id"), get("error"), get("next"), get("next_at"))
+        for name, value in zip(_OPTIONAL_TEXT, optional, strict=True):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise InvalidRecord("schema_invalid", f"attempt record: {name} is not a string")
+        delivery_id, webhook_id, event_type, at = texts
+        event_id, error, next_step, next_at = optional
         attempt = record.get("attempt")
         if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
             raise InvalidRecord("schema_invalid", "attempt record: attempt is not a count")
@@ -96,8 +109,6 @@ class Attempt:
         duration = record.get("duration_seconds")
         if isinstance(duration, bool) or not isinstance(duration, int | float) or duration < 0:
             raise InvalidRecord("schema_invalid", "attempt record: duration_seconds is not >= 0")
-        at = text("at")
-        assert at is not None
         try:
             moment = datetime.fromisoformat(at.replace("Z", "+00:00"))
         except ValueError:
@@ -117,24 +128,20 @@ class Attempt:
         prefix = record.get("response_prefix")
         if prefix is not None and not isinstance(prefix, str):
             raise InvalidRecord("schema_invalid", "attempt record: response_prefix is not a string")
-        delivery_id = text("delivery_id")
-        webhook_id = text("webhook_id")
-        event_type = text("event_type")
-        assert delivery_id is not None and webhook_id is not None and event_type is not None
         return cls(
             delivery_id=delivery_id,
             webhook_id=webhook_id,
-            event_id=text("event_id", optional=True),
+            event_id=event_id,
             event_type=event_type,
             attempt=attempt,
             outcome=str(outcome),
             status=status,
-            error=text("error", optional=True),
+            error=error,
             duration_seconds=float(duration),
             at=at,
             at_seconds=moment.timestamp(),
-            next=text("next", optional=True),
-            next_at=text("next_at", optional=True),
+            next=next_step,
+            next_at=next_at,
             response_bytes=response_bytes,
             response_truncated=truncated,
             response_prefix=prefix,

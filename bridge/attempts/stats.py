@@ -92,6 +92,8 @@ class WebhookStats:
     def __init__(self) -> None:
         self._minutes: dict[int, _Bucket] = {}
         self._hours: dict[int, _Bucket] = {}
+        #: The minute of ``now`` when buckets were last expired.
+        self._expired_minute: int | None = None
         #: ``at`` of the newest successful and failed attempt seen.
         self.last_success: Attempt | None = None
         self.last_failure: Attempt | None = None
@@ -106,14 +108,19 @@ class WebhookStats:
                 self.last_failure = attempt
         minute = int(attempt.at_seconds // _MINUTE)
         hour = int(attempt.at_seconds // _HOUR)
-        if minute > int(now // _MINUTE) - _MINUTES_KEPT:
+        now_minute = int(now // _MINUTE)
+        if minute > now_minute - _MINUTES_KEPT:
             self._minutes.setdefault(minute, _Bucket()).add(attempt)
         if hour > int(now // _HOUR) - _HOURS_KEPT:
             self._hours.setdefault(hour, _Bucket()).add(attempt)
-        self.expire(now)
+        if now_minute != self._expired_minute:
+            # Buckets only age out as minutes pass: once a minute is enough (per attempt, the
+            # walk over up to 228 buckets cost more than the counting).
+            self.expire(now)
 
     def expire(self, now: float) -> None:
         """Forget buckets that no window reaches any more."""
+        self._expired_minute = int(now // _MINUTE)
         first_minute = int(now // _MINUTE) - _MINUTES_KEPT + 1
         for key in [k for k in self._minutes if k < first_minute]:
             del self._minutes[key]

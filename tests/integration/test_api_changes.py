@@ -203,7 +203,14 @@ async def test_a_recovery_runs_at_the_owner_shows_everywhere_and_survives_its_wo
             lambda: shown(second), until=lambda r: r["state"] != "running", timeout=60
         )
         assert (done["state"], done["enqueued"], done["scanned"]) == ("done", 12, 12), done
-        await receiver.wait_for(lambda _: len(receiver.at(path)) == 24)
-        again = sorted(r.delivery_id for r in receiver.at(path)[12:])
-        assert again == sorted(delivery_id(e.id, webhook_id) for e in events)
+        assert done["resumed"] == 1, done
+        # Every event is delivered again with its delivery id. A retry record the stopped worker
+        # had fetched but not settled is delivered again by the next owner of its partition
+        # (at least once; receivers deduplicate): more than 12 may arrive, never fewer.
+        expected = {delivery_id(e.id, webhook_id) for e in events}
+        await receiver.wait_for(
+            lambda _: {r.delivery_id for r in receiver.at(path)[12:]} == expected
+        )
+        again = [r.delivery_id for r in receiver.at(path)[12:]]
+        assert set(again) == expected and len(again) <= 2 * len(expected), again
         assert all(receiver.verified(r) for r in receiver.at(path))

@@ -484,12 +484,17 @@ def test_the_guard_refuses_what_the_worker_would_send_elsewhere(deployment: Depl
         assert sent.status_code == 202, sent.text
         path = f"/v1/deliveries/{delivery_id(sent.json()['event_id'], 'probe')}"
 
+        last: list[Any] = []
+
         def ended() -> dict[str, Any] | None:
             response = client.get(path)
             shown: dict[str, Any] = response.json()
+            last[:] = [response.status_code, shown, list(guard.violations)]
             return shown if response.status_code == 200 and shown["state"] != "retrying" else None
 
-        delivery = eventually_sync(ended, timeout=30.0, interval=0.2)
+        delivery = eventually_sync(
+            ended, timeout=60.0, interval=0.2, message=lambda: f"last answer and lookups: {last}"
+        )
         assert client.delete("/v1/webhooks/probe").status_code == 204
     assert delivery["state"] == "dead_lettered", delivery
     assert {a["outcome"] for a in delivery["attempts"]} == {"failure"}
