@@ -1,8 +1,10 @@
 """The control plane's scenarios: fan-out 1 with the delivery log fed, and the attempts query.
 
-``fanout_1_log`` runs the fan-out 1 backlog with the worker in role ``all`` holding the delivery
-log (``delivery_log`` and ``api_tokens``) and without, alternating, and reports both against the
-raw aiohttp ceiling of the run and the log's cost. ``attempts_query`` fills the attempts topic
+``fanout_1_log`` runs the fan-out 1 backlog without the delivery log, with the worker in role
+``all`` holding it (``delivery_log`` and ``api_tokens``), and with a ``--role deliver`` worker
+beside a ``--role api`` one holding it (the Helm chart's layout with ``api.enabled``), in rounds
+that rotate the order, and reports each against the raw aiohttp ceiling of the run and the log's
+cost. ``attempts_query`` fills the attempts topic
 with synthetic attempt records of many webhooks, starts an API-role worker holding the log, and
 measures its time to ready, its ingest rate against a raw consume of the same topic, its RSS and
 disk, and ``GET /v1/webhooks/{id}/attempts`` latency against ``/healthz`` on the same server.
@@ -33,9 +35,10 @@ from bridge.config import Settings
 from . import kit
 from .kit import percentile
 from .procs import free_port
-from .scenarios import Context, _loadavg, _ms, _result, backlog
+from .scenarios import Beside, Context, _loadavg, _ms, _result, backlog
 
 __all__ = [
+    "LOG_VARIANTS",
     "AttemptsSizes",
     "attempt_records",
     "attempts_query",
@@ -43,7 +46,9 @@ __all__ = [
     "end_offsets_ms",
     "fanout_1_log",
     "log_stores",
+    "log_summary",
     "query_paths",
+    "variant_order",
     "write_tokens",
 ]
 
@@ -52,7 +57,7 @@ __all__ = [
 class AttemptsSizes:
     """How much the control plane scenarios do (``--quick`` shrinks them)."""
 
-    #: fan-out 1 runs with and without the delivery log, alternating (pairs of runs).
+    #: Rounds of the fan-out 1 variants (one run of each per round, the order rotated).
     log_pairs: int
     #: Webhook records written to the subscriptions topic for ``attempts_query``.
     webhooks: int
@@ -107,74 +112,165 @@ def dir_bytes(path: Path) -> tuple[int, int]:
 # -- fanout_1_log --------------------------------------------------------------------------------
 
 
+#: The fan-out 1 variants: no delivery log; one worker in role ``all`` holding it; and the Helm
+#: chart's layout with ``api.enabled``, a ``--role deliver`` worker beside a ``--role api`` one
+#: holding the log of the attempts the other writes.
+LOG_VARIANTS = ("off", "all", "split")
+
+
+def variant_order(round_: int) -> list[str]:
+    """The variants of one round, rotated by the round: over three rounds each runs once first,
+    once second and once last (off-all-split, all-split-off, split-off-all, ...)."""
+    shift = round_ % len(LOG_VARIANTS)
+    return [*LOG_VARIANTS[shift:], *LOG_VARIANTS[:shift]]
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 4) if values else None
+
+
+def log_summary(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Each variant's runs and medians, and the costs of ``all`` and ``split`` against ``off``
+    as medians of the differences within each round (the runs that ran side by side)."""
+    cpu_key = "worker_cpu_ms_per_delivery"
+    out: dict[str, Any] = {}
+
+    def column(variant: str, key: str) -> list[float]:
+        return [r[variant][key] for r in rounds if r.get(variant, {}).get(key) is not None]
+
+    def diffs(variant: str, key: str) -> list[float]:
+        return [
+            r[variant][key] - r["off"][key]
+            for r in rounds
+            if r.get(variant, {}).get(key) and r.get("off", {}).get(key)
+        ]
+
+    # ``with_log``/``without_log`` keep the names of the first runs' (role ``all``) figures.
+    names = {"off": "without_log", "all": "with_log", "split": "split"}
+    for variant, suffix in names.items():
+        out[f"ratio_{suffix}"] = column(variant, "ratio")
+        out[f"ratio_median_{suffix}"] = _median(column(variant, "ratio"))
+        out[f"cpu_ms_per_delivery_{suffix}"] = column(variant, cpu_key)
+        out[f"cpu_ms_per_delivery_median_{suffix}"] = _median(column(variant, cpu_key))
+        out[f"deliveries_per_s_{suffix}"] = _median(column(variant, "deliveries_per_s"))
+        out[f"worker_rss_mib_{suffix}"] = _median(column(variant, "worker_rss_mib"))
+    for variant, suffix in (("all", ""), ("split", "_split")):
+        ratio_diffs = diffs(variant, "ratio")
+        cpu_diffs = diffs(variant, cpu_key)
+        out[f"ratio_cost_median{suffix}"] = _median(ratio_diffs)
+        out[f"cpu_ms_cost_median{suffix}"] = _median(cpu_diffs)
+        label = "log" if variant == "all" else "split"
+        out[f"paired_{label}_lower_ratio"] = sum(d < 0 for d in ratio_diffs)
+        out[f"paired_{label}_more_cpu"] = sum(d > 0 for d in cpu_diffs)
+    # The API worker of ``split``: its CPU per attempt record read into the log, and the
+    # layout's CPU per delivery (both workers) against one worker without the log.
+    out["api_cpu_ms_per_attempt"] = column("split", "api_cpu_ms_per_record")
+    out["api_cpu_ms_per_attempt_median"] = _median(out["api_cpu_ms_per_attempt"])
+    both = [
+        r["split"][cpu_key] + r["split"]["api_cpu_ms_per_delivery"]
+        for r in rounds
+        if r.get("split", {}).get(cpu_key) and r["split"].get("api_cpu_ms_per_delivery")
+    ]
+    out["split_both_cpu_ms_per_delivery"] = [round(x, 4) for x in both]
+    out["split_both_cpu_ms_per_delivery_median"] = _median(both)
+    out["api_caught_up_after_last_delivery_s_median"] = _median(
+        column("split", "api_caught_up_after_last_delivery_s")
+    )
+    out["api_rss_mib_median"] = _median(column("split", "api_rss_mib"))
+    out["rounds"] = [
+        {variant: {k: run.get(k) for k in _ROUND_KEYS if k in run} for variant, run in r.items()}
+        for r in rounds
+    ]
+    return out
+
+
+#: Each run's figures kept in the result's ``rounds`` (in the order the runs went).
+_ROUND_KEYS = (
+    "ratio",
+    "deliveries_per_s",
+    "worker_cpu_ms_per_delivery",
+    "worker_cpu_pct",
+    "ready_s",
+    "complete",
+    "backlog_skipped_at_start",
+    "loadavg_start",
+    "api_cpu_ms_per_record",
+    "api_cpu_ms_per_delivery",
+    "api_records",
+    "api_caught_up_after_last_delivery_s",
+    "api_rss_mib",
+    "error",
+    "api_error",
+)
+
+
+async def _records_read(token: str, worker: kit.Worker) -> int | None:
+    summary = await _summary(worker.base_url, token)
+    return None if summary is None else int(summary["records_read"])
+
+
 async def fanout_1_log(ctx: Context) -> dict[str, Any]:
-    """The fan-out 1 backlog with and without the delivery log, alternating (off-on, on-off,
-    ...), each against the raw aiohttp ceiling of the run; the cost as the paired differences."""
+    """The fan-out 1 backlog without the delivery log, with it in the worker (role ``all``),
+    and with it in an API-role worker beside a deliver-role one, in rounds rotating the order,
+    each against the raw aiohttp ceiling of the run; the costs as differences within rounds."""
     sizes = AttemptsSizes.for_mode(ctx.sizes.quick)
-    tokens, _ = write_tokens(ctx.workdir)
-    with_log = {"role": "all", "delivery_log": True, "api_tokens": str(tokens)}
-    runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    tokens, token = write_tokens(ctx.workdir)
+    log_on = {"delivery_log": True, "api_tokens": str(tokens)}
+    settings: dict[str, dict[str, Any] | None] = {
+        "off": None,
+        "all": {"role": "all", **log_on},
+        "split": {"role": "deliver"},
+    }
+    # The API worker in a group of its own: in one group with the deliver worker, an API worker
+    # leading the group assigns the recoveries table's partitions to the deliver worker, which
+    # has no such table, and the deliver worker's aiokafka coordinator stops ("Received an
+    # assignment for unsubscribed topic"); with the deliver worker leading, the API worker's
+    # join would rebalance the group in the middle of the backlog. Alone in its group it holds
+    # every attempts partition, which is what the one API worker of the chart holds.
+    api = Beside(
+        "api",
+        {"role": "api", **log_on},
+        lambda worker: _records_read(token, worker),
+        own_group=True,
+    )
+    rounds: list[dict[str, dict[str, Any]]] = []
     load_start = _loadavg()
-    for pair in range(sizes.log_pairs):
-        order = (False, True) if pair % 2 == 0 else (True, False)
-        for logged in order:
-            ctx.log(f"fanout_1_log: pair {pair + 1}, delivery log {'on' if logged else 'off'}")
-            run = await backlog(
+    for round_ in range(sizes.log_pairs):
+        runs: dict[str, dict[str, Any]] = {}
+        for variant in variant_order(round_):
+            ctx.log(f"fanout_1_log: round {round_ + 1}, {variant}")
+            runs[variant] = await backlog(
                 ctx,
-                "fanout_1_log_on" if logged else "fanout_1_log_off",
+                f"fanout_1_log_{variant}",
                 1000,
                 1,
                 ctx.sizes.fanout_1_events,
-                extra_settings=with_log if logged else None,
+                extra_settings=settings[variant],
+                beside=api if variant == "split" else None,
             )
-            runs[logged].append(run)
-
-    def column(logged: bool, key: str) -> list[float]:
-        return [r[key] for r in runs[logged] if r.get(key) is not None]
-
-    def median(logged: bool, key: str) -> float | None:
-        values = column(logged, key)
-        return round(statistics.median(values), 4) if values else None
-
-    pairs = list(zip(runs[False], runs[True], strict=True))
-    ratio_diffs = [
-        on["ratio"] - off["ratio"] for off, on in pairs if on.get("ratio") and off.get("ratio")
-    ]
-    cpu_key = "worker_cpu_ms_per_delivery"
-    cpu_diffs = [
-        on[cpu_key] - off[cpu_key] for off, on in pairs if on.get(cpu_key) and off.get(cpu_key)
-    ]
-    rate = median(True, "deliveries_per_s")
+        rounds.append(runs)
+    summary = log_summary(rounds)
     result = _result(
         ctx,
         "fanout_1_log",
-        rate,
+        summary["deliveries_per_s_with_log"],
         None,
         None,
         latency_kind=None,
-        pairs=len(pairs),
-        order="alternating: off,on then on,off, ...",
-        ratio_with_log=column(True, "ratio"),
-        ratio_without_log=column(False, "ratio"),
-        ratio_median_with_log=median(True, "ratio"),
-        ratio_median_without_log=median(False, "ratio"),
-        ratio_cost_median=round(statistics.median(ratio_diffs), 4) if ratio_diffs else None,
-        cpu_ms_per_delivery_with_log=column(True, cpu_key),
-        cpu_ms_per_delivery_without_log=column(False, cpu_key),
-        cpu_ms_per_delivery_median_with_log=median(True, cpu_key),
-        cpu_ms_per_delivery_median_without_log=median(False, cpu_key),
-        cpu_ms_cost_median=round(statistics.median(cpu_diffs), 4) if cpu_diffs else None,
-        paired_log_lower_ratio=sum(d < 0 for d in ratio_diffs),
-        paired_log_more_cpu=sum(d > 0 for d in cpu_diffs),
-        deliveries_per_s_without_log=median(False, "deliveries_per_s"),
-        worker_rss_mib_with_log=median(True, "worker_rss_mib"),
-        worker_rss_mib_without_log=median(False, "worker_rss_mib"),
+        pairs=len(rounds),
+        order="rounds of off, all, split rotated: off-all-split, all-split-off, split-off-all",
+        **summary,
         loadavg_start=load_start,
         loadavg_end=_loadavg(),
     )
     # The median run's ratio stands in the table's ratio column (the median, not the mean).
     result["ratio"] = result["ratio_median_with_log"]
-    errors = [f"{r['name']}: {r['error']}" for rs in runs.values() for r in rs if r.get("error")]
+    errors = [
+        f"{r['name']}: {r.get('error') or r.get('api_error')}"
+        for runs in rounds
+        for r in runs.values()
+        if r.get("error") or r.get("api_error")
+    ]
     if errors:
         result["error"] = "; ".join(errors)[:1500]
     return result

@@ -223,6 +223,10 @@ NOTES = {
         "cpu_ms_cost_median",
         "paired_log_lower_ratio",
         "paired_log_more_cpu",
+        "ratio_median_split",
+        "cpu_ms_per_delivery_median_split",
+        "api_cpu_ms_per_attempt_median",
+        "split_both_cpu_ms_per_delivery_median",
     ],
     "attempts_query": [
         "webhooks",
@@ -437,15 +441,23 @@ receiver by delivery id (each expected id once; repeats are reported as duplicat
   catching up.
 - **naive_baseline**: `bench/naive_app.py`, a Faust agent that awaits one httpx POST per
   delivery (no concurrency, no retries), on the same backlog shape as fanout_1.
-- **fanout_1_log** (`bench/control_plane.py`): the fanout_1 backlog run twice per pair, once with
-  the worker in role `all` holding the delivery log (`BRIDGE_DELIVERY_LOG=true`, a token file in
-  `BRIDGE_API_TOKENS`: it reads its own attempt records back into the log and serves `/v1`) and
-  once without, alternating which goes first (off-on, on-off, ...; 3 pairs, `--quick` 1). Each
-  run's ratio is against the raw aiohttp ceiling of the run; `deliveries/s` and `ratio` in the
-  table are the medians with the log, `ratio_median_without_log` the same without, and the cost
-  is the median of the paired differences (`ratio_cost_median`, `cpu_ms_cost_median` in worker
-  CPU ms per delivery); `paired_log_lower_ratio`/`paired_log_more_cpu` count the pairs where the
-  log's run was worse. Every run's figures are in the JSON.
+- **fanout_1_log** (`bench/control_plane.py`): the fanout_1 backlog run in three variants per
+  round: `off` (no delivery log), `all` (the worker in role `all` holding the delivery log:
+  `BRIDGE_DELIVERY_LOG=true`, a token file in `BRIDGE_API_TOKENS`; it reads its own attempt
+  records back into the log and serves `/v1`) and `split` (the Helm chart's layout with
+  `api.enabled`: a `--role deliver` worker without the log does the deliveries beside a
+  `--role api` worker holding the log, started and ready first, in a consumer group of its own
+  so that it holds every attempts partition and its join does not rebalance the deliverer's
+  group). The order rotates by round (off-all-split, all-split-off, split-off-all; 3 rounds,
+  `--quick` 1). Each run's ratio is against the raw aiohttp ceiling of the run; `deliveries/s`
+  and `ratio` in the table are the medians of `all`, `ratio_median_without_log` and
+  `ratio_median_split` the others'; the costs are medians of the differences against `off`
+  within each round (`ratio_cost_median`, `cpu_ms_cost_median` in worker CPU ms per delivery for
+  `all`, the same with `_split` for the deliver worker of `split`);
+  `paired_log_lower_ratio`/`paired_log_more_cpu` count the rounds where `all` was worse. For
+  `split`, the API worker's CPU from the start of the deliveries until its log has read one
+  record per delivery, per record read (`api_cpu_ms_per_attempt_median`), and both workers' CPU
+  per delivery (`split_both_cpu_ms_per_delivery_median`). Every run's figures are in the JSON.
 - **attempts_query** (`bench/control_plane.py`): 100,000 webhook records written one record per
   batch to the subscriptions topic (`--quick` 2,000), then 1,000,000 synthetic attempt records
   (`--quick` 20,000) written in batches to the attempts topic, keyed by webhook id: valid per

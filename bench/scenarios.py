@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
@@ -20,7 +20,7 @@ from bridge.config import Settings
 from . import ceilings, kit
 from .ceilings import WINDOW_S
 from .kit import Hook, Published, Worker, metric_sum, percentile, window_quantile
-from .procs import Procs, rss_kib
+from .procs import Procs, free_port, rss_kib
 from .profiling import Profiler, format_summary, summarise
 from .receivers import Arrivals, Receiver, start_aiohttp
 
@@ -301,6 +301,68 @@ async def _backlog_skipped(
     return not got
 
 
+@dataclass(frozen=True)
+class Beside:
+    """A second worker of a backlog run, on its topics and in its group (own web port and data
+    dir), started and ready before the delivering one: e.g. an API-role worker holding the
+    delivery log of the attempts the other writes."""
+
+    label: str
+    #: Its settings, as changes to the delivering worker's.
+    changes: dict[str, Any]
+    #: Records it has processed so far (polled after the deliveries until it has one per
+    #: delivery); None when it cannot tell.
+    processed: Callable[[Worker], Awaitable[int | None]]
+    #: In a consumer group of its own (``<group>-<label>``) rather than the delivering one's.
+    own_group: bool = False
+
+
+async def _start_beside(ctx: Context, settings: Settings, name: str, beside: Beside) -> Worker:
+    own = {"group_id": f"{settings.group_id}-{beside.label}"} if beside.own_group else {}
+    companion = settings.replace(
+        web_port=free_port(),
+        data_dir=f"{settings.data_dir}-{beside.label}",
+        **own,
+        **beside.changes,
+    )
+    worker = kit.start_worker(ctx.procs, companion, f"{name}_{beside.label}", ctx.python)
+    try:
+        await worker.wait_ready(120.0)
+    except BaseException:
+        _stop(ctx, worker)
+        raise
+    return worker
+
+
+async def _beside_caught_up(
+    beside: Beside, worker: Worker, target: int, cpu_start: float, last_arrival: float | None
+) -> dict[str, Any]:
+    """Wait (bounded) until the companion has processed ``target`` records; its CPU from the
+    start of the deliveries to then, per record."""
+    started = time.monotonic()
+    deadline = started + max(30.0, target / 1000)
+    done: int | None = None
+    while time.monotonic() < deadline and worker.proc.alive():
+        done = await beside.processed(worker)
+        if done is not None and done >= target:
+            break
+        await asyncio.sleep(0.1)
+    cpu = worker.cpu_seconds() - cpu_start
+    prefix = f"{beside.label}_"
+    out: dict[str, Any] = {
+        prefix + "records": done,
+        prefix + "cpu_s": round(cpu, 3),
+        prefix + "cpu_ms_per_record": round(1000 * cpu / done, 3) if done else None,
+        prefix + "caught_up_after_last_delivery_s": None
+        if last_arrival is None or done is None or done < target
+        else round(max(0.0, time.time() - last_arrival), 2),
+        prefix + "rss_mib": round((worker.rss_kib() or 0) / 1024, 1),
+    }
+    if done is None or done < target:
+        out[prefix + "error"] = f"{beside.label} processed {done} of {target} records"
+    return out
+
+
 async def backlog(
     ctx: Context,
     name: str,
@@ -308,6 +370,7 @@ async def backlog(
     per_site: int,
     events: int,
     extra_settings: dict[str, Any] | None = None,
+    beside: Beside | None = None,
 ) -> dict[str, Any]:
     settings = ctx.settings(name, **(extra_settings or {}))
     await kit.prepare_topics(settings)
@@ -318,6 +381,8 @@ async def backlog(
     expected = set(published.expected_ids(by_site))
     arrivals = ctx.receiver.arrivals()
     load_start = _loadavg()
+    # The companion joins the group first: its join's rebalance is over before deliveries start.
+    companion = None if beside is None else await _start_beside(ctx, settings, name, beside)
     worker = kit.start_worker(ctx.procs, settings, name, ctx.python)
     profiler: Profiler | None = None
     try:
@@ -332,6 +397,7 @@ async def backlog(
             await kit.publish_backlog(settings, sites, events, published)
             expected = set(published.expected_ids(by_site))
         cpu_start = worker.cpu_seconds()
+        companion_cpu_start = None if companion is None else companion.cpu_seconds()
         started = time.monotonic()
         started_wall = time.time()
         profiler = _start_profiler(ctx, name, worker.pid)
@@ -345,6 +411,17 @@ async def backlog(
         # CPU over the delivering phase: up to the last arrival, not the idle wait after it.
         elapsed = (max(first.values()) - started_wall) if first else time.monotonic() - started
         cpu = worker.cpu_seconds() - cpu_start
+        beside_figures: dict[str, Any] = {}
+        if beside is not None and companion is not None and companion_cpu_start is not None:
+            last = max(first.values()) if first else None
+            beside_figures = await _beside_caught_up(
+                beside, companion, len(first), companion_cpu_start, last
+            )
+            beside_figures[f"{beside.label}_cpu_ms_per_delivery"] = (
+                round(1000 * beside_figures[f"{beside.label}_cpu_s"] / len(first), 3)
+                if first
+                else None
+            )
         profiled: dict[str, Any] = {}
         _finish_profiler(ctx, name, profiler, profiled)
         profiler = None
@@ -377,6 +454,7 @@ async def backlog(
             worker_rss_ready_mib=round((rss_ready or 0) / 1024, 1),
             backlog_skipped_at_start=skipped,
             **_worker_extras(worker, metrics),
+            **beside_figures,
         )
         if rss_ready and name == "fanout_1":
             ctx.baseline_rss_kib = rss_ready
@@ -398,6 +476,8 @@ async def backlog(
         if profiler is not None:
             profiler.finish()
         _stop(ctx, worker)
+        if companion is not None:
+            _stop(ctx, companion)
 
 
 async def fanout_1(ctx: Context) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""bench/control_plane.py's synthetic attempts, query mix, token file and disk count."""
+"""bench/control_plane.py: synthetic attempts, query mix, tokens, disk, the fan-out 1 variants."""
 
 from __future__ import annotations
 
@@ -6,11 +6,20 @@ import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import jsonschema
 
-from bench.control_plane import attempt_records, dir_bytes, query_paths, write_tokens
+from bench.control_plane import (
+    LOG_VARIANTS,
+    attempt_records,
+    dir_bytes,
+    log_summary,
+    query_paths,
+    variant_order,
+    write_tokens,
+)
 from bridge.api.auth import TokenSet
 from bridge.attempts.record import Attempt
 
@@ -75,3 +84,78 @@ def test_disk_use_counts_every_file_below(tmp_path: Path) -> None:
     assert apparent == 10010
     assert allocated >= 10000
     assert dir_bytes(tmp_path / "missing") == (0, 0)
+
+
+def test_three_rounds_run_each_variant_once_in_each_place() -> None:
+    orders = [variant_order(n) for n in range(3)]
+    assert orders[0] == ["off", "all", "split"]
+    for order in orders:
+        assert sorted(order) == sorted(LOG_VARIANTS)
+    for place in range(3):
+        assert {order[place] for order in orders} == set(LOG_VARIANTS)
+    assert variant_order(3) == orders[0]
+
+
+def _run(ratio: float, cpu: float) -> dict[str, Any]:
+    return {"ratio": ratio, "worker_cpu_ms_per_delivery": cpu, "deliveries_per_s": 1000 * ratio}
+
+
+def test_the_costs_are_medians_of_the_differences_within_each_round() -> None:
+    rounds = [
+        {
+            "off": _run(0.70, 0.14),
+            "all": _run(0.50, 0.19),
+            "split": _run(0.68, 0.13)
+            | {"api_cpu_ms_per_record": 0.03, "api_cpu_ms_per_delivery": 0.04},
+        },
+        {
+            "off": _run(0.60, 0.15),
+            "all": _run(0.55, 0.20),
+            "split": _run(0.64, 0.14)
+            | {"api_cpu_ms_per_record": 0.05, "api_cpu_ms_per_delivery": 0.06},
+        },
+        {
+            "off": _run(0.80, 0.12),
+            "all": _run(0.40, 0.22),
+            "split": _run(0.70, 0.15)
+            | {"api_cpu_ms_per_record": 0.04, "api_cpu_ms_per_delivery": 0.05},
+        },
+    ]
+    summary = log_summary(rounds)
+    assert summary["ratio_without_log"] == [0.70, 0.60, 0.80]
+    assert summary["ratio_median_without_log"] == 0.70
+    assert summary["ratio_median_with_log"] == 0.50
+    assert summary["ratio_median_split"] == 0.68
+    # all - off: -0.20, -0.05, -0.40; split - off: -0.02, +0.04, -0.10.
+    assert summary["ratio_cost_median"] == -0.2
+    assert summary["ratio_cost_median_split"] == -0.02
+    assert summary["paired_log_lower_ratio"] == 3
+    assert summary["paired_split_lower_ratio"] == 2
+    assert summary["cpu_ms_cost_median"] == 0.05
+    assert summary["cpu_ms_cost_median_split"] == -0.01
+    assert summary["paired_split_more_cpu"] == 1
+    assert summary["api_cpu_ms_per_attempt_median"] == 0.04
+    assert summary["split_both_cpu_ms_per_delivery"] == [0.17, 0.2, 0.2]
+    assert summary["split_both_cpu_ms_per_delivery_median"] == 0.2
+    assert [list(r) for r in summary["rounds"]] == [["off", "all", "split"]] * 3
+    assert summary["rounds"][2]["split"] == {
+        "ratio": 0.70,
+        "deliveries_per_s": 700.0,
+        "worker_cpu_ms_per_delivery": 0.15,
+        "api_cpu_ms_per_record": 0.04,
+        "api_cpu_ms_per_delivery": 0.05,
+    }
+
+
+def test_a_round_without_a_figure_is_left_out_of_its_medians() -> None:
+    rounds = [
+        {"off": _run(0.7, 0.14), "all": _run(0.5, 0.19), "split": _run(0.6, 0.15)},
+        {"off": _run(0.6, 0.15), "all": {"ratio": None}, "split": {}},
+    ]
+    summary = log_summary(rounds)
+    assert summary["ratio_with_log"] == [0.5]
+    assert summary["ratio_cost_median"] == -0.2
+    assert summary["ratio_median_split"] == 0.6
+    assert summary["api_cpu_ms_per_attempt"] == []
+    assert summary["api_cpu_ms_per_attempt_median"] is None
+    assert summary["split_both_cpu_ms_per_delivery_median"] is None
