@@ -80,7 +80,7 @@ class RetryPolicy:
         # ever shortens the wait so that a record is never due after its tier's delay.
         delay = base * (1.0 - self.jitter * self._rand())
         if retry_after is not None:
-            wanted = min(retry_after, self.retry_after_cap)
+            wanted = min(retry_after, self.retry_after_cap, self.schedule[-1])
             if wanted > delay:
                 delay = wanted
                 tier = self.tier_for(wanted, at_least=tier)
@@ -93,12 +93,15 @@ class RetryPolicy:
         schedule."""
         delay = self.schedule[0] * (1.0 - self.jitter * self._rand())
         if wait is not None:
-            delay = max(delay, min(wait, self.retry_after_cap))
+            delay = max(delay, min(wait, self.retry_after_cap, self.schedule[-1]))
         return Decision("retry", tier=self.tier_for(delay), delay=delay)
 
     def tier_for(self, wait: float, *, at_least: int = 0) -> int:
         """The first tier (from ``at_least``) whose delay covers ``wait``: a record waiting in a
-        tier then never holds up the records queued behind it for longer than the tier's delay."""
+        tier then never holds up the records queued behind it for longer than the tier's delay.
+        Waits are never longer than the last tier's delay (a Retry-After or a skip's wait is
+        cut to it): a longer one would hold up the last tier's partition, every webhook's
+        retries behind it, for that long."""
         for index in range(at_least, len(self.schedule)):
             if self.schedule[index] >= wait:
                 return index

@@ -195,9 +195,29 @@ def test_retry_after_is_capped() -> None:
     assert small_cap.after_failure(1, retry_after=86400.0) == Decision("retry", tier=1, delay=100.0)
 
 
-def test_retry_after_beyond_every_tier_waits_in_the_last() -> None:
+def test_a_wait_beyond_every_tier_is_cut_to_the_last_tiers_delay() -> None:
+    # A record waiting longer than its tier's delay would hold up every retry behind it in
+    # that partition (other webhooks' too): the last tier's delay bounds every wait.
     policy = RetryPolicy((5.0, 60.0, 120.0), jitter=0.0, retry_after_cap=3600.0)
-    assert policy.after_failure(1, retry_after=600.0) == Decision("retry", tier=2, delay=600.0)
+    assert policy.after_failure(1, retry_after=600.0) == Decision("retry", tier=2, delay=120.0)
+    assert policy.after_skip(wait=600.0) == Decision("retry", tier=2, delay=120.0)
+
+
+@given(
+    schedule=st.lists(st.floats(0.1, 1e5), min_size=1, max_size=8),
+    wait=st.floats(0.0, 1e7),
+    attempt=st.integers(1, 8),
+)
+def test_no_decision_waits_longer_than_its_tiers_delay(
+    schedule: list[float], wait: float, attempt: int
+) -> None:
+    policy = RetryPolicy(schedule, jitter=0.0, retry_after_cap=86400.0)
+    decisions = [policy.after_skip(wait=wait)]
+    if attempt < policy.max_attempts:
+        decisions.append(policy.after_failure(attempt, retry_after=wait))
+    for decision in decisions:
+        assert decision.tier is not None
+        assert decision.delay <= max(policy.schedule[decision.tier], policy.schedule[0])
 
 
 def test_retry_after_never_moves_a_retry_to_an_earlier_tier() -> None:
