@@ -6,7 +6,7 @@ import asyncio
 import importlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict, TypeVar
 
 import aiohttp
@@ -301,6 +301,39 @@ async def _create_topic(bootstrap: str, topic: str) -> None:
         await admin.close()
 
 
+async def raw_consume(
+    bootstrap: str,
+    topic: str,
+    count: int,
+    timeout: float,
+    *,
+    partitions: Iterable[int] | None = None,
+) -> tuple[int, float, int]:
+    """A raw aiokafka consume of ``partitions`` (every partition the metadata names, when not
+    given) from the start, until ``count`` records or ``timeout`` seconds: the records read,
+    the seconds it took, and how many partitions were read."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        numbers = partitions if partitions is not None else consumer.partitions_for_topic(topic)
+        tps = [TopicPartition(topic, p) for p in sorted(numbers or ())]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        got = 0
+        started = time.perf_counter()
+        deadline = started + timeout
+        while got < count and time.perf_counter() < deadline:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            for messages in batch.values():
+                got += len(messages)
+        elapsed = time.perf_counter() - started
+    finally:
+        await consumer.stop()
+    return got, elapsed, len(tps)
+
+
 async def kafka_ceiling(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
     """(b) Raw aiokafka consume rate of a pre-filled topic (6 partitions, event-sized records)."""
     await _create_topic(bootstrap, topic)
@@ -320,24 +353,7 @@ async def kafka_ceiling(bootstrap: str, topic: str, count: int) -> dict[str, Any
             await future
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(6)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        got = 0
-        started = time.perf_counter()
-        deadline = started + 60
-        while got < count and time.perf_counter() < deadline:
-            batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
-            for messages in batch.values():
-                got += len(messages)
-        elapsed = time.perf_counter() - started
-    finally:
-        await consumer.stop()
+    got, elapsed, _ = await raw_consume(bootstrap, topic, count, 60.0, partitions=range(6))
     rate = got / elapsed if elapsed > 0 else 0.0
     return {
         "name": "ceiling_kafka_consume",

@@ -33,6 +33,7 @@ from bridge.api.auth import hash_token, new_token
 from bridge.config import Settings
 
 from . import kit
+from .ceilings import raw_consume
 from .kit import percentile
 from .procs import free_port
 from .scenarios import Beside, Context, _loadavg, _ms, _result, backlog
@@ -355,30 +356,12 @@ async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes,
 async def _raw_consume(bootstrap: str, topic: str, count: int, timeout: float) -> dict[str, Any]:
     """A raw aiokafka consume of every partition from the start, until ``count`` records or the
     deadline: the ceiling of the log's ingest (no parsing, no book)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        got = 0
-        started = time.perf_counter()
-        deadline = started + timeout
-        while got < count and time.perf_counter() < deadline:
-            batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
-            for messages in batch.values():
-                got += len(messages)
-        elapsed = time.perf_counter() - started
-    finally:
-        await consumer.stop()
+    got, elapsed, partitions = await raw_consume(bootstrap, topic, count, timeout)
     return {
         "records": got,
         "seconds": round(elapsed, 2),
         "per_s": round(got / elapsed, 1) if elapsed > 0 else None,
-        "partitions": len(tps),
+        "partitions": partitions,
     }
 
 
