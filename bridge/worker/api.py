@@ -155,12 +155,6 @@ class _Relay:
         self._bridge = bridge
         self._tokens = tokens
         self._max_bytes = max_bytes
-        self._session: aiohttp.ClientSession | None = None
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -204,10 +198,6 @@ class _Relay:
         return None if runner == self._bridge.settings.canonical_url else runner
 
     async def _relay(self, url: str, request: web.Request) -> web.Response:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self._bridge.settings.http_timeout)
-            )
         headers = {
             name: request.headers[name]
             for name in _RELAYED_REQUEST_HEADERS
@@ -215,7 +205,7 @@ class _Relay:
         }
         headers[RELAYED_BY] = self._bridge.settings.canonical_url
         try:
-            async with self._session.request(
+            async with self._bridge.peers().request(
                 request.method,
                 url + request.rel_url.path_qs,
                 data=await read_body(request, max_bytes=self._max_bytes),
@@ -367,7 +357,6 @@ async def api_application(bridge: Bridge) -> web.Application:
     app.on_shutdown.insert(0, stop_taking_over)
 
     async def close_store(app: web.Application) -> None:
-        await relay.close()
         await store.__aexit__(None, None, None)
         await producer.stop()
 

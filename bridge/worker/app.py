@@ -380,15 +380,20 @@ class Bridge:
                 raise OwnerUnavailable(f"an owner's answer was not attempts ({exc})") from None
         return sorted(found, key=lambda a: (a.at_seconds, a.attempt))
 
-    async def _ask(self, url: str, path: str, headers: Mapping[str, str] | None) -> Any:
-        """GET ``url + path`` from another worker: its JSON object, or
-        :class:`OwnerUnavailable`."""
+    def peers(self) -> aiohttp.ClientSession:
+        """The HTTP session this worker calls other workers with (routed reads, relayed
+        changes), closed with the worker."""
         if self._http is None:
             self._http = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.settings.http_timeout)
             )
+        return self._http
+
+    async def _ask(self, url: str, path: str, headers: Mapping[str, str] | None) -> Any:
+        """GET ``url + path`` from another worker: its JSON object, or
+        :class:`OwnerUnavailable`."""
         try:
-            async with self._http.get(url + path, headers=dict(headers or {})) as response:
+            async with self.peers().get(url + path, headers=dict(headers or {})) as response:
                 if response.status != 200:
                     raise OwnerUnavailable(f"the owner answered {response.status}")
                 data = await response.json(content_type=None)
