@@ -15,7 +15,9 @@ from bridge.config import Settings
 from bridge.contract.events import build_event
 from bridge.contract.payload import delivery_id
 from bridge.kafka.reading import read_topic
+from bridge.kafka.topics import declared_topics
 from bridge.subscriptions.store import WebhookStore
+from bridge.worker.delivery_log import attempts_partition
 from bridge.worker.embedded import free_port
 from tests.support.processes import settings_env
 from tests.support.receivers import Receiver
@@ -111,6 +113,34 @@ async def test_retry_after_is_honoured_on_429(
     await receiver.wait_for(lambda got: len(got) == 2)
     first, second = receiver.at("/busy")
     assert second.at - first.at >= 2.0
+
+
+async def test_a_long_retry_after_never_holds_up_another_webhooks_retries(
+    settings: Settings, receiver: Receiver, in_process_workers
+) -> None:
+    # "a" asks for an hour; "b", whose retries share the last tier's partition with a's, fails
+    # twice. A wait beyond the last tier's delay (0.6 s here) used to sit at the head of that
+    # partition for the hour, and b's last attempt behind it.
+    partitions = next(t.partitions for t in declared_topics(settings) if t.logical == "retries")
+    slow = attempts_partition("a", partitions)
+    other = next(f"b{n}" for n in range(1000) if attempts_partition(f"b{n}", partitions) == slow)
+    receiver.scripts["/a"] = [429] * 10
+    receiver.headers["/a"] = {"Retry-After": "3600"}
+    receiver.scripts[f"/{other}"] = [500, 500]
+    async with WebhookStore(settings) as store:
+        await hook(store, receiver, "a", ("post.created",))
+        await hook(store, receiver, other, ("post.published",))
+    worker = in_process_workers(settings)
+    await worker.wait_ready()
+    await publish_events(settings, [post(1)])
+    # Answered 429: a's retry goes to the last tier, before any of b's records.
+    await receiver.wait_for(lambda _: len(receiver.at("/a")) >= 1)
+    published = build_event(
+        "post.published", {"id": "p2", "title": "t"}, site_id="s1", user_id="u1"
+    )
+    await publish_events(settings, [published])
+    await receiver.wait_for(lambda _: len(receiver.at(f"/{other}")) == 3, timeout=20.0)
+    assert [r.status for r in receiver.at(f"/{other}")] == [500, 500, 200]
 
 
 async def test_gone_disables_the_webhook_and_dead_letters(
