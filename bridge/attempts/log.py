@@ -133,9 +133,17 @@ class WebhookLog:
             and position < self._positions[0]
         ):
             return False  # older than everything kept in a full log
-        bisect.insort(self._positions, position)
+        positions = self._positions
+        if not positions or position > positions[-1]:
+            positions.append(position)  # the usual case: records are read in time order
+        else:
+            bisect.insort(positions, position)
         self._attempts[position] = attempt
-        self._deliveries.setdefault(attempt.delivery_id, []).append(position)
+        kept = self._deliveries.get(attempt.delivery_id)
+        if kept is None:
+            self._deliveries[attempt.delivery_id] = [position]
+        else:
+            kept.append(position)
         while len(self._positions) > self._max_attempts:
             self._drop_oldest()
         self.expire(now)

@@ -109,10 +109,17 @@ class WebhookStats:
         minute = int(attempt.at_seconds // _MINUTE)
         hour = int(attempt.at_seconds // _HOUR)
         now_minute = int(now // _MINUTE)
+        # get, then make only when missing: setdefault would build a bucket every time
         if minute > now_minute - _MINUTES_KEPT:
-            self._minutes.setdefault(minute, _Bucket()).add(attempt)
+            bucket = self._minutes.get(minute)
+            if bucket is None:
+                bucket = self._minutes[minute] = _Bucket()
+            bucket.add(attempt)
         if hour > int(now // _HOUR) - _HOURS_KEPT:
-            self._hours.setdefault(hour, _Bucket()).add(attempt)
+            bucket = self._hours.get(hour)
+            if bucket is None:
+                bucket = self._hours[hour] = _Bucket()
+            bucket.add(attempt)
         if now_minute != self._expired_minute:
             # Buckets only age out as minutes pass: once a minute is enough (per attempt, the
             # walk over up to 228 buckets cost more than the counting).

@@ -103,7 +103,10 @@ class MemoryStore:
         now: float,
         timestamp: int = -1,
     ) -> bool:
-        self._webhooks.setdefault(partition, set()).add(attempt.webhook_id)
+        held = self._webhooks.get(partition)
+        if held is None:
+            held = self._webhooks[partition] = set()
+        held.add(attempt.webhook_id)
         return self.book.add(attempt, now)
 
     def skip(self, partition: int, offset: int, timestamp: int = -1) -> None:

@@ -194,42 +194,66 @@ class DeliveryLogReader(Service):
     def add(self, partition: int, offset: int, value: bytes | None, timestamp: int = -1) -> None:
         """One record of ``partition`` into the store; never raises (a store that fails is
         read again from its checkpoint)."""
+        self.add_many(partition, ((offset, value, timestamp),))
+
+    def add_many(self, partition: int, records: Iterable[tuple[int, bytes | None, int]]) -> None:
+        """Records of ``partition`` ((offset, value, timestamp), in offset order, as fetched)
+        into the store; as :meth:`add`, with the partition's checks and counts once per call
+        rather than once per record."""
         if partition not in self._held or partition in self._failed or partition in self._stale:
             return  # fetched before the partition was revoked, or after a failed write
-        expected = self._verifying.pop(partition, None)
-        if expected is not None:
-            if offset == expected.offset - 1 and timestamp == expected.timestamp:
-                return  # the record before the checkpoint, already kept: the same topic
-            log.warning("delivery log: partition %s is not the one read before", partition)
-            self._stale.add(partition)
-            return
-        self.read[partition] = self.read.get(partition, 0) + 1
+        store = self.store
+        now = self._clock()
         last = self.positions.get(partition)
-        if last is not None and offset > last + 1:
-            self.gaps.append((partition, last + 1, offset))
-        if last is None or offset > last:
-            self.positions[partition] = offset
-        self._next[partition] = offset + 1
-        end = self._catching_up.get(partition)
-        if end is not None and offset + 1 >= end:
-            del self._catching_up[partition]
+        count = 0
+        invalid = 0
         try:
-            attempt = Attempt.parse(value)
-        except InvalidRecord:
-            self.invalid += 1
-            self.store.skip(partition, offset, timestamp)
-            return
-        except Exception:  # a bug: counted, the log goes on
-            self.invalid += 1
-            self.store.skip(partition, offset, timestamp)
-            log.exception("attempt record skipped")
-            return
-        assert value is not None
-        try:
-            self.store.add(partition, offset, attempt, value, self._clock(), timestamp)
-        except Exception:
-            log.exception("delivery log: partition %s not written; reading it again", partition)
-            self._failed.add(partition)
+            for offset, value, timestamp in records:
+                expected = self._verifying.pop(partition, None) if self._verifying else None
+                if expected is not None:
+                    if offset == expected.offset - 1 and timestamp == expected.timestamp:
+                        continue  # the record before the checkpoint, already kept: same topic
+                    log.warning("delivery log: partition %s is not the one read before", partition)
+                    self._stale.add(partition)
+                    return
+                count += 1
+                if last is not None:
+                    if offset > last + 1:
+                        self.gaps.append((partition, last + 1, offset))
+                    if offset > last:
+                        last = offset
+                else:
+                    last = offset
+                try:
+                    attempt = Attempt.parse(value)
+                except InvalidRecord:
+                    invalid += 1
+                    store.skip(partition, offset, timestamp)
+                    continue
+                except Exception:  # a bug: counted, the log goes on
+                    invalid += 1
+                    store.skip(partition, offset, timestamp)
+                    log.exception("attempt record skipped")
+                    continue
+                assert value is not None
+                try:
+                    store.add(partition, offset, attempt, value, now, timestamp)
+                except Exception:
+                    log.exception(
+                        "delivery log: partition %s not written; reading it again", partition
+                    )
+                    self._failed.add(partition)
+                    return
+        finally:
+            if count:
+                self.read[partition] = self.read.get(partition, 0) + count
+                self.invalid += invalid
+                assert last is not None
+                self.positions[partition] = last
+                self._next[partition] = last + 1
+                end = self._catching_up.get(partition)
+                if end is not None and last + 1 >= end:
+                    del self._catching_up[partition]
 
     def forget(self, partitions: Iterable[int]) -> None:
         """Drop the logs of partitions no longer owned."""
@@ -392,8 +416,7 @@ class DeliveryLogReader(Service):
                     self._read_again(out)
                     continue
                 for tp, records in batches.items():
-                    for record in records:
-                        self.add(tp.partition, record.offset, record.value, record.timestamp)
+                    self.add_many(tp.partition, [(r.offset, r.value, r.timestamp) for r in records])
                 self._check_resumed(consumer)
                 self._flush(consumer, [tp.partition for tp in batches])
                 await self._check_caught_up(consumer)

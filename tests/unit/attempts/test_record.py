@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.attempts.record import Attempt
 from bridge.errors import InvalidRecord
@@ -68,3 +70,94 @@ def test_a_response_field_of_the_wrong_type_is_refused(changes: dict[str, Any]) 
     assert caught.value.reason == "schema_invalid"
     assert "response_" in str(caught.value)
     assert "pwned" not in str(caught.value) and "12" not in str(caught.value)
+
+
+# -- the quick check and the field-by-field one agree ---------------------------------------------
+
+_FIELDS = (
+    "delivery_id",
+    "webhook_id",
+    "event_id",
+    "event_type",
+    "attempt",
+    "outcome",
+    "status",
+    "error",
+    "duration_seconds",
+    "at",
+    "next",
+    "next_at",
+    "response_bytes",
+    "response_truncated",
+    "response_prefix",
+)
+
+_ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-3, max_value=700),
+    st.floats(min_value=-1.0, max_value=1e6, allow_nan=False),
+    st.sampled_from(["", "x", "success", "failure", "skipped", "2024-01-15T10:30:00.250Z"]),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+)
+
+
+def _reference_problem(fields: dict[str, Any]) -> str | None:
+    """What a record's fields are refused for, checked one by one in the order the schema
+    lists them (what :meth:`Attempt.of` must say), or ``None``."""
+    for name in ("delivery_id", "webhook_id", "event_type", "at"):
+        value = fields.get(name)
+        if not isinstance(value, str) or not value:
+            return f"attempt record: {name} is not a string"
+    for name in ("event_id", "error", "next", "next_at"):
+        value = fields.get(name)
+        if value is not None and (not isinstance(value, str) or not value):
+            return f"attempt record: {name} is not a string"
+    attempt = fields.get("attempt")
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+        return "attempt record: attempt is not a count"
+    if fields.get("outcome") not in ("success", "failure", "skipped"):
+        return "attempt record: unknown outcome"
+    status = fields.get("status")
+    if status is not None and (isinstance(status, bool) or not isinstance(status, int)):
+        return "attempt record: status is not an integer"
+    duration = fields.get("duration_seconds")
+    if isinstance(duration, bool) or not isinstance(duration, int | float) or duration < 0:
+        return "attempt record: duration_seconds is not >= 0"
+    size = fields.get("response_bytes")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        return "attempt record: response_bytes is not a count"
+    if not isinstance(fields.get("response_truncated", False), bool):
+        return "attempt record: response_truncated is not true"
+    prefix = fields.get("response_prefix")
+    if prefix is not None and not isinstance(prefix, str):
+        return "attempt record: response_prefix is not a string"
+    if not fields["at"].endswith("Z"):
+        return "attempt record: at is not a time"
+    return None
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    changes=st.dictionaries(st.sampled_from(_FIELDS), _ANY_VALUE, max_size=4),
+    dropped=st.sets(st.sampled_from(_FIELDS), max_size=2),
+)
+def test_any_record_is_taken_or_refused_as_the_field_by_field_check_says(
+    changes: dict[str, Any], dropped: set[str]
+) -> None:
+    fields = {k: v for k, v in {**record(), **changes}.items() if k not in dropped}
+    problem = _reference_problem(fields)
+    if problem is None:
+        parsed = Attempt.of(fields)
+        assert parsed.delivery_id == fields["delivery_id"]
+        assert parsed.attempt == fields["attempt"]
+        assert parsed.duration_seconds == float(fields["duration_seconds"])
+        assert type(parsed.duration_seconds) is float
+        assert parsed.response_truncated is fields.get("response_truncated", False)
+        # and the same through the record's bytes
+        assert Attempt.parse(json.dumps(fields).encode()) == parsed
+    else:
+        with pytest.raises(InvalidRecord) as refused:
+            Attempt.of(fields)
+        assert (refused.value.reason, refused.value.detail) == ("schema_invalid", problem)
