@@ -222,17 +222,13 @@ async def fanout_1_log(ctx: Context) -> dict[str, Any]:
         "all": {"role": "all", **log_on},
         "split": {"role": "deliver"},
     }
-    # The API worker in a group of its own: in one group with the deliver worker, an API worker
-    # leading the group assigns the recoveries table's partitions to the deliver worker, which
-    # has no such table, and the deliver worker's aiokafka coordinator stops ("Received an
-    # assignment for unsubscribed topic"); with the deliver worker leading, the API worker's
-    # join would rebalance the group in the middle of the backlog. Alone in its group it holds
-    # every attempts partition, which is what the one API worker of the chart holds.
+    # The API worker in the deliver worker's group, as the chart deploys them (one group id).
+    # It joins first, so its join's rebalance is over before the deliveries start; the deliver
+    # worker's join then leaves it every attempts partition (only API workers hold the log).
     api = Beside(
         "api",
         {"role": "api", **log_on},
         lambda worker: _records_read(token, worker),
-        own_group=True,
     )
     rounds: list[dict[str, dict[str, Any]]] = []
     load_start = _loadavg()
