@@ -33,7 +33,7 @@ from bridge.api.auth import hash_token, new_token
 from bridge.config import Settings
 
 from . import kit
-from .ceilings import raw_consume
+from .ceilings import aiohttp_ceiling, raw_consume
 from .kit import percentile
 from .procs import free_port
 from .scenarios import Beside, Context, _loadavg, _ms, _result, backlog
@@ -151,11 +151,14 @@ def log_summary(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
     for variant, suffix in names.items():
         out[f"ratio_{suffix}"] = column(variant, "ratio")
         out[f"ratio_median_{suffix}"] = _median(column(variant, "ratio"))
+        out[f"ratio_adjacent_{suffix}"] = column(variant, "ratio_adjacent")
+        out[f"ratio_adjacent_median_{suffix}"] = _median(column(variant, "ratio_adjacent"))
         out[f"cpu_ms_per_delivery_{suffix}"] = column(variant, cpu_key)
         out[f"cpu_ms_per_delivery_median_{suffix}"] = _median(column(variant, cpu_key))
         out[f"deliveries_per_s_{suffix}"] = _median(column(variant, "deliveries_per_s"))
         out[f"worker_rss_mib_{suffix}"] = _median(column(variant, "worker_rss_mib"))
     for variant, suffix in (("all", ""), ("split", "_split")):
+        out[f"ratio_adjacent_cost_median{suffix}"] = _median(diffs(variant, "ratio_adjacent"))
         ratio_diffs = diffs(variant, "ratio")
         cpu_diffs = diffs(variant, cpu_key)
         out[f"ratio_cost_median{suffix}"] = _median(ratio_diffs)
@@ -188,6 +191,8 @@ def log_summary(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
 #: Each run's figures kept in the result's ``rounds`` (in the order the runs went).
 _ROUND_KEYS = (
     "ratio",
+    "ratio_adjacent",
+    "adjacent_ceiling_per_s",
     "deliveries_per_s",
     "worker_cpu_ms_per_delivery",
     "worker_cpu_pct",
@@ -203,6 +208,17 @@ _ROUND_KEYS = (
     "error",
     "api_error",
 )
+
+
+async def adjacent_ceiling(ctx: Context) -> float | None:
+    """The raw aiohttp ceiling again, right before one run (a third of the run-start ceiling's
+    requests, median of 3): this machine's speed drifts by a fifth within minutes (the same
+    worker's CPU per delivery went from 0.124 to 0.165 ms between rounds of one run), which a
+    ceiling measured once at the start of the run cannot follow."""
+    count = max(2000, ctx.sizes.aiohttp_requests // 3)
+    result = await aiohttp_ceiling(ctx.urls(), count, 32, loop=Settings().event_loop)
+    rate = result.get("deliveries_per_s")
+    return float(rate) if rate else None
 
 
 async def _records_read(token: str, worker: kit.Worker) -> int | None:
@@ -236,7 +252,8 @@ async def fanout_1_log(ctx: Context) -> dict[str, Any]:
         runs: dict[str, dict[str, Any]] = {}
         for variant in variant_order(round_):
             ctx.log(f"fanout_1_log: round {round_ + 1}, {variant}")
-            runs[variant] = await backlog(
+            adjacent = await adjacent_ceiling(ctx)
+            run = await backlog(
                 ctx,
                 f"fanout_1_log_{variant}",
                 1000,
@@ -245,6 +262,10 @@ async def fanout_1_log(ctx: Context) -> dict[str, Any]:
                 extra_settings=settings[variant],
                 beside=api if variant == "split" else None,
             )
+            run["adjacent_ceiling_per_s"] = adjacent
+            rate = run.get("deliveries_per_s")
+            run["ratio_adjacent"] = round(rate / adjacent, 4) if rate and adjacent else None
+            runs[variant] = run
         rounds.append(runs)
     summary = log_summary(rounds)
     result = _result(

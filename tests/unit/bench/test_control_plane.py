@@ -159,3 +159,22 @@ def test_a_round_without_a_figure_is_left_out_of_its_medians() -> None:
     assert summary["api_cpu_ms_per_attempt"] == []
     assert summary["api_cpu_ms_per_attempt_median"] is None
     assert summary["split_both_cpu_ms_per_delivery_median"] is None
+
+
+def test_ratios_against_the_ceiling_measured_beside_each_run_have_their_own_medians() -> None:
+    def run(adjacent: float | None) -> dict[str, Any]:
+        return {**_run(0.6, 0.15), "ratio_adjacent": adjacent, "adjacent_ceiling_per_s": 1000}
+
+    rounds = [
+        {"off": run(0.70), "all": run(0.66), "split": run(0.71)},
+        {"off": run(0.80), "all": run(0.70), "split": run(0.78)},
+        {"off": run(0.60), "all": run(None), "split": run(0.62)},
+    ]
+    summary = log_summary(rounds)
+    assert summary["ratio_adjacent_without_log"] == [0.70, 0.80, 0.60]
+    assert summary["ratio_adjacent_median_split"] == 0.71
+    assert summary["ratio_adjacent_median_with_log"] == 0.68
+    # paired within rounds, the round without a figure left out
+    assert summary["ratio_adjacent_cost_median"] == -0.07
+    assert summary["ratio_adjacent_cost_median_split"] == 0.01
+    assert summary["rounds"][0]["off"]["ratio_adjacent"] == 0.70
