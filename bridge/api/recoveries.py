@@ -78,6 +78,9 @@ class Recoveries:
         self._heartbeat = heartbeat
         #: Operations being released (this process stops): written running, without a runner.
         self._releasing: set[str] = set()
+        #: Operations whose stopped task settled and recorded them itself (``_stopped`` then
+        #: has nothing to add).
+        self._settled_on_stop: set[str] = set()
 
     def __repr__(self) -> str:
         return f"Recoveries({len(self._tasks)} running)"
@@ -126,6 +129,7 @@ class Recoveries:
         try:
             await self._runner(operation)
         except asyncio.CancelledError:
+            self._settled_on_stop.add(operation.id)  # and recorded below, once
             if operation.id in self._releasing:
                 operation.runner = None
             else:
@@ -195,10 +199,12 @@ class Recoveries:
         return operation
 
     async def _stopped(self, operation: Operation) -> None:
-        """Settle and record an operation whose task was stopped: a task cancelled before its
-        first step never ran ``_run``, which does it otherwise (recording twice is harmless:
-        the topic keeps the newest record)."""
+        """Settle and record an operation whose task was stopped, when its task did not: a
+        task cancelled before its first step never ran ``_run``."""
         self._tasks.pop(operation.id, None)
+        if operation.id in self._settled_on_stop:
+            self._settled_on_stop.discard(operation.id)
+            return
         if operation.id in self._releasing:
             operation.runner = None
         else:

@@ -107,3 +107,28 @@ async def test_without_a_journal_a_stop_cancels() -> None:
     await asyncio.sleep(0)
     await recoveries.close()
     assert operation.state == "cancelled"
+
+
+async def test_a_cancel_and_a_release_are_each_recorded_once() -> None:
+    journal = Journal()
+    recoveries = Recoveries(Held(), journal=journal, url=URL, heartbeat=3600)
+    cancelled = await recoveries.start(request())
+    released = await recoveries.start(request())
+    await eventually(lambda: released.enqueued == 1 and cancelled.enqueued == 1, timeout=5)
+    await recoveries.cancel(cancelled.id)
+    await recoveries.close()
+
+    def states(operation: Operation) -> list[tuple[str, str | None]]:
+        return [(r["state"], r["runner"]) for r in journal.records if r["id"] == operation.id]
+
+    assert states(cancelled) == [("running", URL), ("cancelled", URL)]
+    assert states(released) == [("running", URL), ("running", None)]
+
+
+async def test_a_task_stopped_before_its_first_step_is_still_recorded() -> None:
+    journal = Journal()
+    recoveries = Recoveries(Held(), journal=journal, url=URL, heartbeat=3600)
+    operation = await recoveries.start(request())
+    await recoveries.cancel(operation.id)  # before the task ever ran
+    assert [r["state"] for r in journal.records] == ["running", "cancelled"]
+    assert operation.state == "cancelled" and journal.records[-1]["finished_at"] is not None
