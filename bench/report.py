@@ -446,10 +446,13 @@ receiver by delivery id (each expected id once; repeats are reported as duplicat
   `BRIDGE_DELIVERY_LOG=true`, a token file in `BRIDGE_API_TOKENS`; it reads its own attempt
   records back into the log and serves `/v1`) and `split` (the Helm chart's layout with
   `api.enabled`: a `--role deliver` worker without the log does the deliveries beside a
-  `--role api` worker holding the log, started and ready first, in a consumer group of its own
-  so that it holds every attempts partition and its join does not rebalance the deliverer's
-  group). The order rotates by round (off-all-split, all-split-off, split-off-all; 3 rounds,
-  `--quick` 1). Each run's ratio is against the raw aiohttp ceiling of the run; `deliveries/s`
+  `--role api` worker holding the log, in the same consumer group, started and ready first so
+  that its join's rebalance is over before the deliveries start; the deliver worker's join
+  leaves it every attempts partition). The order rotates by round (off-all-split,
+  all-split-off, split-off-all; 3 rounds, `--quick` 1). Each run's ratio is against the raw
+  aiohttp ceiling of the run, and `ratio_adjacent` against one measured right before the run
+  (a third of the requests, median of 3; `ratio_adjacent_median_*`,
+  `ratio_adjacent_cost_median*`); `deliveries/s`
   and `ratio` in the table are the medians of `all`, `ratio_median_without_log` and
   `ratio_median_split` the others'; the costs are medians of the differences against `off`
   within each round (`ratio_cost_median`, `cpu_ms_cost_median` in worker CPU ms per delivery for
