@@ -408,13 +408,15 @@ def cpu_costs(samples: int = 2000) -> dict[str, float]:
 
 
 async def end_offsets_rtt(bootstrap: str, topic: str, rounds: int = 300) -> float:
-    """Milliseconds per ``end_offsets`` call (the request the bridge's subscription-freshness
-    check makes) on an idle loop: the broker round trip without any queueing."""
+    """Milliseconds per ``end_offsets`` call for every partition of ``topic`` (the request the
+    bridge's subscription-freshness check makes) on an idle loop: the broker round trip
+    without any queueing."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
     try:
         await consumer.topics()
-        tps = [TopicPartition(topic, p) for p in range(6)]
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         await consumer.end_offsets(tps)
         started = time.perf_counter()
         for _ in range(rounds):

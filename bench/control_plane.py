@@ -27,13 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bridge.api.auth import hash_token, new_token
 from bridge.config import Settings
 
 from . import kit
-from .ceilings import aiohttp_ceiling, raw_consume
+from .ceilings import aiohttp_ceiling, end_offsets_rtt, raw_consume
 from .kit import percentile
 from .procs import free_port
 from .scenarios import Beside, Context, _loadavg, _ms, _result, backlog
@@ -44,7 +43,6 @@ __all__ = [
     "attempt_records",
     "attempts_query",
     "dir_bytes",
-    "end_offsets_ms",
     "fanout_1_log",
     "log_stores",
     "log_summary",
@@ -500,7 +498,8 @@ async def attempts_query(ctx: Context) -> dict[str, Any]:
     produce_s = await _produce(ctx.bootstrap, base_settings.attempts_topic, records)
     del records
     raw = await _raw_consume(ctx.bootstrap, base_settings.attempts_topic, sizes.attempts, 120.0)
-    offsets_ms = await end_offsets_ms(ctx.bootstrap, base_settings.subscriptions_topic)
+    # the request of each freshness round the API's webhook check waits for
+    offsets_ms = await end_offsets_rtt(ctx.bootstrap, base_settings.subscriptions_topic, rounds=20)
     paths = query_paths(webhook_ids, sizes.queries)
     stores = {}
     for store in log_stores():
@@ -704,20 +703,3 @@ async def _empty_log_worker(ctx: Context, settings: Settings) -> dict[str, Any]:
         }
     finally:
         ctx.procs.stop(worker.proc, grace=10.0)
-
-
-async def end_offsets_ms(bootstrap: str, topic: str, rounds: int = 20) -> float:
-    """Milliseconds per ``end_offsets`` of every partition of ``topic`` (the request of each
-    freshness round the API's webhook check waits for), on an idle loop."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        await consumer.end_offsets(tps)
-        started = time.perf_counter()
-        for _ in range(rounds):
-            await consumer.end_offsets(tps)
-        return round((time.perf_counter() - started) / rounds * 1000, 2)
-    finally:
-        await consumer.stop()
