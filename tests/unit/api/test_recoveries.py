@@ -5,31 +5,17 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from bridge.admin.recovery import Operation, RecoveryRequest
 from bridge.api.recoveries import Recoveries
 from bridge.subscriptions.webhook import webhook_from_record
 from tests.support.builders import webhook_record
+from tests.support.journals import Journal
 from tests.support.waiting import eventually
 
 SINCE = datetime(2024, 1, 15, 10, 0, tzinfo=UTC)
 WEBHOOK = webhook_from_record(webhook_record(id="wh"))
 URL = "http://10.0.0.1:6066"
-
-
-class Journal:
-    """Every record written, in order."""
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    async def write(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-
-    async def read(self, operation_id: str) -> dict[str, Any] | None:
-        found = [r for r in self.records if r["id"] == operation_id]
-        return found[-1] if found else None
 
 
 class Held:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from bridge.admin.recovery import Operation, RecoveryRequest
 from bridge.api.recoveries import Recoveries
@@ -15,6 +14,7 @@ from bridge.subscriptions.webhook import Webhook, webhook_from_record
 from bridge.worker.recovery_journal import take_over
 from bridge.worker.recovery_view import RecoveryView
 from tests.support.builders import webhook_record
+from tests.support.journals import Journal
 
 NOW = datetime(2024, 1, 15, 12, 0, tzinfo=UTC)
 WEBHOOKS = {w: webhook_from_record(webhook_record(id=w)) for w in ("a", "b")}
@@ -22,17 +22,6 @@ WEBHOOKS = {w: webhook_from_record(webhook_record(id=w)) for w in ("a", "b")}
 
 async def _ends() -> Mapping[int, int]:
     return {}
-
-
-class Journal:
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    async def write(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-
-    async def read(self, operation_id: str) -> dict[str, Any] | None:
-        return None
 
 
 class Never:

@@ -1,0 +1,19 @@
+"""A recovery journal in memory (``bridge.api.recoveries.RecoveryJournal``) for unit tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Journal:
+    """Every record written, in order; ``read`` gives an operation's newest one."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    async def write(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+    async def read(self, operation_id: str) -> dict[str, Any] | None:
+        found = [r for r in self.records if r["id"] == operation_id]
+        return found[-1] if found else None
