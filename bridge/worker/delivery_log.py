@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,10 +196,12 @@ class DeliveryLogReader(Service):
         read again from its checkpoint)."""
         self.add_many(partition, ((offset, value, timestamp),))
 
-    def add_many(self, partition: int, records: Iterable[tuple[int, bytes | None, int]]) -> None:
+    def add_many(self, partition: int, records: Sequence[tuple[int, bytes | None, int]]) -> None:
         """Records of ``partition`` ((offset, value, timestamp), in offset order, as fetched)
         into the store; as :meth:`add`, with the partition's checks and counts once per call
         rather than once per record."""
+        if not records:
+            return
         if partition not in self._held or partition in self._failed or partition in self._stale:
             return  # fetched before the partition was revoked, or after a failed write
         store = self.store
@@ -207,22 +209,21 @@ class DeliveryLogReader(Service):
         last = self.positions.get(partition)
         count = 0
         invalid = 0
+        # A resumed partition's first record must be the one its checkpoint names.
+        expected = self._verifying.pop(partition, None)
         try:
             for offset, value, timestamp in records:
-                expected = self._verifying.pop(partition, None) if self._verifying else None
                 if expected is not None:
                     if offset == expected.offset - 1 and timestamp == expected.timestamp:
+                        expected = None
                         continue  # the record before the checkpoint, already kept: same topic
                     log.warning("delivery log: partition %s is not the one read before", partition)
                     self._stale.add(partition)
                     return
                 count += 1
-                if last is not None:
-                    if offset > last + 1:
-                        self.gaps.append((partition, last + 1, offset))
-                    if offset > last:
-                        last = offset
-                else:
+                if last is not None and offset > last + 1:
+                    self.gaps.append((partition, last + 1, offset))
+                if last is None or offset > last:
                     last = offset
                 try:
                     attempt = Attempt.parse(value)

@@ -258,6 +258,24 @@ def test_a_resumed_partition_must_start_with_the_record_its_checkpoint_names(
     store.close()
 
 
+def test_a_fetched_batch_is_checked_against_the_checkpoint_by_its_first_record_only(
+    tmp_path: Path,
+) -> None:
+    store = RocksStore(tmp_path / "log", max_attempts=10, max_age=7 * 86400.0)
+    log = reader(store)
+    log.hold(0)
+    log.hold(1)
+    log._verifying = {0: Checkpoint(5, 1700), 1: Checkpoint(5, 1700)}
+    log.add_many(1, [])  # nothing fetched: the check still waits for the first record
+    assert log._verifying == {0: Checkpoint(5, 1700), 1: Checkpoint(5, 1700)}
+    log.add_many(0, [(4, value("a", 4), 1700), (5, value("a", 5), 1800), (6, value("a", 6), 9)])
+    log.add_many(1, [(4, value("b", 4), 9999), (5, value("b", 5), 1800)])
+    assert log._stale == {1} and not log._verifying
+    assert log.summary()["records_read"] == 2 and log.summary()["read"] == {"0": 2}
+    assert log.positions == {0: 6} and not log.gaps
+    store.close()
+
+
 def test_a_fetch_without_the_checkpoint_s_record_and_a_lower_end_is_another_topic(
     tmp_path: Path,
 ) -> None:
