@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-__all__ = ["ApiMetrics", "metrics_middleware"]
+__all__ = ["ApiMetrics", "metrics_middleware", "route_template"]
 
 #: Seconds; an API answer is a table lookup or one partition read, well under the 10 s timeout.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -40,12 +40,19 @@ class ApiMetrics:
         self.duration.labels(route).observe(seconds)
 
 
-def _route(request: web.Request) -> tuple[str, str]:
+def route_template(request: web.Request) -> str | None:
+    """The template of the route a request matched (``/v1/webhooks/{webhook_id}``), or
+    ``None`` when it matched none (an unknown path, a method the path does not take)."""
     info = request.match_info
     resource = info.route.resource if info.http_exception is None else None
-    if resource is None:
+    return None if resource is None else resource.canonical
+
+
+def _route(request: web.Request) -> tuple[str, str]:
+    template = route_template(request)
+    if template is None:
         return "unmatched", "other"
-    return resource.canonical, request.method
+    return template, request.method
 
 
 def metrics_middleware(

@@ -38,7 +38,7 @@ from bridge.api.app import ApiConfig, create_app
 from bridge.api.auth import TokenSet
 from bridge.api.control import ControlService
 from bridge.api.kafka_sources import KafkaActivitySource, KafkaDeadLetters, kafka_recovery_runner
-from bridge.api.metrics import ApiMetrics
+from bridge.api.metrics import ApiMetrics, route_template
 from bridge.api.problems import Problem, read_body
 from bridge.api.recoveries import DEFAULT_HEARTBEAT, Recoveries
 from bridge.api.repository import WebhookRepository
@@ -134,8 +134,7 @@ async def _keep_authorization(request: web.Request, handler: Any) -> web.StreamR
 async def _changed_webhook(request: web.Request, max_bytes: int) -> str | None:
     """The id of the webhook a request changes, or ``None`` (not a change, or a creation
     without a client-chosen id, which no other request can race)."""
-    resource = request.match_info.route.resource
-    template = None if resource is None else resource.canonical
+    template = route_template(request)
     if (request.method, template) in _BY_OWNER:
         return request.match_info.get("webhook_id")
     if request.method == "POST" and template == "/v1/webhooks":
@@ -184,15 +183,9 @@ class _Relay:
 
     def _live_runner(self, request: web.Request) -> str | None:
         """For ``DELETE /v1/recoveries/{id}``: the URL of another worker running it now."""
-        resource = request.match_info.route.resource
-        view = self._bridge.recoveries
-        if (
-            request.method != "DELETE"
-            or resource is None
-            or resource.canonical != "/v1/recoveries/{recovery_id}"
-        ):
+        if request.method != "DELETE" or route_template(request) != "/v1/recoveries/{recovery_id}":
             return None
-        runner = view.live_runner(
+        runner = self._bridge.recoveries.live_runner(
             request.match_info["recovery_id"], time.time(), DEFAULT_STALE_AFTER
         )
         return None if runner == self._bridge.settings.canonical_url else runner
