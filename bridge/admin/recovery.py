@@ -28,7 +28,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bridge.config import Settings
-from bridge.contract.events import format_timestamp, parse_event
+from bridge.contract.events import format_epoch, format_timestamp, parse_event
 from bridge.contract.payload import delivery_id
 from bridge.delivery.pending_retry import PendingRetry
 from bridge.errors import InvalidRecord
@@ -57,7 +57,7 @@ def position_key(tp: TopicPartition) -> str:
 
 
 def _moment(seconds: float | None) -> str | None:
-    return None if seconds is None else format_timestamp(datetime.fromtimestamp(seconds, UTC))
+    return None if seconds is None else format_epoch(seconds)
 
 
 def _seconds(value: Any, name: str) -> float:

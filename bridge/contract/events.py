@@ -13,7 +13,7 @@ from bridge.contract import jsoncanon
 from bridge.contract.schemas import EVENT_TYPES, event_data_errors, schema_errors
 from bridge.errors import InvalidEvent, InvalidRecord
 
-__all__ = ["Event", "parse_event", "build_event", "format_timestamp"]
+__all__ = ["Event", "parse_event", "build_event", "format_epoch", "format_timestamp"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,11 @@ def format_timestamp(moment: datetime) -> str:
     utc = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
     # isoformat truncates to milliseconds and ends in "+00:00"; twice as fast as strftime.
     return utc.isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def format_epoch(seconds: float) -> str:
+    """:func:`format_timestamp` of a time in seconds since the epoch."""
+    return format_timestamp(datetime.fromtimestamp(seconds, UTC))
 
 
 def _from_mapping(value: Any) -> Event:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
-from bridge.contract.events import format_timestamp
+from bridge.contract.events import format_epoch
 from bridge.delivery.job import Job
 from bridge.http.base import AttemptResult
 
@@ -42,7 +41,7 @@ def attempt_record(
         "response_bytes": result.response_bytes,
     }
     if next_at is not None:
-        record["next_at"] = format_timestamp(datetime.fromtimestamp(next_at, UTC))
+        record["next_at"] = format_epoch(next_at)
     if result.response_truncated:
         record["response_truncated"] = True
     if result.response_prefix is not None:

@@ -21,7 +21,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -30,17 +29,13 @@ from bridge.admin.recovery import Operation
 from bridge.api.problems import Problem
 from bridge.api.recoveries import Recoveries
 from bridge.contract import jsoncanon
-from bridge.contract.events import format_timestamp
+from bridge.contract.events import format_epoch
 from bridge.subscriptions.webhook import Webhook
 from bridge.worker.recovery_view import DEFAULT_STALE_AFTER, RecoveryView
 
 __all__ = ["KafkaRecoveryJournal", "keep_taking_over", "take_over"]
 
 log = logging.getLogger(__name__)
-
-
-def _timestamp(seconds: float) -> str:
-    return format_timestamp(datetime.fromtimestamp(seconds, UTC))
 
 
 class KafkaRecoveryJournal:
@@ -111,8 +106,8 @@ async def take_over(
                         {
                             **record,
                             **failed,
-                            "updated_at": _timestamp(now),
-                            "finished_at": _timestamp(now),
+                            "updated_at": format_epoch(now),
+                            "finished_at": format_epoch(now),
                         }
                     )
                 continue
