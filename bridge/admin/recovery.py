@@ -238,7 +238,6 @@ class Operation:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        moment = _moment
         return {
             "id": self.id,
             "kind": "recover",
@@ -254,8 +253,8 @@ class Operation:
             "progress": 1.0 if self.total == 0 else round(min(1.0, self.done / self.total), 4),
             "error": self.error,
             "resumed": self.resumed,
-            "started_at": moment(self.started_at),
-            "finished_at": moment(self.finished_at),
+            "started_at": _moment(self.started_at),
+            "finished_at": _moment(self.finished_at),
         }
 
 
@@ -386,22 +385,21 @@ async def _run(
             # Counted once handled: a record being written when the recovery is released is
             # read again by the worker that resumes it, and counted there.
             chosen = select(request, index, record.timestamp, record.value)
-            if chosen is None or isinstance(chosen, str):
-                if chosen is not None:
-                    operation.invalid += 1
-                operation.scanned += 1
-                operation.positions[key] = record.offset + 1
-                continue
-            wait = next_write - clock()
-            if wait > 0:
-                await sleep(wait)
-            now = wall_time()
-            await write(dataclasses.replace(chosen, not_before=now, enqueued_at=now))
-            next_write = max(next_write, clock()) + interval
-            operation.enqueued += 1
+            enqueued = False
+            if isinstance(chosen, str):
+                operation.invalid += 1
+            elif chosen is not None:
+                wait = next_write - clock()
+                if wait > 0:
+                    await sleep(wait)
+                now = wall_time()
+                await write(dataclasses.replace(chosen, not_before=now, enqueued_at=now))
+                next_write = max(next_write, clock()) + interval
+                operation.enqueued += 1
+                enqueued = True
             operation.scanned += 1
             operation.positions[key] = record.offset + 1
-            if request.delivery_id is not None:
+            if enqueued and request.delivery_id is not None:
                 return False  # the one delivery asked for
         return True
 
