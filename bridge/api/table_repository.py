@@ -27,7 +27,18 @@ from bridge.subscriptions.index import SubscriptionIndex
 from bridge.subscriptions.store import WebhookStore
 from bridge.subscriptions.webhook import Webhook
 
-__all__ = ["TableRepository"]
+__all__ = ["TableRepository", "require_current"]
+
+
+async def require_current(freshness: TableFreshness, now: float, table: str) -> None:
+    """Wait until the table ``freshness`` watches is current as of ``now`` (its clock's
+    seconds); ``503 unavailable`` with ``Retry-After`` when it cannot be shown current."""
+    if not await freshness.wait_current(now):
+        raise Problem(
+            "unavailable",
+            f"the {table} table could not be shown current; try again",
+            headers={"Retry-After": "1"},
+        )
 
 
 class TableRepository:
@@ -59,12 +70,8 @@ class TableRepository:
         return f"TableRepository({len(self._index)} webhooks)"
 
     async def _current(self) -> SubscriptionIndex:
-        if self._wait and not await self._freshness.wait_current(self._clock()):
-            raise Problem(
-                "unavailable",
-                "the webhooks table could not be shown current; try again",
-                headers={"Retry-After": "1"},
-            )
+        if self._wait:
+            await require_current(self._freshness, self._clock(), "webhooks")
         return self._index
 
     async def get(self, webhook_id: str) -> Webhook | None:

@@ -26,8 +26,8 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from bridge.admin.recovery import Operation
-from bridge.api.problems import Problem
 from bridge.api.recoveries import Recoveries
+from bridge.api.table_repository import require_current
 from bridge.contract import jsoncanon
 from bridge.contract.events import format_epoch
 from bridge.subscriptions.webhook import Webhook
@@ -64,12 +64,7 @@ class KafkaRecoveryJournal:
         )
 
     async def read(self, operation_id: str) -> dict[str, Any] | None:
-        if not await self._view.freshness.wait_current(self._clock()):
-            raise Problem(
-                "unavailable",
-                "the recoveries table could not be shown current; try again",
-                headers={"Retry-After": "1"},
-            )
+        await require_current(self._view.freshness, self._clock(), "recoveries")
         return self._view.get(operation_id)
 
 
