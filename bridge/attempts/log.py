@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import base64
 import bisect
+import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from bridge.attempts.record import OUTCOMES, Attempt
 
-__all__ = ["AttemptLog", "LogQuery", "Page", "WebhookLog", "encode_cursor", "decode_cursor"]
+__all__ = [
+    "AttemptLog",
+    "LogQuery",
+    "Page",
+    "WebhookLog",
+    "decode_cursor",
+    "encode_cursor",
+    "fill_page",
+]
 
 #: Where an attempt sits in a log: (started at, delivery id, attempt number).
 _Position = tuple[float, str, int]
@@ -101,6 +110,20 @@ def _position(attempt: Attempt) -> _Position:
     return (attempt.at_seconds, attempt.delivery_id, attempt.attempt)
 
 
+def fill_page(newest_first: Iterable[Attempt], query: LogQuery, limit: int) -> Page:
+    """The first ``limit`` attempts of ``newest_first`` that match ``query``, and the cursor
+    after them when another one matches (``newest_first`` ends where the page must: at
+    ``query.since`` or the log's age limit)."""
+    items: list[Attempt] = []
+    for attempt in newest_first:
+        if not query.matches(attempt):
+            continue
+        if len(items) == limit:
+            return Page(items, encode_cursor(_position(items[-1])))
+        items.append(attempt)
+    return Page(items, None)
+
+
 class WebhookLog:
     """The newest attempts of one webhook: at most ``max_attempts``, none older than
     ``max_age`` seconds (checked against the ``now`` given to :meth:`add` and :meth:`page`)."""
@@ -179,16 +202,11 @@ class WebhookLog:
             raise ValueError("limit must be between 1 and 1000")
         self.expire(now)
         before = None if cursor is None else decode_cursor(cursor)
-        items: list[Attempt] = []
-        for attempt in self._newest_first(before):
-            if query.since is not None and attempt.at_seconds < query.since:
-                break
-            if not query.matches(attempt):
-                continue
-            if len(items) == limit:
-                return Page(items, encode_cursor(_position(items[-1])))
-            items.append(attempt)
-        return Page(items, None)
+        since = query.since
+        kept = self._newest_first(before)
+        if since is not None:
+            kept = itertools.takewhile(lambda a: a.at_seconds >= since, kept)
+        return fill_page(kept, query, limit)
 
     def attempts(self) -> list[Attempt]:
         """Every kept attempt, oldest first."""

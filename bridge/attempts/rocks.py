@@ -41,7 +41,7 @@ from bridge.attempts.keys import (
     time_of,
     webhook_part,
 )
-from bridge.attempts.log import LogQuery, Page, decode_cursor, encode_cursor
+from bridge.attempts.log import LogQuery, Page, decode_cursor, fill_page
 from bridge.attempts.record import Attempt
 from bridge.attempts.stats import WebhookStats
 from bridge.errors import InvalidRecord
@@ -421,19 +421,16 @@ class DiskWebhookLog:
         except Exception:  # the page filters by age anyway; the sweep deletes them later
             log.exception("delivery log: expired attempts not deleted")
         cutoff = now - self._partition.max_age
-        items: list[Attempt] = []
-        for key, value in self._partition.newest_first(self._prefix, before):
-            at = time_of(key, len(self._prefix))
-            if at < cutoff or (query.since is not None and at < query.since):
-                break
-            attempt = Attempt.parse(value)
-            if not query.matches(attempt):
-                continue
-            if len(items) == limit:
-                last = items[-1]
-                return Page(items, encode_cursor((last.at_seconds, last.delivery_id, last.attempt)))
-            items.append(attempt)
-        return Page(items, None)
+        if query.since is not None:
+            cutoff = max(cutoff, query.since)
+
+        def kept() -> Iterator[Attempt]:
+            for key, value in self._partition.newest_first(self._prefix, before):
+                if time_of(key, len(self._prefix)) < cutoff:
+                    return  # read by its key's time, before the value is parsed
+                yield Attempt.parse(value)
+
+        return fill_page(kept(), query, limit)
 
     def attempts(self) -> list[Attempt]:
         """Every kept attempt, oldest first."""
