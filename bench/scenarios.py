@@ -313,16 +313,12 @@ class Beside:
     #: Records it has processed so far (polled after the deliveries until it has one per
     #: delivery); None when it cannot tell.
     processed: Callable[[Worker], Awaitable[int | None]]
-    #: In a consumer group of its own (``<group>-<label>``) rather than the delivering one's.
-    own_group: bool = False
 
 
 async def _start_beside(ctx: Context, settings: Settings, name: str, beside: Beside) -> Worker:
-    own = {"group_id": f"{settings.group_id}-{beside.label}"} if beside.own_group else {}
     companion = settings.replace(
         web_port=free_port(),
         data_dir=f"{settings.data_dir}-{beside.label}",
-        **own,
         **beside.changes,
     )
     worker = kit.start_worker(ctx.procs, companion, f"{name}_{beside.label}", ctx.python)
