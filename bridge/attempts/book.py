@@ -29,21 +29,50 @@ class ActivityBook:
         self._max_attempts = max_attempts
         self._max_age = max_age
         self._activity: dict[str, Activity] = {}
+        #: The webhooks keeping an attempt of each delivery (one: a delivery id is made from
+        #: its webhook's id), so that finding a delivery does not walk every webhook's log.
+        self._by_delivery: dict[str, list[str]] = {}
 
     def __len__(self) -> int:
         return len(self._activity)
 
     def add(self, attempt: Attempt, now: float) -> bool:
         """Keep and count ``attempt``; ``False`` when it was already there or too old."""
-        activity = self._activity.get(attempt.webhook_id)
+        webhook_id = attempt.webhook_id
+        activity = self._activity.get(webhook_id)
         if activity is None:
-            activity = Activity(WebhookLog(max_attempts=self._max_attempts, max_age=self._max_age))
-            self._activity[attempt.webhook_id] = activity
+            activity = Activity(
+                WebhookLog(
+                    max_attempts=self._max_attempts,
+                    max_age=self._max_age,
+                    on_forget=lambda delivery_id: self._unindex(delivery_id, webhook_id),
+                )
+            )
+            self._activity[webhook_id] = activity
         assert isinstance(activity.log, WebhookLog)  # the book makes only these
         if not activity.log.add(attempt, now):
             return False
+        holders = self._by_delivery.get(attempt.delivery_id)
+        if holders is None:
+            self._by_delivery[attempt.delivery_id] = [webhook_id]
+        elif webhook_id not in holders:
+            holders.append(webhook_id)
         activity.stats.add(attempt, now)
         return True
+
+    def _unindex(self, delivery_id: str, webhook_id: str) -> None:
+        holders = self._by_delivery.get(delivery_id)
+        if holders is not None and webhook_id in holders:
+            holders.remove(webhook_id)
+            if not holders:
+                del self._by_delivery[delivery_id]
+
+    def delivery(self, delivery_id: str) -> list[Attempt]:
+        """Every kept attempt of one delivery (of any webhook)."""
+        found: list[Attempt] = []
+        for webhook_id in self._by_delivery.get(delivery_id, ()):
+            found.extend(self._activity[webhook_id].log.delivery(delivery_id))
+        return found
 
     def get(self, webhook_id: str) -> Activity | None:
         return self._activity.get(webhook_id)
@@ -58,4 +87,8 @@ class ActivityBook:
 
     def forget(self, webhook_id: str) -> None:
         """Drop a deleted webhook's log and stats."""
-        self._activity.pop(webhook_id, None)
+        activity = self._activity.pop(webhook_id, None)
+        if activity is not None:
+            assert isinstance(activity.log, WebhookLog)
+            for delivery_id in activity.log.delivery_ids():
+                self._unindex(delivery_id, webhook_id)

@@ -11,7 +11,7 @@ import base64
 import bisect
 import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -126,13 +126,22 @@ def fill_page(newest_first: Iterable[Attempt], query: LogQuery, limit: int) -> P
 
 class WebhookLog:
     """The newest attempts of one webhook: at most ``max_attempts``, none older than
-    ``max_age`` seconds (checked against the ``now`` given to :meth:`add` and :meth:`page`)."""
+    ``max_age`` seconds (checked against the ``now`` given to :meth:`add` and :meth:`page`).
+    ``on_forget`` is called with a delivery id when the log no longer keeps any of its
+    attempts."""
 
-    def __init__(self, *, max_attempts: int, max_age: float) -> None:
+    def __init__(
+        self,
+        *,
+        max_attempts: int,
+        max_age: float,
+        on_forget: Callable[[str], None] | None = None,
+    ) -> None:
         if max_attempts < 1 or max_age <= 0:
             raise ValueError("a delivery log keeps at least one attempt for some time")
         self._max_attempts = max_attempts
         self._max_age = max_age
+        self._on_forget = on_forget
         #: Positions, oldest first, and the attempt at each.
         self._positions: list[_Position] = []
         self._attempts: dict[_Position, Attempt] = {}
@@ -185,6 +194,8 @@ class WebhookLog:
         kept.remove(position)
         if not kept:
             del self._deliveries[attempt.delivery_id]
+            if self._on_forget is not None:
+                self._on_forget(attempt.delivery_id)
 
     def _newest_first(self, before: _Position | None) -> Iterator[Attempt]:
         end = (
@@ -215,3 +226,7 @@ class WebhookLog:
     def delivery(self, delivery_id: str) -> list[Attempt]:
         """Every kept attempt of one delivery, in the order they were made."""
         return [self._attempts[p] for p in sorted(self._deliveries.get(delivery_id, ()))]
+
+    def delivery_ids(self) -> list[str]:
+        """The deliveries with a kept attempt."""
+        return list(self._deliveries)

@@ -132,10 +132,7 @@ class MemoryStore:
         return self.book.empty()
 
     def delivery(self, delivery_id: str) -> list[Attempt]:
-        found: list[Attempt] = []
-        for activity in self.book.activities():
-            found.extend(activity.log.delivery(delivery_id))
-        return found
+        return self.book.delivery(delivery_id)
 
     def summary(self) -> dict[str, Any]:
         return {

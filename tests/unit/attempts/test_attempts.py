@@ -138,6 +138,29 @@ def test_the_same_record_read_twice_is_kept_once() -> None:
     assert activity.stats.window("1h", T0).attempts == 1
 
 
+def test_a_delivery_is_found_by_its_id_while_kept_and_the_index_forgets_it_after() -> None:
+    book = ActivityBook(max_attempts=3, max_age=3600.0)
+    now = T0 + 10
+    for n in range(6):  # webhook a keeps its newest 3 deliveries
+        assert book.add(attempt(T0 + n, delivery_id=f"a{n}", webhook_id="a"), now)
+    book.add(attempt(T0, delivery_id="b0", webhook_id="b"), now)
+    book.add(attempt(T0 + 1, delivery_id="b0", webhook_id="b", attempt=2), now)
+    # the same id under another webhook (no worker writes it; a hostile record could)
+    book.add(attempt(T0 + 2, delivery_id="b0", webhook_id="c"), now)
+    assert book.delivery("a0") == [] and [a.delivery_id for a in book.delivery("a5")] == ["a5"]
+    assert [(a.webhook_id, a.attempt) for a in book.delivery("b0")] == [
+        ("b", 1),
+        ("b", 2),
+        ("c", 1),
+    ]
+    assert set(book._by_delivery) == {"a3", "a4", "a5", "b0"}  # evicted ones are not held
+    book.forget("b")
+    assert [a.webhook_id for a in book.delivery("b0")] == ["c"]
+    book.forget("c")
+    book.activities()[0].log.expire(T0 + 3600 + 10)  # a's attempts age out
+    assert book.delivery("a5") == [] and book._by_delivery == {}
+
+
 def test_the_log_is_bounded_by_count_and_age(make_log: LogFactory) -> None:
     log = make_log(max_attempts=3, max_age=100)
     for i in range(5):
