@@ -380,24 +380,39 @@ async def _raw_consume(bootstrap: str, topic: str, count: int, timeout: float) -
     }
 
 
-def query_paths(webhook_ids: list[str], count: int, *, seed: int = 11) -> list[tuple[str, str]]:
-    """``count`` (kind, path) requests over random webhooks: most a plain page of 50, a fifth
+def query_paths(
+    webhook_ids: list[str], count: int, delivery_ids: list[str], *, seed: int = 11
+) -> list[tuple[str, str]]:
+    """``count`` (kind, path) requests: most over random webhooks, a plain page of 50 or
     filtered (outcome, status class and event type, since a day ago); ``cursor`` kinds are
-    resolved when sent (a first page of 3, then the page its cursor names)."""
+    resolved when sent (a first page of 3, then the page its cursor names); a tenth
+    ``delivery``, one delivery of ``delivery_ids`` (``GET /v1/deliveries/{id}``, which asks
+    every owner of a log partition)."""
     rng = random.Random(seed)
     since = _stamp(datetime.now(UTC) - timedelta(days=1))
     kinds = [
-        ("page", "limit=50", 60),
+        ("page", "limit=50", 50),
         ("outcome", "outcome=failure", 10),
         ("status_class", "status_class=2xx&event_type=post.published", 10),
         ("since", f"since={since}", 10),
         ("cursor", "limit=3", 10),
+        ("delivery", "", 10),
     ]
     picks = rng.choices(kinds, [k[2] for k in kinds], k=count)
-    return [
-        (kind, f"/v1/webhooks/{webhook_ids[rng.randrange(len(webhook_ids))]}/attempts?{query}")
-        for kind, query, _ in picks
-    ]
+    out = []
+    for kind, query, _ in picks:
+        if kind == "delivery":
+            out.append((kind, f"/v1/deliveries/{delivery_ids[rng.randrange(len(delivery_ids))]}"))
+        else:
+            webhook_id = webhook_ids[rng.randrange(len(webhook_ids))]
+            out.append((kind, f"/v1/webhooks/{webhook_id}/attempts?{query}"))
+    return out
+
+
+def sample_delivery_ids(records: list[tuple[bytes, bytes, int]], count: int) -> list[str]:
+    """The delivery ids of ``count`` records spread evenly over ``records``."""
+    step = max(1, len(records) // max(1, count))
+    return [json.loads(value)["delivery_id"] for _, value, _ in records[::step][:count]]
 
 
 @dataclass
@@ -481,7 +496,8 @@ def _quantiles(values: list[float]) -> dict[str, float | None]:
 
 async def attempts_query(ctx: Context) -> dict[str, Any]:
     """Attempts of many webhooks in the attempts topic, an API-role worker holding their log:
-    ready time, ingest vs a raw consume, RSS, disk, and the attempts route's latency."""
+    ready time, ingest vs a raw consume, RSS, disk, and the latency of the attempts route and
+    of the one-delivery route."""
     sizes = AttemptsSizes.for_mode(ctx.sizes.quick)
     tokens, token = write_tokens(ctx.workdir)
     base_settings = ctx.settings("attempts_query")
@@ -496,11 +512,12 @@ async def attempts_query(ctx: Context) -> dict[str, Any]:
     value_bytes = sum(len(v) for _, v, _ in records)
     ctx.log(f"attempts_query: producing {len(records)} attempt records")
     produce_s = await _produce(ctx.bootstrap, base_settings.attempts_topic, records)
+    delivery_ids = sample_delivery_ids(records, 5000)
     del records
     raw = await _raw_consume(ctx.bootstrap, base_settings.attempts_topic, sizes.attempts, 120.0)
     # the request of each freshness round the API's webhook check waits for
     offsets_ms = await end_offsets_rtt(ctx.bootstrap, base_settings.subscriptions_topic, rounds=20)
-    paths = query_paths(webhook_ids, sizes.queries)
+    paths = query_paths(webhook_ids, sizes.queries, delivery_ids)
     stores = {}
     for store in log_stores():
         changes: dict[str, Any] = {
@@ -535,7 +552,9 @@ async def attempts_query(ctx: Context) -> dict[str, Any]:
         None,
         None if first.get("p50_ms") is None else first["p50_ms"] / 1000,
         None if first.get("p99_ms") is None else first["p99_ms"] / 1000,
-        latency_kind="GET /v1/webhooks/{id}/attempts, client send -> body read",
+        latency_kind=(
+            "GET /v1/webhooks/{id}/attempts and /v1/deliveries/{id}, client send -> body read"
+        ),
         webhooks=sizes.webhooks,
         attempts=sizes.attempts,
         attempt_value_bytes_mean=round(value_bytes / max(1, sizes.attempts), 1),

@@ -44,6 +44,11 @@ ORDER = [
     "fanout_1_log",
     "attempts_query",
 ]
+#: What ``--profile`` takes: a scenario, or one variant of fanout_1_log (its delivering worker,
+#: in the first round that runs it), with the scenario it runs in.
+PROFILE_TARGETS = {name: name for name in ORDER} | {
+    f"fanout_1_log_{variant}": "fanout_1_log" for variant in control_plane.LOG_VARIANTS
+}
 #: Every scenario by name: the delivery scenarios and the control plane's.
 ALL_SCENARIOS = {
     **SCENARIOS,
@@ -74,10 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--profile",
-        choices=ORDER,
+        choices=PROFILE_TARGETS,
         metavar="NAME",
         help="run py-spy on this scenario's worker (from ready to the end of its load; for "
-        "subscriptions_100k from start to ready) and print the top functions",
+        "subscriptions_100k from start to ready) and print the top functions; "
+        "fanout_1_log_off, fanout_1_log_all or fanout_1_log_split: that variant's delivering "
+        "worker in its first round",
     )
     parser.add_argument(
         "--profile-format",
@@ -125,8 +132,8 @@ def _selected(args: argparse.Namespace, sizes: Sizes) -> list[str]:
     names = list(args.only or ORDER)
     if not args.only and not sizes.isolation_slow:
         names.remove("isolation_slow")
-    if args.profile and args.profile not in names:
-        names.append(args.profile)
+    if args.profile and PROFILE_TARGETS[args.profile] not in names:
+        names.append(PROFILE_TARGETS[args.profile])
     if NEEDS_FANOUT_1 & set(names) and "fanout_1" not in names and args.paced_rate is None:
         names.insert(0, "fanout_1")
     return [n for n in ORDER if n in names]

@@ -477,12 +477,15 @@ receiver by delivery id (each expected id once; repeats are reported as duplicat
   `ingest_cpu_us_per_record` (worker CPU until every record was read, less that worker's CPU at
   ready, per record); `data_dir_bytes`, the bytes allocated under its data dir (for a log kept
   on disk). Then `/healthz` and 5,000 requests
-  (`--quick` 500) of `GET /v1/webhooks/{id}/attempts` on random webhooks, 8 in flight, each timed
-  from send to body read: 60% `limit=50`, 10% each `outcome=failure`, `status_class=2xx` with
-  `event_type`, `since` a day ago, and a first page of 3 followed by the page its cursor names.
-  p50/p99 in the table are the attempts requests'; `p99_vs_healthz` divides by `/healthz`'s p99
-  on the same server at the same concurrency; `over_100ms` counts the slow ones, `statuses` every
-  answer's status (all must be 200). The route checks that the webhook exists in the worker's
+  (`--quick` 500), 8 in flight, each timed from send to body read: `GET
+  /v1/webhooks/{id}/attempts` on random webhooks, 50% `limit=50`, 10% each `outcome=failure`,
+  `status_class=2xx` with `event_type`, `since` a day ago, and a first page of 3 followed by the
+  page its cursor names; and 10% `GET /v1/deliveries/{id}` of deliveries in the log (an even
+  sample of 5,000 of the records written; that route asks every owner of a log partition).
+  p50/p99 in the table are over all of them, `by_kind` per kind; `p99_vs_healthz` divides by
+  `/healthz`'s p99 on the same server at the same concurrency; `over_100ms` counts the slow ones,
+  `statuses` every answer's status (all must be 200). The attempts route checks that the webhook
+  exists in the worker's
   subscription table once it is shown current (`bridge/api/table_repository.py`): each request
   waits for a freshness round that starts after it arrived, one `end_offsets` of the
   subscriptions topic, which the embedded broker answers in time growing with the batches in the

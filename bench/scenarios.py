@@ -100,6 +100,8 @@ class Context:
     latency_floor_ms: float | None = None
     baseline_rss_kib: int | None = None
     profile_summary: str | None = None
+    #: Workers profiled so far, by name: a name run again (fanout_1_log's rounds) is profiled once.
+    profiled: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
 
     def prefix(self, name: str) -> str:
@@ -240,8 +242,9 @@ def _stop(ctx: Context, worker: Worker) -> None:
 
 
 def _start_profiler(ctx: Context, name: str, pid: int) -> Profiler | None:
-    if ctx.profile != name:
+    if ctx.profile != name or name in ctx.profiled:
         return None
+    ctx.profiled.add(name)
     suffix = {"raw": "txt", "flamegraph": "svg", "speedscope": "json"}[ctx.profile_format]
     output = ctx.out_dir / f"profile-{name}.{suffix}"
     if output.exists():

@@ -17,6 +17,7 @@ from bench.control_plane import (
     dir_bytes,
     log_summary,
     query_paths,
+    sample_delivery_ids,
     variant_order,
     write_tokens,
 )
@@ -53,20 +54,30 @@ def test_synthetic_attempts_are_valid_records_of_their_key_spread_over_the_days(
     assert len({k for k, _, _ in records}) == 50
 
 
-def test_the_query_mix_names_random_webhooks_with_each_kind_of_request() -> None:
+def test_the_query_mix_names_random_webhooks_and_deliveries_with_each_kind_of_request() -> None:
     webhooks = [f"wh-{n}" for n in range(1000)]
-    paths = query_paths(webhooks, 1000)
+    records = attempt_records(webhooks, 3000, days=1.0)
+    deliveries = sample_delivery_ids(records, 500)
+    assert len(deliveries) == len(set(deliveries)) == 500
+    assert set(deliveries) <= {json.loads(value)["delivery_id"] for _, value, _ in records}
+    paths = query_paths(webhooks, 1000, deliveries)
     assert len(paths) == 1000
     kinds = Counter(kind for kind, _ in paths)
-    assert set(kinds) == {"page", "outcome", "status_class", "since", "cursor"}
-    assert 500 < kinds["page"] < 700
-    for _, path in paths:
+    assert set(kinds) == {"page", "outcome", "status_class", "since", "cursor", "delivery"}
+    assert 400 < kinds["page"] < 600
+    assert 50 < kinds["delivery"] < 150
+    for kind, path in paths:
         parts = urlsplit(path)
+        if kind == "delivery":
+            assert parts.path.split("/")[:3] == ["", "v1", "deliveries"] and not parts.query
+            assert parts.path.split("/")[3] in deliveries
+            continue
         assert parts.path.split("/")[3] in webhooks
         assert parts.path.endswith("/attempts")
         assert parse_qs(parts.query, strict_parsing=True)
-    # 1,000 draws from 1,000 webhooks reach about 632 of them.
-    assert len({urlsplit(path).path for _, path in paths}) > 580
+    # 900 draws from 1,000 webhooks reach about 593 of them.
+    webhook_paths = {urlsplit(path).path for kind, path in paths if kind != "delivery"}
+    assert len(webhook_paths) > 530
 
 
 def test_the_token_file_lets_the_token_read(tmp_path: Path) -> None:
