@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaProducer
 
 from bridge.config import Settings
 from bridge.contract import jsoncanon
+from bridge.contract.events import parse_time
 from bridge.errors import InvalidRecord
 from bridge.kafka.clients import client_kwargs
 from bridge.kafka.reading import read_topic
@@ -38,8 +39,11 @@ class DeadLetterFilter:
         if self.delivery_id is not None and record.get("delivery_id") != self.delivery_id:
             return False
         stamp = record.get("dead_lettered_at")
-        if (self.since or self.until) and isinstance(stamp, str):
-            at = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        if self.since or self.until:
+            try:
+                at = parse_time(stamp)
+            except ValueError:
+                return False  # no time to compare: not within any range
             if self.since is not None and at < self.since:
                 return False
             if self.until is not None and at > self.until:

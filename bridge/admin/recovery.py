@@ -28,7 +28,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bridge.config import Settings
-from bridge.contract.events import format_epoch, format_timestamp, parse_event
+from bridge.contract.events import format_epoch, format_timestamp, parse_event, parse_time
 from bridge.contract.payload import delivery_id
 from bridge.delivery.pending_retry import PendingRetry
 from bridge.errors import InvalidRecord
@@ -61,12 +61,10 @@ def _moment(seconds: float | None) -> str | None:
 
 
 def _seconds(value: Any, name: str) -> float:
-    if not isinstance(value, str):
-        raise ValueError(f"{name} is not a time")
-    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        raise ValueError(f"{name} has no time zone")
-    return moment.timestamp()
+    try:
+        return parse_time(value).timestamp()
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
 
 
 def _count(record: dict[str, Any], name: str) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -37,6 +37,7 @@ from bridge.api.problems import (
 from bridge.api.service import WebhookFilter, WebhookService, body_errors, etag, public_view
 from bridge.attempts.log import LogQuery, decode_cursor
 from bridge.contract import jsoncanon
+from bridge.contract.events import parse_time
 from bridge.contract.schemas import EVENT_TYPES
 from bridge.subscriptions.webhook import Webhook
 
@@ -338,11 +339,10 @@ def _time(text: str) -> datetime | None:
     if len(text) > 64:
         return None
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
         # In UTC, as every time the bridge shows; a time that has none (year 1 east of
         # Greenwich) is refused here rather than failing where it is shown.
-        return moment.astimezone(UTC) if moment.tzinfo is not None else None
-    except (ValueError, OverflowError):
+        return parse_time(text)
+    except ValueError:
         return None
 
 

@@ -33,7 +33,7 @@ from bridge.attempts.log import AttemptLog, LogQuery
 from bridge.attempts.log import Page as LogPage
 from bridge.attempts.record import Attempt
 from bridge.attempts.stats import WINDOWS
-from bridge.contract.events import format_timestamp
+from bridge.contract.events import format_timestamp, parse_time
 from bridge.subscriptions.webhook import Webhook
 
 __all__ = [
@@ -134,7 +134,7 @@ def _circuit_open_until(log: AttemptLog, now: float) -> str | None:
     if due is None:
         return None
     try:
-        due_seconds = datetime.fromisoformat(due.replace("Z", "+00:00")).timestamp()
+        due_seconds = parse_time(due).timestamp()
     except ValueError:
         return None
     return due if due_seconds > now else None

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import orjson
 
+from bridge.contract.events import parse_time
 from bridge.errors import InvalidRecord
 
 __all__ = ["OUTCOMES", "Attempt", "status_class"]
@@ -137,11 +137,9 @@ class Attempt:
         ):
             _check(record)  # raises, naming the field (or passes a subclass of str, int)
         try:
-            moment = datetime.fromisoformat(at.replace("Z", "+00:00"))
+            moment = parse_time(at)
         except ValueError:
             raise InvalidRecord("schema_invalid", "attempt record: at is not a time") from None
-        if moment.tzinfo is None:
-            raise InvalidRecord("schema_invalid", "attempt record: at has no time zone")
         return cls(
             delivery_id,
             webhook_id,

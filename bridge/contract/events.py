@@ -13,7 +13,14 @@ from bridge.contract import jsoncanon
 from bridge.contract.schemas import EVENT_TYPES, event_data_errors, schema_errors
 from bridge.errors import InvalidEvent, InvalidRecord
 
-__all__ = ["Event", "parse_event", "build_event", "format_epoch", "format_timestamp"]
+__all__ = [
+    "Event",
+    "parse_event",
+    "build_event",
+    "format_epoch",
+    "format_timestamp",
+    "parse_time",
+]
 
 
 @dataclass(frozen=True)
@@ -60,7 +67,27 @@ class Event:
 @lru_cache(maxsize=4096)
 def _parse_timestamp(timestamp: str) -> datetime:
     # Read for every delivery of an event (its latency); events of a moment share a timestamp.
-    return datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    return parse_time(timestamp)
+
+
+def parse_time(text: object) -> datetime:
+    """An ISO-8601 time with its offset (``Z``, ``z`` or ``+hh:mm``), in UTC.
+
+    ``ValueError`` for anything else: not a string, not a time, a time without an offset (which
+    would be read as the machine's local time), or one that leaves the calendar in UTC. Every
+    time the bridge reads (records, query parameters, settings) goes through here.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"not a time: a {type(text).__name__}")
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError("a time without an offset")
+    if moment.tzinfo is UTC:
+        return moment
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("a time out of range in UTC") from None
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -92,7 +119,7 @@ def _from_mapping(value: Any) -> Event:
     if data_errors:
         raise InvalidEvent("schema_invalid", "; ".join(data_errors))
     try:
-        datetime.fromisoformat(value["timestamp"].replace("Z", "+00:00"))
+        parse_time(value["timestamp"])
     except ValueError:
         raise InvalidEvent("schema_invalid", "$.timestamp: not a valid date-time") from None
     # Fail here, once per event, rather than once per delivery: data that JavaScript receivers

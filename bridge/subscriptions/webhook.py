@@ -10,7 +10,7 @@ from types import MappingProxyType
 from typing import Any
 
 from bridge.contract import jsoncanon, standard_webhooks
-from bridge.contract.events import Event
+from bridge.contract.events import Event, parse_time
 from bridge.contract.schemas import schema_errors
 from bridge.errors import InvalidRecord, InvalidSubscription
 from bridge.subscriptions.secretbox import Keyring, is_encrypted
@@ -74,11 +74,8 @@ class Webhook:
             # An expiry that is not a time with a zone ends the overlap: signing falls back to
             # the current secret rather than failing every delivery.
             try:
-                expires = datetime.fromisoformat(
-                    self.previous_secret_expires_at.replace("Z", "+00:00")
-                )
-                overlapping = now < expires
-            except (ValueError, TypeError):
+                overlapping = now < parse_time(self.previous_secret_expires_at)
+            except (ValueError, TypeError):  # TypeError: ``now`` without an offset
                 overlapping = False
             if overlapping:
                 secrets.append(self.previous_secret)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 from bridge.contract import jsoncanon
+from bridge.contract.events import parse_time
 from bridge.errors import InvalidRecord
 from bridge.subscriptions.freshness import TableFreshness
 
@@ -17,11 +17,8 @@ DEFAULT_STALE_AFTER = 15.0
 
 
 def _updated_at(record: dict[str, Any]) -> float | None:
-    value = record.get("updated_at")
-    if not isinstance(value, str):
-        return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        return parse_time(record.get("updated_at")).timestamp()
     except ValueError:
         return None
 

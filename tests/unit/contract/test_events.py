@@ -14,7 +14,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.contract import jsoncanon
-from bridge.contract.events import Event, build_event, format_timestamp, parse_event
+from bridge.contract.events import (
+    Event,
+    build_event,
+    format_timestamp,
+    parse_event,
+    parse_time,
+)
 from bridge.contract.jsoncanon import MAX_SAFE_INTEGER
 from bridge.contract.payload import EncodedEvent, build_body, delivery_id
 from bridge.contract.schemas import EVENT_TYPES
@@ -487,3 +493,39 @@ def test_format_timestamp_matches_the_strftime_form(moment: datetime) -> None:
     if utc.year < 1000:  # strftime does not pad years on every platform
         expected = f"{utc.year:04d}" + expected[expected.index("-") :]
     assert format_timestamp(moment) == expected
+
+
+@given(
+    moment=st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.sampled_from(
+            [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-11))]
+        ),
+    )
+)
+def test_parse_time_reads_any_time_with_an_offset_in_utc(moment: datetime) -> None:
+    for text in (moment.isoformat(), format_timestamp(moment), format_timestamp(moment).lower()):
+        parsed = parse_time(text)
+        assert parsed.tzinfo is UTC
+        assert abs(parsed - moment) < timedelta(milliseconds=1)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2024-01-15T10:30:00",  # no offset: the machine's local time, if read
+        "2024-01-15 10:30:00.000",
+        "0001-01-01T00:00:00+01:00",  # before year 1 in UTC
+        "9999-12-31T23:59:59-01:00",  # after year 9999 in UTC
+        "yesterday",
+        "",
+        "2024-13-01T00:00:00Z",
+        None,
+        1705314600,
+        b"2024-01-15T10:30:00Z",
+    ],
+)
+def test_parse_time_refuses_anything_else_with_a_value_error(value: object) -> None:
+    with pytest.raises(ValueError):
+        parse_time(value)

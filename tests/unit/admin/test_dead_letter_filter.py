@@ -1,0 +1,42 @@
+"""bridge.admin.dead_letters.DeadLetterFilter: which dead letters a listing or a replay takes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from bridge.admin.dead_letters import DeadLetterFilter
+
+T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+
+
+def letter(at: Any, **fields: Any) -> dict[str, Any]:
+    return {"webhook_id": "wh", "delivery_id": "d", "dead_lettered_at": at, **fields}
+
+
+def test_a_time_range_takes_the_letters_within_it_at_any_offset() -> None:
+    where = DeadLetterFilter(since=T0, until=T0 + timedelta(hours=1))
+    assert where.matches(letter("2026-12-04T12:00:00.000Z"))
+    assert where.matches(letter("2026-12-04T14:30:00+02:00"))  # 12:30 UTC
+    assert where.matches(letter("2026-12-04T13:00:00.000Z"))
+    assert not where.matches(letter("2026-12-04T11:59:59.999Z"))
+    assert not where.matches(letter("2026-12-04T13:00:00.001Z"))
+    assert not DeadLetterFilter(webhook_id="other").matches(letter("2026-12-04T12:00:00Z"))
+
+
+@pytest.mark.parametrize(
+    "at", [None, 5, "", "not a time", "2026-12-04T12:30:00", ["2026-12-04T12:30:00Z"], {}]
+)
+def test_a_letter_without_a_readable_time_is_outside_every_range(at: Any) -> None:
+    """The dead-letters topic takes whatever is written to it: a letter whose time is missing,
+    not a time, or without an offset is in no time range (it used to be listed by any range
+    when missing, and to fail the whole listing when not a time or without an offset)."""
+    for where in (
+        DeadLetterFilter(since=T0),
+        DeadLetterFilter(until=T0 + timedelta(days=1)),
+        DeadLetterFilter(since=T0, until=T0 + timedelta(days=1)),
+    ):
+        assert not where.matches(letter(at))
+    assert DeadLetterFilter().matches(letter(at))  # no range: every letter
