@@ -77,6 +77,10 @@ class ActivityBook:
     def get(self, webhook_id: str) -> Activity | None:
         return self._activity.get(webhook_id)
 
+    def webhook_ids(self) -> list[str]:
+        """The webhooks held."""
+        return list(self._activity)
+
     def activities(self) -> list[Activity]:
         """The log and stats of every webhook held."""
         return list(self._activity.values())

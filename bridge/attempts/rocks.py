@@ -46,7 +46,10 @@ from bridge.attempts.record import Attempt
 from bridge.attempts.stats import WebhookStats
 from bridge.errors import InvalidRecord
 
-__all__ = ["Checkpoint", "DiskWebhookLog", "PartitionLog", "RocksOptions"]
+__all__ = ["Checkpoint", "DiskWebhookLog", "PartitionLog", "RocksOptions", "SWEEP_CHUNK"]
+
+#: Webhooks a step of a sweep goes through (a few milliseconds at most, in either store).
+SWEEP_CHUNK = 256
 
 log = logging.getLogger(__name__)
 
@@ -283,11 +286,23 @@ class PartitionLog:
     def sweep(self, now: float) -> None:
         """Expire every webhook's old attempts and stats buckets; forget webhooks left with
         neither."""
-        for prefix, held in list(self._held.items()):
-            self.expire(prefix, now)
-            held.stats.expire(now)
-            if not held.count and not held.stats.buckets:
-                del self._held[prefix]
+        for _ in self.sweep_steps(now):
+            pass
+
+    def sweep_steps(self, now: float, chunk: int = SWEEP_CHUNK) -> Iterator[None]:
+        """:meth:`sweep`, ``chunk`` webhooks a step: the webhooks held when it started, as
+        they are at their turn (attempts added between steps are fine)."""
+        prefixes = list(self._held)
+        for start in range(0, len(prefixes), chunk):
+            for prefix in prefixes[start : start + chunk]:
+                held = self._held.get(prefix)
+                if held is None:
+                    continue
+                self.expire(prefix, now)
+                held.stats.expire(now)
+                if not held.count and not held.stats.buckets:
+                    del self._held[prefix]
+            yield
 
     # -- reading ---------------------------------------------------------------------------------
     def __len__(self) -> int:

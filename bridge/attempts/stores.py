@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,7 +21,7 @@ import rocksdict
 from bridge.attempts.book import Activity, ActivityBook
 from bridge.attempts.log import WebhookLog
 from bridge.attempts.record import Attempt
-from bridge.attempts.rocks import Checkpoint, PartitionLog, RocksOptions
+from bridge.attempts.rocks import SWEEP_CHUNK, Checkpoint, PartitionLog, RocksOptions
 from bridge.attempts.stats import WebhookStats
 
 __all__ = ["STORES", "Checkpoint", "DeliveryLogStore", "MemoryStore", "RocksStore"]
@@ -63,8 +64,11 @@ class DeliveryLogStore(Protocol):
         """Forget ``partition``'s log (revoked, or to be read again)."""
         ...
 
-    def sweep(self, now: float) -> None:
-        """Expire old attempts and stats of every webhook."""
+    def sweep_steps(self, now: float) -> Iterator[None]:
+        """Expire old attempts and stats buckets of every webhook and forget the webhooks left
+        with neither, a slice of webhooks a step, so that the caller can let other work run
+        between steps (a whole sweep of 100,000 webhooks takes 0.2-1.3 s). Attempts added and
+        partitions dropped between steps are fine."""
         ...
 
     def get(self, webhook_id: str) -> Activity | None: ...
@@ -119,11 +123,22 @@ class MemoryStore:
         for webhook_id in self._webhooks.pop(partition, ()):
             self.book.forget(webhook_id)
 
-    def sweep(self, now: float) -> None:
-        for activity in self.book.activities():
-            assert isinstance(activity.log, WebhookLog)
-            activity.log.expire(now)
-            activity.stats.expire(now)
+    def sweep_steps(self, now: float, chunk: int = SWEEP_CHUNK) -> Iterator[None]:
+        webhook_ids = self.book.webhook_ids()
+        for start in range(0, len(webhook_ids), chunk):
+            for webhook_id in webhook_ids[start : start + chunk]:
+                activity = self.book.get(webhook_id)
+                if activity is None:
+                    continue  # its partition was dropped meanwhile
+                assert isinstance(activity.log, WebhookLog)
+                activity.log.expire(now)
+                activity.stats.expire(now)
+                if not len(activity.log) and not activity.stats.buckets:
+                    # Nothing left to show or to recognise: as the RocksDB store does.
+                    self.book.forget(webhook_id)
+                    for held in self._webhooks.values():
+                        held.discard(webhook_id)
+            yield
 
     def get(self, webhook_id: str) -> Activity | None:
         return self.book.get(webhook_id)
@@ -216,9 +231,16 @@ class RocksStore:
         else:
             shutil.rmtree(self._path(partition), ignore_errors=True)
 
-    def sweep(self, now: float) -> None:
-        for held in self.partitions.values():
-            held.sweep(now)
+    def sweep_steps(self, now: float) -> Iterator[None]:
+        for partition, held in list(self.partitions.items()):
+            steps = held.sweep_steps(now)
+            # A partition dropped (its files deleted) or opened again between steps is left.
+            while self.partitions.get(partition) is held:
+                try:
+                    next(steps)
+                except StopIteration:
+                    break
+                yield
 
     def _partition_of(self, webhook_id: str) -> PartitionLog | None:
         for held in self.partitions.values():

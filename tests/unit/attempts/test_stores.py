@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from bridge.attempts.log import LogQuery
 from bridge.attempts.record import Attempt
+from bridge.attempts.rocks import SWEEP_CHUNK
 from bridge.attempts.stats import WINDOWS
 from bridge.attempts.stores import DeliveryLogStore, MemoryStore, RocksStore
 from tests.support.attempt_logs import attempt_bytes
@@ -62,18 +63,28 @@ adds = st.lists(
         st.integers(1, 3),
         st.sampled_from(["success", "failure", "skipped"]),
         st.integers(0, 40),  # how far the clock moved
+        st.booleans(),  # a sweep after this add
     ),
     max_size=60,
 )
 
 
+def sweep(store: DeliveryLogStore, now: float) -> int:
+    """A whole sweep of ``store``; how many steps it took."""
+    return sum(1 for _ in store.sweep_steps(now))
+
+
 @settings(max_examples=60, deadline=None)
 @given(adds, st.integers(1, 6), st.integers(1, 8), st.integers(0, 70))
 def test_any_adds_give_the_same_pages_from_both_stores(
-    rows: list[tuple[str, int, str, int, str, int]], limit: int, max_attempts: int, restart: int
+    rows: list[tuple[str, int, str, int, str, int, bool]],
+    limit: int,
+    max_attempts: int,
+    restart: int,
 ) -> None:
-    """Also across a restart of the RocksDB store after ``restart`` adds (the memory store goes
-    on): its log is the same; its stats, rebuilt from kept attempts, are then not compared."""
+    """Also across sweeps, and a restart of the RocksDB store after ``restart`` adds (the
+    memory store goes on): its log is the same; its stats, rebuilt from kept attempts, are then
+    not compared."""
     memory = MemoryStore(max_attempts=max_attempts, max_age=60)
     with tempfile.TemporaryDirectory() as directory:
         disk = RocksStore(Path(directory), max_attempts=max_attempts, max_age=60)
@@ -81,7 +92,7 @@ def test_any_adds_give_the_same_pages_from_both_stores(
         for store in (memory, disk):
             store.open(0, now)
         restarted = False
-        for offset, (webhook_id, at, delivery_id, number, outcome, step) in enumerate(rows):
+        for offset, (webhook_id, at, delivery_id, number, outcome, step, swept) in enumerate(rows):
             if offset == restart:
                 disk.close()
                 disk = RocksStore(Path(directory), max_attempts=max_attempts, max_age=60)
@@ -99,7 +110,10 @@ def test_any_adds_give_the_same_pages_from_both_stores(
             kept = [s.add(0, offset, one, attempt_bytes(one), now) for s in (memory, disk)]
             assert kept[0] == kept[1]
             disk.flush(0)
-            if offset % 7 == 0:
+            if swept:
+                for store in (memory, disk):
+                    sweep(store, now)
+            if offset % 7 == 0 or swept:
                 stats = not restarted
                 assert view(memory, now, limit, stats=stats) == view(disk, now, limit, stats=stats)
         stats = not restarted
@@ -137,3 +151,61 @@ def test_a_partition_whose_files_are_damaged_is_read_again(tmp_path: Path) -> No
     assert store.open(0, T0) is None and store.get("x") is None
     assert store.add(0, 0, one, attempt_bytes(one), T0)
     store.close()
+
+
+def stores(directory: Path, max_age: float = 60) -> list[DeliveryLogStore]:
+    return [
+        MemoryStore(max_attempts=5, max_age=max_age),
+        RocksStore(directory, max_attempts=5, max_age=max_age),
+    ]
+
+
+def test_a_sweep_goes_a_slice_of_webhooks_a_step_and_forgets_the_emptied(tmp_path: Path) -> None:
+    """A sweep never holds its caller for every webhook at once, and a webhook left with no
+    attempt and no stats bucket is forgotten, its deliveries with it (the memory store kept
+    every webhook it had ever seen until its partition was revoked)."""
+    webhooks = [f"wh-{n}" for n in range(2 * SWEEP_CHUNK + 10)]
+    for store in stores(tmp_path):
+        for partition in (0, 1):
+            store.open(partition, T0)
+        for n, webhook_id in enumerate(webhooks):
+            one = attempt(T0, webhook_id=webhook_id, delivery_id=f"d{n}")
+            assert store.add(n % 2, n // 2, one, attempt_bytes(one), T0)
+        assert sweep(store, T0 + 30) >= 3  # nothing expires yet: everything stays
+        assert store.summary()["attempts"] == len(webhooks)
+        assert store.get("wh-0") is not None and len(store.delivery("d0")) == 1
+        # Past the log's age and every stats window: nothing left of any webhook.
+        assert sweep(store, T0 + 8 * 86400) >= 3
+        assert all(store.get(w) is None for w in webhooks)
+        assert store.summary()["attempts"] == 0 and store.summary()["webhooks"] == 0
+        assert store.delivery("d0") == []
+        if isinstance(store, MemoryStore):
+            assert store.book._by_delivery == {}
+            assert all(not held for held in store._webhooks.values())
+        store.close()
+
+
+def test_adds_and_drops_between_the_steps_of_a_sweep(tmp_path: Path) -> None:
+    for store in stores(tmp_path, max_age=8 * 86400):
+        for partition in (0, 1):
+            store.open(partition, T0)
+        old = T0 - 7 * 86400  # kept, and past the week of stats at the sweep's time
+        for n in range(3 * SWEEP_CHUNK):
+            one = attempt(old, webhook_id=f"wh-{n}", delivery_id=f"d{n}")
+            assert store.add(n % 2, n // 2, one, attempt_bytes(one), T0)
+        now = T0 + 86400 + 60  # the old attempts are beyond the age limit now
+        steps = store.sweep_steps(now)
+        next(steps)
+        # A new attempt of a webhook not swept yet, and of one swept already; then a partition
+        # goes (revoked), under the sweep's feet.
+        for n in (3 * SWEEP_CHUNK - 2, 0):
+            fresh = attempt(now, webhook_id=f"wh-{n}", delivery_id=f"new-{n}")
+            assert store.add(n % 2, 10_000 + n, fresh, attempt_bytes(fresh), now)
+        store.drop(1)
+        for _ in steps:
+            pass
+        kept = {n for n in range(3 * SWEEP_CHUNK) if store.get(f"wh-{n}") is not None}
+        assert kept == {0, 3 * SWEEP_CHUNK - 2}, sorted(kept)[:10]
+        assert [a.delivery_id for a in store.delivery("new-0")] == ["new-0"]
+        assert store.summary()["attempts"] == 2
+        store.close()

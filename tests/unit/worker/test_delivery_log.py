@@ -22,7 +22,7 @@ from bridge.worker.delivery_log import (
     OwnerUnavailable,
     attempts_partition,
 )
-from tests.unit.attempts.test_attempts import T0, record, stamp
+from tests.unit.attempts.test_attempts import T0, attempt, record, stamp
 
 KEY1 = base64.b64encode(bytes(range(32))).decode()
 
@@ -296,3 +296,70 @@ class Highwaters:
 
     def highwater(self, tp: Any) -> int | None:
         return self.marks.get(tp.partition)
+
+
+class SteppedStore(MemoryStore):
+    """A memory store whose sweep takes ``steps`` steps, the last one failing if asked."""
+
+    def __init__(self, steps: int, fail: bool = False) -> None:
+        super().__init__(max_attempts=10, max_age=7 * 86400.0)
+        self.steps, self.fail, self.taken = steps, fail, 0
+
+    def sweep_steps(self, now: float) -> Iterator[None]:
+        for n in range(self.steps):
+            if self.fail and n == self.steps - 1:
+                raise RuntimeError("a bug in the sweep")
+            self.taken += 1
+            yield
+
+
+def test_the_reader_sweeps_a_slice_at_a_time_and_one_sweep_at_once() -> None:
+    store = SteppedStore(3)
+    log = reader(store)
+    log.sweep_for(0.0)  # no sweep under way: nothing
+    log.start_sweep(T0)
+    log.start_sweep(T0 + 1)  # one under way already: not another
+    for taken in (1, 2, 3):
+        assert log.sweeping
+        log.sweep_for(0.0)  # a budget spent at once: one step a call
+        assert store.taken == taken
+    log.sweep_for(0.0)
+    assert not log.sweeping and log.sweeps == 1 and store.taken == 3
+    log.start_sweep(T0 + 2)
+    log.sweep_for(60.0)  # budget enough: the whole sweep
+    assert not log.sweeping and log.sweeps == 2 and store.taken == 6
+
+
+def test_a_failing_sweep_ends_and_the_next_one_starts_afresh(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = SteppedStore(2, fail=True)
+    log = reader(store)
+    log.start_sweep(T0)
+    log.sweep_for(60.0)
+    assert not log.sweeping and log.sweeps == 0 and store.taken == 1
+    assert "delivery log: sweep failed" in caplog.text
+    store.fail = False
+    log.start_sweep(T0 + 60)
+    log.sweep_for(60.0)
+    assert log.sweeps == 1 and store.taken == 3
+
+
+def test_a_sweep_is_sliced_for_the_event_loop() -> None:
+    """The store's whole sweep of 100,000 webhooks took 0.2 s (memory) to 1.3 s (RocksDB) in
+    one call, every minute, on the worker's event loop; slices of it stay near their budget
+    (20,000 webhooks here: ~45 ms in one call)."""
+    store = MemoryStore(max_attempts=10, max_age=7 * 86400.0)
+    store.open(0, T0)
+    for n in range(20_000):
+        store.book.add(attempt(T0, webhook_id=f"wh-{n}", delivery_id=f"d{n}"), T0)
+    log = reader(store)
+    log.start_sweep(T0 + 8 * 86400)
+    slices = []
+    while log.sweeping:
+        started = time.perf_counter()
+        log.sweep_for(0.005)
+        slices.append(time.perf_counter() - started)
+    assert len(slices) >= 3 and len(store.book) == 0
+    # The budget plus one step (256 webhooks, ~1 ms); generous for a loaded machine.
+    assert sorted(slices)[len(slices) // 2] < 0.05
