@@ -35,6 +35,12 @@ STORES = ("memory", "rocksdb")
 class DeliveryLogStore(Protocol):
     """The log of the held partitions, fed record by record by the reader."""
 
+    def preload(self, partition: int, now: float) -> None:
+        """The slow part of :meth:`open` (reading what the store kept of ``partition``), safe to
+        run in a worker thread while the event loop goes on: it changes nothing the other
+        methods read. :meth:`open` then takes what it loaded."""
+        ...
+
     def open(self, partition: int, now: float) -> Checkpoint | None:
         """Hold ``partition``; where reading it stopped, when the store kept that."""
         ...
@@ -93,6 +99,9 @@ class MemoryStore:
     def __init__(self, *, max_attempts: int, max_age: float) -> None:
         self.book = ActivityBook(max_attempts=max_attempts, max_age=max_age)
         self._webhooks: dict[int, set[str]] = {}
+
+    def preload(self, partition: int, now: float) -> None:
+        pass  # nothing kept across restarts: nothing to read
 
     def open(self, partition: int, now: float) -> Checkpoint | None:
         self._webhooks.setdefault(partition, set())
@@ -178,22 +187,37 @@ class RocksStore:
         self._options = options or RocksOptions()
         self._cache = rocksdict.Cache(self._options.block_cache_size)
         self.partitions: dict[int, PartitionLog] = {}
+        #: Partitions read by :meth:`preload`, not yet taken by :meth:`open`.
+        self._loaded: dict[int, PartitionLog] = {}
 
     def _path(self, partition: int) -> Path:
         return self.directory / str(partition)
 
+    def preload(self, partition: int, now: float) -> None:
+        # Opening a partition reads every key it kept (1.5-2 s for 100,000 attempts, measured
+        # 2026-12-04): in a thread, the worker's event loop goes on meanwhile. Only this
+        # partition's files and its entry in ``_loaded`` are touched.
+        if partition not in self.partitions and partition not in self._loaded:
+            self._loaded[partition] = self._load(partition, now)
+
     def open(self, partition: int, now: float) -> Checkpoint | None:
         held = self.partitions.get(partition)
         if held is None:
-            try:
-                held = self._open(partition, now)
-            except Exception:
-                # Damaged files: the log is read again from the topic, as with no files.
-                log.exception("delivery log: partition %s unreadable; reading it again", partition)
-                shutil.rmtree(self._path(partition), ignore_errors=True)
-                held = self._open(partition, now)
+            # (Not ``or``: a PartitionLog without webhooks is falsy.)
+            held = self._loaded.pop(partition, None)
+            if held is None:
+                held = self._load(partition, now)
             self.partitions[partition] = held
         return held.checkpoint
+
+    def _load(self, partition: int, now: float) -> PartitionLog:
+        try:
+            return self._open(partition, now)
+        except Exception:
+            # Damaged files: the log is read again from the topic, as with no files.
+            log.exception("delivery log: partition %s unreadable; reading it again", partition)
+            shutil.rmtree(self._path(partition), ignore_errors=True)
+            return self._open(partition, now)
 
     def _open(self, partition: int, now: float) -> PartitionLog:
         return PartitionLog(
@@ -225,11 +249,11 @@ class RocksStore:
             held.flush()
 
     def drop(self, partition: int) -> None:
-        held = self.partitions.pop(partition, None)
-        if held is not None:
-            held.destroy()
-        else:
-            shutil.rmtree(self._path(partition), ignore_errors=True)
+        held = [self.partitions.pop(partition, None), self._loaded.pop(partition, None)]
+        for one in held:
+            if one is not None:
+                one.destroy()
+        shutil.rmtree(self._path(partition), ignore_errors=True)
 
     def sweep_steps(self, now: float) -> Iterator[None]:
         for partition, held in list(self.partitions.items()):
@@ -276,6 +300,7 @@ class RocksStore:
         }
 
     def close(self) -> None:
-        for held in self.partitions.values():
+        for held in [*self.partitions.values(), *self._loaded.values()]:
             held.close()
         self.partitions.clear()
+        self._loaded.clear()

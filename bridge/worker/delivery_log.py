@@ -195,6 +195,22 @@ class DeliveryLogReader(Service):
             self._wanted is not None and self._wanted == set(self._held) and not (self._catching_up)
         )
 
+    async def _preload(self, partition: int) -> None:
+        """Let the store read what it kept of ``partition`` in a worker thread: requests (and
+        deliveries, with ``--role all``) go on meanwhile. If that fails, :meth:`hold` reads it
+        on the loop, as it did before."""
+        loading = asyncio.ensure_future(
+            asyncio.to_thread(self.store.preload, partition, self._clock())
+        )
+        try:
+            await asyncio.shield(loading)
+        except asyncio.CancelledError:
+            # Stopping: let the thread finish, so that closing the store closes what it opened.
+            await asyncio.wait([loading])
+            raise
+        except Exception:
+            log.exception("delivery log: partition %s not preloaded", partition)
+
     def hold(self, partition: int) -> Checkpoint | None:
         """Start holding ``partition``: the offset its store says to resume from, if any."""
         self._held.add(partition)
@@ -338,6 +354,7 @@ class DeliveryLogReader(Service):
             return
         checkpoints: dict[int, Checkpoint | None] = {}
         for p in new:
+            await self._preload(p)
             checkpoints[p] = self.hold(p)
             # Not caught up until its start and end are known (ready() reads this meanwhile).
             self._catching_up[p] = NEVER_READ

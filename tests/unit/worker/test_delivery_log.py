@@ -363,3 +363,61 @@ def test_a_sweep_is_sliced_for_the_event_loop() -> None:
     assert len(slices) >= 3 and len(store.book) == 0
     # The budget plus one step (256 webhooks, ~1 ms); generous for a loaded machine.
     assert sorted(slices)[len(slices) // 2] < 0.05
+
+
+class SlowPreloadStore(MemoryStore):
+    """A memory store whose preload takes ``seconds`` of a thread (as reading a big partition
+    from disk does), or fails."""
+
+    def __init__(self, seconds: float, fail: bool = False) -> None:
+        super().__init__(max_attempts=10, max_age=7 * 86400.0)
+        self.seconds, self.fail, self.preloaded = seconds, fail, False
+
+    def preload(self, partition: int, now: float) -> None:
+        time.sleep(self.seconds)
+        if self.fail:
+            raise OSError("disk on fire")
+        self.preloaded = True
+
+
+async def test_a_partition_is_read_while_the_event_loop_goes_on() -> None:
+    log = reader(SlowPreloadStore(0.5))
+    gaps: list[float] = []
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    started = time.perf_counter()
+    await log._preload(0)
+    took = time.perf_counter() - started
+    ticker.cancel()
+    assert took >= 0.5 and len(gaps) > 10
+    assert max(gaps) < 0.25, max(gaps)  # on the loop, one gap would have been >= 0.5 s
+
+
+async def test_a_failed_preload_leaves_the_partition_to_open(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = SlowPreloadStore(0.0, fail=True)
+    log = reader(store)
+    await log._preload(3)
+    assert "partition 3 not preloaded" in caplog.text
+    assert log.hold(3) is None and log.assigned == {3}
+
+
+async def test_stopping_during_a_preload_waits_for_the_thread() -> None:
+    """So that closing the store, next, closes what the thread opened."""
+    store = SlowPreloadStore(0.3)
+    log = reader(store)
+    loading = asyncio.create_task(log._preload(0))
+    await asyncio.sleep(0.05)
+    loading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await loading
+    assert store.preloaded
