@@ -74,9 +74,16 @@ class WebhookRepository(Protocol):
         ...
 
     async def scan(
-        self, *, after: str | None, limit: int, where: Callable[[Webhook], bool]
+        self,
+        *,
+        after: str | None,
+        limit: int,
+        where: Callable[[Webhook], bool],
+        site_id: str | None = None,
     ) -> list[Webhook]:
-        """Up to ``limit`` webhooks that satisfy ``where``, ordered by id, ids after ``after``."""
+        """Up to ``limit`` webhooks that satisfy ``where``, ordered by id, ids after ``after``;
+        with ``site_id``, ``where`` accepts only that site's webhooks (so only they need be
+        walked)."""
         ...
 
     async def put(self, webhook: Webhook) -> None:
@@ -101,7 +108,12 @@ class MemoryRepository:
         return self._webhooks.get(webhook_id)
 
     async def scan(
-        self, *, after: str | None, limit: int, where: Callable[[Webhook], bool]
+        self,
+        *,
+        after: str | None,
+        limit: int,
+        where: Callable[[Webhook], bool],
+        site_id: str | None = None,  # ``where`` accepts only that site's: a hint, not needed
     ) -> list[Webhook]:
         ordered = (self._webhooks[webhook_id] for webhook_id in sorted(self._webhooks))
         return scan_ordered(ordered, after=after, limit=limit, where=where)

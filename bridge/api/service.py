@@ -347,7 +347,14 @@ class WebhookService:
         def visible(webhook: Webhook) -> bool:
             return where.matches(webhook) and principal.allows(webhook.site_id, webhook.user_id)
 
-        items = await self._repository.scan(after=after, limit=limit + 1, where=visible)
+        items = await self._repository.scan(
+            after=after,
+            limit=limit + 1,
+            where=visible,
+            # Only this site's webhooks can be visible (check_scope refused a filter naming
+            # another site than the token's).
+            site_id=where.site_id or principal.site_id,
+        )
         more = len(items) > limit
         items = items[:limit]
         return Page(items, encode_cursor(items[-1].id, where) if more else None)

@@ -55,7 +55,12 @@ class StoreRepository:
         return (await self._current()).get(webhook_id)
 
     async def scan(
-        self, *, after: str | None, limit: int, where: Callable[[Webhook], bool]
+        self,
+        *,
+        after: str | None,
+        limit: int,
+        where: Callable[[Webhook], bool],
+        site_id: str | None = None,  # ``where`` accepts only that site's: a hint, not needed
     ) -> list[Webhook]:
         view = await self._current()
         ordered = (view[webhook_id] for webhook_id in sorted(view))

@@ -78,9 +78,15 @@ class TableRepository:
         return (await self._current()).get(webhook_id)
 
     async def scan(
-        self, *, after: str | None, limit: int, where: Callable[[Webhook], bool]
+        self,
+        *,
+        after: str | None,
+        limit: int,
+        where: Callable[[Webhook], bool],
+        site_id: str | None = None,
     ) -> list[Webhook]:
-        return scan_ordered((await self._current()).all(), after=after, limit=limit, where=where)
+        ordered = (await self._current()).ordered(after=after, site_id=site_id)
+        return scan_ordered(ordered, after=after, limit=limit, where=where)
 
     async def put(self, webhook: Webhook) -> None:
         # The service judged the URL when it set it (as for StoreRepository.put). The next read

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from bridge.contract.events import Event
 from bridge.subscriptions.webhook import TEST_EVENT, Webhook
@@ -22,6 +23,10 @@ class SubscriptionIndex:
         self._by_site: dict[str, set[str]] = defaultdict(set)
         self._by_account: dict[str, set[str]] = defaultdict(set)
         self._active = 0
+        #: Every id in order, made at the first :meth:`ordered` and kept in order from then on
+        #: (not before: keeping it in order while 100,000 webhooks are first read would move
+        #: the list about for every one of them).
+        self._sorted: list[str] | None = None
         for webhook in webhooks:
             self.put(webhook)
 
@@ -40,11 +45,31 @@ class SubscriptionIndex:
         return self._by_id.get(webhook_id)
 
     def all(self) -> list[Webhook]:
-        return [self._by_id[k] for k in sorted(self._by_id)]
+        return list(self.ordered())
+
+    def ordered(self, *, after: str | None = None, site_id: str | None = None) -> Iterator[Webhook]:
+        """The webhooks in id order, those with ids after ``after`` (only site ``site_id``'s
+        when given): a page of the API's listing costs the webhooks it walks, where sorting
+        every id for each page cost ~25 ms at 100,000 webhooks."""
+        if site_id is not None:
+            ids = sorted(self._by_site.get(site_id, ()))
+        else:
+            if self._sorted is None:
+                self._sorted = sorted(self._by_id)
+            ids = self._sorted
+        start = 0 if after is None else bisect.bisect_right(ids, after)
+        by_id = self._by_id
+        # A copy (~0.2 ms at 100,000 ids): puts and removes while the caller walks leave it as
+        # it was.
+        for webhook_id in ids[start:]:
+            webhook = by_id.get(webhook_id)
+            if webhook is not None:  # (removed while the caller walked)
+                yield webhook
 
     def put(self, webhook: Webhook) -> None:
         """Add or replace a webhook."""
-        self.remove(webhook.id)
+        if not self._remove(webhook.id) and self._sorted is not None:
+            bisect.insort(self._sorted, webhook.id)
         self._by_id[webhook.id] = webhook
         self._active += webhook.active
         if webhook.site_id is not None:
@@ -55,9 +80,16 @@ class SubscriptionIndex:
 
     def remove(self, webhook_id: str) -> None:
         """Forget a webhook (no error when unknown)."""
+        if self._remove(webhook_id) and self._sorted is not None:
+            index = bisect.bisect_left(self._sorted, webhook_id)
+            if index < len(self._sorted) and self._sorted[index] == webhook_id:
+                del self._sorted[index]
+
+    def _remove(self, webhook_id: str) -> bool:
+        """Forget a webhook but in ``_sorted``; whether it was there."""
         old = self._by_id.pop(webhook_id, None)
         if old is None:
-            return
+            return False
         self._active -= old.active
         if old.site_id is not None:
             bucket, key = self._by_site, old.site_id
@@ -69,6 +101,7 @@ class SubscriptionIndex:
             ids.discard(webhook_id)
             if not ids:
                 del bucket[key]
+        return True
 
     def match(self, event: Event) -> list[Webhook]:
         """The webhooks that get a delivery of ``event``, ordered by id.

@@ -1,4 +1,5 @@
-"""TableRepository answers from the index only once the table is shown current, else 503."""
+"""TableRepository answers from the index only once the table is shown current, else 503; a
+listing of one site walks only that site's webhooks."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from typing import Any
 
 import pytest
 
+from bridge.api.auth import Principal
 from bridge.api.problems import Problem
+from bridge.api.repository import MemoryRepository
+from bridge.api.service import WebhookFilter, WebhookService
 from bridge.api.table_repository import TableRepository
 from bridge.subscriptions.freshness import TableFreshness
 from bridge.subscriptions.index import SubscriptionIndex
@@ -75,3 +79,43 @@ async def test_without_current_reads_answer_from_the_table_as_it_is() -> None:
     repo, freshness = repository(index, {0: 5}, current=False)
     freshness.applied(0, 3)  # behind its topic: answered all the same, without waiting
     assert (await repo.get("a")).id == "a"
+
+
+async def test_a_listing_of_one_site_walks_only_that_sites_webhooks() -> None:
+    hooks = [
+        webhook_from_record(webhook_record(id=f"w{n:03d}", site_id=f"s{n % 3}")) for n in range(60)
+    ]
+    index = SubscriptionIndex(hooks)
+    repo, freshness = repository(index, {0: 0})
+    walked: list[str] = []
+
+    def site_1(w: Webhook) -> bool:
+        walked.append(w.id)
+        return w.site_id == "s1"
+
+    everything = await repo.scan(after="w010", limit=100, where=site_1)
+    assert len(walked) == 49  # every webhook after w010
+    walked.clear()
+    hinted = await repo.scan(after="w010", limit=100, where=site_1, site_id="s1")
+    assert hinted == everything == [w for w in hooks if w.site_id == "s1" and w.id > "w010"]
+    assert walked == [w.id for w in hinted]  # only site s1's
+
+
+async def test_the_service_names_the_site_of_the_filter_or_the_token() -> None:
+    seen: list[str | None] = []
+
+    class Recording(MemoryRepository):
+        async def scan(self, **kwargs: Any) -> list[Webhook]:
+            seen.append(kwargs.get("site_id"))
+            return await super().scan(**kwargs)
+
+    service = WebhookService(Recording())
+    anyone = Principal("writer", frozenset({"read", "write"}))
+    site_token = Principal("site", frozenset({"read"}), site_id="s2")
+    await service.list(anyone, WebhookFilter(), limit=10, cursor=None)
+    await service.list(anyone, WebhookFilter(site_id="s1"), limit=10, cursor=None)
+    await service.list(site_token, WebhookFilter(), limit=10, cursor=None)
+    await service.list(site_token, WebhookFilter(site_id="s2"), limit=10, cursor=None)
+    with pytest.raises(Problem):  # another site than the token's: refused before any walk
+        await service.list(site_token, WebhookFilter(site_id="s1"), limit=10, cursor=None)
+    assert seen == [None, "s1", "s2", "s2"]
