@@ -8,7 +8,11 @@ from bridge.attempts.log import AttemptLog, WebhookLog
 from bridge.attempts.record import Attempt
 from bridge.attempts.stats import WebhookStats
 
-__all__ = ["Activity", "ActivityBook"]
+__all__ = ["Activity", "ActivityBook", "RELEASE_CHUNK", "empty_activity"]
+
+#: Attempts (and delivery index entries) :meth:`ActivityBook.release` frees a call: a few
+#: milliseconds.
+RELEASE_CHUNK = 2000
 
 
 @dataclass
@@ -17,6 +21,11 @@ class Activity:
 
     log: AttemptLog
     stats: WebhookStats = field(default_factory=WebhookStats)
+
+
+def empty_activity(max_attempts: int, max_age: float) -> Activity:
+    """The activity of a webhook with no attempt kept."""
+    return Activity(WebhookLog(max_attempts=max_attempts, max_age=max_age))
 
 
 class ActivityBook:
@@ -87,7 +96,19 @@ class ActivityBook:
 
     def empty(self) -> Activity:
         """The activity of a webhook with no attempt kept (not added to the book)."""
-        return Activity(WebhookLog(max_attempts=self._max_attempts, max_age=self._max_age))
+        return empty_activity(self._max_attempts, self._max_age)
+
+    def release(self, attempts: int) -> bool:
+        """Free some of a book no longer used (a revoked partition's): webhooks until about
+        ``attempts`` attempts are freed, and as many delivery index entries; whether anything
+        is left to free."""
+        freed = 0
+        while self._activity and freed < attempts:
+            _, activity = self._activity.popitem()
+            freed += len(activity.log) + 1
+        for _ in range(min(attempts, len(self._by_delivery))):
+            self._by_delivery.popitem()
+        return bool(self._activity or self._by_delivery)
 
     def forget(self, webhook_id: str) -> None:
         """Drop a deleted webhook's log and stats."""

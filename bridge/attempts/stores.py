@@ -1,8 +1,8 @@
 """Where the delivery log of the attempts partitions a worker holds is kept: memory or RocksDB.
 
 Both keep the same log by the same rules and answer the same queries; they differ in what a
-restart costs. :class:`MemoryStore` (the default) holds everything in an
-:class:`~bridge.attempts.book.ActivityBook` and has no checkpoint: a restart reads the
+restart costs. :class:`MemoryStore` (the default) holds everything in
+:class:`~bridge.attempts.book.ActivityBook` s and has no checkpoint: a restart reads the
 attempts topic again from ``now - delivery_log_max_age``. :class:`RocksStore` keeps each
 partition's log in a :class:`~bridge.attempts.rocks.PartitionLog` on disk with the next offset
 to read, so a restart reads only what it missed, and memory holds the stats only.
@@ -18,11 +18,10 @@ from typing import Any, Protocol
 
 import rocksdict
 
-from bridge.attempts.book import Activity, ActivityBook
+from bridge.attempts.book import RELEASE_CHUNK, Activity, ActivityBook, empty_activity
 from bridge.attempts.log import WebhookLog
 from bridge.attempts.record import Attempt
 from bridge.attempts.rocks import SWEEP_CHUNK, Checkpoint, PartitionLog, RocksOptions
-from bridge.attempts.stats import WebhookStats
 
 __all__ = ["STORES", "Checkpoint", "DeliveryLogStore", "MemoryStore", "RocksStore"]
 
@@ -93,18 +92,31 @@ class DeliveryLogStore(Protocol):
 
 
 class MemoryStore:
-    """The log in memory: an :class:`ActivityBook`, and the webhooks seen in each partition
-    (to forget them when it is revoked)."""
+    """The log in memory: an :class:`ActivityBook` per held partition, so that a revoked
+    partition goes at once (its whole book), its memory freed a slice at a time by the next
+    sweep (freeing 170,000 attempts took 0.6 s in one call, measured 2026-12-04)."""
 
     def __init__(self, *, max_attempts: int, max_age: float) -> None:
-        self.book = ActivityBook(max_attempts=max_attempts, max_age=max_age)
-        self._webhooks: dict[int, set[str]] = {}
+        self._max_attempts = max_attempts
+        self._max_age = max_age
+        #: The book of each held partition.
+        self.books: dict[int, ActivityBook] = {}
+        #: Books of dropped partitions, freed by :meth:`sweep_steps`.
+        self._dropped: list[ActivityBook] = []
+
+    def _book(self, partition: int) -> ActivityBook:
+        book = self.books.get(partition)
+        if book is None:
+            book = self.books[partition] = ActivityBook(
+                max_attempts=self._max_attempts, max_age=self._max_age
+            )
+        return book
 
     def preload(self, partition: int, now: float) -> None:
         pass  # nothing kept across restarts: nothing to read
 
     def open(self, partition: int, now: float) -> Checkpoint | None:
-        self._webhooks.setdefault(partition, set())
+        self._book(partition)
         return None
 
     def add(
@@ -116,11 +128,7 @@ class MemoryStore:
         now: float,
         timestamp: int = -1,
     ) -> bool:
-        held = self._webhooks.get(partition)
-        if held is None:
-            held = self._webhooks[partition] = set()
-        held.add(attempt.webhook_id)
-        return self.book.add(attempt, now)
+        return self._book(partition).add(attempt, now)
 
     def skip(self, partition: int, offset: int, timestamp: int = -1) -> None:
         pass
@@ -129,40 +137,61 @@ class MemoryStore:
         pass
 
     def drop(self, partition: int) -> None:
-        for webhook_id in self._webhooks.pop(partition, ()):
-            self.book.forget(webhook_id)
+        book = self.books.pop(partition, None)
+        if book is not None and len(book):
+            self._dropped.append(book)
 
-    def sweep_steps(self, now: float, chunk: int = SWEEP_CHUNK) -> Iterator[None]:
-        webhook_ids = self.book.webhook_ids()
-        for start in range(0, len(webhook_ids), chunk):
-            for webhook_id in webhook_ids[start : start + chunk]:
-                activity = self.book.get(webhook_id)
-                if activity is None:
-                    continue  # its partition was dropped meanwhile
-                assert isinstance(activity.log, WebhookLog)
-                activity.log.expire(now)
-                activity.stats.expire(now)
-                if not len(activity.log) and not activity.stats.buckets:
-                    # Nothing left to show or to recognise: as the RocksDB store does.
-                    self.book.forget(webhook_id)
-                    for held in self._webhooks.values():
-                        held.discard(webhook_id)
+    def _release_dropped(self) -> Iterator[None]:
+        while self._dropped:
+            if not self._dropped[-1].release(RELEASE_CHUNK):
+                self._dropped.pop()
             yield
 
+    def sweep_steps(self, now: float, chunk: int = SWEEP_CHUNK) -> Iterator[None]:
+        yield from self._release_dropped()
+        for partition, book in list(self.books.items()):
+            webhook_ids = book.webhook_ids()
+            for start in range(0, len(webhook_ids), chunk):
+                yield from self._release_dropped()  # a partition dropped meanwhile
+                if self.books.get(partition) is not book:
+                    break
+                for webhook_id in webhook_ids[start : start + chunk]:
+                    activity = book.get(webhook_id)
+                    if activity is None:
+                        continue
+                    assert isinstance(activity.log, WebhookLog)
+                    activity.log.expire(now)
+                    activity.stats.expire(now)
+                    if not len(activity.log) and not activity.stats.buckets:
+                        # Nothing left to show or to recognise: as the RocksDB store does.
+                        book.forget(webhook_id)
+                yield
+
     def get(self, webhook_id: str) -> Activity | None:
-        return self.book.get(webhook_id)
+        for book in self.books.values():
+            activity = book.get(webhook_id)
+            if activity is not None:
+                return activity
+        return None
 
     def empty(self) -> Activity:
-        return self.book.empty()
+        return empty_activity(self._max_attempts, self._max_age)
 
     def delivery(self, delivery_id: str) -> list[Attempt]:
-        return self.book.delivery(delivery_id)
+        found: list[Attempt] = []
+        for book in self.books.values():
+            found.extend(book.delivery(delivery_id))
+        return found
+
+    def activities(self) -> list[Activity]:
+        """The log and stats of every webhook held."""
+        return [activity for book in self.books.values() for activity in book.activities()]
 
     def summary(self) -> dict[str, Any]:
         return {
             "store": "memory",
-            "webhooks": len(self.book),
-            "attempts": sum(len(a.log) for a in self.book.activities()),
+            "webhooks": sum(len(book) for book in self.books.values()),
+            "attempts": sum(len(a.log) for a in self.activities()),
         }
 
     def close(self) -> None:
@@ -281,9 +310,7 @@ class RocksStore:
         return Activity(held.log(webhook_id), stats)
 
     def empty(self) -> Activity:
-        return Activity(
-            WebhookLog(max_attempts=self._max_attempts, max_age=self._max_age), WebhookStats()
-        )
+        return empty_activity(self._max_attempts, self._max_age)
 
     def delivery(self, delivery_id: str) -> list[Attempt]:
         found: list[Attempt] = []

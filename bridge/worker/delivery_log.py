@@ -311,8 +311,11 @@ class DeliveryLogReader(Service):
             self._sweeping = None
 
     def forget(self, partitions: Iterable[int]) -> None:
-        """Drop the logs of partitions no longer owned."""
+        """Drop the logs of partitions no longer owned (the memory they took is freed by a
+        sweep, started now unless one is under way)."""
+        dropped = False
         for partition in partitions:
+            dropped = True
             self._held.discard(partition)
             self.store.drop(partition)
             self.read.pop(partition, None)
@@ -323,6 +326,8 @@ class DeliveryLogReader(Service):
             self._failed.discard(partition)
             self._verifying.pop(partition, None)
             self._stale.discard(partition)
+        if dropped:
+            self.start_sweep(self._clock())
 
     def summary(self) -> dict[str, Any]:
         """What this reader holds (``GET /internal/delivery-log``)."""

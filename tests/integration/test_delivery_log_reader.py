@@ -75,4 +75,4 @@ async def test_the_reader_sweeps_expired_attempts_between_reads(settings: Settin
 
 
 def _kept(store: MemoryStore) -> list[Attempt]:
-    return [a for activity in store.book.activities() for a in activity.log.attempts()]
+    return [a for activity in store.activities() for a in activity.log.attempts()]
