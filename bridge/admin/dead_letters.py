@@ -17,11 +17,17 @@ from bridge.kafka.clients import client_kwargs
 from bridge.kafka.reading import read_topic
 
 __all__ = [
+    "STAMP_MARGIN",
     "DeadLetterFilter",
     "list_dead_letters",
     "ReplayReport",
     "replay_dead_letters",
 ]
+
+
+#: Seconds by which a dead letter's record timestamp may precede its ``dead_lettered_at``
+#: (clocks stepped back, a broker's append time): reading since a time starts this much earlier.
+STAMP_MARGIN = 300.0
 
 
 @dataclass(frozen=True)
@@ -54,9 +60,19 @@ class DeadLetterFilter:
 async def list_dead_letters(
     settings: Settings, where: DeadLetterFilter = DeadLetterFilter()
 ) -> list[dict[str, Any]]:
-    """Dead letters matching ``where``, oldest first per partition."""
+    """Dead letters matching ``where``, oldest first per partition.
+
+    Only what ``where`` can match is read: one webhook's letters from the partition of its key
+    (the bridge keys a delivery's dead letter by its webhook id), and letters since a time from
+    the first record stamped :data:`STAMP_MARGIN` before it (a letter is stamped when written,
+    on the clock of its ``dead_lettered_at``)."""
+    key = None if where.webhook_id is None else where.webhook_id.encode("utf-8")
+    since_ms = None
+    if where.since is not None:
+        since_ms = max(0, int((where.since.timestamp() - STAMP_MARGIN) * 1000))
     out = []
-    for _, value in await read_topic(settings, settings.deadletter_topic):
+    records = await read_topic(settings, settings.deadletter_topic, key=key, since_ms=since_ms)
+    for _, value in records:
         if value is None:
             continue
         try:

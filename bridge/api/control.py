@@ -15,6 +15,7 @@ time (``webhook_id`` required).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -415,7 +416,17 @@ class ControlService:
         """Dead letters ``where`` selects, oldest first, within the token's restriction."""
         after = decode_dead_letter_cursor(cursor) if cursor is not None else None
         visible = await self._scope_dead_letters(principal, where.webhook_id, "query")
-        records = sorted(await self._dead_letters.list(where), key=_dead_letter_position)
+        # The letters after the cursor were written at or after its time: only they are read
+        # (on a broker with a time index, from there on), not the whole topic for every page.
+        read = where
+        if after is not None:
+            try:
+                moment = parse_time(after[0])
+            except ValueError:
+                moment = None  # a letter without a time: nothing to narrow by
+            if moment is not None and (where.since is None or moment > where.since):
+                read = dataclasses.replace(where, since=moment)
+        records = sorted(await self._dead_letters.list(read), key=_dead_letter_position)
         items: list[dict[str, Any]] = []
         for record in records:
             position = _dead_letter_position(record)

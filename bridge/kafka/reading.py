@@ -18,9 +18,13 @@ async def read_topic(
     timeout: float = 30.0,
     settle: float = 0.3,
     key: bytes | None = None,
+    since_ms: int | None = None,
 ) -> list[tuple[bytes | None, bytes | None]]:
     """Every record of ``topic`` from the beginning to its end; given ``key``, only the records
-    with that key, read from the one partition a producer's default partitioner puts it in.
+    with that key, read from the one partition a producer's default partitioner puts it in;
+    given ``since_ms``, from each partition's first record stamped at or after that time (the
+    broker's time index: a record before it is stamped earlier; a broker without one, such as
+    the embedded broker, gives the beginning).
 
     Reads up to the end offsets, then keeps fetching until a fetch of ``settle`` seconds returns
     nothing: the embedded broker (Tansu) reports the end of a partition whose last write was a
@@ -44,7 +48,16 @@ async def read_topic(
             return []
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
-        await consumer.seek_to_beginning(*tps)
+        if since_ms is None:
+            await consumer.seek_to_beginning(*tps)
+        else:
+            starts = await consumer.beginning_offsets(tps)
+            found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
+            for tp in tps:
+                stamped = found.get(tp)
+                # None: nothing stamped that late; what arrives after the end is still read.
+                start = ends[tp] if stamped is None else stamped.offset
+                consumer.seek(tp, max(start, starts[tp]))
         out: list[tuple[bytes | None, bytes | None]] = []
         pending = {tp for tp in tps if ends[tp] > 0}
         for tp in list(pending):

@@ -7,10 +7,13 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientResponse
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from bridge.admin.dead_letters import DeadLetterFilter
 from bridge.api.activity import EndpointStatus
 from bridge.api.app import create_app
-from bridge.api.auth import TokenSet
+from bridge.api.auth import Principal, TokenSet
 from bridge.api.repository import MemoryRepository
 from bridge.api.service import WebhookService
 from bridge.attempts.log import encode_cursor
@@ -23,6 +26,7 @@ from tests.unit.api.conftest import (
     USER_1,
     Api,
     MemoryActivity,
+    MemoryDeadLetters,
     Runner,
     attempt,
     auth,
@@ -489,3 +493,53 @@ async def test_attempts_show_the_response_size_and_a_kept_prefix(api: Api) -> No
     assert b"\x1b" not in raw and b"\x00" not in raw
     delivery = await get_json(api, "/v1/deliveries/d1")
     assert [a.get("response_prefix") for a in delivery["attempts"]] == [kept, None]
+
+
+class ReadingDeadLetters(MemoryDeadLetters):
+    """Records each read's filter (what a Kafka read of the topic would be narrowed by)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[DeadLetterFilter] = []
+
+    async def list(self, where: DeadLetterFilter) -> list[dict[str, Any]]:
+        self.reads.append(where)
+        return await super().list(where)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.sampled_from([None, 0, 1, 1, 2, 5, 9]), min_size=0, max_size=25),
+    st.integers(1, 4),
+    st.sampled_from([None, 1, 3]),
+)
+async def test_paging_dead_letters_reads_from_the_cursor_and_loses_none(
+    minutes: list[int | None], limit: int, since: int | None
+) -> None:
+    """Each page after the first reads only the letters written from its cursor's time on,
+    and the pages together are the whole listing, in order (letters without a time, and many
+    of the same time, included)."""
+    source = ReadingDeadLetters()
+    source.records = [
+        dead_letter(n, at="" if m is None else f"2026-01-15T10:{m:02d}:00.000Z")
+        for n, m in enumerate(minutes)
+    ]
+    control = control_service(MemoryRepository(), dead_letters=source)
+    start = None if since is None else datetime(2026, 1, 15, 10, since, tzinfo=UTC)
+    where = DeadLetterFilter(since=start)
+    admin = Principal("admin", frozenset({"read", "write"}))
+    whole = (await control.dead_letters(admin, where, limit=1000, cursor=None)).items
+    paged: list[dict[str, Any]] = []
+    cursor = None
+    for _ in range(100):
+        page = await control.dead_letters(admin, where, limit=limit, cursor=cursor)
+        paged += page.items
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+        last = paged[-1]["dead_lettered_at"]
+        await control.dead_letters(admin, where, limit=limit, cursor=cursor)
+        read = source.reads[-1].since
+        if last:
+            assert read is not None and read >= datetime.fromisoformat(last)
+    assert paged == whole
