@@ -463,6 +463,14 @@ class Settings:
         "Token file (YAML or JSON) of the /v1 API; the worker serves /v1 on its web port when "
         "set and its role includes the API.",
     )
+    api_max_recoveries: int = Section.ACTIVITY.setting(
+        8,
+        "BRIDGE_API_MAX_RECOVERIES",
+        "--api-max-recoveries",
+        _positive_int,
+        "Recoveries and redeliveries one worker runs at once (each reads the events topic); "
+        "a request for another is answered 429 with Retry-After.",
+    )
     advertised_url: str | None = Section.ACTIVITY.setting(
         None,
         "BRIDGE_ADVERTISED_URL",

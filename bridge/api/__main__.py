@@ -72,7 +72,7 @@ async def _serve(args: argparse.Namespace) -> None:
         control = ControlService(
             repository,
             KafkaActivitySource(settings),
-            Recoveries(kafka_recovery_runner(settings)),
+            Recoveries(kafka_recovery_runner(settings), max_running=settings.api_max_recoveries),
             KafkaDeadLetters(settings),
             redeliver_lookback=settings.delivery_log_max_age,
         )

@@ -554,6 +554,10 @@ def _path_param(name: str) -> dict[str, Any]:
 
 
 def _paths() -> dict[str, Any]:
+    busy = _problem_response(
+        "As many recoveries as the worker runs at once (api_max_recoveries) are running: "
+        "retry after Retry-After seconds."
+    )
     not_found = _problem_response("No such webhook.")
     no_recovery = _problem_response("No such recovery in this API process.")
     no_delivery = _problem_response("No attempt of this delivery is kept.")
@@ -716,6 +720,7 @@ def _paths() -> dict[str, Any]:
                     "202": _json(_ref("Recovery"), "Started; poll it.", headers=_LOCATION),
                     "404": not_found,
                     "409": _problem_response("The webhook is not active."),
+                    "429": busy,
                 },
                 body="RecoveryCreate",
                 tag="recovery",
@@ -759,6 +764,7 @@ def _paths() -> dict[str, Any]:
                     "202": _json(_ref("Recovery"), "Started; poll it.", headers=_LOCATION),
                     "404": no_delivery,
                     "409": _problem_response("The delivery's webhook is gone or not active."),
+                    "429": busy,
                 },
                 tag="recovery",
             ),

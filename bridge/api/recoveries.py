@@ -23,11 +23,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from bridge.admin.recovery import Operation, Operations, RecoveryRequest
+from bridge.api.problems import Problem
 
-__all__ = ["DEFAULT_HEARTBEAT", "RecoveryJournal", "RecoveryRunner", "Recoveries"]
+__all__ = ["DEFAULT_HEARTBEAT", "RETRY_AFTER", "RecoveryJournal", "RecoveryRunner", "Recoveries"]
 
 #: Seconds between two records of a running operation.
 DEFAULT_HEARTBEAT = 2.0
+#: Seconds a request refused for too many running recoveries is told to wait.
+RETRY_AFTER = 5
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +71,10 @@ class Recoveries:
         journal: RecoveryJournal | None = None,
         url: str | None = None,
         heartbeat: float = DEFAULT_HEARTBEAT,
+        max_running: int | None = None,
     ) -> None:
         self._runner = runner
+        self._max_running = max_running
         self._clock = clock
         self._operations = Operations(keep)
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -91,7 +96,15 @@ class Recoveries:
 
     async def start(self, request: RecoveryRequest) -> Operation:
         """Start recovering ``request`` in the background; its operation, ``running`` (and
-        recorded, with a journal, before this returns)."""
+        recorded, with a journal, before this returns). With ``max_running`` operations running
+        here already, a ``429`` (resumed operations, taken over from a stopped process, are
+        run whatever their number: they were accepted)."""
+        if self._max_running is not None and self.running >= self._max_running:
+            raise Problem(
+                "too_many_requests",
+                f"{self.running} recoveries are running on this worker, its most at once",
+                headers={"Retry-After": str(RETRY_AFTER)},
+            )
         return await self._launch(Operation(request, started_at=self._clock()))
 
     async def resume(self, operation: Operation) -> Operation:

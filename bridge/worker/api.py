@@ -302,6 +302,7 @@ async def api_application(bridge: Bridge) -> web.Application:
         kafka_recovery_runner(settings),
         journal=KafkaRecoveryJournal(bridge.recoveries, producer, settings.recoveries_topic),
         url=settings.canonical_url,
+        max_running=settings.api_max_recoveries,
     )
     # The log, stats and recovery routes only check that a webhook exists (and whose it is):
     # the table as it is will do, without an end-offsets request per read.

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from bridge.admin.recovery import Operation, RecoveryRequest
-from bridge.api.recoveries import Recoveries
+from bridge.api.problems import Problem
+from bridge.api.recoveries import RETRY_AFTER, Recoveries
 from bridge.subscriptions.webhook import webhook_from_record
 from tests.support.builders import webhook_record
 from tests.support.journals import Journal
@@ -118,3 +121,27 @@ async def test_a_task_stopped_before_its_first_step_is_still_recorded() -> None:
     await recoveries.cancel(operation.id)  # before the task ever ran
     assert [r["state"] for r in journal.records] == ["running", "cancelled"]
     assert operation.state == "cancelled" and journal.records[-1]["finished_at"] is not None
+
+
+async def test_no_more_recoveries_than_the_limit_run_at_once() -> None:
+    """Each recovery reads the events topic: a token holder starting them by the hundred would
+    have the worker read it a hundred times at once. The one over the limit gets a 429."""
+    held = Held()
+    recoveries = Recoveries(held, max_running=2)
+    first = await recoveries.start(request())
+    await recoveries.start(request())
+    with pytest.raises(Problem) as refused:
+        await recoveries.start(request())
+    assert refused.value.status == 429 and refused.value.slug == "too_many_requests"
+    assert refused.value.headers["Retry-After"] == str(RETRY_AFTER)
+    assert recoveries.running == 2
+    # A recovery taken over from a stopped process was accepted already: it runs.
+    orphan = Operation(request(), runner=None)
+    await recoveries.resume(orphan)
+    assert recoveries.running == 3
+    await recoveries.cancel(first.id)
+    await recoveries.cancel(orphan.id)
+    await recoveries.start(request())  # room again
+    held.finish.set()
+    await eventually(lambda: recoveries.running == 0, timeout=5)
+    await recoveries.close()
