@@ -334,6 +334,7 @@ def attempt_records(
             "webhook_id": webhook_id,
             "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
             "event_type": _EVENT_TYPES[n % len(_EVENT_TYPES)],
+            "event_at": _stamp(at - timedelta(milliseconds=rng.randint(1, 900))),
             "attempt": attempt,
             "outcome": outcome,
             "status": status,

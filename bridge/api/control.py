@@ -39,12 +39,14 @@ from bridge.subscriptions.webhook import Webhook
 
 __all__ = [
     "DEFAULT_REDELIVER_LOOKBACK",
+    "REDELIVER_MARGIN",
     "DeadLetterSource",
     "DeadLetterPage",
     "ControlService",
     "delivery_state",
     "encode_dead_letter_cursor",
     "decode_dead_letter_cursor",
+    "redelivery_since",
 ]
 
 #: How long before its first attempt a delivery's event is looked for in the source topics
@@ -117,6 +119,26 @@ def decode_dead_letter_cursor(cursor: str) -> tuple[str, str, int, int]:
     ):
         raise problem
     return (value[0], value[1], value[2], value[3])
+
+
+#: Seconds before an event's own timestamp that its record may have been published at (clocks
+#: apart, stepped back): a redelivery reads from there.
+REDELIVER_MARGIN = 300.0
+
+
+def redelivery_since(first: Attempt, lookback: float) -> float:
+    """Where a redelivery of ``first``'s delivery reads the events from (seconds since the
+    epoch): its record was published before ``first`` was made, and after the event happened
+    (``event_at``, give or take :data:`REDELIVER_MARGIN`), so a few minutes of events are read,
+    not the delivery log's whole age (``lookback``: 7 days of events by default), which is
+    what attempts recorded without ``event_at`` still cost."""
+    since = first.at_seconds - lookback
+    if first.event_at is not None:
+        try:
+            since = max(since, parse_time(first.event_at).timestamp() - REDELIVER_MARGIN)
+        except ValueError:
+            pass  # not a time: the whole lookback
+    return since
 
 
 def _moment(seconds: float | None) -> str | None:
@@ -312,8 +334,7 @@ class ControlService:
         principal.check(webhook)
         if not webhook.active:
             raise Problem("conflict", "the webhook is not active: nothing would be sent")
-        # The event was published before the first attempt, at most the lookback earlier.
-        since = datetime.fromtimestamp(first.at_seconds - self._lookback, UTC)
+        since = datetime.fromtimestamp(redelivery_since(first, self._lookback), UTC)
         until = datetime.fromtimestamp(first.at_seconds + 1, UTC)
         return await self._recoveries.start(
             RecoveryRequest(webhook, since, until, delivery_id=delivery_id)

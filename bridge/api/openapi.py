@@ -119,6 +119,10 @@ def _schemas() -> dict[str, Any]:
     update_props = {name: _webhook_field(name) for name in (*_WRITABLE, "standard_webhooks")}
     attempt = _attempt_fields()
     attempt["event_id"] = {"type": ["string", "null"]}
+    attempt["event_at"] = {
+        "type": ["string", "null"],
+        "description": "The event's own timestamp (null in attempts recorded before it was).",
+    }
     attempt["next_at"] = {
         "type": ["string", "null"],
         "description": "When the retry is due, for next retry (null otherwise, or not recorded).",

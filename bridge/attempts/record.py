@@ -14,7 +14,7 @@ __all__ = ["OUTCOMES", "Attempt", "status_class"]
 
 #: Text fields an attempt record must carry, and text fields it may leave null.
 _TEXT = ("delivery_id", "webhook_id", "event_type", "at")
-_OPTIONAL_TEXT = ("event_id", "error", "next", "next_at")
+_OPTIONAL_TEXT = ("event_id", "error", "next", "next_at", "event_at")
 
 #: The ``outcome`` values an attempt record may carry.
 OUTCOMES = frozenset({"success", "failure", "skipped"})
@@ -64,6 +64,8 @@ class Attempt:
     #: The body's first bytes as text, only when the worker was told to keep them
     #: (``attempt_response_prefix_bytes``); receiver-controlled: escape before showing it.
     response_prefix: str | None = None
+    #: The event's own timestamp, as recorded (``None`` in records written before it was).
+    event_at: str | None = None
 
     @property
     def status_class(self) -> str:
@@ -104,6 +106,7 @@ class Attempt:
         error = get("error")
         next_step = get("next")
         next_at = get("next_at")
+        event_at = get("event_at")
         attempt = get("attempt")
         outcome = get("outcome")
         status = get("status")
@@ -124,6 +127,7 @@ class Attempt:
             and (error is None or (type(error) is str and error))
             and (next_step is None or (type(next_step) is str and next_step))
             and (next_at is None or (type(next_at) is str and next_at))
+            and (event_at is None or (type(event_at) is str and event_at))
             and type(attempt) is int
             and attempt >= 1
             and type(outcome) is str
@@ -157,6 +161,7 @@ class Attempt:
             response_bytes,
             truncated,
             prefix,
+            event_at,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -166,6 +171,7 @@ class Attempt:
             "webhook_id": self.webhook_id,
             "event_id": self.event_id,
             "event_type": self.event_type,
+            "event_at": self.event_at,
             "attempt": self.attempt,
             "outcome": self.outcome,
             "status": self.status,

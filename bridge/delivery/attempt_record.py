@@ -31,6 +31,7 @@ def attempt_record(
         "webhook_id": job.webhook.id,
         "event_id": job.event.id,
         "event_type": job.event.type,
+        "event_at": job.event.timestamp,
         "attempt": job.attempt,
         "outcome": outcome,
         "status": result.status,

@@ -104,8 +104,10 @@ def attempt(
     status: int | None = 500,
     next: str | None = "retry",
     event_type: str = "post.created",
+    event_at: str | None = None,
 ) -> Attempt:
-    """An attempt record as the deliverer writes it, read back."""
+    """An attempt record as the deliverer writes it, read back (``event_at``: the event's
+    time, which records written before it was recorded lack)."""
     stamp = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
     return Attempt.of(
         {
@@ -120,6 +122,7 @@ def attempt(
             "duration_seconds": 0.02,
             "at": stamp.replace("+00:00", "Z"),
             "next": next,
+            **({"event_at": event_at} if event_at is not None else {}),
         }
     )
 

@@ -14,6 +14,7 @@ from bridge.admin.dead_letters import DeadLetterFilter
 from bridge.api.activity import EndpointStatus
 from bridge.api.app import create_app
 from bridge.api.auth import Principal, TokenSet
+from bridge.api.control import DEFAULT_REDELIVER_LOOKBACK, REDELIVER_MARGIN, redelivery_since
 from bridge.api.repository import MemoryRepository
 from bridge.api.service import WebhookService
 from bridge.attempts.log import encode_cursor
@@ -263,6 +264,27 @@ async def test_redeliver_starts_a_recovery_of_that_delivery(api: Api) -> None:
     await problem(await api.client.post("/v1/deliveries/none/redeliver", headers=auth()), 404)
     await api.client.patch("/v1/webhooks/wh_1", json={"active": False}, headers=auth())
     await problem(await api.client.post("/v1/deliveries/d1/redeliver", headers=auth()), 409)
+
+
+@pytest.mark.parametrize(
+    ("event_at", "since"),
+    [
+        # The event's record was published after it happened (give or take REDELIVER_MARGIN):
+        # minutes of events are read, not the delivery log's whole age.
+        ("2026-01-15T09:59:00.000Z", datetime(2026, 1, 15, 9, 54, tzinfo=UTC).timestamp()),
+        # Recorded before the event's time was: the whole age (7 days by default).
+        (None, NOW - 300 - DEFAULT_REDELIVER_LOOKBACK),
+        # Not a time, or older than the lookback: the lookback bounds it.
+        ("yesterday", NOW - 300 - DEFAULT_REDELIVER_LOOKBACK),
+        ("2020-01-01T00:00:00Z", NOW - 300 - DEFAULT_REDELIVER_LOOKBACK),
+    ],
+)
+def test_a_redelivery_reads_from_minutes_before_its_event(
+    event_at: str | None, since: float
+) -> None:
+    first = attempt("d1", 1, at=NOW - 300, event_at=event_at)
+    assert redelivery_since(first, DEFAULT_REDELIVER_LOOKBACK) == since
+    assert REDELIVER_MARGIN == 300
 
 
 async def _done(api: Api, location: str) -> dict[str, Any] | None:

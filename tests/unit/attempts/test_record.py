@@ -18,6 +18,20 @@ from tests.unit.attempts.test_attempts import record
 HOSTILE = "\x1b]0;pwned\x07 Jane Roe"
 
 
+def test_the_event_time_reads_back_and_an_older_record_has_none() -> None:
+    written = record(event_at="2024-01-15T10:29:59.000Z")
+    parsed = Attempt.parse(json.dumps(written).encode())
+    assert (
+        parsed.event_at == written["event_at"]
+        and parsed.as_dict()["event_at"] == written["event_at"]
+    )
+    assert Attempt.of(parsed.as_dict()) == parsed
+    assert Attempt.of(record()).event_at is None
+    for bad in ("", 5, ["2024-01-15T10:29:59.000Z"]):
+        with pytest.raises(InvalidRecord, match="event_at is not a string"):
+            Attempt.of(record(event_at=bad))
+
+
 def test_an_older_record_has_no_response_fields() -> None:
     parsed = Attempt.of(record())
     assert (parsed.response_bytes, parsed.response_truncated, parsed.response_prefix) == (
@@ -39,6 +53,7 @@ def test_the_response_fields_read_back_as_written() -> None:
     assert parsed.as_dict() | {"status_class": "2xx"} == {
         **written,
         "next_at": None,
+        "event_at": None,
         "status_class": "2xx",
     }
     assert Attempt.of(parsed.as_dict()) == parsed
@@ -87,6 +102,7 @@ _FIELDS = (
     "at",
     "next",
     "next_at",
+    "event_at",
     "response_bytes",
     "response_truncated",
     "response_prefix",
@@ -110,7 +126,7 @@ def _reference_problem(fields: dict[str, Any]) -> str | None:
         value = fields.get(name)
         if not isinstance(value, str) or not value:
             return f"attempt record: {name} is not a string"
-    for name in ("event_id", "error", "next", "next_at"):
+    for name in ("event_id", "error", "next", "next_at", "event_at"):
         value = fields.get(name)
         if value is not None and (not isinstance(value, str) or not value):
             return f"attempt record: {name} is not a string"

@@ -235,6 +235,7 @@ def attempt_record(attempt: int, result: AttemptResult, next_step: str | None) -
         "webhook_id": WEBHOOK.id,
         "event_id": EVENT.id,
         "event_type": EVENT.type,
+        "event_at": EVENT.timestamp,
         "attempt": attempt,
         "outcome": outcome,
         "status": result.status,
