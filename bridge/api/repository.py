@@ -80,10 +80,11 @@ class WebhookRepository(Protocol):
         limit: int,
         where: Callable[[Webhook], bool],
         site_id: str | None = None,
+        user_id: str | None = None,
     ) -> list[Webhook]:
         """Up to ``limit`` webhooks that satisfy ``where``, ordered by id, ids after ``after``;
-        with ``site_id``, ``where`` accepts only that site's webhooks (so only they need be
-        walked)."""
+        with ``site_id`` (``user_id``), ``where`` accepts only that site's (user's) webhooks,
+        so only they need be walked."""
         ...
 
     async def put(self, webhook: Webhook) -> None:
@@ -114,6 +115,7 @@ class MemoryRepository:
         limit: int,
         where: Callable[[Webhook], bool],
         site_id: str | None = None,  # ``where`` accepts only that site's: a hint, not needed
+        user_id: str | None = None,  # (likewise)
     ) -> list[Webhook]:
         ordered = (self._webhooks[webhook_id] for webhook_id in sorted(self._webhooks))
         return scan_ordered(ordered, after=after, limit=limit, where=where)

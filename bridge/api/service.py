@@ -351,9 +351,10 @@ class WebhookService:
             after=after,
             limit=limit + 1,
             where=visible,
-            # Only this site's webhooks can be visible (check_scope refused a filter naming
-            # another site than the token's).
+            # Only this site's (user's) webhooks can be visible (check_scope refused a filter
+            # naming another site or user than the token's).
             site_id=where.site_id or principal.site_id,
+            user_id=where.user_id or principal.user_id,
         )
         more = len(items) > limit
         items = items[:limit]

@@ -61,6 +61,7 @@ class StoreRepository:
         limit: int,
         where: Callable[[Webhook], bool],
         site_id: str | None = None,  # ``where`` accepts only that site's: a hint, not needed
+        user_id: str | None = None,  # (likewise)
     ) -> list[Webhook]:
         view = await self._current()
         ordered = (view[webhook_id] for webhook_id in sorted(view))

@@ -84,8 +84,9 @@ class TableRepository:
         limit: int,
         where: Callable[[Webhook], bool],
         site_id: str | None = None,
+        user_id: str | None = None,
     ) -> list[Webhook]:
-        ordered = (await self._current()).ordered(after=after, site_id=site_id)
+        ordered = (await self._current()).ordered(after=after, site_id=site_id, user_id=user_id)
         return scan_ordered(ordered, after=after, limit=limit, where=where)
 
     async def put(self, webhook: Webhook) -> None:

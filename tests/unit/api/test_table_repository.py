@@ -101,12 +101,14 @@ async def test_a_listing_of_one_site_walks_only_that_sites_webhooks() -> None:
     assert walked == [w.id for w in hinted]  # only site s1's
 
 
-async def test_the_service_names_the_site_of_the_filter_or_the_token() -> None:
+async def test_the_service_names_the_site_or_user_of_the_filter_or_the_token() -> None:
     seen: list[str | None] = []
+    users: list[str | None] = []
 
     class Recording(MemoryRepository):
         async def scan(self, **kwargs: Any) -> list[Webhook]:
             seen.append(kwargs.get("site_id"))
+            users.append(kwargs.get("user_id"))
             return await super().scan(**kwargs)
 
     service = WebhookService(Recording())
@@ -119,3 +121,7 @@ async def test_the_service_names_the_site_of_the_filter_or_the_token() -> None:
     with pytest.raises(Problem):  # another site than the token's: refused before any walk
         await service.list(site_token, WebhookFilter(site_id="s1"), limit=10, cursor=None)
     assert seen == [None, "s1", "s2", "s2"]
+    account = Principal("account", frozenset({"read"}), user_id="u7")
+    await service.list(account, WebhookFilter(), limit=10, cursor=None)
+    await service.list(anyone, WebhookFilter(user_id="u8"), limit=10, cursor=None)
+    assert users[-2:] == ["u7", "u8"]
