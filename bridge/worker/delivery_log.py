@@ -463,6 +463,11 @@ class DeliveryLogReader(Service):
                 if self._changed.is_set():
                     await self._reassign(consumer)
                 if not self._held:
+                    if self._sweeping is not None:
+                        # Nothing to read, but revoked partitions to free.
+                        self.sweep_for(SWEEP_SLICE)
+                        await asyncio.sleep(0)
+                        continue
                     try:
                         await asyncio.wait_for(self._changed.wait(), self._poll_timeout)
                     except TimeoutError:
