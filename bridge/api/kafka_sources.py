@@ -8,6 +8,7 @@ every request reads the topics it needs. The worker-held tables of docs/api.md w
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import Callable
@@ -28,7 +29,12 @@ from bridge.attempts.record import Attempt
 from bridge.config import Settings
 from bridge.kafka.reading import read_topic
 
-__all__ = ["KafkaActivitySource", "KafkaDeadLetters", "kafka_recovery_runner"]
+__all__ = [
+    "MAX_DEAD_LETTER_READS",
+    "KafkaActivitySource",
+    "KafkaDeadLetters",
+    "kafka_recovery_runner",
+]
 
 
 class KafkaActivitySource:
@@ -57,21 +63,30 @@ class KafkaActivitySource:
         return EndpointStatus.parse(values[-1]) if values else None
 
 
+#: Reads of the dead-letter topic one process makes at once (each may read the whole topic
+#: into memory); further requests wait their turn, within the request timeout.
+MAX_DEAD_LETTER_READS = 2
+
+
 class KafkaDeadLetters:
     """A :class:`~bridge.api.control.DeadLetterSource` over the dead-letter topic, as
-    ``webhook-bridge dlq list`` and ``dlq replay``."""
+    ``webhook-bridge dlq list`` and ``dlq replay``; at most :data:`MAX_DEAD_LETTER_READS` at
+    once."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self._reads = asyncio.Semaphore(MAX_DEAD_LETTER_READS)
 
     def __repr__(self) -> str:
         return f"KafkaDeadLetters({self._settings.deadletter_topic!r})"
 
     async def list(self, where: DeadLetterFilter) -> list[dict[str, Any]]:
-        return await list_dead_letters(self._settings, where)
+        async with self._reads:
+            return await list_dead_letters(self._settings, where)
 
     async def replay(self, where: DeadLetterFilter) -> ReplayReport:
-        return await replay_dead_letters(self._settings, where)
+        async with self._reads:
+            return await replay_dead_letters(self._settings, where)
 
 
 def kafka_recovery_runner(settings: Settings) -> RecoveryRunner:

@@ -1,0 +1,52 @@
+"""bridge.api.kafka_sources: the dead-letter topic is read by few requests at once."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from bridge.admin.dead_letters import DeadLetterFilter, ReplayReport
+from bridge.api import kafka_sources
+from bridge.api.kafka_sources import MAX_DEAD_LETTER_READS, KafkaDeadLetters
+from bridge.config import Settings
+from tests.support.waiting import eventually
+
+SETTINGS = Settings.load(env={}, overrides={"kafka_bootstrap_servers": "127.0.0.1:1"})
+
+
+async def test_no_more_than_a_few_dead_letter_reads_run_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each read may hold the whole topic in memory: ten requests at once read two at a time
+    (lists and replays alike), and every one is answered."""
+    running = 0
+    most = 0
+    release = asyncio.Event()
+
+    async def read(settings: Settings, where: DeadLetterFilter) -> Any:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await release.wait()
+        running -= 1
+        return [] if where.webhook_id == "list" else ReplayReport()
+
+    monkeypatch.setattr(kafka_sources, "list_dead_letters", read)
+    monkeypatch.setattr(kafka_sources, "replay_dead_letters", read)
+    source = KafkaDeadLetters(SETTINGS)
+    calls = [
+        source.list(DeadLetterFilter(webhook_id="list"))
+        if n % 2
+        else source.replay(DeadLetterFilter(webhook_id="replay"))
+        for n in range(10)
+    ]
+    answers = asyncio.gather(*calls)
+    await eventually(lambda: running == MAX_DEAD_LETTER_READS == 2)
+    for _ in range(20):  # every waiting request gets its turns on the loop: none starts
+        await asyncio.sleep(0)
+    assert running == 2
+    release.set()
+    done = await answers
+    assert len(done) == 10 and most == 2
