@@ -12,6 +12,7 @@ import logging
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -28,10 +29,9 @@ from tests.unit.attempts.test_attempts import attempt
 MAX_AGE = 3600.0
 
 
-async def test_the_reader_sweeps_expired_attempts_between_reads(settings: Settings) -> None:
-    now = [time.time()]
-    store = MemoryStore(max_attempts=1000, max_age=MAX_AGE)
-    reader = DeliveryLogReader(
+def reader_of(settings: Settings, store: DeliveryLogStore, **options: Any) -> DeliveryLogReader:
+    """A reader of the attempts topic into ``store``, as a worker makes it."""
+    return DeliveryLogReader(
         topic=settings.attempts_topic,
         consumer_factory=lambda: AIOKafkaConsumer(
             **client_kwargs(settings),
@@ -41,9 +41,14 @@ async def test_the_reader_sweeps_expired_attempts_between_reads(settings: Settin
         ),
         store=store,
         max_age=MAX_AGE,
-        clock=lambda: now[0],
-        sweep_interval=1.0,
+        **options,
     )
+
+
+async def test_the_reader_sweeps_expired_attempts_between_reads(settings: Settings) -> None:
+    now = [time.time()]
+    store = MemoryStore(max_attempts=1000, max_age=MAX_AGE)
+    reader = reader_of(settings, store, clock=lambda: now[0], sweep_interval=1.0)
     producer = AIOKafkaProducer(**client_kwargs(settings))
     await producer.start()
     await reader.start()
@@ -96,18 +101,7 @@ async def test_any_reassignments_under_sweeps_leave_every_record_held(
         if kind == "memory"
         else RocksStore(tmp_path / "log", max_attempts=1000, max_age=MAX_AGE)
     )
-    reader = DeliveryLogReader(
-        topic=settings.attempts_topic,
-        consumer_factory=lambda: AIOKafkaConsumer(
-            **client_kwargs(settings),
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="none",
-        ),
-        store=store,
-        max_age=MAX_AGE,
-        sweep_interval=0.0,  # a sweep after every fetch
-    )
+    reader = reader_of(settings, store, sweep_interval=0.0)  # a sweep after every fetch
     producer = AIOKafkaProducer(**client_kwargs(settings))
     await producer.start()
     await reader.start()
