@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from bridge.attempts.log import AttemptLog, WebhookLog
 from bridge.attempts.record import Attempt
 from bridge.attempts.stats import WebhookStats
 
-__all__ = ["Activity", "ActivityBook", "RELEASE_CHUNK", "empty_activity"]
+__all__ = ["Activity", "ActivityBook", "RELEASE_CHUNK", "SWEEP_CHUNK", "empty_activity"]
 
 #: Attempts (and delivery index entries) :meth:`ActivityBook.release` frees a call: a few
 #: milliseconds.
 RELEASE_CHUNK = 2000
+#: Webhooks a step of a sweep goes through (a few milliseconds at most, in either store).
+SWEEP_CHUNK = 256
 
 
 @dataclass
@@ -86,10 +89,6 @@ class ActivityBook:
     def get(self, webhook_id: str) -> Activity | None:
         return self._activity.get(webhook_id)
 
-    def webhook_ids(self) -> list[str]:
-        """The webhooks held."""
-        return list(self._activity)
-
     def activities(self) -> list[Activity]:
         """The log and stats of every webhook held."""
         return list(self._activity.values())
@@ -97,6 +96,24 @@ class ActivityBook:
     def empty(self) -> Activity:
         """The activity of a webhook with no attempt kept (not added to the book)."""
         return empty_activity(self._max_attempts, self._max_age)
+
+    def sweep_steps(self, now: float, chunk: int = SWEEP_CHUNK) -> Iterator[None]:
+        """Expire old attempts and stats buckets and forget the webhooks left with neither,
+        ``chunk`` webhooks a step: those held when it started, as they are at their turn
+        (attempts added between steps are fine)."""
+        webhook_ids = list(self._activity)
+        for start in range(0, len(webhook_ids), chunk):
+            for webhook_id in webhook_ids[start : start + chunk]:
+                activity = self._activity.get(webhook_id)
+                if activity is None:
+                    continue
+                assert isinstance(activity.log, WebhookLog)
+                activity.log.expire(now)
+                activity.stats.expire(now)
+                if not len(activity.log) and not activity.stats.buckets:
+                    # Nothing left to show or to recognise: as the RocksDB store does.
+                    self.forget(webhook_id)
+            yield
 
     def release(self, attempts: int) -> bool:
         """Free some of a book no longer used (a revoked partition's): webhooks until about

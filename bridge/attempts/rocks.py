@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 import rocksdict
 
+from bridge.attempts.book import SWEEP_CHUNK
 from bridge.attempts.keys import (
     CHECKPOINT,
     DELIVERY_INDEX,
@@ -46,10 +47,7 @@ from bridge.attempts.record import Attempt
 from bridge.attempts.stats import WebhookStats
 from bridge.errors import InvalidRecord
 
-__all__ = ["Checkpoint", "DiskWebhookLog", "PartitionLog", "RocksOptions", "SWEEP_CHUNK"]
-
-#: Webhooks a step of a sweep goes through (a few milliseconds at most, in either store).
-SWEEP_CHUNK = 256
+__all__ = ["Checkpoint", "DiskWebhookLog", "PartitionLog", "RocksOptions"]
 
 log = logging.getLogger(__name__)
 

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 import rocksdict
 
 from bridge.attempts.book import RELEASE_CHUNK, Activity, ActivityBook, empty_activity
-from bridge.attempts.log import WebhookLog
 from bridge.attempts.record import Attempt
-from bridge.attempts.rocks import SWEEP_CHUNK, Checkpoint, PartitionLog, RocksOptions
+from bridge.attempts.rocks import Checkpoint, PartitionLog, RocksOptions
 
 __all__ = ["STORES", "Checkpoint", "DeliveryLogStore", "MemoryStore", "RocksStore"]
 
@@ -91,6 +90,23 @@ class DeliveryLogStore(Protocol):
     def close(self) -> None: ...
 
 
+class _Sweepable(Protocol):
+    def sweep_steps(self, now: float) -> Iterator[None]: ...
+
+
+def _held_sweep_steps(held: Mapping[int, _Sweepable], now: float) -> Iterator[None]:
+    """The steps of the sweeps of every held partition's log, in turn; a partition dropped
+    (or opened again) between steps is left."""
+    for partition, kept in list(held.items()):
+        steps = kept.sweep_steps(now)
+        while held.get(partition) is kept:
+            try:
+                next(steps)
+            except StopIteration:
+                break
+            yield
+
+
 class MemoryStore:
     """The log in memory: an :class:`ActivityBook` per held partition, so that a revoked
     partition goes at once (its whole book), its memory freed a slice at a time by the next
@@ -147,25 +163,11 @@ class MemoryStore:
                 self._dropped.pop()
             yield
 
-    def sweep_steps(self, now: float, chunk: int = SWEEP_CHUNK) -> Iterator[None]:
+    def sweep_steps(self, now: float) -> Iterator[None]:
         yield from self._release_dropped()
-        for partition, book in list(self.books.items()):
-            webhook_ids = book.webhook_ids()
-            for start in range(0, len(webhook_ids), chunk):
-                yield from self._release_dropped()  # a partition dropped meanwhile
-                if self.books.get(partition) is not book:
-                    break
-                for webhook_id in webhook_ids[start : start + chunk]:
-                    activity = book.get(webhook_id)
-                    if activity is None:
-                        continue
-                    assert isinstance(activity.log, WebhookLog)
-                    activity.log.expire(now)
-                    activity.stats.expire(now)
-                    if not len(activity.log) and not activity.stats.buckets:
-                        # Nothing left to show or to recognise: as the RocksDB store does.
-                        book.forget(webhook_id)
-                yield
+        for _ in _held_sweep_steps(self.books, now):
+            yield
+            yield from self._release_dropped()  # a partition dropped meanwhile
 
     def get(self, webhook_id: str) -> Activity | None:
         for book in self.books.values():
@@ -285,15 +287,7 @@ class RocksStore:
         shutil.rmtree(self._path(partition), ignore_errors=True)
 
     def sweep_steps(self, now: float) -> Iterator[None]:
-        for partition, held in list(self.partitions.items()):
-            steps = held.sweep_steps(now)
-            # A partition dropped (its files deleted) or opened again between steps is left.
-            while self.partitions.get(partition) is held:
-                try:
-                    next(steps)
-                except StopIteration:
-                    break
-                yield
+        return _held_sweep_steps(self.partitions, now)
 
     def _partition_of(self, webhook_id: str) -> PartitionLog | None:
         for held in self.partitions.values():

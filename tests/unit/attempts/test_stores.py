@@ -10,10 +10,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.attempts.book import RELEASE_CHUNK
+from bridge.attempts.book import RELEASE_CHUNK, SWEEP_CHUNK
 from bridge.attempts.log import LogQuery
 from bridge.attempts.record import Attempt
-from bridge.attempts.rocks import SWEEP_CHUNK
 from bridge.attempts.stats import WINDOWS
 from bridge.attempts.stores import DeliveryLogStore, MemoryStore, RocksStore
 from tests.support.attempt_logs import attempt_bytes
