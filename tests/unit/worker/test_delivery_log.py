@@ -240,14 +240,21 @@ def test_a_checkpoint_is_resumed_and_a_revoked_partition_deleted(tmp_path: Path)
     store.close()
 
 
-def test_a_resumed_partition_must_start_with_the_record_its_checkpoint_names(
-    tmp_path: Path,
-) -> None:
+def resumed_twice(tmp_path: Path) -> tuple[RocksStore, DeliveryLogReader]:
+    """A reader holding partitions 0 and 1 of a store on disk, each resumed from a checkpoint
+    naming offset 5 at time 1700."""
     store = RocksStore(tmp_path / "log", max_attempts=10, max_age=7 * 86400.0)
     log = reader(store)
     log.hold(0)
     log.hold(1)
     log._verifying = {0: Checkpoint(5, 1700), 1: Checkpoint(5, 1700)}
+    return store, log
+
+
+def test_a_resumed_partition_must_start_with_the_record_its_checkpoint_names(
+    tmp_path: Path,
+) -> None:
+    store, log = resumed_twice(tmp_path)
     log.add(0, 4, value("a", 4), 1700)  # the same record: the same topic
     log.add(0, 5, value("a", 5), 1800)
     log.add(1, 4, value("b", 4), 9999)  # another record at that offset: recreated
@@ -261,11 +268,7 @@ def test_a_resumed_partition_must_start_with_the_record_its_checkpoint_names(
 def test_a_fetched_batch_is_checked_against_the_checkpoint_by_its_first_record_only(
     tmp_path: Path,
 ) -> None:
-    store = RocksStore(tmp_path / "log", max_attempts=10, max_age=7 * 86400.0)
-    log = reader(store)
-    log.hold(0)
-    log.hold(1)
-    log._verifying = {0: Checkpoint(5, 1700), 1: Checkpoint(5, 1700)}
+    store, log = resumed_twice(tmp_path)
     log.add_many(1, [])  # nothing fetched: the check still waits for the first record
     assert log._verifying == {0: Checkpoint(5, 1700), 1: Checkpoint(5, 1700)}
     log.add_many(0, [(4, value("a", 4), 1700), (5, value("a", 5), 1800), (6, value("a", 6), 9)])
