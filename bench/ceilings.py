@@ -436,7 +436,8 @@ async def kafka_latency_floor(
     aiokafka's default 500 ms wait a raw consumer sees about 130 ms at p50, with 10 ms about
     2 ms (measured while writing this harness); Faust's consumer uses 1500 ms."""
     import json as _json
-    from datetime import datetime
+
+    from bridge.contract.events import parse_time
 
     await _create_topic(bootstrap, topic)
     consumer = AIOKafkaConsumer(
@@ -453,7 +454,7 @@ async def kafka_latency_floor(
             for messages in batch.values():
                 for message in messages:
                     stamp = _json.loads(message.value)["timestamp"]
-                    at = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+                    at = parse_time(stamp).timestamp()
                     samples.append((at, now - at))
 
     try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 from bridge.admin.publish import publish_events
 from bridge.api.auth import hash_token
 from bridge.config import Settings
-from bridge.contract.events import build_event
+from bridge.contract.events import build_event, parse_time
 from bridge.contract.payload import delivery_id
 from tests.support.processes import settings_env
 from tests.support.receivers import Receiver, subscribe
@@ -82,7 +81,7 @@ async def test_the_log_shows_two_failures_then_the_success_and_the_stats_count_t
 
     # A retry's due time: after its attempt, no later than the next attempt started.
     def moment(text: str) -> float:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        return parse_time(text).timestamp()
 
     for retried, following in ((logged[2], logged[1]), (logged[1], logged[0])):
         due = moment(retried["next_at"])

@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -24,7 +23,7 @@ from bridge.api.service import WebhookService
 from bridge.api.store_repository import StoreRepository
 from bridge.config import Settings
 from bridge.contract import jsoncanon
-from bridge.contract.events import Event, build_event, format_timestamp
+from bridge.contract.events import Event, build_event, format_timestamp, parse_time
 from bridge.contract.payload import delivery_id
 from bridge.kafka.reading import read_topic
 from bridge.subscriptions.secretbox import generate_key
@@ -224,7 +223,7 @@ async def test_the_log_stats_recovery_and_redelivery_of_a_real_worker(
 
         # Recover since a time: exactly that webhook's events from then, with their ids.
         # The last attempt started after the first event was published, and before these.
-        since = datetime.fromisoformat(log["items"][0]["at"].replace("Z", "+00:00"))
+        since = parse_time(log["items"][0]["at"])
         after = [post(2, "s1"), post(3, "s1"), post(4, "s2")]
         await publish_events(settings, after)
         await receiver.wait_for(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -13,6 +12,7 @@ from bridge.api.openapi import served_operations
 from bridge.api.problems import PROBLEM_JSON, Problem
 from bridge.api.repository import webhook_version
 from bridge.api.service import WebhookFilter, decode_cursor, encode_cursor
+from bridge.contract.events import parse_time
 from tests.unit.api.conftest import ADMIN, READER, SITE_1, USER_1, WRITER, Api, auth
 
 
@@ -228,7 +228,7 @@ async def test_rotate_secret_with_an_overlap(api: Api) -> None:
     assert rotated["version"] != created["version"]
     stored = await api.repository.get(created["id"])
     assert stored is not None and stored.previous_secret == created["secret"]
-    expires = datetime.fromisoformat(rotated["previous_secret_expires_at"].replace("Z", "+00:00"))
+    expires = parse_time(rotated["previous_secret_expires_at"])
     assert 3599 < (expires - api.clock.now).total_seconds() <= 3600
     assert stored.signing_secrets(api.clock.now) == [rotated["secret"], created["secret"]]
 
