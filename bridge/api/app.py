@@ -34,7 +34,8 @@ from bridge.api.problems import (
     problem_middleware,
     read_json_object,
 )
-from bridge.api.service import WebhookFilter, WebhookService, body_errors, etag, public_view
+from bridge.api.repository import WebhookFilter
+from bridge.api.service import WebhookService, body_errors, etag, public_view
 from bridge.attempts.log import LogQuery, decode_cursor
 from bridge.contract import jsoncanon
 from bridge.contract.events import parse_time

@@ -17,8 +17,11 @@ checks versions against what ``get`` returns.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 from bridge.contract import jsoncanon
@@ -27,6 +30,8 @@ from bridge.subscriptions.webhook import Webhook
 __all__ = [
     "SECRET_FIELDS",
     "webhook_version",
+    "WebhookFilter",
+    "SCAN_YIELD_EVERY",
     "scan_ordered",
     "WebhookRepository",
     "MemoryRepository",
@@ -51,12 +56,51 @@ def webhook_version(webhook: Webhook) -> str:
     return hashlib.sha256(jsoncanon.dumps(record)).hexdigest()[:20]
 
 
-def scan_ordered(
+@dataclass(frozen=True, slots=True)
+class WebhookFilter:
+    """Which webhooks a listing returns (``None``: any)."""
+
+    site_id: str | None = None
+    user_id: str | None = None
+    #: Webhooks that receive this event type (their filter names it, or ``*``).
+    event_type: str | None = None
+    #: ``active``, ``inactive`` or ``disabled`` (:attr:`Webhook.state
+    #: <bridge.subscriptions.webhook.Webhook.state>`).
+    state: str | None = None
+
+    def matches(self, webhook: Webhook) -> bool:
+        if self.site_id is not None and webhook.site_id != self.site_id:
+            return False
+        if self.user_id is not None and webhook.user_id != self.user_id:
+            return False
+        if self.event_type is not None and not webhook.wants(self.event_type):
+            return False
+        return self.state is None or webhook.state == self.state
+
+    def digest(self) -> str:
+        """A short digest of the filter, which a cursor carries: a cursor only continues the
+        listing it came from."""
+        text = json.dumps([self.site_id, self.user_id, self.event_type, self.state])
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+#: A scan lets the event loop run other tasks after walking this many webhooks: a listing whose
+#: filter leaves most webhooks out walks many of them (~0.8 ms per 1,000 at 100,000 webhooks,
+#: measured 2026-12-04), and the deliveries of a worker in role ``all`` share its loop.
+SCAN_YIELD_EVERY = 2000
+
+
+async def scan_ordered(
     webhooks: Iterable[Webhook], *, after: str | None, limit: int, where: Callable[[Webhook], bool]
 ) -> list[Webhook]:
-    """:meth:`WebhookRepository.scan` over ``webhooks`` given in id order."""
+    """:meth:`WebhookRepository.scan` over ``webhooks`` given in id order (which must stay
+    valid while the scan lets other tasks run: see :data:`SCAN_YIELD_EVERY`)."""
     out: list[Webhook] = []
+    walked = 0
     for webhook in webhooks:
+        walked += 1
+        if walked % SCAN_YIELD_EVERY == 0:
+            await asyncio.sleep(0)
         if after is not None and webhook.id <= after:
             continue
         if where(webhook):
@@ -79,12 +123,11 @@ class WebhookRepository(Protocol):
         after: str | None,
         limit: int,
         where: Callable[[Webhook], bool],
-        site_id: str | None = None,
-        user_id: str | None = None,
+        within: WebhookFilter | None = None,
     ) -> list[Webhook]:
         """Up to ``limit`` webhooks that satisfy ``where``, ordered by id, ids after ``after``;
-        with ``site_id`` (``user_id``), ``where`` accepts only that site's (user's) webhooks,
-        so only they need be walked."""
+        ``where`` accepts only webhooks ``within`` matches, so only they need be walked (an
+        implementation may use it to narrow its walk, or not)."""
         ...
 
     async def put(self, webhook: Webhook) -> None:
@@ -114,11 +157,10 @@ class MemoryRepository:
         after: str | None,
         limit: int,
         where: Callable[[Webhook], bool],
-        site_id: str | None = None,  # ``where`` accepts only that site's: a hint, not needed
-        user_id: str | None = None,  # (likewise)
+        within: WebhookFilter | None = None,  # (a hint: not needed here)
     ) -> list[Webhook]:
-        ordered = (self._webhooks[webhook_id] for webhook_id in sorted(self._webhooks))
-        return scan_ordered(ordered, after=after, limit=limit, where=where)
+        ordered = [self._webhooks[webhook_id] for webhook_id in sorted(self._webhooks)]
+        return await scan_ordered(ordered, after=after, limit=limit, where=where)
 
     async def put(self, webhook: Webhook) -> None:
         self._webhooks[webhook.id] = webhook

@@ -18,13 +18,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -33,7 +32,7 @@ from jsonschema import ValidationError
 from bridge.api.auth import Principal
 from bridge.api.openapi import request_validator
 from bridge.api.problems import FieldError, Problem
-from bridge.api.repository import WebhookRepository, webhook_version
+from bridge.api.repository import WebhookFilter, WebhookRepository, webhook_version
 from bridge.contract.events import Event
 from bridge.errors import BridgeError, InvalidSubscription, InvalidUrl
 from bridge.subscriptions.changes import created_record, rotated_record, updated_record
@@ -42,12 +41,10 @@ from bridge.subscriptions.webhook import Webhook, webhook_from_record
 
 __all__ = [
     "TestEventPublisher",
-    "WebhookFilter",
     "Page",
     "Created",
     "WebhookService",
     "body_errors",
-    "webhook_state",
     "public_view",
     "etag",
     "encode_cursor",
@@ -63,33 +60,6 @@ class TestEventPublisher(Protocol):
     def __call__(
         self, webhook: Webhook, message: str, *, site_id: str | None, user_id: str | None
     ) -> Awaitable[Event]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookFilter:
-    """Which webhooks a list returns (``None``: any)."""
-
-    site_id: str | None = None
-    user_id: str | None = None
-    #: Webhooks that receive this event type (their filter names it, or ``*``).
-    event_type: str | None = None
-    #: ``active``, ``inactive`` or ``disabled`` (see :func:`webhook_state`).
-    state: str | None = None
-
-    def matches(self, webhook: Webhook) -> bool:
-        if self.site_id is not None and webhook.site_id != self.site_id:
-            return False
-        if self.user_id is not None and webhook.user_id != self.user_id:
-            return False
-        if self.event_type is not None and not webhook.wants(self.event_type):
-            return False
-        return self.state is None or webhook_state(webhook) == self.state
-
-    def digest(self) -> str:
-        """A short digest of the filter, which a cursor carries: a cursor only continues the
-        listing it came from."""
-        text = json.dumps([self.site_id, self.user_id, self.event_type, self.state])
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,14 +80,6 @@ class Created:
     created: bool
 
 
-def webhook_state(webhook: Webhook) -> str:
-    """``active``; ``disabled`` when the bridge turned it off (``disabled_reason``); else
-    ``inactive``."""
-    if webhook.active:
-        return "active"
-    return "disabled" if webhook.extra.get("disabled_reason") else "inactive"
-
-
 def public_view(webhook: Webhook, *, with_secret: bool = False) -> dict[str, Any]:
     """The API's representation of a webhook: no secret unless ``with_secret``."""
     out: dict[str, Any] = {
@@ -128,7 +90,7 @@ def public_view(webhook: Webhook, *, with_secret: bool = False) -> dict[str, Any
         "site_id": webhook.site_id,
         "user_id": webhook.user_id,
         "active": webhook.active,
-        "state": webhook_state(webhook),
+        "state": webhook.state,
         "disabled_reason": webhook.extra.get("disabled_reason"),
         "rate_limit": webhook.rate_limit,
         "standard_webhooks": webhook.standard_webhooks,
@@ -347,14 +309,15 @@ class WebhookService:
         def visible(webhook: Webhook) -> bool:
             return where.matches(webhook) and principal.allows(webhook.site_id, webhook.user_id)
 
-        items = await self._repository.scan(
-            after=after,
-            limit=limit + 1,
-            where=visible,
-            # Only this site's (user's) webhooks can be visible (check_scope refused a filter
-            # naming another site or user than the token's).
+        # Only the token's site's (user's) webhooks can be visible: check_scope refused a
+        # filter naming another site or user than the token's.
+        within = replace(
+            where,
             site_id=where.site_id or principal.site_id,
             user_id=where.user_id or principal.user_id,
+        )
+        items = await self._repository.scan(
+            after=after, limit=limit + 1, where=visible, within=within
         )
         more = len(items) > limit
         items = items[:limit]

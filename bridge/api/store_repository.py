@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from bridge.api.repository import scan_ordered
+from bridge.api.repository import WebhookFilter, scan_ordered
 from bridge.subscriptions.store import WebhookStore
 from bridge.subscriptions.webhook import Webhook
 
@@ -60,12 +60,11 @@ class StoreRepository:
         after: str | None,
         limit: int,
         where: Callable[[Webhook], bool],
-        site_id: str | None = None,  # ``where`` accepts only that site's: a hint, not needed
-        user_id: str | None = None,  # (likewise)
+        within: WebhookFilter | None = None,  # (a hint: not needed here)
     ) -> list[Webhook]:
         view = await self._current()
-        ordered = (view[webhook_id] for webhook_id in sorted(view))
-        return scan_ordered(ordered, after=after, limit=limit, where=where)
+        ordered = [view[webhook_id] for webhook_id in sorted(view)]
+        return await scan_ordered(ordered, after=after, limit=limit, where=where)
 
     async def put(self, webhook: Webhook) -> None:
         # The service judged the URL when it set it (with the deployment's policy); a rotation

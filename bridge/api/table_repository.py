@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 
 from bridge.api.problems import Problem
-from bridge.api.repository import scan_ordered
+from bridge.api.repository import WebhookFilter, scan_ordered
 from bridge.subscriptions.freshness import TableFreshness
 from bridge.subscriptions.index import SubscriptionIndex
 from bridge.subscriptions.store import WebhookStore
@@ -83,11 +83,21 @@ class TableRepository:
         after: str | None,
         limit: int,
         where: Callable[[Webhook], bool],
-        site_id: str | None = None,
-        user_id: str | None = None,
+        within: WebhookFilter | None = None,
     ) -> list[Webhook]:
-        ordered = (await self._current()).ordered(after=after, site_id=site_id, user_id=user_id)
-        return scan_ordered(ordered, after=after, limit=limit, where=where)
+        index = await self._current()
+        await index.prepare_listing()
+        if within is None:
+            ordered = index.ordered(after=after)
+        else:
+            ordered = index.ordered(
+                after=after,
+                site_id=within.site_id,
+                user_id=within.user_id,
+                state=within.state,
+                event_type=within.event_type,
+            )
+        return await scan_ordered(ordered, after=after, limit=limit, where=where)
 
     async def put(self, webhook: Webhook) -> None:
         # The service judged the URL when it set it (as for StoreRepository.put). The next read

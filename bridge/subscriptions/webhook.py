@@ -81,6 +81,14 @@ class Webhook:
                 secrets.append(self.previous_secret)
         return secrets
 
+    @property
+    def state(self) -> str:
+        """``active``; ``disabled`` when the bridge turned it off (``disabled_reason`` in the
+        record); else ``inactive`` (turned off by its owner)."""
+        if self.active:
+            return "active"
+        return "disabled" if self.extra.get("disabled_reason") else "inactive"
+
     def wants(self, event_type: str) -> bool:
         return ALL_EVENTS in self.events or event_type in self.events
 

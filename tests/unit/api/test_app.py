@@ -10,8 +10,8 @@ import pytest
 
 from bridge.api.openapi import served_operations
 from bridge.api.problems import PROBLEM_JSON, Problem
-from bridge.api.repository import webhook_version
-from bridge.api.service import WebhookFilter, decode_cursor, encode_cursor
+from bridge.api.repository import WebhookFilter, webhook_version
+from bridge.api.service import decode_cursor, encode_cursor
 from bridge.contract.events import parse_time
 from tests.unit.api.conftest import ADMIN, READER, SITE_1, USER_1, WRITER, Api, auth
 

@@ -3,6 +3,7 @@ listing of one site walks only that site's webhooks."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,8 +11,8 @@ import pytest
 
 from bridge.api.auth import Principal
 from bridge.api.problems import Problem
-from bridge.api.repository import MemoryRepository
-from bridge.api.service import WebhookFilter, WebhookService
+from bridge.api.repository import SCAN_YIELD_EVERY, MemoryRepository, WebhookFilter
+from bridge.api.service import WebhookService
 from bridge.api.table_repository import TableRepository
 from bridge.subscriptions.freshness import TableFreshness
 from bridge.subscriptions.index import SubscriptionIndex
@@ -96,7 +97,9 @@ async def test_a_listing_of_one_site_walks_only_that_sites_webhooks() -> None:
     everything = await repo.scan(after="w010", limit=100, where=site_1)
     assert len(walked) == 49  # every webhook after w010
     walked.clear()
-    hinted = await repo.scan(after="w010", limit=100, where=site_1, site_id="s1")
+    hinted = await repo.scan(
+        after="w010", limit=100, where=site_1, within=WebhookFilter(site_id="s1")
+    )
     assert hinted == everything == [w for w in hooks if w.site_id == "s1" and w.id > "w010"]
     assert walked == [w.id for w in hinted]  # only site s1's
 
@@ -104,11 +107,14 @@ async def test_a_listing_of_one_site_walks_only_that_sites_webhooks() -> None:
 async def test_the_service_names_the_site_or_user_of_the_filter_or_the_token() -> None:
     seen: list[str | None] = []
     users: list[str | None] = []
+    narrowed: list[tuple[str | None, str | None]] = []
 
     class Recording(MemoryRepository):
         async def scan(self, **kwargs: Any) -> list[Webhook]:
-            seen.append(kwargs.get("site_id"))
-            users.append(kwargs.get("user_id"))
+            within = kwargs["within"]
+            seen.append(within.site_id)
+            users.append(within.user_id)
+            narrowed.append((within.state, within.event_type))
             return await super().scan(**kwargs)
 
     service = WebhookService(Recording())
@@ -125,3 +131,36 @@ async def test_the_service_names_the_site_or_user_of_the_filter_or_the_token() -
     await service.list(account, WebhookFilter(), limit=10, cursor=None)
     await service.list(anyone, WebhookFilter(user_id="u8"), limit=10, cursor=None)
     assert users[-2:] == ["u7", "u8"]
+    await service.list(
+        site_token, WebhookFilter(state="disabled", event_type="post.created"), limit=1, cursor=None
+    )
+    assert (seen[-1], narrowed[-1]) == ("s2", ("disabled", "post.created"))
+
+
+async def test_a_long_scan_lets_other_tasks_run() -> None:
+    """A listing whose filter leaves every webhook out walks all of them: other tasks (the
+    deliveries of a worker in role ``all``) run between steps of ``SCAN_YIELD_EVERY``, and a
+    webhook removed meanwhile is not listed."""
+    count = SCAN_YIELD_EVERY * 5
+    hooks = [webhook_from_record(webhook_record(id=f"w{n:05d}")) for n in range(count)]
+    index = SubscriptionIndex(hooks)
+    repo, _ = repository(index, {0: 0})
+    ticks = 0
+    scanning = True
+
+    async def other() -> None:
+        nonlocal ticks
+        while scanning:
+            ticks += 1
+            if ticks == 2:
+                index.remove(f"w{count - 1:05d}")
+            await asyncio.sleep(0)
+
+    beside = asyncio.create_task(other())
+    await asyncio.sleep(0)
+    started = ticks
+    found = await repo.scan(after=None, limit=count, where=lambda w: w.id > "w00000")
+    scanning = False
+    await beside
+    assert ticks - started >= 4
+    assert len(found) == count - 2  # not w00000, not the one removed
