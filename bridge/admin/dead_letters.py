@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -11,15 +13,17 @@ from aiokafka import AIOKafkaProducer
 
 from bridge.config import Settings
 from bridge.contract import jsoncanon
-from bridge.contract.events import parse_time
+from bridge.contract.events import parse_event, parse_time
+from bridge.delivery.pending_retry import PendingRetry
 from bridge.errors import InvalidRecord
 from bridge.kafka.clients import client_kwargs
-from bridge.kafka.reading import read_topic
+from bridge.kafka.reading import stream_topic
 
 __all__ = [
     "STAMP_MARGIN",
     "DeadLetterFilter",
     "list_dead_letters",
+    "stream_dead_letters",
     "ReplayReport",
     "replay_dead_letters",
 ]
@@ -60,28 +64,39 @@ class DeadLetterFilter:
 async def list_dead_letters(
     settings: Settings, where: DeadLetterFilter = DeadLetterFilter()
 ) -> list[dict[str, Any]]:
-    """Dead letters matching ``where``, oldest first per partition.
+    """Dead letters matching ``where``, oldest first per partition, in one list (see
+    :func:`stream_dead_letters`)."""
+    async with aclosing(stream_dead_letters(settings, where)) as letters:
+        return [record async for record in letters]
+
+
+async def stream_dead_letters(
+    settings: Settings, where: DeadLetterFilter = DeadLetterFilter()
+) -> AsyncGenerator[dict[str, Any], None]:
+    """Dead letters matching ``where``, oldest first per partition, one by one as they are
+    read: a reader holds a fetched batch of the topic at a time, not the topic.
 
     Only what ``where`` can match is read: one webhook's letters from the partition of its key
     (the bridge keys a delivery's dead letter by its webhook id), and letters since a time from
     the first record stamped :data:`STAMP_MARGIN` before it (a letter is stamped when written,
-    on the clock of its ``dead_lettered_at``)."""
+    on the clock of its ``dead_lettered_at``). Close it (``contextlib.aclosing``) when stopping
+    early."""
     key = None if where.webhook_id is None else where.webhook_id.encode("utf-8")
     since_ms = None
     if where.since is not None:
         since_ms = max(0, int((where.since.timestamp() - STAMP_MARGIN) * 1000))
-    out = []
-    records = await read_topic(settings, settings.deadletter_topic, key=key, since_ms=since_ms)
-    for _, value in records:
-        if value is None:
-            continue
-        try:
-            record = jsoncanon.loads(value)
-        except InvalidRecord:
-            continue
-        if isinstance(record, dict) and where.matches(record):
-            out.append(record)
-    return out
+    stream = stream_topic(settings, settings.deadletter_topic, key=key, since_ms=since_ms)
+    async with aclosing(stream) as batches:
+        async for batch in batches:
+            for _, value in batch:
+                if value is None:
+                    continue
+                try:
+                    record = jsoncanon.loads(value)
+                except InvalidRecord:
+                    continue
+                if isinstance(record, dict) and where.matches(record):
+                    yield record
 
 
 @dataclass
@@ -96,36 +111,18 @@ async def replay_dead_letters(settings: Settings, where: DeadLetterFilter) -> Re
     """Re-enqueue matching dead letters in the first retry tier, due now, with the same delivery
     id. Each replayed delivery gets the retry schedule again from its second entry; it is signed
     with the webhook's secret at that time, and dropped if the webhook is gone or inactive."""
-    import time
-
-    from bridge.contract.events import parse_event
-    from bridge.delivery.pending_retry import PendingRetry
-
     report = ReplayReport()
+    # Every letter is read before the first is replayed: a replayed delivery that fails again
+    # is dead-lettered again, and must not be read by this replay (its read keeps fetching
+    # until the topic is quiet). Letters that do not match are not held.
     pending: list[PendingRetry] = []
-    for record in await list_dead_letters(settings, where):
-        if not record.get("webhook_id") or not isinstance(record.get("event"), dict):
-            report.skipped += 1
-            continue
-        try:
-            # As a worker reads it: an event it would dead-letter now is not replayed.
-            event = parse_event(jsoncanon.dumps(record["event"]))
-        except InvalidRecord:
-            report.skipped += 1
-            continue
-        now = time.time()
-        pending.append(
-            PendingRetry(
-                delivery_id=str(record["delivery_id"]),
-                webhook_id=str(record["webhook_id"]),
-                event=event,
-                attempt=2,
-                not_before=now,
-                enqueued_at=now,
-                history=tuple(record.get("attempts") or ()),
-                replayed=True,
-            )
-        )
+    async with aclosing(stream_dead_letters(settings, where)) as letters:
+        async for record in letters:
+            item = _replayed(record, time.time())
+            if item is None:
+                report.skipped += 1
+            else:
+                pending.append(item)
     if not pending:
         return report
     producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", enable_idempotence=False)
@@ -139,3 +136,24 @@ async def replay_dead_letters(settings: Settings, where: DeadLetterFilter) -> Re
     finally:
         await producer.stop()
     return report
+
+
+def _replayed(record: dict[str, Any], now: float) -> PendingRetry | None:
+    """The first-tier retry that replays the dead letter ``record``, due at ``now``; ``None``
+    when it cannot be replayed (no webhook, or an event a worker would dead-letter now)."""
+    if not record.get("webhook_id") or not isinstance(record.get("event"), dict):
+        return None
+    try:
+        event = parse_event(jsoncanon.dumps(record["event"]))
+    except InvalidRecord:
+        return None
+    return PendingRetry(
+        delivery_id=str(record["delivery_id"]),
+        webhook_id=str(record["webhook_id"]),
+        event=event,
+        attempt=2,
+        not_before=now,
+        enqueued_at=now,
+        history=tuple(record.get("attempts") or ()),
+        replayed=True,
+    )

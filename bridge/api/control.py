@@ -15,10 +15,13 @@ time (``webhook_id`` required).
 from __future__ import annotations
 
 import base64
+import bisect
 import dataclasses
+import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -57,8 +60,9 @@ DEFAULT_REDELIVER_LOOKBACK = 7 * 86400.0
 class DeadLetterSource(Protocol):
     """Dead letters to list and replay (as :mod:`bridge.admin.dead_letters` does on Kafka)."""
 
-    async def list(self, where: DeadLetterFilter) -> list[dict[str, Any]]:
-        """The dead-letter records ``where`` selects."""
+    def read(self, where: DeadLetterFilter) -> AsyncGenerator[dict[str, Any], None]:
+        """The dead-letter records ``where`` selects, in any order, as they are read (the
+        caller closes it when it stops early)."""
         ...
 
     async def replay(self, where: DeadLetterFilter) -> ReplayReport:
@@ -447,19 +451,24 @@ class ControlService:
                 moment = None  # a letter without a time: nothing to narrow by
             if moment is not None and (where.since is None or moment > where.since):
                 read = dataclasses.replace(where, since=moment)
-        records = sorted(await self._dead_letters.list(read), key=_dead_letter_position)
-        items: list[dict[str, Any]] = []
-        for record in records:
-            position = _dead_letter_position(record)
-            if after is not None and position <= after:
-                continue
-            if visible is not None and not await visible(record):
-                continue
-            if len(items) == limit:
-                return DeadLetterPage(
-                    items, encode_dead_letter_cursor(_dead_letter_position(items[-1]))
-                )
-            items.append(record)
+        # The first ``limit + 1`` letters after the cursor, kept in order as the topic is read:
+        # a page holds that many letters, not every letter the read goes through.
+        first: list[tuple[tuple[str, str, int, int], int, dict[str, Any]]] = []
+        count = itertools.count()  # keeps equal positions apart without comparing records
+        async with aclosing(self._dead_letters.read(read)) as letters:
+            async for record in letters:
+                position = _dead_letter_position(record)
+                if after is not None and position <= after:
+                    continue
+                if len(first) > limit and position >= first[-1][0]:
+                    continue
+                if visible is not None and not await visible(record):
+                    continue
+                bisect.insort(first, (position, next(count), record))
+                del first[limit + 1 :]
+        items = [record for _, _, record in first[:limit]]
+        if len(first) > limit:
+            return DeadLetterPage(items, encode_dead_letter_cursor(first[limit - 1][0]))
         return DeadLetterPage(items, None)
 
     async def replay_dead_letters(

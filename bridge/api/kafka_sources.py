@@ -11,15 +11,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from typing import Any
 
 from bridge.admin.activity import find_delivery, read_activity
 from bridge.admin.dead_letters import (
     DeadLetterFilter,
     ReplayReport,
-    list_dead_letters,
     replay_dead_letters,
+    stream_dead_letters,
 )
 from bridge.admin.recovery import recover
 from bridge.api.activity import EndpointStatus
@@ -80,9 +81,10 @@ class KafkaDeadLetters:
     def __repr__(self) -> str:
         return f"KafkaDeadLetters({self._settings.deadletter_topic!r})"
 
-    async def list(self, where: DeadLetterFilter) -> list[dict[str, Any]]:
-        async with self._reads:
-            return await list_dead_letters(self._settings, where)
+    async def read(self, where: DeadLetterFilter) -> AsyncGenerator[dict[str, Any], None]:
+        async with self._reads, aclosing(stream_dead_letters(self._settings, where)) as letters:
+            async for record in letters:
+                yield record
 
     async def replay(self, where: DeadLetterFilter) -> ReplayReport:
         async with self._reads:

@@ -898,13 +898,18 @@ def _dead_letter_filter(args: argparse.Namespace) -> Any:
 
 
 def _dlq_list(args: argparse.Namespace) -> int:
-    from bridge.admin.dead_letters import list_dead_letters
+    from contextlib import aclosing
 
-    async def listing(settings: Settings) -> list[dict[str, Any]]:
-        return await list_dead_letters(settings, _dead_letter_filter(args))
+    from bridge.admin.dead_letters import stream_dead_letters
 
-    for record in _run_managed(args, listing):
-        print(json.dumps(record, ensure_ascii=False))
+    async def listing(settings: Settings) -> None:
+        # Printed as read: the topic is never held in memory.
+        letters = stream_dead_letters(settings, _dead_letter_filter(args))
+        async with aclosing(letters) as records:
+            async for record in records:
+                print(json.dumps(record, ensure_ascii=False))
+
+    _run_managed(args, listing)
     return 0
 
 

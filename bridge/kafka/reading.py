@@ -1,14 +1,20 @@
-"""Reading a whole topic, start to end, outside a consumer group."""
+"""Reading a whole topic, start to end, outside a consumer group: at once or batch by batch."""
 
 from __future__ import annotations
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from bridge.config import Settings
 from bridge.kafka.clients import client_kwargs
 
-__all__ = ["read_topic"]
+__all__ = ["KeyValue", "read_topic", "stream_topic"]
+
+#: A record's key and value.
+KeyValue = tuple[bytes | None, bytes | None]
 
 
 async def read_topic(
@@ -19,16 +25,39 @@ async def read_topic(
     settle: float = 0.3,
     key: bytes | None = None,
     since_ms: int | None = None,
-) -> list[tuple[bytes | None, bytes | None]]:
-    """Every record of ``topic`` from the beginning to its end; given ``key``, only the records
-    with that key, read from the one partition a producer's default partitioner puts it in;
-    given ``since_ms``, from each partition's first record stamped at or after that time (the
+) -> list[KeyValue]:
+    """Every record of ``topic`` from the beginning to its end, in one list (see
+    :func:`stream_topic`, which takes the same arguments)."""
+    out: list[KeyValue] = []
+    stream = stream_topic(
+        settings, topic, timeout=timeout, settle=settle, key=key, since_ms=since_ms
+    )
+    async with aclosing(stream) as batches:
+        async for batch in batches:
+            out.extend(batch)
+    return out
+
+
+async def stream_topic(
+    settings: Settings,
+    topic: str,
+    *,
+    timeout: float = 30.0,
+    settle: float = 0.3,
+    key: bytes | None = None,
+    since_ms: int | None = None,
+) -> AsyncGenerator[list[KeyValue], None]:
+    """Every record of ``topic`` from the beginning to its end, a fetched batch at a time (so
+    a reader need not hold the topic in memory); given ``key``, only the records with that key,
+    read from the one partition a producer's default partitioner puts it in; given
+    ``since_ms``, from each partition's first record stamped at or after that time (the
     broker's time index: a record before it is stamped earlier; a broker without one, such as
     the embedded broker, gives the beginning).
 
     Reads up to the end offsets, then keeps fetching until a fetch of ``settle`` seconds returns
     nothing: the embedded broker (Tansu) reports the end of a partition whose last write was a
     batch as that batch's first offset + 1, which would otherwise drop the batch's other records.
+    Close it (``contextlib.aclosing``) when stopping early: that stops its consumer.
     """
     consumer = AIOKafkaConsumer(
         **client_kwargs(settings),
@@ -37,6 +66,14 @@ async def read_topic(
         auto_offset_reset="earliest",
     )
     await consumer.start()
+
+    def records(
+        messages: list[ConsumerRecord[bytes, bytes]],
+    ) -> list[tuple[bytes | None, bytes | None]]:
+        if key is None:
+            return [(m.key, m.value) for m in messages]
+        return [(m.key, m.value) for m in messages if m.key == key]
+
     try:
         await consumer.topics()  # loads metadata for every topic
         partitions = consumer.partitions_for_topic(topic) or set()
@@ -45,7 +82,7 @@ async def read_topic(
             numbers = [DefaultPartitioner()(key, numbers, numbers)]
         tps = [TopicPartition(topic, p) for p in numbers]
         if not tps:
-            return []
+            return
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         if since_ms is None:
@@ -58,7 +95,6 @@ async def read_topic(
                 # None: nothing stamped that late; what arrives after the end is still read.
                 start = ends[tp] if stamped is None else stamped.offset
                 consumer.seek(tp, max(start, starts[tp]))
-        out: list[tuple[bytes | None, bytes | None]] = []
         pending = {tp for tp in tps if ends[tp] > 0}
         for tp in list(pending):
             if await consumer.position(tp) >= ends[tp]:
@@ -68,14 +104,14 @@ async def read_topic(
             if not batch:
                 raise TimeoutError(f"no records from {topic} within {timeout}s")
             for tp, messages in batch.items():
-                out.extend((m.key, m.value) for m in messages)
+                yield records(messages)
                 if await consumer.position(tp) >= ends[tp]:
                     pending.discard(tp)
         while True:
             batch = await consumer.getmany(*tps, timeout_ms=int(settle * 1000))
             if not batch:
-                return out if key is None else [r for r in out if r[0] == key]
+                return
             for messages in batch.values():
-                out.extend((m.key, m.value) for m in messages)
+                yield records(messages)
     finally:
         await consumer.stop()

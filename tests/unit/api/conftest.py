@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -158,8 +158,10 @@ class MemoryDeadLetters:
     records: list[dict[str, Any]] = field(default_factory=list)
     replays: list[DeadLetterFilter] = field(default_factory=list)
 
-    async def list(self, where: DeadLetterFilter) -> list[dict[str, Any]]:
-        return [r for r in self.records if where.matches(r)]
+    async def read(self, where: DeadLetterFilter) -> AsyncGenerator[dict[str, Any], None]:
+        for record in self.records:
+            if where.matches(record):
+                yield record
 
     async def replay(self, where: DeadLetterFilter) -> ReplayReport:
         self.replays.append(where)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -524,9 +525,10 @@ class ReadingDeadLetters(MemoryDeadLetters):
         super().__init__()
         self.reads: list[DeadLetterFilter] = []
 
-    async def list(self, where: DeadLetterFilter) -> list[dict[str, Any]]:
+    async def read(self, where: DeadLetterFilter) -> AsyncGenerator[dict[str, Any], None]:
         self.reads.append(where)
-        return await super().list(where)
+        async for record in super().read(where):
+            yield record
 
 
 @settings(max_examples=100, deadline=None)
@@ -551,6 +553,11 @@ async def test_paging_dead_letters_reads_from_the_cursor_and_loses_none(
     where = DeadLetterFilter(since=start)
     admin = Principal("admin", frozenset({"read", "write"}))
     whole = (await control.dead_letters(admin, where, limit=1000, cursor=None)).items
+    # Oldest first; one time by source position (here: the offset).
+    assert whole == sorted(
+        (r for r in source.records if where.matches(r)),
+        key=lambda r: (r["dead_lettered_at"], r["source"]["offset"]),
+    )
     paged: list[dict[str, Any]] = []
     cursor = None
     for _ in range(100):
@@ -565,3 +572,44 @@ async def test_paging_dead_letters_reads_from_the_cursor_and_loses_none(
         if last:
             assert read is not None and read >= datetime.fromisoformat(last)
     assert paged == whole
+
+
+class Letter(dict[str, Any]):
+    """A dead letter that counts how many of its kind are alive."""
+
+    alive = 0
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        Letter.alive += 1
+
+    def __del__(self) -> None:
+        Letter.alive -= 1
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.randoms(use_true_random=False), st.integers(1, 20))
+async def test_a_page_of_dead_letters_holds_a_page_not_the_topic(shuffled: Any, limit: int) -> None:
+    """The source yields 3,000 letters in any order, making each as it is read: a page keeps
+    at most ``limit + 2`` of them alive at any time, and is the first ``limit`` in order."""
+    order = list(range(3000))
+    shuffled.shuffle(order)
+    most = 0
+
+    class Streaming(MemoryDeadLetters):
+        async def read(self, where: DeadLetterFilter) -> AsyncGenerator[dict[str, Any], None]:
+            nonlocal most
+            base = Letter.alive
+            for n in order:
+                letter = Letter(dead_letter(n, at=f"2026-01-15T10:{n % 60:02d}:00.000Z"))
+                yield letter
+                del letter
+                most = max(most, Letter.alive - base)
+
+    control = control_service(MemoryRepository(), dead_letters=Streaming())
+    admin = Principal("admin", frozenset({"read", "write"}))
+    page = await control.dead_letters(admin, DeadLetterFilter(), limit=limit, cursor=None)
+    expected = sorted(range(3000), key=lambda n: (n % 60, n))[:limit]
+    assert [letter["source"]["offset"] for letter in page.items] == expected
+    assert page.next_cursor is not None
+    assert most <= limit + 2  # the page's next letter too, and the one being looked at

@@ -19,25 +19,38 @@ SETTINGS = Settings.load(env={}, overrides={"kafka_bootstrap_servers": "127.0.0.
 async def test_no_more_than_a_few_dead_letter_reads_run_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Each read may hold the whole topic in memory: ten requests at once read two at a time
+    """Each read is a consumer going through the topic: ten requests at once read two at a time
     (lists and replays alike), and every one is answered."""
     running = 0
     most = 0
     release = asyncio.Event()
 
-    async def read(settings: Settings, where: DeadLetterFilter) -> Any:
+    async def begin() -> None:
         nonlocal running, most
         running += 1
         most = max(most, running)
         await release.wait()
-        running -= 1
-        return [] if where.webhook_id == "list" else ReplayReport()
 
-    monkeypatch.setattr(kafka_sources, "list_dead_letters", read)
-    monkeypatch.setattr(kafka_sources, "replay_dead_letters", read)
+    async def stream(settings: Settings, where: DeadLetterFilter) -> Any:
+        nonlocal running
+        await begin()
+        yield {"delivery_id": "d1"}
+        running -= 1
+
+    async def replay(settings: Settings, where: DeadLetterFilter) -> ReplayReport:
+        nonlocal running
+        await begin()
+        running -= 1
+        return ReplayReport()
+
+    async def listed(where: DeadLetterFilter) -> list[dict[str, Any]]:
+        return [record async for record in source.read(where)]
+
+    monkeypatch.setattr(kafka_sources, "stream_dead_letters", stream)
+    monkeypatch.setattr(kafka_sources, "replay_dead_letters", replay)
     source = KafkaDeadLetters(SETTINGS)
     calls = [
-        source.list(DeadLetterFilter(webhook_id="list"))
+        listed(DeadLetterFilter(webhook_id="list"))
         if n % 2
         else source.replay(DeadLetterFilter(webhook_id="replay"))
         for n in range(10)
@@ -50,3 +63,4 @@ async def test_no_more_than_a_few_dead_letter_reads_run_at_once(
     release.set()
     done = await answers
     assert len(done) == 10 and most == 2
+    assert done[1] == [{"delivery_id": "d1"}]

@@ -137,10 +137,11 @@ async def test_replay_skips_dead_letters_whose_event_the_bridge_refuses(
         {"webhook_id": None, "delivery_id": None, "event": None},
     ]
 
-    async def list_dead_letters(settings: Settings, where: DeadLetterFilter) -> list[Any]:
-        return letters
+    async def stream_dead_letters(settings: Settings, where: DeadLetterFilter) -> Any:
+        for letter in letters:
+            yield letter
 
-    monkeypatch.setattr(dead_letters, "list_dead_letters", list_dead_letters)
+    monkeypatch.setattr(dead_letters, "stream_dead_letters", stream_dead_letters)
     report = await replay_dead_letters(SETTINGS, DeadLetterFilter())  # nothing to write
     assert report.replayed == [] and report.skipped == 3
 
