@@ -471,6 +471,15 @@ class Settings:
         "Recoveries and redeliveries one worker runs at once (each reads the events topic); "
         "a request for another is answered 429 with Retry-After.",
     )
+    recovery_retention: float = Section.ACTIVITY.setting(
+        7 * 86400.0,
+        "BRIDGE_RECOVERY_RETENTION",
+        "--recovery-retention",
+        parse_duration,
+        "How long a recovery or redelivery that ended stays readable (GET /v1/recoveries/{id}); "
+        "then its webhook's owner writes its tombstone to the recoveries topic, and every "
+        "worker forgets it.",
+    )
     advertised_url: str | None = Section.ACTIVITY.setting(
         None,
         "BRIDGE_ADVERTISED_URL",
@@ -691,6 +700,8 @@ class Settings:
             raise ConfigError("retry_jitter must be at least 0 and less than 1")
         if self.kafka_session_timeout <= self.kafka_rebalance_timeout / 2:
             raise ConfigError("kafka_session_timeout must be longer than half the rebalance one")
+        if self.recovery_retention <= 0:
+            raise ConfigError("recovery_retention must be positive")
         if self.delivery_log_max_age < 7 * 86400.0:
             raise ConfigError("delivery_log_max_age must be at least 7d (the longest stats window)")
         if self.role == "api" and self.api_tokens is None:

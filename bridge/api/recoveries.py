@@ -54,6 +54,10 @@ class RecoveryJournal(Protocol):
         is seen), or ``None``."""
         ...
 
+    async def forget(self, operation_id: str) -> None:
+        """Forget an operation that ended (its records go; ``read`` then gives ``None``)."""
+        ...
+
 
 class Recoveries:
     """The operations this process runs, as tasks (see the module docstring).

@@ -52,7 +52,13 @@ from bridge.errors import InvalidRecord
 from bridge.kafka.clients import client_kwargs
 from bridge.subscriptions.store import WebhookStore
 from bridge.worker.delivery_log import OwnerUnavailable
-from bridge.worker.recovery_journal import KafkaRecoveryJournal, keep_taking_over, take_over
+from bridge.worker.recovery_journal import (
+    FORGET_INTERVAL,
+    KafkaRecoveryJournal,
+    forget_ended,
+    keep_calling,
+    take_over,
+)
 from bridge.worker.recovery_view import DEFAULT_STALE_AFTER
 
 if TYPE_CHECKING:
@@ -298,9 +304,10 @@ async def api_application(bridge: Bridge) -> web.Application:
         **client_kwargs(settings), acks="all", linger_ms=0, enable_idempotence=False
     )
     await producer.start()
+    journal = KafkaRecoveryJournal(bridge.recoveries, producer, settings.recoveries_topic)
     recoveries = Recoveries(
         kafka_recovery_runner(settings),
-        journal=KafkaRecoveryJournal(bridge.recoveries, producer, settings.recoveries_topic),
+        journal=journal,
         url=settings.canonical_url,
         max_running=settings.api_max_recoveries,
     )
@@ -335,9 +342,24 @@ async def api_application(bridge: Bridge) -> web.Application:
         async def take_over_once() -> list[str]:
             return await take_over(view, recoveries, owns=owns, webhook=bridge.index.get)
 
+        async def forget_once() -> list[str]:
+            retention = settings.recovery_retention
+            return await forget_ended(view, journal, owns=owns, retention=retention)
+
         async def start_taking_over(app: web.Application) -> None:
             taking_over.append(
-                asyncio.create_task(keep_taking_over(take_over_once, DEFAULT_HEARTBEAT))
+                asyncio.create_task(
+                    keep_calling(take_over_once, DEFAULT_HEARTBEAT, "recovery take-over")
+                )
+            )
+            taking_over.append(
+                asyncio.create_task(
+                    keep_calling(
+                        forget_once,
+                        min(FORGET_INTERVAL, settings.recovery_retention),
+                        "forgetting ended recoveries",
+                    )
+                )
             )
 
         app.on_startup.append(start_taking_over)

@@ -26,14 +26,21 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from bridge.admin.recovery import Operation
-from bridge.api.recoveries import Recoveries
+from bridge.api.recoveries import Recoveries, RecoveryJournal
 from bridge.api.table_repository import require_current
 from bridge.contract import jsoncanon
 from bridge.contract.events import format_epoch
 from bridge.subscriptions.webhook import Webhook
-from bridge.worker.recovery_view import DEFAULT_STALE_AFTER, RecoveryView
+from bridge.worker.recovery_view import DEFAULT_STALE_AFTER, RecoveryView, updated_at
 
-__all__ = ["KafkaRecoveryJournal", "keep_taking_over", "take_over"]
+__all__ = [
+    "FORGET_INTERVAL",
+    "FORGET_STEP",
+    "KafkaRecoveryJournal",
+    "forget_ended",
+    "keep_calling",
+    "take_over",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +73,10 @@ class KafkaRecoveryJournal:
     async def read(self, operation_id: str) -> dict[str, Any] | None:
         await require_current(self._view.freshness, self._clock(), "recoveries")
         return self._view.get(operation_id)
+
+    async def forget(self, operation_id: str) -> None:
+        """Write the tombstone of an operation (compaction then drops its records)."""
+        await self._producer.send_and_wait(self._topic, None, key=operation_id.encode("utf-8"))
 
 
 async def take_over(
@@ -116,11 +127,50 @@ async def take_over(
     return resumed
 
 
-async def keep_taking_over(step: Callable[[], Awaitable[list[str]]], interval: float) -> None:
-    """Call ``step`` every ``interval`` seconds until cancelled; a failing step is logged."""
+#: Records of ended recoveries looked at between two turns of the event loop while forgetting.
+FORGET_STEP = 1000
+#: Seconds between two looks for ended recoveries to forget.
+FORGET_INTERVAL = 60.0
+
+
+async def forget_ended(
+    view: RecoveryView,
+    journal: RecoveryJournal,
+    *,
+    owns: Callable[[str], bool],
+    retention: float,
+    wall_time: Callable[[], float] = time.time,
+) -> list[str]:
+    """Write the tombstones of the recoveries that ended ``retention`` seconds ago or earlier
+    (by their last record's ``updated_at``) of webhooks this worker ``owns``; the ids forgotten.
+
+    One whose time cannot be read is forgotten at once (its age is unknown); one of no webhook
+    by any worker (no owner would), as two tombstones of one id do no harm. Lets the event loop
+    run every :data:`FORGET_STEP` records."""
+    cutoff = wall_time() - retention
+    forgotten: list[str] = []
+    for n, (operation_id, record) in enumerate(view.ended(), start=1):
+        if n % FORGET_STEP == 0:
+            await asyncio.sleep(0)
+        webhook_id = record.get("webhook_id")
+        if isinstance(webhook_id, str) and not owns(webhook_id):
+            continue
+        ended = updated_at(record)
+        if ended is not None and ended > cutoff:
+            continue
+        await journal.forget(operation_id)
+        forgotten.append(operation_id)
+    if forgotten:
+        log.info("forgot %d recoveries that ended over %.0f s ago", len(forgotten), retention)
+    return forgotten
+
+
+async def keep_calling(step: Callable[[], Awaitable[object]], interval: float, what: str) -> None:
+    """Call ``step`` every ``interval`` seconds until cancelled; a failing step is logged as
+    ``what`` failing."""
     while True:
         await asyncio.sleep(interval)
         try:
             await step()
         except Exception:
-            log.exception("recovery take-over failed")
+            log.exception("%s failed", what)

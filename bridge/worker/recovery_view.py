@@ -10,13 +10,13 @@ from bridge.contract.events import parse_time
 from bridge.errors import InvalidRecord
 from bridge.subscriptions.freshness import TableFreshness
 
-__all__ = ["DEFAULT_STALE_AFTER", "RecoveryView"]
+__all__ = ["DEFAULT_STALE_AFTER", "RecoveryView", "updated_at"]
 
 #: Seconds without a record after which a running recovery's runner is taken for gone.
 DEFAULT_STALE_AFTER = 15.0
 
 
-def _updated_at(record: dict[str, Any]) -> float | None:
+def updated_at(record: dict[str, Any]) -> float | None:
     try:
         return parse_time(record.get("updated_at")).timestamp()
     except ValueError:
@@ -29,6 +29,9 @@ class RecoveryView:
     def __init__(self, freshness: TableFreshness) -> None:
         self.freshness = freshness
         self._records: dict[str, dict[str, Any]] = {}
+        #: The ids of those recorded ``running`` (looked through every few seconds, where the
+        #: ended ones, kept for ``recovery_retention``, may be many more).
+        self._running: set[str] = set()
         self.invalid = 0
 
     def __len__(self) -> int:
@@ -43,12 +46,17 @@ class RecoveryView:
             operation_id = key.decode("utf-8")
             if value is None:
                 self._records.pop(operation_id, None)
+                self._running.discard(operation_id)
                 return
             record = jsoncanon.loads(value)
             if not isinstance(record, dict) or record.get("id") != operation_id:
                 self.invalid += 1
                 return
             self._records[operation_id] = record
+            if record.get("state") == "running":
+                self._running.add(operation_id)
+            else:
+                self._running.discard(operation_id)
         except (InvalidRecord, UnicodeDecodeError):
             self.invalid += 1
         finally:
@@ -59,7 +67,16 @@ class RecoveryView:
 
     def running(self) -> Iterator[dict[str, Any]]:
         """The records of recoveries recorded ``running``."""
-        return (r for r in list(self._records.values()) if r.get("state") == "running")
+        return (self._records[i] for i in list(self._running) if i in self._records)
+
+    def ended(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The ids and records of recoveries recorded as anything but ``running`` (``done``,
+        ``cancelled``, ``failed``, or a state no worker writes)."""
+        return (
+            (operation_id, record)
+            for operation_id, record in list(self._records.items())
+            if operation_id not in self._running
+        )
 
     def live_runner(self, operation_id: str, now: float, stale_after: float) -> str | None:
         """The URL of the worker running a recovery, if it recorded it within ``stale_after``
@@ -68,7 +85,7 @@ class RecoveryView:
         if record is None or record.get("state") != "running":
             return None
         runner = record.get("runner")
-        updated = _updated_at(record)
+        updated = updated_at(record)
         if not isinstance(runner, str) or updated is None or now - updated > stale_after:
             return None
         return runner

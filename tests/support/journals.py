@@ -10,6 +10,7 @@ class Journal:
 
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
+        self.forgotten: list[str] = []
 
     async def write(self, record: dict[str, Any]) -> None:
         self.records.append(record)
@@ -17,3 +18,7 @@ class Journal:
     async def read(self, operation_id: str) -> dict[str, Any] | None:
         found = [r for r in self.records if r["id"] == operation_id]
         return found[-1] if found else None
+
+    async def forget(self, operation_id: str) -> None:
+        self.forgotten.append(operation_id)
+        self.records = [r for r in self.records if r["id"] != operation_id]

@@ -77,6 +77,7 @@ DEFAULTS: dict[str, Any] = {
     "role": "all",
     "api_tokens": None,
     "api_max_recoveries": 8,
+    "recovery_retention": 7 * 86400.0,
     "advertised_url": None,
     "api_url": None,
     "api_token": None,
@@ -178,6 +179,7 @@ PARSED: dict[str, tuple[str, Any]] = {
     "delivery_log_store": ("RocksDB", "rocksdb"),
     "role": ("Deliver", "deliver"),
     "api_max_recoveries": ("2", 2),
+    "recovery_retention": ("1h", 3600.0),
     "api_tokens": ("/etc/bridge/tokens.yaml", "/etc/bridge/tokens.yaml"),
     "advertised_url": ("http://10.0.0.7:8080", "http://10.0.0.7:8080"),
     "api_url": ("http://10.0.0.7:6066", "http://10.0.0.7:6066"),
@@ -351,6 +353,8 @@ def test_the_response_prefix_is_off_by_default_and_bounded() -> None:
 
 
 def test_the_delivery_log_keeps_at_least_the_longest_stats_window() -> None:
+    with pytest.raises(ConfigError, match="recovery_retention"):
+        Settings.load(env={"BRIDGE_RECOVERY_RETENTION": "0s"})
     with pytest.raises(ConfigError, match="delivery_log_max_age"):
         Settings.load(env={"BRIDGE_DELIVERY_LOG_MAX_AGE": "6d"})
     assert Settings.load(env={"BRIDGE_DELIVERY_LOG_MAX_AGE": "7d"}).delivery_log_max_age == 604800

@@ -1,8 +1,10 @@
 """Taking over recoveries: only running ones of webhooks this worker owns, only when released or
-not recorded for a while, never one this worker runs; one whose webhook is gone is failed."""
+not recorded for a while, never one this worker runs; one whose webhook is gone is failed.
+Forgetting them: only ended ones, once the retention has passed."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
@@ -11,7 +13,7 @@ from bridge.api.recoveries import Recoveries
 from bridge.contract import jsoncanon
 from bridge.subscriptions.freshness import TableFreshness
 from bridge.subscriptions.webhook import Webhook, webhook_from_record
-from bridge.worker.recovery_journal import take_over
+from bridge.worker.recovery_journal import FORGET_STEP, forget_ended, take_over
 from bridge.worker.recovery_view import RecoveryView
 from tests.support.builders import webhook_record
 from tests.support.journals import Journal
@@ -93,3 +95,68 @@ async def test_a_recovery_this_worker_runs_or_whose_webhook_is_gone_is_not_resum
         "failed",
         "webhook_deleted",
     )
+
+
+async def test_ended_recoveries_of_owned_webhooks_are_forgotten_after_the_retention() -> None:
+    """Only ended ones, only of webhooks this worker owns, only once ``retention`` has passed
+    since their last record (at once when it has no readable time); one of no webhook by any
+    worker."""
+    view = RecoveryView(TableFreshness(_ends, timeout=1.0))
+    rows = [
+        ("old-done", WEBHOOKS["a"], 3600.0, "done"),
+        ("old-failed", WEBHOOKS["a"], 7200.0, "failed"),
+        ("old-cancelled", WEBHOOKS["a"], 3601.0, "cancelled"),
+        ("recent-done", WEBHOOKS["a"], 60.0, "done"),
+        ("old-running", WEBHOOKS["a"], 7200.0, "running"),
+        ("old-not-mine", WEBHOOKS["b"], 7200.0, "done"),
+    ]
+    for offset, (rid, webhook, age, state) in enumerate(rows):
+        view.apply(
+            0, offset, rid.encode(), recorded(rid, webhook, runner=None, age=age, state=state)
+        )
+    odd = [
+        ("no-webhook", {"id": "no-webhook", "state": "done", "updated_at": "2024-01-15T10:00:00Z"}),
+        ("no-time", {"id": "no-time", "webhook_id": "a", "state": "done", "updated_at": "soon"}),
+    ]
+    for offset, (rid, value) in enumerate(odd, start=len(rows)):
+        view.apply(0, offset, rid.encode(), jsoncanon.dumps(value))
+    journal = Journal()
+    forgotten = await forget_ended(
+        view, journal, owns=lambda w: w == "a", retention=3600.0, wall_time=NOW.timestamp
+    )
+    expected = ["no-time", "no-webhook", "old-cancelled", "old-done", "old-failed"]
+    assert sorted(forgotten) == sorted(journal.forgotten) == expected
+    # Once their tombstones are read back, the view holds only the others.
+    for offset, rid in enumerate(forgotten, start=100):
+        view.apply(0, offset, rid.encode(), None)
+    assert sorted(rid for rid, _ in view.ended()) == ["old-not-mine", "recent-done"]
+    assert [r["id"] for r in view.running()] == ["old-running"]
+
+
+async def test_forgetting_many_ended_recoveries_lets_the_loop_run() -> None:
+    view = RecoveryView(TableFreshness(_ends, timeout=1.0))
+    count = FORGET_STEP * 3
+    for n in range(count):
+        rid = f"r{n}"
+        view.apply(
+            0, n, rid.encode(), recorded(rid, WEBHOOKS["a"], runner=None, age=10.0, state="done")
+        )
+    ticks = 0
+    running = True
+
+    async def beside() -> None:
+        nonlocal ticks
+        while running:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(beside())
+    await asyncio.sleep(0)
+    before = ticks
+    journal = Journal()
+    forgotten = await forget_ended(
+        view, journal, owns=lambda w: True, retention=3600.0, wall_time=NOW.timestamp
+    )
+    running = False
+    await task
+    assert forgotten == [] and ticks - before >= 3

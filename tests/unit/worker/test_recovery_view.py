@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from bridge.contract import jsoncanon
 from bridge.subscriptions.freshness import TableFreshness
 from bridge.worker.recovery_view import RecoveryView
@@ -65,3 +68,35 @@ def test_a_runner_is_live_only_while_it_records() -> None:
     v.apply(0, 1, b"r1", jsoncanon.dumps(record(runner=None)))
     assert v.live_runner("r1", at, stale_after=15) is None
     assert v.live_runner("unknown", at, stale_after=15) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["r1", "r2", "r3"]),
+            st.sampled_from(["running", "done", "failed", "tombstone", "not json"]),
+        ),
+        max_size=40,
+    )
+)
+def test_running_and_ended_are_the_newest_records_split_by_state(
+    changes: list[tuple[str, str]],
+) -> None:
+    v = view()
+    model: dict[str, str] = {}
+    for offset, (rid, state) in enumerate(changes):
+        if state == "tombstone":
+            v.apply(0, offset, rid.encode(), None)
+            model.pop(rid, None)
+        elif state == "not json":  # skipped: the newest valid record stands
+            v.apply(0, offset, rid.encode(), b"{")
+        else:
+            v.apply(0, offset, rid.encode(), jsoncanon.dumps(record(id=rid, state=state)))
+            model[rid] = state
+    assert sorted(r["id"] for r in v.running()) == sorted(
+        rid for rid, state in model.items() if state == "running"
+    )
+    assert sorted(rid for rid, _ in v.ended()) == sorted(
+        rid for rid, state in model.items() if state != "running"
+    )
