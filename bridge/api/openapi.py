@@ -563,7 +563,9 @@ def _paths() -> dict[str, Any]:
         "retry after Retry-After seconds."
     )
     not_found = _problem_response("No such webhook.")
-    no_recovery = _problem_response("No such recovery in this API process.")
+    no_recovery = _problem_response(
+        "No such recovery (or it ended more than recovery_retention ago)."
+    )
     no_delivery = _problem_response("No attempt of this delivery is kept.")
     changed = _problem_response("If-Match does not match the current ETag.")
     webhook = _json(_ref("Webhook"), "The webhook.", headers=_ETAG_HEADER)

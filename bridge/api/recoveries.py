@@ -182,7 +182,11 @@ class Recoveries:
                 log.warning("recovery %s not recorded: %s", operation.id, type(exc).__name__)
 
     def get(self, operation_id: str) -> Operation | None:
-        """An operation this process runs or ran (its latest ones)."""
+        """An operation this process runs; without a journal, also one it ran (its latest
+        ones). With a journal, one that ended is read from the journal as every process reads
+        it (``record_of``): it is forgotten there after its retention, and so everywhere."""
+        if self._journal is not None and operation_id not in self._tasks:
+            return None
         return self._operations.get(operation_id)
 
     async def record_of(self, operation_id: str) -> dict[str, Any] | None:

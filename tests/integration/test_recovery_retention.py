@@ -29,7 +29,7 @@ async def test_an_ended_recovery_is_forgotten_after_the_retention(
     receiver: Receiver,
     in_process_workers: Callable[[Settings], InProcessWorker],
 ) -> None:
-    settings = log_settings.replace(recovery_retention=4.0)
+    settings = log_settings.replace(recovery_retention=3.0)
     worker = in_process_workers(settings)
     await worker.wait_ready()
     await subscribe(settings, receiver, {"wh_kept": "s1"}, ("post.created",))

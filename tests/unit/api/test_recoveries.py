@@ -50,6 +50,22 @@ async def test_an_operation_is_recorded_at_start_while_running_and_at_the_end() 
     await eventually(lambda: journal.records[-1]["state"] == "done", timeout=5)
     assert await recoveries.record_of(operation.id) == journal.records[-1]
     assert journal.records[-1]["finished_at"] is not None
+    # Ended: read from the journal, as every process reads it, so once it is forgotten there
+    # (its retention passed) no process shows it.
+    await eventually(lambda: not recoveries.running_here(operation.id), timeout=5)
+    assert recoveries.get(operation.id) is None
+    await journal.forget(operation.id)
+    assert await recoveries.record_of(operation.id) is None
+
+
+async def test_without_a_journal_an_ended_operation_is_kept_in_the_process() -> None:
+    runner = Held()
+    recoveries = Recoveries(runner)
+    operation = await recoveries.start(request())
+    runner.finish.set()
+    await eventually(lambda: not recoveries.running_here(operation.id), timeout=5)
+    kept = recoveries.get(operation.id)
+    assert kept is not None and kept.state == "done"
 
 
 async def test_a_stopping_process_releases_its_recoveries_for_another_to_resume() -> None:
