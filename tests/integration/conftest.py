@@ -93,7 +93,9 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 @pytest.fixture
 def workers(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]]:
-    """Start worker processes; every one is stopped (bounded, then SIGKILL) at teardown."""
+    """Start worker processes; every one still running is killed (SIGKILL) at teardown: the
+    tests of a graceful stop stop their workers themselves, and each test has its own consumer
+    group, so nothing waits for a killed member (a bounded SIGTERM took ~5 s per worker)."""
     started: list[WorkerProcess] = []
 
     def start(worker_settings: Settings) -> WorkerProcess:
@@ -103,7 +105,7 @@ def workers(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]]:
 
     yield start
     for worker in started:
-        worker.stop(grace=5.0)
+        worker.kill()
 
 
 @pytest.fixture
