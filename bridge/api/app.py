@@ -50,6 +50,8 @@ DEFAULT_REQUEST_TIMEOUT = 10.0
 _LIST_PARAMS = ("site_id", "user_id", "event_type", "state", "limit", "cursor")
 _ATTEMPT_PARAMS = ("event_type", "outcome", "status_class", "since", "until", "limit", "cursor")
 _DEAD_LETTER_PARAMS = ("webhook_id", "delivery_id", "since", "until", "limit", "cursor")
+_RECOVERY_PARAMS = ("state", "limit", "cursor")
+_RECOVERY_STATES = ("running", "done", "cancelled", "failed")
 _OUTCOMES = ("success", "failure", "skipped")
 _STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "none")
 _MAX_ID = 200
@@ -279,6 +281,31 @@ class _Routes:
         )
         return _operation_response(operation, 202)
 
+    async def list_recoveries(self, request: web.Request) -> web.Response:
+        principal = self._principal(request, "read")
+        webhook_id = self._webhook_id(request)
+        query = _single_values(request, _RECOVERY_PARAMS)
+        limit = _limit(query.get("limit"))
+        errors: list[FieldError] = []
+        state = query.get("state")
+        if state is not None and state not in _RECOVERY_STATES:
+            errors.append(
+                FieldError(
+                    "state", "enum", f"expected one of {', '.join(_RECOVERY_STATES)}", "query"
+                )
+            )
+        cursor = query.get("cursor")
+        if cursor is not None and not 0 < len(cursor) <= _MAX_CURSOR:
+            errors.append(
+                FieldError("cursor", "invalid_cursor", "not a cursor of this list", "query")
+            )
+        if errors:
+            raise Problem.invalid(*errors)
+        page = await self._control.recoveries(
+            principal, webhook_id, state=state, limit=limit, cursor=cursor
+        )
+        return _json({"items": [o.as_dict() for o in page.items], "next_cursor": page.next_cursor})
+
     async def get_recovery(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "read")
         _single_values(request, ())
@@ -430,6 +457,9 @@ def create_app(
     app.router.add_get("/v1/webhooks/{webhook_id}/attempts", routes.list_attempts, allow_head=False)
     app.router.add_get("/v1/webhooks/{webhook_id}/stats", routes.webhook_stats, allow_head=False)
     app.router.add_post("/v1/webhooks/{webhook_id}/recoveries", routes.start_recovery)
+    app.router.add_get(
+        "/v1/webhooks/{webhook_id}/recoveries", routes.list_recoveries, allow_head=False
+    )
     app.router.add_get("/v1/recoveries/{recovery_id}", routes.get_recovery, allow_head=False)
     app.router.add_delete("/v1/recoveries/{recovery_id}", routes.cancel_recovery)
     app.router.add_get("/v1/deliveries/{delivery_id}", routes.get_delivery, allow_head=False)

@@ -19,6 +19,7 @@ import bisect
 import dataclasses
 import itertools
 import json
+import math
 import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
@@ -45,10 +46,13 @@ __all__ = [
     "REDELIVER_MARGIN",
     "DeadLetterSource",
     "DeadLetterPage",
+    "RecoveryPage",
     "ControlService",
     "delivery_state",
     "encode_dead_letter_cursor",
     "decode_dead_letter_cursor",
+    "encode_recovery_cursor",
+    "decode_recovery_cursor",
     "redelivery_since",
 ]
 
@@ -78,6 +82,14 @@ class DeadLetterPage:
     next_cursor: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class RecoveryPage:
+    """Recoveries of a webhook, newest first, and the cursor of the next page."""
+
+    items: list[Operation]
+    next_cursor: str | None
+
+
 def delivery_state(attempts: list[Attempt]) -> str:
     """``delivered``, ``retrying``, ``dead_lettered`` or ``dropped``, from the last attempt."""
     last = attempts[-1]
@@ -98,31 +110,57 @@ def _dead_letter_position(record: dict[str, Any]) -> tuple[str, str, int, int]:
     )
 
 
+def _encode_cursor(values: list[Any]) -> str:
+    text = json.dumps(values, separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, shape: tuple[type, ...]) -> list[Any]:
+    """The values of a cursor of :func:`_encode_cursor`, one of each type of ``shape``;
+    ``400`` naming ``cursor`` for anything else."""
+    try:
+        value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        raise _not_a_cursor() from None
+    if not isinstance(value, list) or len(value) != len(shape):
+        raise _not_a_cursor()
+    for item, kind in zip(value, shape, strict=True):
+        if isinstance(item, bool) or not isinstance(item, kind):
+            raise _not_a_cursor()
+    return value
+
+
+def _not_a_cursor() -> Problem:
+    return Problem.invalid(
+        FieldError("cursor", "invalid_cursor", "not a cursor of this list", "query")
+    )
+
+
 def encode_dead_letter_cursor(position: tuple[str, str, int, int]) -> str:
     """An opaque cursor for the dead letters after ``position`` (time, topic, partition,
     offset: the record's place, which never changes)."""
-    text = json.dumps(list(position), separators=(",", ":"))
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+    return _encode_cursor(list(position))
 
 
 def decode_dead_letter_cursor(cursor: str) -> tuple[str, str, int, int]:
     """The position in a cursor of :func:`encode_dead_letter_cursor`; ``400`` naming
     ``cursor`` for anything else."""
-    problem = Problem.invalid(
-        FieldError("cursor", "invalid_cursor", "not a cursor of this list", "query")
-    )
-    try:
-        value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, UnicodeDecodeError):
-        raise problem from None
-    if (
-        not isinstance(value, list)
-        or len(value) != 4
-        or not all(isinstance(v, str) for v in value[:2])
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value[2:])
-    ):
-        raise problem
+    value = _decode_cursor(cursor, (str, str, int, int))
     return (value[0], value[1], value[2], value[3])
+
+
+def encode_recovery_cursor(operation: Operation) -> str:
+    """An opaque cursor for the recoveries started before ``operation`` (newest first)."""
+    return _encode_cursor([operation.started_at, operation.id])
+
+
+def decode_recovery_cursor(cursor: str) -> tuple[float, str]:
+    """The place in a cursor of :func:`encode_recovery_cursor`; ``400`` naming ``cursor``
+    for anything else."""
+    value = _decode_cursor(cursor, (float, str))
+    if not math.isfinite(value[0]):
+        raise _not_a_cursor()
+    return (value[0], value[1])
 
 
 #: Seconds before an event's own timestamp that its record may have been published at (clocks
@@ -381,6 +419,33 @@ class ControlService:
                 raise Problem("not_found", "no such recovery") from None
         principal.check(operation.request.webhook)
         return operation
+
+    async def recoveries(
+        self,
+        principal: Principal,
+        webhook_id: str,
+        *,
+        state: str | None,
+        limit: int,
+        cursor: str | None,
+    ) -> RecoveryPage:
+        """A webhook's recoveries and redeliveries (those running, and those that ended within
+        ``recovery_retention``), newest first; with ``state``, only those in it."""
+        after = decode_recovery_cursor(cursor) if cursor is not None else None
+        webhook = await self._webhook(principal, webhook_id)
+        chosen = sorted(
+            (
+                operation
+                for operation in await self._recoveries.of_webhook(webhook)
+                if (state is None or operation.state == state)
+                and (after is None or (operation.started_at, operation.id) < after)
+            ),
+            key=lambda operation: (operation.started_at, operation.id),
+            reverse=True,
+        )
+        items = chosen[:limit]
+        more = len(chosen) > limit
+        return RecoveryPage(items, encode_recovery_cursor(items[-1]) if more else None)
 
     async def recovery(self, principal: Principal, operation_id: str) -> Operation:
         return await self._operation(principal, operation_id)

@@ -259,6 +259,14 @@ def _schemas() -> dict[str, Any]:
             "properties": attempt,
             "additionalProperties": False,
         },
+        "RecoveryList": {
+            "type": "object",
+            "required": ["items", "next_cursor"],
+            "properties": {
+                "items": {"type": "array", "items": _ref("Recovery")},
+                "next_cursor": {"type": ["string", "null"]},
+            },
+        },
         "AttemptList": {
             "type": "object",
             "required": ["items", "next_cursor"],
@@ -729,6 +737,19 @@ def _paths() -> dict[str, Any]:
                     "429": busy,
                 },
                 body="RecoveryCreate",
+                tag="recovery",
+            ),
+            "get": _operation(
+                "listRecoveries",
+                "A webhook's recoveries and redeliveries, newest first: those running, and "
+                "those that ended within recovery_retention (7 days by default).",
+                "read",
+                {"200": _json(_ref("RecoveryList"), "One page."), "404": not_found},
+                parameters=[
+                    _query("state", {"enum": ["running", "done", "cancelled", "failed"]}),
+                    _LIMIT,
+                    _CURSOR,
+                ],
                 tag="recovery",
             ),
         },

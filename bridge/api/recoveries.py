@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from bridge.admin.recovery import Operation, Operations, RecoveryRequest
 from bridge.api.problems import Problem
+from bridge.subscriptions.webhook import Webhook
 
 __all__ = ["DEFAULT_HEARTBEAT", "RETRY_AFTER", "RecoveryJournal", "RecoveryRunner", "Recoveries"]
 
@@ -56,6 +57,10 @@ class RecoveryJournal(Protocol):
 
     async def forget(self, operation_id: str) -> None:
         """Forget an operation that ended (its records go; ``read`` then gives ``None``)."""
+        ...
+
+    async def of_webhook(self, webhook_id: str) -> list[dict[str, Any]]:
+        """The newest records of one webhook's operations, as of this call (as ``read``)."""
         ...
 
 
@@ -188,6 +193,29 @@ class Recoveries:
         if self._journal is not None and operation_id not in self._tasks:
             return None
         return self._operations.get(operation_id)
+
+    async def of_webhook(self, webhook: Webhook) -> list[Operation]:
+        """The operations of ``webhook`` every process shows (with a journal: as recorded, but
+        those running here as they are now), or this process runs and ran (without one); in no
+        order. A record that is not an operation of ``webhook`` is left out."""
+        live = {
+            operation.id: operation
+            for operation in self._operations.all()
+            if operation.request.webhook.id == webhook.id
+        }
+        if self._journal is None:
+            return list(live.values())
+        out = []
+        for record in await self._journal.of_webhook(webhook.id):
+            operation_id = record.get("id")
+            if isinstance(operation_id, str) and operation_id in self._tasks:
+                out.append(live[operation_id])
+                continue
+            try:
+                out.append(Operation.from_record(record, webhook))
+            except ValueError:
+                continue
+        return out
 
     async def record_of(self, operation_id: str) -> dict[str, Any] | None:
         """The journal's newest record of an operation (``None`` without a journal)."""

@@ -74,6 +74,10 @@ class KafkaRecoveryJournal:
         await require_current(self._view.freshness, self._clock(), "recoveries")
         return self._view.get(operation_id)
 
+    async def of_webhook(self, webhook_id: str) -> list[dict[str, Any]]:
+        await require_current(self._view.freshness, self._clock(), "recoveries")
+        return self._view.of_webhook(webhook_id)
+
     async def forget(self, operation_id: str) -> None:
         """Write the tombstone of an operation (compaction then drops its records)."""
         await self._producer.send_and_wait(self._topic, None, key=operation_id.encode("utf-8"))

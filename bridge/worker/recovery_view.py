@@ -32,6 +32,8 @@ class RecoveryView:
         #: The ids of those recorded ``running`` (looked through every few seconds, where the
         #: ended ones, kept for ``recovery_retention``, may be many more).
         self._running: set[str] = set()
+        #: The ids of each webhook's recoveries (listings of one webhook's).
+        self._by_webhook: dict[str, set[str]] = {}
         self.invalid = 0
 
     def __len__(self) -> int:
@@ -45,14 +47,17 @@ class RecoveryView:
                 return
             operation_id = key.decode("utf-8")
             if value is None:
-                self._records.pop(operation_id, None)
-                self._running.discard(operation_id)
+                self._forget(operation_id)
                 return
             record = jsoncanon.loads(value)
             if not isinstance(record, dict) or record.get("id") != operation_id:
                 self.invalid += 1
                 return
+            self._forget(operation_id)
             self._records[operation_id] = record
+            webhook_id = record.get("webhook_id")
+            if isinstance(webhook_id, str):
+                self._by_webhook.setdefault(webhook_id, set()).add(operation_id)
             if record.get("state") == "running":
                 self._running.add(operation_id)
             else:
@@ -62,8 +67,23 @@ class RecoveryView:
         finally:
             self.freshness.applied(partition, offset)
 
+    def _forget(self, operation_id: str) -> None:
+        old = self._records.pop(operation_id, None)
+        self._running.discard(operation_id)
+        webhook_id = None if old is None else old.get("webhook_id")
+        if isinstance(webhook_id, str):
+            ids = self._by_webhook.get(webhook_id)
+            if ids is not None:
+                ids.discard(operation_id)
+                if not ids:
+                    del self._by_webhook[webhook_id]
+
     def get(self, operation_id: str) -> dict[str, Any] | None:
         return self._records.get(operation_id)
+
+    def of_webhook(self, webhook_id: str) -> list[dict[str, Any]]:
+        """The newest records of one webhook's recoveries (in no order)."""
+        return [self._records[i] for i in self._by_webhook.get(webhook_id, ())]
 
     def running(self) -> Iterator[dict[str, Any]]:
         """The records of recoveries recorded ``running``."""

@@ -1,6 +1,6 @@
 """Ended recoveries are forgotten after ``recovery_retention``, on the real broker with a real
-worker: shown while they run and for the retention after, then their webhook's owner writes
-their tombstone, and the worker answers 404."""
+worker: shown (and listed with their webhook's) while they run and for the retention after, then
+their webhook's owner writes their tombstone, and the worker answers 404 (and lists none)."""
 
 from __future__ import annotations
 
@@ -59,10 +59,20 @@ async def test_an_ended_recovery_is_forgotten_after_the_retention(
 
         status, done = await poll(shown, until=lambda s: s[1].get("state") == "done", timeout=30)
         assert status == 200 and done["enqueued"] == 3, done
+
+        async def listed() -> list[str]:
+            response = await client.get(
+                worker.base_url + "/v1/webhooks/wh_kept/recoveries", headers=LOG_AUTH
+            )
+            assert response.status_code == 200, response.text
+            return [r["id"] for r in response.json()["items"]]
+
+        assert await listed() == [recovery_id]
         ended_at = asyncio.get_running_loop().time()
         # Shown for the retention after it ended (give or take a look), then 404.
         status, _ = await poll(shown, until=lambda s: s[0] == 404, timeout=30, interval=0.2)
         assert asyncio.get_running_loop().time() - ended_at >= 2.0
+        assert await listed() == []
     records = await read_topic(settings, settings.recoveries_topic)
     mine = [value for key, value in records if key == recovery_id.encode()]
     assert mine and mine[-1] is None  # the tombstone, after its records

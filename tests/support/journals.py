@@ -22,3 +22,9 @@ class Journal:
     async def forget(self, operation_id: str) -> None:
         self.forgotten.append(operation_id)
         self.records = [r for r in self.records if r["id"] != operation_id]
+
+    async def of_webhook(self, webhook_id: str) -> list[dict[str, Any]]:
+        newest: dict[str, dict[str, Any]] = {}
+        for record in self.records:
+            newest[record["id"]] = record
+        return [r for r in newest.values() if r.get("webhook_id") == webhook_id]

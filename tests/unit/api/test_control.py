@@ -327,6 +327,45 @@ async def test_recover_since_a_time_then_poll_it(api: Api) -> None:
     assert (await response.json())["until"] == "2026-01-15T10:30:00.000Z"
 
 
+async def test_a_webhooks_recoveries_are_listed_newest_first_in_pages(api: Api) -> None:
+    await api.create(id="wh_1")
+    await api.create(id="wh_2")
+    api.runner.hold = True
+    started = []
+    for webhook_id in ["wh_1", "wh_1", "wh_2", "wh_1", "wh_1"]:
+        body = {"since": "2026-01-15T09:00:00Z"}
+        response = await api.client.post(
+            f"/v1/webhooks/{webhook_id}/recoveries", json=body, headers=auth()
+        )
+        started.append((webhook_id, (await response.json())["id"]))
+    mine = [rid for webhook_id, rid in started if webhook_id == "wh_1"]
+    await api.client.delete(f"/v1/recoveries/{mine[1]}", headers=auth())
+    pages: list[list[dict[str, Any]]] = []
+    cursor = ""
+    while cursor is not None:
+        query = "limit=3" + (f"&cursor={cursor}" if cursor else "")
+        page = await get_json(api, f"/v1/webhooks/wh_1/recoveries?{query}")
+        pages.append(page["items"])
+        cursor = page["next_cursor"]
+    # Newest first: here all started at the same time (the fixture's clock), then by id.
+    newest = sorted(mine, reverse=True)
+    assert [[r["id"] for r in page] for page in pages] == [newest[:3], newest[3:]]
+    assert {r["webhook_id"] for page in pages for r in page} == {"wh_1"}
+    only = await get_json(api, "/v1/webhooks/wh_1/recoveries?state=cancelled")
+    assert [r["id"] for r in only["items"]] == [mine[1]] and only["next_cursor"] is None
+    none = await get_json(api, "/v1/webhooks/wh_1/recoveries?state=failed")
+    assert none == {"items": [], "next_cursor": None}
+    for query, field in (
+        ("state=lost", "state"),
+        ("cursor=abc", "cursor"),
+        (f"cursor={encode_cursor((1.0, 'x', 1))}", "cursor"),
+        ("limit=0", "limit"),
+    ):
+        bad = await api.client.get(f"/v1/webhooks/wh_1/recoveries?{query}", headers=auth())
+        assert [name for name, _ in fields(await problem(bad, 400))] == [field], query
+    await problem(await api.client.get("/v1/webhooks/nope/recoveries", headers=auth()), 404)
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
@@ -474,6 +513,8 @@ async def test_a_site_token_reaches_only_its_sites_webhooks(api: Api) -> None:
     location = response.headers["Location"]
     await problem(await api.client.get(location, headers=auth(SITE_1)), 403)
     await problem(await api.client.delete(location, headers=auth(SITE_1)), 403)
+    listed = await api.client.get("/v1/webhooks/wh_2/recoveries", headers=auth(SITE_1))
+    assert fields(await problem(listed, 403))[0][1] == "out_of_scope"
 
 
 async def test_attempts_show_the_response_size_and_a_kept_prefix(api: Api) -> None:

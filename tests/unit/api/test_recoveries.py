@@ -161,3 +161,31 @@ async def test_no_more_recoveries_than_the_limit_run_at_once() -> None:
     held.finish.set()
     await eventually(lambda: recoveries.running == 0, timeout=5)
     await recoveries.close()
+
+
+async def test_a_webhooks_operations_are_read_from_the_journal_but_those_running_here() -> None:
+    """Recorded ones as recorded (another process's included); one running here as it is now,
+    ahead of its last record; records that are not operations of the webhook left out."""
+    journal, runner = Journal(), Held()
+    recoveries = Recoveries(runner, journal=journal, url=URL, heartbeat=60.0)
+    here = await recoveries.start(request())
+    here.enqueued = 7  # not recorded yet
+    elsewhere = Operation(request(), state="done", runner="http://10.0.0.2:6066")
+    await journal.write(elsewhere.to_record(updated_at=SINCE.timestamp()))
+    other = webhook_from_record(webhook_record(id="other"))
+    await journal.write(
+        Operation(RecoveryRequest(other, SINCE, SINCE + timedelta(hours=1))).to_record(
+            updated_at=0.0
+        )
+    )
+    await journal.write({"id": "odd", "webhook_id": "wh", "state": "lost"})
+    found = {o.id: o for o in await recoveries.of_webhook(WEBHOOK)}
+    assert set(found) == {here.id, elsewhere.id}
+    assert found[here.id] is here and found[here.id].enqueued == 7
+    assert found[elsewhere.id].state == "done"
+    runner.finish.set()
+    # Ended: as its last record says, once written.
+    await eventually(lambda: journal.records[-1]["state"] == "done", timeout=5)
+    await eventually(lambda: not recoveries.running_here(here.id), timeout=5)
+    found = {o.id: o for o in await recoveries.of_webhook(WEBHOOK)}
+    assert found[here.id] is not here and found[here.id].state == "done"

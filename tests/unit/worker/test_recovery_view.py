@@ -76,27 +76,34 @@ def test_a_runner_is_live_only_while_it_records() -> None:
         st.tuples(
             st.sampled_from(["r1", "r2", "r3"]),
             st.sampled_from(["running", "done", "failed", "tombstone", "not json"]),
+            st.sampled_from(["wh1", "wh2", None]),
         ),
         max_size=40,
     )
 )
-def test_running_and_ended_are_the_newest_records_split_by_state(
-    changes: list[tuple[str, str]],
+def test_running_ended_and_by_webhook_are_the_newest_records(
+    changes: list[tuple[str, str, str | None]],
 ) -> None:
+    """Split by state and by webhook (a recovery's records may even name other webhooks)."""
     v = view()
-    model: dict[str, str] = {}
-    for offset, (rid, state) in enumerate(changes):
+    model: dict[str, tuple[str, str | None]] = {}
+    for offset, (rid, state, webhook_id) in enumerate(changes):
         if state == "tombstone":
             v.apply(0, offset, rid.encode(), None)
             model.pop(rid, None)
         elif state == "not json":  # skipped: the newest valid record stands
             v.apply(0, offset, rid.encode(), b"{")
         else:
-            v.apply(0, offset, rid.encode(), jsoncanon.dumps(record(id=rid, state=state)))
-            model[rid] = state
+            value = record(id=rid, state=state, webhook_id=webhook_id)
+            v.apply(0, offset, rid.encode(), jsoncanon.dumps(value))
+            model[rid] = (state, webhook_id)
     assert sorted(r["id"] for r in v.running()) == sorted(
-        rid for rid, state in model.items() if state == "running"
+        rid for rid, (state, _) in model.items() if state == "running"
     )
     assert sorted(rid for rid, _ in v.ended()) == sorted(
-        rid for rid, state in model.items() if state != "running"
+        rid for rid, (state, _) in model.items() if state != "running"
     )
+    for webhook_id in ("wh1", "wh2"):
+        assert sorted(r["id"] for r in v.of_webhook(webhook_id)) == sorted(
+            rid for rid, (_, owner) in model.items() if owner == webhook_id
+        )
