@@ -10,7 +10,7 @@ import pytest
 
 from bridge.admin.topics import apply_topics
 from bridge.config import Settings
-from bridge.worker.embedded import EmbeddedBroker, free_port
+from bridge.worker.embedded import GROUP_TIMEOUTS, EmbeddedBroker, free_port
 from tests.support.api import write_token_file
 from tests.support.processes import WorkerProcess
 from tests.support.receivers import Receiver
@@ -56,6 +56,10 @@ def settings_factory(broker: EmbeddedBroker, data_dir: Path) -> Callable[..., Se
                 # as the embedded mode does. (test_security.py turns the guard's allow-list off.)
                 "allow_http": True,
                 "allow_networks": ("127.0.0.0/8",),
+                # Group timeouts of `run` on the embedded broker: a 1 s first join, and a
+                # worker that stopped leaves its group's rebalances after 2 s, not 6 (a restart
+                # into the same group took ~11 s instead of ~4).
+                **GROUP_TIMEOUTS,
             },
         )
         return base.replace(**changes) if changes else base

@@ -56,7 +56,7 @@ from bridge.contract.payload import delivery_id
 from bridge.contract.resources import load_json
 from bridge.contract.schemas import EVENT_TYPES
 from bridge.subscriptions.store import WebhookStore
-from bridge.worker.embedded import EmbeddedBroker, free_port
+from bridge.worker.embedded import GROUP_TIMEOUTS, EmbeddedBroker, free_port
 from tests.support.processes import WorkerProcess, settings_env
 from tests.support.receivers import Receiver
 from tests.support.records import RawWriter, TopicTail, committed_offsets, end_offsets
@@ -595,6 +595,7 @@ async def suite(
             "drain_timeout": 5.0,
             "allow_http": True,
             "allow_networks": ("127.0.0.0/8",),
+            **GROUP_TIMEOUTS,
         },
     )
     await apply_topics(settings)
