@@ -294,11 +294,7 @@ class _Routes:
                     "state", "enum", f"expected one of {', '.join(_RECOVERY_STATES)}", "query"
                 )
             )
-        cursor = query.get("cursor")
-        if cursor is not None and not 0 < len(cursor) <= _MAX_CURSOR:
-            errors.append(
-                FieldError("cursor", "invalid_cursor", "not a cursor of this list", "query")
-            )
+        cursor = _cursor(query, errors)
         if errors:
             raise Problem.invalid(*errors)
         page = await self._control.recoveries(
@@ -327,11 +323,7 @@ class _Routes:
             if value is not None and not 0 < len(value) <= _MAX_ID:
                 errors.append(FieldError(name, "length", "empty or too long", "query"))
         since, until = _time_range(query, errors, "query")
-        cursor = query.get("cursor")
-        if cursor is not None and not 0 < len(cursor) <= _MAX_CURSOR:
-            errors.append(
-                FieldError("cursor", "invalid_cursor", "not a cursor of this list", "query")
-            )
+        cursor = _cursor(query, errors)
         if errors:
             raise Problem.invalid(*errors)
         if cursor is not None:
@@ -409,6 +401,15 @@ def _single_values(request: web.Request, allowed: tuple[str, ...]) -> dict[str, 
     if errors:
         raise Problem.invalid(*errors)
     return values
+
+
+def _cursor(query: dict[str, str], errors: list[FieldError]) -> str | None:
+    """The query's ``cursor`` (its form is its list's to judge); an error for an empty or an
+    over-long one."""
+    cursor = query.get("cursor")
+    if cursor is not None and not 0 < len(cursor) <= _MAX_CURSOR:
+        errors.append(FieldError("cursor", "invalid_cursor", "not a cursor of this list", "query"))
+    return cursor
 
 
 def _limit(text: str | None) -> int:

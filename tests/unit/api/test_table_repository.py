@@ -3,7 +3,6 @@ listing of one site walks only that site's webhooks."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,13 +10,19 @@ import pytest
 
 from bridge.api.auth import Principal
 from bridge.api.problems import Problem
-from bridge.api.repository import SCAN_YIELD_EVERY, MemoryRepository, WebhookFilter
+from bridge.api.repository import (
+    SCAN_YIELD_EVERY,
+    MemoryRepository,
+    WebhookFilter,
+    scan_ordered,
+)
 from bridge.api.service import WebhookService
 from bridge.api.table_repository import TableRepository
 from bridge.subscriptions.freshness import TableFreshness
 from bridge.subscriptions.index import SubscriptionIndex
 from bridge.subscriptions.webhook import Webhook, webhook_from_record
 from tests.support.builders import webhook_record
+from tests.support.turns import turns_during
 
 
 def webhook(webhook_id: str) -> Webhook:
@@ -144,23 +149,12 @@ async def test_a_long_scan_lets_other_tasks_run() -> None:
     count = SCAN_YIELD_EVERY * 5
     hooks = [webhook_from_record(webhook_record(id=f"w{n:05d}")) for n in range(count)]
     index = SubscriptionIndex(hooks)
-    repo, _ = repository(index, {0: 0})
-    ticks = 0
-    scanning = True
 
-    async def other() -> None:
-        nonlocal ticks
-        while scanning:
-            ticks += 1
-            if ticks == 2:
-                index.remove(f"w{count - 1:05d}")
-            await asyncio.sleep(0)
+    def removing(turn: int) -> None:
+        if turn == 2:
+            index.remove(f"w{count - 1:05d}")
 
-    beside = asyncio.create_task(other())
-    await asyncio.sleep(0)
-    started = ticks
-    found = await repo.scan(after=None, limit=count, where=lambda w: w.id > "w00000")
-    scanning = False
-    await beside
-    assert ticks - started >= 4
+    scan = scan_ordered(index.ordered(), after=None, limit=count, where=lambda w: w.id > "w00000")
+    found, turns = await turns_during(scan, removing)
+    assert turns >= 4
     assert len(found) == count - 2  # not w00000, not the one removed

@@ -4,7 +4,6 @@ Forgetting them: only ended ones, once the retention has passed."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
@@ -17,6 +16,7 @@ from bridge.worker.recovery_journal import FORGET_STEP, forget_ended, take_over
 from bridge.worker.recovery_view import RecoveryView
 from tests.support.builders import webhook_record
 from tests.support.journals import Journal
+from tests.support.turns import turns_during
 
 NOW = datetime(2024, 1, 15, 12, 0, tzinfo=UTC)
 WEBHOOKS = {w: webhook_from_record(webhook_record(id=w)) for w in ("a", "b")}
@@ -141,22 +141,9 @@ async def test_forgetting_many_ended_recoveries_lets_the_loop_run() -> None:
         view.apply(
             0, n, rid.encode(), recorded(rid, WEBHOOKS["a"], runner=None, age=10.0, state="done")
         )
-    ticks = 0
-    running = True
-
-    async def beside() -> None:
-        nonlocal ticks
-        while running:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    task = asyncio.create_task(beside())
-    await asyncio.sleep(0)
-    before = ticks
     journal = Journal()
-    forgotten = await forget_ended(
+    forgetting = forget_ended(
         view, journal, owns=lambda w: True, retention=3600.0, wall_time=NOW.timestamp
     )
-    running = False
-    await task
-    assert forgotten == [] and ticks - before >= 3
+    forgotten, turns = await turns_during(forgetting)
+    assert forgotten == [] and turns >= 3
