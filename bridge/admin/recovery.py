@@ -21,6 +21,7 @@ import dataclasses
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -28,11 +29,13 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bridge.config import Settings
+from bridge.contract import jsoncanon
 from bridge.contract.events import format_epoch, format_timestamp, parse_event, parse_time
 from bridge.contract.payload import delivery_id
 from bridge.delivery.pending_retry import PendingRetry
 from bridge.errors import InvalidRecord
 from bridge.kafka.clients import client_kwargs
+from bridge.kafka.reading import stream_topic
 from bridge.subscriptions.index import SubscriptionIndex
 from bridge.subscriptions.webhook import Webhook
 
@@ -44,6 +47,7 @@ __all__ = [
     "position_key",
     "select",
     "recover",
+    "recorded_recoveries",
 ]
 
 #: Deliveries a recovery enqueues per second unless told otherwise (and never more than the
@@ -420,3 +424,36 @@ async def _run(
         for tp, records in batch.items():
             if not await take(tp, records):
                 return
+
+
+async def recorded_recoveries(settings: Settings, webhook_id: str) -> list[dict[str, Any]]:
+    """The newest record of each of a webhook's recoveries and redeliveries in the recoveries
+    topic (as workers record them; those that ended more than ``recovery_retention`` ago are
+    gone), newest first. Holds only that webhook's records while it reads."""
+    newest: dict[bytes, dict[str, Any]] = {}
+    async with aclosing(stream_topic(settings, settings.recoveries_topic)) as batches:
+        async for batch in batches:
+            for key, value in batch:
+                if key is None:
+                    continue
+                if value is None:
+                    newest.pop(key, None)
+                    continue
+                try:
+                    record = jsoncanon.loads(value)
+                except InvalidRecord:
+                    continue
+                # As the workers' view: what is not a record of its key leaves the newest one.
+                if not isinstance(record, dict) or record.get("id") != key.decode(
+                    "utf-8", "replace"
+                ):
+                    continue
+                if record.get("webhook_id") == webhook_id:
+                    newest[key] = record
+                else:
+                    newest.pop(key, None)
+    return sorted(
+        newest.values(),
+        key=lambda r: (str(r.get("started_at") or ""), str(r.get("id"))),
+        reverse=True,
+    )

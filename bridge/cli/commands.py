@@ -65,6 +65,7 @@ COMMAND_SECTIONS: dict[str, tuple[Section, ...]] = {
         Section.DEAD_LETTERS,
         Section.API_CLIENT,
     ),
+    "webhooks recoveries": (*_MANAGEMENT, Section.ACTIVITY, Section.API_CLIENT),
     "webhooks attempts": (*_MANAGEMENT, Section.TOPICS, Section.ACTIVITY, Section.API_CLIENT),
     "webhooks stats": (*_MANAGEMENT, Section.TOPICS, Section.ACTIVITY, Section.API_CLIENT),
     "deliveries show": (*_MANAGEMENT, Section.TOPICS, Section.API_CLIENT),
@@ -201,6 +202,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     _settings_flags(recover, "webhooks recover")
     recover.set_defaults(handler=_webhooks_recover)
+
+    recoveries = hook_commands.add_parser(
+        "recoveries",
+        help="a webhook's recoveries and redeliveries, newest first (running, and ended within "
+        "recovery_retention)",
+    )
+    recoveries.add_argument("webhook_id", metavar="ID")
+    recoveries.add_argument("--state", choices=("running", "done", "cancelled", "failed"))
+    recoveries.add_argument("--json", action="store_true", help="one JSON object per line")
+    _settings_flags(recoveries, "webhooks recoveries")
+    recoveries.set_defaults(handler=_webhooks_recoveries)
 
     attempts = hook_commands.add_parser(
         "attempts", help="a webhook's delivery log, newest first (from the attempts topic)"
@@ -584,6 +596,47 @@ def _webhooks_recover(args: argparse.Namespace) -> int:
             started = api.post(f"/v1/webhooks/{_path_part(args.webhook_id)}/recoveries", body)
         print(json.dumps(api.finished(started)))
     return 0
+
+
+def _webhooks_recoveries(args: argparse.Namespace) -> int:
+    from bridge.admin.recovery import recorded_recoveries
+
+    api = _api(args)
+    if api is not None:
+        records: list[dict[str, Any]] = []
+        path = f"/v1/webhooks/{_path_part(args.webhook_id)}/recoveries"
+        params = {"limit": "100", **({"state": args.state} if args.state else {})}
+        with api:
+            while True:
+                answer = api.get(path, params)
+                records += answer["items"]
+                if answer["next_cursor"] is None:
+                    break
+                params["cursor"] = answer["next_cursor"]
+    else:
+        records = _run_managed(
+            args, lambda settings: recorded_recoveries(settings, args.webhook_id)
+        )
+        if args.state is not None:
+            records = [r for r in records if r.get("state") == args.state]
+    fields = (
+        "id", "kind", "webhook_id", "since", "until", "delivery_id", "rate", "state", "scanned",
+        "enqueued", "invalid", "progress", "error", "resumed", "started_at", "finished_at",
+    )  # fmt: skip
+    for record in records:
+        shown = {name: record.get(name) for name in fields}  # (no positions or runner)
+        print(json.dumps(shown) if args.json else _recovery_line(shown))
+    return 0
+
+
+def _recovery_line(record: dict[str, Any]) -> str:
+    what = f"delivery {record['delivery_id']}" if record["delivery_id"] else "events"
+    line = (
+        f"{record['id']}  {record['state']:<9}  started {record['started_at']}  {what} "
+        f"{record['since']} .. {record['until']}  enqueued {record['enqueued']} of "
+        f"{record['scanned']} read"
+    )
+    return line + (f"  error {record['error']}" if record["error"] else "")
 
 
 def _api(args: argparse.Namespace) -> Any:

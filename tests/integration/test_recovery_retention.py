@@ -5,6 +5,9 @@ their webhook's owner writes their tombstone, and the worker answers 404 (and li
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -16,7 +19,8 @@ from bridge.admin.publish import publish_events
 from bridge.config import Settings
 from bridge.contract.events import build_event, format_timestamp
 from bridge.kafka.reading import read_topic
-from tests.support.api import LOG_AUTH
+from tests.support.api import LOG_AUTH, LOG_TOKEN
+from tests.support.processes import settings_env
 from tests.support.receivers import Receiver, subscribe
 from tests.support.waiting import poll
 from tests.support.workers import InProcessWorker
@@ -24,12 +28,32 @@ from tests.support.workers import InProcessWorker
 pytestmark = pytest.mark.integration
 
 
+async def cli(
+    settings: Settings, worker: InProcessWorker, *args: str, through_api: bool = False
+) -> list[Any]:
+    """``webhook-bridge webhooks recoveries ARGS``: its lines (as JSON with ``--json``)."""
+    env = settings_env(settings)
+    if through_api:
+        env.update(BRIDGE_API_URL=worker.base_url, BRIDGE_API_TOKEN=LOG_TOKEN)
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "bridge.cli", "webhooks", "recoveries", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    lines = result.stdout.splitlines()
+    return [json.loads(line) for line in lines] if "--json" in args else lines
+
+
 async def test_an_ended_recovery_is_forgotten_after_the_retention(
     log_settings: Settings,
     receiver: Receiver,
     in_process_workers: Callable[[Settings], InProcessWorker],
 ) -> None:
-    settings = log_settings.replace(recovery_retention=3.0)
+    settings = log_settings.replace(recovery_retention=8.0)
     worker = in_process_workers(settings)
     await worker.wait_ready()
     await subscribe(settings, receiver, {"wh_kept": "s1"}, ("post.created",))
@@ -59,6 +83,7 @@ async def test_an_ended_recovery_is_forgotten_after_the_retention(
 
         status, done = await poll(shown, until=lambda s: s[1].get("state") == "done", timeout=30)
         assert status == 200 and done["enqueued"] == 3, done
+        ended_at = asyncio.get_running_loop().time()
 
         async def listed() -> list[str]:
             response = await client.get(
@@ -68,11 +93,18 @@ async def test_an_ended_recovery_is_forgotten_after_the_retention(
             return [r["id"] for r in response.json()["items"]]
 
         assert await listed() == [recovery_id]
-        ended_at = asyncio.get_running_loop().time()
-        # Shown for the retention after it ended (give or take a look), then 404.
+        # The CLI lists it too, from the topic and through the API.
+        for through_api in (False, True):
+            printed = await cli(settings, worker, "wh_kept", "--json", through_api=through_api)
+            assert [(r["id"], r["state"], r["enqueued"]) for r in printed] == [
+                (recovery_id, "done", 3)
+            ]
+        assert await cli(settings, worker, "wh_kept", "--state", "running") == []
+        # Shown for the retention (8 s) after it ended, then 404.
         status, _ = await poll(shown, until=lambda s: s[0] == 404, timeout=30, interval=0.2)
-        assert asyncio.get_running_loop().time() - ended_at >= 2.0
+        assert asyncio.get_running_loop().time() - ended_at >= 6.0
         assert await listed() == []
+        assert await cli(settings, worker, "wh_kept") == []
     records = await read_topic(settings, settings.recoveries_topic)
     mine = [value for key, value in records if key == recovery_id.encode()]
     assert mine and mine[-1] is None  # the tombstone, after its records
