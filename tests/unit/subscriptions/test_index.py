@@ -119,8 +119,9 @@ def test_every_filter_lists_exactly_its_webhooks_in_order(
 
 
 def test_a_rare_state_or_event_type_walks_only_its_webhooks() -> None:
-    """A listing of the disabled webhooks among many walks only them (``ordered`` looks at no
-    other webhook: the index's mapping of ids is watched)."""
+    """A listing of the disabled webhooks among many walks only them, as one of the active ones
+    among many turned off does (``ordered`` looks at no other webhook: the index's mapping of
+    ids is watched)."""
     many = [
         stated(f"w{n:04d}", "s1", "u1", "active", frozenset({"post.created"})) for n in range(3000)
     ]
@@ -138,6 +139,13 @@ def test_a_rare_state_or_event_type_walks_only_its_webhooks() -> None:
     assert list(index.ordered(event_type="post.deleted")) == [off]
     assert looked == ["w0500x", "w0500x"]
     assert [w.id for w in index.ordered(after="w2997", state="active")] == ["w2998", "w2999"]
+    # Where almost every webhook is off, the active ones are the rare state.
+    off_all = [stated(w.id, "s1", "u1", "inactive", w.events) for w in many[1:]]
+    index = SubscriptionIndex([many[0], *off_all])
+    looked.clear()
+    index._by_id = Watched(index._by_id)
+    assert list(index.ordered(state="active")) == [many[0]]
+    assert looked == [many[0].id]
 
 
 async def test_orders_made_in_a_thread_take_the_changes_made_meanwhile() -> None:
