@@ -35,7 +35,7 @@ from bridge.contract.payload import delivery_id
 from bridge.delivery.pending_retry import PendingRetry
 from bridge.errors import InvalidRecord
 from bridge.kafka.clients import client_kwargs
-from bridge.kafka.reading import stream_topic
+from bridge.kafka.reading import SETTLE_STAMP_MARGIN, stamped_by, stream_topic
 from bridge.subscriptions.index import SubscriptionIndex
 from bridge.subscriptions.webhook import Webhook
 
@@ -297,8 +297,9 @@ async def recover(
 
     Every source partition is read from the first record published at ``since`` (as far as
     the broker can tell: a broker that cannot look offsets up by time is read from its first
-    record) to its end when the recovery started, then until a fetch of ``settle`` seconds
-    brings nothing (the embedded broker can report an end before the last records of a batch).
+    record) to its end when the recovery started, then records written before it started until
+    a fetch of ``settle`` seconds brings nothing or every partition showed a later one (the
+    embedded broker can report an end before the last records of a batch).
     ``write`` enqueues one delivery (the first retry tier by default)."""
     request = operation.request
     index = SubscriptionIndex([request.webhook])
@@ -417,12 +418,19 @@ async def _run(
             reached[tp] = min(position, ends[tp])
             if position >= ends[tp]:
                 pending.discard(tp)
-    while True:
-        batch = await consumer.getmany(*tps, timeout_ms=int(settle * 1000))
+    # Settling (the embedded broker's ends, see stream_topic): records written before the
+    # recovery began only, so that a topic that never falls silent ends it all the same.
+    begun_ms = int((operation.started_at + SETTLE_STAMP_MARGIN) * 1000)
+    settling = set(tps)
+    while settling:
+        batch = await consumer.getmany(*settling, timeout_ms=int(settle * 1000))
         if not batch:
             break
         for tp, records in batch.items():
-            if not await take(tp, records):
+            before = stamped_by(records, begun_ms)
+            if before < len(records):
+                settling.discard(tp)
+            if not await take(tp, records[:before]):
                 return
 
 

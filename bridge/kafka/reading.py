@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import time
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
@@ -11,10 +13,23 @@ from aiokafka.partitioner import DefaultPartitioner
 from bridge.config import Settings
 from bridge.kafka.clients import client_kwargs
 
-__all__ = ["KeyValue", "read_topic", "stream_topic"]
+__all__ = ["KeyValue", "SETTLE_STAMP_MARGIN", "read_topic", "stamped_by", "stream_topic"]
 
 #: A record's key and value.
 KeyValue = tuple[bytes | None, bytes | None]
+
+#: Seconds after a read began up to which its settling takes records (see :func:`stream_topic`):
+#: a producer's clock a little ahead of this one's still has its last batch read.
+SETTLE_STAMP_MARGIN = 1.0
+
+
+def stamped_by(messages: Sequence[ConsumerRecord[Any, Any]], limit_ms: int) -> int:
+    """How many of a partition's ``messages`` (in offset order) come before the first one
+    stamped after ``limit_ms``: that one and those after it were written later."""
+    for n, message in enumerate(messages):
+        if message.timestamp is not None and message.timestamp > limit_ms:
+            return n
+    return len(messages)
 
 
 async def read_topic(
@@ -54,11 +69,16 @@ async def stream_topic(
     broker's time index: a record before it is stamped earlier; a broker without one, such as
     the embedded broker, gives the beginning).
 
-    Reads up to the end offsets, then keeps fetching until a fetch of ``settle`` seconds returns
-    nothing: the embedded broker (Tansu) reports the end of a partition whose last write was a
-    batch as that batch's first offset + 1, which would otherwise drop the batch's other records.
-    Close it (``contextlib.aclosing``) when stopping early: that stops its consumer.
+    Reads up to the end offsets, then settles: keeps fetching records written before the read
+    began (stamped up to :data:`SETTLE_STAMP_MARGIN` after) until a fetch of ``settle`` seconds
+    returns nothing, or every partition has shown one written later: the embedded broker (Tansu)
+    reports the end of a partition whose last write was a batch as that batch's first offset + 1,
+    which would otherwise drop the batch's other records, and a topic that never falls silent
+    (a failing endpoint dead-lettering) must not keep a read going. Records written after the
+    read began may be left out. Close it (``contextlib.aclosing``) when stopping early: that
+    stops its consumer.
     """
+    begun_ms = int((time.time() + SETTLE_STAMP_MARGIN) * 1000)
     consumer = AIOKafkaConsumer(
         **client_kwargs(settings),
         group_id=None,
@@ -107,11 +127,16 @@ async def stream_topic(
                 yield records(messages)
                 if await consumer.position(tp) >= ends[tp]:
                     pending.discard(tp)
-        while True:
-            batch = await consumer.getmany(*tps, timeout_ms=int(settle * 1000))
+        settling = set(tps)
+        while settling:
+            batch = await consumer.getmany(*settling, timeout_ms=int(settle * 1000))
             if not batch:
                 return
-            for messages in batch.values():
-                yield records(messages)
+            for tp, messages in batch.items():
+                before = stamped_by(messages, begun_ms)
+                if before < len(messages):
+                    settling.discard(tp)
+                if before:
+                    yield records(messages[:before])
     finally:
         await consumer.stop()
