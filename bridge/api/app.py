@@ -137,10 +137,7 @@ class _Routes:
         errors: list[FieldError] = []
         if event_type is not None and event_type not in EVENT_TYPES:
             errors.append(FieldError("event_type", "enum", "not an event type", "query"))
-        if state is not None and state not in WEBHOOK_STATES:
-            errors.append(
-                FieldError("state", "enum", f"expected one of {', '.join(WEBHOOK_STATES)}", "query")
-            )
+        _check_enums(query, errors, state=WEBHOOK_STATES)
         for name in ("site_id", "user_id", "cursor"):
             value = query.get(name)
             if value is not None and not 0 < len(value) <= (2000 if name == "cursor" else _MAX_ID):
@@ -210,16 +207,13 @@ class _Routes:
         query = _single_values(request, _ATTEMPT_PARAMS)
         limit = _limit(query.get("limit"))
         errors: list[FieldError] = []
-        for name, allowed in (
-            ("event_type", EVENT_TYPES),
-            ("outcome", _OUTCOMES),
-            ("status_class", _STATUS_CLASSES),
-        ):
-            value = query.get(name)
-            if value is not None and value not in allowed:
-                errors.append(
-                    FieldError(name, "enum", f"expected one of {', '.join(allowed)}", "query")
-                )
+        _check_enums(
+            query,
+            errors,
+            event_type=EVENT_TYPES,
+            outcome=_OUTCOMES,
+            status_class=_STATUS_CLASSES,
+        )
         since, until = _time_range(query, errors, "query")
         cursor = query.get("cursor")
         if cursor is not None:
@@ -287,13 +281,8 @@ class _Routes:
         query = _single_values(request, _RECOVERY_PARAMS)
         limit = _limit(query.get("limit"))
         errors: list[FieldError] = []
+        _check_enums(query, errors, state=_RECOVERY_STATES)
         state = query.get("state")
-        if state is not None and state not in _RECOVERY_STATES:
-            errors.append(
-                FieldError(
-                    "state", "enum", f"expected one of {', '.join(_RECOVERY_STATES)}", "query"
-                )
-            )
         cursor = _cursor(query, errors)
         if errors:
             raise Problem.invalid(*errors)
@@ -401,6 +390,16 @@ def _single_values(request: web.Request, allowed: tuple[str, ...]) -> dict[str, 
     if errors:
         raise Problem.invalid(*errors)
     return values
+
+
+def _check_enums(
+    query: dict[str, str], errors: list[FieldError], **allowed: tuple[str, ...]
+) -> None:
+    """An error for each query parameter named in ``allowed`` whose value is not one of its."""
+    for name, values in allowed.items():
+        value = query.get(name)
+        if value is not None and value not in values:
+            errors.append(FieldError(name, "enum", f"expected one of {', '.join(values)}", "query"))
 
 
 def _cursor(query: dict[str, str], errors: list[FieldError]) -> str | None:
