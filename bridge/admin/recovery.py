@@ -48,6 +48,7 @@ __all__ = [
     "select",
     "recover",
     "recorded_recoveries",
+    "recovery_record",
 ]
 
 #: Deliveries a recovery enqueues per second unless told otherwise (and never more than the
@@ -434,6 +435,18 @@ async def _run(
                 return
 
 
+def recovery_record(key: bytes, value: bytes) -> dict[str, Any] | None:
+    """A record (not a tombstone) of the recoveries topic as its key's recovery, or ``None``
+    when it is not one (not JSON, not an object, another id, a key that is not UTF-8): the key's
+    newest record then stands. Workers' views and ``recorded_recoveries`` read it alike."""
+    try:
+        operation_id = key.decode("utf-8")
+        record = jsoncanon.loads(value)
+    except (InvalidRecord, UnicodeDecodeError):
+        return None
+    return record if isinstance(record, dict) and record.get("id") == operation_id else None
+
+
 async def recorded_recoveries(settings: Settings, webhook_id: str) -> list[dict[str, Any]]:
     """The newest record of each of a webhook's recoveries and redeliveries in the recoveries
     topic (as workers record them; those that ended more than ``recovery_retention`` ago are
@@ -447,14 +460,8 @@ async def recorded_recoveries(settings: Settings, webhook_id: str) -> list[dict[
                 if value is None:
                     newest.pop(key, None)
                     continue
-                try:
-                    record = jsoncanon.loads(value)
-                except InvalidRecord:
-                    continue
-                # As the workers' view: what is not a record of its key leaves the newest one.
-                if not isinstance(record, dict) or record.get("id") != key.decode(
-                    "utf-8", "replace"
-                ):
+                record = recovery_record(key, value)
+                if record is None:
                     continue
                 if record.get("webhook_id") == webhook_id:
                     newest[key] = record

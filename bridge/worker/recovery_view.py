@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from bridge.contract import jsoncanon
+from bridge.admin.recovery import recovery_record
 from bridge.contract.events import parse_time
-from bridge.errors import InvalidRecord
 from bridge.subscriptions.freshness import TableFreshness
 
 __all__ = ["DEFAULT_STALE_AFTER", "RecoveryView", "updated_at"]
@@ -49,8 +48,8 @@ class RecoveryView:
             if value is None:
                 self._forget(operation_id)
                 return
-            record = jsoncanon.loads(value)
-            if not isinstance(record, dict) or record.get("id") != operation_id:
+            record = recovery_record(key, value)
+            if record is None:
                 self.invalid += 1
                 return
             self._forget(operation_id)
@@ -62,7 +61,7 @@ class RecoveryView:
                 self._running.add(operation_id)
             else:
                 self._running.discard(operation_id)
-        except (InvalidRecord, UnicodeDecodeError):
+        except UnicodeDecodeError:  # a key that is not UTF-8
             self.invalid += 1
         finally:
             self.freshness.applied(partition, offset)
