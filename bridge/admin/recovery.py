@@ -35,7 +35,7 @@ from bridge.contract.payload import delivery_id
 from bridge.delivery.pending_retry import PendingRetry
 from bridge.errors import InvalidRecord
 from bridge.kafka.clients import client_kwargs
-from bridge.kafka.reading import SETTLE_STAMP_MARGIN, stamped_by, stream_topic
+from bridge.kafka.reading import SETTLE_STAMP_MARGIN, settled, stream_topic
 from bridge.subscriptions.index import SubscriptionIndex
 from bridge.subscriptions.webhook import Webhook
 
@@ -422,16 +422,9 @@ async def _run(
     # Settling (the embedded broker's ends, see stream_topic): records written before the
     # recovery began only, so that a topic that never falls silent ends it all the same.
     begun_ms = int((operation.started_at + SETTLE_STAMP_MARGIN) * 1000)
-    settling = set(tps)
-    while settling:
-        batch = await consumer.getmany(*settling, timeout_ms=int(settle * 1000))
-        if not batch:
-            break
-        for tp, records in batch.items():
-            before = stamped_by(records, begun_ms)
-            if before < len(records):
-                settling.discard(tp)
-            if not await take(tp, records[:before]):
+    async with aclosing(settled(consumer, tps, begun_ms, settle)) as settling:
+        async for tp, records in settling:
+            if not await take(tp, records):
                 return
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -13,7 +13,14 @@ from aiokafka.partitioner import DefaultPartitioner
 from bridge.config import Settings
 from bridge.kafka.clients import client_kwargs
 
-__all__ = ["KeyValue", "SETTLE_STAMP_MARGIN", "read_topic", "stamped_by", "stream_topic"]
+__all__ = [
+    "KeyValue",
+    "SETTLE_STAMP_MARGIN",
+    "read_topic",
+    "settled",
+    "stamped_by",
+    "stream_topic",
+]
 
 #: A record's key and value.
 KeyValue = tuple[bytes | None, bytes | None]
@@ -30,6 +37,25 @@ def stamped_by(messages: Sequence[ConsumerRecord[Any, Any]], limit_ms: int) -> i
         if message.timestamp is not None and message.timestamp > limit_ms:
             return n
     return len(messages)
+
+
+async def settled(
+    consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition], begun_ms: int, settle: float
+) -> AsyncGenerator[tuple[TopicPartition, list[ConsumerRecord[Any, Any]]], None]:
+    """The settling of a read that reached the end offsets it found (see :func:`stream_topic`):
+    each partition's further records written by ``begun_ms`` (:func:`stamped_by`), until a
+    fetch of ``settle`` seconds brings nothing or every partition showed a later one."""
+    settling = set(tps)
+    while settling:
+        batch = await consumer.getmany(*settling, timeout_ms=int(settle * 1000))
+        if not batch:
+            return
+        for tp, messages in batch.items():
+            before = stamped_by(messages, begun_ms)
+            if before < len(messages):
+                settling.discard(tp)
+            if before:
+                yield tp, messages[:before]
 
 
 async def read_topic(
@@ -127,16 +153,8 @@ async def stream_topic(
                 yield records(messages)
                 if await consumer.position(tp) >= ends[tp]:
                     pending.discard(tp)
-        settling = set(tps)
-        while settling:
-            batch = await consumer.getmany(*settling, timeout_ms=int(settle * 1000))
-            if not batch:
-                return
-            for tp, messages in batch.items():
-                before = stamped_by(messages, begun_ms)
-                if before < len(messages):
-                    settling.discard(tp)
-                if before:
-                    yield records(messages[:before])
+        async with aclosing(settled(consumer, tps, begun_ms, settle)) as settling:
+            async for _, messages in settling:
+                yield records(messages)
     finally:
         await consumer.stop()
