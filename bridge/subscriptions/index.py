@@ -144,15 +144,11 @@ class SubscriptionIndex:
                 yield found
 
     def _order(self, kind: str) -> dict[str, list[str]]:
-        """The listing order of ``kind`` (see ``_orders``), made now if it is not yet."""
-        order = self._orders.get(kind)
-        if order is None:
-            made: dict[str, list[str]] = defaultdict(list)
-            for webhook_id in sorted(self._by_id):
-                for value in _order_values(kind, self._by_id[webhook_id]):
-                    made[value].append(webhook_id)
-            order = self._orders[kind] = dict(made)
-        return order
+        """The listing order of ``kind`` (see ``_orders``); when :meth:`prepare_listing` has
+        not made them, every order is made now, on the caller's thread."""
+        if kind not in self._orders:
+            self._sorted, self._orders = _made_orders(list(self._by_id.values()))
+        return self._orders[kind]
 
     def put(self, webhook: Webhook) -> None:
         """Add or replace a webhook."""
