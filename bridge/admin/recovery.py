@@ -29,7 +29,6 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bridge.config import Settings
-from bridge.contract import jsoncanon
 from bridge.contract.events import format_epoch, format_timestamp, parse_event, parse_time
 from bridge.contract.payload import delivery_id
 from bridge.delivery.pending_retry import PendingRetry
@@ -38,6 +37,7 @@ from bridge.kafka.clients import client_kwargs
 from bridge.kafka.reading import SETTLE_STAMP_MARGIN, settled, stream_topic
 from bridge.subscriptions.index import SubscriptionIndex
 from bridge.subscriptions.webhook import Webhook
+from bridge.worker.recovery_view import recovery_record
 
 __all__ = [
     "DEFAULT_RATE",
@@ -48,7 +48,6 @@ __all__ = [
     "select",
     "recover",
     "recorded_recoveries",
-    "recovery_record",
 ]
 
 #: Deliveries a recovery enqueues per second unless told otherwise (and never more than the
@@ -426,18 +425,6 @@ async def _run(
         async for tp, records in settling:
             if not await take(tp, records):
                 return
-
-
-def recovery_record(key: bytes, value: bytes) -> dict[str, Any] | None:
-    """A record (not a tombstone) of the recoveries topic as its key's recovery, or ``None``
-    when it is not one (not JSON, not an object, another id, a key that is not UTF-8): the key's
-    newest record then stands. Workers' views and ``recorded_recoveries`` read it alike."""
-    try:
-        operation_id = key.decode("utf-8")
-        record = jsoncanon.loads(value)
-    except (InvalidRecord, UnicodeDecodeError):
-        return None
-    return record if isinstance(record, dict) and record.get("id") == operation_id else None
 
 
 async def recorded_recoveries(settings: Settings, webhook_id: str) -> list[dict[str, Any]]:

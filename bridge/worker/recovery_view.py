@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from bridge.admin.recovery import recovery_record
+from bridge.contract import jsoncanon
 from bridge.contract.events import parse_time
+from bridge.errors import InvalidRecord
 from bridge.subscriptions.freshness import TableFreshness
 
-__all__ = ["DEFAULT_STALE_AFTER", "RecoveryView", "updated_at"]
+__all__ = ["DEFAULT_STALE_AFTER", "RecoveryView", "recovery_record", "updated_at"]
 
 #: Seconds without a record after which a running recovery's runner is taken for gone.
 DEFAULT_STALE_AFTER = 15.0
@@ -20,6 +21,19 @@ def updated_at(record: dict[str, Any]) -> float | None:
         return parse_time(record.get("updated_at")).timestamp()
     except ValueError:
         return None
+
+
+def recovery_record(key: bytes, value: bytes) -> dict[str, Any] | None:
+    """A record (not a tombstone) of the recoveries topic as its key's recovery, or ``None``
+    when it is not one (not JSON, not an object, another id, a key that is not UTF-8): the key's
+    newest record then stands. The view and :func:`bridge.admin.recovery.recorded_recoveries`
+    read it alike."""
+    try:
+        operation_id = key.decode("utf-8")
+        record = jsoncanon.loads(value)
+    except (InvalidRecord, UnicodeDecodeError):
+        return None
+    return record if isinstance(record, dict) and record.get("id") == operation_id else None
 
 
 class RecoveryView:
