@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,8 +29,11 @@ __all__ = [
 ]
 
 
-#: Seconds by which a dead letter's record timestamp may precede its ``dead_lettered_at``
-#: (clocks stepped back, a broker's append time): reading since a time starts this much earlier.
+#: Seconds by which a dead letter's record timestamp may differ from its ``dead_lettered_at``,
+#: and from the ``dead_lettered_at`` of every letter after it in its partition (writers' clocks
+#: apart, a clock stepped back, a broker's append time, a send retried): reading since a time
+#: starts at the first record stamped this much before it, and reading up to a time stops at
+#: the first record stamped this much after it. The bridge writes each letter when it stamps it.
 STAMP_MARGIN = 300.0
 
 
@@ -71,21 +74,37 @@ async def list_dead_letters(
 
 
 async def stream_dead_letters(
-    settings: Settings, where: DeadLetterFilter = DeadLetterFilter()
+    settings: Settings,
+    where: DeadLetterFilter = DeadLetterFilter(),
+    *,
+    needed_until: Callable[[], datetime | None] | None = None,
 ) -> AsyncGenerator[dict[str, Any], None]:
     """Dead letters matching ``where``, oldest first per partition, one by one as they are
     read: a reader holds a fetched batch of the topic at a time, not the topic.
 
     Only what ``where`` can match is read: one webhook's letters from the partition of its key
-    (the bridge keys a delivery's dead letter by its webhook id), and letters since a time from
-    the first record stamped :data:`STAMP_MARGIN` before it (a letter is stamped when written,
-    on the clock of its ``dead_lettered_at``). Close it (``contextlib.aclosing``) when stopping
-    early."""
+    (the bridge keys a delivery's dead letter by its webhook id), letters since a time from
+    the first record stamped :data:`STAMP_MARGIN` before it, and letters up to a time (``until``,
+    or the latest ``dead_lettered_at`` the reader still needs, as ``needed_until()`` gives it
+    while it reads: a page that has its letters needs no later ones) up to the first record
+    stamped :data:`STAMP_MARGIN` after it. A letter without a ``dead_lettered_at`` (none the
+    bridge writes) is read only where it lies within what is read. Close it
+    (``contextlib.aclosing``) when stopping early."""
     key = None if where.webhook_id is None else where.webhook_id.encode("utf-8")
     since_ms = None
     if where.since is not None:
         since_ms = max(0, int((where.since.timestamp() - STAMP_MARGIN) * 1000))
-    stream = stream_topic(settings, settings.deadletter_topic, key=key, since_ms=since_ms)
+
+    def until_ms() -> int | None:
+        needed = None if needed_until is None else needed_until()
+        moments = [moment for moment in (where.until, needed) if moment is not None]
+        if not moments:
+            return None
+        return int((min(moments).timestamp() + STAMP_MARGIN) * 1000)
+
+    stream = stream_topic(
+        settings, settings.deadletter_topic, key=key, since_ms=since_ms, until_ms=until_ms
+    )
     async with aclosing(stream) as batches:
         async for batch in batches:
             for _, value in batch:

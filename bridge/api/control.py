@@ -64,9 +64,16 @@ DEFAULT_REDELIVER_LOOKBACK = 7 * 86400.0
 class DeadLetterSource(Protocol):
     """Dead letters to list and replay (as :mod:`bridge.admin.dead_letters` does on Kafka)."""
 
-    def read(self, where: DeadLetterFilter) -> AsyncGenerator[dict[str, Any], None]:
+    def read(
+        self,
+        where: DeadLetterFilter,
+        *,
+        needed_until: Callable[[], datetime | None] | None = None,
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """The dead-letter records ``where`` selects, in any order, as they are read (the
-        caller closes it when it stops early)."""
+        caller closes it when it stops early); those with a ``dead_lettered_at`` after the
+        time ``needed_until()`` gives while they are read (when it gives one) may be left
+        unread (:func:`bridge.admin.dead_letters.stream_dead_letters`)."""
         ...
 
     async def replay(self, where: DeadLetterFilter) -> ReplayReport:
@@ -517,10 +524,21 @@ class ControlService:
             if moment is not None and (where.since is None or moment > where.since):
                 read = dataclasses.replace(where, since=moment)
         # The first ``limit + 1`` letters after the cursor, kept in order as the topic is read:
-        # a page holds that many letters, not every letter the read goes through.
+        # a page holds that many letters, not every letter the read goes through; and once it
+        # has them, the read need not go past the last one's time.
         first: list[tuple[tuple[str, str, int, int], int, dict[str, Any]]] = []
         count = itertools.count()  # keeps equal positions apart without comparing records
-        async with aclosing(self._dead_letters.read(read)) as letters:
+
+        def needed_until() -> datetime | None:
+            if len(first) <= limit:
+                return None
+            try:
+                return parse_time(first[-1][0][0])
+            except ValueError:
+                return None  # a letter without a time sorts first: no later time to stop at
+
+        letters_read = self._dead_letters.read(read, needed_until=needed_until)
+        async with aclosing(letters_read) as letters:
             async for record in letters:
                 position = _dead_letter_position(record)
                 if after is not None and position <= after:

@@ -13,6 +13,7 @@ import functools
 import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
+from datetime import datetime
 from typing import Any
 
 from bridge.admin.activity import find_delivery, read_activity
@@ -64,8 +65,8 @@ class KafkaActivitySource:
         return EndpointStatus.parse(values[-1]) if values else None
 
 
-#: Reads of the dead-letter topic one process makes at once (each may read the whole topic
-#: into memory); further requests wait their turn, within the request timeout.
+#: Reads of the dead-letter topic one process makes at once (each may read much of the topic);
+#: further requests wait their turn, within the request timeout.
 MAX_DEAD_LETTER_READS = 2
 
 
@@ -81,9 +82,15 @@ class KafkaDeadLetters:
     def __repr__(self) -> str:
         return f"KafkaDeadLetters({self._settings.deadletter_topic!r})"
 
-    async def read(self, where: DeadLetterFilter) -> AsyncGenerator[dict[str, Any], None]:
-        async with self._reads, aclosing(stream_dead_letters(self._settings, where)) as letters:
-            async for record in letters:
+    async def read(
+        self,
+        where: DeadLetterFilter,
+        *,
+        needed_until: Callable[[], datetime | None] | None = None,
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        letters = stream_dead_letters(self._settings, where, needed_until=needed_until)
+        async with self._reads, aclosing(letters) as reading:
+            async for record in reading:
                 yield record
 
     async def replay(self, where: DeadLetterFilter) -> ReplayReport:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -15,6 +15,8 @@ from bridge.kafka.clients import client_kwargs
 
 __all__ = [
     "KeyValue",
+    "UNTIL_STEP",
+    "UntilMs",
     "SETTLE_STAMP_MARGIN",
     "read_topic",
     "settled",
@@ -39,19 +41,32 @@ def stamped_by(messages: Sequence[ConsumerRecord[Any, Any]], limit_ms: int) -> i
     return len(messages)
 
 
+#: A time in milliseconds, asked again as a read goes on; ``None``: no limit (now).
+UntilMs = Callable[[], int | None]
+
+#: Records of a fetched batch read between two askings of a read's ``until_ms``.
+UNTIL_STEP = 100
+
+
 async def settled(
-    consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition], begun_ms: int, settle: float
+    consumer: AIOKafkaConsumer,
+    tps: Iterable[TopicPartition],
+    begun_ms: int,
+    settle: float,
+    until_ms: UntilMs | None = None,
 ) -> AsyncGenerator[tuple[TopicPartition, list[ConsumerRecord[Any, Any]]], None]:
     """The settling of a read that reached the end offsets it found (see :func:`stream_topic`):
-    each partition's further records written by ``begun_ms`` (:func:`stamped_by`), until a
-    fetch of ``settle`` seconds brings nothing or every partition showed a later one."""
+    each partition's further records written by ``begun_ms`` (and by ``until_ms()``, when it
+    gives a time) (:func:`stamped_by`), until a fetch of ``settle`` seconds brings nothing or
+    every partition showed a later one."""
     settling = set(tps)
     while settling:
         batch = await consumer.getmany(*settling, timeout_ms=int(settle * 1000))
         if not batch:
             return
         for tp, messages in batch.items():
-            before = stamped_by(messages, begun_ms)
+            wanted = None if until_ms is None else until_ms()
+            before = stamped_by(messages, begun_ms if wanted is None else min(begun_ms, wanted))
             if before < len(messages):
                 settling.discard(tp)
             if before:
@@ -87,13 +102,17 @@ async def stream_topic(
     settle: float = 0.3,
     key: bytes | None = None,
     since_ms: int | None = None,
+    until_ms: UntilMs | None = None,
 ) -> AsyncGenerator[list[KeyValue], None]:
     """Every record of ``topic`` from the beginning to its end, a fetched batch at a time (so
     a reader need not hold the topic in memory); given ``key``, only the records with that key,
     read from the one partition a producer's default partitioner puts it in; given
     ``since_ms``, from each partition's first record stamped at or after that time (the
     broker's time index: a record before it is stamped earlier; a broker without one, such as
-    the embedded broker, gives the beginning).
+    the embedded broker, gives the beginning); given ``until_ms``, each partition only up to
+    its first record stamped after the time ``until_ms()`` gives, asked again every
+    :data:`UNTIL_STEP` records (so a reader that has what it needs from the earlier records can stop
+    the rest of a partition being read; ``None``: read on).
 
     Reads up to the end offsets, then settles: keeps fetching records written before the read
     began (stamped up to :data:`SETTLE_STAMP_MARGIN` after) until a fetch of ``settle`` seconds
@@ -142,6 +161,7 @@ async def stream_topic(
                 start = ends[tp] if stamped is None else stamped.offset
                 consumer.seek(tp, max(start, starts[tp]))
         pending = {tp for tp in tps if ends[tp] > 0}
+        done: set[TopicPartition] = set()  # read up to a record stamped after until_ms()
         for tp in list(pending):
             if await consumer.position(tp) >= ends[tp]:
                 pending.discard(tp)
@@ -150,10 +170,25 @@ async def stream_topic(
             if not batch:
                 raise TimeoutError(f"no records from {topic} within {timeout}s")
             for tp, messages in batch.items():
-                yield records(messages)
-                if await consumer.position(tp) >= ends[tp]:
+                if until_ms is None:
+                    yield records(messages)
+                else:
+                    # A part at a time, so that the time is asked again within a large fetch
+                    # (the embedded broker answers a fetch with all a partition holds).
+                    for start in range(0, len(messages), UNTIL_STEP):
+                        part = messages[start : start + UNTIL_STEP]
+                        wanted = until_ms()
+                        before = len(part) if wanted is None else stamped_by(part, wanted)
+                        if before:
+                            yield records(part[:before])
+                        if before < len(part):
+                            pending.discard(tp)
+                            done.add(tp)
+                            break
+                if tp not in done and await consumer.position(tp) >= ends[tp]:
                     pending.discard(tp)
-        async with aclosing(settled(consumer, tps, begun_ms, settle)) as settling:
+        left = [tp for tp in tps if tp not in done]
+        async with aclosing(settled(consumer, left, begun_ms, settle, until_ms)) as settling:
             async for _, messages in settling:
                 yield records(messages)
     finally:

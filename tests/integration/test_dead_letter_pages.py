@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import random
+from contextlib import aclosing
+from datetime import UTC, datetime
 
 import pytest
 
-from bridge.admin.dead_letters import DeadLetterFilter
+from bridge.admin.dead_letters import DeadLetterFilter, stream_dead_letters
 from bridge.api.auth import Principal
 from bridge.api.kafka_sources import KafkaDeadLetters
 from bridge.api.repository import MemoryRepository
 from bridge.config import Settings
+from bridge.contract.events import format_timestamp
+from bridge.kafka.reading import UNTIL_STEP
 from tests.support.records import RawWriter
 from tests.unit.api.conftest import control_service, dead_letter
 
@@ -19,27 +23,43 @@ pytestmark = pytest.mark.integration
 
 ADMIN = Principal("admin", frozenset({"read", "write"}))
 
+#: 2026-01-15T10:00:00Z, in seconds.
+BASE = int(datetime(2026, 1, 15, 10, 0, tzinfo=UTC).timestamp())
+
+
+def stamp(seconds: int) -> str:
+    return format_timestamp(datetime.fromtimestamp(seconds, UTC))
+
 
 async def test_pages_of_dead_letters_are_the_whole_listing_in_order(settings: Settings) -> None:
-    """Letters of three webhooks (and of none), in every partition, with times out of order,
-    among records that are no letters at all: paged five at a time, with and without a webhook,
-    the pages are every letter the filter selects, oldest first, each once."""
+    """Letters of three webhooks (and of none), in every partition, with times out of order
+    (each up to two minutes from when it was written, many alike), among records that are no
+    letters at all: paged five at a time, with and without a webhook, the pages are every
+    letter the filter selects, oldest first, each once."""
     rng = random.Random(20261204)
     letters = []
     writer = await RawWriter(settings.kafka_bootstrap_servers).start()
     try:
         for n in range(48):
             webhook_id = rng.choice(["wh_a", "wh_b", "wh_c", None])
-            letter = dead_letter(
-                n, webhook_id=webhook_id, at=f"2026-01-15T10:{rng.randrange(12):02d}:00.000Z"
-            )
+            written = BASE + n * 20
+            minute = (written + rng.randrange(-120, 121)) // 60 * 60
+            letter = dead_letter(n, webhook_id=webhook_id, at=stamp(minute))
             key = None if webhook_id is None else webhook_id.encode()
-            await writer.write(settings.deadletter_topic, json.dumps(letter).encode(), key=key)
+            value = json.dumps(letter).encode()
+            await writer.write(
+                settings.deadletter_topic, value, key=key, timestamp_ms=written * 1000
+            )
             letters.append(letter)
             if n % 16 == 0:  # and no letters: not JSON, not an object, a tombstone
-                await writer.write(settings.deadletter_topic, b"{not json", key=b"wh_a")
-                await writer.write(settings.deadletter_topic, b"[1, 2]", key=b"wh_b")
-                await writer.write(settings.deadletter_topic, None, key=b"wh_c")
+                for junk, junk_key in (
+                    (b"{not json", b"wh_a"),
+                    (b"[1, 2]", b"wh_b"),
+                    (None, b"wh_c"),
+                ):
+                    await writer.write(
+                        settings.deadletter_topic, junk, key=junk_key, timestamp_ms=written * 1000
+                    )
     finally:
         await writer.stop()
     control = control_service(MemoryRepository(), dead_letters=KafkaDeadLetters(settings))
@@ -64,3 +84,52 @@ async def test_pages_of_dead_letters_are_the_whole_listing_in_order(settings: Se
         assert await paged(DeadLetterFilter(webhook_id=webhook_id)) == oldest_first(
             [r for r in letters if r["webhook_id"] == webhook_id]
         )
+
+
+async def test_a_page_of_dead_letters_stops_reading_past_its_last_letter(
+    settings: Settings,
+) -> None:
+    """150 letters a minute apart in each partition (the embedded broker answers a fetch with
+    all a partition holds: a read asks how far it needs to go every UNTIL_STEP records), then
+    in every partition one dated an hour before them but written hours after
+    (which the bridge never writes: it stamps a letter as it writes it): a read of everything
+    finds those first, but the first page, and a read up to a time, stop each partition at
+    the first record written 5 minutes past what they need, so never reach them."""
+    assert UNTIL_STEP < 150
+    writer = await RawWriter(settings.kafka_bootstrap_servers).start()
+    try:
+        partitions = await writer.partitions(settings.deadletter_topic)
+        for n in range(150 * len(partitions)):
+            written = BASE + n * 60
+            letter = dead_letter(n, webhook_id=f"wh_{n % 7}", at=stamp(written))
+            await writer.write(
+                settings.deadletter_topic,
+                json.dumps(letter).encode(),
+                partition=partitions[n % len(partitions)],
+                timestamp_ms=written * 1000,
+            )
+        for partition in partitions:
+            late = dead_letter(1000 + partition, webhook_id="wh_late", at=stamp(BASE - 3600))
+            await writer.write(
+                settings.deadletter_topic,
+                json.dumps(late).encode(),
+                partition=partition,
+                timestamp_ms=(BASE + 3 * 3600) * 1000,
+            )
+    finally:
+        await writer.stop()
+
+    async def read(where: DeadLetterFilter) -> list[dict]:
+        async with aclosing(stream_dead_letters(settings, where)) as letters:
+            return [letter async for letter in letters]
+
+    everything = await read(DeadLetterFilter())
+    assert sum(letter["webhook_id"] == "wh_late" for letter in everything) == len(partitions)
+    until = datetime.fromtimestamp(BASE + 10 * 60, UTC)
+    up_to = await read(DeadLetterFilter(until=until))
+    assert sorted(letter["source"]["offset"] for letter in up_to) == list(range(11))
+    control = control_service(MemoryRepository(), dead_letters=KafkaDeadLetters(settings))
+    page = await control.dead_letters(ADMIN, DeadLetterFilter(), limit=5, cursor=None)
+    assert [letter["source"]["offset"] for letter in page.items] == [0, 1, 2, 3, 4]
+    second = await control.dead_letters(ADMIN, DeadLetterFilter(), limit=5, cursor=page.next_cursor)
+    assert [letter["source"]["offset"] for letter in second.items] == [5, 6, 7, 8, 9]

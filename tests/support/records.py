@@ -54,19 +54,25 @@ class RawWriter:
         key: bytes | None = None,
         partition: int | None = None,
         headers: Sequence[tuple[str, bytes]] = (),
+        timestamp_ms: int | None = None,
     ) -> tuple[int, int]:
-        """Write one record; its (partition, offset)."""
+        """Write one record (stamped ``timestamp_ms``, else now); its (partition, offset)."""
         if key is None and value is None:
             # The producer's ``send`` refuses a record with neither; a batch of its own takes it.
             batch = self._producer.create_batch()
-            batch.append(key=None, value=None, timestamp=None, headers=list(headers))
+            batch.append(key=None, value=None, timestamp=timestamp_ms, headers=list(headers))
             if partition is None:
                 partition = (await self.partitions(topic))[0]
             sent = await self._producer.send_batch(batch, topic, partition=partition)
             metadata = await sent
         else:
             metadata = await self._producer.send_and_wait(
-                topic, value, key=key, partition=partition, headers=list(headers) or None
+                topic,
+                value,
+                key=key,
+                partition=partition,
+                headers=list(headers) or None,
+                timestamp_ms=timestamp_ms,
             )
         return metadata.partition, metadata.offset
 

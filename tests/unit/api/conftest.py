@@ -158,7 +158,9 @@ class MemoryDeadLetters:
     records: list[dict[str, Any]] = field(default_factory=list)
     replays: list[DeadLetterFilter] = field(default_factory=list)
 
-    async def read(self, where: DeadLetterFilter) -> AsyncGenerator[dict[str, Any], None]:
+    async def read(
+        self, where: DeadLetterFilter, *, needed_until: Any = None
+    ) -> AsyncGenerator[dict[str, Any], None]:
         for record in self.records:
             if where.matches(record):
                 yield record

@@ -11,7 +11,7 @@ from aiohttp import ClientResponse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.admin.dead_letters import DeadLetterFilter
+from bridge.admin.dead_letters import STAMP_MARGIN, DeadLetterFilter
 from bridge.api.activity import EndpointStatus
 from bridge.api.app import create_app
 from bridge.api.auth import Principal, TokenSet
@@ -20,6 +20,7 @@ from bridge.api.repository import MemoryRepository
 from bridge.api.service import WebhookService
 from bridge.attempts.log import encode_cursor
 from bridge.attempts.record import Attempt
+from bridge.contract.events import format_timestamp
 from tests.support.waiting import eventually
 from tests.unit.api.conftest import (
     NOW,
@@ -566,7 +567,9 @@ class ReadingDeadLetters(MemoryDeadLetters):
         super().__init__()
         self.reads: list[DeadLetterFilter] = []
 
-    async def read(self, where: DeadLetterFilter) -> AsyncGenerator[dict[str, Any], None]:
+    async def read(
+        self, where: DeadLetterFilter, *, needed_until: Any = None
+    ) -> AsyncGenerator[dict[str, Any], None]:
         self.reads.append(where)
         async for record in super().read(where):
             yield record
@@ -638,7 +641,9 @@ async def test_a_page_of_dead_letters_holds_a_page_not_the_topic(shuffled: Any, 
     most = 0
 
     class Streaming(MemoryDeadLetters):
-        async def read(self, where: DeadLetterFilter) -> AsyncGenerator[dict[str, Any], None]:
+        async def read(
+            self, where: DeadLetterFilter, *, needed_until: Any = None
+        ) -> AsyncGenerator[dict[str, Any], None]:
             nonlocal most
             base = Letter.alive
             for n in order:
@@ -654,3 +659,107 @@ async def test_a_page_of_dead_letters_holds_a_page_not_the_topic(shuffled: Any, 
     assert [letter["source"]["offset"] for letter in page.items] == expected
     assert page.next_cursor is not None
     assert most <= limit + 2  # the page's next letter too, and the one being looked at
+
+
+class PartitionedDeadLetters(MemoryDeadLetters):
+    """Letters in partitions, each with its record timestamp, read a batch of 3 at a time per
+    partition in turn and stopped as the Kafka read stops (``stream_topic``'s ``until_ms``):
+    a partition is read up to its first record stamped after the needed time + STAMP_MARGIN."""
+
+    def __init__(self, partitions: list[list[tuple[int, dict[str, Any]]]]) -> None:
+        super().__init__([letter for part in partitions for _, letter in part])
+        self.partitions = partitions
+        self.taken = 0  # records the reads went through
+
+    async def read(
+        self, where: DeadLetterFilter, *, needed_until: Any = None
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        places = [0] * len(self.partitions)
+        reading = set(range(len(self.partitions)))
+        while reading:
+            for n in sorted(reading):
+                batch = self.partitions[n][places[n] : places[n] + 3]
+                wanted = None if needed_until is None else needed_until()
+                if wanted is not None:
+                    limit_ms = int((wanted.timestamp() + STAMP_MARGIN) * 1000)
+                    batch = batch[: stamped_by_ms([ms for ms, _ in batch], limit_ms)]
+                    if len(batch) < len(self.partitions[n][places[n] : places[n] + 3]):
+                        reading.discard(n)
+                places[n] += 3
+                if places[n] >= len(self.partitions[n]):
+                    reading.discard(n)
+                for _, letter in batch:
+                    self.taken += 1
+                    if where.matches(letter):
+                        yield letter
+
+
+def stamped_by_ms(stamps: list[int], limit_ms: int) -> int:
+    """:func:`bridge.kafka.reading.stamped_by` over bare timestamps."""
+    return next((n for n, ms in enumerate(stamps) if ms > limit_ms), len(stamps))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, 240), st.integers(-299, 299)),
+        min_size=0,
+        max_size=40,
+    ),
+    st.integers(1, 5),
+    st.sampled_from([None, "wh_1"]),
+)
+async def test_pages_of_dead_letters_read_up_to_their_last_letter_and_lose_none(
+    made: list[tuple[int, int, int]], limit: int, webhook_id: str | None
+) -> None:
+    """Letters written over four hours to three partitions, each stamped up to STAMP_MARGIN
+    away from its ``dead_lettered_at`` (and from the times of the letters after it): pages
+    read only up to a margin past their last letter, and together are the whole listing."""
+    base = datetime(2026, 1, 15, 10, 0, tzinfo=UTC).timestamp()
+    partitions: list[list[tuple[int, dict[str, Any]]]] = [[], [], []]
+    # Written in time order per partition; the letter's time is its write's, give or take
+    # the margin (a clock apart): the stamp, the written time, is what grows.
+    for n, (part, minute, skew) in enumerate(sorted(made, key=lambda m: m[1])):
+        written = base + minute * 60
+        at = datetime.fromtimestamp(written + skew, UTC)
+        letter = dead_letter(n, webhook_id="wh_1" if n % 2 else "wh_2", at=format_timestamp(at))
+        partitions[part].append((int(written * 1000), letter))
+    source = PartitionedDeadLetters(partitions)
+    control = control_service(MemoryRepository(), dead_letters=source)
+    admin = Principal("admin", frozenset({"read", "write"}))
+    where = DeadLetterFilter(webhook_id=webhook_id)
+    whole = sorted(
+        (r for r in source.records if where.matches(r)),
+        key=lambda r: (r["dead_lettered_at"], r["source"]["offset"]),
+    )
+    paged: list[dict[str, Any]] = []
+    cursor = None
+    for _ in range(100):
+        page = await control.dead_letters(admin, where, limit=limit, cursor=cursor)
+        paged += page.items
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert paged == whole
+
+
+async def test_a_first_page_of_dead_letters_reads_the_head_of_each_partition() -> None:
+    """10,000 letters a minute apart in three partitions: the first page of 10 reads the
+    letters of its first minutes and the margin after them, not the topic."""
+    base = datetime(2026, 1, 15, 10, 0, tzinfo=UTC).timestamp()
+    partitions: list[list[tuple[int, dict[str, Any]]]] = [[], [], []]
+    for n in range(10_000):
+        written = base + n * 60
+        at = format_timestamp(datetime.fromtimestamp(written, UTC))
+        partitions[n % 3].append((int(written * 1000), dead_letter(n, at=at)))
+    source = PartitionedDeadLetters(partitions)
+    control = control_service(MemoryRepository(), dead_letters=source)
+    admin = Principal("admin", frozenset({"read", "write"}))
+    page = await control.dead_letters(admin, DeadLetterFilter(), limit=10, cursor=None)
+    assert [letter["source"]["offset"] for letter in page.items] == list(range(10))
+    # 11 letters and 5 minutes after the 11th, and the rest of each partition's batch.
+    assert source.taken <= 11 + 5 + 3 * 3
+    second = await control.dead_letters(
+        admin, DeadLetterFilter(), limit=10, cursor=page.next_cursor
+    )
+    assert [letter["source"]["offset"] for letter in second.items] == list(range(10, 20))
