@@ -23,6 +23,7 @@ __all__ = [
     "STAMP_MARGIN",
     "DeadLetterFilter",
     "list_dead_letters",
+    "of_webhook_created",
     "stream_dead_letters",
     "ReplayReport",
     "replay_dead_letters",
@@ -45,9 +46,16 @@ class DeadLetterFilter:
     delivery_id: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    #: Only the letters of the webhook created then (``created_at``), not a deleted one's whose
+    #: id it took again (:func:`of_webhook_created`).
+    webhook_created_at: str | None = None
 
     def matches(self, record: Mapping[str, Any]) -> bool:
         if self.webhook_id is not None and record.get("webhook_id") != self.webhook_id:
+            return False
+        if self.webhook_created_at is not None and not of_webhook_created(
+            record, self.webhook_created_at
+        ):
             return False
         if self.delivery_id is not None and record.get("delivery_id") != self.delivery_id:
             return False
@@ -62,6 +70,19 @@ class DeadLetterFilter:
             if self.until is not None and at > self.until:
                 return False
         return True
+
+
+def of_webhook_created(record: Mapping[str, Any], created_at: str) -> bool:
+    """Whether the dead letter ``record`` is of the webhook created at ``created_at``, not of
+    a deleted webhook whose id was used again: by the letter's ``webhook_created_at``, or, in a
+    letter without one (written before letters named it), by its time: not before then."""
+    marked = record.get("webhook_created_at")
+    if marked is not None:
+        return bool(marked == created_at)
+    try:
+        return parse_time(record.get("dead_lettered_at")) >= parse_time(created_at)
+    except ValueError:
+        return False
 
 
 async def list_dead_letters(
@@ -162,6 +183,7 @@ def _replayed(record: dict[str, Any], now: float) -> PendingRetry | None:
     when it cannot be replayed (no webhook, or an event a worker would dead-letter now)."""
     if not record.get("webhook_id") or not isinstance(record.get("event"), dict):
         return None
+    created = record.get("webhook_created_at")
     try:
         event = parse_event(jsoncanon.dumps(record["event"]))
     except InvalidRecord:
@@ -175,4 +197,5 @@ def _replayed(record: dict[str, Any], now: float) -> PendingRetry | None:
         enqueued_at=now,
         history=tuple(record.get("attempts") or ()),
         replayed=True,
+        webhook_created_at=created if isinstance(created, str) else None,
     )

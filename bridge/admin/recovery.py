@@ -142,6 +142,7 @@ def select(
         not_before=0.0,
         enqueued_at=0.0,
         replayed=True,
+        webhook_created_at=request.webhook.created_at,
     )
 
 

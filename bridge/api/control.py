@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from bridge.admin.dead_letters import DeadLetterFilter, ReplayReport
+from bridge.admin.dead_letters import DeadLetterFilter, ReplayReport, of_webhook_created
 from bridge.admin.recovery import DEFAULT_RATE, Operation, RecoveryRequest
 from bridge.api.activity import ActivitySource
 from bridge.api.auth import Principal
@@ -115,6 +115,17 @@ def _dead_letter_position(record: dict[str, Any]) -> tuple[str, str, int, int]:
         partition if isinstance(partition, int) else -1,
         offset if isinstance(offset, int) else -1,
     )
+
+
+def _restricted_since(principal: Principal, webhook: Webhook) -> float | None:
+    """For a token restricted to a site or account, the time ``webhook`` was created (seconds;
+    what came before was made for a deleted webhook of the same id); else ``None``."""
+    if principal.site_id is None and principal.user_id is None or webhook.created_at is None:
+        return None
+    try:
+        return parse_time(webhook.created_at).timestamp()
+    except ValueError:
+        return None
 
 
 def _encode_cursor(values: list[Any]) -> str:
@@ -243,6 +254,10 @@ class ControlService:
         """Cancel the running recoveries (the application shuts down)."""
         await self._recoveries.close()
 
+    # A token restricted to a site or account sees of a webhook only what was made for it since
+    # it was created: an id can be used again after a delete (client-chosen ids), and what was
+    # made for the deleted webhook (its log, letters, recoveries) is not the new owner's.
+
     async def _webhook(self, principal: Principal, webhook_id: str) -> Webhook:
         webhook = await self._repository.get(webhook_id)
         if webhook is None:
@@ -262,7 +277,10 @@ class ControlService:
         cursor: str | None,
     ) -> LogPage:
         """One page of the webhook's attempts, newest first (``cursor`` already checked)."""
-        await self._webhook(principal, webhook_id)
+        webhook = await self._webhook(principal, webhook_id)
+        created = _restricted_since(principal, webhook)
+        if created is not None and (query.since is None or query.since < created):
+            query = dataclasses.replace(query, since=created)
         activity = await self._activity.activity(webhook_id)
         try:
             return activity.log.page(query, now=self._clock(), limit=limit, cursor=cursor)
@@ -369,6 +387,10 @@ class ControlService:
             if webhook is None:  # whose it was is no longer known
                 raise Problem("not_found", "no attempt of this delivery is kept")
             principal.check(webhook)
+            created = _restricted_since(principal, webhook)
+            if created is not None and attempts[0].at_seconds < created:
+                # Made for a deleted webhook whose id this one took: not this one's.
+                raise Problem("not_found", "no attempt of this delivery is kept")
         return attempts
 
     # ------------------------------------------------------------------ recovery
@@ -424,7 +446,16 @@ class ControlService:
                 operation = Operation.from_record(record, webhook)
             except ValueError:
                 raise Problem("not_found", "no such recovery") from None
-        principal.check(operation.request.webhook)
+        if principal.site_id is not None or principal.user_id is not None:
+            # Judged by the webhook as it is now (moved to another site, deleted, its id
+            # taken again), not as it was when the recovery began.
+            current = await self._repository.get(operation.request.webhook.id)
+            if current is None:
+                raise Problem("not_found", "no such recovery")
+            principal.check(current)
+            created = _restricted_since(principal, current)
+            if created is not None and operation.started_at < created:
+                raise Problem("not_found", "no such recovery")
         return operation
 
     async def recoveries(
@@ -440,11 +471,13 @@ class ControlService:
         ``recovery_retention``), newest first; with ``state``, only those in it."""
         after = decode_recovery_cursor(cursor) if cursor is not None else None
         webhook = await self._webhook(principal, webhook_id)
+        created = _restricted_since(principal, webhook)
         chosen = sorted(
             (
                 operation
                 for operation in await self._recoveries.of_webhook(webhook)
                 if (state is None or operation.state == state)
+                and (created is None or operation.started_at >= created)
                 and (after is None or (operation.started_at, operation.id) < after)
             ),
             key=lambda operation: (operation.started_at, operation.id),
@@ -492,7 +525,7 @@ class ControlService:
                         )
                     ],
                 )
-        seen: dict[str, bool] = {}
+        seen: dict[str, Webhook | None] = {}
 
         async def visible(record: dict[str, Any]) -> bool:
             owner = record.get("webhook_id")
@@ -500,10 +533,12 @@ class ControlService:
                 return False
             if owner not in seen:
                 webhook = await self._repository.get(owner)
-                seen[owner] = webhook is not None and principal.allows(
-                    webhook.site_id, webhook.user_id
-                )
-            return seen[owner]
+                allowed = webhook is not None and principal.allows(webhook.site_id, webhook.user_id)
+                seen[owner] = webhook if allowed else None
+            webhook = seen[owner]
+            return webhook is not None and (
+                webhook.created_at is None or of_webhook_created(record, webhook.created_at)
+            )
 
         return visible
 
@@ -565,4 +600,8 @@ class ControlService:
                 errors=[FieldError("webhook_id", "required", "give one of your webhooks")],
             )
         await self._scope_dead_letters(principal, where.webhook_id, "body")
+        if where.webhook_id is not None and (principal.site_id or principal.user_id):
+            webhook = await self._repository.get(where.webhook_id)
+            if webhook is not None and webhook.created_at is not None:
+                where = dataclasses.replace(where, webhook_created_at=webhook.created_at)
         return await self._dead_letters.replay(where)

@@ -48,6 +48,7 @@ def dead_letter_record(
     webhook_id: str | None = None,
     delivery_id: str | None = None,
     attempts: Sequence[AttemptResult] = (),
+    webhook_created_at: str | None = None,
 ) -> dict[str, Any]:
     """The dead-letter record (``topics/schemas/deadletter.json``). Never includes a secret.
 
@@ -66,6 +67,8 @@ def dead_letter_record(
         "attempts": [a.as_record() for a in attempts],
         "dead_lettered_at": format_timestamp(now),
     }
+    if webhook_created_at is not None:
+        record["webhook_created_at"] = webhook_created_at
     content: bytes | None = raw
     if event is not None:
         envelope = event.envelope()

@@ -306,6 +306,7 @@ class Deliverer:
             not_before=now + decision.delay,
             enqueued_at=now,
             history=tuple(history),
+            webhook_created_at=job.webhook.created_at,
         )
         await self._record_attempt(job, result, "retry", next_at=pending.not_before)
         await self._outputs.retry(decision.tier, webhook_id.encode("utf-8"), pending.to_bytes())
@@ -356,6 +357,7 @@ class Deliverer:
             now=self._now(),
             event=job.event,
             webhook_id=job.webhook.id,
+            webhook_created_at=job.webhook.created_at,
             delivery_id=job.delivery_id,
             attempts=(),
         )

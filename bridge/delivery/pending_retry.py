@@ -30,6 +30,9 @@ class PendingRetry:
     history: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
     #: True for a delivery an operator sent again (dead-letter replay, recovery).
     replayed: bool = False
+    #: The ``created_at`` of the webhook it was made for (``None`` in a record written before
+    #: retries named it): dropped when the webhook of this id is now another one.
+    webhook_created_at: str | None = None
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -41,7 +44,11 @@ class PendingRetry:
             "enqueued_at": self.enqueued_at,
             "attempts": [dict(a) for a in self.history],
             "replayed": self.replayed,
-        }
+        } | (
+            {}
+            if self.webhook_created_at is None
+            else {"webhook_created_at": self.webhook_created_at}
+        )
 
     def to_bytes(self) -> bytes:
         return jsoncanon.dumps(self.to_record())
@@ -73,6 +80,9 @@ def parse_retry(raw: bytes | None) -> PendingRetry:
         history = value.get("attempts", [])
         if not isinstance(history, list) or not all(isinstance(a, dict) for a in history):
             raise InvalidRecord("invalid_retry_record", "$.attempts must be an array of objects")
+        created = value.get("webhook_created_at")
+        if created is not None and not isinstance(created, str):
+            raise InvalidRecord("invalid_retry_record", "$.webhook_created_at must be a string")
         return PendingRetry(
             delivery_id=str(value["delivery_id"]),
             webhook_id=str(value["webhook_id"]),
@@ -82,6 +92,7 @@ def parse_retry(raw: bytes | None) -> PendingRetry:
             enqueued_at=float(enqueued_at),
             history=tuple(history),
             replayed=bool(value.get("replayed", False)),
+            webhook_created_at=created,
         )
     except KeyError as exc:
         raise InvalidRecord("invalid_retry_record", f"missing {exc.args[0]!r}") from None

@@ -82,6 +82,18 @@ class Webhook:
         return secrets
 
     @property
+    def created_at(self) -> str | None:
+        """The record's ``created_at`` as written (``None`` in a record without one): which
+        webhook of this id it is, when an id is used again after a delete."""
+        value = self.extra.get("created_at")
+        return value if isinstance(value, str) else None
+
+    def is_incarnation(self, created_at: str | None) -> bool:
+        """Whether something made for the webhook created at ``created_at`` (``None``: made
+        before deliveries named it) is this webhook's, not a deleted one's of the same id."""
+        return created_at is None or self.created_at is None or created_at == self.created_at
+
+    @property
     def state(self) -> str:
         """``active``; ``disabled`` when the bridge turned it off (``disabled_reason`` in the
         record); else ``inactive`` (turned off by its owner)."""

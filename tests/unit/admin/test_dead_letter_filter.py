@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from bridge.admin.dead_letters import DeadLetterFilter
+from bridge.admin.dead_letters import DeadLetterFilter, _replayed, of_webhook_created
+from tests.support.jobs import SPEC_EVENT
 
 T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 
@@ -40,3 +41,32 @@ def test_a_letter_without_a_readable_time_is_outside_every_range(at: Any) -> Non
     ):
         assert not where.matches(letter(at))
     assert DeadLetterFilter().matches(letter(at))  # no range: every letter
+
+
+CREATED = "2026-12-04T12:00:00.000Z"
+
+
+def test_a_letter_is_of_the_webhook_it_names_or_else_by_its_time() -> None:
+    """A letter naming the ``created_at`` of its webhook is that webhook's, whatever its time;
+    one without (written before letters named it) is the webhook's from its creation on; one
+    without a readable time is no one's."""
+    assert of_webhook_created(letter("2026-12-04T11:00:00Z", webhook_created_at=CREATED), CREATED)
+    other = letter("2026-12-04T13:00:00Z", webhook_created_at="2026-12-04T11:00:00.000Z")
+    assert not of_webhook_created(other, CREATED)
+    assert of_webhook_created(letter("2026-12-04T12:00:00.000Z"), CREATED)
+    assert of_webhook_created(letter("2026-12-04T14:00:00+02:00"), CREATED)
+    assert not of_webhook_created(letter("2026-12-04T11:59:59.999Z"), CREATED)
+    assert not of_webhook_created(letter("not a time"), CREATED)
+    where = DeadLetterFilter(webhook_id="wh", webhook_created_at=CREATED)
+    assert where.matches(letter("2026-12-04T12:30:00Z"))
+    assert not where.matches(other)
+
+
+def test_a_replayed_letter_names_the_webhook_it_was_made_for() -> None:
+    made = letter(CREATED, event=SPEC_EVENT.envelope(), webhook_created_at=CREATED)
+    replayed = _replayed(made, 1.0)
+    assert replayed is not None and replayed.webhook_created_at == CREATED
+    for odd in (None, 5):
+        made["webhook_created_at"] = odd
+        replayed = _replayed(made, 1.0)
+        assert replayed is not None and replayed.webhook_created_at is None

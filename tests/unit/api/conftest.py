@@ -58,10 +58,11 @@ def auth(token: str = ADMIN) -> dict[str, str]:
 
 
 class Clock:
-    """A settable clock (aware datetimes); each call moves it a millisecond on."""
+    """A settable clock (aware datetimes); each call moves it a millisecond on. It starts an
+    hour before :data:`NOW`, the activity fakes' time: webhooks are made before their log."""
 
     def __init__(self) -> None:
-        self.now = datetime(2026, 1, 15, 10, 30, tzinfo=UTC)
+        self.now = datetime(2026, 1, 15, 9, 30, tzinfo=UTC)
 
     def __call__(self) -> datetime:
         self.now += timedelta(milliseconds=1)

@@ -31,7 +31,7 @@ async def test_no_more_than_a_few_dead_letter_reads_run_at_once(
         most = max(most, running)
         await release.wait()
 
-    async def stream(settings: Settings, where: DeadLetterFilter) -> Any:
+    async def stream(settings: Settings, where: DeadLetterFilter, **_: Any) -> Any:
         nonlocal running
         await begin()
         yield {"delivery_id": "d1"}

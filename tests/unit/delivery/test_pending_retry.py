@@ -99,6 +99,16 @@ def test_optional_fields_default() -> None:
     assert parsed.replayed is False
 
 
+def test_the_webhooks_created_at_goes_round_and_is_in_the_schema() -> None:
+    marked = dataclasses.replace(PENDING, webhook_created_at="2026-01-15T09:00:00.000Z")
+    record = marked.to_record()
+    assert record["webhook_created_at"] == "2026-01-15T09:00:00.000Z"
+    assert list(retry_validator().iter_errors(record)) == []
+    assert parse_retry(marked.to_bytes()) == marked
+    assert "webhook_created_at" not in PENDING.to_record()
+    assert parse_retry(PENDING.to_bytes()).webhook_created_at is None
+
+
 def test_integer_not_before_is_a_number() -> None:
     assert parse_retry(encode(valid_record(not_before=1_705_314_906))).not_before == 1_705_314_906.0
 
@@ -143,6 +153,8 @@ INVALID: dict[str, bytes | None] = {
     "enqueued_at null": encode(valid_record(enqueued_at=None)),
     "enqueued_at array": encode(valid_record(enqueued_at=[1])),
     "enqueued_at false": encode(valid_record(enqueued_at=False)),
+    "webhook_created_at number": encode(valid_record(webhook_created_at=5)),
+    "webhook_created_at object": encode(valid_record(webhook_created_at={})),
     "attempts object": encode(valid_record(attempts={"a": 1})),
     "attempts string": encode(valid_record(attempts="none")),
     "attempts of numbers": encode(valid_record(attempts=[1])),

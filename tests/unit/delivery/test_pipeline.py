@@ -9,6 +9,7 @@ observed through the fakes with ``asyncio.wait_for`` deadlines; there are no tim
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections import defaultdict
@@ -216,7 +217,12 @@ def assert_valid_dead_letter(record: dict[str, Any], source: SourceRef = SOURCE)
 
 
 def retry_record(
-    hook: Webhook, *, attempt: int, event: Event | None = None, not_before: float = NOW_TS
+    hook: Webhook,
+    *,
+    attempt: int,
+    event: Event | None = None,
+    not_before: float = NOW_TS,
+    webhook_created_at: str | None = None,
 ) -> bytes:
     event = event if event is not None else make_event()
     history = tuple(
@@ -230,6 +236,7 @@ def retry_record(
         not_before=not_before,
         enqueued_at=NOW_TS - 60,
         history=history,
+        webhook_created_at=webhook_created_at,
     ).to_bytes()
 
 
@@ -489,6 +496,58 @@ async def test_retry_for_a_deleted_or_inactive_webhook_is_dropped() -> None:
     assert h.sender.sent == []
     assert h.outputs.dead_letters == []
     assert h.value("webhook_bridge_retries_cancelled_total") == 2
+
+
+def created(hook: Webhook, created_at: str) -> Webhook:
+    return dataclasses.replace(hook, extra={"created_at": created_at})
+
+
+async def test_a_retry_for_a_deleted_webhook_whose_id_was_taken_again_is_dropped() -> None:
+    """A retry (or a replayed letter) names the ``created_at`` of the webhook it was made for:
+    the webhook of that id now, created later (the first one deleted, its id used again by
+    another site's), does not get the first one's event; the same webhook does, and so does
+    a retry written before retries named it."""
+    first, again = "2026-01-15T09:00:00.000Z", "2026-01-15T09:30:00.000Z"
+    now = created(webhook("w"), again)
+    h = Harness([now], ScriptedSender())
+    acks = Acks()
+    await h.pipeline.handle_retry(
+        retry_record(now, attempt=2, webhook_created_at=first), RETRY_SOURCE, acks, 1
+    )
+    assert acks.count == 1
+    assert h.sender.sent == []
+    assert h.value("webhook_bridge_retries_cancelled_total") == 1
+    for marker in (again, None):
+        await h.pipeline.handle_retry(
+            retry_record(now, attempt=2, webhook_created_at=marker), RETRY_SOURCE, acks, 1
+        )
+    await h.settled()
+    assert [d.webhook.url for d in h.sender.sent] == [now.url, now.url]
+    assert h.outputs.dead_letters == []
+
+
+async def test_retries_and_dead_letters_name_the_webhook_they_were_made_for() -> None:
+    """Made for a webhook with a ``created_at``, a failed delivery's retry and, at the last
+    attempt, its dead letter carry it (valid records of their schemas)."""
+    hook = created(webhook("w"), "2026-01-15T09:00:00.000Z")
+    failing = AttemptResult(False, 503, "http_status", 0.25, AT)
+    h = Harness([hook], ScriptedSender({"w": failing}))
+    acks = Acks()
+    await h.pipeline.handle_event(make_event().to_bytes(), SOURCE, acks)
+    await h.settled()
+    ((_, _, raw),) = h.outputs.retries
+    assert parse_retry(raw).webhook_created_at == hook.created_at
+    final = len(SCHEDULE) + 1
+    await h.pipeline.handle_retry(
+        retry_record(hook, attempt=final, webhook_created_at=hook.created_at),
+        RETRY_SOURCE,
+        acks,
+        2,
+    )
+    await h.settled()
+    ((_, letter),) = h.outputs.dead_letters
+    assert letter["webhook_created_at"] == hook.created_at
+    assert_valid_dead_letter(letter, RETRY_SOURCE)
 
 
 async def test_invalid_retry_record_is_dead_lettered() -> None:

@@ -1,0 +1,161 @@
+"""A token restricted to a site or account sees what is its webhooks' now: not a recovery of
+a webhook since moved out of its site, and not what was made for a deleted webhook whose id
+one of its own took again (client-chosen ids): log, deliveries, dead letters, recoveries."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import ClientResponse
+
+from tests.unit.api.conftest import NOW, SITE_1, Api, attempt, auth, dead_letter
+
+
+async def status_of(response: ClientResponse) -> tuple[int, Any]:
+    text = await response.text()
+    return response.status, text
+
+
+# GET and DELETE /v1/recoveries/{id} judge the webhook as it is, not as it was when the
+# recovery began.
+
+
+async def _moved_out_recovery(api: Api) -> str:
+    """wh_1 is site_1's; site_1 starts a recovery of it; the platform then moves wh_1 to
+    site_2. The recovery's location."""
+    await api.create(id="wh_1", site_id="site_1", user_id="user_1")
+    api.runner.hold = True
+    started = await api.client.post(
+        "/v1/webhooks/wh_1/recoveries",
+        json={"since": "2026-01-15T09:00:00Z"},
+        headers=auth(SITE_1),
+    )
+    assert started.status == 202, await started.text()
+    moved = await api.client.patch(
+        "/v1/webhooks/wh_1", json={"site_id": "site_2", "user_id": "user_2"}, headers=auth()
+    )
+    assert moved.status == 200, await moved.text()
+    # The webhook is now outside site_1: its recoveries listing says so.
+    listed = await api.client.get("/v1/webhooks/wh_1/recoveries", headers=auth(SITE_1))
+    assert listed.status == 403
+    return started.headers["Location"]
+
+
+async def test_a_recovery_of_a_webhook_moved_out_of_the_site_is_not_shown_to_the_site(
+    api: Api,
+) -> None:
+    location = await _moved_out_recovery(api)
+    response = await api.client.get(location, headers=auth(SITE_1))
+    assert response.status == 403, await status_of(response)
+
+
+async def test_a_recovery_of_a_webhook_moved_out_of_the_site_cannot_be_cancelled_by_it(
+    api: Api,
+) -> None:
+    location = await _moved_out_recovery(api)
+    response = await api.client.delete(location, headers=auth(SITE_1))
+    assert response.status == 403, await status_of(response)
+    [operation] = api.runner.ran
+    assert operation.state == "running"
+
+
+# A webhook id used again after a delete: the new webhook's owner does not see (or replay)
+# the deleted webhook's log, deliveries, dead letters and recoveries, event payloads included.
+
+
+def _site_2_letter() -> dict[str, Any]:
+    letter = dead_letter(7, webhook_id="wh_x")
+    letter["event"] = {
+        "id": "evt_secret",
+        "type": "post.created",
+        "site_id": "site_2",
+        "user_id": "user_2",
+        "data": {"title": "site 2's private post"},
+    }
+    return letter
+
+
+async def _site_2_history_then_site_1_takes_the_id(api: Api) -> None:
+    await api.create(id="wh_x", site_id="site_2", user_id="user_2")
+    api.activity.add(attempt("d_x", 1, webhook_id="wh_x", at=NOW - 60))
+    api.dead_letters.records = [_site_2_letter()]
+    # While wh_x is site_2's, site_1 sees none of it.
+    hidden = await api.client.get("/v1/dead-letters", headers=auth(SITE_1))
+    assert (await hidden.json())["items"] == []
+    assert (await api.client.get("/v1/deliveries/d_x", headers=auth(SITE_1))).status == 403
+    # site_2's webhook is deleted (by the platform, or by site_2's own token)...
+    deleted = await api.client.delete("/v1/webhooks/wh_x", headers=auth())
+    assert deleted.status == 204
+    # ... and, as documented, its delivery is then 404 and its dead letters left out.
+    assert (await api.client.get("/v1/deliveries/d_x", headers=auth(SITE_1))).status == 404
+    hidden = await api.client.get("/v1/dead-letters", headers=auth(SITE_1))
+    assert (await hidden.json())["items"] == []
+    # Later, site_1 creates a webhook of its own with the same id.
+    api.clock.now = datetime.fromtimestamp(NOW + 60, UTC)
+    await api.create(SITE_1, id="wh_x", site_id="site_1", user_id="user_1")
+
+
+async def test_a_reused_id_does_not_show_the_deleted_webhooks_dead_letters(api: Api) -> None:
+    await _site_2_history_then_site_1_takes_the_id(api)
+    response = await api.client.get("/v1/dead-letters", headers=auth(SITE_1))
+    assert response.status == 200
+    assert (await response.json())["items"] == [], "site_2's dead letter (event payload) leaked"
+
+
+async def test_a_reused_id_does_not_replay_the_deleted_webhooks_dead_letters(api: Api) -> None:
+    await _site_2_history_then_site_1_takes_the_id(api)
+    response = await api.client.post(
+        "/v1/dead-letters/replay", json={"webhook_id": "wh_x"}, headers=auth(SITE_1)
+    )
+    # A replayed letter is retried to the webhook id's current URL and secret (site_1's).
+    assert (await response.json())["replayed"] == [], "site_2's event replayed to site_1"
+
+
+async def test_a_reused_id_does_not_show_the_deleted_webhooks_deliveries(api: Api) -> None:
+    await _site_2_history_then_site_1_takes_the_id(api)
+    response = await api.client.get("/v1/deliveries/d_x", headers=auth(SITE_1))
+    assert response.status == 404, await status_of(response)
+
+
+async def test_a_reused_id_does_not_show_the_deleted_webhooks_attempts(api: Api) -> None:
+    await _site_2_history_then_site_1_takes_the_id(api)
+    response = await api.client.get("/v1/webhooks/wh_x/attempts", headers=auth(SITE_1))
+    assert response.status == 200
+    assert (await response.json())["items"] == [], "site_2's delivery log leaked"
+
+
+async def test_a_reused_id_does_not_list_the_deleted_webhooks_recoveries(api: Api) -> None:
+    await api.create(id="wh_x", site_id="site_2", user_id="user_2")
+    started = await api.client.post(
+        "/v1/webhooks/wh_x/recoveries", json={"since": "2026-01-15T09:00:00Z"}, headers=auth()
+    )
+    assert started.status == 202
+    assert (await api.client.delete("/v1/webhooks/wh_x", headers=auth())).status == 204
+    api.clock.now = datetime.fromtimestamp(NOW + 60, UTC)
+    await api.create(SITE_1, id="wh_x", site_id="site_1", user_id="user_1")
+    # By id, the old recovery is no recovery of site_1's webhook ...
+    by_id = await api.client.get(started.headers["Location"], headers=auth(SITE_1))
+    assert by_id.status == 404
+    # ... nor is it in the webhook's listing.
+    listed = await api.client.get("/v1/webhooks/wh_x/recoveries", headers=auth(SITE_1))
+    assert (await listed.json())["items"] == [], "site_2's recovery listed to site_1"
+
+
+async def test_the_new_webhooks_own_history_is_shown_to_its_owner(api: Api) -> None:
+    """What was made for the new webhook after it was created is its owner's as always."""
+    await _site_2_history_then_site_1_takes_the_id(api)
+    created = (await api.repository.get("wh_x")).created_at
+    own = dead_letter(8, webhook_id="wh_x", at="2026-01-15T10:32:00.000Z")
+    own["webhook_created_at"] = created
+    api.dead_letters.records.append(own)
+    api.activity.add(attempt("d_own", 1, webhook_id="wh_x", at=NOW + 120))
+    listed = await api.client.get("/v1/dead-letters", headers=auth(SITE_1))
+    assert [r["source"]["offset"] for r in (await listed.json())["items"]] == [8]
+    attempts = await api.client.get("/v1/webhooks/wh_x/attempts", headers=auth(SITE_1))
+    assert [a["delivery_id"] for a in (await attempts.json())["items"]] == ["d_own"]
+    assert (await api.client.get("/v1/deliveries/d_own", headers=auth(SITE_1))).status == 200
+    replay = await api.client.post(
+        "/v1/dead-letters/replay", json={"webhook_id": "wh_x"}, headers=auth(SITE_1)
+    )
+    assert (await replay.json())["replayed"] == ["dl_8"]
