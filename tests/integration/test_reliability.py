@@ -219,6 +219,50 @@ async def test_a_deleted_webhook_gets_no_further_attempts(
     assert len(receiver.at("/doomed")) == 1
 
 
+async def test_a_webhook_that_took_a_deleted_ones_id_never_gets_its_retries(
+    make_settings, receiver: Receiver, in_process_workers
+) -> None:
+    """Site s2's webhook fails; it is deleted while its retry waits, and site s1 creates one
+    of the same id (ids are client-chosen): the retry, due later, is dropped, not sent with
+    s2's event to s1's URL; s1's webhook gets its own events."""
+    from bridge.admin.topics import apply_topics
+
+    settings = make_settings(retry_schedule=(2.0, 2.0))
+    await apply_topics(settings)
+    receiver.statuses["/old"] = 500
+    async with WebhookStore(settings) as store:
+        await store.create(
+            url=receiver.url("/old"),
+            events=["*"],
+            site_id="s2",
+            user_id="u2",
+            secret="secret-old-0123456789",
+            webhook_id="taken",
+        )
+    worker = in_process_workers(settings)
+    await worker.wait_ready()
+    await publish_events(settings, [post(1, site="s2")])
+    await receiver.wait_for(lambda got: len(got) == 1)
+    async with WebhookStore(settings) as store:
+        await store.delete("taken")
+        await store.create(
+            url=receiver.url("/new"),
+            events=["*"],
+            site_id="s1",
+            user_id="u1",
+            secret="secret-new-0123456789",
+            webhook_id="taken",
+        )
+    receiver.secrets["/new"] = "secret-new-0123456789"
+    await worker.wait_metric("webhook_bridge_retries_cancelled_total", lambda v: v == 1)
+    mine = post(2, site="s1")
+    await publish_events(settings, [mine])
+    await receiver.wait_for(lambda got: len(receiver.at("/new")) == 1)
+    [got] = receiver.at("/new")
+    assert got.delivery_id == delivery_id(mine.id, "taken") and receiver.verified(got)
+    assert len(receiver.at("/old")) == 1
+
+
 async def test_dead_letters_can_be_listed_and_replayed_with_the_same_delivery_id(
     settings: Settings, receiver: Receiver, in_process_workers
 ) -> None:
