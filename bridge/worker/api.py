@@ -268,7 +268,12 @@ class _Internal:
         )
 
     async def summary(self, request: web.Request) -> web.Response:
-        self._principal(request)
+        principal = self._principal(request)
+        if principal.site_id is not None or principal.user_id is not None:
+            # Counts over every site's and account's webhooks: not one site's to read.
+            raise Problem(
+                "forbidden", "the worker's summary covers every site: not for a restricted token"
+            )
         reader = self._bridge.delivery_log
         body: dict[str, Any] = {"served_by": self._bridge.settings.canonical_url}
         if reader is not None:

@@ -28,7 +28,7 @@ from bridge.contract.events import build_event, format_timestamp
 from bridge.contract.payload import delivery_id
 from bridge.worker.delivery_log import attempts_partition
 from bridge.worker.embedded import free_port
-from tests.support.api import LOG_AUTH
+from tests.support.api import LOG_AUTH, SITE_AUTH
 from tests.support.processes import WorkerProcess, settings_env
 from tests.support.receivers import Receiver, subscribe
 from tests.support.waiting import poll
@@ -70,6 +70,9 @@ async def test_the_workers_log_shows_two_failures_then_the_success_and_survives_
     await worker.wait_ready()
     where = (await get(worker, "/internal/v1/delivery-log", headers=AUTH)).json()
     assert where["served_by"] == settings.canonical_url
+    # Counts over every site: not for a token restricted to one.
+    refused = await get(worker, "/internal/v1/delivery-log", headers=SITE_AUTH)
+    assert refused.status_code == 403 and refused.json()["type"].endswith("forbidden")
 
     event = build_event("post.created", {"id": "p1", "title": "t"}, site_id="s1", user_id="u1")
     await publish_events(settings, [event])

@@ -9,17 +9,33 @@ from typing import Any
 from bridge.api.auth import hash_token
 from bridge.api.openapi import openapi_document
 
-__all__ = ["LOG_AUTH", "LOG_TOKEN", "served_only", "served_document", "write_token_file"]
+__all__ = [
+    "LOG_AUTH",
+    "LOG_TOKEN",
+    "SITE_AUTH",
+    "SITE_TOKEN",
+    "served_only",
+    "served_document",
+    "write_token_file",
+]
 
 #: A token with the read and write scopes, in every file :func:`write_token_file` writes.
 LOG_TOKEN = "wbt_worker-activity-0123456789abcdef0123456789ab"
 LOG_AUTH = {"Authorization": f"Bearer {LOG_TOKEN}"}
 
 
+#: A token with the read scope restricted to site ``s1``, in the same files.
+SITE_TOKEN = "wbt_worker-activity-site-s1-0123456789abcdef0123"
+SITE_AUTH = {"Authorization": f"Bearer {SITE_TOKEN}"}
+
+
 def write_token_file(path: Path) -> Path:
-    """A token file holding :data:`LOG_TOKEN` (its SHA-256 only)."""
-    entry = {"name": "it", "sha256": hash_token(LOG_TOKEN), "scopes": ["read", "write"]}
-    path.write_text(json.dumps({"tokens": [entry]}))
+    """A token file holding :data:`LOG_TOKEN` and :data:`SITE_TOKEN` (their SHA-256 only)."""
+    entries = [
+        {"name": "it", "sha256": hash_token(LOG_TOKEN), "scopes": ["read", "write"]},
+        {"name": "site", "sha256": hash_token(SITE_TOKEN), "scopes": ["read"], "site_id": "s1"},
+    ]
+    path.write_text(json.dumps({"tokens": entries}))
     return path
 
 
