@@ -16,7 +16,7 @@ from bridge.admin.recovery import Operation
 from bridge.api.activity import EndpointStatus
 from bridge.api.app import ApiConfig, create_app
 from bridge.api.auth import TokenSet, hash_token
-from bridge.api.control import ControlService
+from bridge.api.control import ControlService, DeadLetterSource
 from bridge.api.recoveries import Recoveries
 from bridge.api.repository import MemoryRepository
 from bridge.api.service import WebhookService
@@ -172,7 +172,9 @@ class MemoryDeadLetters:
         return ReplayReport([str(r["delivery_id"]) for r in chosen if r.get("delivery_id")], 0)
 
 
-def dead_letter(n: int, webhook_id: str | None = "wh_1", at: str = "2026-01-15T10:00:00.000Z"):
+def dead_letter(
+    n: int, webhook_id: str | None = "wh_1", at: str = "2026-01-15T10:00:00.000Z"
+) -> dict[str, Any]:
     """A dead-letter record of topics/schemas/deadletter.json."""
     return {
         "reason": "attempts_exhausted",
@@ -209,7 +211,7 @@ def control_service(
     repository: MemoryRepository,
     activity: MemoryActivity | None = None,
     runner: Runner | None = None,
-    dead_letters: MemoryDeadLetters | None = None,
+    dead_letters: DeadLetterSource | None = None,
 ) -> ControlService:
     return ControlService(
         repository,
