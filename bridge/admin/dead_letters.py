@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -25,6 +27,7 @@ __all__ = [
     "list_dead_letters",
     "of_webhook_created",
     "stream_dead_letters",
+    "REPLAY_IN_FLIGHT",
     "ReplayReport",
     "replay_dead_letters",
 ]
@@ -147,34 +150,57 @@ class ReplayReport:
     skipped: int = 0
 
 
-async def replay_dead_letters(settings: Settings, where: DeadLetterFilter) -> ReplayReport:
+#: Replayed letters written before their writes are awaited: what a replay holds at most.
+REPLAY_IN_FLIGHT = 500
+
+
+async def replay_dead_letters(
+    settings: Settings, where: DeadLetterFilter, *, clock: Callable[[], float] = time.time
+) -> ReplayReport:
     """Re-enqueue matching dead letters in the first retry tier, due now, with the same delivery
     id. Each replayed delivery gets the retry schedule again from its second entry; it is signed
-    with the webhook's secret at that time, and dropped if the webhook is gone or inactive."""
+    with the webhook's secret at that time, and dropped if the webhook is gone or inactive.
+
+    Takes the letters dead-lettered up to when it began (and up to ``where.until``): a
+    replayed delivery that fails again is dead-lettered again, later, and is not taken again.
+    Writes them as it reads them, holding at most :data:`REPLAY_IN_FLIGHT` (so a replay of a
+    large topic holds a part of it, not the letters it replays); a letter without a
+    ``dead_lettered_at`` (none the bridge writes) is within no time and not replayed."""
+    began = datetime.fromtimestamp(clock(), UTC)
+    until = began if where.until is None or where.until > began else where.until
     report = ReplayReport()
-    # Every letter is read before the first is replayed: a replayed delivery that fails again
-    # is dead-lettered again, and must not be read by this replay (its read keeps fetching
-    # until the topic is quiet). Letters that do not match are not held.
-    pending: list[PendingRetry] = []
-    async with aclosing(stream_dead_letters(settings, where)) as letters:
-        async for record in letters:
-            item = _replayed(record, time.time())
-            if item is None:
-                report.skipped += 1
-            else:
-                pending.append(item)
-    if not pending:
-        return report
-    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", enable_idempotence=False)
-    await producer.start()
+    producer: AIOKafkaProducer | None = None
+    in_flight: list[tuple[str, asyncio.Future[Any]]] = []
+
+    async def settle() -> None:
+        for delivery, sent in in_flight:
+            await sent
+            report.replayed.append(delivery)
+        in_flight.clear()
+
+    letters = stream_dead_letters(settings, dataclasses.replace(where, until=until))
     try:
-        for item in pending:
-            await producer.send_and_wait(
-                settings.retry_topics[0], item.to_bytes(), key=item.webhook_id.encode("utf-8")
-            )
-            report.replayed.append(item.delivery_id)
+        async with aclosing(letters) as reading:
+            async for record in reading:
+                item = _replayed(record, clock())
+                if item is None:
+                    report.skipped += 1
+                    continue
+                if producer is None:
+                    producer = AIOKafkaProducer(
+                        **client_kwargs(settings), acks="all", enable_idempotence=False
+                    )
+                    await producer.start()
+                sent = await producer.send(
+                    settings.retry_topics[0], item.to_bytes(), key=item.webhook_id.encode("utf-8")
+                )
+                in_flight.append((item.delivery_id, sent))
+                if len(in_flight) >= REPLAY_IN_FLIGHT:
+                    await settle()
+        await settle()
     finally:
-        await producer.stop()
+        if producer is not None:
+            await producer.stop()
     return report
 
 

@@ -5,6 +5,7 @@ never sent."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from datetime import UTC, datetime
@@ -144,6 +145,68 @@ async def test_replay_skips_dead_letters_whose_event_the_bridge_refuses(
     monkeypatch.setattr(dead_letters, "stream_dead_letters", stream_dead_letters)
     report = await replay_dead_letters(SETTINGS, DeadLetterFilter())  # nothing to write
     assert report.replayed == [] and report.skipped == 3
+
+
+class SentRetries:
+    """An ``AIOKafkaProducer`` stand-in: each write is kept with how many letters had been
+    read when it was made."""
+
+    def __init__(self, read: list[int]) -> None:
+        self.read = read
+        self.writes: list[tuple[int, bytes, bytes]] = []
+
+    def __call__(self, **_: Any) -> SentRetries:
+        return self
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def send(self, topic: str, value: bytes, *, key: bytes) -> asyncio.Future[None]:
+        self.writes.append((self.read[0], key, value))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+@pytest.mark.parametrize("until", [None, datetime(2026, 12, 4, 11, 0, tzinfo=UTC)])
+async def test_a_replay_writes_as_it_reads_the_letters_up_to_when_it_began(
+    monkeypatch: pytest.MonkeyPatch, until: datetime | None
+) -> None:
+    """1,200 letters: each is written to the first retry tier as it is read, not after the
+    last one is; the letters read are those dead-lettered up to when the replay began (or
+    ``until``, when earlier): one it dead-letters again is not taken again."""
+    event = {
+        "id": "e",
+        "type": "post.created",
+        "data": {"id": "p", "title": "t"},
+        "timestamp": "2026-12-04T10:00:00Z",
+        "site_id": "s",
+        "user_id": "u",
+    }
+    read = [0]
+    asked: list[DeadLetterFilter] = []
+
+    async def stream_dead_letters(settings: Settings, where: DeadLetterFilter) -> Any:
+        asked.append(where)
+        for n in range(1200):
+            read[0] += 1
+            yield {"webhook_id": "hook", "delivery_id": f"d{n}", "event": {**event, "id": f"e{n}"}}
+
+    producer = SentRetries(read)
+    monkeypatch.setattr(dead_letters, "stream_dead_letters", stream_dead_letters)
+    monkeypatch.setattr(dead_letters, "AIOKafkaProducer", producer)
+    began = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    report = await replay_dead_letters(
+        SETTINGS, DeadLetterFilter(webhook_id="hook", until=until), clock=began.timestamp
+    )
+    assert report.replayed == [f"d{n}" for n in range(1200)] and report.skipped == 0
+    assert [n for n, _, _ in producer.writes] == list(range(1, 1201))
+    assert {key for _, key, _ in producer.writes} == {b"hook"}
+    assert [where.until for where in asked] == [until or began]
+    assert asked[0].webhook_id == "hook"
 
 
 def test_invalid_url_is_an_invalid_subscription() -> None:
