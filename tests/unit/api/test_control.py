@@ -575,6 +575,15 @@ class ReadingDeadLetters(MemoryDeadLetters):
             yield record
 
 
+def oldest_first(records: list[dict[str, Any]], where: DeadLetterFilter) -> list[dict[str, Any]]:
+    """The letters ``where`` selects as a listing gives them: oldest first; one time by source
+    position (here: the offset)."""
+    return sorted(
+        (r for r in records if where.matches(r)),
+        key=lambda r: (r["dead_lettered_at"], r["source"]["offset"]),
+    )
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     st.lists(st.sampled_from([None, 0, 1, 1, 2, 5, 9]), min_size=0, max_size=25),
@@ -597,11 +606,7 @@ async def test_paging_dead_letters_reads_from_the_cursor_and_loses_none(
     where = DeadLetterFilter(since=start)
     admin = Principal("admin", frozenset({"read", "write"}))
     whole = (await control.dead_letters(admin, where, limit=1000, cursor=None)).items
-    # Oldest first; one time by source position (here: the offset).
-    assert whole == sorted(
-        (r for r in source.records if where.matches(r)),
-        key=lambda r: (r["dead_lettered_at"], r["source"]["offset"]),
-    )
+    assert whole == oldest_first(source.records, where)
     paged: list[dict[str, Any]] = []
     cursor = None
     for _ in range(100):
@@ -728,10 +733,6 @@ async def test_pages_of_dead_letters_read_up_to_their_last_letter_and_lose_none(
     control = control_service(MemoryRepository(), dead_letters=source)
     admin = Principal("admin", frozenset({"read", "write"}))
     where = DeadLetterFilter(webhook_id=webhook_id)
-    whole = sorted(
-        (r for r in source.records if where.matches(r)),
-        key=lambda r: (r["dead_lettered_at"], r["source"]["offset"]),
-    )
     paged: list[dict[str, Any]] = []
     cursor = None
     for _ in range(100):
@@ -740,7 +741,7 @@ async def test_pages_of_dead_letters_read_up_to_their_last_letter_and_lose_none(
         if page.next_cursor is None:
             break
         cursor = page.next_cursor
-    assert paged == whole
+    assert paged == oldest_first(source.records, where)
 
 
 async def test_a_first_page_of_dead_letters_reads_the_head_of_each_partition() -> None:
