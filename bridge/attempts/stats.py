@@ -1,8 +1,9 @@
 """A webhook's delivery stats over the last hour, day and week, in bounded memory.
 
 Attempts are counted in time buckets: one per minute for the last hour, one per hour for the
-last week. The hour window is exact to the minute; the day and week windows are made of whole
-hours, so they cover up to one hour more than their name (the current hour is always included).
+last week. A window takes the current (partly elapsed) bucket and as many whole ones before it as
+its name holds, so it covers at least its name: the hour window up to one minute more, the day
+and week windows up to one hour more.
 Latency quantiles are estimated from a fixed histogram per bucket, interpolated within the
 bucket that holds the quantile, as Prometheus' ``histogram_quantile`` does: their error is at
 most the width of that bucket.
@@ -27,8 +28,9 @@ WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 604800.0}
 
 _MINUTE = 60.0
 _HOUR = 3600.0
-_MINUTES_KEPT = 60
-_HOURS_KEPT = 24 * 7
+# One more than the longest window's whole buckets: the current one is partly elapsed.
+_MINUTES_KEPT = 60 + 1
+_HOURS_KEPT = 24 * 7 + 1
 
 
 @dataclass
@@ -122,7 +124,7 @@ class WebhookStats:
             bucket.add(attempt)
         if now_minute != self._expired_minute:
             # Buckets only age out as minutes pass: once a minute is enough (per attempt, the
-            # walk over up to 228 buckets cost more than the counting).
+            # walk over up to 230 buckets cost more than the counting).
             self.expire(now)
 
     def expire(self, now: float) -> None:
@@ -184,10 +186,10 @@ class WebhookStats:
         seconds = WINDOWS[name]
         self.expire(now)
         if seconds <= _MINUTES_KEPT * _MINUTE:
-            first = int(now // _MINUTE) - int(seconds // _MINUTE) + 1
+            first = int(now // _MINUTE) - int(seconds // _MINUTE)
             chosen = [b for k, b in self._minutes.items() if k >= first]
         else:
-            first = int(now // _HOUR) - int(seconds // _HOUR) + 1
+            first = int(now // _HOUR) - int(seconds // _HOUR)
             chosen = [b for k, b in self._hours.items() if k >= first]
         total = _Bucket()
         for bucket in chosen:

@@ -246,6 +246,34 @@ def test_windows_count_what_they_cover() -> None:
     assert stats.last_success is not None and stats.last_success.at_seconds == now - 30
 
 
+@pytest.mark.parametrize(
+    ("window", "age", "counted"),
+    [
+        ("1h", 3600, True),
+        ("1h", 3600 + 30, True),  # the start of the minute an hour before this one
+        ("1h", 3600 + 31, False),
+        ("24h", 23.5 * 3600, True),
+        ("24h", 86400 - 60, True),
+        ("24h", 86400, True),
+        ("24h", 86400 + 1830, True),  # the start of the hour a day before this one
+        ("24h", 86400 + 1831, False),
+        ("7d", 7 * 86400 - 1800, True),
+        ("7d", 7 * 86400, True),
+        ("7d", 7 * 86400 + 1830, True),
+        ("7d", 7 * 86400 + 1831, False),
+    ],
+)
+def test_a_window_covers_its_name_and_at_most_one_bucket_more(
+    window: str, age: float, counted: bool
+) -> None:
+    """The current bucket is partly elapsed, so a window takes one whole bucket more than its
+    name holds (the 24h window reached back 23-24 hours, missing attempts of the last day)."""
+    now = T0 + 10 * 86400 + 1830  # 30 s into a minute, 30.5 minutes into an hour
+    stats = WebhookStats()
+    stats.add(attempt(now - age), now)
+    assert stats.window(window, now).attempts == int(counted)
+
+
 def test_an_empty_window_has_no_ratio_or_latency() -> None:
     window = WebhookStats().window("24h", T0)
     assert (window.attempts, window.failure_ratio, window.latency_p50) == (0, None, None)

@@ -122,6 +122,44 @@ def test_any_adds_give_the_same_pages_from_both_stores(
         disk.close()
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from(sorted(WINDOWS)),
+    st.integers(0, 10**8),  # when asked, in ms after T0
+    st.data(),
+)
+def test_an_attempt_a_window_long_ago_or_less_is_counted_once_in_it(
+    name: str, asked_ms: int, data: st.DataObject
+) -> None:
+    """Counted by both stores, added as soon as made or any time up to the asking, and by the
+    RocksDB store after a restart (its stats rebuilt, not counted twice). Times in whole ms,
+    as attempt records give them."""
+    window_ms = int(WINDOWS[name] * 1000)
+    # Drawn as how much younger than the window: hypothesis favours 0, the edge.
+    age_ms = window_ms - data.draw(st.integers(0, window_ms), label="short of the window (ms)")
+    lag_ms = data.draw(st.integers(0, age_ms), label="age when added (ms)")
+    made_ms = int(T0 * 1000) + asked_ms - age_ms
+    now, added = (made_ms + age_ms) / 1000, (made_ms + lag_ms) / 1000
+    one = attempt(made_ms / 1000)
+    assert one.at_seconds == made_ms / 1000
+    max_age = 7 * 86400.0  # the least delivery_log_max_age
+    with tempfile.TemporaryDirectory() as directory:
+        memory = MemoryStore(max_attempts=10, max_age=max_age)
+        disk = RocksStore(Path(directory), max_attempts=10, max_age=max_age)
+        for store in (memory, disk):
+            store.open(0, added)
+            assert store.add(0, 0, one, attempt_bytes(one), added)
+        disk.close()
+        restarted = RocksStore(Path(directory), max_attempts=10, max_age=max_age)
+        restarted.open(0, now)
+        assert not restarted.add(0, 0, one, attempt_bytes(one), now)  # read again: kept once
+        for store in (memory, restarted):
+            activity = store.get(one.webhook_id)
+            assert activity is not None
+            assert activity.stats.window(name, now).attempts == 1
+        restarted.close()
+
+
 def test_a_dropped_partition_is_deleted_and_a_kept_one_reopens(tmp_path: Path) -> None:
     store = RocksStore(tmp_path, max_attempts=10, max_age=86400)
     assert store.open(0, T0) is None and store.open(1, T0) is None
