@@ -23,6 +23,7 @@ from bridge.attempts.record import Attempt
 __all__ = [
     "CHECKPOINT",
     "DELIVERY_INDEX",
+    "MAX_ATTEMPT_NUMBER",
     "attempt_key",
     "decode_time",
     "delivery_prefix",
@@ -37,6 +38,8 @@ __all__ = [
 CHECKPOINT = b"\x00\x00checkpoint"
 #: ``DELIVERY_INDEX + text(delivery id) + attempt key`` -> ``b""`` for each kept attempt.
 DELIVERY_INDEX = b"\x00\x00d"
+#: The largest attempt number a key holds (its byte length is one byte).
+MAX_ATTEMPT_NUMBER = (1 << (8 * 255)) - 1
 
 _SIGN = 1 << 63
 _ALL = (1 << 64) - 1
@@ -63,9 +66,9 @@ def decode_time(data: bytes) -> float:
 def _encode_count(number: int) -> bytes:
     if number < 0:
         raise ValueError("an attempt number is not negative")
-    size = (number.bit_length() + 7) // 8
-    if size > 255:
+    if number > MAX_ATTEMPT_NUMBER:
         raise ValueError("attempt number too large for a key")
+    size = (number.bit_length() + 7) // 8
     return bytes([size]) + number.to_bytes(size, "big")
 
 

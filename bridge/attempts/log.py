@@ -11,10 +11,12 @@ import base64
 import bisect
 import itertools
 import json
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from bridge.attempts.keys import MAX_ATTEMPT_NUMBER
 from bridge.attempts.record import OUTCOMES, Attempt
 
 __all__ = [
@@ -74,7 +76,9 @@ def encode_cursor(position: _Position) -> str:
 
 
 def decode_cursor(cursor: str) -> _Position:
-    """The position a cursor from :func:`encode_cursor` names; ``ValueError`` for anything else."""
+    """The position a cursor from :func:`encode_cursor` names; ``ValueError`` for anything else,
+    and for a position no kept attempt can have: a time that is not finite, an attempt number
+    a key of the RocksDB store cannot hold (so that both stores refuse the same cursors)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         at, delivery_id, number = json.loads(raw)
@@ -86,9 +90,16 @@ def decode_cursor(cursor: str) -> _Position:
         or not isinstance(delivery_id, str)
         or isinstance(number, bool)
         or not isinstance(number, int)
+        or not 0 <= number <= MAX_ATTEMPT_NUMBER
     ):
         raise ValueError("not a cursor of this list")
-    return (float(at), delivery_id, number)
+    try:
+        at = float(at)
+    except OverflowError:
+        raise ValueError("not a cursor of this list") from None
+    if not math.isfinite(at):  # json.loads takes NaN and Infinity
+        raise ValueError("not a cursor of this list")
+    return (at, delivery_id, number)
 
 
 class AttemptLog(Protocol):

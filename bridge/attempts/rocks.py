@@ -424,11 +424,8 @@ class DiskWebhookLog:
             raise ValueError("limit must be between 1 and 1000")
         before = None
         if cursor is not None:
-            at, delivery_id, number = decode_cursor(cursor)
-            try:
-                before = self._prefix + encode_position(at, delivery_id, number)
-            except ValueError:
-                raise ValueError("not a cursor of this list") from None
+            # decode_cursor refuses the positions a key cannot hold
+            before = self._prefix + encode_position(*decode_cursor(cursor))
         try:
             self._partition.expire(self._prefix, now)
         except Exception:  # the page filters by age anyway; the sweep deletes them later

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientResponse
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.admin.dead_letters import STAMP_MARGIN, DeadLetterFilter
@@ -18,7 +18,7 @@ from bridge.api.auth import Principal, TokenSet
 from bridge.api.control import DEFAULT_REDELIVER_LOOKBACK, REDELIVER_MARGIN, redelivery_since
 from bridge.api.repository import MemoryRepository
 from bridge.api.service import WebhookService
-from bridge.attempts.log import encode_cursor
+from bridge.attempts.log import decode_cursor, encode_cursor
 from bridge.attempts.record import Attempt
 from bridge.contract.events import format_timestamp
 from tests.support.waiting import eventually
@@ -36,6 +36,7 @@ from tests.unit.api.conftest import (
     control_service,
     dead_letter,
 )
+from tests.unit.attempts.test_attempts import MADE_UP_CURSORS, cursors
 
 
 async def problem(response: ClientResponse, status: int) -> dict[str, Any]:
@@ -131,6 +132,39 @@ async def test_bad_attempt_queries_are_400s_naming_the_field(
     await api.create(id="wh_1")
     response = await api.client.get(f"/v1/webhooks/wh_1/attempts?{query}", headers=auth())
     assert fields(await problem(response, 400)) == expected
+
+
+@pytest.mark.parametrize("cursor", MADE_UP_CURSORS.values(), ids=MADE_UP_CURSORS)
+async def test_a_made_up_attempts_cursor_is_a_400_naming_cursor(api: Api, cursor: str) -> None:
+    """A time beyond the double range was a 500; a NaN time, or an attempt number no key
+    holds, a page from the memory store."""
+    await api.create(id="wh_1")
+    failed_twice_then_delivered(api)
+    response = await api.client.get(
+        "/v1/webhooks/wh_1/attempts", params={"cursor": cursor}, headers=auth()
+    )
+    assert fields(await problem(response, 400)) == [("cursor", "invalid_cursor")]
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(cursor=cursors)
+async def test_any_attempts_cursor_is_a_page_or_a_400_naming_cursor(api: Api, cursor: str) -> None:
+    """Never a 500: a page when it decodes, else a 400 (the app is made once for every
+    example; the examples only read)."""
+    if not await api.repository.get("wh_1"):
+        await api.create(id="wh_1")
+        failed_twice_then_delivered(api)
+    response = await api.client.get(
+        "/v1/webhooks/wh_1/attempts", params={"cursor": cursor, "limit": "1"}, headers=auth()
+    )
+    try:
+        decode_cursor(cursor)
+    except ValueError:
+        assert fields(await problem(response, 400)) == [("cursor", "invalid_cursor")]
+    else:
+        assert response.status == 200, await response.text()
 
 
 async def test_attempts_and_stats_of_an_unknown_webhook_are_404s(api: Api) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.attempts.book import ActivityBook
+from bridge.attempts.keys import MAX_ATTEMPT_NUMBER
 from bridge.attempts.log import LogQuery, decode_cursor, encode_cursor
 from bridge.attempts.record import Attempt
 from bridge.attempts.stats import LATENCY_BOUNDS, WebhookStats
@@ -173,11 +175,61 @@ def test_the_log_is_bounded_by_count_and_age(make_log: LogFactory) -> None:
     assert not log.add(attempt(T0, delivery_id="late"), now=T0 + 1000)
 
 
-@pytest.mark.parametrize("cursor", ["", "x", "bm90IGpzb24", encode_cursor((1.0, "d", 1))[:-2]])
+def as_cursor(raw: bytes) -> str:
+    """``raw`` wrapped as :func:`encode_cursor` wraps its JSON."""
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+#: Cursors whose JSON is well formed but names a position no kept attempt can have.
+MADE_UP_CURSORS = {
+    "time beyond the double range": as_cursor(b"[1" + b"0" * 400 + b',"d1",1]'),
+    "NaN time": as_cursor(b'[NaN,"d1",1]'),
+    "infinite time": as_cursor(b'[-Infinity,"d1",1]'),
+    "negative attempt number": as_cursor(b'[1705312800.0,"d1",-1]'),
+    "attempt number no key holds": as_cursor(f'[1705312800.0,"d1",{1 << 2040}]'.encode()),
+}
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    ["", "x", "bm90IGpzb24", encode_cursor((1.0, "d", 1))[:-2], *MADE_UP_CURSORS.values()],
+    ids=["empty", "x", "not json", "cut", *MADE_UP_CURSORS],
+)
 def test_a_cursor_that_is_not_ours_is_refused(cursor: str, make_log: LogFactory) -> None:
+    """By both stores alike (a made-up position was a 500, or a page from one store only)."""
     log = make_log(max_attempts=3, max_age=100)
+    for n in range(3):
+        log.add(attempt(T0 + n, delivery_id=f"d{n}"), now=T0 + 10)
     with pytest.raises(ValueError):
-        log.page(LogQuery(), now=T0, cursor=cursor)
+        decode_cursor(cursor)
+    with pytest.raises(ValueError):
+        log.page(LogQuery(), now=T0 + 10, cursor=cursor)
+
+
+_cursor_times = st.one_of(
+    st.integers(-5, 5).map(lambda n: T0 + n),
+    st.floats(),  # NaN and the infinities too, which json.dumps writes and json.loads takes
+    st.integers(-(10**400), 10**400),
+    st.booleans(),
+    st.text(max_size=3),
+)
+_cursor_ids = st.one_of(st.sampled_from(["d0", "d1", "d2"]), st.text(max_size=4), st.none())
+_cursor_numbers = st.one_of(
+    st.integers(0, 4),
+    st.integers(-(1 << 2100), 1 << 2100),
+    st.sampled_from([MAX_ATTEMPT_NUMBER, MAX_ATTEMPT_NUMBER + 1]),
+    st.floats(),
+    st.booleans(),
+)
+#: Any cursor a client could send: positions near kept attempts', made-up positions, other
+#: JSON, and text that is not a cursor at all.
+cursors = st.one_of(
+    st.tuples(_cursor_times, _cursor_ids, _cursor_numbers).map(
+        lambda position: as_cursor(json.dumps(list(position)).encode())
+    ),
+    st.lists(_cursor_times, max_size=4).map(lambda other: as_cursor(json.dumps(other).encode())),
+    st.text(max_size=20),
+)
 
 
 @given(
@@ -220,7 +272,11 @@ def test_paging_lists_each_kept_attempt_once_in_order(
     assert len(log) <= 40
 
 
-@given(st.floats(allow_nan=False, allow_infinity=False), st.text(), st.integers())
+@given(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(),
+    st.integers(0, MAX_ATTEMPT_NUMBER),
+)
 def test_cursors_round_trip(at: float, delivery_id: str, number: int) -> None:
     assert decode_cursor(encode_cursor((at, delivery_id, number))) == (at, delivery_id, number)
 

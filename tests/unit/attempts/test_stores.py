@@ -7,16 +7,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.attempts.book import RELEASE_CHUNK, SWEEP_CHUNK
-from bridge.attempts.log import LogQuery
+from bridge.attempts.log import LogQuery, decode_cursor
 from bridge.attempts.record import Attempt
 from bridge.attempts.stats import WINDOWS
 from bridge.attempts.stores import DeliveryLogStore, MemoryStore, RocksStore
 from tests.support.attempt_logs import attempt_bytes
-from tests.unit.attempts.test_attempts import T0, attempt
+from tests.unit.attempts.test_attempts import T0, attempt, cursors
 
 WEBHOOKS = ["a", "b", "c\x00d"]
 
@@ -158,6 +159,44 @@ def test_an_attempt_a_window_long_ago_or_less_is_counted_once_in_it(
             assert activity is not None
             assert activity.stats.window(name, now).attempts == 1
         restarted.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(cursors, st.integers(1, 3))
+def test_any_cursor_gives_the_same_page_from_both_stores_or_is_refused(
+    cursor: str, limit: int
+) -> None:
+    """Refused (``ValueError``, which the API answers with a 400 naming ``cursor``) by both,
+    or decoded, and then the same page from both: a NaN time gave the memory store's empty
+    page and the RocksDB store's whole log, a negative attempt number a page from one and a
+    refusal from the other, a time beyond the double range an OverflowError."""
+    with tempfile.TemporaryDirectory() as directory:
+        memory = MemoryStore(max_attempts=10, max_age=60)
+        disk = RocksStore(Path(directory), max_attempts=10, max_age=60)
+        for store in (memory, disk):
+            store.open(0, T0)
+            for n, (at, delivery_id, number) in enumerate(
+                [(-2, "d0", 1), (-1, "d1", 2), (0, "d1", 3), (0, "d2", 1)]
+            ):
+                one = attempt(T0 + at, delivery_id=delivery_id, attempt=number)
+                assert store.add(0, n, one, attempt_bytes(one), T0)
+        try:
+            decode_cursor(cursor)
+        except ValueError:
+            for store in (memory, disk):
+                with pytest.raises(ValueError):
+                    (store.get("wh") or store.empty()).log.page(
+                        LogQuery(), now=T0, limit=limit, cursor=cursor
+                    )
+        else:
+            memory_page, disk_page = (
+                (store.get("wh") or store.empty()).log.page(
+                    LogQuery(), now=T0, limit=limit, cursor=cursor
+                )
+                for store in (memory, disk)
+            )
+            assert memory_page == disk_page
+        disk.close()
 
 
 def test_a_dropped_partition_is_deleted_and_a_kept_one_reopens(tmp_path: Path) -> None:
