@@ -14,12 +14,9 @@ time (``webhook_id`` required).
 
 from __future__ import annotations
 
-import base64
 import bisect
 import dataclasses
 import itertools
-import json
-import math
 import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
@@ -39,6 +36,7 @@ from bridge.attempts.log import Page as LogPage
 from bridge.attempts.record import Attempt
 from bridge.attempts.stats import WINDOWS
 from bridge.contract.events import format_timestamp, parse_time
+from bridge.cursors import decode_cursor, encode_cursor
 from bridge.subscriptions.webhook import Webhook
 
 __all__ = [
@@ -128,24 +126,12 @@ def _restricted_since(principal: Principal, webhook: Webhook) -> float | None:
         return None
 
 
-def _encode_cursor(values: list[Any]) -> str:
-    text = json.dumps(values, separators=(",", ":"))
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
-
-
 def _decode_cursor(cursor: str, shape: tuple[type, ...]) -> list[Any]:
-    """The values of a cursor of :func:`_encode_cursor`, one of each type of ``shape``;
-    ``400`` naming ``cursor`` for anything else."""
+    """:func:`bridge.cursors.decode_cursor`, ``400`` naming ``cursor`` for what it refuses."""
     try:
-        value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, UnicodeDecodeError):
+        return decode_cursor(cursor, shape)
+    except ValueError:
         raise _not_a_cursor() from None
-    if not isinstance(value, list) or len(value) != len(shape):
-        raise _not_a_cursor()
-    for item, kind in zip(value, shape, strict=True):
-        if isinstance(item, bool) or not isinstance(item, kind):
-            raise _not_a_cursor()
-    return value
 
 
 def _not_a_cursor() -> Problem:
@@ -157,7 +143,7 @@ def _not_a_cursor() -> Problem:
 def encode_dead_letter_cursor(position: tuple[str, str, int, int]) -> str:
     """An opaque cursor for the dead letters after ``position`` (time, topic, partition,
     offset: the record's place, which never changes)."""
-    return _encode_cursor(list(position))
+    return encode_cursor(list(position))
 
 
 def decode_dead_letter_cursor(cursor: str) -> tuple[str, str, int, int]:
@@ -169,15 +155,13 @@ def decode_dead_letter_cursor(cursor: str) -> tuple[str, str, int, int]:
 
 def encode_recovery_cursor(operation: Operation) -> str:
     """An opaque cursor for the recoveries started before ``operation`` (newest first)."""
-    return _encode_cursor([operation.started_at, operation.id])
+    return encode_cursor([operation.started_at, operation.id])
 
 
 def decode_recovery_cursor(cursor: str) -> tuple[float, str]:
     """The place in a cursor of :func:`encode_recovery_cursor`; ``400`` naming ``cursor``
     for anything else."""
     value = _decode_cursor(cursor, (float, str))
-    if not math.isfinite(value[0]):
-        raise _not_a_cursor()
     return (value[0], value[1])
 
 

@@ -7,15 +7,13 @@ points at the same place after the log was rebuilt from the attempts topic.
 
 from __future__ import annotations
 
-import base64
 import bisect
 import itertools
-import json
-import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from bridge import cursors
 from bridge.attempts.keys import MAX_ATTEMPT_NUMBER
 from bridge.attempts.record import OUTCOMES, Attempt
 
@@ -71,33 +69,15 @@ class Page:
 
 def encode_cursor(position: _Position) -> str:
     """An opaque cursor for the attempts older than ``position``."""
-    text = json.dumps(list(position), separators=(",", ":"))
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+    return cursors.encode_cursor(list(position))
 
 
 def decode_cursor(cursor: str) -> _Position:
     """The position a cursor from :func:`encode_cursor` names; ``ValueError`` for anything else,
     and for a position no kept attempt can have: a time that is not finite, an attempt number
     a key of the RocksDB store cannot hold (so that both stores refuse the same cursors)."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        at, delivery_id, number = json.loads(raw)
-    except (ValueError, TypeError) as exc:
-        raise ValueError("not a cursor of this list") from exc
-    if (
-        isinstance(at, bool)
-        or not isinstance(at, int | float)
-        or not isinstance(delivery_id, str)
-        or isinstance(number, bool)
-        or not isinstance(number, int)
-        or not 0 <= number <= MAX_ATTEMPT_NUMBER
-    ):
-        raise ValueError("not a cursor of this list")
-    try:
-        at = float(at)
-    except OverflowError:
-        raise ValueError("not a cursor of this list") from None
-    if not math.isfinite(at):  # json.loads takes NaN and Infinity
+    at, delivery_id, number = cursors.decode_cursor(cursor, ((int, float), str, int))
+    if not 0 <= number <= MAX_ATTEMPT_NUMBER:
         raise ValueError("not a cursor of this list")
     return (at, delivery_id, number)
 
