@@ -1,9 +1,11 @@
 """The API's delivery log, stats, dead letters and recoveries read from and written to Kafka.
 
-What ``python -m bridge.api serve`` uses today, through the management code the CLI runs
+What ``python -m bridge.api serve`` uses, and a worker without the delivery log
+(``delivery_log`` false), through the management code the CLI runs
 (:mod:`bridge.admin.activity`, :mod:`bridge.admin.dead_letters`, :mod:`bridge.admin.recovery`):
-every request reads the topics it needs. The worker-held tables of docs/api.md will replace
-:class:`KafkaActivitySource`; the dead letters and the recovery runner stay Kafka operations.
+every request reads the topics it needs. A worker holding the delivery log answers from it
+instead (:class:`bridge.worker.api.WorkerActivitySource`); the dead letters and the recovery
+runner are Kafka operations everywhere.
 """
 
 from __future__ import annotations
