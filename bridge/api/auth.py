@@ -112,7 +112,16 @@ class Principal:
             )
 
     def allows(self, site_id: str | None, user_id: str | None) -> bool:
-        """Whether a webhook of this site and account is within the token's restriction."""
+        """Whether a webhook of this site and account is within the token's restriction. A
+        token restricted to an account alone has only its account-wide webhooks (no site): a
+        site's webhook gets every event of the site, whoever's account it concerns."""
+        if not self.allows_event(site_id, user_id):
+            return False
+        return self.user_id is None or self.site_id is not None or site_id is None
+
+    def allows_event(self, site_id: str | None, user_id: str | None) -> bool:
+        """Whether an event of this site and account is within the token's restriction (a
+        test event it sends to one of its webhooks: an account's names one of its sites)."""
         if self.site_id is not None and site_id != self.site_id:
             return False
         return self.user_id is None or user_id == self.user_id
@@ -121,15 +130,31 @@ class Principal:
         """Raise a ``403`` naming the field unless ``webhook`` is within the restriction."""
         self.check_scope(webhook.site_id, webhook.user_id)
 
-    def check_scope(self, site_id: str | None, user_id: str | None, location: str = "body") -> None:
-        """Raise a ``403`` naming the field unless this site and account are allowed."""
-        if self.allows(site_id, user_id):
+    def check_scope(
+        self,
+        site_id: str | None,
+        user_id: str | None,
+        location: str = "body",
+        *,
+        event: bool = False,
+    ) -> None:
+        """Raise a ``403`` naming the field unless a webhook (with ``event``, an event) of this
+        site and account is allowed."""
+        if (self.allows_event if event else self.allows)(site_id, user_id):
             return
         if self.site_id is not None and site_id != self.site_id:
             error = FieldError(
                 "site_id",
                 "out_of_scope",
                 f"the token is restricted to site {self.site_id!r}",
+                location,
+            )
+        elif user_id == self.user_id:  # a site, for a token of an account alone
+            error = FieldError(
+                "site_id",
+                "out_of_scope",
+                f"the token is restricted to account {self.user_id!r}: a site's webhooks and "
+                "events (every event of the site, whoever's) need a token of that site",
                 location,
             )
         else:

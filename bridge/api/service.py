@@ -431,7 +431,7 @@ class WebhookService:
             raise Problem.invalid(*errors)
         webhook = await self._existing(webhook_id, principal)
         site_id, user_id = body.get("site_id"), body.get("user_id")
-        principal.check_scope(site_id or webhook.site_id, user_id or webhook.user_id)
+        principal.check_scope(site_id or webhook.site_id, user_id or webhook.user_id, event=True)
         if self._publisher is None:
             raise Problem("conflict", "this API server cannot publish events")
         try:

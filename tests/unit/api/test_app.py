@@ -391,7 +391,45 @@ async def test_a_site_token_sees_and_changes_only_its_site(api: Api) -> None:
     )
     await problem(create_elsewhere, 403)
     user_listing = await (await api.client.get("/v1/webhooks", headers=auth(USER_1))).json()
-    assert {w["id"] for w in user_listing["items"]} == {theirs["id"], account["id"]}
+    assert {w["id"] for w in user_listing["items"]} == {account["id"]}
+
+
+async def test_an_account_token_has_its_account_webhooks_not_a_sites(api: Api) -> None:
+    """A site's webhook gets every event of the site, whoever's account it concerns: a token
+    restricted to an account alone neither sees nor makes one (its own user id or not); its
+    account webhook's test event names one of the account's sites, and goes to that webhook
+    alone."""
+    site_webhook = await api.create(site_id="site_2", user_id="user_1")
+    account = await api.create(token=USER_1, site_id=None, user_id="user_1")
+    path = f"/v1/webhooks/{site_webhook['id']}"
+    for method in ("GET", "DELETE"):
+        refused = await api.client.request(method, path, headers=auth(USER_1))
+        assert fields(await problem(refused, 403)) == [("site_id", "out_of_scope")]
+    body = {"url": "https://e.com/h", "events": ["*"], "site_id": "site_2", "user_id": "user_1"}
+    made = await api.client.post("/v1/webhooks", json=body, headers=auth(USER_1))
+    assert fields(await problem(made, 403)) == [("site_id", "out_of_scope")]
+    moved = await api.client.patch(
+        f"/v1/webhooks/{account['id']}", json={"site_id": "site_2"}, headers=auth(USER_1)
+    )
+    assert fields(await problem(moved, 403)) == [("site_id", "out_of_scope")]
+    listed = await api.client.get("/v1/webhooks?site_id=site_2", headers=auth(USER_1))
+    assert fields(await problem(listed, 403)) == [("site_id", "out_of_scope")]
+    test = await api.client.post(
+        f"/v1/webhooks/{account['id']}/test", json={"site_id": "site_2"}, headers=auth(USER_1)
+    )
+    assert test.status == 202, await test.text()
+    [event] = api.published.events
+    assert (event.site_id, event.user_id, event.data["webhook_id"]) == (
+        "site_2",
+        "user_1",
+        account["id"],
+    )
+    as_another = await api.client.post(
+        f"/v1/webhooks/{account['id']}/test",
+        json={"site_id": "site_2", "user_id": "user_2"},
+        headers=auth(USER_1),
+    )
+    assert fields(await problem(as_another, 403)) == [("user_id", "out_of_scope")]
 
 
 async def test_a_long_or_odd_path_id_is_a_400_or_404_never_a_500(api: Api) -> None:

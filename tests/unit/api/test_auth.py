@@ -171,7 +171,9 @@ def test_restrictions_to_a_site_or_an_account() -> None:
     admin = tokens.authenticate(f"Bearer {ADMIN}")
     assert site.allows("site_1", None) and site.allows("site_1", "anyone")
     assert not site.allows("site_2", "user_1") and not site.allows(None, "user_1")
-    assert user.allows(None, "user_1") and user.allows("site_9", "user_1")
+    assert user.allows(None, "user_1")
+    # A site's webhook gets every event of the site: not an account's to have.
+    assert not user.allows("site_9", "user_1")
     assert not user.allows("site_1", None) and not user.allows("site_1", "user_2")
     assert admin.allows(None, None)
     with pytest.raises(Problem) as caught:
@@ -181,6 +183,11 @@ def test_restrictions_to_a_site_or_an_account() -> None:
     with pytest.raises(Problem) as caught:
         user.check(webhook(None, "user_2"))
     assert [(e.field, e.reason) for e in caught.value.errors] == [("user_id", "out_of_scope")]
+    with pytest.raises(Problem) as caught:
+        user.check(webhook("site_9", "user_1"))
+    assert [(e.field, e.reason) for e in caught.value.errors] == [("site_id", "out_of_scope")]
+    both = Principal("both", frozenset({"read"}), site_id="site_1", user_id="user_1")
+    assert both.allows("site_1", "user_1") and not both.allows(None, "user_1")
 
 
 def test_no_token_or_hash_in_any_repr() -> None:

@@ -505,24 +505,30 @@ async def test_replay_dead_letters(api: Api) -> None:
 async def test_a_site_token_reaches_only_its_sites_webhooks(api: Api) -> None:
     await api.create(id="wh_1", site_id="site_1", user_id="user_1")
     await api.create(id="wh_2", site_id="site_2", user_id="user_2")
+    await api.create(id="wh_3", site_id=None, user_id="user_1")
     failed_twice_then_delivered(api, "d1", "wh_1")
     failed_twice_then_delivered(api, "d2", "wh_2")
+    failed_twice_then_delivered(api, "d3", "wh_3")
     api.dead_letters.records = [
         dead_letter(1),
         dead_letter(2, webhook_id="wh_2"),
         dead_letter(3, webhook_id=None),
+        dead_letter(4, webhook_id="wh_3"),
     ]
-    for token in (SITE_1, USER_1):
-        assert (await api.client.get("/v1/webhooks/wh_1/attempts", headers=auth(token))).ok
-        assert (await api.client.get("/v1/deliveries/d1", headers=auth(token))).ok
-        for method, path in (
-            ("GET", "/v1/webhooks/wh_2/attempts"),
-            ("GET", "/v1/webhooks/wh_2/stats"),
-            ("GET", "/v1/deliveries/d2"),
-            ("POST", "/v1/deliveries/d2/redeliver"),
-        ):
-            response = await api.client.request(method, path, headers=auth(token))
-            assert fields(await problem(response, 403))[0][1] == "out_of_scope", path
+    # The site's token has the site's webhook; the account's its account-wide one (a site's
+    # webhook, user_1's or not, gets every event of the site: not the account's).
+    for token, own, others in ((SITE_1, 1, (2, 3)), (USER_1, 3, (1, 2))):
+        assert (await api.client.get(f"/v1/webhooks/wh_{own}/attempts", headers=auth(token))).ok
+        assert (await api.client.get(f"/v1/deliveries/d{own}", headers=auth(token))).ok
+        for other in others:
+            for method, path in (
+                ("GET", f"/v1/webhooks/wh_{other}/attempts"),
+                ("GET", f"/v1/webhooks/wh_{other}/stats"),
+                ("GET", f"/v1/deliveries/d{other}"),
+                ("POST", f"/v1/deliveries/d{other}/redeliver"),
+            ):
+                response = await api.client.request(method, path, headers=auth(token))
+                assert fields(await problem(response, 403))[0][1] == "out_of_scope", path
         response = await api.client.post(
             "/v1/webhooks/wh_2/recoveries",
             json={"since": "2026-01-15T09:00:00Z"},
@@ -531,7 +537,7 @@ async def test_a_site_token_reaches_only_its_sites_webhooks(api: Api) -> None:
         await problem(response, 403)
         # Dead letters: its webhooks' only, and a replay names one of them.
         listed = await (await api.client.get("/v1/dead-letters", headers=auth(token))).json()
-        assert [d["delivery_id"] for d in listed["items"]] == ["dl_1"]
+        assert [d["delivery_id"] for d in listed["items"]] == [f"dl_{own + (own == 3)}"]
         other = await api.client.get("/v1/dead-letters?webhook_id=wh_2", headers=auth(token))
         assert fields(await problem(other, 403)) == [("webhook_id", "out_of_scope")]
         replay = await api.client.post("/v1/dead-letters/replay", headers=auth(token))
