@@ -160,7 +160,7 @@ class _Routes:
         created = await self._service.create(principal, await self._body(request))
         webhook = created.webhook
         if not created.created:
-            return _webhook_response(webhook, 200, with_secret=True)
+            return _webhook_response(webhook, 200, with_secret=created.shows_secret)
         location = f"/v1/webhooks/{quote(webhook.id, safe='')}"
         return _webhook_response(webhook, 201, with_secret=True, Location=location)
 

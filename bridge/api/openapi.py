@@ -622,8 +622,10 @@ def _paths() -> dict[str, Any]:
                         },
                     },
                     "200": _json(
-                        _ref("WebhookWithSecret"),
-                        "That id exists with this very body: the same answer again.",
+                        _ref("Webhook"),
+                        "That id exists with this very body: the webhook again, with its "
+                        "`secret` for the token that created it within a day of the creation "
+                        "(a client whose first answer was lost), without it for any other.",
                         headers=_ETAG_HEADER,
                     ),
                     "409": _problem_response("That id exists with another body."),

@@ -33,7 +33,7 @@ from bridge.api.auth import Principal
 from bridge.api.openapi import request_validator
 from bridge.api.problems import FieldError, Problem
 from bridge.api.repository import WebhookFilter, WebhookRepository, webhook_version
-from bridge.contract.events import Event
+from bridge.contract.events import Event, parse_time
 from bridge.errors import BridgeError, InvalidSubscription, InvalidUrl
 from bridge.subscriptions.changes import created_record, rotated_record, updated_record
 from bridge.subscriptions.urls import WebhookUrl
@@ -78,6 +78,15 @@ class Created:
     webhook: Webhook
     #: ``False`` when the id existed with the same body (the request was a repeat).
     created: bool
+    #: Whether the answer shows the secret: a creation does; a repeat does only for the token
+    #: that created it, within :data:`REPEAT_SHOWS_SECRET_FOR` of the creation.
+    shows_secret: bool = True
+
+
+#: Seconds after a webhook's creation during which a repeat of the create by the same token
+#: answers its secret again (a client whose first answer was lost): a day, as idempotency keys
+#: are commonly kept. Another token, or later, gets the webhook without it.
+REPEAT_SHOWS_SECRET_FOR = 86400.0
 
 
 def public_view(webhook: Webhook, *, with_secret: bool = False) -> dict[str, Any]:
@@ -339,7 +348,11 @@ class WebhookService:
             if existing is not None:
                 principal.check(existing)
                 if _same(existing, body):
-                    return Created(existing, created=False)
+                    return Created(
+                        existing,
+                        created=False,
+                        shows_secret=self._repeat_shows(existing, principal),
+                    )
                 raise Problem(
                     "conflict",
                     "a webhook with this id exists with other fields",
@@ -358,9 +371,20 @@ class WebhookService:
                 rate_limit=body.get("rate_limit"),
                 standard=bool(body.get("standard_webhooks", False)),
             )
+            record["created_by"] = principal.name
             webhook = _from_record(record, check_url=self._check_url)
             await self._repository.put(webhook)
             return Created(webhook, created=True)
+
+    def _repeat_shows(self, existing: Webhook, principal: Principal) -> bool:
+        """Whether a repeated create answers the secret: to the token that created the webhook
+        (its name, kept in the record as ``created_by``), within REPEAT_SHOWS_SECRET_FOR."""
+        made = _made_at(existing)
+        return (
+            existing.extra.get("created_by") == principal.name
+            and made is not None
+            and self._clock().timestamp() - made <= REPEAT_SHOWS_SECRET_FOR
+        )
 
     async def update(
         self,
@@ -442,6 +466,13 @@ class WebhookService:
             if exc.reason == "webhook_inactive":
                 raise Problem("conflict", "the webhook is not active") from None
             raise Problem.invalid(FieldError("site_id", exc.reason, exc.detail)) from None
+
+
+def _made_at(webhook: Webhook) -> float | None:
+    try:
+        return parse_time(webhook.created_at).timestamp() if webhook.created_at else None
+    except ValueError:
+        return None
 
 
 def _same(existing: Webhook, body: Mapping[str, Any]) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -129,6 +130,28 @@ async def test_creating_with_a_chosen_id_twice_is_idempotent(api: Api) -> None:
         "/v1/webhooks", json={**body, "secret": "guess"}, headers=auth()
     )
     await problem(wrong_secret, 409)
+
+
+async def test_a_repeated_create_shows_the_secret_only_to_its_creator_for_a_day(api: Api) -> None:
+    """A client whose first answer was lost learns the secret by repeating the create; another
+    token in scope, that could read every field of the body, does not, nor the creator a day
+    later: the secret stays with whoever was given it."""
+    body = {"id": "wh_s", "url": "https://example.com/h", "events": ["*"], "site_id": "site_1",
+            "user_id": "user_1"}  # fmt: skip
+    first = await api.client.post("/v1/webhooks", json=body, headers=auth(SITE_1))
+    assert first.status == 201
+    secret = (await first.json())["secret"]
+    again = await api.client.post("/v1/webhooks", json=body, headers=auth(SITE_1))
+    assert again.status == 200 and (await again.json())["secret"] == secret
+    for token in (ADMIN, WRITER):
+        other = await api.client.post("/v1/webhooks", json=body, headers=auth(token))
+        assert other.status == 200
+        shown = await other.json()
+        assert "secret" not in shown and shown["id"] == "wh_s"
+        assert secret not in await other.text()
+    api.clock.now += timedelta(days=1, seconds=1)
+    later = await api.client.post("/v1/webhooks", json=body, headers=auth(SITE_1))
+    assert later.status == 200 and "secret" not in await later.json()
 
 
 async def test_concurrent_creates_of_one_id_make_one_webhook(api: Api) -> None:
