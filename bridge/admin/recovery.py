@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -48,6 +48,7 @@ __all__ = [
     "select",
     "recover",
     "recorded_recoveries",
+    "whole_milliseconds",
 ]
 
 #: Deliveries a recovery enqueues per second unless told otherwise (and never more than the
@@ -88,6 +89,13 @@ def _offsets(record: dict[str, Any], name: str) -> dict[str, int]:
     return dict(value)
 
 
+def whole_milliseconds(moment: datetime) -> datetime:
+    """``moment`` rounded up to a whole millisecond: a window ``[since, until)`` of records
+    stamped in milliseconds selects the same records with both rounded up."""
+    extra = moment.microsecond % 1000
+    return moment if extra == 0 else moment + timedelta(microseconds=1000 - extra)
+
+
 @dataclass(frozen=True)
 class RecoveryRequest:
     """What to recover: ``webhook``'s events published in ``[since, until)``, or only the one
@@ -103,6 +111,10 @@ class RecoveryRequest:
     def __post_init__(self) -> None:
         if self.since.tzinfo is None or self.until.tzinfo is None:
             raise ValueError("since and until must carry a time zone")
+        # Whole milliseconds, as records are stamped and as the operation's record keeps them:
+        # the window a resumed recovery reads back is the same, and selects the same records.
+        object.__setattr__(self, "since", whole_milliseconds(self.since))
+        object.__setattr__(self, "until", whole_milliseconds(self.until))
         if self.until <= self.since:
             raise ValueError("until must be after since")
         if not self.rate > 0:
@@ -293,6 +305,7 @@ async def recover(
     wall_time: Callable[[], float] = time.time,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     settle: float = 0.3,
+    current: Callable[[str], Webhook | None] | None = None,
 ) -> Operation:
     """Run ``operation`` to its end (or its cancellation) and return it.
 
@@ -301,9 +314,16 @@ async def recover(
     record) to its end when the recovery started, then records written before it started until
     a fetch of ``settle`` seconds brings nothing or every partition showed a later one (the
     embedded broker can report an end before the last records of a batch).
-    ``write`` enqueues one delivery (the first retry tier by default)."""
+    ``write`` enqueues one delivery (the first retry tier by default). Given ``current`` (the
+    worker's webhooks by id), each event is matched against the webhook as it is then (its
+    events, site and account changed meanwhile; none sent once it is deleted, inactive, or
+    its id taken by another webhook), not as it was when the recovery began.
+
+    A cancellation (a release, a stop) while a delivery is being written lets the write
+    finish and counts it (a record given to the producer is sent when it stops), so that the
+    worker that resumes the recovery reads on after it and the counts are what was written."""
     request = operation.request
-    index = SubscriptionIndex([request.webhook])
+    index = _Matching(request.webhook, current)
     producer: AIOKafkaProducer | None = None
     if write is None:
         producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", enable_idempotence=False)
@@ -331,12 +351,36 @@ async def recover(
     return operation
 
 
+class _Matching:
+    """The index :func:`select` matches against: the request's webhook alone, as it is now
+    when ``current`` can tell (else as it was when the recovery began)."""
+
+    def __init__(self, webhook: Webhook, current: Callable[[str], Webhook | None] | None) -> None:
+        self._first = webhook
+        self._current = current
+        self._webhook: Webhook | None = webhook
+        self._index = SubscriptionIndex([webhook])
+
+    def now(self) -> SubscriptionIndex:
+        if self._current is not None:
+            webhook = self._current(self._first.id)
+            if webhook is not self._webhook:
+                self._webhook = webhook
+                usable = (
+                    webhook is not None
+                    and webhook.active
+                    and webhook.is_incarnation(self._first.created_at)
+                )
+                self._index = SubscriptionIndex([webhook] if usable and webhook else [])
+        return self._index
+
+
 async def _run(
     consumer: AIOKafkaConsumer,
     write: _Write,
     settings: Settings,
     operation: Operation,
-    index: SubscriptionIndex,
+    index: _Matching,
     clock: Callable[[], float],
     wall_time: Callable[[], float],
     sleep: Callable[[float], Awaitable[None]],
@@ -363,7 +407,7 @@ async def _run(
             starts[tp] = operation.positions.get(position_key(tp), ends[tp])
     else:
         ends = current_ends
-        since_ms = int(request.since.timestamp() * 1000)
+        since_ms = max(0, int(request.since.timestamp() * 1000))  # before 1970: from the start
         found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
         for tp in tps:
             hint = found.get(tp)
@@ -380,29 +424,50 @@ async def _run(
     interval = 1.0 / request.pace
     next_write = clock()
 
+    def handled(tp: TopicPartition, next_offset: int) -> None:
+        """The partition read up to ``next_offset``: its position recorded and counted done
+        together, so that a runner resuming from the position counts on from there."""
+        operation.positions[position_key(tp)] = max(
+            operation.positions.get(position_key(tp), 0), next_offset
+        )
+        reach = min(next_offset, ends[tp])
+        if reach > reached[tp]:
+            operation.done += reach - reached[tp]
+            reached[tp] = reach
+
     async def take(tp: TopicPartition, records: Iterable[Any]) -> bool:
         nonlocal next_write
-        key = position_key(tp)
         for record in records:
             if operation.cancelled:
                 return False
-            # Counted once handled: a record being written when the recovery is released is
-            # read again by the worker that resumes it, and counted there.
-            chosen = select(request, index, record.timestamp, record.value)
+            chosen = select(request, index.now(), record.timestamp, record.value)
             enqueued = False
             if isinstance(chosen, str):
                 operation.invalid += 1
             elif chosen is not None:
                 wait = next_write - clock()
                 if wait > 0:
-                    await sleep(wait)
+                    await sleep(wait)  # cancelled here: nothing written, the record read again
                 now = wall_time()
-                await write(dataclasses.replace(chosen, not_before=now, enqueued_at=now))
+                item = dataclasses.replace(chosen, not_before=now, enqueued_at=now)
+                writing = asyncio.ensure_future(write(item))
+                try:
+                    await asyncio.shield(writing)
+                except asyncio.CancelledError:
+                    # Released or stopped while writing: the write goes on (the producer sends
+                    # what it was given when it stops), so it is awaited and counted, and the
+                    # worker that resumes reads on after this record instead of writing it again.
+                    await asyncio.wait([writing])
+                    if not writing.cancelled() and writing.exception() is None:
+                        operation.enqueued += 1
+                        operation.scanned += 1
+                        handled(tp, record.offset + 1)
+                    raise
                 next_write = max(next_write, clock()) + interval
                 operation.enqueued += 1
                 enqueued = True
             operation.scanned += 1
-            operation.positions[key] = record.offset + 1
+            handled(tp, record.offset + 1)
             if enqueued and request.delivery_id is not None:
                 return False  # the one delivery asked for
         return True
@@ -415,8 +480,7 @@ async def _run(
             if not await take(tp, records):
                 return
             position = await consumer.position(tp)
-            operation.done += min(position, ends[tp]) - reached[tp]
-            reached[tp] = min(position, ends[tp])
+            handled(tp, position)  # past what no record stands at (compacted, markers)
             if position >= ends[tp]:
                 pending.discard(tp)
     # Settling (the embedded broker's ends, see stream_topic): records written before the

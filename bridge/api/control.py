@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from bridge.admin.dead_letters import DeadLetterFilter, ReplayReport, of_webhook_created
-from bridge.admin.recovery import DEFAULT_RATE, Operation, RecoveryRequest
+from bridge.admin.recovery import DEFAULT_RATE, Operation, RecoveryRequest, whole_milliseconds
 from bridge.api.activity import ActivitySource
 from bridge.api.auth import Principal
 from bridge.api.problems import FieldError, Problem
@@ -406,8 +406,11 @@ class ControlService:
     ) -> Operation:
         """Send the webhook again its events published in ``[since, until)`` (until now)."""
         webhook = await self._webhook(principal, webhook_id)
-        end = until or datetime.fromtimestamp(self._clock(), UTC)
-        if end <= since:
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        if since > now:
+            raise Problem.invalid(FieldError("since", "range", "since is in the future"))
+        end = until or now
+        if whole_milliseconds(end) <= whole_milliseconds(since):  # as the request keeps them
             field = "until" if until is not None else "since"
             raise Problem.invalid(FieldError(field, "range", "since must be before until"))
         if not webhook.active:

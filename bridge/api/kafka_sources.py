@@ -32,6 +32,7 @@ from bridge.attempts.book import Activity
 from bridge.attempts.record import Attempt
 from bridge.config import Settings
 from bridge.kafka.reading import read_topic
+from bridge.subscriptions.webhook import Webhook
 
 __all__ = [
     "MAX_DEAD_LETTER_READS",
@@ -100,7 +101,10 @@ class KafkaDeadLetters:
             return await replay_dead_letters(self._settings, where)
 
 
-def kafka_recovery_runner(settings: Settings) -> RecoveryRunner:
+def kafka_recovery_runner(
+    settings: Settings, current: Callable[[str], Webhook | None] | None = None
+) -> RecoveryRunner:
     """:func:`~bridge.admin.recovery.recover` with ``settings``: reads the source topics,
-    writes the first retry tier."""
-    return functools.partial(recover, settings)
+    writes the first retry tier; given ``current`` (a worker's webhooks by id), matches each
+    event against the webhook as it is then."""
+    return functools.partial(recover, settings, current=current)

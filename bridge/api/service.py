@@ -43,6 +43,7 @@ __all__ = [
     "TestEventPublisher",
     "Page",
     "Created",
+    "REPEAT_SHOWS_SECRET_FOR",
     "WebhookService",
     "body_errors",
     "public_view",

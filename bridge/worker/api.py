@@ -311,7 +311,7 @@ async def api_application(bridge: Bridge) -> web.Application:
     await producer.start()
     journal = KafkaRecoveryJournal(bridge.recoveries, producer, settings.recoveries_topic)
     recoveries = Recoveries(
-        kafka_recovery_runner(settings),
+        kafka_recovery_runner(settings, current=bridge.index.get),
         journal=journal,
         url=settings.canonical_url,
         max_running=settings.api_max_recoveries,

@@ -31,7 +31,12 @@ from bridge.api.table_repository import require_current
 from bridge.contract import jsoncanon
 from bridge.contract.events import format_epoch
 from bridge.subscriptions.webhook import Webhook
-from bridge.worker.recovery_view import DEFAULT_STALE_AFTER, RecoveryView, updated_at
+from bridge.worker.recovery_view import (
+    DEFAULT_STALE_AFTER,
+    RecoveryView,
+    live_runner,
+    updated_at,
+)
 
 __all__ = [
     "FORGET_INTERVAL",
@@ -106,6 +111,16 @@ async def take_over(
             continue
         if view.live_runner(operation_id, now, stale_after) is not None:
             continue
+        journal = recoveries.journal
+        if journal is not None:
+            # The newest record as of now, not the view's as it was applied: one cancelled
+            # through another worker a moment ago is not resumed (and written running again).
+            newest = await journal.read(operation_id)
+            if newest is None or newest.get("state") != "running":
+                continue
+            if live_runner(newest, now, stale_after) is not None:
+                continue
+            record = newest
         current = webhook(webhook_id)
         try:
             if current is None:

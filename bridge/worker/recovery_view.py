@@ -10,7 +10,7 @@ from bridge.contract.events import parse_time
 from bridge.errors import InvalidRecord
 from bridge.subscriptions.freshness import TableFreshness
 
-__all__ = ["DEFAULT_STALE_AFTER", "RecoveryView", "recovery_record", "updated_at"]
+__all__ = ["DEFAULT_STALE_AFTER", "RecoveryView", "live_runner", "recovery_record", "updated_at"]
 
 #: Seconds without a record after which a running recovery's runner is taken for gone.
 DEFAULT_STALE_AFTER = 15.0
@@ -34,6 +34,18 @@ def recovery_record(key: bytes, value: bytes) -> dict[str, Any] | None:
     except (InvalidRecord, UnicodeDecodeError):
         return None
     return record if isinstance(record, dict) and record.get("id") == operation_id else None
+
+
+def live_runner(record: dict[str, Any], now: float, stale_after: float) -> str | None:
+    """The URL of the worker running the recovery of ``record``, if it recorded it within
+    ``stale_after`` seconds of ``now``."""
+    if record.get("state") != "running":
+        return None
+    runner = record.get("runner")
+    updated = updated_at(record)
+    if not isinstance(runner, str) or updated is None or now - updated > stale_after:
+        return None
+    return runner
 
 
 class RecoveryView:
@@ -115,10 +127,4 @@ class RecoveryView:
         """The URL of the worker running a recovery, if it recorded it within ``stale_after``
         seconds of ``now``."""
         record = self._records.get(operation_id)
-        if record is None or record.get("state") != "running":
-            return None
-        runner = record.get("runner")
-        updated = updated_at(record)
-        if not isinstance(runner, str) or updated is None or now - updated > stale_after:
-            return None
-        return runner
+        return None if record is None else live_runner(record, now, stale_after)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bridge.worker.recovery_view import RecoveryView
+
 
 class Journal:
     """Every record written, in order; ``read`` gives an operation's newest one."""
@@ -28,3 +30,16 @@ class Journal:
         for record in self.records:
             newest[record["id"]] = record
         return [r for r in newest.values() if r.get("webhook_id") == webhook_id]
+
+
+class ViewJournal(Journal):
+    """A journal over a worker's view of the recoveries topic, as the workers' is: ``read``
+    gives the newest record written here, else the view's."""
+
+    def __init__(self, view: RecoveryView) -> None:
+        super().__init__()
+        self.view = view
+
+    async def read(self, operation_id: str) -> dict[str, Any] | None:
+        written = await super().read(operation_id)
+        return written if written is not None else self.view.get(operation_id)

@@ -167,3 +167,22 @@ def test_a_record_that_is_not_an_operation_is_refused(change: dict[str, object])
     record = Operation(request()).to_record(updated_at=SINCE.timestamp())
     with pytest.raises(ValueError):
         Operation.from_record({**record, **change}, WEBHOOK)
+
+
+def test_a_request_keeps_whole_milliseconds_as_its_record_does() -> None:
+    """Records are stamped in milliseconds and an operation's record keeps its times to the
+    millisecond: a request rounds its window up to whole ones (selecting the same records),
+    so a resumed recovery reads the same window; one that rounds to nothing is refused."""
+    since = datetime(2024, 1, 15, 10, 0, 0, 500, tzinfo=UTC)  # 10:00:00.0005
+    operation = Operation(RecoveryRequest(WEBHOOK, since, since + timedelta(hours=1)))
+    assert operation.request.since == datetime(2024, 1, 15, 10, 0, 0, 1000, tzinfo=UTC)
+    resumed = Operation.from_record(operation.to_record(updated_at=0.0), WEBHOOK)
+    assert resumed.request.since == operation.request.since
+    assert resumed.request.until == operation.request.until
+    index = SubscriptionIndex([WEBHOOK])
+    at_10 = ms(datetime(2024, 1, 15, 10, 0, tzinfo=UTC))  # 10:00:00.000, before since
+    for request in (operation.request, resumed.request):
+        assert select(request, index, at_10, event_bytes()) is None
+        assert select(request, index, at_10 + 1, event_bytes()) is not None
+    with pytest.raises(ValueError, match="until must be after since"):
+        RecoveryRequest(WEBHOOK, since, since + timedelta(microseconds=300))

@@ -804,3 +804,12 @@ async def test_a_first_page_of_dead_letters_reads_the_head_of_each_partition() -
         admin, DeadLetterFilter(), limit=10, cursor=page.next_cursor
     )
     assert [letter["source"]["offset"] for letter in second.items] == list(range(10, 20))
+
+
+async def test_a_recovery_since_in_the_future_is_a_400_even_with_an_until(api: Api) -> None:
+    await api.create(id="wh_1")
+    # The fakes' time is 2026-01-15T10:30Z: since is a day later.
+    body = {"since": "2026-01-16T09:00:00Z", "until": "2026-01-17T09:00:00Z"}
+    response = await api.client.post("/v1/webhooks/wh_1/recoveries", json=body, headers=auth())
+    assert fields(await problem(response, 400)) == [("since", "range")]
+    assert api.runner.ran == []

@@ -4,6 +4,7 @@ Forgetting them: only ended ones, once the retention has passed."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
@@ -15,7 +16,7 @@ from bridge.subscriptions.webhook import Webhook, webhook_from_record
 from bridge.worker.recovery_journal import FORGET_STEP, forget_ended, take_over
 from bridge.worker.recovery_view import RecoveryView
 from tests.support.builders import webhook_record
-from tests.support.journals import Journal
+from tests.support.journals import Journal, ViewJournal
 from tests.support.turns import turns_during
 
 NOW = datetime(2024, 1, 15, 12, 0, tzinfo=UTC)
@@ -63,7 +64,7 @@ async def test_only_released_or_silent_recoveries_of_owned_webhooks_are_resumed(
         view.apply(
             0, offset, rid.encode(), recorded(rid, webhook, runner=runner, age=age, state=state)
         )
-    journal, runner = Journal(), Never()
+    journal, runner = ViewJournal(view), Never()
     recoveries = Recoveries(runner, journal=journal, url="http://w2")
     resumed = await take_over(
         view,
@@ -85,7 +86,7 @@ async def test_only_released_or_silent_recoveries_of_owned_webhooks_are_resumed(
 async def test_a_recovery_this_worker_runs_or_whose_webhook_is_gone_is_not_resumed() -> None:
     view = RecoveryView(TableFreshness(_ends, timeout=1.0))
     view.apply(0, 0, b"gone", recorded("gone", WEBHOOKS["a"], runner=None, age=60.0))
-    journal = Journal()
+    journal = ViewJournal(view)
     recoveries = Recoveries(Never(), journal=journal, url="http://w2")
     resumed = await take_over(
         view, recoveries, owns=lambda _: True, webhook=lambda _: None, wall_time=NOW.timestamp
@@ -147,3 +148,47 @@ async def test_forgetting_many_ended_recoveries_lets_the_loop_run() -> None:
     )
     forgotten, turns = await turns_during(forgetting)
     assert forgotten == [] and turns >= 3
+
+
+class Held:
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+
+    async def __call__(self, operation: Operation) -> Operation:
+        self.ran.append(operation.id)
+        await asyncio.sleep(3600)
+        return operation
+
+
+async def test_a_recovery_answered_cancelled_is_never_resumed() -> None:
+    """A released recovery cancelled through a worker that does not own its webhook, just
+    before the owner's look for recoveries to take over, whose view has not applied the
+    cancelled record yet: the owner reads the newest record before resuming, so the answer
+    "cancelled" holds (nothing resumed, no "running" written over it)."""
+    journal = Journal()  # the recoveries topic
+    owner_view = RecoveryView(TableFreshness(_ends, timeout=1.0))
+    released = recorded("r", WEBHOOKS["a"], runner=None, age=1.0)
+    owner_view.apply(0, 0, b"r", released)
+
+    # The DELETE reaches a worker that runs nothing: it records the recovery cancelled.
+    other = Recoveries(Held(), journal=journal, url="http://w1")
+    operation = Operation.from_record(jsoncanon.loads(released), WEBHOOKS["a"])
+    answered = await other.cancel_recorded(operation)
+    assert answered.state == "cancelled"
+
+    # The owner's next look (every 2 s), before its view applied the cancelled record.
+    runner = Held()
+    owner = Recoveries(runner, journal=journal, url="http://w2")
+    resumed = await take_over(
+        owner_view,
+        owner,
+        owns=lambda _: True,
+        webhook=WEBHOOKS.get,
+        wall_time=NOW.timestamp,
+    )
+    try:
+        await asyncio.sleep(0)
+        assert resumed == [] and runner.ran == []
+        assert journal.records[-1]["state"] == "cancelled"
+    finally:
+        await owner.close()

@@ -1,0 +1,190 @@
+"""Recoveries at their edges, on the real broker: stopped or cancelled while a delivery is being
+written, released and resumed mid-batch, a `since` before 1970, a webhook changed while its
+recovery runs."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from bridge.admin.publish import publish_events
+from bridge.admin.recovery import Operation, RecoveryRequest, recover
+from bridge.api.kafka_sources import kafka_recovery_runner
+from bridge.api.recoveries import Recoveries
+from bridge.config import Settings
+from bridge.contract.events import Event, build_event, format_timestamp
+from bridge.delivery.pending_retry import PendingRetry
+from bridge.kafka.reading import read_topic
+from bridge.subscriptions.webhook import Webhook
+from tests.support.api import LOG_AUTH
+from tests.support.journals import Journal
+from tests.support.receivers import Receiver, subscribe
+from tests.support.waiting import eventually, poll
+from tests.support.workers import InProcessWorker
+
+pytestmark = pytest.mark.integration
+
+WEBHOOK = Webhook(
+    id="a",
+    name="a",
+    url="http://127.0.0.1:9/a",
+    secret="s" * 32,
+    events=frozenset({"post.created"}),
+    site_id="s1",
+    user_id="u1",
+)
+
+
+def post(n: int) -> Event:
+    return build_event(
+        "post.created", {"id": f"p{n}", "title": f"post {n}"}, site_id="s1", user_id="u1"
+    )
+
+
+def last_hour(rate: float = 100_000) -> RecoveryRequest:
+    """The last hour of :data:`WEBHOOK`'s events; at ``rate`` a stop lands while a write waits
+    for the broker."""
+    now = datetime.now(UTC)
+    return RecoveryRequest(WEBHOOK, now - timedelta(hours=1), now + timedelta(seconds=1), rate=rate)
+
+
+async def retried(settings: Settings) -> Counter[str]:
+    """Delivery ids in the first retry tier, with how often each was written."""
+    records = await read_topic(settings, settings.retry_topics[0])
+    return Counter(json.loads(value)["delivery_id"] for _, value in records if value)
+
+
+async def test_after_a_release_and_resume_nothing_is_enqueued_twice(settings: Settings) -> None:
+    """The worker running a recovery stops while a write waits for the broker (the producer
+    sends what it was given when it stops): the write is counted and the resuming worker reads
+    on after it, so each of 300 deliveries is in the retry tier once."""
+    await publish_events(settings, [post(n) for n in range(300)])
+    journal = Journal()
+    first = Recoveries(kafka_recovery_runner(settings), journal=journal, url="http://w1")
+    operation = await first.start(last_hour())
+    await eventually(lambda: operation.enqueued >= 40, timeout=30)
+    await first.close()  # the worker stops: released
+    record = await journal.read(operation.id)
+    assert record is not None and record["state"] == "running" and record["runner"] is None
+
+    second = Recoveries(kafka_recovery_runner(settings), journal=journal, url="http://w2")
+    resumed = await second.resume(Operation.from_record(record, WEBHOOK))
+    await eventually(lambda: not second.running_here(resumed.id), timeout=60)
+    assert resumed.state == "done" and resumed.enqueued == 300
+    written = await retried(settings)
+    assert len(written) == 300 and set(written.values()) == {1}
+
+
+async def test_a_cancelled_recovery_counts_every_delivery_it_enqueued(settings: Settings) -> None:
+    """Cancelled while a write waits for the broker: the answer counts that write too, as
+    many as the retry tier holds."""
+    await publish_events(settings, [post(n) for n in range(300)])
+    recoveries = Recoveries(kafka_recovery_runner(settings))
+    operation = await recoveries.start(last_hour())
+    await eventually(lambda: operation.enqueued >= 20, timeout=30)
+    answered = await recoveries.cancel(operation.id)
+    assert answered is not None and answered.state == "cancelled"
+    assert sum((await retried(settings)).values()) == answered.enqueued
+
+
+async def test_a_resumed_recovery_ends_with_all_of_its_records_read(settings: Settings) -> None:
+    """Released in the middle of a fetched batch: the resumed recovery counts on from where
+    the first one recorded it had read, and ends with every record read (progress 1.0)."""
+    await publish_events(settings, [post(n) for n in range(300)])
+    written: list[str] = []
+
+    async def first_write(item: PendingRetry) -> None:
+        if len(written) >= 40:
+            await asyncio.sleep(0.5)  # a slow broker: the worker stops while this write waits
+        written.append(item.delivery_id)
+
+    async def second_write(item: PendingRetry) -> None:
+        written.append(item.delivery_id)
+
+    journal = Journal()
+    first = Recoveries(
+        functools.partial(recover, settings, write=first_write), journal=journal, url="http://w1"
+    )
+    operation = await first.start(last_hour())
+    await eventually(lambda: len(written) >= 40, timeout=30)
+    await first.close()
+    record = await journal.read(operation.id)
+    assert record is not None and record["runner"] is None
+
+    second = Recoveries(
+        functools.partial(recover, settings, write=second_write), journal=journal, url="http://w2"
+    )
+    resumed = await second.resume(Operation.from_record(record, WEBHOOK))
+    await eventually(lambda: not second.running_here(resumed.id), timeout=60)
+    assert resumed.state == "done" and len(set(written)) == 300
+    assert resumed.done == resumed.total and resumed.as_dict()["progress"] == 1.0
+
+
+async def test_a_recovery_since_before_1970_recovers_every_retained_event(
+    settings: Settings,
+) -> None:
+    """Any RFC 3339 time is a `since`; one before 1970 reads from each partition's start."""
+    await publish_events(settings, [post(n) for n in range(3)])
+    written: list[str] = []
+
+    async def write(item: PendingRetry) -> None:
+        written.append(item.delivery_id)
+
+    since = datetime(1969, 12, 31, tzinfo=UTC)
+    until = datetime.now(UTC) + timedelta(seconds=5)
+    operation = Operation(RecoveryRequest(WEBHOOK, since, until, rate=1000))
+    await asyncio.wait_for(recover(settings, operation, write=write), 60)
+    assert operation.state == "done" and len(written) == 3
+
+
+async def test_a_recovery_stops_sending_event_types_the_webhook_no_longer_wants(
+    log_settings: Settings,
+    receiver: Receiver,
+    in_process_workers: Callable[[Settings], InProcessWorker],
+) -> None:
+    """A worker's recovery matches each event against the webhook as it is then: once the
+    webhook no longer wants post.created, no more of them are enqueued (the one being
+    written at the change aside), and the recovery reads on to its end."""
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        worker = in_process_workers(log_settings)
+        await worker.wait_ready()
+        await subscribe(log_settings, receiver, {"chg": "s1"}, ("post.created",))
+        since = datetime.now(UTC)
+        await eventually(lambda: datetime.now(UTC) > since)
+        await publish_events(log_settings, [post(n) for n in range(20)])
+        await receiver.wait_for(lambda _: len(receiver.at("/chg")) == 20)
+
+        started = await client.post(
+            worker.base_url + "/v1/webhooks/chg/recoveries",
+            json={"since": format_timestamp(since), "rate": 2},
+            headers=LOG_AUTH,
+        )
+        assert started.status_code == 202, started.text
+        location = started.headers["Location"]
+
+        async def shown() -> dict[str, Any]:
+            response = await client.get(worker.base_url + location, headers=LOG_AUTH)
+            assert response.status_code == 200, response.text
+            body: dict[str, Any] = response.json()
+            return body
+
+        await poll(shown, until=lambda r: r["enqueued"] >= 2, timeout=30, interval=0.05)
+        changed = await client.patch(
+            worker.base_url + "/v1/webhooks/chg",
+            json={"events": ["post.deleted"]},
+            headers=LOG_AUTH,
+        )
+        assert changed.status_code == 200, changed.text
+        at_change = (await shown())["enqueued"]
+        # Unpaced once nothing is written: the rest is read at once.
+        after = await poll(shown, until=lambda r: r["state"] == "done", timeout=30, interval=0.05)
+        assert after["state"] == "done" and after["scanned"] == 20, after
+        assert after["enqueued"] <= at_change + 1, (at_change, after)
