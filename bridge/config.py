@@ -338,7 +338,9 @@ class Settings:
         "--http-client",
         lambda text: _choice("HTTP1", "HTTPX")(text).lower(),
         "HTTP client of the delivery hot path: http1 (the bridge's own keep-alive HTTP/1.1 "
-        "client, fastest) or httpx (the reference). Both behave the same.",
+        "client, fastest) or httpx (the reference). Both keep one contract, but for the "
+        "differences tests/unit/http/test_sender_contract.py lists (httpx reads bytes an "
+        "endpoint sent past a response as its next answer; http1 drops the connection).",
     )
     event_loop: str = Section.PROCESS.setting(
         "uvloop",

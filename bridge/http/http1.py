@@ -248,6 +248,8 @@ class _Connection(asyncio.Protocol):
                 return
             self._keep = False  # bytes past the final response
         if self._complete:
+            if over:
+                self._keep = False  # bytes past the response, cut at the cap unread
             self._done()
         elif over:
             if self._status:
@@ -364,8 +366,16 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
     @property
+    def unsent(self) -> int:
+        """Bytes of the request still in the transport's buffer (not taken by the peer)."""
+        return 0 if self.transport is None else self.transport.get_write_buffer_size()
+
+    @property
     def keepable(self) -> bool:
-        return self._keep and not self.closed and self._waiter is None
+        # A response that came before the peer took the whole request (it answered without
+        # reading it) leaves the rest in our buffer: such a connection is not reused, or each
+        # reuse would add another request to what the worker holds for that peer.
+        return self._keep and not self.closed and self._waiter is None and self.unsent == 0
 
     def _ended(self, exc: Exception | None) -> None:
         self.closed = True
@@ -500,6 +510,8 @@ class Http1Client:
             timer.cancel()
         if conn.keepable:
             self._put(conn, loop.time())
+        elif conn.unsent:
+            conn.abort()  # a close would keep the rest of the request to flush to the peer
         else:
             conn.close()
         return answer

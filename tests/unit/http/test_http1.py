@@ -45,6 +45,9 @@ class FakeTransport:
     def write(self, data: bytes) -> None:
         self.written.append(data)
 
+    def get_write_buffer_size(self) -> int:
+        return 0  # every byte taken by the peer at once
+
     def abort(self) -> None:
         self.aborted = True
 

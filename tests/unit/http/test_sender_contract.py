@@ -29,6 +29,7 @@ only when asked for, its first bytes (``BODIES``, and every case checks what hol
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -612,6 +613,25 @@ REUSE = [
 ]
 
 
+async def test_bytes_past_a_response_ending_at_the_cap_drop_the_connection() -> None:
+    """A response of exactly the cap, then bytes: they are cut at the cap unread, and the
+    connection is dropped all the same (as one byte short of the cap would be)."""
+    head = H + b"Content-Length: %d\r\n\r\n"
+    size = MAX_RESPONSE - len(head % 99999)
+    response = (head % size) + b"a" * size
+    assert len(response) == MAX_RESPONSE
+    async with raw_server([response + H + EMPTY]) as server:
+        sender = make_sender("http1", 5.0)
+        try:
+            first = await sender.send(*make_delivery(server.url()))
+            server.script = [H + EMPTY]
+            second = await sender.send(*make_delivery(server.url()))
+        finally:
+            await sender.aclose()
+    assert outcome(first) == outcome(second) == OK
+    assert server.connections == 2
+
+
 @pytest.mark.parametrize(("name", "script", "reused"), REUSE, ids=[r[0] for r in REUSE])
 async def test_a_connection_is_kept_only_after_a_clean_exchange(
     name: str, script: list[Action], reused: bool, kind: str
@@ -689,3 +709,50 @@ async def test_a_flood_costs_little_cpu(
     assert server.client_gone_at, f"{name}: the flood did not see the client go"
     # What was sent is at most the cap plus what the socket buffers hold, far from a flood.
     assert sent < 64 * 1024**2, f"{name}: {sent} bytes sent"
+
+
+async def test_a_peer_that_never_reads_the_request_holds_no_more_of_it() -> None:
+    """A peer that answers 200 without reading the requests (a tiny receive window): once
+    the kernel's buffers are full, a connection whose request the peer did not take is
+    dropped, not reused, so the worker holds at most one request for it (before 2026-12-04,
+    24 deliveries of 1 MiB left ~22 MB in one connection's write buffer)."""
+    body = b'{"pad":"' + b"x" * (1024 * 1024 - 12) + b'"}'
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    loop = asyncio.get_running_loop()
+    accepted: list[socket.socket] = []
+
+    async def accept() -> None:
+        while True:
+            conn, _ = await loop.sock_accept(listener)
+            accepted.append(conn)  # never read from
+
+    acceptor = asyncio.ensure_future(accept())
+    sender = make_sender("http1", 5.0)
+    client = sender._client  # type: ignore[attr-defined]
+    job, _ = make_delivery(f"http://127.0.0.1:{port}/hook")
+    most = 0
+    try:
+        for _ in range(24):
+            sending = asyncio.ensure_future(sender.send(job, body))
+            # The request is written (in the kernel's buffers, or ours): then the answer.
+            await poll(
+                lambda: accepted and any(c._waiter is not None for c in client._open),
+                timeout=5.0,
+            )
+            most = max(most, sum(c.unsent for c in client._open))
+            accepted[-1].send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            assert outcome(await asyncio.wait_for(sending, 5.0)) == OK
+            assert sum(c.unsent for c in client._open) == 0
+    finally:
+        await sender.aclose()
+        acceptor.cancel()
+        for conn in accepted:
+            conn.close()
+        listener.close()
+    assert most <= len(body)  # one request at most, never a pile of them
+    assert len(accepted) > 1  # connections whose request was not taken were dropped
