@@ -234,6 +234,11 @@ class _Connection(asyncio.Protocol):
             # Bytes nobody asked for: the connection cannot be trusted with the next request.
             self.abort()
             return
+        if not self._received and data[:1] != b"H":
+            # A response starts with its status line ("HTTP/"): an empty line or any other
+            # byte before it is refused, as h11 (the reference sender) refuses it.
+            self._fail(ProtocolError("response does not start with a status line"))
+            return
         self._received = True
         left = self._left
         over = len(data) > left

@@ -94,6 +94,8 @@ CASES = [
     # --- status lines -------------------------------------------------------------------------
     case("ok", H + b"Content-Length: 2\r\n\r\nok", expected=OK),
     case("no reason phrase", b"HTTP/1.1 200\r\n" + EMPTY, expected=OK),
+    case("empty line before the status line", b"\r\n" + H + EMPTY, expected=PROTOCOL),
+    case("space before the status line", b" " + H + EMPTY, expected=PROTOCOL),
     case("empty reason phrase", b"HTTP/1.1 200 \r\n" + EMPTY, expected=OK),
     case("odd bytes in reason", b"HTTP/1.1 200 O\x01K \xc3\xa9\r\n" + EMPTY, expected=OK),
     case("NUL in reason", b"HTTP/1.1 200 O\x00K\r\n" + EMPTY, expected=PROTOCOL),
