@@ -22,6 +22,7 @@ from typing import Any
 
 from bridge.delivery.retry_policy import DEFAULT_SCHEDULE
 from bridge.errors import ConfigError
+from bridge.redaction import without_userinfo
 
 __all__ = [
     "parse_duration",
@@ -819,12 +820,25 @@ class Settings:
         return Path(tempfile.gettempdir()) / "webhook-bridge" / self.group_id
 
     def redacted(self) -> dict[str, Any]:
-        """The settings as a dict, secrets replaced by ``"***"`` (for logs and diagnostics)."""
+        """The settings as a dict, secrets replaced by ``"***"`` and the credentials of URLs
+        (``user:password@``) by ``***@`` (for logs and diagnostics)."""
         out: dict[str, Any] = {}
         for name, spec in self.specs().items():
             value = getattr(self, name)
-            out[name] = "***" if spec.secret and value is not None else value
+            if spec.secret and value is not None:
+                value = "***"
+            elif isinstance(value, str):
+                value = without_userinfo(value)
+            elif isinstance(value, tuple) and all(isinstance(v, str) for v in value):
+                value = tuple(without_userinfo(v) for v in value)
+            out[name] = value
         return out
+
+    def __repr__(self) -> str:
+        # The secrets left out, as the dataclass's own repr did, and URLs without credentials.
+        specs = self.specs()
+        shown = (f"{k}={v!r}" for k, v in self.redacted().items() if not specs[k].secret)
+        return f"Settings({', '.join(shown)})"
 
 
 def settings_of(sections: Iterable[Section]) -> list[str]:

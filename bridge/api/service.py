@@ -35,6 +35,7 @@ from bridge.api.problems import FieldError, Problem
 from bridge.api.repository import WebhookFilter, WebhookRepository, webhook_version
 from bridge.contract.events import Event, parse_time
 from bridge.errors import BridgeError, InvalidSubscription, InvalidUrl
+from bridge.redaction import without_userinfo
 from bridge.subscriptions.changes import created_record, rotated_record, updated_record
 from bridge.subscriptions.urls import WebhookUrl
 from bridge.subscriptions.webhook import Webhook, webhook_from_record
@@ -95,7 +96,7 @@ def public_view(webhook: Webhook, *, with_secret: bool = False) -> dict[str, Any
     out: dict[str, Any] = {
         "id": webhook.id,
         "name": webhook.name,
-        "url": webhook.url,
+        "url": without_userinfo(webhook.url),  # a record written elsewhere may carry some
         "events": sorted(webhook.events),
         "site_id": webhook.site_id,
         "user_id": webhook.user_id,

@@ -7,11 +7,12 @@ import asyncio
 import dataclasses
 import gc
 import json
+import re
 import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from bridge import __version__
 from bridge.config import (
@@ -90,8 +91,25 @@ def _settings_flags(parser: argparse.ArgumentParser, command: str) -> None:
     parser.set_defaults(settings=add_section_flags(parser, COMMAND_SECTIONS[command]))
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors never repeat a value given on the command line: a
+    mistyped ``--api-tokn wbt_...`` or a refused value of a secret's flag would print it."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments: "):
+            words = message.removeprefix("unrecognized arguments: ").split()
+            flags = [word.split("=", 1)[0] for word in words if word.startswith("-")]
+            named = f": {' '.join(flags)}" if flags else ""
+            message = f"unrecognized arguments{named} (values not shown)"
+        else:
+            message = re.sub(
+                r"invalid \S+ value: .*", "invalid value (not shown; see --help)", message
+            )
+        super().error(message)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="webhook-bridge",
         description="Delivers platform events from Kafka as signed webhooks.",
     )
@@ -868,6 +886,7 @@ def _webhooks_delete(args: argparse.Namespace) -> int:
 
 
 def _webhooks_list(args: argparse.Namespace) -> int:
+    from bridge.redaction import without_userinfo
     from bridge.subscriptions.store import WebhookStore
 
     async def load(settings: Settings) -> dict[str, Webhook]:
@@ -880,13 +899,14 @@ def _webhooks_list(args: argparse.Namespace) -> int:
         for field in ("secret", "previous_secret"):
             if record.get(field) is not None:
                 record[field] = "***"
+        record["url"] = without_userinfo(webhook.url)
         if args.json:
             print(json.dumps(record, ensure_ascii=False))
         else:
             scope = f"site {webhook.site_id}" if webhook.site_id else f"account {webhook.user_id}"
             state = "active" if webhook.active else "inactive"
             events = ",".join(sorted(webhook.events))
-            print(f"{webhook.id}  {state:8}  {scope}  {events}  {webhook.url}")
+            print(f"{webhook.id}  {state:8}  {scope}  {events}  {record['url']}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 from typing import Any
 
@@ -11,12 +12,29 @@ from bridge.http.ssrf import AddressPolicy
 from bridge.subscriptions.secretbox import Keyring
 
 __all__ = [
+    "RECORD_DUMPING_LOGGERS",
     "client_kwargs",
     "faust_broker_kwargs",
     "bootstrap_servers",
     "address_policy",
     "keyring",
 ]
+
+
+#: aiokafka's loggers whose DEBUG lines hold whole requests, responses and records: a webhook's
+#: secret (a record of the subscriptions topic without a keyring), the SASL password. Their DEBUG
+#: lines are dropped whatever the log level (a filter, which leaves their level alone): a secret
+#: is never printed.
+RECORD_DUMPING_LOGGERS = ("aiokafka.conn", "aiokafka.producer.producer")
+
+
+class _NoDebug(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.DEBUG
+
+
+for _name in RECORD_DUMPING_LOGGERS:
+    logging.getLogger(_name).addFilter(_NoDebug())
 
 
 def address_policy(settings: Settings) -> AddressPolicy:

@@ -74,15 +74,21 @@ class Keyring:
         if not keys:
             raise ConfigError("the secret keyring needs at least one key")
         self._ciphers: dict[str, AESGCM] = {}
-        for kid, key in keys:
+        # Errors name an entry by its place, never by what it holds: a key written where its id
+        # goes ("BASE64KEY:kid") would otherwise be printed as the id.
+        for number, (kid, key) in enumerate(keys, start=1):
             if not _KID.fullmatch(kid):
                 raise ConfigError(
-                    f"key id {kid!r} must be 1-64 characters of letters, digits, '_', '.', '-'"
+                    f"secret keyring entry {number}: the key id must be 1-64 characters of "
+                    "letters, digits, '_', '.', '-' (entries read kid:base64key)"
                 )
             if kid in self._ciphers:
-                raise ConfigError(f"key id {kid!r} appears twice in the secret keyring")
+                raise ConfigError(f"secret keyring entry {number}: its key id appears twice")
             if len(key) != KEY_BYTES:
-                raise ConfigError(f"key {kid!r} is {len(key)} bytes; it must be {KEY_BYTES}")
+                raise ConfigError(
+                    f"secret keyring entry {number}: the key is {len(key)} bytes; it must be "
+                    f"{KEY_BYTES} (entries read kid:base64key)"
+                )
             self._ciphers[kid] = AESGCM(key)
         self._primary = keys[0][0]
 
@@ -90,19 +96,23 @@ class Keyring:
     def from_setting(cls, text: str) -> Keyring:
         """Parse ``"kid1:BASE64KEY,kid2:BASE64KEY"`` (standard or URL-safe base64).
 
-        Raises :class:`ConfigError` naming the key id at fault, never the key.
+        Raises :class:`ConfigError` naming the entry at fault by its place, never what it holds.
         """
         keys: list[tuple[str, bytes]] = []
         for entry in text.split(","):
             if not entry.strip():
                 continue
+            number = len(keys) + 1
             kid, sep, encoded = entry.strip().partition(":")
             if not sep:
-                raise ConfigError("secret keyring entries must read kid:base64key")
+                raise ConfigError(f"secret keyring entry {number}: entries must read kid:base64key")
             try:
                 key = _b64decode(encoded.strip(), urlsafe="-" in encoded or "_" in encoded)
             except (binascii.Error, ValueError):
-                raise ConfigError(f"key {kid!r} is not valid base64") from None
+                raise ConfigError(
+                    f"secret keyring entry {number}: the key is not valid base64 "
+                    "(entries read kid:base64key)"
+                ) from None
             keys.append((kid.strip(), key))
         return cls(keys)
 

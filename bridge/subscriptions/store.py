@@ -47,10 +47,15 @@ class WebhookStore:
         self._producer: AIOKafkaProducer | None = None
 
     async def __aenter__(self) -> WebhookStore:
-        self._producer = AIOKafkaProducer(
+        producer = AIOKafkaProducer(
             **client_kwargs(self._settings), acks="all", linger_ms=0, enable_idempotence=False
         )
-        await self._producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()  # a failed start leaves its client open otherwise
+            raise
+        self._producer = producer
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -13,6 +13,7 @@ from bridge.contract import jsoncanon, standard_webhooks
 from bridge.contract.events import Event, parse_time
 from bridge.contract.schemas import schema_errors
 from bridge.errors import InvalidRecord, InvalidSubscription
+from bridge.redaction import without_userinfo
 from bridge.subscriptions.secretbox import Keyring, is_encrypted
 
 __all__ = [
@@ -62,7 +63,8 @@ class Webhook:
 
     def __repr__(self) -> str:
         return (
-            f"Webhook(id={self.id!r}, name={self.name!r}, url={self.url!r}, secret='***', "
+            f"Webhook(id={self.id!r}, name={self.name!r}, url={without_userinfo(self.url)!r}, "
+            "secret='***', "
             f"events={sorted(self.events)!r}, site_id={self.site_id!r}, "
             f"user_id={self.user_id!r}, active={self.active!r})"
         )
