@@ -13,26 +13,54 @@ producer adds) in any shape, and these messages go to logs, dead letters and err
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cache
 from typing import Any
 
 import fastjsonschema
-from jsonschema import Draft202012Validator, ValidationError
+from jsonschema import Draft202012Validator, ValidationError, validators
 
 from bridge.contract.jsoncanon import format_path
 from bridge.contract.resources import load_json
 
-__all__ = ["EVENT_TYPES", "schema_errors", "event_data_errors", "is_valid"]
+__all__ = ["EVENT_TYPES", "MAX_ERRORS_READ", "schema_errors", "event_data_errors", "is_valid"]
 
 #: The event types of the public documentation, in its order.
 EVENT_TYPES: tuple[str, ...] = tuple(load_json("schemas/event.json")["properties"]["type"]["enum"])
 
 
+#: Errors of an instance ``jsonschema`` goes through at most: the messages name five, and an
+#: instance of a hostile producer can have millions.
+MAX_ERRORS_READ = 50
+
+
+def _unique_items(
+    validator: Any, unique: bool, instance: Any, schema: Any
+) -> Iterator[ValidationError]:
+    """``uniqueItems`` in one pass over canonical forms, where jsonschema's own compares every
+    pair of unhashable items (minutes for a record of thousands of objects)."""
+    if not unique or not validator.is_type(instance, "array"):
+        return
+    seen: set[str] = set()
+    for item in instance:
+        try:
+            key = json.dumps(item, sort_keys=True, allow_nan=True)
+        except (TypeError, ValueError, RecursionError):
+            return  # the compiled validator has judged it already: no message then
+        if key in seen:
+            yield ValidationError("has non-unique elements")
+            return
+        seen.add(key)
+
+
+_Validator = validators.extend(Draft202012Validator, {"uniqueItems": _unique_items})
+
+
 @cache
-def _validator(path: str) -> Draft202012Validator:
-    return Draft202012Validator(load_json(path))
+def _validator(path: str) -> Any:
+    return _Validator(load_json(path))
 
 
 @cache
@@ -61,7 +89,8 @@ def _messages(path: str, instance: Any) -> list[str]:
     compiled_error = _first_error(path, instance)
     if compiled_error is None:
         return []
-    errors = sorted(_validator(path).iter_errors(instance), key=lambda e: list(e.absolute_path))
+    found = itertools.islice(_validator(path).iter_errors(instance), MAX_ERRORS_READ)
+    errors = sorted(found, key=lambda e: list(e.absolute_path))
     if not errors:
         # The compiled validator is the authority. jsonschema matches ``pattern`` with Python's
         # ``re``, whose ``$`` also matches before a final newline; JSON Schema patterns are

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,13 +11,17 @@ from bridge.contract.events import Event
 from bridge.contract.payload import EncodedEvent, delivery_id
 from bridge.subscriptions.webhook import Webhook
 
-__all__ = ["Ack", "SourceRef", "Job"]
+__all__ = ["Ack", "MAX_SOURCE_KEY_BYTES", "SourceRef", "Job"]
 
 #: Settles a source record: called once, when everything started for the record is settled
 #: durably (delivered, scheduled for a retry, or dead-lettered). Synchronous, so that the
 #: acknowledgement of a job's attempt record can settle the job (and its record) from a
 #: callback (see :meth:`bridge.delivery.deliverer.Deliverer.run`).
 Ack = Callable[[], None]
+
+
+#: Bytes of a source record's key a dead letter names it by; a longer one by its size and SHA-256.
+MAX_SOURCE_KEY_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -35,12 +40,32 @@ class SourceRef:
         return cls(message.topic, message.partition, message.offset, message.key)
 
     def as_record(self) -> dict[str, Any]:
-        return {
+        """The place as dead letters name it: a key of more than :data:`MAX_SOURCE_KEY_BYTES`
+        by its size and SHA-256 (``key_omitted``), so that a record with a huge key still
+        makes a dead letter that fits in a produce request."""
+        out: dict[str, Any] = {
             "topic": self.topic,
             "partition": self.partition,
             "offset": self.offset,
-            "key": None if self.key is None else self.key.decode("utf-8", "replace"),
+            "key": None,
         }
+        if self.key is not None and len(self.key) > MAX_SOURCE_KEY_BYTES:
+            out["key_omitted"] = {"size": len(self.key), "sha256": self.key_digest()}
+        elif self.key is not None:
+            out["key"] = self.key.decode("utf-8", "replace")
+        return out
+
+    def key_digest(self) -> str:
+        return hashlib.sha256(self.key or b"").hexdigest()
+
+    @property
+    def bounded_key(self) -> bytes | None:
+        """The key to write a record about this one under: the key itself, or for one of more
+        than :data:`MAX_SOURCE_KEY_BYTES`, its SHA-256 (hex), so that one record's key is
+        always the same, and never larger than that."""
+        if self.key is None or len(self.key) <= MAX_SOURCE_KEY_BYTES:
+            return self.key
+        return self.key_digest().encode("ascii")
 
 
 @dataclass(frozen=True, repr=False)

@@ -10,7 +10,7 @@ from bridge.contract import jsoncanon
 from bridge.contract.events import Event, parse_event
 from bridge.errors import InvalidEvent, InvalidRecord
 
-__all__ = ["PendingRetry", "parse_retry"]
+__all__ = ["MAX_HISTORY_BYTES", "PendingRetry", "parse_retry"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,11 @@ class PendingRetry:
         return jsoncanon.dumps(self.to_record())
 
 
+#: Bytes a retry record's attempts may take (encoded): a delivery's attempts, with their
+#: deferrals, take a few KiB; this leaves room in a produce request for the rest of its record.
+MAX_HISTORY_BYTES = 256 * 1024
+
+
 def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -80,6 +85,15 @@ def parse_retry(raw: bytes | None) -> PendingRetry:
         history = value.get("attempts", [])
         if not isinstance(history, list) or not all(isinstance(a, dict) for a in history):
             raise InvalidRecord("invalid_retry_record", "$.attempts must be an array of objects")
+        # Written again with the next retry and into a dead letter: it must encode, and fit.
+        try:
+            encoded_history = jsoncanon.dumps(history)
+        except InvalidRecord as exc:
+            raise InvalidRecord("invalid_retry_record", f"$.attempts: {exc.detail}") from None
+        if len(encoded_history) > MAX_HISTORY_BYTES:
+            raise InvalidRecord(
+                "invalid_retry_record", f"$.attempts: more than {MAX_HISTORY_BYTES} bytes"
+            )
         created = value.get("webhook_created_at")
         if created is not None and not isinstance(created, str):
             raise InvalidRecord("invalid_retry_record", "$.webhook_created_at must be a string")

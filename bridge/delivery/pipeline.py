@@ -10,6 +10,7 @@ consecutive records, run concurrently, so one slow endpoint does not make its pa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -356,9 +357,17 @@ class Pipeline:
         try:
             await self._deliverer.dead_letter(job, reason, detail)
         except Exception:
-            release()
-            self._log_unsettled(job, exc)
-            return
+            try:
+                # Its earlier attempts may be what cannot be written (a retry record's history,
+                # written elsewhere): once more without them.
+                without = dataclasses.replace(job, history=())
+                await self._deliverer.dead_letter(
+                    without, reason, f"{detail}; its earlier attempts left out"
+                )
+            except Exception:
+                release()
+                self._log_unsettled(job, exc)
+                return
         done()
 
     @staticmethod
@@ -385,7 +394,7 @@ class Pipeline:
             event=event,
             raw=raw,
         )
-        await self._outputs.dead_letter(source.key, record)
+        await self._outputs.dead_letter(source.bounded_key, record)
         self._metrics.dead_letters.labels(reason).inc()
 
     async def drain(self, timeout: float) -> int:

@@ -20,6 +20,7 @@ from bridge.delivery.dead_letters import (
     dead_letter_record,
     internal_error,
 )
+from bridge.delivery.job import MAX_SOURCE_KEY_BYTES
 
 SOURCE = SourceRef("postion.events", 2, 14, b"site_1")
 NOW = datetime(2026, 12, 3, tzinfo=UTC)
@@ -96,3 +97,17 @@ def test_every_dead_letter_of_an_event_fits_a_produce_request(size: int) -> None
 def test_internal_error_names_the_class_never_the_message() -> None:
     reason, detail = internal_error(ValueError("the secret is hunter2"), "matching")
     assert (reason, detail) == ("internal_error", "matching: ValueError")
+
+
+def test_a_huge_source_key_is_named_by_its_size_and_digest() -> None:
+    """A record's key of more than MAX_SOURCE_KEY_BYTES: the dead letter names it by size and
+    SHA-256 (so that it fits in a produce request) and is keyed by that SHA-256."""
+    key = b"\x01" * (MAX_SOURCE_KEY_BYTES + 1)
+    source = SourceRef("events", 0, 7, key)
+    shown = source.as_record()
+    assert shown["key"] is None
+    assert shown["key_omitted"] == {"size": len(key), "sha256": hashlib.sha256(key).hexdigest()}
+    assert source.bounded_key == hashlib.sha256(key).hexdigest().encode()
+    small = SourceRef("events", 0, 7, b"k" * MAX_SOURCE_KEY_BYTES)
+    assert small.as_record()["key"] == "k" * MAX_SOURCE_KEY_BYTES
+    assert "key_omitted" not in small.as_record() and small.bounded_key == small.key

@@ -159,6 +159,16 @@ INVALID: dict[str, bytes | None] = {
     "attempts string": encode(valid_record(attempts="none")),
     "attempts of numbers": encode(valid_record(attempts=[1])),
     "attempts of strings": encode(valid_record(attempts=[*HISTORY, "timeout"])),
+    # Written again with the next retry and into a dead letter: what could not be, is refused.
+    "attempts unsafe integer": encode(valid_record(attempts=[{"status": 2**53 + 1}])),
+    "attempts too deep": b'{"delivery_id": "d", "webhook_id": "w", "attempt": 2, '
+    + b'"not_before": 1, "event": '
+    + encode(EVENT.envelope())
+    + b', "attempts": [{"x": '
+    + b"[" * 300
+    + b"]" * 300
+    + b"}]}",
+    "attempts too large": encode(valid_record(attempts=[{"error": "e" * 300_000}])),
     "event string": encode(valid_record(event="evt_1")),
     "event null": encode(valid_record(event=None)),
     "event empty": encode(valid_record(event={})),

@@ -28,6 +28,7 @@ from bridge.delivery.job import Job, SourceRef
 from bridge.delivery.pending_retry import PendingRetry, parse_retry
 from bridge.delivery.pipeline import Pipeline
 from bridge.delivery.retry_policy import RetryPolicy
+from bridge.errors import InvalidRecord
 from bridge.http.base import AttemptResult
 from bridge.metrics import Metrics
 from bridge.subscriptions.freshness import TableFreshness
@@ -1103,3 +1104,27 @@ async def test_accepts_says_no_once_the_held_records_reach_the_limit() -> None:
     assert h.pipeline.accepts()
     await h.settled()
     assert [d.job.event.id for d in h.sender.sent] == ["e0", "e1", "e2", "e3"]
+
+
+async def test_a_job_whose_attempts_cannot_be_written_is_dead_lettered_without_them() -> None:
+    """A job given up on (an error of the bridge's own) is dead-lettered with its attempts; when
+    those are what cannot be written, once more without them, and its record is settled."""
+    h = Harness([webhook("w")], ScriptedSender())
+    written = h.outputs.dead_letter
+
+    async def picky(key: bytes | None, record: dict[str, Any]) -> None:
+        if record["attempts"]:
+            raise InvalidRecord("unsafe_integer", "an integer beyond 2**53")
+        await written(key, record)
+
+    h.outputs.dead_letter = picky  # type: ignore[method-assign]
+    job = Job(EncodedEvent.of(make_event()), webhook("w"), 2, SOURCE, ({"status": 2**60},))
+    settled: list[str] = []
+    await h.pipeline._give_up(
+        job, RuntimeError("boom"), "delivering", lambda: settled.append("done"),
+        lambda: settled.append("released"),
+    )  # fmt: skip
+    assert settled == ["done"]
+    ((_, letter),) = h.outputs.dead_letters
+    assert letter["attempts"] == [] and letter["reason"] == "internal_error"
+    assert letter["detail"].endswith("its earlier attempts left out")

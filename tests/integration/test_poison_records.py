@@ -1,0 +1,242 @@
+"""Records a platform service (or anyone with write access) puts in the workers' topics that
+are valid Kafka but hostile: each is dead-lettered with a reason or skipped, its partition goes
+on and commits past it, and the worker's event loop is never held.
+
+- an events-topic record with a huge key (its dead letter names the key by size and SHA-256,
+  and is written under that SHA-256: the key twice, JSON-escaped, passed the request size);
+- a retry-tier record whose attempts cannot be written again (nested deeper than JSON allows
+  here, an integer beyond 2^53): refused as ``invalid_retry_record`` before any attempt;
+- a subscription record with thousands of objects as event types (jsonschema's ``uniqueItems``
+  compared every pair: ~30 s of the loop for 6,000)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from bridge.config import Settings
+from tests.support.receivers import Receiver, subscribe
+from tests.support.records import RawWriter, TopicTail, committed_offsets
+from tests.support.waiting import poll
+
+pytestmark = pytest.mark.integration
+
+PROMPT = 10.0
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param(b"k" * 600_000, id="600kB-ascii-key"),
+        # 200 kB of control bytes: six times larger once JSON-escaped in source.key
+        pytest.param(b"\x01" * 200_000, id="200kB-control-key"),
+    ],
+)
+async def test_invalid_event_with_large_key_is_dead_lettered_and_committed(
+    settings: Settings, receiver: Receiver, in_process_workers, key: bytes
+) -> None:
+    await subscribe(settings, receiver, {"main": "site-main"}, ("*",))
+    worker = in_process_workers(settings)
+    await worker.wait_ready(60)
+    bootstrap = settings.kafka_bootstrap_servers
+    writer = await RawWriter(bootstrap).start()
+    tail = await TopicTail(bootstrap, [settings.deadletter_topic]).start()
+    try:
+        _, poison = await writer.write(settings.events_topic, b"not json", key=key, partition=0)
+        event = {
+            "id": "ev-after",
+            "type": "post.created",
+            "data": {"id": "p1", "title": "t"},
+            "timestamp": "2024-01-01T00:00:00Z",
+            "site_id": "site-main",
+            "user_id": "u1",
+        }
+        _, after = await writer.write(
+            settings.events_topic, json.dumps(event).encode(), key=b"site-main", partition=0
+        )
+        # the record after it is delivered
+        await receiver.wait_for(lambda got: any(r.status == 200 for r in got), 15)
+
+        def lettered() -> bool:
+            for r in tail.of(settings.deadletter_topic):
+                letter = json.loads(r.value or b"{}")
+                src = letter.get("source", {})
+                if src.get("partition") == 0 and src.get("offset") == poison:
+                    return True
+            return False
+
+        committed = await poll(
+            lambda: committed_offsets(bootstrap, settings.group_id, settings.events_topic),
+            until=lambda c: c.get(0, 0) > after,
+            timeout=15,
+            interval=0.5,
+        )
+        problems = []
+        if not lettered():
+            problems.append("the invalid record was not dead-lettered")
+        if committed.get(0, 0) <= after:
+            problems.append(
+                f"partition 0 committed at {committed.get(0)}; poison at {poison}, "
+                f"next record at {after}: commits are blocked"
+            )
+        assert not problems, problems
+    finally:
+        await tail.stop()
+        await writer.stop()
+
+
+async def test_valid_event_with_large_key_whose_delivery_is_dead_lettered_settles(
+    settings: Settings, receiver: Receiver, in_process_workers
+) -> None:
+    """A valid event (key 200 kB of control bytes) to an endpoint answering 410: its delivery must
+    be dead-lettered (endpoint_gone) and its offset committed. The dead letter's ``source.key``
+    repeats the key JSON-escaped (1.2 MB) and cannot be written, nor can the internal_error dead
+    letter after it: the job never settles."""
+    await subscribe(settings, receiver, {"gone": "site-main"}, ("*",))
+    receiver.statuses["/gone"] = 410
+    worker = in_process_workers(settings)
+    await worker.wait_ready(60)
+    bootstrap = settings.kafka_bootstrap_servers
+    writer = await RawWriter(bootstrap).start()
+    tail = await TopicTail(bootstrap, [settings.deadletter_topic]).start()
+    try:
+        event = {
+            "id": "ev-gone",
+            "type": "post.created",
+            "data": {"id": "p1", "title": "t"},
+            "timestamp": "2024-01-01T00:00:00Z",
+            "site_id": "site-main",
+            "user_id": "u1",
+        }
+        _, offset = await writer.write(
+            settings.events_topic, json.dumps(event).encode(), key=b"\x01" * 200_000, partition=0
+        )
+        await receiver.wait_for(lambda got: any(r.status == 410 for r in got), 15)
+        committed = await poll(
+            lambda: committed_offsets(bootstrap, settings.group_id, settings.events_topic),
+            until=lambda c: c.get(0, 0) > offset,
+            timeout=15,
+            interval=0.5,
+        )
+        reasons = [
+            json.loads(r.value or b"{}").get("reason") for r in tail.of(settings.deadletter_topic)
+        ]
+        problems = []
+        if "endpoint_gone" not in reasons:
+            problems.append(f"no endpoint_gone dead letter (dead letters: {reasons})")
+        if committed.get(0, 0) <= offset:
+            problems.append(f"partition 0 committed at {committed.get(0)}, record at {offset}")
+        assert not problems, problems
+    finally:
+        await tail.stop()
+        await writer.stop()
+
+
+def retry_record(attempts_json: str, attempt: int) -> bytes:
+    event = {
+        "id": f"ev-retry-{attempt}",
+        "type": "post.created",
+        "data": {"id": "p1", "title": "t"},
+        "timestamp": "2024-01-01T00:00:00Z",
+        "site_id": "site-main",
+        "user_id": "u1",
+    }
+    now = time.time()
+    head = json.dumps(
+        {
+            "delivery_id": "d-1",
+            "webhook_id": "main",
+            "event": event,
+            "attempt": attempt,
+            "not_before": now,
+            "enqueued_at": now,
+        }
+    )
+    return (head[:-1] + ', "attempts": ' + attempts_json + "}").encode()
+
+
+HISTORIES = {
+    "deep-300": '[{"x": ' + "[" * 300 + "]" * 300 + "}]",
+    "unsafe-int": '[{"status": 9007199254740993}]',
+}
+
+
+@pytest.mark.parametrize("history", list(HISTORIES), ids=list(HISTORIES))
+@pytest.mark.parametrize("attempt", [1, 3], ids=["retried-again", "last-attempt"])
+async def test_a_retry_record_whose_history_cannot_be_written_again_is_dead_lettered(
+    settings: Settings, receiver: Receiver, in_process_workers, history: str, attempt: int
+) -> None:
+    await subscribe(settings, receiver, {"main": "site-main"}, ("*",))
+    receiver.statuses["/main"] = 500
+    worker = in_process_workers(settings)
+    await worker.wait_ready(60)
+    bootstrap = settings.kafka_bootstrap_servers
+    tier = settings.retry_topics[0]
+    writer = await RawWriter(bootstrap).start()
+    tail = await TopicTail(bootstrap, [settings.deadletter_topic]).start()
+    try:
+        _, offset = await writer.write(
+            tier, retry_record(HISTORIES[history], attempt), key=b"main", partition=0
+        )
+        committed = await poll(
+            lambda: committed_offsets(bootstrap, settings.group_id, tier),
+            until=lambda c: c.get(0, 0) > offset,
+            timeout=15,
+            interval=0.5,
+        )
+        reasons = [
+            json.loads(r.value or b"{}").get("reason") for r in tail.of(settings.deadletter_topic)
+        ]
+        assert committed.get(0, 0) > offset, (
+            f"tier partition 0 committed at {committed.get(0)}, the retry record is at {offset} "
+            f"(dead letters: {reasons})"
+        )
+        assert "invalid_retry_record" in reasons
+        assert receiver.received == []  # refused before any attempt
+    finally:
+        await tail.stop()
+        await writer.stop()
+
+
+async def test_subscription_record_with_many_object_event_types_is_skipped_promptly(
+    settings: Settings, receiver: Receiver, in_process_workers
+) -> None:
+    await subscribe(settings, receiver, {"main": "site-main"}, ("*",))
+    worker = in_process_workers(settings)
+    await worker.wait_ready(60)
+    writer = await RawWriter(settings.kafka_bootstrap_servers).start()
+    try:
+        poison = {
+            "id": "poison",
+            "name": "p",
+            "url": "https://hooks.example/p",
+            "secret": "s",
+            "events": [{"a": i} for i in range(6000)],
+            "site_id": "site-other",
+            "active": True,
+        }
+        await writer.write(
+            settings.subscriptions_topic,
+            json.dumps(poison, separators=(",", ":")).encode(),
+            key=b"poison",
+        )
+        event = {
+            "id": "ev-after-poison",
+            "type": "post.created",
+            "data": {"id": "p1", "title": "t"},
+            "timestamp": "2024-01-01T00:00:00Z",
+            "site_id": "site-main",
+            "user_id": "u1",
+        }
+        started = time.monotonic()
+        await writer.write(settings.events_topic, json.dumps(event).encode(), key=b"site-main")
+        try:
+            await receiver.wait_for(lambda got: any(r.status == 200 for r in got), 90)
+        except TimeoutError:
+            pytest.fail("the event after the poison subscription record was never delivered")
+        took = time.monotonic() - started
+        assert took < PROMPT, f"the event after it was delivered after {took:.1f} s"
+    finally:
+        await writer.stop()
