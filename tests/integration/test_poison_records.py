@@ -26,6 +26,18 @@ pytestmark = pytest.mark.integration
 PROMPT = 10.0
 
 
+def post_created(event_id: str) -> dict[str, object]:
+    """A valid event for the webhooks of site ``site-main``."""
+    return {
+        "id": event_id,
+        "type": "post.created",
+        "data": {"id": "p1", "title": "t"},
+        "timestamp": "2024-01-01T00:00:00Z",
+        "site_id": "site-main",
+        "user_id": "u1",
+    }
+
+
 @pytest.mark.parametrize(
     "key",
     [
@@ -45,14 +57,7 @@ async def test_invalid_event_with_large_key_is_dead_lettered_and_committed(
     tail = await TopicTail(bootstrap, [settings.deadletter_topic]).start()
     try:
         _, poison = await writer.write(settings.events_topic, b"not json", key=key, partition=0)
-        event = {
-            "id": "ev-after",
-            "type": "post.created",
-            "data": {"id": "p1", "title": "t"},
-            "timestamp": "2024-01-01T00:00:00Z",
-            "site_id": "site-main",
-            "user_id": "u1",
-        }
+        event = post_created("ev-after")
         _, after = await writer.write(
             settings.events_topic, json.dumps(event).encode(), key=b"site-main", partition=0
         )
@@ -102,14 +107,7 @@ async def test_valid_event_with_large_key_whose_delivery_is_dead_lettered_settle
     writer = await RawWriter(bootstrap).start()
     tail = await TopicTail(bootstrap, [settings.deadletter_topic]).start()
     try:
-        event = {
-            "id": "ev-gone",
-            "type": "post.created",
-            "data": {"id": "p1", "title": "t"},
-            "timestamp": "2024-01-01T00:00:00Z",
-            "site_id": "site-main",
-            "user_id": "u1",
-        }
+        event = post_created("ev-gone")
         _, offset = await writer.write(
             settings.events_topic, json.dumps(event).encode(), key=b"\x01" * 200_000, partition=0
         )
@@ -135,14 +133,7 @@ async def test_valid_event_with_large_key_whose_delivery_is_dead_lettered_settle
 
 
 def retry_record(attempts_json: str, attempt: int) -> bytes:
-    event = {
-        "id": f"ev-retry-{attempt}",
-        "type": "post.created",
-        "data": {"id": "p1", "title": "t"},
-        "timestamp": "2024-01-01T00:00:00Z",
-        "site_id": "site-main",
-        "user_id": "u1",
-    }
+    event = post_created(f"ev-retry-{attempt}")
     now = time.time()
     head = json.dumps(
         {
@@ -222,14 +213,7 @@ async def test_subscription_record_with_many_object_event_types_is_skipped_promp
             json.dumps(poison, separators=(",", ":")).encode(),
             key=b"poison",
         )
-        event = {
-            "id": "ev-after-poison",
-            "type": "post.created",
-            "data": {"id": "p1", "title": "t"},
-            "timestamp": "2024-01-01T00:00:00Z",
-            "site_id": "site-main",
-            "user_id": "u1",
-        }
+        event = post_created("ev-after-poison")
         started = time.monotonic()
         await writer.write(settings.events_topic, json.dumps(event).encode(), key=b"site-main")
         try:
