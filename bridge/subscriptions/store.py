@@ -36,9 +36,11 @@ log = logging.getLogger(__name__)
 class WebhookStore:
     """Create, update, delete and list webhooks in the compacted subscriptions topic.
 
-    Writes one record per request and waits for the broker's acknowledgement, so that each
-    record is its own batch (the embedded broker reports end offsets exactly only then, and
-    the workers' tables recover every key after a restart).
+    Writes each record in a batch of its own (``max_batch_size=1``: a worker's API writes
+    for many requests at once through one store), so that the embedded broker reports end
+    offsets exactly (it reports a partition's end as its last batch's first offset + 1), the
+    freshness barrier waits for every write, and the workers' tables recover every key after
+    a restart.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -48,7 +50,11 @@ class WebhookStore:
 
     async def __aenter__(self) -> WebhookStore:
         producer = AIOKafkaProducer(
-            **client_kwargs(self._settings), acks="all", linger_ms=0, enable_idempotence=False
+            **client_kwargs(self._settings),
+            acks="all",
+            linger_ms=0,
+            max_batch_size=1,  # one record per batch, however many requests write at once
+            enable_idempotence=False,
         )
         try:
             await producer.start()

@@ -84,7 +84,13 @@ _BY_OWNER = frozenset(
 )
 #: Request headers a relayed change carries; response headers its answer brings back.
 _RELAYED_REQUEST_HEADERS = ("Authorization", "Content-Type", "If-Match", "Accept")
-_RELAYED_RESPONSE_HEADERS = ("Content-Type", "ETag", "Location", "Retry-After")
+_RELAYED_RESPONSE_HEADERS = (
+    "Cache-Control",  # no-store on an answer with a secret (a create, a rotation)
+    "Content-Type",
+    "ETag",
+    "Location",
+    "Retry-After",
+)
 #: The most a relayed answer may hold (a webhook, or a problem).
 _MAX_RELAYED_ANSWER = 1 << 20
 
@@ -164,11 +170,16 @@ class _Relay:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         response: web.StreamResponse
-        if self._bridge.delivery_log is None or RELAYED_BY in request.headers:
+        if self._bridge.delivery_log is None:
             response = await handler(request)
             return response
+        # Relayed by a peer (or claimed to be, by anyone: the header is not trusted): handled
+        # here only if this worker is where it belongs, never relayed again.
+        relayed = RELAYED_BY in request.headers
         runner = self._live_runner(request)
         if runner is not None:
+            if relayed:
+                raise _unavailable(OwnerUnavailable("the recovery moved to another worker"))
             # A cancel goes to the worker running the recovery.
             self._tokens.authenticate(request.headers.get("Authorization")).require("write")
             return await self._relay(runner, request)
@@ -180,6 +191,10 @@ class _Relay:
         if owner.local:
             response = await handler(request)
             return response
+        if relayed:
+            # Its owner changed on the way (a rebalance), or a client forged the header to have
+            # a change made where the webhook is not owned: either way, not here.
+            raise _unavailable(OwnerUnavailable("the webhook's owner is another worker now"))
         # Refused here what the owner would refuse, so a stranger cannot make workers call
         # each other.
         self._tokens.authenticate(request.headers.get("Authorization")).require("write")
@@ -305,8 +320,14 @@ async def api_application(bridge: Bridge) -> web.Application:
         if bridge.delivery_log is not None
         else KafkaActivitySource(settings)
     )
+    # One record per batch (recoveries record themselves at once): the recoveries topic is read
+    # to its end offsets, which the embedded broker reports exactly only then.
     producer = AIOKafkaProducer(
-        **client_kwargs(settings), acks="all", linger_ms=0, enable_idempotence=False
+        **client_kwargs(settings),
+        acks="all",
+        linger_ms=0,
+        max_batch_size=1,
+        enable_idempotence=False,
     )
     await producer.start()
     journal = KafkaRecoveryJournal(bridge.recoveries, producer, settings.recoveries_topic)

@@ -1,0 +1,149 @@
+"""The workers' API at the edges of routing, with two workers on the real broker: creates of one
+client-chosen id racing through both; a relayed answer keeps `Cache-Control: no-store`; many
+concurrent writes keep the subscriptions topic's end offsets exact (so the freshness barrier
+waits for every one); a forged relay header does not make a worker change a webhook it does
+not own."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bridge.config import Settings
+from bridge.kafka.clients import client_kwargs
+from bridge.worker.api import RELAYED_BY
+from tests.integration.test_api_changes import (
+    AUTH,
+    _attempts_partitions,
+    _body,
+    _id_owned_by,
+    _two_workers,
+)
+
+pytestmark = pytest.mark.integration
+
+
+async def test_racing_creates_of_one_id(log_settings: Settings, in_process_workers) -> None:
+    """The same body through both workers at once: one 201 and one 200 with the same webhook
+    (secret and ETag); another body: one 201 and one 409."""
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        first, second, _ = await _two_workers(log_settings, in_process_workers, client)
+        for n in range(10):
+            same = n % 2 == 0
+            w = f"wh_c_{n}"
+            other = _body(w) if same else {**_body(w), "name": "other"}
+            a, b = await asyncio.gather(
+                client.post(first.base_url + "/v1/webhooks", json=_body(w), headers=AUTH),
+                client.post(second.base_url + "/v1/webhooks", json=other, headers=AUTH),
+            )
+            codes = sorted([a.status_code, b.status_code])
+            assert codes == ([200, 201] if same else [201, 409]), (n, a.text, b.text)
+            if same:
+                assert a.json()["secret"] == b.json()["secret"]
+                assert a.headers["ETag"] == b.headers["ETag"]
+
+
+async def test_relayed_secret_answers_keep_no_store(
+    log_settings: Settings, in_process_workers
+) -> None:
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        first, second, owners = await _two_workers(log_settings, in_process_workers, client)
+        parts = _attempts_partitions(log_settings)
+        owned_by_second = _id_owned_by(owners, second, parts, "hdr")
+        direct_id = _id_owned_by(owners, first, parts, "hdr")
+        direct = await client.post(
+            first.base_url + "/v1/webhooks", json=_body(direct_id), headers=AUTH
+        )
+        assert direct.status_code == 201, direct.text
+        assert direct.headers.get("Cache-Control") == "no-store"
+        # Through the worker that does not own it: relayed, the secret in the body.
+        created = await client.post(
+            first.base_url + "/v1/webhooks", json=_body(owned_by_second), headers=AUTH
+        )
+        assert created.status_code == 201 and "secret" in created.json(), created.text
+        assert created.headers.get("Cache-Control") == "no-store", dict(created.headers)
+        rotated = await client.post(
+            first.base_url + f"/v1/webhooks/{owned_by_second}/rotate-secret",
+            json={},
+            headers=AUTH,
+        )
+        assert rotated.status_code == 200 and "secret" in rotated.json(), rotated.text
+        assert rotated.headers.get("Cache-Control") == "no-store", dict(rotated.headers)
+
+
+async def test_concurrent_api_writes_keep_subscription_end_offsets_exact(
+    log_settings: Settings, in_process_workers
+) -> None:
+    """40 creates, then 40 changes, at once through the two workers: each record is its own
+    batch, so the end offsets the embedded broker reports are the records written (it reports
+    a partition's last batch's first offset + 1)."""
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        first, second, _ = await _two_workers(log_settings, in_process_workers, client)
+        ids = [f"wh_r_{n}" for n in range(40)]
+        made = await asyncio.gather(
+            *(
+                client.post(first.base_url + "/v1/webhooks", json=_body(w), headers=AUTH)
+                for w in ids
+            )
+        )
+        assert {r.status_code for r in made} == {201}
+        changed = await asyncio.gather(
+            *(
+                client.patch(
+                    second.base_url + f"/v1/webhooks/{w}", json={"name": "p"}, headers=AUTH
+                )
+                for w in ids
+            )
+        )
+        assert {r.status_code for r in changed} == {200}
+    consumer = AIOKafkaConsumer(
+        **client_kwargs(log_settings), enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()
+        topic = log_settings.subscriptions_topic
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(parts)
+        ends = await consumer.end_offsets(parts)
+        await consumer.seek_to_beginning(*parts)
+        last: dict[int, int] = {}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while loop.time() < deadline:
+            got = await consumer.getmany(timeout_ms=500)
+            if not got:
+                break
+            for tp, records in got.items():
+                for record in records:
+                    last[tp.partition] = record.offset
+        reported = {tp.partition: end for tp, end in ends.items() if end}
+        written = {p: offset + 1 for p, offset in last.items()}
+        assert reported == written
+        assert sum(written.values()) >= 80
+    finally:
+        await consumer.stop()
+
+
+async def test_a_forged_relay_header_does_not_bypass_the_owner(
+    log_settings: Settings, in_process_workers
+) -> None:
+    """Two changes with one If-Match, each sent with a made-up relay header, one to each worker:
+    the worker that does not own the webhook does not make it (503, as while its owner moves),
+    so no update is lost; only the owner's is made."""
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        first, second, owners = await _two_workers(log_settings, in_process_workers, client)
+        w = _id_owned_by(owners, second, _attempts_partitions(log_settings), "f")
+        created = await client.post(second.base_url + "/v1/webhooks", json=_body(w), headers=AUTH)
+        forged = {**AUTH, "If-Match": created.headers["ETag"], RELAYED_BY: "http://127.0.0.1:1"}
+        a, b = await asyncio.gather(
+            client.patch(first.base_url + f"/v1/webhooks/{w}", json={"name": "a"}, headers=forged),
+            client.patch(second.base_url + f"/v1/webhooks/{w}", json={"name": "b"}, headers=forged),
+        )
+        assert (a.status_code, b.status_code) == (503, 200), (a.text, b.text)
+        assert "Retry-After" in a.headers
+        shown = await client.get(second.base_url + f"/v1/webhooks/{w}", headers=AUTH)
+        assert shown.json()["name"] == "b"
