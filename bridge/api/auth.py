@@ -98,6 +98,11 @@ class Principal:
     site_id: str | None = None
     user_id: str | None = None
 
+    @property
+    def restricted(self) -> bool:
+        """Whether the token is restricted to a site or an account."""
+        return self.site_id is not None or self.user_id is not None
+
     def require(self, scope: Scope) -> None:
         """Raise a ``403`` unless this principal has ``scope``."""
         if scope not in self.scopes:

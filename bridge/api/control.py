@@ -118,12 +118,7 @@ def _dead_letter_position(record: dict[str, Any]) -> tuple[str, str, int, int]:
 def _restricted_since(principal: Principal, webhook: Webhook) -> float | None:
     """For a token restricted to a site or account, the time ``webhook`` was created (seconds;
     what came before was made for a deleted webhook of the same id); else ``None``."""
-    if principal.site_id is None and principal.user_id is None or webhook.created_at is None:
-        return None
-    try:
-        return parse_time(webhook.created_at).timestamp()
-    except ValueError:
-        return None
+    return webhook.created_seconds if principal.restricted else None
 
 
 def _decode_cursor(cursor: str, shape: tuple[type, ...]) -> list[Any]:
@@ -366,7 +361,7 @@ class ControlService:
         attempts = await self._activity.delivery(delivery_id)
         if not attempts:
             raise Problem("not_found", "no attempt of this delivery is kept")
-        if principal.site_id is not None or principal.user_id is not None:
+        if principal.restricted:
             webhook = await self._repository.get(attempts[0].webhook_id)
             if webhook is None:  # whose it was is no longer known
                 raise Problem("not_found", "no attempt of this delivery is kept")
@@ -433,7 +428,7 @@ class ControlService:
                 operation = Operation.from_record(record, webhook)
             except ValueError:
                 raise Problem("not_found", "no such recovery") from None
-        if principal.site_id is not None or principal.user_id is not None:
+        if principal.restricted:
             # Judged by the webhook as it is now (moved to another site, deleted, its id
             # taken again), not as it was when the recovery began.
             current = await self._repository.get(operation.request.webhook.id)
@@ -489,29 +484,36 @@ class ControlService:
 
     # ------------------------------------------------------------------ dead letters
 
+    async def _scoped_webhook(
+        self, principal: Principal, webhook_id: str | None, location: str
+    ) -> Webhook | None:
+        """For a restricted token naming a webhook (``webhook_id``): that webhook, ``404`` if
+        there is none, ``403`` naming ``webhook_id`` if it is outside the restriction; else
+        ``None``."""
+        if not principal.restricted or webhook_id is None:
+            return None
+        webhook = await self._repository.get(webhook_id)
+        if webhook is None:
+            raise Problem("not_found", "no such webhook")
+        if not principal.allows(webhook.site_id, webhook.user_id):
+            raise Problem(
+                "forbidden",
+                "the webhook is outside the token's site or account",
+                errors=[
+                    FieldError(
+                        "webhook_id", "out_of_scope", "outside the token's restriction", location
+                    )
+                ],
+            )
+        return webhook
+
     async def _scope_dead_letters(
         self, principal: Principal, webhook_id: str | None, location: str
     ) -> Callable[[dict[str, Any]], Any] | None:
         """``None`` for an unrestricted token; else a check of a record's webhook (awaitable)."""
-        if principal.site_id is None and principal.user_id is None:
+        if not principal.restricted:
             return None
-        if webhook_id is not None:
-            webhook = await self._repository.get(webhook_id)
-            if webhook is None:
-                raise Problem("not_found", "no such webhook")
-            if not principal.allows(webhook.site_id, webhook.user_id):
-                raise Problem(
-                    "forbidden",
-                    "the webhook is outside the token's site or account",
-                    errors=[
-                        FieldError(
-                            "webhook_id",
-                            "out_of_scope",
-                            "outside the token's restriction",
-                            location,
-                        )
-                    ],
-                )
+        await self._scoped_webhook(principal, webhook_id, location)
         seen: dict[str, Webhook | None] = {}
 
         async def visible(record: dict[str, Any]) -> bool:
@@ -580,15 +582,13 @@ class ControlService:
         self, principal: Principal, where: DeadLetterFilter
     ) -> ReplayReport:
         """Re-enqueue the dead letters ``where`` selects; a restricted token names its webhook."""
-        if (principal.site_id or principal.user_id) and where.webhook_id is None:
+        if principal.restricted and where.webhook_id is None:
             raise Problem(
                 "forbidden",
                 "a token restricted to a site or account replays one webhook at a time",
                 errors=[FieldError("webhook_id", "required", "give one of your webhooks")],
             )
-        await self._scope_dead_letters(principal, where.webhook_id, "body")
-        if where.webhook_id is not None and (principal.site_id or principal.user_id):
-            webhook = await self._repository.get(where.webhook_id)
-            if webhook is not None and webhook.created_at is not None:
-                where = dataclasses.replace(where, webhook_created_at=webhook.created_at)
+        webhook = await self._scoped_webhook(principal, where.webhook_id, "body")
+        if webhook is not None and webhook.created_at is not None:
+            where = dataclasses.replace(where, webhook_created_at=webhook.created_at)
         return await self._dead_letters.replay(where)

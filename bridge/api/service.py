@@ -33,7 +33,7 @@ from bridge.api.auth import Principal
 from bridge.api.openapi import request_validator
 from bridge.api.problems import FieldError, Problem
 from bridge.api.repository import WebhookFilter, WebhookRepository, webhook_version
-from bridge.contract.events import Event, parse_time
+from bridge.contract.events import Event
 from bridge.errors import BridgeError, InvalidSubscription, InvalidUrl
 from bridge.redaction import without_userinfo
 from bridge.subscriptions.changes import created_record, rotated_record, updated_record
@@ -381,7 +381,7 @@ class WebhookService:
     def _repeat_shows(self, existing: Webhook, principal: Principal) -> bool:
         """Whether a repeated create answers the secret: to the token that created the webhook
         (its name, kept in the record as ``created_by``), within REPEAT_SHOWS_SECRET_FOR."""
-        made = _made_at(existing)
+        made = existing.created_seconds
         return (
             existing.extra.get("created_by") == principal.name
             and made is not None
@@ -468,13 +468,6 @@ class WebhookService:
             if exc.reason == "webhook_inactive":
                 raise Problem("conflict", "the webhook is not active") from None
             raise Problem.invalid(FieldError("site_id", exc.reason, exc.detail)) from None
-
-
-def _made_at(webhook: Webhook) -> float | None:
-    try:
-        return parse_time(webhook.created_at).timestamp() if webhook.created_at else None
-    except ValueError:
-        return None
 
 
 def _same(existing: Webhook, body: Mapping[str, Any]) -> bool:

@@ -90,6 +90,14 @@ class Webhook:
         value = self.extra.get("created_at")
         return value if isinstance(value, str) else None
 
+    @property
+    def created_seconds(self) -> float | None:
+        """:attr:`created_at` as seconds since the epoch (``None`` without a readable one)."""
+        try:
+            return None if self.created_at is None else parse_time(self.created_at).timestamp()
+        except ValueError:
+            return None
+
     def is_incarnation(self, created_at: str | None) -> bool:
         """Whether something made for the webhook created at ``created_at`` (``None``: made
         before deliveries named it) is this webhook's, not a deleted one's of the same id."""

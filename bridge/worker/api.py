@@ -284,7 +284,7 @@ class _Internal:
 
     async def summary(self, request: web.Request) -> web.Response:
         principal = self._principal(request)
-        if principal.site_id is not None or principal.user_id is not None:
+        if principal.restricted:
             # Counts over every site's and account's webhooks: not one site's to read.
             raise Problem(
                 "forbidden", "the worker's summary covers every site: not for a restricted token"
