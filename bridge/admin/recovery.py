@@ -427,13 +427,17 @@ async def _run(
     def handled(tp: TopicPartition, next_offset: int) -> None:
         """The partition read up to ``next_offset``: its position recorded and counted done
         together, so that a runner resuming from the position counts on from there."""
-        operation.positions[position_key(tp)] = max(
-            operation.positions.get(position_key(tp), 0), next_offset
-        )
+        key = position_key(tp)
+        operation.positions[key] = max(operation.positions.get(key, 0), next_offset)
         reach = min(next_offset, ends[tp])
         if reach > reached[tp]:
             operation.done += reach - reached[tp]
             reached[tp] = reach
+
+    def scanned(tp: TopicPartition, record: Any, *, enqueued: bool) -> None:
+        operation.enqueued += enqueued
+        operation.scanned += 1
+        handled(tp, record.offset + 1)
 
     async def take(tp: TopicPartition, records: Iterable[Any]) -> bool:
         nonlocal next_write
@@ -459,15 +463,11 @@ async def _run(
                     # worker that resumes reads on after this record instead of writing it again.
                     await asyncio.wait([writing])
                     if not writing.cancelled() and writing.exception() is None:
-                        operation.enqueued += 1
-                        operation.scanned += 1
-                        handled(tp, record.offset + 1)
+                        scanned(tp, record, enqueued=True)
                     raise
                 next_write = max(next_write, clock()) + interval
-                operation.enqueued += 1
                 enqueued = True
-            operation.scanned += 1
-            handled(tp, record.offset + 1)
+            scanned(tp, record, enqueued=enqueued)
             if enqueued and request.delivery_id is not None:
                 return False  # the one delivery asked for
         return True
