@@ -366,11 +366,7 @@ class _Matching:
             webhook = self._current(self._first.id)
             if webhook is not self._webhook:
                 self._webhook = webhook
-                usable = (
-                    webhook is not None
-                    and webhook.active
-                    and webhook.is_incarnation(self._first.created_at)
-                )
+                usable = webhook is not None and webhook.sends_for(self._first.created_at)
                 self._index = SubscriptionIndex([webhook] if usable and webhook else [])
         return self._index
 

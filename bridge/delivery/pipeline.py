@@ -255,11 +255,7 @@ class Pipeline:
             overdue = max(0.0, self._wall_time() - pending.not_before)
             await self._freshness.wait_current(self._clock() - overdue)
         webhook = self._index.get(pending.webhook_id)
-        if (
-            webhook is None
-            or not webhook.active
-            or not webhook.is_incarnation(pending.webhook_created_at)
-        ):
+        if webhook is None or not webhook.sends_for(pending.webhook_created_at):
             # Deleted or deactivated meanwhile (or deleted, and its id used again by a webhook
             # that must not get the deleted one's events): no further attempts, by design.
             self._metrics.retries_cancelled.inc()

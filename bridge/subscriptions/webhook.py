@@ -103,6 +103,11 @@ class Webhook:
         before deliveries named it) is this webhook's, not a deleted one's of the same id."""
         return created_at is None or self.created_at is None or created_at == self.created_at
 
+    def sends_for(self, created_at: str | None) -> bool:
+        """Whether a delivery made for the webhook created at ``created_at`` is sent to this
+        one now: it is active, and the same webhook (see :meth:`is_incarnation`)."""
+        return self.active and self.is_incarnation(created_at)
+
     @property
     def state(self) -> str:
         """``active``; ``disabled`` when the bridge turned it off (``disabled_reason`` in the
