@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from bridge.admin.dead_letters import DeadLetterFilter, ReplayReport, of_webhook_created
 from bridge.admin.recovery import DEFAULT_RATE, Operation, RecoveryRequest, whole_milliseconds
-from bridge.api.activity import ActivitySource
+from bridge.api.activity import ActivitySource, EndpointStatus
 from bridge.api.auth import Principal
 from bridge.api.problems import FieldError, Problem
 from bridge.api.recoveries import Recoveries
@@ -113,6 +113,14 @@ def _dead_letter_position(record: dict[str, Any]) -> tuple[str, str, int, int]:
         partition if isinstance(partition, int) else -1,
         offset if isinstance(offset, int) else -1,
     )
+
+
+def _of_an_earlier_webhook(status: EndpointStatus, webhook: Webhook) -> bool:
+    """Whether ``status`` tells of a failing period that began before ``webhook`` was created:
+    that of a deleted webhook whose id was used again."""
+    created = webhook.created_seconds
+    since = status.failing_since
+    return created is not None and since is not None and since < created
 
 
 def _restricted_since(principal: Principal, webhook: Webhook) -> float | None:
@@ -316,7 +324,10 @@ class ControlService:
             state["health"] = "disabled" if state["disabled_reason"] else "inactive"
             return state
         status = await self._activity.status(webhook.id)
-        # A "disabled" status of a webhook that is active again is stale: its owner enabled it.
+        # A "disabled" status of a webhook that is active again is stale: its owner enabled it;
+        # so is a failing period that began before the webhook was created (a deleted one's).
+        if status is not None and _of_an_earlier_webhook(status, webhook):
+            status = None
         if status is not None and status.state in ("healthy", "failing"):
             state.update(
                 health=status.state,
@@ -329,8 +340,12 @@ class ControlService:
             last_success is not None and last_success.at_seconds > last_failure.at_seconds
         ):
             return state
-        # Failing since the oldest failure kept after the last success.
+        # Failing since the oldest failure kept after the last success (and since the webhook
+        # was created: the log keeps a deleted webhook's attempts under a reused id).
         since = None if last_success is None else last_success.at_seconds
+        created = webhook.created_seconds
+        if created is not None and (since is None or since < created):
+            since = created
         query = LogQuery(outcome="failure", since=since)
         first: Attempt | None = None
         cursor: str | None = None

@@ -123,6 +123,11 @@ def _schemas() -> dict[str, Any]:
         "type": ["string", "null"],
         "description": "The event's own timestamp (null in attempts recorded before it was).",
     }
+    attempt["webhook_created_at"] = {
+        "type": ["string", "null"],
+        "description": "The created_at of the webhook the attempt was made for (null in "
+        "attempts recorded before it was): an id can be used again after a delete.",
+    }
     attempt["next_at"] = {
         "type": ["string", "null"],
         "description": "When the retry is due, for next retry (null otherwise, or not recorded).",

@@ -14,7 +14,7 @@ __all__ = ["OUTCOMES", "Attempt", "status_class"]
 
 #: Text fields an attempt record must carry, and text fields it may leave null.
 _TEXT = ("delivery_id", "webhook_id", "event_type", "at")
-_OPTIONAL_TEXT = ("event_id", "error", "next", "next_at", "event_at")
+_OPTIONAL_TEXT = ("event_id", "error", "next", "next_at", "event_at", "webhook_created_at")
 
 #: The ``outcome`` values an attempt record may carry.
 OUTCOMES = frozenset({"success", "failure", "skipped"})
@@ -66,6 +66,9 @@ class Attempt:
     response_prefix: str | None = None
     #: The event's own timestamp, as recorded (``None`` in records written before it was).
     event_at: str | None = None
+    #: The ``created_at`` of the webhook the attempt was made for (``None`` in records written
+    #: before it was recorded): which webhook of this id, when an id is used again.
+    webhook_created_at: str | None = None
 
     @property
     def status_class(self) -> str:
@@ -107,6 +110,7 @@ class Attempt:
         next_step = get("next")
         next_at = get("next_at")
         event_at = get("event_at")
+        webhook_created_at = get("webhook_created_at")
         attempt = get("attempt")
         outcome = get("outcome")
         status = get("status")
@@ -128,6 +132,10 @@ class Attempt:
             and (next_step is None or (type(next_step) is str and next_step))
             and (next_at is None or (type(next_at) is str and next_at))
             and (event_at is None or (type(event_at) is str and event_at))
+            and (
+                webhook_created_at is None
+                or (type(webhook_created_at) is str and webhook_created_at)
+            )
             and type(attempt) is int
             and attempt >= 1
             and type(outcome) is str
@@ -162,6 +170,7 @@ class Attempt:
             truncated,
             prefix,
             event_at,
+            webhook_created_at,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -183,6 +192,7 @@ class Attempt:
             "next_at": self.next_at,
             "response_bytes": self.response_bytes,
             "response_truncated": self.response_truncated,
+            "webhook_created_at": self.webhook_created_at,
         }
         if self.response_prefix is not None:
             shown["response_prefix"] = self.response_prefix

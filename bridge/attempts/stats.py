@@ -4,6 +4,10 @@ Attempts are counted in time buckets: one per minute for the last hour, one per 
 last week. A window takes the current (partly elapsed) bucket and as many whole ones before it as
 its name holds, so it covers at least its name: the hour window up to one minute more, the day
 and week windows up to one hour more.
+The stats are of the newest webhook of an id: an id can be used again after a delete, and an
+attempt recorded for a webhook created later (``webhook_created_at``) starts them afresh, while
+one for a webhook created earlier is not counted. Attempts recorded without it count for
+whichever webhook the stats are of.
 Latency quantiles are estimated from a fixed histogram per bucket, interpolated within the
 bucket that holds the quantile, as Prometheus' ``histogram_quantile`` does: their error is at
 most the width of that bucket.
@@ -18,6 +22,7 @@ from typing import Any
 
 from bridge.attempts.record import Attempt
 from bridge.errors import InvalidRecord
+from bridge.subscriptions.webhook import created_seconds
 
 __all__ = ["LATENCY_BOUNDS", "WINDOWS", "WindowStats", "WebhookStats"]
 
@@ -70,6 +75,12 @@ class WindowStats:
     latency_p99: float | None
 
 
+def _seconds(created_at: str) -> float:
+    """Unreadable is older than any readable time."""
+    seconds = created_seconds(created_at)
+    return -math.inf if seconds is None else seconds
+
+
 def _quantile(q: float, counts: list[int]) -> float | None:
     total = sum(counts)
     if total == 0:
@@ -99,9 +110,20 @@ class WebhookStats:
         #: ``at`` of the newest successful and failed attempt seen.
         self.last_success: Attempt | None = None
         self.last_failure: Attempt | None = None
+        #: The ``created_at`` of the webhook counted (``None`` until an attempt names one).
+        self.webhook_created_at: str | None = None
 
     def add(self, attempt: Attempt, now: float) -> None:
         """Count ``attempt`` (each attempt once: the caller drops records read twice)."""
+        created = attempt.webhook_created_at
+        if created is not None and created != self.webhook_created_at:
+            if self.webhook_created_at is not None:
+                if _seconds(created) < _seconds(self.webhook_created_at):
+                    return  # a deleted webhook's, read after the newer one's
+                self._minutes.clear()
+                self._hours.clear()
+                self.last_success = self.last_failure = None
+            self.webhook_created_at = created
         if attempt.outcome == "success":
             if self.last_success is None or attempt.at_seconds > self.last_success.at_seconds:
                 self.last_success = attempt
@@ -151,6 +173,7 @@ class WebhookStats:
             "hours": buckets(self._hours),
             "last_success": None if self.last_success is None else self.last_success.as_dict(),
             "last_failure": None if self.last_failure is None else self.last_failure.as_dict(),
+            "webhook_created_at": self.webhook_created_at,
         }
 
     @classmethod
@@ -172,6 +195,10 @@ class WebhookStats:
             for name in ("last_success", "last_failure"):
                 if data[name] is not None:
                     setattr(stats, name, Attempt.of(data[name]))
+            created = data.get("webhook_created_at")
+            if created is not None and not isinstance(created, str):
+                raise ValueError("webhook_created_at is not a string")
+            stats.webhook_created_at = created
         except (KeyError, TypeError, InvalidRecord) as exc:
             raise ValueError(f"not stats data: {exc}") from None
         return stats

@@ -41,6 +41,9 @@ def attempt_record(
         "next": next_step,
         "response_bytes": result.response_bytes,
     }
+    created_at = job.webhook.created_at
+    if created_at is not None:
+        record["webhook_created_at"] = created_at
     if next_at is not None:
         record["next_at"] = format_epoch(next_at)
     if result.response_truncated:

@@ -201,7 +201,7 @@ class Deliverer:
             self._observe(job, result)
             self._breakers.success(endpoint)
             written = await self._queue_attempt(job, result, None)
-            change = self._health.on_success(webhook.id)
+            change = self._health.on_success(webhook.id, webhook.created_at)
             if change is None:
                 return written
             await written
@@ -263,14 +263,14 @@ class Deliverer:
             )
             return
         if counts and result.status == 410:
-            gone = self._health.on_gone(webhook_id, now)
+            gone = self._health.on_gone(webhook_id, now, job.webhook.created_at)
             if gone is not None:
                 await self._disable(job, gone, "gone")
             await self._record_attempt(job, result, "disabled")
             await self._dead_letter(job, "endpoint_gone", "the endpoint answered 410 Gone", history)
             return
         if counts:
-            change = self._health.on_failure(webhook_id, now)
+            change = self._health.on_failure(webhook_id, now, job.webhook.created_at)
             if change is not None and change.state == "disabled":
                 await self._disable(job, change, "failing")
                 await self._record_attempt(job, result, "disabled")

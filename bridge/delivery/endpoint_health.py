@@ -6,6 +6,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bridge.subscriptions.webhook import created_seconds
+
 __all__ = ["HealthChange", "EndpointHealth"]
 
 
@@ -36,6 +38,11 @@ class EndpointHealth:
     webhook (its own record arriving, or another worker's), so that concurrent failures do not
     publish the same transition many times, and a recovery published elsewhere ends the failing
     period here too.
+
+    A failing period that began before the webhook was created (``created_at``, its record's)
+    is another webhook's: the id was used again after a delete, and the new webhook starts
+    healthy rather than inheriting how long the deleted one failed (and being disabled at its
+    first failure).
     """
 
     def __init__(
@@ -48,7 +55,15 @@ class EndpointHealth:
         #: This worker's last decision per webhook, with the table's record when it was made.
         self._local: dict[str, tuple[HealthChange, Mapping[str, Any] | None]] = {}
 
-    def _current(self, webhook_id: str) -> tuple[str, float | None]:
+    def _current(self, webhook_id: str, created_at: str | None) -> tuple[str, float | None]:
+        state, since = self._recorded(webhook_id)
+        if since is not None and created_at is not None:
+            created = created_seconds(created_at)
+            if created is not None and since < created:
+                return "healthy", None
+        return state, since
+
+    def _recorded(self, webhook_id: str) -> tuple[str, float | None]:
         record = self._published(webhook_id)
         local = self._local.get(webhook_id)
         if local is not None:
@@ -66,8 +81,9 @@ class EndpointHealth:
         self._local[change.webhook_id] = (change, dict(seen) if seen is not None else None)
         return change
 
-    def on_success(self, webhook_id: str) -> HealthChange | None:
-        state, _ = self._current(webhook_id)
+    def on_success(self, webhook_id: str, created_at: str | None = None) -> HealthChange | None:
+        """``created_at``: the webhook's (see the class); the same for the methods below."""
+        state, _ = self._current(webhook_id, created_at)
         record = self._published(webhook_id)
         published_state = record.get("state", "healthy") if record is not None else "healthy"
         if state == "healthy" and published_state == "healthy":
@@ -77,8 +93,10 @@ class EndpointHealth:
             return None
         return self._change(HealthChange(webhook_id, "healthy", None))
 
-    def on_failure(self, webhook_id: str, now: float) -> HealthChange | None:
-        state, since = self._current(webhook_id)
+    def on_failure(
+        self, webhook_id: str, now: float, created_at: str | None = None
+    ) -> HealthChange | None:
+        state, since = self._current(webhook_id, created_at)
         if state == "disabled":
             return None
         if state != "failing" or since is None:
@@ -88,9 +106,11 @@ class EndpointHealth:
             return self._change(HealthChange(webhook_id, "disabled", since, "failing"))
         return None
 
-    def on_gone(self, webhook_id: str, now: float) -> HealthChange | None:
+    def on_gone(
+        self, webhook_id: str, now: float, created_at: str | None = None
+    ) -> HealthChange | None:
         """410 Gone: disable, unless this worker already did (concurrent deliveries)."""
-        state, since = self._current(webhook_id)
+        state, since = self._current(webhook_id, created_at)
         if state == "disabled":
             return None
         return self._change(HealthChange(webhook_id, "disabled", since or now, "gone"))
@@ -98,6 +118,6 @@ class EndpointHealth:
     def on_webhook_enabled(self, webhook_id: str) -> None:
         """An active subscription record after a disable starts the webhook's health afresh
         (the stale status record is replaced at the next outcome)."""
-        state, _ = self._current(webhook_id)
+        state, _ = self._recorded(webhook_id)
         if state == "disabled":
             self._change(HealthChange(webhook_id, "failing", None))

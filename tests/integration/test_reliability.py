@@ -263,6 +263,55 @@ async def test_a_webhook_that_took_a_deleted_ones_id_never_gets_its_retries(
     assert len(receiver.at("/old")) == 1
 
 
+async def test_a_webhook_that_took_a_failing_ones_id_does_not_inherit_its_failing_period(
+    make_settings, receiver: Receiver, in_process_workers
+) -> None:
+    """Site s2's webhook fails and is deleted; once longer than ``disable_after`` has passed
+    since that failure, site s1 creates a webhook of the same id: its first failure starts a
+    failing period of its own, where the deleted webhook's would have disabled it at once."""
+    from bridge.admin.topics import apply_topics
+
+    settings = make_settings(retry_schedule=(1.5, 1.5), disable_after=1.0)
+    await apply_topics(settings)
+    receiver.statuses["/old"] = 500
+    receiver.statuses["/new"] = 500
+    async with WebhookStore(settings) as store:
+        await store.create(
+            url=receiver.url("/old"),
+            events=["*"],
+            site_id="s2",
+            user_id="u2",
+            secret="secret-old-0123456789",
+            webhook_id="taken",
+        )
+    worker = in_process_workers(settings)
+    await worker.wait_ready()
+    await publish_events(settings, [post(1, site="s2")])
+    [old] = await records(settings, settings.status_topic, at_least=1)
+    assert old["state"] == "failing"
+    async with WebhookStore(settings) as store:
+        await store.delete("taken")
+    # The retry, due 1.5 s after the failure, is dropped: more than disable_after has passed.
+    await worker.wait_metric("webhook_bridge_retries_cancelled_total", lambda v: v == 1)
+    async with WebhookStore(settings) as store:
+        created = await store.create(
+            url=receiver.url("/new"),
+            events=["*"],
+            site_id="s1",
+            user_id="u1",
+            secret="secret-new-0123456789",
+            webhook_id="taken",
+        )
+    await publish_events(settings, [post(2, site="s1")])
+    statuses = await records(settings, settings.status_topic, at_least=2)
+    assert [s["state"] for s in statuses] == ["failing", "failing"]
+    assert statuses[1]["failing_since"] >= created.created_seconds > old["failing_since"]
+    metrics = await worker.metrics()
+    assert metrics.get('webhook_bridge_webhooks_disabled_total{reason="failing"}', 0.0) == 0
+    async with WebhookStore(settings) as store:
+        assert (await store.load())["taken"].active
+
+
 async def test_dead_letters_can_be_listed_and_replayed_with_the_same_delivery_id(
     settings: Settings, receiver: Receiver, in_process_workers
 ) -> None:

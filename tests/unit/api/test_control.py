@@ -237,13 +237,13 @@ async def test_stats_say_until_when_the_circuit_is_open_from_the_newest_attempt(
 
 async def test_stats_state_from_the_status_topic_and_the_webhook_record(api: Api) -> None:
     await api.create(id="wh_1")
-    api.activity.statuses["wh_1"] = EndpointStatus("failing", NOW - 3600, None, "x")
+    api.activity.statuses["wh_1"] = EndpointStatus("failing", NOW - 1800, None, "x")
     state = (await (await api.client.get("/v1/webhooks/wh_1/stats", headers=auth())).json())[
         "state"
     ]
     assert (state["health"], state["failing_since"], state["source"]) == (
         "failing",
-        "2026-01-15T09:30:00.000Z",
+        "2026-01-15T10:00:00.000Z",
         "status",
     )
     webhook = await api.repository.get("wh_1")

@@ -9,7 +9,9 @@ from typing import Any
 
 from aiohttp import ClientResponse
 
-from tests.unit.api.conftest import NOW, SITE_1, Api, attempt, auth, dead_letter
+from bridge.api.activity import EndpointStatus
+from bridge.attempts.record import Attempt
+from tests.unit.api.conftest import ADMIN, NOW, SITE_1, Api, attempt, auth, dead_letter
 
 
 async def status_of(response: ClientResponse) -> tuple[int, Any]:
@@ -159,3 +161,36 @@ async def test_the_new_webhooks_own_history_is_shown_to_its_owner(api: Api) -> N
         "/v1/dead-letters/replay", json={"webhook_id": "wh_x"}, headers=auth(SITE_1)
     )
     assert (await replay.json())["replayed"] == ["dl_8"]
+
+
+def _made_for(one: Attempt, webhook: dict[str, Any]) -> Attempt:
+    """``one`` as recorded for ``webhook`` (attempt records carry its ``created_at``)."""
+    one.webhook_created_at = webhook["created_at"]
+    return one
+
+
+async def test_a_reused_id_does_not_show_the_deleted_webhooks_stats_or_state(api: Api) -> None:
+    """Counts, latencies, last success and failing period of site_2's deleted webhook are not
+    site_1's new one's (nor anyone's: the stats are of the newest webhook of the id)."""
+    old = await api.create(id="wh_x", site_id="site_2", user_id="user_2")
+    for n in range(3):
+        ok = attempt(f"d_old{n}", 1, webhook_id="wh_x", at=NOW - 300 + n, outcome="success")
+        api.activity.add(_made_for(ok, old))
+    api.activity.add(_made_for(attempt("d_oldf", 1, webhook_id="wh_x", at=NOW - 200), old))
+    api.activity.statuses["wh_x"] = EndpointStatus("failing", NOW - 200, None, "x")
+    assert (await api.client.delete("/v1/webhooks/wh_x", headers=auth())).status == 204
+    api.clock.now = datetime.fromtimestamp(NOW - 100, UTC)
+    new = await api.create(SITE_1, id="wh_x", site_id="site_1", user_id="user_1")
+    api.activity.add(_made_for(attempt("d_new", 1, webhook_id="wh_x", at=NOW - 50), new))
+    # A deleted webhook's attempt read late (another partition's reader lagging) is not counted.
+    api.activity.add(_made_for(attempt("d_late", 1, webhook_id="wh_x", at=NOW - 40), old))
+    for token in (SITE_1, ADMIN):
+        response = await api.client.get("/v1/webhooks/wh_x/stats", headers=auth(token))
+        stats = await response.json()
+        assert response.status == 200, stats
+        for name, window in stats["windows"].items():
+            assert (window["attempts"], window["successes"]) == (1, 0), (token, name)
+        assert stats["last_success_at"] is None
+        assert stats["last_failure_at"] == "2026-01-15T10:29:10.000Z"
+        # Failing since its own first failure, not since the deleted webhook's (status or log).
+        assert stats["state"]["failing_since"] == "2026-01-15T10:29:10.000Z", stats["state"]

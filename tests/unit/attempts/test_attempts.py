@@ -330,6 +330,66 @@ def test_a_window_covers_its_name_and_at_most_one_bucket_more(
     assert stats.window(window, now).attempts == int(counted)
 
 
+def test_stats_are_of_the_newest_webhook_of_an_id() -> None:
+    """An id used again after a delete: the new webhook's attempts (a later created_at) start
+    its stats afresh, and the deleted one's, read after them, are not counted."""
+    now = T0 + 10 * 86400
+    old, new = stamp(now - 86400), stamp(now - 600)
+    stats = WebhookStats()
+    stats.add(attempt(now - 3000, webhook_created_at=old), now)
+    stats.add(attempt(now - 2000, outcome="failure", status=500, webhook_created_at=old), now)
+    stats.add(attempt(now - 300, outcome="failure", status=503, webhook_created_at=new), now)
+    stats.add(attempt(now - 200, delivery_id="late", webhook_created_at=old), now)
+    for name in ("1h", "24h", "7d"):
+        window = stats.window(name, now)
+        assert (window.attempts, window.successes, window.failures) == (1, 0, 1), name
+    assert stats.last_success is None
+    assert stats.last_failure is not None and stats.last_failure.status == 503
+    assert stats.webhook_created_at == new
+    back = WebhookStats.from_dict(stats.to_dict())
+    assert back.webhook_created_at == new and back.to_dict() == stats.to_dict()
+    back.add(attempt(now - 100, webhook_created_at=old), now)
+    assert back.window("1h", now).attempts == 1
+
+
+def test_attempts_recorded_without_a_created_at_count_for_the_webhook_they_are_kept_with() -> None:
+    """Records written before ``webhook_created_at`` was recorded: kept, and the first record
+    naming a webhook does not drop them (an upgrade keeps a week of stats)."""
+    now = T0 + 10 * 86400
+    stats = WebhookStats()
+    stats.add(attempt(now - 300), now)
+    stats.add(attempt(now - 200, webhook_created_at=stamp(now - 86400)), now)
+    stats.add(attempt(now - 100), now)
+    assert stats.window("1h", now).attempts == 3
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.sampled_from(["success", "failure"])),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_stats_count_exactly_the_newest_webhooks_attempts(
+    made: list[tuple[int, str]],
+) -> None:
+    """Attempts of up to four webhooks of one id (created an hour apart), in any order: the
+    stats hold those of the newest one seen, and only those."""
+    now = T0 + 10 * 86400
+    created = [stamp(now - 5 * 3600 + k * 3600) for k in range(4)]
+    stats = WebhookStats()
+    for i, (k, outcome) in enumerate(made):
+        status = 200 if outcome == "success" else 500
+        one = attempt(now - 60, delivery_id=f"d{i}", outcome=outcome, status=status)
+        one.webhook_created_at = created[k]
+        stats.add(one, now)
+    newest = max(k for k, _ in made)
+    kept = [outcome for k, outcome in made if k == newest]
+    window = stats.window("24h", now)
+    assert (window.attempts, window.successes) == (len(kept), kept.count("success"))
+    assert stats.webhook_created_at == created[newest]
+
+
 def test_an_empty_window_has_no_ratio_or_latency() -> None:
     window = WebhookStats().window("24h", T0)
     assert (window.attempts, window.failure_ratio, window.latency_p50) == (0, None, None)

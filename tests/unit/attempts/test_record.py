@@ -32,6 +32,21 @@ def test_the_event_time_reads_back_and_an_older_record_has_none() -> None:
             Attempt.of(record(event_at=bad))
 
 
+def test_the_webhooks_created_at_reads_back_and_an_older_record_has_none() -> None:
+    written = record(webhook_created_at="2024-01-15T09:00:00.000Z")
+    parsed = Attempt.parse(json.dumps(written).encode())
+    assert (
+        parsed.webhook_created_at
+        == parsed.as_dict()["webhook_created_at"]
+        == ("2024-01-15T09:00:00.000Z")
+    )
+    assert Attempt.of(parsed.as_dict()) == parsed
+    assert Attempt.of(record()).webhook_created_at is None
+    for bad in ("", 5, {"at": "2024-01-15T09:00:00.000Z"}):
+        with pytest.raises(InvalidRecord, match="webhook_created_at is not a string"):
+            Attempt.of(record(webhook_created_at=bad))
+
+
 def test_an_older_record_has_no_response_fields() -> None:
     parsed = Attempt.of(record())
     assert (parsed.response_bytes, parsed.response_truncated, parsed.response_prefix) == (
@@ -54,6 +69,7 @@ def test_the_response_fields_read_back_as_written() -> None:
         **written,
         "next_at": None,
         "event_at": None,
+        "webhook_created_at": None,
         "status_class": "2xx",
     }
     assert Attempt.of(parsed.as_dict()) == parsed

@@ -47,6 +47,20 @@ def test_only_the_size_by_default() -> None:
     assert schema_errors("attempt", record) == []
 
 
+def test_the_webhooks_created_at_is_recorded_when_it_has_one() -> None:
+    from types import MappingProxyType
+
+    created = "2024-01-15T09:00:00.000Z"
+    webhook = spec_webhook(
+        "https://example.test/hook", "whsec_x", extra=MappingProxyType({"created_at": created})
+    )
+    record = attempt_record(outgoing(SPEC_EVENT, webhook).job, result(), "success", None)
+    assert record["webhook_created_at"] == created
+    assert Attempt.of(record).webhook_created_at == created
+    assert schema_errors("attempt", record) == []
+    assert "webhook_created_at" not in attempt_record(JOB, result(), "success", None)
+
+
 def test_no_response_has_no_size() -> None:
     record = attempt_record(JOB, result(status=None, size=None), "failure", "retry", 1.0)
     assert record["response_bytes"] is None

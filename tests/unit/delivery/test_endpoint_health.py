@@ -235,3 +235,63 @@ def test_to_record(change: HealthChange, record: dict[str, Any]) -> None:
     out = change.to_record("2024-01-15T10:30:00.000Z")
     assert out == {"webhook_id": W, "updated_at": "2024-01-15T10:30:00.000Z", **record}
     assert schema_errors("status", out) == []
+
+
+# -- an id used again after a delete: the failing period was the deleted webhook's ---------------
+
+
+def at(seconds: float) -> str:
+    """A webhook's ``created_at`` for a Unix time."""
+    from bridge.contract.events import format_epoch
+
+    return format_epoch(seconds)
+
+
+def test_a_webhook_created_after_a_published_failing_period_began_starts_healthy() -> None:
+    table = {W: {"webhook_id": W, "state": "failing", "failing_since": T0, "reason": None}}
+    health, _ = make(table)
+    created = T0 + DISABLE_AFTER - 10
+    later = T0 + DISABLE_AFTER + 1
+    # The deleted webhook failed since T0: the new one's first failure disabled it at once.
+    assert health.on_failure(W, later, at(created)) == HealthChange(W, "failing", later)
+
+
+def test_a_webhook_created_after_a_published_disable_is_not_disabled() -> None:
+    table = {W: {"webhook_id": W, "state": "disabled", "failing_since": T0, "reason": "gone"}}
+    health, _ = make(table)
+    assert health.on_failure(W, T0 + 100, at(T0 + 50)) == HealthChange(W, "failing", T0 + 100)
+    assert health.on_gone(W, T0 + 100, at(T0 + 50)) == HealthChange(W, "disabled", T0 + 100, "gone")
+
+
+def test_a_success_of_a_new_webhook_replaces_the_deleted_ones_failing_status() -> None:
+    table = {W: {"webhook_id": W, "state": "failing", "failing_since": T0, "reason": None}}
+    health, _ = make(table)
+    assert health.on_success(W, at(T0 + 1)) == HealthChange(W, "healthy", None)
+
+
+def test_this_workers_own_decision_for_the_deleted_webhook_is_not_inherited() -> None:
+    health, _ = make()
+    assert health.on_failure(W, T0, at(T0 - 100)) == HealthChange(W, "failing", T0)
+    later = T0 + DISABLE_AFTER
+    assert health.on_failure(W, later, at(T0 + 1)) == HealthChange(W, "failing", later)
+
+
+def test_the_same_webhooks_failing_period_goes_on() -> None:
+    table = {W: {"webhook_id": W, "state": "failing", "failing_since": T0, "reason": None}}
+    health, _ = make(table)
+    created = at(T0 - 3600)
+    assert health.on_failure(W, T0 + 100, created) is None
+    assert health.on_failure(W, T0 + DISABLE_AFTER, created) == HealthChange(
+        W, "disabled", T0, "failing"
+    )
+
+
+@pytest.mark.parametrize("created_at", [None, "not a time", "2024-01-15T10:30:00"])
+def test_without_a_readable_created_at_the_published_period_goes_on(
+    created_at: str | None,
+) -> None:
+    table = {W: {"webhook_id": W, "state": "failing", "failing_since": T0, "reason": None}}
+    health, _ = make(table)
+    assert health.on_failure(W, T0 + DISABLE_AFTER, created_at) == HealthChange(
+        W, "disabled", T0, "failing"
+    )
