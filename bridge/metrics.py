@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import inspect
+import time
 from bisect import bisect_left
+from collections.abc import Awaitable
 from typing import Any
 
 from prometheus_client import (
@@ -238,6 +241,14 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.disable_writes = Counter(
+            "webhook_bridge_disable_writes_total",
+            "Disables (disabled status records) judged by the owner of their webhook: written, "
+            "or not because the webhook was deleted, is inactive already, is another webhook "
+            "of the same id, or changed since the deciding delivery (its health starts afresh).",
+            ["result"],
+            registry=registry,
+        )
         self.retries_cancelled = Counter(
             "webhook_bridge_retries_cancelled_total",
             "Pending retries dropped because their webhook was deleted or deactivated meanwhile.",
@@ -289,6 +300,27 @@ class Metrics:
         if found is None:
             found = self._children[key] = _hot(metric.labels(*labels) if labels else metric)
         return found
+
+    def output_written(
+        self, output: str, seconds: float, acknowledged: bool, records: int = 1
+    ) -> None:
+        """Count and time a write of ``records`` records to ``output`` (one of this worker's own
+        topics: ``webhook_bridge_output_writes_total``)."""
+        outcome = "acknowledged" if acknowledged else "failed"
+        self.child(self.output_writes, output, outcome).inc(records)
+        self.child(self.output_write_duration, output).observe(seconds)
+
+    async def observed_write(self, output: str, write: Awaitable[Any]) -> None:
+        """Await ``write``, counting and timing it as a write to ``output``."""
+        started = time.monotonic()
+        try:
+            await write
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.output_written(output, time.monotonic() - started, False)
+            raise
+        self.output_written(output, time.monotonic() - started, True)
 
 
 class HotCounter:

@@ -15,14 +15,13 @@ to one of them (docs/api.md, "Design").
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hmac
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -37,6 +36,7 @@ from bridge.contract.events import Event
 from bridge.errors import BridgeError, InvalidSubscription, InvalidUrl
 from bridge.redaction import without_userinfo
 from bridge.subscriptions.changes import created_record, rotated_record, updated_record
+from bridge.subscriptions.serial import KeyedLocks
 from bridge.subscriptions.urls import WebhookUrl
 from bridge.subscriptions.webhook import Webhook, webhook_from_record
 
@@ -275,31 +275,20 @@ class WebhookService:
         publisher: TestEventPublisher | None = None,
         check_url: Callable[[str], object] = WebhookUrl.parse,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        locks: KeyedLocks | None = None,
     ) -> None:
         self._repository = repository
         self._publisher = publisher
         self._check_url = check_url
         self._clock = clock
-        #: One lock per webhook being changed, with the number of requests holding or
-        #: awaiting it (dropped at zero, so made-up ids leave nothing behind).
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        #: One change of a webhook at a time (shared with the bridge's disables in a worker).
+        self._locks = locks if locks is not None else KeyedLocks()
 
     def __repr__(self) -> str:
         return f"WebhookService({self._repository!r})"
 
-    @asynccontextmanager
-    async def _locked(self, webhook_id: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(webhook_id, (asyncio.Lock(), 0))
-        self._locks[webhook_id] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[webhook_id]
-            if users == 1:
-                del self._locks[webhook_id]
-            else:
-                self._locks[webhook_id] = (lock, users - 1)
+    def _locked(self, webhook_id: str) -> AbstractAsyncContextManager[None]:
+        return self._locks.hold(webhook_id)
 
     async def _existing(self, webhook_id: str, principal: Principal) -> Webhook:
         webhook = await self._repository.get(webhook_id)

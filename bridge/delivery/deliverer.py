@@ -10,6 +10,7 @@ whose endpoint answered 410 Gone, or failed for longer than ``disable_after``, i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -317,7 +318,13 @@ class Deliverer:
             "disabling webhook",
             extra={"webhook_id": job.webhook.id, "reason": reason, "delivery_id": job.delivery_id},
         )
-        await self._publish_health(change)
+        # The webhook (and version) this delivery was made for: its owner turns that one off.
+        made_for = dataclasses.replace(
+            change,
+            webhook_created_at=job.webhook.created_at,
+            webhook_updated_at=job.webhook.updated_at,
+        )
+        await self._publish_health(made_for)
         await self._outputs.disable(job.webhook, reason)
         self._metrics.disabled.labels(reason).inc()
 

@@ -19,15 +19,25 @@ class HealthChange:
     state: str
     failing_since: float | None
     reason: str | None = None
+    #: For ``disabled``: the webhook the deciding delivery was made for (its ``created_at``)
+    #: and its version (``updated_at``); its owner turns off that version only
+    #: (:mod:`bridge.worker.disables`).
+    webhook_created_at: str | None = None
+    webhook_updated_at: str | None = None
 
     def to_record(self, updated_at: str) -> dict[str, Any]:
-        return {
+        record: dict[str, Any] = {
             "webhook_id": self.webhook_id,
             "state": self.state,
             "failing_since": self.failing_since,
             "reason": self.reason,
             "updated_at": updated_at,
         }
+        if self.webhook_created_at is not None:
+            record["webhook_created_at"] = self.webhook_created_at
+        if self.webhook_updated_at is not None:
+            record["webhook_updated_at"] = self.webhook_updated_at
+        return record
 
 
 class EndpointHealth:

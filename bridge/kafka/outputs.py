@@ -21,7 +21,6 @@ or failing writes show as lag and redeliveries, and these metrics say why.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -69,12 +68,16 @@ class KafkaOutputs:
         store: WebhookStore,
         current: Callable[[str], Webhook | None],
         metrics: Metrics | None = None,
+        owned: Callable[[str], bool] = lambda webhook_id: False,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
         self._store = store
         #: The newest known state of a webhook (the subscription index), for ``disable``.
         self._current = current
+        #: Whether a worker owns a webhook now (holds its attempts partition): its disables are
+        #: that worker's to write (:mod:`bridge.worker.disables`).
+        self._owned = owned
         self._producer: AIOKafkaProducer | None = None
         #: Attempt records, one per delivery attempt, go in batches of their own.
         self._attempts: PartitionBatches | None = None
@@ -102,24 +105,15 @@ class KafkaOutputs:
         self._observe("attempt", seconds, error is None, records)
 
     def _observe(self, output: str, seconds: float, acknowledged: bool, records: int = 1) -> None:
-        metrics = self._metrics
-        if metrics is None:
-            return
-        outcome = "acknowledged" if acknowledged else "failed"
-        metrics.child(metrics.output_writes, output, outcome).inc(records)
-        metrics.child(metrics.output_write_duration, output).observe(seconds)
+        if self._metrics is not None:
+            self._metrics.output_written(output, seconds, acknowledged, records)
 
     async def _observed(self, output: str, write: Awaitable[Any]) -> None:
         """Await ``write``, counting and timing it as a write to ``output``."""
-        started = time.monotonic()
-        try:
+        if self._metrics is None:
             await write
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            self._observe(output, time.monotonic() - started, False)
-            raise
-        self._observe(output, time.monotonic() - started, True)
+        else:
+            await self._metrics.observed_write(output, write)
 
     async def stop(self) -> None:
         if self._attempts is not None:
@@ -154,5 +148,13 @@ class KafkaOutputs:
         await self._observed("status", self._store.put_status(record))
 
     async def disable(self, webhook: Webhook, reason: str) -> None:
-        current = self._current(webhook.id) or webhook
+        """Turn off ``webhook`` (the one a delivery was made for), after its ``disabled``
+        status record was published. A webhook with an owner is turned off by its owner, from
+        that record; without owners, here, if this worker's table still holds that webhook
+        active (not deleted meanwhile, nor its id taken by another)."""
+        if self._owned(webhook.id):
+            return
+        current = self._current(webhook.id)
+        if current is None or not current.sends_for(webhook.created_at):
+            return
         await self._observed("disable", self._store.disable(current, reason))

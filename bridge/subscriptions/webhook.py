@@ -92,6 +92,13 @@ class Webhook:
         return value if isinstance(value, str) else None
 
     @property
+    def updated_at(self) -> str | None:
+        """The record's ``updated_at`` as written (``None`` in a record without one): which
+        version of the webhook it is (with :attr:`created_at`)."""
+        value = self.extra.get("updated_at")
+        return value if isinstance(value, str) else None
+
+    @property
     def created_seconds(self) -> float | None:
         """:attr:`created_at` as seconds since the epoch (``None`` without a readable one)."""
         return None if self.created_at is None else created_seconds(self.created_at)

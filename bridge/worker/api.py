@@ -314,6 +314,7 @@ async def api_application(bridge: Bridge) -> web.Application:
         check_url=functools.partial(
             check_url, allow_http=settings.plain_http_allowed, policy=address_policy(settings)
         ),
+        locks=bridge.change_locks,
     )
     activity: ActivitySource = (
         WorkerActivitySource(bridge)

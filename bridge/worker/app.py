@@ -49,6 +49,7 @@ from bridge.kafka.topics import declared_topics
 from bridge.metrics import INVALID_RECORD_REASONS, INVALID_STATUS_REASONS, Metrics
 from bridge.subscriptions.freshness import TableFreshness
 from bridge.subscriptions.index import SubscriptionIndex
+from bridge.subscriptions.serial import KeyedLocks
 from bridge.subscriptions.store import WebhookStore
 from bridge.subscriptions.webhook import parse_webhook, webhook_key
 from bridge.worker.delivery_log import (
@@ -59,6 +60,7 @@ from bridge.worker.delivery_log import (
     attempts_partition,
 )
 from bridge.worker.direct_topic import DirectTopic
+from bridge.worker.disables import VERDICTS, DisableWriter
 from bridge.worker.faust_monitor import FaustPrometheusMonitor
 from bridge.worker.faust_patches import install as install_faust_patches
 from bridge.worker.faust_patches import set_fetch_max_wait
@@ -133,7 +135,22 @@ class Bridge:
         self._runtime: _Runtime | None = None
         #: The delivery log of this worker's attempts partitions (setting ``delivery_log``).
         self.delivery_log: DeliveryLogReader | None = None
+        #: One change of a webhook at a time: the API's, and the bridge's disables.
+        self.change_locks = KeyedLocks()
+        #: The disables of the webhooks this worker owns (with ``delivery_log``: owners exist).
+        self.disables: DisableWriter | None = None
         if settings.delivery_log:
+            self.disables = DisableWriter(
+                settings,
+                index_get=self.index.get,
+                statuses=self.statuses,
+                freshness=self.freshness,
+                locks=self.change_locks,
+                owns=lambda webhook_id: self.owner(webhook_id).local,
+                metrics=self.metrics,
+            )
+            for verdict in VERDICTS:
+                self.metrics.disable_writes.labels(verdict)
             self.delivery_log = DeliveryLogReader(
                 topic=settings.attempts_topic,
                 consumer_factory=lambda: AIOKafkaConsumer(
@@ -285,9 +302,20 @@ class Bridge:
             partitions=partitions,
             beacon=app.tables.beacon,
         )
-        table.on_assigned = self.delivery_log.assign
+        table.on_assigned = self._attempts_assigned
         app.tables.add(table)
         return table
+
+    def _attempts_assigned(self, partitions: set[int]) -> None:
+        """After a rebalance: read the attempts partitions this worker now owns, and write the
+        disables of their webhooks that a former owner may not have written."""
+        assert self.delivery_log is not None
+        self.delivery_log.assign(partitions)
+        if self.disables is not None:
+            count = self._partitions[self.settings.attempts_topic]
+            self.disables.offer_owned(
+                lambda webhook_id: attempts_partition(webhook_id, count) in partitions
+            )
 
     # -- the delivery log: owners and routing -----------------------------------------------------
     def owner(self, webhook_id: str) -> Owner:
@@ -478,6 +506,8 @@ class Bridge:
             self.statuses.pop(webhook_id, None)
         else:
             self.statuses[webhook_id] = record
+            if self.disables is not None and record.get("state") == "disabled":
+                self.disables.offer([webhook_id])
 
     async def on_recovery_event(self, event: Any) -> None:
         """Keep the recovery view in step with the recoveries table."""
@@ -552,7 +582,13 @@ class Bridge:
                 self._store = await WebhookStore(s).__aenter__()
                 policy = address_policy(s)
                 self._sender = self._new_sender(policy)
-                outputs = KafkaOutputs(s, self._store, self.index.get, self.metrics)
+                outputs = KafkaOutputs(
+                    s,
+                    self._store,
+                    self.index.get,
+                    self.metrics,
+                    owned=lambda webhook_id: self.owner(webhook_id).url is not None,
+                )
                 await outputs.start()
                 self._outputs = outputs
                 deliverer = Deliverer(
@@ -605,6 +641,8 @@ class Bridge:
         )
 
     async def close(self) -> None:
+        if self.disables is not None:
+            await self.disables.aclose()
         if self._sender is not None:
             await self._sender.aclose()
             self._sender = None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from types import SimpleNamespace
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -22,6 +22,7 @@ from bridge.delivery.attempt_record import attempt_record
 from bridge.http.base import AttemptResult
 from bridge.kafka.outputs import CachedPartitioner, KafkaOutputs
 from bridge.metrics import Metrics
+from bridge.subscriptions.webhook import Webhook
 from tests.support.jobs import SPEC_EVENT, outgoing, spec_webhook
 from tests.support.metrics import sample
 
@@ -78,9 +79,10 @@ class _Store:
 async def test_status_and_disable_writes_are_counted_by_outcome() -> None:
     registry = CollectorRegistry()
     store = _Store()
-    outputs = KafkaOutputs(Settings(), store, lambda _: None, Metrics(registry))  # type: ignore[arg-type]
+    webhook = spec_webhook("https://example.test/hook", "whsec_x")
+    outputs = KafkaOutputs(Settings(), store, lambda _: webhook, Metrics(registry))  # type: ignore[arg-type]
     await outputs.status(b"wh", {"webhook_id": "wh"})
-    await outputs.disable(SimpleNamespace(id="wh"), "gone")  # type: ignore[arg-type]
+    await outputs.disable(webhook, "gone")
     store.error = RuntimeError("broker unreachable")
     with pytest.raises(RuntimeError, match="broker unreachable"):
         await outputs.status(b"wh", {"webhook_id": "wh"})
@@ -93,6 +95,46 @@ async def test_status_and_disable_writes_are_counted_by_outcome() -> None:
     duration = "webhook_bridge_output_write_duration_seconds_count"
     assert sample(registry, duration, output="status") == 2
     assert sample(registry, duration, output="disable") == 1
+
+
+def _made(created_at: str, **changes: object) -> Webhook:
+    return spec_webhook(
+        "https://example.test/hook",
+        "whsec_x",
+        extra=MappingProxyType({"created_at": created_at}),
+        **changes,
+    )
+
+
+@pytest.mark.parametrize(
+    ("now", "owned", "written"),
+    [
+        ("same", False, True),
+        (None, False, False),  # deleted meanwhile: not brought back as a disabled webhook
+        ("inactive", False, False),  # turned off by its owner meanwhile
+        ("other", False, False),  # its id taken by another webhook: not that one's endpoint
+        ("same", True, False),  # its owner writes it, from the status record
+    ],
+)
+async def test_a_disable_is_written_here_only_for_the_same_webhook_without_an_owner(
+    now: str | None, owned: bool, written: bool
+) -> None:
+    made = _made("2024-01-15T09:00:00.000Z")
+    current = {
+        None: None,
+        "same": made,
+        "inactive": _made("2024-01-15T09:00:00.000Z", active=False),
+        "other": _made("2024-01-15T11:00:00.000Z"),
+    }[now]
+    store = _Store()
+    outputs = KafkaOutputs(
+        Settings(),
+        store,  # type: ignore[arg-type]
+        lambda _: current,
+        owned=lambda _: owned,
+    )
+    await outputs.disable(made, "gone")
+    assert store.calls == (["disable:gone"] if written else [])
 
 
 class _Batches:

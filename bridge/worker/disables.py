@@ -1,0 +1,203 @@
+"""The bridge's disables of webhooks, written by each webhook's owner.
+
+A worker that decides to disable a webhook (its endpoint answered ``410``, or failed for longer
+than ``disable_after``) publishes a ``disabled`` status record (``topics/schemas/status.json``)
+naming the version of the webhook its delivery was made for (``webhook_updated_at``). The
+webhook's record is then written by one worker: the owner of its attempts partition, the worker
+that makes the API's changes of it (docs/api.md, "Concurrent changes"). The owner turns the
+webhook off under the same lock per id as the API's changes, with its subscription table current,
+and only if the webhook is still the one the delivery was made for (:func:`disable_verdict`):
+
+- a change answered ``200`` is never written over by a disable read before it (the deciding
+  worker's table trails the topic; it used to write the record it held);
+- a webhook deleted meanwhile is not brought back as a disabled one;
+- a webhook that took a deleted one's id is not turned off for the deleted one's endpoint;
+- a webhook changed since the delivery (or another webhook of its id) stays on, and its health
+  starts afresh (a ``healthy`` status record): its next deliveries decide again.
+
+Workers without ``delivery_log`` have no owners: the deciding worker writes the disable itself,
+with the same checks against its own table (:meth:`bridge.kafka.outputs.KafkaOutputs.disable`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from bridge.config import Settings
+from bridge.contract.events import format_timestamp
+from bridge.delivery.endpoint_health import HealthChange
+from bridge.metrics import Metrics
+from bridge.subscriptions.freshness import TableFreshness
+from bridge.subscriptions.serial import KeyedLocks
+from bridge.subscriptions.store import WebhookStore
+from bridge.subscriptions.webhook import Webhook
+
+__all__ = ["DISABLE_REASONS", "VERDICTS", "RETRY_AFTER", "disable_verdict", "DisableWriter"]
+
+log = logging.getLogger(__name__)
+
+#: The ``disabled_reason`` a status record may give; another is written as ``failing``.
+DISABLE_REASONS = frozenset({"gone", "failing"})
+
+#: What :func:`disable_verdict` says of a ``disabled`` status record, as counted.
+VERDICTS = ("written", "deleted", "inactive", "other_webhook", "changed")
+
+#: Seconds before the owner tries again when its table could not be shown current.
+RETRY_AFTER = 1.0
+
+
+def disable_verdict(current: Webhook | None, status: Mapping[str, Any] | None) -> str | None:
+    """What to do with a webhook's newest status record: ``None`` when it is no disable;
+    ``written`` to turn ``current`` off; else why not (:data:`VERDICTS`)."""
+    if status is None or status.get("state") != "disabled":
+        return None
+    if current is None:
+        return "deleted"
+    if not current.active:
+        return "inactive"  # turned off already: by this disable, or by its owner
+    made_for = status.get("webhook_created_at")
+    if isinstance(made_for, str) and current.created_at is not None:
+        if made_for != current.created_at:
+            return "other_webhook"  # the deleted webhook's delivery; its id was taken since
+    else:  # a record without it: the failing period began before this webhook was created
+        since = status.get("failing_since")
+        created = current.created_seconds
+        if isinstance(since, int | float) and created is not None and since < created:
+            return "other_webhook"
+    version = status.get("webhook_updated_at")
+    if isinstance(version, str) and version != current.updated_at:
+        return "changed"
+    return "written"
+
+
+def _is_disable(status: Mapping[str, Any] | None) -> bool:
+    return status is not None and status.get("state") == "disabled"
+
+
+class DisableWriter:
+    """Writes the disables of the webhooks this worker owns (module docstring).
+
+    :meth:`offer` names a webhook whose status changed or whose partition this worker now owns;
+    offered webhooks are handled in rounds, one freshness wait each, each webhook under its
+    lock. ``owns`` says whether this worker owns a webhook now."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        index_get: Callable[[str], Webhook | None],
+        statuses: Mapping[str, Mapping[str, Any]],
+        freshness: TableFreshness,
+        locks: KeyedLocks,
+        owns: Callable[[str], bool],
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._index_get = index_get
+        self._statuses = statuses
+        self._freshness = freshness
+        self._locks = locks
+        self._owns = owns
+        self._metrics = metrics
+        self._clock = clock
+        self._pending: set[str] = set()
+        #: The status record (its ``updated_at``) last judged per webhook: a rebalance offers
+        #: every disable again, and one judged already is not judged (and counted) twice.
+        self._judged: dict[str, object] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._store: WebhookStore | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"DisableWriter({len(self._pending)} pending)"
+
+    def offer(self, webhook_ids: Iterable[str]) -> None:
+        """Look at these webhooks' status records soon (a disable among them is written if this
+        worker owns its webhook then)."""
+        if self._closed:
+            return
+        for webhook_id in webhook_ids:
+            if _is_disable(self._statuses.get(webhook_id)):
+                self._pending.add(webhook_id)
+        if self._pending and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def offer_owned(self, owned: Callable[[str], bool]) -> None:
+        """After a rebalance: every disable whose webhook ``owned`` says is this worker's now
+        (one a former owner had not written yet is written here)."""
+        self.offer([webhook_id for webhook_id in self._statuses if owned(webhook_id)])
+
+    async def _run(self) -> None:
+        while self._pending and not self._closed:
+            batch, self._pending = self._pending, set()
+            try:
+                await self._round(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug or the broker: logged, and tried again
+                log.exception("writing the bridge's disables failed; trying again")
+                self._later(batch)
+                return
+
+    def _later(self, webhook_ids: set[str]) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(RETRY_AFTER, self.offer, webhook_ids)
+
+    async def _round(self, batch: set[str]) -> None:
+        mine = [webhook_id for webhook_id in sorted(batch) if self._owns(webhook_id)]
+        if not mine:
+            return
+        if not await self._freshness.wait_current(self._clock()):
+            self._later(set(mine))
+            return
+        for webhook_id in mine:
+            async with self._locks.hold(webhook_id):
+                await self._one(webhook_id)
+
+    async def _one(self, webhook_id: str) -> None:
+        status = self._statuses.get(webhook_id)
+        current = self._index_get(webhook_id)
+        verdict = disable_verdict(current, status)
+        if verdict is None or status is None:
+            return
+        if self._judged.get(webhook_id) == status.get("updated_at"):
+            return
+        store = await self._opened()
+        if verdict == "written":
+            assert current is not None
+            reason = status.get("reason")
+            written = store.disable(current, reason if reason in DISABLE_REASONS else "failing")
+            await self._metrics.observed_write("disable", written)
+            log.warning("webhook disabled", extra={"webhook_id": webhook_id, "reason": reason})
+        elif verdict in ("changed", "other_webhook"):
+            # Left on: its health starts afresh (the deciding workers' "disabled", which was
+            # about another version or another webhook, ends here).
+            change = HealthChange(webhook_id, "healthy", None)
+            record = change.to_record(format_timestamp(datetime.now(UTC)))
+            await self._metrics.observed_write("status", store.put_status(record))
+        self._judged[webhook_id] = status.get("updated_at")
+        self._metrics.disable_writes.labels(verdict).inc()
+
+    async def _opened(self) -> WebhookStore:
+        if self._store is None:
+            self._store = await WebhookStore(self._settings).__aenter__()
+        return self._store
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+        if self._store is not None:
+            await self._store.__aexit__(None, None, None)
+            self._store = None

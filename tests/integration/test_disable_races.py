@@ -1,0 +1,171 @@
+"""The bridge's disable of a webhook racing the API's changes of it, on the real broker with two
+API workers: a delivery is held at its endpoint, a change is made, then the endpoint answers
+410 Gone. The disable is written by the webhook's owner under the lock of the API's changes
+(bridge.worker.disables), so it never brings back a deleted webhook, never turns off the
+webhook that took a deleted one's id, and never writes over a change answered 200 (a deciding
+worker used to write the webhook as its own table held it, which trails the topic)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from bridge.config import Settings
+from bridge.subscriptions.store import WebhookStore
+from tests.integration.test_api_changes import (
+    _attempts_partitions,
+    _body,
+    _id_owned_by,
+    _two_workers,
+)
+from tests.support.api import LOG_AUTH as AUTH
+from tests.support.receivers import Receiver
+from tests.support.waiting import poll
+from tests.support.workers import InProcessWorker
+
+pytestmark = pytest.mark.integration
+
+JUDGED = "webhook_bridge_disable_writes_total"
+
+
+class _Race:
+    """Two API workers; webhooks owned by each in turn, changed through the other."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: httpx.AsyncClient,
+        receiver: Receiver,
+        workers: tuple[InProcessWorker, InProcessWorker],
+        owners: dict[int, InProcessWorker],
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.receiver = receiver
+        self.workers = workers
+        self.owners = owners
+        self.made = 0
+
+    async def held_delivery(self, tag: str) -> tuple[str, InProcessWorker, InProcessWorker]:
+        """A webhook whose endpoint holds its test event's delivery, then answers 410."""
+        owner, other = self.workers if self.made % 2 == 0 else self.workers[::-1]
+        self.made += 1
+        partitions = _attempts_partitions(self.settings)
+        webhook_id = _id_owned_by(self.owners, owner, partitions, tag=tag)
+        path = f"/{webhook_id}"
+        self.receiver.holds[path] = asyncio.Event()
+        self.receiver.statuses[path] = 410
+        body = {**_body(webhook_id), "url": self.receiver.url(path)}
+        created = await self.client.post(other.base_url + "/v1/webhooks", json=body, headers=AUTH)
+        assert created.status_code == 201, created.text
+        sent = await self.client.post(
+            other.base_url + f"/v1/webhooks/{webhook_id}/test", json={}, headers=AUTH
+        )
+        assert sent.status_code == 202, sent.text
+        await self.receiver.wait_for(lambda _: len(self.receiver.at(path)) == 1, timeout=20)
+        return webhook_id, owner, other
+
+    async def answer_410(
+        self, webhook_id: str, owner: InProcessWorker, results: tuple[str, ...]
+    ) -> str:
+        """Let the held delivery be answered 410; the result its owner judged the disable."""
+        before = await owner.metrics()
+        self.receiver.holds[f"/{webhook_id}"].set()
+
+        def judged(values: dict[str, float]) -> list[str]:
+            key = JUDGED + '{{result="{}"}}'
+            return [
+                r
+                for r in results
+                if values.get(key.format(r), 0.0) > before.get(key.format(r), 0.0)
+            ]
+
+        after = await poll(owner.metrics, until=lambda v: bool(judged(v)), timeout=20)
+        [result] = judged(after)
+        return result
+
+    async def everywhere(self, webhook_id: str) -> list[httpx.Response]:
+        return [
+            await self.client.get(w.base_url + f"/v1/webhooks/{webhook_id}", headers=AUTH)
+            for w in self.workers
+        ]
+
+
+@pytest.fixture
+async def race(
+    log_settings: Settings,
+    receiver: Receiver,
+    in_process_workers: Callable[[Settings], InProcessWorker],
+) -> Any:
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        first, second, owners = await _two_workers(log_settings, in_process_workers, client)
+        yield _Race(log_settings, client, receiver, (first, second), owners)
+
+
+async def test_a_410_disables_the_webhook_through_its_owner(race: _Race) -> None:
+    webhook_id, owner, _ = await race.held_delivery("plain")
+    assert await race.answer_410(webhook_id, owner, ("written",)) == "written"
+    for read in await race.everywhere(webhook_id):
+        view = read.json()
+        assert (view["state"], view["disabled_reason"]) == ("disabled", "gone"), view
+
+
+async def test_a_webhook_deleted_meanwhile_stays_deleted(race: _Race) -> None:
+    webhook_id, owner, other = await race.held_delivery("deleted")
+    gone = await race.client.delete(other.base_url + f"/v1/webhooks/{webhook_id}", headers=AUTH)
+    assert gone.status_code == 204, gone.text
+    assert await race.answer_410(webhook_id, owner, ("deleted", "written")) == "deleted"
+    assert [r.status_code for r in await race.everywhere(webhook_id)] == [404, 404]
+
+
+async def test_the_webhook_that_took_a_deleted_ones_id_is_not_disabled(race: _Race) -> None:
+    webhook_id, owner, other = await race.held_delivery("taken")
+    gone = await race.client.delete(other.base_url + f"/v1/webhooks/{webhook_id}", headers=AUTH)
+    assert gone.status_code == 204, gone.text
+    body = {**_body(webhook_id), "url": race.receiver.url("/new"), "site_id": "s2", "name": "new"}
+    again = await race.client.post(other.base_url + "/v1/webhooks", json=body, headers=AUTH)
+    assert again.status_code == 201, again.text
+    results = ("other_webhook", "changed", "written")
+    assert await race.answer_410(webhook_id, owner, results) == "other_webhook"
+    for read in await race.everywhere(webhook_id):
+        view = read.json()
+        assert (view["state"], view["site_id"], view["name"]) == ("active", "s2", "new"), view
+
+
+@pytest.mark.parametrize("change", ["patch", "rotate"])
+async def test_a_change_answered_200_is_never_written_over(change: str, race: _Race) -> None:
+    """The change is sent, then the endpoint answers 410 a few milliseconds later (0-15 ms,
+    so that the disable is decided before and after the change lands): whichever comes first,
+    the change is kept; the webhook is off if the disable came first (the change was made to
+    the disabled webhook), and on with its health afresh if the change did."""
+    for r in range(4):
+        webhook_id, owner, other = await race.held_delivery(f"{change}{r}")
+        via = (owner, other)[r % 2]
+        if change == "patch":
+            request = race.client.patch(
+                via.base_url + f"/v1/webhooks/{webhook_id}", json={"name": f"p{r}"}, headers=AUTH
+            )
+        else:
+            request = race.client.post(
+                via.base_url + f"/v1/webhooks/{webhook_id}/rotate-secret", json={}, headers=AUTH
+            )
+
+        async def answered(delay: float, webhook_id: str, owner: InProcessWorker) -> str:
+            await asyncio.sleep(delay)
+            return await race.answer_410(webhook_id, owner, ("written", "changed"))
+
+        answer, result = await asyncio.gather(request, answered(0.005 * r, webhook_id, owner))
+        assert answer.status_code == 200, answer.text
+        for read in await race.everywhere(webhook_id):
+            view = read.json()
+            assert view["state"] == ("disabled" if result == "written" else "active"), view
+            if change == "patch":
+                assert view["name"] == f"p{r}", (r, result, view)
+        if change == "rotate":
+            async with WebhookStore(race.settings) as store:
+                stored = (await store.load())[webhook_id]
+            assert stored.secret == answer.json()["secret"], (r, result)
