@@ -113,6 +113,11 @@ def _schemas() -> dict[str, Any]:
     create_props = {
         name: _webhook_field(name) for name in ("id", "secret", "standard_webhooks", *_WRITABLE)
     }
+    create_props["id"]["not"] = {"enum": [".", ".."]}
+    create_props["id"]["description"] = (
+        "Default: wh_ and 32 hex digits. Any text but . and .. (a path segment that clients "
+        "resolve away)."
+    )
     create_props["secret"]["description"] = (
         "Default: 32 random bytes (hex), or a whsec_ secret with standard_webhooks."
     )

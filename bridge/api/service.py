@@ -349,19 +349,22 @@ class WebhookService:
                     "a webhook with this id exists with other fields",
                     errors=[FieldError("id", "exists", "another webhook has this id")],
                 )
-            record = created_record(
-                webhook_id=webhook_id,
-                url=body["url"],
-                events=body["events"],
-                now=self._clock(),
-                site_id=body.get("site_id"),
-                user_id=body.get("user_id"),
-                name=body.get("name"),
-                secret=body.get("secret"),
-                active=body.get("active", True),
-                rate_limit=body.get("rate_limit"),
-                standard=bool(body.get("standard_webhooks", False)),
-            )
+            try:
+                record = created_record(
+                    webhook_id=webhook_id,
+                    url=body["url"],
+                    events=body["events"],
+                    now=self._clock(),
+                    site_id=body.get("site_id"),
+                    user_id=body.get("user_id"),
+                    name=body.get("name"),
+                    secret=body.get("secret"),
+                    active=body.get("active", True),
+                    rate_limit=body.get("rate_limit"),
+                    standard=bool(body.get("standard_webhooks", False)),
+                )
+            except InvalidSubscription as exc:
+                raise _conflict("secret", exc) from None
             record["created_by"] = principal.name
             webhook = _from_record(record, check_url=self._check_url)
             await self._repository.put(webhook)
@@ -369,10 +372,13 @@ class WebhookService:
 
     def _repeat_shows(self, existing: Webhook, principal: Principal) -> bool:
         """Whether a repeated create answers the secret: to the token that created the webhook
-        (its name, kept in the record as ``created_by``), within REPEAT_SHOWS_SECRET_FOR."""
+        (its name, kept in the record as ``created_by``), within REPEAT_SHOWS_SECRET_FOR, and
+        while the webhook is as it was created (a secret rotated since, by whichever token,
+        was never given to the creator)."""
         made = existing.created_seconds
         return (
             existing.extra.get("created_by") == principal.name
+            and existing.updated_at == existing.created_at
             and made is not None
             and self._clock().timestamp() - made <= REPEAT_SHOWS_SECRET_FOR
         )
@@ -395,11 +401,7 @@ class WebhookService:
             try:
                 record = updated_record(current, changes, self._clock())
             except InvalidSubscription as exc:
-                raise Problem(
-                    "conflict",
-                    exc.detail,
-                    errors=[FieldError("standard_webhooks", exc.reason, exc.detail)],
-                ) from None
+                raise _conflict("standard_webhooks", exc) from None
             principal.check_scope(record.get("site_id"), record.get("user_id"))
             webhook = _from_record(record, check_url=self._check_url if "url" in changes else None)
             await self._repository.put(webhook)
@@ -427,12 +429,15 @@ class WebhookService:
         async with self._locked(webhook_id):
             current = await self._existing(webhook_id, principal)
             _if_match(if_match, current)
-            record = rotated_record(
-                current,
-                now=self._clock(),
-                secret=body.get("secret"),
-                overlap=float(body.get("overlap_seconds", 0)),
-            )
+            try:
+                record = rotated_record(
+                    current,
+                    now=self._clock(),
+                    secret=body.get("secret"),
+                    overlap=float(body.get("overlap_seconds", 0)),
+                )
+            except InvalidSubscription as exc:
+                raise _conflict("secret", exc) from None
             webhook = _from_record(record, check_url=None)
             await self._repository.put(webhook)
             return webhook
@@ -457,6 +462,11 @@ class WebhookService:
             if exc.reason == "webhook_inactive":
                 raise Problem("conflict", "the webhook is not active") from None
             raise Problem.invalid(FieldError("site_id", exc.reason, exc.detail)) from None
+
+
+def _conflict(field: str, exc: InvalidSubscription) -> Problem:
+    """``409`` for a change the webhook as it would be cannot take (``secret_not_whsec``)."""
+    return Problem("conflict", exc.detail, errors=[FieldError(field, exc.reason, exc.detail)])
 
 
 def _same(existing: Webhook, body: Mapping[str, Any]) -> bool:

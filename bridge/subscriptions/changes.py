@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bridge.contract import standard_webhooks
-from bridge.contract.events import format_timestamp
+from bridge.contract.events import format_timestamp, parse_time
 from bridge.errors import InvalidSubscription
 from bridge.subscriptions.webhook import Webhook
 
@@ -42,6 +42,31 @@ def new_secret() -> str:
 def generated_secret(standard: bool) -> str:
     """The secret given when none is: ``whsec_`` base64 for Standard Webhooks, else hex."""
     return standard_webhooks.generate_secret() if standard else new_secret()
+
+
+def _standard_needs_whsec(record: Mapping[str, Any]) -> None:
+    """:class:`InvalidSubscription` (``secret_not_whsec``) for Standard Webhooks signing with a
+    secret that is not ``whsec_``, which no Standard Webhooks library could verify."""
+    if record.get("standard_webhooks") and not str(record["secret"]).startswith("whsec_"):
+        raise InvalidSubscription(
+            "secret_not_whsec",
+            "Standard Webhooks signing needs a whsec_ secret: give one with the change, "
+            "or rotate to one first",
+        )
+
+
+def _stamp_after(current: Webhook, now: datetime) -> str:
+    """``updated_at`` for a change of ``current`` made ``now``: later than its own, by a
+    millisecond if need be, so that every change makes a new version (the version leaves
+    secrets out: a rotation within the millisecond of the last change would not show)."""
+    stamp = format_timestamp(now)
+    previous = current.updated_at
+    if previous is not None and stamp <= previous:
+        try:
+            stamp = format_timestamp(parse_time(previous) + timedelta(milliseconds=1))
+        except ValueError:  # not a time the bridge wrote: the clock's stands
+            pass
+    return stamp
 
 
 def created_record(
@@ -77,29 +102,25 @@ def created_record(
         record["rate_limit"] = rate_limit
     if standard:
         record["standard_webhooks"] = True
+    _standard_needs_whsec(record)
     return record
 
 
 def updated_record(current: Webhook, changes: Mapping[str, Any], now: datetime) -> dict[str, Any]:
-    """``current``'s record with ``changes``: ``active: true`` clears ``disabled_reason``,
-    ``rate_limit: None`` removes the limit. :class:`InvalidSubscription`
-    (``secret_not_whsec``) when Standard Webhooks signing is asked for without a ``whsec_``
-    secret, which no Standard Webhooks library could verify."""
+    """``current``'s record with ``changes``: ``active`` (the owner turning it on or off)
+    clears ``disabled_reason``, ``rate_limit: None`` removes the limit.
+    :class:`InvalidSubscription` (``secret_not_whsec``) when Standard Webhooks signing is asked
+    for without a ``whsec_`` secret."""
     record = current.to_record()
-    if changes.get("active") is True:
+    if "active" in changes:
         record.pop("disabled_reason", None)
     record.update(changes)
-    if changes.get("standard_webhooks") and not str(record["secret"]).startswith("whsec_"):
-        raise InvalidSubscription(
-            "secret_not_whsec",
-            "Standard Webhooks signing needs a whsec_ secret: give one with the change, "
-            "or rotate to one first",
-        )
+    _standard_needs_whsec(record)
     if "events" in changes:
         record["events"] = list(changes["events"])
     if "rate_limit" in changes and changes["rate_limit"] is None:
         record.pop("rate_limit", None)
-    record["updated_at"] = format_timestamp(now)
+    record["updated_at"] = _stamp_after(current, now)
     return record
 
 
@@ -107,13 +128,16 @@ def rotated_record(
     current: Webhook, *, now: datetime, secret: str | None = None, overlap: float = 0.0
 ) -> dict[str, Any]:
     """``current``'s record with a new secret (generated unless given); with ``overlap``
-    seconds, the previous secret stays valid that long. Clears ``disabled_reason``."""
+    seconds, the previous secret stays valid that long. A webhook the bridge disabled stays
+    so (``disabled_reason``) until its owner turns it on (``active``), as after any change.
+    :class:`InvalidSubscription` (``secret_not_whsec``) for a Standard Webhooks webhook given
+    a secret that is not ``whsec_``."""
     record = current.to_record()
-    record.pop("disabled_reason", None)
     record.update(
         secret=secret or generated_secret(current.standard_webhooks),
-        updated_at=format_timestamp(now),
+        updated_at=_stamp_after(current, now),
     )
+    _standard_needs_whsec(record)
     if overlap > 0:
         record["previous_secret"] = current.secret
         record["previous_secret_expires_at"] = format_timestamp(now + timedelta(seconds=overlap))
@@ -126,5 +150,5 @@ def rotated_record(
 def disabled_record(current: Webhook, reason: str, now: datetime) -> dict[str, Any]:
     """``current``'s record turned off by the bridge, saying why (``disabled_reason``)."""
     record = current.to_record()
-    record.update(active=False, disabled_reason=reason, updated_at=format_timestamp(now))
+    record.update(active=False, disabled_reason=reason, updated_at=_stamp_after(current, now))
     return record

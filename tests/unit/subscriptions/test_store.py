@@ -256,7 +256,8 @@ def test_rotated_record_keeps_the_previous_secret_only_with_an_overlap() -> None
     overlapping = changes.rotated_record(current, now=NOW, secret="new-secret-1", overlap=60)
     assert overlapping["previous_secret"] == SECRET
     assert overlapping["previous_secret_expires_at"] == "2026-01-15T10:31:00.000Z"
-    assert "disabled_reason" not in overlapping
+    # Disabled by the bridge it stays, until its owner turns it on.
+    assert overlapping["disabled_reason"] == "failing"
     again = changes.rotated_record(webhook_from_record(overlapping), now=NOW)
     assert "previous_secret" not in again and again["secret"] not in ("new-secret-1", SECRET)
 
