@@ -137,6 +137,8 @@ class Bridge:
         self.delivery_log: DeliveryLogReader | None = None
         #: One change of a webhook at a time: the API's, and the bridge's disables.
         self.change_locks = KeyedLocks()
+        #: Whether an owner of a webhook was ever known (see :meth:`_has_owners`).
+        self._owners_seen = False
         #: The disables of the webhooks this worker owns (with ``delivery_log``: owners exist).
         self.disables: DisableWriter | None = None
         if settings.delivery_log:
@@ -305,6 +307,16 @@ class Bridge:
         table.on_assigned = self._attempts_assigned
         app.tables.add(table)
         return table
+
+    def _has_owners(self, webhook_id: str) -> bool:
+        """Whether webhooks have owners (workers with ``delivery_log``), which then write the
+        bridge's disables: this worker is one, or an owner of ``webhook_id`` is known now or
+        one was since the start (while a rebalance moves its partition none is known, and the
+        disable is left to the next owner, which looks at every disable at its assignment)."""
+        if self.delivery_log is not None or self._owners_seen:
+            return True
+        self._owners_seen = self.owner(webhook_id).url is not None
+        return self._owners_seen
 
     def _attempts_assigned(self, partitions: set[int]) -> None:
         """After a rebalance: read the attempts partitions this worker now owns, and write the
@@ -587,7 +599,7 @@ class Bridge:
                     self._store,
                     self.index.get,
                     self.metrics,
-                    owned=lambda webhook_id: self.owner(webhook_id).url is not None,
+                    owned=self._has_owners,
                 )
                 await outputs.start()
                 self._outputs = outputs

@@ -5,8 +5,9 @@ than ``disable_after``) publishes a ``disabled`` status record (``topics/schemas
 naming the version of the webhook its delivery was made for (``webhook_updated_at``). The
 webhook's record is then written by one worker: the owner of its attempts partition, the worker
 that makes the API's changes of it (docs/api.md, "Concurrent changes"). The owner turns the
-webhook off under the same lock per id as the API's changes, with its subscription table current,
-and only if the webhook is still the one the delivery was made for (:func:`disable_verdict`):
+webhook off under the same lock per id as the API's changes, with its subscription table current
+as of holding the lock (a change the API answered before is read), and only if the webhook is
+still the one the delivery was made for (:func:`disable_verdict`):
 
 - a change answered ``200`` is never written over by a disable read before it (the deciding
   worker's table trails the topic; it used to write the record it held);
@@ -29,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bridge.config import Settings
-from bridge.contract.events import format_timestamp
+from bridge.contract.events import format_timestamp, parse_time
 from bridge.delivery.endpoint_health import HealthChange
 from bridge.metrics import Metrics
 from bridge.subscriptions.freshness import TableFreshness
@@ -37,7 +38,14 @@ from bridge.subscriptions.serial import KeyedLocks
 from bridge.subscriptions.store import WebhookStore
 from bridge.subscriptions.webhook import Webhook
 
-__all__ = ["DISABLE_REASONS", "VERDICTS", "RETRY_AFTER", "disable_verdict", "DisableWriter"]
+__all__ = [
+    "DISABLE_REASONS",
+    "VERDICTS",
+    "RETRY_AFTER",
+    "ROUND_IN_FLIGHT",
+    "disable_verdict",
+    "DisableWriter",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +57,8 @@ VERDICTS = ("written", "deleted", "inactive", "other_webhook", "changed")
 
 #: Seconds before the owner tries again when its table could not be shown current.
 RETRY_AFTER = 1.0
+#: Webhooks judged at once in a round (each under its lock, their freshness waits shared).
+ROUND_IN_FLIGHT = 64
 
 
 def disable_verdict(current: Webhook | None, status: Mapping[str, Any] | None) -> str | None:
@@ -70,9 +80,23 @@ def disable_verdict(current: Webhook | None, status: Mapping[str, Any] | None) -
         if isinstance(since, int | float) and created is not None and since < created:
             return "other_webhook"
     version = status.get("webhook_updated_at")
-    if isinstance(version, str) and version != current.updated_at:
+    if isinstance(version, str):
+        if version != current.updated_at:
+            return "changed"
+    elif _changed_after(current, status.get("updated_at")):
+        # A record without the version (written before 2026-12-04): a webhook changed after
+        # the decision (re-enabled by its owner, say) is not that one.
         return "changed"
     return "written"
+
+
+def _changed_after(current: Webhook, decided_at: object) -> bool:
+    if not isinstance(decided_at, str) or current.updated_at is None:
+        return False
+    try:
+        return parse_time(current.updated_at) > parse_time(decided_at)
+    except ValueError:
+        return False
 
 
 def _is_disable(status: Mapping[str, Any] | None) -> bool:
@@ -153,12 +177,18 @@ class DisableWriter:
         mine = [webhook_id for webhook_id in sorted(batch) if self._owns(webhook_id)]
         if not mine:
             return
-        if not await self._freshness.wait_current(self._clock()):
-            self._later(set(mine))
-            return
-        for webhook_id in mine:
-            async with self._locks.hold(webhook_id):
-                await self._one(webhook_id)
+        slots = asyncio.Semaphore(ROUND_IN_FLIGHT)
+
+        async def one(webhook_id: str) -> None:
+            async with slots, self._locks.hold(webhook_id):
+                # Current as of holding the lock: a change the API made before it (answered
+                # 200) is in the table read below. Concurrent waits share one request.
+                if not await self._freshness.wait_current(self._clock()):
+                    self._later({webhook_id})
+                elif self._owns(webhook_id):  # still: a rebalance may have moved it
+                    await self._one(webhook_id)
+
+        await asyncio.gather(*(one(webhook_id) for webhook_id in mine))
 
     async def _one(self, webhook_id: str) -> None:
         status = self._statuses.get(webhook_id)

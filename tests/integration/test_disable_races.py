@@ -8,13 +8,18 @@ worker used to write the webhook as its own table held it, which trails the topi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 
 from bridge.config import Settings
+from bridge.contract.events import format_timestamp
+from bridge.delivery.endpoint_health import HealthChange
 from bridge.subscriptions.store import WebhookStore
 from tests.integration.test_api_changes import (
     _attempts_partitions,
@@ -169,3 +174,67 @@ async def test_a_change_answered_200_is_never_written_over(change: str, race: _R
             async with WebhookStore(race.settings) as store:
                 stored = (await store.load())[webhook_id]
             assert stored.secret == answer.json()["secret"], (r, result)
+
+
+async def test_changes_racing_an_owners_first_round_of_disables_are_kept(
+    log_settings: Settings, in_process_workers: Callable[[Settings], InProcessWorker]
+) -> None:
+    """200 disables decided before the owner starts (its first round judges them all) while
+    clients rename the same webhooks through the API: every rename answered 200 is kept, and
+    each webhook is judged once, changed (renamed first) or written (the rename made to the
+    disabled webhook). The owner waited for its table once per round, before taking each lock,
+    and lost 3-4 renames of 200 in every run."""
+    ids = [f"wh_{i:03d}" for i in range(200)]
+    async with WebhookStore(log_settings) as store:
+        for webhook_id in ids:
+            made = await store.create(
+                url="http://127.0.0.1:9/h",
+                events=["post.created"],
+                webhook_id=webhook_id,
+                site_id="s1",
+                user_id="u1",
+            )
+            change = HealthChange(webhook_id, "disabled", time.time(), "gone", made.created_at)
+            decided = dataclasses.replace(change, webhook_updated_at=made.updated_at)
+            await store.put_status(decided.to_record(format_timestamp(datetime.now(UTC))))
+    worker = in_process_workers(log_settings)
+    answered: dict[str, int] = {}
+    async with httpx.AsyncClient(timeout=30.0, base_url=worker.base_url) as client:
+
+        async def serving() -> bool:
+            try:
+                await client.get("/v1/webhooks/none", headers=AUTH)
+            except httpx.TransportError:
+                return False
+            return True
+
+        await poll(serving, until=bool, timeout=40, interval=0.01)
+        slots = asyncio.Semaphore(16)
+
+        async def rename(webhook_id: str) -> None:
+            async with slots:
+                answer = await poll(
+                    lambda: client.patch(
+                        f"/v1/webhooks/{webhook_id}", json={"name": "p"}, headers=AUTH
+                    ),
+                    until=lambda answer: answer.status_code != 503,
+                    timeout=20,
+                    interval=0.05,
+                )
+                answered[webhook_id] = answer.status_code
+
+        await asyncio.gather(*(rename(w) for w in reversed(ids)))
+    key = JUDGED + '{{result="{}"}}'
+    judged = await poll(
+        worker.metrics,
+        until=lambda v: sum(v.get(key.format(r), 0.0) for r in ("written", "changed")) >= 200,
+        timeout=30,
+    )
+    async with WebhookStore(log_settings) as store:
+        now = await store.load()
+    assert set(answered.values()) == {200}, answered
+    lost = [w for w in ids if now[w].name != "p"]
+    assert not lost, (len(lost), lost[:10])
+    counts = {r: judged.get(key.format(r), 0.0) for r in ("written", "changed")}
+    assert sum(counts.values()) == 200, counts
+    assert sum(not now[w].active for w in ids) == counts["written"]

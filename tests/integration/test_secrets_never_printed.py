@@ -27,7 +27,7 @@ from tests.support.waiting import poll
 pytestmark = pytest.mark.integration
 
 SECRET = "whsec_" + base64.b64encode(b"plaintext-signing-secret-never-printed").decode()
-ROTATED = "ROTATEDsecretValue0123456789abcdef-never-printed"
+ROTATED = "whsec_" + base64.b64encode(b"ROTATEDsecretValue0123456789abcdef-never-printed").decode()
 URL_PASSWORD = "userinfoPassw0rd-never-printed"
 RAW_SECRET = "rawSigningSecret0123456789abcdef-never-printed"
 

@@ -248,3 +248,23 @@ def test_secrets_of_any_shape_never_reach_errors_logs_or_metrics(
         assert CANARY not in logged.getMessage()
         assert not any(CANARY in str(v) for v in vars(logged).values() if v is not value)
     assert CANARY not in generate_latest(bridge.registry).decode()
+
+
+def test_disables_are_left_to_owners_once_one_was_seen(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker without delivery_log writes a disable itself only while it has never seen an
+    owner: once it has, a rebalance that leaves a webhook without a known owner for a moment
+    does not make it write one (the next owner looks at every disable at its assignment)."""
+    from bridge.worker.delivery_log import Owner
+
+    known: dict[str, str | None] = {"url": None}
+    monkeypatch.setattr(
+        bridge, "owner", lambda webhook_id: Owner(webhook_id, 0, known["url"], False)
+    )
+    assert bridge.delivery_log is None
+    assert not bridge._has_owners("wh_1")
+    known["url"] = "http://127.0.0.1:6067"
+    assert bridge._has_owners("wh_1")
+    known["url"] = None  # a rebalance moves its partition
+    assert bridge._has_owners("wh_1")
