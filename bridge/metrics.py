@@ -9,7 +9,7 @@ import inspect
 import time
 from bisect import bisect_left
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -38,6 +38,8 @@ __all__ = [
     "PrometheusClientMismatch",
     "check_prometheus_client",
 ]
+
+_T = TypeVar("_T")
 
 #: Seconds; end-to-end latency spans milliseconds (healthy) to hours (after retries). Between
 #: 10 and 100 ms the bounds are at most 25 ms apart, so that a p99 near a 50 ms objective is
@@ -310,17 +312,18 @@ class Metrics:
         self.child(self.output_writes, output, outcome).inc(records)
         self.child(self.output_write_duration, output).observe(seconds)
 
-    async def observed_write(self, output: str, write: Awaitable[Any]) -> None:
-        """Await ``write``, counting and timing it as a write to ``output``."""
+    async def observed_write(self, output: str, write: Awaitable[_T]) -> _T:
+        """Await ``write`` (what it gives), counting and timing it as a write to ``output``."""
         started = time.monotonic()
         try:
-            await write
+            result = await write
         except asyncio.CancelledError:
             raise
         except Exception:
             self.output_written(output, time.monotonic() - started, False)
             raise
         self.output_written(output, time.monotonic() - started, True)
+        return result
 
 
 class HotCounter:

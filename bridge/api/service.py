@@ -32,7 +32,7 @@ from bridge.api.auth import Principal
 from bridge.api.openapi import request_validator
 from bridge.api.problems import FieldError, Problem
 from bridge.api.repository import WebhookFilter, WebhookRepository, webhook_version
-from bridge.contract.events import Event
+from bridge.contract.events import Event, format_timestamp
 from bridge.errors import BridgeError, InvalidSubscription, InvalidUrl
 from bridge.redaction import without_userinfo
 from bridge.subscriptions.changes import created_record, rotated_record, updated_record
@@ -290,8 +290,26 @@ class WebhookService:
     def _locked(self, webhook_id: str) -> AbstractAsyncContextManager[None]:
         return self._locks.hold(webhook_id)
 
+    async def _read_as_written(self, webhook_id: str) -> Webhook | None:
+        """The webhook, from a table that shows this process's last write of it (held lock);
+        ``503`` when it does not within ``WRITE_SEEN_TIMEOUT``."""
+        if not await self._locks.seen(webhook_id, lambda: self._repository.get(webhook_id)):
+            raise Problem(
+                "unavailable",
+                "the webhooks table does not show the last change yet; try again",
+                headers={"Retry-After": "1"},
+            )
+        return await self._repository.get(webhook_id)
+
+    async def _put(self, webhook: Webhook) -> None:
+        await self._repository.put(webhook)
+        self._locks.wrote(webhook.id, webhook, webhook.updated_at or self._stamp())
+
+    def _stamp(self) -> str:
+        return format_timestamp(self._clock())
+
     async def _existing(self, webhook_id: str, principal: Principal) -> Webhook:
-        webhook = await self._repository.get(webhook_id)
+        webhook = await self._read_as_written(webhook_id)
         if webhook is None:
             raise Problem("not_found", "no such webhook")
         principal.check(webhook)
@@ -335,7 +353,7 @@ class WebhookService:
         principal.check_scope(body.get("site_id"), body.get("user_id"))
         webhook_id = body.get("id") or f"wh_{uuid.uuid4().hex}"
         async with self._locked(webhook_id):
-            existing = await self._repository.get(webhook_id)
+            existing = await self._read_as_written(webhook_id)
             if existing is not None:
                 principal.check(existing)
                 if _same(existing, body):
@@ -367,7 +385,7 @@ class WebhookService:
                 raise _conflict("secret", exc) from None
             record["created_by"] = principal.name
             webhook = _from_record(record, check_url=self._check_url)
-            await self._repository.put(webhook)
+            await self._put(webhook)
             return Created(webhook, created=True)
 
     def _repeat_shows(self, existing: Webhook, principal: Principal) -> bool:
@@ -404,7 +422,7 @@ class WebhookService:
                 raise _conflict("standard_webhooks", exc) from None
             principal.check_scope(record.get("site_id"), record.get("user_id"))
             webhook = _from_record(record, check_url=self._check_url if "url" in changes else None)
-            await self._repository.put(webhook)
+            await self._put(webhook)
             return webhook
 
     async def delete(self, principal: Principal, webhook_id: str, *, if_match: str | None) -> None:
@@ -412,6 +430,7 @@ class WebhookService:
             current = await self._existing(webhook_id, principal)
             _if_match(if_match, current)
             await self._repository.delete(webhook_id)
+            self._locks.wrote(webhook_id, None, self._stamp())
 
     async def rotate_secret(
         self,
@@ -439,7 +458,7 @@ class WebhookService:
             except InvalidSubscription as exc:
                 raise _conflict("secret", exc) from None
             webhook = _from_record(record, check_url=None)
-            await self._repository.put(webhook)
+            await self._put(webhook)
             return webhook
 
     async def send_test(

@@ -1,12 +1,21 @@
-"""One change of a webhook at a time in this process: a lock per webhook id."""
+"""One change of a webhook at a time in this process: a lock per webhook id, and the version
+this process last wrote of each, to tell a table that has not applied that write yet."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-__all__ = ["KeyedLocks"]
+from bridge.contract.events import parse_time
+from bridge.subscriptions.webhook import Webhook
+
+__all__ = ["MAX_WRITES_KEPT", "WRITE_SEEN_TIMEOUT", "KeyedLocks"]
+
+#: The last writes kept (the oldest forgotten first): a table applies a write within a fetch.
+MAX_WRITES_KEPT = 10_000
+#: How long :meth:`KeyedLocks.seen` waits for the table to show this process's last write.
+WRITE_SEEN_TIMEOUT = 5.0
 
 
 class KeyedLocks:
@@ -17,6 +26,9 @@ class KeyedLocks:
     def __init__(self) -> None:
         #: Each key's lock, with the number of callers holding or awaiting it.
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        #: The version (``updated_at``; ``None`` for a delete) this process last wrote, per
+        #: key, and when.
+        self._written: dict[str, tuple[str | None, str]] = {}
 
     def __len__(self) -> int:
         return len(self._locks)
@@ -34,3 +46,52 @@ class KeyedLocks:
                 del self._locks[key]
             else:
                 self._locks[key] = (lock, users - 1)
+
+    def wrote(self, key: str, webhook: Webhook | None, at: str) -> None:
+        """This process wrote ``webhook`` as ``key`` (``None``: deleted it) at ``at`` (its
+        clock, as ``updated_at`` is written), acknowledged, holding the key's lock."""
+        self._written.pop(key, None)
+        self._written[key] = (None if webhook is None else webhook.updated_at, at)
+        if len(self._written) > MAX_WRITES_KEPT:
+            del self._written[next(iter(self._written))]
+
+    async def seen(
+        self,
+        key: str,
+        read: Callable[[], Awaitable[Webhook | None]],
+        *,
+        timeout: float = WRITE_SEEN_TIMEOUT,
+    ) -> bool:
+        """Whether the table ``read`` reads shows the last write this process made of ``key``
+        (that version or a later one: every writer sets ``updated_at`` later than the
+        record's own), reading it again until it does or ``timeout`` passes. A table shown
+        current by the broker's end offsets has applied every acknowledged write; the
+        embedded broker's end offsets can trail records two producers wrote at once, and this
+        keeps a change from being made over a version older than this process's own."""
+        entry = self._written.get(key)
+        if entry is None:
+            return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if _shows(await read(), *entry):
+                if self._written.get(key) == entry:
+                    del self._written[key]
+                return True
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+
+
+def _shows(found: Webhook | None, version: str | None, at: str) -> bool:
+    """Whether ``found`` is the write (``version``, ``None`` for a delete, made ``at``) or later."""
+    try:
+        if version is None:  # deleted: gone, or made again since
+            return found is None or (
+                found.created_at is not None and parse_time(found.created_at) >= parse_time(at)
+            )
+        if found is None or found.updated_at is None:
+            return False
+        return parse_time(found.updated_at) >= parse_time(version)
+    except ValueError:  # a time the bridge did not write: not this process's to wait for
+        return True

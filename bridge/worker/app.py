@@ -148,7 +148,7 @@ class Bridge:
                 statuses=self.statuses,
                 freshness=self.freshness,
                 locks=self.change_locks,
-                owns=lambda webhook_id: self.owner(webhook_id).local,
+                owns=self._owns_log_of,
                 metrics=self.metrics,
             )
             for verdict in VERDICTS:
@@ -318,16 +318,22 @@ class Bridge:
         self._owners_seen = self.owner(webhook_id).url is not None
         return self._owners_seen
 
+    def _owns_log_of(self, webhook_id: str) -> bool:
+        """Whether this worker was assigned ``webhook_id``'s attempts partition at the last
+        rebalance (known as the assignment is made, where the group's metadata that
+        :meth:`owner` reads may lag it)."""
+        if self.delivery_log is None:
+            return False
+        count = self._partitions[self.settings.attempts_topic]
+        return attempts_partition(webhook_id, count) in self.delivery_log.wanted
+
     def _attempts_assigned(self, partitions: set[int]) -> None:
         """After a rebalance: read the attempts partitions this worker now owns, and write the
         disables of their webhooks that a former owner may not have written."""
         assert self.delivery_log is not None
         self.delivery_log.assign(partitions)
         if self.disables is not None:
-            count = self._partitions[self.settings.attempts_topic]
-            self.disables.offer_owned(
-                lambda webhook_id: attempts_partition(webhook_id, count) in partitions
-            )
+            self.disables.offer_owned(self._owns_log_of)
 
     # -- the delivery log: owners and routing -----------------------------------------------------
     def owner(self, webhook_id: str) -> Owner:

@@ -185,6 +185,11 @@ class DeliveryLogReader(Service):
         self._changed.set()
 
     @property
+    def wanted(self) -> frozenset[int]:
+        """The partitions assigned at the last rebalance (read or being read)."""
+        return frozenset(self._wanted or ())
+
+    @property
     def assigned(self) -> set[int]:
         return set(self._held)
 

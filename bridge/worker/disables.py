@@ -190,7 +190,13 @@ class DisableWriter:
 
         await asyncio.gather(*(one(webhook_id) for webhook_id in mine))
 
+    async def _read(self, webhook_id: str) -> Webhook | None:
+        return self._index_get(webhook_id)
+
     async def _one(self, webhook_id: str) -> None:
+        if not await self._locks.seen(webhook_id, lambda: self._read(webhook_id)):
+            self._later({webhook_id})  # the table does not show this worker's last write yet
+            return
         status = self._statuses.get(webhook_id)
         current = self._index_get(webhook_id)
         verdict = disable_verdict(current, status)
@@ -202,8 +208,9 @@ class DisableWriter:
         if verdict == "written":
             assert current is not None
             reason = status.get("reason")
-            written = store.disable(current, reason if reason in DISABLE_REASONS else "failing")
-            await self._metrics.observed_write("disable", written)
+            writing = store.disable(current, reason if reason in DISABLE_REASONS else "failing")
+            written = await self._metrics.observed_write("disable", writing)
+            self._locks.wrote(webhook_id, written, written.updated_at or "")
             log.warning("webhook disabled", extra={"webhook_id": webhook_id, "reason": reason})
         elif verdict in ("changed", "other_webhook"):
             # Left on: its health starts afresh (the deciding workers' "disabled", which was

@@ -40,8 +40,9 @@ class _Store:
         self.topic = topic
         self.calls: list[tuple[str, Any]] = []
 
-    async def disable(self, current: Webhook, reason: str) -> None:
+    async def disable(self, current: Webhook, reason: str) -> Webhook:
         self.calls.append(("disable", current.updated_at))
+        return current
 
     async def put_status(self, record: dict[str, Any]) -> None:
         self.calls.append(("status", record["state"]))

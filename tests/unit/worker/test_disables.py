@@ -90,9 +90,10 @@ class _Store:
         self.locks = locks
         self.calls: list[tuple[str, Any]] = []
 
-    async def disable(self, current: Webhook, reason: str) -> None:
+    async def disable(self, current: Webhook, reason: str) -> Webhook:
         # The API's changes of this webhook wait meanwhile: the lock is held.
         self.calls.append(("disable", (current.id, reason, len(self.locks))))
+        return current
 
     async def put_status(self, record: dict[str, Any]) -> None:
         self.calls.append(("status", record["state"]))
