@@ -219,6 +219,19 @@ async def test_a_deleted_webhook_gets_no_further_attempts(
     assert len(receiver.at("/doomed")) == 1
 
 
+async def site_2_webhook(settings: Settings, url: str) -> None:
+    """Site s2's webhook ``taken`` (whose id a webhook of site s1 takes after its delete)."""
+    async with WebhookStore(settings) as store:
+        await store.create(
+            url=url,
+            events=["*"],
+            site_id="s2",
+            user_id="u2",
+            secret="secret-old-0123456789",
+            webhook_id="taken",
+        )
+
+
 async def test_a_webhook_that_took_a_deleted_ones_id_never_gets_its_retries(
     make_settings, receiver: Receiver, in_process_workers
 ) -> None:
@@ -230,15 +243,7 @@ async def test_a_webhook_that_took_a_deleted_ones_id_never_gets_its_retries(
     settings = make_settings(retry_schedule=(2.0, 2.0))
     await apply_topics(settings)
     receiver.statuses["/old"] = 500
-    async with WebhookStore(settings) as store:
-        await store.create(
-            url=receiver.url("/old"),
-            events=["*"],
-            site_id="s2",
-            user_id="u2",
-            secret="secret-old-0123456789",
-            webhook_id="taken",
-        )
+    await site_2_webhook(settings, receiver.url("/old"))
     worker = in_process_workers(settings)
     await worker.wait_ready()
     await publish_events(settings, [post(1, site="s2")])
@@ -275,15 +280,7 @@ async def test_a_webhook_that_took_a_failing_ones_id_does_not_inherit_its_failin
     await apply_topics(settings)
     receiver.statuses["/old"] = 500
     receiver.statuses["/new"] = 500
-    async with WebhookStore(settings) as store:
-        await store.create(
-            url=receiver.url("/old"),
-            events=["*"],
-            site_id="s2",
-            user_id="u2",
-            secret="secret-old-0123456789",
-            webhook_id="taken",
-        )
+    await site_2_webhook(settings, receiver.url("/old"))
     worker = in_process_workers(settings)
     await worker.wait_ready()
     await publish_events(settings, [post(1, site="s2")])

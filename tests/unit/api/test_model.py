@@ -568,6 +568,28 @@ class WebhookApiModel(RuleBasedStateMachine):
         answer = self.request("PATCH", self.path(webhook_id), token, changes, headers)
         self.check_update(token, webhook_id, changes, headers, answer)
 
+    def change_allowed(
+        self, token: Token, webhook_id: str, headers: dict[str, str], answer: Answer
+    ) -> Model | None:
+        """The webhook's model when a change of it by ``token`` with ``headers`` is made; else
+        checks the answer refusing it (403, 404, scope, 412) and gives ``None``."""
+        if not token.writes:
+            assert answer.status == 403, answer.text
+            return None
+        model = self.webhooks.get(webhook_id)
+        if model is None:
+            # RFC 9110 13.2.1: a precondition is not evaluated when the answer without it
+            # would not be a 2xx (here a 404).
+            assert answer.status == 404, answer.text
+            return None
+        if not self.expect_scope(answer, token, model):
+            return None
+        if self.precondition_fails(webhook_id, headers):
+            assert answer.status == 412, answer.text
+            assert answer.headers["ETag"] == f'"{model.view["version"]}"'
+            return None
+        return model
+
     def check_update(
         self,
         token: Token,
@@ -576,20 +598,8 @@ class WebhookApiModel(RuleBasedStateMachine):
         headers: dict[str, str],
         answer: Answer,
     ) -> bool:
-        if not token.writes:
-            assert answer.status == 403, answer.text
-            return False
-        model = self.webhooks.get(webhook_id)
+        model = self.change_allowed(token, webhook_id, headers, answer)
         if model is None:
-            # RFC 9110 13.2.1: a precondition is not evaluated when the answer without it
-            # would not be a 2xx (here a 404).
-            assert answer.status == 404, answer.text
-            return False
-        if not self.expect_scope(answer, token, model):
-            return False
-        if self.precondition_fails(webhook_id, headers):
-            assert answer.status == 412, answer.text
-            assert answer.headers["ETag"] == f'"{model.view["version"]}"'
             return False
         fields = {k: model.view[k] for k in FIELDS}
         fields.update(changes)
@@ -629,18 +639,7 @@ class WebhookApiModel(RuleBasedStateMachine):
     def check_delete(
         self, token: Token, webhook_id: str, headers: dict[str, str], answer: Answer
     ) -> bool:
-        if not token.writes:
-            assert answer.status == 403, answer.text
-            return False
-        model = self.webhooks.get(webhook_id)
-        if model is None:
-            assert answer.status == 404, answer.text
-            return False
-        if not self.expect_scope(answer, token, model):
-            return False
-        if self.precondition_fails(webhook_id, headers):
-            assert answer.status == 412, answer.text
-            assert answer.headers["ETag"] == f'"{model.view["version"]}"'
+        if self.change_allowed(token, webhook_id, headers, answer) is None:
             return False
         assert answer.status == 204, answer.text
         assert answer.text == ""
@@ -676,17 +675,8 @@ class WebhookApiModel(RuleBasedStateMachine):
         answer = self.request(
             "POST", f"{self.path(webhook_id)}/rotate-secret", token, body or None, headers
         )
-        if not token.writes:
-            assert answer.status == 403, answer.text
-            return
-        model = self.webhooks.get(webhook_id)
+        model = self.change_allowed(token, webhook_id, headers, answer)
         if model is None:
-            assert answer.status == 404, answer.text
-            return
-        if not self.expect_scope(answer, token, model):
-            return
-        if self.precondition_fails(webhook_id, headers):
-            assert answer.status == 412, answer.text
             return
         if model.view["standard_webhooks"] and chosen == "plain":
             # Standard Webhooks signing needs a whsec_ secret however it is reached.
