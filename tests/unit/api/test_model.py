@@ -913,7 +913,7 @@ class WebhookApiModel(RuleBasedStateMachine):
 #: suite's budget; the failure is reported as found (its steps are printed).
 MODEL_SETTINGS = settings(
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
-    max_examples=int(os.environ.get("MODEL_EXAMPLES", "30")),
+    max_examples=int(os.environ.get("MODEL_EXAMPLES", "20")),
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
