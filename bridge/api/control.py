@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from bridge.admin.dead_letters import DeadLetterFilter, ReplayReport, of_webhook_created
 from bridge.admin.recovery import DEFAULT_RATE, Operation, RecoveryRequest, whole_milliseconds
-from bridge.api.activity import ActivitySource, EndpointStatus
+from bridge.api.activity import ActivitySource
 from bridge.api.auth import Principal
 from bridge.api.problems import FieldError, Problem
 from bridge.api.recoveries import Recoveries
@@ -37,7 +37,7 @@ from bridge.attempts.record import Attempt
 from bridge.attempts.stats import WINDOWS
 from bridge.contract.events import format_timestamp, parse_time
 from bridge.cursors import decode_cursor, encode_cursor
-from bridge.subscriptions.webhook import Webhook
+from bridge.subscriptions.webhook import Webhook, before_created
 
 __all__ = [
     "DEFAULT_REDELIVER_LOOKBACK",
@@ -113,14 +113,6 @@ def _dead_letter_position(record: dict[str, Any]) -> tuple[str, str, int, int]:
         partition if isinstance(partition, int) else -1,
         offset if isinstance(offset, int) else -1,
     )
-
-
-def _of_an_earlier_webhook(status: EndpointStatus, webhook: Webhook) -> bool:
-    """Whether ``status`` tells of a failing period that began before ``webhook`` was created:
-    that of a deleted webhook whose id was used again."""
-    created = webhook.created_seconds
-    since = status.failing_since
-    return created is not None and since is not None and since < created
 
 
 def _restricted_since(principal: Principal, webhook: Webhook) -> float | None:
@@ -326,7 +318,7 @@ class ControlService:
         status = await self._activity.status(webhook.id)
         # A "disabled" status of a webhook that is active again is stale: its owner enabled it;
         # so is a failing period that began before the webhook was created (a deleted one's).
-        if status is not None and _of_an_earlier_webhook(status, webhook):
+        if status is not None and before_created(status.failing_since, webhook.created_at):
             status = None
         if status is not None and status.state in ("healthy", "failing"):
             state.update(

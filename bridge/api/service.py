@@ -293,20 +293,20 @@ class WebhookService:
     async def _read_as_written(self, webhook_id: str) -> Webhook | None:
         """The webhook, from a table that shows this process's last write of it (held lock);
         ``503`` when it does not within ``WRITE_SEEN_TIMEOUT``."""
-        if not await self._locks.seen(webhook_id, lambda: self._repository.get(webhook_id)):
+        shown, webhook = await self._locks.read_as_written(
+            webhook_id, lambda: self._repository.get(webhook_id)
+        )
+        if not shown:
             raise Problem(
                 "unavailable",
                 "the webhooks table does not show the last change yet; try again",
                 headers={"Retry-After": "1"},
             )
-        return await self._repository.get(webhook_id)
+        return webhook
 
     async def _put(self, webhook: Webhook) -> None:
         await self._repository.put(webhook)
-        self._locks.wrote(webhook.id, webhook, webhook.updated_at or self._stamp())
-
-    def _stamp(self) -> str:
-        return format_timestamp(self._clock())
+        self._locks.wrote(webhook.id, webhook)
 
     async def _existing(self, webhook_id: str, principal: Principal) -> Webhook:
         webhook = await self._read_as_written(webhook_id)
@@ -430,7 +430,7 @@ class WebhookService:
             current = await self._existing(webhook_id, principal)
             _if_match(if_match, current)
             await self._repository.delete(webhook_id)
-            self._locks.wrote(webhook_id, None, self._stamp())
+            self._locks.deleted(webhook_id, format_timestamp(self._clock()))
 
     async def rotate_secret(
         self,

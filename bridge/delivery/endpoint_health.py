@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.subscriptions.webhook import created_seconds
+from bridge.subscriptions.webhook import before_created
 
 __all__ = ["HealthChange", "EndpointHealth"]
 
@@ -67,10 +67,8 @@ class EndpointHealth:
 
     def _current(self, webhook_id: str, created_at: str | None) -> tuple[str, float | None]:
         state, since = self._recorded(webhook_id)
-        if since is not None and created_at is not None:
-            created = created_seconds(created_at)
-            if created is not None and since < created:
-                return "healthy", None
+        if before_created(since, created_at):
+            return "healthy", None
         return state, since
 
     def _recorded(self, webhook_id: str) -> tuple[str, float | None]:

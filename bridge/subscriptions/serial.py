@@ -14,7 +14,7 @@ __all__ = ["MAX_WRITES_KEPT", "WRITE_SEEN_TIMEOUT", "KeyedLocks"]
 
 #: The last writes kept (the oldest forgotten first): a table applies a write within a fetch.
 MAX_WRITES_KEPT = 10_000
-#: How long :meth:`KeyedLocks.seen` waits for the table to show this process's last write.
+#: How long :meth:`KeyedLocks.read_as_written` waits for the table to show the last write.
 WRITE_SEEN_TIMEOUT = 5.0
 
 
@@ -47,40 +47,49 @@ class KeyedLocks:
             else:
                 self._locks[key] = (lock, users - 1)
 
-    def wrote(self, key: str, webhook: Webhook | None, at: str) -> None:
-        """This process wrote ``webhook`` as ``key`` (``None``: deleted it) at ``at`` (its
-        clock, as ``updated_at`` is written), acknowledged, holding the key's lock."""
+    def wrote(self, key: str, webhook: Webhook) -> None:
+        """This process wrote ``webhook`` as ``key`` (acknowledged), holding the key's lock."""
+        self._remember(key, (webhook.updated_at, ""))
+
+    def deleted(self, key: str, at: str) -> None:
+        """This process deleted ``key`` at ``at`` (its clock, as ``updated_at`` is written),
+        acknowledged, holding the key's lock."""
+        self._remember(key, (None, at))
+
+    def _remember(self, key: str, entry: tuple[str | None, str]) -> None:
         self._written.pop(key, None)
-        self._written[key] = (None if webhook is None else webhook.updated_at, at)
+        self._written[key] = entry
         if len(self._written) > MAX_WRITES_KEPT:
             del self._written[next(iter(self._written))]
 
-    async def seen(
+    async def read_as_written(
         self,
         key: str,
         read: Callable[[], Awaitable[Webhook | None]],
         *,
         timeout: float = WRITE_SEEN_TIMEOUT,
-    ) -> bool:
-        """Whether the table ``read`` reads shows the last write this process made of ``key``
-        (that version or a later one: every writer sets ``updated_at`` later than the
-        record's own), reading it again until it does or ``timeout`` passes. A table shown
-        current by the broker's end offsets has applied every acknowledged write; the
-        embedded broker's end offsets can trail records two producers wrote at once, and this
-        keeps a change from being made over a version older than this process's own."""
+    ) -> tuple[bool, Webhook | None]:
+        """What the table ``read`` reads holds as ``key``, and whether it shows the last write
+        this process made of ``key`` (that version or a later one: every writer sets
+        ``updated_at`` later than the record's own), reading it again until it does or
+        ``timeout`` passes. A table shown current by the broker's end offsets has applied every
+        acknowledged write; the embedded broker's end offsets can trail records two producers
+        wrote at once, and this keeps a change from being made over a version older than this
+        process's own."""
+        found = await read()
         entry = self._written.get(key)
         if entry is None:
-            return True
+            return True, found
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while True:
-            if _shows(await read(), *entry):
-                if self._written.get(key) == entry:
-                    del self._written[key]
-                return True
+        while not _shows(found, *entry):
             if loop.time() >= deadline:
-                return False
+                return False, found
             await asyncio.sleep(0.01)
+            found = await read()
+        if self._written.get(key) == entry:
+            del self._written[key]
+        return True, found
 
 
 def _shows(found: Webhook | None, version: str | None, at: str) -> bool:

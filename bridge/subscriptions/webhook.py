@@ -25,6 +25,7 @@ __all__ = [
     "webhook_key",
     "parse_webhook",
     "created_seconds",
+    "before_created",
 ]
 
 
@@ -285,3 +286,13 @@ def created_seconds(created_at: str) -> float | None:
         return parse_time(created_at).timestamp()
     except ValueError:
         return None
+
+
+def before_created(moment: object, created_at: str | None) -> bool:
+    """Whether ``moment`` (seconds since the epoch) is before the webhook created at
+    ``created_at`` was: what began then (a failing period) was another webhook's of its id,
+    one deleted before the id was used again. False without a readable time on either side."""
+    if created_at is None or not isinstance(moment, int | float):
+        return False
+    created = created_seconds(created_at)
+    return created is not None and moment < created

@@ -36,7 +36,7 @@ from bridge.metrics import Metrics
 from bridge.subscriptions.freshness import TableFreshness
 from bridge.subscriptions.serial import KeyedLocks
 from bridge.subscriptions.store import WebhookStore
-from bridge.subscriptions.webhook import Webhook
+from bridge.subscriptions.webhook import Webhook, before_created
 
 __all__ = [
     "DISABLE_REASONS",
@@ -64,8 +64,9 @@ ROUND_IN_FLIGHT = 64
 def disable_verdict(current: Webhook | None, status: Mapping[str, Any] | None) -> str | None:
     """What to do with a webhook's newest status record: ``None`` when it is no disable;
     ``written`` to turn ``current`` off; else why not (:data:`VERDICTS`)."""
-    if status is None or status.get("state") != "disabled":
+    if not _is_disable(status):
         return None
+    assert status is not None
     if current is None:
         return "deleted"
     if not current.active:
@@ -74,11 +75,8 @@ def disable_verdict(current: Webhook | None, status: Mapping[str, Any] | None) -
     if isinstance(made_for, str) and current.created_at is not None:
         if made_for != current.created_at:
             return "other_webhook"  # the deleted webhook's delivery; its id was taken since
-    else:  # a record without it: the failing period began before this webhook was created
-        since = status.get("failing_since")
-        created = current.created_seconds
-        if isinstance(since, int | float) and created is not None and since < created:
-            return "other_webhook"
+    elif before_created(status.get("failing_since"), current.created_at):
+        return "other_webhook"  # a record without it: failing since before this one was made
     version = status.get("webhook_updated_at")
     if isinstance(version, str):
         if version != current.updated_at:
@@ -107,8 +105,9 @@ class DisableWriter:
     """Writes the disables of the webhooks this worker owns (module docstring).
 
     :meth:`offer` names a webhook whose status changed or whose partition this worker now owns;
-    offered webhooks are handled in rounds, one freshness wait each, each webhook under its
-    lock. ``owns`` says whether this worker owns a webhook now."""
+    offered webhooks are handled in rounds, each webhook under its lock with the table current
+    as of holding it (concurrent freshness waits share their requests). ``owns`` says whether
+    this worker owns a webhook now."""
 
     def __init__(
         self,
@@ -194,11 +193,13 @@ class DisableWriter:
         return self._index_get(webhook_id)
 
     async def _one(self, webhook_id: str) -> None:
-        if not await self._locks.seen(webhook_id, lambda: self._read(webhook_id)):
+        shown, current = await self._locks.read_as_written(
+            webhook_id, lambda: self._read(webhook_id)
+        )
+        if not shown:
             self._later({webhook_id})  # the table does not show this worker's last write yet
             return
         status = self._statuses.get(webhook_id)
-        current = self._index_get(webhook_id)
         verdict = disable_verdict(current, status)
         if verdict is None or status is None:
             return
@@ -210,7 +211,7 @@ class DisableWriter:
             reason = status.get("reason")
             writing = store.disable(current, reason if reason in DISABLE_REASONS else "failing")
             written = await self._metrics.observed_write("disable", writing)
-            self._locks.wrote(webhook_id, written, written.updated_at or "")
+            self._locks.wrote(webhook_id, written)
             log.warning("webhook disabled", extra={"webhook_id": webhook_id, "reason": reason})
         elif verdict in ("changed", "other_webhook"):
             # Left on: its health starts afresh (the deciding workers' "disabled", which was
