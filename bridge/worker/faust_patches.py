@@ -39,6 +39,19 @@ standby partitions, to where the recovery *started*, re-reading (and skipping) e
 the subscription topic right after ready. The bridge starts the standby reading of partitions
 that were just recovered as active where that recovery ended (``standby_after_active``).
 
+When its recovery is complete Faust resumes the app's flow control once more
+(``Recovery.on_recovery_completed``), and that clears every queue it manages, the tables'
+changelog queue among them. The standby reading of the global tables' partitions has been
+running since just before, so that queue held records the consumer had fetched (its position
+already past them) and the tables had not applied yet: they were never read again, and a
+subscription change written while a worker started stayed missing from its table until the next
+restart (one rename in about every other start under a stream of writes, since
+``standby_after_active``: Faust's own standby reading starts over from the topic's start, so
+what the clear dropped had mostly been applied already). The bridge resumes the flow there
+without clearing the changelog queue (``keep_changelog_queue``): its records are applied in
+order, and one read twice is skipped by its offset as before. Every other queue is cleared as
+Faust does.
+
 Faust's consumer reads a partition's high-water mark from its consumer thread and reports it
 to the sensors for every record it hands on, the same value for every record of a fetch. The
 bridge reads and reports it once per partition per fetch (``end_offset_once_per_fetch``).
@@ -77,6 +90,7 @@ from faust.transport import conductor as faust_conductor
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitResults as _WaitResults
+from mode.utils.queues import FlowControlEvent
 
 from bridge.errors import ConfigError
 
@@ -283,6 +297,65 @@ async def _seek_offsets(self: Any, consumer: Any, tps: Any, offsets: Any, title:
         for tp in tps & self.active_tps:
             offsets[tp] = max(offsets[tp], self.active_offsets[tp])
     await _original_seek_offsets(self, consumer, tps, offsets, title)
+
+
+def _resume_flow_keeping_changelog(app: Any) -> None:
+    """``app.flow_control.resume()``, which clears every queue the flow control manages, except
+    the tables' changelog queue: its records are kept (and it stays managed, so that the
+    explicit clear of a rebalance still empties it)."""
+    flow_control = app.flow_control
+    changelog = app.tables.changelog_queue
+    managed = flow_control._queues  # mode: the queues resume() clears
+    kept = changelog in managed
+    managed.discard(changelog)
+    try:
+        flow_control.resume()
+    finally:
+        if kept:
+            managed.add(changelog)
+
+
+async def _on_recovery_completed(self: Any, generation_id: int = 0) -> None:
+    # faust.tables.recovery.Recovery.on_recovery_completed (faust-streaming 0.15), with the
+    # flow resumed without clearing the changelog queue: the standby reading of the global
+    # tables' partitions already runs, and the records it queued would never be read again.
+    consumer = self.app.consumer
+    self.log.info("Restore complete!")
+    await self.app.on_rebalance_complete.send()
+    self._set_recovery_ended()
+    callback_coros = [
+        asyncio.ensure_future(
+            table.on_recovery_completed(
+                self.actives_for_table[table],
+                self.standbys_for_table[table],
+            )
+        )
+        for table in self.tables.values()
+    ]
+    if callback_coros:
+        await asyncio.wait(callback_coros)
+    assignment = consumer.assignment()
+    if self.app.consumer_generation_id != generation_id:
+        self.log.warning(
+            f"Recovery rebalancing again app id "
+            f"{self.app.consumer_generation_id} param {generation_id}"
+        )
+        return
+    consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+    if assignment:
+        self.log.info("Seek stream partitions to committed offsets.")
+        await self._wait(consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout)
+    self.completed.set()
+    self.log.dev("Resume stream partitions")
+    _resume_flow_keeping_changelog(self.app)
+    consumer.resume_flow()
+    # finally make sure the fetcher is running.
+    await self.app._fetcher.maybe_start()
+    self.tables.on_actives_ready()
+    if not self.app.assignor.assigned_standbys():
+        self.tables.on_standbys_ready()
+    self.app.on_rebalance_end()
+    self.log.info("Worker ready")
 
 
 async def _start_table_manager(self: Any) -> None:
@@ -522,6 +595,31 @@ PATCHES: tuple[Patch, ...] = (
         _seek_offsets,
         "19598ca63d94d250",
         "a global table's partitions are read again as standby from where recovery started",
+    ),
+    Patch(
+        "keep_changelog_queue",
+        faust_recovery.Recovery,
+        "on_recovery_completed",
+        _on_recovery_completed,
+        "6ef567acf072e46d",
+        "the flow is resumed once recovery is complete, clearing the changelog queue while "
+        "the global tables' standby reading fills it",
+    ),
+    Patch(
+        "keep_changelog_queue.resume",
+        FlowControlEvent,
+        "resume",
+        None,
+        "4dcdc1253fd0dcb4",
+        "(mode-streaming: resuming the flow clears every queue it manages)",
+    ),
+    Patch(
+        "keep_changelog_queue.clear",
+        FlowControlEvent,
+        "clear",
+        None,
+        "dda5e40d80288a8f",
+        "(mode-streaming: the managed queues are the set FlowControlEvent._queues)",
     ),
     Patch(
         "no_table_registration_pause",

@@ -230,15 +230,16 @@ async def test_changes_racing_an_owners_first_round_of_disables_are_kept(
         return sum(values.get(key.format(r), 0.0) for r in ("written", "changed"))
 
     # Each disable is judged once. (In about half the runs the worker's subscription table
-    # never applies one rename made while it recovers, on the embedded broker: that webhook's
-    # disable then waits for the table to show the owner's own write, and is not judged.)
-    judged = await poll(worker.metrics, until=lambda v: counted(v) >= 199, timeout=30)
+    # never applied one rename made while it recovered: Faust cleared its changelog queue as
+    # the recovery completed, see bridge.worker.faust_patches. That webhook's disable then
+    # waited for the table to show the owner's own write, and was not judged.)
+    judged = await poll(worker.metrics, until=lambda v: counted(v) >= 200, timeout=30)
     async with WebhookStore(log_settings) as store:
         now = await store.load()
-    # A rename of such a webhook waits for the table too, then answers 503: not made.
+    # A rename that waits for the table longer than it may answers 503: not made.
     assert set(answered.values()) <= {200, 503} and list(answered.values()).count(200) >= 190
     lost = [w for w in ids if answered[w] == 200 and now[w].name != "p"]
     assert not lost, (len(lost), lost[:10])
-    assert counted(judged) <= 200
+    assert counted(judged) == 200
     written = judged.get(key.format("written"), 0.0)
     assert sum(not now[w].active for w in ids) == written

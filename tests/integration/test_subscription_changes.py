@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -15,9 +17,11 @@ from bridge.config import Settings
 from bridge.contract.events import build_event
 from bridge.kafka.clients import client_kwargs
 from bridge.subscriptions.store import WebhookStore
+from bridge.worker.app import Bridge, _SubscriptionTable
 from bridge.worker.embedded import free_port
 from tests.support.processes import settings_env
 from tests.support.receivers import Receiver
+from tests.support.waiting import eventually, poll
 
 pytestmark = pytest.mark.integration
 
@@ -136,6 +140,75 @@ async def test_a_restarted_worker_recovers_every_webhook_from_kafka(
     assert second_round == sorted(
         [f"/{n}" for n in names if n not in ("hook3", "hook5")] + ["/newest"]
     )
+
+
+async def test_changes_read_as_the_table_finishes_recovering_are_applied(
+    settings: Settings, in_process_workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two renames written as the worker's table completes its recovery, while its live
+    (standby) reading of the subscriptions topic has begun: the first is being applied, the
+    second is fetched and waits its turn in the tables' changelog queue when Faust resumes its
+    flow. Faust's resume cleared that queue, so the second rename was never applied: the
+    worker kept the created webhook until its next restart (one rename in about every other
+    start under a stream of writes)."""
+    async with WebhookStore(settings) as store:
+        made = {
+            webhook_id: await store.create(
+                url="http://127.0.0.1:9/h",
+                events=["post.created"],
+                site_id="s1",
+                user_id="u1",
+                webhook_id=webhook_id,
+            )
+            for webhook_id in ("first", "second")
+        }
+        renaming = asyncio.Event()
+        applying_first = asyncio.Event()
+        failures: list[BaseException] = []
+        apply = Bridge.on_subscription_event
+
+        async def held_apply(self: Bridge, event: Any) -> None:
+            # The first rename is applied once the recovery has completed (Faust's flow
+            # resumed): meanwhile what the table reads next waits in the changelog queue.
+            if renaming.is_set() and event.message.key == b"first" and not applying_first.is_set():
+                applying_first.set()
+                await self.app.tables.recovery.completed.wait()  # type: ignore[attr-defined]
+            await apply(self, event)
+
+        complete = _SubscriptionTable.on_recovery_completed
+
+        async def renamed_while_completing(self: Any, active: Any, standby: Any) -> None:
+            if not renaming.is_set():
+                renaming.set()
+                try:
+                    await store.write(dataclasses.replace(made["first"], name="renamed"))
+                    await eventually(applying_first.is_set, timeout=5, interval=0.01)
+                    await store.write(dataclasses.replace(made["second"], name="renamed"))
+                    queue = self.app.tables.changelog_queue
+
+                    def second_is_queued() -> bool:
+                        return any(e.message.key == b"second" for e in list(queue._queue))
+
+                    await eventually(second_is_queued, timeout=5, interval=0.01)
+                except BaseException as exc:
+                    failures.append(exc)
+                    raise
+            await complete(self, active, standby)
+
+        monkeypatch.setattr(Bridge, "on_subscription_event", held_apply)
+        monkeypatch.setattr(_SubscriptionTable, "on_recovery_completed", renamed_while_completing)
+        worker = in_process_workers(settings)
+        await worker.wait_ready()
+        assert not failures, failures
+        index = worker.bridge.index
+
+        def names() -> list[str | None]:
+            return [getattr(index.get(w), "name", None) for w in made]
+
+        assert await poll(names, until=lambda n: n == ["renamed", "renamed"], timeout=3) == [
+            "renamed",
+            "renamed",
+        ]
 
 
 async def test_a_slow_endpoint_does_not_hold_up_others_on_the_same_partition(

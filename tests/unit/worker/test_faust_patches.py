@@ -1,6 +1,7 @@
 """bridge.worker.faust_patches: the task-free ``wait_for`` given to Faust's table recovery, the
 record hand-off, the seeks after a rebalance, the fetcher's poll, the standby start of global
-tables and the end offsets reported once per fetch."""
+tables, the changelog queue kept when recovery completes and the end offsets reported once per
+fetch."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from faust.transport import consumer as faust_consumer
 from hypothesis import given
 from hypothesis import strategies as st
 from mode import Service
+from mode.utils.queues import FlowControlEvent, FlowControlQueue
 
 from bridge.worker import faust_patches
 from bridge.worker.faust_patches import (
@@ -315,6 +317,28 @@ async def test_standby_reading_of_a_recovered_global_partition_starts_where_reco
         ("active", {hooks0: -1}),
     ]
     assert standby_offsets == Counter({hooks0: -1, hooks1: 40, other: -1})  # not changed
+
+
+# -- keep_changelog_queue -------------------------------------------------------------------
+
+
+def test_the_flow_resumes_without_clearing_the_changelog_queue() -> None:
+    flow_control = FlowControlEvent()
+    changelog: FlowControlQueue[int] = FlowControlQueue(
+        flow_control=flow_control, clear_on_resume=True
+    )
+    stream: FlowControlQueue[int] = FlowControlQueue(
+        flow_control=flow_control, clear_on_resume=True
+    )
+    for queue in (changelog, stream):
+        queue.put_nowait(7)
+    tables = type("Tables", (), {"changelog_queue": changelog})()
+    app = type("App", (), {"flow_control": flow_control, "tables": tables})()
+    faust_patches._resume_flow_keeping_changelog(app)
+    assert flow_control.is_active()
+    assert (changelog.qsize(), stream.qsize()) == (1, 0)  # a stream's buffer cleared as before
+    flow_control.clear()  # a rebalance's clear still empties it
+    assert changelog.qsize() == 0
 
 
 # -- no_table_registration_pause ------------------------------------------------------------
