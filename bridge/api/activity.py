@@ -69,6 +69,11 @@ class EndpointStatus:
 class ActivitySource(Protocol):
     """Delivery logs, stats and endpoint status for the API (see the module docstring)."""
 
+    #: Whether :meth:`delivery` answers from the delivery logs' index of deliveries (at once),
+    #: not by reading the whole attempts topic: only then does a dead-letter listing or replay
+    #: that names a delivery alone ask it for the delivery's webhook.
+    indexes_deliveries: bool
+
     async def activity(self, webhook_id: str) -> Activity:
         """The webhook's log and stats as of now (empty for a webhook without attempts)."""
         ...

@@ -544,16 +544,16 @@ class ControlService:
         """Dead letters ``where`` selects, oldest first, within the token's restriction."""
         after = decode_dead_letter_cursor(cursor) if cursor is not None else None
         visible = await self._scope_dead_letters(principal, where.webhook_id, "query")
+        read = await self._of_delivery_webhook(where)
         # The letters after the cursor were written at or after its time: only they are read
         # (on a broker with a time index, from there on), not the whole topic for every page.
-        read = where
         if after is not None:
             try:
                 moment = parse_time(after[0])
             except ValueError:
                 moment = None  # a letter without a time: nothing to narrow by
             if moment is not None and (where.since is None or moment > where.since):
-                read = dataclasses.replace(where, since=moment)
+                read = dataclasses.replace(read, since=moment)
         # The first ``limit + 1`` letters after the cursor, kept in order as the topic is read:
         # a page holds that many letters, not every letter the read goes through; and once it
         # has them, the read need not go past the last one's time.
@@ -598,4 +598,27 @@ class ControlService:
         webhook = await self._scoped_webhook(principal, where.webhook_id, "body")
         if webhook is not None and webhook.created_at is not None:
             where = dataclasses.replace(where, webhook_created_at=webhook.created_at)
-        return await self._dead_letters.replay(where)
+        return await self._dead_letters.replay(await self._of_delivery_webhook(where))
+
+    async def _of_delivery_webhook(self, where: DeadLetterFilter) -> DeadLetterFilter:
+        """``where``, naming a delivery and no webhook, narrowed to the delivery's webhook when
+        the delivery logs know it: a delivery's letters are all its webhook's (its id is made
+        from the webhook's), and they are in that webhook's partition of the topic, so one
+        partition is read instead of every one. Without the logs' index (finding the delivery
+        would read the whole attempts topic), or with no attempt of it kept, or while an
+        owner does not answer, ``where`` as it is: the whole topic is read, as before."""
+        if (
+            where.delivery_id is None
+            or where.webhook_id is not None
+            or not self._activity.indexes_deliveries
+        ):
+            return where
+        try:
+            attempts = await self._activity.delivery(where.delivery_id)
+        except Problem as problem:
+            if problem.status != 503:
+                raise
+            return where
+        if not attempts:
+            return where
+        return dataclasses.replace(where, webhook_id=attempts[0].webhook_id)

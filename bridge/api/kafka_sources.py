@@ -48,6 +48,8 @@ class KafkaActivitySource:
     the attempts topic for one delivery. ``clock`` gives the time (seconds since the epoch)
     the log and stats are as of."""
 
+    indexes_deliveries = False
+
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
         self._settings = settings
         self._clock = clock

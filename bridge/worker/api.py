@@ -105,6 +105,8 @@ class WorkerActivitySource:
     endpoint-status table. ``503 unavailable`` with ``Retry-After`` while an owner is unknown
     or does not answer."""
 
+    indexes_deliveries = True
+
     def __init__(self, bridge: Bridge) -> None:
         self._bridge = bridge
 

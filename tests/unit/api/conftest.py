@@ -129,11 +129,15 @@ def attempt(
 
 
 class MemoryActivity:
-    """An ActivitySource over an ActivityBook (what the worker's tables will hold)."""
+    """An ActivitySource over an ActivityBook (what the worker's tables will hold); each
+    delivery asked for is recorded."""
+
+    indexes_deliveries = True
 
     def __init__(self) -> None:
         self.book = ActivityBook()
         self.attempts: list[Attempt] = []
+        self.deliveries_asked: list[str] = []
         self.statuses: dict[str, EndpointStatus] = {}
 
     def add(self, *attempts: Attempt) -> None:
@@ -145,6 +149,7 @@ class MemoryActivity:
         return self.book.get(webhook_id) or self.book.empty()
 
     async def delivery(self, delivery_id: str) -> list[Attempt]:
+        self.deliveries_asked.append(delivery_id)
         found = [a for a in self.attempts if a.delivery_id == delivery_id]
         return sorted(found, key=lambda a: (a.at_seconds, a.attempt))
 

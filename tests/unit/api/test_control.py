@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +17,7 @@ from bridge.api.activity import EndpointStatus
 from bridge.api.app import create_app
 from bridge.api.auth import Principal, TokenSet
 from bridge.api.control import DEFAULT_REDELIVER_LOOKBACK, REDELIVER_MARGIN, redelivery_since
+from bridge.api.problems import Problem
 from bridge.api.repository import MemoryRepository
 from bridge.api.service import WebhookService
 from bridge.attempts.log import decode_cursor, encode_cursor
@@ -661,6 +663,68 @@ async def test_paging_dead_letters_reads_from_the_cursor_and_loses_none(
         if last:
             assert read is not None and read >= datetime.fromisoformat(last)
     assert paged == whole
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.sampled_from(["wh_1", "wh_2", "wh_3"]), min_size=0, max_size=12),
+    st.integers(0, 13),
+    st.booleans(),
+    st.sampled_from(["kept", "none kept", "owner away", "no index"]),
+)
+async def test_dead_letters_of_a_delivery_alone_read_its_webhooks_partition(
+    owners: list[str], asked: int, replay: bool, log: str
+) -> None:
+    """A listing or replay naming a delivery and no webhook reads the partition of the
+    delivery's webhook when the delivery log knows it (its key: ``webhook_id`` in the read's
+    filter), and the whole topic when it does not (none of its attempts kept, an owner not
+    answering, or a log without an index of deliveries): either way, exactly that delivery's
+    letters."""
+    source = ReadingDeadLetters()
+    source.records = [dead_letter(n, webhook_id=w) for n, w in enumerate(owners)]
+    delivery_id = f"dl_{asked}"
+
+    class Activity(MemoryActivity):
+        async def delivery(self, delivery_id: str) -> list[Attempt]:
+            if log == "owner away":
+                self.deliveries_asked.append(delivery_id)
+                raise Problem("unavailable", "an owner does not answer")
+            return await super().delivery(delivery_id)
+
+    activity = Activity()
+    activity.indexes_deliveries = log != "no index"
+    owner = owners[asked] if asked < len(owners) else None
+    if owner is not None and log != "none kept":
+        activity.add(
+            attempt(delivery_id, 1, webhook_id=owner), attempt(delivery_id, 2, webhook_id=owner)
+        )
+    control = control_service(MemoryRepository(), activity=activity, dead_letters=source)
+    admin = Principal("admin", frozenset({"read", "write"}))
+    where = DeadLetterFilter(delivery_id=delivery_id)
+    if replay:
+        report = await control.replay_dead_letters(admin, where)
+        read = source.replays[-1]
+        assert report.replayed == ([delivery_id] if owner else [])
+    else:
+        page = await control.dead_letters(admin, where, limit=10, cursor=None)
+        read = source.reads[-1]
+        assert [letter["delivery_id"] for letter in page.items] == ([delivery_id] if owner else [])
+    narrowed = owner is not None and log == "kept"
+    assert read.webhook_id == (owner if narrowed else None)
+    assert activity.deliveries_asked == ([] if log == "no index" else [delivery_id])
+    assert dataclasses.replace(read, webhook_id=None) == where
+
+
+async def test_a_dead_letter_listing_naming_its_webhook_does_not_ask_the_log() -> None:
+    """With ``webhook_id`` given, the read is that partition already: the log is not asked."""
+    activity = MemoryActivity()
+    source = ReadingDeadLetters()
+    control = control_service(MemoryRepository(), activity=activity, dead_letters=source)
+    admin = Principal("admin", frozenset({"read", "write"}))
+    where = DeadLetterFilter(webhook_id="wh_1", delivery_id="dl_0")
+    await control.dead_letters(admin, where, limit=10, cursor=None)
+    await control.replay_dead_letters(admin, where)
+    assert activity.deliveries_asked == [] and source.reads == [where]
 
 
 class Letter(dict[str, Any]):
