@@ -47,10 +47,25 @@ already past them) and the tables had not applied yet: they were never read agai
 subscription change written while a worker started stayed missing from its table until the next
 restart (one rename in about every other start under a stream of writes, since
 ``standby_after_active``: Faust's own standby reading starts over from the topic's start, so
-what the clear dropped had mostly been applied already). The bridge resumes the flow there
-without clearing the changelog queue (``keep_changelog_queue``): its records are applied in
-order, and one read twice is skipped by its offset as before. Every other queue is cleared as
-Faust does.
+what the clear dropped had mostly been applied already). The bridge keeps that queue
+(``keep_fetched_records``): its records are applied in order, and one read twice is skipped by
+its offset as before.
+
+The same resume cleared the retry agents' stream queues, and Faust resumes the stream
+partitions *before* it seeks them to their committed offsets, while the flow already runs for
+that standby reading. A retry record fetched and handed to its agent's queue after the seek was
+dropped by the clear that followed, its partition's position already past it: not processed
+until the next rebalance, and, handed on and never acknowledged, it held the partition's commits
+(``commit_settled_only``) meanwhile. One handed on while the seek was under way (between the
+seek of the partitions with a committed offset and that of the others) was also forgotten by the
+seek's fresh count of records handed on, and the commits of later records passed it: never
+processed. This could happen at every start and every rebalance. The bridge
+(``keep_fetched_records``) clears the stream queues *before* the seek (what they hold then was
+read before it, and is read again from the committed offset), seeks while the stream partitions
+are still paused (Faust pauses every assigned partition when the assignment arrives; the seek
+applies to them all the same), then resumes them and the flow without clearing anything. A
+record handed on during the seek (only from a partition Faust resumed itself, when a full stream
+buffer drained) may be processed twice, never dropped.
 
 Faust's consumer reads a partition's high-water mark from its consumer thread and reports it
 to the sensors for every record it hands on, the same value for every record of a fetch. The
@@ -84,6 +99,7 @@ from collections.abc import AsyncIterator, Awaitable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from faust.app import base as faust_app
 from faust.tables import manager as faust_tables
 from faust.tables import recovery as faust_recovery
 from faust.transport import conductor as faust_conductor
@@ -299,26 +315,32 @@ async def _seek_offsets(self: Any, consumer: Any, tps: Any, offsets: Any, title:
     await _original_seek_offsets(self, consumer, tps, offsets, title)
 
 
-def _resume_flow_keeping_changelog(app: Any) -> None:
-    """``app.flow_control.resume()``, which clears every queue the flow control manages, except
-    the tables' changelog queue: its records are kept (and it stays managed, so that the
-    explicit clear of a rebalance still empties it)."""
-    flow_control = app.flow_control
+def _clear_stream_queues(app: Any) -> None:
+    """``app.flow_control.clear()`` except for the tables' changelog queue."""
     changelog = app.tables.changelog_queue
+    for queue in list(app.flow_control._queues):  # mode: the queues resume() clears
+        if queue is not changelog:
+            queue.clear()
+
+
+def _resume_flow_clearing_nothing(app: Any) -> None:
+    """``app.flow_control.resume()`` without the clear of every queue it manages (which stay
+    managed, so that the explicit clear of a rebalance still empties them)."""
+    flow_control = app.flow_control
     managed = flow_control._queues  # mode: the queues resume() clears
-    kept = changelog in managed
-    managed.discard(changelog)
+    flow_control._queues = type(managed)()
     try:
         flow_control.resume()
     finally:
-        if kept:
-            managed.add(changelog)
+        flow_control._queues = managed
 
 
 async def _on_recovery_completed(self: Any, generation_id: int = 0) -> None:
     # faust.tables.recovery.Recovery.on_recovery_completed (faust-streaming 0.15), with the
-    # flow resumed without clearing the changelog queue: the standby reading of the global
-    # tables' partitions already runs, and the records it queued would never be read again.
+    # stream queues cleared before the seek instead of after it, the stream partitions resumed
+    # after the seek instead of before it, and the flow resumed without clearing any queue:
+    # what is handed on after the seek (the retry agents' records, and the changelog records
+    # of the global tables' standby reading, running already) is never dropped.
     consumer = self.app.consumer
     self.log.info("Restore complete!")
     await self.app.on_rebalance_complete.send()
@@ -341,13 +363,18 @@ async def _on_recovery_completed(self: Any, generation_id: int = 0) -> None:
             f"{self.app.consumer_generation_id} param {generation_id}"
         )
         return
-    consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+    # Read before the seek (the stream partitions are paused since the assignment): dropped,
+    # and read again from the committed offsets.
+    _clear_stream_queues(self.app)
     if assignment:
         self.log.info("Seek stream partitions to committed offsets.")
         await self._wait(consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout)
     self.completed.set()
     self.log.dev("Resume stream partitions")
-    _resume_flow_keeping_changelog(self.app)
+    # No await from here to the flow's resume: nothing is handed on in between, and nothing
+    # handed on from now on is cleared.
+    consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+    _resume_flow_clearing_nothing(self.app)
     consumer.resume_flow()
     # finally make sure the fetcher is running.
     await self.app._fetcher.maybe_start()
@@ -597,16 +624,17 @@ PATCHES: tuple[Patch, ...] = (
         "a global table's partitions are read again as standby from where recovery started",
     ),
     Patch(
-        "keep_changelog_queue",
+        "keep_fetched_records",
         faust_recovery.Recovery,
         "on_recovery_completed",
         _on_recovery_completed,
         "6ef567acf072e46d",
-        "the flow is resumed once recovery is complete, clearing the changelog queue while "
-        "the global tables' standby reading fills it",
+        "once recovery is complete the stream partitions are resumed before their seek and the "
+        "flow resume clears every queue: the changelog queue the global tables' standby reading "
+        "fills, and stream records fetched after the seek",
     ),
     Patch(
-        "keep_changelog_queue.resume",
+        "keep_fetched_records.resume",
         FlowControlEvent,
         "resume",
         None,
@@ -614,12 +642,30 @@ PATCHES: tuple[Patch, ...] = (
         "(mode-streaming: resuming the flow clears every queue it manages)",
     ),
     Patch(
-        "keep_changelog_queue.clear",
+        "keep_fetched_records.clear",
         FlowControlEvent,
         "clear",
         None,
         "dda5e40d80288a8f",
         "(mode-streaming: the managed queues are the set FlowControlEvent._queues)",
+    ),
+    Patch(
+        "keep_fetched_records.paused",
+        faust_app.App,
+        "_on_partitions_assigned",
+        None,
+        "de932b7927db85b3",
+        "(every assigned partition is paused when an assignment arrives, until recovery resumes "
+        "the stream partitions)",
+    ),
+    Patch(
+        "keep_fetched_records.pause",
+        faust_consumer.Consumer,
+        "resume_partitions",
+        None,
+        "afe6b7c02a41d63c",
+        "(pausing and resuming a partition only changes which fetched records are handed on; "
+        "the seek applies to every assigned partition)",
     ),
     Patch(
         "no_table_registration_pause",

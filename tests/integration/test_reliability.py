@@ -6,17 +6,23 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.transport import consumer as faust_consumer
+from faust.types import TP
 
 from bridge.admin.publish import publish_events
 from bridge.config import Settings
 from bridge.contract.events import build_event
 from bridge.contract.payload import delivery_id
+from bridge.delivery.pending_retry import PendingRetry
 from bridge.kafka.reading import read_topic
 from bridge.kafka.topics import declared_topics
 from bridge.subscriptions.store import WebhookStore
+from bridge.worker import faust_patches
 from bridge.worker.delivery_log import attempts_partition
 from bridge.worker.embedded import free_port
 from tests.support.processes import settings_env
@@ -639,3 +645,163 @@ async def test_duplicates_after_a_crash_are_bounded_by_the_records_taken_since_t
     )
     assert set(ids) == expected
     assert duplicates <= taken_since_commit
+
+
+async def retry_records(settings: Settings, events: list[Any], *, later: int | None = None) -> None:
+    """A retry record of webhook ``r`` for each event, in partition 0 of the first tier, due
+    now except the one at index ``later``, due 1.5 s from now: the tier's agent waits on it,
+    and the records after it wait their turn in the agent's queue."""
+    now = time.time()
+    writer = await RawWriter(settings.kafka_bootstrap_servers).start()
+    try:
+        for n, event in enumerate(events):
+            pending = PendingRetry(
+                delivery_id=delivery_id(event.id, "r"),
+                webhook_id="r",
+                event=event,
+                attempt=2,
+                not_before=now + (1.5 if n == later else 0.0),
+                enqueued_at=now,
+            )
+            await writer.write(settings.retry_topics[0], pending.to_bytes(), key=b"r", partition=0)
+    finally:
+        await writer.stop()
+
+
+def fetched_since_the_seek(app: Any, tp: TP) -> list[int]:
+    """Offsets of ``tp``'s records fetched since the seek that are handed on (in a queue of the
+    flow control) or, while ``tp`` is paused, ``[-1]`` once its records wait in the consumer's
+    fetch buffer."""
+    queued = [
+        item.message.offset
+        for queue in list(app.flow_control._queues)
+        for item in list(queue._queue)
+        if getattr(item, "message", None) is not None and item.message.tp == tp
+    ]
+    consumer = app.consumer
+    if queued or tp in consumer._active_partitions:
+        return queued
+    return [-1] if tp in consumer._thread._ensure_consumer()._fetcher._records else []
+
+
+def delivered(receiver: Receiver) -> set[str]:
+    return {r.delivery_id for r in receiver.received if r.status == 200}
+
+
+async def test_retry_records_fetched_as_the_worker_becomes_ready_are_all_processed(
+    settings: Settings, receiver: Receiver, in_process_workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three retry records in one tier partition when a worker starts. As its recovery
+    completes, the consumer seeks the stream partitions to their committed offsets and fetches
+    the records past the seek before the flow resumes (held here until it has). Faust resumed
+    the stream partitions before that seek and cleared the stream queues when the flow resumed:
+    the two records queued behind the first were dropped, the consumer's position past them,
+    and, handed on but never acknowledged, they held the partition's commits at the first."""
+    async with WebhookStore(settings) as store:
+        await hook(store, receiver, "r")
+    tier = settings.retry_topics[0]
+    events = [post(n) for n in range(3)]
+    await retry_records(settings, events, later=0)
+    # Started once the test awaits; the worker's Faust patches are installed from here on.
+    worker = in_process_workers(settings)
+    app = worker.bridge.app
+    seek = faust_consumer.Consumer.perform_seek
+    held: list[list[int]] = []
+
+    async def seek_then_fetch(self: Any) -> None:
+        await seek(self)
+        recovery = app.tables.recovery  # type: ignore[attr-defined]
+        if self.flow_active and not recovery.completed.is_set() and not held:
+            fetched = await poll(
+                lambda: fetched_since_the_seek(app, TP(tier, 0)), timeout=5, interval=0.01
+            )
+            held.append(fetched)
+
+    monkeypatch.setattr(faust_consumer.Consumer, "perform_seek", seek_then_fetch)
+    await worker.wait_ready()
+    assert held and held[0], f"the records were not fetched past the seek: {held}"
+    expected = {delivery_id(e.id, "r") for e in events}
+    got = await poll(
+        lambda: delivered(receiver), until=lambda got: got >= expected, timeout=6, interval=0.05
+    )
+    assert got == expected, f"{len(expected - got)} of the 3 retry records never delivered"
+    committed = await poll(
+        lambda: committed_offsets(settings.kafka_bootstrap_servers, settings.group_id, tier),
+        until=lambda done: done.get(0, 0) >= 3,
+        timeout=5,
+        interval=0.2,
+    )
+    assert committed.get(0, 0) == 3, f"the tier's partition committed at {committed.get(0)}"
+
+
+async def test_retry_records_fetched_while_the_worker_seeks_are_all_processed(
+    settings: Settings, receiver: Receiver, in_process_workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tier partition committed at 1 with three retry records after it, the tier's other
+    partitions never committed. The consumer seeks the first to its committed offset, then the
+    others to their start; the records past the first seek are fetched meanwhile (held here
+    until they are). Faust, its stream partitions resumed before the seek, handed them on then:
+    the seek's fresh count of the records handed on forgot them, the flow's resume dropped the
+    two queued behind the first, and a record written later and acknowledged carried the
+    partition's commit past them: never delivered, even after a restart."""
+    async with WebhookStore(settings) as store:
+        await hook(store, receiver, "r")
+    tier = settings.retry_topics[0]
+    events = [post(n) for n in range(5)]
+    await retry_records(settings, events[:4], later=1)
+    group = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.group_id,
+        enable_auto_commit=False,
+    )
+    await group.start()
+    try:
+        group.assign([TopicPartition(tier, 0)])
+        await group.commit({TopicPartition(tier, 0): 1})  # the first record was processed
+    finally:
+        await group.stop()
+    worker = in_process_workers(settings)
+    app = worker.bridge.app
+    main_loop = asyncio.get_running_loop()
+    seek = faust_patches._seek_uncommitted_to_start
+    held: list[list[int]] = []
+
+    async def fetched(tp: TP) -> list[int]:
+        return await poll(lambda: fetched_since_the_seek(app, tp), timeout=5, interval=0.01)
+
+    async def seek_committed_then_fetch(consumer: Any, changelog_topics: Any = frozenset()) -> Any:
+        # In the consumer's thread, where the partitions with a committed offset are sought
+        # first, then the others to their start: held in between, the first time.
+        seek_to_beginning = consumer.seek_to_beginning
+
+        async def held_then_seek_to_beginning(*tps: Any) -> None:
+            if not held:
+                waiting = asyncio.run_coroutine_threadsafe(fetched(TP(tier, 0)), main_loop)
+                held.append(await asyncio.wrap_future(waiting))
+            await seek_to_beginning(*tps)
+
+        consumer.seek_to_beginning = held_then_seek_to_beginning
+        try:
+            return await seek(consumer, changelog_topics)
+        finally:
+            del consumer.seek_to_beginning
+
+    monkeypatch.setattr(faust_patches, "_seek_uncommitted_to_start", seek_committed_then_fetch)
+    await worker.wait_ready()
+    assert held and held[0], f"the records were not fetched past the seek: {held}"
+    await retry_records(settings, events[4:])
+    expected = {delivery_id(e.id, "r") for e in events[1:]}
+    got = await poll(
+        lambda: delivered(receiver), until=lambda got: got >= expected, timeout=6, interval=0.05
+    )
+    committed = await poll(
+        lambda: committed_offsets(settings.kafka_bootstrap_servers, settings.group_id, tier),
+        until=lambda done: done.get(0, 0) >= 5,
+        timeout=5,
+        interval=0.2,
+    )
+    assert got == expected, (
+        f"{len(expected - got)} of the 4 retry records never delivered; the tier's partition "
+        f"committed at {committed.get(0)}"
+    )
+    assert committed.get(0, 0) == 5, f"the tier's partition committed at {committed.get(0)}"

@@ -1,7 +1,7 @@
 """bridge.worker.faust_patches: the task-free ``wait_for`` given to Faust's table recovery, the
 record hand-off, the seeks after a rebalance, the fetcher's poll, the standby start of global
-tables, the changelog queue kept when recovery completes and the end offsets reported once per
-fetch."""
+tables, what is fetched as recovery completes kept (the changelog queue, and the stream records
+fetched after the seek) and the end offsets reported once per fetch."""
 
 from __future__ import annotations
 
@@ -319,10 +319,10 @@ async def test_standby_reading_of_a_recovered_global_partition_starts_where_reco
     assert standby_offsets == Counter({hooks0: -1, hooks1: 40, other: -1})  # not changed
 
 
-# -- keep_changelog_queue -------------------------------------------------------------------
+# -- keep_fetched_records -------------------------------------------------------------------
 
 
-def test_the_flow_resumes_without_clearing_the_changelog_queue() -> None:
+def queues() -> tuple[FlowControlEvent, FlowControlQueue[int], FlowControlQueue[int]]:
     flow_control = FlowControlEvent()
     changelog: FlowControlQueue[int] = FlowControlQueue(
         flow_control=flow_control, clear_on_resume=True
@@ -330,15 +330,120 @@ def test_the_flow_resumes_without_clearing_the_changelog_queue() -> None:
     stream: FlowControlQueue[int] = FlowControlQueue(
         flow_control=flow_control, clear_on_resume=True
     )
+    return flow_control, changelog, stream
+
+
+def test_stream_queues_are_cleared_without_the_changelog_queue() -> None:
+    flow_control, changelog, stream = queues()
     for queue in (changelog, stream):
         queue.put_nowait(7)
     tables = type("Tables", (), {"changelog_queue": changelog})()
     app = type("App", (), {"flow_control": flow_control, "tables": tables})()
-    faust_patches._resume_flow_keeping_changelog(app)
+    faust_patches._clear_stream_queues(app)
+    assert (changelog.qsize(), stream.qsize()) == (1, 0)
+
+
+def test_the_flow_resumes_clearing_nothing() -> None:
+    flow_control, changelog, stream = queues()
+    for queue in (changelog, stream):
+        queue.put_nowait(7)
+    app = type("App", (), {"flow_control": flow_control})()
+    faust_patches._resume_flow_clearing_nothing(app)
     assert flow_control.is_active()
-    assert (changelog.qsize(), stream.qsize()) == (1, 0)  # a stream's buffer cleared as before
-    flow_control.clear()  # a rebalance's clear still empties it
-    assert changelog.qsize() == 0
+    assert (changelog.qsize(), stream.qsize()) == (1, 1)
+    flow_control.clear()  # a rebalance's clear still empties them
+    assert (changelog.qsize(), stream.qsize()) == (0, 0)
+
+
+class NoTables(dict[Any, Any]):
+    """The recovery's table manager, without tables."""
+
+    def __init__(self, changelog_queue: FlowControlQueue[int]) -> None:
+        super().__init__()
+        self.changelog_queue = changelog_queue
+
+    def on_actives_ready(self) -> None: ...
+
+    on_standbys_ready = on_actives_ready
+
+
+class CompletingRecovery:
+    """What ``Recovery.on_recovery_completed`` uses of the recovery, its app and consumer."""
+
+    def __init__(self) -> None:
+        self.flow_control, self.changelog_queue, self.stream_queue = queues()
+        self.flow_control.resume()  # resumed for the standby reading
+        self.stream_tp = TopicPartition("retry.1", 0)
+        self.changelog_tp = TopicPartition("webhooks", 0)
+        self.calls: list[str] = []
+        self.paused = {self.stream_tp}
+        self.log = self
+        self.completed = asyncio.Event()
+        self.tables = NoTables(self.changelog_queue)
+        self.app = self.consumer = self.conf = self.assignor = self._fetcher = self
+        self.on_rebalance_complete = self
+        self.consumer_generation_id = 3
+        self.broker_request_timeout = 1.0
+        self.stream_queue_at_seek: int | None = None
+
+    def info(self, *args: Any) -> None: ...
+
+    dev = warning = info
+
+    async def send(self) -> None: ...
+
+    def _set_recovery_ended(self) -> None: ...
+
+    def assignment(self) -> set[TopicPartition]:
+        return {self.stream_tp, self.changelog_tp}
+
+    def _is_changelog_tp(self, tp: TopicPartition) -> bool:
+        return tp == self.changelog_tp
+
+    async def _wait(self, coro: Any, timeout: float | None = None) -> None:
+        await coro
+
+    async def perform_seek(self) -> None:
+        self.calls.append("seek")
+        self.stream_queue_at_seek = self.stream_queue.qsize()
+        assert self.stream_tp in self.paused  # nothing of it is handed on meanwhile
+        # Records fetched after the seek, handed on before the flow resumes:
+        self.stream_queue.put_nowait(2)
+        self.changelog_queue.put_nowait(2)
+
+    def resume_partitions(self, tps: set[TopicPartition]) -> None:
+        self.calls.append(f"resume {sorted(tp.topic for tp in tps)}")
+        self.paused -= tps
+
+    def resume_flow(self) -> None:
+        self.calls.append("resume_flow")
+
+    async def maybe_start(self) -> None: ...
+
+    def on_rebalance_end(self) -> None: ...
+
+    def assigned_standbys(self) -> set[TopicPartition]:
+        return {self.changelog_tp}
+
+
+async def test_recovery_completes_seeking_paused_streams_and_keeping_what_is_fetched_after() -> (
+    None
+):
+    recovery = CompletingRecovery()
+    recovery.stream_queue.put_nowait(1)  # read before the seek
+    recovery.changelog_queue.put_nowait(1)  # the standby reading's
+    await faust_patches._on_recovery_completed(recovery, generation_id=3)
+    assert recovery.calls == ["seek", "resume ['retry.1']", "resume_flow"]
+    assert recovery.stream_queue_at_seek == 0  # what was read before the seek: dropped
+    assert list(recovery.stream_queue._queue) == [2]  # type: ignore[attr-defined]
+    assert list(recovery.changelog_queue._queue) == [1, 2]  # type: ignore[attr-defined]
+    assert recovery.completed.is_set() and recovery.flow_control.is_active()
+
+
+async def test_recovery_completed_for_an_older_generation_resumes_nothing() -> None:
+    recovery = CompletingRecovery()
+    await faust_patches._on_recovery_completed(recovery, generation_id=2)
+    assert recovery.calls == [] and not recovery.completed.is_set()
 
 
 # -- no_table_registration_pause ------------------------------------------------------------
