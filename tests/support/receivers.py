@@ -53,10 +53,14 @@ class Receiver:
     bodies: dict[str, list[bytes]] = field(default_factory=dict)
     #: Seconds each request to a path takes to be answered (an endpoint's own latency).
     delays: dict[str, float] = field(default_factory=dict)
+    #: How many of its first requests each delivery (by ``X-Webhook-Delivery``, whatever the
+    #: path) gets a 500 for; its later requests get the path's answer.
+    fail_first: dict[str, int] = field(default_factory=dict)
     #: When set, every request gets a dropped connection instead of an answer.
     down: bool = False
     received: list[Received] = field(default_factory=list)
     port: int = 0
+    _tries: dict[str, int] = field(default_factory=dict)
     _changed: asyncio.Condition | None = None
     _runner: web.AppRunner | None = None
 
@@ -85,6 +89,11 @@ class Receiver:
         hold = self.holds.get(request.path)
         script = self.scripts.get(request.path)
         status = script.pop(0) if script else self.statuses.get(request.path, 200)
+        delivery = request.headers.get("X-Webhook-Delivery")
+        if delivery is not None and delivery in self.fail_first:
+            tries = self._tries[delivery] = self._tries.get(delivery, 0) + 1
+            if tries <= self.fail_first[delivery]:
+                status = 500
         answers = self.bodies.get(request.path)
         answer = (answers.pop(0) if len(answers) > 1 else answers[0]) if answers else None
         if self.down:
