@@ -463,15 +463,15 @@ async def test_sigterm_drains_in_flight_deliveries_and_exits(
     receiver.holds["/slow"] = release
     async with WebhookStore(settings) as store:
         await hook(store, receiver, "slow")
-    worker = workers(settings)
+    worker = workers(settings.replace(drain_timeout=2.0))
     await worker.wait_ready()
     event = post(1)
     await publish_events(settings, [event])
     await receiver.wait_for(lambda got: len(got) == 1)
     assert worker.process is not None
     worker.process.terminate()
-    # The held request is still in flight; drain_timeout (5 s in tests) later it is handed to
-    # the retry path and the worker exits by itself.
+    # The held request is still in flight; drain_timeout (2 s here) later it is handed to the
+    # retry path and the worker exits by itself.
     code = await asyncio.to_thread(worker.process.wait, 40)
     assert code is not None
     receiver.holds.pop("/slow")
