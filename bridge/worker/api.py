@@ -274,7 +274,10 @@ class _Internal:
 
     async def delivery(self, request: web.Request) -> web.Response:
         principal = self._principal(request)
-        attempts = self._bridge.local_delivery(request.match_info["delivery_id"])
+        try:
+            attempts = self._bridge.local_delivery(request.match_info["delivery_id"])
+        except OwnerUnavailable as exc:
+            raise _unavailable(exc) from None
         shown = []
         for attempt in attempts:
             webhook = await self._repository.get(attempt.webhook_id)

@@ -373,13 +373,19 @@ class Bridge:
         owner = self.owner(webhook_id)
         if not owner.local or owner.partition not in reader.assigned:
             raise OwnerUnavailable("this worker does not hold the webhook's partition now")
+        if not reader.complete(owner.partition):
+            raise OwnerUnavailable("this worker is still reading the webhook's partition")
         return reader.store.get(webhook_id) or reader.store.empty()
 
     def local_delivery(self, delivery_id: str) -> list[Attempt]:
-        """The attempts of one delivery in this worker's book (its webhook's log)."""
+        """The attempts of one delivery in this worker's book (its webhook's log);
+        :class:`OwnerUnavailable` while it reads partitions it was given (the delivery's may
+        be one of them)."""
         reader = self.delivery_log
         if reader is None:
             return []
+        if not reader.caught_up:
+            raise OwnerUnavailable("this worker is still reading its attempts partitions")
         return sorted(reader.store.delivery(delivery_id), key=lambda a: (a.at_seconds, a.attempt))
 
     async def activity_for(

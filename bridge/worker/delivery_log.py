@@ -193,6 +193,11 @@ class DeliveryLogReader(Service):
     def assigned(self) -> set[int]:
         return set(self._held)
 
+    def complete(self, partition: int) -> bool:
+        """``partition`` is held and read up to the end it had when assigned: its book can
+        answer (while it is read, a part of it would be answered as if it were all)."""
+        return partition in self._held and partition not in self._catching_up
+
     @property
     def caught_up(self) -> bool:
         """Every partition has been read up to its end at assignment."""

@@ -1,7 +1,8 @@
 """``/v1`` served by workers from their delivery logs (``delivery_log``), on the real broker:
 the attempts of a delivery that failed twice, every record of a batched topic held without gaps
 and again after a restart, the partitions split between two workers (the revoked ones
-forgotten) and a request routed to the owner."""
+forgotten), a request routed to the owner, and a worker still reading its partitions answering
+503 rather than a part of its log."""
 
 from __future__ import annotations
 
@@ -377,3 +378,43 @@ async def test_a_log_on_disk_of_a_recreated_topic_is_dropped_and_read_again(
     assert {i["delivery_id"] for i in response.json()["items"]} == {
         f"d-wh0-{n}" for n in range(5000, 5120) if n % 12 == 0
     }
+
+
+async def test_a_worker_still_reading_its_partitions_answers_503_not_a_part_of_the_log(
+    log_settings: Settings, receiver: Receiver, workers: Callable[[Settings], WorkerProcess]
+) -> None:
+    # A worker given attempts partitions reads them from the topic before its book is whole:
+    # until then it answers 503, as while the partition has no owner. It answered 200 from the
+    # part read so far (a new owner's stats counted none of a webhook's attempts, in
+    # tests/integration/test_control_plane_chaos.py).
+    settings = log_settings
+    # At most the log's 1,000 attempts each (delivery_log_max_attempts).
+    webhooks = [f"wh{i}" for i in range(50)]
+    await subscribe(settings, receiver, dict.fromkeys(webhooks, "s1"), ("post.created",))
+    total = 45_000
+    await _write_batched(settings, webhooks, 0, total)
+    worker = workers(settings)
+    answers: list[tuple[int, int | None]] = []
+
+    async def ask() -> bool:
+        """Whether the worker is ready; each answer of its stats of wh0 kept."""
+        try:
+            async with httpx.AsyncClient() as client:
+                stats = await client.get(
+                    worker.base_url + "/v1/webhooks/wh0/stats", headers=AUTH, timeout=5.0
+                )
+                ready = await client.get(worker.base_url + "/readyz", timeout=5.0)
+        except httpx.HTTPError:
+            return False
+        counted = stats.json()["windows"]["1h"]["attempts"] if stats.status_code == 200 else None
+        answers.append((stats.status_code, counted))
+        return ready.status_code == 200
+
+    await poll(ask, timeout=60, interval=0.01)
+    await poll(ask, timeout=5, interval=0.05)  # one more once ready
+    expected = total // len(webhooks)
+    assert answers and answers[-1] == (200, expected), answers[-5:]
+    partial = [a for a in answers if a[0] == 200 and a[1] != expected]
+    assert not partial, (len(answers), partial[:5])
+    # (404 before the worker's table of webhooks is loaded.)
+    assert {status for status, _ in answers} <= {200, 404, 503}, answers
