@@ -49,7 +49,10 @@ class TableRepository:
     record takes to reach the worker): for the delivery-log and stats routes, which only check
     that a webhook exists and whose attempts trail the deliveries anyway, so that they do not
     cost an end-offsets request each (on the embedded broker that request takes longer the more
-    records the subscriptions topic holds: ~100 ms at 100,000 webhooks, BENCHMARKS.md)."""
+    records the subscriptions topic holds: ~100 ms at 100,000 webhooks, BENCHMARKS.md). Until
+    the table was current once (:attr:`TableFreshness.ever_current`: while a starting worker
+    still reads the topic) those reads wait for it too, or answer ``503``: a webhook not read
+    yet is not a ``404``."""
 
     def __init__(
         self,
@@ -70,7 +73,7 @@ class TableRepository:
         return f"TableRepository({len(self._index)} webhooks)"
 
     async def _current(self) -> SubscriptionIndex:
-        if self._wait:
+        if self._wait or not self._freshness.ever_current:
             await require_current(self._freshness, self._clock(), "webhooks")
         return self._index
 

@@ -108,6 +108,13 @@ class TableFreshness:
             return False
         return source.offset < self._covered_offsets.get((source.topic, source.partition), 0)
 
+    @property
+    def ever_current(self) -> bool:
+        """A round has finished: the table applied everything the topic held at some moment
+        since it started. Before that it may hold only part of the topic (it is still being
+        read at the worker's start), and a webhook missing from it may well exist."""
+        return self._covered_until > float("-inf")
+
     def caught_up_to(self, ends: Mapping[int, int]) -> bool:
         return all(self._applied.get(p, 0) >= end for p, end in ends.items() if end > 0)
 

@@ -416,5 +416,6 @@ async def test_a_worker_still_reading_its_partitions_answers_503_not_a_part_of_t
     assert answers and answers[-1] == (200, expected), answers[-5:]
     partial = [a for a in answers if a[0] == 200 and a[1] != expected]
     assert not partial, (len(answers), partial[:5])
-    # (404 before the worker's table of webhooks is loaded.)
-    assert {status for status, _ in answers} <= {200, 404, 503}, answers
+    # Nor 404 while its table of webhooks is still read (it answered 404 for wh0, which
+    # exists, until 2026-12-05: the log's routes read the table without waiting for it).
+    assert {status for status, _ in answers} <= {200, 503}, answers

@@ -80,11 +80,24 @@ async def test_writes_go_to_the_store() -> None:
     assert [getattr(w, "id", w) for w in repo._store.written] == ["a", "a"]
 
 
-async def test_without_current_reads_answer_from_the_table_as_it_is() -> None:
+async def test_without_current_reads_answer_from_the_table_as_it_is_once_it_was_current() -> None:
+    """A starting worker's table, never current yet, can miss webhooks that exist: such reads
+    wait for it too, or answer 503, never 404. Once it was current they answer from the table
+    as it is (trailing its topic), without an end-offsets request each."""
     index = SubscriptionIndex([webhook("a")])
-    repo, freshness = repository(index, {0: 5}, current=False)
-    freshness.applied(0, 3)  # behind its topic: answered all the same, without waiting
-    assert (await repo.get("a")).id == "a"
+    ends = {0: 5}
+    repo, freshness = repository(index, ends, current=False)
+    freshness.applied(0, 3)  # still reading the topic at the start
+    assert not freshness.ever_current
+    for webhook_id in ("a", "b"):
+        with pytest.raises(Problem) as refused:
+            await repo.get(webhook_id)
+        assert refused.value.status == 503
+    freshness.applied(0, 4)
+    assert (await repo.get("a")).id == "a"  # waited for a round: current
+    assert freshness.ever_current
+    ends[0] = 9  # behind its topic again: answered all the same, without waiting
+    assert await repo.get("b") is None
 
 
 async def test_a_listing_of_one_site_walks_only_that_sites_webhooks() -> None:
