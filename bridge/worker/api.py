@@ -371,8 +371,17 @@ async def api_application(bridge: Bridge) -> web.Application:
             owner = bridge.owner(webhook_id)
             return owner.local and owner.partition in reader.assigned
 
+        async def webhooks_current() -> bool:
+            return await bridge.freshness.wait_current(time.monotonic())
+
         async def take_over_once() -> list[str]:
-            return await take_over(view, recoveries, owns=owns, webhook=bridge.index.get)
+            return await take_over(
+                view,
+                recoveries,
+                owns=owns,
+                webhook=bridge.index.get,
+                table_current=webhooks_current,
+            )
 
         async def forget_once() -> list[str]:
             retention = settings.recovery_retention

@@ -96,10 +96,14 @@ async def take_over(
     webhook: Callable[[str], Webhook | None],
     wall_time: Callable[[], float] = time.time,
     stale_after: float = DEFAULT_STALE_AFTER,
+    table_current: Callable[[], Awaitable[bool]] | None = None,
 ) -> list[str]:
     """Resume the running recoveries of webhooks this worker ``owns`` that no worker runs
     (released, or not recorded for ``stale_after`` seconds); the ids resumed. A recovery whose
-    webhook is gone is recorded failed (``webhook_deleted``)."""
+    webhook is gone is recorded failed (``webhook_deleted``): gone from the table once
+    ``table_current`` (which waits until the table of webhooks applied what its topic holds)
+    says it is current, since a starting worker's table has not read every webhook yet; while
+    it cannot say so, the recovery is left for the next turn."""
     resumed: list[str] = []
     now = wall_time()
     for record in view.running():
@@ -122,6 +126,10 @@ async def take_over(
                 continue
             record = newest
         current = webhook(webhook_id)
+        if current is None and table_current is not None:
+            if not await table_current():
+                continue  # not known to be gone yet
+            current = webhook(webhook_id)
         try:
             if current is None:
                 journal = recoveries.journal

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from bridge.admin.recovery import Operation, RecoveryRequest
 from bridge.api.recoveries import Recoveries
@@ -96,6 +97,63 @@ async def test_a_recovery_this_worker_runs_or_whose_webhook_is_gone_is_not_resum
         "failed",
         "webhook_deleted",
     )
+
+
+async def test_a_webhook_the_table_has_not_read_yet_is_not_judged_gone() -> None:
+    """A starting worker's table of webhooks may not hold the recovery's webhook yet: the
+    recovery is failed as ``webhook_deleted`` only once the table is current and still lacks
+    it; while it cannot be shown current, the recovery waits for the next turn; a webhook that
+    the table applies meanwhile gets its recovery resumed."""
+    view = RecoveryView(TableFreshness(_ends, timeout=1.0))
+    view.apply(0, 0, b"r1", recorded("r1", WEBHOOKS["a"], runner=None, age=60.0))
+    journal = ViewJournal(view)
+    recoveries = Recoveries(Never(), journal=journal, url="http://w2")
+    table: dict[str, Webhook] = {}
+    asked: list[str] = []
+
+    async def not_current() -> bool:
+        asked.append("not current")
+        return False
+
+    async def current_after_reading_a() -> bool:
+        asked.append("current")
+        table["a"] = WEBHOOKS["a"]
+        return True
+
+    async def turn(table_current: Any) -> list[str]:
+        return await take_over(
+            view,
+            recoveries,
+            owns=lambda _: True,
+            webhook=table.get,
+            wall_time=NOW.timestamp,
+            table_current=table_current,
+        )
+
+    assert await turn(not_current) == [] and journal.records == []
+    assert await turn(current_after_reading_a) == ["r1"]
+    assert [r["state"] for r in journal.records] == ["running"]
+    assert asked == ["not current", "current"]
+
+
+async def test_a_webhook_still_missing_from_a_current_table_is_gone() -> None:
+    view = RecoveryView(TableFreshness(_ends, timeout=1.0))
+    view.apply(0, 0, b"gone", recorded("gone", WEBHOOKS["a"], runner=None, age=60.0))
+    journal = ViewJournal(view)
+    recoveries = Recoveries(Never(), journal=journal, url="http://w2")
+
+    async def current() -> bool:
+        return True
+
+    resumed = await take_over(
+        view,
+        recoveries,
+        owns=lambda _: True,
+        webhook=lambda _: None,
+        wall_time=NOW.timestamp,
+        table_current=current,
+    )
+    assert resumed == [] and journal.records[-1]["error"] == "webhook_deleted"
 
 
 async def test_ended_recoveries_of_owned_webhooks_are_forgotten_after_the_retention() -> None:
