@@ -21,7 +21,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bridge.admin.topics import apply_topics
 from bridge.api.service import public_view
@@ -34,7 +33,7 @@ from bridge.worker.embedded import free_port
 from tests.support.api import LOG_AUTH, write_token_file
 from tests.support.processes import WorkerProcess
 from tests.support.receivers import Receiver
-from tests.support.records import RawWriter, committed_offsets
+from tests.support.records import RawWriter, committed_offsets, topic_reader
 from tests.support.waiting import eventually, poll
 from tests.support.workers import InProcessWorker
 
@@ -209,25 +208,12 @@ def expectations(run: Run) -> tuple[set[str], set[str], dict[str, int]]:
 async def topic_ends(settings: Settings, topic: str) -> dict[int, int]:
     """Each partition's last offset + 1, by reading it (the embedded broker's end offsets are
     low after batched writes, and retry records are written in batches)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    try:
-        await consumer.topics()
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+    async with topic_reader(settings.kafka_bootstrap_servers, topic) as (consumer, _):
         ends: dict[int, int] = {}
         while batch := await consumer.getmany(timeout_ms=300):
             for tp, messages in batch.items():
                 ends[tp.partition] = messages[-1].offset + 1
         return ends
-    finally:
-        await consumer.stop()
 
 
 async def dead_letters(settings: Settings) -> dict[int, int]:

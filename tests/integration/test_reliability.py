@@ -27,7 +27,7 @@ from bridge.worker.delivery_log import attempts_partition
 from bridge.worker.embedded import free_port
 from tests.support.processes import settings_env
 from tests.support.receivers import Receiver
-from tests.support.records import RawWriter, committed_offsets, end_offsets
+from tests.support.records import RawWriter, committed_offsets, end_offsets, topic_reader
 from tests.support.waiting import poll
 
 pytestmark = pytest.mark.integration
@@ -551,25 +551,13 @@ async def records_from(settings: Settings, topic: str, offsets: dict[int, int]) 
     """How many records ``topic`` holds at or past ``offsets`` (by partition): read until a
     fetch of half a second brings nothing more (end offsets of batched writes are not exact
     on the embedded broker)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    try:
-        await consumer.topics()
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(tps)
+    async with topic_reader(settings.kafka_bootstrap_servers, topic) as (consumer, tps):
         for tp in tps:
             consumer.seek(tp, offsets.get(tp.partition, 0))
         count = 0
         while batch := await consumer.getmany(timeout_ms=500):
             count += sum(len(messages) for messages in batch.values())
         return count
-    finally:
-        await consumer.stop()
 
 
 async def test_duplicates_after_a_crash_are_bounded_by_the_records_taken_since_the_last_commit(
