@@ -1,18 +1,18 @@
 """The control plane across repeated rebalances: the delivery log, stats, recoveries and webhook
 changes served by whichever workers are left, exactly as the topics hold them.
 
-A seeded schedule (``CONTROL_PLANE_CHAOS_SEEDS``: comma-separated seeds, one test per seed;
-none by default, so the suite skips it: 9-28 s a seed) of worker joins (roles ``all``, ``api`` and ``deliver``), graceful stops (SIGTERM, a bounded
-wait, then SIGKILL) and SIGKILLs runs while events are published to webhooks whose endpoints
-fail each delivery's first 0-2 requests, two recoveries run (one started before the pool
-changes, one during them), and webhooks are renamed through random workers; meanwhile the
-attempts, stats and webhooks are read through random workers. No answer is a 5xx other than
-``503``. At the end, through every surviving worker with the delivery log: each webhook's
-attempts (every page) are exactly the attempts topic's records of it, newest first; one
-delivery's attempts are all there in order; the 1h stats count what the topic holds; every
-recovery ended ``done`` with the count of events it had to enqueue, all of which arrived again
-with their delivery ids; every rename answered ``200`` is in the subscriptions topic, and every
-worker shows the topic's newest name.
+A seeded schedule (``CONTROL_PLANE_CHAOS_SEEDS``: comma-separated seeds, one test per seed; none
+by default, so the suite skips it: 9-28 s a seed) of worker joins (roles ``all``, ``api`` and
+``deliver``), graceful stops (SIGTERM, a bounded wait, then SIGKILL) and SIGKILLs runs while
+events are published to webhooks whose endpoints fail each delivery's first 0-2 requests, two
+recoveries run (one started before the pool changes, one during them), and webhooks are renamed
+through random workers; meanwhile the attempts, stats and webhooks are read through random
+workers. No answer is a 5xx other than ``503``. At the end, through every surviving worker with
+the delivery log: each webhook's attempts (every page) are exactly the attempts topic's records
+of it, newest first; one delivery's attempts are all there in order; the 1h stats count what the
+topic holds; every recovery ended ``done`` with the count of events it had to enqueue, all of
+which arrived again with their delivery ids; every rename answered ``200`` is in the
+subscriptions topic, and every worker shows the topic's newest name.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bridge.admin.topics import apply_topics
 from bridge.attempts.record import Attempt
@@ -42,7 +41,7 @@ from bridge.worker.embedded import free_port
 from tests.support.api import LOG_AUTH, write_token_file
 from tests.support.processes import WorkerProcess
 from tests.support.receivers import Receiver
-from tests.support.records import RawWriter, committed_offsets
+from tests.support.records import RawWriter, committed_offsets, topic_reader
 from tests.support.waiting import poll
 from tests.support.workers import InProcessWorker
 
@@ -272,25 +271,12 @@ class Run:
 
 async def read_topic(settings: Settings, topic: str) -> list[Any]:
     """Every record of ``topic`` (its partitions in turn, each in offset order)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    try:
-        await consumer.topics()
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+    async with topic_reader(settings.kafka_bootstrap_servers, topic) as (consumer, _):
         records: dict[int, list[Any]] = {}
         while batch := await consumer.getmany(timeout_ms=300):
             for tp, messages in batch.items():
                 records.setdefault(tp.partition, []).extend(messages)
         return [r for p in sorted(records) for r in records[p]]
-    finally:
-        await consumer.stop()
 
 
 def newest_first(attempts: list[Attempt]) -> list[dict[str, Any]]:
