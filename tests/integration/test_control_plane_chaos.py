@@ -34,14 +34,15 @@ import pytest
 from bridge.admin.topics import apply_topics
 from bridge.attempts.record import Attempt
 from bridge.config import Settings
-from bridge.contract.events import Event, build_event, format_timestamp
+from bridge.contract.events import Event, format_timestamp
 from bridge.contract.payload import delivery_id
 from bridge.subscriptions.store import WebhookStore
 from bridge.worker.embedded import free_port
+from tests.support import chaos
 from tests.support.api import LOG_AUTH, write_token_file
 from tests.support.processes import WorkerProcess
 from tests.support.receivers import Receiver
-from tests.support.records import RawWriter, committed_offsets, topic_reader
+from tests.support.records import committed_offsets, topic_reader
 from tests.support.waiting import poll
 from tests.support.workers import InProcessWorker
 
@@ -174,26 +175,11 @@ class Run:
             await asyncio.sleep(0.2)  # Retry-After, shortened
 
     async def publish(self) -> None:
+        load = chaos.Load(EVENTS, TYPES, SITES, dict.fromkeys(HOOKS, 2), BURST, PAUSE)
         rng = self.rng("events")
-        writer = await RawWriter(self.settings.kafka_bootstrap_servers).start()
         try:
-            for n in range(EVENTS):
-                event = build_event(
-                    rng.choice(TYPES),
-                    {"id": f"p{n}", "title": f"post {n}"},
-                    site_id=rng.choice(SITES),
-                    user_id="u1",
-                )
-                self.events.append(event)
-                for hook in HOOKS:
-                    self.receiver.fail_first[delivery_id(event.id, hook)] = rng.randint(0, 2)
-                self.written.append(
-                    await writer.write(self.settings.events_topic, event.to_bytes(), key=event.key)
-                )
-                if n % BURST == BURST - 1:
-                    await asyncio.sleep(PAUSE)  # pacing the load, not waiting for anything
+            await chaos.publish(self.settings, self.receiver, load, rng, self.events, self.written)
         finally:
-            await writer.stop()
             self.publishing = False
 
     async def churn(self, at: list[int]) -> None:
@@ -280,9 +266,12 @@ async def read_topic(settings: Settings, topic: str) -> list[Any]:
 
 
 def newest_first(attempts: list[Attempt]) -> list[dict[str, Any]]:
-    """The log's order: by start, delivery id and attempt number, newest first; a record
-    read twice once."""
-    unique = {(a.at_seconds, a.delivery_id, a.attempt): a for a in attempts}
+    """The log's order: by start, delivery id and attempt number, newest first; of records
+    with the same three (a record read twice, or one delivery's attempt made by two workers in
+    the same millisecond across a rebalance), the first in the topic, as the log keeps it."""
+    unique: dict[tuple[float, str, int], Attempt] = {}
+    for a in attempts:
+        unique.setdefault((a.at_seconds, a.delivery_id, a.attempt), a)
     return [unique[key].as_dict() for key in sorted(unique, reverse=True)]
 
 

@@ -25,15 +25,16 @@ import pytest
 from bridge.admin.topics import apply_topics
 from bridge.api.service import public_view
 from bridge.config import Settings
-from bridge.contract.events import Event, build_event
+from bridge.contract.events import Event
 from bridge.contract.payload import delivery_id
 from bridge.subscriptions.store import WebhookStore
 from bridge.subscriptions.webhook import Webhook
 from bridge.worker.embedded import free_port
+from tests.support import chaos
 from tests.support.api import LOG_AUTH, write_token_file
 from tests.support.processes import WorkerProcess
 from tests.support.receivers import Receiver
-from tests.support.records import RawWriter, committed_offsets, topic_reader
+from tests.support.records import committed_offsets, topic_reader
 from tests.support.waiting import eventually, poll
 from tests.support.workers import InProcessWorker
 
@@ -110,26 +111,9 @@ class Run:
         await eventually(lambda: len(self.written) >= count, timeout=60, interval=0.02)
 
     async def publish(self) -> None:
+        load = chaos.Load(EVENTS, TYPES, SITES, dict.fromkeys(FLAKY, 3), BURST, PAUSE)
         rng = self.rng("events")
-        writer = await RawWriter(self.settings.kafka_bootstrap_servers).start()
-        try:
-            for n in range(EVENTS):
-                event = build_event(
-                    rng.choice(TYPES),
-                    {"id": f"p{n}", "title": f"post {n}"},
-                    site_id=rng.choice(SITES),
-                    user_id="u1",
-                )
-                self.events.append(event)
-                for hook in FLAKY:
-                    self.receiver.fail_first[delivery_id(event.id, hook)] = rng.randint(0, 3)
-                self.written.append(
-                    await writer.write(self.settings.events_topic, event.to_bytes(), key=event.key)
-                )
-                if n % BURST == BURST - 1:
-                    await asyncio.sleep(PAUSE)  # pacing the load, not waiting for anything
-        finally:
-            await writer.stop()
+        await chaos.publish(self.settings, self.receiver, load, rng, self.events, self.written)
 
     async def churn(self, at: list[int]) -> None:
         """At each count of published events, a join, a graceful stop or a SIGKILL: each kind
