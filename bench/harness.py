@@ -111,8 +111,8 @@ def _parser() -> argparse.ArgumentParser:
         "--worker-patch",
         metavar="PATCH[,PATCH]",
         help="ablation: run every bridge worker through bench.patched_worker with these "
-        "patches (no_freshness, no_attempt_log, no_event_validation); never rewrites "
-        "BENCHMARKS.md",
+        "patches (no_freshness, no_attempt_log, no_event_validation, no_http, "
+        "no_faust_sensor; bench/patched_worker.py); never rewrites BENCHMARKS.md",
     )
     parser.add_argument(
         "--no-write",
