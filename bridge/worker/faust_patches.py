@@ -67,6 +67,17 @@ applies to them all the same), then resumes them and the flow without clearing a
 record handed on during the seek (only from a partition Faust resumed itself, when a full stream
 buffer drained) may be processed twice, never dropped.
 
+Faust's consumer hands on a fetched batch record by record, yielding after each, and a seek can
+come in between: the standby start of a table's recovery seeks its partitions back to where the
+table is, and the rest of the batch, fetched before that seek, went on being handed on after it.
+Its later records of a sought partition were applied before the re-read earlier ones, which the
+table then skipped as applied: subscription changes lost until the next restart (hundreds of
+records a run when every changelog record counted as buffer pressure, the state in which Faust
+hands on a paused partition; a full retry tier can put a worker in it). The bridge counts the
+consumer thread's seeks (:class:`SeekStamps`), stamps each batch with the count when it was
+fetched, and skips a batch's records of a partition sought since
+(``skip_records_fetched_before_a_seek``): the seek decides what is read next.
+
 Faust's consumer reads a partition's high-water mark from its consumer thread and reports it
 to the sensors for every record it hands on, the same value for every record of a fetch. The
 bridge reads and reports it once per partition per fetch (``end_offset_once_per_fetch``).
@@ -95,10 +106,11 @@ import inspect
 import sys
 from bisect import bisect_left
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Generator
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from aiokafka.errors import ConsumerStoppedError
 from faust.app import base as faust_app
 from faust.tables import manager as faust_tables
 from faust.tables import recovery as faust_recovery
@@ -125,6 +137,8 @@ __all__ = [
     "FETCHER_POLL",
     "TakenOffsets",
     "taken_offsets",
+    "SeekStamps",
+    "seek_stamps",
 ]
 
 _T = TypeVar("_T")
@@ -146,10 +160,60 @@ def set_fetch_max_wait(seconds: float) -> None:
     _fetch_max_wait_ms = max(1, int(seconds * 1000))
 
 
+class SeekStamps:
+    """Which partitions the consumer thread sought, and when, counted in seeks: a batch of
+    records is stamped with the count when the thread's fetch returned it, and a record of a
+    partition sought after that (a higher stamp) was fetched before the seek.
+
+    Stamps and seeks both happen in the consumer thread's event loop, each with no ``await``
+    between it and what it marks (the fetch's return, aiokafka's position change), so the order
+    of the two is exact. (The thread's synchronous ``seek``, called from the worker's loop, is
+    counted before it seeks: a batch returned in between is taken for one fetched before.)
+    """
+
+    __slots__ = ("count", "latest")
+
+    def __init__(self) -> None:
+        #: Seeks made so far.
+        self.count = 0
+        #: The count after the latest seek of each partition.
+        self.latest: dict[Any, int] = {}
+
+    def sought(self, partitions: Iterable[Any]) -> None:
+        """Count one seek of ``partitions``."""
+        self.count += 1
+        count = self.count
+        for tp in partitions:
+            self.latest[tp] = count
+
+    def stale(self, tp: Any, fetched_at: int) -> bool:
+        """Whether a record of ``tp`` in a batch stamped ``fetched_at`` was fetched before a
+        seek of ``tp``."""
+        return self.count != fetched_at and self.latest.get(tp, 0) > fetched_at
+
+
+class _Fetched(dict):  # type: ignore[type-arg]  # faust's RecordMap, stamped
+    __slots__ = ("fetched_at",)
+    fetched_at: int
+
+
+def seek_stamps(thread: Any) -> SeekStamps:
+    """The :class:`SeekStamps` of a Faust consumer thread."""
+    stamps: SeekStamps | None = thread.__dict__.get("_bridge_seek_stamps")
+    if stamps is None:
+        stamps = thread.__dict__["_bridge_seek_stamps"] = SeekStamps()
+    return stamps
+
+
 async def _seek_uncommitted_to_start(
-    consumer: Any, changelog_topics: frozenset[str] = frozenset()
+    consumer: Any, changelog_topics: frozenset[str] = frozenset(), stamps: SeekStamps | None = None
 ) -> dict[Any, Any]:
-    committed: dict[Any, Any] = await consumer.seek_to_committed()
+    # aiokafka's seek_to_committed, with every committed offset asked for first and the seeks
+    # made together after (aiokafka seeks each as its answer arrives), so that they are
+    # counted where they happen (SeekStamps).
+    partitions = consumer.assignment()
+    committed: dict[Any, Any] = {tp: await consumer.committed(tp) for tp in partitions}
+    sought = [tp for tp, offset in committed.items() if offset and offset > 0]
     # aiokafka seeks only partitions with a committed offset above 0. The others keep the
     # position of whatever was fetched while Faust's flow was suspended for the rebalance, and
     # Faust drops those buffered records: a partition's first records (a fresh retry tier, say)
@@ -161,6 +225,10 @@ async def _seek_uncommitted_to_start(
         for tp, offset in committed.items()
         if (offset is None or offset <= 0) and tp.topic not in changelog_topics
     ]
+    if stamps is not None:
+        stamps.sought([*sought, *fresh])
+    for tp in sought:
+        consumer.seek(tp, committed[tp])
     if fresh:
         # One request for all of them (one each took ~0.1 s per partition on a rebalance).
         await consumer.seek_to_beginning(*fresh)
@@ -170,8 +238,65 @@ async def _seek_uncommitted_to_start(
 async def _seek_to_committed(self: Any) -> Any:
     changelog_topics = frozenset(self.app.tables.changelog_topics)
     return await self.call_thread(
-        _seek_uncommitted_to_start, self._ensure_consumer(), changelog_topics
+        _seek_uncommitted_to_start, self._ensure_consumer(), changelog_topics, seek_stamps(self)
     )
+
+
+async def _fetch_records(
+    self: Any,
+    consumer: Any,
+    active_partitions: Any,
+    timeout: float | None = None,
+    max_records: int | None = None,
+) -> Any:
+    # faust.transport.drivers.aiokafka.AIOKafkaConsumerThread._fetch_records (faust-streaming
+    # 0.15), its batch stamped with the seeks made so far (SeekStamps).
+    if not self.consumer.flow_active:
+        return {}
+    fetcher = consumer._fetcher
+    if consumer._closed or fetcher._closed:
+        raise ConsumerStoppedError()
+    with fetcher._subscriptions.fetch_context():
+        records = await fetcher.fetched_records(
+            active_partitions, timeout=timeout, max_records=max_records
+        )
+    fetched = _Fetched(records)
+    fetched.fetched_at = seek_stamps(self).count
+    return fetched
+
+
+async def _seek_wait(self: Any, consumer: Any, partitions: Any) -> None:
+    # faust.transport.drivers.aiokafka.AIOKafkaConsumerThread._seek_wait (faust-streaming
+    # 0.15), its seeks counted (SeekStamps).
+    seek_stamps(self).sought(partitions)
+    for tp, offset in partitions.items():
+        consumer.seek(tp, offset)
+        if offset > 0:
+            self.consumer._read_offset[tp] = offset
+        elif tp in self.consumer._read_offset.keys():
+            del self.consumer._read_offset[tp]
+    await asyncio.wait_for(
+        asyncio.gather(*[consumer.position(tp) for tp in partitions]),
+        timeout=self.app.conf.broker_request_timeout,
+    )
+
+
+def _seek(self: Any, partition: Any, offset: int) -> None:
+    # faust.transport.drivers.aiokafka.AIOKafkaConsumerThread.seek, its seek counted first.
+    seek_stamps(self).sought([partition])
+    self._ensure_consumer().seek(partition, offset)
+
+
+async def _seek_to_beginning(self: Any, *partitions: Any) -> None:
+    # faust.transport.drivers.aiokafka.AIOKafkaConsumerThread.seek_to_beginning, its seek
+    # counted in the thread as it is requested (no record is fetched until it is done).
+    consumer = self._ensure_consumer()
+
+    async def seek() -> None:
+        seek_stamps(self).sought(partitions)
+        await consumer.seek_to_beginning(*partitions)
+
+    await self.call_thread(seek)
 
 
 async def wait_for(awaitable: Awaitable[_T], timeout: float | None) -> _T:
@@ -400,6 +525,8 @@ async def _getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
     generation_id = self.app.consumer_generation_id
     if records is None or self.should_stop:
         return
+    fetched_at: int = getattr(records, "fetched_at", -1)  # -1: not stamped (no thread)
+    stamps = seek_stamps(self._thread) if fetched_at >= 0 else None
     records_it = self.scheduler.iterate(records)
     to_message = self._to_message
     if self.flow_active:
@@ -409,6 +536,14 @@ async def _getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
                 break
             if self.app.consumer_generation_id != generation_id:
                 break  # a rebalance since the fetch: its records are read again
+            if (
+                stamps is not None
+                and stamps.count != fetched_at
+                and stamps.latest.get(tp, 0) > fetched_at
+            ):
+                # Sought since this batch was fetched (a table's standby start, a seek to the
+                # committed offsets): the seek decides what is read next, not this batch.
+                continue
             if (
                 active_partitions is None
                 or tp in active_partitions
@@ -666,6 +801,39 @@ PATCHES: tuple[Patch, ...] = (
         "afe6b7c02a41d63c",
         "(pausing and resuming a partition only changes which fetched records are handed on; "
         "the seek applies to every assigned partition)",
+    ),
+    Patch(
+        "skip_records_fetched_before_a_seek",
+        faust_aiokafka.AIOKafkaConsumerThread,
+        "_fetch_records",
+        _fetch_records,
+        "39a2c6c79fc1455a",
+        "the rest of a batch fetched before a seek is handed on after it, overtaking the re-read "
+        "of the sought partitions (whose records a table then skips as applied)",
+    ),
+    Patch(
+        "skip_records_fetched_before_a_seek.seek_wait",
+        faust_aiokafka.AIOKafkaConsumerThread,
+        "_seek_wait",
+        _seek_wait,
+        "9d221e816d940467",
+        "(the seeks of table recovery, here counted)",
+    ),
+    Patch(
+        "skip_records_fetched_before_a_seek.seek",
+        faust_aiokafka.AIOKafkaConsumerThread,
+        "seek",
+        _seek,
+        "1498560d05f02582",
+        "(a seek from the worker's loop, here counted)",
+    ),
+    Patch(
+        "skip_records_fetched_before_a_seek.seek_to_beginning",
+        faust_aiokafka.AIOKafkaConsumerThread,
+        "seek_to_beginning",
+        _seek_to_beginning,
+        "bd4250b8d1e76d33",
+        "(a seek to the start, here counted)",
     ),
     Patch(
         "no_table_registration_pause",

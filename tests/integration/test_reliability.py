@@ -757,7 +757,7 @@ async def test_retry_records_fetched_while_the_worker_seeks_are_all_processed(
     async def fetched(tp: TP) -> list[int]:
         return await poll(lambda: fetched_since_the_seek(app, tp), timeout=5, interval=0.01)
 
-    async def seek_committed_then_fetch(consumer: Any, changelog_topics: Any = frozenset()) -> Any:
+    async def seek_committed_then_fetch(consumer: Any, *args: Any) -> Any:
         # In the consumer's thread, where the partitions with a committed offset are sought
         # first, then the others to their start: held in between, the first time.
         seek_to_beginning = consumer.seek_to_beginning
@@ -770,7 +770,7 @@ async def test_retry_records_fetched_while_the_worker_seeks_are_all_processed(
 
         consumer.seek_to_beginning = held_then_seek_to_beginning
         try:
-            return await seek(consumer, changelog_topics)
+            return await seek(consumer, *args)
         finally:
             del consumer.seek_to_beginning
 

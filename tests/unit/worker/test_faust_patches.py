@@ -28,11 +28,18 @@ from bridge.worker.faust_patches import (
     FETCHER_POLL,
     UNBUFFERED,
     UNBUFFERED_YIELD_EVERY,
+    SeekStamps,
+    _fetch_records,
+    _Fetched,
     _getmany,
+    _seek,
     _seek_offsets,
+    _seek_to_beginning,
     _seek_uncommitted_to_start,
+    _seek_wait,
     _wait_first,
     _wait_next_records,
+    seek_stamps,
     wait_for,
 )
 
@@ -214,15 +221,30 @@ async def test_suspended_flow_takes_faust_s_own_path(monkeypatch: pytest.MonkeyP
 
 
 class FakeAiokafkaConsumer:
-    def __init__(self, committed: dict[TopicPartition, int | None]) -> None:
-        self.committed = committed
-        self.seeks: list[tuple[TopicPartition, ...]] = []
+    """What the seeks use of aiokafka's consumer; ``order`` lists what happened, in order."""
 
-    async def seek_to_committed(self) -> dict[TopicPartition, int | None]:
-        return dict(self.committed)
+    def __init__(self, committed: dict[TopicPartition, int | None]) -> None:
+        self.committed_offsets = committed
+        self.seeks: list[tuple[TopicPartition, ...]] = []
+        self.order: list[Any] = []
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.committed_offsets)
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        await asyncio.sleep(0)  # an answer from the broker
+        self.order.append(("committed", tp))
+        return self.committed_offsets[tp]
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.order.append(("seek", tp, offset))
 
     async def seek_to_beginning(self, *partitions: TopicPartition) -> None:
         self.seeks.append(partitions)
+        self.order.append(("seek_to_beginning", set(partitions)))
+
+    async def position(self, tp: TopicPartition) -> int:
+        return 0
 
 
 async def test_uncommitted_stream_partitions_start_over_in_one_request() -> None:
@@ -230,10 +252,17 @@ async def test_uncommitted_stream_partitions_start_over_in_one_request() -> None
     retry0 = TopicPartition("retry.1", 0)
     table0 = TopicPartition("webhooks", 0)
     consumer = FakeAiokafkaConsumer({events0: 42, events1: None, retry0: 0, table0: None})
-    committed = await _seek_uncommitted_to_start(consumer, frozenset({"webhooks"}))
+    stamps = SeekStamps()
+    committed = await _seek_uncommitted_to_start(consumer, frozenset({"webhooks"}), stamps)
     assert committed[events0] == 42
     # The table's partition keeps the position its recovery gave it.
-    assert consumer.seeks == [(events1, retry0)]
+    assert len(consumer.seeks) == 1 and set(consumer.seeks[0]) == {events1, retry0}
+    # Every committed offset is asked for before any seek: the seeks are counted as made.
+    kinds = [step[0] for step in consumer.order]
+    assert kinds == ["committed"] * 4 + ["seek", "seek_to_beginning"]
+    assert consumer.order[4] == ("seek", events0, 42)
+    assert stamps.count == 1
+    assert {tp for tp, n in stamps.latest.items() if n == 1} == {events0, events1, retry0}
 
 
 async def test_nothing_to_seek_when_everything_was_committed() -> None:
@@ -565,6 +594,109 @@ async def test_a_rebalance_during_the_fetch_stops_the_hand_off() -> None:
         got.append(item)
         consumer.app.consumer_generation_id += 1
     assert got == [(a, ("message", "a0"))]
+
+
+# -- skip_records_fetched_before_a_seek ----------------------------------------------------------
+
+
+def _stamped(records: dict[Any, list[Any]], stamps: SeekStamps) -> Any:
+    fetched = _Fetched(records)
+    fetched.fetched_at = stamps.count
+    return fetched
+
+
+async def test_records_of_a_partition_sought_after_their_fetch_are_not_handed_on() -> None:
+    table, retry = TopicPartition("webhooks", 0), TopicPartition("retry.1", 0)
+    consumer = FakeGetmanyConsumer({}, active=None)
+    consumer._thread = thread = type("Thread", (), {})()  # type: ignore[attr-defined]
+    stamps = seek_stamps(thread)
+    stamps.sought([table, retry])  # seeks before the fetch change nothing
+    consumer.records = _stamped({table: ["t5", "t6", "t7"], retry: ["r0", "r1", "r2"]}, stamps)
+    got = []
+    async for _tp, message in _getmany(consumer, 1.0):
+        got.append(message[1])
+        if message[1] == "t5":
+            # A table's standby start seeks its partition back while the batch is handed on.
+            stamps.sought([table])
+    # The rest of the table's records wait for the read from the seek; the retry tier's go on.
+    assert got == ["t5", "r0", "r1", "r2"]
+    # The next batch, fetched after the seek, is handed on whole.
+    consumer.records = _stamped({table: ["t3", "t4", "t5"]}, stamps)
+    assert [m[1] for _, m in await _collect(consumer)] == ["t3", "t4", "t5"]
+
+
+def test_a_record_is_stale_only_when_its_partition_was_sought_after_its_fetch() -> None:
+    a, b = TopicPartition("t", 0), TopicPartition("t", 1)
+    stamps = SeekStamps()
+    fetched_before = stamps.count
+    stamps.sought([a])
+    fetched_between = stamps.count
+    stamps.sought([b])
+    assert stamps.stale(a, fetched_before) and stamps.stale(b, fetched_before)
+    assert not stamps.stale(a, fetched_between) and stamps.stale(b, fetched_between)
+    assert not stamps.stale(a, stamps.count) and not stamps.stale(b, stamps.count)
+    assert not stamps.stale(TopicPartition("never", 0), fetched_before)
+
+
+class FakeConsumerThread:
+    """What the consumer thread's seeks and fetch use of Faust's thread."""
+
+    def __init__(self, aiokafka_consumer: Any) -> None:
+        self.aiokafka_consumer = aiokafka_consumer
+        self.consumer = type("Consumer", (), {"_read_offset": {}, "flow_active": True})()
+        conf = type("Conf", (), {"broker_request_timeout": 5.0})()
+        self.app = type("App", (), {"conf": conf})()
+
+    def _ensure_consumer(self) -> Any:
+        return self.aiokafka_consumer
+
+    async def call_thread(self, fun: Any, *args: Any) -> Any:
+        return await fun(*args)
+
+
+class FakeFetcher:
+    def __init__(self, records: dict[Any, list[Any]]) -> None:
+        self.records = records
+        self._closed = False
+        self._subscriptions = self
+        self.contexts = 0
+
+    def fetch_context(self) -> Any:
+        fetcher = self
+
+        class Context:
+            def __enter__(self) -> None:
+                fetcher.contexts += 1
+
+            def __exit__(self, *exc: Any) -> None:
+                pass
+
+        return Context()
+
+    async def fetched_records(self, active: Any, timeout: Any, max_records: Any) -> Any:
+        return dict(self.records)
+
+
+async def test_every_seek_of_the_consumer_thread_is_counted_and_every_batch_stamped() -> None:
+    a, b = TopicPartition("webhooks", 0), TopicPartition("webhooks", 1)
+    aiokafka_consumer = FakeAiokafkaConsumer({a: 3, b: None})
+    aiokafka_consumer._fetcher = FakeFetcher({a: ["a3"]})  # type: ignore[attr-defined]
+    aiokafka_consumer._closed = False  # type: ignore[attr-defined]
+    thread = FakeConsumerThread(aiokafka_consumer)
+    stamps = seek_stamps(thread)
+    first = await _fetch_records(thread, aiokafka_consumer, {a, b})
+    assert first == {a: ["a3"]} and first.fetched_at == 0
+    await _seek_wait(thread, aiokafka_consumer, {a: 7, b: 0})
+    assert stamps.stale(a, first.fetched_at) and stamps.stale(b, first.fetched_at)
+    assert thread.consumer._read_offset == {a: 7}
+    _seek(thread, a, 9)
+    await _seek_to_beginning(thread, b)
+    assert aiokafka_consumer.order[-2:] == [("seek", a, 9), ("seek_to_beginning", {b})]
+    assert stamps.count == 3 and stamps.latest == {a: 2, b: 3}
+    second = await _fetch_records(thread, aiokafka_consumer, {a, b})
+    assert second.fetched_at == 3 and not stamps.stale(a, 3)
+    thread.consumer.flow_active = False
+    assert await _fetch_records(thread, aiokafka_consumer, {a, b}) == {}
 
 
 async def test_a_suspended_flow_seeks_instead_of_handing_on() -> None:
