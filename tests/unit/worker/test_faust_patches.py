@@ -1,7 +1,8 @@
 """bridge.worker.faust_patches: the task-free ``wait_for`` given to Faust's table recovery, the
 record hand-off, the seeks after a rebalance, the fetcher's poll, the standby start of global
 tables, what is fetched as recovery completes kept (the changelog queue, and the stream records
-fetched after the seek) and the end offsets reported once per fetch."""
+fetched after the seek), the records of a batch fetched before a seek of their partition
+skipped, and the end offsets reported once per fetch."""
 
 from __future__ import annotations
 
