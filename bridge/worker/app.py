@@ -186,6 +186,10 @@ class Bridge:
         install_faust_patches()
         app = faust.App(
             s.group_id,
+            # Faust reads ~80 variables of the process environment (BROKER_URL,
+            # STREAM_BUFFER_MAXSIZE, WEB_PORT ...) and lets them win over what is passed here:
+            # the bridge's settings are the only source, so Faust sees an empty environment.
+            env={},
             **faust_broker_kwargs(s),
             store="memory://",
             datadir=str(s.resolved_data_dir),

@@ -2,7 +2,8 @@
 
 A record the callbacks cannot use is skipped, counted and logged (never its value), and never
 keeps the freshness barrier from finding the table current. The Bridge is built for real (no
-broker is contacted until it runs); the callbacks get records as Faust hands them over.
+broker is contacted until it runs); the callbacks get records as Faust hands them over. Faust's
+settings are the bridge's whatever the process environment holds.
 """
 
 from __future__ import annotations
@@ -268,3 +269,43 @@ def test_disables_are_left_to_owners_once_one_was_seen(
     assert bridge._has_owners("wh_1")
     known["url"] = None  # a rebalance moves its partition
     assert bridge._has_owners("wh_1")
+
+
+#: Variables of the process environment Faust reads for its settings, with values that differ
+#: from the bridge's (a Kubernetes service link for a Service called "web" sets WEB_PORT so).
+FAUST_ENVIRONMENT = {
+    "PRODUCER_ACKS": "0",
+    "STREAM_BUFFER_MAXSIZE": "1",
+    "BROKER_SESSION_TIMEOUT": "999",
+    "BROKER_URL": "kafka://10.9.9.9:9092",
+    "TABLE_STANDBY_REPLICAS": "3",
+    "APP_STORE": "rocksdb://",
+    "TOPIC_ALLOW_DECLARE": "true",
+    "STREAM_WAIT_EMPTY": "true",
+    "CONSUMER_AUTO_OFFSET_RESET": "latest",
+    "WEB_PORT": "tcp://10.0.0.1:80",
+    "APP_ENV_PREFIX": "",
+}
+
+
+def test_faust_settings_come_from_the_bridge_s_settings_alone(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in FAUST_ENVIRONMENT.items():
+        monkeypatch.setenv(name, value)
+    in_that_environment = Bridge(bridge.settings)
+    names = [
+        "producer_acks",
+        "stream_buffer_maxsize",
+        "broker_session_timeout",
+        "broker",
+        "table_standby_replicas",
+        "store",
+        "topic_allow_declare",
+        "stream_wait_empty",
+        "consumer_auto_offset_reset",
+        "web_port",
+    ]
+    ours = {name: getattr(bridge.app.conf, name) for name in names}
+    assert {name: getattr(in_that_environment.app.conf, name) for name in names} == ours
+    assert ours["producer_acks"] == -1 and ours["stream_buffer_maxsize"] == 4096
