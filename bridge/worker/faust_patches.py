@@ -168,7 +168,9 @@ class SeekStamps:
     Stamps and seeks both happen in the consumer thread's event loop, each with no ``await``
     between it and what it marks (the fetch's return, aiokafka's position change), so the order
     of the two is exact. (The thread's synchronous ``seek``, called from the worker's loop, is
-    counted before it seeks: a batch returned in between is taken for one fetched before.)
+    counted before it seeks: a batch the thread returns in between is taken for one fetched
+    after the seek, as it was without the count, and no batch fetched after a seek is ever
+    taken for one fetched before it, which would lose its records.)
     """
 
     __slots__ = ("count", "latest")
