@@ -11,14 +11,21 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from faust.tables import recovery as faust_recovery
+from faust.transport import consumer as faust_consumer
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 from bridge.admin.publish import publish_events
 from bridge.config import Settings
 from bridge.contract.events import build_event
 from bridge.kafka.clients import client_kwargs
 from bridge.subscriptions.store import WebhookStore
+from bridge.worker import app as app_module
+from bridge.worker import faust_patches
 from bridge.worker.app import Bridge, _SubscriptionTable
 from bridge.worker.embedded import free_port
+from tests.support.builders import encode, webhook_record
 from tests.support.processes import settings_env
 from tests.support.receivers import Receiver
 from tests.support.waiting import eventually, poll
@@ -317,3 +324,127 @@ async def test_a_keyless_record_with_an_unencodable_id_delays_nothing(
     async with WebhookStore(settings) as store:
         await store.update("hook", name="renamed")
         assert (await store.load())["hook"].name == "renamed"
+
+
+async def test_the_rest_of_a_batch_fetched_before_the_standby_seek_is_not_applied(
+    settings: Settings, in_process_workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table's standby start seeks the subscriptions partition back to where its recovery
+    ended while a batch fetched before that seek is still being handed on, the partition under
+    buffer pressure (handed on while paused). The rest of that batch went on being handed on
+    after the seek: one of its records waited in the changelog queue when Faust's standby start
+    cleared it, later ones were applied, and the re-read of the cleared one was then skipped as
+    applied (offsets not above the last applied). Its webhook stayed missing until the next
+    restart. Records of a partition sought since their batch was fetched are skipped: the
+    re-read from the seek applies every one in order."""
+    seed, extra = 10, 10  # written before the recovery's high-water mark, and after it
+    last = seed - 1  # the active recovery ends with this offset; the standby seek goes there
+    tp0 = (settings.subscriptions_topic, 0)
+    sought = asyncio.Event()  # the standby seek is done
+    resumed = asyncio.Event()  # Faust's standby start has resumed the flow (and cleared)
+    batches: list[list[int]] = []  # offsets of partition 0 in each batch the thread fetched
+    held_across_seek = asyncio.Event()
+    failures: list[BaseException] = []
+
+    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", linger_ms=0)
+    await producer.start()
+
+    async def write(numbers: range) -> None:
+        # One record per batch: the embedded broker reports a partition's end as the first
+        # offset of its last batch + 1 (docs/producers.md), and the recovery reads up to it.
+        for n in numbers:
+            metadata = await producer.send_and_wait(
+                settings.subscriptions_topic,
+                encode(webhook_record(id=f"h{n}", name=f"n{n}")),
+                key=f"h{n}".encode(),
+                partition=0,
+            )
+            assert metadata.offset == n, (metadata.offset, n)
+
+    # Some hooks below wrap the worker's patched Faust code: the patches are installed first,
+    # then wrapped, and the worker's own install is skipped (it would take the wrappers for
+    # changed Faust code).
+    faust_patches.install()
+    monkeypatch.setattr(app_module, "install_faust_patches", lambda: None)
+    build_highwaters = faust_recovery.Recovery._build_highwaters
+
+    async def hooked_build_highwaters(
+        self: Any, consumer: Any, tps: Any, dest: Any, title: str
+    ) -> None:
+        if title == "standby" and not sought.is_set():
+            # Right after the standby seek: the partition is under buffer pressure, so Faust
+            # hands on what was fetched of it while it is paused.
+            consumer._buffered_partitions.add(TP(*tp0))
+            sought.set()
+        await build_highwaters(self, consumer, tps, dest, title)
+        if title == "active" and not batches:
+            try:
+                assert dest[TP(*tp0)] == last, dict(dest)
+                await write(range(seed, seed + extra))  # read with the seed, in one batch
+            except BaseException as exc:
+                failures.append(exc)
+                raise
+
+    fetch_records = faust_aiokafka.AIOKafkaConsumerThread._fetch_records
+
+    async def recorded_fetch(self: Any, *args: Any, **kwargs: Any) -> Any:
+        records = await fetch_records(self, *args, **kwargs)
+        for tp, batch in records.items():
+            if (tp.topic, tp.partition) == tp0:
+                batches.append([record.offset for record in batch])
+        return records
+
+    getmany = faust_consumer.Consumer.getmany
+
+    async def held_getmany(self: Any, timeout: float) -> Any:
+        async for tp, message in getmany(self, timeout):
+            yield tp, message  # handed on (into the changelog queue) before this returns
+            if (tp.topic, tp.partition) != tp0:
+                continue
+            if message.offset == last and not sought.is_set():
+                # The recovery ends with this record: go on with the batch after the seek.
+                await sought.wait()
+                held_across_seek.set()
+            elif message.offset == seed + 1 and sought.is_set():
+                # One record of the batch waits in the changelog queue (the table is busy
+                # with the one before): go on once the standby start resumed the flow.
+                await resumed.wait()
+
+    apply = Bridge.on_subscription_event
+
+    async def held_apply(self: Bridge, event: Any) -> None:
+        if event.message.partition == 0 and event.message.offset == seed and sought.is_set():
+            await resumed.wait()
+        await apply(self, event)
+
+    complete = _SubscriptionTable.on_recovery_completed
+
+    async def resumed_then_complete(self: Any, active: Any, standby: Any) -> None:
+        resumed.set()
+        await complete(self, active, standby)
+
+    monkeypatch.setattr(faust_recovery.Recovery, "_build_highwaters", hooked_build_highwaters)
+    monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "_fetch_records", recorded_fetch)
+    monkeypatch.setattr(faust_consumer.Consumer, "getmany", held_getmany)
+    monkeypatch.setattr(Bridge, "on_subscription_event", held_apply)
+    monkeypatch.setattr(_SubscriptionTable, "on_recovery_completed", resumed_then_complete)
+    try:
+        await write(range(seed))
+        worker = in_process_workers(settings)
+        await worker.wait_ready()
+    finally:
+        await producer.stop()
+    assert not failures, failures
+    # The batch handed on across the seek held the records after the recovery's end.
+    assert held_across_seek.is_set()
+    assert any(last in batch and seed + extra - 1 in batch for batch in batches), batches
+    index = worker.bridge.index
+
+    def missing() -> list[str]:
+        return [
+            f"h{n}"
+            for n in range(seed + extra)
+            if getattr(index.get(f"h{n}"), "name", None) != f"n{n}"
+        ]
+
+    assert await poll(missing, until=lambda m: not m, timeout=3) == []
