@@ -538,11 +538,8 @@ async def _getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
                 break
             if self.app.consumer_generation_id != generation_id:
                 break  # a rebalance since the fetch: its records are read again
-            if (
-                stamps is not None
-                and stamps.count != fetched_at
-                and stamps.latest.get(tp, 0) > fetched_at
-            ):
+            # No seek since the fetch (the usual case): the count alone says so.
+            if stamps is not None and stamps.count != fetched_at and stamps.stale(tp, fetched_at):
                 # Sought since this batch was fetched (a table's standby start, a seek to the
                 # committed offsets): the seek decides what is read next, not this batch.
                 continue
