@@ -41,8 +41,8 @@ from bridge.worker.embedded import free_port
 from tests.support import chaos
 from tests.support.api import LOG_AUTH, write_token_file
 from tests.support.processes import WorkerProcess
-from tests.support.receivers import Receiver
-from tests.support.records import committed_offsets, topic_reader
+from tests.support.receivers import Receiver, create_verified
+from tests.support.records import commits_behind, read_ends, topic_reader
 from tests.support.waiting import poll
 from tests.support.workers import InProcessWorker
 
@@ -300,17 +300,7 @@ async def test_the_control_plane_answers_exactly_across_repeated_rebalances(
     await apply_topics(settings)
     async with WebhookStore(settings) as store:
         for hook, (site, filters) in HOOKS.items():
-            secret = f"secret-{hook}-0123456789"
-            receiver.secrets[f"/{hook}"] = secret
-            await store.create(
-                url=receiver.url(f"/{hook}"),
-                events=list(filters),
-                site_id=site,
-                user_id="u1",
-                secret=secret,
-                webhook_id=hook,
-                name=hook,
-            )
+            await create_verified(store, receiver, hook, site_id=site, events=filters)
 
     def start_child(role: str) -> WorkerProcess:
         changes: dict[str, Any] = {"web_port": free_port(), "role": role}
@@ -405,18 +395,10 @@ async def test_the_control_plane_answers_exactly_across_repeated_rebalances(
 
         # Nothing left to deliver: every retry tier and the events topic committed to its end.
         async def behind() -> dict[str, dict[int, tuple[int, int]]]:
-            left: dict[str, dict[int, tuple[int, int]]] = {}
-            for topic in (settings.events_topic, *settings.retry_topics):
-                ends: dict[int, int] = {}
-                for r in await read_topic(settings, topic):
-                    ends[r.partition] = r.offset + 1
-                got = await committed_offsets(
-                    settings.kafka_bootstrap_servers, settings.group_id, topic
-                )
-                late = {p: (got.get(p, 0), e) for p, e in ends.items() if got.get(p, 0) != e}
-                if late:
-                    left[topic] = late
-            return left
+            bootstrap = settings.kafka_bootstrap_servers
+            topics = (settings.events_topic, *settings.retry_topics)
+            ends = {topic: await read_ends(bootstrap, topic) for topic in topics}
+            return await commits_behind(bootstrap, settings.group_id, ends)
 
         left = await poll(behind, until=lambda left: not left, timeout=30, interval=0.5)
         assert not left, f"seed {seed}: (committed, end): {left}"

@@ -33,8 +33,8 @@ from bridge.worker.embedded import free_port
 from tests.support import chaos
 from tests.support.api import LOG_AUTH, write_token_file
 from tests.support.processes import WorkerProcess
-from tests.support.receivers import Receiver
-from tests.support.records import committed_offsets, topic_reader
+from tests.support.receivers import Receiver, create_verified
+from tests.support.records import commits_behind, read_ends
 from tests.support.waiting import eventually, poll
 from tests.support.workers import InProcessWorker
 
@@ -190,14 +190,8 @@ def expectations(run: Run) -> tuple[set[str], set[str], dict[str, int]]:
 
 
 async def topic_ends(settings: Settings, topic: str) -> dict[int, int]:
-    """Each partition's last offset + 1, by reading it (the embedded broker's end offsets are
-    low after batched writes, and retry records are written in batches)."""
-    async with topic_reader(settings.kafka_bootstrap_servers, topic) as (consumer, _):
-        ends: dict[int, int] = {}
-        while batch := await consumer.getmany(timeout_ms=300):
-            for tp, messages in batch.items():
-                ends[tp.partition] = messages[-1].offset + 1
-        return ends
+    """Each partition's last offset + 1, read (retry records are written in batches)."""
+    return await read_ends(settings.kafka_bootstrap_servers, topic)
 
 
 async def dead_letters(settings: Settings) -> dict[int, int]:
@@ -240,16 +234,8 @@ async def test_retries_and_changes_across_repeated_rebalances_lose_and_stall_not
     await apply_topics(settings)
     async with WebhookStore(settings) as store:
         for hook, (site, filters) in HOOKS.items():
-            secret = f"secret-{hook}-0123456789"
-            receiver.secrets[path(hook, 0)] = secret
-            await store.create(
-                url=receiver.url(path(hook, 0)),
-                events=list(filters),
-                site_id=site,
-                user_id="u1",
-                secret=secret,
-                webhook_id=hook,
-                name=hook,
+            await create_verified(
+                store, receiver, hook, site_id=site, events=filters, path=path(hook, 0)
             )
     for hook, delay in SLOW.items():
         receiver.delays[path(hook, 0)] = delay
@@ -299,15 +285,7 @@ async def test_retries_and_changes_across_repeated_rebalances_lose_and_stall_not
         ends[tier] = await topic_ends(settings, tier)
 
     async def behind() -> dict[str, dict[int, tuple[int, int]]]:
-        left: dict[str, dict[int, tuple[int, int]]] = {}
-        for topic, topic_end in ends.items():
-            done = await committed_offsets(
-                settings.kafka_bootstrap_servers, settings.group_id, topic
-            )
-            late = {p: (done.get(p, 0), e) for p, e in topic_end.items() if done.get(p, 0) != e}
-            if late:
-                left[topic] = late
-        return left
+        return await commits_behind(settings.kafka_bootstrap_servers, settings.group_id, ends)
 
     left = await poll(behind, until=lambda left: not left, timeout=20, interval=0.3)
     assert not left, f"seed {seed}: (committed, end) by topic and partition: {left}"

@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,6 +195,31 @@ class NodeSpecReceiver:
             await self._reader
 
 
+async def create_verified(
+    store: WebhookStore,
+    receiver: Receiver,
+    name: str,
+    *,
+    site_id: str,
+    events: Sequence[str],
+    path: str | None = None,
+) -> None:
+    """Create webhook ``name`` of account ``u1`` at ``path`` (``/name``) of ``receiver``, which
+    then verifies its deliveries."""
+    path = path if path is not None else f"/{name}"
+    secret = f"secret-{name}-0123456789"
+    receiver.secrets[path] = secret
+    await store.create(
+        url=receiver.url(path),
+        events=list(events),
+        site_id=site_id,
+        user_id="u1",
+        secret=secret,
+        webhook_id=name,
+        name=name,
+    )
+
+
 async def subscribe(
     settings: Settings, receiver: Receiver, sites: dict[str, str], events: tuple[str, ...]
 ) -> None:
@@ -202,14 +227,4 @@ async def subscribe(
     ``receiver``, which then verifies its deliveries."""
     async with WebhookStore(settings) as store:
         for name, site in sites.items():
-            secret = f"secret-{name}-0123456789"
-            receiver.secrets[f"/{name}"] = secret
-            await store.create(
-                url=receiver.url(f"/{name}"),
-                events=list(events),
-                site_id=site,
-                user_id="u1",
-                secret=secret,
-                webhook_id=name,
-                name=name,
-            )
+            await create_verified(store, receiver, name, site_id=site, events=events)

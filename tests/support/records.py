@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -165,6 +165,31 @@ async def committed_offsets(bootstrap_servers: str, group_id: str, topic: str) -
         return found
     finally:
         await consumer.stop()
+
+
+async def commits_behind(
+    bootstrap_servers: str, group_id: str, ends: Mapping[str, Mapping[int, int]]
+) -> dict[str, dict[int, tuple[int, int]]]:
+    """The partitions of ``ends`` (``{topic: {partition: end}}``) whose committed offset in
+    ``group_id`` is not their end: ``{topic: {partition: (committed, end)}}``."""
+    behind: dict[str, dict[int, tuple[int, int]]] = {}
+    for topic, topic_ends in ends.items():
+        done = await committed_offsets(bootstrap_servers, group_id, topic)
+        late = {p: (done.get(p, 0), e) for p, e in topic_ends.items() if done.get(p, 0) != e}
+        if late:
+            behind[topic] = late
+    return behind
+
+
+async def read_ends(bootstrap_servers: str, topic: str) -> dict[int, int]:
+    """Each partition's last offset + 1, by reading it (the embedded broker's end offsets are
+    low after batched writes); partitions with no record are left out."""
+    async with topic_reader(bootstrap_servers, topic) as (consumer, _):
+        ends: dict[int, int] = {}
+        while batch := await consumer.getmany(timeout_ms=300):
+            for tp, messages in batch.items():
+                ends[tp.partition] = messages[-1].offset + 1
+        return ends
 
 
 async def end_offsets(bootstrap_servers: str, topic: str) -> dict[int, int]:
