@@ -448,3 +448,108 @@ async def test_the_rest_of_a_batch_fetched_before_the_standby_seek_is_not_applie
         ]
 
     assert await poll(missing, until=lambda m: not m, timeout=3) == []
+
+
+async def test_a_partition_paused_for_the_standby_start_stays_paused_when_its_buffer_drains(
+    settings: Settings, in_process_workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Faust pauses a global table's partitions when their active recovery ends, seeks them to
+    where the table is (the standby start), then resumes them and its flow, which clears the
+    tables' changelog queue: what the queue holds then was fetched before the seek and is read
+    again. A partition under buffer pressure whose pressure dropped in between was made active
+    again, paused or not (``Consumer.on_buffer_drop``): records fetched after the seek waited in
+    the queue when it was cleared, the partition's position already past them, and were never
+    applied. A paused partition stays paused until it is resumed, and the resumed reading from
+    the seek applies every record."""
+    seed, extra = 10, 10  # read by the active recovery, and written after the standby seek
+    tp0 = TP(settings.subscriptions_topic, 0)
+    drained = asyncio.Event()  # the partition's buffer pressure dropped after the standby seek
+    resumed = asyncio.Event()  # Faust's standby start has resumed the flow (and cleared)
+    failures: list[BaseException] = []
+
+    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", linger_ms=0)
+    await producer.start()
+
+    async def write(numbers: range) -> None:
+        # One record per batch (see the test above).
+        for n in numbers:
+            metadata = await producer.send_and_wait(
+                settings.subscriptions_topic,
+                encode(webhook_record(id=f"h{n}", name=f"n{n}")),
+                key=f"h{n}".encode(),
+                partition=0,
+            )
+            assert metadata.offset == n, (metadata.offset, n)
+
+    # The hooks wrap the worker's patched Faust code: patches first, the worker's install
+    # skipped (see the test above).
+    faust_patches.install()
+    monkeypatch.setattr(app_module, "install_faust_patches", lambda: None)
+    build_highwaters = faust_recovery.Recovery._build_highwaters
+
+    async def drained_after_the_standby_seek(
+        self: Any, consumer: Any, tps: Any, dest: Any, title: str
+    ) -> None:
+        await build_highwaters(self, consumer, tps, dest, title)
+        if title != "standby" or drained.is_set():
+            return
+        try:
+            # Right after the standby seek (to offset seed - 1, where the active recovery
+            # ended), the partition paused since then: records only its live reading reads.
+            assert tp0 in consumer._paused_partitions
+            await write(range(seed, seed + extra))
+            # The partition was under buffer pressure (a put into a full changelog queue) and
+            # the pressure drops (what the conductor's pressure-drop callback calls).
+            consumer._buffered_partitions.add(tp0)
+            consumer.on_buffer_drop(tp0)
+            drained.set()
+            queue = self.tables.changelog_queue
+
+            def queued_or_not_fetched() -> bool:
+                # Fetched now (the first record held in the table's callback, the rest behind
+                # it in the queue), or not fetched until Faust resumes the partition.
+                return tp0 not in consumer._get_active_partitions() or any(
+                    e.message.offset == seed + extra - 1 for e in list(queue._queue)
+                )
+
+            await eventually(queued_or_not_fetched, timeout=5, interval=0.01)
+        except BaseException as exc:
+            failures.append(exc)
+            raise
+
+    apply = Bridge.on_subscription_event
+
+    async def held_apply(self: Bridge, event: Any) -> None:
+        if event.message.partition == 0 and event.message.offset == seed:
+            await resumed.wait()
+        await apply(self, event)
+
+    complete = _SubscriptionTable.on_recovery_completed
+
+    async def resumed_then_complete(self: Any, active: Any, standby: Any) -> None:
+        resumed.set()
+        await complete(self, active, standby)
+
+    monkeypatch.setattr(
+        faust_recovery.Recovery, "_build_highwaters", drained_after_the_standby_seek
+    )
+    monkeypatch.setattr(Bridge, "on_subscription_event", held_apply)
+    monkeypatch.setattr(_SubscriptionTable, "on_recovery_completed", resumed_then_complete)
+    try:
+        await write(range(seed))
+        worker = in_process_workers(settings)
+        await worker.wait_ready()
+    finally:
+        await producer.stop()
+    assert not failures, failures
+    assert drained.is_set()
+    index = worker.bridge.index
+
+    def missing() -> list[str]:
+        return [
+            f"h{n}"
+            for n in range(seed + extra)
+            if getattr(index.get(f"h{n}"), "name", None) != f"n{n}"
+        ]
+
+    assert await poll(missing, until=lambda m: not m, timeout=3) == []

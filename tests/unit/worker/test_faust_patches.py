@@ -2,7 +2,8 @@
 record hand-off, the seeks after a rebalance, the fetcher's poll, the standby start of global
 tables, what is fetched as recovery completes kept (the changelog queue, and the stream records
 fetched after the seek), the records of a batch fetched before a seek of their partition
-skipped, and the end offsets reported once per fetch."""
+skipped, paused partitions kept out of the fetch when their buffer drains, and the end offsets
+reported once per fetch."""
 
 from __future__ import annotations
 
@@ -705,6 +706,38 @@ async def test_a_suspended_flow_seeks_instead_of_handing_on() -> None:
     consumer.flow_active = False
     assert await _collect(consumer) == []
     assert consumer.seeks == 1
+
+
+# -- paused_partitions_stay_paused ----------------------------------------------------------------
+
+
+class _Partitions:
+    """The partition sets of Faust's consumer that ``on_buffer_drop`` reads and changes."""
+
+    def __init__(self, paused: set[Any], buffered: set[Any]) -> None:
+        self._active_partitions: set[Any] = set()
+        self._paused_partitions = paused
+        self._buffered_partitions = buffered
+
+    def _get_active_partitions(self) -> set[Any]:
+        return self._active_partitions
+
+
+def test_a_paused_partition_stays_paused_when_its_buffer_drains() -> None:
+    table, retry = TopicPartition("webhooks", 0), TopicPartition("retry.1", 0)
+    ours = _Partitions(paused={table}, buffered={table, retry})
+    for tp in (table, retry):
+        faust_patches._on_buffer_drop(ours, tp)
+    # No longer under pressure either way; only the partition that is not paused is fetched.
+    assert ours._buffered_partitions == set() and ours._active_partitions == {retry}
+    faust_patches._on_buffer_drop(ours, table)  # not buffered: nothing changes
+    assert ours._active_partitions == {retry}
+    # Faust's own made the paused partition active too.
+    theirs = _Partitions(paused={table}, buffered={table, retry})
+    original: Any = faust_patches.ORIGINALS["paused_partitions_stay_paused"]
+    for tp in (table, retry):
+        original(theirs, tp)
+    assert theirs._active_partitions == {table, retry}
 
 
 class _CommitState:
