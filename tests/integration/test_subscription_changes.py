@@ -326,6 +326,57 @@ async def test_a_keyless_record_with_an_unencodable_id_delays_nothing(
         assert (await store.load())["hook"].name == "renamed"
 
 
+async def write_numbered(producer: AIOKafkaProducer, topic: str, numbers: range) -> None:
+    """Webhook ``h{n}`` named ``n{n}`` for each ``n``, to partition 0 at offset ``n``, one record
+    per batch: the embedded broker reports a partition's end as the first offset of its last
+    batch + 1 (docs/producers.md), and a table's recovery reads up to it."""
+    for n in numbers:
+        metadata = await producer.send_and_wait(
+            topic,
+            encode(webhook_record(id=f"h{n}", name=f"n{n}")),
+            key=f"h{n}".encode(),
+            partition=0,
+        )
+        assert metadata.offset == n, (metadata.offset, n)
+
+
+def hold_apply_until_resumed(monkeypatch: pytest.MonkeyPatch, offset: int) -> asyncio.Event:
+    """Hold the table's apply of partition 0's record at ``offset`` until Faust's standby start
+    has resumed the flow (and cleared the changelog queue): the returned event, set when the
+    subscription table's recovery completes, which comes right after that resume."""
+    resumed = asyncio.Event()
+    apply = Bridge.on_subscription_event
+
+    async def held_apply(self: Bridge, event: Any) -> None:
+        if event.message.partition == 0 and event.message.offset == offset:
+            await resumed.wait()
+        await apply(self, event)
+
+    complete = _SubscriptionTable.on_recovery_completed
+
+    async def resumed_then_complete(self: Any, active: Any, standby: Any) -> None:
+        resumed.set()
+        await complete(self, active, standby)
+
+    monkeypatch.setattr(Bridge, "on_subscription_event", held_apply)
+    monkeypatch.setattr(_SubscriptionTable, "on_recovery_completed", resumed_then_complete)
+    return resumed
+
+
+async def names_missing(worker: Any, count: int) -> list[str]:
+    """The webhooks of :func:`write_numbered` (``h0`` to ``h{count - 1}``) the worker's index
+    does not hold as written, once it holds them all or after 3 s."""
+    index = worker.bridge.index
+
+    def missing() -> list[str]:
+        return [
+            f"h{n}" for n in range(count) if getattr(index.get(f"h{n}"), "name", None) != f"n{n}"
+        ]
+
+    result: list[str] = await poll(missing, until=lambda m: not m, timeout=3)
+    return result
+
+
 async def test_the_rest_of_a_batch_fetched_before_the_standby_seek_is_not_applied(
     settings: Settings, in_process_workers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -341,7 +392,9 @@ async def test_the_rest_of_a_batch_fetched_before_the_standby_seek_is_not_applie
     last = seed - 1  # the active recovery ends with this offset; the standby seek goes there
     tp0 = (settings.subscriptions_topic, 0)
     sought = asyncio.Event()  # the standby seek is done
-    resumed = asyncio.Event()  # Faust's standby start has resumed the flow (and cleared)
+    # Faust's standby start has resumed the flow (and cleared): the table's apply of the
+    # first record after the recovery's end waits for it.
+    resumed = hold_apply_until_resumed(monkeypatch, seed)
     batches: list[list[int]] = []  # offsets of partition 0 in each batch the thread fetched
     held_across_seek = asyncio.Event()
     failures: list[BaseException] = []
@@ -350,16 +403,7 @@ async def test_the_rest_of_a_batch_fetched_before_the_standby_seek_is_not_applie
     await producer.start()
 
     async def write(numbers: range) -> None:
-        # One record per batch: the embedded broker reports a partition's end as the first
-        # offset of its last batch + 1 (docs/producers.md), and the recovery reads up to it.
-        for n in numbers:
-            metadata = await producer.send_and_wait(
-                settings.subscriptions_topic,
-                encode(webhook_record(id=f"h{n}", name=f"n{n}")),
-                key=f"h{n}".encode(),
-                partition=0,
-            )
-            assert metadata.offset == n, (metadata.offset, n)
+        await write_numbered(producer, settings.subscriptions_topic, numbers)
 
     # Some hooks below wrap the worker's patched Faust code: the patches are installed first,
     # then wrapped, and the worker's own install is skipped (it would take the wrappers for
@@ -410,24 +454,9 @@ async def test_the_rest_of_a_batch_fetched_before_the_standby_seek_is_not_applie
                 # with the one before): go on once the standby start resumed the flow.
                 await resumed.wait()
 
-    apply = Bridge.on_subscription_event
-
-    async def held_apply(self: Bridge, event: Any) -> None:
-        if event.message.partition == 0 and event.message.offset == seed and sought.is_set():
-            await resumed.wait()
-        await apply(self, event)
-
-    complete = _SubscriptionTable.on_recovery_completed
-
-    async def resumed_then_complete(self: Any, active: Any, standby: Any) -> None:
-        resumed.set()
-        await complete(self, active, standby)
-
     monkeypatch.setattr(faust_recovery.Recovery, "_build_highwaters", hooked_build_highwaters)
     monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "_fetch_records", recorded_fetch)
     monkeypatch.setattr(faust_consumer.Consumer, "getmany", held_getmany)
-    monkeypatch.setattr(Bridge, "on_subscription_event", held_apply)
-    monkeypatch.setattr(_SubscriptionTable, "on_recovery_completed", resumed_then_complete)
     try:
         await write(range(seed))
         worker = in_process_workers(settings)
@@ -438,16 +467,7 @@ async def test_the_rest_of_a_batch_fetched_before_the_standby_seek_is_not_applie
     # The batch handed on across the seek held the records after the recovery's end.
     assert held_across_seek.is_set()
     assert any(last in batch and seed + extra - 1 in batch for batch in batches), batches
-    index = worker.bridge.index
-
-    def missing() -> list[str]:
-        return [
-            f"h{n}"
-            for n in range(seed + extra)
-            if getattr(index.get(f"h{n}"), "name", None) != f"n{n}"
-        ]
-
-    assert await poll(missing, until=lambda m: not m, timeout=3) == []
+    assert await names_missing(worker, seed + extra) == []
 
 
 async def test_a_partition_paused_for_the_standby_start_stays_paused_when_its_buffer_drains(
@@ -464,22 +484,13 @@ async def test_a_partition_paused_for_the_standby_start_stays_paused_when_its_bu
     seed, extra = 10, 10  # read by the active recovery, and written after the standby seek
     tp0 = TP(settings.subscriptions_topic, 0)
     drained = asyncio.Event()  # the partition's buffer pressure dropped after the standby seek
-    resumed = asyncio.Event()  # Faust's standby start has resumed the flow (and cleared)
     failures: list[BaseException] = []
 
     producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", linger_ms=0)
     await producer.start()
 
     async def write(numbers: range) -> None:
-        # One record per batch (see the test above).
-        for n in numbers:
-            metadata = await producer.send_and_wait(
-                settings.subscriptions_topic,
-                encode(webhook_record(id=f"h{n}", name=f"n{n}")),
-                key=f"h{n}".encode(),
-                partition=0,
-            )
-            assert metadata.offset == n, (metadata.offset, n)
+        await write_numbered(producer, settings.subscriptions_topic, numbers)
 
     # The hooks wrap the worker's patched Faust code: patches first, the worker's install
     # skipped (see the test above).
@@ -517,24 +528,10 @@ async def test_a_partition_paused_for_the_standby_start_stays_paused_when_its_bu
             failures.append(exc)
             raise
 
-    apply = Bridge.on_subscription_event
-
-    async def held_apply(self: Bridge, event: Any) -> None:
-        if event.message.partition == 0 and event.message.offset == seed:
-            await resumed.wait()
-        await apply(self, event)
-
-    complete = _SubscriptionTable.on_recovery_completed
-
-    async def resumed_then_complete(self: Any, active: Any, standby: Any) -> None:
-        resumed.set()
-        await complete(self, active, standby)
-
+    hold_apply_until_resumed(monkeypatch, seed)
     monkeypatch.setattr(
         faust_recovery.Recovery, "_build_highwaters", drained_after_the_standby_seek
     )
-    monkeypatch.setattr(Bridge, "on_subscription_event", held_apply)
-    monkeypatch.setattr(_SubscriptionTable, "on_recovery_completed", resumed_then_complete)
     try:
         await write(range(seed))
         worker = in_process_workers(settings)
@@ -543,13 +540,4 @@ async def test_a_partition_paused_for_the_standby_start_stays_paused_when_its_bu
         await producer.stop()
     assert not failures, failures
     assert drained.is_set()
-    index = worker.bridge.index
-
-    def missing() -> list[str]:
-        return [
-            f"h{n}"
-            for n in range(seed + extra)
-            if getattr(index.get(f"h{n}"), "name", None) != f"n{n}"
-        ]
-
-    assert await poll(missing, until=lambda m: not m, timeout=3) == []
+    assert await names_missing(worker, seed + extra) == []
