@@ -363,6 +363,14 @@ def hold_apply_until_resumed(monkeypatch: pytest.MonkeyPatch, offset: int) -> as
     return resumed
 
 
+def install_patches_before_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's Faust patches, installed now so that a test's hooks can wrap the patched
+    code; the worker's own install is skipped (it would take the wrappers for changed Faust
+    code)."""
+    faust_patches.install()
+    monkeypatch.setattr(app_module, "install_faust_patches", lambda: None)
+
+
 async def names_missing(worker: Any, count: int) -> list[str]:
     """The webhooks of :func:`write_numbered` (``h0`` to ``h{count - 1}``) the worker's index
     does not hold as written, once it holds them all or after 3 s."""
@@ -405,11 +413,7 @@ async def test_the_rest_of_a_batch_fetched_before_the_standby_seek_is_not_applie
     async def write(numbers: range) -> None:
         await write_numbered(producer, settings.subscriptions_topic, numbers)
 
-    # Some hooks below wrap the worker's patched Faust code: the patches are installed first,
-    # then wrapped, and the worker's own install is skipped (it would take the wrappers for
-    # changed Faust code).
-    faust_patches.install()
-    monkeypatch.setattr(app_module, "install_faust_patches", lambda: None)
+    install_patches_before_hooks(monkeypatch)
     build_highwaters = faust_recovery.Recovery._build_highwaters
 
     async def hooked_build_highwaters(
@@ -492,10 +496,7 @@ async def test_a_partition_paused_for_the_standby_start_stays_paused_when_its_bu
     async def write(numbers: range) -> None:
         await write_numbered(producer, settings.subscriptions_topic, numbers)
 
-    # The hooks wrap the worker's patched Faust code: patches first, the worker's install
-    # skipped (see the test above).
-    faust_patches.install()
-    monkeypatch.setattr(app_module, "install_faust_patches", lambda: None)
+    install_patches_before_hooks(monkeypatch)
     build_highwaters = faust_recovery.Recovery._build_highwaters
 
     async def drained_after_the_standby_seek(
