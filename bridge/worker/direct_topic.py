@@ -89,8 +89,8 @@ class _Sink:
 class _HandOff:
     """The consumer's callback: records of ``topics`` go to ``direct``, others to ``rest``;
     every record of a topic whose records are acknowledged is first reported to ``taken``, so
-    that no commit passes it before it is acknowledged (:func:`bridge.worker.faust_patches.
-    commit_settled_only`)."""
+    that no commit passes it before it is acknowledged (``commit_settled_only``,
+    :mod:`bridge.worker.faust_patches.commits`)."""
 
     __slots__ = ("_topics", "_direct", "_rest", "_taken", "_acks_enabled_for")
 
@@ -165,7 +165,7 @@ class DirectTopic(faust.Topic):
 
         Returns ``UNBUFFERED``: the record is in no buffer that a rebalance clears (the
         pipeline keeps what it took), so Faust's consumer need not yield to the loop after
-        every such record (:mod:`bridge.worker.faust_patches`)."""
+        every such record (:mod:`bridge.worker.faust_patches.handoff`)."""
         flow_control = self.app.flow_control
         if not flow_control.is_active():
             await flow_control.acquire()

@@ -231,8 +231,8 @@ async def test_changes_racing_an_owners_first_round_of_disables_are_kept(
 
     # Each disable is judged once. (In about half the runs the worker's subscription table
     # never applied one rename made while it recovered: Faust cleared its changelog queue as
-    # the recovery completed, see bridge.worker.faust_patches. That webhook's disable then
-    # waited for the table to show the owner's own write, and was not judged.)
+    # the recovery completed, see bridge.worker.faust_patches.recovery. That webhook's disable
+    # then waited for the table to show the owner's own write, and was not judged.)
     judged = await poll(worker.metrics, until=lambda v: counted(v) >= 200, timeout=30)
     async with WebhookStore(log_settings) as store:
         now = await store.load()

@@ -22,9 +22,9 @@ from bridge.delivery.pending_retry import PendingRetry
 from bridge.kafka.reading import read_topic
 from bridge.kafka.topics import declared_topics
 from bridge.subscriptions.store import WebhookStore
-from bridge.worker import faust_patches
 from bridge.worker.delivery_log import attempts_partition
 from bridge.worker.embedded import free_port
+from bridge.worker.faust_patches import fetching as patched_fetching
 from tests.support.processes import settings_env
 from tests.support.receivers import Receiver
 from tests.support.records import RawWriter, committed_offsets, end_offsets, topic_reader
@@ -751,7 +751,7 @@ async def test_retry_records_fetched_while_the_worker_seeks_are_all_processed(
     worker = in_process_workers(settings)
     app = worker.bridge.app
     main_loop = asyncio.get_running_loop()
-    seek = faust_patches._seek_uncommitted_to_start
+    seek = patched_fetching._seek_uncommitted_to_start
     held: list[list[int]] = []
 
     async def fetched(tp: TP) -> list[int]:
@@ -774,7 +774,7 @@ async def test_retry_records_fetched_while_the_worker_seeks_are_all_processed(
         finally:
             del consumer.seek_to_beginning
 
-    monkeypatch.setattr(faust_patches, "_seek_uncommitted_to_start", seek_committed_then_fetch)
+    monkeypatch.setattr(patched_fetching, "_seek_uncommitted_to_start", seek_committed_then_fetch)
     await worker.wait_ready()
     assert held and held[0], f"the records were not fetched past the seek: {held}"
     await retry_records(settings, events[4:])

@@ -6,6 +6,7 @@ import ast
 import importlib
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,19 @@ def test_only_a_worker_serving_the_api_loads_it(tmp_path: Path, tokens: bool) ->
     assert ("bridge.worker.api" in found) == tokens
     if not tokens:
         assert found == []
+
+
+def test_every_package_is_built_into_the_wheel() -> None:
+    """setuptools builds the packages pyproject lists: one left out would be missing from the
+    wheel, and from the image, though every test run from the repository passes."""
+    pyproject = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+    listed = set(pyproject["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(("bridge", *path.parent.relative_to(PACKAGE).parts))
+        for path in PACKAGE.rglob("__init__.py")
+    }
+    assert {"bridge", "bridge.worker"} <= found
+    assert sorted(found - listed) == []
 
 
 def _defined_public_names(path: Path) -> set[str]:

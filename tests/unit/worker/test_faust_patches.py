@@ -8,7 +8,9 @@ reported once per fetch."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import itertools
+import pkgutil
 import re
 import sys
 import warnings
@@ -31,19 +33,26 @@ from bridge.worker.faust_patches import (
     UNBUFFERED,
     UNBUFFERED_YIELD_EVERY,
     SeekStamps,
+    commits,
+    fetching,
+    registry,
+    seek_stamps,
+    wait_for,
+)
+from bridge.worker.faust_patches import handoff as patched_handoff
+from bridge.worker.faust_patches import recovery as patched_recovery
+from bridge.worker.faust_patches.fetching import (
     _fetch_records,
     _Fetched,
     _getmany,
     _seek,
-    _seek_offsets,
     _seek_to_beginning,
     _seek_uncommitted_to_start,
     _seek_wait,
-    _wait_first,
     _wait_next_records,
-    seek_stamps,
-    wait_for,
 )
+from bridge.worker.faust_patches.handoff import _wait_first
+from bridge.worker.faust_patches.recovery import _seek_offsets
 
 
 async def test_returns_what_the_awaitable_returns() -> None:
@@ -204,13 +213,13 @@ async def test_suspended_flow_takes_faust_s_own_path(monkeypatch: pytest.MonkeyP
     consumer = FakeConsumer()
     consumer.suspend_flow.set()
     calls: list[int] = []
-    original = faust_patches._original_wait_first
+    original = patched_handoff._original_wait_first
 
     async def recording(self: object, *coros: object, timeout: object = None) -> object:
         calls.append(len(coros))
         return await original(self, *coros, timeout=timeout)
 
-    monkeypatch.setattr(faust_patches, "_original_wait_first", recording)
+    monkeypatch.setattr(patched_handoff, "_original_wait_first", recording)
 
     async def callback() -> None:
         return None
@@ -334,7 +343,7 @@ async def test_standby_reading_of_a_recovered_global_partition_starts_where_reco
     async def recording(self: Any, consumer: Any, tps: Any, offsets: Any, title: str) -> None:
         seeks.append((title, {tp: offsets[tp] for tp in tps}))
 
-    monkeypatch.setattr(faust_patches, "_original_seek_offsets", recording)
+    monkeypatch.setattr(patched_recovery, "_original_seek_offsets", recording)
     hooks0, hooks1 = TopicPartition("webhooks", 0), TopicPartition("webhooks", 1)
     other = TopicPartition("other-table", 0)
     recovery = FakeRecovery({hooks0: 26, hooks1: 37})
@@ -370,7 +379,7 @@ def test_stream_queues_are_cleared_without_the_changelog_queue() -> None:
         queue.put_nowait(7)
     tables = type("Tables", (), {"changelog_queue": changelog})()
     app = type("App", (), {"flow_control": flow_control, "tables": tables})()
-    faust_patches._clear_stream_queues(app)
+    patched_recovery._clear_stream_queues(app)
     assert (changelog.qsize(), stream.qsize()) == (1, 0)
 
 
@@ -379,7 +388,7 @@ def test_the_flow_resumes_clearing_nothing() -> None:
     for queue in (changelog, stream):
         queue.put_nowait(7)
     app = type("App", (), {"flow_control": flow_control})()
-    faust_patches._resume_flow_clearing_nothing(app)
+    patched_recovery._resume_flow_clearing_nothing(app)
     assert flow_control.is_active()
     assert (changelog.qsize(), stream.qsize()) == (1, 1)
     flow_control.clear()  # a rebalance's clear still empties them
@@ -463,7 +472,7 @@ async def test_recovery_completes_seeking_paused_streams_and_keeping_what_is_fet
     recovery = CompletingRecovery()
     recovery.stream_queue.put_nowait(1)  # read before the seek
     recovery.changelog_queue.put_nowait(1)  # the standby reading's
-    await faust_patches._on_recovery_completed(recovery, generation_id=3)
+    await patched_recovery._on_recovery_completed(recovery, generation_id=3)
     assert recovery.calls == ["seek", "resume ['retry.1']", "resume_flow"]
     assert recovery.stream_queue_at_seek == 0  # what was read before the seek: dropped
     assert list(recovery.stream_queue._queue) == [2]  # type: ignore[attr-defined]
@@ -473,7 +482,7 @@ async def test_recovery_completes_seeking_paused_streams_and_keeping_what_is_fet
 
 async def test_recovery_completed_for_an_older_generation_resumes_nothing() -> None:
     recovery = CompletingRecovery()
-    await faust_patches._on_recovery_completed(recovery, generation_id=2)
+    await patched_recovery._on_recovery_completed(recovery, generation_id=2)
     assert recovery.calls == [] and not recovery.completed.is_set()
 
 
@@ -498,13 +507,13 @@ class FakeTableManager:
 
 async def test_table_manager_registers_the_tables_without_a_pause() -> None:
     manager = FakeTableManager()
-    await faust_patches._start_table_manager(manager)
+    await patched_recovery._start_table_manager(manager)
     assert manager.calls == ["channels", "recovery"]
 
 
 async def test_table_manager_that_is_stopping_registers_nothing() -> None:
     manager = FakeTableManager(stopping=True)
-    await faust_patches._start_table_manager(manager)
+    await patched_recovery._start_table_manager(manager)
     assert manager.calls == []
 
 
@@ -727,10 +736,10 @@ def test_a_paused_partition_stays_paused_when_its_buffer_drains() -> None:
     table, retry = TopicPartition("webhooks", 0), TopicPartition("retry.1", 0)
     ours = _Partitions(paused={table}, buffered={table, retry})
     for tp in (table, retry):
-        faust_patches._on_buffer_drop(ours, tp)
+        fetching._on_buffer_drop(ours, tp)
     # No longer under pressure either way; only the partition that is not paused is fetched.
     assert ours._buffered_partitions == set() and ours._active_partitions == {retry}
-    faust_patches._on_buffer_drop(ours, table)  # not buffered: nothing changes
+    fetching._on_buffer_drop(ours, table)  # not buffered: nothing changes
     assert ours._active_partitions == {retry}
     # Faust's own made the paused partition active too.
     theirs = _Partitions(paused={table}, buffered={table, retry})
@@ -764,7 +773,7 @@ class _CommitState:
             self._acked_index[self.tp].add(offset)
 
     def commit(self) -> int | None:
-        return faust_patches._new_offset(self, self.tp)
+        return commits._new_offset(self, self.tp)
 
 
 def test_a_commit_never_passes_an_unacknowledged_record() -> None:
@@ -832,6 +841,25 @@ def test_commits_stay_below_every_unacknowledged_record(offsets: list[int], data
     assert committed == offsets[-1] + 1
 
 
+# -- the package ----------------------------------------------------------------------------------
+
+
+def test_the_package_exports_exactly_the_public_names_of_its_modules() -> None:
+    """Each module holds the patches of one part of Faust; the rest of the bridge imports their
+    public names from the package (and patches a module's attributes where the module is)."""
+    modules = [
+        importlib.import_module(f"{faust_patches.__name__}.{info.name}")
+        for info in pkgutil.iter_modules(faust_patches.__path__)
+    ]
+    names = {m.__name__.rsplit(".", 1)[1] for m in modules}
+    assert names == {"commits", "fetching", "handoff", "recovery", "registry"}
+    exported = [name for module in modules for name in module.__all__]
+    assert sorted(faust_patches.__all__) == sorted(exported)
+    for module in modules:
+        for name in module.__all__:
+            assert getattr(faust_patches, name) is getattr(module, name), name
+
+
 # -- installing the patches -----------------------------------------------------------------------
 
 
@@ -865,7 +893,7 @@ def test_install_puts_every_replacement_in_place_once(pristine: None) -> None:
         )
         assert current is expected, patch.name
     faust_patches.install()  # idempotent
-    assert faust_consumer.Consumer._new_offset is faust_patches._new_offset
+    assert faust_consumer.Consumer._new_offset is commits._new_offset
     if sys.version_info < (3, 12):
         assert recovery.asyncio.wait_for is wait_for
         assert recovery.asyncio.sleep is asyncio.sleep  # the rest is asyncio's
@@ -895,7 +923,7 @@ def test_a_changed_original_refuses_to_start_naming_the_patch(
 def test_another_faust_release_refuses_to_start(
     pristine: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(faust_patches, "FAUST_VERSION", "0.15.2")
+    monkeypatch.setattr(registry, "FAUST_VERSION", "0.15.2")
     with pytest.raises(faust_patches.PatchMismatch, match="faust-streaming 0.15.3 is installed"):
         faust_patches.install()
     assert faust_consumer.Consumer._new_offset is faust_patches.ORIGINALS["commit_settled_only"]
