@@ -749,6 +749,64 @@ def test_a_paused_partition_stays_paused_when_its_buffer_drains() -> None:
     assert theirs._active_partitions == {table, retry}
 
 
+_PARTITIONS = [
+    TopicPartition("webhooks", 0),
+    TopicPartition("webhooks", 1),
+    TopicPartition("retry.1", 0),
+]
+#: What Faust's consumer does to its partition sets, as Faust does it (``on_buffer_full``
+#: outside recovery, where it acts), and the buffer drop under test.
+_OPERATIONS = ("pause", "resume", "buffer_full", "buffer_drop")
+
+
+def _apply(partitions: _Partitions, operation: str, tps: set[Any], drop: Any) -> None:
+    consumer: Any = partitions
+    if operation == "pause":
+        faust_consumer.Consumer.pause_partitions(consumer, tps)
+    elif operation == "resume":
+        faust_consumer.Consumer.resume_partitions(consumer, tps)
+    for tp in sorted(tps):
+        if operation == "buffer_full":
+            consumer.app = type("App", (), {"in_recovery": False})()
+            faust_consumer.Consumer.on_buffer_full(consumer, tp)
+        elif operation == "buffer_drop":
+            drop(consumer, tp)
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(_OPERATIONS), st.sets(st.sampled_from(_PARTITIONS), min_size=1)),
+        max_size=30,
+    )
+)
+def test_paused_partitions_are_never_fetched_and_no_partition_is_left_behind(
+    steps: list[tuple[str, set[Any]]],
+) -> None:
+    """Any sequence of pauses, resumes and buffer pressure rising and dropping: a paused
+    partition is never in the fetched set, and one neither paused nor under buffer pressure
+    always is (nothing waits for a resume that will not come)."""
+    partitions = _Partitions(paused=set(), buffered=set())
+    partitions._active_partitions.update(_PARTITIONS)
+    for operation, tps in steps:
+        _apply(partitions, operation, tps, fetching._on_buffer_drop)
+        active, paused = partitions._active_partitions, partitions._paused_partitions
+        assert not active & paused, (operation, tps)
+        assert all(
+            tp in active for tp in _PARTITIONS if tp not in paused | partitions._buffered_partitions
+        ), (operation, tps)
+
+
+def test_faust_s_own_buffer_drop_fetches_a_paused_partition() -> None:
+    """What the property above rules out, with Faust's ``on_buffer_drop``."""
+    partitions = _Partitions(paused=set(), buffered=set())
+    partitions._active_partitions.update(_PARTITIONS)
+    original: Any = faust_patches.ORIGINALS["paused_partitions_stay_paused"]
+    table = {_PARTITIONS[0]}
+    for operation in ("buffer_full", "pause", "buffer_drop"):
+        _apply(partitions, operation, table, original)
+    assert partitions._active_partitions & partitions._paused_partitions == table
+
+
 class _CommitState:
     """The parts of Faust's consumer that ``_new_offset`` reads, as Faust keeps them."""
 
