@@ -189,13 +189,8 @@ def expectations(run: Run) -> tuple[set[str], set[str], dict[str, int]]:
     return required, allowed, lowest
 
 
-async def topic_ends(settings: Settings, topic: str) -> dict[int, int]:
-    """Each partition's last offset + 1, read (retry records are written in batches)."""
-    return await read_ends(settings.kafka_bootstrap_servers, topic)
-
-
 async def dead_letters(settings: Settings) -> dict[int, int]:
-    return await topic_ends(settings, settings.deadletter_topic)
+    return await read_ends(settings.kafka_bootstrap_servers, settings.deadletter_topic)
 
 
 def table_view(webhooks: dict[str, Webhook]) -> dict[str, dict[str, Any]]:
@@ -282,7 +277,7 @@ async def test_retries_and_changes_across_repeated_rebalances_lose_and_stall_not
         event_ends[partition] = max(event_ends.get(partition, 0), offset + 1)
     ends = {settings.events_topic: event_ends}
     for tier in settings.retry_topics:
-        ends[tier] = await topic_ends(settings, tier)
+        ends[tier] = await read_ends(settings.kafka_bootstrap_servers, tier)
 
     async def behind() -> dict[str, dict[int, tuple[int, int]]]:
         return await commits_behind(settings.kafka_bootstrap_servers, settings.group_id, ends)
@@ -291,7 +286,9 @@ async def test_retries_and_changes_across_repeated_rebalances_lose_and_stall_not
     assert not left, f"seed {seed}: (committed, end) by topic and partition: {left}"
     # No retry record was written after the ends were read.
     for tier in settings.retry_topics:
-        assert await topic_ends(settings, tier) == ends[tier], f"seed {seed}: {tier} grew"
+        assert await read_ends(settings.kafka_bootstrap_servers, tier) == ends[tier], (
+            f"seed {seed}: {tier} grew"
+        )
     assert not await dead_letters(settings), f"seed {seed}: dead letters written"
 
     # Every surviving worker's table holds the topic's newest records.

@@ -724,6 +724,8 @@ class _Partitions:
     """The partition sets of Faust's consumer that ``on_buffer_drop`` reads and changes."""
 
     def __init__(self, paused: set[Any], buffered: set[Any]) -> None:
+        #: ``on_buffer_full`` acts outside recovery only.
+        self.app = type("App", (), {"in_recovery": False})()
         self._active_partitions: set[Any] = set()
         self._paused_partitions = paused
         self._buffered_partitions = buffered
@@ -754,8 +756,8 @@ _PARTITIONS = [
     TopicPartition("webhooks", 1),
     TopicPartition("retry.1", 0),
 ]
-#: What Faust's consumer does to its partition sets, as Faust does it (``on_buffer_full``
-#: outside recovery, where it acts), and the buffer drop under test.
+#: What Faust's consumer does to its partition sets, as Faust does it, and the buffer drop
+#: under test.
 _OPERATIONS = ("pause", "resume", "buffer_full", "buffer_drop")
 
 
@@ -767,7 +769,6 @@ def _apply(partitions: _Partitions, operation: str, tps: set[Any], drop: Any) ->
         faust_consumer.Consumer.resume_partitions(consumer, tps)
     for tp in sorted(tps):
         if operation == "buffer_full":
-            consumer.app = type("App", (), {"in_recovery": False})()
             faust_consumer.Consumer.on_buffer_full(consumer, tp)
         elif operation == "buffer_drop":
             drop(consumer, tp)
