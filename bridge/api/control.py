@@ -274,18 +274,7 @@ class ControlService:
         activity = await self._activity.activity(webhook_id)
         now = self._clock()
         stats = activity.stats
-        windows = {}
-        for name in WINDOWS:
-            window = stats.window(name, now)
-            windows[name] = {
-                "attempts": window.attempts,
-                "successes": window.successes,
-                "failures": window.failures,
-                "skipped": window.skipped,
-                "failure_ratio": window.failure_ratio,
-                "latency_p50_seconds": window.latency_p50,
-                "latency_p99_seconds": window.latency_p99,
-            }
+        windows = {name: stats.window(name, now).as_dict() for name in WINDOWS}
         last_success, last_failure = stats.last_success, stats.last_failure
         return {
             "webhook_id": webhook_id,

@@ -18,6 +18,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from bridge.attempts.stats import LATENCY_BOUNDS
 from bridge.contract.resources import load_json
 from bridge.contract.schemas import EVENT_TYPES
 
@@ -36,6 +37,23 @@ __all__ = [
     "request_validator",
     "served_operations",
 ]
+
+
+def _bounds_text(bounds: tuple[float, ...]) -> str:
+    """``5, 10, 25 ms, 1, 2.5 s`` for the finite bounds (seconds) of a latency histogram."""
+    finite = [b for b in bounds if b != float("inf")]
+    millis = ", ".join(f"{b * 1000:g}" for b in finite if b < 1)
+    seconds = ", ".join(f"{b:g}" for b in finite if b >= 1)
+    return f"{millis} ms, {seconds} s"
+
+
+#: How the stats' latency quantiles are estimated (:mod:`bridge.attempts.stats`).
+_LATENCY_ESTIMATE = (
+    f"Estimated from a histogram of the window's requests (bounds "
+    f"{_bounds_text(LATENCY_BOUNDS)}), interpolated within the bucket that holds the quantile "
+    "and within the fastest and slowest request of the window: off by at most that bucket's "
+    "width, exact when every request took the same time; null without requests."
+)
 
 API_VERSION = "1.0.0"
 DEFAULT_PAGE_LIMIT = 50
@@ -164,8 +182,16 @@ def _schemas() -> dict[str, Any]:
         "properties": {
             **{name: {"type": "integer", "minimum": 0} for name in counts},
             "failure_ratio": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-            "latency_p50_seconds": {"type": ["number", "null"], "minimum": 0},
-            "latency_p99_seconds": {"type": ["number", "null"], "minimum": 0},
+            "latency_p50_seconds": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": _LATENCY_ESTIMATE,
+            },
+            "latency_p99_seconds": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": _LATENCY_ESTIMATE,
+            },
         },
         "additionalProperties": False,
     }

@@ -9,8 +9,12 @@ attempt recorded for a webhook created later (``webhook_created_at``) starts the
 one for a webhook created earlier is not counted. Attempts recorded without it count for
 whichever webhook the stats are of.
 Latency quantiles are estimated from a fixed histogram per bucket, interpolated within the
-bucket that holds the quantile, as Prometheus' ``histogram_quantile`` does: their error is at
-most the width of that bucket.
+histogram bucket that holds the quantile, as Prometheus' ``histogram_quantile`` does, but within
+the latencies seen: each time bucket also keeps its fastest and slowest attempt, so that the
+interpolation never reaches below the window's fastest or above its slowest. The error is at
+most the width of the histogram bucket that holds the quantile, cut to that range: a window
+whose attempts all took the same time gives that time exactly, and the open bucket (30 s and
+more) gives at most the slowest attempt rather than its lower bound alone.
 """
 
 from __future__ import annotations
@@ -38,13 +42,17 @@ _MINUTES_KEPT = 60 + 1
 _HOURS_KEPT = 24 * 7 + 1
 
 
-@dataclass
+@dataclass(slots=True)
 class _Bucket:
     attempts: int = 0
     successes: int = 0
     failures: int = 0
     skipped: int = 0
     latency: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BOUNDS))
+    #: The fastest and slowest attempt counted in ``latency`` (``None`` without one, or in
+    #: buckets sent by a worker that did not keep them).
+    fastest: float | None = None
+    slowest: float | None = None
 
     def add(self, attempt: Attempt) -> None:
         if attempt.outcome == "skipped":
@@ -55,7 +63,12 @@ class _Bucket:
             self.successes += 1
         else:
             self.failures += 1
-        self.latency[bisect.bisect_left(LATENCY_BOUNDS, attempt.duration_seconds)] += 1
+        duration = attempt.duration_seconds
+        self.latency[bisect.bisect_left(LATENCY_BOUNDS, duration)] += 1
+        if self.fastest is None or duration < self.fastest:
+            self.fastest = duration
+        if self.slowest is None or duration > self.slowest:
+            self.slowest = duration
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,32 @@ class WindowStats:
     latency_p50: float | None
     latency_p99: float | None
 
+    def as_dict(self) -> dict[str, Any]:
+        """The window as the API's ``WindowStats`` (and the CLI's ``--json``) show it."""
+        return {
+            "attempts": self.attempts,
+            "successes": self.successes,
+            "failures": self.failures,
+            "skipped": self.skipped,
+            "failure_ratio": self.failure_ratio,
+            "latency_p50_seconds": self.latency_p50,
+            "latency_p99_seconds": self.latency_p99,
+        }
+
+    @classmethod
+    def of(cls, window: str, shown: dict[str, Any]) -> WindowStats:
+        """The window :meth:`as_dict` showed (``KeyError`` for a missing field)."""
+        return cls(
+            window=window,
+            attempts=shown["attempts"],
+            successes=shown["successes"],
+            failures=shown["failures"],
+            skipped=shown["skipped"],
+            failure_ratio=shown["failure_ratio"],
+            latency_p50=shown["latency_p50_seconds"],
+            latency_p99=shown["latency_p99_seconds"],
+        )
+
 
 def _seconds(created_at: str) -> float:
     """Unreadable is older than any readable time."""
@@ -81,7 +120,13 @@ def _seconds(created_at: str) -> float:
     return -math.inf if seconds is None else seconds
 
 
-def _quantile(q: float, counts: list[int]) -> float | None:
+def _quantile(
+    q: float, counts: list[int], fastest: float | None = None, slowest: float | None = None
+) -> float | None:
+    """The ``q`` quantile of the latencies counted in ``counts``, interpolated within the
+    histogram bucket that holds it and within ``[fastest, slowest]`` (when known: the fastest
+    latency lies in the first non-empty bucket and the slowest in the last, so the range only
+    ever narrows the bucket the quantile is in)."""
     total = sum(counts)
     if total == 0:
         return None
@@ -91,8 +136,12 @@ def _quantile(q: float, counts: list[int]) -> float | None:
         if count and seen + count >= rank:
             lower = 0.0 if index == 0 else LATENCY_BOUNDS[index - 1]
             upper = LATENCY_BOUNDS[index]
+            if fastest is not None and fastest > lower:
+                lower = min(fastest, upper)
+            if slowest is not None and slowest < upper:
+                upper = max(slowest, lower)
             if math.isinf(upper):
-                return lower  # the open bucket: its lower bound is all that is known
+                return lower  # the open bucket, its slowest unknown: its lower bound
             return lower + (upper - lower) * (rank - seen) / count
         seen += count
     return LATENCY_BOUNDS[-2]
@@ -168,9 +217,22 @@ class WebhookStats:
                 for key, b in sorted(held.items())
             ]
 
+        def extremes(held: dict[int, _Bucket]) -> list[list[Any]]:
+            return [
+                [key, b.fastest, b.slowest]
+                for key, b in sorted(held.items())
+                if b.fastest is not None and b.slowest is not None
+            ]
+
+        # The fastest and slowest attempts apart from the buckets' lists: a worker that does
+        # not know them reads the rest as before (workers of two releases, mid-upgrade).
         return {
             "minutes": buckets(self._minutes),
             "hours": buckets(self._hours),
+            "latency_extremes": {
+                "minutes": extremes(self._minutes),
+                "hours": extremes(self._hours),
+            },
             "last_success": None if self.last_success is None else self.last_success.as_dict(),
             "last_failure": None if self.last_failure is None else self.last_failure.as_dict(),
             "webhook_created_at": self.webhook_created_at,
@@ -192,6 +254,18 @@ class WebhookStats:
                         int(skipped),
                         [int(n) for n in latency],
                     )
+            extremes = data.get("latency_extremes", {})
+            if not isinstance(extremes, dict):
+                raise ValueError("latency extremes are not an object")
+            for name, held in (("minutes", stats._minutes), ("hours", stats._hours)):
+                for key, fastest, slowest in extremes.get(name, ()):
+                    bucket = held.get(int(key))
+                    if bucket is None or bucket.attempts == 0:
+                        raise ValueError("latency extremes of a bucket without attempts")
+                    fastest, slowest = float(fastest), float(slowest)
+                    if not 0.0 <= fastest <= slowest or math.isinf(fastest):
+                        raise ValueError("latency extremes out of order")
+                    bucket.fastest, bucket.slowest = fastest, slowest
             for name in ("last_success", "last_failure"):
                 if data[name] is not None:
                     setattr(stats, name, Attempt.of(data[name]))
@@ -219,12 +293,25 @@ class WebhookStats:
             first = int(now // _HOUR) - int(seconds // _HOUR)
             chosen = [b for k, b in self._hours.items() if k >= first]
         total = _Bucket()
+        ranged = True
         for bucket in chosen:
             total.attempts += bucket.attempts
             total.successes += bucket.successes
             total.failures += bucket.failures
             total.skipped += bucket.skipped
             total.latency = [a + b for a, b in zip(total.latency, bucket.latency, strict=True)]
+            if bucket.attempts:
+                if bucket.fastest is None or bucket.slowest is None:
+                    # Sent by a worker that did not keep them: the range is not known.
+                    ranged = False
+                elif ranged:
+                    if total.fastest is None or bucket.fastest < total.fastest:
+                        total.fastest = bucket.fastest
+                    if total.slowest is None or bucket.slowest > total.slowest:
+                        total.slowest = bucket.slowest
+        latencies = (
+            (total.latency, total.fastest, total.slowest) if ranged else (total.latency, None, None)
+        )
         return WindowStats(
             window=name,
             attempts=total.attempts,
@@ -232,6 +319,6 @@ class WebhookStats:
             failures=total.failures,
             skipped=total.skipped,
             failure_ratio=total.failures / total.attempts if total.attempts else None,
-            latency_p50=_quantile(0.5, total.latency),
-            latency_p99=_quantile(0.99, total.latency),
+            latency_p50=_quantile(0.5, *latencies),
+            latency_p99=_quantile(0.99, *latencies),
         )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import gc
 import json
 import re
@@ -767,20 +766,9 @@ def _webhooks_stats(args: argparse.Namespace) -> int:
     if api is not None:
         with api:
             answer = api.get(f"/v1/webhooks/{_path_part(args.webhook_id)}/stats")
-        windows = [
-            WindowStats(
-                window=name,
-                attempts=shown["attempts"],
-                successes=shown["successes"],
-                failures=shown["failures"],
-                skipped=shown["skipped"],
-                failure_ratio=shown["failure_ratio"],
-                latency_p50=shown["latency_p50_seconds"],
-                latency_p99=shown["latency_p99_seconds"],
-            )
-            for name, shown in answer["windows"].items()
-        ]
+        windows = [WindowStats.of(name, shown) for name, shown in answer["windows"].items()]
         last_success, last_failure = answer["last_success_at"], answer["last_failure_at"]
+        as_json = answer  # with the webhook's state, which only the API tells
     else:
         now = time.time()
         reading = _run_managed(
@@ -790,14 +778,14 @@ def _webhooks_stats(args: argparse.Namespace) -> int:
         windows = [stats.window(name, now) for name in WINDOWS]
         last_success = stats.last_success.at if stats.last_success else None
         last_failure = stats.last_failure.at if stats.last_failure else None
-    if args.json:
-        shown = {
+        as_json = {
             "webhook_id": args.webhook_id,
-            "windows": {w.window: dataclasses.asdict(w) for w in windows},
-            "last_success": last_success,
-            "last_failure": last_failure,
+            "windows": {w.window: w.as_dict() for w in windows},
+            "last_success_at": last_success,
+            "last_failure_at": last_failure,
         }
-        print(json.dumps(shown))
+    if args.json:
+        print(json.dumps(as_json))
         return 0
 
     def seconds(value: float | None) -> str:

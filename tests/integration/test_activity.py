@@ -104,8 +104,12 @@ async def test_the_log_shows_two_failures_then_the_success_and_the_stats_count_t
         counted = stats["windows"][window]
         assert (counted["attempts"], counted["successes"], counted["failures"]) == (3, 1, 2)
         assert counted["failure_ratio"] == pytest.approx(2 / 3)
-    assert stats["last_success"] == logged[0]["at"]
-    assert stats["last_failure"] == logged[1]["at"]
+        # Estimated, but never outside the latencies the log shows.
+        durations = [a["duration_seconds"] for a in logged]
+        for quantile in (counted["latency_p50_seconds"], counted["latency_p99_seconds"]):
+            assert min(durations) - 1e-9 <= quantile <= max(durations) + 1e-9
+    assert stats["last_success_at"] == logged[0]["at"]
+    assert stats["last_failure_at"] == logged[1]["at"]
     assert "last success:" in cli(settings, "webhooks", "stats", "wh")
 
     assert f"redelivering {target}" in cli(settings, "deliveries", "redeliver", target)

@@ -416,5 +416,38 @@ def test_latency_quantiles_are_within_the_bucket_that_holds_them(durations: list
         exact = sorted(durations)[max(0, math.ceil(q * len(durations)) - 1)]
         index = next(i for i, bound in enumerate(LATENCY_BOUNDS) if exact <= bound)
         lower = 0.0 if index == 0 else LATENCY_BOUNDS[index - 1]
-        upper = LATENCY_BOUNDS[index] if index < len(LATENCY_BOUNDS) - 1 else lower
+        # The open bucket (30 s and more) reaches as far as the slowest attempt.
+        upper = LATENCY_BOUNDS[index] if index < len(LATENCY_BOUNDS) - 1 else max(durations)
         assert lower - 1e-9 <= estimate <= upper + 1e-9
+        assert min(durations) - 1e-9 <= estimate <= max(durations) + 1e-9
+
+
+@given(st.floats(0.0, 100.0), st.integers(1, 50))
+def test_attempts_that_all_took_the_same_time_give_that_time(duration: float, n: int) -> None:
+    stats = WebhookStats()
+    for i in range(n):
+        stats.add(attempt(T0, delivery_id=str(i), duration_seconds=duration), T0)
+    for name in ("1h", "24h", "7d"):
+        window = stats.window(name, T0)
+        assert window.latency_p50 == pytest.approx(duration)
+        assert window.latency_p99 == pytest.approx(duration)
+
+
+def test_quantiles_stay_within_the_fastest_and_slowest_attempts() -> None:
+    """In a histogram bucket that holds every attempt, the estimate is interpolated between the
+    fastest and the slowest rather than between the bucket's bounds (0 and 5 ms here; 30 s and
+    no bound for the open bucket); in windows apart, each its own range."""
+    stats = WebhookStats()
+    for i, duration in enumerate((0.0038, 0.0039, 0.0040, 0.0041, 0.0042)):
+        stats.add(attempt(T0, delivery_id=f"fast{i}", duration_seconds=duration), T0)
+    window = stats.window("1h", T0)
+    assert window.latency_p50 == pytest.approx(0.0040)
+    assert window.latency_p99 == pytest.approx(0.0042, abs=1e-5)  # not 4.95 ms
+    # Timeouts, an hour later (outside the hour window, inside the day's).
+    later = T0 + 3 * 3600
+    for i in range(4):
+        stats.add(attempt(later, delivery_id=f"slow{i}", duration_seconds=30.5), later)
+    assert stats.window("1h", later).latency_p50 == pytest.approx(30.5)
+    day = stats.window("24h", later)
+    assert 0.0038 <= day.latency_p50 <= 0.005  # type: ignore[operator]
+    assert 30.4 < day.latency_p99 <= 30.5  # type: ignore[operator]  # not 30 s

@@ -34,6 +34,54 @@ def test_an_activity_comes_back_equal_through_json() -> None:
     assert back.stats.last_failure == held.stats.last_failure
 
 
+def test_latency_extremes_come_back_and_buckets_keep_their_shape() -> None:
+    """The fastest and slowest attempts travel apart from the buckets' lists, which keep the
+    six items a worker without them reads; stats from such a worker (no extremes) are read,
+    their quantiles interpolated within the histogram buckets alone."""
+    stats = WebhookStats()
+    for i, duration in enumerate((0.0038, 0.0042)):
+        stats.add(attempt(T0, delivery_id=f"d{i}", duration_seconds=duration), T0)
+    data = jsoncanon.loads(jsoncanon.dumps(stats.to_dict()))
+    assert isinstance(data, dict)
+    assert all(len(bucket) == 6 for name in ("minutes", "hours") for bucket in data[name])
+    back = WebhookStats.from_dict(data)
+    assert back.window("1h", T0) == stats.window("1h", T0)
+    assert back.window("1h", T0).latency_p50 == pytest.approx(0.004)
+    del data["latency_extremes"]
+    older = WebhookStats.from_dict(data).window("1h", T0)
+    assert older.attempts == 2
+    assert older.latency_p50 == pytest.approx(0.0025)  # the middle of 0-5 ms
+
+
+@pytest.mark.parametrize(
+    "extremes",
+    [
+        {"minutes": [[0, 0.001, 0.002]]},  # no such bucket
+        {"minutes": [["x", 0.001, 0.002]]},
+        {"hours": [[1, 0.003]]},
+        "fast",
+    ],
+)
+def test_latency_extremes_that_do_not_fit_are_a_value_error(extremes: object) -> None:
+    stats = WebhookStats()
+    stats.add(attempt(T0, duration_seconds=0.004), T0)
+    data = stats.to_dict()
+    data["latency_extremes"] = extremes
+    with pytest.raises(ValueError):
+        WebhookStats.from_dict(data)
+
+
+@pytest.mark.parametrize("pair", [(0.002, 0.001), (-1.0, 0.001), ("nan", 0.001), (0.001, "x")])
+def test_latency_extremes_out_of_order_are_a_value_error(pair: tuple[object, object]) -> None:
+    stats = WebhookStats()
+    stats.add(attempt(T0, duration_seconds=0.004), T0)
+    data = stats.to_dict()
+    minute = data["minutes"][0][0]
+    data["latency_extremes"] = {"minutes": [[minute, *pair]], "hours": []}
+    with pytest.raises(ValueError):
+        WebhookStats.from_dict(data)
+
+
 def test_empty_stats_come_back_empty() -> None:
     stats = WebhookStats.from_dict(WebhookStats().to_dict())
     assert dataclasses.astuple(stats.window("7d", T0))[1:5] == (0, 0, 0, 0)
