@@ -39,6 +39,7 @@ from bridge.api.service import WebhookService, body_errors, etag, public_view
 from bridge.attempts.log import LogQuery, decode_cursor
 from bridge.contract import jsoncanon
 from bridge.contract.events import parse_time
+from bridge.contract.payload import delivery_id
 from bridge.contract.schemas import EVENT_TYPES
 from bridge.subscriptions.webhook import Webhook
 
@@ -199,7 +200,9 @@ class _Routes:
         webhook_id = self._webhook_id(request)
         body = await self._body(request, optional=True)
         event = await self._service.send_test(principal, webhook_id, body)
-        return _json({"webhook_id": webhook_id, "event_id": event.id}, 202)
+        delivery = delivery_id(event.id, webhook_id)
+        answer = {"webhook_id": webhook_id, "event_id": event.id, "delivery_id": delivery}
+        return _json(answer, 202)
 
     async def list_attempts(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "read")

@@ -286,8 +286,17 @@ def _schemas() -> dict[str, Any]:
         },
         "TestEventAccepted": {
             "type": "object",
-            "required": ["webhook_id", "event_id"],
-            "properties": {"webhook_id": {"type": "string"}, "event_id": {"type": "string"}},
+            "required": ["webhook_id", "event_id", "delivery_id"],
+            "properties": {
+                "webhook_id": {"type": "string"},
+                "event_id": {"type": "string"},
+                "delivery_id": {
+                    "type": "string",
+                    "description": "The X-Webhook-Delivery id the test event is sent with: "
+                    "GET /v1/deliveries/{delivery_id} shows its attempts once the first is made "
+                    "(404 until then).",
+                },
+            },
         },
         "Attempt": {
             "type": "object",

@@ -23,6 +23,7 @@ from bridge.config import (
     parse_list,
 )
 from bridge.contract.events import Event, build_event
+from bridge.contract.payload import delivery_id
 from bridge.errors import BridgeError, ConfigError, InvalidRecord, TopicDrift
 from bridge.worker.embedded import GROUP_TIMEOUTS, EmbeddedBroker, _port_open
 
@@ -562,6 +563,8 @@ def _webhooks_test(args: argparse.Namespace) -> int:
 
     event = _run_managed(args, test)
     print(f"published test.event {event.id}")
+    # What `deliveries show` takes, once the delivery is attempted.
+    print(f"delivery {delivery_id(event.id, args.webhook_id)}")
     return 0
 
 

@@ -128,7 +128,9 @@ async def _exercise(client: TestClient[Any, Any], cli: WebhookStore, settings: S
 
     test = await client.post("/v1/webhooks/wh_api/test", json={"message": "hi"}, headers=HEADERS)
     assert test.status == 202
-    event_id = (await test.json())["event_id"]
+    accepted = await test.json()
+    event_id = accepted["event_id"]
+    assert accepted["delivery_id"] == delivery_id(event_id, "wh_api")
     events = [jsoncanon.loads(v) for _, v in await read_topic(settings, settings.events_topic)]
     assert [(e["id"], e["type"], e["data"]) for e in events if isinstance(e, dict)] == [
         (event_id, "test.event", {"webhook_id": "wh_api", "message": "hi"})

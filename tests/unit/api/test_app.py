@@ -14,6 +14,7 @@ from bridge.api.problems import PROBLEM_JSON, Problem
 from bridge.api.repository import WebhookFilter, webhook_version
 from bridge.api.service import decode_cursor, encode_cursor
 from bridge.contract.events import parse_time
+from bridge.contract.payload import delivery_id
 from tests.unit.api.conftest import ADMIN, READER, SITE_1, USER_1, WRITER, Api, auth
 
 
@@ -282,7 +283,11 @@ async def test_send_a_test_event(api: Api) -> None:
     assert response.status == 202
     answer = await response.json()
     (event,) = api.published.events
-    assert answer == {"webhook_id": created["id"], "event_id": event.id}
+    assert answer == {
+        "webhook_id": created["id"],
+        "event_id": event.id,
+        "delivery_id": delivery_id(event.id, created["id"]),
+    }
     assert event.type == "test.event" and event.site_id == "site_1"
     assert event.data == {"webhook_id": created["id"], "message": "hello"}
     assert (await api.client.post(path, headers=auth())).status == 202

@@ -19,8 +19,10 @@ import pytest
 from bridge.admin import publish
 from bridge.cli import commands as cli
 from bridge.config import Settings
-from bridge.contract.events import Event
+from bridge.contract.events import Event, build_event
+from bridge.contract.payload import delivery_id
 from bridge.errors import ConfigError
+from bridge.subscriptions.webhook import Webhook
 from bridge.worker.embedded import free_port
 
 BROKER = ["--bootstrap-servers", "127.0.0.1:1"]
@@ -262,6 +264,52 @@ def test_a_management_command_exits_1_with_its_error_in_one_line(
     monkeypatch.setattr(store, "WebhookStore", NoStore)
     assert cli.main(["webhooks", "test", "nope", *BROKER]) == 1
     assert capsys.readouterr().err == "webhook-bridge: no webhook 'nope'\n"
+
+
+def test_a_test_event_names_the_delivery_to_look_up(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``webhooks test`` prints the event id and the delivery id ``deliveries show`` takes."""
+    from bridge.subscriptions import store
+
+    hook = Webhook(
+        id="wh_t",
+        name="t",
+        url="https://hooks.example/t",
+        secret="whsec_" + "t" * 32,
+        events=frozenset({"*"}),
+        site_id="s1",
+        user_id="u1",
+    )
+
+    class OneStore:
+        def __init__(self, settings: Settings) -> None:
+            pass
+
+        async def __aenter__(self) -> OneStore:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            pass
+
+        async def load(self) -> dict[str, Any]:
+            return {hook.id: hook}
+
+    sent = build_event(
+        "test.event", {"webhook_id": hook.id, "message": ""}, site_id="s1", user_id="u1"
+    )
+
+    async def send_test_event(settings: Settings, webhook: Webhook, *args: Any, **kw: Any) -> Any:
+        assert webhook is hook
+        return sent
+
+    monkeypatch.setattr(store, "WebhookStore", OneStore)
+    monkeypatch.setattr(publish, "send_test_event", send_test_event)
+    assert cli.main(["webhooks", "test", hook.id, *BROKER]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"published test.event {sent.id}",
+        f"delivery {delivery_id(sent.id, hook.id)}",
+    ]
 
 
 def test_an_attempt_line_shows_the_response_size_and_an_escaped_prefix() -> None:
