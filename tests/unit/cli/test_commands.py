@@ -243,25 +243,30 @@ def test_run_managed_explains_a_missing_broker_before_running(
     assert started == []
 
 
-def test_a_management_command_exits_1_with_its_error_in_one_line(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def use_webhooks(monkeypatch: pytest.MonkeyPatch, *webhooks: Webhook) -> None:
+    """Management commands find ``webhooks`` in the subscriptions topic (no broker asked)."""
     from bridge.subscriptions import store
 
-    class NoStore:
+    class FixedStore:
         def __init__(self, settings: Settings) -> None:
             pass
 
-        async def __aenter__(self) -> NoStore:
+        async def __aenter__(self) -> FixedStore:
             return self
 
         async def __aexit__(self, *exc: object) -> None:
             pass
 
         async def load(self) -> dict[str, Any]:
-            return {}
+            return {webhook.id: webhook for webhook in webhooks}
 
-    monkeypatch.setattr(store, "WebhookStore", NoStore)
+    monkeypatch.setattr(store, "WebhookStore", FixedStore)
+
+
+def test_a_management_command_exits_1_with_its_error_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    use_webhooks(monkeypatch)
     assert cli.main(["webhooks", "test", "nope", *BROKER]) == 1
     assert capsys.readouterr().err == "webhook-bridge: no webhook 'nope'\n"
 
@@ -270,8 +275,6 @@ def test_a_test_event_names_the_delivery_to_look_up(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``webhooks test`` prints the event id and the delivery id ``deliveries show`` takes."""
-    from bridge.subscriptions import store
-
     hook = Webhook(
         id="wh_t",
         name="t",
@@ -281,20 +284,6 @@ def test_a_test_event_names_the_delivery_to_look_up(
         site_id="s1",
         user_id="u1",
     )
-
-    class OneStore:
-        def __init__(self, settings: Settings) -> None:
-            pass
-
-        async def __aenter__(self) -> OneStore:
-            return self
-
-        async def __aexit__(self, *exc: object) -> None:
-            pass
-
-        async def load(self) -> dict[str, Any]:
-            return {hook.id: hook}
-
     sent = build_event(
         "test.event", {"webhook_id": hook.id, "message": ""}, site_id="s1", user_id="u1"
     )
@@ -303,7 +292,7 @@ def test_a_test_event_names_the_delivery_to_look_up(
         assert webhook is hook
         return sent
 
-    monkeypatch.setattr(store, "WebhookStore", OneStore)
+    use_webhooks(monkeypatch, hook)
     monkeypatch.setattr(publish, "send_test_event", send_test_event)
     assert cli.main(["webhooks", "test", hook.id, *BROKER]) == 0
     assert capsys.readouterr().out.splitlines() == [
