@@ -577,7 +577,9 @@ def _operation(
             "403": _problem_response("The token lacks the scope, or the site or account."),
             "503": _problem_response(
                 "Not answered in time, the webhooks table could not be shown current, or the "
-                "owner of the webhook or its delivery log is unknown (a rebalance): retry after "
+                "owner of the webhook or its delivery log was not known or not ready within the "
+                "hold of a rebalance (a request that needs it waits, at most the smaller of 5 s "
+                "and half the request timeout, for the assignment to settle): retry after "
                 "Retry-After seconds."
             ),
         },

@@ -19,6 +19,18 @@ of each webhook (:class:`~bridge.api.service.WebhookService`'s lock per id) and 
 partition, the old and the new owner can each take one change: the window is the rebalance's,
 and a client that sent ``If-Match`` may then see its change applied over one made a moment
 before (docs/api.md, "Concurrent changes").
+
+A request that needs an owner while a rebalance settles is held rather than answered ``503`` at
+once (:mod:`bridge.worker.settling`): while no owner is known, while this worker owns the
+webhook but still reads its partition, and, for a relayed change, while the worker it was
+relayed to is not (yet) the owner. It goes on as soon as the assignment says where (a change is
+still relayed once, and made only by the worker its assignment names), and is answered ``503``
+with ``Retry-After`` only when nothing settled within the smaller of
+:data:`~bridge.worker.settling.MAX_HOLD` and half the request timeout. A routed or relayed
+request carries what is left of that hold, so the owner holds it no longer. One sent on by a
+worker that had not yet received the assignment the next one already had waits there in vain
+(it is never sent on again) and is answered ``503`` at the end of its hold: the members of a
+group receive an assignment within moments of one another.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from aiokafka import AIOKafkaProducer
 
 from bridge.api.activity import ActivitySource, EndpointStatus
@@ -60,14 +73,19 @@ from bridge.worker.recovery_journal import (
     take_over,
 )
 from bridge.worker.recovery_view import DEFAULT_STALE_AFTER
+from bridge.worker.settling import HOLD_HEADER, hold_bound, hold_left, hold_until, settle
 
 if TYPE_CHECKING:
     from bridge.worker.app import Bridge
+    from bridge.worker.delivery_log import Owner
 
 __all__ = ["RELAYED_BY", "WorkerActivitySource", "api_application"]
 
 #: The ``Authorization`` of the request being answered, sent on with routed reads.
 _authorization: ContextVar[str | None] = ContextVar("authorization", default=None)
+#: When the request being answered stops waiting for an owner (event loop time; ``None``: it
+#: does not wait, outside a request).
+_hold_until: ContextVar[float | None] = ContextVar("hold_until", default=None)
 
 #: The header of a change relayed to its webhook's owner: the relaying worker's URL.
 RELAYED_BY = "X-Bridge-Relayed-By"
@@ -102,8 +120,9 @@ def _unavailable(exc: OwnerUnavailable) -> Problem:
 class WorkerActivitySource:
     """An :class:`~bridge.api.activity.ActivitySource` over the workers' delivery logs
     (:meth:`Bridge.activity_for <bridge.worker.app.Bridge.activity_for>`) and the worker's
-    endpoint-status table. ``503 unavailable`` with ``Retry-After`` while an owner is unknown
-    or does not answer."""
+    endpoint-status table. While an owner is unknown, reading its partition or not answering,
+    the request is held (module docstring); ``503 unavailable`` with ``Retry-After`` if that
+    does not settle within the hold."""
 
     indexes_deliveries = True
 
@@ -120,13 +139,17 @@ class WorkerActivitySource:
 
     async def activity(self, webhook_id: str) -> Activity:
         try:
-            return await self._bridge.activity_for(webhook_id, headers=self._headers())
+            return await self._bridge.activity_for(
+                webhook_id, headers=self._headers(), until=_hold_until.get()
+            )
         except OwnerUnavailable as exc:
             raise _unavailable(exc) from None
 
     async def delivery(self, delivery_id: str) -> list[Attempt]:
         try:
-            return await self._bridge.delivery_for(delivery_id, headers=self._headers())
+            return await self._bridge.delivery_for(
+                delivery_id, headers=self._headers(), until=_hold_until.get()
+            )
         except OwnerUnavailable as exc:
             raise _unavailable(exc) from None
 
@@ -143,6 +166,23 @@ async def _keep_authorization(request: web.Request, handler: Any) -> web.StreamR
         return response
     finally:
         _authorization.reset(token)
+
+
+def _holding(bound: float) -> Middleware:
+    """Middleware keeping when the request being answered stops waiting for an owner:
+    ``bound`` seconds after it arrived, or sooner when a peer sent it with less left
+    (:func:`~bridge.worker.settling.hold_until`)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        now = asyncio.get_running_loop().time()
+        token = _hold_until.set(hold_until(request.headers.get(HOLD_HEADER), bound, now))
+        try:
+            return await handler(request)
+        finally:
+            _hold_until.reset(token)
+
+    return middleware
 
 
 async def _changed_webhook(request: web.Request, max_bytes: int) -> str | None:
@@ -186,23 +226,41 @@ class _Relay:
             self._tokens.authenticate(request.headers.get("Authorization")).require("write")
             return await self._relay(runner, request)
         webhook_id = await _changed_webhook(request, self._max_bytes)
-        if webhook_id is None:
+        if webhook_id is None or self._bridge.owner(webhook_id).local:
             response = await handler(request)
             return response
-        owner = self._bridge.owner(webhook_id)
+        # Refused here what the owner would refuse, so a stranger can neither make workers call
+        # each other nor have requests held.
+        self._tokens.authenticate(request.headers.get("Authorization")).require("write")
+        try:
+            owner = await settle(
+                functools.partial(self._destination, webhook_id, relayed=relayed),
+                self._bridge.changes,
+                _hold_until.get(),
+            )
+        except OwnerUnavailable as exc:
+            raise _unavailable(exc) from None
         if owner.local:
             response = await handler(request)
             return response
-        if relayed:
-            # Its owner changed on the way (a rebalance), or a client forged the header to have
-            # a change made where the webhook is not owned: either way, not here.
-            raise _unavailable(OwnerUnavailable("the webhook's owner is another worker now"))
-        # Refused here what the owner would refuse, so a stranger cannot make workers call
-        # each other.
-        self._tokens.authenticate(request.headers.get("Authorization")).require("write")
-        if owner.url is None:
-            raise _unavailable(OwnerUnavailable("the webhook has no owner now (rebalancing)"))
+        assert owner.url is not None  # _destination names a worker
         return await self._relay(owner.url, request)
+
+    def _destination(self, webhook_id: str, *, relayed: bool) -> Owner:
+        """Where a change of ``webhook_id`` is made: here (its owner), or the owner it is relayed
+        to; :class:`OwnerUnavailable` while no owner is known, or when a relayed change is not
+        this worker's."""
+        owner = self._bridge.owner(webhook_id)
+        if owner.local:
+            return owner
+        if owner.url is None:
+            raise OwnerUnavailable("the webhook has no owner now (rebalancing)")
+        if relayed:
+            # Its owner changed on the way (a rebalance; or this worker has yet to learn that it
+            # is the owner now), or a client forged the header to have a change made where the
+            # webhook is not owned: either way, not here, and never relayed again.
+            raise OwnerUnavailable("the webhook's owner is another worker now")
+        return owner
 
     def _live_runner(self, request: web.Request) -> str | None:
         """For ``DELETE /v1/recoveries/{id}``: the URL of another worker running it now."""
@@ -220,6 +278,7 @@ class _Relay:
             if name in request.headers
         }
         headers[RELAYED_BY] = self._bridge.settings.canonical_url
+        headers[HOLD_HEADER] = hold_left(_hold_until.get(), asyncio.get_running_loop().time())
         try:
             async with self._bridge.peers().request(
                 request.method,
@@ -264,8 +323,9 @@ class _Internal:
         if webhook is None:
             raise Problem("not_found", "no such webhook")
         principal.check(webhook)
+        check = functools.partial(self._bridge.local_activity, webhook_id)
         try:
-            activity = self._bridge.local_activity(webhook_id)
+            activity = await settle(check, self._bridge.changes, _hold_until.get())
         except OwnerUnavailable as exc:
             raise _unavailable(exc) from None
         return web.Response(
@@ -274,8 +334,9 @@ class _Internal:
 
     async def delivery(self, request: web.Request) -> web.Response:
         principal = self._principal(request)
+        check = functools.partial(self._bridge.local_delivery, request.match_info["delivery_id"])
         try:
-            attempts = self._bridge.local_delivery(request.match_info["delivery_id"])
+            attempts = await settle(check, self._bridge.changes, _hold_until.get())
         except OwnerUnavailable as exc:
             raise _unavailable(exc) from None
         shown = []
@@ -353,9 +414,13 @@ async def api_application(bridge: Bridge) -> web.Application:
         KafkaDeadLetters(settings),
         redeliver_lookback=settings.delivery_log_max_age,
     )
-    app = create_app(service, control, tokens, metrics=ApiMetrics(bridge.registry))
+    config = ApiConfig()
+    app = create_app(service, control, tokens, config=config, metrics=ApiMetrics(bridge.registry))
     app.middlewares.append(_keep_authorization)
-    relay = _Relay(bridge, tokens, max_bytes=ApiConfig().max_body_bytes)
+    # Inside problem_middleware's request timeout: a held request is answered "unavailable" after
+    # its hold, which leaves time for the answer when the owner settles within it.
+    app.middlewares.append(_holding(hold_bound(config.request_timeout)))
+    relay = _Relay(bridge, tokens, max_bytes=config.max_body_bytes)
     app.middlewares.append(relay.middleware)
     internal = _Internal(bridge, tokens, as_it_is)
     app.router.add_get("/internal/v1/activity/{webhook_id}", internal.activity, allow_head=False)

@@ -66,6 +66,7 @@ from bridge.worker.faust_patches import install as install_faust_patches
 from bridge.worker.faust_patches import set_fetch_max_wait
 from bridge.worker.logs import logging_config
 from bridge.worker.recovery_view import RecoveryView
+from bridge.worker.settling import HOLD_HEADER, Changes, hold_left, settle, wait_for_change
 from bridge.worker.web import WebServer
 
 __all__ = ["Bridge", "delivery_log_store"]
@@ -135,6 +136,8 @@ class Bridge:
         self._runtime: _Runtime | None = None
         #: The delivery log of this worker's attempts partitions (setting ``delivery_log``).
         self.delivery_log: DeliveryLogReader | None = None
+        #: Wakes the requests held for an owner (an assignment received, a partition read).
+        self.changes = Changes()
         #: One change of a webhook at a time: the API's, and the bridge's disables.
         self.change_locks = KeyedLocks()
         #: Whether an owner of a webhook was ever known (see :meth:`_has_owners`).
@@ -163,6 +166,7 @@ class Bridge:
                 ),
                 store=delivery_log_store(settings),
                 max_age=settings.delivery_log_max_age,
+                on_change=self.changes.notify,
             )
         #: Every recovery's newest record (the recoveries table). Every role declares the table,
         #: though only workers serving the API read the view: Faust's assignor gives each
@@ -336,6 +340,9 @@ class Bridge:
         disables of their webhooks that a former owner may not have written."""
         assert self.delivery_log is not None
         self.delivery_log.assign(partitions)
+        # The assignor took the owners of every partition from the same assignment (in Faust's
+        # consumer thread, just before this is called on the event loop): look at them again.
+        self.changes.notify()
         if self.disables is not None:
             self.disables.offer_owned(self._owns_log_of)
 
@@ -373,7 +380,7 @@ class Bridge:
         on: this answers routed requests)."""
         reader = self.delivery_log
         if reader is None:
-            raise OwnerUnavailable("this worker holds no delivery log")
+            raise OwnerUnavailable("this worker holds no delivery log", settles=False)
         owner = self.owner(webhook_id)
         if not owner.local or owner.partition not in reader.assigned:
             raise OwnerUnavailable("this worker does not hold the webhook's partition now")
@@ -393,48 +400,97 @@ class Bridge:
         return sorted(reader.store.delivery(delivery_id), key=lambda a: (a.at_seconds, a.attempt))
 
     async def activity_for(
-        self, webhook_id: str, *, headers: Mapping[str, str] | None = None
+        self,
+        webhook_id: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        until: float | None = None,
     ) -> Activity:
         """``webhook_id``'s log and stats: from this worker's book when it owns the webhook,
-        else from its owner (one hop; the owner answers from its book only).
-        :class:`OwnerUnavailable` while no owner is known (a rebalance) or it does not answer.
+        else from its owner (one hop; the owner answers from its book only). Held until
+        ``until`` (event loop time; ``None``: not held) while no owner is known (a rebalance),
+        while this worker owns the webhook but still reads its partition, or after the owner
+        did not answer or could not yet (asked again, or the new owner asked, once the
+        assignment changed: a read may be asked twice); then :class:`OwnerUnavailable`.
         ``headers`` go with a routed request (the caller's ``Authorization``)."""
+        path = f"/internal/v1/activity/{quote(webhook_id, safe='')}"
+        while True:
+            found = await settle(
+                functools.partial(self._activity_or_owner, webhook_id), self.changes, until
+            )
+            if isinstance(found, Activity):
+                return found
+            changed = self.changes.watch()  # as of the owner just found
+            try:
+                data = await self._ask(found, path, headers, until)
+            except OwnerUnavailable as exc:
+                if exc.settles and await wait_for_change(changed, until):
+                    continue
+                raise
+            try:
+                return activity_from_dict(
+                    data,
+                    max_attempts=self.settings.delivery_log_max_attempts,
+                    max_age=self.settings.delivery_log_max_age,
+                    now=time.time(),
+                )
+            except ValueError as exc:
+                raise OwnerUnavailable(
+                    f"the owner's answer was not a delivery log ({exc})", settles=False
+                ) from None
+
+    def _activity_or_owner(self, webhook_id: str) -> Activity | str:
+        """``webhook_id``'s log and stats from this worker's book, or its owner's URL."""
         owner = self.owner(webhook_id)
         if owner.url is None:
             raise OwnerUnavailable("the webhook's delivery log has no owner now (rebalancing)")
         if owner.local:
             return self.local_activity(webhook_id)
-        data = await self._ask(
-            owner.url, f"/internal/v1/activity/{quote(webhook_id, safe='')}", headers
-        )
-        try:
-            return activity_from_dict(
-                data,
-                max_attempts=self.settings.delivery_log_max_attempts,
-                max_age=self.settings.delivery_log_max_age,
-                now=time.time(),
-            )
-        except ValueError as exc:
-            raise OwnerUnavailable(f"the owner's answer was not a delivery log ({exc})") from None
+        return owner.url
 
     async def delivery_for(
-        self, delivery_id: str, *, headers: Mapping[str, str] | None = None
+        self,
+        delivery_id: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        until: float | None = None,
     ) -> list[Attempt]:
         """Every kept attempt of one delivery: a delivery id does not name its webhook, so
-        every owner is asked (each from its own book) and this worker's book read."""
+        every owner is asked (each from its own book) and this worker's book read. Held until
+        ``until`` as :meth:`activity_for` is, while an attempts partition has no owner, a book
+        is still being read or an owner did not answer."""
+        path = f"/internal/v1/deliveries/{quote(delivery_id, safe='')}"
+        while True:
+            owners = await settle(self._every_owner, self.changes, until)
+            changed = self.changes.watch()  # as of the owners just found
+            others = sorted(set(owners.values()) - {self.settings.canonical_url})
+            try:
+                answers = await asyncio.gather(
+                    *(self._ask(url, path, headers, until) for url in others)
+                )
+                found = await settle(
+                    functools.partial(self.local_delivery, delivery_id), self.changes, until
+                )
+            except OwnerUnavailable as exc:
+                if exc.settles and await wait_for_change(changed, until):
+                    continue
+                raise
+            for data in answers:
+                try:
+                    found.extend(attempts_from_list(data.get("attempts")))
+                except ValueError as exc:
+                    raise OwnerUnavailable(
+                        f"an owner's answer was not attempts ({exc})", settles=False
+                    ) from None
+            return sorted(found, key=lambda a: (a.at_seconds, a.attempt))
+
+    def _every_owner(self) -> dict[int, str]:
+        """The owner of every attempts partition (:meth:`_owners`), or :class:`OwnerUnavailable`
+        while some have none."""
         owners = self._owners()
         if len(owners) < self._partitions[self.settings.attempts_topic]:
             raise OwnerUnavailable("some attempts partitions have no owner now (rebalancing)")
-        path = f"/internal/v1/deliveries/{quote(delivery_id, safe='')}"
-        others = sorted(set(owners.values()) - {self.settings.canonical_url})
-        answers = await asyncio.gather(*(self._ask(url, path, headers) for url in others))
-        found = self.local_delivery(delivery_id)
-        for data in answers:
-            try:
-                found.extend(attempts_from_list(data.get("attempts")))
-            except ValueError as exc:
-                raise OwnerUnavailable(f"an owner's answer was not attempts ({exc})") from None
-        return sorted(found, key=lambda a: (a.at_seconds, a.attempt))
+        return owners
 
     def peers(self) -> aiohttp.ClientSession:
         """The HTTP session this worker calls other workers with (routed reads, relayed
@@ -445,18 +501,29 @@ class Bridge:
             )
         return self._http
 
-    async def _ask(self, url: str, path: str, headers: Mapping[str, str] | None) -> Any:
-        """GET ``url + path`` from another worker: its JSON object, or
-        :class:`OwnerUnavailable`."""
+    async def _ask(
+        self, url: str, path: str, headers: Mapping[str, str] | None, until: float | None
+    ) -> Any:
+        """GET ``url + path`` from another worker, which holds the request no longer than this
+        one's hold has left (``until``): its JSON object, or :class:`OwnerUnavailable` (one
+        that may settle when the owner did not answer, or answered ``503``)."""
+        sent = dict(headers or {})
+        sent[HOLD_HEADER] = hold_left(until, asyncio.get_running_loop().time())
         try:
-            async with self.peers().get(url + path, headers=dict(headers or {})) as response:
+            async with self.peers().get(url + path, headers=sent) as response:
                 if response.status != 200:
-                    raise OwnerUnavailable(f"the owner answered {response.status}")
+                    raise OwnerUnavailable(
+                        f"the owner answered {response.status}", settles=response.status == 503
+                    )
                 data = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise OwnerUnavailable(f"the owner did not answer ({type(exc).__name__})") from None
+        except ValueError as exc:
+            raise OwnerUnavailable(
+                f"the owner's answer was not JSON ({type(exc).__name__})", settles=False
+            ) from None
         if not isinstance(data, dict):
-            raise OwnerUnavailable("the owner's answer was not a JSON object")
+            raise OwnerUnavailable("the owner's answer was not a JSON object", settles=False)
         return data
 
     def _retry_agent(self, tier: int) -> Any:

@@ -110,13 +110,17 @@ class Owner:
 
 
 class OwnerUnavailable(Exception):
-    """The log cannot be answered now (no owner during a rebalance, or the owner did not
-    answer); the client should retry after ``retry_after`` seconds."""
+    """The log cannot be answered now (no owner during a rebalance, the owner still reads its
+    partition, or the owner did not answer); the client should retry after ``retry_after``
+    seconds. ``settles``: a change of the assignment or of the delivery log may end it, so a
+    request may be held until one comes (:mod:`bridge.worker.settling`); not so when the
+    owner answered, but not with the log."""
 
-    def __init__(self, detail: str, retry_after: int = 1) -> None:
+    def __init__(self, detail: str, retry_after: int = 1, *, settles: bool = True) -> None:
         super().__init__(detail)
         self.detail = detail
         self.retry_after = retry_after
+        self.settles = settles
 
 
 class DeliveryLogReader(Service):
@@ -125,7 +129,10 @@ class DeliveryLogReader(Service):
     ``consumer_factory`` makes the group-less consumer (with ``auto_offset_reset="none"``, so
     an offset out of range is reported rather than silently moved); ``clock`` gives the time
     in seconds since the epoch; every ``sweep_interval`` seconds old attempts and stats
-    buckets are expired, :data:`SWEEP_SLICE` seconds at a time between reads."""
+    buckets are expired, :data:`SWEEP_SLICE` seconds at a time between reads. ``on_change`` is
+    called whenever what :attr:`assigned`, :meth:`complete` and :attr:`caught_up` answer may
+    have changed (an assignment, partitions held or forgotten, a partition read to its end):
+    requests held for the book wake then (:mod:`bridge.worker.settling`)."""
 
     def __init__(
         self,
@@ -137,9 +144,11 @@ class DeliveryLogReader(Service):
         clock: Callable[[], float] = time.time,
         poll_timeout: float = 0.2,
         sweep_interval: float = 60.0,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
         self.topic = topic
+        self._on_change = on_change
         self.store = store
         self._max_age = max_age
         self._consumer_factory = consumer_factory
@@ -183,6 +192,12 @@ class DeliveryLogReader(Service):
         """The partitions to read from now on (called at each rebalance)."""
         self._wanted = set(partitions)
         self._changed.set()
+        self._progress()
+
+    def _progress(self) -> None:
+        """Tell ``on_change`` that what this reader answers may have changed."""
+        if self._on_change is not None:
+            self._on_change()
 
     @property
     def wanted(self) -> frozenset[int]:
@@ -290,6 +305,7 @@ class DeliveryLogReader(Service):
                 end = self._catching_up.get(partition)
                 if end is not None and last + 1 >= end:
                     del self._catching_up[partition]
+                    self._progress()
 
     def start_sweep(self, now: float) -> None:
         """Begin a sweep of the store as of ``now``, unless one is under way."""
@@ -356,6 +372,13 @@ class DeliveryLogReader(Service):
 
     # -- the consumer -------------------------------------------------------------------------
     async def _reassign(self, consumer: AIOKafkaConsumer) -> None:
+        try:
+            await self._hold_wanted(consumer)
+        finally:
+            # Partitions held, forgotten, or found to have nothing to read (complete at once).
+            self._progress()
+
+    async def _hold_wanted(self, consumer: AIOKafkaConsumer) -> None:
         self._changed.clear()
         wanted = set(self._wanted or ())
         self.forget(self._held - wanted)
@@ -420,7 +443,8 @@ class DeliveryLogReader(Service):
             tp = TopicPartition(self.topic, partition)
             mark = consumer.highwater(tp)
             if mark is not None and await consumer.position(tp) >= mark:
-                self._catching_up.pop(partition, None)
+                if self._catching_up.pop(partition, None) is not None:
+                    self._progress()
 
     def _check_resumed(self, consumer: AIOKafkaConsumer) -> None:
         """Read again the partitions found to be another topic: by their first record, or

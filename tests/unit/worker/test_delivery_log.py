@@ -7,6 +7,7 @@ import base64
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from bridge.worker.delivery_log import (
     OwnerUnavailable,
     attempts_partition,
 )
+from tests.support.waiting import PROMPT, eventually
 from tests.unit.attempts.test_attempts import T0, attempt, record, stamp
 
 KEY1 = base64.b64encode(bytes(range(32))).decode()
@@ -189,6 +191,203 @@ def test_an_owned_webhook_is_answered_from_the_book(bridge: Bridge) -> None:
     activity = asyncio.run(bridge.activity_for("wh"))
     assert [a.delivery_id for a in activity.log.attempts()] == ["d0"]
     assert [a.delivery_id for a in bridge.local_delivery("d0")] == ["d0"]
+
+
+def recent(webhook_id: str, delivery_id: str) -> bytes:
+    """An attempt record of ten seconds ago (kept by the bridge's book, which uses the clock)."""
+    at = stamp(time.time() - 10)
+    return jsoncanon.dumps(record(webhook_id=webhook_id, delivery_id=delivery_id, at=at))
+
+
+class Assigned:
+    """What the reader asks of its consumer when partitions are assigned: each starts at 0 and
+    ends at ``ends[partition]``."""
+
+    def __init__(self, ends: dict[int, int]) -> None:
+        self.ends = ends
+
+    def assign(self, tps: Any) -> None:
+        pass
+
+    def seek(self, tp: Any, offset: int) -> None:
+        pass
+
+    async def beginning_offsets(self, tps: Any) -> dict[Any, int]:
+        return {tp: 0 for tp in tps}
+
+    async def end_offsets(self, tps: Any) -> dict[Any, int]:
+        return {tp: self.ends[tp.partition] for tp in tps}
+
+    async def offsets_for_times(self, times: Any) -> dict[Any, Any]:
+        return {tp: SimpleNamespace(offset=0) for tp in times}
+
+
+async def turns(n: int = 20) -> None:
+    """Let the other tasks run (none of those here waits for a clock)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def counting_looks(bridge: Bridge, monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """Count the calls of ``bridge``'s method ``name`` (how often a held request looked)."""
+    looks: list[int] = []
+    original = getattr(bridge, name)
+
+    def counted(*args: Any) -> Any:
+        looks.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(bridge, name, counted)
+    return looks
+
+
+async def test_the_reader_tells_when_partitions_are_held_and_when_each_is_read_to_its_end(
+    store: DeliveryLogStore,
+) -> None:
+    told: list[tuple[bool, bool, bool]] = []
+    log = DeliveryLogReader(
+        topic="attempts",
+        consumer_factory=lambda: None,  # type: ignore[arg-type,return-value]  # never started
+        store=store,
+        max_age=7 * 86400.0,
+        clock=lambda: T0 + 60,
+        on_change=lambda: told.append((log.complete(0), log.complete(1), log.caught_up)),
+    )
+    log.assign([0, 1])
+    await log._reassign(Assigned({0: 2, 1: 0}))  # partition 1 is empty: read at once
+    assert told == [(False, False, False), (False, True, False)]
+    log.add(0, 0, value("a", 0))
+    assert len(told) == 2  # not at its end yet: nothing to tell
+    log.add(0, 1, value("a", 1))
+    assert told[2:] == [(True, True, True)]
+
+
+async def test_a_read_while_no_owner_is_known_is_held_until_the_new_owner_read_the_log(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = attempts_partition("wh", 6)
+    log = bridge.delivery_log
+    assert log is not None
+    looks = counting_looks(bridge, monkeypatch, "_activity_or_owner")
+    owners(bridge, [], [])  # a rebalance: no assignment names an owner
+    loop = asyncio.get_running_loop()
+    read = asyncio.ensure_future(bridge.activity_for("wh", until=loop.time() + 60))
+    await turns()
+    assert not read.done() and len(looks) == 1
+    # The assignment: Faust's assignor learns every owner, then the table tells the bridge.
+    owners(bridge, [p], [q for q in range(6) if q != p])
+    bridge._attempts_assigned({p})
+    await turns()
+    assert not read.done() and len(looks) == 2  # this worker's now, but not read
+    await log._reassign(Assigned({p: 1}))
+    await turns()
+    assert not read.done() and len(looks) == 3  # held, being read: a part is not the log
+    log.add(p, 0, recent("wh", "d0"))
+    activity = await asyncio.wait_for(read, PROMPT)
+    assert [a.delivery_id for a in activity.log.attempts()] == ["d0"]
+    assert len(looks) == 4  # once per change, never in between: no polling
+
+
+async def test_a_read_that_does_not_settle_is_unavailable_after_its_hold(bridge: Bridge) -> None:
+    owners(bridge, [], [])
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(OwnerUnavailable) as raised:
+        await bridge.activity_for("wh", until=start + 0.2)
+    assert 0.2 <= loop.time() - start < PROMPT
+    assert raised.value.retry_after == 1 and "no owner" in raised.value.detail
+    with pytest.raises(OwnerUnavailable):
+        await bridge.delivery_for("d1", until=loop.time() + 0.1)
+
+
+async def test_a_known_and_ready_owner_is_answered_at_once(bridge: Bridge) -> None:
+    p = attempts_partition("wh", 6)
+    log = bridge.delivery_log
+    assert log is not None
+    owners(bridge, list(range(6)), [])
+    log.assign(range(6))
+    await log._reassign(Assigned(dict.fromkeys(range(6), 0)))
+    log.hold(p)
+    loop = asyncio.get_running_loop()
+    # Nothing changes from here on: a read that waited would wait for its whole hold.
+    read = bridge.activity_for("wh", until=loop.time() + 60)
+    assert (await asyncio.wait_for(read, PROMPT)).log.attempts() == []
+    lookup = bridge.delivery_for("d0", until=loop.time() + 60)
+    assert await asyncio.wait_for(lookup, PROMPT) == []
+
+
+async def test_a_delivery_lookup_is_held_until_every_partition_has_an_owner(
+    bridge: Bridge,
+) -> None:
+    log = bridge.delivery_log
+    assert log is not None
+    owners(bridge, [0, 1, 2], [])  # a rebalance under way: half the partitions have none
+    loop = asyncio.get_running_loop()
+    lookup = asyncio.ensure_future(bridge.delivery_for("d0", until=loop.time() + 60))
+    await turns()
+    assert not lookup.done()
+    owners(bridge, list(range(6)), [])
+    bridge._attempts_assigned(set(range(6)))
+    await log._reassign(Assigned(dict.fromkeys(range(6), 0)))
+    p = attempts_partition("wh", 6)
+    log.add(p, 0, recent("wh", "d0"))
+    found = await asyncio.wait_for(lookup, PROMPT)
+    assert [a.delivery_id for a in found] == ["d0"]
+
+
+async def test_a_routed_read_the_owner_did_not_answer_is_asked_of_the_next_owner(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner went (a worker leaving): the read waits for the assignment without it and
+    asks the owner that names, with what is left of its hold."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from bridge.attempts.wire import activity_to_dict
+    from bridge.worker.embedded import free_port
+    from bridge.worker.settling import HOLD_HEADER
+
+    log = bridge.delivery_log
+    assert log is not None
+    asked: list[str] = []
+    refused: list[str] = []
+    ask = bridge._ask
+
+    async def asking(*args: Any) -> Any:
+        try:
+            return await ask(*args)
+        except OwnerUnavailable as exc:
+            refused.append(exc.detail)
+            raise
+
+    monkeypatch.setattr(bridge, "_ask", asking)
+
+    async def answer(request: web.Request) -> web.Response:
+        asked.append(request.headers[HOLD_HEADER])
+        return web.json_response(activity_to_dict(log.store.empty()))
+
+    app = web.Application()
+    app.router.add_get("/internal/v1/activity/{webhook_id}", answer)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        gone = f"http://127.0.0.1:{free_port()}"
+        topic = bridge.settings.attempts_topic
+        bridge.app.assignor = FakeAssignor({gone: {topic: list(range(6))}})  # type: ignore[assignment]
+        loop = asyncio.get_running_loop()
+        read = asyncio.ensure_future(bridge.activity_for("wh", until=loop.time() + 5))
+        await eventually(lambda: refused, interval=0.01)  # nothing listens there
+        await turns()
+        assert not read.done() and not asked  # held: waiting for the next assignment
+        live = str(server.make_url("")).rstrip("/")
+        bridge.app.assignor = FakeAssignor({live: {topic: list(range(6))}})  # type: ignore[assignment]
+        bridge._attempts_assigned(set())
+        activity = await asyncio.wait_for(read, PROMPT)
+        assert activity.log.attempts() == []
+        assert len(asked) == 1 and 0 < float(asked[0]) <= 5
+    finally:
+        await server.close()
+        await bridge.close()
 
 
 class Seeks:

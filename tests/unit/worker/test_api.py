@@ -1,0 +1,238 @@
+"""bridge.worker.api while owners settle: a change is held until its owner is known, then made
+here or relayed once; a relayed change is held until this worker is its owner, never relayed
+again, and answered 503 with Retry-After after its hold; the owner's internal route holds a read
+until its partition is read. No broker: the assignment is set by hand, other workers are local
+servers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from bridge.api.auth import TokenSet
+from bridge.api.problems import PROBLEM_TYPE_PREFIX, problem_middleware
+from bridge.api.repository import MemoryRepository
+from bridge.config import Settings
+from bridge.subscriptions.webhook import Webhook
+from bridge.worker.api import RELAYED_BY, _holding, _Internal, _Relay
+from bridge.worker.app import Bridge
+from bridge.worker.delivery_log import attempts_partition
+from bridge.worker.settling import HOLD_HEADER
+from tests.support.api import LOG_AUTH, write_token_file
+from tests.support.waiting import PROMPT, eventually
+from tests.unit.worker.test_delivery_log import (
+    KEY1,
+    Assigned,
+    FakeAssignor,
+    counting_looks,
+    recent,
+    turns,
+)
+
+#: The hold of these tests' requests (the workers' own, with the default request timeout).
+HOLD = 5.0
+
+
+@pytest.fixture
+def bridge(tmp_path: Path) -> Iterator[Bridge]:
+    settings = Settings.load(
+        env={},
+        overrides={
+            "kafka_bootstrap_servers": "127.0.0.1:1",  # never contacted
+            "data_dir": str(tmp_path / "data"),
+            "secret_keys": f"k1:{KEY1}",
+            "delivery_log": True,
+            "api_tokens": str(write_token_file(tmp_path / "tokens.json")),
+            "web_port": 7001,
+        },
+    )
+    yield Bridge(settings)
+
+
+def assign(bridge: Bridge, owners: dict[str, list[int]]) -> None:
+    """A new assignment: Faust's assignor learns every owner (URL: partitions), then the
+    attempts table tells the bridge which partitions are its own."""
+    topic = bridge.settings.attempts_topic
+    bridge.app.assignor = FakeAssignor({url: {topic: p} for url, p in owners.items()})  # type: ignore[assignment]
+    bridge._attempts_assigned(set(owners.get(bridge.settings.canonical_url, ())))
+
+
+class Peer:
+    """Another worker: the owner of the webhooks it is assigned, answering relayed changes."""
+
+    def __init__(self) -> None:
+        self.relayed: list[dict[str, str]] = []
+        app = web.Application()
+        app.router.add_patch("/v1/webhooks/{webhook_id}", self._change)
+        self.server = TestServer(app, host="127.0.0.1")
+
+    async def _change(self, request: web.Request) -> web.Response:
+        self.relayed.append(dict(request.headers))
+        return web.json_response({"made_by": "peer"})
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+
+@pytest.fixture
+async def peer() -> AsyncIterator[Peer]:
+    running = Peer()
+    await running.server.start_server()
+    yield running
+    await running.server.close()
+
+
+@pytest.fixture
+async def worker(bridge: Bridge) -> AsyncIterator[tuple[TestClient[Any, Any], list[str]]]:
+    """This worker's ``/v1`` changes behind its relay (the change itself a stub recording what
+    it made), and its internal read of a webhook's log."""
+    made: list[str] = []
+
+    async def change(request: web.Request) -> web.Response:
+        made.append(request.match_info["webhook_id"])
+        return web.json_response({"made_by": "here"})
+
+    tokens = TokenSet.from_file(str(bridge.settings.api_tokens))
+    relay = _Relay(bridge, tokens, max_bytes=1 << 20)
+    webhook = Webhook(
+        id="wh", name="n", url="https://example.com/h", secret="s" * 16,
+        events=frozenset({"*"}), site_id="s1", user_id="u1",
+    )  # fmt: skip
+    internal = _Internal(bridge, tokens, MemoryRepository({"wh": webhook}))
+    app = web.Application(middlewares=[problem_middleware(10.0), _holding(HOLD), relay.middleware])
+    app.router.add_patch("/v1/webhooks/{webhook_id}", change)
+    app.router.add_get("/internal/v1/activity/{webhook_id}", internal.activity)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        yield client, made
+    await bridge.close()
+
+
+def others(p: int) -> list[int]:
+    return [q for q in range(6) if q != p]
+
+
+async def held(looks: list[int], sent: asyncio.Future[Any], at_least: int) -> None:
+    """Wait until the request ``sent`` has looked for its owner ``at_least`` times (it got to
+    this worker), then check that it is still waiting: it was held, not answered."""
+    await eventually(lambda: len(looks) >= at_least or sent.done())
+    await turns()
+    assert not sent.done(), sent.result()
+
+
+async def test_a_change_while_no_owner_is_known_is_held_then_relayed_once(
+    bridge: Bridge,
+    worker: tuple[TestClient[Any, Any], list[str]],
+    peer: Peer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client, made = worker
+    p = attempts_partition("wh", 6)
+    looks = counting_looks(bridge, monkeypatch, "owner")
+    assign(bridge, {})  # a rebalance: no assignment names an owner
+    sent = asyncio.ensure_future(client.patch("/v1/webhooks/wh", json={}, headers=LOG_AUTH))
+    await held(looks, sent, 2)  # is it this worker's? then: whose?
+    assign(bridge, {bridge.settings.canonical_url: others(p), peer.url: [p]})
+    answer = await asyncio.wait_for(sent, PROMPT)
+    assert answer.status == 200 and await answer.json() == {"made_by": "peer"}
+    assert not made and len(peer.relayed) == 1
+    relayed = peer.relayed[0]
+    assert relayed[RELAYED_BY] == bridge.settings.canonical_url
+    assert 0 < float(relayed[HOLD_HEADER]) <= HOLD  # what is left of this worker's hold
+
+
+async def test_a_relayed_change_is_made_once_this_worker_learns_it_is_the_owner(
+    bridge: Bridge,
+    worker: tuple[TestClient[Any, Any], list[str]],
+    peer: Peer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The relaying worker learnt the new assignment first: the change waits for this worker's,
+    rather than be refused (or relayed back)."""
+    client, made = worker
+    p = attempts_partition("wh", 6)
+    looks = counting_looks(bridge, monkeypatch, "owner")
+    assign(bridge, {bridge.settings.canonical_url: others(p), peer.url: [p]})
+    headers = {**LOG_AUTH, RELAYED_BY: peer.url}
+    sent = asyncio.ensure_future(client.patch("/v1/webhooks/wh", json={}, headers=headers))
+    await held(looks, sent, 2)
+    assign(bridge, {bridge.settings.canonical_url: list(range(6))})
+    answer = await asyncio.wait_for(sent, PROMPT)
+    assert answer.status == 200 and await answer.json() == {"made_by": "here"}
+    assert made == ["wh"] and not peer.relayed
+
+
+async def test_a_relayed_change_that_stays_another_worker_s_is_unavailable_after_its_hold(
+    bridge: Bridge, worker: tuple[TestClient[Any, Any], list[str]], peer: Peer
+) -> None:
+    client, made = worker
+    p = attempts_partition("wh", 6)
+    assign(bridge, {bridge.settings.canonical_url: others(p), peer.url: [p]})
+    headers = {**LOG_AUTH, RELAYED_BY: peer.url, HOLD_HEADER: "0.3"}  # what the peer had left
+    started = time.monotonic()
+    answer = await asyncio.wait_for(
+        client.patch("/v1/webhooks/wh", json={}, headers=headers), PROMPT
+    )
+    assert 0.3 <= time.monotonic() - started < PROMPT
+    assert answer.status == 503 and answer.headers["Retry-After"] == "1"
+    problem = await answer.json()
+    assert problem["type"] == PROBLEM_TYPE_PREFIX + "unavailable"
+    assert "another worker" in problem["detail"]
+    assert not made and not peer.relayed  # neither made here nor relayed again
+
+
+async def test_a_change_the_worker_owns_is_made_at_once(
+    bridge: Bridge, worker: tuple[TestClient[Any, Any], list[str]]
+) -> None:
+    client, made = worker
+    assign(bridge, {bridge.settings.canonical_url: list(range(6))})
+    # Nothing changes from here on: held, it would wait its whole hold (longer than PROMPT).
+    answer = await asyncio.wait_for(
+        client.patch("/v1/webhooks/wh", json={}, headers=LOG_AUTH), PROMPT
+    )
+    assert answer.status == 200 and made == ["wh"]
+
+
+async def test_a_stranger_s_change_is_refused_before_it_could_be_held(
+    bridge: Bridge, worker: tuple[TestClient[Any, Any], list[str]]
+) -> None:
+    client, made = worker
+    assign(bridge, {})
+    for headers in ({}, {RELAYED_BY: "http://127.0.0.1:1"}):
+        answer = await asyncio.wait_for(
+            client.patch("/v1/webhooks/wh", json={}, headers=headers), PROMPT
+        )
+        assert answer.status == 401
+    assert not made
+
+
+async def test_the_owner_holds_a_routed_read_until_its_partition_is_read(
+    bridge: Bridge, worker: tuple[TestClient[Any, Any], list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, _ = worker
+    log = bridge.delivery_log
+    assert log is not None
+    p = attempts_partition("wh", 6)
+    assign(bridge, {bridge.settings.canonical_url: list(range(6))})
+    await log._reassign(Assigned({**dict.fromkeys(range(6), 0), p: 1}))
+    path = "/internal/v1/activity/wh"
+    # With what a peer's hold had left (nothing): answered at once, 503 with Retry-After.
+    answer = await asyncio.wait_for(
+        client.get(path, headers={**LOG_AUTH, HOLD_HEADER: "0"}), PROMPT
+    )
+    assert answer.status == 503 and answer.headers["Retry-After"] == "1"
+    assert "still reading" in (await answer.json())["detail"]
+    looks = counting_looks(bridge, monkeypatch, "local_activity")
+    sent = asyncio.ensure_future(client.get(path, headers=LOG_AUTH))
+    await held(looks, sent, 1)  # a part of the log is not answered as if it were all
+    log.add(p, 0, recent("wh", "d0"))
+    answer = await asyncio.wait_for(sent, PROMPT)
+    assert answer.status == 200, await answer.text()
+    assert [a["delivery_id"] for a in (await answer.json())["attempts"]] == ["d0"]
