@@ -132,8 +132,9 @@ async def test_a_forged_relay_header_does_not_bypass_the_owner(
     log_settings: Settings, in_process_workers
 ) -> None:
     """Two changes with one If-Match, each sent with a made-up relay header, one to each worker:
-    the worker that does not own the webhook does not make it (503, as while its owner moves),
-    so no update is lost; only the owner's is made."""
+    the worker that does not own the webhook does not make it (it holds the change, as while
+    its owner moves, then answers 503 when it has not become the owner within its hold), so no
+    update is lost; only the owner's is made."""
     async with httpx.AsyncClient(timeout=30.0) as client:
         first, second, owners = await _two_workers(log_settings, in_process_workers, client)
         w = _id_owned_by(owners, second, _attempts_partitions(log_settings), "f")
