@@ -13,7 +13,14 @@ from aiohttp import web
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-__all__ = ["WebServer"]
+__all__ = ["MAX_REQUEST_LINE", "MAX_HEADER_LINE", "WebServer"]
+
+#: Longest request line (method, target, version) and header line the server reads (aiohttp's
+#: default is 8190 bytes for both). Beyond them aiohttp answers ``400`` in plain text before any
+#: route or middleware sees the request; below them ``/v1`` judges the request itself and names
+#: what is wrong in a problem (a cursor of 2,000 characters, percent-encoded, is up to 18 KB).
+MAX_REQUEST_LINE = 64 * 1024
+MAX_HEADER_LINE = 64 * 1024
 
 
 class WebServer(Service):
@@ -59,7 +66,12 @@ class WebServer(Service):
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def on_start(self) -> None:
-        self._runner = web.AppRunner(await self._routes(), access_log=None)
+        self._runner = web.AppRunner(
+            await self._routes(),
+            access_log=None,
+            max_line_size=MAX_REQUEST_LINE,
+            max_field_size=MAX_HEADER_LINE,
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()

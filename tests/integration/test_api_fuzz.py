@@ -25,6 +25,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -40,6 +41,7 @@ from bridge.config import Settings
 from bridge.contract.events import Event, build_event, format_timestamp
 from bridge.contract.payload import delivery_id
 from bridge.subscriptions.urls import InvalidUrl, WebhookUrl
+from bridge.worker.web import MAX_HEADER_LINE, MAX_REQUEST_LINE
 from tests.support.api import served_only
 from tests.support.loopback import LoopbackGuard
 from tests.support.receivers import Receiver, subscribe
@@ -323,7 +325,18 @@ def flatmap_body(context: schemathesis.HookContext, body: Any) -> st.SearchStrat
 def filter_query(context: schemathesis.HookContext, query: dict[str, Any] | None) -> bool:
     # A negative case whose only fault is an unknown parameter with an empty list of values is
     # sent without that parameter (no value, no name): a valid request, rightly answered 200.
-    return not any(value == [] for value in (query or {}).values())
+    if any(value == [] for value in (query or {}).values()):
+        return False
+    # A request line beyond the worker's limit is refused by its HTTP layer before /v1 sees it
+    # (plain-text 400, docs/api.md); the document holds below it (the margin: the path and the
+    # percent-encoding of what urlencode leaves as it is).
+    return len(urlencode(query or {}, doseq=True)) < MAX_REQUEST_LINE // 2
+
+
+@schema.hook
+def filter_headers(context: schemathesis.HookContext, headers: dict[str, Any] | None) -> bool:
+    # As for the request line: a header line beyond the worker's limit never reaches /v1.
+    return all(len(f"{k}: {v}") < MAX_HEADER_LINE // 2 for k, v in (headers or {}).items())
 
 
 def test_the_worker_serves_the_fuzzed_document(deployment: Deployment) -> None:
