@@ -73,7 +73,14 @@ from bridge.worker.recovery_journal import (
     take_over,
 )
 from bridge.worker.recovery_view import DEFAULT_STALE_AFTER
-from bridge.worker.settling import HOLD_HEADER, hold_bound, hold_left, hold_until, settle
+from bridge.worker.settling import (
+    HOLD_HEADER,
+    hold_bound,
+    hold_left,
+    hold_until,
+    settle,
+    wait_for_change,
+)
 
 if TYPE_CHECKING:
     from bridge.worker.app import Bridge
@@ -232,19 +239,32 @@ class _Relay:
         # Refused here what the owner would refuse, so a stranger can neither make workers call
         # each other nor have requests held.
         self._tokens.authenticate(request.headers.get("Authorization")).require("write")
-        try:
-            owner = await settle(
-                functools.partial(self._destination, webhook_id, relayed=relayed),
-                self._bridge.changes,
-                _hold_until.get(),
-            )
-        except OwnerUnavailable as exc:
-            raise _unavailable(exc) from None
-        if owner.local:
-            response = await handler(request)
-            return response
-        assert owner.url is not None  # _destination names a worker
-        return await self._relay(owner.url, request)
+        until = _hold_until.get()
+        while True:
+            try:
+                owner = await settle(
+                    functools.partial(self._destination, webhook_id, relayed=relayed),
+                    self._bridge.changes,
+                    until,
+                )
+            except OwnerUnavailable as exc:
+                raise _unavailable(exc) from None
+            if owner.local:
+                response = await handler(request)
+                return response
+            assert owner.url is not None  # _destination names a worker
+            changed = self._bridge.changes.watch()  # as of the owner just found
+            try:
+                return await self._relay(owner.url, request)
+            except _NotSent as exc:
+                # No connection to the owner (it went: killed, or stopped before the group
+                # knew): nothing was sent, so the change goes to the owner the next assignment
+                # names. (Once sent, it is never sent again: a second rotation would replace
+                # the secret the first one kept valid.)
+                if not await wait_for_change(changed, until):
+                    raise _unavailable(
+                        OwnerUnavailable(f"the webhook's owner did not answer ({exc})")
+                    ) from None
 
     def _destination(self, webhook_id: str, *, relayed: bool) -> Owner:
         """Where a change of ``webhook_id`` is made: here (its owner), or the owner it is relayed
@@ -295,12 +315,18 @@ class _Relay:
                     if name in answer.headers
                 }
                 return web.Response(status=answer.status, body=body, headers=kept)
+        except aiohttp.ClientConnectorError as exc:
+            raise _NotSent(type(exc).__name__) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _unavailable(
                 OwnerUnavailable(f"the webhook's owner did not answer ({type(exc).__name__})")
             ) from None
         except OwnerUnavailable as exc:
             raise _unavailable(exc) from None
+
+
+class _NotSent(Exception):
+    """A relayed request found no connection to the worker it was for: nothing was sent."""
 
 
 class _Internal:

@@ -24,6 +24,7 @@ from bridge.subscriptions.webhook import Webhook
 from bridge.worker.api import RELAYED_BY, _holding, _Internal, _Relay
 from bridge.worker.app import Bridge
 from bridge.worker.delivery_log import attempts_partition
+from bridge.worker.embedded import free_port
 from bridge.worker.settling import HOLD_HEADER
 from tests.support.api import LOG_AUTH, write_token_file
 from tests.support.waiting import PROMPT, eventually
@@ -236,3 +237,54 @@ async def test_the_owner_holds_a_routed_read_until_its_partition_is_read(
     answer = await asyncio.wait_for(sent, PROMPT)
     assert answer.status == 200, await answer.text()
     assert [a["delivery_id"] for a in (await answer.json())["attempts"]] == ["d0"]
+
+
+async def test_a_change_for_an_owner_that_is_gone_goes_to_the_next_one(
+    bridge: Bridge,
+    worker: tuple[TestClient[Any, Any], list[str]],
+    peer: Peer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The assignment still names a worker that was killed: no connection, nothing sent; the
+    change waits for the assignment that names the next owner and goes there, once."""
+    client, made = worker
+    p = attempts_partition("wh", 6)
+    gone = f"http://127.0.0.1:{free_port()}"  # nobody listens there
+    looks = counting_looks(bridge, monkeypatch, "owner")
+    assign(bridge, {bridge.settings.canonical_url: others(p), gone: [p]})
+    sent = asyncio.ensure_future(client.patch("/v1/webhooks/wh", json={}, headers=LOG_AUTH))
+    await held(looks, sent, 2)
+    assign(bridge, {bridge.settings.canonical_url: others(p), peer.url: [p]})
+    answer = await asyncio.wait_for(sent, PROMPT)
+    assert answer.status == 200 and await answer.json() == {"made_by": "peer"}
+    assert not made and len(peer.relayed) == 1
+
+
+async def test_a_change_sent_to_an_owner_that_then_went_is_not_sent_again(
+    bridge: Bridge, worker: tuple[TestClient[Any, Any], list[str]], peer: Peer
+) -> None:
+    """The owner took the request and closed the connection without an answer: it may have
+    made the change (a rotation, say), so the change is answered 503, never made twice."""
+    client, made = worker
+    p = attempts_partition("wh", 6)
+    taken: list[bytes] = []
+
+    async def take_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        taken.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.close()
+
+    server = await asyncio.start_server(take_and_close, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        assign(bridge, {bridge.settings.canonical_url: others(p), f"http://127.0.0.1:{port}": [p]})
+        answer = await asyncio.wait_for(
+            client.patch("/v1/webhooks/wh", json={}, headers=LOG_AUTH), PROMPT
+        )
+        # A change of assignment now finds no request waiting to be sent again.
+        assign(bridge, {bridge.settings.canonical_url: others(p), peer.url: [p]})
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert answer.status == 503 and answer.headers["Retry-After"] == "1"
+    assert "did not answer" in (await answer.json())["detail"]
+    assert len(taken) == 1 and not made and not peer.relayed
