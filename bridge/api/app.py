@@ -249,14 +249,15 @@ class _Routes:
 
     async def get_delivery(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "read")
-        _single_values(request, ())
+        webhook_id = _delivery_webhook(request)
         delivery_id = self._path_id(request, "delivery_id")
-        return _json(await self._control.delivery(principal, delivery_id))
+        return _json(await self._control.delivery(principal, delivery_id, webhook_id=webhook_id))
 
     async def redeliver(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "write")
+        webhook_id = _delivery_webhook(request)
         delivery_id = self._path_id(request, "delivery_id")
-        operation = await self._control.redeliver(principal, delivery_id)
+        operation = await self._control.redeliver(principal, delivery_id, webhook_id=webhook_id)
         return _operation_response(operation, 202)
 
     async def start_recovery(self, request: web.Request) -> web.Response:
@@ -377,6 +378,14 @@ def _time_range(
     if since is not None and until is not None and until <= since:
         errors.append(FieldError("until", "range", "until must be after since", location))
     return since, until
+
+
+def _delivery_webhook(request: web.Request) -> str | None:
+    """The ``webhook_id`` a delivery is looked up in, when the request names one."""
+    webhook_id = _single_values(request, ("webhook_id",)).get("webhook_id")
+    if webhook_id is not None and not 0 < len(webhook_id) <= _MAX_ID:
+        raise Problem.invalid(FieldError("webhook_id", "length", "empty or too long", "query"))
+    return webhook_id
 
 
 def _single_values(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:

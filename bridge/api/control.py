@@ -340,9 +340,12 @@ class ControlService:
         state.update(health="failing", failing_since=first.at if first else last_failure.at)
         return state
 
-    async def delivery(self, principal: Principal, delivery_id: str) -> dict[str, Any]:
-        """The ``Delivery`` view: the delivery's attempts in order; ``404`` without any."""
-        attempts = await self._delivery_attempts(principal, delivery_id)
+    async def delivery(
+        self, principal: Principal, delivery_id: str, *, webhook_id: str | None = None
+    ) -> dict[str, Any]:
+        """The ``Delivery`` view: the delivery's attempts in order; ``404`` without any.
+        With ``webhook_id``, only that webhook's log is looked in."""
+        attempts = await self._delivery_attempts(principal, delivery_id, webhook_id)
         first = attempts[0]
         return {
             "delivery_id": delivery_id,
@@ -353,7 +356,17 @@ class ControlService:
             "attempts": [a.as_dict() for a in attempts],
         }
 
-    async def _delivery_attempts(self, principal: Principal, delivery_id: str) -> list[Attempt]:
+    async def _delivery_attempts(
+        self, principal: Principal, delivery_id: str, webhook_id: str | None
+    ) -> list[Attempt]:
+        if webhook_id is not None:
+            # One log, read by the worker holding it, rather than every owner asked.
+            named = await self._webhook(principal, webhook_id)
+            attempts = (await self._activity.activity(webhook_id)).log.delivery(delivery_id)
+            created = _restricted_since(principal, named)
+            if not attempts or (created is not None and attempts[0].at_seconds < created):
+                raise Problem("not_found", "no attempt of this delivery is kept for this webhook")
+            return attempts
         attempts = await self._activity.delivery(delivery_id)
         if not attempts:
             raise Problem("not_found", "no attempt of this delivery is kept")
@@ -370,9 +383,12 @@ class ControlService:
 
     # ------------------------------------------------------------------ recovery
 
-    async def redeliver(self, principal: Principal, delivery_id: str) -> Operation:
-        """Send one delivery again (same delivery id): a recovery of that delivery alone."""
-        attempts = await self._delivery_attempts(principal, delivery_id)
+    async def redeliver(
+        self, principal: Principal, delivery_id: str, *, webhook_id: str | None = None
+    ) -> Operation:
+        """Send one delivery again (same delivery id): a recovery of that delivery alone (found
+        in ``webhook_id``'s log alone when given)."""
+        attempts = await self._delivery_attempts(principal, delivery_id, webhook_id)
         first = attempts[0]
         webhook = await self._repository.get(first.webhook_id)
         if webhook is None:

@@ -542,6 +542,13 @@ def _query(name: str, schema: Mapping[str, Any], description: str = "") -> dict[
     return param
 
 
+#: A delivery looked up in its webhook's log alone (a delivery id does not name its webhook).
+_DELIVERY_WEBHOOK = _query(
+    "webhook_id",
+    {"type": "string", "minLength": 1, "maxLength": 200},
+    "The delivery's webhook, when known: only that webhook's log is read (by the worker "
+    "holding it), not every worker's; 404 when that webhook has no attempt of the delivery.",
+)
 _LIMIT = _query(
     "limit",
     {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_LIMIT, "default": DEFAULT_PAGE_LIMIT},
@@ -828,6 +835,7 @@ def _paths() -> dict[str, Any]:
                 "read",
                 {"200": _json(_ref("Delivery"), "The delivery."), "404": no_delivery},
                 tag="deliveries",
+                parameters=[_DELIVERY_WEBHOOK],
             ),
         },
         "/v1/deliveries/{delivery_id}/redeliver": {
@@ -843,6 +851,7 @@ def _paths() -> dict[str, Any]:
                     "429": busy,
                 },
                 tag="recovery",
+                parameters=[_DELIVERY_WEBHOOK],
             ),
         },
         "/v1/dead-letters": {

@@ -37,8 +37,15 @@ class ApiClient:
     def get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
         return self._answer(lambda: self._client.get(path, params=dict(params or {})))
 
-    def post(self, path: str, body: Mapping[str, Any] | None = None) -> Any:
-        return self._answer(lambda: self._client.post(path, json=dict(body or {})))
+    def post(
+        self,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> Any:
+        return self._answer(
+            lambda: self._client.post(path, json=dict(body or {}), params=dict(params or {}))
+        )
 
     def _answer(self, call: Any) -> Any:
         try:

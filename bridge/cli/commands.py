@@ -260,7 +260,11 @@ def _parser() -> argparse.ArgumentParser:
     delivery_commands = deliveries.add_subparsers(dest="deliveries_command", required=True)
     show = delivery_commands.add_parser("show", help="every attempt of one delivery, in order")
     show.add_argument("delivery_id", metavar="DELIVERY_ID")
-    show.add_argument("--webhook", dest="webhook_id", help="its webhook (reads one partition)")
+    show.add_argument(
+        "--webhook",
+        dest="webhook_id",
+        help="its webhook (reads one partition; through the API, one log)",
+    )
     show.add_argument("--json", action="store_true", help="one JSON object per line")
     _settings_flags(show, "deliveries show")
     show.set_defaults(handler=_deliveries_show)
@@ -268,7 +272,11 @@ def _parser() -> argparse.ArgumentParser:
         "redeliver", help="send one delivery again now, with the same delivery id"
     )
     redeliver.add_argument("delivery_id", metavar="DELIVERY_ID")
-    redeliver.add_argument("--webhook", dest="webhook_id", help="its webhook (reads one partition)")
+    redeliver.add_argument(
+        "--webhook",
+        dest="webhook_id",
+        help="its webhook (reads one partition; through the API, one log)",
+    )
     _settings_flags(redeliver, "deliveries redeliver")
     redeliver.set_defaults(handler=_deliveries_redeliver)
 
@@ -812,7 +820,9 @@ def _deliveries_show(args: argparse.Namespace) -> int:
     api = _api(args)
     if api is not None:
         with api:
-            answer = api.get(f"/v1/deliveries/{_path_part(args.delivery_id)}")
+            answer = api.get(
+                f"/v1/deliveries/{_path_part(args.delivery_id)}", params=_of_webhook(args)
+            )
         attempts = [Attempt.of(item) for item in answer["attempts"]]
     else:
         attempts = _run_managed(
@@ -824,6 +834,11 @@ def _deliveries_show(args: argparse.Namespace) -> int:
     for attempt in attempts:
         print(json.dumps(attempt.as_dict()) if args.json else _attempt_line(attempt))
     return 0
+
+
+def _of_webhook(args: argparse.Namespace) -> dict[str, str]:
+    """The query naming a delivery's webhook (``--webhook``): one log asked, not every one."""
+    return {} if args.webhook_id is None else {"webhook_id": args.webhook_id}
 
 
 def _deliveries_redeliver(args: argparse.Namespace) -> int:
@@ -852,7 +867,9 @@ def _deliveries_redeliver(args: argparse.Namespace) -> int:
     api = _api(args)
     if api is not None:
         with api:
-            started = api.post(f"/v1/deliveries/{_path_part(args.delivery_id)}/redeliver")
+            started = api.post(
+                f"/v1/deliveries/{_path_part(args.delivery_id)}/redeliver", params=_of_webhook(args)
+            )
             enqueued = int(api.finished(started)["enqueued"])
     else:
         enqueued = _run_managed(args, run).enqueued

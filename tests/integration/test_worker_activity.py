@@ -227,6 +227,17 @@ async def test_every_record_is_held_without_gaps_across_restarts_and_a_second_wo
             assert counted["attempts"] == expected, (webhook_id, worker.base_url, counted)
             holds = (one if worker is a else two)["partitions"]
             routed += owner_partition not in holds
+            # One delivery: every owner asked, or (webhook_id) the webhook's owner alone.
+            n = webhooks.index(webhook_id) + len(webhooks) * 100
+            shown = [
+                (await get(worker, path, headers=AUTH)).json()
+                for path in (
+                    f"/v1/deliveries/d-{webhook_id}-{n}",
+                    f"/v1/deliveries/d-{webhook_id}-{n}?webhook_id={webhook_id}",
+                )
+            ]
+            assert shown[0] == shown[1] and shown[0]["webhook_id"] == webhook_id, shown
+            assert [a["attempt"] for a in shown[0]["attempts"]] == [1], shown
     assert routed == len(webhooks)  # each webhook was asked once of the worker not holding it
 
 

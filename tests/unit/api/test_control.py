@@ -282,6 +282,33 @@ async def test_a_delivery_shows_every_attempt_in_order(api: Api) -> None:
     await problem(await api.client.get("/v1/deliveries/none", headers=auth()), 404)
 
 
+async def test_a_delivery_named_with_its_webhook_is_read_from_that_log_alone(api: Api) -> None:
+    """``?webhook_id=``: the webhook's log (held by one worker) is read, not every worker's
+    book asked; the same answer; 404 when that webhook has no attempt of it."""
+    await api.create(id="wh_1")
+    await api.create(id="wh_2")
+    failed_twice_then_delivered(api)
+    everywhere = await get_json(api, "/v1/deliveries/d1")
+    assert api.activity.deliveries_asked == ["d1"]
+    narrowed = await get_json(api, "/v1/deliveries/d1?webhook_id=wh_1")
+    assert narrowed == everywhere and api.activity.deliveries_asked == ["d1"]
+    for path, status in (
+        ("/v1/deliveries/d1?webhook_id=wh_2", 404),  # another webhook's log
+        ("/v1/deliveries/d1?webhook_id=nope", 404),
+        ("/v1/deliveries/d1?webhook_id=", 400),
+        (f"/v1/deliveries/d1?webhook_id={'w' * 201}", 400),
+        ("/v1/deliveries/d1?webhook_id=wh_1&webhook_id=wh_1", 400),
+        ("/v1/deliveries/d1?webhook=wh_1", 400),
+    ):
+        await problem(await api.client.get(path, headers=auth()), status)
+    started = await api.client.post("/v1/deliveries/d1/redeliver?webhook_id=wh_1", headers=auth())
+    assert started.status == 202, await started.text()
+    assert (await started.json())["webhook_id"] == "wh_1"
+    other = await api.client.post("/v1/deliveries/d1/redeliver?webhook_id=wh_2", headers=auth())
+    await problem(other, 404)
+    assert api.activity.deliveries_asked == ["d1"]
+
+
 async def test_redeliver_starts_a_recovery_of_that_delivery(api: Api) -> None:
     await api.create(id="wh_1")
     failed_twice_then_delivered(api)
@@ -522,12 +549,16 @@ async def test_a_site_token_reaches_only_its_sites_webhooks(api: Api) -> None:
     for token, own, others in ((SITE_1, 1, (2, 3)), (USER_1, 3, (1, 2))):
         assert (await api.client.get(f"/v1/webhooks/wh_{own}/attempts", headers=auth(token))).ok
         assert (await api.client.get(f"/v1/deliveries/d{own}", headers=auth(token))).ok
+        named = f"/v1/deliveries/d{own}?webhook_id=wh_{own}"
+        assert (await api.client.get(named, headers=auth(token))).ok
         for other in others:
             for method, path in (
                 ("GET", f"/v1/webhooks/wh_{other}/attempts"),
                 ("GET", f"/v1/webhooks/wh_{other}/stats"),
                 ("GET", f"/v1/deliveries/d{other}"),
+                ("GET", f"/v1/deliveries/d{other}?webhook_id=wh_{other}"),
                 ("POST", f"/v1/deliveries/d{other}/redeliver"),
+                ("POST", f"/v1/deliveries/d{other}/redeliver?webhook_id=wh_{other}"),
             ):
                 response = await api.client.request(method, path, headers=auth(token))
                 assert fields(await problem(response, 403))[0][1] == "out_of_scope", path
