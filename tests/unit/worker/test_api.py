@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bridge.api.auth import TokenSet
 from bridge.api.problems import PROBLEM_TYPE_PREFIX, problem_middleware
@@ -288,3 +290,95 @@ async def test_a_change_sent_to_an_owner_that_then_went_is_not_sent_again(
     assert answer.status == 503 and answer.headers["Retry-After"] == "1"
     assert "did not answer" in (await answer.json())["detail"]
     assert len(taken) == 1 and not made and not peer.relayed
+
+
+#: Who an assignment names as the owner of the webhook's partition: nobody (a rebalance), this
+#: worker, a live peer, or a worker that is gone (still named, nothing listens).
+_OWNERS = st.sampled_from(["nobody", "here", "peer", "gone"])
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    first=_OWNERS,
+    then=st.lists(st.tuples(st.integers(0, 6), _OWNERS), max_size=4),
+    relayed=st.booleans(),
+)
+def test_whatever_the_assignments_a_change_is_made_once_by_an_owner_or_not_at_all(
+    tmp_path_factory: pytest.TempPathFactory,
+    first: str,
+    then: list[tuple[int, str]],
+    relayed: bool,
+) -> None:
+    """A change sent while assignments come and go (each after a generated number of event-loop
+    turns): it is answered within its hold; made at most once, and only by a worker the
+    assignment named as the owner when it was made; ``200`` if and only if it was made; a change
+    relayed by a peer is never relayed again."""
+    asyncio.run(_change_under_assignments(tmp_path_factory.mktemp("w"), first, then, relayed))
+
+
+async def _change_under_assignments(
+    tmp: Path, first: str, then: list[tuple[int, str]], relayed: bool
+) -> None:
+    bridge = Bridge(
+        Settings.load(
+            env={},
+            overrides={
+                "kafka_bootstrap_servers": "127.0.0.1:1",  # never contacted
+                "data_dir": str(tmp / "data"),
+                "secret_keys": f"k1:{KEY1}",
+                "delivery_log": True,
+                "api_tokens": str(write_token_file(tmp / "tokens.json")),
+                "web_port": 7001,
+            },
+        )
+    )
+    peer = Peer()
+    await peer.server.start_server()
+    hold = 0.3
+    made_here: list[bool] = []  # whether this worker was the owner when it made the change
+
+    async def change(request: web.Request) -> web.Response:
+        made_here.append(bridge.owner("wh").local)
+        return web.json_response({"made_by": "here"})
+
+    p = attempts_partition("wh", 6)
+    gone = f"http://127.0.0.1:{free_port()}"
+    urls = {"here": bridge.settings.canonical_url, "peer": peer.url, "gone": gone}
+
+    def assign_to(who: str) -> None:
+        owners = {bridge.settings.canonical_url: others(p)}
+        if who != "nobody":
+            owners.setdefault(urls[who], []).append(p)
+        assign(bridge, owners)
+
+    relay = _Relay(bridge, TokenSet.from_file(str(bridge.settings.api_tokens)), max_bytes=1 << 20)
+    app = web.Application(middlewares=[problem_middleware(10.0), _holding(hold), relay.middleware])
+    app.router.add_patch("/v1/webhooks/{webhook_id}", change)
+    headers = {**LOG_AUTH, **({RELAYED_BY: peer.url} if relayed else {})}
+    try:
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            assign_to(first)
+            started = time.monotonic()
+            sent = asyncio.ensure_future(client.patch("/v1/webhooks/wh", json={}, headers=headers))
+            for wait, who in then:
+                await turns(wait)
+                assign_to(who)
+            answer = await asyncio.wait_for(sent, PROMPT)
+            took = time.monotonic() - started
+            body = await answer.json()
+    finally:
+        await peer.server.close()
+        await bridge.close()
+    made = len(made_here) + len(peer.relayed)
+    assert took < hold + PROMPT / 2, took
+    assert made <= 1 and all(made_here), (made_here, peer.relayed)
+    assert (answer.status == 200) == (made == 1), (answer.status, body)
+    assert answer.status in (200, 503), body
+    if relayed:
+        assert not peer.relayed  # never relayed a second time
+    if peer.relayed:
+        assert peer.relayed[0][RELAYED_BY] == bridge.settings.canonical_url
