@@ -300,7 +300,7 @@ class _Relay:
         headers[RELAYED_BY] = self._bridge.settings.canonical_url
         headers[HOLD_HEADER] = hold_left(_hold_until.get(), asyncio.get_running_loop().time())
         try:
-            async with self._bridge.peers().request(
+            async with self._bridge.peers(fresh=True).request(
                 request.method,
                 url + request.rel_url.path_qs,
                 data=await read_body(request, max_bytes=self._max_bytes),

@@ -180,6 +180,7 @@ class Bridge:
             )
         )
         self._http: aiohttp.ClientSession | None = None
+        self._http_fresh: aiohttp.ClientSession | None = None
         self.app = self._build_app()
 
     # -- Faust wiring -----------------------------------------------------------------------
@@ -492,13 +493,22 @@ class Bridge:
             raise OwnerUnavailable("some attempts partitions have no owner now (rebalancing)")
         return owners
 
-    def peers(self) -> aiohttp.ClientSession:
-        """The HTTP session this worker calls other workers with (routed reads, relayed
-        changes), closed with the worker."""
+    def peers(self, *, fresh: bool = False) -> aiohttp.ClientSession:
+        """The HTTP session this worker calls other workers with, closed with the worker:
+        routed reads reuse connections; with ``fresh`` (relayed changes) each request has a
+        connection of its own. A change is never sent twice once sent, and on a kept
+        connection that the other worker closed as it stopped, a change that never reached it
+        fails like one it dropped midway; on a new connection a stopped worker refuses the
+        connect, so nothing was sent and the change can go to the next owner."""
+        timeout = aiohttp.ClientTimeout(total=self.settings.http_timeout)
+        if fresh:
+            if self._http_fresh is None:
+                self._http_fresh = aiohttp.ClientSession(
+                    timeout=timeout, connector=aiohttp.TCPConnector(force_close=True)
+                )
+            return self._http_fresh
         if self._http is None:
-            self._http = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.settings.http_timeout)
-            )
+            self._http = aiohttp.ClientSession(timeout=timeout)
         return self._http
 
     async def _ask(
@@ -750,9 +760,10 @@ class Bridge:
         if self._offsets_consumer is not None:
             await self._offsets_consumer.stop()
             self._offsets_consumer = None
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        for session in (self._http, self._http_fresh):
+            if session is not None:
+                await session.close()
+        self._http = self._http_fresh = None
 
     def ready(self) -> tuple[bool, str]:
         """Ready once the tables are recovered and partitions are assigned."""

@@ -72,12 +72,17 @@ class Peer:
 
     def __init__(self) -> None:
         self.relayed: list[dict[str, str]] = []
+        #: The connection each relayed change came on (its client port: a closed connection's
+        #: is in TIME_WAIT on the relaying side, so a new connection has another).
+        self.connections: list[int] = []
         app = web.Application()
         app.router.add_patch("/v1/webhooks/{webhook_id}", self._change)
         self.server = TestServer(app, host="127.0.0.1")
 
     async def _change(self, request: web.Request) -> web.Response:
         self.relayed.append(dict(request.headers))
+        assert request.transport is not None
+        self.connections.append(request.transport.get_extra_info("peername")[1])
         return web.json_response({"made_by": "peer"})
 
     @property
@@ -260,6 +265,24 @@ async def test_a_change_for_an_owner_that_is_gone_goes_to_the_next_one(
     answer = await asyncio.wait_for(sent, PROMPT)
     assert answer.status == 200 and await answer.json() == {"made_by": "peer"}
     assert not made and len(peer.relayed) == 1
+
+
+async def test_each_relayed_change_has_a_connection_of_its_own(
+    bridge: Bridge, worker: tuple[TestClient[Any, Any], list[str]], peer: Peer
+) -> None:
+    """A kept connection the owner closed as it stopped would fail a change that never reached
+    it like one it dropped midway (never sent again); a new one is refused instead, which sends
+    the change to the next owner. Routed reads keep reusing theirs."""
+    client, made = worker
+    p = attempts_partition("wh", 6)
+    assign(bridge, {bridge.settings.canonical_url: others(p), peer.url: [p]})
+    for _ in range(3):
+        answer = await asyncio.wait_for(
+            client.patch("/v1/webhooks/wh", json={}, headers=LOG_AUTH), PROMPT
+        )
+        assert answer.status == 200
+    assert len(peer.relayed) == 3 and len(set(peer.connections)) == 3
+    assert bridge.peers(fresh=True) is not bridge.peers()
 
 
 async def test_a_change_sent_to_an_owner_that_then_went_is_not_sent_again(
