@@ -7,6 +7,9 @@ signal or read what it prints keep child processes."""
 from __future__ import annotations
 
 import asyncio
+import base64
+from pathlib import Path
+from typing import Any
 
 from prometheus_client import generate_latest
 
@@ -70,3 +73,22 @@ class InProcessWorker(MetricsWaiting):
 
     def tail(self, lines: int = 60) -> str:
         return "(an in-process worker: its logs are in the test's captured log output)"
+
+
+#: A secret key (32 bytes, base64) for bridges that never reach a broker.
+OFFLINE_KEY = "k1:" + base64.b64encode(bytes(range(32))).decode()
+
+
+def offline_bridge(data_dir: Path, **overrides: Any) -> Bridge:
+    """A :class:`Bridge` that is never started (its broker is never contacted): its wiring,
+    tables and routes driven by hand, with ``overrides`` on top of the defaults."""
+    settings = Settings.load(
+        env={},
+        overrides={
+            "kafka_bootstrap_servers": "127.0.0.1:1",  # never contacted
+            "data_dir": str(data_dir),
+            "secret_keys": OFFLINE_KEY,
+            **overrides,
+        },
+    )
+    return Bridge(settings)

@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 from bridge.api.auth import TokenSet
 from bridge.api.problems import PROBLEM_TYPE_PREFIX, problem_middleware
 from bridge.api.repository import MemoryRepository
-from bridge.config import Settings
 from bridge.subscriptions.webhook import Webhook
 from bridge.worker.api import RELAYED_BY, _holding, _Internal, _Relay
 from bridge.worker.app import Bridge
@@ -30,8 +29,8 @@ from bridge.worker.embedded import free_port
 from bridge.worker.settling import HOLD_HEADER
 from tests.support.api import LOG_AUTH, write_token_file
 from tests.support.waiting import PROMPT, eventually
+from tests.support.workers import offline_bridge
 from tests.unit.worker.test_delivery_log import (
-    KEY1,
     Assigned,
     FakeAssignor,
     counting_looks,
@@ -43,20 +42,15 @@ from tests.unit.worker.test_delivery_log import (
 HOLD = 5.0
 
 
+def api_bridge(tmp: Path) -> Bridge:
+    """A worker with the delivery log and the API (its token file written), never started."""
+    tokens = write_token_file(tmp / "tokens.json")
+    return offline_bridge(tmp / "data", delivery_log=True, api_tokens=str(tokens), web_port=7001)
+
+
 @pytest.fixture
 def bridge(tmp_path: Path) -> Iterator[Bridge]:
-    settings = Settings.load(
-        env={},
-        overrides={
-            "kafka_bootstrap_servers": "127.0.0.1:1",  # never contacted
-            "data_dir": str(tmp_path / "data"),
-            "secret_keys": f"k1:{KEY1}",
-            "delivery_log": True,
-            "api_tokens": str(write_token_file(tmp_path / "tokens.json")),
-            "web_port": 7001,
-        },
-    )
-    yield Bridge(settings)
+    yield api_bridge(tmp_path)
 
 
 def assign(bridge: Bridge, owners: dict[str, list[int]]) -> None:
@@ -346,19 +340,7 @@ def test_whatever_the_assignments_a_change_is_made_once_by_an_owner_or_not_at_al
 async def _change_under_assignments(
     tmp: Path, first: str, then: list[tuple[int, str]], relayed: bool
 ) -> None:
-    bridge = Bridge(
-        Settings.load(
-            env={},
-            overrides={
-                "kafka_bootstrap_servers": "127.0.0.1:1",  # never contacted
-                "data_dir": str(tmp / "data"),
-                "secret_keys": f"k1:{KEY1}",
-                "delivery_log": True,
-                "api_tokens": str(write_token_file(tmp / "tokens.json")),
-                "web_port": 7001,
-            },
-        )
-    )
+    bridge = api_bridge(tmp)
     peer = Peer()
     await peer.server.start_server()
     hold = 0.3

@@ -9,7 +9,6 @@ settings are the bridge's whatever the process environment holds.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,29 +20,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
-from bridge.config import Settings
 from bridge.metrics import INVALID_RECORD_REASONS, INVALID_STATUS_REASONS
 from bridge.worker import app as app_module
 from bridge.worker.app import Bridge
 from bridge.worker.logs import JsonFormatter
 from tests.support.builders import SECRET, encode
 from tests.support.builders import webhook_record as record
+from tests.support.workers import offline_bridge
 
 TOPIC = "postion.webhooks"
-KEY1 = base64.b64encode(bytes(range(32))).decode()
 
 
 @pytest.fixture
 def bridge(tmp_path: Path) -> Iterator[Bridge]:
-    settings = Settings.load(
-        env={},
-        overrides={
-            "kafka_bootstrap_servers": "127.0.0.1:1",  # never contacted
-            "data_dir": str(tmp_path / "data"),
-            "secret_keys": f"k1:{KEY1}",
-        },
-    )
-    yield Bridge(settings)
+    yield offline_bridge(tmp_path / "data")
 
 
 class Feed:

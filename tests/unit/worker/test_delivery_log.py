@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,6 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from bridge.attempts.stores import Checkpoint, DeliveryLogStore, MemoryStore, RocksStore
-from bridge.config import Settings
 from bridge.contract import jsoncanon
 from bridge.worker.app import Bridge
 from bridge.worker.delivery_log import (
@@ -24,9 +22,8 @@ from bridge.worker.delivery_log import (
     attempts_partition,
 )
 from tests.support.waiting import PROMPT, eventually
+from tests.support.workers import offline_bridge
 from tests.unit.attempts.test_attempts import T0, attempt, record, stamp
-
-KEY1 = base64.b64encode(bytes(range(32))).decode()
 
 
 @pytest.fixture(params=["memory", "rocksdb"])
@@ -103,18 +100,9 @@ def test_caught_up_only_once_every_assigned_partition_is_read_to_its_end(
 def bridge(tmp_path: Path) -> Iterator[Bridge]:
     tokens = tmp_path / "tokens.json"
     tokens.write_text('{"tokens": []}')
-    settings = Settings.load(
-        env={},
-        overrides={
-            "kafka_bootstrap_servers": "127.0.0.1:1",  # never contacted
-            "data_dir": str(tmp_path / "data"),
-            "secret_keys": f"k1:{KEY1}",
-            "delivery_log": True,
-            "api_tokens": str(tokens),
-            "web_port": 7001,
-        },
+    yield offline_bridge(
+        tmp_path / "data", delivery_log=True, api_tokens=str(tokens), web_port=7001
     )
-    yield Bridge(settings)
 
 
 class FakeAssignor:
