@@ -1,4 +1,5 @@
-"""The API's Prometheus metrics: requests by route template, method and status class, latency."""
+"""The API's Prometheus metrics: requests by route template, method and status class, latency,
+and how long requests were held through rebalances."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ __all__ = ["ApiMetrics", "metrics_middleware", "route_template"]
 
 #: Seconds; an API answer is a table lookup or one partition read, well under the 10 s timeout.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Seconds a request is held through a rebalance: up to its hold (5 s).
+_HELD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0)
 
 
 class ApiMetrics:
@@ -32,6 +35,16 @@ class ApiMetrics:
             "Seconds from an API request's arrival to its answer, by route template.",
             ("route",),
             buckets=_BUCKETS,
+            registry=registry,
+        )
+
+        self.held = Histogram(
+            "webhook_bridge_api_held_seconds",
+            "Seconds an API request waited for a webhook's owner while the workers' assignment "
+            "settled, by how it ended: settled (answered as usual) or unavailable (503 at the "
+            "end of its hold).",
+            ("outcome",),
+            buckets=_HELD_BUCKETS,
             registry=registry,
         )
 

@@ -75,6 +75,7 @@ from bridge.worker.recovery_journal import (
 from bridge.worker.recovery_view import DEFAULT_STALE_AFTER
 from bridge.worker.settling import (
     HOLD_HEADER,
+    held,
     hold_bound,
     hold_left,
     hold_until,
@@ -175,19 +176,35 @@ async def _keep_authorization(request: web.Request, handler: Any) -> web.StreamR
         _authorization.reset(token)
 
 
-def _holding(bound: float) -> Middleware:
+def _holding(bound: float, metrics: ApiMetrics | None = None) -> Middleware:
     """Middleware keeping when the request being answered stops waiting for an owner:
     ``bound`` seconds after it arrived, or sooner when a peer sent it with less left
-    (:func:`~bridge.worker.settling.hold_until`)."""
+    (:func:`~bridge.worker.settling.hold_until`); a request that waited is timed in
+    ``metrics`` (``webhook_bridge_api_held_seconds``)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         now = asyncio.get_running_loop().time()
         token = _hold_until.set(hold_until(request.headers.get(HOLD_HEADER), bound, now))
+        waits: list[float] = []
+        counting = held.set(waits)
+        status = 500
         try:
-            return await handler(request)
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except Problem as problem:
+            status = problem.status
+            raise
         finally:
+            held.reset(counting)
             _hold_until.reset(token)
+            if waits and metrics is not None:
+                outcome = "unavailable" if status == 503 else "settled"
+                metrics.held.labels(outcome).observe(sum(waits))
 
     return middleware
 
@@ -441,11 +458,12 @@ async def api_application(bridge: Bridge) -> web.Application:
         redeliver_lookback=settings.delivery_log_max_age,
     )
     config = ApiConfig()
-    app = create_app(service, control, tokens, config=config, metrics=ApiMetrics(bridge.registry))
+    metrics = ApiMetrics(bridge.registry)
+    app = create_app(service, control, tokens, config=config, metrics=metrics)
     app.middlewares.append(_keep_authorization)
     # Inside problem_middleware's request timeout: a held request is answered "unavailable" after
     # its hold, which leaves time for the answer when the owner settles within it.
-    app.middlewares.append(_holding(hold_bound(config.request_timeout)))
+    app.middlewares.append(_holding(hold_bound(config.request_timeout), metrics))
     relay = _Relay(bridge, tokens, max_bytes=config.max_body_bytes)
     app.middlewares.append(relay.middleware)
     internal = _Internal(bridge, tokens, as_it_is)

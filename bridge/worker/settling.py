@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import TypeVar
 
 from bridge.worker.delivery_log import OwnerUnavailable
@@ -31,6 +32,7 @@ __all__ = [
     "hold_bound",
     "hold_left",
     "hold_until",
+    "held",
     "settle",
     "wait_for_change",
 ]
@@ -40,6 +42,10 @@ _T = TypeVar("_T")
 #: The longest a request is held (seconds), however long it may take: a rebalance takes up to
 #: ``kafka_rebalance_timeout`` (4 s by default), and a new owner then reads what it was given.
 MAX_HOLD = 5.0
+
+#: The seconds the request being answered has waited for changes, each wait apart (a list the
+#: request's first task sets; tasks it starts share it), or ``None`` when nobody counts them.
+held: ContextVar[list[float] | None] = ContextVar("held", default=None)
 
 #: Header of a routed read or a relayed change: the seconds its hold has left, as a decimal.
 #: Not trusted (anyone can send it): it can only make a hold shorter.
@@ -104,11 +110,16 @@ async def wait_for_change(changed: asyncio.Event, until: float | None) -> bool:
         return False
     if changed.is_set():
         return True
+    started = loop.time()
     try:
         async with asyncio.timeout_at(until):
             await changed.wait()
     except TimeoutError:
         return False
+    finally:
+        waited = held.get()
+        if waited is not None:
+            waited.append(loop.time() - started)
     return True
 
 

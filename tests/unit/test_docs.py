@@ -24,6 +24,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from bridge.api.metrics import ApiMetrics
 from bridge.cli import commands as cli
 from bridge.config import settings_reference
 from bridge.contract.events import build_event
@@ -212,6 +213,7 @@ def test_every_metric_is_in_metrics_md() -> None:
     families = tuple(m[1] + "_" for m in re.finditer(r"`([a-z][a-z0-9_]*)_\*`", text))
     registry = CollectorRegistry()
     Metrics(registry)
+    ApiMetrics(registry)
     names = {
         f"{family.name}_total" if family.type == "counter" else family.name
         for family in registry.collect()

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.api.auth import TokenSet
+from bridge.api.metrics import ApiMetrics
 from bridge.api.problems import PROBLEM_TYPE_PREFIX, problem_middleware
 from bridge.api.repository import MemoryRepository
 from bridge.subscriptions.webhook import Webhook
@@ -109,12 +110,22 @@ async def worker(bridge: Bridge) -> AsyncIterator[tuple[TestClient[Any, Any], li
         events=frozenset({"*"}), site_id="s1", user_id="u1",
     )  # fmt: skip
     internal = _Internal(bridge, tokens, MemoryRepository({"wh": webhook}))
-    app = web.Application(middlewares=[problem_middleware(10.0), _holding(HOLD), relay.middleware])
+    holding = _holding(HOLD, ApiMetrics(bridge.registry))
+    app = web.Application(middlewares=[problem_middleware(10.0), holding, relay.middleware])
     app.router.add_patch("/v1/webhooks/{webhook_id}", change)
     app.router.add_get("/internal/v1/activity/{webhook_id}", internal.activity)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         yield client, made
     await bridge.close()
+
+
+def holds(bridge: Bridge, outcome: str) -> tuple[float, float]:
+    """How many requests were held and ended ``outcome``, and their seconds held in all."""
+    registry = bridge.registry
+    labels = {"outcome": outcome}
+    count = registry.get_sample_value("webhook_bridge_api_held_seconds_count", labels)
+    total = registry.get_sample_value("webhook_bridge_api_held_seconds_sum", labels)
+    return count or 0.0, total or 0.0
 
 
 def others(p: int) -> list[int]:
@@ -148,6 +159,7 @@ async def test_a_change_while_no_owner_is_known_is_held_then_relayed_once(
     relayed = peer.relayed[0]
     assert relayed[RELAYED_BY] == bridge.settings.canonical_url
     assert 0 < float(relayed[HOLD_HEADER]) <= HOLD  # what is left of this worker's hold
+    assert holds(bridge, "settled")[0] == 1 and holds(bridge, "unavailable")[0] == 0
 
 
 async def test_a_relayed_change_is_made_once_this_worker_learns_it_is_the_owner(
@@ -188,6 +200,8 @@ async def test_a_relayed_change_that_stays_another_worker_s_is_unavailable_after
     assert problem["type"] == PROBLEM_TYPE_PREFIX + "unavailable"
     assert "another worker" in problem["detail"]
     assert not made and not peer.relayed  # neither made here nor relayed again
+    count, seconds = holds(bridge, "unavailable")
+    assert count == 1 and 0.3 - 0.05 <= seconds < PROMPT
 
 
 async def test_a_change_the_worker_owns_is_made_at_once(
@@ -200,6 +214,7 @@ async def test_a_change_the_worker_owns_is_made_at_once(
         client.patch("/v1/webhooks/wh", json={}, headers=LOG_AUTH), PROMPT
     )
     assert answer.status == 200 and made == ["wh"]
+    assert holds(bridge, "settled") == holds(bridge, "unavailable") == (0, 0)  # never waited
 
 
 async def test_a_stranger_s_change_is_refused_before_it_could_be_held(
