@@ -47,6 +47,8 @@ class ApiMetrics:
             buckets=_HELD_BUCKETS,
             registry=registry,
         )
+        for outcome in ("settled", "unavailable"):
+            self.held.labels(outcome)  # exported from the start, at 0: rates of no hold are 0
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, f"{status // 100}xx").inc()

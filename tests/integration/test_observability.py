@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from bridge.admin.publish import publish_events
 from bridge.api.auth import hash_token
+from bridge.api.metrics import ApiMetrics
 from bridge.config import Settings
 from bridge.contract.events import build_event
 from bridge.metrics import Metrics
@@ -127,9 +128,11 @@ def dashboard_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def exported_metric_names() -> list[str]:
-    """The name of every metric bridge/metrics.py defines, as Prometheus stores it."""
+    """The name of every metric bridge/metrics.py and the API's (bridge/api/metrics.py)
+    define, as Prometheus stores it."""
     registry = CollectorRegistry()
     Metrics(registry)
+    ApiMetrics(registry)
     return [
         family.name + "_total" if family.type == "counter" else family.name
         for family in registry.collect()
