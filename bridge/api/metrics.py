@@ -10,7 +10,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-__all__ = ["ApiMetrics", "metrics_middleware", "route_template"]
+from bridge.api.problems import Problem
+
+__all__ = ["ApiMetrics", "answered", "metrics_middleware", "route_template"]
 
 #: Seconds; an API answer is a table lookup or one partition read, well under the 10 s timeout.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -78,16 +80,29 @@ def metrics_middleware(
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = clock()
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        finally:
+
+        def seen(status: int) -> None:
             route, method = _route(request)
             metrics.observe(route, method, status, clock() - started)
 
+        return await answered(request, handler, seen)
+
     return middleware
+
+
+async def answered(
+    request: web.Request, handler: Handler, seen: Callable[[int], None]
+) -> web.StreamResponse:
+    """``handler``'s answer to ``request``, ``seen`` told its status however it ends: an
+    answer's, an HTTP exception's or a :class:`~bridge.api.problems.Problem`'s (both made
+    answers further out), ``500`` for anything else."""
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except (web.HTTPException, Problem) as exc:
+        status = exc.status
+        raise
+    finally:
+        seen(status)

@@ -51,7 +51,7 @@ from bridge.api.app import ApiConfig, create_app
 from bridge.api.auth import TokenSet
 from bridge.api.control import ControlService
 from bridge.api.kafka_sources import KafkaActivitySource, KafkaDeadLetters, kafka_recovery_runner
-from bridge.api.metrics import ApiMetrics, route_template
+from bridge.api.metrics import ApiMetrics, answered, route_template
 from bridge.api.problems import Problem, read_body
 from bridge.api.recoveries import DEFAULT_HEARTBEAT, Recoveries
 from bridge.api.repository import WebhookRepository
@@ -188,23 +188,17 @@ def _holding(bound: float, metrics: ApiMetrics | None = None) -> Middleware:
         token = _hold_until.set(hold_until(request.headers.get(HOLD_HEADER), bound, now))
         waits: list[float] = []
         counting = held.set(waits)
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        except Problem as problem:
-            status = problem.status
-            raise
-        finally:
-            held.reset(counting)
-            _hold_until.reset(token)
+
+        def seen(status: int) -> None:
             if waits and metrics is not None:
                 outcome = "unavailable" if status == 503 else "settled"
                 metrics.held.labels(outcome).observe(sum(waits))
+
+        try:
+            return await answered(request, handler, seen)
+        finally:
+            held.reset(counting)
+            _hold_until.reset(token)
 
     return middleware
 
