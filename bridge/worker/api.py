@@ -64,7 +64,7 @@ from bridge.contract import jsoncanon
 from bridge.errors import InvalidRecord
 from bridge.kafka.clients import client_kwargs
 from bridge.subscriptions.store import WebhookStore
-from bridge.worker.delivery_log import OwnerUnavailable
+from bridge.worker.delivery_log import Owner, OwnerUnavailable
 from bridge.worker.recovery_journal import (
     FORGET_INTERVAL,
     KafkaRecoveryJournal,
@@ -80,12 +80,11 @@ from bridge.worker.settling import (
     hold_left,
     hold_until,
     settle,
-    wait_for_change,
+    settle_async,
 )
 
 if TYPE_CHECKING:
     from bridge.worker.app import Bridge
-    from bridge.worker.delivery_log import Owner
 
 __all__ = ["RELAYED_BY", "WorkerActivitySource", "api_application"]
 
@@ -242,7 +241,10 @@ class _Relay:
                 raise _unavailable(OwnerUnavailable("the recovery moved to another worker"))
             # A cancel goes to the worker running the recovery.
             self._tokens.authenticate(request.headers.get("Authorization")).require("write")
-            return await self._relay(runner, request)
+            try:
+                return await self._relay(runner, request)
+            except OwnerUnavailable as exc:  # no connection to the runner
+                raise _unavailable(exc) from None
         webhook_id = await _changed_webhook(request, self._max_bytes)
         if webhook_id is None or self._bridge.owner(webhook_id).local:
             response = await handler(request)
@@ -250,32 +252,23 @@ class _Relay:
         # Refused here what the owner would refuse, so a stranger can neither make workers call
         # each other nor have requests held.
         self._tokens.authenticate(request.headers.get("Authorization")).require("write")
-        until = _hold_until.get()
-        while True:
-            try:
-                owner = await settle(
-                    functools.partial(self._destination, webhook_id, relayed=relayed),
-                    self._bridge.changes,
-                    until,
-                )
-            except OwnerUnavailable as exc:
-                raise _unavailable(exc) from None
+
+        async def attempt() -> Owner | web.StreamResponse:
+            """This worker (the owner), or the owner's answer to the change relayed there."""
+            owner = self._destination(webhook_id, relayed=relayed)
             if owner.local:
-                response = await handler(request)
-                return response
+                return owner
             assert owner.url is not None  # _destination names a worker
-            changed = self._bridge.changes.watch()  # as of the owner just found
-            try:
-                return await self._relay(owner.url, request)
-            except _NotSent as exc:
-                # No connection to the owner (it went: killed, or stopped before the group
-                # knew): nothing was sent, so the change goes to the owner the next assignment
-                # names. (Once sent, it is never sent again: a second rotation would replace
-                # the secret the first one kept valid.)
-                if not await wait_for_change(changed, until):
-                    raise _unavailable(
-                        OwnerUnavailable(f"the webhook's owner did not answer ({exc})")
-                    ) from None
+            return await self._relay(owner.url, request)
+
+        try:
+            found = await settle_async(attempt, self._bridge.changes, _hold_until.get())
+        except OwnerUnavailable as exc:
+            raise _unavailable(exc) from None
+        if isinstance(found, Owner):
+            response = await handler(request)
+            return response
+        return found
 
     def _destination(self, webhook_id: str, *, relayed: bool) -> Owner:
         """Where a change of ``webhook_id`` is made: here (its owner), or the owner it is relayed
@@ -327,17 +320,19 @@ class _Relay:
                 }
                 return web.Response(status=answer.status, body=body, headers=kept)
         except aiohttp.ClientConnectorError as exc:
-            raise _NotSent(type(exc).__name__) from None
+            # No connection to the owner (it went: killed, or stopped before the group knew):
+            # nothing was sent, so the change may go to the owner the next assignment names.
+            # Any other failure is not held: once sent, a change is never sent again (a second
+            # rotation would replace the secret the first one kept valid).
+            raise OwnerUnavailable(
+                f"the webhook's owner did not answer ({type(exc).__name__})"
+            ) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _unavailable(
                 OwnerUnavailable(f"the webhook's owner did not answer ({type(exc).__name__})")
             ) from None
         except OwnerUnavailable as exc:
             raise _unavailable(exc) from None
-
-
-class _NotSent(Exception):
-    """A relayed request found no connection to the worker it was for: nothing was sent."""
 
 
 class _Internal:

@@ -66,7 +66,7 @@ from bridge.worker.faust_patches import install as install_faust_patches
 from bridge.worker.faust_patches import set_fetch_max_wait
 from bridge.worker.logs import logging_config
 from bridge.worker.recovery_view import RecoveryView
-from bridge.worker.settling import HOLD_HEADER, Changes, hold_left, settle, wait_for_change
+from bridge.worker.settling import HOLD_HEADER, Changes, hold_left, settle_async
 from bridge.worker.web import WebServer
 
 __all__ = ["Bridge", "delivery_log_store"]
@@ -415,19 +415,12 @@ class Bridge:
         assignment changed: a read may be asked twice); then :class:`OwnerUnavailable`.
         ``headers`` go with a routed request (the caller's ``Authorization``)."""
         path = f"/internal/v1/activity/{quote(webhook_id, safe='')}"
-        while True:
-            found = await settle(
-                functools.partial(self._activity_or_owner, webhook_id), self.changes, until
-            )
+
+        async def attempt() -> Activity:
+            found = self._activity_or_owner(webhook_id)
             if isinstance(found, Activity):
                 return found
-            changed = self.changes.watch()  # as of the owner just found
-            try:
-                data = await self._ask(found, path, headers, until)
-            except OwnerUnavailable as exc:
-                if exc.settles and await wait_for_change(changed, until):
-                    continue
-                raise
+            data = await self._ask(found, path, headers, until)
             try:
                 return activity_from_dict(
                     data,
@@ -439,6 +432,8 @@ class Bridge:
                 raise OwnerUnavailable(
                     f"the owner's answer was not a delivery log ({exc})", settles=False
                 ) from None
+
+        return await settle_async(attempt, self.changes, until)
 
     def _activity_or_owner(self, webhook_id: str) -> Activity | str:
         """``webhook_id``'s log and stats from this worker's book, or its owner's URL."""
@@ -461,21 +456,14 @@ class Bridge:
         ``until`` as :meth:`activity_for` is, while an attempts partition has no owner, a book
         is still being read or an owner did not answer."""
         path = f"/internal/v1/deliveries/{quote(delivery_id, safe='')}"
-        while True:
-            owners = await settle(self._every_owner, self.changes, until)
-            changed = self.changes.watch()  # as of the owners just found
+
+        async def attempt() -> list[Attempt]:
+            owners = self._every_owner()
             others = sorted(set(owners.values()) - {self.settings.canonical_url})
-            try:
-                answers = await asyncio.gather(
-                    *(self._ask(url, path, headers, until) for url in others)
-                )
-                found = await settle(
-                    functools.partial(self.local_delivery, delivery_id), self.changes, until
-                )
-            except OwnerUnavailable as exc:
-                if exc.settles and await wait_for_change(changed, until):
-                    continue
-                raise
+            answers = await asyncio.gather(
+                *(self._ask(url, path, headers, until) for url in others)
+            )
+            found = self.local_delivery(delivery_id)
             for data in answers:
                 try:
                     found.extend(attempts_from_list(data.get("attempts")))
@@ -484,6 +472,8 @@ class Bridge:
                         f"an owner's answer was not attempts ({exc})", settles=False
                     ) from None
             return sorted(found, key=lambda a: (a.at_seconds, a.attempt))
+
+        return await settle_async(attempt, self.changes, until)
 
     def _every_owner(self) -> dict[int, str]:
         """The owner of every attempts partition (:meth:`_owners`), or :class:`OwnerUnavailable`

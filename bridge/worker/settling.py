@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import TypeVar
 
@@ -34,6 +34,7 @@ __all__ = [
     "hold_until",
     "held",
     "settle",
+    "settle_async",
     "wait_for_change",
 ]
 
@@ -124,14 +125,26 @@ async def wait_for_change(changed: asyncio.Event, until: float | None) -> bool:
 
 
 async def settle(check: Callable[[], _T], changes: Changes, until: float | None) -> _T:
-    """``check()``'s answer as soon as it gives one: while it raises an
+    """``check()``'s answer as soon as it gives one, as :func:`settle_async` waits for it."""
+
+    async def attempt() -> _T:
+        return check()
+
+    return await settle_async(attempt, changes, until)
+
+
+async def settle_async(
+    attempt: Callable[[], Awaitable[_T]], changes: Changes, until: float | None
+) -> _T:
+    """What ``attempt()`` gives as soon as it gives something: while it raises an
     :class:`~bridge.worker.delivery_log.OwnerUnavailable` that a change may end (``settles``),
-    wait for the next change and ask again, until ``until`` (event loop time; ``None``: asked
-    once); then that error."""
+    wait for the next change (since the attempt began) and try again, until ``until`` (event
+    loop time; ``None``: tried once); then that error. An attempt that may not be made twice
+    (a change sent to its owner) raises nothing that settles once it is made."""
     while True:
         changed = changes.watch()
         try:
-            return check()
+            return await attempt()
         except OwnerUnavailable as exc:
             unavailable = exc
         if not unavailable.settles or not await wait_for_change(changed, until):

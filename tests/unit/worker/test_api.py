@@ -113,6 +113,7 @@ async def worker(bridge: Bridge) -> AsyncIterator[tuple[TestClient[Any, Any], li
     holding = _holding(HOLD, ApiMetrics(bridge.registry))
     app = web.Application(middlewares=[problem_middleware(10.0), holding, relay.middleware])
     app.router.add_patch("/v1/webhooks/{webhook_id}", change)
+    app.router.add_delete("/v1/recoveries/{recovery_id}", change)  # (a stub: never reached here)
     app.router.add_get("/internal/v1/activity/{webhook_id}", internal.activity)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         yield client, made
@@ -292,6 +293,22 @@ async def test_each_relayed_change_has_a_connection_of_its_own(
         assert answer.status == 200
     assert len(peer.relayed) == 3 and len(set(peer.connections)) == 3
     assert bridge.peers(fresh=True) is not bridge.peers()
+
+
+async def test_a_cancel_for_a_runner_that_is_gone_is_unavailable(
+    bridge: Bridge,
+    worker: tuple[TestClient[Any, Any], list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A recovery's cancel goes to the worker running it; when that worker cannot be connected
+    to, the answer is 503 with Retry-After (not a server error), and nothing is made here."""
+    client, made = worker
+    gone = f"http://127.0.0.1:{free_port()}"  # nobody listens there
+    monkeypatch.setattr(bridge.recoveries, "live_runner", lambda *args: gone)
+    answer = await asyncio.wait_for(client.delete("/v1/recoveries/r1", headers=LOG_AUTH), PROMPT)
+    assert answer.status == 503 and answer.headers["Retry-After"] == "1"
+    assert "did not answer" in (await answer.json())["detail"]
+    assert not made
 
 
 async def test_a_change_sent_to_an_owner_that_then_went_is_not_sent_again(
