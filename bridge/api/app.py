@@ -139,10 +139,10 @@ class _Routes:
         if event_type is not None and event_type not in EVENT_TYPES:
             errors.append(FieldError("event_type", "enum", "not an event type", "query"))
         _check_enums(query, errors, state=WEBHOOK_STATES)
-        for name in ("site_id", "user_id", "cursor"):
-            value = query.get(name)
-            if value is not None and not 0 < len(value) <= (2000 if name == "cursor" else _MAX_ID):
-                errors.append(FieldError(name, "length", "empty or too long", "query"))
+        _check_ids(query, errors, "site_id", "user_id")
+        cursor = query.get("cursor")
+        if cursor is not None and not 0 < len(cursor) <= 2000:
+            errors.append(FieldError("cursor", "length", "empty or too long", "query"))
         if errors:
             raise Problem.invalid(*errors)
         where = WebhookFilter(
@@ -311,10 +311,7 @@ class _Routes:
         query = _single_values(request, _DEAD_LETTER_PARAMS)
         limit = _limit(query.get("limit"))
         errors: list[FieldError] = []
-        for name in ("webhook_id", "delivery_id"):
-            value = query.get(name)
-            if value is not None and not 0 < len(value) <= _MAX_ID:
-                errors.append(FieldError(name, "length", "empty or too long", "query"))
+        _check_ids(query, errors, "webhook_id", "delivery_id")
         since, until = _time_range(query, errors, "query")
         cursor = _cursor(query, errors)
         if errors:
@@ -382,10 +379,12 @@ def _time_range(
 
 def _delivery_webhook(request: web.Request) -> str | None:
     """The ``webhook_id`` a delivery is looked up in, when the request names one."""
-    webhook_id = _single_values(request, ("webhook_id",)).get("webhook_id")
-    if webhook_id is not None and not 0 < len(webhook_id) <= _MAX_ID:
-        raise Problem.invalid(FieldError("webhook_id", "length", "empty or too long", "query"))
-    return webhook_id
+    query = _single_values(request, ("webhook_id",))
+    errors: list[FieldError] = []
+    _check_ids(query, errors, "webhook_id")
+    if errors:
+        raise Problem.invalid(*errors)
+    return query.get("webhook_id")
 
 
 def _single_values(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
@@ -412,6 +411,14 @@ def _check_enums(
         value = query.get(name)
         if value is not None and value not in values:
             errors.append(FieldError(name, "enum", f"expected one of {', '.join(values)}", "query"))
+
+
+def _check_ids(query: dict[str, str], errors: list[FieldError], *names: str) -> None:
+    """An error for each query parameter of ``names`` that is empty or longer than an id."""
+    for name in names:
+        value = query.get(name)
+        if value is not None and not 0 < len(value) <= _MAX_ID:
+            errors.append(FieldError(name, "length", "empty or too long", "query"))
 
 
 def _cursor(query: dict[str, str], errors: list[FieldError]) -> str | None:
