@@ -359,19 +359,17 @@ class ControlService:
     async def _delivery_attempts(
         self, principal: Principal, delivery_id: str, webhook_id: str | None
     ) -> list[Attempt]:
+        named: Webhook | None = None
         if webhook_id is not None:
             # One log, read by the worker holding it, rather than every owner asked.
             named = await self._webhook(principal, webhook_id)
             attempts = (await self._activity.activity(webhook_id)).log.delivery(delivery_id)
-            created = _restricted_since(principal, named)
-            if not attempts or (created is not None and attempts[0].at_seconds < created):
-                raise Problem("not_found", "no attempt of this delivery is kept for this webhook")
-            return attempts
-        attempts = await self._activity.delivery(delivery_id)
+        else:
+            attempts = await self._activity.delivery(delivery_id)
         if not attempts:
             raise Problem("not_found", "no attempt of this delivery is kept")
         if principal.restricted:
-            webhook = await self._repository.get(attempts[0].webhook_id)
+            webhook = named or await self._repository.get(attempts[0].webhook_id)
             if webhook is None:  # whose it was is no longer known
                 raise Problem("not_found", "no attempt of this delivery is kept")
             principal.check(webhook)
