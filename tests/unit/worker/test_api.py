@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.typedefs import Handler
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -93,6 +94,17 @@ async def peer() -> AsyncIterator[Peer]:
     await running.server.close()
 
 
+def relaying_app(bridge: Bridge, change: Handler, hold: float) -> web.Application:
+    """``/v1`` as a worker serves it (problems, the hold, timed in the bridge's registry, and
+    the relay) over ``change``, the stub of a webhook's change."""
+    tokens = TokenSet.from_file(str(bridge.settings.api_tokens))
+    relay = _Relay(bridge, tokens, max_bytes=1 << 20)
+    holding = _holding(hold, ApiMetrics(bridge.registry))
+    app = web.Application(middlewares=[problem_middleware(10.0), holding, relay.middleware])
+    app.router.add_patch("/v1/webhooks/{webhook_id}", change)
+    return app
+
+
 @pytest.fixture
 async def worker(bridge: Bridge) -> AsyncIterator[tuple[TestClient[Any, Any], list[str]]]:
     """This worker's ``/v1`` changes behind its relay (the change itself a stub recording what
@@ -103,16 +115,13 @@ async def worker(bridge: Bridge) -> AsyncIterator[tuple[TestClient[Any, Any], li
         made.append(request.match_info["webhook_id"])
         return web.json_response({"made_by": "here"})
 
-    tokens = TokenSet.from_file(str(bridge.settings.api_tokens))
-    relay = _Relay(bridge, tokens, max_bytes=1 << 20)
     webhook = Webhook(
         id="wh", name="n", url="https://example.com/h", secret="s" * 16,
         events=frozenset({"*"}), site_id="s1", user_id="u1",
     )  # fmt: skip
+    tokens = TokenSet.from_file(str(bridge.settings.api_tokens))
     internal = _Internal(bridge, tokens, MemoryRepository({"wh": webhook}))
-    holding = _holding(HOLD, ApiMetrics(bridge.registry))
-    app = web.Application(middlewares=[problem_middleware(10.0), holding, relay.middleware])
-    app.router.add_patch("/v1/webhooks/{webhook_id}", change)
+    app = relaying_app(bridge, change, HOLD)
     app.router.add_delete("/v1/recoveries/{recovery_id}", change)  # (a stub: never reached here)
     app.router.add_get("/internal/v1/activity/{webhook_id}", internal.activity)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
@@ -392,9 +401,7 @@ async def _change_under_assignments(
             owners.setdefault(urls[who], []).append(p)
         assign(bridge, owners)
 
-    relay = _Relay(bridge, TokenSet.from_file(str(bridge.settings.api_tokens)), max_bytes=1 << 20)
-    app = web.Application(middlewares=[problem_middleware(10.0), _holding(hold), relay.middleware])
-    app.router.add_patch("/v1/webhooks/{webhook_id}", change)
+    app = relaying_app(bridge, change, hold)
     headers = {**LOG_AUTH, **({RELAYED_BY: peer.url} if relayed else {})}
     try:
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
