@@ -40,8 +40,11 @@ async def send_test_event(
     *,
     site_id: str | None = None,
     user_id: str | None = None,
+    event_id: str | None = None,
 ) -> Event:
-    """Publish a ``test.event`` that goes to this webhook only, whatever its event filter.
+    """Publish a ``test.event`` that goes to this webhook only, whatever its event filter
+    (under ``event_id`` when given: the same id again is the same event, delivered with the
+    same delivery id).
 
     The event carries the webhook's site and account unless given: an account-scoped webhook
     needs ``site_id`` (one of the account's sites), a site-scoped one without an owner needs
@@ -59,7 +62,9 @@ async def send_test_event(
     data: dict[str, Any] = {"webhook_id": webhook.id}
     if message:
         data["message"] = message
-    return await publish_event(settings, "test.event", data, site_id=site, user_id=user)
+    return await publish_event(
+        settings, "test.event", data, site_id=site, user_id=user, event_id=event_id
+    )
 
 
 async def publish_event(

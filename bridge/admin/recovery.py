@@ -185,6 +185,10 @@ class Operation:
     runner: str | None = None
     #: How many times it was resumed by another worker.
     resumed: int = 0
+    #: The digest of the request that started it with an ``Idempotency-Key``
+    #: (:mod:`bridge.api.idempotency`; its id is made from the key): the same key with another
+    #: request is refused.
+    request_digest: str | None = None
     _cancel: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def cancel(self) -> None:
@@ -205,6 +209,7 @@ class Operation:
             "ends": dict(self.ends),
             "runner": self.runner,
             "updated_at": _moment(updated_at),
+            **({} if self.request_digest is None else {"request_digest": self.request_digest}),
         }
 
     @classmethod
@@ -250,6 +255,9 @@ class Operation:
             ends=_offsets(record, "ends"),
             runner=runner if isinstance(runner, str) else None,
             resumed=_count(record, "resumed"),
+            request_digest=digest
+            if isinstance(digest := record.get("request_digest"), str)
+            else None,
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from bridge.admin.dead_letters import DeadLetterFilter
 from bridge.admin.recovery import Operation
 from bridge.api.auth import Principal, Scope, TokenSet
 from bridge.api.control import ControlService, decode_dead_letter_cursor
+from bridge.api.idempotency import HEADER as IDEMPOTENCY_KEY
+from bridge.api.idempotency import REPLAYED_HEADER, IdempotencyKey
 from bridge.api.metrics import ApiMetrics, metrics_middleware
 from bridge.api.openapi import (
     DEFAULT_PAGE_LIMIT,
@@ -81,16 +83,31 @@ def _json(
 
 
 def _webhook_response(
-    webhook: Webhook, status: int = 200, *, with_secret: bool = False, **headers: str
+    webhook: Webhook,
+    status: int = 200,
+    *,
+    with_secret: bool = False,
+    headers: Mapping[str, str] | None = None,
 ) -> web.Response:
-    out = {"ETag": etag(webhook), **headers}
+    out = {"ETag": etag(webhook), **(headers or {})}
     if with_secret:
         out["Cache-Control"] = "no-store"
     return _json(public_view(webhook, with_secret=with_secret), status, headers=out)
 
 
-def _operation_response(operation: Operation, status: int = 200) -> web.Response:
-    headers = {"Location": f"/v1/recoveries/{quote(operation.id, safe='')}"}
+def _replayed(replayed: bool) -> dict[str, str]:
+    """The header of an answer to a request whose ``Idempotency-Key`` had made its change."""
+    return {REPLAYED_HEADER: "true"} if replayed else {}
+
+
+def _key(request: web.Request, principal: Principal) -> IdempotencyKey | None:
+    return IdempotencyKey.of(request.headers.get(IDEMPOTENCY_KEY), principal.name)
+
+
+def _operation_response(
+    operation: Operation, status: int = 200, *, replayed: bool = False
+) -> web.Response:
+    headers = {"Location": f"/v1/recoveries/{quote(operation.id, safe='')}", **_replayed(replayed)}
     return _json(operation.as_dict(), status, headers=headers if status == 202 else None)
 
 
@@ -158,12 +175,15 @@ class _Routes:
 
     async def create_webhook(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "write")
-        created = await self._service.create(principal, await self._body(request))
+        key = _key(request, principal)
+        created = await self._service.create(principal, await self._body(request), key=key)
         webhook = created.webhook
         if not created.created:
-            return _webhook_response(webhook, 200, with_secret=created.shows_secret)
+            return _webhook_response(
+                webhook, 200, with_secret=created.shows_secret, headers=_replayed(created.replayed)
+            )
         location = f"/v1/webhooks/{quote(webhook.id, safe='')}"
-        return _webhook_response(webhook, 201, with_secret=True, Location=location)
+        return _webhook_response(webhook, 201, with_secret=True, headers={"Location": location})
 
     async def get_webhook(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "read")
@@ -173,11 +193,12 @@ class _Routes:
     async def update_webhook(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "write")
         webhook_id = self._webhook_id(request)
+        key = _key(request, principal)
         body = await self._body(request)
-        webhook = await self._service.update(
-            principal, webhook_id, body, if_match=request.headers.get("If-Match")
+        changed = await self._service.update(
+            principal, webhook_id, body, if_match=request.headers.get("If-Match"), key=key
         )
-        return _webhook_response(webhook)
+        return _webhook_response(changed.webhook, headers=_replayed(changed.replayed))
 
     async def delete_webhook(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "write")
@@ -189,17 +210,21 @@ class _Routes:
     async def rotate_secret(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "write")
         webhook_id = self._webhook_id(request)
+        key = _key(request, principal)
         body = await self._body(request, optional=True)
-        webhook = await self._service.rotate_secret(
-            principal, webhook_id, body, if_match=request.headers.get("If-Match")
+        changed = await self._service.rotate_secret(
+            principal, webhook_id, body, if_match=request.headers.get("If-Match"), key=key
         )
-        return _webhook_response(webhook, with_secret=True)
+        return _webhook_response(
+            changed.webhook, with_secret=True, headers=_replayed(changed.replayed)
+        )
 
     async def send_test(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "write")
         webhook_id = self._webhook_id(request)
+        key = _key(request, principal)
         body = await self._body(request, optional=True)
-        event = await self._service.send_test(principal, webhook_id, body)
+        event = await self._service.send_test(principal, webhook_id, body, key=key)
         delivery = delivery_id(event.id, webhook_id)
         answer = {"webhook_id": webhook_id, "event_id": event.id, "delivery_id": delivery}
         return _json(answer, 202)
@@ -257,12 +282,17 @@ class _Routes:
         principal = self._principal(request, "write")
         webhook_id = _delivery_webhook(request)
         delivery_id = self._path_id(request, "delivery_id")
-        operation = await self._control.redeliver(principal, delivery_id, webhook_id=webhook_id)
-        return _operation_response(operation, 202)
+        key = _key(request, principal)
+        change = None if key is None else key.request("POST redeliver", delivery_id, {})
+        started = await self._control.redeliver(
+            principal, delivery_id, webhook_id=webhook_id, change=change
+        )
+        return _operation_response(started.operation, 202, replayed=started.replayed)
 
     async def start_recovery(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "write")
         webhook_id = self._webhook_id(request)
+        key = _key(request, principal)
         body = await self._body(request)
         errors = body_errors("RecoveryCreate", body)
         since, until = _time_range(body, errors, "body") if not errors else (None, None)
@@ -270,14 +300,15 @@ class _Routes:
             raise Problem.invalid(*errors)
         assert since is not None
         rate = body.get("rate")
-        operation = await self._control.recover(
+        started = await self._control.recover(
             principal,
             webhook_id,
             since=since,
             until=until,
             rate=None if rate is None else float(rate),
+            change=None if key is None else key.request("POST recover", webhook_id, body),
         )
-        return _operation_response(operation, 202)
+        return _operation_response(started.operation, 202, replayed=started.replayed)
 
     async def list_recoveries(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "read")

@@ -28,6 +28,7 @@ from bridge.admin.dead_letters import DeadLetterFilter, ReplayReport, of_webhook
 from bridge.admin.recovery import DEFAULT_RATE, Operation, RecoveryRequest, whole_milliseconds
 from bridge.api.activity import ActivitySource
 from bridge.api.auth import Principal
+from bridge.api.idempotency import KeyedChange, reused
 from bridge.api.problems import FieldError, Problem
 from bridge.api.recoveries import Recoveries
 from bridge.api.repository import WebhookRepository
@@ -45,6 +46,7 @@ __all__ = [
     "DeadLetterSource",
     "DeadLetterPage",
     "RecoveryPage",
+    "Started",
     "ControlService",
     "delivery_state",
     "encode_dead_letter_cursor",
@@ -57,6 +59,15 @@ __all__ = [
 #: How long before its first attempt a delivery's event is looked for in the source topics
 #: when it is redelivered (seconds): the delivery log's longest retention.
 DEFAULT_REDELIVER_LOOKBACK = 7 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A recovery or redelivery asked for."""
+
+    operation: Operation
+    #: ``True`` when the request's ``Idempotency-Key`` had started it: nothing new started.
+    replayed: bool = False
 
 
 class DeadLetterSource(Protocol):
@@ -382,23 +393,66 @@ class ControlService:
     # ------------------------------------------------------------------ recovery
 
     async def redeliver(
-        self, principal: Principal, delivery_id: str, *, webhook_id: str | None = None
-    ) -> Operation:
+        self,
+        principal: Principal,
+        delivery_id: str,
+        *,
+        webhook_id: str | None = None,
+        change: KeyedChange | None = None,
+    ) -> Started:
         """Send one delivery again (same delivery id): a recovery of that delivery alone (found
-        in ``webhook_id``'s log alone when given)."""
+        in ``webhook_id``'s log alone when given). With ``change`` (an ``Idempotency-Key``),
+        the redelivery that key started already, if any."""
         attempts = await self._delivery_attempts(principal, delivery_id, webhook_id)
         first = attempts[0]
         webhook = await self._repository.get(first.webhook_id)
         if webhook is None:
             raise Problem("conflict", "the delivery's webhook was deleted")
         principal.check(webhook)
+        target = f"redeliver:{webhook.id}:{delivery_id}"
+        replayed = await self._started(change, target, webhook)
+        if replayed is not None:
+            return replayed
         if not webhook.active:
             raise Problem("conflict", "the webhook is not active: nothing would be sent")
         since = datetime.fromtimestamp(redelivery_since(first, self._lookback), UTC)
         until = datetime.fromtimestamp(first.at_seconds + 1, UTC)
-        return await self._recoveries.start(
-            RecoveryRequest(webhook, since, until, delivery_id=delivery_id)
+        request = RecoveryRequest(webhook, since, until, delivery_id=delivery_id)
+        return await self._start(request, change, target)
+
+    async def _started(
+        self, change: KeyedChange | None, target: str, webhook: Webhook
+    ) -> Started | None:
+        """The operation ``change``'s key started for ``target`` (``replayed``), if any;
+        ``422`` when that key started it for another request."""
+        if change is None:
+            return None
+        operation_id = change.operation_id(target)
+        operation = self._recoveries.get(operation_id)
+        if operation is None:
+            record = await self._recoveries.record_of(operation_id)
+            # Started here while the journal was read: that one.
+            operation = self._recoveries.get(operation_id)
+            if operation is None and record is not None:
+                try:
+                    operation = Operation.from_record(record, webhook)
+                except ValueError:  # of a webhook that had this id before: not this one's
+                    return None
+        if operation is None:
+            return None
+        if operation.request_digest != change.request:
+            raise reused()
+        return Started(operation, replayed=True)
+
+    async def _start(
+        self, request: RecoveryRequest, change: KeyedChange | None, target: str
+    ) -> Started:
+        if change is None:
+            return Started(await self._recoveries.start(request))
+        operation = await self._recoveries.start(
+            request, operation_id=change.operation_id(target), request_digest=change.request
         )
+        return Started(operation)
 
     async def recover(
         self,
@@ -408,8 +462,10 @@ class ControlService:
         since: datetime,
         until: datetime | None,
         rate: float | None,
-    ) -> Operation:
-        """Send the webhook again its events published in ``[since, until)`` (until now)."""
+        change: KeyedChange | None = None,
+    ) -> Started:
+        """Send the webhook again its events published in ``[since, until)`` (until now). With
+        ``change`` (an ``Idempotency-Key``), the recovery that key started already, if any."""
         webhook = await self._webhook(principal, webhook_id)
         now = datetime.fromtimestamp(self._clock(), UTC)
         if since > now:
@@ -418,10 +474,14 @@ class ControlService:
         if whole_milliseconds(end) <= whole_milliseconds(since):  # as the request keeps them
             field = "until" if until is not None else "since"
             raise Problem.invalid(FieldError(field, "range", "since must be before until"))
+        target = f"recover:{webhook.id}"
+        replayed = await self._started(change, target, webhook)
+        if replayed is not None:
+            return replayed
         if not webhook.active:
             raise Problem("conflict", "the webhook is not active: nothing would be sent")
         request = RecoveryRequest(webhook, since, end, rate=DEFAULT_RATE if rate is None else rate)
-        return await self._recoveries.start(request)
+        return await self._start(request, change, target)
 
     async def _operation(self, principal: Principal, operation_id: str) -> Operation:
         """An operation this process runs or ran, else as the journal last recorded it."""

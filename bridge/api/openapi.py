@@ -18,6 +18,13 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from bridge.api.idempotency import HEADER as IDEMPOTENCY_KEY
+from bridge.api.idempotency import (
+    KEY_LIFETIME,
+    MAX_KEY_LENGTH,
+    MAX_KEYS_PER_WEBHOOK,
+    REPLAYED_HEADER,
+)
 from bridge.attempts.stats import LATENCY_BOUNDS
 from bridge.contract.resources import load_json
 from bridge.contract.schemas import EVENT_TYPES
@@ -534,6 +541,31 @@ _IF_MATCH = {
     "schema": {"type": "string"},
 }
 
+_IDEMPOTENCY_KEY_PARAM = {
+    "name": IDEMPOTENCY_KEY,
+    "in": "header",
+    "required": False,
+    "description": (
+        "Any unique string of the client's (a UUID): the same request sent again with the same "
+        "key (after a timeout, a closed connection or a 503) is made at most once and answers "
+        f"{REPLAYED_HEADER}: true. The token's own, for {int(KEY_LIFETIME // 3600)} hours "
+        f"and among the webhook's last {MAX_KEYS_PER_WEBHOOK} keyed changes; the same key with "
+        "another request is 422."
+    ),
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_KEY_LENGTH,
+        "pattern": "^[ -~]+$",
+    },
+}
+_REPLAYED = {
+    REPLAYED_HEADER: {
+        "description": "true: the Idempotency-Key had made this change; nothing changed now.",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
+
 
 def _query(name: str, schema: Mapping[str, Any], description: str = "") -> dict[str, Any]:
     param = {"name": name, "in": "query", "required": False, "schema": dict(schema)}
@@ -631,8 +663,20 @@ def _paths() -> dict[str, Any]:
     no_delivery = _problem_response("No attempt of this delivery is kept.")
     changed = _problem_response("If-Match does not match the current ETag.")
     webhook = _json(_ref("Webhook"), "The webhook.", headers=_ETAG_HEADER)
+    changed_webhook = _json(_ref("Webhook"), "The webhook.", headers={**_ETAG_HEADER, **_REPLAYED})
     with_secret = _json(
-        _ref("WebhookWithSecret"), "The webhook and its secret.", headers=_ETAG_HEADER
+        _ref("WebhookWithSecret"),
+        "The webhook and its secret.",
+        headers={**_ETAG_HEADER, **_REPLAYED},
+    )
+    reused = _problem_response(
+        "The Idempotency-Key was used with another request (body, route or webhook)."
+    )
+    started = _json(
+        _ref("Recovery"),
+        "Started; poll it. With an Idempotency-Key that started one already (kept for "
+        "recovery_retention after it ends), that one, and nothing new started.",
+        headers={**_LOCATION, **_REPLAYED},
     )
     return {
         "/v1/openapi.json": {
@@ -677,13 +721,16 @@ def _paths() -> dict[str, Any]:
                     },
                     "200": _json(
                         _ref("Webhook"),
-                        "That id exists with this very body: the webhook again, with its "
-                        "`secret` for the token that created it within a day of the creation "
-                        "(a client whose first answer was lost), without it for any other.",
-                        headers=_ETAG_HEADER,
+                        "That id exists with this very body (or this Idempotency-Key made it): "
+                        "the webhook again, with its `secret` for the token that created it "
+                        "within a day of the creation while unchanged (a client whose first "
+                        "answer was lost), without it for any other.",
+                        headers={**_ETAG_HEADER, **_REPLAYED},
                     ),
                     "409": _problem_response("That id exists with another body."),
+                    "422": reused,
                 },
+                parameters=[_IDEMPOTENCY_KEY_PARAM],
                 body="WebhookCreate",
             ),
         },
@@ -697,15 +744,16 @@ def _paths() -> dict[str, Any]:
                 "Change some fields.",
                 "write",
                 {
-                    "200": webhook,
+                    "200": changed_webhook,
                     "404": not_found,
                     "409": _problem_response(
                         "standard_webhooks asked of a webhook whose secret is not whsec_: "
                         "give one with the change, or rotate to one first."
                     ),
                     "412": changed,
+                    "422": reused,
                 },
-                parameters=[_IF_MATCH],
+                parameters=[_IF_MATCH, _IDEMPOTENCY_KEY_PARAM],
                 body="WebhookUpdate",
             ),
             "delete": _operation(
@@ -722,8 +770,18 @@ def _paths() -> dict[str, Any]:
                 "rotateWebhookSecret",
                 "A new secret, returned once; the previous one may overlap.",
                 "write",
-                {"200": with_secret, "404": not_found, "412": changed},
-                parameters=[_IF_MATCH],
+                {
+                    "200": with_secret,
+                    "404": not_found,
+                    "409": _problem_response(
+                        "A secret that is not whsec_ for a Standard Webhooks webhook; or this "
+                        "Idempotency-Key's rotation was made and the webhook changed since (its "
+                        "secret is not shown again: rotate again)."
+                    ),
+                    "412": changed,
+                    "422": reused,
+                },
+                parameters=[_IF_MATCH, _IDEMPOTENCY_KEY_PARAM],
                 body="RotateSecret",
                 body_required=False,
             ),
@@ -735,10 +793,16 @@ def _paths() -> dict[str, Any]:
                 "Publish a test.event delivered to this webhook only.",
                 "write",
                 {
-                    "202": _json(_ref("TestEventAccepted"), "Published."),
+                    "202": _json(
+                        _ref("TestEventAccepted"),
+                        "Published. With an Idempotency-Key, under an event id made from it and "
+                        "the webhook: sent again, the same event and delivery id (receivers "
+                        "drop the second as a duplicate).",
+                    ),
                     "404": not_found,
                     "409": _problem_response("The webhook is not active."),
                 },
+                parameters=[_IDEMPOTENCY_KEY_PARAM],
                 body="TestEventRequest",
                 body_required=False,
             ),
@@ -787,11 +851,13 @@ def _paths() -> dict[str, Any]:
                 "Deliver again this webhook's events since (until) a time, same delivery ids.",
                 "write",
                 {
-                    "202": _json(_ref("Recovery"), "Started; poll it.", headers=_LOCATION),
+                    "202": started,
                     "404": not_found,
                     "409": _problem_response("The webhook is not active."),
+                    "422": reused,
                     "429": busy,
                 },
+                parameters=[_IDEMPOTENCY_KEY_PARAM],
                 body="RecoveryCreate",
                 tag="recovery",
             ),
@@ -845,13 +911,14 @@ def _paths() -> dict[str, Any]:
                 "Deliver again now, with the same delivery id: a recovery of that delivery.",
                 "write",
                 {
-                    "202": _json(_ref("Recovery"), "Started; poll it.", headers=_LOCATION),
+                    "202": started,
                     "404": no_delivery,
                     "409": _problem_response("The delivery's webhook is gone or not active."),
+                    "422": reused,
                     "429": busy,
                 },
                 tag="recovery",
-                parameters=[_DELIVERY_WEBHOOK],
+                parameters=[_DELIVERY_WEBHOOK, _IDEMPOTENCY_KEY_PARAM],
             ),
         },
         "/v1/dead-letters": {

@@ -57,6 +57,7 @@ PROBLEM_TITLES: Mapping[str, tuple[int, str]] = {
     "precondition_failed": (412, "The resource changed (If-Match does not match its ETag)"),
     "body_too_large": (413, "The request body is too large"),
     "unsupported_media_type": (415, "The request body must be application/json"),
+    "idempotency_key_reused": (422, "The Idempotency-Key was used with another request"),
     "too_many_requests": (429, "Too many requests; retry after Retry-After seconds"),
     "timeout": (503, "The request took too long"),
     "unavailable": (503, "Temporarily unavailable; retry after Retry-After seconds"),

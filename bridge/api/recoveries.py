@@ -103,7 +103,13 @@ class Recoveries:
     def journal(self) -> RecoveryJournal | None:
         return self._journal
 
-    async def start(self, request: RecoveryRequest) -> Operation:
+    async def start(
+        self,
+        request: RecoveryRequest,
+        *,
+        operation_id: str | None = None,
+        request_digest: str | None = None,
+    ) -> Operation:
         """Start recovering ``request`` in the background; its operation, ``running`` (and
         recorded, with a journal, before this returns). With ``max_running`` operations running
         here already, a ``429`` (resumed operations, taken over from a stopped process, are
@@ -114,7 +120,10 @@ class Recoveries:
                 f"{self.running} recoveries are running on this worker, its most at once",
                 headers={"Retry-After": str(RETRY_AFTER)},
             )
-        return await self._launch(Operation(request, started_at=self._clock()))
+        operation = Operation(request, started_at=self._clock(), request_digest=request_digest)
+        if operation_id is not None:
+            operation.id = operation_id
+        return await self._launch(operation)
 
     async def resume(self, operation: Operation) -> Operation:
         """Run on an operation another process released or left (it reads on from its

@@ -1,4 +1,5 @@
-"""What the webhook routes mean: validation, versions and If-Match, idempotent create, rotation.
+"""What the webhook routes mean: validation, versions and If-Match, idempotent create, rotation,
+``Idempotency-Key`` (:mod:`bridge.api.idempotency`).
 
 Pure of I/O except through the repository and the test-event publisher it is given, with the
 clock passed in. Records are built by :mod:`bridge.subscriptions.changes`, the functions
@@ -29,6 +30,8 @@ from typing import Any, Protocol
 from jsonschema import ValidationError
 
 from bridge.api.auth import Principal
+from bridge.api.idempotency import HEADER as IDEMPOTENCY_KEY
+from bridge.api.idempotency import IdempotencyKey, KeyedChange, reused
 from bridge.api.openapi import request_validator
 from bridge.api.problems import FieldError, Problem
 from bridge.api.repository import WebhookFilter, WebhookRepository, webhook_version
@@ -44,6 +47,7 @@ __all__ = [
     "TestEventPublisher",
     "Page",
     "Created",
+    "Changed",
     "REPEAT_SHOWS_SECRET_FOR",
     "WebhookService",
     "body_errors",
@@ -60,7 +64,13 @@ class TestEventPublisher(Protocol):
     (``webhook_inactive``, ``test_event_scope``) when it cannot."""
 
     def __call__(
-        self, webhook: Webhook, message: str, *, site_id: str | None, user_id: str | None
+        self,
+        webhook: Webhook,
+        message: str,
+        *,
+        site_id: str | None,
+        user_id: str | None,
+        event_id: str | None = None,
     ) -> Awaitable[Event]: ...
 
 
@@ -83,6 +93,18 @@ class Created:
     #: Whether the answer shows the secret: a creation does; a repeat does only for the token
     #: that created it, within :data:`REPEAT_SHOWS_SECRET_FOR` of the creation.
     shows_secret: bool = True
+    #: ``True`` when the request's ``Idempotency-Key`` had made it: nothing was changed now.
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """The outcome of a change (``PATCH``, a rotation)."""
+
+    webhook: Webhook
+    #: ``True`` when the request's ``Idempotency-Key`` had made the change: nothing was changed
+    #: now, and ``webhook`` is the webhook as it is.
+    replayed: bool = False
 
 
 #: Seconds after a webhook's creation during which a repeat of the create by the same token
@@ -344,18 +366,36 @@ class WebhookService:
     async def get(self, principal: Principal, webhook_id: str) -> Webhook:
         return await self._existing(webhook_id, principal)
 
-    async def create(self, principal: Principal, body: Mapping[str, Any]) -> Created:
+    async def create(
+        self, principal: Principal, body: Mapping[str, Any], *, key: IdempotencyKey | None = None
+    ) -> Created:
         """Create from a request body; with a client-chosen id that exists, the same body
-        answers the existing webhook (``created`` false), another body ``409``."""
+        answers the existing webhook (``created`` false), another body ``409``. With ``key``
+        and no ``id``, the id is made from the key, so a repeat finds the webhook it made."""
         errors = body_errors("WebhookCreate", body)
         if errors:
             raise Problem.invalid(*errors)
         principal.check_scope(body.get("site_id"), body.get("user_id"))
-        webhook_id = body.get("id") or f"wh_{uuid.uuid4().hex}"
+        if body.get("id"):
+            webhook_id = body["id"]
+        elif key is not None:
+            webhook_id = key.webhook_id()
+        else:
+            webhook_id = f"wh_{uuid.uuid4().hex}"
+        change = None if key is None else key.request("POST", "/v1/webhooks", body)
         async with self._locked(webhook_id):
             existing = await self._read_as_written(webhook_id)
             if existing is not None:
                 principal.check(existing)
+                if change is not None and self._made(change, existing) is not None:
+                    if existing.updated_at == existing.created_at and not _same(existing, body):
+                        raise reused()  # unchanged since, so another body (its secret)
+                    return Created(
+                        existing,
+                        created=False,
+                        shows_secret=self._repeat_shows(existing, principal),
+                        replayed=True,
+                    )
                 if _same(existing, body):
                     return Created(
                         existing,
@@ -384,6 +424,8 @@ class WebhookService:
             except InvalidSubscription as exc:
                 raise _conflict("secret", exc) from None
             record["created_by"] = principal.name
+            if change is not None:
+                change.record(record, None, now=self._now())
             webhook = _from_record(record, check_url=self._check_url)
             await self._put(webhook)
             return Created(webhook, created=True)
@@ -408,22 +450,38 @@ class WebhookService:
         changes: Mapping[str, Any],
         *,
         if_match: str | None,
-    ) -> Webhook:
-        """Change some fields (``WebhookUpdate``), as ``WebhookStore.update`` does."""
+        key: IdempotencyKey | None = None,
+    ) -> Changed:
+        """Change some fields (``WebhookUpdate``), as ``WebhookStore.update`` does; with a
+        ``key`` that made this change already, the webhook as it is (nothing changed)."""
         errors = body_errors("WebhookUpdate", changes)
         if errors:
             raise Problem.invalid(*errors)
+        change = None if key is None else key.request("PATCH", webhook_id, changes)
         async with self._locked(webhook_id):
             current = await self._existing(webhook_id, principal)
+            # Before If-Match: the first request's change made the ETag it sent stale.
+            if change is not None and self._made(change, current) is not None:
+                return Changed(current, replayed=True)
             _if_match(if_match, current)
             try:
                 record = updated_record(current, changes, self._clock())
             except InvalidSubscription as exc:
                 raise _conflict("standard_webhooks", exc) from None
             principal.check_scope(record.get("site_id"), record.get("user_id"))
+            if change is not None:
+                change.record(record, current.to_record(), now=self._now())
             webhook = _from_record(record, check_url=self._check_url if "url" in changes else None)
             await self._put(webhook)
-            return webhook
+            return Changed(webhook)
+
+    def _now(self) -> float:
+        return self._clock().timestamp()
+
+    def _made(self, change: KeyedChange, current: Webhook) -> str | None:
+        """The ``updated_at`` ``change`` gave ``current`` when its key made it (``422`` when
+        the key made another change), else ``None``."""
+        return change.made(current.to_record(), now=self._now())
 
     async def delete(self, principal: Principal, webhook_id: str, *, if_match: str | None) -> None:
         async with self._locked(webhook_id):
@@ -439,14 +497,33 @@ class WebhookService:
         body: Mapping[str, Any],
         *,
         if_match: str | None,
-    ) -> Webhook:
+        key: IdempotencyKey | None = None,
+    ) -> Changed:
         """A new secret (given, or generated as ``WebhookStore.rotate_secret`` does); with
-        ``overlap_seconds``, the previous secret stays valid that long."""
+        ``overlap_seconds``, the previous secret stays valid that long. With a ``key`` that
+        made this rotation already, the webhook and the secret it was given, as long as the
+        rotation is the webhook's last change (``409`` after another: rotate again)."""
         errors = body_errors("RotateSecret", body)
         if errors:
             raise Problem.invalid(*errors)
+        change = None if key is None else key.request("POST rotate", webhook_id, body)
         async with self._locked(webhook_id):
             current = await self._existing(webhook_id, principal)
+            made = None if change is None else self._made(change, current)
+            if made is not None:
+                if made != current.updated_at:
+                    raise Problem(
+                        "conflict",
+                        "this rotation was made, and the webhook changed since: its secret is "
+                        "not shown again; rotate again for a new one",
+                        errors=[
+                            FieldError(IDEMPOTENCY_KEY, "changed_since", "rotate again", "header")
+                        ],
+                    )
+                given = body.get("secret")
+                if given is not None and not _equal_secrets(str(given), current.secret):
+                    raise reused()
+                return Changed(current, replayed=True)
             _if_match(if_match, current)
             try:
                 record = rotated_record(
@@ -457,14 +534,22 @@ class WebhookService:
                 )
             except InvalidSubscription as exc:
                 raise _conflict("secret", exc) from None
+            if change is not None:
+                change.record(record, current.to_record(), now=self._now())
             webhook = _from_record(record, check_url=None)
             await self._put(webhook)
-            return webhook
+            return Changed(webhook)
 
     async def send_test(
-        self, principal: Principal, webhook_id: str, body: Mapping[str, Any]
+        self,
+        principal: Principal,
+        webhook_id: str,
+        body: Mapping[str, Any],
+        *,
+        key: IdempotencyKey | None = None,
     ) -> Event:
-        """Publish a ``test.event`` to this webhook only."""
+        """Publish a ``test.event`` to this webhook only; with ``key``, under an event id made
+        from it (a repeat is the same event, delivered with the same delivery id)."""
         errors = body_errors("TestEventRequest", body)
         if errors:
             raise Problem.invalid(*errors)
@@ -475,7 +560,11 @@ class WebhookService:
             raise Problem("conflict", "this API server cannot publish events")
         try:
             return await self._publisher(
-                webhook, body.get("message", ""), site_id=site_id, user_id=user_id
+                webhook,
+                body.get("message", ""),
+                site_id=site_id,
+                user_id=user_id,
+                event_id=None if key is None else key.event_id(webhook_id),
             )
         except InvalidSubscription as exc:
             if exc.reason == "webhook_inactive":
@@ -486,6 +575,10 @@ class WebhookService:
 def _conflict(field: str, exc: InvalidSubscription) -> Problem:
     """``409`` for a change the webhook as it would be cannot take (``secret_not_whsec``)."""
     return Problem("conflict", exc.detail, errors=[FieldError(field, exc.reason, exc.detail)])
+
+
+def _equal_secrets(given: str, kept: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8"), kept.encode("utf-8"))
 
 
 def _same(existing: Webhook, body: Mapping[str, Any]) -> bool:
@@ -513,6 +606,4 @@ def _same(existing: Webhook, body: Mapping[str, Any]) -> bool:
     if wanted != have:
         return False
     secret = body.get("secret")
-    return secret is None or hmac.compare_digest(
-        str(secret).encode("utf-8"), existing.secret.encode("utf-8")
-    )
+    return secret is None or _equal_secrets(str(secret), existing.secret)

@@ -31,6 +31,12 @@ request carries what is left of that hold, so the owner holds it no longer. One 
 worker that had not yet received the assignment the next one already had waits there in vain
 (it is never sent on again) and is answered ``503`` at the end of its hold: the members of a
 group receive an assignment within moments of one another.
+
+A relayed change that was sent but not answered (the owner closed the connection as it stopped,
+or did not answer in time) may have been made, so it is answered ``503`` and never sent again,
+unless it carries an ``Idempotency-Key`` (:mod:`bridge.api.idempotency`): the owner keeps the key
+in the webhook's record, so the owner the next assignment names makes the change at most once,
+and the change is sent there within the same hold.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ from bridge.api.activity import ActivitySource, EndpointStatus
 from bridge.api.app import ApiConfig, create_app
 from bridge.api.auth import TokenSet
 from bridge.api.control import ControlService
+from bridge.api.idempotency import HEADER as IDEMPOTENCY_KEY
+from bridge.api.idempotency import REPLAYED_HEADER, IdempotencyKey
 from bridge.api.kafka_sources import KafkaActivitySource, KafkaDeadLetters, kafka_recovery_runner
 from bridge.api.metrics import ApiMetrics, answered, route_template
 from bridge.api.problems import Problem, read_body
@@ -107,14 +115,31 @@ _BY_OWNER = frozenset(
         ("POST", "/v1/webhooks/{webhook_id}/recoveries"),
     }
 )
+#: The changes an ``Idempotency-Key`` makes at most once (the key kept in the webhook's record),
+#: which may therefore be sent to the next owner when the first did not answer.
+_KEYED = frozenset(
+    {
+        ("POST", "/v1/webhooks"),
+        ("PATCH", "/v1/webhooks/{webhook_id}"),
+        ("POST", "/v1/webhooks/{webhook_id}/rotate-secret"),
+        ("POST", "/v1/webhooks/{webhook_id}/recoveries"),
+    }
+)
 #: Request headers a relayed change carries; response headers its answer brings back.
-_RELAYED_REQUEST_HEADERS = ("Authorization", "Content-Type", "If-Match", "Accept")
+_RELAYED_REQUEST_HEADERS = (
+    "Authorization",
+    "Content-Type",
+    "If-Match",
+    "Accept",
+    IDEMPOTENCY_KEY,
+)
 _RELAYED_RESPONSE_HEADERS = (
     "Cache-Control",  # no-store on an answer with a secret (a create, a rotation)
     "Content-Type",
     "ETag",
     "Location",
     "Retry-After",
+    REPLAYED_HEADER,
 )
 #: The most a relayed answer may hold (a webhook, or a problem).
 _MAX_RELAYED_ANSWER = 1 << 20
@@ -202,9 +227,19 @@ def _holding(bound: float, metrics: ApiMetrics | None = None) -> Middleware:
     return middleware
 
 
-async def _changed_webhook(request: web.Request, max_bytes: int) -> str | None:
+def _key(request: web.Request, tokens: TokenSet) -> IdempotencyKey | None:
+    """The request's valid ``Idempotency-Key`` (``None`` without one, or with one the route
+    will refuse), for the token that sent it."""
+    try:
+        principal = tokens.authenticate(request.headers.get("Authorization"))
+        return IdempotencyKey.of(request.headers.get(IDEMPOTENCY_KEY), principal.name)
+    except Problem:
+        return None
+
+
+async def _changed_webhook(request: web.Request, max_bytes: int, tokens: TokenSet) -> str | None:
     """The id of the webhook a request changes, or ``None`` (not a change, or a creation
-    without a client-chosen id, which no other request can race)."""
+    without a client-chosen id or ``Idempotency-Key``, which no other request can race)."""
     template = route_template(request)
     if (request.method, template) in _BY_OWNER:
         return request.match_info.get("webhook_id")
@@ -214,7 +249,10 @@ async def _changed_webhook(request: web.Request, max_bytes: int) -> str | None:
         except InvalidRecord:  # the route answers what is wrong with it
             return None
         chosen = body.get("id") if isinstance(body, dict) else None
-        return chosen if isinstance(chosen, str) and chosen else None
+        if isinstance(chosen, str) and chosen:
+            return chosen
+        key = _key(request, tokens) if isinstance(body, dict) and not chosen else None
+        return None if key is None else key.webhook_id()
     return None
 
 
@@ -245,7 +283,7 @@ class _Relay:
                 return await self._relay(runner, request)
             except OwnerUnavailable as exc:  # no connection to the runner
                 raise _unavailable(exc) from None
-        webhook_id = await _changed_webhook(request, self._max_bytes)
+        webhook_id = await _changed_webhook(request, self._max_bytes, self._tokens)
         if webhook_id is None or self._bridge.owner(webhook_id).local:
             response = await handler(request)
             return response
@@ -328,9 +366,16 @@ class _Relay:
                 f"the webhook's owner did not answer ({type(exc).__name__})"
             ) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _unavailable(
-                OwnerUnavailable(f"the webhook's owner did not answer ({type(exc).__name__})")
-            ) from None
+            unanswered = OwnerUnavailable(
+                f"the webhook's owner did not answer ({type(exc).__name__})"
+            )
+            keyed = (request.method, route_template(request)) in _KEYED
+            if keyed and _key(request, self._tokens) is not None:
+                # Sent, and maybe made: with an Idempotency-Key the owner the next assignment
+                # names makes it at most once (the key is in the webhook's record), so it may
+                # be sent again.
+                raise unanswered from None
+            raise _unavailable(unanswered) from None
         except OwnerUnavailable as exc:
             raise _unavailable(exc) from None
 

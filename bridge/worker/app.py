@@ -489,13 +489,20 @@ class Bridge:
         connection of its own. A change is never sent twice once sent, and on a kept
         connection that the other worker closed as it stopped, a change that never reached it
         fails like one it dropped midway; on a new connection a stopped worker refuses the
-        connect, so nothing was sent and the change can go to the next owner."""
+        connect, so nothing was sent and the change can go to the next owner. aiohttp sends a
+        ``DELETE`` (an "idempotent" method) again by itself when the connection closes before
+        the answer: not with ``fresh`` (a deleted webhook's second delete would answer 404)."""
         timeout = aiohttp.ClientTimeout(total=self.settings.http_timeout)
         if fresh:
             if self._http_fresh is None:
-                self._http_fresh = aiohttp.ClientSession(
+                session = aiohttp.ClientSession(
                     timeout=timeout, connector=aiohttp.TCPConnector(force_close=True)
                 )
+                # No public switch (aiohttp 3.14); fail loudly if the attribute goes away.
+                if not isinstance(getattr(session, "_retry_connection", None), bool):
+                    raise RuntimeError("aiohttp.ClientSession has no _retry_connection to turn off")
+                session._retry_connection = False
+                self._http_fresh = session
             return self._http_fresh
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=timeout)

@@ -214,3 +214,72 @@ async def test_a_recovery_runs_at_the_owner_shows_everywhere_and_survives_its_wo
         again = [r.delivery_id for r in receiver.at(path)[12:]]
         assert set(again) == expected and len(again) <= 2 * len(expected), again
         assert all(receiver.verified(r) for r in receiver.at(path))
+
+
+async def test_keyed_requests_sent_again_through_either_worker_are_made_once(
+    log_settings: Settings, in_process_workers: Callable[[Settings], InProcessWorker]
+) -> None:
+    """A client that lost its answers sends each request again, with its Idempotency-Key,
+    through the other worker (and, for the recovery, after the worker that started it
+    stopped): each answers what the first made, replayed, and nothing is made twice."""
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        first, second, owners = await _two_workers(log_settings, in_process_workers, client)
+        body = {k: v for k, v in _body("x").items() if k != "id"}
+
+        async def twice(method: str, path: str, key: str, **kwargs: Any) -> list[httpx.Response]:
+            answers = []
+            for worker in (first, second):
+                answers.append(
+                    await client.request(
+                        method,
+                        worker.base_url + path,
+                        headers={**AUTH, "Idempotency-Key": key},
+                        **kwargs,
+                    )
+                )
+            assert [a.status_code for a in answers] in ([201, 200], [200, 200], [202, 202]), [
+                a.text for a in answers
+            ]
+            assert "Idempotent-Replayed" not in answers[0].headers
+            assert answers[1].headers["Idempotent-Replayed"] == "true"
+            return answers
+
+        made, again = await twice("POST", "/v1/webhooks", "create-1", json=body)
+        webhook_id = made.json()["id"]
+        assert again.json()["id"] == webhook_id
+        assert again.json()["secret"] == made.json()["secret"]
+
+        rotated, again = await twice(
+            "POST", f"/v1/webhooks/{webhook_id}/rotate-secret", "rotate-1", json={}
+        )
+        assert again.json()["secret"] == rotated.json()["secret"] != made.json()["secret"]
+        for worker in (first, second):
+            read = await client.get(worker.base_url + f"/v1/webhooks/{webhook_id}", headers=AUTH)
+            assert read.headers["ETag"] == rotated.headers["ETag"]
+
+        since = format_timestamp(datetime.now(UTC))
+        started, again = await twice(
+            "POST", f"/v1/webhooks/{webhook_id}/recoveries", "recover-1", json={"since": since}
+        )
+        recovery = started.json()["id"]
+        assert again.json()["id"] == recovery
+        assert again.headers["Location"] == started.headers["Location"]
+        owner = owners[attempts_partition(webhook_id, _attempts_partitions(log_settings))]
+        other = second if owner is first else first
+        await owner.stop()
+
+        async def sent_again() -> httpx.Response:
+            return await client.post(
+                other.base_url + f"/v1/webhooks/{webhook_id}/recoveries",
+                json={"since": since},
+                headers={**AUTH, "Idempotency-Key": "recover-1"},
+            )
+
+        # Once the other worker owns the webhook, it knows the recovery from the journal.
+        answer = await poll(sent_again, until=lambda r: r.status_code != 503, timeout=60)
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["id"] == recovery and answer.headers["Idempotent-Replayed"] == "true"
+        listed = await client.get(
+            other.base_url + f"/v1/webhooks/{webhook_id}/recoveries", headers=AUTH
+        )
+        assert [r["id"] for r in listed.json()["items"]] == [recovery]

@@ -76,7 +76,13 @@ class Published:
     events: list[Event] = field(default_factory=list)
 
     async def __call__(
-        self, webhook: Webhook, message: str, *, site_id: str | None, user_id: str | None
+        self,
+        webhook: Webhook,
+        message: str,
+        *,
+        site_id: str | None,
+        user_id: str | None,
+        event_id: str | None = None,
     ) -> Event:
         if not webhook.active:
             raise InvalidSubscription("webhook_inactive", "inactive")
@@ -86,7 +92,7 @@ class Published:
         data: dict[str, Any] = {"webhook_id": webhook.id}
         if message:
             data["message"] = message
-        event = build_event("test.event", data, site_id=site, user_id=user)
+        event = build_event("test.event", data, site_id=site, user_id=user, event_id=event_id)
         self.events.append(event)
         return event
 

@@ -17,6 +17,7 @@ from bridge.api.auth import TokenSet
 from bridge.api.repository import MemoryRepository
 from bridge.api.service import WebhookService
 from bridge.worker.embedded import free_port
+from bridge.worker.web import MAX_HEADER_LINE, MAX_REQUEST_LINE
 from tests.support.api import served_document
 from tests.unit.api.conftest import (
     NOW,
@@ -56,7 +57,14 @@ class Server:
         self._thread.start()
 
         async def up() -> None:
-            self._runner = web.AppRunner(app, access_log=None)
+            # The worker's limits on request and header lines (bridge.worker.web): aiohttp's
+            # default of 8,190 bytes answers a long generated query before any route.
+            self._runner = web.AppRunner(
+                app,
+                access_log=None,
+                max_line_size=MAX_REQUEST_LINE,
+                max_field_size=MAX_HEADER_LINE,
+            )
             await self._runner.setup()
             await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.api.auth import TokenSet
+from bridge.api.idempotency import HEADER as IDEMPOTENCY_KEY
 from bridge.api.metrics import ApiMetrics
 from bridge.api.problems import PROBLEM_TYPE_PREFIX, problem_middleware
 from bridge.api.repository import MemoryRepository
@@ -320,6 +321,18 @@ async def test_a_cancel_for_a_runner_that_is_gone_is_unavailable(
     assert not made
 
 
+async def taking_and_closing() -> tuple[list[bytes], asyncio.Server]:
+    """An owner that takes each request's head, then closes the connection without an answer
+    (as a worker stopping); the heads it took, and the server (close it)."""
+    taken: list[bytes] = []
+
+    async def take_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        taken.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.close()
+
+    return taken, await asyncio.start_server(take_and_close, "127.0.0.1", 0)
+
+
 async def test_a_change_sent_to_an_owner_that_then_went_is_not_sent_again(
     bridge: Bridge, worker: tuple[TestClient[Any, Any], list[str]], peer: Peer
 ) -> None:
@@ -327,13 +340,7 @@ async def test_a_change_sent_to_an_owner_that_then_went_is_not_sent_again(
     made the change (a rotation, say), so the change is answered 503, never made twice."""
     client, made = worker
     p = attempts_partition("wh", 6)
-    taken: list[bytes] = []
-
-    async def take_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        taken.append(await reader.readuntil(b"\r\n\r\n"))
-        writer.close()
-
-    server = await asyncio.start_server(take_and_close, "127.0.0.1", 0)
+    taken, server = await taking_and_closing()
     port = server.sockets[0].getsockname()[1]
     try:
         assign(bridge, {bridge.settings.canonical_url: others(p), f"http://127.0.0.1:{port}": [p]})
@@ -348,6 +355,69 @@ async def test_a_change_sent_to_an_owner_that_then_went_is_not_sent_again(
     assert answer.status == 503 and answer.headers["Retry-After"] == "1"
     assert "did not answer" in (await answer.json())["detail"]
     assert len(taken) == 1 and not made and not peer.relayed
+
+
+async def test_a_keyed_change_sent_to_an_owner_that_then_went_goes_to_the_next_one(
+    bridge: Bridge, worker: tuple[TestClient[Any, Any], list[str]], peer: Peer
+) -> None:
+    """The same, with an Idempotency-Key: the next owner makes it at most once (the key is in
+    the webhook's record), so the change waits for the next assignment and goes there, within
+    the same hold, with its key."""
+    client, made = worker
+    p = attempts_partition("wh", 6)
+    taken, server = await taking_and_closing()
+    port = server.sockets[0].getsockname()[1]
+    headers = {**LOG_AUTH, IDEMPOTENCY_KEY: "retry-me-1"}
+    try:
+        assign(bridge, {bridge.settings.canonical_url: others(p), f"http://127.0.0.1:{port}": [p]})
+        sent = asyncio.ensure_future(client.patch("/v1/webhooks/wh", json={}, headers=headers))
+        await eventually(lambda: len(taken) == 1)
+        await turns()
+        assert not sent.done()  # held for the next assignment, not answered 503
+        assign(bridge, {bridge.settings.canonical_url: others(p), peer.url: [p]})
+        answer = await asyncio.wait_for(sent, PROMPT)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert answer.status == 200 and await answer.json() == {"made_by": "peer"}
+    assert b"idempotency-key: retry-me-1" in taken[0].lower()
+    assert len(peer.relayed) == 1 and peer.relayed[0][IDEMPOTENCY_KEY] == "retry-me-1"
+    assert not made
+
+
+async def test_a_keyed_request_of_a_route_that_ignores_keys_is_not_sent_again(
+    bridge: Bridge, peer: Peer
+) -> None:
+    """A delete takes no key (a second one answers 404, not what the first did): one sent and
+    not answered is ``503`` whatever it carries, and goes to no other owner."""
+    made: list[str] = []
+
+    async def delete(request: web.Request) -> web.Response:
+        made.append(request.match_info["webhook_id"])
+        return web.Response(status=204)
+
+    app = relaying_app(bridge, delete, HOLD)
+    app.router.add_delete("/v1/webhooks/{webhook_id}", delete)
+    p = attempts_partition("wh", 6)
+    taken, server = await taking_and_closing()
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            assign(
+                bridge,
+                {bridge.settings.canonical_url: others(p), f"http://127.0.0.1:{port}": [p]},
+            )
+            answer = await asyncio.wait_for(
+                client.delete("/v1/webhooks/wh", headers={**LOG_AUTH, IDEMPOTENCY_KEY: "k"}),
+                PROMPT,
+            )
+            assign(bridge, {bridge.settings.canonical_url: others(p), peer.url: [p]})
+    finally:
+        server.close()
+        await server.wait_closed()
+        await bridge.close()
+    assert answer.status == 503 and len(taken) == 1
+    assert not made and not peer.relayed
 
 
 #: Who an assignment names as the owner of the webhook's partition: nobody (a rebalance), this

@@ -1,0 +1,181 @@
+"""``Idempotency-Key``: a change sent again answers what the first one made, never made twice.
+
+A client whose request ended without an answer (a timeout, a connection closed, a ``503``
+while workers rebalance) cannot tell whether its change was made. Sent again with the same
+``Idempotency-Key`` (as Stripe and Svix take it; draft-ietf-httpapi-idempotency-key-header),
+the change is made at most once:
+
+- a webhook's changes (create, ``PATCH``, ``rotate-secret``) record the key in the webhook's
+  own record (``idempotency_keys``: the key's digest with the token's name, the request's
+  digest, and the ``updated_at`` the change gave), so whichever worker owns the webhook next
+  knows it from the compacted topic; the same key again answers the webhook as it is, with
+  ``Idempotent-Replayed: true``;
+- a create with a key and no ``id`` gets an id made from the key, so a repeat finds it;
+- a test event with a key gets an event id made from the key and the webhook (so the same
+  ``X-Webhook-Delivery`` id: a receiver drops the second as a duplicate).
+
+The same key with another request (another body, route or webhook) is ``422``. Keys are the
+token's own (another token's same key is another key), honoured for :data:`KEY_LIFETIME` and
+among a webhook's last :data:`MAX_KEYS_PER_WEBHOOK` keyed changes. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bridge.api.problems import FieldError, Problem
+from bridge.contract import jsoncanon
+from bridge.contract.events import parse_time
+
+__all__ = [
+    "HEADER",
+    "REPLAYED_HEADER",
+    "KEY_LIFETIME",
+    "MAX_KEY_LENGTH",
+    "MAX_KEYS_PER_WEBHOOK",
+    "RECORD_FIELD",
+    "IdempotencyKey",
+    "KeyedChange",
+    "reused",
+]
+
+HEADER = "Idempotency-Key"
+#: Set (``true``) on the answer to a request whose key had been used: nothing was changed.
+REPLAYED_HEADER = "Idempotent-Replayed"
+#: Seconds a key is honoured after the change it made (a day, as Stripe keeps them).
+KEY_LIFETIME = 86400.0
+#: The longest key taken (Stripe's limit).
+MAX_KEY_LENGTH = 255
+#: How many keyed changes a webhook's record remembers: the oldest is forgotten first.
+MAX_KEYS_PER_WEBHOOK = 10
+#: The field of a webhook's record that holds its keyed changes.
+RECORD_FIELD = "idempotency_keys"
+
+#: Namespace of the ids made from keys (webhook ids, test event ids).
+_NAMESPACE = uuid.UUID("8a5f2d3e-6b1c-4e0a-9d7f-2c4b6a8e0f13")
+
+
+def _digest(*parts: bytes) -> str:
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(len(part).to_bytes(4, "big"))
+        hasher.update(part)
+    return hasher.hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """A request's ``Idempotency-Key``, bound to the token that sent it."""
+
+    #: What identifies the key: a digest of the token's name and the key (the key itself is
+    #: never kept or logged).
+    digest: str
+
+    @classmethod
+    def of(cls, header: str | None, token_name: str) -> IdempotencyKey | None:
+        """The key of a request's header (``None`` without one); ``400`` naming the header for
+        an empty one, one longer than :data:`MAX_KEY_LENGTH`, or one with characters other
+        than printable ASCII."""
+        if header is None:
+            return None
+        if not 0 < len(header) <= MAX_KEY_LENGTH or not all(" " <= c <= "~" for c in header):
+            raise Problem.invalid(
+                FieldError(
+                    HEADER,
+                    "invalid_idempotency_key",
+                    f"1 to {MAX_KEY_LENGTH} printable ASCII characters",
+                    "header",
+                )
+            )
+        return cls(_digest(token_name.encode("utf-8"), header.encode("ascii")))
+
+    def request(self, method: str, target: str, body: Mapping[str, Any]) -> KeyedChange:
+        """The change this key names: ``method`` on ``target`` (the webhook's id, or the route)
+        with ``body``. A ``secret`` in the body counts by its presence only: the digest is kept
+        in the webhook's record, where the secret itself may be encrypted (a hash of it there
+        would let a reader of the topic test guesses); the caller compares it with the
+        webhook's secret instead."""
+        fields = {name: value for name, value in body.items() if name != "secret"}
+        given = b"secret" if "secret" in body else b""
+        return KeyedChange(
+            self.digest,
+            _digest(method.encode(), target.encode("utf-8"), jsoncanon.dumps(fields), given),
+        )
+
+    def webhook_id(self) -> str:
+        """The id of a webhook created with this key and no ``id``."""
+        return f"wh_{uuid.uuid5(_NAMESPACE, 'webhook:' + self.digest).hex}"
+
+    def event_id(self, webhook_id: str) -> str:
+        """The id of a test event sent to ``webhook_id`` with this key."""
+        return str(uuid.uuid5(_NAMESPACE, f"test:{self.digest}:{webhook_id}"))
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedChange:
+    """A change asked for with a key: the key's digest and the request's."""
+
+    key: str
+    request: str
+
+    def operation_id(self, target: str) -> str:
+        """The id of the recovery or redelivery this key starts for ``target``."""
+        return str(uuid.uuid5(_NAMESPACE, f"operation:{self.key}:{target}"))
+
+    def made(self, record: Mapping[str, Any], *, now: float) -> str | None:
+        """The ``updated_at`` the change gave when ``record`` (a webhook's current record)
+        says this key made it within :data:`KEY_LIFETIME`, else ``None``. ``422`` when the
+        key made another change."""
+        for entry in _entries(record):
+            if entry["key"] != self.key or _expired(entry, now):
+                continue
+            if entry["request"] != self.request:
+                raise reused()
+            return str(entry["at"])
+        return None
+
+    def record(
+        self, record: dict[str, Any], previous: Mapping[str, Any] | None, *, now: float
+    ) -> None:
+        """Note the change in ``record`` (the webhook as changed, its ``updated_at`` set),
+        keeping ``previous``'s keys that have not expired, the newest
+        :data:`MAX_KEYS_PER_WEBHOOK` in all."""
+        kept = [] if previous is None else [e for e in _entries(previous) if not _expired(e, now)]
+        kept.append({"key": self.key, "request": self.request, "at": record["updated_at"]})
+        record[RECORD_FIELD] = kept[-MAX_KEYS_PER_WEBHOOK:]
+
+
+def reused() -> Problem:
+    """``422``: the key made another change than the request asks for."""
+    return Problem(
+        "idempotency_key_reused",
+        "this Idempotency-Key was used with another request",
+        errors=[FieldError(HEADER, "reused", "give a new key for a new request", "header")],
+    )
+
+
+def _entries(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The well-formed keyed changes of a record (anyone may write the topic: the rest is
+    ignored)."""
+    value = record.get(RECORD_FIELD)
+    if not isinstance(value, list):
+        return []
+    return [
+        e
+        for e in value
+        if isinstance(e, dict)
+        and isinstance(e.get("key"), str)
+        and isinstance(e.get("request"), str)
+        and isinstance(e.get("at"), str)
+    ]
+
+
+def _expired(entry: Mapping[str, Any], now: float) -> bool:
+    try:
+        return now - parse_time(entry["at"]).timestamp() > KEY_LIFETIME
+    except ValueError:
+        return True
