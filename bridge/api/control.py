@@ -409,7 +409,7 @@ class ControlService:
         if webhook is None:
             raise Problem("conflict", "the delivery's webhook was deleted")
         principal.check(webhook)
-        target = f"redeliver:{webhook.id}:{delivery_id}"
+        target = f"redeliver:{webhook.id}:{webhook.created_at}:{delivery_id}"
         replayed = await self._started(change, target, webhook)
         if replayed is not None:
             return replayed
@@ -474,7 +474,7 @@ class ControlService:
         if whole_milliseconds(end) <= whole_milliseconds(since):  # as the request keeps them
             field = "until" if until is not None else "since"
             raise Problem.invalid(FieldError(field, "range", "since must be before until"))
-        target = f"recover:{webhook.id}"
+        target = f"recover:{webhook.id}:{webhook.created_at}"
         replayed = await self._started(change, target, webhook)
         if replayed is not None:
             return replayed

@@ -11,8 +11,10 @@ the change is made at most once:
   knows it from the compacted topic; the same key again answers the webhook as it is, with
   ``Idempotent-Replayed: true``;
 - a create with a key and no ``id`` gets an id made from the key, so a repeat finds it;
-- a test event with a key gets an event id made from the key and the webhook (so the same
-  ``X-Webhook-Delivery`` id: a receiver drops the second as a duplicate).
+- a test event with a key gets an event id made from the key and the request (so the same
+  ``X-Webhook-Delivery`` id: a receiver drops the second as a duplicate);
+- a recovery or redelivery with a key gets an id made from the key and its webhook (or
+  delivery), and keeps the request's digest in its record.
 
 The same key with another request (another body, route or webhook) is ``422``. Keys are the
 token's own (another token's same key is another key), honoured for :data:`KEY_LIFETIME` and
@@ -110,10 +112,6 @@ class IdempotencyKey:
         """The id of a webhook created with this key and no ``id``."""
         return f"wh_{uuid.uuid5(_NAMESPACE, 'webhook:' + self.digest).hex}"
 
-    def event_id(self, webhook_id: str) -> str:
-        """The id of a test event sent to ``webhook_id`` with this key."""
-        return str(uuid.uuid5(_NAMESPACE, f"test:{self.digest}:{webhook_id}"))
-
 
 @dataclass(frozen=True, slots=True)
 class KeyedChange:
@@ -125,6 +123,11 @@ class KeyedChange:
     def operation_id(self, target: str) -> str:
         """The id of the recovery or redelivery this key starts for ``target``."""
         return str(uuid.uuid5(_NAMESPACE, f"operation:{self.key}:{target}"))
+
+    def event_id(self) -> str:
+        """The id of the test event this request sends (nothing records it: the same key with
+        another request is another event, not a ``422``)."""
+        return str(uuid.uuid5(_NAMESPACE, f"test:{self.key}:{self.request}"))
 
     def made(self, record: Mapping[str, Any], *, now: float) -> str | None:
         """The ``updated_at`` the change gave when ``record`` (a webhook's current record)

@@ -796,7 +796,7 @@ def _paths() -> dict[str, Any]:
                     "202": _json(
                         _ref("TestEventAccepted"),
                         "Published. With an Idempotency-Key, under an event id made from it and "
-                        "the webhook: sent again, the same event and delivery id (receivers "
+                        "the request: sent again, the same event and delivery id (receivers "
                         "drop the second as a duplicate).",
                     ),
                     "404": not_found,

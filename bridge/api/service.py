@@ -564,7 +564,9 @@ class WebhookService:
                 body.get("message", ""),
                 site_id=site_id,
                 user_id=user_id,
-                event_id=None if key is None else key.event_id(webhook_id),
+                event_id=None
+                if key is None
+                else key.request("POST test", webhook_id, body).event_id(),
             )
         except InvalidSubscription as exc:
             if exc.reason == "webhook_inactive":

@@ -88,7 +88,7 @@ def test_a_key_is_the_token_s_own_and_is_never_kept_as_sent() -> None:
     mine = IdempotencyKey.of("k-1", "admin")
     assert mine is not None and IdempotencyKey.of(None, "admin") is None
     assert mine == IdempotencyKey.of("k-1", "admin") != IdempotencyKey.of("k-1", "writer")
-    assert "k-1" not in mine.digest and mine.webhook_id() != mine.event_id("wh_1")
+    assert "k-1" not in mine.digest and mine.webhook_id() != mine.request("P", "wh", {}).event_id()
     assert IdempotencyKey.of("k" * MAX_KEY_LENGTH, "admin") is not None
 
 
@@ -295,11 +295,15 @@ async def test_a_created_webhook_changed_since_is_replayed_without_its_secret(ap
 async def test_a_test_event_sent_again_is_the_same_event(api: Api) -> None:
     await api.create(id="wh_1", **BODY, user_id="user_1")
     answers = []
-    for key in ("t-1", "t-1", "t-2"):
-        response = await api.client.post("/v1/webhooks/wh_1/test", json={}, headers=keyed(key))
+    for key, message in (("t-1", ""), ("t-1", ""), ("t-2", ""), ("t-1", "other")):
+        response = await api.client.post(
+            "/v1/webhooks/wh_1/test", json={"message": message}, headers=keyed(key)
+        )
         assert response.status == 202
         answers.append(await response.json())
-    assert answers[0] == answers[1] and answers[2]["delivery_id"] != answers[0]["delivery_id"]
+    # The same key and request: the same event; another key, or another request: another.
+    assert answers[0] == answers[1]
+    assert len({a["delivery_id"] for a in answers[1:]}) == 3
     assert [e.id for e in api.published.events] == [a["event_id"] for a in answers]
 
 
