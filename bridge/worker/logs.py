@@ -12,6 +12,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 __all__ = [
     "FIELDS",
     "QUIET_LOGGERS",
@@ -51,6 +53,30 @@ class _ServiceNarration(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno >= logging.WARNING or not str(record.msg).startswith("[^")
+
+
+class _RefusedRequests(logging.Filter):
+    """aiohttp logs a request its HTTP parser refused (``400``: a line too long, a bad header
+    character) as an error with a traceback whose text quotes the bytes refused, such as an
+    ``Authorization`` header. Anyone can send such a request: one INFO line naming the error's
+    class and the client's address instead, nothing of the request; shown only at INFO or
+    below (``threshold``)."""
+
+    def __init__(self, threshold: int = logging.INFO) -> None:
+        super().__init__()
+        self._threshold = threshold
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        refused = record.exc_info[1] if record.exc_info else None
+        if not record.name.startswith("aiohttp") or not isinstance(refused, HttpProcessingError):
+            return True
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        record.msg = "refused a malformed HTTP request from %s (%s)"
+        record.args = (remote, type(refused).__name__)
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return record.levelno >= self._threshold
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -133,11 +159,15 @@ def logging_config(level: str, fmt: str, stream: TextIO | None = None) -> dict[s
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"main": {"()": formatter}},
+        "filters": {
+            "refused": {"()": _RefusedRequests, "threshold": logging.getLevelName(level.upper())}
+        },
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
                 "formatter": "main",
                 "stream": "ext://sys.stderr",
+                "filters": ["refused"],
             }
         },
         "root": {"level": level.upper(), "handlers": ["stderr"]},
@@ -145,6 +175,6 @@ def logging_config(level: str, fmt: str, stream: TextIO | None = None) -> dict[s
     if resolved == "text" and level.upper() != "DEBUG":
         quiet = logging.getLevelName(max(logging.WARNING, logging.getLevelName(level.upper())))
         config["loggers"] = {name: {"level": quiet} for name in QUIET_LOGGERS}
-        config["filters"] = {"narration": {"()": _ServiceNarration}}
-        config["handlers"]["stderr"]["filters"] = ["narration"]
+        config["filters"]["narration"] = {"()": _ServiceNarration}
+        config["handlers"]["stderr"]["filters"].append("narration")
     return config

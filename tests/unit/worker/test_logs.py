@@ -142,7 +142,7 @@ def test_auto_reads_stderr_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_json_config_leaves_library_loggers_alone() -> None:
     config = logging_config("INFO", "json")
     assert config["formatters"]["main"]["()"] is JsonFormatter
-    assert "loggers" not in config and "filters" not in config["handlers"]["stderr"]
+    assert "loggers" not in config and config["handlers"]["stderr"]["filters"] == ["refused"]
     assert config["root"]["level"] == "INFO"
 
 
@@ -153,7 +153,7 @@ def test_text_config_quiets_service_narration(level: str, quiet: str) -> None:
     assert config["loggers"] == {name: {"level": quiet} for name in QUIET_LOGGERS}
     assert {"faust", "mode"} <= set(QUIET_LOGGERS)
     narration = config["filters"]["narration"]["()"]()
-    assert config["handlers"]["stderr"]["filters"] == ["narration"]
+    assert config["handlers"]["stderr"]["filters"] == ["refused", "narration"]
     assert not narration.filter(_record("[^--WebServer]: Starting...", level=logging.INFO))
     assert narration.filter(_record("[^--WebServer]: port taken", level=logging.WARNING))
     assert narration.filter(_record("invalid subscription record skipped", level=logging.INFO))
@@ -161,7 +161,7 @@ def test_text_config_quiets_service_narration(level: str, quiet: str) -> None:
 
 def test_text_config_at_debug_shows_everything() -> None:
     config = logging_config("DEBUG", "text")
-    assert "loggers" not in config and "filters" not in config["handlers"]["stderr"]
+    assert "loggers" not in config and config["handlers"]["stderr"]["filters"] == ["refused"]
 
 
 def test_text_config_applied(monkeypatch: pytest.MonkeyPatch) -> None:

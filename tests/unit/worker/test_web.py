@@ -3,7 +3,13 @@ problem naming what is wrong) and what the HTTP layer refuses before it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import io
+import logging
+import logging.config
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 
 import aiohttp
 import pytest
@@ -11,6 +17,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from bridge.worker.embedded import free_port
+from bridge.worker.logs import logging_config
 from bridge.worker.web import MAX_HEADER_LINE, MAX_REQUEST_LINE, WebServer
 
 
@@ -63,3 +70,55 @@ async def test_beyond_the_limits_the_http_layer_refuses(server: str, where: str)
         async with session.get(url, headers=headers) as answer:
             assert answer.status == 400
             assert answer.content_type == "text/plain"
+
+
+TOKEN = "wbt_never-logged-0123456789abcdef"
+
+#: Requests the HTTP parser refuses, each carrying the token where a careless log would quote it.
+MALFORMED = [
+    f"GET /v1/echo HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {TOKEN}\x01\r\n\r\n",
+    "GET /v1/echo HTTP/1.1\r\nHost: a\r\nX-Long: "
+    + "a" * (MAX_HEADER_LINE + 10)
+    + f"\r\nAuthorization: Bearer {TOKEN}\r\n\r\n",
+    f"GET /v1/echo?token={TOKEN} HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n",
+    f"GET /v1/echo?token={TOKEN}{'q' * (MAX_REQUEST_LINE + 10)} HTTP/1.1\r\nHost: a\r\n\r\n",
+]
+
+
+@contextmanager
+def worker_logging(level: str, fmt: str) -> Iterator[io.StringIO]:
+    """The worker's logging (bridge.worker.logs.logging_config) onto a string, restored after."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (root.level, root.handlers[:], sys.stderr)
+    sys.stderr = stream
+    try:
+        logging.config.dictConfig(logging_config(level, fmt))
+        yield stream
+    finally:
+        sys.stderr = saved[2]
+        root.handlers[:] = saved[1]
+        root.setLevel(saved[0])
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+@pytest.mark.parametrize("level", ["INFO", "WARNING"])
+async def test_a_refused_request_is_one_line_that_quotes_nothing_of_it(
+    server: str, fmt: str, level: str
+) -> None:
+    """aiohttp logged each as an error with a traceback quoting the refused bytes (the token in
+    the first request's Authorization header among them)."""
+    port = int(server.rsplit(":", 1)[1])
+    with worker_logging(level, fmt) as stream:
+        for raw in MALFORMED:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(raw.encode("latin-1"))
+            await writer.drain()
+            assert (await reader.read(12)).startswith(b"HTTP/1.")  # answered 400
+            writer.close()
+            await writer.wait_closed()
+    logged = stream.getvalue()
+    assert TOKEN not in logged and "Traceback" not in logged
+    lines = [line for line in logged.splitlines() if "refused a malformed HTTP request" in line]
+    assert len(lines) == (len(MALFORMED) if level == "INFO" else 0), logged
+    assert lines == [line for line in logged.splitlines() if "aiohttp" in line or "server:" in line]
