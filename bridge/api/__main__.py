@@ -1,10 +1,11 @@
 """``python -m bridge.api``: make a token, or serve ``/v1`` over the topics.
 
-Until the worker serves the API (docs/api.md, "Design"), ``serve`` runs it as its own process
-over :class:`~bridge.api.store_repository.StoreRepository` and :mod:`bridge.api.kafka_sources`
-(delivery log, stats, dead letters and recoveries read from and written to the topics), with
-the settings of every other command (``BRIDGE_*``; the embedded broker on its default port when
-none is configured).
+A worker with the API role serves ``/v1`` over its delivery log (docs/api.md); ``serve`` runs it
+as a process of its own over :class:`~bridge.api.store_repository.StoreRepository` and
+:mod:`bridge.api.kafka_sources` (delivery log, stats, dead letters and recoveries read from and
+written to the topics), with the settings of every other command (``BRIDGE_*``; the embedded
+broker on its default port when none is configured), the worker's logs
+(:func:`~bridge.worker.logs.logging_config`) and its limits on request lines.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import asyncio
 import functools
 import json
+import logging.config
 import os
 import sys
 
@@ -54,11 +56,14 @@ async def _serve(args: argparse.Namespace) -> None:
     from bridge.http.ssrf import check_url
     from bridge.kafka.clients import address_policy
     from bridge.subscriptions.store import WebhookStore
+    from bridge.worker.logs import logging_config
+    from bridge.worker.web import MAX_HEADER_LINE, MAX_REQUEST_LINE
 
     tokens = TokenSet.from_file(args.tokens)
     settings = Settings.load(
         env=os.environ, overrides={"kafka_bootstrap_servers": args.bootstrap_servers}
     )
+    logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
     allow_http, policy = settings.plain_http_allowed, address_policy(settings)
     if settings.embedded:
         settings = settings.replace(kafka_bootstrap_servers=f"127.0.0.1:{settings.embedded_port}")
@@ -83,7 +88,12 @@ async def _serve(args: argparse.Namespace) -> None:
             return web.Response(body=generate_latest(registry), content_type="text/plain")
 
         app.router.add_get("/metrics", metrics, allow_head=False)
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            max_line_size=MAX_REQUEST_LINE,
+            max_field_size=MAX_HEADER_LINE,
+        )
         await runner.setup()
         await web.TCPSite(runner, args.host, args.port).start()
         print(f"serving /v1 on http://{args.host}:{args.port} ({len(tokens)} tokens)", flush=True)
