@@ -6,10 +6,11 @@ while workers rebalance) cannot tell whether its change was made. Sent again wit
 the change is made at most once:
 
 - a webhook's changes (create, ``PATCH``, ``rotate-secret``) record the key in the webhook's
-  own record (``idempotency_keys``: the key's digest with the token's name, the request's
-  digest, and the ``updated_at`` the change gave), so whichever worker owns the webhook next
-  knows it from the compacted topic; the same key again answers the webhook as it is, with
-  ``Idempotent-Replayed: true``;
+  own record (``idempotency_keys``: one string per keyed change, the key's digest with the
+  token's name, the request's digest and the ``updated_at`` the change gave, space-separated;
+  ~60 characters), so whichever worker owns the webhook next knows it from the compacted
+  topic; the same key again answers the webhook as it is, with ``Idempotent-Replayed: true``.
+  Expired keys are dropped at the webhook's next change through the API;
 - a create with a key and no ``id`` gets an id made from the key, so a repeat finds it;
 - a test event with a key gets an event id made from the key and the request (so the same
   ``X-Webhook-Delivery`` id: a receiver drops the second as a duplicate);
@@ -42,6 +43,7 @@ __all__ = [
     "RECORD_FIELD",
     "IdempotencyKey",
     "KeyedChange",
+    "forget_expired",
     "reused",
 ]
 
@@ -66,7 +68,7 @@ def _digest(*parts: bytes) -> str:
     for part in parts:
         hasher.update(len(part).to_bytes(4, "big"))
         hasher.update(part)
-    return hasher.hexdigest()[:32]
+    return hasher.hexdigest()[:24]  # 96 bits: kept in every keyed webhook's record
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,12 +135,11 @@ class KeyedChange:
         """The ``updated_at`` the change gave when ``record`` (a webhook's current record)
         says this key made it within :data:`KEY_LIFETIME`, else ``None``. ``422`` when the
         key made another change."""
-        for entry in _entries(record):
-            if entry["key"] != self.key or _expired(entry, now):
-                continue
-            if entry["request"] != self.request:
-                raise reused()
-            return str(entry["at"])
+        for key, request, at in _entries(record, now):
+            if key == self.key:
+                if request != self.request:
+                    raise reused()
+                return at
         return None
 
     def record(
@@ -147,9 +148,21 @@ class KeyedChange:
         """Note the change in ``record`` (the webhook as changed, its ``updated_at`` set),
         keeping ``previous``'s keys that have not expired, the newest
         :data:`MAX_KEYS_PER_WEBHOOK` in all."""
-        kept = [] if previous is None else [e for e in _entries(previous) if not _expired(e, now)]
-        kept.append({"key": self.key, "request": self.request, "at": record["updated_at"]})
+        kept = [] if previous is None else [" ".join(e) for e in _entries(previous, now)]
+        kept.append(f"{self.key} {self.request} {record['updated_at']}")
         record[RECORD_FIELD] = kept[-MAX_KEYS_PER_WEBHOOK:]
+
+
+def forget_expired(record: dict[str, Any], *, now: float) -> None:
+    """Drop from ``record`` (a change made without a key) the keys expired by ``now``, and the
+    field when none is left."""
+    if RECORD_FIELD not in record:
+        return
+    kept = [" ".join(e) for e in _entries(record, now)]
+    if kept:
+        record[RECORD_FIELD] = kept
+    else:
+        del record[RECORD_FIELD]
 
 
 def reused() -> Problem:
@@ -161,24 +174,22 @@ def reused() -> Problem:
     )
 
 
-def _entries(record: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The well-formed keyed changes of a record (anyone may write the topic: the rest is
-    ignored)."""
+def _entries(record: Mapping[str, Any], now: float) -> list[tuple[str, str, str]]:
+    """The keyed changes of a record not expired by ``now``, oldest first, as (key digest,
+    request digest, ``updated_at``). Anyone may write the topic: what is not such an entry is
+    ignored."""
     value = record.get(RECORD_FIELD)
     if not isinstance(value, list):
         return []
-    return [
-        e
-        for e in value
-        if isinstance(e, dict)
-        and isinstance(e.get("key"), str)
-        and isinstance(e.get("request"), str)
-        and isinstance(e.get("at"), str)
-    ]
-
-
-def _expired(entry: Mapping[str, Any], now: float) -> bool:
-    try:
-        return now - parse_time(entry["at"]).timestamp() > KEY_LIFETIME
-    except ValueError:
-        return True
+    out: list[tuple[str, str, str]] = []
+    for entry in value:
+        parts = entry.split(" ") if isinstance(entry, str) else ()
+        if len(parts) != 3:
+            continue
+        try:
+            if now - parse_time(parts[2]).timestamp() > KEY_LIFETIME:
+                continue
+        except ValueError:
+            continue
+        out.append((parts[0], parts[1], parts[2]))
+    return out

@@ -31,7 +31,7 @@ from jsonschema import ValidationError
 
 from bridge.api.auth import Principal
 from bridge.api.idempotency import HEADER as IDEMPOTENCY_KEY
-from bridge.api.idempotency import IdempotencyKey, KeyedChange, reused
+from bridge.api.idempotency import IdempotencyKey, KeyedChange, forget_expired, reused
 from bridge.api.openapi import request_validator
 from bridge.api.problems import FieldError, Problem
 from bridge.api.repository import WebhookFilter, WebhookRepository, webhook_version
@@ -469,14 +469,21 @@ class WebhookService:
             except InvalidSubscription as exc:
                 raise _conflict("standard_webhooks", exc) from None
             principal.check_scope(record.get("site_id"), record.get("user_id"))
-            if change is not None:
-                change.record(record, current.to_record(), now=self._now())
+            self._note(change, record, current)
             webhook = _from_record(record, check_url=self._check_url if "url" in changes else None)
             await self._put(webhook)
             return Changed(webhook)
 
     def _now(self) -> float:
         return self._clock().timestamp()
+
+    def _note(self, change: KeyedChange | None, record: dict[str, Any], current: Webhook) -> None:
+        """Record ``change``'s key in ``record`` (``current`` changed), or without a key drop
+        the keys expired since."""
+        if change is None:
+            forget_expired(record, now=self._now())
+        else:
+            change.record(record, current.to_record(), now=self._now())
 
     def _made(self, change: KeyedChange, current: Webhook) -> str | None:
         """The ``updated_at`` ``change`` gave ``current`` when its key made it (``422`` when
@@ -534,8 +541,7 @@ class WebhookService:
                 )
             except InvalidSubscription as exc:
                 raise _conflict("secret", exc) from None
-            if change is not None:
-                change.record(record, current.to_record(), now=self._now())
+            self._note(change, record, current)
             webhook = _from_record(record, check_url=None)
             await self._put(webhook)
             return Changed(webhook)

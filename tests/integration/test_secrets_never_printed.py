@@ -1,9 +1,11 @@
 """No secret is printed by a real worker or the command line: not a webhook's signing secret by
-aiokafka's DEBUG lines (a write of a webhook record without a keyring), not the credentials in
-a webhook URL that another producer wrote, by `webhooks list` or `GET /v1/webhooks/{id}`."""
+aiokafka's DEBUG lines (a write of a webhook record without a keyring), not an API token in a
+request the HTTP server refused, not the credentials in a webhook URL that another producer
+wrote, by `webhooks list` or `GET /v1/webhooks/{id}`."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import subprocess
@@ -20,7 +22,7 @@ from bridge.contract import jsoncanon
 from bridge.kafka.clients import client_kwargs
 from bridge.subscriptions.store import WebhookStore
 from bridge.worker.logs import JsonFormatter
-from tests.support.api import LOG_AUTH, write_token_file
+from tests.support.api import LOG_AUTH, LOG_TOKEN, write_token_file
 from tests.support.processes import WorkerProcess, settings_env
 from tests.support.waiting import poll
 
@@ -81,9 +83,27 @@ async def test_a_worker_at_debug_logs_no_secret_of_a_webhook_made_through_the_ap
             },
         )
         assert response.status_code == 201, response.text
-    log = worker.tail(1_000_000)
+    # Requests the HTTP server refuses, carrying the token where aiohttp's error would quote it.
+    port = int(worker.base_url.rsplit(":", 1)[1])
+    for raw in (
+        f"GET /v1/webhooks HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {LOG_TOKEN}\x01\r\n\r\n",
+        f"GET /v1/webhooks?t={LOG_TOKEN}{'q' * 70_000} HTTP/1.1\r\nHost: a\r\n\r\n",
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw.encode("latin-1"))
+        await writer.drain()
+        assert (await reader.read(12)).startswith(b"HTTP/1.")
+        writer.close()
+        await writer.wait_closed()
+    log = await poll(
+        lambda: worker.tail(1_000_000),
+        until=lambda text: text.count("refused a malformed HTTP request") == 2,
+        timeout=10,
+        interval=0.1,
+    )
+    assert log.count("refused a malformed HTTP request") == 2, log[-2000:]
     assert '"level": "debug"' in log  # the worker logs at DEBUG
-    hits = [line for line in log.splitlines() if SECRET in line]
+    hits = [line for line in log.splitlines() if SECRET in line or LOG_TOKEN in line]
     assert not hits, hits[0][:600]
 
 
