@@ -17,9 +17,10 @@ the change is made at most once:
 - a recovery or redelivery with a key gets an id made from the key and its webhook (or
   delivery), and keeps the request's digest in its record.
 
-The same key with another request (another body, route or webhook) is ``422``. Keys are the
-token's own (another token's same key is another key), honoured for :data:`KEY_LIFETIME` and
-among a webhook's last :data:`MAX_KEYS_PER_WEBHOOK` keyed changes. Pure: no I/O, no clock.
+The same key with another request (another body or route) for the same webhook is ``422``; for
+another webhook it is another key. Keys are the token's own (another token's same key is
+another key), honoured for :data:`KEY_LIFETIME` and among a webhook's last
+:data:`MAX_KEYS_PER_WEBHOOK` keyed changes. Pure: no I/O, no clock.
 """
 
 from __future__ import annotations

@@ -670,7 +670,7 @@ def _paths() -> dict[str, Any]:
         headers={**_ETAG_HEADER, **_REPLAYED},
     )
     reused = _problem_response(
-        "The Idempotency-Key was used with another request (body, route or webhook)."
+        "The Idempotency-Key was used with another request (body or route) for this webhook."
     )
     started = _json(
         _ref("Recovery"),
