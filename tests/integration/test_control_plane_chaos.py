@@ -12,7 +12,9 @@ the delivery log: each webhook's attempts (every page) are exactly the attempts 
 of it, newest first; one delivery's attempts are all there in order; the 1h stats count what the
 topic holds; every recovery ended ``done`` with the count of events it had to enqueue, all of
 which arrived again with their delivery ids; every rename answered ``200`` is in the
-subscriptions topic, and every worker shows the topic's newest name.
+subscriptions topic and none was made twice (renames and recoveries are sent again with their
+``Idempotency-Key`` after a ``503`` or no answer), and every worker shows the topic's newest
+name.
 """
 
 from __future__ import annotations
@@ -214,17 +216,26 @@ class Run:
         n = 0
         while self.publishing:
             hook = rng.choice(sorted(HOOKS))
-            member = rng.choice(self.serving())
             name = f"{hook}-{n}"
             n += 1
-            response = await self.call(
-                client,
-                member,
-                "PATCH",
-                f"/v1/webhooks/{hook}",
-                json={"name": name},
-                headers={"Idempotency-Key": f"rename-{name}"},
-            )
+            # Sent again with its key, through any worker, after a 503 or no answer, for a few
+            # seconds: made at most once however many workers it reached.
+            deadline = time.monotonic() + 6.0
+            while True:
+                member = rng.choice(self.serving())
+                response = await self.call(
+                    client,
+                    member,
+                    "PATCH",
+                    f"/v1/webhooks/{hook}",
+                    json={"name": name},
+                    headers={"Idempotency-Key": f"rename-{name}"},
+                )
+                if response is not None and response.status_code != 503:
+                    break
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
             status = None if response is None else response.status_code
             self.renames.append((hook, name, status))
             await asyncio.sleep(rng.uniform(0.1, 0.4))
@@ -480,6 +491,8 @@ async def test_the_control_plane_answers_exactly_across_repeated_rebalances(
 
         # Renames: each answered 200 is in the topic; every worker shows the topic's newest.
         names: dict[str, list[str]] = {hook: [] for hook in HOOKS}
+        #: (hook, key digest) -> the updated_at of every change recorded with that key.
+        made_with: dict[tuple[str, str], set[str]] = {}
         for record in await read_topic(settings, settings.subscriptions_topic):
             if record.value is None:
                 continue
@@ -487,6 +500,14 @@ async def test_the_control_plane_answers_exactly_across_repeated_rebalances(
             hook_id = value.get("id") or (record.key or b"").decode()
             if hook_id in names and isinstance(value.get("name"), str):
                 names[hook_id].append(value["name"])
+            # A change made with a key records it with the updated_at it gave: a key found with
+            # two would be a rename made twice (by one owner, or by two across a rebalance).
+            for entry in value.get("idempotency_keys") or []:
+                key, _, at = entry.split(" ")
+                made_with.setdefault((hook_id, key), set()).add(at)
+        twice = {k: v for k, v in made_with.items() if len(v) > 1}
+        assert not twice, f"seed {seed}: changes made twice with one key: {twice}"
+        assert made_with, f"seed {seed}: no keyed change in the topic"
         statuses = sorted({status for _, _, status in run.renames if status is not None})
         record_property("renames", statuses)
         assert set(statuses) <= {200, 503}, f"seed {seed}: {run.renames}"
