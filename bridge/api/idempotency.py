@@ -8,7 +8,7 @@ the change is made at most once:
 - a webhook's changes (create, ``PATCH``, ``rotate-secret``) record the key in the webhook's
   own record (``idempotency_keys``: one string per keyed change, the key's digest with the
   token's name, the request's digest and the ``updated_at`` the change gave, space-separated;
-  ~60 characters), so whichever worker owns the webhook next knows it from the compacted
+  ~75 characters), so whichever worker owns the webhook next knows it from the compacted
   topic; the same key again answers the webhook as it is, with ``Idempotent-Replayed: true``.
   Expired keys are dropped at the webhook's next change through the API;
 - a create with a key and no ``id`` gets an id made from the key, so a repeat finds it;
