@@ -361,7 +361,8 @@ class _Relay:
             # No connection to the owner (it went: killed, or stopped before the group knew):
             # nothing was sent, so the change may go to the owner the next assignment names.
             # Any other failure is not held: once sent, a change is never sent again (a second
-            # rotation would replace the secret the first one kept valid).
+            # rotation would replace the secret the first one kept valid), unless its key makes
+            # a second sending harmless (below).
             raise OwnerUnavailable(
                 f"the webhook's owner did not answer ({type(exc).__name__})"
             ) from None

@@ -486,7 +486,8 @@ class Bridge:
     def peers(self, *, fresh: bool = False) -> aiohttp.ClientSession:
         """The HTTP session this worker calls other workers with, closed with the worker:
         routed reads reuse connections; with ``fresh`` (relayed changes) each request has a
-        connection of its own. A change is never sent twice once sent, and on a kept
+        connection of its own. A change is never sent twice once sent (unless its
+        ``Idempotency-Key`` makes that harmless: :mod:`bridge.worker.api`), and on a kept
         connection that the other worker closed as it stopped, a change that never reached it
         fails like one it dropped midway; on a new connection a stopped worker refuses the
         connect, so nothing was sent and the change can go to the next owner. aiohttp sends a
