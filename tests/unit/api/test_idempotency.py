@@ -32,6 +32,7 @@ from bridge.api.problems import PROBLEM_TYPE_PREFIX, Problem
 from bridge.api.repository import MemoryRepository
 from bridge.api.service import WebhookService
 from bridge.subscriptions.webhook import webhook_from_record
+from tests.support.keyed import made_twice
 from tests.support.waiting import eventually
 from tests.unit.api.conftest import (
     ADMIN,
@@ -522,3 +523,28 @@ async def test_a_redelivery_sent_again_is_the_one_it_started(api: Api) -> None:
     assert sorted(o.id for o in api.runner.ran) == sorted(
         [(await first.json())["id"], (await fresh.json())["id"]]
     )
+
+
+async def test_two_owners_that_do_not_see_each_other_make_a_keyed_change_twice_and_it_shows(
+    api: Api,
+) -> None:
+    """What the chaos test reads the subscriptions topic for (tests.support.keyed.made_twice):
+    a rename sent twice with one key to one owner is recorded once; to a second owner whose
+    table does not show the first's record (a rebalance's window), it is made again, and the
+    records show the key with two updated_at."""
+    await api.create(id="wh_1", **BODY)
+    current = await api.repository.get("wh_1")
+    assert current is not None
+    stale = MemoryRepository({"wh_1": current})  # the second owner's view, now
+    second = WebhookService(stale, clock=api.clock)
+    sent = {"json": {"name": "renamed"}, "headers": keyed("rename-1")}
+    written: list[dict[str, Any]] = []
+    for _ in range(2):  # the first owner: made, then replayed
+        assert (await api.client.patch("/v1/webhooks/wh_1", **sent)).status == 200
+        written.append((await api.repository.get("wh_1")).to_record())  # type: ignore[union-attr]
+    assert not made_twice(written)
+    principal = TokenSet.from_mapping(TOKENS).authenticate(f"Bearer {ADMIN}")
+    key = IdempotencyKey.of("rename-1", principal.name)
+    await second.update(principal, "wh_1", {"name": "renamed"}, if_match=None, key=key)
+    written.append((await stale.get("wh_1")).to_record())  # type: ignore[union-attr]
+    assert list(made_twice(written)) == [("wh_1", key.digest)]  # type: ignore[union-attr]
