@@ -103,6 +103,17 @@ async def test_an_invalid_key_is_400_naming_the_header_and_changes_nothing(api: 
     assert await version(api) == before
 
 
+async def test_two_keys_in_one_request_are_400_and_change_nothing(api: Api) -> None:
+    await api.create(id="wh_1", **BODY)
+    before = await version(api)
+    headers = [*auth().items(), (HEADER, "k-1"), (HEADER, "k-2")]
+    status, _, body = await answer(
+        await api.client.patch("/v1/webhooks/wh_1", json={"name": "x"}, headers=headers)
+    )
+    assert (status, reason(body)) == (400, ("validation_failed", HEADER, "repeated"))
+    assert await version(api) == before
+
+
 # --- PATCH ---
 
 
