@@ -42,7 +42,7 @@ from bridge.attempts.log import LogQuery, decode_cursor
 from bridge.contract import jsoncanon
 from bridge.contract.events import parse_time
 from bridge.contract.payload import delivery_id
-from bridge.contract.schemas import EVENT_TYPES
+from bridge.contract.schemas import EVENT_TYPES, event_data_schema
 from bridge.subscriptions.webhook import Webhook
 
 __all__ = ["DEFAULT_REQUEST_TIMEOUT", "ApiConfig", "create_app"]
@@ -151,6 +151,12 @@ class _Routes:
 
     async def openapi(self, request: web.Request) -> web.Response:
         return _json(openapi_document())
+
+    async def event_types(self, request: web.Request) -> web.Response:
+        self._principal(request, "read")
+        _single_values(request, ())
+        items = [{"type": t, "data_schema": event_data_schema(t)} for t in EVENT_TYPES]
+        return _json({"items": items})
 
     async def list_webhooks(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "read")
@@ -503,6 +509,7 @@ def create_app(
 
     app.on_shutdown.append(cancel_recoveries)
     app.router.add_get("/v1/openapi.json", routes.openapi, allow_head=False)
+    app.router.add_get("/v1/event-types", routes.event_types, allow_head=False)
     app.router.add_get("/v1/webhooks", routes.list_webhooks, allow_head=False)
     app.router.add_post("/v1/webhooks", routes.create_webhook)
     app.router.add_get("/v1/webhooks/{webhook_id}", routes.get_webhook, allow_head=False)

@@ -311,6 +311,28 @@ def _schemas() -> dict[str, Any]:
             "properties": attempt,
             "additionalProperties": False,
         },
+        "EventTypeList": {
+            "type": "object",
+            "required": ["items"],
+            "properties": {
+                "items": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["type", "data_schema"],
+                        "properties": {
+                            "type": {"enum": list(EVENT_TYPES)},
+                            "data_schema": {
+                                "type": "object",
+                                "description": "The JSON Schema (2020-12) the event type's "
+                                "data is validated against before any delivery: what a "
+                                "receiver finds in a delivery's data.",
+                            },
+                        },
+                    },
+                },
+            },
+        },
         "RecoveryList": {
             "type": "object",
             "required": ["items", "next_cursor"],
@@ -687,6 +709,15 @@ def _paths() -> dict[str, Any]:
                 "security": [],
                 "responses": {"200": _json({"type": "object"}, "The OpenAPI document.")},
             }
+        },
+        "/v1/event-types": {
+            "get": _operation(
+                "listEventTypes",
+                "The event types a webhook can subscribe to, each with the schema of its data.",
+                "read",
+                {"200": _json(_ref("EventTypeList"), "Every event type, in the document's order.")},
+                tag="meta",
+            )
         },
         "/v1/webhooks": {
             "get": _operation(

@@ -13,6 +13,7 @@ producer adds) in any shape, and these messages go to logs, dead letters and err
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 from collections.abc import Callable, Iterator
@@ -25,7 +26,14 @@ from jsonschema import Draft202012Validator, ValidationError, validators
 from bridge.contract.jsoncanon import format_path
 from bridge.contract.resources import load_json
 
-__all__ = ["EVENT_TYPES", "MAX_ERRORS_READ", "schema_errors", "event_data_errors", "is_valid"]
+__all__ = [
+    "EVENT_TYPES",
+    "MAX_ERRORS_READ",
+    "schema_errors",
+    "event_data_errors",
+    "event_data_schema",
+    "is_valid",
+]
 
 #: The event types of the public documentation, in its order.
 EVENT_TYPES: tuple[str, ...] = tuple(load_json("schemas/event.json")["properties"]["type"]["enum"])
@@ -195,6 +203,13 @@ def schema_errors(schema: str, instance: Any) -> list[str]:
     rules and JSON types, never a value of the instance.
     """
     return _messages(f"schemas/{schema}.json", instance)
+
+
+def event_data_schema(event_type: str) -> dict[str, Any]:
+    """The JSON Schema an event type's ``data`` is validated against (a copy): what receivers
+    find in a delivery's ``data``."""
+    schema: dict[str, Any] = copy.deepcopy(load_json(f"schemas/data/{event_type}.json"))
+    return schema
 
 
 def event_data_errors(event_type: str, data: Any) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from bridge.api.repository import WebhookFilter, webhook_version
 from bridge.api.service import decode_cursor, encode_cursor
 from bridge.contract.events import parse_time
 from bridge.contract.payload import delivery_id
+from bridge.contract.schemas import EVENT_TYPES, event_data_errors
 from tests.unit.api.conftest import ADMIN, READER, SITE_1, USER_1, WRITER, Api, auth
 
 
@@ -488,3 +490,26 @@ async def test_no_secret_or_token_in_the_log(api: Api, caplog: pytest.LogCapture
     )  # fmt: skip
     for secret in (created["secret"], "chosen-s3cret", ADMIN, "wbt_wrong"):
         assert secret not in caplog.text
+
+
+#: The data schemas as the repository holds them.
+DATA_SCHEMAS = Path(__file__).resolve().parents[3] / "topics" / "schemas" / "data"
+
+
+async def test_event_types_lists_each_type_with_the_schema_its_data_is_checked_against(
+    api: Api,
+) -> None:
+    """What a receiver's author needs: every type a webhook can subscribe to, and the schema a
+    delivery's data met (the bridge dead-letters an event whose data does not)."""
+    response = await api.client.get("/v1/event-types", headers=auth(READER))
+    assert response.status == 200
+    items = (await response.json())["items"]
+    assert [i["type"] for i in items] == list(EVENT_TYPES)
+    for item in items:
+        on_disk = json.loads((DATA_SCHEMAS / f"{item['type']}.json").read_text(encoding="utf-8"))
+        assert item["data_schema"] == on_disk
+    post = next(i["data_schema"] for i in items if i["type"] == "post.created")
+    assert not event_data_errors("post.created", {"id": "p1", "title": "t"})
+    assert "title" in post["required"] and event_data_errors("post.created", {"id": "p1"})
+    unknown = await api.client.get("/v1/event-types?limit=1", headers=auth(READER))
+    assert (await problem(unknown, 400))["errors"][0]["field"] == "limit"
