@@ -410,7 +410,7 @@ class ControlService:
             raise Problem("conflict", "the delivery's webhook was deleted")
         principal.check(webhook)
         target = f"redeliver:{webhook.id}:{webhook.created_at}:{delivery_id}"
-        replayed = await self._started(change, target, webhook)
+        replayed = await self._started(change, target)
         if replayed is not None:
             return replayed
         if not webhook.active:
@@ -420,24 +420,12 @@ class ControlService:
         request = RecoveryRequest(webhook, since, until, delivery_id=delivery_id)
         return await self._start(request, change, target)
 
-    async def _started(
-        self, change: KeyedChange | None, target: str, webhook: Webhook
-    ) -> Started | None:
+    async def _started(self, change: KeyedChange | None, target: str) -> Started | None:
         """The operation ``change``'s key started for ``target`` (``replayed``), if any;
         ``422`` when that key started it for another request."""
         if change is None:
             return None
-        operation_id = change.operation_id(target)
-        operation = self._recoveries.get(operation_id)
-        if operation is None:
-            record = await self._recoveries.record_of(operation_id)
-            # Started here while the journal was read: that one.
-            operation = self._recoveries.get(operation_id)
-            if operation is None and record is not None:
-                try:
-                    operation = Operation.from_record(record, webhook)
-                except ValueError:  # of a webhook that had this id before: not this one's
-                    return None
+        operation = await self._known(change.operation_id(target))
         if operation is None:
             return None
         if operation.request_digest != change.request:
@@ -475,7 +463,7 @@ class ControlService:
             field = "until" if until is not None else "since"
             raise Problem.invalid(FieldError(field, "range", "since must be before until"))
         target = f"recover:{webhook.id}:{webhook.created_at}"
-        replayed = await self._started(change, target, webhook)
+        replayed = await self._started(change, target)
         if replayed is not None:
             return replayed
         if not webhook.active:
@@ -483,21 +471,30 @@ class ControlService:
         request = RecoveryRequest(webhook, since, end, rate=DEFAULT_RATE if rate is None else rate)
         return await self._start(request, change, target)
 
+    async def _known(self, operation_id: str) -> Operation | None:
+        """An operation this process runs or ran, else as the journal last recorded it (of its
+        webhook as it is now); ``None`` when neither knows it."""
+        operation = self._recoveries.get(operation_id)
+        if operation is not None:
+            return operation
+        record = await self._recoveries.record_of(operation_id)
+        operation = self._recoveries.get(operation_id)  # started here while the journal was read
+        if operation is not None or record is None:
+            return operation
+        webhook_id = record.get("webhook_id")
+        webhook = await self._repository.get(webhook_id) if isinstance(webhook_id, str) else None
+        if webhook is None:
+            return None
+        try:
+            return Operation.from_record(record, webhook)
+        except ValueError:
+            return None
+
     async def _operation(self, principal: Principal, operation_id: str) -> Operation:
         """An operation this process runs or ran, else as the journal last recorded it."""
-        operation = self._recoveries.get(operation_id)
+        operation = await self._known(operation_id)
         if operation is None:
-            record = await self._recoveries.record_of(operation_id)
-            webhook_id = None if record is None else record.get("webhook_id")
-            webhook = (
-                await self._repository.get(webhook_id) if isinstance(webhook_id, str) else None
-            )
-            if record is None or webhook is None:
-                raise Problem("not_found", "no such recovery")
-            try:
-                operation = Operation.from_record(record, webhook)
-            except ValueError:
-                raise Problem("not_found", "no such recovery") from None
+            raise Problem("not_found", "no such recovery")
         if principal.restricted:
             # Judged by the webhook as it is now (moved to another site, deleted, its id
             # taken again), not as it was when the recovery began.
