@@ -57,7 +57,7 @@ async def _serve(args: argparse.Namespace) -> None:
     from bridge.kafka.clients import address_policy
     from bridge.subscriptions.store import WebhookStore
     from bridge.worker.logs import logging_config
-    from bridge.worker.web import MAX_HEADER_LINE, MAX_REQUEST_LINE
+    from bridge.worker.web import app_runner
 
     tokens = TokenSet.from_file(args.tokens)
     settings = Settings.load(
@@ -88,12 +88,7 @@ async def _serve(args: argparse.Namespace) -> None:
             return web.Response(body=generate_latest(registry), content_type="text/plain")
 
         app.router.add_get("/metrics", metrics, allow_head=False)
-        runner = web.AppRunner(
-            app,
-            access_log=None,
-            max_line_size=MAX_REQUEST_LINE,
-            max_field_size=MAX_HEADER_LINE,
-        )
+        runner = app_runner(app)
         await runner.setup()
         await web.TCPSite(runner, args.host, args.port).start()
         print(f"serving /v1 on http://{args.host}:{args.port} ({len(tokens)} tokens)", flush=True)

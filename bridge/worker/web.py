@@ -13,7 +13,7 @@ from aiohttp import web
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-__all__ = ["MAX_REQUEST_LINE", "MAX_HEADER_LINE", "WebServer"]
+__all__ = ["MAX_REQUEST_LINE", "MAX_HEADER_LINE", "WebServer", "app_runner"]
 
 #: Longest request line (method, target, version) and header line the server reads (aiohttp's
 #: default is 8190 bytes for both). Beyond them aiohttp answers ``400`` in plain text before any
@@ -21,6 +21,14 @@ __all__ = ["MAX_REQUEST_LINE", "MAX_HEADER_LINE", "WebServer"]
 #: what is wrong in a problem (a cursor of 2,000 characters, percent-encoded, is up to 18 KB).
 MAX_REQUEST_LINE = 64 * 1024
 MAX_HEADER_LINE = 64 * 1024
+
+
+def app_runner(app: web.Application) -> web.AppRunner:
+    """The runner of a server of the bridge's: no access log, and the request and header line
+    limits above."""
+    return web.AppRunner(
+        app, access_log=None, max_line_size=MAX_REQUEST_LINE, max_field_size=MAX_HEADER_LINE
+    )
 
 
 class WebServer(Service):
@@ -66,12 +74,7 @@ class WebServer(Service):
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def on_start(self) -> None:
-        self._runner = web.AppRunner(
-            await self._routes(),
-            access_log=None,
-            max_line_size=MAX_REQUEST_LINE,
-            max_field_size=MAX_HEADER_LINE,
-        )
+        self._runner = app_runner(await self._routes())
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()

@@ -17,7 +17,7 @@ from bridge.api.auth import TokenSet
 from bridge.api.repository import MemoryRepository
 from bridge.api.service import WebhookService
 from bridge.worker.embedded import free_port
-from bridge.worker.web import MAX_HEADER_LINE, MAX_REQUEST_LINE
+from bridge.worker.web import app_runner
 from tests.support.api import served_document
 from tests.unit.api.conftest import (
     NOW,
@@ -59,12 +59,7 @@ class Server:
         async def up() -> None:
             # The worker's limits on request and header lines (bridge.worker.web): aiohttp's
             # default of 8,190 bytes answers a long generated query before any route.
-            self._runner = web.AppRunner(
-                app,
-                access_log=None,
-                max_line_size=MAX_REQUEST_LINE,
-                max_field_size=MAX_HEADER_LINE,
-            )
+            self._runner = app_runner(app)
             await self._runner.setup()
             await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
