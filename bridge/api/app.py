@@ -101,13 +101,8 @@ def _replayed(replayed: bool) -> dict[str, str]:
 
 
 def _key(request: web.Request, principal: Principal) -> IdempotencyKey | None:
-    """The request's ``Idempotency-Key``; ``400`` for two or more of them (which one would the
-    request be made under?)."""
-    if len(request.headers.getall(IDEMPOTENCY_KEY, ())) > 1:
-        raise Problem.invalid(
-            FieldError(IDEMPOTENCY_KEY, "repeated", "give one Idempotency-Key", "header")
-        )
-    return IdempotencyKey.of(request.headers.get(IDEMPOTENCY_KEY), principal.name)
+    """The request's ``Idempotency-Key`` (:meth:`IdempotencyKey.of_headers`)."""
+    return IdempotencyKey.of_headers(request.headers.getall(IDEMPOTENCY_KEY, []), principal.name)
 
 
 def _operation_response(

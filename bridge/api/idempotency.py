@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +97,17 @@ class IdempotencyKey:
                 )
             )
         return cls(_digest(token_name.encode("utf-8"), header.encode("ascii")))
+
+    @classmethod
+    def of_headers(cls, values: Sequence[str], token_name: str) -> IdempotencyKey | None:
+        """The key of a request whose ``Idempotency-Key`` headers are ``values`` (as
+        :meth:`of`); ``400`` naming the header for two or more (which would it be made
+        under?)."""
+        if len(values) > 1:
+            raise Problem.invalid(
+                FieldError(HEADER, "repeated", "give one Idempotency-Key", "header")
+            )
+        return cls.of(values[0] if values else None, token_name)
 
     def request(self, method: str, target: str, body: Mapping[str, Any]) -> KeyedChange:
         """The change this key names: ``method`` on ``target`` (the webhook's id, or the route)

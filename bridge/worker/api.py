@@ -232,7 +232,9 @@ def _key(request: web.Request, tokens: TokenSet) -> IdempotencyKey | None:
     will refuse), for the token that sent it."""
     try:
         principal = tokens.authenticate(request.headers.get("Authorization"))
-        return IdempotencyKey.of(request.headers.get(IDEMPOTENCY_KEY), principal.name)
+        return IdempotencyKey.of_headers(
+            request.headers.getall(IDEMPOTENCY_KEY, []), principal.name
+        )
     except Problem:
         return None
 
