@@ -165,7 +165,7 @@ class _Routes:
         _check_enums(query, errors, state=WEBHOOK_STATES)
         _check_ids(query, errors, "site_id", "user_id")
         cursor = query.get("cursor")
-        if cursor is not None and not 0 < len(cursor) <= 2000:
+        if cursor is not None and not 0 < len(cursor) <= _MAX_CURSOR:
             errors.append(FieldError("cursor", "length", "empty or too long", "query"))
         if errors:
             raise Problem.invalid(*errors)

@@ -572,7 +572,7 @@ _IDEMPOTENCY_KEY_PARAM = {
         "key (after a timeout, a closed connection or a 503) is made at most once and answers "
         f"{REPLAYED_HEADER}: true. The token's own, for {int(KEY_LIFETIME // 3600)} hours "
         f"and among the webhook's last {MAX_KEYS_PER_WEBHOOK} keyed changes; the same key with "
-        "another request is 422."
+        "another request for the webhook is 422 (for a test event: another event)."
     ),
     "schema": {
         "type": "string",
