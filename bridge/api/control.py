@@ -19,7 +19,7 @@ import dataclasses
 import itertools
 import time
 from collections.abc import AsyncGenerator, Callable
-from contextlib import aclosing
+from contextlib import AbstractAsyncContextManager, aclosing, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -38,6 +38,7 @@ from bridge.attempts.record import Attempt
 from bridge.attempts.stats import WINDOWS
 from bridge.contract.events import format_timestamp, parse_time
 from bridge.cursors import decode_cursor, encode_cursor
+from bridge.subscriptions.serial import KeyedLocks
 from bridge.subscriptions.webhook import Webhook, before_created
 
 __all__ = [
@@ -236,6 +237,8 @@ class ControlService:
         self._dead_letters = dead_letters
         self._lookback = redeliver_lookback
         self._clock = clock
+        #: A lock per keyed operation being started (:meth:`_one_start`).
+        self._starting = KeyedLocks()
 
     def __repr__(self) -> str:
         return f"ControlService({self._activity!r}, {self._recoveries!r})"
@@ -410,15 +413,26 @@ class ControlService:
             raise Problem("conflict", "the delivery's webhook was deleted")
         principal.check(webhook)
         target = f"redeliver:{webhook.id}:{webhook.created_at}:{delivery_id}"
-        replayed = await self._started(change, target)
-        if replayed is not None:
-            return replayed
-        if not webhook.active:
-            raise Problem("conflict", "the webhook is not active: nothing would be sent")
-        since = datetime.fromtimestamp(redelivery_since(first, self._lookback), UTC)
-        until = datetime.fromtimestamp(first.at_seconds + 1, UTC)
-        request = RecoveryRequest(webhook, since, until, delivery_id=delivery_id)
-        return await self._start(request, change, target)
+        async with self._one_start(change, target):
+            replayed = await self._started(change, target)
+            if replayed is not None:
+                return replayed
+            if not webhook.active:
+                raise Problem("conflict", "the webhook is not active: nothing would be sent")
+            since = datetime.fromtimestamp(redelivery_since(first, self._lookback), UTC)
+            until = datetime.fromtimestamp(first.at_seconds + 1, UTC)
+            request = RecoveryRequest(webhook, since, until, delivery_id=delivery_id)
+            return await self._start(request, change, target)
+
+    def _one_start(
+        self, change: KeyedChange | None, target: str
+    ) -> AbstractAsyncContextManager[None]:
+        """Held from looking for the operation ``change``'s key started for ``target`` until it
+        is started: two requests with one key at once start one (the second finds the first's,
+        which is recorded, and looked for, with awaits between)."""
+        if change is None:
+            return nullcontext()
+        return self._starting.hold(change.operation_id(target))
 
     async def _started(self, change: KeyedChange | None, target: str) -> Started | None:
         """The operation ``change``'s key started for ``target`` (``replayed``), if any;
@@ -463,13 +477,15 @@ class ControlService:
             field = "until" if until is not None else "since"
             raise Problem.invalid(FieldError(field, "range", "since must be before until"))
         target = f"recover:{webhook.id}:{webhook.created_at}"
-        replayed = await self._started(change, target)
-        if replayed is not None:
-            return replayed
-        if not webhook.active:
-            raise Problem("conflict", "the webhook is not active: nothing would be sent")
-        request = RecoveryRequest(webhook, since, end, rate=DEFAULT_RATE if rate is None else rate)
-        return await self._start(request, change, target)
+        async with self._one_start(change, target):
+            replayed = await self._started(change, target)
+            if replayed is not None:
+                return replayed
+            if not webhook.active:
+                raise Problem("conflict", "the webhook is not active: nothing would be sent")
+            rate = DEFAULT_RATE if rate is None else rate
+            request = RecoveryRequest(webhook, since, end, rate=rate)
+            return await self._start(request, change, target)
 
     async def _known(self, operation_id: str) -> Operation | None:
         """An operation this process runs or ran, else as the journal last recorded it (of its

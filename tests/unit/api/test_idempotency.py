@@ -19,6 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from bridge.api.app import ApiConfig, create_app
 from bridge.api.auth import TokenSet
+from bridge.api.control import ControlService
 from bridge.api.idempotency import (
     HEADER,
     KEY_LIFETIME,
@@ -29,9 +30,11 @@ from bridge.api.idempotency import (
     IdempotencyKey,
 )
 from bridge.api.problems import PROBLEM_TYPE_PREFIX, Problem
+from bridge.api.recoveries import Recoveries
 from bridge.api.repository import MemoryRepository
 from bridge.api.service import WebhookService
 from bridge.subscriptions.webhook import webhook_from_record
+from tests.support.journals import Journal
 from tests.support.keyed import made_twice
 from tests.support.waiting import eventually
 from tests.unit.api.conftest import (
@@ -42,7 +45,10 @@ from tests.unit.api.conftest import (
     WRITER,
     Api,
     Clock,
+    MemoryActivity,
+    MemoryDeadLetters,
     Published,
+    Runner,
     attempt,
     auth,
     control_service,
@@ -534,6 +540,59 @@ async def test_a_redelivery_sent_again_is_the_one_it_started(api: Api) -> None:
     assert sorted(o.id for o in api.runner.ran) == sorted(
         [(await first.json())["id"], (await fresh.json())["id"]]
     )
+
+
+class _SlowJournal(Journal):
+    """A journal whose writes and reads wait for the broker, as the recoveries topic's do."""
+
+    async def write(self, record: dict[str, Any]) -> None:
+        await asyncio.sleep(0.01)
+        await super().write(record)
+
+    async def read(self, operation_id: str) -> dict[str, Any] | None:
+        await asyncio.sleep(0.005)
+        return await super().read(operation_id)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/webhooks/wh_1/recoveries", {"since": "2026-01-15T09:00:00Z"}),
+        ("/v1/deliveries/d1/redeliver", None),
+        ("/v1/deliveries/d1/redeliver?webhook_id=wh_1", None),
+    ],
+)
+async def test_one_key_sent_twice_at_once_to_the_owner_starts_one_operation(
+    tokens: TokenSet, path: str, body: dict[str, Any] | None
+) -> None:
+    """Two requests with one key at the same moment, at the worker that starts them: each looks
+    for the key's operation while the other is being recorded (neither in the journal yet); one
+    starts it, the other answers it replayed, and the runner runs it once."""
+    repository = MemoryRepository()
+    runner = Runner(hold=True)
+    control = ControlService(
+        repository,
+        activity := MemoryActivity(),
+        Recoveries(runner, journal=_SlowJournal(), url="http://w1", clock=lambda: NOW),
+        MemoryDeadLetters(),
+        clock=lambda: NOW,
+    )
+    service = WebhookService(repository, publisher=Published(), clock=Clock())
+    app = create_app(service, control, tokens, config=ApiConfig(max_body_bytes=64 * 1024))
+    async with TestClient(TestServer(app)) as client:
+        created = await client.post("/v1/webhooks", json={**BODY, "id": "wh_1"}, headers=auth())
+        assert created.status == 201
+        activity.add(attempt("d1", 1, at=NOW - 300))
+        answers = await asyncio.gather(
+            *(client.post(path, json=body, headers=keyed("once")) for _ in range(3))
+        )
+        assert [a.status for a in answers] == [202] * 3, [await a.text() for a in answers]
+        assert len({(await a.json())["id"] for a in answers}) == 1
+        assert sorted(a.headers.get(REPLAYED_HEADER, "") for a in answers) == ["", "true", "true"]
+        await eventually(lambda: len(runner.ran) >= 1)
+        for _ in range(20):  # a second would have started by now
+            await asyncio.sleep(0)
+        assert len(runner.ran) == 1
 
 
 async def test_two_owners_that_do_not_see_each_other_make_a_keyed_change_twice_and_it_shows(
