@@ -45,7 +45,7 @@ from bridge.contract.payload import delivery_id
 from bridge.contract.schemas import EVENT_TYPES, event_data_schema
 from bridge.subscriptions.webhook import Webhook
 
-__all__ = ["DEFAULT_REQUEST_TIMEOUT", "ApiConfig", "create_app"]
+__all__ = ["DEFAULT_REQUEST_TIMEOUT", "ApiConfig", "create_app", "redelivery_target"]
 
 #: How long a request may take before it is answered ``503`` (seconds).
 DEFAULT_REQUEST_TIMEOUT = 10.0
@@ -287,8 +287,7 @@ class _Routes:
 
     async def redeliver(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "write")
-        webhook_id = _delivery_webhook(request)
-        delivery_id = self._path_id(request, "delivery_id")
+        delivery_id, webhook_id = redelivery_target(request)
         key = _key(request, principal)
         change = None if key is None else key.request("POST redeliver", delivery_id, {})
         started = await self._control.redeliver(
@@ -423,6 +422,13 @@ def _delivery_webhook(request: web.Request) -> str | None:
     if errors:
         raise Problem.invalid(*errors)
     return query.get("webhook_id")
+
+
+def redelivery_target(request: web.Request) -> tuple[str, str | None]:
+    """The delivery id ``POST /v1/deliveries/{delivery_id}/redeliver`` names, and the webhook
+    its ``webhook_id`` names if given; ``400`` for either invalid."""
+    webhook_id = _delivery_webhook(request)
+    return _Routes._path_id(request, "delivery_id"), webhook_id
 
 
 def _single_values(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:

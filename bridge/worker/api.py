@@ -12,7 +12,10 @@ Webhooks are read from the worker's subscription table, current as of each reque
 (:class:`~bridge.api.table_repository.TableRepository`). Changes of one webhook are made by one
 worker: with ``delivery_log``, the owner of the webhook's attempts partition (the worker that
 holds its log); a change sent to another worker is relayed to the owner once (the relayed request
-says so in ``X-Bridge-Relayed-By`` and is never relayed again). The owner serializes the changes
+says so in ``X-Bridge-Relayed-By`` and is never relayed again). Recoveries run at the owner too,
+and so do redeliveries: the webhook is the one ``webhook_id`` names, else the delivery's, looked
+up in every owner's log before relaying (the owner is sent that ``webhook_id``), so a redelivery's
+``Idempotency-Key`` is checked in one place. The owner serializes the changes
 of each webhook (:class:`~bridge.api.service.WebhookService`'s lock per id) and checks
 ``If-Match`` against a table current as of the change, so two clients racing with the same
 ``ETag`` through different workers get one ``200`` and one ``412``. While a rebalance moves a
@@ -53,7 +56,7 @@ from aiohttp.typedefs import Handler, Middleware
 from aiokafka import AIOKafkaProducer
 
 from bridge.api.activity import ActivitySource, EndpointStatus
-from bridge.api.app import ApiConfig, create_app
+from bridge.api.app import ApiConfig, create_app, redelivery_target
 from bridge.api.auth import TokenSet
 from bridge.api.control import ControlService
 from bridge.api.idempotency import HEADER as IDEMPOTENCY_KEY
@@ -115,14 +118,19 @@ _BY_OWNER = frozenset(
         ("POST", "/v1/webhooks/{webhook_id}/recoveries"),
     }
 )
-#: The changes an ``Idempotency-Key`` makes at most once (the key kept in the webhook's record),
-#: which may therefore be sent to the next owner when the first did not answer.
+#: A redelivery, run by the owner of the delivery's webhook as a recovery is: named by its
+#: ``webhook_id`` parameter, else found from the delivery id (every owner asked).
+_REDELIVER = ("POST", "/v1/deliveries/{delivery_id}/redeliver")
+#: The changes an ``Idempotency-Key`` makes at most once (the key kept in the webhook's record,
+#: or a recovery's id made from it), which may therefore be sent to the next owner when the
+#: first did not answer.
 _KEYED = frozenset(
     {
         ("POST", "/v1/webhooks"),
         ("PATCH", "/v1/webhooks/{webhook_id}"),
         ("POST", "/v1/webhooks/{webhook_id}/rotate-secret"),
         ("POST", "/v1/webhooks/{webhook_id}/recoveries"),
+        _REDELIVER,
     }
 )
 #: Request headers a relayed change carries; response headers its answer brings back.
@@ -286,6 +294,12 @@ class _Relay:
             except OwnerUnavailable as exc:  # no connection to the runner
                 raise _unavailable(exc) from None
         webhook_id = await _changed_webhook(request, self._max_bytes, self._tokens)
+        path_qs = request.rel_url.path_qs
+        if webhook_id is None and (request.method, route_template(request)) == _REDELIVER:
+            # A relayed one is answered here if this worker owns the webhook it names.
+            webhook_id = await self._redelivered_webhook(request, look_up=not relayed)
+            if webhook_id is not None:  # its owner reads that webhook's log alone
+                path_qs = request.rel_url.update_query(webhook_id=webhook_id).path_qs
         if webhook_id is None or self._bridge.owner(webhook_id).local:
             response = await handler(request)
             return response
@@ -299,7 +313,7 @@ class _Relay:
             if owner.local:
                 return owner
             assert owner.url is not None  # _destination names a worker
-            return await self._relay(owner.url, request)
+            return await self._relay(owner.url, request, path_qs)
 
         try:
             found = await settle_async(attempt, self._bridge.changes, _hold_until.get())
@@ -309,6 +323,33 @@ class _Relay:
             response = await handler(request)
             return response
         return found
+
+    async def _redelivered_webhook(self, request: web.Request, *, look_up: bool) -> str | None:
+        """The webhook a redelivery names, else (``look_up``) that of its delivery, from the
+        owners' logs; ``None``
+        (answered here, as before routing: ``400``, ``404``, ``409``, or ``503`` while an owner
+        is unknown) when the request is invalid, the delivery is not found, or its webhook is
+        gone."""
+        authorization = request.headers.get("Authorization")
+        # Refused here what the owner would refuse, before any owner is asked.
+        self._tokens.authenticate(authorization).require("write")
+        try:
+            delivery, named = redelivery_target(request)
+        except Problem:
+            return None
+        if named is not None or not look_up:
+            return named
+        try:
+            attempts = await self._bridge.delivery_for(
+                delivery,
+                headers=None if authorization is None else {"Authorization": authorization},
+                until=_hold_until.get(),
+            )
+        except OwnerUnavailable:
+            return None
+        if not attempts or self._bridge.index.get(attempts[0].webhook_id) is None:
+            return None
+        return attempts[0].webhook_id
 
     def _destination(self, webhook_id: str, *, relayed: bool) -> Owner:
         """Where a change of ``webhook_id`` is made: here (its owner), or the owner it is relayed
@@ -335,7 +376,11 @@ class _Relay:
         )
         return None if runner == self._bridge.settings.canonical_url else runner
 
-    async def _relay(self, url: str, request: web.Request) -> web.Response:
+    async def _relay(
+        self, url: str, request: web.Request, path_qs: str | None = None
+    ) -> web.Response:
+        """``request`` sent on to the worker at ``url`` (to ``path_qs``, else its own path and
+        query), its answer brought back."""
         headers = {
             name: request.headers[name]
             for name in _RELAYED_REQUEST_HEADERS
@@ -346,7 +391,7 @@ class _Relay:
         try:
             async with self._bridge.peers(fresh=True).request(
                 request.method,
-                url + request.rel_url.path_qs,
+                url + (request.rel_url.path_qs if path_qs is None else path_qs),
                 data=await read_body(request, max_bytes=self._max_bytes),
                 headers=headers,
             ) as answer:

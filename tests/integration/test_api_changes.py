@@ -7,6 +7,7 @@ the other worker when its worker stops."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,7 @@ from bridge.admin.publish import publish_events
 from bridge.config import Settings
 from bridge.contract.events import build_event, format_timestamp
 from bridge.contract.payload import delivery_id
+from bridge.kafka.reading import read_topic
 from bridge.kafka.topics import declared_topics
 from bridge.worker.delivery_log import attempts_partition
 from bridge.worker.embedded import free_port
@@ -283,3 +285,74 @@ async def test_keyed_requests_sent_again_through_either_worker_are_made_once(
             other.base_url + f"/v1/webhooks/{webhook_id}/recoveries", headers=AUTH
         )
         assert [r["id"] for r in listed.json()["items"]] == [recovery]
+
+
+async def test_a_keyed_redelivery_sent_to_both_workers_at_once_runs_once_at_the_owner(
+    log_settings: Settings,
+    receiver: Receiver,
+    in_process_workers: Callable[[Settings], InProcessWorker],
+) -> None:
+    """A redelivery runs at its webhook's owner, found from the delivery id: the same
+    Idempotency-Key sent through both workers at the same moment starts one redelivery (both
+    answer it, one replayed), run by the owner, and the endpoint gets the delivery once more."""
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        first, second, owners = await _two_workers(log_settings, in_process_workers, client)
+        webhook_id = _id_owned_by(owners, first, _attempts_partitions(log_settings), "redel")
+        await subscribe(log_settings, receiver, {webhook_id: "s1"}, ("post.created",))
+        path = f"/{webhook_id}"
+        event = build_event("post.created", {"id": "p1", "title": "t"}, site_id="s1", user_id="u1")
+        await publish_events(log_settings, [event])
+        await receiver.wait_for(lambda _: len(receiver.at(path)) == 1)
+        delivered = delivery_id(event.id, webhook_id)
+        for worker in (first, second):
+            await poll(
+                lambda w=worker: client.get(  # type: ignore[misc]
+                    w.base_url + f"/v1/deliveries/{delivered}", headers=AUTH
+                ),
+                until=lambda r: r.status_code == 200,
+                timeout=30,
+            )
+
+        # Without a token: refused by the worker asked, before any owner is asked.
+        stranger = await client.post(second.base_url + f"/v1/deliveries/{delivered}/redeliver")
+        assert stranger.status_code == 401, stranger.text
+
+        started: list[str] = []
+        for round_, query in enumerate(("", f"?webhook_id={webhook_id}", "")):
+            answers = await asyncio.gather(
+                *(
+                    client.post(
+                        worker.base_url + f"/v1/deliveries/{delivered}/redeliver{query}",
+                        headers={**AUTH, "Idempotency-Key": f"redeliver-{round_}"},
+                    )
+                    for worker in (second, first)
+                )
+            )
+            assert [a.status_code for a in answers] == [202, 202], [a.text for a in answers]
+            ids = {a.json()["id"] for a in answers}
+            assert len(ids) == 1, ids
+            replayed = sorted(a.headers.get("Idempotent-Replayed", "") for a in answers)
+            assert replayed == ["", "true"], (round_, replayed, [a.text for a in answers])
+            started.append(ids.pop())
+
+        async def ended() -> list[str]:
+            states = []
+            for recovery in started:
+                shown = await client.get(
+                    second.base_url + f"/v1/recoveries/{recovery}", headers=AUTH
+                )
+                assert shown.status_code == 200, shown.text
+                states.append(shown.json()["state"])
+            return states
+
+        await poll(ended, until=lambda s: s == ["done"] * len(started), timeout=60)
+        await receiver.wait_for(lambda _: len(receiver.at(path)) >= 1 + len(started))
+        # Every record of these redeliveries names the owner as their runner: none ran twice.
+        records = await read_topic(log_settings, log_settings.recoveries_topic)
+        runners = {
+            json.loads(value)["runner"]
+            for key, value in records
+            if value is not None and key is not None and key.decode() in started
+        }
+        assert runners <= {first.settings.canonical_url, None}, runners
+        assert [r.delivery_id for r in receiver.at(path)] == [delivered] * (1 + len(started))
