@@ -326,10 +326,10 @@ class _Relay:
 
     async def _redelivered_webhook(self, request: web.Request, *, look_up: bool) -> str | None:
         """The webhook a redelivery names, else (``look_up``) that of its delivery, from the
-        owners' logs; ``None``
-        (answered here, as before routing: ``400``, ``404``, ``409``, or ``503`` while an owner
-        is unknown) when the request is invalid, the delivery is not found, or its webhook is
-        gone."""
+        owners' logs; ``None`` when the request is invalid, the delivery is not found or its
+        webhook is gone (answered here: ``400``, ``404``, ``409``). ``503`` when an owner is
+        unknown or does not answer within the hold: answered here, the redelivery could start
+        where its webhook is not owned."""
         authorization = request.headers.get("Authorization")
         # Refused here what the owner would refuse, before any owner is asked.
         self._tokens.authenticate(authorization).require("write")
@@ -345,8 +345,8 @@ class _Relay:
                 headers=None if authorization is None else {"Authorization": authorization},
                 until=_hold_until.get(),
             )
-        except OwnerUnavailable:
-            return None
+        except OwnerUnavailable as exc:
+            raise _unavailable(exc) from None
         if not attempts or self._bridge.index.get(attempts[0].webhook_id) is None:
             return None
         return attempts[0].webhook_id
