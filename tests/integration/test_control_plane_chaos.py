@@ -69,6 +69,8 @@ POOL_CHANGES = 5
 MAX_CHILDREN = 3
 #: A recovery started before the pool changes (after this many events) and one during them.
 RECOVER_BEFORE, RECOVER_DURING = 20, 70
+#: Redeliveries of b's deliveries, after these many events.
+REDELIVER_AT = (40, 85, 120)
 RECOVERY_RATE = 8
 #: Seconds an attempt record may take to reach its owner's log (an answer given later than this
 #: after the record was written must show it).
@@ -114,6 +116,8 @@ class Run:
     server_errors: list[tuple[str, str, int, str]] = field(default_factory=list)
     #: Recoveries started: (hook, id).
     recoveries: list[tuple[str, str]] = field(default_factory=list)
+    #: Redeliveries (of b) started: (delivery id, operation id).
+    redeliveries: list[tuple[str, str]] = field(default_factory=list)
     #: Stats read during the chaos: (hook, asked at ms, answered at ms, attempts counted).
     reads: list[tuple[str, int, int, int]] = field(default_factory=list)
     publishing: bool = True
@@ -257,6 +261,44 @@ class Run:
             await self.call(client, member, "GET", f"/v1/webhooks/{hook}")
             await asyncio.sleep(rng.uniform(0.05, 0.2))
 
+    async def redeliver(self, client: httpx.AsyncClient, at: list[int]) -> None:
+        """After each count of ``at`` events, redeliver a delivery of b the receiver got: sent
+        through two random workers at the same moment with one Idempotency-Key, then again
+        through random workers until answered other than 503. Both find the webhook's owner,
+        which starts one redelivery."""
+        rng = self.rng("redeliver")
+        for n, count in enumerate(at):
+            await self.published(count)
+            got = sorted(
+                {r.delivery_id for r in self.receiver.at("/b") if r.status == 200}
+                - {d for d, _ in self.redeliveries}
+            )
+            if not got:
+                continue
+            chosen = rng.choice(got)
+            path = f"/v1/deliveries/{chosen}/redeliver"
+            key = {"Idempotency-Key": f"redeliver-{n}-{self.seed}"}
+            pair = [rng.choice(self.serving()) for _ in range(2)]
+            first = await asyncio.gather(
+                *(self.call(client, m, "POST", path, headers=key) for m in pair)
+            )
+            answers = [a for a in first if a is not None and a.status_code not in (404, 503)]
+            deadline = time.monotonic() + LAG + 5
+            while len(answers) < 2:
+                answer = await self.ask(client, "POST", path, rng=rng, headers=key, timeout=30)
+                # 404 while the attempt is on its way to the owner's log (the receiver got the
+                # delivery before its attempt was written): nothing started; sent again.
+                if answer.status_code != 404 or time.monotonic() > deadline:
+                    answers.append(answer)
+                else:
+                    await asyncio.sleep(0.2)
+            for answer in answers:
+                assert answer.status_code == 202, f"seed {self.seed}: {answer.text}"
+            ids = {a.json()["id"] for a in answers}
+            assert len(ids) == 1, f"seed {self.seed}: one key, operations {ids}"
+            self.redeliveries.append((chosen, ids.pop()))
+            self.log.append(f"redeliver@{len(self.written)}")
+
     async def recover(self, client: httpx.AsyncClient, hook: str, since: datetime) -> None:
         """Start a recovery of ``hook`` through a random worker, retrying 503s and requests
         without an answer with the same Idempotency-Key: one recovery is started, whichever
@@ -351,7 +393,12 @@ async def test_the_control_plane_answers_exactly_across_repeated_rebalances(
             await run.recover(client, "c", since)
 
         await asyncio.gather(
-            run.publish(), run.churn(pool_at), run.rename(client), run.read(client), recoveries()
+            run.publish(),
+            run.churn(pool_at),
+            run.rename(client),
+            run.read(client),
+            recoveries(),
+            run.redeliver(client, list(REDELIVER_AT)),
         )
         record_property("schedule", " ".join(run.log))
         assert not run.server_errors, f"seed {seed} ({' '.join(run.log)}): {run.server_errors}"
@@ -391,6 +438,38 @@ async def test_the_control_plane_answers_exactly_across_repeated_rebalances(
                 ), f"seed {seed} ({' '.join(run.log)}): {done}"
                 ended.append(done | {"due": [delivery_id(e.id, hook) for e in due]})
         record_property("recoveries", [(r["webhook_id"], r["resumed"]) for r in ended])
+        # Each redelivery of b listed once, ended done with its one delivery enqueued.
+        assert run.redeliveries, f"seed {seed}: no redelivery made"
+        listed = await run.ask(client, "GET", "/v1/webhooks/b/recoveries?limit=100")
+        assert listed.status_code == 200, f"seed {seed}: {listed.text}"
+        assert {item["id"] for item in listed.json()["items"]} == {
+            i for _, i in run.redeliveries
+        }, listed.text
+        for did, operation_id in run.redeliveries:
+            answer = await poll(
+                lambda o=operation_id: run.ask(client, "GET", f"/v1/recoveries/{o}"),
+                until=lambda r: r.status_code == 200 and r.json()["state"] != "running",
+                timeout=40,
+            )
+            done = answer.json()
+            assert (done["state"], done["enqueued"], done["delivery_id"]) == ("done", 1, did), (
+                f"seed {seed} ({' '.join(run.log)}): {done}"
+            )
+            ended.append(done | {"due": [did]})
+        # Every operation ended once: one started twice (two runners) would end twice.
+        endings: dict[str, int] = {}
+        journal = await read_topic(settings, settings.recoveries_topic)
+        for record in journal:
+            value = None if record.value is None else json.loads(record.value)
+            if value is not None and value.get("state") != "running":
+                endings[value["id"]] = endings.get(value["id"], 0) + 1
+        twice = {i for i, n in endings.items() if n != 1}
+        assert not twice, f"seed {seed} ({' '.join(run.log)}): ended twice: " + "; ".join(
+            f"{v['id'][:8]} {v.get('kind')} {v['state']} runner={v.get('runner')} "
+            f"resumed={v.get('resumed')} enqueued={v.get('enqueued')} at={r.timestamp}"
+            for r in journal
+            if r.value is not None and (v := json.loads(r.value))["id"] in twice
+        )
 
         # Every delivery made at least once, and once more for each recovery that had it due.
         needed: dict[str, int] = {}
@@ -542,6 +621,7 @@ async def test_the_control_plane_answers_exactly_across_repeated_rebalances(
         assert not short_reads, f"seed {seed} ({' '.join(run.log)}): {short_reads[:5]}"
     print(
         f"seed {seed}: {' '.join(run.log)}; {len(attempts_read)} attempts, "
-        f"{len(run.renames)} renames, {len(run.reads)} stats reads, serving {len(serving)}; "
+        f"{len(run.renames)} renames, {len(run.reads)} stats reads, "
+        f"{len(run.redeliveries)} redeliveries, serving {len(serving)}; "
         f"503s: {run.unavailable}"
     )
