@@ -18,10 +18,10 @@ up in every owner's log before relaying (the owner is sent that ``webhook_id``),
 ``Idempotency-Key`` is checked in one place. The owner serializes the changes
 of each webhook (:class:`~bridge.api.service.WebhookService`'s lock per id) and checks
 ``If-Match`` against a table current as of the change, so two clients racing with the same
-``ETag`` through different workers get one ``200`` and one ``412``. While a rebalance moves a
-partition, the old and the new owner can each take one change: the window is the rebalance's,
-and a client that sent ``If-Match`` may then see its change applied over one made a moment
-before (docs/api.md, "Concurrent changes").
+``ETag`` through different workers get one ``200`` and one ``412``. From the start of a
+rebalance until its assignment is applied a worker owns nothing for changes
+(``Bridge.owner(..., settled=True)``): the old and the new owner never both begin one (what is
+left of that window: docs/api.md, "Concurrent changes").
 
 A request that needs an owner while a rebalance settles is held rather than answered ``503`` at
 once (:mod:`bridge.worker.settling`): while no owner is known, while this worker owns the
@@ -300,7 +300,7 @@ class _Relay:
             webhook_id = await self._redelivered_webhook(request, look_up=not relayed)
             if webhook_id is not None:  # its owner reads that webhook's log alone
                 path_qs = request.rel_url.update_query(webhook_id=webhook_id).path_qs
-        if webhook_id is None or self._bridge.owner(webhook_id).local:
+        if webhook_id is None or self._bridge.owner(webhook_id, settled=True).local:
             response = await handler(request)
             return response
         # Refused here what the owner would refuse, so a stranger can neither make workers call
@@ -355,7 +355,7 @@ class _Relay:
         """Where a change of ``webhook_id`` is made: here (its owner), or the owner it is relayed
         to; :class:`OwnerUnavailable` while no owner is known, or when a relayed change is not
         this worker's."""
-        owner = self._bridge.owner(webhook_id)
+        owner = self._bridge.owner(webhook_id, settled=True)
         if owner.local:
             return owner
         if owner.url is None:
@@ -559,7 +559,7 @@ async def api_application(bridge: Bridge) -> web.Application:
         view = bridge.recoveries
 
         def owns(webhook_id: str) -> bool:
-            owner = bridge.owner(webhook_id)
+            owner = bridge.owner(webhook_id, settled=True)
             return owner.local and owner.partition in reader.assigned
 
         async def webhooks_current() -> bool:

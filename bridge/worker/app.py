@@ -142,6 +142,9 @@ class Bridge:
         self.change_locks = KeyedLocks()
         #: Whether an owner of a webhook was ever known (see :meth:`_has_owners`).
         self._owners_seen = False
+        #: Faust's count of rebalances begun when this worker applied its last assignment of
+        #: the attempts partitions (:meth:`assignment_settled`; ``-1``: none yet).
+        self._assignment_count = -1
         #: The disables of the webhooks this worker owns (with ``delivery_log``: owners exist).
         self.disables: DisableWriter | None = None
         if settings.delivery_log:
@@ -331,7 +334,7 @@ class Bridge:
         """Whether this worker was assigned ``webhook_id``'s attempts partition at the last
         rebalance (known as the assignment is made, where the group's metadata that
         :meth:`owner` reads may lag it)."""
-        if self.delivery_log is None:
+        if self.delivery_log is None or not self.assignment_settled():
             return False
         count = self._partitions[self.settings.attempts_topic]
         return attempts_partition(webhook_id, count) in self.delivery_log.wanted
@@ -340,6 +343,7 @@ class Bridge:
         """After a rebalance: read the attempts partitions this worker now owns, and write the
         disables of their webhooks that a former owner may not have written."""
         assert self.delivery_log is not None
+        self._assignment_count = self.app.rebalancing_count
         self.delivery_log.assign(partitions)
         # The assignor took the owners of every partition from the same assignment (in Faust's
         # consumer thread, just before this is called on the event loop): look at them again.
@@ -348,12 +352,29 @@ class Bridge:
             self.disables.offer_owned(self._owns_log_of)
 
     # -- the delivery log: owners and routing -----------------------------------------------------
-    def owner(self, webhook_id: str) -> Owner:
-        """Which worker holds ``webhook_id``'s log, from the assignment every member gets."""
+    def owner(self, webhook_id: str, *, settled: bool = False) -> Owner:
+        """Which worker holds ``webhook_id``'s log, from the assignment every member gets.
+
+        ``settled``: for what one worker at a time may do (a change of the webhook, a recovery,
+        taking one over): none while a rebalance that began since this worker applied its last
+        assignment goes on (:meth:`assignment_settled`), as the assignment this worker read
+        may have given the partition to another worker already."""
         topic = self.settings.attempts_topic
         partition = attempts_partition(webhook_id, self._partitions[topic])
         url = self._owners().get(partition)
+        if settled and not self.assignment_settled():
+            url = None
         return Owner(webhook_id, partition, url, url == self.settings.canonical_url)
+
+    def assignment_settled(self) -> bool:
+        """No rebalance has begun since this worker applied its last assignment. Faust counts
+        rebalances as they begin, when the consumer gives up its partitions (in its thread,
+        before it joins the group again); the group's consumers give up all of theirs (Kafka's
+        eager protocol, the one aiokafka speaks) before any of them receives the next
+        assignment. So two workers never both see one partition as theirs with this true; a
+        worker that has left the group without knowing it (paused past its session timeout) is
+        not covered."""
+        return self._assignment_count == self.app.rebalancing_count
 
     def _owners(self) -> dict[int, str]:
         """The owner's URL of each attempts partition that has one now.

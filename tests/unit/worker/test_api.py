@@ -421,8 +421,9 @@ async def test_a_keyed_request_of_a_route_that_ignores_keys_is_not_sent_again(
 
 
 #: Who an assignment names as the owner of the webhook's partition: nobody (a rebalance), this
-#: worker, a live peer, or a worker that is gone (still named, nothing listens).
-_OWNERS = st.sampled_from(["nobody", "here", "peer", "gone"])
+#: worker, a live peer, or a worker that is gone (still named, nothing listens); or a rebalance
+#: begins (this worker gave up its partitions; the last assignment's owners are still known).
+_OWNERS = st.sampled_from(["nobody", "here", "peer", "gone", "rebalancing"])
 
 
 @settings(
@@ -458,7 +459,8 @@ async def _change_under_assignments(
     made_here: list[bool] = []  # whether this worker was the owner when it made the change
 
     async def change(request: web.Request) -> web.Response:
-        made_here.append(bridge.owner("wh").local)
+        # Named by the last assignment, and no rebalance begun since.
+        made_here.append(bridge.owner("wh").local and bridge.assignment_settled())
         return web.json_response({"made_by": "here"})
 
     p = attempts_partition("wh", 6)
@@ -466,6 +468,9 @@ async def _change_under_assignments(
     urls = {"here": bridge.settings.canonical_url, "peer": peer.url, "gone": gone}
 
     def assign_to(who: str) -> None:
+        if who == "rebalancing":
+            bridge.app.on_rebalance_start()  # as Faust's consumer does when it gives them up
+            return
         owners = {bridge.settings.canonical_url: others(p)}
         if who != "nobody":
             owners.setdefault(urls[who], []).append(p)
