@@ -18,7 +18,7 @@ from bridge.contract import jsoncanon
 from bridge.contract.events import parse_event, parse_time
 from bridge.delivery.pending_retry import PendingRetry
 from bridge.errors import InvalidRecord
-from bridge.kafka.clients import client_kwargs
+from bridge.kafka.clients import client_kwargs, started, stopped
 from bridge.kafka.reading import stream_topic
 
 __all__ = [
@@ -187,10 +187,11 @@ async def replay_dead_letters(
                     report.skipped += 1
                     continue
                 if producer is None:
-                    producer = AIOKafkaProducer(
-                        **client_kwargs(settings), acks="all", enable_idempotence=False
+                    producer = await started(
+                        AIOKafkaProducer(
+                            **client_kwargs(settings), acks="all", enable_idempotence=False
+                        )
                     )
-                    await producer.start()
                 sent = await producer.send(
                     settings.retry_topics[0], item.to_bytes(), key=item.webhook_id.encode("utf-8")
                 )
@@ -200,7 +201,7 @@ async def replay_dead_letters(
         await settle()
     finally:
         if producer is not None:
-            await producer.stop()
+            await stopped(producer)
     return report
 
 

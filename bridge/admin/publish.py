@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaProducer
 from bridge.config import Settings
 from bridge.contract.events import Event, build_event
 from bridge.errors import InvalidSubscription
-from bridge.kafka.clients import client_kwargs
+from bridge.kafka.clients import client_kwargs, started, stopped
 from bridge.subscriptions.webhook import Webhook
 
 __all__ = ["publish_events", "send_test_event", "publish_event"]
@@ -20,8 +20,9 @@ async def publish_events(
     settings: Settings, events: Iterable[Event], *, topic: str | None = None
 ) -> None:
     """Publish events, keyed by site id, waiting for the broker to acknowledge each batch."""
-    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", enable_idempotence=False)
-    await producer.start()
+    producer = await started(
+        AIOKafkaProducer(**client_kwargs(settings), acks="all", enable_idempotence=False)
+    )
     try:
         futures = [
             await producer.send(topic or settings.events_topic, event.to_bytes(), key=event.key)
@@ -30,7 +31,7 @@ async def publish_events(
         for future in futures:
             await future
     finally:
-        await producer.stop()
+        await stopped(producer)
 
 
 async def send_test_event(

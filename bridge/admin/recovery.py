@@ -21,7 +21,7 @@ import dataclasses
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from contextlib import aclosing
+from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,7 +33,7 @@ from bridge.contract.events import format_epoch, format_timestamp, parse_event, 
 from bridge.contract.payload import delivery_id
 from bridge.delivery.pending_retry import PendingRetry
 from bridge.errors import InvalidRecord
-from bridge.kafka.clients import client_kwargs
+from bridge.kafka.clients import client_kwargs, started, stopped
 from bridge.kafka.reading import SETTLE_STAMP_MARGIN, settled, stream_topic
 from bridge.subscriptions.index import SubscriptionIndex
 from bridge.subscriptions.webhook import Webhook
@@ -332,30 +332,30 @@ async def recover(
     worker that resumes the recovery reads on after it and the counts are what was written."""
     request = operation.request
     index = _Matching(request.webhook, current)
-    producer: AIOKafkaProducer | None = None
-    if write is None:
-        producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", enable_idempotence=False)
-        await producer.start()
-        tier = settings.retry_topics[0]
+    async with AsyncExitStack() as clients:  # stopped in reverse, however this ends
+        if write is None:
+            producer = AIOKafkaProducer(
+                **client_kwargs(settings), acks="all", enable_idempotence=False
+            )
+            clients.push_async_callback(stopped, await started(producer))
+            tier = settings.retry_topics[0]
 
-        async def write(item: PendingRetry) -> None:
-            assert producer is not None
-            await producer.send_and_wait(tier, item.to_bytes(), key=item.webhook_id.encode())
+            async def write(item: PendingRetry) -> None:
+                await producer.send_and_wait(tier, item.to_bytes(), key=item.webhook_id.encode())
 
-    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        await _run(consumer, write, settings, operation, index, clock, wall_time, sleep, settle)
-        operation.state = "cancelled" if operation.cancelled else "done"
-    except Exception as exc:
-        operation.state = "failed"
-        operation.error = type(exc).__name__
-        raise
-    finally:
-        operation.finished_at = wall_time()
-        await consumer.stop()
-        if producer is not None:
-            await producer.stop()
+        consumer = AIOKafkaConsumer(
+            **client_kwargs(settings), group_id=None, enable_auto_commit=False
+        )
+        clients.push_async_callback(stopped, await started(consumer))
+        try:
+            await _run(consumer, write, settings, operation, index, clock, wall_time, sleep, settle)
+            operation.state = "cancelled" if operation.cancelled else "done"
+        except Exception as exc:
+            operation.state = "failed"
+            operation.error = type(exc).__name__
+            raise
+        finally:
+            operation.finished_at = wall_time()
     return operation
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from bridge.config import Settings
 from bridge.errors import ConfigError
@@ -13,6 +14,9 @@ from bridge.subscriptions.secretbox import Keyring
 
 __all__ = [
     "RECORD_DUMPING_LOGGERS",
+    "KafkaClient",
+    "started",
+    "stopped",
     "client_kwargs",
     "faust_broker_kwargs",
     "bootstrap_servers",
@@ -35,6 +39,39 @@ class _NoDebug(logging.Filter):
 
 for _name in RECORD_DUMPING_LOGGERS:
     logging.getLogger(_name).addFilter(_NoDebug())
+
+
+class KafkaClient(Protocol):
+    """What aiokafka's producers, consumers and admin clients have in common here."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+_Client = TypeVar("_Client", bound=KafkaClient)
+
+
+async def started(client: _Client) -> _Client:
+    """``client``, started; stopped again when its start fails or is cancelled (a client whose
+    start did not finish keeps its connections open, and aiokafka warns when it is collected)."""
+    try:
+        await client.start()
+    except BaseException:
+        await stopped(client)
+        raise
+    return client
+
+
+async def stopped(client: KafkaClient) -> None:
+    """Stop ``client``, to the end even when the task awaiting it is cancelled meanwhile (a stop
+    under way when a worker shuts down is not left half done)."""
+    stopping = asyncio.ensure_future(client.stop())
+    try:
+        await asyncio.shield(stopping)
+    except asyncio.CancelledError:
+        await asyncio.wait([stopping])
+        raise
 
 
 def address_policy(settings: Settings) -> AddressPolicy:

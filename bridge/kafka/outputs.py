@@ -29,7 +29,7 @@ from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from bridge.config import Settings
 from bridge.contract import jsoncanon
-from bridge.kafka.clients import client_kwargs
+from bridge.kafka.clients import client_kwargs, started, stopped
 from bridge.kafka.record_batches import PartitionBatches
 from bridge.metrics import Metrics
 from bridge.subscriptions.store import WebhookStore
@@ -84,14 +84,15 @@ class KafkaOutputs:
 
     async def start(self) -> None:
         partitioner = CachedPartitioner()
-        self._producer = AIOKafkaProducer(
-            **client_kwargs(self._settings),
-            acks="all",
-            enable_idempotence=False,
-            linger_ms=round(self._settings.kafka_output_linger * 1000),
-            partitioner=partitioner,
+        self._producer = await started(
+            AIOKafkaProducer(
+                **client_kwargs(self._settings),
+                acks="all",
+                enable_idempotence=False,
+                linger_ms=round(self._settings.kafka_output_linger * 1000),
+                partitioner=partitioner,
+            )
         )
-        await self._producer.start()
         self._attempts = PartitionBatches(
             self._producer,
             self._settings.attempts_topic,
@@ -120,8 +121,8 @@ class KafkaOutputs:
             await self._attempts.close()
             self._attempts = None
         if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+            producer, self._producer = self._producer, None
+            await stopped(producer)
 
     async def _send(self, topic: str, key: bytes | None, value: bytes) -> None:
         await (await self._queue(topic, key, value))

@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from bridge.config import Settings
-from bridge.kafka.clients import client_kwargs
+from bridge.kafka.clients import client_kwargs, started, stopped
 
 __all__ = [
     "KeyValue",
@@ -124,13 +124,14 @@ async def stream_topic(
     stops its consumer.
     """
     begun_ms = int((time.time() + SETTLE_STAMP_MARGIN) * 1000)
-    consumer = AIOKafkaConsumer(
-        **client_kwargs(settings),
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
+    consumer = await started(
+        AIOKafkaConsumer(
+            **client_kwargs(settings),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
     )
-    await consumer.start()
 
     def records(
         messages: list[ConsumerRecord[bytes, bytes]],
@@ -192,4 +193,4 @@ async def stream_topic(
             async for _, messages in settling:
                 yield records(messages)
     finally:
-        await consumer.stop()
+        await stopped(consumer)

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 from bridge.config import Settings
 from bridge.contract import jsoncanon
 from bridge.errors import InvalidSubscription
-from bridge.kafka.clients import client_kwargs, keyring
+from bridge.kafka.clients import client_kwargs, keyring, started, stopped
 from bridge.kafka.reading import read_topic
 from bridge.subscriptions.changes import (
     SECRET_BYTES,
@@ -49,25 +49,21 @@ class WebhookStore:
         self._producer: AIOKafkaProducer | None = None
 
     async def __aenter__(self) -> WebhookStore:
-        producer = AIOKafkaProducer(
-            **client_kwargs(self._settings),
-            acks="all",
-            linger_ms=0,
-            max_batch_size=1,  # one record per batch, however many requests write at once
-            enable_idempotence=False,
+        self._producer = await started(
+            AIOKafkaProducer(
+                **client_kwargs(self._settings),
+                acks="all",
+                linger_ms=0,
+                max_batch_size=1,  # one record per batch, however many requests write at once
+                enable_idempotence=False,
+            )
         )
-        try:
-            await producer.start()
-        except BaseException:
-            await producer.stop()  # a failed start leaves its client open otherwise
-            raise
-        self._producer = producer
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+            producer, self._producer = self._producer, None
+            await stopped(producer)
 
     async def put(self, webhook: Webhook) -> Webhook:
         """Write a webhook record (validated first; secrets encrypted when keys are configured).

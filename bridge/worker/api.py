@@ -73,7 +73,7 @@ from bridge.attempts.record import Attempt
 from bridge.attempts.wire import activity_to_dict
 from bridge.contract import jsoncanon
 from bridge.errors import InvalidRecord
-from bridge.kafka.clients import client_kwargs
+from bridge.kafka.clients import client_kwargs, started, stopped
 from bridge.subscriptions.store import WebhookStore
 from bridge.worker.delivery_log import Owner, OwnerUnavailable
 from bridge.worker.recovery_journal import (
@@ -514,14 +514,19 @@ async def api_application(bridge: Bridge) -> web.Application:
     )
     # One record per batch (recoveries record themselves at once): the recoveries topic is read
     # to its end offsets, which the embedded broker reports exactly only then.
-    producer = AIOKafkaProducer(
-        **client_kwargs(settings),
-        acks="all",
-        linger_ms=0,
-        max_batch_size=1,
-        enable_idempotence=False,
-    )
-    await producer.start()
+    try:
+        producer = await started(
+            AIOKafkaProducer(
+                **client_kwargs(settings),
+                acks="all",
+                linger_ms=0,
+                max_batch_size=1,
+                enable_idempotence=False,
+            )
+        )
+    except BaseException:
+        await store.__aexit__(None, None, None)
+        raise
     journal = KafkaRecoveryJournal(bridge.recoveries, producer, settings.recoveries_topic)
     recoveries = Recoveries(
         kafka_recovery_runner(settings, current=bridge.index.get),
@@ -605,8 +610,10 @@ async def api_application(bridge: Bridge) -> web.Application:
     app.on_shutdown.insert(0, stop_taking_over)
 
     async def close_store(app: web.Application) -> None:
-        await store.__aexit__(None, None, None)
-        await producer.stop()
+        try:
+            await store.__aexit__(None, None, None)
+        finally:
+            await stopped(producer)
 
     app.on_cleanup.append(close_store)
     return app

@@ -43,7 +43,14 @@ from bridge.http.base import DeliverySender
 from bridge.http.http1_sender import Http1Sender
 from bridge.http.httpx_sender import HttpxSender, new_client
 from bridge.http.ssrf import AddressPolicy
-from bridge.kafka.clients import address_policy, client_kwargs, faust_broker_kwargs, keyring
+from bridge.kafka.clients import (
+    address_policy,
+    client_kwargs,
+    faust_broker_kwargs,
+    keyring,
+    started,
+    stopped,
+)
 from bridge.kafka.outputs import KafkaOutputs
 from bridge.kafka.topics import declared_topics
 from bridge.metrics import INVALID_RECORD_REASONS, INVALID_STATUS_REASONS, Metrics
@@ -54,6 +61,7 @@ from bridge.subscriptions.store import WebhookStore
 from bridge.subscriptions.webhook import parse_webhook, webhook_key
 from bridge.worker.delivery_log import (
     AssignmentTable,
+    CountingAssignor,
     DeliveryLogReader,
     Owner,
     OwnerUnavailable,
@@ -142,8 +150,8 @@ class Bridge:
         self.change_locks = KeyedLocks()
         #: Whether an owner of a webhook was ever known (see :meth:`_has_owners`).
         self._owners_seen = False
-        #: Faust's count of rebalances begun when this worker applied its last assignment of
-        #: the attempts partitions (:meth:`assignment_settled`; ``-1``: none yet).
+        #: Faust's count of rebalances begun when the assignment of the attempts partitions
+        #: this worker applied last was received (:meth:`assignment_settled`; ``-1``: none).
         self._assignment_count = -1
         #: The disables of the webhooks this worker owns (with ``delivery_log``: owners exist).
         self.disables: DisableWriter | None = None
@@ -221,6 +229,7 @@ class Bridge:
             # simply processed again (same delivery ids) by the partition's next owner.
             stream_wait_empty=False,
             GlobalTable=_SubscriptionTable,
+            PartitionAssignor=CountingAssignor,
         )
         raw: dict[str, Any] = {
             "key_type": bytes,
@@ -343,7 +352,8 @@ class Bridge:
         """After a rebalance: read the attempts partitions this worker now owns, and write the
         disables of their webhooks that a former owner may not have written."""
         assert self.delivery_log is not None
-        self._assignment_count = self.app.rebalancing_count
+        assignor: Any = self.app.assignor  # a CountingAssignor (_build_app)
+        self._assignment_count = assignor.received_at
         self.delivery_log.assign(partitions)
         # The assignor took the owners of every partition from the same assignment (in Faust's
         # consumer thread, just before this is called on the event loop): look at them again.
@@ -367,11 +377,12 @@ class Bridge:
         return Owner(webhook_id, partition, url, url == self.settings.canonical_url)
 
     def assignment_settled(self) -> bool:
-        """No rebalance has begun since this worker applied its last assignment. Faust counts
-        rebalances as they begin, when the consumer gives up its partitions (in its thread,
-        before it joins the group again); the group's consumers give up all of theirs (Kafka's
-        eager protocol, the one aiokafka speaks) before any of them receives the next
-        assignment. So two workers never both see one partition as theirs with this true; a
+        """This worker has applied an assignment and no rebalance has begun since it was
+        received. Faust counts rebalances as they begin, when the consumer gives up its
+        partitions (in its thread, before it joins the group again; :class:`CountingAssignor`
+        notes the count as each assignment arrives); the group's consumers give up all of
+        theirs (Kafka's eager protocol, the one aiokafka speaks) before any of them receives the
+        next assignment. So two workers never both see one partition as theirs with this true; a
         worker that has left the group without knowing it (paused past its session timeout) is
         not covered."""
         return self._assignment_count == self.app.rebalancing_count
@@ -664,8 +675,7 @@ class Bridge:
         async with self._offsets_lock:
             if self._offsets_consumer is None:
                 consumer = AIOKafkaConsumer(**client_kwargs(self.settings), group_id=None)
-                await consumer.start()
-                self._offsets_consumer = consumer
+                self._offsets_consumer = await started(consumer)
             return self._offsets_consumer
 
     def _source_ends(self) -> dict[tuple[str, int], int]:
@@ -777,8 +787,8 @@ class Bridge:
             await self._store.__aexit__(None, None, None)
             self._store = None
         if self._offsets_consumer is not None:
-            await self._offsets_consumer.stop()
-            self._offsets_consumer = None
+            consumer, self._offsets_consumer = self._offsets_consumer, None
+            await stopped(consumer)
         for session in (self._http, self._http_fresh):
             if session is not None:
                 await session.close()

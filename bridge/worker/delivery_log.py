@@ -36,16 +36,19 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
 from aiokafka.partitioner import DefaultPartitioner
+from faust.assignor import PartitionAssignor
 from faust.tables.table import Table
 from mode import Service
 
 from bridge.attempts.record import Attempt
 from bridge.attempts.stores import Checkpoint, DeliveryLogStore
 from bridge.errors import InvalidRecord
+from bridge.kafka.clients import started, stopped
 
 __all__ = [
     "NEVER_READ",
     "AssignmentTable",
+    "CountingAssignor",
     "DeliveryLogReader",
     "Owner",
     "OwnerUnavailable",
@@ -95,6 +98,22 @@ class AssignmentTable(Table):  # type: ignore[type-arg]  # faust: Table[KT, VT]
         topic = self._changelog_topic_name()
         if self.on_assigned is not None:
             self.on_assigned({tp.partition for tp in assigned if tp.topic == topic})
+
+
+class CountingAssignor(PartitionAssignor):
+    """Faust's assignor, noting how many rebalances Faust had counted as begun
+    (``app.rebalancing_count``, counted as the consumer gives up its partitions) when this
+    member received its assignment: in Faust's consumer thread, after that rebalance's start
+    and before the assignment reaches the tables on the event loop. An assignment is current
+    while no rebalance has begun since (``Bridge.assignment_settled``), which a count read later,
+    on the event loop, could not tell: a rebalance may begin meanwhile."""
+
+    #: ``app.rebalancing_count`` when the last assignment was received (``-1``: none yet).
+    received_at: int = -1
+
+    def on_assignment(self, assignment: Any) -> None:
+        super().on_assignment(assignment)
+        self.received_at = self.app.rebalancing_count
 
 
 @dataclass(frozen=True)
@@ -488,8 +507,7 @@ class DeliveryLogReader(Service):
 
     @Service.task
     async def _read(self) -> None:
-        consumer = self._consumer_factory()
-        await consumer.start()
+        consumer = await started(self._consumer_factory())
         self._consumer = consumer
         swept = self._clock()
         try:
@@ -531,6 +549,6 @@ class DeliveryLogReader(Service):
         finally:
             self._consumer = None
             try:
-                await consumer.stop()
+                await stopped(consumer)
             finally:
                 self.store.close()

@@ -1,15 +1,29 @@
-"""Kafka client arguments built from settings (security passes through to real clusters)."""
+"""Kafka client arguments built from settings (security passes through to real clusters), and
+clients started and stopped to the end whatever interrupts them."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+from datetime import UTC, datetime
+from typing import Any
 
 import faust
 import pytest
+from aiokafka.errors import KafkaConnectionError
 
+from bridge.admin import recovery
 from bridge.config import Settings
 from bridge.errors import ConfigError
-from bridge.kafka.clients import address_policy, client_kwargs, faust_broker_kwargs, keyring
+from bridge.kafka.clients import (
+    address_policy,
+    client_kwargs,
+    faust_broker_kwargs,
+    keyring,
+    started,
+    stopped,
+)
+from bridge.subscriptions.webhook import Webhook
 
 
 def test_plaintext() -> None:
@@ -72,3 +86,79 @@ def test_address_policy_and_keyring_follow_the_settings() -> None:
     assert keyring(settings) is None
     off = address_policy(settings.replace(ssrf_guard=False))
     assert off.check(ipaddress.ip_address("127.0.0.1")) is None
+
+
+class Client:
+    """A Kafka client whose start fails, is cancelled or succeeds; its stop takes a moment."""
+
+    def __init__(self, start: BaseException | None = None) -> None:
+        self.failure = start
+        self.calls: list[str] = []
+
+    async def start(self) -> None:
+        self.calls.append("start")
+        if self.failure is not None:
+            raise self.failure
+
+    async def stop(self) -> None:
+        self.calls.append("stop")
+        await asyncio.sleep(0.01)
+        self.calls.append("stopped")
+
+
+@pytest.mark.parametrize(
+    "failure", [KafkaConnectionError("no broker"), asyncio.CancelledError()], ids=repr
+)
+async def test_a_client_whose_start_fails_or_is_cancelled_is_stopped(
+    failure: BaseException,
+) -> None:
+    client = Client(failure)
+    with pytest.raises(type(failure)):
+        await started(client)
+    assert client.calls == ["start", "stop", "stopped"]
+    assert await started(ok := Client()) is ok and ok.calls == ["start"]
+
+
+async def test_a_stop_goes_on_to_its_end_when_its_task_is_cancelled() -> None:
+    client = Client()
+    task = asyncio.ensure_future(stopped(client))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert client.calls == ["stop", "stopped"]
+
+
+async def test_a_recovery_stops_its_producer_when_its_consumer_does_not_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A recovery released as it starts (its worker stops): the producer it started is stopped,
+    not left to warn when it is collected."""
+    made: list[Client] = []
+
+    def client(failure: BaseException | None) -> Any:
+        def make(**kwargs: Any) -> Client:
+            made.append(Client(failure))
+            return made[-1]
+
+        return make
+
+    monkeypatch.setattr(recovery, "AIOKafkaProducer", client(None))
+    monkeypatch.setattr(recovery, "AIOKafkaConsumer", client(asyncio.CancelledError()))
+    settings = Settings.load(env={}, overrides={"kafka_bootstrap_servers": "127.0.0.1:1"})
+    request = recovery.RecoveryRequest(
+        webhook=Webhook(
+            id="wh",
+            name="wh",
+            url="https://hooks.example/wh",
+            secret="s" * 32,
+            events=frozenset({"*"}),
+            site_id="s1",
+            user_id="u1",
+        ),
+        since=datetime(2026, 1, 1, tzinfo=UTC),
+        until=datetime(2026, 1, 2, tzinfo=UTC),
+    )
+    with pytest.raises(asyncio.CancelledError):
+        await recovery.recover(settings, recovery.Operation(request))
+    assert [c.calls for c in made] == [["start", "stop", "stopped"]] * 2

@@ -60,7 +60,9 @@ def assign(bridge: Bridge, owners: dict[str, list[int]]) -> None:
     """A new assignment: Faust's assignor learns every owner (URL: partitions), then the
     attempts table tells the bridge which partitions are its own."""
     topic = bridge.settings.attempts_topic
-    bridge.app.assignor = FakeAssignor({url: {topic: p} for url, p in owners.items()})  # type: ignore[assignment]
+    bridge.app.assignor = FakeAssignor(  # type: ignore[assignment]
+        {url: {topic: p} for url, p in owners.items()}, received_at=bridge.app.rebalancing_count
+    )
     bridge._attempts_assigned(set(owners.get(bridge.settings.canonical_url, ())))
 
 

@@ -106,9 +106,19 @@ def bridge(tmp_path: Path) -> Iterator[Bridge]:
 
 
 class FakeAssignor:
-    def __init__(self, hosts: dict[str, dict[str, list[int]]], *, as_table: bool = True) -> None:
+    """The owners of an assignment, received when Faust had counted ``received_at``
+    rebalances as begun (as :class:`~bridge.worker.delivery_log.CountingAssignor` notes)."""
+
+    def __init__(
+        self,
+        hosts: dict[str, dict[str, list[int]]],
+        *,
+        as_table: bool = True,
+        received_at: int = 0,
+    ) -> None:
         self.hosts = hosts
         self.as_table = as_table
+        self.received_at = received_at
 
     def table_metadata(self, topic: str) -> Any:
         return self.hosts if self.as_table else {}
@@ -123,7 +133,9 @@ def owners(bridge: Bridge, mine: list[int], theirs: list[int], *, as_table: bool
         "http://127.0.0.1:7001": {topic: mine},
         "http://127.0.0.1:7002": {topic: theirs},
     }
-    bridge.app.assignor = FakeAssignor(hosts, as_table=as_table)  # type: ignore[assignment]
+    bridge.app.assignor = FakeAssignor(  # type: ignore[assignment]
+        hosts, as_table=as_table, received_at=bridge.app.rebalancing_count
+    )
 
 
 def test_owner_is_found_in_the_assignment(bridge: Bridge) -> None:
@@ -152,8 +164,25 @@ def test_no_worker_owns_a_webhook_for_a_change_from_a_rebalance_s_start_to_its_a
     unsettled = bridge.owner("wh", settled=True)
     assert (unsettled.url, unsettled.local) == (None, False)
     assert not bridge._owns_log_of("wh")
+    owners(bridge, [p], [q for q in range(6) if q != p])  # the next assignment received
     bridge._attempts_assigned({p})
     assert bridge.owner("wh", settled=True).local and bridge._owns_log_of("wh")
+
+
+def test_an_assignment_the_next_rebalance_overtook_on_its_way_to_the_tables_is_not_settled(
+    bridge: Bridge,
+) -> None:
+    """Faust's consumer thread receives an assignment, and the next rebalance begins there
+    before the event loop applies it: the owners it names may have moved already."""
+    p = attempts_partition("wh", 6)
+    owners(bridge, [p], [q for q in range(6) if q != p])
+    bridge.app.on_rebalance_start()
+    bridge._attempts_assigned({p})
+    assert not bridge.assignment_settled()
+    assert bridge.owner("wh", settled=True).url is None and not bridge._owns_log_of("wh")
+    owners(bridge, [p], [q for q in range(6) if q != p])  # the next one received
+    bridge._attempts_assigned({p})
+    assert bridge.assignment_settled() and bridge.owner("wh", settled=True).local
 
 
 def test_owners_are_found_when_the_leader_has_no_attempts_table(bridge: Bridge) -> None:
