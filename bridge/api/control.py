@@ -19,7 +19,7 @@ import dataclasses
 import itertools
 import time
 from collections.abc import AsyncGenerator, Callable
-from contextlib import AbstractAsyncContextManager, aclosing, nullcontext
+from contextlib import aclosing, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -412,27 +412,29 @@ class ControlService:
         if webhook is None:
             raise Problem("conflict", "the delivery's webhook was deleted")
         principal.check(webhook)
+        since = datetime.fromtimestamp(redelivery_since(first, self._lookback), UTC)
+        until = datetime.fromtimestamp(first.at_seconds + 1, UTC)
+        request = RecoveryRequest(webhook, since, until, delivery_id=delivery_id)
         target = f"redeliver:{webhook.id}:{webhook.created_at}:{delivery_id}"
-        async with self._one_start(change, target):
+        return await self._start_once(request, change, target)
+
+    async def _start_once(
+        self, request: RecoveryRequest, change: KeyedChange | None, target: str
+    ) -> Started:
+        """The operation ``change``'s key started for ``target`` (replayed), if any; else
+        ``request`` started now (``409`` when its webhook is not active). Looked up and started
+        under one lock per operation id: two requests with one key at once start one (the
+        second finds the first's, which is recorded, and looked for, with awaits between)."""
+        locked = (
+            nullcontext() if change is None else self._starting.hold(change.operation_id(target))
+        )
+        async with locked:
             replayed = await self._started(change, target)
             if replayed is not None:
                 return replayed
-            if not webhook.active:
+            if not request.webhook.active:
                 raise Problem("conflict", "the webhook is not active: nothing would be sent")
-            since = datetime.fromtimestamp(redelivery_since(first, self._lookback), UTC)
-            until = datetime.fromtimestamp(first.at_seconds + 1, UTC)
-            request = RecoveryRequest(webhook, since, until, delivery_id=delivery_id)
             return await self._start(request, change, target)
-
-    def _one_start(
-        self, change: KeyedChange | None, target: str
-    ) -> AbstractAsyncContextManager[None]:
-        """Held from looking for the operation ``change``'s key started for ``target`` until it
-        is started: two requests with one key at once start one (the second finds the first's,
-        which is recorded, and looked for, with awaits between)."""
-        if change is None:
-            return nullcontext()
-        return self._starting.hold(change.operation_id(target))
 
     async def _started(self, change: KeyedChange | None, target: str) -> Started | None:
         """The operation ``change``'s key started for ``target`` (``replayed``), if any;
@@ -476,16 +478,9 @@ class ControlService:
         if whole_milliseconds(end) <= whole_milliseconds(since):  # as the request keeps them
             field = "until" if until is not None else "since"
             raise Problem.invalid(FieldError(field, "range", "since must be before until"))
+        request = RecoveryRequest(webhook, since, end, rate=DEFAULT_RATE if rate is None else rate)
         target = f"recover:{webhook.id}:{webhook.created_at}"
-        async with self._one_start(change, target):
-            replayed = await self._started(change, target)
-            if replayed is not None:
-                return replayed
-            if not webhook.active:
-                raise Problem("conflict", "the webhook is not active: nothing would be sent")
-            rate = DEFAULT_RATE if rate is None else rate
-            request = RecoveryRequest(webhook, since, end, rate=rate)
-            return await self._start(request, change, target)
+        return await self._start_once(request, change, target)
 
     async def _known(self, operation_id: str) -> Operation | None:
         """An operation this process runs or ran, else as the journal last recorded it (of its

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from datetime import UTC, datetime
 from typing import Any
 
 import faust
@@ -23,7 +22,7 @@ from bridge.kafka.clients import (
     started,
     stopped,
 )
-from bridge.subscriptions.webhook import Webhook
+from tests.unit.admin.test_recovery import request
 
 
 def test_plaintext() -> None:
@@ -146,19 +145,6 @@ async def test_a_recovery_stops_its_producer_when_its_consumer_does_not_start(
     monkeypatch.setattr(recovery, "AIOKafkaProducer", client(None))
     monkeypatch.setattr(recovery, "AIOKafkaConsumer", client(asyncio.CancelledError()))
     settings = Settings.load(env={}, overrides={"kafka_bootstrap_servers": "127.0.0.1:1"})
-    request = recovery.RecoveryRequest(
-        webhook=Webhook(
-            id="wh",
-            name="wh",
-            url="https://hooks.example/wh",
-            secret="s" * 32,
-            events=frozenset({"*"}),
-            site_id="s1",
-            user_id="u1",
-        ),
-        since=datetime(2026, 1, 1, tzinfo=UTC),
-        until=datetime(2026, 1, 2, tzinfo=UTC),
-    )
     with pytest.raises(asyncio.CancelledError):
-        await recovery.recover(settings, recovery.Operation(request))
+        await recovery.recover(settings, recovery.Operation(request()))
     assert [c.calls for c in made] == [["start", "stop", "stopped"]] * 2
