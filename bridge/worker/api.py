@@ -296,8 +296,9 @@ class _Relay:
         webhook_id = await _changed_webhook(request, self._max_bytes, self._tokens)
         path_qs = request.rel_url.path_qs
         if webhook_id is None and (request.method, route_template(request)) == _REDELIVER:
-            # A relayed one is answered here if this worker owns the webhook it names.
-            webhook_id = await self._redelivered_webhook(request, look_up=not relayed)
+            # A relayed one names its webhook, and is answered here only if this worker owns it
+            # (one without, which no worker relays, is looked up as any other).
+            webhook_id = await self._redelivered_webhook(request)
             if webhook_id is not None:  # its owner reads that webhook's log alone
                 path_qs = request.rel_url.update_query(webhook_id=webhook_id).path_qs
         if webhook_id is None or self._bridge.owner(webhook_id, settled=True).local:
@@ -324,12 +325,12 @@ class _Relay:
             return response
         return found
 
-    async def _redelivered_webhook(self, request: web.Request, *, look_up: bool) -> str | None:
-        """The webhook a redelivery names, else (``look_up``) that of its delivery, from the
-        owners' logs; ``None`` when the request is invalid, the delivery is not found or its
-        webhook is gone (answered here: ``400``, ``404``, ``409``). ``503`` when an owner is
-        unknown or does not answer within the hold: answered here, the redelivery could start
-        where its webhook is not owned."""
+    async def _redelivered_webhook(self, request: web.Request) -> str | None:
+        """The webhook a redelivery names, else that of its delivery, from the owners' logs;
+        ``None`` when the request is invalid, the delivery is not found or its webhook is gone
+        (answered here: ``400``, ``404``, ``409``). ``503`` when an owner is unknown or does not
+        answer within the hold: answered here, the redelivery could start where its webhook is
+        not owned."""
         authorization = request.headers.get("Authorization")
         # Refused here what the owner would refuse, before any owner is asked.
         self._tokens.authenticate(authorization).require("write")
@@ -337,7 +338,7 @@ class _Relay:
             delivery, named = redelivery_target(request)
         except Problem:
             return None
-        if named is not None or not look_up:
+        if named is not None:
             return named
         try:
             attempts = await self._bridge.delivery_for(

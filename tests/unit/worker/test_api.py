@@ -33,6 +33,7 @@ from bridge.worker.settling import HOLD_HEADER
 from tests.support.api import LOG_AUTH, write_token_file
 from tests.support.waiting import PROMPT, eventually
 from tests.support.workers import offline_bridge
+from tests.unit.api.conftest import attempt
 from tests.unit.worker.test_delivery_log import (
     Assigned,
     FakeAssignor,
@@ -503,3 +504,57 @@ async def _change_under_assignments(
         assert not peer.relayed  # never relayed a second time
     if peer.relayed:
         assert peer.relayed[0][RELAYED_BY] == bridge.settings.canonical_url
+
+
+async def test_a_redelivery_goes_to_the_owner_of_its_delivery_s_webhook(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sent to another worker: the delivery's webhook is looked up in the owners' logs and the
+    request relayed to its owner, naming it; one forged as relayed without naming it is looked
+    up too, and never started here; a delivery no log keeps is answered here (a 404)."""
+    made: list[str] = []
+    relayed: list[str] = []
+
+    async def redeliver(request: web.Request) -> web.Response:
+        made.append(request.rel_url.path_qs)
+        return web.json_response({"made_by": "here"}, status=202)
+
+    async def owner_redeliver(request: web.Request) -> web.Response:
+        relayed.append(request.rel_url.path_qs)
+        return web.json_response({"made_by": "peer"}, status=202)
+
+    owner = web.Application()
+    owner.router.add_post("/v1/deliveries/{delivery_id}/redeliver", owner_redeliver)
+    webhook = Webhook(
+        id="wh", name="n", url="https://example.com/h", secret="s" * 16,
+        events=frozenset({"*"}), site_id="s1", user_id="u1",
+    )  # fmt: skip
+    kept = {"d1": [attempt("d1", 1, webhook_id="wh")]}
+    asked: list[str] = []
+
+    async def delivery_for(delivery_id: str, **kwargs: Any) -> list[Any]:
+        asked.append(delivery_id)
+        return kept.get(delivery_id, [])
+
+    monkeypatch.setattr(bridge, "delivery_for", delivery_for)
+    monkeypatch.setattr(bridge.index, "get", lambda webhook_id: webhook)
+    app = relaying_app(bridge, redeliver, 0.3)
+    app.router.add_post("/v1/deliveries/{delivery_id}/redeliver", redeliver)
+    async with TestServer(owner, host="127.0.0.1") as peer_server:
+        peer_url = str(peer_server.make_url("")).rstrip("/")
+        p = attempts_partition("wh", 6)
+        assign(bridge, {bridge.settings.canonical_url: others(p), peer_url: [p]})
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            path = "/v1/deliveries/d1/redeliver"
+            answer = await client.post(path, headers=LOG_AUTH)
+            assert answer.status == 202 and await answer.json() == {"made_by": "peer"}
+            assert relayed == [f"{path}?webhook_id=wh"] and asked == ["d1"] and not made
+            forged = await client.post(path, headers={**LOG_AUTH, RELAYED_BY: peer_url})
+            assert forged.status == 503 and not made and len(relayed) == 1
+            named = await client.post(f"{path}?webhook_id=wh", headers=LOG_AUTH)
+            assert named.status == 202 and relayed[-1] == f"{path}?webhook_id=wh"
+            assert asked == ["d1", "d1"]  # named: no lookup
+            unknown = await client.post("/v1/deliveries/d2/redeliver", headers=LOG_AUTH)
+            assert unknown.status == 202 and made == ["/v1/deliveries/d2/redeliver"]
+            stranger = await client.post(path)
+            assert stranger.status == 401 and asked == ["d1", "d1", "d2"]
