@@ -95,6 +95,8 @@ class Recoveries:
         #: Operations whose stopped task settled and recorded them itself (``_stopped`` then
         #: has nothing to add).
         self._settled_on_stop: set[str] = set()
+        #: :meth:`close` began: nothing more is started here.
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"Recoveries({len(self._tasks)} running)"
@@ -114,6 +116,7 @@ class Recoveries:
         recorded, with a journal, before this returns). With ``max_running`` operations running
         here already, a ``429`` (resumed operations, taken over from a stopped process, are
         run whatever their number: they were accepted)."""
+        self._refuse_when_closed()
         if self._max_running is not None and self.running >= self._max_running:
             raise Problem(
                 "too_many_requests",
@@ -128,16 +131,34 @@ class Recoveries:
     async def resume(self, operation: Operation) -> Operation:
         """Run on an operation another process released or left (it reads on from its
         recorded positions); recorded with this process as its runner before this returns."""
+        self._refuse_when_closed()
         operation.resumed += 1
         return await self._launch(operation)
 
     def running_here(self, operation_id: str) -> bool:
         return operation_id in self._tasks
 
+    def _refuse_when_closed(self) -> None:
+        if self._closed:
+            raise Problem(
+                "unavailable",
+                "this worker is stopping; another one takes the request",
+                headers={"Retry-After": "1"},  # as soon as the group has moved its webhooks
+            )
+
     async def _launch(self, operation: Operation) -> Operation:
         operation.runner = self._url
         self._operations.add(operation)
         await self._record(operation)
+        if self._closed:
+            # close() began while it was recorded: stopped as close() stops those running
+            # (released, with a journal, for the next owner to resume), never run here.
+            if self._journal is not None:
+                self._releasing.add(operation.id)
+            else:
+                operation.cancel()
+            await self._stopped(operation)
+            return operation
         self._tasks[operation.id] = asyncio.create_task(
             self._run(operation), name=f"recovery-{operation.id}"
         )
@@ -274,7 +295,9 @@ class Recoveries:
 
     async def close(self) -> None:
         """Stop every running operation and wait for them to stop (application shutdown):
-        released for another process to resume with a journal, else cancelled."""
+        released for another process to resume with a journal, else cancelled. Nothing is
+        started after it begins (``503``)."""
+        self._closed = True
         tasks = list(self._tasks.items())
         for operation_id, task in tasks:
             operation = self._operations.get(operation_id)

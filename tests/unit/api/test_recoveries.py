@@ -4,7 +4,9 @@ cancelled) when the process stops; resumed with this process as the runner."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -189,3 +191,59 @@ async def test_a_webhooks_operations_are_read_from_the_journal_but_those_running
     await eventually(lambda: not recoveries.running_here(here.id), timeout=5)
     found = {o.id: o for o in await recoveries.of_webhook(WEBHOOK)}
     assert found[here.id] is not here and found[here.id].state == "done"
+
+
+class _GatedJournal(Journal):
+    """A journal whose writes wait until ``go`` is set (the broker's acknowledgement)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+        self.go.set()
+
+    async def write(self, record: dict[str, Any]) -> None:
+        await self.go.wait()
+        await super().write(record)
+
+
+@pytest.mark.parametrize("journaled", [True, False], ids=["journal", "no journal"])
+async def test_nothing_runs_past_close(journaled: bool) -> None:
+    """A stopping worker starts nothing more: a start or resume after close is 503; one that
+    close overtook while it was being recorded is released (with a journal: the next owner
+    resumes it) or cancelled, and never runs once close has returned."""
+    journal = _GatedJournal() if journaled else None
+    ran: list[str] = []
+
+    async def runner(operation: Operation) -> Operation:
+        ran.append(operation.id)
+        await asyncio.Event().wait()
+        return operation
+
+    recoveries = Recoveries(runner, journal=journal, url=URL)
+    if journal is not None:
+        journal.go.clear()
+    starting = asyncio.ensure_future(recoveries.start(request()))
+    await asyncio.sleep(0)
+    await recoveries.close()
+    if journal is not None:
+        journal.go.set()
+    overtaken = await starting
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert ran == [] and recoveries.running == 0
+    if journal is not None:
+        assert [(r["state"], r["runner"]) for r in journal.records] == [
+            ("running", URL),
+            ("running", None),
+        ]
+    else:
+        assert overtaken.state == "cancelled"
+    late: list[Callable[[], Awaitable[Operation]]] = [
+        lambda: recoveries.start(request()),
+        lambda: recoveries.resume(Operation(request())),
+    ]
+    for attempt in late:
+        with pytest.raises(Problem) as refused:
+            await attempt()
+        assert refused.value.status == 503 and refused.value.headers["Retry-After"]
+    assert ran == []
