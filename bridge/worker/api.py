@@ -300,7 +300,9 @@ class _Relay:
             # (one without, which no worker relays, is looked up as any other).
             webhook_id = await self._redelivered_webhook(request)
             if webhook_id is not None:  # its owner reads that webhook's log alone
-                path_qs = request.rel_url.update_query(webhook_id=webhook_id).path_qs
+                named = request.rel_url.update_query(webhook_id=webhook_id)
+                path_qs = named.path_qs
+                request = request.clone(rel_url=named)
         if webhook_id is None or self._bridge.owner(webhook_id, settled=True).local:
             response = await handler(request)
             return response

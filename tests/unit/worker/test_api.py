@@ -558,3 +558,8 @@ async def test_a_redelivery_goes_to_the_owner_of_its_delivery_s_webhook(
             assert unknown.status == 202 and made == ["/v1/deliveries/d2/redeliver"]
             stranger = await client.post(path)
             assert stranger.status == 401 and asked == ["d1", "d1", "d2"]
+            # Owned here: made here, in that webhook's log alone (not every owner's again).
+            assign(bridge, {bridge.settings.canonical_url: list(range(6)), peer_url: []})
+            here = await client.post(path, headers=LOG_AUTH)
+            assert here.status == 202 and made[-1] == f"{path}?webhook_id=wh"
+            assert asked == ["d1", "d1", "d2", "d1"] and len(relayed) == 2
