@@ -640,8 +640,8 @@ def _operation(
                 "Not answered in time, the webhooks table could not be shown current, or the "
                 "owner of the webhook or its delivery log was not known or not ready within the "
                 "hold of a rebalance (a request that needs it waits, at most the smaller of 5 s "
-                "and half the request timeout, for the assignment to settle): retry after "
-                "Retry-After seconds."
+                "and half the request timeout, for the assignment to settle), or a recovery or "
+                "redelivery reached a worker that is stopping: retry after Retry-After seconds."
             ),
         },
     }
