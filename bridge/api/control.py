@@ -237,7 +237,7 @@ class ControlService:
         self._dead_letters = dead_letters
         self._lookback = redeliver_lookback
         self._clock = clock
-        #: A lock per keyed operation being started (:meth:`_one_start`).
+        #: A lock per keyed operation being started (:meth:`_start_once`).
         self._starting = KeyedLocks()
 
     def __repr__(self) -> str:

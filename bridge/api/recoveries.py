@@ -151,12 +151,9 @@ class Recoveries:
         self._operations.add(operation)
         await self._record(operation)
         if self._closed:
-            # close() began while it was recorded: stopped as close() stops those running
-            # (released, with a journal, for the next owner to resume), never run here.
-            if self._journal is not None:
-                self._releasing.add(operation.id)
-            else:
-                operation.cancel()
+            # close() began while it was recorded: stopped as close() stops those running,
+            # never run here.
+            self._give_up(operation.id, operation)
             await self._stopped(operation)
             return operation
         self._tasks[operation.id] = asyncio.create_task(
@@ -293,6 +290,14 @@ class Recoveries:
                 operation.finished_at = self._clock()
         await self._record(operation)
 
+    def _give_up(self, operation_id: str, operation: Operation | None) -> None:
+        """Mark an operation this process stops running as it shuts down: released for another
+        process to resume, with a journal; else cancelled."""
+        if self._journal is not None:
+            self._releasing.add(operation_id)
+        elif operation is not None:
+            operation.cancel()
+
     async def close(self) -> None:
         """Stop every running operation and wait for them to stop (application shutdown):
         released for another process to resume with a journal, else cancelled. Nothing is
@@ -300,11 +305,7 @@ class Recoveries:
         self._closed = True
         tasks = list(self._tasks.items())
         for operation_id, task in tasks:
-            operation = self._operations.get(operation_id)
-            if self._journal is not None:
-                self._releasing.add(operation_id)
-            elif operation is not None:
-                operation.cancel()
+            self._give_up(operation_id, self._operations.get(operation_id))
             task.cancel()
         if tasks:
             await asyncio.wait([task for _, task in tasks])

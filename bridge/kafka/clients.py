@@ -42,7 +42,8 @@ for _name in RECORD_DUMPING_LOGGERS:
 
 
 class KafkaClient(Protocol):
-    """What aiokafka's producers, consumers and admin clients have in common here."""
+    """What aiokafka's producers and consumers have in common here (its admin client closes
+    with ``close()`` instead)."""
 
     async def start(self) -> None: ...
 

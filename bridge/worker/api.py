@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from contextlib import AsyncExitStack
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -492,7 +493,7 @@ class _Internal:
 
 async def api_application(bridge: Bridge) -> web.Application:
     """``/v1`` (and the internal routes of the delivery log) for ``bridge``'s web server; the
-    webhook store it opens is closed with the application."""
+    webhook store and the recoveries' producer it opens are closed with the application."""
     from bridge.admin.publish import send_test_event
     from bridge.http.ssrf import check_url
     from bridge.kafka.clients import address_policy
@@ -500,7 +501,21 @@ async def api_application(bridge: Bridge) -> web.Application:
     settings = bridge.settings
     assert settings.api_tokens is not None
     tokens = TokenSet.from_file(settings.api_tokens)
-    store = await WebhookStore(settings).__aenter__()
+    async with AsyncExitStack() as opened:  # closed with the application (close_clients)
+        store = await opened.enter_async_context(WebhookStore(settings))
+        # One record per batch (recoveries record themselves at once): the recoveries topic is
+        # read to its end offsets, which the embedded broker reports exactly only then.
+        producer = await started(
+            AIOKafkaProducer(
+                **client_kwargs(settings),
+                acks="all",
+                linger_ms=0,
+                max_batch_size=1,
+                enable_idempotence=False,
+            )
+        )
+        opened.push_async_callback(stopped, producer)
+        clients = opened.pop_all()
     repository = TableRepository(bridge.index, bridge.freshness, store)
     service = WebhookService(
         repository,
@@ -515,21 +530,6 @@ async def api_application(bridge: Bridge) -> web.Application:
         if bridge.delivery_log is not None
         else KafkaActivitySource(settings)
     )
-    # One record per batch (recoveries record themselves at once): the recoveries topic is read
-    # to its end offsets, which the embedded broker reports exactly only then.
-    try:
-        producer = await started(
-            AIOKafkaProducer(
-                **client_kwargs(settings),
-                acks="all",
-                linger_ms=0,
-                max_batch_size=1,
-                enable_idempotence=False,
-            )
-        )
-    except BaseException:
-        await store.__aexit__(None, None, None)
-        raise
     journal = KafkaRecoveryJournal(bridge.recoveries, producer, settings.recoveries_topic)
     recoveries = Recoveries(
         kafka_recovery_runner(settings, current=bridge.index.get),
@@ -612,11 +612,8 @@ async def api_application(bridge: Bridge) -> web.Application:
 
     app.on_shutdown.insert(0, stop_taking_over)
 
-    async def close_store(app: web.Application) -> None:
-        try:
-            await store.__aexit__(None, None, None)
-        finally:
-            await stopped(producer)
+    async def close_clients(app: web.Application) -> None:
+        await clients.aclose()
 
-    app.on_cleanup.append(close_store)
+    app.on_cleanup.append(close_clients)
     return app

@@ -366,9 +366,9 @@ class Bridge:
         """Which worker holds ``webhook_id``'s log, from the assignment every member gets.
 
         ``settled``: for what one worker at a time may do (a change of the webhook, a recovery,
-        taking one over): none while a rebalance that began since this worker applied its last
-        assignment goes on (:meth:`assignment_settled`), as the assignment this worker read
-        may have given the partition to another worker already."""
+        taking one over): none unless :meth:`assignment_settled` (no rebalance has begun since
+        the assignment this worker applied last was received), as a newer assignment may have
+        given the partition to another worker already."""
         topic = self.settings.attempts_topic
         partition = attempts_partition(webhook_id, self._partitions[topic])
         url = self._owners().get(partition)
