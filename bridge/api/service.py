@@ -326,8 +326,12 @@ class WebhookService:
             )
         return webhook
 
-    async def _put(self, webhook: Webhook) -> None:
-        await self._repository.put(webhook)
+    async def _put(self, webhook: Webhook, *, fenced: bool = True) -> None:
+        """Write ``webhook`` (its lock held), unless this process may not write it now
+        (:class:`~bridge.subscriptions.serial.NotWritable`: a worker that gave its webhooks up
+        since the change was taken). ``fenced=False``: an id generated for it here."""
+        async with self._locks.writing(webhook.id, fenced=fenced):
+            await self._repository.put(webhook)
         self._locks.wrote(webhook.id, webhook)
 
     async def _existing(self, webhook_id: str, principal: Principal) -> Webhook:
@@ -376,6 +380,8 @@ class WebhookService:
         if errors:
             raise Problem.invalid(*errors)
         principal.check_scope(body.get("site_id"), body.get("user_id"))
+        # An id generated here (no client-chosen id, no key) is no other request's to race.
+        generated = not body.get("id") and key is None
         if body.get("id"):
             webhook_id = body["id"]
         elif key is not None:
@@ -427,7 +433,7 @@ class WebhookService:
             if change is not None:
                 change.record(record, None, now=self._now())
             webhook = _from_record(record, check_url=self._check_url)
-            await self._put(webhook)
+            await self._put(webhook, fenced=not generated)
             return Created(webhook, created=True)
 
     def _repeat_shows(self, existing: Webhook, principal: Principal) -> bool:
@@ -494,7 +500,8 @@ class WebhookService:
         async with self._locked(webhook_id):
             current = await self._existing(webhook_id, principal)
             _if_match(if_match, current)
-            await self._repository.delete(webhook_id)
+            async with self._locks.writing(webhook_id):
+                await self._repository.delete(webhook_id)
             self._locks.deleted(webhook_id, format_timestamp(self._clock()))
 
     async def rotate_secret(

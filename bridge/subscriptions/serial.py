@@ -1,5 +1,9 @@
-"""One change of a webhook at a time in this process: a lock per webhook id, and the version
-this process last wrote of each, to tell a table that has not applied that write yet."""
+"""One change of a webhook at a time in this process: a lock per webhook id, the version this
+process last wrote of each, to tell a table that has not applied that write yet, and the fence
+each write passes (:meth:`KeyedLocks.writing`): made only while the process may write that
+webhook (in a worker with the delivery log, while it owns it), and counted while it is under
+way, so that a worker giving its partitions up can wait for the writes it let through
+(:meth:`KeyedLocks.drained`)."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from contextlib import asynccontextmanager
 from bridge.contract.events import parse_time
 from bridge.subscriptions.webhook import Webhook
 
-__all__ = ["MAX_WRITES_KEPT", "WRITE_SEEN_TIMEOUT", "KeyedLocks"]
+__all__ = ["MAX_WRITES_KEPT", "WRITE_SEEN_TIMEOUT", "KeyedLocks", "NotWritable"]
 
 #: The last writes kept (the oldest forgotten first): a table applies a write within a fetch.
 MAX_WRITES_KEPT = 10_000
@@ -18,12 +22,26 @@ MAX_WRITES_KEPT = 10_000
 WRITE_SEEN_TIMEOUT = 5.0
 
 
+class NotWritable(Exception):
+    """This process may not write the webhook now (:meth:`KeyedLocks.writing`): nothing was
+    written, so the change may be made where it may, once that is known."""
+
+
 class KeyedLocks:
     """A lock per key, made when first wanted and dropped when no one holds or awaits it (so
     made-up ids leave nothing behind). The API's changes of a webhook and the bridge's disable
-    of it take the same one (:mod:`bridge.worker.disables`)."""
+    of it take the same one (:mod:`bridge.worker.disables`).
 
-    def __init__(self) -> None:
+    ``may_write(key)``: whether this process may write ``key`` now, asked as each write begins
+    (:meth:`writing`); by default always."""
+
+    def __init__(self, *, may_write: Callable[[str], bool] = lambda key: True) -> None:
+        self._may_write = may_write
+        #: Writes let through by :meth:`writing` and not yet ended.
+        self._writing = 0
+        #: Set while no write is under way (:meth:`drained` waits for it).
+        self._idle = asyncio.Event()
+        self._idle.set()
         #: Each key's lock, with the number of callers holding or awaiting it.
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         #: The version (``updated_at``; ``None`` for a delete) this process last wrote, per
@@ -46,6 +64,38 @@ class KeyedLocks:
                 del self._locks[key]
             else:
                 self._locks[key] = (lock, users - 1)
+
+    @asynccontextmanager
+    async def writing(self, key: str, *, fenced: bool = True) -> AsyncIterator[None]:
+        """Around a write of ``key`` (its lock held), the last step before it: raises
+        :class:`NotWritable` unless ``may_write(key)`` now, and counts the write until it ends
+        (acknowledged or failed), for :meth:`drained`. So a worker that owned the webhook when
+        the change was taken, and gave it up while the change waited for the lock or for its
+        table, writes nothing. ``fenced=False``: a key no other process can be writing (an id
+        just generated here), never refused."""
+        if fenced and not self._may_write(key):
+            raise NotWritable(f"this worker may not change {key} now (its owner changed)")
+        self._writing += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._writing -= 1
+            if not self._writing:
+                self._idle.set()
+
+    async def drained(self, timeout: float) -> bool:
+        """Whether every write :meth:`writing` let through has ended within ``timeout``
+        seconds (at once when none is under way). ``may_write`` having turned false first,
+        none begins meanwhile."""
+        if self._idle.is_set():
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def wrote(self, key: str, webhook: Webhook) -> None:
         """This process wrote ``webhook`` as ``key`` (acknowledged), holding the key's lock."""

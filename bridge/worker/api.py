@@ -20,8 +20,12 @@ of each webhook (:class:`~bridge.api.service.WebhookService`'s lock per id) and 
 ``If-Match`` against a table current as of the change, so two clients racing with the same
 ``ETag`` through different workers get one ``200`` and one ``412``. From the start of a
 rebalance until its assignment is applied a worker owns nothing for changes
-(``Bridge.owner(..., settled=True)``): the old and the new owner never both begin one (what is
-left of that window: docs/api.md, "Concurrent changes").
+(``Bridge.owner(..., settled=True)``): the old and the new owner never both begin one. A change
+taken before a rebalance began is written only if the worker still owns the webhook then
+(``KeyedLocks.writing``); one refused there was not made and goes to the next owner like one
+held here, and the worker gives its partitions up only once the changes being written are
+acknowledged (``Bridge._changes_revoked``; what is left of that window: docs/api.md,
+"Concurrent changes").
 
 A request that needs an owner while a rebalance settles is held rather than answered ``503`` at
 once (:mod:`bridge.worker.settling`): while no owner is known, while this worker owns the
@@ -75,6 +79,7 @@ from bridge.attempts.wire import activity_to_dict
 from bridge.contract import jsoncanon
 from bridge.errors import InvalidRecord
 from bridge.kafka.clients import client_kwargs, started, stopped
+from bridge.subscriptions.serial import NotWritable
 from bridge.subscriptions.store import WebhookStore
 from bridge.worker.delivery_log import Owner, OwnerUnavailable
 from bridge.worker.recovery_journal import (
@@ -304,29 +309,32 @@ class _Relay:
                 named = request.rel_url.update_query(webhook_id=webhook_id)
                 path_qs = named.path_qs
                 request = request.clone(rel_url=named)
-        if webhook_id is None or self._bridge.owner(webhook_id, settled=True).local:
+        if webhook_id is None:
             response = await handler(request)
             return response
-        # Refused here what the owner would refuse, so a stranger can neither make workers call
-        # each other nor have requests held.
-        self._tokens.authenticate(request.headers.get("Authorization")).require("write")
+        if not self._bridge.owner(webhook_id, settled=True).local:
+            # Refused here what the owner would refuse, so a stranger can neither make workers
+            # call each other nor have requests held.
+            self._tokens.authenticate(request.headers.get("Authorization")).require("write")
 
-        async def attempt() -> Owner | web.StreamResponse:
-            """This worker (the owner), or the owner's answer to the change relayed there."""
+        async def attempt() -> web.StreamResponse:
+            """The change made here (the owner), or the owner's answer to it relayed there."""
             owner = self._destination(webhook_id, relayed=relayed)
-            if owner.local:
-                return owner
-            assert owner.url is not None  # _destination names a worker
-            return await self._relay(owner.url, request, path_qs)
+            if not owner.local:
+                assert owner.url is not None  # _destination names a worker
+                return await self._relay(owner.url, request, path_qs)
+            try:
+                made: web.StreamResponse = await handler(request)
+            except NotWritable:
+                # A rebalance began while it waited for the webhook's lock or its table: not
+                # written, so it goes where the next assignment says, as one not yet made.
+                raise OwnerUnavailable("the webhook's owner is changing (rebalancing)") from None
+            return made
 
         try:
-            found = await settle_async(attempt, self._bridge.changes, _hold_until.get())
+            return await settle_async(attempt, self._bridge.changes, _hold_until.get())
         except OwnerUnavailable as exc:
             raise _unavailable(exc) from None
-        if isinstance(found, Owner):
-            response = await handler(request)
-            return response
-        return found
 
     async def _redelivered_webhook(self, request: web.Request) -> str | None:
         """The webhook a redelivery names, else that of its delivery, from the owners' logs;

@@ -146,8 +146,9 @@ class Bridge:
         self.delivery_log: DeliveryLogReader | None = None
         #: Wakes the requests held for an owner (an assignment received, a partition read).
         self.changes = Changes()
-        #: One change of a webhook at a time: the API's, and the bridge's disables.
-        self.change_locks = KeyedLocks()
+        #: One change of a webhook at a time: the API's, and the bridge's disables; each
+        #: written only while this worker may (:meth:`_may_change`).
+        self.change_locks = KeyedLocks(may_write=self._may_change)
         #: Whether an owner of a webhook was ever known (see :meth:`_has_owners`).
         self._owners_seen = False
         #: Faust's count of rebalances begun when the assignment of the attempts partitions
@@ -263,6 +264,7 @@ class Bridge:
         # the process (the class's signal), so a strong receiver would keep this bridge, its app
         # and its registry alive for as long as the process runs.
         app.on_before_shutdown.connect(self._drain, weak=True)
+        app.on_partitions_revoked.connect(self._changes_revoked, weak=True)
         # Faust's own sensors (events, commits, rebalances...) on the same registry.
         app.monitor = FaustPrometheusMonitor(metrics=FaustMetrics.create(self.registry, "faust"))
         app.timer(interval=5.0, name="consumer-lag")(self._update_lag)
@@ -347,6 +349,31 @@ class Bridge:
             return False
         count = self._partitions[self.settings.attempts_topic]
         return attempts_partition(webhook_id, count) in self.delivery_log.wanted
+
+    def _may_change(self, webhook_id: str) -> bool:
+        """Whether this worker may write ``webhook_id`` now (asked as each change or disable
+        is written, :meth:`KeyedLocks.writing`): always without ``delivery_log`` (no owners);
+        else while it owns the webhook and no rebalance has begun since its assignment."""
+        if self.delivery_log is None:
+            return True
+        return self.owner(webhook_id, settled=True).local or self._owns_log_of(webhook_id)
+
+    async def _changes_revoked(self, sender: Any, /, *args: Any, signal: Any, **kw: Any) -> None:
+        """As the consumer gives its partitions up (Faust awaits this before the group is
+        joined again, so before any worker receives the next assignment): wait for the changes
+        of webhooks already being written. None begins meanwhile (:meth:`_may_change` is false
+        from the start of the rebalance), so the next owner, reading its table current as of
+        its first change, sees every change this worker made. Bounded by half the rebalance
+        timeout, past which the group would go on without this worker."""
+        if self.delivery_log is None:
+            return
+        bound = self.settings.kafka_rebalance_timeout / 2
+        if not await self.change_locks.drained(bound):
+            log.warning(
+                "rebalance: webhook changes still being written after %.1f s; the next owner "
+                "may read a webhook before them",
+                bound,
+            )
 
     def _attempts_assigned(self, partitions: set[int]) -> None:
         """After a rebalance: read the attempts partitions this worker now owns, and write the

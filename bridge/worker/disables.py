@@ -34,7 +34,7 @@ from bridge.contract.events import format_timestamp, parse_time
 from bridge.delivery.endpoint_health import HealthChange
 from bridge.metrics import Metrics
 from bridge.subscriptions.freshness import TableFreshness
-from bridge.subscriptions.serial import KeyedLocks
+from bridge.subscriptions.serial import KeyedLocks, NotWritable
 from bridge.subscriptions.store import WebhookStore
 from bridge.subscriptions.webhook import Webhook, before_created
 
@@ -206,6 +206,24 @@ class DisableWriter:
         if self._judged.get(webhook_id) == status.get("updated_at"):
             return
         store = await self._opened()
+        try:
+            # Only while this worker owns it still: one that gave its partitions up since
+            # writes nothing (the next owner looks at every disable at its assignment).
+            async with self._locks.writing(webhook_id):
+                await self._write(store, webhook_id, verdict, current, status)
+        except NotWritable:
+            return
+        self._judged[webhook_id] = status.get("updated_at")
+        self._metrics.disable_writes.labels(verdict).inc()
+
+    async def _write(
+        self,
+        store: WebhookStore,
+        webhook_id: str,
+        verdict: str,
+        current: Webhook | None,
+        status: Mapping[str, Any],
+    ) -> None:
         if verdict == "written":
             assert current is not None
             reason = status.get("reason")
@@ -219,8 +237,6 @@ class DisableWriter:
             change = HealthChange(webhook_id, "healthy", None)
             record = change.to_record(format_timestamp(datetime.now(UTC)))
             await self._metrics.observed_write("status", store.put_status(record))
-        self._judged[webhook_id] = status.get("updated_at")
-        self._metrics.disable_writes.labels(verdict).inc()
 
     async def _opened(self) -> WebhookStore:
         if self._store is None:

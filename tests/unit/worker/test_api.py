@@ -24,6 +24,7 @@ from bridge.api.idempotency import HEADER as IDEMPOTENCY_KEY
 from bridge.api.metrics import ApiMetrics
 from bridge.api.problems import PROBLEM_TYPE_PREFIX, problem_middleware
 from bridge.api.repository import MemoryRepository
+from bridge.subscriptions.serial import NotWritable
 from bridge.subscriptions.webhook import Webhook
 from bridge.worker.api import RELAYED_BY, _holding, _Internal, _Relay
 from bridge.worker.app import Bridge
@@ -229,6 +230,86 @@ async def test_a_change_the_worker_owns_is_made_at_once(
     )
     assert answer.status == 200 and made == ["wh"]
     assert holds(bridge, "settled") == holds(bridge, "unavailable") == (0, 0)  # never waited
+
+
+async def test_a_change_waiting_at_the_owner_as_a_rebalance_begins_is_made_by_the_next_owner(
+    bridge: Bridge, peer: Peer
+) -> None:
+    """The change waits for the webhook's lock (another change of it is being made) when the
+    worker gives its partitions up: it is not written here (the fence as it is written), and
+    goes to the owner the next assignment names, as one not yet made."""
+    made: list[str] = []
+    entered = asyncio.Event()
+
+    async def change(request: web.Request) -> web.Response:
+        webhook_id = request.match_info["webhook_id"]
+        entered.set()
+        async with bridge.change_locks.hold(webhook_id):
+            async with bridge.change_locks.writing(webhook_id):
+                made.append(webhook_id)
+        return web.json_response({"made_by": "here"})
+
+    p = attempts_partition("wh", 6)
+    assign(bridge, {bridge.settings.canonical_url: list(range(6))})
+    try:
+        async with TestClient(TestServer(relaying_app(bridge, change, HOLD))) as client:
+            async with bridge.change_locks.hold("wh"):  # another change of it, being made
+                sent = asyncio.ensure_future(
+                    client.patch("/v1/webhooks/wh", json={}, headers=LOG_AUTH)
+                )
+                await asyncio.wait_for(entered.wait(), PROMPT)
+                await turns()
+                bridge.app.on_rebalance_start()  # as Faust's consumer gives them up
+            await turns()
+            assert not sent.done()  # held: no owner until the next assignment
+            assign(bridge, {bridge.settings.canonical_url: others(p), peer.url: [p]})
+            answer = await asyncio.wait_for(sent, PROMPT)
+            assert answer.status == 200 and await answer.json() == {"made_by": "peer"}
+    finally:
+        await bridge.close()
+    assert not made and len(peer.relayed) == 1
+    assert await bridge.change_locks.drained(0.0)
+
+
+async def test_a_worker_giving_its_partitions_up_waits_for_the_changes_being_written(
+    bridge: Bridge,
+) -> None:
+    """Faust awaits the revocation before the group is joined again: the changes let through
+    before the rebalance began are written (acknowledged) before any worker is given the
+    partition; one that does not end is waited for no longer than half the rebalance
+    timeout."""
+    assign(bridge, {bridge.settings.canonical_url: list(range(6))})
+    release = asyncio.Event()
+
+    async def write() -> None:
+        async with bridge.change_locks.hold("wh"), bridge.change_locks.writing("wh"):
+            await release.wait()
+
+    writing = asyncio.create_task(write())
+    await turns()
+    bridge.app.on_rebalance_start()
+    with pytest.raises(NotWritable):  # none begins from here on
+        async with bridge.change_locks.writing("wh_other"):
+            pass
+    revoked = asyncio.create_task(bridge.app.on_partitions_revoked.send(set()))
+    await turns()
+    assert not revoked.done()
+    release.set()
+    await asyncio.wait_for(revoked, PROMPT)
+    await writing
+
+    # A write that never ends: the rebalance goes on after half its timeout.
+    release.clear()
+    assign(bridge, {bridge.settings.canonical_url: list(range(6))})
+    stuck = asyncio.create_task(write())
+    await turns()
+    bound = bridge.settings.kafka_rebalance_timeout / 2
+    started = time.monotonic()
+    await asyncio.wait_for(bridge.app.on_partitions_revoked.send(set()), bound + PROMPT)
+    assert bound <= time.monotonic() - started + 0.05
+    release.set()
+    await stuck
+    await bridge.close()
 
 
 async def test_a_stranger_s_change_is_refused_before_it_could_be_held(
@@ -438,22 +519,26 @@ _OWNERS = st.sampled_from(["nobody", "here", "peer", "gone", "rebalancing"])
     first=_OWNERS,
     then=st.lists(st.tuples(st.integers(0, 6), _OWNERS), max_size=4),
     relayed=st.booleans(),
+    taking=st.integers(0, 6),
 )
 def test_whatever_the_assignments_a_change_is_made_once_by_an_owner_or_not_at_all(
     tmp_path_factory: pytest.TempPathFactory,
     first: str,
     then: list[tuple[int, str]],
     relayed: bool,
+    taking: int,
 ) -> None:
     """A change sent while assignments come and go (each after a generated number of event-loop
-    turns): it is answered within its hold; made at most once, and only by a worker the
-    assignment named as the owner when it was made; ``200`` if and only if it was made; a change
-    relayed by a peer is never relayed again."""
-    asyncio.run(_change_under_assignments(tmp_path_factory.mktemp("w"), first, then, relayed))
+    turns), the owner taking ``taking`` turns under the webhook's lock before it writes: it is
+    answered within its hold; made at most once, and only by a worker the assignment named as
+    the owner when it was written; ``200`` if and only if it was made; a change relayed by a
+    peer is never relayed again."""
+    tmp = tmp_path_factory.mktemp("w")
+    asyncio.run(_change_under_assignments(tmp, first, then, relayed, taking))
 
 
 async def _change_under_assignments(
-    tmp: Path, first: str, then: list[tuple[int, str]], relayed: bool
+    tmp: Path, first: str, then: list[tuple[int, str]], relayed: bool, taking: int
 ) -> None:
     bridge = api_bridge(tmp)
     peer = Peer()
@@ -462,8 +547,11 @@ async def _change_under_assignments(
     made_here: list[bool] = []  # whether this worker was the owner when it made the change
 
     async def change(request: web.Request) -> web.Response:
-        # Named by the last assignment, and no rebalance begun since.
-        made_here.append(bridge.owner("wh").local and bridge.assignment_settled())
+        async with bridge.change_locks.hold("wh"):
+            await turns(taking)  # reading its table: a rebalance may begin meanwhile
+            async with bridge.change_locks.writing("wh"):
+                # Named by the last assignment, and no rebalance begun since.
+                made_here.append(bridge.owner("wh").local and bridge.assignment_settled())
         return web.json_response({"made_by": "here"})
 
     p = attempts_partition("wh", 6)

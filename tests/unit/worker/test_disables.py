@@ -106,9 +106,10 @@ def _writer(
     statuses: dict[str, dict[str, Any]],
     owns: bool = True,
     fresh: bool = True,
+    may_write: bool = True,
 ) -> tuple[DisableWriter, _Store, _Freshness, CollectorRegistry]:
     registry = CollectorRegistry()
-    locks = KeyedLocks()
+    locks = KeyedLocks(may_write=lambda _: may_write)
     store = _Store(locks)
     freshness = _Freshness(fresh)
     writer = DisableWriter(
@@ -174,6 +175,23 @@ async def test_a_webhook_this_worker_does_not_own_is_left_to_its_owner(
     writer.offer(["webhook_abc"])
     await _settled(writer)
     assert store.calls == [] and freshness.waits == 0
+
+
+@pytest.mark.parametrize("current", [webhook(), webhook(version="2024-01-15T10:00:00.700Z")])
+async def test_nothing_is_written_once_the_worker_gave_the_webhook_up(
+    monkeypatch: pytest.MonkeyPatch, current: Webhook
+) -> None:
+    """Owned when the round began, given up (a rebalance began) by the time it is written:
+    neither the disable nor the healthy status is written, nor is it judged, so this worker
+    judges it again if it is given the webhook back."""
+    statuses = {"webhook_abc": disabled()}
+    writer, store, _, registry = _writer(
+        monkeypatch, current=current, statuses=statuses, may_write=False
+    )
+    writer.offer(["webhook_abc"])
+    await _settled(writer)
+    assert store.calls == [] and writer._judged == {}
+    assert sample(registry, "webhook_bridge_disable_writes_total", result="written") == 0
 
 
 async def test_other_statuses_are_not_looked_at(monkeypatch: pytest.MonkeyPatch) -> None:
