@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from contextlib import aclosing
@@ -14,6 +15,7 @@ from bridge.config import Settings
 from bridge.kafka.clients import client_kwargs, started, stopped
 
 __all__ = [
+    "FIRST_ANSWER_PATIENCE",
     "KeyValue",
     "UNTIL_STEP",
     "UntilMs",
@@ -48,6 +50,11 @@ UntilMs = Callable[[], int | None]
 UNTIL_STEP = 100
 
 
+#: The longest (seconds) a settling waits for the broker's first answer to a fetch of each
+#: partition it settles, before it takes a fetch that brings nothing as the end all the same.
+FIRST_ANSWER_PATIENCE = 10.0
+
+
 async def settled(
     consumer: AIOKafkaConsumer,
     tps: Iterable[TopicPartition],
@@ -58,12 +65,24 @@ async def settled(
     """The settling of a read that reached the end offsets it found (see :func:`stream_topic`):
     each partition's further records written by ``begun_ms`` (and by ``until_ms()``, when it
     gives a time) (:func:`stamped_by`), until a fetch of ``settle`` seconds brings nothing or
-    every partition showed a later one."""
+    every partition showed a later one.
+
+    A fetch that brings nothing ends it only once the broker has answered a fetch of every
+    partition still settling (aiokafka's ``highwater`` is known), or after
+    :data:`FIRST_ANSWER_PATIENCE`: a consumer that has fetched nothing yet (a recovery resumed
+    from positions past every end the embedded broker reported) can take longer than
+    ``settle`` to connect and be answered, and until 2026-12-05 such a read ended there,
+    skipping the records it had come for."""
     settling = set(tps)
+    loop = asyncio.get_running_loop()
+    patience_ends = loop.time() + FIRST_ANSWER_PATIENCE
     while settling:
         batch = await consumer.getmany(*settling, timeout_ms=int(settle * 1000))
         if not batch:
-            return
+            answered = all(consumer.highwater(tp) is not None for tp in settling)
+            if answered or loop.time() >= patience_ends:
+                return
+            continue
         for tp, messages in batch.items():
             wanted = None if until_ms is None else until_ms()
             before = stamped_by(messages, begun_ms if wanted is None else min(begun_ms, wanted))

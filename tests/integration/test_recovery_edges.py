@@ -128,6 +128,50 @@ async def test_a_resumed_recovery_ends_with_all_of_its_records_read(settings: Se
     assert resumed.done == resumed.total and resumed.as_dict()["progress"] == 1.0
 
 
+async def test_a_recovery_resumed_past_every_reported_end_reads_the_rest_of_its_batch(
+    settings: Settings,
+) -> None:
+    """The embedded broker reports a partition whose last write was a batch as ending at that
+    batch's first offset + 1: a recovery released past that end resumes with nothing to read up
+    to the ends, and reads the rest from its consumer's first fetch, which can take longer than
+    a settle. Until 2026-12-05 the resumed recovery ended at that first fetch, its records
+    skipped (4 of 12 in a loaded run of tests/integration/test_api_changes.py; here the
+    settle is 1 ms, shorter than any first fetch, to show it every time)."""
+    await publish_events(settings, [post(n) for n in range(12)])  # one batch, one partition
+    written: list[str] = []
+
+    async def first_write(item: PendingRetry) -> None:
+        if len(written) >= 8:
+            await asyncio.sleep(0.5)  # a slow broker: the worker stops while this write waits
+        written.append(item.delivery_id)
+
+    async def second_write(item: PendingRetry) -> None:
+        written.append(item.delivery_id)
+
+    journal = Journal()
+    first = Recoveries(
+        functools.partial(recover, settings, write=first_write), journal=journal, url="http://w1"
+    )
+    operation = await first.start(last_hour())
+    await eventually(lambda: len(written) >= 8, timeout=30)
+    await first.close()
+    record = await journal.read(operation.id)
+    assert record is not None and record["runner"] is None
+    released = Operation.from_record(record, WEBHOOK)
+    past = [key for key, end in released.ends.items() if released.positions[key] > end]
+    assert past and all(released.positions[key] >= end for key, end in released.ends.items())
+
+    second = Recoveries(
+        functools.partial(recover, settings, write=second_write, settle=0.001),
+        journal=journal,
+        url="http://w2",
+    )
+    resumed = await second.resume(released)
+    await eventually(lambda: not second.running_here(resumed.id), timeout=60)
+    assert resumed.state == "done" and len(set(written)) == len(written) == 12, written
+    assert resumed.scanned == resumed.enqueued == 12
+
+
 async def test_a_recovery_since_before_1970_recovers_every_retained_event(
     settings: Settings,
 ) -> None:

@@ -1,13 +1,22 @@
-"""bridge.kafka.reading.stamped_by: where a partition's records written after a moment begin."""
+"""bridge.kafka.reading: where a partition's records written after a moment begin
+(stamped_by), and when a settling read takes a fetch that brings nothing as the end
+(settled)."""
 
 from __future__ import annotations
 
+import asyncio
+from contextlib import aclosing
 from dataclasses import dataclass
+from typing import Any
 
+import pytest
+from aiokafka import TopicPartition
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.kafka.reading import stamped_by
+from bridge.kafka import reading
+from bridge.kafka.reading import settled, stamped_by
+from tests.support.waiting import PROMPT
 
 
 @dataclass
@@ -22,3 +31,55 @@ def test_the_prefix_up_to_the_first_later_record(stamps: list[int | None], limit
     assert all(m.timestamp is None or m.timestamp <= limit for m in messages[:n])
     # The first one left out is later; what follows it is left out whatever its stamp.
     assert n == len(messages) or (messages[n].timestamp or 0) > limit
+
+
+class ColdConsumer:
+    """A consumer whose fetches are answered after ``first_answer`` empty polls (``None``:
+    never), the first answer bringing ``records``."""
+
+    def __init__(self, first_answer: int | None, records: list[Stamped]) -> None:
+        self.first_answer = first_answer
+        self.records = records
+        self.polls = 0
+        self.answered = False
+
+    async def getmany(self, *tps: TopicPartition, timeout_ms: int) -> dict[Any, Any]:
+        self.polls += 1
+        await asyncio.sleep(0)
+        if self.first_answer is not None and self.polls > self.first_answer:
+            self.answered = True
+            if self.records:
+                records, self.records = self.records, []
+                return {tps[0]: records}
+        return {}
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return 12 if self.answered else None
+
+
+async def _settle(consumer: ColdConsumer) -> list[Stamped]:
+    out: list[Stamped] = []
+    tp = TopicPartition("events", 0)
+    async with aclosing(settled(consumer, [tp], 100, 0.001)) as settling:  # type: ignore[arg-type]
+        async for _, records in settling:
+            out.extend(records)
+    return out
+
+
+async def test_a_settling_read_waits_for_the_first_answer_of_a_cold_consumer() -> None:
+    records = [Stamped(50), Stamped(60)]
+    consumer = ColdConsumer(5, list(records))  # five fetches of the settle pass unanswered
+    assert await asyncio.wait_for(_settle(consumer), PROMPT) == records
+    # Once answered, a fetch that brings nothing ends it at once.
+    assert consumer.polls == 7
+
+
+async def test_a_partition_never_answered_ends_the_settling_after_its_patience(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reading, "FIRST_ANSWER_PATIENCE", 0.05)
+    consumer = ColdConsumer(None, [Stamped(50)])
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await asyncio.wait_for(_settle(consumer), PROMPT) == []
+    assert 0.05 <= loop.time() - started < PROMPT and consumer.polls > 1
