@@ -423,6 +423,7 @@ async def _run(
         operation.positions = {position_key(tp): starts[tp] for tp in tps}
     for tp in tps:
         consumer.seek(tp, starts[tp])
+    positioned_ms = int(time.time() * 1000)  # as aiokafka stamps a fetch's answer (settled)
     reached = dict(starts)
     pending = {tp for tp in tps if starts[tp] < ends[tp]}
     interval = 1.0 / request.pace
@@ -490,7 +491,8 @@ async def _run(
     # Settling (the embedded broker's ends, see stream_topic): records written before the
     # recovery began only, so that a topic that never falls silent ends it all the same.
     begun_ms = int((operation.started_at + SETTLE_STAMP_MARGIN) * 1000)
-    async with aclosing(settled(consumer, tps, begun_ms, settle)) as settling:
+    settling = settled(consumer, tps, begun_ms, settle, positioned_ms=positioned_ms)
+    async with aclosing(settling) as settling:
         async for tp, records in settling:
             if not await take(tp, records):
                 return

@@ -61,6 +61,8 @@ async def settled(
     begun_ms: int,
     settle: float,
     until_ms: UntilMs | None = None,
+    *,
+    positioned_ms: int,
 ) -> AsyncGenerator[tuple[TopicPartition, list[ConsumerRecord[Any, Any]]], None]:
     """The settling of a read that reached the end offsets it found (see :func:`stream_topic`):
     each partition's further records written by ``begun_ms`` (and by ``until_ms()``, when it
@@ -68,18 +70,23 @@ async def settled(
     every partition showed a later one.
 
     A fetch that brings nothing ends it only once the broker has answered a fetch of every
-    partition still settling (aiokafka's ``highwater`` is known), or after
-    :data:`FIRST_ANSWER_PATIENCE`: a consumer that has fetched nothing yet (a recovery resumed
-    from positions past every end the embedded broker reported) can take longer than
-    ``settle`` to connect and be answered, and until 2026-12-05 such a read ended there,
-    skipping the records it had come for."""
+    partition still settling at the position the read set (aiokafka's ``last_poll_timestamp``
+    later than ``positioned_ms``, the wall time in milliseconds, as aiokafka stamps answers,
+    by which every partition was sought to where the read goes on), or after
+    :data:`FIRST_ANSWER_PATIENCE`: a consumer that has had no such answer yet (a recovery
+    resumed from positions past every end the embedded broker reported, whose consumer had
+    fetched from the reported end before it was sought) can take longer than ``settle`` to be
+    answered, and until 2026-12-05 such a read ended there, skipping the records it had come
+    for."""
     settling = set(tps)
     loop = asyncio.get_running_loop()
     patience_ends = loop.time() + FIRST_ANSWER_PATIENCE
     while settling:
         batch = await consumer.getmany(*settling, timeout_ms=int(settle * 1000))
         if not batch:
-            answered = all(consumer.highwater(tp) is not None for tp in settling)
+            answered = all(
+                (consumer.last_poll_timestamp(tp) or 0) > positioned_ms for tp in settling
+            )
             if answered or loop.time() >= patience_ends:
                 return
             continue
@@ -180,6 +187,7 @@ async def stream_topic(
                 # None: nothing stamped that late; what arrives after the end is still read.
                 start = ends[tp] if stamped is None else stamped.offset
                 consumer.seek(tp, max(start, starts[tp]))
+        positioned_ms = int(time.time() * 1000)  # as aiokafka stamps a fetch's answer
         pending = {tp for tp in tps if ends[tp] > 0}
         done: set[TopicPartition] = set()  # read up to a record stamped after until_ms()
         for tp in list(pending):
@@ -208,7 +216,8 @@ async def stream_topic(
                 if tp not in done and await consumer.position(tp) >= ends[tp]:
                     pending.discard(tp)
         left = [tp for tp in tps if tp not in done]
-        async with aclosing(settled(consumer, left, begun_ms, settle, until_ms)) as settling:
+        settling = settled(consumer, left, begun_ms, settle, until_ms, positioned_ms=positioned_ms)
+        async with aclosing(settling) as settling:
             async for _, messages in settling:
                 yield records(messages)
     finally:

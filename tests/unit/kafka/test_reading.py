@@ -35,40 +35,51 @@ def test_the_prefix_up_to_the_first_later_record(stamps: list[int | None], limit
 
 class ColdConsumer:
     """A consumer whose fetches are answered after ``first_answer`` empty polls (``None``:
-    never), the first answer bringing ``records``."""
+    never), the first answer bringing ``records``; ``answered_ms``: when a fetch at an earlier
+    position was answered (before the read sought where it goes on)."""
 
-    def __init__(self, first_answer: int | None, records: list[Stamped]) -> None:
+    def __init__(
+        self, first_answer: int | None, records: list[Stamped], answered_ms: int | None = None
+    ) -> None:
         self.first_answer = first_answer
         self.records = records
         self.polls = 0
-        self.answered = False
+        self.answered_ms = answered_ms
 
     async def getmany(self, *tps: TopicPartition, timeout_ms: int) -> dict[Any, Any]:
         self.polls += 1
         await asyncio.sleep(0)
         if self.first_answer is not None and self.polls > self.first_answer:
-            self.answered = True
+            self.answered_ms = POSITIONED_MS + self.polls
             if self.records:
                 records, self.records = self.records, []
                 return {tps[0]: records}
         return {}
 
-    def highwater(self, tp: TopicPartition) -> int | None:
-        return 12 if self.answered else None
+    def last_poll_timestamp(self, tp: TopicPartition) -> int | None:
+        return self.answered_ms
+
+
+#: When the read sought where it goes on (wall time, ms).
+POSITIONED_MS = 1_000_000
 
 
 async def _settle(consumer: ColdConsumer) -> list[Stamped]:
     out: list[Stamped] = []
     tp = TopicPartition("events", 0)
-    async with aclosing(settled(consumer, [tp], 100, 0.001)) as settling:  # type: ignore[arg-type]
+    read = settled(consumer, [tp], 100, 0.001, positioned_ms=POSITIONED_MS)  # type: ignore[arg-type]
+    async with aclosing(read) as settling:
         async for _, records in settling:
             out.extend(records)
     return out
 
 
-async def test_a_settling_read_waits_for_the_first_answer_of_a_cold_consumer() -> None:
+@pytest.mark.parametrize("stale", [None, POSITIONED_MS - 5, POSITIONED_MS])
+async def test_a_settling_read_waits_for_an_answer_at_its_position(stale: int | None) -> None:
+    """Five fetches of the settle pass unanswered (a cold consumer); an answer from before the
+    read was positioned (a fetch from the broker's reported end) does not count."""
     records = [Stamped(50), Stamped(60)]
-    consumer = ColdConsumer(5, list(records))  # five fetches of the settle pass unanswered
+    consumer = ColdConsumer(5, list(records), answered_ms=stale)
     assert await asyncio.wait_for(_settle(consumer), PROMPT) == records
     # Once answered, a fetch that brings nothing ends it at once.
     assert consumer.polls == 7
