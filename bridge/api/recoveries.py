@@ -11,7 +11,10 @@ process only: a restart forgets them (what they enqueued stays enqueued), and
 each operation is written when it starts, every ``heartbeat`` seconds while it runs (with where
 it has read each source partition to) and when it ends, so any process can show it; at shutdown
 the running ones are *released* (written ``running`` without a runner) and the webhook's owner
-resumes them from their positions (:meth:`Recoveries.resume`).
+resumes them from their positions (:meth:`Recoveries.resume`). A worker passes its fence
+(``writing``, :meth:`bridge.subscriptions.serial.KeyedLocks.writing`): an operation is started or
+resumed only while the worker owns its webhook, and a worker giving its webhooks up waits for
+the starts being recorded.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any, Protocol
 
 from bridge.admin.recovery import Operation, Operations, RecoveryRequest
@@ -69,6 +73,9 @@ class Recoveries:
 
     ``clock`` gives the wall time (seconds since the epoch) an operation finished at, when the
     runner did not record it; ``url`` is this process's address, recorded as the runner.
+    ``writing(webhook_id)`` is entered around each start's or resume's first record: it raises
+    :class:`~bridge.subscriptions.serial.NotWritable` (nothing started, nothing recorded) once
+    this process may not act for that webhook (by default it never does).
     """
 
     def __init__(
@@ -81,8 +88,10 @@ class Recoveries:
         url: str | None = None,
         heartbeat: float = DEFAULT_HEARTBEAT,
         max_running: int | None = None,
+        writing: Callable[[str], AbstractAsyncContextManager[None]] | None = None,
     ) -> None:
         self._runner = runner
+        self._writing = writing
         self._max_running = max_running
         self._clock = clock
         self._operations = Operations(keep)
@@ -147,9 +156,13 @@ class Recoveries:
             )
 
     async def _launch(self, operation: Operation) -> Operation:
-        operation.runner = self._url
-        self._operations.add(operation)
-        await self._record(operation)
+        fence = (
+            nullcontext() if self._writing is None else self._writing(operation.request.webhook.id)
+        )
+        async with fence:
+            operation.runner = self._url
+            self._operations.add(operation)
+            await self._record(operation)
         if self._closed:
             # close() began while it was recorded: stopped as close() stops those running,
             # never run here.

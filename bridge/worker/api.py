@@ -544,6 +544,7 @@ async def api_application(bridge: Bridge) -> web.Application:
         journal=journal,
         url=settings.canonical_url,
         max_running=settings.api_max_recoveries,
+        writing=bridge.change_locks.writing,
     )
     # The log, stats and recovery routes only check that a webhook exists (and whose it is):
     # the table as it is will do, without an end-offsets request per read.

@@ -30,6 +30,7 @@ from bridge.api.recoveries import Recoveries, RecoveryJournal
 from bridge.api.table_repository import require_current
 from bridge.contract import jsoncanon
 from bridge.contract.events import format_epoch
+from bridge.subscriptions.serial import NotWritable
 from bridge.subscriptions.webhook import Webhook
 from bridge.worker.recovery_view import (
     DEFAULT_STALE_AFTER,
@@ -148,7 +149,10 @@ async def take_over(
         except ValueError as exc:
             log.warning("recovery %s not resumed: %s", operation_id, exc)
             continue
-        await recoveries.resume(operation)
+        try:
+            await recoveries.resume(operation)
+        except NotWritable:
+            continue  # a rebalance began meanwhile: the next owner resumes it
         log.info("recovery %s resumed", operation_id)
         resumed.append(operation_id)
     return resumed

@@ -13,10 +13,11 @@ import pytest
 from bridge.admin.recovery import Operation, RecoveryRequest
 from bridge.api.problems import Problem
 from bridge.api.recoveries import RETRY_AFTER, Recoveries
+from bridge.subscriptions.serial import KeyedLocks, NotWritable
 from bridge.subscriptions.webhook import webhook_from_record
 from tests.support.builders import webhook_record
 from tests.support.journals import Journal
-from tests.support.waiting import eventually
+from tests.support.waiting import PROMPT, eventually
 
 SINCE = datetime(2024, 1, 15, 10, 0, tzinfo=UTC)
 WEBHOOK = webhook_from_record(webhook_record(id="wh"))
@@ -247,3 +248,44 @@ async def test_nothing_runs_past_close(journaled: bool) -> None:
             await attempt()
         assert refused.value.status == 503 and refused.value.headers["Retry-After"]
     assert ran == []
+
+
+class SlowJournal(Journal):
+    """Records as the topic does, each write waiting until ``acknowledge`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acknowledge = asyncio.Event()
+        self.writing = asyncio.Event()
+
+    async def write(self, record: dict[str, Any]) -> None:
+        self.writing.set()
+        await self.acknowledge.wait()
+        await super().write(record)
+
+
+async def test_an_operation_starts_only_through_the_worker_s_fence() -> None:
+    """Started or resumed only while the fence lets it (the worker owns the webhook): refused,
+    nothing is recorded or run; let through, the fence counts it until its first record is
+    stored, so a worker giving its webhooks up waits for it."""
+    owned = {"wh"}
+    locks = KeyedLocks(may_write=lambda webhook_id: webhook_id in owned)
+    journal = SlowJournal()
+    recoveries = Recoveries(Held(), journal=journal, url=URL, writing=locks.writing)
+    starting = asyncio.create_task(recoveries.start(request()))
+    await asyncio.wait_for(journal.writing.wait(), PROMPT)
+    assert not await locks.drained(0.01)  # its record is being written
+    journal.acknowledge.set()
+    operation = await asyncio.wait_for(starting, PROMPT)
+    assert await locks.drained(0.0) and recoveries.running_here(operation.id)
+
+    owned.clear()  # a rebalance began
+    with pytest.raises(NotWritable):
+        await recoveries.start(request())
+    released = Operation.from_record({**journal.records[0], "runner": None}, WEBHOOK)
+    await recoveries.cancel(operation.id)
+    with pytest.raises(NotWritable):
+        await recoveries.resume(released)
+    assert recoveries.running == 0
+    assert [r["state"] for r in journal.records] == ["running", "cancelled"]
+    await recoveries.close()

@@ -13,6 +13,7 @@ from bridge.admin.recovery import Operation, RecoveryRequest
 from bridge.api.recoveries import Recoveries
 from bridge.contract import jsoncanon
 from bridge.subscriptions.freshness import TableFreshness
+from bridge.subscriptions.serial import KeyedLocks
 from bridge.subscriptions.webhook import Webhook, webhook_from_record
 from bridge.worker.recovery_journal import FORGET_STEP, forget_ended, take_over
 from bridge.worker.recovery_view import RecoveryView
@@ -250,3 +251,19 @@ async def test_a_recovery_answered_cancelled_is_never_resumed() -> None:
         assert journal.records[-1]["state"] == "cancelled"
     finally:
         await owner.close()
+
+
+async def test_a_recovery_of_a_webhook_given_up_meanwhile_is_left_to_its_owner() -> None:
+    """Owned when the turn looked, given up (a rebalance began) by the time it resumes: the
+    fence refuses it, nothing is written, and the turn goes on with the others."""
+    view = RecoveryView(TableFreshness(_ends, timeout=1.0))
+    view.apply(0, 0, b"r-a", recorded("r-a", WEBHOOKS["a"], runner=None, age=60.0))
+    view.apply(0, 1, b"r-b", recorded("r-b", WEBHOOKS["b"], runner=None, age=60.0))
+    locks = KeyedLocks(may_write=lambda webhook_id: webhook_id == "b")
+    journal = ViewJournal(view)
+    recoveries = Recoveries(Never(), journal=journal, url="http://w2", writing=locks.writing)
+    resumed = await take_over(
+        view, recoveries, owns=lambda _: True, webhook=WEBHOOKS.get, wall_time=NOW.timestamp
+    )
+    assert resumed == ["r-b"] and [r["id"] for r in journal.records] == ["r-b"]
+    await recoveries.close()
