@@ -34,7 +34,7 @@ from bridge.contract.payload import delivery_id
 from bridge.delivery.pending_retry import PendingRetry
 from bridge.errors import InvalidRecord
 from bridge.kafka.clients import client_kwargs, started, stopped
-from bridge.kafka.reading import SETTLE_STAMP_MARGIN, settled, stream_topic
+from bridge.kafka.reading import SETTLE_STAMP_MARGIN, fetch_kwargs, settled, stream_topic
 from bridge.subscriptions.index import SubscriptionIndex
 from bridge.subscriptions.webhook import Webhook
 from bridge.worker.recovery_view import recovery_record
@@ -344,7 +344,10 @@ async def recover(
                 await producer.send_and_wait(tier, item.to_bytes(), key=item.webhook_id.encode())
 
         consumer = AIOKafkaConsumer(
-            **client_kwargs(settings), group_id=None, enable_auto_commit=False
+            **client_kwargs(settings),
+            **fetch_kwargs(settings),
+            group_id=None,
+            enable_auto_commit=False,
         )
         clients.push_async_callback(stopped, await started(consumer))
         try:
@@ -491,7 +494,7 @@ async def _run(
     # Settling (the embedded broker's ends, see stream_topic): records written before the
     # recovery began only, so that a topic that never falls silent ends it all the same.
     begun_ms = int((operation.started_at + SETTLE_STAMP_MARGIN) * 1000)
-    settling = settled(consumer, tps, begun_ms, settle, positioned_ms=positioned_ms)
+    settling = settled(consumer, tps, begun_ms, settle, positioned_ms=positioned_ms, ends=ends)
     async with aclosing(settling) as settling:
         async for tp, records in settling:
             if not await take(tp, records):

@@ -57,7 +57,7 @@ class ColdConsumer:
         return {}
 
     def last_poll_timestamp(self, tp: TopicPartition) -> int | None:
-        return self.answered_ms
+        return self.answered_ms if tp.partition == 0 else None  # partition 1: never
 
 
 #: When the read sought where it goes on (wall time, ms).
@@ -66,8 +66,15 @@ POSITIONED_MS = 1_000_000
 
 async def _settle(consumer: ColdConsumer) -> list[Stamped]:
     out: list[Stamped] = []
-    tp = TopicPartition("events", 0)
-    read = settled(consumer, [tp], 100, 0.001, positioned_ms=POSITIONED_MS)  # type: ignore[arg-type]
+    tp, empty = TopicPartition("events", 0), TopicPartition("events", 1)
+    read = settled(
+        consumer,  # type: ignore[arg-type]
+        [tp, empty],
+        100,
+        0.001,
+        positioned_ms=POSITIONED_MS,
+        ends={tp: 1, empty: 0},  # a batch there, the empty partition never answered
+    )
     async with aclosing(read) as settling:
         async for _, records in settling:
             out.extend(records)
