@@ -95,18 +95,18 @@ async def test_a_cancelled_recovery_counts_every_delivery_it_enqueued(settings: 
     assert sum((await retried(settings)).values()) == answered.enqueued
 
 
-async def test_a_resumed_recovery_ends_with_all_of_its_records_read(settings: Settings) -> None:
-    """Released in the middle of a fetched batch: the resumed recovery counts on from where
-    the first one recorded it had read, and ends with every record read (progress 1.0)."""
-    await publish_events(settings, [post(n) for n in range(300)])
+async def _released_while_writing(
+    settings: Settings, events: int, stop_at: int
+) -> tuple[dict[str, Any], list[str], Journal]:
+    """A recovery of ``events`` fresh events whose worker stops while its delivery number
+    ``stop_at + 1`` is being written (a slow broker): its release record, the deliveries
+    written, and the journal."""
+    await publish_events(settings, [post(n) for n in range(events)])
     written: list[str] = []
 
     async def first_write(item: PendingRetry) -> None:
-        if len(written) >= 40:
+        if len(written) >= stop_at:
             await asyncio.sleep(0.5)  # a slow broker: the worker stops while this write waits
-        written.append(item.delivery_id)
-
-    async def second_write(item: PendingRetry) -> None:
         written.append(item.delivery_id)
 
     journal = Journal()
@@ -114,16 +114,36 @@ async def test_a_resumed_recovery_ends_with_all_of_its_records_read(settings: Se
         functools.partial(recover, settings, write=first_write), journal=journal, url="http://w1"
     )
     operation = await first.start(last_hour())
-    await eventually(lambda: len(written) >= 40, timeout=30)
+    await eventually(lambda: len(written) >= stop_at, timeout=30)
     await first.close()
     record = await journal.read(operation.id)
     assert record is not None and record["runner"] is None
+    return record, written, journal
+
+
+async def _resumed(
+    settings: Settings, journal: Journal, released: Operation, written: list[str], **kw: Any
+) -> Operation:
+    """``released`` resumed by another worker (``recover`` given ``kw``), once it ended."""
+
+    async def second_write(item: PendingRetry) -> None:
+        written.append(item.delivery_id)
 
     second = Recoveries(
-        functools.partial(recover, settings, write=second_write), journal=journal, url="http://w2"
+        functools.partial(recover, settings, write=second_write, **kw),
+        journal=journal,
+        url="http://w2",
     )
-    resumed = await second.resume(Operation.from_record(record, WEBHOOK))
+    resumed = await second.resume(released)
     await eventually(lambda: not second.running_here(resumed.id), timeout=60)
+    return resumed
+
+
+async def test_a_resumed_recovery_ends_with_all_of_its_records_read(settings: Settings) -> None:
+    """Released in the middle of a fetched batch: the resumed recovery counts on from where
+    the first one recorded it had read, and ends with every record read (progress 1.0)."""
+    record, written, journal = await _released_while_writing(settings, 300, 40)
+    resumed = await _resumed(settings, journal, Operation.from_record(record, WEBHOOK), written)
     assert resumed.state == "done" and len(set(written)) == 300
     assert resumed.done == resumed.total and resumed.as_dict()["progress"] == 1.0
 
@@ -137,37 +157,12 @@ async def test_a_recovery_resumed_past_every_reported_end_reads_the_rest_of_its_
     a settle. Until 2026-12-05 the resumed recovery ended at that first fetch, its records
     skipped (4 of 12 in a loaded run of tests/integration/test_api_changes.py; here the
     settle is 1 ms, shorter than any first fetch, to show it every time)."""
-    await publish_events(settings, [post(n) for n in range(12)])  # one batch, one partition
-    written: list[str] = []
-
-    async def first_write(item: PendingRetry) -> None:
-        if len(written) >= 8:
-            await asyncio.sleep(0.5)  # a slow broker: the worker stops while this write waits
-        written.append(item.delivery_id)
-
-    async def second_write(item: PendingRetry) -> None:
-        written.append(item.delivery_id)
-
-    journal = Journal()
-    first = Recoveries(
-        functools.partial(recover, settings, write=first_write), journal=journal, url="http://w1"
-    )
-    operation = await first.start(last_hour())
-    await eventually(lambda: len(written) >= 8, timeout=30)
-    await first.close()
-    record = await journal.read(operation.id)
-    assert record is not None and record["runner"] is None
+    # 12 events: one batch, in one partition.
+    record, written, journal = await _released_while_writing(settings, 12, 8)
     released = Operation.from_record(record, WEBHOOK)
     past = [key for key, end in released.ends.items() if released.positions[key] > end]
     assert past and all(released.positions[key] >= end for key, end in released.ends.items())
-
-    second = Recoveries(
-        functools.partial(recover, settings, write=second_write, settle=0.001),
-        journal=journal,
-        url="http://w2",
-    )
-    resumed = await second.resume(released)
-    await eventually(lambda: not second.running_here(resumed.id), timeout=60)
+    resumed = await _resumed(settings, journal, released, written, settle=0.001)
     assert resumed.state == "done" and len(set(written)) == len(written) == 12, written
     assert resumed.scanned == resumed.enqueued == 12
 
