@@ -140,6 +140,8 @@ class Bridge:
         self._offsets_consumer: AIOKafkaConsumer | None = None
         self._start_lock = asyncio.Lock()
         self._offsets_lock = asyncio.Lock()
+        #: :meth:`close` began: no offsets consumer is made from then on.
+        self._closing = False
         self._lag_labels: set[tuple[str, str]] = set()
         self._runtime: _Runtime | None = None
         #: The delivery log of this worker's attempts partitions (setting ``delivery_log``).
@@ -273,6 +275,8 @@ class Bridge:
     async def _update_lag(self) -> None:
         """Records behind the end of each source and retry partition this worker owns, from
         the committed offsets (what a restart would resume from)."""
+        if self._closing:
+            return
         consumer = self.app.consumer
         watched = {*self.settings.source_topics, *self.settings.retry_topics}
         tps = [tp for tp in consumer.assignment() if tp.topic in watched]
@@ -698,11 +702,19 @@ class Bridge:
         )
 
     async def _offsets(self) -> AIOKafkaConsumer:
-        """A group-less consumer used only to ask for end offsets."""
+        """A group-less consumer used only to ask for end offsets; none once :meth:`close`
+        began (``RuntimeError``: the freshness waits that ask try again, within their timeout),
+        and one whose start :meth:`close` overtook is stopped here, which it could not be."""
         async with self._offsets_lock:
             if self._offsets_consumer is None:
+                if self._closing:
+                    raise RuntimeError("the worker is stopping: no end offsets are asked")
                 consumer = AIOKafkaConsumer(**client_kwargs(self.settings), group_id=None)
-                self._offsets_consumer = await started(consumer)
+                await started(consumer)
+                if self._closing:
+                    await stopped(consumer)
+                    raise RuntimeError("the worker is stopping: no end offsets are asked")
+                self._offsets_consumer = consumer
             return self._offsets_consumer
 
     def _source_ends(self) -> dict[tuple[str, int], int]:
@@ -802,6 +814,7 @@ class Bridge:
         )
 
     async def close(self) -> None:
+        self._closing = True
         if self.disables is not None:
             await self.disables.aclose()
         if self._sender is not None:

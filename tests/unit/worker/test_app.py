@@ -299,3 +299,39 @@ def test_faust_settings_come_from_the_bridge_s_settings_alone(
     ours = {name: getattr(bridge.app.conf, name) for name in names}
     assert {name: getattr(in_that_environment.app.conf, name) for name in names} == ours
     assert ours["producer_acks"] == -1 and ours["stream_buffer_maxsize"] == 4096
+
+
+class _SlowConsumer:
+    """An offsets consumer whose start waits for ``go``; the ones made, and those stopped."""
+
+    made: list[_SlowConsumer] = []
+    go = asyncio.Event()
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.stopped = False
+        _SlowConsumer.made.append(self)
+
+    async def start(self) -> None:
+        await _SlowConsumer.go.wait()
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+async def test_an_offsets_consumer_whose_start_close_overtook_is_stopped(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() runs while the consumer that asks for end offsets starts: it sees none to stop,
+    so the start stops it (else its connection outlives the worker), and no other is made."""
+    monkeypatch.setattr(app_module, "AIOKafkaConsumer", _SlowConsumer)
+    _SlowConsumer.made, _SlowConsumer.go = [], asyncio.Event()
+    asking = asyncio.create_task(bridge._offsets())
+    await asyncio.sleep(0)
+    await bridge.close()
+    _SlowConsumer.go.set()
+    with pytest.raises(RuntimeError, match="stopping"):
+        await asking
+    assert [c.stopped for c in _SlowConsumer.made] == [True]
+    with pytest.raises(RuntimeError, match="stopping"):
+        await bridge._offsets()
+    assert len(_SlowConsumer.made) == 1 and bridge._offsets_consumer is None
