@@ -67,7 +67,8 @@ class KeyedLocks:
 
     @asynccontextmanager
     async def writing(self, key: str, *, fenced: bool = True) -> AsyncIterator[None]:
-        """Around a write of ``key`` (its lock held), the last step before it: raises
+        """Around a write for ``key`` (a change, holding the key's lock; or a recovery's first
+        record, :class:`~bridge.api.recoveries.Recoveries`), the last step before it: raises
         :class:`NotWritable` unless ``may_write(key)`` now, and counts the write until it ends
         (acknowledged or failed), for :meth:`drained`. So a worker that owned the webhook when
         the change was taken, and gave it up while the change waited for the lock or for its
