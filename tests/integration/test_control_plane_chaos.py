@@ -14,7 +14,9 @@ topic holds; every recovery ended ``done`` with the count of events it had to en
 which arrived again with their delivery ids; every rename answered ``200`` is in the
 subscriptions topic and none was made twice (renames and recoveries are sent again with their
 ``Idempotency-Key`` after a ``503`` or no answer), and every worker shows the topic's newest
-name.
+name. Meanwhile pairs of changes are sent at once through two random workers with the same
+``If-Match``: of each pair at most one is made (in the topic), whatever the pool does, one
+answered ``412`` never is, and one answered ``200`` is.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ HOOKS: dict[str, tuple[str | None, tuple[str, ...]]] = {
 SITES = ("s1", "s2", "s3")
 TYPES = ("post.created", "post.published")
 EVENTS = 150
+#: In the names given by the ETag races (the renames' names lack it).
+RACED = "-raced-"
 BURST, PAUSE = 10, 0.4
 POOL_CHANGES = 5
 MAX_CHILDREN = 3
@@ -112,6 +116,8 @@ class Run:
     log: list[str] = field(default_factory=list)
     #: (hook, name, status or None when no answer came) of each rename, in order.
     renames: list[tuple[str, str, int | None]] = field(default_factory=list)
+    #: Pairs of changes sent at once with one ETag: (hook, ETag, [(name, status or None)]).
+    races: list[tuple[str, str, list[tuple[str, int | None]]]] = field(default_factory=list)
     #: Every answer that was a 5xx other than 503: (method, path, status, body).
     server_errors: list[tuple[str, str, int, str]] = field(default_factory=list)
     #: Recoveries started: (hook, id).
@@ -243,6 +249,41 @@ class Run:
                 await asyncio.sleep(0.2)
             status = None if response is None else response.status_code
             self.renames.append((hook, name, status))
+            await asyncio.sleep(rng.uniform(0.1, 0.4))
+
+    async def race(self, client: httpx.AsyncClient) -> None:
+        """Two changes of one webhook sent at once through two random workers, each with the
+        ETag one of them read: the lost update the owner's lock and fence must refuse."""
+        rng = self.rng("race")
+        n = 0
+        while self.publishing:
+            hook = rng.choice(sorted(HOOKS))
+            serving = self.serving()
+            read = await self.call(client, rng.choice(serving), "GET", f"/v1/webhooks/{hook}")
+            if read is None or read.status_code != 200:
+                await asyncio.sleep(0.2)
+                continue
+            etag = read.headers["ETag"]
+            names = [f"{hook}{RACED}{n}-{i}" for i in range(2)]
+            n += 1
+            answers = await asyncio.gather(
+                *(
+                    self.call(
+                        client,
+                        rng.choice(serving),
+                        "PATCH",
+                        f"/v1/webhooks/{hook}",
+                        json={"name": name},
+                        headers={"If-Match": etag},
+                    )
+                    for name in names
+                )
+            )
+            tried = [
+                (name, None if a is None else a.status_code)
+                for name, a in zip(names, answers, strict=True)
+            ]
+            self.races.append((hook, etag, tried))
             await asyncio.sleep(rng.uniform(0.1, 0.4))
 
     async def read(self, client: httpx.AsyncClient) -> None:
@@ -396,6 +437,7 @@ async def test_the_control_plane_answers_exactly_across_repeated_rebalances(
             run.publish(),
             run.churn(pool_at),
             run.rename(client),
+            run.race(client),
             run.read(client),
             recoveries(),
             run.redeliver(client, list(REDELIVER_AT)),
@@ -594,15 +636,31 @@ async def test_the_control_plane_answers_exactly_across_repeated_rebalances(
             )
             tried = [(name, status) for h, name, status in run.renames if h == hook]
             newest = names[hook][-1]
-            # The newest is the last one answered 200, or one sent after it without an answer.
+            renamed = [n for n in names[hook] if RACED not in n]
+            # The newest rename is the last one answered 200, or one sent after it without an
+            # answer.
             after = [n for n, _ in tried[[n for n, _ in tried].index(made[-1]) :]] if made else []
-            assert not made or newest in after, f"seed {seed}: {hook}: {newest} not in {after}"
+            assert not made or renamed[-1] in after, (
+                f"seed {seed}: {hook}: {renamed[-1]} not in {after}"
+            )
             for member in serving:
                 shown = await run.ask(client, "GET", f"/v1/webhooks/{hook}", member=member)
                 assert shown.json()["name"] == newest, (
                     f"seed {seed}: {hook} via {member.base_url}: {shown.json()['name']} "
                     f"but the topic's newest is {newest}"
                 )
+
+        # Of two changes sent with one ETag at most one was made; 412 never, 200 always.
+        won = 0
+        for hook, etag, pair in run.races:
+            made_of_pair = [name for name, _ in pair if name in names[hook]]
+            assert len(made_of_pair) <= 1, f"seed {seed}: {hook} {etag}: both made: {pair}"
+            for name, status in pair:
+                assert status in (200, 412, 503, None), f"seed {seed}: {hook}: {pair}"
+                assert status != 200 or name in names[hook], f"seed {seed}: {hook}: {pair}"
+                assert status != 412 or name not in names[hook], f"seed {seed}: {hook}: {pair}"
+            won += sorted(status or 0 for _, status in pair) == [200, 412]
+        record_property("races", (len(run.races), won))
 
         # Stats read during the chaos counted at least what was written LAG seconds before.
         stamps = {
@@ -621,7 +679,8 @@ async def test_the_control_plane_answers_exactly_across_repeated_rebalances(
         assert not short_reads, f"seed {seed} ({' '.join(run.log)}): {short_reads[:5]}"
     print(
         f"seed {seed}: {' '.join(run.log)}; {len(attempts_read)} attempts, "
-        f"{len(run.renames)} renames, {len(run.reads)} stats reads, "
+        f"{len(run.renames)} renames, {len(run.races)} races ({won} won by one, lost by the "
+        f"other), {len(run.reads)} stats reads, "
         f"{len(run.redeliveries)} redeliveries, serving {len(serving)}; "
         f"503s: {run.unavailable}"
     )
