@@ -310,7 +310,12 @@ class _Relay:
                 path_qs = named.path_qs
                 request = request.clone(rel_url=named)
         if webhook_id is None:
-            response = await handler(request)
+            try:
+                response = await handler(request)
+            except NotWritable:
+                # Not routed, yet refused by the fence (nothing written): the client tries
+                # again, and is routed then.
+                raise _unavailable(OwnerUnavailable("the webhook's owner is changing")) from None
             return response
         if not self._bridge.owner(webhook_id, settled=True).local:
             # Refused here what the owner would refuse, so a stranger can neither make workers
@@ -337,9 +342,9 @@ class _Relay:
             raise _unavailable(exc) from None
 
     async def _redelivered_webhook(self, request: web.Request) -> str | None:
-        """The webhook a redelivery names, else that of its delivery, from the owners' logs;
-        ``None`` when the request is invalid, the delivery is not found or its webhook is gone
-        (answered here: ``400``, ``404``, ``409``). ``503`` when an owner is unknown or does not
+        """The webhook a redelivery names, else that of its delivery, from the owners' logs
+        (its owner answers one deleted since); ``None`` when the request is invalid or the
+        delivery is not found (answered here: ``400``, ``404``). ``503`` when an owner is unknown or does not
         answer within the hold: answered here, the redelivery could start where its webhook is
         not owned."""
         authorization = request.headers.get("Authorization")
@@ -359,9 +364,11 @@ class _Relay:
             )
         except OwnerUnavailable as exc:
             raise _unavailable(exc) from None
-        if not attempts or self._bridge.index.get(attempts[0].webhook_id) is None:
-            return None
-        return attempts[0].webhook_id
+        # Routed to the owner of the delivery's webhook even when this worker's table lacks it
+        # (a worker still reading the table; a webhook deleted since: the owner answers that).
+        # Until 2026-12-05 a webhook not in this worker's table left the request here, where a
+        # starting worker, once its table held the webhook, started the redelivery unowned.
+        return attempts[0].webhook_id if attempts else None
 
     def _destination(self, webhook_id: str, *, relayed: bool) -> Owner:
         """Where a change of ``webhook_id`` is made: here (its owner), or the owner it is relayed
