@@ -344,9 +344,9 @@ class _Relay:
     async def _redelivered_webhook(self, request: web.Request) -> str | None:
         """The webhook a redelivery names, else that of its delivery, from the owners' logs
         (its owner answers one deleted since); ``None`` when the request is invalid or the
-        delivery is not found (answered here: ``400``, ``404``). ``503`` when an owner is unknown or does not
-        answer within the hold: answered here, the redelivery could start where its webhook is
-        not owned."""
+        delivery is not found (answered here: ``400``, ``404``). ``503`` when an owner is
+        unknown or does not answer within the hold: answered here, the redelivery could start
+        where its webhook is not owned."""
         authorization = request.headers.get("Authorization")
         # Refused here what the owner would refuse, before any owner is asked.
         self._tokens.authenticate(authorization).require("write")
