@@ -88,7 +88,7 @@ class Recoveries:
         url: str | None = None,
         heartbeat: float = DEFAULT_HEARTBEAT,
         max_running: int | None = None,
-        writing: Callable[[str], AbstractAsyncContextManager[None]] | None = None,
+        writing: Callable[[str], AbstractAsyncContextManager[object]] = nullcontext,
     ) -> None:
         self._runner = runner
         self._writing = writing
@@ -156,10 +156,7 @@ class Recoveries:
             )
 
     async def _launch(self, operation: Operation) -> Operation:
-        fence = (
-            nullcontext() if self._writing is None else self._writing(operation.request.webhook.id)
-        )
-        async with fence:
+        async with self._writing(operation.request.webhook.id):
             operation.runner = self._url
             self._operations.add(operation)
             await self._record(operation)

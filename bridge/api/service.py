@@ -380,14 +380,14 @@ class WebhookService:
         if errors:
             raise Problem.invalid(*errors)
         principal.check_scope(body.get("site_id"), body.get("user_id"))
-        # An id generated here (no client-chosen id, no key) is no other request's to race.
-        generated = not body.get("id") and key is None
+        generated = False
         if body.get("id"):
             webhook_id = body["id"]
         elif key is not None:
             webhook_id = key.webhook_id()
         else:
-            webhook_id = f"wh_{uuid.uuid4().hex}"
+            # No other request can race an id generated here: its write is not fenced.
+            webhook_id, generated = f"wh_{uuid.uuid4().hex}", True
         change = None if key is None else key.request("POST", "/v1/webhooks", body)
         async with self._locked(webhook_id):
             existing = await self._read_as_written(webhook_id)

@@ -706,15 +706,15 @@ class Bridge:
         began (``RuntimeError``: the freshness waits that ask try again, within their timeout),
         and one whose start :meth:`close` overtook is stopped here, which it could not be."""
         async with self._offsets_lock:
-            if self._offsets_consumer is None:
-                if self._closing:
-                    raise RuntimeError("the worker is stopping: no end offsets are asked")
+            if self._offsets_consumer is None and not self._closing:
                 consumer = AIOKafkaConsumer(**client_kwargs(self.settings), group_id=None)
                 await started(consumer)
-                if self._closing:
+                if self._closing:  # close() saw none to stop
                     await stopped(consumer)
-                    raise RuntimeError("the worker is stopping: no end offsets are asked")
-                self._offsets_consumer = consumer
+                else:
+                    self._offsets_consumer = consumer
+            if self._offsets_consumer is None:
+                raise RuntimeError("the worker is stopping: no end offsets are asked")
             return self._offsets_consumer
 
     def _source_ends(self) -> dict[tuple[str, int], int]:
