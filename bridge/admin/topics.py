@@ -34,8 +34,8 @@ async def apply_topics(settings: Settings, *, fail_on_drift: bool = True) -> Top
     specs = declared_topics(settings)
     report = TopicReport()
     admin = AIOKafkaAdminClient(**client_kwargs(settings))
-    await admin.start()
     try:
+        await admin.start()  # a start that fails is closed too: its connections with it
         existing = set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
         if missing:

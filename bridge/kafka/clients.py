@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from typing import Any, Protocol, TypeVar
@@ -15,6 +16,7 @@ from bridge.subscriptions.secretbox import Keyring
 __all__ = [
     "RECORD_DUMPING_LOGGERS",
     "KafkaClient",
+    "START_GRACE",
     "started",
     "stopped",
     "client_kwargs",
@@ -53,15 +55,45 @@ class KafkaClient(Protocol):
 _Client = TypeVar("_Client", bound=KafkaClient)
 
 
+#: How long a start whose task is cancelled meanwhile is let go on before it is cancelled too:
+#: aiokafka's bootstrap, cancelled while it waits for the broker's metadata, leaves that
+#: connection open and referenced by nothing (collected with a ``ResourceWarning``, its socket
+#: open until then), where a bootstrap that ends keeps or closes it. Against a broker that
+#: answers, a start takes milliseconds.
+START_GRACE = 5.0
+
+
 async def started(client: _Client) -> _Client:
     """``client``, started; stopped again when its start fails or is cancelled (a client whose
-    start did not finish keeps its connections open, and aiokafka warns when it is collected)."""
+    start did not finish keeps its connections open, and aiokafka warns when it is collected).
+
+    When the task awaiting it is cancelled, the start is let finish (at most
+    :data:`START_GRACE` seconds) before the client is stopped and the cancellation goes on.
+    """
+    starting = asyncio.ensure_future(client.start())
     try:
-        await client.start()
+        await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        await _let_finish(starting, START_GRACE)
+        await stopped(client)
+        raise
     except BaseException:
         await stopped(client)
         raise
     return client
+
+
+async def _let_finish(task: asyncio.Future[None], timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for ``task`` (less if the waiting task is cancelled
+    again), then cancel it if it has not ended, and wait for it to end."""
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait([task], timeout=timeout)
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([task])
+    if task.done() and not task.cancelled():
+        task.exception()  # retrieved: a failed start is the stop's to clean up, not a log line
 
 
 async def stopped(client: KafkaClient) -> None:

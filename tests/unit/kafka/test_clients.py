@@ -14,6 +14,7 @@ from aiokafka.errors import KafkaConnectionError
 from bridge.admin import recovery
 from bridge.config import Settings
 from bridge.errors import ConfigError
+from bridge.kafka import clients
 from bridge.kafka.clients import (
     address_policy,
     client_kwargs,
@@ -116,6 +117,64 @@ async def test_a_client_whose_start_fails_or_is_cancelled_is_stopped(
         await started(client)
     assert client.calls == ["start", "stop", "stopped"]
     assert await started(ok := Client()) is ok and ok.calls == ["start"]
+
+
+class SlowStart(Client):
+    """A client whose start waits for :attr:`go` (as aiokafka's waits for the broker)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+
+    async def start(self) -> None:
+        self.calls.append("start")
+        try:
+            await self.go.wait()
+        except asyncio.CancelledError:
+            self.calls.append("start cancelled")
+            raise
+        self.calls.append("started")
+
+
+async def test_a_start_whose_task_is_cancelled_ends_before_the_client_is_stopped() -> None:
+    """aiokafka's bootstrap cut off mid-request leaves its connection open: the start is let
+    end (the broker answers), then the client is stopped, then the cancellation goes on."""
+    client = SlowStart()
+    task = asyncio.ensure_future(started(client))
+    await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.sleep(0.01)
+    assert client.calls == ["start"] and not task.done()  # not stopped under the start
+    client.go.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert client.calls == ["start", "started", "stop", "stopped"]
+
+
+async def test_a_start_that_outlasts_the_grace_is_cancelled_then_stopped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(clients, "START_GRACE", 0.02)
+    client = SlowStart()  # never let go: a broker that does not answer
+    task = asyncio.ensure_future(started(client))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert client.calls == ["start", "start cancelled", "stop", "stopped"]
+
+
+async def test_a_start_cancelled_twice_stops_waiting_and_stops_the_client() -> None:
+    """A second cancellation (a worker's stop giving up) ends the wait for the start at once."""
+    client = SlowStart()
+    task = asyncio.ensure_future(started(client))
+    await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert client.calls == ["start", "start cancelled", "stop", "stopped"]
 
 
 async def test_a_stop_goes_on_to_its_end_when_its_task_is_cancelled() -> None:
