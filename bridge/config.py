@@ -785,6 +785,12 @@ class Settings:
         return self.role in ("deliver", "all")
 
     @property
+    def kafka_heartbeat_interval(self) -> float:
+        """Seconds between the consumer's heartbeats: a quarter of the session timeout, at most
+        one."""
+        return min(1.0, self.kafka_session_timeout / 4)
+
+    @property
     def canonical_url(self) -> str:
         """Where other workers reach this one's web server (``advertised_url`` or the bind
         address)."""

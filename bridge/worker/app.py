@@ -73,6 +73,7 @@ from bridge.worker.faust_monitor import FaustPrometheusMonitor
 from bridge.worker.faust_patches import install as install_faust_patches
 from bridge.worker.faust_patches import set_fetch_max_wait
 from bridge.worker.logs import logging_config
+from bridge.worker.pauses import LoopPauses, PauseTicker
 from bridge.worker.recovery_view import RecoveryView
 from bridge.worker.settling import HOLD_HEADER, Changes, hold_left, settle_async
 from bridge.worker.web import WebServer
@@ -151,6 +152,13 @@ class Bridge:
         #: One change of a webhook at a time: the API's, and the bridge's disables; each
         #: written only while this worker may (:meth:`_may_change`).
         self.change_locks = KeyedLocks(may_write=self._may_change)
+        #: The event loop's pauses long enough for the group to have dropped this worker
+        #: unawares: no change is written for a session timeout after one.
+        self.pauses = LoopPauses(
+            limit=settings.kafka_session_timeout - settings.kafka_heartbeat_interval,
+            hold=settings.kafka_session_timeout,
+            on_lapse=self._pause_lapsed,
+        )
         #: Whether an owner of a webhook was ever known (see :meth:`_has_owners`).
         self._owners_seen = False
         #: Faust's count of rebalances begun when the assignment of the attempts partitions
@@ -225,7 +233,7 @@ class Bridge:
             consumer_auto_offset_reset="earliest",
             broker_rebalance_timeout=s.kafka_rebalance_timeout,
             broker_session_timeout=s.kafka_session_timeout,
-            broker_heartbeat_interval=min(1.0, s.kafka_session_timeout / 4),
+            broker_heartbeat_interval=s.kafka_heartbeat_interval,
             broker_commit_interval=1.0,
             producer_acks=-1,
             # A rebalance must not wait for 30-second deliveries; unacknowledged records are
@@ -271,6 +279,14 @@ class Bridge:
         app.monitor = FaustPrometheusMonitor(metrics=FaustMetrics.create(self.registry, "faust"))
         app.timer(interval=5.0, name="consumer-lag")(self._update_lag)
         return app
+
+    def _pause_lapsed(self) -> None:
+        """Changes may be written again after a pause, no rebalance having come: the requests
+        held meanwhile try again, and the disables refused meanwhile are written (as after an
+        assignment)."""
+        self.changes.notify()
+        if self.disables is not None:
+            self.disables.offer_owned(self._owns_log_of)
 
     async def _update_lag(self) -> None:
         """Records behind the end of each source and retry partition this worker owns, from
@@ -357,9 +373,13 @@ class Bridge:
     def _may_change(self, webhook_id: str) -> bool:
         """Whether this worker may write ``webhook_id`` now (asked as each change or disable
         is written, :meth:`KeyedLocks.writing`): always without ``delivery_log`` (no owners);
-        else while it owns the webhook and no rebalance has begun since its assignment."""
+        else while it owns the webhook, no rebalance has begun since its assignment, and no
+        pause of the process may have dropped it from the group unawares
+        (:mod:`bridge.worker.pauses`)."""
         if self.delivery_log is None:
             return True
+        if not self.pauses.may_write():
+            return False
         return self.owner(webhook_id, settled=True).local or self._owns_log_of(webhook_id)
 
     async def _changes_revoked(self, sender: Any, /, *args: Any, signal: Any, **kw: Any) -> None:
@@ -415,7 +435,7 @@ class Bridge:
         theirs (Kafka's eager protocol, the one aiokafka speaks) before any of them receives the
         next assignment. So two workers never both see one partition as theirs with this true; a
         worker that has left the group without knowing it (paused past its session timeout) is
-        not covered."""
+        not covered here: :mod:`bridge.worker.pauses` fences its writes."""
         return self._assignment_count == self.app.rebalancing_count
 
     def _owners(self) -> dict[int, str]:
@@ -848,7 +868,8 @@ class Bridge:
     def _services(self) -> list[Service]:
         """What runs beside the Faust app: the health and metrics server (serving ``/v1`` for the
         roles with the API), the closer of the HTTP client and Kafka clients the bridge opens
-        itself, and the delivery log's reader."""
+        itself, the event loop's ticks (:mod:`bridge.worker.pauses`), and the delivery log's
+        reader."""
         api: Callable[[], Awaitable[Any]] | None = None
         if self.settings.serves_api:
             # Only workers serving /v1 load bridge.api (and through it the admin tools).
@@ -862,7 +883,7 @@ class Bridge:
             ready=self.ready,
             application=api,
         )
-        services: list[Service] = [web, _Closer(self)]
+        services: list[Service] = [web, _Closer(self), PauseTicker(self.pauses)]
         if self.delivery_log is not None:
             services.append(self.delivery_log)
         return services

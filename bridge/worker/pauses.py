@@ -1,0 +1,100 @@
+"""Whether this process ran without a pause long enough for its consumer group to have dropped
+it unawares: the fence a worker's webhook changes pass (:meth:`Bridge._may_change
+<bridge.worker.app.Bridge._may_change>`) besides owning the webhook.
+
+A worker owns a webhook while no rebalance has begun since its assignment, and Faust counts a
+rebalance as begun when the consumer learns of it: from the answer to a heartbeat. A process
+paused (stopped, swapped out, its VM frozen) past its session timeout has been dropped from the
+group, and another worker may own its webhooks, but on waking it runs what was waiting before
+its consumer's next heartbeat is answered, and would write a change over the new owner's. The
+event loop is ticked (:meth:`LoopPauses.tick`, by :class:`PauseTicker`, from before the worker
+joins its group); a gap between ticks longer than a member can go
+silent and stay in the group (the session timeout less one heartbeat interval) refuses writes
+for a session timeout after it, time enough for the first heartbeat after the pause to be
+answered (and, if the worker was dropped, for the rebalance to have begun). The event
+loop held that long by the worker itself (the consumer heartbeats from its own thread) refuses
+them too: a change then waits, or is answered ``503``, rather than risk being made twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from mode import Service
+
+__all__ = ["TICK", "LoopPauses", "PauseTicker"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds between ticks of the event loop.
+TICK = 0.25
+
+
+class LoopPauses:
+    """The event loop's pauses (gaps between :meth:`tick` calls) longer than ``limit`` seconds,
+    and the ``hold`` seconds after each in which :meth:`may_write` is false. ``on_lapse``:
+    called by the first tick after a hold ends (to wake what waited for it)."""
+
+    def __init__(
+        self,
+        *,
+        limit: float,
+        hold: float,
+        on_lapse: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self.hold = hold
+        self._on_lapse = on_lapse
+        self._clock = clock
+        #: The last tick (``None``: not ticking yet).
+        self._last: float | None = None
+        #: Writes are refused until then (``None``: not held).
+        self._held_until: float | None = None
+        #: Pauses seen.
+        self.count = 0
+
+    def tick(self) -> None:
+        now = self._clock()
+        last, self._last = self._last, now
+        if last is not None and now - last > self.limit:
+            self.count += 1
+            self._held_until = now + self.hold
+            log.warning(
+                "the event loop did not run for %.1f s (a member silent for %.1f s may have "
+                "left its group): webhook changes are refused for %.1f s",
+                now - last,
+                self.limit,
+                self.hold,
+            )
+        elif self._held_until is not None and now >= self._held_until:
+            self._held_until = None
+            self._on_lapse()
+
+    def may_write(self) -> bool:
+        """Whether no pause longer than ``limit`` is under way (the loop not ticked for longer:
+        a write woken before the first tick after a pause) or was seen within ``hold``."""
+        if self._last is None:
+            return True
+        now = self._clock()
+        if now - self._last > self.limit:
+            return False
+        return self._held_until is None or now >= self._held_until
+
+
+class PauseTicker(Service):
+    """Ticks ``pauses`` every :data:`TICK` seconds from its start (a service started before
+    the Faust app, so before any assignment: Faust's own timers begin only once the tables are
+    recovered, and a pause between would go unseen)."""
+
+    def __init__(self, pauses: LoopPauses) -> None:
+        super().__init__()
+        self._pauses = pauses
+
+    @Service.task
+    async def _ticking(self) -> None:
+        while not self.should_stop:
+            self._pauses.tick()
+            await self.sleep(TICK)
