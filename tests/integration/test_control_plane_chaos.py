@@ -3,7 +3,8 @@ changes served by whichever workers are left, exactly as the topics hold them.
 
 A seeded schedule (``CONTROL_PLANE_CHAOS_SEEDS``: comma-separated seeds, one test per seed; none
 by default, so the suite skips it: 9-28 s a seed) of worker joins (roles ``all``, ``api`` and
-``deliver``), graceful stops (SIGTERM, a bounded wait, then SIGKILL) and SIGKILLs runs while
+``deliver``), graceful stops (SIGTERM, a bounded wait, then SIGKILL), SIGKILLs and pauses
+(SIGSTOP for up to a second past the session timeout, then SIGCONT) runs while
 events are published to webhooks whose endpoints fail each delivery's first 0-2 requests, two
 recoveries run (one started before the pool changes, one during them), and webhooks are renamed
 through random workers; meanwhile the attempts, stats and webhooks are read through random
@@ -25,6 +26,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -204,7 +206,7 @@ class Run:
             # The one serving the log beside the staying worker is never the only one left
             # unkilled by choice: any may go.
             allowed = (["join"] if len(alive) < MAX_CHILDREN else []) + (
-                ["term", "kill"] if alive else []
+                ["term", "kill", "pause"] if alive else []
             )
             kind = rng.choice([k for k in allowed if k not in done] or allowed)
             done.add(kind)
@@ -218,6 +220,16 @@ class Run:
             assert victim.process is not None
             if kind == "kill":
                 victim.process.kill()
+            elif kind == "pause":
+                # Stopped (SIGSTOP) for up to a second past its session timeout, then woken:
+                # a worker the group may have dropped meanwhile without its knowing.
+                paused = rng.uniform(0.5, self.settings.kafka_session_timeout + 1.0)
+                victim.process.send_signal(signal.SIGSTOP)
+                try:
+                    await asyncio.sleep(paused)
+                finally:
+                    victim.process.send_signal(signal.SIGCONT)
+                kind = f"pause{paused:.1f}s"
             else:
                 await asyncio.to_thread(victim.process.stop, 3.0)
             self.log.append(f"{kind}-{victim.role}@{count}")

@@ -60,6 +60,11 @@ class ChildProcess:
                 message=lambda: f"{what} not ready:\n{self.tail()}",
             )
 
+    def send_signal(self, sig: int) -> None:
+        """``sig`` to the process while it runs (SIGSTOP and SIGCONT pause and wake it)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
