@@ -678,7 +678,8 @@ class Settings:
         "Seconds before a silent worker is dropped from the group (6 is Apache Kafka's lowest "
         "by default). The embedded broker holds a new group's first join until half of it has "
         "passed (at most 3 s, checked once a second): `run` on the embedded broker uses 2 unless "
-        "set, a 1 s join.",
+        "set, a 1 s join. A worker whose event loop did not run for this less one heartbeat "
+        "interval (paused) writes no webhook change for this long after (docs/api.md).",
     )
 
     def __post_init__(self) -> None:
