@@ -251,6 +251,13 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        self.event_loop_pauses = Counter(
+            "webhook_bridge_event_loop_pauses_total",
+            "Gaps in the worker's event loop longer than a group member may be silent (the "
+            "session timeout less one heartbeat interval): the process was paused or its loop "
+            "held; each refuses webhook changes for a session timeout.",
+            registry=registry,
+        )
         self.retries_cancelled = Counter(
             "webhook_bridge_retries_cancelled_total",
             "Pending retries dropped because their webhook was deleted or deactivated meanwhile.",

@@ -158,6 +158,7 @@ class Bridge:
             limit=settings.kafka_session_timeout - settings.kafka_heartbeat_interval,
             hold=settings.kafka_session_timeout,
             on_lapse=self._pause_lapsed,
+            on_pause=self.metrics.event_loop_pauses.inc,
         )
         #: Whether an owner of a webhook was ever known (see :meth:`_has_owners`).
         self._owners_seen = False

@@ -34,8 +34,9 @@ TICK = 0.25
 
 class LoopPauses:
     """The event loop's pauses (gaps between :meth:`tick` calls) longer than ``limit`` seconds,
-    and the ``hold`` seconds after each in which :meth:`may_write` is false. ``on_lapse``:
-    called by the first tick after a hold ends (to wake what waited for it)."""
+    and the ``hold`` seconds after each in which :meth:`may_write` is false. ``on_pause``:
+    called as each is seen (counted); ``on_lapse``: called by the first tick after a hold ends
+    (to wake what waited for it)."""
 
     def __init__(
         self,
@@ -43,11 +44,13 @@ class LoopPauses:
         limit: float,
         hold: float,
         on_lapse: Callable[[], None] = lambda: None,
+        on_pause: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limit = limit
         self.hold = hold
         self._on_lapse = on_lapse
+        self._on_pause = on_pause
         self._clock = clock
         #: The last tick (``None``: not ticking yet).
         self._last: float | None = None
@@ -62,6 +65,7 @@ class LoopPauses:
         if last is not None and now - last > self.limit:
             self.count += 1
             self._held_until = now + self.hold
+            self._on_pause()
             log.warning(
                 "the event loop did not run for %.1f s (a member silent for %.1f s may have "
                 "left its group): webhook changes are refused for %.1f s",
