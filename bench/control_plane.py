@@ -525,6 +525,8 @@ async def attempts_query(ctx: Context) -> dict[str, Any]:
             "role": "api",
             "delivery_log": True,
             "api_tokens": str(tokens),
+            # The query load is one token's, as fast as the worker answers: measured unlimited.
+            "api_rate_limit": 0.0,
             "web_port": free_port(),
             "data_dir": str(ctx.workdir / "data" / f"{base_settings.group_id}-{store or 'log'}"),
         }

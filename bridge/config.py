@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
+import math
 import os
 import re
 import tempfile
@@ -120,6 +121,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise ValueError(f"must be positive, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or math.isinf(value):
+        raise ValueError(f"must be 0 or more, got {text!r}")
     return value
 
 
@@ -473,6 +481,14 @@ class Settings:
         _positive_int,
         "Recoveries and redeliveries one worker runs at once (each reads the events topic); "
         "a request for another is answered 429 with Retry-After.",
+    )
+    api_rate_limit: float = Section.ACTIVITY.setting(
+        100.0,
+        "BRIDGE_API_RATE_LIMIT",
+        "--api-rate-limit",
+        _non_negative_float,
+        "Requests a second each /v1 token may make of one worker (a burst of two seconds' "
+        "worth after a pause); more are answered 429 with Retry-After. 0: no limit.",
     )
     recovery_retention: float = Section.ACTIVITY.setting(
         7 * 86400.0,

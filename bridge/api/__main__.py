@@ -21,7 +21,7 @@ import sys
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
-from bridge.api.app import create_app
+from bridge.api.app import ApiConfig, create_app
 from bridge.api.auth import SCOPES, TokenSet, hash_token, new_token
 from bridge.api.control import ControlService
 from bridge.api.kafka_sources import KafkaActivitySource, KafkaDeadLetters, kafka_recovery_runner
@@ -82,7 +82,8 @@ async def _serve(args: argparse.Namespace) -> None:
             redeliver_lookback=settings.delivery_log_max_age,
         )
         registry = CollectorRegistry()
-        app = create_app(service, control, tokens, metrics=ApiMetrics(registry))
+        config = ApiConfig(rate_limit=settings.api_rate_limit)
+        app = create_app(service, control, tokens, config=config, metrics=ApiMetrics(registry))
 
         async def metrics(request: web.Request) -> web.Response:
             return web.Response(body=generate_latest(registry), content_type="text/plain")

@@ -36,6 +36,7 @@ from bridge.api.problems import (
     problem_middleware,
     read_json_object,
 )
+from bridge.api.ratelimit import TokenBuckets
 from bridge.api.repository import WebhookFilter
 from bridge.api.service import WebhookService, body_errors, etag, public_view
 from bridge.attempts.log import LogQuery, decode_cursor
@@ -69,6 +70,9 @@ class ApiConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     #: Seconds a request may take; then ``503`` with ``Retry-After``.
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    #: Requests a second each token may make (:class:`~bridge.api.ratelimit.TokenBuckets`);
+    #: more are answered ``429`` with ``Retry-After``. 0: no limit.
+    rate_limit: float = 0.0
 
 
 def _json(
@@ -124,10 +128,19 @@ class _Routes:
         self._control = control
         self._tokens = tokens
         self._config = config
+        self._buckets = TokenBuckets(config.rate_limit)
 
     def _principal(self, request: web.Request, scope: Scope) -> Principal:
+        """The request's token, which has ``scope``, within its rate."""
         principal = self._tokens.authenticate(request.headers.get("Authorization"))
         principal.require(scope)
+        wait = self._buckets.take(principal.name)
+        if wait:
+            raise Problem(
+                "too_many_requests",
+                f"more than {self._config.rate_limit:g} requests a second with this token",
+                headers={"Retry-After": str(wait)},
+            )
         return principal
 
     async def _body(self, request: web.Request, *, optional: bool = False) -> dict[str, Any]:

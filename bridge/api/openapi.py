@@ -530,6 +530,12 @@ def _schemas() -> dict[str, Any]:
     }
 
 
+_RATE_LIMITED = (
+    "More requests a second with this token than the worker answering allows (api_rate_limit): "
+    "retry after Retry-After seconds."
+)
+
+
 def _problem_response(description: str) -> dict[str, Any]:
     return {
         "description": description,
@@ -636,6 +642,7 @@ def _operation(
             "400": _problem_response("Invalid request; errors name the fields."),
             "401": _problem_response("No valid bearer token."),
             "403": _problem_response("The token lacks the scope, or the site or account."),
+            "429": responses.get("429") or _problem_response(_RATE_LIMITED),
             "503": _problem_response(
                 "Not answered in time, the webhooks table could not be shown current, or the "
                 "owner of the webhook or its delivery log was not known or not ready within the "
@@ -675,8 +682,9 @@ def _path_param(name: str) -> dict[str, Any]:
 
 def _paths() -> dict[str, Any]:
     busy = _problem_response(
-        "As many recoveries as the worker runs at once (api_max_recoveries) are running: "
-        "retry after Retry-After seconds."
+        "As many recoveries as the worker runs at once (api_max_recoveries) are running, or "
+        "more requests a second with this token than the worker answering allows "
+        "(api_rate_limit): retry after Retry-After seconds."
     )
     not_found = _problem_response("No such webhook.")
     no_recovery = _problem_response(

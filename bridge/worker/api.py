@@ -563,7 +563,7 @@ async def api_application(bridge: Bridge) -> web.Application:
         KafkaDeadLetters(settings),
         redeliver_lookback=settings.delivery_log_max_age,
     )
-    config = ApiConfig()
+    config = ApiConfig(rate_limit=settings.api_rate_limit)
     metrics = ApiMetrics(bridge.registry)
     app = create_app(service, control, tokens, config=config, metrics=metrics)
     app.middlewares.append(_keep_authorization)

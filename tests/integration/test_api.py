@@ -258,7 +258,8 @@ async def test_the_log_stats_recovery_and_redelivery_of_a_real_worker(
 async def test_python_m_bridge_api_serve_answers_and_counts_its_requests(
     settings: Settings, tmp_path: Any
 ) -> None:
-    """The API as its own process: a token file, /v1 behind it, /metrics by route template."""
+    """The API as its own process: a token file, /v1 behind it, /metrics by route template,
+    each token within its rate (``api_rate_limit``, here 1 a second: a burst of 2)."""
     import json
     import sys
 
@@ -272,7 +273,9 @@ async def test_python_m_bridge_api_serve_answers_and_counts_its_requests(
     port = free_port()
     child = ChildProcess(tmp_path / "api.log")
     argv = [sys.executable, "-m", "bridge.api", "serve", "--tokens", str(tokens)]
-    child.spawn([*argv, "--port", str(port)], env=settings_env(settings))
+    child.spawn(
+        [*argv, "--port", str(port)], env=settings_env(settings.replace(api_rate_limit=1.0))
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         await child.wait_http(f"{base}/v1/openapi.json", timeout=30, what="the API")
@@ -281,10 +284,14 @@ async def test_python_m_bridge_api_serve_answers_and_counts_its_requests(
             listed = await client.get("/v1/webhooks", headers=HEADERS)
             assert listed.status_code == 200, listed.text
             assert (await client.get("/v1/webhooks/nope", headers=HEADERS)).status_code == 404
+            over = await client.get("/v1/webhooks", headers=HEADERS)
+            assert over.status_code == 429 and over.headers["Retry-After"] == "1", over.text
+            reader = {"Authorization": f"Bearer {READER}"}
+            assert (await client.get("/v1/webhooks", headers=reader)).status_code == 200
             text = (await client.get("/metrics")).text
         assert (
             'webhook_bridge_api_requests_total{method="GET",route="/v1/webhooks",'
-            'status_class="4xx"} 1.0' in text
+            'status_class="4xx"} 2.0' in text  # the 401 and the 429
         )
         assert 'route="/v1/webhooks/{webhook_id}"' in text and "nope" not in text
         assert TOKEN not in child.tail(1000)

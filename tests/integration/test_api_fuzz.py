@@ -244,7 +244,11 @@ def deployment(
 ) -> Iterator[Deployment]:
     tokens = tmp_path_factory.mktemp("api") / "tokens.json"
     tokens.write_text(json.dumps(TOKENS))
-    settings = make_module_settings(role="all", delivery_log=True, api_tokens=str(tokens))
+    # Unlimited: the fuzzer's requests, one token's as fast as they are answered, each reach the
+    # handlers (the rate limit's 429 is tested in tests/unit/api/test_ratelimit.py).
+    settings = make_module_settings(
+        role="all", delivery_log=True, api_tokens=str(tokens), api_rate_limit=0.0
+    )
     with LoopbackGuard() as guard, LoopThread() as thread:
         receiver = thread.run(Receiver().start())
         worker: InProcessWorker | None = None

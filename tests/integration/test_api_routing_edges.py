@@ -22,6 +22,7 @@ from tests.integration.test_api_changes import (
     _id_owned_by,
     _two_workers,
 )
+from tests.support.api import SITE_AUTH
 
 pytestmark = pytest.mark.integration
 
@@ -148,3 +149,17 @@ async def test_a_forged_relay_header_does_not_bypass_the_owner(
         assert "Retry-After" in a.headers
         shown = await client.get(second.base_url + f"/v1/webhooks/{w}", headers=AUTH)
         assert shown.json()["name"] == "b"
+
+
+async def test_a_worker_answers_a_token_over_its_rate_429(
+    log_settings: Settings, in_process_workers
+) -> None:
+    """The worker's /v1 takes ``api_rate_limit`` from its settings: at 1 a second a token has a
+    burst of 2, then 429 with Retry-After; another token is not held back by it."""
+    worker = in_process_workers(log_settings.replace(api_rate_limit=1.0))
+    await worker.wait_ready()
+    async with httpx.AsyncClient(base_url=worker.base_url, timeout=30.0) as client:
+        answers = [await client.get("/v1/webhooks", headers=AUTH) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200, 200, 429], answers[-1].text
+        assert answers[-1].headers["Retry-After"] == "1"
+        assert (await client.get("/v1/webhooks", headers=SITE_AUTH)).status_code == 200

@@ -1,0 +1,47 @@
+"""Requests per token: a token bucket for each API token, so that one client (a site's own tools
+with a site-scoped token, a runaway script) cannot take a worker's API for itself. Over its
+rate a request is answered ``429`` with ``Retry-After``, as Stripe's and Svix's APIs answer.
+
+The buckets are per process: a deployment of N workers admits up to N times the rate for one
+token when its requests are spread over them (a request is counted by the worker whose handler
+answers it: the one asked, or the webhook's owner for a change relayed to it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+__all__ = ["BURST_SECONDS", "TokenBuckets"]
+
+#: A token's bucket holds this many seconds of its rate: a client idle for a while may send that
+#: many requests at once.
+BURST_SECONDS = 2.0
+
+
+class TokenBuckets:
+    """A bucket of ``rate * BURST_SECONDS`` requests for each token name, refilled at ``rate``
+    a second (``rate`` 0: no limit). Names are those of the configured tokens (authenticated
+    first), so the buckets are as many as the token file's entries."""
+
+    def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate * BURST_SECONDS)
+        self._clock = clock
+        #: Per token name: (requests left, when counted).
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, name: str) -> int:
+        """Admit one request of token ``name``: ``0``, or, when its bucket is empty (nothing
+        taken), the whole seconds until it holds one request again (for ``Retry-After``)."""
+        if self.rate <= 0:
+            return 0
+        now = self._clock()
+        left, then = self._buckets.get(name, (self.capacity, now))
+        left = min(self.capacity, left + (now - then) * self.rate)
+        if left >= 1.0:
+            self._buckets[name] = (left - 1.0, now)
+            return 0
+        self._buckets[name] = (left, now)
+        return max(1, math.ceil((1.0 - left) / self.rate))
