@@ -20,6 +20,11 @@ __all__ = ["BURST_SECONDS", "TokenBuckets"]
 BURST_SECONDS = 2.0
 
 
+#: What the refill's floating-point arithmetic may come short of a whole request by, after the
+#: wait a refusal names (which is rounded up to whole seconds, so never short by more).
+_ROUNDING = 1e-9
+
+
 class TokenBuckets:
     """A bucket of ``rate * BURST_SECONDS`` requests for each token name, refilled at ``rate``
     a second (``rate`` 0: no limit). Names are those of the configured tokens (authenticated
@@ -40,7 +45,7 @@ class TokenBuckets:
         now = self._clock()
         left, then = self._buckets.get(name, (self.capacity, now))
         left = min(self.capacity, left + (now - then) * self.rate)
-        if left >= 1.0:
+        if left >= 1.0 - _ROUNDING:
             self._buckets[name] = (left - 1.0, now)
             return 0
         self._buckets[name] = (left, now)

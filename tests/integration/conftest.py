@@ -56,6 +56,9 @@ def settings_factory(broker: EmbeddedBroker, data_dir: Path) -> Callable[..., Se
                 # as the embedded mode does. (test_security.py turns the guard's allow-list off.)
                 "allow_http": True,
                 "allow_networks": ("127.0.0.0/8",),
+                # The tests poll /v1 as fast as it answers (poll's interval 0): unlimited, but
+                # in the tests of the limit itself (test_api.py, test_api_routing_edges.py).
+                "api_rate_limit": 0.0,
                 # Group timeouts of `run` on the embedded broker: a 1 s first join, and a
                 # worker that stopped leaves its group's rebalances after 2 s, not 6 (a restart
                 # into the same group took ~11 s instead of ~4).
