@@ -8,12 +8,12 @@ paused (stopped, swapped out, its VM frozen) past its session timeout has been d
 group, and another worker may own its webhooks, but on waking it runs what was waiting before
 its consumer's next heartbeat is answered, and would write a change over the new owner's. The
 event loop is ticked (:meth:`LoopPauses.tick`, by :class:`PauseTicker`, from before the worker
-joins its group); a gap between ticks longer than a member can go
-silent and stay in the group (the session timeout less one heartbeat interval) refuses writes
-for a session timeout after it, time enough for the first heartbeat after the pause to be
-answered (and, if the worker was dropped, for the rebalance to have begun). The event
-loop held that long by the worker itself (the consumer heartbeats from its own thread) refuses
-them too: a change then waits, or is answered ``503``, rather than risk being made twice.
+joins its group); a gap between ticks longer than a member can go silent and stay in the group
+(the session timeout less one heartbeat interval) refuses writes for a session timeout after
+it, time enough for the first heartbeat after the pause to be answered (and, if the worker was
+dropped, for the rebalance to have begun). The event loop held that long by the worker itself
+(the consumer heartbeats from its own thread) refuses them too: a change then waits, or is
+answered ``503``, rather than risk being made twice.
 """
 
 from __future__ import annotations
@@ -56,14 +56,11 @@ class LoopPauses:
         self._last: float | None = None
         #: Writes are refused until then (``None``: not held).
         self._held_until: float | None = None
-        #: Pauses seen.
-        self.count = 0
 
     def tick(self) -> None:
         now = self._clock()
         last, self._last = self._last, now
         if last is not None and now - last > self.limit:
-            self.count += 1
             self._held_until = now + self.hold
             self._on_pause()
             log.warning(

@@ -27,24 +27,30 @@ class Clock:
         return self.now
 
 
-def pauses(clock: Clock, lapses: list[float] | None = None) -> LoopPauses:
+def pauses(
+    clock: Clock, lapses: list[float] | None = None, seen: list[float] | None = None
+) -> LoopPauses:
+    """A fence of limit 1.5 s and hold 2 s on ``clock``, noting when it saw a pause (``seen``)
+    and when a hold lapsed (``lapses``)."""
     return LoopPauses(
         limit=1.5,
         hold=2.0,
         clock=clock,
         on_lapse=(lambda: lapses.append(clock.now)) if lapses is not None else lambda: None,
+        on_pause=(lambda: seen.append(clock.now)) if seen is not None else lambda: None,
     )
 
 
 def test_ticks_closer_than_the_limit_never_refuse() -> None:
     clock = Clock()
-    fence = pauses(clock)
+    seen: list[float] = []
+    fence = pauses(clock, seen=seen)
     assert fence.may_write()  # not ticking yet: ownership alone decides
     for _ in range(100):
         fence.tick()
         clock.now += 1.4
         assert fence.may_write()
-    assert fence.count == 0
+    assert seen == []
 
 
 def test_a_write_woken_by_a_pause_before_the_first_tick_after_it_is_refused() -> None:
@@ -60,11 +66,12 @@ def test_a_write_woken_by_a_pause_before_the_first_tick_after_it_is_refused() ->
 def test_a_pause_refuses_writes_for_the_hold_then_wakes_what_waited() -> None:
     clock = Clock()
     lapses: list[float] = []
-    fence = pauses(clock, lapses)
+    seen: list[float] = []
+    fence = pauses(clock, lapses, seen)
     fence.tick()
     clock.now += 10.0  # paused
     fence.tick()
-    assert fence.count == 1 and not fence.may_write()
+    assert seen == [clock.now] and not fence.may_write()
     for _ in range(7):  # 1.75 s of ticks: still held
         clock.now += 0.25
         fence.tick()
