@@ -71,7 +71,7 @@ async def test_a_change_sent_to_a_paused_worker_is_made_once_after_it_wakes(
     # session timeout from the first tick after the pause, was over (or a rebalance later).
     assert made_after >= log_settings.kafka_session_timeout - 0.05
     assert "the event loop did not run for" in worker.log_path.read_text()
-    assert (await worker.metrics())["webhook_bridge_event_loop_pauses_total"] == 1
+    assert (await worker.metrics())["webhook_bridge_event_loop_pauses_total"] >= 1
     records = await read_topic(log_settings, log_settings.subscriptions_topic, key=b"wh")
     named = [value for _, value in records if value and json.loads(value).get("name") == NAME]
     assert len(named) == 1
