@@ -7,6 +7,7 @@ not own."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -159,7 +160,13 @@ async def test_a_worker_answers_a_token_over_its_rate_429(
     worker = in_process_workers(log_settings.replace(api_rate_limit=1.0))
     await worker.wait_ready()
     async with httpx.AsyncClient(base_url=worker.base_url, timeout=30.0) as client:
-        answers = [await client.get("/v1/webhooks", headers=AUTH) for _ in range(3)]
-        assert [a.status_code for a in answers] == [200, 200, 429], answers[-1].text
-        assert answers[-1].headers["Retry-After"] == "1"
+        began = time.monotonic()
+        answers = []
+        while not answers or answers[-1].status_code != 429:
+            assert len(answers) < 20, [a.status_code for a in answers]
+            answers.append(await client.get("/v1/webhooks", headers=AUTH))
+        admitted = [a.status_code for a in answers[:-1]]
+        # The burst, and one more a second the requests took (a loaded machine's slow answers).
+        assert set(admitted) == {200} and len(admitted) <= 2 + (time.monotonic() - began)
+        assert answers[-1].headers["Retry-After"] == "1", answers[-1].text
         assert (await client.get("/v1/webhooks", headers=SITE_AUTH)).status_code == 200
