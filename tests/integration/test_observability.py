@@ -57,6 +57,7 @@ ALERTS = {
     "WebhookBridgeOutputWritesFailing",
     "WebhookBridgeInternalErrors",
     "WebhookBridgeApiErrors",
+    "WebhookBridgeEventLoopPaused",
     "WebhookBridgeDown",
 }
 API_TOKEN = "wbt_dashboard-0123456789abcdef0123456789abcdef"
