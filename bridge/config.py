@@ -487,8 +487,9 @@ class Settings:
         "BRIDGE_API_RATE_LIMIT",
         "--api-rate-limit",
         _non_negative_float,
-        "Requests a second each /v1 token may make of one worker (a burst of two seconds' "
-        "worth after a pause); more are answered 429 with Retry-After. 0: no limit.",
+        "Requests a second each /v1 token may make of one worker (a token quiet for two "
+        "seconds may send two seconds' worth at once); more are answered 429 with Retry-After. "
+        "0: no limit.",
     )
     recovery_retention: float = Section.ACTIVITY.setting(
         7 * 86400.0,
