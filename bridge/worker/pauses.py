@@ -28,7 +28,7 @@ __all__ = ["TICK", "LoopPauses", "PauseTicker"]
 
 log = logging.getLogger(__name__)
 
-#: Seconds between ticks of the event loop.
+#: Seconds between ticks of the event loop (at most; a quarter of the limit if that is shorter).
 TICK = 0.25
 
 
@@ -86,16 +86,19 @@ class LoopPauses:
 
 
 class PauseTicker(Service):
-    """Ticks ``pauses`` every :data:`TICK` seconds from its start (a service started before
-    the Faust app, so before any assignment: Faust's own timers begin only once the tables are
-    recovered, and a pause between would go unseen)."""
+    """Ticks ``pauses`` every :data:`TICK` seconds (at most) from its start (a service started
+    before the Faust app, so before any assignment: Faust's own timers begin only once the
+    tables are recovered, and a pause between would go unseen)."""
 
     def __init__(self, pauses: LoopPauses) -> None:
         super().__init__()
         self._pauses = pauses
+        #: Seconds between ticks: well within the limit, whatever it is (a session timeout of
+        #: a second or less would otherwise take every gap between ticks for a pause).
+        self.interval = min(TICK, pauses.limit / 4)
 
     @Service.task
     async def _ticking(self) -> None:
         while not self.should_stop:
             self._pauses.tick()
-            await self.sleep(TICK)
+            await self.sleep(self.interval)

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.worker.pauses import LoopPauses
+from bridge.worker.pauses import TICK, LoopPauses, PauseTicker
 from tests.support.api import LOG_AUTH
 from tests.support.waiting import PROMPT
 from tests.support.workers import offline_bridge
@@ -165,3 +165,8 @@ def test_the_disables_refused_during_a_hold_are_offered_again_when_it_lapses(
         clock.now += 0.25
         bridge.pauses.tick()
     assert offered == [bridge._owns_log_of]
+
+
+def test_ticks_come_well_within_the_limit_however_short() -> None:
+    assert PauseTicker(LoopPauses(limit=5.0, hold=6.0)).interval == TICK
+    assert PauseTicker(LoopPauses(limit=0.4, hold=0.5)).interval == 0.1
