@@ -41,32 +41,37 @@ class Now:
 
 @given(
     rate=st.floats(min_value=0.1, max_value=50.0),
-    gaps=st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=1, max_size=200),
+    requests=st.lists(
+        st.tuples(st.sampled_from("abc"), st.floats(min_value=0.0, max_value=1.0)),
+        min_size=1,
+        max_size=200,
+    ),
     retry=st.booleans(),
 )
 def test_no_window_admits_more_than_the_burst_and_the_rate_and_retry_after_is_enough(
-    rate: float, gaps: list[float], retry: bool
+    rate: float, requests: list[tuple[str, float]], retry: bool
 ) -> None:
-    """Requests at generated times (with ``retry``, each refused one sent again after the
-    Retry-After it was given, and then admitted): in no window are more admitted than the
-    bucket holds plus the rate over the window."""
+    """Requests of three tokens at generated times (with ``retry``, each refused one sent again
+    after the Retry-After it was given, and then admitted): in no window are more of a token's
+    admitted than its bucket holds plus the rate over the window, whatever the others send."""
     now = Now()
     buckets = TokenBuckets(rate, clock=now)
-    admitted: list[float] = []
-    for gap in gaps:
+    admitted: dict[str, list[float]] = {}
+    for token, gap in requests:
         now.t += gap
-        wait = buckets.take("t")
+        wait = buckets.take(token)
         if wait and retry:
             assert wait >= 1
             now.t += wait
-            wait = buckets.take("t")
+            wait = buckets.take(token)
             assert wait == 0
         if wait == 0:
-            admitted.append(now.t)
+            admitted.setdefault(token, []).append(now.t)
     capacity = max(1.0, rate * BURST_SECONDS)
-    for i, start in enumerate(admitted):
-        for j in range(i, len(admitted)):
-            assert j - i + 1 <= capacity + rate * (admitted[j] - start) + 1e-6
+    for times in admitted.values():
+        for i, start in enumerate(times):
+            for j in range(i, len(times)):
+                assert j - i + 1 <= capacity + rate * (times[j] - start) + 1e-6
 
 
 def test_tokens_have_their_own_buckets_and_rate_zero_has_none() -> None:
