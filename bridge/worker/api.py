@@ -315,7 +315,7 @@ class _Relay:
             except NotWritable:
                 # Not routed, yet refused by the fence (nothing written): the client tries
                 # again, and is routed then.
-                raise _unavailable(OwnerUnavailable("the webhook's owner is changing")) from None
+                raise _unavailable(OwnerUnavailable(self._refused("changing"))) from None
             return response
         if not self._bridge.owner(webhook_id, settled=True).local:
             # Refused here what the owner would refuse, so a stranger can neither make workers
@@ -331,15 +331,22 @@ class _Relay:
             try:
                 made: web.StreamResponse = await handler(request)
             except NotWritable:
-                # A rebalance began while it waited for the webhook's lock or its table: not
-                # written, so it goes where the next assignment says, as one not yet made.
-                raise OwnerUnavailable("the webhook's owner is changing (rebalancing)") from None
+                # A rebalance began while it waited for the webhook's lock or its table (or the
+                # worker was paused): not written, so it goes where the next assignment says,
+                # as one not yet made.
+                raise OwnerUnavailable(self._refused("changing (rebalancing)")) from None
             return made
 
         try:
             return await settle_async(attempt, self._bridge.changes, _hold_until.get())
         except OwnerUnavailable as exc:
             raise _unavailable(exc) from None
+
+    def _refused(self, changing: str) -> str:
+        """Why the fence refused a write here (the detail of a ``503``)."""
+        if not self._bridge.pauses.may_write():
+            return "this worker was paused past its session timeout; its ownership is unconfirmed"
+        return f"the webhook's owner is {changing}"
 
     async def _redelivered_webhook(self, request: web.Request) -> str | None:
         """The webhook a redelivery names, else that of its delivery, from the owners' logs

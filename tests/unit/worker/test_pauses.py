@@ -170,3 +170,26 @@ def test_the_disables_refused_during_a_hold_are_offered_again_when_it_lapses(
 def test_ticks_come_well_within_the_limit_however_short() -> None:
     assert PauseTicker(LoopPauses(limit=5.0, hold=6.0)).interval == TICK
     assert PauseTicker(LoopPauses(limit=0.4, hold=0.5)).interval == 0.1
+
+
+async def test_a_change_held_past_its_hold_by_a_pause_is_answered_503_saying_so(
+    tmp_path: Path,
+) -> None:
+    """The request's hold ends before the pause's: not made, 503, and the detail names the
+    pause (not a rebalance) for whoever reads it."""
+    bridge = api_bridge(tmp_path)
+    clock = Clock()
+    bridge.pauses = LoopPauses(limit=1.5, hold=2.0, clock=clock, on_lapse=bridge.changes.notify)
+
+    async def change(request: web.Request) -> web.Response:
+        async with bridge.change_locks.writing(request.match_info["webhook_id"]):
+            raise AssertionError("written during the pause's hold")
+
+    assign(bridge, {bridge.settings.canonical_url: list(range(6))})
+    bridge.pauses.tick()
+    clock.now += 30.0
+    bridge.pauses.tick()  # the pause seen: held for 2 s of the fence's clock
+    async with TestClient(TestServer(relaying_app(bridge, change, 0.2))) as client:
+        answered = await client.patch("/v1/webhooks/wh", json={}, headers=LOG_AUTH)
+        assert answered.status == 503 and "Retry-After" in answered.headers
+        assert "paused" in (await answered.json())["detail"]
