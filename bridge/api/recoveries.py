@@ -178,6 +178,10 @@ class Recoveries:
     async def _beat(self, operation: Operation) -> None:
         while True:
             await asyncio.sleep(self._heartbeat)
+            if operation.state != "running":
+                # Ended, its clients still stopping: the end is :meth:`_run`'s to record, once
+                # (until 2026-12-05 a beat then recorded it too, and it ended twice).
+                return
             try:
                 await self._record(operation)
             except Exception as exc:  # the next beat tries again; the run goes on

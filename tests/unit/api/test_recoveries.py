@@ -61,6 +61,40 @@ async def test_an_operation_is_recorded_at_start_while_running_and_at_the_end() 
     assert await recoveries.record_of(operation.id) is None
 
 
+class EndsSlowly:
+    """A runner that marks its operation done, then stops its clients (as ``recover`` does),
+    which takes several heartbeats."""
+
+    def __init__(self) -> None:
+        self.stopping = asyncio.Event()
+        self.stopped = asyncio.Event()
+
+    async def __call__(self, operation: Operation) -> Operation:
+        operation.enqueued += 1
+        operation.state = "done"
+        self.stopping.set()
+        await self.stopped.wait()
+        return operation
+
+
+async def test_an_operation_ending_while_its_clients_stop_is_recorded_ended_once() -> None:
+    """Found by the control-plane chaos test (a worker woken from a pause, its heartbeat
+    overdue): a heartbeat between the runner marking the operation done and returning recorded
+    the end too, so the journal held two ends of one operation, which reads as two runners."""
+    journal, runner = Journal(), EndsSlowly()
+    recoveries = Recoveries(runner, journal=journal, url=URL, heartbeat=0.01)
+    operation = await recoveries.start(request())
+    await asyncio.wait_for(runner.stopping.wait(), PROMPT)
+    await asyncio.sleep(0.1)  # ten heartbeats while the clients stop
+    runner.stopped.set()
+
+    def ends() -> list[str]:
+        return [r["state"] for r in journal.records if r["state"] != "running"]
+
+    await eventually(lambda: bool(ends()), timeout=5)  # the end, recorded last
+    assert ends() == ["done"] and journal.records[-1]["id"] == operation.id
+
+
 async def test_without_a_journal_an_ended_operation_is_kept_in_the_process() -> None:
     runner = Held()
     recoveries = Recoveries(runner)
