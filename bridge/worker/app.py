@@ -157,7 +157,7 @@ class Bridge:
         self.pauses = LoopPauses(
             limit=settings.kafka_session_timeout - settings.kafka_heartbeat_interval,
             hold=settings.kafka_session_timeout,
-            on_lapse=self._pause_lapsed,
+            on_lapse=self._writes_may_go_on,
             on_pause=self.metrics.event_loop_pauses.inc,
         )
         #: Whether an owner of a webhook was ever known (see :meth:`_has_owners`).
@@ -281,10 +281,11 @@ class Bridge:
         app.timer(interval=5.0, name="consumer-lag")(self._update_lag)
         return app
 
-    def _pause_lapsed(self) -> None:
-        """Changes may be written again after a pause, no rebalance having come: the requests
-        held meanwhile try again, and the disables refused meanwhile are written (as after an
-        assignment)."""
+    def _writes_may_go_on(self) -> None:
+        """What may be written changed (an assignment arrived, or a pause's hold lapsed with
+        no rebalance): the requests held for an owner look again, and the disables of the
+        webhooks this worker owns are written (those a former owner, or this worker while
+        fenced, did not)."""
         self.changes.notify()
         if self.disables is not None:
             self.disables.offer_owned(self._owns_log_of)
@@ -409,9 +410,7 @@ class Bridge:
         self.delivery_log.assign(partitions)
         # The assignor took the owners of every partition from the same assignment (in Faust's
         # consumer thread, just before this is called on the event loop): look at them again.
-        self.changes.notify()
-        if self.disables is not None:
-            self.disables.offer_owned(self._owns_log_of)
+        self._writes_may_go_on()
 
     # -- the delivery log: owners and routing -----------------------------------------------------
     def owner(self, webhook_id: str, *, settled: bool = False) -> Owner:

@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bridge.worker.app import Bridge
 from bridge.worker.pauses import TICK, LoopPauses, PauseTicker
 from tests.support.api import LOG_AUTH
 from tests.support.waiting import PROMPT
@@ -109,15 +110,22 @@ def test_a_worker_takes_its_limit_and_hold_from_its_group_timeouts(tmp_path: Pat
     assert (bridge.pauses.limit, bridge.pauses.hold) == (1.5, 2.0)  # every 0.5 s
 
 
+def fenced_bridge(tmp_path: Path) -> tuple[Bridge, Clock]:
+    """A worker with the API and the delivery log whose pause fence (limit 1.5 s, hold 2 s, its
+    lapse wired as the worker wires it) runs on a clock the test moves."""
+    bridge = api_bridge(tmp_path)
+    clock = Clock()
+    bridge.pauses = LoopPauses(limit=1.5, hold=2.0, clock=clock, on_lapse=bridge._writes_may_go_on)
+    return bridge, clock
+
+
 async def test_a_change_woken_after_a_pause_is_held_and_made_once_the_hold_lapses(
     tmp_path: Path,
 ) -> None:
     """The owner of a webhook is paused with a change ready to be written: the change is not
     written then (the group may have given the webhook to another worker), but held, and made
     when the hold lapses with this worker still the owner (no rebalance came)."""
-    bridge = api_bridge(tmp_path)
-    clock = Clock()
-    bridge.pauses = LoopPauses(limit=1.5, hold=2.0, clock=clock, on_lapse=bridge.changes.notify)
+    bridge, clock = fenced_bridge(tmp_path)
     made: list[str] = []
 
     async def change(request: web.Request) -> web.Response:
@@ -151,12 +159,10 @@ def test_the_disables_refused_during_a_hold_are_offered_again_when_it_lapses(
 ) -> None:
     """A disable refused by the fence is dropped (the next owner looks at every disable at its
     assignment); with no rebalance to come, the lapse of the hold looks at them here."""
-    bridge = api_bridge(tmp_path)
+    bridge, clock = fenced_bridge(tmp_path)
     assert bridge.disables is not None
     offered: list[object] = []
     bridge.disables.offer_owned = offered.append  # type: ignore[method-assign]
-    clock = Clock()
-    bridge.pauses = LoopPauses(limit=1.5, hold=2.0, clock=clock, on_lapse=bridge._pause_lapsed)
     bridge.pauses.tick()
     clock.now += 3.0
     bridge.pauses.tick()
@@ -177,9 +183,7 @@ async def test_a_change_held_past_its_hold_by_a_pause_is_answered_503_saying_so(
 ) -> None:
     """The request's hold ends before the pause's: not made, 503, and the detail names the
     pause (not a rebalance) for whoever reads it."""
-    bridge = api_bridge(tmp_path)
-    clock = Clock()
-    bridge.pauses = LoopPauses(limit=1.5, hold=2.0, clock=clock, on_lapse=bridge.changes.notify)
+    bridge, clock = fenced_bridge(tmp_path)
 
     async def change(request: web.Request) -> web.Response:
         async with bridge.change_locks.writing(request.match_info["webhook_id"]):
