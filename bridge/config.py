@@ -482,6 +482,16 @@ class Settings:
         "Recoveries and redeliveries one worker runs at once (each reads the events topic); "
         "a request for another is answered 429 with Retry-After.",
     )
+    api_max_webhooks: int = Section.ACTIVITY.setting(
+        100,
+        "BRIDGE_API_MAX_WEBHOOKS",
+        "--api-max-webhooks",
+        _count,
+        "Webhooks a site may have, and an account's account-wide webhooks, for a creation or "
+        "a move through /v1 (one more is answered 409; the CLI is not limited). Each matching "
+        "webhook is a delivery of every event of its site: this bounds what one site's events "
+        "cost. 0: no limit.",
+    )
     api_rate_limit: float = Section.ACTIVITY.setting(
         100.0,
         "BRIDGE_API_RATE_LIMIT",

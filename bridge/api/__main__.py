@@ -73,6 +73,7 @@ async def _serve(args: argparse.Namespace) -> None:
             repository,
             publisher=functools.partial(send_test_event, settings),
             check_url=functools.partial(check_url, allow_http=allow_http, policy=policy),
+            max_webhooks=settings.api_max_webhooks,
         )
         control = ControlService(
             repository,

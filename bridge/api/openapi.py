@@ -28,6 +28,7 @@ from bridge.api.idempotency import (
 from bridge.attempts.stats import LATENCY_BOUNDS
 from bridge.contract.resources import load_json
 from bridge.contract.schemas import EVENT_TYPES
+from bridge.subscriptions.changes import MAX_LENGTHS
 
 __all__ = [
     "API_VERSION",
@@ -147,6 +148,10 @@ def _schemas() -> dict[str, Any]:
         "Default: 32 random bytes (hex), or a whsec_ secret with standard_webhooks."
     )
     update_props = {name: _webhook_field(name) for name in (*_WRITABLE, "standard_webhooks")}
+    for props in (create_props, update_props):
+        for name, longest in MAX_LENGTHS.items():
+            if name in props:
+                props[name]["maxLength"] = longest
     attempt = _attempt_fields()
     attempt["event_id"] = {"type": ["string", "null"]}
     attempt["event_at"] = {
@@ -272,7 +277,7 @@ def _schemas() -> dict[str, Any]:
         "RotateSecret": {
             "type": "object",
             "properties": {
-                "secret": _webhook_field("secret"),
+                "secret": {**_webhook_field("secret"), "maxLength": MAX_LENGTHS["secret"]},
                 "overlap_seconds": {
                     "type": "number",
                     "minimum": 0,
@@ -766,7 +771,12 @@ def _paths() -> dict[str, Any]:
                         "answer was lost), without it for any other.",
                         headers={**_ETAG_HEADER, **_REPLAYED},
                     ),
-                    "409": _problem_response("That id exists with another body."),
+                    "409": _problem_response(
+                        "That id exists with another body; or the site (site_id), or for an "
+                        "account-wide webhook the account (user_id), has as many webhooks as "
+                        "it may (api_max_webhooks; errors names the field, reason "
+                        "webhook_limit)."
+                    ),
                     "422": reused,
                 },
                 parameters=[_IDEMPOTENCY_KEY_PARAM],
@@ -787,7 +797,9 @@ def _paths() -> dict[str, Any]:
                     "404": not_found,
                     "409": _problem_response(
                         "standard_webhooks asked of a webhook whose secret is not whsec_: "
-                        "give one with the change, or rotate to one first."
+                        "give one with the change, or rotate to one first; or a move to a "
+                        "site (or account) that has as many webhooks as it may (reason "
+                        "webhook_limit)."
                     ),
                     "412": changed,
                     "422": reused,

@@ -21,8 +21,8 @@ import binascii
 import hmac
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -298,6 +298,7 @@ class WebhookService:
         check_url: Callable[[str], object] = WebhookUrl.parse,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         locks: KeyedLocks | None = None,
+        max_webhooks: int = 0,
     ) -> None:
         self._repository = repository
         self._publisher = publisher
@@ -305,6 +306,11 @@ class WebhookService:
         self._clock = clock
         #: One change of a webhook at a time (shared with the bridge's disables in a worker).
         self._locks = locks if locks is not None else KeyedLocks()
+        #: Webhooks an owner (a site; an account's account-wide ones) may have; 0: no limit.
+        self._max_webhooks = max_webhooks
+        #: One creation (or move) into an owner at a time, so that two cannot both see room
+        #: for one more.
+        self._owner_locks = KeyedLocks()
 
     def __repr__(self) -> str:
         return f"WebhookService({self._repository!r})"
@@ -433,8 +439,36 @@ class WebhookService:
             if change is not None:
                 change.record(record, None, now=self._now())
             webhook = _from_record(record, check_url=self._check_url)
-            await self._put(webhook, fenced=not generated)
+            async with self._room_for(webhook):
+                await self._put(webhook, fenced=not generated)
             return Created(webhook, created=True)
+
+    @asynccontextmanager
+    async def _room_for(self, webhook: Webhook) -> AsyncIterator[None]:
+        """Around the write of ``webhook`` new to its owner (:func:`_owner`): ``409`` naming
+        ``site_id`` (``user_id`` for an account-wide webhook) when the owner has
+        ``max_webhooks`` already. Holds the owner's lock, so that creations in this process
+        are counted one after the other (a creation at the same moment in another worker is
+        not seen: each may pass the limit by one)."""
+        if not self._max_webhooks:
+            yield
+            return
+        kind, value = _owner(webhook)
+        async with self._owner_locks.hold(f"{kind}\0{value}"):
+            within = WebhookFilter(**{kind: value})
+            found = await self._repository.scan(
+                after=None,
+                limit=self._max_webhooks,
+                where=lambda other: _owner(other) == (kind, value) and other.id != webhook.id,
+                within=within,
+            )
+            if len(found) >= self._max_webhooks:
+                whose = "the site" if kind == "site_id" else "the account (account-wide)"
+                detail = f"{whose} has {self._max_webhooks} webhooks, the most it may have"
+                raise Problem(
+                    "conflict", detail, errors=[FieldError(kind, "webhook_limit", detail)]
+                )
+            yield
 
     def _repeat_shows(self, existing: Webhook, principal: Principal) -> bool:
         """Whether a repeated create answers the secret: to the token that created the webhook
@@ -477,7 +511,11 @@ class WebhookService:
             principal.check_scope(record.get("site_id"), record.get("user_id"))
             self._note(change, record, current)
             webhook = _from_record(record, check_url=self._check_url if "url" in changes else None)
-            await self._put(webhook)
+            if _owner(webhook) == _owner(current):
+                await self._put(webhook)
+            else:
+                async with self._room_for(webhook):
+                    await self._put(webhook)
             return Changed(webhook)
 
     def _now(self) -> float:
@@ -585,6 +623,15 @@ class WebhookService:
             if exc.reason == "webhook_inactive":
                 raise Problem("conflict", "the webhook is not active") from None
             raise Problem.invalid(FieldError("site_id", exc.reason, exc.detail)) from None
+
+
+def _owner(webhook: Webhook) -> tuple[str, str]:
+    """Whose webhook it is, for ``max_webhooks``: its site's (``("site_id", site)``), or for
+    an account-wide webhook its account's (``("user_id", user)``)."""
+    if webhook.site_id is not None:
+        return ("site_id", webhook.site_id)
+    assert webhook.user_id is not None  # (the schema requires one of them)
+    return ("user_id", webhook.user_id)
 
 
 def _conflict(field: str, exc: InvalidSubscription) -> Problem:

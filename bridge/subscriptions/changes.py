@@ -1,11 +1,12 @@
 """The records of webhook changes (create, update, rotate, disable), built once for every writer.
 
 Pure: the clock's reading and the generated secrets come in as arguments or from
-:func:`new_secret`, nothing is validated or written here. :class:`~bridge.subscriptions.store.
-WebhookStore` (the CLI, the workers) and :class:`~bridge.api.service.WebhookService` (the API)
-both build their records with these functions, then validate them with
-:func:`~bridge.subscriptions.webhook.webhook_from_record`, so a webhook changed by either has
-the same defaults and fields.
+:func:`new_secret`, nothing is written here, and only what a change itself may not do is
+checked (a Standard Webhooks webhook without a ``whsec_`` secret, a field longer than
+:data:`MAX_LENGTHS`). :class:`~bridge.subscriptions.store.WebhookStore` (the CLI, the workers)
+and :class:`~bridge.api.service.WebhookService` (the API) both build their records with these
+functions, then validate them with :func:`~bridge.subscriptions.webhook.webhook_from_record`,
+so a webhook changed by either has the same defaults and fields.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from bridge.subscriptions.webhook import Webhook
 
 __all__ = [
     "SECRET_BYTES",
+    "MAX_LENGTHS",
     "new_secret",
     "generated_secret",
     "created_record",
@@ -32,6 +34,13 @@ __all__ = [
 
 #: 32 random bytes, hex-encoded.
 SECRET_BYTES = 32
+
+
+#: The longest ``site_id``, ``user_id`` and ``secret`` a change may set, in characters (the
+#: subscriptions topic's schema bounds the others: ``id``, ``name``, ``url``). Every worker holds
+#: every webhook in memory, so no writer may make one as large as a request body. Records read
+#: back are not held to these: one written before 2026-12-05 stays readable.
+MAX_LENGTHS = {"site_id": 200, "user_id": 200, "secret": 256}
 
 
 def new_secret() -> str:
@@ -53,6 +62,16 @@ def _standard_needs_whsec(record: Mapping[str, Any]) -> None:
             "Standard Webhooks signing needs a whsec_ secret: give one with the change, "
             "or rotate to one first",
         )
+
+
+def _bounded(record: Mapping[str, Any], fields: Iterable[str]) -> None:
+    """:class:`InvalidSubscription` (``too_long``) when one of ``fields`` of ``record`` (those a
+    change sets) is longer than :data:`MAX_LENGTHS` allows."""
+    for name in fields:
+        value = record.get(name)
+        limit = MAX_LENGTHS.get(name)
+        if limit is not None and isinstance(value, str) and len(value) > limit:
+            raise InvalidSubscription("too_long", f"{name} is longer than {limit} characters")
 
 
 def _stamp_after(current: Webhook, now: datetime) -> str:
@@ -102,6 +121,7 @@ def created_record(
         record["rate_limit"] = rate_limit
     if standard:
         record["standard_webhooks"] = True
+    _bounded(record, MAX_LENGTHS)
     _standard_needs_whsec(record)
     return record
 
@@ -110,11 +130,13 @@ def updated_record(current: Webhook, changes: Mapping[str, Any], now: datetime) 
     """``current``'s record with ``changes``: ``active`` (the owner turning it on or off)
     clears ``disabled_reason``, ``rate_limit: None`` removes the limit.
     :class:`InvalidSubscription` (``secret_not_whsec``) when Standard Webhooks signing is asked
-    for without a ``whsec_`` secret."""
+    for without a ``whsec_`` secret, ``too_long`` for a field set longer than
+    :data:`MAX_LENGTHS` allows."""
     record = current.to_record()
     if "active" in changes:
         record.pop("disabled_reason", None)
     record.update(changes)
+    _bounded(record, changes)
     _standard_needs_whsec(record)
     if "events" in changes:
         record["events"] = list(changes["events"])
@@ -137,6 +159,7 @@ def rotated_record(
         secret=secret or generated_secret(current.standard_webhooks),
         updated_at=_stamp_after(current, now),
     )
+    _bounded(record, ["secret"])
     _standard_needs_whsec(record)
     if overlap > 0:
         record["previous_secret"] = current.secret

@@ -546,6 +546,7 @@ async def api_application(bridge: Bridge) -> web.Application:
             check_url, allow_http=settings.plain_http_allowed, policy=address_policy(settings)
         ),
         locks=bridge.change_locks,
+        max_webhooks=settings.api_max_webhooks,
     )
     activity: ActivitySource = (
         WorkerActivitySource(bridge)

@@ -170,3 +170,53 @@ async def test_a_worker_answers_a_token_over_its_rate_429(
         assert set(admitted) == {200} and len(admitted) <= 2 + (time.monotonic() - began)
         assert answers[-1].headers["Retry-After"] == "1", answers[-1].text
         assert (await client.get("/v1/webhooks", headers=SITE_AUTH)).status_code == 200
+
+
+async def test_two_workers_pass_a_sites_webhook_limit_by_one_at_most(
+    log_settings: Settings, in_process_workers
+) -> None:
+    """``api_max_webhooks`` on the real broker, two workers: twelve creations for one site,
+    six through each worker at once, each relayed to its webhook's owner. Each worker counts
+    and writes under one lock per site, so at most one creation of the other worker is unseen:
+    the site ends with 3 or 4 webhooks, as many as were answered 201, the others 409 naming
+    site_id; then a creation through either worker is 409, and a delete makes room."""
+    settings = log_settings.replace(api_max_webhooks=3)
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        first, second, _ = await _two_workers(settings, in_process_workers, client)
+        workers = [first, second]
+        answers = await asyncio.gather(
+            *(
+                client.post(
+                    workers[n % 2].base_url + "/v1/webhooks",
+                    json={**_body(f"wh_lim_{n}"), "site_id": "lim"},
+                    headers=AUTH,
+                )
+                for n in range(12)
+            )
+        )
+        codes = [a.status_code for a in answers]
+        assert set(codes) <= {201, 409}, [a.text for a in answers]
+        for refused in (a for a in answers if a.status_code == 409):
+            assert [e["reason"] for e in refused.json()["errors"]] == ["webhook_limit"]
+            assert refused.json()["errors"][0]["field"] == "site_id"
+        listed = await client.get(
+            first.base_url + "/v1/webhooks", params={"site_id": "lim"}, headers=AUTH
+        )
+        made = [w["id"] for w in listed.json()["items"]]
+        assert len(made) == codes.count(201) and 3 <= len(made) <= 4, (made, codes)
+        for worker in workers:
+            more = await client.post(
+                worker.base_url + "/v1/webhooks",
+                json={**_body("wh_lim_more"), "site_id": "lim"},
+                headers=AUTH,
+            )
+            assert more.status_code == 409, more.text
+        for webhook_id in made[: len(made) - 2]:
+            gone = await client.delete(second.base_url + f"/v1/webhooks/{webhook_id}", headers=AUTH)
+            assert gone.status_code == 204
+        again = await client.post(
+            second.base_url + "/v1/webhooks",
+            json={**_body("wh_lim_more"), "site_id": "lim"},
+            headers=AUTH,
+        )
+        assert again.status_code == 201, again.text

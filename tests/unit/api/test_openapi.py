@@ -18,6 +18,7 @@ from bridge.api.openapi import (
 from bridge.api.repository import MemoryRepository
 from bridge.api.service import WebhookService
 from bridge.contract.resources import load_json
+from bridge.subscriptions.changes import MAX_LENGTHS
 from tests.unit.api.conftest import Api, auth, control_service
 
 
@@ -75,7 +76,12 @@ def test_request_fields_are_the_subscription_schemas_fields() -> None:
             )
             assert schema["not"] == {"enum": [".", ".."]}
         elif name != "secret":  # the same, with a description of its default
-            assert schema == webhook["properties"][name], name
+            # ... and bounded where a change must be (MAX_LENGTHS; a record read is not).
+            bounded = dict(webhook["properties"][name])
+            if name in MAX_LENGTHS:
+                bounded["maxLength"] = MAX_LENGTHS[name]
+            assert schema == bounded, name
+    assert create["properties"]["secret"]["maxLength"] == MAX_LENGTHS["secret"]
     assert create["anyOf"] == webhook["anyOf"]
     assert create["additionalProperties"] is False
     update = request_schema("WebhookUpdate")
