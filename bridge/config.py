@@ -131,6 +131,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise ValueError(f"must be more than 0 and at most 1, got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -500,6 +507,15 @@ class Settings:
         "Requests a second each /v1 token may make of one worker (a token quiet for two "
         "seconds may send two seconds' worth at once); more are answered 429 with Retry-After. "
         "0: no limit.",
+    )
+    recovery_share: float = Section.ACTIVITY.setting(
+        0.25,
+        "BRIDGE_RECOVERY_SHARE",
+        "--recovery-share",
+        _share,
+        "The share of a worker's event loop its recoveries and redeliveries may take together "
+        "to read and match the events topic (more than 0, at most 1: as much as they get); "
+        "the deliveries keep the rest however many run.",
     )
     recovery_retention: float = Section.ACTIVITY.setting(
         7 * 86400.0,

@@ -28,6 +28,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from bridge.admin.loop_share import STRETCH_RECORDS, LoopShare
 from bridge.config import Settings
 from bridge.contract.events import format_epoch, format_timestamp, parse_event, parse_time
 from bridge.contract.payload import delivery_id
@@ -314,6 +315,7 @@ async def recover(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     settle: float = 0.3,
     current: Callable[[str], Webhook | None] | None = None,
+    share: LoopShare | None = None,
 ) -> Operation:
     """Run ``operation`` to its end (or its cancellation) and return it.
 
@@ -325,7 +327,10 @@ async def recover(
     ``write`` enqueues one delivery (the first retry tier by default). Given ``current`` (the
     worker's webhooks by id), each event is matched against the webhook as it is then (its
     events, site and account changed meanwhile; none sent once it is deleted, inactive, or
-    its id taken by another webhook), not as it was when the recovery began.
+    its id taken by another webhook), not as it was when the recovery began. Given ``share``
+    (a worker's, shared by its recoveries), the reading and matching pay for each stretch of
+    work there (:mod:`bridge.admin.loop_share`), so that the recoveries together take at most
+    that share of the event loop.
 
     A cancellation (a release, a stop) while a delivery is being written lets the write
     finish and counts it (a record given to the producer is sent when it stops), so that the
@@ -351,7 +356,18 @@ async def recover(
         )
         clients.push_async_callback(stopped, await started(consumer))
         try:
-            await _run(consumer, write, settings, operation, index, clock, wall_time, sleep, settle)
+            await _run(
+                consumer,
+                write,
+                settings,
+                operation,
+                index,
+                clock,
+                wall_time,
+                sleep,
+                settle,
+                _Paying(share),
+            )
             operation.state = "cancelled" if operation.cancelled else "done"
         except Exception as exc:
             operation.state = "failed"
@@ -360,6 +376,33 @@ async def recover(
         finally:
             operation.finished_at = wall_time()
     return operation
+
+
+class _Paying:
+    """A scan's payments to its :class:`LoopShare` (none without one): a stretch of work
+    begins at :meth:`start` (after an await) and is paid for after :data:`STRETCH_RECORDS`
+    records, and before the scan awaits anything else."""
+
+    def __init__(self, share: LoopShare | None) -> None:
+        self._share = share
+        self._began = 0.0
+        self._records = 0
+
+    def start(self) -> None:
+        if self._share is not None:
+            self._began = self._share.since()
+            self._records = 0
+
+    async def handled(self) -> None:
+        """One record handled; the stretch paid for when it holds ``STRETCH_RECORDS``."""
+        self._records += 1
+        if self._records >= STRETCH_RECORDS:
+            await self.pay()
+
+    async def pay(self) -> None:
+        if self._share is not None:
+            self._began = await self._share.pay(self._began)
+            self._records = 0
 
 
 class _Matching:
@@ -392,6 +435,7 @@ async def _run(
     wall_time: Callable[[], float],
     sleep: Callable[[float], Awaitable[None]],
     settle: float,
+    paying: _Paying,
 ) -> None:
     """Read the source partitions and enqueue what the request selects, until their end, a
     cancellation, or the one delivery asked for."""
@@ -449,6 +493,7 @@ async def _run(
 
     async def take(tp: TopicPartition, records: Iterable[Any]) -> bool:
         nonlocal next_write
+        paying.start()
         for record in records:
             if operation.cancelled:
                 return False
@@ -457,6 +502,7 @@ async def _run(
             if isinstance(chosen, str):
                 operation.invalid += 1
             elif chosen is not None:
+                await paying.pay()  # (the write awaits: the stretch ends here)
                 wait = next_write - clock()
                 if wait > 0:
                     await sleep(wait)  # cancelled here: nothing written, the record read again
@@ -475,9 +521,12 @@ async def _run(
                     raise
                 next_write = max(next_write, clock()) + interval
                 enqueued = True
+                paying.start()
             scanned(tp, record, enqueued=enqueued)
             if enqueued and request.delivery_id is not None:
                 return False  # the one delivery asked for
+            await paying.handled()
+        await paying.pay()
         return True
 
     while pending:

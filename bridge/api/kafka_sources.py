@@ -25,6 +25,7 @@ from bridge.admin.dead_letters import (
     replay_dead_letters,
     stream_dead_letters,
 )
+from bridge.admin.loop_share import LoopShare
 from bridge.admin.recovery import recover
 from bridge.api.activity import EndpointStatus
 from bridge.api.recoveries import RecoveryRunner
@@ -108,5 +109,7 @@ def kafka_recovery_runner(
 ) -> RecoveryRunner:
     """:func:`~bridge.admin.recovery.recover` with ``settings``: reads the source topics,
     writes the first retry tier; given ``current`` (a worker's webhooks by id), matches each
-    event against the webhook as it is then."""
-    return functools.partial(recover, settings, current=current)
+    event against the webhook as it is then. The runner's recoveries take together at most
+    ``recovery_share`` of the event loop (one :class:`LoopShare` for them all)."""
+    share = LoopShare(settings.recovery_share)
+    return functools.partial(recover, settings, current=current, share=share)

@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from bridge.admin import recovery as recovery_module
+from bridge.admin.loop_share import STRETCH_RECORDS, LoopShare
 from bridge.admin.publish import publish_events
 from bridge.admin.recovery import Operation, RecoveryRequest, recover
 from bridge.api.kafka_sources import kafka_recovery_runner
@@ -27,6 +29,7 @@ from bridge.subscriptions.webhook import Webhook
 from tests.support.api import LOG_AUTH
 from tests.support.journals import Journal
 from tests.support.receivers import Receiver, subscribe
+from tests.support.records import RawWriter
 from tests.support.waiting import eventually, poll
 from tests.support.workers import InProcessWorker
 
@@ -227,3 +230,63 @@ async def test_a_recovery_stops_sending_event_types_the_webhook_no_longer_wants(
         after = await poll(shown, until=lambda r: r["state"] == "done", timeout=30, interval=0.05)
         assert after["state"] == "done" and after["scanned"] == 20, after
         assert after["enqueued"] <= at_change + 1, (at_change, after)
+
+
+async def test_every_record_a_recovery_reads_is_paid_for_in_its_share(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recovery pays its LoopShare for every record it matches, in stretches of at most
+    STRETCH_RECORDS records, and sleeps for them as its share asks: here the share's clock
+    counts the records matched (one second each) and its sleeps, so a quarter share sleeps
+    three seconds for every record. 700 events of other sites, 100 of the webhook's, and 20
+    that are not events, on the real broker; without the payments in any one of the paths
+    (records skipped, matched and written, unreadable) the count falls short."""
+    await publish_events(
+        settings,
+        [
+            build_event("post.created", {"id": f"o{n}", "title": "o"}, site_id="s9", user_id="u9")
+            for n in range(700)
+        ]
+        + [post(n) for n in range(100)],
+    )
+    writer = await RawWriter(settings.kafka_bootstrap_servers).start()
+    try:
+        for n in range(20):
+            await writer.write(settings.events_topic, b"not an event", key=f"k{n}".encode())
+    finally:
+        await writer.stop()
+    clock = [0.0]
+    matched = 0
+    real_select = recovery_module.select
+
+    def counting(*args: Any) -> Any:
+        nonlocal matched
+        matched += 1
+        clock[0] += 1.0
+        return real_select(*args)
+
+    async def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    stretches: list[float] = []
+
+    class Recording(LoopShare):
+        async def pay(self, began: float) -> float:
+            stretches.append(clock[0] - began)
+            return await super().pay(began)
+
+    share = Recording(0.25, clock=lambda: clock[0], sleep=sleep)
+    monkeypatch.setattr(recovery_module, "select", counting)
+    written: list[str] = []
+
+    async def write(item: PendingRetry) -> None:
+        written.append(item.delivery_id)
+
+    operation = Operation(last_hour())
+    await asyncio.wait_for(recover(settings, operation, write=write, share=share), 60)
+    assert operation.state == "done" and len(written) == 100
+    assert operation.scanned == matched == 820 and operation.invalid == 20
+    worked = sum(stretches)
+    assert worked == pytest.approx(matched)  # every record, once
+    assert max(stretches) <= STRETCH_RECORDS
+    assert clock[0] == pytest.approx(matched / 0.25)  # work and sleeps: four seconds a record

@@ -1,0 +1,98 @@
+"""LoopShare: the recoveries of a process together work at most their share of the time.
+
+Simulated: payers (recoveries) on one event loop, each doing stretches of work of generated
+lengths back to back, paying after each; a payer runs again when its sleep ends, one at a time
+(the loop runs one task at a time), on a clock only the work and the sleeps move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.admin.loop_share import LoopShare
+
+STRETCHES = st.lists(st.floats(0.0001, 0.02), min_size=1, max_size=40)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def simulate(share: float, payers: list[list[float]]) -> list[tuple[float, float]]:
+    """Run every payer's stretches; the (start, end) of each stretch of work, in order."""
+    clock = Clock()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    lane = LoopShare(share, clock=clock, sleep=sleep)
+    ready = [(0.0, n, 0) for n in range(len(payers))]  # (ready at, payer, next stretch)
+    heapq.heapify(ready)
+    worked: list[tuple[float, float]] = []
+    while ready:
+        at, n, k = heapq.heappop(ready)
+        clock.now = max(clock.now, at)
+        began = lane.since()
+        clock.now += payers[n][k]
+        worked.append((began, clock.now))
+        slept.clear()
+        asyncio.run(lane.pay(began))
+        wake = clock.now + (slept[0] if slept else 0.0)
+        if k + 1 < len(payers[n]):
+            heapq.heappush(ready, (wake, n, k + 1))
+    return worked
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    share=st.sampled_from([0.1, 0.25, 0.5, 0.9]), payers=st.lists(STRETCHES, min_size=1, max_size=5)
+)
+def test_the_payers_together_work_at_most_their_share_of_any_time(
+    share: float, payers: list[list[float]]
+) -> None:
+    """In every window from the start of a stretch to the end of a later one, the work in it
+    is at most ``share`` of the window, plus one stretch per payer (each may work once before
+    it first pays, and a window may cut the lane's accounting at a stretch)."""
+    worked = simulate(share, payers)
+    longest = max(max(p) for p in payers)
+    allowance = len(payers) * longest
+    for i, (start, _) in enumerate(worked):
+        total = 0.0
+        for begin, end in worked[i:]:
+            total += end - begin
+            assert total <= share * (end - start) + allowance + 1e-9, (i, total, end - start)
+
+
+@settings(max_examples=100, deadline=None)
+@given(share=st.sampled_from([0.1, 0.25, 0.5, 1.0]), stretches=STRETCHES)
+def test_a_payer_alone_gets_its_share(share: float, stretches: list[float]) -> None:
+    """Not starved either: a lone payer's work ends within ``1 / share`` of it (its last
+    stretch's pause aside)."""
+    worked = simulate(share, [stretches])
+    work = sum(stretches)
+    assert worked[-1][1] <= work / share + 1e-9
+    assert worked[-1][1] >= work - 1e-9
+
+
+def test_share_one_never_sleeps() -> None:
+    async def never(seconds: float) -> None:
+        raise AssertionError("slept")
+
+    lane = LoopShare(1.0, clock=lambda: 5.0, sleep=never)
+    assert asyncio.run(lane.pay(0.0)) == 5.0
+
+
+@pytest.mark.parametrize("share", [0.0, -0.5, 1.5, float("nan")])
+def test_a_share_outside_0_to_1_is_refused(share: float) -> None:
+    with pytest.raises(ValueError, match="share"):
+        LoopShare(share)
