@@ -26,7 +26,7 @@ from typing import Any
 from bridge.config import Settings
 from bridge.worker.embedded import EmbeddedBroker
 
-from . import ceilings, control_plane, report
+from . import ceilings, control_plane, recoveries, report
 from .procs import REPO, Procs, free_port
 from .receivers import start_fast_receiver
 from .scenarios import NEEDS_FANOUT_1, SCENARIOS, Context, Sizes
@@ -43,17 +43,24 @@ ORDER = [
     "recovery_after_sigkill",
     "fanout_1_log",
     "attempts_query",
+    "recoveries_beside",
 ]
 #: What ``--profile`` takes: a scenario, or one variant of fanout_1_log (its delivering worker,
 #: in the first round that runs it), with the scenario it runs in.
-PROFILE_TARGETS = {name: name for name in ORDER} | {
-    f"fanout_1_log_{variant}": "fanout_1_log" for variant in control_plane.LOG_VARIANTS
-}
+PROFILE_TARGETS = (
+    {name: name for name in ORDER}
+    | {f"fanout_1_log_{variant}": "fanout_1_log" for variant in control_plane.LOG_VARIANTS}
+    | {
+        f"recoveries_beside_{variant}": "recoveries_beside"
+        for variant in recoveries.RECOVERY_VARIANTS
+    }
+)
 #: Every scenario by name: the delivery scenarios and the control plane's.
 ALL_SCENARIOS = {
     **SCENARIOS,
     "fanout_1_log": control_plane.fanout_1_log,
     "attempts_query": control_plane.attempts_query,
+    "recoveries_beside": recoveries.recoveries_beside,
 }
 #: Longest a scenario may take before the run gives up on it (seconds).
 SCENARIO_TIMEOUT = {"quick": 90.0, "full": 420.0}
@@ -61,6 +68,7 @@ SCENARIO_TIMEOUT = {"quick": 90.0, "full": 420.0}
 LONG_SCENARIO_TIMEOUT = {
     "fanout_1_log": {"quick": 90.0, "full": 600.0},
     "attempts_query": {"quick": 90.0, "full": 900.0},
+    "recoveries_beside": {"quick": 120.0, "full": 600.0},
 }
 #: Seconds from the start of a run after which no further scenario starts (quick runs must end
 #: within four minutes, full ones within twenty-seven, stragglers and shutdown included).
@@ -83,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="run py-spy on this scenario's worker (from ready to the end of its load; for "
         "subscriptions_100k from start to ready) and print the top functions; "
-        "fanout_1_log_off, fanout_1_log_all or fanout_1_log_split: that variant's delivering "
+        "fanout_1_log_off, fanout_1_log_all or fanout_1_log_split (recoveries_beside_none, "
+        "recoveries_beside_share_1, recoveries_beside_share_default): that variant's delivering "
         "worker in its first round",
     )
     parser.add_argument(

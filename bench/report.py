@@ -228,6 +228,17 @@ NOTES = {
         "api_cpu_ms_per_attempt_median",
         "split_both_cpu_ms_per_delivery_median",
     ],
+    "recoveries_beside": [
+        "rounds",
+        "filler_events",
+        "ratio_adjacent_median_none",
+        "ratio_adjacent_median_share_1",
+        "ratio_adjacent_median_share_default",
+        "rate_kept_median_share_1",
+        "rate_kept_median_share_default",
+        "records_read_share_1",
+        "records_read_share_default",
+    ],
     "attempts_query": [
         "webhooks",
         "attempts",
@@ -441,6 +452,15 @@ receiver by delivery id (each expected id once; repeats are reported as duplicat
   catching up.
 - **naive_baseline**: `bench/naive_app.py`, a Faust agent that awaits one httpx POST per
   delivery (no concurrency, no retries), on the same backlog shape as fanout_1.
+- **recoveries_beside** (`bench/recoveries.py`): the fanout_1 backlog delivered by a worker in
+  role `all` with `/v1` while eight recoveries of a webhook no event matches scan the events
+  topic (100,000 filler events no webhook wants, which the worker's group is committed past,
+  and the backlog; `--quick` 20,000 and 1 round), in three variants per round: `none`,
+  `share_1` (`recovery_share` 1, the recoveries taking what they get, as before 2026-12-05)
+  and `share_default` (0.25). `ratio_adjacent_median_*` are the delivery rates against the raw
+  aiohttp ceiling measured right before each run, `rate_kept_median_*` the rate kept against
+  `none` in the same round, `records_read_*` what the eight had read when the deliveries were
+  in. Its `deliveries/s` is the median of `share_default`.
 - **fanout_1_log** (`bench/control_plane.py`): the fanout_1 backlog run in three variants per
   round: `off` (no delivery log), `all` (the worker in role `all` holding the delivery log:
   `BRIDGE_DELIVERY_LOG=true`, a token file in `BRIDGE_API_TOKENS`; it reads its own attempt

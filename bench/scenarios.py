@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Protocol, TypedDict
 
 from bridge.config import Settings
 
@@ -318,6 +318,18 @@ class Beside:
     processed: Callable[[Worker], Awaitable[int | None]]
 
 
+class Alongside(Protocol):
+    """Load a backlog run puts on its delivering worker besides the deliveries (e.g.
+    recoveries scanning the events topic): set up before the backlog is published, started
+    once the worker is ready, its figures taken once the deliveries are in."""
+
+    async def prepare(self, settings: Settings) -> None: ...
+
+    async def start(self, worker: Worker) -> None: ...
+
+    async def figures(self, worker: Worker) -> dict[str, Any]: ...
+
+
 async def _start_beside(ctx: Context, settings: Settings, name: str, beside: Beside) -> Worker:
     companion = settings.replace(
         web_port=free_port(),
@@ -370,11 +382,14 @@ async def backlog(
     events: int,
     extra_settings: dict[str, Any] | None = None,
     beside: Beside | None = None,
+    alongside: Alongside | None = None,
 ) -> dict[str, Any]:
     settings = ctx.settings(name, **(extra_settings or {}))
     await kit.prepare_topics(settings)
     hooks, by_site, sites = kit.make_hooks(settings.group_id, nsites, per_site, ctx.urls())
     await kit.write_hooks(settings, hooks)
+    if alongside is not None:
+        await alongside.prepare(settings)
     published = Published()
     await kit.publish_backlog(settings, sites, events, published)
     expected = set(published.expected_ids(by_site))
@@ -395,6 +410,8 @@ async def backlog(
             published = Published()
             await kit.publish_backlog(settings, sites, events, published)
             expected = set(published.expected_ids(by_site))
+        if alongside is not None:
+            await alongside.start(worker)
         cpu_start = worker.cpu_seconds()
         companion_cpu_start = None if companion is None else companion.cpu_seconds()
         started = time.monotonic()
@@ -421,6 +438,7 @@ async def backlog(
                 if first
                 else None
             )
+        alongside_figures = {} if alongside is None else await alongside.figures(worker)
         profiled: dict[str, Any] = {}
         _finish_profiler(ctx, name, profiler, profiled)
         profiler = None
@@ -454,6 +472,7 @@ async def backlog(
             backlog_skipped_at_start=skipped,
             **_worker_extras(worker, metrics),
             **beside_figures,
+            **alongside_figures,
         )
         if rss_ready and name == "fanout_1":
             ctx.baseline_rss_kib = rss_ready

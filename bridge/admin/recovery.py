@@ -42,6 +42,7 @@ from bridge.worker.recovery_view import recovery_record
 
 __all__ = [
     "DEFAULT_RATE",
+    "FETCH_RECORDS",
     "RecoveryRequest",
     "Operation",
     "Operations",
@@ -51,6 +52,10 @@ __all__ = [
     "recorded_recoveries",
     "whole_milliseconds",
 ]
+
+#: Records one fetch of a recovery hands over at most (aiokafka unpacks them at once, without
+#: awaiting: a fetch of many partitions' buffered records is one long stretch otherwise).
+FETCH_RECORDS = 4 * STRETCH_RECORDS
 
 #: Deliveries a recovery enqueues per second unless told otherwise (and never more than the
 #: webhook's own ``rate_limit``).
@@ -378,10 +383,22 @@ async def recover(
     return operation
 
 
+class _Turn:
+    """Set when the event loop ran a turn after it was made (:meth:`_Paying.fetching`)."""
+
+    __slots__ = ("ran",)
+
+    def __init__(self) -> None:
+        self.ran = False
+
+    def __call__(self) -> None:
+        self.ran = True
+
+
 class _Paying:
     """A scan's payments to its :class:`LoopShare` (none without one): a stretch of work
-    begins at :meth:`start` (after an await) and is paid for after :data:`STRETCH_RECORDS`
-    records, and before the scan awaits anything else."""
+    begins at :meth:`start` (after an await) or with a fetch that did not wait, and is paid
+    for after :data:`STRETCH_RECORDS` records, and before the scan awaits anything else."""
 
     def __init__(self, share: LoopShare | None) -> None:
         self._share = share
@@ -392,6 +409,21 @@ class _Paying:
         if self._share is not None:
             self._began = self._share.since()
             self._records = 0
+
+    def fetching(self) -> _Turn | None:
+        """A fetch begins: so does a stretch; the returned turn tells :meth:`fetched` whether
+        the fetch let the loop run (it waited for the broker, and what ran meanwhile was not
+        this scan's work)."""
+        if self._share is None:
+            return None
+        self.start()
+        turn = _Turn()
+        asyncio.get_running_loop().call_soon(turn)
+        return turn
+
+    def fetched(self, turn: _Turn | None) -> None:
+        if turn is not None and turn.ran:
+            self.start()
 
     async def handled(self) -> None:
         """One record handled; the stretch paid for when it holds ``STRETCH_RECORDS``."""
@@ -492,8 +524,8 @@ async def _run(
         handled(tp, record.offset + 1)
 
     async def take(tp: TopicPartition, records: Iterable[Any]) -> bool:
+        """Handle ``records`` (the stretch of work under way goes on: the caller started it)."""
         nonlocal next_write
-        paying.start()
         for record in records:
             if operation.cancelled:
                 return False
@@ -530,7 +562,11 @@ async def _run(
         return True
 
     while pending:
-        batch = await consumer.getmany(*pending, timeout_ms=30_000)
+        # Records fetched already are unpacked in getmany, on this task and without awaiting:
+        # that is work of the stretch; a getmany that waited for the broker began it anew.
+        waiting = paying.fetching()
+        batch = await consumer.getmany(*pending, timeout_ms=30_000, max_records=FETCH_RECORDS)
+        paying.fetched(waiting)
         if not batch:
             raise TimeoutError("no records from the source topics within 30s")
         for tp, records in batch.items():
@@ -546,6 +582,7 @@ async def _run(
     settling = settled(consumer, tps, begun_ms, settle, positioned_ms=positioned_ms, ends=ends)
     async with aclosing(settling) as settling:
         async for tp, records in settling:
+            paying.start()
             if not await take(tp, records):
                 return
 

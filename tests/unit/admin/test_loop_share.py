@@ -96,3 +96,35 @@ def test_share_one_never_sleeps() -> None:
 def test_a_share_outside_0_to_1_is_refused(share: float) -> None:
     with pytest.raises(ValueError, match="share"):
         LoopShare(share)
+
+
+def test_a_fetch_that_did_not_wait_is_work_and_one_that_waited_is_not() -> None:
+    """A recovery's stretch begins with its fetch: records fetched already are unpacked in
+    aiokafka's getmany without awaiting, on the recovery's task. A fetch that waited for the
+    broker let the loop run other tasks: the stretch begins when it returns."""
+    from bridge.admin.recovery import _Paying
+
+    clock = Clock()
+    paid: list[float] = []
+
+    class Recording(LoopShare):
+        async def pay(self, began: float) -> float:
+            paid.append(self._clock() - began)
+            return self._clock()
+
+    async def run() -> None:
+        paying = _Paying(Recording(0.5, clock=clock))
+        turn = paying.fetching()
+        clock.now += 2.0  # unpacking buffered records: no await
+        paying.fetched(turn)
+        clock.now += 1.0  # matching
+        await paying.pay()
+        turn = paying.fetching()
+        await asyncio.sleep(0)  # waiting for the broker: the loop runs a turn
+        clock.now += 5.0  # (other tasks' work meanwhile)
+        paying.fetched(turn)
+        clock.now += 1.0
+        await paying.pay()
+
+    asyncio.run(run())
+    assert paid == [3.0, 1.0]
