@@ -486,8 +486,9 @@ class Settings:
         "BRIDGE_API_MAX_RECOVERIES",
         "--api-max-recoveries",
         _positive_int,
-        "Recoveries and redeliveries one worker runs at once (each reads the events topic); "
-        "a request for another is answered 429 with Retry-After.",
+        "Recoveries and redeliveries one worker runs at once (each reads the events topic), "
+        "half of them at most of one site's (account's) webhooks; a request for another is "
+        "answered 429 with Retry-After.",
     )
     api_max_webhooks: int = Section.ACTIVITY.setting(
         100,

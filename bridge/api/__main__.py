@@ -26,7 +26,7 @@ from bridge.api.auth import SCOPES, TokenSet, hash_token, new_token
 from bridge.api.control import ControlService
 from bridge.api.kafka_sources import KafkaActivitySource, KafkaDeadLetters, kafka_recovery_runner
 from bridge.api.metrics import ApiMetrics
-from bridge.api.recoveries import Recoveries
+from bridge.api.recoveries import Recoveries, per_owner
 from bridge.api.service import WebhookService
 from bridge.api.store_repository import StoreRepository
 from bridge.config import Settings
@@ -78,7 +78,11 @@ async def _serve(args: argparse.Namespace) -> None:
         control = ControlService(
             repository,
             KafkaActivitySource(settings),
-            Recoveries(kafka_recovery_runner(settings), max_running=settings.api_max_recoveries),
+            Recoveries(
+                kafka_recovery_runner(settings),
+                max_running=settings.api_max_recoveries,
+                max_per_owner=per_owner(settings.api_max_recoveries),
+            ),
             KafkaDeadLetters(settings),
             redeliver_lookback=settings.delivery_log_max_age,
         )

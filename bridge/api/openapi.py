@@ -688,8 +688,9 @@ def _path_param(name: str) -> dict[str, Any]:
 def _paths() -> dict[str, Any]:
     busy = _problem_response(
         "As many recoveries as the worker runs at once (api_max_recoveries) are running, or "
-        "more requests a second with this token than the worker answering allows "
-        "(api_rate_limit): retry after Retry-After seconds."
+        "half as many of the webhook's site's (account's) webhooks, or more requests a second "
+        "with this token than the worker answering allows (api_rate_limit): retry after "
+        "Retry-After seconds."
     )
     not_found = _problem_response("No such webhook.")
     no_recovery = _problem_response(

@@ -30,7 +30,14 @@ from bridge.admin.recovery import Operation, Operations, RecoveryRequest
 from bridge.api.problems import Problem
 from bridge.subscriptions.webhook import Webhook
 
-__all__ = ["DEFAULT_HEARTBEAT", "RETRY_AFTER", "RecoveryJournal", "RecoveryRunner", "Recoveries"]
+__all__ = [
+    "DEFAULT_HEARTBEAT",
+    "RETRY_AFTER",
+    "per_owner",
+    "RecoveryJournal",
+    "RecoveryRunner",
+    "Recoveries",
+]
 
 #: Seconds between two records of a running operation.
 DEFAULT_HEARTBEAT = 2.0
@@ -38,6 +45,19 @@ DEFAULT_HEARTBEAT = 2.0
 RETRY_AFTER = 5
 
 log = logging.getLogger(__name__)
+
+
+def per_owner(max_running: int) -> int:
+    """Operations of one site's webhooks (or one account's account-wide ones) a worker runs at
+    once: half of what it runs in all, at least one, so that one site's tools cannot take
+    every place."""
+    return max(1, max_running // 2)
+
+
+def _owner(webhook: Webhook) -> tuple[str, str | None]:
+    if webhook.site_id is not None:
+        return ("site", webhook.site_id)
+    return ("account", webhook.user_id)
 
 
 class RecoveryRunner(Protocol):
@@ -88,11 +108,13 @@ class Recoveries:
         url: str | None = None,
         heartbeat: float = DEFAULT_HEARTBEAT,
         max_running: int | None = None,
+        max_per_owner: int | None = None,
         writing: Callable[[str], AbstractAsyncContextManager[object]] = nullcontext,
     ) -> None:
         self._runner = runner
         self._writing = writing
         self._max_running = max_running
+        self._max_per_owner = max_per_owner
         self._clock = clock
         self._operations = Operations(keep)
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -123,13 +145,25 @@ class Recoveries:
     ) -> Operation:
         """Start recovering ``request`` in the background; its operation, ``running`` (and
         recorded, with a journal, before this returns). With ``max_running`` operations running
-        here already, a ``429`` (resumed operations, taken over from a stopped process, are
-        run whatever their number: they were accepted)."""
+        here already, or ``max_per_owner`` of webhooks of the request's site (account), a
+        ``429`` (resumed operations, taken over from a stopped process, are run whatever their
+        number: they were accepted)."""
         self._refuse_when_closed()
         if self._max_running is not None and self.running >= self._max_running:
             raise Problem(
                 "too_many_requests",
                 f"{self.running} recoveries are running on this worker, its most at once",
+                headers={"Retry-After": str(RETRY_AFTER)},
+            )
+        running = [op for op in map(self._operations.get, self._tasks) if op is not None]
+        owner = _owner(request.webhook)
+        mine = sum(_owner(other.request.webhook) == owner for other in running)
+        if self._max_per_owner is not None and mine >= self._max_per_owner:
+            whose = "site's" if owner[0] == "site" else "account's"
+            raise Problem(
+                "too_many_requests",
+                f"{mine} recoveries of this {whose} webhooks are running on this worker, the "
+                "most one may run at once",
                 headers={"Retry-After": str(RETRY_AFTER)},
             )
         operation = Operation(request, started_at=self._clock(), request_digest=request_digest)

@@ -69,7 +69,7 @@ from bridge.api.idempotency import REPLAYED_HEADER, IdempotencyKey
 from bridge.api.kafka_sources import KafkaActivitySource, KafkaDeadLetters, kafka_recovery_runner
 from bridge.api.metrics import ApiMetrics, answered, route_template
 from bridge.api.problems import Problem, read_body
-from bridge.api.recoveries import DEFAULT_HEARTBEAT, Recoveries
+from bridge.api.recoveries import DEFAULT_HEARTBEAT, Recoveries, per_owner
 from bridge.api.repository import WebhookRepository
 from bridge.api.service import WebhookService
 from bridge.api.table_repository import TableRepository
@@ -559,6 +559,7 @@ async def api_application(bridge: Bridge) -> web.Application:
         journal=journal,
         url=settings.canonical_url,
         max_running=settings.api_max_recoveries,
+        max_per_owner=per_owner(settings.api_max_recoveries),
         writing=bridge.change_locks.writing,
     )
     # The log, stats and recovery routes only check that a webhook exists (and whose it is):

@@ -4,6 +4,7 @@ cancelled) when the process stops; resumed with this process as the runner."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 
 from bridge.admin.recovery import Operation, RecoveryRequest
 from bridge.api.problems import Problem
-from bridge.api.recoveries import RETRY_AFTER, Recoveries
+from bridge.api.recoveries import RETRY_AFTER, Recoveries, per_owner
 from bridge.subscriptions.serial import KeyedLocks, NotWritable
 from bridge.subscriptions.webhook import webhook_from_record
 from tests.support.builders import webhook_record
@@ -195,6 +196,41 @@ async def test_no_more_recoveries_than_the_limit_run_at_once() -> None:
     await recoveries.cancel(first.id)
     await recoveries.cancel(orphan.id)
     await recoveries.start(request())  # room again
+    held.finish.set()
+    await eventually(lambda: recoveries.running == 0, timeout=5)
+    await recoveries.close()
+
+
+async def test_one_sites_webhooks_take_at_most_their_places() -> None:
+    """A site's own tools (a site-restricted token) starting recoveries of its webhooks get
+    ``per_owner`` places of a worker, not every one: the next of that site is 429 naming the
+    site while another site, and an account's account-wide webhooks, still start theirs."""
+    held = Held()
+    recoveries = Recoveries(held, max_running=8, max_per_owner=per_owner(8))
+    assert per_owner(8) == 4 and per_owner(1) == 1
+
+    def of(webhook_id: str, **scope: Any) -> RecoveryRequest:
+        webhook = webhook_from_record(webhook_record(id=webhook_id, **scope))
+        return RecoveryRequest(webhook, SINCE, SINCE + timedelta(hours=1))
+
+    started = [await recoveries.start(of(f"s1_{n}", site_id="s1")) for n in range(4)]
+    with pytest.raises(Problem) as refused:
+        await recoveries.start(of("s1_again", site_id="s1"))
+    assert refused.value.status == 429 and "site's webhooks" in refused.value.detail
+    assert refused.value.headers["Retry-After"] == str(RETRY_AFTER)
+    # A redelivery of the site's counts too (it reads the events topic as a recovery does).
+    one = dataclasses.replace(of("s1_0", site_id="s1"), delivery_id="d_1")
+    with pytest.raises(Problem):
+        await recoveries.start(one)
+    await recoveries.start(of("s2_0", site_id="s2"))
+    for n in range(3):
+        await recoveries.start(of(f"u1_{n}", site_id=None, user_id="u1"))
+    assert recoveries.running == 8  # 4 of s1, 1 of s2, 3 of u1: the worker's limit
+    with pytest.raises(Problem) as full:
+        await recoveries.start(of("s3_0", site_id="s3"))
+    assert "on this worker, its most" in full.value.detail
+    await recoveries.cancel(started[0].id)
+    await recoveries.start(of("s1_again", site_id="s1"))  # room for the site again
     held.finish.set()
     await eventually(lambda: recoveries.running == 0, timeout=5)
     await recoveries.close()
