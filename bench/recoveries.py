@@ -8,8 +8,8 @@ another site no webhook wants are published and the worker's group is committed 
 that the worker does not consume them but every recovery reads them: once the worker is ready,
 eight recoveries of that webhook since an hour before (``api_max_recoveries``, its default) are
 started through ``/v1``; they match nothing, so what they cost is reading and matching alone.
-Variants: ``none`` (no recoveries), ``share_1`` (``recovery_share`` 1: the recoveries take what
-they get, as before 2026-12-05) and ``share_default`` (``recovery_share`` as configured by
+Variants: ``none`` (no recoveries), ``share_1`` (``api_scan_share`` 1: the recoveries take what
+they get, as before 2026-12-05) and ``share_default`` (``api_scan_share`` as configured by
 default, 0.25). Rounds rotate the order; each run's delivery rate is against the raw aiohttp
 ceiling measured right before it, and the recoveries' progress (records read) is taken when the
 deliveries are in (``scanned``, summed over the eight, and each one's ``progress``).
@@ -35,7 +35,7 @@ from .scenarios import Context, _loadavg, _result, backlog
 
 __all__ = ["RECOVERY_VARIANTS", "Recovering", "recoveries_beside"]
 
-#: The variants: no recoveries; eight with ``recovery_share`` 1; eight with the default share.
+#: The variants: no recoveries; eight with ``api_scan_share`` 1; eight with the default share.
 RECOVERY_VARIANTS = ("none", "share_1", "share_default")
 #: Recoveries started in each run with recoveries (the default ``api_max_recoveries``).
 RECOVERIES = 8
@@ -141,7 +141,7 @@ async def recoveries_beside(ctx: Context) -> dict[str, Any]:
     api = {"api_tokens": str(tokens), "api_rate_limit": 0.0}
     changes: dict[str, dict[str, Any]] = {
         "none": api,
-        "share_1": {**api, "recovery_share": 1.0},
+        "share_1": {**api, "api_scan_share": 1.0},
         "share_default": api,
     }
     rounds: list[dict[str, dict[str, Any]]] = []

@@ -456,7 +456,7 @@ receiver by delivery id (each expected id once; repeats are reported as duplicat
   role `all` with `/v1` while eight recoveries of a webhook no event matches scan the events
   topic (100,000 filler events no webhook wants, which the worker's group is committed past,
   and the backlog; `--quick` 20,000 and 1 round), in three variants per round: `none`,
-  `share_1` (`recovery_share` 1, the recoveries taking what they get, as before 2026-12-05)
+  `share_1` (`api_scan_share` 1, the recoveries taking what they get, as before 2026-12-05)
   and `share_default` (0.25). `ratio_adjacent_median_*` are the delivery rates against the raw
   aiohttp ceiling measured right before each run, `rate_kept_median_*` the rate kept against
   `none` in the same round, `records_read_*` what the eight had read when the deliveries were

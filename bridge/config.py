@@ -509,14 +509,15 @@ class Settings:
         "seconds may send two seconds' worth at once); more are answered 429 with Retry-After. "
         "0: no limit.",
     )
-    recovery_share: float = Section.ACTIVITY.setting(
+    api_scan_share: float = Section.ACTIVITY.setting(
         0.25,
-        "BRIDGE_RECOVERY_SHARE",
-        "--recovery-share",
+        "BRIDGE_API_SCAN_SHARE",
+        "--api-scan-share",
         _share,
-        "The share of a worker's event loop its recoveries and redeliveries may take together "
-        "to read and match the events topic (more than 0, at most 1: as much as they get); "
-        "the deliveries keep the rest however many run.",
+        "The share of a worker's event loop that the topic reads it makes for /v1 may take "
+        "together: recoveries and redeliveries reading the events topic, dead-letter listings "
+        "and replays reading theirs (more than 0, at most 1: as much as they get); the "
+        "deliveries keep the rest however many run.",
     )
     recovery_retention: float = Section.ACTIVITY.setting(
         7 * 86400.0,

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from bridge.admin.loop_share import LoopShare, Payer
 from bridge.config import Settings
 from bridge.contract import jsoncanon
 from bridge.contract.events import parse_event, parse_time
@@ -102,6 +103,7 @@ async def stream_dead_letters(
     where: DeadLetterFilter = DeadLetterFilter(),
     *,
     needed_until: Callable[[], datetime | None] | None = None,
+    share: LoopShare | None = None,
 ) -> AsyncGenerator[dict[str, Any], None]:
     """Dead letters matching ``where``, oldest first per partition, one by one as they are
     read: a reader holds a fetched batch of the topic at a time, not the topic.
@@ -113,7 +115,9 @@ async def stream_dead_letters(
     while it reads: a page that has its letters needs no later ones) up to the first record
     stamped :data:`STAMP_MARGIN` after it. A letter without a ``dead_lettered_at`` (none the
     bridge writes) is read only where it lies within what is read. Close it
-    (``contextlib.aclosing``) when stopping early."""
+    (``contextlib.aclosing``) when stopping early. Given ``share`` (a worker's), the parsing
+    and matching pay for each stretch of work there (:mod:`bridge.admin.loop_share`); what the
+    caller does with a letter it is handed is not counted."""
     key = None if where.webhook_id is None else where.webhook_id.encode("utf-8")
     since_ms = None
     if where.since is not None:
@@ -129,9 +133,12 @@ async def stream_dead_letters(
     stream = stream_topic(
         settings, settings.deadletter_topic, key=key, since_ms=since_ms, until_ms=until_ms
     )
+    payer = Payer(share)
     async with aclosing(stream) as batches:
         async for batch in batches:
+            payer.start()
             for _, value in batch:
+                await payer.handled()
                 if value is None:
                     continue
                 try:
@@ -139,7 +146,10 @@ async def stream_dead_letters(
                 except InvalidRecord:
                     continue
                 if isinstance(record, dict) and where.matches(record):
+                    await payer.pay()
                     yield record
+                    payer.start()
+            await payer.pay()
 
 
 @dataclass
@@ -155,7 +165,11 @@ REPLAY_IN_FLIGHT = 500
 
 
 async def replay_dead_letters(
-    settings: Settings, where: DeadLetterFilter, *, clock: Callable[[], float] = time.time
+    settings: Settings,
+    where: DeadLetterFilter,
+    *,
+    clock: Callable[[], float] = time.time,
+    share: LoopShare | None = None,
 ) -> ReplayReport:
     """Re-enqueue matching dead letters in the first retry tier, due now, with the same delivery
     id. Each replayed delivery gets the retry schedule again from its second entry; it is signed
@@ -165,7 +179,8 @@ async def replay_dead_letters(
     replayed delivery that fails again is dead-lettered again, later, and is not taken again.
     Writes them as it reads them, holding at most :data:`REPLAY_IN_FLIGHT` (so a replay of a
     large topic holds a part of it, not the letters it replays); a letter without a
-    ``dead_lettered_at`` (none the bridge writes) is within no time and not replayed."""
+    ``dead_lettered_at`` (none the bridge writes) is within no time and not replayed. Its
+    reading pays ``share`` as :func:`stream_dead_letters` does."""
     began = datetime.fromtimestamp(clock(), UTC)
     until = began if where.until is None or where.until > began else where.until
     report = ReplayReport()
@@ -178,7 +193,7 @@ async def replay_dead_letters(
             report.replayed.append(delivery)
         in_flight.clear()
 
-    letters = stream_dead_letters(settings, dataclasses.replace(where, until=until))
+    letters = stream_dead_letters(settings, dataclasses.replace(where, until=until), share=share)
     try:
         async with aclosing(letters) as reading:
             async for record in reading:

@@ -1,11 +1,13 @@
-"""A share of the event loop that background scans (recoveries) take together, and no more.
+"""A share of the event loop that background scans (recoveries, dead-letter reads) take
+together, and no more.
 
 A recovery reads the events topic from a time on and matches each event against one webhook: a
 week of a busy platform's events is millions of records, every one parsed, on the event loop a
 worker's deliveries run on. Left alone, a scan is ready to run again whenever it awaits (its
 consumer has the next batch fetched already), so it took as much of the loop as the deliveries
-left it, and eight at once (``api_max_recoveries``) most of it. A site's own tools, given a
-site-restricted token, could keep that up. With a :class:`LoopShare`, every recovery of a
+left it, and eight at once (``api_max_recoveries``) most of it; a dead-letter listing whose
+filter selects few letters parses the whole topic likewise. A site's own tools, given a
+site-restricted token, could keep that up. With a :class:`LoopShare`, every such read of a
 process pays for each stretch of work it did without awaiting (at most
 :data:`STRETCH_RECORDS` records) by sleeping, so that together they work at most ``share`` of
 the time, however many run.
@@ -17,11 +19,14 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-__all__ = ["STRETCH_RECORDS", "LoopShare"]
+__all__ = ["STRETCH_RECORDS", "MIN_SLEEP", "LoopShare", "Payer"]
 
 #: Records a scan handles between two payments: at ~10-15 us each (an event parsed and
 #: matched, BENCHMARKS.md), a stretch holds the loop for a few milliseconds.
 STRETCH_RECORDS = 128
+#: A wait shorter than this is not slept: it stays owed (the lane keeps it), and a later
+#: payment sleeps it with its own, so that payments after each record cost no timer each.
+MIN_SLEEP = 0.001
 
 
 class LoopShare:
@@ -64,7 +69,63 @@ class LoopShare:
             return now
         self._free_at = max(self._free_at, began) + worked / self.share
         wait = self._free_at - now
-        if wait > 0:
+        if wait >= MIN_SLEEP:
             await self._sleep(wait)
             return self._clock()
         return now
+
+
+class _Turn:
+    """Set when the event loop ran a turn after it was made (:meth:`Payer.fetching`)."""
+
+    __slots__ = ("ran",)
+
+    def __init__(self) -> None:
+        self.ran = False
+
+    def __call__(self) -> None:
+        self.ran = True
+
+
+class Payer:
+    """One scan's payments to a :class:`LoopShare` (none without one): a stretch of work
+    begins at :meth:`start` (after an await) or with a fetch that did not wait
+    (:meth:`fetching`), and is paid for (:meth:`pay`) after :data:`STRETCH_RECORDS` records
+    (:meth:`handled`) and before the scan awaits anything else."""
+
+    def __init__(self, share: LoopShare | None) -> None:
+        self._share = share
+        self._began = 0.0
+        self._records = 0
+
+    def start(self) -> None:
+        if self._share is not None:
+            self._began = self._share.since()
+            self._records = 0
+
+    def fetching(self) -> _Turn | None:
+        """A fetch begins: so does a stretch (aiokafka unpacks records it fetched already in
+        ``getmany``, on the caller's task, without awaiting); the returned turn tells
+        :meth:`fetched` whether the fetch let the loop run (it waited for the broker, and
+        what ran meanwhile was not this scan's work)."""
+        if self._share is None:
+            return None
+        self.start()
+        turn = _Turn()
+        asyncio.get_running_loop().call_soon(turn)
+        return turn
+
+    def fetched(self, turn: _Turn | None) -> None:
+        if turn is not None and turn.ran:
+            self.start()
+
+    async def handled(self) -> None:
+        """One record handled; the stretch paid for when it holds ``STRETCH_RECORDS``."""
+        self._records += 1
+        if self._records >= STRETCH_RECORDS:
+            await self.pay()
+
+    async def pay(self) -> None:
+        if self._share is not None:
+            self._began = await self._share.pay(self._began)
+            self._records = 0

@@ -28,7 +28,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bridge.admin.loop_share import STRETCH_RECORDS, LoopShare
+from bridge.admin.loop_share import STRETCH_RECORDS, LoopShare, Payer
 from bridge.config import Settings
 from bridge.contract.events import format_epoch, format_timestamp, parse_event, parse_time
 from bridge.contract.payload import delivery_id
@@ -371,7 +371,7 @@ async def recover(
                 wall_time,
                 sleep,
                 settle,
-                _Paying(share),
+                Payer(share),
             )
             operation.state = "cancelled" if operation.cancelled else "done"
         except Exception as exc:
@@ -381,60 +381,6 @@ async def recover(
         finally:
             operation.finished_at = wall_time()
     return operation
-
-
-class _Turn:
-    """Set when the event loop ran a turn after it was made (:meth:`_Paying.fetching`)."""
-
-    __slots__ = ("ran",)
-
-    def __init__(self) -> None:
-        self.ran = False
-
-    def __call__(self) -> None:
-        self.ran = True
-
-
-class _Paying:
-    """A scan's payments to its :class:`LoopShare` (none without one): a stretch of work
-    begins at :meth:`start` (after an await) or with a fetch that did not wait, and is paid
-    for after :data:`STRETCH_RECORDS` records, and before the scan awaits anything else."""
-
-    def __init__(self, share: LoopShare | None) -> None:
-        self._share = share
-        self._began = 0.0
-        self._records = 0
-
-    def start(self) -> None:
-        if self._share is not None:
-            self._began = self._share.since()
-            self._records = 0
-
-    def fetching(self) -> _Turn | None:
-        """A fetch begins: so does a stretch; the returned turn tells :meth:`fetched` whether
-        the fetch let the loop run (it waited for the broker, and what ran meanwhile was not
-        this scan's work)."""
-        if self._share is None:
-            return None
-        self.start()
-        turn = _Turn()
-        asyncio.get_running_loop().call_soon(turn)
-        return turn
-
-    def fetched(self, turn: _Turn | None) -> None:
-        if turn is not None and turn.ran:
-            self.start()
-
-    async def handled(self) -> None:
-        """One record handled; the stretch paid for when it holds ``STRETCH_RECORDS``."""
-        self._records += 1
-        if self._records >= STRETCH_RECORDS:
-            await self.pay()
-
-    async def pay(self) -> None:
-        if self._share is not None:
-            self._began = await self._share.pay(self._began)
-            self._records = 0
 
 
 class _Matching:
@@ -467,7 +413,7 @@ async def _run(
     wall_time: Callable[[], float],
     sleep: Callable[[float], Awaitable[None]],
     settle: float,
-    paying: _Paying,
+    paying: Payer,
 ) -> None:
     """Read the source partitions and enqueue what the request selects, until their end, a
     cancellation, or the one delivery asked for."""

@@ -24,7 +24,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from bridge.api.app import ApiConfig, create_app
 from bridge.api.auth import SCOPES, TokenSet, hash_token, new_token
 from bridge.api.control import ControlService
-from bridge.api.kafka_sources import KafkaActivitySource, KafkaDeadLetters, kafka_recovery_runner
+from bridge.api.kafka_sources import (
+    KafkaActivitySource,
+    KafkaDeadLetters,
+    kafka_recovery_runner,
+    scan_share,
+)
 from bridge.api.metrics import ApiMetrics
 from bridge.api.recoveries import Recoveries, per_owner
 from bridge.api.service import WebhookService
@@ -75,15 +80,16 @@ async def _serve(args: argparse.Namespace) -> None:
             check_url=functools.partial(check_url, allow_http=allow_http, policy=policy),
             max_webhooks=settings.api_max_webhooks,
         )
+        share = scan_share(settings)
         control = ControlService(
             repository,
             KafkaActivitySource(settings),
             Recoveries(
-                kafka_recovery_runner(settings),
+                kafka_recovery_runner(settings, share=share),
                 max_running=settings.api_max_recoveries,
                 max_per_owner=per_owner(settings.api_max_recoveries),
             ),
-            KafkaDeadLetters(settings),
+            KafkaDeadLetters(settings, share=share),
             redeliver_lookback=settings.delivery_log_max_age,
         )
         registry = CollectorRegistry()

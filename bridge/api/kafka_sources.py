@@ -40,6 +40,7 @@ __all__ = [
     "KafkaActivitySource",
     "KafkaDeadLetters",
     "kafka_recovery_runner",
+    "scan_share",
 ]
 
 
@@ -79,10 +80,11 @@ MAX_DEAD_LETTER_READS = 2
 class KafkaDeadLetters:
     """A :class:`~bridge.api.control.DeadLetterSource` over the dead-letter topic, as
     ``webhook-bridge dlq list`` and ``dlq replay``; at most :data:`MAX_DEAD_LETTER_READS` at
-    once."""
+    once, paying ``share`` (the process's, :func:`scan_share`) for their reading."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, share: LoopShare | None = None) -> None:
         self._settings = settings
+        self._share = share
         self._reads = asyncio.Semaphore(MAX_DEAD_LETTER_READS)
 
     def __repr__(self) -> str:
@@ -94,22 +96,32 @@ class KafkaDeadLetters:
         *,
         needed_until: Callable[[], datetime | None] | None = None,
     ) -> AsyncGenerator[dict[str, Any], None]:
-        letters = stream_dead_letters(self._settings, where, needed_until=needed_until)
+        letters = stream_dead_letters(
+            self._settings, where, needed_until=needed_until, share=self._share
+        )
         async with self._reads, aclosing(letters) as reading:
             async for record in reading:
                 yield record
 
     async def replay(self, where: DeadLetterFilter) -> ReplayReport:
         async with self._reads:
-            return await replay_dead_letters(self._settings, where)
+            return await replay_dead_letters(self._settings, where, share=self._share)
 
 
 def kafka_recovery_runner(
-    settings: Settings, current: Callable[[str], Webhook | None] | None = None
+    settings: Settings,
+    current: Callable[[str], Webhook | None] | None = None,
+    *,
+    share: LoopShare | None = None,
 ) -> RecoveryRunner:
     """:func:`~bridge.admin.recovery.recover` with ``settings``: reads the source topics,
     writes the first retry tier; given ``current`` (a worker's webhooks by id), matches each
-    event against the webhook as it is then. The runner's recoveries take together at most
-    ``recovery_share`` of the event loop (one :class:`LoopShare` for them all)."""
-    share = LoopShare(settings.recovery_share)
+    event against the webhook as it is then. Its recoveries pay ``share`` (the process's:
+    :func:`scan_share`) for their reading."""
     return functools.partial(recover, settings, current=current, share=share)
+
+
+def scan_share(settings: Settings) -> LoopShare:
+    """The :class:`LoopShare` a process's topic reads for ``/v1`` pay into together
+    (``api_scan_share``): recoveries, redeliveries, dead-letter listings and replays."""
+    return LoopShare(settings.api_scan_share)

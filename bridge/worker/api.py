@@ -66,7 +66,12 @@ from bridge.api.auth import TokenSet
 from bridge.api.control import ControlService
 from bridge.api.idempotency import HEADER as IDEMPOTENCY_KEY
 from bridge.api.idempotency import REPLAYED_HEADER, IdempotencyKey
-from bridge.api.kafka_sources import KafkaActivitySource, KafkaDeadLetters, kafka_recovery_runner
+from bridge.api.kafka_sources import (
+    KafkaActivitySource,
+    KafkaDeadLetters,
+    kafka_recovery_runner,
+    scan_share,
+)
 from bridge.api.metrics import ApiMetrics, answered, route_template
 from bridge.api.problems import Problem, read_body
 from bridge.api.recoveries import DEFAULT_HEARTBEAT, Recoveries, per_owner
@@ -554,8 +559,10 @@ async def api_application(bridge: Bridge) -> web.Application:
         else KafkaActivitySource(settings)
     )
     journal = KafkaRecoveryJournal(bridge.recoveries, producer, settings.recoveries_topic)
+    # The topic reads made for /v1 take together at most api_scan_share of the loop.
+    share = scan_share(settings)
     recoveries = Recoveries(
-        kafka_recovery_runner(settings, current=bridge.index.get),
+        kafka_recovery_runner(settings, current=bridge.index.get, share=share),
         journal=journal,
         url=settings.canonical_url,
         max_running=settings.api_max_recoveries,
@@ -569,7 +576,7 @@ async def api_application(bridge: Bridge) -> web.Application:
         as_it_is,
         activity,
         recoveries,
-        KafkaDeadLetters(settings),
+        KafkaDeadLetters(settings, share=share),
         redeliver_lookback=settings.delivery_log_max_age,
     )
     config = ApiConfig(rate_limit=settings.api_rate_limit)

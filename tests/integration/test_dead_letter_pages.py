@@ -9,7 +9,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from bridge.admin import dead_letters as dead_letters_module
 from bridge.admin.dead_letters import DeadLetterFilter, stream_dead_letters
+from bridge.admin.loop_share import STRETCH_RECORDS, LoopShare
 from bridge.api.auth import Principal
 from bridge.api.kafka_sources import KafkaDeadLetters
 from bridge.api.repository import MemoryRepository
@@ -133,3 +135,56 @@ async def test_a_page_of_dead_letters_stops_reading_past_its_last_letter(
     assert [letter["source"]["offset"] for letter in page.items] == [0, 1, 2, 3, 4]
     second = await control.dead_letters(ADMIN, DeadLetterFilter(), limit=5, cursor=page.next_cursor)
     assert [letter["source"]["offset"] for letter in second.items] == [5, 6, 7, 8, 9]
+
+
+async def test_a_dead_letter_read_pays_for_every_record_it_parses_not_for_its_reader(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read of the dead-letter topic pays the worker's scan share for every record it goes
+    through (letters of other webhooks, junk and tombstones too), in stretches of at most
+    STRETCH_RECORDS; the time its reader takes with each letter handed over is not its own.
+    Here the share's clock counts the records parsed (a second each) and the reader's time
+    (ten seconds a letter), and the sleeps: only the records are paid for."""
+    writer = await RawWriter(settings.kafka_bootstrap_servers).start()
+    try:
+        for n in range(300):
+            webhook_id = "wh_a" if n % 3 == 0 else "wh_b"
+            value = json.dumps(dead_letter(n, webhook_id=webhook_id, at=stamp(BASE + n))).encode()
+            await writer.write(settings.deadletter_topic, value, key=webhook_id.encode())
+        for junk in (b"{not json", None):
+            await writer.write(settings.deadletter_topic, junk, key=b"wh_a")
+    finally:
+        await writer.stop()
+    clock = [0.0]
+    parsed = 0
+    real_loads = dead_letters_module.jsoncanon.loads
+
+    def counting(value: bytes) -> object:
+        nonlocal parsed
+        parsed += 1
+        clock[0] += 1.0
+        return real_loads(value)
+
+    async def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    stretches: list[float] = []
+
+    class Recording(LoopShare):
+        async def pay(self, began: float) -> float:
+            stretches.append(clock[0] - began)
+            return await super().pay(began)
+
+    monkeypatch.setattr(dead_letters_module.jsoncanon, "loads", counting)
+    share = Recording(0.5, clock=lambda: clock[0], sleep=sleep)
+    letters = KafkaDeadLetters(settings, share=share)
+    read = []
+    async with aclosing(letters.read(DeadLetterFilter())) as reading:
+        async for letter in reading:
+            read.append(letter)
+            clock[0] += 10.0  # the reader's work with the letter
+    assert len(read) == 300 and parsed == 301  # (the tombstone is not parsed)
+    assert sum(stretches) == pytest.approx(parsed)
+    assert max(stretches) <= STRETCH_RECORDS
+    # Every record's second, and a second's sleep for it; and the reader's ten a letter.
+    assert clock[0] == pytest.approx(2 * parsed + 10 * len(read))

@@ -37,7 +37,7 @@ async def test_no_more_than_a_few_dead_letter_reads_run_at_once(
         yield {"delivery_id": "d1"}
         running -= 1
 
-    async def replay(settings: Settings, where: DeadLetterFilter) -> ReplayReport:
+    async def replay(settings: Settings, where: DeadLetterFilter, **_: Any) -> ReplayReport:
         nonlocal running
         await begin()
         running -= 1

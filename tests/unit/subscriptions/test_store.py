@@ -138,7 +138,7 @@ async def test_replay_skips_dead_letters_whose_event_the_bridge_refuses(
         {"webhook_id": None, "delivery_id": None, "event": None},
     ]
 
-    async def stream_dead_letters(settings: Settings, where: DeadLetterFilter) -> Any:
+    async def stream_dead_letters(settings: Settings, where: DeadLetterFilter, **_: Any) -> Any:
         for letter in letters:
             yield letter
 
@@ -189,7 +189,7 @@ async def test_a_replay_writes_as_it_reads_the_letters_up_to_when_it_began(
     read = [0]
     asked: list[DeadLetterFilter] = []
 
-    async def stream_dead_letters(settings: Settings, where: DeadLetterFilter) -> Any:
+    async def stream_dead_letters(settings: Settings, where: DeadLetterFilter, **_: Any) -> Any:
         asked.append(where)
         for n in range(1200):
             read[0] += 1
