@@ -517,7 +517,8 @@ class Settings:
         "The share of a worker's event loop that the topic reads it makes for /v1 may take "
         "together: recoveries and redeliveries reading the events topic, dead-letter listings "
         "and replays reading theirs (more than 0, at most 1: as much as they get); the "
-        "deliveries keep the rest however many run.",
+        "deliveries keep the rest however many run. Role all only (a worker in role api "
+        "delivers nothing and reads at full speed).",
     )
     recovery_retention: float = Section.ACTIVITY.setting(
         7 * 86400.0,

@@ -28,7 +28,6 @@ from bridge.api.kafka_sources import (
     KafkaActivitySource,
     KafkaDeadLetters,
     kafka_recovery_runner,
-    scan_share,
 )
 from bridge.api.metrics import ApiMetrics
 from bridge.api.recoveries import Recoveries, per_owner
@@ -80,16 +79,15 @@ async def _serve(args: argparse.Namespace) -> None:
             check_url=functools.partial(check_url, allow_http=allow_http, policy=policy),
             max_webhooks=settings.api_max_webhooks,
         )
-        share = scan_share(settings)
         control = ControlService(
             repository,
             KafkaActivitySource(settings),
             Recoveries(
-                kafka_recovery_runner(settings, share=share),
+                kafka_recovery_runner(settings),
                 max_running=settings.api_max_recoveries,
                 max_per_owner=per_owner(settings.api_max_recoveries),
             ),
-            KafkaDeadLetters(settings, share=share),
+            KafkaDeadLetters(settings),
             redeliver_lookback=settings.delivery_log_max_age,
         )
         registry = CollectorRegistry()

@@ -64,3 +64,11 @@ async def test_no_more_than_a_few_dead_letter_reads_run_at_once(
     done = await answers
     assert len(done) == 10 and most == 2
     assert done[1] == [{"delivery_id": "d1"}]
+
+
+def test_the_scan_share_keeps_the_deliveries_part_only_where_there_are_deliveries() -> None:
+    """Role ``all`` shares its loop with deliveries: its /v1 reads pay ``api_scan_share``; a
+    worker in role ``api`` delivers nothing, and its reads go at full speed."""
+    share = kafka_sources.scan_share(Settings(role="all", api_scan_share=0.3))
+    assert share is not None and share.share == 0.3
+    assert kafka_sources.scan_share(Settings(role="api", api_tokens="t.json")) is None
