@@ -36,7 +36,8 @@ class LoopShare:
     ending now begins on the lane where the lane is free, or where it began when that is later,
     and takes ``d / share`` there; its payer sleeps until the lane is free again. So over any
     time, the stretches paid for since sum to at most ``share`` of it plus one stretch each
-    payer did before its first payment. ``share`` 1 never sleeps."""
+    payer did before its first payment. ``share`` 1 never waits, but lets the loop run a turn
+    at each payment."""
 
     def __init__(
         self,
@@ -62,17 +63,19 @@ class LoopShare:
 
     async def pay(self, began: float) -> float:
         """Pay for the stretch of work from ``began`` (:meth:`since`) to now: sleep until the
-        lane is free. Returns the clock after the sleep (where the next stretch begins)."""
-        now = self._clock()
-        worked = max(0.0, now - began)
-        if self.share >= 1:
-            return now
-        self._free_at = max(self._free_at, began) + worked / self.share
-        wait = self._free_at - now
-        if wait >= MIN_SLEEP:
-            await self._sleep(wait)
-            return self._clock()
-        return now
+        lane is free, and in any case let the event loop run a turn (a scan whose consumer has
+        its records fetched already never awaits anything else, and held the loop for as long
+        as they lasted). Returns the clock after the sleep (where the next stretch begins)."""
+        if self.share < 1:
+            now = self._clock()
+            worked = max(0.0, now - began)
+            self._free_at = max(self._free_at, began) + worked / self.share
+            wait = self._free_at - now
+            if wait >= MIN_SLEEP:
+                await self._sleep(wait)
+                return self._clock()
+        await self._sleep(0)
+        return self._clock()
 
 
 class _Turn:

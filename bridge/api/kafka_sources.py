@@ -121,11 +121,10 @@ def kafka_recovery_runner(
     return functools.partial(recover, settings, current=current, share=share)
 
 
-def scan_share(settings: Settings) -> LoopShare | None:
+def scan_share(settings: Settings) -> LoopShare:
     """The :class:`LoopShare` a worker's topic reads for ``/v1`` pay into together
-    (``api_scan_share``): recoveries, redeliveries, dead-letter listings and replays. ``None``
-    for a worker that delivers nothing (role ``api``): the share keeps the deliveries' part of
-    the loop, and such a worker has none to keep."""
-    if settings.role == "api":
-        return None
-    return LoopShare(settings.api_scan_share)
+    (``api_scan_share``): recoveries, redeliveries, dead-letter listings and replays. The whole
+    loop for a worker that delivers nothing (role ``api``: the share keeps the deliveries' part
+    of the loop, and such a worker has none to keep); its reads still let the loop run a turn
+    at each payment, for its other requests."""
+    return LoopShare(1.0 if settings.role == "api" else settings.api_scan_share)

@@ -86,12 +86,21 @@ def test_a_payer_alone_gets_its_share(share: float, stretches: list[float]) -> N
     assert worked[-1][1] >= work - 1e-9
 
 
-def test_share_one_never_sleeps() -> None:
-    async def never(seconds: float) -> None:
-        raise AssertionError("slept")
+def test_share_one_never_waits_but_lets_the_loop_turn() -> None:
+    """At any share a payment lets other tasks run: a scan of records fetched already awaits
+    nothing else, and held the event loop for as long as they lasted."""
+    slept: list[float] = []
 
-    lane = LoopShare(1.0, clock=lambda: 5.0, sleep=never)
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    lane = LoopShare(1.0, clock=lambda: 5.0, sleep=sleep)
     assert asyncio.run(lane.pay(0.0)) == 5.0
+    assert slept == [0]
+    quarter = LoopShare(0.25, clock=lambda: 5.0, sleep=sleep)
+    slept.clear()
+    asyncio.run(quarter.pay(5.0 - MIN_SLEEP / 10))  # owed less than MIN_SLEEP: a turn only
+    assert slept == [0]
 
 
 @pytest.mark.parametrize("share", [0.0, -0.5, 1.5, float("nan")])

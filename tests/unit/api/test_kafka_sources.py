@@ -71,4 +71,4 @@ def test_the_scan_share_keeps_the_deliveries_part_only_where_there_are_deliverie
     worker in role ``api`` delivers nothing, and its reads go at full speed."""
     share = kafka_sources.scan_share(Settings(role="all", api_scan_share=0.3))
     assert share is not None and share.share == 0.3
-    assert kafka_sources.scan_share(Settings(role="api", api_tokens="t.json")) is None
+    assert kafka_sources.scan_share(Settings(role="api", api_tokens="t.json")).share == 1.0
