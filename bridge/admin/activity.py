@@ -2,21 +2,27 @@
 
 What the management commands show without a running API: the attempts topic is keyed by webhook
 id, so one webhook's log is read from one partition. Records that are not attempt records are
-counted and passed over.
+counted and passed over. A read goes through the partition a fetched batch at a time and keeps
+what the answer needs (the log as ``delivery_log_max_attempts`` and ``delivery_log_max_age``
+keep it; one delivery's attempts), not the partition; given a :class:`LoopShare` (a worker's
+``/v1``), it pays for its parsing there.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass
 
+from bridge.admin.loop_share import LoopShare, Payer
 from bridge.attempts.book import Activity, ActivityBook
 from bridge.attempts.record import Attempt
 from bridge.config import Settings
 from bridge.errors import InvalidRecord
-from bridge.kafka.reading import read_topic
+from bridge.kafka.reading import stream_topic
 
-__all__ = ["Reading", "read_activity", "find_delivery"]
+__all__ = ["Reading", "read_activity", "find_delivery", "read_status"]
 
 
 @dataclass
@@ -27,44 +33,92 @@ class Reading:
     invalid: int
 
 
-def _attempts(values: list[bytes | None]) -> tuple[list[Attempt], int]:
-    attempts, invalid = [], 0
-    for value in values:
-        try:
-            attempts.append(Attempt.parse(value))
-        except InvalidRecord:
-            invalid += 1
-    return attempts, invalid
+class _Counted:
+    """Records that were not attempt records, counted as :func:`_attempts` passes them over."""
+
+    def __init__(self) -> None:
+        self.invalid = 0
+
+
+async def _attempts(
+    settings: Settings, key: bytes | None, share: LoopShare | None, counted: _Counted
+) -> AsyncGenerator[Attempt, None]:
+    """The attempt records of the attempts topic (of ``key``'s partition, with that key), as
+    they are read; paying ``share`` for the parsing."""
+    payer = Payer(share)
+    stream = stream_topic(settings, settings.attempts_topic, key=key)
+    async with aclosing(stream) as batches:
+        async for batch in batches:
+            payer.start()
+            for _, value in batch:
+                await payer.handled()
+                try:
+                    attempt = Attempt.parse(value)
+                except InvalidRecord:
+                    counted.invalid += 1
+                    continue
+                await payer.pay()
+                yield attempt
+                payer.start()
+            await payer.pay()
 
 
 async def read_activity(
-    settings: Settings, webhook_id: str, *, now: float | None = None
+    settings: Settings,
+    webhook_id: str,
+    *,
+    now: float | None = None,
+    share: LoopShare | None = None,
 ) -> Reading:
     """The delivery log and stats of ``webhook_id`` as of ``now``, kept as the settings say."""
-    records = await read_topic(settings, settings.attempts_topic, key=webhook_id.encode())
-    attempts, invalid = _attempts([value for _, value in records])
     book = ActivityBook(
         max_attempts=settings.delivery_log_max_attempts, max_age=settings.delivery_log_max_age
     )
     moment = time.time() if now is None else now
-    for attempt in attempts:
-        if attempt.webhook_id == webhook_id:
-            book.add(attempt, moment)
+    counted = _Counted()
+    attempts = _attempts(settings, webhook_id.encode(), share, counted)
+    async with aclosing(attempts) as reading:
+        async for attempt in reading:
+            if attempt.webhook_id == webhook_id:
+                book.add(attempt, moment)
     activity = book.get(webhook_id) or book.empty()
-    return Reading(activity, invalid)
+    return Reading(activity, counted.invalid)
 
 
 async def find_delivery(
-    settings: Settings, delivery_id: str, *, webhook_id: str | None = None
+    settings: Settings,
+    delivery_id: str,
+    *,
+    webhook_id: str | None = None,
+    share: LoopShare | None = None,
 ) -> list[Attempt]:
     """Every recorded attempt of one delivery, in the order they were made; given its webhook,
     only that webhook's partition is read."""
     key = None if webhook_id is None else webhook_id.encode()
-    records = await read_topic(settings, settings.attempts_topic, key=key)
-    attempts, _ = _attempts([value for _, value in records])
-    found = {
-        (a.at_seconds, a.attempt): a
-        for a in attempts
-        if a.delivery_id == delivery_id and (webhook_id is None or a.webhook_id == webhook_id)
-    }
+    found: dict[tuple[float, int], Attempt] = {}
+    attempts = _attempts(settings, key, share, _Counted())
+    async with aclosing(attempts) as reading:
+        async for a in reading:
+            if a.delivery_id == delivery_id and (webhook_id is None or a.webhook_id == webhook_id):
+                found[(a.at_seconds, a.attempt)] = a
     return [found[k] for k in sorted(found)]
+
+
+async def read_status(
+    settings: Settings, webhook_id: str, *, share: LoopShare | None = None
+) -> bytes | None:
+    """The value of ``webhook_id``'s newest record in the (compacted) status topic; ``None``
+    when it has none, or a tombstone."""
+    key = webhook_id.encode("utf-8")
+    newest: bytes | None = None
+    payer = Payer(share)
+    stream = stream_topic(settings, settings.status_topic, key=key)
+    async with aclosing(stream) as batches:
+        async for batch in batches:
+            payer.start()
+            for record_key, value in batch:
+                await payer.handled()
+                if record_key == key:
+                    newest = value  # (a tombstone too: the status is gone)
+            await payer.pay()
+    return newest

@@ -18,7 +18,7 @@ from contextlib import aclosing
 from datetime import datetime
 from typing import Any
 
-from bridge.admin.activity import find_delivery, read_activity
+from bridge.admin.activity import find_delivery, read_activity, read_status
 from bridge.admin.dead_letters import (
     DeadLetterFilter,
     ReplayReport,
@@ -32,10 +32,10 @@ from bridge.api.recoveries import RecoveryRunner
 from bridge.attempts.book import Activity
 from bridge.attempts.record import Attempt
 from bridge.config import Settings
-from bridge.kafka.reading import read_topic
 from bridge.subscriptions.webhook import Webhook
 
 __all__ = [
+    "MAX_ACTIVITY_READS",
     "MAX_DEAD_LETTER_READS",
     "KafkaActivitySource",
     "KafkaDeadLetters",
@@ -44,32 +44,53 @@ __all__ = [
 ]
 
 
+#: Reads of the attempts and status topics one :class:`KafkaActivitySource` makes at once
+#: (each goes through a partition, or for one delivery the topic); further requests wait
+#: their turn, within the request timeout.
+MAX_ACTIVITY_READS = 2
+
+
 class KafkaActivitySource:
     """An :class:`~bridge.api.activity.ActivitySource` reading the attempts and status topics
     on every call: one webhook's partition for its log, stats and status, every partition of
-    the attempts topic for one delivery. ``clock`` gives the time (seconds since the epoch)
-    the log and stats are as of."""
+    the attempts topic for one delivery, keeping what the answer needs, at most
+    :data:`MAX_ACTIVITY_READS` at once, paying ``share`` (the worker's, :func:`scan_share`) for
+    their parsing. ``clock`` gives the time (seconds since the epoch) the log and stats are as
+    of."""
 
     indexes_deliveries = False
 
-    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        share: LoopShare | None = None,
+    ) -> None:
         self._settings = settings
         self._clock = clock
+        self._share = share
+        self._reads = asyncio.Semaphore(MAX_ACTIVITY_READS)
 
     def __repr__(self) -> str:
         return f"KafkaActivitySource({self._settings.attempts_topic!r})"
 
     async def activity(self, webhook_id: str) -> Activity:
-        return (await read_activity(self._settings, webhook_id, now=self._clock())).activity
+        async with self._reads:
+            reading = await read_activity(
+                self._settings, webhook_id, now=self._clock(), share=self._share
+            )
+        return reading.activity
 
     async def delivery(self, delivery_id: str) -> list[Attempt]:
-        return await find_delivery(self._settings, delivery_id)
+        async with self._reads:
+            return await find_delivery(self._settings, delivery_id, share=self._share)
 
     async def status(self, webhook_id: str) -> EndpointStatus | None:
-        key = webhook_id.encode("utf-8")
-        records = await read_topic(self._settings, self._settings.status_topic, key=key)
-        values = [value for k, value in records if k == key]
-        return EndpointStatus.parse(values[-1]) if values else None
+        async with self._reads:
+            return EndpointStatus.parse(
+                await read_status(self._settings, webhook_id, share=self._share)
+            )
 
 
 #: Reads of the dead-letter topic one process makes at once (each may read much of the topic);

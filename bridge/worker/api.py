@@ -553,14 +553,14 @@ async def api_application(bridge: Bridge) -> web.Application:
         locks=bridge.change_locks,
         max_webhooks=settings.api_max_webhooks,
     )
+    # The topic reads made for /v1 take together at most api_scan_share of the loop.
+    share = scan_share(settings)
     activity: ActivitySource = (
         WorkerActivitySource(bridge)
         if bridge.delivery_log is not None
-        else KafkaActivitySource(settings)
+        else KafkaActivitySource(settings, share=share)
     )
     journal = KafkaRecoveryJournal(bridge.recoveries, producer, settings.recoveries_topic)
-    # The topic reads made for /v1 take together at most api_scan_share of the loop.
-    share = scan_share(settings)
     recoveries = Recoveries(
         kafka_recovery_runner(settings, current=bridge.index.get, share=share),
         journal=journal,
