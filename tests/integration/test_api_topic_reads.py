@@ -9,12 +9,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bridge.admin.loop_share import STRETCH_RECORDS, LoopShare
+from bridge.admin.loop_share import STRETCH_RECORDS
 from bridge.api.kafka_sources import KafkaActivitySource
 from bridge.attempts import record as record_module
 from bridge.config import Settings
 from bridge.contract.events import format_timestamp
 from tests.support.records import RawWriter
+from tests.support.shares import CountedShare
 
 pytestmark = pytest.mark.integration
 
@@ -65,38 +66,28 @@ async def test_reads_without_the_log_pay_for_every_record_and_keep_what_they_ans
         )
     finally:
         await writer.stop()
-    clock = [0.0]
+    share = CountedShare(0.5)
     parsed = 0
     real_parse = record_module.Attempt.parse.__func__  # type: ignore[attr-defined]
 
     def counting(cls: type, value: bytes | None) -> object:
         nonlocal parsed
         parsed += 1
-        clock[0] += 1.0
+        share.work()
         return real_parse(cls, value)
-
-    async def sleep(seconds: float) -> None:
-        clock[0] += seconds
-
-    stretches: list[float] = []
-
-    class Recording(LoopShare):
-        async def pay(self, began: float) -> float:
-            stretches.append(clock[0] - began)
-            return await super().pay(began)
 
     monkeypatch.setattr(record_module.Attempt, "parse", classmethod(counting))
     source = KafkaActivitySource(
         settings,
         clock=lambda: BASE + 900,
-        share=Recording(0.5, clock=lambda: clock[0], sleep=sleep),
+        share=share,
     )
     activity = await source.activity("wh_a")
     kept = activity.log.attempts()
     assert len(kept) == 50 and {a.webhook_id for a in kept} == {"wh_a"}
-    assert parsed == 801 and sum(stretches) == pytest.approx(801)
-    assert max(stretches) <= STRETCH_RECORDS
-    assert clock[0] == pytest.approx(2 * 801)  # each record's second, and its second's sleep
+    assert parsed == 801 and sum(share.stretches) == pytest.approx(801)
+    assert max(share.stretches) <= STRETCH_RECORDS
+    assert share.now == pytest.approx(2 * 801)  # each record's second, and its second's sleep
     found = await source.delivery("d_7")
     assert [(a.attempt, a.outcome) for a in found] == [(1, "failure"), (2, "success")]
     status = await source.status("wh_a")

@@ -11,7 +11,7 @@ import pytest
 
 from bridge.admin import dead_letters as dead_letters_module
 from bridge.admin.dead_letters import DeadLetterFilter, stream_dead_letters
-from bridge.admin.loop_share import STRETCH_RECORDS, LoopShare
+from bridge.admin.loop_share import STRETCH_RECORDS
 from bridge.api.auth import Principal
 from bridge.api.kafka_sources import KafkaDeadLetters
 from bridge.api.repository import MemoryRepository
@@ -19,6 +19,7 @@ from bridge.config import Settings
 from bridge.contract.events import format_timestamp
 from bridge.kafka.reading import UNTIL_STEP
 from tests.support.records import RawWriter
+from tests.support.shares import CountedShare
 from tests.unit.api.conftest import control_service, dead_letter
 
 pytestmark = pytest.mark.integration
@@ -155,36 +156,25 @@ async def test_a_dead_letter_read_pays_for_every_record_it_parses_not_for_its_re
             await writer.write(settings.deadletter_topic, junk, key=b"wh_a")
     finally:
         await writer.stop()
-    clock = [0.0]
+    share = CountedShare(0.5)
     parsed = 0
     real_loads = dead_letters_module.jsoncanon.loads
 
     def counting(value: bytes) -> object:
         nonlocal parsed
         parsed += 1
-        clock[0] += 1.0
+        share.work()
         return real_loads(value)
 
-    async def sleep(seconds: float) -> None:
-        clock[0] += seconds
-
-    stretches: list[float] = []
-
-    class Recording(LoopShare):
-        async def pay(self, began: float) -> float:
-            stretches.append(clock[0] - began)
-            return await super().pay(began)
-
     monkeypatch.setattr(dead_letters_module.jsoncanon, "loads", counting)
-    share = Recording(0.5, clock=lambda: clock[0], sleep=sleep)
     letters = KafkaDeadLetters(settings, share=share)
     read = []
     async with aclosing(letters.read(DeadLetterFilter())) as reading:
         async for letter in reading:
             read.append(letter)
-            clock[0] += 10.0  # the reader's work with the letter
+            share.work(10.0)  # the reader's work with the letter
     assert len(read) == 300 and parsed == 301  # (the tombstone is not parsed)
-    assert sum(stretches) == pytest.approx(parsed)
-    assert max(stretches) <= STRETCH_RECORDS
+    assert sum(share.stretches) == pytest.approx(parsed)
+    assert max(share.stretches) <= STRETCH_RECORDS
     # Every record's second, and a second's sleep for it; and the reader's ten a letter.
-    assert clock[0] == pytest.approx(2 * parsed + 10 * len(read))
+    assert share.now == pytest.approx(2 * parsed + 10 * len(read))

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from bridge.admin import recovery as recovery_module
-from bridge.admin.loop_share import STRETCH_RECORDS, LoopShare
+from bridge.admin.loop_share import STRETCH_RECORDS
 from bridge.admin.publish import publish_events
 from bridge.admin.recovery import Operation, RecoveryRequest, recover
 from bridge.api.kafka_sources import kafka_recovery_runner
@@ -30,6 +30,7 @@ from tests.support.api import LOG_AUTH
 from tests.support.journals import Journal
 from tests.support.receivers import Receiver, subscribe
 from tests.support.records import RawWriter
+from tests.support.shares import CountedShare
 from tests.support.waiting import eventually, poll
 from tests.support.workers import InProcessWorker
 
@@ -255,27 +256,16 @@ async def test_every_record_a_recovery_reads_is_paid_for_in_its_share(
             await writer.write(settings.events_topic, b"not an event", key=f"k{n}".encode())
     finally:
         await writer.stop()
-    clock = [0.0]
+    share = CountedShare(0.25)
     matched = 0
     real_select = recovery_module.select
 
     def counting(*args: Any) -> Any:
         nonlocal matched
         matched += 1
-        clock[0] += 1.0
+        share.work()
         return real_select(*args)
 
-    async def sleep(seconds: float) -> None:
-        clock[0] += seconds
-
-    stretches: list[float] = []
-
-    class Recording(LoopShare):
-        async def pay(self, began: float) -> float:
-            stretches.append(clock[0] - began)
-            return await super().pay(began)
-
-    share = Recording(0.25, clock=lambda: clock[0], sleep=sleep)
     monkeypatch.setattr(recovery_module, "select", counting)
     written: list[str] = []
 
@@ -286,7 +276,6 @@ async def test_every_record_a_recovery_reads_is_paid_for_in_its_share(
     await asyncio.wait_for(recover(settings, operation, write=write, share=share), 60)
     assert operation.state == "done" and len(written) == 100
     assert operation.scanned == matched == 820 and operation.invalid == 20
-    worked = sum(stretches)
-    assert worked == pytest.approx(matched)  # every record, once
-    assert max(stretches) <= STRETCH_RECORDS
-    assert clock[0] == pytest.approx(matched / 0.25)  # work and sleeps: four seconds a record
+    assert sum(share.stretches) == pytest.approx(matched)  # every record, once
+    assert max(share.stretches) <= STRETCH_RECORDS
+    assert share.now == pytest.approx(matched / 0.25)  # work and sleeps: four seconds a record
