@@ -54,12 +54,6 @@ def per_owner(max_running: int) -> int:
     return max(1, max_running // 2)
 
 
-def _owner(webhook: Webhook) -> tuple[str, str | None]:
-    if webhook.site_id is not None:
-        return ("site", webhook.site_id)
-    return ("account", webhook.user_id)
-
-
 class RecoveryRunner(Protocol):
     """Runs one operation to its end (as :func:`bridge.admin.recovery.recover` with the
     settings bound), updating its counts and progress as it goes."""
@@ -156,10 +150,10 @@ class Recoveries:
                 headers={"Retry-After": str(RETRY_AFTER)},
             )
         running = [op for op in map(self._operations.get, self._tasks) if op is not None]
-        owner = _owner(request.webhook)
-        mine = sum(_owner(other.request.webhook) == owner for other in running)
+        owner = request.webhook.owner
+        mine = sum(other.request.webhook.owner == owner for other in running)
         if self._max_per_owner is not None and mine >= self._max_per_owner:
-            whose = "site's" if owner[0] == "site" else "account's"
+            whose = "site's" if owner[0] == "site_id" else "account's"
             raise Problem(
                 "too_many_requests",
                 f"{mine} recoveries of this {whose} webhooks are running on this worker, the "

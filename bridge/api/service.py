@@ -445,7 +445,7 @@ class WebhookService:
 
     @asynccontextmanager
     async def _room_for(self, webhook: Webhook) -> AsyncIterator[None]:
-        """Around the write of ``webhook`` new to its owner (:func:`_owner`): ``409`` naming
+        """Around the write of ``webhook`` new to its owner (:attr:`Webhook.owner`): ``409`` naming
         ``site_id`` (``user_id`` for an account-wide webhook) when the owner has
         ``max_webhooks`` already. Holds the owner's lock, so that creations in this process
         are counted one after the other (a creation at the same moment in another worker is
@@ -453,13 +453,13 @@ class WebhookService:
         if not self._max_webhooks:
             yield
             return
-        kind, value = _owner(webhook)
+        kind, value = webhook.owner
         async with self._owner_locks.hold(f"{kind}\0{value}"):
             within = WebhookFilter(**{kind: value})
             found = await self._repository.scan(
                 after=None,
                 limit=self._max_webhooks,
-                where=lambda other: _owner(other) == (kind, value) and other.id != webhook.id,
+                where=lambda other: other.owner == (kind, value) and other.id != webhook.id,
                 within=within,
             )
             if len(found) >= self._max_webhooks:
@@ -511,7 +511,7 @@ class WebhookService:
             principal.check_scope(record.get("site_id"), record.get("user_id"))
             self._note(change, record, current)
             webhook = _from_record(record, check_url=self._check_url if "url" in changes else None)
-            if _owner(webhook) == _owner(current):
+            if webhook.owner == current.owner:
                 await self._put(webhook)
             else:
                 async with self._room_for(webhook):
@@ -623,15 +623,6 @@ class WebhookService:
             if exc.reason == "webhook_inactive":
                 raise Problem("conflict", "the webhook is not active") from None
             raise Problem.invalid(FieldError("site_id", exc.reason, exc.detail)) from None
-
-
-def _owner(webhook: Webhook) -> tuple[str, str]:
-    """Whose webhook it is, for ``max_webhooks``: its site's (``("site_id", site)``), or for
-    an account-wide webhook its account's (``("user_id", user)``)."""
-    if webhook.site_id is not None:
-        return ("site_id", webhook.site_id)
-    assert webhook.user_id is not None  # (the schema requires one of them)
-    return ("user_id", webhook.user_id)
 
 
 def _conflict(field: str, exc: InvalidSubscription) -> Problem:

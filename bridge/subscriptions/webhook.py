@@ -125,6 +125,16 @@ class Webhook:
     def wants(self, event_type: str) -> bool:
         return ALL_EVENTS in self.events or event_type in self.events
 
+    @property
+    def owner(self) -> tuple[str, str]:
+        """Whose webhook it is, as the API's limits count them: its site's
+        (``("site_id", site)``), or for an account-wide webhook its account's
+        (``("user_id", user)``)."""
+        if self.site_id is not None:
+            return ("site_id", self.site_id)
+        assert self.user_id is not None  # (the schema requires one of them)
+        return ("user_id", self.user_id)
+
     def in_scope(self, event: Event) -> bool:
         if self.site_id is not None:
             return self.site_id == event.site_id
