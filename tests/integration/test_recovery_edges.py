@@ -279,3 +279,37 @@ async def test_every_record_a_recovery_reads_is_paid_for_in_its_share(
     assert sum(share.stretches) == pytest.approx(matched)  # every record, once
     assert max(share.stretches) <= STRETCH_RECORDS
     assert share.now == pytest.approx(matched / 0.25)  # work and sleeps: four seconds a record
+
+
+async def test_one_sites_recoveries_take_half_of_a_workers_places(
+    log_settings: Settings,
+    receiver: Receiver,
+    in_process_workers: Callable[[Settings], InProcessWorker],
+) -> None:
+    """A worker that runs two recoveries at once runs one of a site's webhooks: a second of
+    the same site's is 429 naming the site while the first runs, another site's starts."""
+    worker = in_process_workers(log_settings.replace(api_max_recoveries=2))
+    await worker.wait_ready()
+    await subscribe(log_settings, receiver, {"p1": "s1", "p2": "s1", "q1": "s2"}, ("post.created",))
+    since = datetime.now(UTC)
+    await eventually(lambda: datetime.now(UTC) > since)
+    events = [post(n) for n in range(10)] + [
+        build_event("post.created", {"id": f"q{n}", "title": "q"}, site_id="s2", user_id="u1")
+        for n in range(10)
+    ]
+    await publish_events(log_settings, events)
+    await receiver.wait_for(
+        lambda _: len(receiver.at("/p1")) == 10 and len(receiver.at("/q1")) == 10
+    )
+    body = {"since": format_timestamp(since), "rate": 0.5}  # ten events: twenty seconds
+    async with httpx.AsyncClient(base_url=worker.base_url, timeout=30.0) as client:
+        first = await client.post("/v1/webhooks/p1/recoveries", json=body, headers=LOG_AUTH)
+        assert first.status_code == 202, first.text
+        second = await client.post("/v1/webhooks/p2/recoveries", json=body, headers=LOG_AUTH)
+        assert second.status_code == 429, second.text
+        assert "site's webhooks" in second.json()["detail"] and second.headers["Retry-After"]
+        other = await client.post("/v1/webhooks/q1/recoveries", json=body, headers=LOG_AUTH)
+        assert other.status_code == 202, other.text
+        for started in (first, other):
+            cancelled = await client.delete(started.headers["Location"], headers=LOG_AUTH)
+            assert cancelled.json()["state"] == "cancelled", cancelled.text
