@@ -33,7 +33,7 @@ from . import kit
 from .control_plane import adjacent_ceiling
 from .scenarios import Context, _loadavg, _result, backlog
 
-__all__ = ["RECOVERY_VARIANTS", "Recovering", "recoveries_beside"]
+__all__ = ["RECOVERIES", "RECOVERY_VARIANTS", "Recovering", "commit_to_end", "recoveries_beside"]
 
 #: The variants: no recoveries; eight with ``api_scan_share`` 1; eight with the default share.
 RECOVERY_VARIANTS = ("none", "share_1", "share_default")

@@ -1,5 +1,4 @@
-"""A share of the event loop that background scans (recoveries, dead-letter reads) take
-together, and no more.
+"""A share of the event loop that background scans (recoveries, dead letters) take together.
 
 A recovery reads the events topic from a time on and matches each event against one webhook: a
 week of a busy platform's events is millions of records, every one parsed, on the event loop a
