@@ -490,6 +490,15 @@ class Settings:
         "half of them at most of one site's (account's) webhooks; a request for another is "
         "answered 429 with Retry-After.",
     )
+    api_recovery_rate: float = Section.ACTIVITY.setting(
+        500.0,
+        "BRIDGE_API_RECOVERY_RATE",
+        "--api-recovery-rate",
+        _positive_float,
+        "Deliveries a second that one worker's recoveries and redeliveries enqueue together "
+        "(each recovery's own rate applies first): what replays add to the deliveries, however "
+        "many run.",
+    )
     api_max_webhooks: int = Section.ACTIVITY.setting(
         100,
         "BRIDGE_API_MAX_WEBHOOKS",

@@ -43,6 +43,7 @@ from bridge.worker.recovery_view import recovery_record
 __all__ = [
     "DEFAULT_RATE",
     "FETCH_RECORDS",
+    "SharedPace",
     "RecoveryRequest",
     "Operation",
     "Operations",
@@ -310,6 +311,36 @@ class Operations:
 _Write = Callable[[PendingRetry], Awaitable[None]]
 
 
+class SharedPace:
+    """The deliveries every recovery of a process enqueues, at most ``rate`` a second together
+    (each recovery's own pace applies first): what replays add to a worker's deliveries is
+    bounded however many run and at whatever pace each was asked for.
+
+    A recovery ready to write takes the next free moment (:meth:`reserve`) and waits for it,
+    so the ready ones take turns."""
+
+    def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        if not rate > 0:
+            raise ValueError(f"rate must be positive, got {rate!r}")
+        self.rate = rate
+        self._interval = 1.0 / rate
+        self._clock = clock
+        self._next = float("-inf")
+
+    def __repr__(self) -> str:
+        return f"SharedPace({self.rate}/s)"
+
+    def reserve(self) -> float:
+        """The moment (this pace's clock) the caller may write at; taken for it."""
+        at = max(self._next, self._clock())
+        self._next = at + self._interval
+        return at
+
+    def wait(self) -> float:
+        """Seconds the caller waits for the moment it reserved (:meth:`reserve`)."""
+        return max(0.0, self.reserve() - self._clock())
+
+
 async def recover(
     settings: Settings,
     operation: Operation,
@@ -321,6 +352,7 @@ async def recover(
     settle: float = 0.3,
     current: Callable[[str], Webhook | None] | None = None,
     share: LoopShare | None = None,
+    pace: SharedPace | None = None,
 ) -> Operation:
     """Run ``operation`` to its end (or its cancellation) and return it.
 
@@ -335,7 +367,8 @@ async def recover(
     its id taken by another webhook), not as it was when the recovery began. Given ``share``
     (a worker's, shared by its recoveries), the reading and matching pay for each stretch of
     work there (:mod:`bridge.admin.loop_share`), so that the recoveries together take at most
-    that share of the event loop.
+    that share of the event loop; given ``pace`` (a worker's), each delivery also waits its
+    turn there, so that they together enqueue at most its rate.
 
     A cancellation (a release, a stop) while a delivery is being written lets the write
     finish and counts it (a record given to the producer is sent when it stops), so that the
@@ -372,6 +405,7 @@ async def recover(
                 sleep,
                 settle,
                 Payer(share),
+                pace,
             )
             operation.state = "cancelled" if operation.cancelled else "done"
         except Exception as exc:
@@ -414,6 +448,7 @@ async def _run(
     sleep: Callable[[float], Awaitable[None]],
     settle: float,
     paying: Payer,
+    pace: SharedPace | None,
 ) -> None:
     """Read the source partitions and enqueue what the request selects, until their end, a
     cancellation, or the one delivery asked for."""
@@ -484,6 +519,10 @@ async def _run(
                 wait = next_write - clock()
                 if wait > 0:
                     await sleep(wait)  # cancelled here: nothing written, the record read again
+                if pace is not None:
+                    wait = pace.wait()
+                    if wait > 0:
+                        await sleep(wait)  # (likewise)
                 now = wall_time()
                 item = dataclasses.replace(chosen, not_before=now, enqueued_at=now)
                 writing = asyncio.ensure_future(write(item))

@@ -26,7 +26,7 @@ from bridge.admin.dead_letters import (
     stream_dead_letters,
 )
 from bridge.admin.loop_share import LoopShare
-from bridge.admin.recovery import recover
+from bridge.admin.recovery import SharedPace, recover
 from bridge.api.activity import EndpointStatus
 from bridge.api.recoveries import RecoveryRunner
 from bridge.attempts.book import Activity
@@ -138,8 +138,10 @@ def kafka_recovery_runner(
     """:func:`~bridge.admin.recovery.recover` with ``settings``: reads the source topics,
     writes the first retry tier; given ``current`` (a worker's webhooks by id), matches each
     event against the webhook as it is then. Its recoveries pay ``share`` (the process's:
-    :func:`scan_share`) for their reading."""
-    return functools.partial(recover, settings, current=current, share=share)
+    :func:`scan_share`) for their reading, and together enqueue at most
+    ``api_recovery_rate`` deliveries a second (one :class:`SharedPace` for them all)."""
+    pace = SharedPace(settings.api_recovery_rate)
+    return functools.partial(recover, settings, current=current, share=share, pace=pace)
 
 
 def scan_share(settings: Settings) -> LoopShare:

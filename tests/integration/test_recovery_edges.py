@@ -18,7 +18,7 @@ import pytest
 from bridge.admin import recovery as recovery_module
 from bridge.admin.loop_share import STRETCH_RECORDS
 from bridge.admin.publish import publish_events
-from bridge.admin.recovery import Operation, RecoveryRequest, recover
+from bridge.admin.recovery import Operation, RecoveryRequest, SharedPace, recover
 from bridge.api.kafka_sources import kafka_recovery_runner
 from bridge.api.recoveries import Recoveries
 from bridge.config import Settings
@@ -237,7 +237,8 @@ async def test_every_record_a_recovery_reads_is_paid_for_in_its_share(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A recovery pays its LoopShare for every record it matches, in stretches of at most
-    STRETCH_RECORDS records, and sleeps for them as its share asks: here the share's clock
+    STRETCH_RECORDS records, and sleeps for them as its share asks (and takes a turn of the
+    worker's SharedPace for each delivery it writes): here the share's clock
     counts the records matched (one second each) and its sleeps, so a quarter share sleeps
     three seconds for every record. 700 events of other sites, 100 of the webhook's, and 20
     that are not events, on the real broker; without the payments in any one of the paths
@@ -272,9 +273,18 @@ async def test_every_record_a_recovery_reads_is_paid_for_in_its_share(
     async def write(item: PendingRetry) -> None:
         written.append(item.delivery_id)
 
+    reserved = []
+
+    class Counting(SharedPace):
+        def reserve(self) -> float:
+            reserved.append(len(written))
+            return super().reserve()
+
     operation = Operation(last_hour())
-    await asyncio.wait_for(recover(settings, operation, write=write, share=share), 60)
+    running = recover(settings, operation, write=write, share=share, pace=Counting(1e9))
+    await asyncio.wait_for(running, 60)
     assert operation.state == "done" and len(written) == 100
+    assert reserved == list(range(100))  # each delivery waited its turn of the shared pace
     assert operation.scanned == matched == 820 and operation.invalid == 20
     assert sum(share.stretches) == pytest.approx(matched)  # every record, once
     assert max(share.stretches) <= STRETCH_RECORDS

@@ -137,3 +137,31 @@ def test_a_fetch_that_did_not_wait_is_work_and_one_that_waited_is_not() -> None:
 
     asyncio.run(run())
     assert paid == [3.0, 1.0]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rate=st.sampled_from([1.0, 20.0, 500.0]),
+    gaps=st.lists(st.floats(0.0, 0.2), min_size=1, max_size=60),
+)
+def test_recoveries_together_enqueue_at_most_the_shared_pace(
+    rate: float, gaps: list[float]
+) -> None:
+    """Recoveries asking for moments to write at generated times (several at once included):
+    no moment before its asking, any two at least 1/rate apart, and none later than that
+    needs (each is its asking time or the one before's plus 1/rate)."""
+    from bridge.admin.recovery import SharedPace
+
+    clock = Clock()
+    pace = SharedPace(rate, clock=clock)
+    asked, given = [], []
+    for gap in gaps:
+        clock.now += gap
+        asked.append(clock.now)
+        given.append(pace.reserve())
+    interval = 1.0 / rate
+    for n, (ask, at) in enumerate(zip(asked, given, strict=True)):
+        assert at >= ask
+        if n:
+            assert at - given[n - 1] >= interval - 1e-9
+            assert at == pytest.approx(max(ask, given[n - 1] + interval))
