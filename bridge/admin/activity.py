@@ -11,7 +11,7 @@ keep it; one delivery's attempts), not the partition; given a :class:`LoopShare`
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -20,7 +20,7 @@ from bridge.attempts.book import Activity, ActivityBook
 from bridge.attempts.record import Attempt
 from bridge.config import Settings
 from bridge.errors import InvalidRecord
-from bridge.kafka.reading import stream_topic
+from bridge.kafka.reading import KeyValue, stream_topic
 
 __all__ = ["Reading", "read_activity", "find_delivery", "read_status"]
 
@@ -33,34 +33,27 @@ class Reading:
     invalid: int
 
 
-class _Counted:
-    """Records that were not attempt records, counted as :func:`_attempts` passes them over."""
-
-    def __init__(self) -> None:
-        self.invalid = 0
-
-
 async def _attempts(
-    settings: Settings, key: bytes | None, share: LoopShare | None, counted: _Counted
+    settings: Settings,
+    key: bytes | None,
+    share: LoopShare | None,
+    on_invalid: Callable[[], None] = lambda: None,
 ) -> AsyncGenerator[Attempt, None]:
     """The attempt records of the attempts topic (of ``key``'s partition, with that key), as
-    they are read; paying ``share`` for the parsing."""
-    payer = Payer(share)
+    they are read, paying ``share`` for the parsing; ``on_invalid`` is called for each record
+    that is not an attempt record."""
+
+    def parsed(key_value: KeyValue) -> Attempt | None:
+        try:
+            return Attempt.parse(key_value[1])
+        except InvalidRecord:
+            on_invalid()
+            return None
+
     stream = stream_topic(settings, settings.attempts_topic, key=key)
-    async with aclosing(stream) as batches:
-        async for batch in batches:
-            payer.start()
-            for _, value in batch:
-                await payer.handled()
-                try:
-                    attempt = Attempt.parse(value)
-                except InvalidRecord:
-                    counted.invalid += 1
-                    continue
-                await payer.pay()
-                yield attempt
-                payer.start()
-            await payer.pay()
+    async with aclosing(stream) as batches, aclosing(Payer(share).each(batches, parsed)) as made:
+        async for attempt in made:
+            yield attempt
 
 
 async def read_activity(
@@ -75,14 +68,19 @@ async def read_activity(
         max_attempts=settings.delivery_log_max_attempts, max_age=settings.delivery_log_max_age
     )
     moment = time.time() if now is None else now
-    counted = _Counted()
+    invalid = 0
+
+    def counted() -> None:
+        nonlocal invalid
+        invalid += 1
+
     attempts = _attempts(settings, webhook_id.encode(), share, counted)
     async with aclosing(attempts) as reading:
         async for attempt in reading:
             if attempt.webhook_id == webhook_id:
                 book.add(attempt, moment)
     activity = book.get(webhook_id) or book.empty()
-    return Reading(activity, counted.invalid)
+    return Reading(activity, invalid)
 
 
 async def find_delivery(
@@ -96,7 +94,7 @@ async def find_delivery(
     only that webhook's partition is read."""
     key = None if webhook_id is None else webhook_id.encode()
     found: dict[tuple[float, int], Attempt] = {}
-    attempts = _attempts(settings, key, share, _Counted())
+    attempts = _attempts(settings, key, share)
     async with aclosing(attempts) as reading:
         async for a in reading:
             if a.delivery_id == delivery_id and (webhook_id is None or a.webhook_id == webhook_id):
@@ -111,14 +109,10 @@ async def read_status(
     when it has none, or a tombstone."""
     key = webhook_id.encode("utf-8")
     newest: bytes | None = None
-    payer = Payer(share)
     stream = stream_topic(settings, settings.status_topic, key=key)
-    async with aclosing(stream) as batches:
-        async for batch in batches:
-            payer.start()
-            for record_key, value in batch:
-                await payer.handled()
-                if record_key == key:
-                    newest = value  # (a tombstone too: the status is gone)
-            await payer.pay()
+    # Each of the key's records, wrapped (a tombstone too: the status is gone).
+    values = Payer(share).each(stream, lambda kv: (kv[1],) if kv[0] == key else None)
+    async with aclosing(stream), aclosing(values) as mine:
+        async for (value,) in mine:
+            newest = value
     return newest

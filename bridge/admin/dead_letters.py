@@ -20,7 +20,7 @@ from bridge.contract.events import parse_event, parse_time
 from bridge.delivery.pending_retry import PendingRetry
 from bridge.errors import InvalidRecord
 from bridge.kafka.clients import client_kwargs, started, stopped
-from bridge.kafka.reading import stream_topic
+from bridge.kafka.reading import KeyValue, stream_topic
 
 __all__ = [
     "STAMP_MARGIN",
@@ -133,23 +133,23 @@ async def stream_dead_letters(
     stream = stream_topic(
         settings, settings.deadletter_topic, key=key, since_ms=since_ms, until_ms=until_ms
     )
-    payer = Payer(share)
-    async with aclosing(stream) as batches:
-        async for batch in batches:
-            payer.start()
-            for _, value in batch:
-                await payer.handled()
-                if value is None:
-                    continue
-                try:
-                    record = jsoncanon.loads(value)
-                except InvalidRecord:
-                    continue
-                if isinstance(record, dict) and where.matches(record):
-                    await payer.pay()
-                    yield record
-                    payer.start()
-            await payer.pay()
+
+    def letter(key_value: KeyValue) -> dict[str, Any] | None:
+        _, value = key_value
+        if value is None:
+            return None
+        try:
+            record = jsoncanon.loads(value)
+        except InvalidRecord:
+            return None
+        return record if isinstance(record, dict) and where.matches(record) else None
+
+    async with (
+        aclosing(stream) as batches,
+        aclosing(Payer(share).each(batches, letter)) as letters,
+    ):
+        async for record in letters:
+            yield record
 
 
 @dataclass

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
+from typing import TypeVar
 
 __all__ = ["STRETCH_RECORDS", "MIN_SLEEP", "LoopShare", "Payer"]
 
@@ -36,7 +37,7 @@ class LoopShare:
     and takes ``d / share`` there; its payer sleeps until the lane is free again. So over any
     time, the stretches paid for since sum to at most ``share`` of it plus one stretch each
     payer did before its first payment. ``share`` 1 never waits, but lets the loop run a turn
-    at each payment."""
+    at each payment that asks for one (``turn``)."""
 
     def __init__(
         self,
@@ -60,11 +61,12 @@ class LoopShare:
         """The clock now: where a stretch begins (give it back to :meth:`pay`)."""
         return self._clock()
 
-    async def pay(self, began: float) -> float:
+    async def pay(self, began: float, *, turn: bool = True) -> float:
         """Pay for the stretch of work from ``began`` (:meth:`since`) to now: sleep until the
-        lane is free, and in any case let the event loop run a turn (a scan whose consumer has
-        its records fetched already never awaits anything else, and held the loop for as long
-        as they lasted). Returns the clock after the sleep (where the next stretch begins)."""
+        lane is free, and with ``turn`` let the event loop run a turn in any case (a scan whose
+        consumer has its records fetched already never awaits anything else, and held the loop
+        for as long as they lasted; without, for a caller about to await something itself).
+        Returns the clock after the sleep (where the next stretch begins)."""
         if self.share < 1:
             now = self._clock()
             worked = max(0.0, now - began)
@@ -73,7 +75,8 @@ class LoopShare:
             if wait >= MIN_SLEEP:
                 await self._sleep(wait)
                 return self._clock()
-        await self._sleep(0)
+        if turn:
+            await self._sleep(0)
         return self._clock()
 
 
@@ -89,11 +92,15 @@ class _Turn:
         self.ran = True
 
 
+_Record = TypeVar("_Record")
+_Made = TypeVar("_Made")
+
+
 class Payer:
     """One scan's payments to a :class:`LoopShare` (none without one): a stretch of work
     begins at :meth:`start` (after an await) or with a fetch that did not wait
-    (:meth:`fetching`), and is paid for (:meth:`pay`) after :data:`STRETCH_RECORDS` records
-    (:meth:`handled`) and before the scan awaits anything else."""
+    (:meth:`fetching`), and is paid for after :data:`STRETCH_RECORDS` records (:meth:`handled`,
+    with a turn of the loop) and before the scan awaits anything else (:meth:`settle`)."""
 
     def __init__(self, share: LoopShare | None) -> None:
         self._share = share
@@ -128,6 +135,32 @@ class Payer:
             await self.pay()
 
     async def pay(self) -> None:
+        """Pay for the stretch so far, and let the loop run a turn."""
         if self._share is not None:
             self._began = await self._share.pay(self._began)
             self._records = 0
+
+    async def settle(self) -> None:
+        """Pay for the stretch so far before the scan awaits something else (which lets the
+        loop run: no turn is added, so that a record handed over costs no turn of its own)."""
+        if self._share is not None:
+            self._began = await self._share.pay(self._began, turn=False)
+            self._records = 0
+
+    async def each(
+        self,
+        batches: AsyncIterable[Iterable[_Record]],
+        make: Callable[[_Record], _Made | None],
+    ) -> AsyncGenerator[_Made, None]:
+        """What ``make`` makes of each record of ``batches`` (those it makes ``None`` of left
+        out), as they come, with the making paid for: what the caller does with each is not."""
+        async for batch in batches:
+            self.start()
+            for record in batch:
+                await self.handled()
+                made = make(record)
+                if made is not None:
+                    await self.settle()
+                    yield made
+                    self.start()
+            await self.pay()

@@ -515,7 +515,7 @@ async def _run(
             if isinstance(chosen, str):
                 operation.invalid += 1
             elif chosen is not None:
-                await paying.pay()  # (the write awaits: the stretch ends here)
+                await paying.settle()  # (the write awaits: the stretch ends here)
                 wait = next_write - clock()
                 if wait > 0:
                     await sleep(wait)  # cancelled here: nothing written, the record read again

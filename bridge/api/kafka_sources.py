@@ -149,5 +149,6 @@ def scan_share(settings: Settings) -> LoopShare:
     (``api_scan_share``): recoveries, redeliveries, dead-letter listings and replays. The whole
     loop for a worker that delivers nothing (role ``api``: the share keeps the deliveries' part
     of the loop, and such a worker has none to keep); its reads still let the loop run a turn
-    at each payment, for its other requests."""
+    at least every :data:`~bridge.admin.loop_share.STRETCH_RECORDS` records, for its other
+    requests."""
     return LoopShare(1.0 if settings.role == "api" else settings.api_scan_share)

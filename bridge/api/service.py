@@ -444,13 +444,15 @@ class WebhookService:
             return Created(webhook, created=True)
 
     @asynccontextmanager
-    async def _room_for(self, webhook: Webhook) -> AsyncIterator[None]:
-        """Around the write of ``webhook`` new to its owner (:attr:`Webhook.owner`): ``409`` naming
-        ``site_id`` (``user_id`` for an account-wide webhook) when the owner has
-        ``max_webhooks`` already. Holds the owner's lock, so that creations in this process
-        are counted one after the other (a creation at the same moment in another worker is
-        not seen: each may pass the limit by one)."""
-        if not self._max_webhooks:
+    async def _room_for(
+        self, webhook: Webhook, *, was: Webhook | None = None
+    ) -> AsyncIterator[None]:
+        """Around the write of ``webhook``, new to its owner (:attr:`Webhook.owner`) unless it
+        ``was`` that owner's already: ``409`` naming ``site_id`` (``user_id`` for an
+        account-wide webhook) when the owner has ``max_webhooks`` already. Holds the owner's
+        lock, so that creations in this process are counted one after the other (a creation
+        at the same moment in another worker is not seen: each may pass the limit by one)."""
+        if not self._max_webhooks or (was is not None and was.owner == webhook.owner):
             yield
             return
         kind, value = webhook.owner
@@ -511,11 +513,8 @@ class WebhookService:
             principal.check_scope(record.get("site_id"), record.get("user_id"))
             self._note(change, record, current)
             webhook = _from_record(record, check_url=self._check_url if "url" in changes else None)
-            if webhook.owner == current.owner:
+            async with self._room_for(webhook, was=current):
                 await self._put(webhook)
-            else:
-                async with self._room_for(webhook):
-                    await self._put(webhook)
             return Changed(webhook)
 
     def _now(self) -> float:

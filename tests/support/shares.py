@@ -22,6 +22,6 @@ class CountedShare(LoopShare):
     async def _sleep(self, seconds: float) -> None:
         self.now += seconds
 
-    async def pay(self, began: float) -> float:
+    async def pay(self, began: float, *, turn: bool = True) -> float:
         self.stretches.append(self.now - began)
-        return await super().pay(began)
+        return await super().pay(began, turn=turn)

@@ -101,6 +101,10 @@ def test_share_one_never_waits_but_lets_the_loop_turn() -> None:
     slept.clear()
     asyncio.run(quarter.pay(5.0 - MIN_SLEEP / 10))  # owed less than MIN_SLEEP: a turn only
     assert slept == [0]
+    # Before an await of the payer's own (a record handed over, a write): no turn of its own.
+    asyncio.run(lane.pay(0.0, turn=False))
+    asyncio.run(quarter.pay(5.0 - MIN_SLEEP / 10, turn=False))
+    assert slept == [0]
 
 
 @pytest.mark.parametrize("share", [0.0, -0.5, 1.5, float("nan")])
