@@ -905,7 +905,10 @@ def _paths() -> dict[str, Any]:
                 {
                     "202": started,
                     "404": not_found,
-                    "409": _problem_response("The webhook is not active."),
+                    "409": _problem_response(
+                        "The webhook is not active, or a recovery of it over a window that "
+                        "overlaps this one is running (the detail names it)."
+                    ),
                     "422": reused,
                     "429": busy,
                 },

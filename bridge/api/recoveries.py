@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any, Protocol
 
@@ -52,6 +52,23 @@ def per_owner(max_running: int) -> int:
     once: half of what it runs in all, at least one, so that one site's tools cannot take
     every place."""
     return max(1, max_running // 2)
+
+
+def _overlapping(request: RecoveryRequest, placed: Iterable[Operation]) -> Operation | None:
+    """A recovery of ``request``'s webhook running over a window that shares a moment with
+    ``request``'s (redeliveries, of one delivery, are not windows: ``None`` for them)."""
+    if request.delivery_id is not None:
+        return None
+    for other in placed:
+        theirs = other.request
+        if (
+            theirs.webhook.id == request.webhook.id
+            and theirs.delivery_id is None
+            and theirs.since < request.until
+            and request.since < theirs.until
+        ):
+            return other
+    return None
 
 
 class RecoveryRunner(Protocol):
@@ -112,6 +129,9 @@ class Recoveries:
         self._clock = clock
         self._operations = Operations(keep)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: Operations past the checks of :meth:`start` (or resumed) whose task has not begun:
+        #: their first record is being written. They hold their place meanwhile.
+        self._launching: dict[str, Operation] = {}
         self._journal = journal
         self._url = url
         self._heartbeat = heartbeat
@@ -143,15 +163,21 @@ class Recoveries:
         ``429`` (resumed operations, taken over from a stopped process, are run whatever their
         number: they were accepted)."""
         self._refuse_when_closed()
+        overlapping = _overlapping(request, self._placed())
+        if overlapping is not None:
+            raise Problem(
+                "conflict",
+                f"recovery {overlapping.id} of this webhook is running over an overlapping "
+                "window; cancel it, or ask for a window outside it",
+            )
         if self._max_running is not None and self.running >= self._max_running:
             raise Problem(
                 "too_many_requests",
                 f"{self.running} recoveries are running on this worker, its most at once",
                 headers={"Retry-After": str(RETRY_AFTER)},
             )
-        running = [op for op in map(self._operations.get, self._tasks) if op is not None]
         owner = request.webhook.owner
-        mine = sum(other.request.webhook.owner == owner for other in running)
+        mine = sum(other.request.webhook.owner == owner for other in self._placed())
         if self._max_per_owner is not None and mine >= self._max_per_owner:
             whose = "site's" if owner[0] == "site_id" else "account's"
             raise Problem(
@@ -163,6 +189,8 @@ class Recoveries:
         operation = Operation(request, started_at=self._clock(), request_digest=request_digest)
         if operation_id is not None:
             operation.id = operation_id
+        # Placed before the first await: a start checked meanwhile counts this one.
+        self._launching[operation.id] = operation
         return await self._launch(operation)
 
     async def resume(self, operation: Operation) -> Operation:
@@ -170,6 +198,7 @@ class Recoveries:
         recorded positions); recorded with this process as its runner before this returns."""
         self._refuse_when_closed()
         operation.resumed += 1
+        self._launching[operation.id] = operation
         return await self._launch(operation)
 
     def running_here(self, operation_id: str) -> bool:
@@ -183,21 +212,29 @@ class Recoveries:
                 headers={"Retry-After": "1"},  # as soon as the group has moved its webhooks
             )
 
+    def _placed(self) -> list[Operation]:
+        """The operations holding a place: running, or past the checks and being recorded."""
+        running = [op for op in map(self._operations.get, self._tasks) if op is not None]
+        return running + list(self._launching.values())
+
     async def _launch(self, operation: Operation) -> Operation:
-        async with self._writing(operation.request.webhook.id):
-            operation.runner = self._url
-            self._operations.add(operation)
-            await self._record(operation)
-        if self._closed:
-            # close() began while it was recorded: stopped as close() stops those running,
-            # never run here.
-            self._give_up(operation.id, operation)
-            await self._stopped(operation)
+        try:
+            async with self._writing(operation.request.webhook.id):
+                operation.runner = self._url
+                self._operations.add(operation)
+                await self._record(operation)
+            if self._closed:
+                # close() began while it was recorded: stopped as close() stops those running,
+                # never run here.
+                self._give_up(operation.id, operation)
+                await self._stopped(operation)
+                return operation
+            self._tasks[operation.id] = asyncio.create_task(
+                self._run(operation), name=f"recovery-{operation.id}"
+            )
             return operation
-        self._tasks[operation.id] = asyncio.create_task(
-            self._run(operation), name=f"recovery-{operation.id}"
-        )
-        return operation
+        finally:
+            self._launching.pop(operation.id, None)
 
     async def _record(self, operation: Operation) -> None:
         if self._journal is not None:
@@ -301,8 +338,8 @@ class Recoveries:
 
     @property
     def running(self) -> int:
-        """How many operations are running."""
-        return len(self._tasks)
+        """How many operations are running, or past the checks and being recorded."""
+        return len(self._tasks) + len(self._launching)
 
     async def cancel(self, operation_id: str) -> Operation | None:
         """Stop a running operation and wait until it stopped (what it enqueued stays

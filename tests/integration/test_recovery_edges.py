@@ -297,10 +297,13 @@ async def test_one_sites_recoveries_take_half_of_a_workers_places(
     in_process_workers: Callable[[Settings], InProcessWorker],
 ) -> None:
     """A worker that runs two recoveries at once runs one of a site's webhooks: a second of
-    the same site's is 429 naming the site while the first runs, another site's starts."""
+    the same site's is 429 naming the site while the first runs, another site's starts. A
+    second recovery of one webhook over the same window is 409 naming the first. Requests sent
+    all at once, their first records written to the broker together, take no more places."""
     worker = in_process_workers(log_settings.replace(api_max_recoveries=2))
     await worker.wait_ready()
-    await subscribe(log_settings, receiver, {"p1": "s1", "p2": "s1", "q1": "s2"}, ("post.created",))
+    sites = {"p1": "s1", "p2": "s1", **{f"q{n}": "s2" for n in range(1, 7)}}
+    await subscribe(log_settings, receiver, sites, ("post.created",))
     since = datetime.now(UTC)
     await eventually(lambda: datetime.now(UTC) > since)
     events = [post(n) for n in range(10)] + [
@@ -320,6 +323,25 @@ async def test_one_sites_recoveries_take_half_of_a_workers_places(
         assert "site's webhooks" in second.json()["detail"] and second.headers["Retry-After"]
         other = await client.post("/v1/webhooks/q1/recoveries", json=body, headers=LOG_AUTH)
         assert other.status_code == 202, other.text
+        overlapping = await client.post("/v1/webhooks/p1/recoveries", json=body, headers=LOG_AUTH)
+        assert overlapping.status_code == 409, overlapping.text
+        assert first.json()["id"] in overlapping.json()["detail"]
         for started in (first, other):
+            cancelled = await client.delete(started.headers["Location"], headers=LOG_AUTH)
+            assert cancelled.json()["state"] == "cancelled", cancelled.text
+
+        answers = await asyncio.gather(
+            *(
+                client.post(f"/v1/webhooks/{name}/recoveries", json=body, headers=LOG_AUTH)
+                for name in sites
+            )
+        )
+        made = [a for a in answers if a.status_code == 202]
+        assert sorted(a.status_code for a in answers) == [202, 202] + [429] * 6, [
+            (a.status_code, a.text) for a in answers
+        ]
+        made_for = {sites[a.json()["webhook_id"]] for a in made}
+        assert made_for == {"s1", "s2"}  # one place each
+        for started in made:
             cancelled = await client.delete(started.headers["Location"], headers=LOG_AUTH)
             assert cancelled.json()["state"] == "cancelled", cancelled.text

@@ -396,8 +396,9 @@ async def test_a_webhooks_recoveries_are_listed_newest_first_in_pages(api: Api) 
     await api.create(id="wh_2")
     api.runner.hold = True
     started = []
-    for webhook_id in ["wh_1", "wh_1", "wh_2", "wh_1", "wh_1"]:
-        body = {"since": "2026-01-15T09:00:00Z"}
+    for hour, webhook_id in enumerate(["wh_1", "wh_1", "wh_2", "wh_1", "wh_1"]):
+        # Each over an hour of its own: windows of one webhook may not overlap.
+        body = {"since": f"2026-01-15T0{hour}:00:00Z", "until": f"2026-01-15T0{hour}:59:00Z"}
         response = await api.client.post(
             f"/v1/webhooks/{webhook_id}/recoveries", json=body, headers=auth()
         )

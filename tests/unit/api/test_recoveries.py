@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,8 +40,14 @@ class Held:
         return operation
 
 
+_windows = itertools.count()
+
+
 def request() -> RecoveryRequest:
-    return RecoveryRequest(WEBHOOK, SINCE, SINCE + timedelta(hours=1))
+    """A recovery of ``WEBHOOK``, each over an hour of its own (two over one moment would not
+    both start)."""
+    since = SINCE + timedelta(hours=next(_windows))
+    return RecoveryRequest(WEBHOOK, since, since + timedelta(hours=1))
 
 
 async def test_an_operation_is_recorded_at_start_while_running_and_at_the_end() -> None:
@@ -358,4 +365,77 @@ async def test_an_operation_starts_only_through_the_worker_s_fence() -> None:
         await recoveries.resume(released)
     assert recoveries.running == 0
     assert [r["state"] for r in journal.records] == ["running", "cancelled"]
+    await recoveries.close()
+
+
+async def test_concurrent_starts_take_no_more_than_the_places() -> None:
+    """Starts arriving together while their first records are written (a site's tools sending
+    a hundred requests at once) are counted from the moment they pass the check, not when
+    their record is stored: exactly the places are taken, the site's half included, and the
+    rest are 429. (Until 2026-12-05 every one of them passed: the count was of started tasks,
+    and a start's task begins only after its record is acknowledged.)"""
+    journal = _GatedJournal()
+    held = Held()
+    recoveries = Recoveries(held, journal=journal, url=URL, max_running=4, max_per_owner=2)
+
+    def of(webhook_id: str, site_id: str) -> RecoveryRequest:
+        webhook = webhook_from_record(webhook_record(id=webhook_id, site_id=site_id))
+        return RecoveryRequest(webhook, SINCE, SINCE + timedelta(hours=1))
+
+    journal.go.clear()
+    starts = [
+        asyncio.ensure_future(recoveries.start(of(f"{site}_{n}", site)))
+        for site in ("s1", "s2", "s3")
+        for n in range(10)
+    ]
+    for _ in range(10):
+        await asyncio.sleep(0)
+    journal.go.set()
+    outcomes = await asyncio.gather(*starts, return_exceptions=True)
+    started = [o for o in outcomes if isinstance(o, Operation)]
+    refused = [o for o in outcomes if isinstance(o, Problem)]
+    assert len(started) == 4 and len(refused) == 26, outcomes
+    assert all(p.status == 429 for p in refused)
+    sites = [o.request.webhook.site_id for o in started]
+    assert max(sites.count(site) for site in ("s1", "s2", "s3")) == 2
+    assert recoveries.running == 4
+    held.finish.set()
+    await eventually(lambda: recoveries.running == 0, timeout=5)
+    await recoveries.close()
+
+
+async def test_a_window_overlapping_a_running_recovery_of_the_webhook_is_refused() -> None:
+    """Two recoveries of one webhook over one stretch of time would send its receiver every
+    delivery of that stretch twice (and a site could run as many as its places at once): a
+    recovery whose window overlaps one running of the same webhook is ``409`` naming it.
+    Windows that only touch, another webhook's, redeliveries, and one after the first ended
+    start."""
+    held = Held()
+    recoveries = Recoveries(held, journal=Journal(), url=URL, max_running=8)
+    hour = timedelta(hours=1)
+
+    def window(since: datetime, until: datetime, webhook: str = "wh") -> RecoveryRequest:
+        return RecoveryRequest(webhook_from_record(webhook_record(id=webhook)), since, until)
+
+    first = await recoveries.start(window(SINCE, SINCE + hour))
+    for since, until in [
+        (SINCE, SINCE + hour),
+        (SINCE - hour, SINCE + timedelta(milliseconds=1)),
+        (SINCE + hour - timedelta(milliseconds=1), SINCE + 2 * hour),
+        (SINCE + timedelta(minutes=10), SINCE + timedelta(minutes=20)),
+        (SINCE - hour, SINCE + 2 * hour),
+    ]:
+        with pytest.raises(Problem) as refused:
+            await recoveries.start(window(since, until))
+        assert refused.value.status == 409 and refused.value.slug == "conflict"
+        assert first.id in refused.value.detail
+    before = await recoveries.start(window(SINCE - hour, SINCE))
+    after = await recoveries.start(window(SINCE + hour, SINCE + 2 * hour))
+    await recoveries.start(window(SINCE, SINCE + hour, webhook="other"))
+    await recoveries.start(dataclasses.replace(window(SINCE, SINCE + hour), delivery_id="d_1"))
+    await recoveries.cancel(first.id)
+    again = await recoveries.start(window(SINCE, SINCE + hour))
+    assert len({first.id, before.id, after.id, again.id}) == 4
+    held.finish.set()
+    await eventually(lambda: recoveries.running == 0, timeout=5)
     await recoveries.close()
