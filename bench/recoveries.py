@@ -3,11 +3,15 @@ topic, against the same backlog without them.
 
 Each variant is a fresh worker in role ``all`` with ``/v1`` (a token file with the write scope,
 no rate limit), on its own topics: 1000 sites with one webhook each, as ``fanout_1``, and one
-more webhook of a site no event is published for. Before the backlog, ``filler`` events of
-another site no webhook wants are published and the worker's group is committed past them, so
-that the worker does not consume them but every recovery reads them: once the worker is ready,
-eight recoveries of that webhook since an hour before (``api_max_recoveries``, its default) are
-started through ``/v1``; they match nothing, so what they cost is reading and matching alone.
+more webhook for each recovery, each of a site of its own no event is published for. Before the
+backlog, ``filler`` events of another site no webhook wants are published and the worker's group
+is committed past them, so that the worker does not consume them but every recovery reads them:
+once the worker is ready, eight recoveries since an hour before (``api_max_recoveries``, its
+default), one of each of those webhooks, are started through ``/v1``; they match nothing, so
+what they cost is reading and matching alone. One webhook (or one site) each: a worker runs at
+most half its places for one site's webhooks, and one recovery of a webhook over one window
+(until 2026-12-05 the eight were of one webhook, and from ``cb118bc`` on four of them were
+refused: a run that starts fewer than eight now fails).
 Variants: ``none`` (no recoveries), ``share_1`` (``api_scan_share`` 1: the recoveries take what
 they get, as before 2026-12-05) and ``share_default`` (``api_scan_share`` as configured by
 default, 0.25). Rounds rotate the order; each run's delivery rate is against the raw aiohttp
@@ -79,31 +83,43 @@ class Recovering:
         self._token = token
         self._filler = filler
         self._count = count
-        self._hook: kit.Hook | None = None
+        self._hooks: list[kit.Hook] = []
         self._ids: list[str] = []
         self.started: list[int] = []
 
     async def prepare(self, settings: Settings) -> None:
         prefix = settings.group_id
-        self._hook = kit.Hook(
-            f"{prefix}-scan", "http://127.0.0.1:9/none", "secret-scan", f"{prefix}-scan-site", "u"
-        )
-        await kit.write_hooks(settings, [self._hook])
+        self._hooks = [
+            kit.Hook(
+                f"{prefix}-scan-{n}",
+                "http://127.0.0.1:9/none",
+                f"secret-scan-{n}",
+                f"{prefix}-scan-site-{n}",
+                "u",
+            )
+            for n in range(self._count)
+        ]
+        await kit.write_hooks(settings, self._hooks)
         filler_site = (f"{prefix}-filler-site", f"{prefix}-filler-user")
         await kit.publish_backlog(settings, [filler_site], self._filler, kit.Published())
         await commit_to_end(settings)
 
     async def start(self, worker: kit.Worker) -> None:
-        assert self._hook is not None
+        assert len(self._hooks) == self._count
         since = (datetime.now(UTC) - timedelta(hours=1)).isoformat(timespec="milliseconds")
         headers = {"Authorization": f"Bearer {self._token}"}
-        url = f"{worker.base_url}/v1/webhooks/{self._hook.id}/recoveries"
         async with aiohttp.ClientSession() as session:
-            for _ in range(self._count):
+            for hook in self._hooks:
+                url = f"{worker.base_url}/v1/webhooks/{hook.id}/recoveries"
                 async with session.post(url, json={"since": since}, headers=headers) as answer:
                     self.started.append(answer.status)
                     if answer.status == 202:
                         self._ids.append((await answer.json())["id"])
+        if len(self._ids) != self._count:
+            raise RuntimeError(
+                f"recoveries_beside: {len(self._ids)} of {self._count} recoveries started "
+                f"(statuses {self.started}): the run would measure fewer than it says"
+            )
 
     async def figures(self, worker: kit.Worker) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {self._token}"}
