@@ -23,7 +23,7 @@ def decode_cursor(cursor: str, shape: tuple[type | tuple[type, ...], ...]) -> li
     ``ValueError`` for anything else, booleans never taken for numbers."""
     try:
         values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: RecursionError
         raise ValueError("not a cursor of this list") from None
     if not isinstance(values, list) or len(values) != len(shape):
         raise ValueError("not a cursor of this list")

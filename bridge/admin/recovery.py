@@ -98,9 +98,13 @@ def _offsets(record: dict[str, Any], name: str) -> dict[str, int]:
 
 def whole_milliseconds(moment: datetime) -> datetime:
     """``moment`` rounded up to a whole millisecond: a window ``[since, until)`` of records
-    stamped in milliseconds selects the same records with both rounded up."""
+    stamped in milliseconds selects the same records with both rounded up. ``ValueError`` for
+    a moment in the last millisecond of year 9999, which has none to round up to."""
     extra = moment.microsecond % 1000
-    return moment if extra == 0 else moment + timedelta(microseconds=1000 - extra)
+    try:
+        return moment if extra == 0 else moment + timedelta(microseconds=1000 - extra)
+    except OverflowError:
+        raise ValueError("a time out of range") from None
 
 
 @dataclass(frozen=True)

@@ -456,7 +456,7 @@ def _single_values(request: web.Request, allowed: tuple[str, ...]) -> dict[str, 
         else:
             values[name] = value
     if errors:
-        raise Problem.invalid(*errors)
+        raise Problem.invalid(*errors[:10])  # as a body's: at most ten named
     return values
 
 
@@ -490,7 +490,14 @@ def _cursor(query: dict[str, str], errors: list[FieldError]) -> str | None:
 def _limit(text: str | None) -> int:
     if text is None:
         return DEFAULT_PAGE_LIMIT
-    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_PAGE_LIMIT):
+    # Its length first: int() refuses more than 4,300 digits with a ValueError of its own.
+    digits = len(str(MAX_PAGE_LIMIT))
+    if not (
+        text.isascii()
+        and text.isdigit()
+        and len(text.lstrip("0")) <= digits
+        and 1 <= int(text) <= MAX_PAGE_LIMIT
+    ):
         raise Problem.invalid(
             FieldError("limit", "range", f"an integer from 1 to {MAX_PAGE_LIMIT}", "query")
         )

@@ -475,7 +475,11 @@ class ControlService:
         if since > now:
             raise Problem.invalid(FieldError("since", "range", "since is in the future"))
         end = until or now
-        if whole_milliseconds(end) <= whole_milliseconds(since):  # as the request keeps them
+        try:
+            rounded = whole_milliseconds(end)  # as the request keeps them
+        except ValueError:
+            raise Problem.invalid(FieldError("until", "range", "a time out of range")) from None
+        if rounded <= whole_milliseconds(since):
             field = "until" if until is not None else "since"
             raise Problem.invalid(FieldError(field, "range", "since must be before until"))
         request = RecoveryRequest(webhook, since, end, rate=DEFAULT_RATE if rate is None else rate)

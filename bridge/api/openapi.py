@@ -16,8 +16,6 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
-from jsonschema import Draft202012Validator
-
 from bridge.api.idempotency import HEADER as IDEMPOTENCY_KEY
 from bridge.api.idempotency import (
     KEY_LIFETIME,
@@ -27,7 +25,7 @@ from bridge.api.idempotency import (
 )
 from bridge.attempts.stats import LATENCY_BOUNDS
 from bridge.contract.resources import load_json
-from bridge.contract.schemas import EVENT_TYPES
+from bridge.contract.schemas import EVENT_TYPES, Validator
 from bridge.subscriptions.changes import MAX_LENGTHS
 
 __all__ = [
@@ -40,6 +38,7 @@ __all__ = [
     "DELIVERY_STATES",
     "HEALTH_STATES",
     "MAX_RECOVERY_RATE",
+    "MIN_RECOVERY_RATE",
     "openapi_document",
     "request_schema",
     "request_validator",
@@ -77,6 +76,9 @@ DELIVERY_STATES = ("delivered", "retrying", "dead_lettered", "dropped")
 HEALTH_STATES = ("healthy", "failing", "disabled", "inactive")
 #: The fastest pace a recovery may be asked for (deliveries per second).
 MAX_RECOVERY_RATE = 1000
+#: ... and at least (one every 100 s): a rate of 5e-324 was taken, and its recovery waited
+#: for ever between two deliveries, holding a place (until 2026-12-05).
+MIN_RECOVERY_RATE = 0.01
 
 #: ``active``; ``inactive`` (turned off by its owner); ``disabled`` (turned off by the bridge:
 #: the endpoint answered 410, or failed longer than ``disable_after``; ``disabled_reason`` says).
@@ -86,8 +88,15 @@ _PROBLEM = "#/components/schemas/Problem"
 
 
 def _webhook_field(name: str) -> dict[str, Any]:
-    """A property schema of ``topics/schemas/webhook.json`` (a copy)."""
-    return copy.deepcopy(load_json("schemas/webhook.json")["properties"][name])
+    """A property schema of ``topics/schemas/webhook.json`` (a copy); an array of unique
+    members of an ``enum`` gets the ``maxItems`` it cannot pass anyway, so that a request's
+    array of a million is refused for its length, not judged item by item."""
+    field = copy.deepcopy(load_json("schemas/webhook.json")["properties"][name])
+    members = field.get("items", {}).get("enum")
+    if field.get("type") == "array" and field.get("uniqueItems") and members:
+        # First: keywords are judged in order, and a request's errors read at most fifty.
+        field = {"maxItems": len(members), **field}
+    return dict(field)
 
 
 def _attempt_fields() -> dict[str, Any]:
@@ -431,7 +440,7 @@ def _schemas() -> dict[str, Any]:
                 **time_range,
                 "rate": {
                     "type": "number",
-                    "exclusiveMinimum": 0,
+                    "minimum": MIN_RECOVERY_RATE,
                     "maximum": MAX_RECOVERY_RATE,
                     "description": "Deliveries enqueued per second, at most (default 10, "
                     "never above the webhook's rate_limit).",
@@ -662,7 +671,7 @@ def _operation(
             "required": body_required,
             "content": {"application/json": {"schema": _ref(body)}},
         }
-        out["responses"]["413"] = _problem_response("The body is larger than 1 MiB.")
+        out["responses"]["413"] = _problem_response("The body is larger than 64 KiB.")
         out["responses"]["415"] = _problem_response("The body is not application/json.")
     if parameters:
         out["parameters"] = parameters
@@ -1067,9 +1076,10 @@ def request_schema(name: str) -> dict[str, Any]:
 
 
 @cache
-def request_validator(name: str) -> Draft202012Validator:
-    """The validator of a request body schema (JSON Schema 2020-12, as OpenAPI 3.1 says)."""
-    return Draft202012Validator(request_schema(name))
+def request_validator(name: str) -> Any:
+    """The validator of a request body schema (JSON Schema 2020-12, as OpenAPI 3.1 says; its
+    ``uniqueItems`` in one pass, not over every pair)."""
+    return Validator(request_schema(name))
 
 
 def served_operations() -> list[tuple[str, str]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import itertools
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -36,6 +37,7 @@ from bridge.api.openapi import request_validator
 from bridge.api.problems import FieldError, Problem
 from bridge.api.repository import WebhookFilter, WebhookRepository, webhook_version
 from bridge.contract.events import Event, format_timestamp
+from bridge.contract.schemas import MAX_ERRORS_READ
 from bridge.errors import BridgeError, InvalidSubscription, InvalidUrl
 from bridge.redaction import without_userinfo
 from bridge.subscriptions.changes import created_record, rotated_record, updated_record
@@ -185,7 +187,7 @@ def decode_cursor(cursor: str, where: WebhookFilter) -> str:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         value = json.loads(raw)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
         raise problem from None
     if (
         not isinstance(value, dict)
@@ -207,9 +209,9 @@ def _field_name(path: Iterable[Any]) -> str:
 def body_errors(schema: str, body: Mapping[str, Any]) -> list[FieldError]:
     """The fields of ``body`` that ``schema`` (a request schema of the OpenAPI document)
     refuses, at most ten; messages never quote a value."""
-    errors = sorted(
-        request_validator(schema).iter_errors(body), key=lambda e: list(map(str, e.path))
-    )
+    # Read at most MAX_ERRORS_READ: a body of a megabyte can hold a million wrong items.
+    found = itertools.islice(request_validator(schema).iter_errors(body), MAX_ERRORS_READ)
+    errors = sorted(found, key=lambda e: list(map(str, e.path)))
     out: list[FieldError] = []
     for error in errors:
         out.extend(_field_errors(error))
@@ -223,8 +225,12 @@ def _field_errors(error: ValidationError) -> list[FieldError]:
     rule, expected = error.validator, error.validator_value
     if rule == "additionalProperties" and isinstance(error.instance, dict):
         known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
+        # Named as sent, up to 100 characters (a key of 60 KB was quoted whole, twice, until
+        # 2026-12-05), as unknown query parameters are.
         return [
-            FieldError(_field_name([*error.absolute_path, k]), "unknown_field", "not a field here")
+            FieldError(
+                _field_name([*error.absolute_path, k[:100]]), "unknown_field", "not a field here"
+            )
             for k in error.instance
             if k not in known
         ]

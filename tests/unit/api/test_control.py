@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from typing import Any
@@ -439,7 +441,12 @@ async def test_a_webhooks_recoveries_are_listed_newest_first_in_pages(api: Api) 
         ({"since": "0001-01-01T00:00:00+05:00"}, [("since", "format")]),  # before year 1 in UTC
         ({"since": "2026-01-15T09:00:00Z", "until": "2026-01-15T08:00:00Z"}, [("until", "range")]),
         ({"since": "2026-01-16T09:00:00Z"}, [("since", "range")]),  # after now
-        ({"since": "2026-01-15T09:00:00Z", "rate": 0}, [("rate", "exclusiveMinimum")]),
+        # From 0.01 to 1,000 a second: 5e-324 was taken until 2026-12-05, and its recovery
+        # waited for ever between two deliveries, holding a place.
+        *(
+            ({"since": "2026-01-15T09:00:00Z", "rate": rate}, [("rate", rule)])
+            for rate, rule in [(5e-324, "minimum"), (0, "minimum"), (1001, "maximum")]
+        ),
         ({"since": "2026-01-15T09:00:00Z", "speed": 1}, [("speed", "unknown_field")]),
     ],
 )
@@ -909,3 +916,71 @@ async def test_a_recovery_since_in_the_future_is_a_400_even_with_an_until(api: A
     response = await api.client.post("/v1/webhooks/wh_1/recoveries", json=body, headers=auth())
     assert fields(await problem(response, 400)) == [("since", "range")]
     assert api.runner.ran == []
+
+
+#: A cursor that decodes to 1,400 nested arrays: 1,868 characters, under the length a cursor
+#: may have; json.loads raises RecursionError, not ValueError, for it.
+_NESTED_CURSOR = base64.urlsafe_b64encode(b"[" * 1400).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ({"limit": "1" * 4301}, "limit"),  # int() refuses past 4,300 digits, with a ValueError
+        ({"cursor": _NESTED_CURSOR}, "cursor"),
+    ],
+    ids=["limit_4301_digits", "nested_cursor"],
+)
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/webhooks",
+        "/v1/webhooks/wh_1/attempts",
+        "/v1/webhooks/wh_1/recoveries",
+        "/v1/dead-letters",
+    ],
+)
+async def test_every_listing_refuses_hostile_paging_with_a_400(
+    api: Api, path: str, query: dict[str, str], field: str
+) -> None:
+    """Until 2026-12-05 each of these was a 500 on every listing."""
+    await api.create(id="wh_1")
+    response = await api.client.get(path, params=query, headers=auth())
+    assert [name for name, _ in fields(await problem(response, 400))] == [field]
+
+
+async def test_a_recovery_until_the_last_moment_of_the_calendar_is_a_400(api: Api) -> None:
+    """Its window is rounded up to a whole millisecond, and 9999-12-31T23:59:59.9999Z has none
+    after it: a 500 until 2026-12-05."""
+    await api.create(id="wh_1")
+    for until in ("9999-12-31T23:59:59.9999Z", "9999-12-31T23:59:59.999999+00:00"):
+        response = await api.client.post(
+            "/v1/webhooks/wh_1/recoveries",
+            json={"since": "2026-01-15T09:00:00Z", "until": until},
+            headers=auth(),
+        )
+        assert fields(await problem(response, 400)) == [("until", "range")]
+    fine = await api.client.post(
+        "/v1/webhooks/wh_1/recoveries",
+        json={"since": "2026-01-15T09:00:00Z", "until": "9999-12-31T23:59:59.999Z"},
+        headers=auth(),
+    )
+    assert fine.status == 202, await fine.text()
+
+
+async def test_unknown_names_are_quoted_short_and_ten_at_most(api: Api) -> None:
+    """A body key or query parameter of 60 KB is named by its first 100 characters; a query of
+    a thousand unknown parameters names ten (until 2026-12-05 the key was quoted whole, twice,
+    and every parameter named)."""
+    long = "k" * 60_000
+    body = await problem(
+        await api.client.post(
+            "/v1/webhooks", json={"url": "https://a.example/h", long: 1}, headers=auth()
+        ),
+        400,
+    )
+    assert ("k" * 100, "unknown_field") in fields(body)
+    assert len(json.dumps(body)) < 2_000
+    query = "&".join(f"p{n}=1" for n in range(1000))
+    many = await problem(await api.client.get(f"/v1/webhooks?{query}", headers=auth()), 400)
+    assert len(many["errors"]) == 10

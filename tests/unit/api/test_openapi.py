@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
+from typing import Any
 
+import pytest
 from aiohttp import web
 from openapi_spec_validator import validate
 
@@ -16,7 +19,7 @@ from bridge.api.openapi import (
     served_operations,
 )
 from bridge.api.repository import MemoryRepository
-from bridge.api.service import WebhookService
+from bridge.api.service import WebhookService, body_errors
 from bridge.contract.resources import load_json
 from bridge.subscriptions.changes import MAX_LENGTHS
 from tests.unit.api.conftest import Api, auth, control_service
@@ -80,6 +83,8 @@ def test_request_fields_are_the_subscription_schemas_fields() -> None:
             bounded = dict(webhook["properties"][name])
             if name in MAX_LENGTHS:
                 bounded["maxLength"] = MAX_LENGTHS[name]
+            if name == "events":  # unique members of the enum: no more than it has
+                bounded["maxItems"] = len(bounded["items"]["enum"])
             assert schema == bounded, name
     assert create["properties"]["secret"]["maxLength"] == MAX_LENGTHS["secret"]
     assert create["anyOf"] == webhook["anyOf"]
@@ -116,3 +121,54 @@ async def test_an_update_the_webhooks_secret_cannot_take_is_a_documented_409(api
     assert response.status == 409
     update = openapi_document()["paths"]["/v1/webhooks/{webhook_id}"]["patch"]
     assert list(update["responses"]["409"]["content"]) == ["application/problem+json"]
+
+
+def _arrays(schema: Any, path: str = "") -> list[tuple[str, Any]]:
+    """Every array schema in ``schema``, with where it is."""
+    found: list[tuple[str, Any]] = []
+    if isinstance(schema, dict):
+        if schema.get("type") == "array" or "items" in schema:
+            found.append((path, schema))
+        for key, value in schema.items():
+            found.extend(_arrays(value, f"{path}/{key}"))
+    elif isinstance(schema, list):
+        for n, value in enumerate(schema):
+            found.extend(_arrays(value, f"{path}[{n}]"))
+    return found
+
+
+def test_every_array_a_request_may_send_is_bounded() -> None:
+    """A body is judged on the event loop, item by item: an array without ``maxItems`` would
+    let one request hold the worker for as long as its items take."""
+    document = openapi_document()
+    names = {
+        operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+        for item in document["paths"].values()
+        for operation in item.values()
+        if isinstance(operation, dict) and "requestBody" in operation
+    }
+    assert {"WebhookCreate", "WebhookUpdate", "RecoveryCreate"} <= names
+    arrays = [(name + where, a) for name in names for where, a in _arrays(request_schema(name))]
+    assert arrays  # events, at least
+    assert [where for where, array in arrays if not isinstance(array.get("maxItems"), int)] == []
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        ["*", *range(1_000_000)],  # distinct, and not sortable together
+        [0] * 1_000_000,
+        [[n] for n in range(200_000)],
+    ],
+    ids=["distinct", "equal", "nested"],
+)
+def test_an_array_of_a_million_is_refused_for_its_length(events: list[Any]) -> None:
+    """Refused first for its length, at most ten errors named, and at once: until 2026-12-05
+    jsonschema compared every pair of items for ``uniqueItems`` (6,000 took 10 s of the event
+    loop; a million, days) and made an error of every item (a 64 KiB body: 120 MB)."""
+    began = time.process_time()
+    errors = body_errors("WebhookUpdate", {"events": events})
+    spent = time.process_time() - began
+    assert (errors[0].field, errors[0].reason) == ("events", "maxItems")
+    assert len(errors) <= 10
+    assert spent < 1.0  # a bound far from both: ~0.05 s now, hours before
