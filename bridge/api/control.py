@@ -196,13 +196,18 @@ def _moment(seconds: float | None) -> str | None:
     return None if seconds is None else format_timestamp(datetime.fromtimestamp(seconds, UTC))
 
 
-def _circuit_open_until(log: AttemptLog, now: float) -> str | None:
+def _circuit_open_until(log: AttemptLog, now: float, webhook: Webhook) -> str | None:
     """When the endpoint's circuit lets a probe through, while it is open: the workers' breakers
     live in their memory, but an attempt skipped because of one is in the log, with its retry
     due when the circuit lets a request through (``next_at``). A newer attempt, or a due time
-    passed, means the circuit has let one through since."""
+    passed, means the circuit has let one through since; one made for a deleted webhook of the
+    same id says nothing of this one's."""
     newest = log.page(LogQuery(), now=now, limit=1).items
     if not newest or newest[0].error != "circuit_open" or newest[0].outcome != "skipped":
+        return None
+    if not webhook.is_incarnation(newest[0].webhook_created_at) or before_created(
+        newest[0].at_seconds, webhook.created_at
+    ):
         return None
     due = newest[0].next_at
     if due is None:
@@ -287,7 +292,7 @@ class ControlService:
         webhook = await self._webhook(principal, webhook_id)
         activity = await self._activity.activity(webhook_id)
         now = self._clock()
-        stats = activity.stats
+        stats = activity.stats.of_webhook(webhook.created_at)
         windows = {name: stats.window(name, now).as_dict() for name in WINDOWS}
         last_success, last_failure = stats.last_success, stats.last_failure
         return {
@@ -312,7 +317,9 @@ class ControlService:
             "health": "healthy",
             "failing_since": None,
             "disabled_reason": reason if isinstance(reason, str) else None,
-            "circuit_open_until": _circuit_open_until(log, now) if webhook.active else None,
+            "circuit_open_until": (
+                _circuit_open_until(log, now, webhook) if webhook.active else None
+            ),
             "source": "webhook",
         }
         if not webhook.active:

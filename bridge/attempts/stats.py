@@ -162,6 +162,15 @@ class WebhookStats:
         #: The ``created_at`` of the webhook counted (``None`` until an attempt names one).
         self.webhook_created_at: str | None = None
 
+    def of_webhook(self, created_at: str | None) -> WebhookStats:
+        """These stats if they count the webhook created at ``created_at``, else none: an id
+        used again after a delete shows the deleted webhook's until the new one's first attempt
+        (until 2026-12-05 they were shown as the new webhook's, to another site's token too)."""
+        counted = self.webhook_created_at
+        if counted is None or created_at is None or counted == created_at:
+            return self
+        return WebhookStats()
+
     def add(self, attempt: Attempt, now: float) -> None:
         """Count ``attempt`` (each attempt once: the caller drops records read twice)."""
         created = attempt.webhook_created_at

@@ -86,6 +86,7 @@ from bridge.errors import InvalidRecord
 from bridge.kafka.clients import client_kwargs, started, stopped
 from bridge.subscriptions.serial import NotWritable
 from bridge.subscriptions.store import WebhookStore
+from bridge.subscriptions.webhook import before_created
 from bridge.worker.delivery_log import Owner, OwnerUnavailable
 from bridge.worker.recovery_journal import (
     FORGET_INTERVAL,
@@ -484,9 +485,21 @@ class _Internal:
             activity = await settle(check, self._bridge.changes, _hold_until.get())
         except OwnerUnavailable as exc:
             raise _unavailable(exc) from None
-        return web.Response(
-            body=jsoncanon.dumps(activity_to_dict(activity)), content_type="application/json"
-        )
+        body = activity_to_dict(activity)
+        if principal.restricted:
+            # What /v1 shows such a token, and no more: anyone may call this route with one,
+            # not only a worker relaying (until 2026-12-05 it gave a deleted webhook's log and
+            # stats to the site that took its id).
+            created = webhook.created_seconds
+            body = {
+                "attempts": [
+                    a.as_dict()
+                    for a in activity.log.attempts()
+                    if created is None or a.at_seconds >= created
+                ],
+                "stats": activity.stats.of_webhook(webhook.created_at).to_dict(),
+            }
+        return web.Response(body=jsoncanon.dumps(body), content_type="application/json")
 
     async def delivery(self, request: web.Request) -> web.Response:
         principal = self._principal(request)
@@ -498,8 +511,11 @@ class _Internal:
         shown = []
         for attempt in attempts:
             webhook = await self._repository.get(attempt.webhook_id)
-            if webhook is not None and principal.allows(webhook.site_id, webhook.user_id):
-                shown.append(attempt.as_dict())
+            if webhook is None or not principal.allows(webhook.site_id, webhook.user_id):
+                continue
+            if principal.restricted and before_created(attempt.at_seconds, webhook.created_at):
+                continue  # a deleted webhook's, whose id this one took: as /v1 answers
+            shown.append(attempt.as_dict())
         return web.Response(
             body=jsoncanon.dumps({"attempts": shown}), content_type="application/json"
         )

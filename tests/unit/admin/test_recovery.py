@@ -186,3 +186,32 @@ def test_a_request_keeps_whole_milliseconds_as_its_record_does() -> None:
         assert select(request, index, at_10 + 1, event_bytes()) is not None
     with pytest.raises(ValueError, match="until must be after since"):
         RecoveryRequest(WEBHOOK, since, since + timedelta(microseconds=300))
+
+
+def test_a_test_event_sent_before_the_webhook_was_created_is_not_sent_again() -> None:
+    """A test event names its webhook by id alone: one published before this webhook was
+    created was sent to a deleted webhook whose id it took (another site's, possibly), and a
+    recovery does not send it to this one. One published since is sent again."""
+    created = SINCE + timedelta(minutes=30)
+    stamp = created.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    webhook = dataclasses.replace(WEBHOOK, extra={"created_at": stamp})
+    index = SubscriptionIndex([webhook])
+
+    def test_event(at: datetime) -> bytes:
+        event = build_event(
+            "test.event",
+            {"webhook_id": "wh", "message": "site 2's test"},
+            site_id="s1",
+            user_id="u1",
+            timestamp=at,
+        )
+        return event.to_bytes()
+
+    before = created - timedelta(milliseconds=1)
+    assert select(request(webhook=webhook), index, ms(before), test_event(before)) is None
+    chosen = select(request(webhook=webhook), index, ms(created), test_event(created))
+    assert isinstance(chosen, PendingRetry)
+    # Other events of the window before the webhook was created are its site's: sent.
+    assert isinstance(
+        select(request(webhook=webhook), index, ms(before), event_bytes()), PendingRetry
+    )
