@@ -76,7 +76,9 @@ async def _serve(args: argparse.Namespace) -> None:
         service = WebhookService(
             repository,
             publisher=functools.partial(send_test_event, settings),
-            check_url=functools.partial(check_url, allow_http=allow_http, policy=policy),
+            check_url=functools.partial(
+                check_url, allow_http=allow_http, policy=policy, remember=False
+            ),
             max_webhooks=settings.api_max_webhooks,
         )
         control = ControlService(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 import itertools
 import json
@@ -288,12 +289,17 @@ def _from_record(record: dict[str, Any], *, check_url: Callable[[str], object] |
     return webhook
 
 
+#: What a URL a client sends is judged by, unless the deployment says otherwise.
+_judge_url = functools.partial(WebhookUrl.parse, remember=False)
+
+
 class WebhookService:
     """The webhook operations of the API over a :class:`WebhookRepository`.
 
     ``check_url`` judges URLs being set (default :meth:`WebhookUrl.parse`, what WebhookStore
-    checks; a deployment passes its SSRF policy's ``check_url`` too). ``publisher`` sends test
-    events (none: the test route answers 409). ``clock`` gives aware datetimes.
+    checks, not remembering them; a deployment passes its SSRF policy's ``check_url`` too).
+    ``publisher`` sends test events (none: the test route answers 409). ``clock`` gives aware
+    datetimes.
     """
 
     def __init__(
@@ -301,7 +307,7 @@ class WebhookService:
         repository: WebhookRepository,
         *,
         publisher: TestEventPublisher | None = None,
-        check_url: Callable[[str], object] = WebhookUrl.parse,
+        check_url: Callable[[str], object] = _judge_url,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         locks: KeyedLocks | None = None,
         max_webhooks: int = 0,

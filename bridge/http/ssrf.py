@@ -275,7 +275,9 @@ class AddressPolicy:
         return f"AddressPolicy(allow_networks=[{networks}], enabled={self.enabled})"
 
 
-def check_url(url: str, *, allow_http: bool, policy: AddressPolicy | None = None) -> WebhookUrl:
+def check_url(
+    url: str, *, allow_http: bool, policy: AddressPolicy | None = None, remember: bool = True
+) -> WebhookUrl:
     """The parsed URL, if the bridge may call it; raises otherwise.
 
     :class:`bridge.subscriptions.urls.InvalidUrl` when
@@ -284,8 +286,10 @@ def check_url(url: str, *, allow_http: bool, policy: AddressPolicy | None = None
     :class:`DestinationForbidden` when this deployment's policy does: ``http`` unless
     ``allow_http`` and, when ``policy`` is given, IP-literal hosts the policy forbids. Host names
     are only judged when connecting (see :class:`GuardedBackend`), since DNS answers change.
+    ``remember``: as :meth:`~bridge.subscriptions.urls.WebhookUrl.parse`'s (false for a URL a
+    client sends to be judged).
     """
-    parsed = WebhookUrl.parse(url)
+    parsed = WebhookUrl.parse(url, remember=remember)
     if parsed.scheme == "http" and not allow_http:
         raise DestinationForbidden(
             "plain http not allowed", host=parsed.host, classification="plain_http"

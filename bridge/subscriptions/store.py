@@ -71,7 +71,7 @@ class WebhookStore:
         Raises :class:`~bridge.errors.InvalidUrl` for a URL no one could use, and
         :class:`InvalidSubscription` for any other invalid field; nothing is written then.
         """
-        WebhookUrl.parse(webhook.url)
+        WebhookUrl.parse(webhook.url, remember=False)  # judged here; remembered where sent
         return await self.write(webhook)
 
     async def write(self, webhook: Webhook) -> Webhook:

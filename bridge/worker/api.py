@@ -564,7 +564,10 @@ async def api_application(bridge: Bridge) -> web.Application:
         repository,
         publisher=functools.partial(send_test_event, settings),
         check_url=functools.partial(
-            check_url, allow_http=settings.plain_http_allowed, policy=address_policy(settings)
+            check_url,
+            allow_http=settings.plain_http_allowed,
+            policy=address_policy(settings),
+            remember=False,
         ),
         locks=bridge.change_locks,
         max_webhooks=settings.api_max_webhooks,

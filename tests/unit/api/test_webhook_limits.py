@@ -25,6 +25,7 @@ from bridge.api.problems import Problem
 from bridge.api.repository import MemoryRepository, WebhookFilter
 from bridge.api.service import WebhookService
 from bridge.errors import InvalidSubscription
+from bridge.subscriptions import urls
 from bridge.subscriptions.changes import (
     MAX_LENGTHS,
     created_record,
@@ -37,6 +38,7 @@ from tests.unit.api.conftest import (
     SITE_1,
     TOKENS,
     USER_1,
+    Api,
     Clock,
     auth,
     control_service,
@@ -360,3 +362,23 @@ def test_the_bounds_are_the_documents() -> None:
         if name != "secret":
             assert schemas["WebhookUpdate"]["properties"][name]["maxLength"] == longest
     assert schemas["RotateSecret"]["properties"]["secret"]["maxLength"] == MAX_LENGTHS["secret"]
+
+
+async def test_urls_a_client_sends_are_judged_without_being_remembered(api: Api) -> None:
+    """The URL cache of the delivery path (50,000 entries of ~6.6 KB) is for the webhooks'
+    URLs: a client sending distinct URLs by the thousand, accepted or refused, leaves it as it
+    was (until 2026-12-05 each was remembered, 330 MB when full, pushing the webhooks' own
+    URLs out)."""
+    created = await api.create(id="wh_c")
+    before = urls._parse.cache_info().currsize
+    for n in range(200):
+        good = await api.client.patch(
+            "/v1/webhooks/wh_c", json={"url": f"https://a{n}.example/{'p' * 1500}"}, headers=auth()
+        )
+        assert good.status == 200, await good.text()
+        bad = await api.client.patch(
+            "/v1/webhooks/wh_c", json={"url": f"ftp://b{n}.example/"}, headers=auth()
+        )
+        assert bad.status == 400
+    assert urls._parse.cache_info().currsize == before
+    assert created["id"] == "wh_c"
