@@ -74,6 +74,7 @@ from bridge.api.kafka_sources import (
 )
 from bridge.api.metrics import ApiMetrics, answered, route_template
 from bridge.api.problems import Problem, read_body
+from bridge.api.ratelimit import TokenBuckets
 from bridge.api.recoveries import DEFAULT_HEARTBEAT, Recoveries, per_owner
 from bridge.api.repository import WebhookRepository
 from bridge.api.service import WebhookService
@@ -461,16 +462,37 @@ class _Relay:
 
 
 class _Internal:
-    """The routes other workers read this worker's book through (never routed on)."""
+    """The routes other workers read this worker's book through (never routed on).
 
-    def __init__(self, bridge: Bridge, tokens: TokenSet, repository: WebhookRepository) -> None:
+    Served beside ``/v1``, to anyone with a token, and each answer is a webhook's whole log:
+    a token's requests here are limited to ``rate_limit`` a second, in buckets apart from
+    ``/v1``'s (a request to ``/v1`` of another worker read here took its own turn there), so
+    that reading logs here costs a token no more than through ``/v1`` (until 2026-12-05 it
+    was not limited)."""
+
+    def __init__(
+        self,
+        bridge: Bridge,
+        tokens: TokenSet,
+        repository: WebhookRepository,
+        *,
+        rate_limit: float = 0.0,
+    ) -> None:
         self._bridge = bridge
         self._tokens = tokens
         self._repository = repository
+        self._buckets = TokenBuckets(rate_limit)
 
     def _principal(self, request: web.Request) -> Any:
         principal = self._tokens.authenticate(request.headers.get("Authorization"))
         principal.require("read")
+        wait = self._buckets.take(principal.name)
+        if wait:
+            raise Problem(
+                "too_many_requests",
+                f"more than {self._buckets.rate:g} log reads a second with this token",
+                headers={"Retry-After": str(wait)},
+            )
         return principal
 
     async def activity(self, request: web.Request) -> web.Response:
@@ -607,7 +629,7 @@ async def api_application(bridge: Bridge) -> web.Application:
     app.middlewares.append(_holding(hold_bound(config.request_timeout), metrics))
     relay = _Relay(bridge, tokens, max_bytes=config.max_body_bytes)
     app.middlewares.append(relay.middleware)
-    internal = _Internal(bridge, tokens, as_it_is)
+    internal = _Internal(bridge, tokens, as_it_is, rate_limit=config.rate_limit)
     app.router.add_get("/internal/v1/activity/{webhook_id}", internal.activity, allow_head=False)
     app.router.add_get("/internal/v1/deliveries/{delivery_id}", internal.delivery, allow_head=False)
     app.router.add_get("/internal/v1/delivery-log", internal.summary, allow_head=False)

@@ -5,21 +5,16 @@ one of its own took again (client-chosen ids): log, deliveries, dead letters, re
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
-from aiohttp import ClientResponse, web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp import ClientResponse
 
 from bridge.api.activity import EndpointStatus
-from bridge.api.auth import TokenSet
-from bridge.api.problems import problem_middleware
 from bridge.attempts.record import Attempt
-from bridge.worker.api import _Internal
 from tests.unit.api.conftest import (
     ADMIN,
     NOW,
     SITE_1,
-    TOKENS,
     Api,
     attempt,
     auth,
@@ -211,7 +206,7 @@ async def test_a_reused_id_does_not_show_the_deleted_webhooks_stats_or_state(api
         assert stats["state"]["failing_since"] == "2026-01-15T10:29:10.000Z", stats["state"]
 
 
-async def _site_2_counted_then_site_1_takes_the_id(api: Api) -> dict[str, Any]:
+async def site_2_counted_then_site_1_takes_the_id(api: Api) -> dict[str, Any]:
     """site_2's wh_x: three successes and a failure, the newest skipped by an open circuit,
     all counted for it; deleted; site_1 makes its own wh_x, which has no attempt yet."""
     old = await api.create(id="wh_x", site_id="site_2", user_id="user_2")
@@ -231,7 +226,7 @@ async def test_a_reused_id_shows_no_stats_before_its_own_first_attempt(api: Api)
     """Until the new webhook's first attempt its stats are empty, not the deleted one's, nor
     is its circuit open because the deleted one's was (until 2026-12-05 they were shown, to
     the site that took the id too)."""
-    await _site_2_counted_then_site_1_takes_the_id(api)
+    await site_2_counted_then_site_1_takes_the_id(api)
     for token in (SITE_1, ADMIN):
         response = await api.client.get("/v1/webhooks/wh_x/stats", headers=auth(token))
         stats = await response.json()
@@ -240,44 +235,3 @@ async def test_a_reused_id_shows_no_stats_before_its_own_first_attempt(api: Api)
         assert stats["last_success_at"] is None and stats["last_failure_at"] is None
         assert stats["state"]["circuit_open_until"] is None, stats["state"]
         assert stats["state"]["health"] == "healthy", stats["state"]
-
-
-class _Changes:
-    def watch(self) -> None:
-        return None
-
-
-class _Bridge:
-    """What the internal routes ask of a worker: its book."""
-
-    def __init__(self, api: Api) -> None:
-        self.activity = api.activity
-        self.changes = _Changes()
-
-    def local_activity(self, webhook_id: str) -> Any:
-        return self.activity.book.get(webhook_id) or self.activity.book.empty()
-
-    def local_delivery(self, delivery_id: str) -> list[Attempt]:
-        return self.activity.book.delivery(delivery_id)
-
-
-async def test_the_internal_routes_show_a_restricted_token_what_v1_does(api: Api) -> None:
-    """The routes workers read each other's logs through are served beside /v1, to any
-    caller with a token: given a site's, they answer what /v1 shows it, not the log, stats or
-    deliveries of the deleted webhook whose id its own took (until 2026-12-05 they did)."""
-    await _site_2_counted_then_site_1_takes_the_id(api)
-    api.activity.add(attempt("d_new", 1, webhook_id="wh_x", at=NOW - 50))
-    internal = _Internal(cast(Any, _Bridge(api)), TokenSet.from_mapping(TOKENS), api.repository)
-    app = web.Application(middlewares=[problem_middleware(10.0)])
-    app.router.add_get("/internal/v1/activity/{webhook_id}", internal.activity)
-    app.router.add_get("/internal/v1/deliveries/{delivery_id}", internal.delivery)
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-        seen = await (await client.get("/internal/v1/activity/wh_x", headers=auth(SITE_1))).json()
-        assert [a["delivery_id"] for a in seen["attempts"]] == ["d_new"]
-        assert seen["stats"]["webhook_created_at"] is None  # none counted for site_1's wh_x
-        assert seen["stats"]["last_success"] is None
-        old = await client.get("/internal/v1/deliveries/d_oldf", headers=auth(SITE_1))
-        assert (await old.json())["attempts"] == []
-        # The platform's token is shown the log as kept, as /v1 shows it.
-        whole = await (await client.get("/internal/v1/activity/wh_x", headers=auth())).json()
-        assert len(whole["attempts"]) == 6
