@@ -20,19 +20,23 @@ DEFAULT_SCHEDULE: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 3600
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
-    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date), or ``None``."""
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date), or ``None``.
+
+    Total: the header is the endpoint's, and whatever it holds is a number or ``None`` (until
+    2026-12-05 a date of an hour past the calendar, ``OverflowError``, made the delivery's
+    failure a bridge error: dead-lettered at once, every retry skipped)."""
     if value is None:
         return None
     text = value.strip()
     if text.isascii() and text.isdigit():
-        return float(text)
+        return float(text)  # inf past a double's range: callers cap it
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, (when - now).total_seconds())
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from httptools import HttpResponseParser
 from yarl import URL
@@ -60,7 +60,9 @@ from yarl import URL
 from bridge.http.ssrf import AddressPolicy, Resolver, checked_addresses
 
 __all__ = [
+    "MAX_READS",
     "MAX_RESPONSE",
+    "TLS_SHUTDOWN_TIMEOUT",
     "Answer",
     "HttpError",
     "ConnectFailed",
@@ -76,6 +78,17 @@ __all__ = [
 #: limit on an incomplete head or chunk line (100 KiB in httpcore), so that in the httpx
 #: reference sender, which counts the same bytes, this cap is also what ends an endless line.
 MAX_RESPONSE = 64 * 1024
+#: Reads (``data_received`` calls) of one response at most: each costs the event loop ~10 us
+#: whatever its size, so an endpoint sending its response a byte at a time within the deadline
+#: cost 0.6-2 s of CPU per delivery (TLS, asyncio's loop), until 2026-12-05. A response usually
+#: comes in one to three; 64 KiB in segments of 536 bytes takes 123. Past it, as past the cap
+#: on bytes: a complete head stands (the rest is not read, the connection not kept); an
+#: incomplete one is a protocol error.
+MAX_READS = 128
+#: Seconds a TLS connection being closed waits for the peer's ``close_notify`` (asyncio's and
+#: uvloop's default, 30, let an endpoint that answered and went silent keep a socket and ~270 KB
+#: per delivery for 30 s after it, outside every in-flight limit, until 2026-12-05).
+TLS_SHUTDOWN_TIMEOUT = 1.0
 
 _VERSIONS = ("1.1", "1.0")
 #: What h11 refuses in a reason phrase and llhttp lets through.
@@ -170,8 +183,11 @@ async def open_connection(
     server_hostname: str | None,
 ) -> asyncio.Protocol:
     """Every socket the client opens is opened here (``host`` is a checked IP literal)."""
+    tls: dict[str, Any] = (
+        {} if ssl_context is None else {"ssl_shutdown_timeout": TLS_SHUTDOWN_TIMEOUT}
+    )
     _transport, protocol = await loop.create_connection(
-        factory, host, port, ssl=ssl_context, server_hostname=server_hostname
+        factory, host, port, ssl=ssl_context, server_hostname=server_hostname, **tls
     )
     return protocol
 
@@ -206,6 +222,7 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[Answer] | None = None
         # -- the exchange
         self._left = 0  # bytes of the cap not used yet
+        self._reads_left = 0  # reads of MAX_READS not used yet
         self._received = False
         self._status = 0  # the final status, once its head is complete
         self._complete = False
@@ -240,6 +257,7 @@ class _Connection(asyncio.Protocol):
             self._fail(ProtocolError("response does not start with a status line"))
             return
         self._received = True
+        self._reads_left -= 1
         left = self._left
         over = len(data) > left
         if over:
@@ -256,14 +274,16 @@ class _Connection(asyncio.Protocol):
             if over:
                 self._keep = False  # bytes past the response, cut at the cap unread
             self._done()
-        elif over:
+        elif over or self._reads_left <= 0:
             if self._status:
                 # The final head is complete: the receiver answered, and the rest is not needed.
                 self._keep = False
                 self._body_cut = True
                 self._done()
-            else:
+            elif over:
                 self._fail(ProtocolError(f"response head longer than {self._max_response} bytes"))
+            else:
+                self._fail(ProtocolError(f"response head in more than {MAX_READS} reads"))
 
     def eof_received(self) -> bool:
         self._ended(None)
@@ -342,6 +362,7 @@ class _Connection(asyncio.Protocol):
         waiter: asyncio.Future[Answer] = self.loop.create_future()
         self._waiter = waiter
         self._left = self._max_response
+        self._reads_left = MAX_READS
         self._received = False
         self._status = 0
         self._complete = False

@@ -302,7 +302,15 @@ def test_parse_retry_after(value: str, seconds: float) -> None:
 @pytest.mark.parametrize(
     "value",
     # Superscript and non-ASCII digits pass str.isdigit() but are not delta-seconds.
-    [None, "", "   ", "soon", "1.5", "-5", "12abc", "0x10", "Mon, 99 Foo 2024", "∞", "²", "١٢٠"],
+    [None, "", "   ", "soon", "1.5", "-5", "12abc", "0x10", "Mon, 99 Foo 2024", "∞", "²", "١٢٠"]
+    # Dates past the calendar (OverflowError, until 2026-12-05 a bridge error that
+    # dead-lettered the delivery at once).
+    + [
+        "Mon, 01 Jan 2030 99999999999999999999:00:00 GMT",
+        "Mon, 01 Jan 99999999999 10:00:00 GMT",
+        "Mon, 99999999999 Jan 2030 10:00:00 GMT",
+        "Mon, 01 Jan 2030 10:00:00 +99999999999",
+    ],
 )
 def test_parse_retry_after_garbage(value: str | None) -> None:
     assert parse_retry_after(value, NOW) is None
@@ -313,7 +321,24 @@ def test_parse_retry_after_any_delta_seconds(seconds: int) -> None:
     assert parse_retry_after(str(seconds), NOW) == float(seconds)
 
 
-@given(st.text(max_size=40) | st.text(alphabet="0123456789²³¹٣ ", max_size=8))
+_NUMBER = st.integers(min_value=-(10**25), max_value=10**25).map(str) | st.sampled_from(
+    ["00", "60", "99", "9999", "10000", "0001"]
+)
+#: Strings shaped as HTTP dates, each part any number: what an endpoint may send.
+_DATE_SHAPED = st.builds(
+    "{}, {} {} {} {}:{}:{} {}".format,
+    st.sampled_from(["Mon", "Sun", "Monday", "Xyz"]),
+    _NUMBER,
+    st.sampled_from(["Jan", "Feb", "Dec", "Foo"]),
+    _NUMBER,
+    _NUMBER,
+    _NUMBER,
+    _NUMBER,
+    st.sampled_from(["GMT", "UTC", "-0000", "+2359", "-2359"]) | _NUMBER.map("+{}".format),
+)
+
+
+@given(st.text(max_size=40) | st.text(alphabet="0123456789²³¹٣ ", max_size=8) | _DATE_SHAPED)
 def test_parse_retry_after_never_raises(value: str) -> None:
     # Header values come from the endpoint; whatever they hold, the answer is a non-negative
     # number of seconds or None, never an exception.

@@ -10,24 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.http.http1 import (
+    MAX_READS,
     MAX_RESPONSE,
+    TLS_SHUTDOWN_TIMEOUT,
     Answer,
     ConnectFailed,
     Http1Client,
     ProtocolError,
     Target,
     _Connection,
+    open_connection,
     render_head,
     target_of,
 )
@@ -746,3 +750,45 @@ async def test_forbidden_ip_literal_is_refused_before_connecting(
     http = client(policy=AddressPolicy())
     with pytest.raises(DestinationForbidden):
         await http.post(target_of("http://10.0.0.5/"), REQUEST, 5)
+
+
+def test_a_response_sent_a_byte_at_a_time_is_read_in_at_most_max_reads() -> None:
+    """Each read costs the loop ~10 us whatever its size: an endpoint trickling its answer a
+    byte at a time within the deadline cost 0.6-2 s of CPU per delivery until 2026-12-05. A
+    complete head stands (a 200 is delivered), its body cut unread and the connection not
+    kept; a head that takes more reads than that is a protocol error."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n"
+    fed = feed([bytes([b]) for b in head + b"x" * 5000])
+    assert fed.outcome == (200, None) and fed.answer is not None
+    _, _, body_bytes, cut, _ = fed.answer
+    assert cut and body_bytes == MAX_READS - len(head)
+    assert not fed.keepable
+    long_head = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 500 + b"\r\n\r\n"
+    failed = feed([bytes([b]) for b in long_head])
+    assert isinstance(failed.outcome, ProtocolError) and "reads" in str(failed.outcome)
+    # In as many reads as that, or fewer, the same bytes are the same answer.
+    whole = feed([head + b"x" * 5000]).answer
+    pieces = split(head + b"x" * 5000, list(range(50, 5000, 50)))
+    assert len(pieces) <= MAX_READS
+    assert feed(pieces).answer == whole
+
+
+async def test_a_tls_connection_waits_a_second_at_most_for_the_peers_close() -> None:
+    """Closing TLS waits for the peer's close_notify: 30 s by default, during which an endpoint
+    that answered and went silent kept a socket and ~270 KB per delivery (until 2026-12-05);
+    the client asks for TLS_SHUTDOWN_TIMEOUT instead (plain TCP has nothing to wait for)."""
+    asked: list[dict[str, Any]] = []
+
+    class Loop:
+        async def create_connection(self, *args: Any, **kwargs: Any) -> Any:
+            asked.append(kwargs)
+            raise OSError("not connecting anywhere")
+
+    for context in (ssl.create_default_context(), None):
+        with pytest.raises(OSError):
+            await open_connection(
+                cast(Any, Loop()), asyncio.Protocol, "127.0.0.1", 443,
+                ssl_context=context, server_hostname="h" if context else None,
+            )  # fmt: skip
+    assert asked[0]["ssl_shutdown_timeout"] == TLS_SHUTDOWN_TIMEOUT <= 1.0
+    assert "ssl_shutdown_timeout" not in asked[1]
