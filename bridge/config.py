@@ -591,6 +591,15 @@ class Settings:
         _positive_int,
         "Deliveries waiting for one busy endpoint; more go to the retry path.",
     )
+    owner_max_in_flight: int = Section.RELIABILITY.setting(
+        64,
+        "BRIDGE_OWNER_MAX_IN_FLIGHT",
+        "--owner-max-in-flight",
+        _count,
+        "Requests in flight at once, per worker, for one site's webhooks (an account's "
+        "account-wide ones) across all their endpoints; as many again may wait, more go to the "
+        "retry path (owner_busy). 0: no limit.",
+    )
     breaker_threshold: int = Section.RELIABILITY.setting(
         5,
         "BRIDGE_BREAKER_THRESHOLD",

@@ -128,7 +128,7 @@ class Metrics:
         self.skipped = Counter(
             "webhook_bridge_attempts_skipped_total",
             "Attempts settled without an HTTP request, by reason (circuit_open, endpoint_busy, "
-            "destination_forbidden, interrupted).",
+            "owner_busy, destination_forbidden, interrupted).",
             ["reason"],
             registry=registry,
         )

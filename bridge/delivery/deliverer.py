@@ -38,11 +38,18 @@ log = logging.getLogger(__name__)
 
 #: Errors of attempts that were not made: no request was sent.
 _SKIPPED = frozenset(
-    {"circuit_open", "endpoint_busy", "rate_limited", "destination_forbidden", "invalid_url"}
+    {
+        "circuit_open",
+        "endpoint_busy",
+        "owner_busy",
+        "rate_limited",
+        "destination_forbidden",
+        "invalid_url",
+    }
 )
 #: Attempts not made because the endpoint could not take them now: the same attempt is tried
 #: again later, without spending an entry of the retry schedule.
-_DEFERRED = frozenset({"circuit_open", "endpoint_busy", "rate_limited"})
+_DEFERRED = frozenset({"circuit_open", "endpoint_busy", "owner_busy", "rate_limited"})
 #: Longest wait for a webhook's rate limit inside a job; a longer one defers the attempt to the
 #: retry path, so that no source record is held for it.
 _MAX_RATE_WAIT = 5.0
@@ -84,6 +91,7 @@ class Deliverer:
         breaker_threshold: int,
         breaker_cooldown: float,
         max_body_bytes: int,
+        owner_max_in_flight: int = 0,
         clock: Callable[[], float] = time.monotonic,
         wall_time: Callable[[], float] = time.time,
     ) -> None:
@@ -94,6 +102,12 @@ class Deliverer:
         self._health = health
         self._slots = Slots(max_in_flight)
         self._endpoints = EndpointSlots(endpoint_max_in_flight, endpoint_max_queued)
+        #: Per site (account): one site's webhooks on many endpoints, each holding its
+        #: ``endpoint_max_in_flight`` for as long as it takes to answer, held every place of the
+        #: worker and filled its pending jobs (until 2026-12-05). ``None``: no such limit.
+        self._owners = (
+            EndpointSlots(owner_max_in_flight, owner_max_in_flight) if owner_max_in_flight else None
+        )
         self._breakers = Breakers(breaker_threshold, breaker_cooldown, clock)
         self._rates = RateLimits(clock)
         self._max_body_bytes = max_body_bytes
@@ -174,12 +188,23 @@ class Deliverer:
             skip = self._skipped("circuit_open", self._breakers.reopens_in(endpoint))
             await self._settle_failure(job, skip, counts=False)
             return None
+        # The site's place first: one waiting for it holds no endpoint's place, which other
+        # sites' deliveries to the same endpoint may need.
+        owners = self._owners
+        owner = None if owners is None else _owner_key(webhook)
+        if owners is not None and owner is not None:
+            if not await self._take(owners, owner, webhook, endpoint):
+                await self._settle_failure(job, self._skipped("owner_busy"), counts=False)
+                return None
         try:
-            await self._endpoints.acquire(endpoint)
-        except EndpointBusy:
-            # Nor here; and a half-open circuit's probe goes to the next request.
-            self._rates.refund(webhook.id)
-            self._breakers.release(endpoint)
+            took = await self._take(self._endpoints, endpoint, webhook, endpoint)
+        except BaseException:  # cancelled while waiting: the site's place goes back
+            if owners is not None and owner is not None:
+                owners.release(owner)
+            raise
+        if not took:
+            if owners is not None and owner is not None:
+                owners.release(owner)
             await self._settle_failure(job, self._skipped("endpoint_busy"), counts=False)
             return None
         result: AttemptResult | None = None
@@ -194,6 +219,8 @@ class Deliverer:
                     self._in_flight -= 1
         finally:
             self._endpoints.release(endpoint)
+            if owners is not None and owner is not None:
+                owners.release(owner)
             if result is None:
                 # Cancelled or crashed mid-request: tell the breaker, or a half-open circuit
                 # would wait for its probe's answer for ever.
@@ -217,6 +244,17 @@ class Deliverer:
             self._breakers.failure(endpoint)
         await self._settle_failure(job, result, counts=not refused)
         return None
+
+    async def _take(self, slots: EndpointSlots, key: str, webhook: Webhook, endpoint: str) -> bool:
+        """A place in ``slots`` under ``key``; ``False`` when its queue is full: nor here, then,
+        and a half-open circuit's probe goes to the next request."""
+        try:
+            await slots.acquire(key)
+        except EndpointBusy:
+            self._rates.refund(webhook.id)
+            self._breakers.release(endpoint)
+            return False
+        return True
 
     def _skipped(self, error: str, retry_after: float | None = None) -> AttemptResult:
         self._metrics.skipped.labels(error).inc()
@@ -377,3 +415,9 @@ class Deliverer:
 def _deferrals(history: Sequence[Mapping[str, Any]]) -> int:
     """How many of a delivery's recorded attempts were deferred (not made)."""
     return sum(1 for attempt in history if attempt.get("error") in _DEFERRED)
+
+
+def _owner_key(webhook: Webhook) -> str:
+    """The site (or account) whose places a webhook's deliveries take."""
+    kind, name = webhook.owner
+    return f"{kind}:{name}"

@@ -795,6 +795,7 @@ class Bridge:
                     max_in_flight=s.max_in_flight,
                     endpoint_max_in_flight=s.endpoint_max_in_flight,
                     endpoint_max_queued=s.endpoint_max_queued,
+                    owner_max_in_flight=s.owner_max_in_flight,
                     breaker_threshold=s.breaker_threshold,
                     breaker_cooldown=s.breaker_cooldown,
                     max_body_bytes=s.max_body_bytes,

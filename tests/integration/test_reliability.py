@@ -522,6 +522,52 @@ async def test_a_hanging_endpoint_does_not_slow_healthy_ones(
         await hang.stop()
 
 
+async def test_one_sites_hanging_endpoints_do_not_hold_every_place(
+    make_settings, receiver: Receiver, in_process_workers
+) -> None:
+    """A site's webhooks on endpoints that hang (a stranger's), their circuits slow to open:
+    they hold ``owner_max_in_flight`` of the worker's places, not all of them, and another
+    site's deliveries arrive well before one hanging request times out. (Until 2026-12-05 two
+    hanging webhooks held all eight places here, each its endpoint's sixteen, and the other
+    site waited out the timeout, wave after wave.)"""
+    from bridge.admin.topics import apply_topics
+
+    hangs = [await Receiver().start() for _ in range(2)]
+    try:
+        settings = make_settings(
+            http_timeout=3.0, breaker_threshold=100, max_in_flight=8, owner_max_in_flight=2
+        )
+        await apply_topics(settings)
+        async with WebhookStore(settings) as store:
+            for n, hang in enumerate(hangs):
+                hang.holds["/hang"] = asyncio.Event()  # never set: each request hangs
+                await store.create(
+                    url=hang.url("/hang"),
+                    events=["*"],
+                    site_id="s_bad",
+                    user_id="u_bad",
+                    secret=f"secret-hang-{n}-0123",
+                    webhook_id=f"hang{n}",
+                )
+            await hook(store, receiver, "healthy")  # site s1
+        worker = in_process_workers(settings)
+        await worker.wait_ready()
+        await publish_events(settings, [post(n, site="s_bad") for n in range(10)])
+        await poll(lambda: sum(len(h.received) for h in hangs), until=lambda n: n >= 2)
+        hanging_since = started = asyncio.get_running_loop().time()
+        await publish_events(settings, [post(n) for n in range(100)])
+        await receiver.wait_for(lambda got: len(receiver.at("/healthy")) == 100, timeout=30)
+        elapsed = asyncio.get_running_loop().time() - started
+        assert elapsed < settings.http_timeout, elapsed
+        # Before the first of them timed out, the hanging site had made two requests: its two
+        # places, never more.
+        if asyncio.get_running_loop().time() - hanging_since < settings.http_timeout - 0.5:
+            assert sum(len(h.received) for h in hangs) == 2
+    finally:
+        for hang in hangs:
+            await hang.stop()
+
+
 async def test_a_rate_limited_webhook_is_paced_and_others_are_not(
     settings: Settings, receiver: Receiver, in_process_workers
 ) -> None:

@@ -139,6 +139,7 @@ class Harness:
         endpoint_max_queued: int = 100,
         max_body_bytes: int = 1024 * 1024,
         disable_after: float = DISABLE_AFTER,
+        owner_max_in_flight: int = 0,
     ) -> None:
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
@@ -160,6 +161,7 @@ class Harness:
             breaker_threshold=THRESHOLD,
             breaker_cooldown=COOLDOWN,
             max_body_bytes=max_body_bytes,
+            owner_max_in_flight=owner_max_in_flight,
             clock=self.clock,
             wall_time=self.wall,
         )
@@ -871,3 +873,38 @@ async def test_an_attempt_not_made_gives_its_rate_limit_token_back(skip: str) ->
     await h.run(make_job(webhook=limited, event=make_event("evt_next")))
     assert len(h.sender.sent) == 1
     assert h.attempt()["outcome"] == "success"  # sent at once, not deferred as rate_limited
+
+
+async def test_one_sites_webhooks_take_at_most_their_places_whatever_their_endpoints() -> None:
+    """A site's webhooks on many endpoints, each answering slowly, held every place of the
+    worker (each endpoint its own 16) and the pipeline's pending jobs with them, until
+    2026-12-05. Now a site has ``owner_max_in_flight`` requests in flight, as many waiting,
+    and the rest are skipped ``owner_busy`` to the retry path (not an attempt of the schedule)
+    while another site's deliveries go on; a delivery cancelled while it waits gives its
+    place back."""
+    sender = FakeSender()
+    sender.gate = asyncio.Event()
+    h = Harness(sender, max_in_flight=64, owner_max_in_flight=2)
+    hostile = [
+        dataclasses.replace(make_webhook(f"wh_{n}", host=f"slow{n}.example"), site_id="s_bad")
+        for n in range(8)
+    ]
+    jobs = [h.start(make_job(webhook=w, event=make_event(f"e_{n}"))) for n, w in enumerate(hostile)]
+    await eventually(lambda: len(sender.sent) == 2 and sum(t.done() for t in jobs) == 4)
+    skipped_now = [r for _, r in h.outputs.attempts if r["error"] == "owner_busy"]
+    assert len(skipped_now) == 4 and all(r["next"] == "retry" for r in skipped_now)
+    # Another site's delivery is sent at once, beside them.
+    other = h.start(make_job(webhook=make_webhook("wh_other", host="fine.example")))
+    await eventually(lambda: len(sender.sent) == 3)
+    assert sender.sent[-1].job.webhook.id == "wh_other"
+    # One of the two waiting is cancelled: its place goes back.
+    waiting = [t for t in jobs if not t.done()]
+    assert len(waiting) == 4  # two in flight, two waiting
+    owners = h.deliverer._owners
+    assert owners is not None and owners.waiting("site_id:s_bad") == 2
+    waiting[-1].cancel()
+    await eventually(lambda: owners.waiting("site_id:s_bad") == 1)
+    sender.gate.set()
+    await asyncio.wait_for(asyncio.gather(*waiting[:-1], other), PROMPT)
+    assert len(sender.sent) == 4  # the two in flight, the one left waiting, the other site's
+    assert owners.waiting("site_id:s_bad") == 0 and "site_id:s_bad" not in owners._endpoints
