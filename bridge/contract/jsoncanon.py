@@ -415,21 +415,50 @@ def check_text(value: object) -> None:
 
 def find_lone_surrogate(value: object) -> str | None:
     """The JSON path of a string (an object key, or a value) holding a lone surrogate, or
-    ``None``. Containers are walked without recursion, however deep."""
-    stack: list[tuple[object, list[str | int]]] = [(value, [])]
+    ``None``. Containers are walked without recursion, however deep, each value once: a path
+    is kept as a link to its parent's, and spelled out only for the string found (until
+    2026-12-05 every value queued a copy of its whole path: a record of 0.9 MB, 900 arrays
+    deep, took 20 s and 3.3 GB)."""
+    if isinstance(value, str):
+        return format_path([]) if _has_surrogate(value) else None
+    stack: list[tuple[object, _Where]] = [(value, None)]
     while stack:
-        item, path = stack.pop()
-        if isinstance(item, str):
-            if _has_surrogate(item):
-                return format_path(path)
-        elif isinstance(item, dict):
-            for key in item:
+        item, where = stack.pop()
+        # Strings are looked at as their container is; only containers are queued (numbers
+        # and strings, most of a large value, cost no entry).
+        inner: list[tuple[object, _Where]] = []
+        if isinstance(item, dict):
+            for key, child in item.items():
                 if isinstance(key, str) and _has_surrogate(key):
-                    return format_path([*path, key])
-            stack.extend((child, [*path, str(key)]) for key, child in reversed(item.items()))
+                    return format_path([*_spelled(where), key])
+                if isinstance(child, str):
+                    if _has_surrogate(child):
+                        return format_path([*_spelled(where), str(key)])
+                elif isinstance(child, dict | list | tuple):
+                    inner.append((child, (where, str(key))))
         elif isinstance(item, list | tuple):
-            stack.extend((child, [*path, i]) for i, child in reversed(list(enumerate(item))))
+            for i, child in enumerate(item):
+                if isinstance(child, str):
+                    if _has_surrogate(child):
+                        return format_path([*_spelled(where), i])
+                elif isinstance(child, dict | list | tuple):
+                    inner.append((child, (where, i)))
+        inner.reverse()
+        stack.extend(inner)
     return None
+
+
+#: A place in a JSON value: its parent's place and its key or index (``None``: the top).
+_Where = tuple["_Where", str | int] | None
+
+
+def _spelled(where: _Where) -> list[str | int]:
+    path: list[str | int] = []
+    while where is not None:
+        where, step = where
+        path.append(step)
+    path.reverse()
+    return path
 
 
 def _has_surrogate(text: str) -> bool:
