@@ -42,8 +42,10 @@ class ActivityBook:
         self._max_age = max_age
         self._activity: dict[str, Activity] = {}
         #: The webhooks keeping an attempt of each delivery (one: a delivery id is made from
-        #: its webhook's id), so that finding a delivery does not walk every webhook's log.
-        self._by_delivery: dict[str, list[str]] = {}
+        #: its webhook's id), so that finding a delivery does not walk every webhook's log. A
+        #: dict as an ordered set: records naming one delivery id with thousands of webhooks
+        #: made each add and removal a walk of a list (until 2026-12-05: 40,000 took 11.6 s).
+        self._by_delivery: dict[str, dict[str, None]] = {}
 
     def __len__(self) -> int:
         return len(self._activity)
@@ -66,16 +68,16 @@ class ActivityBook:
             return False
         holders = self._by_delivery.get(attempt.delivery_id)
         if holders is None:
-            self._by_delivery[attempt.delivery_id] = [webhook_id]
-        elif webhook_id not in holders:
-            holders.append(webhook_id)
+            self._by_delivery[attempt.delivery_id] = {webhook_id: None}
+        else:
+            holders[webhook_id] = None
         activity.stats.add(attempt, now)
         return True
 
     def _unindex(self, delivery_id: str, webhook_id: str) -> None:
         holders = self._by_delivery.get(delivery_id)
         if holders is not None and webhook_id in holders:
-            holders.remove(webhook_id)
+            del holders[webhook_id]
             if not holders:
                 del self._by_delivery[delivery_id]
 

@@ -122,6 +122,10 @@ class Deliverer:
     def breakers(self) -> Breakers:
         return self._breakers
 
+    @property
+    def policy(self) -> RetryPolicy:
+        return self._policy
+
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._wall_time(), UTC)
 

@@ -85,6 +85,10 @@ def parse_retry(raw: bytes | None) -> PendingRetry:
         history = value.get("attempts", [])
         if not isinstance(history, list) or not all(isinstance(a, dict) for a in history):
             raise InvalidRecord("invalid_retry_record", "$.attempts must be an array of objects")
+        # What the deliverer reads of them (a list there was a TypeError when the attempt was
+        # deferred, until 2026-12-05: dead-lettered as the bridge's own error).
+        if not all(isinstance(a.get("error"), str | None) for a in history):
+            raise InvalidRecord("invalid_retry_record", "$.attempts[].error must be a string")
         # Written again with the next retry and into a dead letter: it must encode, and fit.
         try:
             encoded_history = jsoncanon.dumps(history)

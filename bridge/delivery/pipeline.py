@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -65,8 +65,10 @@ class Pipeline:
         freshness: TableFreshness | None = None,
         wall_time: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._index = index
+        self._sleep = sleep
         self._deliverer = deliverer
         self._outputs = outputs
         self._metrics = metrics
@@ -242,8 +244,15 @@ class Pipeline:
             await self._settle_unmatched(source, *internal_error(exc, "reading a retry"), raw, ack)
             return
         delay = pending.not_before - self._wall_time()
+        # A record of this tier was due at most the tier's delay after it was written, so at
+        # most that long from now: one due later (a writer's clock far ahead, or a hostile
+        # record: 1e300) is taken as due then, rather than holding up the tier's partition
+        # until it (until 2026-12-05, for good).
+        longest = self._deliverer.policy.tier_delay(tier)
+        if delay > longest:
+            delay = longest
         if delay > 0:
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
         self._metrics.retry_wait.labels(str(tier)).observe(
             max(0.0, self._wall_time() - pending.enqueued_at)
         )

@@ -100,6 +100,11 @@ class RetryPolicy:
             delay = max(delay, min(wait, self.retry_after_cap, self.schedule[-1]))
         return Decision("retry", tier=self.tier_for(delay), delay=delay)
 
+    def tier_delay(self, tier: int) -> float:
+        """The longest a record waits in ``tier`` (the schedule's delay; the last one's for a
+        tier past the schedule, as a deployment whose schedule shrank reads)."""
+        return self.schedule[min(max(tier, 0), len(self.schedule) - 1)]
+
     def tier_for(self, wait: float, *, at_least: int = 0) -> int:
         """The first tier (from ``at_least``) whose delay covers ``wait``: a record waiting in a
         tier then never holds up the records queued behind it for longer than the tier's delay.

@@ -46,6 +46,7 @@ from bridge.errors import InvalidRecord
 from bridge.kafka.clients import started, stopped
 
 __all__ = [
+    "FUTURE_MARGIN",
     "NEVER_READ",
     "AssignmentTable",
     "CountingAssignor",
@@ -60,6 +61,13 @@ log = logging.getLogger(__name__)
 
 #: The offset :class:`AssignmentTable` claims to have read up to: past any partition's end.
 NEVER_READ = 2**62
+
+#: Seconds past the reader's clock an attempt may be stamped and still be kept (writers' clocks
+#: differ by less). One stamped later is not an attempt that happened: it is skipped as invalid,
+#: since the log keeps the newest and the stats a bucket for each minute, and a sweep only
+#: expires the past (until 2026-12-05 such records pushed real attempts out of the log and grew
+#: the stats without bound).
+FUTURE_MARGIN = 300.0
 
 #: Longest the reader sweeps at a time before it lets the event loop run other work (requests,
 #: and deliveries with ``--role all``): a whole sweep of 100,000 webhooks takes 0.2-1.3 s.
@@ -304,6 +312,10 @@ class DeliveryLogReader(Service):
                     invalid += 1
                     store.skip(partition, offset, timestamp)
                     log.exception("attempt record skipped")
+                    continue
+                if attempt.at_seconds > now + FUTURE_MARGIN:
+                    invalid += 1
+                    store.skip(partition, offset, timestamp)
                     continue
                 assert value is not None
                 try:

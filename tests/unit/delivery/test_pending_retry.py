@@ -186,6 +186,10 @@ INVALID: dict[str, bytes | None] = {
         valid_record(event=bad_event(data={"id": "p", "title": "\udfff"}))
     ),
     "attempts lone surrogate": encode(valid_record(attempts=[{"error": "\ud800"}])),
+    # Read by the deliverer (a deferred attempt counts the deferrals): a list there was a
+    # TypeError, dead-lettered as the bridge's own error, until 2026-12-05.
+    "attempts error a list": encode(valid_record(attempts=[{"error": ["circuit_open"]}])),
+    "attempts error a number": encode(valid_record(attempts=[{"error": 5}])),
 }
 
 

@@ -487,6 +487,30 @@ async def test_due_retry_is_delivered_with_the_same_delivery_id() -> None:
     assert h.value("webhook_bridge_retry_wait_seconds_sum", tier="1") == 60.0
 
 
+@pytest.mark.parametrize("tier", [0, 1, 7])
+@pytest.mark.parametrize("ahead", [SCHEDULE[-1] + 1, 10 * 365 * 86400.0, 1e300])
+async def test_a_retry_due_past_its_tiers_delay_waits_that_delay_at_most(
+    monkeypatch: pytest.MonkeyPatch, tier: int, ahead: float
+) -> None:  # (tier 7: past the schedule, as after it shrank)
+    """A record of a tier is due at most the tier's delay after it was written: one due later
+    (a writer's clock far ahead, or a hostile record) is attempted after that delay, rather
+    than holding up its tier's partition until then (until 2026-12-05: for good, at 1e300)."""
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    hook = webhook("w")
+    h = Harness([hook], ScriptedSender())
+    monkeypatch.setattr(h.pipeline, "_sleep", sleep)
+    acks = Acks()
+    raw = retry_record(hook, attempt=2, not_before=NOW_TS + ahead)
+    await asyncio.wait_for(h.pipeline.handle_retry(raw, RETRY_SOURCE, acks, tier), PROMPT)
+    await h.settled()
+    assert slept == [SCHEDULE[min(tier, len(SCHEDULE) - 1)]]
+    assert len(h.sender.sent) == 1 and acks.count == 1
+
+
 async def test_retry_for_a_deleted_or_inactive_webhook_is_dropped() -> None:
     inactive = webhook("w-off", active=False)
     h = Harness([inactive], ScriptedSender())

@@ -16,6 +16,7 @@ from bridge.attempts.stores import Checkpoint, DeliveryLogStore, MemoryStore, Ro
 from bridge.contract import jsoncanon
 from bridge.worker.app import Bridge
 from bridge.worker.delivery_log import (
+    FUTURE_MARGIN,
     NEVER_READ,
     DeliveryLogReader,
     OwnerUnavailable,
@@ -77,6 +78,28 @@ def test_records_of_held_partitions_fill_the_store_and_gaps_are_reported(
     log.forget([0])
     assert log.store.get("a") is None and log.store.get("b") is not None
     assert log.summary()["partitions"] == [1]
+
+
+def test_attempts_stamped_past_the_readers_clock_are_not_kept(store: DeliveryLogStore) -> None:
+    """An attempt stamped more than FUTURE_MARGIN ahead did not happen: kept, such records
+    pushed real attempts out of the log (it keeps the newest) and grew the stats by a bucket a
+    minute, which no sweep expires (until 2026-12-05). Skipped as invalid; one within the
+    margin (a writer's clock a little ahead) is kept."""
+    log = reader(store)  # its clock: T0 + 60
+    log.hold(0)
+    now = T0 + 60
+    ahead = [
+        jsoncanon.dumps(record(webhook_id="a", delivery_id=f"f{n}", at=stamp(now + 301 + n)))
+        for n in range(50)
+    ]
+    log.add_many(0, [(n, raw, -1) for n, raw in enumerate(ahead)])
+    near = record(webhook_id="a", delivery_id="near", at=stamp(now + FUTURE_MARGIN - 1))
+    log.add(0, 50, jsoncanon.dumps(near))
+    summary = log.summary()
+    assert (summary["attempts"], summary["invalid"]) == (1, 50)
+    kept = log.store.get("a")
+    assert kept is not None and [a.delivery_id for a in kept.log.attempts()] == ["near"]
+    assert log.positions == {0: 50}
 
 
 def test_caught_up_only_once_every_assigned_partition_is_read_to_its_end(
