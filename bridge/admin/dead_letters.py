@@ -225,19 +225,27 @@ def _replayed(record: dict[str, Any], now: float) -> PendingRetry | None:
     when it cannot be replayed (no webhook, or an event a worker would dead-letter now)."""
     if not record.get("webhook_id") or not isinstance(record.get("event"), dict):
         return None
+    # Written by something else than the bridge, a letter may lack what a retry needs: it is
+    # not replayed, and the others are (until 2026-12-05 one such letter failed the replay).
+    delivery = record.get("delivery_id")
+    attempts = record.get("attempts") or []
+    if not isinstance(delivery, str) or not delivery or not isinstance(attempts, list):
+        return None
+    if not all(isinstance(a, dict) and isinstance(a.get("error"), str | None) for a in attempts):
+        return None
     created = record.get("webhook_created_at")
     try:
         event = parse_event(jsoncanon.dumps(record["event"]))
     except InvalidRecord:
         return None
     return PendingRetry(
-        delivery_id=str(record["delivery_id"]),
+        delivery_id=delivery,
         webhook_id=str(record["webhook_id"]),
         event=event,
         attempt=2,
         not_before=now,
         enqueued_at=now,
-        history=tuple(record.get("attempts") or ()),
+        history=tuple(attempts),
         replayed=True,
         webhook_created_at=created if isinstance(created, str) else None,
     )

@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from bridge.admin.loop_share import STRETCH_RECORDS, LoopShare, Payer
 from bridge.config import Settings
 from bridge.contract.events import format_epoch, format_timestamp, parse_event, parse_time
+from bridge.contract.jsoncanon import MAX_SAFE_INTEGER
 from bridge.contract.payload import delivery_id
 from bridge.delivery.pending_retry import PendingRetry
 from bridge.errors import InvalidRecord
@@ -73,15 +74,24 @@ def _moment(seconds: float | None) -> str | None:
 
 
 def _seconds(value: Any, name: str) -> float:
+    """A time of a recovery record, as seconds; ``ValueError`` for one that is not a time or
+    that cannot be written back (the last fraction of a second of year 9999 rounds into year
+    10000: until 2026-12-05 such a record was taken, and every answer showing it was a 500)."""
     try:
-        return parse_time(value).timestamp()
-    except ValueError as exc:
+        seconds = parse_time(value).timestamp()
+        format_epoch(seconds)
+    except (ValueError, OverflowError, OSError) as exc:
         raise ValueError(f"{name}: {exc}") from None
+    return seconds
 
 
 def _count(record: dict[str, Any], name: str) -> int:
     value = record.get(name, 0)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not 0 <= value <= MAX_SAFE_INTEGER  # as the API can write it
+    ):
         raise ValueError(f"{name} is not a count")
     return value
 
@@ -89,7 +99,10 @@ def _count(record: dict[str, Any], name: str) -> int:
 def _offsets(record: dict[str, Any], name: str) -> dict[str, int]:
     value = record.get(name) or {}
     if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        isinstance(k, str)
+        and isinstance(v, int)
+        and not isinstance(v, bool)
+        and 0 <= v <= MAX_SAFE_INTEGER
         for k, v in value.items()
     ):
         raise ValueError(f"{name} is not offsets by partition")

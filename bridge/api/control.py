@@ -36,8 +36,10 @@ from bridge.attempts.log import AttemptLog, LogQuery
 from bridge.attempts.log import Page as LogPage
 from bridge.attempts.record import Attempt
 from bridge.attempts.stats import WINDOWS
+from bridge.contract import jsoncanon
 from bridge.contract.events import format_timestamp, parse_time
 from bridge.cursors import decode_cursor, encode_cursor
+from bridge.errors import InvalidRecord
 from bridge.subscriptions.serial import KeyedLocks
 from bridge.subscriptions.webhook import Webhook, before_created
 
@@ -660,6 +662,11 @@ class ControlService:
                     continue
                 if visible is not None and not await visible(record):
                     continue
+                if not _writable(record):
+                    # Read, but not what an answer can hold (an integer past JavaScript's
+                    # safe range, written by something else than the bridge): left out, on
+                    # every page alike (until 2026-12-05 every page holding it was a 500).
+                    continue
                 bisect.insort(first, (position, next(count), record))
                 del first[limit + 1 :]
         items = [record for _, _, record in first[:limit]]
@@ -704,3 +711,12 @@ class ControlService:
         if not attempts:
             return where
         return dataclasses.replace(where, webhook_id=attempts[0].webhook_id)
+
+
+def _writable(record: dict[str, Any]) -> bool:
+    """Whether ``record`` can be written in an answer as it is."""
+    try:
+        jsoncanon.dumps(record)
+    except InvalidRecord:
+        return False
+    return True

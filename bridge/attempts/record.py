@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from bridge.contract.events import parse_time
+from bridge.contract.jsoncanon import MAX_SAFE_INTEGER
 from bridge.errors import InvalidRecord
 
 __all__ = ["OUTCOMES", "Attempt", "status_class"]
@@ -137,13 +138,16 @@ class Attempt:
                 or (type(webhook_created_at) is str and webhook_created_at)
             )
             and type(attempt) is int
-            and attempt >= 1
+            and 1 <= attempt <= MAX_SAFE_INTEGER
             and type(outcome) is str
             and outcome in OUTCOMES
-            and (status is None or type(status) is int)
+            and (status is None or (type(status) is int and 0 <= status <= 999))
             and (type(duration) is float or type(duration) is int)
-            and duration >= 0
-            and (response_bytes is None or (type(response_bytes) is int and response_bytes >= 0))
+            and 0 <= duration <= MAX_SAFE_INTEGER
+            and (
+                response_bytes is None
+                or (type(response_bytes) is int and 0 <= response_bytes <= MAX_SAFE_INTEGER)
+            )
             and type(truncated) is bool
             and (prefix is None or type(prefix) is str)
         ):
@@ -216,23 +220,36 @@ def _check(record: dict[str, Any]) -> None:
         value = get(name)
         if value is not None and (not isinstance(value, str) or not value):
             raise InvalidRecord("schema_invalid", f"attempt record: {name} is not a string")
+    # Integers within JavaScript's safe range: the API answers with what the log keeps, and
+    # cannot write a larger one (until 2026-12-05 a status of 2**62 made every page of that
+    # webhook's log a 500).
     attempt = get("attempt")
-    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+    if (
+        isinstance(attempt, bool)
+        or not isinstance(attempt, int)
+        or not 1 <= attempt <= MAX_SAFE_INTEGER
+    ):
         raise InvalidRecord("schema_invalid", "attempt record: attempt is not a count")
     outcome = get("outcome")
     if not isinstance(outcome, str) or outcome not in OUTCOMES:  # a list is not hashable
         raise InvalidRecord("schema_invalid", "attempt record: unknown outcome")
     status = get("status")
-    if status is not None and (isinstance(status, bool) or not isinstance(status, int)):
-        raise InvalidRecord("schema_invalid", "attempt record: status is not an integer")
+    if status is not None and (
+        isinstance(status, bool) or not isinstance(status, int) or not 0 <= status <= 999
+    ):
+        raise InvalidRecord("schema_invalid", "attempt record: status is not an HTTP status")
     duration = get("duration_seconds")
-    if isinstance(duration, bool) or not isinstance(duration, int | float) or duration < 0:
+    if (
+        isinstance(duration, bool)
+        or not isinstance(duration, int | float)
+        or not 0 <= duration <= MAX_SAFE_INTEGER
+    ):
         raise InvalidRecord("schema_invalid", "attempt record: duration_seconds is not >= 0")
     response_bytes = get("response_bytes")
     if response_bytes is not None and (
         isinstance(response_bytes, bool)
         or not isinstance(response_bytes, int)
-        or response_bytes < 0
+        or not 0 <= response_bytes <= MAX_SAFE_INTEGER
     ):
         raise InvalidRecord("schema_invalid", "attempt record: response_bytes is not a count")
     if not isinstance(get("response_truncated", False), bool):

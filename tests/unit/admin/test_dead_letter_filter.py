@@ -70,3 +70,23 @@ def test_a_replayed_letter_names_the_webhook_it_was_made_for() -> None:
         made["webhook_created_at"] = odd
         replayed = _replayed(made, 1.0)
         assert replayed is not None and replayed.webhook_created_at is None
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"delivery_id": None},
+        {"delivery_id": ""},
+        {"delivery_id": 5},
+        {"attempts": "abc"},
+        {"attempts": [1]},
+        {"attempts": [{"error": ["circuit_open"]}]},
+    ],
+)
+def test_a_letter_that_is_no_retry_is_not_replayed(odd: dict[str, Any]) -> None:
+    """Written by something else than the bridge, a letter may lack what a retry needs: it is
+    passed over, where until 2026-12-05 it failed the whole replay (KeyError, ValueError,
+    TypeError), and every replay matching it for the topic's 30 days."""
+    made = letter(CREATED, event=SPEC_EVENT.envelope(), delivery_id="d_1", attempts=[])
+    assert _replayed(made, 1.0) is not None
+    assert _replayed({**made, **odd}, 1.0) is None

@@ -496,6 +496,26 @@ async def test_shutting_the_app_down_cancels_running_recoveries() -> None:
     assert operation.state == "cancelled" and operation.finished_at is not None
 
 
+async def test_a_letter_no_answer_can_hold_is_left_out_of_every_page(api: Api) -> None:
+    """A letter with an integer past JavaScript's safe range (written by something else than
+    the bridge) is read, but cannot be written in an answer: until 2026-12-05 every page
+    holding it was a 500. It is left out, the pages around it as they would be without it."""
+    odd = dead_letter(2, at="2026-01-15T10:02:00.000Z")
+    odd["attempts"] = [{"status": 2**62}]
+    api.dead_letters.records = [
+        dead_letter(1, at="2026-01-15T10:01:00.000Z"),
+        odd,
+        dead_letter(3, at="2026-01-15T10:03:00.000Z"),
+    ]
+    first = await api.client.get("/v1/dead-letters?limit=1", headers=auth())
+    page = await first.json()
+    assert first.status == 200 and [d["delivery_id"] for d in page["items"]] == ["dl_1"]
+    rest = await api.client.get(
+        f"/v1/dead-letters?limit=5&cursor={page['next_cursor']}", headers=auth()
+    )
+    assert [d["delivery_id"] for d in (await rest.json())["items"]] == ["dl_3"]
+
+
 async def test_dead_letters_listed_oldest_first_in_pages(api: Api) -> None:
     api.dead_letters.records = [
         dead_letter(3, at="2026-01-15T10:03:00.000Z"),

@@ -127,7 +127,9 @@ _FIELDS = (
 _ANY_VALUE = st.one_of(
     st.none(),
     st.booleans(),
-    st.integers(min_value=-3, max_value=700),
+    st.integers(min_value=-3, max_value=1200),
+    st.sampled_from([2**53 - 1, 2**53, 2**62]),  # past JavaScript's safe integers
+    st.sampled_from([1e300, 9007199254740992.0]),
     st.floats(min_value=-1.0, max_value=1e6, allow_nan=False),
     st.sampled_from(["", "x", "success", "failure", "skipped", "2024-01-15T10:30:00.250Z"]),
     st.lists(st.integers(), max_size=2),
@@ -146,19 +148,28 @@ def _reference_problem(fields: dict[str, Any]) -> str | None:
         value = fields.get(name)
         if value is not None and (not isinstance(value, str) or not value):
             return f"attempt record: {name} is not a string"
+    safe = 2**53 - 1
     attempt = fields.get("attempt")
-    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or not 1 <= attempt <= safe:
         return "attempt record: attempt is not a count"
     if fields.get("outcome") not in ("success", "failure", "skipped"):
         return "attempt record: unknown outcome"
     status = fields.get("status")
-    if status is not None and (isinstance(status, bool) or not isinstance(status, int)):
-        return "attempt record: status is not an integer"
+    if status is not None and (
+        isinstance(status, bool) or not isinstance(status, int) or not 0 <= status <= 999
+    ):
+        return "attempt record: status is not an HTTP status"
     duration = fields.get("duration_seconds")
-    if isinstance(duration, bool) or not isinstance(duration, int | float) or duration < 0:
+    if (
+        isinstance(duration, bool)
+        or not isinstance(duration, int | float)
+        or not 0 <= duration <= safe
+    ):
         return "attempt record: duration_seconds is not >= 0"
     size = fields.get("response_bytes")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+    if size is not None and (
+        isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= safe
+    ):
         return "attempt record: response_bytes is not a count"
     if not isinstance(fields.get("response_truncated", False), bool):
         return "attempt record: response_truncated is not true"
