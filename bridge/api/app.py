@@ -134,13 +134,7 @@ class _Routes:
         """The request's token, which has ``scope``, within its rate."""
         principal = self._tokens.authenticate(request.headers.get("Authorization"))
         principal.require(scope)
-        wait = self._buckets.take(principal.name)
-        if wait:
-            raise Problem(
-                "too_many_requests",
-                f"more than {self._config.rate_limit:g} requests a second with this token",
-                headers={"Retry-After": str(wait)},
-            )
+        self._buckets.admit(principal.name)
         return principal
 
     async def _body(self, request: web.Request, *, optional: bool = False) -> dict[str, Any]:

@@ -13,6 +13,8 @@ import math
 import time
 from collections.abc import Callable
 
+from bridge.api.problems import Problem
+
 __all__ = ["BURST_SECONDS", "TokenBuckets"]
 
 #: A token's bucket holds this many seconds of its rate: a client idle for a while may send that
@@ -50,3 +52,14 @@ class TokenBuckets:
             return 0
         self._buckets[name] = (left, now)
         return max(1, math.ceil((1.0 - left) / self.rate))
+
+    def admit(self, name: str, what: str = "requests") -> None:
+        """:meth:`take`, or ``429`` (``too_many_requests``) with ``Retry-After`` when the
+        bucket is empty; ``what`` names what the rate counts, in the problem's detail."""
+        wait = self.take(name)
+        if wait:
+            raise Problem(
+                "too_many_requests",
+                f"more than {self.rate:g} {what} a second with this token",
+                headers={"Retry-After": str(wait)},
+            )
