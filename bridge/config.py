@@ -597,8 +597,8 @@ class Settings:
         "--owner-max-in-flight",
         _count,
         "Requests in flight at once, per worker, for one site's webhooks (an account's "
-        "account-wide ones) across all their endpoints; as many again may wait, more go to the "
-        "retry path (owner_busy). 0: no limit.",
+        "account-wide ones) across all their endpoints; a delivery finding them all taken goes "
+        "to the retry path (owner_busy). 0: no limit.",
     )
     breaker_threshold: int = Section.RELIABILITY.setting(
         5,

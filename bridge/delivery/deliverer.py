@@ -102,12 +102,12 @@ class Deliverer:
         self._health = health
         self._slots = Slots(max_in_flight)
         self._endpoints = EndpointSlots(endpoint_max_in_flight, endpoint_max_queued)
-        #: Per site (account): one site's webhooks on many endpoints, each holding its
+        #: Requests in flight per site (account), at most ``owner_max_in_flight`` (0: no
+        #: limit): one site's webhooks on many endpoints, each holding its
         #: ``endpoint_max_in_flight`` for as long as it takes to answer, held every place of the
-        #: worker and filled its pending jobs (until 2026-12-05). ``None``: no such limit.
-        self._owners = (
-            EndpointSlots(owner_max_in_flight, owner_max_in_flight) if owner_max_in_flight else None
-        )
+        #: worker and filled its pending jobs (until 2026-12-05).
+        self._owner_limit = owner_max_in_flight
+        self._owner_in_flight: dict[str, int] = {}
         self._breakers = Breakers(breaker_threshold, breaker_cooldown, clock)
         self._rates = RateLimits(clock)
         self._max_body_bytes = max_body_bytes
@@ -192,24 +192,24 @@ class Deliverer:
             skip = self._skipped("circuit_open", self._breakers.reopens_in(endpoint))
             await self._settle_failure(job, skip, counts=False)
             return None
-        # The site's place first: one waiting for it holds no endpoint's place, which other
-        # sites' deliveries to the same endpoint may need.
-        owners = self._owners
-        owner = None if owners is None else _owner_key(webhook)
-        if owners is not None and owner is not None:
-            if not await self._take(owners, owner, webhook, endpoint):
-                await self._settle_failure(job, self._skipped("owner_busy"), counts=False)
-                return None
         try:
-            took = await self._take(self._endpoints, endpoint, webhook, endpoint)
-        except BaseException:  # cancelled while waiting: the site's place goes back
-            if owners is not None and owner is not None:
-                owners.release(owner)
-            raise
-        if not took:
-            if owners is not None and owner is not None:
-                owners.release(owner)
+            await self._endpoints.acquire(endpoint)
+        except EndpointBusy:
+            # Nor here; and a half-open circuit's probe goes to the next request.
+            self._rates.refund(webhook.id)
+            self._breakers.release(endpoint)
             await self._settle_failure(job, self._skipped("endpoint_busy"), counts=False)
+            return None
+        # The site's place, once the endpoint's is taken, and never waited for: a delivery
+        # waiting for it would hold its endpoint's place (which other sites' deliveries to a
+        # shared endpoint may need), and one holding it while waiting for its endpoint would
+        # let one slow endpoint of a site take every place of the site's.
+        owner = _owner_key(webhook) if self._owner_limit else None
+        if owner is not None and not self._take_owner(owner):
+            self._endpoints.release(endpoint)
+            self._rates.refund(webhook.id)
+            self._breakers.release(endpoint)
+            await self._settle_failure(job, self._skipped("owner_busy"), counts=False)
             return None
         result: AttemptResult | None = None
         try:
@@ -223,8 +223,8 @@ class Deliverer:
                     self._in_flight -= 1
         finally:
             self._endpoints.release(endpoint)
-            if owners is not None and owner is not None:
-                owners.release(owner)
+            if owner is not None:
+                self._release_owner(owner)
             if result is None:
                 # Cancelled or crashed mid-request: tell the breaker, or a half-open circuit
                 # would wait for its probe's answer for ever.
@@ -249,16 +249,25 @@ class Deliverer:
         await self._settle_failure(job, result, counts=not refused)
         return None
 
-    async def _take(self, slots: EndpointSlots, key: str, webhook: Webhook, endpoint: str) -> bool:
-        """A place in ``slots`` under ``key``; ``False`` when its queue is full: nor here, then,
-        and a half-open circuit's probe goes to the next request."""
-        try:
-            await slots.acquire(key)
-        except EndpointBusy:
-            self._rates.refund(webhook.id)
-            self._breakers.release(endpoint)
+    def _take_owner(self, owner: str) -> bool:
+        """A place among the requests in flight of a site (account); ``False`` when it has
+        them all."""
+        taken = self._owner_in_flight.get(owner, 0)
+        if taken >= self._owner_limit:
             return False
+        self._owner_in_flight[owner] = taken + 1
         return True
+
+    def _release_owner(self, owner: str) -> None:
+        left = self._owner_in_flight[owner] - 1
+        if left:
+            self._owner_in_flight[owner] = left
+        else:
+            del self._owner_in_flight[owner]  # the map stays the size of the busy sites
+
+    def owner_in_flight(self, owner: str) -> int:
+        """Requests in flight for a site (``"site_id:..."``) or account (``"user_id:..."``)."""
+        return self._owner_in_flight.get(owner, 0)
 
     def _skipped(self, error: str, retry_after: float | None = None) -> AttemptResult:
         self._metrics.skipped.labels(error).inc()

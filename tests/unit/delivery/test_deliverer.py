@@ -878,10 +878,10 @@ async def test_an_attempt_not_made_gives_its_rate_limit_token_back(skip: str) ->
 async def test_one_sites_webhooks_take_at_most_their_places_whatever_their_endpoints() -> None:
     """A site's webhooks on many endpoints, each answering slowly, held every place of the
     worker (each endpoint its own 16) and the pipeline's pending jobs with them, until
-    2026-12-05. Now a site has ``owner_max_in_flight`` requests in flight, as many waiting,
-    and the rest are skipped ``owner_busy`` to the retry path (not an attempt of the schedule)
-    while another site's deliveries go on; a delivery cancelled while it waits gives its
-    place back."""
+    2026-12-05. Now a site has at most ``owner_max_in_flight`` requests in flight; a delivery
+    finding them all taken is skipped ``owner_busy`` to the retry path at once (a deferral,
+    not an attempt of the schedule), holding nothing, while another site's deliveries go on;
+    a place is given back however its request ends (cancelled too)."""
     sender = FakeSender()
     sender.gate = asyncio.Event()
     h = Harness(sender, max_in_flight=64, owner_max_in_flight=2)
@@ -890,21 +890,21 @@ async def test_one_sites_webhooks_take_at_most_their_places_whatever_their_endpo
         for n in range(8)
     ]
     jobs = [h.start(make_job(webhook=w, event=make_event(f"e_{n}"))) for n, w in enumerate(hostile)]
-    await eventually(lambda: len(sender.sent) == 2 and sum(t.done() for t in jobs) == 4)
-    skipped_now = [r for _, r in h.outputs.attempts if r["error"] == "owner_busy"]
-    assert len(skipped_now) == 4 and all(r["next"] == "retry" for r in skipped_now)
+    await eventually(lambda: len(sender.sent) == 2 and sum(t.done() for t in jobs) == 6)
+    skipped = [r for _, r in h.outputs.attempts if r["error"] == "owner_busy"]
+    assert len(skipped) == 6 and all(r["next"] == "retry" for r in skipped)
+    assert all(p.attempt == 1 for _, _, raw in h.outputs.retries for p in [parse_retry(raw)])
+    assert h.deliverer.owner_in_flight("site_id:s_bad") == 2
     # Another site's delivery is sent at once, beside them.
     other = h.start(make_job(webhook=make_webhook("wh_other", host="fine.example")))
     await eventually(lambda: len(sender.sent) == 3)
     assert sender.sent[-1].job.webhook.id == "wh_other"
-    # One of the two waiting is cancelled: its place goes back.
-    waiting = [t for t in jobs if not t.done()]
-    assert len(waiting) == 4  # two in flight, two waiting
-    owners = h.deliverer._owners
-    assert owners is not None and owners.waiting("site_id:s_bad") == 2
-    waiting[-1].cancel()
-    await eventually(lambda: owners.waiting("site_id:s_bad") == 1)
+    # One of the two in flight is cancelled: its place goes back, and the site's next is sent.
+    in_flight = [t for t in jobs if not t.done()]
+    in_flight[0].cancel()
+    await eventually(lambda: h.deliverer.owner_in_flight("site_id:s_bad") == 1)
+    again = h.start(make_job(webhook=hostile[5], event=make_event("e_again")))
+    await eventually(lambda: len(sender.sent) == 4)
     sender.gate.set()
-    await asyncio.wait_for(asyncio.gather(*waiting[:-1], other), PROMPT)
-    assert len(sender.sent) == 4  # the two in flight, the one left waiting, the other site's
-    assert owners.waiting("site_id:s_bad") == 0 and "site_id:s_bad" not in owners._endpoints
+    await asyncio.wait_for(asyncio.gather(in_flight[1], other, again), PROMPT)
+    assert h.deliverer.owner_in_flight("site_id:s_bad") == 0
