@@ -908,3 +908,24 @@ async def test_one_sites_webhooks_take_at_most_their_places_whatever_their_endpo
     sender.gate.set()
     await asyncio.wait_for(asyncio.gather(in_flight[1], other, again), PROMPT)
     assert h.deliverer.owner_in_flight("site_id:s_bad") == 0
+
+
+async def test_one_slow_endpoint_of_a_site_holds_no_more_than_its_own_places() -> None:
+    """Deliveries waiting for a slow endpoint hold none of their site's places: the site's
+    other endpoints keep the rest (until the change that made a site's place be taken with its
+    endpoint's, a slow endpoint's queue could take every place of its site)."""
+    sender = FakeSender()
+    sender.gate = asyncio.Event()
+    h = Harness(sender, endpoint_max_in_flight=2, owner_max_in_flight=3)
+    slow = dataclasses.replace(make_webhook("wh_slow", host="slow.example"), site_id="s1")
+    quick = dataclasses.replace(make_webhook("wh_quick", host="quick.example"), site_id="s1")
+    waiting = [h.start(make_job(webhook=slow, event=make_event(f"e_{n}"))) for n in range(6)]
+    await eventually(lambda: len(sender.sent) == 2)
+    assert h.deliverer.owner_in_flight("site_id:s1") == 2  # the four waiting hold none
+    other = h.start(make_job(webhook=quick, event=make_event("e_quick")))
+    await eventually(lambda: len(sender.sent) == 3)
+    assert sender.sent[-1].job.webhook.id == "wh_quick"
+    assert not any(r["error"] == "owner_busy" for _, r in h.outputs.attempts)
+    sender.gate.set()
+    await asyncio.wait_for(asyncio.gather(*waiting, other), PROMPT)
+    assert len(sender.sent) == 7 and h.deliverer.owner_in_flight("site_id:s1") == 0
