@@ -23,6 +23,10 @@ from bridge.errors import InvalidRecord
 
 __all__ = ["EndpointStatus", "ActivitySource"]
 
+#: 9999-01-01T00:00:00Z in seconds: times from then on are not read from records (a day later
+#: and beyond cannot be written back).
+_YEAR_9999 = 253370764800.0
+
 
 @dataclass(frozen=True, slots=True)
 class EndpointStatus:
@@ -56,9 +60,13 @@ class EndpointStatus:
         updated = record.get("updated_at")
         return cls(
             state=str(record["state"]),
+            # A time the API can write back (before year 9999): a status record written by
+            # something else with 1e300 made every stats answer of the webhook a 500.
             failing_since=(
                 float(since)
-                if isinstance(since, int | float) and not isinstance(since, bool)
+                if isinstance(since, int | float)
+                and not isinstance(since, bool)
+                and 0 <= since < _YEAR_9999
                 else None
             ),
             reason=reason if isinstance(reason, str) else None,

@@ -156,6 +156,10 @@ class Attempt:
             moment = parse_time(at)
         except ValueError:
             raise InvalidRecord("schema_invalid", "attempt record: at is not a time") from None
+        if moment.year >= 9999:
+            # No room after it: a redelivery reads its events until a second later, which
+            # year 10000 does not hold (a 500 until 2026-12-05).
+            raise InvalidRecord("schema_invalid", "attempt record: at is not a time")
         return cls(
             delivery_id,
             webhook_id,

@@ -1004,3 +1004,14 @@ async def test_unknown_names_are_quoted_short_and_ten_at_most(api: Api) -> None:
     query = "&".join(f"p{n}=1" for n in range(1000))
     many = await problem(await api.client.get(f"/v1/webhooks?{query}", headers=auth()), 400)
     assert len(many["errors"]) == 10
+
+
+@pytest.mark.parametrize("since", [1e300, -1.0, 253402300799.0, True])
+def test_a_status_time_no_answer_could_hold_is_not_read(since: object) -> None:
+    """A status record written by something else, its failing period begun at 1e300, made
+    every stats answer of its webhook a 500 until 2026-12-05: such a time is not read."""
+    raw = json.dumps({"state": "failing", "failing_since": since}).encode()
+    status = EndpointStatus.parse(raw)
+    assert status is not None and status.state == "failing" and status.failing_since is None
+    kept = EndpointStatus.parse(json.dumps({"state": "failing", "failing_since": 1.7e9}).encode())
+    assert kept is not None and kept.failing_since == 1.7e9

@@ -204,3 +204,13 @@ def test_any_record_is_taken_or_refused_as_the_field_by_field_check_says(
         with pytest.raises(InvalidRecord) as refused:
             Attempt.of(fields)
         assert (refused.value.reason, refused.value.detail) == ("schema_invalid", problem)
+
+
+@pytest.mark.parametrize("at", ["9999-01-01T00:00:00Z", "9999-12-31T23:59:59.999Z"])
+def test_an_attempt_in_year_9999_is_not_an_attempt(at: str) -> None:
+    """No room after it: a redelivery reads the events until a second past its first attempt,
+    which year 10000 does not hold (a 500 until 2026-12-05)."""
+    with pytest.raises(InvalidRecord) as refused:
+        Attempt.of({**record(), "at": at})
+    assert refused.value.detail == "attempt record: at is not a time"
+    assert Attempt.of({**record(), "at": "9998-12-31T23:59:59.999Z"}).at_seconds > 0
