@@ -173,6 +173,17 @@ def _optional_str(text: str) -> str | None:
     return text or None
 
 
+def _bootstrap_servers(text: str) -> str | None:
+    # Kafka takes no credentials there, and the clients would print them in every connection
+    # error (until 2026-12-05 they were passed on as given).
+    if "@" in text:
+        raise ValueError(
+            "user information (user:password@) is not taken here: give credentials as "
+            "kafka_sasl_username and kafka_sasl_password"
+        )
+    return text or None
+
+
 class Section(enum.Enum):
     """A group of settings, declared with each setting (as faust's ``@sections.Broker.setting``).
 
@@ -241,7 +252,7 @@ class Settings:
         None,
         "BRIDGE_KAFKA_BOOTSTRAP_SERVERS",
         "--bootstrap-servers",
-        _optional_str,
+        _bootstrap_servers,
         "Kafka bootstrap servers (host:port,...). Unset: `run` starts the embedded broker.",
     )
     kafka_security_protocol: str = Section.KAFKA.setting(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["without_userinfo"]
+__all__ = ["for_logs", "without_userinfo"]
 
 #: ``scheme://user:pass@`` anywhere, and a bare ``user:pass@host`` at the start of a list item.
 _USERINFO = re.compile(
@@ -17,3 +17,12 @@ def without_userinfo(text: str) -> str:
     ``***@``: a webhook URL written by another producer, an ``api_url`` or bootstrap server
     given with credentials."""
     return _USERINFO.sub(lambda m: (m.group("scheme") or m.group("start") or "") + "***@", text)
+
+
+def for_logs(url: str) -> str:
+    """A webhook URL as logs and reprs show it: without user information, and without its
+    query, which may carry a token (``?token=...``): ``https://h.example/hook?***``. (The API
+    and the CLI show a webhook's query to those who may see the webhook: it is theirs.)"""
+    bare = without_userinfo(url)
+    path, mark, _ = bare.partition("?")
+    return f"{path}?***" if mark else path

@@ -111,7 +111,9 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bridge.api", description=__doc__)
+    from bridge.cli.commands import SilentParser  # its errors never repeat a flag's value
+
+    parser = SilentParser(prog="python -m bridge.api", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     token = commands.add_parser("token", help="a new token; prints its token-file entry")
     token.add_argument("--name", required=True)

@@ -120,7 +120,7 @@ def public_view(webhook: Webhook, *, with_secret: bool = False) -> dict[str, Any
     """The API's representation of a webhook: no secret unless ``with_secret``."""
     out: dict[str, Any] = {
         "id": webhook.id,
-        "name": webhook.name,
+        "name": webhook.shown_name(),
         "url": without_userinfo(webhook.url),  # a record written elsewhere may carry some
         "events": sorted(webhook.events),
         "site_id": webhook.site_id,

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "main",
     "COMMAND_SECTIONS",
+    "SilentParser",
     "WORKER_GC_THRESHOLDS",
     "tune_gc",
 ]
@@ -91,7 +92,7 @@ def _settings_flags(parser: argparse.ArgumentParser, command: str) -> None:
     parser.set_defaults(settings=add_section_flags(parser, COMMAND_SECTIONS[command]))
 
 
-class _Parser(argparse.ArgumentParser):
+class SilentParser(argparse.ArgumentParser):
     """An argument parser whose errors never repeat a value given on the command line: a
     mistyped ``--api-tokn wbt_...`` or a refused value of a secret's flag would print it."""
 
@@ -101,6 +102,11 @@ class _Parser(argparse.ArgumentParser):
             flags = [word.split("=", 1)[0] for word in words if word.startswith("-")]
             named = f": {' '.join(flags)}" if flags else ""
             message = f"unrecognized arguments{named} (values not shown)"
+        elif message.startswith("ambiguous option: "):
+            # "ambiguous option: --api-tok=VALUE could match ...": the flag as typed, without
+            # its value (until 2026-12-05 the value was printed).
+            typed, _, rest = message.removeprefix("ambiguous option: ").partition(" could match")
+            message = f"ambiguous option: {typed.split('=', 1)[0]} could match{rest}"
         else:
             message = re.sub(
                 r"invalid \S+ value: .*", "invalid value (not shown; see --help)", message
@@ -109,7 +115,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = SilentParser(
         prog="webhook-bridge",
         description="Delivers platform events from Kafka as signed webhooks.",
     )
@@ -908,6 +914,7 @@ def _webhooks_list(args: argparse.Namespace) -> int:
             if record.get(field) is not None:
                 record[field] = "***"
         record["url"] = without_userinfo(webhook.url)
+        record["name"] = webhook.shown_name()
         if args.json:
             print(json.dumps(record, ensure_ascii=False))
         else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from functools import lru_cache
@@ -13,7 +13,7 @@ from bridge.contract import jsoncanon, standard_webhooks
 from bridge.contract.events import Event, parse_time
 from bridge.contract.schemas import schema_errors
 from bridge.errors import InvalidRecord, InvalidSubscription
-from bridge.redaction import without_userinfo
+from bridge.redaction import for_logs, without_userinfo
 from bridge.subscriptions.secretbox import Keyring, is_encrypted
 
 __all__ = [
@@ -65,11 +65,22 @@ class Webhook:
 
     def __repr__(self) -> str:
         return (
-            f"Webhook(id={self.id!r}, name={self.name!r}, url={without_userinfo(self.url)!r}, "
+            f"Webhook(id={self.id!r}, name={self._shown_name(for_logs)!r}, "
+            f"url={for_logs(self.url)!r}, "
             "secret='***', "
             f"events={sorted(self.events)!r}, site_id={self.site_id!r}, "
             f"user_id={self.user_id!r}, active={self.active!r})"
         )
+
+    def shown_name(self) -> str:
+        """The name as answers show it: without the user information of a URL in it (a
+        record written elsewhere may be named after its URL, password and all)."""
+        return self._shown_name(without_userinfo)
+
+    def _shown_name(self, redact: Callable[[str], str]) -> str:
+        # A name that is the URL (the default) is shown as the URL is; any other without
+        # user information.
+        return redact(self.name) if self.name == self.url else without_userinfo(self.name)
 
     def signing_secrets(self, now: datetime) -> list[str]:
         """The secrets to sign with: the current one, and the previous one during an overlap."""

@@ -17,6 +17,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 __all__ = [
     "FIELDS",
     "QUIET_LOGGERS",
+    "SILENCED_LOGGERS",
     "JsonFormatter",
     "TextFormatter",
     "logging_config",
@@ -45,6 +46,10 @@ _FORBIDDEN = frozenset({"secret", "body", "signature", "password"})
 #: says "Starting...", aiokafka lists every assigned partition): raised to WARNING in the text
 #: format unless the level is DEBUG.
 QUIET_LOGGERS = ("faust", "mode", "aiokafka")
+#: Libraries whose INFO and DEBUG lines print what must not be (httpx logs every request's URL,
+#: a token in its query string included; httpcore's DEBUG lines its headers): WARNING in every
+#: format and at every level (until 2026-12-05 the httpx sender logged each delivery's URL).
+SILENCED_LOGGERS = ("httpx", "httpcore", "hpack")
 
 
 class _ServiceNarration(logging.Filter):
@@ -172,9 +177,11 @@ def logging_config(level: str, fmt: str, stream: TextIO | None = None) -> dict[s
         },
         "root": {"level": level.upper(), "handlers": ["stderr"]},
     }
+    loud = logging.getLevelName(max(logging.WARNING, logging.getLevelName(level.upper())))
+    config["loggers"] = {name: {"level": loud} for name in SILENCED_LOGGERS}
     if resolved == "text" and level.upper() != "DEBUG":
-        quiet = logging.getLevelName(max(logging.WARNING, logging.getLevelName(level.upper())))
-        config["loggers"] = {name: {"level": quiet} for name in QUIET_LOGGERS}
+        quiet = loud
+        config["loggers"].update({name: {"level": quiet} for name in QUIET_LOGGERS})
         config["filters"]["narration"] = {"()": _ServiceNarration}
         config["handlers"]["stderr"]["filters"].append("narration")
     return config

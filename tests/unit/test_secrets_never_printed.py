@@ -174,3 +174,80 @@ def test_a_mistyped_flag_is_named_without_its_value(capsys) -> None:
 )
 def test_url_credentials_are_hidden_and_nothing_else(text: str, shown: str) -> None:
     assert without_userinfo(text) == shown
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", f"--api-tok={TOKEN}"],  # --api-tokens or --api-token?
+        ["webhooks", "create", f"--sec={TOKEN}"],
+    ],
+)
+def test_an_ambiguous_flag_is_named_without_its_value(argv: list[str], capsys) -> None:
+    """argparse's "ambiguous option" quotes the flag as typed, value and all (until
+    2026-12-05 printed)."""
+    with pytest.raises(SystemExit):
+        main(argv)
+    captured = capsys.readouterr()
+    assert "ambiguous option" in captured.err
+    assert TOKEN not in captured.out + captured.err, captured.err
+
+
+def test_the_api_servers_parser_names_a_mistyped_flag_without_its_value(capsys) -> None:
+    from bridge.api.__main__ import main as api_main
+
+    with pytest.raises(SystemExit):
+        api_main(["token", "--name", "n", "--api-tokn", TOKEN])
+    captured = capsys.readouterr()
+    assert "--api-tokn" in captured.err and TOKEN not in captured.out + captured.err
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_http_libraries_never_log_a_request(level: str, log_format: str) -> None:
+    """httpx logs every request's URL at INFO (a token in its query included), httpcore its
+    headers at DEBUG: silenced in every format and at every level (the httpx sender's URLs
+    were logged on every delivery until 2026-12-05)."""
+    from bridge.worker.logs import SILENCED_LOGGERS, logging_config
+
+    config = logging_config(level, log_format)
+    for name in SILENCED_LOGGERS:
+        assert logging.getLevelName(config["loggers"][name]["level"]) >= logging.WARNING
+
+
+def test_a_webhook_named_after_its_url_shows_no_credentials_nor_query_token() -> None:
+    """A record written elsewhere, named after its URL (the default), password and all: its
+    name is shown as its URL is (until 2026-12-05 the name printed the password); logs and
+    reprs also leave out the query, which may carry a token."""
+    from bridge.api.service import public_view
+
+    url = "https://alice:PassW0rd-secret@example.com/hook?token=QueryTok3n-secret"
+    record = {
+        "id": "wh",
+        "name": url,
+        "url": url,
+        "secret": "s" * 24,
+        "events": ["*"],
+        "site_id": "s1",
+        "user_id": None,
+        "active": True,
+    }
+    webhook = parse_webhook(b"wh", jsoncanon.dumps(record))
+    assert webhook is not None
+    shown = repr(webhook)
+    assert "PassW0rd-secret" not in shown and "QueryTok3n-secret" not in shown, shown
+    assert "https://***@example.com/hook?***" in shown
+    answer = jsoncanon.dumps(public_view(webhook)).decode()
+    assert "PassW0rd-secret" not in answer, answer
+    other = parse_webhook(b"wh", jsoncanon.dumps({**record, "name": "ops:Pw-secret@team"}))
+    assert other is not None
+    assert "Pw-secret" not in jsoncanon.dumps(public_view(other)).decode()
+
+
+def test_bootstrap_servers_with_credentials_are_refused_without_them() -> None:
+    """Kafka takes no credentials in its bootstrap servers, and the clients printed them in
+    every connection error (until 2026-12-05): refused, the value not quoted."""
+    with pytest.raises((ConfigError, ValueError)) as refused:
+        Settings.load({"BRIDGE_KAFKA_BOOTSTRAP_SERVERS": "ops:Bootstr4p-secret@kafka:9092"})
+    assert "Bootstr4p-secret" not in str(refused.value)
+    assert "kafka_sasl_username" in str(refused.value)

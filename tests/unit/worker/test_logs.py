@@ -17,6 +17,7 @@ import pytest
 from bridge.worker.logs import (
     FIELDS,
     QUIET_LOGGERS,
+    SILENCED_LOGGERS,
     JsonFormatter,
     TextFormatter,
     logging_config,
@@ -142,7 +143,9 @@ def test_auto_reads_stderr_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_json_config_leaves_library_loggers_alone() -> None:
     config = logging_config("INFO", "json")
     assert config["formatters"]["main"]["()"] is JsonFormatter
-    assert "loggers" not in config and config["handlers"]["stderr"]["filters"] == ["refused"]
+    # All but the HTTP libraries, which would print requests' URLs and headers.
+    assert config["loggers"] == {name: {"level": "WARNING"} for name in SILENCED_LOGGERS}
+    assert config["handlers"]["stderr"]["filters"] == ["refused"]
     assert config["root"]["level"] == "INFO"
 
 
@@ -150,7 +153,8 @@ def test_json_config_leaves_library_loggers_alone() -> None:
 def test_text_config_quiets_service_narration(level: str, quiet: str) -> None:
     config = logging_config(level, "text")
     assert config["formatters"]["main"]["()"] is TextFormatter
-    assert config["loggers"] == {name: {"level": quiet} for name in QUIET_LOGGERS}
+    every = (*QUIET_LOGGERS, *SILENCED_LOGGERS)
+    assert config["loggers"] == {name: {"level": quiet} for name in every}
     assert {"faust", "mode"} <= set(QUIET_LOGGERS)
     narration = config["filters"]["narration"]["()"]()
     assert config["handlers"]["stderr"]["filters"] == ["refused", "narration"]
@@ -161,7 +165,8 @@ def test_text_config_quiets_service_narration(level: str, quiet: str) -> None:
 
 def test_text_config_at_debug_shows_everything() -> None:
     config = logging_config("DEBUG", "text")
-    assert "loggers" not in config and config["handlers"]["stderr"]["filters"] == ["refused"]
+    assert config["loggers"] == {name: {"level": "WARNING"} for name in SILENCED_LOGGERS}
+    assert config["handlers"]["stderr"]["filters"] == ["refused"]
 
 
 def test_text_config_applied(monkeypatch: pytest.MonkeyPatch) -> None:
