@@ -22,7 +22,7 @@ from bridge.errors import ConfigError
 from bridge.redaction import without_userinfo
 from bridge.subscriptions.secretbox import Keyring, generate_key
 from bridge.subscriptions.store import WebhookStore
-from bridge.subscriptions.webhook import parse_webhook
+from bridge.subscriptions.webhook import Webhook, parse_webhook
 from bridge.worker.logs import JsonFormatter
 
 SASL_PASSWORD = "saslPassw0rd-never-printed"
@@ -94,13 +94,13 @@ async def test_the_sasl_password_is_not_logged_at_debug(caplog: pytest.LogCaptur
 URL_PASSWORD = "urlPassw0rd-never-printed"
 
 
-def test_a_webhooks_repr_hides_its_urls_credentials() -> None:
-    # A record as another producer (or an older bridge) may have written it: the table keeps
-    # it (URLs are not judged on load), and deliveries to it are dead-lettered invalid_url.
+def foreign_webhook(url: str, name: str = "n") -> Webhook:
+    """A webhook as another producer (or an older bridge) may have written it: the table keeps
+    it (URLs are not judged on load), and deliveries to it are dead-lettered invalid_url."""
     record = {
         "id": "wh_1",
-        "name": "n",
-        "url": f"https://alice:{URL_PASSWORD}@example.com/hook",
+        "name": name,
+        "url": url,
         "secret": "s" * 32,
         "events": ["*"],
         "site_id": "s1",
@@ -109,6 +109,11 @@ def test_a_webhooks_repr_hides_its_urls_credentials() -> None:
     }
     webhook = parse_webhook(b"wh_1", jsoncanon.dumps(record))
     assert webhook is not None
+    return webhook
+
+
+def test_a_webhooks_repr_hides_its_urls_credentials() -> None:
+    webhook = foreign_webhook(f"https://alice:{URL_PASSWORD}@example.com/hook")
     assert URL_PASSWORD not in repr(webhook)
     assert URL_PASSWORD not in str(webhook)
 
@@ -222,25 +227,13 @@ def test_a_webhook_named_after_its_url_shows_no_credentials_nor_query_token() ->
     from bridge.api.service import public_view
 
     url = "https://alice:PassW0rd-secret@example.com/hook?token=QueryTok3n-secret"
-    record = {
-        "id": "wh",
-        "name": url,
-        "url": url,
-        "secret": "s" * 24,
-        "events": ["*"],
-        "site_id": "s1",
-        "user_id": None,
-        "active": True,
-    }
-    webhook = parse_webhook(b"wh", jsoncanon.dumps(record))
-    assert webhook is not None
+    webhook = foreign_webhook(url, name=url)
     shown = repr(webhook)
     assert "PassW0rd-secret" not in shown and "QueryTok3n-secret" not in shown, shown
     assert "https://***@example.com/hook?***" in shown
     answer = jsoncanon.dumps(public_view(webhook)).decode()
     assert "PassW0rd-secret" not in answer, answer
-    other = parse_webhook(b"wh", jsoncanon.dumps({**record, "name": "ops:Pw-secret@team"}))
-    assert other is not None
+    other = foreign_webhook(url, name="ops:Pw-secret@team")
     assert "Pw-secret" not in jsoncanon.dumps(public_view(other)).decode()
 
 
