@@ -17,7 +17,7 @@ from bridge.admin.loop_share import LoopShare, Payer
 from bridge.config import Settings
 from bridge.contract import jsoncanon
 from bridge.contract.events import parse_event, parse_time
-from bridge.delivery.pending_retry import PendingRetry
+from bridge.delivery.pending_retry import PendingRetry, read_history
 from bridge.errors import InvalidRecord
 from bridge.kafka.clients import client_kwargs, started, stopped
 from bridge.kafka.reading import KeyValue, stream_topic
@@ -225,13 +225,15 @@ def _replayed(record: dict[str, Any], now: float) -> PendingRetry | None:
     when it cannot be replayed (no webhook, or an event a worker would dead-letter now)."""
     if not record.get("webhook_id") or not isinstance(record.get("event"), dict):
         return None
-    # Written by something else than the bridge, a letter may lack what a retry needs: it is
-    # not replayed, and the others are (until 2026-12-05 one such letter failed the replay).
+    # Written by something else than the bridge, a letter may lack what a retry needs (a
+    # delivery id, attempts a retry record can carry): it is not replayed, and the others are
+    # (until 2026-12-05 one such letter failed the replay).
     delivery = record.get("delivery_id")
-    attempts = record.get("attempts") or []
-    if not isinstance(delivery, str) or not delivery or not isinstance(attempts, list):
+    if not isinstance(delivery, str) or not delivery:
         return None
-    if not all(isinstance(a, dict) and isinstance(a.get("error"), str | None) for a in attempts):
+    try:
+        history = read_history(record.get("attempts") or [])
+    except InvalidRecord:
         return None
     created = record.get("webhook_created_at")
     try:
@@ -245,7 +247,7 @@ def _replayed(record: dict[str, Any], now: float) -> PendingRetry | None:
         attempt=2,
         not_before=now,
         enqueued_at=now,
-        history=tuple(attempts),
+        history=history,
         replayed=True,
         webhook_created_at=created if isinstance(created, str) else None,
     )

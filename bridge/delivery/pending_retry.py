@@ -10,7 +10,7 @@ from bridge.contract import jsoncanon
 from bridge.contract.events import Event, parse_event
 from bridge.errors import InvalidEvent, InvalidRecord
 
-__all__ = ["MAX_HISTORY_BYTES", "PendingRetry", "parse_retry"]
+__all__ = ["MAX_HISTORY_BYTES", "PendingRetry", "parse_retry", "read_history"]
 
 
 @dataclass(frozen=True)
@@ -82,22 +82,7 @@ def parse_retry(raw: bytes | None) -> PendingRetry:
         enqueued_at = value.get("enqueued_at", not_before)
         if not _is_number(enqueued_at):
             raise InvalidRecord("invalid_retry_record", "$.enqueued_at must be a number")
-        history = value.get("attempts", [])
-        if not isinstance(history, list) or not all(isinstance(a, dict) for a in history):
-            raise InvalidRecord("invalid_retry_record", "$.attempts must be an array of objects")
-        # What the deliverer reads of them (a list there was a TypeError when the attempt was
-        # deferred, until 2026-12-05: dead-lettered as the bridge's own error).
-        if not all(isinstance(a.get("error"), str | None) for a in history):
-            raise InvalidRecord("invalid_retry_record", "$.attempts[].error must be a string")
-        # Written again with the next retry and into a dead letter: it must encode, and fit.
-        try:
-            encoded_history = jsoncanon.dumps(history)
-        except InvalidRecord as exc:
-            raise InvalidRecord("invalid_retry_record", f"$.attempts: {exc.detail}") from None
-        if len(encoded_history) > MAX_HISTORY_BYTES:
-            raise InvalidRecord(
-                "invalid_retry_record", f"$.attempts: more than {MAX_HISTORY_BYTES} bytes"
-            )
+        history = read_history(value.get("attempts", []))
         created = value.get("webhook_created_at")
         if created is not None and not isinstance(created, str):
             raise InvalidRecord("invalid_retry_record", "$.webhook_created_at must be a string")
@@ -108,7 +93,7 @@ def parse_retry(raw: bytes | None) -> PendingRetry:
             attempt=attempt,
             not_before=float(not_before),
             enqueued_at=float(enqueued_at),
-            history=tuple(history),
+            history=history,
             replayed=bool(value.get("replayed", False)),
             webhook_created_at=created,
         )
@@ -120,3 +105,25 @@ def parse_retry(raw: bytes | None) -> PendingRetry:
         if exc.reason == "invalid_retry_record":
             raise
         raise InvalidRecord("invalid_retry_record", exc.detail) from None
+
+
+def read_history(value: object) -> tuple[dict[str, Any], ...]:
+    """A delivery's earlier attempts as a retry record carries them (``attempts``), from a
+    retry record or a dead letter being replayed; :class:`InvalidRecord`
+    (``invalid_retry_record``) for what no retry record could carry."""
+    if not isinstance(value, list) or not all(isinstance(a, dict) for a in value):
+        raise InvalidRecord("invalid_retry_record", "$.attempts must be an array of objects")
+    # What the deliverer reads of them (a list there was a TypeError when the attempt was
+    # deferred, until 2026-12-05: dead-lettered as the bridge's own error).
+    if not all(isinstance(a.get("error"), str | None) for a in value):
+        raise InvalidRecord("invalid_retry_record", "$.attempts[].error must be a string")
+    # Written again with the next retry and into a dead letter: it must encode, and fit.
+    try:
+        encoded = jsoncanon.dumps(value)
+    except InvalidRecord as exc:
+        raise InvalidRecord("invalid_retry_record", f"$.attempts: {exc.detail}") from None
+    if len(encoded) > MAX_HISTORY_BYTES:
+        raise InvalidRecord(
+            "invalid_retry_record", f"$.attempts: more than {MAX_HISTORY_BYTES} bytes"
+        )
+    return tuple(value)

@@ -81,6 +81,8 @@ def test_a_replayed_letter_names_the_webhook_it_was_made_for() -> None:
         {"attempts": "abc"},
         {"attempts": [1]},
         {"attempts": [{"error": ["circuit_open"]}]},
+        {"attempts": [{"status": 2**62}]},  # no retry record could carry it
+        {"attempts": [{"error": "e" * 300_000}]},
     ],
 )
 def test_a_letter_that_is_no_retry_is_not_replayed(odd: dict[str, Any]) -> None:
@@ -88,5 +90,6 @@ def test_a_letter_that_is_no_retry_is_not_replayed(odd: dict[str, Any]) -> None:
     passed over, where until 2026-12-05 it failed the whole replay (KeyError, ValueError,
     TypeError), and every replay matching it for the topic's 30 days."""
     made = letter(CREATED, event=SPEC_EVENT.envelope(), delivery_id="d_1", attempts=[])
-    assert _replayed(made, 1.0) is not None
+    replayed = _replayed(made, 1.0)
+    assert replayed is not None and replayed.to_bytes()
     assert _replayed({**made, **odd}, 1.0) is None
