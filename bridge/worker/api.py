@@ -167,7 +167,7 @@ _MAX_RELAYED_ANSWER = 1 << 20
 
 
 def _unavailable(exc: OwnerUnavailable) -> Problem:
-    return Problem("unavailable", exc.detail, headers={"Retry-After": str(exc.retry_after)})
+    return Problem(exc.problem, exc.detail, headers={"Retry-After": str(exc.retry_after)})
 
 
 class WorkerActivitySource:

@@ -110,6 +110,18 @@ def delivery_log_store(settings: Settings) -> DeliveryLogStore:
     return MemoryStore(max_attempts=max_attempts, max_age=max_age)
 
 
+#: The longest ``Retry-After`` (seconds) passed on from another worker's ``429``.
+MAX_RELAYED_RETRY_AFTER = 60
+
+
+def _retry_after(value: str | None) -> int:
+    """A peer's ``Retry-After`` in whole seconds, 1 to :data:`MAX_RELAYED_RETRY_AFTER` (1 for
+    anything that is not a number of seconds)."""
+    if value is None or not value.isascii() or not value.isdigit() or len(value) > 6:
+        return 1
+    return min(max(int(value), 1), MAX_RELAYED_RETRY_AFTER)
+
+
 class Bridge:
     """Everything one worker process runs, wired together."""
 
@@ -602,6 +614,15 @@ class Bridge:
         sent[HOLD_HEADER] = hold_left(until, asyncio.get_running_loop().time())
         try:
             async with self.peers().get(url + path, headers=sent) as response:
+                if response.status == 429:
+                    # The caller's token is over its rate at the owner (its own buckets for
+                    # these reads): the caller's to wait for, not a rebalance to hold for.
+                    raise OwnerUnavailable(
+                        "over this token's rate of delivery log reads at the webhook's owner",
+                        _retry_after(response.headers.get("Retry-After")),
+                        settles=False,
+                        problem="too_many_requests",
+                    )
                 if response.status != 200:
                     raise OwnerUnavailable(
                         f"the owner answered {response.status}", settles=response.status == 503

@@ -141,13 +141,24 @@ class OwnerUnavailable(Exception):
     partition, or the owner did not answer); the client should retry after ``retry_after``
     seconds. ``settles``: a change of the assignment or of the delivery log may end it, so a
     request may be held until one comes (:mod:`bridge.worker.settling`); not so when the
-    owner answered, but not with the log."""
+    owner answered, but not with the log. ``problem``: what the client is answered, the slug
+    of :data:`~bridge.api.problems.PROBLEM_TITLES` (``too_many_requests`` when the owner
+    refused the caller's token its rate: a ``503`` for it told the client to retry at once,
+    which the limit refuses again)."""
 
-    def __init__(self, detail: str, retry_after: int = 1, *, settles: bool = True) -> None:
+    def __init__(
+        self,
+        detail: str,
+        retry_after: int = 1,
+        *,
+        settles: bool = True,
+        problem: str = "unavailable",
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.retry_after = retry_after
         self.settles = settles
+        self.problem = problem
 
 
 class DeliveryLogReader(Service):

@@ -691,3 +691,48 @@ async def test_stopping_during_a_preload_waits_for_the_thread() -> None:
     with pytest.raises(asyncio.CancelledError):
         await loading
     assert store.preloaded
+
+
+@pytest.mark.parametrize(("sent", "passed_on"), [("7", 7), ("0", 1), ("3600", 60), ("soon", 1)])
+async def test_a_routed_read_refused_for_the_token_s_rate_is_the_caller_s_429(
+    bridge: Bridge, sent: str, passed_on: int
+) -> None:
+    """The owner refused the caller's token its rate of log reads: the caller is answered
+    ``429`` with the owner's ``Retry-After`` (within 1-60 s) at once, not held for a
+    rebalance and answered ``503`` (until 2026-12-06: a client told to retry at once, which
+    the owner's limit refused again)."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from bridge.api.problems import Problem
+    from bridge.worker.api import WorkerActivitySource
+
+    asked: list[str] = []
+
+    async def refuse(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        return web.json_response({"type": "x"}, status=429, headers={"Retry-After": sent})
+
+    app = web.Application()
+    app.router.add_get("/internal/v1/activity/{webhook_id}", refuse)
+    app.router.add_get("/internal/v1/deliveries/{delivery_id}", refuse)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        topic = bridge.settings.attempts_topic
+        live = str(server.make_url("")).rstrip("/")
+        bridge.app.assignor = FakeAssignor({live: {topic: list(range(6))}})  # type: ignore[assignment]
+        bridge._attempts_assigned(set())
+        source = WorkerActivitySource(bridge)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for read in (source.activity("wh"), source.delivery("dlv")):
+            with pytest.raises(Problem) as refused:
+                await asyncio.wait_for(read, PROMPT)
+            assert refused.value.status == 429
+            assert refused.value.headers["Retry-After"] == str(passed_on)
+        assert loop.time() - started < PROMPT  # not held
+        assert asked == ["/internal/v1/activity/wh", "/internal/v1/deliveries/dlv"]
+    finally:
+        await server.close()
+        await bridge.close()
