@@ -189,6 +189,7 @@ class _Routes:
 
     async def create_webhook(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "write")
+        _single_values(request, ())
         key = _key(request, principal)
         created = await self._service.create(principal, await self._body(request), key=key)
         webhook = created.webhook
@@ -201,11 +202,13 @@ class _Routes:
 
     async def get_webhook(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "read")
+        _single_values(request, ())
         webhook = await self._service.get(principal, self._webhook_id(request))
         return _webhook_response(webhook)
 
     async def update_webhook(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "write")
+        _single_values(request, ())
         webhook_id = self._webhook_id(request)
         key = _key(request, principal)
         body = await self._body(request)
@@ -216,6 +219,7 @@ class _Routes:
 
     async def delete_webhook(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "write")
+        _single_values(request, ())
         await self._service.delete(
             principal, self._webhook_id(request), if_match=request.headers.get("If-Match")
         )
@@ -223,6 +227,7 @@ class _Routes:
 
     async def rotate_secret(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "write")
+        _single_values(request, ())
         webhook_id = self._webhook_id(request)
         key = _key(request, principal)
         body = await self._body(request, optional=True)
@@ -235,6 +240,7 @@ class _Routes:
 
     async def send_test(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "write")
+        _single_values(request, ())
         webhook_id = self._webhook_id(request)
         key = _key(request, principal)
         body = await self._body(request, optional=True)
@@ -304,6 +310,7 @@ class _Routes:
 
     async def start_recovery(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "write")
+        _single_values(request, ())
         webhook_id = self._webhook_id(request)
         key = _key(request, principal)
         body = await self._body(request)
@@ -347,6 +354,7 @@ class _Routes:
 
     async def cancel_recovery(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "write")
+        _single_values(request, ())
         operation_id = self._path_id(request, "recovery_id")
         return _operation_response(await self._control.cancel_recovery(principal, operation_id))
 
@@ -373,6 +381,7 @@ class _Routes:
 
     async def replay_dead_letters(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "write")
+        _single_values(request, ())
         body = await self._body(request, optional=True)
         errors = body_errors("DeadLetterReplay", body)
         since, until = _time_range(body, errors, "body") if not errors else (None, None)
@@ -439,7 +448,10 @@ def redelivery_target(request: web.Request) -> tuple[str, str | None]:
 
 
 def _single_values(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
-    """The query parameters of a request: ``400`` for an unknown or repeated one."""
+    """The query parameters of a request: ``400`` for an unknown or repeated one. Every route
+    but ``/v1/openapi.json`` asks, with the parameters its operation names (until 2026-12-06
+    routes of one webhook, delivery or recovery ignored unknown ones: a mistyped filter on
+    them went unnoticed)."""
     errors: list[FieldError] = []
     values: dict[str, str] = {}
     for name, value in request.query.items():

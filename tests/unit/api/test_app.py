@@ -396,6 +396,26 @@ async def test_every_route_needs_a_token_and_its_scope(api: Api, method: str, pa
     assert "scope" in result["detail"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path"), [op for op in served_operations() if op[1] != "/v1/openapi.json"]
+)
+async def test_every_route_refuses_a_query_parameter_it_does_not_name(
+    api: Api, method: str, path: str
+) -> None:
+    """Before anything is looked up or changed (until 2026-12-06 the routes of one webhook,
+    delivery or recovery ignored them, while listings refused them)."""
+    webhook = await api.create(site_id="site_1", user_id="user_1")
+    url = path.replace("{webhook_id}", webhook["id"])
+    response = await api.client.request(
+        method, f"{path_of(url)}?colour=red", json={}, headers=auth()
+    )
+    result = await problem(response, 400)
+    assert [(e["field"], e["reason"], e["in"]) for e in result["errors"]] == [
+        ("colour", "unknown_field", "query")
+    ]
+    assert await api.repository.get(webhook["id"]) is not None  # not deleted
+
+
 async def test_a_site_token_sees_and_changes_only_its_site(api: Api) -> None:
     mine = await api.create(token=SITE_1, site_id="site_1", user_id="user_9")
     theirs = await api.create(site_id="site_2", user_id="user_1")
