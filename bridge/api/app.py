@@ -213,7 +213,7 @@ class _Routes:
         key = _key(request, principal)
         body = await self._body(request)
         changed = await self._service.update(
-            principal, webhook_id, body, if_match=request.headers.get("If-Match"), key=key
+            principal, webhook_id, body, if_match=_if_match(request), key=key
         )
         return _webhook_response(changed.webhook, headers=_replayed(changed.replayed))
 
@@ -221,7 +221,7 @@ class _Routes:
         principal = self._principal(request, "write")
         _single_values(request, ())
         await self._service.delete(
-            principal, self._webhook_id(request), if_match=request.headers.get("If-Match")
+            principal, self._webhook_id(request), if_match=_if_match(request)
         )
         return web.Response(status=204)
 
@@ -232,7 +232,7 @@ class _Routes:
         key = _key(request, principal)
         body = await self._body(request, optional=True)
         changed = await self._service.rotate_secret(
-            principal, webhook_id, body, if_match=request.headers.get("If-Match"), key=key
+            principal, webhook_id, body, if_match=_if_match(request), key=key
         )
         return _webhook_response(
             changed.webhook, with_secret=True, headers=_replayed(changed.replayed)
@@ -445,6 +445,13 @@ def redelivery_target(request: web.Request) -> tuple[str, str | None]:
     its ``webhook_id`` names if given; ``400`` for either invalid."""
     webhook_id = _delivery_webhook(request)
     return _Routes._path_id(request, "delivery_id"), webhook_id
+
+
+def _if_match(request: web.Request) -> str | None:
+    """The request's ``If-Match``, its lines read as one list (RFC 9110, section 5.3: until
+    2026-12-06 the first line alone, so a tag on a second line was not matched)."""
+    lines = request.headers.getall("If-Match", ())
+    return ", ".join(lines) if lines else None
 
 
 def _single_values(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:

@@ -3,8 +3,11 @@
 Each read loads the whole topic (:meth:`WebhookStore.load`), which is what the CLI does and
 costs a topic read per request: right for a management process and for tests on the real
 broker, not for a worker serving many requests (docs/api.md, "Design": the table-backed
-repository). Reads within ``cache_seconds`` share one load; a write through this repository
-updates that view at once, so the service always sees its own writes.
+repository). Listings within ``cache_seconds`` share one load; a write through this repository
+updates that view at once, so the service always sees its own writes. One webhook is always
+read afresh: the service reads it so before every change, and judges ``If-Match`` and builds
+the new record from it (until 2026-12-06 a view up to a second old: a change the CLI or a
+worker made within it was overwritten, and an ``If-Match`` of the version before it passed).
 """
 
 from __future__ import annotations
@@ -44,15 +47,19 @@ class StoreRepository:
     def __repr__(self) -> str:
         return "StoreRepository()"
 
-    async def _current(self) -> dict[str, Webhook]:
+    async def _current(self, *, fresh: bool = False) -> dict[str, Webhook]:
         async with self._lock:
-            if self._view is None or self._clock() - self._loaded_at >= self._cache_seconds:
+            if (
+                fresh
+                or self._view is None
+                or self._clock() - self._loaded_at >= self._cache_seconds
+            ):
                 self._view = await self._store.load()
                 self._loaded_at = self._clock()
             return self._view
 
     async def get(self, webhook_id: str) -> Webhook | None:
-        return (await self._current()).get(webhook_id)
+        return (await self._current(fresh=True)).get(webhook_id)
 
     async def scan(
         self,

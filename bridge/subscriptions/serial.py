@@ -18,7 +18,10 @@ __all__ = ["MAX_WRITES_KEPT", "WRITE_SEEN_TIMEOUT", "KeyedLocks", "NotWritable"]
 
 #: The last writes kept (the oldest forgotten first): a table applies a write within a fetch.
 MAX_WRITES_KEPT = 10_000
-#: How long :meth:`KeyedLocks.read_as_written` waits for the table to show the last write.
+#: How long :meth:`KeyedLocks.read_as_written` waits for the table to show the last write: at
+#: most this long after the write was acknowledged (a table applies it within a fetch; one that
+#: still does not show it then shows what another writer made of the webhook since, a delete
+#: included, which this process's write can never be shown over).
 WRITE_SEEN_TIMEOUT = 5.0
 
 
@@ -35,8 +38,14 @@ class KeyedLocks:
     ``may_write(key)``: whether this process may write ``key`` now, asked as each write begins
     (:meth:`writing`); by default always."""
 
-    def __init__(self, *, may_write: Callable[[str], bool] = lambda key: True) -> None:
+    def __init__(
+        self,
+        *,
+        may_write: Callable[[str], bool] = lambda key: True,
+        seen_within: float = WRITE_SEEN_TIMEOUT,
+    ) -> None:
         self._may_write = may_write
+        self._seen_within = seen_within
         #: Writes let through by :meth:`writing` and not yet ended.
         self._writing = 0
         #: Set while no write is under way (:meth:`drained` waits for it).
@@ -45,8 +54,8 @@ class KeyedLocks:
         #: Each key's lock, with the number of callers holding or awaiting it.
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         #: The version (``updated_at``; ``None`` for a delete) this process last wrote, per
-        #: key, and when.
-        self._written: dict[str, tuple[str | None, str]] = {}
+        #: key, when (as written), and until when (event loop time) it is waited for.
+        self._written: dict[str, tuple[str | None, str, float]] = {}
 
     def __len__(self) -> int:
         return len(self._locks)
@@ -100,16 +109,17 @@ class KeyedLocks:
 
     def wrote(self, key: str, webhook: Webhook) -> None:
         """This process wrote ``webhook`` as ``key`` (acknowledged), holding the key's lock."""
-        self._remember(key, (webhook.updated_at, ""))
+        self._remember(key, webhook.updated_at, "")
 
     def deleted(self, key: str, at: str) -> None:
         """This process deleted ``key`` at ``at`` (its clock, as ``updated_at`` is written),
         acknowledged, holding the key's lock."""
-        self._remember(key, (None, at))
+        self._remember(key, None, at)
 
-    def _remember(self, key: str, entry: tuple[str | None, str]) -> None:
+    def _remember(self, key: str, version: str | None, at: str) -> None:
         self._written.pop(key, None)
-        self._written[key] = entry
+        until = asyncio.get_running_loop().time() + self._seen_within
+        self._written[key] = (version, at, until)
         if len(self._written) > MAX_WRITES_KEPT:
             del self._written[next(iter(self._written))]
 
@@ -122,21 +132,29 @@ class KeyedLocks:
     ) -> tuple[bool, Webhook | None]:
         """What the table ``read`` reads holds as ``key``, and whether it shows the last write
         this process made of ``key`` (that version or a later one: every writer sets
-        ``updated_at`` later than the record's own), reading it again until it does or
-        ``timeout`` passes. A table shown current by the broker's end offsets has applied every
-        acknowledged write; the embedded broker's end offsets can trail records two producers
-        wrote at once, and this keeps a change from being made over a version older than this
-        process's own."""
+        ``updated_at`` later than the record's own), reading it again until it does, or until
+        ``timeout`` passes (``False``). A table shown current by the broker's end offsets has
+        applied every acknowledged write; the embedded broker's end offsets can trail records
+        two producers wrote at once, and this keeps a change from being made over a version
+        older than this process's own. A write is waited for until ``seen_within`` (the
+        constructor's) after it was made: by then the table has applied it, and what it shows
+        instead is another writer's later change (a delete, or a webhook made again by a
+        clock behind this one), which the write can never be shown over (until 2026-12-06 each
+        request of that id waited ``timeout`` and was answered ``503``, for good)."""
         found = await read()
         entry = self._written.get(key)
         if entry is None:
             return True, found
+        version, at, until = entry
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not _shows(found, *entry):
-            if loop.time() >= deadline:
+        while not _shows(found, version, at):
+            now = loop.time()
+            if now >= until:
+                break  # applied long since: what the table shows replaced it
+            if now >= deadline:
                 return False, found
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(min(0.01, max(0.0, until - now)))
             found = await read()
         if self._written.get(key) == entry:
             del self._written[key]

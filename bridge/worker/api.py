@@ -414,13 +414,17 @@ class _Relay:
     ) -> web.Response:
         """``request`` sent on to the worker at ``url`` (to ``path_qs``, else its own path and
         query), its answer brought back."""
-        headers = {
-            name: request.headers[name]
+        # Every line of each (until 2026-12-06 the first alone: a change with two
+        # Idempotency-Key lines, refused where it is made, was made through another worker
+        # with the first key; an If-Match's second line was lost).
+        headers = [
+            (name, value)
             for name in _RELAYED_REQUEST_HEADERS
-            if name in request.headers
-        }
-        headers[RELAYED_BY] = self._bridge.settings.canonical_url
-        headers[HOLD_HEADER] = hold_left(_hold_until.get(), asyncio.get_running_loop().time())
+            for value in request.headers.getall(name, ())
+        ]
+        headers.append((RELAYED_BY, self._bridge.settings.canonical_url))
+        left = hold_left(_hold_until.get(), asyncio.get_running_loop().time())
+        headers.append((HOLD_HEADER, left))
         try:
             async with self._bridge.peers(fresh=True).request(
                 request.method,

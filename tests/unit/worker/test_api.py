@@ -674,3 +674,54 @@ async def test_a_redelivery_goes_to_the_owner_of_its_delivery_s_webhook(
             here = await client.post(path, headers=LOG_AUTH)
             assert here.status == 202 and made[-1] == f"{path}?webhook_id=wh"
             assert asked == ["d1", "d1", "d2", "d1"] and len(relayed) == 2
+
+
+async def test_a_relayed_change_carries_every_line_of_its_headers(tmp_path: Path) -> None:
+    """Two ``Idempotency-Key`` lines are refused where the change is made, whichever worker
+    was asked, and an ``If-Match`` listed over two lines matches by either (until 2026-12-06
+    a relayed change carried each header's first line: the change was made with the first key,
+    and the tag on the second line was lost)."""
+    from multidict import CIMultiDict
+
+    from bridge.api.app import ApiConfig, create_app
+    from bridge.api.service import WebhookService
+    from tests.unit.api.conftest import Clock, control_service
+
+    bridge = api_bridge(tmp_path)
+    tokens = TokenSet.from_file(str(bridge.settings.api_tokens))
+    repository = MemoryRepository()
+    owner_app = create_app(
+        WebhookService(repository, clock=Clock()),
+        control_service(repository),
+        tokens,
+        config=ApiConfig(),
+    )
+
+    async def never(request: web.Request) -> web.Response:
+        raise AssertionError("made at a worker that does not own it")
+
+    body = {"id": "wh", "url": "https://example.com/h", "events": ["*"], "site_id": "s1"}
+    try:
+        async with (
+            TestClient(TestServer(owner_app, host="127.0.0.1")) as owner,
+            TestClient(TestServer(relaying_app(bridge, never, HOLD), host="127.0.0.1")) as worker,
+        ):
+            made = await owner.post("/v1/webhooks", json=body, headers=LOG_AUTH)
+            assert made.status == 201
+            owner_url = str(owner.make_url("")).rstrip("/")
+            p = attempts_partition("wh", 6)
+            assign(bridge, {bridge.settings.canonical_url: others(p), owner_url: [p]})
+            two_keys = CIMultiDict(
+                [*LOG_AUTH.items(), (IDEMPOTENCY_KEY, "k-1"), (IDEMPOTENCY_KEY, "k-2")]
+            )
+            refused = await worker.patch("/v1/webhooks/wh", json={"name": "b"}, headers=two_keys)
+            assert refused.status == 400
+            kept = await repository.get("wh")
+            assert kept is not None and kept.name != "b"
+            tags = CIMultiDict(
+                [*LOG_AUTH.items(), ("If-Match", '"stale"'), ("If-Match", made.headers["ETag"])]
+            )
+            changed = await worker.patch("/v1/webhooks/wh", json={"name": "c"}, headers=tags)
+            assert changed.status == 200, await changed.text()
+    finally:
+        await bridge.close()

@@ -1,0 +1,90 @@
+"""bridge.api.store_repository (what ``python -m bridge.api`` serves from): a change is judged
+and built from the topic as it is, not from a view of it up to a second old."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from bridge.api.app import ApiConfig, create_app
+from bridge.api.auth import TokenSet
+from bridge.api.repository import MemoryRepository
+from bridge.api.service import WebhookService
+from bridge.api.store_repository import StoreRepository
+from bridge.subscriptions.changes import disabled_record
+from bridge.subscriptions.webhook import Webhook, webhook_from_record
+from tests.unit.api.conftest import Clock, auth, control_service
+
+
+class TopicStore:
+    """WebhookStore's load, write and delete over a dict standing for the subscriptions topic,
+    counting the loads."""
+
+    def __init__(self) -> None:
+        self.topic: dict[str, Webhook] = {}
+        self.loads = 0
+
+    async def load(self) -> dict[str, Webhook]:
+        self.loads += 1
+        return dict(self.topic)
+
+    async def write(self, webhook: Webhook) -> Webhook:
+        self.topic[webhook.id] = webhook
+        return webhook
+
+    async def delete(self, webhook_id: str) -> None:
+        self.topic.pop(webhook_id, None)
+
+
+def disable_elsewhere(store: TopicStore, webhook_id: str) -> None:
+    """A worker (or the CLI) turns the webhook off, through the topic."""
+    current = store.topic[webhook_id]
+    store.topic[webhook_id] = webhook_from_record(
+        disabled_record(current, "endpoint_gone", datetime.now(UTC))
+    )
+
+
+async def test_a_change_made_elsewhere_a_moment_ago_is_seen_by_the_next_change(
+    tokens: TokenSet,
+) -> None:
+    """Until 2026-12-06 a change was judged against a view up to a second old: an If-Match of
+    the version before a disable made elsewhere passed, and a PATCH without one wrote the
+    disable away."""
+    store = TopicStore()
+    repository = StoreRepository(store)  # type: ignore[arg-type]  # as python -m bridge.api
+    service = WebhookService(repository, clock=Clock())
+    app = create_app(service, control_service(MemoryRepository()), tokens, config=ApiConfig())
+    async with TestClient(TestServer(app)) as client:
+        body: dict[str, Any] = {"url": "https://example.com/h", "events": ["*"], "site_id": "s"}
+        for webhook_id in ("wh_1", "wh_2"):
+            created = await client.post(
+                "/v1/webhooks", json={"id": webhook_id, **body}, headers=auth()
+            )
+            assert created.status == 201
+        etag = (await client.get("/v1/webhooks/wh_1", headers=auth())).headers["ETag"]
+        disable_elsewhere(store, "wh_1")
+        stale = await client.patch(
+            "/v1/webhooks/wh_1", json={"name": "renamed"}, headers={**auth(), "If-Match": etag}
+        )
+        assert stale.status == 412
+        disable_elsewhere(store, "wh_2")
+        patched = await client.patch("/v1/webhooks/wh_2", json={"name": "r"}, headers=auth())
+        assert patched.status == 200
+        kept = store.topic["wh_2"]
+        assert (kept.active, kept.extra.get("disabled_reason"), kept.name) == (
+            False,
+            "endpoint_gone",
+            "r",
+        )
+
+
+async def test_listings_within_the_cache_share_one_load() -> None:
+    store = TopicStore()
+    repository = StoreRepository(store, cache_seconds=60.0)  # type: ignore[arg-type]
+    for _ in range(3):
+        await repository.scan(after=None, limit=10, where=lambda webhook: True)
+    assert store.loads == 1
+    await repository.get("wh_1")
+    assert store.loads == 2  # one webhook: always read afresh
