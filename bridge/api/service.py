@@ -26,7 +26,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from jsonschema import ValidationError
@@ -51,6 +51,7 @@ __all__ = [
     "Page",
     "Created",
     "Changed",
+    "MAX_DELETES_KEPT",
     "REPEAT_SHOWS_SECRET_FOR",
     "WebhookService",
     "body_errors",
@@ -114,6 +115,9 @@ class Changed:
 #: answers its secret again (a client whose first answer was lost): a day, as idempotency keys
 #: are commonly kept. Another token, or later, gets the webhook without it.
 REPEAT_SHOWS_SECRET_FOR = 86400.0
+#: Deletes a service remembers the time of (:meth:`WebhookService.delete`), the oldest
+#: forgotten first: about 100 bytes each.
+MAX_DELETES_KEPT = 10_000
 
 
 def public_view(webhook: Webhook, *, with_secret: bool = False) -> dict[str, Any]:
@@ -318,6 +322,9 @@ class WebhookService:
         self._clock = clock
         #: One change of a webhook at a time (shared with the bridge's disables in a worker).
         self._locks = locks if locks is not None else KeyedLocks()
+        #: When this process last deleted each id (the newest :data:`MAX_DELETES_KEPT`): a
+        #: webhook made again with it is stamped later, so that its version differs.
+        self._deleted: dict[str, datetime] = {}
         #: Webhooks an owner (a site; an account's account-wide ones) may have; 0: no limit.
         self._max_webhooks = max_webhooks
         #: One creation (or move) into an owner at a time, so that two cannot both see room
@@ -436,7 +443,7 @@ class WebhookService:
                     webhook_id=webhook_id,
                     url=body["url"],
                     events=body["events"],
-                    now=self._clock(),
+                    now=self._creation_time(webhook_id),
                     site_id=body.get("site_id"),
                     user_id=body.get("user_id"),
                     name=body.get("name"),
@@ -551,7 +558,26 @@ class WebhookService:
             _if_match(if_match, current)
             async with self._locks.writing(webhook_id):
                 await self._repository.delete(webhook_id)
-            self._locks.deleted(webhook_id, format_timestamp(self._clock()))
+            at = self._clock()
+            self._locks.deleted(webhook_id, format_timestamp(at))
+            self._deleted.pop(webhook_id, None)
+            self._deleted[webhook_id] = at
+            if len(self._deleted) > MAX_DELETES_KEPT:
+                del self._deleted[next(iter(self._deleted))]
+
+    def _creation_time(self, webhook_id: str) -> datetime:
+        """Now, or a millisecond after this process deleted ``webhook_id`` if that was no
+        earlier (times are kept to the millisecond): a webhook made again within the
+        millisecond of its delete had the deleted one's version, so an ``If-Match`` taken of
+        the deleted webhook matched the new one (until 2026-12-06)."""
+        now = self._clock()
+        deleted = self._deleted.pop(webhook_id, None)
+        if deleted is None:
+            return now
+        after = deleted.replace(microsecond=deleted.microsecond // 1000 * 1000) + timedelta(
+            milliseconds=1
+        )
+        return max(now, after)
 
     async def rotate_secret(
         self,

@@ -99,6 +99,29 @@ async def test_a_rotation_changes_the_version(same_millisecond: TestClient[Any, 
     assert patched.status == 412
 
 
+async def test_a_webhook_made_again_within_the_millisecond_of_its_delete_has_another_version(
+    same_millisecond: TestClient[Any, Any],
+) -> None:
+    """The version is the record's without its secrets: the same fields stamped in the same
+    millisecond had the deleted webhook's version, so an If-Match taken of it passed on the
+    new one, whose secret is another (until 2026-12-06)."""
+    client = same_millisecond
+    first = await client.post("/v1/webhooks", json=BODY, headers=auth())
+    assert first.status == 201
+    deleted = await client.delete("/v1/webhooks/wh_1", headers=auth())
+    assert deleted.status == 204
+    again = await client.post("/v1/webhooks", json=BODY, headers=auth())
+    assert again.status == 201
+    assert again.headers["ETag"] != first.headers["ETag"]
+    assert (await again.json())["created_at"] > (await first.json())["created_at"]
+    stale = await client.patch(
+        "/v1/webhooks/wh_1",
+        json={"name": "x"},
+        headers={**auth(), "If-Match": first.headers["ETag"]},
+    )
+    assert stale.status == 412
+
+
 async def test_a_repeated_create_does_not_answer_a_secret_rotated_since(api: Api) -> None:
     """docs/api.md, Idempotent create: the repeat is for "a client whose first answer was
     lost"; the secret "stays with whoever was given it". The creator's repeat answers the
