@@ -291,7 +291,10 @@ def _schemas() -> dict[str, Any]:
                     "type": "number",
                     "minimum": 0,
                     "maximum": MAX_OVERLAP_SECONDS,
-                    "description": "How long the previous secret also signs (Standard Webhooks).",
+                    "description": "How long the previous secret also signs (Standard "
+                    "Webhooks). One previous secret is kept: while the last rotation's overlap "
+                    "runs, another overlap is 409 (overlap_running); a rotation without one "
+                    "ends it.",
                 },
             },
             "additionalProperties": False,

@@ -37,7 +37,7 @@ from bridge.api.idempotency import IdempotencyKey, KeyedChange, forget_expired, 
 from bridge.api.openapi import request_validator
 from bridge.api.problems import FieldError, Problem
 from bridge.api.repository import WebhookFilter, WebhookRepository, webhook_version
-from bridge.contract.events import Event, format_timestamp
+from bridge.contract.events import Event, format_timestamp, parse_time
 from bridge.contract.schemas import MAX_ERRORS_READ
 from bridge.errors import BridgeError, InvalidSubscription, InvalidUrl
 from bridge.redaction import without_userinfo
@@ -560,6 +560,13 @@ class WebhookService:
                 await self._repository.delete(webhook_id)
             at = self._clock()
             self._locks.deleted(webhook_id, format_timestamp(at))
+            try:
+                # No earlier than the deleted webhook's own last stamp (a change within the
+                # millisecond is stamped a millisecond on): made again, it is stamped later
+                # than every webhook of the id before it.
+                at = max(at, parse_time(current.updated_at or ""))
+            except ValueError:
+                pass
             self._deleted.pop(webhook_id, None)
             self._deleted[webhook_id] = at
             if len(self._deleted) > MAX_DELETES_KEPT:
@@ -622,7 +629,8 @@ class WebhookService:
                     overlap=float(body.get("overlap_seconds", 0)),
                 )
             except InvalidSubscription as exc:
-                raise _conflict("secret", exc) from None
+                field = "overlap_seconds" if exc.reason == "overlap_running" else "secret"
+                raise _conflict(field, exc) from None
             self._note(change, record, current)
             webhook = _from_record(record, check_url=None)
             await self._put(webhook)

@@ -153,7 +153,16 @@ def rotated_record(
     seconds, the previous secret stays valid that long. A webhook the bridge disabled stays
     so (``disabled_reason``) until its owner turns it on (``active``), as after any change.
     :class:`InvalidSubscription` (``secret_not_whsec``) for a Standard Webhooks webhook given
-    a secret that is not ``whsec_``."""
+    a secret that is not ``whsec_``; (``overlap_running``) for an overlap asked while the last
+    rotation's still runs: one previous secret is kept, and a second overlap would end the
+    first before the end its rotation gave (until 2026-12-06 it did). A rotation without an
+    overlap ends both at once (a secret that leaked)."""
+    if overlap > 0 and len(current.signing_secrets(now)) > 1:
+        raise InvalidSubscription(
+            "overlap_running",
+            f"the last rotation's overlap runs until {current.previous_secret_expires_at}: "
+            "rotate with an overlap after it, or without one now (which ends it)",
+        )
     record = current.to_record()
     record.update(
         secret=secret or generated_secret(current.standard_webhooks),

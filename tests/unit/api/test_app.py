@@ -258,6 +258,16 @@ async def test_rotate_secret_with_an_overlap(api: Api) -> None:
     assert 3599 < (expires - api.clock.now).total_seconds() <= 3600
     assert stored.signing_secrets(api.clock.now) == [rotated["secret"], created["secret"]]
 
+    # A second overlap while the first runs would end the first before its end (one previous
+    # secret is kept): refused, naming it (until 2026-12-06 the first secret was dropped).
+    again = await api.client.post(path, json={"overlap_seconds": 60}, headers=auth())
+    refused = await problem(again, 409)
+    assert fields(refused) == [("overlap_seconds", "overlap_running")]
+    assert rotated["previous_secret_expires_at"] in refused["errors"][0]["detail"]
+    kept = await api.repository.get(created["id"])
+    assert kept is not None and kept.signing_secrets(api.clock.now) == stored.signing_secrets(
+        api.clock.now
+    )
     bare = await api.client.post(path, headers=auth())  # no body: new secret, no overlap
     assert bare.status == 200
     final = await bare.json()

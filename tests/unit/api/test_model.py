@@ -32,6 +32,7 @@ from bridge.api.problems import PROBLEM_JSON, PROBLEM_TYPE_PREFIX
 from bridge.api.repository import MemoryRepository
 from bridge.api.service import WebhookService
 from bridge.api.table_repository import TableRepository
+from bridge.contract.events import parse_time
 from bridge.subscriptions.changes import disabled_record
 from bridge.subscriptions.freshness import TableFreshness
 from bridge.subscriptions.index import SubscriptionIndex
@@ -534,10 +535,9 @@ class WebhookApiModel(RuleBasedStateMachine):
         assert view["previous_secret_expires_at"] is None
         assert view["created_at"] == view["updated_at"]
         etags = self.etags.setdefault(webhook_id, [])
-        if not self.clock.stalled:
-            # Not within one millisecond: a webhook made again with the very fields of a deleted
-            # one, in the millisecond it was made, has its version (the secret is left out).
-            assert f'"{view["version"]}"' not in etags, "a new webhook has an old one's version"
+        # Even within one millisecond: a webhook made again is stamped after the deleted one
+        # (until 2026-12-06 one with the very fields of a deleted one had its version).
+        assert f'"{view["version"]}"' not in etags, "a new webhook has an old one's version"
         etags.append(f'"{view["version"]}"')
         self.webhooks[webhook_id] = Model(view, secret, token.name, self.clock.now)
 
@@ -677,6 +677,12 @@ class WebhookApiModel(RuleBasedStateMachine):
         )
         model = self.change_allowed(token, webhook_id, headers, answer)
         if model is None:
+            return
+        running = model.view["previous_secret_expires_at"]
+        if overlap and running is not None and self.clock.now < parse_time(running):
+            # One previous secret is kept: a second overlap would cut the first one short.
+            assert answer.status == 409, answer.text
+            assert [e["field"] for e in answer.body["errors"]] == ["overlap_seconds"]
             return
         if model.view["standard_webhooks"] and chosen == "plain":
             # Standard Webhooks signing needs a whsec_ secret however it is reached.
