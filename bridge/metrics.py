@@ -34,6 +34,9 @@ __all__ = [
     "STAGE_BUCKETS",
     "INVALID_RECORD_REASONS",
     "INVALID_STATUS_REASONS",
+    "OUTPUTS",
+    "PRECREATED_DEAD_LETTER_REASONS",
+    "SKIP_REASONS",
     "RELIED_ON",
     "PrometheusClientMismatch",
     "check_prometheus_client",
@@ -102,6 +105,23 @@ INVALID_STATUS_REASONS = (
     "schema_invalid",
     "other",
 )
+#: Label values of ``webhook_bridge_attempts_skipped_total``: attempts settled without a
+#: request (:mod:`bridge.delivery.deliverer`).
+SKIP_REASONS = (
+    "circuit_open",
+    "endpoint_busy",
+    "owner_busy",
+    "rate_limited",
+    "destination_forbidden",
+    "invalid_url",
+    "interrupted",
+)
+#: The ``output`` label values of ``webhook_bridge_output_writes_total``: this worker's topics.
+OUTPUTS = ("attempt", "retry", "dead_letter", "status", "disable")
+#: Dead-letter reasons whose series exist from the start (alerts take an increase of them: a
+#: series first seen at 1 shows no increase, so a worker's first internal error went unseen
+#: until 2026-12-06).
+PRECREATED_DEAD_LETTER_REASONS = ("internal_error", "attempts_exhausted")
 #: Seconds; an HTTP request is cut off at the 30 s timeout.
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
 #: Seconds; a broker acknowledges a write in milliseconds, and the producer gives up after its
@@ -128,7 +148,7 @@ class Metrics:
         self.skipped = Counter(
             "webhook_bridge_attempts_skipped_total",
             "Attempts settled without an HTTP request, by reason (circuit_open, endpoint_busy, "
-            "owner_busy, destination_forbidden, interrupted).",
+            "owner_busy, rate_limited, destination_forbidden, invalid_url, interrupted).",
             ["reason"],
             registry=registry,
         )
@@ -213,11 +233,16 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
-        # Every reason from the start, so that a rate over them is 0 rather than absent.
+        # Every reason from the start, so that a rate over them is 0 rather than absent, and
+        # an increase counts the first one (a series first seen at 1 shows none).
         for reason in INVALID_RECORD_REASONS:
             self.invalid_subscriptions.labels(reason)
         for reason in INVALID_STATUS_REASONS:
             self.invalid_statuses.labels(reason)
+        for reason in SKIP_REASONS:
+            self.skipped.labels(reason)
+        for reason in PRECREATED_DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason)
         self.retries = Counter(
             "webhook_bridge_retries_scheduled_total",
             "Deliveries put in a retry tier, by tier (1 = first retry).",
@@ -285,6 +310,9 @@ class Metrics:
             ["output", "outcome"],
             registry=registry,
         )
+        for output in OUTPUTS:
+            for outcome in ("acknowledged", "failed"):
+                self.output_writes.labels(output, outcome)
         self.output_write_duration = Histogram(
             "webhook_bridge_output_write_duration_seconds",
             "From handing a write to the Kafka producer to the broker's acknowledgement or the "

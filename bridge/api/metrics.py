@@ -12,12 +12,16 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from bridge.api.problems import Problem
 
-__all__ = ["ApiMetrics", "answered", "metrics_middleware", "route_template"]
+__all__ = ["NOT_COUNTED", "ApiMetrics", "answered", "metrics_middleware", "route_template"]
 
 #: Seconds; an API answer is a table lookup or one partition read, well under the 10 s timeout.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: Seconds a request is held through a rebalance: up to its hold (5 s).
 _HELD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0)
+#: Paths served beside the API on its port that are not API requests: the probes and the
+#: scrape. A worker not ready answers ``/readyz`` 503, which counted as the API's 5xx (and
+#: fired ``WebhookBridgeApiErrors``) until 2026-12-06.
+NOT_COUNTED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class ApiMetrics:
@@ -79,6 +83,8 @@ def metrics_middleware(
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in NOT_COUNTED:
+            return await handler(request)
         started = clock()
 
         def seen(status: int) -> None:

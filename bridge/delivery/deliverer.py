@@ -113,6 +113,10 @@ class Deliverer:
         self._max_body_bytes = max_body_bytes
         self._wall_time = wall_time
         self.draining = False
+        #: The tasks of jobs whose outcome is being recorded (a response or a skip, written to
+        #: the attempts, retry and dead-letter topics): a drain lets them finish rather than
+        #: interrupt them (:meth:`Pipeline.drain <bridge.delivery.pipeline.Pipeline.drain>`).
+        self.settling: set[asyncio.Task[Any]] = set()
         self._in_flight = 0
         # Gauges read when scraped rather than set around every request.
         metrics.in_flight.set_function(lambda: self._in_flight)
@@ -138,7 +142,8 @@ class Deliverer:
         succeeds, which the caller sees from the future's callback, with no task waiting for it.
 
         When cancelled while draining (SIGTERM), the interrupted attempt is handed to the retry
-        path before ``done`` is called. Any other cancellation leaves the job unsettled: its
+        path before ``done`` is called; a drain does not cancel a job whose outcome is being
+        recorded (:attr:`settling`). Any other cancellation leaves the job unsettled: its
         source record stays unacknowledged and is processed again after a restart.
         """
         try:
@@ -153,9 +158,18 @@ class Deliverer:
             )
             done()
             raise
+        finally:
+            if self.settling:
+                self.settling.discard(asyncio.current_task())
         if written is None:
             done()
         return written
+
+    def _recording(self) -> None:
+        """The running job's outcome is being recorded from now on (:attr:`settling`)."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.settling.add(task)
 
     async def _run(self, job: Job) -> asyncio.Future[Any] | None:
         """The attempt and its settlement; returns the pending write of a successful
@@ -166,6 +180,7 @@ class Deliverer:
                 job.encoded, webhook, max_bytes=self._max_body_bytes, delivery=job.delivery_id
             )
         except InvalidEvent as exc:
+            self._recording()
             await self._dead_letter(job, exc.reason, exc.detail, job.history)
             return None
         try:
@@ -174,6 +189,7 @@ class Deliverer:
             # Not retried: no deployment can use the URL (the record predates the check, or
             # was written around it); the webhook's owner must change it.
             invalid = self._skipped("invalid_url")
+            self._recording()
             await self._record_attempt(job, invalid, "dead_letter")
             await self._dead_letter(
                 job, "invalid_url", exc.detail, [*job.history, invalid.as_record()]
@@ -232,6 +248,7 @@ class Deliverer:
         if result.success:
             self._observe(job, result)
             self._breakers.success(endpoint)
+            self._recording()
             written = await self._queue_attempt(job, result, None)
             change = self._health.on_success(webhook.id, webhook.created_at)
             if change is None:
@@ -299,6 +316,7 @@ class Deliverer:
 
     async def _settle_failure(self, job: Job, result: AttemptResult, *, counts: bool) -> None:
         """After a failed or skipped attempt: disable, retry or dead-letter, durably."""
+        self._recording()
         history = [*job.history, result.as_record()]
         webhook_id = job.webhook.id
         now = self._wall_time()
@@ -401,12 +419,23 @@ class Deliverer:
         record = attempt_record(job, result, outcome, next_step, next_at)
         return await self._outputs.attempt(job.webhook.id.encode("utf-8"), record)
 
-    async def dead_letter(self, job: Job, reason: str, detail: str) -> None:
-        """Dead-letter ``job`` without an attempt (its earlier attempts are kept)."""
-        await self._dead_letter(job, reason, detail, job.history)
+    async def dead_letter(
+        self, job: Job, reason: str, detail: str, *, delivered: bool = False
+    ) -> None:
+        """Dead-letter ``job`` without an attempt (its earlier attempts are kept).
+        ``delivered``: its receiver answered 200 (counted ``delivered`` then), and what failed
+        is the record of it: the job is not counted ``dead_lettered`` as well (until
+        2026-12-06 one delivery was counted with both outcomes)."""
+        await self._dead_letter(job, reason, detail, job.history, counted=delivered)
 
     async def _dead_letter(
-        self, job: Job, reason: str, detail: str, history: Sequence[Mapping[str, Any]]
+        self,
+        job: Job,
+        reason: str,
+        detail: str,
+        history: Sequence[Mapping[str, Any]],
+        *,
+        counted: bool = False,
     ) -> None:
         record = dead_letter_record(
             reason=reason,
@@ -422,7 +451,8 @@ class Deliverer:
         record["attempts"] = [dict(a) for a in history]
         await self._outputs.dead_letter(job.webhook.id.encode("utf-8"), record)
         self._metrics.dead_letters.labels(reason).inc()
-        self._metrics.deliveries.labels(job.event.type, "dead_lettered").inc()
+        if not counted:  # a final outcome reached once
+            self._metrics.deliveries.labels(job.event.type, "dead_lettered").inc()
 
 
 def _deferrals(history: Sequence[Mapping[str, Any]]) -> int:

@@ -233,7 +233,8 @@ class Pipeline:
         Waiting here holds up the records behind it in the same tier, which all became due
         later (same delay, enqueued later), give or take the jitter: no in-memory queue is
         needed and nothing is lost if the worker dies meanwhile, since the record is still
-        unacknowledged in Kafka.
+        unacknowledged in Kafka. ``tier`` counts from 1 (the first retry topic's), as the
+        metrics' ``tier`` label does.
         """
         try:
             pending = parse_retry(raw)
@@ -247,8 +248,9 @@ class Pipeline:
         # A record of this tier was due at most the tier's delay after it was written, so at
         # most that long from now: one due later (a writer's clock far ahead, or a hostile
         # record: 1e300) is taken as due then, rather than holding up the tier's partition
-        # until it (until 2026-12-05, for good).
-        longest = self._deliverer.policy.tier_delay(tier)
+        # until it (until 2026-12-05, for good). The schedule counts tiers from 0 (until
+        # 2026-12-06 the next tier's delay was taken: 60 s rather than 5 in the first tier).
+        longest = self._deliverer.policy.tier_delay(tier - 1)
         if delay > longest:
             delay = longest
         if delay > 0:
@@ -331,7 +333,11 @@ class Pipeline:
                 release()
                 self._log_unsettled(job, None)
             elif (exc := written.exception()) is not None:
-                self._track(self._give_up(job, exc, "writing its attempt record", done, release))
+                self._track(
+                    self._give_up(
+                        job, exc, "writing its attempt record", done, release, delivered=True
+                    )
+                )
             else:
                 done()
 
@@ -355,19 +361,27 @@ class Pipeline:
                 release()
 
     async def _give_up(
-        self, job: Job, exc: BaseException, stage: str, done: Ack, release: Ack
+        self,
+        job: Job,
+        exc: BaseException,
+        stage: str,
+        done: Ack,
+        release: Ack,
+        *,
+        delivered: bool = False,
     ) -> None:
-        """Settle a job that failed for a reason of the bridge's own by dead-lettering it."""
+        """Settle a job that failed for a reason of the bridge's own by dead-lettering it
+        (``delivered``: its receiver answered 200, and its attempt record is what failed)."""
         reason, detail = internal_error(exc, stage)
         try:
-            await self._deliverer.dead_letter(job, reason, detail)
+            await self._deliverer.dead_letter(job, reason, detail, delivered=delivered)
         except Exception:
             try:
                 # Its earlier attempts may be what cannot be written (a retry record's history,
                 # written elsewhere): once more without them.
                 without = dataclasses.replace(job, history=())
                 await self._deliverer.dead_letter(
-                    without, reason, f"{detail}; its earlier attempts left out"
+                    without, reason, f"{detail}; its earlier attempts left out", delivered=delivered
                 )
             except Exception:
                 release()
@@ -410,12 +424,16 @@ class Pipeline:
         if self._tasks or self._written:
             await asyncio.wait({*self._tasks, *self._written}, timeout=timeout)
         unfinished = {task for task in self._tasks if not task.done()}
-        if unfinished:
+        # A job whose outcome is being recorded is let finish: interrupted, a delivered job
+        # was handed to the retry path (delivered again by the next worker) and a failed one
+        # recorded twice, as failed and as interrupted (until 2026-12-06).
+        handed = unfinished - self._deliverer.settling
+        if handed:
             self._deliverer.draining = True
-            for task in unfinished:
+            for task in handed:
                 task.cancel()
         # Jobs that ended meanwhile may have left writes not waited for above.
         rest = {*unfinished, *self._written}
         if rest:
             await asyncio.wait(rest, timeout=handover_timeout(timeout))
-        return len(unfinished)
+        return len(handed)

@@ -184,3 +184,39 @@ def test_values_written_the_hot_way_are_what_the_registry_reads() -> None:
     ]
     assert registry.get_sample_value(f"{name}_count", failure) == 4.0
     assert registry.get_sample_value(f"{name}_sum", failure) == 0.005 + 0.0051 + 7.0 + 45.0
+
+
+def test_the_series_alerts_take_an_increase_of_exist_from_the_start() -> None:
+    """An alert on ``increase()`` of a series first scraped at 1 sees no increase: a worker's
+    first internal error or failed write went unalerted (until 2026-12-06 those series were
+    made at their first count)."""
+    from bridge.delivery.deliverer import _SKIPPED
+    from bridge.metrics import OUTPUTS, PRECREATED_DEAD_LETTER_REASONS, SKIP_REASONS
+
+    registry = CollectorRegistry()
+    Metrics(registry, "test")
+    sample = registry.get_sample_value
+    for reason in PRECREATED_DEAD_LETTER_REASONS:
+        assert sample("webhook_bridge_dead_letters_total", {"reason": reason}) == 0.0
+    assert "internal_error" in PRECREATED_DEAD_LETTER_REASONS
+    for output in OUTPUTS:
+        for outcome in ("acknowledged", "failed"):
+            labels = {"output": output, "outcome": outcome}
+            assert sample("webhook_bridge_output_writes_total", labels) == 0.0
+    for reason in SKIP_REASONS:
+        assert sample("webhook_bridge_attempts_skipped_total", {"reason": reason}) == 0.0
+    # Every reason the deliverer skips an attempt for, and the drain's, is among them.
+    assert {*_SKIPPED, "interrupted"} == set(SKIP_REASONS)
+
+
+def test_every_output_a_worker_writes_is_counted_from_the_start() -> None:
+    import re
+
+    from bridge.metrics import OUTPUTS
+
+    root = Path(__file__).resolve().parents[2] / "bridge"
+    named = set()
+    for path in root.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        named |= set(re.findall(r'(?:_observed|observed_write|output_written)\(\s*"(\w+)"', text))
+    assert named and named <= set(OUTPUTS)

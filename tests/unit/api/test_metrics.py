@@ -52,3 +52,46 @@ async def test_requests_are_counted_by_template_never_by_id(tokens: TokenSet) ->
         "webhook_bridge_api_request_duration_seconds_count", {"route": "/v1/webhooks/{webhook_id}"}
     )
     assert observed == 2
+
+
+async def test_the_probes_and_the_scrape_served_beside_the_api_are_not_api_requests() -> None:
+    """A worker not ready answers ``/readyz`` 503: counted as the API's 5xx, it fired
+    WebhookBridgeApiErrors for a pod that was only rebalancing (until 2026-12-06)."""
+    from bridge.api.app import ApiConfig
+    from bridge.worker.web import WebServer
+
+    registry = CollectorRegistry()
+    metrics = ApiMetrics(registry)
+    repository = Repository()
+
+    async def application() -> Any:  # as bridge.worker.api.api_application builds it
+        service = WebhookService(repository, publisher=Published())
+        return create_app(
+            service,
+            control_service(repository),
+            TokenSet.from_mapping({"tokens": []}),
+            config=ApiConfig(),
+            metrics=metrics,
+        )
+
+    server = WebServer(
+        host="127.0.0.1",
+        port=0,
+        registry=registry,
+        ready=lambda: (False, "rebalancing"),
+        application=application,
+    )
+    app = await server._routes()
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        assert (await client.get("/readyz")).status == 503
+        assert (await client.get("/healthz")).status == 200
+        assert (await client.get("/metrics")).status == 200
+        assert (await client.get("/v1/webhooks")).status == 401
+    routes = {
+        sample.labels["route"]
+        for family in registry.collect()
+        if family.name == "webhook_bridge_api_requests"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+    assert routes == {"/v1/webhooks"}

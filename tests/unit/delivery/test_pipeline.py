@@ -487,14 +487,16 @@ async def test_due_retry_is_delivered_with_the_same_delivery_id() -> None:
     assert h.value("webhook_bridge_retry_wait_seconds_sum", tier="1") == 60.0
 
 
-@pytest.mark.parametrize("tier", [0, 1, 7])
+@pytest.mark.parametrize("tier", [1, 2, len(SCHEDULE), len(SCHEDULE) + 2])
 @pytest.mark.parametrize("ahead", [SCHEDULE[-1] + 1, 10 * 365 * 86400.0, 1e300])
 async def test_a_retry_due_past_its_tiers_delay_waits_that_delay_at_most(
     monkeypatch: pytest.MonkeyPatch, tier: int, ahead: float
-) -> None:  # (tier 7: past the schedule, as after it shrank)
+) -> None:  # (tiers past the schedule, as after it shrank, wait the last tier's delay)
     """A record of a tier is due at most the tier's delay after it was written: one due later
     (a writer's clock far ahead, or a hostile record) is attempted after that delay, rather
-    than holding up its tier's partition until then (until 2026-12-05: for good, at 1e300)."""
+    than holding up its tier's partition until then (until 2026-12-05: for good, at 1e300).
+    Tiers count from 1, as the workers' retry agents number them (until 2026-12-06 the next
+    tier's delay was taken)."""
     slept: list[float] = []
 
     async def sleep(seconds: float) -> None:
@@ -507,7 +509,7 @@ async def test_a_retry_due_past_its_tiers_delay_waits_that_delay_at_most(
     raw = retry_record(hook, attempt=2, not_before=NOW_TS + ahead)
     await asyncio.wait_for(h.pipeline.handle_retry(raw, RETRY_SOURCE, acks, tier), PROMPT)
     await h.settled()
-    assert slept == [SCHEDULE[min(tier, len(SCHEDULE) - 1)]]
+    assert slept == [SCHEDULE[min(tier - 1, len(SCHEDULE) - 1)]]
     assert len(h.sender.sent) == 1 and acks.count == 1
 
 
@@ -828,6 +830,88 @@ async def test_an_attempt_record_that_cannot_be_written_dead_letters_its_job(
     )
     await h.settled()
     assert acks.count == 1
+
+
+class HeldOutputs(FakeOutputs):
+    """Retry and status writes wait for ``gate`` (a broker slow at shutdown)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def retry(self, tier: int, key: bytes, value: bytes) -> None:
+        self.calls.append("retry held")
+        await self.gate.wait()
+        await super().retry(tier, key, value)
+
+    async def status(self, key: bytes, record: dict[str, Any]) -> None:
+        self.calls.append("status held")
+        await self.gate.wait()
+        await super().status(key, record)
+
+
+async def _drained_while_recording(h: Harness, held: str) -> tuple[int, Acks]:
+    """A job whose outcome is being recorded (its write ``held``) when a drain's timeout
+    ends; the write then goes through. How many jobs the drain handed over, and the acks."""
+    outputs = HeldOutputs()
+    h.outputs = h.deliverer._outputs = h.pipeline._outputs = outputs  # type: ignore[assignment]
+    acks = Acks()
+    await h.pipeline.handle_event(make_event().to_bytes(), SOURCE, acks)
+    await eventually(lambda: held in outputs.calls)
+    draining = asyncio.create_task(h.pipeline.drain(0.01))
+    await asyncio.sleep(0.05)  # past the drain's timeout: it hands over what it interrupts
+    outputs.gate.set()
+    return await asyncio.wait_for(draining, PROMPT), acks
+
+
+async def test_a_drain_lets_an_answered_failure_be_recorded_once() -> None:
+    """Until 2026-12-06 the drain interrupted it while its outcome was written: recorded
+    twice, as a failure and as an interrupted skip, with two retries."""
+    h = Harness(
+        [webhook("w")], ScriptedSender({"w": AttemptResult(False, 500, "http_status", 0.2, AT)})
+    )
+    # Its first failure: the endpoint's health (failing) is published, then the retry.
+    handed, acks = await _drained_while_recording(h, "status held")
+    assert handed == 0 and acks.count == 1
+    assert len(h.sender.sent) == 1
+    assert [record["error"] for _, record in h.outputs.attempts] == ["http_status"]
+    assert len(h.outputs.retries) == 1
+    assert h.value("webhook_bridge_attempts_skipped_total", reason="interrupted") == 0
+    assert (
+        h.value("webhook_bridge_delivery_attempts_total", outcome="failure", status_class="5xx")
+        == 1
+    )
+
+
+async def test_a_drain_lets_a_delivered_job_be_recorded_rather_than_retried() -> None:
+    """A webhook recovering from failing publishes its health after the delivery's record;
+    until 2026-12-06 a drain then handed the delivered job to the retry path, and the next
+    worker delivered it again."""
+    h = Harness([webhook("w")], ScriptedSender())
+    failing = {"w": {"webhook_id": "w", "state": "failing", "failing_since": NOW_TS - 100}}
+    h.deliverer._health = EndpointHealth(5 * 86400.0, failing.get)
+    handed, acks = await _drained_while_recording(h, "status held")
+    assert handed == 0 and acks.count == 1
+    assert h.outputs.retries == []
+    assert [record["outcome"] for _, record in h.outputs.attempts] == ["success"]
+    assert h.value("webhook_bridge_attempts_skipped_total", reason="interrupted") == 0
+    assert h.value(DELIVERIES, event_type="post.created", outcome="delivered") == 1
+
+
+async def test_a_delivery_whose_record_failed_is_counted_delivered_only() -> None:
+    """Its receiver answered 200; the record of it is dead-lettered internal_error, and until
+    2026-12-06 the delivery was counted dead_lettered as well."""
+    h = Harness([webhook("w")], ScriptedSender())
+    h.outputs.hold_attempts = True
+    acks = Acks()
+    await h.pipeline.handle_event(make_event().to_bytes(), SOURCE, acks)
+    await eventually(lambda: len(h.outputs.attempt_writes) == 1)
+    h.outputs.attempt_writes[0].set_exception(RuntimeError("broker gone"))
+    await eventually(lambda: acks.count == 1)
+    assert [letter["reason"] for _, letter in h.outputs.dead_letters] == ["internal_error"]
+    assert h.value("webhook_bridge_dead_letters_total", reason="internal_error") == 1
+    assert h.value(DELIVERIES, event_type="post.created", outcome="delivered") == 1
+    assert h.value(DELIVERIES, event_type="post.created", outcome="dead_lettered") in (None, 0)
 
 
 async def test_drain_waits_for_attempt_records_on_their_way() -> None:
