@@ -78,7 +78,7 @@ from bridge.worker.recovery_view import RecoveryView
 from bridge.worker.settling import HOLD_HEADER, Changes, hold_left, settle_async
 from bridge.worker.web import WebServer
 
-__all__ = ["Bridge", "delivery_log_store"]
+__all__ = ["MAX_RELAYED_RETRY_AFTER", "Bridge", "delivery_log_store"]
 
 log = logging.getLogger(__name__)
 
