@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bridge.contract.events import parse_time as _parse_utc
 from bridge.delivery.retry_policy import DEFAULT_SCHEDULE
 from bridge.errors import ConfigError
 from bridge.redaction import without_userinfo
@@ -89,17 +90,32 @@ def format_duration(seconds: float) -> str:
 
 
 def parse_time(text: str, now: datetime | None = None) -> datetime:
-    """An ISO-8601 time (``2024-01-15T10:30:00Z``) or a duration ago (``30m``, ``2h``, ``1d``)."""
-    moment = now or datetime.now(UTC)
+    """An ISO-8601 time (``2024-01-15T10:30:00Z``; one without an offset is in UTC) or a
+    duration ago (``30m``, ``2h``, ``1d``), in UTC.
+
+    ``ValueError`` for anything else, and for a time outside the calendar in UTC, as
+    :func:`bridge.contract.events.parse_time` reads times (until 2026-12-06 ``1000000d`` and
+    ``0001-01-01T00:00:00+01:00`` were taken, and failed later with a traceback)."""
+    refused = f"not a time: {text!r} (ISO-8601, or a duration ago like 2h)"
     try:
-        return moment - timedelta(seconds=parse_duration(text))
+        ago = parse_duration(text)
     except ValueError:
         pass
+    else:
+        try:
+            return (now or datetime.now(UTC)) - timedelta(seconds=ago)
+        except OverflowError:
+            raise ValueError(f"{refused}: too long ago") from None
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"not a time: {text!r} (ISO-8601, or a duration ago like 2h)") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        raise ValueError(refused) from None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    try:
+        return _parse_utc(text)
+    except ValueError as exc:
+        raise ValueError(f"{refused}: {exc}") from None
 
 
 def parse_bool(text: str) -> bool:

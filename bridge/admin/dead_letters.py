@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +21,7 @@ from bridge.delivery.pending_retry import PendingRetry, read_history
 from bridge.errors import InvalidRecord
 from bridge.kafka.clients import client_kwargs, started, stopped
 from bridge.kafka.reading import KeyValue, stream_topic
+from bridge.subscriptions.webhook import Webhook
 
 __all__ = [
     "STAMP_MARGIN",
@@ -29,6 +30,7 @@ __all__ = [
     "of_webhook_created",
     "stream_dead_letters",
     "REPLAY_IN_FLIGHT",
+    "REPLAY_REMEMBERED",
     "ReplayReport",
     "replay_dead_letters",
 ]
@@ -155,25 +157,42 @@ async def stream_dead_letters(
 @dataclass
 class ReplayReport:
     replayed: list[str] = field(default_factory=list)
-    #: Dead letters that cannot be replayed: the event itself was invalid (no webhook), or is
-    #: invalid as the bridge reads events now.
+    #: Dead letters not replayed: the event itself was invalid (no webhook), or is invalid as
+    #: the bridge reads events now; the letter names no webhook id, or lacks what a retry needs;
+    #: a letter without ``webhook_created_at`` whose webhook is gone, or is a webhook created
+    #: after the letter was written (one that took a deleted webhook's id); or a further letter
+    #: of a delivery the replay has already replayed.
     skipped: int = 0
 
 
 #: Replayed letters written before their writes are awaited: what a replay holds at most.
 REPLAY_IN_FLIGHT = 500
 
+#: Delivery ids one replay remembers, to replay each delivery once (its first letter read);
+#: past that many, a later letter of a delivery not remembered may be replayed again.
+REPLAY_REMEMBERED = 100_000
+
 
 async def replay_dead_letters(
     settings: Settings,
     where: DeadLetterFilter,
     *,
+    webhooks: Callable[[str], Awaitable[Webhook | None]],
     clock: Callable[[], float] = time.time,
     share: LoopShare | None = None,
 ) -> ReplayReport:
     """Re-enqueue matching dead letters in the first retry tier, due now, with the same delivery
     id. Each replayed delivery gets the retry schedule again from its second entry; it is signed
     with the webhook's secret at that time, and dropped if the webhook is gone or inactive.
+
+    A letter names the ``created_at`` of its webhook (``webhook_created_at``), and the worker
+    drops its retry when the webhook of that id now is another one. A letter without one
+    (written before letters named it) is judged here, by ``webhooks`` (the current webhook of
+    an id): with no webhook of its id, or one created after the letter was written (a deleted
+    webhook's id used again), it is not replayed; else it is replayed naming that webhook's
+    ``created_at``. Each delivery is replayed once (its first letter read that can be
+    replayed; a delivery replayed before and dead-lettered again has several letters), as
+    long as the replay remembers it (:data:`REPLAY_REMEMBERED`).
 
     Takes the letters dead-lettered up to when it began (and up to ``where.until``): a
     replayed delivery that fails again is dead-lettered again, later, and is not taken again.
@@ -186,6 +205,7 @@ async def replay_dead_letters(
     report = ReplayReport()
     producer: AIOKafkaProducer | None = None
     in_flight: list[tuple[str, asyncio.Future[Any]]] = []
+    replayed: set[str] = set()
 
     async def settle() -> None:
         for delivery, sent in in_flight:
@@ -198,9 +218,15 @@ async def replay_dead_letters(
         async with aclosing(letters) as reading:
             async for record in reading:
                 item = _replayed(record, clock())
+                if item is not None and item.delivery_id in replayed:
+                    item = None
+                if item is not None and item.webhook_created_at is None:
+                    item = _of_current(item, record, await webhooks(item.webhook_id))
                 if item is None:
                     report.skipped += 1
                     continue
+                if len(replayed) < REPLAY_REMEMBERED:
+                    replayed.add(item.delivery_id)
                 if producer is None:
                     producer = await started(
                         AIOKafkaProducer(
@@ -220,10 +246,31 @@ async def replay_dead_letters(
     return report
 
 
+def _of_current(
+    item: PendingRetry, record: Mapping[str, Any], current: Webhook | None
+) -> PendingRetry | None:
+    """``item``, replaying a letter that does not name the ``created_at`` of its webhook, made
+    for ``current`` (the webhook of its id now): ``None`` when there is none, or when it was
+    created after the letter was written. Until 2026-12-06 such a letter was replayed naming
+    no webhook, which every worker takes as of the current one: a deleted webhook's event went
+    to the webhook (another site's, perhaps) that took its id."""
+    if current is None:
+        return None
+    created = current.created_at
+    if created is not None and not of_webhook_created(record, created):
+        return None
+    return dataclasses.replace(item, webhook_created_at=created)
+
+
 def _replayed(record: dict[str, Any], now: float) -> PendingRetry | None:
     """The first-tier retry that replays the dead letter ``record``, due at ``now``; ``None``
     when it cannot be replayed (no webhook, or an event a worker would dead-letter now)."""
-    if not record.get("webhook_id") or not isinstance(record.get("event"), dict):
+    # A webhook id is a non-empty string: until 2026-12-06 a letter naming 123 or ["wh"] was
+    # replayed to the webhook "123" or "['wh']".
+    webhook_id = record.get("webhook_id")
+    if not isinstance(webhook_id, str) or not webhook_id:
+        return None
+    if not isinstance(record.get("event"), dict):
         return None
     # Written by something else than the bridge, a letter may lack what a retry needs (a
     # delivery id, attempts a retry record can carry): it is not replayed, and the others are
@@ -242,7 +289,7 @@ def _replayed(record: dict[str, Any], now: float) -> PendingRetry | None:
         return None
     return PendingRetry(
         delivery_id=delivery,
-        webhook_id=str(record["webhook_id"]),
+        webhook_id=webhook_id,
         event=event,
         attempt=2,
         not_before=now,

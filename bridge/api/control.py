@@ -18,7 +18,7 @@ import bisect
 import dataclasses
 import itertools
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -88,8 +88,13 @@ class DeadLetterSource(Protocol):
         unread (:func:`bridge.admin.dead_letters.stream_dead_letters`)."""
         ...
 
-    async def replay(self, where: DeadLetterFilter) -> ReplayReport:
-        """Re-enqueue the dead letters ``where`` selects, with their delivery ids."""
+    async def replay(
+        self, where: DeadLetterFilter, *, webhooks: Callable[[str], Awaitable[Webhook | None]]
+    ) -> ReplayReport:
+        """Re-enqueue the dead letters ``where`` selects, with their delivery ids; a letter
+        that does not name the ``created_at`` of its webhook is judged by the current webhook
+        of its id, ``webhooks`` gives it
+        (:func:`bridge.admin.dead_letters.replay_dead_letters`)."""
         ...
 
 
@@ -687,7 +692,9 @@ class ControlService:
         webhook = await self._scoped_webhook(principal, where.webhook_id, "body")
         if webhook is not None and webhook.created_at is not None:
             where = dataclasses.replace(where, webhook_created_at=webhook.created_at)
-        return await self._dead_letters.replay(await self._of_delivery_webhook(where))
+        return await self._dead_letters.replay(
+            await self._of_delivery_webhook(where), webhooks=self._repository.get
+        )
 
     async def _of_delivery_webhook(self, where: DeadLetterFilter) -> DeadLetterFilter:
         """``where``, naming a delivery and no webhook, narrowed to the delivery's webhook when

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from datetime import datetime
 from typing import Any
@@ -124,9 +124,13 @@ class KafkaDeadLetters:
             async for record in reading:
                 yield record
 
-    async def replay(self, where: DeadLetterFilter) -> ReplayReport:
+    async def replay(
+        self, where: DeadLetterFilter, *, webhooks: Callable[[str], Awaitable[Webhook | None]]
+    ) -> ReplayReport:
         async with self._reads:
-            return await replay_dead_letters(self._settings, where, share=self._share)
+            return await replay_dead_letters(
+                self._settings, where, webhooks=webhooks, share=self._share
+            )
 
 
 def kafka_recovery_runner(

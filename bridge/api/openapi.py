@@ -540,8 +540,20 @@ def _schemas() -> dict[str, Any]:
             "type": "object",
             "required": ["replayed", "skipped"],
             "properties": {
-                "replayed": {"type": "array", "items": {"type": "string"}},
-                "skipped": {"type": "integer", "minimum": 0},
+                "replayed": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "The delivery ids written to the first retry tier, each "
+                    "once (its first letter read).",
+                },
+                "skipped": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Letters not replayed: an invalid event or no webhook id; "
+                    "a letter without webhook_created_at whose webhook is gone, or was created "
+                    "after the letter (its id taken again); a further letter of a delivery "
+                    "already replayed.",
+                },
             },
         },
     }

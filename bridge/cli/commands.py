@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import gc
 import json
+import logging
+import math
 import re
 import signal
 import sys
@@ -81,7 +83,7 @@ COMMAND_SECTIONS: dict[str, tuple[Section, ...]] = {
     ),
     "publish": (*_MANAGEMENT, Section.EVENTS),
     "dlq list": (*_MANAGEMENT, Section.DEAD_LETTERS),
-    "dlq replay": (*_MANAGEMENT, Section.DEAD_LETTERS),
+    "dlq replay": (*_WEBHOOKS, Section.DEAD_LETTERS),
     "receive": (),
 }
 _LOOPBACK = ("127.0.0.0/8", "::1/128")
@@ -112,6 +114,24 @@ class SilentParser(argparse.ArgumentParser):
                 r"invalid \S+ value: .*", "invalid value (not shown; see --help)", message
             )
         super().error(message)
+
+
+def _recovery_rate(text: str) -> float:
+    """``--rate`` of ``webhooks recover``: a finite number of deliveries per second within the
+    API's bounds, with or without the API (until 2026-12-06 ``inf`` was taken: no pacing, and
+    ``Infinity`` in the JSON printed; ``0`` and ``nan`` failed later)."""
+    from bridge.api.openapi import MAX_RECOVERY_RATE, MIN_RECOVERY_RATE
+
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = math.nan
+    if not MIN_RECOVERY_RATE <= rate <= MAX_RECOVERY_RATE:  # (never for nan)
+        raise argparse.ArgumentTypeError(
+            f"must be a number from {MIN_RECOVERY_RATE} to {MAX_RECOVERY_RATE} "
+            "(deliveries per second)"
+        )
+    return rate
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -217,12 +237,19 @@ def _parser() -> argparse.ArgumentParser:
         "--since", required=True, help="ISO-8601 time, or a duration ago (30m, 2h, 1d)"
     )
     recover.add_argument("--until", help="ISO-8601 time, or a duration ago (default: now)")
-    recover.add_argument("--delivery", dest="delivery_id", help="only this delivery id")
+    recover.add_argument(
+        "--delivery",
+        dest="delivery_id",
+        help="only this delivery id, of ID; through the API (--api-url) it is redelivered as "
+        "`deliveries redeliver --webhook ID` does: its event is found by the delivery's "
+        "attempts, and --since, --until and --rate are not used",
+    )
     recover.add_argument(
         "--rate",
-        type=float,
+        type=_recovery_rate,
         default=None,
-        help="deliveries enqueued per second (default 10, never above the webhook's rate_limit)",
+        help="deliveries enqueued per second, from 0.01 to 1000 (default 10, never above the "
+        "webhook's rate_limit)",
     )
     _settings_flags(recover, "webhooks recover")
     recover.set_defaults(handler=_webhooks_recover)
@@ -348,8 +375,38 @@ def _run_managed(
     args: argparse.Namespace, coro_factory: Callable[[Settings], Coroutine[Any, Any, _T]]
 ) -> _T:
     """Run a management command's coroutine on the settings of ``args``: with no broker
-    configured, on the running embedded broker (see :func:`_managed`)."""
-    return asyncio.run(coro_factory(_managed(_settings(args))))
+    configured, on the running embedded broker (see :func:`_managed`). A Kafka client's error
+    ends the command as a :class:`ConfigError` naming the brokers and the error's class (until
+    2026-12-06 an unreachable broker was a traceback); never a credential (the SASL settings
+    are not named, and bootstrap servers carry none)."""
+    from aiokafka.errors import KafkaError
+
+    settings = _managed(_settings(args))
+    # The clients' log lines, unconfigured, went to stderr as well (Python's last resort):
+    # the command's own line says what failed.
+    clients = logging.getLogger("aiokafka")
+    if not any(isinstance(handler, logging.NullHandler) for handler in clients.handlers):
+        clients.addHandler(logging.NullHandler())
+    try:
+        return asyncio.run(coro_factory(settings))
+    except KafkaError as exc:
+        what = "cannot reach Kafka" if isinstance(exc, _unreachable()) else "Kafka error"
+        raise ConfigError(
+            f"{what} at {settings.kafka_bootstrap_servers}: {type(exc).__name__}"
+        ) from None
+
+
+def _unreachable() -> tuple[type[Exception], ...]:
+    """aiokafka's errors of a broker not reached (not connected, or not answering in time)."""
+    from aiokafka import errors
+
+    return (
+        errors.KafkaConnectionError,
+        errors.NoBrokersAvailable,
+        errors.NodeNotReadyError,
+        errors.KafkaTimeoutError,
+        errors.RequestTimedOutError,
+    )
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -620,8 +677,16 @@ def _webhooks_recover(args: argparse.Namespace) -> int:
         return 0
     with api:
         if args.delivery_id is not None:
+            # The API redelivers one delivery as `deliveries redeliver` does: the delivery of
+            # this webhook (until 2026-12-06 ID was not sent: a delivery of any webhook was
+            # redelivered), its event found by its attempts, so no window or rate applies.
+            print(
+                "through the API, --delivery finds its event by the delivery's attempts: "
+                "--since, --until and --rate are not used",
+                file=sys.stderr,
+            )
             path = f"/v1/deliveries/{_path_part(args.delivery_id)}/redeliver"
-            started = api.post(path)
+            started = api.post(path, params={"webhook_id": args.webhook_id})
         else:
             body: dict[str, Any] = {"since": _rfc3339(since.timestamp())}
             body["until"] = _rfc3339(until.timestamp())
@@ -699,6 +764,22 @@ def _escaped(text: str) -> str:
         else ('\\"' if c == '"' else c.encode("unicode_escape").decode("ascii"))
         for c in text
     )
+
+
+def _json_line(value: Any) -> str:
+    """``value`` as one line of JSON, its text as it is but for the characters
+    :func:`_escaped` escapes (controls, line breaks, bidirectional and other format
+    characters), written as JSON escapes: what a dead letter holds is shown, never obeyed by
+    the terminal (until 2026-12-06 ``dlq list`` printed C1 controls and bidi overrides raw)."""
+    return "".join(
+        c if c.isprintable() else _json_escape(c) for c in json.dumps(value, ensure_ascii=False)
+    )
+
+
+def _json_escape(c: str) -> str:
+    # JSON escapes UTF-16 code units: a character past U+FFFF is a surrogate pair.
+    units = c.encode("utf-16-be", "surrogatepass")
+    return "".join(f"\\u{units[i]:02x}{units[i + 1]:02x}" for i in range(0, len(units), 2))
 
 
 def _attempt_line(attempt: Any) -> str:
@@ -854,7 +935,7 @@ def _deliveries_redeliver(args: argparse.Namespace) -> int:
     from bridge.admin.recovery import Operation, RecoveryRequest, recover
     from bridge.subscriptions.store import WebhookStore
 
-    async def run(settings: Settings) -> Operation:
+    async def run(settings: Settings) -> Operation | None:
         attempts = await find_delivery(settings, args.delivery_id, webhook_id=args.webhook_id)
         if not attempts:
             raise ConfigError(f"no attempt of delivery {args.delivery_id!r} in the attempts topic")
@@ -864,10 +945,19 @@ def _deliveries_redeliver(args: argparse.Namespace) -> int:
         if webhook is None or not webhook.active:
             raise ConfigError(f"webhook {first.webhook_id!r} is gone or inactive")
         # The event was published before its first attempt, at most the events' retention
-        # earlier; the reading stops at the delivery.
-        since = datetime.fromtimestamp(first.at_seconds - settings.delivery_log_max_age, UTC)
-        until = datetime.fromtimestamp(first.at_seconds + 1, UTC)
-        request = RecoveryRequest(webhook, since, until, delivery_id=args.delivery_id)
+        # earlier, and not before the epoch (no record is stamped earlier: until 2026-12-06
+        # an attempt recorded in year 1 made this a traceback); the reading stops at the
+        # delivery.
+        since = max(0.0, first.at_seconds - settings.delivery_log_max_age)
+        until = first.at_seconds + 1
+        if until <= since:
+            return None
+        request = RecoveryRequest(
+            webhook,
+            datetime.fromtimestamp(since, UTC),
+            datetime.fromtimestamp(until, UTC),
+            delivery_id=args.delivery_id,
+        )
         return await recover(settings, Operation(request))
 
     api = _api(args)
@@ -878,7 +968,8 @@ def _deliveries_redeliver(args: argparse.Namespace) -> int:
             )
             enqueued = int(api.finished(started)["enqueued"])
     else:
-        enqueued = _run_managed(args, run).enqueued
+        operation = _run_managed(args, run)
+        enqueued = 0 if operation is None else operation.enqueued
     if enqueued == 0:
         raise ConfigError(
             f"the event of delivery {args.delivery_id!r} is no longer in the source topics"
@@ -995,21 +1086,38 @@ def _dlq_list(args: argparse.Namespace) -> int:
         letters = stream_dead_letters(settings, _dead_letter_filter(args))
         async with aclosing(letters) as records:
             async for record in records:
-                print(json.dumps(record, ensure_ascii=False))
+                print(_json_line(record))
 
     _run_managed(args, listing)
     return 0
 
 
 def _dlq_replay(args: argparse.Namespace) -> int:
-    from bridge.admin.dead_letters import replay_dead_letters
+    from bridge.admin.dead_letters import ReplayReport, replay_dead_letters
+    from bridge.subscriptions.store import WebhookStore
 
-    report = _run_managed(
-        args, lambda settings: replay_dead_letters(settings, _dead_letter_filter(args))
-    )
+    where = _dead_letter_filter(args)
+
+    async def replay(settings: Settings) -> ReplayReport:
+        current: dict[str, Webhook] | None = None
+
+        async def webhook(webhook_id: str) -> Webhook | None:
+            # Read once, and only for a letter that does not name its webhook's created_at.
+            nonlocal current
+            if current is None:
+                async with WebhookStore(settings) as store:
+                    current = await store.load()
+            return current.get(webhook_id)
+
+        return await replay_dead_letters(settings, where, webhooks=webhook)
+
+    report = _run_managed(args, replay)
     for delivery in report.replayed:
         print(f"replayed {delivery}")
-    print(f"{len(report.replayed)} replayed, {report.skipped} not replayable (invalid events)")
+    print(
+        f"{len(report.replayed)} replayed, {report.skipped} skipped (an invalid event, a "
+        "webhook gone or replaced, or a delivery's further letter)"
+    )
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from bridge.config import (
     overrides_from_args,
     parse_bool,
     parse_list,
+    parse_time,
     settings_of,
 )
 from bridge.errors import BridgeError, ConfigError
@@ -268,6 +270,35 @@ def test_parse_bool_rejects(text: str) -> None:
 )
 def test_parse_list(text: str, expected: tuple[str, ...]) -> None:
     assert parse_list(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1000000d",  # before year 1
+        "99999999999d",  # more seconds than a time span holds
+        "0001-01-01T00:00:00+01:00",  # year 0 in UTC
+        "9999-12-31T23:00:00-05:00",  # year 10000 in UTC
+        "soon",
+    ],
+)
+def test_parse_time_refuses_a_time_outside_the_calendar_in_utc(text: str) -> None:
+    """Until 2026-12-06 a duration reaching before year 1 raised ``OverflowError``, and a time
+    whose offset takes it out of the calendar in UTC was taken and failed later (a traceback
+    from every command given it)."""
+    with pytest.raises(ValueError, match="not a time"):
+        parse_time(text)
+
+
+def test_parse_time_reads_times_in_utc_and_one_without_an_offset_as_utc() -> None:
+    now = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+    assert parse_time("2h", now) == datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
+    assert parse_time("2026-12-06T14:00:00+02:00") == now
+    assert parse_time("2026-12-06T12:00:00Z") == now
+    assert parse_time("2026-12-06T12:00:00") == now
+    assert parse_time("0001-01-01T00:00:00") == datetime(1, 1, 1, tzinfo=UTC)
+    for text in ("2026-12-06T14:00:00+02:00", "0001-01-01T00:00:00"):
+        assert parse_time(text).tzinfo is UTC
 
 
 def test_empty_bool_env_means_false() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -165,10 +165,12 @@ class MemoryActivity:
 
 @dataclass
 class MemoryDeadLetters:
-    """Dead-letter records in a list; replays are recorded."""
+    """Dead-letter records in a list; replays are recorded, with the lookup of the current
+    webhooks each was given."""
 
     records: list[dict[str, Any]] = field(default_factory=list)
     replays: list[DeadLetterFilter] = field(default_factory=list)
+    lookups: list[Callable[[str], Awaitable[Webhook | None]]] = field(default_factory=list)
 
     async def read(
         self, where: DeadLetterFilter, *, needed_until: Any = None
@@ -177,8 +179,11 @@ class MemoryDeadLetters:
             if where.matches(record):
                 yield record
 
-    async def replay(self, where: DeadLetterFilter) -> ReplayReport:
+    async def replay(
+        self, where: DeadLetterFilter, *, webhooks: Callable[[str], Awaitable[Webhook | None]]
+    ) -> ReplayReport:
         self.replays.append(where)
+        self.lookups.append(webhooks)
         chosen = [r for r in self.records if where.matches(r)]
         return ReplayReport([str(r["delivery_id"]) for r in chosen if r.get("delivery_id")], 0)
 

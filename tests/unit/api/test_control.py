@@ -559,6 +559,23 @@ async def test_replay_dead_letters(api: Api) -> None:
     assert fields(await problem(bad, 400)) == [("since", "format")]
 
 
+async def test_a_replay_judges_letters_by_the_current_webhooks(api: Api) -> None:
+    """The replay is given the repository's webhooks by id: a letter that does not name the
+    ``created_at`` of its webhook (written before letters did) is replayed only to the webhook
+    it was made for (``bridge.admin.dead_letters.replay_dead_letters``). Until 2026-12-06 the
+    replay had no webhooks to judge it by, and replayed it to whichever webhook had its id."""
+    created = await api.create(id="wh_1")
+    api.dead_letters.records = [dead_letter(1)]
+    response = await api.client.post(
+        "/v1/dead-letters/replay", json={"webhook_id": "wh_1"}, headers=auth()
+    )
+    assert response.status == 200
+    (lookup,) = api.dead_letters.lookups
+    current = await lookup("wh_1")
+    assert current is not None and current.created_at == created["created_at"]
+    assert await lookup("wh_gone") is None
+
+
 async def test_a_site_token_reaches_only_its_sites_webhooks(api: Api) -> None:
     await api.create(id="wh_1", site_id="site_1", user_id="user_1")
     await api.create(id="wh_2", site_id="site_2", user_id="user_2")

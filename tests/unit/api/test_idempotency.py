@@ -429,6 +429,18 @@ class KeyedChanges(RuleBasedStateMachine):
         status, headers, answered = self.call(method, path, body, keyed(key, token))
         after = self.current()
         if entry is None:
+            if (
+                kind == "secret"
+                and int(value) > 0
+                and len(before.signing_secrets(self.clock.now)) > 1
+            ):
+                # One previous secret is kept: another overlap while one runs is refused.
+                assert (status, reason(answered)) == (
+                    409,
+                    ("conflict", "overlap_seconds", "overlap_running"),
+                )
+                assert after.to_record() == before.to_record()
+                return
             assert status == 200 and REPLAYED_HEADER not in headers, answered
             assert after.updated_at != before.updated_at
             self.keyed_changes += 1

@@ -334,3 +334,232 @@ def test_an_attempt_line_shows_the_response_size_and_an_escaped_prefix() -> None
         'body "\\x1b[2J\\x1b]0;x\\x07\\x00\\r\\nfake line\\u202e\\x85\\"\\\\ caf\u00e9"'
     )
     assert line.isprintable()
+
+
+# ---------------------------------------------------------------- Kafka-direct admin commands
+
+
+def hook(created_at: str | None = None) -> Webhook:
+    extra = {} if created_at is None else {"created_at": created_at}
+    return Webhook(
+        id="wh",
+        name="wh",
+        url="https://hooks.example/wh",
+        secret="whsec_" + "s" * 32,
+        events=frozenset({"*"}),
+        site_id="s1",
+        user_id="u1",
+        extra=extra,
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["webhooks", "recover", "wh", "--since", "1000000d"],
+        ["webhooks", "recover", "wh", "--since", "2h", "--until", "99999999999d"],
+        ["webhooks", "attempts", "wh", "--since", "0001-01-01T00:00:00+01:00"],
+        ["webhooks", "attempts", "wh", "--until", "9999-12-31T23:00:00-05:00"],
+        ["dlq", "list", "--since", "1000000d"],
+        ["dlq", "replay", "--until", "9999-12-31T23:00:00-05:00"],
+    ],
+)
+def test_a_time_outside_the_calendar_is_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """Until 2026-12-06 each was a traceback (``OverflowError``, or ``year 0 is out of
+    range`` where the time was shown or sent)."""
+    # Through the API too (a closed port: refused before any request).
+    api = ["--api-url", "http://127.0.0.1:1", "--api-token", "wbt_t"]
+    for extra in ([], api) if argv[0] == "webhooks" else ([],):
+        err = refused(capsys, *argv, *extra)
+        assert err.startswith("webhook-bridge: not a time: ")
+
+
+@pytest.mark.parametrize("rate", ["inf", "nan", "0", "0.001", "1001", "-1", "ten"])
+def test_recover_takes_a_rate_the_api_would(capsys: pytest.CaptureFixture[str], rate: str) -> None:
+    """Until 2026-12-06 ``--rate inf`` was taken: the recovery ran unpaced, and printed
+    ``"rate": Infinity``, which is not JSON; ``0`` and ``nan`` failed later."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["webhooks", "recover", "wh", "--since", "2h", "--rate", rate, *BROKER])
+    assert exited.value.code == 2
+    assert "--rate: must be a number from 0.01 to 1000" in capsys.readouterr().err
+    args = cli._parser().parse_args(["webhooks", "recover", "wh", "--since", "2h", "--rate", "1e3"])
+    assert args.rate == 1000.0
+
+
+def test_recover_of_one_delivery_through_the_api_names_its_webhook(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``webhooks recover ID --delivery D`` through the API redelivers D of ID: until
+    2026-12-06 ID was not sent, and the API redelivered D whichever webhook it was of. The
+    window and rate do not apply there, and the command says so."""
+    import httpx
+
+    from bridge.cli.api_client import ApiClient
+
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(202, json={"id": "r1", "state": "done", "enqueued": 1})
+
+    transport = httpx.MockTransport(answer)
+    monkeypatch.setattr(
+        cli, "_api", lambda args: ApiClient("http://api.test", "t", transport=transport)
+    )
+    assert cli.main(["webhooks", "recover", "wh", "--since", "2h", "--delivery", "d/1"]) == 0
+    (request,) = sent
+    assert request.method == "POST"
+    assert request.url.raw_path == b"/v1/deliveries/d%2F1/redeliver?webhook_id=wh"
+    assert dict(request.url.params) == {"webhook_id": "wh"}
+    assert "--since, --until and --rate are not used" in capsys.readouterr().err
+
+
+def test_redeliver_an_attempt_recorded_in_year_1_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An attempt record's time is whatever a writer put there: until 2026-12-06 one in year 1
+    made ``deliveries redeliver`` a traceback (the events were looked for from a time before
+    year 1). No event is stamped before the epoch: there is nothing to redeliver."""
+    from bridge.admin import activity
+    from bridge.attempts.record import Attempt
+
+    attempt = Attempt.of(
+        {
+            "delivery_id": "d1",
+            "webhook_id": "wh",
+            "event_id": "e1",
+            "event_type": "post.created",
+            "attempt": 1,
+            "outcome": "failure",
+            "status": 500,
+            "error": None,
+            "duration_seconds": 0.1,
+            "at": "0001-01-02T00:00:00.000Z",
+            "next": "retry",
+        }
+    )
+
+    async def find_delivery(settings: Settings, delivery: str, **_: Any) -> list[Attempt]:
+        return [attempt]
+
+    monkeypatch.setattr(activity, "find_delivery", find_delivery)
+    use_webhooks(monkeypatch, hook())
+    err = refused(capsys, "deliveries", "redeliver", "d1")
+    assert err == "webhook-bridge: the event of delivery 'd1' is no longer in the source topics\n"
+
+
+def test_an_unreachable_broker_is_one_line_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """Until 2026-12-06 every Kafka-direct command ended in a ``KafkaConnectionError``
+    traceback, after the client's own log line. The SASL settings are never shown."""
+    password = "never-printed-0123456789"
+    sasl = [
+        "--kafka-security-protocol",
+        "SASL_PLAINTEXT",
+        "--kafka-sasl-mechanism",
+        "PLAIN",
+        "--kafka-sasl-username",
+        "admin",
+        "--kafka-sasl-password",
+        password,
+    ]
+    for argv in (["dlq", "list"], ["webhooks", "stats", "wh"], ["dlq", "list", *sasl]):
+        err = refused(capsys, *argv)
+        assert err == "webhook-bridge: cannot reach Kafka at 127.0.0.1:1: KafkaConnectionError\n"
+        assert password not in err and "admin" not in err
+
+
+def test_any_other_kafka_error_is_one_line_naming_its_class() -> None:
+    from aiokafka.errors import TopicAuthorizationFailedError
+
+    async def work(settings: Settings) -> None:
+        raise TopicAuthorizationFailedError()
+
+    with pytest.raises(ConfigError) as caught:
+        cli._run_managed(_parsed(*BROKER), work)
+    assert str(caught.value) == "Kafka error at 127.0.0.1:1: TopicAuthorizationFailedError"
+
+
+def test_dlq_list_shows_a_hostile_letter_as_json_the_terminal_does_not_obey(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dead letter holds what producers and receivers wrote. Until 2026-12-06 ``dlq list``
+    printed its C1 controls (``\\x9b`` is CSI), bidi overrides and line separators raw; they
+    are JSON escapes now, as ``webhooks attempts`` escapes a response's body, and the line is
+    still the letter's JSON, its other text as it is."""
+    from bridge.admin import dead_letters
+
+    hostile = '\x9b2J\u202egnp.exe\u2028\x7f\x1b]0;x\x07\U000e0001 café ✓ "\\'
+    letters = [{"delivery_id": "d1", "detail": hostile, hostile: [hostile]}, {"n": 2}]
+
+    async def stream_dead_letters(settings: Settings, where: Any, **_: Any) -> Any:
+        for letter in letters:
+            yield letter
+
+    monkeypatch.setattr(dead_letters, "stream_dead_letters", stream_dead_letters)
+    assert cli.main(["dlq", "list", *BROKER]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line) for line in lines] == letters
+    assert all(line.isprintable() for line in lines)
+    assert "café ✓" in lines[0] and "\\u202e" in lines[0] and "\\udb40\\udc01" in lines[0]
+
+
+class Retries:
+    """An ``AIOKafkaProducer`` stand-in keeping the values written."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def __call__(self, **_: Any) -> Retries:
+        return self
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def send(self, topic: str, value: bytes, *, key: bytes) -> Any:
+        import asyncio
+
+        self.written.append(value)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+def test_dlq_replay_judges_a_letter_without_a_created_at_by_the_webhooks_now(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A letter written before letters named their webhook's ``created_at`` is replayed only
+    while the webhook of its id is the one it was made for; until 2026-12-06 ``dlq replay``
+    replayed it to a webhook created since, which took the deleted one's id."""
+    from bridge.admin import dead_letters
+
+    event = build_event("post.created", {"id": "p", "title": "t"}, site_id="s1", user_id="u1")
+    letters = [
+        {
+            "webhook_id": "wh",
+            "delivery_id": "d1",
+            "event": event.envelope(),
+            "attempts": [],
+            "dead_lettered_at": "2026-12-04T11:00:00.000Z",
+        }
+    ]
+
+    async def stream_dead_letters(settings: Settings, where: Any, **_: Any) -> Any:
+        for letter in letters:
+            yield letter
+
+    producer = Retries()
+    monkeypatch.setattr(dead_letters, "stream_dead_letters", stream_dead_letters)
+    monkeypatch.setattr(dead_letters, "AIOKafkaProducer", producer)
+    use_webhooks(monkeypatch, hook(created_at="2026-12-04T12:00:00.000Z"))
+    assert cli.main(["dlq", "replay", *BROKER]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("0 replayed, 1 skipped") and producer.written == []
+    use_webhooks(monkeypatch, hook(created_at="2026-12-04T10:00:00.000Z"))
+    assert cli.main(["dlq", "replay", *BROKER]) == 0
+    assert capsys.readouterr().out.startswith("replayed d1\n1 replayed, 0 skipped")
+    assert b'"webhook_created_at":"2026-12-04T10:00:00.000Z"' in producer.written[0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -143,8 +144,20 @@ async def test_replay_skips_dead_letters_whose_event_the_bridge_refuses(
             yield letter
 
     monkeypatch.setattr(dead_letters, "stream_dead_letters", stream_dead_letters)
-    report = await replay_dead_letters(SETTINGS, DeadLetterFilter())  # nothing to write
+    report = await replay_dead_letters(  # nothing to write
+        SETTINGS, DeadLetterFilter(), webhooks=current(stored("https://hooks.example/"))
+    )
     assert report.replayed == [] and report.skipped == 3
+
+
+def current(*webhooks: Webhook) -> Callable[[str], Awaitable[Webhook | None]]:
+    """The lookup of the current webhook by id a replay is given: ``webhooks``."""
+    by_id = {webhook.id: webhook for webhook in webhooks}
+
+    async def get(webhook_id: str) -> Webhook | None:
+        return by_id.get(webhook_id)
+
+    return get
 
 
 class SentRetries:
@@ -200,7 +213,10 @@ async def test_a_replay_writes_as_it_reads_the_letters_up_to_when_it_began(
     monkeypatch.setattr(dead_letters, "AIOKafkaProducer", producer)
     began = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
     report = await replay_dead_letters(
-        SETTINGS, DeadLetterFilter(webhook_id="hook", until=until), clock=began.timestamp
+        SETTINGS,
+        DeadLetterFilter(webhook_id="hook", until=until),
+        webhooks=current(stored("https://hooks.example/")),
+        clock=began.timestamp,
     )
     assert report.replayed == [f"d{n}" for n in range(1200)] and report.skipped == 0
     assert [n for n, _, _ in producer.writes] == list(range(1, 1201))
