@@ -14,7 +14,15 @@ import yaml
 
 from tests.deploy.tools import REPO
 
-__all__ = ["CHART_DIR", "CI_VALUES", "Chart", "Rendered", "RenderError"]
+__all__ = [
+    "CHART_DIR",
+    "CI_VALUES",
+    "Chart",
+    "DuplicateKeyError",
+    "Rendered",
+    "RenderError",
+    "load_all_strict",
+]
 
 CHART_DIR = REPO / "helm" / "webhook-bridge"
 CI_VALUES = sorted((CHART_DIR / "ci").glob("*-values.yaml"))
@@ -24,6 +32,35 @@ NAMESPACE = "bridge"
 
 class RenderError(Exception):
     """``helm template`` failed; the message is helm's error output."""
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping of the rendered YAML repeats a key."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key twice in one mapping: PyYAML keeps the last value
+    silently, while the API server (strict decoding) refuses or one tool keeps the first."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if key in seen:
+                    raise DuplicateKeyError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"found duplicate key {key!r}",
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[arg-type]
+
+
+def load_all_strict(text: str) -> list[Any]:
+    """The documents of a YAML stream, refusing duplicate keys (:class:`DuplicateKeyError`)."""
+    return list(yaml.load_all(text, Loader=_StrictLoader))  # noqa: S506 - a SafeLoader
 
 
 @dataclass(frozen=True)
@@ -96,5 +133,6 @@ class Chart:
             Path(extra.name).unlink()
         if result.returncode != 0:
             raise RenderError(result.stderr.strip())
-        objects = [o for o in yaml.safe_load_all(result.stdout) if o]
+        # Every rendering is read strictly: a key twice in a mapping is a template bug.
+        objects = [o for o in load_all_strict(result.stdout) if o]
         return Rendered(objects)

@@ -430,6 +430,52 @@ def test_api_port_is_open_to_any_client_by_default(chart: Chart) -> None:
     assert len(policy["spec"]["ingress"]) == 2
 
 
+def _ingress_allows(
+    policy: dict[str, Any], namespace: dict[str, str], pod: dict[str, str], port: str
+) -> bool:
+    """Whether a pod (its labels and its namespace's) may reach ``port`` of the policy's pods;
+    a peer with a podSelector only means the policy's own namespace."""
+    own_namespace = {"kubernetes.io/metadata.name": NAMESPACE}
+    for rule in policy["spec"]["ingress"]:
+        if port not in [p["port"] for p in rule.get("ports", [])]:
+            continue
+        if "from" not in rule:
+            return True
+        for peer in rule["from"]:
+            namespaces = peer.get("namespaceSelector")
+            if namespaces is None:
+                in_namespace = namespace == own_namespace
+            else:
+                in_namespace = _selects(namespaces, namespace)
+            if in_namespace and _selects(peer.get("podSelector", {}), pod):
+                return True
+    return False
+
+
+PROMETHEUS = ({"kubernetes.io/metadata.name": "monitoring"}, {"app": "prometheus"})
+STRANGER = ({"kubernetes.io/metadata.name": "elsewhere"}, {"app": "curious"})
+
+
+def test_api_pods_stay_scrapable_behind_their_network_policy(chart: Chart) -> None:
+    """Until 2026-12-06 networkPolicy.ingress.from [] (any source, for the workers' metrics)
+    with api.networkPolicy.from set (the ingress controller) rendered an API ServiceMonitor
+    whose scrapes the API NetworkPolicy blocked: the API pods' port serves /v1 and /metrics,
+    and only the listed clients were let in. Opening the port to any source would also open
+    /v1, so the chart refuses the combination and asks for the scrapers."""
+    assert SCENARIO["api"]["networkPolicy"]["from"] and SCENARIO["serviceMonitor"]["enabled"]
+    open_scrape: dict[str, Any] = {"networkPolicy": {"ingress": {"from": []}}}
+    with pytest.raises(RenderError, match=r"networkPolicy\.ingress\.from"):
+        api_render(chart, open_scrape)
+    # Scrapers listed: Prometheus reaches the API pods' port, a stranger does not.
+    policy = api_render(chart).one("NetworkPolicy", "api")
+    assert _ingress_allows(policy, *PROMETHEUS, port="http")
+    assert not _ingress_allows(policy, *STRANGER, port="http")
+    # Nothing scrapes them, or /v1 is open to any source anyway: nothing to refuse.
+    api_render(chart, {**open_scrape, "serviceMonitor": {"enabled": False}})
+    either = api_render(chart, {**open_scrape, "api": {"networkPolicy": {"from": []}}})
+    assert _ingress_allows(either.one("NetworkPolicy", "api"), *STRANGER, port="http")
+
+
 def test_no_api_network_policy_without_network_policies(chart: Chart) -> None:
     rendered = api_render(chart, {"networkPolicy": {"enabled": False}})
     assert not rendered.all("NetworkPolicy")

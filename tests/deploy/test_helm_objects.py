@@ -3,6 +3,7 @@ and monitoring, checked on the parsed objects of ``helm template``."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import ipaddress
 import json
@@ -16,7 +17,15 @@ import yaml
 
 from bridge.config import Settings, parse_duration
 from bridge.delivery.pipeline import drain_worst_case
-from tests.deploy.chart import CHART_DIR, NAMESPACE, RELEASE, Chart, RenderError
+from tests.deploy.chart import (
+    CHART_DIR,
+    NAMESPACE,
+    RELEASE,
+    Chart,
+    DuplicateKeyError,
+    RenderError,
+    load_all_strict,
+)
 from tests.deploy.tools import REPO
 
 pytestmark = pytest.mark.deploy
@@ -140,7 +149,14 @@ def test_every_setting_reaches_the_bridge_through_its_environment_variable(chart
         secrets["secretKeys"] = "k1:" + "A" * 43 + "="
     # A key the chart leaves empty by default (a setting the workers do not need) is named.
     keys = {k: v or f"key-{k}" for k, v in VALUES["secret"]["keys"].items()}
-    rendered = chart.render(values={"config": config, "secret": {"values": secrets, "keys": keys}})
+    # The workers read the token file (role api): the chart wants it mounted.
+    tokens = {
+        "extraVolumes": [{"name": "tokens", "secret": {"secretName": "tokens"}}],
+        "extraVolumeMounts": [{"name": "tokens", "mountPath": "/etc/bridge"}],
+    }
+    rendered = chart.render(
+        values={"config": config, "secret": {"values": secrets, "keys": keys}, **tokens}
+    )
     for kind, component in (("Deployment", "worker"), ("Job", "topics")):
         env = env_of(container(rendered.one(kind, component)))
         plain = {k: v for k, v in env.items() if isinstance(v, str)}
@@ -219,6 +235,38 @@ def test_no_secret_and_no_secret_env_by_default(chart: Chart) -> None:
     assert not rendered.all("Secret")
     env = env_of(container(rendered.one("Deployment")))
     assert not any(isinstance(v, dict) for v in env.values())
+
+
+def _by_name(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in objects}
+
+
+def test_secret_values_api_token_reaches_the_pods_under_a_default_key(chart: Chart) -> None:
+    """Until 2026-12-06 secret.values.apiToken was dropped while secret.keys.apiToken was ""
+    (the default): the chart's Secret held `data: {}` and no pod got BRIDGE_API_TOKEN, although
+    docs/operations-helm.md says both Deployments receive it."""
+    token = "wbt_" + "t" * 43
+    values = {"secret": {"values": {"apiToken": token}}}
+    assert VALUES["secret"]["keys"]["apiToken"] == ""
+    for rendered in (
+        chart.render(values=values),
+        chart.render([CI / "api-values.yaml"], values),
+    ):
+        secrets = _by_name(rendered.all("Secret"))
+        for name in (FULLNAME, f"{FULLNAME}-topics"):
+            assert secrets[name]["data"] == {"api-token": base64.b64encode(token.encode()).decode()}
+        for pod in [*rendered.all("Deployment"), rendered.one("Job", "topics")]:
+            ref = env_of(container(pod))["BRIDGE_API_TOKEN"]["secretKeyRef"]
+            assert ref["key"] == "api-token"
+            assert ref["name"] in secrets
+    # A key named in secret.keys still wins; with existingSecret "" still leaves it out.
+    named = chart.render(values={"secret": {**values["secret"], "keys": {"apiToken": "t"}}})
+    assert {name: set(s["data"]) for name, s in _by_name(named.all("Secret")).items()} == {
+        FULLNAME: {"t"},
+        f"{FULLNAME}-topics": {"t"},
+    }
+    existing = chart.render(values={"secret": {"existingSecret": "creds"}})
+    assert "BRIDGE_API_TOKEN" not in env_of(container(existing.one("Deployment")))
 
 
 # -- pod security, probes, volumes ------------------------------------------------------------
@@ -310,6 +358,62 @@ def test_pod_anti_affinity(chart: Chart, mode: str, key: str | None) -> None:
         assert affinity is None
     else:
         assert list(affinity["podAntiAffinity"]) == [key]
+
+
+ZONE_SPREAD = {
+    "requiredDuringSchedulingIgnoredDuringExecution": [
+        {"topologyKey": "topology.kubernetes.io/zone", "labelSelector": {"matchLabels": {"a": "b"}}}
+    ]
+}
+ON_LINUX = {
+    "requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [
+            {
+                "matchExpressions": [
+                    {"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]}
+                ]
+            }
+        ]
+    }
+}
+
+
+@pytest.mark.parametrize("mode", ["soft", "hard"])
+def test_own_pod_anti_affinity_replaces_the_preset(chart: Chart, mode: str) -> None:
+    """Until 2026-12-06 an affinity.podAntiAffinity of the user's beside the preset
+    (podAntiAffinity soft, the default, or hard) rendered the key podAntiAffinity twice in one
+    mapping, in the workers' and the API's pods: which one a tool kept was up to the tool.
+    (Every rendering is now read refusing duplicate keys: tests/deploy/chart.py.)"""
+    own = {"podAntiAffinity": ZONE_SPREAD, "nodeAffinity": ON_LINUX}
+    values = {"podAntiAffinity": mode, "affinity": own, "api": {"affinity": own}}
+    rendered = chart.render([CI / "api-values.yaml"], values)
+    for component in ("worker", "api"):
+        pod = rendered.one("Deployment", component)["spec"]["template"]["spec"]
+        assert pod["affinity"] == own, component
+    # Other affinities of the user's keep the preset beside them.
+    values = {"podAntiAffinity": mode, "affinity": {"nodeAffinity": ON_LINUX}}
+    pod = chart.render(values=values).one("Deployment")["spec"]["template"]["spec"]
+    assert pod["affinity"]["nodeAffinity"] == ON_LINUX
+    assert len(pod["affinity"]["podAntiAffinity"]) == 1
+
+
+def test_rendered_yaml_is_read_refusing_duplicate_keys() -> None:
+    with pytest.raises(DuplicateKeyError, match="podAntiAffinity"):
+        load_all_strict("affinity:\n  podAntiAffinity: {}\n  podAntiAffinity: {}\n")
+    assert load_all_strict("a: {b: 1}\n---\nb: {b: 2}\n") == [{"a": {"b": 1}}, {"b": {"b": 2}}]
+
+
+def test_recreate_strategy_has_no_rolling_update(chart: Chart) -> None:
+    """Until 2026-12-06 updateStrategy.type Recreate rendered beside values.yaml's rollingUpdate
+    block, which the API server refuses (spec.strategy.rollingUpdate: Forbidden)."""
+    values = {"updateStrategy": {"type": "Recreate"}}
+    rendered = chart.render([CI / "api-values.yaml"], values)
+    for component in ("worker", "api"):
+        assert rendered.one("Deployment", component)["spec"]["strategy"] == {"type": "Recreate"}
+    rolling = chart.render().one("Deployment")["spec"]["strategy"]
+    assert rolling == VALUES["updateStrategy"]
+    with pytest.raises(RenderError, match="updateStrategy"):
+        chart.render(values={"updateStrategy": {"type": "Rolling"}})
 
 
 # -- shutdown ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@
   (only the data file is read; the package is not imported).
 * Custom-resource validators (ServiceMonitor, PrometheusRule, ScaledObject, ...): the npm packages
   of ``tests/deploy/node`` (``npm ci --prefix tests/deploy/node``).
+* ``promtool``: the Debian package ``prometheus`` (on PATH).
 
 Each function returns ``None`` when its tool is not installed, so tests can skip with a reason.
 """
@@ -35,6 +36,7 @@ __all__ = [
     "hadolint",
     "compose_schema",
     "node_validator",
+    "promtool",
 ]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -148,3 +150,9 @@ def node_validator() -> tuple[Path, Path] | None:
     if node is None or not (_NODE_DIR / "node_modules" / "@kubernetes-models").is_dir():
         return None
     return Path(node), _NODE_DIR / "validate-crds.mjs"
+
+
+def promtool() -> Path | None:
+    """``promtool`` on PATH (Debian package ``prometheus``)."""
+    on_path = shutil.which("promtool")
+    return Path(on_path) if on_path else None

@@ -161,6 +161,21 @@ Name of the Secret holding the secret settings: the existing one, or the chart's
 {{- end }}
 
 {{/*
+The key of a secret setting in the Secret: secret.keys.<setting>. In the chart-created Secret an
+empty key falls back to the setting in kebab-case (apiToken -> api-token), so that a value given
+in secret.values is never dropped; with existingSecret "" leaves the setting out.
+Usage: include "webhook-bridge.secretKey" (dict "root" $ "setting" "apiToken")
+*/}}
+{{- define "webhook-bridge.secretKey" -}}
+{{- $secret := .root.Values.secret }}
+{{- $key := get $secret.keys .setting | default "" }}
+{{- if and (not $key) (not $secret.existingSecret) }}
+{{- $key = kebabcase .setting }}
+{{- end }}
+{{- $key }}
+{{- end }}
+
+{{/*
 Whether the chart creates its own Secret: no existingSecret and at least one value given.
 */}}
 {{- define "webhook-bridge.createSecret" -}}
@@ -180,8 +195,9 @@ A setting's environment variable: config key in camelCase -> BRIDGE_ + UPPER_SNA
 {{- end }}
 
 {{/*
-A config value as the bridge reads it: lists comma-separated, booleans true/false, whole numbers
-without an exponent (YAML numbers arrive as float64 and would print as 1.048576e+06).
+A config value as the bridge reads it: lists comma-separated, booleans true/false, numbers
+without an exponent (YAML numbers arrive as float64 and would print as 1.048576e+06 or 1e-05,
+which the bridge's durations do not read).
 */}}
 {{- define "webhook-bridge.envValue" -}}
 {{- $v := . }}
@@ -190,7 +206,9 @@ without an exponent (YAML numbers arrive as float64 and would print as 1.048576e
 {{- range $v }}{{ $items = append $items (include "webhook-bridge.envValue" .) }}{{ end }}
 {{- join "," $items }}
 {{- else if kindIs "float64" $v }}
-{{- if eq (float64 (int64 $v)) $v }}{{ int64 $v }}{{ else }}{{ $v }}{{ end }}
+{{- if eq (floor $v) $v }}{{ printf "%.0f" $v }}
+{{- else if contains "e" (toString $v) }}{{ regexReplaceAll "0+$" (printf "%.12f" $v) "" }}
+{{- else }}{{ $v }}{{ end }}
 {{- else }}
 {{- toString $v }}
 {{- end }}
@@ -234,7 +252,73 @@ The web port (health, readiness, metrics).
 {{- end }}
 
 {{/*
-Fail on values that cannot work: secret settings in `config`, more workers than partitions.
+A boolean setting as the bridge reads it (parse_bool): "true" when true, "" otherwise.
+*/}}
+{{- define "webhook-bridge.bool" -}}
+{{- if has (toString . | trim | lower) (list "1" "true" "yes" "on") }}true{{ end }}
+{{- end }}
+
+{{/*
+Whether the bridge containers get a setting (camelCase): from config, from the Secret, or from
+extraEnv; extraEnvFrom may hold anything, so with it every setting counts as given.
+Usage: include "webhook-bridge.given" (dict "root" $ "setting" "apiTokens")
+*/}}
+{{- define "webhook-bridge.given" -}}
+{{- $values := .root.Values }}
+{{- $setting := .setting }}
+{{- $env := include "webhook-bridge.envName" $setting }}
+{{- $value := get $values.config $setting }}
+{{- if and (not (kindIs "invalid" $value)) (ne (toString $value) "") }}true{{ end }}
+{{- if hasKey $values.secret.keys $setting }}
+{{- if and (include "webhook-bridge.secretKey" .) (or $values.secret.existingSecret (get $values.secret.values $setting)) }}true{{ end }}
+{{- end }}
+{{- range $values.extraEnv }}{{ if eq (toString .name) $env }}true{{ end }}{{ end }}
+{{- if $values.extraEnvFrom }}true{{ end }}
+{{- end }}
+
+{{/*
+Fails unless an allowNetworks entry is a network as ipaddress.ip_network reads it: no host bits
+set (10.1.0.1/16 is refused; the schema checks the notation).
+*/}}
+{{- define "webhook-bridge.checkNetwork" -}}
+{{- $network := . }}
+{{- $parts := splitList "/" $network }}
+{{- if eq (len $parts) 2 }}
+{{- $address := index $parts 0 }}
+{{- $prefix := index $parts 1 | atoi }}
+{{- $groups := list }}
+{{- $width := 8 }}
+{{- if contains ":" $address }}
+{{- $width = 16 }}
+{{- $halves := splitList "::" $address }}
+{{- $left := compact (splitList ":" (index $halves 0)) }}
+{{- $right := list }}
+{{- if eq (len $halves) 2 }}
+{{- $right = compact (splitList ":" (index $halves 1)) }}
+{{- end }}
+{{- $zeros := list }}
+{{- range until (sub 8 (add (len $left) (len $right)) | int) }}{{ $zeros = append $zeros "0" }}{{ end }}
+{{- range concat $left $zeros $right }}{{ $groups = append $groups (printf "0x%s" . | int) }}{{ end }}
+{{- else }}
+{{- range splitList "." $address }}{{ $groups = append $groups (atoi .) }}{{ end }}
+{{- end }}
+{{- range $i, $group := $groups }}
+{{- $hostBits := sub (mul (add $i 1) $width) $prefix | int }}
+{{- if gt $hostBits 0 }}
+{{- $size := 1 }}
+{{- range until (min $hostBits $width | int) }}{{ $size = mul $size 2 }}{{ end }}
+{{- if ne (mod $group $size) 0 }}
+{{- fail (printf "config.allowNetworks: %s has host bits set: give the network's own address, every bit after the first %d zero (10.1.0.0/16, not 10.1.0.1/16)" $network $prefix) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Fail on values that cannot work: secret settings in `config`, more workers than partitions, and
+the rules of bridge/config.py (Settings.__post_init__) between settings that values.schema.json
+cannot say, so that a release never starts workers that refuse their settings.
 */}}
 {{- define "webhook-bridge.validate" -}}
 {{- range $setting, $key := .Values.secret.keys }}
@@ -270,6 +354,64 @@ Fail on values that cannot work: secret settings in `config`, more workers than 
 {{- if not (or .Values.api.tokens.existingSecret .Values.api.tokens.entries) }}
 {{- fail "api.enabled needs tokens: api.tokens.entries (as `python -m bridge.api token` prints them) or api.tokens.existingSecret" }}
 {{- end }}
+{{- if and .Values.networkPolicy.enabled .Values.serviceMonitor.enabled .Values.api.networkPolicy.from (not .Values.networkPolicy.ingress.from) }}
+{{- fail "the API pods could not be scraped: api.networkPolicy.from limits their web port, which serves /v1 and /metrics alike, and networkPolicy.ingress.from is empty, so no scraper is named. List Prometheus' pods or namespace in networkPolicy.ingress.from (an empty list would open /v1 to any source)" }}
+{{- end }}
+{{- end }}
+{{- $config := .Values.config }}
+{{- $given := dict }}
+{{- range $setting := list "kafkaSaslMechanism" "kafkaSaslUsername" "kafkaSaslPassword" "apiTokens" }}
+{{- $_ := set $given $setting (include "webhook-bridge.given" (dict "root" $ "setting" $setting)) }}
+{{- end }}
+{{- $protocol := $config.kafkaSecurityProtocol | default "PLAINTEXT" | toString | upper | trim }}
+{{- if hasPrefix "SASL_" $protocol }}
+{{- if not $given.kafkaSaslMechanism }}
+{{- fail (printf "config.kafkaSecurityProtocol %s needs config.kafkaSaslMechanism (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)" $protocol) }}
+{{- end }}
+{{- if not $given.kafkaSaslUsername }}
+{{- fail (printf "config.kafkaSecurityProtocol %s needs config.kafkaSaslUsername" $protocol) }}
+{{- end }}
+{{- if not $given.kafkaSaslPassword }}
+{{- fail (printf "config.kafkaSecurityProtocol %s needs the SASL password: secret.values.kafkaSaslPassword, or secret.existingSecret with its key in secret.keys.kafkaSaslPassword" $protocol) }}
+{{- end }}
+{{- end }}
+{{- if not .Values.api.enabled }}
+{{- $role := $config.role | default "all" | toString | lower | trim }}
+{{- if and (eq $role "api") (not $given.apiTokens) }}
+{{- fail "config.role api needs config.apiTokens (the /v1 token file); api.enabled runs the API in a Deployment of its own and sets both" }}
+{{- end }}
+{{- if and (include "webhook-bridge.bool" $config.deliveryLog) (or (eq $role "deliver") (not $given.apiTokens)) }}
+{{- fail "config.deliveryLog needs config.role api or all and config.apiTokens; api.enabled runs the API with the delivery log in a Deployment of its own" }}
+{{- end }}
+{{- with $config.apiTokens }}
+{{- $path := toString . }}
+{{- $mounted := false }}
+{{- range $.Values.extraVolumeMounts }}
+{{- $dir := trimSuffix "/" (toString .mountPath) }}
+{{- if or (eq $path $dir) (hasPrefix (printf "%s/" $dir) $path) }}{{ $mounted = true }}{{ end }}
+{{- end }}
+{{- if and (ne $role "deliver") (not $mounted) }}
+{{- fail (printf "config.apiTokens: no volume is mounted at %s, and the workers read the token file when they start. Mount it with extraVolumes and extraVolumeMounts, or use api.enabled (the chart mounts api.tokens)" $path) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- /* bridge/config.py's defaults: kafka_session_timeout 6, kafka_rebalance_timeout 4. */}}
+{{- $session := $config.kafkaSessionTimeout | default 6.0 | float64 }}
+{{- $rebalance := $config.kafkaRebalanceTimeout | default 4.0 | float64 }}
+{{- if le $session (divf $rebalance 2) }}
+{{- fail (printf "config.kafkaSessionTimeout (%v s) must be longer than half of config.kafkaRebalanceTimeout (%v s)" $session $rebalance) }}
+{{- end }}
+{{- with $config.deliveryLogMaxAge }}
+{{- if lt (include "webhook-bridge.durationSeconds" . | float64) 604800.0 }}
+{{- fail (printf "config.deliveryLogMaxAge (%v) must be at least 7d, the longest stats window" .) }}
+{{- end }}
+{{- end }}
+{{- with $config.allowNetworks }}
+{{- $networks := . }}
+{{- if not (kindIs "slice" .) }}{{ $networks = splitList "," (toString .) }}{{ end }}
+{{- range $networks }}
+{{- with toString . | trim }}{{ include "webhook-bridge.checkNetwork" . }}{{ end }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -301,7 +443,8 @@ the secret settings from the Secret, then extraEnv.
 - name: {{ include "webhook-bridge.envName" $setting }}
   value: {{ include "webhook-bridge.envValue" $value | quote }}
 {{- end }}
-{{- range $setting, $key := $values.secret.keys }}
+{{- range $setting, $_ := $values.secret.keys }}
+{{- $key := include "webhook-bridge.secretKey" (dict "root" $root "setting" $setting) }}
 {{- if and $key (or $values.secret.existingSecret (get $values.secret.values $setting)) }}
 - name: {{ include "webhook-bridge.envName" $setting }}
   valueFrom:
