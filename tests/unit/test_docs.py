@@ -266,7 +266,7 @@ def tampered(signature: str) -> str:
 def python_example(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The namespace of the docs' Python receiver block, run as a module (not as __main__)."""
     monkeypatch.setenv("WEBHOOK_SECRET", SECRET)
-    source = only_block(DOCS / "receivers.md", "python", "def verify_signature")
+    source = only_block(DOCS / "receivers.md", "python", "ThreadingHTTPServer")
     namespace: dict[str, Any] = {"__name__": "receivers_example"}
     exec(compile(source, "docs/receivers.md", "exec"), namespace)
     return namespace
@@ -302,6 +302,31 @@ def test_python_example_server_reads_the_raw_body(python_example: dict[str, Any]
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+async def test_the_aiohttp_example_runs_as_it_is_and_reads_the_raw_body(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A whole server, as the page shows it (until 2026-12-06 it needed the stdlib example's
+    definitions to run)."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    monkeypatch.setenv("WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("PORT", "0")
+    served: list[tuple[web.Application, int]] = []
+    monkeypatch.setattr(web, "run_app", lambda app, port: served.append((app, port)))
+    source = only_block(DOCS / "receivers.md", "python", "request.read()")
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec(compile(source, "docs/receivers.md", "exec"), namespace)
+    [(app, port)] = served
+    assert port == 0  # PORT is read
+    body, headers = delivery()
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        ok = await client.post("/webhook", data=body, headers=headers)
+        assert (ok.status, await ok.text()) == (200, "OK")
+        forged = {**headers, "X-Webhook-Signature": tampered(headers["X-Webhook-Signature"])}
+        assert (await client.post("/webhook", data=body, headers=forged)).status == 401
 
 
 # ------------------------------------------------------------------- (e) Node.js examples
