@@ -37,6 +37,7 @@ __all__ = [
     "parse_bool",
     "parse_list",
     "DEFAULT_HTTP_TIMEOUT",
+    "LOOPBACK_NETWORKS",
     "MAX_ATTEMPT_RESPONSE_PREFIX",
     "add_setting_flags",
     "add_section_flags",
@@ -47,6 +48,8 @@ __all__ = [
 
 #: The public contract: "We will time out requests after 30 seconds."
 DEFAULT_HTTP_TIMEOUT = 30.0
+#: The networks development mode allows endpoints in (:meth:`Settings.on_embedded_broker`).
+LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
 _DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 #: The most of a response's body an attempt record may keep (``attempt_response_prefix_bytes``):
 #: enough to see a receiver's error message, small enough that a kept delivery log stays small.
@@ -864,6 +867,17 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         """A copy with some settings changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+    def on_embedded_broker(self, bootstrap_servers: str) -> Settings:
+        """Development mode, for a process on the embedded broker at ``bootstrap_servers``
+        (``webhook-bridge run`` and ``python -m bridge.api serve`` with no broker
+        configured): endpoints on this machine over plain http are the point of it, so
+        ``allow_http`` is on unless set, and loopback networks are allowed."""
+        return self.replace(
+            kafka_bootstrap_servers=bootstrap_servers,
+            allow_http=True if self.allow_http is None else self.allow_http,
+            allow_networks=(*self.allow_networks, *LOOPBACK_NETWORKS),
+        )
 
     # -- derived values ------------------------------------------------------------------------
     @property

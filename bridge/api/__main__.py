@@ -68,9 +68,11 @@ async def _serve(args: argparse.Namespace) -> None:
         env=os.environ, overrides={"kafka_bootstrap_servers": args.bootstrap_servers}
     )
     logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
-    allow_http, policy = settings.plain_http_allowed, address_policy(settings)
     if settings.embedded:
-        settings = settings.replace(kafka_bootstrap_servers=f"127.0.0.1:{settings.embedded_port}")
+        # As `./dev run`'s worker does (until 2026-12-06 this refused the loopback endpoints
+        # the worker delivers to).
+        settings = settings.on_embedded_broker(f"127.0.0.1:{settings.embedded_port}")
+    allow_http, policy = settings.plain_http_allowed, address_policy(settings)
     async with WebhookStore(settings) as store:
         repository = StoreRepository(store)
         service = WebhookService(

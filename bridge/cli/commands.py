@@ -86,7 +86,6 @@ COMMAND_SECTIONS: dict[str, tuple[Section, ...]] = {
     "dlq replay": (*_WEBHOOKS, Section.DEAD_LETTERS),
     "receive": (),
 }
-_LOOPBACK = ("127.0.0.0/8", "::1/128")
 
 
 def _settings_flags(parser: argparse.ArgumentParser, command: str) -> None:
@@ -177,8 +176,13 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--rate-limit", type=float, help="at most this many deliveries per second")
     create.add_argument(
         "--standard-webhooks",
-        action="store_true",
-        help="also sign with Standard Webhooks headers (timestamped, replay-resistant)",
+        nargs="?",
+        const=True,
+        default=False,
+        type=parse_bool,
+        metavar="BOOL",
+        help="also sign with Standard Webhooks headers (timestamped, replay-resistant); "
+        "alone: true",
     )
     _settings_flags(create, "webhooks create")
     create.set_defaults(handler=_webhooks_create)
@@ -192,7 +196,14 @@ def _parser() -> argparse.ArgumentParser:
     update.add_argument("--secret")
     update.add_argument("--active", type=parse_bool, help="true or false")
     update.add_argument("--rate-limit", type=float, help="deliveries per second (0: no limit)")
-    update.add_argument("--standard-webhooks", type=parse_bool, help="true or false")
+    update.add_argument(
+        "--standard-webhooks",
+        nargs="?",
+        const=True,
+        type=parse_bool,
+        metavar="BOOL",
+        help="true or false (alone: true), as on create",
+    )
     _settings_flags(update, "webhooks update")
     update.set_defaults(handler=_webhooks_update)
 
@@ -422,12 +433,7 @@ def _run(args: argparse.Namespace) -> int:
         settings = _settings(args, defaults=GROUP_TIMEOUTS)
         broker = EmbeddedBroker(settings.embedded_port)
         broker.start()
-        # Development mode: endpoints on this machine over plain http are the point of it.
-        settings = settings.replace(
-            kafka_bootstrap_servers=broker.bootstrap_servers,
-            allow_http=True if settings.allow_http is None else settings.allow_http,
-            allow_networks=(*settings.allow_networks, *_LOOPBACK),
-        )
+        settings = settings.on_embedded_broker(broker.bootstrap_servers)
         print(f"embedded broker (in memory) at {broker.bootstrap_servers}", flush=True)
         print(
             "development mode: plain http and loopback endpoints are allowed "
@@ -442,9 +448,10 @@ def _run(args: argparse.Namespace) -> int:
         if report.created:
             print(f"created topics: {', '.join(report.created)}", flush=True)
         bridge = Bridge(settings)
+        web = f"http://{settings.web_host}:{settings.web_port}"
         print(
             f"worker {settings.group_id}: kafka {settings.kafka_bootstrap_servers}, "
-            f"health and metrics at http://{settings.web_host}:{settings.web_port}/"
+            f"{web}/healthz, /readyz, /metrics"
             + (f", /v1 (role {settings.role})" if settings.serves_api else ""),
             flush=True,
         )

@@ -771,3 +771,25 @@ def test_add_section_flags_groups_the_flags_and_returns_the_names() -> None:
     assert "\nSecret encryption settings:\n  --secret-keys" in text
     args = parser.parse_args(["--status-topic", "st"])
     assert Settings.load(env={}, overrides=overrides_from_args(args, names)).status_topic == "st"
+
+
+def test_development_mode_allows_loopback_endpoints_over_http_for_every_process() -> None:
+    """``webhook-bridge run`` and ``python -m bridge.api serve`` on the embedded broker take the
+    same development settings (until 2026-12-06 serve refused the loopback URLs the worker
+    delivered to)."""
+    from bridge.config import LOOPBACK_NETWORKS
+    from bridge.http.ssrf import check_url
+    from bridge.kafka.clients import address_policy
+
+    settings = Settings.load(env={}).on_embedded_broker("127.0.0.1:19092")
+    assert settings.kafka_bootstrap_servers == "127.0.0.1:19092" and not settings.embedded
+    assert settings.plain_http_allowed
+    assert set(LOOPBACK_NETWORKS) <= set(settings.allow_networks)
+    check_url(
+        "http://127.0.0.1:8080/hook",
+        allow_http=settings.plain_http_allowed,
+        policy=address_policy(settings),
+        remember=False,
+    )
+    told = Settings.load(env={"BRIDGE_ALLOW_HTTP": "false"}).on_embedded_broker("127.0.0.1:1")
+    assert not told.plain_http_allowed  # a setting given is kept

@@ -563,3 +563,36 @@ def test_dlq_replay_judges_a_letter_without_a_created_at_by_the_webhooks_now(
     assert cli.main(["dlq", "replay", *BROKER]) == 0
     assert capsys.readouterr().out.startswith("replayed d1\n1 replayed, 0 skipped")
     assert b'"webhook_created_at":"2026-12-04T10:00:00.000Z"' in producer.written[0]
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "expected"),
+    [
+        (["webhooks", "create", "--url", "https://e.com/h", "--events", "*"], [], False),
+        (
+            ["webhooks", "create", "--url", "https://e.com/h", "--events", "*"],
+            ["--standard-webhooks"],
+            True,
+        ),
+        (
+            ["webhooks", "create", "--url", "https://e.com/h", "--events", "*"],
+            ["--standard-webhooks", "true"],
+            True,
+        ),
+        (
+            ["webhooks", "create", "--url", "https://e.com/h", "--events", "*"],
+            ["--standard-webhooks", "false"],
+            False,
+        ),
+        (["webhooks", "update", "wh"], [], None),
+        (["webhooks", "update", "wh"], ["--standard-webhooks"], True),
+        (["webhooks", "update", "wh"], ["--standard-webhooks", "false"], False),
+    ],
+)
+def test_standard_webhooks_is_one_flag_on_create_and_update(
+    command: list[str], flag: list[str], expected: bool | None
+) -> None:
+    """Until 2026-12-06 create took it bare and update only with a value, each refusing the
+    other's spelling."""
+    args = cli._parser().parse_args([*command, *flag])
+    assert args.standard_webhooks is expected
