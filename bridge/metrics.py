@@ -285,7 +285,9 @@ class Metrics:
         )
         self.retries_cancelled = Counter(
             "webhook_bridge_retries_cancelled_total",
-            "Pending retries dropped because their webhook was deleted or deactivated meanwhile.",
+            "Pending retries dropped because their webhook was deleted or deactivated meanwhile, "
+            "or no longer gets their event (moved to another site or account, its filter "
+            "narrowed).",
             registry=registry,
         )
         self.lag = Gauge(

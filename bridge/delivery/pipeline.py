@@ -266,12 +266,18 @@ class Pipeline:
             overdue = max(0.0, self._wall_time() - pending.not_before)
             await self._freshness.wait_current(self._clock() - overdue)
         webhook = self._index.get(pending.webhook_id)
-        if webhook is None or not webhook.sends_for(pending.webhook_created_at):
+        if (
+            webhook is None
+            or not webhook.sends_for(pending.webhook_created_at)
+            or not webhook.receives(pending.event)
+        ):
             # Deleted or deactivated meanwhile (or deleted, and its id used again by a webhook
-            # that must not get the deleted one's events): no further attempts, by design.
+            # that must not get the deleted one's events), or changed so that it no longer
+            # gets this event (moved to another site or account, its filter narrowed): no
+            # further attempts, by design.
             self._metrics.retries_cancelled.inc()
             log.info(
-                "pending retry dropped: webhook deleted or inactive",
+                "pending retry dropped: webhook deleted, inactive, or no longer receiving it",
                 extra={"webhook_id": pending.webhook_id, "delivery_id": pending.delivery_id},
             )
             ack()

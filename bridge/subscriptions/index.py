@@ -197,20 +197,13 @@ class SubscriptionIndex:
         """
         if event.type == TEST_EVENT:
             target = self._by_id.get(str(event.data.get("webhook_id")))
-            if target is None or not target.active:
-                return []
-            # Owned by the event's account; a site-scoped webhook without an owner: same site.
-            if target.user_id is not None:
-                owned = target.user_id == event.user_id
-            else:
-                owned = target.site_id == event.site_id
-            return [target] if owned else []
+            return [target] if target is not None and target.receives(event) else []
         ids = set(self._by_site.get(event.site_id, ()))
         ids.update(self._by_account.get(event.user_id, ()))
         out = []
         for webhook_id in sorted(ids):
             webhook = self._by_id[webhook_id]
-            if webhook.active and webhook.wants(event.type):
+            if webhook.receives(event):  # (the scope again: :meth:`Webhook.receives` is the rule)
                 out.append(webhook)
         return out
 

@@ -136,6 +136,29 @@ class Webhook:
     def wants(self, event_type: str) -> bool:
         return ALL_EVENTS in self.events or event_type in self.events
 
+    def receives(self, event: Event) -> bool:
+        """Whether this webhook, as it is, gets a delivery of ``event``: it is active, and the
+        event is of its scope (its site; its account for an account-wide webhook) and of a type
+        its filter names. A ``test.event`` goes only to the webhook its ``data.webhook_id``
+        names, whatever its filter and site, when the event comes from its owner's account (from
+        its site, when it has no owner). The one rule of :meth:`SubscriptionIndex.match
+        <bridge.subscriptions.index.SubscriptionIndex.match>` and of every later attempt: a
+        retry is sent only while it holds (until 2026-12-06 a retry went to the webhook of its
+        id as it was then: one moved to another site since got its old site's events)."""
+        if not self.active:
+            return False
+        if event.type == TEST_EVENT:
+            if str(event.data.get("webhook_id")) != self.id:
+                return False
+            if self.user_id is not None:
+                return self.user_id == event.user_id
+            return self.site_id == event.site_id
+        if self.site_id is not None:
+            in_scope = self.site_id == event.site_id
+        else:
+            in_scope = self.user_id == event.user_id
+        return in_scope and self.wants(event.type)
+
     @property
     def owner(self) -> tuple[str, str]:
         """Whose webhook it is, as the API's limits count them: its site's

@@ -525,6 +525,47 @@ async def test_retry_for_a_deleted_or_inactive_webhook_is_dropped() -> None:
     assert h.value("webhook_bridge_retries_cancelled_total") == 2
 
 
+@pytest.mark.parametrize(
+    ("now", "event"),
+    [
+        # moved to another site (and URL) since: its old site's event is not its to get
+        (webhook("w", site_id="site_B", user_id="user_B"), make_event()),
+        # made account-wide for another account
+        (webhook("w", site_id=None, user_id="user_B"), make_event()),
+        # its filter narrowed to other types
+        (webhook("w", events=("post.deleted",)), make_event()),
+        # a test event of the account it no longer belongs to
+        (
+            webhook("w", user_id="user_B"),
+            make_event("test.event", data={"webhook_id": "w", "message": "hi"}),
+        ),
+    ],
+)
+async def test_a_retry_goes_only_to_a_webhook_that_still_gets_its_event(
+    now: Webhook, event: Event
+) -> None:
+    """A retry (a deferred first attempt, a replayed letter) is attempted under the same rule
+    as the first attempt, against the webhook as it is when it falls due (until 2026-12-06 one
+    moved to another site got its old site's events, signed with its new secret, at its new
+    URL)."""
+    h = Harness([now], ScriptedSender())
+    acks = Acks()
+    await h.pipeline.handle_retry(
+        retry_record(webhook("w"), attempt=2, event=event), RETRY_SOURCE, acks, 1
+    )
+    await h.settled()
+    assert acks.count == 1
+    assert h.sender.sent == [] and h.outputs.attempts == [] and h.outputs.dead_letters == []
+    assert h.value("webhook_bridge_retries_cancelled_total") == 1
+    # As it was, it gets the retry.
+    before = Harness([webhook("w")], ScriptedSender())
+    await before.pipeline.handle_retry(
+        retry_record(webhook("w"), attempt=2, event=event), RETRY_SOURCE, Acks(), 1
+    )
+    await before.settled()
+    assert len(before.sender.sent) == 1
+
+
 def created(hook: Webhook, created_at: str) -> Webhook:
     return dataclasses.replace(hook, extra={"created_at": created_at})
 

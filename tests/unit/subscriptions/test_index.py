@@ -212,3 +212,72 @@ async def test_a_failed_making_is_tried_again() -> None:
             await index.prepare_listing()
     await index.prepare_listing()
     assert [w.id for w in index.ordered(user_id="u1")] == ["a"]
+
+
+def _naive_receives(webhook: Webhook, event: Any) -> bool:
+    """The contract's rule, written out without the index or Webhook.receives."""
+    if not webhook.active:
+        return False
+    if event.type == "test.event":
+        if event.data.get("webhook_id") != webhook.id:
+            return False
+        if webhook.user_id is not None:
+            return webhook.user_id == event.user_id
+        return webhook.site_id == event.site_id
+    if webhook.site_id is not None:
+        scoped = webhook.site_id == event.site_id
+    else:
+        scoped = webhook.user_id == event.user_id
+    return scoped and ("*" in webhook.events or event.type in webhook.events)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    hooks=st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c", "d"]),
+            SITES,
+            st.sampled_from(["u1", "u2"]),
+            st.sampled_from([("*",), ("post.created",), ("post.deleted",)]),
+            st.booleans(),
+        ),
+        max_size=8,
+    ),
+    events=st.lists(
+        st.tuples(
+            st.sampled_from(["post.created", "post.deleted", "test.event"]),
+            st.sampled_from(["s1", "s2", "account:u1"]),
+            st.sampled_from(["u1", "u2"]),
+            st.sampled_from(["a", "b", "z"]),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_match_and_receives_are_the_contract_s_rule(
+    hooks: list[tuple[str, str | None, str, tuple[str, ...], bool]],
+    events: list[tuple[str, str, str, str]],
+) -> None:
+    """Every webhook the index gives an event, and no other, receives it; and each webhook
+    alone (a retry's check) judges the same."""
+    from bridge.contract.events import Event
+
+    index = SubscriptionIndex()
+    for webhook_id, site_id, user_id, types, active in hooks:
+        index.put(
+            dataclasses.replace(
+                hook(webhook_id, site_id=site_id, user_id=user_id),
+                events=frozenset(types),
+                active=active,
+            )
+        )
+    everyone = list(index.ordered())
+    for event_type, site_id, user_id, named in events:
+        data = {"webhook_id": named} if event_type == "test.event" else {"id": "p", "title": "t"}
+        event = Event(
+            id="e", type=event_type, data=data, timestamp="2026-01-15T10:00:00Z",
+            site_id=site_id, user_id=user_id,
+        )  # fmt: skip
+        expected = [w.id for w in everyone if _naive_receives(w, event)]
+        assert [w.id for w in index.match(event)] == sorted(expected)
+        assert [w.id for w in everyone if w.receives(event)] == expected
