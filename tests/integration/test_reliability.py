@@ -274,6 +274,34 @@ async def test_a_webhook_that_took_a_deleted_ones_id_never_gets_its_retries(
     assert len(receiver.at("/old")) == 1
 
 
+async def test_a_webhook_moved_to_another_site_never_gets_its_old_sites_retries(
+    make_settings, receiver: Receiver, in_process_workers
+) -> None:
+    """Site s2's webhook fails; while its retry waits, it is moved to site s1 with a new URL
+    (one record, the same webhook): the retry, due later, is dropped, not sent with s2's event
+    to s1's URL (until 2026-12-06 it was); the webhook gets s1's events from then on."""
+    from bridge.admin.topics import apply_topics
+
+    settings = make_settings(retry_schedule=(2.0, 2.0))
+    await apply_topics(settings)
+    receiver.statuses["/old"] = 500
+    await site_2_webhook(settings, receiver.url("/old"))
+    worker = in_process_workers(settings)
+    await worker.wait_ready()
+    await publish_events(settings, [post(1, site="s2")])
+    await receiver.wait_for(lambda got: len(got) == 1)
+    async with WebhookStore(settings) as store:
+        await store.update("taken", site_id="s1", user_id="u1", url=receiver.url("/new"))
+    receiver.secrets["/new"] = "secret-old-0123456789"
+    await worker.wait_metric("webhook_bridge_retries_cancelled_total", lambda v: v == 1)
+    mine = post(2, site="s1")
+    await publish_events(settings, [mine])
+    await receiver.wait_for(lambda got: len(receiver.at("/new")) == 1)
+    [got] = receiver.at("/new")
+    assert got.delivery_id == delivery_id(mine.id, "taken") and receiver.verified(got)
+    assert len(receiver.at("/old")) == 1
+
+
 async def test_a_webhook_that_took_a_failing_ones_id_does_not_inherit_its_failing_period(
     make_settings, receiver: Receiver, in_process_workers
 ) -> None:
