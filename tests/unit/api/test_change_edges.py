@@ -173,3 +173,25 @@ async def test_an_id_that_is_a_dot_segment_is_refused(api: Api, dots: str) -> No
     assert (
         await api.client.post("/v1/webhooks", json={**BODY, "id": "..."}, headers=auth())
     ).status == 201
+
+
+async def test_a_repeated_create_naming_a_secret_tells_no_other_token_whether_it_is_right(
+    api: Api,
+) -> None:
+    """A repeat of a create with a client-chosen id and secret is recognised (200) for the
+    token that created the webhook; any other token gets 409 whether its secret is right or
+    wrong (until 2026-12-06 the two answers told it which: a check of guesses of the secret
+    that changed nothing)."""
+    body = {**BODY, "user_id": "user_1", "secret": "the-right-secret-0123456789"}
+    first = await api.client.post("/v1/webhooks", json=body, headers=auth(SITE_1))
+    assert first.status == 201
+    again = await api.client.post("/v1/webhooks", json=body, headers=auth(SITE_1))
+    assert again.status == 200
+    for secret in ("the-right-secret-0123456789", "a-wrong-guess-0123456789"):
+        guess = await api.client.post(
+            "/v1/webhooks", json={**body, "secret": secret}, headers=auth(ADMIN)
+        )
+        assert guess.status == 409, secret
+    # Without a secret, a repeat is still recognised for anyone in scope (nothing to tell).
+    bare = {k: v for k, v in body.items() if k != "secret"}
+    assert (await api.client.post("/v1/webhooks", json=bare, headers=auth(ADMIN))).status == 200
