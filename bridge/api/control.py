@@ -140,6 +140,14 @@ def _restricted_since(principal: Principal, webhook: Webhook) -> float | None:
     return webhook.created_seconds if principal.restricted else None
 
 
+def _of_webhook(attempt: Attempt, webhook: Webhook) -> bool:
+    """Whether ``attempt`` was made for ``webhook``, not for a deleted webhook of its id: by
+    the ``webhook_created_at`` it names, or, in a record without one, by its time."""
+    if attempt.webhook_created_at is not None and webhook.created_at is not None:
+        return attempt.webhook_created_at == webhook.created_at
+    return not before_created(attempt.at_seconds, webhook.created_at)
+
+
 def _decode_cursor(cursor: str, shape: tuple[type, ...]) -> list[Any]:
     """:func:`bridge.cursors.decode_cursor`, ``400`` naming ``cursor`` for what it refuses."""
     try:
@@ -396,15 +404,23 @@ class ControlService:
             attempts = await self._activity.delivery(delivery_id)
         if not attempts:
             raise Problem("not_found", "no attempt of this delivery is kept")
+        webhook = named or await self._repository.get(attempts[0].webhook_id)
+        if webhook is not None:
+            # A delivery id is made of the event's id and the webhook's, so a webhook that took
+            # a deleted one's id and was sent an event the deleted one had (a recovery) has
+            # the same delivery id: its attempts are the webhook's of that id now, the others
+            # are shown only when it has none (and never to a restricted token). Until
+            # 2026-12-06 the two webhooks' attempts were one delivery, and a restricted token
+            # was answered 404 for the new webhook's because the first was the old one's.
+            own = [a for a in attempts if _of_webhook(a, webhook)]
+            if own:
+                attempts = own
+            elif principal.restricted:
+                raise Problem("not_found", "no attempt of this delivery is kept")
         if principal.restricted:
-            webhook = named or await self._repository.get(attempts[0].webhook_id)
             if webhook is None:  # whose it was is no longer known
                 raise Problem("not_found", "no attempt of this delivery is kept")
             principal.check(webhook)
-            created = _restricted_since(principal, webhook)
-            if created is not None and attempts[0].at_seconds < created:
-                # Made for a deleted webhook whose id this one took: not this one's.
-                raise Problem("not_found", "no attempt of this delivery is kept")
         return attempts
 
     # ------------------------------------------------------------------ recovery

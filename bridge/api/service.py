@@ -431,8 +431,7 @@ class WebhookService:
                 # webhook alone: for any other, 200 or 409 told whether it guessed the secret
                 # (until 2026-12-06), a check of guesses that changes nothing.
                 if _same(existing, body) and (
-                    body.get("secret") is None
-                    or existing.extra.get("created_by") == principal.name
+                    body.get("secret") is None or existing.extra.get("created_by") == principal.name
                 ):
                     return Created(
                         existing,

@@ -146,31 +146,42 @@ class PartitionLog:
         #: Writes go through here (a seam for tests that make a write fail).
         self.write: Callable[[rocksdict.WriteBatch], None] = self._db.write
         self._held: dict[bytes, _Held] = {}
-        raw = self._db.get(CHECKPOINT)
-        #: Where reading stopped, as written (``None``: nothing was ever written).
-        self.checkpoint: Checkpoint | None = None if raw is None else Checkpoint.decode(raw)
         #: The checkpoint to write with the next write.
         self._pending: Checkpoint | None = None
-        self._load(now)
+        try:
+            raw = self._db.get(CHECKPOINT)
+            #: Where reading stopped, as written (``None``: nothing was ever written).
+            self.checkpoint: Checkpoint | None = None if raw is None else Checkpoint.decode(raw)
+            self._load(now)
+        except BaseException:
+            # Damaged files (a checksum that does not match, a value not written here): the
+            # database is closed before the error goes up, so that the store can remove and
+            # open it afresh (until 2026-12-06 its lock, still held, made that fail too).
+            self._db.close()
+            raise
 
     def _load(self, now: float) -> None:
         """Count every kept attempt and rebuild the stats; expired attempts are deleted."""
         iterator = self._db.iter()
-        iterator.seek_to_first()
-        while iterator.valid():
-            key = bytes(iterator.key())
-            if is_attempt_key(key):
-                prefix = webhook_part(key)
-                held = self._held.get(prefix)
-                if held is None:
-                    held = self._held[prefix] = _Held(oldest=key)
-                held.count += 1
-                try:
-                    held.stats.add(Attempt.parse(bytes(iterator.value())), now)
-                except InvalidRecord:
-                    pass  # only valid records are kept; a damaged one is not counted
-            iterator.next()
-        del iterator
+        try:
+            iterator.seek_to_first()
+            while iterator.valid():
+                key = bytes(iterator.key())
+                if is_attempt_key(key):
+                    prefix = webhook_part(key)
+                    held = self._held.get(prefix)
+                    if held is None:
+                        held = self._held[prefix] = _Held(oldest=key)
+                    held.count += 1
+                    try:
+                        held.stats.add(Attempt.parse(bytes(iterator.value())), now)
+                    except InvalidRecord:
+                        pass  # only valid records are kept; a damaged one is not counted
+                iterator.next()
+        finally:
+            # Gone before the database is closed, whatever happened: a traceback that kept it
+            # (a log handler's) kept the database, and its lock, open.
+            del iterator
         self.sweep(now)
 
     # -- writing ---------------------------------------------------------------------------------
@@ -376,8 +387,9 @@ class PartitionLog:
             iterator.next()
             key = index_key[len(delivery_prefix(delivery_id)) :]
             raw = self._db.get(key)
-            if raw is not None:
-                found.append(Attempt.parse(bytes(raw)))
+            kept = None if raw is None else _readable(bytes(raw))
+            if kept is not None:
+                found.append(kept)
         return found
 
     # -- the database ----------------------------------------------------------------------------
@@ -438,14 +450,28 @@ class DiskWebhookLog:
             for key, value in self._partition.newest_first(self._prefix, before):
                 if time_of(key, len(self._prefix)) < cutoff:
                     return  # read by its key's time, before the value is parsed
-                yield Attempt.parse(value)
+                attempt = _readable(value)
+                if attempt is not None:
+                    yield attempt
 
         return fill_page(kept(), query, limit)
 
     def attempts(self) -> list[Attempt]:
         """Every kept attempt, oldest first."""
-        return [Attempt.parse(v) for v in self._partition.oldest_first(self._prefix)]
+        readable = (_readable(v) for v in self._partition.oldest_first(self._prefix))
+        return [attempt for attempt in readable if attempt is not None]
 
     def delivery(self, delivery_id: str) -> list[Attempt]:
         """Every kept attempt of one delivery, in the order they were made."""
         return self._partition.delivery(delivery_id, self._webhook_id)
+
+
+def _readable(value: bytes) -> Attempt | None:
+    """The attempt a stored value holds, ``None`` for one this release does not read (kept by
+    an earlier release whose checks were looser: an integer past JavaScript's safe range, a
+    time in year 9999): left out of every answer, as the memory store never keeps one, where
+    until 2026-12-06 it made every page of its webhook a 500."""
+    try:
+        return Attempt.parse(value)
+    except InvalidRecord:
+        return None

@@ -173,6 +173,39 @@ async def test_the_new_webhooks_own_history_is_shown_to_its_owner(api: Api) -> N
     assert (await replay.json())["replayed"] == ["dl_8"]
 
 
+async def test_a_delivery_id_both_webhooks_of_an_id_had_is_the_current_ones(api: Api) -> None:
+    """A delivery id is made of the event's and the webhook's ids: site_1's new wh_x sent an
+    event the deleted wh_x had (a recovery) has the deleted one's delivery id. Until
+    2026-12-06 the two were one delivery (two "attempt 1"), and site_1 got 404 for its own,
+    listed, attempt because the first attempt was the deleted webhook's."""
+    await _site_2_history_then_site_1_takes_the_id(api)
+    created = (await api.repository.get("wh_x")).created_at
+    own = attempt("d_x", 1, webhook_id="wh_x", at=NOW + 120, outcome="success", status=200)
+    own.webhook_created_at = created
+    api.activity.add(own)
+    for token in (SITE_1, ADMIN):
+        for path in ("/v1/deliveries/d_x", "/v1/deliveries/d_x?webhook_id=wh_x"):
+            response = await api.client.get(path, headers=auth(token))
+            assert response.status == 200, await status_of(response)
+            body = await response.json()
+            assert [(a["attempt"], a["outcome"]) for a in body["attempts"]] == [(1, "success")]
+            assert body["state"] == "delivered"
+    redelivered = await api.client.post("/v1/deliveries/d_x/redeliver", headers=auth(SITE_1))
+    assert redelivered.status == 202, await status_of(redelivered)
+
+
+async def test_a_deleted_webhooks_delivery_is_still_shown_to_an_unrestricted_token(
+    api: Api,
+) -> None:
+    """While the webhook of its id now has no attempt of it, the platform's token sees the
+    deleted webhook's (its history), a restricted one does not."""
+    await _site_2_history_then_site_1_takes_the_id(api)
+    assert (await api.client.get("/v1/deliveries/d_x", headers=auth(SITE_1))).status == 404
+    response = await api.client.get("/v1/deliveries/d_x", headers=auth(ADMIN))
+    assert response.status == 200
+    assert [a["attempt"] for a in (await response.json())["attempts"]] == [1]
+
+
 def _made_for(one: Attempt, webhook: dict[str, Any]) -> Attempt:
     """``one`` as recorded for ``webhook`` (attempt records carry its ``created_at``)."""
     one.webhook_created_at = webhook["created_at"]
