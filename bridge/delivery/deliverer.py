@@ -54,8 +54,10 @@ _DEFERRED = frozenset({"circuit_open", "endpoint_busy", "owner_busy", "rate_limi
 #: retry path, so that no source record is held for it.
 _MAX_RATE_WAIT = 5.0
 #: How often one delivery may be deferred before a deferral counts as an attempt (so that a
-#: delivery to an endpoint that never has room still reaches the end of its schedule).
-MAX_DEFERRALS = 100
+#: delivery to an endpoint that never has room still reaches the end of its schedule). Each
+#: deferral waits twice the one before (:meth:`RetryPolicy.after_skip`), up to an hour: 20
+#: take about 11.4 h with the default schedule (100 until 2026-12-06, when each waited 5 s).
+MAX_DEFERRALS = 20
 
 
 class Outputs(Protocol):
@@ -355,8 +357,10 @@ class Deliverer:
             else None
         )
         next_attempt = job.attempt + 1
-        if result.error in _DEFERRED and _deferrals(history) <= MAX_DEFERRALS:
-            decision = self._policy.after_skip(retry_after)
+        deferred = _deferrals(history) if result.error in _DEFERRED else 0
+        if result.error in _DEFERRED and deferred <= MAX_DEFERRALS:
+            # ``deferred`` counts this one: those before it double its wait.
+            decision = self._policy.after_skip(retry_after, deferred=deferred - 1)
             next_attempt = job.attempt
         else:
             decision = self._policy.after_failure(job.attempt, retry_after)

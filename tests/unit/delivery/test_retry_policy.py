@@ -203,6 +203,22 @@ def test_a_wait_beyond_every_tier_is_cut_to_the_last_tiers_delay() -> None:
     assert policy.after_skip(wait=600.0) == Decision("retry", tier=2, delay=120.0)
 
 
+def test_each_deferral_of_a_delivery_waits_twice_the_one_before_up_to_the_cap() -> None:
+    """An endpoint that never has room had each of its deliveries tried every 5 s, the
+    deferrals growing with its backlog until they took most of a worker's CPU (until
+    2026-12-06)."""
+    policy = RetryPolicy(jitter=0.0, retry_after_cap=3600.0)
+    delays = [policy.after_skip(deferred=n).delay for n in range(12)]
+    assert delays[:4] == [5.0, 10.0, 20.0, 40.0]
+    assert delays[-1] == 3600.0 and all(a <= b for a, b in zip(delays, delays[1:], strict=False))
+    # A circuit that opens later than the backoff still sets the wait.
+    assert policy.after_skip(wait=300.0, deferred=1).delay == 300.0
+    assert policy.after_skip(wait=1.0, deferred=3).delay == 40.0
+    # Whatever the count, no wait passes the cap or the last tier's delay.
+    short = RetryPolicy((5.0, 60.0), jitter=0.0, retry_after_cap=3600.0)
+    assert short.after_skip(deferred=1000).delay == 60.0
+
+
 @given(
     schedule=st.lists(st.floats(0.1, 1e5), min_size=1, max_size=8),
     wait=st.floats(0.0, 1e7),
@@ -212,7 +228,7 @@ def test_no_decision_waits_longer_than_its_tiers_delay(
     schedule: list[float], wait: float, attempt: int
 ) -> None:
     policy = RetryPolicy(schedule, jitter=0.0, retry_after_cap=86400.0)
-    decisions = [policy.after_skip(wait=wait)]
+    decisions = [policy.after_skip(wait=wait), policy.after_skip(wait=wait, deferred=attempt * 4)]
     if attempt < policy.max_attempts:
         decisions.append(policy.after_failure(attempt, retry_after=wait))
     for decision in decisions:
