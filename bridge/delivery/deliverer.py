@@ -29,24 +29,16 @@ from bridge.delivery.pending_retry import PendingRetry
 from bridge.delivery.retry_policy import RetryPolicy
 from bridge.errors import InvalidEvent, InvalidUrl
 from bridge.http.base import AttemptResult, DeliverySender, status_class
-from bridge.metrics import Metrics
+from bridge.metrics import SKIP_REASONS, Metrics
 from bridge.subscriptions.webhook import Webhook
 
 __all__ = ["Outputs", "Deliverer", "MAX_DEFERRALS"]
 
 log = logging.getLogger(__name__)
 
-#: Errors of attempts that were not made: no request was sent.
-_SKIPPED = frozenset(
-    {
-        "circuit_open",
-        "endpoint_busy",
-        "owner_busy",
-        "rate_limited",
-        "destination_forbidden",
-        "invalid_url",
-    }
-)
+#: Errors of attempts that were not made: no request was sent (every reason the metric names
+#: but the drain's ``interrupted``, whose request may have been sent).
+_SKIPPED = frozenset(SKIP_REASONS) - {"interrupted"}
 #: Attempts not made because the endpoint could not take them now: the same attempt is tried
 #: again later, without spending an entry of the retry schedule.
 _DEFERRED = frozenset({"circuit_open", "endpoint_busy", "owner_busy", "rate_limited"})

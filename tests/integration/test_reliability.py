@@ -238,12 +238,11 @@ async def site_2_webhook(settings: Settings, url: str) -> None:
         )
 
 
-async def test_a_webhook_that_took_a_deleted_ones_id_never_gets_its_retries(
-    make_settings, receiver: Receiver, in_process_workers
-) -> None:
-    """Site s2's webhook fails; it is deleted while its retry waits, and site s1 creates one
-    of the same id (ids are client-chosen): the retry, due later, is dropped, not sent with
-    s2's event to s1's URL; s1's webhook gets its own events."""
+async def _site_2_retry_waiting(
+    make_settings: Any, receiver: Receiver, in_process_workers: Any
+) -> tuple[Settings, Any]:
+    """Site s2's webhook ``taken`` on ``/old``, failing: its first attempt made, its retry due
+    2 s later. The settings and the worker."""
     from bridge.admin.topics import apply_topics
 
     settings = make_settings(retry_schedule=(2.0, 2.0))
@@ -254,6 +253,16 @@ async def test_a_webhook_that_took_a_deleted_ones_id_never_gets_its_retries(
     await worker.wait_ready()
     await publish_events(settings, [post(1, site="s2")])
     await receiver.wait_for(lambda got: len(got) == 1)
+    return settings, worker
+
+
+async def test_a_webhook_that_took_a_deleted_ones_id_never_gets_its_retries(
+    make_settings, receiver: Receiver, in_process_workers
+) -> None:
+    """Site s2's webhook fails; it is deleted while its retry waits, and site s1 creates one
+    of the same id (ids are client-chosen): the retry, due later, is dropped, not sent with
+    s2's event to s1's URL; s1's webhook gets its own events."""
+    settings, worker = await _site_2_retry_waiting(make_settings, receiver, in_process_workers)
     async with WebhookStore(settings) as store:
         await store.delete("taken")
         await store.create(
@@ -280,16 +289,7 @@ async def test_a_webhook_moved_to_another_site_never_gets_its_old_sites_retries(
     """Site s2's webhook fails; while its retry waits, it is moved to site s1 with a new URL
     (one record, the same webhook): the retry, due later, is dropped, not sent with s2's event
     to s1's URL (until 2026-12-06 it was); the webhook gets s1's events from then on."""
-    from bridge.admin.topics import apply_topics
-
-    settings = make_settings(retry_schedule=(2.0, 2.0))
-    await apply_topics(settings)
-    receiver.statuses["/old"] = 500
-    await site_2_webhook(settings, receiver.url("/old"))
-    worker = in_process_workers(settings)
-    await worker.wait_ready()
-    await publish_events(settings, [post(1, site="s2")])
-    await receiver.wait_for(lambda got: len(got) == 1)
+    settings, worker = await _site_2_retry_waiting(make_settings, receiver, in_process_workers)
     async with WebhookStore(settings) as store:
         await store.update("taken", site_id="s1", user_id="u1", url=receiver.url("/new"))
     receiver.secrets["/new"] = "secret-old-0123456789"
