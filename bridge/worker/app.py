@@ -493,7 +493,12 @@ class Bridge:
             return []
         if not reader.caught_up:
             raise OwnerUnavailable("this worker is still reading its attempts partitions")
-        return sorted(reader.store.delivery(delivery_id), key=lambda a: (a.at_seconds, a.attempt))
+        # Attempts past the log's age are forgotten by the next sweep; until then, not shown
+        # (until 2026-12-06 they were, as the webhook's pages never show them; and the two
+        # stores then answered differently, the RocksDB one sweeping at its opening).
+        oldest = time.time() - self.settings.delivery_log_max_age
+        kept = [a for a in reader.store.delivery(delivery_id) if a.at_seconds >= oldest]
+        return sorted(kept, key=lambda a: (a.at_seconds, a.attempt))
 
     async def activity_for(
         self,

@@ -253,6 +253,24 @@ def test_an_owned_webhook_is_answered_from_the_book(bridge: Bridge) -> None:
     assert [a.delivery_id for a in bridge.local_delivery("d0")] == ["d0"]
 
 
+def test_a_delivery_past_the_logs_age_is_not_shown_before_the_sweep_forgets_it(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a webhook's pages do not show it (until 2026-12-06 the delivery route did, until the
+    next sweep)."""
+    p = attempts_partition("wh", 6)
+    owners(bridge, [p], [q for q in range(6) if q != p])
+    log = bridge.delivery_log
+    assert log is not None
+    log.assign([p])
+    log.hold(p)
+    log.add(p, 0, recent("wh", "d0"))
+    assert [a.delivery_id for a in bridge.local_delivery("d0")] == ["d0"]
+    later = time.time() + bridge.settings.delivery_log_max_age
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert bridge.local_delivery("d0") == []
+
+
 def recent(webhook_id: str, delivery_id: str) -> bytes:
     """An attempt record of ten seconds ago (kept by the bridge's book, which uses the clock)."""
     at = stamp(time.time() - 10)
