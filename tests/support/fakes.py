@@ -19,6 +19,33 @@ class Acks:
         self.count += 1
 
 
+class RecordingProducer:
+    """An ``AIOKafkaProducer`` stand-in, to patch in for the class (calling it gives itself):
+    every write is kept as ``(topic, key, value)`` and acknowledged at once."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes]] = []
+
+    def __call__(self, **_: Any) -> RecordingProducer:
+        return self
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    @property
+    def values(self) -> list[bytes]:
+        return [value for _, _, value in self.sent]
+
+    async def send(self, topic: str, value: bytes, *, key: bytes) -> asyncio.Future[None]:
+        self.sent.append((topic, key, value))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
 class FakeOutputs:
     """:class:`bridge.delivery.deliverer.Outputs`, recorded in call order (records round-tripped
     through JSON, as the real ones are encoded)."""

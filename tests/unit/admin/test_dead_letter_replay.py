@@ -4,7 +4,6 @@ replay would write is captured, never sent."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,6 +15,7 @@ from bridge.admin.dead_letters import DeadLetterFilter, ReplayReport, replay_dea
 from bridge.config import Settings
 from bridge.delivery.pending_retry import PendingRetry, parse_retry
 from bridge.subscriptions.webhook import Webhook
+from tests.support.fakes import RecordingProducer
 from tests.support.jobs import SPEC_EVENT, spec_webhook
 
 SETTINGS = Settings.load(env={}, overrides={"kafka_bootstrap_servers": "127.0.0.1:1"})
@@ -46,28 +46,6 @@ def hook(created_at: str | None) -> Webhook:
     return spec_webhook("https://hooks.example/wh", "s" * 32, id="wh", extra=extra)
 
 
-class Retries:
-    """An ``AIOKafkaProducer`` stand-in keeping the retries written."""
-
-    def __init__(self) -> None:
-        self.written: list[PendingRetry] = []
-
-    def __call__(self, **_: Any) -> Retries:
-        return self
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    async def send(self, topic: str, value: bytes, *, key: bytes) -> asyncio.Future[None]:
-        self.written.append(parse_retry(value))
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
-
 async def replay(
     monkeypatch: pytest.MonkeyPatch, letters: list[dict[str, Any]], *current: Webhook
 ) -> tuple[ReplayReport, list[PendingRetry], list[str]]:
@@ -86,11 +64,11 @@ async def replay(
         return by_id.get(webhook_id)
 
     lookup: Callable[[str], Awaitable[Webhook | None]] = webhooks
-    producer = Retries()
+    producer = RecordingProducer()
     monkeypatch.setattr(dead_letters, "stream_dead_letters", stream_dead_letters)
     monkeypatch.setattr(dead_letters, "AIOKafkaProducer", producer)
     report = await replay_dead_letters(SETTINGS, DeadLetterFilter(), webhooks=lookup)
-    return report, producer.written, asked
+    return report, [parse_retry(value) for value in producer.values], asked
 
 
 async def test_a_letter_without_its_webhooks_created_at_is_replayed_only_to_that_webhook(

@@ -24,6 +24,7 @@ from bridge.contract.payload import delivery_id
 from bridge.errors import ConfigError
 from bridge.subscriptions.webhook import Webhook
 from bridge.worker.embedded import free_port
+from tests.support.fakes import RecordingProducer
 
 BROKER = ["--bootstrap-servers", "127.0.0.1:1"]
 
@@ -505,30 +506,6 @@ def test_dlq_list_shows_a_hostile_letter_as_json_the_terminal_does_not_obey(
     assert "café ✓" in lines[0] and "\\u202e" in lines[0] and "\\udb40\\udc01" in lines[0]
 
 
-class Retries:
-    """An ``AIOKafkaProducer`` stand-in keeping the values written."""
-
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-
-    def __call__(self, **_: Any) -> Retries:
-        return self
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    async def send(self, topic: str, value: bytes, *, key: bytes) -> Any:
-        import asyncio
-
-        self.written.append(value)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
-
 def test_dlq_replay_judges_a_letter_without_a_created_at_by_the_webhooks_now(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -552,17 +529,17 @@ def test_dlq_replay_judges_a_letter_without_a_created_at_by_the_webhooks_now(
         for letter in letters:
             yield letter
 
-    producer = Retries()
+    producer = RecordingProducer()
     monkeypatch.setattr(dead_letters, "stream_dead_letters", stream_dead_letters)
     monkeypatch.setattr(dead_letters, "AIOKafkaProducer", producer)
     use_webhooks(monkeypatch, hook(created_at="2026-12-04T12:00:00.000Z"))
     assert cli.main(["dlq", "replay", *BROKER]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("0 replayed, 1 skipped") and producer.written == []
+    assert out.startswith("0 replayed, 1 skipped") and producer.values == []
     use_webhooks(monkeypatch, hook(created_at="2026-12-04T10:00:00.000Z"))
     assert cli.main(["dlq", "replay", *BROKER]) == 0
     assert capsys.readouterr().out.startswith("replayed d1\n1 replayed, 0 skipped")
-    assert b'"webhook_created_at":"2026-12-04T10:00:00.000Z"' in producer.written[0]
+    assert b'"webhook_created_at":"2026-12-04T10:00:00.000Z"' in producer.values[0]
 
 
 @pytest.mark.parametrize(

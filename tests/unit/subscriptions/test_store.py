@@ -24,6 +24,7 @@ from bridge.subscriptions.urls import InvalidUrl
 from bridge.subscriptions.webhook import Webhook, parse_webhook, webhook_from_record
 from tests.support.builders import SECRET, encode
 from tests.support.builders import webhook_record as record
+from tests.support.fakes import RecordingProducer
 
 SETTINGS = Settings.load(env={}, overrides={"kafka_bootstrap_servers": "127.0.0.1:1"})
 UNUSABLE = ["http://127.0.0.1:99999/x", "http://xn--/", "ftp://hooks.example/", "https://a b/"]
@@ -160,28 +161,18 @@ def current(*webhooks: Webhook) -> Callable[[str], Awaitable[Webhook | None]]:
     return get
 
 
-class SentRetries:
-    """An ``AIOKafkaProducer`` stand-in: each write is kept with how many letters had been
-    read when it was made."""
+class SentRetries(RecordingProducer):
+    """A producer stand-in that also keeps, with each write, how many letters had been read
+    when it was made."""
 
     def __init__(self, read: list[int]) -> None:
+        super().__init__()
         self.read = read
         self.writes: list[tuple[int, bytes, bytes]] = []
 
-    def __call__(self, **_: Any) -> SentRetries:
-        return self
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
     async def send(self, topic: str, value: bytes, *, key: bytes) -> asyncio.Future[None]:
         self.writes.append((self.read[0], key, value))
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
+        return await super().send(topic, value, key=key)
 
 
 @pytest.mark.parametrize("until", [None, datetime(2026, 12, 4, 11, 0, tzinfo=UTC)])
