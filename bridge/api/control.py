@@ -140,14 +140,6 @@ def _restricted_since(principal: Principal, webhook: Webhook) -> float | None:
     return webhook.created_seconds if principal.restricted else None
 
 
-def _of_webhook(attempt: Attempt, webhook: Webhook) -> bool:
-    """Whether ``attempt`` was made for ``webhook``, not for a deleted webhook of its id: by
-    the ``webhook_created_at`` it names, or, in a record without one, by its time."""
-    if attempt.webhook_created_at is not None and webhook.created_at is not None:
-        return attempt.webhook_created_at == webhook.created_at
-    return not before_created(attempt.at_seconds, webhook.created_at)
-
-
 def _decode_cursor(cursor: str, shape: tuple[type, ...]) -> list[Any]:
     """:func:`bridge.cursors.decode_cursor`, ``400`` naming ``cursor`` for what it refuses."""
     try:
@@ -220,9 +212,7 @@ def _circuit_open_until(log: AttemptLog, now: float, webhook: Webhook) -> str | 
     newest = log.page(LogQuery(), now=now, limit=1).items
     if not newest or newest[0].error != "circuit_open" or newest[0].outcome != "skipped":
         return None
-    if not webhook.is_incarnation(newest[0].webhook_created_at) or before_created(
-        newest[0].at_seconds, webhook.created_at
-    ):
+    if not webhook.made_for(newest[0].at_seconds, newest[0].webhook_created_at):
         return None
     due = newest[0].next_at
     if due is None:
@@ -412,7 +402,7 @@ class ControlService:
             # are shown only when it has none (and never to a restricted token). Until
             # 2026-12-06 the two webhooks' attempts were one delivery, and a restricted token
             # was answered 404 for the new webhook's because the first was the old one's.
-            own = [a for a in attempts if _of_webhook(a, webhook)]
+            own = [a for a in attempts if webhook.made_for(a.at_seconds, a.webhook_created_at)]
             if own:
                 attempts = own
             elif principal.restricted:

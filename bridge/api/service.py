@@ -583,7 +583,7 @@ class WebhookService:
         millisecond of its delete had the deleted one's version, so an ``If-Match`` taken of
         the deleted webhook matched the new one (until 2026-12-06)."""
         now = self._clock()
-        deleted = self._deleted.pop(webhook_id, None)
+        deleted = self._deleted.get(webhook_id)
         if deleted is None:
             return now
         after = deleted.replace(microsecond=deleted.microsecond // 1000 * 1000) + timedelta(

@@ -95,11 +95,11 @@ class RetryPolicy:
         the same attempt, once ``wait`` seconds have passed (when the circuit lets a request
         through), and no sooner than the first delay of the schedule doubled for each time
         the delivery was ``deferred`` before (up to ``retry_after_cap``); it spends no entry of
-        the schedule. Doubling: an endpoint that never has room (one answering in 1 s to four
-        times what 16 requests in flight can carry) had each of its deliveries tried again
-        every 5 s, its deferrals growing with its backlog until they took most of a worker's
-        CPU, and other endpoints' deliveries waited (until 2026-12-06); doubled, a delivery is
-        deferred about log2(its wait / 5 s) times."""
+        the schedule. Doubling: an endpoint that never has room (one answering in 1 s, sent
+        17 times what its 16 places carry) had each of its deliveries tried again every 5 s,
+        its deferrals growing with its backlog, and other endpoints' deliveries waited for the
+        worker's CPU (until 2026-12-06; BENCHMARKS.md, "A slow endpoint's deferrals"); doubled,
+        a delivery is deferred about log2(its wait / 5 s) times."""
         backoff = self.schedule[0] * 2.0 ** min(max(deferred, 0), 32)
         delay = min(backoff, max(self.schedule[0], min(self.retry_after_cap, self.schedule[-1])))
         delay *= 1.0 - self.jitter * self._rand()

@@ -120,6 +120,12 @@ class Webhook:
         before deliveries named it) is this webhook's, not a deleted one's of the same id."""
         return created_at is None or self.created_at is None or created_at == self.created_at
 
+    def made_for(self, at_seconds: float, created_at: str | None) -> bool:
+        """Whether what was made at ``at_seconds`` for the webhook created at ``created_at``
+        (an attempt, as its record says) is this webhook's: the same webhook, and not made
+        before it was (a deleted webhook's of the same id)."""
+        return self.is_incarnation(created_at) and not before_created(at_seconds, self.created_at)
+
     def sends_for(self, created_at: str | None) -> bool:
         """Whether a delivery made for the webhook created at ``created_at`` is sent to this
         one now: it is active, and the same webhook (see :meth:`is_incarnation`)."""

@@ -87,7 +87,6 @@ from bridge.errors import InvalidRecord
 from bridge.kafka.clients import client_kwargs, started, stopped
 from bridge.subscriptions.serial import NotWritable
 from bridge.subscriptions.store import WebhookStore
-from bridge.subscriptions.webhook import before_created
 from bridge.worker.delivery_log import Owner, OwnerUnavailable
 from bridge.worker.recovery_journal import (
     FORGET_INTERVAL,
@@ -533,7 +532,9 @@ class _Internal:
             webhook = await self._repository.get(attempt.webhook_id)
             if webhook is None or not principal.allows(webhook.site_id, webhook.user_id):
                 continue
-            if principal.restricted and before_created(attempt.at_seconds, webhook.created_at):
+            if principal.restricted and not webhook.made_for(
+                attempt.at_seconds, attempt.webhook_created_at
+            ):
                 continue  # a deleted webhook's, whose id this one took: as /v1 answers
             shown.append(attempt.as_dict())
         return web.Response(
