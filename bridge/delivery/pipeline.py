@@ -1,7 +1,8 @@
 """From records to delivery jobs: events (first attempts) and pending retries (later ones).
 
 Plain asyncio code with its collaborators passed in; Faust (the events topic's
-:class:`~bridge.worker.direct_topic.DirectTopic`, the retry agents) only feeds it records. A
+:class:`~bridge.worker.direct_topic.DirectTopic`, the retry tiers'
+:class:`~bridge.worker.retry_intake.RetryIntake`) only feeds it records. A
 record is acknowledged (its offset may be committed) only when every job it produced has settled
 durably: delivered, scheduled in a retry tier, or dead-lettered. Jobs of one record, and of
 consecutive records, run concurrently, so one slow endpoint does not make its partition sequential.
@@ -230,11 +231,12 @@ class Pipeline:
     async def handle_retry(self, raw: bytes | None, source: SourceRef, ack: Ack, tier: int) -> None:
         """Process one retry-topic record: wait until it is due, then attempt it again.
 
-        Waiting here holds up the records behind it in the same tier, which all became due
-        later (same delay, enqueued later), give or take the jitter: no in-memory queue is
-        needed and nothing is lost if the worker dies meanwhile, since the record is still
-        unacknowledged in Kafka. ``tier`` counts from 1 (the first retry topic's), as the
-        metrics' ``tier`` label does.
+        Its caller hands on a partition's records one at a time
+        (:class:`~bridge.worker.retry_intake.RetryIntake`): waiting here holds up the records
+        behind it in the same partition, which all became due later (same delay, enqueued
+        later), give or take the jitter, and nothing is lost if the worker dies meanwhile,
+        since the record is still unacknowledged in Kafka. ``tier`` counts from 1 (the first
+        retry topic's), as the metrics' ``tier`` label does.
         """
         try:
             pending = parse_retry(raw)

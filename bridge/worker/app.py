@@ -1,9 +1,10 @@
-"""The Faust application: topics, the subscription table, the retry agents and the worker.
+"""The Faust application: topics, the subscription table, the retry tiers and the worker.
 
 This is the only module that builds a ``faust.App``. Event records reach
 :class:`bridge.delivery.pipeline.Pipeline` through a
-:class:`bridge.worker.direct_topic.DirectTopic`, retry records through one small agent per tier; the
-table's changelog callback keeps the
+:class:`bridge.worker.direct_topic.DirectTopic`, retry records through another, whose
+:class:`bridge.worker.retry_intake.RetryIntake` keeps a queue per partition; the table's
+changelog callback keeps the
 :class:`bridge.subscriptions.index.SubscriptionIndex` that the pipeline matches against.
 """
 
@@ -22,6 +23,7 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.sensors.prometheus import FaustMetrics
 from faust.tables.globaltable import GlobalTable
+from faust.types import TP
 from mode import Service
 from prometheus_client import CollectorRegistry
 
@@ -35,7 +37,6 @@ from bridge.contract import jsoncanon
 from bridge.contract.schemas import is_valid
 from bridge.delivery.deliverer import Deliverer
 from bridge.delivery.endpoint_health import EndpointHealth
-from bridge.delivery.job import SourceRef
 from bridge.delivery.pipeline import Pipeline
 from bridge.delivery.retry_policy import RetryPolicy
 from bridge.errors import InvalidRecord, InvalidSubscription
@@ -75,6 +76,7 @@ from bridge.worker.faust_patches import set_fetch_max_wait
 from bridge.worker.logs import logging_config
 from bridge.worker.pauses import LoopPauses, PauseTicker
 from bridge.worker.recovery_view import RecoveryView
+from bridge.worker.retry_intake import RetryIntake
 from bridge.worker.settling import HOLD_HEADER, Changes, hold_left, settle_async
 from bridge.worker.web import WebServer
 
@@ -147,6 +149,7 @@ class Bridge:
         )
         self._partitions = {spec.name: spec.partitions for spec in declared_topics(settings)}
         self._pipeline: Pipeline | None = None
+        self._retries: RetryIntake | None = None
         self._store: WebhookStore | None = None
         self._outputs: KafkaOutputs | None = None
         self._sender: DeliverySender | None = None
@@ -272,16 +275,18 @@ class Bridge:
         )
         if self.delivery_log is not None:
             self.attempts_table = self._attempts_table(app, raw)
-        self.retry_topics = [app.topic(name, **raw) for name in s.retry_topics]
         # Events go from Faust's conductor straight to the pipeline (bridge/worker/direct_topic.py);
-        # the retry tiers, where records wait until due, keep an agent each. A worker without
-        # the deliver role subscribes to neither: Faust's assignor gives a topic's partitions
-        # only to members subscribed to it, so an api worker gets attempts partitions only.
+        # so do the retry tiers' records, through one queue and task per partition (bridge/
+        # worker/retry_intake.py), where they wait until due: through an agent's stream, each
+        # cost the consumer a turn of the event loop, which a slow endpoint's deferrals made the
+        # events wait for. A worker without the deliver role subscribes to neither: Faust's
+        # assignor gives a topic's partitions only to members subscribed to it, so an api worker
+        # gets attempts partitions only.
         self.source_topic = DirectTopic(app, list(s.source_topics), self.pipeline)
+        self.retry_topic = DirectTopic(app, list(s.retry_topics), self._retry_intake)
         if s.delivers:
             self.source_topic.subscribe()
-            for tier, topic in enumerate(self.retry_topics, start=1):
-                app.agent(topic, name=f"retry-{tier}")(self._retry_agent(tier))
+            self.retry_topic.subscribe()
 
         # Weak: Faust's app signals keep their receivers in one mapping shared by every app of
         # the process (the class's signal), so a strong receiver would keep this bridge, its app
@@ -643,21 +648,33 @@ class Bridge:
             raise OwnerUnavailable("the owner's answer was not a JSON object", settles=False)
         return data
 
-    def _retry_agent(self, tier: int) -> Any:
-        async def retry(stream: Any) -> None:
+    async def _retry_intake(self) -> RetryIntake:
+        """The retry tiers' intake, made with the pipeline by the first retry record."""
+        if self._retries is None:
             pipeline = await self.pipeline()
-            manual = stream.noack()
-            async for event in manual.events():
-                await pipeline.handle_retry(
-                    event.message.value,
-                    SourceRef.of(event.message),
-                    functools.partial(_ack_event, manual, event),
-                    tier,
-                )
-
-        return retry
+            consumer = self.app.consumer
+            for name in ("on_buffer_full", "on_buffer_drop"):
+                # Faust's flow control of a partition's fetching (faust-streaming 0.15): without
+                # it a tier's queues would grow with no bound, so its absence stops the worker.
+                if not callable(getattr(consumer, name, None)):
+                    raise RuntimeError(f"Faust's consumer has no {name}(); retries cannot run")
+            tiers = {name: tier for tier, name in enumerate(self.settings.retry_topics, start=1)}
+            self._retries = RetryIntake(
+                pipeline.handle_retry,
+                tiers,
+                on_full=lambda topic, partition: consumer.on_buffer_full(TP(topic, partition)),
+                on_drop=lambda topic, partition: consumer.on_buffer_drop(TP(topic, partition)),
+            )
+            # Cleared with the queues Faust's flow control manages: at once when a rebalance
+            # starts (mode keeps them in a weak set: the bridge holds the intake).
+            self.app.flow_control.manage_queue(self._retries)  # type: ignore[arg-type]
+        return self._retries
 
     async def _drain(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        if self._retries is not None:
+            # No retry is started once the drain begins; those waiting to fall due stay
+            # unacknowledged, for the next owner.
+            await self._retries.close()
         if self._pipeline is None:
             return
         handed = await self._pipeline.drain(self.settings.drain_timeout)
@@ -976,14 +993,3 @@ class _Closer(Service):
 
     async def on_stop(self) -> None:
         await self._bridge.close()
-
-
-def _ack_event(stream: Any, event: Any) -> None:
-    """What ``Stream.ack`` does (it is a coroutine function that never suspends), callable where
-    acknowledgements are synchronous (:data:`bridge.delivery.pipeline.Ack`)."""
-    message = event.message
-    last = event.ack()
-    sensors = stream.app.sensors
-    sensors.on_stream_event_out(message.tp, message.offset, stream, event)
-    if last:
-        sensors.on_message_out(message.tp, message.offset, message)

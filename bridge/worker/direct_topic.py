@@ -87,33 +87,34 @@ class _Sink:
 
 
 class _HandOff:
-    """The consumer's callback: records of ``topics`` go to ``direct``, others to ``rest``;
-    every record of a topic whose records are acknowledged is first reported to ``taken``, so
-    that no commit passes it before it is acknowledged (``commit_settled_only``,
-    :mod:`bridge.worker.faust_patches.commits`)."""
+    """The consumer's callback: records of a direct topic go to its :class:`DirectTopic`, others
+    to ``rest``; every record of a topic whose records are acknowledged is first reported to
+    ``taken``, once, so that no commit passes it before it is acknowledged
+    (``commit_settled_only``, :mod:`bridge.worker.faust_patches.commits`)."""
 
-    __slots__ = ("_topics", "_direct", "_rest", "_taken", "_acks_enabled_for")
+    __slots__ = ("_direct", "_rest", "_taken", "_acks_enabled_for")
 
     def __init__(
         self,
-        topics: frozenset[str],
-        direct: DirectTopic,
         rest: Callable[[Any], Awaitable[None]],
         taken: TakenOffsets,
         acks_enabled_for: Callable[[str], bool],
     ) -> None:
-        self._topics = topics
-        self._direct = direct
+        self._direct: dict[str, DirectTopic] = {}
         self._rest = rest
         self._taken = taken
         self._acks_enabled_for = acks_enabled_for
 
+    def add(self, direct: DirectTopic) -> None:
+        for topic in direct.topics:
+            self._direct[topic] = direct
+
     def __call__(self, message: Any) -> Awaitable[None]:
-        topic = message.topic
-        if topic in self._topics:
+        direct = self._direct.get(message.topic)
+        if direct is not None:
             self._taken.take(message.tp, message.offset)
-            return self._direct.take(message)
-        if self._acks_enabled_for(topic):
+            return direct.take(message)
+        if self._acks_enabled_for(message.topic):
             self._taken.take(message.tp, message.offset)
         return self._rest(message)
 
@@ -151,13 +152,15 @@ class DirectTopic(faust.Topic):
         exists: Faust's consumer keeps the callback it was created with)."""
         conductor: Any = self.app.topics
         conductor.add(self)
-        conductor.on_message = _HandOff(
-            frozenset(self.topics),
-            self,
-            conductor.on_message,
-            taken_offsets(self.app),
-            conductor.acks_enabled_for,
-        )
+        hand_off = conductor.on_message
+        if not isinstance(hand_off, _HandOff):
+            # One hand-off for every direct topic of the app: wrapped in one another, each would
+            # report the others' records to ``taken`` again, which takes a record reported twice
+            # for a seek back and forgets the records before it.
+            hand_off = conductor.on_message = _HandOff(
+                hand_off, taken_offsets(self.app), conductor.acks_enabled_for
+            )
+        hand_off.add(self)
 
     async def take(self, message: Any) -> Any:
         """One fetched record of these topics, as the conductor would hand it to its only

@@ -556,10 +556,12 @@ async def test_one_sites_hanging_endpoints_do_not_hold_every_place(
     make_settings, receiver: Receiver, in_process_workers
 ) -> None:
     """A site's webhooks on endpoints that hang (a stranger's), their circuits slow to open:
-    they hold ``owner_max_in_flight`` of the worker's places, not all of them, and another
-    site's deliveries arrive well before one hanging request times out. (Until 2026-12-05 two
+    they hold ``owner_max_in_flight`` of the worker's places, not all of them, and other
+    sites' deliveries arrive well before one hanging request times out. (Until 2026-12-05 two
     hanging webhooks held all eight places here, each its endpoint's sixteen, and the other
-    site waited out the timeout, wave after wave.)"""
+    sites waited out the timeout, wave after wave.) Twenty sites of one event each: more
+    deliveries than the places the hanging site leaves, none held back by its own site's
+    limit (a site sent more than its two places carry has the rest deferred)."""
     from bridge.admin.topics import apply_topics
 
     hangs = [await Receiver().start() for _ in range(2)]
@@ -579,14 +581,27 @@ async def test_one_sites_hanging_endpoints_do_not_hold_every_place(
                     secret=f"secret-hang-{n}-0123",
                     webhook_id=f"hang{n}",
                 )
-            await hook(store, receiver, "healthy")  # site s1
+            for n in range(20):
+                secret = f"secret-healthy-{n}-0123"
+                await store.create(
+                    url=receiver.url(f"/healthy{n}"),
+                    events=["*"],
+                    site_id=f"s_ok{n}",
+                    user_id=f"u_ok{n}",
+                    secret=secret,
+                    webhook_id=f"healthy{n}",
+                )
+                receiver.secrets[f"/healthy{n}"] = secret
         worker = in_process_workers(settings)
         await worker.wait_ready()
         await publish_events(settings, [post(n, site="s_bad") for n in range(10)])
         await poll(lambda: sum(len(h.received) for h in hangs), until=lambda n: n >= 2)
         hanging_since = started = asyncio.get_running_loop().time()
-        await publish_events(settings, [post(n) for n in range(100)])
-        await receiver.wait_for(lambda got: len(receiver.at("/healthy")) == 100, timeout=30)
+        await publish_events(settings, [post(n, site=f"s_ok{n}") for n in range(20)])
+        await receiver.wait_for(
+            lambda got: all(len(receiver.at(f"/healthy{n}")) == 1 for n in range(20)),
+            timeout=30,
+        )
         elapsed = asyncio.get_running_loop().time() - started
         assert elapsed < settings.http_timeout, elapsed
         # Before the first of them timed out, the hanging site had made two requests: its two

@@ -18,7 +18,7 @@ from faust.types.tuples import TP, ConsumerMessage
 
 from bridge.delivery.job import SourceRef
 from bridge.worker.direct_topic import DirectTopic
-from bridge.worker.faust_patches import UNBUFFERED
+from bridge.worker.faust_patches import UNBUFFERED, taken_offsets
 
 TOPIC = "postion.events"
 PROMPT = 2.0
@@ -233,3 +233,38 @@ async def test_records_of_other_topics_go_through_the_conductor(rig: Rig) -> Non
     assert await rig.fetched(rig.message(1)) is UNBUFFERED
     assert await rig.fetched(rig.message(2)) is UNBUFFERED
     assert rig.starts == 1
+
+
+async def test_two_direct_topics_report_each_record_taken_once() -> None:
+    """The events topic and the retry tiers are direct topics of one app: each record is
+    reported to the commit guard once. (Reported twice, a record reads as a seek back, and the
+    guard forgot the records taken before it, so a commit could pass them unacknowledged.)"""
+    app = new_app("direct-topic-two")
+    retry = "postion.retry.1"
+
+    async def start_intake() -> Intake:
+        return Intake()
+
+    events_topic = DirectTopic(app, [TOPIC], start_intake)
+    retry_topic = DirectTopic(app, [retry], start_intake)
+    events_topic.subscribe()
+    retry_topic.subscribe()
+    await app.topics._update_indices()
+    await app.topics.on_partitions_assigned({TP(TOPIC, 1), TP(retry, 1)})
+    app.flow_control.resume()
+    try:
+        for offset in (1, 2, 3):
+            for topic in (TOPIC, retry):
+                message = ConsumerMessage(
+                    topic, 1, offset, 0.0, 0, [], b"k", b"{}", None,
+                    tp=TP(topic, 1), generation_id=app.consumer_generation_id,
+                )  # fmt: skip
+                await asyncio.wait_for(app.topics.on_message(message), PROMPT)
+        taken = taken_offsets(app)
+        for topic, direct in ((TOPIC, events_topic), (retry, retry_topic)):
+            assert list(taken._parts[TP(topic, 1)].offsets) == [1, 2, 3]
+            intake = direct.intake
+            assert isinstance(intake, Intake)
+            assert [src.topic for _, src, _ in intake.handled + intake.offered] == [topic] * 3
+    finally:
+        app.consumer._thread.thread_loop.close()
