@@ -78,6 +78,10 @@ class RetryIntake:
         """Records taken and not yet handed on."""
         return sum(len(queue) for queue in self._queues.values())
 
+    def offsets(self, topic: str, partition: int) -> list[int]:
+        """The offsets queued for ``partition`` of ``topic``, oldest first."""
+        return [source.offset for _, source, _ in self._queues.get((topic, partition), ())]
+
     def accepts(self) -> bool:
         """Always: a record is queued, never waited for (a full queue stops its fetching)."""
         return True

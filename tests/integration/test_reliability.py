@@ -25,6 +25,7 @@ from bridge.subscriptions.store import WebhookStore
 from bridge.worker.delivery_log import attempts_partition
 from bridge.worker.embedded import free_port
 from bridge.worker.faust_patches import fetching as patched_fetching
+from bridge.worker.retry_intake import RetryIntake
 from tests.support.processes import settings_env
 from tests.support.receivers import Receiver
 from tests.support.records import RawWriter, committed_offsets, end_offsets, topic_reader
@@ -728,8 +729,8 @@ async def test_duplicates_after_a_crash_are_bounded_by_the_records_taken_since_t
 
 async def retry_records(settings: Settings, events: list[Any], *, later: int | None = None) -> None:
     """A retry record of webhook ``r`` for each event, in partition 0 of the first tier, due
-    now except the one at index ``later``, due 1.5 s from now: the tier's agent waits on it,
-    and the records after it wait their turn in the agent's queue."""
+    now except the one at index ``later``, due 1.5 s from now: the partition's task waits on
+    it, and the records after it wait their turn in the partition's queue."""
     now = time.time()
     writer = await RawWriter(settings.kafka_bootstrap_servers).start()
     try:
@@ -751,12 +752,16 @@ def fetched_since_the_seek(app: Any, tp: TP) -> list[int]:
     """Offsets of ``tp``'s records fetched since the seek that are handed on (in a queue of the
     flow control) or, while ``tp`` is paused, ``[-1]`` once its records wait in the consumer's
     fetch buffer."""
-    queued = [
-        item.message.offset
-        for queue in list(app.flow_control._queues)
-        for item in list(queue._queue)
-        if getattr(item, "message", None) is not None and item.message.tp == tp
-    ]
+    queued: list[int] = []
+    for queue in list(app.flow_control._queues):
+        if isinstance(queue, RetryIntake):  # the retry tiers' queues, one per partition
+            queued += queue.offsets(tp.topic, tp.partition)
+        else:
+            queued += [
+                item.message.offset
+                for item in list(queue._queue)
+                if getattr(item, "message", None) is not None and item.message.tp == tp
+            ]
     consumer = app.consumer
     if queued or tp in consumer._active_partitions:
         return queued

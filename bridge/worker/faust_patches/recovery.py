@@ -37,6 +37,9 @@ are still paused (Faust pauses every assigned partition when the assignment arri
 applies to them all the same), then resumes them and the flow without clearing anything. A
 record handed on during the seek (only from a batch fetched before it, of a partition under
 buffer pressure, which Faust hands on while paused) may be processed twice, never dropped.
+The retry tiers' records now wait in :class:`bridge.worker.retry_intake.RetryIntake` rather
+than in stream queues (since 2026-12-06); it is managed by the flow control like them, so the
+same clear before the seek empties it.
 
 Faust's table manager sleeps one second when it starts, before it registers the tables'
 changelog channels, in case tables are still being defined. The bridge defines every table

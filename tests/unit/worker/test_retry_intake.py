@@ -89,6 +89,7 @@ async def test_a_partitions_records_are_handed_on_in_order_one_at_a_time() -> No
     # The first is waiting (to fall due): the ones behind it wait for it.
     assert handler.started == [(TIER_1, 0, 10, 1)]
     assert intake.queued == 2
+    assert intake.offsets(TIER_1, 0) == [11, 12] and intake.offsets(TIER_1, 1) == []
     first.set()
     await until(lambda: len(handler.finished) == 3)
     assert [entry[2] for entry in handler.started] == [10, 11, 12]
