@@ -14,12 +14,13 @@ and the partition's task hands the records on in offset order, one at a time. Th
 stream also made a record waiting in one partition hold up the tier's other partitions; each
 partition now waits for its own records only.
 
-A queue holding :data:`HIGH_MARK` records has its partition left out of the consumer's fetches
-(``on_full``, Faust's ``Consumer.on_buffer_full``) until it is down to :data:`LOW_MARK`
-(``on_drop``); records already fetched are still taken, so a queue can pass the mark by one
-fetch. A rebalance empties the queues and stops their tasks (:meth:`RetryIntake.clear`, which
-Faust's flow control calls as it clears the queues it manages): their records are not
-acknowledged, and the partitions' owners read them again from the committed offsets.
+A queue holding :data:`HIGH_MARK` records, or :data:`HIGH_BYTES` of them, has its partition left
+out of the consumer's fetches (``on_full``, Faust's ``Consumer.on_buffer_full``) until it is down
+to :data:`LOW_MARK` and :data:`LOW_BYTES` (``on_drop``); records already fetched are still
+taken, so a queue can pass the mark by one fetch. A rebalance empties the queues and stops
+their tasks (:meth:`RetryIntake.clear`, which Faust's flow control calls as it clears the
+queues it manages): their records are not acknowledged, and the partitions' owners read them
+again from the committed offsets.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from bridge.delivery.job import Ack, SourceRef
 
-__all__ = ["RetryIntake", "HIGH_MARK", "LOW_MARK"]
+__all__ = ["RetryIntake", "HIGH_MARK", "LOW_MARK", "HIGH_BYTES", "LOW_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,29 @@ log = logging.getLogger(__name__)
 HIGH_MARK = 512
 #: Records left in a stopped partition's queue at which its fetching goes on.
 LOW_MARK = 128
+#: Bytes of records (their values) queued in one partition at which its fetching stops, however
+#: few they are: a tier's records carry their events, up to ``max_body_bytes`` each, and a
+#: hostile or merely large event deferred by a slow endpoint must not make the queues hold
+#: hundreds of megabytes. With the default 7 tiers of 6 partitions and the consumer's 1 MiB
+#: fetch per partition past the mark, the queues hold at most about 210 MiB.
+HIGH_BYTES = 4 * 1024 * 1024
+#: Bytes left in a stopped partition's queue at which its fetching goes on (with LOW_MARK).
+LOW_BYTES = 1024 * 1024
 
 _Key = tuple[str, int]
+_Item = tuple[bytes | None, SourceRef, Ack]
 _Handle = Callable[[bytes | None, SourceRef, Ack, int], Awaitable[None]]
 _Mark = Callable[[str, int], None]
+
+
+class _Queue:
+    """One partition's records, and the bytes of their values."""
+
+    __slots__ = ("items", "size")
+
+    def __init__(self) -> None:
+        self.items: deque[_Item] = deque()
+        self.size = 0
 
 
 class RetryIntake:
@@ -59,16 +79,20 @@ class RetryIntake:
         on_drop: _Mark,
         high_mark: int = HIGH_MARK,
         low_mark: int = LOW_MARK,
+        high_bytes: int = HIGH_BYTES,
+        low_bytes: int = LOW_BYTES,
     ) -> None:
-        if not 0 <= low_mark < high_mark:
-            raise ValueError("need 0 <= low_mark < high_mark")
+        if not 0 <= low_mark < high_mark or not 0 <= low_bytes < high_bytes:
+            raise ValueError("need 0 <= low < high, for records and for bytes")
         self._handle = handle
         self._tiers = dict(tiers)
         self._on_full = on_full
         self._on_drop = on_drop
         self._high = high_mark
         self._low = low_mark
-        self._queues: dict[_Key, deque[tuple[bytes | None, SourceRef, Ack]]] = {}
+        self._high_bytes = high_bytes
+        self._low_bytes = low_bytes
+        self._queues: dict[_Key, _Queue] = {}
         self._tasks: dict[_Key, asyncio.Task[None]] = {}
         self._stopped: set[_Key] = set()
         self._closed = False
@@ -76,11 +100,17 @@ class RetryIntake:
     @property
     def queued(self) -> int:
         """Records taken and not yet handed on."""
-        return sum(len(queue) for queue in self._queues.values())
+        return sum(len(queue.items) for queue in self._queues.values())
+
+    @property
+    def queued_bytes(self) -> int:
+        """The bytes of those records' values."""
+        return sum(queue.size for queue in self._queues.values())
 
     def offsets(self, topic: str, partition: int) -> list[int]:
         """The offsets queued for ``partition`` of ``topic``, oldest first."""
-        return [source.offset for _, source, _ in self._queues.get((topic, partition), ())]
+        queue = self._queues.get((topic, partition))
+        return [] if queue is None else [source.offset for _, source, _ in queue.items]
 
     def accepts(self) -> bool:
         """Always: a record is queued, never waited for (a full queue stops its fetching)."""
@@ -95,9 +125,10 @@ class RetryIntake:
         key = (source.topic, source.partition)
         queue = self._queues.get(key)
         if queue is None:
-            queue = self._queues[key] = deque()
-        queue.append((raw, source, ack))
-        if len(queue) >= self._high:
+            queue = self._queues[key] = _Queue()
+        queue.items.append((raw, source, ack))
+        queue.size += len(raw) if raw is not None else 0
+        if len(queue.items) >= self._high or queue.size >= self._high_bytes:
             # Marked again at every record past the mark: Faust recomputes the partitions it
             # fetches (after a table's recovery), which may have dropped the mark.
             self._stopped.add(key)
@@ -108,13 +139,17 @@ class RetryIntake:
     async def handle_event(self, raw: bytes | None, source: SourceRef, ack: Ack) -> None:
         self.offer(raw, source, ack)
 
-    async def _run(
-        self, key: _Key, queue: deque[tuple[bytes | None, SourceRef, Ack]], tier: int
-    ) -> None:
+    async def _run(self, key: _Key, queue: _Queue, tier: int) -> None:
+        items = queue.items
         try:
-            while queue:
-                raw, source, ack = queue.popleft()
-                if key in self._stopped and len(queue) <= self._low:
+            while items:
+                raw, source, ack = items.popleft()
+                queue.size -= len(raw) if raw is not None else 0
+                if (
+                    key in self._stopped
+                    and len(items) <= self._low
+                    and queue.size <= self._low_bytes
+                ):
                     self._stopped.discard(key)
                     try:
                         self._on_drop(*key)
@@ -145,7 +180,8 @@ class RetryIntake:
         for key in keys:
             queue = self._queues.pop(key, None)
             if queue is not None:
-                queue.clear()
+                queue.items.clear()
+                queue.size = 0
             if key in self._stopped:
                 self._stopped.discard(key)
                 self._on_drop(*key)

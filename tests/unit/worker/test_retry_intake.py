@@ -14,7 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.delivery.job import SourceRef
-from bridge.worker.retry_intake import HIGH_MARK, LOW_MARK, RetryIntake
+from bridge.worker.retry_intake import (
+    HIGH_BYTES,
+    HIGH_MARK,
+    LOW_BYTES,
+    LOW_MARK,
+    RetryIntake,
+)
 
 TIER_1, TIER_2 = "postion.retry.1", "postion.retry.2"
 TIERS = {TIER_1: 1, TIER_2: 2}
@@ -65,8 +71,15 @@ def make(handler: Handler, marks: Marks | None = None, **kwargs: Any) -> RetryIn
     )
 
 
-def offer(intake: RetryIntake, acks: list[int], topic: str, partition: int, offset: int) -> None:
-    intake.offer(b"{}", SourceRef(topic, partition, offset), lambda: acks.append(offset))
+def offer(
+    intake: RetryIntake,
+    acks: list[int],
+    topic: str,
+    partition: int,
+    offset: int,
+    raw: bytes | None = b"{}",
+) -> None:
+    intake.offer(raw, SourceRef(topic, partition, offset), lambda: acks.append(offset))
 
 
 async def until(condition: Any) -> None:
@@ -131,8 +144,31 @@ async def test_a_full_partition_stops_its_fetching_until_it_is_down_to_the_low_m
 def test_the_default_marks_keep_a_tier_under_fausts_stream_buffer() -> None:
     assert 0 < LOW_MARK < HIGH_MARK
     assert HIGH_MARK * 6 <= 4096  # six partitions a tier by default; Faust buffered 4,096
+    # 7 tiers of 6 partitions, each past its mark by at most one 1 MiB fetch.
+    assert 0 < LOW_BYTES < HIGH_BYTES and 42 * (HIGH_BYTES + 2**20) <= 256 * 2**20
     with pytest.raises(ValueError):
         make(Handler(), high_mark=4, low_mark=4)
+    with pytest.raises(ValueError):
+        make(Handler(), high_bytes=4, low_bytes=5)
+
+
+async def test_a_few_large_records_stop_the_fetching_as_many_small_ones_do() -> None:
+    """Records carry their events (up to the largest body): a slow endpoint's deferrals of
+    large events must not fill the worker's memory while their count stays under the mark."""
+    handler, marks = Handler(), Marks()
+    intake = make(handler, marks, high_bytes=3000, low_bytes=1000)
+    gate = handler.hold(TIER_2, 1, 0)
+    for offset in range(4):
+        offer(intake, handler.acks, TIER_2, 1, offset, raw=b"x" * 1000)
+    offer(intake, handler.acks, TIER_2, 1, 4, raw=None)  # a tombstone counts no bytes
+    await until(lambda: handler.started)
+    assert intake.queued_bytes == 3000  # the first was taken by the task
+    assert marks.full == [(TIER_2, 1)] * 3  # at 3,000 bytes queued, and at each record after
+    gate.set()
+    await until(lambda: len(handler.finished) == 5)
+    # Let go once at most LOW_MARK records and 1,000 bytes were left.
+    assert marks.dropped == [(TIER_2, 1)]
+    assert intake.queued_bytes == 0 and intake.queued == 0
 
 
 async def test_a_rebalance_forgets_the_queued_records_unacknowledged() -> None:
