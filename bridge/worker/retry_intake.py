@@ -128,13 +128,13 @@ class RetryIntake:
             queue = self._queues[key] = _Queue()
         queue.items.append((raw, source, ack))
         queue.size += len(raw) if raw is not None else 0
+        if key not in self._tasks:
+            self._tasks[key] = asyncio.create_task(self._run(key, queue, tier))
         if len(queue.items) >= self._high or queue.size >= self._high_bytes:
             # Marked again at every record past the mark: Faust recomputes the partitions it
             # fetches (after a table's recovery), which may have dropped the mark.
             self._stopped.add(key)
-            self._on_full(*key)
-        if key not in self._tasks:
-            self._tasks[key] = asyncio.create_task(self._run(key, queue, tier))
+            self._mark(self._on_full, key)
 
     async def handle_event(self, raw: bytes | None, source: SourceRef, ack: Ack) -> None:
         self.offer(raw, source, ack)
@@ -151,10 +151,7 @@ class RetryIntake:
                     and queue.size <= self._low_bytes
                 ):
                     self._stopped.discard(key)
-                    try:
-                        self._on_drop(*key)
-                    except Exception:
-                        log.exception("retry partition's fetching not resumed")
+                    self._mark(self._on_drop, key)
                 try:
                     await self._handle(raw, source, ack, tier)
                 except Exception:
@@ -172,7 +169,10 @@ class RetryIntake:
     def revoke(self, partitions: Iterable[tuple[str, int]] | None = None) -> None:
         """Forget the queued records of ``partitions`` (all when ``None``) and stop their
         tasks: a rebalance took them, or may give them back read again from the committed
-        offset. A record being handed on when its task stops is not acknowledged either. A
+        offset. A record being waited for when its task stops (not yet due, or waiting for the
+        table or for room in the pipeline) is not acknowledged either; one whose delivery
+        started runs on and settles as any other (at least once: the next owner may attempt it
+        again, with the same delivery id). A
         partition whose fetching was stopped is let go (Faust keeps a partition paused by the
         rebalance paused; left marked, records of its fetches from before a pause would still
         be handed on)."""
@@ -182,12 +182,25 @@ class RetryIntake:
             if queue is not None:
                 queue.items.clear()
                 queue.size = 0
-            if key in self._stopped:
-                self._stopped.discard(key)
-                self._on_drop(*key)
             task = self._tasks.pop(key, None)
             if task is not None:
                 task.cancel()
+            if key in self._stopped:
+                self._stopped.discard(key)
+                self._mark(self._on_drop, key)
+
+    @staticmethod
+    def _mark(mark: _Mark, key: _Key) -> None:
+        """Tell the consumer to stop or go on fetching a partition; a failure is logged, never
+        raised (into the consumer's hand-off, a partition's task, or a rebalance's clear of
+        every queue)."""
+        try:
+            mark(*key)
+        except Exception:
+            log.exception(
+                "retry partition's fetching not changed",
+                extra={"topic": key[0], "partition": key[1]},
+            )
 
     def clear(self) -> None:
         """:meth:`revoke` of every partition, as Faust's flow control clears the queues it

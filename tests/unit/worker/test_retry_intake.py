@@ -214,6 +214,23 @@ async def test_fausts_flow_control_clears_it_as_a_rebalance_starts() -> None:
     assert handler.started == [(TIER_1, 0, 0, 1)]
 
 
+async def test_failing_marks_neither_lose_a_record_nor_stop_a_rebalance() -> None:
+    handler = Handler()
+
+    def broken(topic: str, partition: int) -> None:
+        raise RuntimeError("a bug in the consumer's flow control")
+
+    intake = RetryIntake(handler, TIERS, on_full=broken, on_drop=broken, high_mark=1, low_mark=0)
+    handler.hold(TIER_1, 0, 0)
+    offer(intake, handler.acks, TIER_1, 0, 0)  # past the mark at once: the mark fails
+    offer(intake, handler.acks, TIER_1, 1, 0)
+    await until(lambda: len(handler.started) == 2)  # each record still has its task
+    intake.clear()  # a rebalance: both partitions' marks fail to be let go
+    await asyncio.sleep(0)
+    assert intake.queued == 0 and not intake._tasks
+    assert handler.acks == [0]  # partition 1's record, finished before the rebalance
+
+
 async def test_a_failing_mark_does_not_stop_the_partition() -> None:
     handler = Handler()
 
