@@ -805,9 +805,6 @@ def _stage_quantiles(metrics: dict[str, float]) -> dict[str, float | None]:
     return out
 
 
-_STAGES = "webhook_bridge_event_stage_latency_seconds"
-
-
 async def _isolation(ctx: Context, name: str, mode: str, fault_seconds: float) -> dict[str, Any]:
     """10% of webhooks on a faulty endpoint (``hang``: answers after far longer than the 2 s
     timeout; ``slow``: answers 200 after ``fault_seconds``), the rest on the healthy receiver;
@@ -871,16 +868,8 @@ async def _isolation(ctx: Context, name: str, mode: str, fault_seconds: float) -
         worker_cpu_pct=fault.worker_cpu_pct,
         loadavg_start=base.loadavg_start,
         loadavg_end=fault.loadavg_end,
-        # Where the time goes, all events alike (the faulty tenth's too): from the event's
-        # timestamp to its record reaching the pipeline, then to being matched.
-        stage_p50_ms={
-            stage: _ms(kit.histogram_quantile(fault.metrics, _STAGES, 0.5, stage=stage))
-            for stage in ("received", "matched")
-        },
-        stage_p99_ms={
-            stage: _ms(kit.histogram_quantile(fault.metrics, _STAGES, 0.99, stage=stage))
-            for stage in ("received", "matched")
-        },
+        # Where the time goes, all events alike (the faulty tenth's too).
+        **_stage_quantiles(fault.metrics),
         **fault.profiled,
     )
     if not fault.complete:

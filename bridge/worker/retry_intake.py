@@ -56,6 +56,11 @@ _Handle = Callable[[bytes | None, SourceRef, Ack, int], Awaitable[None]]
 _Mark = Callable[[str, int], None]
 
 
+def _size(raw: bytes | None) -> int:
+    """What a record's value counts toward :data:`HIGH_BYTES` (a tombstone: nothing)."""
+    return 0 if raw is None else len(raw)
+
+
 class _Queue:
     """One partition's records, and the bytes of their values."""
 
@@ -127,7 +132,7 @@ class RetryIntake:
         if queue is None:
             queue = self._queues[key] = _Queue()
         queue.items.append((raw, source, ack))
-        queue.size += len(raw) if raw is not None else 0
+        queue.size += _size(raw)
         if key not in self._tasks:
             self._tasks[key] = asyncio.create_task(self._run(key, queue, tier))
         if len(queue.items) >= self._high or queue.size >= self._high_bytes:
@@ -144,7 +149,7 @@ class RetryIntake:
         try:
             while items:
                 raw, source, ack = items.popleft()
-                queue.size -= len(raw) if raw is not None else 0
+                queue.size -= _size(raw)
                 if (
                     key in self._stopped
                     and len(items) <= self._low
@@ -172,10 +177,9 @@ class RetryIntake:
         offset. A record being waited for when its task stops (not yet due, or waiting for the
         table or for room in the pipeline) is not acknowledged either; one whose delivery
         started runs on and settles as any other (at least once: the next owner may attempt it
-        again, with the same delivery id). A
-        partition whose fetching was stopped is let go (Faust keeps a partition paused by the
-        rebalance paused; left marked, records of its fetches from before a pause would still
-        be handed on)."""
+        again, with the same delivery id). A partition whose fetching was stopped is let go
+        (Faust keeps a partition paused by the rebalance paused; left marked, records of its
+        fetches from before a pause would still be handed on)."""
         keys = list(self._queues) if partitions is None else list(partitions)
         for key in keys:
             queue = self._queues.pop(key, None)

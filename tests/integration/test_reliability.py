@@ -27,7 +27,7 @@ from bridge.worker.embedded import free_port
 from bridge.worker.faust_patches import fetching as patched_fetching
 from bridge.worker.retry_intake import RetryIntake
 from tests.support.processes import settings_env
-from tests.support.receivers import Receiver
+from tests.support.receivers import Receiver, create_verified
 from tests.support.records import RawWriter, committed_offsets, end_offsets, topic_reader
 from tests.support.waiting import poll
 
@@ -43,17 +43,7 @@ def post(n: int, site: str = "s1") -> object:
 async def hook(
     store: WebhookStore, receiver: Receiver, name: str, events: tuple[str, ...] = ("*",)
 ) -> None:
-    secret = f"secret-{name}-0123456789"
-    await store.create(
-        url=receiver.url(f"/{name}"),
-        events=list(events),
-        site_id="s1",
-        user_id="u1",
-        secret=secret,
-        webhook_id=name,
-        name=name,
-    )
-    receiver.secrets[f"/{name}"] = secret
+    await create_verified(store, receiver, name, site_id="s1", events=events)
 
 
 async def records(settings: Settings, topic: str, *, at_least: int = 0) -> list[dict]:
@@ -583,16 +573,9 @@ async def test_one_sites_hanging_endpoints_do_not_hold_every_place(
                     webhook_id=f"hang{n}",
                 )
             for n in range(20):
-                secret = f"secret-healthy-{n}-0123"
-                await store.create(
-                    url=receiver.url(f"/healthy{n}"),
-                    events=["*"],
-                    site_id=f"s_ok{n}",
-                    user_id=f"u_ok{n}",
-                    secret=secret,
-                    webhook_id=f"healthy{n}",
+                await create_verified(
+                    store, receiver, f"healthy{n}", site_id=f"s_ok{n}", events=["*"]
                 )
-                receiver.secrets[f"/healthy{n}"] = secret
         worker = in_process_workers(settings)
         await worker.wait_ready()
         await publish_events(settings, [post(n, site="s_bad") for n in range(10)])

@@ -114,8 +114,8 @@ async def _on_recovery_completed(self: Any, generation_id: int = 0) -> None:
     # faust.tables.recovery.Recovery.on_recovery_completed (faust-streaming 0.15), with the
     # stream queues cleared before the seek instead of after it, the stream partitions resumed
     # after the seek instead of before it, and the flow resumed without clearing any queue:
-    # what is handed on after the seek (the changelog records
-    # of the global tables' standby reading, running already) is never dropped.
+    # what is handed on after the seek (the changelog records of the global tables' standby
+    # reading, running already) is never dropped.
     consumer = self.app.consumer
     self.log.info("Restore complete!")
     await self.app.on_rebalance_complete.send()
