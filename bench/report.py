@@ -189,6 +189,8 @@ NOTES = {
         "rate_vs_no_fault",
         "no_fault_p99_ms",
         "p99_vs_no_fault",
+        "retries_scheduled",
+        "received_p99_ms",
     ],
     "subscriptions_100k": [
         "subscriptions",
@@ -437,7 +439,8 @@ receiver by delivery id (each expected id once; repeats are reported as duplicat
   600 s (`bench/receiver.py` in hang mode), `BRIDGE_HTTP_TIMEOUT=2`, the default breaker threshold
   (5); the healthy 90%'s deliveries/s and latency compared with a run of the same shape where
   that tenth points at the healthy receiver (the same 90% counted). `isolation_slow` (full runs
-  only) does the same with an endpoint answering 200 after 1 s.
+  only) does the same with an endpoint answering 200 after 1 s. Both report the events' stages
+  as `latency_half_load` does (`received_p50_ms`...), over all events, the faulty tenth's too.
 - **subscriptions_100k**: N webhook records written one record per batch (aiokafka
   `max_batch_size` smaller than two records, `linger_ms=0`, 256 sends in flight; a sample of
   2000 with sequential `send_and_wait` for comparison), then a worker is started: seconds until
