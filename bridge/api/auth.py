@@ -131,9 +131,14 @@ class Principal:
             return False
         return self.user_id is None or user_id == self.user_id
 
-    def check(self, webhook: Webhook) -> None:
-        """Raise a ``403`` naming the field unless ``webhook`` is within the restriction."""
-        self.check_scope(webhook.site_id, webhook.user_id)
+    def see(self, webhook: Webhook, missing: str = "no such webhook") -> Webhook:
+        """``webhook`` if it is within the restriction, else the ``404`` of an id that names
+        nothing (``missing``): a restricted token learns nothing of another site's or account's
+        webhooks, not even that an id is one (until 2026-12-06 it was answered ``403``, so any
+        id could be tried)."""
+        if not self.allows(webhook.site_id, webhook.user_id):
+            raise Problem("not_found", missing)
+        return webhook
 
     def check_scope(
         self,

@@ -265,8 +265,7 @@ class ControlService:
         webhook = await self._repository.get(webhook_id)
         if webhook is None:
             raise Problem("not_found", "no such webhook")
-        principal.check(webhook)
-        return webhook
+        return principal.see(webhook)
 
     # ------------------------------------------------------------------ log and stats
 
@@ -410,7 +409,7 @@ class ControlService:
         if principal.restricted:
             if webhook is None:  # whose it was is no longer known
                 raise Problem("not_found", "no attempt of this delivery is kept")
-            principal.check(webhook)
+            principal.see(webhook, "no attempt of this delivery is kept")
         return attempts
 
     # ------------------------------------------------------------------ recovery
@@ -431,7 +430,7 @@ class ControlService:
         webhook = await self._repository.get(first.webhook_id)
         if webhook is None:
             raise Problem("conflict", "the delivery's webhook was deleted")
-        principal.check(webhook)
+        principal.see(webhook, "no attempt of this delivery is kept")
         since = datetime.fromtimestamp(redelivery_since(first, self._lookback), UTC)
         until = datetime.fromtimestamp(first.at_seconds + 1, UTC)
         request = RecoveryRequest(webhook, since, until, delivery_id=delivery_id)
@@ -536,7 +535,7 @@ class ControlService:
             current = await self._repository.get(operation.request.webhook.id)
             if current is None:
                 raise Problem("not_found", "no such recovery")
-            principal.check(current)
+            principal.see(current, "no such recovery")
             created = _restricted_since(principal, current)
             if created is not None and operation.started_at < created:
                 raise Problem("not_found", "no such recovery")
@@ -586,36 +585,23 @@ class ControlService:
 
     # ------------------------------------------------------------------ dead letters
 
-    async def _scoped_webhook(
-        self, principal: Principal, webhook_id: str | None, location: str
-    ) -> Webhook | None:
+    async def _scoped_webhook(self, principal: Principal, webhook_id: str | None) -> Webhook | None:
         """For a restricted token naming a webhook (``webhook_id``): that webhook, ``404`` if
-        there is none, ``403`` naming ``webhook_id`` if it is outside the restriction; else
-        ``None``."""
+        there is none or it is outside the restriction; else ``None``."""
         if not principal.restricted or webhook_id is None:
             return None
         webhook = await self._repository.get(webhook_id)
         if webhook is None:
             raise Problem("not_found", "no such webhook")
-        if not principal.allows(webhook.site_id, webhook.user_id):
-            raise Problem(
-                "forbidden",
-                "the webhook is outside the token's site or account",
-                errors=[
-                    FieldError(
-                        "webhook_id", "out_of_scope", "outside the token's restriction", location
-                    )
-                ],
-            )
-        return webhook
+        return principal.see(webhook)
 
     async def _scope_dead_letters(
-        self, principal: Principal, webhook_id: str | None, location: str
+        self, principal: Principal, webhook_id: str | None
     ) -> Callable[[dict[str, Any]], Any] | None:
         """``None`` for an unrestricted token; else a check of a record's webhook (awaitable)."""
         if not principal.restricted:
             return None
-        await self._scoped_webhook(principal, webhook_id, location)
+        await self._scoped_webhook(principal, webhook_id)
         seen: dict[str, Webhook | None] = {}
 
         async def visible(record: dict[str, Any]) -> bool:
@@ -638,7 +624,7 @@ class ControlService:
     ) -> DeadLetterPage:
         """Dead letters ``where`` selects, oldest first, within the token's restriction."""
         after = decode_dead_letter_cursor(cursor) if cursor is not None else None
-        visible = await self._scope_dead_letters(principal, where.webhook_id, "query")
+        visible = await self._scope_dead_letters(principal, where.webhook_id)
         read = await self._of_delivery_webhook(where)
         # The letters after the cursor were written at or after its time: only they are read
         # (on a broker with a time index, from there on), not the whole topic for every page.
@@ -695,7 +681,7 @@ class ControlService:
                 "a token restricted to a site or account replays one webhook at a time",
                 errors=[FieldError("webhook_id", "required", "give one of your webhooks")],
             )
-        webhook = await self._scoped_webhook(principal, where.webhook_id, "body")
+        webhook = await self._scoped_webhook(principal, where.webhook_id)
         if webhook is not None and webhook.created_at is not None:
             where = dataclasses.replace(where, webhook_created_at=webhook.created_at)
         return await self._dead_letters.replay(

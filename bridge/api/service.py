@@ -363,8 +363,7 @@ class WebhookService:
         webhook = await self._read_as_written(webhook_id)
         if webhook is None:
             raise Problem("not_found", "no such webhook")
-        principal.check(webhook)
-        return webhook
+        return principal.see(webhook)
 
     async def list(
         self, principal: Principal, where: WebhookFilter, *, limit: int, cursor: str | None
@@ -417,7 +416,11 @@ class WebhookService:
         async with self._locked(webhook_id):
             existing = await self._read_as_written(webhook_id)
             if existing is not None:
-                principal.check(existing)
+                if not principal.allows(existing.site_id, existing.user_id):
+                    # Taken by a webhook the token cannot see: what it would be told of one
+                    # with other fields (a 403 named the other's site or account until
+                    # 2026-12-06).
+                    raise _taken()
                 if change is not None and self._made(change, existing) is not None:
                     if existing.updated_at == existing.created_at and not _same(existing, body):
                         raise reused()  # unchanged since, so another body (its secret)
@@ -438,11 +441,7 @@ class WebhookService:
                         created=False,
                         shows_secret=self._repeat_shows(existing, principal),
                     )
-                raise Problem(
-                    "conflict",
-                    "a webhook with this id exists with other fields",
-                    errors=[FieldError("id", "exists", "another webhook has this id")],
-                )
+                raise _taken()
             try:
                 record = created_record(
                     webhook_id=webhook_id,
@@ -673,6 +672,15 @@ class WebhookService:
             if exc.reason == "webhook_inactive":
                 raise Problem("conflict", "the webhook is not active") from None
             raise Problem.invalid(FieldError("site_id", exc.reason, exc.detail)) from None
+
+
+def _taken() -> Problem:
+    """``409``: the id of a create names a webhook that exists with other fields."""
+    return Problem(
+        "conflict",
+        "a webhook with this id exists with other fields",
+        errors=[FieldError("id", "exists", "another webhook has this id")],
+    )
 
 
 def _conflict(field: str, exc: InvalidSubscription) -> Problem:

@@ -498,7 +498,7 @@ class _Internal:
         webhook = await self._repository.get(webhook_id)
         if webhook is None:
             raise Problem("not_found", "no such webhook")
-        principal.check(webhook)
+        principal.see(webhook)
         check = functools.partial(self._bridge.local_activity, webhook_id)
         try:
             activity = await settle(check, self._bridge.changes, _hold_until.get())

@@ -219,8 +219,8 @@ async def test_the_log_stats_recovery_and_redelivery_of_a_real_worker(
             await client.post(f"/v1/deliveries/{target}/redeliver", headers=reader)
         ).status == 403
         site_2 = {"Authorization": f"Bearer {SITE_2}"}
-        assert (await client.get("/v1/webhooks/wh/stats", headers=site_2)).status == 403
-        assert (await client.get(f"/v1/deliveries/{target}", headers=site_2)).status == 403
+        assert (await client.get("/v1/webhooks/wh/stats", headers=site_2)).status == 404
+        assert (await client.get(f"/v1/deliveries/{target}", headers=site_2)).status == 404
         assert (await get(client, "/v1/webhooks/other/stats", SITE_2))["webhook_id"] == "other"
 
         # Recover since a time: exactly that webhook's events from then, with their ids.

@@ -434,12 +434,32 @@ async def test_a_site_token_sees_and_changes_only_its_site(api: Api) -> None:
     assert [w["id"] for w in listing["items"]] == [mine["id"]]
     other = await api.client.get("/v1/webhooks?site_id=site_2", headers=auth(SITE_1))
     assert fields(await problem(other, 403)) == [("site_id", "out_of_scope")]
+    # Another site's webhook is answered as an id that names nothing: the token cannot tell
+    # which ids are taken.
+    for webhook_id in (theirs["id"], account["id"], "wh_none"):
+        path = f"/v1/webhooks/{webhook_id}"
+        for method, route, body in [
+            ("GET", path, None),
+            ("DELETE", path, None),
+            ("PATCH", path, {"name": "mine now"}),
+            ("POST", f"{path}/rotate-secret", {}),
+            ("POST", f"{path}/test", {}),
+        ]:
+            refused = await api.client.request(method, route, json=body, headers=auth(SITE_1))
+            assert await problem(refused, 404) == {
+                "type": "tag:webhook-bridge,2026:problem:not_found",
+                "title": "Not found",
+                "status": 404,
+                "detail": "no such webhook",
+            }, (method, route)
     for webhook in (theirs, account):
-        path = f"/v1/webhooks/{webhook['id']}"
-        await problem(await api.client.get(path, headers=auth(SITE_1)), 403)
-        await problem(await api.client.delete(path, headers=auth(SITE_1)), 403)
-        await problem(await api.client.post(f"{path}/rotate-secret", headers=auth(SITE_1)), 403)
-        await problem(await api.client.post(f"{path}/test", headers=auth(SITE_1)), 403)
+        assert await api.repository.get(webhook["id"]) is not None
+    taken = await api.client.post(
+        "/v1/webhooks",
+        json={"id": theirs["id"], "url": "https://e.com/h", "events": ["*"], "site_id": "site_1"},
+        headers=auth(SITE_1),
+    )
+    assert fields(await problem(taken, 409)) == [("id", "exists")]
     move = await api.client.patch(
         f"/v1/webhooks/{mine['id']}", json={"site_id": "site_2"}, headers=auth(SITE_1)
     )
@@ -464,7 +484,7 @@ async def test_an_account_token_has_its_account_webhooks_not_a_sites(api: Api) -
     path = f"/v1/webhooks/{site_webhook['id']}"
     for method in ("GET", "DELETE"):
         refused = await api.client.request(method, path, headers=auth(USER_1))
-        assert fields(await problem(refused, 403)) == [("site_id", "out_of_scope")]
+        assert (await problem(refused, 404))["detail"] == "no such webhook"
     body = {"url": "https://e.com/h", "events": ["*"], "site_id": "site_2", "user_id": "user_1"}
     made = await api.client.post("/v1/webhooks", json=body, headers=auth(USER_1))
     assert fields(await problem(made, 403)) == [("site_id", "out_of_scope")]

@@ -176,15 +176,31 @@ def test_restrictions_to_a_site_or_an_account() -> None:
     assert not user.allows("site_9", "user_1")
     assert not user.allows("site_1", None) and not user.allows("site_1", "user_2")
     assert admin.allows(None, None)
+    # An existing webhook outside the restriction is one that does not exist.
+    for principal, outside in [
+        (site, webhook("site_2", "user_1")),
+        (user, webhook(None, "user_2")),
+        (user, webhook("site_9", "user_1")),
+    ]:
+        with pytest.raises(Problem) as caught:
+            principal.see(outside)
+        assert (caught.value.status, caught.value.detail, caught.value.errors) == (
+            404,
+            "no such webhook",
+            (),
+        )
+    inside = webhook("site_1", "user_1")
+    assert site.see(inside) is inside and admin.see(inside) is inside
+    # A body or filter naming another site or account is the token's own request: 403 and why.
     with pytest.raises(Problem) as caught:
-        site.check(webhook("site_2", "user_1"))
+        site.check_scope("site_2", "user_1")
     assert caught.value.status == 403
     assert [(e.field, e.reason) for e in caught.value.errors] == [("site_id", "out_of_scope")]
     with pytest.raises(Problem) as caught:
-        user.check(webhook(None, "user_2"))
+        user.check_scope(None, "user_2")
     assert [(e.field, e.reason) for e in caught.value.errors] == [("user_id", "out_of_scope")]
     with pytest.raises(Problem) as caught:
-        user.check(webhook("site_9", "user_1"))
+        user.check_scope("site_9", "user_1")
     assert [(e.field, e.reason) for e in caught.value.errors] == [("site_id", "out_of_scope")]
     both = Principal("both", frozenset({"read"}), site_id="site_1", user_id="user_1")
     assert both.allows("site_1", "user_1") and not both.allows(None, "user_1")
