@@ -670,7 +670,10 @@ def _operation(
             **responses,
             "400": _problem_response("Invalid request; errors name the fields."),
             "401": _problem_response("No valid bearer token."),
-            "403": _problem_response("The token lacks the scope, or the site or account."),
+            "403": _problem_response(
+                "The token lacks the scope, or the request names a site or account outside "
+                "the token's."
+            ),
             "429": responses.get("429") or _problem_response(_RATE_LIMITED),
             "503": _problem_response(
                 "Not answered in time, the webhooks table could not be shown current, or the "
@@ -716,9 +719,12 @@ def _paths() -> dict[str, Any]:
         "with this token than the worker answering allows (api_rate_limit): retry after "
         "Retry-After seconds."
     )
-    not_found = _problem_response("No such webhook.")
+    not_found = _problem_response(
+        "No such webhook (for a token restricted to a site or account, none of its)."
+    )
     no_recovery = _problem_response(
-        "No such recovery (or it ended more than recovery_retention ago)."
+        "No such recovery (or it ended more than recovery_retention ago, or its webhook is "
+        "outside the token's site or account)."
     )
     no_delivery = _problem_response("No attempt of this delivery is kept.")
     changed = _problem_response("If-Match does not match the current ETag.")
