@@ -524,6 +524,23 @@ def test_more_workers_than_partitions_fails(chart: Chart, values_file: str, mess
         chart.render([FAILING / values_file])
 
 
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "127.1.2.3", "localhost", "LocalHost", "::1", "[::1]", "::ffff:127.0.0.1"]
+)
+def test_a_loopback_web_host_fails(chart: Chart, host: str) -> None:
+    """The probes reach the pod on its IP: bound to loopback, no worker would ever be ready
+    (the bridge itself takes the value, for a local run)."""
+    with pytest.raises(RenderError, match=re.escape(f"config.webHost {host} is a loopback")):
+        chart.render(values={"config": {"webHost": host}}, show_only="templates/deployment.yaml")
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.7"])
+def test_a_web_host_reachable_on_the_pod_ip_renders(chart: Chart, host: str) -> None:
+    env = chart.render(values={"config": {"webHost": host}}).one("Deployment")["spec"]["template"]
+    [container] = env["spec"]["containers"]
+    assert {"name": "BRIDGE_WEB_HOST", "value": host} in container["env"]
+
+
 # -- network policy ---------------------------------------------------------------------------
 
 

@@ -401,6 +401,12 @@ cannot say, so that a release never starts workers that refuse their settings.
 {{- if le $session (divf $rebalance 2) }}
 {{- fail (printf "config.kafkaSessionTimeout (%v s) must be longer than half of config.kafkaRebalanceTimeout (%v s)" $session $rebalance) }}
 {{- end }}
+{{- with $config.webHost }}
+{{- $host := toString . | trim | lower | trimPrefix "[" | trimSuffix "]" }}
+{{- if or (regexMatch "^(::ffff:)?127\\.[0-9]+\\.[0-9]+\\.[0-9]+$" $host) (eq $host "localhost") (eq $host "::1") }}
+{{- fail (printf "config.webHost %s is a loopback address: the kubelet's probes, Prometheus and the API's peers reach a worker on its pod IP, so no pod would ever be ready. Leave it 0.0.0.0 (or :: for IPv6)" (toString .)) }}
+{{- end }}
+{{- end }}
 {{- with $config.deliveryLogMaxAge }}
 {{- if lt (include "webhook-bridge.durationSeconds" . | float64) 604800.0 }}
 {{- fail (printf "config.deliveryLogMaxAge (%v) must be at least 7d, the longest stats window" .) }}
