@@ -170,3 +170,27 @@ def test_notes_render_with_valid_commands(chart: Chart, values_file: Path | None
     for command in commands:
         assert command[0] == "webhook-bridge"
         parser.parse_args(command[1:])
+
+
+def _notes(chart: Chart, *sets: str) -> str:
+    args = [a for s in sets for a in ("--set", s)]
+    result = chart.run("install", "wb", str(CHART_DIR), "--dry-run=client", *args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split("NOTES:", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("sets", "warned"),
+    [
+        ((), False),
+        (("podAntiAffinity=hard",), True),
+        (("podAntiAffinity=hard", "updateStrategy.rollingUpdate.maxUnavailable=1"), False),
+        (("podAntiAffinity=hard", "updateStrategy.type=Recreate"), False),
+    ],
+)
+def test_notes_warn_of_a_rollout_that_hard_anti_affinity_can_stall(
+    chart: Chart, sets: tuple[str, ...], warned: bool
+) -> None:
+    """One worker a node and a new worker before an old one goes: with as many nodes as
+    workers, the new pod is never scheduled and the rollout waits for ever."""
+    assert ("waits for ever" in _notes(chart, *sets)) is warned
