@@ -290,6 +290,25 @@ class Metrics:
             "narrowed).",
             registry=registry,
         )
+        self.retries_waiting = Gauge(
+            "webhook_bridge_retries_waiting",
+            "Retry records read from a retry tier and held by this worker until they fall due "
+            "(or the pipeline has room), by tier.",
+            ["tier"],
+            registry=registry,
+        )
+        self.retries_waiting_bytes = Gauge(
+            "webhook_bridge_retries_waiting_bytes",
+            "The bytes of those records' values, by tier.",
+            ["tier"],
+            registry=registry,
+        )
+        self.retry_partitions_full = Gauge(
+            "webhook_bridge_retry_partitions_full",
+            "Retry-tier partitions this worker has stopped fetching because too many of their "
+            "records, or too many bytes, are waiting (docs/metrics.md).",
+            registry=registry,
+        )
         self.lag = Gauge(
             "webhook_bridge_consumer_lag",
             "Records behind the end of each source and retry topic partition this worker owns "

@@ -138,6 +138,17 @@ class Bridge:
         self.metrics.subscriptions.labels("inactive").set_function(
             lambda: len(index) - index.active_count
         )
+        for tier in range(1, len(settings.retry_topics) + 1):
+            label = str(tier)
+            self.metrics.retries_waiting.labels(label).set_function(
+                functools.partial(self._retries_waiting, tier, 0)
+            )
+            self.metrics.retries_waiting_bytes.labels(label).set_function(
+                functools.partial(self._retries_waiting, tier, 1)
+            )
+        self.metrics.retry_partitions_full.set_function(
+            lambda: self._retries.full if self._retries else 0
+        )
         self.keyring = keyring(settings)
         #: The newest status record of each webhook (from the compacted status topic).
         self.statuses: dict[str, dict[str, Any]] = {}
@@ -647,6 +658,10 @@ class Bridge:
         if not isinstance(data, dict):
             raise OwnerUnavailable("the owner's answer was not a JSON object", settles=False)
         return data
+
+    def _retries_waiting(self, tier: int, which: int) -> int:
+        """The records (``which`` 0) or bytes (1) of ``tier`` waiting in the intake."""
+        return 0 if self._retries is None else self._retries.waiting(tier)[which]
 
     async def _retry_intake(self) -> RetryIntake:
         """The retry tiers' intake, made with the pipeline by the first retry record."""

@@ -112,6 +112,20 @@ class RetryIntake:
         """The bytes of those records' values."""
         return sum(queue.size for queue in self._queues.values())
 
+    def waiting(self, tier: int) -> tuple[int, int]:
+        """The records of ``tier`` taken and not yet handed on, and their bytes."""
+        records = size = 0
+        for (topic, _), queue in self._queues.items():
+            if self._tiers.get(topic) == tier:
+                records += len(queue.items)
+                size += queue.size
+        return records, size
+
+    @property
+    def full(self) -> int:
+        """Partitions whose fetching is stopped (their queue reached a high mark)."""
+        return len(self._stopped)
+
     def offsets(self, topic: str, partition: int) -> list[int]:
         """The offsets queued for ``partition`` of ``topic``, oldest first."""
         queue = self._queues.get((topic, partition))

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
+from bridge.delivery.job import SourceRef
 from bridge.metrics import INVALID_RECORD_REASONS, INVALID_STATUS_REASONS
 from bridge.worker import app as app_module
 from bridge.worker.app import Bridge
@@ -146,6 +147,42 @@ def test_every_reason_is_exported_from_the_start(bridge: Bridge) -> None:
         assert invalid(bridge, reason) == 0
     for reason in INVALID_STATUS_REASONS:
         assert invalid(bridge, reason, "status") == 0
+
+
+def test_the_retry_intake_is_exported_by_tier_from_the_start(bridge: Bridge) -> None:
+    """Before the first retry record, every tier at 0; then what the intake holds."""
+    from bridge.worker.retry_intake import RetryIntake
+
+    def sample(name: str, tier: str | None = None) -> float | None:
+        return bridge.registry.get_sample_value(name, {"tier": tier} if tier else {})
+
+    tiers = [str(t) for t in range(1, len(bridge.settings.retry_topics) + 1)]
+    assert len(tiers) == 7
+    for tier in tiers:
+        assert sample("webhook_bridge_retries_waiting", tier) == 0
+        assert sample("webhook_bridge_retries_waiting_bytes", tier) == 0
+    assert sample("webhook_bridge_retry_partitions_full") == 0
+
+    async def hold(*_: Any) -> None:
+        await asyncio.Event().wait()
+
+    async def queue_some() -> None:
+        topics = {name: t for t, name in enumerate(bridge.settings.retry_topics, start=1)}
+        intake = RetryIntake(
+            hold, topics, on_full=lambda *_: None, on_drop=lambda *_: None, high_mark=2, low_mark=1
+        )
+        bridge._retries = intake
+        third = bridge.settings.retry_topics[2]
+        for offset in range(3):
+            intake.offer(b"x" * 10, SourceRef(third, 0, offset), lambda: None)
+        await asyncio.sleep(0)  # the partition's task takes the first
+        assert sample("webhook_bridge_retries_waiting", "3") == 2
+        assert sample("webhook_bridge_retries_waiting_bytes", "3") == 20
+        assert sample("webhook_bridge_retries_waiting", "1") == 0
+        assert sample("webhook_bridge_retry_partitions_full") == 1
+        await intake.close()
+
+    asyncio.run(queue_some())
 
 
 # ------------------------------------------------------------------------------ status

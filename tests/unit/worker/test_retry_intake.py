@@ -161,14 +161,30 @@ async def test_a_few_large_records_stop_the_fetching_as_many_small_ones_do() -> 
     for offset in range(4):
         offer(intake, handler.acks, TIER_2, 1, offset, raw=b"x" * 1000)
     offer(intake, handler.acks, TIER_2, 1, 4, raw=None)  # a tombstone counts no bytes
-    await until(lambda: handler.started)
+    offer(intake, handler.acks, TIER_1, 0, 0, raw=b"y" * 10)
+    await until(lambda: len(handler.started) == 2)
     assert intake.queued_bytes == 3000  # the first was taken by the task
     assert marks.full == [(TIER_2, 1)] * 3  # at 3,000 bytes queued, and at each record after
+    # What the gauges show (webhook_bridge_retries_waiting..., by tier).
+    assert (intake.waiting(2), intake.waiting(1), intake.full) == ((4, 3000), (0, 0), 1)
     gate.set()
-    await until(lambda: len(handler.finished) == 5)
+    await until(lambda: len(handler.finished) == 6)
     # Let go once at most LOW_MARK records and 1,000 bytes were left.
     assert marks.dropped == [(TIER_2, 1)]
     assert intake.queued_bytes == 0 and intake.queued == 0
+    assert (intake.waiting(2), intake.full) == ((0, 0), 0)
+
+
+def test_the_metrics_page_states_the_marks() -> None:
+    """docs/metrics.md (webhook_bridge_retry_partitions_full) names the marks in force."""
+    from tests.unit.test_docs import DOCS
+
+    text = " ".join((DOCS / "metrics.md").read_text().split())
+    mib = 2**20
+    assert (
+        f"because {HIGH_MARK} of their records, or {HIGH_BYTES // mib} MiB of them, are waiting; "
+        f"fetching goes on at {LOW_MARK} records and {LOW_BYTES // mib} MiB"
+    ) in text
 
 
 async def test_a_rebalance_forgets_the_queued_records_unacknowledged() -> None:
