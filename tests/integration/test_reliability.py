@@ -25,7 +25,7 @@ from bridge.subscriptions.store import WebhookStore
 from bridge.worker.delivery_log import attempts_partition
 from bridge.worker.embedded import free_port
 from bridge.worker.faust_patches import fetching as patched_fetching
-from bridge.worker.retry_intake import RetryIntake
+from bridge.worker.retry_intake import HIGH_BYTES, RetryIntake
 from tests.support.processes import settings_env
 from tests.support.receivers import Receiver, create_verified
 from tests.support.records import RawWriter, committed_offsets, end_offsets, topic_reader
@@ -710,10 +710,12 @@ async def test_duplicates_after_a_crash_are_bounded_by_the_records_taken_since_t
     assert duplicates <= taken_since_commit
 
 
-async def retry_records(settings: Settings, events: list[Any], *, later: int | None = None) -> None:
+async def retry_records(
+    settings: Settings, events: list[Any], *, later: int | None = None, delay: float = 1.5
+) -> None:
     """A retry record of webhook ``r`` for each event, in partition 0 of the first tier, due
-    now except the one at index ``later``, due 1.5 s from now: the partition's task waits on
-    it, and the records after it wait their turn in the partition's queue."""
+    now except the one at index ``later``, due ``delay`` seconds from now: the partition's task
+    waits on it, and the records after it wait their turn in the partition's queue."""
     now = time.time()
     writer = await RawWriter(settings.kafka_bootstrap_servers).start()
     try:
@@ -723,12 +725,72 @@ async def retry_records(settings: Settings, events: list[Any], *, later: int | N
                 webhook_id="r",
                 event=event,
                 attempt=2,
-                not_before=now + (1.5 if n == later else 0.0),
+                not_before=now + (delay if n == later else 0.0),
                 enqueued_at=now,
             )
             await writer.write(settings.retry_topics[0], pending.to_bytes(), key=b"r", partition=0)
     finally:
         await writer.stop()
+
+
+async def test_large_retry_records_waiting_stop_their_partitions_fetching_then_all_go(
+    settings: Settings, receiver: Receiver, in_process_workers
+) -> None:
+    """Forty retry records of 200 kB in one tier partition, the first due 10 s after they are
+    written: the others wait behind it in the worker. At HIGH_BYTES waiting the partition's
+    fetching stops, so the worker holds about 4 MiB of them, not all 8 (the records carry their
+    events; a count of 512 a partition alone let a slow endpoint's deferrals of large events
+    hold hundreds of megabytes, until 2026-12-06). Once the first falls due all are delivered,
+    the partition is committed to its end and its fetching goes on."""
+    # A first tier of 12 s: a record is held at most its tier's delay (the suite's is 0.3 s).
+    settings = settings.replace(retry_schedule=(12.0, 0.6))
+    async with WebhookStore(settings) as store:
+        await hook(store, receiver, "r")
+    worker = in_process_workers(settings)
+    await worker.wait_ready()
+    registry = worker.bridge.registry
+
+    def sample(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    events = [
+        build_event(
+            "post.created", {"id": f"p{n}", "title": "x" * 200_000}, site_id="s1", user_id="u1"
+        )
+        for n in range(40)
+    ]
+    size = len(PendingRetry("d", "r", events[0], 2, 0.0, 0.0).to_bytes())
+    await retry_records(settings, events, later=0, delay=10.0)
+    full = await poll(
+        lambda: sample("webhook_bridge_retry_partitions_full"),
+        until=lambda n: n == 1,
+        timeout=8,
+        interval=0.02,
+    )
+    assert full == 1, "the partition's fetching was never stopped"
+    # Stopped: what waits stays within the mark and one fetch (1 MiB) past it, while it waits.
+    bound = HIGH_BYTES + 2**20 + size
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        waiting = sample("webhook_bridge_retries_waiting_bytes", tier="1")
+        assert waiting <= bound, f"{waiting:.0f} bytes of retry records waiting (bound {bound})"
+        assert sample("webhook_bridge_retries_waiting", tier="1") < 39
+        await asyncio.sleep(0.02)
+    expected = {delivery_id(e.id, "r") for e in events}
+    got = await poll(
+        lambda: delivered(receiver), until=lambda got: got >= expected, timeout=40, interval=0.1
+    )
+    assert got == expected, f"{len(expected - got)} of the 40 retry records never delivered"
+    tier = settings.retry_topics[0]
+    committed = await poll(
+        lambda: committed_offsets(settings.kafka_bootstrap_servers, settings.group_id, tier),
+        until=lambda done: done.get(0, 0) >= 40,
+        timeout=10,
+        interval=0.2,
+    )
+    assert committed.get(0, 0) == 40
+    assert sample("webhook_bridge_retry_partitions_full") == 0
+    assert sample("webhook_bridge_retries_waiting_bytes", tier="1") == 0
 
 
 def fetched_since_the_seek(app: Any, tp: TP) -> list[int]:
