@@ -189,14 +189,17 @@ def redelivery_since(first: Attempt, lookback: float) -> float:
     epoch): its record was published before ``first`` was made, and after the event happened
     (``event_at``, give or take :data:`REDELIVER_MARGIN`), so a few minutes of events are read,
     not the delivery log's whole age (``lookback``: 7 days of events by default), which is
-    what attempts recorded without ``event_at`` still cost."""
+    what attempts recorded without ``event_at`` still cost. Never later than the margin before
+    ``first``: an event stamped ahead of the attempt (a producer's clock ahead, a timestamp in
+    the future) was still published before it (until 2026-12-06 such a window ended before it
+    began, and the redelivery was a ``500``)."""
     since = first.at_seconds - lookback
     if first.event_at is not None:
         try:
             since = max(since, parse_time(first.event_at).timestamp() - REDELIVER_MARGIN)
         except ValueError:
             pass  # not a time: the whole lookback
-    return since
+    return min(since, first.at_seconds - REDELIVER_MARGIN)
 
 
 def _moment(seconds: float | None) -> str | None:

@@ -149,11 +149,19 @@ _BODY_KEY = web.RequestKey("bridge.api.body", bytes)
 
 async def read_body(request: web.Request, *, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> bytes:
     """The request body, at most ``max_bytes`` (``413 body_too_large`` otherwise, judged from
-    ``Content-Length`` before reading and while reading a chunked body). Read once: a second
-    call (a middleware, then the route) gets the same bytes."""
+    ``Content-Length`` before reading and while reading a chunked body); ``415`` for a body
+    with a ``Content-Encoding`` (gzip, ...): the API takes bodies as they are. Read once: a
+    second call (a middleware, then the route) gets the same bytes."""
     kept = request.get(_BODY_KEY)
     if isinstance(kept, bytes):
         return kept
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding != "identity":
+        raise Problem(
+            "unsupported_media_type",
+            "send the body without a Content-Encoding",
+            errors=[FieldError("Content-Encoding", "encoding", "not identity", "header")],
+        )
     too_large = Problem("body_too_large", f"the body may hold at most {max_bytes} bytes")
     if request.content_length is not None and request.content_length > max_bytes:
         raise too_large

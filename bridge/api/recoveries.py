@@ -56,13 +56,17 @@ def per_owner(max_running: int) -> int:
 
 def _overlapping(request: RecoveryRequest, placed: Iterable[Operation]) -> Operation | None:
     """A recovery of ``request``'s webhook running over a window that shares a moment with
-    ``request``'s (redeliveries, of one delivery, are not windows: ``None`` for them)."""
+    ``request``'s (redeliveries, of one delivery, are not windows: ``None`` for them). The
+    webhook, not its id: one of a deleted webhook whose id was taken again (by another site)
+    is another webhook's, whose deliveries the new one never gets (until 2026-12-06 it
+    refused the new webhook's recoveries, naming a recovery its owner could not see)."""
     if request.delivery_id is not None:
         return None
     for other in placed:
         theirs = other.request
         if (
             theirs.webhook.id == request.webhook.id
+            and theirs.webhook.created_at == request.webhook.created_at
             and theirs.delivery_id is None
             and theirs.since < request.until
             and request.since < theirs.until
@@ -173,7 +177,8 @@ class Recoveries:
         if self._max_running is not None and self.running >= self._max_running:
             raise Problem(
                 "too_many_requests",
-                f"{self.running} recoveries are running on this worker, its most at once",
+                # Not how many: the count is of every site's recoveries.
+                "this worker runs as many recoveries as it may at once",
                 headers={"Retry-After": str(RETRY_AFTER)},
             )
         owner = request.webhook.owner

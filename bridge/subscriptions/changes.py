@@ -24,6 +24,7 @@ from bridge.subscriptions.webhook import Webhook
 __all__ = [
     "SECRET_BYTES",
     "MAX_LENGTHS",
+    "MAX_NAME",
     "new_secret",
     "generated_secret",
     "created_record",
@@ -41,6 +42,9 @@ SECRET_BYTES = 32
 #: every webhook in memory, so no writer may make one as large as a request body. Records read
 #: back are not held to these: one written before 2026-12-05 stays readable.
 MAX_LENGTHS = {"site_id": 200, "user_id": 200, "secret": 256}
+#: Longest name (topics/schemas/webhook.json); a webhook named after its URL is named after
+#: its first this many characters.
+MAX_NAME = 500
 
 
 def new_secret() -> str:
@@ -102,12 +106,14 @@ def created_record(
     rate_limit: float | None = None,
     standard: bool = False,
 ) -> dict[str, Any]:
-    """The record of a new webhook: named after its URL unless named, a secret generated
+    """The record of a new webhook: named after its URL unless named (its first
+    :data:`MAX_NAME` characters: a URL may be longer, and until 2026-12-06 a webhook with a
+    URL over 500 characters and no name was refused for its ``name``), a secret generated
     unless given, created and updated ``now``."""
     stamp = format_timestamp(now)
     record: dict[str, Any] = {
         "id": webhook_id,
-        "name": name if name is not None else url,
+        "name": name if name is not None else url[:MAX_NAME],
         "url": url,
         "secret": secret or generated_secret(standard),
         "events": list(events),

@@ -25,6 +25,7 @@ from bridge.attempts.record import Attempt
 from bridge.contract.events import Event, build_event
 from bridge.errors import InvalidSubscription
 from bridge.subscriptions.webhook import Webhook
+from bridge.worker.web import RUNNER_OPTIONS
 
 ADMIN = "wbt_admin-token-0123456789abcdef0123456789abcdef"
 READER = "wbt_reader-token-0123456789abcdef0123456789abcdef"
@@ -273,7 +274,10 @@ async def api(tokens: TokenSet) -> AsyncIterator[Api]:
     activity, runner, dead_letters = MemoryActivity(), Runner(), MemoryDeadLetters()
     control = control_service(repository, activity, runner, dead_letters)
     app = create_app(service, control, tokens, config=ApiConfig(max_body_bytes=64 * 1024))
-    client = TestClient(TestServer(app))
+    # Served as the workers serve it (TestServer takes a runner's options at its start).
+    server = TestServer(app)
+    await server.start_server(**RUNNER_OPTIONS)
+    client = TestClient(server)
     await client.start_server()
     try:
         yield Api(client, repository, published, clock, activity, runner, dead_letters)

@@ -563,3 +563,46 @@ async def test_event_types_lists_each_type_with_the_schema_its_data_is_checked_a
     assert "title" in post["required"] and event_data_errors("post.created", {"id": "p1"})
     unknown = await api.client.get("/v1/event-types?limit=1", headers=auth(READER))
     assert (await problem(unknown, 400))["errors"][0]["field"] == "limit"
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "GZIP, identity"])
+async def test_an_encoded_body_is_refused_naming_the_header(api: Api, encoding: str) -> None:
+    """The API takes bodies as sent (bridge/worker/web.py's runner undoes no encoding)."""
+    response = await api.client.post(
+        "/v1/webhooks",
+        data=b"\x1f\x8bnot-gzip",
+        headers={**auth(), "Content-Type": "application/json", "Content-Encoding": encoding},
+    )
+    assert fields(await problem(response, 415)) == [("Content-Encoding", "encoding")]
+
+
+async def test_identity_is_no_encoding(api: Api) -> None:
+    response = await api.client.post(
+        "/v1/webhooks",
+        json={"url": "https://e.com/h", "events": ["*"], "site_id": "s1"},
+        headers={**auth(), "Content-Encoding": "identity"},
+    )
+    assert response.status == 201, await response.text()
+
+
+@pytest.mark.parametrize("length", [501, 2048])
+async def test_a_long_url_without_a_name_names_the_webhook_after_its_start(
+    api: Api, length: int
+) -> None:
+    """A name is at most 500 characters, a URL up to 2,048: a webhook named after a longer URL
+    was refused for a name its client never sent (until 2026-12-06)."""
+    url = "https://e.com/" + "p" * (length - len("https://e.com/"))
+    response = await api.client.post(
+        "/v1/webhooks", json={"url": url, "events": ["*"], "site_id": "s1"}, headers=auth()
+    )
+    assert response.status == 201, await response.text()
+    made = await response.json()
+    assert (made["url"], made["name"]) == (url, url[:500])
+
+
+async def test_a_url_too_long_is_refused_naming_the_url(api: Api) -> None:
+    url = "https://e.com/" + "p" * 5000
+    response = await api.client.post(
+        "/v1/webhooks", json={"url": url, "events": ["*"], "site_id": "s1"}, headers=auth()
+    )
+    assert [f for f, _ in fields(await problem(response, 400))] == ["url"]

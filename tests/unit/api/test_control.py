@@ -344,6 +344,10 @@ async def test_redeliver_starts_a_recovery_of_that_delivery(api: Api) -> None:
         # Not a time, or older than the lookback: the lookback bounds it.
         ("yesterday", NOW - 300 - DEFAULT_REDELIVER_LOOKBACK),
         ("2020-01-01T00:00:00Z", NOW - 300 - DEFAULT_REDELIVER_LOOKBACK),
+        # Stamped after the attempt (a producer's clock ahead, a time in the future): still
+        # published before the attempt, so from the margin before it.
+        ("2026-01-15T10:35:00Z", NOW - 300 - REDELIVER_MARGIN),
+        ("9999-12-31T23:59:59Z", NOW - 300 - REDELIVER_MARGIN),
     ],
 )
 def test_a_redelivery_reads_from_minutes_before_its_event(
@@ -352,6 +356,19 @@ def test_a_redelivery_reads_from_minutes_before_its_event(
     first = attempt("d1", 1, at=NOW - 300, event_at=event_at)
     assert redelivery_since(first, DEFAULT_REDELIVER_LOOKBACK) == since
     assert REDELIVER_MARGIN == 300
+
+
+@pytest.mark.parametrize("event_at", ["2026-01-15T10:35:00Z", "9999-12-31T23:59:59Z"])
+async def test_a_delivery_of_an_event_stamped_after_its_attempt_is_redelivered(
+    api: Api, event_at: str
+) -> None:
+    """Its window ended before it began: a 500 until 2026-12-06."""
+    await api.create(id="wh_1")
+    api.activity.add(attempt("dX", 1, at=NOW - 300, event_at=event_at))
+    response = await api.client.post("/v1/deliveries/dX/redeliver", headers=auth())
+    assert response.status == 202, await response.text()
+    [operation] = api.runner.ran
+    assert operation.request.since.timestamp() == NOW - 300 - REDELIVER_MARGIN
 
 
 async def _done(api: Api, location: str) -> dict[str, Any] | None:

@@ -268,3 +268,30 @@ async def test_a_reused_id_shows_no_stats_before_its_own_first_attempt(api: Api)
         assert stats["last_success_at"] is None and stats["last_failure_at"] is None
         assert stats["state"]["circuit_open_until"] is None, stats["state"]
         assert stats["state"]["health"] == "healthy", stats["state"]
+
+
+async def test_a_deleted_webhooks_running_recovery_neither_blocks_nor_shows_to_the_ids_new_owner(
+    api: Api,
+) -> None:
+    """site_2's webhook wh_x has a recovery running when it is deleted and site_1 takes the
+    id: site_1 recovers its own wh_x over the same window, and nothing it is told names the
+    other (until 2026-12-06 its recoveries were refused 409 naming site_2's, whose window it
+    could find by asking for narrower ones)."""
+    await api.create(id="wh_x", site_id="site_2", user_id="user_2")
+    api.runner.hold = True
+    window = {"since": "2026-01-15T09:13:07Z", "until": "2026-01-15T09:41:52Z"}
+    theirs = await api.client.post("/v1/webhooks/wh_x/recoveries", json=window, headers=auth())
+    assert theirs.status == 202, await theirs.text()
+    foreign = (await theirs.json())["id"]
+    assert (await api.client.delete("/v1/webhooks/wh_x", headers=auth())).status == 204
+    api.clock.now = datetime.fromtimestamp(NOW + 60, UTC)
+    await api.create(token=SITE_1, id="wh_x", site_id="site_1", user_id="user_1")
+    mine = await api.client.post("/v1/webhooks/wh_x/recoveries", json=window, headers=auth(SITE_1))
+    assert mine.status == 202, await mine.text()
+    assert foreign not in await mine.text()
+    listed = await api.client.get("/v1/webhooks/wh_x/recoveries", headers=auth(SITE_1))
+    assert foreign not in await listed.text()
+    # The same webhook's running recovery still refuses an overlapping one.
+    again = await api.client.post("/v1/webhooks/wh_x/recoveries", json=window, headers=auth())
+    assert again.status == 409, await again.text()
+    assert foreign not in await again.text()

@@ -205,20 +205,31 @@ def test_a_taken_or_handed_out_port_is_not_handed_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The random choice is made to fall on a port held by a listener, then on the port just
-    # handed out: both are passed over.
+    # handed out: both are passed over. Every port here is below the ephemeral range, where
+    # only an explicit bind takes one (none is in TIME_WAIT after an outgoing connection).
+    range_file = _ranges(tmp_path, "32768 60999")
+    low = 32768 - 16384
+    free = [port for port in range(low + 100, low + 400) if _free(port)][:3]
+    assert len(free) == 3, "no free ports below the ephemeral range"
+    taken, first_choice, second_choice = free
     with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
+        held.bind(("127.0.0.1", taken))
         held.listen()
-        taken = held.getsockname()[1]
-        range_file = _ranges(tmp_path, f"{taken + 1} 60999")
-        low = taken + 1 - 16384
-        picks = iter([taken - low, taken - low, 7, 7, 7, 8])
+        picks = iter([taken - low, taken - low, first_choice - low] * 3 + [second_choice - low])
         monkeypatch.setattr("bridge.worker.embedded.random.randrange", lambda n: next(picks))
         monkeypatch.setattr("bridge.worker.embedded._handed_out", set())
         first = free_port(range_file=range_file)
         second = free_port(range_file=range_file)
-    assert first == low + 7
-    assert second == low + 8
+    assert (first, second) == (first_choice, second_choice)
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @pytest.mark.parametrize("text", ["", "garbage", "1500 60999"])
