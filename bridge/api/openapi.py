@@ -690,7 +690,9 @@ def _operation(
             "content": {"application/json": {"schema": _ref(body)}},
         }
         out["responses"]["413"] = _problem_response("The body is larger than 64 KiB.")
-        out["responses"]["415"] = _problem_response("The body is not application/json.")
+        out["responses"]["415"] = _problem_response(
+            "The body is not application/json, or is sent with a Content-Encoding."
+        )
     if parameters:
         out["parameters"] = parameters
     if not served:
