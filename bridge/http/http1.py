@@ -10,7 +10,10 @@ the status, ``Retry-After`` and what llhttp says about keeping the connection. W
 * Every new connection goes to addresses from :func:`bridge.http.ssrf.checked_addresses` (IP
   literals
   and DNS answers checked against the policy before any socket exists), tried in order.
-* TLS is verified against the URL's host name (SNI and certificate name), never the IP.
+* TLS is verified against the URL's host name (SNI and certificate name), never the IP. It is
+  done here (:class:`_Tls`, over :class:`ssl.MemoryBIO`), not by the event loop's TLS
+  transport, so that every read of the socket counts against the limits below, handshake
+  included; a closed connection sends its ``close_notify`` and waits for none.
 * One deadline covers resolving, connecting, the TLS handshake, sending and reading the whole
   response; at the deadline the connection is aborted and :class:`TimeoutError` raised.
 * Redirects are answers like any other (never followed); ``1xx`` interim answers are skipped
@@ -30,7 +33,11 @@ the status, ``Retry-After`` and what llhttp says about keeping the connection. W
   other than HTTP/1.0 and HTTP/1.1, a status below 100 (h11, and so httpx, refuses these too).
   The connection of a failed exchange is closed.
 * A connection is kept only after a complete exchange that llhttp says may keep alive, with no
-  byte after it. A kept connection that turns out closed or reset before a single response byte
+  byte after it, and is reused only while no byte (nor the peer's close) waits in its socket:
+  what an endpoint writes after its answer is never the next request's answer. (One written
+  after the next request left cannot be told from that request's answer: HTTP/1.1 has no
+  request ids. It is the same endpoint, and it is what an endpoint that answers twice gets.)
+  A kept connection that turns out closed or reset before a single response byte
   (the server's keep-alive timeout racing our reuse) is replaced by a new one once: deliveries
   are idempotent by their delivery id.
 
@@ -49,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import select
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,9 +68,11 @@ from yarl import URL
 from bridge.http.ssrf import AddressPolicy, Resolver, checked_addresses
 
 __all__ = [
+    "MAX_HANDSHAKE_READS",
+    "MAX_IDLE_READS",
     "MAX_READS",
     "MAX_RESPONSE",
-    "TLS_SHUTDOWN_TIMEOUT",
+    "MAX_TLS_BYTES",
     "Answer",
     "HttpError",
     "ConnectFailed",
@@ -83,12 +93,19 @@ MAX_RESPONSE = 64 * 1024
 #: cost 0.6-2 s of CPU per delivery (TLS, asyncio's loop), until 2026-12-05. A response usually
 #: comes in one to three; 64 KiB in segments of 536 bytes takes 123. Past it, as past the cap
 #: on bytes: a complete head stands (the rest is not read, the connection not kept); an
-#: incomplete one is a protocol error.
+#: incomplete one is a protocol error. Over TLS the reads counted are the socket's, of
+#: ciphertext (:class:`_Tls`): the event loops' TLS transports read and try to decrypt every
+#: segment before the protocol sees a byte, so a response sent a byte at a time, its records
+#: never complete, cost 0.6-1.3 s of CPU per delivery in 0 counted reads (until 2026-12-06).
 MAX_READS = 128
-#: Seconds a TLS connection being closed waits for the peer's ``close_notify`` (asyncio's and
-#: uvloop's default, 30, let an endpoint that answered and went silent keep a socket and ~270 KB
-#: per delivery for 30 s after it, outside every in-flight limit, until 2026-12-05).
-TLS_SHUTDOWN_TIMEOUT = 1.0
+#: Reads of the TLS handshake at most (a server's flight usually comes in one to four).
+MAX_HANDSHAKE_READS = 32
+#: Reads on a connection between two exchanges at most (a TLS 1.3 session ticket, the peer's
+#: ``close_notify``): past it the connection is dropped.
+MAX_IDLE_READS = 4
+#: Bytes of TLS records read for one response at most, beside :data:`MAX_RESPONSE` of what
+#: they decrypt to: records may carry nothing (padding, empty records, session tickets).
+MAX_TLS_BYTES = 4 * MAX_RESPONSE
 
 _VERSIONS = ("1.1", "1.0")
 #: What h11 refuses in a reason phrase and llhttp lets through.
@@ -175,21 +192,203 @@ def render_head(target: Target, headers: dict[str, str], content_length: int) ->
 
 async def open_connection(
     loop: asyncio.AbstractEventLoop,
-    factory: Callable[[], asyncio.Protocol],
+    factory: Callable[[], _Connection],
     host: str,
     port: int,
     *,
     ssl_context: ssl.SSLContext | None,
     server_hostname: str | None,
-) -> asyncio.Protocol:
-    """Every socket the client opens is opened here (``host`` is a checked IP literal)."""
-    tls: dict[str, Any] = (
-        {} if ssl_context is None else {"ssl_shutdown_timeout": TLS_SHUTDOWN_TIMEOUT}
+) -> _Connection:
+    """Every socket the client opens is opened here (``host`` is a checked IP literal): a
+    plain TCP connection, with TLS done by :class:`_Tls` over it (verified against
+    ``server_hostname``), never by the event loop's own TLS transport."""
+    if ssl_context is None:
+        _transport, protocol = await loop.create_connection(factory, host, port)
+        return protocol
+    assert server_hostname is not None
+    context, name = ssl_context, server_hostname
+    _transport, tls = await loop.create_connection(
+        lambda: _Tls(loop, context, name, factory()), host, port
     )
-    _transport, protocol = await loop.create_connection(
-        factory, host, port, ssl=ssl_context, server_hostname=server_hostname, **tls
-    )
-    return protocol
+    try:
+        await tls.handshake
+    except BaseException:
+        tls.abort()  # timed out, cancelled or refused: nothing is left open
+        raise
+    return tls.app
+
+
+class _Tls(asyncio.Protocol):
+    """TLS over a plain TCP connection through :class:`ssl.MemoryBIO` s: the protocol of the
+    socket, and the transport of the :class:`_Connection` above it (``app``).
+
+    The event loops' TLS transports read every TCP segment and try to decrypt it before the
+    protocol above them sees a byte, so no count of :meth:`_Connection.data_received` bounds
+    what a peer sending a byte at a time costs. Here every read of the socket is counted:
+    :data:`MAX_HANDSHAKE_READS` during the handshake, then each against the exchange's
+    :data:`MAX_READS` and :data:`MAX_TLS_BYTES` (:meth:`_Connection.tls_read`), or between
+    exchanges against :data:`MAX_IDLE_READS`. A closed connection waits for nothing: the
+    ``close_notify`` is sent, the peer's never awaited."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        context: ssl.SSLContext,
+        server_hostname: str,
+        app: _Connection,
+    ) -> None:
+        self.app = app
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(
+            self._incoming, self._outgoing, server_side=False, server_hostname=server_hostname
+        )
+        self._raw: asyncio.Transport | None = None
+        self.handshake: asyncio.Future[None] = loop.create_future()
+        self._handshake_reads = MAX_HANDSHAKE_READS
+        #: Why the connection was aborted (a TLS error), told to ``app`` as the loss's cause.
+        self._error: Exception | None = None
+        self._ended = False
+
+    # -- the socket's protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._raw = cast(asyncio.Transport, transport)
+        self._shake()
+
+    def data_received(self, data: bytes) -> None:
+        if self._ended:
+            return
+        self._incoming.write(data)
+        if not self.handshake.done():
+            self._handshake_reads -= 1
+            if self._handshake_reads < 0:
+                self._give_up(
+                    ProtocolError(f"TLS handshake in more than {MAX_HANDSHAKE_READS} reads")
+                )
+                return
+            self._shake()
+            if not self.handshake.done() or self.handshake.exception() is not None:
+                return
+            # The rest of this read (a session ticket, ...) is read below, as the exchange's.
+        if not self.app.tls_read(len(data)):
+            return  # the read ended the exchange or the connection
+        plain: list[bytes] = []
+        ended = False
+        try:
+            while True:
+                chunk = self._ssl.read(65536)
+                if not chunk:
+                    ended = True  # a close without close_notify that the module reports so
+                    break
+                plain.append(chunk)
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:
+            ended = True  # the peer's close_notify
+        except ssl.SSLError as exc:
+            self._give_up(exc)
+            return
+        self._flush()  # what reading made us answer (a key update)
+        if plain:
+            self.app.data_received(b"".join(plain))
+        if ended and not self._ended:
+            self.app.eof_received()
+            self.close()
+            return
+        self.app.after_tls_read()
+
+    def eof_received(self) -> bool:
+        if not self.handshake.done():
+            self._give_up(ConnectionResetError("closed during the TLS handshake"))
+            return False
+        if not self._ended:
+            self.app.eof_received()
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ended = True
+        cause = exc if exc is not None else self._error
+        if not self.handshake.done():
+            self.handshake.set_exception(
+                cause
+                if cause is not None
+                else ConnectionResetError("closed during the TLS handshake")
+            )
+            return
+        self.app.connection_lost(cause)
+
+    def pause_writing(self) -> None:
+        self.app.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.app.resume_writing()
+
+    # -- the app's transport
+    def write(self, data: bytes) -> None:
+        if self._ended:
+            return
+        try:
+            self._ssl.write(data)
+        except ssl.SSLError as exc:
+            self._give_up(exc)
+            return
+        self._flush()
+
+    def get_write_buffer_size(self) -> int:
+        raw = 0 if self._raw is None else self._raw.get_write_buffer_size()
+        return raw + self._outgoing.pending
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "ssl_object":
+            return self._ssl
+        return default if self._raw is None else self._raw.get_extra_info(name, default)
+
+    def abort(self) -> None:
+        self._ended = True
+        if self._raw is not None:
+            self._raw.abort()
+
+    def close(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if self._raw is None:
+            return
+        if self.handshake.done() and self.handshake.exception() is None:
+            try:
+                self._ssl.unwrap()  # queues our close_notify; the peer's is not waited for
+            except ssl.SSLError:
+                pass
+            self._flush()
+        self._raw.close()
+
+    # -- inside
+    def _shake(self) -> None:
+        try:
+            self._ssl.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
+        except ssl.SSLError as exc:
+            self._flush()  # the alert telling the peer why
+            self._give_up(exc)
+            return
+        self._flush()
+        self.handshake.set_result(None)
+        self.app.connection_made(self)  # type: ignore[arg-type]
+
+    def _flush(self) -> None:
+        pending = self._outgoing.pending
+        if pending and self._raw is not None and not self._raw.is_closing():
+            self._raw.write(self._outgoing.read(pending))
+
+    def _give_up(self, exc: Exception) -> None:
+        """Abort the connection: ``exc`` fails the handshake, or is the exchange's error."""
+        if not self.handshake.done():
+            self.handshake.set_exception(exc)
+        self._error = exc
+        if self._raw is not None:
+            self._raw.abort()
 
 
 class _PastTheEnd(Exception):
@@ -223,6 +422,9 @@ class _Connection(asyncio.Protocol):
         # -- the exchange
         self._left = 0  # bytes of the cap not used yet
         self._reads_left = 0  # reads of MAX_READS not used yet
+        self._tls = False  # reads are counted by the TLS layer (_Tls), of ciphertext
+        self._tls_left = 0  # bytes of MAX_TLS_BYTES not used yet
+        self._idle_reads = 0  # reads since the last exchange ended
         self._received = False
         self._status = 0  # the final status, once its head is complete
         self._complete = False
@@ -245,19 +447,46 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        self._tls = isinstance(transport, _Tls)
+
+    def tls_read(self, size: int) -> bool:
+        """A read of ``size`` bytes of the socket under TLS, before what it decrypts to is
+        handed on: counted against the exchange's :data:`MAX_READS` and :data:`MAX_TLS_BYTES`,
+        or between exchanges against :data:`MAX_IDLE_READS`. ``False`` when the exchange or
+        the connection ended on it."""
+        if self._waiter is None:
+            self._idle_reads += 1
+            if self._idle_reads > MAX_IDLE_READS:
+                self.abort()
+                return False
+            return True
+        self._reads_left -= 1
+        self._tls_left -= size
+        if self._tls_left < 0:
+            self._past_a_limit(f"response in more than {MAX_TLS_BYTES} bytes of TLS records")
+            return False
+        return True
+
+    def after_tls_read(self) -> None:
+        """What a read under TLS decrypted to was handed on (if anything): the read that
+        used the last of :data:`MAX_READS` ends a response still incomplete."""
+        if self._waiter is not None and self._reads_left <= 0:
+            self._past_a_limit(f"response head in more than {MAX_READS} reads")
 
     def data_received(self, data: bytes) -> None:
         if self._waiter is None:
             # Bytes nobody asked for: the connection cannot be trusted with the next request.
             self.abort()
             return
-        if not self._received and data[:1] != b"H":
+        # Any byte, even one refused below: the exchange is not one to send again elsewhere.
+        received, self._received = self._received, True
+        if not received and data[:1] != b"H":
             # A response starts with its status line ("HTTP/"): an empty line or any other
             # byte before it is refused, as h11 (the reference sender) refuses it.
             self._fail(ProtocolError("response does not start with a status line"))
             return
-        self._received = True
-        self._reads_left -= 1
+        if not self._tls:
+            self._reads_left -= 1
         left = self._left
         over = len(data) > left
         if over:
@@ -274,16 +503,20 @@ class _Connection(asyncio.Protocol):
             if over:
                 self._keep = False  # bytes past the response, cut at the cap unread
             self._done()
-        elif over or self._reads_left <= 0:
-            if self._status:
-                # The final head is complete: the receiver answered, and the rest is not needed.
-                self._keep = False
-                self._body_cut = True
-                self._done()
-            elif over:
-                self._fail(ProtocolError(f"response head longer than {self._max_response} bytes"))
-            else:
-                self._fail(ProtocolError(f"response head in more than {MAX_READS} reads"))
+        elif over:
+            self._past_a_limit(f"response head longer than {self._max_response} bytes")
+        elif self._reads_left <= 0:
+            self._past_a_limit(f"response head in more than {MAX_READS} reads")
+
+    def _past_a_limit(self, detail: str) -> None:
+        """The response passed a limit before it was complete: a complete final head stands
+        (the receiver answered, and the rest is not needed, nor read); else ``detail``."""
+        if self._status:
+            self._keep = False
+            self._body_cut = True
+            self._done()
+        else:
+            self._fail(ProtocolError(detail))
 
     def eof_received(self) -> bool:
         self._ended(None)
@@ -363,6 +596,8 @@ class _Connection(asyncio.Protocol):
         self._waiter = waiter
         self._left = self._max_response
         self._reads_left = MAX_READS
+        self._tls_left = MAX_TLS_BYTES
+        self._idle_reads = 0
         self._received = False
         self._status = 0
         self._complete = False
@@ -390,6 +625,23 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+    def has_input(self) -> bool:
+        """Whether the socket holds bytes (or the peer's close) not read yet: on a connection
+        about to be reused, what no exchange asked for. The loop hands them to
+        :meth:`data_received` only when it next polls; a request sent first would take them
+        for its answer (a stray ``500`` an endpoint wrote after its answer was the next
+        delivery's, until 2026-12-06)."""
+        if self.transport is None:
+            return False
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return True  # closed under us
+        return bool(readable)
 
     @property
     def unsent(self) -> int:
@@ -588,7 +840,7 @@ class Http1Client:
         while stack:
             conn = stack.pop()
             self._idle_count -= 1
-            if not conn.closed and now - conn.idle_since < self._expiry:
+            if not conn.closed and now - conn.idle_since < self._expiry and not conn.has_input():
                 return conn
             conn.close()
         return None

@@ -15,7 +15,7 @@ import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -24,14 +24,12 @@ from hypothesis import strategies as st
 from bridge.http.http1 import (
     MAX_READS,
     MAX_RESPONSE,
-    TLS_SHUTDOWN_TIMEOUT,
     Answer,
     ConnectFailed,
     Http1Client,
     ProtocolError,
     Target,
     _Connection,
-    open_connection,
     render_head,
     target_of,
 )
@@ -563,7 +561,6 @@ async def scripted(script: Script) -> AsyncIterator[Scripted]:
 
 
 def client(**kwargs: Any) -> Http1Client:
-    import ssl
 
     options: dict[str, Any] = {
         "policy": AddressPolicy.from_setting("127.0.0.0/8"),
@@ -771,24 +768,3 @@ def test_a_response_sent_a_byte_at_a_time_is_read_in_at_most_max_reads() -> None
     pieces = split(head + b"x" * 5000, list(range(50, 5000, 50)))
     assert len(pieces) <= MAX_READS
     assert feed(pieces).answer == whole
-
-
-async def test_a_tls_connection_waits_a_second_at_most_for_the_peers_close() -> None:
-    """Closing TLS waits for the peer's close_notify: 30 s by default, during which an endpoint
-    that answered and went silent kept a socket and ~270 KB per delivery (until 2026-12-05);
-    the client asks for TLS_SHUTDOWN_TIMEOUT instead (plain TCP has nothing to wait for)."""
-    asked: list[dict[str, Any]] = []
-
-    class Loop:
-        async def create_connection(self, *args: Any, **kwargs: Any) -> Any:
-            asked.append(kwargs)
-            raise OSError("not connecting anywhere")
-
-    for context in (ssl.create_default_context(), None):
-        with pytest.raises(OSError):
-            await open_connection(
-                cast(Any, Loop()), asyncio.Protocol, "127.0.0.1", 443,
-                ssl_context=context, server_hostname="h" if context else None,
-            )  # fmt: skip
-    assert asked[0]["ssl_shutdown_timeout"] == TLS_SHUTDOWN_TIMEOUT <= 1.0
-    assert "ssl_shutdown_timeout" not in asked[1]

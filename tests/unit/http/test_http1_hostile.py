@@ -1,0 +1,331 @@
+"""bridge.http.http1 against endpoints that try to cost the worker CPU, or to have one
+delivery read another's answer: TLS sent a byte at a time, a handshake that never ends, bytes
+waiting on a kept connection, junk on a reused one. Real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import socketserver
+import ssl
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.http import http1
+from bridge.http.http1 import (
+    MAX_HANDSHAKE_READS,
+    MAX_IDLE_READS,
+    MAX_READS,
+    Http1Client,
+    ProtocolError,
+    target_of,
+)
+from bridge.http.ssrf import AddressPolicy
+from tests.unit.http.test_senders import FakeResolver, self_signed
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+async def test_both_loops_run_these_tests() -> None:
+    """tests/unit/http/conftest.py runs this module on asyncio's loop and on uvloop."""
+    assert type(asyncio.get_running_loop()).__module__.split(".")[0] in ("asyncio", "uvloop")
+
+
+@asynccontextmanager
+async def serving(handler: Handler, context: ssl.SSLContext | None = None) -> AsyncIterator[int]:
+    """A server on 127.0.0.1 running ``handler`` per connection; its port."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        try:
+            await handler(reader, writer)
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            tasks.discard(task)
+
+    server = await asyncio.start_server(run, "127.0.0.1", 0, ssl=context)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        for task in list(tasks):
+            task.cancel()
+        await server.wait_closed()
+
+
+@asynccontextmanager
+async def dripping(upstream: int, whole: int) -> AsyncIterator[int]:
+    """A TCP proxy to ``upstream`` that forwards the server's first ``whole`` reads as they come
+    (a TLS server's handshake flight) and every later byte in a segment of its own, a
+    millisecond apart; its port."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, drip: bool) -> None:
+        reads = 0
+        while data := await reader.read(65536):
+            reads += 1
+            if not drip or reads <= whole:
+                writer.write(data)
+                await writer.drain()
+                continue
+            for n in range(len(data)):
+                writer.write(data[n : n + 1])
+                await writer.drain()
+                await asyncio.sleep(0.001)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream)
+        try:
+            await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+        finally:
+            up_writer.close()
+
+    async with serving(handler) as port:
+        yield port
+
+
+def tls_client(cert_file: Path, **kwargs: Any) -> Http1Client:
+    return Http1Client(
+        policy=AddressPolicy.from_setting("127.0.0.0/8"),
+        ssl_context=ssl.create_default_context(cafile=str(cert_file)),
+        resolver=FakeResolver(["127.0.0.1"]),
+        **kwargs,
+    )
+
+
+def plain_client() -> Http1Client:
+    return Http1Client(
+        policy=AddressPolicy.from_setting("127.0.0.0/8"), ssl_context=ssl.create_default_context()
+    )
+
+
+REQUEST = b"POST /h HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+
+
+class Reads:
+    """Counts the socket reads of TLS connections (``_Tls.data_received``)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        original = http1._Tls.data_received
+
+        def counted(tls: Any, data: bytes) -> None:
+            self.count += 1
+            original(tls, data)
+
+        monkeypatch.setattr(http1._Tls, "data_received", counted)
+
+
+async def test_a_tls_response_sent_a_byte_at_a_time_ends_at_max_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event loops' TLS transports read and try to decrypt every segment before the
+    client sees a byte: a head sent a byte at a time, its records never complete, cost
+    0.6-1.3 s of CPU per delivery and ran to the deadline (until 2026-12-06). Counted as the
+    socket's reads, it ends at MAX_READS, long before the deadline."""
+    cert = self_signed(tmp_path, "hooks.test")
+
+    async def endless_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(2)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 60_000)
+        await writer.drain()
+        await asyncio.sleep(60)
+
+    reads = Reads(monkeypatch)
+    async with serving(endless_head, cert.server_context) as server:
+        async with dripping(server, whole=1) as proxy:
+            client = tls_client(cert.cert_file)
+            target = target_of(f"https://hooks.test:{proxy}/h")
+            started = time.monotonic()
+            with pytest.raises(ProtocolError, match="reads"):
+                await client.post(target, REQUEST, timeout=20.0)
+            elapsed = time.monotonic() - started
+            await client.aclose()
+    assert elapsed < 10.0, f"{elapsed:.1f} s: ran on towards the deadline"
+    assert reads.count <= MAX_HANDSHAKE_READS + MAX_READS + 1
+
+
+async def test_a_tls_handshake_sent_a_byte_at_a_time_ends_at_its_own_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert = self_signed(tmp_path, "hooks.test")
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+
+    reads = Reads(monkeypatch)
+    async with serving(answer, cert.server_context) as server:
+        async with dripping(server, whole=0) as proxy:
+            client = tls_client(cert.cert_file)
+            target = target_of(f"https://hooks.test:{proxy}/h")
+            with pytest.raises(ProtocolError, match="handshake"):
+                await client.post(target, REQUEST, timeout=20.0)
+            assert client.open_connections == 0
+    assert reads.count == MAX_HANDSHAKE_READS + 1
+
+
+async def test_a_tls_handshake_never_answered_ends_at_the_deadline_and_closes(
+    tmp_path: Path,
+) -> None:
+    cert = self_signed(tmp_path, "hooks.test")
+    closed = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client closes
+        closed.set()
+
+    async with serving(silent) as port:
+        client = tls_client(cert.cert_file)
+        with pytest.raises(TimeoutError):
+            await client.post(target_of(f"https://hooks.test:{port}/h"), REQUEST, timeout=0.3)
+        await asyncio.wait_for(closed.wait(), 5)
+        assert client.open_connections == 0
+
+
+async def test_tls_keeps_alive_and_closes_without_waiting_for_the_peer(tmp_path: Path) -> None:
+    """Two exchanges on one connection; closed, the client waits for no close_notify of the
+    peer's (the loops' default wait is 30 s: an endpoint that answered and went silent kept a
+    socket per delivery that long)."""
+    cert = self_signed(tmp_path, "hooks.test")
+    connections = 0
+    saw_close = asyncio.Event()
+
+    async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        for _ in range(2):
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(2)
+            writer.write(OK)
+            await writer.drain()
+        await reader.read()  # the client's close_notify ends it
+        saw_close.set()
+        await asyncio.sleep(60)  # and never answers it
+
+    async with serving(keep_alive, cert.server_context) as port:
+        client = tls_client(cert.cert_file)
+        target = target_of(f"https://hooks.test:{port}/h")
+        for _ in range(2):
+            assert (await client.post(target, REQUEST, timeout=5.0))[0] == 200
+        assert connections == 1
+        started = time.monotonic()
+        await client.aclose()
+        await asyncio.wait_for(saw_close.wait(), 5)
+        assert time.monotonic() - started < 2.0
+        assert client.open_connections == 0
+
+
+async def test_tls_bytes_on_an_idle_connection_past_the_limit_drop_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between exchanges a peer may send a little (a session ticket, its close_notify); a peer
+    sending on and on is dropped."""
+    cert = self_signed(tmp_path, "hooks.test")
+    reads = Reads(monkeypatch)
+
+    async def then_drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(2)
+        writer.write(OK)
+        await writer.drain()
+        await asyncio.sleep(60)
+
+    async with serving(then_drip, cert.server_context) as server:
+        async with dripping(server, whole=1) as proxy:
+            client = tls_client(cert.cert_file)
+            target = target_of(f"https://hooks.test:{proxy}/h")
+            with pytest.raises((ProtocolError, TimeoutError)):
+                # The answer itself comes a byte at a time: past MAX_READS.
+                await client.post(target, REQUEST, timeout=5.0)
+    assert reads.count <= MAX_HANDSHAKE_READS + MAX_READS + MAX_IDLE_READS + 1
+
+
+class StrayAfterFirst(socketserver.BaseRequestHandler):
+    """Answers each request 200; after the first answer on the first connection, a stray 500
+    5 ms later. A thread of its own: the client's loop is kept busy meanwhile."""
+
+    requests = 0
+    lock = threading.Lock()
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.settimeout(10)
+        buffer = b""
+        while True:
+            while b"\r\n\r\n" not in buffer or len(buffer.split(b"\r\n\r\n", 1)[1]) < 2:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                buffer += data
+            buffer = buffer.split(b"\r\n\r\n", 1)[1][2:]
+            with self.lock:
+                type(self).requests += 1
+                first = type(self).requests == 1
+            sock.sendall(OK)
+            if first:
+                time.sleep(0.005)
+                sock.sendall(b"HTTP/1.1 500 Stray\r\nContent-Length: 5\r\n\r\nstray")
+
+
+async def test_bytes_waiting_on_a_kept_connection_are_never_the_next_answer() -> None:
+    """The endpoint answers, then writes a stray 500 while the worker's loop is busy: the
+    stray waits in the socket, unread, when the next delivery takes the connection. It was
+    that delivery's answer (until 2026-12-06); now the connection is dropped at reuse."""
+    StrayAfterFirst.requests = 0
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), StrayAfterFirst)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = plain_client()
+        target = target_of(f"http://127.0.0.1:{server.server_address[1]}/h")
+        assert (await client.post(target, REQUEST, timeout=5.0))[0] == 200
+        # The loop busy (no await) while the stray arrives: nothing reads it.
+        time.sleep(0.05)
+        assert (await client.post(target, REQUEST, timeout=5.0))[0] == 200
+        await client.aclose()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert StrayAfterFirst.requests == 2
+
+
+async def test_junk_on_a_reused_connection_is_the_answer_not_a_reason_to_send_again() -> None:
+    """Only a connection closed or reset before any byte of the answer is tried again on a
+    new one; junk is an answer (a protocol error), and the request is not sent twice."""
+    connections = requests = 0
+
+    async def junk_second(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections, requests
+        connections += 1
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(2)
+            requests += 1
+            writer.write(OK if requests == 1 else b"xx")
+            await writer.drain()
+
+    async with serving(junk_second) as port:
+        client = plain_client()
+        target = target_of(f"http://127.0.0.1:{port}/h")
+        assert (await client.post(target, REQUEST, timeout=5.0))[0] == 200
+        with pytest.raises(ProtocolError, match="status line"):
+            await client.post(target, REQUEST, timeout=5.0)
+        await client.aclose()
+    assert (connections, requests) == (1, 2)
