@@ -69,10 +69,13 @@ from bridge.http.ssrf import AddressPolicy, Resolver, checked_addresses
 
 __all__ = [
     "MAX_HANDSHAKE_READS",
+    "MAX_HANDSHAKE_RECORDS",
     "MAX_IDLE_READS",
+    "MAX_IDLE_RECORDS",
     "MAX_READS",
     "MAX_RESPONSE",
     "MAX_TLS_BYTES",
+    "MAX_TLS_RECORDS",
     "Answer",
     "HttpError",
     "ConnectFailed",
@@ -106,6 +109,15 @@ MAX_IDLE_READS = 4
 #: Bytes of TLS records read for one response at most, beside :data:`MAX_RESPONSE` of what
 #: they decrypt to: records may carry nothing (padding, empty records, session tickets).
 MAX_TLS_BYTES = 4 * MAX_RESPONSE
+#: TLS records of one response at most, counted from their headers before any is decrypted:
+#: each costs ~10-20 us however small (a KeyUpdate asking for one back, an empty record), and
+#: 5,000 of them in one read cost a delivery 44-83 ms (until 2026-12-06). A 64 KiB response
+#: needs 4 of 16 KiB, or 64 of 1 KiB from a server writing them small.
+MAX_TLS_RECORDS = 256
+#: TLS records of a handshake at most (its messages, a few records usually), and between two
+#: exchanges (a session ticket or two, the peer's ``close_notify``).
+MAX_HANDSHAKE_RECORDS = 64
+MAX_IDLE_RECORDS = 8
 
 _VERSIONS = ("1.1", "1.0")
 #: What h11 refuses in a reason phrase and llhttp lets through.
@@ -246,6 +258,10 @@ class _Tls(asyncio.Protocol):
         self._raw: asyncio.Transport | None = None
         self.handshake: asyncio.Future[None] = loop.create_future()
         self._handshake_reads = MAX_HANDSHAKE_READS
+        self._handshake_records = MAX_HANDSHAKE_RECORDS
+        #: The record being read: its header's bytes so far, then how many of its body are due.
+        self._header = b""
+        self._body_due = 0
         #: Why the connection was aborted (a TLS error), told to ``app`` as the loss's cause.
         self._error: Exception | None = None
         self._ended = False
@@ -258,22 +274,29 @@ class _Tls(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._ended:
             return
+        records = self._records(data)  # counted before any is decrypted
         self._incoming.write(data)
         if not self.handshake.done():
             self._handshake_reads -= 1
-            if self._handshake_reads < 0:
+            self._handshake_records -= records
+            if self._handshake_reads < 0 or self._handshake_records < 0:
                 self._give_up(
-                    ProtocolError(f"TLS handshake in more than {MAX_HANDSHAKE_READS} reads")
+                    ProtocolError(
+                        f"TLS handshake in more than {MAX_HANDSHAKE_READS} reads or "
+                        f"{MAX_HANDSHAKE_RECORDS} records"
+                    )
                 )
                 return
             self._shake()
             if not self.handshake.done() or self.handshake.exception() is not None:
                 return
             # The rest of this read (a session ticket, ...) is read below, as the exchange's.
-        if not self.app.tls_read(len(data)):
+            records = 0
+        if not self.app.tls_read(len(data), records):
             return  # the read ended the exchange or the connection
         plain: list[bytes] = []
         ended = False
+        failure: ssl.SSLError | None = None
         try:
             while True:
                 chunk = self._ssl.read(65536)
@@ -286,16 +309,40 @@ class _Tls(asyncio.Protocol):
         except ssl.SSLZeroReturnError:
             ended = True  # the peer's close_notify
         except ssl.SSLError as exc:
-            self._give_up(exc)
-            return
+            failure = exc
         self._flush()  # what reading made us answer (a key update)
         if plain:
+            # Before a failure that followed it: a complete answer stands.
             self.app.data_received(b"".join(plain))
+        if failure is not None:
+            if not self._ended:
+                self._give_up(failure)
+            return
         if ended and not self._ended:
             self.app.eof_received()
             self.close()
             return
         self.app.after_tls_read()
+
+    def _records(self, data: bytes) -> int:
+        """How many TLS records start in ``data`` (their 5-byte headers, which may span reads,
+        give each one's length)."""
+        count = 0
+        at, size = 0, len(data)
+        while at < size:
+            if self._body_due:
+                step = min(self._body_due, size - at)
+                self._body_due -= step
+                at += step
+                continue
+            need = 5 - len(self._header)
+            self._header += data[at : at + need]
+            at += need
+            if len(self._header) == 5:
+                self._body_due = int.from_bytes(self._header[3:5], "big")
+                self._header = b""
+                count += 1
+        return count
 
     def eof_received(self) -> bool:
         if not self.handshake.done():
@@ -424,7 +471,9 @@ class _Connection(asyncio.Protocol):
         self._reads_left = 0  # reads of MAX_READS not used yet
         self._tls = False  # reads are counted by the TLS layer (_Tls), of ciphertext
         self._tls_left = 0  # bytes of MAX_TLS_BYTES not used yet
+        self._records_left = 0  # records of MAX_TLS_RECORDS not used yet
         self._idle_reads = 0  # reads since the last exchange ended
+        self._idle_records = 0  # records since the last exchange ended
         self._received = False
         self._status = 0  # the final status, once its head is complete
         self._complete = False
@@ -449,21 +498,26 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self._tls = isinstance(transport, _Tls)
 
-    def tls_read(self, size: int) -> bool:
-        """A read of ``size`` bytes of the socket under TLS, before what it decrypts to is
-        handed on: counted against the exchange's :data:`MAX_READS` and :data:`MAX_TLS_BYTES`,
-        or between exchanges against :data:`MAX_IDLE_READS`. ``False`` when the exchange or
+    def tls_read(self, size: int, records: int) -> bool:
+        """A read of ``size`` bytes of the socket under TLS, starting ``records`` records,
+        before any is decrypted: counted against the exchange's :data:`MAX_READS`,
+        :data:`MAX_TLS_BYTES` and :data:`MAX_TLS_RECORDS`, or between exchanges against
+        :data:`MAX_IDLE_READS` and :data:`MAX_IDLE_RECORDS`. ``False`` when the exchange or
         the connection ended on it."""
         if self._waiter is None:
             self._idle_reads += 1
-            if self._idle_reads > MAX_IDLE_READS:
+            self._idle_records += records
+            if self._idle_reads > MAX_IDLE_READS or self._idle_records > MAX_IDLE_RECORDS:
                 self.abort()
                 return False
             return True
         self._reads_left -= 1
         self._tls_left -= size
-        if self._tls_left < 0:
-            self._past_a_limit(f"response in more than {MAX_TLS_BYTES} bytes of TLS records")
+        self._records_left -= records
+        if self._tls_left < 0 or self._records_left < 0:
+            self._past_a_limit(
+                f"response in more than {MAX_TLS_BYTES} bytes or {MAX_TLS_RECORDS} TLS records"
+            )
             return False
         return True
 
@@ -597,7 +651,8 @@ class _Connection(asyncio.Protocol):
         self._left = self._max_response
         self._reads_left = MAX_READS
         self._tls_left = MAX_TLS_BYTES
-        self._idle_reads = 0
+        self._records_left = MAX_TLS_RECORDS
+        self._idle_reads = self._idle_records = 0
         self._received = False
         self._status = 0
         self._complete = False
@@ -698,6 +753,13 @@ class _Connection(asyncio.Protocol):
             )
 
 
+def _closed_unanswered(exc: Exception) -> bool:
+    """Whether ``exc`` is a connection's close or reset before any byte of an answer."""
+    if isinstance(exc, ProtocolError):
+        return exc.nothing_received
+    return isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError)
+
+
 def _malformed(exc: Exception) -> ProtocolError:
     """The :class:`ProtocolError` for an exception out of ``feed_data``: our own, raised in a
     callback (llhttp reports it as a callback error), or llhttp's, with its reason."""
@@ -751,10 +813,12 @@ class Http1Client:
                 return await self._exchange(loop, conn, data, deadline)
             except TimeoutError:
                 raise
-            except (ProtocolError, OSError):
+            except (ProtocolError, OSError) as exc:
                 # The server closed or reset a kept-alive connection as we reused it, before
-                # answering: once more, on a new connection.
-                if conn.received:
+                # answering: once more, on a new connection. Not after a limit or a TLS error
+                # ended it, even with no byte of an answer (a record sent a byte at a time):
+                # that is the endpoint's answer.
+                if conn.received or not _closed_unanswered(exc):
                     raise
         conn = await self._connect(loop, target, deadline)
         return await self._exchange(loop, conn, data, deadline)

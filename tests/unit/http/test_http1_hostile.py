@@ -16,12 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridge.http import http1
 from bridge.http.http1 import (
     MAX_HANDSHAKE_READS,
     MAX_IDLE_READS,
     MAX_READS,
+    MAX_TLS_RECORDS,
     Http1Client,
     ProtocolError,
     target_of,
@@ -329,3 +332,111 @@ async def test_junk_on_a_reused_connection_is_the_answer_not_a_reason_to_send_ag
             await client.post(target, REQUEST, timeout=5.0)
         await client.aclose()
     assert (connections, requests) == (1, 2)
+
+
+# --- a TLS server of our own, over memory BIOs: it writes records as it likes ------------------
+
+
+@asynccontextmanager
+async def tls_by_hand(
+    context: ssl.SSLContext, respond: Callable[[ssl.SSLObject, ssl.MemoryBIO], bytes]
+) -> AsyncIterator[int]:
+    """A TLS server on 127.0.0.1 that completes the handshake, reads one request, and sends
+    what ``respond`` returns (the records it wrote through the SSL object, and any bytes it
+    adds) in one write; then holds the connection open. Its port."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls_object = context.wrap_bio(incoming, outgoing, server_side=True)
+        while True:
+            try:
+                tls_object.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                writer.write(outgoing.read())
+                data = await reader.read(65536)
+                if not data:
+                    return
+                incoming.write(data)
+        writer.write(outgoing.read())
+        request = b""
+        while not request.endswith(b"{}"):
+            try:
+                request += tls_object.read(65536)
+            except ssl.SSLWantReadError:
+                data = await reader.read(65536)
+                if not data:
+                    return
+                incoming.write(data)
+        writer.write(respond(tls_object, outgoing))
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    async with serving(serve) as port:
+        yield port
+
+
+async def test_a_complete_tls_answer_stands_when_a_bad_record_follows_it(tmp_path: Path) -> None:
+    """The answer and a corrupt record in one read: the answer was dropped with the TLS error
+    (a tls_error for a 200, and on a kept connection the request sent again) until 2026-12-06."""
+    cert = self_signed(tmp_path, "hooks.test")
+
+    def then_garbage(tls_object: ssl.SSLObject, outgoing: ssl.MemoryBIO) -> bytes:
+        tls_object.write(OK)
+        return outgoing.read() + b"\x17\x03\x03\x00\x20" + b"\x00" * 32
+
+    async with tls_by_hand(cert.server_context, then_garbage) as port:
+        client = tls_client(cert.cert_file)
+        answer = await client.post(target_of(f"https://hooks.test:{port}/h"), REQUEST, 5.0)
+        await client.aclose()
+    assert answer[0] == 200
+
+
+async def test_tls_records_past_the_limit_end_the_answer_before_they_are_decrypted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each record costs its decryption however small it is: a head written a byte a record,
+    thousands in one read, ends at MAX_TLS_RECORDS, undecrypted past it."""
+    cert = self_signed(tmp_path, "hooks.test")
+    decrypted = 0
+    original = ssl.SSLObject.read
+
+    def counted(tls_object: ssl.SSLObject, *args: Any) -> Any:
+        nonlocal decrypted
+        data = original(tls_object, *args)
+        decrypted += len(data)
+        return data
+
+    def tiny_records(tls_object: ssl.SSLObject, outgoing: ssl.MemoryBIO) -> bytes:
+        for byte in b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 3000:
+            tls_object.write(bytes([byte]))
+        return outgoing.read()
+
+    async with tls_by_hand(cert.server_context, tiny_records) as port:
+        monkeypatch.setattr(ssl.SSLObject, "read", counted)
+        client = tls_client(cert.cert_file)
+        with pytest.raises(ProtocolError, match="TLS records"):
+            await client.post(target_of(f"https://hooks.test:{port}/h"), REQUEST, 5.0)
+        await client.aclose()
+    assert decrypted <= MAX_TLS_RECORDS
+
+
+def test_a_failure_a_limit_or_tls_gives_is_not_a_close_to_try_again() -> None:
+    """A kept connection is tried again on a new one only after a bare close or reset before
+    any byte of the answer (the server's idle timeout racing the reuse)."""
+    assert http1._closed_unanswered(ProtocolError("closed", nothing_received=True))
+    assert http1._closed_unanswered(ConnectionResetError())
+    assert not http1._closed_unanswered(ProtocolError(f"more than {MAX_READS} reads"))
+    assert not http1._closed_unanswered(ssl.SSLError(1, "bad record mac"))
+
+
+@given(records=st.lists(st.binary(max_size=40), max_size=30), cuts=st.lists(st.integers(0, 2000)))
+def test_records_are_counted_across_any_split_of_the_reads(
+    records: list[bytes], cuts: list[int]
+) -> None:
+    stream = b"".join(b"\x17\x03\x03" + len(r).to_bytes(2, "big") + r for r in records)
+    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    layer = http1._Tls.__new__(http1._Tls)
+    layer._header, layer._body_due = b"", 0
+    counted = sum(layer._records(stream[a:b]) for a, b in zip(points, points[1:], strict=False))
+    assert counted == len(records)
