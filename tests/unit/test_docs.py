@@ -403,3 +403,15 @@ def test_node_example_verifies_real_deliveries(marker: str, tmp_path: Path) -> N
             assert c.post(url, content=body, headers=unsigned).status_code == 401
             short = {**headers, "X-Webhook-Signature": "abc"}
             assert c.post(url, content=body, headers=short).status_code == 401
+
+
+def test_receivers_md_states_the_clients_limits() -> None:
+    """What a receiver is told of how its answer is read is what the client does."""
+    from bridge.http.http1 import MAX_READS, MAX_RESPONSE, MAX_TLS_RECORDS
+
+    text = " ".join((DOCS / "receivers.md").read_text().split())
+    assert (
+        f"At most {MAX_RESPONSE // 1024} KiB of your answer is read, in at most {MAX_READS} reads"
+        in text
+    )
+    assert f"at most {MAX_TLS_RECORDS} TLS records are read" in text
