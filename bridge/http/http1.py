@@ -236,11 +236,14 @@ class _Tls(asyncio.Protocol):
 
     The event loops' TLS transports read every TCP segment and try to decrypt it before the
     protocol above them sees a byte, so no count of :meth:`_Connection.data_received` bounds
-    what a peer sending a byte at a time costs. Here every read of the socket is counted:
-    :data:`MAX_HANDSHAKE_READS` during the handshake, then each against the exchange's
-    :data:`MAX_READS` and :data:`MAX_TLS_BYTES` (:meth:`_Connection.tls_read`), or between
-    exchanges against :data:`MAX_IDLE_READS`. A closed connection waits for nothing: the
-    ``close_notify`` is sent, the peer's never awaited."""
+    what a peer sending a byte at a time costs. Here every read of the socket is counted, and
+    the TLS records it starts (from their headers, before any is decrypted):
+    :data:`MAX_HANDSHAKE_READS` and :data:`MAX_HANDSHAKE_RECORDS` during the handshake, then
+    the exchange's :data:`MAX_READS`, :data:`MAX_TLS_BYTES` and :data:`MAX_TLS_RECORDS`
+    (:meth:`_Connection.tls_read`), or between exchanges :data:`MAX_IDLE_READS` and
+    :data:`MAX_IDLE_RECORDS`. What a read decrypted to is handed on before an error that
+    followed it in the same read. A closed connection waits for nothing: the ``close_notify``
+    is sent, the peer's never awaited."""
 
     def __init__(
         self,
