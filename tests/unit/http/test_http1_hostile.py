@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 from bridge.http import http1
 from bridge.http.http1 import (
     MAX_HANDSHAKE_READS,
-    MAX_IDLE_READS,
     MAX_READS,
     MAX_TLS_RECORDS,
     Http1Client,
@@ -232,31 +231,6 @@ async def test_tls_keeps_alive_and_closes_without_waiting_for_the_peer(tmp_path:
         await asyncio.wait_for(saw_close.wait(), 5)
         assert time.monotonic() - started < 2.0
         assert client.open_connections == 0
-
-
-async def test_tls_bytes_on_an_idle_connection_past_the_limit_drop_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Between exchanges a peer may send a little (a session ticket, its close_notify); a peer
-    sending on and on is dropped."""
-    cert = self_signed(tmp_path, "hooks.test")
-    reads = Reads(monkeypatch)
-
-    async def then_drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        await reader.readexactly(2)
-        writer.write(OK)
-        await writer.drain()
-        await asyncio.sleep(60)
-
-    async with serving(then_drip, cert.server_context) as server:
-        async with dripping(server, whole=1) as proxy:
-            client = tls_client(cert.cert_file)
-            target = target_of(f"https://hooks.test:{proxy}/h")
-            with pytest.raises((ProtocolError, TimeoutError)):
-                # The answer itself comes a byte at a time: past MAX_READS.
-                await client.post(target, REQUEST, timeout=5.0)
-    assert reads.count <= MAX_HANDSHAKE_READS + MAX_READS + MAX_IDLE_READS + 1
 
 
 class StrayAfterFirst(socketserver.BaseRequestHandler):
