@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 from bridge.http import http1
 from bridge.http.http1 import (
     MAX_HANDSHAKE_READS,
+    MAX_IDLE_READS,
+    MAX_IDLE_RECORDS,
     MAX_READS,
     MAX_TLS_RECORDS,
     Http1Client,
@@ -414,3 +416,38 @@ def test_records_are_counted_across_any_split_of_the_reads(
     layer._header, layer._body_due = b"", 0
     counted = sum(layer._records(stream[a:b]) for a, b in zip(points, points[1:], strict=False))
     assert counted == len(records)
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+@pytest.mark.parametrize(
+    ("records_per_read", "dropped"),
+    [
+        ([1] * MAX_IDLE_READS, False),  # a ticket or two, the peer's close_notify
+        ([1] * (MAX_IDLE_READS + 1), True),
+        ([MAX_IDLE_RECORDS], False),
+        ([MAX_IDLE_RECORDS + 1], True),  # a KeyUpdate storm, say
+    ],
+)
+def test_what_comes_between_exchanges_is_bounded(
+    records_per_read: list[int], dropped: bool
+) -> None:
+    """Between two exchanges a TLS peer may send a little; past the idle limits, the connection
+    is dropped before anything is decrypted."""
+    conn = http1._Connection(asyncio.new_event_loop(), ("https", "h", 443), 1024)
+    transport = FakeTransport()
+    conn.transport = transport  # type: ignore[assignment]
+    conn._tls = True
+    answers = [conn.tls_read(10, count) for count in records_per_read]
+    assert transport.aborted is dropped
+    assert answers[-1] is (not dropped)
+    conn.loop.close()
