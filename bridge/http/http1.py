@@ -473,6 +473,7 @@ class _Connection(asyncio.Protocol):
         self._left = 0  # bytes of the cap not used yet
         self._reads_left = 0  # reads of MAX_READS not used yet
         self._tls = False  # reads are counted by the TLS layer (_Tls), of ciphertext
+        self._fd = -1  # the socket's, for has_input (looked at only while the connection is open)
         self._tls_left = 0  # bytes of MAX_TLS_BYTES not used yet
         self._records_left = 0  # records of MAX_TLS_RECORDS not used yet
         self._idle_reads = 0  # reads since the last exchange ended
@@ -500,6 +501,8 @@ class _Connection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         self._tls = isinstance(transport, _Tls)
+        sock = transport.get_extra_info("socket")
+        self._fd = -1 if sock is None else sock.fileno()
 
     def tls_read(self, size: int, records: int) -> bool:
         """A read of ``size`` bytes of the socket under TLS, starting ``records`` records,
@@ -690,13 +693,10 @@ class _Connection(asyncio.Protocol):
         :meth:`data_received` only when it next polls; a request sent first would take them
         for its answer (a stray ``500`` an endpoint wrote after its answer was the next
         delivery's, until 2026-12-06)."""
-        if self.transport is None:
-            return False
-        sock = self.transport.get_extra_info("socket")
-        if sock is None:
+        if self._fd < 0:
             return False
         try:
-            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+            readable, _, _ = select.select([self._fd], [], [], 0)
         except (OSError, ValueError):
             return True  # closed under us
         return bool(readable)

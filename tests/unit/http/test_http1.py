@@ -56,6 +56,9 @@ class FakeTransport:
     def close(self) -> None:
         self.closed = True
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default  # no socket
+
 
 @dataclass
 class Fed:
