@@ -473,7 +473,8 @@ class _Connection(asyncio.Protocol):
         self._left = 0  # bytes of the cap not used yet
         self._reads_left = 0  # reads of MAX_READS not used yet
         self._tls = False  # reads are counted by the TLS layer (_Tls), of ciphertext
-        self._fd = -1  # the socket's, for has_input (looked at only while the connection is open)
+        #: The socket, polled by has_input (only while the connection is open).
+        self._poll: select.poll | None = None
         self._tls_left = 0  # bytes of MAX_TLS_BYTES not used yet
         self._records_left = 0  # records of MAX_TLS_RECORDS not used yet
         self._idle_reads = 0  # reads since the last exchange ended
@@ -502,7 +503,11 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self._tls = isinstance(transport, _Tls)
         sock = transport.get_extra_info("socket")
-        self._fd = -1 if sock is None else sock.fileno()
+        if sock is not None:
+            # poll, not select: select refuses descriptors past 1,023, and a worker with
+            # many connections has them.
+            self._poll = select.poll()
+            self._poll.register(sock.fileno(), select.POLLIN)
 
     def tls_read(self, size: int, records: int) -> bool:
         """A read of ``size`` bytes of the socket under TLS, starting ``records`` records,
@@ -693,13 +698,12 @@ class _Connection(asyncio.Protocol):
         :meth:`data_received` only when it next polls; a request sent first would take them
         for its answer (a stray ``500`` an endpoint wrote after its answer was the next
         delivery's, until 2026-12-06)."""
-        if self._fd < 0:
+        if self._poll is None:
             return False
         try:
-            readable, _, _ = select.select([self._fd], [], [], 0)
-        except (OSError, ValueError):
+            return bool(self._poll.poll(0))  # readable, or hung up
+        except OSError:
             return True  # closed under us
-        return bool(readable)
 
     @property
     def unsent(self) -> int:

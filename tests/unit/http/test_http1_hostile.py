@@ -451,3 +451,33 @@ def test_what_comes_between_exchanges_is_bounded(
     assert transport.aborted is dropped
     assert answers[-1] is (not dropped)
     conn.loop.close()
+
+
+async def test_a_connection_past_descriptor_1023_is_still_reused() -> None:
+    """select() refuses descriptors past 1,023: the check of a kept connection's socket took
+    every connection of a worker with that many open for one with bytes waiting."""
+    connections = 0
+
+    async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(2)
+            writer.write(OK)
+            await writer.drain()
+
+    fillers = [socket.socket() for _ in range(1100)]
+    try:
+        async with serving(keep_alive) as port:
+            client = plain_client()
+            target = target_of(f"http://127.0.0.1:{port}/h")
+            for _ in range(3):
+                assert (await client.post(target, REQUEST, timeout=5.0))[0] == 200
+            [conn] = client._open
+            assert conn.transport.get_extra_info("socket").fileno() > 1023
+            await client.aclose()
+    finally:
+        for filler in fillers:
+            filler.close()
+    assert connections == 1
