@@ -34,6 +34,7 @@ from bridge.http.http1 import (
     target_of,
 )
 from bridge.http.ssrf import AddressPolicy, DestinationForbidden
+from bridge.worker.embedded import free_port
 
 # --- the parser, fed by hand ---------------------------------------------------------------------
 
@@ -719,14 +720,9 @@ async def test_cancelling_a_request_drops_its_connection() -> None:
 
 
 async def test_refused_connection_is_connect_failed() -> None:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     http = client()
     with pytest.raises(ConnectFailed):
-        await http.post(target(port), REQUEST, 5)
+        await http.post(target(free_port()), REQUEST, 5)
 
 
 async def test_unresolvable_name_is_connect_failed() -> None:

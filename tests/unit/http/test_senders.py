@@ -19,7 +19,6 @@ import datetime as dt
 import hashlib
 import hmac
 import ipaddress
-import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -43,6 +42,7 @@ from bridge.http.base import USER_AGENT, AttemptResult, build_headers
 from bridge.http.http1_sender import Http1Sender
 from bridge.http.httpx_sender import HttpxSender, new_client
 from bridge.http.ssrf import AddressPolicy, IPAddress
+from bridge.worker.embedded import free_port
 from tests.support.clocks import Ticks
 from tests.support.jobs import SPEC_EVENT, Outgoing, outgoing, spec_webhook
 
@@ -178,13 +178,6 @@ class FakeResolver:
     async def __call__(self, host: str, port: int) -> Sequence[IPAddress]:
         self.asked.append((host, port))
         return [ipaddress.ip_address(a) for a in self.answer]
-
-
-def unused_port() -> int:
-    """A 127.0.0.1 port nothing listens on (bound, then closed)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- a recording aiohttp server on 127.0.0.1 ----------------------------------------------------
@@ -522,7 +515,7 @@ async def test_slow_body_after_200_headers_hits_the_timeout(server: LocalServer,
 
 
 async def test_connection_refused_is_connect_error(kind: str) -> None:
-    url = f"http://127.0.0.1:{unused_port()}/hook"
+    url = f"http://127.0.0.1:{free_port()}/hook"
     result = await send_once(hot_sender(kind), make_delivery(url))
     assert result == AttemptResult(False, None, "connect_error", 0.25, AT)
 

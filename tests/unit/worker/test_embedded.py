@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from bridge.worker.embedded import die_with_parent, free_port, port_holder, port_in_use_message
+from bridge.worker.embedded import (
+    _bindable,
+    die_with_parent,
+    free_port,
+    port_holder,
+    port_in_use_message,
+)
 from tests.support.waiting import eventually_sync
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux /proc")
@@ -209,7 +215,9 @@ def test_a_taken_or_handed_out_port_is_not_handed_out(
     # only an explicit bind takes one (none is in TIME_WAIT after an outgoing connection).
     range_file = _ranges(tmp_path, "32768 60999")
     low = 32768 - 16384
-    free = [port for port in range(low + 100, low + 400) if _free(port)][:3]
+    free = [
+        port for port in range(low + 100, low + 400) if _bindable(socket.AF_INET, "127.0.0.1", port)
+    ][:3]
     assert len(free) == 3, "no free ports below the ephemeral range"
     taken, first_choice, second_choice = free
     with socket.socket() as held:
@@ -221,15 +229,6 @@ def test_a_taken_or_handed_out_port_is_not_handed_out(
         first = free_port(range_file=range_file)
         second = free_port(range_file=range_file)
     assert (first, second) == (first_choice, second_choice)
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @pytest.mark.parametrize("text", ["", "garbage", "1500 60999"])
