@@ -145,31 +145,30 @@ class WebhookLog:
     def add(self, attempt: Attempt, now: float) -> bool:
         """Keep ``attempt``; ``False`` when it is already kept (the same record read twice) or
         too old to keep."""
-        if attempt.at_seconds < now - self._max_age:
+        at = attempt.at_seconds
+        if at < now - self._max_age:
             return False
-        position = _position(attempt)
-        if position in self._attempts:
+        position = (at, attempt.delivery_id, attempt.attempt)
+        attempts = self._attempts
+        if position in attempts:
             return False
-        if (
-            len(self._positions) >= self._max_attempts
-            and self._positions
-            and position < self._positions[0]
-        ):
-            return False  # older than everything kept in a full log
         positions = self._positions
+        if positions and position < positions[0] and len(positions) >= self._max_attempts:
+            return False  # older than everything kept in a full log
         if not positions or position > positions[-1]:
             positions.append(position)  # the usual case: records are read in time order
         else:
             bisect.insort(positions, position)
-        self._attempts[position] = attempt
+        attempts[position] = attempt
         kept = self._deliveries.get(attempt.delivery_id)
         if kept is None:
             self._deliveries[attempt.delivery_id] = [position]
         else:
             kept.append(position)
-        while len(self._positions) > self._max_attempts:
+        while len(positions) > self._max_attempts:
             self._drop_oldest()
-        self.expire(now)
+        if positions[0][0] < now - self._max_age:
+            self.expire(now)
         return True
 
     def expire(self, now: float) -> None:

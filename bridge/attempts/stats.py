@@ -54,20 +54,23 @@ class _Bucket:
     fastest: float | None = None
     slowest: float | None = None
 
-    def add(self, attempt: Attempt) -> None:
-        if attempt.outcome == "skipped":
+    def add(self, outcome: str, duration: float, index: int) -> None:
+        """Count an attempt: its ``outcome``, and its ``duration`` in the latency histogram's
+        bucket ``index``."""
+        if outcome == "skipped":
             self.skipped += 1
             return
         self.attempts += 1
-        if attempt.outcome == "success":
+        if outcome == "success":
             self.successes += 1
         else:
             self.failures += 1
-        duration = attempt.duration_seconds
-        self.latency[bisect.bisect_left(LATENCY_BOUNDS, duration)] += 1
-        if self.fastest is None or duration < self.fastest:
+        self.latency[index] += 1
+        fastest = self.fastest
+        if fastest is None or duration < fastest:
             self.fastest = duration
-        if self.slowest is None or duration > self.slowest:
+        slowest = self.slowest
+        if slowest is None or duration > slowest:
             self.slowest = duration
 
 
@@ -188,20 +191,25 @@ class WebhookStats:
         elif attempt.outcome == "failure":
             if self.last_failure is None or attempt.at_seconds > self.last_failure.at_seconds:
                 self.last_failure = attempt
-        minute = int(attempt.at_seconds // _MINUTE)
-        hour = int(attempt.at_seconds // _HOUR)
+        at = attempt.at_seconds
+        minute = int(at // _MINUTE)
         now_minute = int(now // _MINUTE)
+        # Each attempt goes into a minute and an hour bucket: its latency bucket is found once.
+        outcome = attempt.outcome
+        duration = attempt.duration_seconds
+        index = bisect.bisect_left(LATENCY_BOUNDS, duration)
         # get, then make only when missing: setdefault would build a bucket every time
         if minute > now_minute - _MINUTES_KEPT:
             bucket = self._minutes.get(minute)
             if bucket is None:
                 bucket = self._minutes[minute] = _Bucket()
-            bucket.add(attempt)
+            bucket.add(outcome, duration, index)
+        hour = int(at // _HOUR)
         if hour > int(now // _HOUR) - _HOURS_KEPT:
             bucket = self._hours.get(hour)
             if bucket is None:
                 bucket = self._hours[hour] = _Bucket()
-            bucket.add(attempt)
+            bucket.add(outcome, duration, index)
         if now_minute != self._expired_minute:
             # Buckets only age out as minutes pass: once a minute is enough (per attempt, the
             # walk over up to 230 buckets cost more than the counting).

@@ -661,9 +661,8 @@ async def test_attempts_show_the_response_size_and_a_kept_prefix(api: Api) -> No
     """The API shows what the record holds: the size always (null without a response), the
     prefix only when the worker kept one, as JSON (control characters escaped), in the
     document's Attempt schema."""
-    from dataclasses import replace
-
     from jsonschema import Draft202012Validator
+    from msgspec.structs import replace
 
     from bridge.api.openapi import openapi_document
 
