@@ -204,6 +204,43 @@ def test_any_record_is_taken_or_refused_as_the_field_by_field_check_says(
         with pytest.raises(InvalidRecord) as refused:
             Attempt.of(fields)
         assert (refused.value.reason, refused.value.detail) == ("schema_invalid", problem)
+        # msgspec's quick decoding refuses it too, and the field-by-field reading names why
+        with pytest.raises(InvalidRecord) as refused:
+            Attempt.parse(json.dumps(fields).encode())
+        assert (refused.value.reason, refused.value.detail) == ("schema_invalid", problem)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        # msgspec refuses a field the bridge does not read: the field-by-field reading takes it
+        b'{"at_seconds": "soon", %s}',
+        # a key given twice: the last one, either way
+        b'{"status": 500, %s, "status": 200}',
+    ],
+)
+def test_what_the_quick_decoding_refuses_is_read_field_by_field(value: bytes) -> None:
+    fields = json.dumps(record(status=200))[1:-1].encode()
+    parsed = Attempt.parse(value.replace(b"%s", fields))
+    assert parsed == Attempt.of(record(status=200))
+    assert parsed.at_seconds == Attempt.of(record()).at_seconds > 0
+
+
+def test_a_record_nested_too_deep_is_refused_not_raised() -> None:
+    """msgspec raises ``RecursionError`` past its depth: not an :class:`InvalidRecord`, it
+    would have skipped the record as a bug."""
+    fields = json.dumps(record())[1:-1].encode()
+    with pytest.raises(InvalidRecord) as refused:
+        Attempt.parse(b'{"x": ' + b"[" * 3000 + b"]" * 3000 + b", " + fields + b"}")
+    assert refused.value.reason == "malformed_json"
+
+
+def test_an_attempt_is_not_walked_by_the_cyclic_collector() -> None:
+    """A worker's delivery log holds up to a million: text and numbers only, no cycle."""
+    import gc
+
+    parsed = Attempt.parse(json.dumps(record(response_prefix=HOSTILE)).encode())
+    assert not gc.is_tracked(parsed) and not gc.is_tracked(Attempt.of(record()))
 
 
 @pytest.mark.parametrize("at", ["9999-01-01T00:00:00Z", "9999-12-31T23:59:59.999Z"])
