@@ -24,6 +24,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 
@@ -36,6 +37,18 @@ from bridge.subscriptions.store import WebhookStore
 from bridge.subscriptions.webhook import Webhook
 
 __all__ = ["KafkaOutputs", "CachedPartitioner"]
+
+
+def _attempt_bytes(record: dict[str, Any]) -> bytes:
+    """An attempt record's value. The attempts topic is read by workers and operators' tools,
+    never by receivers: it needs valid JSON, not the bytes a JavaScript receiver would
+    re-serialize (:mod:`bridge.contract.jsoncanon`), and orjson writes one in 0.25 µs against
+    4.3, every delivery attempt. What orjson refuses goes to :func:`jsoncanon.dumps_flat`: a
+    lone surrogate it writes as V8 does, an integer past 2**53 it refuses as before."""
+    try:
+        return orjson.dumps(record, option=orjson.OPT_STRICT_INTEGER)
+    except orjson.JSONEncodeError:
+        return jsoncanon.dumps_flat(record)
 
 
 class CachedPartitioner:
@@ -143,7 +156,7 @@ class KafkaOutputs:
 
     async def attempt(self, key: bytes, record: dict[str, Any]) -> asyncio.Future[Any]:
         assert self._attempts is not None, "KafkaOutputs.start() first"
-        return self._attempts.add(key, jsoncanon.dumps_flat(record))
+        return self._attempts.add(key, _attempt_bytes(record))
 
     async def status(self, key: bytes, record: dict[str, Any]) -> None:
         await self._observed("status", self._store.put_status(record))

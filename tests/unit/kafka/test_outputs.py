@@ -20,7 +20,7 @@ from bridge.config import Settings
 from bridge.contract.schemas import schema_errors
 from bridge.delivery.attempt_record import attempt_record
 from bridge.http.base import AttemptResult
-from bridge.kafka.outputs import CachedPartitioner, KafkaOutputs
+from bridge.kafka.outputs import CachedPartitioner, KafkaOutputs, _attempt_bytes
 from bridge.metrics import Metrics
 from bridge.subscriptions.webhook import Webhook
 from tests.support.jobs import SPEC_EVENT, outgoing, spec_webhook
@@ -185,3 +185,50 @@ async def test_an_attempt_record_is_written_with_its_response_fields() -> None:
     # Without a kept prefix (the default), the size only.
     assert "response_prefix" not in json.loads(plain)
     assert Attempt.parse(plain).response_prefix is None
+
+
+@given(
+    status=st.none() | st.integers(100, 999),
+    duration=st.floats(0, 30.0),
+    prefix=st.none() | st.binary(max_size=64),
+    size=st.none() | st.integers(0, 2**20),
+)
+def test_any_attempt_record_reads_back_as_it_was_built(
+    status: int | None, duration: float, prefix: bytes | None, size: int | None
+) -> None:
+    """orjson writes the attempt record: what the deliverer built, read back by json and by the
+    delivery log's reader alike, and valid against the topic's schema."""
+    job = outgoing(SPEC_EVENT, spec_webhook("https://example.test/hook", "whsec_x")).job
+    result = AttemptResult(
+        status == 200,
+        status,
+        None if status == 200 else "http_status",
+        duration,
+        "2024-01-15T10:30:00.250Z",
+        response_bytes=size,
+        response_prefix=prefix,
+    )
+    record = attempt_record(job, result, "success" if status == 200 else "failure", None)
+    value = _attempt_bytes(record)
+    assert json.loads(value) == record
+    assert schema_errors("attempt", json.loads(value)) == []
+    read = Attempt.parse(value)
+    assert read == Attempt.of(record)
+    assert (read.status, read.duration_seconds, read.response_bytes) == (
+        status,
+        record["duration_seconds"],
+        size,
+    )
+    assert read.response_prefix == record.get("response_prefix")
+
+
+def test_what_orjson_refuses_is_written_as_the_canonical_encoder_does() -> None:
+    """A lone surrogate (no UTF-8 form) is escaped as V8 does; an integer past 2**53 is refused
+    with the canonical encoder's reason, not written as a number JavaScript reads rounded."""
+    from bridge.errors import UnencodableValue
+
+    assert _attempt_bytes({"error": "\ud800"}) == b'{"error":"\\ud800"}'
+    with pytest.raises(UnencodableValue) as refused:
+        _attempt_bytes({"response_bytes": 2**53})
+    assert refused.value.reason == "unsafe_integer"
+    assert _attempt_bytes({"response_bytes": 2**53 - 1}) == b'{"response_bytes":9007199254740991}'
