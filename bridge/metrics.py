@@ -30,6 +30,7 @@ __all__ = [
     "HotHistogram",
     "LATENCY_BUCKETS",
     "REQUEST_BUCKETS",
+    "request_buckets",
     "OUTPUT_BUCKETS",
     "STAGE_BUCKETS",
     "INVALID_RECORD_REASONS",
@@ -122,17 +123,31 @@ OUTPUTS = ("attempt", "retry", "dead_letter", "status", "disable")
 #: series first seen at 1 shows no increase, so a worker's first internal error went unseen
 #: until 2026-12-06).
 PRECREATED_DEAD_LETTER_REASONS = ("internal_error", "attempts_exhausted")
-#: Seconds; an HTTP request is cut off at the 30 s timeout.
+#: Seconds; an HTTP request is cut off at the 30 s timeout (a longer ``http_timeout`` adds
+#: itself as the last bound: :func:`request_buckets`).
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
 #: Seconds; a broker acknowledges a write in milliseconds, and the producer gives up after its
 #: request timeout (aiokafka's default: 40 s): the request buckets with 1 ms, 2.5 ms and 60 s.
 OUTPUT_BUCKETS = (0.001, 0.0025, *REQUEST_BUCKETS, 60.0)
 
 
-class Metrics:
-    """Every metric the bridge exports. Labels are bounded: no webhook id, URL or delivery id."""
+def request_buckets(http_timeout: float) -> tuple[float, ...]:
+    """The request duration's bounds for requests cut off after ``http_timeout`` seconds:
+    :data:`REQUEST_BUCKETS`, and the timeout itself when it is longer than 30 s, so that
+    answers between 30 s and it are not counted with the requests cut off (``+Inf``)."""
+    if http_timeout > REQUEST_BUCKETS[-1]:
+        return (*REQUEST_BUCKETS, http_timeout)
+    return REQUEST_BUCKETS
 
-    def __init__(self, registry: CollectorRegistry, version: str = "") -> None:
+
+class Metrics:
+    """Every metric the bridge exports. Labels are bounded: no webhook id, URL or delivery id.
+    ``http_timeout``: the delivery requests' timeout (seconds), the request duration's last
+    bound when longer than 30 s."""
+
+    def __init__(
+        self, registry: CollectorRegistry, version: str = "", *, http_timeout: float = 30.0
+    ) -> None:
         check_prometheus_client()
         self.registry = registry
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
@@ -188,7 +203,7 @@ class Metrics:
             "webhook_bridge_http_request_duration_seconds",
             "Duration of delivery HTTP requests, by outcome.",
             ["outcome"],
-            buckets=REQUEST_BUCKETS,
+            buckets=request_buckets(http_timeout),
             registry=registry,
         )
         self.end_to_end = Histogram(

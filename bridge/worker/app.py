@@ -130,7 +130,7 @@ class Bridge:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.metrics = Metrics(self.registry, __version__)
+        self.metrics = Metrics(self.registry, __version__, http_timeout=settings.http_timeout)
         self.index = SubscriptionIndex()
         # Read when scraped, not set at each of (at start) 100,000 records.
         index = self.index

@@ -23,6 +23,7 @@ from bridge.metrics import (
     PrometheusClientMismatch,
     check_prometheus_client,
 )
+from tests.support.workers import offline_bridge
 
 
 def test_child_is_remembered_and_counts_like_labels() -> None:
@@ -220,3 +221,21 @@ def test_every_output_a_worker_writes_is_counted_from_the_start() -> None:
         text = path.read_text(encoding="utf-8")
         named |= set(re.findall(r'(?:_observed|observed_write|output_written)\(\s*"(\w+)"', text))
     assert named and named <= set(OUTPUTS)
+
+
+@pytest.mark.parametrize("timeout", [5.0, 30.0, 60.0, 90.5])
+def test_a_longer_request_timeout_is_the_request_durations_last_bound(
+    timeout: float, tmp_path: Path
+) -> None:
+    """Answers between 30 s and a longer timeout are not counted with the requests cut off."""
+    bridge = offline_bridge(tmp_path, http_timeout=timeout)
+    child = bridge.metrics.request_duration.labels("success")
+    longer = [timeout] if timeout > 30 else []
+    assert child._upper_bounds == [*REQUEST_BUCKETS, *longer, math.inf]
+    child.observe(timeout - 0.5)
+    child.observe(timeout + 0.001)  # cut off: a timeout fires at its deadline, not before
+    at_most = bridge.registry.get_sample_value
+    assert at_most(
+        "webhook_bridge_http_request_duration_seconds_bucket",
+        {"outcome": "success", "le": str(max(timeout, 30.0))},
+    ) == (1.0 if timeout >= 30 else 2.0)
