@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from bridge.attempts.log import AttemptLog, WebhookLog
 from bridge.attempts.record import Attempt
 from bridge.attempts.stats import WebhookStats
+from bridge.contract.schemas import EVENT_TYPES
 
 __all__ = ["Activity", "ActivityBook", "RELEASE_CHUNK", "SWEEP_CHUNK", "empty_activity"]
 
@@ -18,7 +18,9 @@ RELEASE_CHUNK = 2000
 #: Webhooks a step of a sweep goes through (a few milliseconds at most, in either store).
 SWEEP_CHUNK = 256
 
-_intern = sys.intern
+#: Each event type's one text, shared by the attempts of that type (a dict of the known types:
+#: bounded, whatever the records say).
+_EVENT_TYPES = {event_type: event_type for event_type in EVENT_TYPES}
 
 
 @dataclass
@@ -27,6 +29,8 @@ class Activity:
 
     log: AttemptLog
     stats: WebhookStats = field(default_factory=WebhookStats)
+    #: The webhook's id as the book holds it (empty for an activity of no webhook).
+    webhook_id: str = ""
 
 
 def empty_activity(max_attempts: int, max_age: float) -> Activity:
@@ -57,12 +61,7 @@ class ActivityBook:
 
     def add(self, attempt: Attempt, now: float) -> bool:
         """Keep and count ``attempt``; ``False`` when it was already there or too old."""
-        # The texts most attempts repeat, shared rather than held once per kept attempt (a
-        # sixth of what one took); ``sys.intern`` lets go of a text no attempt holds any more.
-        attempt.webhook_id = webhook_id = _intern(attempt.webhook_id)
-        attempt.event_type = _intern(attempt.event_type)
-        if attempt.webhook_created_at is not None:
-            attempt.webhook_created_at = _intern(attempt.webhook_created_at)
+        webhook_id = attempt.webhook_id
         activity = self._activity.get(webhook_id)
         if activity is None:
             activity = Activity(
@@ -70,9 +69,19 @@ class ActivityBook:
                     max_attempts=self._max_attempts,
                     max_age=self._max_age,
                     on_forget=lambda delivery_id: self._unindex(delivery_id, webhook_id),
-                )
+                ),
+                webhook_id=webhook_id,
             )
             self._activity[webhook_id] = activity
+        # The texts most attempts repeat, shared rather than held once per kept attempt (a
+        # sixth of what one took): its webhook's id and created_at as the book holds them, its
+        # event type as the known types are. (Not ``sys.intern``: Python 3.12 before 3.12.6
+        # never frees an interned text, and the records say what the texts are.)
+        attempt.webhook_id = webhook_id = activity.webhook_id
+        attempt.event_type = _EVENT_TYPES.get(attempt.event_type, attempt.event_type)
+        created_at = activity.stats.webhook_created_at
+        if created_at is not None and attempt.webhook_created_at == created_at:
+            attempt.webhook_created_at = created_at
         assert isinstance(activity.log, WebhookLog)  # the book makes only these
         if not activity.log.add(attempt, now):
             return False

@@ -21,6 +21,7 @@ or failing writes show as lag and redeliveries, and these metrics say why.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -42,9 +43,19 @@ __all__ = ["KafkaOutputs", "CachedPartitioner"]
 def _attempt_bytes(record: dict[str, Any]) -> bytes:
     """An attempt record's value. The attempts topic is read by workers and operators' tools,
     never by receivers: it needs valid JSON, not the bytes a JavaScript receiver would
-    re-serialize (:mod:`bridge.contract.jsoncanon`), and orjson writes one in 0.25 µs against
-    4.3, every delivery attempt. What orjson refuses goes to :func:`jsoncanon.dumps_flat`: a
-    lone surrogate it writes as V8 does, an integer past 2**53 it refuses as before."""
+    re-serialize (:mod:`bridge.contract.jsoncanon`), and orjson writes one in 0.7 µs (checks
+    included) against 4.3, every delivery attempt. Values of any other kind than text, integers, booleans, null
+    and fractional finite floats go to :func:`jsoncanon.dumps_flat`, as does what orjson
+    refuses: orjson would write NaN as null, 200.0 as a float the reader refuses for a status,
+    and dates or enums at all; the canonical encoder refuses or writes them as before (a lone
+    surrogate as V8 does, an integer past 2**53 refused)."""
+    for value in record.values():
+        kind = type(value)
+        if kind is str or kind is int or kind is bool or value is None:
+            continue
+        if kind is float and math.isfinite(value) and not value.is_integer():
+            continue
+        return jsoncanon.dumps_flat(record)
     try:
         return orjson.dumps(record, option=orjson.OPT_STRICT_INTEGER)
     except orjson.JSONEncodeError:

@@ -451,3 +451,31 @@ def test_quantiles_stay_within_the_fastest_and_slowest_attempts() -> None:
     day = stats.window("24h", later)
     assert 0.0038 <= day.latency_p50 <= 0.005  # type: ignore[operator]
     assert 30.4 < day.latency_p99 <= 30.5  # type: ignore[operator]  # not 30 s
+
+
+def test_the_book_keeps_one_text_of_what_its_attempts_repeat() -> None:
+    """A webhook's id and created_at and a known event type are held once, however many
+    attempts repeat them; a type no event has is kept as read, and remembered nowhere."""
+    import copy
+
+    from bridge.attempts import book as book_module
+
+    known = copy.copy(book_module._EVENT_TYPES)
+    book = ActivityBook()
+    created = "2024-01-15T09:00:00.000Z"
+    kept = []
+    for n, event_type in enumerate(["post.created", "post.created", "x.unknown"]):
+        # each parsed from its own bytes: equal texts, distinct objects
+        read = Attempt.parse(
+            json.dumps(
+                record(delivery_id=f"d{n}", event_type=event_type, webhook_created_at=created)
+            ).encode()
+        )
+        assert book.add(read, now=T0)
+        kept.append(read)
+    first, second, unknown = kept
+    assert first.webhook_id is second.webhook_id is unknown.webhook_id
+    assert first.webhook_created_at is second.webhook_created_at is unknown.webhook_created_at
+    assert first.event_type is second.event_type
+    assert unknown.event_type == "x.unknown" and book_module._EVENT_TYPES == known
+    assert [a.delivery_id for a in book.delivery("d1")] == ["d1"]

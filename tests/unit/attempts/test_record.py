@@ -226,6 +226,32 @@ def test_what_the_quick_decoding_refuses_is_read_field_by_field(value: bytes) ->
     assert parsed.at_seconds == Attempt.of(record()).at_seconds > 0
 
 
+@pytest.mark.parametrize(
+    "member",
+    [
+        b'"x": "\xff"',
+        b'"x": 1e999',
+        b'"x": ' + b"9" * 400,
+        b'"\xff": 1',
+        b'"x": {"a": [1e999]}',
+        b'"x": "\xed\xa0\x80"',  # a surrogate encoded in UTF-8
+        b'"x": "\xc0\xaf"',  # overlong
+    ],
+)
+def test_a_member_the_bridge_does_not_read_must_still_be_json(member: bytes) -> None:
+    """msgspec skips members it does not know unread: such a record is read the slow way,
+    which refuses what is no JSON text anywhere in it (taken until a review found it)."""
+    fields = json.dumps(record())[1:-1].encode()
+    with pytest.raises(InvalidRecord) as refused:
+        Attempt.parse(b"{" + fields + b", " + member + b"}")
+    assert refused.value.reason == "malformed_json"
+    # and a bad time with it is refused for the bad JSON, first
+    bad_at = json.dumps(record(at="nope"))[1:-1].encode()
+    with pytest.raises(InvalidRecord) as refused:
+        Attempt.parse(b"{" + bad_at + b", " + member + b"}")
+    assert refused.value.reason == "malformed_json"
+
+
 def test_a_record_nested_too_deep_is_refused_not_raised() -> None:
     """msgspec raises ``RecursionError`` past its depth: not an :class:`InvalidRecord`, it
     would have skipped the record as a bug."""

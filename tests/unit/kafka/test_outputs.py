@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 from types import MappingProxyType
 from typing import Any
 
@@ -232,3 +233,25 @@ def test_what_orjson_refuses_is_written_as_the_canonical_encoder_does() -> None:
         _attempt_bytes({"response_bytes": 2**53})
     assert refused.value.reason == "unsafe_integer"
     assert _attempt_bytes({"response_bytes": 2**53 - 1}) == b'{"response_bytes":9007199254740991}'
+
+
+def test_what_orjson_would_write_differently_goes_to_the_canonical_encoder() -> None:
+    """orjson writes NaN as null and 200.0 as a float, which the reader refuses (the record
+    lost from the log), and encodes dates and enums: the canonical encoder refuses them, or
+    writes an integral float as JavaScript does, as the writer did before orjson."""
+    import enum
+    from datetime import UTC, datetime
+
+    from bridge.errors import UnencodableValue
+
+    class Kind(enum.Enum):
+        A = 1
+
+    for value in (math.nan, math.inf, Kind.A, datetime(2024, 1, 1, tzinfo=UTC)):
+        with pytest.raises(UnencodableValue):
+            _attempt_bytes({"duration_seconds": value})
+    assert _attempt_bytes({"status": 200.0}) == b'{"status":200}'
+    job = outgoing(SPEC_EVENT, spec_webhook("https://example.test/hook", "whsec_x")).job
+    skipped = AttemptResult(False, None, "circuit_open", 0.0, "2024-01-15T10:30:00.250Z")
+    written = _attempt_bytes(attempt_record(job, skipped, "skipped", "retry"))
+    assert b'"duration_seconds":0,' in written and Attempt.parse(written).duration_seconds == 0.0
