@@ -35,12 +35,13 @@ _Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_SAFE_INTEGER)]
 
 
 # A msgspec Struct rather than a dataclass: :meth:`Attempt.parse` decodes a record's bytes
-# straight into one, checking every field as it goes (0.5 µs a record against 2.5 for orjson
-# and the checks in Python), and ``gc=False`` keeps the cyclic collector from walking the
-# attempts a delivery log holds (the fields are text and numbers: no cycle can go through
-# one). msgspec skips a member it does not know unread (invalid UTF-8, a number past the double
-# range), which the reader must refuse: a record with one is read the slow way. Nothing changes
-# an attempt after :meth:`Attempt.parse` or :meth:`Attempt.of` made it.
+# straight into one, checking every field as it goes (``parse`` 0.9-1.0 µs a record against
+# 2.5 with orjson and the checks in Python; BENCHMARKS.md, "The delivery log in the delivering
+# worker"), and ``gc=False`` keeps the cyclic collector from walking the attempts a delivery
+# log holds (the fields are text and numbers: no cycle can go through one). msgspec skips a
+# member it does not know unread (invalid UTF-8, a number past the double range), which the
+# reader must refuse: a record with one is read the slow way. Nothing changes an attempt after
+# :meth:`Attempt.parse` or :meth:`Attempt.of` made it, but the book, which shares its texts.
 class Attempt(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     """One delivery attempt as the deliverer recorded it (``topics/schemas/attempt.json``).
 

@@ -121,8 +121,9 @@ def dumps(value: object) -> bytes:
 
 def dumps_flat(record: dict[str, object]) -> bytes:
     """:func:`dumps` for a dict of strings, numbers, booleans and ``None`` (a record the bridge
-    writes, such as an attempt): the same bytes, without walking the values twice."""
-    # One attempt record per delivery attempt passes here: the checks of ``_plain`` inline.
+    writes, such as an attempt orjson could not write as it is): the same bytes, without
+    walking the values twice."""
+    # The checks of ``_plain`` inline.
     for key, value in record.items():
         if type(key) is not str or key[:1] in _DIGITS:
             return dumps(record)

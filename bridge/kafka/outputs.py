@@ -44,11 +44,11 @@ def _attempt_bytes(record: dict[str, Any]) -> bytes:
     """An attempt record's value. The attempts topic is read by workers and operators' tools,
     never by receivers: it needs valid JSON, not the bytes a JavaScript receiver would
     re-serialize (:mod:`bridge.contract.jsoncanon`), and orjson writes one in 0.7 µs (checks
-    included) against 4.3, every delivery attempt. Values of any other kind than text, integers, booleans, null
-    and fractional finite floats go to :func:`jsoncanon.dumps_flat`, as does what orjson
-    refuses: orjson would write NaN as null, 200.0 as a float the reader refuses for a status,
-    and dates or enums at all; the canonical encoder refuses or writes them as before (a lone
-    surrogate as V8 does, an integer past 2**53 refused)."""
+    included) against 4.3, every delivery attempt. Values of any other kind than text,
+    integers, booleans, null and fractional finite floats go to :func:`jsoncanon.dumps_flat`,
+    as does what orjson refuses: orjson would write NaN as null, 200.0 as a float the reader
+    refuses for a status, and dates or enums at all; the canonical encoder refuses or writes
+    them as before (a lone surrogate as V8 does, an integer past 2**53 refused)."""
     for value in record.values():
         kind = type(value)
         if kind is str or kind is int or kind is bool or value is None:
