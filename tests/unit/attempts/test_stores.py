@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.attempts.book import RELEASE_CHUNK, SWEEP_CHUNK
-from bridge.attempts.log import LogQuery, decode_cursor
+from bridge.attempts.book import RELEASE_CHUNK, SWEEP_CHUNK, ActivityBook
+from bridge.attempts.log import LogQuery, WebhookLog, decode_cursor
 from bridge.attempts.record import Attempt
 from bridge.attempts.stats import WINDOWS
 from bridge.attempts.stores import DeliveryLogStore, MemoryStore, RocksStore
@@ -71,6 +71,24 @@ adds = st.lists(
 )
 
 
+def delivery_index(book: ActivityBook) -> dict[str, set[str]]:
+    """The book's index of which webhooks keep an attempt of each delivery."""
+    return {
+        delivery_id: {holders} if isinstance(holders, str) else set(holders)
+        for delivery_id, holders in book._by_delivery.items()
+    }
+
+
+def held_deliveries(book: ActivityBook) -> dict[str, set[str]]:
+    """The same, worked out from every webhook's log: what the index must say."""
+    held: dict[str, set[str]] = {}
+    for webhook_id, activity in book._activity.items():
+        assert isinstance(activity.log, WebhookLog)
+        for delivery_id in activity.log.delivery_ids():
+            held.setdefault(delivery_id, set()).add(webhook_id)
+    return held
+
+
 def sweep(store: DeliveryLogStore, now: float) -> int:
     """A whole sweep of ``store``; how many steps it took."""
     return sum(1 for _ in store.sweep_steps(now))
@@ -111,10 +129,12 @@ def test_any_adds_give_the_same_pages_from_both_stores(
             )
             kept = [s.add(0, offset, one, attempt_bytes(one), now) for s in (memory, disk)]
             assert kept[0] == kept[1]
+            assert delivery_index(memory.books[0]) == held_deliveries(memory.books[0])
             disk.flush(0)
             if swept:
                 for store in (memory, disk):
                     sweep(store, now)
+                assert delivery_index(memory.books[0]) == held_deliveries(memory.books[0])
             if offset % 7 == 0 or swept:
                 stats = not restarted
                 assert view(memory, now, limit, stats=stats) == view(disk, now, limit, stats=stats)
