@@ -140,3 +140,77 @@ async def test_any_reassignments_under_sweeps_leave_every_record_held(
 def _log(store: DeliveryLogStore, webhook_id: str) -> list[Attempt]:
     activity = store.get(webhook_id)
     return [] if activity is None else activity.log.attempts()
+
+
+def _hostile_values(rng: random.Random) -> list[bytes | None]:
+    """Attempt-topic values no worker writes: each must be skipped and counted, none kept.
+    A valid attempt's fields with something beside them that is no JSON text (taken by the
+    quick decoding until 2026-12-06), broken JSON, and random bytes."""
+    valid = attempt_bytes(attempt(time.time(), webhook_id="wh-hostile", delivery_id="bad"))
+    fields = valid[1:-1]
+    beside = [
+        b'"x": "\xff"',
+        b'"x": 1e999',
+        b'"x": ' + b"9" * 400,
+        b'"\xff": 1',
+        b'"x": {"a": [1e999]}',
+        b'"x": "\xed\xa0\x80"',
+        b'"x": ' + b"[" * 3000 + b"]" * 3000,
+    ]
+    values: list[bytes | None] = [b"{" + fields + b", " + member + b"}" for member in beside]
+    changed = [
+        (b'"webhook_id": "wh-hostile"', b'"webhook_id": ""'),
+        (b'"attempt": 1,', b'"attempt": 1.0,'),
+        (b'"delivery_id": "bad"', b'"delivery_id": "\\ud800"'),
+        (b'"outcome": "success"', b'"outcome": ["success"]'),
+    ]
+    for was, wrong in changed:
+        assert was in valid
+        values.append(valid.replace(was, wrong))
+    values += [None, b"", b"[]", b"NaN", valid[:-1]]
+    values += [bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 400))) for _ in range(20)]
+    return values
+
+
+@pytest.mark.parametrize("kind", ["memory", "rocksdb"])
+async def test_hostile_attempt_records_are_skipped_and_counted_between_valid_ones(
+    settings: Settings, kind: str, tmp_path: Path
+) -> None:
+    """Whoever can write to the attempts topic: every value that is not an attempt record is
+    skipped and counted, every valid one beside them kept, no gap; the RocksDB store, opened
+    again, holds the valid ones only."""
+    rng = random.Random(20261206)
+    hostile = _hostile_values(rng)
+    store: DeliveryLogStore = (
+        MemoryStore(max_attempts=1000, max_age=MAX_AGE)
+        if kind == "memory"
+        else RocksStore(tmp_path / "log", max_attempts=1000, max_age=MAX_AGE)
+    )
+    reader = reader_of(settings, store)
+    producer = AIOKafkaProducer(**client_kwargs(settings))
+    await producer.start()
+    await reader.start()
+    try:
+        partitions = await producer.partitions_for(settings.attempts_topic)
+        reader.assign(partitions)
+        for n, value in enumerate(hostile):
+            one = attempt(time.time(), webhook_id="wh-hostile", delivery_id=f"good{n}")
+            for written in (value, attempt_bytes(one)):
+                await producer.send(settings.attempts_topic, written, key=b"wh-hostile")
+        await producer.flush()
+        await eventually(lambda: sum(reader.read.values()) == 2 * len(hostile), timeout=60.0)
+        assert reader.invalid == len(hostile) and reader.gaps == []
+        kept = sorted(a.delivery_id for a in _log(store, "wh-hostile"))
+        assert kept == sorted(f"good{n}" for n in range(len(hostile)))
+    finally:
+        await reader.stop()
+        await producer.stop()
+    if isinstance(store, RocksStore):
+        again = RocksStore(tmp_path / "log", max_attempts=1000, max_age=MAX_AGE)
+        try:
+            for partition in partitions:
+                again.open(partition, time.time())
+            kept = sorted(a.delivery_id for a in _log(again, "wh-hostile"))
+            assert kept == sorted(f"good{n}" for n in range(len(hostile)))
+        finally:
+            again.close()
