@@ -327,7 +327,8 @@ class Metrics:
         self.lag = Gauge(
             "webhook_bridge_consumer_lag",
             "Records behind the end of each source and retry topic partition this worker owns "
-            "(from committed offsets; approximate on the embedded broker).",
+            "(from committed offsets, or a partition's first record; approximate on the "
+            "embedded broker).",
             ["topic", "partition"],
             registry=registry,
         )

@@ -80,7 +80,7 @@ from bridge.worker.retry_intake import RetryIntake
 from bridge.worker.settling import HOLD_HEADER, Changes, hold_left, settle_async
 from bridge.worker.web import WebServer
 
-__all__ = ["MAX_RELAYED_RETRY_AFTER", "Bridge", "delivery_log_store"]
+__all__ = ["MAX_RELAYED_RETRY_AFTER", "Bridge", "delivery_log_store", "records_behind"]
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,16 @@ def delivery_log_store(settings: Settings) -> DeliveryLogStore:
         directory = settings.resolved_data_dir / "delivery-log" / settings.attempts_topic
         return RocksStore(directory, max_attempts=max_attempts, max_age=max_age)
     return MemoryStore(max_attempts=max_attempts, max_age=max_age)
+
+
+def records_behind(end: int, start: int, committed: int | None) -> int:
+    """The records of a partition that a restart would still read: from the committed offset,
+    or from the partition's first record when the group never committed one (``None``) or
+    committed one that retention has since deleted, to its end. Never below 0 (the embedded
+    broker's ends can fall short of the committed offset); until 2026-12-06 a partition the
+    group never committed counted from 0, records deleted by retention included."""
+    resume = start if committed is None else max(committed, start)
+    return max(0, end - resume)
 
 
 #: The longest ``Retry-After`` (seconds) passed on from another worker's ``429``.
@@ -327,16 +337,19 @@ class Bridge:
         watched = {*self.settings.source_topics, *self.settings.retry_topics}
         tps = [tp for tp in consumer.assignment() if tp.topic in watched]
         offsets = await self._offsets()
-        ends = await offsets.end_offsets([TopicPartition(tp.topic, tp.partition) for tp in tps])
+        asked = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+        ends = await offsets.end_offsets(asked)
+        starts = await offsets.beginning_offsets(asked)
         committed = consumer._committed_offset  # type: ignore[attr-defined]  # no public accessor
         seen = set()
         for tp in tps:
-            end = ends.get(TopicPartition(tp.topic, tp.partition))
+            asked_tp = TopicPartition(tp.topic, tp.partition)
+            end = ends.get(asked_tp)
             if end is None:
                 continue
-            done = committed.get(tp) or 0
             labels = (tp.topic, str(tp.partition))
-            self.metrics.lag.labels(*labels).set(max(0, end - done))
+            behind = records_behind(end, starts.get(asked_tp, 0), committed.get(tp))
+            self.metrics.lag.labels(*labels).set(behind)
             seen.add(labels)
         for labels in self._lag_labels - seen:
             self.metrics.lag.remove(*labels)

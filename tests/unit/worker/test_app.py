@@ -372,3 +372,68 @@ async def test_an_offsets_consumer_whose_start_close_overtook_is_stopped(
     with pytest.raises(RuntimeError, match="stopping"):
         await bridge._offsets()
     assert len(_SlowConsumer.made) == 1 and bridge._offsets_consumer is None
+
+
+@given(
+    start=st.integers(0, 10**6),
+    length=st.integers(0, 10**6),
+    committed=st.none() | st.integers(0, 3 * 10**6),
+)
+def test_records_behind_counts_what_a_restart_would_read(
+    start: int, length: int, committed: int | None
+) -> None:
+    end = start + length
+    behind = app_module.records_behind(end, start, committed)
+    assert 0 <= behind <= length
+    if committed is None or committed <= start:
+        assert behind == length  # never committed, or retention deleted past the commit
+    elif committed <= end:
+        assert behind == end - committed
+    else:
+        assert behind == 0  # a reported end short of the commit (the embedded broker)
+
+
+class _Offsets:
+    def __init__(self, starts: dict[Any, int], ends: dict[Any, int]) -> None:
+        self.starts, self.ends = starts, ends
+
+    async def beginning_offsets(self, tps: list[Any]) -> dict[Any, int]:
+        return {tp: self.starts[tp] for tp in tps}
+
+    async def end_offsets(self, tps: list[Any]) -> dict[Any, int]:
+        return {tp: self.ends[tp] for tp in tps}
+
+
+async def test_the_lag_of_a_partition_never_committed_counts_from_its_first_record(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records deleted by retention are not behind: a partition whose first record is at 900
+    and end at 1,000 is 100 behind whether the group never committed it or committed 10
+    before retention deleted past it; a committed one counts from its commit."""
+    from aiokafka import TopicPartition
+    from faust.types import TP
+
+    events = bridge.settings.events_topic
+    retry = bridge.settings.retry_topics[0]
+    never, stale, current = TP(events, 0), TP(events, 1), TP(retry, 0)
+    asked = {tp: TopicPartition(tp.topic, tp.partition) for tp in (never, stale, current)}
+    consumer = SimpleNamespace(
+        assignment=lambda: {never, stale, current},
+        _committed_offset={stale: 10, current: 950},
+    )
+    monkeypatch.setattr(type(bridge.app), "consumer", consumer, raising=False)
+    starts = {asked[never]: 900, asked[stale]: 900, asked[current]: 900}
+    ends = {asked[never]: 1000, asked[stale]: 1000, asked[current]: 1000}
+
+    async def offsets() -> _Offsets:
+        return _Offsets(starts, ends)
+
+    monkeypatch.setattr(bridge, "_offsets", offsets)
+    await bridge._update_lag()
+    text = generate_latest(bridge.registry).decode()
+    for tp, behind in ((never, 100), (stale, 100), (current, 50)):
+        line = (
+            f'webhook_bridge_consumer_lag{{partition="{tp.partition}",topic="{tp.topic}"}} '
+            f"{float(behind)}"
+        )
+        assert line in text
