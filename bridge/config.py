@@ -806,6 +806,29 @@ class Settings:
             raise ConfigError("role api needs api_tokens (the token file of /v1)")
         if self.delivery_log and (self.role == "deliver" or self.api_tokens is None):
             raise ConfigError("delivery_log needs a role with the API (api or all) and api_tokens")
+        self._check_topics_apart()
+
+    def _check_topics_apart(self) -> None:
+        """Every topic has one use: a source topic that is also the subscriptions topic (or
+        any of the bridge's own) has its records read as events, dead-lettered whole, a
+        webhook's secret with them where no keyring encrypts it."""
+        named = [
+            ("events_topic", self.events_topic),
+            *(("extra_source_topics", topic) for topic in self.extra_source_topics),
+            ("subscriptions_topic", self.subscriptions_topic),
+            ("deadletter_topic", self.deadletter_topic),
+            ("attempts_topic", self.attempts_topic),
+            ("status_topic", self.status_topic),
+            ("recoveries_topic", self.recoveries_topic),
+            *(("retry_topic_prefix", topic) for topic in self.retry_topics),
+        ]
+        seen: dict[str, str] = {}
+        for setting, topic in named:
+            first = seen.setdefault(topic, setting)
+            if first != setting:
+                raise ConfigError(
+                    f"{first} and {setting} name the same topic {topic!r}: each topic has one use"
+                )
 
     # -- construction ------------------------------------------------------------------------
     @classmethod

@@ -793,3 +793,39 @@ def test_development_mode_allows_loopback_endpoints_over_http_for_every_process(
     )
     told = Settings.load(env={"BRIDGE_ALLOW_HTTP": "false"}).on_embedded_broker("127.0.0.1:1")
     assert not told.plain_http_allowed  # a setting given is kept
+
+
+TOPIC_SETTINGS = (
+    "events_topic",
+    "subscriptions_topic",
+    "deadletter_topic",
+    "attempts_topic",
+    "status_topic",
+    "recoveries_topic",
+)
+
+
+@pytest.mark.parametrize("first", TOPIC_SETTINGS)
+@pytest.mark.parametrize("second", [*TOPIC_SETTINGS, "extra_source_topics", "retry_topic_prefix"])
+def test_no_two_uses_share_a_topic(first: str, second: str) -> None:
+    """A source topic that is the subscriptions topic had its webhook records read as events
+    and dead-lettered whole, a secret in each where no keyring encrypts them (until
+    2026-12-06); every such pair is refused at start, naming both settings."""
+    if first == second:
+        return
+    topic = getattr(Settings(), first)
+    if second == "extra_source_topics":
+        change: dict[str, Any] = {second: ("other.topic", topic)}
+    elif second == "retry_topic_prefix":
+        # The tiers' topics are <prefix>.1, <prefix>.2 ...: the first names tier 1's.
+        change = {second: "shared.retry", first: "shared.retry.1"}
+    else:
+        change = {second: topic}
+    with pytest.raises(ConfigError, match="name the same topic") as info:
+        Settings().replace(**change)
+    assert first in str(info.value) and second in str(info.value)
+
+
+def test_a_source_topic_listed_twice_is_one_use() -> None:
+    settings = Settings().replace(extra_source_topics=("a", "a"))
+    assert settings.extra_source_topics == ("a", "a")
