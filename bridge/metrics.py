@@ -226,6 +226,12 @@ class Metrics:
             "Delivery HTTP requests in flight.",
             registry=registry,
         )
+        self.slow_in_flight = Gauge(
+            "webhook_bridge_slow_in_flight_requests",
+            "Delivery HTTP requests in flight to endpoints that answer slowly (at most half of "
+            "max_in_flight; docs/operations.md, Isolation).",
+            registry=registry,
+        )
         self.subscriptions = Gauge(
             "webhook_bridge_subscriptions",
             "Webhooks in the subscription table, by state (active, inactive).",

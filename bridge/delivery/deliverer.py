@@ -24,7 +24,7 @@ from bridge.delivery.breaker import CLOSED, Breakers, endpoint_of
 from bridge.delivery.dead_letters import dead_letter_record
 from bridge.delivery.endpoint_health import EndpointHealth, HealthChange
 from bridge.delivery.job import Ack, Job
-from bridge.delivery.limits import EndpointBusy, EndpointSlots, RateLimits, Slots
+from bridge.delivery.limits import EndpointBusy, EndpointSlots, RateLimits, Slots, SlowEndpoints
 from bridge.delivery.pending_retry import PendingRetry
 from bridge.delivery.retry_policy import RetryPolicy
 from bridge.errors import InvalidEvent, InvalidUrl
@@ -102,6 +102,8 @@ class Deliverer:
         #: worker and filled its pending jobs (until 2026-12-05).
         self._owner_limit = owner_max_in_flight
         self._owner_in_flight: dict[str, int] = {}
+        #: Half the worker's places, the most that endpoints answering slowly hold together.
+        self._slow = SlowEndpoints(max(1, max_in_flight // 2))
         self._breakers = Breakers(breaker_threshold, breaker_cooldown, clock)
         self._rates = RateLimits(clock)
         self._max_body_bytes = max_body_bytes
@@ -114,6 +116,7 @@ class Deliverer:
         self._in_flight = 0
         # Gauges read when scraped rather than set around every request.
         metrics.in_flight.set_function(lambda: self._in_flight)
+        metrics.slow_in_flight.set_function(lambda: self._slow.taken)
         metrics.circuits_open.set_function(self._breakers.open_count)
 
     @property
@@ -221,6 +224,17 @@ class Deliverer:
             self._breakers.release(endpoint)
             await self._settle_failure(job, self._skipped("owner_busy"), counts=False)
             return None
+        # Last, and never waited for either: a place of the share that slow endpoints hold
+        # together (:class:`SlowEndpoints`), so that the rest of the worker stays for others.
+        slow = self._slow.is_slow(endpoint)
+        if slow and not self._slow.try_take():
+            self._endpoints.release(endpoint)
+            if owner is not None:
+                self._release_owner(owner)
+            self._rates.refund(webhook.id)
+            self._breakers.release(endpoint)
+            await self._settle_failure(job, self._skipped("endpoint_busy"), counts=False)
+            return None
         result: AttemptResult | None = None
         try:
             if rate_wait > 0:
@@ -235,6 +249,10 @@ class Deliverer:
             self._endpoints.release(endpoint)
             if owner is not None:
                 self._release_owner(owner)
+            if slow:
+                self._slow.give_back()
+            if result is not None and result.error != "destination_forbidden":
+                self._slow.observe(endpoint, result.duration)
             if result is None:
                 # Cancelled or crashed mid-request: tell the breaker, or a half-open circuit
                 # would wait for its probe's answer for ever.

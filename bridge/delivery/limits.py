@@ -1,5 +1,6 @@
-"""Isolation between endpoints: per-endpoint concurrency with a bounded queue, per-webhook rate
-limits (token buckets; the clock is passed in), and the FIFO slots both are built on."""
+"""Isolation between endpoints: per-endpoint concurrency with a bounded queue, a share of the
+worker's places for endpoints that answer slowly, per-webhook rate limits (token buckets; the
+clock is passed in), and the FIFO slots they are built on."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
-__all__ = ["Slots", "EndpointSlots", "EndpointBusy", "TokenBucket", "RateLimits"]
+__all__ = [
+    "Slots",
+    "EndpointSlots",
+    "EndpointBusy",
+    "SlowEndpoints",
+    "SLOW_AFTER",
+    "TokenBucket",
+    "RateLimits",
+]
 
 
 class Slots:
@@ -128,6 +137,73 @@ class EndpointSlots:
     def waiting(self, endpoint: str) -> int:
         state = self._endpoints.get(endpoint)
         return state.waiting if state is not None else 0
+
+
+#: An endpoint is slow while the moving average of its answers' durations is at least this
+#: many seconds (a timeout counts as the whole ``http_timeout``).
+SLOW_AFTER = 2.0
+#: The weight of each new answer in that average; an endpoint's first answer sets it, so one
+#: timeout makes a new endpoint slow, and about five quick answers make it quick again.
+_SLOW_WEIGHT = 0.25
+#: Averages below this are forgotten (the map holds the slow endpoints and those near it).
+_FORGET_BELOW = SLOW_AFTER / 4
+#: At most this many endpoints are remembered; the oldest answered is forgotten first.
+_MAX_REMEMBERED = 50_000
+
+
+class SlowEndpoints:
+    """Endpoints that answer slowly share at most ``places`` of a worker's requests.
+
+    The per-site limit bounds what one site holds, not what a few together hold: sites with
+    webhooks on endpoints that take the whole timeout to answer took every place of the worker
+    (four sites of 64 places held all 256), and everyone else's deliveries waited out their
+    requests, wave after wave (until 2026-12-06). A request to an endpoint whose recent answers
+    were slow (:data:`SLOW_AFTER`) now also needs one of ``places`` (half the worker's), taken
+    without waiting: when none is free the delivery is deferred (``endpoint_busy``), holding
+    nothing. The other half stays for endpoints that answer in time, and costs nothing while
+    slow endpoints do not fill theirs. An endpoint is judged by its answers, so the first
+    requests to a new one are made as any other's."""
+
+    __slots__ = ("_places", "_taken", "_slow_after", "_average")
+
+    def __init__(self, places: int, slow_after: float = SLOW_AFTER) -> None:
+        if places < 1:
+            raise ValueError("places must be at least 1")
+        self._places = places
+        self._taken = 0
+        self._slow_after = slow_after
+        self._average: dict[str, float] = {}
+
+    @property
+    def taken(self) -> int:
+        """Requests to slow endpoints in flight."""
+        return self._taken
+
+    def is_slow(self, endpoint: str) -> bool:
+        return self._average.get(endpoint, 0.0) >= self._slow_after
+
+    def try_take(self) -> bool:
+        """A place for a request to a slow endpoint, if one is free now; never waits."""
+        if self._taken >= self._places:
+            return False
+        self._taken += 1
+        return True
+
+    def give_back(self) -> None:
+        self._taken -= 1
+
+    def observe(self, endpoint: str, duration: float) -> None:
+        """An answer (or a timeout, or an error) from ``endpoint`` after ``duration`` seconds."""
+        average = self._average.pop(endpoint, None)
+        if average is None:
+            average = duration
+        else:
+            average += _SLOW_WEIGHT * (duration - average)
+        if average < _FORGET_BELOW:
+            return  # forgotten: the next answer sets it afresh
+        if len(self._average) >= _MAX_REMEMBERED:
+            del self._average[next(iter(self._average))]
+        self._average[endpoint] = average  # re-inserted: the newest answered is kept longest
 
 
 @dataclass

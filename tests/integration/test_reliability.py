@@ -597,6 +597,62 @@ async def test_one_sites_hanging_endpoints_do_not_hold_every_place(
             await hang.stop()
 
 
+async def test_several_sites_hanging_endpoints_hold_half_the_worker_not_all_of_it(
+    make_settings, receiver: Receiver, in_process_workers
+) -> None:
+    """Four sites, each within its own limit (two places), on endpoints that hang until the
+    timeout: together they held all eight places of the worker, and twenty other sites'
+    deliveries waited out their requests (until 2026-12-06). Once the hanging endpoints have
+    answered slowly (timed out) once, they share half the places: their next wave makes four
+    requests, not eight, and the other sites' deliveries arrive long before it times out."""
+    from bridge.admin.topics import apply_topics
+
+    hangs = [await Receiver().start() for _ in range(4)]
+    try:
+        settings = make_settings(
+            http_timeout=4.0, breaker_threshold=100, max_in_flight=8, owner_max_in_flight=2
+        )
+        await apply_topics(settings)
+        async with WebhookStore(settings) as store:
+            for n, hang in enumerate(hangs):
+                hang.holds["/hang"] = asyncio.Event()  # never set: each request hangs
+                await store.create(
+                    url=hang.url("/hang"),
+                    events=["*"],
+                    site_id=f"s_bad{n}",
+                    user_id=f"u_bad{n}",
+                    secret=f"secret-hang-{n}-0123",
+                    webhook_id=f"hang{n}",
+                )
+            for n in range(20):
+                await create_verified(
+                    store, receiver, f"healthy{n}", site_id=f"s_ok{n}", events=["*"]
+                )
+        worker = in_process_workers(settings)
+        await worker.wait_ready()
+        await publish_events(
+            settings, [post(n, site=f"s_bad{s}") for n in range(10) for s in range(4)]
+        )
+
+        def hanging() -> int:
+            return sum(len(h.received) for h in hangs)
+
+        # The first wave (eight: each site's two places) times out; the next is four.
+        await poll(hanging, until=lambda n: n >= 12, timeout=30)
+        started = asyncio.get_running_loop().time()
+        await publish_events(settings, [post(n, site=f"s_ok{n}") for n in range(20)])
+        await receiver.wait_for(
+            lambda got: all(len(receiver.at(f"/healthy{n}")) == 1 for n in range(20)),
+            timeout=30,
+        )
+        elapsed = asyncio.get_running_loop().time() - started
+        assert elapsed < settings.http_timeout / 2, elapsed
+        assert hanging() == 12, hanging()  # the second wave was four, not eight
+    finally:
+        for hang in hangs:
+            await hang.stop()
+
+
 async def test_a_rate_limited_webhook_is_paced_and_others_are_not(
     settings: Settings, receiver: Receiver, in_process_workers
 ) -> None:

@@ -929,3 +929,62 @@ async def test_one_slow_endpoint_of_a_site_holds_no_more_than_its_own_places() -
     sender.gate.set()
     await asyncio.wait_for(asyncio.gather(*waiting, other), PROMPT)
     assert len(sender.sent) == 7 and h.deliverer.owner_in_flight("site_id:s1") == 0
+
+
+def timed_out(duration: float = 30.0) -> AttemptResult:
+    return AttemptResult(False, None, "timeout", duration, AT)
+
+
+async def test_endpoints_answering_slowly_hold_at_most_half_the_worker() -> None:
+    """Sites whose endpoints take the whole timeout to answer, each within its own site's
+    limit, together hold half the worker's places: a quick endpoint's delivery is sent at
+    once, and the slow ones past their half are deferred ``endpoint_busy`` holding nothing.
+    (Until 2026-12-06 four such sites held every place, and the quick one waited.)"""
+    sender = FakeSender(*[timed_out() for _ in range(4)])
+    h = Harness(sender, max_in_flight=4, owner_max_in_flight=1)
+    slow = [
+        dataclasses.replace(make_webhook(f"wh_slow{n}", host=f"slow{n}.example"), site_id=f"s{n}")
+        for n in range(4)
+    ]
+    # Each endpoint's first answer is a timeout: from then on it is slow.
+    await asyncio.gather(
+        *(h.run(make_job(webhook=w, event=make_event(f"e_{n}"))) for n, w in enumerate(slow))
+    )
+    assert h.value("webhook_bridge_slow_in_flight_requests") == 0
+    sender.gate = asyncio.Event()
+    held = [
+        h.start(make_job(webhook=w, event=make_event(f"e_again{n}"))) for n, w in enumerate(slow)
+    ]
+    await eventually(lambda: len(sender.sent) == 6 and sum(t.done() for t in held) == 2)
+    assert h.value("webhook_bridge_slow_in_flight_requests") == 2
+    busy = [r for _, r in h.outputs.attempts if r.get("error") == "endpoint_busy"]
+    assert len(busy) == 2
+    quick = dataclasses.replace(make_webhook("wh_quick", host="quick.example"), site_id="s_q")
+    other = h.start(make_job(webhook=quick, event=make_event("e_quick")))
+    await eventually(lambda: len(sender.sent) == 7)
+    assert sender.sent[-1].job.webhook.id == "wh_quick"
+    sender.gate.set()
+    await asyncio.wait_for(asyncio.gather(*held, other), PROMPT)
+    assert h.value("webhook_bridge_slow_in_flight_requests") == 0
+    assert h.deliverer.owner_in_flight("site_id:s0") == 0
+
+
+async def test_a_slow_endpoint_answering_quickly_again_is_no_longer_held_to_the_share() -> None:
+    sender = FakeSender(timed_out())
+    h = Harness(sender, max_in_flight=2)
+    await h.run(make_job(event=make_event("e_0")))
+    sender.gate = asyncio.Event()
+    first = h.start(make_job(event=make_event("e_1")))
+    await eventually(lambda: len(sender.sent) == 2)
+    # Slow: its one place of the share (2 // 2) is taken; the next is deferred.
+    await h.run(make_job(event=make_event("e_2")))
+    assert h.outputs.attempts[-1][1]["error"] == "endpoint_busy"
+    sender.gate.set()
+    await asyncio.wait_for(first, PROMPT)
+    for n in range(3, 12):  # ten quick answers (0.125 s) bring it below SLOW_AFTER
+        await h.run(make_job(event=make_event(f"e_{n}")))
+    sender.gate = asyncio.Event()
+    both = [h.start(make_job(event=make_event(f"e_both{n}"))) for n in range(2)]
+    await eventually(lambda: len(sender.sent) == 13)  # both sent: neither held to the share
+    sender.gate.set()
+    await asyncio.wait_for(asyncio.gather(*both), PROMPT)
