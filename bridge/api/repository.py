@@ -26,6 +26,7 @@ from typing import Protocol
 
 from bridge.contract import jsoncanon
 from bridge.subscriptions.webhook import Webhook
+from bridge.redaction import without_userinfo
 
 __all__ = [
     "SECRET_FIELDS",
@@ -48,11 +49,16 @@ def webhook_version(webhook: Webhook) -> str:
     whoever made it (the API, the CLI, the bridge disabling an endpoint), and every
     implementation computes it alike from the record. Secrets are left out: everything else in
     the record is visible to readers, so a hash over a weak client-chosen secret would let them
-    guess it offline; a rotation changes ``updated_at`` instead.
+    guess it offline; a rotation changes ``updated_at`` instead. So are a URL's credentials
+    (``user:password@``, in a record another producer wrote: the API shows them as ``***@``),
+    which until 2026-12-06 a reader could guess against the ETag, a weak one in a few tries.
     """
     record = webhook.to_record()
     for name in SECRET_FIELDS:
         record.pop(name, None)
+    url = record.get("url")
+    if isinstance(url, str):
+        record["url"] = without_userinfo(url)
     return hashlib.sha256(jsoncanon.dumps(record)).hexdigest()[:20]
 
 

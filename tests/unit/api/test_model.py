@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import secrets
+import string
 from base64 import b64encode
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from aiohttp.test_utils import TestClient, TestServer
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -943,3 +944,37 @@ TestWebhookApiOverMemory = WebhookApiOverMemory.TestCase
 TestWebhookApiOverMemory.settings = MODEL_SETTINGS
 TestWebhookApiOverTable = WebhookApiOverTable.TestCase
 TestWebhookApiOverTable.settings = MODEL_SETTINGS
+
+
+@given(
+    user=st.text(alphabet=string.ascii_letters + string.digits, min_size=1, max_size=12),
+    password=st.text(alphabet=string.ascii_letters + string.digits, min_size=1, max_size=12),
+)
+def test_a_urls_credentials_never_reach_the_version(user: str, password: str) -> None:
+    """A reader sees a foreign record's URL as ``https://***@...``; the version (the ETag)
+    is the same whatever credentials it hides, so none can be guessed against it (until
+    2026-12-06 a weak password fell in a few tries)."""
+    from bridge.api.repository import webhook_version
+    from bridge.api.service import public_view
+    from bridge.contract import jsoncanon
+    from bridge.subscriptions.webhook import parse_webhook
+
+    def webhook(userinfo: str) -> Any:
+        record = {
+            "id": "wh_1",
+            "name": "n",
+            "url": f"https://{userinfo}example.com/hook?x=1",
+            "secret": "s" * 32,
+            "events": ["*"],
+            "site_id": "s1",
+            "user_id": None,
+            "active": True,
+        }
+        return parse_webhook(b"wh_1", jsoncanon.dumps(record))
+
+    with_credentials = webhook(f"{user}:{password}@")
+    view = public_view(with_credentials)
+    assert view["url"] == "https://***@example.com/hook?x=1"
+    assert webhook_version(with_credentials) == webhook_version(webhook("***@"))
+    assert webhook_version(with_credentials) == webhook_version(webhook("other:guess@"))
+    assert webhook_version(with_credentials) != webhook_version(webhook(""))
