@@ -220,6 +220,14 @@ _HTTP_SLUGS = {
 }
 
 
+#: What an error aiohttp raises before a route answers says, never quoting the request.
+_HTTP_DETAILS = {
+    404: "no route matches this path",
+    405: "this route does not take this method (see Allow)",
+    413: "the request body is too large",
+}
+
+
 def problem_middleware(timeout: float) -> Middleware:
     """Middleware answering every error as a problem and every request within ``timeout``.
 
@@ -240,9 +248,9 @@ def problem_middleware(timeout: float) -> Middleware:
             if slug is None:
                 slug = "validation_failed" if exc.status < 500 else "internal_error"
             headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-            detail = f"{request.method} {request.path}: {exc.reason}"
-            if exc.status == 413:
-                detail = "the request body is too large"
+            # Not the method and path sent: a path can carry what the client pasted in it, a
+            # token among them (quoted until 2026-12-06).
+            detail = _HTTP_DETAILS.get(exc.status, exc.reason)
             return problem_response(Problem(slug, detail, headers=headers, status=exc.status))
         except TimeoutError:
             late = Problem(
@@ -250,8 +258,12 @@ def problem_middleware(timeout: float) -> Middleware:
             )
             return problem_response(late)
         except Exception:
-            # A bug, never bad input: logged with its traceback (no request body or header).
-            log.exception("internal error answering %s %s", request.method, request.path)
+            # A bug, never bad input: logged with its traceback (no request body or header,
+            # and the route's template, not the path sent, which may carry a pasted token).
+            info = request.match_info
+            route = "unmatched" if info.http_exception is not None else info.route.resource
+            template = getattr(route, "canonical", "unmatched")
+            log.exception("internal error answering %s %s", request.method, template)
             return problem_response(Problem("internal_error", "the bridge failed; see its log"))
 
     return middleware

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bridge.contract import jsoncanon
-from bridge.subscriptions.webhook import Webhook
 from bridge.redaction import without_userinfo
+from bridge.subscriptions.webhook import Webhook
 
 __all__ = [
     "SECRET_FIELDS",

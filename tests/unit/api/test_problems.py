@@ -41,6 +41,7 @@ async def client() -> AsyncIterator[TestClient[Any, Any]]:
     app = web.Application(middlewares=[problem_middleware(0.2)], client_max_size=LIMIT)
     app.router.add_post("/echo", echo)
     app.router.add_get("/boom", boom)
+    app.router.add_get("/boom/{rest}", boom)
     app.router.add_get("/slow", slow)
     test_client = TestClient(TestServer(app))
     await test_client.start_server()
@@ -141,12 +142,28 @@ async def test_unknown_routes_and_methods_are_problems(client: TestClient[Any, A
     assert response.headers["Allow"] == "POST"
 
 
+async def test_an_unknown_route_or_method_is_not_quoted(client: TestClient[Any, Any]) -> None:
+    """A token pasted into a path is not answered back, in a 404 or a 405 (until 2026-12-06
+    the detail was the method and path)."""
+    token = "wbt_pasted-into-the-path-0123456789abcdef"
+    response = await client.get(f"/v1/webhooks/wh_1/{token}")
+    assert token not in await response.text()
+    await problem_of(response, 404)
+    response = await client.put(f"/echo?{token}")
+    assert token not in await response.text()
+    await problem_of(response, 405)
+
+
 async def test_a_bug_is_a_500_without_its_message(
     client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     problem = await problem_of(await client.get("/boom"), 500)
     assert "s3cr3t" not in str(problem)
     assert "internal error answering GET /boom" in caplog.text
+    token = "wbt_pasted-into-the-path-0123456789abcdef"
+    await problem_of(await client.get(f"/boom/{token}"), 500)
+    assert "internal error answering GET /boom/{rest}" in caplog.text
+    assert token not in caplog.text  # the route's template, not the path (until 2026-12-06)
 
 
 async def test_a_slow_request_is_a_503_with_retry_after(client: TestClient[Any, Any]) -> None:
