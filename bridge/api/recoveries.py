@@ -110,7 +110,9 @@ class Recoveries:
     runner did not record it; ``url`` is this process's address, recorded as the runner.
     ``writing(webhook_id)`` is entered around each start's or resume's first record: it raises
     :class:`~bridge.subscriptions.serial.NotWritable` (nothing started, nothing recorded) once
-    this process may not act for that webhook (by default it never does).
+    this process may not act for that webhook (by default it never does). ``live_runner``
+    reads a journal record's runner, if it recorded it lately (the address of the process
+    running it); without it, no record is taken to have one.
     """
 
     def __init__(
@@ -125,8 +127,10 @@ class Recoveries:
         max_running: int | None = None,
         max_per_owner: int | None = None,
         writing: Callable[[str], AbstractAsyncContextManager[object]] = nullcontext,
+        live_runner: Callable[[dict[str, Any], float], str | None] | None = None,
     ) -> None:
         self._runner = runner
+        self._live_runner = live_runner
         self._writing = writing
         self._max_running = max_running
         self._max_per_owner = max_per_owner
@@ -334,7 +338,19 @@ class Recoveries:
 
     async def cancel_recorded(self, operation: Operation) -> Operation:
         """Cancel an operation no process runs (released, or its runner stopped answering):
-        record it ``cancelled`` so no process resumes it."""
+        record it ``cancelled`` so no process resumes it. One that another process records
+        running now (it began, or took it over, since the caller looked) is not: that process
+        would run on, its next record running again, while this one answered cancelled
+        (until 2026-12-06); ``503``, and the client's next try is sent to it."""
+        if self._journal is not None and self._live_runner is not None:
+            record = await self._journal.read(operation.id)
+            runner = None if record is None else self._live_runner(record, self._clock())
+            if runner is not None and runner != self._url:
+                raise Problem(
+                    "unavailable",
+                    "the recovery is running on another worker now; try again",
+                    headers={"Retry-After": "1"},
+                )
         if operation.state == "running":
             operation.state = "cancelled"
             operation.finished_at = self._clock()

@@ -78,7 +78,7 @@ from bridge.api.ratelimit import TokenBuckets
 from bridge.api.recoveries import DEFAULT_HEARTBEAT, Recoveries, per_owner
 from bridge.api.repository import WebhookRepository
 from bridge.api.service import WebhookService
-from bridge.api.table_repository import TableRepository
+from bridge.api.table_repository import TableRepository, require_current
 from bridge.attempts.book import Activity
 from bridge.attempts.record import Attempt
 from bridge.attempts.wire import activity_to_dict
@@ -95,7 +95,7 @@ from bridge.worker.recovery_journal import (
     keep_calling,
     take_over,
 )
-from bridge.worker.recovery_view import DEFAULT_STALE_AFTER
+from bridge.worker.recovery_view import DEFAULT_STALE_AFTER, live_runner
 from bridge.worker.settling import (
     HOLD_HEADER,
     held,
@@ -295,7 +295,7 @@ class _Relay:
         # Relayed by a peer (or claimed to be, by anyone: the header is not trusted): handled
         # here only if this worker is where it belongs, never relayed again.
         relayed = RELAYED_BY in request.headers
-        runner = self._live_runner(request)
+        runner = await self._live_runner(request)
         if runner is not None:
             if relayed:
                 raise _unavailable(OwnerUnavailable("the recovery moved to another worker"))
@@ -399,10 +399,14 @@ class _Relay:
             raise OwnerUnavailable("the webhook's owner is another worker now")
         return owner
 
-    def _live_runner(self, request: web.Request) -> str | None:
-        """For ``DELETE /v1/recoveries/{id}``: the URL of another worker running it now."""
+    async def _live_runner(self, request: web.Request) -> str | None:
+        """For ``DELETE /v1/recoveries/{id}``: the URL of another worker running it now, as the
+        recoveries table shows once it is current (until 2026-12-06 as it was: a cancel sent
+        to another worker right after the start found no runner there yet, was recorded
+        cancelled and answered so, and the runner went on, its next record running again)."""
         if request.method != "DELETE" or route_template(request) != "/v1/recoveries/{recovery_id}":
             return None
+        await require_current(self._bridge.recoveries.freshness, time.monotonic(), "recoveries")
         runner = self._bridge.recoveries.live_runner(
             request.match_info["recovery_id"], time.time(), DEFAULT_STALE_AFTER
         )
@@ -608,6 +612,7 @@ async def api_application(bridge: Bridge) -> web.Application:
         max_running=settings.api_max_recoveries,
         max_per_owner=per_owner(settings.api_max_recoveries),
         writing=bridge.change_locks.writing,
+        live_runner=lambda record, now: live_runner(record, now, DEFAULT_STALE_AFTER),
     )
     # The log, stats and recovery routes only check that a webhook exists (and whose it is):
     # the table as it is will do, without an end-offsets request per read.

@@ -218,6 +218,50 @@ async def test_a_recovery_runs_at_the_owner_shows_everywhere_and_survives_its_wo
         assert all(receiver.verified(r) for r in receiver.at(path))
 
 
+async def test_a_cancel_sent_at_once_to_the_worker_not_running_it_stops_the_recovery(
+    log_settings: Settings,
+    receiver: Receiver,
+    in_process_workers: Callable[[Settings], InProcessWorker],
+) -> None:
+    """Started at the owner, cancelled through the other worker the moment the start is
+    answered: that worker's view of the recoveries topic has yet to show the runner. Until
+    2026-12-06 it recorded the recovery cancelled and answered so, while the owner ran on (its
+    next record running again, every event sent); now it waits until its view is current and
+    sends the cancel to the runner, which stops."""
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        first, second, owners = await _two_workers(log_settings, in_process_workers, client)
+        webhook_id = _id_owned_by(owners, first, _attempts_partitions(log_settings), "can")
+        await subscribe(log_settings, receiver, {webhook_id: "s1"}, ("post.created",))
+        path = f"/{webhook_id}"
+        since = datetime.now(UTC)
+        while datetime.now(UTC) <= since:
+            await asyncio.sleep(0.001)
+        events = [
+            build_event("post.created", {"id": f"p{n}", "title": "t"}, site_id="s1", user_id="u1")
+            for n in range(30)
+        ]
+        await publish_events(log_settings, events)
+        await receiver.wait_for(lambda _: len(receiver.at(path)) == 30)
+        for _ in range(3):
+            started = await client.post(
+                first.base_url + f"/v1/webhooks/{webhook_id}/recoveries",
+                json={"since": format_timestamp(since), "rate": 5},
+                headers=AUTH,
+            )
+            assert started.status_code == 202, started.text
+            location = started.headers["Location"]
+            cancelled = await client.delete(second.base_url + location, headers=AUTH)
+            assert cancelled.status_code == 200, cancelled.text
+            answer = cancelled.json()
+            assert answer["state"] == "cancelled", answer
+            # The runner stopped it: it shows it cancelled with what it had enqueued.
+            runner = await client.get(first.base_url + location, headers=AUTH)
+            assert runner.status_code == 200, runner.text
+            shown = runner.json()
+            assert (shown["state"], shown["enqueued"]) == ("cancelled", answer["enqueued"])
+            assert answer["enqueued"] < len(events), answer
+
+
 async def test_keyed_requests_sent_again_through_either_worker_are_made_once(
     log_settings: Settings, in_process_workers: Callable[[Settings], InProcessWorker]
 ) -> None:

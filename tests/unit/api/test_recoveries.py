@@ -151,6 +151,35 @@ async def test_a_recovery_no_one_runs_is_recorded_cancelled() -> None:
     assert cancelled.state == "cancelled" and journal.records[-1]["state"] == "cancelled"
 
 
+async def test_a_recovery_another_process_runs_now_is_not_recorded_cancelled() -> None:
+    """Between a caller's look (no runner known) and the cancel, another process began
+    running it (a start seen late, a take-over): not recorded cancelled, which that process
+    would overwrite with its next record while the caller was told cancelled (until
+    2026-12-06), but ``503``, so that the client tries again and is sent to the runner.
+    Released (no runner) or stale (the runner gone), it is recorded cancelled."""
+    from bridge.worker.recovery_view import live_runner
+
+    journal = Journal()
+    other = Recoveries(Held(), journal=journal, url="http://10.0.0.2:6066", heartbeat=60)
+    running = await other.start(request())
+    here = Recoveries(
+        Held(),
+        journal=journal,
+        url=URL,
+        live_runner=lambda record, now: live_runner(record, now, 15.0),
+    )
+    seen = Operation.from_record(journal.records[-1], WEBHOOK)
+    with pytest.raises(Problem) as refused:
+        await here.cancel_recorded(seen)
+    assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "1"
+    assert [r["state"] for r in journal.records] == ["running"]
+    await other.close()  # released: written running, without a runner
+    assert journal.records[-1]["runner"] is None
+    cancelled = await here.cancel_recorded(Operation.from_record(journal.records[-1], WEBHOOK))
+    assert cancelled.state == "cancelled" and journal.records[-1]["state"] == "cancelled"
+    assert running.id == cancelled.id
+
+
 async def test_without_a_journal_a_stop_cancels() -> None:
     recoveries = Recoveries(Held())
     operation = await recoveries.start(request())
