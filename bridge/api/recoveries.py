@@ -171,7 +171,11 @@ class Recoveries:
         ``429`` (resumed operations, taken over from a stopped process, are run whatever their
         number: they were accepted)."""
         self._refuse_when_closed()
-        overlapping = _overlapping(request, self._placed())
+        # First the journal's (an await), then this process's and the place, with no await
+        # between them: a start checked meanwhile counts this one.
+        recorded = await self._recorded_running(request)
+        self._refuse_when_closed()
+        overlapping = _overlapping(request, [*self._placed(), *recorded])
         if overlapping is not None:
             raise Problem(
                 "conflict",
@@ -201,6 +205,28 @@ class Recoveries:
         # Placed before the first await: a start checked meanwhile counts this one.
         self._launching[operation.id] = operation
         return await self._launch(operation)
+
+    async def _recorded_running(self, request: RecoveryRequest) -> list[Operation]:
+        """The operations of ``request``'s webhook the journal records running that this
+        process does not run: another worker's, or one whose worker stopped and that no worker
+        has taken over yet (until 2026-12-06 a recovery started then over the same moments was
+        accepted, and both ran once one was taken over: every event sent twice more). Those
+        begun before the webhook was created are another webhook's of the same id. None for a
+        redelivery (not a window) or without a journal."""
+        if self._journal is None or request.delivery_id is not None:
+            return []
+        created = request.webhook.created_seconds
+        out = []
+        for record in await self._journal.of_webhook(request.webhook.id):
+            if record.get("state") != "running" or record.get("id") in self._tasks:
+                continue
+            try:
+                operation = Operation.from_record(record, request.webhook)
+            except ValueError:
+                continue
+            if created is None or operation.started_at >= created:
+                out.append(operation)
+        return out
 
     async def resume(self, operation: Operation) -> Operation:
         """Run on an operation another process released or left (it reads on from its

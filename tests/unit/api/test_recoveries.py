@@ -15,6 +15,7 @@ import pytest
 from bridge.admin.recovery import Operation, RecoveryRequest
 from bridge.api.problems import Problem
 from bridge.api.recoveries import RETRY_AFTER, Recoveries, per_owner
+from bridge.contract.events import format_timestamp
 from bridge.subscriptions.serial import KeyedLocks, NotWritable
 from bridge.subscriptions.webhook import webhook_from_record
 from tests.support.builders import webhook_record
@@ -178,6 +179,37 @@ async def test_a_recovery_another_process_runs_now_is_not_recorded_cancelled() -
     cancelled = await here.cancel_recorded(Operation.from_record(journal.records[-1], WEBHOOK))
     assert cancelled.state == "cancelled" and journal.records[-1]["state"] == "cancelled"
     assert running.id == cancelled.id
+
+
+async def test_a_window_a_stopped_worker_left_running_is_not_recovered_twice() -> None:
+    """A recovery the journal records running, its worker gone and no worker running it yet,
+    holds its window: another over a moment of it is ``409`` (until 2026-12-06 it was
+    accepted, and both ran once the first was taken over). Not one that ended, one outside
+    the window, or one begun before the webhook (of the same id) was created."""
+    journal = Journal()
+    created = SINCE + timedelta(days=30)
+    webhook = webhook_from_record(webhook_record(id="wh_c", created_at=format_timestamp(created)))
+    window = RecoveryRequest(webhook, created, created + timedelta(hours=1))
+    left = Operation(window, runner="http://10.0.0.9:6066", started_at=created.timestamp() + 60)
+    await journal.write(left.to_record(updated_at=created.timestamp() + 61))
+    recoveries = Recoveries(Held(), journal=journal, url=URL)
+    with pytest.raises(Problem) as refused:
+        await recoveries.start(
+            RecoveryRequest(webhook, created + timedelta(minutes=30), created + timedelta(hours=2))
+        )
+    assert refused.value.status == 409 and left.id in refused.value.detail
+    outside = await recoveries.start(
+        RecoveryRequest(webhook, created + timedelta(hours=1), created + timedelta(hours=2))
+    )
+    assert outside.state == "running"
+    # Ended, or begun before this webhook was created (a deleted one's of the same id): none.
+    left.state = "cancelled"
+    await journal.write(left.to_record(updated_at=created.timestamp() + 62))
+    older = Operation(window, runner="http://10.0.0.9:6066", started_at=created.timestamp() - 60)
+    await journal.write(older.to_record(updated_at=created.timestamp() - 59))
+    again = await recoveries.start(window)
+    assert again.state == "running"
+    await recoveries.close()
 
 
 async def test_without_a_journal_a_stop_cancels() -> None:
