@@ -8,6 +8,7 @@ answer JSON. Every error is a problem (:mod:`bridge.api.problems`), bad input al
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -397,9 +398,17 @@ class _Routes:
         return _json({"replayed": report.replayed, "skipped": report.skipped})
 
 
+#: RFC 3339's ``date-time`` (section 5.6; ``T`` and ``Z`` in either case), before it is read:
+#: ISO 8601's other forms (``20260101T000000Z``, week dates, ``T12Z``), which Python's reader
+#: takes, were accepted until 2026-12-06.
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
 def _time(text: str) -> datetime | None:
     """An RFC 3339 date-time with its offset; ``None`` for anything else."""
-    if len(text) > 64:
+    if len(text) > 64 or not _RFC3339.fullmatch(text):
         return None
     try:
         # In UTC, as every time the bridge shows; a time that has none (year 1 east of

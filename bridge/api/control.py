@@ -490,13 +490,15 @@ class ControlService:
         rate: float | None,
         change: KeyedChange | None = None,
     ) -> Started:
-        """Send the webhook again its events published in ``[since, until)`` (until now). With
-        ``change`` (an ``Idempotency-Key``), the recovery that key started already, if any."""
+        """Send the webhook again its events published in ``[since, until)`` (until now, and
+        now for an ``until`` past it: the recovery reads what the topic holds when it starts;
+        until 2026-12-06 it showed the later ``until`` it never read to). With ``change`` (an
+        ``Idempotency-Key``), the recovery that key started already, if any."""
         webhook = await self._webhook(principal, webhook_id)
         now = datetime.fromtimestamp(self._clock(), UTC)
         if since > now:
             raise Problem.invalid(FieldError("since", "range", "since is in the future"))
-        end = until or now
+        end = now if until is None else min(until, now)
         try:
             rounded = whole_milliseconds(end)  # as the request keeps them
         except ValueError:
