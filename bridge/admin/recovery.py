@@ -17,11 +17,12 @@ source partition to, so another process can resume it from there (:meth:`Operati
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
-from contextlib import AsyncExitStack, aclosing
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import AsyncExitStack, aclosing, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -45,6 +46,7 @@ __all__ = [
     "DEFAULT_RATE",
     "FETCH_RECORDS",
     "SharedPace",
+    "WebhookPaces",
     "RecoveryRequest",
     "Operation",
     "Operations",
@@ -365,6 +367,39 @@ class SharedPace:
         return max(0.0, self.reserve() - self._clock())
 
 
+class WebhookPaces:
+    """One :class:`SharedPace` at a webhook's ``rate_limit``, shared by the recoveries of that
+    webhook a process runs (:meth:`held` while one runs): together they enqueue no more than
+    the webhook takes. Each recovery's own pace is already no more than it (``pace``), but
+    until 2026-12-06 four of one webhook limited to 5 a second enqueued 20 together, and the
+    delivery path deferred the excess: hundreds of ``rate_limited`` attempts in seconds.
+    Webhooks without a limit have none here (the worker's pace bounds their recoveries)."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._paces: dict[str, tuple[SharedPace, list[int]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._paces)
+
+    @contextlib.contextmanager
+    def held(self, webhook: Webhook) -> Iterator[SharedPace | None]:
+        limit = webhook.rate_limit
+        if limit is None or not limit > 0:
+            yield None
+            return
+        entry = self._paces.get(webhook.id)
+        if entry is None or entry[0].rate != limit:  # new, or its limit changed
+            entry = self._paces[webhook.id] = (SharedPace(limit, clock=self._clock), [0])
+        entry[1][0] += 1
+        try:
+            yield entry[0]
+        finally:
+            entry[1][0] -= 1
+            if entry[1][0] == 0 and self._paces.get(webhook.id) is entry:
+                del self._paces[webhook.id]
+
+
 async def recover(
     settings: Settings,
     operation: Operation,
@@ -377,6 +412,7 @@ async def recover(
     current: Callable[[str], Webhook | None] | None = None,
     share: LoopShare | None = None,
     pace: SharedPace | None = None,
+    webhook_paces: WebhookPaces | None = None,
 ) -> Operation:
     """Run ``operation`` to its end (or its cancellation) and return it.
 
@@ -392,7 +428,8 @@ async def recover(
     (a worker's, shared by its recoveries), the reading and matching pay for each stretch of
     work there (:mod:`bridge.admin.loop_share`), so that the recoveries together take at most
     that share of the event loop; given ``pace`` (a worker's), each delivery also waits its
-    turn there, so that they together enqueue at most its rate.
+    turn there, so that they together enqueue at most its rate; given ``webhook_paces`` (a
+    worker's), first its turn at the webhook's rate limit (:class:`WebhookPaces`).
 
     A cancellation (a release, a stop) while a delivery is being written lets the write
     finish and counts it (a record given to the producer is sent when it stops), so that the
@@ -417,6 +454,10 @@ async def recover(
             enable_auto_commit=False,
         )
         clients.push_async_callback(stopped, await started(consumer))
+        mine = clients.enter_context(
+            webhook_paces.held(request.webhook) if webhook_paces is not None else nullcontext()
+        )
+        paces = tuple(shared for shared in (mine, pace) if shared is not None)
         try:
             await _run(
                 consumer,
@@ -429,7 +470,7 @@ async def recover(
                 sleep,
                 settle,
                 Payer(share),
-                pace,
+                paces,
             )
             operation.state = "cancelled" if operation.cancelled else "done"
         except Exception as exc:
@@ -472,7 +513,7 @@ async def _run(
     sleep: Callable[[float], Awaitable[None]],
     settle: float,
     paying: Payer,
-    pace: SharedPace | None,
+    paces: tuple[SharedPace, ...],
 ) -> None:
     """Read the source partitions and enqueue what the request selects, until their end, a
     cancellation, or the one delivery asked for."""
@@ -543,8 +584,8 @@ async def _run(
                 wait = next_write - clock()
                 if wait > 0:
                     await sleep(wait)  # cancelled here: nothing written, the record read again
-                if pace is not None:
-                    wait = pace.wait()
+                for shared in paces:  # the webhook's, then the worker's
+                    wait = shared.wait()
                     if wait > 0:
                         await sleep(wait)  # (likewise)
                 now = wall_time()

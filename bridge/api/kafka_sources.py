@@ -26,7 +26,7 @@ from bridge.admin.dead_letters import (
     stream_dead_letters,
 )
 from bridge.admin.loop_share import LoopShare
-from bridge.admin.recovery import SharedPace, recover
+from bridge.admin.recovery import SharedPace, WebhookPaces, recover
 from bridge.api.activity import EndpointStatus
 from bridge.api.recoveries import RecoveryRunner
 from bridge.attempts.book import Activity
@@ -143,9 +143,12 @@ def kafka_recovery_runner(
     writes the first retry tier; given ``current`` (a worker's webhooks by id), matches each
     event against the webhook as it is then. Its recoveries pay ``share`` (the process's:
     :func:`scan_share`) for their reading, and together enqueue at most
-    ``api_recovery_rate`` deliveries a second (one :class:`SharedPace` for them all)."""
+    ``api_recovery_rate`` deliveries a second (one :class:`SharedPace` for them all), those of
+    one webhook with a ``rate_limit`` no more than it (:class:`WebhookPaces`)."""
     pace = SharedPace(settings.api_recovery_rate)
-    return functools.partial(recover, settings, current=current, share=share, pace=pace)
+    return functools.partial(
+        recover, settings, current=current, share=share, pace=pace, webhook_paces=WebhookPaces()
+    )
 
 
 def scan_share(settings: Settings) -> LoopShare:

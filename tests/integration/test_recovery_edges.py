@@ -345,3 +345,37 @@ async def test_one_sites_recoveries_take_half_of_a_workers_places(
         for started in made:
             cancelled = await client.delete(started.headers["Location"], headers=LOG_AUTH)
             assert cancelled.json()["state"] == "cancelled", cancelled.text
+
+
+async def test_one_webhooks_recoveries_together_keep_to_its_rate_limit(settings: Settings) -> None:
+    """Two recoveries of one webhook limited to 20 a second, each asking 20, run at once: they
+    enqueue 20 a second together, not 40 (until 2026-12-06 each kept to the limit alone, and
+    the delivery path deferred the excess). Moments are the monotonic clock's; a pace only
+    ever waits, so the bound is a lower bound on the span however slow the machine."""
+    import dataclasses
+    import time
+
+    from bridge.admin.recovery import WebhookPaces
+
+    await publish_events(settings, [post(n) for n in range(10)])
+    limited = dataclasses.replace(WEBHOOK, rate_limit=20.0)
+    now = datetime.now(UTC)
+    written: list[float] = []
+
+    async def write(item: PendingRetry) -> None:
+        written.append(time.monotonic())
+
+    paces = WebhookPaces()
+
+    def one() -> Any:
+        request = RecoveryRequest(
+            limited, now - timedelta(hours=1), now + timedelta(seconds=1), rate=20.0
+        )
+        return recover(settings, Operation(request), write=write, webhook_paces=paces)
+
+    done = await asyncio.wait_for(asyncio.gather(one(), one()), 60)
+    assert [operation.enqueued for operation in done] == [10, 10]
+    written.sort()
+    gaps = [b - a for a, b in zip(written, written[1:], strict=False)]
+    assert min(gaps) >= 0.05 * 0.9, gaps  # never two within 1/20 s of each other
+    assert len(paces) == 0

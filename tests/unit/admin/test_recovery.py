@@ -223,3 +223,50 @@ def test_a_test_event_sent_before_the_webhook_was_created_is_not_sent_again() ->
     assert isinstance(
         select(request(webhook=webhook), index, ms(before), event_bytes()), PendingRetry
     )
+
+
+def test_one_webhooks_recoveries_share_one_pace_at_its_rate_limit() -> None:
+    """Recoveries of one webhook held together take one pace at its ``rate_limit`` (moments
+    1/limit apart whichever asks), another webhook's is its own, one without a limit has
+    none, and a pace no recovery holds is forgotten."""
+    from bridge.admin.recovery import WebhookPaces
+    from bridge.subscriptions.webhook import webhook_from_record
+    from tests.support.builders import webhook_record
+
+    now = [100.0]
+    paces = WebhookPaces(clock=lambda: now[0])
+    limited = webhook_from_record(webhook_record(id="wh_l", rate_limit=4))
+    other = webhook_from_record(webhook_record(id="wh_o", rate_limit=4))
+    free = webhook_from_record(webhook_record(id="wh_f"))
+    with paces.held(limited) as first, paces.held(limited) as second, paces.held(other) as third:
+        assert first is second and first is not None and third is not first
+        moments = [first.reserve(), second.reserve(), first.reserve(), second.reserve()]
+        assert moments == [100.0, 100.25, 100.5, 100.75]
+        assert third is not None and third.reserve() == 100.0
+        with paces.held(free) as none:
+            assert none is None
+        assert len(paces) == 2
+    assert len(paces) == 0
+    # A limit changed while one runs: the next recovery takes the new one.
+    with paces.held(limited) as old:
+        changed = webhook_from_record(webhook_record(id="wh_l", rate_limit=8))
+        with paces.held(changed) as new:
+            assert new is not old and new is not None and new.rate == 8
+        assert len(paces) == 0  # the new one's ended; the old one's is no longer kept
+    assert len(paces) == 0
+
+
+def test_a_replaced_pace_ending_leaves_its_successor() -> None:
+    from bridge.admin.recovery import WebhookPaces
+    from bridge.subscriptions.webhook import webhook_from_record
+    from tests.support.builders import webhook_record
+
+    paces = WebhookPaces()
+    old = paces.held(webhook_from_record(webhook_record(id="wh_l", rate_limit=4)))
+    new = paces.held(webhook_from_record(webhook_record(id="wh_l", rate_limit=8)))
+    old.__enter__()
+    kept = new.__enter__()
+    old.__exit__(None, None, None)
+    assert len(paces) == 1 and kept is not None and kept.rate == 8
+    new.__exit__(None, None, None)
+    assert len(paces) == 0
