@@ -630,6 +630,15 @@ class Settings:
         "account-wide ones) across all their endpoints; a delivery finding them all taken goes "
         "to the retry path (owner_busy). 0: no limit.",
     )
+    slow_endpoint_share: float = Section.RELIABILITY.setting(
+        0.5,
+        "BRIDGE_SLOW_ENDPOINT_SHARE",
+        "--slow-endpoint-share",
+        _share,
+        "The share of max_in_flight that endpoints answering slowly (a moving average of 2 s "
+        "or more) hold together, whatever sites they belong to; a request to one finding it "
+        "taken goes to the retry path (endpoint_busy). More than 0, at most 1 (1: no share).",
+    )
     breaker_threshold: int = Section.RELIABILITY.setting(
         5,
         "BRIDGE_BREAKER_THRESHOLD",

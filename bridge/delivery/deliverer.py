@@ -86,6 +86,7 @@ class Deliverer:
         breaker_cooldown: float,
         max_body_bytes: int,
         owner_max_in_flight: int = 0,
+        slow_endpoint_share: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
         wall_time: Callable[[], float] = time.time,
     ) -> None:
@@ -102,8 +103,9 @@ class Deliverer:
         #: worker and filled its pending jobs (until 2026-12-05).
         self._owner_limit = owner_max_in_flight
         self._owner_in_flight: dict[str, int] = {}
-        #: Half the worker's places, the most that endpoints answering slowly hold together.
-        self._slow = SlowEndpoints(max(1, max_in_flight // 2))
+        #: The most that endpoints answering slowly hold together (half the worker's places by
+        #: default; all of them, that is no share, at 1).
+        self._slow = SlowEndpoints(max(1, int(max_in_flight * slow_endpoint_share)))
         self._breakers = Breakers(breaker_threshold, breaker_cooldown, clock)
         self._rates = RateLimits(clock)
         self._max_body_bytes = max_body_bytes

@@ -867,6 +867,7 @@ class Bridge:
                     endpoint_max_in_flight=s.endpoint_max_in_flight,
                     endpoint_max_queued=s.endpoint_max_queued,
                     owner_max_in_flight=s.owner_max_in_flight,
+                    slow_endpoint_share=s.slow_endpoint_share,
                     breaker_threshold=s.breaker_threshold,
                     breaker_cooldown=s.breaker_cooldown,
                     max_body_bytes=s.max_body_bytes,

@@ -140,6 +140,7 @@ class Harness:
         max_body_bytes: int = 1024 * 1024,
         disable_after: float = DISABLE_AFTER,
         owner_max_in_flight: int = 0,
+        slow_endpoint_share: float = 0.5,
     ) -> None:
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
@@ -162,6 +163,7 @@ class Harness:
             breaker_cooldown=COOLDOWN,
             max_body_bytes=max_body_bytes,
             owner_max_in_flight=owner_max_in_flight,
+            slow_endpoint_share=slow_endpoint_share,
             clock=self.clock,
             wall_time=self.wall,
         )
@@ -988,3 +990,23 @@ async def test_a_slow_endpoint_answering_quickly_again_is_no_longer_held_to_the_
     await eventually(lambda: len(sender.sent) == 13)  # both sent: neither held to the share
     sender.gate.set()
     await asyncio.wait_for(asyncio.gather(*both), PROMPT)
+
+
+async def test_with_a_share_of_one_slow_endpoints_may_hold_every_place() -> None:
+    sender = FakeSender(*[timed_out() for _ in range(4)])
+    h = Harness(sender, max_in_flight=4, owner_max_in_flight=1, slow_endpoint_share=1.0)
+    slow = [
+        dataclasses.replace(make_webhook(f"wh_slow{n}", host=f"slow{n}.example"), site_id=f"s{n}")
+        for n in range(4)
+    ]
+    await asyncio.gather(
+        *(h.run(make_job(webhook=w, event=make_event(f"e_{n}"))) for n, w in enumerate(slow))
+    )
+    sender.gate = asyncio.Event()
+    held = [
+        h.start(make_job(webhook=w, event=make_event(f"e_again{n}"))) for n, w in enumerate(slow)
+    ]
+    await eventually(lambda: len(sender.sent) == 8)
+    assert h.value("webhook_bridge_slow_in_flight_requests") == 4
+    sender.gate.set()
+    await asyncio.wait_for(asyncio.gather(*held), PROMPT)
