@@ -399,6 +399,11 @@ async def test_a_cancel_for_a_runner_that_is_gone_is_unavailable(
     client, made = worker
     gone = f"http://127.0.0.1:{free_port()}"  # nobody listens there
     monkeypatch.setattr(bridge.recoveries, "live_runner", lambda *args: gone)
+
+    async def current(*args: Any) -> bool:  # no broker here: the recoveries table is current
+        return True
+
+    monkeypatch.setattr(bridge.recoveries.freshness, "wait_current", current)
     answer = await asyncio.wait_for(client.delete("/v1/recoveries/r1", headers=LOG_AUTH), PROMPT)
     assert answer.status == 503 and answer.headers["Retry-After"] == "1"
     assert "did not answer" in (await answer.json())["detail"]
