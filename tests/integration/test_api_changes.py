@@ -17,7 +17,7 @@ import pytest
 
 from bridge.admin.publish import publish_events
 from bridge.config import Settings
-from bridge.contract.events import build_event, format_timestamp
+from bridge.contract.events import Event, build_event, format_timestamp
 from bridge.contract.payload import delivery_id
 from bridge.kafka.reading import read_topic
 from bridge.kafka.topics import declared_topics
@@ -163,6 +163,24 @@ async def test_racing_changes_through_two_workers_make_one_win_and_reads_see_it(
         assert stranger.status_code == 401, stranger.text
 
 
+async def _delivered_since(
+    settings: Settings, receiver: Receiver, webhook_id: str, count: int
+) -> tuple[datetime, list[Event]]:
+    """``webhook_id`` subscribed (site s1, post.created) on ``receiver``, then ``count`` events
+    published after the moment returned, and delivered."""
+    await subscribe(settings, receiver, {webhook_id: "s1"}, ("post.created",))
+    since = datetime.now(UTC)
+    while datetime.now(UTC) <= since:
+        await asyncio.sleep(0.001)
+    events = [
+        build_event("post.created", {"id": f"p{n}", "title": "t"}, site_id="s1", user_id="u1")
+        for n in range(count)
+    ]
+    await publish_events(settings, events)
+    await receiver.wait_for(lambda _: len(receiver.at(f"/{webhook_id}")) == count)
+    return since, events
+
+
 async def test_a_recovery_runs_at_the_owner_shows_everywhere_and_survives_its_worker(
     log_settings: Settings,
     receiver: Receiver,
@@ -171,17 +189,8 @@ async def test_a_recovery_runs_at_the_owner_shows_everywhere_and_survives_its_wo
     async with httpx.AsyncClient(timeout=30.0) as client:
         first, second, owners = await _two_workers(log_settings, in_process_workers, client)
         webhook_id = _id_owned_by(owners, first, _attempts_partitions(log_settings), "rec")
-        await subscribe(log_settings, receiver, {webhook_id: "s1"}, ("post.created",))
+        since, events = await _delivered_since(log_settings, receiver, webhook_id, 12)
         path = f"/{webhook_id}"
-        since = datetime.now(UTC)
-        while datetime.now(UTC) <= since:
-            await asyncio.sleep(0.001)
-        events = [
-            build_event("post.created", {"id": f"p{n}", "title": "t"}, site_id="s1", user_id="u1")
-            for n in range(12)
-        ]
-        await publish_events(log_settings, events)
-        await receiver.wait_for(lambda _: len(receiver.at(path)) == 12)
 
         # Sent to the worker that does not own the webhook: run by the owner, shown by both.
         started = await client.post(
@@ -231,17 +240,7 @@ async def test_a_cancel_sent_at_once_to_the_worker_not_running_it_stops_the_reco
     async with httpx.AsyncClient(timeout=30.0) as client:
         first, second, owners = await _two_workers(log_settings, in_process_workers, client)
         webhook_id = _id_owned_by(owners, first, _attempts_partitions(log_settings), "can")
-        await subscribe(log_settings, receiver, {webhook_id: "s1"}, ("post.created",))
-        path = f"/{webhook_id}"
-        since = datetime.now(UTC)
-        while datetime.now(UTC) <= since:
-            await asyncio.sleep(0.001)
-        events = [
-            build_event("post.created", {"id": f"p{n}", "title": "t"}, site_id="s1", user_id="u1")
-            for n in range(30)
-        ]
-        await publish_events(log_settings, events)
-        await receiver.wait_for(lambda _: len(receiver.at(path)) == 30)
+        since, events = await _delivered_since(log_settings, receiver, webhook_id, 30)
         for _ in range(3):
             started = await client.post(
                 first.base_url + f"/v1/webhooks/{webhook_id}/recoveries",

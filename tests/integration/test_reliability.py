@@ -543,6 +543,30 @@ async def test_a_hanging_endpoint_does_not_slow_healthy_ones(
         await hang.stop()
 
 
+async def _hanging_and_healthy(
+    settings: Settings, receiver: Receiver, hangs: list[Receiver], *, each_its_site: bool
+) -> None:
+    """A webhook ``hang<n>`` on each of ``hangs``, whose every request hangs (all of site
+    s_bad, or each of its own, s_bad<n>), and twenty healthy ones on ``receiver``, each of its
+    own site (s_ok<n>, path /healthy<n>)."""
+    from bridge.admin.topics import apply_topics
+
+    await apply_topics(settings)
+    async with WebhookStore(settings) as store:
+        for n, hang in enumerate(hangs):
+            hang.holds["/hang"] = asyncio.Event()  # never set: each request hangs
+            await store.create(
+                url=hang.url("/hang"),
+                events=["*"],
+                site_id=f"s_bad{n}" if each_its_site else "s_bad",
+                user_id=f"u_bad{n}" if each_its_site else "u_bad",
+                secret=f"secret-hang-{n}-0123",
+                webhook_id=f"hang{n}",
+            )
+        for n in range(20):
+            await create_verified(store, receiver, f"healthy{n}", site_id=f"s_ok{n}", events=["*"])
+
+
 async def test_one_sites_hanging_endpoints_do_not_hold_every_place(
     make_settings, receiver: Receiver, in_process_workers
 ) -> None:
@@ -553,29 +577,12 @@ async def test_one_sites_hanging_endpoints_do_not_hold_every_place(
     sites waited out the timeout, wave after wave.) Twenty sites of one event each: more
     deliveries than the places the hanging site leaves, none held back by its own site's
     limit (a site sent more than its two places carry has the rest deferred)."""
-    from bridge.admin.topics import apply_topics
-
     hangs = [await Receiver().start() for _ in range(2)]
     try:
         settings = make_settings(
             http_timeout=3.0, breaker_threshold=100, max_in_flight=8, owner_max_in_flight=2
         )
-        await apply_topics(settings)
-        async with WebhookStore(settings) as store:
-            for n, hang in enumerate(hangs):
-                hang.holds["/hang"] = asyncio.Event()  # never set: each request hangs
-                await store.create(
-                    url=hang.url("/hang"),
-                    events=["*"],
-                    site_id="s_bad",
-                    user_id="u_bad",
-                    secret=f"secret-hang-{n}-0123",
-                    webhook_id=f"hang{n}",
-                )
-            for n in range(20):
-                await create_verified(
-                    store, receiver, f"healthy{n}", site_id=f"s_ok{n}", events=["*"]
-                )
+        await _hanging_and_healthy(settings, receiver, hangs, each_its_site=False)
         worker = in_process_workers(settings)
         await worker.wait_ready()
         await publish_events(settings, [post(n, site="s_bad") for n in range(10)])
@@ -605,29 +612,12 @@ async def test_several_sites_hanging_endpoints_hold_half_the_worker_not_all_of_i
     deliveries waited out their requests (until 2026-12-06). Once the hanging endpoints have
     answered slowly (timed out) once, they share half the places: their next wave makes four
     requests, not eight, and the other sites' deliveries arrive long before it times out."""
-    from bridge.admin.topics import apply_topics
-
     hangs = [await Receiver().start() for _ in range(4)]
     try:
         settings = make_settings(
             http_timeout=4.0, breaker_threshold=100, max_in_flight=8, owner_max_in_flight=2
         )
-        await apply_topics(settings)
-        async with WebhookStore(settings) as store:
-            for n, hang in enumerate(hangs):
-                hang.holds["/hang"] = asyncio.Event()  # never set: each request hangs
-                await store.create(
-                    url=hang.url("/hang"),
-                    events=["*"],
-                    site_id=f"s_bad{n}",
-                    user_id=f"u_bad{n}",
-                    secret=f"secret-hang-{n}-0123",
-                    webhook_id=f"hang{n}",
-                )
-            for n in range(20):
-                await create_verified(
-                    store, receiver, f"healthy{n}", site_id=f"s_ok{n}", events=["*"]
-                )
+        await _hanging_and_healthy(settings, receiver, hangs, each_its_site=True)
         worker = in_process_workers(settings)
         await worker.wait_ready()
         await publish_events(
