@@ -105,7 +105,7 @@ class Deliverer:
         self._owner_in_flight: dict[str, int] = {}
         #: The most that endpoints answering slowly hold together (half the worker's places by
         #: default; all of them, that is no share, at 1).
-        self._slow = SlowEndpoints(max(1, int(max_in_flight * slow_endpoint_share)))
+        self._slow = SlowEndpoints(max(1, int(max_in_flight * slow_endpoint_share)), clock=clock)
         self._breakers = Breakers(breaker_threshold, breaker_cooldown, clock)
         self._rates = RateLimits(clock)
         self._max_body_bytes = max_body_bytes

@@ -5,6 +5,7 @@ clock is passed in), and the FIFO slots they are built on."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -17,6 +18,7 @@ __all__ = [
     "EndpointBusy",
     "SlowEndpoints",
     "SLOW_AFTER",
+    "SLOW_FOR",
     "TokenBucket",
     "RateLimits",
 ]
@@ -139,15 +141,13 @@ class EndpointSlots:
         return state.waiting if state is not None else 0
 
 
-#: An endpoint is slow while the moving average of its answers' durations is at least this
-#: many seconds (a timeout counts as the whole ``http_timeout``).
+#: An answer (or a timeout, counting as the whole ``http_timeout``) that took this many
+#: seconds or more makes its endpoint slow.
 SLOW_AFTER = 2.0
-#: The weight of each new answer in that average; an endpoint's first answer sets it, so one
-#: timeout makes a new endpoint slow, and about five quick answers make it quick again.
-_SLOW_WEIGHT = 0.25
-#: Averages below this are forgotten (the map holds the slow endpoints and those near it).
-_FORGET_BELOW = SLOW_AFTER / 4
-#: At most this many endpoints are remembered; the oldest answered is forgotten first.
+#: For this many seconds after its last slow answer, whatever it answers meanwhile.
+SLOW_FOR = 300.0
+#: At most this many endpoints are remembered; the one whose slowness ends first is forgotten
+#: first.
 _MAX_REMEMBERED = 50_000
 
 
@@ -157,22 +157,39 @@ class SlowEndpoints:
     The per-site limit bounds what one site holds, not what a few together hold: sites with
     webhooks on endpoints that take the whole timeout to answer took every place of the worker
     (four sites of 64 places held all 256), and everyone else's deliveries waited out their
-    requests, wave after wave (until 2026-12-06). A request to an endpoint whose recent answers
-    were slow (:data:`SLOW_AFTER`) now also needs one of ``places`` (half the worker's), taken
-    without waiting: when none is free the delivery is deferred (``endpoint_busy``), holding
-    nothing. The other half stays for endpoints that answer in time, and costs nothing while
-    slow endpoints do not fill theirs. An endpoint is judged by its answers, so the first
-    requests to a new one are made as any other's."""
+    requests, wave after wave (until 2026-12-06). A request to an endpoint that answered in
+    :data:`SLOW_AFTER` seconds or more within the last :data:`SLOW_FOR` now also needs one of
+    ``places`` (half the worker's by default), taken without waiting: when none is free the
+    delivery is deferred (``endpoint_busy``), holding nothing. The other places stay for
+    endpoints that answer in time, and cost nothing while slow endpoints do not fill theirs.
 
-    __slots__ = ("_places", "_taken", "_slow_after", "_average")
+    Slowness is a time, not an average: quick answers do not clear it (an endpoint could
+    otherwise answer quickly through the share a few times and hang with the rest of the
+    worker's places again), and it ends on its own (an endpoint whose requests are all
+    deferred while the share is full has no answer to clear it with, and was deferred until
+    its deliveries were dead-lettered). An endpoint is judged by its answers: the first
+    requests to a new one, or to one quiet for :data:`SLOW_FOR`, are made as any other's."""
 
-    def __init__(self, places: int, slow_after: float = SLOW_AFTER) -> None:
+    __slots__ = ("_places", "_taken", "_slow_after", "_slow_for", "_clock", "_until")
+
+    def __init__(
+        self,
+        places: int,
+        *,
+        slow_after: float = SLOW_AFTER,
+        slow_for: float = SLOW_FOR,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if places < 1:
             raise ValueError("places must be at least 1")
         self._places = places
         self._taken = 0
         self._slow_after = slow_after
-        self._average: dict[str, float] = {}
+        self._slow_for = slow_for
+        self._clock = clock
+        #: Each slow endpoint, with when its slowness ends, in that order (every entry is
+        #: written with the same lifetime, so insertion order is end order).
+        self._until: dict[str, float] = {}
 
     @property
     def taken(self) -> int:
@@ -180,7 +197,8 @@ class SlowEndpoints:
         return self._taken
 
     def is_slow(self, endpoint: str) -> bool:
-        return self._average.get(endpoint, 0.0) >= self._slow_after
+        until = self._until.get(endpoint)
+        return until is not None and self._clock() < until
 
     def try_take(self) -> bool:
         """A place for a request to a slow endpoint, if one is free now; never waits."""
@@ -194,16 +212,16 @@ class SlowEndpoints:
 
     def observe(self, endpoint: str, duration: float) -> None:
         """An answer (or a timeout, or an error) from ``endpoint`` after ``duration`` seconds."""
-        average = self._average.pop(endpoint, None)
-        if average is None:
-            average = duration
-        else:
-            average += _SLOW_WEIGHT * (duration - average)
-        if average < _FORGET_BELOW:
-            return  # forgotten: the next answer sets it afresh
-        if len(self._average) >= _MAX_REMEMBERED:
-            del self._average[next(iter(self._average))]
-        self._average[endpoint] = average  # re-inserted: the newest answered is kept longest
+        if duration < self._slow_after:
+            return
+        now = self._clock()
+        self._until.pop(endpoint, None)
+        # Forget those whose slowness ended (the oldest first), and the oldest past the bound.
+        for oldest, until in list(itertools.islice(self._until.items(), 8)):
+            if until > now and len(self._until) < _MAX_REMEMBERED:
+                break
+            del self._until[oldest]
+        self._until[endpoint] = now + self._slow_for
 
 
 @dataclass
