@@ -101,7 +101,8 @@ async def take_over(
 ) -> list[str]:
     """Resume the running recoveries of webhooks this worker ``owns`` that no worker runs
     (released, or not recorded for ``stale_after`` seconds); the ids resumed. A recovery whose
-    webhook is gone is recorded failed (``webhook_deleted``): gone from the table once
+    webhook is gone (deleted, or its id taken by a webhook created after the recovery began)
+    is recorded failed (``webhook_deleted``): gone from the table once
     ``table_current`` (which waits until the table of webhooks applied what its topic holds)
     says it is current, since a starting worker's table has not read every webhook yet; while
     it cannot say so, the recovery is left for the next turn."""
@@ -132,6 +133,13 @@ async def take_over(
                 continue  # not known to be gone yet
             current = webhook(webhook_id)
         try:
+            if current is not None:
+                operation = Operation.from_record(record, current)
+                created = current.created_seconds
+                if created is not None and operation.started_at < created:
+                    # Begun for a webhook of this id that was deleted: the webhook that took
+                    # the id never gets its window (until 2026-12-06 it was resumed for it).
+                    current = None
             if current is None:
                 journal = recoveries.journal
                 if journal is not None:
@@ -145,7 +153,6 @@ async def take_over(
                         }
                     )
                 continue
-            operation = Operation.from_record(record, current)
         except ValueError as exc:
             log.warning("recovery %s not resumed: %s", operation_id, exc)
             continue

@@ -157,6 +157,44 @@ async def test_a_webhook_still_missing_from_a_current_table_is_gone() -> None:
     assert resumed == [] and journal.records[-1]["error"] == "webhook_deleted"
 
 
+async def test_a_recovery_of_a_deleted_webhook_whose_id_was_taken_again_is_gone() -> None:
+    """Released, then its webhook deleted and another created with the same id before the
+    owner looked: failed ``webhook_deleted``, not resumed for the new webhook (until
+    2026-12-06 it was: the old window's events went to the new webhook, and its overlapping
+    recoveries were refused naming one it could not see). One begun after the webhook was
+    created is resumed."""
+    from bridge.contract.events import format_timestamp
+
+    def started(operation_id: str, at: datetime) -> bytes:
+        operation = Operation(
+            RecoveryRequest(WEBHOOKS["a"], NOW - timedelta(hours=5), NOW - timedelta(hours=4)),
+            id=operation_id,
+            runner=None,
+            positions={"t:0": 3},
+            started_at=at.timestamp(),
+        )
+        return jsoncanon.dumps(operation.to_record(updated_at=NOW.timestamp() - 60))
+
+    view = RecoveryView(TableFreshness(_ends, timeout=1.0))
+    view.apply(0, 0, b"old", started("old", NOW - timedelta(hours=3)))
+    view.apply(0, 1, b"new", started("new", NOW - timedelta(minutes=30)))
+    journal = ViewJournal(view)
+    runner = Never()
+    recoveries = Recoveries(runner, journal=journal, url="http://w2")
+    again = webhook_from_record(
+        webhook_record(id="a", created_at=format_timestamp(NOW - timedelta(hours=1)))
+    )
+    resumed = await take_over(
+        view, recoveries, owns=lambda _: True, webhook=lambda _: again, wall_time=NOW.timestamp
+    )
+    assert resumed == ["new"]
+    failed = [r for r in journal.records if r["id"] == "old"]
+    assert [(r["state"], r["error"]) for r in failed] == [("failed", "webhook_deleted")]
+    await asyncio.sleep(0)
+    assert runner.ran == ["new"]
+    await recoveries.close()
+
+
 async def test_ended_recoveries_of_owned_webhooks_are_forgotten_after_the_retention() -> None:
     """Only ended ones, only of webhooks this worker owns, only once ``retention`` has passed
     since their last record (at once when it has no readable time); one of no webhook by any
