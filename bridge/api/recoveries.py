@@ -11,7 +11,8 @@ process only: a restart forgets them (what they enqueued stays enqueued), and
 each operation is written when it starts, every ``heartbeat`` seconds while it runs (with where
 it has read each source partition to) and when it ends, so any process can show it; at shutdown
 the running ones are *released* (written ``running`` without a runner) and the webhook's owner
-resumes them from their positions (:meth:`Recoveries.resume`). A worker passes its fence
+resumes them from their positions (:meth:`Recoveries.resume`), where owners take recoveries over
+(workers with ``delivery_log``; else they are cancelled). A worker passes its fence
 (``writing``, :meth:`bridge.subscriptions.serial.KeyedLocks.writing`): an operation is started or
 resumed only while the worker owns its webhook, and a worker giving its webhooks up waits for
 the starts being recorded.
@@ -112,7 +113,10 @@ class Recoveries:
     :class:`~bridge.subscriptions.serial.NotWritable` (nothing started, nothing recorded) once
     this process may not act for that webhook (by default it never does). ``live_runner``
     reads a journal record's runner, if it recorded it lately (the address of the process
-    running it); without it, no record is taken to have one.
+    running it); without it, no record is taken to have one. ``taken_over``: another process
+    resumes what this one releases (workers with ``delivery_log``); without that, a stop
+    cancels them, as without a journal (until 2026-12-06 they were released, and stayed
+    running for ever, nobody resuming them).
     """
 
     def __init__(
@@ -128,9 +132,11 @@ class Recoveries:
         max_per_owner: int | None = None,
         writing: Callable[[str], AbstractAsyncContextManager[object]] = nullcontext,
         live_runner: Callable[[dict[str, Any], float], str | None] | None = None,
+        taken_over: bool = True,
     ) -> None:
         self._runner = runner
         self._live_runner = live_runner
+        self._taken_over = taken_over
         self._writing = writing
         self._max_running = max_running
         self._max_per_owner = max_per_owner
@@ -212,14 +218,20 @@ class Recoveries:
         has taken over yet (until 2026-12-06 a recovery started then over the same moments was
         accepted, and both ran once one was taken over: every event sent twice more). Those
         begun before the webhook was created are another webhook's of the same id. None for a
-        redelivery (not a window) or without a journal."""
+        redelivery (not a window) or without a journal. Where nobody takes recoveries over,
+        only those a live process runs."""
         if self._journal is None or request.delivery_id is not None:
             return []
         created = request.webhook.created_seconds
+        now = self._clock()
         out = []
         for record in await self._journal.of_webhook(request.webhook.id):
             if record.get("state") != "running" or record.get("id") in self._tasks:
                 continue
+            if not self._taken_over and (
+                self._live_runner is None or self._live_runner(record, now) is None
+            ):
+                continue  # nobody resumes it: its runner stopped, and it with it
             try:
                 operation = Operation.from_record(record, request.webhook)
             except ValueError:
@@ -418,16 +430,17 @@ class Recoveries:
 
     def _give_up(self, operation_id: str, operation: Operation | None) -> None:
         """Mark an operation this process stops running as it shuts down: released for another
-        process to resume, with a journal; else cancelled."""
-        if self._journal is not None:
+        process to resume, with a journal and another process to take it over; else
+        cancelled."""
+        if self._journal is not None and self._taken_over:
             self._releasing.add(operation_id)
         elif operation is not None:
             operation.cancel()
 
     async def close(self) -> None:
         """Stop every running operation and wait for them to stop (application shutdown):
-        released for another process to resume with a journal, else cancelled. Nothing is
-        started after it begins (``503``)."""
+        released for another process to resume with a journal and ``taken_over``, else
+        cancelled. Nothing is started after it begins (``503``)."""
         self._closed = True
         tasks = list(self._tasks.items())
         for operation_id, task in tasks:

@@ -613,6 +613,8 @@ async def api_application(bridge: Bridge) -> web.Application:
         max_per_owner=per_owner(settings.api_max_recoveries),
         writing=bridge.change_locks.writing,
         live_runner=lambda record, now: live_runner(record, now, DEFAULT_STALE_AFTER),
+        # Recoveries are taken over (resumed by the webhook's owner) only with the log.
+        taken_over=bridge.delivery_log is not None,
     )
     # The log, stats and recovery routes only check that a webhook exists (and whose it is):
     # the table as it is will do, without an end-offsets request per read.

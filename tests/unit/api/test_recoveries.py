@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -210,6 +211,46 @@ async def test_a_window_a_stopped_worker_left_running_is_not_recovered_twice() -
     again = await recoveries.start(window)
     assert again.state == "running"
     await recoveries.close()
+
+
+async def test_where_nobody_takes_recoveries_over_a_stop_cancels_and_only_live_ones_hold() -> None:
+    """Workers without ``delivery_log`` record their recoveries but resume none another
+    stopped: a stop cancels (until 2026-12-06 it released them, running for ever), and a
+    recovery another process left running holds its window only while that process runs it
+    (a stopped one's never ends: it held every later window of its webhook, 409 for ever)."""
+    from bridge.worker.recovery_view import live_runner
+
+    journal = Journal()
+
+    def make(url: str) -> Recoveries:
+        return Recoveries(
+            Held(),
+            journal=journal,
+            url=url,
+            live_runner=lambda record, now: live_runner(record, now, 15.0),
+            taken_over=False,
+        )
+
+    first = make("http://10.0.0.2:6066")
+    window = request()
+    stopped = await first.start(window)
+    await first.close()
+    assert journal.records[-1]["state"] == "cancelled" and stopped.state == "cancelled"
+    # A runner that died (no record for a minute), its record still running: no hold.
+    dead = Operation(window, runner="http://10.0.0.3:6066", started_at=SINCE.timestamp())
+    await journal.write(dead.to_record(updated_at=time.time() - 60))
+    second = make(URL)
+    again = await second.start(window)
+    assert again.state == "running"
+    await second.close()
+    assert journal.records[-1]["state"] == "cancelled"
+    # A live one elsewhere holds it.
+    live = Operation(window, runner="http://10.0.0.4:6066", started_at=SINCE.timestamp())
+    await journal.write(live.to_record(updated_at=time.time()))
+    third = make("http://10.0.0.5:6066")
+    with pytest.raises(Problem) as refused:
+        await third.start(window)
+    assert refused.value.status == 409 and live.id in refused.value.detail
 
 
 async def test_without_a_journal_a_stop_cancels() -> None:
