@@ -299,8 +299,7 @@ class _Relay:
         if runner is not None:
             if relayed:
                 raise _unavailable(OwnerUnavailable("the recovery moved to another worker"))
-            # A cancel goes to the worker running the recovery.
-            self._tokens.authenticate(request.headers.get("Authorization")).require("write")
+            # A cancel goes to the worker running the recovery (its token checked above).
             try:
                 return await self._relay(runner, request)
             except OwnerUnavailable as exc:  # no connection to the runner
@@ -406,6 +405,8 @@ class _Relay:
         cancelled and answered so, and the runner went on, its next record running again)."""
         if request.method != "DELETE" or route_template(request) != "/v1/recoveries/{recovery_id}":
             return None
+        # Refused before the wait, which asks the broker: a stranger makes no worker wait.
+        self._tokens.authenticate(request.headers.get("Authorization")).require("write")
         await require_current(self._bridge.recoveries.freshness, time.monotonic(), "recoveries")
         runner = self._bridge.recoveries.live_runner(
             request.match_info["recovery_id"], time.time(), DEFAULT_STALE_AFTER

@@ -410,6 +410,30 @@ async def test_a_cancel_for_a_runner_that_is_gone_is_unavailable(
     assert not made
 
 
+async def test_a_cancel_without_a_token_is_refused_before_the_recoveries_table_is_asked(
+    bridge: Bridge,
+    worker: tuple[TestClient[Any, Any], list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Finding a recovery's runner waits for the recoveries table (an end-offsets request):
+    a request without a token, or one that may not write, is refused first (until
+    2026-12-06 each made the worker ask the broker, and waited with it)."""
+    client, made = worker
+    asked: list[float] = []
+
+    async def current(received_at: float, *args: Any) -> bool:
+        asked.append(received_at)
+        return True
+
+    monkeypatch.setattr(bridge.recoveries.freshness, "wait_current", current)
+    answer = await asyncio.wait_for(client.delete("/v1/recoveries/r1"), PROMPT)
+    assert answer.status == 401 and asked == [] and not made
+    answer = await asyncio.wait_for(
+        client.delete("/v1/recoveries/r1", headers={"Authorization": "Bearer nope"}), PROMPT
+    )
+    assert answer.status == 401 and asked == [] and not made
+
+
 async def taking_and_closing() -> tuple[list[bytes], asyncio.Server]:
     """An owner that takes each request's head, then closes the connection without an answer
     (as a worker stopping); the heads it took, and the server (close it)."""
