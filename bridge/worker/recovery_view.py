@@ -38,12 +38,14 @@ def recovery_record(key: bytes, value: bytes) -> dict[str, Any] | None:
 
 def live_runner(record: dict[str, Any], now: float, stale_after: float) -> str | None:
     """The URL of the worker running the recovery of ``record``, if it recorded it within
-    ``stale_after`` seconds of ``now``."""
+    ``stale_after`` seconds of ``now``, either way: a record stamped further ahead (the
+    runner's clock ahead of this one's) was taken as live until then (until 2026-12-06: a
+    week ahead, a week of cancels answered 503, nobody taking it over)."""
     if record.get("state") != "running":
         return None
     runner = record.get("runner")
     updated = updated_at(record)
-    if not isinstance(runner, str) or updated is None or now - updated > stale_after:
+    if not isinstance(runner, str) or updated is None or abs(now - updated) > stale_after:
         return None
     return runner
 

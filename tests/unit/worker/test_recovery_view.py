@@ -65,6 +65,10 @@ def test_a_runner_is_live_only_while_it_records() -> None:
     at = 1705312800.0  # 2024-01-15T10:00:00Z
     assert v.live_runner("r1", at + 10, stale_after=15) == "http://w1:6066"
     assert v.live_runner("r1", at + 16, stale_after=15) is None
+    # Stamped ahead of this clock: live within the same bound (a runner's clock a little
+    # ahead), not until the stamp (a week ahead was a week of 503s, until 2026-12-06).
+    assert v.live_runner("r1", at - 10, stale_after=15) == "http://w1:6066"
+    assert v.live_runner("r1", at - 16, stale_after=15) is None
     v.apply(0, 1, b"r1", jsoncanon.dumps(record(runner=None)))
     assert v.live_runner("r1", at, stale_after=15) is None
     assert v.live_runner("unknown", at, stale_after=15) is None
