@@ -942,8 +942,9 @@ class Settings:
 
     @property
     def source_topics(self) -> tuple[str, ...]:
-        """Every topic the worker consumes platform events from."""
-        return (self.events_topic, *self.extra_source_topics)
+        """Every topic the worker consumes platform events from, each once (one listed twice
+        in ``extra_source_topics`` was counted twice in a recovery's total until 2026-12-06)."""
+        return tuple(dict.fromkeys((self.events_topic, *self.extra_source_topics)))
 
     @property
     def plain_http_allowed(self) -> bool:

@@ -356,6 +356,13 @@ class SharedPace:
     def __repr__(self) -> str:
         return f"SharedPace({self.rate}/s)"
 
+    def set_rate(self, rate: float) -> None:
+        """Go on at ``rate``: the moments taken stand, the next come ``1/rate`` apart."""
+        if not rate > 0:
+            raise ValueError(f"rate must be positive, got {rate!r}")
+        self.rate = rate
+        self._interval = 1.0 / rate
+
     def reserve(self) -> float:
         """The moment (this pace's clock) the caller may write at; taken for it."""
         at = max(self._next, self._clock())
@@ -389,14 +396,18 @@ class WebhookPaces:
             yield None
             return
         entry = self._paces.get(webhook.id)
-        if entry is None or entry[0].rate != limit:  # new, or its limit changed
+        if entry is None:
             entry = self._paces[webhook.id] = (SharedPace(limit, clock=self._clock), [0])
+        elif entry[0].rate != limit:
+            # Its limit changed: one pace still, at the limit of the newest to start (two
+            # paces, one at each limit, let them enqueue both together until 2026-12-06).
+            entry[0].set_rate(limit)
         entry[1][0] += 1
         try:
             yield entry[0]
         finally:
             entry[1][0] -= 1
-            if entry[1][0] == 0 and self._paces.get(webhook.id) is entry:
+            if entry[1][0] == 0:
                 del self._paces[webhook.id]
 
 

@@ -829,5 +829,5 @@ def test_no_two_uses_share_a_topic(first: str, second: str) -> None:
 
 
 def test_a_source_topic_listed_twice_is_one_use() -> None:
-    settings = Settings().replace(extra_source_topics=("a", "a"))
-    assert settings.extra_source_topics == ("a", "a")
+    settings = Settings().replace(extra_source_topics=("a", "a", "b"))
+    assert settings.source_topics == (settings.events_topic, "a", "b")  # each read once

@@ -247,26 +247,22 @@ def test_one_webhooks_recoveries_share_one_pace_at_its_rate_limit() -> None:
             assert none is None
         assert len(paces) == 2
     assert len(paces) == 0
-    # A limit changed while one runs: the next recovery takes the new one.
+    # A limit changed while one runs: one pace still, at the newest limit.
     with paces.held(limited) as old:
         changed = webhook_from_record(webhook_record(id="wh_l", rate_limit=8))
         with paces.held(changed) as new:
-            assert new is not old and new is not None and new.rate == 8
-        assert len(paces) == 0  # the new one's ended; the old one's is no longer kept
+            assert new is old and new is not None and new.rate == 8
+        assert len(paces) == 1
     assert len(paces) == 0
 
 
-def test_a_replaced_pace_ending_leaves_its_successor() -> None:
-    from bridge.admin.recovery import WebhookPaces
-    from bridge.subscriptions.webhook import webhook_from_record
-    from tests.support.builders import webhook_record
+def test_a_pace_whose_limit_changes_goes_on_from_the_moments_taken() -> None:
+    from bridge.admin.recovery import SharedPace
 
-    paces = WebhookPaces()
-    old = paces.held(webhook_from_record(webhook_record(id="wh_l", rate_limit=4)))
-    new = paces.held(webhook_from_record(webhook_record(id="wh_l", rate_limit=8)))
-    old.__enter__()
-    kept = new.__enter__()
-    old.__exit__(None, None, None)
-    assert len(paces) == 1 and kept is not None and kept.rate == 8
-    new.__exit__(None, None, None)
-    assert len(paces) == 0
+    now = [10.0]
+    pace = SharedPace(1.0, clock=lambda: now[0])
+    assert [pace.reserve(), pace.reserve()] == [10.0, 11.0]
+    pace.set_rate(4.0)
+    assert [pace.reserve(), pace.reserve()] == [12.0, 12.25]
+    with pytest.raises(ValueError):
+        pace.set_rate(0.0)

@@ -474,6 +474,8 @@ async def test_a_webhooks_recoveries_are_listed_newest_first_in_pages(api: Api) 
         ({"since": "0001-01-01T00:00:00+05:00"}, [("since", "format")]),  # before year 1 in UTC
         ({"since": "20260115T090000Z"}, [("since", "format")]),  # ISO 8601's basic format
         ({"since": "2026-01-15T09:00:00.5+0100"}, [("since", "format")]),  # offset sans colon
+        ({"since": "2026-01-15T09:00:00+00:60"}, [("since", "format")]),  # minutes past 59
+        ({"since": "2026-01-15T09:00:00+24:00"}, [("since", "format")]),  # hours past 23
         ({"since": "2026-01-15T09:00:00Z", "until": "2026-01-15T08:00:00Z"}, [("until", "range")]),
         ({"since": "2026-01-16T09:00:00Z"}, [("since", "range")]),  # after now
         # From 0.01 to 1,000 a second: 5e-324 was taken until 2026-12-05, and its recovery
