@@ -635,10 +635,9 @@ class Settings:
         "BRIDGE_SLOW_ENDPOINT_SHARE",
         "--slow-endpoint-share",
         _share,
-        "The share of max_in_flight that endpoints answering slowly (an answer of 2 s or more "
-        "in the last 5 minutes) hold together, whatever sites they belong to; a request to one "
-        "finding it taken goes to the retry path (endpoint_busy). More than 0, at most 1 (1: "
-        "no share).",
+        "The share of max_in_flight that endpoints and sites answering slowly (an answer of 2 "
+        "s or more in the last 5 minutes) hold together; a request to one finding it taken "
+        "goes to the retry path (endpoint_busy). More than 0, at most 1 (1: no share).",
     )
     breaker_threshold: int = Section.RELIABILITY.setting(
         5,

@@ -357,9 +357,13 @@ class SharedPace:
         return f"SharedPace({self.rate}/s)"
 
     def set_rate(self, rate: float) -> None:
-        """Go on at ``rate``: the moments taken stand, the next come ``1/rate`` apart."""
+        """Go on at ``rate``: the moments taken stand, the next comes ``1/rate`` after the last
+        one taken (not the old rate's interval after it: from 0.01 a second to 50, the next
+        write waited 99 s)."""
         if not rate > 0:
             raise ValueError(f"rate must be positive, got {rate!r}")
+        if self._next != float("-inf"):
+            self._next += 1.0 / rate - self._interval
         self.rate = rate
         self._interval = 1.0 / rate
 

@@ -24,7 +24,15 @@ from bridge.delivery.breaker import CLOSED, Breakers, endpoint_of
 from bridge.delivery.dead_letters import dead_letter_record
 from bridge.delivery.endpoint_health import EndpointHealth, HealthChange
 from bridge.delivery.job import Ack, Job
-from bridge.delivery.limits import EndpointBusy, EndpointSlots, RateLimits, Slots, SlowEndpoints
+from bridge.delivery.limits import (
+    PROBE,
+    SLOW,
+    EndpointBusy,
+    EndpointSlots,
+    RateLimits,
+    Slots,
+    SlowEndpoints,
+)
 from bridge.delivery.pending_retry import PendingRetry
 from bridge.delivery.retry_policy import RetryPolicy
 from bridge.errors import InvalidEvent, InvalidUrl
@@ -226,9 +234,11 @@ class Deliverer:
             self._breakers.release(endpoint)
             await self._settle_failure(job, self._skipped("owner_busy"), counts=False)
             return None
-        # Last, and never waited for either: a place of the share that slow endpoints hold
-        # together (:class:`SlowEndpoints`), so that the rest of the worker stays for others.
-        slow = self._slow.is_slow(endpoint)
+        # Last, and never waited for either: a place of the share that slow endpoints and
+        # sites hold together (:class:`SlowEndpoints`), so that the rest stays for others.
+        judged = (endpoint, owner if owner is not None else _owner_key(webhook))
+        verdict = self._slow.judge(*judged)
+        slow = verdict == SLOW
         if slow and not self._slow.try_take():
             self._endpoints.release(endpoint)
             if owner is not None:
@@ -254,7 +264,7 @@ class Deliverer:
             if slow:
                 self._slow.give_back()
             if result is not None and result.error != "destination_forbidden":
-                self._slow.observe(endpoint, result.duration)
+                self._slow.observe(judged, result.duration, probe=verdict == PROBE)
             if result is None:
                 # Cancelled or crashed mid-request: tell the breaker, or a half-open circuit
                 # would wait for its probe's answer for ever.

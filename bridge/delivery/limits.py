@@ -17,6 +17,9 @@ __all__ = [
     "EndpointSlots",
     "EndpointBusy",
     "SlowEndpoints",
+    "QUICK",
+    "SLOW",
+    "PROBE",
     "SLOW_AFTER",
     "SLOW_FOR",
     "TokenBucket",
@@ -151,24 +154,32 @@ SLOW_FOR = 300.0
 _MAX_REMEMBERED = 50_000
 
 
+#: :meth:`SlowEndpoints.judge`'s verdicts.
+QUICK, SLOW, PROBE = 0, 1, 2
+
+
 class SlowEndpoints:
-    """Endpoints that answer slowly share at most ``places`` of a worker's requests.
+    """Endpoints, and sites, that answer slowly share at most ``places`` of a worker's requests.
 
     The per-site limit bounds what one site holds, not what a few together hold: sites with
     webhooks on endpoints that take the whole timeout to answer took every place of the worker
     (four sites of 64 places held all 256), and everyone else's deliveries waited out their
-    requests, wave after wave (until 2026-12-06). A request to an endpoint that answered in
-    :data:`SLOW_AFTER` seconds or more within the last :data:`SLOW_FOR` now also needs one of
-    ``places`` (half the worker's by default), taken without waiting: when none is free the
-    delivery is deferred (``endpoint_busy``), holding nothing. The other places stay for
-    endpoints that answer in time, and cost nothing while slow endpoints do not fill theirs.
+    requests, wave after wave (until 2026-12-06). A request whose endpoint, or whose site, had
+    an answer of :data:`SLOW_AFTER` seconds or more within the last :data:`SLOW_FOR` now also
+    needs one of ``places`` (half the worker's by default), taken without waiting: when none is
+    free the delivery is deferred (``endpoint_busy``), holding nothing. The other places stay
+    for the rest, and the share costs nothing while it is not full: it bounds how many such
+    requests are in flight, and those that answer quickly free theirs at once.
 
-    Slowness is a time, not an average: quick answers do not clear it (an endpoint could
-    otherwise answer quickly through the share a few times and hang with the rest of the
-    worker's places again), and it ends on its own (an endpoint whose requests are all
-    deferred while the share is full has no answer to clear it with, and was deferred until
-    its deliveries were dead-lettered). An endpoint is judged by its answers: the first
-    requests to a new one, or to one quiet for :data:`SLOW_FOR`, are made as any other's."""
+    The site as well as the endpoint: a site's webhooks moved to hostnames the worker had not
+    seen held the other places again, wave after wave. A time, not an average: quick answers
+    through the share would make a key quick again for its next hanging wave. And when its
+    time is up, one request is let through as any other's, the *probe* (the key stays slow
+    for the rest meanwhile): its quick answer ends the key's slowness, a slow one renews it;
+    so a key whose requests were all deferred, with no answer to be judged by, is measured
+    again (a healthy endpoint that timed out once was otherwise deferred until its deliveries
+    were dead-lettered untried), and one that still hangs gets one place outside the share
+    every :data:`SLOW_FOR`, not a wave. A site never seen slow is judged by its first answers."""
 
     __slots__ = ("_places", "_taken", "_slow_after", "_slow_for", "_clock", "_until")
 
@@ -187,21 +198,40 @@ class SlowEndpoints:
         self._slow_after = slow_after
         self._slow_for = slow_for
         self._clock = clock
-        #: Each slow endpoint, with when its slowness ends, in that order (every entry is
-        #: written with the same lifetime, so insertion order is end order).
+        #: Each slow key (an endpoint, a site), with when its slowness ends, in that order
+        #: (every entry is written with the same lifetime, so insertion order is end order).
         self._until: dict[str, float] = {}
 
     @property
     def taken(self) -> int:
-        """Requests to slow endpoints in flight."""
+        """Requests held to the share, in flight."""
         return self._taken
 
-    def is_slow(self, endpoint: str) -> bool:
-        until = self._until.get(endpoint)
+    def judge(self, *keys: str | None) -> int:
+        """:data:`SLOW` when a key is slow (the request needs a place of the share),
+        :data:`PROBE` when a key's time is up and this request measures it again (the key is
+        slow for others meanwhile), else :data:`QUICK`."""
+        verdict = QUICK
+        now = 0.0
+        for key in keys:
+            if key is None:
+                continue
+            until = self._until.get(key)
+            if until is None:
+                continue
+            now = now or self._clock()
+            if now < until:
+                return SLOW
+            self._mark(key, now)
+            verdict = PROBE
+        return verdict
+
+    def is_slow(self, key: str) -> bool:
+        until = self._until.get(key)
         return until is not None and self._clock() < until
 
     def try_take(self) -> bool:
-        """A place for a request to a slow endpoint, if one is free now; never waits."""
+        """A place of the share, if one is free now; never waits."""
         if self._taken >= self._places:
             return False
         self._taken += 1
@@ -210,18 +240,27 @@ class SlowEndpoints:
     def give_back(self) -> None:
         self._taken -= 1
 
-    def observe(self, endpoint: str, duration: float) -> None:
-        """An answer (or a timeout, or an error) from ``endpoint`` after ``duration`` seconds."""
-        if duration < self._slow_after:
-            return
-        now = self._clock()
-        self._until.pop(endpoint, None)
+    def observe(self, keys: tuple[str | None, ...], duration: float, *, probe: bool) -> None:
+        """An answer (or a timeout, or an error) after ``duration`` seconds to a request
+        judged with ``keys``; ``probe``: it was judged :data:`PROBE`."""
+        if duration >= self._slow_after:
+            now = self._clock()
+            for key in keys:
+                if key is not None:
+                    self._mark(key, now)
+        elif probe:
+            for key in keys:
+                if key is not None:
+                    self._until.pop(key, None)
+
+    def _mark(self, key: str, now: float) -> None:
+        self._until.pop(key, None)
         # Forget those whose slowness ended (the oldest first), and the oldest past the bound.
         for oldest, until in list(itertools.islice(self._until.items(), 8)):
             if until > now and len(self._until) < _MAX_REMEMBERED:
                 break
             del self._until[oldest]
-        self._until[endpoint] = now + self._slow_for
+        self._until[key] = now + self._slow_for
 
 
 @dataclass

@@ -262,7 +262,9 @@ def test_a_pace_whose_limit_changes_goes_on_from_the_moments_taken() -> None:
     now = [10.0]
     pace = SharedPace(1.0, clock=lambda: now[0])
     assert [pace.reserve(), pace.reserve()] == [10.0, 11.0]
-    pace.set_rate(4.0)
-    assert [pace.reserve(), pace.reserve()] == [12.0, 12.25]
+    pace.set_rate(4.0)  # the next a quarter second after the last taken, not a second
+    assert [pace.reserve(), pace.reserve()] == [11.25, 11.5]
+    pace.set_rate(0.01)
+    assert pace.reserve() == 111.5
     with pytest.raises(ValueError):
         pace.set_rate(0.0)

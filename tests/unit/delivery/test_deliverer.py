@@ -1015,3 +1015,31 @@ async def test_with_a_share_of_one_slow_endpoints_may_hold_every_place() -> None
     assert h.value("webhook_bridge_slow_in_flight_requests") == 4
     sender.gate.set()
     await asyncio.wait_for(asyncio.gather(*held), PROMPT)
+
+
+async def test_a_slow_sites_webhooks_on_hostnames_never_seen_are_held_to_the_share() -> None:
+    """Their sites answered slowly: their webhooks moved to new hostnames are slow too (until
+    the site was a key, each fresh hostname's first wave held the other places again)."""
+    sender = FakeSender(*[timed_out() for _ in range(4)])
+    h = Harness(sender, max_in_flight=4, owner_max_in_flight=1)
+
+    def hook(n: int, host: str) -> Webhook:
+        return dataclasses.replace(
+            make_webhook(f"wh_{host}{n}", host=f"{host}{n}.example"), site_id=f"s{n}"
+        )
+
+    await asyncio.gather(
+        *(h.run(make_job(webhook=hook(n, "slow"), event=make_event(f"e_{n}"))) for n in range(4))
+    )
+    sender.gate = asyncio.Event()
+    held = [
+        h.start(make_job(webhook=hook(n, "fresh"), event=make_event(f"e_fresh{n}")))
+        for n in range(4)
+    ]
+    await eventually(lambda: len(sender.sent) == 6 and sum(t.done() for t in held) == 2)
+    assert h.value("webhook_bridge_slow_in_flight_requests") == 2
+    quick = dataclasses.replace(make_webhook("wh_quick", host="quick.example"), site_id="s_q")
+    other = h.start(make_job(webhook=quick, event=make_event("e_quick")))
+    await eventually(lambda: len(sender.sent) == 7)
+    sender.gate.set()
+    await asyncio.wait_for(asyncio.gather(*held, other), PROMPT)

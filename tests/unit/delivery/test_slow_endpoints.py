@@ -1,4 +1,5 @@
-"""bridge.delivery.limits.SlowEndpoints: which endpoints are slow, and the share they hold."""
+"""bridge.delivery.limits.SlowEndpoints: which endpoints and sites are slow, the probe that
+measures one again, and the share they hold."""
 
 from __future__ import annotations
 
@@ -7,31 +8,46 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.delivery import limits
-from bridge.delivery.limits import SLOW_AFTER, SLOW_FOR, SlowEndpoints
+from bridge.delivery.limits import PROBE, QUICK, SLOW, SLOW_AFTER, SLOW_FOR, SlowEndpoints
 from tests.support.clocks import FakeClock
 
-A, B = "https://a.example:443", "https://b.example:443"
+A, B, SITE = "https://a.example:443", "https://b.example:443", "site_id:s1"
 
 
-def test_a_slow_answer_makes_an_endpoint_slow_for_a_time_whatever_it_answers_then() -> None:
-    """Quick answers do not clear it (an endpoint could answer quickly through the share and
-    hang with the worker's other places again), and it ends on its own: an endpoint whose
-    requests are all deferred has no answer to clear it with (until the first version's
-    average gave way to a time, its deliveries were dead-lettered untried)."""
+def test_a_slow_answer_makes_its_endpoint_and_site_slow_whatever_they_answer_then() -> None:
+    """Quick answers through the share do not clear it (they would make a key quick again for
+    its next hanging wave), and the site is slow too: its webhooks moved to hostnames never
+    seen are held to the share as well."""
     clock = FakeClock(1000.0)
     slow = SlowEndpoints(2, clock=clock)
-    slow.observe(A, 30.0)
-    slow.observe(B, SLOW_AFTER - 0.01)
-    assert slow.is_slow(A) and not slow.is_slow(B)
+    assert slow.judge(A, SITE) == QUICK
+    slow.observe((A, SITE), 30.0, probe=False)
+    slow.observe((B, "site_id:s2"), SLOW_AFTER - 0.01, probe=False)
+    assert slow.judge(A, SITE) == SLOW and slow.judge(B, SITE) == SLOW  # B by its site
+    assert slow.judge(B, "site_id:s2") == QUICK and slow.judge(A, None) == SLOW
     for _ in range(50):
-        slow.observe(A, 0.01)
+        slow.observe((A, SITE), 0.01, probe=False)
     clock.now += SLOW_FOR - 1
-    assert slow.is_slow(A)
+    assert slow.judge(A, SITE) == SLOW
+
+
+def test_when_its_time_is_up_one_request_measures_a_key_again() -> None:
+    """The probe: one request let through as any other's while the key stays slow for the
+    rest; its quick answer ends the slowness, a slow one renews it. A key whose requests were
+    all deferred is measured again; one that still hangs gets one request, not a wave."""
+    clock = FakeClock(1000.0)
+    slow = SlowEndpoints(2, clock=clock)
+    slow.observe((A, SITE), 30.0, probe=False)
+    clock.now += SLOW_FOR
+    assert slow.judge(A, SITE) == PROBE
+    assert slow.judge(A, SITE) == SLOW  # the others, while the probe is out
+    slow.observe((A, SITE), 30.0, probe=True)  # still hangs: slow again, for SLOW_FOR
+    clock.now += SLOW_FOR - 1
+    assert slow.judge(A, SITE) == SLOW
     clock.now += 1
-    assert not slow.is_slow(A)
-    slow.observe(A, SLOW_AFTER)  # slow again, for another SLOW_FOR
-    clock.now += SLOW_FOR - 1
-    assert slow.is_slow(A)
+    assert slow.judge(A, SITE) == PROBE
+    slow.observe((A, SITE), 0.05, probe=True)  # answered in time: quick again
+    assert slow.judge(A, SITE) == QUICK and not slow._until
 
 
 def test_the_share_is_taken_without_waiting_and_given_back() -> None:
@@ -49,33 +65,36 @@ def test_the_share_is_taken_without_waiting_and_given_back() -> None:
         st.tuples(st.integers(0, 30), st.floats(0, 60), st.floats(0, 2 * SLOW_FOR)), max_size=300
     )
 )
-def test_it_remembers_only_slow_endpoints_and_never_more_than_its_bound(
+def test_it_remembers_only_slow_keys_and_never_more_than_its_bound(
     answers: list[tuple[int, float, float]],
 ) -> None:
-    """Whatever endpoints answer, and when: the map never passes its bound, an endpoint is
-    slow exactly when its last slow answer is within SLOW_FOR (unless the bound forgot it),
-    and quick answers never add an entry."""
+    """Whatever answers come, and when: the map never passes its bound, its order is the order
+    its keys' slowness ends, a key judged slow had a slow answer (or a probe) within SLOW_FOR,
+    and quick answers never add a key."""
     original = limits._MAX_REMEMBERED
     limits._MAX_REMEMBERED = 8
     try:
         clock = FakeClock(0.0)
         slow = SlowEndpoints(4, clock=clock)
-        last_slow: dict[str, float] = {}
+        marked: dict[str, float] = {}
         for n, duration, gap in answers:
             clock.now += gap
-            endpoint = f"https://e{n}.example:443"
-            before = dict(slow._until)
-            slow.observe(endpoint, duration)
+            key = f"https://e{n}.example:443"
+            verdict = slow.judge(key)
+            if verdict == PROBE:
+                marked[key] = clock()
+            before = set(slow._until)
+            slow.observe((key,), duration, probe=verdict == PROBE)
             assert len(slow._until) <= 8
+            ends = list(slow._until.values())
+            assert ends == sorted(ends)
             if duration >= SLOW_AFTER:
-                last_slow[endpoint] = clock()
-                assert slow.is_slow(endpoint)
-            else:
-                assert slow._until == before
-            for name, at in last_slow.items():
+                marked[key] = clock()
+                assert slow.judge(key) == SLOW
+            elif verdict != PROBE:
+                assert set(slow._until) <= before
+            for name, at in marked.items():
                 if slow.is_slow(name):
                     assert clock() - at < SLOW_FOR
-                elif name in slow._until:
-                    assert clock() - at >= SLOW_FOR
     finally:
         limits._MAX_REMEMBERED = original
