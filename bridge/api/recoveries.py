@@ -295,9 +295,25 @@ class Recoveries:
                 # (until 2026-12-05 a beat then recorded it too, and it ended twice).
                 return
             try:
+                if await self._ended_elsewhere(operation):
+                    # Another worker recorded it cancelled (it found no live runner: a
+                    # take-over was resuming it): stopped here too, and recorded so.
+                    operation.cancel()
+                    task = self._tasks.get(operation.id)
+                    if task is not None:
+                        task.cancel()
+                    return
                 await self._record(operation)
             except Exception as exc:  # the next beat tries again; the run goes on
                 log.warning("recovery %s not recorded: %s", operation.id, type(exc).__name__)
+
+    async def _ended_elsewhere(self, operation: Operation) -> bool:
+        """Whether the journal's newest record of ``operation``, which runs here, is an end
+        (only another process writes one while it runs here)."""
+        if self._journal is None:
+            return False
+        record = await self._journal.read(operation.id)
+        return record is not None and record.get("state") in ("done", "cancelled", "failed")
 
     async def _run(self, operation: Operation) -> None:
         beat = asyncio.create_task(self._beat(operation)) if self._journal is not None else None

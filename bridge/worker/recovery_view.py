@@ -50,6 +50,10 @@ def live_runner(record: dict[str, Any], now: float, stale_after: float) -> str |
     return runner
 
 
+def _ended(record: dict[str, Any] | None) -> bool:
+    return record is not None and record.get("state") in ("done", "cancelled", "failed")
+
+
 class RecoveryView:
     """The newest record of each recovery, fed by the recoveries table (:meth:`apply`)."""
 
@@ -79,6 +83,12 @@ class RecoveryView:
             record = recovery_record(key, value)
             if record is None:
                 self.invalid += 1
+                return
+            if record.get("state") == "running" and _ended(self._records.get(operation_id)):
+                # An end is final: a runner's record after it is one that had not seen it yet
+                # (a heartbeat, or a take-over resuming it as another worker recorded it
+                # cancelled), and that runner stops when its next heartbeat reads the end
+                # (until 2026-12-06 the recovery ran on, shown running again).
                 return
             self._forget(operation_id)
             self._records[operation_id] = record

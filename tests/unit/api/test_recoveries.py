@@ -253,6 +253,36 @@ async def test_where_nobody_takes_recoveries_over_a_stop_cancels_and_only_live_o
     assert refused.value.status == 409 and live.id in refused.value.detail
 
 
+class EndsAreFinal(Journal):
+    """Reads as the workers' view of the topic does: an end is final, a running record after
+    it skipped."""
+
+    async def read(self, operation_id: str) -> dict[str, Any] | None:
+        newest = None
+        for record in self.records:
+            if record["id"] != operation_id:
+                continue
+            ended = newest is not None and newest["state"] in ("done", "cancelled", "failed")
+            if not (ended and record["state"] == "running"):
+                newest = record
+        return newest
+
+
+async def test_a_runner_stops_at_its_next_heartbeat_once_another_worker_ended_it() -> None:
+    """Another worker recorded it cancelled (no live runner was known: this one was taking it
+    over): this runner stops at its next heartbeat, its record cancelled; until 2026-12-06
+    its heartbeats recorded it running again and it ran on."""
+    journal = EndsAreFinal()
+    recoveries = Recoveries(Held(), journal=journal, url=URL, heartbeat=0.01)
+    operation = await recoveries.start(request())
+    cancelled = {**journal.records[-1], "state": "cancelled", "runner": None}
+    await journal.write(cancelled)
+    await eventually(lambda: not recoveries.running_here(operation.id), timeout=5)
+    assert operation.state == "cancelled"
+    newest = await journal.read(operation.id)
+    assert newest is not None and newest["state"] == "cancelled"
+
+
 async def test_without_a_journal_a_stop_cancels() -> None:
     recoveries = Recoveries(Held())
     operation = await recoveries.start(request())

@@ -88,7 +88,9 @@ def test_a_runner_is_live_only_while_it_records() -> None:
 def test_running_ended_and_by_webhook_are_the_newest_records(
     changes: list[tuple[str, str, str | None]],
 ) -> None:
-    """Split by state and by webhook (a recovery's records may even name other webhooks)."""
+    """Split by state and by webhook (a recovery's records may even name other webhooks). An
+    end is final: a running record after one is skipped (a runner that had not seen it yet),
+    until a tombstone forgets the recovery."""
     v = view()
     model: dict[str, tuple[str, str | None]] = {}
     for offset, (rid, state, webhook_id) in enumerate(changes):
@@ -100,6 +102,8 @@ def test_running_ended_and_by_webhook_are_the_newest_records(
         else:
             value = record(id=rid, state=state, webhook_id=webhook_id)
             v.apply(0, offset, rid.encode(), jsoncanon.dumps(value))
+            if state == "running" and model.get(rid, ("running", None))[0] != "running":
+                continue  # after an end: skipped
             model[rid] = (state, webhook_id)
     assert sorted(r["id"] for r in v.running()) == sorted(
         rid for rid, (state, _) in model.items() if state == "running"
@@ -111,3 +115,19 @@ def test_running_ended_and_by_webhook_are_the_newest_records(
         assert sorted(r["id"] for r in v.of_webhook(webhook_id)) == sorted(
             rid for rid, (_, owner) in model.items() if owner == webhook_id
         )
+
+
+def test_an_end_is_final_for_a_runner_that_had_not_seen_it() -> None:
+    """Recorded cancelled by a worker that found no live runner while a take-over resumed it:
+    the new runner's running record after it is skipped, the recovery stays cancelled, and
+    the runner stops at its next heartbeat (until 2026-12-06 it ran on, shown running)."""
+    v = view()
+    v.apply(0, 0, b"r1", jsoncanon.dumps(record(runner=None)))
+    v.apply(0, 1, b"r1", jsoncanon.dumps(record(state="cancelled", runner=None)))
+    v.apply(0, 2, b"r1", jsoncanon.dumps(record(runner="http://w2:6066")))
+    got = v.get("r1")
+    assert got is not None and got["state"] == "cancelled" and list(v.running()) == []
+    assert v.freshness.caught_up_to({0: 3})
+    v.apply(0, 3, b"r1", None)  # forgotten: a later record is a new start
+    v.apply(0, 4, b"r1", jsoncanon.dumps(record(runner="http://w2:6066")))
+    assert [r["id"] for r in v.running()] == ["r1"]
