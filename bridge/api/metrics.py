@@ -10,9 +10,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from bridge.api.problems import Problem
+from bridge.api.problems import Problem, route_template
 
-__all__ = ["NOT_COUNTED", "ApiMetrics", "answered", "metrics_middleware", "route_template"]
+__all__ = ["NOT_COUNTED", "ApiMetrics", "answered", "metrics_middleware"]
 
 #: Seconds; an API answer is a table lookup or one partition read, well under the 10 s timeout.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -59,14 +59,6 @@ class ApiMetrics:
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, f"{status // 100}xx").inc()
         self.duration.labels(route).observe(seconds)
-
-
-def route_template(request: web.Request) -> str | None:
-    """The template of the route a request matched (``/v1/webhooks/{webhook_id}``), or
-    ``None`` when it matched none (an unknown path, a method the path does not take)."""
-    info = request.match_info
-    resource = info.route.resource if info.http_exception is None else None
-    return None if resource is None else resource.canonical
 
 
 def _route(request: web.Request) -> tuple[str, str]:

@@ -35,6 +35,7 @@ __all__ = [
     "read_body",
     "read_json_object",
     "problem_middleware",
+    "route_template",
 ]
 
 log = logging.getLogger(__name__)
@@ -228,6 +229,14 @@ _HTTP_DETAILS = {
 }
 
 
+def route_template(request: web.Request) -> str | None:
+    """The template of the route a request matched (``/v1/webhooks/{webhook_id}``), or
+    ``None`` when it matched none (an unknown path, a method the path does not take)."""
+    info = request.match_info
+    resource = info.route.resource if info.http_exception is None else None
+    return None if resource is None else resource.canonical
+
+
 def problem_middleware(timeout: float) -> Middleware:
     """Middleware answering every error as a problem and every request within ``timeout``.
 
@@ -260,9 +269,7 @@ def problem_middleware(timeout: float) -> Middleware:
         except Exception:
             # A bug, never bad input: logged with its traceback (no request body or header,
             # and the route's template, not the path sent, which may carry a pasted token).
-            info = request.match_info
-            route = "unmatched" if info.http_exception is not None else info.route.resource
-            template = getattr(route, "canonical", "unmatched")
+            template = route_template(request) or "unmatched"
             log.exception("internal error answering %s %s", request.method, template)
             return problem_response(Problem("internal_error", "the bridge failed; see its log"))
 

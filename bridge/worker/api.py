@@ -72,8 +72,8 @@ from bridge.api.kafka_sources import (
     kafka_recovery_runner,
     scan_share,
 )
-from bridge.api.metrics import ApiMetrics, answered, route_template
-from bridge.api.problems import Problem, read_body
+from bridge.api.metrics import ApiMetrics, answered
+from bridge.api.problems import Problem, read_body, route_template
 from bridge.api.ratelimit import TokenBuckets
 from bridge.api.recoveries import DEFAULT_HEARTBEAT, Recoveries, per_owner
 from bridge.api.repository import WebhookRepository
