@@ -29,7 +29,8 @@ from typing import Any, Protocol
 
 from bridge.admin.recovery import Operation, Operations, RecoveryRequest
 from bridge.api.problems import Problem
-from bridge.subscriptions.webhook import Webhook
+from bridge.subscriptions.webhook import Webhook, before_created
+from bridge.worker.recovery_view import ended
 
 __all__ = [
     "DEFAULT_HEARTBEAT",
@@ -222,7 +223,6 @@ class Recoveries:
         only those a live process runs."""
         if self._journal is None or request.delivery_id is not None:
             return []
-        created = request.webhook.created_seconds
         now = self._clock()
         out = []
         for record in await self._journal.of_webhook(request.webhook.id):
@@ -236,7 +236,7 @@ class Recoveries:
                 operation = Operation.from_record(record, request.webhook)
             except ValueError:
                 continue
-            if created is None or operation.started_at >= created:
+            if not before_created(operation.started_at, request.webhook.created_at):
                 out.append(operation)
         return out
 
@@ -312,8 +312,7 @@ class Recoveries:
         (only another process writes one while it runs here)."""
         if self._journal is None:
             return False
-        record = await self._journal.read(operation.id)
-        return record is not None and record.get("state") in ("done", "cancelled", "failed")
+        return ended(await self._journal.read(operation.id))
 
     async def _run(self, operation: Operation) -> None:
         beat = asyncio.create_task(self._beat(operation)) if self._journal is not None else None

@@ -31,7 +31,7 @@ from bridge.api.table_repository import require_current
 from bridge.contract import jsoncanon
 from bridge.contract.events import format_epoch
 from bridge.subscriptions.serial import NotWritable
-from bridge.subscriptions.webhook import Webhook
+from bridge.subscriptions.webhook import Webhook, before_created
 from bridge.worker.recovery_view import (
     DEFAULT_STALE_AFTER,
     RecoveryView,
@@ -135,8 +135,7 @@ async def take_over(
         try:
             if current is not None:
                 operation = Operation.from_record(record, current)
-                created = current.created_seconds
-                if created is not None and operation.started_at < created:
+                if before_created(operation.started_at, current.created_at):
                     # Begun for a webhook of this id that was deleted: the webhook that took
                     # the id never gets its window (until 2026-12-06 it was resumed for it).
                     current = None

@@ -10,7 +10,14 @@ from bridge.contract.events import parse_time
 from bridge.errors import InvalidRecord
 from bridge.subscriptions.freshness import TableFreshness
 
-__all__ = ["DEFAULT_STALE_AFTER", "RecoveryView", "live_runner", "recovery_record", "updated_at"]
+__all__ = [
+    "DEFAULT_STALE_AFTER",
+    "RecoveryView",
+    "ended",
+    "live_runner",
+    "recovery_record",
+    "updated_at",
+]
 
 #: Seconds without a record after which a running recovery's runner is taken for gone.
 DEFAULT_STALE_AFTER = 15.0
@@ -50,7 +57,8 @@ def live_runner(record: dict[str, Any], now: float, stale_after: float) -> str |
     return runner
 
 
-def _ended(record: dict[str, Any] | None) -> bool:
+def ended(record: dict[str, Any] | None) -> bool:
+    """Whether ``record`` is a recovery's end (``done``, ``cancelled``, ``failed``): final."""
     return record is not None and record.get("state") in ("done", "cancelled", "failed")
 
 
@@ -84,7 +92,7 @@ class RecoveryView:
             if record is None:
                 self.invalid += 1
                 return
-            if record.get("state") == "running" and _ended(self._records.get(operation_id)):
+            if record.get("state") == "running" and ended(self._records.get(operation_id)):
                 # An end is final: a runner's record after it is one that had not seen it yet
                 # (a heartbeat, or a take-over resuming it as another worker recorded it
                 # cancelled), and that runner stops when its next heartbeat reads the end

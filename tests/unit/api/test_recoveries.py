@@ -19,6 +19,7 @@ from bridge.api.recoveries import RETRY_AFTER, Recoveries, per_owner
 from bridge.contract.events import format_timestamp
 from bridge.subscriptions.serial import KeyedLocks, NotWritable
 from bridge.subscriptions.webhook import webhook_from_record
+from bridge.worker.recovery_view import ended
 from tests.support.builders import webhook_record
 from tests.support.journals import Journal
 from tests.support.waiting import PROMPT, eventually
@@ -262,8 +263,7 @@ class EndsAreFinal(Journal):
         for record in self.records:
             if record["id"] != operation_id:
                 continue
-            ended = newest is not None and newest["state"] in ("done", "cancelled", "failed")
-            if not (ended and record["state"] == "running"):
+            if not (ended(newest) and record["state"] == "running"):
                 newest = record
         return newest
 
