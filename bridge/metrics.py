@@ -228,8 +228,8 @@ class Metrics:
         )
         self.slow_in_flight = Gauge(
             "webhook_bridge_slow_in_flight_requests",
-            "Delivery HTTP requests in flight to endpoints that answer slowly (at most half of "
-            "max_in_flight; docs/operations.md, Isolation).",
+            "Delivery HTTP requests in flight to endpoints, or of sites, that answer slowly (at "
+            "most slow_endpoint_share of max_in_flight; docs/operations.md, Isolation).",
             registry=registry,
         )
         self.subscriptions = Gauge(

@@ -218,10 +218,7 @@ class Deliverer:
         try:
             await self._endpoints.acquire(endpoint)
         except EndpointBusy:
-            # Nor here; and a half-open circuit's probe goes to the next request.
-            self._rates.refund(webhook.id)
-            self._breakers.release(endpoint)
-            await self._settle_failure(job, self._skipped("endpoint_busy"), counts=False)
+            await self._deferred(job, endpoint, "endpoint_busy")
             return None
         # The site's place, once the endpoint's is taken, and never waited for: a delivery
         # waiting for it would hold its endpoint's place (which other sites' deliveries to a
@@ -229,10 +226,7 @@ class Deliverer:
         # let one slow endpoint of a site take every place of the site's.
         owner = _owner_key(webhook) if self._owner_limit else None
         if owner is not None and not self._take_owner(owner):
-            self._endpoints.release(endpoint)
-            self._rates.refund(webhook.id)
-            self._breakers.release(endpoint)
-            await self._settle_failure(job, self._skipped("owner_busy"), counts=False)
+            await self._deferred(job, endpoint, "owner_busy", endpoint_held=True)
             return None
         # Last, and never waited for either: a place of the share that slow endpoints and
         # sites hold together (:class:`SlowEndpoints`), so that the rest stays for others.
@@ -240,12 +234,7 @@ class Deliverer:
         verdict = self._slow.judge(*judged)
         slow = verdict == SLOW
         if slow and not self._slow.try_take():
-            self._endpoints.release(endpoint)
-            if owner is not None:
-                self._release_owner(owner)
-            self._rates.refund(webhook.id)
-            self._breakers.release(endpoint)
-            await self._settle_failure(job, self._skipped("endpoint_busy"), counts=False)
+            await self._deferred(job, endpoint, "endpoint_busy", endpoint_held=True, owner=owner)
             return None
         result: AttemptResult | None = None
         try:
@@ -309,6 +298,27 @@ class Deliverer:
     def owner_in_flight(self, owner: str) -> int:
         """Requests in flight for a site (``"site_id:..."``) or account (``"user_id:..."``)."""
         return self._owner_in_flight.get(owner, 0)
+
+    async def _deferred(
+        self,
+        job: Job,
+        endpoint: str,
+        reason: str,
+        *,
+        endpoint_held: bool = False,
+        owner: str | None = None,
+    ) -> None:
+        """Settle ``job`` deferred for ``reason`` once past the circuit, no request made: what
+        it took is given back (the endpoint's place when ``endpoint_held``, ``owner``'s place,
+        the webhook's rate-limit token, and a half-open circuit's probe, which goes to the next
+        request)."""
+        if endpoint_held:
+            self._endpoints.release(endpoint)
+        if owner is not None:
+            self._release_owner(owner)
+        self._rates.refund(job.webhook.id)
+        self._breakers.release(endpoint)
+        await self._settle_failure(job, self._skipped(reason), counts=False)
 
     def _skipped(self, error: str, retry_after: float | None = None) -> AttemptResult:
         self._metrics.skipped.labels(error).inc()

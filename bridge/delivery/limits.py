@@ -226,10 +226,6 @@ class SlowEndpoints:
             verdict = PROBE
         return verdict
 
-    def is_slow(self, key: str) -> bool:
-        until = self._until.get(key)
-        return until is not None and self._clock() < until
-
     def try_take(self) -> bool:
         """A place of the share, if one is free now; never waits."""
         if self._taken >= self._places:

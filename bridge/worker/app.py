@@ -342,8 +342,7 @@ class Bridge:
         starts = await offsets.beginning_offsets(asked)
         committed = consumer._committed_offset  # type: ignore[attr-defined]  # no public accessor
         seen = set()
-        for tp in tps:
-            asked_tp = TopicPartition(tp.topic, tp.partition)
+        for tp, asked_tp in zip(tps, asked, strict=True):
             end = ends.get(asked_tp)
             if end is None:
                 continue
