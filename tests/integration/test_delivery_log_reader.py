@@ -11,6 +11,8 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +47,35 @@ def reader_of(settings: Settings, store: DeliveryLogStore, **options: Any) -> De
     )
 
 
-async def test_the_reader_sweeps_expired_attempts_between_reads(settings: Settings) -> None:
-    now = [time.time()]
-    store = MemoryStore(max_attempts=1000, max_age=MAX_AGE)
-    reader = reader_of(settings, store, clock=lambda: now[0], sweep_interval=1.0)
+@asynccontextmanager
+async def reading(
+    settings: Settings, store: DeliveryLogStore, **options: Any
+) -> AsyncIterator[tuple[DeliveryLogReader, AIOKafkaProducer]]:
+    """A started reader of the attempts topic into ``store`` (:func:`reader_of`), and a
+    started producer to write there; both stopped after."""
+    reader = reader_of(settings, store, **options)
     producer = AIOKafkaProducer(**client_kwargs(settings))
     await producer.start()
     await reader.start()
     try:
+        yield reader, producer
+    finally:
+        await reader.stop()
+        await producer.stop()
+
+
+def store_of(kind: str, directory: Path) -> DeliveryLogStore:
+    """The delivery log's store of ``kind`` (``memory``, ``rocksdb`` in ``directory``)."""
+    if kind == "memory":
+        return MemoryStore(max_attempts=1000, max_age=MAX_AGE)
+    return RocksStore(directory, max_attempts=1000, max_age=MAX_AGE)
+
+
+async def test_the_reader_sweeps_expired_attempts_between_reads(settings: Settings) -> None:
+    now = [time.time()]
+    store = MemoryStore(max_attempts=1000, max_age=MAX_AGE)
+    clocked = reading(settings, store, clock=lambda: now[0], sweep_interval=1.0)
+    async with clocked as (reader, producer):
         partitions = await producer.partitions_for(settings.attempts_topic)
         reader.assign(partitions)
 
@@ -78,9 +101,6 @@ async def test_the_reader_sweeps_expired_attempts_between_reads(settings: Settin
         assert all(a.delivery_id.startswith("new") for a in _kept(store))
         assert store.delivery("old0") == [] and len(store.delivery("new0")) == 1
         assert reader.gaps == [] and reader.invalid == 0
-    finally:
-        await reader.stop()
-        await producer.stop()
 
 
 def _kept(store: MemoryStore) -> list[Attempt]:
@@ -96,17 +116,10 @@ async def test_any_reassignments_under_sweeps_leave_every_record_held(
     thread, a revoked one freed by the next sweep): once every partition is held again, every
     record is, exactly once, and nothing failed."""
     rng = random.Random(20261204)
-    store: DeliveryLogStore = (
-        MemoryStore(max_attempts=1000, max_age=MAX_AGE)
-        if kind == "memory"
-        else RocksStore(tmp_path / "log", max_attempts=1000, max_age=MAX_AGE)
-    )
-    reader = reader_of(settings, store, sweep_interval=0.0)  # a sweep after every fetch
-    producer = AIOKafkaProducer(**client_kwargs(settings))
-    await producer.start()
-    await reader.start()
+    store = store_of(kind, tmp_path / "log")
     written = 0
-    try:
+    sweeping = reading(settings, store, sweep_interval=0.0)  # a sweep after every fetch
+    async with sweeping as (reader, producer):
         partitions = sorted(await producer.partitions_for(settings.attempts_topic))
         for _ in range(8):
             chosen = set(rng.sample(partitions, rng.randint(0, len(partitions))))
@@ -132,9 +145,6 @@ async def test_any_reassignments_under_sweeps_leave_every_record_held(
         assert sorted(held) == sorted(f"d{n}" for n in range(written))
         assert reader.gaps == [] and reader.invalid == 0 and reader.sweeps > 0
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
-    finally:
-        await reader.stop()
-        await producer.stop()
 
 
 def _log(store: DeliveryLogStore, webhook_id: str) -> list[Attempt]:
@@ -181,16 +191,8 @@ async def test_hostile_attempt_records_are_skipped_and_counted_between_valid_one
     again, holds the valid ones only."""
     rng = random.Random(20261206)
     hostile = _hostile_values(rng)
-    store: DeliveryLogStore = (
-        MemoryStore(max_attempts=1000, max_age=MAX_AGE)
-        if kind == "memory"
-        else RocksStore(tmp_path / "log", max_attempts=1000, max_age=MAX_AGE)
-    )
-    reader = reader_of(settings, store)
-    producer = AIOKafkaProducer(**client_kwargs(settings))
-    await producer.start()
-    await reader.start()
-    try:
+    store = store_of(kind, tmp_path / "log")
+    async with reading(settings, store) as (reader, producer):
         partitions = await producer.partitions_for(settings.attempts_topic)
         reader.assign(partitions)
         for n, value in enumerate(hostile):
@@ -202,9 +204,6 @@ async def test_hostile_attempt_records_are_skipped_and_counted_between_valid_one
         assert reader.invalid == len(hostile) and reader.gaps == []
         kept = sorted(a.delivery_id for a in _log(store, "wh-hostile"))
         assert kept == sorted(f"good{n}" for n in range(len(hostile)))
-    finally:
-        await reader.stop()
-        await producer.stop()
     if isinstance(store, RocksStore):
         again = RocksStore(tmp_path / "log", max_attempts=1000, max_age=MAX_AGE)
         try:
