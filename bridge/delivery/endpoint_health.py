@@ -37,6 +37,10 @@ class HealthChange:
             record["webhook_created_at"] = self.webhook_created_at
         if self.webhook_updated_at is not None:
             record["webhook_updated_at"] = self.webhook_updated_at
+        if self.state == "disabled":
+            # Not applied yet: the webhook's owner turns it off, then marks the record applied
+            # (:mod:`bridge.worker.disables`), so that it is never applied twice.
+            record["applied_at"] = None
         return record
 
 

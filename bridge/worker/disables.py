@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bridge.config import Settings
-from bridge.contract.events import format_timestamp, parse_time
+from bridge.contract.events import format_timestamp
 from bridge.delivery.endpoint_health import HealthChange
 from bridge.metrics import Metrics
 from bridge.subscriptions.freshness import TableFreshness
@@ -62,8 +62,8 @@ ROUND_IN_FLIGHT = 64
 
 
 def disable_verdict(current: Webhook | None, status: Mapping[str, Any] | None) -> str | None:
-    """What to do with a webhook's newest status record: ``None`` when it is no disable;
-    ``written`` to turn ``current`` off; else why not (:data:`VERDICTS`)."""
+    """What to do with a webhook's newest status record: ``None`` when it is no disable, or
+    one applied already; ``written`` to turn ``current`` off; else why not (:data:`VERDICTS`)."""
     if not _is_disable(status):
         return None
     assert status is not None
@@ -81,24 +81,26 @@ def disable_verdict(current: Webhook | None, status: Mapping[str, Any] | None) -
     if isinstance(version, str):
         if version != current.updated_at:
             return "changed"
-    elif _changed_after(current, status.get("updated_at")):
-        # A record without the version (written before 2026-12-04): a webhook changed after
-        # the decision (re-enabled by its owner, say) is not that one.
+    elif "applied_at" not in status and made_for is None:
+        # Written before 2026-12-04, when the deciding worker turned the webhook off itself:
+        # on now, it was turned on since (a producer's record without updated_at, say).
         return "changed"
+    elif current.updated_at is not None:
+        return "changed"  # made for a version without updated_at; every change sets one
     return "written"
 
 
-def _changed_after(current: Webhook, decided_at: object) -> bool:
-    if not isinstance(decided_at, str) or current.updated_at is None:
-        return False
-    try:
-        return parse_time(current.updated_at) > parse_time(decided_at)
-    except ValueError:
-        return False
-
-
 def _is_disable(status: Mapping[str, Any] | None) -> bool:
-    return status is not None and status.get("state") == "disabled"
+    """A ``disabled`` status record not applied yet: once its webhook's owner turned the
+    webhook off (or found it off or deleted), it marks the record ``applied_at``, and a webhook
+    turned on again afterwards (by a producer's record without ``updated_at``, which cannot be
+    told from the version the decision was made for) is not turned off again at the next
+    rebalance (until 2026-12-06 it was)."""
+    return (
+        status is not None
+        and status.get("state") == "disabled"
+        and not isinstance(status.get("applied_at"), str)
+    )
 
 
 class DisableWriter:
@@ -231,6 +233,10 @@ class DisableWriter:
             written = await self._metrics.observed_write("disable", writing)
             self._locks.wrote(webhook_id, written)
             log.warning("webhook disabled", extra={"webhook_id": webhook_id, "reason": reason})
+        if verdict in ("written", "inactive", "deleted"):
+            # Applied (or nothing left to apply): marked so, the record is never applied again.
+            applied = {**status, "applied_at": format_timestamp(datetime.now(UTC))}
+            await self._metrics.observed_write("status", store.put_status(applied))
         elif verdict in ("changed", "other_webhook"):
             # Left on: its health starts afresh (the deciding workers' "disabled", which was
             # about another version or another webhook, ends here).

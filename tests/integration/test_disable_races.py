@@ -21,6 +21,8 @@ from bridge.config import Settings
 from bridge.contract.events import format_timestamp
 from bridge.delivery.endpoint_health import HealthChange
 from bridge.subscriptions.store import WebhookStore
+from bridge.subscriptions.webhook import Webhook, webhook_from_record
+from bridge.worker.embedded import free_port
 from tests.integration.test_api_changes import (
     _attempts_partitions,
     _body,
@@ -243,3 +245,68 @@ async def test_changes_racing_an_owners_first_round_of_disables_are_kept(
     assert counted(judged) == 200
     written = judged.get(key.format("written"), 0.0)
     assert sum(not now[w].active for w in ids) == written
+
+
+async def test_a_disable_is_applied_once_and_a_producer_may_turn_the_webhook_on_again(
+    log_settings: Settings, in_process_workers: Callable[[Settings], InProcessWorker]
+) -> None:
+    """A producer's webhook record without created_at or updated_at (docs/producers.md), whose
+    endpoint failed: its owner turns it off; the producer publishes it on again, as it wrote it
+    first. The next owner (the first stopped, another started: a rebalance) leaves it on: the
+    status record says the disable was applied. Until 2026-12-06 every new owner turned the
+    webhook off again (the record on cannot be told from the version the delivery was made
+    for). A second webhook's disable, decided while no worker ran, shows the new owner's first
+    round has judged them both."""
+    record = {
+        "id": "wh_producer",
+        "name": "producer",
+        "url": "http://127.0.0.1:9/hook",
+        "secret": "s" * 32,
+        "events": ["post.created"],
+        "site_id": "s1",
+        "user_id": "u1",
+        "active": True,
+    }
+    producers = webhook_from_record(record)
+    assert (producers.created_at, producers.updated_at) == (None, None)
+
+    def decided(webhook: Webhook) -> dict[str, Any]:
+        change = HealthChange(webhook.id, "disabled", time.time(), "gone")
+        made_for = dataclasses.replace(
+            change,
+            webhook_created_at=webhook.created_at,
+            webhook_updated_at=webhook.updated_at,
+        )
+        return made_for.to_record(format_timestamp(datetime.now(UTC)))
+
+    async with WebhookStore(log_settings) as store:
+        await store.write(producers)
+        await store.put_status(decided(producers))
+    first = in_process_workers(log_settings)
+    written = JUDGED + '{result="written"}'
+    await poll(first.metrics, until=lambda v: v.get(written, 0) >= 1, timeout=60, interval=0.1)
+
+    async def stored(webhook_id: str) -> Webhook | None:
+        async with WebhookStore(log_settings) as store:
+            return (await store.load()).get(webhook_id)
+
+    off = await poll(
+        lambda: stored("wh_producer"), until=lambda w: w is not None and not w.active, timeout=20
+    )
+    assert off is not None and not off.active and off.extra.get("disabled_reason") == "gone"
+    await first.stop()
+
+    async with WebhookStore(log_settings) as store:
+        await store.write(producers)  # on again, as the producer wrote it
+        control = await store.create(
+            url="http://127.0.0.1:9/h", events=["post.created"], site_id="s1", user_id="u1"
+        )
+        await store.put_status(decided(control))
+    second = in_process_workers(log_settings.replace(web_port=free_port()))
+    judged = await poll(
+        second.metrics, until=lambda v: v.get(written, 0) >= 1, timeout=60, interval=0.1
+    )
+    assert sum(v for k, v in judged.items() if k.startswith(JUDGED + "{")) == 1, judged
+    now = await stored("wh_producer")
+    assert now is not None and now.active, now
+    assert not (await stored(control.id) or control).active

@@ -223,7 +223,7 @@ def test_failing_period_published_by_another_worker_is_adopted() -> None:
         ),
         (
             HealthChange(W, "disabled", T0, "gone"),
-            {"state": "disabled", "failing_since": T0, "reason": "gone"},
+            {"state": "disabled", "failing_since": T0, "reason": "gone", "applied_at": None},
         ),
         (
             HealthChange(W, "healthy", None),

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from bridge.config import Settings
+from bridge.contract.schemas import is_valid
 from bridge.metrics import Metrics
 from bridge.subscriptions.serial import KeyedLocks
 from bridge.subscriptions.webhook import Webhook
@@ -25,8 +26,10 @@ VERSION_KEY = "webhook_updated_at"
 T_FAIL = 1705312800.0  # 2024-01-15T10:00:00Z
 
 
-def webhook(created: str = CREATED, version: str = VERSION, **changes: Any) -> Webhook:
-    extra = MappingProxyType({"created_at": created, "updated_at": version})
+def webhook(created: str = CREATED, version: str | None = VERSION, **changes: Any) -> Webhook:
+    """``version`` None: a producer's record without ``updated_at``."""
+    times = {"created_at": created, "updated_at": version}
+    extra = MappingProxyType({k: v for k, v in times.items() if v is not None})
     return spec_webhook("https://example.test/hook", "whsec_x", extra=extra, **changes)
 
 
@@ -42,6 +45,12 @@ def disabled(**changes: Any) -> dict[str, Any]:
     }
     record.update(changes)
     return record
+
+
+UNVERSIONED = {k: v for k, v in disabled().items() if k not in ("webhook_created_at", VERSION_KEY)}
+NO_VERSION = {
+    k: v for k, v in disabled(applied_at="2024-01-15T10:00:02.000Z").items() if k != VERSION_KEY
+}
 
 
 @pytest.mark.parametrize(
@@ -62,13 +71,18 @@ def disabled(**changes: Any) -> dict[str, Any]:
         ),
         # changed (PATCH, rotation) after the deciding delivery was made
         (webhook(version="2024-01-15T10:00:00.500Z"), disabled(), "changed"),
-        # status records written before webhook_updated_at: the webhook as it is
-        (
-            webhook(),
-            {k: v for k, v in disabled().items() if k not in ("webhook_created_at", VERSION_KEY)},
-            "written",
-        ),
+        # status records written before 2026-12-04, naming no version: the deciding worker
+        # turned the webhook off itself, so one on now was turned on since
+        (webhook(), UNVERSIONED, "changed"),
+        (webhook(version=None), UNVERSIONED, "changed"),
+        (webhook(active=False), UNVERSIONED, "inactive"),
         (webhook(), disabled(failing_since=None), "written"),
+        # applied by the owner already: never again, whatever the webhook is now
+        (webhook(), disabled(applied_at="2024-01-15T10:00:02.000Z"), None),
+        (webhook(version=None), NO_VERSION, None),
+        # made for a webhook without updated_at (a producer's record): that one, not another
+        (webhook(version=None), {**NO_VERSION, "applied_at": None}, "written"),
+        (webhook(), {**NO_VERSION, "applied_at": None}, "changed"),
     ],
 )
 def test_the_verdict(current: Webhook | None, status: dict[str, Any] | None, verdict: str) -> None:
@@ -89,6 +103,7 @@ class _Store:
     def __init__(self, locks: KeyedLocks) -> None:
         self.locks = locks
         self.calls: list[tuple[str, Any]] = []
+        self.statuses: list[dict[str, Any]] = []
 
     async def disable(self, current: Webhook, reason: str) -> Webhook:
         # The API's changes of this webhook wait meanwhile: the lock is held.
@@ -97,6 +112,7 @@ class _Store:
 
     async def put_status(self, record: dict[str, Any]) -> None:
         self.calls.append(("status", record["state"]))
+        self.statuses.append(record)
 
 
 def _writer(
@@ -116,7 +132,7 @@ def _writer(
         Settings(),
         index_get=lambda _: current,
         statuses=statuses,
-        freshness=freshness,  # type: ignore[arg-type]
+        freshness=freshness,
         locks=locks,
         owns=lambda _: owns,
         metrics=Metrics(registry),
@@ -145,13 +161,60 @@ async def test_the_owner_writes_the_disable_under_the_lock_once(
     writer, store, freshness, registry = _writer(monkeypatch, current=webhook(), statuses=statuses)
     writer.offer(["webhook_abc", "webhook_abc"])
     await _settled(writer)
-    assert store.calls == [("disable", ("webhook_abc", "gone", 1))]
+    # Turned off, then the record marked applied (the same decision, under the lock still).
+    assert store.calls == [("disable", ("webhook_abc", "gone", 1)), ("status", "disabled")]
+    (applied,) = store.statuses
+    assert applied == {**disabled(), "applied_at": applied["applied_at"]}
+    assert is_valid("schemas/status.json", applied) and isinstance(applied["applied_at"], str)
     assert freshness.waits == 1
     # A rebalance offers it again: judged already, not written nor counted twice.
     writer.offer_owned(lambda _: True)
     await _settled(writer)
-    assert len(store.calls) == 1
+    assert len(store.calls) == 2
     assert sample(registry, "webhook_bridge_disable_writes_total", result="written") == 1
+
+
+async def test_a_webhook_turned_on_after_its_disable_was_applied_stays_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Disabled by its owner; then a producer publishes the webhook active again without
+    updated_at, which cannot be told from the version the delivery was made for. The next
+    owner (a rebalance) reads the applied record and leaves it on: until 2026-12-06 it
+    turned the webhook off again at every rebalance."""
+    decided = {**disabled(), "applied_at": None}
+    del decided[VERSION_KEY]  # made for a producer's record without updated_at
+    statuses = {"webhook_abc": decided}
+    timeless = webhook(version=None)
+    writer, store, _, _ = _writer(monkeypatch, current=timeless, statuses=statuses)
+    writer.offer(["webhook_abc"])
+    await _settled(writer)
+    assert store.calls == [("disable", ("webhook_abc", "gone", 1)), ("status", "disabled")]
+    statuses["webhook_abc"] = store.statuses[-1]  # the status topic now holds the mark
+    # The next owner, the webhook on again as the producer wrote it.
+    other, other_store, freshness, registry = _writer(
+        monkeypatch, current=timeless, statuses=statuses
+    )
+    other.offer_owned(lambda _: True)
+    await _settled(other)
+    assert other_store.calls == [] and freshness.waits == 0
+    assert sample(registry, "webhook_bridge_disable_writes_total", result="written") == 0
+
+
+@pytest.mark.parametrize(
+    ("current", "verdict"), [(None, "deleted"), (webhook(active=False), "inactive")]
+)
+async def test_a_disable_with_nothing_left_to_apply_is_marked_applied(
+    monkeypatch: pytest.MonkeyPatch, current: Webhook | None, verdict: str
+) -> None:
+    """A webhook off already, or deleted: nothing is written but the mark, so a webhook turned
+    on (or made again) later without updated_at is not turned off by this old decision."""
+    statuses = {"webhook_abc": {**disabled(), "applied_at": None}}
+    writer, store, _, registry = _writer(monkeypatch, current=current, statuses=statuses)
+    writer.offer(["webhook_abc"])
+    await _settled(writer)
+    assert store.calls == [("status", "disabled")]
+    assert isinstance(store.statuses[0]["applied_at"], str)
+    assert sample(registry, "webhook_bridge_disable_writes_total", result=verdict) == 1
 
 
 async def test_a_webhook_changed_since_the_delivery_stays_on_and_its_health_starts_afresh(
@@ -219,5 +282,5 @@ async def test_a_table_not_shown_current_is_tried_again_later(
         await _settled(writer)
         if store.calls:
             break
-    assert store.calls == [("disable", ("webhook_abc", "gone", 1))]
+    assert store.calls[0] == ("disable", ("webhook_abc", "gone", 1))
     await writer.aclose()
