@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import gc
 import hashlib
 import hmac
 import ipaddress
 import ssl
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -611,6 +613,32 @@ async def test_plain_http_is_refused_unless_allowed(
         False, None, "destination_forbidden", 0.25, AT, refusal="plain_http"
     )
     assert server.connections == 0
+    assert connects == []
+
+
+async def test_a_remembered_refusal_keeps_nothing_of_the_deliveries_it_refuses(
+    connects: list[str], kind: str
+) -> None:
+    """A refused URL's verdict is remembered; each refusal is a new exception: the remembered
+    one raised again kept every refused delivery's frames, and its body, on its traceback (a
+    steady stream of events to one refused URL grew a worker by each body, until 2026-12-06)."""
+    sender = hot_sender(kind, policy=AddressPolicy(), allow_http=False)
+    job, _ = make_delivery("https://127.0.0.1/hook")
+    try:
+        first = await sender.send(job, b"x")
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(100):
+                result = await sender.send(job, bytes(64 * 1024))  # a body of its own each
+                assert result.refusal == first.refusal == "loopback"
+            gc.collect()
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+    finally:
+        await sender.aclose()
+    assert grown < 512 * 1024, grown  # it was 100 bodies: 6.5 MB
     assert connects == []
 
 
