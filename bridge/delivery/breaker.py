@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 
+from bridge.memo import remembered
 from bridge.subscriptions.urls import WebhookUrl
 
 __all__ = ["endpoint_of", "CircuitBreaker", "Breakers", "CLOSED", "OPEN", "HALF_OPEN"]
@@ -14,7 +14,7 @@ __all__ = ["endpoint_of", "CircuitBreaker", "Breakers", "CLOSED", "OPEN", "HALF_
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 
-@lru_cache(maxsize=50_000)  # read for every attempt; a third of the cost of parse's own cache
+@remembered  # read for every attempt; a third of the cost of parse's own cache
 def endpoint_of(url: str) -> str:
     """The endpoint a URL belongs to: scheme, host and port (what one server answers for).
 

@@ -15,6 +15,7 @@ from bridge.delivery.job import Job
 from bridge.delivery.retry_policy import parse_retry_after
 from bridge.http.http1 import Answer
 from bridge.http.ssrf import AddressPolicy, DestinationForbidden, check_url
+from bridge.memo import Remembered
 
 __all__ = [
     "USER_AGENT",
@@ -170,8 +171,6 @@ class SenderBase:
     #: An attempt's failures, not bugs, by error class (read by :func:`classify` in ``send``);
     #: any other exception propagates.
     _errors: ErrorTable = ((TimeoutError, "timeout"), (OSError, "network_error"))
-    #: URLs whose verdict is remembered; cleared when full.
-    _CHECKED_URLS = 50_000
 
     def __init__(
         self,
@@ -193,18 +192,17 @@ class SenderBase:
         self._clock = clock
         self._wall_clock = wall_clock
         #: check_url's verdict per URL (it depends only on the URL and fixed settings).
-        self._checked: dict[str, DestinationForbidden | None] = {}
+        self._checked = Remembered(self._verdict)
+
+    def _verdict(self, url: str) -> DestinationForbidden | None:
+        try:
+            check_url(url, allow_http=self._allow_http, policy=self._policy)
+        except DestinationForbidden as exc:
+            return exc.with_traceback(None)
+        return None
 
     def _check(self, url: str) -> None:
-        if url not in self._checked:
-            if len(self._checked) >= self._CHECKED_URLS:
-                self._checked.clear()
-            try:
-                check_url(url, allow_http=self._allow_http, policy=self._policy)
-                self._checked[url] = None
-            except DestinationForbidden as exc:
-                self._checked[url] = exc.with_traceback(None)
-        refusal = self._checked[url]
+        refusal = self._checked(url)
         if refusal is not None:
             # A new exception each time: the remembered one raised again kept every refused
             # delivery's frames, and its body, on its traceback (65 KiB a delivery of 64 KiB,

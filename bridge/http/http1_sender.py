@@ -14,7 +14,6 @@ import ssl
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import lru_cache
 
 from bridge.delivery.job import Job
 from bridge.http.base import ErrorTable, SenderBase
@@ -28,12 +27,13 @@ from bridge.http.http1 import (
 )
 from bridge.http.ssrf import AddressPolicy, Resolver
 from bridge.http.tls import ssl_context
+from bridge.memo import remembered
 
 __all__ = ["Http1Sender"]
 
 
 #: The parsed target of each URL (the URL has passed the SSRF check first).
-_target_of = lru_cache(maxsize=50_000)(target_of)
+_target_of = remembered(target_of)
 
 
 class Http1Sender(SenderBase):

@@ -49,13 +49,13 @@ import ipaddress
 import re
 import socket
 from dataclasses import dataclass, field
-from functools import lru_cache
 from types import MappingProxyType
 from urllib.parse import quote, urlsplit
 
 import idna
 
 from bridge.errors import InvalidUrl
+from bridge.memo import remembered
 
 __all__ = ["WebhookUrl", "InvalidUrl", "MAX_URL_LENGTH", "DEFAULT_PORTS"]
 
@@ -139,7 +139,7 @@ class _Refused(Exception):
         self.problem = problem
 
 
-@lru_cache(maxsize=50_000)  # webhooks' URLs are few; refusals are remembered too
+@remembered  # webhooks' URLs are few; refusals are remembered too
 def _parse(url: str) -> WebhookUrl | tuple[str, str]:
     try:
         return _parse_uncached(url)
