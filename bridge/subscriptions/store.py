@@ -158,8 +158,19 @@ class WebhookStore:
         )
 
     async def delete(self, webhook_id: str) -> None:
-        """Write the tombstone that deletes a webhook."""
+        """Write the tombstone that deletes a webhook, then its endpoint status's (until
+        2026-12-06 a deleted webhook's status stayed on the compacted topic, and in every
+        worker's memory, for ever: a client making, failing and deleting webhooks grew them
+        all)."""
         await self._send(webhook_id, None)
+        await self.delete_status(webhook_id)
+
+    async def delete_status(self, webhook_id: str) -> None:
+        """Write the tombstone of a webhook's endpoint status."""
+        assert self._producer is not None, "use WebhookStore as an async context manager"
+        await self._producer.send_and_wait(
+            self._settings.status_topic, None, key=webhook_id.encode("utf-8")
+        )
 
     async def _send(self, webhook_id: str, value: bytes | None) -> None:
         assert self._producer is not None, "use WebhookStore as an async context manager"

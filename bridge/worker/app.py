@@ -732,6 +732,10 @@ class Bridge:
             if webhook is None:
                 if webhook_id is not None:
                     self.index.remove(webhook_id)
+                    if message.value is None:
+                        # Deleted: its status goes too (a producer's delete leaves it on the
+                        # status topic), so statuses hold the webhooks there are.
+                        self.statuses.pop(webhook_id, None)
             else:
                 self.index.put(webhook)
                 if webhook.active:

@@ -233,7 +233,11 @@ class DisableWriter:
             written = await self._metrics.observed_write("disable", writing)
             self._locks.wrote(webhook_id, written)
             log.warning("webhook disabled", extra={"webhook_id": webhook_id, "reason": reason})
-        if verdict in ("written", "inactive", "deleted"):
+        if verdict == "deleted":
+            # Nothing to apply, nor to keep: a status left for a deleted webhook is kept by
+            # every worker for ever.
+            await self._metrics.observed_write("status", store.delete_status(webhook_id))
+        elif verdict in ("written", "inactive"):
             # Applied (or nothing left to apply): marked so, the record is never applied again.
             applied = {**status, "applied_at": format_timestamp(datetime.now(UTC))}
             await self._metrics.observed_write("status", store.put_status(applied))

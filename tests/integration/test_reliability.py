@@ -210,10 +210,16 @@ async def test_a_deleted_webhook_gets_no_further_attempts(
     await worker.wait_ready()
     await publish_events(settings, [post(1)])
     await receiver.wait_for(lambda got: len(got) == 1)
+    await poll(lambda: worker.bridge.statuses.get("doomed"), until=bool, timeout=15)
     async with WebhookStore(settings) as store:
         await store.delete("doomed")
     await worker.wait_metric("webhook_bridge_retries_cancelled_total", lambda v: v == 1)
     assert len(receiver.at("/doomed")) == 1
+    # Its status is deleted with it: from the worker and from the topic, whose newest record
+    # of the webhook is a tombstone (a worker starting later holds none either).
+    assert "doomed" not in worker.bridge.statuses
+    newest = dict(await read_topic(settings, settings.status_topic))
+    assert newest[b"doomed"] is None
 
 
 async def site_2_webhook(settings: Settings, url: str) -> None:

@@ -225,6 +225,20 @@ def test_a_status_tombstone_removes_the_status(bridge: Bridge) -> None:
     assert sum(invalid(bridge, r, "status") for r in INVALID_STATUS_REASONS) == 0
 
 
+def test_a_deleted_webhooks_status_is_forgotten(bridge: Bridge) -> None:
+    """A producer's delete leaves the status on its topic: kept, it stayed in every worker's
+    memory for ever (a client making, failing and deleting webhooks grew them all, until
+    2026-12-06). A broken record of the webhook (absent, not deleted) keeps it."""
+    feed = Feed(bridge)
+    for webhook_id in (b"hook", b"kept"):
+        feed.subscription(webhook_id, encode(record(id=webhook_id.decode())))
+        feed.status(webhook_id, encode({**STATUS, "webhook_id": webhook_id.decode()}))
+    feed.subscription(b"kept", encode(record(id="kept", active="yes")))
+    feed.subscription(b"hook", None)
+    assert "hook" not in bridge.statuses and "kept" in bridge.statuses
+    assert bridge.index.get("hook") is None and bridge.index.get("kept") is None
+
+
 # --------------------------------------------------------------------------- redaction
 
 CANARY = "cAn4ry-5ecret-"

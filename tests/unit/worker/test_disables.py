@@ -114,6 +114,9 @@ class _Store:
         self.calls.append(("status", record["state"]))
         self.statuses.append(record)
 
+    async def delete_status(self, webhook_id: str) -> None:
+        self.calls.append(("status deleted", webhook_id))
+
 
 def _writer(
     monkeypatch: pytest.MonkeyPatch,
@@ -200,21 +203,31 @@ async def test_a_webhook_turned_on_after_its_disable_was_applied_stays_on(
     assert sample(registry, "webhook_bridge_disable_writes_total", result="written") == 0
 
 
-@pytest.mark.parametrize(
-    ("current", "verdict"), [(None, "deleted"), (webhook(active=False), "inactive")]
-)
-async def test_a_disable_with_nothing_left_to_apply_is_marked_applied(
-    monkeypatch: pytest.MonkeyPatch, current: Webhook | None, verdict: str
+async def test_a_disable_of_a_webhook_off_already_is_marked_applied(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A webhook off already, or deleted: nothing is written but the mark, so a webhook turned
-    on (or made again) later without updated_at is not turned off by this old decision."""
+    """Nothing is written but the mark, so a webhook turned on later without updated_at is
+    not turned off by this old decision."""
     statuses = {"webhook_abc": {**disabled(), "applied_at": None}}
+    current = webhook(active=False)
     writer, store, _, registry = _writer(monkeypatch, current=current, statuses=statuses)
     writer.offer(["webhook_abc"])
     await _settled(writer)
     assert store.calls == [("status", "disabled")]
     assert isinstance(store.statuses[0]["applied_at"], str)
-    assert sample(registry, "webhook_bridge_disable_writes_total", result=verdict) == 1
+    assert sample(registry, "webhook_bridge_disable_writes_total", result="inactive") == 1
+
+
+async def test_the_disable_of_a_deleted_webhook_is_deleted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A status left for a deleted webhook would be kept by every worker for ever."""
+    statuses = {"webhook_abc": {**disabled(), "applied_at": None}}
+    writer, store, _, registry = _writer(monkeypatch, current=None, statuses=statuses)
+    writer.offer(["webhook_abc"])
+    await _settled(writer)
+    assert store.calls == [("status deleted", "webhook_abc")]
+    assert sample(registry, "webhook_bridge_disable_writes_total", result="deleted") == 1
 
 
 async def test_a_webhook_changed_since_the_delivery_stays_on_and_its_health_starts_afresh(
