@@ -1,4 +1,6 @@
-"""Functions of a string remembered within a budget of characters as well as of entries.
+"""What the delivery path remembers per key that others choose (URLs, endpoints, webhook
+ids), bounded: functions of a string remembered within a budget of characters as well as of
+entries (:func:`remembered`), and when to sweep a map of per-key state (:class:`Sweeps`).
 
 The delivery path parses each attempt's URL several times over (its endpoint, its SSRF
 verdict, its request target), and remembers each answer per URL. ``functools.lru_cache``
@@ -12,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-__all__ = ["MAX_CHARS", "MAX_ENTRIES", "Remembered", "remembered"]
+__all__ = ["MAX_CHARS", "MAX_ENTRIES", "Remembered", "remembered", "Sweeps"]
 
 _R = TypeVar("_R")
 
@@ -81,3 +83,24 @@ class Remembered(Generic[_R]):
 def remembered(function: Callable[[str], _R]) -> Remembered[_R]:
     """:class:`Remembered` with the default budget, as a decorator."""
     return Remembered(function)
+
+
+class Sweeps:
+    """When to sweep a map of per-key state of the entries it no longer needs (a closed circuit,
+    a token bucket full again, a decision the table has caught up with): each time it has
+    grown past ``floor`` entries and twice its size after the last sweep, so that sweeping
+    costs a constant per key added, and the map stays within twice what it needs (or
+    ``floor``)."""
+
+    __slots__ = ("_floor", "_at")
+
+    def __init__(self, floor: int = 10_000) -> None:
+        self._floor = floor
+        self._at = floor
+
+    def due(self, size: int) -> bool:
+        return size >= self._at
+
+    def swept(self, size: int) -> None:
+        """After a sweep that left ``size`` entries."""
+        self._at = max(self._floor, 2 * size)

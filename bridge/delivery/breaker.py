@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bridge.memo import remembered
+from bridge.memo import Sweeps, remembered
 from bridge.subscriptions.urls import WebhookUrl
 
 __all__ = ["endpoint_of", "CircuitBreaker", "Breakers", "CLOSED", "OPEN", "HALF_OPEN"]
@@ -62,7 +62,10 @@ class CircuitBreaker:
 
 
 class Breakers:
-    """One breaker per endpoint, created on first use."""
+    """One breaker per endpoint that failed: a closed breaker without failures is none. Those
+    closed, or open past their cooldown with nothing sent since, are swept out as the map grows
+    (until 2026-12-06 the breaker of every endpoint that ever failed was kept, and every
+    endpoint ever sent to got one)."""
 
     def __init__(
         self, threshold: int, cooldown: float, clock: Callable[[], float] = time.monotonic
@@ -73,16 +76,34 @@ class Breakers:
         self._by_endpoint: dict[str, CircuitBreaker] = {}
         #: Endpoints whose breaker is not closed (kept as states change, for ``open_count``).
         self._not_closed: set[str] = set()
+        self._sweeps = Sweeps()
 
     def _get(self, endpoint: str) -> CircuitBreaker:
         breaker = self._by_endpoint.get(endpoint)
         if breaker is None:
+            if self._sweeps.due(len(self._by_endpoint)):
+                self._sweep()
             breaker = self._by_endpoint[endpoint] = CircuitBreaker(self._threshold, self._cooldown)
         return breaker
 
+    def _sweep(self) -> None:
+        now = self._clock()
+        for endpoint, breaker in list(self._by_endpoint.items()):
+            if breaker.state == CLOSED or (
+                breaker.state == OPEN and now - breaker.opened_at >= breaker.cooldown
+            ):
+                # Closed: a few failures short of opening, forgotten. Open past its cooldown
+                # with no request since: its next request is sent, as the probe would be.
+                del self._by_endpoint[endpoint]
+                self._not_closed.discard(endpoint)
+        self._sweeps.swept(len(self._by_endpoint))
+
+    def __len__(self) -> int:
+        return len(self._by_endpoint)
+
     def allow(self, endpoint: str) -> bool:
-        breaker = self._get(endpoint)
-        if breaker.state == CLOSED:
+        breaker = self._by_endpoint.get(endpoint)
+        if breaker is None or breaker.state == CLOSED:
             return True
         return breaker.allow(self._clock())
 
@@ -94,12 +115,9 @@ class Breakers:
             breaker.release()
 
     def success(self, endpoint: str) -> None:
-        breaker = self._by_endpoint.get(endpoint)
-        if breaker is not None:
-            breaker.success()
+        # Closed without failures: as good as none.
+        if self._by_endpoint.pop(endpoint, None) is not None:
             self._not_closed.discard(endpoint)
-            if breaker.failures == 0 and len(self._by_endpoint) > 10_000:
-                del self._by_endpoint[endpoint]
 
     def failure(self, endpoint: str) -> None:
         breaker = self._get(endpoint)

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bridge.memo import Sweeps
 from bridge.subscriptions.webhook import before_created
 
 __all__ = ["HealthChange", "EndpointHealth"]
@@ -66,8 +67,11 @@ class EndpointHealth:
     ) -> None:
         self._disable_after = disable_after
         self._published = published
-        #: This worker's last decision per webhook, with the table's record when it was made.
+        #: This worker's last decision per webhook, with the table's record when it was made;
+        #: those the table has moved on from are swept out as the map grows (until 2026-12-06
+        #: the decisions of deleted webhooks were kept for ever).
         self._local: dict[str, tuple[HealthChange, Mapping[str, Any] | None]] = {}
+        self._sweeps = Sweeps()
 
     def _current(self, webhook_id: str, created_at: str | None) -> tuple[str, float | None]:
         state, since = self._recorded(webhook_id)
@@ -90,8 +94,27 @@ class EndpointHealth:
 
     def _change(self, change: HealthChange) -> HealthChange:
         seen = self._published(change.webhook_id)
+        if change.webhook_id not in self._local and self._sweeps.due(len(self._local)):
+            self._sweep()
         self._local[change.webhook_id] = (change, dict(seen) if seen is not None else None)
         return change
+
+    def _sweep(self) -> None:
+        # A decision whose table record changed since is read as gone (:meth:`_recorded`).
+        for webhook_id, (_, seen) in list(self._local.items()):
+            if self._published(webhook_id) != seen:
+                del self._local[webhook_id]
+        self._sweeps.swept(len(self._local))
+
+    def forget(self, webhook_id: str) -> None:
+        """The webhook was deleted: its decisions go (a status published and tombstoned since
+        reads as the table before the decision)."""
+        self._local.pop(webhook_id, None)
+
+    def __len__(self) -> int:
+        """Decisions of this worker that the table does not show yet (or did not, when last
+        swept)."""
+        return len(self._local)
 
     def on_success(self, webhook_id: str, created_at: str | None = None) -> HealthChange | None:
         """``created_at``: the webhook's (see the class); the same for the methods below."""

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
+from bridge.memo import Sweeps
+
 __all__ = [
     "Slots",
     "EndpointSlots",
@@ -127,16 +129,24 @@ class EndpointSlots:
         state.waiting += 1
         try:
             await state.semaphore.acquire()
-        finally:
+        except BaseException:
+            # Cancelled (a drain, a revoke), perhaps in the step its place was given: it may
+            # have been the endpoint's last (until 2026-12-06 such entries stayed for ever).
             state.waiting -= 1
+            self._forget_if_idle(endpoint, state)
+            raise
+        state.waiting -= 1
         state.in_flight += 1
 
     def release(self, endpoint: str) -> None:
         state = self._endpoints[endpoint]
         state.semaphore.release()
         state.in_flight -= 1
-        if state.in_flight == 0 and state.waiting == 0:
-            # Forget idle endpoints so that the map stays the size of the busy ones.
+        self._forget_if_idle(endpoint, state)
+
+    def _forget_if_idle(self, endpoint: str, state: _Endpoint) -> None:
+        # Idle endpoints are forgotten, so that the map stays the size of the busy ones.
+        if state.in_flight == 0 and state.waiting == 0 and self._endpoints.get(endpoint) is state:
             del self._endpoints[endpoint]
 
     def waiting(self, endpoint: str) -> int:
@@ -277,11 +287,15 @@ class TokenBucket:
 
 
 class RateLimits:
-    """Per-webhook rate limits (deliveries per second), for webhooks that set ``rate_limit``."""
+    """Per-webhook rate limits (deliveries per second), for webhooks that set ``rate_limit``.
+
+    A bucket that has filled up again is as good as none: those are swept out as the map grows
+    (until 2026-12-06 the bucket of every webhook ever limited, deleted ones too, was kept)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._buckets: dict[str, TokenBucket] = {}
+        self._sweeps = Sweeps()
 
     def wait_time(self, webhook_id: str, rate: float | None) -> float:
         if rate is None or rate <= 0:
@@ -290,9 +304,20 @@ class RateLimits:
         now = self._clock()
         bucket = self._buckets.get(webhook_id)
         if bucket is None or bucket.rate != rate:
+            if self._sweeps.due(len(self._buckets)):
+                self._sweep(now)
             burst = max(1.0, rate)
             bucket = self._buckets[webhook_id] = TokenBucket(rate, burst, burst, now)
         return bucket.wait_time(now)
+
+    def _sweep(self, now: float) -> None:
+        for webhook_id, bucket in list(self._buckets.items()):
+            if bucket.tokens + (now - bucket.updated) * bucket.rate >= bucket.burst:
+                del self._buckets[webhook_id]
+        self._sweeps.swept(len(self._buckets))
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def refund(self, webhook_id: str) -> None:
         """Give back the token the last :meth:`wait_time` took (the delivery was not made)."""

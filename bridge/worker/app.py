@@ -736,6 +736,7 @@ class Bridge:
                         # Deleted: its status goes too (a producer's delete leaves it on the
                         # status topic), so statuses hold the webhooks there are.
                         self.statuses.pop(webhook_id, None)
+                        self.health.forget(webhook_id)
             else:
                 self.index.put(webhook)
                 if webhook.active:
@@ -766,8 +767,8 @@ class Bridge:
             self.statuses.pop(webhook_id, None)
         else:
             self.statuses[webhook_id] = record
-            if self.disables is not None and record.get("state") == "disabled":
-                self.disables.offer([webhook_id])
+        if self.disables is not None:
+            self.disables.offer([webhook_id])
 
     async def on_recovery_event(self, event: Any) -> None:
         """Keep the recovery view in step with the recoveries table."""

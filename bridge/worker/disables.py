@@ -144,12 +144,15 @@ class DisableWriter:
 
     def offer(self, webhook_ids: Iterable[str]) -> None:
         """Look at these webhooks' status records soon (a disable among them is written if this
-        worker owns its webhook then)."""
+        worker owns its webhook then); called with every webhook whose status changed."""
         if self._closed:
             return
         for webhook_id in webhook_ids:
             if _is_disable(self._statuses.get(webhook_id)):
                 self._pending.add(webhook_id)
+            else:
+                # Applied, replaced or deleted: nothing to remember of it.
+                self._judged.pop(webhook_id, None)
         if self._pending and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._run())
 

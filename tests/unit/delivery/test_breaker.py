@@ -281,3 +281,27 @@ def test_a_probe_given_back_goes_to_the_next_request() -> None:
     closed = CircuitBreaker(THRESHOLD, COOLDOWN)
     closed.release()  # nothing to give back
     assert closed.state == CLOSED
+
+
+def test_breakers_of_endpoints_that_failed_once_or_long_ago_are_swept() -> None:
+    """Asking does not make a breaker; one closed (failures short of the threshold) or open
+    past its cooldown is swept as endpoints come; an open one within its cooldown is kept.
+    Until 2026-12-06 every endpoint ever sent to had a breaker, kept for ever after a failure."""
+    clock = FakeClock()
+    breakers = Breakers(threshold=2, cooldown=30.0, clock=clock)
+    for n in range(1_000):
+        assert breakers.allow(f"https://asked{n}.example:443")
+    assert len(breakers) == 0
+    for _ in range(2):
+        breakers.failure("https://down.example:443")
+    for n in range(30_000):
+        breakers.failure(f"https://h{n}.example:443")  # closed, one failure each
+        clock.now += 0.0005  # 15 s in all: "down" stays within its cooldown
+    assert len(breakers) <= 20_000
+    assert breakers.state("https://down.example:443") == OPEN
+    assert not breakers.allow("https://down.example:443")
+    assert breakers.open_count() == 1
+    clock.now += 30.0
+    for n in range(30_000):
+        breakers.failure(f"https://later{n}.example:443")
+    assert breakers.open_count() == 0 and breakers.state("https://down.example:443") == CLOSED

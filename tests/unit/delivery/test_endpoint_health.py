@@ -295,3 +295,23 @@ def test_without_a_readable_created_at_the_published_period_goes_on(
     assert health.on_failure(W, T0 + DISABLE_AFTER, created_at) == HealthChange(
         W, "disabled", T0, "failing"
     )
+
+
+def test_decisions_the_table_moved_on_from_are_swept() -> None:
+    """Each failing webhook's decision is kept until the table shows a record of it: those of
+    webhooks whose records arrived (or were deleted) are swept as others come (until
+    2026-12-06 the decision of every webhook that ever failed, deleted ones too, was kept)."""
+    table: dict[str, dict[str, Any]] = {}
+    health = EndpointHealth(100.0, table.get)
+    for n in range(30_000):
+        change = health.on_failure(f"wh_{n}", 1.0)
+        assert change is not None
+        table[change.webhook_id] = change.to_record("2024-01-15T10:30:00.000Z")
+        if n % 2:
+            del table[change.webhook_id]  # deleted: its status tombstoned
+            health.forget(change.webhook_id)
+    assert len(health) <= 20_000
+    # What is left judges as before: a kept decision, and one read from the table.
+    assert health.on_failure("wh_29998", 2.0) is None  # failing since 1.0, not yet disabled
+    assert health.on_failure("wh_1", 2.0) == HealthChange("wh_1", "failing", 2.0)
+    assert health.on_failure("wh_2", 200.0) == HealthChange("wh_2", "disabled", 1.0, "failing")

@@ -313,3 +313,34 @@ def test_try_acquire_takes_a_free_slot_and_never_waits() -> None:
     slots.release()
     assert not slots.locked()
     assert slots.try_acquire()
+
+
+async def test_a_waiter_granted_and_cancelled_in_one_step_leaves_no_entry() -> None:
+    """The waiter's place is given as the holder finishes, and the waiter is cancelled (a
+    drain, a revoke) before it runs: the endpoint is idle, and forgotten (until 2026-12-06 its
+    entry stayed, one per endpoint ever seen so)."""
+    slots = EndpointSlots(limit=1, max_queued=10)
+    for n in range(50):
+        endpoint = f"https://h{n}.example:443"
+        await slots.acquire(endpoint)
+        waiter = asyncio.ensure_future(slots.acquire(endpoint))
+        await asyncio.sleep(0)  # queued
+        slots.release(endpoint)  # its place is given to the waiter...
+        waiter.cancel()  # ...which is cancelled before it runs
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+    assert slots._endpoints == {}
+
+
+def test_rate_limits_forget_the_buckets_that_filled_up_again() -> None:
+    """Buckets of webhooks limited once (deleted since, say) are swept as others come; one
+    still spacing its deliveries is kept, its spacing unchanged."""
+    clock = FakeClock()
+    limits = RateLimits(clock)
+    for _ in range(3):
+        limits.wait_time("busy", 0.001)  # a burst of one: waits 1,000 s, then 2,000 s
+    for n in range(30_000):
+        limits.wait_time(f"wh_{n}", 2.0)
+        clock.now += 0.01  # each bucket is full again a second later
+    assert len(limits) <= 20_000
+    assert limits.wait_time("busy", 0.001) == pytest.approx(3_000.0 - 300.0)

@@ -234,8 +234,12 @@ def test_a_deleted_webhooks_status_is_forgotten(bridge: Bridge) -> None:
         feed.subscription(webhook_id, encode(record(id=webhook_id.decode())))
         feed.status(webhook_id, encode({**STATUS, "webhook_id": webhook_id.decode()}))
     feed.subscription(b"kept", encode(record(id="kept", active="yes")))
+    for webhook_id in ("hook", "kept"):  # this worker's decisions, not in the table yet
+        bridge.health.on_success(webhook_id)
+    assert bridge.health._local.keys() == {"hook", "kept"}
     feed.subscription(b"hook", None)
     assert "hook" not in bridge.statuses and "kept" in bridge.statuses
+    assert bridge.health._local.keys() == {"kept"}
     assert bridge.index.get("hook") is None and bridge.index.get("kept") is None
 
 

@@ -193,6 +193,9 @@ async def test_a_webhook_turned_on_after_its_disable_was_applied_stays_on(
     await _settled(writer)
     assert store.calls == [("disable", ("webhook_abc", "gone", 1)), ("status", "disabled")]
     statuses["webhook_abc"] = store.statuses[-1]  # the status topic now holds the mark
+    assert writer._judged.keys() == {"webhook_abc"}
+    writer.offer(["webhook_abc"])  # as the mark arrives: nothing left to remember of it
+    assert writer._judged == {} and writer._task is not None and writer._task.done()
     # The next owner, the webhook on again as the producer wrote it.
     other, other_store, freshness, registry = _writer(
         monkeypatch, current=timeless, statuses=statuses
