@@ -9,8 +9,10 @@ else receives a :class:`Settings`.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import ipaddress
+import logging
 import math
 import os
 import re
@@ -26,9 +28,12 @@ from bridge.delivery.retry_policy import DEFAULT_SCHEDULE
 from bridge.errors import ConfigError
 from bridge.redaction import without_userinfo
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "parse_duration",
     "parse_schedule",
+    "RENAMED",
     "format_duration",
     "parse_time",
     "Settings",
@@ -873,6 +878,7 @@ class Settings:
                 values[name] = spec.parse(raw)
             except ValueError as exc:
                 raise ConfigError(f"{spec.env}: {exc}") from None
+        _warn_unknown(source)
         for name, value in (overrides or {}).items():
             if name not in cls.specs():
                 raise ConfigError(f"unknown setting {name!r}")
@@ -1071,3 +1077,22 @@ def overrides_from_args(args: Any, names: Sequence[str]) -> dict[str, Any]:
             value = tuple(v for v in value if v)
         out[name] = value
     return out
+
+
+#: Variables renamed, with their new names (the old ones are not read).
+RENAMED = {"BRIDGE_RECOVERY_SHARE": "BRIDGE_API_SCAN_SHARE"}
+
+
+def _warn_unknown(source: Mapping[str, str]) -> None:
+    """Log the ``BRIDGE_*`` variables that name no setting (their names, never values): a
+    misspelt or renamed one was ignored in silence, leaving the default in force."""
+    known = {spec.env.removeprefix("BRIDGE_") for spec in Settings.specs().values()}
+    unknown = sorted(n for n in source if n.startswith("BRIDGE_") and n[7:] not in known)
+    for name in unknown:
+        close = difflib.get_close_matches(name[7:], known, n=1, cutoff=0.75)
+        meant = RENAMED.get(name) or (f"BRIDGE_{close[0]}" if close else None)
+        log.warning(
+            "environment variable %s names no setting and is ignored%s",
+            name,
+            f" (did you mean {meant}?)" if meant else "",
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from bridge.config import (
     DEFAULT_HTTP_TIMEOUT,
     MAX_ATTEMPT_RESPONSE_PREFIX,
+    RENAMED,
     Section,
     Settings,
     add_section_flags,
@@ -141,6 +143,31 @@ def test_explicit_env_ignores_the_process_environment(monkeypatch: pytest.Monkey
 
 def test_unrelated_env_vars_are_ignored() -> None:
     assert Settings.load(env={"BRIDGE_NOT_A_SETTING": "x", "HOME": "/root"}) == Settings()
+
+
+def test_a_bridge_variable_naming_no_setting_is_named_in_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Ignored in silence until 2026-12-06, a misspelt or renamed variable left the default in
+    force. The value is never logged."""
+    env = {
+        "BRIDGE_HTTP_TIMOUT": "3-secret-value",
+        "BRIDGE_RECOVERY_SHARE": "0.3",
+        "BRIDGE_NOT_A_SETTING": "x",
+        "BRIDGE_GROUP_ID": "g",
+        "HOME": "/root",
+    }
+    with caplog.at_level(logging.WARNING, logger="bridge.config"):
+        assert Settings.load(env=env) == Settings(group_id="g")
+    assert [r.getMessage() for r in caplog.records] == [
+        "environment variable BRIDGE_HTTP_TIMOUT names no setting and is ignored"
+        " (did you mean BRIDGE_HTTP_TIMEOUT?)",
+        "environment variable BRIDGE_NOT_A_SETTING names no setting and is ignored",
+        "environment variable BRIDGE_RECOVERY_SHARE names no setting and is ignored"
+        " (did you mean BRIDGE_API_SCAN_SHARE?)",
+    ]
+    assert "secret" not in caplog.text
+    assert set(RENAMED.values()) <= {spec.env for spec in Settings.specs().values()}
 
 
 # ----------------------------------------------------------------- every variable parsed
