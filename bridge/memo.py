@@ -11,6 +11,7 @@ sending a test event, over and over) held about 460 MB across those caches until
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -42,7 +43,9 @@ class Remembered(Generic[_R]):
         max_entries: int = MAX_ENTRIES,
     ) -> None:
         self.__wrapped__ = function
-        self._answers: dict[str, _R] = {}
+        # An OrderedDict: a dict's oldest key, found by iterating after many deletes from its
+        # front, cost 8 µs a miss when full (27 times an lru_cache's miss).
+        self._answers: OrderedDict[str, _R] = OrderedDict()
         self._chars = 0
         self._max_chars = max_chars
         self._max_entries = max_entries
@@ -60,8 +63,7 @@ class Remembered(Generic[_R]):
         while answers and (
             self._chars + cost > self._max_chars or len(answers) >= self._max_entries
         ):
-            oldest = next(iter(answers))
-            del answers[oldest]
+            oldest, _ = answers.popitem(last=False)
             self._chars -= len(oldest) + _ENTRY_CHARS
         answers[key] = answer
         self._chars += cost

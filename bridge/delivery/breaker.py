@@ -9,9 +9,20 @@ from dataclasses import dataclass
 from bridge.memo import Sweeps, remembered
 from bridge.subscriptions.urls import WebhookUrl
 
-__all__ = ["endpoint_of", "CircuitBreaker", "Breakers", "CLOSED", "OPEN", "HALF_OPEN"]
+__all__ = [
+    "endpoint_of",
+    "CircuitBreaker",
+    "Breakers",
+    "CLOSED",
+    "OPEN",
+    "HALF_OPEN",
+    "FORGET_AFTER",
+]
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+#: An open breaker nothing asked of for this long past its cooldown may be forgotten.
+FORGET_AFTER = 3600.0
 
 
 @remembered  # read for every attempt; a third of the cost of parse's own cache
@@ -63,7 +74,8 @@ class CircuitBreaker:
 
 class Breakers:
     """One breaker per endpoint that failed: a closed breaker without failures is none. Those
-    closed, or open past their cooldown with nothing sent since, are swept out as the map grows
+    closed, or open with nothing asked of them for :data:`FORGET_AFTER` past their cooldown,
+    are swept out as the map grows
     (until 2026-12-06 the breaker of every endpoint that ever failed was kept, and every
     endpoint ever sent to got one)."""
 
@@ -90,10 +102,11 @@ class Breakers:
         now = self._clock()
         for endpoint, breaker in list(self._by_endpoint.items()):
             if breaker.state == CLOSED or (
-                breaker.state == OPEN and now - breaker.opened_at >= breaker.cooldown
+                breaker.state == OPEN and now - breaker.opened_at >= breaker.cooldown + FORGET_AFTER
             ):
-                # Closed: a few failures short of opening, forgotten. Open past its cooldown
-                # with no request since: its next request is sent, as the probe would be.
+                # Closed: a few failures short of opening, forgotten. Open, and nothing asked
+                # of it for an hour past its cooldown: its next requests are a fresh
+                # endpoint's (a wave, not one probe).
                 del self._by_endpoint[endpoint]
                 self._not_closed.discard(endpoint)
         self._sweeps.swept(len(self._by_endpoint))

@@ -73,7 +73,9 @@ class Outputs(Protocol):
 
     async def status(self, key: bytes, record: dict[str, Any]) -> None: ...
 
-    async def disable(self, webhook: Webhook, reason: str) -> None: ...
+    async def disable(self, webhook: Webhook, reason: str) -> bool:
+        """Whether the webhook was turned off here (without an owner to do it)."""
+        ...
 
 
 class Deliverer:
@@ -430,7 +432,11 @@ class Deliverer:
             webhook_updated_at=job.webhook.updated_at,
         )
         await self._publish_health(made_for)
-        await self._outputs.disable(job.webhook, reason)
+        if await self._outputs.disable(job.webhook, reason):
+            # Turned off here, where no owner does it: marked applied, as an owner marks it
+            # (bridge.worker.disables), so that an owner later never applies it again.
+            applied = dataclasses.replace(made_for, applied_at=format_timestamp(self._now()))
+            await self._publish_health(applied)
         self._metrics.disabled.labels(reason).inc()
 
     async def _publish_health(self, change: HealthChange | None) -> None:

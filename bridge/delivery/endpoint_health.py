@@ -25,6 +25,8 @@ class HealthChange:
     #: (:mod:`bridge.worker.disables`).
     webhook_created_at: str | None = None
     webhook_updated_at: str | None = None
+    #: For ``disabled``: when it was applied (the webhook turned off); ``None`` until then.
+    applied_at: str | None = None
 
     def to_record(self, updated_at: str) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -41,7 +43,7 @@ class HealthChange:
         if self.state == "disabled":
             # Not applied yet: the webhook's owner turns it off, then marks the record applied
             # (:mod:`bridge.worker.disables`), so that it is never applied twice.
-            record["applied_at"] = None
+            record["applied_at"] = self.applied_at
         return record
 
 
@@ -89,8 +91,15 @@ class EndpointHealth:
             del self._local[webhook_id]
         if record is None:
             return "healthy", None
+        state = str(record.get("state", "healthy"))
+        if state == "disabled" and isinstance(record.get("applied_at"), str):
+            # Applied: the webhook was turned off. A delivery of it now is of a webhook turned
+            # on again (or one in flight as it was turned off): its health starts afresh, as
+            # at :meth:`on_webhook_enabled` (which a worker reading the mark after the
+            # webhook's record turned on would otherwise have lost: never disabled again).
+            return "failing", None
         since = record.get("failing_since")
-        return str(record.get("state", "healthy")), float(since) if since is not None else None
+        return state, float(since) if since is not None else None
 
     def _change(self, change: HealthChange) -> HealthChange:
         seen = self._published(change.webhook_id)

@@ -172,14 +172,16 @@ class KafkaOutputs:
     async def status(self, key: bytes, record: dict[str, Any]) -> None:
         await self._observed("status", self._store.put_status(record))
 
-    async def disable(self, webhook: Webhook, reason: str) -> None:
+    async def disable(self, webhook: Webhook, reason: str) -> bool:
         """Turn off ``webhook`` (the one a delivery was made for), after its ``disabled``
         status record was published. A webhook with an owner is turned off by its owner, from
         that record; without owners, here, if this worker's table still holds that webhook
-        active (not deleted meanwhile, nor its id taken by another)."""
+        active (not deleted meanwhile, nor its id taken by another). Whether it was turned
+        off here."""
         if self._owned(webhook.id):
-            return
+            return False
         current = self._current(webhook.id)
         if current is None or not current.sends_for(webhook.created_at):
-            return
+            return False
         await self._observed("disable", self._store.disable(current, reason))
+        return True

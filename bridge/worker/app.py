@@ -733,9 +733,9 @@ class Bridge:
                 if webhook_id is not None:
                     self.index.remove(webhook_id)
                     if message.value is None:
-                        # Deleted: its status goes too (a producer's delete leaves it on the
-                        # status topic), so statuses hold the webhooks there are.
-                        self.statuses.pop(webhook_id, None)
+                        # Deleted: this worker's health decisions of it go. (Its status is
+                        # deleted by its delete, or by its owner: the status and subscription
+                        # topics are read in no order, and the status may be its successor's.)
                         self.health.forget(webhook_id)
             else:
                 self.index.put(webhook)

@@ -81,9 +81,11 @@ def disable_verdict(current: Webhook | None, status: Mapping[str, Any] | None) -
     if isinstance(version, str):
         if version != current.updated_at:
             return "changed"
-    elif "applied_at" not in status and made_for is None:
-        # Written before 2026-12-04, when the deciding worker turned the webhook off itself:
-        # on now, it was turned on since (a producer's record without updated_at, say).
+    elif "applied_at" not in status:
+        # Written before 2026-12-06 and naming no version: applied by the deciding worker
+        # (before 2026-12-04) or by an owner that did not mark it, or not yet, which cannot
+        # be told apart. Left on: a webhook on now was turned on since, perhaps by a
+        # producer's record without updated_at, and its next failures decide again.
         return "changed"
     elif current.updated_at is not None:
         return "changed"  # made for a version without updated_at; every change sets one
@@ -144,11 +146,13 @@ class DisableWriter:
 
     def offer(self, webhook_ids: Iterable[str]) -> None:
         """Look at these webhooks' status records soon (a disable among them is written if this
-        worker owns its webhook then); called with every webhook whose status changed."""
+        worker owns its webhook then, and the status of a webhook that no longer exists is
+        deleted); called with every webhook whose status changed."""
         if self._closed:
             return
         for webhook_id in webhook_ids:
-            if _is_disable(self._statuses.get(webhook_id)):
+            status = self._statuses.get(webhook_id)
+            if _is_disable(status) or (status is not None and self._index_get(webhook_id) is None):
                 self._pending.add(webhook_id)
             else:
                 # Applied, replaced or deleted: nothing to remember of it.
@@ -206,6 +210,11 @@ class DisableWriter:
             return
         status = self._statuses.get(webhook_id)
         verdict = disable_verdict(current, status)
+        if status is not None and current is None:
+            # Any status of a webhook that is gone (a delivery in flight at its delete
+            # published it after the delete's tombstone; a producer's delete left it): every
+            # worker kept it for ever (until 2026-12-06).
+            verdict = "deleted"
         if verdict is None or status is None:
             return
         if self._judged.get(webhook_id) == status.get("updated_at"):
@@ -219,7 +228,8 @@ class DisableWriter:
         except NotWritable:
             return
         self._judged[webhook_id] = status.get("updated_at")
-        self._metrics.disable_writes.labels(verdict).inc()
+        if _is_disable(status):
+            self._metrics.disable_writes.labels(verdict).inc()
 
     async def _write(
         self,
@@ -237,8 +247,7 @@ class DisableWriter:
             self._locks.wrote(webhook_id, written)
             log.warning("webhook disabled", extra={"webhook_id": webhook_id, "reason": reason})
         if verdict == "deleted":
-            # Nothing to apply, nor to keep: a status left for a deleted webhook is kept by
-            # every worker for ever.
+            # Nothing to apply, nor to keep.
             await self._metrics.observed_write("status", store.delete_status(webhook_id))
         elif verdict in ("written", "inactive"):
             # Applied (or nothing left to apply): marked so, the record is never applied again.

@@ -129,6 +129,15 @@ async def test_a_disable_turns_off_the_webhook_it_was_decided_for_and_no_other(
     assert gone.status_code == 204, gone.text
     assert await race.answer_410(webhook_id, owner, ("deleted", "written")) == "deleted"
     assert [r.status_code for r in await race.everywhere(webhook_id)] == [404, 404]
+    # Its status, published after the delete's tombstone, is deleted by the owner: no worker
+    # keeps it (until 2026-12-06 every worker did, for ever).
+    await poll(
+        lambda: [webhook_id in w.bridge.statuses for w in race.workers],
+        until=lambda held: not any(held),
+        timeout=20,
+        interval=0.05,
+    )
+    assert not any(webhook_id in w.bridge.statuses for w in race.workers)
 
     webhook_id, owner, other = await race.held_delivery("taken")
     gone = await race.client.delete(other.base_url + f"/v1/webhooks/{webhook_id}", headers=AUTH)

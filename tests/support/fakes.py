@@ -61,6 +61,8 @@ class FakeOutputs:
         self.statuses: list[tuple[bytes, dict[str, Any]]] = []
         self.disabled: list[tuple[str, str]] = []
         self.disabled_reprs: list[str] = []
+        #: What ``disable`` answers: turned off here (no owner), or left to an owner.
+        self.disables_here = False
         #: When set, dead letters cannot be written (raised from ``dead_letter``).
         self.dead_letter_error: Exception | None = None
 
@@ -87,10 +89,11 @@ class FakeOutputs:
         self.calls.append("status")
         self.statuses.append((key, json.loads(json.dumps(record))))
 
-    async def disable(self, webhook: Webhook, reason: str) -> None:
+    async def disable(self, webhook: Webhook, reason: str) -> bool:
         self.calls.append("disable")
         self.disabled.append((webhook.id, reason))
         self.disabled_reprs.append(repr(webhook))
+        return self.disables_here
 
     def everything(self) -> str:
         """All that was written, as text (to look for secrets)."""

@@ -7,7 +7,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.delivery.breaker import CLOSED, HALF_OPEN, OPEN, Breakers, CircuitBreaker, endpoint_of
+from bridge.delivery.breaker import (
+    CLOSED,
+    FORGET_AFTER,
+    HALF_OPEN,
+    OPEN,
+    Breakers,
+    CircuitBreaker,
+    endpoint_of,
+)
 from bridge.subscriptions.urls import InvalidUrl
 from tests.support.clocks import FakeClock
 
@@ -284,9 +292,10 @@ def test_a_probe_given_back_goes_to_the_next_request() -> None:
 
 
 def test_breakers_of_endpoints_that_failed_once_or_long_ago_are_swept() -> None:
-    """Asking does not make a breaker; one closed (failures short of the threshold) or open
-    past its cooldown is swept as endpoints come; an open one within its cooldown is kept.
-    Until 2026-12-06 every endpoint ever sent to had a breaker, kept for ever after a failure."""
+    """Asking does not make a breaker; one closed (failures short of the threshold) is swept as
+    endpoints come, and one open that nothing asked of for FORGET_AFTER past its cooldown; an
+    open one is kept until then, so a failing endpoint gets one probe, not a wave. Until
+    2026-12-06 every endpoint ever sent to had a breaker, kept for ever after a failure."""
     clock = FakeClock()
     breakers = Breakers(threshold=2, cooldown=30.0, clock=clock)
     for n in range(1_000):
@@ -301,7 +310,12 @@ def test_breakers_of_endpoints_that_failed_once_or_long_ago_are_swept() -> None:
     assert breakers.state("https://down.example:443") == OPEN
     assert not breakers.allow("https://down.example:443")
     assert breakers.open_count() == 1
-    clock.now += 30.0
+    clock.now += 30.0  # past its cooldown, asked of again after sweeps: one probe
     for n in range(30_000):
         breakers.failure(f"https://later{n}.example:443")
+    assert [breakers.allow("https://down.example:443") for _ in range(5)] == [True] + [False] * 4
+    breakers.failure("https://down.example:443")  # the probe failed: open again
+    clock.now += 30.0 + FORGET_AFTER
+    for n in range(30_000):
+        breakers.failure(f"https://latest{n}.example:443")
     assert breakers.open_count() == 0 and breakers.state("https://down.example:443") == CLOSED

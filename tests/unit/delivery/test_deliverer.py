@@ -421,6 +421,20 @@ async def test_410_disables_and_dead_letters() -> None:
     assert h.value("webhook_bridge_dead_letters_total", reason="endpoint_gone") == 1.0
 
 
+async def test_a_disable_made_here_without_an_owner_is_marked_applied() -> None:
+    """Without owners (no delivery_log) the deciding worker turns the webhook off itself; the
+    status record then says so, so that an owner added later never applies it again (a
+    webhook turned on since would be turned off)."""
+    h = Harness(FakeSender(failed(410)))
+    h.outputs.disables_here = True
+    await h.run(make_job(3, history=earlier(2)))
+    assert h.outputs.disabled == [("webhook_abc", "gone")]
+    [(_, decided), (_, applied)] = h.outputs.statuses
+    assert decided["applied_at"] is None and isinstance(applied["applied_at"], str)
+    assert {**applied, "applied_at": None, "updated_at": decided["updated_at"]} == decided
+    assert schema_errors("status", applied) == []
+
+
 async def test_failing_longer_than_disable_after_disables() -> None:
     h = Harness(FakeSender(failed(500), failed(500), failed(500)), disable_after=3600.0)
     await h.run(make_job())

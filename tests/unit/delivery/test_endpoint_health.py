@@ -315,3 +315,17 @@ def test_decisions_the_table_moved_on_from_are_swept() -> None:
     assert health.on_failure("wh_29998", 2.0) is None  # failing since 1.0, not yet disabled
     assert health.on_failure("wh_1", 2.0) == HealthChange("wh_1", "failing", 2.0)
     assert health.on_failure("wh_2", 200.0) == HealthChange("wh_2", "disabled", 1.0, "failing")
+
+
+def test_an_applied_disable_starts_the_health_of_a_webhook_delivered_again_afresh() -> None:
+    """Once its owner marked the disable applied (the webhook turned off), a delivery of the
+    webhook is of one turned on again: failing afresh, so its next failures disable it again
+    (a worker reading the mark after the webhook's record turned on had read it disabled:
+    never disabled again, until 2026-12-06)."""
+    decided = HealthChange("wh", "disabled", 1.0, "gone").to_record("2024-01-15T10:00:00.000Z")
+    table: dict[str, dict[str, Any]] = {"wh": decided}
+    health = EndpointHealth(100.0, table.get)
+    assert health.on_failure("wh", 5.0) is None  # not applied yet: disabled, nothing to do
+    table["wh"] = {**decided, "applied_at": "2024-01-15T10:00:01.000Z"}
+    assert health.on_failure("wh", 5.0) == HealthChange("wh", "failing", 5.0)
+    assert health.on_gone("wh", 6.0) == HealthChange("wh", "disabled", 5.0, "gone")

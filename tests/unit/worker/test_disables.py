@@ -74,6 +74,13 @@ NO_VERSION = {
         # status records written before 2026-12-04, naming no version: the deciding worker
         # turned the webhook off itself, so one on now was turned on since
         (webhook(), UNVERSIONED, "changed"),
+        # 2026-12-04 to 2026-12-06, made for a webhook without updated_at, unmarked: applied
+        # by an owner that did not mark it, or not: left on
+        (
+            webhook(version=None),
+            {k: v for k, v in disabled().items() if k != VERSION_KEY},
+            "changed",
+        ),
         (webhook(version=None), UNVERSIONED, "changed"),
         (webhook(active=False), UNVERSIONED, "inactive"),
         (webhook(), disabled(failing_since=None), "written"),
@@ -231,6 +238,28 @@ async def test_the_disable_of_a_deleted_webhook_is_deleted(
     await _settled(writer)
     assert store.calls == [("status deleted", "webhook_abc")]
     assert sample(registry, "webhook_bridge_disable_writes_total", result="deleted") == 1
+
+
+@pytest.mark.parametrize("state", ["failing", "healthy", "disabled"])
+async def test_the_status_of_a_webhook_that_is_gone_is_deleted_by_its_owner(
+    monkeypatch: pytest.MonkeyPatch, state: str
+) -> None:
+    """A delivery in flight at the webhook's delete publishes its status after the delete's
+    tombstone (a producer's delete writes none): the owner, its table current, deletes it;
+    a status of a webhook that exists is left."""
+    statuses = {"webhook_abc": {**disabled(), "state": state}}
+    writer, store, freshness, registry = _writer(monkeypatch, current=None, statuses=statuses)
+    writer.offer(["webhook_abc"])
+    await _settled(writer)
+    assert store.calls == [("status deleted", "webhook_abc")] and freshness.waits == 1
+    counted = sample(registry, "webhook_bridge_disable_writes_total", result="deleted")
+    assert counted == (1 if state == "disabled" else 0)
+    kept, kept_store, _, _ = _writer(
+        monkeypatch, current=webhook(), statuses={"webhook_abc": {**disabled(), "state": state}}
+    )
+    kept.offer(["webhook_abc"])
+    await _settled(kept)
+    assert ("status deleted", "webhook_abc") not in kept_store.calls
 
 
 async def test_a_webhook_changed_since_the_delivery_stays_on_and_its_health_starts_afresh(
