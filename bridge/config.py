@@ -571,7 +571,8 @@ class Settings:
         parse_duration,
         "How long a recovery or redelivery that ended stays readable (GET /v1/recoveries/{id}); "
         "then its webhook's owner writes its tombstone to the recoveries topic, and every "
-        "worker forgets it.",
+        "worker forgets it. A webhook keeps at most its newest 1,000 ended ones, whatever "
+        "their age (since 2026-12-06).",
     )
     advertised_url: str | None = Section.ACTIVITY.setting(
         None,

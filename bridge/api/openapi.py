@@ -951,7 +951,8 @@ def _paths() -> dict[str, Any]:
             "get": _operation(
                 "listRecoveries",
                 "A webhook's recoveries and redeliveries, newest first: those running, and "
-                "those that ended within recovery_retention (7 days by default).",
+                "those that ended within recovery_retention (7 days by default), at most "
+                "the newest 1,000 of them.",
                 "read",
                 {"200": _json(_ref("RecoveryList"), "One page."), "404": not_found},
                 parameters=[

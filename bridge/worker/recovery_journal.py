@@ -42,6 +42,7 @@ from bridge.worker.recovery_view import (
 __all__ = [
     "FORGET_INTERVAL",
     "FORGET_STEP",
+    "KEEP_PER_WEBHOOK",
     "KafkaRecoveryJournal",
     "forget_ended",
     "keep_calling",
@@ -168,6 +169,8 @@ async def take_over(
 FORGET_STEP = 1000
 #: Seconds between two looks for ended recoveries to forget.
 FORGET_INTERVAL = 60.0
+#: Ended recoveries kept per webhook at most (its newest), whatever the retention.
+KEEP_PER_WEBHOOK = 1000
 
 
 async def forget_ended(
@@ -177,15 +180,22 @@ async def forget_ended(
     owns: Callable[[str], bool],
     retention: float,
     wall_time: Callable[[], float] = time.time,
+    keep_per_webhook: int = KEEP_PER_WEBHOOK,
 ) -> list[str]:
     """Write the tombstones of the recoveries that ended ``retention`` seconds ago or earlier
-    (by their last record's ``updated_at``) of webhooks this worker ``owns``; the ids forgotten.
+    (by their last record's ``updated_at``) of webhooks this worker ``owns``, and of those past
+    each webhook's newest ``keep_per_webhook`` ended ones; the ids forgotten.
 
     One whose time cannot be read is forgotten at once (its age is unknown); one of no webhook
     by any worker (no owner would), as two tombstones of one id do no harm. Lets the event loop
-    run every :data:`FORGET_STEP` records."""
+    run every :data:`FORGET_STEP` records.
+
+    The cap per webhook: redeliveries are recoveries, and a token may ask for
+    ``api_rate_limit`` a second; kept for the retention alone, one token's 100 a second for 7
+    days were 60 million records in every worker's memory (until 2026-12-06)."""
     cutoff = wall_time() - retention
     forgotten: list[str] = []
+    kept: dict[str, list[tuple[float, str]]] = {}
     for n, (operation_id, record) in enumerate(view.ended(), start=1):
         if n % FORGET_STEP == 0:
             await asyncio.sleep(0)
@@ -194,11 +204,26 @@ async def forget_ended(
             continue
         ended = updated_at(record)
         if ended is not None and ended > cutoff:
+            if isinstance(webhook_id, str):
+                kept.setdefault(webhook_id, []).append((ended, operation_id))
             continue
         await journal.forget(operation_id)
         forgotten.append(operation_id)
+    aged = len(forgotten)
+    for ended_ones in kept.values():
+        if len(ended_ones) > keep_per_webhook:
+            ended_ones.sort(reverse=True)  # newest first
+            for _, operation_id in ended_ones[keep_per_webhook:]:
+                await journal.forget(operation_id)
+                forgotten.append(operation_id)
     if forgotten:
-        log.info("forgot %d recoveries that ended over %.0f s ago", len(forgotten), retention)
+        log.info(
+            "forgot %d recoveries that ended over %.0f s ago, %d past %d of a webhook",
+            aged,
+            retention,
+            len(forgotten) - aged,
+            keep_per_webhook,
+        )
     return forgotten
 
 

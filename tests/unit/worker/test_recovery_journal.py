@@ -231,6 +231,31 @@ async def test_ended_recoveries_of_owned_webhooks_are_forgotten_after_the_retent
     assert [r["id"] for r in view.running()] == ["old-running"]
 
 
+async def test_a_webhooks_ended_recoveries_are_kept_to_its_newest_within_the_retention() -> None:
+    """Past ``keep_per_webhook`` ended ones of a webhook, the oldest go at once: a token asking
+    for redeliveries as fast as its rate allows kept every one for the retention (7 days),
+    in every worker, until 2026-12-06. Running ones and other webhooks' are not counted."""
+    view = RecoveryView(TableFreshness(_ends, timeout=1.0))
+    rows = [(f"a{n:02d}", WEBHOOKS["a"], 100.0 - n, "done") for n in range(12)]
+    rows += [("a-running", WEBHOOKS["a"], 500.0, "running")]
+    rows += [(f"b{n}", WEBHOOKS["b"], 100.0 - n, "cancelled") for n in range(3)]
+    for offset, (rid, webhook, age, state) in enumerate(rows):
+        view.apply(
+            0, offset, rid.encode(), recorded(rid, webhook, runner=None, age=age, state=state)
+        )
+    journal = Journal()
+    forgotten = await forget_ended(
+        view,
+        journal,
+        owns=lambda w: True,
+        retention=3600.0,
+        wall_time=NOW.timestamp,
+        keep_per_webhook=5,
+    )
+    # a00 is the oldest (aged 100 s), a11 the newest.
+    assert sorted(forgotten) == sorted(journal.forgotten) == [f"a{n:02d}" for n in range(7)]
+
+
 async def test_forgetting_many_ended_recoveries_lets_the_loop_run() -> None:
     view = RecoveryView(TableFreshness(_ends, timeout=1.0))
     count = FORGET_STEP * 3
@@ -241,7 +266,12 @@ async def test_forgetting_many_ended_recoveries_lets_the_loop_run() -> None:
         )
     journal = Journal()
     forgetting = forget_ended(
-        view, journal, owns=lambda w: True, retention=3600.0, wall_time=NOW.timestamp
+        view,
+        journal,
+        owns=lambda w: True,
+        retention=3600.0,
+        wall_time=NOW.timestamp,
+        keep_per_webhook=count,
     )
     forgotten, turns = await turns_during(forgetting)
     assert forgotten == [] and turns >= 3
