@@ -265,7 +265,7 @@ class Deliverer:
             self._breakers.success(endpoint)
             self._recording()
             written = await self._queue_attempt(job, result, None)
-            change = self._health.on_success(webhook.id, webhook.created_at)
+            change = self._health.on_success(webhook.id, webhook.created_at, webhook.updated_at)
             if change is None:
                 return written
             await written
@@ -369,14 +369,18 @@ class Deliverer:
             )
             return
         if counts and result.status == 410:
-            gone = self._health.on_gone(webhook_id, now, job.webhook.created_at)
+            gone = self._health.on_gone(
+                webhook_id, now, job.webhook.created_at, job.webhook.updated_at
+            )
             if gone is not None:
                 await self._disable(job, gone, "gone")
             await self._record_attempt(job, result, "disabled")
             await self._dead_letter(job, "endpoint_gone", "the endpoint answered 410 Gone", history)
             return
         if counts:
-            change = self._health.on_failure(webhook_id, now, job.webhook.created_at)
+            change = self._health.on_failure(
+                webhook_id, now, job.webhook.created_at, job.webhook.updated_at
+            )
             if change is not None and change.state == "disabled":
                 await self._disable(job, change, "failing")
                 await self._record_attempt(job, result, "disabled")

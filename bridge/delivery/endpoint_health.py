@@ -75,28 +75,37 @@ class EndpointHealth:
         self._local: dict[str, tuple[HealthChange, Mapping[str, Any] | None]] = {}
         self._sweeps = Sweeps()
 
-    def _current(self, webhook_id: str, created_at: str | None) -> tuple[str, float | None]:
-        state, since = self._recorded(webhook_id)
+    def _current(
+        self, webhook_id: str, created_at: str | None, updated_at: str | None
+    ) -> tuple[str, float | None]:
+        state, since = self._recorded(webhook_id, updated_at)
         if before_created(since, created_at):
             return "healthy", None
         return state, since
 
-    def _recorded(self, webhook_id: str) -> tuple[str, float | None]:
+    def _recorded(self, webhook_id: str, updated_at: str | None) -> tuple[str, float | None]:
         record = self._published(webhook_id)
         local = self._local.get(webhook_id)
         if local is not None:
             change, seen = local
-            if record == seen:
+            if _shows(record, seen):
                 return change.state, change.failing_since
             del self._local[webhook_id]
         if record is None:
             return "healthy", None
         state = str(record.get("state", "healthy"))
-        if state == "disabled" and isinstance(record.get("applied_at"), str):
-            # Applied: the webhook was turned off. A delivery of it now is of a webhook turned
-            # on again (or one in flight as it was turned off): its health starts afresh, as
-            # at :meth:`on_webhook_enabled` (which a worker reading the mark after the
-            # webhook's record turned on would otherwise have lost: never disabled again).
+        made_for = record.get("webhook_updated_at")
+        if (
+            state == "disabled"
+            and isinstance(record.get("applied_at"), str)
+            and isinstance(made_for, str)
+            and made_for != updated_at
+        ):
+            # Applied (the webhook was turned off), and this delivery is of another version:
+            # one turned on again since, whose health starts afresh, as at
+            # :meth:`on_webhook_enabled` (a worker that read the webhook on before the disable
+            # came, a worker started since, never disabled it again until 2026-12-06). A
+            # delivery of the version the disable names was in flight as it was turned off.
             return "failing", None
         since = record.get("failing_since")
         return state, float(since) if since is not None else None
@@ -111,7 +120,7 @@ class EndpointHealth:
     def _sweep(self) -> None:
         # A decision whose table record changed since is read as gone (:meth:`_recorded`).
         for webhook_id, (_, seen) in list(self._local.items()):
-            if self._published(webhook_id) != seen:
+            if not _shows(self._published(webhook_id), seen):
                 del self._local[webhook_id]
         self._sweeps.swept(len(self._local))
 
@@ -125,9 +134,12 @@ class EndpointHealth:
         swept)."""
         return len(self._local)
 
-    def on_success(self, webhook_id: str, created_at: str | None = None) -> HealthChange | None:
-        """``created_at``: the webhook's (see the class); the same for the methods below."""
-        state, _ = self._current(webhook_id, created_at)
+    def on_success(
+        self, webhook_id: str, created_at: str | None = None, updated_at: str | None = None
+    ) -> HealthChange | None:
+        """``created_at``, ``updated_at``: the webhook's the delivery was made for (see the
+        class); the same for the methods below."""
+        state, _ = self._current(webhook_id, created_at, updated_at)
         record = self._published(webhook_id)
         published_state = record.get("state", "healthy") if record is not None else "healthy"
         if state == "healthy" and published_state == "healthy":
@@ -138,9 +150,13 @@ class EndpointHealth:
         return self._change(HealthChange(webhook_id, "healthy", None))
 
     def on_failure(
-        self, webhook_id: str, now: float, created_at: str | None = None
+        self,
+        webhook_id: str,
+        now: float,
+        created_at: str | None = None,
+        updated_at: str | None = None,
     ) -> HealthChange | None:
-        state, since = self._current(webhook_id, created_at)
+        state, since = self._current(webhook_id, created_at, updated_at)
         if state == "disabled":
             return None
         if state != "failing" or since is None:
@@ -151,17 +167,36 @@ class EndpointHealth:
         return None
 
     def on_gone(
-        self, webhook_id: str, now: float, created_at: str | None = None
+        self,
+        webhook_id: str,
+        now: float,
+        created_at: str | None = None,
+        updated_at: str | None = None,
     ) -> HealthChange | None:
         """410 Gone: disable, unless this worker already did (concurrent deliveries)."""
-        state, since = self._current(webhook_id, created_at)
+        state, since = self._current(webhook_id, created_at, updated_at)
         if state == "disabled":
             return None
         return self._change(HealthChange(webhook_id, "disabled", since or now, "gone"))
 
-    def on_webhook_enabled(self, webhook_id: str) -> None:
-        """An active subscription record after a disable starts the webhook's health afresh
-        (the stale status record is replaced at the next outcome)."""
-        state, _ = self._recorded(webhook_id)
+    def on_webhook_enabled(self, webhook_id: str, updated_at: str | None = None) -> None:
+        """An active subscription record (of version ``updated_at``) after a disable starts the
+        webhook's health afresh (the stale status record is replaced at the next outcome)."""
+        state, _ = self._recorded(webhook_id, updated_at)
         if state == "disabled":
             self._change(HealthChange(webhook_id, "failing", None))
+
+
+def _shows(record: Mapping[str, Any] | None, seen: Mapping[str, Any] | None) -> bool:
+    """Whether the table's ``record`` is still the one a decision was made against (``seen``),
+    or the same disable marked applied since (a worker that saw the webhook turned on again
+    before the mark kept its fresh start)."""
+    if record == seen:
+        return True
+    if record is None or seen is None or not isinstance(record.get("applied_at"), str):
+        return False
+    return _unmarked(record) == _unmarked(seen)
+
+
+def _unmarked(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k != "applied_at"}

@@ -737,10 +737,13 @@ class Bridge:
                         # deleted by its delete, or by its owner: the status and subscription
                         # topics are read in no order, and the status may be its successor's.)
                         self.health.forget(webhook_id)
+                        if self.disables is not None:
+                            # Its owner deletes a status left (a producer's delete).
+                            self.disables.offer([webhook_id])
             else:
                 self.index.put(webhook)
                 if webhook.active:
-                    self.health.on_webhook_enabled(webhook.id)
+                    self.health.on_webhook_enabled(webhook.id, webhook.updated_at)
         finally:
             self.freshness.applied(message.partition, message.offset)
 

@@ -317,15 +317,37 @@ def test_decisions_the_table_moved_on_from_are_swept() -> None:
     assert health.on_failure("wh_2", 200.0) == HealthChange("wh_2", "disabled", 1.0, "failing")
 
 
-def test_an_applied_disable_starts_the_health_of_a_webhook_delivered_again_afresh() -> None:
-    """Once its owner marked the disable applied (the webhook turned off), a delivery of the
-    webhook is of one turned on again: failing afresh, so its next failures disable it again
-    (a worker reading the mark after the webhook's record turned on had read it disabled:
-    never disabled again, until 2026-12-06)."""
-    decided = HealthChange("wh", "disabled", 1.0, "gone").to_record("2024-01-15T10:00:00.000Z")
-    table: dict[str, dict[str, Any]] = {"wh": decided}
+V1 = "2024-01-15T09:00:00.000Z"  # the version the disable was made for
+V2 = "2024-01-15T11:00:00.000Z"  # the webhook turned on again
+
+
+def _decided(**changes: Any) -> dict[str, Any]:
+    change = HealthChange("wh", "disabled", 1.0, "gone", webhook_updated_at=V1)
+    return {**change.to_record("2024-01-15T10:00:00.000Z"), **changes}
+
+
+def test_an_applied_disable_starts_the_health_of_another_version_afresh() -> None:
+    """Once its owner marked the disable applied, a delivery of another version of the webhook
+    (turned on again since) starts its health afresh, so its failures disable it again (a
+    worker started after the re-enable, or that read it before the disable, never disabled it
+    again, until 2026-12-06); a delivery of the version the disable names was in flight as it
+    was turned off, and changes nothing (it would overwrite the disable with "failing")."""
+    table: dict[str, dict[str, Any]] = {"wh": _decided()}
     health = EndpointHealth(100.0, table.get)
-    assert health.on_failure("wh", 5.0) is None  # not applied yet: disabled, nothing to do
-    table["wh"] = {**decided, "applied_at": "2024-01-15T10:00:01.000Z"}
-    assert health.on_failure("wh", 5.0) == HealthChange("wh", "failing", 5.0)
-    assert health.on_gone("wh", 6.0) == HealthChange("wh", "disabled", 5.0, "gone")
+    assert health.on_failure("wh", 5.0, updated_at=V1) is None  # not applied yet
+    table["wh"] = _decided(applied_at="2024-01-15T10:00:01.000Z")
+    assert health.on_failure("wh", 5.0, updated_at=V1) is None  # in flight: nothing
+    assert health.on_gone("wh", 5.0, updated_at=V1) is None
+    again = health.on_failure("wh", 6.0, updated_at=V2)
+    assert again == HealthChange("wh", "failing", 6.0)
+    assert health.on_gone("wh", 7.0, updated_at=V2) == HealthChange("wh", "disabled", 6.0, "gone")
+
+
+def test_a_fresh_start_survives_the_mark_of_the_disable_it_followed() -> None:
+    """A worker that read the webhook turned on again (the same version: a producer wrote the
+    record as it was) before the owner's mark keeps its fresh start when the mark arrives."""
+    table: dict[str, dict[str, Any]] = {"wh": _decided()}
+    health = EndpointHealth(100.0, table.get)
+    health.on_webhook_enabled("wh", V1)
+    table["wh"] = _decided(applied_at="2024-01-15T10:00:01.000Z")
+    assert health.on_failure("wh", 6.0, updated_at=V1) == HealthChange("wh", "failing", 6.0)
