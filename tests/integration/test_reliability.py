@@ -166,12 +166,28 @@ async def test_gone_disables_the_webhook_and_dead_letters(
     await receiver.wait_for(lambda got: len(receiver.at("/ok")) == 2)
     await worker.wait_metric("webhook_bridge_in_flight_requests", lambda v: v == 0)
     assert len(receiver.at("/gone")) == 1
+    # The disable is marked applied (this worker turned the webhook off itself: no owners).
+    assert isinstance(status[-1]["applied_at"], str)
     # Updating the subscription enables it again.
     receiver.statuses["/gone"] = 200
     async with WebhookStore(settings) as store:
         await store.update("gone", active=True)
     await publish_events(settings, [post(3)])
     await receiver.wait_for(lambda got: len(receiver.at("/gone")) == 2)
+    # A worker started since (which reads the disable and the webhook on in either order)
+    # disables it again at its next 410: until 2026-12-06 one that read the disable last
+    # never did.
+    await worker.stop()
+    receiver.statuses["/gone"] = 410
+    later = in_process_workers(settings.replace(web_port=free_port()))
+    await later.wait_ready()
+    await publish_events(settings, [post(4)])
+    await later.wait_metric(
+        'webhook_bridge_webhooks_disabled_total{reason="gone"}', lambda v: v == 1
+    )
+    async with WebhookStore(settings) as store:
+        assert (await store.load())["gone"].active is False
+    assert len(receiver.at("/gone")) == 3
 
 
 async def test_an_endpoint_failing_for_too_long_is_disabled(
