@@ -19,9 +19,10 @@ __all__ = ["MAX_CHARS", "MAX_ENTRIES", "Remembered", "remembered", "Sweeps"]
 
 _R = TypeVar("_R")
 
-#: Characters of the keys one function remembers at most (about 20 MB of parsed URLs at the
-#: longest URL a webhook may have; every URL of 50,000 webhooks of 80 characters).
-MAX_CHARS = 4_000_000
+#: Characters of the keys one function remembers at most, each entry counted with
+#: ``_ENTRY_CHARS`` more (about 40 MB of parsed URLs in all at the longest URL a webhook may
+#: have; 50,000 URLs of up to 96 characters).
+MAX_CHARS = 8_000_000
 #: Keys one function remembers at most.
 MAX_ENTRIES = 50_000
 #: What an entry costs beyond its key's characters (the dict's slot and the value's objects).
@@ -44,7 +45,8 @@ class Remembered(Generic[_R]):
     ) -> None:
         self.__wrapped__ = function
         # An OrderedDict: a dict's oldest key, found by iterating after many deletes from its
-        # front, cost 8 µs a miss when full (27 times an lru_cache's miss).
+        # front, cost 7.85 µs a miss when full, about 25 times an lru_cache's (BENCHMARKS.md,
+        # "Bounded per-URL and per-key state").
         self._answers: OrderedDict[str, _R] = OrderedDict()
         self._chars = 0
         self._max_chars = max_chars

@@ -292,8 +292,9 @@ class Metrics:
         self.disable_writes = Counter(
             "webhook_bridge_disable_writes_total",
             "Disables (disabled status records) judged by the owner of their webhook: written, "
-            "or not because the webhook was deleted, is inactive already, is another webhook "
-            "of the same id, or changed since the deciding delivery (its health starts afresh).",
+            "or not because the webhook was deleted (the status deleted), is inactive already, "
+            "is another webhook of the same id, or changed since the deciding delivery (its "
+            "health starts afresh).",
             ["result"],
             registry=registry,
         )

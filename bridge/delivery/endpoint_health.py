@@ -6,10 +6,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bridge.contract.events import parse_time
 from bridge.memo import Sweeps
 from bridge.subscriptions.webhook import before_created
 
-__all__ = ["HealthChange", "EndpointHealth"]
+__all__ = ["HealthChange", "EndpointHealth", "APPLIED_GRACE"]
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,9 @@ class HealthChange:
         if self.webhook_updated_at is not None:
             record["webhook_updated_at"] = self.webhook_updated_at
         if self.state == "disabled":
-            # Not applied yet: the webhook's owner turns it off, then marks the record applied
-            # (:mod:`bridge.worker.disables`), so that it is never applied twice.
+            # None until applied: the webhook's owner (without owners, the deciding worker)
+            # turns it off, then marks the record applied (:mod:`bridge.worker.disables`), so
+            # that it is never applied twice.
             record["applied_at"] = self.applied_at
         return record
 
@@ -52,9 +54,14 @@ class EndpointHealth:
 
     ``published`` looks up the last status record of a webhook (the status table, shared by all
     workers). What this worker decided itself is remembered until the table changes for that
-    webhook (its own record arriving, or another worker's), so that concurrent failures do not
-    publish the same transition many times, and a recovery published elsewhere ends the failing
-    period here too.
+    webhook (its own record arriving, or another worker's; not the mark of the disable it
+    followed), so that concurrent failures do not publish the same transition many times, and a
+    recovery published elsewhere ends the failing period here too.
+
+    An applied disable (its webhook turned off) is read by the version of the webhook a
+    delivery was made for (``updated_at``): the version it names was in flight as the webhook
+    was turned off, and changes nothing; another is the webhook turned on again, whose health
+    starts afresh. One that names no version is told by time: :data:`APPLIED_GRACE`.
 
     A failing period that began before the webhook was created (``created_at``, its record's)
     is another webhook's: the id was used again after a delete, and the new webhook starts
@@ -76,14 +83,20 @@ class EndpointHealth:
         self._sweeps = Sweeps()
 
     def _current(
-        self, webhook_id: str, created_at: str | None, updated_at: str | None
+        self,
+        webhook_id: str,
+        created_at: str | None,
+        updated_at: str | None,
+        now: float | None = None,
     ) -> tuple[str, float | None]:
-        state, since = self._recorded(webhook_id, updated_at)
+        state, since = self._recorded(webhook_id, updated_at, now)
         if before_created(since, created_at):
             return "healthy", None
         return state, since
 
-    def _recorded(self, webhook_id: str, updated_at: str | None) -> tuple[str, float | None]:
+    def _recorded(
+        self, webhook_id: str, updated_at: str | None, now: float | None = None
+    ) -> tuple[str, float | None]:
         record = self._published(webhook_id)
         local = self._local.get(webhook_id)
         if local is not None:
@@ -94,18 +107,12 @@ class EndpointHealth:
         if record is None:
             return "healthy", None
         state = str(record.get("state", "healthy"))
-        made_for = record.get("webhook_updated_at")
-        if (
-            state == "disabled"
-            and isinstance(record.get("applied_at"), str)
-            and isinstance(made_for, str)
-            and made_for != updated_at
-        ):
-            # Applied (the webhook was turned off), and this delivery is of another version:
-            # one turned on again since, whose health starts afresh, as at
-            # :meth:`on_webhook_enabled` (a worker that read the webhook on before the disable
-            # came, a worker started since, never disabled it again until 2026-12-06). A
-            # delivery of the version the disable names was in flight as it was turned off.
+        if state == "disabled" and _turned_on_since(record, updated_at, now):
+            # Applied (the webhook was turned off), and this delivery is of a webhook turned
+            # on again since, whose health starts afresh, as at :meth:`on_webhook_enabled` (a
+            # worker that read the webhook on before the disable came, or started since, never
+            # disabled it again, until 2026-12-06). A delivery in flight as it was turned off
+            # changes nothing.
             return "failing", None
         since = record.get("failing_since")
         return state, float(since) if since is not None else None
@@ -156,7 +163,7 @@ class EndpointHealth:
         created_at: str | None = None,
         updated_at: str | None = None,
     ) -> HealthChange | None:
-        state, since = self._current(webhook_id, created_at, updated_at)
+        state, since = self._current(webhook_id, created_at, updated_at, now)
         if state == "disabled":
             return None
         if state != "failing" or since is None:
@@ -174,7 +181,7 @@ class EndpointHealth:
         updated_at: str | None = None,
     ) -> HealthChange | None:
         """410 Gone: disable, unless this worker already did (concurrent deliveries)."""
-        state, since = self._current(webhook_id, created_at, updated_at)
+        state, since = self._current(webhook_id, created_at, updated_at, now)
         if state == "disabled":
             return None
         return self._change(HealthChange(webhook_id, "disabled", since or now, "gone"))
@@ -200,3 +207,27 @@ def _shows(record: Mapping[str, Any] | None, seen: Mapping[str, Any] | None) -> 
 
 def _unmarked(record: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k != "applied_at"}
+
+
+#: Seconds after a disable was applied during which a delivery of a webhook that names no
+#: version (``updated_at``) is taken for one in flight as it was turned off: twice the longest
+#: request (``http_timeout``'s default of 30 s), with room for clocks apart.
+APPLIED_GRACE = 120.0
+
+
+def _turned_on_since(record: Mapping[str, Any], updated_at: str | None, now: float | None) -> bool:
+    """Whether a delivery of the webhook at version ``updated_at``, at ``now``, is of one turned
+    on again since the applied disable ``record``: of another version than the one it names;
+    where it names none, made :data:`APPLIED_GRACE` after it was applied."""
+    applied_at = record.get("applied_at")
+    if not isinstance(applied_at, str):
+        return False  # not applied: the webhook is being turned off
+    made_for = record.get("webhook_updated_at")
+    if isinstance(made_for, str):
+        return made_for != updated_at
+    if now is None:
+        return False
+    try:
+        return now - parse_time(applied_at).timestamp() >= APPLIED_GRACE
+    except ValueError:
+        return False

@@ -16,8 +16,13 @@ still the one the delivery was made for (:func:`disable_verdict`):
 - a webhook changed since the delivery (or another webhook of its id) stays on, and its health
   starts afresh (a ``healthy`` status record): its next deliveries decide again.
 
+A disable turned off (or found off) is marked applied (``applied_at``) and never applied again,
+so a webhook turned on afterwards stays on; the status of a webhook that no longer exists is
+deleted (a delivery in flight at its delete, or a producer's delete, left it).
+
 Workers without ``delivery_log`` have no owners: the deciding worker writes the disable itself,
-with the same checks against its own table (:meth:`bridge.kafka.outputs.KafkaOutputs.disable`).
+with the same checks against its own table (:meth:`bridge.kafka.outputs.KafkaOutputs.disable`),
+and marks it applied.
 """
 
 from __future__ import annotations
@@ -108,7 +113,8 @@ def _is_disable(status: Mapping[str, Any] | None) -> bool:
 class DisableWriter:
     """Writes the disables of the webhooks this worker owns (module docstring).
 
-    :meth:`offer` names a webhook whose status changed or whose partition this worker now owns;
+    :meth:`offer` names a webhook whose status changed, that was deleted, or whose partition
+    this worker now owns;
     offered webhooks are handled in rounds, each webhook under its lock with the table current
     as of holding it (concurrent freshness waits share their requests). ``owns`` says whether
     this worker owns a webhook now."""
@@ -147,7 +153,7 @@ class DisableWriter:
     def offer(self, webhook_ids: Iterable[str]) -> None:
         """Look at these webhooks' status records soon (a disable among them is written if this
         worker owns its webhook then, and the status of a webhook that no longer exists is
-        deleted); called with every webhook whose status changed."""
+        deleted); called with every webhook whose status changed, and each deleted."""
         if self._closed:
             return
         for webhook_id in webhook_ids:

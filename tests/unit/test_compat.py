@@ -73,7 +73,9 @@ def test_a_record_an_earlier_version_wrote_is_read(record: dict[str, Any]) -> No
         assert is_valid("schemas/status.json", record["value"])
         webhook = _webhook(record["written_by"])
         verdict = disable_verdict(webhook, record["value"])
-        if "webhook_updated_at" not in record["value"]:
+        if isinstance(record["value"].get("applied_at"), str):
+            assert verdict is None  # applied: never again
+        elif "webhook_updated_at" not in record["value"]:
             # Written before 2026-12-04: the deciding worker turned the webhook off itself,
             # so one on now was turned on since, and stays on.
             assert verdict == "changed"

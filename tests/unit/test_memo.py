@@ -59,7 +59,7 @@ def test_the_delivery_paths_url_caches_are_bounded_in_characters() -> None:
     """Each URL an attempt reads is parsed once and remembered: its endpoint, the SSRF
     verdict, its request target. 50,000 URLs of 2,048 characters held about 460 MB across
     those caches (bounded by entries only) until 2026-12-06; each now keeps at most
-    memo.MAX_CHARS characters of URLs (about 18 MB in all at that length, measured)."""
+    memo.MAX_CHARS characters of URLs (about 36 MB in all at that length, measured)."""
     sender = Http1Sender(
         timeout=5,
         max_connections=1,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bridge.contract.schemas import schema_errors
-from bridge.delivery.endpoint_health import EndpointHealth, HealthChange
+from bridge.delivery.endpoint_health import APPLIED_GRACE, EndpointHealth, HealthChange
 
 DISABLE_AFTER = 5 * 86400.0
 W = "webhook_1"
@@ -351,3 +351,17 @@ def test_a_fresh_start_survives_the_mark_of_the_disable_it_followed() -> None:
     health.on_webhook_enabled("wh", V1)
     table["wh"] = _decided(applied_at="2024-01-15T10:00:01.000Z")
     assert health.on_failure("wh", 6.0, updated_at=V1) == HealthChange("wh", "failing", 6.0)
+
+
+def test_an_applied_disable_naming_no_version_starts_afresh_after_its_grace() -> None:
+    """A disable made for a producer's webhook without updated_at cannot be told by version:
+    a delivery within APPLIED_GRACE of its application was in flight as it was turned off;
+    one after it is of a webhook turned on again, whose next failures disable it again."""
+    applied = "2024-01-15T10:00:00.000Z"
+    at = 1705312800.0  # the same moment
+    record = {**HealthChange("wh", "disabled", 1.0, "gone").to_record(applied)}
+    record["applied_at"] = applied
+    health = EndpointHealth(100.0, {"wh": record}.get)
+    assert health.on_gone("wh", at + APPLIED_GRACE - 1) is None
+    later = at + APPLIED_GRACE
+    assert health.on_failure("wh", later) == HealthChange("wh", "failing", later)
