@@ -370,7 +370,7 @@ class Deliverer:
             return
         if counts and result.status == 410:
             gone = self._health.on_gone(
-                webhook_id, now, job.webhook.created_at, job.webhook.updated_at
+                webhook_id, now, job.webhook.created_at, job.webhook.updated_at, job.made_at
             )
             if gone is not None:
                 await self._disable(job, gone, "gone")
@@ -379,7 +379,7 @@ class Deliverer:
             return
         if counts:
             change = self._health.on_failure(
-                webhook_id, now, job.webhook.created_at, job.webhook.updated_at
+                webhook_id, now, job.webhook.created_at, job.webhook.updated_at, job.made_at
             )
             if change is not None and change.state == "disabled":
                 await self._disable(job, change, "failing")

@@ -61,7 +61,8 @@ class EndpointHealth:
     An applied disable (its webhook turned off) is read by the version of the webhook a
     delivery was made for (``updated_at``): the version it names was in flight as the webhook
     was turned off, and changes nothing; another is the webhook turned on again, whose health
-    starts afresh. One that names no version is told by time: :data:`APPLIED_GRACE`.
+    starts afresh; so is a delivery made :data:`APPLIED_GRACE` after the disable was applied
+    (of a webhook without ``updated_at``, or turned on again at the very version).
 
     A failing period that began before the webhook was created (``created_at``, its record's)
     is another webhook's: the id was used again after a delete, and the new webhook starts
@@ -87,15 +88,15 @@ class EndpointHealth:
         webhook_id: str,
         created_at: str | None,
         updated_at: str | None,
-        now: float | None = None,
+        made_at: float | None = None,
     ) -> tuple[str, float | None]:
-        state, since = self._recorded(webhook_id, updated_at, now)
+        state, since = self._recorded(webhook_id, updated_at, made_at)
         if before_created(since, created_at):
             return "healthy", None
         return state, since
 
     def _recorded(
-        self, webhook_id: str, updated_at: str | None, now: float | None = None
+        self, webhook_id: str, updated_at: str | None, made_at: float | None = None
     ) -> tuple[str, float | None]:
         record = self._published(webhook_id)
         local = self._local.get(webhook_id)
@@ -107,7 +108,7 @@ class EndpointHealth:
         if record is None:
             return "healthy", None
         state = str(record.get("state", "healthy"))
-        if state == "disabled" and _turned_on_since(record, updated_at, now):
+        if state == "disabled" and _turned_on_since(record, updated_at, made_at):
             # Applied (the webhook was turned off), and this delivery is of a webhook turned
             # on again since, whose health starts afresh, as at :meth:`on_webhook_enabled` (a
             # worker that read the webhook on before the disable came, or started since, never
@@ -162,8 +163,9 @@ class EndpointHealth:
         now: float,
         created_at: str | None = None,
         updated_at: str | None = None,
+        made_at: float | None = None,
     ) -> HealthChange | None:
-        state, since = self._current(webhook_id, created_at, updated_at, now)
+        state, since = self._current(webhook_id, created_at, updated_at, made_at)
         if state == "disabled":
             return None
         if state != "failing" or since is None:
@@ -179,9 +181,10 @@ class EndpointHealth:
         now: float,
         created_at: str | None = None,
         updated_at: str | None = None,
+        made_at: float | None = None,
     ) -> HealthChange | None:
         """410 Gone: disable, unless this worker already did (concurrent deliveries)."""
-        state, since = self._current(webhook_id, created_at, updated_at, now)
+        state, since = self._current(webhook_id, created_at, updated_at, made_at)
         if state == "disabled":
             return None
         return self._change(HealthChange(webhook_id, "disabled", since or now, "gone"))
@@ -209,25 +212,29 @@ def _unmarked(record: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k != "applied_at"}
 
 
-#: Seconds after a disable was applied during which a delivery of a webhook that names no
-#: version (``updated_at``) is taken for one in flight as it was turned off: twice the longest
-#: request (``http_timeout``'s default of 30 s), with room for clocks apart.
+#: Seconds after a disable was applied within which a delivery made then is taken for one in
+#: flight as the webhook was turned off (made from a table that had not shown it yet, or on a
+#: clock behind); one made later of the version the disable names, or naming none, is of the
+#: webhook turned on again (a producer's record as it was).
 APPLIED_GRACE = 120.0
 
 
-def _turned_on_since(record: Mapping[str, Any], updated_at: str | None, now: float | None) -> bool:
-    """Whether a delivery of the webhook at version ``updated_at``, at ``now``, is of one turned
-    on again since the applied disable ``record``: of another version than the one it names;
-    where it names none, made :data:`APPLIED_GRACE` after it was applied."""
+def _turned_on_since(
+    record: Mapping[str, Any], updated_at: str | None, made_at: float | None
+) -> bool:
+    """Whether a delivery of the webhook at version ``updated_at``, made (matched, or its retry
+    read) at ``made_at``, is of one turned on again since the applied disable ``record``: of
+    another version than the one it names, or made :data:`APPLIED_GRACE` after it was applied
+    (not the attempt's end: a delivery may wait minutes for its endpoint's places)."""
     applied_at = record.get("applied_at")
     if not isinstance(applied_at, str):
         return False  # not applied: the webhook is being turned off
     made_for = record.get("webhook_updated_at")
-    if isinstance(made_for, str):
-        return made_for != updated_at
-    if now is None:
+    if isinstance(made_for, str) and made_for != updated_at:
+        return True
+    if made_at is None:
         return False
     try:
-        return now - parse_time(applied_at).timestamp() >= APPLIED_GRACE
+        return made_at - parse_time(applied_at).timestamp() >= APPLIED_GRACE
     except ValueError:
         return False

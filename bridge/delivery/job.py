@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,6 +88,9 @@ class Job:
 
     #: UUIDv5 of the event and webhook ids (set in ``__post_init__``).
     delivery_id: str = field(init=False, repr=False, compare=False)
+    #: When the job was made, with ``webhook`` as the table held it then (wall clock, seconds):
+    #: a delivery of a webhook turned off since was made before (endpoint health).
+    made_at: float = field(default_factory=time.time, repr=False, compare=False)
 
     def __repr__(self) -> str:
         # No secret, URL, body or event data: jobs are logged.

@@ -176,12 +176,15 @@ class KafkaOutputs:
         """Turn off ``webhook`` (the one a delivery was made for), after its ``disabled``
         status record was published. A webhook with an owner is turned off by its owner, from
         that record; without owners, here, if this worker's table still holds that webhook
-        active (not deleted meanwhile, nor its id taken by another). Whether it was turned
-        off here."""
+        active (not deleted meanwhile, nor its id taken by another). Whether it is off here now
+        (turned off, or found off)."""
         if self._owned(webhook.id):
             return False
         current = self._current(webhook.id)
-        if current is None or not current.sends_for(webhook.created_at):
+        if current is None or not current.is_incarnation(webhook.created_at):
             return False
-        await self._observed("disable", self._store.disable(current, reason))
+        if current.active:
+            await self._observed("disable", self._store.disable(current, reason))
+        # Off already: applied as well (an owner marks one it finds off), so that it is never
+        # applied again once the webhook is turned on.
         return True

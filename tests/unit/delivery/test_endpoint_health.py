@@ -353,15 +353,23 @@ def test_a_fresh_start_survives_the_mark_of_the_disable_it_followed() -> None:
     assert health.on_failure("wh", 6.0, updated_at=V1) == HealthChange("wh", "failing", 6.0)
 
 
-def test_an_applied_disable_naming_no_version_starts_afresh_after_its_grace() -> None:
-    """A disable made for a producer's webhook without updated_at cannot be told by version:
-    a delivery within APPLIED_GRACE of its application was in flight as it was turned off;
-    one after it is of a webhook turned on again, whose next failures disable it again."""
+@pytest.mark.parametrize("version", [None, V1])
+def test_a_delivery_made_after_the_grace_of_an_applied_disable_starts_afresh(
+    version: str | None,
+) -> None:
+    """Without a version to tell (a webhook without updated_at), or at the very version the
+    disable names (a producer's record republished as it was), the time the delivery was made
+    tells: within APPLIED_GRACE of the disable's application it was in flight as the webhook
+    was turned off, however long it then waited for its endpoint; made later, it is of the
+    webhook turned on again, whose next failures disable it again."""
     applied = "2024-01-15T10:00:00.000Z"
     at = 1705312800.0  # the same moment
-    record = {**HealthChange("wh", "disabled", 1.0, "gone").to_record(applied)}
-    record["applied_at"] = applied
+    change = HealthChange("wh", "disabled", 1.0, "gone", webhook_updated_at=version)
+    record = {**change.to_record(applied), "applied_at": applied}
     health = EndpointHealth(100.0, {"wh": record}.get)
-    assert health.on_gone("wh", at + APPLIED_GRACE - 1) is None
-    later = at + APPLIED_GRACE
-    assert health.on_failure("wh", later) == HealthChange("wh", "failing", later)
+    # Made just before the grace ran out, settled long after: in flight, nothing changes.
+    assert health.on_gone("wh", at + 900.0, updated_at=version, made_at=at + 119.0) is None
+    assert health.on_failure("wh", at + 900.0, updated_at=version, made_at=at + 119.0) is None
+    made = at + APPLIED_GRACE
+    again = health.on_failure("wh", made + 5.0, updated_at=version, made_at=made)
+    assert again == HealthChange("wh", "failing", made + 5.0)

@@ -108,17 +108,19 @@ def _made(created_at: str, **changes: object) -> Webhook:
 
 
 @pytest.mark.parametrize(
-    ("now", "owned", "written"),
+    ("now", "owned", "written", "applied"),
     [
-        ("same", False, True),
-        (None, False, False),  # deleted meanwhile: not brought back as a disabled webhook
-        ("inactive", False, False),  # turned off by its owner meanwhile
-        ("other", False, False),  # its id taken by another webhook: not that one's endpoint
-        ("same", True, False),  # its owner writes it, from the status record
+        ("same", False, True, True),
+        (None, False, False, False),  # deleted meanwhile: not brought back as a disabled one
+        # turned off meanwhile (by another worker's disable): off here, so applied, and the
+        # status marked (until 2026-12-06 left unmarked, read disabled for ever after)
+        ("inactive", False, False, True),
+        ("other", False, False, False),  # its id taken by another: not that one's endpoint
+        ("same", True, False, False),  # its owner writes it, from the status record
     ],
 )
 async def test_a_disable_is_written_here_only_for_the_same_webhook_without_an_owner(
-    now: str | None, owned: bool, written: bool
+    now: str | None, owned: bool, written: bool, applied: bool
 ) -> None:
     made = _made("2024-01-15T09:00:00.000Z")
     current = {
@@ -134,7 +136,7 @@ async def test_a_disable_is_written_here_only_for_the_same_webhook_without_an_ow
         lambda _: current,
         owned=lambda _: owned,
     )
-    await outputs.disable(made, "gone")
+    assert await outputs.disable(made, "gone") == applied
     assert store.calls == (["disable:gone"] if written else [])
 
 
