@@ -99,7 +99,7 @@ def disable_verdict(current: Webhook | None, status: Mapping[str, Any] | None) -
 
 def _is_disable(status: Mapping[str, Any] | None) -> bool:
     """A ``disabled`` status record not applied yet: once its webhook's owner turned the
-    webhook off (or found it off or deleted), it marks the record ``applied_at``, and a webhook
+    webhook off (or found it off), it marks the record ``applied_at``, and a webhook
     turned on again afterwards (by a producer's record without ``updated_at``, which cannot be
     told from the version the decision was made for) is not turned off again at the next
     rebalance (until 2026-12-06 it was)."""
