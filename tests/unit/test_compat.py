@@ -15,12 +15,21 @@ from typing import Any
 import pytest
 
 from bridge.admin import dead_letters
-from bridge.admin.recovery import Operation
+from bridge.admin.recovery import Operation, RecoveryRequest
 from bridge.attempts.record import Attempt
 from bridge.contract import jsoncanon
+from bridge.contract.events import parse_event
+from bridge.contract.payload import EncodedEvent
 from bridge.contract.schemas import is_valid
-from bridge.delivery.pending_retry import parse_retry
-from bridge.subscriptions.webhook import Webhook, parse_webhook
+from bridge.delivery.attempt_record import attempt_record
+from bridge.delivery.dead_letters import dead_letter_record
+from bridge.delivery.endpoint_health import HealthChange
+from bridge.delivery.job import Job, SourceRef
+from bridge.delivery.pending_retry import PendingRetry, parse_retry
+from bridge.http.base import AttemptResult
+from bridge.kafka.outputs import _attempt_bytes
+from bridge.subscriptions.changes import created_record, disabled_record, rotated_record
+from bridge.subscriptions.webhook import Webhook, parse_webhook, webhook_from_record
 from bridge.worker.disables import disable_verdict
 from bridge.worker.recovery_view import recovery_record
 
@@ -87,3 +96,107 @@ def test_a_record_an_earlier_version_wrote_is_read(record: dict[str, Any]) -> No
         assert read is not None
         operation = Operation.from_record(read, _webhook(record["written_by"]))
         assert operation.state == record["value"]["state"]
+
+
+def _written_now() -> dict[str, list[dict[str, Any]]]:
+    """One record of each kind, as this version's writers write them (every optional field
+    set where a writer sets one)."""
+    event = parse_event(
+        json.dumps(
+            {
+                "id": "evt_1",
+                "type": "post.created",
+                "data": {"id": "p1", "title": "t"},
+                "timestamp": "2026-12-06T10:00:00.000Z",
+                "site_id": "site_1",
+                "user_id": "user_1",
+            }
+        ).encode()
+    )
+    made = created_record(
+        webhook_id="wh_1",
+        url="https://example.com/hook",
+        events=["post.created"],
+        site_id="site_1",
+        user_id="user_1",
+        rate_limit=5.0,
+        standard=True,
+        now=datetime(2026, 12, 6, tzinfo=UTC),
+    )
+    webhook = webhook_from_record(made)
+    rotated = rotated_record(webhook, now=datetime(2026, 12, 6, 1, tzinfo=UTC), overlap=60.0)
+    disabled = disabled_record(webhook, "gone", datetime(2026, 12, 6, 2, tzinfo=UTC))
+    job = Job(EncodedEvent.of(event), webhook, 2, SourceRef("postion.events", 0, 5, b"site_1"))
+    results = [
+        AttemptResult(False, 503, "http_status", 0.25, "2026-12-06T10:00:01.000Z", retry_after=9.0),
+        AttemptResult(
+            True,
+            200,
+            None,
+            1.0,
+            "2026-12-06T10:00:02.000Z",
+            response_bytes=70_000,
+            response_truncated=True,
+            response_prefix=b"ok",
+        ),
+    ]
+    attempts = [
+        jsoncanon.loads(_attempt_bytes(attempt_record(job, results[0], "failure", "retry", 1.5))),
+        jsoncanon.loads(_attempt_bytes(attempt_record(job, results[1], "success", None, None))),
+    ]
+    retry = PendingRetry(
+        delivery_id=job.delivery_id,
+        webhook_id="wh_1",
+        event=event,
+        attempt=3,
+        not_before=1796551200.0,
+        enqueued_at=1796551100.0,
+        history=tuple(r.as_record() for r in results),
+        replayed=True,
+        webhook_created_at=webhook.created_at,
+    )
+    letter = dead_letter_record(
+        reason="attempts_exhausted",
+        detail="8 attempts; last: HTTP 503",
+        source=SourceRef("postion.webhooks.retry.7", 1, 9, b"wh_1"),
+        now=datetime(2026, 12, 6, 10, tzinfo=UTC),
+        event=event,
+        webhook_id="wh_1",
+        delivery_id=job.delivery_id,
+        attempts=results,
+        webhook_created_at=webhook.created_at,
+    )
+    change = HealthChange(
+        "wh_1",
+        "disabled",
+        1796550000.0,
+        "gone",
+        webhook.created_at,
+        webhook.updated_at,
+        "2026-12-06T10:00:06.000Z",
+    )
+    request = RecoveryRequest(
+        webhook, datetime(2026, 12, 6, 9, tzinfo=UTC), datetime(2026, 12, 6, 10, tzinfo=UTC)
+    )
+    operation = Operation(request, id="rec_1")
+    return {
+        "webhook": [made, rotated, disabled],
+        "attempt": attempts,
+        "retry": [jsoncanon.loads(retry.to_bytes())],
+        "deadletter": [letter],
+        "status": [change.to_record("2026-12-06T10:00:05.000Z")],
+        "recovery": [operation.to_record(updated_at=1796551200.0)],
+    }
+
+
+def test_every_field_this_version_writes_is_in_a_record_read_here() -> None:
+    """A writer that adds a field makes a format the records above do not hold: add a record
+    the new writer wrote to compat/records.json (written_by: its commit and date), so that the
+    versions after it are held to reading it."""
+    kept: dict[str, set[str]] = {}
+    for record in RECORDS:
+        kept.setdefault(record["kind"], set()).update(record["value"])
+    for kind, records in _written_now().items():
+        for record in records:
+            new = set(record) - kept[kind]
+            assert not new, f"{kind} records now have {sorted(new)}: add one to records.json"
