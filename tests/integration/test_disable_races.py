@@ -57,15 +57,17 @@ class _Race:
         self.owners = owners
         self.made = 0
 
-    async def held_delivery(self, tag: str) -> tuple[str, InProcessWorker, InProcessWorker]:
-        """A webhook whose endpoint holds its test event's delivery, then answers 410."""
+    async def held_delivery(
+        self, tag: str, status: int = 410
+    ) -> tuple[str, InProcessWorker, InProcessWorker]:
+        """A webhook whose endpoint holds its test event's delivery, then answers ``status``."""
         owner, other = self.workers if self.made % 2 == 0 else self.workers[::-1]
         self.made += 1
         partitions = _attempts_partitions(self.settings)
         webhook_id = _id_owned_by(self.owners, owner, partitions, tag=tag)
         path = f"/{webhook_id}"
         self.receiver.holds[path] = asyncio.Event()
-        self.receiver.statuses[path] = 410
+        self.receiver.statuses[path] = status
         body = {**_body(webhook_id), "url": self.receiver.url(path)}
         created = await self.client.post(other.base_url + "/v1/webhooks", json=body, headers=AUTH)
         assert created.status_code == 201, created.text
@@ -150,6 +152,33 @@ async def test_a_disable_turns_off_the_webhook_it_was_decided_for_and_no_other(
     for read in await race.everywhere(webhook_id):
         view = read.json()
         assert (view["state"], view["site_id"], view["name"]) == ("active", "s2", "new"), view
+
+
+async def test_a_status_published_after_its_webhooks_delete_is_deleted_by_the_owner(
+    race: _Race,
+) -> None:
+    """A delivery in flight at its webhook's delete fails (500) after the delete's status
+    tombstone: its "failing" status arrives for a webhook that no longer exists, and until
+    2026-12-06 every worker kept it for ever. The owner, its table current, deletes it."""
+    webhook_id, owner, other = await race.held_delivery("in_flight", status=500)
+    gone = await race.client.delete(other.base_url + f"/v1/webhooks/{webhook_id}", headers=AUTH)
+    assert gone.status_code == 204, gone.text
+    race.receiver.holds[f"/{webhook_id}"].set()
+    # Published (some worker held it), then deleted by the owner everywhere.
+    seen = await poll(
+        lambda: [webhook_id in w.bridge.statuses for w in race.workers],
+        until=any,
+        timeout=20,
+        interval=0.01,
+    )
+    assert any(seen), "no status was published after the delete"
+    held = await poll(
+        lambda: [webhook_id in w.bridge.statuses for w in race.workers],
+        until=lambda held: not any(held),
+        timeout=20,
+        interval=0.05,
+    )
+    assert not any(held), held
 
 
 async def test_a_change_answered_200_is_never_written_over(race: _Race) -> None:
