@@ -170,6 +170,17 @@ class KafkaOutputs:
         return self._attempts.add(key, _attempt_bytes(record))
 
     async def status(self, key: bytes, record: dict[str, Any]) -> None:
+        """Publish an endpoint status; where no owner deletes the status of a webhook that no
+        longer exists (without ``delivery_log``), not for a webhook gone from this worker's
+        table: a delivery in flight at its delete settles after the delete's tombstone, and
+        its status was kept by every worker for ever (until 2026-12-06)."""
+        webhook_id = record.get("webhook_id")
+        if (
+            isinstance(webhook_id, str)
+            and not self._owned(webhook_id)
+            and self._current(webhook_id) is None
+        ):
+            return
         await self._observed("status", self._store.put_status(record))
 
     async def disable(self, webhook: Webhook, reason: str) -> bool:

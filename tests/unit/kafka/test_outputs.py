@@ -107,6 +107,29 @@ def _made(created_at: str, **changes: object) -> Webhook:
     )
 
 
+@pytest.mark.parametrize("owned", [False, True])
+async def test_a_status_for_a_webhook_gone_from_the_table_is_left_to_its_owner_or_dropped(
+    owned: bool,
+) -> None:
+    """A delivery in flight at its webhook's delete settles after the delete's status
+    tombstone. With owners, the owner deletes the status it publishes; without, nothing
+    would, and it is not published."""
+    store = _Store()
+    webhook = spec_webhook("https://example.test/hook", "whsec_x")
+    table: dict[str, Webhook] = {"wh": webhook}
+    outputs = KafkaOutputs(
+        Settings(),
+        store,  # type: ignore[arg-type]
+        table.get,
+        Metrics(CollectorRegistry()),
+        owned=lambda _: owned,
+    )
+    await outputs.status(b"wh", {"webhook_id": "wh", "state": "failing"})
+    del table["wh"]
+    await outputs.status(b"wh", {"webhook_id": "wh", "state": "failing"})
+    assert store.calls == ["status", "status"] if owned else ["status"]
+
+
 @pytest.mark.parametrize(
     ("now", "owned", "written", "applied"),
     [
