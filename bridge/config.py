@@ -1087,11 +1087,12 @@ RENAMED = {"BRIDGE_RECOVERY_SHARE": "BRIDGE_API_SCAN_SHARE"}
 def _warn_unknown(source: Mapping[str, str]) -> None:
     """Log the ``BRIDGE_*`` variables that name no setting (their names, never values): a
     misspelt or renamed one was ignored in silence, leaving the default in force."""
-    known = {spec.env.removeprefix("BRIDGE_") for spec in Settings.specs().values()}
-    unknown = sorted(n for n in source if n.startswith("BRIDGE_") and n[7:] not in known)
+    prefix = "BRIDGE_"
+    known = {spec.env.removeprefix(prefix) for spec in Settings.specs().values()}
+    unknown = sorted(n for n in source if n.startswith(prefix) and n[len(prefix) :] not in known)
     for name in unknown:
-        close = difflib.get_close_matches(name[7:], known, n=1, cutoff=0.75)
-        meant = RENAMED.get(name) or (f"BRIDGE_{close[0]}" if close else None)
+        close = difflib.get_close_matches(name[len(prefix) :], known, n=1, cutoff=0.75)
+        meant = RENAMED.get(name) or (prefix + close[0] if close else None)
         log.warning(
             "environment variable %s names no setting and is ignored%s",
             name,

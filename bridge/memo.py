@@ -12,12 +12,14 @@ sending a test event, over and over) held about 460 MB across those caches until
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Generic, TypeVar
 
 __all__ = ["MAX_CHARS", "MAX_ENTRIES", "Remembered", "remembered", "Sweeps"]
 
 _R = TypeVar("_R")
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 #: Characters of the keys one function remembers at most, each entry counted with
 #: ``_ENTRY_CHARS`` more (about 40 MB of parsed URLs in all at the longest URL a webhook may
@@ -90,10 +92,10 @@ def remembered(function: Callable[[str], _R]) -> Remembered[_R]:
 
 
 class Sweeps:
-    """When to sweep a map of per-key state of the entries it no longer needs (a closed circuit,
-    a token bucket full again, a decision the table has caught up with): each time it has
-    grown past ``floor`` entries and twice its size after the last sweep, so that sweeping
-    costs a constant per key added, and the map stays within twice what it needs (or
+    """Sweeps a map of per-key state of the entries it no longer needs (a closed circuit, a
+    token bucket full again, a decision the table has moved on from) as keys are added: each
+    time it has grown to ``floor`` entries and twice its size after the last sweep, so that
+    sweeping costs a constant per key added, and the map stays within twice what it needs (or
     ``floor``)."""
 
     __slots__ = ("_floor", "_at")
@@ -102,9 +104,15 @@ class Sweeps:
         self._floor = floor
         self._at = floor
 
-    def due(self, size: int) -> bool:
-        return size >= self._at
-
-    def swept(self, size: int) -> None:
-        """After a sweep that left ``size`` entries."""
-        self._at = max(self._floor, 2 * size)
+    def make_room(
+        self, mapping: MutableMapping[_K, _V], stale: Callable[[_K, _V], bool]
+    ) -> list[_K]:
+        """Before a key is added to ``mapping``: when a sweep is due, remove the entries
+        ``stale`` says are no longer needed; the keys removed."""
+        if len(mapping) < self._at:
+            return []
+        removed = [key for key, value in mapping.items() if stale(key, value)]
+        for key in removed:
+            del mapping[key]
+        self._at = max(self._floor, 2 * len(mapping))
+        return removed

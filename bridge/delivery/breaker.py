@@ -93,23 +93,21 @@ class Breakers:
     def _get(self, endpoint: str) -> CircuitBreaker:
         breaker = self._by_endpoint.get(endpoint)
         if breaker is None:
-            if self._sweeps.due(len(self._by_endpoint)):
-                self._sweep()
-            breaker = self._by_endpoint[endpoint] = CircuitBreaker(self._threshold, self._cooldown)
-        return breaker
+            now = self._clock()
 
-    def _sweep(self) -> None:
-        now = self._clock()
-        for endpoint, breaker in list(self._by_endpoint.items()):
-            if breaker.state == CLOSED or (
-                breaker.state == OPEN and now - breaker.opened_at >= breaker.cooldown + FORGET_AFTER
-            ):
+            def stale(_: str, breaker: CircuitBreaker) -> bool:
                 # Closed: a few failures short of opening, forgotten. Open, and nothing asked
                 # of it for an hour past its cooldown: its next requests are a fresh
                 # endpoint's (a wave, not one probe).
-                del self._by_endpoint[endpoint]
-                self._not_closed.discard(endpoint)
-        self._sweeps.swept(len(self._by_endpoint))
+                return breaker.state == CLOSED or (
+                    breaker.state == OPEN
+                    and now - breaker.opened_at >= breaker.cooldown + FORGET_AFTER
+                )
+
+            forgotten = self._sweeps.make_room(self._by_endpoint, stale)
+            self._not_closed.difference_update(forgotten)
+            breaker = self._by_endpoint[endpoint] = CircuitBreaker(self._threshold, self._cooldown)
+        return breaker
 
     def __len__(self) -> int:
         return len(self._by_endpoint)

@@ -74,7 +74,8 @@ class Outputs(Protocol):
     async def status(self, key: bytes, record: dict[str, Any]) -> None: ...
 
     async def disable(self, webhook: Webhook, reason: str) -> bool:
-        """Whether the webhook was turned off here (without an owner to do it)."""
+        """Whether the webhook is off here now, turned off or found off (without an owner
+        to do it)."""
         ...
 
 

@@ -120,17 +120,16 @@ class EndpointHealth:
 
     def _change(self, change: HealthChange) -> HealthChange:
         seen = self._published(change.webhook_id)
-        if change.webhook_id not in self._local and self._sweeps.due(len(self._local)):
-            self._sweep()
+        if change.webhook_id not in self._local:
+            self._sweeps.make_room(self._local, self._moved_on)
         self._local[change.webhook_id] = (change, dict(seen) if seen is not None else None)
         return change
 
-    def _sweep(self) -> None:
+    def _moved_on(
+        self, webhook_id: str, local: tuple[HealthChange, Mapping[str, Any] | None]
+    ) -> bool:
         # A decision whose table record changed since is read as gone (:meth:`_recorded`).
-        for webhook_id, (_, seen) in list(self._local.items()):
-            if not _shows(self._published(webhook_id), seen):
-                del self._local[webhook_id]
-        self._sweeps.swept(len(self._local))
+        return not _shows(self._published(webhook_id), local[1])
 
     def forget(self, webhook_id: str) -> None:
         """The webhook was deleted: its decisions go (a status published and tombstoned since

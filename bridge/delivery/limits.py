@@ -304,17 +304,14 @@ class RateLimits:
         now = self._clock()
         bucket = self._buckets.get(webhook_id)
         if bucket is None or bucket.rate != rate:
-            if self._sweeps.due(len(self._buckets)):
-                self._sweep(now)
+
+            def full(_: str, bucket: TokenBucket) -> bool:
+                return bucket.tokens + (now - bucket.updated) * bucket.rate >= bucket.burst
+
+            self._sweeps.make_room(self._buckets, full)
             burst = max(1.0, rate)
             bucket = self._buckets[webhook_id] = TokenBucket(rate, burst, burst, now)
         return bucket.wait_time(now)
-
-    def _sweep(self, now: float) -> None:
-        for webhook_id, bucket in list(self._buckets.items()):
-            if bucket.tokens + (now - bucket.updated) * bucket.rate >= bucket.burst:
-                del self._buckets[webhook_id]
-        self._sweeps.swept(len(self._buckets))
 
     def __len__(self) -> int:
         return len(self._buckets)

@@ -11,7 +11,7 @@ from bridge.delivery.breaker import endpoint_of
 from bridge.http import http1_sender
 from bridge.http.http1_sender import Http1Sender
 from bridge.http.ssrf import AddressPolicy
-from bridge.memo import Remembered
+from bridge.memo import Remembered, Sweeps
 from bridge.subscriptions import urls
 
 ENTRY = memo._ENTRY_CHARS
@@ -78,3 +78,15 @@ def test_the_delivery_paths_url_caches_are_bounded_in_characters() -> None:
         http1_sender._target_of(url)
     for cache in caches:
         assert cache.chars <= memo.MAX_CHARS and len(cache) <= longest, cache
+
+
+def test_sweeps_remove_the_stale_entries_only_when_due() -> None:
+    sweeps = Sweeps(floor=4)
+    mapping = {n: n % 2 for n in range(3)}
+    assert sweeps.make_room(mapping, lambda _, odd: odd == 1) == [] and len(mapping) == 3
+    mapping[3] = 1
+    assert sweeps.make_room(mapping, lambda _, odd: odd == 1) == [1, 3]
+    assert mapping == {0: 0, 2: 0}
+    # Next due at twice what was left, or the floor: 4 entries here.
+    mapping.update({4: 1, 5: 1})
+    assert sweeps.make_room(mapping, lambda _, odd: odd == 1) == [4, 5]
