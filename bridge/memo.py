@@ -1,6 +1,6 @@
 """What the delivery path remembers per key that others choose (URLs, endpoints, webhook
 ids), bounded: functions of a string remembered within a budget of characters as well as of
-entries (:func:`remembered`), and when to sweep a map of per-key state (:class:`Sweeps`).
+entries (:func:`remembered`), and sweeping a map of per-key state as it grows (:class:`Sweeps`).
 
 The delivery path parses each attempt's URL several times over (its endpoint, its SSRF
 verdict, its request target), and remembers each answer per URL. ``functools.lru_cache``
