@@ -120,15 +120,24 @@ class EmbeddedBroker:
     an orphaned broker holding the port.
     """
 
-    def __init__(self, port: int = 9092, *, host: str = "127.0.0.1", log_path: str | None = None):
+    def __init__(
+        self,
+        port: int = 9092,
+        *,
+        host: str = "127.0.0.1",
+        log_path: str | None = None,
+        advertised_port: int | None = None,
+    ):
         self.host = host
         self.port = port or free_port(host)
+        #: The port clients are told to connect to (``port`` unless something relays to it).
+        self.advertised_port = advertised_port or self.port
         self._log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"{self.host}:{self.advertised_port}"
 
     @property
     def pid(self) -> int | None:
@@ -140,7 +149,7 @@ class EmbeddedBroker:
             raise ConfigError(port_in_use_message(self.port))
         url = f"tcp://{self.host}:{self.port}"
         command = [broker_binary(), "broker", "--listener-url", url]
-        command += ["--advertised-listener-url", url]
+        command += ["--advertised-listener-url", f"tcp://{self.host}:{self.advertised_port}"]
         if self._log_path:
             with open(self._log_path, "ab") as log:
                 self._process = spawn_bound_to_parent(command, stdout=log, stderr=log)

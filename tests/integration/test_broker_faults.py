@@ -1,0 +1,225 @@
+"""The link between a worker and its broker breaks, again and again, while events flow: every
+connection cut, every byte held past the group's session timeout, new connections refused. The
+worker must lose nothing, stall nothing once the link heals, and commit every partition to its
+end. The broker advertises a relay (tests/support/relay.py) in front of it, so every connection
+of the worker, and of the test's own writer, passes through the faults."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from aiokafka.errors import KafkaError
+
+from bridge.admin.topics import apply_topics
+from bridge.config import Settings
+from bridge.contract.events import Event, build_event
+from bridge.contract.payload import delivery_id
+from bridge.kafka.reading import read_topic
+from bridge.subscriptions.store import WebhookStore
+from bridge.worker.embedded import EmbeddedBroker, free_port
+from tests.integration.conftest import settings_factory
+from tests.support.api import LOG_AUTH, write_token_file
+from tests.support.receivers import Receiver
+from tests.support.records import RawWriter, committed_offsets, read_ends
+from tests.support.relay import Relay
+from tests.support.waiting import poll
+
+pytestmark = pytest.mark.integration
+
+#: Webhooks of account u1 for every event: ``flaky`` fails each delivery's first 0 to 2
+#: requests (the retry tiers are written to through the faults), ``steady`` answers 200.
+HOOKS = ("flaky", "steady")
+
+
+@pytest.fixture
+async def relayed(tmp_path) -> AsyncIterator[tuple[EmbeddedBroker, Relay]]:
+    """A broker of this test's own, reached only through a relay."""
+    broker_port, relay_port = free_port(), free_port()
+    relay = await Relay(broker_port, relay_port).start()
+    broker = EmbeddedBroker(
+        broker_port, log_path=str(tmp_path / "tansu.log"), advertised_port=relay_port
+    )
+    broker.start()
+    try:
+        yield broker, relay
+    finally:
+        await relay.stop()
+        broker.stop()
+
+
+async def write(writer: RawWriter, settings: Settings, event: Event) -> None:
+    """Write ``event``, again after each failure (a cut link fails a write; a duplicate record
+    of the event is delivered with the same delivery id), for at most 60 s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while True:
+        try:
+            await writer.write(settings.events_topic, event.to_bytes(), key=event.key)
+            return
+        except KafkaError:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.1)  # a backoff between attempts, not a synchronization
+
+
+async def stats_of(base_url: str, webhook_id: str) -> tuple[int, int] | None:
+    """The (attempts, successes) of the last hour a worker's /v1 shows for ``webhook_id``."""
+    async with httpx.AsyncClient(base_url=base_url, headers=LOG_AUTH) as client:
+        response = await client.get(f"/v1/webhooks/{webhook_id}/stats", timeout=10.0)
+    if response.status_code != 200:
+        return None
+    window = response.json()["windows"]["1h"]
+    return window["attempts"], window["successes"]
+
+
+async def break_the_link(relay: Relay, rng: random.Random, seconds: float) -> list[str]:
+    """For ``seconds``, one fault after another, a fraction of a second apart: a cut of every
+    connection; every byte held for up to 4 s (past the 2 s session timeout: the broker drops
+    the worker from its group); new connections refused for up to 3 s after a cut. The faults
+    injected, in order."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + seconds
+    done: list[str] = []
+    try:
+        while loop.time() < until:
+            await asyncio.sleep(rng.uniform(0.2, 1.0))  # pacing the faults
+            kind = rng.choice(("cut", "hold", "refuse"))
+            if kind == "cut":
+                done.append(f"cut {relay.cut()}")
+            elif kind == "hold":
+                pause = rng.uniform(0.5, 4.0)
+                relay.hold()
+                await asyncio.sleep(pause)
+                relay.release()
+                done.append(f"hold {pause:.1f}s")
+            else:
+                pause = rng.uniform(0.5, 3.0)
+                relay.refusing = True
+                cut = relay.cut()
+                await asyncio.sleep(pause)
+                relay.refusing = False
+                done.append(f"refuse {pause:.1f}s after cut {cut}")
+    finally:
+        relay.release()
+        relay.refusing = False
+    return done
+
+
+@pytest.mark.parametrize(
+    ("seed", "count", "delivery_log"),
+    [(1, 1, False), (2, 2, True)],
+    ids=["one-worker", "two-workers-with-the-log"],
+)
+async def test_a_broken_broker_link_loses_and_stalls_nothing(
+    relayed: tuple[EmbeddedBroker, Relay],
+    receiver: Receiver,
+    workers,
+    tmp_path,
+    seed: int,
+    count: int,
+    delivery_log: bool,
+) -> None:
+    """With two workers, the faults also make them leave and rejoin their group; with the
+    delivery log, every worker's stats must then count exactly the requests the receiver
+    got (an attempt record lost or doubled by a retried write shows)."""
+    broker, relay = relayed
+    rng = random.Random(seed)
+    settings = settings_factory(broker, tmp_path / "data")(
+        delivery_log=delivery_log, api_tokens=str(write_token_file(tmp_path / "tokens.json"))
+    )
+    await apply_topics(settings)
+    async with WebhookStore(settings) as store:
+        for name in HOOKS:
+            receiver.secrets[f"/{name}"] = secret = f"secret-{name}-0123456789"
+            await store.create(
+                url=receiver.url(f"/{name}"),
+                events=["*"],
+                user_id="u1",
+                secret=secret,
+                webhook_id=name,
+            )
+    receiver.delays["/steady"] = 0.02
+    pool = [
+        workers(settings.replace(web_port=free_port(), data_dir=str(tmp_path / f"data-{n}")))
+        for n in range(count)
+    ]
+    for worker in pool:
+        await worker.wait_ready()
+
+    events = [
+        build_event(
+            "post.created", {"id": f"p{n}", "title": f"post {n}"}, site_id=f"s{n % 5}", user_id="u1"
+        )
+        for n in range(160)
+    ]
+    for event in events:
+        receiver.fail_first[delivery_id(event.id, "flaky")] = rng.randint(0, 2)
+
+    writer = await RawWriter(settings.kafka_bootstrap_servers).start()
+    try:
+        faults = asyncio.create_task(break_the_link(relay, rng, seconds=15.0))
+        for n, event in enumerate(events[:150]):
+            await write(writer, settings, event)
+            if n % 10 == 9:
+                await asyncio.sleep(0.1)  # pacing the load across the faults
+        injected = await faults
+        # The link healed: events written now must be delivered too (nothing stalled).
+        for event in events[150:]:
+            await write(writer, settings, event)
+    finally:
+        await writer.stop()
+
+    expected = {delivery_id(e.id, name) for e in events for name in HOOKS}
+
+    def missing() -> set[str]:
+        delivered = {
+            r.delivery_id for r in receiver.received if r.status == 200 and receiver.verified(r)
+        }
+        return expected - delivered
+
+    left = await poll(missing, until=lambda left: not left, timeout=120, interval=0.2)
+    for worker in pool:
+        assert worker.process is not None and worker.process.poll() is None, (
+            f"a worker exited ({worker.process.returncode if worker.process else None}) "
+            f"after {injected}:\n{worker.tail()}"
+        )
+    assert not left, (
+        f"{len(left)} of {len(expected)} deliveries never succeeded after {injected} "
+        f"({relay.cut_count} connections cut):\n{pool[0].tail()}"
+    )
+
+    # Every record settled: the events topic and every retry tier committed to their ends.
+    for topic in (settings.events_topic, *settings.retry_topics):
+
+        async def behind(topic: str = topic) -> dict[int, tuple[int, int]]:
+            ends = await read_ends(settings.kafka_bootstrap_servers, topic)
+            done = await committed_offsets(
+                settings.kafka_bootstrap_servers, settings.group_id, topic
+            )
+            return {p: (done.get(p, 0), e) for p, e in ends.items() if done.get(p, 0) != e}
+
+        late = await poll(behind, until=lambda late: not late, timeout=60, interval=0.5)
+        assert not late, f"{topic}: (committed, end) by partition {late} after {injected}"
+    if delivery_log:
+        for worker in pool:
+            for name in HOOKS:
+                got = receiver.at(f"/{name}")
+                counted = (len(got), sum(1 for r in got if r.status == 200))
+                shown = await poll(
+                    lambda worker=worker, name=name: stats_of(worker.base_url, name),
+                    until=lambda shown, counted=counted: shown == counted,
+                    timeout=30,
+                    interval=0.5,
+                )
+                assert shown == counted, (
+                    f"{name} at {worker.base_url}: (attempts, successes) {shown} in the "
+                    f"stats, {counted} received, after {injected}"
+                )
+    dead = [v for _, v in await read_topic(settings, settings.deadletter_topic) if v is not None]
+    assert not dead, f"dead letters after {injected}: {dead[:3]}"
+    print(f"faults: {injected}; {relay.cut_count} connections cut of {relay.accepted}")
+    assert relay.cut_count > 0
