@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.contract.events import parse_time as _parse_utc
-from bridge.delivery.retry_policy import DEFAULT_SCHEDULE
+from bridge.delivery.retry_policy import DEFAULT_SCHEDULE, MAX_RETRY_DELAY
 from bridge.errors import ConfigError
 from bridge.redaction import without_userinfo
 
@@ -85,6 +85,11 @@ def parse_schedule(text: str) -> tuple[float, ...]:
         raise ValueError("the retry schedule needs at least one delay")
     if any(d <= 0 for d in delays):
         raise ValueError("retry delays must be positive")
+    if any(d > MAX_RETRY_DELAY for d in delays):
+        raise ValueError(
+            f"retry delays must be at most {format_duration(MAX_RETRY_DELAY)} (a retry record "
+            "waits its delay in a retry topic, which keeps records 3 days)"
+        )
     return delays
 
 
@@ -437,7 +442,7 @@ class Settings:
         parse_schedule,
         "Waits before each retry after the first attempt fails (default "
         + ",".join(format_duration(d) for d in DEFAULT_SCHEDULE)
-        + "); one retry topic per entry.",
+        + "); one retry topic per entry; each at most 1d (the retry topics keep records 3 days).",
     )
     retry_jitter: float = Section.RELIABILITY.setting(
         0.1,
@@ -808,6 +813,13 @@ class Settings:
             raise ConfigError(
                 "attempt_response_prefix_bytes must be between 0 and "
                 f"{MAX_ATTEMPT_RESPONSE_PREFIX} (0 keeps no response body)"
+            )
+        if not self.retry_schedule or not all(
+            0 < d <= MAX_RETRY_DELAY for d in self.retry_schedule
+        ):
+            raise ConfigError(
+                "retry_schedule: each delay must be positive and at most "
+                f"{format_duration(MAX_RETRY_DELAY)} (the retry topics keep records 3 days)"
             )
         if not 0.0 <= self.retry_jitter < 1.0:
             raise ConfigError("retry_jitter must be at least 0 and less than 1")

@@ -467,6 +467,10 @@ async def recover(
             **fetch_kwargs(settings),
             group_id=None,
             enable_auto_commit=False,
+            # A position the topic's retention deleted meanwhile (a slow recovery near the
+            # retention's edge, one resumed days later) reads on from the oldest record left,
+            # not from the end (aiokafka's default), which skipped every record still there.
+            auto_offset_reset="earliest",
         )
         clients.push_async_callback(stopped, await started(consumer))
         mine = clients.enter_context(
@@ -637,6 +641,7 @@ async def _run(
         for tp, records in batch.items():
             if not await take(tp, records):
                 return
+        for tp in list(pending):  # those without records too (reset past their end)
             position = await consumer.position(tp)
             handled(tp, position)  # past what no record stands at (compacted, markers)
             if position >= ends[tp]:

@@ -420,6 +420,11 @@ def _unreachable() -> tuple[type[Exception], ...]:
     )
 
 
+#: Apache Kafka's default ``group.min.session.timeout.ms``, in seconds: a broker of its
+#: defaults refuses a consumer's join with a shorter session (INVALID_SESSION_TIMEOUT).
+_KAFKA_LOWEST_SESSION_TIMEOUT = 6.0
+
+
 # -- commands ---------------------------------------------------------------------------------
 
 
@@ -439,6 +444,12 @@ def _run(args: argparse.Namespace) -> int:
             "development mode: plain http and loopback endpoints are allowed "
             f"(networks allowed: {', '.join(settings.allow_networks)})",
             flush=True,
+        )
+    elif settings.kafka_session_timeout < _KAFKA_LOWEST_SESSION_TIMEOUT:
+        logging.getLogger(__name__).warning(
+            "kafka_session_timeout %gs is below 6s, the lowest Apache Kafka accepts unless its "
+            "group.min.session.timeout.ms is lowered: such a broker refuses the worker's join",
+            settings.kafka_session_timeout,
         )
     tune_gc()
     loop = _new_loop(settings.event_loop)

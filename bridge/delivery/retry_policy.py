@@ -10,6 +10,7 @@ from email.utils import parsedate_to_datetime
 
 __all__ = [
     "DEFAULT_SCHEDULE",
+    "MAX_RETRY_DELAY",
     "parse_retry_after",
     "RetryPolicy",
     "Decision",
@@ -17,6 +18,12 @@ __all__ = [
 
 #: Svix's schedule: after the first attempt fails, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
 DEFAULT_SCHEDULE: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+
+#: The longest wait a schedule may hold: a retry record waits its delay in its tier's topic,
+#: which keeps records 3 days (``retention.ms`` of the retry topics, topics/topics.json); a
+#: delay of days would have the broker delete records before they are due, and leave no time
+#: for a tier held up (its endpoint failing, a worker down) to catch up.
+MAX_RETRY_DELAY = 86400.0
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:

@@ -157,6 +157,9 @@ REFUSED: list[tuple[dict[str, Any], str]] = [
     ({"config": {"retrySchedule": "0s"}}, "retrySchedule"),
     ({"config": {"retrySchedule": ["5s", "0s"]}}, "retrySchedule"),
     ({"config": {"retrySchedule": []}}, "retrySchedule"),
+    ({"config": {"retrySchedule": ["5s", "2d"]}}, "retrySchedule"),
+    ({"config": {"retrySchedule": [5, 90000]}}, "retrySchedule"),
+    ({"config": {"retrySchedule": "5s, 1d, 24.5h"}}, "retrySchedule"),
     ({"config": {"successAny2xx": "maybe"}}, "successAny2xx"),
     ({"config": {"kafkaBootstrapServers": "bridge:s3cret@kafka:9092"}}, "kafkaBootstrapServers"),
     ({"config": {"role": "api"}}, "config.role"),
@@ -447,7 +450,7 @@ def test_numbers_reach_the_bridge_without_an_exponent(chart: Chart) -> None:
         "kafkaOutputLinger": 0.00001,
         "maxBodyBytes": 1e20,
         "httpTimeout": 2.5,
-        "retrySchedule": [0.5, 90, 1234567.5],
+        "retrySchedule": [0.5, 90, 0.00005],
     }
     env = plain_env(chart.render(values={"config": values}, show_only=DEPLOYMENT))
     settings = Settings.load(env=env)
@@ -455,7 +458,7 @@ def test_numbers_reach_the_bridge_without_an_exponent(chart: Chart) -> None:
     assert settings.disable_after == parse_duration("1234567.5")
     assert settings.kafka_output_linger == pytest.approx(0.00001)
     assert settings.max_body_bytes == 10**20
-    assert settings.retry_schedule == (0.5, 90.0, 1234567.5)
+    assert settings.retry_schedule == (0.5, 90.0, 0.00005)
 
 
 # -- rules across settings --------------------------------------------------------------------

@@ -26,6 +26,8 @@ from bridge.config import (
     parse_time,
     settings_of,
 )
+from bridge.contract.resources import load_json
+from bridge.delivery.retry_policy import MAX_RETRY_DELAY
 from bridge.errors import BridgeError, ConfigError
 from bridge.worker.embedded import GROUP_TIMEOUTS
 
@@ -387,6 +389,7 @@ BAD: list[tuple[str, str]] = [
     ("BRIDGE_RETRY_SCHEDULE", ""),
     ("BRIDGE_RETRY_SCHEDULE", "5s,soon"),
     ("BRIDGE_RETRY_SCHEDULE", "5s,0s"),
+    ("BRIDGE_RETRY_SCHEDULE", "5s,25h"),
     ("BRIDGE_RETRY_JITTER", "some"),
     ("BRIDGE_RETRY_AFTER_CAP", "-1s"),
     ("BRIDGE_ENDPOINT_MAX_IN_FLIGHT", "0"),
@@ -408,6 +411,19 @@ def test_bad_value_raises_config_error_naming_the_variable(env_name: str, raw: s
     assert str(info.value).startswith(f"{env_name}: ")
     assert isinstance(info.value, BridgeError)
     assert info.value.retriable is False
+
+
+def test_no_retry_waits_longer_than_its_topic_keeps_records() -> None:
+    """A retry record waits its delay in its tier's topic: the longest delay allowed is a
+    third of what the retry topics keep (until 2026-12-06 any delay was taken, and one of
+    3 days or more had the broker delete retries before they were due)."""
+    declared = load_json("topics.json")["topics"]["retries"]
+    kept = int(declared["configs"]["retention.ms"]) / 1000
+    assert MAX_RETRY_DELAY * 3 <= kept
+    assert max(DEFAULTS["retry_schedule"]) <= MAX_RETRY_DELAY
+    assert Settings.load(env={"BRIDGE_RETRY_SCHEDULE": "1d"}).retry_schedule == (86400.0,)
+    with pytest.raises(ConfigError, match="at most 1d"):
+        Settings(retry_schedule=(5.0, MAX_RETRY_DELAY + 1))
 
 
 @pytest.mark.parametrize("jitter", ["1", "1.5", "-0.1", "nan"])

@@ -412,6 +412,15 @@ cannot say, so that a release never starts workers that refuse their settings.
 {{- fail (printf "config.deliveryLogMaxAge (%v) must be at least 7d, the longest stats window" .) }}
 {{- end }}
 {{- end }}
+{{- with $config.retrySchedule }}
+{{- $delays := . }}
+{{- if not (kindIs "slice" .) }}{{ $delays = splitList "," (toString .) }}{{ end }}
+{{- range $delays }}
+{{- if and (ne (toString . | trim) "") (gt (include "webhook-bridge.durationSeconds" . | float64) 86400.0) }}
+{{- fail (printf "config.retrySchedule: %s is longer than 1d, the longest retry delay (a retry waits in a retry topic, which keeps records 3 days)" (include "webhook-bridge.envValue" . | trim)) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- with $config.allowNetworks }}
 {{- $networks := . }}
 {{- if not (kindIs "slice" .) }}{{ $networks = splitList "," (toString .) }}{{ end }}

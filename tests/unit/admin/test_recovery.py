@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.structs import OffsetAndTimestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bridge.admin import recovery
 from bridge.admin.recovery import Operation, Operations, RecoveryRequest, select
+from bridge.config import Settings
 from bridge.contract import jsoncanon
 from bridge.contract.events import build_event
 from bridge.contract.payload import delivery_id
@@ -268,3 +275,98 @@ def test_a_pace_whose_limit_changes_goes_on_from_the_moments_taken() -> None:
     assert pace.reserve() == 111.5
     with pytest.raises(ValueError):
         pace.set_rate(0.0)
+
+
+class RetainedPartition:
+    """An ``AIOKafkaConsumer`` of one events partition whose records below ``LOG_START`` the
+    topic's retention deleted: a position below it is reset as ``auto_offset_reset`` says
+    (aiokafka's default, ``latest``: to the end), as a real broker's OffsetOutOfRange makes
+    aiokafka do."""
+
+    LOG_START = 40
+    END = 60
+    made: list[RetainedPartition] = []
+
+    def __init__(self, **kwargs: object) -> None:
+        self.reset = kwargs.get("auto_offset_reset", "latest")
+        self.at = 0
+        RetainedPartition.made.append(self)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def topics(self) -> set[str]:
+        return {"events"}
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0} if topic == "events" else set()
+
+    def assign(self, tps: object) -> None:
+        pass
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self.END for tp in tps}
+
+    async def offsets_for_times(
+        self, times: dict[TopicPartition, int]
+    ) -> dict[TopicPartition, Any]:
+        # The first record at ``since`` was at offset 0, which retention deleted since.
+        return {tp: OffsetAndTimestamp(0, stamp) for tp, stamp in times.items()}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.at = offset
+
+    def _reset(self) -> None:
+        if self.at < self.LOG_START:
+            self.at = self.LOG_START if self.reset == "earliest" else self.END
+
+    async def getmany(
+        self, *tps: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[Any]]:
+        self._reset()
+        if self.at >= self.END:
+            return {}
+        taken = range(self.at, min(self.END, self.at + (max_records or 10)))
+        self.at = taken[-1] + 1
+        stamp = ms(SINCE) + 1
+        return {
+            tps[0]: [
+                SimpleNamespace(offset=n, timestamp=stamp, value=event_bytes(event_id=f"e{n}"))
+                for n in taken
+            ]
+        }
+
+    async def position(self, tp: TopicPartition) -> int:
+        self._reset()
+        return self.at
+
+    def last_poll_timestamp(self, tp: TopicPartition) -> int:
+        return int(time.time() * 1000) + 1
+
+
+async def test_a_start_that_retention_deleted_reads_on_from_the_oldest_record_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Until 2026-12-06 the reader reset such a position to the end (aiokafka's default), and
+    the recovery failed after 30 s, or ended done, having sent none of the records left."""
+    monkeypatch.setattr(recovery, "AIOKafkaConsumer", RetainedPartition)
+    settings = Settings.load(
+        env={}, overrides={"kafka_bootstrap_servers": "127.0.0.1:1", "events_topic": "events"}
+    )
+    written: list[PendingRetry] = []
+
+    async def write(item: PendingRetry) -> None:
+        written.append(item)
+
+    operation = Operation(request(rate=1_000_000.0))
+    await recovery.recover(settings, operation, write=write, settle=0.01)
+    assert [item.delivery_id for item in written] == [
+        delivery_id(f"e{n}", "wh")
+        for n in range(RetainedPartition.LOG_START, RetainedPartition.END)
+    ]
+    assert operation.state == "done"
+    assert (operation.done, operation.total) == (RetainedPartition.END, RetainedPartition.END)
+    assert RetainedPartition.made[-1].reset == "earliest"

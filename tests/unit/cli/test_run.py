@@ -89,3 +89,15 @@ def test_on_a_configured_broker_the_defaults_stay(started: list[Settings]) -> No
     defaults = Settings.load(env={})
     assert settings.kafka_session_timeout == defaults.kafka_session_timeout == 6.0
     assert settings.kafka_rebalance_timeout == defaults.kafka_rebalance_timeout
+
+
+def test_a_session_shorter_than_apache_kafka_accepts_is_warned_of(
+    started: list[Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    _run("--bootstrap-servers", "127.0.0.1:1", "--kafka-session-timeout", "6")
+    assert "session" not in caplog.text
+    _run("--bootstrap-servers", "127.0.0.1:1", "--kafka-session-timeout", "2.5")
+    assert "kafka_session_timeout 2.5s is below 6s" in caplog.text
+    caplog.clear()
+    _run("--kafka-session-timeout", "2.5")  # the embedded broker takes it
+    assert "session" not in caplog.text
