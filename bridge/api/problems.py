@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from aiokafka.errors import KafkaError
 
 from bridge.contract import jsoncanon
 from bridge.errors import InvalidRecord
@@ -266,6 +267,21 @@ def problem_middleware(timeout: float) -> Middleware:
                 "timeout", f"not answered within {timeout:g} s", headers={"Retry-After": "1"}
             )
             return problem_response(late)
+        except KafkaError as exc:
+            # The broker failed or could not be reached (a link cut, a request timed out): not
+            # a bug and not the client's. A change being written may or may not have been
+            # taken: the client reads it again, or sends it again (until 2026-12-06: a 500).
+            template = route_template(request) or "unmatched"
+            failed = type(exc).__name__
+            log.warning("the broker failed answering %s %s: %s", request.method, template, failed)
+            return problem_response(
+                Problem(
+                    "unavailable",
+                    "the broker did not answer; try again (a change may have been written: "
+                    "read it first)",
+                    headers={"Retry-After": "1"},
+                )
+            )
         except Exception:
             # A bug, never bad input: logged with its traceback (no request body or header,
             # and the route's template, not the path sent, which may carry a pasted token).

@@ -24,6 +24,8 @@ class Relay:
         self.refusing = False
         self._server: asyncio.Server | None = None
         self._links: set[_Link] = set()
+        #: Connections accepted whose link to the broker is being made.
+        self._linking: set[asyncio.StreamWriter] = set()
         #: Connections accepted, and connections cut (by :meth:`cut` or refused).
         self.accepted = 0
         self.cut_count = 0
@@ -37,6 +39,8 @@ class Relay:
             self._server.close()
         self.release()
         self.cut()
+        for writer in self._linking:
+            _reset(writer)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -61,10 +65,16 @@ class Relay:
             _reset(writer)
             self.cut_count += 1
             return
+        self._linking.add(writer)
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         except OSError:
             _reset(writer)
+            return
+        finally:
+            self._linking.discard(writer)
+        if writer.transport.is_closing():  # the relay stopped meanwhile
+            _reset(up_writer)
             return
         link = _Link(writer, up_writer)
         self._links.add(link)

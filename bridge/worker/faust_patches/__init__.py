@@ -14,6 +14,8 @@ bridge changes it:
 - :mod:`.recovery`: the tables' start and recovery (``cheap_recovery_wait_for``,
   ``standby_after_active``, ``keep_fetched_records``, ``no_table_registration_pause``);
 - :mod:`.commits`: the offsets committed (``commit_settled_only``);
+- :mod:`.connections`: aiokafka's broker connections, under Faust's clients and the bridge's
+  own (``closed_transport_is_a_broken_connection``);
 - :mod:`.registry`: every patch with its original's fingerprint (:data:`PATCHES`), the originals
   (:data:`ORIGINALS`) and :func:`install`.
 

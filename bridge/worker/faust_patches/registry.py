@@ -10,6 +10,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from aiokafka.conn import AIOKafkaConnection
 from faust.app import base as faust_app
 from faust.tables import manager as faust_tables
 from faust.tables import recovery as faust_recovery
@@ -20,6 +21,7 @@ from mode.utils.queues import FlowControlEvent
 
 from bridge.errors import ConfigError
 from bridge.worker.faust_patches.commits import _new_offset, _perform_seek
+from bridge.worker.faust_patches.connections import _send, _send_sasl_token
 from bridge.worker.faust_patches.fetching import (
     _create_worker_consumer,
     _fetch_records,
@@ -271,6 +273,23 @@ PATCHES: tuple[Patch, ...] = (
         _perform_seek,
         "0e8c130ff4b0afd8",
         "(the seek after which the records handed over are counted anew)",
+    ),
+    Patch(
+        "closed_transport_is_a_broken_connection",
+        AIOKafkaConnection,
+        "send",
+        _send,
+        "5909ea32f4efca49",
+        "(aiokafka) a request written to a connection uvloop found closed raises RuntimeError, "
+        "which kills the producer's sender or the fetcher for good, not KafkaConnectionError",
+    ),
+    Patch(
+        "closed_transport_is_a_broken_connection.sasl",
+        AIOKafkaConnection,
+        "_send_sasl_token",
+        _send_sasl_token,
+        "7a3d948fc526c953",
+        "(aiokafka) the same, for a SASL token written as a connection is made",
     ),
     Patch(
         "direct_topic.conductor",

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from aiokafka.errors import KafkaError
 
 from bridge.api.problems import (
     PROBLEM_JSON,
@@ -31,6 +32,10 @@ async def boom(request: web.Request) -> web.Response:
     raise RuntimeError("a bug with a secret in its message: s3cr3t")
 
 
+async def broker_failed(request: web.Request) -> web.Response:
+    raise KafkaError("Unexpected error during batch delivery")
+
+
 async def slow(request: web.Request) -> web.Response:
     await asyncio.sleep(10)
     return web.Response()
@@ -43,6 +48,7 @@ async def client() -> AsyncIterator[TestClient[Any, Any]]:
     app.router.add_get("/boom", boom)
     app.router.add_get("/boom/{rest}", boom)
     app.router.add_get("/slow", slow)
+    app.router.add_post("/broker", broker_failed)
     test_client = TestClient(TestServer(app))
     await test_client.start_server()
     try:
@@ -170,3 +176,17 @@ async def test_a_slow_request_is_a_503_with_retry_after(client: TestClient[Any, 
     response = await client.get("/slow")
     await problem_of(response, 503)
     assert response.headers["Retry-After"] == "1"
+
+
+async def test_a_broker_that_failed_is_a_503_to_retry_not_a_500(
+    client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Until 2026-12-06 a write the broker failed (a link cut as the producer sent it) was
+    answered 500, as a bug: the client could not tell it should retry."""
+    response = await client.post("/broker")
+    problem = await problem_of(response, 503)
+    assert problem["type"].endswith("unavailable")
+    assert "read it first" in problem["detail"]
+    assert response.headers["Retry-After"] == "1"
+    assert "the broker failed answering POST /broker: KafkaError" in caplog.text
+    assert "Traceback" not in caplog.text

@@ -12,6 +12,7 @@ import importlib
 import itertools
 import pkgutil
 import re
+import subprocess
 import sys
 import warnings
 from collections import Counter
@@ -911,7 +912,7 @@ def test_the_package_exports_exactly_the_public_names_of_its_modules() -> None:
         for info in pkgutil.iter_modules(faust_patches.__path__)
     ]
     names = {m.__name__.rsplit(".", 1)[1] for m in modules}
-    assert names == {"commits", "fetching", "handoff", "recovery", "registry"}
+    assert names == {"commits", "connections", "fetching", "handoff", "recovery", "registry"}
     exported = [name for module in modules for name in module.__all__]
     assert sorted(faust_patches.__all__) == sorted(exported)
     for module in modules:
@@ -1001,3 +1002,77 @@ def test_the_worker_does_not_start_with_a_changed_original(
     settings = Settings.load(env={}, overrides={"data_dir": str(tmp_path)})
     with pytest.raises(faust_patches.PatchMismatch, match="faust patch commit_settled_only:"):
         Bridge(settings)
+
+
+# -- a connection closed under a write ------------------------------------------------------------
+
+#: Writes a request with aiokafka once the connection's transport was closed (the peer reset it),
+#: on the loop named by argv[1], patched when argv[2] is "patched"; prints what ``send`` raised
+#: ("-": nothing). In a process of its own: uvloop's loop, closed in this one after the other
+#: tests of this file, waited for ever.
+CLOSED_CONNECTION_PROBE = """
+import asyncio, sys
+import uvloop
+from aiokafka.conn import AIOKafkaConnection
+from aiokafka.protocol.metadata import MetadataRequest
+from bridge.worker import faust_patches
+
+async def write():
+    accepted = []
+
+    async def accept(reader, writer):
+        accepted.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    connection = AIOKafkaConnection("127.0.0.1", port)
+    connection._reader, connection._writer = await asyncio.open_connection("127.0.0.1", port)
+    connection._versions = {MetadataRequest.API_KEY: (0, 0)}
+    connection._read_task = asyncio.ensure_future(asyncio.sleep(3600))  # as connect() starts one
+    connection._writer.transport.close()
+    await asyncio.sleep(0)  # the transport's close runs
+    try:
+        sent = connection.send(MetadataRequest([]))
+    except Exception as exc:
+        cause = type(exc.__cause__).__name__ if exc.__cause__ else ""
+        return f"{type(exc).__name__} {cause} {exc}"
+    else:
+        sent.close()  # (the standard library's loop takes the write and drops it)
+        return "-"
+    finally:
+        if connection._read_task is not None:  # (the patched send closed the connection)
+            connection._read_task.cancel()
+        for writer in accepted:
+            writer.close()
+        server.close()
+
+if sys.argv[2] == "patched":
+    faust_patches.install()
+print((uvloop.run if sys.argv[1] == "uvloop" else asyncio.run)(write()))
+"""
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_request_written_to_a_closed_connection_is_a_broken_connection(loop: str) -> None:
+    """On uvloop, aiokafka's own ``send`` raises ``RuntimeError`` there, which killed a
+    producer's sender task and a fetcher's task for good (measured with the broker's link cut,
+    tests/integration/test_broker_faults.py); patched, it is the ``KafkaConnectionError`` that
+    an ``OSError`` there becomes, which every caller retries."""
+
+    def probe(patched: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", CLOSED_CONNECTION_PROBE, loop, patched],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    before, after = probe("shipped"), probe("patched")
+    if loop == "uvloop":
+        assert before.startswith("RuntimeError  unable to perform operation"), before
+        assert after.startswith("KafkaConnectionError RuntimeError KafkaConnectionError: "), after
+        assert "broken" in after
+    else:
+        assert (before, after) == ("-", "-")
