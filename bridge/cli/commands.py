@@ -376,7 +376,8 @@ def _managed(settings: Settings) -> Settings:
         raise ConfigError(
             "no Kafka broker configured: pass --bootstrap-servers HOST:PORT or set "
             "BRIDGE_KAFKA_BOOTSTRAP_SERVERS (`webhook-bridge run` prints the embedded broker's "
-            f"address; none is listening on {address})"
+            f"address; none is listening on {address}: an embedded broker started with "
+            "--embedded-port is found with the same --embedded-port or BRIDGE_EMBEDDED_PORT)"
         )
     print(f"using the embedded broker at {address}", file=sys.stderr)
     return settings.replace(kafka_bootstrap_servers=address)
@@ -633,7 +634,12 @@ def _webhooks_rotate(args: argparse.Namespace) -> int:
     if args.secret is None:
         print(f"secret  {webhook.secret}")
     if webhook.previous_secret_expires_at:
-        print(f"previous secret valid until {webhook.previous_secret_expires_at}")
+        # X-Webhook-Signature carries one signature: the new secret's, from now on.
+        print("X-Webhook-Signature is signed with the new secret from the next delivery on")
+        print(
+            "previous secret also signs the Standard Webhooks header (webhook-signature) until "
+            f"{webhook.previous_secret_expires_at}"
+        )
     return 0
 
 

@@ -573,3 +573,47 @@ def test_standard_webhooks_is_one_flag_on_create_and_update(
     other's spelling."""
     args = cli._parser().parse_args([*command, *flag])
     assert args.standard_webhooks is expected
+
+
+def test_rotate_secret_says_which_header_the_old_secret_still_signs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """X-Webhook-Signature carries one signature: the new secret's at once. Until 2026-12-06 the
+    command said "previous secret valid until", and receivers verifying that header with it
+    refused the next delivery."""
+    from bridge.subscriptions import store
+
+    rotated = Webhook(
+        id="wh_r",
+        name="r",
+        url="https://hooks.example/r",
+        secret="whsec_" + "n" * 32,
+        events=frozenset({"*"}),
+        site_id="s1",
+        user_id="u1",
+        previous_secret="whsec_" + "o" * 32,
+        previous_secret_expires_at="2026-12-07T18:00:00.000Z",
+    )
+
+    class RotatingStore:
+        def __init__(self, settings: Settings) -> None:
+            pass
+
+        async def __aenter__(self) -> RotatingStore:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            pass
+
+        async def rotate_secret(self, webhook_id: str, **kw: Any) -> Webhook:
+            return rotated
+
+    monkeypatch.setattr(store, "WebhookStore", RotatingStore)
+    assert cli.main(["webhooks", "rotate-secret", "wh_r", "--overlap", "24h", *BROKER]) == 0
+    out = capsys.readouterr().out
+    assert "X-Webhook-Signature is signed with the new secret from the next delivery on" in out
+    assert (
+        "previous secret also signs the Standard Webhooks header (webhook-signature) until "
+        "2026-12-07T18:00:00.000Z"
+    ) in out
+    assert "o" * 32 not in out
