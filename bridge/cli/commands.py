@@ -380,7 +380,8 @@ def _managed(settings: Settings) -> Settings:
             "--embedded-port is found with the same --embedded-port or BRIDGE_EMBEDDED_PORT)"
         )
     print(f"using the embedded broker at {address}", file=sys.stderr)
-    return settings.replace(kafka_bootstrap_servers=address)
+    # As `run` on it judges endpoints: plain http and this machine's addresses allowed.
+    return settings.on_embedded_broker(address)
 
 
 def _run_managed(
@@ -554,7 +555,7 @@ def _webhooks_create(args: argparse.Namespace) -> int:
     async def create(settings: Settings) -> Webhook:
         if args.site_id is None and args.user_id is None:
             raise ConfigError("an account-scoped webhook (no --site-id) needs --user-id")
-        _check_endpoint(args.url)
+        _check_endpoint(args.url, settings)
         async with WebhookStore(settings) as store:
             return await store.create(
                 url=args.url,
@@ -588,7 +589,7 @@ def _webhooks_update(args: argparse.Namespace) -> int:
         if args.standard_webhooks is not None:
             changes["standard_webhooks"] = args.standard_webhooks
         if args.url is not None:
-            _check_endpoint(args.url)
+            _check_endpoint(args.url, settings)
         if changes.get("rate_limit") == 0:
             changes["rate_limit"] = None
         if not changes:
@@ -601,18 +602,31 @@ def _webhooks_update(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_endpoint(url: str) -> None:
+def _check_endpoint(url: str, settings: Settings) -> None:
+    """Refuse a URL no deployment could call; warn of one that workers of these settings
+    refuse (plain http, an address their SSRF guard forbids): this command may run with other
+    settings than the workers', so it writes the webhook, whose deliveries such workers
+    dead-letter (``destination_forbidden``)."""
     from bridge.http.ssrf import DestinationForbidden, check_url
+    from bridge.kafka.clients import address_policy
     from bridge.subscriptions.urls import InvalidUrl
 
     try:
-        parsed = check_url(url, allow_http=True)
+        check_url(url, allow_http=True, remember=False)
     except (DestinationForbidden, InvalidUrl) as exc:
         raise ConfigError(f"--url refused ({exc.reason}): {exc.detail}") from None
-    if parsed.scheme == "http":
+    try:
+        check_url(
+            url,
+            allow_http=settings.plain_http_allowed,
+            policy=address_policy(settings),
+            remember=False,
+        )
+    except DestinationForbidden as exc:
         print(
-            "warning: plain http endpoints are refused by workers unless they allow http "
-            "(BRIDGE_ALLOW_HTTP; on by default only on the embedded broker)",
+            f"warning: workers with these settings refuse this endpoint ({exc.reason}: "
+            f"{exc.detail}) and dead-letter its deliveries (BRIDGE_ALLOW_HTTP, "
+            "BRIDGE_ALLOW_NETWORKS)",
             file=sys.stderr,
         )
 

@@ -617,3 +617,65 @@ def test_rotate_secret_says_which_header_the_old_secret_still_signs(
         "2026-12-07T18:00:00.000Z"
     ) in out
     assert "o" * 32 not in out
+
+
+@pytest.mark.parametrize(
+    ("url", "embedded", "warned"),
+    [
+        ("https://10.0.0.1/x", False, "10.0.0.1 is private"),
+        ("http://hooks.example/x", False, "plain http not allowed"),
+        ("https://hooks.example/x", False, None),
+        # On the embedded broker, as `run` there judges: plain http and loopback allowed.
+        ("http://127.0.0.1:8090/x", True, None),
+        ("http://10.0.0.1/x", True, "10.0.0.1 is private"),
+    ],
+)
+def test_webhooks_create_warns_of_an_endpoint_the_workers_refuse(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    url: str,
+    embedded: bool,
+    warned: str | None,
+) -> None:
+    """Until 2026-12-06 the CLI wrote a webhook at a private address that /v1 refuses (its
+    every delivery dead-lettered by the workers), and warned of plain http even on the
+    embedded broker, where the workers take it."""
+    from bridge.subscriptions import store
+
+    class Store:
+        def __init__(self, settings: Settings) -> None:
+            pass
+
+        async def __aenter__(self) -> Store:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            pass
+
+        async def create(self, **fields: Any) -> Webhook:
+            return Webhook(
+                id="wh_c",
+                name="c",
+                url=fields["url"],
+                secret="whsec_" + "c" * 32,
+                events=frozenset({"*"}),
+                site_id="s1",
+                user_id="u1",
+            )
+
+    monkeypatch.setattr(store, "WebhookStore", Store)
+    for name in ("BRIDGE_KAFKA_BOOTSTRAP_SERVERS", "BRIDGE_ALLOW_HTTP", "BRIDGE_ALLOW_NETWORKS"):
+        monkeypatch.delenv(name, raising=False)
+    argv = ["webhooks", "create", "--url", url, "--events", "*", "--site-id", "s1"]
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        where = ["--embedded-port", str(port)] if embedded else BROKER
+        assert cli.main([*argv, *where]) == 0
+    err = capsys.readouterr().err
+    if warned is None:
+        assert "warning" not in err
+    else:
+        assert "warning: workers with these settings refuse this endpoint" in err
+        assert warned in err
