@@ -7,7 +7,9 @@ of the worker, and of the test's own writer, passes through the faults."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,7 +26,7 @@ from bridge.subscriptions.store import WebhookStore
 from bridge.worker.embedded import EmbeddedBroker, free_port
 from tests.integration.conftest import settings_factory
 from tests.support.api import LOG_AUTH, write_token_file
-from tests.support.receivers import Receiver
+from tests.support.receivers import Received, Receiver
 from tests.support.records import RawWriter, committed_offsets, read_ends
 from tests.support.relay import Relay
 from tests.support.waiting import poll
@@ -75,6 +77,26 @@ async def stats_of(base_url: str, webhook_id: str) -> tuple[int, int] | None:
         return None
     window = response.json()["windows"]["1h"]
     return window["attempts"], window["successes"]
+
+
+async def requests_and_records(
+    settings: Settings, webhook_id: str, received: list[Received]
+) -> dict[str, tuple[int, int]]:
+    """The deliveries of ``webhook_id`` whose requests received and attempt records in the
+    attempts topic differ in number: whether a stats count that differs lost a record or a
+    record was not read."""
+    records = [
+        json.loads(value)
+        for _, value in await read_topic(settings, settings.attempts_topic)
+        if value is not None
+    ]
+    written = Counter(r["delivery_id"] for r in records if r.get("webhook_id") == webhook_id)
+    requests = Counter(r.delivery_id for r in received)
+    return {
+        delivery: (requests[delivery], written[delivery])
+        for delivery in requests.keys() | written.keys()
+        if requests[delivery] != written[delivery]
+    }
 
 
 async def break_the_link(relay: Relay, rng: random.Random, seconds: float) -> list[str]:
@@ -218,7 +240,9 @@ async def test_a_broken_broker_link_loses_and_stalls_nothing(
                 )
                 assert shown == counted, (
                     f"{name} at {worker.base_url}: (attempts, successes) {shown} in the "
-                    f"stats, {counted} received, after {injected}"
+                    f"stats, {counted} received, after {injected}; the deliveries whose "
+                    "(requests received, attempt records in the topic) differ: "
+                    f"{await requests_and_records(settings, name, got)}"
                 )
     dead = [v for _, v in await read_topic(settings, settings.deadletter_topic) if v is not None]
     assert not dead, f"dead letters after {injected}: {dead[:3]}"
