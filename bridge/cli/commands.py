@@ -943,6 +943,7 @@ def _webhooks_stats(args: argparse.Namespace) -> int:
 
 def _deliveries_show(args: argparse.Namespace) -> int:
     from bridge.admin.activity import find_delivery
+    from bridge.api.control import delivery_state
     from bridge.attempts.record import Attempt
 
     api = _api(args)
@@ -961,6 +962,8 @@ def _deliveries_show(args: argparse.Namespace) -> int:
         raise ConfigError(f"no attempt of delivery {args.delivery_id!r} in the attempts topic")
     for attempt in attempts:
         print(json.dumps(attempt.as_dict()) if args.json else _attempt_line(attempt))
+    if not args.json:  # as /v1/deliveries/{id} says it, from its last attempt
+        print(f"state {delivery_state(attempts)}")
     return 0
 
 
@@ -1051,7 +1054,11 @@ def _webhooks_list(args: argparse.Namespace) -> int:
             print(json.dumps(record, ensure_ascii=False))
         else:
             scope = f"site {webhook.site_id}" if webhook.site_id else f"account {webhook.user_id}"
-            state = "active" if webhook.active else "inactive"
+            state = webhook.state
+            if state == "disabled":  # by the bridge: why (a record's text, escaped)
+                reason = webhook.extra.get("disabled_reason")
+                shown = reason if reason in ("gone", "failing") else json.dumps(str(reason))
+                state = f"disabled ({shown})"
             events = ",".join(sorted(webhook.events))
             print(f"{webhook.id}  {state:8}  {scope}  {events}  {record['url']}")
     return 0

@@ -109,7 +109,8 @@ async def test_the_log_has_the_response_size_and_the_prefix_only_when_configured
     out, err = await asyncio.wait_for(child.communicate(), 120)
     assert child.returncode == 0, err
     shown = out.decode()
-    first, second = shown.splitlines()
+    first, second, state = shown.splitlines()
+    assert state == "state delivered"
     assert f"  {len(REFUSED)}B  " in first and f"  {len(ACCEPTED)}B" in second
     assert "\x1b" not in shown and "\x00" not in shown
     if kept:

@@ -679,3 +679,80 @@ def test_webhooks_create_warns_of_an_endpoint_the_workers_refuse(
     else:
         assert "warning: workers with these settings refuse this endpoint" in err
         assert warned in err
+
+
+def test_webhooks_list_says_why_the_bridge_turned_a_webhook_off(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Until 2026-12-06 a webhook the bridge disabled (410, failing) was listed ``inactive``,
+    as one its owner turned off; the reason was in ``--json`` only."""
+
+    def made(webhook_id: str, active: bool, reason: str | None) -> Webhook:
+        return Webhook(
+            id=webhook_id,
+            name=webhook_id,
+            url=f"https://hooks.example/{webhook_id}",
+            secret="whsec_" + "l" * 32,
+            events=frozenset({"*"}),
+            site_id="s1",
+            user_id="u1",
+            active=active,
+            extra={} if reason is None else {"disabled_reason": reason},
+        )
+
+    use_webhooks(
+        monkeypatch,
+        made("a_on", True, None),
+        made("b_off", False, None),
+        made("c_gone", False, "gone"),
+        made("d_odd", False, "\x1b[2Jodd"),
+    )
+    assert cli.main(["webhooks", "list", *BROKER]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    states = [line.split("  site ")[0].split("  ", 1)[1].strip() for line in lines]
+    assert states == ["active", "inactive", "disabled (gone)", 'disabled ("\\u001b[2Jodd")']
+
+
+def test_deliveries_show_ends_with_the_state_the_api_gives(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Until 2026-12-06 the plain listing left the delivery's state out (``/v1`` and
+    ``--json`` readers worked it out from the last attempt themselves)."""
+    from bridge.admin import activity
+    from bridge.attempts.record import Attempt
+
+    def attempt(n: int, status: int, outcome: str, next_step: str | None) -> Attempt:
+        return Attempt.of(
+            {
+                "delivery_id": "d1",
+                "webhook_id": "wh",
+                "event_id": "e1",
+                "event_type": "post.created",
+                "attempt": n,
+                "at": f"2026-12-06T10:00:0{n}.000Z",
+                "status": status,
+                "duration_seconds": 0.01,
+                "error": None if outcome == "success" else "http_status",
+                "outcome": outcome,
+                "next": next_step,
+            }
+        )
+
+    shown: list[list[Attempt]] = [
+        [attempt(1, 500, "failure", "retry")],
+        [attempt(1, 500, "failure", "retry"), attempt(2, 200, "success", None)],
+        [attempt(1, 500, "failure", "dead_letter")],
+    ]
+
+    async def find_delivery(settings: Settings, delivery: str, **kw: Any) -> list[Attempt]:
+        return shown.pop(0)
+
+    monkeypatch.setattr(activity, "find_delivery", find_delivery)
+    ends = []
+    for _ in range(3):
+        assert cli.main(["deliveries", "show", "d1", *BROKER]) == 0
+        ends.append(capsys.readouterr().out.splitlines()[-1])
+    assert ends == ["state retrying", "state delivered", "state dead_lettered"]
+    shown.append([attempt(1, 500, "failure", "retry")])
+    assert cli.main(["deliveries", "show", "d1", "--json", *BROKER]) == 0
+    assert "state" not in capsys.readouterr().out.splitlines()[-1][:6]
