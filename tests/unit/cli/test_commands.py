@@ -11,6 +11,7 @@ import io
 import json
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -244,24 +245,47 @@ def test_run_managed_explains_a_missing_broker_before_running(
     assert started == []
 
 
-def use_webhooks(monkeypatch: pytest.MonkeyPatch, *webhooks: Webhook) -> None:
-    """Management commands find ``webhooks`` in the subscriptions topic (no broker asked)."""
+def a_webhook(webhook_id: str, **changes: Any) -> Webhook:
+    """A site ``s1`` webhook of account ``u1`` for every event, with ``changes``."""
+    fields: dict[str, Any] = {
+        "id": webhook_id,
+        "name": webhook_id,
+        "url": f"https://hooks.example/{webhook_id}",
+        "secret": "whsec_" + "w" * 32,
+        "events": frozenset({"*"}),
+        "site_id": "s1",
+        "user_id": "u1",
+    }
+    return Webhook(**{**fields, **changes})
+
+
+def use_store(monkeypatch: pytest.MonkeyPatch, **methods: Callable[..., Awaitable[Any]]) -> None:
+    """Management commands open a ``WebhookStore`` whose methods are ``methods`` (coroutine
+    functions, given the method's arguments): no broker asked."""
     from bridge.subscriptions import store
 
-    class FixedStore:
+    class FakeStore:
         def __init__(self, settings: Settings) -> None:
             pass
 
-        async def __aenter__(self) -> FixedStore:
+        async def __aenter__(self) -> FakeStore:
             return self
 
         async def __aexit__(self, *exc: object) -> None:
             pass
 
-        async def load(self) -> dict[str, Any]:
-            return {webhook.id: webhook for webhook in webhooks}
+    for name, method in methods.items():
+        setattr(FakeStore, name, staticmethod(method))
+    monkeypatch.setattr(store, "WebhookStore", FakeStore)
 
-    monkeypatch.setattr(store, "WebhookStore", FixedStore)
+
+def use_webhooks(monkeypatch: pytest.MonkeyPatch, *webhooks: Webhook) -> None:
+    """Management commands find ``webhooks`` in the subscriptions topic (no broker asked)."""
+
+    async def load() -> dict[str, Any]:
+        return {webhook.id: webhook for webhook in webhooks}
+
+    use_store(monkeypatch, load=load)
 
 
 def test_a_management_command_exits_1_with_its_error_in_one_line(
@@ -276,15 +300,7 @@ def test_a_test_event_names_the_delivery_to_look_up(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``webhooks test`` prints the event id and the delivery id ``deliveries show`` takes."""
-    hook = Webhook(
-        id="wh_t",
-        name="t",
-        url="https://hooks.example/t",
-        secret="whsec_" + "t" * 32,
-        events=frozenset({"*"}),
-        site_id="s1",
-        user_id="u1",
-    )
+    hook = a_webhook("wh_t")
     sent = build_event(
         "test.event", {"webhook_id": hook.id, "message": ""}, site_id="s1", user_id="u1"
     )
@@ -581,34 +597,16 @@ def test_rotate_secret_says_which_header_the_old_secret_still_signs(
     """X-Webhook-Signature carries one signature: the new secret's at once. Until 2026-12-06 the
     command said "previous secret valid until", and receivers verifying that header with it
     refused the next delivery."""
-    from bridge.subscriptions import store
-
-    rotated = Webhook(
-        id="wh_r",
-        name="r",
-        url="https://hooks.example/r",
-        secret="whsec_" + "n" * 32,
-        events=frozenset({"*"}),
-        site_id="s1",
-        user_id="u1",
+    rotated = a_webhook(
+        "wh_r",
         previous_secret="whsec_" + "o" * 32,
         previous_secret_expires_at="2026-12-07T18:00:00.000Z",
     )
 
-    class RotatingStore:
-        def __init__(self, settings: Settings) -> None:
-            pass
+    async def rotate_secret(webhook_id: str, **kw: Any) -> Webhook:
+        return rotated
 
-        async def __aenter__(self) -> RotatingStore:
-            return self
-
-        async def __aexit__(self, *exc: object) -> None:
-            pass
-
-        async def rotate_secret(self, webhook_id: str, **kw: Any) -> Webhook:
-            return rotated
-
-    monkeypatch.setattr(store, "WebhookStore", RotatingStore)
+    use_store(monkeypatch, rotate_secret=rotate_secret)
     assert cli.main(["webhooks", "rotate-secret", "wh_r", "--overlap", "24h", *BROKER]) == 0
     out = capsys.readouterr().out
     assert "X-Webhook-Signature is signed with the new secret from the next delivery on" in out
@@ -640,30 +638,11 @@ def test_webhooks_create_warns_of_an_endpoint_the_workers_refuse(
     """Until 2026-12-06 the CLI wrote a webhook at a private address that /v1 refuses (its
     every delivery dead-lettered by the workers), and warned of plain http even on the
     embedded broker, where the workers take it."""
-    from bridge.subscriptions import store
 
-    class Store:
-        def __init__(self, settings: Settings) -> None:
-            pass
+    async def create(**fields: Any) -> Webhook:
+        return a_webhook("wh_c", url=fields["url"])
 
-        async def __aenter__(self) -> Store:
-            return self
-
-        async def __aexit__(self, *exc: object) -> None:
-            pass
-
-        async def create(self, **fields: Any) -> Webhook:
-            return Webhook(
-                id="wh_c",
-                name="c",
-                url=fields["url"],
-                secret="whsec_" + "c" * 32,
-                events=frozenset({"*"}),
-                site_id="s1",
-                user_id="u1",
-            )
-
-    monkeypatch.setattr(store, "WebhookStore", Store)
+    use_store(monkeypatch, create=create)
     for name in ("BRIDGE_KAFKA_BOOTSTRAP_SERVERS", "BRIDGE_ALLOW_HTTP", "BRIDGE_ALLOW_NETWORKS"):
         monkeypatch.delenv(name, raising=False)
     argv = ["webhooks", "create", "--url", url, "--events", "*", "--site-id", "s1"]
@@ -688,17 +667,8 @@ def test_webhooks_list_says_why_the_bridge_turned_a_webhook_off(
     as one its owner turned off; the reason was in ``--json`` only."""
 
     def made(webhook_id: str, active: bool, reason: str | None) -> Webhook:
-        return Webhook(
-            id=webhook_id,
-            name=webhook_id,
-            url=f"https://hooks.example/{webhook_id}",
-            secret="whsec_" + "l" * 32,
-            events=frozenset({"*"}),
-            site_id="s1",
-            user_id="u1",
-            active=active,
-            extra={} if reason is None else {"disabled_reason": reason},
-        )
+        extra = {} if reason is None else {"disabled_reason": reason}
+        return a_webhook(webhook_id, active=active, extra=extra)
 
     use_webhooks(
         monkeypatch,
