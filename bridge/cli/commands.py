@@ -1027,6 +1027,9 @@ def _webhooks_delete(args: argparse.Namespace) -> int:
 
     async def delete(settings: Settings) -> None:
         async with WebhookStore(settings) as store:
+            # As /v1 answers 404 (until 2026-12-06 this printed "deleted" for any id).
+            if args.webhook_id not in await store.load():
+                raise ConfigError(f"no webhook {args.webhook_id!r}")
             await store.delete(args.webhook_id)
 
     _run_managed(args, delete)

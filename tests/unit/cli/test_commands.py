@@ -726,3 +726,22 @@ def test_deliveries_show_ends_with_the_state_the_api_gives(
     shown.append([attempt(1, 500, "failure", "retry")])
     assert cli.main(["deliveries", "show", "d1", "--json", *BROKER]) == 0
     assert "state" not in capsys.readouterr().out.splitlines()[-1][:6]
+
+
+def test_webhooks_delete_of_an_id_no_webhook_has_fails_as_the_api_does(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deleted: list[str] = []
+
+    async def load() -> dict[str, Webhook]:
+        return {"wh_d": a_webhook("wh_d")}
+
+    async def delete(webhook_id: str) -> None:
+        deleted.append(webhook_id)
+
+    use_store(monkeypatch, load=load, delete=delete)
+    assert cli.main(["webhooks", "delete", "nope", *BROKER]) == 1
+    assert capsys.readouterr().err == "webhook-bridge: no webhook 'nope'\n"
+    assert cli.main(["webhooks", "delete", "wh_d", *BROKER]) == 0
+    assert capsys.readouterr().out == "deleted wh_d\n"
+    assert deleted == ["wh_d"]
