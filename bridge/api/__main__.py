@@ -36,6 +36,15 @@ from bridge.api.store_repository import StoreRepository
 from bridge.config import Settings
 from bridge.errors import BridgeError
 
+#: What ``--help`` says (the module's docstring is for readers of the code).
+HELP = (
+    "Make a token for /v1 (token: prints its token-file entry; the token itself once), or "
+    "serve /v1 as a process of its own over the topics (serve: the delivery log, stats, dead "
+    "letters and recoveries read from and written to them), with the settings of every other "
+    "command (BRIDGE_*; the embedded broker on its default port when none is configured). A "
+    "worker with the API role serves /v1 over its own delivery log (docs/api.md)."
+)
+
 
 def _token(args: argparse.Namespace) -> int:
     scopes = [s for s in args.scopes.split(",") if s]
@@ -115,7 +124,7 @@ async def _serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     from bridge.cli.commands import SilentParser  # its errors never repeat a flag's value
 
-    parser = SilentParser(prog="python -m bridge.api", description=__doc__)
+    parser = SilentParser(prog="python -m bridge.api", description=HELP)
     commands = parser.add_subparsers(dest="command", required=True)
     token = commands.add_parser("token", help="a new token; prints its token-file entry")
     token.add_argument("--name", required=True)
