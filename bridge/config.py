@@ -80,10 +80,14 @@ def parse_duration(text: str) -> float:
 
 def parse_schedule(text: str) -> tuple[float, ...]:
     """A comma-separated list of durations, each the wait before one more attempt."""
-    delays = tuple(parse_duration(part) for part in text.split(",") if part.strip())
+    return check_schedule(tuple(parse_duration(part) for part in text.split(",") if part.strip()))
+
+
+def check_schedule(delays: tuple[float, ...]) -> tuple[float, ...]:
+    """``delays``, if a retry schedule may hold them; ``ValueError`` saying why otherwise."""
     if not delays:
         raise ValueError("the retry schedule needs at least one delay")
-    if any(d <= 0 for d in delays):
+    if any(not d > 0 for d in delays):
         raise ValueError("retry delays must be positive")
     if any(d > MAX_RETRY_DELAY for d in delays):
         raise ValueError(
@@ -814,13 +818,10 @@ class Settings:
                 "attempt_response_prefix_bytes must be between 0 and "
                 f"{MAX_ATTEMPT_RESPONSE_PREFIX} (0 keeps no response body)"
             )
-        if not self.retry_schedule or not all(
-            0 < d <= MAX_RETRY_DELAY for d in self.retry_schedule
-        ):
-            raise ConfigError(
-                "retry_schedule: each delay must be positive and at most "
-                f"{format_duration(MAX_RETRY_DELAY)} (the retry topics keep records 3 days)"
-            )
+        try:
+            check_schedule(self.retry_schedule)
+        except ValueError as exc:
+            raise ConfigError(f"retry_schedule: {exc}") from None
         if not 0.0 <= self.retry_jitter < 1.0:
             raise ConfigError("retry_jitter must be at least 0 and less than 1")
         if self.kafka_session_timeout <= self.kafka_rebalance_timeout / 2:

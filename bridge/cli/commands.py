@@ -449,9 +449,10 @@ def _run(args: argparse.Namespace) -> int:
         )
     elif settings.kafka_session_timeout < _KAFKA_LOWEST_SESSION_TIMEOUT:
         logging.getLogger(__name__).warning(
-            "kafka_session_timeout %gs is below 6s, the lowest Apache Kafka accepts unless its "
+            "kafka_session_timeout %gs is below %gs, the lowest Apache Kafka accepts unless its "
             "group.min.session.timeout.ms is lowered: such a broker refuses the worker's join",
             settings.kafka_session_timeout,
+            _KAFKA_LOWEST_SESSION_TIMEOUT,
         )
     tune_gc()
     loop = _new_loop(settings.event_loop)
@@ -612,16 +613,14 @@ def _check_endpoint(url: str, settings: Settings) -> None:
     from bridge.subscriptions.urls import InvalidUrl
 
     try:
-        check_url(url, allow_http=True, remember=False)
-    except (DestinationForbidden, InvalidUrl) as exc:
-        raise ConfigError(f"--url refused ({exc.reason}): {exc.detail}") from None
-    try:
         check_url(
             url,
             allow_http=settings.plain_http_allowed,
             policy=address_policy(settings),
             remember=False,
         )
+    except InvalidUrl as exc:  # judged first, whatever the policy
+        raise ConfigError(f"--url refused ({exc.reason}): {exc.detail}") from None
     except DestinationForbidden as exc:
         print(
             f"warning: workers with these settings refuse this endpoint ({exc.reason}: "

@@ -25,8 +25,8 @@ from aiokafka.conn import AIOKafkaConnection, CloseReason
 __all__: list[str] = []
 
 #: aiokafka's methods, as found before the patch (each wrapped, never copied).
-_ORIGINAL_SEND = AIOKafkaConnection.send
-_ORIGINAL_SEND_SASL_TOKEN = AIOKafkaConnection._send_sasl_token
+_original_send = AIOKafkaConnection.send
+_original_send_sasl_token = AIOKafkaConnection._send_sasl_token
 
 
 def _broken(connection: Any, exc: RuntimeError) -> Exception:
@@ -44,13 +44,13 @@ def _broken(connection: Any, exc: RuntimeError) -> Exception:
 
 def _send(self: AIOKafkaConnection, request: Any, expect_response: bool = True) -> Any:
     try:
-        return _ORIGINAL_SEND(self, request, expect_response)
+        return _original_send(self, request, expect_response)
     except RuntimeError as exc:
         raise _broken(self, exc) from exc
 
 
 def _send_sasl_token(self: AIOKafkaConnection, payload: bytes, expect_response: bool = True) -> Any:
     try:
-        return _ORIGINAL_SEND_SASL_TOKEN(self, payload, expect_response)
+        return _original_send_sasl_token(self, payload, expect_response)
     except RuntimeError as exc:
         raise _broken(self, exc) from exc
