@@ -80,10 +80,10 @@ def parse_duration(text: str) -> float:
 
 def parse_schedule(text: str) -> tuple[float, ...]:
     """A comma-separated list of durations, each the wait before one more attempt."""
-    return check_schedule(tuple(parse_duration(part) for part in text.split(",") if part.strip()))
+    return _check_schedule(tuple(parse_duration(part) for part in text.split(",") if part.strip()))
 
 
-def check_schedule(delays: tuple[float, ...]) -> tuple[float, ...]:
+def _check_schedule(delays: tuple[float, ...]) -> tuple[float, ...]:
     """``delays``, if a retry schedule may hold them; ``ValueError`` saying why otherwise."""
     if not delays:
         raise ValueError("the retry schedule needs at least one delay")
@@ -819,7 +819,7 @@ class Settings:
                 f"{MAX_ATTEMPT_RESPONSE_PREFIX} (0 keeps no response body)"
             )
         try:
-            check_schedule(self.retry_schedule)
+            _check_schedule(self.retry_schedule)
         except ValueError as exc:
             raise ConfigError(f"retry_schedule: {exc}") from None
         if not 0.0 <= self.retry_jitter < 1.0:
