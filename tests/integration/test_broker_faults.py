@@ -95,23 +95,30 @@ async def attempt_records(settings: Settings, webhook_id: str) -> list[dict[str,
 def requests_and_records(
     received: list[Received], records: list[dict[str, Any]]
 ) -> dict[str, tuple[int, int]]:
-    """The deliveries whose requests received and attempt records differ in number."""
+    """The deliveries with fewer attempt records than requests received (a record lost). More
+    records is no loss: a write retried after a cut link can be written twice (no idempotent
+    producer), and the log takes the copy for the same record read twice."""
     written = Counter(r["delivery_id"] for r in records)
     requests = Counter(r.delivery_id for r in received)
     return {
         delivery: (requests[delivery], written[delivery])
-        for delivery in requests.keys() | written.keys()
-        if requests[delivery] != written[delivery]
+        for delivery in requests
+        if written[delivery] < requests[delivery]
     }
 
 
-def kept_by_the_log(records: list[dict[str, Any]]) -> tuple[int, int]:
-    """The (attempts, successes) a delivery log counts of ``records``: one per (time to the
-    millisecond, delivery id, attempt number), as it takes a record read twice. Two duplicate
-    jobs of one retry record on one worker can make their requests in the same millisecond
-    (seen 2026-12-06): two requests, two records, one attempt counted."""
-    kept = {(r["at"], r["delivery_id"], r["attempt"]): r["outcome"] for r in records}
-    return len(kept), sum(1 for outcome in kept.values() if outcome == "success")
+def kept_by_the_log(records: list[dict[str, Any]]) -> tuple[int, tuple[int, int]]:
+    """The attempts a delivery log counts of ``records`` (one per time to the millisecond,
+    delivery id and attempt number, as it takes a record read twice), and the least and most
+    successes among them: two duplicate jobs of one retry record on one worker can make their
+    requests in the same millisecond (seen 2026-12-06), two records of one attempt whose
+    outcomes may differ, of which the log keeps the first it reads."""
+    outcomes: dict[tuple[Any, Any, Any], set[str]] = {}
+    for r in records:
+        outcomes.setdefault((r["at"], r["delivery_id"], r["attempt"]), set()).add(r["outcome"])
+    least = sum(1 for kept in outcomes.values() if kept == {"success"})
+    most = sum(1 for kept in outcomes.values() if "success" in kept)
+    return len(outcomes), (least, most)
 
 
 async def break_the_link(relay: Relay, rng: random.Random, seconds: float) -> list[str]:
@@ -252,17 +259,24 @@ async def test_a_broken_broker_link_loses_and_stalls_nothing(
                 f"{name}: the deliveries whose (requests received, attempt records) differ: "
                 f"{requests_and_records(got, records)} after {injected}"
             )
-            counted = kept_by_the_log(records)
+            attempts, (least, most) = kept_by_the_log(records)
+
+            def counted(
+                shown: tuple[int, int] | None, kept: tuple[int, int, int] = (attempts, least, most)
+            ) -> bool:
+                return shown is not None and shown[0] == kept[0] and kept[1] <= shown[1] <= kept[2]
+
             for worker in pool:
                 shown = await poll(
                     lambda worker=worker, name=name: stats_of(worker.base_url, name),
-                    until=lambda shown, counted=counted: shown == counted,
+                    until=counted,
                     timeout=30,
                     interval=0.5,
                 )
-                assert shown == counted, (
+                assert counted(shown), (
                     f"{name} at {worker.base_url}: (attempts, successes) {shown} in the "
-                    f"stats, {counted} in the topic ({len(got)} requests), after {injected}"
+                    f"stats, {attempts} attempts and {least} to {most} successes in the topic "
+                    f"({len(got)} requests), after {injected}"
                 )
     dead = [v for _, v in await read_topic(settings, settings.deadletter_topic) if v is not None]
     assert not dead, f"dead letters after {injected}: {dead[:3]}"
