@@ -312,6 +312,14 @@ class Metrics:
             "narrowed).",
             registry=registry,
         )
+        self.jobs_joined = Counter(
+            "webhook_bridge_jobs_joined_total",
+            "Jobs of a record read again (a rebalance gave its partition back before its "
+            "commit) settled by the first read's job of the same delivery rather than attempted "
+            "again, by the state that job was in: running or settled.",
+            ["state"],
+            registry=registry,
+        )
         self.retries_waiting = Gauge(
             "webhook_bridge_retries_waiting",
             "Retry records read from a retry tier and held by this worker until they fall due "

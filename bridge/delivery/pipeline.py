@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -31,13 +31,26 @@ from bridge.metrics import Metrics
 from bridge.subscriptions.freshness import TableFreshness
 from bridge.subscriptions.index import SubscriptionIndex
 
-__all__ = ["Pipeline", "drain_worst_case", "handover_timeout"]
+__all__ = ["Pipeline", "SETTLED_REMEMBERED", "drain_worst_case", "handover_timeout"]
 
 log = logging.getLogger(__name__)
 
 #: A record waiting for the subscription table: when it arrived, its value, where it is, and
 #: how to acknowledge it.
 _Held = tuple[float, bytes | None, SourceRef, Ack]
+#: A job by its record's place (topic, partition, offset) and its delivery id: the same key for
+#: the same record read twice.
+_JobKey = tuple[str, int, int, str]
+
+#: Jobs settled on this worker remembered by :data:`_JobKey`, newest last: a record read again
+#: after its jobs settled (its commit lost to a rebalance that gave the partition back) is
+#: acknowledged without attempting them again. About 200 bytes each.
+SETTLED_REMEMBERED = 16384
+
+
+def _key_of(job: Job) -> _JobKey:
+    source = job.source
+    return (source.topic, source.partition, source.offset, job.delivery_id)
 
 
 def handover_timeout(drain_timeout: float) -> float:
@@ -88,6 +101,11 @@ class Pipeline:
         #: Records waiting for the subscription table, oldest first, and the task releasing them.
         self._held: deque[_Held] = deque()
         self._releaser: asyncio.Task[None] | None = None
+        #: Jobs started and not yet settled, by key: each one's outcome (True once settled,
+        #: False if it ended unsettled). See :meth:`_start`.
+        self._running: dict[_JobKey, asyncio.Future[bool]] = {}
+        #: Keys of jobs settled here, oldest first, at most :data:`SETTLED_REMEMBERED`.
+        self._settled: OrderedDict[_JobKey, None] = OrderedDict()
 
     @property
     def in_flight(self) -> int:
@@ -294,6 +312,18 @@ class Pipeline:
 
     # -- shared ----------------------------------------------------------------------------------
     async def _start(self, jobs: Sequence[Job], ack: Ack) -> None:
+        """Start ``jobs`` (of one record) and acknowledge the record once all have settled.
+
+        A record can reach the pipeline twice: a rebalance that takes its partition and gives
+        it back reads it again from the committed offset, while its first read's jobs are
+        still running here, or after they settled and before their commit. Attempted again,
+        each job made a second request in the same millisecond as the first (a retry
+        record's, due already) and settled twice: two attempt records, and two records of
+        its next retry, each attempted and each scheduling the next (until 2026-12-06). A
+        job of the same record and delivery already settled here is now settled at once; one
+        still running is joined: its outcome settles both, and only if it ends unsettled is
+        the later job attempted. Counted in ``webhook_bridge_jobs_joined_total``.
+        """
         if not jobs:
             ack()
             return
@@ -306,8 +336,65 @@ class Pipeline:
                 ack()
 
         for job in jobs:
+            key = _key_of(job)
+            if key in self._settled:
+                self._joined(job, "settled")
+                one_settled()
+                continue
             await self._pending.acquire()
-            self._track(self._run(job, one_settled))
+            first = self._running.get(key)
+            if first is None:
+                self._track(self._run(job, one_settled))
+            else:
+                self._track(self._follow(job, first, one_settled))
+
+    async def _follow(self, job: Job, first: asyncio.Future[bool], settled: Ack) -> None:
+        """A job read again while the same one runs: settled by its outcome, or attempted
+        when it ends unsettled. Holds a pending slot, as the job would."""
+        try:
+            took = await asyncio.shield(first)
+        except BaseException:
+            self._pending.release()
+            raise
+        if took:
+            self._pending.release()
+            self._joined(job, "running")
+            settled()
+            return
+        await self._run(job, settled)
+
+    def _joined(self, job: Job, state: str) -> None:
+        self._metrics.jobs_joined.labels(state).inc()
+        log.info(
+            "record read again: its job is settled by the first read's",
+            extra={
+                "delivery_id": job.delivery_id,
+                "webhook_id": job.webhook.id,
+                "attempt": job.attempt,
+                "topic": job.source.topic,
+                "offset": job.source.offset,
+                "state": state,
+            },
+        )
+
+    def _running_job(self, job: Job) -> Callable[[bool], None]:
+        """Note ``job`` as running; the returned function, called once, notes how it ended."""
+        key = _key_of(job)
+        outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._running[key] = outcome
+
+        def ended(settled: bool) -> None:
+            if self._running.get(key) is outcome:
+                del self._running[key]
+            if settled:
+                self._settled[key] = None
+                self._settled.move_to_end(key)
+                if len(self._settled) > SETTLED_REMEMBERED:
+                    self._settled.popitem(last=False)
+            if not outcome.done():
+                outcome.set_result(settled)
+
+        return ended
 
     def _track(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``work`` as a task counted in ``in_flight`` until it ends."""
@@ -323,17 +410,20 @@ class Pipeline:
         or the job is cancelled outside a drain, does its record stay unacknowledged, to be
         processed again after a restart."""
         released = False
+        ended = self._running_job(job)
 
         def done() -> None:
             nonlocal released
             released = True
             self._pending.release()
+            ended(True)
             settled()
 
         def release() -> None:
             nonlocal released
             released = True
             self._pending.release()
+            ended(False)
 
         def written_ended(written: asyncio.Future[Any]) -> None:
             self._written.discard(written)

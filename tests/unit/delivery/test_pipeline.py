@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from bridge.contract.events import Event
 from bridge.contract.payload import EncodedEvent, build_body, delivery_id
 from bridge.contract.schemas import schema_errors
+from bridge.delivery import pipeline as pipeline_module
 from bridge.delivery.deliverer import Deliverer
 from bridge.delivery.endpoint_health import EndpointHealth
 from bridge.delivery.job import Job, SourceRef
@@ -970,6 +971,133 @@ async def test_drain_waits_for_attempt_records_on_their_way() -> None:
     assert await asyncio.wait_for(draining, PROMPT) == 0
     assert acks.count == 1
     assert h.outputs.retries == []
+
+
+# ------------------------------------------------------------------ a record read twice
+
+JOINED = "webhook_bridge_jobs_joined_total"
+FAILED = AttemptResult(False, 500, "http_status", 0.25, AT)
+
+
+class GatedSender:
+    """Every send waits for the gate, then answers ``result``."""
+
+    def __init__(self, result: AttemptResult = OK) -> None:
+        self.gate = asyncio.Event()
+        self.result = result
+        self.sent: list[Outgoing] = []
+
+    async def send(self, job: Job, body: bytes) -> AttemptResult:
+        self.sent.append(Outgoing(job, body))
+        await self.gate.wait()
+        return self.result
+
+
+@pytest.mark.parametrize("result", [OK, FAILED], ids=["delivered", "failed"])
+async def test_a_retry_record_read_again_while_its_job_runs_makes_no_second_request(
+    result: AttemptResult,
+) -> None:
+    """A rebalance that gives a retry tier's partition back reads its uncommitted records
+    again, due already: the second read joins the job still running rather than sending the
+    same attempt in the same millisecond and settling it twice (until 2026-12-06: two attempt
+    records, and two records of the next retry, each attempted in turn)."""
+    hook = webhook("w")
+    sender = GatedSender(result)
+    h = Harness([hook], sender)
+    raw = retry_record(hook, attempt=2)
+    first, again = Acks(), Acks()
+    await h.pipeline.handle_retry(raw, RETRY_SOURCE, first, 1)
+    await eventually(lambda: len(sender.sent) == 1)
+    await h.pipeline.handle_retry(raw, RETRY_SOURCE, again, 1)
+    await settle()
+    assert len(sender.sent) == 1 and again.count == 0
+    assert h.pipeline.in_flight == 2  # the joined job holds its slot as the job would
+    sender.gate.set()
+    await h.settled()
+    assert len(sender.sent) == 1
+    assert (first.count, again.count) == (1, 1)
+    assert len(h.outputs.attempts) == 1
+    assert len(h.outputs.retries) == (0 if result.success else 1)
+    assert h.value(JOINED, state="running") == 1
+
+
+async def test_a_record_read_again_after_its_jobs_settled_is_acknowledged_at_once() -> None:
+    """Read again after its jobs settled here (their commit lost to the rebalance): nothing is
+    attempted again, for an event's every webhook and for a retry."""
+    hooks = [webhook("w1"), webhook("w2")]
+    h = Harness(hooks, ScriptedSender({"w2": FAILED}))
+    event = make_event().to_bytes()
+    retry = retry_record(hooks[0], attempt=2)
+    for _ in range(2):
+        await h.pipeline.handle_event(event, SOURCE, Acks())
+        await h.pipeline.handle_retry(retry, RETRY_SOURCE, Acks(), 1)
+        await h.settled()
+    acks = Acks()
+    await h.pipeline.handle_event(event, SOURCE, acks)
+    await h.pipeline.handle_retry(retry, RETRY_SOURCE, acks, 1)
+    assert acks.count == 2 and h.pipeline.in_flight == 0
+    assert len(h.sender.sent) == 3
+    assert len(h.outputs.attempts) == 3 and len(h.outputs.retries) == 1
+    assert h.value(JOINED, state="settled") == 6
+
+
+async def test_a_joined_job_is_attempted_when_the_first_ends_unsettled() -> None:
+    """The first read's job cancelled outside a drain (its record stays unacknowledged): the
+    job read again is attempted, and settles its record."""
+    hook = webhook("w")
+    sender = GatedSender()
+    h = Harness([hook], sender)
+    raw = retry_record(hook, attempt=2)
+    first, again = Acks(), Acks()
+    await h.pipeline.handle_retry(raw, RETRY_SOURCE, first, 1)
+    await eventually(lambda: len(sender.sent) == 1)
+    (task,) = h.pipeline._tasks
+    await h.pipeline.handle_retry(raw, RETRY_SOURCE, again, 1)
+    task.cancel()
+    await eventually(lambda: len(sender.sent) == 2)
+    sender.gate.set()
+    await h.settled()
+    assert (first.count, again.count) == (0, 1)
+    assert len(h.outputs.attempts) == 1
+    assert h.value(JOINED, state="running") is None
+
+
+async def test_an_event_read_again_joins_only_the_jobs_it_shares() -> None:
+    """Per delivery: a webhook created between the two reads gets its job; the others are
+    joined. Another record of the same delivery (a redelivery, a dead letter replayed) is
+    attempted as any record is."""
+    sender = GatedSender()
+    h = Harness([webhook("w1")], sender)
+    event = make_event().to_bytes()
+    first, again, other = Acks(), Acks(), Acks()
+    await h.pipeline.handle_event(event, SOURCE, first)
+    await eventually(lambda: len(sender.sent) == 1)
+    h.index.put(webhook("w2"))
+    await h.pipeline.handle_event(event, SOURCE, again)
+    await h.pipeline.handle_event(event, dataclasses.replace(SOURCE, offset=42), other)
+    await eventually(lambda: len(sender.sent) == 4)
+    assert sorted(d.webhook.id for d in sender.sent) == ["w1", "w1", "w2", "w2"]
+    sender.gate.set()
+    await h.settled()
+    assert (first.count, again.count, other.count) == (1, 1, 1)
+    assert len(h.outputs.attempts) == 4
+    assert h.value(JOINED, state="running") == 1
+
+
+async def test_settled_jobs_remembered_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline_module, "SETTLED_REMEMBERED", 3)
+    hook = webhook("w")
+    h = Harness([hook], ScriptedSender())
+    raw = retry_record(hook, attempt=2)
+    sources = [dataclasses.replace(RETRY_SOURCE, offset=n) for n in range(5)]
+    for source in sources:
+        await h.pipeline.handle_retry(raw, source, Acks(), 1)
+    await h.settled()
+    for source in sources:  # the oldest two forgotten: attempted again
+        await h.pipeline.handle_retry(raw, source, Acks(), 1)
+    await h.settled()
+    assert len(h.sender.sent) == 7
+    assert len(h.pipeline._settled) == 3
 
 
 # ------------------------------------------------------------------------- freshness
