@@ -842,7 +842,6 @@ def _attempt_line(attempt: Any) -> str:
 
 
 def _webhooks_attempts(args: argparse.Namespace) -> int:
-    from bridge.admin.activity import read_activity
     from bridge.attempts.log import LogQuery
     from bridge.config import parse_time
 
@@ -880,12 +879,27 @@ def _webhooks_attempts(args: argparse.Namespace) -> int:
     else:
         now = time.time()
         reading = _run_managed(
-            args, lambda settings: read_activity(settings, args.webhook_id, now=now)
+            args, lambda settings: _read_activity(settings, args.webhook_id, now)
         )
         items = reading.activity.log.page(query, now=now, limit=args.limit).items
     for attempt in items:
         print(json.dumps(attempt.as_dict()) if args.json else _attempt_line(attempt))
     return 0
+
+
+async def _read_activity(settings: Settings, webhook_id: str, now: float) -> Any:
+    """A webhook's log and stats read from the attempts topic; an id with no attempt kept and
+    no webhook fails, as ``/v1`` answers it ``404`` (until 2026-12-06 this printed nothing, as
+    for a webhook yet to be called). A deleted webhook's log is still read here."""
+    from bridge.admin.activity import read_activity
+    from bridge.subscriptions.store import WebhookStore
+
+    reading = await read_activity(settings, webhook_id, now=now)
+    if not len(reading.activity.log):
+        async with WebhookStore(settings) as store:
+            if webhook_id not in await store.load():
+                raise ConfigError(f"no webhook {webhook_id!r}, and no attempt of it is kept")
+    return reading
 
 
 def _rfc3339(seconds: float | None) -> str | None:
@@ -897,7 +911,6 @@ def _rfc3339(seconds: float | None) -> str | None:
 
 
 def _webhooks_stats(args: argparse.Namespace) -> int:
-    from bridge.admin.activity import read_activity
     from bridge.attempts.stats import WINDOWS, WindowStats
 
     api = _api(args)
@@ -910,7 +923,7 @@ def _webhooks_stats(args: argparse.Namespace) -> int:
     else:
         now = time.time()
         reading = _run_managed(
-            args, lambda settings: read_activity(settings, args.webhook_id, now=now)
+            args, lambda settings: _read_activity(settings, args.webhook_id, now)
         )
         stats = reading.activity.stats
         windows = [stats.window(name, now) for name in WINDOWS]

@@ -12,6 +12,7 @@ import json
 import socket
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 from bridge.admin import publish
 from bridge.cli import commands as cli
 from bridge.config import Settings
-from bridge.contract.events import Event, build_event
+from bridge.contract.events import Event, build_event, format_timestamp
 from bridge.contract.payload import delivery_id
 from bridge.errors import ConfigError
 from bridge.subscriptions.webhook import Webhook
@@ -745,3 +746,58 @@ def test_webhooks_delete_of_an_id_no_webhook_has_fails_as_the_api_does(
     assert cli.main(["webhooks", "delete", "wh_d", *BROKER]) == 0
     assert capsys.readouterr().out == "deleted wh_d\n"
     assert deleted == ["wh_d"]
+
+
+@pytest.mark.parametrize("command", ["attempts", "stats"])
+def test_attempts_and_stats_on_kafka_of_an_id_with_no_webhook_and_no_log_fail(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """As ``/v1`` answers 404 (until 2026-12-06 an unknown id printed nothing, as a webhook not
+    called yet does). A webhook with no attempt yet, and a deleted one's log, are shown."""
+    import time
+
+    from bridge.admin import activity
+    from bridge.attempts.book import ActivityBook
+    from bridge.attempts.record import Attempt
+
+    now = time.time()
+    book = ActivityBook()
+    at = format_timestamp(datetime.fromtimestamp(now - 60, UTC))
+    book.add(
+        Attempt.of(
+            {
+                "delivery_id": "d1",
+                "webhook_id": "gone",
+                "event_id": "evt_1",
+                "event_type": "post.created",
+                "attempt": 1,
+                "outcome": "success",
+                "status": 200,
+                "error": None,
+                "duration_seconds": 0.05,
+                "at": at,
+                "next": None,
+            }
+        ),
+        now,
+    )
+
+    async def read_activity(settings: Settings, webhook_id: str, **_: Any) -> Any:
+        return activity.Reading(book.get(webhook_id) or book.empty(), 0)
+
+    monkeypatch.setattr(activity, "read_activity", read_activity)
+    use_webhooks(monkeypatch, a_webhook("quiet"))
+    assert cli.main(["webhooks", command, "nope", *BROKER]) == 1
+    assert capsys.readouterr().err == (
+        "webhook-bridge: no webhook 'nope', and no attempt of it is kept\n"
+    )
+    assert cli.main(["webhooks", command, "quiet", "--json", *BROKER]) == 0
+    quiet = capsys.readouterr().out
+    assert cli.main(["webhooks", command, "gone", "--json", *BROKER]) == 0
+    gone = capsys.readouterr().out
+    if command == "attempts":
+        assert quiet == ""
+        assert json.loads(gone)["delivery_id"] == "d1"
+    else:
+        assert json.loads(quiet)["windows"]["1h"]["attempts"] == 0
+        assert json.loads(gone)["windows"]["1h"]["attempts"] == 1
