@@ -190,6 +190,12 @@ def _schemas() -> dict[str, Any]:
         "worker keeps them (attempt_response_prefix_bytes, off by default); absent otherwise. "
         "Written by the receiver: may hold control characters."
     )
+    attempt["trigger"]["description"] = (
+        "manual for an attempt of a delivery an operator sent again (a redelivery, a recovery, "
+        "a dead letter replayed) and of its retries, whose attempt numbers count from that "
+        "sending (from 1 for a redelivery or a recovery); scheduled for the event's own "
+        "attempts (and attempts recorded before 2026-12-06)."
+    )
     attempt["status_class"] = {
         "enum": [*STATUS_CLASSES, "other"],
         "description": "The status's class; none when no response arrived.",

@@ -19,6 +19,8 @@ _OPTIONAL_TEXT = ("event_id", "error", "next", "next_at", "event_at", "webhook_c
 
 #: The ``outcome`` values an attempt record may carry.
 OUTCOMES = frozenset({"success", "failure", "skipped"})
+#: The ``trigger`` values an attempt record may carry.
+_TRIGGERS = ("scheduled", "manual")
 
 
 def status_class(status: int | None) -> str:
@@ -81,6 +83,10 @@ class Attempt(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     #: The ``created_at`` of the webhook the attempt was made for (``None`` in records written
     #: before it was recorded): which webhook of this id, when an id is used again.
     webhook_created_at: _Text | None = None
+    #: ``manual`` for an attempt of a delivery an operator sent again (a redelivery, a
+    #: recovery, a dead letter replayed) and of its retries, whose ``attempt`` counts from that
+    #: sending (from 1 for a redelivery or recovery); ``scheduled`` for the event's own.
+    trigger: Literal["scheduled", "manual"] = "scheduled"
     #: ``at`` in seconds since the epoch, for ordering and windows: not read from the record,
     #: always worked out from ``at``.
     at_seconds: float = 0.0
@@ -142,6 +148,7 @@ class Attempt(msgspec.Struct, gc=False, forbid_unknown_fields=True):
             response_prefix=get("response_prefix"),
             event_at=get("event_at"),
             webhook_created_at=get("webhook_created_at"),
+            trigger=get("trigger", "scheduled"),
             at_seconds=_seconds(at),
         )
 
@@ -165,6 +172,7 @@ class Attempt(msgspec.Struct, gc=False, forbid_unknown_fields=True):
             "response_bytes": self.response_bytes,
             "response_truncated": self.response_truncated,
             "webhook_created_at": self.webhook_created_at,
+            "trigger": self.trigger,
         }
         if self.response_prefix is not None:
             shown["response_prefix"] = self.response_prefix
@@ -239,6 +247,8 @@ def _check(record: dict[str, Any]) -> None:
         raise InvalidRecord("schema_invalid", "attempt record: response_bytes is not a count")
     if not isinstance(get("response_truncated", False), bool):
         raise InvalidRecord("schema_invalid", "attempt record: response_truncated is not true")
+    if get("trigger", "scheduled") not in _TRIGGERS:  # a tuple: any JSON value compares
+        raise InvalidRecord("schema_invalid", "attempt record: unknown trigger")
     prefix = get("response_prefix")
     if prefix is not None and not isinstance(prefix, str):
         raise InvalidRecord("schema_invalid", "attempt record: response_prefix is not a string")

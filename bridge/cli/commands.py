@@ -827,8 +827,12 @@ def _attempt_line(attempt: Any) -> str:
     size = "-" if attempt.response_bytes is None else f"{attempt.response_bytes}B"
     if attempt.response_truncated:
         size += "+"  # the cap ended the body: at least this much
+    # An operator's sending again counts its attempts from 1 again: told apart from the event's.
+    number = f"attempt {attempt.attempt}"
+    if attempt.trigger == "manual":
+        number = f"manual attempt {attempt.attempt}"
     line = (
-        f"{attempt.at}  {attempt.delivery_id}  {attempt.event_type}  attempt {attempt.attempt}  "
+        f"{attempt.at}  {attempt.delivery_id}  {attempt.event_type}  {number}  "
         f"{attempt.outcome}  {answer}  {attempt.error or '-'}  {attempt.duration_seconds:.3f}s  "
         f"{size}"
     )

@@ -25,7 +25,9 @@ def attempt_record(
     Of the response's body only its size is recorded (``response_bytes``, ``None`` without a
     response; ``response_truncated`` when the cap ended it), and its first bytes
     (``response_prefix``) only when the sender kept them, as text no longer in UTF-8 than the
-    bytes kept: a receiver cannot make a record larger than that."""
+    bytes kept: a receiver cannot make a record larger than that. An attempt of a delivery an
+    operator sent again (``Job.replayed``) is recorded ``trigger`` ``manual``; the others leave
+    it out (``scheduled``)."""
     record: dict[str, Any] = {
         "delivery_id": job.delivery_id,
         "webhook_id": job.webhook.id,
@@ -50,4 +52,6 @@ def attempt_record(
         record["response_truncated"] = True
     if result.response_prefix is not None:
         record["response_prefix"] = result.response_text
+    if job.replayed:
+        record["trigger"] = "manual"
     return record

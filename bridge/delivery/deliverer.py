@@ -419,6 +419,7 @@ class Deliverer:
             not_before=now + decision.delay,
             enqueued_at=now,
             history=tuple(history),
+            replayed=job.replayed,
             webhook_created_at=job.webhook.created_at,
         )
         await self._record_attempt(job, result, "retry", next_at=pending.not_before)

@@ -81,6 +81,10 @@ class Job:
     source: SourceRef
     #: Earlier attempts (``AttemptResult.as_record()``), oldest first.
     history: Sequence[Mapping[str, Any]] = ()
+    #: A delivery an operator sent again (a redelivery, a recovery, a dead letter replayed: a
+    #: retry record's ``replayed``), and its retries: its attempts are recorded ``trigger``
+    #: ``manual``.
+    replayed: bool = False
 
     @property
     def event(self) -> Event:

@@ -304,7 +304,7 @@ class Pipeline:
             return
         try:
             encoded = EncodedEvent.of(pending.event)
-            job = Job(encoded, webhook, pending.attempt, source, pending.history)
+            job = Job(encoded, webhook, pending.attempt, source, pending.history, pending.replayed)
         except Exception as exc:
             await self._settle_unmatched(source, *internal_error(exc, "reading a retry"), raw, ack)
             return

@@ -253,6 +253,25 @@ async def test_the_log_stats_recovery_and_redelivery_of_a_real_worker(
         await receiver.wait_for(lambda _: len(receiver.at("/wh")) == 8)
         assert receiver.at("/wh")[-1].delivery_id == target
         assert len(receiver.at("/other")) == 1
+        # Its attempt is told from the event's own: manual, counted from 1 again.
+        again = await poll(
+            lambda: get(client, f"/v1/deliveries/{target}"),
+            until=lambda d: len(d["attempts"]) == 4,
+            timeout=30,
+            interval=0.5,
+        )
+        assert [(a["attempt"], a["status"], a["trigger"]) for a in again["attempts"]] == [
+            (1, 500, "scheduled"),
+            (2, 503, "scheduled"),
+            (3, 200, "scheduled"),
+            (1, 200, "manual"),
+        ]
+        recovered_ids = {delivery_id(e.id, "wh") for e in after[:2]}
+        log = await get(client, "/v1/webhooks/wh/attempts")
+        assert {a["delivery_id"] for a in log["items"] if a["trigger"] == "manual"} == {
+            target,
+            *recovered_ids,
+        }
 
 
 async def test_python_m_bridge_api_serve_answers_and_counts_its_requests(

@@ -340,6 +340,9 @@ def test_an_attempt_line_shows_the_response_size_and_an_escaped_prefix() -> None
     }
     older = cli._attempt_line(Attempt.of(base))
     assert older.endswith("0.250s  -  -> retry at 2024-01-15T10:30:05.250Z")
+    assert "  post.created  attempt 1  failure  " in older
+    manual = cli._attempt_line(Attempt.of(base | {"trigger": "manual"}))
+    assert "  post.created  manual attempt 1  failure  " in manual
     sized = cli._attempt_line(Attempt.of(base | {"response_bytes": 12}))
     assert "  0.250s  12B  -> retry" in sized and "body" not in sized
     cut = cli._attempt_line(

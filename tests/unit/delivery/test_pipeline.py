@@ -225,6 +225,7 @@ def retry_record(
     event: Event | None = None,
     not_before: float = NOW_TS,
     webhook_created_at: str | None = None,
+    replayed: bool = False,
 ) -> bytes:
     event = event if event is not None else make_event()
     history = tuple(
@@ -239,6 +240,7 @@ def retry_record(
         enqueued_at=NOW_TS - 60,
         history=history,
         webhook_created_at=webhook_created_at,
+        replayed=replayed,
     ).to_bytes()
 
 
@@ -971,6 +973,36 @@ async def test_drain_waits_for_attempt_records_on_their_way() -> None:
     assert await asyncio.wait_for(draining, PROMPT) == 0
     assert acks.count == 1
     assert h.outputs.retries == []
+
+
+@pytest.mark.parametrize("replayed", [False, True])
+async def test_attempts_of_a_delivery_sent_again_are_recorded_manual_and_so_are_its_retries(
+    replayed: bool,
+) -> None:
+    """A retry record an operator wrote (a redelivery, a recovery, a dead letter replayed:
+    ``replayed``) makes attempts recorded ``trigger`` ``manual``, and its retry record stays
+    ``replayed``: the delivery log tells them from the event's own attempts, whose numbers
+    they repeat (a redelivery counts from 1 again). Until 2026-12-06 nothing told them apart."""
+    hook = webhook("w")
+    h = Harness([hook], ScriptedSender({"w": FAILED}))
+    raw = retry_record(hook, attempt=1, replayed=replayed)
+    await h.pipeline.handle_retry(raw, RETRY_SOURCE, Acks(), 1)
+    await h.settled()
+    ((_, record),) = h.outputs.attempts
+    assert schema_errors("attempt", record) == []
+    assert record.get("trigger") == ("manual" if replayed else None)
+    ((_, _, value),) = h.outputs.retries
+    assert parse_retry(value).replayed is replayed
+    h.sender.results.clear()
+
+    async def due_at_once(seconds: float) -> None:
+        pass
+
+    h.pipeline._sleep = due_at_once  # the retry is due in 5 s
+    await h.pipeline.handle_retry(value, dataclasses.replace(RETRY_SOURCE, offset=10), Acks(), 1)
+    await h.settled()
+    assert h.outputs.attempts[-1][1].get("trigger") == ("manual" if replayed else None)
+    assert h.outputs.attempts[-1][1]["attempt"] == 2
 
 
 # ------------------------------------------------------------------ a record read twice
