@@ -38,19 +38,28 @@ log = logging.getLogger(__name__)
 #: A record waiting for the subscription table: when it arrived, its value, where it is, and
 #: how to acknowledge it.
 _Held = tuple[float, bytes | None, SourceRef, Ack]
-#: A job by its record's place (topic, partition, offset) and its delivery id: the same key for
-#: the same record read twice.
-_JobKey = tuple[str, int, int, str]
+#: A job by its record's place (topic, partition, offset), its delivery id, its attempt number
+#: and whether an operator sent it again: the same key for the same record read twice. (The
+#: place alone can be taken again by another record: a retry tier deleted and made again, an
+#: in-memory broker restarted, while the worker runs.)
+_JobKey = tuple[str, int, int, str, int, bool]
 
 #: Jobs settled on this worker remembered by :data:`_JobKey`, newest last: a record read again
 #: after its jobs settled (its commit lost to a rebalance that gave the partition back) is
-#: acknowledged without attempting them again. About 200 bytes each.
+#: acknowledged without attempting them again. About 300 bytes each (5 MB).
 SETTLED_REMEMBERED = 16384
 
 
 def _key_of(job: Job) -> _JobKey:
     source = job.source
-    return (source.topic, source.partition, source.offset, job.delivery_id)
+    return (
+        source.topic,
+        source.partition,
+        source.offset,
+        job.delivery_id,
+        job.attempt,
+        job.replayed,
+    )
 
 
 def handover_timeout(drain_timeout: float) -> float:
@@ -337,28 +346,36 @@ class Pipeline:
 
         for job in jobs:
             key = _key_of(job)
-            if key in self._settled:
-                self._joined(job, "settled")
-                one_settled()
-                continue
-            await self._pending.acquire()
-            first = self._running.get(key)
-            if first is None:
-                self._track(self._run(job, one_settled))
-            else:
-                self._track(self._follow(job, first, one_settled))
+            if key not in self._settled:
+                # Looked up again after the wait for a slot: the slot may be the one the first
+                # read's job freed as it settled.
+                await self._pending.acquire()
+                if key not in self._settled:
+                    self._track(self._follow(job, key, one_settled))
+                    continue
+                self._pending.release()
+            self._joined(job, "settled")
+            one_settled()
 
-    async def _follow(self, job: Job, first: asyncio.Future[bool], settled: Ack) -> None:
-        """A job read again while the same one runs: settled by its outcome, or attempted
-        when it ends unsettled. Holds a pending slot, as the job would."""
-        try:
-            took = await asyncio.shield(first)
-        except BaseException:
+    async def _follow(self, job: Job, key: _JobKey, settled: Ack) -> None:
+        """Run ``job``, or, while the same one runs (a read before this one), wait for its
+        outcome: settled, it settles this one too; ended unsettled, this one is run, or
+        joins the one another read started meanwhile. Holds a pending slot, as the job
+        would, and releases it once."""
+        while (first := self._running.get(key)) is not None:
+            try:
+                took = await asyncio.shield(first)
+            except BaseException:
+                self._pending.release()
+                raise
+            if took:
+                self._pending.release()
+                self._joined(job, "running")
+                settled()
+                return
+        if key in self._settled:  # settled since this read was taken
             self._pending.release()
-            raise
-        if took:
-            self._pending.release()
-            self._joined(job, "running")
+            self._joined(job, "settled")
             settled()
             return
         await self._run(job, settled)

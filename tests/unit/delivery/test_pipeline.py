@@ -588,9 +588,10 @@ async def test_a_retry_for_a_deleted_webhook_whose_id_was_taken_again_is_dropped
     assert acks.count == 1
     assert h.sender.sent == []
     assert h.value("webhook_bridge_retries_cancelled_total") == 1
-    for marker in (again, None):
+    for offset, marker in enumerate((again, None)):
+        source = dataclasses.replace(RETRY_SOURCE, offset=offset)  # each record its place
         await h.pipeline.handle_retry(
-            retry_record(now, attempt=2, webhook_created_at=marker), RETRY_SOURCE, acks, 1
+            retry_record(now, attempt=2, webhook_created_at=marker), source, acks, 1
         )
     await h.settled()
     assert [d.webhook.url for d in h.sender.sent] == [now.url, now.url]
@@ -1092,6 +1093,90 @@ async def test_a_joined_job_is_attempted_when_the_first_ends_unsettled() -> None
     assert (first.count, again.count) == (0, 1)
     assert len(h.outputs.attempts) == 1
     assert h.value(JOINED, state="running") is None
+
+
+async def test_a_record_read_again_waiting_for_a_slot_the_first_frees_is_not_attempted() -> None:
+    """Every pending slot taken (a backlog): the record read again waits for one, and gets the
+    one its first read's job frees as it settles (until a review found it, the check for a
+    settled job was made before that wait alone, and the job was attempted again)."""
+    hook = webhook("w")
+    sender = GatedSender()
+    h = Harness([hook], sender, max_pending=1)
+    raw = retry_record(hook, attempt=2)
+    first, again = Acks(), Acks()
+    await h.pipeline.handle_retry(raw, RETRY_SOURCE, first, 1)
+    await eventually(lambda: len(sender.sent) == 1)
+    reread = asyncio.ensure_future(h.pipeline.handle_retry(raw, RETRY_SOURCE, again, 1))
+    await settle()
+    assert not reread.done()  # waiting for the slot
+    sender.gate.set()
+    await asyncio.wait_for(reread, PROMPT)
+    await h.settled()
+    assert len(sender.sent) == 1 and len(h.outputs.attempts) == 1
+    assert (first.count, again.count) == (1, 1)
+    assert h.value(JOINED, state="settled") == 1
+
+
+async def test_two_reads_joining_a_job_that_ends_unsettled_attempt_it_once() -> None:
+    """Read three times while the first read's job runs, which then ends unsettled: one of the
+    two later reads attempts the job, the other joins that attempt."""
+    hook = webhook("w")
+    sender = GatedSender()
+    h = Harness([hook], sender)
+    raw = retry_record(hook, attempt=2)
+    acks = [Acks(), Acks(), Acks()]
+    await h.pipeline.handle_retry(raw, RETRY_SOURCE, acks[0], 1)
+    await eventually(lambda: len(sender.sent) == 1)
+    (task,) = h.pipeline._tasks
+    for ack in acks[1:]:
+        await h.pipeline.handle_retry(raw, RETRY_SOURCE, ack, 1)
+    task.cancel()
+    await eventually(lambda: len(sender.sent) == 2)
+    await settle()
+    assert len(sender.sent) == 2
+    sender.gate.set()
+    await h.settled()
+    assert len(sender.sent) == 2 and len(h.outputs.attempts) == 1
+    assert [ack.count for ack in acks] == [0, 1, 1]
+    assert h.value(JOINED, state="running") == 1
+    assert h.pipeline._pending._free == 4096
+
+
+async def test_another_record_at_a_settled_records_place_is_attempted() -> None:
+    """A place (topic, partition, offset) can be taken by another record while the worker runs
+    (a retry tier made again, an in-memory broker restarted): a record of the same delivery
+    there with another attempt number, or sent again by an operator, is its own job."""
+    hook = webhook("w")
+    h = Harness([hook], ScriptedSender())
+    for raw in (
+        retry_record(hook, attempt=2),
+        retry_record(hook, attempt=1, replayed=True),
+        retry_record(hook, attempt=3),
+    ):
+        acks = Acks()
+        await h.pipeline.handle_retry(raw, RETRY_SOURCE, acks, 1)
+        await h.settled()
+        assert acks.count == 1
+    assert len(h.sender.sent) == 3
+    assert [r["attempt"] for _, r in h.outputs.attempts] == [2, 1, 3]
+    assert h.value(JOINED, state="settled") is None
+
+
+async def test_a_drain_with_a_read_joining_a_job_frees_every_slot() -> None:
+    hook = webhook("w")
+    sender = GatedSender()
+    h = Harness([hook], sender, max_pending=4)
+    raw = retry_record(hook, attempt=2)
+    first, again = Acks(), Acks()
+    await h.pipeline.handle_retry(raw, RETRY_SOURCE, first, 1)
+    await eventually(lambda: len(sender.sent) == 1)
+    await h.pipeline.handle_retry(raw, RETRY_SOURCE, again, 1)
+    assert await h.pipeline.drain(PROMPT / 100) == 2
+    # The first is handed to the retry path; the read joining it is left unacknowledged (the
+    # first read's acknowledgement is of the same offset).
+    assert (first.count, again.count) == (1, 0)
+    assert len(h.outputs.retries) == 1 and len(sender.sent) == 1
+    assert h.pipeline._pending._free == 4 and not h.pipeline._running
 
 
 async def test_an_event_read_again_joins_only_the_jobs_it_shares() -> None:
