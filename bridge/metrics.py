@@ -315,11 +315,14 @@ class Metrics:
         self.jobs_joined = Counter(
             "webhook_bridge_jobs_joined_total",
             "Jobs of a record read again (a rebalance gave its partition back before its "
-            "commit) settled by the first read's job of the same delivery rather than attempted "
-            "again, by the state that job was in: running or settled.",
+            "commit), or of a copy of a retry record (a write retried after its answer was "
+            "lost), settled by the first read's job rather than attempted again, by the state "
+            "that job was in: running or settled.",
             ["state"],
             registry=registry,
         )
+        for state in ("running", "settled"):  # exported at 0: an increase() sees the first
+            self.jobs_joined.labels(state)
         self.retries_waiting = Gauge(
             "webhook_bridge_retries_waiting",
             "Retry records read from a retry tier and held by this worker until they fall due "

@@ -85,6 +85,10 @@ class Job:
     #: retry record's ``replayed``), and its retries: its attempts are recorded ``trigger``
     #: ``manual``.
     replayed: bool = False
+    #: When its retry record was written (``PendingRetry.enqueued_at``), ``None`` for a job made
+    #: from an event: the copies of one retry record (a write retried after its answer was
+    #: lost lands twice) are the same job (see :meth:`bridge.delivery.pipeline.Pipeline._start`).
+    enqueued_at: float | None = None
 
     @property
     def event(self) -> Event:

@@ -38,11 +38,13 @@ log = logging.getLogger(__name__)
 #: A record waiting for the subscription table: when it arrived, its value, where it is, and
 #: how to acknowledge it.
 _Held = tuple[float, bytes | None, SourceRef, Ack]
-#: A job by its record's place (topic, partition, offset), its delivery id, its attempt number
-#: and whether an operator sent it again: the same key for the same record read twice. (The
-#: place alone can be taken again by another record: a retry tier deleted and made again, an
-#: in-memory broker restarted, while the worker runs.)
-_JobKey = tuple[str, int, int, str, int, bool]
+#: A job by its record: its topic and partition, its offset (an event's) or when it was written
+#: (a retry record's: its copies, written twice by a write retried after its answer was lost,
+#: are one record), its delivery id, its attempt number and whether an operator sent it
+#: again: the same key for the same record read twice. (A place alone can be taken again by
+#: another record: a retry tier deleted and made again, an in-memory broker restarted, while
+#: the worker runs.)
+_JobKey = tuple[str, int, int | None, float | None, str, int, bool]
 
 #: Jobs settled on this worker remembered by :data:`_JobKey`, newest last: a record read again
 #: after its jobs settled (its commit lost to a rebalance that gave the partition back) is
@@ -52,10 +54,12 @@ SETTLED_REMEMBERED = 16384
 
 def _key_of(job: Job) -> _JobKey:
     source = job.source
+    written = job.enqueued_at
     return (
         source.topic,
         source.partition,
-        source.offset,
+        source.offset if written is None else None,
+        written,
         job.delivery_id,
         job.attempt,
         job.replayed,
@@ -313,7 +317,15 @@ class Pipeline:
             return
         try:
             encoded = EncodedEvent.of(pending.event)
-            job = Job(encoded, webhook, pending.attempt, source, pending.history, pending.replayed)
+            job = Job(
+                encoded,
+                webhook,
+                pending.attempt,
+                source,
+                pending.history,
+                pending.replayed,
+                pending.enqueued_at,
+            )
         except Exception as exc:
             await self._settle_unmatched(source, *internal_error(exc, "reading a retry"), raw, ack)
             return
@@ -325,7 +337,9 @@ class Pipeline:
 
         A record can reach the pipeline twice: a rebalance that takes its partition and gives
         it back reads it again from the committed offset, while its first read's jobs are
-        still running here, or after they settled and before their commit. Attempted again,
+        still running here, or after they settled and before their commit; and a retry record
+        can be in its tier twice, written again by a write retried after its answer was lost
+        (no idempotent producer), the copy due at the same moment. Attempted again,
         each job made a second request in the same millisecond as the first (a retry
         record's, due already) and settled twice: two attempt records, and two records of
         its next retry, each attempted and each scheduling the next (until 2026-12-06). A

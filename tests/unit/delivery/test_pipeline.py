@@ -226,6 +226,7 @@ def retry_record(
     not_before: float = NOW_TS,
     webhook_created_at: str | None = None,
     replayed: bool = False,
+    enqueued_at: float = NOW_TS - 60,
 ) -> bytes:
     event = event if event is not None else make_event()
     history = tuple(
@@ -237,7 +238,7 @@ def retry_record(
         event=event,
         attempt=attempt,
         not_before=not_before,
-        enqueued_at=NOW_TS - 60,
+        enqueued_at=enqueued_at,
         history=history,
         webhook_created_at=webhook_created_at,
         replayed=replayed,
@@ -589,10 +590,9 @@ async def test_a_retry_for_a_deleted_webhook_whose_id_was_taken_again_is_dropped
     assert h.sender.sent == []
     assert h.value("webhook_bridge_retries_cancelled_total") == 1
     for offset, marker in enumerate((again, None)):
-        source = dataclasses.replace(RETRY_SOURCE, offset=offset)  # each record its place
-        await h.pipeline.handle_retry(
-            retry_record(now, attempt=2, webhook_created_at=marker), source, acks, 1
-        )
+        source = dataclasses.replace(RETRY_SOURCE, offset=offset)  # each record its own
+        raw = retry_record(now, attempt=2, webhook_created_at=marker, enqueued_at=NOW_TS - offset)
+        await h.pipeline.handle_retry(raw, source, acks, 1)
     await h.settled()
     assert [d.webhook.url for d in h.sender.sent] == [now.url, now.url]
     assert h.outputs.dead_letters == []
@@ -1054,6 +1054,36 @@ async def test_a_retry_record_read_again_while_its_job_runs_makes_no_second_requ
     assert h.value(JOINED, state="running") == 1
 
 
+@pytest.mark.parametrize("settled_first", [False, True], ids=["running", "settled"])
+async def test_a_copy_of_a_retry_record_makes_no_second_request(settled_first: bool) -> None:
+    """A write retried after its answer was lost can put a retry record in its tier twice (no
+    idempotent producer): the copy, at the next offset, is due at the same moment and joins
+    the first (until 2026-12-06 both were attempted in one millisecond, and each scheduled
+    the next retry: the chain doubled). Another record of the same delivery and attempt
+    written at another time (a deferral, an operator's) is attempted."""
+    hook = webhook("w")
+    sender = GatedSender(FAILED)
+    h = Harness([hook], sender)
+    raw = retry_record(hook, attempt=2)
+    acks = [Acks(), Acks(), Acks()]
+    await h.pipeline.handle_retry(raw, RETRY_SOURCE, acks[0], 1)
+    await eventually(lambda: len(sender.sent) == 1)
+    if settled_first:
+        sender.gate.set()
+        await h.settled()
+    copy = dataclasses.replace(RETRY_SOURCE, offset=RETRY_SOURCE.offset + 1)
+    await h.pipeline.handle_retry(raw, copy, acks[1], 1)
+    later = dataclasses.replace(RETRY_SOURCE, offset=RETRY_SOURCE.offset + 2)
+    other = retry_record(hook, attempt=2, enqueued_at=NOW_TS - 30)
+    await h.pipeline.handle_retry(other, later, acks[2], 1)
+    sender.gate.set()
+    await h.settled()
+    assert len(sender.sent) == 2
+    assert [ack.count for ack in acks] == [1, 1, 1]
+    assert len(h.outputs.attempts) == 2 and len(h.outputs.retries) == 2
+    assert h.value(JOINED, state="settled" if settled_first else "running") == 1
+
+
 async def test_a_record_read_again_after_its_jobs_settled_is_acknowledged_at_once() -> None:
     """Read again after its jobs settled here (their commit lost to the rebalance): nothing is
     attempted again, for an event's every webhook and for a retry."""
@@ -1205,12 +1235,17 @@ async def test_settled_jobs_remembered_are_bounded(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(pipeline_module, "SETTLED_REMEMBERED", 3)
     hook = webhook("w")
     h = Harness([hook], ScriptedSender())
-    raw = retry_record(hook, attempt=2)
-    sources = [dataclasses.replace(RETRY_SOURCE, offset=n) for n in range(5)]
-    for source in sources:
+    records = [
+        (
+            retry_record(hook, attempt=2, enqueued_at=NOW_TS - n),
+            dataclasses.replace(RETRY_SOURCE, offset=n),
+        )
+        for n in range(5)
+    ]
+    for raw, source in records:
         await h.pipeline.handle_retry(raw, source, Acks(), 1)
     await h.settled()
-    for source in sources:  # the oldest two forgotten: attempted again
+    for raw, source in records:  # the oldest two forgotten: attempted again
         await h.pipeline.handle_retry(raw, source, Acks(), 1)
     await h.settled()
     assert len(h.sender.sent) == 7
