@@ -315,8 +315,9 @@ class Metrics:
         self.jobs_joined = Counter(
             "webhook_bridge_jobs_joined_total",
             "Jobs of a record read again (a rebalance gave its partition back before its "
-            "commit), or of a copy of a retry record (a write retried after its answer was "
-            "lost), settled by the first read's job rather than attempted again, by the state "
+            "commit), or of a copy of a record (an event or a retry record a write retried "
+            "after its answer was lost wrote twice), settled by the first read's job rather "
+            "than attempted again, by the state "
             "that job was in: running or settled.",
             ["state"],
             registry=registry,

@@ -38,13 +38,14 @@ log = logging.getLogger(__name__)
 #: A record waiting for the subscription table: when it arrived, its value, where it is, and
 #: how to acknowledge it.
 _Held = tuple[float, bytes | None, SourceRef, Ack]
-#: A job by its record: its topic and partition, its offset (an event's) or when it was written
-#: (a retry record's: its copies, written twice by a write retried after its answer was lost,
-#: are one record), its delivery id, its attempt number and whether an operator sent it
-#: again: the same key for the same record read twice. (A place alone can be taken again by
-#: another record: a retry tier deleted and made again, an in-memory broker restarted, while
-#: the worker runs.)
-_JobKey = tuple[str, int, int | None, float | None, str, int, bool]
+#: A job by what it attempts: its record's topic and partition, when a retry record was
+#: written (``None`` for an event), its delivery id (of the event's id and the webhook's), its
+#: attempt number and whether an operator sent it again. The same for a record read twice, and
+#: for the copies of one record a write retried after its answer was lost wrote (no idempotent
+#: producer: the platform's events and the bridge's retry records alike), which are not at
+#: the same offset; a record's place alone can be taken by another record (a retry tier
+#: deleted and made again, an in-memory broker restarted, while the worker runs).
+_JobKey = tuple[str, int, float | None, str, int, bool]
 
 #: Jobs settled on this worker remembered by :data:`_JobKey`, newest last: a record read again
 #: after its jobs settled (its commit lost to a rebalance that gave the partition back) is
@@ -54,12 +55,10 @@ SETTLED_REMEMBERED = 16384
 
 def _key_of(job: Job) -> _JobKey:
     source = job.source
-    written = job.enqueued_at
     return (
         source.topic,
         source.partition,
-        source.offset if written is None else None,
-        written,
+        job.enqueued_at,
         job.delivery_id,
         job.attempt,
         job.replayed,
@@ -337,15 +336,19 @@ class Pipeline:
 
         A record can reach the pipeline twice: a rebalance that takes its partition and gives
         it back reads it again from the committed offset, while its first read's jobs are
-        still running here, or after they settled and before their commit; and a retry record
-        can be in its tier twice, written again by a write retried after its answer was lost
-        (no idempotent producer), the copy due at the same moment. Attempted again,
+        still running here, or after they settled and before their commit; and a record can
+        be in its topic twice, written again by a write retried after its answer was lost (no
+        idempotent producer), a retry record's copy due at the same moment. Attempted again,
         each job made a second request in the same millisecond as the first (a retry
         record's, due already) and settled twice: two attempt records, and two records of
         its next retry, each attempted and each scheduling the next (until 2026-12-06). A
         job of the same record and delivery already settled here is now settled at once; one
         still running is joined: its outcome settles both, and only if it ends unsettled is
-        the later job attempted. Counted in ``webhook_bridge_jobs_joined_total``.
+        the later job attempted. Counted in ``webhook_bridge_jobs_joined_total``. A copy of
+        an event (its id again) is joined likewise: its deliveries are the first's, by id,
+        which receivers deduplicate. Best effort, on this worker: a record read again by
+        another worker, or after :data:`SETTLED_REMEMBERED` later jobs settled here, is
+        attempted again (at least once).
         """
         if not jobs:
             ack()
