@@ -406,8 +406,9 @@ class Pipeline:
                 "webhook_id": job.webhook.id,
                 "attempt": job.attempt,
                 "topic": job.source.topic,
+                "partition": job.source.partition,
                 "offset": job.source.offset,
-                "state": state,
+                "detail": f"the first read's job was {state}",
             },
         )
 
