@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -113,11 +113,13 @@ class Pipeline:
         #: Records waiting for the subscription table, oldest first, and the task releasing them.
         self._held: deque[_Held] = deque()
         self._releaser: asyncio.Task[None] | None = None
-        #: Jobs started and not yet settled, by key: each one's outcome (True once settled,
-        #: False if it ended unsettled). See :meth:`_start`.
-        self._running: dict[_JobKey, asyncio.Future[bool]] = {}
-        #: Keys of jobs settled here, oldest first, at most :data:`SETTLED_REMEMBERED`.
-        self._settled: OrderedDict[_JobKey, None] = OrderedDict()
+        #: Jobs started and not yet ended, by key (see :meth:`_start`): the future of each
+        #: one's outcome (True: settled, False: ended unsettled), made when a later read of it
+        #: first waits for it (``None`` till then: nearly always).
+        self._running: dict[_JobKey, asyncio.Future[bool] | None] = {}
+        #: Keys of jobs settled here, at most :data:`SETTLED_REMEMBERED`, and their order.
+        self._settled: set[_JobKey] = set()
+        self._settled_order: deque[_JobKey] = deque()
 
     @property
     def in_flight(self) -> int:
@@ -368,7 +370,11 @@ class Pipeline:
                 # read's job freed as it settled.
                 await self._pending.acquire()
                 if key not in self._settled:
-                    self._track(self._follow(job, key, one_settled))
+                    if key in self._running:
+                        self._track(self._follow(job, key, one_settled))
+                    else:
+                        self._running[key] = None
+                        self._track(self._run(job, key, one_settled))
                     continue
                 self._pending.release()
             self._joined(job, "settled")
@@ -379,7 +385,10 @@ class Pipeline:
         outcome: settled, it settles this one too; ended unsettled, this one is run, or
         joins the one another read started meanwhile. Holds a pending slot, as the job
         would, and releases it once."""
-        while (first := self._running.get(key)) is not None:
+        while key in self._running:
+            first = self._running[key]
+            if first is None:
+                first = self._running[key] = asyncio.get_running_loop().create_future()
             try:
                 took = await asyncio.shield(first)
             except BaseException:
@@ -395,7 +404,8 @@ class Pipeline:
             self._joined(job, "settled")
             settled()
             return
-        await self._run(job, settled)
+        self._running[key] = None
+        await self._run(job, key, settled)
 
     def _joined(self, job: Job, state: str) -> None:
         self._metrics.jobs_joined.labels(state).inc()
@@ -412,24 +422,16 @@ class Pipeline:
             },
         )
 
-    def _running_job(self, job: Job) -> Callable[[bool], None]:
-        """Note ``job`` as running; the returned function, called once, notes how it ended."""
-        key = _key_of(job)
-        outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._running[key] = outcome
-
-        def ended(settled: bool) -> None:
-            if self._running.get(key) is outcome:
-                del self._running[key]
-            if settled:
-                self._settled[key] = None
-                self._settled.move_to_end(key)
-                if len(self._settled) > SETTLED_REMEMBERED:
-                    self._settled.popitem(last=False)
-            if not outcome.done():
-                outcome.set_result(settled)
-
-        return ended
+    def _ended(self, key: _JobKey, settled: bool) -> None:
+        """The running job of ``key`` (one at most) ended, settled or not."""
+        outcome = self._running.pop(key, None)
+        if settled and key not in self._settled:
+            self._settled.add(key)
+            self._settled_order.append(key)
+            if len(self._settled_order) > SETTLED_REMEMBERED:
+                self._settled.discard(self._settled_order.popleft())
+        if outcome is not None and not outcome.done():
+            outcome.set_result(settled)
 
     def _track(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``work`` as a task counted in ``in_flight`` until it ends."""
@@ -438,27 +440,26 @@ class Pipeline:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _run(self, job: Job, settled: Ack) -> None:
+    async def _run(self, job: Job, key: _JobKey, settled: Ack) -> None:
         """One job; its pending slot is released exactly once, however it ends. A job that
         crashes (a bug) or whose attempt record cannot be written is dead-lettered
         (``internal_error``) and so settled; only if that dead letter cannot be written either,
         or the job is cancelled outside a drain, does its record stay unacknowledged, to be
         processed again after a restart."""
         released = False
-        ended = self._running_job(job)
 
         def done() -> None:
             nonlocal released
             released = True
             self._pending.release()
-            ended(True)
+            self._ended(key, True)
             settled()
 
         def release() -> None:
             nonlocal released
             released = True
             self._pending.release()
-            ended(False)
+            self._ended(key, False)
 
         def written_ended(written: asyncio.Future[Any]) -> None:
             self._written.discard(written)
