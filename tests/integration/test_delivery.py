@@ -226,3 +226,60 @@ async def test_the_httpx_reference_sender_delivers_the_same(
         'webhook_bridge_dead_letters_total{reason="attempts_exhausted"}', lambda v: v == 1
     )
     assert receiver.at("/elsewhere") == []
+
+
+async def test_a_record_written_twice_is_delivered_once(
+    settings: Settings, receiver: Receiver, in_process_workers
+) -> None:
+    """A write retried after its answer was lost writes its record twice (no idempotent
+    producer): an event copy, and a copy of one of the bridge's retry records, each at its
+    own offset. On the worker that reads them, each copy joins the first read's job, running
+    or settled, rather than making the same request again (until 2026-12-06 the retry's copy
+    was attempted in the same millisecond, and each copy scheduled its own next retry)."""
+    import asyncio
+
+    from tests.support.records import RawWriter
+    from tests.support.waiting import poll
+
+    async with WebhookStore(settings) as store:
+        await create(store, receiver, "held", events=["post.created"], site_id="s1", user_id="u1")
+        await create(store, receiver, "flaky", events=["post.created"], site_id="s1", user_id="u1")
+    worker = in_process_workers(settings)
+    await worker.wait_ready()
+    event = build_event("post.created", {"id": "p", "title": "t"}, site_id="s1", user_id="u1")
+    receiver.holds["/wh/held"] = hold = asyncio.Event()
+    receiver.fail_first[delivery_id(event.id, "flaky")] = 1
+    await publish_events(settings, [event])
+    await receiver.wait_for(lambda _: receiver.at("/wh/held") and receiver.at("/wh/flaky"))
+    await publish_events(settings, [event])  # the copy: "held" still running
+
+    retry_tier = settings.retry_topics[0]
+    records = await poll(
+        lambda: read_topic(settings, retry_tier),
+        until=lambda records: len(records) == 1,
+        timeout=30,
+        interval=0.1,
+    )
+    (key, value), *_ = records
+    writer = await RawWriter(settings.kafka_bootstrap_servers).start()
+    try:
+        await writer.write(retry_tier, value, key=key)
+    finally:
+        await writer.stop()
+
+    def joined(values: dict[str, float]) -> float:
+        name = "webhook_bridge_jobs_joined_total"
+        return sum(values.get(f'{name}{{state="{s}"}}', 0.0) for s in ("running", "settled"))
+
+    # The event copy's two jobs joined ("held" still running), then the hold is let go.
+    values = await poll(worker.metrics, until=lambda v: joined(v) >= 2, timeout=30, interval=0.1)
+    assert joined(values) >= 2, values
+    assert len(receiver.at("/wh/held")) == 1
+    hold.set()
+    values = await poll(worker.metrics, until=lambda v: joined(v) >= 3, timeout=30, interval=0.1)
+    await worker.wait_metric("webhook_bridge_in_flight_requests", lambda v: v == 0)
+    assert joined(values) == 3, values
+    assert [r.status for r in receiver.at("/wh/held")] == [200]
+    assert [r.status for r in receiver.at("/wh/flaky")] == [500, 200]
+    assert all(receiver.verified(r) for r in receiver.received)
+    assert len(await read_topic(settings, retry_tier)) == 2  # the record and its copy, no more
