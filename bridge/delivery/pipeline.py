@@ -39,13 +39,28 @@ log = logging.getLogger(__name__)
 #: how to acknowledge it.
 _Held = tuple[float, bytes | None, SourceRef, Ack]
 #: A job by what it attempts: its record's topic and partition, when a retry record was
-#: written (``None`` for an event), its delivery id (of the event's id and the webhook's), its
-#: attempt number and whether an operator sent it again. The same for a record read twice, and
-#: for the copies of one record a write retried after its answer was lost wrote (no idempotent
-#: producer: the platform's events and the bridge's retry records alike), which are not at
-#: the same offset; a record's place alone can be taken by another record (a retry tier
-#: deleted and made again, an in-memory broker restarted, while the worker runs).
-_JobKey = tuple[str, int, float | None, str, int, bool]
+#: written (``None`` for an event), its delivery id (of the event's id and the webhook's), the
+#: ``created_at`` of its webhook (an id can be used again after a delete: the new webhook's job
+#: is not the deleted one's), its attempt number and whether an operator sent it again. The
+#: same for a record read twice, and for the copies of one record a write retried after its
+#: answer was lost wrote (no idempotent producer: the platform's events and the bridge's retry
+#: records alike), which are not at the same offset; a record's place alone can be taken by
+#: another record (a retry tier deleted and made again, an in-memory broker restarted, while
+#: the worker runs).
+_JobKey = tuple[str, int, float | None, str, str | None, int, bool]
+
+
+class _Running:
+    """A job started and not yet ended: whether its task has begun, and the future of its
+    outcome (True: settled, False: ended unsettled), made when a later read of the job first
+    waits for it (nearly never)."""
+
+    __slots__ = ("started", "outcome")
+
+    def __init__(self) -> None:
+        self.started = False
+        self.outcome: asyncio.Future[bool] | None = None
+
 
 #: Jobs settled on this worker remembered by :data:`_JobKey`, newest last: a record read again
 #: after its jobs settled (its commit lost to a rebalance that gave the partition back) is
@@ -60,6 +75,7 @@ def _key_of(job: Job) -> _JobKey:
         source.partition,
         job.enqueued_at,
         job.delivery_id,
+        job.webhook.created_at,
         job.attempt,
         job.replayed,
     )
@@ -113,10 +129,13 @@ class Pipeline:
         #: Records waiting for the subscription table, oldest first, and the task releasing them.
         self._held: deque[_Held] = deque()
         self._releaser: asyncio.Task[None] | None = None
-        #: Jobs started and not yet ended, by key (see :meth:`_start`): the future of each
-        #: one's outcome (True: settled, False: ended unsettled), made when a later read of it
-        #: first waits for it (``None`` till then: nearly always).
-        self._running: dict[_JobKey, asyncio.Future[bool] | None] = {}
+        #: Jobs started and not yet ended, by key (see :meth:`_start`).
+        self._running: dict[_JobKey, _Running] = {}
+        #: Tasks of later reads waiting for a running job's outcome: a drain lets them wait
+        #: (they hold no request; the job they wait for settles or is handed over).
+        self._joining: set[asyncio.Task[None]] = set()
+        #: Set once a drain ends the jobs left (no job is started after).
+        self._ending = False
         #: Keys of jobs settled here, at most :data:`SETTLED_REMEMBERED`, and their order.
         self._settled: set[_JobKey] = set()
         self._settled_order: deque[_JobKey] = deque()
@@ -371,10 +390,12 @@ class Pipeline:
                 await self._pending.acquire()
                 if key not in self._settled:
                     if key in self._running:
-                        self._track(self._follow(job, key, one_settled))
+                        follower = self._track(self._follow(job, key, one_settled))
+                        self._joining.add(follower)
+                        follower.add_done_callback(self._joining.discard)
                     else:
-                        self._running[key] = None
-                        self._track(self._run(job, key, one_settled))
+                        entry = self._running[key] = _Running()
+                        self._track(self._run(job, key, entry, one_settled))
                     continue
                 self._pending.release()
             self._joined(job, "settled")
@@ -385,12 +406,12 @@ class Pipeline:
         outcome: settled, it settles this one too; ended unsettled, this one is run, or
         joins the one another read started meanwhile. Holds a pending slot, as the job
         would, and releases it once."""
-        while key in self._running:
-            first = self._running[key]
-            if first is None:
-                first = self._running[key] = asyncio.get_running_loop().create_future()
+        while (first := self._running.get(key)) is not None:
+            outcome = first.outcome
+            if outcome is None:
+                outcome = first.outcome = asyncio.get_running_loop().create_future()
             try:
-                took = await asyncio.shield(first)
+                took = await asyncio.shield(outcome)
             except BaseException:
                 self._pending.release()
                 raise
@@ -399,13 +420,20 @@ class Pipeline:
                 self._joined(job, "running")
                 settled()
                 return
+            if self._ending:
+                # Ended unsettled by the drain: left unacknowledged, as the job's own read.
+                self._pending.release()
+                return
         if key in self._settled:  # settled since this read was taken
             self._pending.release()
             self._joined(job, "settled")
             settled()
             return
-        self._running[key] = None
-        await self._run(job, key, settled)
+        task = asyncio.current_task()
+        if task is not None:
+            self._joining.discard(task)  # a job from now on, which a drain may hand over
+        entry = self._running[key] = _Running()
+        await self._run(job, key, entry, settled)
 
     def _joined(self, job: Job, state: str) -> None:
         self._metrics.jobs_joined.labels(state).inc()
@@ -424,7 +452,8 @@ class Pipeline:
 
     def _ended(self, key: _JobKey, settled: bool) -> None:
         """The running job of ``key`` (one at most) ended, settled or not."""
-        outcome = self._running.pop(key, None)
+        entry = self._running.pop(key, None)
+        outcome = None if entry is None else entry.outcome
         if settled and key not in self._settled:
             self._settled.add(key)
             self._settled_order.append(key)
@@ -440,12 +469,13 @@ class Pipeline:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _run(self, job: Job, key: _JobKey, settled: Ack) -> None:
+    async def _run(self, job: Job, key: _JobKey, entry: _Running, settled: Ack) -> None:
         """One job; its pending slot is released exactly once, however it ends. A job that
         crashes (a bug) or whose attempt record cannot be written is dead-lettered
         (``internal_error``) and so settled; only if that dead letter cannot be written either,
         or the job is cancelled outside a drain, does its record stay unacknowledged, to be
         processed again after a restart."""
+        entry.started = True
         released = False
 
         def done() -> None:
@@ -467,11 +497,16 @@ class Pipeline:
                 release()
                 self._log_unsettled(job, None)
             elif (exc := written.exception()) is not None:
-                self._track(
+                giving_up = self._track(
                     self._give_up(
                         job, exc, "writing its attempt record", done, release, delivered=True
                     )
                 )
+                # Recording the job's outcome (a dead letter): a drain lets it finish, as it
+                # lets a job being recorded (cancelled before it began, it settled nothing).
+                settling = self._deliverer.settling
+                settling.add(giving_up)
+                giving_up.add_done_callback(settling.discard)
             else:
                 done()
 
@@ -560,12 +595,23 @@ class Pipeline:
         unfinished = {task for task in self._tasks if not task.done()}
         # A job whose outcome is being recorded is let finish: interrupted, a delivered job
         # was handed to the retry path (delivered again by the next worker) and a failed one
-        # recorded twice, as failed and as interrupted (until 2026-12-06).
-        handed = unfinished - self._deliverer.settling
+        # recorded twice, as failed and as interrupted (until 2026-12-06). So is a later read
+        # waiting for a job's outcome: it holds no request, and the job settles or is handed
+        # over (cancelled, it left its record unacknowledged: read and sent again).
+        handed = unfinished - self._deliverer.settling - self._joining
+        unstarted = [(key, e) for key, e in self._running.items() if not e.started]
+        self._ending = True
         if handed:
             self._deliverer.draining = True
             for task in handed:
                 task.cancel()
+            await asyncio.wait(handed, timeout=handover_timeout(timeout))
+        # A job whose task was cancelled before it began (here, every one not begun) never ran:
+        # it ended unsettled, and its slot is free (else a later read would wait for it).
+        for key, entry in unstarted:
+            if self._running.get(key) is entry and not entry.started:
+                self._pending.release()
+                self._ended(key, False)
         # Jobs that ended meanwhile may have left writes not waited for above.
         rest = {*unfinished, *self._written}
         if rest:

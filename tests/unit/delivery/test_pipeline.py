@@ -1201,12 +1201,50 @@ async def test_a_drain_with_a_read_joining_a_job_frees_every_slot() -> None:
     await h.pipeline.handle_retry(raw, RETRY_SOURCE, first, 1)
     await eventually(lambda: len(sender.sent) == 1)
     await h.pipeline.handle_retry(raw, RETRY_SOURCE, again, 1)
-    assert await h.pipeline.drain(PROMPT / 100) == 2
-    # The first is handed to the retry path; the read joining it is left unacknowledged (the
-    # first read's acknowledgement is of the same offset).
-    assert (first.count, again.count) == (1, 0)
+    assert await h.pipeline.drain(PROMPT / 100) == 1
+    # The first is handed to the retry path, and the read joining it, not cancelled (it holds
+    # no request), is settled with it: acknowledged (until a review found it, it was cancelled
+    # and counted as handed over, its record left to be sent again).
+    assert (first.count, again.count) == (1, 1)
     assert len(h.outputs.retries) == 1 and len(sender.sent) == 1
     assert h.pipeline._pending._free == 4 and not h.pipeline._running
+
+
+async def test_a_drain_ends_a_job_cancelled_before_it_began_and_the_read_waiting_for_it() -> None:
+    """A job's task cancelled before its first step never runs its own ending: the drain ends
+    it unsettled, frees its slot, and the read waiting for it stops waiting (its record left
+    unacknowledged, as the job's)."""
+    hook = webhook("w")
+    h = Harness([hook], ScriptedSender(), max_pending=8)
+    raw = retry_record(hook, attempt=2)
+    first, again = Acks(), Acks()
+    await h.pipeline.handle_retry(raw, RETRY_SOURCE, first, 1)
+    (task,) = h.pipeline._tasks
+    task.cancel()  # before it ran a step
+    await h.pipeline.handle_retry(raw, RETRY_SOURCE, again, 1)
+    await asyncio.wait_for(h.pipeline.drain(PROMPT / 100), PROMPT)
+    assert h.pipeline.in_flight == 0 and not h.pipeline._running
+    assert h.pipeline._pending._free == 8
+    assert (first.count, again.count) == (0, 0) and h.sender.sent == []
+
+
+async def test_a_copy_for_a_webhook_made_again_under_a_deleted_ones_id_is_sent() -> None:
+    """The job of a webhook made again under a deleted one's id is not the deleted one's,
+    though its delivery id is the same: an event sent to the first (a test event repeated
+    with its Idempotency-Key) goes to the second too."""
+    first, again = "2026-01-15T09:00:00.000Z", "2026-01-15T09:30:00.000Z"
+    h = Harness([created(webhook("w"), first)], ScriptedSender())
+    event = make_event().to_bytes()
+    await h.pipeline.handle_event(event, SOURCE, Acks())
+    await h.settled()
+    h.index.put(dataclasses.replace(created(webhook("w"), again), url="https://new.example/w"))
+    await h.pipeline.handle_event(event, dataclasses.replace(SOURCE, offset=42), Acks())
+    await h.settled()
+    assert [d.webhook.url for d in h.sender.sent] == [
+        "https://hooks.example/w",
+        "https://new.example/w",
+    ]
+    assert h.value(JOINED, state="settled") == 0
 
 
 async def test_an_event_read_again_joins_only_the_jobs_it_shares() -> None:
