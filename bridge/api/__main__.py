@@ -22,7 +22,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from bridge.api.app import ApiConfig, create_app
-from bridge.api.auth import SCOPES, TokenSet, hash_token, new_token
+from bridge.api.auth import SCOPES, TokenSet, new_token, token_entry
 from bridge.api.control import ControlService
 from bridge.api.kafka_sources import (
     KafkaActivitySource,
@@ -53,11 +53,17 @@ def _token(args: argparse.Namespace) -> int:
         print(f"--scopes: a comma-separated list of {', '.join(SCOPES)}", file=sys.stderr)
         return 2
     token = new_token()
-    entry: dict[str, object] = {"name": args.name, "sha256": hash_token(token), "scopes": scopes}
-    if args.site_id:
-        entry["site_id"] = args.site_id
-    if args.user_id:
-        entry["user_id"] = args.user_id
+    try:
+        entry = token_entry(
+            token,
+            name=args.name,
+            scopes=scopes,
+            site_id=args.site_id or None,
+            user_id=args.user_id or None,
+        )
+    except BridgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"token: {token}", file=sys.stderr)
     print("  (shown once; the token file keeps only its sha256)", file=sys.stderr)
     print(json.dumps(entry))

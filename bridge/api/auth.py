@@ -28,9 +28,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +46,8 @@ __all__ = [
     "REALM",
     "hash_token",
     "new_token",
+    "token_entry",
+    "add_token",
     "ApiToken",
     "Principal",
     "TokenSet",
@@ -72,6 +75,65 @@ def hash_token(token: str) -> str:
 def new_token() -> str:
     """A new token: ``wbt_`` and 32 random bytes, URL-safe base64."""
     return "wbt_" + secrets.token_urlsafe(32)
+
+
+def token_entry(
+    token: str,
+    *,
+    name: str,
+    scopes: list[str],
+    site_id: str | None = None,
+    user_id: str | None = None,
+) -> dict[str, Any]:
+    """The token file's entry of ``token`` (its SHA-256, never the token); ``ConfigError`` for
+    an entry the file would refuse."""
+    entry: dict[str, Any] = {"name": name, "sha256": hash_token(token), "scopes": scopes}
+    if site_id is not None:
+        entry["site_id"] = site_id
+    if user_id is not None:
+        entry["user_id"] = user_id
+    _token(entry, "the new token")
+    return entry
+
+
+def add_token(path: str | Path, entry: dict[str, Any]) -> None:
+    """Add ``entry`` to the JSON token file at ``path`` (made, readable by its owner alone,
+    when there is none), replacing the file in one step. ``ConfigError`` for a name the file
+    has already, or a file that is not a valid JSON token file (a YAML one is edited by hand:
+    comments and layout would be lost). Workers read the file at their start."""
+    target = Path(path)
+    data: dict[str, Any] = {"tokens": []}
+    mode = 0o600
+    if target.exists():
+        try:
+            text = target.read_text(encoding="utf-8")
+            mode = target.stat().st_mode & 0o777
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"API tokens: cannot read {path}: {exc}") from None
+        if text.strip():
+            if not text.lstrip().startswith("{"):
+                raise ConfigError(
+                    f"{path} is not a JSON token file: add the entry of "
+                    "`python -m bridge.api token` to a YAML one by hand"
+                )
+            data = _parse(text)
+            TokenSet.from_mapping(data, source=str(path))  # the file as it is must be valid
+    if any(existing.get("name") == entry["name"] for existing in data["tokens"]):
+        raise ConfigError(f"{path} has a token named {entry['name']!r} already")
+    data["tokens"].append(entry)
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temporary, "x", encoding="utf-8", opener=_opener(mode)) as out:
+            out.write(json.dumps(data, indent=2) + "\n")
+        temporary.replace(target)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise ConfigError(f"API tokens: cannot write {path}: {exc}") from None
+
+
+def _opener(mode: int) -> Callable[[str, int], int]:
+    """An ``open`` opener making the file with ``mode`` (the umask may only narrow it)."""
+    return lambda file, flags: os.open(file, flags, mode)
 
 
 @dataclass(frozen=True, slots=True)

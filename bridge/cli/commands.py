@@ -84,6 +84,7 @@ COMMAND_SECTIONS: dict[str, tuple[Section, ...]] = {
     "publish": (*_MANAGEMENT, Section.EVENTS),
     "dlq list": (*_MANAGEMENT, Section.DEAD_LETTERS),
     "dlq replay": (*_WEBHOOKS, Section.DEAD_LETTERS),
+    "tokens add": (),
     "receive": (),
 }
 
@@ -352,6 +353,19 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--until", help="ISO-8601 time or a duration ago")
         _settings_flags(sub, f"dlq {action}")
         sub.set_defaults(handler=_dlq_list if action == "list" else _dlq_replay)
+
+    tokens = commands.add_parser("tokens", help="API tokens: add one to a token file")
+    token_commands = tokens.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
+    add = token_commands.add_parser(
+        "add", help="make a token and add its hash to a JSON token file; prints the token once"
+    )
+    add.add_argument("--file", required=True, help="the token file (made when missing)")
+    add.add_argument("--name", required=True, help="shown in logs and errors, never the token")
+    add.add_argument("--scopes", default="read,write", help="read, write or read,write")
+    add.add_argument("--site-id", help="restrict the token to this site's webhooks")
+    add.add_argument("--user-id", help="restrict the token to this account's webhooks")
+    _settings_flags(add, "tokens add")
+    add.set_defaults(handler=_tokens_add)
 
     receive = commands.add_parser("receive", help="a receiver that verifies and prints deliveries")
     receive.add_argument("--port", type=int, required=True)
@@ -1185,6 +1199,28 @@ def _dlq_replay(args: argparse.Namespace) -> int:
         f"{len(report.replayed)} replayed, {report.skipped} skipped (an invalid event, a "
         "webhook gone or replaced, or a delivery's further letter)"
     )
+    return 0
+
+
+def _tokens_add(args: argparse.Namespace) -> int:
+    """The token alone on stdout (``TOKEN=$(webhook-bridge tokens add ...)``), once: the file
+    keeps its SHA-256 only."""
+    from bridge.api.auth import add_token, new_token, token_entry
+
+    token = new_token()
+    entry = token_entry(
+        token,
+        name=args.name,
+        scopes=[s for s in args.scopes.split(",") if s],
+        site_id=args.site_id or None,
+        user_id=args.user_id or None,
+    )
+    add_token(args.file, entry)
+    print(
+        f"added token {args.name!r} to {args.file} (shown once; workers read the file at start)",
+        file=sys.stderr,
+    )
+    print(token)
     return 0
 
 

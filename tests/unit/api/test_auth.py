@@ -238,3 +238,71 @@ def test_any_configured_random_token_authenticates_as_itself(raw: bytes) -> None
     )
     assert tokens.authenticate(f"Bearer {token}").name == "generated"
     assert tokens.authenticate(f"Bearer  {token} ").name == "generated"
+
+
+# ------------------------------------------------------------------ webhook-bridge tokens add
+
+
+def test_tokens_add_makes_a_private_file_and_adds_to_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The token alone on stdout, once; the file (owner-only when made) keeps its SHA-256, and
+    the workers' loader takes every entry with its scopes and restriction."""
+    from bridge.cli import commands
+
+    path = tmp_path / "tokens.json"
+    assert commands.main(["tokens", "add", "--file", str(path), "--name", "platform"]) == 0
+    platform = capsys.readouterr().out.strip()
+    argv = ["tokens", "add", "--file", str(path), "--name", "site-1", "--scopes", "read"]
+    assert commands.main([*argv, "--site-id", "site_1"]) == 0
+    site, err = capsys.readouterr()
+    assert platform.startswith("wbt_") and "wbt_" not in err
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert platform not in path.read_text() and hash_token(platform) in path.read_text()
+    tokens = TokenSet.from_file(path)
+    assert tokens.authenticate(f"Bearer {platform}") == Principal(
+        "platform", frozenset({"read", "write"}), None, None
+    )
+    assert tokens.authenticate(f"Bearer {site.strip()}") == Principal(
+        "site-1", frozenset({"read"}), "site_1", None
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (None, "has a token named 'platform' already"),
+        ("tokens:\n  - name: a\n", "is not a JSON token file"),
+        ('{"tokens": [{"name": "a"}]}', "'sha256' must be 64 hex digits"),
+        ('{"tokens": "none"}', "'tokens' must be a list"),
+    ],
+)
+def test_tokens_add_leaves_a_file_it_cannot_add_to_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str | None, message: str
+) -> None:
+    from bridge.cli import commands
+
+    path = tmp_path / "tokens.json"
+    if text is None:
+        assert commands.main(["tokens", "add", "--file", str(path), "--name", "platform"]) == 0
+        capsys.readouterr()
+    else:
+        path.write_text(text)
+    before = path.read_bytes()
+    assert commands.main(["tokens", "add", "--file", str(path), "--name", "platform"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and message in err and "wbt_" not in err
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["tokens.json"]  # no temporary file left
+
+
+def test_tokens_add_refuses_an_unknown_scope_before_touching_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bridge.cli import commands
+
+    path = tmp_path / "tokens.json"
+    argv = ["tokens", "add", "--file", str(path), "--name", "x", "--scopes", "admin"]
+    assert commands.main(argv) == 1
+    assert "'scopes' must be a non-empty list" in capsys.readouterr().err
+    assert not path.exists()
