@@ -12,7 +12,6 @@ import json
 import socket
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import pytest
 from bridge.admin import publish
 from bridge.cli import commands as cli
 from bridge.config import Settings
-from bridge.contract.events import Event, build_event, format_timestamp
+from bridge.contract.events import Event, build_event
 from bridge.contract.payload import delivery_id
 from bridge.errors import ConfigError
 from bridge.subscriptions.webhook import Webhook
@@ -761,29 +760,11 @@ def test_attempts_and_stats_on_kafka_of_an_id_with_no_webhook_and_no_log_fail(
 
     from bridge.admin import activity
     from bridge.attempts.book import ActivityBook
-    from bridge.attempts.record import Attempt
+    from tests.unit.attempts.test_attempts import attempt
 
     now = time.time()
     book = ActivityBook()
-    at = format_timestamp(datetime.fromtimestamp(now - 60, UTC))
-    book.add(
-        Attempt.of(
-            {
-                "delivery_id": "d1",
-                "webhook_id": "gone",
-                "event_id": "evt_1",
-                "event_type": "post.created",
-                "attempt": 1,
-                "outcome": "success",
-                "status": 200,
-                "error": None,
-                "duration_seconds": 0.05,
-                "at": at,
-                "next": None,
-            }
-        ),
-        now,
-    )
+    book.add(attempt(now - 60, delivery_id="d1", webhook_id="gone"), now)
 
     async def read_activity(settings: Settings, webhook_id: str, **_: Any) -> Any:
         return activity.Reading(book.get(webhook_id) or book.empty(), 0)

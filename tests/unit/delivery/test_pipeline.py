@@ -1026,6 +1026,15 @@ class GatedSender:
         return self.result
 
 
+async def running(h: Harness, sender: GatedSender, raw: bytes) -> Acks:
+    """Hand ``raw`` to the pipeline as a retry record read once, and wait until its job's
+    request is made (held at ``sender``'s gate); its acknowledgements."""
+    first = Acks()
+    await h.pipeline.handle_retry(raw, RETRY_SOURCE, first, 1)
+    await eventually(lambda: len(sender.sent) == 1)
+    return first
+
+
 @pytest.mark.parametrize("result", [OK, FAILED], ids=["delivered", "failed"])
 async def test_a_retry_record_read_again_while_its_job_runs_makes_no_second_request(
     result: AttemptResult,
@@ -1038,9 +1047,7 @@ async def test_a_retry_record_read_again_while_its_job_runs_makes_no_second_requ
     sender = GatedSender(result)
     h = Harness([hook], sender)
     raw = retry_record(hook, attempt=2)
-    first, again = Acks(), Acks()
-    await h.pipeline.handle_retry(raw, RETRY_SOURCE, first, 1)
-    await eventually(lambda: len(sender.sent) == 1)
+    first, again = await running(h, sender, raw), Acks()
     await h.pipeline.handle_retry(raw, RETRY_SOURCE, again, 1)
     await settle()
     assert len(sender.sent) == 1 and again.count == 0
@@ -1111,9 +1118,7 @@ async def test_a_joined_job_is_attempted_when_the_first_ends_unsettled() -> None
     sender = GatedSender()
     h = Harness([hook], sender)
     raw = retry_record(hook, attempt=2)
-    first, again = Acks(), Acks()
-    await h.pipeline.handle_retry(raw, RETRY_SOURCE, first, 1)
-    await eventually(lambda: len(sender.sent) == 1)
+    first, again = await running(h, sender, raw), Acks()
     (task,) = h.pipeline._tasks
     await h.pipeline.handle_retry(raw, RETRY_SOURCE, again, 1)
     task.cancel()
@@ -1133,9 +1138,7 @@ async def test_a_record_read_again_waiting_for_a_slot_the_first_frees_is_not_att
     sender = GatedSender()
     h = Harness([hook], sender, max_pending=1)
     raw = retry_record(hook, attempt=2)
-    first, again = Acks(), Acks()
-    await h.pipeline.handle_retry(raw, RETRY_SOURCE, first, 1)
-    await eventually(lambda: len(sender.sent) == 1)
+    first, again = await running(h, sender, raw), Acks()
     reread = asyncio.ensure_future(h.pipeline.handle_retry(raw, RETRY_SOURCE, again, 1))
     await settle()
     assert not reread.done()  # waiting for the slot
@@ -1197,9 +1200,7 @@ async def test_a_drain_with_a_read_joining_a_job_frees_every_slot() -> None:
     sender = GatedSender()
     h = Harness([hook], sender, max_pending=4)
     raw = retry_record(hook, attempt=2)
-    first, again = Acks(), Acks()
-    await h.pipeline.handle_retry(raw, RETRY_SOURCE, first, 1)
-    await eventually(lambda: len(sender.sent) == 1)
+    first, again = await running(h, sender, raw), Acks()
     await h.pipeline.handle_retry(raw, RETRY_SOURCE, again, 1)
     assert await h.pipeline.drain(PROMPT / 100) == 1
     # The first is handed to the retry path, and the read joining it, not cancelled (it holds
