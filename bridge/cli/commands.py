@@ -369,7 +369,13 @@ def _parser() -> argparse.ArgumentParser:
 
     receive = commands.add_parser("receive", help="a receiver that verifies and prints deliveries")
     receive.add_argument("--port", type=int, required=True)
-    receive.add_argument("--secret", required=True)
+    receive.add_argument(
+        "--secret",
+        dest="secrets",
+        action="append",
+        required=True,
+        help="a signing secret; again for another (a rotation's old and new)",
+    )
     receive.add_argument("--host", default="127.0.0.1")
     receive.add_argument("--status", type=int, default=200, help="status for valid deliveries")
     _settings_flags(receive, "receive")
@@ -1231,7 +1237,7 @@ def _receive(args: argparse.Namespace) -> int:
 
     print(f"receiving on http://{args.host}:{args.port}/ (Ctrl-C stops)", file=sys.stderr)
     web.run_app(
-        make_receiver_app(args.secret, status=args.status),
+        make_receiver_app(args.secrets, status=args.status),
         host=args.host,
         port=args.port,
         print=None,

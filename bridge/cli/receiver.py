@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from aiohttp import web
@@ -15,7 +15,7 @@ __all__ = ["make_receiver_app"]
 
 
 def make_receiver_app(
-    secret: str,
+    secrets: str | Sequence[str],
     *,
     status: int = 200,
     out: TextIO | None = None,
@@ -23,15 +23,17 @@ def make_receiver_app(
 ) -> web.Application:
     """An aiohttp app answering ``POST`` on any path: 401 for a bad signature, else ``status``.
 
-    Each request is printed as one JSON line: delivery id, event type, whether the signature
-    verified, and the parsed body.
+    A signature is good when it verifies with any of ``secrets`` (a webhook's old and new
+    secret, around a rotation). Each request is printed as one JSON line: delivery id, event
+    type, whether the signature verified, and the parsed body.
     """
     stream = out if out is not None else sys.stdout
+    accepted = (secrets,) if isinstance(secrets, str) else tuple(secrets)
 
     async def handle(request: web.Request) -> web.Response:
         body = await request.read()
         signature = request.headers.get("X-Webhook-Signature", "")
-        ok = bool(signature) and verify(secret, body, signature)
+        ok = bool(signature) and any(verify(secret, body, signature) for secret in accepted)
         try:
             parsed: Any = json.loads(body)
         except ValueError:

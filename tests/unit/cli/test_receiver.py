@@ -1,0 +1,44 @@
+"""bridge.cli.receiver: the demo receiver verifies with any of its secrets, on a real server on
+127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import aiohttp
+from aiohttp.test_utils import TestServer
+
+from bridge.cli import commands
+from bridge.cli.receiver import make_receiver_app
+from bridge.contract.signing import sign
+
+BODY = b'{"event": "post.created", "data": {}}'
+
+
+async def test_a_signature_of_any_secret_given_verifies_and_no_other() -> None:
+    """Around a rotation a receiver holds the old and the new secret (``--secret`` twice)."""
+    out = io.StringIO()
+    server = TestServer(
+        make_receiver_app(["old-secret-1", "new-secret-2"], out=out), host="127.0.0.1"
+    )
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            statuses = []
+            for secret in ("old-secret-1", "new-secret-2", "other-secret-3"):
+                headers = {"X-Webhook-Signature": sign(secret, BODY)}
+                async with session.post(server.make_url("/hook"), data=BODY, headers=headers) as r:
+                    statuses.append(r.status)
+    finally:
+        await server.close()
+    assert statuses == [200, 200, 401]
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["verified"] for line in lines] == [True, True, False]
+
+
+def test_receive_takes_the_secret_flag_again() -> None:
+    args = commands._parser().parse_args(
+        ["receive", "--port", "1", "--secret", "a-secret", "--secret", "b-secret"]
+    )
+    assert args.secrets == ["a-secret", "b-secret"]
