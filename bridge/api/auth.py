@@ -100,8 +100,10 @@ def add_token(path: str | Path, entry: dict[str, Any]) -> None:
     """Add ``entry`` to the JSON token file at ``path`` (made, readable by its owner alone,
     when there is none), replacing the file in one step. ``ConfigError`` for a name the file
     has already, or a file that is not a valid JSON token file (a YAML one is edited by hand:
-    comments and layout would be lost). Workers read the file at their start."""
-    target = Path(path)
+    comments and layout would be lost). Workers read the file at their start. Two at once on
+    one file: one of the two entries may be lost (nothing locks the file)."""
+    # A link is followed: the file it names is the one replaced (the link stays a link).
+    target = Path(os.path.realpath(path))
     data: dict[str, Any] = {"tokens": []}
     mode = 0o600
     if target.exists():

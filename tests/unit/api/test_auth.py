@@ -306,3 +306,19 @@ def test_tokens_add_refuses_an_unknown_scope_before_touching_the_file(
     assert commands.main(argv) == 1
     assert "'scopes' must be a non-empty list" in capsys.readouterr().err
     assert not path.exists()
+
+
+def test_tokens_add_through_a_link_changes_the_file_it_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bridge.cli import commands
+
+    real = tmp_path / "secrets" / "tokens.json"
+    real.parent.mkdir()
+    link = tmp_path / "tokens.json"
+    link.symlink_to(real)
+    for name in ("a", "b"):
+        assert commands.main(["tokens", "add", "--file", str(link), "--name", name]) == 0
+    capsys.readouterr()
+    assert link.is_symlink()
+    assert [t["name"] for t in json.loads(real.read_text())["tokens"]] == ["a", "b"]
