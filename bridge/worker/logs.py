@@ -18,6 +18,7 @@ __all__ = [
     "FIELDS",
     "QUIET_LOGGERS",
     "SILENCED_LOGGERS",
+    "CHATTY_LOGGERS",
     "JsonFormatter",
     "TextFormatter",
     "logging_config",
@@ -50,6 +51,11 @@ QUIET_LOGGERS = ("faust", "mode", "aiokafka")
 #: a token in its query string included; httpcore's DEBUG lines its headers): WARNING in every
 #: format and at every level (until 2026-12-05 the httpx sender logged each delivery's URL).
 SILENCED_LOGGERS = ("httpx", "httpcore", "hpack")
+#: Libraries whose INFO lines come once per topic read: a ``/v1`` request of ``serve`` and a
+#: worker's recovery or dead-letter listing each read a topic, and aiokafka said "Updating
+#: subscribed topics" for each (until 2026-12-06). WARNING in every format unless the level is
+#: DEBUG.
+CHATTY_LOGGERS = ("aiokafka.consumer.subscription_state",)
 
 
 class _ServiceNarration(logging.Filter):
@@ -179,6 +185,8 @@ def logging_config(level: str, fmt: str, stream: TextIO | None = None) -> dict[s
     }
     loud = logging.getLevelName(max(logging.WARNING, logging.getLevelName(level.upper())))
     config["loggers"] = {name: {"level": loud} for name in SILENCED_LOGGERS}
+    if level.upper() != "DEBUG":
+        config["loggers"].update({name: {"level": loud} for name in CHATTY_LOGGERS})
     if resolved == "text" and level.upper() != "DEBUG":
         quiet = loud
         config["loggers"].update({name: {"level": quiet} for name in QUIET_LOGGERS})

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from bridge.worker.logs import (
+    CHATTY_LOGGERS,
     FIELDS,
     QUIET_LOGGERS,
     SILENCED_LOGGERS,
@@ -143,8 +144,10 @@ def test_auto_reads_stderr_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_json_config_leaves_library_loggers_alone() -> None:
     config = logging_config("INFO", "json")
     assert config["formatters"]["main"]["()"] is JsonFormatter
-    # All but the HTTP libraries, which would print requests' URLs and headers.
-    assert config["loggers"] == {name: {"level": "WARNING"} for name in SILENCED_LOGGERS}
+    # All but the HTTP libraries, which would print requests' URLs and headers, and lines
+    # each topic read would print.
+    every = (*SILENCED_LOGGERS, *CHATTY_LOGGERS)
+    assert config["loggers"] == {name: {"level": "WARNING"} for name in every}
     assert config["handlers"]["stderr"]["filters"] == ["refused"]
     assert config["root"]["level"] == "INFO"
 
@@ -153,7 +156,7 @@ def test_json_config_leaves_library_loggers_alone() -> None:
 def test_text_config_quiets_service_narration(level: str, quiet: str) -> None:
     config = logging_config(level, "text")
     assert config["formatters"]["main"]["()"] is TextFormatter
-    every = (*QUIET_LOGGERS, *SILENCED_LOGGERS)
+    every = (*QUIET_LOGGERS, *SILENCED_LOGGERS, *CHATTY_LOGGERS)
     assert config["loggers"] == {name: {"level": quiet} for name in every}
     assert {"faust", "mode"} <= set(QUIET_LOGGERS)
     narration = config["filters"]["narration"]["()"]()
