@@ -601,6 +601,8 @@ class Pipeline:
         handed = unfinished - self._deliverer.settling - self._joining
         unstarted = [(key, e) for key, e in self._running.items() if not e.started]
         self._ending = True
+        # One budget for the hand-over, whatever it waits for (drain_worst_case counts one).
+        until = self._clock() + handover_timeout(timeout)
         if handed:
             self._deliverer.draining = True
             for task in handed:
@@ -615,5 +617,5 @@ class Pipeline:
         # Jobs that ended meanwhile may have left writes not waited for above.
         rest = {*unfinished, *self._written}
         if rest:
-            await asyncio.wait(rest, timeout=handover_timeout(timeout))
+            await asyncio.wait(rest, timeout=max(0.0, until - self._clock()))
         return len(handed)

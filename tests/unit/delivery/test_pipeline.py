@@ -1248,6 +1248,39 @@ async def test_a_copy_for_a_webhook_made_again_under_a_deleted_ones_id_is_sent()
     assert h.value(JOINED, state="settled") == 0
 
 
+async def test_a_drain_hands_over_within_one_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hand-over is waited for once (``drain_worst_case`` counts one): a job that will not
+    stop when cancelled holds the drain for the budget, not for the budget twice."""
+    import time
+
+    monkeypatch.setattr(pipeline_module, "handover_timeout", lambda timeout: 1.0)
+    stop = asyncio.Event()
+
+    class Stubborn:
+        sent: list[Outgoing] = []
+
+        async def send(self, job: Job, body: bytes) -> AttemptResult:
+            self.sent.append(Outgoing(job, body))
+            while not stop.is_set():
+                try:
+                    await stop.wait()
+                except asyncio.CancelledError:
+                    continue  # hostile: ignores the drain's cancellation
+            return OK
+
+    sender = Stubborn()
+    h = Harness([webhook("w")], sender)
+    h.pipeline._clock = time.monotonic
+    await h.pipeline.handle_event(make_event().to_bytes(), SOURCE, Acks())
+    await eventually(lambda: len(sender.sent) == 1)
+    started = time.monotonic()
+    await asyncio.wait_for(h.pipeline.drain(0.01), PROMPT)
+    took = time.monotonic() - started
+    stop.set()
+    await h.settled()
+    assert 1.0 <= took < 1.8, took  # (twice the budget: 2 s)
+
+
 async def test_an_event_read_again_joins_only_the_jobs_it_shares() -> None:
     """Per delivery: a webhook created between the two reads gets its job; the others are
     joined. A copy of the event at another offset (a write retried after its answer was lost)
