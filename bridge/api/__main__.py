@@ -58,8 +58,8 @@ def _token(args: argparse.Namespace) -> int:
             token,
             name=args.name,
             scopes=scopes,
-            site_id=args.site_id or None,
-            user_id=args.user_id or None,
+            site_id=args.site_id,
+            user_id=args.user_id,
         )
     except BridgeError as exc:
         print(f"error: {exc}", file=sys.stderr)

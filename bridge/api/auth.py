@@ -25,12 +25,14 @@ its site or account (RFC 6750's ``WWW-Authenticate`` errors ``invalid_token`` an
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
 import os
 import re
 import secrets
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,13 +87,19 @@ def token_entry(
     site_id: str | None = None,
     user_id: str | None = None,
 ) -> dict[str, Any]:
-    """The token file's entry of ``token`` (its SHA-256, never the token); ``ConfigError`` for
-    an entry the file would refuse."""
-    entry: dict[str, Any] = {"name": name, "sha256": hash_token(token), "scopes": scopes}
-    if site_id is not None:
-        entry["site_id"] = site_id
-    if user_id is not None:
-        entry["user_id"] = user_id
+    """The token file's entry of ``token`` (its SHA-256, never the token), its scopes each once;
+    ``ConfigError`` for an entry the file would refuse, and for a blank site or account (an
+    empty ``--site-id "$SITE"`` would have made a token of every site)."""
+    entry: dict[str, Any] = {
+        "name": name,
+        "sha256": hash_token(token),
+        "scopes": list(dict.fromkeys(scopes)),
+    }
+    for key, value in (("site_id", site_id), ("user_id", user_id)):
+        if value is not None:
+            if not value.strip():
+                raise ConfigError(f"the new token ({name}): {key!r} is blank")
+            entry[key] = value
     _token(entry, "the new token")
     return entry
 
@@ -101,21 +109,42 @@ def add_token(path: str | Path, entry: dict[str, Any]) -> None:
     when there is none), replacing the file in one step. ``ConfigError`` for a name the file
     has already, or a file that is not a valid JSON token file (a YAML one is edited by hand:
     comments and layout would be lost). Workers read the file at their start. Two at once on
-    one file: one of the two entries may be lost (nothing locks the file)."""
+    one file take turns (the directory is locked meanwhile); the file keeps its owner, group and
+    mode. Anything but a regular file (a device, a pipe) is refused, never replaced."""
     # A link is followed: the file it names is the one replaced (the link stays a link).
     target = Path(os.path.realpath(path))
+    try:
+        directory = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise ConfigError(f"API tokens: cannot open the directory of {path}: {exc}") from None
+    try:
+        fcntl.flock(directory, fcntl.LOCK_EX)
+        _add_token(path, target, entry)
+    finally:
+        os.close(directory)  # (and the lock with it)
+
+
+def _add_token(path: str | Path, target: Path, entry: dict[str, Any]) -> None:
     data: dict[str, Any] = {"tokens": []}
-    mode = 0o600
-    if target.exists():
+    mode, owner = 0o600, None
+    try:
+        found = target.stat()
+    except FileNotFoundError:
+        found = None
+    except OSError as exc:
+        raise ConfigError(f"API tokens: cannot read {path}: {exc}") from None
+    if found is not None:
+        if not stat.S_ISREG(found.st_mode):
+            raise ConfigError(f"API tokens: {path} is not a regular file")
+        mode, owner = found.st_mode & 0o777, (found.st_uid, found.st_gid)
         try:
-            text = target.read_text(encoding="utf-8")
-            mode = target.stat().st_mode & 0o777
+            text = target.read_text(encoding="utf-8-sig")  # (a byte order mark is let be)
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"API tokens: cannot read {path}: {exc}") from None
         if text.strip():
             if not text.lstrip().startswith("{"):
                 raise ConfigError(
-                    f"{path} is not a JSON token file: add the entry of "
+                    f'{path} is not a JSON token file ({{"tokens": [...]}}): add the entry of '
                     "`python -m bridge.api token` to a YAML one by hand"
                 )
             data = _parse(text)
@@ -126,6 +155,10 @@ def add_token(path: str | Path, entry: dict[str, Any]) -> None:
     temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
     try:
         with open(temporary, "x", encoding="utf-8", opener=_opener(mode)) as out:
+            if owner is not None and owner != (os.geteuid(), os.getegid()):
+                # Replaced by another user (root), the file stays its owner's: the worker
+                # reading it may run as that user alone.
+                os.fchown(out.fileno(), *owner)
             out.write(json.dumps(data, indent=2) + "\n")
         temporary.replace(target)
     except OSError as exc:

@@ -134,6 +134,12 @@ def _recovery_rate(text: str) -> float:
     return rate
 
 
+def _secret(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("a secret is not empty")
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = SilentParser(
         prog="webhook-bridge",
@@ -372,7 +378,9 @@ def _parser() -> argparse.ArgumentParser:
     receive.add_argument(
         "--secret",
         dest="secrets",
+        metavar="SECRET",
         action="append",
+        type=_secret,
         required=True,
         help="a signing secret; again for another (a rotation's old and new)",
     )
@@ -1218,8 +1226,8 @@ def _tokens_add(args: argparse.Namespace) -> int:
         token,
         name=args.name,
         scopes=[s for s in args.scopes.split(",") if s],
-        site_id=args.site_id or None,
-        user_id=args.user_id or None,
+        site_id=args.site_id,
+        user_id=args.user_id,
     )
     add_token(args.file, entry)
     print(

@@ -322,3 +322,99 @@ def test_tokens_add_through_a_link_changes_the_file_it_names(
     capsys.readouterr()
     assert link.is_symlink()
     assert [t["name"] for t in json.loads(real.read_text())["tokens"]] == ["a", "b"]
+
+
+def test_tokens_add_refuses_anything_but_a_regular_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A device or a pipe is never replaced by a token file (``--file /dev/null`` as root
+    replaced the device with a file, before a review found it)."""
+    import os
+
+    from bridge.cli import commands
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    link = tmp_path / "null"
+    link.symlink_to("/dev/null")
+    for path in (fifo, link, Path("/dev/null")):
+        assert commands.main(["tokens", "add", "--file", str(path), "--name", "x"]) == 1
+        assert "is not a regular file" in capsys.readouterr().err
+    assert Path("/dev/null").is_char_device() and fifo.is_fifo()
+
+
+@pytest.mark.parametrize("flag", ["--site-id", "--user-id"])
+@pytest.mark.parametrize("value", ["", " ", "\t"])
+def test_tokens_add_refuses_a_blank_restriction(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    """``--site-id "$SITE"`` with ``$SITE`` unset made a token of every site."""
+    from bridge.cli import commands
+
+    path = tmp_path / "tokens.json"
+    assert commands.main(["tokens", "add", "--file", str(path), "--name", "s", flag, value]) == 1
+    assert "is blank" in capsys.readouterr().err
+    assert not path.exists()
+
+
+def test_tokens_add_keeps_the_files_owner(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Replaced by root, a file stays its owner's (the worker may run as that user alone)."""
+    import os
+
+    from bridge.cli import commands
+
+    if os.geteuid() != 0:
+        pytest.skip("giving the file another owner needs root")
+    path = tmp_path / "tokens.json"
+    assert commands.main(["tokens", "add", "--file", str(path), "--name", "first"]) == 0
+    os.chown(path, 65534, 65534)
+    assert commands.main(["tokens", "add", "--file", str(path), "--name", "second"]) == 0
+    capsys.readouterr()
+    found = path.stat()
+    assert (found.st_uid, found.st_gid, found.st_mode & 0o777) == (65534, 65534, 0o600)
+
+
+def test_tokens_adds_at_once_each_keep_their_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adds at once take turns (the directory is locked while one reads and replaces the
+    file): none is lost (3 in 10 were, before a review found it). The reading is slowed so
+    that, unlocked, every add would read the file before any replaced it."""
+    import threading
+    import time
+
+    path = tmp_path / "tokens.json"
+    parse = auth._parse
+
+    def slow_parse(text: str) -> Any:
+        time.sleep(0.02)
+        return parse(text)
+
+    monkeypatch.setattr(auth, "_parse", slow_parse)
+    auth.add_token(path, auth.token_entry(new_token(), name="first", scopes=["read"]))
+
+    def add(n: int) -> None:
+        auth.add_token(path, auth.token_entry(new_token(), name=f"many-{n}", scopes=["read"]))
+
+    threads = [threading.Thread(target=add, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    names = [t["name"] for t in json.loads(path.read_text())["tokens"]]
+    assert sorted(names) == sorted(["first", *(f"many-{n}" for n in range(8))])
+
+
+def test_tokens_add_takes_a_byte_order_mark_and_stores_each_scope_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bridge.cli import commands
+
+    path = tmp_path / "tokens.json"
+    path.write_bytes(b'\xef\xbb\xbf{"tokens": []}')
+    argv = ["tokens", "add", "--file", str(path), "--name", "a", "--scopes", "read,read"]
+    assert commands.main(argv) == 0
+    capsys.readouterr()
+    assert json.loads(path.read_text())["tokens"][0]["scopes"] == ["read"]

@@ -7,6 +7,7 @@ import io
 import json
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestServer
 
 from bridge.cli import commands
@@ -42,3 +43,9 @@ def test_receive_takes_the_secret_flag_again() -> None:
         ["receive", "--port", "1", "--secret", "a-secret", "--secret", "b-secret"]
     )
     assert args.secrets == ["a-secret", "b-secret"]
+
+
+def test_receive_refuses_an_empty_secret(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        commands._parser().parse_args(["receive", "--port", "1", "--secret", ""])
+    assert "--secret" in capsys.readouterr().err
