@@ -608,7 +608,9 @@ async def _run(
                     if wait > 0:
                         await sleep(wait)  # (likewise)
                 now = wall_time()
-                item = dataclasses.replace(chosen, not_before=now, enqueued_at=now)
+                item = dataclasses.replace(
+                    chosen, not_before=now, enqueued_at=now, recovery_id=operation.id
+                )
                 writing = asyncio.ensure_future(write(item))
                 try:
                     await asyncio.shield(writing)

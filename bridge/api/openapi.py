@@ -196,6 +196,12 @@ def _schemas() -> dict[str, Any]:
         "sending (from 1 for a redelivery or a recovery); scheduled for the event's own "
         "attempts (and attempts recorded before 2026-12-06)."
     )
+    attempt["recovery_id"] = {
+        "type": ["string", "null"],
+        "description": "For trigger manual: the recovery or redelivery that sent the delivery "
+        "(GET /v1/recoveries/{id}); null for a replayed dead letter, the event's own attempts "
+        "and attempts recorded before 2026-12-06.",
+    }
     attempt["status_class"] = {
         "enum": [*STATUS_CLASSES, "other"],
         "description": "The status's class; none when no response arrived.",

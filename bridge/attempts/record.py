@@ -15,7 +15,15 @@ __all__ = ["OUTCOMES", "Attempt", "status_class"]
 
 #: Text fields an attempt record must carry, and text fields it may leave null.
 _TEXT = ("delivery_id", "webhook_id", "event_type", "at")
-_OPTIONAL_TEXT = ("event_id", "error", "next", "next_at", "event_at", "webhook_created_at")
+_OPTIONAL_TEXT = (
+    "event_id",
+    "error",
+    "next",
+    "next_at",
+    "event_at",
+    "webhook_created_at",
+    "recovery_id",
+)
 
 #: The ``outcome`` values an attempt record may carry.
 OUTCOMES = frozenset({"success", "failure", "skipped"})
@@ -87,6 +95,8 @@ class Attempt(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     #: recovery, a dead letter replayed) and of its retries, whose ``attempt`` counts from that
     #: sending (from 1 for a redelivery or recovery); ``scheduled`` for the event's own.
     trigger: Literal["scheduled", "manual"] = "scheduled"
+    #: The recovery or redelivery that sent it (``/v1/recoveries/{id}``), for ``manual``.
+    recovery_id: _Text | None = None
     #: ``at`` in seconds since the epoch, for ordering and windows: not read from the record,
     #: always worked out from ``at``.
     at_seconds: float = 0.0
@@ -149,6 +159,7 @@ class Attempt(msgspec.Struct, gc=False, forbid_unknown_fields=True):
             event_at=get("event_at"),
             webhook_created_at=get("webhook_created_at"),
             trigger=get("trigger", "scheduled"),
+            recovery_id=get("recovery_id"),
             at_seconds=_seconds(at),
         )
 
@@ -173,6 +184,7 @@ class Attempt(msgspec.Struct, gc=False, forbid_unknown_fields=True):
             "response_truncated": self.response_truncated,
             "webhook_created_at": self.webhook_created_at,
             "trigger": self.trigger,
+            "recovery_id": self.recovery_id,
         }
         if self.response_prefix is not None:
             shown["response_prefix"] = self.response_prefix

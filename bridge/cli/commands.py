@@ -859,6 +859,8 @@ def _attempt_line(attempt: Any) -> str:
     number = f"attempt {attempt.attempt}"
     if attempt.trigger == "manual":
         number = f"manual attempt {attempt.attempt}"
+        if attempt.recovery_id is not None:
+            number = f"{number} ({_escaped(attempt.recovery_id)})"
     line = (
         f"{attempt.at}  {attempt.delivery_id}  {attempt.event_type}  {number}  "
         f"{attempt.outcome}  {answer}  {attempt.error or '-'}  {attempt.duration_seconds:.3f}s  "

@@ -54,4 +54,6 @@ def attempt_record(
         record["response_prefix"] = result.response_text
     if job.replayed:
         record["trigger"] = "manual"
+    if job.recovery_id is not None:
+        record["recovery_id"] = job.recovery_id
     return record

@@ -421,6 +421,7 @@ class Deliverer:
             history=tuple(history),
             replayed=job.replayed,
             webhook_created_at=job.webhook.created_at,
+            recovery_id=job.recovery_id,
         )
         await self._record_attempt(job, result, "retry", next_at=pending.not_before)
         await self._outputs.retry(decision.tier, webhook_id.encode("utf-8"), pending.to_bytes())

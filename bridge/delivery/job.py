@@ -89,6 +89,8 @@ class Job:
     #: from an event: the copies of one retry record (a write retried after its answer was
     #: lost lands twice) are the same job (see :meth:`bridge.delivery.pipeline.Pipeline._start`).
     enqueued_at: float | None = None
+    #: The recovery or redelivery that sent it (its retry record's), recorded with its attempts.
+    recovery_id: str | None = None
 
     @property
     def event(self) -> Event:

@@ -33,21 +33,27 @@ class PendingRetry:
     #: The ``created_at`` of the webhook it was made for (``None`` in a record written before
     #: retries named it): dropped when the webhook of this id is now another one.
     webhook_created_at: str | None = None
+    #: The recovery or redelivery that sent it (``/v1/recoveries/{id}``), and its retries.
+    recovery_id: str | None = None
 
     def to_record(self) -> dict[str, Any]:
-        return {
-            "delivery_id": self.delivery_id,
-            "webhook_id": self.webhook_id,
-            "event": self.event.envelope(),
-            "attempt": self.attempt,
-            "not_before": self.not_before,
-            "enqueued_at": self.enqueued_at,
-            "attempts": [dict(a) for a in self.history],
-            "replayed": self.replayed,
-        } | (
-            {}
-            if self.webhook_created_at is None
-            else {"webhook_created_at": self.webhook_created_at}
+        return (
+            {
+                "delivery_id": self.delivery_id,
+                "webhook_id": self.webhook_id,
+                "event": self.event.envelope(),
+                "attempt": self.attempt,
+                "not_before": self.not_before,
+                "enqueued_at": self.enqueued_at,
+                "attempts": [dict(a) for a in self.history],
+                "replayed": self.replayed,
+            }
+            | (
+                {}
+                if self.webhook_created_at is None
+                else {"webhook_created_at": self.webhook_created_at}
+            )
+            | ({} if self.recovery_id is None else {"recovery_id": self.recovery_id})
         )
 
     def to_bytes(self) -> bytes:
@@ -86,6 +92,9 @@ def parse_retry(raw: bytes | None) -> PendingRetry:
         created = value.get("webhook_created_at")
         if created is not None and not isinstance(created, str):
             raise InvalidRecord("invalid_retry_record", "$.webhook_created_at must be a string")
+        recovery = value.get("recovery_id")
+        if recovery is not None and (not isinstance(recovery, str) or not recovery):
+            raise InvalidRecord("invalid_retry_record", "$.recovery_id must be a string")
         return PendingRetry(
             delivery_id=str(value["delivery_id"]),
             webhook_id=str(value["webhook_id"]),
@@ -96,6 +105,7 @@ def parse_retry(raw: bytes | None) -> PendingRetry:
             history=history,
             replayed=bool(value.get("replayed", False)),
             webhook_created_at=created,
+            recovery_id=recovery,
         )
     except KeyError as exc:
         raise InvalidRecord("invalid_retry_record", f"missing {exc.args[0]!r}") from None

@@ -345,6 +345,7 @@ class Pipeline:
                 pending.history,
                 pending.replayed,
                 pending.enqueued_at,
+                pending.recovery_id,
             )
         except Exception as exc:
             await self._settle_unmatched(source, *internal_error(exc, "reading a retry"), raw, ack)

@@ -164,7 +164,7 @@ def test_documented_commands_are_valid_cli_calls() -> None:
     create = parser.parse_args(commands[0])
     assert create.url == "http://receiver:8080/"
     receiver = parser.parse_args(SERVICES["receiver"]["command"])
-    assert create.secret == receiver.secret
+    assert receiver.secrets == [create.secret]
     assert receiver.host == "0.0.0.0"
     assert create.url.endswith(f":{receiver.port}/")
     # The webhook it creates is valid and its URL is allowed with the bridge's settings.

@@ -266,6 +266,13 @@ async def test_the_log_stats_recovery_and_redelivery_of_a_real_worker(
             (3, 200, "scheduled"),
             (1, 200, "manual"),
         ]
+        # ... and names the redelivery that sent it.
+        assert [a["recovery_id"] for a in again["attempts"]] == [
+            None,
+            None,
+            None,
+            redelivered["id"],
+        ]
         recovered_ids = {delivery_id(e.id, "wh") for e in after[:2]}
         log = await get(client, "/v1/webhooks/wh/attempts")
         assert {a["delivery_id"] for a in log["items"] if a["trigger"] == "manual"} == {

@@ -367,6 +367,8 @@ async def test_a_start_that_retention_deleted_reads_on_from_the_oldest_record_le
         delivery_id(f"e{n}", "wh")
         for n in range(RetainedPartition.LOG_START, RetainedPartition.END)
     ]
+    # Each names the recovery that sent it, which its attempts record (since 2026-12-06).
+    assert {item.recovery_id for item in written} == {operation.id}
     assert operation.state == "done"
     assert (operation.done, operation.total) == (RetainedPartition.END, RetainedPartition.END)
     assert RetainedPartition.made[-1].reset == "earliest"

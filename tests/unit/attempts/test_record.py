@@ -71,6 +71,7 @@ def test_the_response_fields_read_back_as_written() -> None:
         "event_at": None,
         "webhook_created_at": None,
         "trigger": "scheduled",
+        "recovery_id": None,
         "status_class": "2xx",
     }
     assert Attempt.of(parsed.as_dict()) == parsed
@@ -80,8 +81,9 @@ def test_the_trigger_reads_back_as_written_and_scheduled_without_one() -> None:
     """Attempts of a delivery an operator sent again are recorded ``manual``; the event's own
     leave the field out (and records written before it did)."""
     assert Attempt.parse(json.dumps(record()).encode()).trigger == "scheduled"
-    manual = Attempt.parse(json.dumps(record(trigger="manual")).encode())
+    manual = Attempt.parse(json.dumps(record(trigger="manual", recovery_id="rec-1")).encode())
     assert manual.trigger == "manual" and manual.as_dict()["trigger"] == "manual"
+    assert manual.recovery_id == "rec-1" and manual.as_dict()["recovery_id"] == "rec-1"
     assert Attempt.of(manual.as_dict()) == manual
 
 
@@ -132,6 +134,7 @@ _FIELDS = (
     "response_bytes",
     "response_truncated",
     "trigger",
+    "recovery_id",
     "response_prefix",
 )
 
@@ -166,7 +169,7 @@ def _reference_problem(fields: dict[str, Any]) -> str | None:
         value = fields.get(name)
         if not isinstance(value, str) or not value:
             return f"attempt record: {name} is not a string"
-    for name in ("event_id", "error", "next", "next_at", "event_at"):
+    for name in ("event_id", "error", "next", "next_at", "event_at", "recovery_id"):
         value = fields.get(name)
         if value is not None and (not isinstance(value, str) or not value):
             return f"attempt record: {name} is not a string"

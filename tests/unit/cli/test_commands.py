@@ -342,6 +342,8 @@ def test_an_attempt_line_shows_the_response_size_and_an_escaped_prefix() -> None
     assert "  post.created  attempt 1  failure  " in older
     manual = cli._attempt_line(Attempt.of(base | {"trigger": "manual"}))
     assert "  post.created  manual attempt 1  failure  " in manual
+    recovered = cli._attempt_line(Attempt.of(base | {"trigger": "manual", "recovery_id": "r\n1"}))
+    assert "  post.created  manual attempt 1 (r\\n1)  failure  " in recovered
     sized = cli._attempt_line(Attempt.of(base | {"response_bytes": 12}))
     assert "  0.250s  12B  -> retry" in sized and "body" not in sized
     cut = cli._attempt_line(

@@ -227,6 +227,7 @@ def retry_record(
     webhook_created_at: str | None = None,
     replayed: bool = False,
     enqueued_at: float = NOW_TS - 60,
+    recovery_id: str | None = None,
 ) -> bytes:
     event = event if event is not None else make_event()
     history = tuple(
@@ -242,6 +243,7 @@ def retry_record(
         history=history,
         webhook_created_at=webhook_created_at,
         replayed=replayed,
+        recovery_id=recovery_id,
     ).to_bytes()
 
 
@@ -986,14 +988,17 @@ async def test_attempts_of_a_delivery_sent_again_are_recorded_manual_and_so_are_
     they repeat (a redelivery counts from 1 again). Until 2026-12-06 nothing told them apart."""
     hook = webhook("w")
     h = Harness([hook], ScriptedSender({"w": FAILED}))
-    raw = retry_record(hook, attempt=1, replayed=replayed)
+    recovery = "rec-1" if replayed else None
+    raw = retry_record(hook, attempt=1, replayed=replayed, recovery_id=recovery)
     await h.pipeline.handle_retry(raw, RETRY_SOURCE, Acks(), 1)
     await h.settled()
     ((_, record),) = h.outputs.attempts
     assert schema_errors("attempt", record) == []
     assert record.get("trigger") == ("manual" if replayed else None)
+    assert record.get("recovery_id") == recovery
     ((_, _, value),) = h.outputs.retries
     assert parse_retry(value).replayed is replayed
+    assert parse_retry(value).recovery_id == recovery
     h.sender.results.clear()
 
     async def due_at_once(seconds: float) -> None:
@@ -1003,6 +1008,7 @@ async def test_attempts_of_a_delivery_sent_again_are_recorded_manual_and_so_are_
     await h.pipeline.handle_retry(value, dataclasses.replace(RETRY_SOURCE, offset=10), Acks(), 1)
     await h.settled()
     assert h.outputs.attempts[-1][1].get("trigger") == ("manual" if replayed else None)
+    assert h.outputs.attempts[-1][1].get("recovery_id") == recovery
     assert h.outputs.attempts[-1][1]["attempt"] == 2
 
 
