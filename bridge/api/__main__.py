@@ -22,7 +22,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from bridge.api.app import ApiConfig, create_app
-from bridge.api.auth import SCOPES, TokenSet, new_token, token_entry
+from bridge.api.auth import SCOPES, TokenSet
 from bridge.api.control import ControlService
 from bridge.api.kafka_sources import (
     KafkaActivitySource,
@@ -47,20 +47,15 @@ HELP = (
 
 
 def _token(args: argparse.Namespace) -> int:
+    from bridge.cli.commands import made_token
+
     scopes = [s for s in args.scopes.split(",") if s]
     unknown = [s for s in scopes if s not in SCOPES]
     if unknown or not scopes:
         print(f"--scopes: a comma-separated list of {', '.join(SCOPES)}", file=sys.stderr)
         return 2
-    token = new_token()
     try:
-        entry = token_entry(
-            token,
-            name=args.name,
-            scopes=scopes,
-            site_id=args.site_id,
-            user_id=args.user_id,
-        )
+        token, entry = made_token(args)
     except BridgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -128,15 +123,12 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bridge.cli.commands import SilentParser  # its errors never repeat a flag's value
+    from bridge.cli.commands import SilentParser, token_flags  # (errors name no flag's value)
 
     parser = SilentParser(prog="python -m bridge.api", description=HELP)
     commands = parser.add_subparsers(dest="command", required=True)
     token = commands.add_parser("token", help="a new token; prints its token-file entry")
-    token.add_argument("--name", required=True)
-    token.add_argument("--scopes", default="read,write", help="read, write or read,write")
-    token.add_argument("--site-id", help="restrict the token to this site's webhooks")
-    token.add_argument("--user-id", help="restrict the token to this account's webhooks")
+    token_flags(token)
     serve = commands.add_parser("serve", help="serve /v1 over the subscriptions topic")
     serve.add_argument("--tokens", required=True, help="the token file (YAML or JSON)")
     serve.add_argument("--host", default="127.0.0.1")

@@ -36,6 +36,8 @@ __all__ = [
     "main",
     "COMMAND_SECTIONS",
     "SilentParser",
+    "token_flags",
+    "made_token",
     "WORKER_GC_THRESHOLDS",
     "tune_gc",
 ]
@@ -366,10 +368,7 @@ def _parser() -> argparse.ArgumentParser:
         "add", help="make a token and add its hash to a JSON token file; prints the token once"
     )
     add.add_argument("--file", required=True, help="the token file (made when missing)")
-    add.add_argument("--name", required=True, help="shown in logs and errors, never the token")
-    add.add_argument("--scopes", default="read,write", help="read, write or read,write")
-    add.add_argument("--site-id", help="restrict the token to this site's webhooks")
-    add.add_argument("--user-id", help="restrict the token to this account's webhooks")
+    token_flags(add)
     _settings_flags(add, "tokens add")
     add.set_defaults(handler=_tokens_add)
 
@@ -1218,19 +1217,33 @@ def _dlq_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def token_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags describing a new API token (``tokens add``, ``python -m bridge.api token``)."""
+    parser.add_argument("--name", required=True, help="shown in logs and errors, never the token")
+    parser.add_argument("--scopes", default="read,write", help="read, write or read,write")
+    parser.add_argument("--site-id", help="restrict the token to this site's webhooks")
+    parser.add_argument("--user-id", help="restrict the token to this account's webhooks")
+
+
+def made_token(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """A new token and its token-file entry, as :func:`token_flags` described it;
+    ``ConfigError`` for an entry a token file would refuse."""
+    from bridge.api.auth import new_token, token_entry
+
+    token = new_token()
+    scopes = [s for s in args.scopes.split(",") if s]
+    entry = token_entry(
+        token, name=args.name, scopes=scopes, site_id=args.site_id, user_id=args.user_id
+    )
+    return token, entry
+
+
 def _tokens_add(args: argparse.Namespace) -> int:
     """The token alone on stdout (``TOKEN=$(webhook-bridge tokens add ...)``), once: the file
     keeps its SHA-256 only."""
-    from bridge.api.auth import add_token, new_token, token_entry
+    from bridge.api.auth import add_token
 
-    token = new_token()
-    entry = token_entry(
-        token,
-        name=args.name,
-        scopes=[s for s in args.scopes.split(",") if s],
-        site_id=args.site_id,
-        user_id=args.user_id,
-    )
+    token, entry = made_token(args)
     add_token(args.file, entry)
     print(
         f"added token {args.name!r} to {args.file} (shown once; workers read the file at start)",

@@ -37,24 +37,22 @@ class PendingRetry:
     recovery_id: str | None = None
 
     def to_record(self) -> dict[str, Any]:
-        return (
-            {
-                "delivery_id": self.delivery_id,
-                "webhook_id": self.webhook_id,
-                "event": self.event.envelope(),
-                "attempt": self.attempt,
-                "not_before": self.not_before,
-                "enqueued_at": self.enqueued_at,
-                "attempts": [dict(a) for a in self.history],
-                "replayed": self.replayed,
-            }
-            | (
-                {}
-                if self.webhook_created_at is None
-                else {"webhook_created_at": self.webhook_created_at}
-            )
-            | ({} if self.recovery_id is None else {"recovery_id": self.recovery_id})
-        )
+        record: dict[str, Any] = {
+            "delivery_id": self.delivery_id,
+            "webhook_id": self.webhook_id,
+            "event": self.event.envelope(),
+            "attempt": self.attempt,
+            "not_before": self.not_before,
+            "enqueued_at": self.enqueued_at,
+            "attempts": [dict(a) for a in self.history],
+            "replayed": self.replayed,
+        }
+        # Left out when unknown, as records written before they were named leave them.
+        if self.webhook_created_at is not None:
+            record["webhook_created_at"] = self.webhook_created_at
+        if self.recovery_id is not None:
+            record["recovery_id"] = self.recovery_id
+        return record
 
     def to_bytes(self) -> bytes:
         return jsoncanon.dumps(self.to_record())
