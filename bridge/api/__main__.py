@@ -67,8 +67,7 @@ def _token(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace) -> None:
     from bridge.admin.publish import send_test_event
-    from bridge.http.ssrf import check_url
-    from bridge.kafka.clients import address_policy
+    from bridge.kafka.clients import endpoint_check
     from bridge.subscriptions.store import WebhookStore
     from bridge.worker.logs import logging_config
     from bridge.worker.web import app_runner
@@ -82,15 +81,12 @@ async def _serve(args: argparse.Namespace) -> None:
         # As `./dev run`'s worker does (until 2026-12-06 this refused the loopback endpoints
         # the worker delivers to).
         settings = settings.on_embedded_broker(f"127.0.0.1:{settings.embedded_port}")
-    allow_http, policy = settings.plain_http_allowed, address_policy(settings)
     async with WebhookStore(settings) as store:
         repository = StoreRepository(store)
         service = WebhookService(
             repository,
             publisher=functools.partial(send_test_event, settings),
-            check_url=functools.partial(
-                check_url, allow_http=allow_http, policy=policy, remember=False
-            ),
+            check_url=endpoint_check(settings),
             max_webhooks=settings.api_max_webhooks,
         )
         control = ControlService(

@@ -635,17 +635,12 @@ def _check_endpoint(url: str, settings: Settings) -> None:
     refuse (plain http, an address their SSRF guard forbids): this command may run with other
     settings than the workers', so it writes the webhook, whose deliveries such workers
     dead-letter (``destination_forbidden``)."""
-    from bridge.http.ssrf import DestinationForbidden, check_url
-    from bridge.kafka.clients import address_policy
+    from bridge.http.ssrf import DestinationForbidden
+    from bridge.kafka.clients import endpoint_check
     from bridge.subscriptions.urls import InvalidUrl
 
     try:
-        check_url(
-            url,
-            allow_http=settings.plain_http_allowed,
-            policy=address_policy(settings),
-            remember=False,
-        )
+        endpoint_check(settings)(url)
     except InvalidUrl as exc:  # judged first, whatever the policy
         raise ConfigError(f"--url refused ({exc.reason}): {exc.detail}") from None
     except DestinationForbidden as exc:

@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from bridge.config import Settings
 from bridge.errors import ConfigError
-from bridge.http.ssrf import AddressPolicy
+from bridge.http.ssrf import AddressPolicy, check_url
 from bridge.subscriptions.secretbox import Keyring
+from bridge.subscriptions.urls import WebhookUrl
 
 __all__ = [
     "RECORD_DUMPING_LOGGERS",
@@ -23,6 +25,7 @@ __all__ = [
     "faust_broker_kwargs",
     "bootstrap_servers",
     "address_policy",
+    "endpoint_check",
     "keyring",
 ]
 
@@ -112,6 +115,18 @@ def address_policy(settings: Settings) -> AddressPolicy:
     return AddressPolicy.from_setting(
         ",".join(settings.allow_networks), enabled=settings.ssrf_guard
     )
+
+
+def endpoint_check(settings: Settings) -> Callable[[str], WebhookUrl]:
+    """How workers of ``settings`` judge a webhook URL a client sends (``/v1``, the CLI):
+    :func:`~bridge.http.ssrf.check_url` with their plain-http rule and SSRF policy, the
+    verdict not remembered."""
+
+    def check(url: str) -> WebhookUrl:
+        return check_url(url, allow_http=allow_http, policy=policy, remember=False)
+
+    allow_http, policy = settings.plain_http_allowed, address_policy(settings)
+    return check
 
 
 def keyring(settings: Settings) -> Keyring | None:

@@ -564,8 +564,7 @@ async def api_application(bridge: Bridge) -> web.Application:
     """``/v1`` (and the internal routes of the delivery log) for ``bridge``'s web server; the
     webhook store and the recoveries' producer it opens are closed with the application."""
     from bridge.admin.publish import send_test_event
-    from bridge.http.ssrf import check_url
-    from bridge.kafka.clients import address_policy
+    from bridge.kafka.clients import endpoint_check
 
     settings = bridge.settings
     assert settings.api_tokens is not None
@@ -589,12 +588,7 @@ async def api_application(bridge: Bridge) -> web.Application:
     service = WebhookService(
         repository,
         publisher=functools.partial(send_test_event, settings),
-        check_url=functools.partial(
-            check_url,
-            allow_http=settings.plain_http_allowed,
-            policy=address_policy(settings),
-            remember=False,
-        ),
+        check_url=endpoint_check(settings),
         locks=bridge.change_locks,
         max_webhooks=settings.api_max_webhooks,
     )
