@@ -73,14 +73,44 @@ def _unique_items(
 Validator = validators.extend(Draft202012Validator, {"uniqueItems": _unique_items})
 
 
+def _inlined(path: str, node: Any, depth: int = 0) -> Any:
+    """``node`` with each ``{"$ref": "other.json"}`` (a sibling file of ``path``, as
+    retry.json's ``event``) replaced by that file's schema: neither validator resolves a
+    relative id from the package's data files by itself."""
+    if isinstance(node, list):
+        return [_inlined(path, item, depth) for item in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.endswith(".json") and "/" not in ref and ":" not in ref:
+        if depth > 8:
+            raise ValueError(f"{path}: $ref {ref!r} nests too deep")
+        folder = path.rsplit("/", 1)[0]
+        target = {k: v for k, v in load_json(f"{folder}/{ref}").items() if k not in _ROOT_ONLY}
+        rest = {k: v for k, v in node.items() if k != "$ref"}
+        return _inlined(path, {**target, **rest}, depth + 1)
+    return {k: _inlined(path, v, depth) for k, v in node.items()}
+
+
+#: Keywords of a schema file's root that an inlined copy leaves out: its own ``$id`` would
+#: make refs inside it relative to another base, ``$schema`` is the including file's.
+_ROOT_ONLY = frozenset({"$schema", "$id"})
+
+
+@cache
+def _schema(path: str) -> dict[str, Any]:
+    schema: dict[str, Any] = _inlined(path, load_json(path))
+    return schema
+
+
 @cache
 def _validator(path: str) -> Any:
-    return Validator(load_json(path))
+    return Validator(_schema(path))
 
 
 @cache
 def _compiled(path: str) -> Callable[[Any], Any]:
-    schema = dict(load_json(path))
+    schema = dict(_schema(path))
     # fastjsonschema knows drafts 4, 6 and 7; the keywords these schemas use mean the same in
     # 2020-12 and in draft 7.
     schema["$schema"] = "http://json-schema.org/draft-07/schema#"

@@ -171,6 +171,34 @@ def test_valid_instances_have_no_errors() -> None:
     )
 
 
+def test_a_retry_record_s_event_is_checked_as_an_event() -> None:
+    """retry.json's ``event`` is a ``$ref`` to event.json: both validators resolve it (they
+    raised on any retry record before 2026-12-06) and hold the event to all of its rules."""
+    event = {
+        "id": "e1",
+        "type": "post.created",
+        "data": {},
+        "timestamp": "2024-01-15T10:30:00Z",
+        "site_id": "s",
+        "user_id": "u",
+    }
+    record = {
+        "delivery_id": "d",
+        "webhook_id": "w",
+        "event": event,
+        "attempt": 2,
+        "not_before": 1.5,
+        "attempts": [],
+    }
+    assert schema_errors("retry", record) == [] and is_valid("schemas/retry.json", record)
+    bad = {**record, "event": {**event, "site_id": "", "extra": 1}}
+    assert not is_valid("schemas/retry.json", bad)
+    assert schema_errors("retry", bad) == [
+        "$.event: not allowed here: $.event.extra",
+        "$.event.site_id: shorter than 1 characters",
+    ]
+
+
 @pytest.mark.parametrize("timestamp", ["2024-01-15T10:30:00Z\n", "2024-01-15T10:30:00.5Z\n"])
 def test_a_trailing_newline_is_no_timestamp_and_the_error_says_where(timestamp: str) -> None:
     # Python's re (and so jsonschema) lets "$" match before a final newline; JSON Schema's

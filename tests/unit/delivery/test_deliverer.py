@@ -189,6 +189,7 @@ class Harness:
     def retry(self, index: int = -1) -> tuple[int, PendingRetry]:
         tier, key, value = self.outputs.retries[index]
         assert key == b"webhook_abc"
+        assert schema_errors("retry", json.loads(value)) == []
         return tier, parse_retry(value)
 
     def attempt(self, index: int = -1) -> dict[str, Any]:
