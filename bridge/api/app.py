@@ -41,6 +41,7 @@ from bridge.api.ratelimit import TokenBuckets
 from bridge.api.repository import WebhookFilter
 from bridge.api.service import WebhookService, body_errors, etag, public_view
 from bridge.attempts.log import LogQuery, decode_cursor
+from bridge.attempts.record import TRIGGERS
 from bridge.contract import jsoncanon
 from bridge.contract.events import parse_time
 from bridge.contract.payload import delivery_id
@@ -53,7 +54,17 @@ __all__ = ["DEFAULT_REQUEST_TIMEOUT", "ApiConfig", "create_app", "redelivery_tar
 DEFAULT_REQUEST_TIMEOUT = 10.0
 
 _LIST_PARAMS = ("site_id", "user_id", "event_type", "state", "limit", "cursor")
-_ATTEMPT_PARAMS = ("event_type", "outcome", "status_class", "since", "until", "limit", "cursor")
+_ATTEMPT_PARAMS = (
+    "event_type",
+    "outcome",
+    "status_class",
+    "trigger",
+    "recovery_id",
+    "since",
+    "until",
+    "limit",
+    "cursor",
+)
 _DEAD_LETTER_PARAMS = ("webhook_id", "delivery_id", "since", "until", "limit", "cursor")
 _RECOVERY_PARAMS = ("state", "limit", "cursor")
 _RECOVERY_STATES = ("running", "done", "cancelled", "failed")
@@ -262,7 +273,9 @@ class _Routes:
             event_type=EVENT_TYPES,
             outcome=_OUTCOMES,
             status_class=_STATUS_CLASSES,
+            trigger=TRIGGERS,
         )
+        _check_ids(query, errors, "recovery_id")
         since, until = _time_range(query, errors, "query")
         cursor = query.get("cursor")
         if cursor is not None:
@@ -282,6 +295,8 @@ class _Routes:
             status_class=query.get("status_class"),
             since=None if since is None else since.timestamp(),
             until=None if until is None else until.timestamp(),
+            trigger=query.get("trigger"),
+            recovery_id=query.get("recovery_id"),
         )
         page = await self._control.attempts(
             principal, webhook_id, log_query, limit=limit, cursor=cursor

@@ -23,6 +23,7 @@ from bridge.api.idempotency import (
     MAX_KEYS_PER_WEBHOOK,
     REPLAYED_HEADER,
 )
+from bridge.attempts.record import TRIGGERS
 from bridge.attempts.stats import LATENCY_BOUNDS
 from bridge.contract.resources import load_json
 from bridge.contract.schemas import EVENT_TYPES, Validator
@@ -917,6 +918,18 @@ def _paths() -> dict[str, Any]:
                         "status_class",
                         {"enum": list(STATUS_CLASSES)},
                         "none: attempts that got no response.",
+                    ),
+                    _query(
+                        "trigger",
+                        {"enum": list(TRIGGERS)},
+                        "scheduled: the event's own attempts and their retries; manual: those "
+                        "of a redelivery, a recovery or a dead-letter replay, and their retries.",
+                    ),
+                    _query(
+                        "recovery_id",
+                        {"type": "string", "minLength": 1, "maxLength": 200},
+                        "Only the attempts of this recovery or redelivery (its id in "
+                        "/v1/recoveries), with their retries.",
                     ),
                     _query("since", {"type": "string", "format": "date-time"}, "Inclusive."),
                     _query(

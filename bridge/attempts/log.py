@@ -15,7 +15,7 @@ from typing import Protocol
 
 from bridge import cursors
 from bridge.attempts.keys import MAX_ATTEMPT_NUMBER
-from bridge.attempts.record import OUTCOMES, Attempt
+from bridge.attempts.record import OUTCOMES, TRIGGERS, Attempt
 
 __all__ = [
     "AttemptLog",
@@ -44,10 +44,17 @@ class LogQuery:
     since: float | None = None
     #: Seconds since the epoch, exclusive.
     until: float | None = None
+    #: ``scheduled`` (the event's own attempts and their retries) or ``manual`` (an operator's
+    #: redelivery, recovery or dead-letter replay, and their retries).
+    trigger: str | None = None
+    #: Only the attempts of this recovery or redelivery (``/v1/recoveries/{id}``).
+    recovery_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.outcome is not None and self.outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {', '.join(sorted(OUTCOMES))}")
+        if self.trigger is not None and self.trigger not in TRIGGERS:
+            raise ValueError(f"trigger must be one of {', '.join(TRIGGERS)}")
 
     def matches(self, attempt: Attempt) -> bool:
         return (
@@ -56,6 +63,8 @@ class LogQuery:
             and (self.status_class is None or attempt.status_class == self.status_class)
             and (self.since is None or attempt.at_seconds >= self.since)
             and (self.until is None or attempt.at_seconds < self.until)
+            and (self.trigger is None or attempt.trigger == self.trigger)
+            and (self.recovery_id is None or attempt.recovery_id == self.recovery_id)
         )
 
 

@@ -11,7 +11,7 @@ from bridge.contract.events import parse_time
 from bridge.contract.jsoncanon import MAX_SAFE_INTEGER
 from bridge.errors import InvalidRecord
 
-__all__ = ["OUTCOMES", "Attempt", "status_class"]
+__all__ = ["OUTCOMES", "TRIGGERS", "Attempt", "status_class"]
 
 #: Text fields an attempt record must carry, and text fields it may leave null.
 _TEXT = ("delivery_id", "webhook_id", "event_type", "at")
@@ -28,7 +28,7 @@ _OPTIONAL_TEXT = (
 #: The ``outcome`` values an attempt record may carry.
 OUTCOMES = frozenset({"success", "failure", "skipped"})
 #: The ``trigger`` values an attempt record may carry.
-_TRIGGERS = ("scheduled", "manual")
+TRIGGERS = ("scheduled", "manual")
 
 
 def status_class(status: int | None) -> str:
@@ -259,7 +259,7 @@ def _check(record: dict[str, Any]) -> None:
         raise InvalidRecord("schema_invalid", "attempt record: response_bytes is not a count")
     if not isinstance(get("response_truncated", False), bool):
         raise InvalidRecord("schema_invalid", "attempt record: response_truncated is not true")
-    if get("trigger", "scheduled") not in _TRIGGERS:  # a tuple: any JSON value compares
+    if get("trigger", "scheduled") not in TRIGGERS:  # a tuple: any JSON value compares
         raise InvalidRecord("schema_invalid", "attempt record: unknown trigger")
     prefix = get("response_prefix")
     if prefix is not None and not isinstance(prefix, str):

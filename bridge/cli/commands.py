@@ -292,6 +292,14 @@ def _parser() -> argparse.ArgumentParser:
     attempts.add_argument("--event-type", help="only this event type")
     attempts.add_argument("--outcome", choices=("success", "failure", "skipped"))
     attempts.add_argument("--status-class", help="2xx ... 5xx, or none (no response)")
+    attempts.add_argument(
+        "--trigger",
+        choices=("scheduled", "manual"),
+        help="the event's own attempts, or an operator's (redelivery, recovery, dlq replay)",
+    )
+    attempts.add_argument(
+        "--recovery-id", help="only the attempts of this recovery or redelivery", metavar="ID"
+    )
     attempts.add_argument("--since", help="ISO-8601 time, or a duration ago (30m, 2h, 1d)")
     attempts.add_argument("--until", help="ISO-8601 time, or a duration ago")
     attempts.add_argument("--limit", type=int, default=50, help="at most this many (1-1000)")
@@ -880,6 +888,8 @@ def _webhooks_attempts(args: argparse.Namespace) -> int:
             status_class=args.status_class,
             since=parse_time(args.since).timestamp() if args.since else None,
             until=parse_time(args.until).timestamp() if args.until else None,
+            trigger=args.trigger,
+            recovery_id=args.recovery_id,
         )
         if not 1 <= args.limit <= 1000:
             raise ValueError("--limit must be between 1 and 1000")
@@ -895,6 +905,8 @@ def _webhooks_attempts(args: argparse.Namespace) -> int:
                 "event_type": args.event_type,
                 "outcome": args.outcome,
                 "status_class": args.status_class,
+                "trigger": args.trigger,
+                "recovery_id": args.recovery_id,
                 "since": _rfc3339(query.since),
                 "until": _rfc3339(query.until),
                 "limit": str(args.limit),

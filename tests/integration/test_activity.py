@@ -116,3 +116,21 @@ async def test_the_log_shows_two_failures_then_the_success_and_the_stats_count_t
     await receiver.wait_for(lambda got: len(got) == 4)
     assert receiver.received[-1].delivery_id == target and receiver.received[-1].status == 200
     assert receiver.verified(receiver.received[-1])
+
+    # The redelivery's attempt is the operator's, named by its recovery, and filtered by both.
+    [manual] = await poll(
+        lambda: lines(cli(settings, "webhooks", "attempts", "wh", "--json", "--trigger", "manual")),
+        until=lambda got: len(got) == 1,
+        timeout=30,
+        interval=0.5,
+    )
+    assert (manual["attempt"], manual["status"], manual["trigger"]) == (1, 200, "manual")
+    assert manual["recovery_id"]
+    scheduled = lines(
+        cli(settings, "webhooks", "attempts", "wh", "--json", "--trigger", "scheduled")
+    )
+    assert scheduled == logged
+    recovered = "--recovery-id", manual["recovery_id"]
+    assert lines(cli(settings, "webhooks", "attempts", "wh", "--json", *recovered)) == [manual]
+    text = cli(settings, "webhooks", "attempts", "wh", *recovered)
+    assert f"manual attempt 1 ({manual['recovery_id']})" in text

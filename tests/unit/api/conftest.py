@@ -113,6 +113,8 @@ def attempt(
     next: str | None = "retry",
     event_type: str = "post.created",
     event_at: str | None = None,
+    recovery_id: str | None = None,
+    manual: bool = False,
 ) -> Attempt:
     """An attempt record as the deliverer writes it, read back (``event_at``: the event's
     time, which records written before it was recorded lack)."""
@@ -131,6 +133,8 @@ def attempt(
             "at": stamp.replace("+00:00", "Z"),
             "next": next,
             **({"event_at": event_at} if event_at is not None else {}),
+            **({"trigger": "manual"} if manual or recovery_id is not None else {}),
+            **({"recovery_id": recovery_id} if recovery_id is not None else {}),
         }
     )
 

@@ -115,10 +115,52 @@ async def test_attempts_newest_first_filtered_and_paged(api: Api) -> None:
     assert [a["attempt"] for a in rest["items"]] == [1] and rest["next_cursor"] is None
 
 
+async def test_attempts_filtered_by_trigger_and_recovery(api: Api) -> None:
+    """The event's own attempts, an operator's, and one recovery's (with its retries) alone."""
+    await api.create(id="wh_1")
+    failed_twice_then_delivered(api)
+    api.activity.add(
+        attempt("d1", 1, at=NOW - 50, recovery_id="rec_a"),
+        attempt("d1", 2, at=NOW - 40, recovery_id="rec_a", outcome="success", status=200),
+        attempt("d1", 1, at=NOW - 30, recovery_id="rec_b", outcome="success", status=200),
+        attempt("d2", 2, at=NOW - 20, manual=True, outcome="success", status=200),  # a replay
+    )
+
+    async def listed(query: str) -> list[tuple[str, int, str, str | None]]:
+        response = await api.client.get(f"/v1/webhooks/wh_1/attempts?{query}", headers=auth())
+        assert response.status == 200, await response.text()
+        return [
+            (a["delivery_id"], a["attempt"], a["trigger"], a["recovery_id"])
+            for a in (await response.json())["items"]
+        ]
+
+    assert await listed("trigger=scheduled") == [
+        ("d1", 3, "scheduled", None),
+        ("d1", 2, "scheduled", None),
+        ("d1", 1, "scheduled", None),
+    ]
+    assert await listed("trigger=manual") == [
+        ("d2", 2, "manual", None),
+        ("d1", 1, "manual", "rec_b"),
+        ("d1", 2, "manual", "rec_a"),
+        ("d1", 1, "manual", "rec_a"),
+    ]
+    assert await listed("recovery_id=rec_a") == [
+        ("d1", 2, "manual", "rec_a"),
+        ("d1", 1, "manual", "rec_a"),
+    ]
+    assert await listed("recovery_id=rec_a&outcome=failure") == [("d1", 1, "manual", "rec_a")]
+    assert await listed("recovery_id=rec_a&trigger=scheduled") == []
+    assert await listed("recovery_id=nobody") == []
+
+
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
         ("outcome=won", [("outcome", "enum")]),
+        ("trigger=automatic", [("trigger", "enum")]),
+        ("recovery_id=", [("recovery_id", "length")]),
+        ("recovery_id=" + "r" * 201, [("recovery_id", "length")]),
         ("status_class=6xx", [("status_class", "enum")]),
         ("event_type=post.exploded", [("event_type", "enum")]),
         ("since=yesterday", [("since", "format")]),
