@@ -31,6 +31,7 @@ __all__ = [
     "stream_dead_letters",
     "REPLAY_IN_FLIGHT",
     "REPLAY_REMEMBERED",
+    "SKIP_REASONS",
     "ReplayReport",
     "replay_dead_letters",
 ]
@@ -154,15 +155,31 @@ async def stream_dead_letters(
             yield record
 
 
+#: Why a dead letter is not replayed, as :class:`ReplayReport` counts them:
+#: ``unreadable``: the letter lacks what a retry needs (its event is invalid, or invalid as the
+#: bridge reads events now; no webhook id or delivery id; attempts no retry record can carry);
+#: ``webhook_gone``: no webhook of its id now, or another one (created after the letter was
+#: written, or not the webhook the letter names by ``created_at``: a deleted webhook's id
+#: taken again); ``webhook_off``: its webhook is turned off (by its owner, or disabled by the
+#: bridge): turn it on, then replay; ``not_receiving``: its webhook no longer gets the event
+#: (moved to another site or account, its filter narrowed); ``already_replayed``: a further
+#: letter of a delivery this replay has written.
+SKIP_REASONS = ("unreadable", "webhook_gone", "webhook_off", "not_receiving", "already_replayed")
+
+
 @dataclass
 class ReplayReport:
     replayed: list[str] = field(default_factory=list)
-    #: Dead letters not replayed: the event itself was invalid (no webhook), or is invalid as
-    #: the bridge reads events now; the letter names no webhook id, or lacks what a retry needs;
-    #: a letter without ``webhook_created_at`` whose webhook is gone, or is a webhook created
-    #: after the letter was written (one that took a deleted webhook's id); or a further letter
-    #: of a delivery the replay has already replayed.
+    #: Dead letters not replayed, in all.
     skipped: int = 0
+    #: Of them, how many for each of :data:`SKIP_REASONS` (every reason, 0 for none).
+    skipped_by_reason: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0)
+    )
+
+    def skip(self, reason: str) -> None:
+        self.skipped_by_reason[reason] += 1
+        self.skipped += 1
 
 
 #: Replayed letters written before their writes are awaited: what a replay holds at most.
@@ -183,14 +200,16 @@ async def replay_dead_letters(
 ) -> ReplayReport:
     """Re-enqueue matching dead letters in the first retry tier, due now, with the same delivery
     id. Each replayed delivery gets the retry schedule again from its second entry; it is signed
-    with the webhook's secret at that time, and dropped if the webhook is gone or inactive.
+    with the webhook's secret at that time.
 
-    A letter names the ``created_at`` of its webhook (``webhook_created_at``), and the worker
-    drops its retry when the webhook of that id now is another one. A letter without one
-    (written before letters named it) is judged here, by ``webhooks`` (the current webhook of
-    an id): with no webhook of its id, or one created after the letter was written (a deleted
-    webhook's id used again), it is not replayed; else it is replayed naming that webhook's
-    ``created_at``. Each delivery is replayed once (its first letter read that can be
+    Each letter is judged by the rule the worker applies when the retry is due, against
+    ``webhooks`` (the current webhook of an id, asked once an id): one whose webhook is gone,
+    replaced, turned off or no longer gets its event is not written, and is counted by why
+    (:data:`SKIP_REASONS`; until 2026-12-06 those of a turned-off webhook were counted as
+    replayed, and the worker dropped them). A letter without ``webhook_created_at`` (written
+    before letters named it) is of the current webhook unless that one was created after the
+    letter was written (a deleted webhook's id used again); it is replayed naming that
+    webhook's ``created_at``. Each delivery is replayed once (its first letter read that can be
     replayed; a delivery replayed before and dead-lettered again has several letters), as
     long as the replay remembers it (:data:`REPLAY_REMEMBERED`).
 
@@ -206,6 +225,14 @@ async def replay_dead_letters(
     producer: AIOKafkaProducer | None = None
     in_flight: list[tuple[str, asyncio.Future[Any]]] = []
     replayed: set[str] = set()
+    known: dict[str, Webhook | None] = {}
+
+    async def current(webhook_id: str) -> Webhook | None:
+        if webhook_id not in known:
+            if len(known) >= REPLAY_REMEMBERED:
+                known.clear()  # bounded: a webhook is then asked for again
+            known[webhook_id] = await webhooks(webhook_id)
+        return known[webhook_id]
 
     async def settle() -> None:
         for delivery, sent in in_flight:
@@ -218,13 +245,20 @@ async def replay_dead_letters(
         async with aclosing(letters) as reading:
             async for record in reading:
                 item = _replayed(record, clock())
-                if item is not None and item.delivery_id in replayed:
-                    item = None
-                if item is not None and item.webhook_created_at is None:
-                    item = _of_current(item, record, await webhooks(item.webhook_id))
                 if item is None:
-                    report.skipped += 1
+                    report.skip("unreadable")
                     continue
+                if item.delivery_id in replayed:
+                    report.skip("already_replayed")
+                    continue
+                webhook = await current(item.webhook_id)
+                reason = _not_sent(item, record, webhook)
+                if reason is not None:
+                    report.skip(reason)
+                    continue
+                assert webhook is not None
+                if item.webhook_created_at is None:
+                    item = dataclasses.replace(item, webhook_created_at=webhook.created_at)
                 if len(replayed) < REPLAY_REMEMBERED:
                     replayed.add(item.delivery_id)
                 if producer is None:
@@ -246,20 +280,26 @@ async def replay_dead_letters(
     return report
 
 
-def _of_current(
-    item: PendingRetry, record: Mapping[str, Any], current: Webhook | None
-) -> PendingRetry | None:
-    """``item``, replaying a letter that does not name the ``created_at`` of its webhook, made
-    for ``current`` (the webhook of its id now): ``None`` when there is none, or when it was
-    created after the letter was written. Until 2026-12-06 such a letter was replayed naming
-    no webhook, which every worker takes as of the current one: a deleted webhook's event went
-    to the webhook (another site's, perhaps) that took its id."""
+def _not_sent(item: PendingRetry, record: Mapping[str, Any], current: Webhook | None) -> str | None:
+    """Why the worker would drop ``item`` (replaying the letter ``record``) with ``current``
+    the webhook of its id now (one of :data:`SKIP_REASONS`); ``None`` when it would send it.
+
+    A letter that does not name the ``created_at`` of its webhook is of ``current`` unless
+    that one was created after the letter was written: until 2026-12-06 such a letter was
+    replayed naming no webhook, which every worker takes as of the current one, and a deleted
+    webhook's event went to the webhook (another site's, perhaps) that took its id."""
     if current is None:
-        return None
-    created = current.created_at
-    if created is not None and not of_webhook_created(record, created):
-        return None
-    return dataclasses.replace(item, webhook_created_at=created)
+        return "webhook_gone"
+    if item.webhook_created_at is None:
+        if current.created_at is not None and not of_webhook_created(record, current.created_at):
+            return "webhook_gone"
+    elif not current.is_incarnation(item.webhook_created_at):
+        return "webhook_gone"
+    if not current.active:
+        return "webhook_off"
+    if not current.receives(item.event):
+        return "not_receiving"
+    return None
 
 
 def _replayed(record: dict[str, Any], now: float) -> PendingRetry | None:

@@ -410,7 +410,13 @@ class _Routes:
             until=until,
         )
         report = await self._control.replay_dead_letters(principal, where)
-        return _json({"replayed": report.replayed, "skipped": report.skipped})
+        return _json(
+            {
+                "replayed": report.replayed,
+                "skipped": report.skipped,
+                "skipped_by_reason": report.skipped_by_reason,
+            }
+        )
 
 
 #: RFC 3339's ``date-time`` (section 5.6; ``T`` and ``Z`` in either case), before it is read:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
+from bridge.admin.dead_letters import SKIP_REASONS
 from bridge.api.idempotency import HEADER as IDEMPOTENCY_KEY
 from bridge.api.idempotency import (
     KEY_LIFETIME,
@@ -551,7 +552,7 @@ def _schemas() -> dict[str, Any]:
         },
         "ReplayReport": {
             "type": "object",
-            "required": ["replayed", "skipped"],
+            "required": ["replayed", "skipped", "skipped_by_reason"],
             "properties": {
                 "replayed": {
                     "type": "array",
@@ -562,10 +563,22 @@ def _schemas() -> dict[str, Any]:
                 "skipped": {
                     "type": "integer",
                     "minimum": 0,
-                    "description": "Letters not replayed: an invalid event or no webhook id; "
-                    "a letter without webhook_created_at whose webhook is gone, or was created "
-                    "after the letter (its id taken again); a further letter of a delivery "
-                    "already replayed.",
+                    "description": "Letters not replayed, in all (skipped_by_reason says why).",
+                },
+                "skipped_by_reason": {
+                    "type": "object",
+                    "required": list(SKIP_REASONS),
+                    "properties": {
+                        reason: {"type": "integer", "minimum": 0} for reason in SKIP_REASONS
+                    },
+                    "additionalProperties": False,
+                    "description": "unreadable: the letter lacks what a retry needs (an "
+                    "invalid event, no webhook or delivery id); webhook_gone: no webhook of "
+                    "its id now, or another one that took a deleted webhook's id; webhook_off: "
+                    "its webhook is turned off or disabled (turn it on, then replay); "
+                    "not_receiving: its webhook no longer gets the event (another site, a "
+                    "narrower filter); already_replayed: a further letter of a delivery this "
+                    "replay wrote.",
                 },
             },
         },

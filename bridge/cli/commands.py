@@ -1217,11 +1217,23 @@ def _dlq_replay(args: argparse.Namespace) -> int:
     report = _run_managed(args, replay)
     for delivery in report.replayed:
         print(f"replayed {delivery}")
-    print(
-        f"{len(report.replayed)} replayed, {report.skipped} skipped (an invalid event, a "
-        "webhook gone or replaced, or a delivery's further letter)"
-    )
+    print(f"{len(report.replayed)} replayed, {report.skipped} skipped{_skips(report)}")
     return 0
+
+
+#: How ``dlq replay`` names each reason a letter was not replayed.
+_SKIP_WORDS = {
+    "unreadable": "unreadable (an invalid event, no webhook or delivery id)",
+    "webhook_gone": "webhook gone or replaced",
+    "webhook_off": "webhook turned off (turn it on, then replay)",
+    "not_receiving": "webhook no longer gets the event",
+    "already_replayed": "a delivery's further letter",
+}
+
+
+def _skips(report: Any) -> str:
+    counted = [f"{n} {_SKIP_WORDS[r]}" for r, n in report.skipped_by_reason.items() if n]
+    return f": {'; '.join(counted)}" if counted else ""
 
 
 def token_flags(parser: argparse.ArgumentParser) -> None:

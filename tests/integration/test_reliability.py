@@ -401,6 +401,13 @@ async def test_dead_letters_can_be_listed_and_replayed_with_the_same_delivery_id
         delivery_id(e.id, name) for e in events for name in ("broken", "other")
     )
 
+    # A turned-off webhook's letters would be dropped by the worker: not written, and said so
+    # (until 2026-12-06 counted as replayed).
+    async with WebhookStore(settings) as store:
+        await store.update("other", active=False)
+    out = await cli("replay", "--webhook", "other", "--since", "1h")
+    assert out == "0 replayed, 2 skipped: 2 webhook turned off (turn it on, then replay)\n"
+
     receiver.statuses["/broken"] = 200
     target = delivery_id(events[0].id, "broken")
     out = await cli("replay", "--webhook", "broken", "--delivery", target, "--since", "1h")

@@ -9,9 +9,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bridge.admin import dead_letters
-from bridge.admin.dead_letters import DeadLetterFilter, ReplayReport, replay_dead_letters
+from bridge.admin.dead_letters import (
+    SKIP_REASONS,
+    DeadLetterFilter,
+    ReplayReport,
+    replay_dead_letters,
+)
 from bridge.config import Settings
 from bridge.delivery.pending_retry import PendingRetry, parse_retry
 from bridge.subscriptions.webhook import Webhook
@@ -94,15 +101,115 @@ async def test_a_letter_without_its_webhooks_created_at_is_replayed_only_to_that
     assert [retry.webhook_created_at for retry in written] == [None]
 
 
-async def test_a_letter_naming_its_webhooks_created_at_is_left_to_the_worker(
+async def test_a_letter_naming_its_webhooks_created_at_is_replayed_to_that_webhook_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The worker drops a retry made for another webhook of its id: such a letter is written
-    as it names it, and no webhook is looked up for it."""
+    """The worker drops a retry made for another webhook of its id: the replay does not write
+    one, and says why (until 2026-12-06 it wrote it and counted it as replayed)."""
     named = letter("d_named", "2026-12-04T11:00:00.000Z", webhook_created_at=CREATED_AT)
     report, written, asked = await replay(monkeypatch, [named], hook(RECREATED_AT))
-    assert report.replayed == ["d_named"] and asked == []
+    assert (report.replayed, report.skipped, written, asked) == ([], 1, [], ["wh"])
+    assert report.skipped_by_reason["webhook_gone"] == 1
+    report, written, _ = await replay(monkeypatch, [named], hook(CREATED_AT))
+    assert report.replayed == ["d_named"]
     assert [retry.webhook_created_at for retry in written] == [CREATED_AT]
+
+
+async def test_letters_of_a_turned_off_webhook_or_one_no_longer_getting_the_event_are_skipped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker would drop them when due: until 2026-12-06 a replay wrote them and counted
+    them as replayed, and nothing was sent. Each webhook is asked for once."""
+    letters = [
+        letter(f"d{n}", "2026-12-04T11:00:00.000Z", webhook_created_at=CREATED_AT) for n in range(3)
+    ]
+    for current, reason in [
+        (dataclasses.replace(hook(CREATED_AT), active=False), "webhook_off"),
+        (
+            dataclasses.replace(
+                hook(CREATED_AT), active=False, extra={"disabled_reason": "endpoint_gone"}
+            ),
+            "webhook_off",
+        ),
+        (dataclasses.replace(hook(CREATED_AT), site_id="another_site"), "not_receiving"),
+        (
+            dataclasses.replace(hook(CREATED_AT), events=frozenset({"post.deleted"})),
+            "not_receiving",
+        ),
+    ]:
+        report, written, asked = await replay(monkeypatch, letters, current)
+        assert (report.replayed, written, asked) == ([], [], ["wh"])
+        assert report.skipped == 3
+        assert report.skipped_by_reason == {**dict.fromkeys(SKIP_REASONS, 0), reason: 3}
+
+
+async def test_every_skip_is_counted_by_its_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = letter("d1", "2026-12-04T14:00:00.000Z", webhook_created_at=CREATED_AT)
+    letters = [
+        first,
+        {**first, "dead_lettered_at": "2026-12-04T15:00:00.000Z"},  # already replayed
+        letter("d2", "2026-12-04T14:00:00.000Z", webhook_id="gone"),  # no webhook
+        letter("d3", "2026-12-04T14:00:00.000Z", event={"id": "x"}),  # unreadable
+        letter("d4", "2026-12-04T14:00:00.000Z", webhook_id="off"),  # turned off
+    ]
+    off = dataclasses.replace(hook(None), id="off", active=False)
+    report, written, asked = await replay(monkeypatch, letters, hook(CREATED_AT), off)
+    assert report.replayed == ["d1"] and [r.delivery_id for r in written] == ["d1"]
+    assert report.skipped == 4 and asked == ["wh", "gone", "off"]
+    assert report.skipped_by_reason == {
+        "unreadable": 1,
+        "webhook_gone": 1,
+        "webhook_off": 1,
+        "not_receiving": 0,
+        "already_replayed": 1,
+    }
+
+
+WEBHOOK_STATES = st.builds(
+    lambda created, active, site, events: dataclasses.replace(
+        hook(created), active=active, site_id=site, events=frozenset(events)
+    ),
+    st.sampled_from([None, CREATED_AT, RECREATED_AT]),
+    st.booleans(),
+    st.sampled_from([SPEC_EVENT.site_id, "another_site"]),
+    st.sampled_from([["*"], [SPEC_EVENT.type], ["post.deleted"]]),
+)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    current=st.none() | WEBHOOK_STATES,
+    named=st.sampled_from([None, CREATED_AT, RECREATED_AT]),
+    written_at=st.sampled_from(["2026-12-04T11:00:00.000Z", "2026-12-04T14:00:00.000Z"]),
+)
+async def test_a_replayed_letter_is_one_the_worker_sends_and_a_skipped_one_is_not(
+    monkeypatch: pytest.MonkeyPatch, current: Webhook | None, named: str | None, written_at: str
+) -> None:
+    """What a replay writes, the worker sends when it is due (the same webhook, active and
+    getting the event); what it skips for its webhook, the worker would not send, or it is
+    a letter naming no ``created_at`` written before its id's webhook now was created."""
+    fields = {} if named is None else {"webhook_created_at": named}
+    report, written, _ = await replay(
+        monkeypatch, [letter("d1", written_at, **fields)], *([current] if current else [])
+    )
+    if written:
+        [retry] = written
+        assert current is not None and report.replayed == ["d1"]
+        assert current.sends_for(retry.webhook_created_at) and current.receives(retry.event)
+        assert retry.webhook_created_at == (named if named is not None else current.created_at)
+        return
+    [reason] = [r for r, n in report.skipped_by_reason.items() if n]
+    assert report.skipped == 1 and reason in ("webhook_gone", "webhook_off", "not_receiving")
+    created_after = (
+        current is not None
+        and named is None
+        and current.created_at is not None
+        and current.created_at > written_at
+    )
+    would_send = current is not None and current.sends_for(named) and current.receives(SPEC_EVENT)
+    assert created_after or not would_send
 
 
 async def test_a_replay_writes_each_delivery_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,7 @@ from aiohttp import ClientResponse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.admin.dead_letters import STAMP_MARGIN, DeadLetterFilter
+from bridge.admin.dead_letters import SKIP_REASONS, STAMP_MARGIN, DeadLetterFilter
 from bridge.api.activity import EndpointStatus
 from bridge.api.app import create_app
 from bridge.api.auth import Principal, TokenSet
@@ -629,7 +629,11 @@ async def test_replay_dead_letters(api: Api) -> None:
         "/v1/dead-letters/replay", json={"webhook_id": "wh_1"}, headers=auth()
     )
     assert response.status == 200
-    assert await response.json() == {"replayed": ["dl_1"], "skipped": 0}
+    assert await response.json() == {
+        "replayed": ["dl_1"],
+        "skipped": 0,
+        "skipped_by_reason": dict.fromkeys(SKIP_REASONS, 0),
+    }
     everything = await api.client.post("/v1/dead-letters/replay", headers=auth())
     assert (await everything.json())["replayed"] == ["dl_1", "dl_2"]
     bad = await api.client.post(

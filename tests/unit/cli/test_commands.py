@@ -556,10 +556,11 @@ def test_dlq_replay_judges_a_letter_without_a_created_at_by_the_webhooks_now(
     use_webhooks(monkeypatch, hook(created_at="2026-12-04T12:00:00.000Z"))
     assert cli.main(["dlq", "replay", *BROKER]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("0 replayed, 1 skipped") and producer.values == []
+    assert out == "0 replayed, 1 skipped: 1 webhook gone or replaced\n"
+    assert producer.values == []
     use_webhooks(monkeypatch, hook(created_at="2026-12-04T10:00:00.000Z"))
     assert cli.main(["dlq", "replay", *BROKER]) == 0
-    assert capsys.readouterr().out.startswith("replayed d1\n1 replayed, 0 skipped")
+    assert capsys.readouterr().out == "replayed d1\n1 replayed, 0 skipped\n"
     assert b'"webhook_created_at":"2026-12-04T10:00:00.000Z"' in producer.values[0]
 
 
@@ -787,3 +788,18 @@ def test_attempts_and_stats_on_kafka_of_an_id_with_no_webhook_and_no_log_fail(
     else:
         assert json.loads(quiet)["windows"]["1h"]["attempts"] == 0
         assert json.loads(gone)["windows"]["1h"]["attempts"] == 1
+
+
+def test_dlq_replay_words_every_reason_a_letter_is_skipped() -> None:
+    from bridge.admin.dead_letters import SKIP_REASONS, ReplayReport
+    from bridge.cli.commands import _SKIP_WORDS, _skips
+
+    assert tuple(_SKIP_WORDS) == SKIP_REASONS
+    report = ReplayReport()
+    assert _skips(report) == ""
+    report.skip("webhook_off")
+    report.skip("webhook_off")
+    report.skip("already_replayed")
+    assert _skips(report) == (
+        ": 2 webhook turned off (turn it on, then replay); 1 a delivery's further letter"
+    )

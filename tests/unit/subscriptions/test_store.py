@@ -187,8 +187,8 @@ async def test_a_replay_writes_as_it_reads_the_letters_up_to_when_it_began(
         "type": "post.created",
         "data": {"id": "p", "title": "t"},
         "timestamp": "2026-12-04T10:00:00Z",
-        "site_id": "s",
-        "user_id": "u",
+        "site_id": "site_1",  # the webhook's: a letter it still gets
+        "user_id": "user_1",
     }
     read = [0]
     asked: list[DeadLetterFilter] = []
