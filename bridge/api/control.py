@@ -689,9 +689,16 @@ class ControlService:
         webhook = await self._scoped_webhook(principal, where.webhook_id)
         if webhook is not None and webhook.created_at is not None:
             where = dataclasses.replace(where, webhook_created_at=webhook.created_at)
-        return await self._dead_letters.replay(
-            await self._of_delivery_webhook(where), webhooks=self._repository.get
-        )
+        where = await self._of_delivery_webhook(where)
+        # The webhooks read once, current as of now, for every letter: a read each (the whole
+        # topic for ``serve``) cost one a webhook replayed, and a worker's table unchecked
+        # could still show off a webhook turned on just before (2026-12-06).
+        webhooks = await self._repository.current()
+
+        async def current(webhook_id: str) -> Webhook | None:
+            return webhooks(webhook_id)
+
+        return await self._dead_letters.replay(where, webhooks=current)
 
     async def _of_delivery_webhook(self, where: DeadLetterFilter) -> DeadLetterFilter:
         """``where``, naming a delivery and no webhook, narrowed to the delivery's webhook when

@@ -123,6 +123,12 @@ class WebhookRepository(Protocol):
         """The current webhook of this id, or ``None``."""
         ...
 
+    async def current(self) -> Callable[[str], Webhook | None]:
+        """The webhooks by id, current as of the call (whatever the repository's reads
+        otherwise allow), read once: for a request that judges many (a dead-letter replay),
+        rather than a read each."""
+        ...
+
     async def scan(
         self,
         *,
@@ -156,6 +162,9 @@ class MemoryRepository:
 
     async def get(self, webhook_id: str) -> Webhook | None:
         return self._webhooks.get(webhook_id)
+
+    async def current(self) -> Callable[[str], Webhook | None]:
+        return self._webhooks.get
 
     async def scan(
         self,

@@ -61,6 +61,9 @@ class StoreRepository:
     async def get(self, webhook_id: str) -> Webhook | None:
         return (await self._current(fresh=True)).get(webhook_id)
 
+    async def current(self) -> Callable[[str], Webhook | None]:
+        return (await self._current(fresh=True)).get
+
     async def scan(
         self,
         *,

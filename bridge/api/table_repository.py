@@ -80,6 +80,13 @@ class TableRepository:
     async def get(self, webhook_id: str) -> Webhook | None:
         return (await self._current()).get(webhook_id)
 
+    async def current(self) -> Callable[[str], Webhook | None]:
+        # Current even with ``current=False``: a replay judges a letter by the webhook as the
+        # worker will find it when the retry is due, after any change made before the replay
+        # (one turned on, then its letters replayed).
+        await require_current(self._freshness, self._clock(), "webhooks")
+        return self._index.get
+
     async def scan(
         self,
         *,

@@ -1205,11 +1205,13 @@ def _dlq_replay(args: argparse.Namespace) -> int:
         current: dict[str, Webhook] | None = None
 
         async def webhook(webhook_id: str) -> Webhook | None:
-            # Read once, and only for a letter that does not name its webhook's created_at.
+            # Read once, at the first letter; its secrets are not needed (not decrypted): a
+            # shell without the workers' secret_keys judges the webhooks as they do (until
+            # 2026-12-06 their webhooks seemed gone, and their letters were skipped).
             nonlocal current
             if current is None:
                 async with WebhookStore(settings) as store:
-                    current = await store.load()
+                    current = await store.load(reveal=False)
             return current.get(webhook_id)
 
         return await replay_dead_letters(settings, where, webhooks=webhook)

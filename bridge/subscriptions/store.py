@@ -178,19 +178,21 @@ class WebhookStore:
             self._settings.subscriptions_topic, value, key=webhook_id.encode("utf-8")
         )
 
-    async def load(self) -> dict[str, Webhook]:
+    async def load(self, *, reveal: bool = True) -> dict[str, Webhook]:
         """Read the whole subscriptions topic; the current webhooks by id.
 
         Invalid records are skipped with a warning (their reason, never a value), as the
         workers skip them: one whose key names a webhook makes that webhook absent, as its
-        newest record; one without a usable key (none, not UTF-8) names no webhook.
+        newest record; one without a usable key (none, not UTF-8) names no webhook. With
+        ``reveal`` false the secrets are left as stored (:func:`parse_webhook`): webhooks to
+        judge, read without the workers' ``secret_keys``.
         """
         records = await read_topic(self._settings, self._settings.subscriptions_topic)
         current: dict[str, Webhook] = {}
         for key, value in records:
             webhook_id = webhook_key(key)
             try:
-                webhook = parse_webhook(key, value, self._keyring)
+                webhook = parse_webhook(key, value, self._keyring, reveal=reveal)
             except InvalidSubscription as exc:
                 log.warning(
                     "skipping an invalid subscription record%s: %s",

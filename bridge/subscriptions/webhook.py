@@ -224,17 +224,20 @@ def webhook_from_record(value: Any, keyring: Keyring | None = None) -> Webhook:
     return _webhook(value, keyring)
 
 
-def _webhook(value: Any, keyring: Keyring | None) -> Webhook:
-    """The webhook of a decoded record value whose strings are all text."""
+def _webhook(value: Any, keyring: Keyring | None, *, reveal: bool = True) -> Webhook:
+    """The webhook of a decoded record value whose strings are all text; with ``reveal``
+    false its secrets as stored (see :func:`parse_webhook`)."""
     errors = schema_errors("webhook", value)
     if errors:
         raise InvalidSubscription("schema_invalid", "; ".join(errors))
     aad = value["id"].encode("utf-8")
-    secret = _reveal(value["secret"], keyring, aad)
+    secret = value["secret"]
     previous = value.get("previous_secret")
-    if isinstance(previous, str):
-        previous = _reveal(previous, keyring, aad)
-    if value.get("standard_webhooks"):
+    if reveal:
+        secret = _reveal(secret, keyring, aad)
+        if isinstance(previous, str):
+            previous = _reveal(previous, keyring, aad)
+    if reveal and value.get("standard_webhooks"):
         # Fail here, once, rather than at every delivery: a whsec_ secret must be base64.
         standard_webhooks.secret_key(secret)
     return Webhook(
@@ -300,9 +303,13 @@ def webhook_key(key: bytes | None) -> str | None:
 
 
 def parse_webhook(
-    key: bytes | None, raw: bytes | None, keyring: Keyring | None = None
+    key: bytes | None, raw: bytes | None, keyring: Keyring | None = None, *, reveal: bool = True
 ) -> Webhook | None:
     """Parse a subscriptions-topic record; ``None`` for a tombstone.
+
+    With ``reveal`` false the secrets are left as stored (encrypted, with ``secret_keys``), not
+    decrypted nor checked: a webhook to judge (which it is, what it receives), never to sign
+    with, read by a process that need not hold the keys.
 
     Raises :class:`InvalidSubscription`, with one of :data:`RECORD_PROBLEMS` as its reason, for
     any other record: no key (a compacted topic keeps no keyless record, and Apache Kafka refuses
@@ -320,7 +327,7 @@ def parse_webhook(
         value = jsoncanon.loads(raw)
     except InvalidRecord as exc:
         raise InvalidSubscription(exc.reason, exc.detail) from None
-    webhook = _webhook(value, keyring)
+    webhook = _webhook(value, keyring, reveal=reveal)
     if webhook.id != webhook_id:
         raise InvalidSubscription(
             "key_mismatch", f"the record key {webhook_id[:200]!r} is not the webhook id"

@@ -659,6 +659,34 @@ async def test_a_replay_judges_letters_by_the_current_webhooks(api: Api) -> None
     assert await lookup("wh_gone") is None
 
 
+async def test_a_replay_reads_the_current_webhooks_once(api: Api) -> None:
+    """One read of the repository's current webhooks for the whole replay, however many
+    webhooks its letters name: ``serve``'s repository read the whole topic at each lookup, and a
+    worker's answered from a table that could trail a change made just before (2026-12-06)."""
+    for n in (1, 2, 3):
+        await api.create(id=f"wh_{n}")
+    reads: list[str] = []
+    repository = api.repository
+    original_get, original_current = repository.get, repository.current
+
+    async def get(webhook_id: str) -> Any:
+        reads.append(f"get {webhook_id}")
+        return await original_get(webhook_id)
+
+    async def current() -> Any:
+        reads.append("current")
+        return await original_current()
+
+    repository.get = get  # type: ignore[method-assign]
+    repository.current = current  # type: ignore[method-assign]
+    response = await api.client.post("/v1/dead-letters/replay", headers=auth())
+    assert response.status == 200
+    (lookup,) = api.dead_letters.lookups
+    found = [await lookup(f"wh_{n}") for n in (1, 2, 3, 4)]
+    assert [w is not None for w in found] == [True, True, True, False]
+    assert reads == ["current"]
+
+
 async def test_a_site_token_reaches_only_its_sites_webhooks(api: Api) -> None:
     await api.create(id="wh_1", site_id="site_1", user_id="user_1")
     await api.create(id="wh_2", site_id="site_2", user_id="user_2")

@@ -15,6 +15,7 @@ from bridge.api.service import WebhookService
 from bridge.api.store_repository import StoreRepository
 from bridge.subscriptions.changes import disabled_record
 from bridge.subscriptions.webhook import Webhook, webhook_from_record
+from tests.support.builders import webhook_record
 from tests.unit.api.conftest import Clock, auth, control_service
 
 
@@ -88,3 +89,18 @@ async def test_listings_within_the_cache_share_one_load() -> None:
     assert store.loads == 1
     await repository.get("wh_1")
     assert store.loads == 2  # one webhook: always read afresh
+
+
+async def test_current_is_one_fresh_load_for_many_lookups() -> None:
+    """A replay asks for the webhook of each letter: one load of the topic for all of them
+    (until 2026-12-06 ``serve`` read the whole topic for each webhook a replay touched)."""
+    store = TopicStore()
+    store.topic = {f"wh_{n}": webhook_from_record(webhook_record(id=f"wh_{n}")) for n in range(5)}
+    repository = StoreRepository(store, cache_seconds=60.0)  # type: ignore[arg-type]
+    await repository.scan(after=None, limit=10, where=lambda webhook: True)
+    disable_elsewhere(store, "wh_1")  # after the cached view was read
+    lookup = await repository.current()
+    assert store.loads == 2
+    assert [lookup(f"wh_{n}") is not None for n in range(6)] == [True] * 5 + [False]
+    assert lookup("wh_1").active is False  # afresh, not the cached view
+    assert store.loads == 2

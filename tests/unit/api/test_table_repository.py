@@ -171,3 +171,22 @@ async def test_a_long_scan_lets_other_tasks_run() -> None:
     found, turns = await turns_during(scan, removing)
     assert turns >= 4
     assert len(found) == count - 2  # not w00000, not the one removed
+
+
+async def test_current_waits_for_the_table_even_where_reads_do_not() -> None:
+    """A dead-letter replay judges its letters by the webhooks as the worker will find them
+    when the retries are due: after a change made just before (a webhook turned on, then its
+    letters replayed). Until 2026-12-06 it judged them by a table that could trail it."""
+    index = SubscriptionIndex([webhook("a")])
+    ends = {0: 4}
+    repo, freshness = repository(index, ends, current=False)
+    freshness.applied(0, 3)
+    assert (await repo.get("a")).id == "a"  # current once
+    ends[0] = 6  # a change the table has not applied
+    assert (await repo.get("a")).id == "a"  # reads answer from the table as it is
+    with pytest.raises(Problem) as refused:
+        await repo.current()
+    assert refused.value.status == 503
+    freshness.applied(0, 5)
+    lookup = await repo.current()
+    assert lookup("a") is index.get("a") and lookup("b") is None

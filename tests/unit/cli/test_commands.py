@@ -282,7 +282,7 @@ def use_store(monkeypatch: pytest.MonkeyPatch, **methods: Callable[..., Awaitabl
 def use_webhooks(monkeypatch: pytest.MonkeyPatch, *webhooks: Webhook) -> None:
     """Management commands find ``webhooks`` in the subscriptions topic (no broker asked)."""
 
-    async def load() -> dict[str, Any]:
+    async def load(*, reveal: bool = True) -> dict[str, Any]:
         return {webhook.id: webhook for webhook in webhooks}
 
     use_store(monkeypatch, load=load)
@@ -788,6 +788,47 @@ def test_attempts_and_stats_on_kafka_of_an_id_with_no_webhook_and_no_log_fail(
     else:
         assert json.loads(quiet)["windows"]["1h"]["attempts"] == 0
         assert json.loads(gone)["windows"]["1h"]["attempts"] == 1
+
+
+def test_dlq_replay_reads_the_webhooks_once_without_their_secrets(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It judges the webhooks, never signs with them: a shell without the workers'
+    ``secret_keys`` finds an encrypted webhook as they do (until 2026-12-06 it seemed gone,
+    and its letters were skipped)."""
+    from bridge.admin import dead_letters
+
+    event = build_event("post.created", {"id": "p", "title": "t"}, site_id="s1", user_id="u1")
+    letters = [
+        {
+            "webhook_id": "wh",
+            "delivery_id": f"d{n}",
+            "event": event.envelope(),
+            "attempts": [],
+            "dead_lettered_at": "2026-12-04T11:00:00.000Z",
+            "webhook_created_at": "2026-12-04T10:00:00.000Z",
+        }
+        for n in range(3)
+    ]
+
+    async def stream_dead_letters(settings: Settings, where: Any, **_: Any) -> Any:
+        for letter in letters:
+            yield letter
+
+    loads: list[bool] = []
+
+    async def load(*, reveal: bool = True) -> dict[str, Any]:
+        loads.append(reveal)
+        webhook = hook(created_at="2026-12-04T10:00:00.000Z")
+        return {webhook.id: webhook}
+
+    producer = RecordingProducer()
+    monkeypatch.setattr(dead_letters, "stream_dead_letters", stream_dead_letters)
+    monkeypatch.setattr(dead_letters, "AIOKafkaProducer", producer)
+    use_store(monkeypatch, load=load)
+    assert cli.main(["dlq", "replay", *BROKER]) == 0
+    assert capsys.readouterr().out.endswith("3 replayed, 0 skipped\n")
+    assert loads == [False] and len(producer.values) == 3
 
 
 def test_dlq_replay_words_every_reason_a_letter_is_skipped() -> None:

@@ -6,6 +6,7 @@ never sent."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ from bridge.admin.dead_letters import DeadLetterFilter, replay_dead_letters
 from bridge.config import Settings
 from bridge.errors import InvalidSubscription
 from bridge.subscriptions import changes, store
+from bridge.subscriptions.secretbox import Keyring
 from bridge.subscriptions.store import WebhookStore
 from bridge.subscriptions.urls import InvalidUrl
 from bridge.subscriptions.webhook import Webhook, parse_webhook, webhook_from_record
@@ -118,6 +120,28 @@ async def test_load_skips_invalid_records_with_a_warning(
     assert any("of webhook 'gone'" in w and "schema_invalid" in w for w in warnings)
     assert not any(SECRET in w for w in warnings)
     assert all("\n" not in w and w.isprintable() for w in warnings)
+
+
+async def test_load_without_revealing_reads_encrypted_webhooks_without_the_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``dlq replay`` judges the webhooks of its letters in a shell that need not hold the
+    workers' ``secret_keys``: with ``reveal=False`` an encrypted secret is left as stored, and
+    the webhook is there (as the workers, holding the keys, have it). With the secrets
+    revealed and no keys, it is skipped as undecryptable."""
+    keyring = Keyring.from_setting("kid1:" + base64.b64encode(bytes(range(32))).decode())
+    sealed = keyring.encrypt(SECRET, aad=b"hook")
+    records = [(b"hook", encode(record(secret=sealed, previous_secret=sealed)))]
+
+    async def read_topic(settings: Settings, topic: str) -> list[Any]:
+        return records
+
+    monkeypatch.setattr(store, "read_topic", read_topic)
+    assert await WebhookStore(SETTINGS).load() == {}
+    judged = await WebhookStore(SETTINGS).load(reveal=False)
+    assert judged["hook"].secret == judged["hook"].previous_secret == sealed
+    assert SECRET not in repr(judged)
+    assert judged["hook"].active and judged["hook"].site_id == "site_1"
 
 
 # ------------------------------------------------------------------------------- replay
