@@ -88,7 +88,9 @@ def _inlined(path: str, node: Any, depth: int = 0) -> Any:
         folder = path.rsplit("/", 1)[0]
         target = {k: v for k, v in load_json(f"{folder}/{ref}").items() if k not in _ROOT_ONLY}
         rest = {k: v for k, v in node.items() if k != "$ref"}
-        return _inlined(path, {**target, **rest}, depth + 1)
+        # Keywords beside a $ref apply as well as the referenced schema's (2020-12), not in
+        # place of them.
+        return _inlined(path, {"allOf": [target], **rest} if rest else target, depth + 1)
     return {k: _inlined(path, v, depth) for k, v in node.items()}
 
 

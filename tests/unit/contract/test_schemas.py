@@ -266,3 +266,23 @@ def test_a_secret_in_an_object_is_described_by_its_type() -> None:
     errors = schema_errors("webhook", {"previous_secret": {"v": CANARY}})
     assert "$.previous_secret: expected string or null, got object" in errors
     assert not any(CANARY in e for e in errors)
+
+
+def test_keywords_beside_a_ref_apply_as_well_as_the_referenced_schema() -> None:
+    from bridge.contract import schemas
+
+    node = {"$ref": "event.json", "required": ["extra_field"], "description": "d"}
+    inlined = schemas._inlined("schemas/retry.json", node)
+    validator = schemas.Validator(inlined)
+    assert not validator.is_valid({"extra_field": 1})  # event.json's rules still hold
+    valid_event = {
+        "id": "e1",
+        "type": "post.created",
+        "data": {},
+        "timestamp": "2024-01-15T10:30:00Z",
+        "site_id": "s",
+        "user_id": "u",
+    }
+    assert validator.is_valid(valid_event) is False  # and the keyword beside it too
+    alone = schemas._inlined("schemas/retry.json", {"$ref": "event.json"})
+    assert alone["title"] == "Platform event envelope" and "$id" not in alone
