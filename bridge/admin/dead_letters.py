@@ -20,7 +20,7 @@ from bridge.contract.events import parse_event, parse_time
 from bridge.delivery.pending_retry import PendingRetry, read_history
 from bridge.errors import InvalidRecord
 from bridge.kafka.clients import client_kwargs, started, stopped
-from bridge.kafka.reading import KeyValue, stream_topic
+from bridge.kafka.reading import Positioned, stream_positioned
 from bridge.subscriptions.webhook import Webhook
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "list_dead_letters",
     "of_webhook_created",
     "stream_dead_letters",
+    "stream_positioned_letters",
     "REPLAY_IN_FLIGHT",
     "REPLAY_REMEMBERED",
     "SKIP_REASONS",
@@ -121,6 +122,22 @@ async def stream_dead_letters(
     (``contextlib.aclosing``) when stopping early. Given ``share`` (a worker's), the parsing
     and matching pay for each stretch of work there (:mod:`bridge.admin.loop_share`); what the
     caller does with a letter it is handed is not counted."""
+    letters = stream_positioned_letters(settings, where, needed_until=needed_until, share=share)
+    async with aclosing(letters) as reading:
+        async for _, _, record in reading:
+            yield record
+
+
+async def stream_positioned_letters(
+    settings: Settings,
+    where: DeadLetterFilter,
+    *,
+    needed_until: Callable[[], datetime | None] | None = None,
+    share: LoopShare | None = None,
+    start_offsets: Mapping[int, int] | None = None,
+) -> AsyncGenerator[tuple[int, int, dict[str, Any]], None]:
+    """:func:`stream_dead_letters`, each letter with its partition and offset; given
+    ``start_offsets``, the partitions it names read from there (a replay resumed)."""
     key = None if where.webhook_id is None else where.webhook_id.encode("utf-8")
     since_ms = None
     if where.since is not None:
@@ -133,19 +150,25 @@ async def stream_dead_letters(
             return None
         return int((min(moments).timestamp() + STAMP_MARGIN) * 1000)
 
-    stream = stream_topic(
-        settings, settings.deadletter_topic, key=key, since_ms=since_ms, until_ms=until_ms
+    stream = stream_positioned(
+        settings,
+        settings.deadletter_topic,
+        key=key,
+        since_ms=since_ms,
+        until_ms=until_ms,
+        start_offsets=start_offsets,
     )
 
-    def letter(key_value: KeyValue) -> dict[str, Any] | None:
-        _, value = key_value
-        if value is None:
+    def letter(read: Positioned) -> tuple[int, int, dict[str, Any]] | None:
+        if read.value is None:
             return None
         try:
-            record = jsoncanon.loads(value)
+            record = jsoncanon.loads(read.value)
         except InvalidRecord:
             return None
-        return record if isinstance(record, dict) and where.matches(record) else None
+        if not isinstance(record, dict) or not where.matches(record):
+            return None
+        return read.partition, read.offset, record
 
     async with (
         aclosing(stream) as batches,
@@ -176,6 +199,14 @@ class ReplayReport:
     skipped_by_reason: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0)
     )
+    #: False when the replay stopped (``stop``) before it had read every letter it takes.
+    complete: bool = True
+    #: Where it got to: for each partition it took a letter of, the offset after the last
+    #: one (written or skipped). A replay given them as ``resume`` goes on from there.
+    positions: dict[int, int] = field(default_factory=dict)
+    #: The last time of a letter it takes (``dead_lettered_at``): the filter's ``until`` or
+    #: when it began. A replay resumed takes it as its ``until``.
+    until: datetime | None = None
 
     def skip(self, reason: str) -> None:
         self.skipped_by_reason[reason] += 1
@@ -197,6 +228,8 @@ async def replay_dead_letters(
     webhooks: Callable[[str], Awaitable[Webhook | None]],
     clock: Callable[[], float] = time.time,
     share: LoopShare | None = None,
+    resume: Mapping[int, int] | None = None,
+    deadline: float | None = None,
 ) -> ReplayReport:
     """Re-enqueue matching dead letters in the first retry tier, due now, with the same delivery
     id. Each replayed delivery gets the retry schedule again from its second entry; it is signed
@@ -218,10 +251,17 @@ async def replay_dead_letters(
     Writes them as it reads them, holding at most :data:`REPLAY_IN_FLIGHT` (so a replay of a
     large topic holds a part of it, not the letters it replays); a letter without a
     ``dead_lettered_at`` (none the bridge writes) is within no time and not replayed. Its
-    reading pays ``share`` as :func:`stream_dead_letters` does."""
+    reading pays ``share`` as :func:`stream_dead_letters` does.
+
+    At ``deadline`` (the event loop's time), the replay stops reading, and ends once the letters
+    it wrote are acknowledged: its report is not ``complete``, and names where it got to
+    (``positions``, ``until``). Given those (``resume`` and ``where.until``), a replay takes
+    the letters after them, and none of those before again (a request answers within its
+    time, and is not answered ``503`` after writing some: a client sending it again wrote them
+    twice). A delivery whose letters fall on both sides is written by both."""
     began = datetime.fromtimestamp(clock(), UTC)
     until = began if where.until is None or where.until > began else where.until
-    report = ReplayReport()
+    report = ReplayReport(until=until)
     producer: AIOKafkaProducer | None = None
     in_flight: list[tuple[str, asyncio.Future[Any]]] = []
     replayed: set[str] = set()
@@ -240,10 +280,33 @@ async def replay_dead_letters(
             report.replayed.append(delivery)
         in_flight.clear()
 
-    letters = stream_dead_letters(settings, dataclasses.replace(where, until=until), share=share)
+    letters = stream_positioned_letters(
+        settings, dataclasses.replace(where, until=until), share=share, start_offsets=resume
+    )
+    if resume:
+        report.positions.update(resume)
     try:
         async with aclosing(letters) as reading:
-            async for record in reading:
+            loop = asyncio.get_running_loop()
+            while True:
+                if deadline is not None and loop.time() >= deadline:
+                    # Letters fetched already are taken without a pause, in which the
+                    # timeout below would not fire: a fetch can hold thousands.
+                    report.complete = False
+                    break
+                # Only the reading is cut short: a letter read is written, or skipped.
+                scope = asyncio.timeout_at(deadline)
+                try:
+                    async with scope:
+                        partition, offset, record = await anext(reading)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    if not scope.expired():
+                        raise  # the reading's own (no answer from the broker)
+                    report.complete = False
+                    break
+                report.positions[partition] = offset + 1
                 item = _replayed(record, clock())
                 if item is None:
                     report.skip("unreadable")

@@ -224,6 +224,12 @@ class Operation:
     request_digest: str | None = None
     _cancel: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
+    def __post_init__(self) -> None:
+        # As its record holds it (whole milliseconds): the place of a page's cursor, which an
+        # operation read back from the journal must match (until 2026-12-06 a cursor made from
+        # one running here named a later moment, and the next page showed it again).
+        self.started_at = parse_time(format_epoch(self.started_at)).timestamp()
+
     def cancel(self) -> None:
         """Stop after the delivery being written; what was enqueued stays enqueued."""
         self._cancel.set()

@@ -8,6 +8,7 @@ answer JSON. Every error is a problem (:mod:`bridge.api.problems`), bad input al
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,10 +49,20 @@ from bridge.contract.payload import delivery_id
 from bridge.contract.schemas import EVENT_TYPES, event_data_schema
 from bridge.subscriptions.webhook import Webhook
 
-__all__ = ["DEFAULT_REQUEST_TIMEOUT", "ApiConfig", "create_app", "redelivery_target"]
+__all__ = [
+    "DEFAULT_REQUEST_TIMEOUT",
+    "REPLAY_SHARE",
+    "ApiConfig",
+    "create_app",
+    "redelivery_target",
+]
 
 #: How long a request may take before it is answered ``503`` (seconds).
 DEFAULT_REQUEST_TIMEOUT = 10.0
+
+#: The part of a request's time a dead-letter replay reads for; then it answers what it did,
+#: and the cursor to go on from.
+REPLAY_SHARE = 0.5
 
 _LIST_PARAMS = ("site_id", "user_id", "event_type", "state", "limit", "cursor")
 _ATTEMPT_PARAMS = (
@@ -409,12 +420,20 @@ class _Routes:
             since=since,
             until=until,
         )
-        report = await self._control.replay_dead_letters(principal, where)
+        # It stops reading at half the request's time, and answers what it wrote: cut at the
+        # timeout it answered 503 having written some, which a client sent again (until
+        # 2026-12-06).
+        deadline = asyncio.get_running_loop().time() + self._config.request_timeout * REPLAY_SHARE
+        report, cursor = await self._control.replay_dead_letters(
+            principal, where, cursor=body.get("cursor"), deadline=deadline
+        )
         return _json(
             {
                 "replayed": report.replayed,
                 "skipped": report.skipped,
                 "skipped_by_reason": report.skipped_by_reason,
+                "complete": report.complete,
+                "next_cursor": cursor,
             }
         )
 

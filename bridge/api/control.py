@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import hashlib
 import itertools
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,6 +57,9 @@ __all__ = [
     "decode_dead_letter_cursor",
     "encode_recovery_cursor",
     "decode_recovery_cursor",
+    "MAX_REPLAY_CURSOR",
+    "encode_replay_cursor",
+    "decode_replay_cursor",
     "redelivery_since",
 ]
 
@@ -89,11 +93,15 @@ class DeadLetterSource(Protocol):
         ...
 
     async def replay(
-        self, where: DeadLetterFilter, *, webhooks: Callable[[str], Awaitable[Webhook | None]]
+        self,
+        where: DeadLetterFilter,
+        *,
+        webhooks: Callable[[str], Awaitable[Webhook | None]],
+        resume: Mapping[int, int] | None = None,
+        deadline: float | None = None,
     ) -> ReplayReport:
-        """Re-enqueue the dead letters ``where`` selects, with their delivery ids; a letter
-        that does not name the ``created_at`` of its webhook is judged by the current webhook
-        of its id, ``webhooks`` gives it
+        """Re-enqueue the dead letters ``where`` selects, with their delivery ids, judged by
+        the current webhooks ``webhooks`` gives; from ``resume`` on, stopping at ``deadline``
         (:func:`bridge.admin.dead_letters.replay_dead_letters`)."""
         ...
 
@@ -148,9 +156,9 @@ def _decode_cursor(cursor: str, shape: tuple[type, ...]) -> list[Any]:
         raise _not_a_cursor() from None
 
 
-def _not_a_cursor() -> Problem:
+def _not_a_cursor(location: str = "query") -> Problem:
     return Problem.invalid(
-        FieldError("cursor", "invalid_cursor", "not a cursor of this list", "query")
+        FieldError("cursor", "invalid_cursor", "not a cursor of this list", location)
     )
 
 
@@ -165,6 +173,69 @@ def decode_dead_letter_cursor(cursor: str) -> tuple[str, str, int, int]:
     ``cursor`` for anything else."""
     value = _decode_cursor(cursor, (str, str, int, int))
     return (value[0], value[1], value[2], value[3])
+
+
+#: Partitions a replay's cursor names at most (a dead-letter topic has far fewer), and the
+#: longest such cursor (characters; within the 64 KiB of a request body).
+_MAX_CURSOR_PARTITIONS = 1_000
+MAX_REPLAY_CURSOR = 40_000
+
+
+def _replay_filter(where: DeadLetterFilter) -> str:
+    """What a replay's cursor is bound to: the filter its request gave."""
+    asked = [
+        where.webhook_id,
+        where.delivery_id,
+        None if where.since is None else where.since.isoformat(),
+        None if where.until is None else where.until.isoformat(),
+    ]
+    return hashlib.sha256(jsoncanon.dumps(asked)).hexdigest()[:32]
+
+
+def encode_replay_cursor(report: ReplayReport, where: DeadLetterFilter) -> str:
+    """The cursor of a dead-letter replay that stopped before its end (``report``), for a
+    replay of the same filter ``where`` to go on from: its ``until`` (when the first began),
+    and the position after the last letter it took in each partition."""
+    assert report.until is not None
+    flat = [
+        n
+        for partition in sorted(report.positions)
+        for n in (partition, report.positions[partition])
+    ]
+    return encode_cursor([report.until.isoformat(), _replay_filter(where), flat])
+
+
+def decode_replay_cursor(cursor: str, where: DeadLetterFilter) -> tuple[datetime, dict[int, int]]:
+    """The ``until`` and positions of a cursor of :func:`encode_replay_cursor` given with the
+    filter ``where``; ``400`` naming ``cursor`` for anything else, and for a cursor of a
+    replay of another filter."""
+    try:
+        if len(cursor) > MAX_REPLAY_CURSOR:
+            raise ValueError(cursor)
+        until_text, bound, flat = decode_cursor(cursor, (str, str, list))
+    except ValueError:
+        raise _not_a_cursor("body") from None
+    if bound != _replay_filter(where):
+        raise Problem.invalid(
+            FieldError(
+                "cursor",
+                "invalid_cursor",
+                "a cursor of a replay of other letters: give the filter it was given",
+                "body",
+            )
+        )
+    try:
+        until = datetime.fromisoformat(until_text)
+    except ValueError:
+        raise _not_a_cursor("body") from None
+    if (
+        until.tzinfo is None
+        or len(flat) % 2
+        or len(flat) > 2 * _MAX_CURSOR_PARTITIONS
+        or not all(type(n) is int and 0 <= n < 2**63 for n in flat)
+    ):
+        raise _not_a_cursor("body")
+    return until, dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def encode_recovery_cursor(operation: Operation) -> str:
@@ -435,7 +506,10 @@ class ControlService:
             raise Problem("conflict", "the delivery's webhook was deleted")
         principal.see(webhook, "no attempt of this delivery is kept")
         since = datetime.fromtimestamp(redelivery_since(first, self._lookback), UTC)
-        until = datetime.fromtimestamp(first.at_seconds + 1, UTC)
+        # Its record was published before the attempt, but stamped by its producer's clock,
+        # which may run ahead of the worker's: the margin on this side too (until 2026-12-06 one
+        # second, and a record stamped two ahead ended the redelivery failed, not retained).
+        until = datetime.fromtimestamp(first.at_seconds + REDELIVER_MARGIN, UTC)
         request = RecoveryRequest(webhook, since, until, delivery_id=delivery_id)
         target = f"redeliver:{webhook.id}:{webhook.created_at}:{delivery_id}"
         return await self._start_once(request, change, target)
@@ -677,9 +751,22 @@ class ControlService:
         return DeadLetterPage(items, None)
 
     async def replay_dead_letters(
-        self, principal: Principal, where: DeadLetterFilter
-    ) -> ReplayReport:
-        """Re-enqueue the dead letters ``where`` selects; a restricted token names its webhook."""
+        self,
+        principal: Principal,
+        where: DeadLetterFilter,
+        *,
+        cursor: str | None = None,
+        deadline: float | None = None,
+    ) -> tuple[ReplayReport, str | None]:
+        """Re-enqueue the dead letters ``where`` selects; a restricted token names its webhook.
+        Stops reading at ``deadline`` (the loop's time); then the cursor a replay of the same
+        ``where`` goes on from (:func:`encode_replay_cursor`), else ``None``. ``cursor``: one
+        of those, its replay's filter ``where``."""
+        asked = where
+        resume: dict[int, int] | None = None
+        if cursor is not None:
+            until, resume = decode_replay_cursor(cursor, where)
+            where = dataclasses.replace(where, until=until)
         if principal.restricted and where.webhook_id is None:
             raise Problem(
                 "forbidden",
@@ -698,7 +785,12 @@ class ControlService:
         async def current(webhook_id: str) -> Webhook | None:
             return webhooks(webhook_id)
 
-        return await self._dead_letters.replay(where, webhooks=current)
+        report = await self._dead_letters.replay(
+            where, webhooks=current, resume=resume, deadline=deadline
+        )
+        if report.complete:
+            return report, None
+        return report, encode_replay_cursor(report, asked)
 
     async def _of_delivery_webhook(self, where: DeadLetterFilter) -> DeadLetterFilter:
         """``where``, naming a delivery and no webhook, narrowed to the delivery's webhook when

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from datetime import datetime
 from typing import Any
@@ -125,11 +125,21 @@ class KafkaDeadLetters:
                 yield record
 
     async def replay(
-        self, where: DeadLetterFilter, *, webhooks: Callable[[str], Awaitable[Webhook | None]]
+        self,
+        where: DeadLetterFilter,
+        *,
+        webhooks: Callable[[str], Awaitable[Webhook | None]],
+        resume: Mapping[int, int] | None = None,
+        deadline: float | None = None,
     ) -> ReplayReport:
         async with self._reads:
             return await replay_dead_letters(
-                self._settings, where, webhooks=webhooks, share=self._share
+                self._settings,
+                where,
+                webhooks=webhooks,
+                share=self._share,
+                resume=resume,
+                deadline=deadline,
             )
 
 

@@ -17,6 +17,7 @@ from functools import cache
 from typing import Any
 
 from bridge.admin.dead_letters import SKIP_REASONS
+from bridge.api.control import MAX_REPLAY_CURSOR
 from bridge.api.idempotency import HEADER as IDEMPOTENCY_KEY
 from bridge.api.idempotency import (
     KEY_LIFETIME,
@@ -547,12 +548,26 @@ def _schemas() -> dict[str, Any]:
                 "webhook_id": {"type": "string", "minLength": 1, "maxLength": 200},
                 "delivery_id": {"type": "string", "minLength": 1, "maxLength": 200},
                 **time_range,
+                "cursor": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_REPLAY_CURSOR,
+                    "description": "The next_cursor of a replay that stopped before its end "
+                    "(complete false), given with the same filter: goes on after the letters "
+                    "it took, to the same until.",
+                },
             },
             "additionalProperties": False,
         },
         "ReplayReport": {
             "type": "object",
-            "required": ["replayed", "skipped", "skipped_by_reason"],
+            "required": [
+                "replayed",
+                "skipped",
+                "skipped_by_reason",
+                "complete",
+                "next_cursor",
+            ],
             "properties": {
                 "replayed": {
                     "type": "array",
@@ -579,6 +594,17 @@ def _schemas() -> dict[str, Any]:
                     "not_receiving: its webhook no longer gets the event (another site, a "
                     "narrower filter); already_replayed: a further letter of a delivery this "
                     "replay wrote.",
+                },
+                "complete": {
+                    "type": "boolean",
+                    "description": "false when the replay stopped reading at half the "
+                    "request's time (a large dead-letter topic): what it wrote is above, and "
+                    "next_cursor goes on.",
+                },
+                "next_cursor": {
+                    "type": ["string", "null"],
+                    "description": "When not complete: send the same request with this cursor "
+                    "to replay the letters after those taken (none taken twice); else null.",
                 },
             },
         },

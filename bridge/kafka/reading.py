@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from contextlib import aclosing
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
@@ -17,6 +17,7 @@ from bridge.kafka.clients import client_kwargs, started, stopped
 __all__ = [
     "FIRST_ANSWER_PATIENCE",
     "KeyValue",
+    "Positioned",
     "UNTIL_STEP",
     "UntilMs",
     "SETTLE_STAMP_MARGIN",
@@ -24,11 +25,22 @@ __all__ = [
     "read_topic",
     "settled",
     "stamped_by",
+    "stream_positioned",
     "stream_topic",
 ]
 
 #: A record's key and value.
 KeyValue = tuple[bytes | None, bytes | None]
+
+
+class Positioned(NamedTuple):
+    """A record's key and value, and where it is: a read resumes after it from there."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
 
 #: Seconds after a read began up to which its settling takes records (see :func:`stream_topic`):
 #: a producer's clock a little ahead of this one's still has its last batch read.
@@ -148,6 +160,33 @@ async def stream_topic(
     since_ms: int | None = None,
     until_ms: UntilMs | None = None,
 ) -> AsyncGenerator[list[KeyValue], None]:
+    """The records of ``topic``, their keys and values (:func:`stream_positioned`, whose
+    docstring says which)."""
+    stream = stream_positioned(
+        settings,
+        topic,
+        timeout=timeout,
+        settle=settle,
+        key=key,
+        since_ms=since_ms,
+        until_ms=until_ms,
+    )
+    async with aclosing(stream) as batches:
+        async for batch in batches:
+            yield [(record.key, record.value) for record in batch]
+
+
+async def stream_positioned(
+    settings: Settings,
+    topic: str,
+    *,
+    timeout: float = 30.0,
+    settle: float = 0.3,
+    key: bytes | None = None,
+    since_ms: int | None = None,
+    until_ms: UntilMs | None = None,
+    start_offsets: Mapping[int, int] | None = None,
+) -> AsyncGenerator[list[Positioned], None]:
     """Every record of ``topic`` from the beginning to its end, a fetched batch at a time (so
     a reader need not hold the topic in memory); given ``key``, only the records with that key,
     read from the one partition a producer's default partitioner puts it in; given
@@ -166,6 +205,10 @@ async def stream_topic(
     (a failing endpoint dead-lettering) must not keep a read going. Records written after the
     read began may be left out. Close it (``contextlib.aclosing``) when stopping early: that
     stops its consumer.
+
+    Given ``start_offsets`` (partition: offset), each partition it names is read from that
+    offset instead (from its first offset when that one is gone): a read resumed where an
+    earlier one stopped (:attr:`Positioned.offset` + 1 of the last record it took).
     """
     begun_ms = int((time.time() + SETTLE_STAMP_MARGIN) * 1000)
     consumer = await started(
@@ -178,12 +221,12 @@ async def stream_topic(
         )
     )
 
-    def records(
-        messages: list[ConsumerRecord[bytes, bytes]],
-    ) -> list[tuple[bytes | None, bytes | None]]:
-        if key is None:
-            return [(m.key, m.value) for m in messages]
-        return [(m.key, m.value) for m in messages if m.key == key]
+    def records(messages: list[ConsumerRecord[bytes, bytes]]) -> list[Positioned]:
+        return [
+            Positioned(m.partition, m.offset, m.key, m.value)
+            for m in messages
+            if key is None or m.key == key
+        ]
 
     try:
         await consumer.topics()  # loads metadata for every topic
@@ -196,12 +239,17 @@ async def stream_topic(
             return
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
-        if since_ms is None:
-            await consumer.seek_to_beginning(*tps)
-        else:
-            starts = await consumer.beginning_offsets(tps)
-            found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
-            for tp in tps:
+        resumed = {tp for tp in tps if start_offsets and tp.partition in start_offsets}
+        fresh = [tp for tp in tps if tp not in resumed]
+        starts = await consumer.beginning_offsets(tps) if resumed or since_ms is not None else {}
+        for tp in resumed:
+            assert start_offsets is not None
+            consumer.seek(tp, max(start_offsets[tp.partition], starts[tp]))
+        if fresh and since_ms is None:
+            await consumer.seek_to_beginning(*fresh)
+        elif fresh:
+            found = await consumer.offsets_for_times({tp: since_ms for tp in fresh})
+            for tp in fresh:
                 stamped = found.get(tp)
                 # None: nothing stamped that late; what arrives after the end is still read.
                 start = ends[tp] if stamped is None else stamped.offset

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from contextlib import aclosing
@@ -178,3 +179,72 @@ async def test_a_dead_letter_read_pays_for_every_record_it_parses_not_for_its_re
     assert max(share.stretches) <= STRETCH_RECORDS
     # Every record's second, and a second's sleep for it; and the reader's ten a letter.
     assert share.now == pytest.approx(2 * parsed + 10 * len(read))
+
+
+async def test_a_replay_stopped_at_its_deadline_goes_on_from_where_it_got_to(
+    settings: Settings,
+) -> None:
+    """Letters of three webhooks (so in several partitions) replayed by replays that each
+    stop after their first letter (its webhook's lookup outlasts the deadline), each resumed
+    from where the last got to: together they write every letter to the first retry tier
+    once, and the one after them finds nothing left and says it is complete."""
+    from bridge.admin.dead_letters import replay_dead_letters
+    from bridge.kafka.reading import read_topic
+    from bridge.subscriptions.webhook import webhook_from_record
+    from tests.support.builders import webhook_record
+    from tests.support.jobs import SPEC_EVENT
+
+    hooks = {
+        name: webhook_from_record(
+            webhook_record(id=name, site_id=SPEC_EVENT.site_id, created_at=stamp(BASE))
+        )
+        for name in ("wh_a", "wh_b", "wh_c")
+    }
+    now = int(datetime.now(UTC).timestamp())
+    writer = await RawWriter(settings.kafka_bootstrap_servers).start()
+    expected = []
+    try:
+        for n in range(9):
+            webhook_id = ("wh_a", "wh_b", "wh_c")[n % 3]
+            letter = {
+                **dead_letter(n, webhook_id=webhook_id, at=stamp(now - 60)),
+                "event": {**SPEC_EVENT.envelope(), "id": f"evt_{n}"},
+                "webhook_created_at": stamp(BASE),
+            }
+            await writer.write(
+                settings.deadletter_topic, json.dumps(letter).encode(), key=webhook_id.encode()
+            )
+            expected.append(letter["delivery_id"])
+    finally:
+        await writer.stop()
+    loop = asyncio.get_running_loop()
+
+    async def slow_lookup(webhook_id: str):
+        await asyncio.sleep(0.3)  # past the deadline: the replay stops after this letter
+        return hooks.get(webhook_id)
+
+    replayed: list[str] = []
+    resume = None
+    until = None
+
+    async def replay(seconds: float):
+        return await replay_dead_letters(
+            settings,
+            DeadLetterFilter(until=until),
+            webhooks=slow_lookup,
+            resume=resume,
+            deadline=loop.time() + seconds,
+        )
+
+    for _ in range(len(expected)):
+        report = await replay(0.1)
+        assert not report.complete and len(report.replayed) == 1
+        replayed += report.replayed
+        until, resume = report.until, report.positions
+    # Nothing left: read to the end (and its settling) within a deadline it does not reach.
+    report = await replay(10)
+    assert report.complete and report.replayed == [] and report.skipped == 0
+    assert sorted(replayed) == sorted(expected)
+    retries = await read_topic(settings, settings.retry_topics[0])
+    written = [json.loads(value)["delivery_id"] for _, value in retries if value is not None]
+    assert sorted(written) == sorted(expected)

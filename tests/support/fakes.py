@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from bridge.subscriptions.webhook import Webhook
@@ -101,3 +102,23 @@ class FakeOutputs:
         parts += [value.decode("utf-8") for _, _, value in self.retries]
         parts += [json.dumps(self.disabled), *self.disabled_reprs]
         return "\n".join(parts)
+
+
+def positioned(
+    stream_dead_letters: Callable[..., AsyncIterator[dict[str, Any]]],
+) -> Callable[..., AsyncIterator[tuple[int, int, dict[str, Any]]]]:
+    """A stand-in of ``stream_positioned_letters`` (what a replay reads) from one of
+    ``stream_dead_letters``: its letters in partition 0, the n-th at offset n, read from
+    ``start_offsets[0]`` when given."""
+
+    async def stream(
+        settings: Any, where: Any, *, start_offsets: Any = None, **kwargs: Any
+    ) -> AsyncIterator[tuple[int, int, dict[str, Any]]]:
+        first = (start_offsets or {}).get(0, 0)
+        offset = 0
+        async for record in stream_dead_letters(settings, where, **kwargs):
+            if offset >= first:
+                yield 0, offset, record
+            offset += 1
+
+    return stream

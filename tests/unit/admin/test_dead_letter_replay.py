@@ -4,8 +4,10 @@ replay would write is captured, never sent."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -22,7 +24,7 @@ from bridge.admin.dead_letters import (
 from bridge.config import Settings
 from bridge.delivery.pending_retry import PendingRetry, parse_retry
 from bridge.subscriptions.webhook import Webhook
-from tests.support.fakes import RecordingProducer
+from tests.support.fakes import RecordingProducer, positioned
 from tests.support.jobs import SPEC_EVENT, spec_webhook
 
 SETTINGS = Settings.load(env={}, overrides={"kafka_bootstrap_servers": "127.0.0.1:1"})
@@ -72,7 +74,7 @@ async def replay(
 
     lookup: Callable[[str], Awaitable[Webhook | None]] = webhooks
     producer = RecordingProducer()
-    monkeypatch.setattr(dead_letters, "stream_dead_letters", stream_dead_letters)
+    monkeypatch.setattr(dead_letters, "stream_positioned_letters", positioned(stream_dead_letters))
     monkeypatch.setattr(dead_letters, "AIOKafkaProducer", producer)
     report = await replay_dead_letters(SETTINGS, DeadLetterFilter(), webhooks=lookup)
     return report, [parse_retry(value) for value in producer.values], asked
@@ -247,3 +249,126 @@ async def test_a_letter_naming_no_webhook_id_string_is_not_replayed(
     named = dataclasses.replace(hook(None), id=str(webhook_id))
     report, written, _ = await replay(monkeypatch, [odd], named)
     assert (report.replayed, report.skipped, written) == ([], 1, [])
+
+
+# ------------------------------------------------------------------ stopped and resumed
+
+
+class Reading:
+    """The dead-letter topic as a replay reads it: ``letters`` in partitions 0 and 1 (even
+    and odd), whose reading waits for ever (a broker slow to answer, a topic of letters that
+    do not match) before the letter of index ``stall``, when given."""
+
+    def __init__(self, letters: list[dict[str, Any]], stall: int | None = None) -> None:
+        self.letters = letters
+        self.stall = stall
+        self.started: list[Any] = []
+
+    async def __call__(
+        self, settings: Settings, where: DeadLetterFilter, *, start_offsets: Any = None, **_: Any
+    ) -> Any:
+        self.started.append(dict(start_offsets or {}))
+        for index, record in enumerate(self.letters):
+            partition, offset = index % 2, index // 2
+            if offset < (start_offsets or {}).get(partition, 0):
+                continue
+            if index == self.stall:
+                await asyncio.Event().wait()
+            yield partition, offset, record
+
+
+async def replay_read(
+    monkeypatch: pytest.MonkeyPatch,
+    reading: Reading,
+    *,
+    deadline: float | None = None,
+    resume: dict[int, int] | None = None,
+    until: datetime | None = None,
+) -> tuple[ReplayReport, list[str]]:
+    producer = RecordingProducer()
+    monkeypatch.setattr(dead_letters, "stream_positioned_letters", reading)
+    monkeypatch.setattr(dead_letters, "AIOKafkaProducer", producer)
+    report = await replay_dead_letters(
+        SETTINGS,
+        DeadLetterFilter(until=until),
+        webhooks=current_webhooks(hook(CREATED_AT)),
+        resume=resume,
+        deadline=deadline,
+    )
+    return report, [parse_retry(value).delivery_id for value in producer.values]
+
+
+def current_webhooks(*webhooks: Webhook) -> Callable[[str], Awaitable[Webhook | None]]:
+    by_id = {webhook.id: webhook for webhook in webhooks}
+
+    async def get(webhook_id: str) -> Webhook | None:
+        return by_id.get(webhook_id)
+
+    return get
+
+
+def many(count: int) -> list[dict[str, Any]]:
+    return [
+        letter(f"d{n}", "2026-12-04T11:00:00.000Z", webhook_created_at=CREATED_AT)
+        for n in range(count)
+    ]
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    count=st.integers(0, 12), stall=st.integers(0, 13), second_stall=st.none() | st.integers(0, 13)
+)
+async def test_a_replay_stopped_at_its_deadline_and_resumed_writes_every_letter_once(
+    monkeypatch: pytest.MonkeyPatch, count: int, stall: int, second_stall: int | None
+) -> None:
+    """A replay whose reading stalls is stopped at its deadline, having written every letter
+    read before (acknowledged); resumed from where it got to, as often as it stops, the
+    replays together write each letter once. Until 2026-12-06 a replay through ``/v1`` cut at
+    the request's timeout was answered 503 with some letters written, and the same request
+    sent again wrote them twice."""
+    letters = many(count)
+    loop = asyncio.get_running_loop()
+    written: list[str] = []
+    resume: dict[int, int] | None = None
+    until = None
+    stalls = [stall, second_stall]
+    for round in range(4):
+        point = stalls[round] if round < len(stalls) else None
+        reading = Reading(letters, stall=point)
+        report, wrote = await replay_read(
+            monkeypatch, reading, deadline=loop.time() + 0.05, resume=resume, until=until
+        )
+        written += wrote
+        assert report.replayed == wrote  # each acknowledged before the answer
+        assert reading.started == [resume or {}]
+        if round == 0:
+            assert report.until is not None
+            until = report.until
+        assert report.until == until
+        if report.complete:
+            break
+        assert point is not None and point < count
+        resume = dict(report.positions)
+    assert sorted(written, key=lambda d: int(d[1:])) == [f"d{n}" for n in range(count)]
+
+
+async def test_the_reading_s_own_timeout_is_not_taken_for_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def failing(settings: Settings, where: DeadLetterFilter, **_: Any) -> Any:
+        yield 0, 0, many(1)[0]
+        raise TimeoutError("no records from the dead-letter topic within 30s")
+
+    producer = RecordingProducer()
+    monkeypatch.setattr(dead_letters, "stream_positioned_letters", failing)
+    monkeypatch.setattr(dead_letters, "AIOKafkaProducer", producer)
+    loop = asyncio.get_running_loop()
+    with pytest.raises(TimeoutError, match="no records"):
+        await replay_dead_letters(
+            SETTINGS,
+            DeadLetterFilter(),
+            webhooks=current_webhooks(hook(CREATED_AT)),
+            deadline=loop.time() + 60,
+        )

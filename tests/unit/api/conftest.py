@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -185,7 +185,12 @@ class MemoryDeadLetters:
                 yield record
 
     async def replay(
-        self, where: DeadLetterFilter, *, webhooks: Callable[[str], Awaitable[Webhook | None]]
+        self,
+        where: DeadLetterFilter,
+        *,
+        webhooks: Callable[[str], Awaitable[Webhook | None]],
+        resume: Mapping[int, int] | None = None,
+        deadline: float | None = None,
     ) -> ReplayReport:
         self.replays.append(where)
         self.lookups.append(webhooks)

@@ -11,20 +11,29 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.admin.dead_letters import SKIP_REASONS, STAMP_MARGIN, DeadLetterFilter
+from bridge.admin.dead_letters import SKIP_REASONS, STAMP_MARGIN, DeadLetterFilter, ReplayReport
 from bridge.api.activity import EndpointStatus
 from bridge.api.app import create_app
 from bridge.api.auth import Principal, TokenSet
-from bridge.api.control import DEFAULT_REDELIVER_LOOKBACK, REDELIVER_MARGIN, redelivery_since
+from bridge.api.control import (
+    DEFAULT_REDELIVER_LOOKBACK,
+    REDELIVER_MARGIN,
+    decode_replay_cursor,
+    encode_replay_cursor,
+    redelivery_since,
+)
 from bridge.api.problems import Problem
 from bridge.api.repository import MemoryRepository
 from bridge.api.service import WebhookService
 from bridge.attempts.log import decode_cursor, encode_cursor
 from bridge.attempts.record import Attempt
 from bridge.contract.events import format_timestamp
+from bridge.cursors import decode_cursor as decode_raw_cursor
+from bridge.cursors import encode_cursor as encode_raw_cursor
 from tests.support.waiting import eventually
 from tests.unit.api.conftest import (
     NOW,
@@ -370,7 +379,7 @@ async def test_redeliver_starts_a_recovery_of_that_delivery(api: Api) -> None:
     [operation] = api.runner.ran
     request = operation.request
     assert request.delivery_id == "d1"
-    assert request.until.timestamp() == NOW - 300 + 1  # after the first attempt
+    assert request.until.timestamp() == NOW - 300 + REDELIVER_MARGIN  # after the first attempt
     polled = await eventually(
         lambda: _done(api, response.headers["Location"]), message="the redelivery did not end"
     )
@@ -410,13 +419,17 @@ def test_a_redelivery_reads_from_minutes_before_its_event(
 async def test_a_delivery_of_an_event_stamped_after_its_attempt_is_redelivered(
     api: Api, event_at: str
 ) -> None:
-    """Its window ended before it began: a 500 until 2026-12-06."""
+    """Its window ended before it began: a 500 until 2026-12-06. Its record, stamped by a
+    producer's clock ahead of the worker's, is within the window's end too (one second after
+    the attempt until 2026-12-06: two seconds ahead, and the redelivery failed, not
+    retained)."""
     await api.create(id="wh_1")
     api.activity.add(attempt("dX", 1, at=NOW - 300, event_at=event_at))
     response = await api.client.post("/v1/deliveries/dX/redeliver", headers=auth())
     assert response.status == 202, await response.text()
     [operation] = api.runner.ran
     assert operation.request.since.timestamp() == NOW - 300 - REDELIVER_MARGIN
+    assert operation.request.until.timestamp() == NOW - 300 + REDELIVER_MARGIN
 
 
 async def _done(api: Api, location: str) -> dict[str, Any] | None:
@@ -633,6 +646,8 @@ async def test_replay_dead_letters(api: Api) -> None:
         "replayed": ["dl_1"],
         "skipped": 0,
         "skipped_by_reason": dict.fromkeys(SKIP_REASONS, 0),
+        "complete": True,
+        "next_cursor": None,
     }
     everything = await api.client.post("/v1/dead-letters/replay", headers=auth())
     assert (await everything.json())["replayed"] == ["dl_1", "dl_2"]
@@ -892,7 +907,7 @@ async def test_dead_letters_of_a_delivery_alone_read_its_webhooks_partition(
     admin = Principal("admin", frozenset({"read", "write"}))
     where = DeadLetterFilter(delivery_id=delivery_id)
     if replay:
-        report = await control.replay_dead_letters(admin, where)
+        report, _ = await control.replay_dead_letters(admin, where)
         read = source.replays[-1]
         assert report.replayed == ([delivery_id] if owner else [])
     else:
@@ -1148,3 +1163,84 @@ def test_a_status_time_no_answer_could_hold_is_not_read(since: object) -> None:
     assert status is not None and status.state == "failing" and status.failing_since is None
     kept = EndpointStatus.parse(json.dumps({"state": "failing", "failing_since": 1.7e9}).encode())
     assert kept is not None and kept.failing_since == 1.7e9
+
+
+class StoppingDeadLetters(MemoryDeadLetters):
+    """A replay that stops after each letter until the last, as one cut at its deadline."""
+
+    def __init__(self, letters: list[dict[str, Any]]) -> None:
+        super().__init__(records=letters)
+        self.resumes: list[Any] = []
+        self.deadlines: list[float | None] = []
+
+    async def replay(
+        self,
+        where: DeadLetterFilter,
+        *,
+        webhooks: Any,
+        resume: Any = None,
+        deadline: float | None = None,
+    ) -> ReplayReport:
+        self.replays.append(where)
+        self.resumes.append(resume)
+        self.deadlines.append(deadline)
+        at = (resume or {}).get(0, 0)
+        until = where.until or datetime(2026, 1, 15, 10, 30, tzinfo=UTC)
+        report = ReplayReport([str(self.records[at]["delivery_id"])], until=until)
+        report.positions = {0: at + 1}
+        report.complete = at + 1 == len(self.records)
+        return report
+
+
+async def test_a_replay_cut_at_its_deadline_answers_a_cursor_that_goes_on(tokens: TokenSet) -> None:
+    source = StoppingDeadLetters([dead_letter(n) for n in (1, 2, 3)])
+    repository = MemoryRepository()
+    control = control_service(repository, dead_letters=source)
+    app = create_app(WebhookService(repository), control, tokens)
+    async with TestClient(TestServer(app)) as client:
+        body: dict[str, Any] = {"since": "2026-01-15T09:00:00Z"}
+        replayed: list[str] = []
+        for _ in range(3):
+            response = await client.post("/v1/dead-letters/replay", json=body, headers=auth())
+            assert response.status == 200, await response.text()
+            answer = await response.json()
+            replayed += answer["replayed"]
+            if answer["complete"]:
+                assert answer["next_cursor"] is None
+                break
+            body = {**body, "cursor": answer["next_cursor"]}
+        assert replayed == ["dl_1", "dl_2", "dl_3"]
+        assert source.resumes == [None, {0: 1}, {0: 2}]
+        # Each goes on to the first one's until; each reads for half the request's time.
+        assert [w.until for w in source.replays[1:]] == [
+            datetime(2026, 1, 15, 10, 30, tzinfo=UTC)
+        ] * 2
+        assert all(d is not None for d in source.deadlines)
+
+        # A cursor given with another filter, or made up: 400 naming it, nothing replayed.
+        for other in (
+            {"cursor": body["cursor"]},
+            {**body, "webhook_id": "wh_1"},
+            {"cursor": "bm90IGEgY3Vyc29y"},
+            {"cursor": encode_raw_cursor(["2026-01-15T10:30:00+00:00", "x", [0, -1]])},
+        ):
+            refused = await client.post("/v1/dead-letters/replay", json=other, headers=auth())
+            assert fields(await problem(refused, 400)) == [("cursor", "invalid_cursor")]
+        assert len(source.replays) == 3
+
+
+@pytest.mark.parametrize(
+    "positions",
+    [[0], [0, -1], [0, 1.5], [0, True], [-1, 3], [0, 2**63], list(range(2002))],
+)
+def test_a_replay_cursor_names_partitions_and_offsets_or_is_refused(positions: list[Any]) -> None:
+    where = DeadLetterFilter(webhook_id="wh_1")
+    good = ReplayReport(until=datetime(2026, 1, 15, 10, 30, tzinfo=UTC))
+    good.positions = {0: 4, 3: 9}
+    cursor = encode_replay_cursor(good, where)
+    assert decode_replay_cursor(cursor, where) == (good.until, {0: 4, 3: 9})
+    bound = decode_raw_cursor(cursor, (str, str, list))[1]
+    bad = encode_raw_cursor([good.until.isoformat(), bound, positions])
+    with pytest.raises(Problem) as refused:
+        decode_replay_cursor(bad, where)
+    assert [(e.field, e.reason) for e in refused.value.errors] == [("cursor", "invalid_cursor")]

@@ -25,7 +25,7 @@ from bridge.contract.payload import delivery_id
 from bridge.errors import ConfigError
 from bridge.subscriptions.webhook import Webhook
 from bridge.worker.embedded import free_port
-from tests.support.fakes import RecordingProducer
+from tests.support.fakes import RecordingProducer, positioned
 
 BROKER = ["--bootstrap-servers", "127.0.0.1:1"]
 
@@ -519,7 +519,7 @@ def test_dlq_list_shows_a_hostile_letter_as_json_the_terminal_does_not_obey(
         for letter in letters:
             yield letter
 
-    monkeypatch.setattr(dead_letters, "stream_dead_letters", stream_dead_letters)
+    monkeypatch.setattr(dead_letters, "stream_positioned_letters", positioned(stream_dead_letters))
     assert cli.main(["dlq", "list", *BROKER]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [json.loads(line) for line in lines] == letters
@@ -551,7 +551,7 @@ def test_dlq_replay_judges_a_letter_without_a_created_at_by_the_webhooks_now(
             yield letter
 
     producer = RecordingProducer()
-    monkeypatch.setattr(dead_letters, "stream_dead_letters", stream_dead_letters)
+    monkeypatch.setattr(dead_letters, "stream_positioned_letters", positioned(stream_dead_letters))
     monkeypatch.setattr(dead_letters, "AIOKafkaProducer", producer)
     use_webhooks(monkeypatch, hook(created_at="2026-12-04T12:00:00.000Z"))
     assert cli.main(["dlq", "replay", *BROKER]) == 0
@@ -823,7 +823,7 @@ def test_dlq_replay_reads_the_webhooks_once_without_their_secrets(
         return {webhook.id: webhook}
 
     producer = RecordingProducer()
-    monkeypatch.setattr(dead_letters, "stream_dead_letters", stream_dead_letters)
+    monkeypatch.setattr(dead_letters, "stream_positioned_letters", positioned(stream_dead_letters))
     monkeypatch.setattr(dead_letters, "AIOKafkaProducer", producer)
     use_store(monkeypatch, load=load)
     assert cli.main(["dlq", "replay", *BROKER]) == 0

@@ -171,17 +171,21 @@ def test_valid_instances_have_no_errors() -> None:
     )
 
 
+#: A valid event envelope.
+AN_EVENT = {
+    "id": "e1",
+    "type": "post.created",
+    "data": {},
+    "timestamp": "2024-01-15T10:30:00Z",
+    "site_id": "s",
+    "user_id": "u",
+}
+
+
 def test_a_retry_record_s_event_is_checked_as_an_event() -> None:
     """retry.json's ``event`` is a ``$ref`` to event.json: both validators resolve it (they
     raised on any retry record before 2026-12-06) and hold the event to all of its rules."""
-    event = {
-        "id": "e1",
-        "type": "post.created",
-        "data": {},
-        "timestamp": "2024-01-15T10:30:00Z",
-        "site_id": "s",
-        "user_id": "u",
-    }
+    event = dict(AN_EVENT)
     record = {
         "delivery_id": "d",
         "webhook_id": "w",
@@ -275,14 +279,6 @@ def test_keywords_beside_a_ref_apply_as_well_as_the_referenced_schema() -> None:
     inlined = schemas._inlined("schemas/retry.json", node)
     validator = schemas.Validator(inlined)
     assert not validator.is_valid({"extra_field": 1})  # event.json's rules still hold
-    valid_event = {
-        "id": "e1",
-        "type": "post.created",
-        "data": {},
-        "timestamp": "2024-01-15T10:30:00Z",
-        "site_id": "s",
-        "user_id": "u",
-    }
-    assert validator.is_valid(valid_event) is False  # and the keyword beside it too
+    assert validator.is_valid(AN_EVENT) is False  # and the keyword beside it too
     alone = schemas._inlined("schemas/retry.json", {"$ref": "event.json"})
     assert alone["title"] == "Platform event envelope" and "$id" not in alone

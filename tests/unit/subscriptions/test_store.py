@@ -26,7 +26,7 @@ from bridge.subscriptions.urls import InvalidUrl
 from bridge.subscriptions.webhook import Webhook, parse_webhook, webhook_from_record
 from tests.support.builders import SECRET, encode
 from tests.support.builders import webhook_record as record
-from tests.support.fakes import RecordingProducer
+from tests.support.fakes import RecordingProducer, positioned
 
 SETTINGS = Settings.load(env={}, overrides={"kafka_bootstrap_servers": "127.0.0.1:1"})
 UNUSABLE = ["http://127.0.0.1:99999/x", "http://xn--/", "ftp://hooks.example/", "https://a b/"]
@@ -168,7 +168,7 @@ async def test_replay_skips_dead_letters_whose_event_the_bridge_refuses(
         for letter in letters:
             yield letter
 
-    monkeypatch.setattr(dead_letters, "stream_dead_letters", stream_dead_letters)
+    monkeypatch.setattr(dead_letters, "stream_positioned_letters", positioned(stream_dead_letters))
     report = await replay_dead_letters(  # nothing to write
         SETTINGS, DeadLetterFilter(), webhooks=current(stored("https://hooks.example/"))
     )
@@ -224,7 +224,7 @@ async def test_a_replay_writes_as_it_reads_the_letters_up_to_when_it_began(
             yield {"webhook_id": "hook", "delivery_id": f"d{n}", "event": {**event, "id": f"e{n}"}}
 
     producer = SentRetries(read)
-    monkeypatch.setattr(dead_letters, "stream_dead_letters", stream_dead_letters)
+    monkeypatch.setattr(dead_letters, "stream_positioned_letters", positioned(stream_dead_letters))
     monkeypatch.setattr(dead_letters, "AIOKafkaProducer", producer)
     began = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
     report = await replay_dead_letters(
