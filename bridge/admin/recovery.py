@@ -46,6 +46,7 @@ __all__ = [
     "DEFAULT_RATE",
     "FETCH_RECORDS",
     "SharedPace",
+    "WebhookGone",
     "WebhookPaces",
     "RecoveryRequest",
     "Operation",
@@ -482,7 +483,7 @@ async def recover(
         mine = clients.enter_context(
             webhook_paces.held(request.webhook) if webhook_paces is not None else nullcontext()
         )
-        paces = tuple(shared for shared in (mine, pace) if shared is not None)
+        paces = (mine, pace)
         try:
             await _run(
                 consumer,
@@ -500,30 +501,46 @@ async def recover(
             operation.state = "cancelled" if operation.cancelled else "done"
         except Exception as exc:
             operation.state = "failed"
-            operation.error = type(exc).__name__
+            operation.error = exc.reason if isinstance(exc, WebhookGone) else type(exc).__name__
             raise
         finally:
             operation.finished_at = wall_time()
     return operation
 
 
+class WebhookGone(Exception):
+    """The webhook of a running recovery was deleted (or its id taken by another webhook),
+    or turned off: nothing more would be sent, and the recovery ends ``failed`` with
+    :attr:`reason` (``webhook_deleted``, ``webhook_inactive``) as its error."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class _Matching:
     """The index :func:`select` matches against: the request's webhook alone, as it is now
-    when ``current`` can tell (else as it was when the recovery began)."""
+    when ``current`` can tell (else as it was when the recovery began). A webhook deleted,
+    replaced or turned off meanwhile raises :class:`WebhookGone`: until 2026-12-06 the
+    recovery read on to the end of its window sending nothing, held its slots, and ended
+    ``done``."""
 
     def __init__(self, webhook: Webhook, current: Callable[[str], Webhook | None] | None) -> None:
         self._first = webhook
         self._current = current
-        self._webhook: Webhook | None = webhook
+        self.webhook: Webhook = webhook
         self._index = SubscriptionIndex([webhook])
 
     def now(self) -> SubscriptionIndex:
         if self._current is not None:
             webhook = self._current(self._first.id)
-            if webhook is not self._webhook:
-                self._webhook = webhook
-                usable = webhook is not None and webhook.sends_for(self._first.created_at)
-                self._index = SubscriptionIndex([webhook] if usable and webhook else [])
+            if webhook is None or not webhook.is_incarnation(self._first.created_at):
+                raise WebhookGone("webhook_deleted")
+            if not webhook.active:
+                raise WebhookGone("webhook_inactive")
+            if webhook is not self.webhook:
+                self.webhook = webhook
+                self._index = SubscriptionIndex([webhook])
         return self._index
 
 
@@ -538,7 +555,7 @@ async def _run(
     sleep: Callable[[float], Awaitable[None]],
     settle: float,
     paying: Payer,
-    paces: tuple[SharedPace, ...],
+    paces: tuple[SharedPace | None, SharedPace | None],
 ) -> None:
     """Read the source partitions and enqueue what the request selects, until their end, a
     cancellation, or the one delivery asked for."""
@@ -576,8 +593,8 @@ async def _run(
     positioned_ms = int(time.time() * 1000)  # as aiokafka stamps a fetch's answer (settled)
     reached = dict(starts)
     pending = {tp for tp in tps if starts[tp] < ends[tp]}
-    interval = 1.0 / request.pace
     next_write = clock()
+    mine, worker_pace = paces
 
     def handled(tp: TopicPartition, next_offset: int) -> None:
         """The partition read up to ``next_offset``: its position recorded and counted done
@@ -606,11 +623,19 @@ async def _run(
                 operation.invalid += 1
             elif chosen is not None:
                 await paying.settle()  # (the write awaits: the stretch ends here)
+                # At the webhook's rate limit as it is now (until 2026-12-06 as it was when
+                # the recovery began: one lowered meanwhile was exceeded, and the delivery
+                # path deferred the excess as rate_limited).
+                limit = index.webhook.rate_limit
+                limited = limit is not None and limit > 0
+                interval = 1.0 / (min(request.rate, limit) if limit and limited else request.rate)
+                if mine is not None and limit and limited and mine.rate != limit:
+                    mine.set_rate(limit)
                 wait = next_write - clock()
                 if wait > 0:
                     await sleep(wait)  # cancelled here: nothing written, the record read again
-                for shared in paces:  # the webhook's, then the worker's
-                    wait = shared.wait()
+                for shared in (mine if limited else None, worker_pace):  # webhook's, worker's
+                    wait = 0.0 if shared is None else shared.wait()
                     if wait > 0:
                         await sleep(wait)  # (likewise)
                 now = wall_time()

@@ -518,7 +518,8 @@ def _schemas() -> dict[str, Any]:
                 "error": {
                     "type": ["string", "null"],
                     "description": "Why it failed: event_not_retained (a redelivery whose event "
-                    "left the source topics), webhook_deleted, or the error's class.",
+                    "left the source topics), webhook_deleted (deleted, or its id taken by another "
+                    "webhook), webhook_inactive (turned off while it ran), or the error's class.",
                 },
                 "resumed": {
                     "type": "integer",

@@ -384,3 +384,101 @@ async def test_a_start_that_retention_deleted_reads_on_from_the_oldest_record_le
     assert operation.state == "done"
     assert (operation.done, operation.total) == (RetainedPartition.END, RetainedPartition.END)
     assert RetainedPartition.made[-1].reset == "earliest"
+
+
+class FakeTime:
+    """A clock that moves only when slept on."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def run_with(
+    monkeypatch: pytest.MonkeyPatch,
+    operation: Operation,
+    current: Any,
+    clock: FakeTime | None = None,
+    **kwargs: Any,
+) -> tuple[list[float], Any]:
+    """Run ``operation`` over :class:`RetainedPartition` with ``current(written)`` the webhook
+    of its id once ``written`` deliveries were written: the times of the writes, and the run."""
+    monkeypatch.setattr(recovery, "AIOKafkaConsumer", RetainedPartition)
+    settings = Settings.load(
+        env={}, overrides={"kafka_bootstrap_servers": "127.0.0.1:1", "events_topic": "events"}
+    )
+    clock = clock or FakeTime()
+    times: list[float] = []
+
+    async def write(item: PendingRetry) -> None:
+        times.append(clock.now)
+
+    run = recovery.recover(
+        settings,
+        operation,
+        write=write,
+        settle=0.01,
+        clock=clock,
+        sleep=clock.sleep,
+        current=lambda webhook_id: current(len(times)),
+        **kwargs,
+    )
+    return times, run
+
+
+@pytest.mark.parametrize(
+    ("later", "error"),
+    [
+        (None, "webhook_deleted"),
+        (
+            dataclasses.replace(WEBHOOK, extra={"created_at": "2026-12-06T11:00:00.000Z"}),
+            "webhook_deleted",
+        ),
+        (dataclasses.replace(WEBHOOK, active=False), "webhook_inactive"),
+    ],
+)
+async def test_a_recovery_whose_webhook_goes_away_ends_failed_at_once(
+    monkeypatch: pytest.MonkeyPatch, later: Webhook | None, error: str
+) -> None:
+    """Deleted, its id taken by another webhook, or turned off after two deliveries: the
+    recovery stops there, failed, naming why (until 2026-12-06 it read on to its window's end
+    sending nothing, and ended done)."""
+    first = dataclasses.replace(WEBHOOK, extra={"created_at": "2026-12-06T10:00:00.000Z"})
+    if later is not None and "created_at" not in later.extra:
+        later = dataclasses.replace(later, extra=first.extra)
+    operation = Operation(request(webhook=first, rate=1_000_000.0))
+    times, run = run_with(monkeypatch, operation, lambda written: first if written < 2 else later)
+    with pytest.raises(recovery.WebhookGone):
+        await run
+    assert len(times) == 2
+    assert (operation.state, operation.error) == ("failed", error)
+    assert operation.scanned == 2 < RetainedPartition.END - RetainedPartition.LOG_START
+
+
+async def test_a_recovery_follows_its_webhooks_rate_limit_as_it_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Lowered from 50 to 2 a second after ten deliveries: the rest go at 2 a second, on the
+    recovery's own pace and on the webhook's pace its recoveries share (until 2026-12-06 both
+    kept the limit of the recovery's start)."""
+    fast = dataclasses.replace(WEBHOOK, rate_limit=50.0)
+    slow = dataclasses.replace(WEBHOOK, rate_limit=2.0)
+    operation = Operation(request(webhook=fast, rate=1_000.0))
+    clock = FakeTime()
+    paces = recovery.WebhookPaces(clock=clock)
+    times, run = run_with(
+        monkeypatch,
+        operation,
+        lambda written: fast if written < 10 else slow,
+        clock,
+        webhook_paces=paces,
+    )
+    await run
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert all(gap == pytest.approx(0.02) for gap in gaps[:9])
+    assert gaps[10:] and all(gap >= 0.5 - 1e-9 for gap in gaps[10:])
