@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -13,7 +13,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from bridge.admin.loop_share import LoopShare, Payer
+from bridge.admin.loop_share import STRETCH_RECORDS, LoopShare, Payer
 from bridge.config import Settings
 from bridge.contract import jsoncanon
 from bridge.contract.events import parse_event, parse_time
@@ -125,7 +125,8 @@ async def stream_dead_letters(
     letters = stream_positioned_letters(settings, where, needed_until=needed_until, share=share)
     async with aclosing(letters) as reading:
         async for _, _, record in reading:
-            yield record
+            if record is not None:
+                yield record
 
 
 async def stream_positioned_letters(
@@ -135,9 +136,11 @@ async def stream_positioned_letters(
     needed_until: Callable[[], datetime | None] | None = None,
     share: LoopShare | None = None,
     start_offsets: Mapping[int, int] | None = None,
-) -> AsyncGenerator[tuple[int, int, dict[str, Any]], None]:
+) -> AsyncGenerator[tuple[int, int, dict[str, Any] | None], None]:
     """:func:`stream_dead_letters`, each letter with its partition and offset; given
-    ``start_offsets``, the partitions it names read from there (a replay resumed)."""
+    ``start_offsets``, the partitions it names read from there (a replay resumed). Where
+    records that are no matching letter were read, where the read got to, with no letter
+    (``None``): a reader going through a long stretch of them can tell how far it has read."""
     key = None if where.webhook_id is None else where.webhook_id.encode("utf-8")
     since_ms = None
     if where.since is not None:
@@ -159,20 +162,33 @@ async def stream_positioned_letters(
         start_offsets=start_offsets,
     )
 
-    def letter(read: Positioned) -> tuple[int, int, dict[str, Any]] | None:
-        if read.value is None:
-            return None
-        try:
-            record = jsoncanon.loads(read.value)
-        except InvalidRecord:
-            return None
-        if not isinstance(record, dict) or not where.matches(record):
-            return None
-        return read.partition, read.offset, record
+    def letter(marked: tuple[Positioned, bool]) -> tuple[int, int, dict[str, Any] | None] | None:
+        read, last = marked
+        record: Any = None
+        if read.value is not None:
+            try:
+                record = jsoncanon.loads(read.value)
+            except InvalidRecord:
+                record = None
+        if isinstance(record, dict) and where.matches(record):
+            return read.partition, read.offset, record
+        # The last of a batch (one partition's) or of a stretch of its records, taken or not:
+        # where the read got to, however slowly its share lets it go.
+        return (read.partition, read.offset, None) if last else None
+
+    async def ends_marked(
+        batches: AsyncIterator[list[Positioned]],
+    ) -> AsyncGenerator[list[tuple[Positioned, bool]], None]:
+        async for batch in batches:
+            end = len(batch) - 1
+            yield [
+                (read, n == end or (n + 1) % STRETCH_RECORDS == 0) for n, read in enumerate(batch)
+            ]
 
     async with (
         aclosing(stream) as batches,
-        aclosing(Payer(share).each(batches, letter)) as letters,
+        aclosing(ends_marked(batches)) as marked,
+        aclosing(Payer(share).each(marked, letter)) as letters,
     ):
         async for record in letters:
             yield record
@@ -307,6 +323,9 @@ async def replay_dead_letters(
                     report.complete = False
                     break
                 report.positions[partition] = offset + 1
+                if record is None:
+                    continue  # no letter it takes: read past (until 2026-12-06 such a stretch,
+                    # longer than the deadline, stopped every replay at the same place)
                 item = _replayed(record, clock())
                 if item is None:
                     report.skip("unreadable")

@@ -22,7 +22,7 @@ import dataclasses
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from contextlib import AsyncExitStack, aclosing, nullcontext
+from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -480,10 +480,24 @@ async def recover(
             auto_offset_reset="earliest",
         )
         clients.push_async_callback(stopped, await started(consumer))
-        mine = clients.enter_context(
-            webhook_paces.held(request.webhook) if webhook_paces is not None else nullcontext()
-        )
-        paces = (mine, pace)
+        held: list[SharedPace | None] = []
+
+        def webhook_pace(webhook: Webhook) -> SharedPace | None:
+            """The pace the webhook's recoveries share at its rate limit as it is now: taken
+            when it first has one (until 2026-12-06 at the start only: a limit set meanwhile
+            was each recovery's own, and two of them together went at twice it)."""
+            limit = webhook.rate_limit
+            if webhook_paces is None or limit is None or not limit > 0:
+                return None
+            if not held:
+                held.append(clients.enter_context(webhook_paces.held(webhook)))
+            shared = held[0]
+            if shared is not None and shared.rate != limit:
+                shared.set_rate(limit)
+            return shared
+
+        webhook_pace(request.webhook)  # taken at the start, as the others see it
+        paces = (webhook_pace, pace)
         try:
             await _run(
                 consumer,
@@ -555,7 +569,7 @@ async def _run(
     sleep: Callable[[float], Awaitable[None]],
     settle: float,
     paying: Payer,
-    paces: tuple[SharedPace | None, SharedPace | None],
+    paces: tuple[Callable[[Webhook], SharedPace | None], SharedPace | None],
 ) -> None:
     """Read the source partitions and enqueue what the request selects, until their end, a
     cancellation, or the one delivery asked for."""
@@ -594,7 +608,7 @@ async def _run(
     reached = dict(starts)
     pending = {tp for tp in tps if starts[tp] < ends[tp]}
     next_write = clock()
-    mine, worker_pace = paces
+    webhook_pace, worker_pace = paces
 
     def handled(tp: TopicPartition, next_offset: int) -> None:
         """The partition read up to ``next_offset``: its position recorded and counted done
@@ -629,12 +643,10 @@ async def _run(
                 limit = index.webhook.rate_limit
                 limited = limit is not None and limit > 0
                 interval = 1.0 / (min(request.rate, limit) if limit and limited else request.rate)
-                if mine is not None and limit and limited and mine.rate != limit:
-                    mine.set_rate(limit)
                 wait = next_write - clock()
                 if wait > 0:
                     await sleep(wait)  # cancelled here: nothing written, the record read again
-                for shared in (mine if limited else None, worker_pace):  # webhook's, worker's
+                for shared in (webhook_pace(index.webhook), worker_pace):  # webhook's, worker's
                     wait = 0.0 if shared is None else shared.wait()
                     if wait > 0:
                         await sleep(wait)  # (likewise)

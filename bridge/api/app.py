@@ -407,6 +407,8 @@ class _Routes:
         return _json({"items": page.items, "next_cursor": page.next_cursor})
 
     async def replay_dead_letters(self, request: web.Request) -> web.Response:
+        # From here, as the request's time is counted (a body sent slowly takes from it).
+        entered = asyncio.get_running_loop().time()
         principal = self._principal(request, "write")
         _single_values(request, ())
         body = await self._body(request, optional=True)
@@ -423,7 +425,7 @@ class _Routes:
         # It stops reading at half the request's time, and answers what it wrote: cut at the
         # timeout it answered 503 having written some, which a client sent again (until
         # 2026-12-06).
-        deadline = asyncio.get_running_loop().time() + self._config.request_timeout * REPLAY_SHARE
+        deadline = entered + self._config.request_timeout * REPLAY_SHARE
         report, cursor = await self._control.replay_dead_letters(
             principal, where, cursor=body.get("cursor"), deadline=deadline
         )

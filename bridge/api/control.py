@@ -175,10 +175,11 @@ def decode_dead_letter_cursor(cursor: str) -> tuple[str, str, int, int]:
     return (value[0], value[1], value[2], value[3])
 
 
-#: Partitions a replay's cursor names at most (a dead-letter topic has far fewer), and the
-#: longest such cursor (characters; within the 64 KiB of a request body).
-_MAX_CURSOR_PARTITIONS = 1_000
-MAX_REPLAY_CURSOR = 40_000
+#: Partitions a replay's cursor names at most (the dead-letter topic is declared with 3), and
+#: the longest such cursor: characters a request body holds whatever they are (one escaped as
+#: JSON takes up to 12 of its 64 KiB).
+_MAX_CURSOR_PARTITIONS = 150
+MAX_REPLAY_CURSOR = 5_000
 
 
 def _replay_filter(where: DeadLetterFilter) -> str:

@@ -40,6 +40,9 @@ class Positioned(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
+    #: No record of the read (another key's): where the read got to in its partition, so
+    #: that a reader going through many such records can tell how far it has read.
+    passed: bool = False
 
 
 #: Seconds after a read began up to which its settling takes records (see :func:`stream_topic`):
@@ -173,7 +176,7 @@ async def stream_topic(
     )
     async with aclosing(stream) as batches:
         async for batch in batches:
-            yield [(record.key, record.value) for record in batch]
+            yield [(record.key, record.value) for record in batch if not record.passed]
 
 
 async def stream_positioned(
@@ -206,6 +209,9 @@ async def stream_positioned(
     read began may be left out. Close it (``contextlib.aclosing``) when stopping early: that
     stops its consumer.
 
+    Given ``key``, a batch whose last records are another key's ends with a record marked
+    ``passed`` at the last one's offset: no record of the read, where it got to.
+
     Given ``start_offsets`` (partition: offset), each partition it names is read from that
     offset instead (from its first offset when that one is gone): a read resumed where an
     earlier one stopped (:attr:`Positioned.offset` + 1 of the last record it took).
@@ -222,11 +228,15 @@ async def stream_positioned(
     )
 
     def records(messages: list[ConsumerRecord[bytes, bytes]]) -> list[Positioned]:
-        return [
+        out = [
             Positioned(m.partition, m.offset, m.key, m.value)
             for m in messages
             if key is None or m.key == key
         ]
+        if messages and (not out or out[-1].offset != messages[-1].offset):
+            last = messages[-1]  # another key's: where the read got to
+            out.append(Positioned(last.partition, last.offset, None, None, passed=True))
+        return out
 
     try:
         await consumer.topics()  # loads metadata for every topic

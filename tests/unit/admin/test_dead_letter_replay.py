@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -372,3 +373,53 @@ async def test_the_reading_s_own_timeout_is_not_taken_for_the_deadline(
             webhooks=current_webhooks(hook(CREATED_AT)),
             deadline=loop.time() + 60,
         )
+
+
+async def test_a_replay_stopped_in_a_stretch_of_letters_it_does_not_take_goes_on_past_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Letters of another webhook (or that the filter leaves out) move a replay's positions as
+    they are read, by the stretch: until 2026-12-06 only letters it took did, and a stretch
+    longer to read than the deadline stopped every replay resumed at the same place, for ever."""
+    from bridge.kafka.reading import Positioned
+
+    other = json.dumps(letter("x", "2026-12-04T11:00:00.000Z", webhook_id="other")).encode()
+    mine = json.dumps(
+        letter("d_last", "2026-12-04T11:00:00.000Z", webhook_created_at=CREATED_AT)
+    ).encode()
+    stall_at = [700]
+
+    async def stream_positioned(settings: Settings, topic: str, **kwargs: Any) -> Any:
+        start = (kwargs.get("start_offsets") or {}).get(0, 0)
+        for first in range(start, 1001, 250):  # batches of 250: 1000 others, then mine
+            batch = []
+            for offset in range(first, min(first + 250, 1001)):
+                if offset == stall_at[0]:
+                    if batch:
+                        yield batch
+                    await asyncio.Event().wait()  # a read that outlasts the deadline
+                batch.append(Positioned(0, offset, b"k", mine if offset == 1000 else other))
+            yield batch
+
+    producer = RecordingProducer()
+    monkeypatch.setattr(dead_letters, "stream_positioned", stream_positioned)
+    monkeypatch.setattr(dead_letters, "AIOKafkaProducer", producer)
+    loop = asyncio.get_running_loop()
+    where = DeadLetterFilter(webhook_id="wh")
+    lookup = current_webhooks(hook(CREATED_AT))
+    report = await replay_dead_letters(
+        SETTINGS, where, webhooks=lookup, deadline=loop.time() + 0.05
+    )
+    assert not report.complete and report.replayed == []
+    # Read past every whole stretch before the stall, taken or not.
+    assert 640 <= report.positions[0] <= 700
+    stall_at[0] = -1
+    resumed = await replay_dead_letters(
+        SETTINGS,
+        dataclasses.replace(where, until=report.until),
+        webhooks=lookup,
+        resume=report.positions,
+        deadline=loop.time() + 5,
+    )
+    assert resumed.complete and resumed.replayed == ["d_last"]
+    assert resumed.positions == {0: 1001}

@@ -3,6 +3,7 @@ progress and cancellation (the reading of topics is in tests/integration/test_re
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -482,3 +483,42 @@ async def test_a_recovery_follows_its_webhooks_rate_limit_as_it_changes(
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert all(gap == pytest.approx(0.02) for gap in gaps[:9])
     assert gaps[10:] and all(gap >= 0.5 - 1e-9 for gap in gaps[10:])
+
+
+async def test_a_rate_limit_set_while_two_recoveries_run_bounds_them_together(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No limit when they start, 40 a second after two deliveries: from then on the two
+    together write at most 40 a second (until 2026-12-06 each paced itself alone, 80 together).
+    A load can only make them slower."""
+    monkeypatch.setattr(recovery, "AIOKafkaConsumer", RetainedPartition)
+    settings = Settings.load(
+        env={}, overrides={"kafka_bootstrap_servers": "127.0.0.1:1", "events_topic": "events"}
+    )
+    limited = dataclasses.replace(WEBHOOK, rate_limit=40.0)
+    now = {"webhook": WEBHOOK}
+    times: list[float] = []
+    paces = recovery.WebhookPaces()
+
+    async def write(item: PendingRetry) -> None:
+        times.append(time.monotonic())
+        if len(times) == 2:
+            now["webhook"] = limited
+
+    await asyncio.gather(
+        *(
+            recovery.recover(
+                settings,
+                Operation(request(rate=1000.0)),
+                write=write,
+                settle=0.01,
+                current=lambda webhook_id: now["webhook"],
+                webhook_paces=paces,
+            )
+            for _ in range(2)
+        )
+    )
+    after = times[3:]
+    assert len(after) >= 30
+    assert (len(after) - 1) / (after[-1] - after[0]) <= 40.0 * 1.05
+    assert len(paces) == 0  # released as they ended

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import json
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from bridge.admin.dead_letters import SKIP_REASONS, STAMP_MARGIN, DeadLetterFilter, ReplayReport
 from bridge.api.activity import EndpointStatus
-from bridge.api.app import create_app
+from bridge.api.app import REPLAY_SHARE, ApiConfig, create_app
 from bridge.api.auth import Principal, TokenSet
 from bridge.api.control import (
     DEFAULT_REDELIVER_LOOKBACK,
@@ -36,6 +37,7 @@ from bridge.cursors import decode_cursor as decode_raw_cursor
 from bridge.cursors import encode_cursor as encode_raw_cursor
 from tests.support.waiting import eventually
 from tests.unit.api.conftest import (
+    ADMIN,
     NOW,
     SITE_1,
     TOKENS,
@@ -1244,3 +1246,42 @@ def test_a_replay_cursor_names_partitions_and_offsets_or_is_refused(positions: l
     with pytest.raises(Problem) as refused:
         decode_replay_cursor(bad, where)
     assert [(e.field, e.reason) for e in refused.value.errors] == [("cursor", "invalid_cursor")]
+
+
+async def test_a_replay_reads_for_half_the_request_s_time_counted_from_its_start(
+    tokens: TokenSet,
+) -> None:
+    """A body sent slowly takes from the replay's time: it still answers within the request's
+    (until 2026-12-06 its reading began after the body, and could run past the timeout)."""
+    seen: list[float] = []
+
+    class Recording(MemoryDeadLetters):
+        async def replay(self, where: DeadLetterFilter, **kwargs: Any) -> ReplayReport:
+            seen.append(kwargs["deadline"] - asyncio.get_running_loop().time())
+            return ReplayReport(until=datetime(2026, 1, 15, tzinfo=UTC))
+
+    repository = MemoryRepository()
+    control = control_service(repository, dead_letters=Recording())
+    app = create_app(
+        WebhookService(repository), control, tokens, config=ApiConfig(request_timeout=2.0)
+    )
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(
+            b"POST /v1/dead-letters/replay HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + ADMIN.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{"
+        )
+        await writer.drain()
+        await asyncio.sleep(0.4)  # the rest of the body later (what is tested, not a wait)
+        writer.write(b"}")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)
+        assert answer.startswith(b"HTTP/1.1 200")
+        writer.close()
+    finally:
+        await server.close()
+    [left] = seen
+    assert left <= 2.0 * REPLAY_SHARE - 0.4 + 0.05
