@@ -123,11 +123,17 @@ class RecoveryPage:
 
 
 def delivery_state(attempts: list[Attempt]) -> str:
-    """``delivered``, ``retrying``, ``dead_lettered`` or ``dropped``, from the last attempt."""
+    """``delivered``, ``retrying``, ``dead_lettered`` or ``dropped``, from the last attempt.
+    One that disabled its webhook (410, failing too long) was dead-lettered too (until
+    2026-12-06 shown ``dropped``); ``dropped``: a retry dropped when due (its webhook deleted,
+    turned off, or no longer getting the event), and nothing follows."""
     last = attempts[-1]
     if last.outcome == "success":
         return "delivered"
-    return {"retry": "retrying", "dead_letter": "dead_lettered"}.get(last.next or "", "dropped")
+    return _STATES.get(last.next or "", "dropped")
+
+
+_STATES = {"retry": "retrying", "dead_letter": "dead_lettered", "disabled": "dead_lettered"}
 
 
 def _dead_letter_position(record: dict[str, Any]) -> tuple[str, str, int, int]:
@@ -463,7 +469,11 @@ class ControlService:
         if webhook_id is not None:
             # One log, read by the worker holding it, rather than every owner asked.
             named = await self._webhook(principal, webhook_id)
-            attempts = (await self._activity.activity(webhook_id)).log.delivery(delivery_id)
+            log = (await self._activity.activity(webhook_id)).log
+            # Those past the log's age as the other paths leave them out, until a sweep
+            # forgets them (until 2026-12-06 shown here only, with the state they made).
+            oldest = self._clock() - log.max_age
+            attempts = [a for a in log.delivery(delivery_id) if a.at_seconds >= oldest]
         else:
             attempts = await self._activity.delivery(delivery_id)
         if not attempts:

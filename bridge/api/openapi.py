@@ -399,7 +399,10 @@ def _schemas() -> dict[str, Any]:
                 "state": {
                     "enum": list(DELIVERY_STATES),
                     "description": "From the last attempt: succeeded, to be retried, "
-                    "dead-lettered, or nothing follows (the webhook was disabled...).",
+                    "dead-lettered (attempts exhausted, or the endpoint disabled: 410 Gone, "
+                    "failing too long), or dropped: a retry dropped when due, its webhook "
+                    "deleted, turned off or no longer getting the event (error "
+                    "webhook_deleted, webhook_inactive, not_receiving); nothing follows.",
                 },
                 "attempts": {"type": "array", "minItems": 1, "items": _ref("Attempt")},
             },

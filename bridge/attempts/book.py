@@ -84,6 +84,11 @@ class ActivityBook:
             attempt.webhook_created_at = created_at
         assert isinstance(activity.log, WebhookLog)  # the book makes only these
         if not activity.log.add(attempt, now):
+            if activity.log.older_than_kept:
+                # Counted though not kept: an attempt recorded late (a 30 s timeout) after a
+                # full log of newer ones was in no stat until 2026-12-06. (A copy of it read
+                # after that many is counted again: a copy comes at once, if at all.)
+                activity.stats.add(attempt, now)
             return False
         by_delivery = self._by_delivery
         holders = by_delivery.get(attempt.delivery_id)

@@ -97,6 +97,11 @@ class AttemptLog(Protocol):
 
     def __len__(self) -> int: ...
 
+    @property
+    def max_age(self) -> float:
+        """Seconds an attempt is kept (an older one is forgotten by the next sweep)."""
+        ...
+
     def page(
         self, query: LogQuery, *, now: float, limit: int = 50, cursor: str | None = None
     ) -> Page: ...
@@ -142,6 +147,9 @@ class WebhookLog:
         self._max_attempts = max_attempts
         self._max_age = max_age
         self._on_forget = on_forget
+        #: Whether the last attempt :meth:`add` refused was new but older than every kept one
+        #: in a full log.
+        self.older_than_kept = False
         #: Positions, oldest first, and the attempt at each.
         self._positions: list[_Position] = []
         self._attempts: dict[_Position, Attempt] = {}
@@ -151,9 +159,14 @@ class WebhookLog:
     def __len__(self) -> int:
         return len(self._positions)
 
+    @property
+    def max_age(self) -> float:
+        return self._max_age
+
     def add(self, attempt: Attempt, now: float) -> bool:
         """Keep ``attempt``; ``False`` when it is already kept (the same record read twice) or
-        too old to keep."""
+        too old to keep (:attr:`older_than_kept` tells which)."""
+        self.older_than_kept = False
         at = attempt.at_seconds
         if at < now - self._max_age:
             return False
@@ -163,7 +176,11 @@ class WebhookLog:
             return False
         positions = self._positions
         if positions and position < positions[0] and len(positions) >= self._max_attempts:
-            return False  # older than everything kept in a full log
+            # Older than everything kept in a full log: not kept, but new (a timeout is
+            # stamped when it began and recorded 30 s later, after a busy webhook's newer
+            # attempts): the caller counts it.
+            self.older_than_kept = True
+            return False
         if not positions or position > positions[-1]:
             positions.append(position)  # the usual case: records are read in time order
         else:

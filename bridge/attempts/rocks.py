@@ -193,8 +193,15 @@ class PartitionLog:
         checkpoint is then written with the next write or :meth:`flush`). A failed write
         raises and changes nothing, in memory or on disk."""
         read = Checkpoint(offset + 1, timestamp)
-        if not self._keeps(attempt, now):
+        verdict = self._keeps(attempt, now)
+        if verdict != "keep":
             self._pending = read
+            if verdict == "older_than_kept":
+                # Counted, not kept: see WebhookLog.add (a timeout recorded after a full log
+                # of newer attempts was in no stat until 2026-12-06).
+                held = self._held.get(encode_text(attempt.webhook_id))
+                if held is not None:
+                    held.stats.add(attempt, now)
             return False
         key = attempt_key(attempt)
         prefix = encode_text(attempt.webhook_id)
@@ -213,20 +220,23 @@ class PartitionLog:
         current.stats.add(attempt, now)
         return True
 
-    def _keeps(self, attempt: Attempt, now: float) -> bool:
-        """``attempt`` is new, recent enough, and not older than everything in a full log."""
+    def _keeps(self, attempt: Attempt, now: float) -> str:
+        """``keep`` when ``attempt`` is new, recent enough, and not older than everything in a
+        full log; else why not: ``too_old``, ``duplicate``, ``older_than_kept``."""
         if attempt.at_seconds < now - self.max_age:
-            return False
+            return "too_old"
         try:
             key = attempt_key(attempt)
         except ValueError:
-            return False  # an attempt number no key can hold
+            return "too_old"  # an attempt number no key can hold
         held = self._held.get(encode_text(attempt.webhook_id))
         if held is None or not held.count:
-            return True
+            return "keep"
         if self._db.key_may_exist(key) and self._db.get(key) is not None:
-            return False  # the same record read twice
-        return held.count < self.max_attempts or key > held.oldest
+            return "duplicate"  # the same record read twice
+        if held.count < self.max_attempts or key > held.oldest:
+            return "keep"
+        return "older_than_kept"
 
     def flush(self) -> None:
         """Write the checkpoint of records read since the last write, if any."""
@@ -426,6 +436,10 @@ class DiskWebhookLog:
 
     def __len__(self) -> int:
         return self._partition.count(self._prefix)
+
+    @property
+    def max_age(self) -> float:
+        return self._partition.max_age
 
     def page(
         self, query: LogQuery, *, now: float, limit: int = 50, cursor: str | None = None

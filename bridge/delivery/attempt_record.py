@@ -6,9 +6,10 @@ from typing import Any
 
 from bridge.contract.events import format_epoch
 from bridge.delivery.job import Job
+from bridge.delivery.pending_retry import PendingRetry
 from bridge.http.base import AttemptResult
 
-__all__ = ["attempt_record"]
+__all__ = ["attempt_record", "dropped_record"]
 
 
 def attempt_record(
@@ -56,4 +57,34 @@ def attempt_record(
         record["trigger"] = "manual"
     if job.recovery_id is not None:
         record["recovery_id"] = job.recovery_id
+    return record
+
+
+def dropped_record(pending: PendingRetry, reason: str, at: float) -> dict[str, Any]:
+    """The record of a retry dropped when it fell due (no request made), ``skipped`` with
+    ``reason`` as its error (``webhook_deleted``, ``webhook_inactive``, ``not_receiving``) and
+    nothing next: the delivery's last word, so that it no longer shows ``retrying`` with a
+    due time long past (until 2026-12-06 nothing was recorded)."""
+    event = pending.event
+    record: dict[str, Any] = {
+        "delivery_id": pending.delivery_id,
+        "webhook_id": pending.webhook_id,
+        "event_id": event.id,
+        "event_type": event.type,
+        "event_at": event.timestamp,
+        "attempt": pending.attempt,
+        "outcome": "skipped",
+        "status": None,
+        "error": reason,
+        "duration_seconds": 0.0,
+        "at": format_epoch(at),
+        "next": None,
+        "response_bytes": None,
+    }
+    if pending.webhook_created_at is not None:
+        record["webhook_created_at"] = pending.webhook_created_at
+    if pending.replayed:
+        record["trigger"] = "manual"
+    if pending.recovery_id is not None:
+        record["recovery_id"] = pending.recovery_id
     return record

@@ -21,6 +21,7 @@ from typing import Any
 
 from bridge.contract.events import Event, parse_event
 from bridge.contract.payload import EncodedEvent
+from bridge.delivery.attempt_record import dropped_record
 from bridge.delivery.dead_letters import dead_letter_record, internal_error
 from bridge.delivery.deliverer import Deliverer, Outputs
 from bridge.delivery.job import Ack, Job, SourceRef
@@ -319,22 +320,29 @@ class Pipeline:
             overdue = max(0.0, self._wall_time() - pending.not_before)
             await self._freshness.wait_current(self._clock() - overdue)
         webhook = self._index.get(pending.webhook_id)
-        if (
-            webhook is None
-            or not webhook.sends_for(pending.webhook_created_at)
-            or not webhook.receives(pending.event)
-        ):
+        if webhook is None or not webhook.is_incarnation(pending.webhook_created_at):
+            dropped: str | None = "webhook_deleted"
+        elif not webhook.active:
+            dropped = "webhook_inactive"
+        elif not webhook.receives(pending.event):
+            dropped = "not_receiving"
+        else:
+            dropped = None
+        if dropped is not None:
             # Deleted or deactivated meanwhile (or deleted, and its id used again by a webhook
             # that must not get the deleted one's events), or changed so that it no longer
             # gets this event (moved to another site or account, its filter narrowed): no
-            # further attempts, by design.
+            # further attempts, by design; recorded as the delivery's last word.
             self._metrics.retries_cancelled.inc()
             log.info(
                 "pending retry dropped: webhook deleted, inactive, or no longer receiving it",
                 extra={"webhook_id": pending.webhook_id, "delivery_id": pending.delivery_id},
             )
+            record = dropped_record(pending, dropped, self._wall_time())
+            await (await self._outputs.attempt(pending.webhook_id.encode("utf-8"), record))
             ack()
             return
+        assert webhook is not None
         try:
             encoded = EncodedEvent.of(pending.event)
             job = Job(

@@ -23,6 +23,7 @@ from bridge.api.auth import Principal, TokenSet
 from bridge.api.control import (
     DEFAULT_REDELIVER_LOOKBACK,
     REDELIVER_MARGIN,
+    ControlService,
     decode_replay_cursor,
     encode_replay_cursor,
     redelivery_since,
@@ -1285,3 +1286,51 @@ async def test_a_replay_reads_for_half_the_request_s_time_counted_from_its_start
         await server.close()
     [left] = seen
     assert left <= 2.0 * REPLAY_SHARE - 0.4 + 0.05
+
+
+@pytest.mark.parametrize(
+    ("last", "state"),
+    [
+        ({"outcome": "success", "status": 200, "next": None}, "delivered"),
+        ({"next": "retry"}, "retrying"),
+        ({"next": "dead_letter"}, "dead_lettered"),
+        # 410 Gone, or failing too long: the webhook disabled and the delivery dead-lettered
+        # (until 2026-12-06 shown dropped, and left out of a search for what to replay)
+        ({"status": 410, "next": "disabled"}, "dead_lettered"),
+        ({"outcome": "skipped", "status": None, "next": None}, "dropped"),
+    ],
+)
+async def test_a_delivery_s_state_is_what_its_last_attempt_led_to(
+    api: Api, last: dict[str, Any], state: str
+) -> None:
+    await api.create(id="wh_1")
+    api.activity.add(attempt("dS", 1, at=NOW - 90))
+    api.activity.add(attempt("dS", 2, at=NOW - 30, **last))
+    shown = await (await api.client.get("/v1/deliveries/dS", headers=auth())).json()
+    assert shown["state"] == state
+
+
+async def test_a_delivery_named_with_its_webhook_leaves_out_attempts_past_the_log_s_age() -> None:
+    """As every other path to a delivery does, until a sweep forgets them (until 2026-12-06
+    ``?webhook_id=`` showed them, and the state they made)."""
+    from bridge.api.recoveries import Recoveries
+    from bridge.subscriptions.webhook import webhook_from_record
+    from tests.support.builders import webhook_record
+
+    activity = MemoryActivity()
+    week = 7 * 86400
+    activity.add(
+        attempt("dA", 1, at=NOW - week + 5, outcome="success", status=200, next=None),
+        attempt("dA", 2, at=NOW - 60),
+    )
+    repository = MemoryRepository({"wh_1": webhook_from_record(webhook_record(id="wh_1"))})
+    control = ControlService(
+        repository,
+        activity,
+        Recoveries(Runner(), clock=lambda: NOW),
+        MemoryDeadLetters(),
+        clock=lambda: NOW + 10,  # the first attempt is now past the log's age
+    )
+    admin = Principal("admin", frozenset({"read", "write"}))
+    shown = await control.delivery(admin, "dA", webhook_id="wh_1")
+    assert [a["attempt"] for a in shown["attempts"]] == [2] and shown["state"] == "retrying"

@@ -445,3 +445,32 @@ def test_a_dropped_partition_goes_at_once_and_is_freed_a_slice_at_a_time() -> No
     store.open(1, T0)  # held again, read anew
     one = attempt(T0, webhook_id="wh-1", delivery_id="again")
     assert store.add(1, 0, one, b"", T0) and len(store.delivery("again")) == 1
+
+
+def test_an_attempt_recorded_after_a_full_log_of_newer_ones_is_counted_not_kept(
+    tmp_path: Path,
+) -> None:
+    """A timeout is stamped when it began and recorded when it ended, 30 s later: a busy
+    webhook has filled its log with newer attempts by then. Both stores count it in the stats
+    (failures, last failure) without keeping it (until 2026-12-06 it was in no stat: a webhook
+    whose slow requests all timed out looked healthy); a copy of a kept attempt is not counted
+    again."""
+    memory = MemoryStore(max_attempts=5, max_age=3600)
+    disk = RocksStore(tmp_path, max_attempts=5, max_age=3600)
+    now = T0 + 40
+    late = attempt(T0, delivery_id="slow", outcome="failure", status=None, duration_seconds=30.0)
+    for store in (memory, disk):
+        store.open(0, now)
+        for n in range(5):
+            fast = attempt(T0 + 1 + n, delivery_id=f"fast{n}", outcome="success", status=200)
+            assert store.add(0, n, fast, attempt_bytes(fast), now)
+        assert not store.add(0, 5, late, attempt_bytes(late), now)  # older than every kept
+        again = attempt(T0 + 5, delivery_id="fast4", outcome="success", status=200)
+        assert not store.add(0, 6, again, attempt_bytes(again), now)  # a copy: not counted
+        activity = store.get(late.webhook_id)
+        assert activity is not None and len(activity.log) == 5
+        counted = activity.stats.window("1h", now)
+        assert (counted.attempts, counted.successes, counted.failures) == (6, 5, 1)
+        assert activity.stats.last_failure is not None
+        assert activity.stats.last_failure.delivery_id == "slow"
+    disk.close()

@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from bridge.api.control import delivery_state
+from bridge.attempts.record import Attempt
 from bridge.contract.events import Event
 from bridge.contract.payload import EncodedEvent, build_body, delivery_id
 from bridge.contract.schemas import schema_errors
@@ -529,6 +531,10 @@ async def test_retry_for_a_deleted_or_inactive_webhook_is_dropped() -> None:
     assert h.sender.sent == []
     assert h.outputs.dead_letters == []
     assert h.value("webhook_bridge_retries_cancelled_total") == 2
+    assert [(key, record["error"], record["next"]) for key, record in h.outputs.attempts] == [
+        (b"w-off", "webhook_inactive", None),
+        (b"w-deleted", "webhook_deleted", None),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -561,8 +567,18 @@ async def test_a_retry_goes_only_to_a_webhook_that_still_gets_its_event(
     )
     await h.settled()
     assert acks.count == 1
-    assert h.sender.sent == [] and h.outputs.attempts == [] and h.outputs.dead_letters == []
+    assert h.sender.sent == [] and h.outputs.dead_letters == []
     assert h.value("webhook_bridge_retries_cancelled_total") == 1
+    # Recorded as the delivery's last word: skipped, nothing next (since 2026-12-06).
+    [(key, record)] = h.outputs.attempts
+    assert key == b"w" and schema_errors("attempt", record) == []
+    assert (record["outcome"], record["error"], record["next"], record["attempt"]) == (
+        "skipped",
+        "not_receiving",
+        None,
+        2,
+    )
+    assert delivery_state([Attempt.of(record)]) == "dropped"
     # As it was, it gets the retry.
     before = Harness([webhook("w")], ScriptedSender())
     await before.pipeline.handle_retry(
