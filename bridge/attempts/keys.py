@@ -11,7 +11,7 @@ encoded so that comparing keys byte by byte compares the parts in turn:
 * the attempt number as its byte length, then its big-endian bytes.
 
 Keys that start with ``00 00`` are the partition's own (no escaped text starts so): the
-checkpoint and the index of attempts by delivery id.
+checkpoint, the index of attempts by delivery id, and each webhook's last success and failure.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from bridge.attempts.record import Attempt
 __all__ = [
     "CHECKPOINT",
     "DELIVERY_INDEX",
+    "LAST_OUTCOME",
     "MAX_ATTEMPT_NUMBER",
     "attempt_key",
     "decode_time",
@@ -38,6 +39,9 @@ __all__ = [
 CHECKPOINT = b"\x00\x00checkpoint"
 #: ``DELIVERY_INDEX + text(delivery id) + attempt key`` -> ``b""`` for each kept attempt.
 DELIVERY_INDEX = b"\x00\x00d"
+#: ``LAST_OUTCOME + text(webhook id) + b"s"`` (or ``b"f"``) -> the record of the webhook's
+#: newest successful (failed) attempt counted, which its log may no longer keep.
+LAST_OUTCOME = b"\x00\x00l"
 #: The largest attempt number a key holds (its byte length is one byte).
 MAX_ATTEMPT_NUMBER = (1 << (8 * 255)) - 1
 

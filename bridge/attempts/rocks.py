@@ -11,12 +11,15 @@ partition), so a revoked partition is closed and deleted whole. It holds (see
   before it (so a reader can tell the topic it was read from is still the one it finds),
   written in the same ``WriteBatch`` as the attempts it covers: after a crash the database
   holds exactly the attempts of the records before its checkpoint (each kept or dropped by
-  the same rules as :class:`~bridge.attempts.log.WebhookLog`).
+  the same rules as :class:`~bridge.attempts.log.WebhookLog`);
+* each webhook's last success and failure counted (their records), written with the attempt
+  that made them so, and deleted when the webhook is forgotten.
 
 Memory holds, per webhook, its count of kept attempts, the key of its oldest one and its
 :class:`~bridge.attempts.stats.WebhookStats`; the stats are rebuilt at open from the kept
 attempts (so after a restart they count kept attempts only: at most ``max_attempts`` per
-webhook). Everything else is read from disk when asked.
+webhook), and its last success and failure read back (until 2026-12-06 lost with the attempts
+its log no longer kept). Everything else is read from disk when asked.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from bridge.attempts.book import SWEEP_CHUNK
 from bridge.attempts.keys import (
     CHECKPOINT,
     DELIVERY_INDEX,
+    LAST_OUTCOME,
     attempt_key,
     delivery_prefix,
     encode_position,
@@ -178,6 +182,22 @@ class PartitionLog:
                     except InvalidRecord:
                         pass  # only valid records are kept; a damaged one is not counted
                 iterator.next()
+            # The last outcomes after the attempts (their keys sort first: 00 00), once the
+            # kept attempts said which webhook, created when, is counted.
+            iterator.seek(LAST_OUTCOME)
+            while iterator.valid():
+                key = bytes(iterator.key())
+                if not key.startswith(LAST_OUTCOME):
+                    break
+                prefix = key[len(LAST_OUTCOME) : -1]
+                held = self._held.get(prefix)
+                if held is None:
+                    held = self._held[prefix] = _Held()
+                try:
+                    held.stats.remember(Attempt.parse(bytes(iterator.value())))
+                except InvalidRecord:
+                    pass
+                iterator.next()
         finally:
             # Gone before the database is closed, whatever happened: a traceback that kept it
             # (a log handler's) kept the database, and its lock, open.
@@ -199,8 +219,12 @@ class PartitionLog:
             if verdict == "older_than_kept":
                 # Counted, not kept: see WebhookLog.add (a timeout recorded after a full log
                 # of newer attempts was in no stat until 2026-12-06).
-                held = self._held.get(encode_text(attempt.webhook_id))
+                prefix = encode_text(attempt.webhook_id)
+                held = self._held.get(prefix)
                 if held is not None:
+                    batch = rocksdict.WriteBatch(raw_mode=True)
+                    if self._last_outcome(batch, prefix, held, attempt, value):
+                        self.write(batch)
                     held.stats.add(attempt, now)
             return False
         key = attempt_key(attempt)
@@ -212,12 +236,24 @@ class PartitionLog:
         current = held or _Held()
         count, oldest = self._trim(batch, prefix, current, key, now)
         batch.put(CHECKPOINT, read.encode())
+        self._last_outcome(batch, prefix, current, attempt, value)
         self.write(batch)
         self.checkpoint = self._pending = read
         current.count, current.oldest = count, oldest
         if held is None:
             self._held[prefix] = current
         current.stats.add(attempt, now)
+        return True
+
+    @staticmethod
+    def _last_outcome(
+        batch: rocksdict.WriteBatch, prefix: bytes, held: _Held, attempt: Attempt, value: bytes
+    ) -> bool:
+        """Put (in ``batch``) ``attempt``'s record as the webhook's last success or failure
+        when the stats, counting it next, take it as such; whether it did."""
+        if not held.stats.takes_as_last(attempt):
+            return False
+        batch.put(LAST_OUTCOME + prefix + (b"s" if attempt.outcome == "success" else b"f"), value)
         return True
 
     def _keeps(self, attempt: Attempt, now: float) -> str:
@@ -321,6 +357,10 @@ class PartitionLog:
                 held.stats.expire(now)
                 if not held.count and not held.stats.buckets:
                     del self._held[prefix]
+                    batch = rocksdict.WriteBatch(raw_mode=True)
+                    batch.delete(LAST_OUTCOME + prefix + b"s")
+                    batch.delete(LAST_OUTCOME + prefix + b"f")
+                    self.write(batch)
             yield
 
     # -- reading ---------------------------------------------------------------------------------

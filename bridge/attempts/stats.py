@@ -174,6 +174,35 @@ class WebhookStats:
             return self
         return WebhookStats()
 
+    def takes_as_last(self, attempt: Attempt) -> bool:
+        """Whether :meth:`add` of ``attempt`` makes it the last success or failure."""
+        if attempt.outcome == "success":
+            last = self.last_success
+        elif attempt.outcome == "failure":
+            last = self.last_failure
+        else:
+            return False
+        created = attempt.webhook_created_at
+        counted = self.webhook_created_at
+        if created is not None and counted is not None and created != counted:
+            return _seconds(created) >= _seconds(counted)  # a newer webhook's: all anew
+        return last is None or attempt.at_seconds > last.at_seconds
+
+    def remember(self, attempt: Attempt) -> None:
+        """Take ``attempt`` as the last success or failure if it is newer than the one known
+        and of the webhook counted (a store's record of them, which its log may no longer
+        keep), without counting it."""
+        created = attempt.webhook_created_at
+        counted = self.webhook_created_at
+        if created is not None and counted is not None and created != counted:
+            return
+        if attempt.outcome == "success":
+            if self.last_success is None or attempt.at_seconds > self.last_success.at_seconds:
+                self.last_success = attempt
+        elif attempt.outcome == "failure":
+            if self.last_failure is None or attempt.at_seconds > self.last_failure.at_seconds:
+                self.last_failure = attempt
+
     def add(self, attempt: Attempt, now: float) -> None:
         """Count ``attempt`` (each attempt once: the caller drops records read twice)."""
         created = attempt.webhook_created_at

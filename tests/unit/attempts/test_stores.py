@@ -474,3 +474,41 @@ def test_an_attempt_recorded_after_a_full_log_of_newer_ones_is_counted_not_kept(
         assert activity.stats.last_failure is not None
         assert activity.stats.last_failure.delivery_id == "slow"
     disk.close()
+
+
+def test_a_restarted_disk_store_still_knows_the_last_success_its_log_no_longer_keeps(
+    tmp_path: Path,
+) -> None:
+    """One success, then five failures in a log of three: after a restart the RocksDB store
+    shows the success as the memory store, reading the topic again, does (until 2026-12-06 it
+    showed none, its stats rebuilt from the kept attempts alone); once the webhook is
+    forgotten (nothing kept, nothing counted), so are they, on disk too."""
+    max_age = 7 * 86400.0
+    rows = [attempt(T0, delivery_id="d0", outcome="success", status=200)] + [
+        attempt(T0 + n, delivery_id=f"d{n}", outcome="failure", status=500) for n in range(1, 6)
+    ]
+    now = T0 + 10
+    disk = RocksStore(tmp_path, max_attempts=3, max_age=max_age)
+    disk.open(0, now)
+    for offset, one in enumerate(rows):
+        disk.add(0, offset, one, attempt_bytes(one), now)
+    disk.flush(0)
+    disk.close()
+    disk = RocksStore(tmp_path, max_attempts=3, max_age=max_age)
+    disk.open(0, now)
+    activity = disk.get("wh")
+    assert activity is not None and len(activity.log) == 3
+    assert activity.stats.last_success is not None
+    assert activity.stats.last_success.delivery_id == "d0"
+    assert activity.stats.last_failure is not None
+    assert activity.stats.last_failure.delivery_id == "d5"
+    # A week and more later: nothing kept, nothing counted; the webhook and its last
+    # outcomes are forgotten, on disk too.
+    later = T0 + max_age + 3 * 86400
+    sweep(disk, later)
+    assert disk.get("wh") is None
+    disk.close()
+    disk = RocksStore(tmp_path, max_attempts=3, max_age=max_age)
+    disk.open(0, later)
+    assert disk.get("wh") is None
+    disk.close()
