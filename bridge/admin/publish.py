@@ -13,7 +13,7 @@ from bridge.errors import InvalidSubscription
 from bridge.kafka.clients import client_kwargs, started, stopped
 from bridge.subscriptions.webhook import Webhook
 
-__all__ = ["publish_events", "send_test_event", "publish_event"]
+__all__ = ["publish_events", "send_test_event", "publish_event", "test_event_scope"]
 
 
 async def publish_events(
@@ -54,18 +54,38 @@ async def send_test_event(
     """
     if not webhook.active:
         raise InvalidSubscription("webhook_inactive", f"webhook {webhook.id!r} is inactive")
-    site = site_id or webhook.site_id
-    user = user_id or webhook.user_id
-    if site is None or user is None:
-        raise InvalidSubscription(
-            "test_event_scope", "give the site id (account-scoped webhook) or the user id"
-        )
+    site, user = test_event_scope(webhook, site_id, user_id)
     data: dict[str, Any] = {"webhook_id": webhook.id}
     if message:
         data["message"] = message
     return await publish_event(
         settings, "test.event", data, site_id=site, user_id=user, event_id=event_id
     )
+
+
+def test_event_scope(webhook: Webhook, site_id: str | None, user_id: str | None) -> tuple[str, str]:
+    """The site and account of a test event for ``webhook``: its own, or those given where it
+    has none (the site of an account-scoped webhook, the account of a site's webhook without
+    an owner). :class:`InvalidSubscription` for a missing one (``test_event_scope``), and for
+    one given that the webhook would not get the event of (``test_event_site``: another site
+    than a site's webhook's; ``test_event_user``: another account than its owner's): until
+    2026-12-06 such an event was published and answered 202, and never delivered, or delivered
+    to a site's webhook as another site's."""
+    if site_id is not None and webhook.site_id is not None and site_id != webhook.site_id:
+        raise InvalidSubscription(
+            "test_event_site", "a site's webhook gets test events of its own site only"
+        )
+    if user_id is not None and webhook.user_id is not None and user_id != webhook.user_id:
+        raise InvalidSubscription(
+            "test_event_user", "the webhook gets test events of its owner's account only"
+        )
+    site = site_id or webhook.site_id
+    user = user_id or webhook.user_id
+    if site is None or user is None:
+        raise InvalidSubscription(
+            "test_event_scope", "give the site id (account-scoped webhook) or the user id"
+        )
+    return site, user
 
 
 async def publish_event(

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from jsonschema import ValidationError
 
+from bridge.admin.publish import test_event_scope
 from bridge.api.auth import Principal
 from bridge.api.idempotency import HEADER as IDEMPOTENCY_KEY
 from bridge.api.idempotency import IdempotencyKey, KeyedChange, forget_expired, reused
@@ -41,7 +42,12 @@ from bridge.contract.events import Event, format_timestamp, parse_time
 from bridge.contract.schemas import MAX_ERRORS_READ
 from bridge.errors import BridgeError, InvalidSubscription, InvalidUrl
 from bridge.redaction import without_userinfo
-from bridge.subscriptions.changes import created_record, rotated_record, updated_record
+from bridge.subscriptions.changes import (
+    created_record,
+    default_name,
+    rotated_record,
+    updated_record,
+)
 from bridge.subscriptions.serial import KeyedLocks
 from bridge.subscriptions.urls import WebhookUrl
 from bridge.subscriptions.webhook import Webhook, webhook_from_record
@@ -659,6 +665,7 @@ class WebhookService:
         if self._publisher is None:
             raise Problem("conflict", "this API server cannot publish events")
         try:
+            test_event_scope(webhook, site_id, user_id)
             return await self._publisher(
                 webhook,
                 body.get("message", ""),
@@ -671,7 +678,8 @@ class WebhookService:
         except InvalidSubscription as exc:
             if exc.reason == "webhook_inactive":
                 raise Problem("conflict", "the webhook is not active") from None
-            raise Problem.invalid(FieldError("site_id", exc.reason, exc.detail)) from None
+            field = "user_id" if exc.reason == "test_event_user" else "site_id"
+            raise Problem.invalid(FieldError(field, exc.reason, exc.detail)) from None
 
 
 def _taken() -> Problem:
@@ -695,7 +703,9 @@ def _equal_secrets(given: str, kept: str) -> bool:
 def _same(existing: Webhook, body: Mapping[str, Any]) -> bool:
     """Whether a create ``body`` describes ``existing`` (a repeated request)."""
     wanted = {
-        "name": body["name"] if body.get("name") is not None else body["url"],
+        # As the create names it (a URL's first 500 characters: until 2026-12-06 a repeated
+        # create of a longer URL was a 409, or with its Idempotency-Key a 422).
+        "name": body["name"] if body.get("name") is not None else default_name(body["url"]),
         "url": body["url"],
         "events": frozenset(body["events"]),
         "site_id": body.get("site_id"),

@@ -25,6 +25,7 @@ __all__ = [
     "SECRET_BYTES",
     "MAX_LENGTHS",
     "MAX_NAME",
+    "default_name",
     "new_secret",
     "generated_secret",
     "created_record",
@@ -92,6 +93,12 @@ def _stamp_after(current: Webhook, now: datetime) -> str:
     return stamp
 
 
+def default_name(url: str) -> str:
+    """The name of a webhook created without one: its URL's first :data:`MAX_NAME`
+    characters."""
+    return url[:MAX_NAME]
+
+
 def created_record(
     *,
     webhook_id: str,
@@ -113,7 +120,7 @@ def created_record(
     stamp = format_timestamp(now)
     record: dict[str, Any] = {
         "id": webhook_id,
-        "name": name if name is not None else url[:MAX_NAME],
+        "name": name if name is not None else default_name(url),
         "url": url,
         "secret": secret or generated_secret(standard),
         "events": list(events),

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from bridge.api.idempotency import REPLAYED_HEADER
 from bridge.api.openapi import served_operations
 from bridge.api.problems import PROBLEM_JSON, Problem
 from bridge.api.repository import WebhookFilter, webhook_version
@@ -606,3 +607,62 @@ async def test_a_url_too_long_is_refused_naming_the_url(api: Api) -> None:
         "/v1/webhooks", json={"url": url, "events": ["*"], "site_id": "s1"}, headers=auth()
     )
     assert [f for f, _ in fields(await problem(response, 400))] == ["url"]
+
+
+async def test_a_repeated_create_of_a_long_url_and_no_name_is_the_same_webhook(api: Api) -> None:
+    """Named after its URL's first 500 characters: a repeat (a client-chosen id, or an
+    Idempotency-Key) is the webhook made, not a 409 or a 422 (until 2026-12-06 the repeat
+    compared the whole URL with the name)."""
+    url = "https://example.com/" + "a" * 600
+    body = {"id": "wh_long", "url": url, "events": ["post.created"], "site_id": "site_1"}
+    first = await api.client.post("/v1/webhooks", json=body, headers=auth())
+    assert first.status == 201, await first.text()
+    again = await api.client.post("/v1/webhooks", json=body, headers=auth())
+    assert again.status == 200, await again.text()
+    assert (await again.json())["id"] == "wh_long"
+    keyed = {**auth(), "Idempotency-Key": "k-long"}
+    unnamed = {k: v for k, v in body.items() if k != "id"}
+    made = await api.client.post("/v1/webhooks", json=unnamed, headers=keyed)
+    assert made.status == 201, await made.text()
+    repeated = await api.client.post("/v1/webhooks", json=unnamed, headers=keyed)
+    assert repeated.status == 200, await repeated.text()
+    assert repeated.headers[REPLAYED_HEADER] == "true"
+    assert (await repeated.json())["id"] == (await made.json())["id"]
+
+
+@pytest.mark.parametrize(
+    ("webhook", "body", "field"),
+    [
+        # another account than the webhook's owner: never delivered
+        ({"site_id": "site_1", "user_id": "user_1"}, {"user_id": "user_2"}, "user_id"),
+        ({"site_id": None, "user_id": "user_1"}, {"site_id": "s", "user_id": "user_2"}, "user_id"),
+        # another site than a site's webhook's: never delivered without an owner, delivered
+        # as the other site's event with one
+        ({"site_id": "site_1", "user_id": None}, {"site_id": "site_2"}, "site_id"),
+        ({"site_id": "site_1", "user_id": "user_1"}, {"site_id": "site_2"}, "site_id"),
+    ],
+)
+async def test_a_test_event_the_webhook_would_not_get_is_refused_naming_the_field(
+    api: Api, webhook: dict[str, Any], body: dict[str, Any], field: str
+) -> None:
+    """Until 2026-12-06 it was published and answered 202 with a delivery id that never came
+    (or delivered to a site's webhook as another site's); a test event given what the webhook
+    has no own of (an account-scoped webhook's site, an ownerless one's account) is sent."""
+    created = await api.create(**webhook)
+    refused = await api.client.post(f"/v1/webhooks/{created['id']}/test", json=body, headers=auth())
+    [(named, reason)] = fields(await problem(refused, 400))
+    assert named == field and reason.startswith("test_event_")
+    assert api.published.events == []
+    # What it has no own of may be given; its own may be repeated.
+    own = {k: v for k, v in webhook.items() if v is not None}
+    fill = {"site_id": "site_9"} if webhook["site_id"] is None else {"user_id": "user_9"}
+    allowed = (
+        own
+        if webhook["user_id"] is not None and webhook["site_id"] is not None
+        else {**own, **fill}
+    )
+    sent = await api.client.post(f"/v1/webhooks/{created['id']}/test", json=allowed, headers=auth())
+    assert sent.status == 202, await sent.text()
+    [event] = api.published.events
+    hook = await api.repository.get(created["id"])
+    assert hook is not None and hook.receives(event)
