@@ -18,6 +18,7 @@ from bridge.attempts.keys import MAX_ATTEMPT_NUMBER
 from bridge.attempts.record import OUTCOMES, TRIGGERS, Attempt
 
 __all__ = [
+    "COUNTED_REMEMBERED",
     "AttemptLog",
     "LogQuery",
     "Page",
@@ -26,6 +27,10 @@ __all__ = [
     "encode_cursor",
     "fill_page",
 ]
+
+#: Attempts a webhook's log remembers having counted without keeping them (older than every
+#: kept one in a full log), so that a copy read again soon after is not counted again.
+COUNTED_REMEMBERED = 64
 
 #: Where an attempt sits in a log: (started at, delivery id, attempt number).
 _Position = tuple[float, str, int]
@@ -150,6 +155,9 @@ class WebhookLog:
         #: Whether the last attempt :meth:`add` refused was new but older than every kept one
         #: in a full log.
         self.older_than_kept = False
+        #: The positions of the last such attempts (:data:`COUNTED_REMEMBERED`), so that one
+        #: read again (a copy written by a send retried) is not counted again.
+        self._counted: dict[_Position, None] = {}
         #: Positions, oldest first, and the attempt at each.
         self._positions: list[_Position] = []
         self._attempts: dict[_Position, Attempt] = {}
@@ -178,8 +186,13 @@ class WebhookLog:
         if positions and position < positions[0] and len(positions) >= self._max_attempts:
             # Older than everything kept in a full log: not kept, but new (a timeout is
             # stamped when it began and recorded 30 s later, after a busy webhook's newer
-            # attempts): the caller counts it.
-            self.older_than_kept = True
+            # attempts): the caller counts it, once.
+            counted = self._counted
+            if position not in counted:
+                counted[position] = None
+                if len(counted) > COUNTED_REMEMBERED:
+                    del counted[next(iter(counted))]
+                self.older_than_kept = True
             return False
         if not positions or position > positions[-1]:
             positions.append(position)  # the usual case: records are read in time order

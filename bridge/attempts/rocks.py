@@ -126,6 +126,10 @@ class PartitionLog:
     webhook, none older than ``max_age`` seconds, an attempt read twice kept and counted once.
     """
 
+    #: Attempts counted without being kept (older than every kept one in a full log) that it
+    #: remembers, in all its webhooks, to count each once.
+    COUNTED_REMEMBERED = 4096
+
     def __init__(
         self,
         path: Path,
@@ -152,6 +156,7 @@ class PartitionLog:
         self._held: dict[bytes, _Held] = {}
         #: The checkpoint to write with the next write.
         self._pending: Checkpoint | None = None
+        self._counted: dict[bytes, None] = {}
         try:
             raw = self._db.get(CHECKPOINT)
             #: Where reading stopped, as written (``None``: nothing was ever written).
@@ -226,6 +231,12 @@ class PartitionLog:
                     if self._last_outcome(batch, prefix, held, attempt, value):
                         self.write(batch)
                     held.stats.add(attempt, now)
+                    # Remembered (a bounded number), so that a copy of it, or its record read
+                    # again after a failed write sent the reader back to the checkpoint, is not
+                    # counted again.
+                    self._counted[attempt_key(attempt)] = None
+                    if len(self._counted) > self.COUNTED_REMEMBERED:
+                        del self._counted[next(iter(self._counted))]
             return False
         key = attempt_key(attempt)
         prefix = encode_text(attempt.webhook_id)
@@ -272,6 +283,8 @@ class PartitionLog:
             return "duplicate"  # the same record read twice
         if held.count < self.max_attempts or key > held.oldest:
             return "keep"
+        if key in self._counted:
+            return "duplicate"  # counted (not kept) already: a copy, or read again
         return "older_than_kept"
 
     def flush(self) -> None:

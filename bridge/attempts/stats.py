@@ -196,6 +196,8 @@ class WebhookStats:
         counted = self.webhook_created_at
         if created is not None and counted is not None and created != counted:
             return
+        if counted is None and created is not None:
+            self.webhook_created_at = created  # as counting it would have
         if attempt.outcome == "success":
             if self.last_success is None or attempt.at_seconds > self.last_success.at_seconds:
                 self.last_success = attempt

@@ -339,7 +339,16 @@ class Pipeline:
                 extra={"webhook_id": pending.webhook_id, "delivery_id": pending.delivery_id},
             )
             record = dropped_record(pending, dropped, self._wall_time())
-            await (await self._outputs.attempt(pending.webhook_id.encode("utf-8"), record))
+            try:
+                await (await self._outputs.attempt(pending.webhook_id.encode("utf-8"), record))
+            except Exception as exc:
+                # The retry is dropped all the same: its record is for the log alone, and an
+                # unacknowledged retry would hold its partition's commits back.
+                log.warning(
+                    "the record of a dropped retry was not written: %s",
+                    type(exc).__name__,
+                    extra={"webhook_id": pending.webhook_id, "delivery_id": pending.delivery_id},
+                )
             ack()
             return
         assert webhook is not None

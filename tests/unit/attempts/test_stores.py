@@ -467,6 +467,8 @@ def test_an_attempt_recorded_after_a_full_log_of_newer_ones_is_counted_not_kept(
         assert not store.add(0, 5, late, attempt_bytes(late), now)  # older than every kept
         again = attempt(T0 + 5, delivery_id="fast4", outcome="success", status=200)
         assert not store.add(0, 6, again, attempt_bytes(again), now)  # a copy: not counted
+        # A copy of the late one (a send retried), or its record read again: counted once.
+        assert not store.add(0, 7, late, attempt_bytes(late), now)
         activity = store.get(late.webhook_id)
         assert activity is not None and len(activity.log) == 5
         counted = activity.stats.window("1h", now)
@@ -512,3 +514,20 @@ def test_a_restarted_disk_store_still_knows_the_last_success_its_log_no_longer_k
     disk.open(0, later)
     assert disk.get("wh") is None
     disk.close()
+
+
+def test_a_last_outcome_read_back_names_the_webhook_it_was_of() -> None:
+    """Restored beside kept attempts that name no ``created_at`` (records written before they
+    did), it says which webhook the stats count, as counting it did: a deleted webhook's are
+    then not shown as another's (``of_webhook``)."""
+    from bridge.attempts.stats import WebhookStats
+
+    created = "2024-01-15T09:00:00.000Z"
+    stats = WebhookStats()
+    stats.add(attempt(T0, delivery_id="old", outcome="failure", status=500), T0)
+    stats.remember(
+        attempt(T0 + 1, delivery_id="d", outcome="success", status=200, webhook_created_at=created)
+    )
+    assert stats.webhook_created_at == created
+    assert stats.last_success is not None and stats.last_success.delivery_id == "d"
+    assert stats.of_webhook("2024-01-15T11:00:00.000Z") is not stats

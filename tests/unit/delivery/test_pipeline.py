@@ -588,6 +588,23 @@ async def test_a_retry_goes_only_to_a_webhook_that_still_gets_its_event(
     assert len(before.sender.sent) == 1
 
 
+async def test_a_dropped_retry_whose_record_cannot_be_written_is_acknowledged_all_the_same() -> (
+    None
+):
+    """Its record is for the log alone: the broker failing it leaves the retry dropped and
+    acknowledged, not holding its partition's commits back (the record was new 2026-12-06)."""
+    h = Harness([webhook("w", active=False)], ScriptedSender())
+    h.outputs.hold_attempts = True
+    acks = Acks()
+    handling = asyncio.ensure_future(
+        h.pipeline.handle_retry(retry_record(webhook("w"), attempt=2), RETRY_SOURCE, acks, 1)
+    )
+    await eventually(lambda: h.outputs.attempt_writes or None)
+    h.outputs.attempt_writes[0].set_exception(RuntimeError("broker gone"))
+    await asyncio.wait_for(handling, PROMPT)
+    assert acks.count == 1 and h.sender.sent == [] and h.outputs.dead_letters == []
+
+
 def created(hook: Webhook, created_at: str) -> Webhook:
     return dataclasses.replace(hook, extra={"created_at": created_at})
 
