@@ -13,7 +13,7 @@ from bridge.errors import InvalidSubscription
 from bridge.kafka.clients import client_kwargs, started, stopped
 from bridge.subscriptions.webhook import Webhook
 
-__all__ = ["publish_events", "send_test_event", "publish_event", "test_event_scope"]
+__all__ = ["publish_events", "send_test_event", "publish_event", "scope_of_test_event"]
 
 
 async def publish_events(
@@ -54,7 +54,7 @@ async def send_test_event(
     """
     if not webhook.active:
         raise InvalidSubscription("webhook_inactive", f"webhook {webhook.id!r} is inactive")
-    site, user = test_event_scope(webhook, site_id, user_id)
+    site, user = scope_of_test_event(webhook, site_id, user_id)
     data: dict[str, Any] = {"webhook_id": webhook.id}
     if message:
         data["message"] = message
@@ -63,7 +63,9 @@ async def send_test_event(
     )
 
 
-def test_event_scope(webhook: Webhook, site_id: str | None, user_id: str | None) -> tuple[str, str]:
+def scope_of_test_event(
+    webhook: Webhook, site_id: str | None, user_id: str | None
+) -> tuple[str, str]:
     """The site and account of a test event for ``webhook``: its own, or those given where it
     has none (the site of an account-scoped webhook, the account of a site's webhook without
     an owner). :class:`InvalidSubscription` for a missing one (``test_event_scope``), and for

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from jsonschema import ValidationError
 
-from bridge.admin.publish import test_event_scope
+from bridge.admin.publish import scope_of_test_event
 from bridge.api.auth import Principal
 from bridge.api.idempotency import HEADER as IDEMPOTENCY_KEY
 from bridge.api.idempotency import IdempotencyKey, KeyedChange, forget_expired, reused
@@ -664,8 +664,10 @@ class WebhookService:
         principal.check_scope(site_id or webhook.site_id, user_id or webhook.user_id, event=True)
         if self._publisher is None:
             raise Problem("conflict", "this API server cannot publish events")
+        if not webhook.active:
+            raise Problem("conflict", "the webhook is not active")
         try:
-            test_event_scope(webhook, site_id, user_id)
+            scope_of_test_event(webhook, site_id, user_id)
             return await self._publisher(
                 webhook,
                 body.get("message", ""),

@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from aiokafka.errors import KafkaError
+
 from bridge.contract.events import Event, parse_event
 from bridge.contract.payload import EncodedEvent
 from bridge.delivery.attempt_record import dropped_record
@@ -341,7 +343,7 @@ class Pipeline:
             record = dropped_record(pending, dropped, self._wall_time())
             try:
                 await (await self._outputs.attempt(pending.webhook_id.encode("utf-8"), record))
-            except Exception as exc:
+            except KafkaError as exc:
                 # The retry is dropped all the same: its record is for the log alone, and an
                 # unacknowledged retry would hold its partition's commits back.
                 log.warning(

@@ -666,3 +666,13 @@ async def test_a_test_event_the_webhook_would_not_get_is_refused_naming_the_fiel
     [event] = api.published.events
     hook = await api.repository.get(created["id"])
     assert hook is not None and hook.receives(event)
+
+
+async def test_a_test_event_of_an_inactive_webhook_is_a_409_whatever_its_body(api: Api) -> None:
+    created = await api.create(active=False)
+    for body in ({}, {"site_id": "site_2"}, {"user_id": "user_2"}):
+        refused = await api.client.post(
+            f"/v1/webhooks/{created['id']}/test", json=body, headers=auth()
+        )
+        await problem(refused, 409)
+    assert api.published.events == []
