@@ -188,6 +188,15 @@ class WebhookStats:
             return _seconds(created) >= _seconds(counted)  # a newer webhook's: all anew
         return last is None or attempt.at_seconds > last.at_seconds
 
+    def _take_last(self, attempt: Attempt) -> None:
+        """``attempt`` as the last success or failure, if it is newer than the one known."""
+        if attempt.outcome == "success":
+            if self.last_success is None or attempt.at_seconds > self.last_success.at_seconds:
+                self.last_success = attempt
+        elif attempt.outcome == "failure":
+            if self.last_failure is None or attempt.at_seconds > self.last_failure.at_seconds:
+                self.last_failure = attempt
+
     def remember(self, attempt: Attempt) -> None:
         """Take ``attempt`` as the last success or failure if it is newer than the one known
         and of the webhook counted (a store's record of them, which its log may no longer
@@ -198,12 +207,7 @@ class WebhookStats:
             return
         if counted is None and created is not None:
             self.webhook_created_at = created  # as counting it would have
-        if attempt.outcome == "success":
-            if self.last_success is None or attempt.at_seconds > self.last_success.at_seconds:
-                self.last_success = attempt
-        elif attempt.outcome == "failure":
-            if self.last_failure is None or attempt.at_seconds > self.last_failure.at_seconds:
-                self.last_failure = attempt
+        self._take_last(attempt)
 
     def add(self, attempt: Attempt, now: float) -> None:
         """Count ``attempt`` (each attempt once: the caller drops records read twice)."""
@@ -216,12 +220,7 @@ class WebhookStats:
                 self._hours.clear()
                 self.last_success = self.last_failure = None
             self.webhook_created_at = created
-        if attempt.outcome == "success":
-            if self.last_success is None or attempt.at_seconds > self.last_success.at_seconds:
-                self.last_success = attempt
-        elif attempt.outcome == "failure":
-            if self.last_failure is None or attempt.at_seconds > self.last_failure.at_seconds:
-                self.last_failure = attempt
+        self._take_last(attempt)
         at = attempt.at_seconds
         minute = int(at // _MINUTE)
         now_minute = int(now // _MINUTE)

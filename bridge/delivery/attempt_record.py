@@ -44,20 +44,27 @@ def attempt_record(
         "next": next_step,
         "response_bytes": result.response_bytes,
     }
-    created_at = job.webhook.created_at
-    if created_at is not None:
-        record["webhook_created_at"] = created_at
+    _made_for(record, job.webhook.created_at, job.replayed, job.recovery_id)
     if next_at is not None:
         record["next_at"] = format_epoch(next_at)
     if result.response_truncated:
         record["response_truncated"] = True
     if result.response_prefix is not None:
         record["response_prefix"] = result.response_text
-    if job.replayed:
-        record["trigger"] = "manual"
-    if job.recovery_id is not None:
-        record["recovery_id"] = job.recovery_id
     return record
+
+
+def _made_for(
+    record: dict[str, Any], created_at: str | None, replayed: bool, recovery_id: str | None
+) -> None:
+    """Add what a record says of whom and why it was made: the ``created_at`` of the webhook
+    it was made for, ``trigger`` ``manual`` for an operator's sending, its ``recovery_id``."""
+    if created_at is not None:
+        record["webhook_created_at"] = created_at
+    if replayed:
+        record["trigger"] = "manual"
+    if recovery_id is not None:
+        record["recovery_id"] = recovery_id
 
 
 def dropped_record(pending: PendingRetry, reason: str, at: float) -> dict[str, Any]:
@@ -81,10 +88,5 @@ def dropped_record(pending: PendingRetry, reason: str, at: float) -> dict[str, A
         "next": None,
         "response_bytes": None,
     }
-    if pending.webhook_created_at is not None:
-        record["webhook_created_at"] = pending.webhook_created_at
-    if pending.replayed:
-        record["trigger"] = "manual"
-    if pending.recovery_id is not None:
-        record["recovery_id"] = pending.recovery_id
+    _made_for(record, pending.webhook_created_at, pending.replayed, pending.recovery_id)
     return record
