@@ -165,15 +165,16 @@ async def stream_positioned_letters(
     def letter(marked: tuple[Positioned, bool]) -> tuple[int, int, dict[str, Any] | None] | None:
         read, last = marked
         record: Any = None
-        if read.value is not None:
+        if read.value is not None and (key is None or read.key == key):
             try:
                 record = jsoncanon.loads(read.value)
             except InvalidRecord:
                 record = None
         if isinstance(record, dict) and where.matches(record):
             return read.partition, read.offset, record
-        # The last of a batch (one partition's) or of a stretch of its records, taken or not:
-        # where the read got to, however slowly its share lets it go.
+        # The last of a batch (one partition's) or of a stretch of its records, taken or not
+        # (another webhook's, when it reads one): where the read got to, however slowly its
+        # share lets it go.
         return (read.partition, read.offset, None) if last else None
 
     async def ends_marked(
@@ -215,7 +216,7 @@ class ReplayReport:
     skipped_by_reason: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0)
     )
-    #: False when the replay stopped (``stop``) before it had read every letter it takes.
+    #: False when the replay stopped at its ``deadline`` before it had read every letter.
     complete: bool = True
     #: Where it got to: for each partition it took a letter of, the offset after the last
     #: one (written or skipped). A replay given them as ``resume`` goes on from there.
@@ -375,13 +376,16 @@ def _not_sent(item: PendingRetry, record: Mapping[str, Any], current: Webhook | 
     if item.webhook_created_at is None:
         if current.created_at is not None and not of_webhook_created(record, current.created_at):
             return "webhook_gone"
-    elif not current.is_incarnation(item.webhook_created_at):
-        return "webhook_gone"
-    if not current.active:
-        return "webhook_off"
-    if not current.receives(item.event):
-        return "not_receiving"
-    return None
+    refused = current.refusal(item.webhook_created_at, item.event)
+    return None if refused is None else _SKIPPED_AS[refused]
+
+
+#: The skip reason of each of :meth:`Webhook.refusal`'s.
+_SKIPPED_AS = {
+    "webhook_deleted": "webhook_gone",
+    "webhook_inactive": "webhook_off",
+    "not_receiving": "not_receiving",
+}
 
 
 def _replayed(record: dict[str, Any], now: float) -> PendingRetry | None:

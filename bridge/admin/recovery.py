@@ -150,7 +150,11 @@ class RecoveryRequest:
     @property
     def pace(self) -> float:
         """Deliveries per second: ``rate``, and no more than the webhook's rate limit."""
-        limit = self.webhook.rate_limit
+        return self.pace_for(self.webhook)
+
+    def pace_for(self, webhook: Webhook) -> float:
+        """:attr:`pace` at ``webhook``'s rate limit (the webhook as it is now)."""
+        limit = webhook.rate_limit
         return min(self.rate, limit) if limit is not None and limit > 0 else self.rate
 
 
@@ -640,9 +644,7 @@ async def _run(
                 # At the webhook's rate limit as it is now (until 2026-12-06 as it was when
                 # the recovery began: one lowered meanwhile was exceeded, and the delivery
                 # path deferred the excess as rate_limited).
-                limit = index.webhook.rate_limit
-                limited = limit is not None and limit > 0
-                interval = 1.0 / (min(request.rate, limit) if limit and limited else request.rate)
+                interval = 1.0 / request.pace_for(index.webhook)
                 wait = next_write - clock()
                 if wait > 0:
                     await sleep(wait)  # cancelled here: nothing written, the record read again

@@ -322,14 +322,10 @@ class Pipeline:
             overdue = max(0.0, self._wall_time() - pending.not_before)
             await self._freshness.wait_current(self._clock() - overdue)
         webhook = self._index.get(pending.webhook_id)
-        if webhook is None or not webhook.is_incarnation(pending.webhook_created_at):
+        if webhook is None:
             dropped: str | None = "webhook_deleted"
-        elif not webhook.active:
-            dropped = "webhook_inactive"
-        elif not webhook.receives(pending.event):
-            dropped = "not_receiving"
         else:
-            dropped = None
+            dropped = webhook.refusal(pending.webhook_created_at, pending.event)
         if dropped is not None:
             # Deleted or deactivated meanwhile (or deleted, and its id used again by a webhook
             # that must not get the deleted one's events), or changed so that it no longer

@@ -40,9 +40,6 @@ class Positioned(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
-    #: No record of the read (another key's): where the read got to in its partition, so
-    #: that a reader going through many such records can tell how far it has read.
-    passed: bool = False
 
 
 #: Seconds after a read began up to which its settling takes records (see :func:`stream_topic`):
@@ -164,7 +161,7 @@ async def stream_topic(
     until_ms: UntilMs | None = None,
 ) -> AsyncGenerator[list[KeyValue], None]:
     """The records of ``topic``, their keys and values (:func:`stream_positioned`, whose
-    docstring says which)."""
+    docstring says which); given ``key``, only those with that key."""
     stream = stream_positioned(
         settings,
         topic,
@@ -176,7 +173,7 @@ async def stream_topic(
     )
     async with aclosing(stream) as batches:
         async for batch in batches:
-            yield [(record.key, record.value) for record in batch if not record.passed]
+            yield [(r.key, r.value) for r in batch if key is None or r.key == key]
 
 
 async def stream_positioned(
@@ -191,8 +188,9 @@ async def stream_positioned(
     start_offsets: Mapping[int, int] | None = None,
 ) -> AsyncGenerator[list[Positioned], None]:
     """Every record of ``topic`` from the beginning to its end, a fetched batch at a time (so
-    a reader need not hold the topic in memory); given ``key``, only the records with that key,
-    read from the one partition a producer's default partitioner puts it in; given
+    a reader need not hold the topic in memory); given ``key``, the one partition a producer's
+    default partitioner puts that key in (every record of it: the reader takes its own, and
+    knows how far it has read however few are its); given
     ``since_ms``, from each partition's first record stamped at or after that time (the
     broker's time index: a record before it is stamped earlier; a broker without one, such as
     the embedded broker, gives the beginning); given ``until_ms``, each partition only up to
@@ -208,9 +206,6 @@ async def stream_positioned(
     (a failing endpoint dead-lettering) must not keep a read going. Records written after the
     read began may be left out. Close it (``contextlib.aclosing``) when stopping early: that
     stops its consumer.
-
-    Given ``key``, a batch whose last records are another key's ends with a record marked
-    ``passed`` at the last one's offset: no record of the read, where it got to.
 
     Given ``start_offsets`` (partition: offset), each partition it names is read from that
     offset instead (from its first offset when that one is gone): a read resumed where an
@@ -228,15 +223,7 @@ async def stream_positioned(
     )
 
     def records(messages: list[ConsumerRecord[bytes, bytes]]) -> list[Positioned]:
-        out = [
-            Positioned(m.partition, m.offset, m.key, m.value)
-            for m in messages
-            if key is None or m.key == key
-        ]
-        if messages and (not out or out[-1].offset != messages[-1].offset):
-            last = messages[-1]  # another key's: where the read got to
-            out.append(Positioned(last.partition, last.offset, None, None, passed=True))
-        return out
+        return [Positioned(m.partition, m.offset, m.key, m.value) for m in messages]
 
     try:
         await consumer.topics()  # loads metadata for every topic

@@ -126,10 +126,19 @@ class Webhook:
         before it was (a deleted webhook's of the same id)."""
         return self.is_incarnation(created_at) and not before_created(at_seconds, self.created_at)
 
-    def sends_for(self, created_at: str | None) -> bool:
-        """Whether a delivery made for the webhook created at ``created_at`` is sent to this
-        one now: it is active, and the same webhook (see :meth:`is_incarnation`)."""
-        return self.active and self.is_incarnation(created_at)
+    def refusal(self, created_at: str | None, event: Event) -> str | None:
+        """Why a delivery of ``event`` made for the webhook created at ``created_at`` is not
+        sent to this one now: ``webhook_deleted`` (this is another webhook of its id: see
+        :meth:`is_incarnation`), ``webhook_inactive``, ``not_receiving`` (:meth:`receives`);
+        ``None`` when it is. The rule a retry is held to when it falls due, and a dead-letter
+        replay before it writes one."""
+        if not self.is_incarnation(created_at):
+            return "webhook_deleted"
+        if not self.active:
+            return "webhook_inactive"
+        if not self.receives(event):
+            return "not_receiving"
+        return None
 
     @property
     def state(self) -> str:
