@@ -673,7 +673,8 @@ class Settings:
         "BRIDGE_DISABLE_AFTER",
         "--disable-after",
         parse_duration,
-        "An endpoint failing continuously this long is disabled until its webhook is updated.",
+        "An endpoint failing continuously this long (no success, and no day without a failure, "
+        "since the webhook was last changed) is disabled until its webhook is updated.",
     )
     drain_timeout: float = Section.RELIABILITY.setting(
         20.0,

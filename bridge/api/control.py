@@ -42,7 +42,7 @@ from bridge.contract.events import format_timestamp, parse_time
 from bridge.cursors import decode_cursor, encode_cursor
 from bridge.errors import InvalidRecord
 from bridge.subscriptions.serial import KeyedLocks
-from bridge.subscriptions.webhook import Webhook, before_created
+from bridge.subscriptions.webhook import Webhook, before_created, created_seconds
 
 __all__ = [
     "DEFAULT_REDELIVER_LOOKBACK",
@@ -411,9 +411,23 @@ class ControlService:
             state["health"] = "disabled" if state["disabled_reason"] else "inactive"
             return state
         status = await self._activity.status(webhook.id)
-        # A "disabled" status of a webhook that is active again is stale: its owner enabled it;
-        # so is a failing period that began before the webhook was created (a deleted one's).
+        # A failing period that began before the webhook was created is a deleted one's.
         if status is not None and before_created(status.failing_since, webhook.created_at):
+            status = None
+        # A "disabled" status of a webhook that is active again is stale: it was turned on
+        # again; so is a failing period that began before the webhook's version (changed since:
+        # its URL, or turned off and on). Its deliveries' health starts afresh then
+        # (:class:`~bridge.delivery.endpoint_health.EndpointHealth`), and so do its failures
+        # read from the log (until 2026-12-07 those before it were read).
+        changed_at: float | None = None
+        if status is not None and (
+            status.state == "disabled"
+            or (
+                status.state == "failing"
+                and before_created(status.failing_since, webhook.updated_at)
+            )
+        ):
+            changed_at = created_seconds(webhook.updated_at) if webhook.updated_at else None
             status = None
         if status is not None and status.state in ("healthy", "failing"):
             state.update(
@@ -430,9 +444,11 @@ class ControlService:
         # Failing since the oldest failure kept after the last success (and since the webhook
         # was created: the log keeps a deleted webhook's attempts under a reused id).
         since = None if last_success is None else last_success.at_seconds
-        created = webhook.created_seconds
-        if created is not None and (since is None or since < created):
-            since = created
+        for floor in (webhook.created_seconds, changed_at):
+            if floor is not None and (since is None or since < floor):
+                since = floor
+        if since is not None and last_failure.at_seconds < since:
+            return state  # no failure since it was turned on again
         query = LogQuery(outcome="failure", since=since)
         first: Attempt | None = None
         cursor: str | None = None

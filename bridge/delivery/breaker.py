@@ -67,6 +67,11 @@ class CircuitBreaker:
         self.state, self.failures, self.probing = CLOSED, 0, False
 
     def failure(self, now: float) -> None:
+        if self.state == OPEN:
+            # Of a request sent before the circuit opened (an open one lets none through):
+            # its cooldown runs from the opening (until 2026-12-07 each such failure moved it
+            # on, and requests timing out one after another held the probe back).
+            return
         self.failures += 1
         if self.state == HALF_OPEN or self.failures >= self.threshold:
             self.state, self.opened_at, self.probing = OPEN, now, False

@@ -210,6 +210,11 @@ class Deliverer:
             self._rates.refund(webhook.id)
             await self._settle_failure(job, self._skipped("rate_limited", rate_wait), counts=False)
             return None
+        if rate_wait > 0:
+            # Before any place is taken: a delivery waiting for its webhook's rate held its
+            # endpoint's place (and a half-open circuit's probe) until 2026-12-07, and other
+            # webhooks of the endpoint waited behind it with nothing sent.
+            await asyncio.sleep(rate_wait)
         if not self._breakers.allow(endpoint):
             # Not retried before the circuit would let it through: a retry due earlier would
             # only be skipped again, spending an attempt and a round through the retry tiers.
@@ -241,8 +246,6 @@ class Deliverer:
             return None
         result: AttemptResult | None = None
         try:
-            if rate_wait > 0:
-                await asyncio.sleep(rate_wait)
             async with self._slots:
                 self._in_flight += 1
                 try:

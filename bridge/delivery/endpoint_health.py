@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from bridge.contract.events import parse_time
 from bridge.memo import Sweeps
 from bridge.subscriptions.webhook import before_created
 
-__all__ = ["HealthChange", "EndpointHealth", "APPLIED_GRACE"]
+__all__ = ["HealthChange", "EndpointHealth", "APPLIED_GRACE", "FAILURE_GAP", "FAILURE_REFRESH"]
+
+#: Seconds without a failure after which the next one begins a new failing period: an endpoint
+#: is disabled for failing *continuously* (``disable_after``), and one that failed once, then
+#: was sent nothing for days, has not (until 2026-12-07 its next failure disabled it at once).
+#: Longer than the retry schedule's longest wait (10 h), so that an event retried for a day
+#: keeps its endpoint's period going.
+FAILURE_GAP = 86400.0
+#: Seconds after which a failure is published again (``last_failure_at``) in a failing period,
+#: so that every worker can tell a gap: at most one status record an hour of a failing webhook.
+FAILURE_REFRESH = 3600.0
 
 
 @dataclass(frozen=True)
@@ -28,6 +39,9 @@ class HealthChange:
     webhook_updated_at: str | None = None
     #: For ``disabled``: when it was applied (the webhook turned off); ``None`` until then.
     applied_at: str | None = None
+    #: For ``failing``: Unix time of the period's latest failure published (within
+    #: :data:`FAILURE_REFRESH` of the latest one).
+    last_failure_at: float | None = None
 
     def to_record(self, updated_at: str) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -41,6 +55,8 @@ class HealthChange:
             record["webhook_created_at"] = self.webhook_created_at
         if self.webhook_updated_at is not None:
             record["webhook_updated_at"] = self.webhook_updated_at
+        if self.last_failure_at is not None:
+            record["last_failure_at"] = self.last_failure_at
         if self.state == "disabled":
             # None until applied: the webhook's owner (without owners, the deciding worker)
             # turns it off, then marks the record applied (:mod:`bridge.worker.disables`), so
@@ -89,24 +105,29 @@ class EndpointHealth:
         created_at: str | None,
         updated_at: str | None,
         made_at: float | None = None,
-    ) -> tuple[str, float | None]:
-        state, since = self._recorded(webhook_id, updated_at, made_at)
-        if before_created(since, created_at):
-            return "healthy", None
-        return state, since
+    ) -> _Period:
+        period = self._recorded(webhook_id, updated_at, made_at)
+        if before_created(period.since, created_at):
+            return _HEALTHY
+        if period.state == "failing" and before_created(period.since, updated_at):
+            # Changed since its failing period began (its URL, or turned off and on again):
+            # what failed was the webhook as it was (until 2026-12-07 a webhook turned on
+            # again after weeks was disabled at its first failure).
+            return _HEALTHY
+        return period
 
     def _recorded(
         self, webhook_id: str, updated_at: str | None, made_at: float | None = None
-    ) -> tuple[str, float | None]:
+    ) -> _Period:
         record = self._published(webhook_id)
         local = self._local.get(webhook_id)
         if local is not None:
             change, seen = local
             if _shows(record, seen):
-                return change.state, change.failing_since
+                return _Period(change.state, change.failing_since, change.last_failure_at)
             del self._local[webhook_id]
         if record is None:
-            return "healthy", None
+            return _HEALTHY
         state = str(record.get("state", "healthy"))
         if state == "disabled" and _turned_on_since(record, updated_at, made_at):
             # Applied (the webhook was turned off), and this delivery is of a webhook turned
@@ -114,9 +135,10 @@ class EndpointHealth:
             # worker that read the webhook on before the disable came, or started since, never
             # disabled it again, until 2026-12-06). A delivery in flight as it was turned off
             # changes nothing.
-            return "failing", None
-        since = record.get("failing_since")
-        return state, float(since) if since is not None else None
+            return _Period("failing", None, None)
+        return _Period(
+            state, _seconds(record.get("failing_since")), _seconds(record.get("last_failure_at"))
+        )
 
     def _change(self, change: HealthChange) -> HealthChange:
         seen = self._published(change.webhook_id)
@@ -146,7 +168,7 @@ class EndpointHealth:
     ) -> HealthChange | None:
         """``created_at``, ``updated_at``: the webhook's the delivery was made for (see the
         class); the same for the methods below."""
-        state, _ = self._current(webhook_id, created_at, updated_at)
+        state = self._current(webhook_id, created_at, updated_at).state
         record = self._published(webhook_id)
         published_state = record.get("state", "healthy") if record is not None else "healthy"
         if state == "healthy" and published_state == "healthy":
@@ -164,14 +186,20 @@ class EndpointHealth:
         updated_at: str | None = None,
         made_at: float | None = None,
     ) -> HealthChange | None:
-        state, since = self._current(webhook_id, created_at, updated_at, made_at)
+        """A failure at ``now`` (Unix time): ``failing`` at the first of a period (or one a
+        day, :data:`FAILURE_GAP`, after the one before), ``disabled`` ``disable_after`` into
+        it, ``failing`` again an hour (:data:`FAILURE_REFRESH`) after the period's latest
+        failure published; otherwise nothing."""
+        state, since, last = self._current(webhook_id, created_at, updated_at, made_at)
         if state == "disabled":
             return None
-        if state != "failing" or since is None:
-            return self._change(HealthChange(webhook_id, "failing", now))
-
+        latest = last if last is not None else since
+        if state != "failing" or since is None or latest is None or now - latest > FAILURE_GAP:
+            return self._change(HealthChange(webhook_id, "failing", now, last_failure_at=now))
         if now - since >= self._disable_after:
             return self._change(HealthChange(webhook_id, "disabled", since, "failing"))
+        if now - latest >= FAILURE_REFRESH:
+            return self._change(HealthChange(webhook_id, "failing", since, last_failure_at=now))
         return None
 
     def on_gone(
@@ -183,7 +211,7 @@ class EndpointHealth:
         made_at: float | None = None,
     ) -> HealthChange | None:
         """410 Gone: disable, unless this worker already did (concurrent deliveries)."""
-        state, since = self._current(webhook_id, created_at, updated_at, made_at)
+        state, since, _ = self._current(webhook_id, created_at, updated_at, made_at)
         if state == "disabled":
             return None
         return self._change(HealthChange(webhook_id, "disabled", since or now, "gone"))
@@ -191,9 +219,27 @@ class EndpointHealth:
     def on_webhook_enabled(self, webhook_id: str, updated_at: str | None = None) -> None:
         """An active subscription record (of version ``updated_at``) after a disable starts the
         webhook's health afresh (the stale status record is replaced at the next outcome)."""
-        state, _ = self._recorded(webhook_id, updated_at)
-        if state == "disabled":
+        if self._recorded(webhook_id, updated_at).state == "disabled":
             self._change(HealthChange(webhook_id, "failing", None))
+
+
+class _Period(NamedTuple):
+    """A webhook's health as a worker reads it: its state, and for ``failing`` when the period
+    began and its latest failure published (each ``None`` when not known)."""
+
+    state: str
+    since: float | None
+    last: float | None
+
+
+_HEALTHY = _Period("healthy", None, None)
+
+
+def _seconds(value: object) -> float | None:
+    """A Unix time read from a status record (``None`` for anything else)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def _shows(record: Mapping[str, Any] | None, seen: Mapping[str, Any] | None) -> bool:

@@ -258,13 +258,14 @@ async def test_stats_count_the_windows_and_say_failing_since_from_the_log(api: A
     }
 
 
+def moment(seconds: float) -> str:
+    """A Unix time as the API and the records write it."""
+    stamp = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
 def circuit_skip(at: float, due: float) -> Attempt:
     """An attempt skipped because the endpoint's circuit was open, its retry due at ``due``."""
-
-    def moment(seconds: float) -> str:
-        stamp = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
-        return stamp.replace("+00:00", "Z")
-
     return Attempt.of(
         {
             "delivery_id": "d3",
@@ -327,6 +328,34 @@ async def test_stats_state_from_the_status_topic_and_the_webhook_record(api: Api
         "source": "webhook",
     }
     assert stats["windows"]["1h"]["attempts"] == 0 and stats["last_success_at"] is None
+
+
+@pytest.mark.parametrize("status", ["disabled", "failing"])
+async def test_stats_of_a_webhook_turned_on_again_count_its_failures_since(
+    api: Api, status: str
+) -> None:
+    """Disabled (410) and turned on again, or changed while failing: the state is read from the
+    failures since its new version, as its deliveries' health starts afresh then (until
+    2026-12-07 it showed the old failing period, which the pipeline no longer counted)."""
+    from bridge.subscriptions.webhook import webhook_from_record
+
+    await api.create(id="wh_1")
+    api.activity.add(
+        attempt("d1", 1, at=NOW - 3000, status=500),
+        attempt("d2", 1, at=NOW - 2000, status=410, next="disabled"),
+    )
+    reason = "gone" if status == "disabled" else None
+    api.activity.statuses["wh_1"] = EndpointStatus(status, NOW - 3000, reason, "x")
+    webhook = await api.repository.get("wh_1")
+    assert webhook is not None
+    record = webhook.to_record()
+    record.update(active=True, updated_at=moment(NOW - 1000))
+    await api.repository.put(webhook_from_record(record))
+    state = (await get_json(api, "/v1/webhooks/wh_1/stats"))["state"]
+    assert (state["health"], state["failing_since"], state["source"]) == ("healthy", None, "log")
+    api.activity.add(attempt("d3", 1, at=NOW - 500, status=500), attempt("d3", 2, at=NOW - 400))
+    state = (await get_json(api, "/v1/webhooks/wh_1/stats"))["state"]
+    assert (state["health"], state["failing_since"]) == ("failing", moment(NOW - 500))
 
 
 async def test_a_delivery_shows_every_attempt_in_order(api: Api) -> None:

@@ -319,3 +319,22 @@ def test_breakers_of_endpoints_that_failed_once_or_long_ago_are_swept() -> None:
     for n in range(30_000):
         breakers.failure(f"https://latest{n}.example:443")
     assert breakers.open_count() == 0 and breakers.state("https://down.example:443") == CLOSED
+
+
+def test_failures_of_requests_sent_before_the_opening_do_not_hold_the_probe_back() -> None:
+    """Sixteen requests in flight as the circuit opens time out one after another: the probe
+    goes through a cooldown after the opening, not after the last of them."""
+    clock = FakeClock(0.0)
+    breakers = Breakers(5, 30.0, clock)
+    endpoint = "https://x.example:443"
+    for n in range(16):
+        clock.now = max(0.0, n - 4.0)
+        breakers.failure(endpoint)
+    assert breakers.state(endpoint) == OPEN
+    assert breakers.reopens_in(endpoint) == 30.0 - clock.now
+    clock.now = 30.0
+    assert breakers.allow(endpoint)
+    assert breakers.state(endpoint) == HALF_OPEN
+    # The probe's failure opens it again, from then.
+    breakers.failure(endpoint)
+    assert breakers.state(endpoint) == OPEN and breakers.reopens_in(endpoint) == 30.0

@@ -892,6 +892,21 @@ async def test_an_attempt_not_made_gives_its_rate_limit_token_back(skip: str) ->
     assert h.attempt()["outcome"] == "success"  # sent at once, not deferred as rate_limited
 
 
+async def test_a_delivery_waiting_for_its_rate_holds_no_place_of_its_endpoint() -> None:
+    """A webhook limited to one delivery a second and another webhook on the same endpoint,
+    which lets one request in flight: while the first webhook's second delivery waits for its
+    token, the other's is sent (until 2026-12-07 it waited behind, nothing sent)."""
+    h = Harness(FakeSender(), endpoint_max_in_flight=1, endpoint_max_queued=10)
+    limited = dataclasses.replace(make_webhook("wh_a", host="shared.example"), rate_limit=1.0)
+    other = make_webhook("wh_b", host="shared.example")
+    await h.run(make_job(webhook=limited, event=make_event("evt_1")))
+    waiting = h.start(make_job(webhook=limited, event=make_event("evt_2")))
+    await h.run(make_job(webhook=other, event=make_event("evt_3")))
+    assert [o.job.event.id for o in h.sender.sent] == ["evt_1", "evt_3"]
+    await asyncio.wait_for(waiting, PROMPT)
+    assert [o.job.event.id for o in h.sender.sent] == ["evt_1", "evt_3", "evt_2"]
+
+
 async def test_one_sites_webhooks_take_at_most_their_places_whatever_their_endpoints() -> None:
     """A site's webhooks on many endpoints, each answering slowly, held every place of the
     worker (each endpoint its own 16) and the pipeline's pending jobs with them, until

@@ -12,7 +12,12 @@ from typing import Any
 import pytest
 
 from bridge.contract.schemas import schema_errors
-from bridge.delivery.endpoint_health import APPLIED_GRACE, EndpointHealth, HealthChange
+from bridge.delivery.endpoint_health import (
+    APPLIED_GRACE,
+    FAILURE_GAP,
+    EndpointHealth,
+    HealthChange,
+)
 
 DISABLE_AFTER = 5 * 86400.0
 W = "webhook_1"
@@ -29,16 +34,41 @@ def publish(table: dict[str, dict[str, Any]], change: HealthChange | None) -> No
     table[change.webhook_id] = change.to_record("2024-01-15T10:30:00.000Z")
 
 
+def failing(since: float, last: float | None = None, wh: str = W) -> HealthChange:
+    """A ``failing`` decision: a period begun at ``since``, its latest failure ``last``
+    (``since`` unless given)."""
+    return HealthChange(wh, "failing", since, last_failure_at=since if last is None else last)
+
+
+def keep_failing(
+    health: EndpointHealth, start: float, end: float, table: dict[str, Any] | None = None
+) -> None:
+    """Fail from just after ``start`` until before ``end`` twice a day, as an endpoint sent
+    something every 12 hours does; the hourly refreshes are published to ``table`` if given.
+    Nothing but a refresh of the period begun at ``start``."""
+    now = start + 12 * 3600.0
+    while now < end:
+        change = health.on_failure(W, now)
+        assert change is None or change == failing(start, now)
+        if table is not None and change is not None:
+            publish(table, change)
+        now += 12 * 3600.0
+
+
 def test_first_failure_starts_failing_since_now() -> None:
     health, _ = make()
-    assert health.on_failure(W, T0) == HealthChange(W, "failing", T0)
+    assert health.on_failure(W, T0) == failing(T0)
 
 
 def test_later_failures_publish_nothing_until_disable_after() -> None:
     health, _ = make()
     health.on_failure(W, T0)
-    for now in (T0 + 1, T0 + 3600, T0 + DISABLE_AFTER - 1):
+    for now in (T0 + 1, T0 + 3599):
         assert health.on_failure(W, now) is None
+    # An hour after the latest failure published, the period's failures are published again.
+    assert health.on_failure(W, T0 + 3600) == failing(T0, T0 + 3600)
+    assert health.on_failure(W, T0 + 3601) is None
+    keep_failing(health, T0, T0 + DISABLE_AFTER)
     change = health.on_failure(W, T0 + DISABLE_AFTER)
     assert change == HealthChange(W, "disabled", T0, "failing")
     # Disabled once: nothing more, however many failures follow.
@@ -67,8 +97,8 @@ def test_failure_after_recovery_starts_a_new_period() -> None:
     health.on_failure(W, T0)
     health.on_success(W)
     later = T0 + DISABLE_AFTER + 10
-    assert health.on_failure(W, later) == HealthChange(W, "failing", later)
-    assert health.on_failure(W, later + DISABLE_AFTER - 1) is None
+    assert health.on_failure(W, later) == failing(later)
+    assert health.on_failure(W, later + 3599) is None
 
 
 def test_on_gone_disables_with_reason_gone() -> None:
@@ -89,8 +119,9 @@ def test_webhook_enabled_after_disable_starts_a_new_failing_period() -> None:
     health.on_failure(W, T0 + DISABLE_AFTER)  # disabled
     health.on_webhook_enabled(W)
     later = T0 + 2 * DISABLE_AFTER
-    assert health.on_failure(W, later) == HealthChange(W, "failing", later)
+    assert health.on_failure(W, later) == failing(later)
     assert health.on_failure(W, later + 1) is None
+    keep_failing(health, later, later + DISABLE_AFTER)
     assert health.on_failure(W, later + DISABLE_AFTER) == HealthChange(
         W, "disabled", later, "failing"
     )
@@ -109,13 +140,14 @@ def test_webhook_enabled_when_not_disabled_changes_nothing() -> None:
     health.on_webhook_enabled(W)
     # Still the same failing period: no new "failing", and disabled on schedule.
     assert health.on_failure(W, T0 + 10) is None
+    keep_failing(health, T0, T0 + DISABLE_AFTER)
     assert health.on_failure(W, T0 + DISABLE_AFTER) == HealthChange(W, "disabled", T0, "failing")
 
 
 def test_webhooks_are_independent() -> None:
     health, _ = make()
     health.on_failure("a", T0)
-    assert health.on_failure("b", T0 + 5) == HealthChange("b", "failing", T0 + 5)
+    assert health.on_failure("b", T0 + 5) == failing(T0 + 5, wh="b")
     assert health.on_success("c") is None
     assert health.on_failure("a", T0 + DISABLE_AFTER) is not None
 
@@ -127,6 +159,7 @@ def test_published_failing_period_is_continued_not_restarted() -> None:
     table = {W: {"webhook_id": W, "state": "failing", "failing_since": T0, "reason": None}}
     health, _ = make(table)
     assert health.on_failure(W, T0 + 100) is None
+    keep_failing(health, T0, T0 + DISABLE_AFTER)
     assert health.on_failure(W, T0 + DISABLE_AFTER) == HealthChange(W, "disabled", T0, "failing")
 
 
@@ -148,13 +181,13 @@ def test_published_healthy_then_failure_is_failing() -> None:
     table = {W: {"webhook_id": W, "state": "healthy", "failing_since": None, "reason": None}}
     health, _ = make(table)
     assert health.on_success(W) is None
-    assert health.on_failure(W, T0) == HealthChange(W, "failing", T0)
+    assert health.on_failure(W, T0) == failing(T0)
 
 
 def test_published_failing_without_since_starts_a_period() -> None:
     table = {W: {"webhook_id": W, "state": "failing", "failing_since": None}}
     health, _ = make(table)
-    assert health.on_failure(W, T0) == HealthChange(W, "failing", T0)
+    assert health.on_failure(W, T0) == failing(T0)
 
 
 def test_published_disabled_then_enabled_starts_afresh() -> None:
@@ -162,7 +195,7 @@ def test_published_disabled_then_enabled_starts_afresh() -> None:
     health, _ = make(table)
     health.on_webhook_enabled(W)
     later = T0 + 3 * DISABLE_AFTER
-    assert health.on_failure(W, later) == HealthChange(W, "failing", later)
+    assert health.on_failure(W, later) == failing(later)
 
 
 def test_published_gone_keeps_its_since() -> None:
@@ -188,13 +221,14 @@ def test_recovery_published_by_another_worker_ends_the_failing_period() -> None:
     assert table[W]["state"] == "healthy"
     # Days later worker A sees its next failure: a new failing period, not a disable.
     later = T0 + DISABLE_AFTER
-    assert worker_a.on_failure(W, later) == HealthChange(W, "failing", later)
+    assert worker_a.on_failure(W, later) == failing(later)
 
 
 def test_own_record_arriving_changes_nothing() -> None:
     health, table = make()
     publish(table, health.on_failure(W, T0))
     assert health.on_failure(W, T0 + 1) is None
+    keep_failing(health, T0, T0 + DISABLE_AFTER)
     assert health.on_failure(W, T0 + DISABLE_AFTER) == HealthChange(W, "disabled", T0, "failing")
     publish(table, HealthChange(W, "disabled", T0, "failing"))
     assert health.on_failure(W, T0 + DISABLE_AFTER + 1) is None
@@ -209,6 +243,7 @@ def test_failing_period_published_by_another_worker_is_adopted() -> None:
     # B starts a new failing period; A's next failure continues it rather than starting another.
     publish(table, worker_b.on_failure(W, T0 + 100))
     assert worker_a.on_failure(W, T0 + 200) is None
+    keep_failing(worker_a, T0 + 100, T0 + 100 + DISABLE_AFTER)
     assert worker_a.on_failure(W, T0 + 100 + DISABLE_AFTER) == HealthChange(
         W, "disabled", T0 + 100, "failing"
     )
@@ -253,13 +288,13 @@ def test_a_webhook_created_after_a_published_failing_period_began_starts_healthy
     created = T0 + DISABLE_AFTER - 10
     later = T0 + DISABLE_AFTER + 1
     # The deleted webhook failed since T0: the new one's first failure disabled it at once.
-    assert health.on_failure(W, later, at(created)) == HealthChange(W, "failing", later)
+    assert health.on_failure(W, later, at(created)) == failing(later)
 
 
 def test_a_webhook_created_after_a_published_disable_is_not_disabled() -> None:
     table = {W: {"webhook_id": W, "state": "disabled", "failing_since": T0, "reason": "gone"}}
     health, _ = make(table)
-    assert health.on_failure(W, T0 + 100, at(T0 + 50)) == HealthChange(W, "failing", T0 + 100)
+    assert health.on_failure(W, T0 + 100, at(T0 + 50)) == failing(T0 + 100)
     assert health.on_gone(W, T0 + 100, at(T0 + 50)) == HealthChange(W, "disabled", T0 + 100, "gone")
 
 
@@ -271,9 +306,9 @@ def test_a_success_of_a_new_webhook_replaces_the_deleted_ones_failing_status() -
 
 def test_this_workers_own_decision_for_the_deleted_webhook_is_not_inherited() -> None:
     health, _ = make()
-    assert health.on_failure(W, T0, at(T0 - 100)) == HealthChange(W, "failing", T0)
+    assert health.on_failure(W, T0, at(T0 - 100)) == failing(T0)
     later = T0 + DISABLE_AFTER
-    assert health.on_failure(W, later, at(T0 + 1)) == HealthChange(W, "failing", later)
+    assert health.on_failure(W, later, at(T0 + 1)) == failing(later)
 
 
 def test_the_same_webhooks_failing_period_goes_on() -> None:
@@ -281,6 +316,7 @@ def test_the_same_webhooks_failing_period_goes_on() -> None:
     health, _ = make(table)
     created = at(T0 - 3600)
     assert health.on_failure(W, T0 + 100, created) is None
+    keep_failing(health, T0, T0 + DISABLE_AFTER)
     assert health.on_failure(W, T0 + DISABLE_AFTER, created) == HealthChange(
         W, "disabled", T0, "failing"
     )
@@ -292,6 +328,7 @@ def test_without_a_readable_created_at_the_published_period_goes_on(
 ) -> None:
     table = {W: {"webhook_id": W, "state": "failing", "failing_since": T0, "reason": None}}
     health, _ = make(table)
+    keep_failing(health, T0, T0 + DISABLE_AFTER)
     assert health.on_failure(W, T0 + DISABLE_AFTER, created_at) == HealthChange(
         W, "disabled", T0, "failing"
     )
@@ -313,7 +350,7 @@ def test_decisions_the_table_moved_on_from_are_swept() -> None:
     assert len(health) <= 20_000
     # What is left judges as before: a kept decision, and one read from the table.
     assert health.on_failure("wh_29998", 2.0) is None  # failing since 1.0, not yet disabled
-    assert health.on_failure("wh_1", 2.0) == HealthChange("wh_1", "failing", 2.0)
+    assert health.on_failure("wh_1", 2.0) == failing(2.0, wh="wh_1")
     assert health.on_failure("wh_2", 200.0) == HealthChange("wh_2", "disabled", 1.0, "failing")
 
 
@@ -338,9 +375,12 @@ def test_an_applied_disable_starts_the_health_of_another_version_afresh() -> Non
     table["wh"] = _decided(applied_at="2024-01-15T10:00:01.000Z")
     assert health.on_failure("wh", 5.0, updated_at=V1) is None  # in flight: nothing
     assert health.on_gone("wh", 5.0, updated_at=V1) is None
-    again = health.on_failure("wh", 6.0, updated_at=V2)
-    assert again == HealthChange("wh", "failing", 6.0)
-    assert health.on_gone("wh", 7.0, updated_at=V2) == HealthChange("wh", "disabled", 6.0, "gone")
+    on_again = 1705316400.0  # V2
+    again = health.on_failure("wh", on_again + 6.0, updated_at=V2)
+    assert again == failing(on_again + 6.0, wh="wh")
+    assert health.on_gone("wh", on_again + 7.0, updated_at=V2) == HealthChange(
+        "wh", "disabled", on_again + 6.0, "gone"
+    )
 
 
 def test_a_fresh_start_survives_the_mark_of_the_disable_it_followed() -> None:
@@ -350,7 +390,7 @@ def test_a_fresh_start_survives_the_mark_of_the_disable_it_followed() -> None:
     health = EndpointHealth(100.0, table.get)
     health.on_webhook_enabled("wh", V1)
     table["wh"] = _decided(applied_at="2024-01-15T10:00:01.000Z")
-    assert health.on_failure("wh", 6.0, updated_at=V1) == HealthChange("wh", "failing", 6.0)
+    assert health.on_failure("wh", 6.0, updated_at=V1) == failing(6.0, wh="wh")
 
 
 @pytest.mark.parametrize("version", [None, V1])
@@ -372,4 +412,93 @@ def test_a_delivery_made_after_the_grace_of_an_applied_disable_starts_afresh(
     assert health.on_failure("wh", at + 900.0, updated_at=version, made_at=at + 119.0) is None
     made = at + APPLIED_GRACE
     again = health.on_failure("wh", made + 5.0, updated_at=version, made_at=made)
-    assert again == HealthChange("wh", "failing", made + 5.0)
+    assert again == failing(made + 5.0, wh="wh")
+
+
+# -- failing *continuously*: a gap, or a webhook changed since, begins a new period --------------
+
+DAY = 86400.0
+
+
+def test_a_failure_a_day_after_the_last_begins_a_new_period() -> None:
+    """One failure, nothing sent for days, one failure: not five days of failing (until
+    2026-12-07 the second disabled the webhook at once)."""
+    health, table = make()
+    publish(table, health.on_failure(W, T0))
+    assert health.on_failure(W, T0 + DISABLE_AFTER) == failing(T0 + DISABLE_AFTER)
+    # A day at most between failures: the period goes on, and ends in a disable on time.
+    health, table = make()
+    publish(table, health.on_failure(W, T0))
+    now = T0
+    while now + FAILURE_GAP < T0 + DISABLE_AFTER:
+        now += FAILURE_GAP
+        change = health.on_failure(W, now)
+        assert change == failing(T0, now)
+        publish(table, change)
+    assert health.on_failure(W, T0 + DISABLE_AFTER) == HealthChange(W, "disabled", T0, "failing")
+
+
+def test_another_worker_tells_a_gap_from_the_published_refreshes() -> None:
+    table: dict[str, dict[str, Any]] = {}
+    worker_a = EndpointHealth(DISABLE_AFTER, table.get)
+    worker_b = EndpointHealth(DISABLE_AFTER, table.get)
+    publish(table, worker_a.on_failure(W, T0))
+    keep_failing(worker_a, T0, T0 + 2 * DAY, table)
+    assert table[W]["last_failure_at"] == T0 + 1.5 * DAY
+    # B's failure within a day of A's latest goes on with the period; one later begins anew.
+    assert worker_b.on_failure(W, T0 + 2.4 * DAY) == failing(T0, T0 + 2.4 * DAY)
+    worker_c = EndpointHealth(DISABLE_AFTER, table.get)
+    assert worker_c.on_failure(W, T0 + 2.6 * DAY) == failing(T0 + 2.6 * DAY)
+
+
+def test_a_period_published_without_its_latest_failure_counts_from_its_start() -> None:
+    """A record written before ``last_failure_at`` was: its start is the latest failure known."""
+    table = {W: {"webhook_id": W, "state": "failing", "failing_since": T0, "reason": None}}
+    health, _ = make(table)
+    assert health.on_failure(W, T0 + 0.5 * DAY) == failing(T0, T0 + 0.5 * DAY)
+    health, _ = make(dict(table))
+    assert health.on_failure(W, T0 + 2 * DAY) == failing(T0 + 2 * DAY)
+
+
+@pytest.mark.parametrize("value", [None, "1700000000", True, [1], {"a": 1}, float("nan")], ids=repr)
+def test_an_unreadable_latest_failure_is_none(value: object) -> None:
+    table = {
+        W: {"webhook_id": W, "state": "failing", "failing_since": T0, "last_failure_at": value}
+    }
+    health, _ = make(table)
+    change = health.on_failure(W, T0 + 2 * DAY)
+    assert change == failing(T0 + 2 * DAY)
+
+
+@pytest.mark.parametrize("how", ["url changed", "turned off and on"])
+def test_a_webhook_changed_since_its_period_began_starts_afresh(how: str) -> None:
+    """Its URL changed, or its owner turned it off and on again weeks later (a new version,
+    ``updated_at``): the new endpoint's first failure is the first of a period (until
+    2026-12-07 it inherited the old one's and was disabled at once)."""
+    health, table = make()
+    v1, v2 = at(T0 - 3600), at(T0 + (4 * DAY if how == "url changed" else 30 * DAY))
+    publish(table, health.on_failure(W, T0, updated_at=v1))
+    keep_failing(health, T0, T0 + 4 * DAY, table)
+    if how == "turned off and on":
+        health.on_webhook_enabled(W, v2)  # what a worker calls for the active record
+    now = T0 + (5 * DAY if how == "url changed" else 30 * DAY + 60)
+    assert health.on_failure(W, now, updated_at=v2, made_at=now) == failing(now)
+
+
+def test_a_failure_of_the_version_before_goes_on_with_the_new_period() -> None:
+    """A delivery in flight as the webhook changed fails as the old version: it neither starts
+    another period nor is the new one's disable."""
+    health, table = make()
+    v1, v2 = at(T0 - 3600), at(T0 + 10)
+    publish(table, health.on_failure(W, T0, updated_at=v1))
+    publish(table, health.on_failure(W, T0 + 20, updated_at=v2))
+    assert table[W]["failing_since"] == T0 + 20
+    assert health.on_failure(W, T0 + 30, updated_at=v1) is None
+    assert health.on_failure(W, T0 + 40, updated_at=v2) is None
+
+
+def test_a_refresh_is_a_valid_status_record() -> None:
+    change = failing(T0, T0 + 3600)
+    record = change.to_record("2024-01-15T10:30:00.000Z")
+    assert record["last_failure_at"] == T0 + 3600
+    assert schema_errors("status", record) == []
