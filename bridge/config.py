@@ -119,6 +119,11 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     except ValueError:
         pass
     else:
+        if not text.strip().rstrip("0123456789.").strip():
+            # A bare number: no unit says it is a duration (until 2026-12-07 it was taken
+            # for seconds ago, and an ISO basic date, 20260101, or a Unix time with it),
+            # and no calendar reads it as a time but a basic date (YYYYMMDD), read below.
+            return _basic_date(text, refused)
         try:
             return (now or datetime.now(UTC)) - timedelta(seconds=ago)
         except OverflowError:
@@ -133,6 +138,17 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
         return _parse_utc(text)
     except ValueError as exc:
         raise ValueError(f"{refused}: {exc}") from None
+
+
+def _basic_date(text: str, refused: str) -> datetime:
+    """An ISO-8601 basic date (``20260101``), in UTC; ``ValueError`` for any other number."""
+    digits = text.strip()
+    if len(digits) != 8 or not digits.isdigit():
+        raise ValueError(f"{refused}: a duration ago needs its unit (90s, 2h)")
+    try:
+        return datetime.strptime(digits, "%Y%m%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise ValueError(refused) from None
 
 
 def parse_bool(text: str) -> bool:

@@ -41,7 +41,7 @@ from bridge.api.problems import (
 from bridge.api.ratelimit import TokenBuckets
 from bridge.api.repository import WebhookFilter
 from bridge.api.service import WebhookService, body_errors, etag, public_view
-from bridge.attempts.log import LogQuery, decode_cursor
+from bridge.attempts.log import STATUS_CLASSES, LogQuery, decode_cursor
 from bridge.attempts.record import TRIGGERS
 from bridge.contract import jsoncanon
 from bridge.contract.events import parse_time
@@ -80,7 +80,6 @@ _DEAD_LETTER_PARAMS = ("webhook_id", "delivery_id", "since", "until", "limit", "
 _RECOVERY_PARAMS = ("state", "limit", "cursor")
 _RECOVERY_STATES = ("running", "done", "cancelled", "failed")
 _OUTCOMES = ("success", "failure", "skipped")
-_STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "none")
 _MAX_ID = 200
 _MAX_CURSOR = 2000
 
@@ -283,7 +282,7 @@ class _Routes:
             errors,
             event_type=EVENT_TYPES,
             outcome=_OUTCOMES,
-            status_class=_STATUS_CLASSES,
+            status_class=STATUS_CLASSES,
             trigger=TRIGGERS,
         )
         _check_ids(query, errors, "recovery_id")

@@ -25,19 +25,18 @@ from bridge.api.idempotency import (
     MAX_KEYS_PER_WEBHOOK,
     REPLAYED_HEADER,
 )
+from bridge.attempts.log import STATUS_CLASSES
 from bridge.attempts.record import TRIGGERS
 from bridge.attempts.stats import LATENCY_BOUNDS
 from bridge.contract.resources import load_json
 from bridge.contract.schemas import EVENT_TYPES, Validator
-from bridge.subscriptions.changes import MAX_LENGTHS
+from bridge.subscriptions.changes import MAX_LENGTHS, MAX_OVERLAP_SECONDS
 
 __all__ = [
     "API_VERSION",
     "MAX_PAGE_LIMIT",
     "DEFAULT_PAGE_LIMIT",
-    "MAX_OVERLAP_SECONDS",
     "WEBHOOK_STATES",
-    "STATUS_CLASSES",
     "DELIVERY_STATES",
     "HEALTH_STATES",
     "MAX_RECOVERY_RATE",
@@ -68,11 +67,7 @@ _LATENCY_ESTIMATE = (
 API_VERSION = "1.0.0"
 DEFAULT_PAGE_LIMIT = 50
 MAX_PAGE_LIMIT = 200
-#: The longest rotation overlap (30 days).
-MAX_OVERLAP_SECONDS = 30 * 24 * 3600
 
-#: ``status_class`` filter values of the delivery log.
-STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "none")
 #: What a delivery's last attempt says (``Delivery.state``).
 DELIVERY_STATES = ("delivered", "retrying", "dead_lettered", "dropped")
 #: ``WebhookStats.state.health``.

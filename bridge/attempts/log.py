@@ -16,9 +16,11 @@ from typing import Protocol
 from bridge import cursors
 from bridge.attempts.keys import MAX_ATTEMPT_NUMBER
 from bridge.attempts.record import OUTCOMES, TRIGGERS, Attempt
+from bridge.contract.schemas import EVENT_TYPES
 
 __all__ = [
     "COUNTED_REMEMBERED",
+    "STATUS_CLASSES",
     "AttemptLog",
     "LogQuery",
     "Page",
@@ -27,6 +29,9 @@ __all__ = [
     "encode_cursor",
     "fill_page",
 ]
+
+#: The values of :attr:`LogQuery.status_class`.
+STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "none")
 
 #: Attempts a webhook's log remembers having counted without keeping them (older than every
 #: kept one in a full log), so that a copy read again soon after is not counted again.
@@ -60,6 +65,14 @@ class LogQuery:
             raise ValueError(f"outcome must be one of {', '.join(sorted(OUTCOMES))}")
         if self.trigger is not None and self.trigger not in TRIGGERS:
             raise ValueError(f"trigger must be one of {', '.join(TRIGGERS)}")
+        # As /v1 refuses them (400): until 2026-12-07 the CLI's reading on Kafka listed
+        # nothing for them, a typo looking like a webhook without attempts.
+        if self.event_type is not None and self.event_type not in EVENT_TYPES:
+            raise ValueError(f"event_type must be one of {', '.join(EVENT_TYPES)}")
+        if self.status_class is not None and self.status_class not in STATUS_CLASSES:
+            raise ValueError(f"status_class must be one of {', '.join(STATUS_CLASSES)}")
+        if self.since is not None and self.until is not None and self.until <= self.since:
+            raise ValueError("until must be after since")
 
     def matches(self, attempt: Attempt) -> bool:
         return (

@@ -8,16 +8,19 @@ lost is started once (:mod:`bridge.api.idempotency`).
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from bridge.errors import ConfigError
 
-__all__ = ["ApiClient", "RETRY_FOR", "MAX_RETRY_AFTER"]
+__all__ = ["ApiClient", "RETRY_FOR", "MAX_RETRY_AFTER", "MAX_ANSWER_BYTES", "MAX_PAGES"]
 
 #: Seconds within which a 503 or an unanswered request is sent again.
 RETRY_FOR = 10.0
@@ -25,10 +28,20 @@ RETRY_FOR = 10.0
 MAX_RETRY_AFTER = 5.0
 
 
+#: The largest answer read (bytes): a page of 1,000 attempts with their response prefixes is
+#: about 2 MB; a server sending more is not the API (until 2026-12-07 a 100 MB answer was read
+#: whole).
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+#: Pages of a list read at most (``webhooks recoveries``): a server giving cursors for ever
+#: is not the API either.
+MAX_PAGES = 1000
+
+
 class ApiClient:
-    """Calls one worker's ``/v1`` with a bearer token. A problem answer (RFC 9457) or an
-    unreachable API becomes a :class:`ConfigError` carrying the problem's title and detail
-    (never the token)."""
+    """Calls one worker's ``/v1`` with a bearer token. A problem answer (RFC 9457), an answer
+    that is not the API's (not JSON, a redirect, over :data:`MAX_ANSWER_BYTES`, longer than
+    ``timeout`` in coming) or an unreachable API becomes a :class:`ConfigError` carrying the
+    problem's title and detail (never the token)."""
 
     def __init__(
         self,
@@ -42,13 +55,21 @@ class ApiClient:
     ) -> None:
         if token is None:
             raise ConfigError("--api-url needs a token: set BRIDGE_API_TOKEN (or --api-token)")
-        self._client = httpx.Client(
-            base_url=url.rstrip("/"),
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=timeout,
-            trust_env=False,
-            transport=transport,
-        )
+        if not token or not all("!" <= c <= "~" for c in token):
+            # (until 2026-12-07 a token with a letter past ASCII was a traceback)
+            raise ConfigError("the API token is not one: printable ASCII, no spaces")
+        try:
+            self._client = httpx.Client(
+                base_url=url.rstrip("/"),
+                # Not compressed: what is read is what is counted.
+                headers={"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"},
+                timeout=timeout,
+                trust_env=False,
+                transport=transport,
+            )
+        except (httpx.InvalidURL, ValueError, TypeError):
+            raise ConfigError("--api-url is not a URL (http://HOST:PORT)") from None
+        self._timeout = timeout
         self._retry_for = retry_for
         self._sleep = sleep
 
@@ -59,7 +80,7 @@ class ApiClient:
         self._client.close()
 
     def get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
-        return self._answer(lambda: self._client.get(path, params=dict(params or {})))
+        return self._answer(lambda: self._fetch("GET", path, params=dict(params or {})))
 
     def post(
         self,
@@ -69,30 +90,76 @@ class ApiClient:
     ) -> Any:
         key = {"Idempotency-Key": str(uuid.uuid4())}
         return self._answer(
-            lambda: self._client.post(
-                path, json=dict(body or {}), params=dict(params or {}), headers=key
+            lambda: self._fetch(
+                "POST", path, json=dict(body or {}), params=dict(params or {}), headers=key
             )
         )
 
-    def _answer(self, call: Callable[[], httpx.Response]) -> Any:
-        response = self._tried(call)
-        if response.status_code >= 400:
-            try:
-                problem = response.json()
-                what = f"{problem.get('title', '')}: {problem.get('detail', '')}".strip(": ")
-            except ValueError:
-                what = response.reason_phrase
-            raise ConfigError(f"the API answered {response.status_code}: {what}")
-        return response.json()
+    def pages(self, path: str, params: Mapping[str, str]) -> list[Any]:
+        """Every item of a cursor-paginated list, page after page; a cursor given again, or
+        more than :data:`MAX_PAGES` pages, is an error (until 2026-12-07 a server repeating its
+        cursor was asked for ever)."""
+        items: list[Any] = []
+        query = dict(params)
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES):
+            answer = self.get(path, query)
+            items += answer["items"]
+            cursor = answer["next_cursor"]
+            if cursor is None:
+                return items
+            if not isinstance(cursor, str) or cursor in seen:
+                raise ConfigError("the API gave a cursor it had given before")
+            seen.add(cursor)
+            query["cursor"] = cursor
+        raise ConfigError(f"the list is longer than {MAX_PAGES} pages")
 
-    def _tried(self, call: Callable[[], httpx.Response]) -> httpx.Response:
-        """``call``'s response, sent again after a 503 or without an answer while
+    def _fetch(self, method: str, path: str, **kwargs: Any) -> _Answer:
+        """One request and its whole answer, read within ``timeout`` and
+        :data:`MAX_ANSWER_BYTES` (a server sending a byte every few seconds held a command
+        for ever, until 2026-12-07: httpx's timeout is per read)."""
+        deadline = time.monotonic() + self._timeout
+        with self._client.stream(method, path, **kwargs) as response:
+            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise ConfigError(
+                    f"the API answered {response.status_code} in an encoding not asked for"
+                )
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > MAX_ANSWER_BYTES:
+                    raise ConfigError(
+                        f"the API's answer is over {MAX_ANSWER_BYTES // (1024 * 1024)} MiB"
+                    )
+                if time.monotonic() > deadline:
+                    raise ConfigError(f"the API's answer took over {self._timeout:g}s")
+            return _Answer(
+                response.status_code, response.reason_phrase, _retry_after(response), bytes(body)
+            )
+
+    def _answer(self, call: Callable[[], _Answer]) -> Any:
+        answer = self._tried(call)
+        if answer.status >= 400:
+            raise ConfigError(f"the API answered {answer.status}: {answer.problem()}")
+        if answer.status >= 300:
+            raise ConfigError(
+                f"the API answered {answer.status}, a redirect, not followed: is --api-url "
+                "the workers' address?"
+            )
+        try:
+            return json.loads(answer.body)
+        except ValueError:
+            raise ConfigError(f"the API answered {answer.status} with something not JSON") from None
+
+    def _tried(self, call: Callable[[], _Answer]) -> _Answer:
+        """``call``'s answer, sent again after a 503 or without an answer while
         :data:`RETRY_FOR` lasts (a connection refused or a response lost alike: every request
         sent is a read or carries its key)."""
         deadline = time.monotonic() + self._retry_for
         while True:
             try:
-                response = call()
+                answer = call()
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                 if time.monotonic() >= deadline:
                     raise ConfigError(f"the API did not answer: {type(exc).__name__}") from None
@@ -100,20 +167,53 @@ class ApiClient:
                 continue
             except httpx.HTTPError as exc:  # not worth a second try (a URL it cannot use)
                 raise ConfigError(f"the API did not answer: {type(exc).__name__}") from None
-            if response.status_code != 503 or time.monotonic() >= deadline:
-                return response
-            self._sleep(_retry_after(response))
+            if answer.status != 503 or time.monotonic() >= deadline:
+                return answer
+            self._sleep(answer.retry_after)
 
     def finished(self, operation: Mapping[str, Any], *, timeout: float = 3600.0) -> Any:
         """Poll a recovery until it is no longer running; its final view."""
         deadline = time.monotonic() + timeout
-        current: Any = operation
-        while current.get("state") == "running":
+        current: Any = _operation(operation)
+        while current["state"] == "running":
             if time.monotonic() > deadline:
                 raise ConfigError(f"recovery {current.get('id')} still running after {timeout}s")
             time.sleep(0.5)
-            current = self.get(f"/v1/recoveries/{current['id']}")
+            current = _operation(self.get(f"/v1/recoveries/{quote(current['id'], safe='')}"))
         return current
+
+
+def _operation(answer: Any) -> Mapping[str, Any]:
+    """``answer`` if it is a recovery's view (an id and a state), else the error saying so."""
+    if (
+        not isinstance(answer, Mapping)
+        or not isinstance(answer.get("id"), str)
+        or not isinstance(answer.get("state"), str)
+    ):
+        raise ConfigError("the API's answer is not a recovery")
+    return answer
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A response read whole."""
+
+    status: int
+    reason: str
+    #: Seconds to wait before asking again after a 503 (:func:`_retry_after`).
+    retry_after: float
+    body: bytes
+
+    def problem(self) -> str:
+        """A problem answer's title and detail (its reason phrase when it has none)."""
+        try:
+            problem = json.loads(self.body)
+        except ValueError:
+            return self.reason
+        if not isinstance(problem, dict):
+            return self.reason
+        parts = [problem.get("title"), problem.get("detail")]
+        return ": ".join(str(part) for part in parts if part) or self.reason
 
 
 def _retry_after(response: httpx.Response) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import json
 import logging
@@ -16,6 +17,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from bridge import __version__
+from bridge.cli.terminal import escaped, json_line, shown
 from bridge.config import (
     Section,
     Settings,
@@ -444,6 +446,28 @@ def _run_managed(
         ) from None
 
 
+_Handler = Callable[[argparse.Namespace], int]
+
+
+def _reads_api(handler: _Handler) -> _Handler:
+    """A command that reads the API's answers with ``--api-url``: an answer of another shape
+    than the API's (a field missing, of another type) ends it with one line, not a traceback
+    (until 2026-12-07 a server answering ``{}`` or ``[]`` was one)."""
+
+    @functools.wraps(handler)
+    def reading(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+            if _settings(args).api_url is None:
+                raise
+            raise ConfigError(
+                f"the API's answer is not what this command reads ({type(exc).__name__})"
+            ) from None
+
+    return reading
+
+
 def _unreachable() -> tuple[type[Exception], ...]:
     """aiokafka's errors of a broker not reached (not connected, or not answering in time)."""
     from aiokafka import errors
@@ -706,6 +730,7 @@ def _webhooks_test(args: argparse.Namespace) -> int:
     return 0
 
 
+@_reads_api
 def _webhooks_recover(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
@@ -718,7 +743,7 @@ def _webhooks_recover(args: argparse.Namespace) -> int:
         # Past now is now, as the API has it: a recovery reads what the topic holds when it
         # starts (until 2026-12-06 a later until was reported that it never read to).
         now = datetime.now(UTC)
-        until = min(parse_time(args.until), now) if args.until else now
+        until = min(parse_time(args.until), now) if args.until is not None else now
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -743,7 +768,13 @@ def _webhooks_recover(args: argparse.Namespace) -> int:
 
     api = _api(args)
     if api is None:
-        print(json.dumps(_run_managed(args, run).as_dict()))
+        operation = _run_managed(args, run)
+        print(json.dumps(operation.as_dict()))
+        if args.delivery_id is not None and operation.enqueued == 0:
+            # As the API answers 404 (until 2026-12-07 this ended 0, nothing sent).
+            raise ConfigError(
+                f"no event of delivery {args.delivery_id!r} between --since and --until"
+            )
         return 0
     with api:
         if args.delivery_id is not None:
@@ -767,25 +798,28 @@ def _webhooks_recover(args: argparse.Namespace) -> int:
     return 0
 
 
+@_reads_api
 def _webhooks_recoveries(args: argparse.Namespace) -> int:
     from bridge.admin.recovery import recorded_recoveries
+    from bridge.subscriptions.store import WebhookStore
 
     api = _api(args)
     if api is not None:
-        records: list[dict[str, Any]] = []
         path = f"/v1/webhooks/{_path_part(args.webhook_id)}/recoveries"
         params = {"limit": "100", **({"state": args.state} if args.state else {})}
         with api:
-            while True:
-                answer = api.get(path, params)
-                records += answer["items"]
-                if answer["next_cursor"] is None:
-                    break
-                params["cursor"] = answer["next_cursor"]
+            records = api.pages(path, params)
     else:
-        records = _run_managed(
-            args, lambda settings: recorded_recoveries(settings, args.webhook_id)
-        )
+
+        async def read(settings: Settings) -> list[dict[str, Any]]:
+            records = await recorded_recoveries(settings, args.webhook_id)
+            if not records:  # as /v1 answers 404 (until 2026-12-07 this printed nothing)
+                async with WebhookStore(settings) as store:
+                    if args.webhook_id not in await store.load(reveal=False):
+                        raise ConfigError(f"no webhook {args.webhook_id!r}")
+            return records
+
+        records = _run_managed(args, read)
         if args.state is not None:
             records = [r for r in records if r.get("state") == args.state]
     fields = (
@@ -793,8 +827,8 @@ def _webhooks_recoveries(args: argparse.Namespace) -> int:
         "enqueued", "invalid", "progress", "error", "resumed", "started_at", "finished_at",
     )  # fmt: skip
     for record in records:
-        shown = {name: record.get(name) for name in fields}  # (no positions or runner)
-        print(json.dumps(shown) if args.json else _recovery_line(shown))
+        view = {name: record.get(name) for name in fields}  # (no positions or runner)
+        print(json.dumps(view) if args.json else shown(_recovery_line(view)))
     return 0
 
 
@@ -824,34 +858,6 @@ def _path_part(text: str) -> str:
     return quote(text, safe="")
 
 
-def _escaped(text: str) -> str:
-    """``text`` with every character a terminal could act on (C0 and C1 controls, DEL, line
-    breaks, bidirectional and other format characters), the backslash and the double quote
-    written as Python escapes: a receiver's bytes are shown, never obeyed."""
-    return "".join(
-        c
-        if c.isprintable() and c not in '\\"'
-        else ('\\"' if c == '"' else c.encode("unicode_escape").decode("ascii"))
-        for c in text
-    )
-
-
-def _json_line(value: Any) -> str:
-    """``value`` as one line of JSON, its text as it is but for the characters
-    :func:`_escaped` escapes (controls, line breaks, bidirectional and other format
-    characters), written as JSON escapes: what a dead letter holds is shown, never obeyed by
-    the terminal (until 2026-12-06 ``dlq list`` printed C1 controls and bidi overrides raw)."""
-    return "".join(
-        c if c.isprintable() else _json_escape(c) for c in json.dumps(value, ensure_ascii=False)
-    )
-
-
-def _json_escape(c: str) -> str:
-    # JSON escapes UTF-16 code units: a character past U+FFFF is a surrogate pair.
-    units = c.encode("utf-16-be", "surrogatepass")
-    return "".join(f"\\u{units[i]:02x}{units[i + 1]:02x}" for i in range(0, len(units), 2))
-
-
 def _attempt_line(attempt: Any) -> str:
     answer = "-" if attempt.status is None else str(attempt.status)
     size = "-" if attempt.response_bytes is None else f"{attempt.response_bytes}B"
@@ -862,7 +868,7 @@ def _attempt_line(attempt: Any) -> str:
     if attempt.trigger == "manual":
         number = f"manual attempt {attempt.attempt}"
         if attempt.recovery_id is not None:
-            number = f"{number} ({_escaped(attempt.recovery_id)})"
+            number = f"{number} ({escaped(attempt.recovery_id)})"
     line = (
         f"{attempt.at}  {attempt.delivery_id}  {attempt.event_type}  {number}  "
         f"{attempt.outcome}  {answer}  {attempt.error or '-'}  {attempt.duration_seconds:.3f}s  "
@@ -873,10 +879,11 @@ def _attempt_line(attempt: Any) -> str:
     elif attempt.next:
         line = f"{line}  -> {attempt.next}"
     if attempt.response_prefix is not None:
-        line = f'{line}  body "{_escaped(attempt.response_prefix)}"'
+        line = f'{line}  body "{escaped(attempt.response_prefix)}"'
     return line
 
 
+@_reads_api
 def _webhooks_attempts(args: argparse.Namespace) -> int:
     from bridge.attempts.log import LogQuery
     from bridge.config import parse_time
@@ -886,8 +893,8 @@ def _webhooks_attempts(args: argparse.Namespace) -> int:
             event_type=args.event_type,
             outcome=args.outcome,
             status_class=args.status_class,
-            since=parse_time(args.since).timestamp() if args.since else None,
-            until=parse_time(args.until).timestamp() if args.until else None,
+            since=parse_time(args.since).timestamp() if args.since is not None else None,
+            until=parse_time(args.until).timestamp() if args.until is not None else None,
             trigger=args.trigger,
             recovery_id=args.recovery_id,
         )
@@ -923,7 +930,7 @@ def _webhooks_attempts(args: argparse.Namespace) -> int:
         )
         items = reading.activity.log.page(query, now=now, limit=args.limit).items
     for attempt in items:
-        print(json.dumps(attempt.as_dict()) if args.json else _attempt_line(attempt))
+        print(json.dumps(attempt.as_dict()) if args.json else shown(_attempt_line(attempt)))
     return 0
 
 
@@ -950,6 +957,7 @@ def _rfc3339(seconds: float | None) -> str | None:
     return None if seconds is None else format_timestamp(datetime.fromtimestamp(seconds, UTC))
 
 
+@_reads_api
 def _webhooks_stats(args: argparse.Namespace) -> int:
     from bridge.attempts.stats import WINDOWS, WindowStats
 
@@ -986,13 +994,16 @@ def _webhooks_stats(args: argparse.Namespace) -> int:
     for w in windows:
         ratio = "-" if w.failure_ratio is None else f"{w.failure_ratio:.3f}"
         print(
-            f"{w.window:<6}  {w.attempts:>8}  {w.successes:>9}  {w.failures:>8}  {ratio:>13}  "
-            f"{seconds(w.latency_p50):<7}  {seconds(w.latency_p99):<7}  {w.skipped:>7}"
+            shown(
+                f"{w.window:<6}  {w.attempts:>8}  {w.successes:>9}  {w.failures:>8}  {ratio:>13}  "
+                f"{seconds(w.latency_p50):<7}  {seconds(w.latency_p99):<7}  {w.skipped:>7}"
+            )
         )
-    print(f"last success: {last_success or '-'}  last failure: {last_failure or '-'}")
+    print(shown(f"last success: {last_success or '-'}  last failure: {last_failure or '-'}"))
     return 0
 
 
+@_reads_api
 def _deliveries_show(args: argparse.Namespace) -> int:
     from bridge.admin.activity import find_delivery
     from bridge.api.control import delivery_state
@@ -1013,7 +1024,7 @@ def _deliveries_show(args: argparse.Namespace) -> int:
     if not attempts:
         raise ConfigError(f"no attempt of delivery {args.delivery_id!r} in the attempts topic")
     for attempt in attempts:
-        print(json.dumps(attempt.as_dict()) if args.json else _attempt_line(attempt))
+        print(json.dumps(attempt.as_dict()) if args.json else shown(_attempt_line(attempt)))
     if not args.json:  # as /v1/deliveries/{id} says it, from its last attempt
         print(f"state {delivery_state(attempts)}")
     return 0
@@ -1024,6 +1035,7 @@ def _of_webhook(args: argparse.Namespace) -> dict[str, str]:
     return {} if args.webhook_id is None else {"webhook_id": args.webhook_id}
 
 
+@_reads_api
 def _deliveries_redeliver(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
@@ -1112,10 +1124,10 @@ def _webhooks_list(args: argparse.Namespace) -> int:
             state = webhook.state
             if state == "disabled":  # by the bridge: why (a record's text, escaped)
                 reason = webhook.extra.get("disabled_reason")
-                shown = reason if reason in ("gone", "failing") else json.dumps(str(reason))
-                state = f"disabled ({shown})"
+                why = reason if reason in ("gone", "failing") else json.dumps(str(reason))
+                state = f"disabled ({why})"
             events = ",".join(sorted(webhook.events))
-            print(f"{webhook.id}  {state:8}  {scope}  {events}  {record['url']}")
+            print(shown(f"{webhook.id}  {state:8}  {scope}  {events}  {record['url']}"))
     return 0
 
 
@@ -1172,8 +1184,8 @@ def _dead_letter_filter(args: argparse.Namespace) -> Any:
     from bridge.config import parse_time
 
     try:
-        since = parse_time(args.since) if args.since else None
-        until = parse_time(args.until) if args.until else None
+        since = parse_time(args.since) if args.since is not None else None
+        until = parse_time(args.until) if args.until is not None else None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return DeadLetterFilter(args.webhook_id, args.delivery_id, since, until)
@@ -1189,7 +1201,7 @@ def _dlq_list(args: argparse.Namespace) -> int:
         letters = stream_dead_letters(settings, _dead_letter_filter(args))
         async with aclosing(letters) as records:
             async for record in records:
-                print(_json_line(record))
+                print(json_line(record))
 
     _run_managed(args, listing)
     return 0
@@ -1218,7 +1230,7 @@ def _dlq_replay(args: argparse.Namespace) -> int:
 
     report = _run_managed(args, replay)
     for delivery in report.replayed:
-        print(f"replayed {delivery}")
+        print(shown(f"replayed {delivery}"))
     print(f"{len(report.replayed)} replayed, {report.skipped} skipped{_skips(report)}")
     return 0
 
@@ -1296,7 +1308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except BridgeError as exc:
-        print(f"webhook-bridge: {exc}", file=sys.stderr)
+        print(f"webhook-bridge: {shown(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

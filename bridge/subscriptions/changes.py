@@ -25,6 +25,7 @@ __all__ = [
     "SECRET_BYTES",
     "MAX_LENGTHS",
     "MAX_NAME",
+    "MAX_OVERLAP_SECONDS",
     "default_name",
     "new_secret",
     "generated_secret",
@@ -46,6 +47,10 @@ MAX_LENGTHS = {"site_id": 200, "user_id": 200, "secret": 256}
 #: Longest name (topics/schemas/webhook.json); a webhook named after its URL is named after
 #: its first this many characters.
 MAX_NAME = 500
+
+#: The longest rotation overlap (30 days): the previous secret of a rotation stays valid that
+#: long at most.
+MAX_OVERLAP_SECONDS = 30 * 24 * 3600
 
 
 def new_secret() -> str:
@@ -170,6 +175,11 @@ def rotated_record(
     rotation's still runs: one previous secret is kept, and a second overlap would end the
     first before the end its rotation gave (until 2026-12-06 it did). A rotation without an
     overlap ends both at once (a secret that leaked)."""
+    if not 0 <= overlap <= MAX_OVERLAP_SECONDS:
+        # (the API's schema says so too; until 2026-12-07 the CLI's 99999999d was a traceback)
+        raise InvalidSubscription(
+            "overlap_too_long", f"the overlap must be at most {MAX_OVERLAP_SECONDS // 86400} days"
+        )
     if overlap > 0 and len(current.signing_secrets(now)) > 1:
         raise InvalidSubscription(
             "overlap_running",

@@ -116,7 +116,15 @@ class WebhookStore:
         now: datetime | None = None,
     ) -> Webhook:
         """Create a webhook; a secret of 32 random bytes is generated when none is given
-        (``whsec_``-prefixed base64 for webhooks that opt in to Standard Webhooks signing)."""
+        (``whsec_``-prefixed base64 for webhooks that opt in to Standard Webhooks signing).
+
+        Raises :class:`InvalidSubscription` (``exists``) for a ``webhook_id`` a webhook has:
+        until 2026-12-07 it was replaced, secret and all, as the API refuses to (409). (Read
+        before the write: a create of the same id by the API in between is not seen.)"""
+        if webhook_id is not None and webhook_id in await self.load(reveal=False):
+            raise InvalidSubscription(
+                "exists", f"a webhook {webhook_id!r} exists: update it, or delete it first"
+            )
         record = created_record(
             webhook_id=webhook_id or f"wh_{uuid.uuid4().hex}",
             url=url,

@@ -332,6 +332,25 @@ def test_parse_time_reads_times_in_utc_and_one_without_an_offset_as_utc() -> Non
         assert parse_time(text).tzinfo is UTC
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("3600", "needs its unit"),  # seconds ago, until 2026-12-07
+        ("1767225600", "needs its unit"),  # a Unix time: 1970, until 2026-12-07
+        ("1.5", "needs its unit"),
+        ("20261301", "not a time"),  # month 13
+        ("", "not a time"),
+    ],
+)
+def test_parse_time_refuses_a_bare_number_but_a_basic_date(text: str, said: str) -> None:
+    with pytest.raises(ValueError, match=said):
+        parse_time(text)
+    assert parse_time("20260101") == datetime(2026, 1, 1, tzinfo=UTC)
+    assert parse_time("90s", datetime(2026, 1, 1, tzinfo=UTC)) == datetime(
+        2025, 12, 31, 23, 58, 30, tzinfo=UTC
+    )
+
+
 def test_empty_bool_env_means_false() -> None:
     assert Settings.load(env={"BRIDGE_SUCCESS_ANY_2XX": ""}).success_any_2xx is False
 

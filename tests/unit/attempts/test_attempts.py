@@ -479,3 +479,20 @@ def test_the_book_keeps_one_text_of_what_its_attempts_repeat() -> None:
     assert first.event_type is second.event_type
     assert unknown.event_type == "x.unknown" and book_module._EVENT_TYPES == known
     assert [a.delivery_id for a in book.delivery("d1")] == ["d1"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"event_type": "bogus.type"},
+        {"status_class": "9xx"},
+        {"status_class": "2XX"},
+        {"since": 10.0, "until": 10.0},
+        {"since": 10.0, "until": 5.0},
+    ],
+)
+def test_a_query_the_api_refuses_is_refused(query: dict[str, Any]) -> None:
+    """As ``/v1`` answers them 400, so the CLI's reading on Kafka refuses them (until
+    2026-12-07 it listed nothing)."""
+    with pytest.raises(ValueError):
+        LogQuery(**query)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from bridge.cli.api_client import ApiClient
+from bridge.cli.api_client import MAX_ANSWER_BYTES, ApiClient
 from bridge.errors import ConfigError
 from bridge.worker.embedded import free_port
 
@@ -92,3 +92,106 @@ def test_it_gives_up_when_its_time_is_over() -> None:
         with pytest.raises(ConfigError, match="UnsupportedProtocol"):
             client.get("/v1/webhooks")
     assert len(flaky.sent) == 1
+
+
+# -- answers that are not the API's: one line each ------------------------------------------------
+
+
+def answering(response: httpx.Response) -> ApiClient:
+    return ApiClient(
+        "http://api.test",
+        "wbt_t",
+        retry_for=0.0,
+        transport=httpx.MockTransport(lambda request: response),
+        sleep=lambda s: None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("response", "said"),
+    [
+        (httpx.Response(200, text="<html>hi</html>"), "answered 200 with something not JSON"),
+        (
+            httpx.Response(302, headers={"Location": "https://elsewhere.example/"}),
+            "a redirect, not followed",
+        ),
+        (httpx.Response(400, json=[1, 2]), "answered 400: Bad Request"),
+        (httpx.Response(404, json="gone"), "answered 404: Not Found"),
+        (httpx.Response(409, json={"title": "Conflict", "detail": 7}), "answered 409: Conflict: 7"),
+        (
+            httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"\x1f\x8b"),
+            "in an encoding not asked for",
+        ),
+        (httpx.Response(200, content=b" " * (MAX_ANSWER_BYTES + 1)), "over 16 MiB"),
+    ],
+    ids=["html", "redirect", "list-problem", "text-problem", "number-detail", "gzip", "huge"],
+)
+def test_an_answer_that_is_not_the_apis_is_one_line(response: httpx.Response, said: str) -> None:
+    with answering(response) as client:
+        with pytest.raises(ConfigError) as caught:
+            client.get("/v1/webhooks/wh/stats")
+    assert said in str(caught.value) and "wbt_t" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "token", "said"),
+    [
+        ("http://[::1", "wbt_t", "--api-url is not a URL"),
+        ("http://127.0.0.1:1", "wbt_tökén", "not one: printable ASCII"),
+        ("http://127.0.0.1:1", "wbt t", "not one: printable ASCII"),
+        ("http://127.0.0.1:1", "", "not one: printable ASCII"),
+    ],
+)
+def test_settings_it_cannot_use_are_one_line(url: str, token: str, said: str) -> None:
+    with pytest.raises(ConfigError, match=said) as caught:
+        ApiClient(url, token)
+    assert "ökén" not in str(caught.value)
+
+
+def test_a_cursor_given_again_ends_the_reading() -> None:
+    asked: list[httpx.Request] = []
+
+    def again(request: httpx.Request) -> httpx.Response:
+        asked.append(request)
+        return httpx.Response(200, json={"items": [{"id": "r"}], "next_cursor": "same"})
+
+    client = ApiClient("http://api.test", "wbt_t", transport=httpx.MockTransport(again))
+    with client, pytest.raises(ConfigError, match="a cursor it had given before"):
+        client.pages("/v1/webhooks/wh/recoveries", {"limit": "100"})
+    assert len(asked) == 2
+
+
+def test_an_answer_dribbled_past_the_timeout_ends_at_it() -> None:
+    """A server sending its answer a byte every 0.2 s: httpx's timeout is per read, and the
+    command waited for ever (until 2026-12-07); it ends once ``timeout`` has passed."""
+    import socket
+    import threading
+    import time
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            while not stop.wait(0.2):
+                try:
+                    conn.sendall(b" ")
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    began = time.monotonic()
+    try:
+        with ApiClient(f"http://127.0.0.1:{port}", "wbt_t", timeout=1.0, retry_for=0.0) as client:
+            with pytest.raises(ConfigError, match="took over 1s"):
+                client.get("/v1/webhooks/wh/stats")
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+    assert time.monotonic() - began < 5.0

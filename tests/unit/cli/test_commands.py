@@ -844,3 +844,81 @@ def test_dlq_replay_words_every_reason_a_letter_is_skipped() -> None:
     assert _skips(report) == (
         ": 2 webhook turned off (turn it on, then replay); 1 a delivery's further letter"
     )
+
+
+def api_answering(monkeypatch: pytest.MonkeyPatch, answer: Callable[[Any], Any]) -> list[str]:
+    """Commands given ``--api-url`` talk to ``answer`` (a MockTransport handler)."""
+    import httpx
+
+    from bridge.cli.api_client import ApiClient
+
+    monkeypatch.setattr(
+        cli,
+        "_api",
+        lambda args: ApiClient(
+            "http://api.test", "t", retry_for=0.0, transport=httpx.MockTransport(answer)
+        ),
+    )
+    return ["--api-url", "http://api.test", "--api-token", "t"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["webhooks", "stats", "wh"],
+        ["webhooks", "attempts", "wh"],
+        ["webhooks", "recoveries", "wh"],
+        ["deliveries", "show", "d1"],
+        ["deliveries", "redeliver", "d1"],
+        ["webhooks", "recover", "wh", "--since", "1h"],
+    ],
+)
+@pytest.mark.parametrize("body", [{}, [], {"items": 5, "windows": 1, "attempts": None}, "x"])
+def test_an_api_answer_of_another_shape_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    body: Any,
+) -> None:
+    import httpx
+
+    flags = api_answering(monkeypatch, lambda request: httpx.Response(200, json=body))
+    assert cli.main([*argv, *flags]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_what_an_api_says_is_shown_never_obeyed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A hostile server's problem title and the fields of its attempts reach the terminal
+    escaped (until 2026-12-07 an OSC or a bidi override went through as they came)."""
+    import httpx
+
+    hostile = "\x1b]52;c;cGF3bmVk\x07\x9b2J\u202e\n"
+    problem = {"title": f"no{hostile}", "detail": "x"}
+    flags = api_answering(monkeypatch, lambda request: httpx.Response(404, json=problem))
+    assert cli.main(["webhooks", "stats", "wh", *flags]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\\x1b]52" in err
+    assert all(c.isprintable() for c in err.rstrip("\n"))
+    attempt = {
+        "delivery_id": f"d{hostile}",
+        "webhook_id": "wh",
+        "event_id": "e",
+        "event_type": f"post.created{hostile}",
+        "attempt": 1,
+        "outcome": "failure",
+        "status": 500,
+        "error": hostile,
+        "at": "2026-01-15T10:30:00.000Z",
+        "duration_seconds": 0.1,
+        "next": hostile,
+    }
+    flags = api_answering(
+        monkeypatch,
+        lambda request: httpx.Response(200, json={"items": [attempt], "next_cursor": None}),
+    )
+    assert cli.main(["webhooks", "attempts", "wh", *flags]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and all(c.isprintable() for c in out.rstrip("\n")), out

@@ -43,7 +43,7 @@ class CapturingStore(WebhookStore):
     async def _send(self, webhook_id: str, value: bytes | None) -> None:
         self.sent.append((webhook_id, value))
 
-    async def load(self) -> dict[str, Webhook]:
+    async def load(self, *, reveal: bool = True) -> dict[str, Webhook]:
         return dict(self.stored)
 
 
@@ -63,6 +63,21 @@ async def test_create_refuses_an_unusable_url_before_writing(url: str) -> None:
         await store.create(url=url, events=["*"], site_id="site_1", user_id="user_1")
     assert caught.value.reason == "invalid_url"
     assert store.sent == []
+
+
+async def test_create_refuses_an_id_a_webhook_has() -> None:
+    """``webhooks create --id`` of an existing webhook replaced it (its secret, its creation
+    time) and said it had created it, until 2026-12-07; the API answers 409."""
+    store = CapturingStore({"hook": stored("https://hooks.example/old")})
+    with pytest.raises(InvalidSubscription) as caught:
+        await store.create(
+            url="https://hooks.example/new", events=["*"], site_id="s", webhook_id="hook"
+        )
+    assert caught.value.reason == "exists" and store.sent == []
+    made = await store.create(
+        url="https://hooks.example/new", events=["*"], site_id="s", webhook_id="other"
+    )
+    assert made.id == "other" and [webhook_id for webhook_id, _ in store.sent] == ["other"]
 
 
 @pytest.mark.parametrize("url", UNUSABLE)
@@ -280,6 +295,18 @@ def test_updated_record_enables_clears_the_reason_and_removes_a_null_rate_limit(
     with pytest.raises(InvalidSubscription) as caught:
         changes.updated_record(current, {"standard_webhooks": True}, NOW)
     assert caught.value.reason == "secret_not_whsec"
+
+
+@pytest.mark.parametrize("overlap", [changes.MAX_OVERLAP_SECONDS + 1, 99999999 * 86400.0, -1.0])
+def test_rotated_record_refuses_an_overlap_past_thirty_days(overlap: float) -> None:
+    """As the API's schema does; ``rotate-secret --overlap 99999999d`` was a traceback until
+    2026-12-07."""
+    current = webhook_from_record(record())
+    with pytest.raises(InvalidSubscription) as caught:
+        changes.rotated_record(current, now=NOW, overlap=overlap)
+    assert caught.value.reason == "overlap_too_long"
+    rotated = changes.rotated_record(current, now=NOW, overlap=changes.MAX_OVERLAP_SECONDS)
+    assert rotated["previous_secret"] == current.secret
 
 
 def test_rotated_record_keeps_the_previous_secret_only_with_an_overlap() -> None:
