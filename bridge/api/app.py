@@ -128,7 +128,9 @@ def _replayed(replayed: bool) -> dict[str, str]:
 
 def _key(request: web.Request, principal: Principal) -> IdempotencyKey | None:
     """The request's ``Idempotency-Key`` (:meth:`IdempotencyKey.of_headers`)."""
-    return IdempotencyKey.of_headers(request.headers.getall(IDEMPOTENCY_KEY, []), principal.name)
+    return IdempotencyKey.of_headers(
+        request.headers.getall(IDEMPOTENCY_KEY, []), principal.name, principal.key_salt
+    )
 
 
 def _operation_response(

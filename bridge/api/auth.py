@@ -46,6 +46,7 @@ __all__ = [
     "Scope",
     "SCOPES",
     "REALM",
+    "TOKEN_PREFIX",
     "hash_token",
     "new_token",
     "token_entry",
@@ -62,6 +63,8 @@ SCOPES: tuple[Scope, ...] = ("read", "write")
 
 #: The ``realm`` of ``WWW-Authenticate`` challenges.
 REALM = "webhook-bridge"
+#: What every token made here begins with (a name may not).
+TOKEN_PREFIX = "wbt_"
 
 _HEX_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 # RFC 6750's b64token: what may follow "Bearer ".
@@ -76,7 +79,7 @@ def hash_token(token: str) -> str:
 
 def new_token() -> str:
     """A new token: ``wbt_`` and 32 random bytes, URL-safe base64."""
-    return "wbt_" + secrets.token_urlsafe(32)
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 def token_entry(
@@ -194,6 +197,10 @@ class Principal:
     scopes: frozenset[Scope]
     site_id: str | None = None
     user_id: str | None = None
+    #: The token's SHA-256 (as its file holds it): what binds an ``Idempotency-Key`` to the
+    #: token beside its name, so that no one without the file can tell the id a key would
+    #: make a webhook under (:meth:`bridge.api.idempotency.IdempotencyKey.of`).
+    key_salt: str = field(default="", repr=False, compare=False)
 
     @property
     def restricted(self) -> bool:
@@ -326,7 +333,7 @@ class TokenSet:
                 found = token
         if found is None:
             raise _unauthorized("unknown token", "invalid_token")
-        return Principal(found.name, found.scopes, found.site_id, found.user_id)
+        return Principal(found.name, found.scopes, found.site_id, found.user_id, found.sha256)
 
 
 def _unauthorized(detail: str, error: str | None) -> Problem:
@@ -337,7 +344,7 @@ def _unauthorized(detail: str, error: str | None) -> Problem:
 def _parse(text: str) -> Any:
     if text.lstrip().startswith("{"):
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"API tokens: invalid JSON: {exc.msg} at line {exc.lineno}") from None
     try:
@@ -347,7 +354,7 @@ def _parse(text: str) -> Any:
             "API tokens: a YAML token file needs PyYAML; or write it as JSON"
         ) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_unique_key_loader(yaml))  # a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -364,6 +371,9 @@ def _token(entry: Any, where: str) -> ApiToken:
     name = entry.get("name")
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"{where}: 'name' must be a non-empty string")
+    if name.startswith(TOKEN_PREFIX):
+        # A name is shown in answers and logs (a 403 names its token): not the token itself.
+        raise ConfigError(f"{where}: 'name' must be a label, not a token")
     digest = entry.get("sha256")
     if not isinstance(digest, str) or not _HEX_DIGEST.match(digest.lower()):
         raise ConfigError(f"{where} ({name}): 'sha256' must be 64 hex digits")
@@ -377,8 +387,13 @@ def _token(entry: Any, where: str) -> ApiToken:
     restriction: dict[str, str | None] = {}
     for key in ("site_id", "user_id"):
         value = entry.get(key)
-        if value is not None and (not isinstance(value, str) or not value):
-            raise ConfigError(f"{where} ({name}): {key!r} must be a non-empty string")
+        # Present, it restricts: null or blank is refused, never read as no restriction (until
+        # 2026-12-07 a templated `site_id:` left empty made a token of every site).
+        if key in entry and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(
+                f"{where} ({name}): {key!r} must be a non-empty string (leave it out for a "
+                "token of every site and account)"
+            )
         restriction[key] = value
     return ApiToken(
         name=name,
@@ -387,3 +402,31 @@ def _token(entry: Any, where: str) -> ApiToken:
         site_id=restriction["site_id"],
         user_id=restriction["user_id"],
     )
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object of the token file; a key given twice is refused (the second would win
+    unseen: ``"site_id": "site_1", "site_id": null`` was a token of every site until
+    2026-12-07)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ConfigError(f"API tokens: the key {key!r} twice in one object")
+        out[key] = value
+    return out
+
+
+def _unique_key_loader(yaml: Any) -> Any:
+    """PyYAML's safe loader refusing a mapping with a key twice (as :func:`_unique_keys`)."""
+
+    class UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[misc]
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise ConfigError(f"API tokens: the key {key!r} twice in one mapping")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader

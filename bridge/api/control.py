@@ -61,11 +61,24 @@ __all__ = [
     "encode_replay_cursor",
     "decode_replay_cursor",
     "redelivery_since",
+    "require_read_to_find",
 ]
 
 #: How long before its first attempt a delivery's event is looked for in the source topics
 #: when it is redelivered (seconds): the delivery log's longest retention.
 DEFAULT_REDELIVER_LOOKBACK = 7 * 86400.0
+
+
+def require_read_to_find(principal: Principal) -> None:
+    """A redelivery not naming its webhook reads the delivery logs to find it: ``403`` for a
+    token without ``read``, in every deployment (with several workers it was a ``503`` to be
+    tried again for ever until 2026-12-07, their logs refusing it; with one, it went)."""
+    if "read" not in principal.scopes:
+        raise Problem(
+            "forbidden",
+            "finding a delivery's webhook reads the delivery logs, which needs the 'read' "
+            "scope: name the webhook (?webhook_id=)",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -484,7 +497,16 @@ class ControlService:
         named: Webhook | None = None
         if webhook_id is not None:
             # One log, read by the worker holding it, rather than every owner asked.
-            named = await self._webhook(principal, webhook_id)
+            try:
+                named = await self._webhook(principal, webhook_id)
+            except Problem as exc:
+                if exc.slug != "not_found" or not principal.restricted:
+                    raise
+                # Said as of a delivery not found: a worker names the webhook of a delivery it
+                # found in another worker's log when it routes a redelivery there, and "no
+                # such webhook" told a restricted token another site's delivery id was one
+                # (until 2026-12-07).
+                raise Problem("not_found", "no attempt of this delivery is kept") from None
             log = (await self._activity.activity(webhook_id)).log
             # Those past the log's age as the other paths leave them out, until a sweep
             # forgets them (until 2026-12-06 shown here only, with the state they made).
@@ -526,6 +548,8 @@ class ControlService:
         """Send one delivery again (same delivery id): a recovery of that delivery alone (found
         in ``webhook_id``'s log alone when given). With ``change`` (an ``Idempotency-Key``),
         the redelivery that key started already, if any."""
+        if webhook_id is None:
+            require_read_to_find(principal)
         attempts = await self._delivery_attempts(principal, delivery_id, webhook_id)
         first = attempts[0]
         webhook = await self._repository.get(first.webhook_id)

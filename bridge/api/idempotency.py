@@ -76,15 +76,18 @@ def _digest(*parts: bytes) -> str:
 class IdempotencyKey:
     """A request's ``Idempotency-Key``, bound to the token that sent it."""
 
-    #: What identifies the key: a digest of the token's name and the key (the key itself is
-    #: never kept or logged).
+    #: What identifies the key: a digest of the token's name, its salt and the key (the key
+    #: itself is never kept or logged).
     digest: str
 
     @classmethod
-    def of(cls, header: str | None, token_name: str) -> IdempotencyKey | None:
+    def of(cls, header: str | None, token_name: str, salt: str = "") -> IdempotencyKey | None:
         """The key of a request's header (``None`` without one); ``400`` naming the header for
         an empty one, one longer than :data:`MAX_KEY_LENGTH`, or one with characters other
-        than printable ASCII."""
+        than printable ASCII. ``salt``: the token's (:attr:`Principal.key_salt
+        <bridge.api.auth.Principal.key_salt>`); without it (until 2026-12-07) the id of a
+        webhook created with a key was made of the token's name and the key alone, and
+        another site's token could take that id first, having its owner's create refused."""
         if header is None:
             return None
         if not 0 < len(header) <= MAX_KEY_LENGTH or not all(" " <= c <= "~" for c in header):
@@ -96,10 +99,15 @@ class IdempotencyKey:
                     "header",
                 )
             )
-        return cls(_digest(token_name.encode("utf-8"), header.encode("ascii")))
+        parts = [token_name.encode("utf-8"), header.encode("ascii")]
+        if salt:
+            parts.append(salt.encode("ascii"))
+        return cls(_digest(*parts))
 
     @classmethod
-    def of_headers(cls, values: Sequence[str], token_name: str) -> IdempotencyKey | None:
+    def of_headers(
+        cls, values: Sequence[str], token_name: str, salt: str = ""
+    ) -> IdempotencyKey | None:
         """The key of a request whose ``Idempotency-Key`` headers are ``values`` (as
         :meth:`of`); ``400`` naming the header for two or more (which would it be made
         under?)."""
@@ -107,7 +115,7 @@ class IdempotencyKey:
             raise Problem.invalid(
                 FieldError(HEADER, "repeated", "give one Idempotency-Key", "header")
             )
-        return cls.of(values[0] if values else None, token_name)
+        return cls.of(values[0] if values else None, token_name, salt)
 
     def request(self, method: str, target: str, body: Mapping[str, Any]) -> KeyedChange:
         """The change this key names: ``method`` on ``target`` (the webhook's id, or the route)

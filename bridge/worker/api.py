@@ -63,7 +63,7 @@ from aiokafka import AIOKafkaProducer
 from bridge.api.activity import ActivitySource, EndpointStatus
 from bridge.api.app import ApiConfig, create_app, redelivery_target
 from bridge.api.auth import TokenSet
-from bridge.api.control import ControlService
+from bridge.api.control import ControlService, require_read_to_find
 from bridge.api.idempotency import HEADER as IDEMPOTENCY_KEY
 from bridge.api.idempotency import REPLAYED_HEADER, IdempotencyKey
 from bridge.api.kafka_sources import (
@@ -156,6 +156,7 @@ _RELAYED_REQUEST_HEADERS = (
 _RELAYED_RESPONSE_HEADERS = (
     "Cache-Control",  # no-store on an answer with a secret (a create, a rotation)
     "Content-Type",
+    "WWW-Authenticate",  # the owner's 401 challenge (lost until 2026-12-07)
     "ETag",
     "Location",
     "Retry-After",
@@ -253,7 +254,7 @@ def _key(request: web.Request, tokens: TokenSet) -> IdempotencyKey | None:
     try:
         principal = tokens.authenticate(request.headers.get("Authorization"))
         return IdempotencyKey.of_headers(
-            request.headers.getall(IDEMPOTENCY_KEY, []), principal.name
+            request.headers.getall(IDEMPOTENCY_KEY, []), principal.name, principal.key_salt
         )
     except Problem:
         return None
@@ -266,6 +267,9 @@ async def _changed_webhook(request: web.Request, max_bytes: int, tokens: TokenSe
     if (request.method, template) in _BY_OWNER:
         return request.match_info.get("webhook_id")
     if request.method == "POST" and template == "/v1/webhooks":
+        # Refused before the body is read, as the route refuses it: until 2026-12-07 a stranger
+        # was answered 413 or 415, and had the worker read and parse 64 KiB first.
+        tokens.authenticate(request.headers.get("Authorization")).require("write")
         try:
             body = jsoncanon.loads(await read_body(request, max_bytes=max_bytes))
         except InvalidRecord:  # the route answers what is wrong with it
@@ -361,13 +365,15 @@ class _Relay:
         where its webhook is not owned."""
         authorization = request.headers.get("Authorization")
         # Refused here what the owner would refuse, before any owner is asked.
-        self._tokens.authenticate(authorization).require("write")
+        principal = self._tokens.authenticate(authorization)
+        principal.require("write")
         try:
             delivery, named = redelivery_target(request)
         except Problem:
             return None
         if named is not None:
             return named
+        require_read_to_find(principal)  # before the owners are asked
         try:
             attempts = await self._bridge.delivery_for(
                 delivery,

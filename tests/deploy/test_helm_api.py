@@ -310,8 +310,23 @@ RAW = "wbt_" + "x" * 43
         {"name": "ops", "sha256": "b" * 63, "scopes": ["read"]},
         {"name": "ops", "sha256": "b" * 64, "scopes": ["admin"]},
         {"name": "ops", "sha256": "b" * 64, "scopes": []},
+        {"name": "ops", "sha256": "b" * 64, "scopes": ["read"], "site_id": None},
+        {"name": "ops", "sha256": "b" * 64, "scopes": ["read"], "site_id": ""},
+        {"name": "ops", "sha256": "b" * 64, "scopes": ["read"], "user_id": "  "},
     ],
-    ids=["token-key", "token-as-sha256", "token-as-name", "extra-token", "short", "scope", "none"],
+    ids=[
+        "token-key",
+        "token-as-sha256",
+        "token-as-name",
+        "extra-token",
+        "short",
+        "scope",
+        "none",
+        # Until 2026-12-07 the template dropped an empty restriction: a token of every site.
+        "null-site",
+        "empty-site",
+        "blank-user",
+    ],
 )
 @pytest.mark.parametrize("schema", [True, False], ids=["schema", "template-fail"])
 def test_raw_tokens_and_bad_entries_are_refused(

@@ -122,8 +122,12 @@ the schema is skipped (helm --skip-schema-validation).
 {{- end }}
 {{- $out := dict "name" $name "sha256" $digest "scopes" $scopes }}
 {{- range $key := list "site_id" "user_id" }}
-{{- with get $entry $key }}
-{{- $_ := set $out $key (toString .) }}
+{{- if hasKey $entry $key }}
+{{- $value := get $entry $key | default "" | toString }}
+{{- if not (trim $value) }}
+{{- fail (printf "api.tokens.entries[%d] (%s): %s must be a non-empty string (left empty, the token would be of every site and account; leave the key out for that)" $i $name $key) }}
+{{- end }}
+{{- $_ := set $out $key $value }}
 {{- end }}
 {{- end }}
 {{- $entries = append $entries $out }}

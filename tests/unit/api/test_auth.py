@@ -100,6 +100,33 @@ def test_a_malformed_token_file_is_a_config_error(data: Any, message: str) -> No
         TokenSet.from_mapping(data)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        # A restriction present but empty, or given twice with the second empty: each read as
+        # no restriction at all, a token of every site, until 2026-12-07.
+        "tokens:\n  - name: a\n    sha256: {d}\n    scopes: [read]\n    site_id:\n",
+        "tokens:\n  - name: a\n    sha256: {d}\n    scopes: [read]\n    site_id: ~\n",
+        "tokens:\n  - name: a\n    sha256: {d}\n    scopes: [read]\n    user_id: '  '\n",
+        "tokens:\n  - name: a\n    sha256: {d}\n    scopes: [read]\n    site_id: s1\n"
+        "    site_id: ~\n",
+        '{{"tokens": [{{"name": "a", "sha256": "{d}", "scopes": ["read"], "site_id": null}}]}}',
+        '{{"tokens": [{{"name": "a", "sha256": "{d}", "scopes": ["read"], "site_id": "s1", '
+        '"site_id": null}}]}}',
+        # A name that is a token is shown in answers (a 403 names its token).
+        "tokens:\n  - name: wbt_abc\n    sha256: {d}\n    scopes: [read]\n",
+    ],
+    ids=["yaml-empty", "yaml-null", "yaml-blank", "yaml-twice", "json-null", "json-twice", "name"],
+)
+def test_a_restriction_left_empty_or_given_twice_is_refused(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "tokens.yaml"
+    path.write_text(text.format(d=hash_token(ADMIN)))
+    with pytest.raises(ConfigError) as caught:
+        TokenSet.from_file(path)
+    assert hash_token(ADMIN) not in str(caught.value)
+    assert any(word in str(caught.value) for word in ("non-empty", "twice", "a label"))
+
+
 def test_file_errors_never_quote_the_file(tmp_path: Path) -> None:
     digest = hash_token(ADMIN)
     path = tmp_path / "tokens.yaml"

@@ -1363,3 +1363,43 @@ async def test_a_delivery_named_with_its_webhook_leaves_out_attempts_past_the_lo
     admin = Principal("admin", frozenset({"read", "write"}))
     shown = await control.delivery(admin, "dA", webhook_id="wh_1")
     assert [a["attempt"] for a in shown["attempts"]] == [2] and shown["state"] == "retrying"
+
+
+async def test_a_redelivery_not_naming_its_webhook_needs_the_read_scope(api: Api) -> None:
+    """Finding the webhook reads the delivery logs: a token with ``write`` alone names it (with
+    several workers it was a 503 to be tried again for ever until 2026-12-07)."""
+    from tests.unit.api.conftest import WRITER
+
+    await api.create(id="wh_1")
+    api.activity.add(attempt("d1", 1))
+    refused = await problem(
+        await api.client.post("/v1/deliveries/d1/redeliver", headers=auth(WRITER)), 403
+    )
+    assert "?webhook_id=" in refused["detail"]
+    named = await api.client.post(
+        "/v1/deliveries/d1/redeliver?webhook_id=wh_1", headers=auth(WRITER)
+    )
+    assert named.status == 202, await named.text()
+
+
+async def test_another_site_s_delivery_named_with_its_webhook_is_not_told_apart(api: Api) -> None:
+    """A worker routing a redelivery names the webhook of the delivery it found: to a token of
+    another site the answer is the one for a delivery no log keeps (until 2026-12-07 "no such
+    webhook" told it the delivery id was one)."""
+    await api.create(ADMIN, id="wh_other", site_id="site_2", user_id="user_2")
+    await api.create(SITE_1, id="wh_mine", site_id="site_1", user_id="user_1")
+    api.activity.add(attempt("d_other", 1, webhook_id="wh_other"))
+    details = set()
+    for path in (
+        "/v1/deliveries/d_other/redeliver?webhook_id=wh_other",
+        "/v1/deliveries/d_nothing/redeliver?webhook_id=wh_mine",
+        "/v1/deliveries/d_nothing/redeliver",
+    ):
+        details.add(
+            (await problem(await api.client.post(path, headers=auth(SITE_1)), 404))["detail"]
+        )
+    for path in ("/v1/deliveries/d_other?webhook_id=wh_other", "/v1/deliveries/d_nothing"):
+        details.add(
+            (await problem(await api.client.get(path, headers=auth(SITE_1)), 404))["detail"]
+        )
+    assert details == {"no attempt of this delivery is kept"}

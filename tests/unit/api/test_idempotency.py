@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from bridge.api.app import ApiConfig, create_app
-from bridge.api.auth import TokenSet
+from bridge.api.auth import TokenSet, hash_token
 from bridge.api.control import ControlService
 from bridge.api.idempotency import (
     HEADER,
@@ -192,7 +192,7 @@ async def test_expired_keys_leave_the_record_at_its_next_change(api: Api) -> Non
     await api.client.patch("/v1/webhooks/wh_1", json={"name": "n"}, headers=auth())
     record = (await api.repository.get("wh_1")).to_record()  # type: ignore[union-attr]
     assert [e.split(" ")[0] for e in record[RECORD_FIELD]] == [
-        IdempotencyKey.of("k3", "admin").digest  # type: ignore[union-attr]
+        IdempotencyKey.of("k3", "admin", hash_token(ADMIN)).digest  # type: ignore[union-attr]
     ]
     api.clock.now += timedelta(seconds=KEY_LIFETIME)
     await api.client.post("/v1/webhooks/wh_1/rotate-secret", headers=auth())
@@ -629,7 +629,26 @@ async def test_two_owners_that_do_not_see_each_other_make_a_keyed_change_twice_a
         written.append((await api.repository.get("wh_1")).to_record())  # type: ignore[union-attr]
     assert not made_twice(written)
     principal = TokenSet.from_mapping(TOKENS).authenticate(f"Bearer {ADMIN}")
-    key = IdempotencyKey.of("rename-1", principal.name)
+    key = IdempotencyKey.of("rename-1", principal.name, principal.key_salt)
     await second.update(principal, "wh_1", {"name": "renamed"}, if_match=None, key=key)
     written.append((await stale.get("wh_1")).to_record())  # type: ignore[union-attr]
     assert list(made_twice(written)) == [("wh_1", key.digest)]  # type: ignore[union-attr]
+
+
+async def test_the_id_a_key_makes_cannot_be_taken_first_by_another_token(api: Api) -> None:
+    """Until 2026-12-07 the id a keyed create makes was the token's name and the key alone:
+    another site's token computed it, created a webhook under it, and the owner's create was
+    refused 409. Now the token's hash (in the token file alone) is part of it."""
+    from tests.unit.api.conftest import SITE_1
+
+    guessed = IdempotencyKey.of("order-42", "admin")
+    assert guessed is not None
+    squatted = await api.client.post(
+        "/v1/webhooks",
+        json={**BODY, "id": guessed.webhook_id(), "site_id": "site_1", "user_id": "user_1"},
+        headers=auth(SITE_1),
+    )
+    assert squatted.status == 201, await squatted.text()
+    made = await api.client.post("/v1/webhooks", json=BODY, headers=keyed("order-42"))
+    assert made.status == 201, await made.text()
+    assert (await made.json())["id"] != guessed.webhook_id()

@@ -7,6 +7,7 @@ servers."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -31,7 +32,7 @@ from bridge.worker.app import Bridge
 from bridge.worker.delivery_log import attempts_partition
 from bridge.worker.embedded import free_port
 from bridge.worker.settling import HOLD_HEADER
-from tests.support.api import LOG_AUTH, write_token_file
+from tests.support.api import LOG_AUTH, SITE_AUTH, write_token_file
 from tests.support.waiting import PROMPT, eventually
 from tests.support.workers import offline_bridge
 from tests.unit.api.conftest import attempt
@@ -754,3 +755,73 @@ async def test_a_relayed_change_carries_every_line_of_its_headers(tmp_path: Path
             assert changed.status == 200, await changed.text()
     finally:
         await bridge.close()
+
+
+async def test_a_stranger_s_creation_is_refused_before_its_body_is_read(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Until 2026-12-07 the relay read and parsed a creation's body before anything checked its
+    token: a stranger was answered 413 or 415, not 401, having had 64 KiB read."""
+    from bridge.worker import api as worker_api
+
+    read: list[int] = []
+    real_read = worker_api.read_body
+
+    async def counted(request: web.Request, **kwargs: Any) -> bytes:
+        read.append(1)
+        return await real_read(request, **kwargs)
+
+    monkeypatch.setattr(worker_api, "read_body", counted)
+
+    async def never(request: web.Request) -> web.Response:
+        raise AssertionError("a stranger's creation reached the route")
+
+    app = relaying_app(bridge, never, HOLD)
+    app.router.add_post("/v1/webhooks", never)
+    site_only = {"Authorization": SITE_AUTH["Authorization"]}  # read alone
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        for headers, body, status in (
+            ({}, b"x" * 2_000, 401),
+            ({"Content-Encoding": "gzip"}, gzip.compress(b"{}"), 401),
+            ({"Authorization": "Bearer nope"}, b"x" * 2_000, 401),
+            (site_only, b"x" * 2_000, 403),
+        ):
+            answer = await client.post(
+                "/v1/webhooks", data=body, headers={"Content-Type": "application/json", **headers}
+            )
+            assert answer.status == status, await answer.text()
+            if status == 401:
+                assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+    assert read == []
+    await bridge.close()
+
+
+async def test_an_owner_s_401_is_relayed_with_its_challenge(bridge: Bridge) -> None:
+    """A token the owner refuses (its token file changed first): the challenge comes back with
+    the 401 (until 2026-12-07 it was left behind)."""
+
+    async def refusing(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"type": "about:blank", "title": "Unauthorized", "status": 401},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="webhook-bridge", error="invalid_token"'},
+            content_type="application/problem+json",
+        )
+
+    async def never(request: web.Request) -> web.Response:
+        raise AssertionError("made at a worker that does not own it")
+
+    owner = web.Application()
+    owner.router.add_patch("/v1/webhooks/{webhook_id}", refusing)
+    async with TestServer(owner, host="127.0.0.1") as owner_server:
+        owner_url = str(owner_server.make_url("")).rstrip("/")
+        p = attempts_partition("wh", 6)
+        assign(bridge, {bridge.settings.canonical_url: others(p), owner_url: [p]})
+        app = relaying_app(bridge, never, HOLD)
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            answer = await client.patch("/v1/webhooks/wh", json={"name": "x"}, headers=LOG_AUTH)
+            assert answer.status == 401
+            assert answer.headers["WWW-Authenticate"] == (
+                'Bearer realm="webhook-bridge", error="invalid_token"'
+            )
+    await bridge.close()
