@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +27,19 @@ DEFAULT_SCHEDULE: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 3600
 MAX_RETRY_DELAY = 86400.0
 
 
+_DAY = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_LONG_DAY = r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)"
+_MONTH = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+_CLOCK = r"\d{2}:\d{2}:\d{2}"
+#: IMF-fixdate (a numeric zone taken too, as senders write it), and the obsolete RFC 850 and
+#: asctime forms a recipient must read too; nothing before or after.
+_HTTP_DATE = re.compile(
+    rf"\A(?:{_DAY}, \d{{1,2}} {_MONTH} \d{{4}} {_CLOCK} (?:GMT|UTC|[+-]\d{{4}})"
+    rf"|{_LONG_DAY}, \d{{2}}-{_MONTH}-\d{{2}} {_CLOCK} GMT"
+    rf"|{_DAY} {_MONTH} (?:\d{{2}}| \d) {_CLOCK} \d{{4}})\Z"
+)
+
+
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
     """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date), or ``None``.
 
@@ -37,6 +51,10 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     text = value.strip()
     if text.isascii() and text.isdigit():
         return float(text)  # inf past a double's range: callers cap it
+    if not _HTTP_DATE.match(text):
+        # An HTTP date's three forms (RFC 9110, 5.6.7) alone: Python's e-mail date parser
+        # takes a date followed by anything (until 2026-12-07 "<date> garbage" was a date).
+        return None
     try:
         when = parsedate_to_datetime(text)
         if when.tzinfo is None:

@@ -16,7 +16,7 @@ import httpx
 from bridge.delivery.job import Job
 from bridge.http.base import ErrorTable, SenderBase
 from bridge.http.guarded_transport import GuardedBackend, guarded_transport
-from bridge.http.http1 import MAX_RESPONSE, Answer
+from bridge.http.http1 import MAX_READS, MAX_RESPONSE, Answer
 from bridge.http.ssrf import AddressPolicy, Resolver
 
 __all__ = ["new_client", "HttpxSender"]
@@ -62,29 +62,36 @@ def new_client(
 
 
 class _CapReached(Exception):
-    """A response needed more than :data:`~bridge.http.http1.MAX_RESPONSE` bytes."""
+    """A response needed more than :data:`~bridge.http.http1.MAX_RESPONSE` bytes, or more than
+    :data:`~bridge.http.http1.MAX_READS` reads."""
 
 
 class _CappedStream(httpcore.AsyncNetworkStream):
-    """A connection whose reads stop after :data:`~bridge.http.http1.MAX_RESPONSE` bytes per
-    request: every byte after the request counts (status lines, headers, chunk framing, trailers,
-    body), as :mod:`bridge.http.http1` counts them. h11 never sees more; the read that would pass
-    the cap raises :class:`_CapReached` instead (and httpcore closes the connection)."""
+    """A connection whose reads stop after :data:`~bridge.http.http1.MAX_RESPONSE` bytes, or
+    :data:`~bridge.http.http1.MAX_READS` reads, per request: every byte after the request counts
+    (status lines, headers, chunk framing, trailers, body), as :mod:`bridge.http.http1` counts
+    them. h11 never sees more; the read that would pass a cap raises :class:`_CapReached`
+    instead (and httpcore closes the connection). Counting reads too: an endpoint dribbling its
+    answer a byte at a time cost the worker a read, and h11 a parse, per byte for the whole
+    timeout (until 2026-12-07; ~2.5 s of CPU a delivery)."""
 
     def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
         self._inner = inner
         self._left = MAX_RESPONSE
+        self._reads_left = MAX_READS
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        if self._left <= 0:
+        if self._left <= 0 or self._reads_left <= 0:
             raise _CapReached
+        self._reads_left -= 1
         data = await self._inner.read(min(max_bytes, self._left), timeout)
         self._left -= len(data)
         return data
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        # httpcore writes the whole request before it reads the response: the count restarts.
+        # httpcore writes the whole request before it reads the response: the counts restart.
         self._left = MAX_RESPONSE
+        self._reads_left = MAX_READS
         await self._inner.write(buffer, timeout)
 
     async def aclose(self) -> None:
@@ -274,5 +281,5 @@ class HttpxSender(SenderBase):
                     )
             except _CapReached:
                 raise httpx.RemoteProtocolError(
-                    f"response head longer than {MAX_RESPONSE} bytes"
+                    f"response head longer than {MAX_RESPONSE} bytes or {MAX_READS} reads"
                 ) from None

@@ -306,6 +306,8 @@ def test_delay_never_exceeds_the_tier_or_the_capped_retry_after(
         ("Mon, 15 Jan 2024 12:30:00 +0100", 3600.0),
         ("Mon, 15 Jan 2024 10:40:00 -0000", 600.0),  # no zone given: UTC
         ("Monday, 15-Jan-24 10:40:00 GMT", 600.0),  # RFC 850
+        ("Mon Jan 15 10:40:00 2024", 600.0),  # asctime
+        ("Mon, 5 Jan 2024 10:30:00 GMT", 0.0),  # a one-digit day, as some senders write it
         ("Mon, 15 Jan 2024 10:30:00 GMT", 0.0),
         ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # in the past: due now
         ("Mon, 15 Jan 2024 10:29:00 GMT", 0.0),
@@ -326,6 +328,11 @@ def test_parse_retry_after(value: str, seconds: float) -> None:
         "Mon, 01 Jan 99999999999 10:00:00 GMT",
         "Mon, 99999999999 Jan 2030 10:00:00 GMT",
         "Mon, 01 Jan 2030 10:00:00 +99999999999",
+        # A date and more: taken for the date until 2026-12-07.
+        "Mon, 15 Jan 2024 10:40:00 GMT garbage",
+        "Mon, 15 Jan 2024 10:40:00 GMT, Tue, 16 Jan 2024 10:40:00 GMT",
+        "x Mon, 15 Jan 2024 10:40:00 GMT",
+        "Mon, 15 Jan 2024 10:40 GMT",
     ],
 )
 def test_parse_retry_after_garbage(value: str | None) -> None:

@@ -267,6 +267,21 @@ CASES = [
     case("chunked body never ended", CHUNKED + b"2\r\nok\r\n", expected=TIMEOUT, timeout=0.5),
     case("body until close, never closed", H + b"\r\nbody", expected=TIMEOUT, timeout=0.5),
     case("no answer", expected=TIMEOUT, timeout=0.5),
+    # A byte a read past MAX_READS: ended by the reads' count, not the timeout (the httpx
+    # sender read on to the timeout until 2026-12-07, a read and a parse per byte).
+    case(
+        "head trickled past the reads",
+        Trickle(H + b"X-A: " + b"a" * 600 + b"\r\n\r\n", 0.001),
+        expected=PROTOCOL,
+        timeout=10.0,
+    ),
+    case(
+        "body trickled past the reads",
+        H + b"Content-Length: 1000\r\n\r\n",
+        Trickle(b"x" * 600, 0.001),
+        expected=OK,
+        timeout=10.0,
+    ),
     # --- floods: the cap ends them ----------------------------------------------------------
     case("endless status line", b"HTTP/1.1 200 ", Flood(b"a"), expected=PROTOCOL),
     case("endless headers", H, Flood(b"X-Flood: " + A_KIB + b"\r\n"), expected=PROTOCOL),
