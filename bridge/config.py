@@ -151,6 +151,37 @@ def _basic_date(text: str, refused: str) -> datetime:
         raise ValueError(refused) from None
 
 
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+def parse_topic(text: str) -> str:
+    """A Kafka topic name: 1 to 249 of ``A-Z a-z 0-9 . _ -``, not ``.`` or ``..`` (an empty
+    one was taken until 2026-12-07, and every read of it failed)."""
+    if not _TOPIC.fullmatch(text) or text in (".", ".."):
+        raise ValueError(
+            f"not a topic name: {text!r} (1 to 249 of letters, digits, '.', '_' and '-')"
+        )
+    return text
+
+
+def parse_topics(text: str) -> tuple[str, ...]:
+    """A comma-separated list of topic names (:func:`parse_topic`)."""
+    return tuple(parse_topic(topic) for topic in parse_list(text))
+
+
+def parse_retry_prefix(text: str) -> str:
+    """The retry topics' prefix: ``PREFIX.N`` must be a topic name for every tier."""
+    parse_topic(f"{text}.99")
+    return text
+
+
+def parse_group_id(text: str) -> str:
+    """A consumer group id: not blank."""
+    if not text.strip():
+        raise ValueError("the group id is blank")
+    return text
+
+
 def parse_bool(text: str) -> bool:
     """Parse ``1/0``, ``true/false``, ``yes/no``, ``on/off`` (case-insensitive)."""
     lowered = text.strip().lower()
@@ -354,7 +385,7 @@ class Settings:
         "webhook-bridge",
         "BRIDGE_GROUP_ID",
         "--group-id",
-        str,
+        parse_group_id,
         "Consumer group and Faust app id; workers sharing it share the event partitions.",
     )
     # Topic names only: partitions and configs are declared in topics/.
@@ -362,14 +393,14 @@ class Settings:
         "postion.events",
         "BRIDGE_EVENTS_TOPIC",
         "--events-topic",
-        str,
+        parse_topic,
         "Platform events topic (keyed by site_id).",
     )
     extra_source_topics: tuple[str, ...] = Section.TOPICS.setting(
         (),
         "BRIDGE_EXTRA_SOURCE_TOPICS",
         "--extra-source-topic",
-        parse_list,
+        parse_topics,
         "More topics carrying platform events in the same envelope (comma-separated in env).",
         repeatable=True,
     )
@@ -377,14 +408,14 @@ class Settings:
         "postion.webhooks",
         "BRIDGE_SUBSCRIPTIONS_TOPIC",
         "--subscriptions-topic",
-        str,
+        parse_topic,
         "Compacted topic of webhook subscriptions (keyed by webhook id).",
     )
     deadletter_topic: str = Section.DEAD_LETTERS.setting(
         "postion.webhooks.deadletter",
         "BRIDGE_DEADLETTER_TOPIC",
         "--deadletter-topic",
-        str,
+        parse_topic,
         "Where records and deliveries that cannot be processed go, with their reason.",
     )
     topic_replication_factor: int = Section.TOPICS.setting(
@@ -482,14 +513,14 @@ class Settings:
         "postion.webhooks.retry",
         "BRIDGE_RETRY_TOPIC_PREFIX",
         "--retry-topic-prefix",
-        str,
+        parse_retry_prefix,
         "Retry topics are named PREFIX.1 ... PREFIX.N, one per schedule entry.",
     )
     attempts_topic: str = Section.TOPICS.setting(
         "postion.webhooks.attempts",
         "BRIDGE_ATTEMPTS_TOPIC",
         "--attempts-topic",
-        str,
+        parse_topic,
         "Every delivery attempt is recorded here (the per-webhook delivery log).",
     )
     delivery_log_max_attempts: int = Section.ACTIVITY.setting(
@@ -627,14 +658,14 @@ class Settings:
         "postion.webhooks.status",
         "BRIDGE_STATUS_TOPIC",
         "--status-topic",
-        str,
+        parse_topic,
         "Compacted topic of endpoint health (failing since, disabled), keyed by webhook id.",
     )
     recoveries_topic: str = Section.ACTIVITY.setting(
         "postion.webhooks.recoveries",
         "BRIDGE_RECOVERIES_TOPIC",
         "--recoveries-topic",
-        str,
+        parse_topic,
         "Compacted topic of the API's recoveries and redeliveries (progress, positions), keyed "
         "by recovery id.",
     )

@@ -519,3 +519,89 @@ def test_probe_helpers() -> None:
     assert parse_bool(env_text(False)) is False
     assert parse_list(env_text(["a", "b"])) == ("a", "b")
     assert parse_schedule(env_text([5, 60.0])) == (5.0, 60.0)
+
+
+def test_workers_holding_the_delivery_log_advertise_their_pod_ip(chart: Chart) -> None:
+    """config.deliveryLog in the workers (no api.enabled): each advertises its pod IP, where
+    the others route reads of its partitions, and the NetworkPolicy lets them (until 2026-12-07
+    every pod advertised http://0.0.0.0:6066 and took every partition for its own)."""
+    values = merge(
+        {"config": {"deliveryLog": True, "apiTokens": "/etc/bridge/tokens.yaml"}},
+        TOKENS_MOUNTED,
+        {"networkPolicy": {"enabled": True}},
+    )
+    rendered = chart.render(values=values)
+    env = container(rendered.one("Deployment", "worker"))["env"]
+    names = [e["name"] for e in env]
+    assert names[0] == "POD_IP" and env[0]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    advertised = next(e["value"] for e in env if e["name"] == "BRIDGE_ADVERTISED_URL")
+    assert advertised == "http://$(POD_IP):6066"
+    policy = rendered.one("NetworkPolicy")
+    worker = {"app.kubernetes.io/component": "worker"}
+    assert any(
+        worker.items() <= peer["podSelector"]["matchLabels"].items()
+        for rule in policy["spec"]["ingress"]
+        for peer in rule.get("from", [])
+        if "podSelector" in peer
+    )
+    assert any(
+        rule.get("ports") == [{"port": 6066, "protocol": "TCP"}]
+        and worker.items() <= rule["to"][0]["podSelector"]["matchLabels"].items()
+        for rule in policy["spec"]["egress"]
+        if "to" in rule and "podSelector" in rule["to"][0]
+    )
+    # One given is kept; without the delivery log in the workers there is none.
+    given = chart.render(values=merge(values, {"config": {"advertisedUrl": "http://w:6066"}}))
+    env = env_of(container(given.one("Deployment", "worker")))
+    assert env["BRIDGE_ADVERTISED_URL"] == "http://w:6066" and "POD_IP" not in env
+    assert "BRIDGE_ADVERTISED_URL" not in env_of(container(chart.render().one("Deployment")))
+
+
+@pytest.mark.parametrize(
+    ("values", "said"),
+    [
+        ({"networkPolicy": {"enabled": True, "kafka": {"ports": []}}}, "kafka[./]ports"),
+        ({"networkPolicy": {"enabled": True, "dns": {"ports": []}}}, "dns[./]ports"),
+        ({"keda": {"enabled": True, "minReplicaCount": 0}}, "minReplicaCount"),
+    ],
+    ids=["kafka-ports", "dns-ports", "keda-zero"],
+)
+@pytest.mark.parametrize("schema", [True, False], ids=["schema", "template"])
+def test_values_that_open_every_port_or_stop_retries_are_refused(
+    chart: Chart, values: dict[str, Any], said: str, schema: bool
+) -> None:
+    """An empty port list made a NetworkPolicy rule allowing every port (every address, for
+    Kafka without peers); KEDA at zero workers left the retry topics unread (until
+    2026-12-07, both installed)."""
+    extra = () if schema else ("--skip-schema-validation",)
+    args = ["template", "r", str(CHART_DIR), "--set", "config.kafkaBootstrapServers=k:9092"]
+    for key, value in _flat(values):
+        args += ["--set-json", f"{key}={json.dumps(value)}"]
+    result = chart.run(*args, *extra)
+    assert result.returncode != 0
+    assert re.search(said, result.stderr), result.stderr
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out += _flat(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+@pytest.mark.parametrize(
+    "keys", ["k1:YWJj", "k1:" + "A" * 44, "k1:" + "A" * 43 + "=,k2:YWJj"], ids=["3", "33", "second"]
+)
+def test_a_keyring_key_of_another_length_fails_the_install(chart: Chart, keys: str) -> None:
+    """The workers refuse a key that is not 32 bytes at start: until 2026-12-07 the chart took
+    it (its pattern any base64), the install went through and every worker crash-looped."""
+    from bridge.subscriptions.secretbox import Keyring
+
+    with pytest.raises(ConfigError):
+        Keyring.from_setting(keys)
+    with pytest.raises(RenderError, match="secretKeys"):
+        chart.render(values={"secret": {"values": {"secretKeys": keys}}})
+    chart.render(values={"secret": {"values": {"secretKeys": "k1:" + "A" * 43 + "="}}})

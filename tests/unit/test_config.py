@@ -420,6 +420,13 @@ BAD: list[tuple[str, str]] = [
     ("BRIDGE_DRAIN_TIMEOUT", "1w"),
     ("BRIDGE_ATTEMPT_RESPONSE_PREFIX_BYTES", "-1"),
     ("BRIDGE_ATTEMPT_RESPONSE_PREFIX_BYTES", "1k"),
+    # Taken until 2026-12-07: a topic nothing can read, a group of no one.
+    ("BRIDGE_EVENTS_TOPIC", ""),
+    ("BRIDGE_SUBSCRIPTIONS_TOPIC", "my topic"),
+    ("BRIDGE_STATUS_TOPIC", ".."),
+    ("BRIDGE_EXTRA_SOURCE_TOPICS", "a,b/c"),
+    ("BRIDGE_RETRY_TOPIC_PREFIX", "r" * 247),
+    ("BRIDGE_GROUP_ID", " "),
 ]
 
 

@@ -346,6 +346,16 @@ cannot say, so that a release never starts workers that refuse their settings.
 {{- if and .Values.autoscaling.enabled (not (or .Values.autoscaling.targetCPUUtilizationPercentage .Values.autoscaling.targetMemoryUtilizationPercentage)) }}
 {{- fail "autoscaling needs targetCPUUtilizationPercentage or targetMemoryUtilizationPercentage" }}
 {{- end }}
+{{- if and .Values.keda.enabled (lt (.Values.keda.minReplicaCount | int) 1) }}
+{{- fail "keda.minReplicaCount must be at least 1: the trigger watches the events topic, and with no worker the retry topics' due retries wait (and go after the topics' 3 days)" }}
+{{- end }}
+{{- if .Values.networkPolicy.enabled }}
+{{- range $list := list "kafka" "dns" }}
+{{- if not (get (get $.Values.networkPolicy $list) "ports") }}
+{{- fail (printf "networkPolicy.%s.ports is empty: a NetworkPolicy rule without ports allows every port (with no peers named, every address)" $list) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if and .Values.keda.enabled (gt (.Values.keda.maxReplicaCount | int) $partitions) }}
 {{- fail (printf "keda.maxReplicaCount (%d) exceeds partitions (%d): workers beyond the events topic's partition count sit idle" (.Values.keda.maxReplicaCount | int) $partitions) }}
 {{- end }}
@@ -482,4 +492,14 @@ Container securityContext shared by every container of the chart.
 */}}
 {{- define "webhook-bridge.containerSecurityContext" -}}
 {{- toYaml .Values.containerSecurityContext }}
+{{- end }}
+
+{{/*
+Whether the workers themselves hold the delivery log and serve /v1 (config.deliveryLog without
+api.enabled) with no advertised URL given: each then advertises its pod IP, where the others
+route reads of its partitions (until 2026-12-07 every pod advertised http://0.0.0.0:PORT and
+took every partition for its own).
+*/}}
+{{- define "webhook-bridge.workersRoute" -}}
+{{- if and (not .Values.api.enabled) (include "webhook-bridge.bool" .Values.config.deliveryLog) (not .Values.config.advertisedUrl) }}true{{ end }}
 {{- end }}
