@@ -176,9 +176,15 @@ def parse_retry_prefix(text: str) -> str:
 
 
 def parse_group_id(text: str) -> str:
-    """A consumer group id: not blank."""
-    if not text.strip():
-        raise ValueError("the group id is blank")
+    """A consumer group id, which Faust names topics after (``GROUP-__assignor-__leader``):
+    what a topic name may hold."""
+    try:
+        parse_topic(f"{text}-__assignor-__leader")
+    except ValueError:
+        raise ValueError(
+            f"not a group id: {text!r} (letters, digits, '.', '_' and '-': Faust names topics "
+            "after it)"
+        ) from None
     return text
 
 

@@ -301,15 +301,22 @@ class _Routes:
                 )
         if errors:
             raise Problem.invalid(*errors)
-        log_query = LogQuery(
-            event_type=query.get("event_type"),
-            outcome=query.get("outcome"),
-            status_class=query.get("status_class"),
-            since=None if since is None else since.timestamp(),
-            until=None if until is None else until.timestamp(),
-            trigger=query.get("trigger"),
-            recovery_id=query.get("recovery_id"),
-        )
+        try:
+            log_query = LogQuery(
+                event_type=query.get("event_type"),
+                outcome=query.get("outcome"),
+                status_class=query.get("status_class"),
+                since=None if since is None else since.timestamp(),
+                until=None if until is None else until.timestamp(),
+                trigger=query.get("trigger"),
+                recovery_id=query.get("recovery_id"),
+            )
+        except ValueError:
+            # Checked above but for times a float cannot tell apart (a microsecond apart,
+            # centuries on): a 500 for a few days on 2026-12-07.
+            raise Problem.invalid(
+                FieldError("until", "range", "until must be after since", "query")
+            ) from None
         page = await self._control.attempts(
             principal, webhook_id, log_query, limit=limit, cursor=cursor
         )

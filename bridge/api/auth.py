@@ -423,8 +423,14 @@ def _unique_key_loader(yaml: Any) -> Any:
         def construct_mapping(self, node: Any, deep: bool = False) -> Any:
             seen: set[Any] = set()
             for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base`: the keys given beside it override the base's
                 key = self.construct_object(key_node, deep=deep)
-                if key in seen:
+                try:
+                    twice = key in seen
+                except TypeError:  # a list or a mapping as a key
+                    raise ConfigError("API tokens: a key that is not text") from None
+                if twice:
                     raise ConfigError(f"API tokens: the key {key!r} twice in one mapping")
                 seen.add(key)
             return super().construct_mapping(node, deep=deep)

@@ -32,11 +32,13 @@ _LONG_DAY = r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)"
 _MONTH = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
 _CLOCK = r"\d{2}:\d{2}:\d{2}"
 #: IMF-fixdate (a numeric zone taken too, as senders write it), and the obsolete RFC 850 and
-#: asctime forms a recipient must read too; nothing before or after.
+#: asctime forms a recipient must read too; nothing before or after. Read leniently as to case
+#: and spaces, as Python's date parser reads them (and read them before 2026-12-07).
 _HTTP_DATE = re.compile(
-    rf"\A(?:{_DAY}, \d{{1,2}} {_MONTH} \d{{4}} {_CLOCK} (?:GMT|UTC|[+-]\d{{4}})"
-    rf"|{_LONG_DAY}, \d{{2}}-{_MONTH}-\d{{2}} {_CLOCK} GMT"
-    rf"|{_DAY} {_MONTH} (?:\d{{2}}| \d) {_CLOCK} \d{{4}})\Z"
+    rf"\A(?:{_DAY}, +\d{{1,2}} +{_MONTH} +\d{{4}} +{_CLOCK} +(?:GMT|UTC?|[+-]\d{{4}})"
+    rf"|{_LONG_DAY}, +\d{{2}}-{_MONTH}-\d{{2}} +{_CLOCK} +GMT"
+    rf"|{_DAY} +{_MONTH} +\d{{1,2}} +{_CLOCK} +\d{{4}})\Z",
+    re.IGNORECASE,
 )
 
 

@@ -427,6 +427,7 @@ BAD: list[tuple[str, str]] = [
     ("BRIDGE_EXTRA_SOURCE_TOPICS", "a,b/c"),
     ("BRIDGE_RETRY_TOPIC_PREFIX", "r" * 247),
     ("BRIDGE_GROUP_ID", " "),
+    ("BRIDGE_GROUP_ID", "a/b"),
 ]
 
 

@@ -445,3 +445,24 @@ def test_tokens_add_takes_a_byte_order_mark_and_stores_each_scope_once(
     assert commands.main(argv) == 0
     capsys.readouterr()
     assert json.loads(path.read_text())["tokens"][0]["scopes"] == ["read"]
+
+
+def test_yaml_merge_keys_load_and_a_key_that_is_not_text_is_refused(tmp_path: Path) -> None:
+    """``<<: *base`` with keys beside it overriding the base's loads as before the check of keys
+    given twice (2026-12-07); a list as a key is the file refused, not a traceback."""
+    merged = tmp_path / "merged.yaml"
+    merged.write_text(
+        "tokens:\n"
+        f"  - &base\n    name: ops\n    sha256: {hash_token(ADMIN)}\n    scopes: [read]\n"
+        f"  - <<: *base\n    name: ops2\n    sha256: {hash_token(SITE_1)}\n"
+    )
+    tokens = TokenSet.from_file(merged)
+    assert tokens.authenticate(f"Bearer {SITE_1}").name == "ops2"
+    assert tokens.authenticate(f"Bearer {SITE_1}").scopes == frozenset({"read"})
+    odd = tmp_path / "odd.yaml"
+    odd.write_text(
+        f"tokens:\n  - name: a\n    sha256: {hash_token(ADMIN)}\n    scopes: [read]\n"
+        "    ? [x]\n    : 1\n"
+    )
+    with pytest.raises(ConfigError, match="not text"):
+        TokenSet.from_file(odd)

@@ -1403,3 +1403,15 @@ async def test_another_site_s_delivery_named_with_its_webhook_is_not_told_apart(
             (await problem(await api.client.get(path, headers=auth(SITE_1)), 404))["detail"]
         )
     assert details == {"no attempt of this delivery is kept"}
+
+
+async def test_a_range_a_float_cannot_tell_apart_is_a_400(api: Api) -> None:
+    """A microsecond apart in year 9000: the datetimes differ, their floats do not (a 500 for a
+    few days on 2026-12-07)."""
+    await api.create(id="wh_1")
+    path = (
+        "/v1/webhooks/wh_1/attempts?since=9000-01-01T00:00:00.000000Z"
+        "&until=9000-01-01T00:00:00.000001Z"
+    )
+    body = await problem(await api.client.get(path, headers=auth()), 400)
+    assert body["errors"][0]["field"] == "until"

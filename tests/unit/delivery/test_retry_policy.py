@@ -308,6 +308,8 @@ def test_delay_never_exceeds_the_tier_or_the_capped_retry_after(
         ("Monday, 15-Jan-24 10:40:00 GMT", 600.0),  # RFC 850
         ("Mon Jan 15 10:40:00 2024", 600.0),  # asctime
         ("Mon, 5 Jan 2024 10:30:00 GMT", 0.0),  # a one-digit day, as some senders write it
+        ("mon, 15 jan 2024 10:40:00 gmt", 600.0),  # case and spaces as Python's parser takes
+        ("MON,  15 JAN 2024  10:40:00 UT", 600.0),
         ("Mon, 15 Jan 2024 10:30:00 GMT", 0.0),
         ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # in the past: due now
         ("Mon, 15 Jan 2024 10:29:00 GMT", 0.0),
