@@ -341,23 +341,29 @@ async def test_a_replay_stopped_at_its_deadline_and_resumed_writes_every_letter_
     resume: dict[int, int] | None = None
     until = None
     stalls = [stall, second_stall]
-    for round in range(4):
-        point = stalls[round] if round < len(stalls) else None
+    # Rounds until one completes: a stall stops one; so may a loaded machine, where 50 ms pass
+    # before the reading began or ended (a round of the CI's failed so on 2026-12-07), and the
+    # next round goes on from where that one got to, as a client would.
+    for _ in range(50):
+        point = stalls[0] if stalls else None
         reading = Reading(letters, stall=point)
         report, wrote = await replay_read(
             monkeypatch, reading, deadline=loop.time() + 0.05, resume=resume, until=until
         )
         written += wrote
         assert report.replayed == wrote  # each acknowledged before the answer
-        assert reading.started == [resume or {}]
-        if round == 0:
+        assert reading.started in ([], [resume or {}])
+        if reading.started and stalls:
+            stalls.pop(0)
+        if until is None:
             assert report.until is not None
             until = report.until
         assert report.until == until
         if report.complete:
             break
-        assert point is not None and point < count
         resume = dict(report.positions)
+    else:
+        raise AssertionError("no round completed")
     assert sorted(written, key=lambda d: int(d[1:])) == [f"d{n}" for n in range(count)]
 
 
