@@ -124,6 +124,13 @@ def _first_error(path: str, instance: Any) -> fastjsonschema.JsonSchemaValueExce
         _compiled(path)(instance)
     except fastjsonschema.JsonSchemaValueException as exc:
         return exc
+    except RecursionError:
+        # Containers nested past what the validators' recursion holds (some 500 levels, where
+        # a schema's uniqueItems compares them): no record of ours is (until 2026-12-07 the
+        # RecursionError escaped, a subscription record's read failed outright).
+        return fastjsonschema.JsonSchemaValueException(
+            "data is nested too deeply", name="data", rule="depth"
+        )
     return None
 
 
@@ -136,6 +143,8 @@ def _messages(path: str, instance: Any) -> list[str]:
     compiled_error = _first_error(path, instance)
     if compiled_error is None:
         return []
+    if compiled_error.rule == "depth":
+        return ["$: nested too deeply"]
     found = itertools.islice(_validator(path).iter_errors(instance), MAX_ERRORS_READ)
     errors = sorted(found, key=lambda e: list(e.absolute_path))
     if not errors:

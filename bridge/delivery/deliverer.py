@@ -261,9 +261,12 @@ class Deliverer:
             if result is not None and result.error != "destination_forbidden":
                 self._slow.observe(judged, result.duration, probe=verdict == PROBE)
             if result is None:
-                # Cancelled or crashed mid-request: tell the breaker, or a half-open circuit
-                # would wait for its probe's answer for ever.
-                self._breakers.failure(endpoint)
+                # Cancelled or crashed mid-request (the bridge's, not the endpoint's: a bug, a
+                # drain): a half-open circuit's probe goes to the next request, or the circuit
+                # would wait for its answer for ever; the endpoint is not blamed (until
+                # 2026-12-07 it was, and a webhook's record the sender could not use opened
+                # the circuit of every webhook on its host).
+                self._breakers.release(endpoint)
         if result.success:
             self._observe(job, result)
             self._breakers.success(endpoint)

@@ -76,8 +76,16 @@ def parse_retry(raw: bytes | None) -> PendingRetry:
         event = parse_event(jsoncanon.dumps(value["event"]))
         attempt = value["attempt"]
         not_before = value["not_before"]
-        if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
-            raise InvalidRecord("invalid_retry_record", "$.attempt must be an integer >= 1")
+        if (
+            not isinstance(attempt, int)
+            or isinstance(attempt, bool)
+            or not 1 <= attempt <= jsoncanon.MAX_SAFE_INTEGER
+        ):
+            # Written again (the next retry, the attempt's record): one no JSON reader keeps
+            # exactly failed to encode there, a bridge error, until 2026-12-07.
+            raise InvalidRecord(
+                "invalid_retry_record", "$.attempt must be an integer from 1 to 2**53 - 1"
+            )
         for name in ("delivery_id", "webhook_id"):
             if not isinstance(value[name], str) or not value[name]:
                 raise InvalidRecord("invalid_retry_record", f"$.{name} must be a string")

@@ -339,9 +339,10 @@ class Pipeline:
             record = dropped_record(pending, dropped, self._wall_time())
             try:
                 await (await self._outputs.attempt(pending.webhook_id.encode("utf-8"), record))
-            except KafkaError as exc:
+            except (KafkaError, InvalidRecord) as exc:
                 # The retry is dropped all the same: its record is for the log alone, and an
-                # unacknowledged retry would hold its partition's commits back.
+                # unacknowledged retry would hold its partition's commits back (a record that
+                # would not encode held them for good until 2026-12-07).
                 log.warning(
                     "the record of a dropped retry was not written: %s",
                     type(exc).__name__,

@@ -249,6 +249,15 @@ def _webhook(value: Any, keyring: Keyring | None, *, reveal: bool = True) -> Web
     if reveal and value.get("standard_webhooks"):
         # Fail here, once, rather than at every delivery: a whsec_ secret must be base64.
         standard_webhooks.secret_key(secret)
+        if isinstance(previous, str):
+            try:
+                standard_webhooks.secret_key(previous)
+            except InvalidSubscription:
+                # A previous secret no one can sign with ends the overlap, as an expiry that
+                # is no time does: signed with the current secret alone (until 2026-12-07
+                # every delivery failed, as the bridge's error, and each counted against its
+                # endpoint's circuit, other webhooks' on the host with it).
+                previous = None
     return Webhook(
         id=value["id"],
         name=value["name"],

@@ -282,3 +282,14 @@ def test_keywords_beside_a_ref_apply_as_well_as_the_referenced_schema() -> None:
     assert validator.is_valid(AN_EVENT) is False  # and the keyword beside it too
     alone = schemas._inlined("schemas/retry.json", {"$ref": "event.json"})
     assert alone["title"] == "Platform event envelope" and "$id" not in alone
+
+
+@pytest.mark.parametrize("field", ["failing_since", "last_failure_at"])
+@pytest.mark.parametrize("value", [2**53 + 1, 1e300, -1])
+def test_a_status_time_no_record_could_hold_again_is_invalid(field: str, value: float) -> None:
+    """A status's times are written again (a disable marked applied): one past year 9999, or an
+    integer no JSON reader keeps, was valid and its write failed every second for ever (until
+    2026-12-07)."""
+    record = {"webhook_id": "w", "state": "failing", "updated_at": "x", field: value}
+    assert not is_valid("schemas/status.json", record)
+    assert is_valid("schemas/status.json", {**record, field: 1_700_000_000.5})

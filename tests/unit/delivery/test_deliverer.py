@@ -677,6 +677,19 @@ async def test_a_probe_without_an_answer_does_not_wedge_the_circuit(
     assert h.attempt()["outcome"] == "success"
 
 
+async def test_the_bridge_s_own_crashes_do_not_open_an_endpoint_s_circuit() -> None:
+    """A sender crashing (a bug; a webhook's record it could not use) says nothing of the
+    endpoint: until 2026-12-07 five of them opened the circuit of every webhook on the host."""
+    crashes = [RuntimeError(f"bug {n}") for n in range(THRESHOLD + 1)]
+    h = Harness(FakeSender(*crashes))
+    for n in range(THRESHOLD + 1):
+        with pytest.raises(RuntimeError):
+            await h.run(make_job(event=make_event(f"evt_{n}")))
+    assert h.deliverer.breakers.state(endpoint_of(WEBHOOK.url)) == CLOSED
+    await h.run(make_job(event=make_event("evt_next")))
+    assert len(h.sender.sent) == THRESHOLD + 2 and h.attempt()["outcome"] == "success"
+
+
 # -- invalid bodies --------------------------------------------------------------------------------
 
 

@@ -606,6 +606,23 @@ async def test_a_dropped_retry_whose_record_cannot_be_written_is_acknowledged_al
     assert acks.count == 1 and h.sender.sent == [] and h.outputs.dead_letters == []
 
 
+@pytest.mark.parametrize("active", [True, False])
+async def test_a_retry_record_whose_attempt_no_json_reader_keeps_is_dead_lettered(
+    active: bool,
+) -> None:
+    """``"attempt": 2**53 + 1`` was read, then failed to encode in the record written of it:
+    for a webhook turned off, the retry was never acknowledged and its partition's commits
+    stopped for good (dead-lettered as the bridge's own error otherwise), until 2026-12-07."""
+    h = Harness([webhook("w", active=active)], ScriptedSender())
+    value = json.loads(retry_record(webhook("w"), attempt=1))
+    value["attempt"] = 2**53 + 1
+    acks = Acks()
+    await h.pipeline.handle_retry(json.dumps(value).encode(), RETRY_SOURCE, acks, 1)
+    await h.settled()
+    assert acks.count == 1 and h.sender.sent == []
+    assert [letter["reason"] for _, letter in h.outputs.dead_letters] == ["invalid_retry_record"]
+
+
 def created(hook: Webhook, created_at: str) -> Webhook:
     return dataclasses.replace(hook, extra={"created_at": created_at})
 

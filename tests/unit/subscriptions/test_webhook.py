@@ -536,3 +536,33 @@ def test_an_expiry_that_is_not_a_zoned_time_ends_the_overlap(expires: str) -> No
         previous_secret_expires_at=expires,
     )
     assert webhook.signing_secrets(datetime(2026, 12, 1, tzinfo=UTC)) == [webhook.secret]
+
+
+@pytest.mark.parametrize("depth", [100, 600, 900])
+def test_events_nested_past_the_validators_recursion_are_schema_invalid(depth: int) -> None:
+    """Some 500 levels of arrays in ``events`` made the schema's check of unique items raise
+    RecursionError out of parse_webhook (and every read of the subscriptions topic by the
+    management commands) until 2026-12-07."""
+    nested = "[" * depth + "]" * depth
+    raw = json.dumps(record()).replace(
+        '"events": ["post.created", "post.published"]', f'"events": [{nested}]'
+    )
+    assert nested in raw
+    problem = invalid(KEY, raw.encode(), "schema_invalid")
+    assert "[[" not in str(problem)
+
+
+def test_a_previous_secret_no_one_can_sign_with_ends_the_overlap() -> None:
+    """A Standard Webhooks webhook's previous secret that is not whsec_ base64: signed with the
+    current secret alone (every delivery failed as the bridge's error until 2026-12-07)."""
+    changes = {
+        "standard_webhooks": True,
+        "secret": "whsec_" + "A" * 32,
+        "previous_secret": "whsec_!!not base64!!",
+        "previous_secret_expires_at": "2999-01-01T00:00:00.000Z",
+    }
+    webhook = parse_webhook(KEY, encode(record(**changes)))
+    assert webhook is not None and webhook.previous_secret is None
+    good = {**changes, "previous_secret": "whsec_" + "B" * 32}
+    kept = parse_webhook(KEY, encode(record(**good)))
+    assert kept is not None and kept.previous_secret == "whsec_" + "B" * 32
