@@ -26,7 +26,7 @@ from typing import Any
 from bridge.contract.events import parse_time as _parse_utc
 from bridge.delivery.retry_policy import DEFAULT_SCHEDULE, MAX_RETRY_DELAY
 from bridge.errors import ConfigError
-from bridge.redaction import without_userinfo
+from bridge.redaction import for_logs, without_userinfo
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,10 @@ __all__ = [
     "SettingSpec",
     "parse_bool",
     "parse_list",
+    "parse_topic",
+    "parse_topics",
+    "parse_retry_prefix",
+    "parse_group_id",
     "DEFAULT_HTTP_TIMEOUT",
     "LOOPBACK_NETWORKS",
     "MAX_ATTEMPT_RESPONSE_PREFIX",
@@ -1039,17 +1043,18 @@ class Settings:
         return Path(tempfile.gettempdir()) / "webhook-bridge" / self.group_id
 
     def redacted(self) -> dict[str, Any]:
-        """The settings as a dict, secrets replaced by ``"***"`` and the credentials of URLs
-        (``user:password@``) by ``***@`` (for logs and diagnostics)."""
+        """The settings as a dict, secrets replaced by ``"***"``, the credentials of URLs
+        (``user:password@``) by ``***@`` and their queries by ``?***`` (a token may ride in
+        one; until 2026-12-07 shown) (for logs and diagnostics)."""
         out: dict[str, Any] = {}
         for name, spec in self.specs().items():
             value = getattr(self, name)
             if spec.secret and value is not None:
                 value = "***"
             elif isinstance(value, str):
-                value = without_userinfo(value)
+                value = _shown_setting(value)
             elif isinstance(value, tuple) and all(isinstance(v, str) for v in value):
-                value = tuple(without_userinfo(v) for v in value)
+                value = tuple(_shown_setting(v) for v in value)
             out[name] = value
         return out
 
@@ -1058,6 +1063,11 @@ class Settings:
         specs = self.specs()
         shown = (f"{k}={v!r}" for k, v in self.redacted().items() if not specs[k].secret)
         return f"Settings({', '.join(shown)})"
+
+
+def _shown_setting(value: str) -> str:
+    """A setting's text as logs show it: a URL without its credentials and query."""
+    return for_logs(value) if "://" in value else without_userinfo(value)
 
 
 def settings_of(sections: Iterable[Section]) -> list[str]:

@@ -7,8 +7,10 @@ import re
 __all__ = ["for_logs", "without_userinfo"]
 
 #: ``scheme://user:pass@`` anywhere, and a bare ``user:pass@host`` at the start of a list item.
+# To the last "@" before the path: the user information ends there for URL parsers (httpx,
+# urllib), so a password holding an "@" is hidden whole (until 2026-12-07 its tail showed).
 _USERINFO = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^\s/?#@]*@|(?P<start>^|[\s,])[^\s,/?#@:]+:[^\s,/?#@]*@"
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^\s/?#]*@|(?P<start>^|[\s,])[^\s,/?#@:]+:[^\s,/?#]*@"
 )
 
 

@@ -33,8 +33,21 @@ from bridge.api.metrics import ApiMetrics
 from bridge.api.recoveries import Recoveries, per_owner
 from bridge.api.service import WebhookService
 from bridge.api.store_repository import StoreRepository
-from bridge.config import Settings
-from bridge.errors import BridgeError
+from bridge.config import Section, Settings, add_section_flags, overrides_from_args
+from bridge.errors import BridgeError, ConfigError
+
+#: The settings sections whose flags ``serve`` takes: the broker, the topics it reads and
+#: writes, and the API's own.
+SERVE_SECTIONS = (
+    Section.KAFKA,
+    Section.EMBEDDED,
+    Section.EVENTS,
+    Section.SUBSCRIPTIONS,
+    Section.SECRETS,
+    Section.DEAD_LETTERS,
+    Section.TOPICS,
+    Section.ACTIVITY,
+)
 
 #: What ``--help`` says (the module's docstring is for readers of the code).
 HELP = (
@@ -72,10 +85,10 @@ async def _serve(args: argparse.Namespace) -> None:
     from bridge.worker.logs import logging_config
     from bridge.worker.web import app_runner
 
-    tokens = TokenSet.from_file(args.tokens)
-    settings = Settings.load(
-        env=os.environ, overrides={"kafka_bootstrap_servers": args.bootstrap_servers}
-    )
+    settings = Settings.load(env=os.environ, overrides=overrides_from_args(args, args.settings))
+    if settings.api_tokens is None:
+        raise ConfigError("serve needs the token file: --tokens (or BRIDGE_API_TOKENS)")
+    tokens = TokenSet.from_file(settings.api_tokens)
     logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
     if settings.embedded:
         # As `./dev run`'s worker does (until 2026-12-06 this refused the loopback endpoints
@@ -126,10 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     token = commands.add_parser("token", help="a new token; prints its token-file entry")
     token_flags(token)
     serve = commands.add_parser("serve", help="serve /v1 over the subscriptions topic")
-    serve.add_argument("--tokens", required=True, help="the token file (YAML or JSON)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8081)
-    serve.add_argument("--bootstrap-servers", help="Kafka (default: BRIDGE_* or embedded)")
+    # The settings' own flags (--bootstrap-servers, --api-tokens ...), read as every other
+    # command reads them (until 2026-12-07 serve had flags of its own: its --bootstrap-servers
+    # took user:password@, which the clients then printed, and BRIDGE_API_TOKENS was not read).
+    names = add_section_flags(serve, SERVE_SECTIONS)
+    serve.add_argument(
+        "--tokens", dest="api_tokens", help="the token file (YAML or JSON): --api-tokens"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="the address /v1 is served on")
+    serve.add_argument("--port", type=int, default=8081, help="the port /v1 is served on")
+    serve.set_defaults(settings=names)
     args = parser.parse_args(argv)
     if args.command == "token":
         return _token(args)

@@ -78,9 +78,12 @@ class Webhook:
         return self._shown_name(without_userinfo)
 
     def _shown_name(self, redact: Callable[[str], str]) -> str:
-        # A name that is the URL (the default) is shown as the URL is; any other without
-        # user information.
-        return redact(self.name) if self.name == self.url else without_userinfo(self.name)
+        # A name that is a URL (the default: the URL, or its first 500 characters; or the URL
+        # before a change of it) is shown as the URL is; any other without user information.
+        # (Until 2026-12-07 only a name equal to the URL was: a long URL's name, or the old
+        # URL's, showed its query token in reprs.)
+        url_like = self.name == self.url or self.name.startswith(("http://", "https://"))
+        return redact(self.name) if url_like else without_userinfo(self.name)
 
     def signing_secrets(self, now: datetime) -> list[str]:
         """The secrets to sign with: the current one, and the previous one during an overlap."""

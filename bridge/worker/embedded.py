@@ -148,14 +148,17 @@ class EmbeddedBroker:
         if _port_open(self.host, self.port):
             raise ConfigError(port_in_use_message(self.port))
         url = f"tcp://{self.host}:{self.port}"
+        # Configured by its flags alone: the broker reads variables of its own (STORAGE_ENGINE,
+        # CLUSTER_ID ...), and one set for something else made the in-memory broker fail to
+        # start, or keep its data elsewhere (until 2026-12-07 it got this process's environment).
         command = [broker_binary(), "broker", "--listener-url", url]
         command += ["--advertised-listener-url", f"tcp://{self.host}:{self.advertised_port}"]
         if self._log_path:
             with open(self._log_path, "ab") as log:
-                self._process = spawn_bound_to_parent(command, stdout=log, stderr=log)
+                self._process = spawn_bound_to_parent(command, stdout=log, stderr=log, env={})
         else:
             self._process = spawn_bound_to_parent(
-                command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={}
             )
         deadline = time.monotonic() + timeout
         while not _port_open(self.host, self.port):

@@ -11,6 +11,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -378,3 +379,20 @@ async def test_webhook_changes_through_a_broken_link_are_answered_truly(
                 )
     print(f"faults: {injected}; answers {sorted(set(statuses))}; {relay.cut_count} cut")
     assert relay.cut_count > 0
+
+
+def test_the_embedded_broker_reads_no_variable_of_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker binary reads STORAGE_ENGINE (and more): one set for something else made the
+    in-memory broker fail to start, or a valid one keep its data elsewhere, until 2026-12-07.
+    It is started with no environment."""
+    monkeypatch.setenv("STORAGE_ENGINE", "bogus://nowhere")
+    broker = EmbeddedBroker(free_port(), log_path=str(tmp_path / "tansu.log"))
+    broker.start()
+    try:
+        assert broker.pid is not None
+        with open(f"/proc/{broker.pid}/environ", "rb") as environ:
+            assert environ.read() == b""
+    finally:
+        broker.stop()

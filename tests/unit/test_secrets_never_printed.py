@@ -174,6 +174,9 @@ def test_a_mistyped_flag_is_named_without_its_value(capsys) -> None:
         ("http://u@h/x", "http://***@h/x"),
         ("ops:pw@kafka:9092,kafka2:9092", "***@kafka:9092,kafka2:9092"),
         ("https://example.com/a@b", "https://example.com/a@b"),
+        # A password holding an "@": hidden whole (its tail showed until 2026-12-07).
+        ("https://alice:pa@ssTAIL@example.com/hook", "https://***@example.com/hook"),
+        ("ops:p@wTAIL@kafka:9092", "***@kafka:9092"),
         ("kafka:9092", "kafka:9092"),
     ],
 )
@@ -244,3 +247,41 @@ def test_bootstrap_servers_with_credentials_are_refused_without_them() -> None:
         Settings.load({"BRIDGE_KAFKA_BOOTSTRAP_SERVERS": "ops:Bootstr4p-secret@kafka:9092"})
     assert "Bootstr4p-secret" not in str(refused.value)
     assert "kafka_sasl_username" in str(refused.value)
+
+
+def test_a_name_that_is_a_url_shows_no_query_token_whatever_the_url() -> None:
+    """The default name of a URL past 500 characters is its first 500, and a URL changed
+    since leaves the name the old URL: each showed its query token in reprs until
+    2026-12-07."""
+    long_url = "https://example.com/hook?token=QueryTok3n-secret&pad=" + "x" * 600
+    shown = repr(foreign_webhook(long_url, name=long_url[:500]))
+    assert "QueryTok3n-secret" not in shown, shown
+    stale = foreign_webhook(
+        "https://example.com/new?token=New-secret",
+        name="https://example.com/hook?token=Old-secret",
+    )
+    assert "Old-secret" not in repr(stale) and "New-secret" not in repr(stale)
+
+
+def test_the_settings_repr_hides_url_query_tokens() -> None:
+    settings = Settings.load(
+        env={
+            "BRIDGE_API_URL": "http://127.0.0.1:8080/?token=ApiUrlTok3n-secret",
+            "BRIDGE_ADVERTISED_URL": "http://10.0.0.1:6066/?access_token=Adv-secret",
+        }
+    )
+    for shown in (repr(settings), repr(settings.redacted())):
+        assert "ApiUrlTok3n-secret" not in shown and "Adv-secret" not in shown, shown
+
+
+def test_the_api_servers_bootstrap_servers_take_no_credentials(capsys) -> None:
+    """``python -m bridge.api serve --bootstrap-servers user:password@...`` was passed on as
+    given, and the Kafka clients printed it in their errors (until 2026-12-07): the flag is
+    the setting's now, refused as BRIDGE_KAFKA_BOOTSTRAP_SERVERS is."""
+    from bridge.api.__main__ import main as api_main
+
+    with pytest.raises(SystemExit):
+        api_main(["serve", "--tokens", "t.json", "--bootstrap-servers", "ops:Serve-secret@h:1"])
+    captured = capsys.readouterr()
+    assert "--bootstrap-servers" in captured.err
+    assert "Serve-secret" not in captured.out + captured.err, captured.err

@@ -66,6 +66,15 @@ _original_create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create
 
 def _create_worker_consumer(self: Any, transport: Any) -> Any:
     consumer = _original_create_worker_consumer(self, transport)
+    if not isinstance(getattr(consumer, "_fetch_max_wait_ms", None), int):
+        # aiokafka's own, read when the consumer starts: renamed, the wait set here would go
+        # to an attribute nothing reads, the fetches waiting 1.5 s unseen.
+        from bridge.worker.faust_patches.registry import PatchMismatch
+
+        raise PatchMismatch(
+            "faust patch fetch_max_wait: aiokafka's consumer has no _fetch_max_wait_ms; "
+            "check the patch against the installed aiokafka"
+        )
     consumer._fetch_max_wait_ms = _fetch_max_wait_ms  # read when the consumer starts
     return consumer
 

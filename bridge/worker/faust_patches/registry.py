@@ -326,9 +326,19 @@ def install() -> None:
         current = getattr(patch.owner, patch.attribute)
         if patch.replacement is not None and current is patch.replacement:
             continue
+        where = getattr(patch.owner, "__qualname__", getattr(patch.owner, "__name__", "?"))
+        wrapper = getattr(current, "fun", current)
+        if hasattr(wrapper, "__wrapped__"):
+            # inspect.getsource reads the wrapped function's source: a wrapper (another
+            # library's instrumentation) had the original's fingerprint, whatever it did, and
+            # was replaced or run beneath unseen (until 2026-12-07).
+            raise PatchMismatch(
+                f"faust patch {patch.name}: {where}.{patch.attribute} is wrapped by "
+                f"{getattr(wrapper, '__module__', '?')}, not the code the patch was written "
+                f"against; upstream behaviour it changes: {patch.upstream}"
+            )
         found = fingerprint(current)
         if found != patch.fingerprint:
-            where = getattr(patch.owner, "__qualname__", getattr(patch.owner, "__name__", "?"))
             raise PatchMismatch(
                 f"faust patch {patch.name}: {where}.{patch.attribute} is not the code the "
                 f"patch was written against (fingerprint {found}, expected "

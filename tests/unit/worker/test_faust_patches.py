@@ -980,6 +980,47 @@ def test_a_changed_original_refuses_to_start_naming_the_patch(
             assert getattr(other.owner, other.attribute) is faust_patches.ORIGINALS[other.name]
 
 
+@pytest.mark.parametrize(
+    "name", [p.name for p in faust_patches.PATCHES if not p.attribute == "asyncio"]
+)
+def test_an_original_wrapped_by_another_library_refuses_to_start(
+    name: str, pristine: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``functools.wraps`` makes ``inspect.getsource`` read the wrapped function: a wrapper
+    had the original's fingerprint whatever it did (until 2026-12-07)."""
+    import functools
+
+    patch = next(p for p in faust_patches.PATCHES if p.name == name)
+    original = getattr(patch.owner, patch.attribute)
+    target = getattr(original, "fun", original)
+
+    @functools.wraps(target)
+    def instrumented(*args: Any, **kwargs: Any) -> Any:
+        return target(*args, **kwargs)
+
+    assert faust_patches.fingerprint(instrumented) == patch.fingerprint  # what it fooled
+    monkeypatch.setattr(patch.owner, patch.attribute, instrumented)
+    with pytest.raises(
+        faust_patches.PatchMismatch, match=f"faust patch {re.escape(name)}: .* wrapped"
+    ):
+        faust_patches.install()
+
+
+def test_a_consumer_without_the_fetch_wait_it_sets_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fetch-wait patch sets aiokafka's own attribute: one renamed by an aiokafka release
+    took the wait unseen, the fetches waiting 1.5 s (until 2026-12-07)."""
+    from bridge.worker.faust_patches import fetching
+
+    class Renamed:
+        _fetch_max_wait = 1500
+
+    monkeypatch.setattr(fetching, "_original_create_worker_consumer", lambda self, t: Renamed())
+    with pytest.raises(faust_patches.PatchMismatch, match="fetch_max_wait"):
+        fetching._create_worker_consumer(object(), object())
+
+
 def test_another_faust_release_refuses_to_start(
     pristine: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
