@@ -6,19 +6,28 @@ import re
 
 __all__ = ["for_logs", "without_userinfo"]
 
-#: ``scheme://user:pass@`` anywhere, and a bare ``user:pass@host`` at the start of a list item.
-# To the last "@" before the path: the user information ends there for URL parsers (httpx,
-# urllib), so a password holding an "@" is hidden whole (until 2026-12-07 its tail showed).
-_USERINFO = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^\s/?#]*@|(?P<start>^|[\s,])[^\s,/?#@:]+:[^\s,/?#]*@"
-)
+#: A URL's scheme and authority (to its path, query or fragment, or the end of the URL in
+#: text: a space, a quote, an angle bracket).
+_AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<authority>[^\s/?#\"'<>]*)")
+#: A bare ``user:pass@host`` at the start of a list item (bootstrap servers): to the last "@"
+#: before the next item, so that a user or a password holding an "@" is hidden whole.
+_BARE = re.compile(r"(?P<start>^|[\s,])[^\s,/?#:\"']+:[^\s,/?#\"']*@")
 
 
 def without_userinfo(text: str) -> str:
     """``text`` with the user information of every URL in it (``user:password@``) replaced by
     ``***@``: a webhook URL written by another producer, an ``api_url`` or bootstrap server
-    given with credentials."""
-    return _USERINFO.sub(lambda m: (m.group("scheme") or m.group("start") or "") + "***@", text)
+    given with credentials. A URL's user information ends at the last "@" of its authority,
+    as URL parsers (httpx, urllib) read it: a password holding an "@" is hidden whole (until
+    2026-12-07 its tail showed)."""
+    return _BARE.sub(lambda m: m.group("start") + "***@", _AUTHORITY.sub(_hidden, text))
+
+
+def _hidden(match: re.Match[str]) -> str:
+    authority = match.group("authority")
+    if "@" not in authority:
+        return match.group(0)
+    return f"{match.group('scheme')}***@{authority.rpartition('@')[2]}"
 
 
 def for_logs(url: str) -> str:

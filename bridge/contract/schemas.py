@@ -145,7 +145,12 @@ def _messages(path: str, instance: Any) -> list[str]:
         return []
     if compiled_error.rule == "depth":
         return ["$: nested too deeply"]
-    found = itertools.islice(_validator(path).iter_errors(instance), MAX_ERRORS_READ)
+    try:
+        found = list(itertools.islice(_validator(path).iter_errors(instance), MAX_ERRORS_READ))
+    except RecursionError:
+        # The compiled check stopped at a shallow error first; this one went on into depths
+        # past the recursion's (a RecursionError out of parse_webhook until 2026-12-07).
+        return ["$: nested too deeply"]
     errors = sorted(found, key=lambda e: list(e.absolute_path))
     if not errors:
         # The compiled validator is the authority. jsonschema matches ``pattern`` with Python's

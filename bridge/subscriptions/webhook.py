@@ -82,7 +82,9 @@ class Webhook:
         # before a change of it) is shown as the URL is; any other without user information.
         # (Until 2026-12-07 only a name equal to the URL was: a long URL's name, or the old
         # URL's, showed its query token in reprs.)
-        url_like = self.name == self.url or self.name.startswith(("http://", "https://"))
+        url_like = self.name == self.url or self.name[:8].lower().startswith(
+            ("http://", "https://")
+        )
         return redact(self.name) if url_like else without_userinfo(self.name)
 
     def signing_secrets(self, now: datetime) -> list[str]:

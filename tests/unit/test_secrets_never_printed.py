@@ -177,6 +177,15 @@ def test_a_mistyped_flag_is_named_without_its_value(capsys) -> None:
         # A password holding an "@": hidden whole (its tail showed until 2026-12-07).
         ("https://alice:pa@ssTAIL@example.com/hook", "https://***@example.com/hook"),
         ("ops:p@wTAIL@kafka:9092", "***@kafka:9092"),
+        ("ops@corp:pwTAIL@kafka:9092", "***@kafka:9092"),
+        # Nothing past the URL: another field's address, a query's "@", a mail address.
+        (
+            '{"url":"https://u:pw@h.example","owner":"ops@corp.example"}',
+            '{"url":"https://***@h.example","owner":"ops@corp.example"}',
+        ),
+        ("https://h/p?x=a@b", "https://h/p?x=a@b"),
+        ("see https://a.example/x and me@b.example", "see https://a.example/x and me@b.example"),
+        ("https://u:pw@[::1]:8080/x", "https://***@[::1]:8080/x"),
         ("kafka:9092", "kafka:9092"),
     ],
 )
@@ -258,7 +267,7 @@ def test_a_name_that_is_a_url_shows_no_query_token_whatever_the_url() -> None:
     assert "QueryTok3n-secret" not in shown, shown
     stale = foreign_webhook(
         "https://example.com/new?token=New-secret",
-        name="https://example.com/hook?token=Old-secret",
+        name="HTTPS://example.com/hook?token=Old-secret",  # a scheme is read in any case
     )
     assert "Old-secret" not in repr(stale) and "New-secret" not in repr(stale)
 

@@ -566,3 +566,18 @@ def test_a_previous_secret_no_one_can_sign_with_ends_the_overlap() -> None:
     good = {**changes, "previous_secret": "whsec_" + "B" * 32}
     kept = parse_webhook(KEY, encode(record(**good)))
     assert kept is not None and kept.previous_secret == "whsec_" + "B" * 32
+
+
+def test_nesting_past_the_recursion_behind_a_shallow_error_is_schema_invalid() -> None:
+    """The compiled check stops at a shallow error (no name); the pass that words the errors
+    went on into the nesting and raised RecursionError (until 2026-12-07)."""
+    # The depths where the parser reads it and the wording pass does not depend on the
+    # stack's depth at the call: every depth around them.
+    for depth in range(700, 1000, 3):
+        nested = "[" * depth + "]" * depth
+        raw = (
+            '{"id":"webhook_abc","url":"https://h.example/","secret":"s","active":true,'
+            f'"site_id":"s1","events":[{nested},{nested}]}}'
+        ).encode()
+        with pytest.raises(InvalidRecord):  # schema_invalid, or the parser's malformed_json
+            parse_webhook(KEY, raw)
