@@ -1,6 +1,7 @@
 """What the delivery path remembers per key that others choose (URLs, endpoints, webhook
 ids), bounded: functions of a string remembered within a budget of characters as well as of
-entries (:func:`remembered`), and sweeping a map of per-key state as it grows (:class:`Sweeps`).
+entries (:func:`remembered`), sweeping a map of per-key state as it grows (:class:`Sweeps`), and
+keeping a map's newest entries (:func:`put_newest`).
 
 The delivery path parses each attempt's URL several times over (its endpoint, its SSRF
 verdict, its request target), and remembers each answer per URL. ``functools.lru_cache``
@@ -15,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, MutableMapping
 from typing import Generic, TypeVar
 
-__all__ = ["MAX_CHARS", "MAX_ENTRIES", "Remembered", "remembered", "Sweeps"]
+__all__ = ["MAX_CHARS", "MAX_ENTRIES", "Remembered", "remembered", "Sweeps", "put_newest"]
 
 _R = TypeVar("_R")
 _K = TypeVar("_K")
@@ -116,3 +117,13 @@ class Sweeps:
             del mapping[key]
         self._at = max(self._floor, 2 * len(mapping))
         return removed
+
+
+def put_newest(entries: dict[_K, _V], key: _K, value: _V, limit: int) -> None:
+    """Put ``key`` in ``entries`` as its newest entry (moved last if it was there), and forget
+    the oldest once there are more than ``limit``: what a map of the last ``limit`` keys seen
+    keeps."""
+    entries.pop(key, None)
+    entries[key] = value
+    if len(entries) > limit:
+        del entries[next(iter(entries))]

@@ -41,6 +41,7 @@ from bridge.api.repository import WebhookFilter, WebhookRepository, webhook_vers
 from bridge.contract.events import Event, format_timestamp, parse_time
 from bridge.contract.schemas import MAX_ERRORS_READ
 from bridge.errors import BridgeError, InvalidSubscription, InvalidUrl
+from bridge.memo import put_newest
 from bridge.redaction import without_userinfo
 from bridge.subscriptions.changes import (
     created_record,
@@ -577,10 +578,7 @@ class WebhookService:
                 at = max(at, parse_time(current.updated_at or ""))
             except ValueError:
                 pass
-            self._deleted.pop(webhook_id, None)
-            self._deleted[webhook_id] = at
-            if len(self._deleted) > MAX_DELETES_KEPT:
-                del self._deleted[next(iter(self._deleted))]
+            put_newest(self._deleted, webhook_id, at, MAX_DELETES_KEPT)
 
     def _creation_time(self, webhook_id: str) -> datetime:
         """Now, or a millisecond after this process deleted ``webhook_id`` if that was no

@@ -17,6 +17,7 @@ from bridge import cursors
 from bridge.attempts.keys import MAX_ATTEMPT_NUMBER
 from bridge.attempts.record import OUTCOMES, TRIGGERS, Attempt
 from bridge.contract.schemas import EVENT_TYPES
+from bridge.memo import put_newest
 
 __all__ = [
     "COUNTED_REMEMBERED",
@@ -200,11 +201,8 @@ class WebhookLog:
             # Older than everything kept in a full log: not kept, but new (a timeout is
             # stamped when it began and recorded 30 s later, after a busy webhook's newer
             # attempts): the caller counts it, once.
-            counted = self._counted
-            if position not in counted:
-                counted[position] = None
-                if len(counted) > COUNTED_REMEMBERED:
-                    del counted[next(iter(counted))]
+            if position not in self._counted:
+                put_newest(self._counted, position, None, COUNTED_REMEMBERED)
                 self.older_than_kept = True
             return False
         if not positions or position > positions[-1]:

@@ -50,6 +50,7 @@ from bridge.attempts.log import LogQuery, Page, decode_cursor, fill_page
 from bridge.attempts.record import Attempt
 from bridge.attempts.stats import WebhookStats
 from bridge.errors import InvalidRecord
+from bridge.memo import put_newest
 
 __all__ = ["Checkpoint", "DiskWebhookLog", "PartitionLog", "RocksOptions"]
 
@@ -234,9 +235,7 @@ class PartitionLog:
                     # Remembered (a bounded number), so that a copy of it, or its record read
                     # again after a failed write sent the reader back to the checkpoint, is not
                     # counted again.
-                    self._counted[attempt_key(attempt)] = None
-                    if len(self._counted) > self.COUNTED_REMEMBERED:
-                        del self._counted[next(iter(self._counted))]
+                    put_newest(self._counted, attempt_key(attempt), None, self.COUNTED_REMEMBERED)
             return False
         key = attempt_key(attempt)
         prefix = encode_text(attempt.webhook_id)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from bridge.contract.events import parse_time
+from bridge.memo import put_newest
 from bridge.subscriptions.webhook import Webhook
 
 __all__ = ["MAX_WRITES_KEPT", "WRITE_SEEN_TIMEOUT", "KeyedLocks", "NotWritable"]
@@ -117,11 +118,8 @@ class KeyedLocks:
         self._remember(key, None, at)
 
     def _remember(self, key: str, version: str | None, at: str) -> None:
-        self._written.pop(key, None)
         until = asyncio.get_running_loop().time() + self._seen_within
-        self._written[key] = (version, at, until)
-        if len(self._written) > MAX_WRITES_KEPT:
-            del self._written[next(iter(self._written))]
+        put_newest(self._written, key, (version, at, until), MAX_WRITES_KEPT)
 
     async def read_as_written(
         self,

@@ -11,7 +11,7 @@ from bridge.delivery.breaker import endpoint_of
 from bridge.http import http1_sender
 from bridge.http.http1_sender import Http1Sender
 from bridge.http.ssrf import AddressPolicy
-from bridge.memo import Remembered, Sweeps
+from bridge.memo import Remembered, Sweeps, put_newest
 from bridge.subscriptions import urls
 
 ENTRY = memo._ENTRY_CHARS
@@ -90,3 +90,11 @@ def test_sweeps_remove_the_stale_entries_only_when_due() -> None:
     # Next due at twice what was left, or the floor: 4 entries here.
     mapping.update({4: 1, 5: 1})
     assert sweeps.make_room(mapping, lambda _, odd: odd == 1) == [4, 5]
+
+
+def test_put_newest_keeps_the_last_keys_put() -> None:
+    entries: dict[str, int] = {}
+    for n, key in enumerate(["a", "b", "c", "a", "d"]):
+        put_newest(entries, key, n, 3)
+    # "a" put again is newest; "b", the oldest, went when "d" came.
+    assert list(entries.items()) == [("c", 2), ("a", 3), ("d", 4)]
