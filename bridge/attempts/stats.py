@@ -176,25 +176,30 @@ class WebhookStats:
 
     def takes_as_last(self, attempt: Attempt) -> bool:
         """Whether :meth:`add` of ``attempt`` makes it the last success or failure."""
+        if attempt.outcome not in ("success", "failure"):
+            return False
+        created = attempt.webhook_created_at
+        counted = self.webhook_created_at
+        if created is not None and counted is not None and created != counted:
+            return _seconds(created) >= _seconds(counted)  # a newer webhook's: all anew
+        return self._newer_than_last(attempt)
+
+    def _newer_than_last(self, attempt: Attempt) -> bool:
+        """Whether ``attempt`` is a success (failure) newer than the last one known."""
         if attempt.outcome == "success":
             last = self.last_success
         elif attempt.outcome == "failure":
             last = self.last_failure
         else:
             return False
-        created = attempt.webhook_created_at
-        counted = self.webhook_created_at
-        if created is not None and counted is not None and created != counted:
-            return _seconds(created) >= _seconds(counted)  # a newer webhook's: all anew
         return last is None or attempt.at_seconds > last.at_seconds
 
     def _take_last(self, attempt: Attempt) -> None:
         """``attempt`` as the last success or failure, if it is newer than the one known."""
-        if attempt.outcome == "success":
-            if self.last_success is None or attempt.at_seconds > self.last_success.at_seconds:
+        if self._newer_than_last(attempt):
+            if attempt.outcome == "success":
                 self.last_success = attempt
-        elif attempt.outcome == "failure":
-            if self.last_failure is None or attempt.at_seconds > self.last_failure.at_seconds:
+            else:
                 self.last_failure = attempt
 
     def remember(self, attempt: Attempt) -> None:
