@@ -552,10 +552,11 @@ class _Matching:
     def now(self) -> SubscriptionIndex:
         if self._current is not None:
             webhook = self._current(self._first.id)
-            if webhook is None or not webhook.is_incarnation(self._first.created_at):
+            if webhook is None:
                 raise WebhookGone("webhook_deleted")
-            if not webhook.active:
-                raise WebhookGone("webhook_inactive")
+            gone = webhook.gone_for(self._first.created_at)
+            if gone is not None:
+                raise WebhookGone(gone)
             if webhook is not self.webhook:
                 self.webhook = webhook
                 self._index = SubscriptionIndex([webhook])

@@ -137,12 +137,20 @@ class Webhook:
         :meth:`is_incarnation`), ``webhook_inactive``, ``not_receiving`` (:meth:`receives`);
         ``None`` when it is. The rule a retry is held to when it falls due, and a dead-letter
         replay before it writes one."""
+        gone = self.gone_for(created_at)
+        if gone is None and not self.receives(event):
+            return "not_receiving"
+        return gone
+
+    def gone_for(self, created_at: str | None) -> str | None:
+        """Why nothing made for the webhook created at ``created_at`` is sent to this one now,
+        whatever the event: ``webhook_deleted`` (another webhook of its id), or
+        ``webhook_inactive``; ``None`` when it is still that webhook, and active (what a
+        recovery checks as it runs)."""
         if not self.is_incarnation(created_at):
             return "webhook_deleted"
         if not self.active:
             return "webhook_inactive"
-        if not self.receives(event):
-            return "not_receiving"
         return None
 
     @property
