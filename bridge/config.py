@@ -118,18 +118,15 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     :func:`bridge.contract.events.parse_time` reads times (until 2026-12-06 ``1000000d`` and
     ``0001-01-01T00:00:00+01:00`` were taken, and failed later with a traceback)."""
     refused = f"not a time: {text!r} (ISO-8601, or a duration ago like 2h)"
-    try:
-        ago = parse_duration(text)
-    except ValueError:
-        pass
-    else:
-        if not text.strip().rstrip("0123456789.").strip():
+    duration = _DURATION.match(text)
+    if duration is not None:
+        if duration.group(2) is None:
             # A bare number: no unit says it is a duration (until 2026-12-07 it was taken
             # for seconds ago, and an ISO basic date, 20260101, or a Unix time with it),
             # and no calendar reads it as a time but a basic date (YYYYMMDD), read below.
             return _basic_date(text, refused)
         try:
-            return (now or datetime.now(UTC)) - timedelta(seconds=ago)
+            return (now or datetime.now(UTC)) - timedelta(seconds=parse_duration(text))
         except OverflowError:
             raise ValueError(f"{refused}: too long ago") from None
     try:
