@@ -495,6 +495,14 @@ Container securityContext shared by every container of the chart.
 {{- end }}
 
 {{/*
+The URL a pod that routes delivery-log reads advertises: its pod IP (from the POD_IP variable,
+set first in its env) on the web port.
+*/}}
+{{- define "webhook-bridge.podUrl" -}}
+{{- printf "http://%s:%s" (ternary "[$(POD_IP)]" "$(POD_IP)" .Values.api.podIPv6) (include "webhook-bridge.webPort" .) }}
+{{- end }}
+
+{{/*
 Whether the workers themselves hold the delivery log and serve /v1 (config.deliveryLog without
 api.enabled) with no advertised URL given: each then advertises its pod IP, where the others
 route reads of its partitions (until 2026-12-07 every pod advertised http://0.0.0.0:PORT and
