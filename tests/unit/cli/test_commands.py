@@ -418,18 +418,13 @@ def test_recover_of_one_delivery_through_the_api_names_its_webhook(
     window and rate do not apply there, and the command says so."""
     import httpx
 
-    from bridge.cli.api_client import ApiClient
-
     sent: list[httpx.Request] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
         sent.append(request)
         return httpx.Response(202, json={"id": "r1", "state": "done", "enqueued": 1})
 
-    transport = httpx.MockTransport(answer)
-    monkeypatch.setattr(
-        cli, "_api", lambda args: ApiClient("http://api.test", "t", transport=transport)
-    )
+    api_answering(monkeypatch, answer)
     assert cli.main(["webhooks", "recover", "wh", "--since", "2h", "--delivery", "d/1"]) == 0
     (request,) = sent
     assert request.method == "POST"
