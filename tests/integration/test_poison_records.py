@@ -4,8 +4,9 @@ on and commits past it, and the worker's event loop is never held.
 
 - an events-topic record with a huge key (its dead letter names the key by size and SHA-256,
   and is written under that SHA-256: the key twice, JSON-escaped, passed the request size);
-- a retry-tier record whose attempts cannot be written again (nested deeper than JSON allows
-  here, an integer beyond 2^53): refused as ``invalid_retry_record`` before any attempt;
+- a retry-tier record whose attempts or attempt number cannot be written again (nested deeper
+  than JSON allows here, an integer beyond 2^53): refused as ``invalid_retry_record`` before
+  any attempt;
 - a subscription record with thousands of objects as event types (jsonschema's ``uniqueItems``
   compared every pair: ~30 s of the loop for 6,000)."""
 
@@ -151,6 +152,7 @@ def retry_record(attempts_json: str, attempt: int) -> bytes:
 HISTORIES = {
     "deep-300": '[{"x": ' + "[" * 300 + "]" * 300 + "}]",
     "unsafe-int": '[{"status": 9007199254740993}]',
+    "none": "[]",
 }
 
 
@@ -158,8 +160,10 @@ HISTORIES = {
 # parse_retry go through every shape).
 @pytest.mark.parametrize(
     ("history", "attempt"),
-    [("deep-300", 1), ("unsafe-int", 3)],
-    ids=["deep-retried-again", "unsafe-int-last-attempt"],
+    # An attempt number no JSON reader keeps: read, then its record failed to encode (the
+    # bridge's own error, until 2026-12-07).
+    [("deep-300", 1), ("unsafe-int", 3), ("none", 2**53 + 1)],
+    ids=["deep-retried-again", "unsafe-int-last-attempt", "unsafe-attempt-number"],
 )
 async def test_a_retry_record_whose_history_cannot_be_written_again_is_dead_lettered(
     settings: Settings, receiver: Receiver, in_process_workers, history: str, attempt: int
