@@ -1132,12 +1132,19 @@ def add_setting_flags(parser: Any, names: Sequence[str]) -> None:
             )
 
 
-def add_section_flags(parser: Any, sections: Iterable[Section]) -> list[str]:
-    """Add the flags of every setting in ``sections`` to an ``argparse`` parser, one argument
-    group per section; returns the names of those settings (for :func:`overrides_from_args`)."""
+def add_section_flags(
+    parser: Any, sections: Iterable[Section], *, without: Iterable[str] = ()
+) -> list[str]:
+    """Add the flags of every setting in ``sections`` but those named in ``without`` to an
+    ``argparse`` parser, one argument group per section; returns the names of those settings
+    (for :func:`overrides_from_args`)."""
+    left_out = set(without)
+    unknown = left_out - set(Settings.specs())
+    if unknown:
+        raise ValueError(f"no such setting: {', '.join(sorted(unknown))}")
     names: list[str] = []
     for section in dict.fromkeys(sections):
-        members = settings_of([section])
+        members = [name for name in settings_of([section]) if name not in left_out]
         add_setting_flags(parser.add_argument_group(f"{section.value} settings"), members)
         names.extend(members)
     return names

@@ -17,6 +17,7 @@ import json
 import logging.config
 import os
 import sys
+from collections.abc import Mapping
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -49,6 +50,19 @@ SERVE_SECTIONS = (
     Section.ACTIVITY,
 )
 
+#: The settings of those sections that only a worker reads, whose flags ``serve`` does not
+#: take (until 2026-12-07 it took them and ignored them): it keeps no delivery log of its own
+#: and is routed to by no one, delivers nothing (its role is ``api``), tombstones no ended
+#: recovery (their owners do) and creates no topic.
+SERVE_IGNORES = (
+    "delivery_log",
+    "delivery_log_store",
+    "advertised_url",
+    "role",
+    "recovery_retention",
+    "topic_replication_factor",
+)
+
 #: What ``--help`` says (the module's docstring is for readers of the code).
 HELP = (
     "Make a token for /v1 (token: prints its token-file entry; the token itself once), or "
@@ -78,6 +92,21 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
+    """The settings ``serve`` runs with: its flags over ``env``, in the role ``api`` (its loop
+    shares nothing with deliveries; ``BRIDGE_ROLE`` is a worker's), on the embedded broker when
+    none is configured."""
+    settings = Settings.load(env=env, overrides=overrides_from_args(args, args.settings))
+    if settings.api_tokens is None:
+        raise ConfigError("serve needs the token file: --tokens (or BRIDGE_API_TOKENS)")
+    settings = settings.replace(role="api")
+    if settings.embedded:
+        # As `./dev run`'s worker does (until 2026-12-06 this refused the loopback endpoints
+        # the worker delivers to).
+        settings = settings.on_embedded_broker(f"127.0.0.1:{settings.embedded_port}")
+    return settings
+
+
 async def _serve(args: argparse.Namespace) -> None:
     from bridge.admin.publish import send_test_event
     from bridge.kafka.clients import endpoint_check
@@ -85,15 +114,10 @@ async def _serve(args: argparse.Namespace) -> None:
     from bridge.worker.logs import logging_config
     from bridge.worker.web import app_runner
 
-    settings = Settings.load(env=os.environ, overrides=overrides_from_args(args, args.settings))
-    if settings.api_tokens is None:
-        raise ConfigError("serve needs the token file: --tokens (or BRIDGE_API_TOKENS)")
+    settings = serve_settings(args, os.environ)
+    assert settings.api_tokens is not None
     tokens = TokenSet.from_file(settings.api_tokens)
     logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
-    if settings.embedded:
-        # As `./dev run`'s worker does (until 2026-12-06 this refused the loopback endpoints
-        # the worker delivers to).
-        settings = settings.on_embedded_broker(f"127.0.0.1:{settings.embedded_port}")
     async with WebhookStore(settings) as store:
         repository = StoreRepository(store)
         service = WebhookService(
@@ -131,25 +155,30 @@ async def _serve(args: argparse.Namespace) -> None:
             await runner.cleanup()
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """``python -m bridge.api``'s flags."""
     from bridge.cli.commands import SilentParser, token_flags  # (errors name no flag's value)
 
-    parser = SilentParser(prog="python -m bridge.api", description=HELP)
-    commands = parser.add_subparsers(dest="command", required=True)
+    top = SilentParser(prog="python -m bridge.api", description=HELP)
+    commands = top.add_subparsers(dest="command", required=True)
     token = commands.add_parser("token", help="a new token; prints its token-file entry")
     token_flags(token)
     serve = commands.add_parser("serve", help="serve /v1 over the subscriptions topic")
     # The settings' own flags (--bootstrap-servers, --api-tokens ...), read as every other
     # command reads them (until 2026-12-07 serve had flags of its own: its --bootstrap-servers
     # took user:password@, which the clients then printed, and BRIDGE_API_TOKENS was not read).
-    names = add_section_flags(serve, SERVE_SECTIONS)
+    names = add_section_flags(serve, SERVE_SECTIONS, without=SERVE_IGNORES)
     serve.add_argument(
         "--tokens", dest="api_tokens", help="the token file (YAML or JSON): --api-tokens"
     )
     serve.add_argument("--host", default="127.0.0.1", help="the address /v1 is served on")
     serve.add_argument("--port", type=int, default=8081, help="the port /v1 is served on")
     serve.set_defaults(settings=names)
-    args = parser.parse_args(argv)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     if args.command == "token":
         return _token(args)
     try:
