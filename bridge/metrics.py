@@ -21,6 +21,7 @@ from prometheus_client import (
 from prometheus_client import values as prometheus_values
 from prometheus_client.values import MutexValue
 
+from bridge.contract.schemas import EVENT_TYPES
 from bridge.errors import ConfigError
 from bridge.subscriptions.webhook import RECORD_PROBLEMS
 
@@ -37,6 +38,7 @@ __all__ = [
     "INVALID_STATUS_REASONS",
     "OUTPUTS",
     "PRECREATED_DEAD_LETTER_REASONS",
+    "ATTEMPT_STATUS_CLASSES",
     "SKIP_REASONS",
     "RELIED_ON",
     "PrometheusClientMismatch",
@@ -123,6 +125,10 @@ OUTPUTS = ("attempt", "retry", "dead_letter", "status", "disable")
 #: series first seen at 1 shows no increase, so a worker's first internal error went unseen
 #: until 2026-12-06).
 PRECREATED_DEAD_LETTER_REASONS = ("internal_error", "attempts_exhausted")
+#: The ``status_class`` label values of ``webhook_bridge_delivery_attempts_total``
+#: (:func:`bridge.http.base.status_class`) a failed attempt can have; a successful one is
+#: ``2xx``.
+ATTEMPT_STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "other", "none")
 #: Seconds; an HTTP request is cut off at the 30 s timeout (a longer ``http_timeout`` adds
 #: itself as the last bound: :func:`request_buckets`).
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
@@ -264,6 +270,18 @@ class Metrics:
             self.skipped.labels(reason)
         for reason in PRECREATED_DEAD_LETTER_REASONS:
             self.dead_letters.labels(reason)
+        # So are the series WebhookBridgeNoDeliveries takes an increase of: a worker's first
+        # delivery of an event type (its series first seen at 1) counted as none, and the
+        # alert paged while deliveries succeeded (a quiet worker after a restart, until
+        # 2026-12-07).
+        for event_type in EVENT_TYPES:
+            self.events.labels(event_type)
+            for outcome in ("delivered", "dead_lettered"):
+                self.deliveries.labels(event_type, outcome)
+        self.events.labels("invalid")
+        self.attempts.labels("success", "2xx")
+        for status in ATTEMPT_STATUS_CLASSES:
+            self.attempts.labels("failure", status)
         self.retries = Counter(
             "webhook_bridge_retries_scheduled_total",
             "Deliveries put in a retry tier, by tier (1 = first retry).",

@@ -210,6 +210,29 @@ def test_the_series_alerts_take_an_increase_of_exist_from_the_start() -> None:
     assert {*_SKIPPED, "interrupted"} == set(SKIP_REASONS)
 
 
+def test_the_series_no_deliveries_takes_an_increase_of_exist_from_the_start() -> None:
+    """WebhookBridgeNoDeliveries pages on attempts without an increase of delivered ones: a
+    quiet worker's first delivery of an event type (its series first scraped at 1) counted as
+    none, and it paged while deliveries succeeded (until 2026-12-07)."""
+    from bridge.contract.schemas import EVENT_TYPES
+    from bridge.http.base import status_class
+
+    registry = CollectorRegistry()
+    Metrics(registry, "test")
+    sample = registry.get_sample_value
+    for event_type in EVENT_TYPES:
+        assert sample("webhook_bridge_events_total", {"event_type": event_type}) == 0.0
+        for outcome in ("delivered", "dead_lettered"):
+            labels = {"event_type": event_type, "outcome": outcome}
+            assert sample("webhook_bridge_deliveries_total", labels) == 0.0, labels
+    assert sample("webhook_bridge_events_total", {"event_type": "invalid"}) == 0.0
+    attempts = "webhook_bridge_delivery_attempts_total"
+    assert sample(attempts, {"outcome": "success", "status_class": "2xx"}) == 0.0
+    for status in [None, *range(1000)]:
+        labels = {"outcome": "failure", "status_class": status_class(status)}
+        assert sample(attempts, labels) == 0.0, labels
+
+
 def test_every_output_a_worker_writes_is_counted_from_the_start() -> None:
     import re
 
