@@ -59,7 +59,10 @@ __all__ = [
 DEFAULT_HTTP_TIMEOUT = 30.0
 #: The networks development mode allows endpoints in (:meth:`Settings.on_embedded_broker`).
 LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
-_DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+#: The public contract's receiver example parses bodies with ``express.json()`` at its default
+#: ``limit`` of 100 kB (102,400 bytes), and answers ``413`` past it: every delivery sent at the
+#: default verifies there (until 2026-12-07 the default was 1 MiB).
+_DEFAULT_MAX_BODY_BYTES = 100 * 1024
 #: The most of a response's body an attempt record may keep (``attempt_response_prefix_bytes``):
 #: enough to see a receiver's error message, small enough that a kept delivery log stays small.
 MAX_ATTEMPT_RESPONSE_PREFIX = 1024
@@ -475,7 +478,10 @@ class Settings:
         "BRIDGE_MAX_BODY_BYTES",
         "--max-body-bytes",
         _positive_int,
-        "Largest delivery body; bigger events are dead-lettered (payload_too_large).",
+        "Largest delivery body in bytes; bigger events are dead-lettered (payload_too_large). "
+        "The default, 102400, is the limit at which the public documentation's receiver "
+        "example (express.json()) reads a body: raise it only with receivers told to raise "
+        "theirs.",
     )
     attempt_response_prefix_bytes: int = Section.DELIVERY.setting(
         0,

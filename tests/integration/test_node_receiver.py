@@ -8,8 +8,10 @@ import pytest
 
 from bridge.admin.publish import publish_events
 from bridge.config import Settings
-from bridge.contract.events import build_event
+from bridge.contract.events import Event, build_event
+from bridge.contract.payload import EncodedEvent, build_body
 from bridge.subscriptions.store import WebhookStore
+from bridge.subscriptions.webhook import Webhook
 from bridge.worker.embedded import free_port
 from tests.support.receivers import NODE_DIR, NodeSpecReceiver
 
@@ -35,15 +37,31 @@ TRICKY = [
 ]
 
 
+def _largest(settings: Settings, webhook: Webhook) -> Event:
+    """A ``post.created`` event whose delivery body to ``webhook`` is ``max_body_bytes`` long."""
+    assert settings.max_body_bytes == 100 * 1024  # the default, express.json()'s limit
+
+    def event(title: str) -> Event:
+        return build_event(
+            "post.created", {"id": "big", "title": title}, site_id="s1", user_id="u1"
+        )
+
+    size = len(build_body(EncodedEvent.of(event("")), webhook))
+    largest = event("x" * (settings.max_body_bytes - size))
+    assert len(build_body(EncodedEvent.of(largest), webhook)) == settings.max_body_bytes
+    return largest
+
+
 async def test_spec_receiver_verifies_every_delivery(
     settings: Settings, in_process_workers
 ) -> None:
     secret = "whsec_" + "x" * 40
     node = await NodeSpecReceiver(secret, free_port()).start()
     wrong = await NodeSpecReceiver("not-the-secret", free_port()).start()
+    webhooks: dict[str, Webhook] = {}
     try:
         async with WebhookStore(settings) as store:
-            await store.create(
+            webhooks["node"] = await store.create(
                 url=node.url,
                 events=["*"],
                 site_id="s1",
@@ -69,6 +87,9 @@ async def test_spec_receiver_verifies_every_delivery(
             build_event("site.created", {"id": "s1", "name": "Ωmega"}, site_id="s1", user_id="u1")
         )
         events.append(build_event("test.event", {"webhook_id": "node"}, site_id="s1", user_id="u1"))
+        # The largest body the bridge sends (max_body_bytes, by default express.json()'s own
+        # limit): until 2026-12-07 it sent up to 1 MiB, and this receiver answered 413 past 100 kB.
+        events.append(_largest(settings, webhooks["node"]))
         await publish_events(settings, events)
         await node.wait_for(len(events))
         await wrong.wait_for(len(TRICKY))

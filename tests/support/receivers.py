@@ -161,6 +161,9 @@ class NodeSpecReceiver:
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            # The example logs each event it receives on one line: a delivery of
+            # max_body_bytes is a line past asyncio's default 64 KiB.
+            limit=4 * 1024 * 1024,
         )
         listening = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read(listening))

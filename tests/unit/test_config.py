@@ -60,7 +60,7 @@ DEFAULTS: dict[str, Any] = {
     "http_client": "http1",
     "event_loop": "uvloop",
     "max_in_flight": 256,
-    "max_body_bytes": 1024 * 1024,
+    "max_body_bytes": 100 * 1024,
     "attempt_response_prefix_bytes": 0,
     "subscription_sync_timeout": 5.0,
     # Svix's schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
