@@ -374,9 +374,17 @@ class ControlService:
     ) -> LogPage:
         """One page of the webhook's attempts, newest first (``cursor`` already checked)."""
         webhook = await self._webhook(principal, webhook_id)
-        created = _restricted_since(principal, webhook)
-        if created is not None and (query.since is None or query.since < created):
-            query = dataclasses.replace(query, since=created)
+        if principal.restricted:
+            # What was made for this webhook, since it was created (until 2026-12-07 a deleted
+            # webhook's dropped retries, stamped after the id was taken again, were listed to
+            # the site that took it; and an `until` before its creation was a 500).
+            created = webhook.created_seconds
+            since = query.since
+            if created is not None and (since is None or since < created):
+                since = created
+            if since is not None and query.until is not None and query.until <= since:
+                return LogPage([], None)
+            query = dataclasses.replace(query, since=since, webhook_created_at=webhook.created_at)
         activity = await self._activity.activity(webhook_id)
         try:
             return activity.log.page(query, now=self._clock(), limit=limit, cursor=cursor)

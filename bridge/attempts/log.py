@@ -60,6 +60,9 @@ class LogQuery:
     trigger: str | None = None
     #: Only the attempts of this recovery or redelivery (``/v1/recoveries/{id}``).
     recovery_id: str | None = None
+    #: Only the attempts made for the webhook created then (their record names it, or no
+    #: webhook: made before records named it), not for a deleted webhook of the same id.
+    webhook_created_at: str | None = None
 
     def __post_init__(self) -> None:
         if self.outcome is not None and self.outcome not in OUTCOMES:
@@ -84,6 +87,10 @@ class LogQuery:
             and (self.until is None or attempt.at_seconds < self.until)
             and (self.trigger is None or attempt.trigger == self.trigger)
             and (self.recovery_id is None or attempt.recovery_id == self.recovery_id)
+            and (
+                self.webhook_created_at is None
+                or attempt.webhook_created_at in (None, self.webhook_created_at)
+            )
         )
 
 

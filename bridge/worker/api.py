@@ -520,12 +520,11 @@ class _Internal:
             # What /v1 shows such a token, and no more: anyone may call this route with one,
             # not only a worker relaying (until 2026-12-05 it gave a deleted webhook's log and
             # stats to the site that took its id).
-            created = webhook.created_seconds
             body = {
                 "attempts": [
                     a.as_dict()
                     for a in activity.log.attempts()
-                    if created is None or a.at_seconds >= created
+                    if webhook.made_for(a.at_seconds, a.webhook_created_at)
                 ],
                 "stats": activity.stats.of_webhook(webhook.created_at).to_dict(),
             }

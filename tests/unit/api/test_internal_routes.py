@@ -3,6 +3,7 @@ beside ``/v1`` to anyone with a token: they answer no more than ``/v1`` would, a
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from aiohttp import web
@@ -80,3 +81,21 @@ async def test_a_tokens_log_reads_here_are_limited_as_through_v1(api: Api) -> No
         refused = await c.get("/internal/v1/deliveries/d_1", headers=auth(SITE_1))
         assert refused.status == 429 and refused.headers["Retry-After"] == "1"
         assert statuses[2:] == [429, 429]
+
+
+async def test_the_internal_log_leaves_out_a_deleted_webhooks_attempt_recorded_after_it(
+    api: Api,
+) -> None:
+    """An attempt made for the deleted webhook (its record names it) but recorded after the
+    id was taken again (a dropped retry): judged by the webhook it was made for, as /v1 does
+    (until 2026-12-07 by its time alone)."""
+    await api.create(id="wh_x", site_id="site_2", user_id="user_2")
+    site_2s = (await api.repository.get("wh_x")).created_at
+    assert (await api.client.delete("/v1/webhooks/wh_x", headers=auth())).status == 204
+    api.clock.now = datetime.fromtimestamp(NOW + 60, UTC)
+    await api.create(SITE_1, id="wh_x", site_id="site_1", user_id="user_1")
+    dropped = attempt("d_site2", 3, webhook_id="wh_x", at=NOW + 120).as_dict()
+    api.activity.add(Attempt.of({**dropped, "webhook_created_at": site_2s}))
+    async with TestClient(TestServer(internal_app(api), host="127.0.0.1")) as client:
+        seen = await (await client.get("/internal/v1/activity/wh_x", headers=auth(SITE_1))).json()
+        assert seen["attempts"] == []

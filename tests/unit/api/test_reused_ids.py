@@ -295,3 +295,47 @@ async def test_a_deleted_webhooks_running_recovery_neither_blocks_nor_shows_to_t
     again = await api.client.post("/v1/webhooks/wh_x/recoveries", json=window, headers=auth())
     assert again.status == 409, await again.text()
     assert foreign not in await again.text()
+
+
+async def test_a_deleted_webhooks_attempt_recorded_after_the_id_was_taken_is_not_listed(
+    api: Api,
+) -> None:
+    """A deleted webhook's pending retry is recorded (dropped, ``webhook_deleted``) when it
+    falls due, after another site may have taken its id: until 2026-12-07 the attempts list
+    showed it (its delivery and event ids, event type and time) to the site that took it,
+    judging by the time alone, where ``/v1/deliveries`` judged by the webhook it was made
+    for. The internal route a worker relays to judges the same way."""
+    await api.create(id="wh_x", site_id="site_2", user_id="user_2")
+    site_2s = (await api.repository.get("wh_x")).created_at
+    assert (await api.client.delete("/v1/webhooks/wh_x", headers=auth())).status == 204
+    api.clock.now = datetime.fromtimestamp(NOW + 60, UTC)
+    await api.create(SITE_1, id="wh_x", site_id="site_1", user_id="user_1")
+    site_1s = (await api.repository.get("wh_x")).created_at
+    assert site_1s != site_2s
+    dropped = attempt("d_site2", 3, webhook_id="wh_x", at=NOW + 120).as_dict()
+    api.activity.add(Attempt.of({**dropped, "webhook_created_at": site_2s}))
+    own = attempt("d_own", 1, webhook_id="wh_x", at=NOW + 130).as_dict()
+    api.activity.add(Attempt.of({**own, "webhook_created_at": site_1s}))
+    listed = await api.client.get("/v1/webhooks/wh_x/attempts", headers=auth(SITE_1))
+    assert [a["delivery_id"] for a in (await listed.json())["items"]] == ["d_own"]
+    # The platform's token sees the id's whole log, each attempt naming its webhook.
+    everything = await api.client.get("/v1/webhooks/wh_x/attempts", headers=auth(ADMIN))
+    assert [a["delivery_id"] for a in (await everything.json())["items"]] == ["d_own", "d_site2"]
+
+
+async def test_a_restricted_tokens_until_before_the_webhook_was_created_is_an_empty_page(
+    api: Api,
+) -> None:
+    """Until 2026-12-07 a site's token asking for attempts ``until`` a time at or before its
+    webhook's creation got a 500 (its ``since`` moved past the ``until``)."""
+    await api.create(SITE_1, id="wh_1", site_id="site_1", user_id="user_1")
+    api.activity.add(attempt("d_1", 1, at=NOW + 60))
+    created = (await api.repository.get("wh_1")).created_at
+    for query in (
+        "until=2020-01-01T00:00:00Z",
+        f"until={created}",
+        f"since=1970-01-01T00:00:00Z&until={created}",
+    ):
+        response = await api.client.get(f"/v1/webhooks/wh_1/attempts?{query}", headers=auth(SITE_1))
+        assert response.status == 200, (query, await response.text())
+        assert await response.json() == {"items": [], "next_cursor": None}
