@@ -56,6 +56,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import yarl
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from aiokafka import AIOKafkaProducer
@@ -309,14 +310,14 @@ class _Relay:
             except OwnerUnavailable as exc:  # no connection to the runner
                 raise _unavailable(exc) from None
         webhook_id = await _changed_webhook(request, self._max_bytes, self._tokens)
-        path_qs = request.rel_url.path_qs
+        path_qs = request.rel_url.raw_path_qs
         if webhook_id is None and (request.method, route_template(request)) == _REDELIVER:
             # A relayed one names its webhook, and is answered here only if this worker owns it
             # (one without, which no worker relays, is looked up as any other).
             webhook_id = await self._redelivered_webhook(request)
             if webhook_id is not None:  # its owner reads that webhook's log alone
                 named = request.rel_url.update_query(webhook_id=webhook_id)
-                path_qs = named.path_qs
+                path_qs = named.raw_path_qs
                 request = request.clone(rel_url=named)
         if webhook_id is None:
             try:
@@ -423,7 +424,7 @@ class _Relay:
         self, url: str, request: web.Request, path_qs: str | None = None
     ) -> web.Response:
         """``request`` sent on to the worker at ``url`` (to ``path_qs``, else its own path and
-        query), its answer brought back."""
+        query, as they came: encoded), its answer brought back."""
         # Every line of each (until 2026-12-06 the first alone: a change with two
         # Idempotency-Key lines, refused where it is made, was made through another worker
         # with the first key; an If-Match's second line was lost).
@@ -438,7 +439,12 @@ class _Relay:
         try:
             async with self._bridge.peers(fresh=True).request(
                 request.method,
-                url + (request.rel_url.path_qs if path_qs is None else path_qs),
+                # As the request named them: decoded, an id holding `?`, `#`, `/` or `%XX` named
+                # another webhook at the owner (`victim?` was `victim`), until 2026-12-07.
+                yarl.URL(
+                    url + (request.rel_url.raw_path_qs if path_qs is None else path_qs),
+                    encoded=True,
+                ),
                 data=await read_body(request, max_bytes=self._max_bytes),
                 headers=headers,
             ) as answer:

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from aiohttp import web
@@ -825,3 +826,41 @@ async def test_an_owner_s_401_is_relayed_with_its_challenge(bridge: Bridge) -> N
                 'Bearer realm="webhook-bridge", error="invalid_token"'
             )
     await bridge.close()
+
+
+@pytest.mark.parametrize("webhook_id", ["victim?", "a#x", "a%2Fb", "x/../victim", "%41", "a b&c=d"])
+async def test_a_relayed_change_reaches_the_webhook_its_request_named(
+    tmp_path: Path, webhook_id: str
+) -> None:
+    """The owner is sent the path as the request named it, encoded: until 2026-12-07 it was
+    sent decoded, and a change of `victim?` deleted `victim` at the owner (`a%2Fb` was
+    `a/b`, `%41` was `A`)."""
+    bridge = api_bridge(tmp_path)
+    seen: list[str] = []
+
+    async def owner(request: web.Request) -> web.Response:
+        seen.append(request.match_info["webhook_id"])
+        return web.json_response({"made_by": "peer"})
+
+    async def here(request: web.Request) -> web.Response:
+        return web.json_response({"made_by": "here"})
+
+    peer_app = web.Application()
+    peer_app.router.add_delete("/v1/webhooks/{webhook_id}", owner)
+    peer = TestServer(peer_app, host="127.0.0.1")
+    await peer.start_server()
+    app = relaying_app(bridge, here, HOLD)
+    app.router.add_delete("/v1/webhooks/{webhook_id}", here)
+    try:
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            p = attempts_partition(webhook_id, 6)
+            peer_url = str(peer.make_url("")).rstrip("/")
+            assign(bridge, {bridge.settings.canonical_url: others(p), peer_url: [p]})
+            answer = await client.delete(
+                "/v1/webhooks/" + quote(webhook_id, safe=""), headers=LOG_AUTH
+            )
+            assert (answer.status, await answer.json()) == (200, {"made_by": "peer"})
+            assert seen == [webhook_id]
+    finally:
+        await peer.close()
+        await bridge.close()
