@@ -25,7 +25,9 @@ so ``await client.post(...)`` raises ``DestinationForbidden`` itself.
 
 What this does not cover: an HTTP proxy (it resolves names itself; the bridge uses none, and a
 client given an explicit transport ignores proxy environment variables), and NAT64 prefixes other
-than the well-known ones (an operator-specific NAT64 /96 looks like any public IPv6 address).
+than the well-known one and the local-use block (an operator-specific NAT64 prefix elsewhere
+looks like any public IPv6 address). In the local-use block, 64:ff9b:1::/48, the IPv4 address
+is read in every RFC 6052 layout the address can be in (prefixes of 48 to 96 bits).
 """
 
 from __future__ import annotations
@@ -163,6 +165,37 @@ def _embedded(prefix: str, v4: int) -> str | None:
     return None if inner is None else f"{prefix}_{inner}"
 
 
+#: RFC 6052's layouts of an IPv4 address in a NAT64 prefix of the local-use block (RFC 8215,
+#: 64:ff9b:1::/48: prefixes of 48 to 96 bits): the bytes of the address (0-15) holding the
+#: IPv4 address, and those that must be zero (byte 8, the "u" octet, and the suffix).
+_NAT64_LAYOUTS = (
+    ((6, 7, 9, 10), (8, 11, 12, 13, 14, 15)),  # a /48 prefix
+    ((7, 9, 10, 11), (8, 12, 13, 14, 15)),  # /56
+    ((9, 10, 11, 12), (8, 13, 14, 15)),  # /64
+    ((12, 13, 14, 15), (6, 7, 8, 9, 10, 11)),  # /96
+)
+
+
+def _nat64_local(value: int) -> str | None:
+    """An address of the local-use NAT64 block: refused when its IPv4 address, read in any
+    layout it can be in, is refused, or when it can be in none. Its prefix length is the
+    operator's (until 2026-12-07 the /96 layout alone was read: with a /64 prefix,
+    ``64:ff9b:1:0:a:0:100:0`` holds 10.0.0.1 and was read as 1.0.0.0)."""
+    octets = value.to_bytes(16, "big")
+    readings = [
+        int.from_bytes(bytes(octets[i] for i in held), "big")
+        for held, zero in _NAT64_LAYOUTS
+        if not any(octets[i] for i in zero)
+    ]
+    if not readings:
+        return "reserved"
+    for v4 in readings:
+        refused = _embedded("nat64", v4)
+        if refused is not None:
+            return refused
+    return None
+
+
 def _classify_v6(ip: ipaddress.IPv6Address) -> str | None:
     value = int(ip)
     bare = ipaddress.IPv6Address(value)  # drops any %scope, which network membership ignores
@@ -172,9 +205,10 @@ def _classify_v6(ip: ipaddress.IPv6Address) -> str | None:
         return "loopback"
     if bare in _V6_MAPPED:
         return _embedded("ipv4_mapped", value & 0xFFFFFFFF)
-    # For the local-use NAT64 prefix we assume the common /96 layout (RFC 6052: last 32 bits).
-    if bare in _V6_NAT64 or bare in _V6_NAT64_LOCAL:
+    if bare in _V6_NAT64:
         return _embedded("nat64", value & 0xFFFFFFFF)
+    if bare in _V6_NAT64_LOCAL:
+        return _nat64_local(value)
     if bare in _V6_6TO4:
         return _embedded("6to4", (value >> 80) & 0xFFFFFFFF)
     for network, reason in _V6_TABLE:

@@ -120,6 +120,12 @@ CLASSIFY_TABLE = [
     ("64:ff9b::808:808", None),
     ("64:ff9b:1::a9fe:a9fe", "nat64_link_local"),
     ("64:ff9b:1::808:808", None),
+    # The local-use block's /64 layout (RFC 6052: bytes 9-12), read as 1.0.0.0 until 2026-12-07.
+    ("64:ff9b:1:0:a:0:100:0", "nat64_private"),
+    ("64:ff9b:1:0:7f:0:100:0", "nat64_loopback"),
+    ("64:ff9b:1:0:8:808:800:0", None),
+    ("64:ff9b:1:a00:0:100::", "nat64_private"),  # /48 layout
+    ("64:ff9b:1:ff:8:808:800:1", "reserved"),  # in no layout (a suffix that is not zero)
     ("2002:7f00:1::", "6to4_loopback"),
     ("2002:a00:1::1", "6to4_private"),
     ("2002:808:808::1", None),
@@ -144,6 +150,32 @@ def test_embedded_ipv4_is_judged_by_the_ipv4_address(v4: ipaddress.IPv4Address) 
         ("6to4", ipaddress.IPv6Address((0x2002 << 112) | (value << 80))),
     ]:
         assert classify(address) == (None if inner is None else f"{prefix}_{inner}")
+
+
+# RFC 6052's layouts of an IPv4 address under a prefix of the local-use block 64:ff9b:1::/48:
+# prefix length, the bits of the address (from the left) of each half of the IPv4 address.
+LOCAL_NAT64_LAYOUTS = [(48, ((48, 16), (72, 16))), (56, ((56, 8), (72, 24))), (64, ((72, 32),))]
+
+
+@given(v4_addresses, st.sampled_from(LOCAL_NAT64_LAYOUTS), st.integers(0, 2**48 - 1))
+def test_a_local_nat64_address_in_any_layout_is_judged_by_its_ipv4_address(
+    v4: ipaddress.IPv4Address, layout: tuple[int, tuple[tuple[int, int], ...]], bits: int
+) -> None:
+    """Whatever the operator's prefix length, an address synthesized for a refused IPv4
+    address is refused (until 2026-12-07 only the /96 layout was read)."""
+    length, halves = layout
+    prefix = (0x64FF9B0001 << 80) | ((bits << (128 - length)) & ((1 << 80) - 1))
+    prefix &= ~((1 << (128 - length)) - 1)  # the prefix's own bits, beyond the /48
+    value, left = prefix, int(v4)
+    taken = 0
+    for start, width in halves:
+        taken += width
+        part = (left >> (32 - taken)) & ((1 << width) - 1)
+        value |= part << (128 - start - width)
+    address = ipaddress.IPv6Address(value)
+    assert address in ipaddress.ip_network("64:ff9b:1::/48")
+    if classify(v4) is not None:
+        assert classify(address) is not None, (address, v4)
 
 
 @given(v4_addresses)
