@@ -22,6 +22,7 @@ import functools
 import hmac
 import itertools
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -292,6 +293,11 @@ def _from_record(record: dict[str, Any], *, check_url: Callable[[str], object] |
         field = "secret" if exc.reason.startswith("secret") else ""
         if exc.reason == "schema_invalid" and exc.detail.startswith("$."):
             field = exc.detail[2:].split(":", 1)[0]
+        elif exc.reason == "schema_invalid" and exc.detail.startswith("$: needs "):
+            # A rule of the whole record naming the fields it needs ("needs site_id or
+            # user_id": an update leaving the webhook no owner): the first one, as a create
+            # names it (until 2026-12-07 no field).
+            field = re.split(r"[ ,]", exc.detail.removeprefix("$: needs "), maxsplit=1)[0]
         raise Problem.invalid(FieldError(field, exc.reason, exc.detail)) from None
     except BridgeError as exc:  # the deployment's policy (DestinationForbidden: plain http...)
         reason = str(getattr(exc, "reason", "forbidden"))
