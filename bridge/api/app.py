@@ -40,7 +40,7 @@ from bridge.api.problems import (
 )
 from bridge.api.ratelimit import TokenBuckets
 from bridge.api.repository import WebhookFilter
-from bridge.api.service import WebhookService, body_errors, etag, public_view
+from bridge.api.service import WebhookService, body_errors, etag, none_match, public_view
 from bridge.attempts.log import STATUS_CLASSES, LogQuery, decode_cursor
 from bridge.attempts.record import TRIGGERS
 from bridge.contract import jsoncanon
@@ -159,6 +159,8 @@ class _Routes:
         principal = self._tokens.authenticate(request.headers.get("Authorization"))
         principal.require(scope)
         self._buckets.admit(principal.name)
+        if scope == "write" and "If-None-Match" in request.headers:
+            raise Problem.invalid(_NONE_MATCH_REFUSED)
         return principal
 
     async def _body(self, request: web.Request, *, optional: bool = False) -> dict[str, Any]:
@@ -228,6 +230,9 @@ class _Routes:
         principal = self._principal(request, "read")
         _single_values(request, ())
         webhook = await self._service.get(principal, self._webhook_id(request))
+        unchanged = _if_none_match(request)
+        if unchanged is not None and none_match(unchanged, webhook):
+            return web.Response(status=304, headers={"ETag": etag(webhook)})
         return _webhook_response(webhook)
 
     async def update_webhook(self, request: web.Request) -> web.Response:
@@ -505,6 +510,23 @@ def redelivery_target(request: web.Request) -> tuple[str, str | None]:
     its ``webhook_id`` names if given; ``400`` for either invalid."""
     webhook_id = _delivery_webhook(request)
     return _Routes._path_id(request, "delivery_id"), webhook_id
+
+
+def _if_none_match(request: web.Request) -> str | None:
+    """The request's ``If-None-Match``, its lines read as one list."""
+    lines = request.headers.getall("If-None-Match", ())
+    return ", ".join(lines) if lines else None
+
+
+#: A change is conditional on ``If-Match`` alone: one with ``If-None-Match`` is refused rather
+#: than made regardless of it (until 2026-12-07 the header was ignored everywhere: ``PATCH``
+#: with ``If-None-Match: *`` changed the webhook). A webhook's GET evaluates it (``304``).
+_NONE_MATCH_REFUSED = FieldError(
+    "If-None-Match",
+    "unsupported",
+    "changes are conditional on If-Match; If-None-Match is evaluated by GET of a webhook",
+    "header",
+)
 
 
 def _if_match(request: web.Request) -> str | None:

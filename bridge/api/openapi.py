@@ -649,6 +649,17 @@ _IF_MATCH = {
     "schema": {"type": "string"},
 }
 
+_IF_NONE_MATCH = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "description": (
+        "ETags (or *) a client holds; naming the current one answers 304 without a body "
+        "(weak comparison). Refused (400) on every change: those take If-Match."
+    ),
+    "schema": {"type": "string"},
+}
+
 _IDEMPOTENCY_KEY_PARAM = {
     "name": IDEMPOTENCY_KEY,
     "in": "header",
@@ -870,7 +881,18 @@ def _paths() -> dict[str, Any]:
         "/v1/webhooks/{webhook_id}": {
             "parameters": [_ID_PARAM],
             "get": _operation(
-                "getWebhook", "One webhook.", "read", {"200": webhook, "404": not_found}
+                "getWebhook",
+                "One webhook.",
+                "read",
+                {
+                    "200": webhook,
+                    "304": {
+                        "description": "If-None-Match names the current ETag.",
+                        "headers": {"ETag": {"schema": {"type": "string"}}},
+                    },
+                    "404": not_found,
+                },
+                parameters=[_IF_NONE_MATCH],
             ),
             "patch": _operation(
                 "updateWebhook",

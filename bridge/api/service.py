@@ -180,6 +180,21 @@ def _if_match(header: str | None, current: Webhook | None) -> None:
         )
 
 
+def none_match(header: str, current: Webhook) -> bool:
+    """RFC 9110 If-None-Match with weak comparison: whether ``header`` (``*`` or a list of
+    ETags) names ``current`` (the condition is then false: a GET answers ``304``); ``400``
+    for a malformed one."""
+    value = header.strip()
+    if value == "*":
+        return True
+    tags = [t.strip() for t in value.split(",")]
+    if not all(len(t) >= 2 and t.endswith('"') and t.startswith(('"', 'W/"')) for t in tags):
+        raise Problem.invalid(
+            FieldError("If-None-Match", "malformed", "expected * or quoted ETags", "header")
+        )
+    return etag(current) in {t.removeprefix("W/") for t in tags}
+
+
 def encode_cursor(after: str, where: WebhookFilter) -> str:
     """An opaque cursor: the last id of a page and the filter's digest, base64url JSON.
 

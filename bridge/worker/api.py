@@ -151,6 +151,7 @@ _RELAYED_REQUEST_HEADERS = (
     "Authorization",
     "Content-Type",
     "If-Match",
+    "If-None-Match",  # (refused where a change is made)
     "Accept",
     IDEMPOTENCY_KEY,
 )

@@ -677,3 +677,35 @@ async def test_a_test_event_of_an_inactive_webhook_is_a_409_whatever_its_body(ap
         )
         await problem(refused, 409)
     assert api.published.events == []
+
+
+async def test_if_none_match_answers_304_on_get_and_is_refused_on_changes(api: Api) -> None:
+    """RFC 9110 If-None-Match: a webhook's GET naming its current ETag (weak comparison, or
+    ``*``) is a 304; a change carrying it is refused, not made regardless (until 2026-12-07
+    the header was ignored: PATCH with ``If-None-Match: *`` changed the webhook)."""
+    created = await api.create()
+    path = f"/v1/webhooks/{created['id']}"
+    tag = response_tag(created)
+    for value in (tag, f"W/{tag}", "*", f'"other", {tag}'):
+        cached = await api.client.get(path, headers={**auth(), "If-None-Match": value})
+        assert cached.status == 304, value
+        assert cached.headers["ETag"] == tag and await cached.read() == b""
+    fresh = await api.client.get(path, headers={**auth(), "If-None-Match": '"other"'})
+    assert fresh.status == 200 and (await fresh.json())["id"] == created["id"]
+    malformed = await api.client.get(path, headers={**auth(), "If-None-Match": "nope"})
+    assert fields(await problem(malformed, 400)) == [("If-None-Match", "malformed")]
+    for method, route, body in (
+        ("PATCH", path, {"name": "changed"}),
+        ("DELETE", path, None),
+        ("POST", f"{path}/rotate-secret", {}),
+        ("POST", f"{path}/test", {}),
+    ):
+        refused = await api.client.request(
+            method, route, json=body, headers={**auth(), "If-None-Match": "*"}
+        )
+        assert fields(await problem(refused, 400)) == [("If-None-Match", "unsupported")], route
+    after = await (await api.client.get(path, headers=auth())).json()
+    assert after["version"] == created["version"] and after["name"] == created["name"]
+    # A stranger is told 401 first.
+    stranger = await api.client.patch(path, json={}, headers={"If-None-Match": "*"})
+    await problem(stranger, 401)

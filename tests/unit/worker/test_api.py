@@ -837,9 +837,11 @@ async def test_a_relayed_change_reaches_the_webhook_its_request_named(
     `a/b`, `%41` was `A`)."""
     bridge = api_bridge(tmp_path)
     seen: list[str] = []
+    conditions: list[str | None] = []
 
     async def owner(request: web.Request) -> web.Response:
         seen.append(request.match_info["webhook_id"])
+        conditions.append(request.headers.get("If-None-Match"))
         return web.json_response({"made_by": "peer"})
 
     async def here(request: web.Request) -> web.Response:
@@ -857,10 +859,13 @@ async def test_a_relayed_change_reaches_the_webhook_its_request_named(
             peer_url = str(peer.make_url("")).rstrip("/")
             assign(bridge, {bridge.settings.canonical_url: others(p), peer_url: [p]})
             answer = await client.delete(
-                "/v1/webhooks/" + quote(webhook_id, safe=""), headers=LOG_AUTH
+                "/v1/webhooks/" + quote(webhook_id, safe=""),
+                headers={**LOG_AUTH, "If-None-Match": '"v"'},
             )
             assert (answer.status, await answer.json()) == (200, {"made_by": "peer"})
             assert seen == [webhook_id]
+            # The owner refuses a change with If-None-Match: it is sent on to it.
+            assert conditions == ['"v"']
     finally:
         await peer.close()
         await bridge.close()
