@@ -42,7 +42,7 @@ from bridge.contract.events import format_timestamp, parse_time
 from bridge.cursors import decode_cursor, encode_cursor
 from bridge.errors import InvalidRecord
 from bridge.subscriptions.serial import KeyedLocks
-from bridge.subscriptions.webhook import Webhook, before_created, created_seconds
+from bridge.subscriptions.webhook import Webhook, before_created, created_seconds, not_after
 
 __all__ = [
     "DEFAULT_REDELIVER_LOOKBACK",
@@ -432,8 +432,12 @@ class ControlService:
             state["health"] = "disabled" if state["disabled_reason"] else "inactive"
             return state
         status = await self._activity.status(webhook.id)
+        # The webhook's times as its deliveries' health reads them: one stamped past the clock
+        # tells nothing (until 2026-12-07 such a webhook showed healthy while it failed).
+        created_at = not_after(webhook.created_at, now)
+        updated_at = not_after(webhook.updated_at, now)
         # A failing period that began before the webhook was created is a deleted one's.
-        if status is not None and before_created(status.failing_since, webhook.created_at):
+        if status is not None and before_created(status.failing_since, created_at):
             status = None
         # A "disabled" status of a webhook that is active again is stale: it was turned on
         # again; so is a failing period that began before the webhook's version (changed since:
@@ -443,12 +447,9 @@ class ControlService:
         changed_at: float | None = None
         if status is not None and (
             status.state == "disabled"
-            or (
-                status.state == "failing"
-                and before_created(status.failing_since, webhook.updated_at)
-            )
+            or (status.state == "failing" and before_created(status.failing_since, updated_at))
         ):
-            changed_at = created_seconds(webhook.updated_at) if webhook.updated_at else None
+            changed_at = created_seconds(updated_at) if updated_at else None
             status = None
         if status is not None and status.state in ("healthy", "failing"):
             state.update(
@@ -465,7 +466,7 @@ class ControlService:
         # Failing since the oldest failure kept after the last success (and since the webhook
         # was created: the log keeps a deleted webhook's attempts under a reused id).
         since = None if last_success is None else last_success.at_seconds
-        for floor in (webhook.created_seconds, changed_at):
+        for floor in (created_seconds(created_at) if created_at else None, changed_at):
             if floor is not None and (since is None or since < floor):
                 since = floor
         if since is not None and last_failure.at_seconds < since:

@@ -65,6 +65,7 @@ __all__ = [
     "body_errors",
     "public_view",
     "etag",
+    "none_match",
     "encode_cursor",
     "decode_cursor",
 ]

@@ -9,9 +9,15 @@ from typing import Any, NamedTuple
 
 from bridge.contract.events import parse_time
 from bridge.memo import Sweeps
-from bridge.subscriptions.webhook import before_created
+from bridge.subscriptions.webhook import before_created, not_after
 
-__all__ = ["HealthChange", "EndpointHealth", "APPLIED_GRACE", "FAILURE_GAP", "FAILURE_REFRESH"]
+__all__ = [
+    "HealthChange",
+    "EndpointHealth",
+    "APPLIED_GRACE",
+    "FAILURE_GAP",
+    "FAILURE_REFRESH",
+]
 
 #: Seconds without a failure after which the next one begins a new failing period: an endpoint
 #: is disabled for failing *continuously* (``disable_after``), and one that failed once, then
@@ -105,8 +111,14 @@ class EndpointHealth:
         created_at: str | None,
         updated_at: str | None,
         made_at: float | None = None,
+        now: float | None = None,
     ) -> _Period:
         period = self._recorded(webhook_id, updated_at, made_at)
+        if now is not None:
+            # A webhook stamped as made or changed after now (a writer's clock, or a record of
+            # another service stamped 2999) tells nothing of when its failing began: until
+            # 2026-12-07 every period began "before" it, and it was never disabled.
+            created_at, updated_at = not_after(created_at, now), not_after(updated_at, now)
         if before_created(period.since, created_at):
             return _HEALTHY
         if period.state == "failing" and before_created(period.since, updated_at):
@@ -190,7 +202,7 @@ class EndpointHealth:
         day, :data:`FAILURE_GAP`, after the one before), ``disabled`` ``disable_after`` into
         it, ``failing`` again an hour (:data:`FAILURE_REFRESH`) after the period's latest
         failure published; otherwise nothing."""
-        state, since, last = self._current(webhook_id, created_at, updated_at, made_at)
+        state, since, last = self._current(webhook_id, created_at, updated_at, made_at, now)
         if state == "disabled":
             return None
         latest = last if last is not None else since
@@ -211,7 +223,7 @@ class EndpointHealth:
         made_at: float | None = None,
     ) -> HealthChange | None:
         """410 Gone: disable, unless this worker already did (concurrent deliveries)."""
-        state, since, _ = self._current(webhook_id, created_at, updated_at, made_at)
+        state, since, _ = self._current(webhook_id, created_at, updated_at, made_at, now)
         if state == "disabled":
             return None
         return self._change(HealthChange(webhook_id, "disabled", since or now, "gone"))

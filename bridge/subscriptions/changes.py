@@ -93,7 +93,10 @@ def _stamp_after(current: Webhook, now: datetime) -> str:
     if previous is not None and stamp <= previous:
         try:
             stamp = format_timestamp(parse_time(previous) + timedelta(milliseconds=1))
-        except ValueError:  # not a time the bridge wrote: the clock's stands
+        except (ValueError, OverflowError):
+            # Not a time the bridge wrote, or the last millisecond of year 9999 (until
+            # 2026-12-07 an OverflowError: no change of the webhook could be made, the bridge's
+            # disable included): the clock's stands.
             pass
     return stamp
 

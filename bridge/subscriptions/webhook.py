@@ -26,6 +26,8 @@ __all__ = [
     "parse_webhook",
     "created_seconds",
     "before_created",
+    "CLOCK_MARGIN",
+    "not_after",
 ]
 
 
@@ -374,6 +376,17 @@ def created_seconds(created_at: str) -> float | None:
         return parse_time(created_at).timestamp()
     except ValueError:
         return None
+
+
+#: Seconds a webhook's own times may run ahead of a worker's clock and still be read.
+CLOCK_MARGIN = 300.0
+
+
+def not_after(stamp: str | None, now: float) -> str | None:
+    """``stamp`` (a webhook's ``created_at`` or ``updated_at``), or ``None`` when it is more
+    than :data:`CLOCK_MARGIN` after ``now``."""
+    seconds = created_seconds(stamp) if stamp is not None else None
+    return None if seconds is not None and seconds > now + CLOCK_MARGIN else stamp
 
 
 def before_created(moment: object, created_at: str | None) -> bool:

@@ -358,6 +358,26 @@ async def test_stats_of_a_webhook_turned_on_again_count_its_failures_since(
     assert (state["health"], state["failing_since"]) == ("failing", moment(NOW - 500))
 
 
+@pytest.mark.parametrize("field", ["created_at", "updated_at"])
+async def test_stats_of_a_webhook_stamped_past_the_clock_show_its_failing_period(
+    api: Api, field: str
+) -> None:
+    """A webhook whose record is stamped in year 3000 (another service's) showed healthy
+    while it failed, until 2026-12-07: its failing period began "before" it."""
+    from bridge.subscriptions.webhook import webhook_from_record
+
+    await api.create(id="wh_1")
+    api.activity.add(attempt("d1", 1, at=NOW - 3000, status=500))
+    api.activity.statuses["wh_1"] = EndpointStatus("failing", NOW - 3000, None, "x")
+    webhook = await api.repository.get("wh_1")
+    assert webhook is not None
+    record = webhook.to_record()
+    record.update({field: "3000-01-01T00:00:00.000Z"})
+    await api.repository.put(webhook_from_record(record))
+    state = (await get_json(api, "/v1/webhooks/wh_1/stats"))["state"]
+    assert (state["health"], state["failing_since"]) == ("failing", moment(NOW - 3000))
+
+
 async def test_a_delivery_shows_every_attempt_in_order(api: Api) -> None:
     await api.create(id="wh_1")
     failed_twice_then_delivered(api)

@@ -502,3 +502,35 @@ def test_a_refresh_is_a_valid_status_record() -> None:
     record = change.to_record("2024-01-15T10:30:00.000Z")
     assert record["last_failure_at"] == T0 + 3600
     assert schema_errors("status", record) == []
+
+
+@pytest.mark.parametrize("ahead", [DISABLE_AFTER + 3600.0, 32503680000.0 - T0])
+@pytest.mark.parametrize("field", ["created_at", "updated_at"])
+def test_a_webhook_stamped_past_the_clock_is_still_disabled_for_failing(
+    field: str, ahead: float
+) -> None:
+    """A webhook whose record is stamped later than now (a writer's fast clock, another
+    service's record of year 3000) tells nothing of when its failing began: until 2026-12-07
+    every period began "before" it, the webhook was healthy at each failure and never
+    disabled. (Once the clock passes the stamp it is read: what failed before it was
+    another webhook's.) A stamp within the clock margin (5 minutes) is read as it is."""
+    health, table = make()
+    stamps = {"created_at": at(T0 - 86400.0), "updated_at": at(T0 - 86400.0)}
+    stamps[field] = at(T0 + ahead)
+    now, change = T0, None
+    while now <= T0 + DISABLE_AFTER:
+        change = health.on_failure(W, now, stamps["created_at"], stamps["updated_at"])
+        if change is not None:
+            publish(table, change)
+        now += 3600.0
+    assert table[W]["state"] == "disabled" and table[W]["failing_since"] == T0
+    # A gone endpoint of such a webhook is disabled too, with its period's start.
+    assert health.on_gone("other", T0, stamps["created_at"], stamps["updated_at"]) is not None
+
+
+def test_a_webhook_stamped_within_the_clock_margin_is_read_as_stamped() -> None:
+    """A webhook changed a minute "from now" (clocks of two hosts) after its failing period
+    began starts its health afresh, as one changed a minute ago does."""
+    table = {W: failing(T0 - 3600.0).to_record(at(T0 - 3600.0))}
+    health, _ = make(table)
+    assert health.on_failure(W, T0, at(T0 - 86400.0), at(T0 + 60.0)) == failing(T0)
