@@ -259,8 +259,12 @@ def _webhook(value: Any, keyring: Keyring | None, *, reveal: bool = True) -> Web
     previous = value.get("previous_secret")
     if reveal:
         secret = _reveal(secret, keyring, aad)
+        if not secret:
+            # An encrypted empty string (the schema refuses a plain one): an HMAC key anyone
+            # can sign with (until 2026-12-07 deliveries were signed with it).
+            raise InvalidSubscription("secret_malformed", "the secret decrypts to nothing")
         if isinstance(previous, str):
-            previous = _reveal(previous, keyring, aad)
+            previous = _reveal(previous, keyring, aad) or None
     if reveal and value.get("standard_webhooks"):
         # Fail here, once, rather than at every delivery: a whsec_ secret must be base64.
         standard_webhooks.secret_key(secret)

@@ -177,3 +177,31 @@ def test_round_trip_property(plaintext: str, aad: bytes) -> None:
     assert keyring.decrypt(value, aad=aad) == plaintext
     with pytest.raises(InvalidSubscription):
         keyring.decrypt(value, aad=aad + b"x")
+
+
+def test_a_secret_encrypted_from_nothing_is_refused_and_an_empty_previous_one_dropped() -> None:
+    """An encrypted empty string passes the schema (which refuses a plain one) and was an HMAC
+    key anyone can sign with, until 2026-12-07: the record is refused (``secret_malformed``);
+    an empty previous secret ends the overlap."""
+    import json
+
+    from bridge.subscriptions.webhook import parse_webhook
+
+    keyring = ring()
+    aad = b"wh"
+    record = {
+        "id": "wh",
+        "name": "n",
+        "url": "https://example.com/h",
+        "events": ["*"],
+        "site_id": "s",
+        "active": True,
+        "secret": keyring.encrypt("", aad=aad),
+    }
+    with pytest.raises(InvalidSubscription) as caught:
+        parse_webhook(b"wh", json.dumps(record).encode(), keyring)
+    assert caught.value.reason == "secret_malformed"
+    record.update(secret=keyring.encrypt("s" * 32, aad=aad))
+    record.update(previous_secret=keyring.encrypt("", aad=aad))
+    webhook = parse_webhook(b"wh", json.dumps(record).encode(), keyring)
+    assert webhook.secret == "s" * 32 and webhook.previous_secret is None
