@@ -839,8 +839,9 @@ async def test_large_retry_records_waiting_stop_their_partitions_fetching_then_a
     the 1 MiB the client asks (with forty records and that bound, this test failed when a
     first fetch caught the topic half written). Once the first falls due all are delivered,
     the partition is committed to its end and its fetching goes on."""
-    # A first tier of 12 s: a record is held at most its tier's delay (the suite's is 0.3 s).
-    settings = settings.replace(retry_schedule=(12.0, 0.6))
+    # A first tier of 12 s: a record is held at most its tier's delay (the suite's is 0.3 s);
+    # bodies of 200 kB, past the default max_body_bytes (express.json()'s 100 kB).
+    settings = settings.replace(retry_schedule=(12.0, 0.6), max_body_bytes=1024 * 1024)
     async with WebhookStore(settings) as store:
         await hook(store, receiver, "r")
     worker = in_process_workers(settings)
