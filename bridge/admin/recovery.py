@@ -44,6 +44,8 @@ from bridge.worker.recovery_view import recovery_record
 
 __all__ = [
     "DEFAULT_RATE",
+    "FETCH_PATIENCE",
+    "FETCH_POLL",
     "FETCH_RECORDS",
     "SharedPace",
     "WebhookGone",
@@ -61,6 +63,13 @@ __all__ = [
 #: Records one fetch of a recovery hands over at most (aiokafka unpacks them at once, without
 #: awaiting: a fetch of many partitions' buffered records is one long stretch otherwise).
 FETCH_RECORDS = 4 * STRETCH_RECORDS
+
+#: Seconds a recovery's reading waits for a source partition short of its end to bring a
+#: record or move on, before it ends ``failed`` (``TimeoutError``).
+FETCH_PATIENCE = 30.0
+#: Seconds one fetch waits for records before the positions are looked at again (a position
+#: moved past a transaction's marker brings no record).
+FETCH_POLL = 1.0
 
 #: Deliveries a recovery enqueues per second unless told otherwise (and never more than the
 #: webhook's own ``rate_limit``).
@@ -678,22 +687,34 @@ async def _run(
         await paying.pay()
         return True
 
+    loop = asyncio.get_running_loop()
+    quiet_since = loop.time()
     while pending:
         # Records fetched already are unpacked in getmany, on this task and without awaiting:
         # that is work of the stretch; a getmany that waited for the broker began it anew.
         waiting = paying.fetching()
-        batch = await consumer.getmany(*pending, timeout_ms=30_000, max_records=FETCH_RECORDS)
+        batch = await consumer.getmany(
+            *pending, timeout_ms=int(FETCH_POLL * 1000), max_records=FETCH_RECORDS
+        )
         paying.fetched(waiting)
-        if not batch:
-            raise TimeoutError("no records from the source topics within 30s")
         for tp, records in batch.items():
             if not await take(tp, records):
                 return
-        for tp in list(pending):  # those without records too (reset past their end)
+        # Those without records too: a position reset past the end, or moved past a
+        # transaction's commit or abort marker (aiokafka skips control batches and hands over
+        # no record for them, and a fetch at the end then brings nothing until its timeout:
+        # until 2026-12-07 a partition ending in a marker made every recovery fail after 30 s).
+        moved = False
+        for tp in list(pending):
             position = await consumer.position(tp)
+            moved = moved or position > reached[tp]
             handled(tp, position)  # past what no record stands at (compacted, markers)
             if position >= ends[tp]:
                 pending.discard(tp)
+        if batch or moved:
+            quiet_since = loop.time()
+        elif pending and loop.time() - quiet_since >= FETCH_PATIENCE:
+            raise TimeoutError(f"no records from the source topics within {FETCH_PATIENCE:g}s")
     # Settling (the embedded broker's ends, see stream_topic): records written before the
     # recovery began only, so that a topic that never falls silent ends it all the same.
     begun_ms = int((operation.started_at + SETTLE_STAMP_MARGIN) * 1000)

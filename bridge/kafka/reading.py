@@ -15,6 +15,7 @@ from bridge.config import Settings
 from bridge.kafka.clients import client_kwargs, started, stopped
 
 __all__ = [
+    "FETCH_POLL",
     "FIRST_ANSWER_PATIENCE",
     "KeyValue",
     "Positioned",
@@ -55,6 +56,10 @@ def stamped_by(messages: Sequence[ConsumerRecord[Any, Any]], limit_ms: int) -> i
             return n
     return len(messages)
 
+
+#: Seconds one fetch of a read waits for records before the positions are looked at again
+#: (a position moved past a transaction's marker brings no record).
+FETCH_POLL = 1.0
 
 #: A time in milliseconds, asked again as a read goes on; ``None``: no limit (now).
 UntilMs = Callable[[], int | None]
@@ -257,10 +262,27 @@ async def stream_positioned(
         for tp in list(pending):
             if await consumer.position(tp) >= ends[tp]:
                 pending.discard(tp)
+        loop = asyncio.get_running_loop()
+        quiet_since = loop.time()
         while pending:
-            batch = await consumer.getmany(*pending, timeout_ms=int(timeout * 1000))
+            poll = min(timeout, FETCH_POLL)
+            batch = await consumer.getmany(*pending, timeout_ms=int(poll * 1000))
             if not batch:
-                raise TimeoutError(f"no records from {topic} within {timeout}s")
+                # A position moved past a transaction's commit or abort marker (aiokafka skips
+                # control batches and hands over no record for them, and a fetch at the end
+                # then brings nothing until its timeout: until 2026-12-07 a topic whose
+                # partition ended in a marker was never read to its end, TimeoutError).
+                moved = False
+                for tp in list(pending):
+                    if await consumer.position(tp) >= ends[tp]:
+                        pending.discard(tp)
+                        moved = True
+                if moved:
+                    quiet_since = loop.time()
+                elif loop.time() - quiet_since >= timeout:
+                    raise TimeoutError(f"no records from {topic} within {timeout}s")
+                continue
+            quiet_since = loop.time()
             for tp, messages in batch.items():
                 if until_ms is None:
                     yield records(messages)

@@ -405,11 +405,13 @@ def run_with(
     operation: Operation,
     current: Any,
     clock: FakeTime | None = None,
+    consumer: type[RetainedPartition] = RetainedPartition,
     **kwargs: Any,
 ) -> tuple[list[float], Any]:
-    """Run ``operation`` over :class:`RetainedPartition` with ``current(written)`` the webhook
-    of its id once ``written`` deliveries were written: the times of the writes, and the run."""
-    monkeypatch.setattr(recovery, "AIOKafkaConsumer", RetainedPartition)
+    """Run ``operation`` over ``consumer`` (:class:`RetainedPartition`) with
+    ``current(written)`` the webhook of its id once ``written`` deliveries were written: the
+    times of the writes, and the run."""
+    monkeypatch.setattr(recovery, "AIOKafkaConsumer", consumer)
     settings = Settings.load(
         env={}, overrides={"kafka_bootstrap_servers": "127.0.0.1:1", "events_topic": "events"}
     )
@@ -522,3 +524,56 @@ async def test_a_rate_limit_set_while_two_recoveries_run_bounds_them_together(
     assert len(after) >= 30
     assert (len(after) - 1) / (after[-1] - after[0]) <= 40.0 * 1.05
     assert len(paces) == 0  # released as they ended
+
+
+class CommittedPartition(RetainedPartition):
+    """An events partition written in transactions: its records, then a commit marker at
+    ``END - 1``. As aiokafka does, a fetch skips the marker, moving the position to the end,
+    and hands over no record for it (a fetch at the end then brings nothing)."""
+
+    LOG_START = 0
+    END = 21
+
+    async def getmany(
+        self, *tps: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[Any]]:
+        if self.at == self.END - 1:
+            self.at = self.END  # the marker, skipped
+            return {}
+        records = await super().getmany(*tps, timeout_ms=timeout_ms, max_records=max_records)
+        for batch in records.values():
+            del batch[self.END - 1 - batch[0].offset :]  # no record at the marker
+            self.at = min(self.at, self.END - 1)
+        return records
+
+
+async def test_a_partition_ending_in_a_transaction_marker_is_read_to_its_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fetch brings nothing, the position at the end: the recovery ends done (until
+    2026-12-07 it failed, TimeoutError, after 30 s; the embedded broker has no transactions)."""
+    operation = Operation(request(rate=1_000_000.0))
+    _, run = run_with(monkeypatch, operation, lambda n: WEBHOOK, consumer=CommittedPartition)
+    operation = await asyncio.wait_for(run, 5.0)
+    assert (operation.state, operation.enqueued) == ("done", CommittedPartition.END - 1)
+    assert (operation.done, operation.total) == (CommittedPartition.END, CommittedPartition.END)
+
+
+async def test_a_partition_that_never_reaches_its_end_fails_the_recovery(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing fetched and the position short of the end for ``FETCH_PATIENCE``: failed."""
+
+    class Stuck(RetainedPartition):
+        async def getmany(
+            self, *tps: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+        ) -> dict[TopicPartition, list[Any]]:
+            await asyncio.sleep(0.001)
+            return {}
+
+    monkeypatch.setattr(recovery, "FETCH_PATIENCE", 0.05)
+    operation = Operation(request())
+    _, run = run_with(monkeypatch, operation, lambda n: WEBHOOK, consumer=Stuck)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(run, 5.0)
+    assert (operation.state, operation.error) == ("failed", "TimeoutError")

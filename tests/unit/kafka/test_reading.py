@@ -5,15 +5,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bridge.config import Settings
 from bridge.kafka import reading
 from bridge.kafka.reading import settled, stamped_by
 from tests.support.waiting import PROMPT
@@ -123,3 +125,77 @@ class LateConsumer(ColdConsumer):
 async def test_the_records_of_an_answer_that_came_as_the_wait_ended_are_read() -> None:
     records = [Stamped(50), Stamped(60)]
     assert await asyncio.wait_for(_settle(LateConsumer(0, list(records))), PROMPT) == records
+
+
+class CommittedTopic:
+    """An ``AIOKafkaConsumer`` of a topic written in transactions: partition 0 holds three
+    records then a commit marker (end 4), partition 1 a marker alone (end 1). As aiokafka does,
+    a fetch skips a marker, moving the position past it, and hands over no record for it (a
+    fetch at the end then brings nothing)."""
+
+    def __init__(self, **kwargs: object) -> None:
+        self.at: dict[int, int] = {}
+        self.records = {0: 3, 1: 0}
+        self.ends = {0: 4, 1: 1}
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def topics(self) -> set[str]:
+        return {"committed"}
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0, 1}
+
+    def assign(self, tps: object) -> None:
+        pass
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self.ends[tp.partition] for tp in tps}
+
+    async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+        for tp in tps:
+            self.at[tp.partition] = 0
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.at[tp.partition]
+
+    async def getmany(self, *tps: TopicPartition, timeout_ms: int = 0) -> dict[Any, Any]:
+        await asyncio.sleep(0)
+        out: dict[Any, Any] = {}
+        for tp in tps:
+            at, held = self.at[tp.partition], self.records[tp.partition]
+            if at < held:
+                out[tp] = [
+                    ConsumerRecord("committed", tp.partition, n, 1, 0, b"k", b"v", None, 1, 1, ())
+                    for n in range(at, held)
+                ]
+                self.at[tp.partition] = held
+            else:
+                self.at[tp.partition] = self.ends[tp.partition]  # past the marker
+        return out
+
+    def last_poll_timestamp(self, tp: TopicPartition) -> int:
+        return int(time.time() * 1000) + 1000
+
+
+async def test_a_partition_ending_in_a_transaction_marker_is_read_to_its_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fetch that brings nothing, the positions at the ends: the read ends there (until
+    2026-12-07 it raised TimeoutError; the embedded broker has no transactions)."""
+    monkeypatch.setattr(reading, "AIOKafkaConsumer", CommittedTopic)
+    settings = Settings.load(env={}, overrides={"kafka_bootstrap_servers": "127.0.0.1:1"})
+    read = reading.stream_positioned(settings, "committed", timeout=PROMPT, settle=0.01)
+    out: list[reading.Positioned] = []
+
+    async def run() -> None:
+        async with aclosing(read) as batches:
+            async for batch in batches:
+                out.extend(batch)
+
+    await asyncio.wait_for(run(), PROMPT)
+    assert [(r.partition, r.offset) for r in out] == [(0, 0), (0, 1), (0, 2)]
