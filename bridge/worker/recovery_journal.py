@@ -30,6 +30,7 @@ from bridge.api.recoveries import Recoveries, RecoveryJournal
 from bridge.api.table_repository import require_current
 from bridge.contract import jsoncanon
 from bridge.contract.events import format_epoch
+from bridge.errors import InvalidRecord
 from bridge.subscriptions.serial import NotWritable
 from bridge.subscriptions.webhook import Webhook, before_created
 from bridge.worker.recovery_view import (
@@ -90,6 +91,19 @@ class KafkaRecoveryJournal:
         await self._producer.send_and_wait(self._topic, None, key=operation_id.encode("utf-8"))
 
 
+def _writable(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` without the fields that cannot be written back (an integer beyond what
+    JavaScript keeps, in a record that is not a recovery): its end is recorded all the same."""
+    out = {}
+    for name, value in record.items():
+        try:
+            jsoncanon.dumps(value)
+        except InvalidRecord:
+            continue
+        out[name] = value
+    return out
+
+
 async def take_over(
     view: RecoveryView,
     recoveries: Recoveries,
@@ -106,7 +120,9 @@ async def take_over(
     is recorded failed (``webhook_deleted``): gone from the table once
     ``table_current`` (which waits until the table of webhooks applied what its topic holds)
     says it is current, since a starting worker's table has not read every webhook yet; while
-    it cannot say so, the recovery is left for the next turn."""
+    it cannot say so, the recovery is left for the next turn. One whose record is not a
+    recovery (:meth:`Operation.from_record` refuses it) is recorded failed
+    (``invalid_record``)."""
     resumed: list[str] = []
     now = wall_time()
     for record in view.running():
@@ -133,28 +149,34 @@ async def take_over(
             if not await table_current():
                 continue  # not known to be gone yet
             current = webhook(webhook_id)
-        try:
-            if current is not None:
+        operation: Operation | None = None
+        error = "webhook_deleted"
+        if current is not None:
+            try:
                 operation = Operation.from_record(record, current)
+            except ValueError as exc:
+                # Not a recovery this worker can run (written by hand or by another version):
+                # ended, so that it is looked at no more and forgotten after the retention
+                # (until 2026-12-07 it was skipped with a warning every turn, for ever).
+                log.warning("recovery %s failed: its record is not one (%s)", operation_id, exc)
+                error = "invalid_record"
+            else:
                 if before_created(operation.started_at, current.created_at):
                     # Begun for a webhook of this id that was deleted: the webhook that took
                     # the id never gets its window (until 2026-12-06 it was resumed for it).
-                    current = None
-            if current is None:
-                journal = recoveries.journal
-                if journal is not None:
-                    failed = {"state": "failed", "error": "webhook_deleted", "runner": None}
-                    await journal.write(
-                        {
-                            **record,
-                            **failed,
-                            "updated_at": format_epoch(now),
-                            "finished_at": format_epoch(now),
-                        }
-                    )
-                continue
-        except ValueError as exc:
-            log.warning("recovery %s not resumed: %s", operation_id, exc)
+                    operation = None
+        if operation is None:
+            journal = recoveries.journal
+            if journal is not None:
+                failed = {"state": "failed", "error": error, "runner": None}
+                await journal.write(
+                    {
+                        **_writable(record),
+                        **failed,
+                        "updated_at": format_epoch(now),
+                        "finished_at": format_epoch(now),
+                    }
+                )
             continue
         try:
             await recoveries.resume(operation)

@@ -5,9 +5,12 @@ Forgetting them: only ended ones, once the retention has passed."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import pytest
 
 from bridge.admin.recovery import Operation, RecoveryRequest
 from bridge.api.recoveries import Recoveries
@@ -335,3 +338,48 @@ async def test_a_recovery_of_a_webhook_given_up_meanwhile_is_left_to_its_owner()
     )
     assert resumed == ["r-b"] and [r["id"] for r in journal.records] == ["r-b"]
     await recoveries.close()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"rate": 0},  # released with a rate no recovery can go at
+        {"since": "yesterday"},
+        {"scanned": 2**62},  # nor can it be written back as it is
+    ],
+)
+async def test_a_running_record_that_is_not_a_recovery_ends_failed_and_is_forgotten(
+    change: dict[str, Any],
+) -> None:
+    """Recorded failed (``invalid_record``), so that no worker looks at it again and it is
+    forgotten after the retention (until 2026-12-07 it was skipped with a warning every turn,
+    running for ever)."""
+    view = RecoveryView(TableFreshness(_ends, timeout=1.0))
+    record = jsoncanon.loads(recorded("odd", WEBHOOKS["a"], runner=None, age=60.0))
+    view.apply(0, 0, b"odd", json.dumps({**record, **change}).encode())
+    assert [r["id"] for r in view.running()] == ["odd"]
+    journal, runner = ViewJournal(view), Never()
+    recoveries = Recoveries(runner, journal=journal, url="http://w2")
+
+    async def turn() -> list[str]:
+        return await take_over(
+            view, recoveries, owns=lambda _: True, webhook=WEBHOOKS.get, wall_time=NOW.timestamp
+        )
+
+    assert await turn() == [] and runner.ran == []
+    [failed] = journal.records
+    assert (failed["state"], failed["error"], failed["runner"]) == (
+        "failed",
+        "invalid_record",
+        None,
+    )
+    view.apply(0, 1, b"odd", jsoncanon.dumps(failed))  # as the topic gives it back
+    assert list(view.running()) == [] and await turn() == [] and len(journal.records) == 1
+    forgotten = await forget_ended(
+        view,
+        journal,
+        owns=lambda _: True,
+        retention=3600.0,
+        wall_time=lambda: NOW.timestamp() + 3601,
+    )
+    assert forgotten == ["odd"]
