@@ -108,6 +108,12 @@ def _count(record: dict[str, Any], name: str) -> int:
     return value
 
 
+def _rate(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{name} is not positive")
+    return float(value)
+
+
 def _offsets(record: dict[str, Any], name: str) -> dict[str, int]:
     value = record.get(name) or {}
     if not isinstance(value, dict) or not all(
@@ -236,6 +242,9 @@ class Operation:
     #: (:mod:`bridge.api.idempotency`; its id is made from the key): the same key with another
     #: request is refused.
     request_digest: str | None = None
+    #: The webhook as the recovery last saw it (its rate limit may have changed since the
+    #: start); ``None``: as it was then (:attr:`RecoveryRequest.webhook`).
+    webhook_now: Webhook | None = field(default=None, repr=False, compare=False)
     _cancel: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def __post_init__(self) -> None:
@@ -252,6 +261,12 @@ class Operation:
     def cancelled(self) -> bool:
         return self._cancel.is_set()
 
+    @property
+    def pace(self) -> float:
+        """Deliveries it enqueues per second at most, as it goes now: the rate asked for at the
+        rate limit of its webhook as it is now."""
+        return self.request.pace_for(self.webhook_now or self.request.webhook)
+
     def to_record(self, *, updated_at: float) -> dict[str, Any]:
         """The operation as a record of the recoveries topic (no secret: the webhook by id)."""
         return {
@@ -261,6 +276,9 @@ class Operation:
             "positions": dict(self.positions),
             "ends": dict(self.ends),
             "runner": self.runner,
+            # The rate asked for, apart from the pace shown as ``rate`` (at the rate limit of
+            # the moment): a resumed recovery goes at it again once the limit is raised.
+            "requested_rate": self.request.rate,
             "updated_at": _moment(updated_at),
             **({} if self.request_digest is None else {"request_digest": self.request_digest}),
         }
@@ -275,9 +293,9 @@ class Operation:
         if state not in ("running", "done", "cancelled", "failed"):
             raise ValueError("state is not an operation state")
         delivery = record.get("delivery_id")
-        rate = record.get("rate")
-        if isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0:
-            raise ValueError("rate is not positive")
+        pace = _rate(record.get("rate"), "rate")
+        # Until 2026-12-07 a record kept only its pace at its start (``rate``), taken as asked.
+        rate = _rate(record.get("requested_rate", pace), "requested_rate")
         operation_id = record.get("id")
         if not isinstance(operation_id, str) or not operation_id:
             raise ValueError("id is not a string")
@@ -292,7 +310,7 @@ class Operation:
                 since,
                 until,
                 delivery_id=delivery if isinstance(delivery, str) else None,
-                rate=float(rate),
+                rate=rate,
             ),
             id=operation_id,
             state=str(state),
@@ -321,7 +339,7 @@ class Operation:
             "since": format_timestamp(self.request.since),
             "until": format_timestamp(self.request.until),
             "delivery_id": self.request.delivery_id,
-            "rate": self.request.pace,
+            "rate": self.pace,
             "state": self.state,
             "scanned": self.scanned,
             "enqueued": self.enqueued,
@@ -470,7 +488,11 @@ async def recover(
     finish and counts it (a record given to the producer is sent when it stops), so that the
     worker that resumes the recovery reads on after it and the counts are what was written."""
     request = operation.request
-    index = _Matching(request.webhook, current)
+
+    def seen(webhook: Webhook) -> None:
+        operation.webhook_now = webhook  # its pace, as shown
+
+    index = _Matching(request.webhook, current, seen)
     async with AsyncExitStack() as clients:  # stopped in reverse, however this ends
         if write is None:
             producer = AIOKafkaProducer(
@@ -550,11 +572,17 @@ class _Matching:
     when ``current`` can tell (else as it was when the recovery began). A webhook deleted,
     replaced or turned off meanwhile raises :class:`WebhookGone`: until 2026-12-06 the
     recovery read on to the end of its window sending nothing, held its slots, and ended
-    ``done``."""
+    ``done``. ``seen`` is given the webhook each time it is found changed."""
 
-    def __init__(self, webhook: Webhook, current: Callable[[str], Webhook | None] | None) -> None:
+    def __init__(
+        self,
+        webhook: Webhook,
+        current: Callable[[str], Webhook | None] | None,
+        seen: Callable[[Webhook], None] | None = None,
+    ) -> None:
         self._first = webhook
         self._current = current
+        self._seen = seen
         self.webhook: Webhook = webhook
         self._index = SubscriptionIndex([webhook])
 
@@ -569,6 +597,8 @@ class _Matching:
             if webhook is not self.webhook:
                 self.webhook = webhook
                 self._index = SubscriptionIndex([webhook])
+                if self._seen is not None:
+                    self._seen(webhook)
         return self._index
 
 

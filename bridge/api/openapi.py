@@ -495,7 +495,12 @@ def _schemas() -> dict[str, Any]:
                 "since": {"type": "string"},
                 "until": {"type": "string"},
                 "delivery_id": nullable_text,
-                "rate": {"type": "number", "exclusiveMinimum": 0},
+                "rate": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "description": "Deliveries enqueued per second at most, as it goes now: the "
+                    "rate asked for, at most the webhook's rate_limit as it is now.",
+                },
                 "state": {"enum": ["running", "done", "cancelled", "failed"]},
                 "scanned": {
                     "type": "integer",

@@ -485,6 +485,9 @@ async def test_a_recovery_follows_its_webhooks_rate_limit_as_it_changes(
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert all(gap == pytest.approx(0.02) for gap in gaps[:9])
     assert gaps[10:] and all(gap >= 0.5 - 1e-9 for gap in gaps[10:])
+    # Shown at the pace it goes at now (until 2026-12-07 at its start's, 50), asked for 1,000.
+    assert operation.as_dict()["rate"] == 2.0
+    assert operation.to_record(updated_at=1.0)["requested_rate"] == 1_000.0
 
 
 async def test_a_rate_limit_set_while_two_recoveries_run_bounds_them_together(
@@ -577,3 +580,22 @@ async def test_a_partition_that_never_reaches_its_end_fails_the_recovery(
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(run, 5.0)
     assert (operation.state, operation.error) == ("failed", "TimeoutError")
+
+
+def test_a_record_keeps_the_rate_asked_for_apart_from_the_pace() -> None:
+    """Asked for 50 a second of a webhook limited to 2: shown and recorded at 2, resumed at 50
+    once the limit is raised to 100, and shown so (until 2026-12-07 the record kept the pace
+    of the start alone, and a resumed recovery went at 2 for good)."""
+    limited = dataclasses.replace(WEBHOOK, rate_limit=2.0)
+    record = Operation(request(webhook=limited, rate=50.0)).to_record(updated_at=1.0)
+    assert (record["rate"], record["requested_rate"]) == (2.0, 50.0)
+    assert is_valid("schemas/recovery.json", record)
+    raised = dataclasses.replace(WEBHOOK, rate_limit=100.0)
+    back = Operation.from_record(json.loads(json.dumps(record)), raised)
+    assert (back.request.rate, back.as_dict()["rate"]) == (50.0, 50.0)
+    assert Operation.from_record(record, limited).as_dict()["rate"] == 2.0
+    # One recorded before there was a requested_rate: its rate is taken as asked.
+    del record["requested_rate"]
+    assert Operation.from_record(record, raised).request.rate == 2.0
+    with pytest.raises(ValueError):
+        Operation.from_record({**record, "requested_rate": 0}, raised)
