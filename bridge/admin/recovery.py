@@ -47,6 +47,7 @@ __all__ = [
     "FETCH_PATIENCE",
     "FETCH_POLL",
     "FETCH_RECORDS",
+    "MIN_RATE",
     "SharedPace",
     "WebhookGone",
     "WebhookPaces",
@@ -70,6 +71,11 @@ FETCH_PATIENCE = 30.0
 #: Seconds one fetch waits for records before the positions are looked at again (a position
 #: moved past a transaction's marker brings no record).
 FETCH_POLL = 1.0
+
+#: The slowest pace a recovery goes at (one delivery every 100 s), however slow the rate asked
+#: for or its webhook's ``rate_limit`` (5e-324 is a positive one: its interval was infinite,
+#: and the recovery held its place until cancelled, until 2026-12-07).
+MIN_RATE = 0.01
 
 #: Deliveries a recovery enqueues per second unless told otherwise (and never more than the
 #: webhook's own ``rate_limit``).
@@ -168,9 +174,17 @@ class RecoveryRequest:
         return self.pace_for(self.webhook)
 
     def pace_for(self, webhook: Webhook) -> float:
-        """:attr:`pace` at ``webhook``'s rate limit (the webhook as it is now)."""
-        limit = webhook.rate_limit
-        return min(self.rate, limit) if limit is not None and limit > 0 else self.rate
+        """:attr:`pace` at ``webhook``'s rate limit (the webhook as it is now), and at least
+        :data:`MIN_RATE`."""
+        limit = _limit(webhook)
+        return max(MIN_RATE, self.rate if limit is None else min(self.rate, limit))
+
+
+def _limit(webhook: Webhook) -> float | None:
+    """The pace ``webhook``'s recoveries share: its ``rate_limit``, at least :data:`MIN_RATE`;
+    ``None`` without one."""
+    limit = webhook.rate_limit
+    return max(MIN_RATE, limit) if limit is not None and limit > 0 else None
 
 
 def select(
@@ -433,8 +447,8 @@ class WebhookPaces:
 
     @contextlib.contextmanager
     def held(self, webhook: Webhook) -> Iterator[SharedPace | None]:
-        limit = webhook.rate_limit
-        if limit is None or not limit > 0:
+        limit = _limit(webhook)
+        if limit is None:
             yield None
             return
         entry = self._paces.get(webhook.id)
@@ -521,8 +535,8 @@ async def recover(
             """The pace the webhook's recoveries share at its rate limit as it is now: taken
             when it first has one (until 2026-12-06 at the start only: a limit set meanwhile
             was each recovery's own, and two of them together went at twice it)."""
-            limit = webhook.rate_limit
-            if webhook_paces is None or limit is None or not limit > 0:
+            limit = _limit(webhook)
+            if webhook_paces is None or limit is None:
                 return None
             if not held:
                 held.append(clients.enter_context(webhook_paces.held(webhook)))

@@ -17,6 +17,7 @@ from functools import cache
 from typing import Any
 
 from bridge.admin.dead_letters import SKIP_REASONS
+from bridge.admin.recovery import MIN_RATE
 from bridge.api.control import MAX_REPLAY_CURSOR
 from bridge.api.idempotency import HEADER as IDEMPOTENCY_KEY
 from bridge.api.idempotency import (
@@ -76,7 +77,7 @@ HEALTH_STATES = ("healthy", "failing", "disabled", "inactive")
 MAX_RECOVERY_RATE = 1000
 #: ... and at least (one every 100 s): a rate of 5e-324 was taken, and its recovery waited
 #: for ever between two deliveries, holding a place (until 2026-12-05).
-MIN_RECOVERY_RATE = 0.01
+MIN_RECOVERY_RATE = MIN_RATE
 
 #: ``active``; ``inactive`` (turned off by its owner); ``disabled`` (turned off by the bridge:
 #: the endpoint answered 410, or failed longer than ``disable_after``; ``disabled_reason`` says).

@@ -599,3 +599,23 @@ def test_a_record_keeps_the_rate_asked_for_apart_from_the_pace() -> None:
     assert Operation.from_record(record, raised).request.rate == 2.0
     with pytest.raises(ValueError):
         Operation.from_record({**record, "requested_rate": 0}, raised)
+
+
+async def test_a_webhooks_tiniest_rate_limit_paces_its_recovery_at_the_floor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ``rate_limit`` of 5e-324 (positive, so taken): the recovery goes at ``MIN_RATE``, one
+    delivery every 100 s, on its own pace and on its webhook's shared one (until 2026-12-07 the
+    interval was infinite, and it held its place until cancelled)."""
+    tiny = dataclasses.replace(WEBHOOK, rate_limit=5e-324)
+    assert request(webhook=tiny).pace == recovery.MIN_RATE == 0.01
+    assert request(rate=5e-324).pace == recovery.MIN_RATE  # a record no API would write
+    operation = Operation(request(webhook=tiny))
+    clock = FakeTime()
+    paces = recovery.WebhookPaces(clock=clock)
+    times, run = run_with(monkeypatch, operation, lambda n: tiny, clock, webhook_paces=paces)
+    await asyncio.wait_for(run, 5.0)
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert len(times) == RetainedPartition.END - RetainedPartition.LOG_START
+    assert all(gap == pytest.approx(100.0) for gap in gaps)
+    assert operation.as_dict()["rate"] == 0.01
