@@ -403,7 +403,15 @@ class Deliverer:
         )
         next_attempt = job.attempt + 1
         deferred = _deferrals(history) if result.error in _DEFERRED else 0
-        if result.error in _DEFERRED and deferred <= MAX_DEFERRALS:
+        if result.error == "interrupted":
+            # Cut short by a drain, waiting for a place or for its answer: the same attempt,
+            # soon, spending no entry of the schedule and no deferral. A request sent and
+            # abandoned may have reached the receiver, which dedupes by delivery id; the
+            # endpoint did not fail it. Until 2026-12-07 it spent an entry, and a last attempt
+            # interrupted before it was sent was dead-lettered "last: interrupted".
+            decision = self._policy.after_skip()
+            next_attempt = job.attempt
+        elif result.error in _DEFERRED and deferred <= MAX_DEFERRALS:
             # ``deferred`` counts this one: those before it double its wait.
             decision = self._policy.after_skip(retry_after, deferred=deferred - 1)
             next_attempt = job.attempt

@@ -801,12 +801,83 @@ async def test_draining_cancellation_hands_the_job_to_the_retry_path() -> None:
     interrupted = AttemptResult(False, None, "interrupted", 0.0, NOW_TEXT)
     assert h.attempt() == attempt_record(1, interrupted, "retry")
     tier, pending = h.retry()
-    assert (tier, pending.attempt, pending.not_before) == (0, 2, NOW_TS + 5.0)
+    # The same attempt again, soon: an interrupted one spends no entry of the schedule.
+    assert (tier, pending.attempt, pending.not_before) == (0, 1, NOW_TS + 5.0)
     assert pending.history == (interrupted.as_record(),)
     # Not the endpoint's fault: no health change, no breaker failure.
     assert h.outputs.statuses == []
     assert h.deliverer.breakers.state(endpoint_of(WEBHOOK.url)) == CLOSED
     assert h.value("webhook_bridge_in_flight_requests") == 0.0
+
+
+async def test_a_last_attempt_interrupted_waiting_for_a_place_is_not_dead_lettered() -> None:
+    """No request was made: the drain must not spend the delivery's last attempt (until
+    2026-12-07 it was dead-lettered "8 attempts; last: interrupted")."""
+    sender = FakeSender()
+    sender.gate = asyncio.Event()
+    h = Harness(sender, max_in_flight=1)
+    first = h.start(make_job(event=make_event("evt_first")))
+    await asyncio.wait_for(sender.started.wait(), PROMPT)
+    last = h.policy.max_attempts
+    other = make_webhook("webhook_other", host="other.example")
+    waiting = h.start(make_job(last, webhook=other, history=earlier(last - 1)))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert len(sender.sent) == 1  # the second waits for the worker's only place
+
+    h.deliverer.draining = True
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(waiting, PROMPT)
+    assert h.outputs.dead_letters == []
+    tier, key, value = h.outputs.retries[-1]
+    assert key == b"webhook_other"
+    pending = parse_retry(value)
+    assert (tier, pending.attempt, pending.not_before) == (0, last, NOW_TS + 5.0)
+    assert [a["error"] for a in pending.history] == ["http_status"] * (last - 1) + ["interrupted"]
+    assert (
+        h.value("webhook_bridge_deliveries_total", event_type=EVENT.type, outcome="dead_lettered")
+        == 0.0
+    )
+    sender.gate.set()
+    await asyncio.wait_for(first, PROMPT)
+
+
+async def test_a_last_attempt_interrupted_after_it_was_sent_is_tried_again() -> None:
+    """Sent, not answered: the receiver may have it (it dedupes by delivery id), but its
+    endpoint did not fail it, so it is not why the delivery is dead-lettered."""
+    sender = FakeSender()
+    sender.gate = asyncio.Event()
+    h = Harness(sender)
+    last = h.policy.max_attempts
+    task = h.start(make_job(last, history=earlier(last - 1)))
+    await asyncio.wait_for(sender.started.wait(), PROMPT)
+    h.deliverer.draining = True
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, PROMPT)
+    assert h.outputs.dead_letters == []
+    assert h.retry()[1].attempt == last
+    # Tried again, it is the last attempt still: a failure then dead-letters it.
+    sender.gate.set()
+    sender.script = [failed(502)]
+    await h.run(make_job(last, history=h.retry()[1].history))
+    assert h.dead_letter()["detail"] == f"{last} attempts; last: HTTP 502"
+
+
+async def test_interruptions_are_not_counted_as_deferrals() -> None:
+    sender = FakeSender()
+    sender.gate = asyncio.Event()
+    h = Harness(sender, endpoint_max_in_flight=1, endpoint_max_queued=0)
+    first = h.start(make_job(event=make_event("evt_first")))
+    await asyncio.wait_for(sender.started.wait(), PROMPT)
+    interrupted = AttemptResult(False, None, "interrupted", 0.0, AT).as_record()
+    await h.run(make_job(2, history=(interrupted,) * MAX_DEFERRALS))
+    tier, pending = h.retry()
+    # Its first deferral: the same attempt, after the schedule's first delay.
+    assert (tier, pending.attempt, pending.not_before) == (0, 2, NOW_TS + 5.0)
+    sender.gate.set()
+    await asyncio.wait_for(first, PROMPT)
 
 
 async def test_cancellation_outside_a_drain_leaves_the_job_unsettled() -> None:

@@ -872,7 +872,7 @@ async def test_drain_hands_unfinished_deliveries_to_the_retry_path() -> None:
     ((tier, key, value),) = h.outputs.retries
     assert (tier, key) == (0, b"w")
     pending = parse_retry(value)
-    assert pending.attempt == 2
+    assert pending.attempt == 1  # the same attempt: an interrupted one spends no entry
     assert [a["error"] for a in pending.history] == ["interrupted"]
     assert h.pipeline.in_flight == 0
     assert h.value("webhook_bridge_in_flight_requests") == 0
