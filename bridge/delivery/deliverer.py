@@ -147,9 +147,11 @@ class Deliverer:
         """Attempt the delivery and settle its outcome; ``done`` is called once it is settled.
 
         Returns ``None`` when the job has ended: settled (``done`` was called), or not (an
-        exception says why). A successful attempt whose record is still on its way to the broker
-        returns that write instead, without calling ``done``: the job is settled when the write
-        succeeds, which the caller sees from the future's callback, with no task waiting for it.
+        exception says why). A successful attempt returns the writing of its record instead
+        (its attempt record, and its webhook's ``healthy`` status when it ended a failing),
+        without calling ``done``: the job is settled when the writing succeeds, which the caller
+        sees from the future's callback; when it fails, the delivery (counted ``delivered``)
+        is the caller's to settle (:meth:`dead_letter` with ``delivered``).
 
         When cancelled while draining (SIGTERM), the interrupted attempt is handed to the retry
         path before ``done`` is called; a drain does not cancel a job whose outcome is being
@@ -271,13 +273,21 @@ class Deliverer:
             self._observe(job, result)
             self._breakers.success(endpoint)
             self._recording()
-            written = await self._queue_attempt(job, result, None)
+            # Counted delivered: whatever of its record fails from here is the bridge's, and
+            # reaches the caller through the returned future, which settles it as delivered
+            # (dead-lettered internal_error, not counted dead_lettered). Until 2026-12-07 a
+            # delivery that ended its webhook's failing, whose record or status could not be
+            # written, was counted with both outcomes.
+            try:
+                written = await self._queue_attempt(job, result, None)
+            except Exception as exc:
+                written = asyncio.get_running_loop().create_future()
+                written.set_exception(exc)
+                return written
             change = self._health.on_success(webhook.id, webhook.created_at, webhook.updated_at)
             if change is None:
                 return written
-            await written
-            await self._publish_health(change)
-            return None
+            return asyncio.ensure_future(self._recovered(written, change))
         # A refusal by the SSRF guard made no request: it is not an HTTP attempt and says
         # nothing about the endpoint's health, but it must still release a half-open probe.
         refused = result.error == "destination_forbidden"
@@ -287,6 +297,11 @@ class Deliverer:
             self._breakers.failure(endpoint)
         await self._settle_failure(job, result, counts=not refused)
         return None
+
+    async def _recovered(self, written: asyncio.Future[Any], change: HealthChange) -> None:
+        """A delivery's attempt record acknowledged, then its webhook's recovery published."""
+        await written
+        await self._publish_health(change)
 
     def _take_owner(self, owner: str) -> bool:
         """A place among the requests in flight of a site (account); ``False`` when it has

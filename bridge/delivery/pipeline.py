@@ -515,9 +515,7 @@ class Pipeline:
                 self._log_unsettled(job, None)
             elif (exc := written.exception()) is not None:
                 giving_up = self._track(
-                    self._give_up(
-                        job, exc, "writing its attempt record", done, release, delivered=True
-                    )
+                    self._give_up(job, exc, "recording its outcome", done, release, delivered=True)
                 )
                 # Recording the job's outcome (a dead letter): a drain lets it finish, as it
                 # lets a job being recorded (cancelled before it began, it settled nothing).

@@ -66,6 +66,8 @@ class FakeOutputs:
         self.disables_here = False
         #: When set, dead letters cannot be written (raised from ``dead_letter``).
         self.dead_letter_error: Exception | None = None
+        #: When set, status records cannot be written (raised from ``status``).
+        self.status_error: Exception | None = None
 
     async def dead_letter(self, key: bytes | None, record: dict[str, Any]) -> None:
         self.calls.append("dead_letter")
@@ -88,6 +90,8 @@ class FakeOutputs:
 
     async def status(self, key: bytes, record: dict[str, Any]) -> None:
         self.calls.append("status")
+        if self.status_error is not None:
+            raise self.status_error
         self.statuses.append((key, json.loads(json.dumps(record))))
 
     async def disable(self, webhook: Webhook, reason: str) -> bool:

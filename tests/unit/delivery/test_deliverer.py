@@ -306,19 +306,35 @@ async def test_a_success_returns_its_pending_attempt_record_unsettled() -> None:
     assert h.acks.count == 0
 
 
-async def test_a_success_that_changes_health_settles_before_returning() -> None:
+async def test_a_success_that_changes_health_returns_the_writing_of_both_records() -> None:
     h = Harness(FakeSender(failed(500), OK))
     await h.run(make_job())
     h.outputs.hold_attempts = True
-    running = asyncio.create_task(h.deliverer.run(make_job(2, history=earlier(1)), h.acks))
-    await eventually(lambda: len(h.outputs.attempt_writes) == 2)
+    written = await asyncio.wait_for(
+        h.deliverer.run(make_job(2, history=earlier(1)), h.acks), PROMPT
+    )
+    assert written is not None and h.acks.count == 1  # settled by the caller, once written
     await asyncio.sleep(0)
     # The "healthy" status follows the attempt record once that is durable.
-    assert h.outputs.calls[-1] == "attempt" and not running.done()
+    assert h.outputs.calls[-1] == "attempt" and not written.done()
     h.outputs.attempt_writes[1].set_result(None)
-    assert await asyncio.wait_for(running, PROMPT) is None
+    await asyncio.wait_for(written, PROMPT)
     assert h.outputs.calls[-2:] == ["attempt", "status"]
-    assert h.acks.count == 2
+
+
+async def test_a_success_whose_status_cannot_be_written_fails_its_returned_writing() -> None:
+    """The caller settles it as delivered (counted once); raised from ``run``, it was the
+    caller's to dead-letter as a delivery that failed (until 2026-12-07)."""
+    h = Harness(FakeSender(failed(500), OK))
+    await h.run(make_job())
+    h.outputs.status_error = RuntimeError("status topic gone")
+    written = await asyncio.wait_for(
+        h.deliverer.run(make_job(2, history=earlier(1)), h.acks), PROMPT
+    )
+    assert written is not None
+    with pytest.raises(RuntimeError):
+        await asyncio.wait_for(written, PROMPT)
+    assert h.acks.count == 1
 
 
 # -- failures: retry, dead letter ------------------------------------------------------------------

@@ -903,6 +903,42 @@ async def test_a_delivered_job_settles_when_its_attempt_record_is_acknowledged()
     assert h.pipeline.in_flight == 0
 
 
+@pytest.mark.parametrize("failing", ["attempt", "status"])
+async def test_a_delivery_ending_its_webhooks_failing_is_counted_delivered_once(
+    failing: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Delivered (200) after its webhook failed: its attempt record or the webhook's healthy
+    status cannot be written. Dead-lettered internal_error as the bridge's own failure, as
+    a delivery that changed no health is, but counted delivered alone (until 2026-12-07 it
+    was counted dead_lettered as well)."""
+    sender = ScriptedSender({"w": AttemptResult(False, 500, "http_status", 0.1, "t")})
+    h = Harness([webhook("w")], sender)
+    await h.pipeline.handle_event(make_event(event_id="e1").to_bytes(), SOURCE, Acks())
+    await h.settled()
+    assert [r["state"] for _, r in h.outputs.statuses] == ["failing"]
+
+    sender.results.clear()
+    if failing == "attempt":
+        h.outputs.hold_attempts = True
+    else:
+        h.outputs.status_error = RuntimeError("status topic gone")
+    acked = Acks()
+    await h.pipeline.handle_event(make_event(event_id="e2").to_bytes(), SOURCE, acked)
+    if failing == "attempt":
+        await eventually(lambda: len(h.outputs.attempt_writes) == 2)
+        h.outputs.attempt_writes[1].set_exception(RuntimeError("broker gone"))
+    await eventually(lambda: h.pipeline.in_flight == 0)
+    await settle()
+    assert acked.count == 1
+    assert h.value(DELIVERIES, event_type="post.created", outcome="delivered") == 1
+    assert h.value(DELIVERIES, event_type="post.created", outcome="dead_lettered") == 0
+    [(_, letter)] = h.outputs.dead_letters
+    assert (letter["reason"], letter["detail"]) == (
+        "internal_error",
+        "recording its outcome: RuntimeError",
+    )
+
+
 async def test_an_attempt_record_that_cannot_be_written_dead_letters_its_job(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -917,7 +953,7 @@ async def test_an_attempt_record_that_cannot_be_written_dead_letters_its_job(
     assert acked.count == 1
     [(_, letter)] = h.outputs.dead_letters
     assert letter["reason"] == "internal_error"
-    assert letter["detail"] == "writing its attempt record: RuntimeError"
+    assert letter["detail"] == "recording its outcome: RuntimeError"
     assert "broker gone" in caplog.text
 
     # The only slot was released: the next event is not blocked.
