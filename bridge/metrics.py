@@ -302,8 +302,8 @@ class Metrics:
         )
         self.disabled = Counter(
             "webhook_bridge_webhooks_disabled_total",
-            "Webhooks disabled by the bridge, by reason (gone: HTTP 410; failing: failed for "
-            "longer than disable_after).",
+            "Webhooks the bridge turned off (their record written inactive) in this worker, by "
+            "reason (gone: HTTP 410; failing: failed for longer than disable_after).",
             ["reason"],
             registry=registry,
         )

@@ -473,7 +473,8 @@ class Deliverer:
             # (bridge.worker.disables), so that an owner later never applies it again.
             applied = dataclasses.replace(made_for, applied_at=format_timestamp(self._now()))
             await self._publish_health(applied)
-        self._metrics.disabled.labels(reason).inc()
+        # Counted where the webhook's record is written off (``webhooks_disabled``): here, it
+        # may be left on (deleted or changed meanwhile), or written by its owner.
 
     async def _publish_health(self, change: HealthChange | None) -> None:
         if change is None:

@@ -196,6 +196,8 @@ class KafkaOutputs:
             return False
         if current.active:
             await self._observed("disable", self._store.disable(current, reason))
+            if self._metrics is not None:
+                self._metrics.disabled.labels(reason).inc()
         # Off already: applied as well (an owner marks one it finds off), so that it is never
         # applied again once the webhook is turned on.
         return True

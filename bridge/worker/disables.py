@@ -248,9 +248,10 @@ class DisableWriter:
         if verdict == "written":
             assert current is not None
             reason = status.get("reason")
-            writing = store.disable(current, reason if reason in DISABLE_REASONS else "failing")
-            written = await self._metrics.observed_write("disable", writing)
+            why = reason if reason in DISABLE_REASONS else "failing"
+            written = await self._metrics.observed_write("disable", store.disable(current, why))
             self._locks.wrote(webhook_id, written)
+            self._metrics.disabled.labels(why).inc()
             log.warning("webhook disabled", extra={"webhook_id": webhook_id, "reason": reason})
         if verdict == "deleted":
             # Nothing to apply, nor to keep.

@@ -434,7 +434,9 @@ async def test_410_disables_and_dead_letters() -> None:
     assert record["reason"] == "endpoint_gone"
     assert record["attempts"] == [*earlier(2), result.as_record()]
     assert h.outputs.retries == []
-    assert h.value("webhook_bridge_webhooks_disabled_total", reason="gone") == 1.0
+    # Decided, left to its owner (``disable`` answered False): counted where it is written
+    # (until 2026-12-07 every decision was counted here, written or not).
+    assert not h.value("webhook_bridge_webhooks_disabled_total", reason="gone")
     assert h.value("webhook_bridge_dead_letters_total", reason="endpoint_gone") == 1.0
 
 

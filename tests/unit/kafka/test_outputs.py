@@ -153,14 +153,19 @@ async def test_a_disable_is_written_here_only_for_the_same_webhook_without_an_ow
         "other": _made("2024-01-15T11:00:00.000Z"),
     }[now]
     store = _Store()
+    registry = CollectorRegistry()
     outputs = KafkaOutputs(
         Settings(),
         store,  # type: ignore[arg-type]
         lambda _: current,
+        Metrics(registry),
         owned=lambda _: owned,
     )
     assert await outputs.disable(made, "gone") == applied
     assert store.calls == (["disable:gone"] if written else [])
+    # Counted when written alone (until 2026-12-07 every decision was, written or not).
+    disabled = sample(registry, "webhook_bridge_webhooks_disabled_total", reason="gone")
+    assert disabled == (1 if written else 0)
 
 
 class _Batches:

@@ -182,6 +182,7 @@ async def test_the_owner_writes_the_disable_under_the_lock_once(
     await _settled(writer)
     assert len(store.calls) == 2
     assert sample(registry, "webhook_bridge_disable_writes_total", result="written") == 1
+    assert sample(registry, "webhook_bridge_webhooks_disabled_total", reason="gone") == 1
 
 
 async def test_a_webhook_turned_on_after_its_disable_was_applied_stays_on(
@@ -226,6 +227,7 @@ async def test_a_disable_of_a_webhook_off_already_is_marked_applied(
     assert store.calls == [("status", "disabled")]
     assert isinstance(store.statuses[0]["applied_at"], str)
     assert sample(registry, "webhook_bridge_disable_writes_total", result="inactive") == 1
+    assert sample(registry, "webhook_bridge_webhooks_disabled_total", reason="gone") == 0
 
 
 async def test_the_disable_of_a_deleted_webhook_is_deleted(
