@@ -423,4 +423,6 @@ def _replayed(record: dict[str, Any], now: float) -> PendingRetry | None:
         history=history,
         replayed=True,
         webhook_created_at=created if isinstance(created, str) else None,
+        # Its deferrals are counted afresh: the letter's are of the sending that ended.
+        replayed_after=len(history),
     )

@@ -417,7 +417,11 @@ class Deliverer:
             else None
         )
         next_attempt = job.attempt + 1
-        deferred = _deferrals(history) if result.error in _DEFERRED else 0
+        # Since the delivery was last replayed: a dead letter of a long outage holds 20 or more,
+        # and until 2026-12-07 its replay's deferrals each spent an attempt (or waited up to an
+        # hour from the first).
+        since = history[job.replayed_after :]
+        deferred = _deferrals(since) if result.error in _DEFERRED else 0
         if result.error == "interrupted":
             # Cut short by a drain, waiting for a place or for its answer: the same attempt,
             # soon, spending no entry of the schedule and no deferral. A request sent and
@@ -451,6 +455,7 @@ class Deliverer:
             replayed=job.replayed,
             webhook_created_at=job.webhook.created_at,
             recovery_id=job.recovery_id,
+            replayed_after=job.replayed_after,
         )
         await self._record_attempt(job, result, "retry", next_at=pending.not_before)
         await self._outputs.retry(decision.tier, webhook_id.encode("utf-8"), pending.to_bytes())

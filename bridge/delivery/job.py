@@ -91,6 +91,10 @@ class Job:
     enqueued_at: float | None = None
     #: The recovery or redelivery that sent it (its retry record's), recorded with its attempts.
     recovery_id: str | None = None
+    #: How many of ``history`` were made before an operator last sent the delivery again (a
+    #: dead letter replayed; its retry record's ``replayed_after``): its deferrals are counted
+    #: after them.
+    replayed_after: int = 0
 
     @property
     def event(self) -> Event:

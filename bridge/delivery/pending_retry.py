@@ -35,6 +35,9 @@ class PendingRetry:
     webhook_created_at: str | None = None
     #: The recovery or redelivery that sent it (``/v1/recoveries/{id}``), and its retries.
     recovery_id: str | None = None
+    #: How many of ``history`` were made before the delivery was last replayed from the
+    #: dead-letter topic: only the deferrals after them count (``deliverer.MAX_DEFERRALS``).
+    replayed_after: int = 0
 
     def to_record(self) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -52,6 +55,8 @@ class PendingRetry:
             record["webhook_created_at"] = self.webhook_created_at
         if self.recovery_id is not None:
             record["recovery_id"] = self.recovery_id
+        if self.replayed_after:
+            record["replayed_after"] = self.replayed_after
         return record
 
     def to_bytes(self) -> bytes:
@@ -101,6 +106,16 @@ def parse_retry(raw: bytes | None) -> PendingRetry:
         recovery = value.get("recovery_id")
         if recovery is not None and (not isinstance(recovery, str) or not recovery):
             raise InvalidRecord("invalid_retry_record", "$.recovery_id must be a string")
+        replayed_after = value.get("replayed_after", 0)
+        if (
+            not isinstance(replayed_after, int)
+            or isinstance(replayed_after, bool)
+            or not 0 <= replayed_after <= len(history)
+        ):
+            raise InvalidRecord(
+                "invalid_retry_record",
+                "$.replayed_after must be an integer from 0 to the number of attempts",
+            )
         return PendingRetry(
             delivery_id=str(value["delivery_id"]),
             webhook_id=str(value["webhook_id"]),
@@ -112,6 +127,7 @@ def parse_retry(raw: bytes | None) -> PendingRetry:
             replayed=bool(value.get("replayed", False)),
             webhook_created_at=created,
             recovery_id=recovery,
+            replayed_after=replayed_after,
         )
     except KeyError as exc:
         raise InvalidRecord("invalid_retry_record", f"missing {exc.args[0]!r}") from None

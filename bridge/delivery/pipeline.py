@@ -362,6 +362,7 @@ class Pipeline:
                 pending.replayed,
                 pending.enqueued_at,
                 pending.recovery_id,
+                pending.replayed_after,
             )
         except Exception as exc:
             await self._settle_unmatched(source, *internal_error(exc, "reading a retry"), raw, ack)

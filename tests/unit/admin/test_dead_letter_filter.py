@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 from bridge.admin.dead_letters import DeadLetterFilter, _replayed, of_webhook_created
+from bridge.contract.schemas import schema_errors
+from bridge.delivery.pending_retry import parse_retry
 from tests.support.jobs import SPEC_EVENT
 
 T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -70,6 +72,19 @@ def test_a_replayed_letter_names_the_webhook_it_was_made_for() -> None:
         made["webhook_created_at"] = odd
         replayed = _replayed(made, 1.0)
         assert replayed is not None and replayed.webhook_created_at is None
+
+
+def test_a_replayed_letter_counts_its_deferrals_afresh() -> None:
+    """A letter of a long outage holds many deferrals: its replay's are counted after them
+    (until 2026-12-07 they were counted with them, and each deferral spent an attempt)."""
+    busy = {"at": CREATED, "status": None, "error": "circuit_open", "duration_seconds": 0.0}
+    failed = {**busy, "status": 503, "error": "http_status"}
+    attempts = [busy, failed] * 12 + [failed]
+    made = letter(CREATED, event=SPEC_EVENT.envelope(), attempts=attempts)
+    replayed = _replayed(made, 1.0)
+    assert replayed is not None and replayed.replayed_after == len(attempts)
+    assert parse_retry(replayed.to_bytes()) == replayed
+    assert schema_errors("retry", replayed.to_record()) == []
 
 
 @pytest.mark.parametrize(

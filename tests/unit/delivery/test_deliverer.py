@@ -609,6 +609,34 @@ async def test_deferrals_count_as_attempts_once_there_were_too_many() -> None:
     await asyncio.wait_for(first, PROMPT)
 
 
+@pytest.mark.parametrize("letter_deferrals", [MAX_DEFERRALS + 5, 3])
+async def test_a_replayed_delivery_counts_its_deferrals_since_the_replay(
+    letter_deferrals: int,
+) -> None:
+    """A dead letter replayed holds the deferrals of its first sending (a long outage: 20 or
+    more). Its replay's first deferral keeps its attempt and waits the schedule's first
+    delay: until 2026-12-07 it spent an attempt (20 or more before) or waited 2**n times 5 s."""
+    sender = FakeSender()
+    sender.gate = asyncio.Event()
+    h = Harness(sender, endpoint_max_in_flight=1, endpoint_max_queued=0)
+    first = h.start(make_job(event=make_event("evt_first")))
+    await asyncio.wait_for(sender.started.wait(), PROMPT)
+    letter = (skipped("circuit_open").as_record(),) * letter_deferrals + earlier(8)
+    replay = dataclasses.replace(
+        make_job(2, history=letter), replayed=True, replayed_after=len(letter)
+    )
+    await h.run(replay)
+    tier, pending = h.retry()
+    assert (tier, pending.attempt, pending.not_before) == (0, 2, NOW_TS + 5.0)
+    assert pending.replayed_after == len(letter)  # carried to its retries
+    assert h.outputs.dead_letters == []
+    # Its next deferral doubles the wait: the replay's own deferrals count.
+    await h.run(dataclasses.replace(replay, history=pending.history))
+    assert h.retry()[1].not_before == NOW_TS + 10.0
+    sender.gate.set()
+    await asyncio.wait_for(first, PROMPT)
+
+
 async def test_max_in_flight_bounds_requests_across_endpoints() -> None:
     sender = FakeSender()
     sender.gate = asyncio.Event()
