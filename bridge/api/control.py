@@ -49,6 +49,8 @@ __all__ = [
     "REDELIVER_MARGIN",
     "DeadLetterSource",
     "DeadLetterPage",
+    "DeadLetterPosition",
+    "OldDeadLetterPosition",
     "RecoveryPage",
     "Started",
     "ControlService",
@@ -149,16 +151,40 @@ def delivery_state(attempts: list[Attempt]) -> str:
 _STATES = {"retry": "retrying", "dead_letter": "dead_lettered", "disabled": "dead_lettered"}
 
 
-def _dead_letter_position(record: dict[str, Any]) -> tuple[str, str, int, int]:
+#: Where a dead letter sorts in a listing: its ``dead_lettered_at``, its source record's topic,
+#: partition and offset, then its webhook id and delivery id. The letters of one event that
+#: several webhooks get, dead-lettered at once (``payload_too_large``, ``destination_forbidden``,
+#: ``invalid_url``), share all but the last two: until 2026-12-07 a page ending on one of them
+#: lost the others.
+DeadLetterPosition = tuple[str, str, int, int, str, str]
+
+#: The position in a cursor of a listing before 2026-12-07 (without the ids): still taken, as
+#: then, its letters after that source record's.
+OldDeadLetterPosition = tuple[str, str, int, int]
+
+
+def _dead_letter_position(record: dict[str, Any]) -> DeadLetterPosition:
+    """Where ``record`` sorts; what it lacks sorts first, as ``-1`` or ``""``."""
     source = record.get("source")
     source = source if isinstance(source, dict) else {}
     partition, offset = source.get("partition"), source.get("offset")
+    webhook_id, delivery_id = record.get("webhook_id"), record.get("delivery_id")
     return (
         str(record.get("dead_lettered_at", "")),
         str(source.get("topic", "")),
         partition if isinstance(partition, int) else -1,
         offset if isinstance(offset, int) else -1,
+        webhook_id if isinstance(webhook_id, str) else "",
+        delivery_id if isinstance(delivery_id, str) else "",
     )
+
+
+def _after(
+    position: DeadLetterPosition, cursor: DeadLetterPosition | OldDeadLetterPosition
+) -> bool:
+    """Whether a letter at ``position`` comes after ``cursor`` (an old cursor's: after its
+    source record's letters)."""
+    return position[: len(cursor)] > cursor
 
 
 def _restricted_since(principal: Principal, webhook: Webhook) -> float | None:
@@ -181,17 +207,21 @@ def _not_a_cursor(location: str = "query") -> Problem:
     )
 
 
-def encode_dead_letter_cursor(position: tuple[str, str, int, int]) -> str:
-    """An opaque cursor for the dead letters after ``position`` (time, topic, partition,
-    offset: the record's place, which never changes)."""
+def encode_dead_letter_cursor(position: DeadLetterPosition) -> str:
+    """An opaque cursor for the dead letters after ``position`` (:data:`DeadLetterPosition`:
+    the letter's place, which never changes)."""
     return encode_cursor(list(position))
 
 
-def decode_dead_letter_cursor(cursor: str) -> tuple[str, str, int, int]:
-    """The position in a cursor of :func:`encode_dead_letter_cursor`; ``400`` naming
-    ``cursor`` for anything else."""
-    value = _decode_cursor(cursor, (str, str, int, int))
-    return (value[0], value[1], value[2], value[3])
+def decode_dead_letter_cursor(cursor: str) -> DeadLetterPosition | OldDeadLetterPosition:
+    """The position in a cursor of :func:`encode_dead_letter_cursor` (or of one made before
+    2026-12-07: :data:`OldDeadLetterPosition`); ``400`` naming ``cursor`` for anything else."""
+    try:
+        value = decode_cursor(cursor, (str, str, int, int, str, str))
+    except ValueError:
+        old = _decode_cursor(cursor, (str, str, int, int))
+        return (old[0], old[1], old[2], old[3])
+    return (value[0], value[1], value[2], value[3], value[4], value[5])
 
 
 #: Partitions a replay's cursor names at most (the dead-letter topic is declared with 3), and
@@ -777,7 +807,7 @@ class ControlService:
         # The first ``limit + 1`` letters after the cursor, kept in order as the topic is read:
         # a page holds that many letters, not every letter the read goes through; and once it
         # has them, the read need not go past the last one's time.
-        first: list[tuple[tuple[str, str, int, int], int, dict[str, Any]]] = []
+        first: list[tuple[DeadLetterPosition, int, dict[str, Any]]] = []
         count = itertools.count()  # keeps equal positions apart without comparing records
 
         def needed_until() -> datetime | None:
@@ -792,7 +822,7 @@ class ControlService:
         async with aclosing(letters_read) as letters:
             async for record in letters:
                 position = _dead_letter_position(record)
-                if after is not None and position <= after:
+                if after is not None and not _after(position, after):
                     continue
                 if len(first) > limit and position >= first[-1][0]:
                     continue

@@ -922,6 +922,66 @@ async def test_paging_dead_letters_reads_from_the_cursor_and_loses_none(
     assert paged == whole
 
 
+async def every_page(
+    control: Any, where: DeadLetterFilter, limit: int, cursor: str | None = None
+) -> list[dict[str, Any]]:
+    """The letters of every page of a listing, from ``cursor`` on."""
+    admin = Principal("admin", frozenset({"read", "write"}))
+    listed: list[dict[str, Any]] = []
+    for _ in range(100):
+        page = await control.dead_letters(admin, where, limit=limit, cursor=cursor)
+        listed += page.items
+        if page.next_cursor is None:
+            return listed
+        cursor = page.next_cursor
+    raise AssertionError("a listing without end")
+
+
+def letters_of_one_event(webhooks: list[str]) -> list[dict[str, Any]]:
+    """The letters of one event that ``webhooks`` get, dead-lettered in the same millisecond."""
+    letters = []
+    for webhook_id in webhooks:
+        letter = dead_letter(7, webhook_id=webhook_id)
+        letter.update(reason="payload_too_large", delivery_id=f"dl_7_{webhook_id}")
+        letters.append(letter)
+    return letters
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+async def test_letters_of_one_event_dead_lettered_at_once_are_each_listed_once(
+    limit: int,
+) -> None:
+    """Three webhooks' letters of one event, of one time and source position, paged one or
+    two at a time: every one listed once (until 2026-12-07 a page ending on one lost the
+    others)."""
+    source = MemoryDeadLetters()
+    source.records = [
+        dead_letter(1, at="2026-01-15T09:00:00.000Z"),
+        *letters_of_one_event(["wh_b", "wh_c", "wh_a"]),
+        dead_letter(8, at="2026-01-15T11:00:00.000Z"),
+    ]
+    control = control_service(MemoryRepository(), dead_letters=source)
+    listed = await every_page(control, DeadLetterFilter(), limit)
+    assert [letter["delivery_id"] for letter in listed] == [
+        "dl_1",
+        "dl_7_wh_a",
+        "dl_7_wh_b",
+        "dl_7_wh_c",
+        "dl_8",
+    ]
+
+
+async def test_a_cursor_of_a_listing_before_the_ids_were_in_it_is_taken_as_then() -> None:
+    """A cursor made before 2026-12-07 (time and source position) goes on after that source
+    record's letters."""
+    source = MemoryDeadLetters()
+    source.records = [dead_letter(n) for n in range(4)]
+    control = control_service(MemoryRepository(), dead_letters=source)
+    old = encode_raw_cursor(["2026-01-15T10:00:00.000Z", "events", 0, 1])
+    listed = await every_page(control, DeadLetterFilter(), 1, old)
+    assert [letter["delivery_id"] for letter in listed] == ["dl_2", "dl_3"]
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(st.sampled_from(["wh_1", "wh_2", "wh_3"]), min_size=0, max_size=12),
