@@ -164,7 +164,8 @@ OldDeadLetterPosition = tuple[str, str, int, int]
 
 
 def _dead_letter_position(record: dict[str, Any]) -> DeadLetterPosition:
-    """Where ``record`` sorts; what it lacks sorts first, as ``-1`` or ``""``."""
+    """Where ``record`` sorts; what it lacks (or holds of another type: ``true`` is no
+    partition, though Python counts it an integer) sorts first, as ``-1`` or ``""``."""
     source = record.get("source")
     source = source if isinstance(source, dict) else {}
     partition, offset = source.get("partition"), source.get("offset")
@@ -172,8 +173,8 @@ def _dead_letter_position(record: dict[str, Any]) -> DeadLetterPosition:
     return (
         str(record.get("dead_lettered_at", "")),
         str(source.get("topic", "")),
-        partition if isinstance(partition, int) else -1,
-        offset if isinstance(offset, int) else -1,
+        partition if type(partition) is int else -1,
+        offset if type(offset) is int else -1,
         webhook_id if isinstance(webhook_id, str) else "",
         delivery_id if isinstance(delivery_id, str) else "",
     )

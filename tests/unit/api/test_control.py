@@ -982,6 +982,23 @@ async def test_a_cursor_of_a_listing_before_the_ids_were_in_it_is_taken_as_then(
     assert [letter["delivery_id"] for letter in listed] == ["dl_2", "dl_3"]
 
 
+@pytest.mark.parametrize("field", ["partition", "offset"])
+@pytest.mark.parametrize("flag", [True, False])
+async def test_a_letter_with_a_boolean_source_position_does_not_stop_paging(
+    field: str, flag: bool
+) -> None:
+    """A letter whose source ``partition`` or ``offset`` is ``true`` or ``false`` (written by
+    something else than the bridge) sorts as one without it: a page ending on it has a cursor
+    the next page takes (until 2026-12-07 that cursor held the boolean and was ``400``)."""
+    source = MemoryDeadLetters()
+    source.records = [dead_letter(n) for n in range(3)]
+    source.records.append(dead_letter(3, at="2026-01-15T11:00:00.000Z"))
+    source.records[1]["source"][field] = flag
+    control = control_service(MemoryRepository(), dead_letters=source)
+    listed = await every_page(control, DeadLetterFilter(), 1)
+    assert [letter["delivery_id"] for letter in listed] == ["dl_1", "dl_0", "dl_2", "dl_3"]
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(st.sampled_from(["wh_1", "wh_2", "wh_3"]), min_size=0, max_size=12),
