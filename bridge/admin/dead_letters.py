@@ -17,6 +17,7 @@ from bridge.admin.loop_share import STRETCH_RECORDS, LoopShare, Payer
 from bridge.config import Settings
 from bridge.contract import jsoncanon
 from bridge.contract.events import parse_event, parse_time
+from bridge.contract.payload import delivery_id
 from bridge.delivery.pending_retry import PendingRetry, read_history
 from bridge.errors import InvalidRecord
 from bridge.kafka.clients import client_kwargs, started, stopped
@@ -203,8 +204,19 @@ async def stream_positioned_letters(
 #: taken again); ``webhook_off``: its webhook is turned off (by its owner, or disabled by the
 #: bridge): turn it on, then replay; ``not_receiving``: its webhook no longer gets the event
 #: (moved to another site or account, its filter narrowed); ``already_replayed``: a further
-#: letter of a delivery this replay has written.
-SKIP_REASONS = ("unreadable", "webhook_gone", "webhook_off", "not_receiving", "already_replayed")
+#: letter of a delivery this replay has written; ``wrong_delivery_id``: its ``delivery_id`` is not
+#: the one its event id and webhook id make (:func:`bridge.contract.payload.delivery_id`), the
+#: id a worker sends it with (written by something else than the bridge: until 2026-12-07 it
+#: was reported under that id, and one naming another delivery's id made that delivery's letter
+#: skip as ``already_replayed``).
+SKIP_REASONS = (
+    "unreadable",
+    "webhook_gone",
+    "webhook_off",
+    "not_receiving",
+    "already_replayed",
+    "wrong_delivery_id",
+)
 
 
 @dataclass
@@ -330,6 +342,9 @@ async def replay_dead_letters(
                 item = _replayed(record, clock())
                 if item is None:
                     report.skip("unreadable")
+                    continue
+                if item.delivery_id != delivery_id(item.event.id, item.webhook_id):
+                    report.skip("wrong_delivery_id")
                     continue
                 if item.delivery_id in replayed:
                     report.skip("already_replayed")

@@ -598,7 +598,8 @@ def _schemas() -> dict[str, Any]:
                     "its webhook is turned off or disabled (turn it on, then replay); "
                     "not_receiving: its webhook no longer gets the event (another site, a "
                     "narrower filter); already_replayed: a further letter of a delivery this "
-                    "replay wrote.",
+                    "replay wrote; wrong_delivery_id: the letter's delivery_id is not the one its "
+                    "event id and webhook id make, which a delivery is sent with.",
                 },
                 "complete": {
                     "type": "boolean",

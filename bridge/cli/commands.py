@@ -1242,6 +1242,7 @@ _SKIP_WORDS = {
     "webhook_off": "webhook turned off (turn it on, then replay)",
     "not_receiving": "webhook no longer gets the event",
     "already_replayed": "a delivery's further letter",
+    "wrong_delivery_id": "a delivery id its event and webhook do not make",
 }
 
 

@@ -18,6 +18,7 @@ from bridge.api.kafka_sources import KafkaDeadLetters
 from bridge.api.repository import MemoryRepository
 from bridge.config import Settings
 from bridge.contract.events import format_timestamp
+from bridge.contract.payload import delivery_id
 from bridge.kafka.reading import UNTIL_STEP
 from tests.support.records import RawWriter
 from tests.support.shares import CountedShare
@@ -209,6 +210,7 @@ async def test_a_replay_stopped_at_its_deadline_goes_on_from_where_it_got_to(
             letter = {
                 **dead_letter(n, webhook_id=webhook_id, at=stamp(now - 60)),
                 "event": {**SPEC_EVENT.envelope(), "id": f"evt_{n}"},
+                "delivery_id": delivery_id(f"evt_{n}", webhook_id),
                 "webhook_created_at": stamp(BASE),
             }
             await writer.write(

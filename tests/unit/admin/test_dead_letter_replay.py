@@ -23,6 +23,7 @@ from bridge.admin.dead_letters import (
     replay_dead_letters,
 )
 from bridge.config import Settings
+from bridge.contract.payload import delivery_id
 from bridge.delivery.pending_retry import PendingRetry, parse_retry
 from bridge.subscriptions.webhook import Webhook
 from tests.support.fakes import RecordingProducer, positioned
@@ -35,20 +36,38 @@ CREATED_AT = "2026-12-04T10:00:00.000Z"
 RECREATED_AT = "2026-12-04T13:00:00.000Z"
 
 
-def letter(delivery: str, at: str, **fields: Any) -> dict[str, Any]:
+def letter(name: str, at: str, **fields: Any) -> dict[str, Any]:
     """A dead letter of the webhook ``wh`` as the bridge writes it, without the
-    ``webhook_created_at`` letters carry since 2026-12-04 (unless given)."""
-    return {
+    ``webhook_created_at`` letters carry since 2026-12-04 (unless given): of the event
+    ``evt_<name>``, its ``delivery_id`` the one the event and webhook ids make (unless given),
+    which :func:`names` gives back as ``name``."""
+    record = {
         "reason": "attempts_exhausted",
         "detail": "8 attempts; last: HTTP 500",
         "source": {"topic": "events", "partition": 0, "offset": 1},
-        "event": SPEC_EVENT.envelope(),
+        "event": {**SPEC_EVENT.envelope(), "id": f"evt_{name}"},
         "webhook_id": "wh",
-        "delivery_id": delivery,
         "attempts": [],
         "dead_lettered_at": at,
         **fields,
     }
+    event, webhook_id = record["event"], record["webhook_id"]
+    if "delivery_id" not in record:
+        made = name
+        if isinstance(webhook_id, str) and isinstance(event, dict):
+            made = delivery_id(str(event.get("id")), webhook_id)
+        record["delivery_id"] = made
+        NAMES[made] = name
+    return record
+
+
+#: The name :func:`letter` was given for each delivery id it made.
+NAMES: dict[str, str] = {}
+
+
+def names(delivery_ids: list[str]) -> list[str]:
+    """The names :func:`letter` was given for ``delivery_ids``."""
+    return [NAMES.get(made, made) for made in delivery_ids]
 
 
 def hook(created_at: str | None) -> Webhook:
@@ -97,10 +116,10 @@ async def test_a_letter_without_its_webhooks_created_at_is_replayed_only_to_that
     assert (report.replayed, report.skipped, written) == ([], 1, [])
 
     report, written, _ = await replay(monkeypatch, [old], hook(CREATED_AT))
-    assert report.replayed == ["d_old"] and report.skipped == 0
+    assert names(report.replayed) == ["d_old"] and report.skipped == 0
     assert [retry.webhook_created_at for retry in written] == [CREATED_AT]
     report, written, _ = await replay(monkeypatch, [old], hook(None))  # created_at unknown
-    assert report.replayed == ["d_old"]
+    assert names(report.replayed) == ["d_old"]
     assert [retry.webhook_created_at for retry in written] == [None]
 
 
@@ -114,7 +133,7 @@ async def test_a_letter_naming_its_webhooks_created_at_is_replayed_to_that_webho
     assert (report.replayed, report.skipped, written, asked) == ([], 1, [], ["wh"])
     assert report.skipped_by_reason["webhook_gone"] == 1
     report, written, _ = await replay(monkeypatch, [named], hook(CREATED_AT))
-    assert report.replayed == ["d_named"]
+    assert names(report.replayed) == ["d_named"]
     assert [retry.webhook_created_at for retry in written] == [CREATED_AT]
 
 
@@ -154,18 +173,43 @@ async def test_every_skip_is_counted_by_its_reason(monkeypatch: pytest.MonkeyPat
         letter("d2", "2026-12-04T14:00:00.000Z", webhook_id="gone"),  # no webhook
         letter("d3", "2026-12-04T14:00:00.000Z", event={"id": "x"}),  # unreadable
         letter("d4", "2026-12-04T14:00:00.000Z", webhook_id="off"),  # turned off
+        letter("d5", "2026-12-04T14:00:00.000Z", delivery_id="d5"),  # not the id it is sent with
     ]
     off = dataclasses.replace(hook(None), id="off", active=False)
     report, written, asked = await replay(monkeypatch, letters, hook(CREATED_AT), off)
-    assert report.replayed == ["d1"] and [r.delivery_id for r in written] == ["d1"]
-    assert report.skipped == 4 and asked == ["wh", "gone", "off"]
+    assert names(report.replayed) == ["d1"] and names([r.delivery_id for r in written]) == ["d1"]
+    assert report.skipped == 5 and asked == ["wh", "gone", "off"]
     assert report.skipped_by_reason == {
         "unreadable": 1,
         "webhook_gone": 1,
         "webhook_off": 1,
         "not_receiving": 0,
         "already_replayed": 1,
+        "wrong_delivery_id": 1,
     }
+
+
+async def test_a_letter_whose_delivery_id_is_not_its_events_and_webhooks_is_not_replayed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker sends a retry with the id its event id and webhook id make, whatever the
+    record says: a letter naming another id (written by something else than the bridge) is
+    skipped as ``wrong_delivery_id``. Until 2026-12-07 it was reported under the id it named,
+    not the one sent, and one naming a real delivery's id, read first, made that delivery's
+    letter skip as ``already_replayed``."""
+    real = letter("d1", "2026-12-04T14:00:00.000Z", webhook_created_at=CREATED_AT)
+    claiming = letter(
+        "d2",
+        "2026-12-04T13:00:00.000Z",
+        webhook_created_at=CREATED_AT,
+        delivery_id=real["delivery_id"],
+    )
+    made_up = letter("d3", "2026-12-04T13:30:00.000Z", delivery_id="d3")
+    report, written, _ = await replay(monkeypatch, [claiming, made_up, real], hook(CREATED_AT))
+    assert names(report.replayed) == ["d1"]
+    assert [(r.delivery_id, r.event.id) for r in written] == [(real["delivery_id"], "evt_d1")]
+    assert report.skipped == 2
+    assert report.skipped_by_reason == {**dict.fromkeys(SKIP_REASONS, 0), "wrong_delivery_id": 2}
 
 
 WEBHOOK_STATES = st.builds(
@@ -199,7 +243,7 @@ async def test_a_replayed_letter_is_one_the_worker_sends_and_a_skipped_one_is_no
     )
     if written:
         [retry] = written
-        assert current is not None and report.replayed == ["d1"]
+        assert current is not None and names(report.replayed) == ["d1"]
         assert current.active and current.is_incarnation(retry.webhook_created_at)
         assert current.receives(retry.event)
         assert retry.webhook_created_at == (named if named is not None else current.created_at)
@@ -229,8 +273,8 @@ async def test_a_replay_writes_each_delivery_once(monkeypatch: pytest.MonkeyPatc
     again = {**first, "dead_lettered_at": "2026-12-04T15:00:00.000Z"}
     other = letter("d2", "2026-12-04T14:30:00.000Z")
     report, written, _ = await replay(monkeypatch, [first, other, again], hook(RECREATED_AT))
-    assert report.replayed == ["d1", "d2"] and report.skipped == 1
-    assert [retry.delivery_id for retry in written] == ["d1", "d2"]
+    assert names(report.replayed) == ["d1", "d2"] and report.skipped == 1
+    assert names([retry.delivery_id for retry in written]) == ["d1", "d2"]
 
 
 async def test_a_replay_remembers_a_bounded_number_of_deliveries(
@@ -242,7 +286,7 @@ async def test_a_replay_remembers_a_bounded_number_of_deliveries(
     d1 = letter("d1", "2026-12-04T14:00:00.000Z")
     d2 = letter("d2", "2026-12-04T14:00:00.000Z")
     report, _, _ = await replay(monkeypatch, [d1, d2, d1, d2], hook(RECREATED_AT))
-    assert report.replayed == ["d1", "d2", "d2"] and report.skipped == 1
+    assert names(report.replayed) == ["d1", "d2", "d2"] and report.skipped == 1
 
 
 @pytest.mark.parametrize("webhook_id", [123, True, ["wh"], {"id": "wh"}, ""])
@@ -302,7 +346,7 @@ async def replay_read(
         resume=resume,
         deadline=deadline,
     )
-    return report, [parse_retry(value).delivery_id for value in producer.values]
+    return report, names([parse_retry(value).delivery_id for value in producer.values])
 
 
 def current_webhooks(*webhooks: Webhook) -> Callable[[str], Awaitable[Webhook | None]]:
@@ -351,7 +395,7 @@ async def test_a_replay_stopped_at_its_deadline_and_resumed_writes_every_letter_
             monkeypatch, reading, deadline=loop.time() + 0.05, resume=resume, until=until
         )
         written += wrote
-        assert report.replayed == wrote  # each acknowledged before the answer
+        assert names(report.replayed) == wrote  # each acknowledged before the answer
         assert reading.started in ([], [resume or {}])
         if reading.started and stalls:
             stalls.pop(0)
@@ -424,7 +468,7 @@ async def test_a_replay_stopped_in_a_stretch_of_letters_it_does_not_take_goes_on
     report = await replay_dead_letters(
         SETTINGS, where, webhooks=lookup, deadline=loop.time() + 0.05
     )
-    assert not report.complete and report.replayed == []
+    assert not report.complete and names(report.replayed) == []
     # Read past every whole stretch before the stall, taken or not.
     assert 640 <= report.positions[0] <= 700
     stall_at[0] = -1
@@ -435,5 +479,5 @@ async def test_a_replay_stopped_in_a_stretch_of_letters_it_does_not_take_goes_on
         resume=report.positions,
         deadline=loop.time() + 5,
     )
-    assert resumed.complete and resumed.replayed == ["d_last"]
+    assert resumed.complete and names(resumed.replayed) == ["d_last"]
     assert resumed.positions == {0: 1001}

@@ -531,10 +531,11 @@ def test_dlq_replay_judges_a_letter_without_a_created_at_by_the_webhooks_now(
     from bridge.admin import dead_letters
 
     event = build_event("post.created", {"id": "p", "title": "t"}, site_id="s1", user_id="u1")
+    sent_as = delivery_id(event.id, "wh")
     letters = [
         {
             "webhook_id": "wh",
-            "delivery_id": "d1",
+            "delivery_id": sent_as,
             "event": event.envelope(),
             "attempts": [],
             "dead_lettered_at": "2026-12-04T11:00:00.000Z",
@@ -555,7 +556,7 @@ def test_dlq_replay_judges_a_letter_without_a_created_at_by_the_webhooks_now(
     assert producer.values == []
     use_webhooks(monkeypatch, hook(created_at="2026-12-04T10:00:00.000Z"))
     assert cli.main(["dlq", "replay", *BROKER]) == 0
-    assert capsys.readouterr().out == "replayed d1\n1 replayed, 0 skipped\n"
+    assert capsys.readouterr().out == f"replayed {sent_as}\n1 replayed, 0 skipped\n"
     assert b'"webhook_created_at":"2026-12-04T10:00:00.000Z"' in producer.values[0]
 
 
@@ -797,8 +798,8 @@ def test_dlq_replay_reads_the_webhooks_once_without_their_secrets(
     letters = [
         {
             "webhook_id": "wh",
-            "delivery_id": f"d{n}",
-            "event": event.envelope(),
+            "delivery_id": delivery_id(f"evt_{n}", "wh"),
+            "event": {**event.envelope(), "id": f"evt_{n}"},
             "attempts": [],
             "dead_lettered_at": "2026-12-04T11:00:00.000Z",
             "webhook_created_at": "2026-12-04T10:00:00.000Z",
@@ -836,8 +837,10 @@ def test_dlq_replay_words_every_reason_a_letter_is_skipped() -> None:
     report.skip("webhook_off")
     report.skip("webhook_off")
     report.skip("already_replayed")
+    report.skip("wrong_delivery_id")
     assert _skips(report) == (
-        ": 2 webhook turned off (turn it on, then replay); 1 a delivery's further letter"
+        ": 2 webhook turned off (turn it on, then replay); 1 a delivery's further letter; "
+        "1 a delivery id its event and webhook do not make"
     )
 
 

@@ -18,6 +18,7 @@ import pytest
 from bridge.admin import dead_letters
 from bridge.admin.dead_letters import DeadLetterFilter, replay_dead_letters
 from bridge.config import Settings
+from bridge.contract.payload import delivery_id
 from bridge.errors import InvalidSubscription
 from bridge.subscriptions import changes, store
 from bridge.subscriptions.secretbox import Keyring
@@ -236,7 +237,8 @@ async def test_a_replay_writes_as_it_reads_the_letters_up_to_when_it_began(
         asked.append(where)
         for n in range(1200):
             read[0] += 1
-            yield {"webhook_id": "hook", "delivery_id": f"d{n}", "event": {**event, "id": f"e{n}"}}
+            sent_as = delivery_id(f"e{n}", "hook")
+            yield {"webhook_id": "hook", "delivery_id": sent_as, "event": {**event, "id": f"e{n}"}}
 
     producer = SentRetries(read)
     monkeypatch.setattr(dead_letters, "stream_positioned_letters", positioned(stream_dead_letters))
@@ -248,7 +250,8 @@ async def test_a_replay_writes_as_it_reads_the_letters_up_to_when_it_began(
         webhooks=current(stored("https://hooks.example/")),
         clock=began.timestamp,
     )
-    assert report.replayed == [f"d{n}" for n in range(1200)] and report.skipped == 0
+    made = [delivery_id(f"e{n}", "hook") for n in range(1200)]
+    assert report.replayed == made and report.skipped == 0
     assert [n for n, _, _ in producer.writes] == list(range(1, 1201))
     assert {key for _, key, _ in producer.writes} == {b"hook"}
     assert [where.until for where in asked] == [until or began]
