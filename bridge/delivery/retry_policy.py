@@ -92,6 +92,13 @@ class RetryPolicy:
         if not schedule:
             raise ValueError("empty retry schedule")
         self.schedule = tuple(schedule)
+        # The longest delay of the tiers from each on: a wait is cut to what a tier it may go
+        # to covers. Schedules need not increase, so it is not always the last tier's (until
+        # 2026-12-07 it was taken to be: a Retry-After was cut to a last delay shorter than
+        # an earlier one).
+        self._longest_from = tuple(
+            max(self.schedule[index:]) for index in range(len(self.schedule))
+        )
         self.jitter = jitter
         self.retry_after_cap = retry_after_cap
         self._rand = rand
@@ -111,7 +118,7 @@ class RetryPolicy:
         # ever shortens the wait so that a record is never due after its tier's delay.
         delay = base * (1.0 - self.jitter * self._rand())
         if retry_after is not None:
-            wanted = min(retry_after, self.retry_after_cap, self.schedule[-1])
+            wanted = min(retry_after, self.retry_after_cap, self._longest_from[tier])
             if wanted > delay:
                 delay = wanted
                 tier = self.tier_for(wanted, at_least=tier)
@@ -128,10 +135,11 @@ class RetryPolicy:
         worker's CPU (until 2026-12-06; BENCHMARKS.md, "A slow endpoint's deferrals"); doubled,
         a delivery is deferred about log2(its wait / 5 s) times."""
         backoff = self.schedule[0] * 2.0 ** min(max(deferred, 0), 32)
-        delay = min(backoff, max(self.schedule[0], min(self.retry_after_cap, self.schedule[-1])))
+        longest = self._longest_from[0]
+        delay = min(backoff, max(self.schedule[0], min(self.retry_after_cap, longest)))
         delay *= 1.0 - self.jitter * self._rand()
         if wait is not None:
-            delay = max(delay, min(wait, self.retry_after_cap, self.schedule[-1]))
+            delay = max(delay, min(wait, self.retry_after_cap, longest))
         return Decision("retry", tier=self.tier_for(delay), delay=delay)
 
     def tier_delay(self, tier: int) -> float:
@@ -142,9 +150,9 @@ class RetryPolicy:
     def tier_for(self, wait: float, *, at_least: int = 0) -> int:
         """The first tier (from ``at_least``) whose delay covers ``wait``: a record waiting in a
         tier then never holds up the records queued behind it for longer than the tier's delay.
-        Waits are never longer than the last tier's delay (a Retry-After or a skip's wait is
-        cut to it): a longer one would hold up the last tier's partition, every webhook's
-        retries behind it, for that long."""
+        Waits are never longer than the longest delay of the tiers from ``at_least`` on (a
+        Retry-After or a skip's wait is cut to it), so one covers it: a longer one would hold
+        up the last tier's partition, every webhook's retries behind it, for that long."""
         for index in range(at_least, len(self.schedule)):
             if self.schedule[index] >= wait:
                 return index

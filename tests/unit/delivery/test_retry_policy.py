@@ -203,6 +203,19 @@ def test_a_wait_beyond_every_tier_is_cut_to_the_last_tiers_delay() -> None:
     assert policy.after_skip(wait=600.0) == Decision("retry", tier=2, delay=120.0)
 
 
+def test_a_wait_is_cut_to_the_longest_delay_not_the_last_one() -> None:
+    """Schedules need not increase: a Retry-After is cut to the longest delay of the tiers the
+    retry may go to, and a skip's wait to the schedule's longest (until 2026-12-07 both were
+    cut to the last delay, here 60 s where the endpoint asked for 30 min)."""
+    policy = RetryPolicy((5.0, 3600.0, 60.0), jitter=0.0, retry_after_cap=7200.0)
+    assert policy.after_failure(1, retry_after=1800.0) == Decision("retry", tier=1, delay=1800.0)
+    assert policy.after_failure(1, retry_after=9000.0) == Decision("retry", tier=1, delay=3600.0)
+    assert policy.after_skip(wait=1800.0) == Decision("retry", tier=1, delay=1800.0)
+    assert policy.after_skip(deferred=1000) == Decision("retry", tier=1, delay=3600.0)
+    # From the last tier on, 60 s is the longest: a longer wait would hold its partition up.
+    assert policy.after_failure(3, retry_after=1800.0) == Decision("retry", tier=2, delay=60.0)
+
+
 def test_each_deferral_of_a_delivery_waits_twice_the_one_before_up_to_the_cap() -> None:
     """An endpoint that never has room had each of its deliveries tried every 5 s, the
     deferrals growing with its backlog until they took most of a worker's CPU (until
