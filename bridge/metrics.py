@@ -118,6 +118,11 @@ SKIP_REASONS = (
     "destination_forbidden",
     "invalid_url",
     "interrupted",
+    # A job's webhook deleted, turned off or no longer receiving its event while it waited
+    # for its places (not sent: its attempt is recorded skipped, nothing next).
+    "webhook_deleted",
+    "webhook_inactive",
+    "not_receiving",
 )
 #: The ``output`` label values of ``webhook_bridge_output_writes_total``: this worker's topics.
 OUTPUTS = ("attempt", "retry", "dead_letter", "status", "disable")

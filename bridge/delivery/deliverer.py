@@ -100,8 +100,12 @@ class Deliverer:
         slow_endpoint_share: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
         wall_time: Callable[[], float] = time.time,
+        webhooks: Callable[[str], Webhook | None] | None = None,
     ) -> None:
         self._sender = sender
+        #: The webhook of an id as the subscription table holds it now (``None``: not looked
+        #: up again; a job is sent to its webhook as matched).
+        self._webhooks = webhooks
         self._outputs = outputs
         self._metrics = metrics
         self._policy = policy
@@ -247,13 +251,21 @@ class Deliverer:
             await self._deferred(job, endpoint, "endpoint_busy", endpoint_held=True, owner=owner)
             return None
         result: AttemptResult | None = None
+        #: Why the job is not sent (its webhook deleted, turned off or no longer receiving it
+        #: since it was matched), or the job to run again (its webhook's URL or name changed).
+        changed: Job | str | None = None
         try:
             async with self._slots:
-                self._in_flight += 1
-                try:
-                    result = await self._sender.send(job, body)
-                finally:
-                    self._in_flight -= 1
+                current = self._as_now(job)
+                if isinstance(current, Job) and _sends_alike(current.webhook, job.webhook):
+                    job = current  # (its secret, say, rotated: signed with the one in force)
+                    self._in_flight += 1
+                    try:
+                        result = await self._sender.send(job, body)
+                    finally:
+                        self._in_flight -= 1
+                else:
+                    changed = current
         finally:
             self._endpoints.release(endpoint)
             if owner is not None:
@@ -262,13 +274,24 @@ class Deliverer:
                 self._slow.give_back()
             if result is not None and result.error != "destination_forbidden":
                 self._slow.observe(judged, result.duration, probe=verdict == PROBE)
-            if result is None:
+            if result is None and changed is None:
                 # Cancelled or crashed mid-request (the bridge's, not the endpoint's: a bug, a
                 # drain): a half-open circuit's probe goes to the next request, or the circuit
                 # would wait for its answer for ever; the endpoint is not blamed (until
                 # 2026-12-07 it was, and a webhook's record the sender could not use opened
                 # the circuit of every webhook on its host).
                 self._breakers.release(endpoint)
+        if isinstance(changed, str):
+            self._rates.refund(webhook.id)
+            self._breakers.release(endpoint)
+            self._recording()
+            await self._record_attempt(job, self._skipped(changed), None)
+            return None
+        if changed is not None:
+            self._rates.refund(webhook.id)
+            self._breakers.release(endpoint)
+            return await self._run(changed)
+        assert result is not None
         if result.success:
             self._observe(job, result)
             self._breakers.success(endpoint)
@@ -343,6 +366,24 @@ class Deliverer:
         self._rates.refund(job.webhook.id)
         self._breakers.release(endpoint)
         await self._settle_failure(job, self._skipped(reason), counts=False)
+
+    def _as_now(self, job: Job) -> Job | str:
+        """``job`` with its webhook as the table holds it now, or why it is not sent at all
+        (``webhook_deleted``, ``webhook_inactive``, ``not_receiving``: the rule a retry is held
+        to when it falls due). A job waits for its places, minutes for a busy endpoint: until
+        2026-12-07 it was sent as its webhook was when the event was matched, to a webhook
+        turned off or deleted since, and signed with a secret rotated since (one that leaked)."""
+        if self._webhooks is None:
+            return job
+        webhook = self._webhooks(job.webhook.id)
+        if webhook is None:
+            return "webhook_deleted"
+        refusal = webhook.refusal(job.webhook.created_at, job.event)
+        if refusal is not None:
+            return refusal
+        if webhook is job.webhook:  # (the table's object, until a record of it is read)
+            return job
+        return dataclasses.replace(job, webhook=webhook)
 
     def _skipped(self, error: str, retry_after: float | None = None) -> AttemptResult:
         self._metrics.skipped.labels(error).inc()
@@ -548,3 +589,9 @@ def _owner_key(webhook: Webhook) -> str:
     """The site (or account) whose places a webhook's deliveries take."""
     kind, name = webhook.owner
     return f"{kind}:{name}"
+
+
+def _sends_alike(webhook: Webhook, was: Webhook) -> bool:
+    """Whether a request to ``webhook`` goes where one to ``was`` would, with the same body
+    (the body names the webhook): else the job takes its places again, those of its URL."""
+    return (webhook.url, webhook.name) == (was.url, was.name)

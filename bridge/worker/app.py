@@ -878,6 +878,7 @@ class Bridge:
                     breaker_threshold=s.breaker_threshold,
                     breaker_cooldown=s.breaker_cooldown,
                     max_body_bytes=s.max_body_bytes,
+                    webhooks=self.index.get,
                 )
                 self._pipeline = Pipeline(
                     index=self.index,

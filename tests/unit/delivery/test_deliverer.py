@@ -1203,3 +1203,67 @@ async def test_a_slow_sites_webhooks_on_hostnames_never_seen_are_held_to_the_sha
     await eventually(lambda: len(sender.sent) == 7)
     sender.gate.set()
     await asyncio.wait_for(asyncio.gather(*held, other), PROMPT)
+
+
+@pytest.mark.parametrize(
+    ("change", "sent_as", "error"),
+    [
+        ("inactive", None, "webhook_inactive"),
+        ("deleted", None, "webhook_deleted"),
+        ("deleted_and_made_again", None, "webhook_deleted"),
+        ("narrowed", None, "not_receiving"),
+        ("rotated", "rotated", None),
+        ("moved", "moved", None),
+        ("renamed", "renamed", None),
+    ],
+)
+async def test_a_job_waiting_for_its_place_is_sent_as_its_webhook_is_when_its_turn_comes(
+    change: str, sent_as: str | None, error: str | None
+) -> None:
+    """A job waits for its places (here the worker's one place, held by another endpoint's
+    request); its webhook changes meanwhile. Until 2026-12-07 it was sent as matched: to a
+    webhook turned off, deleted or no longer receiving the event, and signed with a secret
+    rotated since (one that leaked). Now it is not sent then (its attempt recorded skipped,
+    nothing next), or sent to the webhook as it is: the new secret, the new URL (through its
+    own places), the body naming its new name."""
+    sender = FakeSender()
+    sender.gate = asyncio.Event()
+    h = Harness(sender, max_in_flight=1)
+    other = make_webhook("other", host="elsewhere.example")
+    base = dataclasses.replace(WEBHOOK, extra={"created_at": "2024-01-15T10:00:00.000Z"})
+    current: dict[str, Webhook] = {"webhook_abc": base, "other": other}
+    h.deliverer._webhooks = current.get
+    blocking = h.start(make_job(webhook=other))
+    await asyncio.wait_for(sender.started.wait(), PROMPT)
+    waiting = h.start(make_job(webhook=base))
+    await asyncio.sleep(0)  # (it takes its endpoint's place and waits for the worker's)
+    changed = {
+        "inactive": dataclasses.replace(base, active=False),
+        "narrowed": dataclasses.replace(base, events=frozenset({"site.created"})),
+        "rotated": dataclasses.replace(base, secret="whsec_rotated-after-a-leak-01234"),
+        "moved": dataclasses.replace(base, url="https://moved.example/hook"),
+        "renamed": dataclasses.replace(base, name="renamed"),
+        "deleted_and_made_again": dataclasses.replace(
+            base, extra={"created_at": "2024-01-15T10:31:00.000Z"}
+        ),
+    }
+    if change == "deleted":
+        del current["webhook_abc"]
+    else:
+        current["webhook_abc"] = changed[change]
+    sender.gate.set()
+    await asyncio.wait_for(asyncio.gather(blocking, waiting), PROMPT)
+    sent = [s.job.webhook for s in sender.sent if s.job.webhook.id == "webhook_abc"]
+    if sent_as is None:
+        assert sent == []
+        assert (h.attempt()["outcome"], h.attempt()["error"], h.attempt()["next"]) == (
+            "skipped",
+            error,
+            None,
+        )
+        assert h.value("webhook_bridge_attempts_skipped_total", reason=error) == 1
+        assert h.acks.count == 2 and not h.outputs.retries and not h.outputs.dead_letters
+    else:
+        assert sent == [changed[change]]
+        body = json.loads(sender.sent[-1].body)
+        assert body["webhook"] == {"id": "webhook_abc", "name": changed[change].name}
