@@ -28,6 +28,7 @@ __all__ = [
     "InvalidUrl",
     "UnencodableValue",
     "TopicDrift",
+    "MissingTopic",
 ]
 
 
@@ -80,3 +81,16 @@ class UnencodableValue(InvalidRecord):
 
 class TopicDrift(BridgeError):
     """An existing topic differs from its declaration in ``topics/``."""
+
+
+class MissingTopic(BridgeError):
+    """A topic a command reads or writes is not on the brokers: read, it would be taken for an
+    empty one; written, a broker that creates topics on use would make one of its own shape
+    (not the declared partitions and cleanup policy)."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(
+            f"topic {topic!r} does not exist: create the declared topics with "
+            "`webhook-bridge topics apply`, or check the topic settings"
+        )
+        self.topic = topic

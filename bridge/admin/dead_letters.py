@@ -20,7 +20,7 @@ from bridge.contract.events import parse_event, parse_time
 from bridge.contract.payload import delivery_id
 from bridge.delivery.pending_retry import PendingRetry, read_history
 from bridge.errors import InvalidRecord
-from bridge.kafka.clients import client_kwargs, started, stopped
+from bridge.kafka.clients import client_kwargs, require_topics, started, stopped
 from bridge.kafka.reading import Positioned, stream_positioned
 from bridge.subscriptions.webhook import Webhook
 
@@ -365,6 +365,7 @@ async def replay_dead_letters(
                             **client_kwargs(settings), acks="all", enable_idempotence=False
                         )
                     )
+                    await require_topics(producer, [settings.retry_topics[0]])
                 sent = await producer.send(
                     settings.retry_topics[0], item.to_bytes(), key=item.webhook_id.encode("utf-8")
                 )

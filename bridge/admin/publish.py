@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaProducer
 from bridge.config import Settings
 from bridge.contract.events import Event, build_event
 from bridge.errors import InvalidSubscription
-from bridge.kafka.clients import client_kwargs, started, stopped
+from bridge.kafka.clients import client_kwargs, require_topics, started, stopped
 from bridge.subscriptions.webhook import Webhook
 
 __all__ = ["publish_events", "send_test_event", "publish_event", "scope_of_test_event"]
@@ -24,6 +24,7 @@ async def publish_events(
         AIOKafkaProducer(**client_kwargs(settings), acks="all", enable_idempotence=False)
     )
     try:
+        await require_topics(producer, [topic or settings.events_topic])
         futures = [
             await producer.send(topic or settings.events_topic, event.to_bytes(), key=event.key)
             for event in events

@@ -36,7 +36,7 @@ from bridge.contract.jsoncanon import MAX_SAFE_INTEGER
 from bridge.contract.payload import delivery_id
 from bridge.delivery.pending_retry import PendingRetry
 from bridge.errors import InvalidRecord
-from bridge.kafka.clients import client_kwargs, started, stopped
+from bridge.kafka.clients import client_kwargs, require_topics, started, stopped
 from bridge.kafka.reading import SETTLE_STAMP_MARGIN, fetch_kwargs, settled, stream_topic
 from bridge.subscriptions.index import SubscriptionIndex
 from bridge.subscriptions.webhook import TEST_EVENT, Webhook, before_created
@@ -514,6 +514,7 @@ async def recover(
             )
             clients.push_async_callback(stopped, await started(producer))
             tier = settings.retry_topics[0]
+            await require_topics(producer, [tier])
 
             async def write(item: PendingRetry) -> None:
                 await producer.send_and_wait(tier, item.to_bytes(), key=item.webhook_id.encode())

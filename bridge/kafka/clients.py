@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
+from aiokafka import AIOKafkaProducer
+
 from bridge.config import Settings
-from bridge.errors import ConfigError
+from bridge.errors import ConfigError, MissingTopic
 from bridge.http.ssrf import AddressPolicy, check_url
 from bridge.subscriptions.secretbox import Keyring
 from bridge.subscriptions.urls import WebhookUrl
@@ -27,6 +29,7 @@ __all__ = [
     "address_policy",
     "endpoint_check",
     "keyring",
+    "require_topics",
 ]
 
 
@@ -185,3 +188,15 @@ def faust_broker_kwargs(settings: Settings) -> dict[str, Any]:
     if credentials is not None:
         out["broker_credentials"] = credentials
     return out
+
+
+async def require_topics(producer: AIOKafkaProducer, topics: Iterable[str]) -> None:
+    """:class:`~bridge.errors.MissingTopic` for the first of ``topics`` that is not on the
+    brokers, asked of them for every topic (a request naming a missing topic creates it on a
+    broker with ``auto.create.topics.enable``: until 2026-12-07 a management command given a
+    misspelt topic made one, of the broker's default shape, and wrote to it)."""
+    cluster = await producer.client.fetch_all_metadata()
+    known = cluster.topics()
+    for topic in topics:
+        if topic not in known:
+            raise MissingTopic(topic)

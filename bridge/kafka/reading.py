@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from bridge.config import Settings
+from bridge.errors import MissingTopic
 from bridge.kafka.clients import client_kwargs, started, stopped
 
 __all__ = [
@@ -232,7 +233,10 @@ async def stream_positioned(
 
     try:
         await consumer.topics()  # loads metadata for every topic
-        partitions = consumer.partitions_for_topic(topic) or set()
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions is None:
+            # Until 2026-12-07 read as an empty topic: a misspelt topic setting listed nothing.
+            raise MissingTopic(topic)
         numbers = sorted(partitions)
         if key is not None and numbers:
             numbers = [DefaultPartitioner()(key, numbers, numbers)]

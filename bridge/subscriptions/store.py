@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 from bridge.config import Settings
 from bridge.contract import jsoncanon
 from bridge.errors import InvalidSubscription
-from bridge.kafka.clients import client_kwargs, keyring, started, stopped
+from bridge.kafka.clients import client_kwargs, keyring, require_topics, started, stopped
 from bridge.kafka.reading import read_topic
 from bridge.subscriptions.changes import (
     SECRET_BYTES,
@@ -58,6 +58,12 @@ class WebhookStore:
                 enable_idempotence=False,
             )
         )
+        try:
+            await require_topics(self._producer, [self._settings.subscriptions_topic])
+        except BaseException:
+            producer, self._producer = self._producer, None
+            await stopped(producer)
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -500,3 +500,33 @@ async def _produce(servers: str, topic: str, key: bytes, value: bytes) -> None:
         await producer.send_and_wait(topic, value, key=key)
     finally:
         await producer.stop()
+
+
+async def test_commands_refuse_topics_that_do_not_exist_and_create_none(make_settings) -> None:
+    """A misspelt topic setting read as an empty topic (`webhooks list` listed nothing, exit
+    0), and a write made the topic, of the broker's default shape, on a broker creating topics
+    on use, as the embedded one does (until 2026-12-07). Each is now one line, exit 1, and no
+    topic is made."""
+    settings = make_settings()  # its topics not created
+    commands = [
+        ["webhooks", "list"],
+        ["dlq", "list"],
+        ["webhooks", "attempts", "wh_1"],
+        ["webhooks", "create", "--url", "https://example.com/h", "--events", "*",
+         "--site-id", "s1", "--user-id", "u1"],
+        ["publish", "post.created", "--site-id", "s1", "--user-id", "u1",
+         "--data", '{"id": "p1", "title": "t"}'],
+    ]  # fmt: skip
+    for command in commands:
+        result = cli(settings, *command, check=False)
+        assert result.returncode == 1, (command, result.stdout, result.stderr)
+        assert "does not exist" in result.stderr and "topics apply" in result.stderr, command
+        assert result.stderr.count("\n") == 1, result.stderr
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        made = set(await admin.list_topics())
+    finally:
+        await admin.close()
+    ours = {settings.events_topic, settings.subscriptions_topic, settings.deadletter_topic}
+    assert not ours & made, ours & made

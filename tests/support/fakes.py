@@ -20,15 +20,34 @@ class Acks:
         self.count += 1
 
 
+class AllTopicsBut:
+    """Every topic name but some."""
+
+    def __init__(self, missing: set[str]) -> None:
+        self._missing = missing
+
+    def __contains__(self, topic: object) -> bool:
+        return topic not in self._missing
+
+
 class RecordingProducer:
     """An ``AIOKafkaProducer`` stand-in, to patch in for the class (calling it gives itself):
     every write is kept as ``(topic, key, value)`` and acknowledged at once."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, bytes]] = []
+        #: Topics the brokers do not have (every other one exists).
+        self.missing: set[str] = set()
+        self.client = self  # (its metadata: every topic but the missing)
 
     def __call__(self, **_: Any) -> RecordingProducer:
         return self
+
+    async def fetch_all_metadata(self) -> RecordingProducer:
+        return self
+
+    def topics(self) -> AllTopicsBut:
+        return AllTopicsBut(self.missing)
 
     async def start(self) -> None:
         pass

@@ -23,6 +23,7 @@ from bridge.kafka.clients import (
     started,
     stopped,
 )
+from tests.support.fakes import AllTopicsBut
 from tests.unit.admin.test_recovery import request
 
 
@@ -104,6 +105,16 @@ class Client:
         self.calls.append("stop")
         await asyncio.sleep(0.01)
         self.calls.append("stopped")
+
+    @property
+    def client(self) -> Client:  # (a producer's: the brokers' metadata, every topic on them)
+        return self
+
+    async def fetch_all_metadata(self) -> Client:
+        return self
+
+    def topics(self) -> AllTopicsBut:
+        return AllTopicsBut(set())
 
 
 @pytest.mark.parametrize(
