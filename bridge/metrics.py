@@ -8,7 +8,8 @@ import hashlib
 import inspect
 import time
 from bisect import bisect_left
-from collections.abc import Awaitable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from prometheus_client import (
@@ -27,6 +28,7 @@ from bridge.subscriptions.webhook import RECORD_PROBLEMS
 
 __all__ = [
     "Metrics",
+    "RecentEndpoints",
     "HotCounter",
     "HotHistogram",
     "LATENCY_BUCKETS",
@@ -149,6 +151,57 @@ def request_buckets(http_timeout: float) -> tuple[float, ...]:
     if http_timeout > REQUEST_BUCKETS[-1]:
         return (*REQUEST_BUCKETS, http_timeout)
     return REQUEST_BUCKETS
+
+
+class RecentEndpoints:
+    """The endpoints a worker sent a request to in the last :attr:`window` seconds, by whether
+    the latest one's answer was a success: how many endpoints fail, which no counter of
+    attempts tells (one endpoint failing on a quiet installation looks like every endpoint
+    failing). At most :attr:`limit` endpoints are kept (the least recently sent to go first)."""
+
+    def __init__(
+        self,
+        window: float = 600.0,
+        *,
+        limit: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.window = window
+        self.limit = limit
+        self._clock = clock
+        #: endpoint -> (when its latest request was answered, whether it succeeded); oldest
+        #: first.
+        self._latest: OrderedDict[str, tuple[float, bool]] = OrderedDict()
+        self._failing = 0
+
+    def observe(self, endpoint: str, success: bool) -> None:
+        before = self._latest.pop(endpoint, None)
+        if before is not None and not before[1]:
+            self._failing -= 1
+        self._latest[endpoint] = (self._clock(), success)
+        if not success:
+            self._failing += 1
+        while len(self._latest) > self.limit:
+            self._drop_oldest()
+        self._expire()
+
+    def _drop_oldest(self) -> None:
+        _, (_, success) = self._latest.popitem(last=False)
+        if not success:
+            self._failing -= 1
+
+    def _expire(self) -> None:
+        horizon = self._clock() - self.window
+        while self._latest and next(iter(self._latest.values()))[0] < horizon:
+            self._drop_oldest()
+
+    def failing(self) -> int:
+        self._expire()
+        return self._failing
+
+    def succeeding(self) -> int:
+        self._expire()
+        return len(self._latest) - self._failing
 
 
 class Metrics:
@@ -305,6 +358,16 @@ class Metrics:
             "Endpoints whose circuit breaker is open or half-open in this worker.",
             registry=registry,
         )
+        self.recent_endpoints = RecentEndpoints()
+        endpoints = Gauge(
+            "webhook_bridge_endpoints_recent",
+            "Endpoints this worker sent a request to in the last 10 minutes, by the outcome of "
+            "the latest one (succeeding, failing).",
+            ["outcome"],
+            registry=registry,
+        )
+        endpoints.labels("succeeding").set_function(self.recent_endpoints.succeeding)
+        endpoints.labels("failing").set_function(self.recent_endpoints.failing)
         self.disabled = Counter(
             "webhook_bridge_webhooks_disabled_total",
             "Webhooks the bridge turned off (their record written inactive) in this worker, by "

@@ -295,6 +295,7 @@ class Deliverer:
         if result.success:
             self._observe(job, result)
             self._breakers.success(endpoint)
+            self._metrics.recent_endpoints.observe(endpoint, True)
             self._recording()
             # Counted delivered: whatever of its record fails from here is the bridge's, and
             # reaches the caller through the returned future, which settles it as delivered
@@ -316,6 +317,7 @@ class Deliverer:
         refused = result.error == "destination_forbidden"
         if not refused:
             self._observe(job, result)
+            self._metrics.recent_endpoints.observe(endpoint, False)
         if not refused or self._breakers.state(endpoint) != CLOSED:
             self._breakers.failure(endpoint)
         await self._settle_failure(job, result, counts=not refused)

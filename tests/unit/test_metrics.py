@@ -285,3 +285,36 @@ def test_the_dashboard_s_variables_list_every_worker_from_its_start(tmp_path: Pa
         assert found is not None, query
         assert re.search(rf"^{found[1]}(\{{|\s)", exported, re.MULTILINE), query
         assert not found[1].startswith(("webhook_bridge_events", "webhook_bridge_api_"))
+
+
+def test_recent_endpoints_count_each_endpoint_once_by_its_latest_answer() -> None:
+    """How many endpoints fail, not how many attempts: one endpoint failing a hundred times is
+    one; an endpoint is counted by its latest answer, and forgotten 10 minutes after it."""
+    from bridge.metrics import RecentEndpoints
+
+    now = [1000.0]
+    recent = RecentEndpoints(600.0, limit=3, clock=lambda: now[0])
+    for _ in range(100):
+        recent.observe("https://dead.example:443", False)
+    assert (recent.failing(), recent.succeeding()) == (1, 0)
+    recent.observe("https://ok.example:443", True)
+    now[0] += 300.0
+    recent.observe("https://flaky.example:443", False)
+    recent.observe("https://flaky.example:443", True)
+    assert (recent.failing(), recent.succeeding()) == (1, 2)
+    now[0] += 301.0  # dead and ok were last answered 601 s ago
+    assert (recent.failing(), recent.succeeding()) == (0, 1)
+    for n in range(5):  # past the limit: the least recently sent to go first
+        recent.observe(f"https://e{n}.example:443", n % 2 == 0)
+    assert (recent.failing(), recent.succeeding()) == (1, 2)
+
+
+def test_recent_endpoints_are_exported_by_outcome() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, "test")
+    metrics.recent_endpoints.observe("https://a.example:443", False)
+    metrics.recent_endpoints.observe("https://b.example:443", False)
+    metrics.recent_endpoints.observe("https://c.example:443", True)
+    sample = registry.get_sample_value
+    assert sample("webhook_bridge_endpoints_recent", {"outcome": "failing"}) == 2.0
+    assert sample("webhook_bridge_endpoints_recent", {"outcome": "succeeding"}) == 1.0

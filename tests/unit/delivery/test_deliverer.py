@@ -1267,3 +1267,17 @@ async def test_a_job_waiting_for_its_place_is_sent_as_its_webhook_is_when_its_tu
         assert sent == [changed[change]]
         body = json.loads(sender.sent[-1].body)
         assert body["webhook"] == {"id": "webhook_abc", "name": changed[change].name}
+
+
+async def test_each_request_answered_marks_its_endpoint_succeeding_or_failing() -> None:
+    """What WebhookBridgeNoDeliveries counts: endpoints, by their latest answer; a refusal of
+    the SSRF guard made no request and marks none."""
+    refused = AttemptResult(False, None, "destination_forbidden", 0.0, AT, refusal="private")
+    h = Harness(FakeSender(failed(503), OK, refused))
+    failing = make_webhook("failing", host="down.example")
+    await h.run(make_job(webhook=failing))
+    await h.run(make_job(webhook=make_webhook("fine", host="up.example")))
+    await h.run(make_job(webhook=make_webhook("refused", host="inside.example")))
+    recent = h.deliverer._metrics.recent_endpoints
+    assert (recent.failing(), recent.succeeding()) == (1, 1)
+    assert h.value("webhook_bridge_endpoints_recent", outcome="failing") == 1
