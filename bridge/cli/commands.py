@@ -139,6 +139,10 @@ def _recovery_rate(text: str) -> float:
 
 
 def _secret(text: str) -> str:
+    """``--secret`` of ``receive``, ``webhooks create``, ``update`` and ``rotate-secret``:
+    refused empty (until 2026-12-07 ``create`` and ``rotate-secret`` given ``--secret ""``, an
+    unset ``$VAR``, stored a random secret they never printed: a rotation so locked every
+    receiver out)."""
     if not text:
         raise argparse.ArgumentTypeError("a secret is not empty")
     return text
@@ -181,7 +185,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--site-id", help="site scope; omit for an account-scoped webhook")
     create.add_argument("--user-id", help="owner account (required for account scope)")
     create.add_argument("--name")
-    create.add_argument("--secret", help="signing secret (default: 32 random bytes)")
+    create.add_argument("--secret", type=_secret, help="signing secret (default: 32 random bytes)")
     create.add_argument("--id", dest="webhook_id", help="webhook id (default: generated)")
     create.add_argument("--inactive", action="store_true", help="create it inactive")
     create.add_argument("--rate-limit", type=float, help="at most this many deliveries per second")
@@ -204,7 +208,7 @@ def _parser() -> argparse.ArgumentParser:
     update.add_argument("--events", type=parse_list)
     update.add_argument("--site-id")
     update.add_argument("--name")
-    update.add_argument("--secret")
+    update.add_argument("--secret", type=_secret)
     update.add_argument("--active", type=parse_bool, help="true or false")
     update.add_argument("--rate-limit", type=float, help="deliveries per second (0: no limit)")
     update.add_argument(
@@ -222,7 +226,7 @@ def _parser() -> argparse.ArgumentParser:
         "rotate-secret", help="give a webhook a new secret; prints it"
     )
     rotate.add_argument("webhook_id", metavar="ID")
-    rotate.add_argument("--secret", help="the new secret (default: 32 random bytes)")
+    rotate.add_argument("--secret", type=_secret, help="the new secret (default: 32 random bytes)")
     rotate.add_argument(
         "--overlap",
         default="0s",

@@ -920,3 +920,32 @@ def test_what_an_api_says_is_shown_never_obeyed(
     assert cli.main(["webhooks", "attempts", "wh", *flags]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and all(c.isprintable() for c in out.rstrip("\n")), out
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["webhooks", "create", "--url", "https://e.com/h", "--events", "*", "--site-id", "s1"],
+        ["webhooks", "update", "wh_s"],
+        ["webhooks", "rotate-secret", "wh_s"],
+    ],
+)
+def test_an_empty_secret_is_refused_as_a_flag_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """Until 2026-12-07 ``create`` and ``rotate-secret`` given ``--secret ""`` (an unset
+    ``$VAR``) exited 0 having stored a random secret they never printed, as they print only
+    one they made: a rotation so locked out every receiver. ``receive`` refused it already."""
+    written: list[str] = []
+
+    async def write(*args: Any, **kw: Any) -> Webhook:
+        written.append("written")
+        return a_webhook("wh_s")
+
+    use_store(monkeypatch, create=write, update=write, rotate_secret=write)
+    with pytest.raises(SystemExit) as info:
+        cli.main([*command, "--secret", "", *BROKER])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].endswith("argument --secret: a secret is not empty")
+    assert written == []
