@@ -635,7 +635,7 @@ def _webhooks_create(args: argparse.Namespace) -> int:
             )
 
     webhook = _run_managed(args, create)
-    print(f"id      {webhook.id}")
+    print(shown(f"id      {webhook.id}"))
     if args.secret is None:
         print(f"secret  {webhook.secret}")
     return 0
@@ -662,7 +662,7 @@ def _webhooks_update(args: argparse.Namespace) -> int:
             return await store.update(args.webhook_id, **changes)
 
     webhook = _run_managed(args, update)
-    print(f"updated {webhook.id}")
+    print(shown(f"updated {webhook.id}"))
     return 0
 
 
@@ -701,7 +701,7 @@ def _webhooks_rotate(args: argparse.Namespace) -> int:
             return await store.rotate_secret(args.webhook_id, secret=args.secret, overlap=overlap)
 
     webhook = _run_managed(args, rotate)
-    print(f"id      {webhook.id}")
+    print(shown(f"id      {webhook.id}"))
     if args.secret is None:
         print(f"secret  {webhook.secret}")
     if webhook.previous_secret_expires_at:
@@ -728,7 +728,7 @@ def _webhooks_test(args: argparse.Namespace) -> int:
         )
 
     event = _run_managed(args, test)
-    print(f"published test.event {event.id}")
+    print(shown(f"published test.event {event.id}"))
     # What `deliveries show` takes, once the delivery is attempted.
     print(f"delivery {delivery_id(event.id, args.webhook_id)}")
     return 0
@@ -1086,7 +1086,7 @@ def _deliveries_redeliver(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"the event of delivery {args.delivery_id!r} is no longer in the source topics"
         )
-    print(f"redelivering {args.delivery_id}")
+    print(shown(f"redelivering {args.delivery_id}"))
     return 0
 
 
@@ -1101,7 +1101,7 @@ def _webhooks_delete(args: argparse.Namespace) -> int:
             await store.delete(args.webhook_id)
 
     _run_managed(args, delete)
-    print(f"deleted {args.webhook_id}")
+    print(shown(f"deleted {args.webhook_id}"))
     return 0
 
 
@@ -1122,7 +1122,7 @@ def _webhooks_list(args: argparse.Namespace) -> int:
         record["url"] = without_userinfo(webhook.url)
         record["name"] = webhook.shown_name()
         if args.json:
-            print(json.dumps(record, ensure_ascii=False))
+            print(json_line(record))
         else:
             scope = f"site {webhook.site_id}" if webhook.site_id else f"account {webhook.user_id}"
             state = webhook.state
@@ -1150,7 +1150,7 @@ def _publish(args: argparse.Namespace) -> int:
         return event
 
     event = _run_managed(args, publish)
-    print(f"published {event.type} {event.id}")
+    print(shown(f"published {event.type} {event.id}"))
     return 0
 
 

@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
+from bridge.cli.terminal import json_line
 from bridge.contract.signing import verify
 
 __all__ = ["make_receiver_app"]
@@ -25,7 +26,8 @@ def make_receiver_app(
 
     A signature is good when it verifies with any of ``secrets`` (a webhook's old and new
     secret, around a rotation). Each request is printed as one JSON line: delivery id, event
-    type, whether the signature verified, and the parsed body.
+    type, whether the signature verified, and the parsed body, with the characters a terminal
+    could act on as JSON escapes (:func:`~bridge.cli.terminal.json_line`).
     """
     stream = out if out is not None else sys.stdout
     accepted = (secrets,) if isinstance(secrets, str) else tuple(secrets)
@@ -45,7 +47,9 @@ def make_receiver_app(
             "path": request.path,
             "body": parsed,
         }
-        print(json.dumps(line, ensure_ascii=False), file=stream, flush=True)
+        # What anyone sent, verified or not: shown, never obeyed (until 2026-12-07 a request's
+        # C1 controls and bidi overrides reached the terminal raw).
+        print(json_line(line), file=stream, flush=True)
         if on_delivery is not None:
             on_delivery(line)
         if not ok:

@@ -949,3 +949,56 @@ def test_an_empty_secret_is_refused_as_a_flag_error(
     err = capsys.readouterr().err
     assert err.splitlines()[-1].endswith("argument --secret: a secret is not empty")
     assert written == []
+
+
+#: Text a terminal would act on: CSI as a C1 control, a bidi override, an OSC title sequence.
+HOSTILE = "wh_\x9b2J\u202egnp\x1b]0;pwned\x07\u2028"
+
+
+def test_webhooks_list_json_shows_hostile_text_never_obeyed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Until 2026-12-07 ``webhooks list --json`` printed a record's C1 controls and bidi
+    overrides raw (``ensure_ascii=False``), as ``dlq list`` did before; its text is otherwise
+    as it is."""
+    use_webhooks(monkeypatch, a_webhook(HOSTILE, name=f"café {HOSTILE}", user_id=HOSTILE))
+    assert cli.main(["webhooks", "list", "--json", *BROKER]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.isprintable() and "café" in line and "\\u009b" in line and "\\u202e" in line
+    record = json.loads(line)
+    assert (record["id"], record["user_id"], record["name"]) == (
+        HOSTILE,
+        HOSTILE,
+        f"café {HOSTILE}",
+    )
+    assert record["secret"] == "***"
+
+
+def test_the_webhook_commands_echo_an_id_escaped(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--id $'wh_\\e]0;pwned\\a'``: until 2026-12-07 create, update, rotate-secret and delete
+    echoed the id raw, and the terminal took it as a title."""
+
+    async def made(*args: Any, **kw: Any) -> Webhook:
+        return a_webhook(HOSTILE)
+
+    async def load(*, reveal: bool = True) -> dict[str, Webhook]:
+        return {HOSTILE: a_webhook(HOSTILE)}
+
+    async def delete(webhook_id: str) -> None:
+        pass
+
+    use_store(monkeypatch, create=made, update=made, rotate_secret=made, load=load, delete=delete)
+    create = ["webhooks", "create", "--url", "https://e.com/h", "--events", "*", "--site-id", "s1"]
+    commands = [
+        [*create, "--id", HOSTILE],
+        ["webhooks", "update", HOSTILE, "--name", "n"],
+        ["webhooks", "rotate-secret", HOSTILE],
+        ["webhooks", "delete", HOSTILE],
+    ]
+    for command in commands:
+        assert cli.main([*command, *BROKER]) == 0
+        out = capsys.readouterr().out
+        assert all(line.isprintable() for line in out.splitlines()), out
+        assert "wh_\\x9b2J\\u202egnp\\x1b]0;pwned\\x07\\u2028" in out

@@ -49,3 +49,37 @@ def test_receive_refuses_an_empty_secret(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit):
         commands._parser().parse_args(["receive", "--port", "1", "--secret", ""])
     assert "--secret" in capsys.readouterr().err
+
+
+async def test_what_a_request_sent_is_shown_never_obeyed() -> None:
+    """A receiver prints what anyone sent, verified or not: until 2026-12-07 a request's C1
+    controls and bidi overrides (body and headers) reached the terminal raw."""
+    import asyncio
+
+    out = io.StringIO()
+    server = TestServer(make_receiver_app(["a-secret"], out=out), host="127.0.0.1")
+    await server.start_server()
+    hostile = "\x9b2J\u202egnp\x1b]0;x\x07\u2028 café"
+    body = json.dumps({"title": hostile}, ensure_ascii=False).encode()
+    head = (
+        b"POST /hook HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"X-Webhook-Delivery: d\xc2\x9b2J\xe2\x80\xae\r\nX-Webhook-Event: e\x9b\r\n"
+        b"X-Webhook-Signature: v1=00\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(head + body)
+        await writer.drain()
+        answer = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await server.close()
+    assert answer.startswith(b"HTTP/1.1 401")
+    (line,) = out.getvalue().splitlines()
+    assert line.isprintable() and "café" in line
+    printed = json.loads(line)
+    assert printed["verified"] is False
+    assert printed["body"] == {"title": hostile}
+    assert printed["delivery"] == "d\x9b2J\u202e"
