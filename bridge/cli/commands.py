@@ -948,7 +948,7 @@ async def _read_activity(settings: Settings, webhook_id: str, now: float) -> Any
     reading = await read_activity(settings, webhook_id, now=now)
     if not len(reading.activity.log):
         async with WebhookStore(settings) as store:
-            if webhook_id not in await store.load():
+            if webhook_id not in await store.load(reveal=False):  # (its secret not needed)
                 raise ConfigError(f"no webhook {webhook_id!r}, and no attempt of it is kept")
     return reading
 
@@ -1095,8 +1095,10 @@ def _webhooks_delete(args: argparse.Namespace) -> int:
 
     async def delete(settings: Settings) -> None:
         async with WebhookStore(settings) as store:
-            # As /v1 answers 404 (until 2026-12-06 this printed "deleted" for any id).
-            if args.webhook_id not in await store.load():
+            # As /v1 answers 404 (until 2026-12-06 this printed "deleted" for any id). Its
+            # secret is not needed (not decrypted): until 2026-12-07 a webhook whose secret
+            # these settings' secret_keys could not decrypt was "no webhook" here.
+            if args.webhook_id not in await store.load(reveal=False):
                 raise ConfigError(f"no webhook {args.webhook_id!r}")
             await store.delete(args.webhook_id)
 
@@ -1110,8 +1112,10 @@ def _webhooks_list(args: argparse.Namespace) -> int:
     from bridge.subscriptions.store import WebhookStore
 
     async def load(settings: Settings) -> dict[str, Webhook]:
+        # Secrets are never listed, so not decrypted: until 2026-12-07 a webhook whose secret
+        # these settings' secret_keys (none, or a wrong key) could not decrypt was left out.
         async with WebhookStore(settings) as store:
-            return await store.load()
+            return await store.load(reveal=False)
 
     webhooks = _run_managed(args, load)
     for webhook in sorted(webhooks.values(), key=lambda w: w.id):

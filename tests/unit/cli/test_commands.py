@@ -735,7 +735,7 @@ def test_webhooks_delete_of_an_id_no_webhook_has_fails_as_the_api_does(
 ) -> None:
     deleted: list[str] = []
 
-    async def load() -> dict[str, Webhook]:
+    async def load(*, reveal: bool = True) -> dict[str, Webhook]:
         return {"wh_d": a_webhook("wh_d")}
 
     async def delete(webhook_id: str) -> None:
@@ -1002,3 +1002,31 @@ def test_the_webhook_commands_echo_an_id_escaped(
         out = capsys.readouterr().out
         assert all(line.isprintable() for line in out.splitlines()), out
         assert "wh_\\x9b2J\\u202egnp\\x1b]0;pwned\\x07\\u2028" in out
+
+
+def test_webhooks_list_and_delete_need_no_secret_keys(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Listing and deleting never use a secret, so they read the webhooks without decrypting
+    them: until 2026-12-07, without ``--secret-keys`` (or with a wrong key), ``list`` left out a
+    webhook whose secret it could not decrypt, exiting 0, and ``delete`` said there was no such
+    webhook while ``create --id`` said it existed."""
+    stored = a_webhook("wh_enc", secret="enc:v1:k1:" + "c" * 40)
+    deleted: list[str] = []
+
+    async def load(*, reveal: bool = True) -> dict[str, Webhook]:
+        # As WebhookStore.load without the key: the record is skipped when decrypted.
+        return {} if reveal else {stored.id: stored}
+
+    async def delete(webhook_id: str) -> None:
+        deleted.append(webhook_id)
+
+    use_store(monkeypatch, load=load, delete=delete)
+    assert cli.main(["webhooks", "list", *BROKER]) == 0
+    assert capsys.readouterr().out.startswith("wh_enc  active    site s1")
+    assert cli.main(["webhooks", "list", "--json", *BROKER]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out)["secret"] == "***" and "enc:v1" not in out
+    assert cli.main(["webhooks", "delete", "wh_enc", *BROKER]) == 0
+    assert capsys.readouterr().out == "deleted wh_enc\n"
+    assert deleted == ["wh_enc"]
