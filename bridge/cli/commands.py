@@ -1196,6 +1196,9 @@ def _dead_letter_filter(args: argparse.Namespace) -> Any:
         until = parse_time(args.until) if args.until is not None else None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if since is not None and until is not None and until <= since:
+        # As /v1/dead-letters refuses it (until 2026-12-07 taken, and nothing matched).
+        raise ConfigError("--until must be after --since")
     return DeadLetterFilter(args.webhook_id, args.delivery_id, since, until)
 
 
@@ -1240,6 +1243,12 @@ def _dlq_replay(args: argparse.Namespace) -> int:
     for delivery in report.replayed:
         print(shown(f"replayed {delivery}"))
     print(f"{len(report.replayed)} replayed, {report.skipped} skipped{_skips(report)}")
+    # Exit 1 when nothing was sent, as `deliveries redeliver` (until 2026-12-07 this ended 0):
+    # every letter matched was skipped, or the delivery named has no letter.
+    if report.skipped and not report.replayed:
+        raise ConfigError("nothing replayed: every matching dead letter was skipped")
+    if args.delivery_id is not None and not report.replayed:
+        raise ConfigError(f"no dead letter of delivery {args.delivery_id!r} to replay")
     return 0
 
 

@@ -7,6 +7,7 @@ with another message.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import socket
@@ -550,7 +551,7 @@ def test_dlq_replay_judges_a_letter_without_a_created_at_by_the_webhooks_now(
     monkeypatch.setattr(dead_letters, "stream_positioned_letters", positioned(stream_dead_letters))
     monkeypatch.setattr(dead_letters, "AIOKafkaProducer", producer)
     use_webhooks(monkeypatch, hook(created_at="2026-12-04T12:00:00.000Z"))
-    assert cli.main(["dlq", "replay", *BROKER]) == 0
+    assert cli.main(["dlq", "replay", *BROKER]) == 1  # nothing replayed
     out = capsys.readouterr().out
     assert out == "0 replayed, 1 skipped: 1 webhook gone or replaced\n"
     assert producer.values == []
@@ -1030,3 +1031,76 @@ def test_webhooks_list_and_delete_need_no_secret_keys(
     assert cli.main(["webhooks", "delete", "wh_enc", *BROKER]) == 0
     assert capsys.readouterr().out == "deleted wh_enc\n"
     assert deleted == ["wh_enc"]
+
+
+def replaying(monkeypatch: pytest.MonkeyPatch, *webhooks: Webhook) -> list[Any]:
+    """``dlq replay`` reads three letters of webhook ``wh`` (events ``evt_0`` to ``evt_2``) and
+    finds ``webhooks``; the list of what it writes is returned."""
+    from bridge.admin import dead_letters
+
+    event = build_event("post.created", {"id": "p", "title": "t"}, site_id="s1", user_id="u1")
+    letters = [
+        {
+            "webhook_id": "wh",
+            "delivery_id": delivery_id(f"evt_{n}", "wh"),
+            "event": {**event.envelope(), "id": f"evt_{n}"},
+            "attempts": [],
+            "dead_lettered_at": "2026-12-04T11:00:00.000Z",
+            "webhook_created_at": "2026-12-04T10:00:00.000Z",
+        }
+        for n in range(3)
+    ]
+
+    async def stream_dead_letters(settings: Settings, where: Any, **_: Any) -> Any:
+        for letter in letters:
+            if where.delivery_id in (None, letter["delivery_id"]) and where.webhook_id in (
+                None,
+                letter["webhook_id"],
+            ):
+                yield letter
+
+    producer = RecordingProducer()
+    monkeypatch.setattr(dead_letters, "stream_positioned_letters", positioned(stream_dead_letters))
+    monkeypatch.setattr(dead_letters, "AIOKafkaProducer", producer)
+    use_webhooks(monkeypatch, *webhooks)
+    return producer.sent
+
+
+def test_dlq_replay_that_replays_nothing_exits_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As ``deliveries redeliver`` does when nothing is sent: until 2026-12-07 a replay of an
+    inactive webhook's letters ("0 replayed, 3 skipped") and one of a delivery with no letter
+    exited 0. A replay matching no letter at all (no --delivery) still exits 0."""
+    off = dataclasses.replace(hook(created_at="2026-12-04T10:00:00.000Z"), active=False)
+    written = replaying(monkeypatch, off)
+    assert cli.main(["dlq", "replay", "--webhook", "wh", *BROKER]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "0 replayed, 3 skipped: 3 webhook turned off (turn it on, then replay)\n"
+    assert captured.err == (
+        "webhook-bridge: nothing replayed: every matching dead letter was skipped\n"
+    )
+    assert cli.main(["dlq", "replay", "--delivery", "nope", *BROKER]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "0 replayed, 0 skipped\n"
+    assert captured.err == "webhook-bridge: no dead letter of delivery 'nope' to replay\n"
+    assert cli.main(["dlq", "replay", "--webhook", "none", *BROKER]) == 0
+    assert capsys.readouterr().out == "0 replayed, 0 skipped\n"
+    assert written == []
+
+    written = replaying(monkeypatch, hook(created_at="2026-12-04T10:00:00.000Z"))
+    target = delivery_id("evt_1", "wh")
+    assert cli.main(["dlq", "replay", "--delivery", target, *BROKER]) == 0
+    assert capsys.readouterr().out == f"replayed {target}\n1 replayed, 0 skipped\n"
+    assert len(written) == 1
+
+
+@pytest.mark.parametrize("command", ["list", "replay"])
+def test_dlq_refuses_an_until_not_after_since(
+    capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """As /v1/dead-letters answers 400 (until 2026-12-07 taken, matching nothing)."""
+    err = refused(capsys, "dlq", command, "--since", "1d", "--until", "2d")
+    assert err == "webhook-bridge: --until must be after --since\n"
+    err = refused(capsys, "dlq", command, "--since", "2026-01-01", "--until", "2026-01-01")
+    assert err == "webhook-bridge: --until must be after --since\n"
