@@ -119,6 +119,30 @@ class SilentParser(argparse.ArgumentParser):
             )
         super().error(message)
 
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
+        # Python 3.11's argparse drops a "--" given as an option's value (``--since=--``) and
+        # gives the option an empty list, whatever its type: until 2026-12-07 commands failed
+        # on it with a traceback. Taken as the text "--", as later Pythons take it, and judged
+        # by the option's type as any other value.
+        if action.option_strings and action.nargs in (None, argparse.OPTIONAL):
+            if arg_strings == ["--"]:
+                value = self._get_value(action, "--")
+                self._check_value(action, value)
+                return value
+        return super()._get_values(action, arg_strings)
+
+
+def _port(text: str) -> int:
+    """A TCP port to listen on, 1 to 65535 (until 2026-12-07 ``receive --port 99999`` was a
+    traceback)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError("must be a port number from 1 to 65535")
+    return port
+
 
 def _recovery_rate(text: str) -> float:
     """``--rate`` of ``webhooks recover``: a finite number of deliveries per second within the
@@ -163,7 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     broker = commands.add_parser("broker", help="run only the embedded broker, in the foreground")
-    broker.add_argument("--port", type=int, default=None, help="port (default: --embedded-port)")
+    broker.add_argument("--port", type=_port, default=None, help="port (default: --embedded-port)")
     _settings_flags(broker, "broker")
     broker.set_defaults(handler=_broker)
 
@@ -387,7 +411,7 @@ def _parser() -> argparse.ArgumentParser:
     add.set_defaults(handler=_tokens_add)
 
     receive = commands.add_parser("receive", help="a receiver that verifies and prints deliveries")
-    receive.add_argument("--port", type=int, required=True)
+    receive.add_argument("--port", type=_port, required=True)
     receive.add_argument(
         "--secret",
         dest="secrets",
@@ -1310,13 +1334,18 @@ def _receive(args: argparse.Namespace) -> int:
     from bridge.cli.receiver import make_receiver_app
 
     print(f"receiving on http://{args.host}:{args.port}/ (Ctrl-C stops)", file=sys.stderr)
-    web.run_app(
-        make_receiver_app(args.secrets, status=args.status),
-        host=args.host,
-        port=args.port,
-        print=None,
-        access_log=None,
-    )
+    try:
+        web.run_app(
+            make_receiver_app(args.secrets, status=args.status),
+            host=args.host,
+            port=args.port,
+            print=None,
+            access_log=None,
+        )
+    except OSError as exc:  # a port in use, a host not of this machine (was a traceback)
+        raise ConfigError(
+            f"cannot listen on {args.host}:{args.port}: {exc.strerror or type(exc).__name__}"
+        ) from None
     return 0
 
 

@@ -1104,3 +1104,61 @@ def test_dlq_refuses_an_until_not_after_since(
     assert err == "webhook-bridge: --until must be after --since\n"
     err = refused(capsys, "dlq", command, "--since", "2026-01-01", "--until", "2026-01-01")
     assert err == "webhook-bridge: --until must be after --since\n"
+
+
+def exit_and_error(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    """What ``webhook-bridge ARGV`` exits with (a flag error too) and the last line it wrote to
+    stderr, having checked that it wrote no traceback."""
+    try:
+        code = cli.main([*argv])
+    except SystemExit as exc:  # argparse's flag errors
+        code = int(exc.code or 0)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.endswith("\n")
+    return code, err.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["webhooks", "rotate-secret", "wh", "--overlap=--"], "--overlap: not a duration: '--'"),
+        (["webhooks", "attempts", "wh", "--since=--"], "not a time: '--'"),
+        (["dlq", "list", "--since=--"], "not a time: '--'"),
+        (["dlq", "replay", "--until=--"], "not a time: '--'"),
+        (
+            ["publish", "post.created", "--site-id", "s", "--user-id", "u", "--data=--"],
+            "malformed_json",
+        ),
+        (["webhooks", "attempts", "wh", "--limit=--"], "argument --limit: invalid value"),
+        (["webhooks", "update", "wh", "--active=--"], "argument --active: invalid value"),
+        (["receive", "--port=--", "--secret", "s"], "argument --port: must be a port number"),
+    ],
+)
+def test_an_option_given_as_double_dash_is_a_one_line_error(
+    capsys: pytest.CaptureFixture[str], argv: list[str], said: str
+) -> None:
+    """Python 3.11's argparse gives ``--opt=--`` an empty list, whatever the option's type:
+    until 2026-12-07 each of these ended in a TypeError or AttributeError traceback. The value
+    is the text ``--`` now, judged as any other."""
+    code, line = exit_and_error(capsys, *argv, *(BROKER if argv[0] != "receive" else []))
+    assert code in (1, 2)
+    assert said in line
+
+
+@pytest.mark.parametrize("port", ["0", "99999", "-1", "http"])
+def test_receive_refuses_a_port_that_is_none(capsys: pytest.CaptureFixture[str], port: str) -> None:
+    """Until 2026-12-07 ``receive --port 99999`` was an OverflowError traceback."""
+    code, line = exit_and_error(capsys, "receive", "--port", port, "--secret", "s")
+    assert code == 2
+    assert line.endswith("argument --port: must be a port number from 1 to 65535")
+
+
+def test_receive_on_a_port_in_use_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """Until 2026-12-07 an OSError traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, line = exit_and_error(capsys, "receive", "--port", str(port), "--secret", "s")
+    assert code == 1
+    assert line.startswith(f"webhook-bridge: cannot listen on 127.0.0.1:{port}: ")
