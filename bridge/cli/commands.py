@@ -731,10 +731,19 @@ def _webhooks_rotate(args: argparse.Namespace) -> int:
     if webhook.previous_secret_expires_at:
         # X-Webhook-Signature carries one signature: the new secret's, from now on.
         print("X-Webhook-Signature is signed with the new secret from the next delivery on")
-        print(
-            "previous secret also signs the Standard Webhooks header (webhook-signature) until "
-            f"{webhook.previous_secret_expires_at}"
-        )
+        if webhook.standard_webhooks:
+            print(
+                "previous secret also signs the Standard Webhooks header (webhook-signature) "
+                f"until {webhook.previous_secret_expires_at}"
+            )
+        else:
+            # The overlap is kept, as the API keeps it, but no header carries it (until
+            # 2026-12-07 this said the previous secret signed a header the webhook never sends).
+            print(
+                "this webhook sends no Standard Webhooks header: no delivery is signed with the "
+                "previous secret (its overlap counts only if Standard Webhooks signing is "
+                f"turned on before {webhook.previous_secret_expires_at})"
+            )
     return 0
 
 

@@ -415,3 +415,12 @@ def test_receivers_md_states_the_clients_limits() -> None:
         in text
     )
     assert f"at most {MAX_TLS_RECORDS} TLS records are read" in text
+
+
+def test_producers_md_names_the_logger_load_warns_on() -> None:
+    """Until 2026-12-07 it named ``bridge.management``, a logger nothing logs on."""
+    from bridge.subscriptions import store
+
+    text = (DOCS / "producers.md").read_text(encoding="utf-8")
+    (row,) = [line for line in text.splitlines() if line.startswith("| `load()` |")]
+    assert f"on the `{store.log.name}` logger" in row

@@ -602,6 +602,7 @@ def test_rotate_secret_says_which_header_the_old_secret_still_signs(
     refused the next delivery."""
     rotated = a_webhook(
         "wh_r",
+        standard_webhooks=True,
         previous_secret="whsec_" + "o" * 32,
         previous_secret_expires_at="2026-12-07T18:00:00.000Z",
     )
@@ -1162,3 +1163,33 @@ def test_receive_on_a_port_in_use_is_one_line(capsys: pytest.CaptureFixture[str]
         code, line = exit_and_error(capsys, "receive", "--port", str(port), "--secret", "s")
     assert code == 1
     assert line.startswith(f"webhook-bridge: cannot listen on 127.0.0.1:{port}: ")
+
+
+def test_rotate_secret_with_an_overlap_of_a_webhook_without_standard_headers_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Until 2026-12-07 it said the previous secret "also signs the Standard Webhooks header"
+    of a webhook that sends none: no delivery carries the previous secret. The overlap is
+    taken, as the API takes it."""
+    rotated = a_webhook(
+        "wh_r",
+        previous_secret="o" * 32,
+        previous_secret_expires_at="2026-12-07T18:00:00.000Z",
+    )
+    asked: list[float] = []
+
+    async def rotate_secret(webhook_id: str, **kw: Any) -> Webhook:
+        asked.append(kw["overlap"])
+        return rotated
+
+    use_store(monkeypatch, rotate_secret=rotate_secret)
+    assert cli.main(["webhooks", "rotate-secret", "wh_r", "--overlap", "24h", *BROKER]) == 0
+    out = capsys.readouterr().out
+    assert asked == [86400.0]
+    assert "Standard Webhooks header (webhook-signature)" not in out
+    assert out.splitlines()[-1] == (
+        "this webhook sends no Standard Webhooks header: no delivery is signed with the previous "
+        "secret (its overlap counts only if Standard Webhooks signing is turned on before "
+        "2026-12-07T18:00:00.000Z)"
+    )
+    assert "o" * 32 not in out
