@@ -7,6 +7,7 @@ import functools
 import hashlib
 import inspect
 import time
+import zlib
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,8 @@ from bridge.subscriptions.webhook import RECORD_PROBLEMS
 __all__ = [
     "Metrics",
     "RecentEndpoints",
+    "ENDPOINT_BUCKETS",
+    "endpoint_bucket",
     "HotCounter",
     "HotHistogram",
     "LATENCY_BUCKETS",
@@ -153,11 +156,24 @@ def request_buckets(http_timeout: float) -> tuple[float, ...]:
     return REQUEST_BUCKETS
 
 
+#: Buckets :class:`RecentEndpoints` spreads endpoints over (a label of bounded cardinality).
+ENDPOINT_BUCKETS = 16
+
+
+def endpoint_bucket(endpoint: str) -> int:
+    """The bucket of ``endpoint``: the same in every worker (CRC-32, not Python's salted
+    ``hash``), so that an endpoint failing at several workers is one bucket failing."""
+    return zlib.crc32(endpoint.encode("utf-8")) % ENDPOINT_BUCKETS
+
+
 class RecentEndpoints:
     """The endpoints a worker sent a request to in the last :attr:`window` seconds, by whether
-    the latest one's answer was a success: how many endpoints fail, which no counter of
-    attempts tells (one endpoint failing on a quiet installation looks like every endpoint
-    failing). At most :attr:`limit` endpoints are kept (the least recently sent to go first)."""
+    the latest one's answer was a success, counted in :data:`ENDPOINT_BUCKETS` buckets: how
+    many endpoints fail, which no counter of attempts tells (one endpoint failing on a quiet
+    installation looks like every endpoint failing), and across workers, by the buckets
+    failing at any of them (one endpoint is one bucket wherever it fails; two endpoints share
+    one a sixteenth of the time). At most :attr:`limit` endpoints are kept (the least
+    recently sent to go first)."""
 
     def __init__(
         self,
@@ -172,36 +188,39 @@ class RecentEndpoints:
         #: endpoint -> (when its latest request was answered, whether it succeeded); oldest
         #: first.
         self._latest: OrderedDict[str, tuple[float, bool]] = OrderedDict()
-        self._failing = 0
+        self._counts = [[0, 0] for _ in range(ENDPOINT_BUCKETS)]  # [succeeding, failing]
 
     def observe(self, endpoint: str, success: bool) -> None:
         before = self._latest.pop(endpoint, None)
-        if before is not None and not before[1]:
-            self._failing -= 1
+        bucket = self._counts[endpoint_bucket(endpoint)]
+        if before is not None:
+            bucket[not before[1]] -= 1
         self._latest[endpoint] = (self._clock(), success)
-        if not success:
-            self._failing += 1
+        bucket[not success] += 1
         while len(self._latest) > self.limit:
             self._drop_oldest()
         self._expire()
 
     def _drop_oldest(self) -> None:
-        _, (_, success) = self._latest.popitem(last=False)
-        if not success:
-            self._failing -= 1
+        endpoint, (_, success) = self._latest.popitem(last=False)
+        self._counts[endpoint_bucket(endpoint)][not success] -= 1
 
     def _expire(self) -> None:
         horizon = self._clock() - self.window
         while self._latest and next(iter(self._latest.values()))[0] < horizon:
             self._drop_oldest()
 
-    def failing(self) -> int:
+    def count(self, success: bool, bucket: int | None = None) -> int:
+        """Endpoints whose latest answer was ``success`` (in ``bucket``, or in all)."""
         self._expire()
-        return self._failing
+        buckets = self._counts if bucket is None else [self._counts[bucket]]
+        return sum(counts[not success] for counts in buckets)
+
+    def failing(self) -> int:
+        return self.count(False)
 
     def succeeding(self) -> int:
-        self._expire()
-        return len(self._latest) - self._failing
+        return self.count(True)
 
 
 class Metrics:
@@ -362,12 +381,16 @@ class Metrics:
         endpoints = Gauge(
             "webhook_bridge_endpoints_recent",
             "Endpoints this worker sent a request to in the last 10 minutes, by the outcome of "
-            "the latest one (succeeding, failing).",
-            ["outcome"],
+            "the latest one (succeeding, failing) and bucket (0-15, the same for an endpoint "
+            "in every worker).",
+            ["outcome", "bucket"],
             registry=registry,
         )
-        endpoints.labels("succeeding").set_function(self.recent_endpoints.succeeding)
-        endpoints.labels("failing").set_function(self.recent_endpoints.failing)
+        for bucket in range(ENDPOINT_BUCKETS):
+            for outcome, success in (("succeeding", True), ("failing", False)):
+                endpoints.labels(outcome, str(bucket)).set_function(
+                    functools.partial(self.recent_endpoints.count, success, bucket)
+                )
         self.disabled = Counter(
             "webhook_bridge_webhooks_disabled_total",
             "Webhooks the bridge turned off (their record written inactive) in this worker, by "

@@ -308,7 +308,9 @@ class Deliverer:
                 written = asyncio.get_running_loop().create_future()
                 written.set_exception(exc)
                 return written
-            change = self._health.on_success(webhook.id, webhook.created_at, webhook.updated_at)
+            change = self._health.on_success(
+                job.webhook.id, job.webhook.created_at, job.webhook.updated_at, self._wall_time()
+            )
             if change is None:
                 return written
             return asyncio.ensure_future(self._recovered(written, change))

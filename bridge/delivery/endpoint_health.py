@@ -176,11 +176,16 @@ class EndpointHealth:
         return len(self._local)
 
     def on_success(
-        self, webhook_id: str, created_at: str | None = None, updated_at: str | None = None
+        self,
+        webhook_id: str,
+        created_at: str | None = None,
+        updated_at: str | None = None,
+        now: float | None = None,
     ) -> HealthChange | None:
         """``created_at``, ``updated_at``: the webhook's the delivery was made for (see the
-        class); the same for the methods below."""
-        state = self._current(webhook_id, created_at, updated_at).state
+        class); the same for the methods below. ``now``: Unix time (times of the webhook
+        past it are set aside, as at a failure)."""
+        state = self._current(webhook_id, created_at, updated_at, now=now).state
         record = self._published(webhook_id)
         published_state = record.get("state", "healthy") if record is not None else "healthy"
         if state == "healthy" and published_state == "healthy":

@@ -309,12 +309,31 @@ def test_recent_endpoints_count_each_endpoint_once_by_its_latest_answer() -> Non
     assert (recent.failing(), recent.succeeding()) == (1, 2)
 
 
-def test_recent_endpoints_are_exported_by_outcome() -> None:
+def test_recent_endpoints_are_exported_by_outcome_and_bucket() -> None:
+    """By bucket: an endpoint is in the same one at every worker (a bucket failing anywhere
+    is counted once across workers, as the alert counts them)."""
+    from bridge.metrics import ENDPOINT_BUCKETS, endpoint_bucket
+
     registry = CollectorRegistry()
     metrics = Metrics(registry, "test")
-    metrics.recent_endpoints.observe("https://a.example:443", False)
-    metrics.recent_endpoints.observe("https://b.example:443", False)
-    metrics.recent_endpoints.observe("https://c.example:443", True)
+    endpoints = [f"https://e{n}.example:443" for n in range(40)]
+    for n, endpoint in enumerate(endpoints):
+        metrics.recent_endpoints.observe(endpoint, n % 3 == 0)
     sample = registry.get_sample_value
-    assert sample("webhook_bridge_endpoints_recent", {"outcome": "failing"}) == 2.0
-    assert sample("webhook_bridge_endpoints_recent", {"outcome": "succeeding"}) == 1.0
+    for outcome, success in (("failing", False), ("succeeding", True)):
+        total = 0.0
+        for bucket in range(ENDPOINT_BUCKETS):
+            value = sample(
+                "webhook_bridge_endpoints_recent", {"outcome": outcome, "bucket": str(bucket)}
+            )
+            assert value is not None
+            expected = sum(
+                1
+                for n, e in enumerate(endpoints)
+                if endpoint_bucket(e) == bucket and (n % 3 == 0) == success
+            )
+            assert value == expected, (outcome, bucket)
+            total += value
+        assert total == sum(1 for n in range(40) if (n % 3 == 0) == success)
+    # A stable bucket (CRC-32), not Python's salted hash.
+    assert endpoint_bucket("https://hooks.example:443") == 1644371145 % ENDPOINT_BUCKETS

@@ -534,3 +534,13 @@ def test_a_webhook_stamped_within_the_clock_margin_is_read_as_stamped() -> None:
     table = {W: failing(T0 - 3600.0).to_record(at(T0 - 3600.0))}
     health, _ = make(table)
     assert health.on_failure(W, T0, at(T0 - 86400.0), at(T0 + 60.0)) == failing(T0)
+
+
+def test_a_success_of_a_webhook_stamped_past_the_clock_ends_its_failing() -> None:
+    """Its failing decided here, not yet in the table: the success must still end it (until
+    2026-12-07 its far-future created_at made the period "another webhook's", the success
+    published nothing, and the next failure went on with the same period)."""
+    health, _ = make()
+    future = at(32503680000.0)
+    assert health.on_failure(W, T0, future) == failing(T0)
+    assert health.on_success(W, future, None, T0 + 10) == HealthChange(W, "healthy", None)
