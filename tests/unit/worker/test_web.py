@@ -157,3 +157,43 @@ async def test_an_encoded_body_is_taken_as_sent_and_never_logged_as_an_error(
                         assert await answer.json() == {"size": len(garbage)}
     logged = stream.getvalue()
     assert "Traceback" not in logged and "ERROR" not in logged, logged
+
+
+async def test_a_connection_must_send_its_first_requests_headers_in_time(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp waits for a request's headers as long as it keeps an idle connection (an hour
+    by default): a client sending a header line now and then held its connection, and the
+    lines it had sent, that long (until 2026-12-07). A connection whose first request's
+    headers are not whole by HEADERS_TIMEOUT is closed; one whose request was whole is kept
+    for its next (keep-alive)."""
+    from bridge.worker import web as worker_web
+
+    monkeypatch.setattr(worker_web, "HEADERS_TIMEOUT", 0.3)
+    port = int(server.rsplit(":", 1)[1])
+    loop = asyncio.get_running_loop()
+    silent = await asyncio.open_connection("127.0.0.1", port)
+    dribbling = await asyncio.open_connection("127.0.0.1", port)
+    whole = await asyncio.open_connection("127.0.0.1", port)
+    dribbling[1].write(b"GET /v1/echo HTTP/1.1\r\nHost: a\r\n")
+    whole[1].write(b"GET /v1/echo HTTP/1.1\r\nHost: a\r\n\r\n")
+    started = loop.time()
+    answer = await asyncio.wait_for(whole[0].readuntil(b"}"), 5)
+    assert answer.startswith(b"HTTP/1.1 200")
+    dribbling[1].write(b"X-More: 1\r\n")
+    for reader, writer in (silent, dribbling):
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing answered
+        writer.close()
+    assert loop.time() - started < 3
+    await asyncio.sleep(0.5)  # past the deadline: the kept connection still serves
+    whole[1].write(b"GET /v1/echo HTTP/1.1\r\nHost: a\r\n\r\n")
+    again = await asyncio.wait_for(whole[0].readuntil(b"}"), 5)
+    assert again.startswith(b"HTTP/1.1 200")
+    whole[1].close()
+
+
+def test_the_servers_hold_at_most_a_bounded_set_of_headers() -> None:
+    from bridge.worker.web import KEEPALIVE_TIMEOUT, MAX_HEADERS, RUNNER_OPTIONS
+
+    assert RUNNER_OPTIONS["max_headers"] * RUNNER_OPTIONS["max_field_size"] <= 1024 * 1024
+    assert (MAX_HEADERS, RUNNER_OPTIONS["keepalive_timeout"]) == (64, KEEPALIVE_TIMEOUT)
