@@ -156,7 +156,7 @@ class _Routes:
 
     def _principal(self, request: web.Request, scope: Scope) -> Principal:
         """The request's token, which has ``scope``, within its rate."""
-        principal = self._tokens.authenticate(request.headers.get("Authorization"))
+        principal = self._tokens.authenticate_headers(request.headers)
         principal.require(scope)
         self._buckets.admit(principal.name)
         if scope == "write" and "If-None-Match" in request.headers:

@@ -318,6 +318,15 @@ class TokenSet:
             raise ConfigError(f"{source}: 'tokens' must be a list")
         return cls([_token(entry, f"{source}: tokens[{i}]") for i, entry in enumerate(entries)])
 
+    def authenticate_headers(self, headers: Any) -> Principal:
+        """:meth:`authenticate` of a request's headers (a multidict): ``401`` for
+        ``Authorization`` given more than once (until 2026-12-07 the first was taken, and a
+        proxy judging the last would disagree with the API on who asks)."""
+        lines = headers.getall("Authorization", ())
+        if len(lines) > 1:
+            raise _unauthorized("Authorization is given more than once", "invalid_request")
+        return self.authenticate(lines[0] if lines else None)
+
     def authenticate(self, authorization: str | None) -> Principal:
         """The principal of an ``Authorization: Bearer <token>`` header; ``401`` otherwise."""
         if authorization is None:

@@ -254,7 +254,7 @@ def _key(request: web.Request, tokens: TokenSet) -> IdempotencyKey | None:
     """The request's valid ``Idempotency-Key`` (``None`` without one, or with one the route
     will refuse), for the token that sent it."""
     try:
-        principal = tokens.authenticate(request.headers.get("Authorization"))
+        principal = tokens.authenticate_headers(request.headers)
         return IdempotencyKey.of_headers(
             request.headers.getall(IDEMPOTENCY_KEY, []), principal.name, principal.key_salt
         )
@@ -271,7 +271,7 @@ async def _changed_webhook(request: web.Request, max_bytes: int, tokens: TokenSe
     if request.method == "POST" and template == "/v1/webhooks":
         # Refused before the body is read, as the route refuses it: until 2026-12-07 a stranger
         # was answered 413 or 415, and had the worker read and parse 64 KiB first.
-        tokens.authenticate(request.headers.get("Authorization")).require("write")
+        tokens.authenticate_headers(request.headers).require("write")
         try:
             body = jsoncanon.loads(await read_body(request, max_bytes=max_bytes))
         except InvalidRecord:  # the route answers what is wrong with it
@@ -331,7 +331,7 @@ class _Relay:
         if not self._bridge.owner(webhook_id, settled=True).local:
             # Refused here what the owner would refuse, so a stranger can neither make workers
             # call each other nor have requests held.
-            self._tokens.authenticate(request.headers.get("Authorization")).require("write")
+            self._tokens.authenticate_headers(request.headers).require("write")
 
         async def attempt() -> web.StreamResponse:
             """The change made here (the owner), or the owner's answer to it relayed there."""
@@ -414,7 +414,7 @@ class _Relay:
         if request.method != "DELETE" or route_template(request) != "/v1/recoveries/{recovery_id}":
             return None
         # Refused before the wait, which asks the broker: a stranger makes no worker wait.
-        self._tokens.authenticate(request.headers.get("Authorization")).require("write")
+        self._tokens.authenticate_headers(request.headers).require("write")
         await require_current(self._bridge.recoveries.freshness, time.monotonic(), "recoveries")
         runner = self._bridge.recoveries.live_runner(
             request.match_info["recovery_id"], time.time(), DEFAULT_STALE_AFTER
@@ -505,7 +505,7 @@ class _Internal:
         self._buckets = TokenBuckets(rate_limit)
 
     def _principal(self, request: web.Request) -> Any:
-        principal = self._tokens.authenticate(request.headers.get("Authorization"))
+        principal = self._tokens.authenticate_headers(request.headers)
         principal.require("read")
         self._buckets.admit(principal.name, "log reads")
         return principal

@@ -709,3 +709,19 @@ async def test_if_none_match_answers_304_on_get_and_is_refused_on_changes(api: A
     # A stranger is told 401 first.
     stranger = await api.client.patch(path, json={}, headers={"If-None-Match": "*"})
     await problem(stranger, 401)
+
+
+async def test_authorization_given_twice_is_refused_whichever_comes_first(api: Api) -> None:
+    """Until 2026-12-07 the first line was taken: a valid token then a bad one was served, a
+    bad one then a valid one refused, and a proxy judging the last would disagree."""
+    from multidict import CIMultiDict
+
+    from tests.unit.api.conftest import ADMIN, READER
+
+    for first, second in ((READER, "wbt_nope"), ("wbt_nope", READER), (ADMIN, READER)):
+        headers = CIMultiDict([("Authorization", f"Bearer {first}")])
+        headers.add("Authorization", f"Bearer {second}")
+        refused = await api.client.get("/v1/webhooks", headers=headers)
+        body = await problem(refused, 401)
+        assert "more than once" in body["detail"]
+        assert 'error="invalid_request"' in refused.headers["WWW-Authenticate"]
