@@ -753,7 +753,7 @@ def _webhooks_test(args: argparse.Namespace) -> int:
 
     async def test(settings: Settings) -> Event:
         async with WebhookStore(settings) as store:
-            webhook = (await store.load()).get(args.webhook_id)
+            webhook = (await store.load(reveal=False)).get(args.webhook_id)
         if webhook is None:
             raise ConfigError(f"no webhook {args.webhook_id!r}")
         return await send_test_event(
@@ -786,7 +786,7 @@ def _webhooks_recover(args: argparse.Namespace) -> int:
 
     async def run(settings: Settings) -> Operation:
         async with WebhookStore(settings) as store:
-            webhook = (await store.load()).get(args.webhook_id)
+            webhook = (await store.load(reveal=False)).get(args.webhook_id)
         if webhook is None:
             raise ConfigError(f"no webhook {args.webhook_id!r}")
         if not webhook.active:
@@ -1086,7 +1086,7 @@ def _deliveries_redeliver(args: argparse.Namespace) -> int:
             raise ConfigError(f"no attempt of delivery {args.delivery_id!r} in the attempts topic")
         first = attempts[0]
         async with WebhookStore(settings) as store:
-            webhook = (await store.load()).get(first.webhook_id)
+            webhook = (await store.load(reveal=False)).get(first.webhook_id)
         if webhook is None or not webhook.active:
             raise ConfigError(f"webhook {first.webhook_id!r} is gone or inactive")
         # The event was published before its first attempt, at most the events' retention

@@ -1034,6 +1034,30 @@ def test_webhooks_list_and_delete_need_no_secret_keys(
     assert deleted == ["wh_enc"]
 
 
+def test_webhooks_test_needs_no_secret_keys(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A test event, a recovery and a redelivery name the webhook and write records without
+    its secret: until 2026-12-07 each read the webhooks decrypting them, and said there was
+    no webhook of an encrypted secret without ``--secret-keys``."""
+    stored = a_webhook("wh_enc", secret="enc:v1:k1:" + "c" * 40)
+    sent = build_event(
+        "test.event", {"webhook_id": stored.id, "message": ""}, site_id="s1", user_id="u1"
+    )
+
+    async def load(*, reveal: bool = True) -> dict[str, Webhook]:
+        return {} if reveal else {stored.id: stored}
+
+    async def send_test_event(settings: Settings, webhook: Webhook, *args: Any, **kw: Any) -> Any:
+        assert webhook is stored
+        return sent
+
+    use_store(monkeypatch, load=load)
+    monkeypatch.setattr(publish, "send_test_event", send_test_event)
+    assert cli.main(["webhooks", "test", "wh_enc", *BROKER]) == 0
+    assert capsys.readouterr().out.startswith(f"published test.event {sent.id}")
+
+
 def replaying(monkeypatch: pytest.MonkeyPatch, *webhooks: Webhook) -> list[Any]:
     """``dlq replay`` reads three letters of webhook ``wh`` (events ``evt_0`` to ``evt_2``) and
     finds ``webhooks``; the list of what it writes is returned."""
