@@ -140,8 +140,8 @@ class RecoveryPage:
 def delivery_state(attempts: list[Attempt]) -> str:
     """``delivered``, ``retrying``, ``dead_lettered`` or ``dropped``, from the last attempt.
     One that disabled its webhook (410, failing too long) was dead-lettered too (until
-    2026-12-06 shown ``dropped``); ``dropped``: a retry dropped when due (its webhook deleted,
-    turned off, or no longer getting the event), and nothing follows."""
+    2026-12-06 shown ``dropped``); ``dropped``: a first attempt or a retry not sent (its
+    webhook deleted, turned off, or no longer getting the event), and nothing follows."""
     last = attempts[-1]
     if last.outcome == "success":
         return "delivered"

@@ -396,8 +396,8 @@ def _schemas() -> dict[str, Any]:
                     "enum": list(DELIVERY_STATES),
                     "description": "From the last attempt: succeeded, to be retried, "
                     "dead-lettered (attempts exhausted, or the endpoint disabled: 410 Gone, "
-                    "failing too long), or dropped: a retry dropped when due, its webhook "
-                    "deleted, turned off or no longer getting the event (error "
+                    "failing too long), or dropped: a first attempt or a retry not sent, its "
+                    "webhook deleted, turned off or no longer getting the event (error "
                     "webhook_deleted, webhook_inactive, not_receiving); nothing follows.",
                 },
                 "attempts": {"type": "array", "minItems": 1, "items": _ref("Attempt")},
