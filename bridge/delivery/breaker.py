@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from bridge.memo import Sweeps, remembered
 from bridge.subscriptions.urls import WebhookUrl
 
 __all__ = [
+    "Permit",
     "endpoint_of",
     "CircuitBreaker",
     "Breakers",
@@ -45,6 +47,8 @@ class CircuitBreaker:
     failures: int = 0
     opened_at: float = 0.0
     probing: bool = False
+    #: Which probe is in flight (:attr:`Permit.probe`), when ``probing``.
+    probe: int = 0
 
     def allow(self, now: float) -> bool:
         """May a request be sent now? (Half-open lets exactly one probe through.)"""
@@ -58,9 +62,10 @@ class CircuitBreaker:
             return True
         return False
 
-    def release(self) -> None:
-        """Give back a probe that :meth:`allow` let through but that was not sent."""
-        if self.state == HALF_OPEN:
+    def release(self, probe: int) -> None:
+        """Give back probe ``probe``, which :meth:`allow` let through but which was not sent
+        (another probe's release changes nothing)."""
+        if self.state == HALF_OPEN and self.probing and self.probe == probe:
             self.probing = False
 
     def success(self) -> None:
@@ -75,6 +80,15 @@ class CircuitBreaker:
         self.failures += 1
         if self.state == HALF_OPEN or self.failures >= self.threshold:
             self.state, self.opened_at, self.probing = OPEN, now, False
+
+
+@dataclass(frozen=True)
+class Permit:
+    """A request :meth:`Breakers.allow` let through: the half-open circuit's probe it is (its
+    number), or ``None`` for one let through a closed circuit."""
+
+    endpoint: str
+    probe: int | None = None
 
 
 class Breakers:
@@ -94,6 +108,7 @@ class Breakers:
         #: Endpoints whose breaker is not closed (kept as states change, for ``open_count``).
         self._not_closed: set[str] = set()
         self._sweeps = Sweeps()
+        self._probes = itertools.count(1)
 
     def _get(self, endpoint: str) -> CircuitBreaker:
         breaker = self._by_endpoint.get(endpoint)
@@ -117,18 +132,26 @@ class Breakers:
     def __len__(self) -> int:
         return len(self._by_endpoint)
 
-    def allow(self, endpoint: str) -> bool:
+    def allow(self, endpoint: str) -> Permit | None:
+        """The permit of a request to ``endpoint`` now, ``None`` when its circuit refuses it."""
         breaker = self._by_endpoint.get(endpoint)
         if breaker is None or breaker.state == CLOSED:
-            return True
-        return breaker.allow(self._clock())
+            return Permit(endpoint)
+        if not breaker.allow(self._clock()):
+            return None
+        breaker.probe = next(self._probes)
+        return Permit(endpoint, breaker.probe)
 
-    def release(self, endpoint: str) -> None:
-        """The request :meth:`allow` let through was not sent: a half-open circuit's probe goes
-        to the next request, which would otherwise wait for an answer that never comes."""
-        breaker = self._by_endpoint.get(endpoint)
+    def release(self, permit: Permit) -> None:
+        """The request of ``permit`` was not sent (or not answered: the bridge's crash): the
+        half-open circuit's probe it is goes to the next request, which would otherwise wait
+        for an answer that never comes. A request let through a closed circuit releases
+        nothing (until 2026-12-07 it freed another request's probe, and two were sent)."""
+        if permit.probe is None:
+            return
+        breaker = self._by_endpoint.get(permit.endpoint)
         if breaker is not None:
-            breaker.release()
+            breaker.release(permit.probe)
 
     def success(self, endpoint: str) -> None:
         # Closed without failures: as good as none.

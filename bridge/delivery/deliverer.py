@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from bridge.contract.events import format_timestamp
 from bridge.contract.payload import build_body
 from bridge.delivery.attempt_record import attempt_record
-from bridge.delivery.breaker import CLOSED, Breakers, endpoint_of
+from bridge.delivery.breaker import CLOSED, Breakers, Permit, endpoint_of
 from bridge.delivery.dead_letters import dead_letter_record
 from bridge.delivery.endpoint_health import EndpointHealth, HealthChange
 from bridge.delivery.job import Ack, Job
@@ -221,7 +221,8 @@ class Deliverer:
             # endpoint's place (and a half-open circuit's probe) until 2026-12-07, and other
             # webhooks of the endpoint waited behind it with nothing sent.
             await asyncio.sleep(rate_wait)
-        if not self._breakers.allow(endpoint):
+        permit = self._breakers.allow(endpoint)
+        if permit is None:
             # Not retried before the circuit would let it through: a retry due earlier would
             # only be skipped again, spending an attempt and a round through the retry tiers.
             # No request is made: the webhook's rate limit gets its token back.
@@ -232,7 +233,7 @@ class Deliverer:
         try:
             await self._endpoints.acquire(endpoint)
         except EndpointBusy:
-            await self._deferred(job, endpoint, "endpoint_busy")
+            await self._deferred(job, permit, "endpoint_busy")
             return None
         # The site's place, once the endpoint's is taken, and never waited for: a delivery
         # waiting for it would hold its endpoint's place (which other sites' deliveries to a
@@ -240,7 +241,7 @@ class Deliverer:
         # let one slow endpoint of a site take every place of the site's.
         owner = _owner_key(webhook) if self._owner_limit else None
         if owner is not None and not self._take_owner(owner):
-            await self._deferred(job, endpoint, "owner_busy", endpoint_held=True)
+            await self._deferred(job, permit, "owner_busy", endpoint_held=True)
             return None
         # Last, and never waited for either: a place of the share that slow endpoints and
         # sites hold together (:class:`SlowEndpoints`), so that the rest stays for others.
@@ -248,7 +249,7 @@ class Deliverer:
         verdict = self._slow.judge(*judged)
         slow = verdict == SLOW
         if slow and not self._slow.try_take():
-            await self._deferred(job, endpoint, "endpoint_busy", endpoint_held=True, owner=owner)
+            await self._deferred(job, permit, "endpoint_busy", endpoint_held=True, owner=owner)
             return None
         result: AttemptResult | None = None
         #: Why the job is not sent (its webhook deleted, turned off or no longer receiving it
@@ -280,16 +281,16 @@ class Deliverer:
                 # would wait for its answer for ever; the endpoint is not blamed (until
                 # 2026-12-07 it was, and a webhook's record the sender could not use opened
                 # the circuit of every webhook on its host).
-                self._breakers.release(endpoint)
+                self._breakers.release(permit)
         if isinstance(changed, str):
             self._rates.refund(webhook.id)
-            self._breakers.release(endpoint)
+            self._breakers.release(permit)
             self._recording()
             await self._record_attempt(job, self._skipped(changed), None)
             return None
         if changed is not None:
             self._rates.refund(webhook.id)
-            self._breakers.release(endpoint)
+            self._breakers.release(permit)
             return await self._run(changed)
         assert result is not None
         if result.success:
@@ -353,7 +354,7 @@ class Deliverer:
     async def _deferred(
         self,
         job: Job,
-        endpoint: str,
+        permit: Permit,
         reason: str,
         *,
         endpoint_held: bool = False,
@@ -363,12 +364,13 @@ class Deliverer:
         it took is given back (the endpoint's place when ``endpoint_held``, ``owner``'s place,
         the webhook's rate-limit token, and a half-open circuit's probe, which goes to the next
         request)."""
+        endpoint = permit.endpoint
         if endpoint_held:
             self._endpoints.release(endpoint)
         if owner is not None:
             self._release_owner(owner)
         self._rates.refund(job.webhook.id)
-        self._breakers.release(endpoint)
+        self._breakers.release(permit)
         await self._settle_failure(job, self._skipped(reason), counts=False)
 
     def _as_now(self, job: Job) -> Job | str:

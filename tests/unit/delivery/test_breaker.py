@@ -282,13 +282,35 @@ def test_open_count_always_equals_a_recount(steps: list[tuple[str, str]]) -> Non
 def test_a_probe_given_back_goes_to_the_next_request() -> None:
     breaker = tripped(now=100.0)
     assert breaker.allow(200.0)
-    breaker.release()
+    breaker.release(breaker.probe)
     assert breaker.state == HALF_OPEN
     assert breaker.allow(200.0)
     assert not breaker.allow(200.0)
     closed = CircuitBreaker(THRESHOLD, COOLDOWN)
-    closed.release()  # nothing to give back
+    closed.release(0)  # nothing to give back
     assert closed.state == CLOSED
+
+
+def test_only_the_probe_itself_gives_its_place_back() -> None:
+    """A request let through while the circuit was closed, not sent (its webhook changed, the
+    bridge's crash) or deferred, gave back the probe another request held, and a second
+    probe was sent beside it (until 2026-12-07)."""
+    clock = FakeClock()
+    breakers = Breakers(threshold=1, cooldown=30.0, clock=clock)
+    endpoint = "https://a.example:443"
+    before = breakers.allow(endpoint)  # closed: no probe
+    assert before is not None and before.probe is None
+    breakers.failure(endpoint)  # another request's failure opens it
+    clock.now += 30.0
+    probe = breakers.allow(endpoint)
+    assert probe is not None and probe.probe is not None
+    breakers.release(before)  # not sent: it held no probe
+    assert breakers.allow(endpoint) is None  # the probe is still in flight
+    breakers.release(probe)
+    again = breakers.allow(endpoint)
+    assert again is not None and again.probe not in (None, probe.probe)
+    breakers.release(probe)  # an older probe's release frees nothing
+    assert breakers.allow(endpoint) is None
 
 
 def test_breakers_of_endpoints_that_failed_once_or_long_ago_are_swept() -> None:
@@ -313,7 +335,9 @@ def test_breakers_of_endpoints_that_failed_once_or_long_ago_are_swept() -> None:
     clock.now += 30.0  # past its cooldown, asked of again after sweeps: one probe
     for n in range(30_000):
         breakers.failure(f"https://later{n}.example:443")
-    assert [breakers.allow("https://down.example:443") for _ in range(5)] == [True] + [False] * 4
+    assert [bool(breakers.allow("https://down.example:443")) for _ in range(5)] == [True] + [
+        False
+    ] * 4
     breakers.failure("https://down.example:443")  # the probe failed: open again
     clock.now += 30.0 + FORGET_AFTER
     for n in range(30_000):
