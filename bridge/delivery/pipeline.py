@@ -531,7 +531,17 @@ class Pipeline:
             written = await self._deliverer.run(job, done)
         except Exception as exc:
             if not released:
-                await self._give_up(job, exc, "delivering", done, release)
+                # Recording its outcome (a dead letter): a drain lets it finish, as the other
+                # giving up (until 2026-12-07 a drain cut it short: unsettled, unlogged, its
+                # letter perhaps written and the event delivered again after a restart).
+                task = asyncio.current_task()
+                settling = self._deliverer.settling
+                if task is not None:
+                    settling.add(task)
+                try:
+                    await self._give_up(job, exc, "delivering", done, release)
+                finally:
+                    settling.discard(task)
             else:
                 log.exception(
                     "delivery job failed after it settled",

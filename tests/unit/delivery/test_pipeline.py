@@ -998,6 +998,37 @@ async def _drained_while_recording(h: Harness, held: str) -> tuple[int, Acks]:
     return await asyncio.wait_for(draining, PROMPT), acks
 
 
+class HeldLetters(FakeOutputs):
+    """Dead-letter writes wait for ``gate``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def dead_letter(self, key: bytes | None, record: dict[str, Any]) -> None:
+        self.calls.append("dead_letter held")
+        await self.gate.wait()
+        await super().dead_letter(key, record)
+
+
+async def test_a_drain_lets_the_dead_letter_of_a_crashed_job_be_written() -> None:
+    """The sender raised (the bridge's bug): its job is dead-lettered internal_error. Until
+    2026-12-07 a drain cancelled that write, the job ended unsettled and unlogged (its letter
+    perhaps written, and the event delivered again after a restart)."""
+    h = Harness([webhook("w")], CrashingSender("evt_1"))
+    outputs = HeldLetters()
+    h.outputs = h.deliverer._outputs = h.pipeline._outputs = outputs  # type: ignore[assignment]
+    acks = Acks()
+    await h.pipeline.handle_event(make_event().to_bytes(), SOURCE, acks)
+    await eventually(lambda: "dead_letter held" in outputs.calls)
+    draining = asyncio.create_task(h.pipeline.drain(0.01))
+    await asyncio.sleep(0.05)  # past the drain's timeout: it hands over what it interrupts
+    outputs.gate.set()
+    handed = await asyncio.wait_for(draining, PROMPT)
+    assert handed == 0 and acks.count == 1
+    assert [record["reason"] for _, record in outputs.dead_letters] == ["internal_error"]
+
+
 async def test_a_drain_lets_an_answered_failure_be_recorded_once() -> None:
     """Until 2026-12-06 the drain interrupted it while its outcome was written: recorded
     twice, as a failure and as an interrupted skip, with two retries."""
