@@ -788,16 +788,10 @@ def test_attempts_and_stats_on_kafka_of_an_id_with_no_webhook_and_no_log_fail(
         assert json.loads(gone)["windows"]["1h"]["attempts"] == 1
 
 
-def test_dlq_replay_reads_the_webhooks_once_without_their_secrets(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """It judges the webhooks, never signs with them: a shell without the workers'
-    ``secret_keys`` finds an encrypted webhook as they do (until 2026-12-06 it seemed gone,
-    and its letters were skipped)."""
-    from bridge.admin import dead_letters
-
+def three_letters() -> list[dict[str, Any]]:
+    """Three dead letters of webhook ``wh``, events ``evt_0`` to ``evt_2``."""
     event = build_event("post.created", {"id": "p", "title": "t"}, site_id="s1", user_id="u1")
-    letters = [
+    return [
         {
             "webhook_id": "wh",
             "delivery_id": delivery_id(f"evt_{n}", "wh"),
@@ -808,6 +802,17 @@ def test_dlq_replay_reads_the_webhooks_once_without_their_secrets(
         }
         for n in range(3)
     ]
+
+
+def test_dlq_replay_reads_the_webhooks_once_without_their_secrets(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It judges the webhooks, never signs with them: a shell without the workers'
+    ``secret_keys`` finds an encrypted webhook as they do (until 2026-12-06 it seemed gone,
+    and its letters were skipped)."""
+    from bridge.admin import dead_letters
+
+    letters = three_letters()
 
     async def stream_dead_letters(settings: Settings, where: Any, **_: Any) -> Any:
         for letter in letters:
@@ -1063,18 +1068,7 @@ def replaying(monkeypatch: pytest.MonkeyPatch, *webhooks: Webhook) -> list[Any]:
     finds ``webhooks``; the list of what it writes is returned."""
     from bridge.admin import dead_letters
 
-    event = build_event("post.created", {"id": "p", "title": "t"}, site_id="s1", user_id="u1")
-    letters = [
-        {
-            "webhook_id": "wh",
-            "delivery_id": delivery_id(f"evt_{n}", "wh"),
-            "event": {**event.envelope(), "id": f"evt_{n}"},
-            "attempts": [],
-            "dead_lettered_at": "2026-12-04T11:00:00.000Z",
-            "webhook_created_at": "2026-12-04T10:00:00.000Z",
-        }
-        for n in range(3)
-    ]
+    letters = three_letters()
 
     async def stream_dead_letters(settings: Settings, where: Any, **_: Any) -> Any:
         for letter in letters:
