@@ -539,12 +539,19 @@ async def test_circuit_opens_and_jobs_are_skipped_without_sending() -> None:
     assert h.attempt()["outcome"] == "success"
 
 
-async def test_a_full_endpoint_queue_skips_with_endpoint_busy() -> None:
+async def a_full_endpoint() -> tuple[FakeSender, Harness, asyncio.Task[None]]:
+    """A harness whose endpoint takes one request and queues none, that one in flight (held
+    at the sender's gate): its sender, the harness and the first job's task."""
     sender = FakeSender()
     sender.gate = asyncio.Event()
     h = Harness(sender, endpoint_max_in_flight=1, endpoint_max_queued=0)
     first = h.start(make_job(event=make_event("evt_first")))
     await asyncio.wait_for(sender.started.wait(), PROMPT)
+    return sender, h, first
+
+
+async def test_a_full_endpoint_queue_skips_with_endpoint_busy() -> None:
+    sender, h, first = await a_full_endpoint()
 
     await h.run(make_job())
     assert len(sender.sent) == 1
@@ -558,11 +565,7 @@ async def test_a_full_endpoint_queue_skips_with_endpoint_busy() -> None:
 
 
 async def test_a_deferred_attempt_keeps_its_number_and_spends_no_entry_of_the_schedule() -> None:
-    sender = FakeSender()
-    sender.gate = asyncio.Event()
-    h = Harness(sender, endpoint_max_in_flight=1, endpoint_max_queued=0)
-    first = h.start(make_job(event=make_event("evt_first")))
-    await asyncio.wait_for(sender.started.wait(), PROMPT)
+    sender, h, first = await a_full_endpoint()
     # The last attempt of the schedule, deferred: it is still the last attempt, not a dead letter.
     last = h.deliverer._policy.max_attempts
     await h.run(make_job(last, history=earlier(last - 1)))
@@ -597,11 +600,7 @@ async def test_an_endpoint_down_for_the_whole_schedule_gets_every_attempt_despit
 
 
 async def test_deferrals_count_as_attempts_once_there_were_too_many() -> None:
-    sender = FakeSender()
-    sender.gate = asyncio.Event()
-    h = Harness(sender, endpoint_max_in_flight=1, endpoint_max_queued=0)
-    first = h.start(make_job(event=make_event("evt_first")))
-    await asyncio.wait_for(sender.started.wait(), PROMPT)
+    sender, h, first = await a_full_endpoint()
     deferred = tuple(skipped("endpoint_busy").as_record() for _ in range(MAX_DEFERRALS))
     await h.run(make_job(2, history=deferred))
     assert h.retry()[1].attempt == 3
@@ -616,11 +615,7 @@ async def test_a_replayed_delivery_counts_its_deferrals_since_the_replay(
     """A dead letter replayed holds the deferrals of its first sending (a long outage: 20 or
     more). Its replay's first deferral keeps its attempt and waits the schedule's first
     delay: until 2026-12-07 it spent an attempt (20 or more before) or waited 2**n times 5 s."""
-    sender = FakeSender()
-    sender.gate = asyncio.Event()
-    h = Harness(sender, endpoint_max_in_flight=1, endpoint_max_queued=0)
-    first = h.start(make_job(event=make_event("evt_first")))
-    await asyncio.wait_for(sender.started.wait(), PROMPT)
+    sender, h, first = await a_full_endpoint()
     letter = (skipped("circuit_open").as_record(),) * letter_deferrals + earlier(8)
     replay = dataclasses.replace(
         make_job(2, history=letter), replayed=True, replayed_after=len(letter)
@@ -912,11 +907,7 @@ async def test_a_last_attempt_interrupted_after_it_was_sent_is_tried_again() -> 
 
 
 async def test_interruptions_are_not_counted_as_deferrals() -> None:
-    sender = FakeSender()
-    sender.gate = asyncio.Event()
-    h = Harness(sender, endpoint_max_in_flight=1, endpoint_max_queued=0)
-    first = h.start(make_job(event=make_event("evt_first")))
-    await asyncio.wait_for(sender.started.wait(), PROMPT)
+    sender, h, first = await a_full_endpoint()
     interrupted = AttemptResult(False, None, "interrupted", 0.0, AT).as_record()
     await h.run(make_job(2, history=(interrupted,) * MAX_DEFERRALS))
     tier, pending = h.retry()
