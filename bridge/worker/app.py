@@ -935,8 +935,22 @@ class Bridge:
                 await session.close()
         self._http = self._http_fresh = None
 
+    def alive(self) -> tuple[bool, str]:
+        """Alive until the Faust app crashed (Kafka gone past its timeouts, a bug): it then
+        takes a minute to stop, and ``/healthz`` answered ``ok`` through it (until
+        2026-12-07), so an orchestrator waited rather than restart it."""
+        if self.app.crashed:
+            return False, f"crashed: {type(self.app.crash_reason).__name__}"
+        return True, ""
+
     def ready(self) -> tuple[bool, str]:
-        """Ready once the tables are recovered and partitions are assigned."""
+        """Ready once the tables are recovered and partitions are assigned; not once it
+        crashed or is stopping (a drain: until 2026-12-07 ``ready`` through both)."""
+        alive, why = self.alive()
+        if not alive:
+            return False, why
+        if self.app.should_stop:
+            return False, "stopping"
         if not self.app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
             return False, "recovering the subscription table"
         if self.app.rebalancing:
@@ -963,6 +977,7 @@ class Bridge:
             registry=self.registry,
             ready=self.ready,
             application=api,
+            alive=self.alive,
         )
         services: list[Service] = [web, _Closer(self), PauseTicker(self.pauses)]
         if self.delivery_log is not None:

@@ -121,12 +121,15 @@ class WebServer(Service):
         registry: CollectorRegistry,
         ready: Callable[[], tuple[bool, str]],
         application: Callable[[], Awaitable[web.Application]] | None = None,
+        alive: Callable[[], tuple[bool, str]] | None = None,
     ) -> None:
         super().__init__()
         self._host = host
         self._port = port
         self._registry = registry
         self._ready = ready
+        #: Whether the process still works (``/healthz``); always, unless given.
+        self._alive = alive
         #: Makes the application the probes are added to (the API's), else a bare one.
         self._application = application
         self._runner: web.AppRunner | None = None
@@ -139,7 +142,10 @@ class WebServer(Service):
         return app
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        alive, why = (True, "") if self._alive is None else self._alive()
+        if alive:
+            return web.json_response({"status": "ok"})
+        return web.json_response({"status": "failed", "detail": why}, status=503)
 
     async def _readyz(self, request: web.Request) -> web.Response:
         ready, why = self._ready()

@@ -458,3 +458,26 @@ async def test_the_lag_of_a_partition_never_committed_counts_from_its_first_reco
             f"{float(behind)}"
         )
         assert line in text
+
+
+async def test_a_crashed_or_stopping_worker_is_not_ready_and_a_crashed_one_not_alive(
+    tmp_path: Path,
+) -> None:
+    """The Faust app crashed (Kafka gone past its timeouts): it takes a minute to stop, and
+    until 2026-12-07 /healthz and /readyz answered ok through it, so an orchestrator kept
+    sending it requests and waited rather than restart it; /readyz said ready through a
+    drain too."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    from tests.support.workers import offline_bridge
+
+    bridge = offline_bridge(tmp_path)
+    bridge.app.tables.recovery.completed.set()  # type: ignore[attr-defined]
+    assert bridge.ready()[0] and bridge.alive() == (True, "")
+    bridge.app._stopped.set()  # a drain (SIGTERM)
+    assert bridge.ready() == (False, "stopping") and bridge.alive()[0]
+    bridge.app._stopped.clear()
+    bridge.app._crash_reason = KafkaTimeoutError()
+    bridge.app._crashed.set()
+    assert bridge.alive() == (False, "crashed: KafkaTimeoutError")
+    assert bridge.ready() == (False, "crashed: KafkaTimeoutError")

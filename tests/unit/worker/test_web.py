@@ -197,3 +197,30 @@ def test_the_servers_hold_at_most_a_bounded_set_of_headers() -> None:
 
     assert RUNNER_OPTIONS["max_headers"] * RUNNER_OPTIONS["max_field_size"] <= 1024 * 1024
     assert (MAX_HEADERS, RUNNER_OPTIONS["keepalive_timeout"]) == (64, KEEPALIVE_TIMEOUT)
+
+
+async def test_healthz_fails_once_the_process_no_longer_works() -> None:
+    state = {"alive": (True, "")}
+    port = free_port()
+    served = WebServer(
+        host="127.0.0.1",
+        port=port,
+        registry=CollectorRegistry(),
+        ready=lambda: (True, "ready"),
+        alive=lambda: state["alive"],
+    )
+    await served.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{port}/healthz"
+            async with session.get(url) as ok:
+                assert ok.status == 200
+            state["alive"] = (False, "crashed: KafkaTimeoutError")
+            async with session.get(url) as failed:
+                assert failed.status == 503
+                assert await failed.json() == {
+                    "status": "failed",
+                    "detail": "crashed: KafkaTimeoutError",
+                }
+    finally:
+        await served.stop()
