@@ -271,6 +271,26 @@ def _bootstrap_servers(text: str) -> str | None:
             "user information (user:password@) is not taken here: give credentials as "
             "kafka_sasl_username and kafka_sasl_password"
         )
+    for server in text.split(",") if text else ():
+        # host, host:port, [v6] or [v6]:port: a port that is no number was a traceback of the
+        # clients (until 2026-12-07, `run` with 127.0.0.1:notaport).
+        host, port = server.strip(), ""
+        if host.startswith("["):
+            host, _, rest = host.partition("]")
+            host += "]"
+            if rest and not rest.startswith(":"):
+                raise ValueError(f"not host:port: {server.strip()!r}")
+            port = rest[1:]
+            if rest and not port:
+                raise ValueError(f"not host:port: {server.strip()!r}")
+        elif ":" in host:
+            host, port = host.rsplit(":", 1)
+            if not port:
+                raise ValueError(f"not host:port: {server.strip()!r}")
+        if host in ("", "[]") or (port and not (port.isascii() and port.isdigit())):
+            raise ValueError(f"not host:port: {server.strip()!r}")
+        if port and not 0 < int(port) < 65536:
+            raise ValueError(f"a port is 1 to 65535: {server.strip()!r}")
     return text or None
 
 

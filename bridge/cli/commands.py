@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import functools
 import gc
 import json
@@ -517,7 +518,34 @@ _KAFKA_LOWEST_SESSION_TIMEOUT = 6.0
 # -- commands ---------------------------------------------------------------------------------
 
 
+def _check_web_port(settings: Settings) -> None:
+    """:class:`ConfigError` when the worker's web port is taken (a second worker on a machine
+    without its own ``--web-port``): until 2026-12-07 its web server's start failed with an
+    ``OSError`` traceback, after the worker had joined its group."""
+    import socket
+
+    from bridge.worker.embedded import port_in_use_message
+
+    if settings.web_port == 0:
+        return
+    for family, kind, proto, _, address in socket.getaddrinfo(
+        settings.web_host, settings.web_port, type=socket.SOCK_STREAM
+    )[:1]:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise ConfigError(f"web port {settings.web_port}: {exc.strerror}") from None
+                raise ConfigError(
+                    port_in_use_message(settings.web_port, flag="--web-port")
+                ) from None
+
+
 def _run(args: argparse.Namespace) -> int:
+    from aiokafka.errors import KafkaError
+
     from bridge.admin.topics import apply_topics
     from bridge.worker.app import Bridge
 
@@ -545,7 +573,15 @@ def _run(args: argparse.Namespace) -> int:
     loop = _new_loop(settings.event_loop)
     asyncio.set_event_loop(loop)
     try:
-        report = loop.run_until_complete(apply_topics(settings))
+        _check_web_port(settings)
+        try:
+            report = loop.run_until_complete(apply_topics(settings))
+        except KafkaError as exc:
+            # One line, as the management commands' (until 2026-12-07 a traceback).
+            what = "cannot reach Kafka" if isinstance(exc, _unreachable()) else "Kafka error"
+            raise ConfigError(
+                f"{what} at {settings.kafka_bootstrap_servers}: {type(exc).__name__}"
+            ) from None
         if report.created:
             print(f"created topics: {', '.join(report.created)}", flush=True)
         bridge = Bridge(settings)

@@ -266,11 +266,11 @@ _TCP_LISTEN = "0A"
 _MAX_COMMAND_CHARS = 120
 
 
-def port_in_use_message(port: int, *, proc: str = "/proc") -> str:
+def port_in_use_message(port: int, *, proc: str = "/proc", flag: str = "--embedded-port") -> str:
     """One line saying that ``port`` is taken, and by which process when that can be found."""
     holder = port_holder(port, proc=proc)
     by = f" by {holder}" if holder else ""
-    return f"port {port} is already in use{by}; stop it or choose another with --embedded-port"
+    return f"port {port} is already in use{by}; stop it or choose another with {flag}"
 
 
 def port_holder(port: int, *, proc: str = "/proc") -> str | None:

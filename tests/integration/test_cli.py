@@ -530,3 +530,30 @@ async def test_commands_refuse_topics_that_do_not_exist_and_create_none(make_set
         await admin.close()
     ours = {settings.events_topic, settings.subscriptions_topic, settings.deadletter_topic}
     assert not ours & made, ours & made
+
+
+def test_run_says_in_one_line_what_stops_it_starting() -> None:
+    """An unreachable broker, a bootstrap server that is not host:port, a web port taken: until
+    2026-12-07 each was a traceback (the port's after the worker had joined its group)."""
+    import socket
+
+    closed = free_port()
+    unreachable = cli(None, "run", "--bootstrap-servers", f"127.0.0.1:{closed}", check=False)
+    assert unreachable.returncode == 1
+    assert unreachable.stderr.strip().endswith(
+        f"cannot reach Kafka at 127.0.0.1:{closed}: KafkaConnectionError"
+    ), unreachable.stderr
+    assert "Traceback" not in unreachable.stderr + unreachable.stdout
+    malformed = cli(None, "run", "--bootstrap-servers", "127.0.0.1:notaport", check=False)
+    assert malformed.returncode == 2 and "--bootstrap-servers: invalid value" in malformed.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli(
+            None, "run", "--bootstrap-servers", f"127.0.0.1:{closed}", "--web-port", str(port),
+            check=False,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert f"port {port} is already in use by pid" in result.stderr
+    assert "--web-port" in result.stderr and "Traceback" not in result.stderr
