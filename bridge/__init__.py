@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         InvalidRecord,
         InvalidSubscription,
         InvalidUrl,
+        MissingTopic,
         TopicDrift,
         UnencodableValue,
     )
@@ -49,6 +50,7 @@ _HOMES = {
     "InvalidSubscription": "bridge.errors",
     "InvalidUrl": "bridge.errors",
     "TopicDrift": "bridge.errors",
+    "MissingTopic": "bridge.errors",
     "UnencodableValue": "bridge.errors",
     "Event": "bridge.contract.events",
     "build_event": "bridge.contract.events",
@@ -88,6 +90,7 @@ __all__ = [
     "InvalidSubscription",
     "InvalidUrl",
     "TopicDrift",
+    "MissingTopic",
     "UnencodableValue",
     "Event",
     "build_event",
