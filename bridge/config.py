@@ -272,9 +272,12 @@ def _bootstrap_servers(text: str) -> str | None:
             "kafka_sasl_username and kafka_sasl_password"
         )
     for server in text.split(",") if text else ():
-        # host, host:port, [v6] or [v6]:port: a port that is no number was a traceback of the
-        # clients (until 2026-12-07, `run` with 127.0.0.1:notaport).
+        # host, host:port, [v6] or [v6]:port (a bare IPv6 address, and an empty entry, as
+        # given): a port that is no number was a traceback of the clients (until 2026-12-07,
+        # `run` with 127.0.0.1:notaport).
         host, port = server.strip(), ""
+        if not host or host.count(":") > 1 and not host.startswith("["):
+            continue
         if host.startswith("["):
             host, _, rest = host.partition("]")
             host += "]"
@@ -285,6 +288,7 @@ def _bootstrap_servers(text: str) -> str | None:
                 raise ValueError(f"not host:port: {server.strip()!r}")
         elif ":" in host:
             host, port = host.rsplit(":", 1)
+            port = port.strip()
             if not port:
                 raise ValueError(f"not host:port: {server.strip()!r}")
         if host in ("", "[]") or (port and not (port.isascii() and port.isdigit())):

@@ -528,11 +528,18 @@ def _check_web_port(settings: Settings) -> None:
 
     if settings.web_port == 0:
         return
-    for family, kind, proto, _, address in socket.getaddrinfo(
-        settings.web_host, settings.web_port, type=socket.SOCK_STREAM
-    )[:1]:
+    try:
+        addresses = socket.getaddrinfo(
+            settings.web_host, settings.web_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ConfigError(f"web host {settings.web_host!r}: {exc.strerror}") from None
+    for family, kind, proto, _, address in dict.fromkeys(addresses):
         with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds
+            # As asyncio's server binds each address: reusing it, IPv6 alone on an IPv6 one.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
                 probe.bind(address)
             except OSError as exc:

@@ -365,10 +365,11 @@ class _Relay:
         delivery is not found (answered here: ``400``, ``404``). ``503`` when an owner is
         unknown or does not answer within the hold: answered here, the redelivery could start
         where its webhook is not owned."""
-        authorization = request.headers.get("Authorization")
-        # Refused here what the owner would refuse, before any owner is asked.
-        principal = self._tokens.authenticate(authorization)
+        # Refused here what the owner would refuse, before any owner is asked (a second
+        # Authorization line among it).
+        principal = self._tokens.authenticate_headers(request.headers)
         principal.require("write")
+        authorization = request.headers.get("Authorization")
         try:
             delivery, named = redelivery_target(request)
         except Problem:

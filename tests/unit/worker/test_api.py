@@ -649,6 +649,35 @@ async def _no_delivery(delivery_id: str, **kwargs: Any) -> list[Any]:
     return []
 
 
+async def test_a_redelivery_with_authorization_given_twice_is_refused_before_any_owner_is_asked(
+    bridge: Bridge,
+) -> None:
+    """Its webhook is looked up in the owners' logs with the request's token: until 2026-12-07
+    the first Authorization line alone was judged there, and the owners asked."""
+    from multidict import CIMultiDict
+
+    asked: list[str] = []
+
+    async def delivery_for(delivery_id: str, **kwargs: Any) -> list[Any]:
+        asked.append(delivery_id)
+        return []
+
+    async def route(request: web.Request) -> web.Response:
+        return web.json_response({"made_by": "here"})
+
+    app = relaying_app(bridge, route, 0.3)
+    app.router.add_post("/v1/deliveries/{delivery_id}/redeliver", route)
+    assign(bridge, {bridge.settings.canonical_url: list(range(6))})
+    bridge.delivery_for = delivery_for  # type: ignore[method-assign]
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        headers = CIMultiDict(LOG_AUTH)
+        headers.add("Authorization", "Bearer wbt_garbage")
+        answer = await client.post("/v1/deliveries/d1/redeliver", headers=headers)
+        assert answer.status == 401, await answer.text()
+    assert asked == []
+    await bridge.close()
+
+
 async def test_a_redelivery_goes_to_the_owner_of_its_delivery_s_webhook(
     bridge: Bridge, monkeypatch: pytest.MonkeyPatch
 ) -> None:
