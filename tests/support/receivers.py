@@ -195,7 +195,9 @@ class NodeSpecReceiver:
             self._process.kill()
             await self._process.wait()
         if self._reader is not None:
-            await self._reader
+            # What failed reading its output is the test's to see (in ``output``), not a
+            # reason to leave the next receiver a test stops running.
+            await asyncio.gather(self._reader, return_exceptions=True)
 
 
 async def create_verified(
