@@ -9,7 +9,8 @@ import logging
 import logging.config
 import sys
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 
 import aiohttp
 import pytest
@@ -44,21 +45,28 @@ async def _application() -> web.Application:
     return app
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[str]:
+@asynccontextmanager
+async def serving(**options: Any) -> AsyncIterator[str]:
+    """A WebServer on a free loopback port, ready, with ``options``: its base URL."""
     port = free_port()
     served = WebServer(
         host="127.0.0.1",
         port=port,
         registry=CollectorRegistry(),
         ready=lambda: (True, "ready"),
-        application=_application,
+        **options,
     )
     await served.start()
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         await served.stop()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[str]:
+    async with serving(application=_application) as base:
+        yield base
 
 
 async def test_long_request_lines_and_headers_reach_the_application(server: str) -> None:
@@ -201,26 +209,14 @@ def test_the_servers_hold_at_most_a_bounded_set_of_headers() -> None:
 
 async def test_healthz_fails_once_the_process_no_longer_works() -> None:
     state = {"alive": (True, "")}
-    port = free_port()
-    served = WebServer(
-        host="127.0.0.1",
-        port=port,
-        registry=CollectorRegistry(),
-        ready=lambda: (True, "ready"),
-        alive=lambda: state["alive"],
-    )
-    await served.start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            url = f"http://127.0.0.1:{port}/healthz"
-            async with session.get(url) as ok:
-                assert ok.status == 200
-            state["alive"] = (False, "crashed: KafkaTimeoutError")
-            async with session.get(url) as failed:
-                assert failed.status == 503
-                assert await failed.json() == {
-                    "status": "failed",
-                    "detail": "crashed: KafkaTimeoutError",
-                }
-    finally:
-        await served.stop()
+    async with serving(alive=lambda: state["alive"]) as base, aiohttp.ClientSession() as session:
+        url = f"{base}/healthz"
+        async with session.get(url) as ok:
+            assert ok.status == 200
+        state["alive"] = (False, "crashed: KafkaTimeoutError")
+        async with session.get(url) as failed:
+            assert failed.status == 503
+            assert await failed.json() == {
+                "status": "failed",
+                "detail": "crashed: KafkaTimeoutError",
+            }
