@@ -291,7 +291,9 @@ def _bootstrap_servers(text: str) -> str | None:
             port = port.strip()
             if not port:
                 raise ValueError(f"not host:port: {server.strip()!r}")
-        if host in ("", "[]") or (port and not (port.isascii() and port.isdigit())):
+        if host in ("", "[]") or any(c.isspace() for c in host):
+            raise ValueError(f"not host:port: {server.strip()!r}")
+        if port and not (port.isascii() and port.isdigit()):
             raise ValueError(f"not host:port: {server.strip()!r}")
         if port and not 0 < int(port) < 65536:
             raise ValueError(f"a port is 1 to 65535: {server.strip()!r}")
