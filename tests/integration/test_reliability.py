@@ -688,12 +688,14 @@ async def test_a_rate_limited_webhook_is_paced_and_others_are_not(
         await hook(store, receiver, "free")
     worker = in_process_workers(settings)
     await worker.wait_ready()
-    await publish_events(settings, [post(n) for n in range(15)])
-    await receiver.wait_for(lambda got: len(receiver.at("/paced")) == 15, timeout=30)
+    await publish_events(settings, [post(n) for n in range(20)])
+    await receiver.wait_for(lambda got: len(receiver.at("/paced")) == 20, timeout=30)
     free, paced = receiver.at("/free"), receiver.at("/paced")
-    assert len(free) == 15
-    # A burst of 5, then one every 0.2 s: the last of 15 comes at least ~2 s after the first.
-    assert paced[-1].at - paced[0].at >= 1.8
+    assert len(free) == 20
+    # A burst of 5, then one every 0.2 s: the last of 20 is sent 3 s after the first token
+    # was taken. The first arrives late on a loaded machine (the bucket refills meanwhile:
+    # 1.6 s between arrivals was seen with 15 events, where 2 s was asked): at least 2 s.
+    assert paced[-1].at - paced[0].at >= 2.0
     assert free[-1].at - free[0].at < paced[-1].at - paced[0].at
 
 
