@@ -275,23 +275,20 @@ class Deliverer:
                 self._slow.give_back()
             if result is not None and result.error != "destination_forbidden":
                 self._slow.observe(judged, result.duration, probe=verdict == PROBE)
-            if result is None and changed is None:
-                # Cancelled or crashed mid-request (the bridge's, not the endpoint's: a bug, a
-                # drain): a half-open circuit's probe goes to the next request, or the circuit
-                # would wait for its answer for ever; the endpoint is not blamed (until
-                # 2026-12-07 it was, and a webhook's record the sender could not use opened
-                # the circuit of every webhook on its host).
+            if result is None:
+                # Not sent (its webhook changed), or cancelled or crashed mid-request (the
+                # bridge's, not the endpoint's: a bug, a drain): a half-open circuit's probe
+                # goes to the next request, or the circuit would wait for its answer for ever;
+                # the endpoint is not blamed (until 2026-12-07 it was, and a webhook's record
+                # the sender could not use opened the circuit of every webhook on its host).
                 self._breakers.release(permit)
-        if isinstance(changed, str):
+        if changed is not None:
             self._rates.refund(webhook.id)
-            self._breakers.release(permit)
+            if isinstance(changed, Job):
+                return await self._run(changed)
             self._recording()
             await self._record_attempt(job, self._skipped(changed), None)
             return None
-        if changed is not None:
-            self._rates.refund(webhook.id)
-            self._breakers.release(permit)
-            return await self._run(changed)
         assert result is not None
         if result.success:
             self._observe(job, result)
