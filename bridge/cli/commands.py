@@ -469,10 +469,14 @@ def _run_managed(
     try:
         return asyncio.run(coro_factory(settings))
     except KafkaError as exc:
-        what = "cannot reach Kafka" if isinstance(exc, _unreachable()) else "Kafka error"
-        raise ConfigError(
-            f"{what} at {settings.kafka_bootstrap_servers}: {type(exc).__name__}"
-        ) from None
+        raise _kafka_failure(settings, exc) from None
+
+
+def _kafka_failure(settings: Settings, exc: Exception) -> ConfigError:
+    """One line for a Kafka client's error: the brokers and the error's class, never a
+    credential."""
+    what = "cannot reach Kafka" if isinstance(exc, _unreachable()) else "Kafka error"
+    return ConfigError(f"{what} at {settings.kafka_bootstrap_servers}: {type(exc).__name__}")
 
 
 _Handler = Callable[[argparse.Namespace], int]
@@ -585,10 +589,7 @@ def _run(args: argparse.Namespace) -> int:
             report = loop.run_until_complete(apply_topics(settings))
         except KafkaError as exc:
             # One line, as the management commands' (until 2026-12-07 a traceback).
-            what = "cannot reach Kafka" if isinstance(exc, _unreachable()) else "Kafka error"
-            raise ConfigError(
-                f"{what} at {settings.kafka_bootstrap_servers}: {type(exc).__name__}"
-            ) from None
+            raise _kafka_failure(settings, exc) from None
         if report.created:
             print(f"created topics: {', '.join(report.created)}", flush=True)
         bridge = Bridge(settings)
