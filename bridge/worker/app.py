@@ -359,7 +359,11 @@ class Bridge:
     ) -> tuple[Any, Any]:
         """A global table fed by a compacted topic that others write (its changelog)."""
         partitions = self._partitions[topic_name]
-        topic = app.topic(topic_name, partitions=partitions, compacting=True, **raw)
+        # Without acknowledgements, as Faust makes its own tables' changelogs: the group commits
+        # none of these records and nothing acknowledges one, so the consumer's hand-off would
+        # hold every offset read for the commit guard (commit_settled_only) until the next
+        # rebalance, about 40 bytes a record (until 2026-12-07).
+        topic = app.topic(topic_name, partitions=partitions, compacting=True, acks=False, **raw)
         table = app.GlobalTable(
             name,
             key_type=bytes,
@@ -379,7 +383,8 @@ class Bridge:
         assert self.delivery_log is not None
         s = self.settings
         partitions = self._partitions[s.attempts_topic]
-        topic = app.topic(s.attempts_topic, partitions=partitions, **raw)
+        # Without acknowledgements, as the global tables' topics (_global_table).
+        topic = app.topic(s.attempts_topic, partitions=partitions, acks=False, **raw)
         table = AssignmentTable(
             app,
             name="attempts",

@@ -6,7 +6,8 @@ with offset 14 unacknowledged (a job still running, or one that crashed) and 15 
 acknowledged, it committed 39, and record 14 was never read again. Its gap bookkeeping also
 counts as done an offset read after a hole in the offsets before that record is acknowledged.
 The bridge commits a partition only up to the first offset it was handed and has not seen
-acknowledged (``commit_settled_only``; :class:`TakenOffsets` is fed by the consumer's callback):
+acknowledged (``commit_settled_only``; :class:`TakenOffsets` is fed by the consumer's callback
+with the records of the topics whose records are acknowledged, never the tables' changelogs):
 a committed offset never passes an unsettled record.
 """
 

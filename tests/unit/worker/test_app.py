@@ -481,3 +481,85 @@ async def test_a_crashed_or_stopping_worker_is_not_ready_and_a_crashed_one_not_a
     bridge.app._crashed.set()
     assert bridge.alive() == (False, "crashed: KafkaTimeoutError")
     assert bridge.ready() == (False, "crashed: KafkaTimeoutError")
+
+
+async def test_only_records_the_group_commits_are_held_until_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """The consumer's hand-off reports each record of an acknowledged topic to the commit
+    guard (TakenOffsets), which holds its offset until the record is acknowledged. Nothing
+    acknowledges a table's changelog record (the subscriptions, status, recoveries and attempts
+    topics): until 2026-12-07 they were acknowledged topics, and every one read was held until
+    the next rebalance, about 40 bytes each. Held now: the events and retry records alone,
+    and nothing once those are acknowledged and committed."""
+    from faust.types.tuples import TP, ConsumerMessage
+
+    from bridge.worker.direct_topic import _HandOff
+    from bridge.worker.faust_patches import taken_offsets
+
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text('{"tokens": []}')
+    bridge = offline_bridge(tmp_path / "data", delivery_log=True, api_tokens=str(tokens))
+    app, s = bridge.app, bridge.settings
+    conductor: Any = app.topics
+    try:
+        for table in app.tables.values():  # as Faust's TableManager._update_channels does
+            conductor.add(table.changelog_topic.clone_using_queue(app.tables.changelog_queue))
+        await conductor._update_indices()
+        app.flow_control.resume()
+        hand_off = conductor.on_message
+        assert isinstance(hand_off, _HandOff)
+        passed_on: list[str] = []
+
+        async def rest(message: Any) -> None:  # the conductor's own callback: the tables
+            passed_on.append(message.topic)
+
+        hand_off._rest = rest
+        acks: list[Any] = []
+
+        class Intake:
+            def accepts(self) -> bool:
+                return True
+
+            def offer(self, raw: bytes | None, source: SourceRef, ack: Any) -> None:
+                acks.append(ack)
+
+            async def handle_event(self, raw: bytes | None, source: SourceRef, ack: Any) -> None:
+                acks.append(ack)
+
+        bridge.source_topic.intake = bridge.retry_topic.intake = Intake()
+
+        def message(topic: str, partition: int, offset: int) -> ConsumerMessage:
+            return ConsumerMessage(
+                topic, partition, offset, 0.0, 0, [], b"k", b"{}", None,
+                tp=TP(topic, partition), generation_id=app.consumer_generation_id,
+            )  # fmt: skip
+
+        changelogs = [
+            s.subscriptions_topic,
+            s.status_topic,
+            s.recoveries_topic,
+            s.attempts_topic,
+        ]
+        assert set(changelogs) == set(app.tables.changelog_topics)
+        for offset in range(500):
+            for topic in changelogs:
+                await hand_off(message(topic, offset % 3, offset))
+        committed = [TP(s.events_topic, 0), TP(s.retry_topics[0], 1)]
+        for tp in committed:
+            await hand_off(message(tp.topic, tp.partition, 7))
+        assert len(passed_on) == 2000 and len(acks) == 2
+        taken = taken_offsets(app)
+        held = {tp: list(part.offsets) for tp, part in taken._parts.items() if part.offsets}
+        assert held == {tp: [7] for tp in committed}
+        consumer: Any = app.consumer
+        for tp in committed:  # not acknowledged: no commit passes it
+            assert consumer._new_offset(tp) is None
+        for ack in acks:
+            ack()
+        for tp in committed:  # acknowledged: committed past it, and no longer held
+            assert consumer._new_offset(tp) == 8
+        assert sum(len(part.offsets) for part in taken._parts.values()) == 0
+    finally:
+        await bridge.close()
+        app.consumer._thread.thread_loop.close()
