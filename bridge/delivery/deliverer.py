@@ -21,7 +21,7 @@ from bridge.contract.events import format_timestamp
 from bridge.contract.payload import build_body
 from bridge.delivery.attempt_record import attempt_record
 from bridge.delivery.breaker import CLOSED, Breakers, Permit, endpoint_of
-from bridge.delivery.dead_letters import dead_letter_record
+from bridge.delivery.dead_letters import dead_letter_record, internal_error
 from bridge.delivery.endpoint_health import EndpointHealth, HealthChange
 from bridge.delivery.job import Ack, Job
 from bridge.delivery.limits import (
@@ -501,9 +501,27 @@ class Deliverer:
             recovery_id=job.recovery_id,
             replayed_after=job.replayed_after,
         )
-        await self._record_attempt(job, result, "retry", next_at=pending.not_before)
-        await self._outputs.retry(decision.tier, webhook_id.encode("utf-8"), pending.to_bytes())
+        # The retry is written before the attempt's record says it is scheduled, so that the
+        # log never says "retrying" of a delivery whose retry was not written: until 2026-12-07
+        # the record came first, and a retry write that failed (the producer gave up) left the
+        # log retrying for good and the job dead-lettered without this attempt.
+        try:
+            await self._outputs.retry(decision.tier, webhook_id.encode("utf-8"), pending.to_bytes())
+        except Exception as exc:
+            reason, detail = internal_error(exc, "writing its retry")
+            await self._record_attempt(job, result, "dead_letter")
+            await self._dead_letter(job, reason, detail, history)
+            return
         self._metrics.retries.labels(str(decision.tier + 1)).inc()
+        try:
+            await self._record_attempt(job, result, "retry", next_at=pending.not_before)
+        except Exception:
+            # The retry, written, settles the delivery, and its history holds this attempt;
+            # dead-lettering it now would end a delivery that goes on. The log misses the attempt.
+            log.exception(
+                "attempt record not written; its retry is scheduled",
+                extra={"delivery_id": job.delivery_id, "webhook_id": webhook_id},
+            )
 
     async def _disable(self, job: Job, change: HealthChange, reason: str) -> None:
         log.warning(

@@ -489,10 +489,10 @@ class Pipeline:
 
     async def _run(self, job: Job, key: _JobKey, entry: _Running, settled: Ack) -> None:
         """One job; its pending slot is released exactly once, however it ends. A job that
-        crashes (a bug) or whose attempt record cannot be written is dead-lettered
-        (``internal_error``) and so settled; only if that dead letter cannot be written either,
-        or the job is cancelled outside a drain, does its record stay unacknowledged, to be
-        processed again after a restart."""
+        crashes (a bug) or whose attempt record cannot be written (unless its retry was written,
+        which settles it) is dead-lettered (``internal_error``) and so settled; only if that
+        dead letter cannot be written either, or the job is cancelled outside a drain, does its
+        record stay unacknowledged, to be processed again after a restart."""
         entry.started = True
         released = False
 

@@ -364,8 +364,8 @@ async def test_500_schedules_a_retry_in_tier_0() -> None:
     assert key == b"webhook_abc"
     assert schema_errors("status", status) == []
     assert (status["state"], status["failing_since"]) == ("failing", NOW_TS)
-    # The attempt is recorded before the retry is written.
-    assert h.outputs.calls.index("attempt") < h.outputs.calls.index("retry")
+    # The retry is written before the attempt's record says it is scheduled.
+    assert h.outputs.calls.index("retry") < h.outputs.calls.index("attempt")
     assert h.value("webhook_bridge_retries_scheduled_total", tier="1") == 1.0
     assert (
         h.value("webhook_bridge_delivery_attempts_total", outcome="failure", status_class="5xx")

@@ -606,6 +606,75 @@ async def test_a_dropped_retry_whose_record_cannot_be_written_is_acknowledged_al
     assert acks.count == 1 and h.sender.sent == [] and h.outputs.dead_letters == []
 
 
+class RetryWriteFails(FakeOutputs):
+    """The producer gives up on every retry-tier write (request timeout)."""
+
+    async def retry(self, tier: int, key: bytes, value: bytes) -> None:
+        self.calls.append("retry")
+        raise KafkaTimeoutError()
+
+
+class AttemptWriteFails(FakeOutputs):
+    """The producer gives up on every attempt record."""
+
+    async def attempt(self, key: bytes, record: dict[str, Any]) -> asyncio.Future[Any]:
+        await super().attempt(key, record)
+        failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        failed.set_exception(KafkaTimeoutError())
+        return failed
+
+
+def outputs_of(h: Harness, outputs: FakeOutputs) -> FakeOutputs:
+    h.outputs = h.deliverer._outputs = h.pipeline._outputs = outputs  # type: ignore[assignment]
+    return outputs
+
+
+@pytest.mark.parametrize("attempt", [1, 2])
+async def test_a_retry_that_cannot_be_written_ends_the_delivery_in_the_log_and_the_letter(
+    attempt: int,
+) -> None:
+    """The delivery's attempt failed and its retry cannot be written: it is dead-lettered
+    (``internal_error``) with every attempt, this one included, and the log's last record of it
+    says so. Until 2026-12-07 the attempt was recorded "retry" (due at ``next_at``) before the
+    retry write failed: the log said "retrying" for good, and the letter lacked the attempt."""
+    h = Harness([webhook("w")], ScriptedSender({"w": AttemptResult(False, 503, None, 0.1, AT)}))
+    outputs = outputs_of(h, RetryWriteFails())
+    acks = Acks()
+    if attempt == 1:
+        await h.pipeline.handle_event(make_event().to_bytes(), SOURCE, acks)
+    else:
+        await h.pipeline.handle_retry(retry_record(webhook("w"), attempt=2), RETRY_SOURCE, acks, 1)
+    await h.settled()
+    assert acks.count == 1
+    log = [Attempt.of(record) for _, record in outputs.attempts]
+    assert delivery_state(log) == "dead_lettered"
+    [(_, letter)] = outputs.dead_letters
+    assert [a["status"] for a in letter["attempts"]] == [500] * (attempt - 1) + [503]
+    assert (letter["reason"], letter["detail"]) == (
+        "internal_error",
+        "writing its retry: KafkaTimeoutError",
+    )
+    assert [a.next for a in log] == ["dead_letter"]
+    assert outputs.calls[-3:] == ["retry", "attempt", "dead_letter"]
+    assert h.value("webhook_bridge_dead_letters_total", reason="internal_error") == 1
+    assert not h.value("webhook_bridge_retries_scheduled_total", tier=str(attempt))
+
+
+async def test_a_failed_attempt_whose_record_cannot_be_written_still_retries() -> None:
+    """Its retry, written first, settles the delivery and holds the attempt in its history:
+    the delivery goes on, not dead-lettered as well (a later attempt would deliver it)."""
+    h = Harness([webhook("w")], ScriptedSender({"w": AttemptResult(False, 503, None, 0.1, AT)}))
+    outputs = outputs_of(h, AttemptWriteFails())
+    acks = Acks()
+    await h.pipeline.handle_event(make_event().to_bytes(), SOURCE, acks)
+    await h.settled()
+    assert acks.count == 1 and outputs.dead_letters == []
+    [(tier, _, value)] = outputs.retries
+    pending = parse_retry(value)
+    assert (tier, pending.attempt) == (0, 2)
+    assert [a["status"] for a in pending.history] == [503]
+
+
 @pytest.mark.parametrize("active", [True, False])
 async def test_a_retry_record_whose_attempt_no_json_reader_keeps_is_dead_lettered(
     active: bool,
