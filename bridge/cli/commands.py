@@ -559,7 +559,11 @@ def _run(args: argparse.Namespace) -> int:
 
     from bridge.admin.topics import apply_topics
     from bridge.worker.app import Bridge
+    from bridge.worker.faust_patches import install as install_faust_patches
 
+    # Before anything starts (an embedded broker, the topics): a Faust the patches were not
+    # written against is one line (PatchMismatch), with or without a broker to reach.
+    install_faust_patches()
     settings = _settings(args)
     broker: EmbeddedBroker | None = None
     if settings.embedded:

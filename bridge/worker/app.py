@@ -684,12 +684,10 @@ class Bridge:
         """The retry tiers' intake, made with the pipeline by the first retry record."""
         if self._retries is None:
             pipeline = await self.pipeline()
+            # Faust's flow control of a partition's fetching, without which a tier's queues
+            # would grow with no bound: installing the patches checked both methods before the
+            # worker started (retry_intake.buffer_full, paused_partitions_stay_paused).
             consumer = self.app.consumer
-            for name in ("on_buffer_full", "on_buffer_drop"):
-                # Faust's flow control of a partition's fetching (faust-streaming 0.15): without
-                # it a tier's queues would grow with no bound, so its absence stops the worker.
-                if not callable(getattr(consumer, name, None)):
-                    raise RuntimeError(f"Faust's consumer has no {name}(); retries cannot run")
             tiers = {name: tier for tier, name in enumerate(self.settings.retry_topics, start=1)}
             self._retries = RetryIntake(
                 pipeline.handle_retry,

@@ -86,7 +86,8 @@ def taken_offsets(app: Any) -> TakenOffsets:
     return taken
 
 
-_original_perform_seek = faust_consumer.Consumer.perform_seek
+#: ``None`` when Faust has none: install() then refuses to start, naming the patch.
+_original_perform_seek: Any = getattr(faust_consumer.Consumer, "perform_seek", None)
 
 
 def _new_offset(self: Any, tp: Any) -> int | None:

@@ -24,9 +24,10 @@ from aiokafka.conn import AIOKafkaConnection, CloseReason
 
 __all__: list[str] = []
 
-#: aiokafka's methods, as found before the patch (each wrapped, never copied).
-_original_send = AIOKafkaConnection.send
-_original_send_sasl_token = AIOKafkaConnection._send_sasl_token
+#: aiokafka's methods, as found before the patch (each wrapped, never copied); ``None`` when
+#: aiokafka has none: install() then refuses to start, naming the patch.
+_original_send: Any = getattr(AIOKafkaConnection, "send", None)
+_original_send_sasl_token: Any = getattr(AIOKafkaConnection, "_send_sasl_token", None)
 
 
 def _broken(connection: Any, exc: RuntimeError) -> Exception:

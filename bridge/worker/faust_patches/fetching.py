@@ -61,7 +61,10 @@ __all__ = [
 ]
 
 _fetch_max_wait_ms = 1500
-_original_create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
+#: ``None`` when Faust has none: install() then refuses to start, naming the patch.
+_original_create_worker_consumer: Any = getattr(
+    faust_aiokafka.AIOKafkaConsumerThread, "_create_worker_consumer", None
+)
 
 
 def _create_worker_consumer(self: Any, transport: Any) -> Any:

@@ -74,7 +74,8 @@ UNBUFFERED_YIELD_EVERY = 32
 _unbuffered_since_yield = 0
 
 _EVENT_WAIT = asyncio.Event.wait.__code__
-_original_wait_first = faust_consumer.Consumer.wait_first
+#: ``None`` when Faust has none: install() then refuses to start, naming the patch.
+_original_wait_first: Any = getattr(faust_consumer.Consumer, "wait_first", None)
 
 
 async def _wait_first(self: Any, *coros: Any, timeout: Any = None) -> Any:

@@ -77,7 +77,8 @@ class _AsyncioFor312WaitFor:
         return getattr(asyncio, name)
 
 
-_original_seek_offsets = faust_recovery.Recovery._seek_offsets
+#: ``None`` when Faust has none: install() then refuses to start, naming the patch.
+_original_seek_offsets: Any = getattr(faust_recovery.Recovery, "_seek_offsets", None)
 
 
 async def _seek_offsets(self: Any, consumer: Any, tps: Any, offsets: Any, title: str) -> None:

@@ -258,6 +258,15 @@ PATCHES: tuple[Patch, ...] = (
         "the changelog queue",
     ),
     Patch(
+        "retry_intake.buffer_full",
+        faust_consumer.Consumer,
+        "on_buffer_full",
+        None,
+        "c8961679e0bcdce5",
+        "(a partition whose buffer is full is no longer fetched: bridge.worker.retry_intake "
+        "stops a retry tier's partition through it, and starts it again through on_buffer_drop)",
+    ),
+    Patch(
         "commit_settled_only",
         faust_consumer.Consumer,
         "_new_offset",
@@ -304,16 +313,18 @@ PATCHES: tuple[Patch, ...] = (
 
 
 #: Each patched or relied-on attribute as faust-streaming shipped it (as found when this module
-#: was imported, before anything was installed).
-ORIGINALS: dict[str, Any] = {p.name: getattr(p.owner, p.attribute) for p in PATCHES}
+#: was imported, before anything was installed); ``None`` for one it lacks, which
+#: :func:`install` refuses (a bare ``AttributeError`` here stopped the import before the release
+#: check could name the cause, until 2026-12-07).
+ORIGINALS: dict[str, Any] = {p.name: getattr(p.owner, p.attribute, None) for p in PATCHES}
 
 
 def install() -> None:
     """Apply every patch, once: each original must be the code its patch was written against.
 
     Idempotent (a patch already applied is skipped). Raises :class:`PatchMismatch`, naming the
-    patch, when the installed faust-streaming is another release or an original's fingerprint
-    differs; nothing is patched then.
+    patch, when the installed faust-streaming is another release (checked first), or an original
+    is missing or its fingerprint differs; nothing is patched then.
     """
     installed = importlib.metadata.version("faust-streaming")
     if installed != FAUST_VERSION:
@@ -323,10 +334,16 @@ def install() -> None:
         )
     pending: list[Patch] = []
     for patch in PATCHES:
-        current = getattr(patch.owner, patch.attribute)
+        where = getattr(patch.owner, "__qualname__", getattr(patch.owner, "__name__", "?"))
+        current = getattr(patch.owner, patch.attribute, None)
+        if current is None or ORIGINALS[patch.name] is None:
+            # Missing now, or when the patch modules kept the original they call.
+            raise PatchMismatch(
+                f"faust patch {patch.name}: {where} has no {patch.attribute}, which the patch "
+                f"replaces or relies on; upstream behaviour it changes: {patch.upstream}"
+            )
         if patch.replacement is not None and current is patch.replacement:
             continue
-        where = getattr(patch.owner, "__qualname__", getattr(patch.owner, "__name__", "?"))
         wrapper = getattr(current, "fun", current)
         if hasattr(wrapper, "__wrapped__"):
             # inspect.getsource reads the wrapped function's source: a wrapper (another

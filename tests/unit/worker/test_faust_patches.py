@@ -17,6 +17,7 @@ import sys
 import warnings
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -1043,6 +1044,80 @@ def test_the_worker_does_not_start_with_a_changed_original(
     settings = Settings.load(env={}, overrides={"data_dir": str(tmp_path)})
     with pytest.raises(faust_patches.PatchMismatch, match="faust patch commit_settled_only:"):
         Bridge(settings)
+
+
+def _delete_everywhere(monkeypatch: pytest.MonkeyPatch, owner: Any, attribute: str) -> None:
+    """``owner`` without ``attribute``: deleted from every class it comes from (as a release
+    that dropped or renamed it)."""
+    holders = [c for c in owner.__mro__ if attribute in vars(c)] if isinstance(owner, type) else []
+    for holder in holders or [owner]:
+        monkeypatch.delattr(holder, attribute)
+    assert not hasattr(owner, attribute)
+
+
+@pytest.mark.parametrize("patch", faust_patches.PATCHES, ids=lambda p: p.name)
+def test_a_missing_original_refuses_to_start_naming_the_patch_and_what_is_missing(
+    patch: faust_patches.Patch, pristine: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Until 2026-12-07 a missing attribute was a bare ``AttributeError`` (at import, or here),
+    naming neither the patch nor the release."""
+    _delete_everywhere(monkeypatch, patch.owner, patch.attribute)
+    with pytest.raises(
+        faust_patches.PatchMismatch,
+        match=f"faust patch {re.escape(patch.name)}: .* has no {re.escape(patch.attribute)},",
+    ):
+        faust_patches.install()
+    for other in faust_patches.PATCHES:  # nothing was patched
+        if other.attribute != patch.attribute:
+            assert getattr(other.owner, other.attribute) is faust_patches.ORIGINALS[other.name]
+
+
+def test_a_consumer_without_on_buffer_full_refuses_to_start(
+    pristine: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """The retry tiers' intake stops a full partition's fetching through it: until 2026-12-07
+    the worker started without it and stopped at its first retry record, hours later maybe."""
+    from bridge.config import Settings
+    from bridge.worker.app import Bridge
+
+    # (Faust's abstract ConsumerT.on_buffer_full is found instead: not the code relied on.)
+    monkeypatch.delattr(faust_consumer.Consumer, "on_buffer_full")
+    settings = Settings.load(
+        env={},
+        overrides={"data_dir": str(tmp_path), "kafka_bootstrap_servers": "127.0.0.1:1"},
+    )
+    with pytest.raises(faust_patches.PatchMismatch, match="faust patch retry_intake.buffer_full: "):
+        Bridge(settings)
+
+
+#: Deletes ``Consumer._new_offset`` (a release that renamed it) before anything of the bridge is
+#: imported, then runs ``webhook-bridge run`` (its broker never reached).
+MISSING_ORIGINAL_RUN = """
+import sys
+from faust.transport import consumer
+del consumer.Consumer._new_offset
+from bridge.cli.commands import main
+sys.exit(main(["run", "--bootstrap-servers", "127.0.0.1:1", "--data-dir", sys.argv[1]]))
+"""
+
+
+def test_run_names_a_missing_original_in_one_line(tmp_path: Any) -> None:
+    """Until 2026-12-07 the patch modules read the originals as they were imported: ``run``
+    printed an ``AttributeError``'s traceback instead of its one line."""
+    root = Path(__file__).resolve().parents[3]  # the bridge of this checkout, not an installed one
+    done = subprocess.run(
+        [sys.executable, "-c", MISSING_ORIGINAL_RUN, str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
+    )
+    lines = done.stderr.splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert lines[0].startswith(
+        "webhook-bridge: faust patch commit_settled_only: Consumer has no _new_offset, which the "
+        "patch replaces or relies on; upstream behaviour it changes: "
+    )
 
 
 # -- a connection closed under a write ------------------------------------------------------------
