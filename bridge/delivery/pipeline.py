@@ -282,7 +282,14 @@ class Pipeline:
         ack()
 
     # -- retries: later attempts -----------------------------------------------------------------
-    async def handle_retry(self, raw: bytes | None, source: SourceRef, ack: Ack, tier: int) -> None:
+    async def handle_retry(
+        self,
+        raw: bytes | None,
+        source: SourceRef,
+        ack: Ack,
+        tier: int,
+        taken_at: float | None = None,
+    ) -> None:
         """Process one retry-topic record: wait until it is due, then attempt it again.
 
         Its caller hands on a partition's records one at a time
@@ -290,7 +297,9 @@ class Pipeline:
         behind it in the same partition, which all became due later (same delay, enqueued
         later), give or take the jitter, and nothing is lost if the worker dies meanwhile,
         since the record is still unacknowledged in Kafka. ``tier`` counts from 1 (the first
-        retry topic's), as the metrics' ``tier`` label does.
+        retry topic's), as the metrics' ``tier`` label does. ``taken_at``: when the record was
+        taken from Kafka, on ``clock`` (``None``: now); it waits at most the tier's delay
+        from then.
         """
         try:
             pending = parse_retry(raw)
@@ -302,11 +311,15 @@ class Pipeline:
             return
         delay = pending.not_before - self._wall_time()
         # A record of this tier was due at most the tier's delay after it was written, so at
-        # most that long from now: one due later (a writer's clock far ahead, or a hostile
-        # record: 1e300) is taken as due then, rather than holding up the tier's partition
-        # until it (until 2026-12-05, for good). The schedule counts tiers from 0 (until
+        # most that long after it was taken: one due later (a writer's clock far ahead, or a
+        # hostile record: 1e300) is taken as due then, rather than holding up the tier's
+        # partition until it (until 2026-12-05, for good). Counted from when it was taken, not
+        # from its turn: such records queued one behind another each held the partition a
+        # whole delay in turn (until 2026-12-07). The schedule counts tiers from 0 (until
         # 2026-12-06 the next tier's delay was taken: 60 s rather than 5 in the first tier).
         longest = self._deliverer.policy.tier_delay(tier - 1)
+        if taken_at is not None:
+            longest -= self._clock() - taken_at
         if delay > longest:
             delay = longest
         if delay > 0:

@@ -14,6 +14,9 @@ and the partition's task hands the records on in offset order, one at a time. Th
 stream also made a record waiting in one partition hold up the tier's other partitions; each
 partition now waits for its own records only.
 
+Each record is handed on with the time it was taken here: it waits at most its tier's delay
+from then, however far ahead it says it is due.
+
 A queue holding :data:`HIGH_MARK` records, or :data:`HIGH_BYTES` of them, has its partition left
 out of the consumer's fetches (``on_full``, Faust's ``Consumer.on_buffer_full``) until it is down
 to :data:`LOW_MARK` and :data:`LOW_BYTES` (``on_drop``); records already fetched are still
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
@@ -51,8 +55,9 @@ HIGH_BYTES = 4 * 1024 * 1024
 LOW_BYTES = 1024 * 1024
 
 _Key = tuple[str, int]
-_Item = tuple[bytes | None, SourceRef, Ack]
-_Handle = Callable[[bytes | None, SourceRef, Ack, int], Awaitable[None]]
+#: A record's value, source, acknowledgement, and when it was taken (``clock``).
+_Item = tuple[bytes | None, SourceRef, Ack, float]
+_Handle = Callable[[bytes | None, SourceRef, Ack, int, float], Awaitable[None]]
 _Mark = Callable[[str, int], None]
 
 
@@ -73,7 +78,8 @@ class _Queue:
 
 class RetryIntake:
     """Takes the retry tiers' records (an :class:`~bridge.worker.direct_topic.Intake`) and hands
-    each partition's on to ``handle`` in order, with its tier (counted from 1)."""
+    each partition's on to ``handle`` in order, with its tier (counted from 1) and when it was
+    taken (on ``clock``, the one ``handle`` counts time with)."""
 
     def __init__(
         self,
@@ -86,6 +92,7 @@ class RetryIntake:
         low_mark: int = LOW_MARK,
         high_bytes: int = HIGH_BYTES,
         low_bytes: int = LOW_BYTES,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 <= low_mark < high_mark or not 0 <= low_bytes < high_bytes:
             raise ValueError("need 0 <= low < high, for records and for bytes")
@@ -97,6 +104,7 @@ class RetryIntake:
         self._low = low_mark
         self._high_bytes = high_bytes
         self._low_bytes = low_bytes
+        self._clock = clock
         self._queues: dict[_Key, _Queue] = {}
         self._tasks: dict[_Key, asyncio.Task[None]] = {}
         self._stopped: set[_Key] = set()
@@ -129,7 +137,7 @@ class RetryIntake:
     def offsets(self, topic: str, partition: int) -> list[int]:
         """The offsets queued for ``partition`` of ``topic``, oldest first."""
         queue = self._queues.get((topic, partition))
-        return [] if queue is None else [source.offset for _, source, _ in queue.items]
+        return [] if queue is None else [item[1].offset for item in queue.items]
 
     def accepts(self) -> bool:
         """Always: a record is queued, never waited for (a full queue stops its fetching)."""
@@ -145,7 +153,7 @@ class RetryIntake:
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _Queue()
-        queue.items.append((raw, source, ack))
+        queue.items.append((raw, source, ack, self._clock()))
         queue.size += _size(raw)
         if key not in self._tasks:
             self._tasks[key] = asyncio.create_task(self._run(key, queue, tier))
@@ -162,7 +170,7 @@ class RetryIntake:
         items = queue.items
         try:
             while items:
-                raw, source, ack = items.popleft()
+                raw, source, ack, taken_at = items.popleft()
                 queue.size -= _size(raw)
                 if (
                     key in self._stopped
@@ -172,7 +180,7 @@ class RetryIntake:
                     self._stopped.discard(key)
                     self._mark(self._on_drop, key)
                 try:
-                    await self._handle(raw, source, ack, tier)
+                    await self._handle(raw, source, ack, tier, taken_at)
                 except Exception:
                     # handle_retry settles every record it is given: this is a bug. The record
                     # stays unacknowledged (no commit passes it; it is read again after a

@@ -38,6 +38,8 @@ from bridge.metrics import Metrics
 from bridge.subscriptions.freshness import TableFreshness
 from bridge.subscriptions.index import SubscriptionIndex
 from bridge.subscriptions.webhook import Webhook
+from bridge.worker.retry_intake import RetryIntake
+from tests.support.clocks import FakeClock
 from tests.support.fakes import Acks, FakeOutputs
 from tests.support.jobs import Outgoing
 from tests.support.waiting import PROMPT, eventually
@@ -520,6 +522,59 @@ async def test_a_retry_due_past_its_tiers_delay_waits_that_delay_at_most(
     await h.settled()
     assert slept == [SCHEDULE[min(tier - 1, len(SCHEDULE) - 1)]]
     assert len(h.sender.sent) == 1 and acks.count == 1
+
+
+async def test_retries_due_far_ahead_hold_their_partition_one_tier_delay_in_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Records of one partition due further ahead than their tier's delay (a writer whose clock
+    runs ahead, or a hostile record) are each taken as due the tier's delay after the intake
+    took them from Kafka, so together they hold the partition one delay, and a correct
+    record behind them is attempted when due. Until 2026-12-07 each one's delay counted from
+    its turn: the fourth was attempted four delays after it was taken, the one behind it too."""
+    clock = FakeClock(500.0)
+
+    def wall_time() -> float:
+        return NOW_TS + (clock.now - 500.0)
+
+    async def sleep(seconds: float) -> None:
+        clock.now += seconds
+        await asyncio.sleep(0)
+
+    attempted: dict[str, float] = {}
+
+    class Sender(ScriptedSender):
+        async def send(self, job: Job, body: bytes) -> AttemptResult:
+            attempted[job.event.id] = clock.now
+            return await super().send(job, body)
+
+    hook = webhook("w")
+    h = Harness([hook], Sender())
+    monkeypatch.setattr(h.pipeline, "_sleep", sleep)
+    monkeypatch.setattr(h.pipeline, "_clock", clock)
+    monkeypatch.setattr(h.pipeline, "_wall_time", wall_time)
+    tier_delay = SCHEDULE[0]
+    intake = RetryIntake(
+        h.pipeline.handle_retry,
+        {RETRY_SOURCE.topic: 1},
+        on_full=lambda *_: None,
+        on_drop=lambda *_: None,
+        clock=clock,
+    )
+    due = [1e300, NOW_TS + 3600.0, NOW_TS + 100.0, NOW_TS + 10 * tier_delay, NOW_TS + tier_delay]
+    for offset, not_before in enumerate(due):
+        raw = retry_record(
+            hook, attempt=2, event=make_event(event_id=f"e{offset}"), not_before=not_before
+        )
+        intake.offer(raw, dataclasses.replace(RETRY_SOURCE, offset=offset), Acks())
+    try:
+        await eventually(lambda: len(attempted) == len(due))
+    finally:
+        await intake.close()
+    await h.settled()
+    assert max(attempted.values()) <= 500.0 + tier_delay, attempted
+    assert attempted["e0"] == 500.0 + tier_delay  # the first waits the whole delay
+    assert list(attempted) == [f"e{offset}" for offset in range(len(due))]  # in offset order
 
 
 async def test_retry_for_a_deleted_or_inactive_webhook_is_dropped() -> None:

@@ -21,6 +21,7 @@ from bridge.worker.retry_intake import (
     LOW_MARK,
     RetryIntake,
 )
+from tests.support.clocks import FakeClock
 
 TIER_1, TIER_2 = "postion.retry.1", "postion.retry.2"
 TIERS = {TIER_1: 1, TIER_2: 2}
@@ -37,14 +38,19 @@ class Handler:
         self.held: dict[tuple[str, int, int], asyncio.Event] = {}
         self.acks: list[int] = []
         self.failing: set[int] = set()
+        #: When each record handed on was taken, in the order their handling started.
+        self.taken_at: list[float] = []
 
     def hold(self, topic: str, partition: int, offset: int) -> asyncio.Event:
         event = self.held[(topic, partition, offset)] = asyncio.Event()
         return event
 
-    async def __call__(self, raw: bytes | None, source: SourceRef, ack: Any, tier: int) -> None:
+    async def __call__(
+        self, raw: bytes | None, source: SourceRef, ack: Any, tier: int, taken_at: float
+    ) -> None:
         entry = (source.topic, source.partition, source.offset, tier)
         self.started.append(entry)
+        self.taken_at.append(taken_at)
         if source.offset in self.failing:
             raise RuntimeError("a bug")
         held = self.held.get((source.topic, source.partition, source.offset))
@@ -108,6 +114,23 @@ async def test_a_partitions_records_are_handed_on_in_order_one_at_a_time() -> No
     assert [entry[2] for entry in handler.started] == [10, 11, 12]
     assert handler.acks == [10, 11, 12]
     assert intake.queued == 0
+
+
+async def test_each_record_is_handed_on_with_when_it_was_taken() -> None:
+    """Not when its turn comes: the pipeline bounds a record's wait from then (a record due
+    far ahead would otherwise add a tier's delay to every one queued behind it)."""
+    handler = Handler()
+    clock = FakeClock(10.0)
+    intake = make(handler, clock=clock)
+    first = handler.hold(TIER_1, 0, 1)
+    for offset in (1, 2, 3):
+        offer(intake, handler.acks, TIER_1, 0, offset)
+        clock.now += 1.0
+    await until(lambda: handler.started)
+    clock.now = 50.0
+    first.set()
+    await until(lambda: len(handler.finished) == 3)
+    assert handler.taken_at == [10.0, 11.0, 12.0]
 
 
 async def test_a_waiting_record_holds_up_its_own_partition_only() -> None:
