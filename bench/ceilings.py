@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -34,6 +36,10 @@ SECRET = b"bench-secret-0123456789abcdef0123456789abcdef"
 #: embedded broker latency grows as a topic grows within one run (BENCHMARKS.md).
 WINDOW_S = 5.0
 
+#: Seconds a ceiling's client waits for one answer: a receiver that stopped answering ends the
+#: ceiling with an error rather than holding its thread for aiohttp's default five minutes.
+CLIENT_TIMEOUT_S = 10.0
+
 #: Sends one signed POST (url, body, headers); True when the receiver acknowledged it.
 Post = Callable[[str, bytes, dict[str, str]], Awaitable[bool]]
 
@@ -49,8 +55,15 @@ class PostRun(NamedTuple):
     failures: int
 
 
-async def _post_loop(post: Post, urls: list[str], count: int, concurrency: int) -> PostRun:
-    """``concurrency`` tasks POSTing signed bodies until ``count`` requests are done."""
+async def _post_loop(
+    post: Post,
+    urls: list[str],
+    count: int,
+    concurrency: int,
+    stop: threading.Event | None = None,
+) -> PostRun:
+    """``concurrency`` tasks POSTing signed bodies until ``count`` requests are done, or until
+    ``stop`` is set (each task ends after the request it is sending)."""
     body, base_headers = sample_body()
     latencies: list[float] = []
     failures = 0
@@ -58,7 +71,7 @@ async def _post_loop(post: Post, urls: list[str], count: int, concurrency: int) 
 
     async def task() -> None:
         nonlocal next_n, failures
-        while next_n < count:
+        while next_n < count and not (stop is not None and stop.is_set()):
             n = next_n
             next_n += 1
             headers = dict(base_headers)
@@ -76,39 +89,56 @@ async def _post_loop(post: Post, urls: list[str], count: int, concurrency: int) 
 
 
 def _result(
-    name: str, elapsed: float, latencies: list[float], failures: int, count: int, **extra: Any
+    name: str,
+    elapsed: float,
+    latencies: list[float],
+    failures: int,
+    count: int,
+    *,
+    requests: int | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
-    rate = count / elapsed if elapsed > 0 else 0.0
-    return {
+    """A ceiling's result: ``count`` requests in ``elapsed`` seconds. A ceiling any request of
+    which failed (``failures`` of ``requests``, all its runs' when it made several) measured a
+    receiver that did not take the load, not the client: it has no rate and says why."""
+    requests = count if requests is None else requests
+    rate = round(count / elapsed, 1) if elapsed > 0 and not failures else None
+    result: dict[str, Any] = {
         "name": name,
-        "deliveries_per_s": round(rate, 1),
+        "deliveries_per_s": rate,
         "p50_ms": _ms(percentile(latencies, 0.50)),
         "p99_ms": _ms(percentile(latencies, 0.99)),
-        "ceiling_per_s": round(rate, 1),
-        "ratio": 1.0,
+        "ceiling_per_s": rate,
+        "ratio": 1.0 if rate else None,
         "latency_kind": "client request duration",
-        "requests": count,
+        "requests": requests,
         "failures": failures,
         "seconds": round(elapsed, 2),
         **extra,
     }
+    if failures:
+        result["error"] = f"{failures} of {requests} requests not answered 200"
+    return result
 
 
 def _ms(value: float | None) -> float | None:
     return None if value is None else round(value * 1000, 2)
 
 
-async def _aiohttp_runs(urls: list[str], count: int, concurrency: int, runs: int) -> list[PostRun]:
+async def _aiohttp_runs(
+    urls: list[str], count: int, concurrency: int, runs: int, stop: threading.Event
+) -> list[PostRun]:
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_S)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def post(url: str, body: bytes, headers: dict[str, str]) -> bool:
             async with session.post(url, data=body, headers=headers) as response:
                 await response.read()
                 return response.status == 200
 
-        await _post_loop(post, urls, min(500, count), concurrency)  # warm the pool
-        return [await _post_loop(post, urls, count, concurrency) for _ in range(runs)]
+        await _post_loop(post, urls, min(500, count), concurrency, stop)  # warm the pool
+        return [await _post_loop(post, urls, count, concurrency, stop) for _ in range(runs)]
 
 
 def _run_on(loop_kind: str, coro: Coroutine[Any, Any, T]) -> T:
@@ -120,6 +150,40 @@ def _run_on(loop_kind: str, coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
+async def _in_thread(
+    loop_kind: str, make: Callable[[threading.Event], Coroutine[Any, Any, T]]
+) -> T:
+    """Run ``make(stop)`` on a new event loop of ``loop_kind`` in a thread of its own, and await
+    its result. When this await is cancelled (the run's deadline, a signal), ``stop`` is set:
+    the client sends nothing more, and ends once its requests in flight are answered, fail when
+    the run stops the receiver, or time out (``CLIENT_TIMEOUT_S``). The thread is a daemon
+    nobody waits for, so the harness stops its processes at once (``asyncio.run`` would wait
+    for a thread of its default executor before returning)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+    stop = threading.Event()
+
+    def finish(settle: Callable[[], None]) -> None:
+        try:
+            loop.call_soon_threadsafe(lambda: None if done.done() else settle())
+        except RuntimeError:  # the awaiting loop is closed: nobody wants the outcome
+            pass
+
+    def target() -> None:
+        try:
+            result = _run_on(loop_kind, make(stop))
+        except BaseException as exc:  # handed to the awaiting loop
+            finish(functools.partial(done.set_exception, exc))
+        else:
+            finish(functools.partial(done.set_result, result))
+
+    threading.Thread(target=target, name="bench-ceiling-client", daemon=True).start()
+    try:
+        return await done
+    finally:
+        stop.set()
+
+
 async def aiohttp_ceiling(
     urls: list[str], count: int, concurrency: int = 32, *, runs: int = 3, loop: str = "uvloop"
 ) -> dict[str, Any]:
@@ -128,15 +192,18 @@ async def aiohttp_ceiling(
     On the worker's event loop (uvloop unless the worker is set to asyncio), in a thread of its
     own while the harness waits; ``runs`` back-to-back runs, the median one reported (one run
     of a few seconds on a shared machine can be off by a third)."""
-    results = await asyncio.to_thread(_run_on, loop, _aiohttp_runs(urls, count, concurrency, runs))
+    results = await _in_thread(
+        loop, lambda stop: _aiohttp_runs(urls, count, concurrency, runs, stop)
+    )
     ordered = sorted(results, key=lambda r: r.elapsed)
-    elapsed, latencies, failures = ordered[len(ordered) // 2]
+    elapsed, latencies, _ = ordered[len(ordered) // 2]
     return _result(
         "ceiling_aiohttp",
         elapsed,
         latencies,
-        failures,
+        sum(r.failures for r in results),
         count,
+        requests=count * len(results),
         concurrency=concurrency,
         event_loop=loop,
         runs_per_s=[round(count / r.elapsed, 1) for r in results],
@@ -169,7 +236,8 @@ async def httpx_ceiling(urls: list[str], count: int, concurrency: int = 8) -> di
 
 
 class _SenderOptions(TypedDict):
-    """What the sender classes are built with here (the worker's defaults, plain http allowed)."""
+    """What the sender classes are built with here (the worker's defaults, plain http allowed,
+    a timeout of ``CLIENT_TIMEOUT_S``)."""
 
     timeout: float
     max_connections: int
@@ -186,7 +254,7 @@ def _hot_path_sender(
     from bridge.http.httpx_sender import HttpxSender, new_client
 
     options: _SenderOptions = {
-        "timeout": 30.0,
+        "timeout": CLIENT_TIMEOUT_S,
         "max_connections": 256,
         "max_connections_per_endpoint": 16,
         "policy": policy,
@@ -209,8 +277,8 @@ def _hot_path_sender(
         else:
             legacy = aiohttp_sender.AiohttpSender(**options)
             return legacy, legacy.aclose, "AiohttpSender"
-    client = new_client(30.0, 256, policy=policy)
-    sender = HttpxSender(client, timeout=30.0, allow_http=True, policy=policy)
+    client = new_client(CLIENT_TIMEOUT_S, 256, policy=policy)
+    sender = HttpxSender(client, timeout=CLIENT_TIMEOUT_S, allow_http=True, policy=policy)
     return sender, client.aclose, "HttpxSender (httpx)"
 
 
@@ -225,15 +293,15 @@ async def bridge_sender_ceiling(
     """The bridge's own HTTP sending (the worker's sender class with the SSRF guard,
     ``build_headers``, the documented success rule), no Kafka: what the worker could reach if
     everything around the HTTP request were free. On the worker's event loop, in a thread."""
-    result: dict[str, Any] = await asyncio.to_thread(
-        _run_on, loop, _bridge_sender_run(urls, count, concurrency, kind)
+    result: dict[str, Any] = await _in_thread(
+        loop, lambda stop: _bridge_sender_run(urls, count, concurrency, kind, stop)
     )
     result["event_loop"] = loop
     return result
 
 
 async def _bridge_sender_run(
-    urls: list[str], count: int, concurrency: int, kind: str
+    urls: list[str], count: int, concurrency: int, kind: str, stop: threading.Event
 ) -> dict[str, Any]:
     from bridge.contract.events import parse_event
     from bridge.contract.payload import EncodedEvent
@@ -272,8 +340,8 @@ async def _bridge_sender_run(
         return bool(result.success)
 
     try:
-        await _post_loop(post, urls, min(300, count), concurrency)
-        elapsed, latencies, failures = await _post_loop(post, urls, count, concurrency)
+        await _post_loop(post, urls, min(300, count), concurrency, stop)
+        elapsed, latencies, failures = await _post_loop(post, urls, count, concurrency, stop)
     finally:
         await close()
     return _result(

@@ -205,18 +205,24 @@ _ROUND_KEYS = (
     "api_rss_mib",
     "error",
     "api_error",
+    "adjacent_error",
 )
+#: What makes a run of ``fanout_1_log`` fail: its own error, its API worker's, its ceiling's.
+_ERROR_KEYS = ("error", "api_error", "adjacent_error")
 
 
-async def adjacent_ceiling(ctx: Context) -> float | None:
+async def adjacent_ceiling(ctx: Context) -> tuple[float | None, str | None]:
     """The raw aiohttp ceiling again, right before one run (a third of the run-start ceiling's
     requests, median of 3): this machine's speed drifts by a fifth within minutes (the same
     worker's CPU per delivery went from 0.124 to 0.165 ms between rounds of one run), which a
-    ceiling measured once at the start of the run cannot follow."""
+    ceiling measured once at the start of the run cannot follow. (rate, None), or (None, why
+    there is no rate) when a request failed."""
     count = max(2000, ctx.sizes.aiohttp_requests // 3)
     result = await aiohttp_ceiling(ctx.urls(), count, 32, loop=Settings().event_loop)
+    if result.get("error"):
+        return None, f"adjacent ceiling: {result['error']}"
     rate = result.get("deliveries_per_s")
-    return float(rate) if rate else None
+    return (float(rate), None) if rate else (None, "adjacent ceiling: no rate")
 
 
 async def _records_read(token: str, worker: kit.Worker) -> int | None:
@@ -250,7 +256,7 @@ async def fanout_1_log(ctx: Context) -> dict[str, Any]:
         runs: dict[str, dict[str, Any]] = {}
         for variant in variant_order(round_):
             ctx.log(f"fanout_1_log: round {round_ + 1}, {variant}")
-            adjacent = await adjacent_ceiling(ctx)
+            adjacent, adjacent_error = await adjacent_ceiling(ctx)
             run = await backlog(
                 ctx,
                 f"fanout_1_log_{variant}",
@@ -261,6 +267,8 @@ async def fanout_1_log(ctx: Context) -> dict[str, Any]:
                 beside=api if variant == "split" else None,
             )
             run["adjacent_ceiling_per_s"] = adjacent
+            if adjacent_error:
+                run["adjacent_error"] = adjacent_error
             rate = run.get("deliveries_per_s")
             run["ratio_adjacent"] = round(rate / adjacent, 4) if rate and adjacent else None
             runs[variant] = run
@@ -282,10 +290,10 @@ async def fanout_1_log(ctx: Context) -> dict[str, Any]:
     # The median run's ratio stands in the table's ratio column (the median, not the mean).
     result["ratio"] = result["ratio_median_with_log"]
     errors = [
-        f"{r['name']}: {r.get('error') or r.get('api_error')}"
+        f"{r['name']}: {'; '.join(r[key] for key in _ERROR_KEYS if r.get(key))}"
         for runs in rounds
         for r in runs.values()
-        if r.get("error") or r.get("api_error")
+        if any(r.get(key) for key in _ERROR_KEYS)
     ]
     if errors:
         result["error"] = "; ".join(errors)[:1500]

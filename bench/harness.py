@@ -214,9 +214,9 @@ async def _run(
     ):
         _check_stop()
         extra = await _safe(name, coroutine)
-        if extra.get("deliveries_per_s") and ceiling:
-            extra["ratio"] = round(extra["deliveries_per_s"] / ceiling, 4)
-        extra["ceiling_per_s"] = ceiling
+        rate = extra.get("deliveries_per_s")
+        extra["ratio"] = round(rate / ceiling, 4) if rate and ceiling else None
+        extra["ceiling_per_s"] = ceiling or None
         _emit(extra, results)
 
     ctx = Context(

@@ -168,7 +168,7 @@ async def recoveries_beside(ctx: Context) -> dict[str, Any]:
         runs: dict[str, dict[str, Any]] = {}
         for variant in order:
             ctx.log(f"recoveries_beside: round {round_ + 1}, {variant}")
-            adjacent = await adjacent_ceiling(ctx)
+            adjacent, adjacent_error = await adjacent_ceiling(ctx)
             alongside = None if variant == "none" else Recovering(token, filler)
             run = await backlog(
                 ctx,
@@ -181,6 +181,8 @@ async def recoveries_beside(ctx: Context) -> dict[str, Any]:
             )
             rate = run.get("deliveries_per_s")
             run["adjacent_ceiling_per_s"] = adjacent
+            if adjacent_error:
+                run["error"] = "; ".join(filter(None, (run.get("error"), adjacent_error)))
             run["ratio_adjacent"] = round(rate / adjacent, 4) if rate and adjacent else None
             runs[variant] = run
         rounds.append(runs)

@@ -131,11 +131,11 @@ def _fmt(value: Any) -> str:
 
 #: Extras worth a column of prose in the results table.
 NOTES = {
-    "ceiling_aiohttp": ["concurrency", "body_bytes"],
+    "ceiling_aiohttp": ["concurrency", "body_bytes", "requests", "failures"],
     "ceiling_kafka_consume": ["records", "end_offsets_rtt_ms"],
     "ceiling_kafka_latency": ["records", "consumed", "fetch_max_wait_ms"],
-    "ceiling_httpx_8": ["concurrency"],
-    "ceiling_bridge_sender": ["sender", "concurrency"],
+    "ceiling_httpx_8": ["concurrency", "requests", "failures"],
+    "ceiling_bridge_sender": ["sender", "concurrency", "requests", "failures"],
     "fanout_1": [
         "deliveries_seen",
         "deliveries_expected",
