@@ -785,10 +785,18 @@ async def latency_half_load(ctx: Context) -> dict[str, Any]:
         **run.extras,
         **run.profiled,
     )
-    if "error" in raw:
-        result["raw_loop_error"] = raw["error"]
+    problems = []
     if not run.complete:
-        result["error"] = f"{run.healthy_expected - run.healthy_delivered} not delivered"
+        problems.append(f"{run.healthy_expected - run.healthy_delivered} not delivered")
+    # The floor and the raw loop are what the worker's latency is quoted against: without them
+    # the result is not measured.
+    if floor.get("error"):
+        problems.append(f"same-load floor: {floor['error']}")
+    if raw.get("error"):
+        result["raw_loop_error"] = raw["error"]
+        problems.append(f"raw loop: {raw['error']}")
+    if problems:
+        result["error"] = "; ".join(problems)
     return result
 
 
