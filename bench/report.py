@@ -284,7 +284,7 @@ def _kept(path: Path, start: str, end: str) -> str | None:
 
 
 DEFAULT_ANALYSIS = """
-(Nothing written yet: run `bench/run --quick --profile fanout_1` and describe the top costs here.
+(Nothing written yet: run `bench/run --profile fanout_1` and describe the top costs here.
 This block is kept when bench/run rewrites the file.)
 """
 
@@ -533,8 +533,8 @@ receiver by delivery id (each expected id once; repeats are reported as duplicat
 ## How to run
 
 ```sh
-bench/run --quick                      # everything, small sizes, < 4 minutes
-bench/run                              # everything, full sizes, < 25 minutes
+bench/run --quick                      # everything, small sizes, < 4 minutes; not written here
+bench/run                              # everything, full sizes, < 25 minutes; rewrites this file
 bench/run --only fanout_1              # one scenario (repeatable; does not rewrite this file)
 bench/run --quick --profile fanout_1   # with py-spy on fanout_1's worker
 bench/run --quick --only fanout_1 --worker-patch no_freshness   # ablation
@@ -546,5 +546,7 @@ Needs the project installed with the `embedded` extra in that Python (`./dev` ma
 plus `py-spy` for `--profile`; nginx (`apt-get install nginx-light`) is used when present.
 Progress goes to stderr, one JSON object per result to stdout; everything is also saved as
 `bench/out/results-<time>.json`, with the worker and receiver logs left in the run's temporary
-directory (printed at the start).
+directory (printed at the start). Only a full run of every scenario whose results are all
+measured rewrites this file: a result with an error (a ceiling with a failed request, a scenario
+short of deliveries, a timeout) makes the run exit 1 and leaves the file as it was.
 """
