@@ -121,6 +121,10 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
 
+def _round(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 2)
+
+
 def _result(
     ctx: Context, name: str, rate: float | None, p50: float | None, p99: float | None, **extra: Any
 ) -> dict[str, Any]:
@@ -520,6 +524,18 @@ def _half_rate(ctx: Context) -> float:
     return max(10.0, rate / 2)
 
 
+def _offered(ctx: Context, rate: float) -> dict[str, Any]:
+    """The load a paced scenario chose: events/s, and as a fraction of the run's fan-out 1 rate
+    (None with ``--paced-rate``). Its result has no ``ratio``: the delivery rate of a worker
+    that keeps up is the offered one, so rate / ceiling would be this choice, not a measurement."""
+    fanout_1 = ctx.fanout_1_rate if ctx.paced_rate is None else None
+    return {
+        "offered_per_s": round(rate, 1),
+        "offered_vs_fanout_1": round(rate / fanout_1, 3) if fanout_1 else None,
+        "ratio": None,
+    }
+
+
 @dataclass
 class PacedRun:
     """What :func:`paced` measured; the scenarios shape their results from it."""
@@ -541,8 +557,11 @@ class PacedRun:
     p99_by_window: list[float | None]
     #: Event timestamp -> the broker's acknowledgement of its write (seconds).
     acks: list[float]
-    #: Healthy deliveries per second of publishing.
+    #: Healthy deliveries per second between their first and last arrival ((n - 1) / (last -
+    #: first)), and that window in seconds: the rate the worker delivered at, the offered one
+    #: while it keeps up, lower when its deliveries trail behind the publishing.
     healthy_rate: float | None
+    arrival_window_s: float | None
     ready_s: float
     worker_cpu_pct: float | None
     metrics: dict[str, float]
@@ -608,6 +627,7 @@ async def paced(
         _finish_profiler(ctx, name, profiler, profiled)
         profiler = None
         latencies, warmup, by_window = _arrival_latencies(first, expected_all, published)
+        healthy_rate, window = _window_rate(list(first.values()))
         return PacedRun(
             warmup_latencies=warmup,
             settings=settings,
@@ -619,7 +639,8 @@ async def paced(
             latencies=latencies,
             p99_by_window=by_window,
             acks=published.acks,
-            healthy_rate=len(first) / publish_s if publish_s > 0 else None,
+            healthy_rate=healthy_rate,
+            arrival_window_s=window,
             ready_s=ready,
             worker_cpu_pct=round(100 * cpu / wall, 1) if wall > 0 else None,
             metrics=metrics,
@@ -751,7 +772,8 @@ async def latency_half_load(ctx: Context) -> dict[str, Any]:
         p50,
         p99,
         latency_kind="event timestamp -> receiver arrival (ms clocks, same machine)",
-        offered_per_s=round(rate, 1),
+        **_offered(ctx, rate),
+        arrival_window_s=_round(run.arrival_window_s),
         published=run.published,
         delivered=run.healthy_delivered,
         complete=run.complete,
@@ -860,7 +882,9 @@ async def _isolation(ctx: Context, name: str, mode: str, fault_seconds: float) -
         latency_kind="healthy webhooks: event timestamp -> receiver arrival",
         fault=f"10% of webhooks on an endpoint that {what} {fault_seconds:g}s; "
         "http_timeout 2s; breaker_threshold 5",
-        offered_per_s=round(rate, 1),
+        **_offered(ctx, rate),
+        arrival_window_s=_round(fault.arrival_window_s),
+        no_fault_arrival_window_s=_round(base.arrival_window_s),
         healthy_delivered=fault.healthy_delivered,
         healthy_expected=fault.healthy_expected,
         no_fault_per_s=None if base.healthy_rate is None else round(base.healthy_rate, 1),
@@ -1028,7 +1052,7 @@ async def recovery_after_sigkill(ctx: Context) -> dict[str, Any]:
             percentile(lat_after, 0.5),
             percentile(lat_after, 0.99),
             latency_kind="event timestamp -> arrival, for events published after catching up",
-            offered_per_s=round(rate, 1),
+            **_offered(ctx, rate),
             delivered_before_kill=before_kill,
             restart_to_ready_s=round(ready, 2),
             restart_to_first_delivery_s=round(first_after - restarted, 2) if first_after else None,
