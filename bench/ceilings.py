@@ -16,14 +16,15 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from .kit import (
+    SAMPLE_WEBHOOK,
     event_bytes,
     new_producer,
     now_stamp,
     percentile,
     sample_body,
-    sign,
     window_quantile,
 )
+from .signatures import sign, webhook_secret
 
 if TYPE_CHECKING:
     from bridge.http.base import DeliverySender
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-SECRET = b"bench-secret-0123456789abcdef0123456789abcdef"
+#: The secret of the webhook the ceilings' body names, which the receiver checks it with.
+SECRET = webhook_secret(SAMPLE_WEBHOOK)
 #: Width of the windows whose latency quantiles are reported in order (``p99_by_5s_ms``): on the
 #: embedded broker latency grows as a topic grows within one run (BENCHMARKS.md).
 WINDOW_S = 5.0
@@ -317,7 +319,7 @@ async def _bridge_sender_run(
             id=f"wh-{i}",
             name=f"wh-{i}",
             url=url,
-            secret="s" * 64,
+            secret=SECRET,  # the body it sends names the ceilings' webhook
             events=frozenset({"*"}),
             site_id="site-0",
             user_id="user-0",

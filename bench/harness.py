@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +30,7 @@ from bridge.worker.embedded import EmbeddedBroker
 
 from . import ceilings, control_plane, recoveries, report
 from .procs import REPO, Procs, free_port
-from .receivers import start_fast_receiver
+from .receivers import Receiver, start_fast_receiver
 from .scenarios import NEEDS_FANOUT_1, SCENARIOS, Context, Sizes
 
 OUT = REPO / "bench" / "out"
@@ -177,6 +178,7 @@ async def _run(
     print(f"bench: receiver: {receiver.describe()}", file=sys.stderr, flush=True)
     print(f"bench: scenarios: {', '.join(names)}", file=sys.stderr, flush=True)
     urls = [receiver.url(i) for i in range(sizes.endpoints)]
+    refused = receiver.unverified()
 
     print("bench: ceilings ...", file=sys.stderr, flush=True)
     loop_kind = Settings().event_loop  # the worker's default; the ceilings run on it too
@@ -185,6 +187,7 @@ async def _run(
         ceilings.aiohttp_ceiling(urls, sizes.aiohttp_requests, 32, loop=loop_kind),
     )
     top["receiver"] = receiver.kind
+    refused = await _refusals(top, receiver, refused)
     _emit(top, results)
     ceiling = top.get("deliveries_per_s") or 0.0
     kafka_topic = f"bench-{meta['run_id']}-kafka-ceiling"
@@ -223,6 +226,7 @@ async def _run(
         rate = extra.get("deliveries_per_s")
         extra["ratio"] = round(rate / ceiling, 4) if rate and ceiling else None
         extra["ceiling_per_s"] = ceiling or None
+        refused = await _refusals(extra, receiver, refused)
         _emit(extra, results)
 
     ctx = Context(
@@ -275,8 +279,24 @@ async def _run(
             result = _failed(name, ctx.ceiling, f"{type(exc).__name__}: {str(exc)[-1500:]}")
         result["scenario_s"] = round(time.monotonic() - started, 1)
         _check_stop()
+        refused = await _refusals(result, receiver, refused)
         _emit(result, results)
     meta["profile_summary"] = ctx.profile_summary
+
+
+async def _refusals(
+    result: dict[str, Any], receiver: Receiver, before: Counter[str]
+) -> Counter[str]:
+    """Make ``result`` an error if the receiver refused to count requests as deliveries since
+    it had refused ``before`` (a body not signed with its webhook's secret: the arrivals the
+    result rests on are not all deliveries); returns the receiver's refusals now."""
+    await asyncio.sleep(0.2)  # the receiver writes its logs every 0.1 s
+    now = receiver.unverified()
+    refused = now - before
+    if refused:
+        note = f"the receiver refused {refused.total()} requests: {dict(refused)}"
+        result["error"] = f"{result['error']}; {note}" if result.get("error") else note
+    return now
 
 
 #: The signal that asked the run to stop, once one did.

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import os
 import sys
@@ -24,6 +22,7 @@ from bridge.contract.payload import delivery_id
 from bridge.worker.embedded import GROUP_TIMEOUTS
 
 from .procs import Proc, Procs, free_port, http_get, rss_kib
+from .signatures import webhook_secret
 
 #: Worker settings every scenario uses unless it says otherwise.
 BASE_WORKER = {
@@ -428,7 +427,8 @@ def make_hooks(
         site, user = f"{prefix}-site-{s}", f"{prefix}-user-{s}"
         sites.append((site, user))
         for _ in range(per_site):
-            hook = Hook(f"{prefix}-wh-{n}", urls[n % len(urls)], f"secret-{n:08d}", site, user)
+            hook_id = f"{prefix}-wh-{n}"
+            hook = Hook(hook_id, urls[n % len(urls)], webhook_secret(hook_id), site, user)
             hooks.append(hook)
             by_site.setdefault(site, []).append(hook)
             n += 1
@@ -438,15 +438,20 @@ def make_hooks(
 # -- the signed ~600-byte body the ceilings post --------------------------------------------------
 
 
+#: The webhook the ceilings' body names (its secret signs the body).
+SAMPLE_WEBHOOK = "wh-bench-0"
+
+
 def sample_body(n: int = 0) -> tuple[bytes, dict[str, str]]:
-    """A delivery body of the bridge's shape and size, with the documented headers."""
+    """A delivery body of the bridge's shape and size, with the documented headers, for the
+    webhook ``SAMPLE_WEBHOOK``."""
     event = json.loads(event_bytes(str(uuid.uuid4()), "site-0", "user-0", now_stamp(), n))
     event.pop("id")
     body = json.dumps(
         {
             "id": str(uuid.uuid4()),
             "event": event,
-            "webhook": {"id": "wh-bench-0", "name": "bench wh-bench-0"},
+            "webhook": {"id": SAMPLE_WEBHOOK, "name": f"bench {SAMPLE_WEBHOOK}"},
         },
         separators=(",", ":"),
     ).encode()
@@ -458,10 +463,6 @@ def sample_body(n: int = 0) -> tuple[bytes, dict[str, str]]:
         "User-Agent": "Position-Webhooks/1.0",
     }
     return body, headers
-
-
-def sign(secret: bytes, body: bytes) -> str:
-    return hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
 def window_quantile(

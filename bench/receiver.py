@@ -6,9 +6,13 @@ Each ``--listen PORT:MODE[:SECONDS]`` adds a port answering every POST:
 * ``slow``: ``200`` after SECONDS;
 * ``hang``: no answer for SECONDS (far longer than the worker's ``http_timeout``), then ``200``.
 
-Every request is logged on arrival as ``<unix time> <X-Webhook-Delivery> <port>``, the format of
-the nginx receiver's access log, so the harness reads both the same way. The log is flushed
-every 100 ms. The process exits on SIGTERM/SIGINT, or by itself after ``--max-seconds``.
+A request is logged once its body is read whole and its ``X-Webhook-Signature`` checked against
+the secret of the webhook the body names (``bench/signatures.py``): a delivery signed right as
+``<unix time> <X-Webhook-Delivery> <port>`` in ``--log``, the format of the nginx receiver's
+access log, so the harness reads both the same way; any other as ``<unix time> <delivery>
+<port> <why>`` in the same path with ``.unverified`` appended (:func:`unverified_log`), and
+answered 401. A request whose body never comes whole is not logged. The logs are flushed every
+100 ms. The process exits on SIGTERM/SIGINT, or by itself after ``--max-seconds``.
 """
 
 from __future__ import annotations
@@ -19,8 +23,16 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
+
+from .signatures import verify
+
+
+def unverified_log(log: str | Path) -> Path:
+    """Where the receiver logging arrivals to ``log`` logs the requests it did not verify."""
+    return Path(f"{log}.unverified")
 
 
 def _parse_listen(text: str) -> tuple[int, str, float]:
@@ -34,7 +46,9 @@ def _parse_listen(text: str) -> tuple[int, str, float]:
 
 async def _serve(args: argparse.Namespace) -> None:
     log = open(args.log, "a", buffering=1 << 16)  # noqa: SIM115 - closed below
+    refused_log = open(unverified_log(args.log), "a")  # noqa: SIM115 - closed below
     lines: list[str] = []
+    refused: list[str] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -44,10 +58,17 @@ async def _serve(args: argparse.Namespace) -> None:
         port: int, mode: str, seconds: float
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
-            lines.append(
-                f"{time.time():.6f} {request.headers.get('X-Webhook-Delivery', '-')} {port}\n"
-            )
-            await request.read()
+            try:
+                body = await request.read()
+            except Exception:  # the client went before its body was whole: not a delivery
+                return web.Response(status=400, text="body not read")
+            at = time.time()
+            delivery = "".join(request.headers.get("X-Webhook-Delivery", "").split()) or "-"
+            why = verify(body, request.headers.get("X-Webhook-Signature"))
+            if why is not None:
+                refused.append(f"{at:.6f} {delivery} {port} {why}\n")
+                return web.Response(status=401, text=why)
+            lines.append(f"{at:.6f} {delivery} {port}\n")
             if mode != "ok":
                 await asyncio.sleep(seconds)
             return web.Response(status=200, text="OK")
@@ -64,13 +85,17 @@ async def _serve(args: argparse.Namespace) -> None:
         runners.append(runner)
     print("receiver ready", flush=True)
 
+    def flush() -> None:
+        for pending, out in ((lines, log), (refused, refused_log)):
+            if pending:
+                out.write("".join(pending))
+                pending.clear()
+                out.flush()
+
     async def flusher() -> None:
         while True:
             await asyncio.sleep(0.1)
-            if lines:
-                log.write("".join(lines))
-                lines.clear()
-                log.flush()
+            flush()
 
     task = asyncio.create_task(flusher())
     try:
@@ -78,9 +103,9 @@ async def _serve(args: argparse.Namespace) -> None:
     except TimeoutError:
         print("receiver: --max-seconds reached, exiting", file=sys.stderr)
     task.cancel()
-    if lines:
-        log.write("".join(lines))
+    flush()
     log.close()
+    refused_log.close()
     for runner in runners:
         # Hanging handlers are cancelled here; bounded by aiohttp's shutdown timeout.
         await runner.cleanup()

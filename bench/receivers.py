@@ -7,11 +7,13 @@ import shutil
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .procs import Proc, Procs, free_ports, wait_port
+from .receiver import unverified_log
 
 NGINX_CONF = """\
 worker_processes 1;
@@ -98,6 +100,11 @@ class Receiver:
             reader.offset = 0
         return reader
 
+    def unverified(self) -> Counter[str]:
+        """Requests the receiver did not count as deliveries so far, by why (nginx checks
+        nothing: none)."""
+        return unverified(self.log_path) if self.kind == "aiohttp" else Counter()
+
     def describe(self) -> str:
         if self.kind == "nginx":
             return (
@@ -105,8 +112,8 @@ class Receiver:
                 "ports, access log with $msec (1 ms resolution) as the arrival record"
             )
         return (
-            f"aiohttp receiver (bench/receiver.py), {len(self.ports)} ports, arrival time "
-            "recorded on arrival (time.time())"
+            f"aiohttp receiver (bench/receiver.py), {len(self.ports)} ports, each body's "
+            "signature checked, arrival time recorded once the body is read (time.time())"
         )
 
     version: str = ""
@@ -172,6 +179,16 @@ def start_fast_receiver(procs: Procs, workdir: Path, nports: int, *, force: str 
     ports = free_ports(nports)
     proc, log = start_aiohttp(procs, workdir, "receiver", [(p, "ok", 0.0) for p in ports])
     return Receiver("aiohttp", ports, proc, log, 1e-6)
+
+
+def unverified(log: Path) -> Counter[str]:
+    """The requests an aiohttp receiver logging arrivals to ``log`` did not count as deliveries
+    (a body not whole JSON naming a webhook, or not signed with its secret), by why."""
+    try:
+        text = unverified_log(log).read_text()
+    except FileNotFoundError:
+        return Counter()
+    return Counter(line.split()[-1] for line in text.splitlines() if len(line.split()) == 4)
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.1) -> bool:

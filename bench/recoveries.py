@@ -36,6 +36,7 @@ from bridge.config import Settings
 from . import kit
 from .control_plane import adjacent_ceiling
 from .scenarios import Context, _loadavg, _result, backlog
+from .signatures import webhook_secret
 
 __all__ = ["RECOVERIES", "RECOVERY_VARIANTS", "Recovering", "commit_to_end", "recoveries_beside"]
 
@@ -93,7 +94,7 @@ class Recovering:
             kit.Hook(
                 f"{prefix}-scan-{n}",
                 "http://127.0.0.1:9/none",
-                f"secret-scan-{n}",
+                webhook_secret(f"{prefix}-scan-{n}"),
                 f"{prefix}-scan-site-{n}",
                 "u",
             )

@@ -426,10 +426,14 @@ METHOD = """## Method
 Each run starts an embedded broker (`bridge.worker.embedded.EmbeddedBroker`, Tansu in memory) on a
 free port, and the healthy receiver: nginx from Debian (`return 200`, one worker process, 16 ports
 on 127.0.0.1, an access log line `$msec $http_x_webhook_delivery $server_port` per request) when
-`nginx` is installed, else `bench/receiver.py` (aiohttp, same log format). Webhooks are spread
-over the 16 ports because the bridge limits concurrency *per endpoint* (scheme, host, port:
-`endpoint_max_in_flight` 16, `endpoint_max_queued` 256): 16 endpoints is a realistic spread of
-customers, one endpoint would measure that limit instead of the bridge.
+`nginx` is installed, else `bench/receiver.py` (aiohttp, same log format; it logs a request once
+its body is read whole and its `X-Webhook-Signature` checked against the secret of the webhook the
+body names, which every webhook of the benchmarks derives from its id, `bench/signatures.py`; a
+request it refuses is answered 401 and logged apart, and makes the ceiling or scenario it came in
+an error). Webhooks are spread over the 16 ports because the bridge limits concurrency *per
+endpoint* (scheme, host, port: `endpoint_max_in_flight` 16, `endpoint_max_queued` 256): 16
+endpoints is a realistic spread of customers, one endpoint would measure that limit instead of the
+bridge.
 
 Every scenario starts its worker(s) as real processes (`python -m bridge.cli run`, settings via
 `BRIDGE_*` environment: `LOG_LEVEL=WARNING`, `ALLOW_HTTP=true`, `ALLOW_NETWORKS=127.0.0.0/8`,

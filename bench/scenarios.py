@@ -22,7 +22,8 @@ from .ceilings import WINDOW_S
 from .kit import Hook, Published, Worker, metric_sum, percentile, window_quantile
 from .procs import Procs, free_port, rss_kib
 from .profiling import Profiler, format_summary, summarise
-from .receivers import Arrivals, Receiver, start_aiohttp
+from .receivers import Arrivals, Receiver, start_aiohttp, unverified
+from .signatures import webhook_secret
 
 DELIVERED = "webhook_bridge_deliveries_total"
 
@@ -595,7 +596,8 @@ async def paced(
     for s in range(nsites):
         site, user = f"{settings.group_id}-site-{s}", f"{settings.group_id}-user-{s}"
         url = hook_urls(s) if hook_urls is not None else urls[s % len(urls)]
-        hook = Hook(f"{settings.group_id}-wh-{s}", url, f"secret-{s:08d}", site, user)
+        hook_id = f"{settings.group_id}-wh-{s}"
+        hook = Hook(hook_id, url, webhook_secret(hook_id), site, user)
         hooks.append(hook)
         by_site[site] = [hook]
         sites.append((site, user))
@@ -843,7 +845,7 @@ async def _isolation(ctx: Context, name: str, mode: str, fault_seconds: float) -
 
     rate = _half_rate(ctx)
     port = free_port()
-    proc, _ = start_aiohttp(
+    proc, faulty_log = start_aiohttp(
         ctx.procs, ctx.workdir, f"{name}-receiver", [(port, mode, fault_seconds)]
     )
     faulty_url = f"http://127.0.0.1:{port}/hook"
@@ -904,11 +906,17 @@ async def _isolation(ctx: Context, name: str, mode: str, fault_seconds: float) -
         **_stage_quantiles(fault.metrics),
         **fault.profiled,
     )
+    problems = []
     if not fault.complete:
-        result["error"] = (
+        problems.append(
             f"{fault.healthy_expected - fault.healthy_delivered} healthy deliveries "
             "missing after the drain period"
         )
+    refused = unverified(faulty_log)  # the receiver is stopped: its log is whole
+    if refused:
+        problems.append(f"the faulty endpoint refused {refused.total()} requests: {dict(refused)}")
+    if problems:
+        result["error"] = "; ".join(problems)
     return result
 
 

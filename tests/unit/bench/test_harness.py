@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,23 @@ def test_a_run_rewrites_the_file_and_exits_as_its_results_say(
     assert harness.main(argv) == status
     assert (benchmarks.read_text() != "as it was\n") == rewritten
     assert len(list((tmp_path / "out").glob("results-*.json"))) == 1
+
+
+async def test_requests_the_receiver_refused_make_the_result_an_error() -> None:
+    class Receiver:
+        refused = Counter({"bad_signature": 2})
+
+        def unverified(self) -> Counter[str]:
+            return self.refused
+
+    receiver = Receiver()
+    result: dict[str, Any] = dict(MEASURED)
+    before = await harness._refusals(result, receiver, Counter())  # type: ignore[arg-type]
+    assert result["error"] == "the receiver refused 2 requests: {'bad_signature': 2}"
+    receiver.refused = before + Counter({"not_json": 1})
+    later: dict[str, Any] = dict(FAILED)
+    await harness._refusals(later, receiver, before)  # type: ignore[arg-type]
+    assert later["error"] == "worker exited; the receiver refused 1 requests: {'not_json': 1}"
+    clean: dict[str, Any] = dict(MEASURED)
+    await harness._refusals(clean, receiver, receiver.refused)  # type: ignore[arg-type]
+    assert "error" not in clean
