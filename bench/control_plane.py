@@ -544,19 +544,11 @@ async def attempts_query(ctx: Context) -> dict[str, Any]:
         measured = await _api_worker(ctx, settings, token, sizes, paths, raw)
         p50 = measured["p50_ms"]
         measured["p50_vs_end_offsets"] = round(p50 / offsets_ms, 2) if p50 and offsets_ms else None
+        # Each store's worker is counted against the same store's worker over no attempts.
+        empty = await _empty_log_worker(ctx, settings, store or "memory")
+        measured.update(_against_empty(measured, empty))
         stores[store or "memory"] = measured
-    empty = await _empty_log_worker(ctx, settings)
-    empty_rss = empty["rss_kib"]
-    for measured in stores.values():
-        read = measured["records_read"]
-        if empty_rss and read:
-            kept = measured["log_attempts"] or read
-            rss_kib = measured["worker_rss_mib"] * 1024
-            measured["rss_per_attempt_bytes"] = round((rss_kib - empty_rss) * 1024 / kept)
-        if read:
-            cpu = measured["worker_cpu_s_to_all_read"] - empty["cpu_s"]
-            measured["ingest_cpu_us_per_record"] = round(cpu * 1e6 / read, 1)
-    first = next(iter(stores.values()))
+    first_store, first = next(iter(stores.items()))
     result = _result(
         ctx,
         "attempts_query",
@@ -576,12 +568,10 @@ async def attempts_query(ctx: Context) -> dict[str, Any]:
         raw_consume_per_s=raw["per_s"],
         raw_consume_records=raw["records"],
         attempts_partitions=raw["partitions"],
-        empty_log_rss_mib=round((empty_rss or 0) / 1024, 1),
-        empty_log_ready_s=empty["ready_s"],
-        empty_log_cpu_s=empty["cpu_s"],
         subscriptions_end_offsets_ms=offsets_ms,
         queries=sizes.queries,
         concurrency=sizes.concurrency,
+        store=first_store,
         stores=stores,
         **{k: v for k, v in first.items() if k not in ("p50_ms", "p99_ms")},
     )
@@ -713,17 +703,37 @@ async def _api_worker(
         ctx.procs.stop(worker.proc, grace=10.0)
 
 
-async def _empty_log_worker(ctx: Context, settings: Settings) -> dict[str, Any]:
-    """The same API-role worker (same webhooks) over an empty attempts topic, at ready: its
-    VmRSS, seconds to ready and CPU seconds, which the kept attempts are counted against."""
+def _against_empty(measured: dict[str, Any], empty: dict[str, Any]) -> dict[str, Any]:
+    """A store's worker against the same worker over no attempts (``empty``: its VmRSS in KiB,
+    seconds to ready and CPU seconds at ready): RSS per attempt kept, CPU per record read."""
+    out: dict[str, Any] = {
+        "empty_log_rss_mib": round((empty["rss_kib"] or 0) / 1024, 1),
+        "empty_log_ready_s": empty["ready_s"],
+        "empty_log_cpu_s": empty["cpu_s"],
+    }
+    read = measured["records_read"]
+    if empty["rss_kib"] and read:
+        kept = measured["log_attempts"] or read
+        rss_kib = measured["worker_rss_mib"] * 1024
+        out["rss_per_attempt_bytes"] = round((rss_kib - empty["rss_kib"]) * 1024 / kept)
+    if read:
+        cpu = measured["worker_cpu_s_to_all_read"] - empty["cpu_s"]
+        out["ingest_cpu_us_per_record"] = round(cpu * 1e6 / read, 1)
+    return out
+
+
+async def _empty_log_worker(ctx: Context, settings: Settings, label: str) -> dict[str, Any]:
+    """The same API-role worker (same webhooks, same store) over an empty attempts topic of its
+    own, in a group of its own, at ready: its VmRSS, seconds to ready and CPU seconds, which the
+    kept attempts are counted against."""
     empty = settings.replace(
-        attempts_topic=f"{settings.attempts_topic}-empty",
-        group_id=f"{settings.group_id}-empty",
+        attempts_topic=f"{settings.attempts_topic}-empty-{label}",
+        group_id=f"{settings.group_id}-empty-{label}",
         web_port=free_port(),
         data_dir=f"{settings.data_dir}-empty",
     )
     await kit.prepare_topics(empty)
-    worker = kit.start_worker(ctx.procs, empty, "attempts_query_empty", ctx.python)
+    worker = kit.start_worker(ctx.procs, empty, f"attempts_query_empty_{label}", ctx.python)
     try:
         ready = await worker.wait_ready(600.0)
         return {

@@ -218,6 +218,9 @@ NOTES = {
     ],
     "fanout_1_log": [
         "pairs",
+        "ratio_adjacent_median_with_log",
+        "ratio_adjacent_median_without_log",
+        "ratio_adjacent_median_split",
         "ratio_median_without_log",
         "ratio_cost_median",
         "cpu_ms_per_delivery_median_with_log",
@@ -242,6 +245,7 @@ NOTES = {
         "records_read_share_default",
     ],
     "attempts_query": [
+        "store",
         "webhooks",
         "attempts",
         "ready_s",
@@ -264,14 +268,32 @@ NOTES = {
 }
 
 
-def _notes(result: dict[str, Any]) -> str:
-    keys = NOTES.get(result["name"], [])
+def _notes(result: dict[str, Any], kind: str | None = None) -> str:
+    """The notes cell: the extras ``NOTES`` names for the result's kind (its name unless
+    given), then whether it was profiled and its error."""
+    keys = NOTES.get(kind or result["name"], [])
     parts = [f"{k}={_fmt(result.get(k))}" for k in keys if k in result]
     if result.get("profiled"):
         parts.append("profiled (py-spy attached)")
     if result.get("error"):
         parts.append(f"**ERROR: {str(result['error'])[:200]}**")
     return "; ".join(parts).replace("|", "\\|")
+
+
+def _store_rows(result: dict[str, Any]) -> list[str]:
+    """A row for each delivery-log store a result measured besides the one its own row shows
+    (attempts_query's ``stores``), with that store's figures."""
+    stores: dict[str, dict[str, Any]] = result.get("stores") or {}
+    rows = []
+    for store, figures in stores.items():
+        if store == result.get("store"):
+            continue
+        row = figures | {"store": store}
+        rows.append(
+            f"| {result['name']}, {store} store | – | {_fmt(figures.get('p50_ms'))} | "
+            f"{_fmt(figures.get('p99_ms'))} | – | – | {_notes(row, result['name'])} |"
+        )
+    return rows
 
 
 def _ratio_cell(result: dict[str, Any]) -> str:
@@ -388,6 +410,7 @@ def write_benchmarks(path: Path, meta: dict[str, Any], results: list[dict[str, A
             f"{_fmt(r.get('p99_ms'))} | {_fmt(r.get('ceiling_per_s'))} | "
             f"{_ratio_cell(r)} | {_notes(r)} |"
         )
+        lines += _store_rows(r)
     kafka = next((r for r in results if r["name"] == "ceiling_kafka_consume"), None)
     if kafka and kafka.get("cpu_costs_us") and "error" not in kafka["cpu_costs_us"]:
         costs = ", ".join(f"{k} {v} µs" for k, v in kafka["cpu_costs_us"].items())
@@ -527,8 +550,9 @@ receiver by delivery id (each expected id once; repeats are reported as duplicat
   leaves it every attempts partition). The order rotates by round (off-all-split,
   all-split-off, split-off-all; 3 rounds, `--quick` 1). Each run's ratio is against the raw
   aiohttp ceiling of the run, and `ratio_adjacent` against one measured right before the run
-  (a third of the requests, median of 3; `ratio_adjacent_median_*`,
-  `ratio_adjacent_cost_median*`); `deliveries/s`
+  (a third of the requests, median of 3; `ratio_adjacent_median_*` in the table,
+  `ratio_adjacent_cost_median*`): the ceiling of the run's start cannot follow the machine's
+  speed as it drifts over the scenario's minutes; `deliveries/s`
   and `ratio` in the table are the medians of `all`, `ratio_median_without_log` and
   `ratio_median_split` the others'; the costs are medians of the differences against `off`
   within each round (`ratio_cost_median`, `cpu_ms_cost_median` in worker CPU ms per delivery for
@@ -549,7 +573,8 @@ receiver by delivery id (each expected id once; repeats are reported as duplicat
   `/internal/v1/delivery-log` counting every record read (polled every 0.2 s from the start),
   `ingest_per_s` between the first poll that saw records and the one that saw them all (too
   coarse to mean much at `--quick` sizes); its VmRSS then, and `rss_per_attempt_bytes` against the
-  same worker over an empty attempts topic (`empty_log_rss_mib`, started after it), as is
+  same worker with the same store over an empty attempts topic (`empty_log_rss_mib`, started
+  after it), as is
   `ingest_cpu_us_per_record` (worker CPU until every record was read, less that worker's CPU at
   ready, per record); `data_dir_bytes`, the bytes allocated under its data dir (for a log kept
   on disk). Then `/healthz` and 5,000 requests
@@ -567,8 +592,8 @@ receiver by delivery id (each expected id once; repeats are reported as duplicat
   subscriptions topic, which the embedded broker answers in time growing with the batches in the
   topic (one per webhook); `subscriptions_end_offsets_ms` is that request timed in the harness
   before the worker starts, and `p50_vs_end_offsets` the attempts p50 over it. When the settings
-  have `delivery_log_store`, each store is measured (`stores` in the JSON, the first store's
-  figures in the table).
+  have `delivery_log_store`, each store is measured, with a row of its own in the table (the
+  first, `memory`, in the row of `attempts_query`; `stores` in the JSON).
 - **Profiling**: `bench/run --profile NAME` attaches `py-spy record --nonblocking --format raw`
   to the scenario's worker from ready until its load is delivered (subscriptions_100k: from start
   to ready), writes `bench/out/profile-NAME.txt` (collapsed stacks) and a summary

@@ -13,6 +13,7 @@ import jsonschema
 
 from bench.control_plane import (
     LOG_VARIANTS,
+    _against_empty,
     attempt_records,
     dir_bytes,
     log_summary,
@@ -189,3 +190,22 @@ def test_ratios_against_the_ceiling_measured_beside_each_run_have_their_own_medi
     assert summary["ratio_adjacent_cost_median"] == -0.07
     assert summary["ratio_adjacent_cost_median_split"] == 0.01
     assert summary["rounds"][0]["off"]["ratio_adjacent"] == 0.70
+
+
+def test_a_stores_worker_is_counted_against_the_same_worker_over_no_attempts() -> None:
+    measured = {
+        "records_read": 20000,
+        "log_attempts": 10000,
+        "worker_rss_mib": 150.0,
+        "worker_cpu_s_to_all_read": 3.0,
+    }
+    empty = {"rss_kib": 100 * 1024, "ready_s": 2.0, "cpu_s": 1.0}
+    figures = _against_empty(measured, empty)
+    assert figures == {
+        "empty_log_rss_mib": 100.0,
+        "empty_log_ready_s": 2.0,
+        "empty_log_cpu_s": 1.0,
+        # 50 MiB over the 10,000 attempts kept; 2 s of CPU over the 20,000 records read.
+        "rss_per_attempt_bytes": 5243,
+        "ingest_cpu_us_per_record": 100.0,
+    }

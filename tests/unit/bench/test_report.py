@@ -84,3 +84,54 @@ def test_the_results_say_what_the_ratios_are_against(tmp_path: Path) -> None:
     assert "`ceiling_bridge_sender`'s ratio is 2.5 in this run" in text
     assert "fan-out 1 is at 0.30 of what the bridge's sender alone reaches here" in text
     assert "The ceilings post 598-byte bodies" in text
+
+
+def test_fan_out_1_with_the_log_shows_its_ratio_against_the_adjacent_ceiling(
+    tmp_path: Path,
+) -> None:
+    log = {
+        "name": "fanout_1_log",
+        "deliveries_per_s": 7900.0,
+        "ceiling_per_s": 12000.0,
+        "ratio": 0.655,
+        "pairs": 3,
+        "ratio_adjacent_median_with_log": 0.59,
+        "ratio_adjacent_median_without_log": 0.7,
+        "ratio_adjacent_median_split": 0.66,
+    }
+    notes = _row(_table(tmp_path, [CEILING, log]), "fanout_1_log")["notes"]
+    assert "ratio_adjacent_median_with_log=0.59" in notes
+    assert "ratio_adjacent_median_without_log=0.7" in notes
+
+
+def test_each_store_of_the_attempts_query_has_a_row(tmp_path: Path) -> None:
+    memory = {"p50_ms": 2.07, "p99_ms": 5.23, "worker_rss_mib": 1557.0, "data_dir_bytes": 0}
+    rocksdb = {
+        "p50_ms": 2.41,
+        "p99_ms": 19.04,
+        "worker_rss_mib": 879.0,
+        "rss_per_attempt_bytes": 812,
+        "data_dir_bytes": 238059520,
+        "ingest_per_s": 14672.6,
+        "error": "the log read 10 of 20 records",
+    }
+    query = {
+        "name": "attempts_query",
+        "deliveries_per_s": None,
+        "p50_ms": 2.07,
+        "p99_ms": 5.23,
+        "ceiling_per_s": 12000.0,
+        "ratio": None,
+        "webhooks": 100000,
+        "store": "memory",
+        "stores": {"memory": memory, "rocksdb": rocksdb},
+    } | {k: v for k, v in memory.items() if k not in ("p50_ms", "p99_ms")}
+    table = _table(tmp_path, [CEILING, query])
+    assert _row(table, "attempts_query")["notes"].startswith("store=memory; webhooks=100000")
+    row = _row(table, "attempts_query, rocksdb store")
+    assert (row["p50 ms"], row["p99 ms"]) == ("2.41", "19.0")
+    assert "store=rocksdb" in row["notes"]
+    assert "worker_rss_mib=879" in row["notes"]
+    assert "rss_per_attempt_bytes=812" in row["notes"]
+    assert "data_dir_bytes=238059520" in row["notes"]
+    assert "ERROR: the log read 10 of 20 records" in row["notes"]
