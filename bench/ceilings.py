@@ -210,8 +210,8 @@ async def aiohttp_ceiling(
         event_loop=loop,
         runs_per_s=[round(count / r.elapsed, 1) for r in results],
         body_bytes=len(sample_body()[0]),
-        what="raw aiohttp client, N tasks POSTing a signed ~600-byte body with the documented "
-        f"headers, on {loop} like the worker; median of {runs} runs",
+        what=f"raw aiohttp client, N tasks POSTing a signed {len(sample_body()[0])}-byte body "
+        f"with the documented headers, on {loop} like the worker; median of {runs} runs",
     )
 
 
