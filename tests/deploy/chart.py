@@ -108,18 +108,24 @@ class Chart:
         values: Mapping[str, Any] | None = None,
         *,
         show_only: str | None = None,
+        namespace: str = NAMESPACE,
     ) -> Rendered:
-        """``helm template`` with values files, then ``values`` (a nested dict) on top."""
+        """``helm template`` with values files, then ``values`` (a nested dict) on top, for a
+        release in ``namespace``."""
         files = tuple(str(f) for f in values_files)
-        key = (files, json.dumps(values or {}, sort_keys=True), show_only)
+        key = (files, json.dumps(values or {}, sort_keys=True), show_only, namespace)
         if key not in self._cache:
-            self._cache[key] = self._render(files, values or {}, show_only)
+            self._cache[key] = self._render(files, values or {}, show_only, namespace)
         return self._cache[key]
 
     def _render(
-        self, files: tuple[str, ...], values: Mapping[str, Any], show_only: str | None
+        self,
+        files: tuple[str, ...],
+        values: Mapping[str, Any],
+        show_only: str | None,
+        namespace: str,
     ) -> Rendered:
-        args = ["template", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE]
+        args = ["template", RELEASE, str(CHART_DIR), "--namespace", namespace]
         for name in files:
             args += ["--values", name]
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as extra:

@@ -9,6 +9,7 @@ import ipaddress
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -642,12 +643,67 @@ def test_service_monitor_scrapes_the_metrics_port_as_job_webhook_bridge(chart: C
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
 
 
-def test_prometheus_rule_is_the_alerts_file(chart: Chart) -> None:
-    rule = chart.render([CI / "monitoring-values.yaml"]).one("PrometheusRule")
+def _alert_exprs(groups: list[dict[str, Any]]) -> dict[str, str]:
+    return {r["alert"]: r["expr"] for g in groups for r in g["rules"]}
+
+
+@pytest.mark.parametrize("job", [None, "wb-prod", 'a "quoted" job'])
+def test_prometheus_rule_is_the_alerts_file_with_the_release_job(
+    chart: Chart, job: str | None
+) -> None:
+    """files/alerts.yml as it is, but for WebhookBridgeDown, which selects the job the
+    ServiceMonitors write and the release's namespace (until 2026-12-07 it kept
+    job="webhook-bridge" whatever serviceMonitor.jobName said, in every namespace)."""
+    values = {"serviceMonitor": {"jobName": job}} if job else {}
+    rule = chart.render([CI / "monitoring-values.yaml"], values).one("PrometheusRule")
     alerts = yaml.safe_load((CHART_DIR / "files" / "alerts.yml").read_text())
-    assert rule["spec"]["groups"] == alerts["groups"]
-    exprs = [r["expr"] for g in alerts["groups"] for r in g["rules"]]
-    assert any("webhook_bridge_dead_letters_total" in e for e in exprs)
+    rendered, original = _alert_exprs(rule["spec"]["groups"]), _alert_exprs(alerts["groups"])
+    assert any("webhook_bridge_dead_letters_total" in e for e in original.values())
+    down = rendered.pop("WebhookBridgeDown")
+    original.pop("WebhookBridgeDown")
+    assert rendered == original
+    name = json.dumps(job or VALUES["serviceMonitor"]["jobName"])
+    selector = f'up{{job={name}, namespace="{NAMESPACE}"}}'
+    assert down == f"{selector} == 0\nor\nabsent({selector})\n"
+    monitor = chart.render([CI / "monitoring-values.yaml"], values).one("ServiceMonitor")
+    relabel = monitor["spec"]["endpoints"][0]["relabelings"][0]
+    assert relabel["replacement"] == (job or "webhook-bridge")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            ('absent(up{job="webhook-bridge"})', "absent(up)"),
+            "WebhookBridgeDown selects up as",
+        ),
+        (
+            ("    expr: |\n          up{job=", "    expr: |\n          up{instance!='',job="),
+            "WebhookBridgeDown selects up as",
+        ),
+        (
+            ('{reason="internal_error"}', '{job="webhook-bridge",reason="internal_error"}'),
+            'WebhookBridgeInternalErrors selects job="webhook-bridge"',
+        ),
+    ],
+)
+def test_prometheus_rule_refuses_alerts_it_cannot_point_at_the_release(
+    chart: Chart, tmp_path: Path, edit: tuple[str, str], message: str
+) -> None:
+    """A later edit of files/alerts.yml that the template's substitution would miss fails the
+    render, instead of a PrometheusRule selecting docker-compose's job in every namespace."""
+    copy = tmp_path / "webhook-bridge"
+    shutil.copytree(CHART_DIR, copy)
+    alerts = copy / "files" / "alerts.yml"
+    text = alerts.read_text()
+    assert edit[0] in text
+    alerts.write_text(text.replace(edit[0], edit[1], 1))
+    done = chart.run(
+        "template", RELEASE, str(copy), "--set", "prometheusRule.enabled=true",
+        "--show-only", "templates/prometheusrule.yaml",
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert message in done.stderr
 
 
 def test_dashboard_config_map_is_the_dashboard_file(chart: Chart) -> None:
@@ -658,6 +714,39 @@ def test_dashboard_config_map_is_the_dashboard_file(chart: Chart) -> None:
     assert config_map["data"] == {"webhook-bridge.json": text}
     dashboard = json.loads(text)
     assert dashboard["panels"]
+
+
+def _dashboard_queries(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [v for k, v in node.items() if k in ("expr", "query") and isinstance(v, str)]
+        return found + [q for v in node.values() for q in _dashboard_queries(v)]
+    if isinstance(node, list):
+        return [q for v in node for q in _dashboard_queries(v)]
+    return []
+
+
+def test_dashboard_selects_the_release_namespace_beside_the_job() -> None:
+    """Two releases under one job (staging and prod in two namespaces) were one on the dashboard
+    until 2026-12-07. Its `namespace` variable defaults to All (.*), which matches the series of
+    docker-compose, which have no namespace label."""
+    dashboard = json.loads((CHART_DIR / "files" / "grafana-dashboard.json").read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    namespace = variables["namespace"]
+    assert (
+        namespace["query"]["query"]
+        == 'label_values(webhook_bridge_build_info{job=~"$job"}, namespace)'
+    )
+    assert namespace["includeAll"] and namespace["allValue"] == ".*"
+    assert namespace["current"]["value"] == "$__all"
+    selectors = [
+        s
+        for q in _dashboard_queries(dashboard["panels"])
+        for s in re.findall(r"(?<!\$)\{[^}]*\}", q)
+    ]
+    selectors.append(variables["instance"]["query"]["query"])
+    assert len(selectors) > 40
+    for selector in selectors:
+        assert 'job=~"$job", namespace=~"$namespace"' in selector, selector
 
 
 def test_monitoring_is_off_by_default(chart: Chart) -> None:
