@@ -811,7 +811,8 @@ class Settings:
         "BRIDGE_WEB_HOST",
         "--web-host",
         str,
-        "Address the worker's web server (health, metrics) binds to.",
+        "Address the worker's web server (health, metrics) binds to; empty: every address, "
+        "IPv4 and IPv6 (:: is IPv6 alone, 0.0.0.0 IPv4 alone).",
     )
     web_port: int = Section.PROCESS.setting(
         _DEFAULT_WEB_PORT,
@@ -1036,10 +1037,21 @@ class Settings:
         return min(1.0, self.kafka_session_timeout / 4)
 
     @property
+    def web_url(self) -> str:
+        """The worker's web server as a URL on this machine: ``web_host`` (an IPv6 address in
+        brackets, every address, empty, as ``localhost``) and ``web_port``. Until 2026-12-07 an
+        IPv6 host went in bare (``http://:::6066``), which Faust refused as the app's
+        ``canonical_url``: a worker bound to ``::`` without ``advertised_url`` did not start."""
+        host = self.web_host or "localhost"
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"http://{host}:{self.web_port}"
+
+    @property
     def canonical_url(self) -> str:
-        """Where other workers reach this one's web server (``advertised_url`` or the bind
-        address)."""
-        return (self.advertised_url or f"http://{self.web_host}:{self.web_port}").rstrip("/")
+        """Where other workers reach this one's web server (``advertised_url`` or
+        :attr:`web_url`)."""
+        return (self.advertised_url or self.web_url).rstrip("/")
 
     @property
     def embedded(self) -> bool:

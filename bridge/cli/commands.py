@@ -533,8 +533,13 @@ def _check_web_port(settings: Settings) -> None:
     if settings.web_port == 0:
         return
     try:
+        # An empty host is every address, IPv4 and IPv6, to asyncio's server: getaddrinfo
+        # says so of None, and refuses "".
         addresses = socket.getaddrinfo(
-            settings.web_host, settings.web_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            settings.web_host or None,
+            settings.web_port,
+            type=socket.SOCK_STREAM,
+            flags=socket.AI_PASSIVE,
         )
     except socket.gaierror as exc:
         raise ConfigError(f"web host {settings.web_host!r}: {exc.strerror}") from None
@@ -597,10 +602,9 @@ def _run(args: argparse.Namespace) -> int:
         if report.created:
             print(f"created topics: {', '.join(report.created)}", flush=True)
         bridge = Bridge(settings)
-        web = f"http://{settings.web_host}:{settings.web_port}"
         print(
             f"worker {settings.group_id}: kafka {settings.kafka_bootstrap_servers}, "
-            f"{web}/healthz, /readyz, /metrics"
+            f"{settings.web_url}/healthz, /readyz, /metrics"
             + (f", /v1 (role {settings.role})" if settings.serves_api else ""),
             flush=True,
         )

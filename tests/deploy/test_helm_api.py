@@ -7,19 +7,26 @@ from __future__ import annotations
 import base64
 import json
 import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
 from bridge.api.auth import TokenSet, hash_token, new_token
-from bridge.cli.commands import _parser
+from bridge.cli.commands import _check_web_port, _parser
 from bridge.config import Settings, overrides_from_args
+from bridge.worker.app import Bridge
+from bridge.worker.embedded import free_port
+from bridge.worker.web import WebServer
 from tests.deploy.chart import CHART_DIR, CI_VALUES, NAMESPACE, RELEASE, Chart, RenderError
 from tests.deploy.test_helm_objects import _egress_allows, container, env_of
+from tests.deploy.test_helm_values import merge
 
 pytestmark = pytest.mark.deploy
 
@@ -182,6 +189,84 @@ def test_advertised_url_brackets_an_ipv6_pod_ip(chart: Chart) -> None:
     assert env_of(c)["BRIDGE_ADVERTISED_URL"] == "http://[$(POD_IP)]:6066"
     url = urlsplit(_settings(c, "fd00::7").canonical_url)
     assert (url.hostname, url.port) == ("fd00::7", 6066)
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+async def _loopbacks_served(host: str) -> set[str]:
+    """The loopback addresses a worker's web server bound to ``host`` answers /healthz on."""
+    port = free_port()
+    server = WebServer(host=host, port=port, registry=CollectorRegistry(), ready=lambda: (True, ""))
+    await server.on_start()
+    served = set()
+    try:
+        async with httpx.AsyncClient(trust_env=False, timeout=5.0) as client:
+            for address in ("127.0.0.1", "::1"):
+                literal = f"[{address}]" if ":" in address else address
+                try:
+                    answer = await client.get(f"http://{literal}:{port}/healthz")
+                except httpx.ConnectError:
+                    continue
+                if answer.status_code == 200:
+                    served.add(address)
+    finally:
+        await server.on_stop()
+    return served
+
+
+IPV6_PODS = {
+    "api": merge(yaml.safe_load(API_VALUES.read_text()), {"api": {"podIPv6": True}}),
+    "workers route": {
+        "config": {"deliveryLog": True, "apiTokens": "/etc/bridge/tokens.yaml"},
+        "extraVolumes": [{"name": "tokens", "secret": {"secretName": "tokens"}}],
+        "extraVolumeMounts": [{"name": "tokens", "mountPath": "/etc/bridge"}],
+        "api": {"podIPv6": True},
+    },
+}
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback (::1) on this machine")
+@pytest.mark.parametrize("scenario", sorted(IPV6_PODS))
+async def test_ipv6_pods_listen_on_ipv6_and_ipv4(
+    chart: Chart, scenario: str, tmp_path: Path
+) -> None:
+    """Until 2026-12-07 api.podIPv6 advertised http://[pod IP]:port while every pod, workers
+    and API alike, bound 0.0.0.0: on an IPv6 cluster the probes, the scrapes and routed reads
+    to the pod IP were refused, and no pod was ever ready. `::` alone would refuse 127.0.0.1
+    in the pod (asyncio binds it IPv6-only); an unset webHost is every address."""
+    rendered = chart.render(values=IPV6_PODS[scenario])
+    deployments = rendered.all("Deployment")
+    assert len(deployments) == (2 if scenario == "api" else 1)
+    for deployment in deployments:
+        c = container(deployment)
+        settings = _settings(c, "fd00::7").replace(web_port=free_port(), data_dir=str(tmp_path))
+        if "BRIDGE_ADVERTISED_URL" in env_of(c):
+            assert urlsplit(settings.canonical_url).hostname == "fd00::7"
+        # What `run` does before serving: check the port, build the worker's Faust app.
+        _check_web_port(settings)
+        Bridge(settings)
+        assert await _loopbacks_served(settings.web_host) == {"127.0.0.1", "::1"}
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.42.0.7"])
+def test_an_ipv4_web_host_on_ipv6_pods_fails(chart: Chart, host: str) -> None:
+    with pytest.raises(RenderError, match=re.escape(f"config.webHost {host} is an IPv4 address")):
+        chart.render(values=merge(IPV6_PODS["api"], {"config": {"webHost": host}}))
+    assert chart.render(values={"config": {"webHost": host}, "api": {"podIPv6": True}})
+
+
+@pytest.mark.parametrize("host", ["::", "fd00::7", ""])
+def test_an_ipv6_or_every_address_web_host_on_ipv6_pods_renders(chart: Chart, host: str) -> None:
+    rendered = chart.render(values=merge(IPV6_PODS["api"], {"config": {"webHost": host}}))
+    for deployment in rendered.all("Deployment"):
+        assert env_of(container(deployment))["BRIDGE_WEB_HOST"] == host
 
 
 def test_api_pods_run_like_the_workers(chart: Chart) -> None:

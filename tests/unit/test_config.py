@@ -520,6 +520,26 @@ def test_the_canonical_url_defaults_to_the_web_server() -> None:
     assert advertised.canonical_url == "http://10.0.0.7:9001"
 
 
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("::", "http://[::]:9001"),
+        ("fd00::7", "http://[fd00::7]:9001"),
+        ("[::1]", "http://[::1]:9001"),
+        ("", "http://localhost:9001"),
+        ("0.0.0.0", "http://0.0.0.0:9001"),
+    ],
+)
+def test_the_web_url_is_a_url_faust_takes_for_any_host(host: str, url: str) -> None:
+    """Until 2026-12-07 an IPv6 host went in bare (http://:::9001): Faust refused it as the
+    app's canonical_url, and a worker bound to :: without advertised_url did not start."""
+    import yarl
+
+    settings = Settings.load(env={"BRIDGE_WEB_HOST": host, "BRIDGE_WEB_PORT": "9001"})
+    assert settings.web_url == settings.canonical_url == url
+    assert yarl.URL(url).port == 9001
+
+
 def test_session_timeout_must_exceed_half_the_rebalance_timeout() -> None:
     with pytest.raises(ConfigError, match="kafka_session_timeout"):
         Settings.load(env={"BRIDGE_KAFKA_REBALANCE_TIMEOUT": "20"})

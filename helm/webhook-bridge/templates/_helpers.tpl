@@ -249,6 +249,28 @@ the retry path (bridge.pipeline.drain_worst_case).
 {{- end }}
 
 {{/*
+Whether the pods advertise an IPv6 pod IP (api.podIPv6 where a pod IP is advertised: api.enabled,
+or workers that route reads): their probes, scrapes and peers then come to an IPv6 address.
+*/}}
+{{- define "webhook-bridge.podIPv6" -}}
+{{- if and .Values.api.podIPv6 (or .Values.api.enabled (include "webhook-bridge.workersRoute" .)) }}true{{ end }}
+{{- end }}
+
+{{/*
+The address the web server binds (BRIDGE_WEB_HOST): config.webHost, else 0.0.0.0, or on IPv6 pods
+(webhook-bridge.podIPv6) every address, IPv4 and IPv6.
+*/}}
+{{- define "webhook-bridge.webHost" -}}
+{{- if kindIs "invalid" .Values.config.webHost }}
+{{- /* "" is every address, IPv4 and IPv6, to asyncio's server: "::" alone is bound IPv6-only
+(IPV6_V6ONLY), which would refuse 127.0.0.1 inside the pod and IPv4 scrapes of a dual-stack pod. */}}
+{{- ternary "" "0.0.0.0" (include "webhook-bridge.podIPv6" . | eq "true") }}
+{{- else }}
+{{- toString .Values.config.webHost }}
+{{- end }}
+{{- end }}
+
+{{/*
 The web port (health, readiness, metrics).
 */}}
 {{- define "webhook-bridge.webPort" -}}
@@ -418,7 +440,10 @@ cannot say, so that a release never starts workers that refuse their settings.
 {{- with $config.webHost }}
 {{- $host := toString . | trim | lower | trimPrefix "[" | trimSuffix "]" }}
 {{- if or (regexMatch "^(::ffff:)?127\\.[0-9]+\\.[0-9]+\\.[0-9]+$" $host) (eq $host "localhost") (eq $host "::1") }}
-{{- fail (printf "config.webHost %s is a loopback address: the kubelet's probes, Prometheus and the API's peers reach a worker on its pod IP, so no pod would ever be ready. Leave it 0.0.0.0 (or :: for IPv6)" (toString .)) }}
+{{- fail (printf "config.webHost %s is a loopback address: the kubelet's probes, Prometheus and the API's peers reach a worker on its pod IP, so no pod would ever be ready. Leave it unset (0.0.0.0, or every address with api.podIPv6)" (toString .)) }}
+{{- end }}
+{{- if and (include "webhook-bridge.podIPv6" $) (regexMatch "^[0-9]+\\.[0-9]+\\.[0-9]+\\.[0-9]+$" $host) }}
+{{- fail (printf "config.webHost %s is an IPv4 address, while api.podIPv6 says the pods are probed, scraped and reached by their peers on their IPv6 address, where nothing would listen. Leave it unset (every address, IPv4 and IPv6), or give \"\" or an IPv6 one (:: is IPv6 alone)" (toString .)) }}
 {{- end }}
 {{- end }}
 {{- with $config.deliveryLogMaxAge }}
@@ -460,6 +485,9 @@ the secret settings from the Secret, then extraEnv.
 {{- if and (not (kindIs "invalid" $value)) (not (has $setting $skip)) }}
 {{- $_ := set $settings $setting $value }}
 {{- end }}
+{{- end }}
+{{- if not (has "webHost" $skip) }}
+{{- $_ := set $settings "webHost" (include "webhook-bridge.webHost" $root) }}
 {{- end }}
 {{- with $values.kafkaTls.existingSecret }}
 {{- range $setting, $file := dict "kafkaSslCafile" $values.kafkaTls.caFile "kafkaSslCertfile" $values.kafkaTls.certFile "kafkaSslKeyfile" $values.kafkaTls.keyFile }}

@@ -1211,3 +1211,23 @@ def test_rotate_secret_with_an_overlap_of_a_webhook_without_standard_headers_say
         "2026-12-07T18:00:00.000Z)"
     )
     assert "o" * 32 not in out
+
+
+def test_run_checks_every_address_of_an_empty_web_host() -> None:
+    """An empty web host is every address, IPv4 and IPv6, to the worker's server (asyncio):
+    until 2026-12-07 run's port check asked getaddrinfo for "" and refused to start ("Name or
+    service not known"). A port taken on either family is named."""
+    port = free_port()
+    settings = Settings.load(env={"BRIDGE_WEB_HOST": "", "BRIDGE_WEB_PORT": str(port)})
+    cli._check_web_port(settings)
+    if not socket.has_ipv6:
+        return
+    with socket.socket(socket.AF_INET6) as taken:
+        taken.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            taken.bind(("::", port))
+        except OSError:
+            pytest.skip("no IPv6 on this machine")
+        taken.listen()
+        with pytest.raises(ConfigError, match=f"port {port} is already in use"):
+            cli._check_web_port(settings)
