@@ -18,6 +18,7 @@ import yaml
 
 from bridge.config import Settings, parse_duration
 from bridge.delivery.pipeline import drain_worst_case
+from bridge.http import ssrf
 from tests.deploy.chart import (
     CHART_DIR,
     NAMESPACE,
@@ -604,6 +605,73 @@ def test_network_policy_egress_excludes_private_ranges(chart: Chart) -> None:
     assert _egress_allows(policy, "10.20.3.4", 9092)
     assert not _egress_allows(policy, "10.20.3.4", 443)
     assert not _egress_allows(policy, "10.30.3.4", 9092)
+
+
+def _ipv6_images(network: ipaddress.IPv4Network) -> list[ipaddress.IPv6Network]:
+    """A range's NAT64 (64:ff9b::/96, RFC 6052) and 6to4 (2002::/16, RFC 3056) images."""
+    v4 = int(network.network_address)
+    nat64 = int(ipaddress.IPv6Address("64:ff9b::")) | v4
+    six_to_four = int(ipaddress.IPv6Address("2002::")) | v4 << 80
+    return [
+        ipaddress.IPv6Network((nat64, 96 + network.prefixlen)),
+        ipaddress.IPv6Network((six_to_four, 16 + network.prefixlen)),
+    ]
+
+
+@pytest.mark.parametrize(
+    "values_file", [None, CI / "networkpolicy-values.yaml"], ids=["default", "ci"]
+)
+def test_network_policy_excepts_the_ipv6_images_of_every_ipv4_range(
+    chart: Chart, values_file: Path | None
+) -> None:
+    """Until 2026-12-07 ::/0 let through 64:ff9b::a9fe:a9fe (the metadata service through a
+    NAT64 gateway), 64:ff9b::a00:5, 2002:a00:5::1, 0.0.0.0/8 and fec0::/10, which the bridge's
+    guard refuses (nat64_link_local, nat64_private, 6to4_private, this_network, site_local)."""
+    values = {"networkPolicy": {"enabled": True}}
+    policy = chart.render([values_file] if values_file else [], values).one("NetworkPolicy")
+    blocks = {
+        b["cidr"]: b
+        for r in policy["spec"]["egress"]
+        for p in r.get("to", [])
+        if (b := p.get("ipBlock")) and b["cidr"] in ("0.0.0.0/0", "::/0")
+    }
+    v4 = [ipaddress.IPv4Network(e) for e in blocks["0.0.0.0/0"]["except"]]
+    v6_text = blocks["::/0"]["except"]
+    v6 = [ipaddress.IPv6Network(e) for e in v6_text]
+    assert v6_text == [str(e) for e in v6], "not in canonical form"
+    assert len(v6) == len(set(v6))
+    for network in v4:
+        for image in _ipv6_images(network):
+            assert image in v6, f"{network}: {image} is not excepted"
+    assert {"0.0.0.0/8", *FORBIDDEN_V4} <= {str(n) for n in v4}
+    assert {"fec0::/10", "64:ff9b:1::/48"} <= {str(n) for n in v6}
+    # Never all of NAT64's prefix: an IPv6-only cluster's IPv4 receivers are reached through it.
+    assert ipaddress.IPv6Network("64:ff9b::/96") not in v6
+    for address in (
+        "64:ff9b::a9fe:a9fe",
+        "64:ff9b::a00:5",
+        "64:ff9b::7f00:1",
+        "64:ff9b:1::a00:5",
+        "2002:a00:5::1",
+        "2002:a9fe:a9fe::1",
+        "0.1.2.3",
+        "fec0::1",
+    ):
+        assert ssrf.classify(ipaddress.ip_address(address)) is not None, address
+        assert not _egress_allows(policy, address, 443), address
+    for address in ("64:ff9b::5db8:d822", "2002:5db8:d822::1"):  # 93.184.216.34
+        assert ssrf.classify(ipaddress.ip_address(address)) is None, address
+        assert _egress_allows(policy, address, 443), address
+
+
+@pytest.mark.parametrize("entry", ["10.0.0.1", "fd00::/8", "10.0.0/8"])
+def test_network_policy_refuses_an_ipv4_except_that_is_not_an_ipv4_cidr(
+    chart: Chart, entry: str
+) -> None:
+    """Its IPv6 images could not be written: refused rather than left out."""
+    values = {"networkPolicy": {"enabled": True, "internet": {"ipv4Except": [entry]}}}
+    with pytest.raises(RenderError, match=re.escape(f"{entry} is not an IPv4 CIDR")):
+        chart.render(values=values, show_only="templates/networkpolicy.yaml")
 
 
 def test_network_policy_ingress_and_dns(chart: Chart) -> None:
