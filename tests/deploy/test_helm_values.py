@@ -24,7 +24,7 @@ from bridge.config import Settings, parse_bool, parse_duration, parse_list, pars
 from bridge.errors import ConfigError
 from tests.deploy.chart import CHART_DIR, Chart, RenderError
 from tests.deploy.test_helm_objects import camel, container, env_of
-from tests.unit.test_config import BAD, DEFAULTS, PARSED
+from tests.unit.test_config import BAD, DEFAULTS, PARSED, TOPIC_SETTINGS
 
 pytestmark = pytest.mark.deploy
 
@@ -162,6 +162,17 @@ REFUSED: list[tuple[dict[str, Any], str]] = [
     ({"config": {"retrySchedule": "5s, 1d, 24.5h"}}, "retrySchedule"),
     ({"config": {"successAny2xx": "maybe"}}, "successAny2xx"),
     ({"config": {"kafkaBootstrapServers": "bridge:s3cret@kafka:9092"}}, "kafkaBootstrapServers"),
+    # Two uses of one topic (Settings._check_topics_apart): rendered until 2026-12-07, then the
+    # topics hook failed after its retries, or the workers crash-looped without it.
+    ({"config": {"eventsTopic": "postion.webhooks"}}, "config.eventsTopic"),
+    ({"config": {"deadletterTopic": "postion.events"}}, "config.deadletterTopic"),
+    ({"config": {"extraSourceTopics": ["postion.webhooks.attempts"]}}, "config.extraSourceTopics"),
+    ({"config": {"extraSourceTopics": "a, postion.webhooks.retry.7"}}, "config.retryTopicPrefix"),
+    ({"config": {"retryTopicPrefix": "r", "statusTopic": "r.2"}}, "config.retryTopicPrefix"),
+    (
+        {"config": {"retrySchedule": "5s,1m,1h", "recoveriesTopic": "postion.webhooks.retry.3"}},
+        "config.recoveriesTopic",
+    ),
     ({"config": {"role": "api"}}, "config.role"),
     ({"config": {"deliveryLog": True}}, "config.deliveryLog"),
     (
@@ -462,6 +473,34 @@ def test_numbers_reach_the_bridge_without_an_exponent(chart: Chart) -> None:
 
 
 # -- rules across settings --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [*TOPIC_SETTINGS, "retry_topic_prefix"])
+def test_a_topic_named_by_its_default_for_a_second_use_fails(chart: Chart, name: str) -> None:
+    """The chart resolves an unset topic setting to the bridge's default, and the retry tiers
+    to PREFIX.1 .. PREFIX.N of the default schedule, before comparing."""
+    defaults = Settings()
+    topic = defaults.retry_topics[-1] if name == "retry_topic_prefix" else getattr(defaults, name)
+    values = {"config": {"extraSourceTopics": ["other.events", topic]}}
+    assert bridge_refuses({**chart_default_env(chart), **_env_of_values(values)})
+    with pytest.raises(RenderError, match=re.escape(f"config.{KEYS[name]}")) as info:
+        chart.render(values=values, show_only=DEPLOYMENT)
+    assert f'the same topic "{topic}"' in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"extraSourceTopics": ["a", "a", "b"]},
+        {"extraSourceTopics": f"postion.webhooks.retry.{len(Settings().retry_schedule) + 1}"},
+        {"retrySchedule": ["5s", "1m"], "extraSourceTopics": "postion.webhooks.retry.3"},
+        {"retryTopicPrefix": "postion.events", "extraSourceTopics": ["postion.events.0"]},
+        {"eventsTopic": "x", "subscriptionsTopic": "postion.events"},
+    ],
+)
+def test_topics_the_bridge_takes_apart_install(chart: Chart, config: dict[str, Any]) -> None:
+    env = plain_env(chart.render(values={"config": config}, show_only=DEPLOYMENT))
+    Settings.load(env=env)
 
 
 def test_a_token_file_the_workers_read_must_be_mounted(chart: Chart) -> None:

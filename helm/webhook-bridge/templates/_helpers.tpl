@@ -467,6 +467,52 @@ cannot say, so that a release never starts workers that refuse their settings.
 {{- with toString . | trim }}{{ include "webhook-bridge.checkNetwork" . }}{{ end }}
 {{- end }}
 {{- end }}
+{{- include "webhook-bridge.checkTopicsApart" . }}
+{{- end }}
+
+{{/*
+Fails when two settings name one topic, as bridge/config.py does (Settings._check_topics_apart):
+a source topic that is also the subscriptions topic, say, has its webhook records read as events
+and dead-lettered whole. The names as the bridge resolves them, in its order: its defaults for
+unset settings, and the retry tiers' topics retryTopicPrefix.1 to .N, one per retrySchedule entry
+(7 unset: bridge/delivery/retry_policy.py, DEFAULT_SCHEDULE). One setting may name a topic twice
+(extraSourceTopics a,a is read once).
+*/}}
+{{- define "webhook-bridge.checkTopicsApart" -}}
+{{- $config := .Values.config }}
+{{- $named := list (list "eventsTopic" ($config.eventsTopic | default "postion.events" | toString)) }}
+{{- with $config.extraSourceTopics }}
+{{- $extra := . }}
+{{- if not (kindIs "slice" .) }}{{ $extra = splitList "," (toString .) }}{{ end }}
+{{- range $extra }}
+{{- with toString . | trim }}{{ $named = append $named (list "extraSourceTopics" .) }}{{ end }}
+{{- end }}
+{{- end }}
+{{- range $pair := list (list "subscriptionsTopic" "postion.webhooks") (list "deadletterTopic" "postion.webhooks.deadletter") (list "attemptsTopic" "postion.webhooks.attempts") (list "statusTopic" "postion.webhooks.status") (list "recoveriesTopic" "postion.webhooks.recoveries") }}
+{{- $setting := index $pair 0 }}
+{{- $named = append $named (list $setting (get $config $setting | default (index $pair 1) | toString)) }}
+{{- end }}
+{{- $tiers := 7 }}
+{{- with $config.retrySchedule }}
+{{- $tiers = 0 }}
+{{- range splitList "," (include "webhook-bridge.envValue" .) }}{{ if trim . }}{{ $tiers = add1 $tiers }}{{ end }}{{ end }}
+{{- end }}
+{{- $prefix := $config.retryTopicPrefix | default "postion.webhooks.retry" | toString }}
+{{- range $index := until ($tiers | int) }}
+{{- $named = append $named (list "retryTopicPrefix" (printf "%s.%d" $prefix (add1 $index))) }}
+{{- end }}
+{{- $seen := dict }}
+{{- range $pair := $named }}
+{{- $setting := index $pair 0 }}
+{{- $topic := index $pair 1 }}
+{{- $first := get $seen $topic }}
+{{- if not $first }}
+{{- $_ := set $seen $topic $setting }}
+{{- else if ne $first $setting }}
+{{- $tiersSaid := ternary (printf " (the retry tiers' topics are %s.1 to %s.%d, one per retrySchedule entry)" $prefix $prefix ($tiers | int)) "" (eq $setting "retryTopicPrefix") }}
+{{- fail (printf "config.%s and config.%s name the same topic %q%s: each topic has one use, and the bridge would refuse to start" $first $setting $topic $tiersSaid) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
