@@ -19,6 +19,8 @@ import yaml
 from bridge.config import Settings, parse_duration
 from bridge.delivery.pipeline import drain_worst_case
 from bridge.http import ssrf
+from bridge.worker.app import Bridge
+from bridge.worker.retry_intake import HIGH_BYTES
 from tests.deploy.chart import (
     CHART_DIR,
     NAMESPACE,
@@ -541,6 +543,53 @@ def test_a_web_host_reachable_on_the_pod_ip_renders(chart: Chart, host: str) -> 
     env = chart.render(values={"config": {"webHost": host}}).one("Deployment")["spec"]["template"]
     [container] = env["spec"]["containers"]
     assert {"name": "BRIDGE_WEB_HOST", "value": host} in container["env"]
+
+
+# -- memory -----------------------------------------------------------------------------------
+
+#: The sizing of docs/operations-helm.md (Memory): the process, and each 100k subscriptions.
+PROCESS_MIB, PER_100K_SUBSCRIPTIONS_MIB = 150, 160
+MIB = 1024 * 1024
+
+
+def _mib(quantity: str) -> float:
+    for unit, scale in (("Gi", 1024), ("Mi", 1)):
+        if quantity.endswith(unit):
+            return float(quantity.removesuffix(unit)) * scale
+    raise ValueError(f"not a quantity in Mi or Gi: {quantity!r}")
+
+
+def test_memory_sizing_counts_the_retry_buffers(tmp_path: Path) -> None:
+    """A worker holding every retry partition (two workers and a node lost, KEDA at one) may
+    buffer tiers x partitions x (HIGH_BYTES + one fetch) of retry records: until 2026-12-07 the
+    sizing left that out, and the default limit (512Mi) was below 100k subscriptions' 310 MiB
+    plus those 210 MiB."""
+    settings = Settings.load(
+        env={"BRIDGE_KAFKA_BOOTSTRAP_SERVERS": "k:9092", "BRIDGE_DATA_DIR": str(tmp_path)}
+    )
+    topics = json.loads((REPO / "topics" / "topics.json").read_text())
+    partitions = topics["topics"]["retries"]["partitions"]
+    fetch = Bridge(settings).app.conf.consumer_max_fetch_size
+    buffers = len(settings.retry_schedule) * partitions * (HIGH_BYTES + fetch) / MIB
+    assert buffers == 210
+    docs = (REPO / "docs" / "operations-helm.md").read_text()
+    values = (CHART_DIR / "values.yaml").read_text()
+    assert f"up to {buffers:.0f} MiB" in docs
+    assert f"{len(settings.retry_schedule)} x {partitions} x 5 = {buffers:.0f} MiB" in values
+    rows = re.findall(r"^\| (?:up to )?(\d+)(k|M)\b[^|]*\|(.*)\|\s*$", docs, re.MULTILINE)
+    assert len(rows) == 4, rows
+    for count, unit, cells in rows:
+        steady, full, request, limit = (c.strip() for c in cells.split("|"))
+        subscriptions = int(count) * {"k": 1_000, "M": 1_000_000}[unit]
+        expected = PROCESS_MIB + PER_100K_SUBSCRIPTIONS_MIB * subscriptions / 100_000
+        assert float(steady) == expected and float(full) == expected + buffers
+        assert _mib(request) >= expected and _mib(limit) >= expected + buffers, (count, unit)
+    default = rows[0]
+    resources = VALUES["resources"]
+    assert [c.strip() for c in default[2].split("|")][2:] == [
+        resources["requests"]["memory"],
+        resources["limits"]["memory"],
+    ]
 
 
 # -- network policy ---------------------------------------------------------------------------
