@@ -265,8 +265,8 @@ def test_a_longer_request_timeout_is_the_request_durations_last_bound(
 
 
 def test_the_dashboard_s_variables_list_every_worker_from_its_start(tmp_path: Path) -> None:
-    """The job and instance variables read a metric every worker exports from its start,
-    whatever its role: an API-only pod consumes no events, so a variable read from
+    """The job, namespace and instance variables read a metric every worker exports from its
+    start, whatever its role: an API-only pod consumes no events, so a variable read from
     ``webhook_bridge_events_total`` (until 2026-12-06) left it off the dashboard."""
     import json
     import re
@@ -276,7 +276,7 @@ def test_the_dashboard_s_variables_list_every_worker_from_its_start(tmp_path: Pa
     dashboard = Path(__file__).resolve().parents[2] / "helm/webhook-bridge/files"
     variables = json.loads((dashboard / "grafana-dashboard.json").read_text())["templating"]
     queries = [v["query"]["query"] for v in variables["list"] if v["type"] == "query"]
-    assert len(queries) == 2
+    assert len(queries) == 3
     bridge = offline_bridge(tmp_path / "data")  # the registry of a worker of any role
     ApiMetrics(bridge.registry)  # what role api and all add
     exported = generate_latest(bridge.registry).decode()
