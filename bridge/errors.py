@@ -2,7 +2,7 @@
 
     BridgeError                      base of everything the bridge raises on purpose
     ├── ConfigError                  a setting is missing or malformed (not retriable)
-    │   ├── PatchMismatch            faust-streaming differs from what the bridge patches
+    │   ├── PatchMismatch            faust-streaming or aiokafka is not what the bridge patches
     │   └── PrometheusClientMismatch prometheus-client differs from what bridge.metrics relies on
     ├── InvalidRecord                a Kafka record cannot be processed; it is dead-lettered
     │   ├── InvalidEvent             a platform event is malformed, schema-invalid or unknown

@@ -36,7 +36,7 @@ from bridge.contract.jsoncanon import MAX_SAFE_INTEGER
 from bridge.contract.payload import delivery_id
 from bridge.delivery.pending_retry import PendingRetry
 from bridge.errors import InvalidRecord
-from bridge.kafka.clients import client_kwargs, require_topics, started, stopped
+from bridge.kafka.clients import client_kwargs, new_consumer, require_topics, started, stopped
 from bridge.kafka.reading import SETTLE_STAMP_MARGIN, fetch_kwargs, settled, stream_topic
 from bridge.subscriptions.index import SubscriptionIndex
 from bridge.subscriptions.webhook import TEST_EVENT, Webhook, before_created
@@ -519,8 +519,8 @@ async def recover(
             async def write(item: PendingRetry) -> None:
                 await producer.send_and_wait(tier, item.to_bytes(), key=item.webhook_id.encode())
 
-        consumer = AIOKafkaConsumer(
-            **client_kwargs(settings),
+        consumer = new_consumer(
+            settings,
             **fetch_kwargs(settings),
             group_id=None,
             enable_auto_commit=False,

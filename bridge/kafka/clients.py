@@ -9,11 +9,12 @@ import ssl
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bridge.config import Settings
 from bridge.errors import ConfigError, MissingTopic
 from bridge.http.ssrf import AddressPolicy, check_url
+from bridge.kafka import aiokafka_patches
 from bridge.subscriptions.secretbox import Keyring
 from bridge.subscriptions.urls import WebhookUrl
 
@@ -24,6 +25,7 @@ __all__ = [
     "started",
     "stopped",
     "client_kwargs",
+    "new_consumer",
     "faust_broker_kwargs",
     "bootstrap_servers",
     "address_policy",
@@ -166,6 +168,15 @@ def client_kwargs(settings: Settings) -> dict[str, Any]:
         kwargs["sasl_plain_username"] = settings.kafka_sasl_username
         kwargs["sasl_plain_password"] = settings.kafka_sasl_password
     return kwargs
+
+
+def new_consumer(settings: Settings, **kwargs: Any) -> AIOKafkaConsumer:
+    """An aiokafka consumer of ``settings``' brokers (:func:`client_kwargs` and ``kwargs``),
+    aiokafka's record reader patched first (:mod:`bridge.kafka.aiokafka_patches`: a header key
+    that is not UTF-8 raised out of every read of its batch). Every consumer of the bridge's
+    own is made here; the Faust worker's get the patch from its installer."""
+    aiokafka_patches.install()
+    return AIOKafkaConsumer(**client_kwargs(settings), **kwargs)
 
 
 def faust_broker_kwargs(settings: Settings) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from bridge.config import Settings
 from bridge.errors import MissingTopic
-from bridge.kafka.clients import client_kwargs, started, stopped
+from bridge.kafka.clients import new_consumer, started, stopped
 
 __all__ = [
     "FETCH_POLL",
@@ -219,8 +219,8 @@ async def stream_positioned(
     """
     begun_ms = int((time.time() + SETTLE_STAMP_MARGIN) * 1000)
     consumer = await started(
-        AIOKafkaConsumer(
-            **client_kwargs(settings),
+        new_consumer(
+            settings,
             **fetch_kwargs(settings),
             group_id=None,
             enable_auto_commit=False,

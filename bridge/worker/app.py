@@ -46,9 +46,9 @@ from bridge.http.httpx_sender import HttpxSender, new_client
 from bridge.http.ssrf import AddressPolicy
 from bridge.kafka.clients import (
     address_policy,
-    client_kwargs,
     faust_broker_kwargs,
     keyring,
+    new_consumer,
     started,
     stopped,
 )
@@ -217,8 +217,8 @@ class Bridge:
                 self.metrics.disable_writes.labels(verdict)
             self.delivery_log = DeliveryLogReader(
                 topic=settings.attempts_topic,
-                consumer_factory=lambda: AIOKafkaConsumer(
-                    **client_kwargs(settings),
+                consumer_factory=lambda: new_consumer(
+                    settings,
                     group_id=None,
                     enable_auto_commit=False,
                     auto_offset_reset="none",
@@ -808,7 +808,7 @@ class Bridge:
         and one whose start :meth:`close` overtook is stopped here, which it could not be."""
         async with self._offsets_lock:
             if self._offsets_consumer is None and not self._closing:
-                consumer = AIOKafkaConsumer(**client_kwargs(self.settings), group_id=None)
+                consumer = new_consumer(self.settings, group_id=None)
                 await started(consumer)
                 if self._closing:  # close() saw none to stop
                     await stopped(consumer)

@@ -8,7 +8,9 @@ on and commits past it, and the worker's event loop is never held.
   than JSON allows here, an integer beyond 2^53): refused as ``invalid_retry_record`` before
   any attempt;
 - a subscription record with thousands of objects as event types (jsonschema's ``uniqueItems``
-  compared every pair: ~30 s of the loop for 6,000)."""
+  compared every pair: ~30 s of the loop for 6,000);
+- records whose header key is not UTF-8, in the subscriptions and events topics: aiokafka's
+  reader raised out of every fetch of their batch, and the worker crashed at every start."""
 
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ import time
 import pytest
 
 from bridge.config import Settings
+from bridge.contract.payload import delivery_id
 from tests.support.receivers import Receiver, subscribe
-from tests.support.records import RawWriter, TopicTail, committed_offsets
+from tests.support.records import RawHeaderKey, RawWriter, TopicTail, committed_offsets
 from tests.support.waiting import poll
 
 pytestmark = pytest.mark.integration
@@ -130,6 +133,48 @@ async def test_valid_event_with_large_key_whose_delivery_is_dead_lettered_settle
         assert not problems, problems
     finally:
         await tail.stop()
+        await writer.stop()
+
+
+async def test_records_whose_header_key_is_not_utf8_are_read_and_the_next_event_delivered(
+    settings: Settings, receiver: Receiver, in_process_workers
+) -> None:
+    """The bridge reads no header: such a key is read as Kafka's Java client reads it (U+FFFD
+    for its malformed bytes), the event holding it delivered, and the events after it."""
+    await subscribe(settings, receiver, {"main": "site-main"}, ("*",))
+    bootstrap = settings.kafka_bootstrap_servers
+    bad = [(RawHeaderKey(b"\xff\xfetrace"), b"v")]
+    writer = await RawWriter(bootstrap).start()
+    try:
+        # In the subscriptions topic, read from its beginning at every start: the worker never
+        # became ready.
+        await writer.write(settings.subscriptions_topic, None, key=b"wh-other", headers=bad)
+        worker = in_process_workers(settings)
+        await worker.wait_ready(60)
+        events = [post_created(f"ev-{n}") for n in ("poison", "after")]
+        _, poison = await writer.write(
+            settings.events_topic,
+            json.dumps(events[0]).encode(),
+            key=b"site-main",
+            partition=0,
+            headers=bad,
+        )
+        _, after = await writer.write(
+            settings.events_topic, json.dumps(events[1]).encode(), key=b"site-main", partition=0
+        )
+        await receiver.wait_for(lambda got: len(got) >= 2, PROMPT)
+        assert sorted(r.json["event"]["data"]["id"] for r in receiver.received) == ["p1", "p1"]
+        assert {r.delivery_id for r in receiver.received} == {
+            delivery_id(e["id"], "main") for e in events
+        }
+        committed = await poll(
+            lambda: committed_offsets(bootstrap, settings.group_id, settings.events_topic),
+            until=lambda c: c.get(0, 0) > after,
+            timeout=PROMPT,
+            interval=0.5,
+        )
+        assert committed.get(0, 0) > after > poison
+    finally:
         await writer.stop()
 
 

@@ -145,3 +145,14 @@ def positioned(
             offset += 1
 
     return stream
+
+
+def consumers_of(make: Callable[..., Any]) -> Callable[..., Any]:
+    """A stand-in for :func:`bridge.kafka.clients.new_consumer` (to patch in where a module
+    calls it) that makes ``make(**kwargs)``, an ``AIOKafkaConsumer`` stand-in, whatever the
+    settings."""
+
+    def new_consumer(settings: Any, **kwargs: Any) -> Any:
+        return make(**kwargs)
+
+    return new_consumer

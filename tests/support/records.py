@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 
 #: Largest record the raw writer sends: room for events far beyond the bridge's body limit.
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
@@ -26,9 +27,39 @@ class Record(NamedTuple):
     headers: tuple[tuple[str, bytes], ...]
 
 
+class RawHeaderKey(str):
+    """A record header key written as the bytes given, UTF-8 or not: aiokafka's pure-Python
+    batch builder writes a key's ``encode("utf-8")`` (its compiled one, the str's own UTF-8)."""
+
+    raw: bytes
+
+    def __new__(cls, raw: bytes) -> RawHeaderKey:
+        key = super().__new__(cls, raw.decode("utf-8", "replace"))
+        key.raw = raw
+        return key
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return self.raw
+
+
+def batch_builder(compression: int = 0) -> Any:
+    """aiokafka's pure-Python builder of a record batch (magic 2), which takes
+    :class:`RawHeaderKey`; ``build()`` gives the batch's bytes as a broker returns them."""
+    return _DefaultRecordBatchBuilderPy(
+        2,
+        compression,
+        is_transactional=0,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 30,
+    )
+
+
 class RawWriter:
-    """Writes any key, value and headers, one record per batch (each acknowledged before the
-    next is sent), so that the embedded broker reports end offsets exactly."""
+    """Writes any key, value and headers (a :class:`RawHeaderKey` too), one record per batch
+    (each acknowledged before the next is sent), so that the embedded broker reports end
+    offsets exactly."""
 
     def __init__(self, bootstrap_servers: str) -> None:
         self._producer = AIOKafkaProducer(
@@ -57,10 +88,14 @@ class RawWriter:
         timestamp_ms: int | None = None,
     ) -> tuple[int, int]:
         """Write one record (stamped ``timestamp_ms``, else now); its (partition, offset)."""
-        if key is None and value is None:
-            # The producer's ``send`` refuses a record with neither; a batch of its own takes it.
+        raw_keys = any(isinstance(k, RawHeaderKey) for k, _ in headers)
+        if (key is None and value is None) or raw_keys:
+            # The producer's ``send`` refuses a record with neither, and writes a header key's
+            # UTF-8 with the compiled builder: a batch of its own takes it.
             batch = self._producer.create_batch()
-            batch.append(key=None, value=None, timestamp=timestamp_ms, headers=list(headers))
+            if raw_keys:
+                batch._builder = batch_builder()
+            batch.append(key=key, value=value, timestamp=timestamp_ms, headers=list(headers))
             if partition is None:
                 partition = (await self.partitions(topic))[0]
             sent = await self._producer.send_batch(batch, topic, partition=partition)

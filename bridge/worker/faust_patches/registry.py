@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import importlib.metadata
-import inspect
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 from aiokafka.conn import AIOKafkaConnection
@@ -19,7 +15,8 @@ from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.utils.queues import FlowControlEvent
 
-from bridge.errors import ConfigError
+from bridge.kafka import aiokafka_patches
+from bridge.patching import Patch, PatchMismatch, apply, fingerprint, require_release
 from bridge.worker.faust_patches.commits import _new_offset, _perform_seek
 from bridge.worker.faust_patches.connections import _send, _send_sasl_token
 from bridge.worker.faust_patches.fetching import (
@@ -53,39 +50,6 @@ __all__ = [
 
 #: The faust-streaming release the patches were written against and checked with.
 FAUST_VERSION = "0.15.3"
-
-
-class PatchMismatch(ConfigError):
-    """faust-streaming is not the release, or a function a patch replaces or relies on is not
-    the code, that the patch was written against: the worker refuses to start."""
-
-
-@dataclass(frozen=True)
-class Patch:
-    """One replacement of (or reliance on) a faust-streaming internal."""
-
-    #: Short name, used in messages.
-    name: str
-    #: The class or module holding the attribute.
-    owner: Any
-    attribute: str
-    #: What is put in its place; ``None`` for an internal that is only relied on (checked,
-    #: not replaced).
-    replacement: Any
-    #: SHA-256 (first 16 hex digits) of the original's source, as faust-streaming ships it.
-    fingerprint: str
-    #: The upstream behaviour the patch changes, in one line.
-    upstream: str
-
-
-def fingerprint(original: Any) -> str:
-    """The first 16 hex digits of the SHA-256 of ``original``'s source (of the function a
-    ``mode`` service task wraps; for a module, of its name)."""
-    if inspect.ismodule(original):
-        text = f"module {original.__name__}"
-    else:
-        text = inspect.getsource(getattr(original, "fun", original))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 PATCHES: tuple[Patch, ...] = (
@@ -323,45 +287,12 @@ def install() -> None:
     """Apply every patch, once: each original must be the code its patch was written against.
 
     Idempotent (a patch already applied is skipped). Raises :class:`PatchMismatch`, naming the
-    patch, when the installed faust-streaming is another release (checked first), or an original
-    is missing or its fingerprint differs; nothing is patched then.
+    patch, when the installed faust-streaming or aiokafka is another release (checked first),
+    or an original is missing or its fingerprint differs; nothing of this registry is patched
+    then. The patches of aiokafka's record reader (:mod:`bridge.kafka.aiokafka_patches`, which
+    check aiokafka's release, on which the connection patches here rely too) are installed
+    first: the worker's consumers are Faust's.
     """
-    installed = importlib.metadata.version("faust-streaming")
-    if installed != FAUST_VERSION:
-        raise PatchMismatch(
-            f"faust-streaming {installed} is installed; bridge.worker.faust_patches was written "
-            f"against {FAUST_VERSION}: check every patch against the new release"
-        )
-    pending: list[Patch] = []
-    for patch in PATCHES:
-        where = getattr(patch.owner, "__qualname__", getattr(patch.owner, "__name__", "?"))
-        current = getattr(patch.owner, patch.attribute, None)
-        if current is None or ORIGINALS[patch.name] is None:
-            # Missing now, or when the patch modules kept the original they call.
-            raise PatchMismatch(
-                f"faust patch {patch.name}: {where} has no {patch.attribute}, which the patch "
-                f"replaces or relies on; upstream behaviour it changes: {patch.upstream}"
-            )
-        if patch.replacement is not None and current is patch.replacement:
-            continue
-        wrapper = getattr(current, "fun", current)
-        if hasattr(wrapper, "__wrapped__"):
-            # inspect.getsource reads the wrapped function's source: a wrapper (another
-            # library's instrumentation) had the original's fingerprint, whatever it did, and
-            # was replaced or run beneath unseen (until 2026-12-07).
-            raise PatchMismatch(
-                f"faust patch {patch.name}: {where}.{patch.attribute} is wrapped by "
-                f"{getattr(wrapper, '__module__', '?')}, not the code the patch was written "
-                f"against; upstream behaviour it changes: {patch.upstream}"
-            )
-        found = fingerprint(current)
-        if found != patch.fingerprint:
-            raise PatchMismatch(
-                f"faust patch {patch.name}: {where}.{patch.attribute} is not the code the "
-                f"patch was written against (fingerprint {found}, expected "
-                f"{patch.fingerprint}); upstream behaviour it changes: {patch.upstream}"
-            )
-        if patch.replacement is not None:
-            pending.append(patch)
-    for patch in pending:
-        setattr(patch.owner, patch.attribute, patch.replacement)
+    require_release("faust-streaming", FAUST_VERSION, "bridge.worker.faust_patches")
+    aiokafka_patches.install()
+    apply(PATCHES, ORIGINALS, "faust patch")

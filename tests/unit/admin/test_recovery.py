@@ -27,6 +27,7 @@ from bridge.contract.schemas import is_valid
 from bridge.delivery.pending_retry import PendingRetry
 from bridge.subscriptions.index import SubscriptionIndex
 from bridge.subscriptions.webhook import Webhook
+from tests.support.fakes import consumers_of
 
 SINCE = datetime(2024, 1, 15, 10, 0, tzinfo=UTC)
 UNTIL = SINCE + timedelta(hours=1)
@@ -365,7 +366,7 @@ async def test_a_start_that_retention_deleted_reads_on_from_the_oldest_record_le
 ) -> None:
     """Until 2026-12-06 the reader reset such a position to the end (aiokafka's default), and
     the recovery failed after 30 s, or ended done, having sent none of the records left."""
-    monkeypatch.setattr(recovery, "AIOKafkaConsumer", RetainedPartition)
+    monkeypatch.setattr(recovery, "new_consumer", consumers_of(RetainedPartition))
     settings = Settings.load(
         env={}, overrides={"kafka_bootstrap_servers": "127.0.0.1:1", "events_topic": "events"}
     )
@@ -411,7 +412,7 @@ def run_with(
     """Run ``operation`` over ``consumer`` (:class:`RetainedPartition`) with
     ``current(written)`` the webhook of its id once ``written`` deliveries were written: the
     times of the writes, and the run."""
-    monkeypatch.setattr(recovery, "AIOKafkaConsumer", consumer)
+    monkeypatch.setattr(recovery, "new_consumer", consumers_of(consumer))
     settings = Settings.load(
         env={}, overrides={"kafka_bootstrap_servers": "127.0.0.1:1", "events_topic": "events"}
     )
@@ -496,7 +497,7 @@ async def test_a_rate_limit_set_while_two_recoveries_run_bounds_them_together(
     """No limit when they start, 40 a second after two deliveries: from then on the two
     together write at most 40 a second (until 2026-12-06 each paced itself alone, 80 together).
     A load can only make them slower."""
-    monkeypatch.setattr(recovery, "AIOKafkaConsumer", RetainedPartition)
+    monkeypatch.setattr(recovery, "new_consumer", consumers_of(RetainedPartition))
     settings = Settings.load(
         env={}, overrides={"kafka_bootstrap_servers": "127.0.0.1:1", "events_topic": "events"}
     )

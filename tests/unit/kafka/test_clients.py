@@ -206,14 +206,14 @@ async def test_a_recovery_stops_its_producer_when_its_consumer_does_not_start(
     made: list[Client] = []
 
     def client(failure: BaseException | None) -> Any:
-        def make(**kwargs: Any) -> Client:
+        def make(*args: Any, **kwargs: Any) -> Client:
             made.append(Client(failure))
             return made[-1]
 
         return make
 
     monkeypatch.setattr(recovery, "AIOKafkaProducer", client(None))
-    monkeypatch.setattr(recovery, "AIOKafkaConsumer", client(asyncio.CancelledError()))
+    monkeypatch.setattr(recovery, "new_consumer", client(asyncio.CancelledError()))
     settings = Settings.load(env={}, overrides={"kafka_bootstrap_servers": "127.0.0.1:1"})
     with pytest.raises(asyncio.CancelledError):
         await recovery.recover(settings, recovery.Operation(request()))

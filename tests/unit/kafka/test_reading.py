@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from bridge.config import Settings
 from bridge.kafka import reading
 from bridge.kafka.reading import settled, stamped_by
+from tests.support.fakes import consumers_of
 from tests.support.waiting import PROMPT
 
 
@@ -187,7 +188,7 @@ async def test_a_partition_ending_in_a_transaction_marker_is_read_to_its_end(
 ) -> None:
     """A fetch that brings nothing, the positions at the ends: the read ends there (until
     2026-12-07 it raised TimeoutError; the embedded broker has no transactions)."""
-    monkeypatch.setattr(reading, "AIOKafkaConsumer", CommittedTopic)
+    monkeypatch.setattr(reading, "new_consumer", consumers_of(CommittedTopic))
     settings = Settings.load(env={}, overrides={"kafka_bootstrap_servers": "127.0.0.1:1"})
     read = reading.stream_positioned(settings, "committed", timeout=PROMPT, settle=0.01)
     out: list[reading.Positioned] = []

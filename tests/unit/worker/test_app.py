@@ -27,6 +27,7 @@ from bridge.worker.app import Bridge
 from bridge.worker.logs import JsonFormatter
 from tests.support.builders import SECRET, encode
 from tests.support.builders import webhook_record as record
+from tests.support.fakes import consumers_of
 from tests.support.workers import offline_bridge
 
 TOPIC = "postion.webhooks"
@@ -381,7 +382,7 @@ async def test_an_offsets_consumer_whose_start_close_overtook_is_stopped(
 ) -> None:
     """close() runs while the consumer that asks for end offsets starts: it sees none to stop,
     so the start stops it (else its connection outlives the worker), and no other is made."""
-    monkeypatch.setattr(app_module, "AIOKafkaConsumer", _SlowConsumer)
+    monkeypatch.setattr(app_module, "new_consumer", consumers_of(_SlowConsumer))
     _SlowConsumer.made, _SlowConsumer.go = [], asyncio.Event()
     asking = asyncio.create_task(bridge._offsets())
     await asyncio.sleep(0)
