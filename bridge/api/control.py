@@ -908,9 +908,11 @@ class ControlService:
 
 
 def _writable(record: dict[str, Any]) -> bool:
-    """Whether ``record`` can be written in an answer as it is."""
+    """Whether ``record`` can be written in an answer as it is: at ``items[i]`` of a page, two
+    levels down (a letter of data nested 253 or 254 levels, accepted until 2026-12-07, encoded
+    alone and made its page a 500)."""
     try:
-        jsoncanon.dumps(record)
+        jsoncanon.dumps(record, max_depth=jsoncanon.MAX_DEPTH - 2)
     except InvalidRecord:
         return False
     return True

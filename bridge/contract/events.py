@@ -14,6 +14,8 @@ from bridge.contract.schemas import EVENT_TYPES, event_data_errors, schema_error
 from bridge.errors import InvalidEvent, InvalidRecord
 
 __all__ = [
+    "DATA_EMBEDDING",
+    "MAX_DATA_DEPTH",
     "Event",
     "parse_event",
     "build_event",
@@ -21,6 +23,18 @@ __all__ = [
     "format_timestamp",
     "parse_time",
 ]
+
+
+#: How many levels above its own an event's ``data`` sits in the deepest JSON the bridge writes
+#: of it: ``items[i].event.data`` in a page of ``/v1/dead-letters``. (A retry record and a dead
+#: letter hold it at ``event.data``, and so does a delivery's body; the attempt record does not
+#: hold it.)
+DATA_EMBEDDING = 4
+#: Levels an event's ``data`` may nest (the object itself is one): what its deepest embedding
+#: leaves of :data:`jsoncanon.MAX_DEPTH <bridge.contract.jsoncanon.MAX_DEPTH>`. Deeper data is
+#: refused as the event is read (``too_deep``): it was delivered, but its retry record, its dead
+#: letter or a page listing that letter failed to encode, and the event was never settled.
+MAX_DATA_DEPTH = jsoncanon.MAX_DEPTH - DATA_EMBEDDING
 
 
 @dataclass(frozen=True)
@@ -123,9 +137,10 @@ def _from_mapping(value: Any) -> Event:
     except ValueError:
         raise InvalidEvent("schema_invalid", "$.timestamp: not a valid date-time") from None
     # Fail here, once per event, rather than once per delivery: data that JavaScript receivers
-    # could not reproduce byte for byte can never be verified by them.
+    # could not reproduce byte for byte can never be verified by them, nor can the bridge write
+    # the records that hold data nested too deep for them (MAX_DATA_DEPTH).
     try:
-        data_json = jsoncanon.dumps(value["data"])
+        data_json = jsoncanon.dumps(value["data"], max_depth=MAX_DATA_DEPTH)
     except InvalidRecord as exc:
         raise InvalidEvent(exc.reason, exc.detail) from None
     return Event(

@@ -30,6 +30,7 @@ from bridge.errors import InvalidRecord, UnencodableValue
 
 __all__ = [
     "MAX_SAFE_INTEGER",
+    "MAX_DEPTH",
     "dumps",
     "dumps_flat",
     "dumps_str",
@@ -43,8 +44,9 @@ __all__ = [
 MAX_SAFE_INTEGER = 2**53 - 1
 
 #: Containers nested deeper than this are refused (``too_deep``), well inside Python's
-#: recursion limit.
-_MAX_DEPTH = 256
+#: recursion limit: a value of this many levels (an empty array is one) is the deepest
+#: :func:`dumps` encodes.
+MAX_DEPTH = 256
 _MAX_ARRAY_INDEX = 2**32 - 2
 _DIGITS = frozenset("0123456789")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -96,21 +98,25 @@ class _Unencodable(Exception):
         self.path = path
 
 
-def dumps(value: object) -> bytes:
+def dumps(value: object, *, max_depth: int = MAX_DEPTH) -> bytes:
     """Encode ``value`` to the bytes ``JSON.stringify(JSON.parse(...))`` reproduces.
 
     Raises ``UnencodableValue`` with reason ``unsafe_integer``, ``non_finite_number``,
     ``unsupported_type`` (also for non-``str`` dict keys), ``circular_reference`` or
-    ``too_deep``; the message names the JSON path, never the value.
+    ``too_deep`` (nested more than ``max_depth`` levels, at most :data:`MAX_DEPTH`: a value
+    that goes inside others, for those to encode too); the message names the JSON path, never
+    the value.
     """
+    # Nesting is counted from the depth that leaves ``max_depth`` levels below MAX_DEPTH.
+    above = MAX_DEPTH - min(max_depth, MAX_DEPTH)
     try:
-        if _plain(value, 0):
+        if _plain(value, above):
             try:
                 return _c_encode(value).encode("utf-8")
             except UnicodeEncodeError:  # a surrogate code point: needs V8's escaping
                 pass
         parts: list[str] = []
-        _encode(value, parts, [], set())
+        _encode(value, parts, [], set(), above)
     except _Unencodable as exc:
         where = format_path(exc.path)
         raise UnencodableValue(exc.reason, f"{exc.what} at {where}") from None
@@ -161,7 +167,7 @@ def _plain(value: object, depth: int) -> bool:
     if type(value) is str:
         return True
     if type(value) is dict:
-        if depth >= _MAX_DEPTH:
+        if depth >= MAX_DEPTH:
             return False
         for k, v in value.items():
             if type(k) is not str or k[:1] in _DIGITS or not _plain(v, depth + 1):
@@ -170,7 +176,7 @@ def _plain(value: object, depth: int) -> bool:
     if type(value) is int:
         return -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
     if type(value) is list or type(value) is tuple:
-        if depth >= _MAX_DEPTH:
+        if depth >= MAX_DEPTH:
             return False
         for v in value:
             if not _plain(v, depth + 1):
@@ -190,8 +196,11 @@ def _plain_float(value: float) -> bool:
     return "." in r and "e" not in r and not r.endswith(".0")
 
 
-def _encode(value: object, parts: list[str], path: list[str | int], active: set[int]) -> None:
-    """Append V8's JSON text for ``value`` to ``parts``; ``path`` locates errors."""
+def _encode(
+    value: object, parts: list[str], path: list[str | int], active: set[int], above: int = 0
+) -> None:
+    """Append V8's JSON text for ``value`` to ``parts``; ``path`` locates errors, ``above``
+    levels above it count towards :data:`MAX_DEPTH`."""
     if value is None:
         parts.append("null")
     elif value is True:
@@ -213,20 +222,20 @@ def _encode(value: object, parts: list[str], path: list[str | int], active: set[
             raise _Unencodable("non_finite_number", "NaN or Infinity", path)
         parts.append(_number_text(x))
     elif isinstance(value, (dict, list, tuple)):
-        if len(path) >= _MAX_DEPTH:
-            raise _Unencodable("too_deep", f"nesting deeper than {_MAX_DEPTH}", path)
+        if len(path) + above >= MAX_DEPTH:
+            raise _Unencodable("too_deep", f"nesting deeper than {MAX_DEPTH - above}", path)
         if id(value) in active:
             raise _Unencodable("circular_reference", "a container contains itself", path)
         active.add(id(value))
         if isinstance(value, dict):
-            _encode_object(value, parts, path, active)
+            _encode_object(value, parts, path, active, above)
         else:
             parts.append("[")
             for i, item in enumerate(value):
                 if i:
                     parts.append(",")
                 path.append(i)
-                _encode(item, parts, path, active)
+                _encode(item, parts, path, active, above)
                 path.pop()
             parts.append("]")
         active.discard(id(value))
@@ -235,7 +244,11 @@ def _encode(value: object, parts: list[str], path: list[str | int], active: set[
 
 
 def _encode_object(
-    obj: dict[object, object], parts: list[str], path: list[str | int], active: set[int]
+    obj: dict[object, object],
+    parts: list[str],
+    path: list[str | int],
+    active: set[int],
+    above: int,
 ) -> None:
     items: list[tuple[str, object]] = []
     indexed: list[tuple[int, str, object]] = []
@@ -258,7 +271,7 @@ def _encode_object(
         parts.append(_string_text(key))
         parts.append(":")
         path.append(key)
-        _encode(v, parts, path, active)
+        _encode(v, parts, path, active, above)
         path.pop()
     parts.append("}")
 

@@ -33,9 +33,11 @@ from bridge.api.repository import MemoryRepository
 from bridge.api.service import WebhookService
 from bridge.attempts.log import decode_cursor, encode_cursor
 from bridge.attempts.record import Attempt
-from bridge.contract.events import format_timestamp
+from bridge.contract.events import MAX_DATA_DEPTH, Event, format_timestamp
 from bridge.cursors import decode_cursor as decode_raw_cursor
 from bridge.cursors import encode_cursor as encode_raw_cursor
+from bridge.delivery.dead_letters import dead_letter_record
+from bridge.delivery.job import SourceRef
 from tests.support.waiting import eventually
 from tests.unit.api.conftest import (
     ADMIN,
@@ -1512,3 +1514,34 @@ async def test_a_range_a_float_cannot_tell_apart_is_a_400(api: Api) -> None:
     )
     body = await problem(await api.client.get(path, headers=auth()), 400)
     assert body["errors"][0]["field"] == "until"
+
+
+@pytest.mark.parametrize("levels", [MAX_DATA_DEPTH, MAX_DATA_DEPTH + 1])
+async def test_a_letter_of_data_as_deep_as_accepted_is_listed(api: Api, levels: int) -> None:
+    """A page holds a letter's event's data at ``items[i].event.data``, the deepest JSON the
+    bridge writes of it (``DATA_EMBEDDING``): the deepest data accepted is listed, and a letter
+    one level deeper (written before 2026-12-07, when data of 255 levels was accepted) is left
+    out of the pages, as another letter no answer can hold; the page was a 500."""
+    inner: list[Any] = []
+    for _ in range(levels - 2):
+        inner = [inner]
+    data = {"id": "post_1", "title": "T", "x": inner}
+    event = Event("evt_1", "post.created", data, "2026-01-15T10:00:00Z", "s", "u")
+    letter = dead_letter_record(
+        reason="attempts_exhausted",
+        detail="8 attempts",
+        source=SourceRef("events", 0, 1),
+        now=datetime(2026, 1, 15, 10, tzinfo=UTC),
+        event=event,
+        webhook_id="wh_1",
+        delivery_id="dl_1",
+    )
+    assert letter["event"] is not None
+    api.dead_letters.records = [letter, dead_letter(2)]
+    page = await get_json(api, "/v1/dead-letters")
+    listed = [d["delivery_id"] for d in page["items"]]
+    if levels == MAX_DATA_DEPTH:
+        assert listed == ["dl_1", "dl_2"]
+        assert page["items"][0]["event"]["data"] == data
+    else:
+        assert listed == ["dl_2"]

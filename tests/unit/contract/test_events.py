@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 
 from bridge.contract import jsoncanon
 from bridge.contract.events import (
+    DATA_EMBEDDING,
+    MAX_DATA_DEPTH,
     Event,
     build_event,
     format_timestamp,
@@ -24,7 +26,12 @@ from bridge.contract.events import (
 from bridge.contract.jsoncanon import MAX_SAFE_INTEGER
 from bridge.contract.payload import EncodedEvent, build_body, delivery_id
 from bridge.contract.schemas import EVENT_TYPES
+from bridge.delivery.attempt_record import attempt_record
+from bridge.delivery.dead_letters import dead_letter_record
+from bridge.delivery.job import Job, SourceRef
+from bridge.delivery.pending_retry import PendingRetry, parse_retry
 from bridge.errors import InvalidEvent, InvalidRecord
+from bridge.http.base import AttemptResult
 from bridge.subscriptions.webhook import Webhook
 
 #: The documentation's event types, in its order.
@@ -529,3 +536,85 @@ def test_parse_time_reads_any_time_with_an_offset_in_utc(moment: datetime) -> No
 def test_parse_time_refuses_anything_else_with_a_value_error(value: object) -> None:
     with pytest.raises(ValueError):
         parse_time(value)
+
+
+# -- how deep data may nest -----------------------------------------------------------------------
+
+
+def nested_data(levels: int) -> dict[str, Any]:
+    """``post.created`` data nested ``levels`` deep (the object itself is one level)."""
+    inner: list[Any] = []
+    for _ in range(levels - 2):
+        inner = [inner]
+    return {"id": "post_1", "title": "T", "x": inner}
+
+
+def nested_event(levels: int) -> bytes:
+    return raw(envelope("post.created", data=nested_data(levels)))
+
+
+def test_data_as_deep_as_accepted_encodes_in_every_record_that_holds_it() -> None:
+    """Each record the bridge writes of an accepted event encodes: the retry record, the dead
+    letter, the delivery's body (and the attempt record, which holds no data). Until
+    2026-12-07 data of 255 levels was accepted (jsoncanon's 256, for data alone): its retry
+    record failed to encode and the event was never settled (its partition committed no
+    further), and its dead letter went without the event. The page of ``/v1/dead-letters``
+    listing such a letter, the deepest of them, is tested in tests/unit/api/test_control.py."""
+    assert MAX_DATA_DEPTH == jsoncanon.MAX_DEPTH - DATA_EMBEDDING == 252
+    event = parse_event(nested_event(MAX_DATA_DEPTH))
+    webhook = Webhook(
+        id="wh",
+        name="n",
+        url="https://hooks.example/",
+        secret="s" * 24,
+        events=frozenset({"*"}),
+        site_id=event.site_id,
+        user_id=event.user_id,
+    )
+    retry = PendingRetry("d", "wh", event, attempt=2, not_before=1.0, enqueued_at=1.0)
+    assert parse_retry(retry.to_bytes()).event == event
+
+    failure = AttemptResult(False, 500, "http_status", 0.1, "2024-01-15T10:30:01.000Z")
+    letter = dead_letter_record(
+        reason="attempts_exhausted",
+        detail="8 attempts",
+        source=SourceRef("events", 0, 7),
+        now=datetime(2024, 1, 15, tzinfo=UTC),
+        event=event,
+        webhook_id="wh",
+        delivery_id="d",
+        attempts=[failure],
+    )
+    assert letter["event"] == event.envelope()
+    assert jsoncanon.loads(jsoncanon.dumps(letter)) == letter
+    # A replay of the letter reads its event again.
+    assert parse_event(jsoncanon.dumps(letter["event"])) == event
+
+    encoded = EncodedEvent.of(event)
+    body = build_body(encoded, webhook)
+    assert jsoncanon.dumps(jsoncanon.loads(body)) == body  # what JavaScript prints again
+    job = Job(encoded, webhook, 1, SourceRef("events", 0, 7))
+    attempt = attempt_record(job, failure, "failure", "retry", 2.0)
+    assert all(not isinstance(v, dict | list) for v in attempt.values())
+    jsoncanon.dumps(attempt)
+
+
+@pytest.mark.parametrize("make", [parse_event, lambda record: build_event_of(record)])
+def test_data_one_level_deeper_is_refused_as_too_deep(make: Any) -> None:
+    make(nested_event(MAX_DATA_DEPTH))
+    with pytest.raises(InvalidEvent) as info:
+        make(nested_event(MAX_DATA_DEPTH + 1))
+    assert info.value.reason == "too_deep"
+    assert f"nesting deeper than {MAX_DATA_DEPTH}" in info.value.detail
+
+
+def build_event_of(record: bytes) -> Event:
+    """``build_event`` of the envelope ``record`` holds (as ``publish_event`` does)."""
+    value = json.loads(record)
+    return build_event(
+        value["type"],
+        value["data"],
+        site_id=value["site_id"],
+        user_id=value["user_id"],
+        event_id=value["id"],
+    )

@@ -284,7 +284,7 @@ def test_circular_and_too_deep_values_are_refused() -> None:
 
     deep: list[object] = []
     innermost = deep
-    for _ in range(jsoncanon._MAX_DEPTH):
+    for _ in range(jsoncanon.MAX_DEPTH):
         inner: list[object] = []
         innermost.append(inner)
         innermost = inner
@@ -292,7 +292,23 @@ def test_circular_and_too_deep_values_are_refused() -> None:
         dumps({"k": deep})
     assert info.value.reason == "too_deep"
     assert len(info.value.detail) < 200
-    assert dumps(deep[0]) == b"[" * jsoncanon._MAX_DEPTH + b"]" * jsoncanon._MAX_DEPTH
+    assert dumps(deep[0]) == b"[" * jsoncanon.MAX_DEPTH + b"]" * jsoncanon.MAX_DEPTH
+
+
+@pytest.mark.parametrize("leaf", [[], [1.0]], ids=["fast-path", "careful-encoder"])
+@pytest.mark.parametrize("max_depth", [1, 2, 252, jsoncanon.MAX_DEPTH])
+def test_a_value_nested_deeper_than_asked_is_refused(leaf: list[object], max_depth: int) -> None:
+    """``max_depth`` leaves room for the records a value goes into (an event's data)."""
+    value: list[object] = leaf
+    for _ in range(max_depth - 1):
+        value = [value]
+    assert dumps(value, max_depth=max_depth) == dumps(value)
+    with pytest.raises(UnencodableValue) as info:
+        dumps([value], max_depth=max_depth)
+    assert info.value.reason == "too_deep"
+    assert f"nesting deeper than {max_depth} at $" in info.value.detail
+    if max_depth < jsoncanon.MAX_DEPTH:
+        assert dumps([value], max_depth=max_depth + 1) == b"[" + dumps(value) + b"]"
 
 
 def test_shared_but_acyclic_references_are_fine() -> None:

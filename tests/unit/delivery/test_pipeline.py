@@ -360,6 +360,15 @@ INVALID: list[tuple[bytes | None, str]] = [
         make_event().to_bytes().replace(b'"post_123"', b'"p","n":9007199254740993'),
         "unsafe_integer",
     ),
+    # Data of 253 and 255 levels, past MAX_DATA_DEPTH: accepted, delivered, and its retry record
+    # or dead letter (or a page of /v1/dead-letters listing it) not written, until 2026-12-07.
+    *(
+        (
+            make_event().to_bytes().replace(b'"post_123"', b'"p","x":' + b"[" * n + b"]" * n),
+            "too_deep",
+        )
+        for n in (252, 254)
+    ),
 ]
 
 
