@@ -35,6 +35,7 @@ __all__ = [
     "dumps_flat",
     "dumps_str",
     "loads",
+    "check_encodable",
     "check_text",
     "find_lone_surrogate",
     "format_path",
@@ -123,6 +124,14 @@ def dumps(value: object, *, max_depth: int = MAX_DEPTH) -> bytes:
     except RecursionError:  # only if the caller's own stack is already deep
         raise UnencodableValue("too_deep", "nesting too deep at $") from None
     return "".join(parts).encode("utf-8")
+
+
+def check_encodable(value: object) -> None:
+    """Raise what :func:`dumps` of ``value`` raises (``UnencodableValue``), if anything; the
+    bytes are built only when the fast path cannot vouch for them (a value read is checked for
+    later writes without being encoded now)."""
+    if not _plain(value, 0):
+        dumps(value)
 
 
 def dumps_flat(record: dict[str, object]) -> bytes:

@@ -254,6 +254,15 @@ def _webhook(value: Any, keyring: Keyring | None, *, reveal: bool = True) -> Web
     errors = schema_errors("webhook", value)
     if errors:
         raise InvalidSubscription("schema_invalid", "; ".join(errors))
+    try:
+        # The bridge writes the record again (a disable, a rotation, any change keeps its other
+        # fields): one it could not encode (nested deeper than JSON is here, an integer beyond
+        # 2^53) was matched, and each of those writes failed (until 2026-12-07).
+        jsoncanon.check_encodable(value)
+    except InvalidRecord as exc:
+        raise InvalidSubscription(
+            "schema_invalid", f"cannot be written again: {exc.detail}"
+        ) from None
     aad = value["id"].encode("utf-8")
     secret = value["secret"]
     previous = value.get("previous_secret")

@@ -526,6 +526,29 @@ def test_fast_path_agrees_with_careful_encoder(value: object) -> None:
     assert dumps(value) == slow_path(value)
 
 
+@given(
+    st.recursive(
+        st.one_of(scalars, st.integers()),
+        lambda children: st.one_of(
+            st.lists(children, max_size=3), st.dictionaries(keys, children, max_size=3)
+        ),
+        max_leaves=10,
+    ),
+    st.integers(min_value=0, max_value=300),
+)
+def test_check_encodable_raises_what_dumps_raises(value: object, depth: int) -> None:
+    for _ in range(depth):
+        value = [value]
+    try:
+        dumps(value)
+    except UnencodableValue as exc:
+        with pytest.raises(UnencodableValue) as caught:
+            jsoncanon.check_encodable(value)
+        assert (caught.value.reason, caught.value.detail) == (exc.reason, exc.detail)
+        return
+    jsoncanon.check_encodable(value)
+
+
 @given(st.dictionaries(keys, st.one_of(scalars, st.integers()), max_size=12))
 def test_dumps_flat_is_dumps_for_flat_records(record: dict[str, object]) -> None:
     try:

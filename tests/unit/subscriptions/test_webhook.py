@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bridge.contract import jsoncanon
 from bridge.contract.events import Event
 from bridge.errors import InvalidRecord, InvalidSubscription
 from bridge.subscriptions.index import SubscriptionIndex
@@ -305,6 +306,9 @@ def test_parse_webhook_is_total(key: bytes | None, raw: bytes | None) -> None:
         assert webhook.id == webhook_key(key)
         webhook.to_bytes().decode("utf-8")
         webhook.id.encode("utf-8")
+        # Written again as WebhookStore.write writes it (a disable, a rotation).
+        again = webhook_from_record(webhook.to_record()).to_record()
+        assert jsoncanon.loads(jsoncanon.dumps(again)) == jsoncanon.loads(webhook.to_bytes())
 
 
 # ------------------------------------------------------------------------------- repr
@@ -550,6 +554,33 @@ def test_events_nested_past_the_validators_recursion_are_schema_invalid(depth: i
     assert nested in raw
     problem = invalid(KEY, raw.encode(), "schema_invalid")
     assert "[[" not in str(problem)
+
+
+#: Fields jsoncanon cannot encode: another field (kept as it is), or a known one.
+UNWRITABLE = {
+    "other-field-nested-300": ("labels", b"[" * 300 + b"]" * 300),
+    "other-field-integer-beyond-2^53": ("labels", b"9007199254740993"),
+    "rate-limit-beyond-2^53": ("rate_limit", b"9007199254740993"),
+}
+
+
+@pytest.mark.parametrize(("field", "value"), UNWRITABLE.values(), ids=UNWRITABLE.keys())
+def test_a_record_the_bridge_could_not_write_again_is_schema_invalid(
+    field: str, value: bytes
+) -> None:
+    """The record was matched, and every write of it the bridge makes (a disable, a rotation,
+    through WebhookStore.write) failed with UnencodableValue (until 2026-12-07)."""
+    raw = encode(record())[:-1] + f', "{field}": '.encode() + value + b"}"
+    problem = invalid(KEY, raw, "schema_invalid")
+    assert "cannot be written again" in str(problem) and "[[" not in str(problem)
+    with pytest.raises(InvalidSubscription, match="schema_invalid"):
+        webhook_from_record(jsoncanon.loads(raw))
+    # The record next to it is read, and matched, as before.
+    webhook = parse_webhook(b"webhook_good", encode(record(id="webhook_good")))
+    assert webhook is not None
+    index = SubscriptionIndex([webhook])
+    matched = index.match(event("post.created", site_id="site_789", user_id="user_456"))
+    assert [w.id for w in matched] == ["webhook_good"]
 
 
 def test_a_previous_secret_no_one_can_sign_with_ends_the_overlap() -> None:

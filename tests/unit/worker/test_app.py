@@ -9,6 +9,7 @@ settings are the bridge's whatever the process environment holds.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,6 +71,9 @@ def invalid(bridge: Bridge, reason: str, table: str = "subscription") -> float:
 
 # ------------------------------------------------------------------------ subscriptions
 
+#: An array nested 300 levels.
+NESTED_300 = json.loads("[" * 300 + "]" * 300)
+
 BAD_RECORDS: list[tuple[str, bytes | None, bytes | None, str]] = [
     # what, key, value, reason
     ("null key, unencodable id", None, encode(record(id="\ud800")), "null_key"),
@@ -87,6 +91,10 @@ BAD_RECORDS: list[tuple[str, bytes | None, bytes | None, str]] = [
     ("undecryptable", b"hook", encode(record(secret="enc:v1:k9:AAAA")), "secret_undecryptable"),
     ("bad whsec", b"hook", encode(record(standard_webhooks=True, secret="whsec_!")),
      "secret_malformed"),
+    # Not writable again (a disable, a rotation): matched, and those writes failed, until
+    # 2026-12-07.
+    ("field nested 300 levels", b"hook", encode(record(labels=NESTED_300)), "schema_invalid"),
+    ("integer beyond 2^53", b"hook", encode(record(labels=2**53 + 1)), "schema_invalid"),
 ]  # fmt: skip
 
 
