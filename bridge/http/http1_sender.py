@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from bridge.delivery.job import Job
 from bridge.http.base import ErrorTable, SenderBase
+from bridge.http.dns import resolver_for
 from bridge.http.http1 import (
     Answer,
     ConnectFailed,
@@ -77,7 +78,7 @@ class Http1Sender(SenderBase):
             policy=policy,
             # The same trust as the other senders: certifi's bundle, or the CA file or directory.
             ssl_context=ssl_context(ca_bundle or True),
-            resolver=resolver,
+            resolver=resolver if resolver is not None else resolver_for(timeout),
             max_idle=max_connections,
             max_idle_per_endpoint=max_connections_per_endpoint,
             body_prefix=response_prefix,

@@ -15,6 +15,7 @@ import httpx
 
 from bridge.delivery.job import Job
 from bridge.http.base import ErrorTable, SenderBase
+from bridge.http.dns import resolver_for
 from bridge.http.guarded_transport import GuardedBackend, guarded_transport
 from bridge.http.http1 import MAX_READS, MAX_RESPONSE, Answer
 from bridge.http.ssrf import AddressPolicy, Resolver
@@ -33,8 +34,9 @@ def new_client(
     """The one shared client: keep-alive pooling, no redirects, TLS verification always on.
 
     Every connection goes through the SSRF guard (``policy``), which connects to the address it
-    checked (names resolved by ``resolver``, the system's by default); without a policy (unit
-    tests only) nothing is checked. Every response is cut at
+    checked (names resolved by ``resolver``, by default a
+    :func:`bridge.http.dns.resolver_for` ``timeout``); without a policy (unit tests only)
+    nothing is checked. Every response is cut at
     :data:`bridge.http.http1.MAX_RESPONSE` bytes, counted on the wire (see :class:`HttpxSender`).
     """
     limits = httpx.Limits(
@@ -46,7 +48,7 @@ def new_client(
         policy if policy is not None else AddressPolicy(enabled=False),
         verify=ca_bundle or True,
         limits=limits,
-        resolver=resolver,
+        resolver=resolver if resolver is not None else resolver_for(timeout),
     )
     _count_response_bytes(transport)
     client = httpx.AsyncClient(

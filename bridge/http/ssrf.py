@@ -9,7 +9,8 @@ Two layers, both needed:
   run it when a subscription is accepted and before each attempt.
 * the enforcement points, :mod:`bridge.http.guarded_transport` (httpx) and
   :mod:`bridge.http.http1` (the bridge's client), both through :func:`checked_addresses`. Every new
-  TCP connection resolves the host once, checks *every* resolved address with an
+  TCP connection resolves the host once (:mod:`bridge.http.dns`: on the event loop, bounded in
+  time, never a thread held), checks *every* resolved address with an
   :class:`AddressPolicy`, and connects to the checked IP literal, so a DNS answer that changes
   between check and connect (rebinding) cannot slip through. TLS still uses the URL's hostname for
   SNI and certificate verification, because httpcore passes the origin's hostname to
@@ -32,12 +33,12 @@ is read in every RFC 6052 layout the address can be in (prefixes of 48 to 96 bit
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from bridge.errors import BridgeError, ConfigError
+from bridge.http.dns import DnsResolver
 from bridge.subscriptions.urls import WebhookUrl
 
 __all__ = [
@@ -349,18 +350,22 @@ def _refuse_if_forbidden(policy: AddressPolicy, host: str, addresses: Iterable[I
         raise DestinationForbidden(detail, host=host, classification=why)
 
 
+#: The resolver of :func:`resolve` (its lookups are per event loop: one serves them all).
+_SYSTEM = DnsResolver()
+
+
 async def resolve(host: str, port: int) -> list[IPAddress]:
-    """Every address ``getaddrinfo`` gives for ``host`` (TCP), in its order, without duplicates."""
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    addresses: list[IPAddress] = []
-    for family, _type, _proto, _canonname, sockaddr in infos:
-        if family not in (socket.AF_INET, socket.AF_INET6):
-            continue
-        ip = ipaddress.ip_address(str(sockaddr[0]))
-        if ip not in addresses:
-            addresses.append(ip)
-    return addresses
+    """Every address of ``host`` (TCP), in the system's order, without duplicates: an IP
+    literal (:func:`parse_ip_literal`) is its own, unresolved; a name is looked up by a
+    :class:`bridge.http.dns.DnsResolver` (the system's configuration, at most
+    :data:`bridge.http.dns.LOOKUP_TIMEOUT`; ``socket.gaierror`` when it fails).
+
+    The senders pass resolvers of their own (:func:`bridge.http.dns.resolver_for`), whose
+    lookups end sooner than their attempts."""
+    literal = parse_ip_literal(host)
+    if literal is not None:
+        return [literal]
+    return await _SYSTEM(host, port)
 
 
 async def checked_addresses(

@@ -535,6 +535,6 @@ def test_the_guard_refuses_what_the_worker_would_send_elsewhere(deployment: Depl
         assert client.delete("/v1/webhooks/probe").status_code == 204
     assert delivery["state"] == "dead_lettered", delivery
     assert {a["outcome"] for a in delivery["attempts"]} == {"failure"}
-    refused = "lookup of 'guard-probe.invalid' in an event loop"
+    refused = "lookup of 'guard-probe.invalid' by c-ares"
     assert guard.violations == [refused] * len(delivery["attempts"])
     guard.violations.clear()

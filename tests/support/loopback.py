@@ -5,11 +5,12 @@ Tests whose inputs are generated (URLs a fuzzer makes up) install it around the 
 ``getaddrinfo`` and ``sock_connect`` of asyncio's selector event loops, through which every
 asyncio connection passes (``create_connection`` resolves names with the loop's
 ``getaddrinfo`` and connects with its ``sock_connect``; an IP literal skips the lookup but not
-the connect). Only IP literals in 127.0.0.0/8 or ``::1`` pass, and Unix sockets: a host name,
-even one that would resolve to loopback, is refused before any DNS query is made. A refusal
-raises ``OSError`` in the caller, so nothing is sent, and is kept in :attr:`violations` for
-the test to fail on. uvloop's loops bypass both patches: :meth:`covers` tells whether a loop
-is one the guard sees.
+the connect). The deliveries' own lookups (c-ares, :mod:`bridge.http.dns`) are refused in
+``pycares.Channel.getaddrinfo``, in every loop. Only IP literals in 127.0.0.0/8 or ``::1``
+pass, and Unix sockets: a host name, even one that would resolve to loopback, is refused before
+any DNS query is made. A refusal raises ``OSError`` in the caller, so nothing is sent, and is
+kept in :attr:`violations` for the test to fail on. uvloop's loops bypass the event loop
+patches: :meth:`covers` tells whether a loop is one the guard sees.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from asyncio import base_events, selector_events
 from types import TracebackType
 from typing import Any
 
+import pycares
 import pytest
 
 __all__ = ["LoopbackGuard", "is_loopback"]
@@ -59,6 +61,7 @@ class LoopbackGuard:
         connect = socket.create_connection
         loop_lookup = base_events.BaseEventLoop.getaddrinfo
         loop_connect = selector_events.BaseSelectorEventLoop.sock_connect
+        ares_lookup = pycares.Channel.getaddrinfo
         guard = self
 
         def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
@@ -78,6 +81,13 @@ class LoopbackGuard:
                 raise guard._refuse(f"lookup of {host!r} in an event loop")
             return await loop_lookup(self, host, port, *args, **kwargs)  # type: ignore[arg-type]
 
+        def channel_getaddrinfo(
+            self: pycares.Channel, host: str, *args: Any, **kwargs: Any
+        ) -> None:
+            if not is_loopback(host):
+                raise guard._refuse(f"lookup of {host!r} by c-ares")
+            ares_lookup(self, host, *args, **kwargs)
+
         async def sock_connect(self: Any, sock: socket.socket, address: Any) -> None:
             if sock.family != socket.AF_UNIX and not is_loopback(address[0]):
                 raise guard._refuse(f"connection to {address!r} in an event loop")
@@ -87,6 +97,7 @@ class LoopbackGuard:
         self._patch.setattr(socket, "create_connection", create_connection)
         self._patch.setattr(base_events.BaseEventLoop, "getaddrinfo", loop_getaddrinfo)
         self._patch.setattr(selector_events.BaseSelectorEventLoop, "sock_connect", sock_connect)
+        self._patch.setattr(pycares.Channel, "getaddrinfo", channel_getaddrinfo)
         return self
 
     def __exit__(

@@ -11,7 +11,7 @@ import pytest
 import uvloop
 
 #: Test modules run on both loops.
-BOTH_LOOPS = frozenset({"test_http1_hostile.py", "test_senders.py"})
+BOTH_LOOPS = frozenset({"test_dns.py", "test_http1_hostile.py", "test_senders.py"})
 
 
 def pytest_asyncio_loop_factories(

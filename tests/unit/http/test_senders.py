@@ -41,12 +41,15 @@ import bridge.http.http1
 from bridge.contract.signing import sign, verify
 from bridge.errors import ConfigError
 from bridge.http.base import USER_AGENT, AttemptResult, build_headers
+from bridge.http.dns import DnsResolver, resolver_for
 from bridge.http.http1_sender import Http1Sender
 from bridge.http.httpx_sender import HttpxSender, new_client
-from bridge.http.ssrf import AddressPolicy, IPAddress
+from bridge.http.ssrf import AddressPolicy, IPAddress, Resolver
 from bridge.worker.embedded import free_port
 from tests.support.clocks import Ticks
+from tests.support.fake_dns import FakeDns
 from tests.support.jobs import SPEC_EVENT, Outgoing, outgoing, spec_webhook
+from tests.support.waiting import eventually
 
 # A whsec_ secret whose remainder is base64, so Standard Webhooks signing accepts it too.
 SECRET = "whsec_" + base64.b64encode(b"the-senders-test-secret-32-bytes").decode()
@@ -101,13 +104,16 @@ def hot_sender(
     any_2xx: bool = False,
     timeout: float = 5.0,
     ca_bundle: str | None = None,
-    resolver: FakeResolver | None = None,
+    resolver: Resolver | None = None,
+    max_connections: int = 4,
 ) -> Http1Sender | HttpxSender:
     """The sender ``kind`` with the worker's options (fake clocks)."""
     policy = loopback_policy() if policy is None else policy
     if kind == "httpx":
         return HttpxSender(
-            new_client(timeout, 4, policy=policy, ca_bundle=ca_bundle, resolver=resolver),
+            new_client(
+                timeout, max_connections, policy=policy, ca_bundle=ca_bundle, resolver=resolver
+            ),
             timeout=timeout,
             any_2xx=any_2xx,
             allow_http=allow_http,
@@ -117,7 +123,7 @@ def hot_sender(
         )
     return Http1Sender(
         timeout=timeout,
-        max_connections=4,
+        max_connections=max_connections,
         max_connections_per_endpoint=2,
         policy=policy,
         allow_http=allow_http,
@@ -818,3 +824,40 @@ async def test_a_resolver_passed_to_the_sender_is_guarded(server: LocalServer, k
         await sender.aclose()
     assert (result.error, result.refusal) == ("destination_forbidden", "private")
     assert private.asked and server.connections == 0
+
+
+async def test_a_name_whose_dns_never_answers_holds_up_no_other_delivery(
+    server: LocalServer, kind: str
+) -> None:
+    """16 deliveries to one webhook whose domain's DNS drops every query (an endpoint's
+    in-flight limit) held every thread the event loop resolves names in, while the system's
+    getaddrinfo waited: every other site's delivery timed out meanwhile. Now the others are
+    answered at once, and the 16 fail when their one lookup gives up (half the attempt's
+    timeout), as ``connect_error``."""
+    with FakeDns() as dns:
+        names = DnsResolver(timeout=resolver_for(2.0).timeout, servers=[dns.address])
+        # The worker's pool holds max_in_flight connections (httpx counts those connecting).
+        sender = hot_sender(kind, timeout=2.0, resolver=names, max_connections=64)
+        try:
+            hostile = [
+                asyncio.ensure_future(
+                    sender.send(*make_delivery(server.url(host="hooks.slow.test")))
+                )
+                for _ in range(16)
+            ]
+            await eventually(lambda: dns.asked("hooks.slow.test") == 2)
+            started = time.monotonic()
+            healthy = await asyncio.gather(
+                *(
+                    sender.send(*make_delivery(server.url(host=f"site{i}.fast.test")))
+                    for i in range(6)
+                )
+            )
+            assert time.monotonic() - started < 1.0
+            failed = await asyncio.gather(*hostile)
+        finally:
+            await sender.aclose()
+    assert [outcome(result) for result in healthy] == [(True, 200, None, None)] * 6
+    assert {outcome(result) for result in failed} == {(False, None, "connect_error", None)}
+    assert dns.questions[("hooks.slow.test", "A")] == 1  # one lookup for the 16
+    assert names.in_flight == 0

@@ -11,6 +11,7 @@ import datetime
 import ipaddress
 import socket
 import ssl
+import threading
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -27,18 +28,22 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
+import bridge.http.ssrf
 from bridge.errors import BridgeError, ConfigError, InvalidUrl
+from bridge.http.dns import DnsResolver
 from bridge.http.guarded_transport import GuardedBackend, guarded_transport
 from bridge.http.ssrf import (
     AddressPolicy,
     DestinationForbidden,
     IPAddress,
     check_url,
+    checked_addresses,
     classify,
     parse_ip_literal,
-    resolve,
 )
 from bridge.subscriptions.urls import WebhookUrl
+from tests.support.fake_dns import FakeDns
+from tests.support.waiting import eventually
 
 LIMITS = httpx.Limits(max_connections=4, max_keepalive_connections=4, keepalive_expiry=5.0)
 LOOPBACK_ONLY = AddressPolicy([ipaddress.ip_network("127.0.0.0/8")])
@@ -541,20 +546,46 @@ async def test_unix_sockets_are_refused_and_sleep_is_delegated() -> None:
     assert inner.slept == [0.5]
 
 
-async def test_default_resolver_parses_getaddrinfo(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The running loop's getaddrinfo is replaced: no DNS query leaves the process.
-    async def fake_getaddrinfo(
-        host: str, port: int, *, type: int = 0, **_: object
-    ) -> list[tuple[int, int, int, str, tuple[object, ...]]]:
-        assert (host, port, type) == ("hooks.example", 443, socket.SOCK_STREAM)
-        return [
-            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2606:4700::1111", 443, 0, 0)),
-            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("8.8.8.8", 443)),
-            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("8.8.8.8", 443)),
-        ]
+async def test_names_that_dns_never_answers_hold_up_no_other_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The default resolver (:func:`resolve`, that of ``checked_addresses``) once asked the
+    system's getaddrinfo in the loop's thread pool (asyncio's executor: at most 32 threads),
+    where a lookup held its thread until the resolver gave up, cancelled or not: a few dozen
+    names whose DNS drops queries left every other name waiting. (This loop's getaddrinfo
+    runs ``socket.getaddrinfo``, replaced here by one that hangs for those names, answers the
+    others as the fake name server does, and asks no one.)"""
+    entered = threading.Event()
+    release = threading.Event()
 
-    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", fake_getaddrinfo)
-    assert await resolve("hooks.example", 443) == [ip("2606:4700::1111"), ip("8.8.8.8")]
+    def system_getaddrinfo(host: object, port: object, *args: object, **kwargs: object) -> object:
+        if str(host).endswith(".fast.test"):
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        entered.set()
+        release.wait(10)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", system_getaddrinfo)
+    with FakeDns() as dns:
+        default = DnsResolver(servers=[dns.address])
+        monkeypatch.setattr(bridge.http.ssrf, "_SYSTEM", default, raising=False)
+        hanging = [
+            asyncio.ensure_future(checked_addresses(LOOPBACK_ONLY, f"h{i}.slow.test", 443))
+            for i in range(48)
+        ]
+        try:
+            await eventually(lambda: entered.is_set() or dns.asked(".slow.test") == 2 * 48)
+            async with asyncio.timeout(1.0):
+                answers = await asyncio.gather(
+                    *(checked_addresses(LOOPBACK_ONLY, f"s{i}.fast.test", 443) for i in range(8))
+                )
+            assert answers == [[ip("127.0.0.1")]] * 8
+        finally:
+            for lookup in hanging:
+                lookup.cancel()
+            await asyncio.gather(*hanging, return_exceptions=True)
+            release.set()
+    assert default.in_flight == 0
 
 
 # --- guarded_transport against real 127.0.0.1 servers --------------------------------------------
