@@ -99,9 +99,11 @@ def guarded_transport(
     verify: ssl.SSLContext | str | bool = True,
     limits: httpx.Limits,
     resolver: Resolver | None = None,
+    inner: httpcore.AsyncNetworkBackend | None = None,
 ) -> httpx.AsyncHTTPTransport:
     """An httpx transport (HTTP/1.1, no proxy) whose every connection goes through
-    :class:`GuardedBackend`.
+    :class:`GuardedBackend` (which opens the checked connections with ``inner``,
+    ``httpcore.AnyIOBackend`` by default).
 
     ``verify``: ``True`` for certifi's CA bundle (environment variables are ignored), ``False``
     to disable verification, an ``ssl.SSLContext``, or the path of a CA bundle file or directory
@@ -123,6 +125,6 @@ def guarded_transport(
         http1=True,
         http2=False,
         retries=0,
-        network_backend=GuardedBackend(policy, resolver=resolver),
+        network_backend=GuardedBackend(policy, resolver=resolver, inner=inner),
     )
     return transport

@@ -76,6 +76,7 @@ __all__ = [
     "MAX_RESPONSE",
     "MAX_TLS_BYTES",
     "MAX_TLS_RECORDS",
+    "TlsRecords",
     "Answer",
     "HttpError",
     "ConnectFailed",
@@ -230,6 +231,35 @@ async def open_connection(
     return tls.app
 
 
+class TlsRecords:
+    """Counts the TLS records a connection's reads start, from their 5-byte headers (which may
+    span reads), before any is decrypted. Shared with the httpx reference sender."""
+
+    def __init__(self) -> None:
+        #: The record being read: its header's bytes so far, then how many of its body are due.
+        self._header = b""
+        self._body_due = 0
+
+    def count(self, data: bytes) -> int:
+        """How many records start in ``data``, the connection's next bytes."""
+        count = 0
+        at, size = 0, len(data)
+        while at < size:
+            if self._body_due:
+                step = min(self._body_due, size - at)
+                self._body_due -= step
+                at += step
+                continue
+            need = 5 - len(self._header)
+            self._header += data[at : at + need]
+            at += need
+            if len(self._header) == 5:
+                self._body_due = int.from_bytes(self._header[3:5], "big")
+                self._header = b""
+                count += 1
+        return count
+
+
 class _Tls(asyncio.Protocol):
     """TLS over a plain TCP connection through :class:`ssl.MemoryBIO` s: the protocol of the
     socket, and the transport of the :class:`_Connection` above it (``app``).
@@ -262,9 +292,7 @@ class _Tls(asyncio.Protocol):
         self.handshake: asyncio.Future[None] = loop.create_future()
         self._handshake_reads = MAX_HANDSHAKE_READS
         self._handshake_records = MAX_HANDSHAKE_RECORDS
-        #: The record being read: its header's bytes so far, then how many of its body are due.
-        self._header = b""
-        self._body_due = 0
+        self._records = TlsRecords()
         #: Why the connection was aborted (a TLS error), told to ``app`` as the loss's cause.
         self._error: Exception | None = None
         self._ended = False
@@ -277,7 +305,7 @@ class _Tls(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._ended:
             return
-        records = self._records(data)  # counted before any is decrypted
+        records = self._records.count(data)  # counted before any is decrypted
         self._incoming.write(data)
         if not self.handshake.done():
             self._handshake_reads -= 1
@@ -326,26 +354,6 @@ class _Tls(asyncio.Protocol):
             self.close()
             return
         self.app.after_tls_read()
-
-    def _records(self, data: bytes) -> int:
-        """How many TLS records start in ``data`` (their 5-byte headers, which may span reads,
-        give each one's length)."""
-        count = 0
-        at, size = 0, len(data)
-        while at < size:
-            if self._body_due:
-                step = min(self._body_due, size - at)
-                self._body_due -= step
-                at += step
-                continue
-            need = 5 - len(self._header)
-            self._header += data[at : at + need]
-            at += need
-            if len(self._header) == 5:
-                self._body_due = int.from_bytes(self._header[3:5], "big")
-                self._header = b""
-                count += 1
-        return count
 
     def eof_received(self) -> bool:
         if not self.handshake.done():

@@ -4,20 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import re
+import select
+import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
+import anyio.abc
 import httpcore
 import httpx
+from anyio.abc import SocketAttribute
+from anyio.streams.tls import TLSAttribute, TLSStream
 
 from bridge.delivery.job import Job
 from bridge.http.base import ErrorTable, SenderBase
 from bridge.http.dns import resolver_for
-from bridge.http.guarded_transport import GuardedBackend, guarded_transport
-from bridge.http.http1 import MAX_READS, MAX_RESPONSE, Answer
+from bridge.http.guarded_transport import guarded_transport
+from bridge.http.http1 import (
+    MAX_HANDSHAKE_READS,
+    MAX_HANDSHAKE_RECORDS,
+    MAX_READS,
+    MAX_RESPONSE,
+    MAX_TLS_BYTES,
+    MAX_TLS_RECORDS,
+    Answer,
+    TlsRecords,
+)
 from bridge.http.ssrf import AddressPolicy, Resolver
 
 __all__ = ["new_client", "HttpxSender"]
@@ -37,7 +52,9 @@ def new_client(
     checked (names resolved by ``resolver``, by default a
     :func:`bridge.http.dns.resolver_for` ``timeout``); without a policy (unit tests only)
     nothing is checked. Every response is cut at
-    :data:`bridge.http.http1.MAX_RESPONSE` bytes, counted on the wire (see :class:`HttpxSender`).
+    :data:`bridge.http.http1.MAX_RESPONSE` bytes, counted on the wire (see :class:`HttpxSender`),
+    and every connection's reads of its socket (beneath TLS, the handshake's too) are held to
+    the limits of :mod:`bridge.http.http1` (:class:`_Wire`).
     """
     limits = httpx.Limits(
         max_connections=max_connections,
@@ -49,8 +66,8 @@ def new_client(
         verify=ca_bundle or True,
         limits=limits,
         resolver=resolver if resolver is not None else resolver_for(timeout),
+        inner=_WireBackend(),
     )
-    _count_response_bytes(transport)
     client = httpx.AsyncClient(
         timeout=httpx.Timeout(timeout),
         transport=transport,
@@ -64,40 +81,128 @@ def new_client(
 
 
 class _CapReached(Exception):
-    """A response needed more than :data:`~bridge.http.http1.MAX_RESPONSE` bytes, or more than
-    :data:`~bridge.http.http1.MAX_READS` reads."""
+    """A response, or a TLS handshake, passed one of :mod:`bridge.http.http1`'s limits (the
+    message says which)."""
 
 
-class _CappedStream(httpcore.AsyncNetworkStream):
-    """A connection whose reads stop after :data:`~bridge.http.http1.MAX_RESPONSE` bytes, or
-    :data:`~bridge.http.http1.MAX_READS` reads, per request: every byte after the request counts
-    (status lines, headers, chunk framing, trailers, body), as :mod:`bridge.http.http1` counts
-    them. h11 never sees more; the read that would pass a cap raises :class:`_CapReached`
-    instead (and httpcore closes the connection). Counting reads too: an endpoint dribbling its
-    answer a byte at a time cost the worker a read, and h11 a parse, per byte for the whole
-    timeout (until 2026-12-07; ~2.5 s of CPU a delivery)."""
+class _Wire(anyio.abc.ByteStream):
+    """One connection's socket, every read of it counted before anything is decrypted, with
+    :mod:`bridge.http.http1`'s limits (there :class:`~bridge.http.http1._Tls`): for each
+    response :data:`~bridge.http.http1.MAX_READS` reads and, under TLS,
+    :data:`~bridge.http.http1.MAX_TLS_BYTES` bytes and :data:`~bridge.http.http1.MAX_TLS_RECORDS`
+    records; for a TLS handshake :data:`~bridge.http.http1.MAX_HANDSHAKE_READS` reads and
+    :data:`~bridge.http.http1.MAX_HANDSHAKE_RECORDS` records. The read past one raises
+    :class:`_CapReached` (its bytes never reach TLS). The counts restart when a request is
+    sent (:meth:`exchange`, called by :class:`_Stream`), never at a write of TLS's own (its
+    handshake, an answer to a key update).
 
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
-        self._inner = inner
-        self._left = MAX_RESPONSE
+    Beneath TLS, for that is where the cost is: anyio's TLS reads the socket and tries to
+    decrypt until a record is complete, so an endpoint sending its TLS a byte a segment cost
+    a read per byte, never counted by a stream above TLS, for the whole timeout (1.3-1.6 s of
+    CPU a delivery), and 20,000 session tickets were decrypted in one response's reads
+    (until 2026-12-07)."""
+
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self._stream = stream
+        self._records = TlsRecords()
+        self._tls = False
         self._reads_left = MAX_READS
+        self._bytes_left: int | None = None  # None: not counted (a handshake)
+        self._records_left = MAX_TLS_RECORDS
+        self._too_many_reads = self._too_much = f"response head in more than {MAX_READS} reads"
+
+    def handshake(self) -> None:
+        """A TLS handshake starts: its limits (then, at :meth:`exchange`, the responses')."""
+        self._tls = True
+        self._reads_left = MAX_HANDSHAKE_READS
+        self._bytes_left = None
+        self._records_left = MAX_HANDSHAKE_RECORDS
+        self._too_many_reads = self._too_much = (
+            f"TLS handshake in more than {MAX_HANDSHAKE_READS} reads or "
+            f"{MAX_HANDSHAKE_RECORDS} records"
+        )
+
+    def exchange(self) -> None:
+        """A request is being sent: the next response's counts start."""
+        self._reads_left = MAX_READS
+        self._bytes_left = MAX_TLS_BYTES
+        self._records_left = MAX_TLS_RECORDS
+        self._too_many_reads = f"response head in more than {MAX_READS} reads"
+        self._too_much = (
+            f"response in more than {MAX_TLS_BYTES} bytes or {MAX_TLS_RECORDS} TLS records"
+        )
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self._reads_left <= 0:
+            raise _CapReached(self._too_many_reads)
+        data = await self._stream.receive(max_bytes)
+        self._reads_left -= 1
+        if self._tls:
+            self._records_left -= self._records.count(data)
+            if self._bytes_left is not None:
+                self._bytes_left -= len(data)
+            if self._records_left < 0 or (self._bytes_left is not None and self._bytes_left < 0):
+                raise _CapReached(self._too_much)
+        return data
+
+    async def send(self, item: bytes) -> None:
+        await self._stream.send(item)
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self._stream.extra_attributes
+
+
+class _Stream(httpcore.AsyncNetworkStream):
+    """httpcore's view of a connection (as ``httpcore.AnyIOStream``, over a :class:`_Wire`, or
+    over TLS over it), whose reads also stop after :data:`~bridge.http.http1.MAX_RESPONSE`
+    bytes per request: every byte after the request counts (status lines, headers, chunk
+    framing, trailers, body), as :mod:`bridge.http.http1` counts them. h11 never sees more;
+    the read that would pass the cap raises :class:`_CapReached` instead (and httpcore closes
+    the connection)."""
+
+    def __init__(self, stream: anyio.abc.ByteStream, wire: _Wire) -> None:
+        self._stream = stream
+        self._wire = wire
+        self._left = MAX_RESPONSE
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        if self._left <= 0 or self._reads_left <= 0:
-            raise _CapReached
-        self._reads_left -= 1
-        data = await self._inner.read(min(max_bytes, self._left), timeout)
+        if self._left <= 0:
+            raise _CapReached(f"response head longer than {MAX_RESPONSE} bytes")
+        try:
+            with anyio.fail_after(timeout):
+                data = await self._stream.receive(min(max_bytes, self._left))
+        except anyio.EndOfStream:
+            return b""
+        except TimeoutError as exc:
+            raise httpcore.ReadTimeout(str(exc)) from exc
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            raise httpcore.ReadError(str(exc)) from exc
         self._left -= len(data)
         return data
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         # httpcore writes the whole request before it reads the response: the counts restart.
         self._left = MAX_RESPONSE
-        self._reads_left = MAX_READS
-        await self._inner.write(buffer, timeout)
+        self._wire.exchange()
+        if not buffer:
+            return
+        try:
+            with anyio.fail_after(timeout):
+                await self._stream.send(buffer)
+        except TimeoutError as exc:
+            raise httpcore.WriteTimeout(str(exc)) from exc
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            raise httpcore.WriteError(str(exc)) from exc
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        await self._stream.aclose()
 
     async def start_tls(
         self,
@@ -105,17 +210,57 @@ class _CappedStream(httpcore.AsyncNetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        return _CappedStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+        self._wire.handshake()
+        try:
+            with anyio.fail_after(timeout):
+                tls = await TLSStream.wrap(
+                    self._stream,
+                    ssl_context=ssl_context,
+                    hostname=server_hostname,
+                    standard_compatible=False,  # as httpcore: no close_notify awaited
+                    server_side=False,
+                )
+        except BaseException as exc:
+            await anyio.aclose_forcefully(self._stream)
+            if isinstance(exc, TimeoutError):
+                raise httpcore.ConnectTimeout(str(exc)) from exc
+            if isinstance(exc, anyio.BrokenResourceError | anyio.EndOfStream | ssl.SSLError):
+                raise httpcore.ConnectError(str(exc)) from exc
+            raise
+        return _Stream(tls, self._wire)
 
     def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
+        if info == "ssl_object":
+            return self._stream.extra(TLSAttribute.ssl_object, None)
+        if info == "client_addr":
+            return self._stream.extra(SocketAttribute.local_address, None)
+        if info == "server_addr":
+            return self._stream.extra(SocketAttribute.remote_address, None)
+        if info == "socket":
+            return self._stream.extra(SocketAttribute.raw_socket, None)
+        if info == "is_readable":
+            sock = self._stream.extra(SocketAttribute.raw_socket, None)
+            return sock is not None and _readable(sock)
+        return None
 
 
-class _CappedBackend(httpcore.AsyncNetworkBackend):
-    """Wraps every stream of ``inner`` in a :class:`_CappedStream`."""
+def _readable(sock: socket.socket) -> bool:
+    """Whether ``sock`` holds bytes, or the peer's close, not read yet (the pool then drops a
+    kept connection rather than reuse it)."""
+    fd = sock.fileno()
+    if fd == -1:
+        return True  # closed
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    try:
+        return bool(poller.poll(0))
+    except OSError:
+        return True
 
-    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
-        self._inner = inner
+
+class _WireBackend(httpcore.AsyncNetworkBackend):
+    """Opens connections as ``httpcore.AnyIOBackend`` does, each as a :class:`_Stream` over a
+    :class:`_Wire`: the network backend beneath the SSRF guard of :func:`new_client`."""
 
     async def connect_tcp(
         self,
@@ -125,8 +270,18 @@ class _CappedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
-        return _CappedStream(stream)
+        try:
+            with anyio.fail_after(timeout):
+                stream = await anyio.connect_tcp(host, port, local_host=local_address)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(str(exc)) from exc
+        except (OSError, anyio.BrokenResourceError) as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
+        # anyio's sockets have TCP_NODELAY already.
+        for option in socket_options or ():
+            stream.extra(SocketAttribute.raw_socket).setsockopt(*option)
+        wire = _Wire(stream)
+        return _Stream(wire, wire)
 
     async def connect_unix_socket(
         self,
@@ -134,29 +289,10 @@ class _CappedBackend(httpcore.AsyncNetworkBackend):
         timeout: float | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        return _CappedStream(await self._inner.connect_unix_socket(path, timeout, socket_options))
+        raise httpcore.ConnectError("unix sockets are not opened here")
 
     async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-def _count_response_bytes(transport: httpx.AsyncHTTPTransport) -> None:
-    """Put :class:`_CappedBackend` around the network backend of ``transport``'s pool.
-
-    httpx lets no network backend be passed; :func:`bridge.http.guarded_transport.guarded_transport`
-    built the pool with its :class:`~bridge.http.guarded_transport.GuardedBackend`, kept by httpcore
-    1.0 as ``_network_backend`` and handed to each new connection. Refuses to go on if that
-    changed."""
-    pool = transport._pool
-    backend = getattr(pool, "_network_backend", None)
-    if not isinstance(pool, httpcore.AsyncConnectionPool) or not isinstance(
-        backend, GuardedBackend
-    ):
-        raise RuntimeError(
-            "httpx/httpcore changed: the transport's pool has no GuardedBackend to wrap; "
-            "the reference sender cannot cap responses"
-        )
-    pool._network_backend = _CappedBackend(backend)
+        await anyio.sleep(seconds)
 
 
 #: What h11 accepts in a header value and llhttp, the hot path's parser, refuses: control
@@ -204,8 +340,10 @@ class HttpxSender(SenderBase):
     counted, and only its first ``response_prefix`` bytes kept when asked for. With a client
     from :func:`new_client`, reads stop at :data:`bridge.http.http1.MAX_RESPONSE` bytes of the
     response, every byte counted: a response that needs more is a ``protocol_error`` if its
-    head was not complete by then, else its status stands and the connection is closed. Heads
-    that h11 accepts and llhttp refuses are refused here too (see :func:`_refusal`)."""
+    head was not complete by then, else its status stands and the connection is closed. So
+    are responses past :mod:`bridge.http.http1`'s limits on reads of the socket, TLS bytes and
+    records, and a TLS handshake past its own (``protocol_error``). Heads that h11 accepts and
+    llhttp refuses are refused here too (see :func:`_refusal`)."""
 
     _errors: ErrorTable = (
         (httpx.TimeoutException, "timeout"),
@@ -281,7 +419,9 @@ class HttpxSender(SenderBase):
                         cut,
                         prefix if limit else None,
                     )
-            except _CapReached:
-                raise httpx.RemoteProtocolError(
-                    f"response head longer than {MAX_RESPONSE} bytes or {MAX_READS} reads"
-                ) from None
+            except _CapReached as exc:
+                detail = str(exc)
+        # Raised here, out of the handler: a limit met inside TLS's read carries the
+        # SSLWantReadError TLS was handling as its context, which classify would take for a
+        # TLS failure.
+        raise httpx.RemoteProtocolError(detail)

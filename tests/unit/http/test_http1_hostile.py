@@ -1,6 +1,7 @@
 """bridge.http.http1 against endpoints that try to cost the worker CPU, or to have one
 delivery read another's answer: TLS sent a byte at a time, a handshake that never ends, bytes
-waiting on a kept connection, junk on a reused one. Real servers on 127.0.0.1."""
+waiting on a kept connection, junk on a reused one; and both senders, the httpx reference too,
+against the TLS ones. Real servers on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.http import http1
+from bridge.http import http1, httpx_sender
 from bridge.http.http1 import (
     MAX_HANDSHAKE_READS,
     MAX_IDLE_READS,
@@ -28,10 +29,11 @@ from bridge.http.http1 import (
     MAX_TLS_RECORDS,
     Http1Client,
     ProtocolError,
+    TlsRecords,
     target_of,
 )
 from bridge.http.ssrf import AddressPolicy
-from tests.unit.http.test_senders import FakeResolver, self_signed
+from tests.unit.http.test_senders import FakeResolver, hot_sender, make_delivery, self_signed
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -122,7 +124,8 @@ REQUEST = b"POST /h HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
 
 
 class Reads:
-    """Counts the socket reads of TLS connections (``_Tls.data_received``)."""
+    """Counts the socket reads of TLS connections: http1's (``_Tls.data_received``), and the
+    httpx sender's (``_Wire.receive``, those of plain HTTP too)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
@@ -133,6 +136,13 @@ class Reads:
             original(tls, data)
 
         monkeypatch.setattr(http1._Tls, "data_received", counted)
+        wire_receive = httpx_sender._Wire.receive
+
+        async def counted_wire(wire: Any, max_bytes: int = 65536) -> bytes:
+            self.count += 1
+            return await wire_receive(wire, max_bytes)
+
+        monkeypatch.setattr(httpx_sender._Wire, "receive", counted_wire)
 
 
 async def post_through_a_drip(
@@ -155,6 +165,29 @@ async def post_through_a_drip(
     return raised.value, elapsed, left
 
 
+async def endless_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Reads the request; answers a head that never ends."""
+    await reader.readuntil(b"\r\n\r\n")
+    await reader.readexactly(2)
+    writer.write(b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 60_000)
+    await writer.drain()
+    await asyncio.sleep(60)
+
+
+async def answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Reads the request (the head and a body of its Content-Length); answers 200."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    await reader.readexactly(length)
+    writer.write(OK)
+    await writer.drain()
+    await asyncio.sleep(60)
+
+
 async def test_a_tls_response_sent_a_byte_at_a_time_ends_at_max_reads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -162,13 +195,6 @@ async def test_a_tls_response_sent_a_byte_at_a_time_ends_at_max_reads(
     client sees a byte: a head sent a byte at a time, its records never complete, cost
     0.6-1.3 s of CPU per delivery and ran to the deadline (until 2026-12-06). Counted as the
     socket's reads, it ends at MAX_READS, long before the deadline."""
-
-    async def endless_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        await reader.readexactly(2)
-        writer.write(b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 60_000)
-        await writer.drain()
-        await asyncio.sleep(60)
 
     reads = Reads(monkeypatch)
     error, elapsed, _ = await post_through_a_drip(tmp_path, endless_head, whole=1)
@@ -188,6 +214,63 @@ async def test_a_tls_handshake_sent_a_byte_at_a_time_ends_at_its_own_limit(
     assert isinstance(error, ProtocolError) and "handshake" in str(error), repr(error)
     assert left == 0
     assert reads.count == MAX_HANDSHAKE_READS + 1
+
+
+SENDERS = ["http1", "httpx"]
+
+
+@pytest.mark.parametrize("kind", SENDERS)
+@pytest.mark.parametrize(
+    ("whole", "most"), [(1, MAX_HANDSHAKE_READS + MAX_READS + 1), (0, MAX_HANDSHAKE_READS + 1)]
+)
+async def test_tls_sent_a_byte_at_a_time_is_a_protocol_error_for_both_senders(
+    tmp_path: Path, kind: str, whole: int, most: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A response head (``whole`` 1: the handshake's flight whole) or the handshake itself
+    (0) sent a byte a segment ends at the client's limit on reads of the socket. The httpx
+    sender counted reads above TLS, which anyio's TLS reads the socket under until a record is
+    complete: it took every segment to the deadline, 1.3-1.6 s of CPU a delivery (until
+    2026-12-07)."""
+    cert = self_signed(tmp_path, "hooks.test")
+    reads = Reads(monkeypatch)
+    async with serving(endless_head, cert.server_context) as server:
+        async with dripping(server, whole=whole) as proxy:
+            sender = hot_sender(
+                kind,
+                timeout=20.0,
+                ca_bundle=str(cert.cert_file),
+                resolver=FakeResolver(["127.0.0.1"]),
+            )
+            started = time.monotonic()
+            try:
+                result = await sender.send(*make_delivery(f"https://hooks.test:{proxy}/h"))
+            finally:
+                await sender.aclose()
+            elapsed = time.monotonic() - started
+    assert (result.status, result.error) == (None, "protocol_error")
+    assert elapsed < 10.0, f"{elapsed:.1f} s: ran on towards the deadline"
+    assert reads.count <= most, reads.count
+
+
+@pytest.mark.parametrize("kind", SENDERS)
+async def test_a_flood_of_session_tickets_is_a_protocol_error_for_both_senders(
+    tmp_path: Path, kind: str
+) -> None:
+    """TLS 1.3 session tickets come after the handshake, read with the response: the httpx
+    sender decrypted 20,000 of them and took the 200 behind them (0.13-0.21 s of CPU a
+    delivery, until 2026-12-07). Counted as records of the socket before any is decrypted,
+    they end the response past MAX_TLS_RECORDS, as in http1."""
+    cert = self_signed(tmp_path, "hooks.test")
+    cert.server_context.num_tickets = 2 * MAX_TLS_RECORDS
+    async with serving(answer_ok, cert.server_context) as port:
+        sender = hot_sender(
+            kind, timeout=10.0, ca_bundle=str(cert.cert_file), resolver=FakeResolver(["127.0.0.1"])
+        )
+        try:
+            result = await sender.send(*make_delivery(f"https://hooks.test:{port}/h"))
+        finally:
+            await sender.aclose()
+    assert (result.status, result.error) == (None, "protocol_error")
 
 
 async def test_a_tls_handshake_never_answered_ends_at_the_deadline_and_closes(
@@ -418,9 +501,8 @@ def test_records_are_counted_across_any_split_of_the_reads(
 ) -> None:
     stream = b"".join(b"\x17\x03\x03" + len(r).to_bytes(2, "big") + r for r in records)
     points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
-    layer = http1._Tls.__new__(http1._Tls)
-    layer._header, layer._body_due = b"", 0
-    counted = sum(layer._records(stream[a:b]) for a, b in zip(points, points[1:], strict=False))
+    records_of = TlsRecords()
+    counted = sum(records_of.count(stream[a:b]) for a, b in zip(points, points[1:], strict=False))
     assert counted == len(records)
 
 

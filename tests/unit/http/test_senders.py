@@ -5,8 +5,10 @@ malformed and hostile responses is in test_sender_contract.py.
 
 Safety: nothing here connects anywhere but servers these tests start on 127.0.0.1. Every socket
 of :mod:`bridge.http.http1` is opened by ``bridge.http.http1.open_connection`` and every socket of
-httpx (through the SSRF guard) by ``httpcore.AnyIOBackend.connect_tcp``; an autouse fixture wraps
-both to record each address and to fail the test for any address other than 127.0.0.1. Refusals are
+httpx (through the SSRF guard) by the reference sender's backend (``_WireBackend.connect_tcp``), or
+by ``httpcore.AnyIOBackend.connect_tcp`` for a transport built without it; an autouse fixture
+wraps all three to record each address and to fail the test for any address other than
+127.0.0.1. Refusals are
 shown with fake resolvers (passed as ``resolver=``) and servers that count TCP connections
 (expecting none).
 """
@@ -38,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import bridge.http.http1
+import bridge.http.httpx_sender
 from bridge.contract.signing import sign, verify
 from bridge.errors import ConfigError
 from bridge.http.base import USER_AGENT, AttemptResult, build_headers
@@ -171,7 +174,16 @@ def connects(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         check([host])
         return await real_open(loop, factory, host, port, **kwargs)
 
+    real_wire = bridge.http.httpx_sender._WireBackend.connect_tcp
+
+    async def wire_loopback_only(
+        backend: Any, host: str, port: int, *args: Any, **kwargs: Any
+    ) -> httpcore.AsyncNetworkStream:
+        check([host])
+        return await real_wire(backend, host, port, *args, **kwargs)
+
     monkeypatch.setattr(httpcore.AnyIOBackend, "connect_tcp", connect_loopback_only)
+    monkeypatch.setattr(bridge.http.httpx_sender._WireBackend, "connect_tcp", wire_loopback_only)
     monkeypatch.setattr(bridge.http.http1, "open_connection", open_loopback_only)
     return attempted
 
