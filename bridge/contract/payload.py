@@ -10,7 +10,7 @@ from functools import lru_cache
 from bridge.contract import jsoncanon
 from bridge.contract.events import Event
 from bridge.errors import InvalidEvent
-from bridge.subscriptions.webhook import Webhook
+from bridge.subscriptions.webhook import Webhook, name_as_shown
 
 __all__ = ["DELIVERY_NAMESPACE", "delivery_id", "EncodedEvent", "build_body"]
 
@@ -80,7 +80,8 @@ def build_body(
     max_bytes: int | None = None,
     delivery: str | None = None,
 ) -> bytes:
-    """The delivery body: ``{"id": <delivery id>, "event": {...}, "webhook": {"id", "name"}}``.
+    """The delivery body: ``{"id": <delivery id>, "event": {...}, "webhook": {"id", "name"}}``,
+    the name as the API shows it (:func:`~bridge.subscriptions.webhook.name_as_shown`).
 
     Byte-identical to ``JSON.stringify(JSON.parse(body))``, so the documentation's Node.js
     receiver, which signs its re-serialization, verifies it. Raises
@@ -110,5 +111,6 @@ def build_body(
 
 @lru_cache(maxsize=100_000)
 def _webhook_json(webhook_id: str, name: str) -> bytes:
-    """``{"id":…,"name":…}`` of a webhook, encoded once per id and name."""
-    return jsoncanon.dumps({"id": webhook_id, "name": name})
+    """``{"id":…,"name":…}`` of a webhook, encoded once per id and name (so the name's
+    redaction costs nothing per delivery)."""
+    return jsoncanon.dumps({"id": webhook_id, "name": name_as_shown(name)})

@@ -149,7 +149,8 @@ def created_record(
 
 def updated_record(current: Webhook, changes: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     """``current``'s record with ``changes``: ``active`` (the owner turning it on or off)
-    clears ``disabled_reason``, ``rate_limit: None`` removes the limit.
+    clears ``disabled_reason``, ``rate_limit: None`` removes the limit, a new ``url`` renames a
+    webhook named after its URL (:func:`default_name`) unless ``changes`` name it.
     :class:`InvalidSubscription` (``secret_not_whsec``) when Standard Webhooks signing is asked
     for without a ``whsec_`` secret, ``too_long`` for a field set longer than
     :data:`MAX_LENGTHS` allows."""
@@ -157,6 +158,11 @@ def updated_record(current: Webhook, changes: Mapping[str, Any], now: datetime) 
     if "active" in changes:
         record.pop("disabled_reason", None)
     record.update(changes)
+    url = changes.get("url")
+    if isinstance(url, str) and "name" not in changes and current.name == default_name(current.url):
+        # The old URL as name would go on to the new endpoint in every delivery body (its
+        # query token, its credentials in a record written elsewhere): until 2026-12-07 it did.
+        record["name"] = default_name(url)
     _bounded(record, changes)
     _standard_needs_whsec(record)
     if "events" in changes:

@@ -20,6 +20,7 @@ __all__ = [
     "ALL_EVENTS",
     "TEST_EVENT",
     "Webhook",
+    "name_as_shown",
     "webhook_from_record",
     "RECORD_PROBLEMS",
     "webhook_key",
@@ -75,9 +76,8 @@ class Webhook:
         )
 
     def shown_name(self) -> str:
-        """The name as answers show it: without the user information of a URL in it (a
-        record written elsewhere may be named after its URL, password and all)."""
-        return self._shown_name(without_userinfo)
+        """The name as answers and delivery bodies show it (:func:`name_as_shown`)."""
+        return name_as_shown(self.name)
 
     def _shown_name(self, redact: Callable[[str], str]) -> str:
         # A name that is a URL (the default: the URL, or its first 500 characters; or the URL
@@ -87,7 +87,7 @@ class Webhook:
         url_like = self.name == self.url or self.name[:8].lower().startswith(
             ("http://", "https://")
         )
-        return redact(self.name) if url_like else without_userinfo(self.name)
+        return redact(self.name) if url_like else name_as_shown(self.name)
 
     def signing_secrets(self, now: datetime) -> list[str]:
         """The secrets to sign with: the current one, and the previous one during an overlap."""
@@ -232,6 +232,14 @@ class Webhook:
 
 #: Record fields the Webhook holds as attributes; the others stay in ``extra``.
 _KNOWN = frozenset(f.name for f in fields(Webhook)) - {"extra"}
+
+
+def name_as_shown(name: str) -> str:
+    """A webhook's name as the API, the CLI and every delivery body show it: without the user
+    information of a URL in it. A record written elsewhere may be named after its URL,
+    password and all, and a name is sent to the endpoint, which need not be that URL's (a
+    webhook whose URL changed since: until 2026-12-07 the body sent the password)."""
+    return without_userinfo(name)
 
 
 def webhook_from_record(value: Any, keyring: Keyring | None = None) -> Webhook:

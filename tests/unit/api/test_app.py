@@ -602,6 +602,22 @@ async def test_a_long_url_without_a_name_names_the_webhook_after_its_start(
     assert (made["url"], made["name"]) == (url, url[:500])
 
 
+async def test_a_patch_of_the_url_renames_a_webhook_named_after_it(api: Api) -> None:
+    """Its name (the old URL, query token and all) went on in every delivery body to the new
+    endpoint (until 2026-12-07); a name of its own stays."""
+    old = "https://old.example.com/in?token=Old-token-secret"
+    new = "https://new.example.net/hook"
+    unnamed = await api.create(url=old)
+    named = await api.create(url=old, name="Orders")
+    for made, name in ((unnamed, new), (named, "Orders")):
+        path = f"/v1/webhooks/{made['id']}"
+        response = await api.client.patch(path, json={"url": new}, headers=auth())
+        assert response.status == 200, await response.text()
+        assert (await response.json())["name"] == name
+        stored = await api.repository.get(made["id"])
+        assert stored is not None and stored.name == name
+
+
 async def test_a_url_too_long_is_refused_naming_the_url(api: Api) -> None:
     url = "https://e.com/" + "p" * 5000
     response = await api.client.post(

@@ -609,6 +609,8 @@ class WebhookApiModel(RuleBasedStateMachine):
             return False
         fields = {k: model.view[k] for k in FIELDS}
         fields.update(changes)
+        if "url" in changes and "name" not in changes and model.view["name"] == model.view["url"]:
+            fields["name"] = changes["url"]  # named after its URL, it follows it (docs/api.md)
         if changes.get("standard_webhooks") and not model.secret.startswith("whsec_"):
             assert answer.status == 409, answer.text
             assert [e["field"] for e in answer.body["errors"]] == ["standard_webhooks"]

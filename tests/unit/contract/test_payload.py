@@ -53,7 +53,8 @@ def dict_form(event: Event, webhook: Webhook) -> dict[str, Any]:
             "site_id": event.site_id,
             "user_id": event.user_id,
         },
-        "webhook": {"id": webhook.id, "name": webhook.name},
+        # The name as the API shows it: without a URL's credentials (see below).
+        "webhook": {"id": webhook.id, "name": webhook.shown_name()},
     }
 
 
@@ -191,6 +192,27 @@ def test_body_never_contains_the_secret_or_the_url() -> None:
     assert SECRET.encode() not in body
     assert b"url-token" not in body
     assert b"hooks.example" not in body
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        (
+            "https://bob:Old-pw-secret@old.example.com/in?token=t",
+            "https://***@old.example.com/in?token=t",
+        ),
+        ("ops:Team-pw-secret@corp", "***@corp"),
+        ("My Webhook", "My Webhook"),
+    ],
+)
+def test_the_body_names_the_webhook_without_a_urls_credentials(name: str, shown: str) -> None:
+    """A record written elsewhere may be named after a URL with its password, and the body
+    goes to the webhook's URL, which need not be that one (a URL changed since): the body
+    sent the password until 2026-12-07. It names the webhook as the API shows it."""
+    webhook = make_webhook(name=name)
+    body = build_body(EncodedEvent.of(EVENT), webhook)
+    assert json.loads(body)["webhook"] == {"id": webhook.id, "name": shown}
+    assert shown == webhook.shown_name()
 
 
 def test_encoded_event_is_shared_across_webhooks() -> None:

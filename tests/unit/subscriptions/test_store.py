@@ -103,6 +103,16 @@ async def test_a_stored_unusable_url_does_not_block_other_changes() -> None:
     assert [webhook_id for webhook_id, _ in store.sent] == ["hook"] * 4
 
 
+async def test_an_update_of_the_url_renames_a_webhook_named_after_it() -> None:
+    """The CLI's ``webhooks update --url`` (WebhookStore.update): a webhook named after its old
+    URL sent that name, query token and all, to the new endpoint (until 2026-12-07)."""
+    old = "https://hooks.example/old?token=Old-token-secret"
+    store = CapturingStore({"hook": webhook_from_record(record(url=old, name=old))})
+    moved = await store.update("hook", url="https://hooks.example/new")
+    assert moved.name == "https://hooks.example/new"
+    assert b"Old-token-secret" not in (store.sent[0][1] or b"")
+
+
 # ----------------------------------------------------------------------- reading records
 
 
