@@ -51,7 +51,9 @@ def webhook_version(webhook: Webhook) -> str:
     the record is visible to readers, so a hash over a weak client-chosen secret would let them
     guess it offline; a rotation changes ``updated_at`` instead. So are a URL's credentials
     (``user:password@``, in a record another producer wrote: the API shows them as ``***@``),
-    which until 2026-12-06 a reader could guess against the ETag, a weak one in a few tries.
+    which until 2026-12-06 a reader could guess against the ETag, a weak one in a few tries,
+    and those of the name, hashed as the API shows it (a webhook named after such a URL: until
+    2026-12-07 its password could be guessed so from the name).
     """
     record = webhook.to_record()
     for name in SECRET_FIELDS:
@@ -59,6 +61,7 @@ def webhook_version(webhook: Webhook) -> str:
     url = record.get("url")
     if isinstance(url, str):
         record["url"] = without_userinfo(url)
+    record["name"] = webhook.shown_name()
     return hashlib.sha256(jsoncanon.dumps(record)).hexdigest()[:20]
 
 

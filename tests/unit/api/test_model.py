@@ -980,3 +980,39 @@ def test_a_urls_credentials_never_reach_the_version(user: str, password: str) ->
     assert webhook_version(with_credentials) == webhook_version(webhook("***@"))
     assert webhook_version(with_credentials) == webhook_version(webhook("other:guess@"))
     assert webhook_version(with_credentials) != webhook_version(webhook(""))
+
+
+@given(
+    user=st.text(alphabet=string.ascii_letters + string.digits, min_size=1, max_size=12),
+    password=st.text(alphabet=string.ascii_letters + string.digits, min_size=1, max_size=12),
+    same_url=st.booleans(),
+)
+def test_a_names_url_credentials_never_reach_the_version(
+    user: str, password: str, same_url: bool
+) -> None:
+    """A foreign record named after a URL with credentials (the URL itself, or one it had
+    before) shows its name as ``https://***@...``; the version hashed the name as written, so
+    a reader could test password guesses against the ETag offline (until 2026-12-07)."""
+    from bridge.api.repository import webhook_version
+    from bridge.api.service import public_view
+    from bridge.contract import jsoncanon
+    from bridge.subscriptions.webhook import parse_webhook
+
+    def webhook(userinfo: str) -> Any:
+        name = f"https://{userinfo}example.com/hook"
+        record = {
+            "id": "wh_1",
+            "name": name,
+            "url": name if same_url else "https://example.com/hook",
+            "secret": "s" * 32,
+            "events": ["*"],
+            "site_id": "s1",
+            "user_id": None,
+            "active": True,
+        }
+        return parse_webhook(b"wh_1", jsoncanon.dumps(record))
+
+    with_credentials = webhook(f"{user}:{password}@")
+    assert public_view(with_credentials)["name"] == "https://***@example.com/hook"
+    assert webhook_version(with_credentials) == webhook_version(webhook("***@"))
+    assert webhook_version(with_credentials) == webhook_version(webhook("other:guess@"))
