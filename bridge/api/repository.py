@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bridge.contract import jsoncanon
-from bridge.redaction import without_userinfo
+from bridge.redaction import url_without_userinfo
 from bridge.subscriptions.webhook import Webhook
 
 __all__ = [
@@ -60,7 +60,7 @@ def webhook_version(webhook: Webhook) -> str:
         record.pop(name, None)
     url = record.get("url")
     if isinstance(url, str):
-        record["url"] = without_userinfo(url)
+        record["url"] = url_without_userinfo(url)
     record["name"] = webhook.shown_name()
     return hashlib.sha256(jsoncanon.dumps(record)).hexdigest()[:20]
 

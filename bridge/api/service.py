@@ -43,7 +43,7 @@ from bridge.contract.events import Event, format_timestamp, parse_time
 from bridge.contract.schemas import MAX_ERRORS_READ
 from bridge.errors import BridgeError, InvalidSubscription, InvalidUrl
 from bridge.memo import put_newest
-from bridge.redaction import without_userinfo
+from bridge.redaction import url_without_userinfo
 from bridge.subscriptions.changes import (
     created_record,
     default_name,
@@ -134,7 +134,7 @@ def public_view(webhook: Webhook, *, with_secret: bool = False) -> dict[str, Any
     out: dict[str, Any] = {
         "id": webhook.id,
         "name": webhook.shown_name(),
-        "url": without_userinfo(webhook.url),  # a record written elsewhere may carry some
+        "url": url_without_userinfo(webhook.url),  # a record written elsewhere may carry some
         "events": sorted(webhook.events),
         "site_id": webhook.site_id,
         "user_id": webhook.user_id,

@@ -1193,7 +1193,7 @@ def _webhooks_delete(args: argparse.Namespace) -> int:
 
 
 def _webhooks_list(args: argparse.Namespace) -> int:
-    from bridge.redaction import without_userinfo
+    from bridge.redaction import url_without_userinfo
     from bridge.subscriptions.store import WebhookStore
 
     async def load(settings: Settings) -> dict[str, Webhook]:
@@ -1208,7 +1208,7 @@ def _webhooks_list(args: argparse.Namespace) -> int:
         for field in ("secret", "previous_secret"):
             if record.get(field) is not None:
                 record[field] = "***"
-        record["url"] = without_userinfo(webhook.url)
+        record["url"] = url_without_userinfo(webhook.url)
         record["name"] = webhook.shown_name()
         if args.json:
             print(json_line(record))

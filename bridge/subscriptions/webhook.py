@@ -13,7 +13,7 @@ from bridge.contract import jsoncanon, standard_webhooks
 from bridge.contract.events import Event, parse_time
 from bridge.contract.schemas import schema_errors
 from bridge.errors import InvalidRecord, InvalidSubscription
-from bridge.redaction import for_logs, without_userinfo
+from bridge.redaction import for_logs, url_without_userinfo
 from bridge.subscriptions.secretbox import Keyring, is_encrypted
 
 __all__ = [
@@ -238,8 +238,9 @@ def name_as_shown(name: str) -> str:
     """A webhook's name as the API, the CLI and every delivery body show it: without the user
     information of a URL in it. A record written elsewhere may be named after its URL,
     password and all, and a name is sent to the endpoint, which need not be that URL's (a
-    webhook whose URL changed since: until 2026-12-07 the body sent the password)."""
-    return without_userinfo(name)
+    webhook whose URL changed since: until 2026-12-07 the body sent the password). Read as a
+    URL when it starts as one (:func:`~bridge.redaction.url_without_userinfo`)."""
+    return url_without_userinfo(name)
 
 
 def webhook_from_record(value: Any, keyring: Keyring | None = None) -> Webhook:

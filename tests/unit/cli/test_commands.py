@@ -1039,6 +1039,24 @@ def test_webhooks_list_and_delete_need_no_secret_keys(
     assert deleted == ["wh_enc"]
 
 
+def test_webhooks_list_hides_a_url_password_holding_a_quote_or_a_space(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record written elsewhere, named after its URL: its password ended at a quote, an
+    angle bracket or a space for the redaction, which showed it whole (until 2026-12-07)."""
+    url = "https://bob:Pw'<x y-secret@hooks.example/in"
+    stored = a_webhook("wh_q", url=url, name=url)
+
+    async def load(*, reveal: bool = True) -> dict[str, Webhook]:
+        return {stored.id: stored}
+
+    use_store(monkeypatch, load=load)
+    for argv in ([], ["--json"]):
+        assert cli.main(["webhooks", "list", *argv, *BROKER]) == 0
+        out = capsys.readouterr().out
+        assert "https://***@hooks.example/in" in out and "-secret" not in out, out
+
+
 def test_webhooks_test_needs_no_secret_keys(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
