@@ -103,6 +103,46 @@ class SilentParser(argparse.ArgumentParser):
     """An argument parser whose errors never repeat a value given on the command line: a
     mistyped ``--api-tokn wbt_...`` or a refused value of a secret's flag would print it."""
 
+    #: The words this parser was given (a subcommand's parser: those after its name).
+    _words: list[str] | None = None
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._words = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        # argparse's "invalid choice: 'VALUE'" quotes the word: a secret's flag given before
+        # the command (``--api-token wbt_... webhooks list``) leaves its value where the
+        # command goes, and until 2026-12-07 the error printed it.
+        if action.choices is None or value in action.choices:
+            return
+        choices = ", ".join(map(repr, action.choices))
+        flag = None if action.option_strings else self._flag_before(value)
+        if flag is None:
+            raise argparse.ArgumentError(
+                action, f"invalid choice (not shown; choose from {choices})"
+            )
+        what = action.metavar or action.dest
+        raise argparse.ArgumentError(
+            action,
+            f"invalid choice (not shown): {flag} takes a value and goes after the {what} "
+            f"(choose from {choices})",
+        )
+
+    def _flag_before(self, value: object) -> str | None:
+        """The flag right before ``value`` among this parser's words, when a command below
+        this parser has it and it takes a value (which ``value`` then is)."""
+        words = self._words or []
+        if value not in words:
+            return None
+        at = words.index(value)
+        flag = words[at - 1] if at > 0 else ""
+        if not flag.startswith("-") or "=" in flag:
+            return None
+        return flag if _takes_a_value(self, flag) else None
+
     def error(self, message: str) -> NoReturn:
         if message.startswith("unrecognized arguments: "):
             words = message.removeprefix("unrecognized arguments: ").split()
@@ -118,6 +158,13 @@ class SilentParser(argparse.ArgumentParser):
             message = re.sub(
                 r"invalid \S+ value: .*", "invalid value (not shown; see --help)", message
             )
+            # (Raised by _check_value without the word: an argparse of another wording.)
+            message = re.sub(
+                r"invalid choice: .*\(choose from",
+                "invalid choice (not shown; choose from",
+                message,
+                flags=re.DOTALL,
+            )
         super().error(message)
 
     def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
@@ -131,6 +178,21 @@ class SilentParser(argparse.ArgumentParser):
                 self._check_value(action, value)
                 return value
         return super()._get_values(action, arg_strings)
+
+
+def _takes_a_value(parser: argparse.ArgumentParser, flag: str) -> bool:
+    """Whether ``flag`` (or a flag it abbreviates) takes a value in a command below
+    ``parser``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                for option, taken in sub._option_string_actions.items():
+                    named = option == flag or (sub.allow_abbrev and option.startswith(flag))
+                    if named and taken.nargs != 0:
+                        return True
+                if _takes_a_value(sub, flag):
+                    return True
+    return False
 
 
 def _port(text: str) -> int:

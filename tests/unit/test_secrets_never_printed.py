@@ -294,3 +294,59 @@ def test_the_api_servers_bootstrap_servers_take_no_credentials(capsys) -> None:
     captured = capsys.readouterr()
     assert "--bootstrap-servers" in captured.err
     assert "Serve-secret" not in captured.out + captured.err, captured.err
+
+
+CANARY = "Canary-secret-0123456789"
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--api-token", CANARY, "webhooks", "list"], "--api-token"),
+        (["--kafka-sasl-password", CANARY, "run"], "--kafka-sasl-password"),
+        (["--secret-keys", f"k1:{CANARY}", "run"], "--secret-keys"),
+        (["webhooks", "--api-token", CANARY, "list"], "--api-token"),
+        (
+            [
+                "webhooks",
+                "--secret",
+                CANARY,
+                "create",
+                "--url",
+                "https://h.example/",
+                "--events",
+                "*",
+            ],
+            "--secret",
+        ),
+        (["tokens", "--api-token", CANARY, "add", "--file", "t.json"], None),
+        (["--api-tokn", CANARY, "webhooks", "list"], None),  # mistyped: no flag takes it
+        ([CANARY], None),
+    ],
+)
+def test_a_secret_flag_before_the_command_is_named_without_its_value(
+    argv: list[str], named: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The value of a flag given before its command stands where the command goes, and
+    argparse's "invalid choice: 'VALUE'" printed it (until 2026-12-07); the flag is named when
+    a command takes it with a value."""
+    with pytest.raises(SystemExit):
+        main(argv)
+    captured = capsys.readouterr()
+    assert CANARY not in captured.out + captured.err, captured.err
+    assert "invalid choice (not shown" in captured.err, captured.err
+    if named is not None:
+        assert f"{named} takes a value and goes after the" in captured.err, captured.err
+
+
+@pytest.mark.parametrize("flag", ["--kafka-sasl-password", "--api-tokens", "--bootstrap-servers"])
+def test_the_api_servers_parser_names_a_flag_before_its_command_without_its_value(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bridge.api.__main__ import main as api_main
+
+    with pytest.raises(SystemExit):
+        api_main([flag, CANARY, "serve"])
+    captured = capsys.readouterr()
+    assert CANARY not in captured.out + captured.err, captured.err
+    assert f"{flag} takes a value and goes after the command" in captured.err, captured.err
