@@ -281,6 +281,16 @@ class Principal:
         raise Problem("forbidden", error.detail, errors=[error])
 
 
+def _shown_path(path: str | Path) -> str:
+    """The token file's path as errors name it: not when it is a token (``wbt_...``)."""
+    if str(path).startswith(TOKEN_PREFIX):
+        return (
+            "the token file (its path, not shown, is a token: BRIDGE_API_TOKENS and "
+            "--api-tokens name the token file, BRIDGE_API_TOKEN holds the CLI's token)"
+        )
+    return str(path)
+
+
 class TokenSet:
     """The configured tokens; :meth:`authenticate` turns an ``Authorization`` header into a
     :class:`Principal` or a ``401``."""
@@ -304,8 +314,14 @@ class TokenSet:
         """Load a token file: JSON, or YAML (needs PyYAML) when it is not JSON."""
         try:
             text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"API tokens: cannot read {path}: {exc}") from None
+        except OSError as exc:
+            # Neither the path nor the OS error's text, which repeats it: a token set where
+            # the file goes (BRIDGE_API_TOKENS for BRIDGE_API_TOKEN) was printed twice until
+            # 2026-12-07.
+            why = exc.strerror or type(exc).__name__
+            raise ConfigError(f"API tokens: cannot read {_shown_path(path)}: {why}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"API tokens: cannot read {_shown_path(path)}: {exc}") from None
         return cls.from_mapping(_parse(text), source=str(path))
 
     @classmethod

@@ -142,6 +142,24 @@ def test_file_errors_never_quote_the_file(tmp_path: Path) -> None:
         TokenSet.from_file(tmp_path / "missing.yaml")
 
 
+def test_a_token_given_as_the_token_files_path_is_never_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BRIDGE_API_TOKENS given a token (BRIDGE_API_TOKEN's value) was printed twice, as the
+    path and in the OS error's text (until 2026-12-07); another path is named once."""
+    monkeypatch.chdir(tmp_path)
+    token = new_token()
+    with pytest.raises(ConfigError) as caught:
+        TokenSet.from_file(token)
+    assert token not in str(caught.value), str(caught.value)
+    assert "cannot read the token file" in str(caught.value)
+    assert "BRIDGE_API_TOKENS" in str(caught.value)
+    missing = str(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError) as caught:
+        TokenSet.from_file(missing)
+    assert str(caught.value).count(missing) == 1, str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("header", "error"),
     [
