@@ -27,7 +27,7 @@ again at the same offset is not taken for a header key's.
 :func:`install` checks aiokafka's release and a fingerprint of each original
 (:mod:`bridge.patching`); it runs where consumers are made: the Faust worker's
 (:func:`bridge.worker.faust_patches.install`) and the bridge's own
-(:func:`bridge.kafka.clients.consumer`).
+(:func:`bridge.kafka.clients.new_consumer`).
 """
 
 from __future__ import annotations
@@ -228,5 +228,11 @@ def install() -> None:
     is another release (checked first) or an original is missing or not the code the patch was
     written against; nothing is patched then.
     """
+    if all(getattr(p.owner, p.attribute, None) is p.replacement for p in PATCHES if p.replacement):
+        # Installed, so checked: every consumer the bridge makes calls this, and checking
+        # again fingerprinted two internals, one a class (inspect.getsource parses its module),
+        # ~9 ms of the event loop a consumer (each page of dead letters the API role read,
+        # until 2026-12-07).
+        return
     require_release("aiokafka", AIOKAFKA_VERSION, "bridge.kafka.aiokafka_patches")
     apply(PATCHES, ORIGINALS, "aiokafka patch")
