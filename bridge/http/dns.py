@@ -7,10 +7,20 @@ deliveries, and every other site's deliveries waited out their 30 s in the queue
 charged to their endpoints, until the lookups gave up (until 2026-12-07).
 
 A :class:`DnsResolver` looks names up with c-ares (``pycares``) instead, reading the system's
-configuration as ``getaddrinfo`` does: ``/etc/hosts`` first (``localhost`` and names under it
-are loopback without a query, RFC 6761), then the name servers, search domains, ``ndots``,
-``timeout`` and ``attempts`` of ``/etc/resolv.conf`` (``RES_OPTIONS`` and ``LOCALDOMAIN``
-too). Each lookup:
+configuration as ``getaddrinfo`` does: ``/etc/hosts`` first, then the name servers, search
+domains, ``ndots``, ``timeout`` and ``attempts`` of ``/etc/resolv.conf`` (``RES_OPTIONS`` and
+``LOCALDOMAIN`` too). Names under ``localhost`` (``hooks.localhost``) are loopback without a
+query, c-ares's RFC 6761 answer.
+
+``localhost`` itself (any case) is not looked up by c-ares, which adds the loopback address of
+every family to what ``/etc/hosts`` gives for it (``::1`` next to a hosts file's only
+``127.0.0.1``): a policy allowing ``127.0.0.0/8`` refused ``http://localhost`` for that ``::1``
+(on 2026-12-07, until c-ares was kept from it). It is answered as glibc's ``getaddrinfo``
+answers it (:func:`localhost_addresses`): the addresses ``/etc/hosts`` gives for it, and only
+when it gives none, ``::1`` and ``127.0.0.1``; no query, no channel. ``localhost.`` stays
+c-ares's: c-ares reads no hosts file for a name with a trailing dot, and asks the name servers.
+
+Each lookup:
 
 * holds no thread: its c-ares channel's sockets and timers are the event loop's;
 * ends within its resolver's ``timeout`` whatever the configuration says (retries of every
@@ -32,13 +42,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import socket
 import threading
 from collections.abc import Callable, Sequence
 
 import pycares
 
-__all__ = ["LOOKUP_TIMEOUT", "DnsResolver", "resolver_for"]
+__all__ = ["HOSTS_FILE", "LOOKUP_TIMEOUT", "DnsResolver", "localhost_addresses", "resolver_for"]
 
 
 #: Seconds a lookup may take at most (glibc's default, two tries of 5 s).
@@ -46,6 +57,40 @@ LOOKUP_TIMEOUT = 10.0
 
 
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+#: The hosts file ``localhost`` is read from (read at each lookup of it, as c-ares reads it for
+#: other names; a resolver given ``hosts_file`` reads that one instead).
+HOSTS_FILE = "/etc/hosts"
+
+#: ``localhost`` when the hosts file names it nowhere: the loopback address of each family.
+_LOOPBACK: tuple[_Address, ...] = (ipaddress.ip_address("::1"), ipaddress.ip_address("127.0.0.1"))
+
+
+def localhost_addresses(hosts_file: str | os.PathLike[str] | None = None) -> list[_Address]:
+    """What glibc's ``getaddrinfo`` gives for ``localhost`` (TCP, any family) from ``files``:
+    the addresses of the lines of ``hosts_file`` (:data:`HOSTS_FILE` by default) naming it, as
+    its name or an alias, in any case; IPv6 before IPv4 (the order RFC 6724 gives ``::1`` and
+    ``127.0.0.1``), each once. When none names it, or the file cannot be read, the loopback
+    addresses, ``::1`` and ``127.0.0.1``."""
+    try:
+        with open(HOSTS_FILE if hosts_file is None else hosts_file, encoding="latin-1") as lines:
+            found: list[_Address] = []
+            for line in lines:
+                fields = line.partition("#")[0].split()
+                if len(fields) < 2 or not any(n.lower() == "localhost" for n in fields[1:]):
+                    continue
+                try:
+                    address = ipaddress.ip_address(fields[0])
+                except ValueError:
+                    continue  # a line getaddrinfo skips too
+                if address not in found:
+                    found.append(address)
+    except OSError:
+        found = []
+    if not found:
+        return list(_LOOPBACK)
+    return sorted(found, key=lambda address: address.version != 6)
 
 
 #: How a lookup ended: its addresses, or the ``(EAI_*, message)`` of its failure. Every caller
@@ -224,13 +269,19 @@ class DnsResolver:
 
     ``timeout``: seconds a lookup may take. ``servers``: the name servers to ask instead of
     the system's (``"127.0.0.1:5353"``: tests ask a server of their own); the rest of the
-    system's configuration holds."""
+    system's configuration holds. ``hosts_file``: where ``localhost`` is read from
+    (:func:`localhost_addresses`; :data:`HOSTS_FILE` by default), instead of the system's."""
 
     def __init__(
-        self, *, timeout: float = LOOKUP_TIMEOUT, servers: Sequence[str] | None = None
+        self,
+        *,
+        timeout: float = LOOKUP_TIMEOUT,
+        servers: Sequence[str] | None = None,
+        hosts_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.timeout = timeout
         self._servers = tuple(servers) if servers else None
+        self._hosts_file = hosts_file
         #: Lookups under way, by event loop and name (a resolver may serve several loops).
         self._lookups: dict[tuple[asyncio.AbstractEventLoop, str], _Lookup] = {}
 
@@ -240,6 +291,8 @@ class DnsResolver:
         return len(self._lookups)
 
     async def __call__(self, host: str, port: int) -> list[_Address]:
+        if host.lower() == "localhost":  # not c-ares's, which adds ::1 (module docstring)
+            return localhost_addresses(self._hosts_file)
         loop = asyncio.get_running_loop()
         key = (loop, host)
         lookup = self._lookups.get(key)

@@ -167,6 +167,32 @@ async def test_localhost_and_the_hosts_file_need_no_query(dns: FakeDns) -> None:
     assert dns.names == []
 
 
+async def test_localhost_is_what_the_hosts_file_gives_for_it(dns: FakeDns, tmp_path: Path) -> None:
+    """As glibc's getaddrinfo: c-ares added ::1 to a hosts file's only 127.0.0.1 for
+    ``localhost``, which a policy allowing 127.0.0.0/8 refused (2026-12-07)."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("# the machine's\n127.0.0.1\tlocalhost\n127.0.0.1 runsc\n")
+    names = DnsResolver(timeout=5.0, servers=[dns.address], hosts_file=hosts)
+    for name in ("localhost", "LocalHost", "LOCALHOST"):
+        assert await names(name, 443) == LOCAL, name
+    # Both families when the file names both (as an alias too, any case), IPv6 first.
+    hosts.write_text(
+        "127.0.0.1 localhost\n::1 ip6-localhost LocalHost # comment\n"
+        "127.0.0.1 localhost\n127.0.1.1 box\n"
+    )
+    assert await names("localhost", 443) == [
+        ipaddress.ip_address("::1"),
+        ipaddress.ip_address("127.0.0.1"),
+    ]
+    # The loopback of each family when it names localhost nowhere, or is not there at all.
+    loopback = [ipaddress.ip_address("::1"), ipaddress.ip_address("127.0.0.1")]
+    hosts.write_text("127.0.0.1 box # localhost\n")
+    assert await names("localhost", 443) == loopback
+    hosts.unlink()
+    assert await names("localhost", 443) == loopback
+    assert dns.names == [] and names.in_flight == 0
+
+
 async def test_resolve_keeps_ip_literals_and_asks_the_default_resolver_for_names(
     dns: FakeDns, monkeypatch: pytest.MonkeyPatch
 ) -> None:

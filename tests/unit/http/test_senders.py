@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+import bridge.http.dns
 import bridge.http.http1
 import bridge.http.httpx_sender
 from bridge.contract.signing import sign, verify
@@ -618,6 +619,35 @@ async def test_allow_listed_name_is_delivered_to_the_checked_address(
     assert seen.values("Host") == [f"hooks.test:{server.port}"]
     assert fake.asked == [("hooks.test", server.port)]
     assert connects == ["127.0.0.1"]
+
+
+async def test_localhost_is_delivered_under_a_loopback_v4_policy(
+    server: LocalServer,
+    connects: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    kind: str,
+) -> None:
+    """``http://localhost`` with the allow list 127.0.0.0/8 (the integration tests' and
+    BENCHMARKS.md's), the sender's own resolver and a hosts file naming 127.0.0.1 only: c-ares
+    answered ``localhost`` with ``::1`` too, and the delivery was refused ``loopback``
+    (2026-12-07); getaddrinfo, and now the resolver, gives 127.0.0.1 alone."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n127.0.0.1 runsc\n")
+    monkeypatch.setattr(bridge.http.dns, "HOSTS_FILE", str(hosts), raising=False)
+    sender = hot_sender(kind, policy=loopback_policy())
+    try:
+        results = [
+            await sender.send(*make_delivery(server.url(host=host)))
+            for host in ("localhost", "LocalHost")
+        ]
+    finally:
+        await sender.aclose()
+    assert [(result.refusal, outcome(result)) for result in results] == [
+        (None, (True, 200, None, None))
+    ] * 2
+    assert len(server.requests) == 2
+    assert set(connects) == {"127.0.0.1"}
 
 
 async def test_plain_http_is_refused_unless_allowed(
