@@ -62,7 +62,8 @@ def webhook_version(webhook: Webhook) -> str:
     if isinstance(url, str):
         record["url"] = url_without_userinfo(url)
     record["name"] = webhook.shown_name()
-    return hashlib.sha256(jsoncanon.dumps(record)).hexdigest()[:20]
+    # Encoded as the record is written (a producer's own field may hold a 64-bit id).
+    return hashlib.sha256(jsoncanon.dumps(record, big_integers=True)).hexdigest()[:20]
 
 
 @dataclass(frozen=True, slots=True)

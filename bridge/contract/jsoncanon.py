@@ -16,7 +16,12 @@ V8 does (``\\udxxx``), since it encodes whatever it is given.
 Integer rule: a JavaScript number is a double, so a Python ``int`` with
 ``abs(n) > MAX_SAFE_INTEGER`` (2**53 - 1) would change on the receiver's round trip;
 ``dumps`` refuses it (``UnencodableValue("unsafe_integer")``) rather than send bytes
-the receiver cannot reproduce. Integral *floats* of any size (``1e300``) are fine.
+the receiver cannot reproduce. Integral *floats* of any size (``1e300``) are fine. With
+``big_integers=True`` it writes an integer of any size :func:`loads` reads (up to
+:data:`MAX_RECORD_INTEGER`) as its exact digits: for records that are the bridge's own state
+(a subscription record, which a producer may give a 64-bit id in a field of its own), never
+for what a JavaScript receiver or client reads (delivery bodies, answers, attempts, dead
+letters).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from bridge.errors import InvalidRecord, UnencodableValue
 
 __all__ = [
     "MAX_SAFE_INTEGER",
+    "MAX_RECORD_INTEGER",
     "MAX_DEPTH",
     "dumps",
     "dumps_flat",
@@ -43,6 +49,10 @@ __all__ = [
 
 #: Largest integer n such that n and n + 1 are both exactly representable as doubles.
 MAX_SAFE_INTEGER = 2**53 - 1
+
+#: Largest integer :func:`loads` reads (the next one is nearer to 2**1024, beyond the doubles:
+#: JavaScript reads it as Infinity), and the largest ``dumps(..., big_integers=True)`` writes.
+MAX_RECORD_INTEGER = 2**1024 - 2**970 - 1
 
 #: Containers nested deeper than this are refused (``too_deep``), well inside Python's
 #: recursion limit: a value of this many levels (an empty array is one) is the deepest
@@ -99,7 +109,7 @@ class _Unencodable(Exception):
         self.path = path
 
 
-def dumps(value: object, *, max_depth: int = MAX_DEPTH) -> bytes:
+def dumps(value: object, *, max_depth: int = MAX_DEPTH, big_integers: bool = False) -> bytes:
     """Encode ``value`` to the bytes ``JSON.stringify(JSON.parse(...))`` reproduces.
 
     Raises ``UnencodableValue`` with reason ``unsafe_integer``, ``non_finite_number``,
@@ -107,17 +117,23 @@ def dumps(value: object, *, max_depth: int = MAX_DEPTH) -> bytes:
     ``too_deep`` (nested more than ``max_depth`` levels, at most :data:`MAX_DEPTH`: a value
     that goes inside others, for those to encode too); the message names the JSON path, never
     the value.
+
+    With ``big_integers`` an integer beyond :data:`MAX_SAFE_INTEGER` is written as its exact
+    digits, up to :data:`MAX_RECORD_INTEGER` (``unsafe_integer`` beyond): bytes a JavaScript
+    reader would not reproduce, for a record the bridge keeps (a subscription record), never
+    one it sends or answers with. Every other value is written as without it.
     """
     # Nesting is counted from the depth that leaves ``max_depth`` levels below MAX_DEPTH.
     above = MAX_DEPTH - min(max_depth, MAX_DEPTH)
+    limit = MAX_RECORD_INTEGER if big_integers else MAX_SAFE_INTEGER
     try:
-        if _plain(value, above):
+        if _plain(value, above, limit):
             try:
                 return _c_encode(value).encode("utf-8")
             except UnicodeEncodeError:  # a surrogate code point: needs V8's escaping
                 pass
         parts: list[str] = []
-        _encode(value, parts, [], set(), above)
+        _encode(value, parts, [], set(), above, limit)
     except _Unencodable as exc:
         where = format_path(exc.path)
         raise UnencodableValue(exc.reason, f"{exc.what} at {where}") from None
@@ -126,12 +142,12 @@ def dumps(value: object, *, max_depth: int = MAX_DEPTH) -> bytes:
     return "".join(parts).encode("utf-8")
 
 
-def check_encodable(value: object) -> None:
-    """Raise what :func:`dumps` of ``value`` raises (``UnencodableValue``), if anything; the
-    bytes are built only when the fast path cannot vouch for them (a value read is checked for
-    later writes without being encoded now)."""
-    if not _plain(value, 0):
-        dumps(value)
+def check_encodable(value: object, *, big_integers: bool = False) -> None:
+    """Raise what :func:`dumps` of ``value`` (with ``big_integers`` as given) raises
+    (``UnencodableValue``), if anything; the bytes are built only when the fast path cannot
+    vouch for them (a value read is checked for later writes without being encoded now)."""
+    if not _plain(value, 0, MAX_RECORD_INTEGER if big_integers else MAX_SAFE_INTEGER):
+        dumps(value, big_integers=big_integers)
 
 
 def dumps_flat(record: dict[str, object]) -> bytes:
@@ -168,8 +184,10 @@ def dumps_str(value: str) -> bytes:
     return dumps(value)
 
 
-def _plain(value: object, depth: int) -> bool:
-    """True when the C encoder's output for ``value`` is already V8's (bar surrogates).
+def _plain(value: object, depth: int, limit: int = MAX_SAFE_INTEGER) -> bool:
+    """True when the C encoder's output for ``value`` is already V8's (bar surrogates), its
+    integers within ``limit`` (Python's digits are JavaScript's up to MAX_SAFE_INTEGER; beyond,
+    they are what ``big_integers`` asks for).
 
     False means "use the careful encoder", which also reports every error properly.
     """
@@ -179,16 +197,16 @@ def _plain(value: object, depth: int) -> bool:
         if depth >= MAX_DEPTH:
             return False
         for k, v in value.items():
-            if type(k) is not str or k[:1] in _DIGITS or not _plain(v, depth + 1):
+            if type(k) is not str or k[:1] in _DIGITS or not _plain(v, depth + 1, limit):
                 return False
         return True
     if type(value) is int:
-        return -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
+        return -limit <= value <= limit
     if type(value) is list or type(value) is tuple:
         if depth >= MAX_DEPTH:
             return False
         for v in value:
-            if not _plain(v, depth + 1):
+            if not _plain(v, depth + 1, limit):
                 return False
         return True
     if value is None or type(value) is bool:
@@ -206,10 +224,16 @@ def _plain_float(value: float) -> bool:
 
 
 def _encode(
-    value: object, parts: list[str], path: list[str | int], active: set[int], above: int = 0
+    value: object,
+    parts: list[str],
+    path: list[str | int],
+    active: set[int],
+    above: int = 0,
+    limit: int = MAX_SAFE_INTEGER,
 ) -> None:
     """Append V8's JSON text for ``value`` to ``parts``; ``path`` locates errors, ``above``
-    levels above it count towards :data:`MAX_DEPTH`."""
+    levels above it count towards :data:`MAX_DEPTH`, integers beyond ``limit`` are refused
+    (:data:`MAX_SAFE_INTEGER`, or :data:`MAX_RECORD_INTEGER` for ``big_integers``)."""
     if value is None:
         parts.append("null")
     elif value is True:
@@ -220,10 +244,13 @@ def _encode(
         parts.append(_string_text(str.__str__(value)))
     elif isinstance(value, int):
         n = int.__int__(value)
-        if not -MAX_SAFE_INTEGER <= n <= MAX_SAFE_INTEGER:
-            raise _Unencodable(
-                "unsafe_integer", "integer beyond +/-(2**53 - 1) (send a string)", path
+        if not -limit <= n <= limit:
+            what = (
+                "integer beyond +/-(2**53 - 1) (send a string)"
+                if limit == MAX_SAFE_INTEGER
+                else "integer beyond the double range"
             )
+            raise _Unencodable("unsafe_integer", what, path)
         parts.append(int.__repr__(n))
     elif isinstance(value, float):
         x = float.__float__(value)
@@ -237,14 +264,14 @@ def _encode(
             raise _Unencodable("circular_reference", "a container contains itself", path)
         active.add(id(value))
         if isinstance(value, dict):
-            _encode_object(value, parts, path, active, above)
+            _encode_object(value, parts, path, active, above, limit)
         else:
             parts.append("[")
             for i, item in enumerate(value):
                 if i:
                     parts.append(",")
                 path.append(i)
-                _encode(item, parts, path, active, above)
+                _encode(item, parts, path, active, above, limit)
                 path.pop()
             parts.append("]")
         active.discard(id(value))
@@ -258,6 +285,7 @@ def _encode_object(
     path: list[str | int],
     active: set[int],
     above: int,
+    limit: int,
 ) -> None:
     items: list[tuple[str, object]] = []
     indexed: list[tuple[int, str, object]] = []
@@ -280,7 +308,7 @@ def _encode_object(
         parts.append(_string_text(key))
         parts.append(":")
         path.append(key)
-        _encode(v, parts, path, active, above)
+        _encode(v, parts, path, active, above, limit)
         path.pop()
     parts.append("}")
 
@@ -394,7 +422,8 @@ def loads(data: bytes | str) -> object:
     range with ``InvalidRecord("malformed_json")``, and strings (keys too) holding a lone
     surrogate with ``InvalidRecord("invalid_text")``. Duplicate keys: the last value wins,
     at the first key's position (as in JavaScript). An integer literal beyond
-    ``MAX_SAFE_INTEGER`` stays an exact ``int`` (which ``dumps`` refuses), unless its text
+    ``MAX_SAFE_INTEGER`` stays an exact ``int`` (which ``dumps`` refuses, but for
+    ``big_integers``), unless its text
     is exactly JavaScript's rendering of the double it denotes ("9007199254740992",
     "1152921504606847000"): then it is that ``float``, so ``dumps(loads(dumps(v)))``
     equals ``dumps(v)``.

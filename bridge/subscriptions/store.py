@@ -92,7 +92,9 @@ class WebhookStore:
             record["secret"] = self._keyring.encrypt(webhook.secret, aad=aad)
             if webhook.previous_secret is not None:
                 record["previous_secret"] = self._keyring.encrypt(webhook.previous_secret, aad=aad)
-        await self._send(webhook.id, jsoncanon.dumps(record))
+        # Integers beyond 2^53 in a producer's own field (a 64-bit id) are written back as
+        # read: the record is the bridge's state, read by no JavaScript.
+        await self._send(webhook.id, jsoncanon.dumps(record, big_integers=True))
         return webhook
 
     async def rotate_secret(

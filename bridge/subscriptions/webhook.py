@@ -11,6 +11,7 @@ from typing import Any
 
 from bridge.contract import jsoncanon, standard_webhooks
 from bridge.contract.events import Event, parse_time
+from bridge.contract.jsoncanon import MAX_SAFE_INTEGER
 from bridge.contract.schemas import schema_errors
 from bridge.errors import InvalidRecord, InvalidSubscription
 from bridge.redaction import for_logs, url_without_userinfo
@@ -227,7 +228,9 @@ class Webhook:
         return record
 
     def to_bytes(self) -> bytes:
-        return jsoncanon.dumps(self.to_record())
+        """The record's bytes, as :meth:`WebhookStore.write
+        <bridge.subscriptions.store.WebhookStore.write>` writes them (secrets as held)."""
+        return jsoncanon.dumps(self.to_record(), big_integers=True)
 
 
 #: Record fields the Webhook holds as attributes; the others stay in ``extra``.
@@ -265,13 +268,20 @@ def _webhook(value: Any, keyring: Keyring | None, *, reveal: bool = True) -> Web
         raise InvalidSubscription("schema_invalid", "; ".join(errors))
     try:
         # The bridge writes the record again (a disable, a rotation, any change keeps its other
-        # fields): one it could not encode (nested deeper than JSON is here, an integer beyond
-        # 2^53) was matched, and each of those writes failed (until 2026-12-07).
-        jsoncanon.check_encodable(value)
+        # fields), as WebhookStore.write does: one it could not encode (nested deeper than JSON
+        # is here) was matched, and each of those writes failed (until 2026-12-07). An integer
+        # beyond 2^53 in a field of the producer's own (a 64-bit id) is written back as read.
+        jsoncanon.check_encodable(value, big_integers=True)
     except InvalidRecord as exc:
         raise InvalidSubscription(
             "schema_invalid", f"cannot be written again: {exc.detail}"
         ) from None
+    rate_limit = value.get("rate_limit")
+    if type(rate_limit) is int and not -MAX_SAFE_INTEGER <= rate_limit <= MAX_SAFE_INTEGER:
+        # The API answers with it (a JavaScript number): every read of the webhook would fail.
+        raise InvalidSubscription(
+            "schema_invalid", "rate_limit is an integer beyond +/-(2**53 - 1)"
+        )
     aad = value["id"].encode("utf-8")
     secret = value["secret"]
     previous = value.get("previous_secret")

@@ -198,6 +198,33 @@ async def test_update_with_if_match_and_a_lost_update_is_a_412(api: Api) -> None
     assert stored is not None and stored.name == "any"
 
 
+async def test_a_webhook_with_a_64_bit_id_of_its_producer_s_is_read_and_changed(
+    api: Api,
+) -> None:
+    """An integer beyond 2^53 in a field of the producer's own (``crm_id``): its version is
+    computed (as the record is written), the API answers without it, and a change keeps it as
+    read (refused as read on 2026-12-07, the webhook absent)."""
+    from bridge.contract import jsoncanon
+    from bridge.subscriptions.webhook import webhook_from_record
+
+    created = await api.create()
+    stored = await api.repository.get(created["id"])
+    assert stored is not None
+    record = {**stored.to_record(), "crm_id": 1234567890123456789}
+    await api.repository.put(webhook_from_record(record))
+    path = f"/v1/webhooks/{created['id']}"
+    got = await api.client.get(path, headers=auth(READER))
+    assert got.status == 200, await got.text()
+    assert "crm_id" not in await got.json()
+    changed = await api.client.patch(
+        path, json={"name": "renamed"}, headers={**auth(), "If-Match": got.headers["ETag"]}
+    )
+    assert changed.status == 200, await changed.text()
+    after = await api.repository.get(created["id"])
+    assert after is not None and after.name == "renamed"
+    assert b'"crm_id":1234567890123456789' in jsoncanon.dumps(after.to_record(), big_integers=True)
+
+
 async def test_update_follows_webhook_store_update(api: Api) -> None:
     created = await api.create(rate_limit=5)
     path = f"/v1/webhooks/{created['id']}"

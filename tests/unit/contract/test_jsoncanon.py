@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from bridge.contract import jsoncanon
 from bridge.contract.jsoncanon import (
+    MAX_RECORD_INTEGER,
     MAX_SAFE_INTEGER,
     dumps,
     dumps_flat,
@@ -535,18 +536,84 @@ def test_fast_path_agrees_with_careful_encoder(value: object) -> None:
         max_leaves=10,
     ),
     st.integers(min_value=0, max_value=300),
+    st.booleans(),
 )
-def test_check_encodable_raises_what_dumps_raises(value: object, depth: int) -> None:
+def test_check_encodable_raises_what_dumps_raises(
+    value: object, depth: int, big_integers: bool
+) -> None:
     for _ in range(depth):
         value = [value]
     try:
-        dumps(value)
+        dumps(value, big_integers=big_integers)
     except UnencodableValue as exc:
         with pytest.raises(UnencodableValue) as caught:
-            jsoncanon.check_encodable(value)
+            jsoncanon.check_encodable(value, big_integers=big_integers)
         assert (caught.value.reason, caught.value.detail) == (exc.reason, exc.detail)
         return
-    jsoncanon.check_encodable(value)
+    jsoncanon.check_encodable(value, big_integers=big_integers)
+
+
+#: Integers of every size loads reads, and a few beyond.
+any_ints = st.one_of(
+    st.integers(),
+    st.integers(min_value=-MAX_RECORD_INTEGER - 2, max_value=MAX_RECORD_INTEGER + 2),
+    st.sampled_from([MAX_SAFE_INTEGER + 1, MAX_RECORD_INTEGER, MAX_RECORD_INTEGER + 1]),
+)
+big_values = st.recursive(
+    st.one_of(scalars, any_ints),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(keys, children, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@given(big_values)
+def test_big_integers_are_written_as_their_digits_and_read_back(value: object) -> None:
+    """``big_integers`` (a subscription record): an integer loads reads is written exactly,
+    and read back as it was; one beyond is unsafe_integer; anything else is written as
+    without it."""
+    try:
+        strict: bytes | None = dumps(value)
+    except UnencodableValue:
+        strict = None
+    try:
+        written = dumps(value, big_integers=True)
+    except UnencodableValue as exc:
+        assert exc.reason in ("unsafe_integer", "circular_reference", "too_deep")
+        with pytest.raises(UnencodableValue):
+            dumps(value)
+        return
+    parts: list[str] = []
+    jsoncanon._encode(value, parts, [], set(), 0, MAX_RECORD_INTEGER)
+    assert written == "".join(parts).encode("utf-8")  # the fast path agrees
+    assert strict is None or written == strict
+    if find_lone_surrogate(loads_unchecked(written)) is None:
+        assert dumps(loads(written), big_integers=True) == written
+
+
+@pytest.mark.parametrize(
+    "n", [MAX_SAFE_INTEGER + 2, 1234567890123456789, -(2**63), 2**64 + 1, MAX_RECORD_INTEGER]
+)
+def test_big_integers_keep_every_digit(n: int) -> None:
+    text = str(n).encode()
+    assert dumps({"crm_id": n}, big_integers=True) == b'{"crm_id":' + text + b"}"
+    assert dumps([n], big_integers=True) == b"[" + text + b"]"
+    assert loads(text) == n
+    with pytest.raises(UnencodableValue) as caught:
+        dumps({"crm_id": n})
+    assert caught.value.reason == "unsafe_integer"
+
+
+def test_big_integers_refuse_what_loads_would_not_read() -> None:
+    with pytest.raises(UnencodableValue) as caught:
+        dumps({"a": [MAX_RECORD_INTEGER + 1]}, big_integers=True)
+    assert caught.value.reason == "unsafe_integer" and "$.a[0]" in caught.value.detail
+    with pytest.raises(InvalidRecord):
+        loads(str(MAX_RECORD_INTEGER + 1))
+    with pytest.raises(UnencodableValue) as caught:
+        dumps(json.loads("[" * 300 + "]" * 300), big_integers=True)
+    assert caught.value.reason == "too_deep"
 
 
 @given(st.dictionaries(keys, st.one_of(scalars, st.integers()), max_size=12))

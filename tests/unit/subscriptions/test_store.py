@@ -113,6 +113,29 @@ async def test_an_update_of_the_url_renames_a_webhook_named_after_it() -> None:
     assert b"Old-token-secret" not in (store.sent[0][1] or b"")
 
 
+async def test_the_bridge_s_writes_keep_an_integer_beyond_2_53_as_read() -> None:
+    """A producer's 64-bit id (``crm_id``) in a record: a disable, a rotation, a rename and a
+    change of URL write it back, digits intact, secrets encrypted or not (until 2026-12-07 the
+    record was refused as read, its webhook left out of matching; before, each of these writes
+    failed with UnencodableValue)."""
+    raw = encode(record())[:-1] + b', "crm_id": 1234567890123456789}'
+    for keys in (None, "kid1:" + base64.b64encode(bytes(range(32))).decode()):
+        webhook = parse_webhook(b"hook", raw)
+        assert webhook is not None
+        store = CapturingStore({"hook": webhook})
+        if keys is not None:
+            store._keyring = Keyring.from_setting(keys)
+        await store.disable(webhook, "failing")
+        await store.rotate_secret("hook", secret="new-secret")
+        await store.update("hook", name="renamed")
+        await store.update("hook", url="https://hooks.example/new")
+        assert len(store.sent) == 4
+        for _, value in store.sent:
+            assert value is not None and b'"crm_id":1234567890123456789' in value
+            again = parse_webhook(b"hook", value, store._keyring)
+            assert again is not None and again.extra["crm_id"] == 1234567890123456789
+
+
 # ----------------------------------------------------------------------- reading records
 
 

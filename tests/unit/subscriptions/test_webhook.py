@@ -308,7 +308,8 @@ def test_parse_webhook_is_total(key: bytes | None, raw: bytes | None) -> None:
         webhook.id.encode("utf-8")
         # Written again as WebhookStore.write writes it (a disable, a rotation).
         again = webhook_from_record(webhook.to_record()).to_record()
-        assert jsoncanon.loads(jsoncanon.dumps(again)) == jsoncanon.loads(webhook.to_bytes())
+        written = jsoncanon.dumps(again, big_integers=True)
+        assert jsoncanon.loads(written) == jsoncanon.loads(webhook.to_bytes())
 
 
 # ------------------------------------------------------------------------------- repr
@@ -556,23 +557,23 @@ def test_events_nested_past_the_validators_recursion_are_schema_invalid(depth: i
     assert "[[" not in str(problem)
 
 
-#: Fields jsoncanon cannot encode: another field (kept as it is), or a known one.
+#: Fields the bridge refuses: another field nested deeper than any encoder writes (kept as it
+#: is, it could not be written again), a rate_limit the API could not answer with.
 UNWRITABLE = {
-    "other-field-nested-300": ("labels", b"[" * 300 + b"]" * 300),
-    "other-field-integer-beyond-2^53": ("labels", b"9007199254740993"),
-    "rate-limit-beyond-2^53": ("rate_limit", b"9007199254740993"),
+    "other-field-nested-300": ("labels", b"[" * 300 + b"]" * 300, "cannot be written again"),
+    "rate-limit-beyond-2^53": ("rate_limit", b"9007199254740993", "rate_limit is an integer"),
 }
 
 
-@pytest.mark.parametrize(("field", "value"), UNWRITABLE.values(), ids=UNWRITABLE.keys())
+@pytest.mark.parametrize(("field", "value", "why"), UNWRITABLE.values(), ids=UNWRITABLE.keys())
 def test_a_record_the_bridge_could_not_write_again_is_schema_invalid(
-    field: str, value: bytes
+    field: str, value: bytes, why: str
 ) -> None:
     """The record was matched, and every write of it the bridge makes (a disable, a rotation,
     through WebhookStore.write) failed with UnencodableValue (until 2026-12-07)."""
     raw = encode(record())[:-1] + f', "{field}": '.encode() + value + b"}"
     problem = invalid(KEY, raw, "schema_invalid")
-    assert "cannot be written again" in str(problem) and "[[" not in str(problem)
+    assert why in str(problem) and "[[" not in str(problem)
     with pytest.raises(InvalidSubscription, match="schema_invalid"):
         webhook_from_record(jsoncanon.loads(raw))
     # The record next to it is read, and matched, as before.
@@ -581,6 +582,36 @@ def test_a_record_the_bridge_could_not_write_again_is_schema_invalid(
     index = SubscriptionIndex([webhook])
     matched = index.match(event("post.created", site_id="site_789", user_id="user_456"))
     assert [w.id for w in matched] == ["webhook_good"]
+
+
+#: A 64-bit id, as Java and Go producers write them: beyond 2^53, not a double's digits.
+CRM_ID = 1234567890123456789
+
+
+@pytest.mark.parametrize("value", [CRM_ID, -CRM_ID, 2**63 - 1, 2**64 + 1, [{"id": CRM_ID}]])
+def test_an_integer_beyond_2_53_in_another_field_is_read_matched_and_written_back(
+    value: object,
+) -> None:
+    """Refused as schema_invalid on 2026-12-07, the webhook then left out of matching: the
+    record is the bridge's own state, never sent to a JavaScript receiver, and is written back
+    with the integer's digits as read."""
+    text = json.dumps(value, separators=(",", ":")).encode()
+    raw = encode(record())[:-1] + b', "crm_id": ' + text + b"}"
+    webhook = parse_webhook(KEY, raw)
+    assert webhook is not None and webhook.extra["crm_id"] == value
+    matched = SubscriptionIndex([webhook]).match(
+        event("post.created", site_id="site_789", user_id="user_456")
+    )
+    assert ids(matched) == [webhook.id]
+    assert b'"crm_id":' + text in webhook.to_bytes()
+    assert webhook_from_record(jsoncanon.loads(raw)).extra == webhook.extra
+
+
+def test_an_integer_beyond_what_json_reads_is_refused_as_built_in_python() -> None:
+    """loads refuses a number beyond the doubles (malformed_json); one built in Python is
+    refused as what could not be written again."""
+    with pytest.raises(InvalidSubscription, match="cannot be written again"):
+        webhook_from_record(record(crm_id=2**1100))
 
 
 def test_a_previous_secret_no_one_can_sign_with_ends_the_overlap() -> None:
