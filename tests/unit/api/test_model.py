@@ -948,6 +948,24 @@ TestWebhookApiOverTable = WebhookApiOverTable.TestCase
 TestWebhookApiOverTable.settings = MODEL_SETTINGS
 
 
+def _foreign_webhook(name: str, url: str) -> Webhook:
+    """A webhook as read from a record another producer wrote (no URL judged)."""
+    from bridge.contract import jsoncanon
+    from bridge.subscriptions.webhook import parse_webhook
+
+    record = {
+        "id": "wh_1",
+        "name": name,
+        "url": url,
+        "secret": "s" * 32,
+        "events": ["*"],
+        "site_id": "s1",
+        "user_id": None,
+        "active": True,
+    }
+    return parse_webhook(b"wh_1", jsoncanon.dumps(record))
+
+
 @given(
     user=st.text(alphabet=string.ascii_letters + string.digits, min_size=1, max_size=12),
     password=st.text(alphabet=string.ascii_letters + string.digits, min_size=1, max_size=12),
@@ -958,21 +976,9 @@ def test_a_urls_credentials_never_reach_the_version(user: str, password: str) ->
     2026-12-06 a weak password fell in a few tries)."""
     from bridge.api.repository import webhook_version
     from bridge.api.service import public_view
-    from bridge.contract import jsoncanon
-    from bridge.subscriptions.webhook import parse_webhook
 
     def webhook(userinfo: str) -> Any:
-        record = {
-            "id": "wh_1",
-            "name": "n",
-            "url": f"https://{userinfo}example.com/hook?x=1",
-            "secret": "s" * 32,
-            "events": ["*"],
-            "site_id": "s1",
-            "user_id": None,
-            "active": True,
-        }
-        return parse_webhook(b"wh_1", jsoncanon.dumps(record))
+        return _foreign_webhook("n", f"https://{userinfo}example.com/hook?x=1")
 
     with_credentials = webhook(f"{user}:{password}@")
     view = public_view(with_credentials)
@@ -995,22 +1001,10 @@ def test_a_names_url_credentials_never_reach_the_version(
     a reader could test password guesses against the ETag offline (until 2026-12-07)."""
     from bridge.api.repository import webhook_version
     from bridge.api.service import public_view
-    from bridge.contract import jsoncanon
-    from bridge.subscriptions.webhook import parse_webhook
 
     def webhook(userinfo: str) -> Any:
         name = f"https://{userinfo}example.com/hook"
-        record = {
-            "id": "wh_1",
-            "name": name,
-            "url": name if same_url else "https://example.com/hook",
-            "secret": "s" * 32,
-            "events": ["*"],
-            "site_id": "s1",
-            "user_id": None,
-            "active": True,
-        }
-        return parse_webhook(b"wh_1", jsoncanon.dumps(record))
+        return _foreign_webhook(name, name if same_url else "https://example.com/hook")
 
     with_credentials = webhook(f"{user}:{password}@")
     assert public_view(with_credentials)["name"] == "https://***@example.com/hook"
