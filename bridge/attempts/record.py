@@ -11,7 +11,15 @@ from bridge.contract.events import parse_time
 from bridge.contract.jsoncanon import MAX_SAFE_INTEGER
 from bridge.errors import InvalidRecord
 
-__all__ = ["OUTCOMES", "TRIGGERS", "Attempt", "status_class"]
+__all__ = [
+    "MAX_LENGTHS",
+    "MAX_RECORD_BYTES",
+    "MAX_RESPONSE_PREFIX",
+    "OUTCOMES",
+    "TRIGGERS",
+    "Attempt",
+    "status_class",
+]
 
 #: Text fields an attempt record must carry, and text fields it may leave null.
 _TEXT = ("delivery_id", "webhook_id", "event_type", "at")
@@ -24,6 +32,42 @@ _OPTIONAL_TEXT = (
     "webhook_created_at",
     "recovery_id",
 )
+
+#: The longest id an attempt record may carry (delivery, webhook, event, recovery): the
+#: schemas' bound on webhook and event ids (``topics/schemas/webhook.json``, ``event.json``);
+#: the bridge's delivery and recovery ids are UUIDs (36 characters).
+_MAX_ID = 200
+#: The longest name (``event_type``, ``error``, ``next``): the bridge writes words of its own
+#: (``post.created``, ``http_status``, ``dead_letter``), none near this.
+_MAX_NAME = 200
+#: The longest time (``at``, ``next_at``, ``event_at``, ``webhook_created_at``): the bridge
+#: writes 24 characters (``2024-01-15T10:30:00.250Z``), an event's timestamp at most 30, and
+#: any ISO-8601 time parse_time reads fits.
+_MAX_TIME = 64
+#: The longest ``response_prefix``, in characters: ``attempt_response_prefix_bytes`` is at most
+#: 1,024 (``bridge.config.MAX_ATTEMPT_RESPONSE_PREFIX``), and the writer's text is never longer in
+#: UTF-8 than the bytes kept, so never more characters.
+MAX_RESPONSE_PREFIX = 1024
+#: The most characters each text field may hold: what the bridge's writer can produce.
+MAX_LENGTHS = {
+    "delivery_id": _MAX_ID,
+    "webhook_id": _MAX_ID,
+    "event_id": _MAX_ID,
+    "recovery_id": _MAX_ID,
+    "event_type": _MAX_NAME,
+    "error": _MAX_NAME,
+    "next": _MAX_NAME,
+    "at": _MAX_TIME,
+    "next_at": _MAX_TIME,
+    "event_at": _MAX_TIME,
+    "webhook_created_at": _MAX_TIME,
+    "response_prefix": MAX_RESPONSE_PREFIX,
+}
+#: The largest record value read: larger ones are refused unread (``too_large``). A record with
+#: every field at its bound, each character one JSON writes as ``\uXXXX`` (6 bytes; control
+#: characters), takes under 16,000 bytes; the bridge's records take 300-600 bytes, plus
+#: a kept response prefix.
+MAX_RECORD_BYTES = 16 * 1024
 
 #: The ``outcome`` values an attempt record may carry.
 OUTCOMES = frozenset({"success", "failure", "skipped"})
@@ -38,8 +82,10 @@ def status_class(status: int | None) -> str:
     return f"{status // 100}xx" if 100 <= status < 600 else "other"
 
 
-#: A text field: never empty.
-_Text = Annotated[str, msgspec.Meta(min_length=1)]
+#: Text fields: never empty, never longer than the bridge writes them (:data:`MAX_LENGTHS`).
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=_MAX_ID)]
+_Name = Annotated[str, msgspec.Meta(min_length=1, max_length=_MAX_NAME)]
+_Time = Annotated[str, msgspec.Meta(min_length=1, max_length=_MAX_TIME)]
 #: An integer JavaScript reads exactly: the API answers with what the log keeps.
 _Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_SAFE_INTEGER)]
 
@@ -58,25 +104,25 @@ class Attempt(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     Fields as the record names them; a record may leave out those with a default (records
     written before they were recorded)."""
 
-    delivery_id: _Text
-    webhook_id: _Text
-    event_type: _Text
+    delivery_id: _Id
+    webhook_id: _Id
+    event_type: _Name
     #: 1 for the first attempt of a delivery.
     attempt: Annotated[int, msgspec.Meta(ge=1, le=MAX_SAFE_INTEGER)]
     #: ``success``, ``failure`` or ``skipped`` (no request was made).
     outcome: Literal["success", "failure", "skipped"]
     duration_seconds: Annotated[float, msgspec.Meta(ge=0, le=MAX_SAFE_INTEGER)]
     #: When the attempt started, as recorded (``2024-01-15T10:30:00.250Z``).
-    at: _Text
-    event_id: _Text | None = None
+    at: _Time
+    event_id: _Id | None = None
     status: Annotated[int, msgspec.Meta(ge=0, le=999)] | None = None
     #: Error class (``timeout``, ``http_status``, ``circuit_open`` ...), ``None`` on success.
-    error: _Text | None = None
+    error: _Name | None = None
     #: What followed: ``retry``, ``dead_letter``, ``disabled``, or ``None``.
-    next: _Text | None = None
+    next: _Name | None = None
     #: When the retry is due (as recorded), for ``next`` retry; ``None`` otherwise or in records
     #: written before it was recorded.
-    next_at: _Text | None = None
+    next_at: _Time | None = None
     #: Bytes of the response body read, up to the cap on a response (see
     #: ``response_truncated``); ``None`` when no response arrived, or in records written before
     #: it was recorded.
@@ -85,18 +131,18 @@ class Attempt(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     response_truncated: bool = False
     #: The body's first bytes as text, only when the worker was told to keep them
     #: (``attempt_response_prefix_bytes``); receiver-controlled: escape before showing it.
-    response_prefix: str | None = None
+    response_prefix: Annotated[str, msgspec.Meta(max_length=MAX_RESPONSE_PREFIX)] | None = None
     #: The event's own timestamp, as recorded (``None`` in records written before it was).
-    event_at: _Text | None = None
+    event_at: _Time | None = None
     #: The ``created_at`` of the webhook the attempt was made for (``None`` in records written
     #: before it was recorded): which webhook of this id, when an id is used again.
-    webhook_created_at: _Text | None = None
+    webhook_created_at: _Time | None = None
     #: ``manual`` for an attempt of a delivery an operator sent again (a redelivery, a
     #: recovery, a dead letter replayed) and of its retries, whose ``attempt`` counts from that
     #: sending (from 1 for a redelivery or recovery); ``scheduled`` for the event's own.
     trigger: Literal["scheduled", "manual"] = "scheduled"
     #: The recovery or redelivery that sent it (``/v1/recoveries/{id}``), for ``manual``.
-    recovery_id: _Text | None = None
+    recovery_id: _Id | None = None
     #: ``at`` in seconds since the epoch, for ordering and windows: not read from the record,
     #: always worked out from ``at``.
     at_seconds: float = 0.0
@@ -111,6 +157,12 @@ class Attempt(msgspec.Struct, gc=False, forbid_unknown_fields=True):
         value is not an attempt record. Values are never quoted in the error."""
         if value is None:
             raise InvalidRecord("tombstone", "an attempt record has no value")
+        if len(value) > MAX_RECORD_BYTES:
+            # Not decoded: a record of megabytes is no attempt the bridge wrote (until
+            # 2026-12-07 each was kept whole, ~500 KB of memory or 3 MB of disk a record).
+            raise InvalidRecord(
+                "too_large", f"an attempt record is at most {MAX_RECORD_BYTES} bytes"
+            )
         # An API worker reads one record per delivery attempt: msgspec decodes and checks a
         # record a worker wrote in one pass. Anything it refuses is read again the slow way,
         # which alone decides what is refused and names why (msgspec names fields its own way).
@@ -221,10 +273,13 @@ def _check(record: dict[str, Any]) -> None:
         value = get(name)
         if not isinstance(value, str) or not value:
             raise InvalidRecord("schema_invalid", f"attempt record: {name} is not a string")
+        _check_length(name, value)
     for name in _OPTIONAL_TEXT:
         value = get(name)
-        if value is not None and (not isinstance(value, str) or not value):
-            raise InvalidRecord("schema_invalid", f"attempt record: {name} is not a string")
+        if value is not None:
+            if not isinstance(value, str) or not value:
+                raise InvalidRecord("schema_invalid", f"attempt record: {name} is not a string")
+            _check_length(name, value)
     # Integers within JavaScript's safe range: the API answers with what the log keeps, and
     # cannot write a larger one (until 2026-12-05 a status of 2**62 made every page of that
     # webhook's log a 500).
@@ -262,5 +317,16 @@ def _check(record: dict[str, Any]) -> None:
     if get("trigger", "scheduled") not in TRIGGERS:  # a tuple: any JSON value compares
         raise InvalidRecord("schema_invalid", "attempt record: unknown trigger")
     prefix = get("response_prefix")
-    if prefix is not None and not isinstance(prefix, str):
-        raise InvalidRecord("schema_invalid", "attempt record: response_prefix is not a string")
+    if prefix is not None:
+        if not isinstance(prefix, str):
+            raise InvalidRecord("schema_invalid", "attempt record: response_prefix is not a string")
+        _check_length("response_prefix", prefix)
+
+
+def _check_length(name: str, value: str) -> None:
+    """Refuse a text field longer than the bridge writes it (as the Struct's ``max_length``)."""
+    limit = MAX_LENGTHS[name]
+    if len(value) > limit:
+        raise InvalidRecord(
+            "schema_invalid", f"attempt record: {name} is longer than {limit} characters"
+        )

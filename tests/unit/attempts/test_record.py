@@ -155,6 +155,13 @@ _ANY_VALUE = st.one_of(
             "manual",
             "scheduled",
             "2024-01-15T10:30:00.250Z",
+            # at and past each bound on a text field (times 64, ids and names 200, prefix 1024)
+            "x" * 64,
+            "x" * 65,
+            "x" * 200,
+            "x" * 201,
+            "x" * 1024,
+            "x" * 1025,
         ]
     ),
     st.lists(st.integers(), max_size=2),
@@ -165,14 +172,20 @@ _ANY_VALUE = st.one_of(
 def _reference_problem(fields: dict[str, Any]) -> str | None:
     """What a record's fields are refused for, checked one by one in the order the schema
     lists them (what :meth:`Attempt.of` must say), or ``None``."""
+    longest = {"at": 64, "next_at": 64, "event_at": 64, "event_type": 200, "error": 200}
+    longest |= {"next": 200, "response_prefix": 1024}
     for name in ("delivery_id", "webhook_id", "event_type", "at"):
         value = fields.get(name)
         if not isinstance(value, str) or not value:
             return f"attempt record: {name} is not a string"
+        if len(value) > longest.get(name, 200):
+            return f"attempt record: {name} is longer than {longest.get(name, 200)} characters"
     for name in ("event_id", "error", "next", "next_at", "event_at", "recovery_id"):
         value = fields.get(name)
         if value is not None and (not isinstance(value, str) or not value):
             return f"attempt record: {name} is not a string"
+        if value is not None and len(value) > longest.get(name, 200):
+            return f"attempt record: {name} is longer than {longest.get(name, 200)} characters"
     safe = 2**53 - 1
     attempt = fields.get("attempt")
     if isinstance(attempt, bool) or not isinstance(attempt, int) or not 1 <= attempt <= safe:
@@ -203,6 +216,8 @@ def _reference_problem(fields: dict[str, Any]) -> str | None:
     prefix = fields.get("response_prefix")
     if prefix is not None and not isinstance(prefix, str):
         return "attempt record: response_prefix is not a string"
+    if prefix is not None and len(prefix) > 1024:
+        return "attempt record: response_prefix is longer than 1024 characters"
     if not fields["at"].endswith("Z"):
         return "attempt record: at is not a time"
     return None

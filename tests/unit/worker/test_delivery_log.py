@@ -12,8 +12,11 @@ from typing import Any
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
+from bridge.attempts.record import MAX_LENGTHS, MAX_RECORD_BYTES, Attempt
 from bridge.attempts.stores import Checkpoint, DeliveryLogStore, MemoryStore, RocksStore
+from bridge.config import MAX_ATTEMPT_RESPONSE_PREFIX
 from bridge.contract import jsoncanon
+from bridge.contract.jsoncanon import MAX_SAFE_INTEGER
 from bridge.worker.app import Bridge
 from bridge.worker.delivery_log import (
     FUTURE_MARGIN,
@@ -100,6 +103,57 @@ def test_attempts_stamped_past_the_readers_clock_are_not_kept(store: DeliveryLog
     kept = log.store.get("a")
     assert kept is not None and [a.delivery_id for a in kept.log.attempts()] == ["near"]
     assert log.positions == {0: 50}
+
+
+def test_records_with_fields_past_what_the_bridge_writes_are_not_kept(
+    store: DeliveryLogStore,
+) -> None:
+    """A record is bounded by what the bridge's writer can produce (ids of 200 characters,
+    times of 64, a response prefix of 1,024, MAX_RECORD_BYTES a value): until 2026-12-07 a
+    record of 500 KB strings was kept whole, ~500 KB of memory or ~3 MB of disk a record.
+    Longer ones are counted invalid and not kept; records at every bound are kept."""
+    log = reader(store)
+    log.hold(0)
+    at_bounds = record(**{name: "x" * limit for name, limit in MAX_LENGTHS.items()})
+    at_bounds.update(
+        at=stamp(T0),
+        next_at=stamp(T0 + 60),
+        event_at=stamp(T0 - 1),
+        webhook_created_at=stamp(T0 - 3600),
+    )
+    at_bounds["webhook_id"] = "a" * MAX_LENGTHS["webhook_id"]
+    webhook = at_bounds["webhook_id"]
+    over = [
+        record(webhook_id=webhook, delivery_id="d" * 201),
+        record(webhook_id=webhook, error="e" * 201),
+        record(webhook_id=webhook, event_type="t" * 201),
+        record(webhook_id=webhook, response_prefix="p" * 1025),
+        record(webhook_id=webhook, next_at="2" * 65),
+        record(webhook_id=webhook, error="http_status", padding="x" * 500_000),
+        {**at_bounds, "delivery_id": "d" * 200 + "x"},
+    ]
+    log.add_many(0, [(n, jsoncanon.dumps(r), -1) for n, r in enumerate(over)])
+    log.add(0, len(over), jsoncanon.dumps(at_bounds))
+    log.add(0, len(over) + 1, value(webhook, 1))
+    summary = log.summary()
+    assert (summary["attempts"], summary["invalid"]) == (2, len(over))
+    kept = log.store.get(webhook)
+    assert kept is not None
+    assert sorted(a.delivery_id for a in kept.log.attempts()) == ["d1", "x" * 200]
+
+
+def test_a_record_at_every_bound_in_its_longest_json_is_under_the_size_cap() -> None:
+    """Each character a control character, which JSON writes as 6 bytes: still read."""
+    widest = record(at=stamp(T0), trigger="manual", response_bytes=MAX_SAFE_INTEGER)
+    for name, limit in MAX_LENGTHS.items():
+        if not name.endswith("at"):
+            widest[name] = "\x01" * limit
+    widest["next_at"] = widest["event_at"] = widest["webhook_created_at"] = (
+        "2024-01-15T10:30:00.123456+05:30"
+    )
+    raw = jsoncanon.dumps(widest)
+    assert len(raw) <= MAX_RECORD_BYTES
+    assert Attempt.parse(raw).response_prefix == "\x01" * MAX_ATTEMPT_RESPONSE_PREFIX
 
 
 def test_caught_up_only_once_every_assigned_partition_is_read_to_its_end(
