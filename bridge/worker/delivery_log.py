@@ -44,6 +44,7 @@ from bridge.attempts.record import Attempt
 from bridge.attempts.stores import Checkpoint, DeliveryLogStore
 from bridge.errors import InvalidRecord
 from bridge.kafka.clients import started, stopped
+from bridge.subscriptions.webhook import created_seconds
 
 __all__ = [
     "FUTURE_MARGIN",
@@ -74,6 +75,19 @@ FUTURE_MARGIN = 300.0
 SWEEP_SLICE = 0.005
 
 _partitioner = DefaultPartitioner()
+
+
+def _made_later(attempt: Attempt) -> bool:
+    """Whether ``attempt`` names a webhook created after it was made (by more than
+    :data:`FUTURE_MARGIN`), or a ``webhook_created_at`` that is no time: no attempt of a real
+    webhook. The stats start afresh at a newer ``created_at`` and the API reads them by the
+    webhook's own, so until 2026-12-07 one such record (created 9000-01-01) emptied its
+    webhook's stats for as long as the log kept it (a week)."""
+    created = attempt.webhook_created_at
+    if created is None:
+        return False
+    made = created_seconds(created)
+    return made is None or made > attempt.at_seconds + FUTURE_MARGIN
 
 
 def attempts_partition(webhook_id: str, partitions: int) -> int:
@@ -324,7 +338,7 @@ class DeliveryLogReader(Service):
                     store.skip(partition, offset, timestamp)
                     log.exception("attempt record skipped")
                     continue
-                if attempt.at_seconds > now + FUTURE_MARGIN:
+                if attempt.at_seconds > now + FUTURE_MARGIN or _made_later(attempt):
                     invalid += 1
                     store.skip(partition, offset, timestamp)
                     continue

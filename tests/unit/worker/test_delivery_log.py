@@ -156,6 +156,45 @@ def test_a_record_at_every_bound_in_its_longest_json_is_under_the_size_cap() -> 
     assert Attempt.parse(raw).response_prefix == "\x01" * MAX_ATTEMPT_RESPONSE_PREFIX
 
 
+def test_a_record_of_a_webhook_created_after_it_is_not_kept(store: DeliveryLogStore) -> None:
+    """A webhook_created_at later than the attempt's own time (past FUTURE_MARGIN), or none
+    that reads as a time, is no real webhook's: counted invalid. Until 2026-12-07 one made the
+    stats start afresh for a webhook created 9000-01-01, and the webhook's own stats (read by
+    its real created_at) showed nothing for a week."""
+    log = reader(store)
+    log.hold(0)
+    created = stamp(T0 - 86400)
+
+    def success(n: int, made: str = created) -> bytes:
+        at = stamp(T0 + n)
+        return jsoncanon.dumps(
+            record(webhook_id="a", delivery_id=f"d{n}", at=at, webhook_created_at=made)
+        )
+
+    log.add_many(0, [(n, success(n), -1) for n in range(10)])
+    hostile = record(
+        webhook_id="a",
+        delivery_id="h",
+        at=stamp(T0 + 10),
+        outcome="failure",
+        status=500,
+        webhook_created_at="9000-01-01T00:00:00Z",
+    )
+    log.add(0, 10, jsoncanon.dumps(hostile))
+    log.add_many(0, [(11 + n, success(20 + n), -1) for n in range(10)])
+    unreadable = jsoncanon.dumps({**hostile, "webhook_created_at": "last tuesday"})
+    log.add(0, 21, unreadable)
+    near = success(40, stamp(T0 + 40 + FUTURE_MARGIN - 1))  # the API's clock a little ahead
+    kept = log.store.get("a")
+    assert kept is not None
+    window = kept.stats.of_webhook(created).window("7d", T0 + 60)
+    assert (window.successes, window.failures) == (20, 0)
+    assert log.summary()["invalid"] == 2
+    log.add(0, 22, near)
+    assert log.summary()["invalid"] == 2
+    assert "d40" in [a.delivery_id for a in kept.log.attempts()]
+
+
 def test_caught_up_only_once_every_assigned_partition_is_read_to_its_end(
     store: DeliveryLogStore,
 ) -> None:
