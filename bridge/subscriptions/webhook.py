@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from functools import lru_cache
@@ -69,7 +69,7 @@ class Webhook:
 
     def __repr__(self) -> str:
         return (
-            f"Webhook(id={self.id!r}, name={self._shown_name(for_logs)!r}, "
+            f"Webhook(id={self.id!r}, name={self._logged_name()!r}, "
             f"url={for_logs(self.url)!r}, "
             "secret='***', "
             f"events={sorted(self.events)!r}, site_id={self.site_id!r}, "
@@ -80,15 +80,15 @@ class Webhook:
         """The name as answers and delivery bodies show it (:func:`name_as_shown`)."""
         return name_as_shown(self.name)
 
-    def _shown_name(self, redact: Callable[[str], str]) -> str:
+    def _logged_name(self) -> str:
         # A name that is a URL (the default: the URL, or its first 500 characters; or the URL
-        # before a change of it) is shown as the URL is; any other without user information.
-        # (Until 2026-12-07 only a name equal to the URL was: a long URL's name, or the old
-        # URL's, showed its query token in reprs.)
+        # before a change of it) is logged as the URL is (for_logs: no query either); any
+        # other without user information. (Until 2026-12-07 only a name equal to the URL was:
+        # a long URL's name, or the old URL's, showed its query token in reprs.)
         url_like = self.name == self.url or self.name[:8].lower().startswith(
             ("http://", "https://")
         )
-        return redact(self.name) if url_like else name_as_shown(self.name)
+        return for_logs(self.name) if url_like else name_as_shown(self.name)
 
     def signing_secrets(self, now: datetime) -> list[str]:
         """The secrets to sign with: the current one, and the previous one during an overlap."""
