@@ -22,8 +22,8 @@ from bridge.errors import ConfigError
 from bridge.redaction import without_userinfo
 from bridge.subscriptions.secretbox import Keyring, generate_key
 from bridge.subscriptions.store import WebhookStore
-from bridge.subscriptions.webhook import Webhook, parse_webhook
 from bridge.worker.logs import JsonFormatter
+from tests.support.builders import foreign_webhook
 
 SASL_PASSWORD = "saslPassw0rd-never-printed"
 
@@ -92,24 +92,6 @@ async def test_the_sasl_password_is_not_logged_at_debug(caplog: pytest.LogCaptur
 
 
 URL_PASSWORD = "urlPassw0rd-never-printed"
-
-
-def foreign_webhook(url: str, name: str = "n") -> Webhook:
-    """A webhook as another producer (or an older bridge) may have written it: the table keeps
-    it (URLs are not judged on load), and deliveries to it are dead-lettered invalid_url."""
-    record = {
-        "id": "wh_1",
-        "name": name,
-        "url": url,
-        "secret": "s" * 32,
-        "events": ["*"],
-        "site_id": "s1",
-        "user_id": None,
-        "active": True,
-    }
-    webhook = parse_webhook(b"wh_1", jsoncanon.dumps(record))
-    assert webhook is not None
-    return webhook
 
 
 def test_a_webhooks_repr_hides_its_urls_credentials() -> None:

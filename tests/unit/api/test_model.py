@@ -38,6 +38,7 @@ from bridge.subscriptions.changes import disabled_record
 from bridge.subscriptions.freshness import TableFreshness
 from bridge.subscriptions.index import SubscriptionIndex
 from bridge.subscriptions.webhook import Webhook, webhook_from_record
+from tests.support.builders import foreign_webhook
 from tests.unit.api.conftest import Clock, Published, control_service
 
 
@@ -948,24 +949,6 @@ TestWebhookApiOverTable = WebhookApiOverTable.TestCase
 TestWebhookApiOverTable.settings = MODEL_SETTINGS
 
 
-def _foreign_webhook(name: str, url: str) -> Webhook:
-    """A webhook as read from a record another producer wrote (no URL judged)."""
-    from bridge.contract import jsoncanon
-    from bridge.subscriptions.webhook import parse_webhook
-
-    record = {
-        "id": "wh_1",
-        "name": name,
-        "url": url,
-        "secret": "s" * 32,
-        "events": ["*"],
-        "site_id": "s1",
-        "user_id": None,
-        "active": True,
-    }
-    return parse_webhook(b"wh_1", jsoncanon.dumps(record))
-
-
 @given(
     user=st.text(alphabet=string.ascii_letters + string.digits, min_size=1, max_size=12),
     password=st.text(alphabet=string.ascii_letters + string.digits, min_size=1, max_size=12),
@@ -978,7 +961,7 @@ def test_a_urls_credentials_never_reach_the_version(user: str, password: str) ->
     from bridge.api.service import public_view
 
     def webhook(userinfo: str) -> Any:
-        return _foreign_webhook("n", f"https://{userinfo}example.com/hook?x=1")
+        return foreign_webhook(f"https://{userinfo}example.com/hook?x=1")
 
     with_credentials = webhook(f"{user}:{password}@")
     view = public_view(with_credentials)
@@ -1004,7 +987,7 @@ def test_a_names_url_credentials_never_reach_the_version(
 
     def webhook(userinfo: str) -> Any:
         name = f"https://{userinfo}example.com/hook"
-        return _foreign_webhook(name, name if same_url else "https://example.com/hook")
+        return foreign_webhook(name if same_url else "https://example.com/hook", name)
 
     with_credentials = webhook(f"{user}:{password}@")
     assert public_view(with_credentials)["name"] == "https://***@example.com/hook"
