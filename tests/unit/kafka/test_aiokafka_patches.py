@@ -24,6 +24,7 @@ from bridge.config import Settings
 from bridge.kafka import aiokafka_patches, clients
 from bridge.patching import PatchMismatch, fingerprint
 from bridge.worker import faust_patches
+from tests.support.patches import as_shipped
 from tests.support.records import RawHeaderKey, batch_builder
 
 TP = TopicPartition("postion.webhooks", 3)
@@ -36,15 +37,10 @@ Headers = Sequence[tuple[str, bytes]]
 
 @pytest.fixture
 def patched() -> Iterator[None]:
-    """aiokafka as shipped, the patches then installed; afterwards as it was before."""
-    saved = {p.name: getattr(p.owner, p.attribute) for p in aiokafka_patches.PATCHES}
-    for patch in aiokafka_patches.PATCHES:
-        setattr(patch.owner, patch.attribute, aiokafka_patches.ORIGINALS[patch.name])
-    try:
+    """aiokafka as shipped during the test (the test installs the patches); afterwards as it
+    was before."""
+    with as_shipped(aiokafka_patches.PATCHES, aiokafka_patches.ORIGINALS):
         yield
-    finally:
-        for patch in aiokafka_patches.PATCHES:
-            setattr(patch.owner, patch.attribute, saved[patch.name])
 
 
 def batch(base: int, headers: Sequence[Headers], compression: int = 0) -> bytes:

@@ -55,6 +55,7 @@ from bridge.worker.faust_patches.fetching import (
 )
 from bridge.worker.faust_patches.handoff import _wait_first
 from bridge.worker.faust_patches.recovery import _seek_offsets
+from tests.support.patches import as_shipped
 
 
 async def test_returns_what_the_awaitable_returns() -> None:
@@ -928,14 +929,8 @@ def test_the_package_exports_exactly_the_public_names_of_its_modules() -> None:
 def pristine() -> Iterator[None]:
     """Faust as shipped during the test (each original as faust_patches found it), and
     whatever was installed before it afterwards."""
-    saved = {p.name: getattr(p.owner, p.attribute) for p in faust_patches.PATCHES}
-    for patch in faust_patches.PATCHES:
-        setattr(patch.owner, patch.attribute, faust_patches.ORIGINALS[patch.name])
-    try:
+    with as_shipped(faust_patches.PATCHES, faust_patches.ORIGINALS):
         yield
-    finally:
-        for patch in faust_patches.PATCHES:
-            setattr(patch.owner, patch.attribute, saved[patch.name])
 
 
 @pytest.mark.parametrize("patch", faust_patches.PATCHES, ids=lambda p: p.name)
