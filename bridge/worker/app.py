@@ -226,6 +226,7 @@ class Bridge:
                 store=delivery_log_store(settings),
                 max_age=settings.delivery_log_max_age,
                 on_change=self.changes.notify,
+                partitions=self._partitions[settings.attempts_topic],
             )
         #: Every recovery's newest record (the recoveries table). Every role declares the table,
         #: though only workers serving the API read the view: Faust's assignor gives each

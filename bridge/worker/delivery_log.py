@@ -27,6 +27,7 @@ Two pieces, each doing what it does well:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -184,7 +185,15 @@ class DeliveryLogReader(Service):
     buckets are expired, :data:`SWEEP_SLICE` seconds at a time between reads. ``on_change`` is
     called whenever what :attr:`assigned`, :meth:`complete` and :attr:`caught_up` answer may
     have changed (an assignment, partitions held or forgotten, a partition read to its end):
-    requests held for the book wake then (:mod:`bridge.worker.settling`)."""
+    requests held for the book wake then (:mod:`bridge.worker.settling`).
+
+    ``partitions``: the attempts topic's partition count (the worker's declared one). Given, a
+    record read on a partition other than its webhook's (:func:`attempts_partition`) is
+    skipped and counted (``misplaced``): only a writer other than the bridge puts one there,
+    and kept, it went into that partition's book, where the webhook's log and stats were
+    looked up first in whichever book held the webhook, so a record of it elsewhere hid its
+    real ones (until 2026-12-07). After the topic's partitions are increased, a webhook's
+    older attempts are on its former partition and its log starts afresh on its new one."""
 
     def __init__(
         self,
@@ -197,9 +206,17 @@ class DeliveryLogReader(Service):
         poll_timeout: float = 0.2,
         sweep_interval: float = 60.0,
         on_change: Callable[[], None] | None = None,
+        partitions: int | None = None,
     ) -> None:
         super().__init__()
         self.topic = topic
+        #: The partition of a webhook's records, remembered (~6 us each to compute).
+        self._home: Callable[[str], int] | None = None
+        if partitions is not None:
+            count = partitions
+            self._home = functools.lru_cache(maxsize=1 << 17)(
+                lambda webhook_id: attempts_partition(webhook_id, count)
+            )
         self._on_change = on_change
         self.store = store
         self._max_age = max_age
@@ -234,6 +251,8 @@ class DeliveryLogReader(Service):
         #: (partition, expected offset, offset read) whenever a record was not the next one.
         self.gaps: list[tuple[int, int, int]] = []
         self.invalid = 0
+        #: Attempt records read on a partition other than their webhook's (skipped).
+        self.misplaced = 0
         #: The steps left of the sweep under way.
         self._sweeping: Iterator[None] | None = None
         #: Sweeps finished (for tests and the summary).
@@ -311,6 +330,8 @@ class DeliveryLogReader(Service):
         last = self.positions.get(partition)
         count = 0
         invalid = 0
+        misplaced = 0
+        home = self._home
         # A resumed partition's first record must be the one its checkpoint names.
         expected = self._verifying.pop(partition, None)
         try:
@@ -342,6 +363,10 @@ class DeliveryLogReader(Service):
                     invalid += 1
                     store.skip(partition, offset, timestamp)
                     continue
+                if home is not None and home(attempt.webhook_id) != partition:
+                    misplaced += 1
+                    store.skip(partition, offset, timestamp)
+                    continue
                 assert value is not None
                 try:
                     store.add(partition, offset, attempt, value, now, timestamp)
@@ -355,6 +380,7 @@ class DeliveryLogReader(Service):
             if count:
                 self.read[partition] = self.read.get(partition, 0) + count
                 self.invalid += invalid
+                self.misplaced += misplaced
                 assert last is not None
                 self.positions[partition] = last
                 self._next[partition] = last + 1
@@ -423,6 +449,7 @@ class DeliveryLogReader(Service):
             "resumed": {str(p): n for p, n in sorted(self.resumed.items())},
             "reread": self.reread,
             "invalid": self.invalid,
+            "misplaced": self.misplaced,
             "gaps": self.gaps[-20:],
         }
 

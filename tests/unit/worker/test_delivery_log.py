@@ -346,6 +346,29 @@ def test_an_owned_webhook_is_answered_from_the_book(bridge: Bridge) -> None:
     assert [a.delivery_id for a in bridge.local_delivery("d0")] == ["d0"]
 
 
+def test_an_attempt_on_a_partition_other_than_its_webhook_s_is_not_kept(bridge: Bridge) -> None:
+    """Only a writer other than the bridge puts one there. Until 2026-12-07 it went into that
+    partition's book, and a webhook's log and stats were read from the first book holding
+    the webhook: one record elsewhere hid every real attempt of it (and its delivery was
+    shown). Skipped and counted ``misplaced``; the checkpoint goes past it."""
+    p = attempts_partition("wh", 6)
+    other = (p + 1) % 6
+    owners(bridge, [p, other], [q for q in range(6) if q not in (p, other)])
+    log = bridge.delivery_log
+    assert log is not None
+    log.assign([p, other])
+    log.hold(other)  # held first: its book was looked at first
+    log.hold(p)
+    log.add(other, 0, recent("wh", "foreign"))
+    log.add_many(p, [(n, recent("wh", f"real{n}"), -1) for n in range(3)])
+    activity = asyncio.run(bridge.activity_for("wh"))
+    assert sorted(a.delivery_id for a in activity.log.attempts()) == ["real0", "real1", "real2"]
+    assert bridge.local_delivery("foreign") == []
+    summary = log.summary()
+    assert (summary["misplaced"], summary["invalid"], summary["attempts"]) == (1, 0, 3)
+    assert log.positions[other] == 0
+
+
 def test_a_delivery_past_the_logs_age_is_not_shown_before_the_sweep_forgets_it(
     bridge: Bridge, monkeypatch: pytest.MonkeyPatch
 ) -> None:
