@@ -725,12 +725,13 @@ def _broker(args: argparse.Namespace) -> int:
         nonlocal stopped
         stopped = True
 
+    # SIGINT too, whatever it was on entry: a process started in the background of a script
+    # inherits SIGINT ignored, and until 2026-12-07 such a broker went on after Ctrl-C's signal.
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         while not stopped:
             signal.pause()
-    except KeyboardInterrupt:
-        pass
     finally:
         broker.stop()
     return 0

@@ -237,9 +237,14 @@ def test_bad_event_data_is_refused_before_publishing() -> None:
     assert "unsafe_integer" in result.stderr
 
 
-async def test_broker_command_runs_the_embedded_broker_until_ctrl_c() -> None:
+@pytest.mark.parametrize("sigint_on_entry", ["default", "ignored"])
+async def test_broker_command_runs_the_embedded_broker_until_ctrl_c(sigint_on_entry: str) -> None:
+    """Stopped by SIGINT however it was started: a process started in a script's background
+    inherits SIGINT ignored (until 2026-12-07 such a broker went on after it)."""
+    import signal
     import socket
 
+    disposition = signal.SIG_DFL if sigint_on_entry == "default" else signal.SIG_IGN
     port = free_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     broker = subprocess.Popen(
@@ -248,6 +253,7 @@ async def test_broker_command_runs_the_embedded_broker_until_ctrl_c() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, disposition),
     )
     try:
         assert broker.stdout is not None
