@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
 from aiohttp import web
 
@@ -47,6 +46,7 @@ from bridge.contract import jsoncanon
 from bridge.contract.events import parse_time
 from bridge.contract.payload import delivery_id
 from bridge.contract.schemas import EVENT_TYPES, event_data_schema
+from bridge.paths import path_segment
 from bridge.subscriptions.webhook import Webhook
 
 __all__ = [
@@ -136,7 +136,7 @@ def _key(request: web.Request, principal: Principal) -> IdempotencyKey | None:
 def _operation_response(
     operation: Operation, status: int = 200, *, replayed: bool = False
 ) -> web.Response:
-    headers = {"Location": f"/v1/recoveries/{quote(operation.id, safe='')}", **_replayed(replayed)}
+    headers = {"Location": f"/v1/recoveries/{path_segment(operation.id)}", **_replayed(replayed)}
     return _json(operation.as_dict(), status, headers=headers if status == 202 else None)
 
 
@@ -223,7 +223,7 @@ class _Routes:
             return _webhook_response(
                 webhook, 200, with_secret=created.shows_secret, headers=_replayed(created.replayed)
             )
-        location = f"/v1/webhooks/{quote(webhook.id, safe='')}"
+        location = f"/v1/webhooks/{path_segment(webhook.id)}"
         return _webhook_response(webhook, 201, with_secret=True, headers={"Location": location})
 
     async def get_webhook(self, request: web.Request) -> web.Response:

@@ -14,11 +14,11 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 
 from bridge.errors import ConfigError
+from bridge.paths import path_segment
 
 __all__ = ["ApiClient", "RETRY_FOR", "MAX_RETRY_AFTER", "MAX_ANSWER_BYTES", "MAX_PAGES"]
 
@@ -179,7 +179,7 @@ class ApiClient:
             if time.monotonic() > deadline:
                 raise ConfigError(f"recovery {current.get('id')} still running after {timeout}s")
             time.sleep(0.5)
-            current = _operation(self.get(f"/v1/recoveries/{quote(current['id'], safe='')}"))
+            current = _operation(self.get(f"/v1/recoveries/{path_segment(current['id'])}"))
         return current
 
 

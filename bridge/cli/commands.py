@@ -30,6 +30,7 @@ from bridge.config import (
 from bridge.contract.events import Event, build_event
 from bridge.contract.payload import delivery_id
 from bridge.errors import BridgeError, ConfigError, InvalidRecord, TopicDrift
+from bridge.paths import path_segment
 from bridge.worker.embedded import GROUP_TIMEOUTS, EmbeddedBroker, _port_open
 
 if TYPE_CHECKING:
@@ -938,14 +939,14 @@ def _webhooks_recover(args: argparse.Namespace) -> int:
                 "--since, --until and --rate are not used",
                 file=sys.stderr,
             )
-            path = f"/v1/deliveries/{_path_part(args.delivery_id)}/redeliver"
+            path = f"/v1/deliveries/{path_segment(args.delivery_id)}/redeliver"
             started = api.post(path, params={"webhook_id": args.webhook_id})
         else:
             body: dict[str, Any] = {"since": _rfc3339(since.timestamp())}
             body["until"] = _rfc3339(until.timestamp())
             if args.rate is not None:
                 body["rate"] = args.rate
-            started = api.post(f"/v1/webhooks/{_path_part(args.webhook_id)}/recoveries", body)
+            started = api.post(f"/v1/webhooks/{path_segment(args.webhook_id)}/recoveries", body)
         print(json.dumps(api.finished(started)))
     return 0
 
@@ -957,7 +958,7 @@ def _webhooks_recoveries(args: argparse.Namespace) -> int:
 
     api = _api(args)
     if api is not None:
-        path = f"/v1/webhooks/{_path_part(args.webhook_id)}/recoveries"
+        path = f"/v1/webhooks/{path_segment(args.webhook_id)}/recoveries"
         params = {"limit": "100", **({"state": args.state} if args.state else {})}
         with api:
             records = api.pages(path, params)
@@ -1002,12 +1003,6 @@ def _api(args: argparse.Namespace) -> Any:
     if settings.api_url is None:
         return None
     return ApiClient(settings.api_url, settings.api_token)
-
-
-def _path_part(text: str) -> str:
-    from urllib.parse import quote
-
-    return quote(text, safe="")
 
 
 def _attempt_line(attempt: Any) -> str:
@@ -1073,7 +1068,7 @@ def _webhooks_attempts(args: argparse.Namespace) -> int:
             if v is not None
         }
         with api:
-            answer = api.get(f"/v1/webhooks/{_path_part(args.webhook_id)}/attempts", params)
+            answer = api.get(f"/v1/webhooks/{path_segment(args.webhook_id)}/attempts", params)
         items = [Attempt.of(item) for item in answer["items"]]
     else:
         now = time.time()
@@ -1116,7 +1111,7 @@ def _webhooks_stats(args: argparse.Namespace) -> int:
     api = _api(args)
     if api is not None:
         with api:
-            answer = api.get(f"/v1/webhooks/{_path_part(args.webhook_id)}/stats")
+            answer = api.get(f"/v1/webhooks/{path_segment(args.webhook_id)}/stats")
         windows = [WindowStats.of(name, shown) for name, shown in answer["windows"].items()]
         last_success, last_failure = answer["last_success_at"], answer["last_failure_at"]
         as_json = answer  # with the webhook's state, which only the API tells
@@ -1165,7 +1160,7 @@ def _deliveries_show(args: argparse.Namespace) -> int:
     if api is not None:
         with api:
             answer = api.get(
-                f"/v1/deliveries/{_path_part(args.delivery_id)}", params=_of_webhook(args)
+                f"/v1/deliveries/{path_segment(args.delivery_id)}", params=_of_webhook(args)
             )
         attempts = [Attempt.of(item) for item in answer["attempts"]]
     else:
@@ -1224,7 +1219,8 @@ def _deliveries_redeliver(args: argparse.Namespace) -> int:
     if api is not None:
         with api:
             started = api.post(
-                f"/v1/deliveries/{_path_part(args.delivery_id)}/redeliver", params=_of_webhook(args)
+                f"/v1/deliveries/{path_segment(args.delivery_id)}/redeliver",
+                params=_of_webhook(args),
             )
             enqueued = int(api.finished(started)["enqueued"])
     else:

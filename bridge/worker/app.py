@@ -16,10 +16,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 import faust
+import yarl
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.sensors.prometheus import FaustMetrics
 from faust.tables.globaltable import GlobalTable
@@ -55,6 +55,7 @@ from bridge.kafka.clients import (
 from bridge.kafka.outputs import KafkaOutputs
 from bridge.kafka.topics import declared_topics
 from bridge.metrics import INVALID_RECORD_REASONS, INVALID_STATUS_REASONS, Metrics
+from bridge.paths import path_segment
 from bridge.subscriptions.freshness import TableFreshness
 from bridge.subscriptions.index import SubscriptionIndex
 from bridge.subscriptions.serial import KeyedLocks
@@ -548,7 +549,7 @@ class Bridge:
         did not answer or could not yet (asked again, or the new owner asked, once the
         assignment changed: a read may be asked twice); then :class:`OwnerUnavailable`.
         ``headers`` go with a routed request (the caller's ``Authorization``)."""
-        path = f"/internal/v1/activity/{quote(webhook_id, safe='')}"
+        path = f"/internal/v1/activity/{path_segment(webhook_id)}"
 
         async def attempt() -> Activity:
             found = self._activity_or_owner(webhook_id)
@@ -589,7 +590,7 @@ class Bridge:
         every owner is asked (each from its own book) and this worker's book read. Held until
         ``until`` as :meth:`activity_for` is, while an attempts partition has no owner, a book
         is still being read or an owner did not answer."""
-        path = f"/internal/v1/deliveries/{quote(delivery_id, safe='')}"
+        path = f"/internal/v1/deliveries/{path_segment(delivery_id)}"
 
         async def attempt() -> list[Attempt]:
             owners = self._every_owner()
@@ -646,13 +647,18 @@ class Bridge:
     async def _ask(
         self, url: str, path: str, headers: Mapping[str, str] | None, until: float | None
     ) -> Any:
-        """GET ``url + path`` from another worker, which holds the request no longer than this
-        one's hold has left (``until``): its JSON object, or :class:`OwnerUnavailable` (one
-        that may settle when the owner did not answer, or answered ``503``)."""
+        """GET ``url + path`` (``path`` encoded, its ids by :func:`~bridge.paths.path_segment`)
+        from another worker, which holds the request no longer than this one's hold has left
+        (``until``): its JSON object, or :class:`OwnerUnavailable` (one that may settle when
+        the owner did not answer, or answered ``503``)."""
         sent = dict(headers or {})
         sent[HOLD_HEADER] = hold_left(until, asyncio.get_running_loop().time())
         try:
-            async with self.peers().get(url + path, headers=sent) as response:
+            # Sent as encoded: parsed again, yarl decodes `%2E%2E` and resolves the `..` away.
+            # Until 2026-12-07 the segment `..` was sent so, the owners were asked for
+            # `/internal/v1/`, answered 404, and a lookup of delivery `..` was 503 for ever.
+            target = yarl.URL(url + path, encoded=True)
+            async with self.peers().get(target, headers=sent) as response:
                 if response.status == 429:
                     # The caller's token is over its rate at the owner (its own buckets for
                     # these reads): the caller's to wait for, not a rebalance to hold for.

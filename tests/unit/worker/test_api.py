@@ -21,14 +21,23 @@ from aiohttp.typedefs import Handler
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.api.auth import TokenSet
+from bridge.api.auth import Principal, TokenSet
+from bridge.api.control import ControlService
 from bridge.api.idempotency import HEADER as IDEMPOTENCY_KEY
 from bridge.api.metrics import ApiMetrics
-from bridge.api.problems import PROBLEM_TYPE_PREFIX, problem_middleware
+from bridge.api.problems import PROBLEM_TYPE_PREFIX, Problem, problem_middleware
+from bridge.api.recoveries import Recoveries
 from bridge.api.repository import MemoryRepository
 from bridge.subscriptions.serial import NotWritable
 from bridge.subscriptions.webhook import Webhook
-from bridge.worker.api import RELAYED_BY, _holding, _Internal, _Relay
+from bridge.worker.api import (
+    RELAYED_BY,
+    WorkerActivitySource,
+    _authorization,
+    _holding,
+    _Internal,
+    _Relay,
+)
 from bridge.worker.app import Bridge
 from bridge.worker.delivery_log import attempts_partition
 from bridge.worker.embedded import free_port
@@ -36,7 +45,7 @@ from bridge.worker.settling import HOLD_HEADER
 from tests.support.api import LOG_AUTH, SITE_AUTH, write_token_file
 from tests.support.waiting import PROMPT, eventually
 from tests.support.workers import offline_bridge
-from tests.unit.api.conftest import attempt
+from tests.unit.api.conftest import MemoryDeadLetters, Runner, attempt
 from tests.unit.worker.test_delivery_log import (
     Assigned,
     FakeAssignor,
@@ -897,4 +906,78 @@ async def test_a_relayed_change_reaches_the_webhook_its_request_named(
             assert conditions == ['"v"']
     finally:
         await peer.close()
+        await bridge.close()
+
+
+#: The webhook of these tests' routed reads, in site s1 (:data:`SITE_AUTH`'s).
+WEBHOOK = Webhook(
+    id="wh", name="n", url="https://example.com/h", secret="s" * 16,
+    events=frozenset({"*"}), site_id="s1", user_id="u1",
+)  # fmt: skip
+
+
+async def owning_every_log(
+    tmp: Path, webhooks: dict[str, Webhook], held: list[tuple[str, str]]
+) -> tuple[Bridge, TestServer]:
+    """Another worker owning every attempts partition, each read to its end, its book holding
+    an attempt of each (webhook id, delivery id) of ``held``, serving the internal reads of
+    its book over its table ``webhooks``."""
+    tmp.mkdir()
+    owner = api_bridge(tmp)
+    log = owner.delivery_log
+    assert log is not None
+    assign(owner, {owner.settings.canonical_url: list(range(6))})
+    await log._reassign(Assigned(dict.fromkeys(range(6), 0)))
+    offsets = dict.fromkeys(range(6), 0)
+    for webhook_id, delivery_id in held:
+        p = attempts_partition(webhook_id, 6)
+        log.add(p, offsets[p], recent(webhook_id, delivery_id))
+        offsets[p] += 1
+    tokens = TokenSet.from_file(str(owner.settings.api_tokens))
+    internal = _Internal(owner, tokens, MemoryRepository(webhooks))
+    app = web.Application(middlewares=[problem_middleware(10.0)])
+    app.router.add_get("/internal/v1/activity/{webhook_id}", internal.activity)
+    app.router.add_get("/internal/v1/deliveries/{delivery_id}", internal.delivery)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return owner, server
+
+
+def routed_to(bridge: Bridge, server: TestServer) -> ControlService:
+    """The delivery reads of ``bridge``'s ``/v1``, every attempts partition owned by the worker
+    at ``server``."""
+    assign(bridge, {str(server.make_url("")).rstrip("/"): list(range(6))})
+    return ControlService(
+        MemoryRepository({"wh": WEBHOOK}),
+        WorkerActivitySource(bridge),
+        Recoveries(Runner()),
+        MemoryDeadLetters(),
+    )
+
+
+async def test_a_delivery_id_of_dots_is_looked_up_as_itself_at_the_owners(
+    bridge: Bridge, tmp_path: Path
+) -> None:
+    """A delivery id is one path segment at the owners, whatever it holds: until 2026-12-07
+    `.` and `..` were sent as they are, the client resolved them away (the owners were asked
+    for `/internal/v1/deliveries/` or `/internal/v1/`), the owners' 404 was taken for owners
+    not answering, and the lookup was 503 for as long as it was asked."""
+    owner, server = await owning_every_log(
+        tmp_path / "owner", {"wh": WEBHOOK}, [("wh", "."), ("wh", "..")]
+    )
+    control = routed_to(bridge, server)
+    admin = Principal("admin", frozenset({"read", "write"}))
+    sending = _authorization.set(LOG_AUTH["Authorization"])  # as the request's handler
+    try:
+        for held in (".", ".."):
+            shown = await asyncio.wait_for(control.delivery(admin, held), PROMPT)
+            assert [a["delivery_id"] for a in shown["attempts"]] == [held]
+        for unknown in ("%2E%2E", "a/../b", "../wh"):
+            with pytest.raises(Problem) as missing:
+                await asyncio.wait_for(control.delivery(admin, unknown), PROMPT)
+            assert missing.value.status == 404, missing.value.detail
+    finally:
+        _authorization.reset(sending)
+        await server.close()
+        await owner.close()
         await bridge.close()
