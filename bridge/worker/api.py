@@ -547,13 +547,19 @@ class _Internal:
             raise _unavailable(exc) from None
         shown = []
         for attempt in attempts:
-            webhook = await self._repository.get(attempt.webhook_id)
-            if webhook is None or not principal.allows(webhook.site_id, webhook.user_id):
-                continue
-            if principal.restricted and not webhook.made_for(
-                attempt.at_seconds, attempt.webhook_created_at
-            ):
-                continue  # a deleted webhook's, whose id this one took: as /v1 answers
+            if principal.restricted:
+                # What /v1 shows such a token: none of a deleted webhook's, nor of another site's
+                # or account's, nor of a deleted webhook whose id this one took. An unrestricted
+                # token is shown a deleted webhook's too, as /v1 shows them from this worker's
+                # book (until 2026-12-07 they were left out here, so the answer depended on
+                # which worker was asked).
+                webhook = await self._repository.get(attempt.webhook_id)
+                if (
+                    webhook is None
+                    or not principal.allows(webhook.site_id, webhook.user_id)
+                    or not webhook.made_for(attempt.at_seconds, attempt.webhook_created_at)
+                ):
+                    continue
             shown.append(attempt.as_dict())
         return web.Response(
             body=jsoncanon.dumps({"attempts": shown}), content_type="application/json"

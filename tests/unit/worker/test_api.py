@@ -981,3 +981,42 @@ async def test_a_delivery_id_of_dots_is_looked_up_as_itself_at_the_owners(
         await server.close()
         await owner.close()
         await bridge.close()
+
+
+async def test_a_deleted_webhook_s_delivery_is_routed_to_an_unrestricted_token_alone(
+    bridge: Bridge, tmp_path: Path
+) -> None:
+    """As ``/v1`` answers from the worker's own book: a deleted webhook's attempts are shown
+    to an unrestricted token only (until 2026-12-07 the owners left them out of what they
+    answered every token, so the answer depended on which worker was asked)."""
+    owner, server = await owning_every_log(
+        tmp_path / "owner", {"wh": WEBHOOK}, [("gone", "d1"), ("wh", "d2")]
+    )
+    control = routed_to(bridge, server)
+    admin = Principal("admin", frozenset({"read", "write"}))
+    site = Principal("site", frozenset({"read"}), site_id="s1")
+    try:
+        for authorization, principal, shown in ((LOG_AUTH, admin, ["d1"]), (SITE_AUTH, site, [])):
+            sending = _authorization.set(authorization["Authorization"])
+            try:
+                found = await asyncio.wait_for(
+                    bridge.delivery_for("d1", headers=authorization), PROMPT
+                )
+                assert [a.delivery_id for a in found] == shown
+                if shown:
+                    view = await asyncio.wait_for(control.delivery(principal, "d1"), PROMPT)
+                    assert view["webhook_id"] == "gone"
+                    assert view["attempts"] == [a.as_dict() for a in owner.local_delivery("d1")]
+                else:
+                    with pytest.raises(Problem) as missing:
+                        await asyncio.wait_for(control.delivery(principal, "d1"), PROMPT)
+                    assert missing.value.status == 404
+                # The webhook that exists is shown to both.
+                view = await asyncio.wait_for(control.delivery(principal, "d2"), PROMPT)
+                assert view["webhook_id"] == "wh"
+            finally:
+                _authorization.reset(sending)
+    finally:
+        await server.close()
+        await owner.close()
+        await bridge.close()
