@@ -64,6 +64,7 @@ __all__ = [
     "decode_replay_cursor",
     "redelivery_since",
     "require_read_to_find",
+    "sees_recovery",
 ]
 
 #: How long before its first attempt a delivery's event is looked for in the source topics
@@ -192,6 +193,20 @@ def _restricted_since(principal: Principal, webhook: Webhook) -> float | None:
     """For a token restricted to a site or account, the time ``webhook`` was created (seconds;
     what came before was made for a deleted webhook of the same id); else ``None``."""
     return webhook.created_seconds if principal.restricted else None
+
+
+def sees_recovery(principal: Principal, webhook: Webhook | None, started_at: float) -> bool:
+    """Whether ``principal`` may see (and cancel) a recovery begun at ``started_at`` (seconds)
+    of ``webhook``, the webhook of its id as it is now (``None``: deleted): any, for an
+    unrestricted token; for a restricted one, one of a webhook within the restriction begun
+    since that webhook was created. Judged by the webhook as it is now (moved to another site,
+    deleted, its id taken again), not as it was when the recovery began."""
+    if not principal.restricted:
+        return True
+    if webhook is None or not principal.allows(webhook.site_id, webhook.user_id):
+        return False
+    created = _restricted_since(principal, webhook)
+    return created is None or started_at >= created
 
 
 def _decode_cursor(cursor: str, shape: tuple[type, ...]) -> list[Any]:
@@ -700,14 +715,8 @@ class ControlService:
         if operation is None:
             raise Problem("not_found", "no such recovery")
         if principal.restricted:
-            # Judged by the webhook as it is now (moved to another site, deleted, its id
-            # taken again), not as it was when the recovery began.
             current = await self._repository.get(operation.request.webhook.id)
-            if current is None:
-                raise Problem("not_found", "no such recovery")
-            principal.see(current, "no such recovery")
-            created = _restricted_since(principal, current)
-            if created is not None and operation.started_at < created:
+            if not sees_recovery(principal, current, operation.started_at):
                 raise Problem("not_found", "no such recovery")
         return operation
 

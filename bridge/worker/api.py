@@ -61,10 +61,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from aiokafka import AIOKafkaProducer
 
+from bridge.admin.recovery import Operation
 from bridge.api.activity import ActivitySource, EndpointStatus
 from bridge.api.app import ApiConfig, create_app, redelivery_target
-from bridge.api.auth import TokenSet
-from bridge.api.control import ControlService, require_read_to_find
+from bridge.api.auth import Principal, TokenSet
+from bridge.api.control import ControlService, require_read_to_find, sees_recovery
 from bridge.api.idempotency import HEADER as IDEMPOTENCY_KEY
 from bridge.api.idempotency import REPLAYED_HEADER, IdempotencyKey
 from bridge.api.kafka_sources import (
@@ -411,16 +412,41 @@ class _Relay:
         """For ``DELETE /v1/recoveries/{id}``: the URL of another worker running it now, as the
         recoveries table shows once it is current (until 2026-12-06 as it was: a cancel sent
         to another worker right after the start found no runner there yet, was recorded
-        cancelled and answered so, and the runner went on, its next record running again)."""
+        cancelled and answered so, and the runner went on, its next record running again);
+        ``None`` when the token may not see it (:meth:`_sees`), for the route to answer."""
         if request.method != "DELETE" or route_template(request) != "/v1/recoveries/{recovery_id}":
             return None
         # Refused before the wait, which asks the broker: a stranger makes no worker wait.
-        self._tokens.authenticate_headers(request.headers).require("write")
+        principal = self._tokens.authenticate_headers(request.headers)
+        principal.require("write")
         await require_current(self._bridge.recoveries.freshness, time.monotonic(), "recoveries")
-        runner = self._bridge.recoveries.live_runner(
-            request.match_info["recovery_id"], time.time(), DEFAULT_STALE_AFTER
-        )
-        return None if runner == self._bridge.settings.canonical_url else runner
+        operation_id = request.match_info["recovery_id"]
+        runner = self._bridge.recoveries.live_runner(operation_id, time.time(), DEFAULT_STALE_AFTER)
+        if runner is None or runner == self._bridge.settings.canonical_url:
+            return None
+        if not self._sees(principal, operation_id):
+            # Not the token's to see: answered here by the route, 404 as for an id naming
+            # nothing. Until 2026-12-07 it went to the runner (404 there), or, with a forged
+            # relayed header, was answered 503 "moved to another worker", which an id naming
+            # nothing is not: a restricted token told another site's running recoveries apart.
+            return None
+        return runner
+
+    def _sees(self, principal: Principal, operation_id: str) -> bool:
+        """Whether ``principal`` may see the recovery ``operation_id`` as the recoveries table
+        records it, judged as the route judges it (:func:`~bridge.api.control.sees_recovery`)."""
+        if not principal.restricted:
+            return True
+        record = self._bridge.recoveries.get(operation_id)
+        webhook_id = None if record is None else record.get("webhook_id")
+        webhook = self._bridge.index.get(webhook_id) if isinstance(webhook_id, str) else None
+        if record is None or webhook is None:
+            return False
+        try:
+            operation = Operation.from_record(record, webhook)
+        except ValueError:  # the route finds no recovery in it either
+            return False
+        return sees_recovery(principal, webhook, operation.started_at)
 
     async def _relay(
         self, url: str, request: web.Request, path_qs: str | None = None

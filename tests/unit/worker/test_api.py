@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
 
@@ -21,13 +24,18 @@ from aiohttp.typedefs import Handler
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.api.auth import Principal, TokenSet
+from bridge.admin.recovery import Operation, RecoveryRequest
+from bridge.api.app import create_app
+from bridge.api.auth import Principal, TokenSet, hash_token
 from bridge.api.control import ControlService
 from bridge.api.idempotency import HEADER as IDEMPOTENCY_KEY
 from bridge.api.metrics import ApiMetrics
 from bridge.api.problems import PROBLEM_TYPE_PREFIX, Problem, problem_middleware
 from bridge.api.recoveries import Recoveries
 from bridge.api.repository import MemoryRepository
+from bridge.api.service import WebhookService
+from bridge.api.table_repository import TableRepository
+from bridge.contract import jsoncanon
 from bridge.subscriptions.serial import NotWritable
 from bridge.subscriptions.webhook import Webhook
 from bridge.worker.api import (
@@ -41,11 +49,14 @@ from bridge.worker.api import (
 from bridge.worker.app import Bridge
 from bridge.worker.delivery_log import attempts_partition
 from bridge.worker.embedded import free_port
+from bridge.worker.recovery_view import DEFAULT_STALE_AFTER, live_runner
 from bridge.worker.settling import HOLD_HEADER
 from tests.support.api import LOG_AUTH, SITE_AUTH, write_token_file
+from tests.support.builders import encode, webhook_record
+from tests.support.journals import ViewJournal
 from tests.support.waiting import PROMPT, eventually
 from tests.support.workers import offline_bridge
-from tests.unit.api.conftest import MemoryDeadLetters, Runner, attempt
+from tests.unit.api.conftest import MemoryActivity, MemoryDeadLetters, Runner, attempt
 from tests.unit.worker.test_delivery_log import (
     Assigned,
     FakeAssignor,
@@ -1019,4 +1030,98 @@ async def test_a_deleted_webhook_s_delivery_is_routed_to_an_unrestricted_token_a
     finally:
         await server.close()
         await owner.close()
+        await bridge.close()
+
+
+#: A token that may write, restricted to site s1.
+SITE_WRITER = "wbt_site-writer-0123456789abcdef0123456789abcdef"
+
+
+async def test_a_restricted_token_is_told_nothing_of_another_site_s_running_recovery(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel of a recovery another worker runs, sent by a token restricted to a site that
+    may not see it, is answered here by the route, ``404`` as for an id naming nothing, with
+    or without a forged ``X-Bridge-Relayed-By``: until 2026-12-07 the forged header was
+    answered ``503`` ("the recovery moved to another worker") for a recovery and ``404`` for
+    no recovery, which told another site's running recoveries apart."""
+    tokens_file = Path(str(bridge.settings.api_tokens))
+    entries = json.loads(tokens_file.read_text())["tokens"]
+    entries.append(
+        {"name": "w1", "sha256": hash_token(SITE_WRITER), "scopes": ["write"], "site_id": "s1"}
+    )
+    tokens_file.write_text(json.dumps({"tokens": entries}))
+    tokens = TokenSet.from_file(str(tokens_file))
+
+    async def current(*args: Any) -> bool:  # no broker here: the tables are current
+        return True
+
+    monkeypatch.setattr(bridge.recoveries.freshness, "wait_current", current)
+    monkeypatch.setattr(bridge.freshness, "wait_current", current)
+    topic = bridge.settings.subscriptions_topic
+    for offset, (webhook_id, site) in enumerate((("whA", "s1"), ("whB", "s2"))):
+        value = encode(webhook_record(id=webhook_id, site_id=site))
+        message = SimpleNamespace(
+            topic=topic, partition=0, offset=offset, key=webhook_id.encode(), value=value
+        )
+        await bridge.on_subscription_event(SimpleNamespace(message=message))
+
+    cancelled: list[str] = []
+
+    async def runner_cancels(request: web.Request) -> web.Response:
+        cancelled.append(request.match_info["recovery_id"])
+        return web.json_response({"cancelled_by": "runner"})
+
+    runner_app = web.Application()
+    runner_app.router.add_delete("/v1/recoveries/{recovery_id}", runner_cancels)
+    runner = TestServer(runner_app, host="127.0.0.1")
+    await runner.start_server()
+    runner_url = str(runner.make_url("")).rstrip("/")
+    now = datetime.now(UTC)
+    running: dict[str, str] = {}
+    for offset, webhook_id in enumerate(("whA", "whB")):
+        webhook = bridge.index.get(webhook_id)
+        assert webhook is not None
+        request = RecoveryRequest(webhook, now - timedelta(hours=1), now)
+        operation = Operation(request, runner=runner_url)
+        record = operation.to_record(updated_at=time.time())
+        bridge.recoveries.apply(0, offset, operation.id.encode(), jsoncanon.dumps(record))
+        running[webhook_id] = operation.id
+
+    repository = TableRepository(bridge.index, bridge.freshness, None, current=False)  # type: ignore[arg-type]
+    recoveries = Recoveries(
+        Runner(),
+        journal=ViewJournal(bridge.recoveries),
+        url=bridge.settings.canonical_url,
+        live_runner=lambda record, now: live_runner(record, now, DEFAULT_STALE_AFTER),
+    )
+    control = ControlService(repository, MemoryActivity(), recoveries, MemoryDeadLetters())
+    app = create_app(WebhookService(repository), control, tokens)
+    app.middlewares.append(_holding(HOLD))
+    app.middlewares.append(_Relay(bridge, tokens, max_bytes=1 << 20).middleware)
+    site = {"Authorization": f"Bearer {SITE_WRITER}"}
+    forged = {**site, RELAYED_BY: "http://x"}
+    try:
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+
+            async def cancel(recovery_id: str, headers: dict[str, str]) -> tuple[int, str]:
+                answer = await asyncio.wait_for(
+                    client.delete(f"/v1/recoveries/{recovery_id}", headers=headers), PROMPT
+                )
+                return answer.status, (await answer.json()).get("detail", "")
+
+            nothing = await cancel("no-such-recovery", forged)
+            assert nothing == (404, "no such recovery")
+            assert await cancel(running["whB"], forged) == nothing
+            assert await cancel(running["whB"], site) == nothing
+            assert cancelled == []
+            # Its own site's: sent to the worker running it, as before.
+            assert (await cancel(running["whA"], site))[0] == 200
+            status, detail = await cancel(running["whA"], forged)
+            assert status == 503 and "moved to another worker" in detail
+            # An unrestricted token's cancel of either goes to the runner.
+            assert (await cancel(running["whB"], LOG_AUTH))[0] == 200
+            assert cancelled == [running["whA"], running["whB"]]
+    finally:
+        await runner.close()
         await bridge.close()
