@@ -107,6 +107,13 @@ class SilentParser(argparse.ArgumentParser):
     #: The words this parser was given (a subcommand's parser: those after its name).
     _words: list[str] | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # A flag is given whole: until 2026-12-07 argparse took any unambiguous prefix
+        # (``--delivery-log-max-a``), so a flag added later could break a command that worked,
+        # and a worker-only flag given to ``serve`` was "ambiguous" rather than unrecognized.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:

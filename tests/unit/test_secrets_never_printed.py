@@ -179,17 +179,36 @@ def test_url_credentials_are_hidden_and_nothing_else(text: str, shown: str) -> N
     "argv",
     [
         ["run", f"--api-tok={TOKEN}"],  # --api-tokens or --api-token?
-        ["webhooks", "create", f"--sec={TOKEN}"],
+        ["webhooks", "create", "--url", "https://h.example/x", "--events", "post.created",
+         f"--sec={TOKEN}"],
     ],
-)
-def test_an_ambiguous_flag_is_named_without_its_value(argv: list[str], capsys) -> None:
-    """argparse's "ambiguous option" quotes the flag as typed, value and all (until
-    2026-12-05 printed)."""
+)  # fmt: skip
+def test_a_prefix_of_flags_is_named_without_its_value(argv: list[str], capsys) -> None:
+    """argparse's "ambiguous option" quoted the flag as typed, value and all (until
+    2026-12-05 printed); since 2026-12-07 a prefix is no flag at all (``allow_abbrev``
+    off), refused as unrecognized, named without its value."""
     with pytest.raises(SystemExit):
         main(argv)
     captured = capsys.readouterr()
-    assert "ambiguous option" in captured.err
+    flag = argv[-1].split("=", 1)[0]
+    assert f"unrecognized arguments: {flag} (values not shown)" in captured.err, captured.err
     assert TOKEN not in captured.out + captured.err, captured.err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--delivery-log-max-a", "7d"],
+        ["webhooks", "list", "--js"],
+    ],
+)
+def test_a_flag_is_given_whole(argv: list[str], capsys) -> None:
+    """Until 2026-12-07 any unambiguous prefix of a flag was taken for it: a flag added later
+    could make a working command ambiguous."""
+    with pytest.raises(SystemExit) as ended:
+        main(argv)
+    assert ended.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
 
 
 def test_the_api_servers_parser_names_a_mistyped_flag_without_its_value(capsys) -> None:
