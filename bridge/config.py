@@ -85,6 +85,14 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
+def _positive_duration(text: str) -> float:
+    """A duration (:func:`parse_duration`) longer than nothing."""
+    value = parse_duration(text)
+    if not value > 0:
+        raise ValueError(f"must be longer than 0, got {text!r}")
+    return value
+
+
 def parse_schedule(text: str) -> tuple[float, ...]:
     """A comma-separated list of durations, each the wait before one more attempt."""
     return _check_schedule(tuple(parse_duration(part) for part in text.split(",") if part.strip()))
@@ -465,8 +473,9 @@ class Settings:
         DEFAULT_HTTP_TIMEOUT,
         "BRIDGE_HTTP_TIMEOUT",
         "--http-timeout",
-        _positive_float,
-        "Seconds before a delivery attempt is abandoned (the documented contract is 30).",
+        _positive_duration,
+        "How long a delivery attempt may take before it is abandoned (the documented "
+        "contract is 30 s).",
     )
     success_any_2xx: bool = Section.DELIVERY.setting(
         False,
@@ -522,7 +531,7 @@ class Settings:
         5.0,
         "BRIDGE_SUBSCRIPTION_SYNC_TIMEOUT",
         "--subscription-sync-timeout",
-        _positive_float,
+        _positive_duration,
         "Longest wait for the subscription table to catch up before an event is matched.",
     )
     retry_schedule: tuple[float, ...] = Section.DEAD_LETTERS.setting(
@@ -855,9 +864,9 @@ class Settings:
         4.0,
         "BRIDGE_KAFKA_REBALANCE_TIMEOUT",
         "--kafka-rebalance-timeout",
-        _positive_float,
-        "Seconds a consumer-group rebalance may take (kept short so joins take seconds). `run` "
-        "on the embedded broker uses 3 unless set (below twice its session timeout).",
+        _positive_duration,
+        "How long a consumer-group rebalance may take (kept short so joins take seconds). "
+        "`run` on the embedded broker uses 3s unless set (below twice its session timeout).",
     )
     kafka_fetch_max_wait: float = Section.CONSUMER.setting(
         0.05,
@@ -880,10 +889,10 @@ class Settings:
         6.0,
         "BRIDGE_KAFKA_SESSION_TIMEOUT",
         "--kafka-session-timeout",
-        _positive_float,
-        "Seconds before a silent worker is dropped from the group (6 is Apache Kafka's lowest "
-        "by default). The embedded broker holds a new group's first join until half of it has "
-        "passed (at most 3 s, checked once a second): `run` on the embedded broker uses 2 unless "
+        _positive_duration,
+        "How long a silent worker stays in the group (6s is Apache Kafka's lowest by "
+        "default). The embedded broker holds a new group's first join until half of it has "
+        "passed (at most 3 s, checked once a second): `run` on the embedded broker uses 2s unless "
         "set, a 1 s join. A worker whose event loop did not run for this less one heartbeat "
         "interval (paused) writes no webhook change for this long after (docs/api.md).",
     )
@@ -1121,7 +1130,7 @@ def settings_of(sections: Iterable[Section]) -> list[str]:
 def _shown_default(item: dataclasses.Field[Any]) -> str:
     spec: SettingSpec = item.metadata["spec"]
     default = item.default
-    durations = spec.parse in (parse_duration, parse_schedule)
+    durations = spec.parse in (parse_duration, _positive_duration, parse_schedule)
     if isinstance(default, tuple):
         shown = ",".join(format_duration(v) if durations else str(v) for v in default)
     elif isinstance(default, bool):

@@ -246,6 +246,22 @@ PARSED: dict[str, tuple[str, Any]] = {
 }
 
 
+#: Every setting that is a duration: since 2026-12-07 each takes a unit (the four timeouts
+#: took plain seconds only, and ``30s`` was refused with Python's own float error).
+TIMEOUTS = ("http_timeout", "subscription_sync_timeout", "kafka_rebalance_timeout",
+            "kafka_session_timeout")  # fmt: skip
+
+
+@pytest.mark.parametrize("name", TIMEOUTS)
+def test_every_timeout_takes_a_unit_and_refuses_nothing_or_no_duration(name: str) -> None:
+    env_name = Settings.specs()[name].env
+    assert getattr(Settings.load(env={env_name: "2500ms"}), name) == 2.5
+    assert getattr(Settings.load(env={env_name: "5s"}), name) == 5.0
+    for refused in ("0", "0s", "inf", "nan", "-1", "1e3", "soon"):
+        with pytest.raises(ConfigError):
+            Settings.load(env={env_name: refused})
+
+
 def test_parse_table_covers_every_setting() -> None:
     assert set(PARSED) == set(Settings.specs())
 
