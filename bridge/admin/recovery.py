@@ -275,6 +275,20 @@ class Operation:
     def cancelled(self) -> bool:
         return self._cancel.is_set()
 
+    def finish(self) -> None:
+        """Set the state it ended in, its reading over: ``cancelled``, ``done``, or for a
+        redelivery that enqueued nothing ``failed`` with ``event_not_retained``. Decided once,
+        before its clients stop: until 2026-12-07 it was set ``done`` there and rewritten
+        ``failed`` once they had stopped, and a redelivery could be shown ``done``, then
+        ``failed``."""
+        if self.cancelled:
+            self.state = "cancelled"
+        elif self.request.delivery_id is not None and self.enqueued == 0:
+            self.state = "failed"
+            self.error = "event_not_retained"
+        else:
+            self.state = "done"
+
     @property
     def pace(self) -> float:
         """Deliveries it enqueues per second at most, as it goes now: the rate asked for at the
@@ -562,7 +576,7 @@ async def recover(
                 Payer(share),
                 paces,
             )
-            operation.state = "cancelled" if operation.cancelled else "done"
+            operation.finish()  # before the clients stop: what GET shows from now on
         except Exception as exc:
             operation.state = "failed"
             operation.error = exc.reason if isinstance(exc, WebhookGone) else type(exc).__name__

@@ -303,6 +303,10 @@ class Recoveries:
                     if task is not None:
                         task.cancel()
                     return
+                if operation.state != "running":
+                    # It ended while the journal was read: likewise :meth:`_run`'s to record
+                    # (until 2026-12-07 this beat recorded the end too).
+                    return
                 await self._record(operation)
             except Exception as exc:  # the next beat tries again; the run goes on
                 log.warning("recovery %s not recorded: %s", operation.id, type(exc).__name__)
@@ -331,15 +335,8 @@ class Recoveries:
             operation.state = "failed"
             operation.error = operation.error or type(exc).__name__
         else:
-            if operation.state == "running":
-                operation.state = "cancelled" if operation.cancelled else "done"
-            if (
-                operation.request.delivery_id is not None
-                and operation.state == "done"
-                and operation.enqueued == 0
-            ):
-                operation.state = "failed"
-                operation.error = "event_not_retained"
+            if operation.state == "running":  # a runner that left its end to be decided here
+                operation.finish()
         finally:
             if beat is not None:
                 beat.cancel()

@@ -620,3 +620,25 @@ async def test_a_webhooks_tiniest_rate_limit_paces_its_recovery_at_the_floor(
     assert len(times) == RetainedPartition.END - RetainedPartition.LOG_START
     assert all(gap == pytest.approx(100.0) for gap in gaps)
     assert operation.as_dict()["rate"] == 0.01
+
+
+@pytest.mark.parametrize("wanted", ["e45", "gone"])
+async def test_a_redelivery_has_its_end_before_its_clients_stop(
+    monkeypatch: pytest.MonkeyPatch, wanted: str
+) -> None:
+    """Found, it ends ``done``; not found, ``failed`` with ``event_not_retained``: either way
+    already while its consumer stops, which ``GET`` shows meanwhile (until 2026-12-07 it was
+    ``done`` then, and ``failed`` once the consumer had stopped)."""
+    operation = Operation(request(delivery_id=delivery_id(wanted, "wh"), rate=1_000_000.0))
+    seen: list[tuple[str, str | None, bool]] = []
+
+    class Stopping(RetainedPartition):
+        async def stop(self) -> None:
+            seen.append((operation.state, operation.error, operation.finished_at is not None))
+            await asyncio.sleep(0)
+
+    _, run = run_with(monkeypatch, operation, lambda n: WEBHOOK, consumer=Stopping)
+    await asyncio.wait_for(run, 5.0)
+    end = ("done", None) if wanted == "e45" else ("failed", "event_not_retained")
+    assert seen == [(*end, True)]
+    assert (operation.state, operation.error) == end

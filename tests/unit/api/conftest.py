@@ -229,7 +229,7 @@ class Runner:
         operation.scanned = 5
         operation.enqueued = self.enqueued
         operation.total = operation.done = 5
-        operation.state = "done"
+        operation.finish()  # as recover() ends it
         return operation
 
 

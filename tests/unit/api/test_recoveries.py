@@ -106,6 +106,40 @@ async def test_an_operation_ending_while_its_clients_stop_is_recorded_ended_once
     assert ends() == ["done"] and journal.records[-1]["id"] == operation.id
 
 
+class ReadSlowly(Journal):
+    """A journal whose reads wait until ``answer`` is set (``reading`` once one began)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def read(self, operation_id: str) -> dict[str, Any] | None:
+        self.reading.set()
+        await self.answer.wait()
+        return await super().read(operation_id)
+
+
+async def test_a_redelivery_ending_while_a_heartbeat_reads_the_journal_is_recorded_once() -> None:
+    """It ends (``failed``: nothing enqueued) while a heartbeat looks whether another worker
+    ended it: the beat records nothing after that look, and the end is recorded once, by the
+    run (until 2026-12-07 the beat recorded it too)."""
+    journal = ReadSlowly()
+
+    async def runner(operation: Operation) -> Operation:
+        await journal.reading.wait()  # a heartbeat is reading the journal
+        operation.finish()
+        journal.answer.set()
+        await asyncio.sleep(0.05)  # its clients stopping
+        return operation
+
+    recoveries = Recoveries(runner, journal=journal, url=URL, heartbeat=0.01)
+    operation = await recoveries.start(dataclasses.replace(request(), delivery_id="d1"))
+    await asyncio.wait_for(recoveries._tasks[operation.id], 5)  # run, and its end recorded
+    ends = [(r["state"], r["error"]) for r in journal.records if r["state"] != "running"]
+    assert ends == [("failed", "event_not_retained")]
+
+
 async def test_without_a_journal_an_ended_operation_is_kept_in_the_process() -> None:
     runner = Held()
     recoveries = Recoveries(runner)
