@@ -52,6 +52,7 @@ __all__ = [
     "WebhookGone",
     "WebhookPaces",
     "RecoveryRequest",
+    "NOT_RECEIVING",
     "Operation",
     "Operations",
     "position_key",
@@ -187,13 +188,20 @@ def _limit(webhook: Webhook) -> float | None:
     return max(MIN_RATE, limit) if limit is not None and limit > 0 else None
 
 
+#: What :func:`select` gives for the one delivery a redelivery asks for when its event is
+#: found but the webhook, as it is now, no longer gets it (its event filter, site or account
+#: changed, or it is off), and the error the redelivery ends ``failed`` with.
+NOT_RECEIVING = "not_receiving"
+
+
 def select(
     request: RecoveryRequest, index: SubscriptionIndex, timestamp_ms: int, value: bytes | None
 ) -> PendingRetry | str | None:
     """What to do with one source record: the delivery to enqueue, a reason it cannot be
-    read (``invalid_event`` …), or ``None`` when it is outside the request (time, webhook,
-    delivery id; a test event published before the webhook was created). ``index`` holds the
-    request's webhook alone."""
+    read (``invalid_event`` …), :data:`NOT_RECEIVING` when it is the one delivery a
+    redelivery asks for but the webhook no longer gets its event, or ``None`` when it is
+    outside the request (time, webhook, delivery id; a test event published before the
+    webhook was created). ``index`` holds the request's webhook alone."""
     at = timestamp_ms / 1000
     if not request.since.timestamp() <= at < request.until.timestamp():
         return None
@@ -201,7 +209,8 @@ def select(
         event = parse_event(value)
     except InvalidRecord as exc:
         return exc.reason
-    if not index.match(event):
+    wanted = request.delivery_id
+    if wanted is None and not index.match(event):
         return None
     if event.type == TEST_EVENT and before_created(
         event.occurred_at.timestamp(), request.webhook.created_at
@@ -211,8 +220,13 @@ def select(
         return None
     webhook_id = request.webhook.id
     delivery = delivery_id(event.id, webhook_id)
-    if request.delivery_id is not None and delivery != request.delivery_id:
-        return None
+    if wanted is not None:
+        if delivery != wanted:
+            return None
+        if not index.match(event):
+            # Found, but not sent now: until 2026-12-07 passed over, and the redelivery
+            # ended failed with event_not_retained, as if the event had left the topic.
+            return NOT_RECEIVING
     return PendingRetry(
         delivery_id=delivery,
         webhook_id=webhook_id,
@@ -275,17 +289,18 @@ class Operation:
     def cancelled(self) -> bool:
         return self._cancel.is_set()
 
-    def finish(self) -> None:
+    def finish(self, unsent: str | None = None) -> None:
         """Set the state it ended in, its reading over: ``cancelled``, ``done``, or for a
-        redelivery that enqueued nothing ``failed`` with ``event_not_retained``. Decided once,
-        before its clients stop: until 2026-12-07 it was set ``done`` there and rewritten
-        ``failed`` once they had stopped, and a redelivery could be shown ``done``, then
-        ``failed``."""
+        redelivery that enqueued nothing ``failed`` with ``unsent`` as its error (why its
+        delivery was found and not sent: :data:`NOT_RECEIVING`), else ``event_not_retained``.
+        Decided once, before its clients stop: until 2026-12-07 it was set ``done`` there and
+        rewritten ``failed`` once they had stopped, and a redelivery could be shown ``done``,
+        then ``failed``."""
         if self.cancelled:
             self.state = "cancelled"
         elif self.request.delivery_id is not None and self.enqueued == 0:
             self.state = "failed"
-            self.error = "event_not_retained"
+            self.error = unsent or "event_not_retained"
         else:
             self.state = "done"
 
@@ -563,7 +578,7 @@ async def recover(
         webhook_pace(request.webhook)  # taken at the start, as the others see it
         paces = (webhook_pace, pace)
         try:
-            await _run(
+            unsent = await _run(
                 consumer,
                 write,
                 settings,
@@ -576,7 +591,7 @@ async def recover(
                 Payer(share),
                 paces,
             )
-            operation.finish()  # before the clients stop: what GET shows from now on
+            operation.finish(unsent)  # before the clients stop: what GET shows from now on
         except Exception as exc:
             operation.state = "failed"
             operation.error = exc.reason if isinstance(exc, WebhookGone) else type(exc).__name__
@@ -643,9 +658,10 @@ async def _run(
     settle: float,
     paying: Payer,
     paces: tuple[Callable[[Webhook], SharedPace | None], SharedPace | None],
-) -> None:
+) -> str | None:
     """Read the source partitions and enqueue what the request selects, until their end, a
-    cancellation, or the one delivery asked for."""
+    cancellation, or the one delivery asked for; :data:`NOT_RECEIVING` when that one was
+    found and not sent (its webhook no longer gets its event)."""
     request = operation.request
     await consumer.topics()
     tps = [
@@ -654,7 +670,7 @@ async def _run(
         for p in sorted(consumer.partitions_for_topic(topic) or ())
     ]
     if not tps:
-        return
+        return None
     consumer.assign(tps)
     current_ends = await consumer.end_offsets(tps)
     starts: dict[TopicPartition, int] = {}
@@ -682,6 +698,7 @@ async def _run(
     pending = {tp for tp in tps if starts[tp] < ends[tp]}
     next_write = clock()
     webhook_pace, worker_pace = paces
+    unsent: str | None = None
 
     def handled(tp: TopicPartition, next_offset: int) -> None:
         """The partition read up to ``next_offset``: its position recorded and counted done
@@ -700,12 +717,16 @@ async def _run(
 
     async def take(tp: TopicPartition, records: Iterable[Any]) -> bool:
         """Handle ``records`` (the stretch of work under way goes on: the caller started it)."""
-        nonlocal next_write
+        nonlocal next_write, unsent
         for record in records:
             if operation.cancelled:
                 return False
             chosen = select(request, index.now(), record.timestamp, record.value)
             enqueued = False
+            if chosen == NOT_RECEIVING:
+                unsent = NOT_RECEIVING
+                scanned(tp, record, enqueued=False)
+                return False  # the one delivery asked for, not to be sent
             if isinstance(chosen, str):
                 operation.invalid += 1
             elif chosen is not None:
@@ -758,7 +779,7 @@ async def _run(
         paying.fetched(waiting)
         for tp, records in batch.items():
             if not await take(tp, records):
-                return
+                return unsent
         # Those without records too: a position reset past the end, or moved past a
         # transaction's commit or abort marker (aiokafka skips control batches and hands over
         # no record for them, and a fetch at the end then brings nothing until its timeout:
@@ -782,7 +803,8 @@ async def _run(
         async for tp, records in settling:
             paying.start()
             if not await take(tp, records):
-                return
+                return unsent
+    return unsent
 
 
 async def recorded_recoveries(settings: Settings, webhook_id: str) -> list[dict[str, Any]]:

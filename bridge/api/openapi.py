@@ -522,8 +522,10 @@ def _schemas() -> dict[str, Any]:
                 "error": {
                     "type": ["string", "null"],
                     "description": "Why it failed: event_not_retained (a redelivery whose event "
-                    "left the source topics), webhook_deleted (deleted, or its id taken by another "
-                    "webhook), webhook_inactive (turned off while it ran), or the error's class.",
+                    "left the source topics), not_receiving (a redelivery whose event its webhook "
+                    "no longer gets: its event filter, site or account changed), webhook_deleted "
+                    "(deleted, or its id taken by another webhook), webhook_inactive (turned off "
+                    "while it ran), or the error's class.",
                 },
                 "resumed": {
                     "type": "integer",

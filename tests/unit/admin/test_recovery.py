@@ -91,6 +91,27 @@ def test_one_delivery_only() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "now",
+    [
+        dataclasses.replace(WEBHOOK, events=frozenset({"post.deleted"})),
+        dataclasses.replace(WEBHOOK, site_id="s2"),
+        dataclasses.replace(WEBHOOK, active=False),
+    ],
+)
+def test_the_delivery_asked_for_of_an_event_the_webhook_no_longer_gets_is_named(
+    now: Webhook,
+) -> None:
+    """Found, but its webhook's filter, site or state changed since: ``not_receiving``, not
+    passed over as the other records are (until 2026-12-07 the redelivery then ended
+    ``event_not_retained``, as if the event had left the topic)."""
+    index = SubscriptionIndex([now])
+    asked = request(webhook=now, delivery_id=delivery_id("e1", "wh"))
+    assert select(asked, index, ms(SINCE), event_bytes(event_id="e1")) == recovery.NOT_RECEIVING
+    assert select(asked, index, ms(SINCE), event_bytes(event_id="e2")) is None
+    assert select(request(webhook=now), index, ms(SINCE), event_bytes(event_id="e1")) is None
+
+
 @pytest.mark.parametrize("value", [None, b"{", b"[]", b'{"id": "x"}'])
 def test_unreadable_records_are_counted_by_reason(value: bytes | None) -> None:
     reason = select(request(), INDEX, ms(SINCE), value)
@@ -642,3 +663,21 @@ async def test_a_redelivery_has_its_end_before_its_clients_stop(
     end = ("done", None) if wanted == "e45" else ("failed", "event_not_retained")
     assert seen == [(*end, True)]
     assert (operation.state, operation.error) == end
+
+
+async def test_a_redelivery_whose_webhook_no_longer_gets_its_event_fails_saying_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its filter changed since the delivery: found, nothing sent, ``failed`` with
+    ``not_receiving`` (until 2026-12-07 ``event_not_retained``), and the reading stops there."""
+    narrowed = dataclasses.replace(WEBHOOK, events=frozenset({"post.deleted"}))
+    operation = Operation(request(delivery_id=delivery_id("e45", "wh"), rate=1_000_000.0))
+    times, run = run_with(monkeypatch, operation, lambda n: narrowed)
+    await asyncio.wait_for(run, 5.0)
+    assert times == []
+    assert (operation.state, operation.error, operation.enqueued) == (
+        "failed",
+        "not_receiving",
+        0,
+    )
+    assert operation.scanned == 45 - RetainedPartition.LOG_START + 1
