@@ -83,6 +83,10 @@ MIN_RATE = 0.01
 DEFAULT_RATE = 10.0
 
 
+#: The most :attr:`Operation.progress` shows while it runs: 1 is its end alone.
+_RUNNING_PROGRESS = 0.9999
+
+
 def position_key(tp: TopicPartition) -> str:
     """How a record names a source partition (``topic:partition``; topic names have no ``:``)."""
     return f"{tp.topic}:{tp.partition}"
@@ -289,6 +293,32 @@ class Operation:
     def cancelled(self) -> bool:
         return self._cancel.is_set()
 
+    @property
+    def progress(self) -> float:
+        """The share of its records read (:attr:`done` of :attr:`total`), rounded to 4 places:
+        0 while it runs and the ends are not known yet, below 1 while it runs, 1 once
+        ``done``; a ``failed`` or ``cancelled`` one keeps the share it read. Until 2026-12-07
+        it was 1 before the reading began, and fell to 0 once it did."""
+        if self.state == "done":
+            return 1.0
+        if self.total == 0:
+            return 1.0 if self.ends and self.state != "running" else 0.0
+        share = min(1.0, self.done / self.total)
+        return round(min(share, _RUNNING_PROGRESS) if self.state == "running" else share, 4)
+
+    def read_to(self, key: str, next_offset: int, end: int) -> None:
+        """Source partition ``key`` read up to ``next_offset``, to be read to ``end``: its
+        position recorded and the records counted read together, so that a runner resuming
+        from the position counts on from there. Records past ``end`` (the embedded broker
+        reports an end short of the last records of a batch, which are read all the same)
+        count in :attr:`total` as well as in :attr:`done`: until 2026-12-07 they counted in
+        neither, and the progress showed 1 while they were read."""
+        before = self.positions.get(key, end)
+        self.positions[key] = max(self.positions.get(key, 0), next_offset)
+        if next_offset > before:
+            self.done += next_offset - before
+            self.total += max(0, next_offset - max(before, end))
+
     def finish(self, unsent: str | None = None) -> None:
         """Set the state it ended in, its reading over: ``cancelled``, ``done``, or for a
         redelivery that enqueued nothing ``failed`` with ``unsent`` as its error (why its
@@ -387,7 +417,7 @@ class Operation:
             "scanned": self.scanned,
             "enqueued": self.enqueued,
             "invalid": self.invalid,
-            "progress": 1.0 if self.total == 0 else round(min(1.0, self.done / self.total), 4),
+            "progress": self.progress,
             "error": self.error,
             "resumed": self.resumed,
             "started_at": _moment(self.started_at),
@@ -694,21 +724,13 @@ async def _run(
     for tp in tps:
         consumer.seek(tp, starts[tp])
     positioned_ms = int(time.time() * 1000)  # as aiokafka stamps a fetch's answer (settled)
-    reached = dict(starts)
     pending = {tp for tp in tps if starts[tp] < ends[tp]}
     next_write = clock()
     webhook_pace, worker_pace = paces
     unsent: str | None = None
 
     def handled(tp: TopicPartition, next_offset: int) -> None:
-        """The partition read up to ``next_offset``: its position recorded and counted done
-        together, so that a runner resuming from the position counts on from there."""
-        key = position_key(tp)
-        operation.positions[key] = max(operation.positions.get(key, 0), next_offset)
-        reach = min(next_offset, ends[tp])
-        if reach > reached[tp]:
-            operation.done += reach - reached[tp]
-            reached[tp] = reach
+        operation.read_to(position_key(tp), next_offset, ends[tp])
 
     def scanned(tp: TopicPartition, record: Any, *, enqueued: bool) -> None:
         operation.enqueued += enqueued
@@ -787,7 +809,7 @@ async def _run(
         moved = False
         for tp in list(pending):
             position = await consumer.position(tp)
-            moved = moved or position > reached[tp]
+            moved = moved or position > operation.positions.get(position_key(tp), ends[tp])
             handled(tp, position)  # past what no record stands at (compacted, markers)
             if position >= ends[tp]:
                 pending.discard(tp)

@@ -518,7 +518,14 @@ def _schemas() -> dict[str, Any]:
                     "minimum": 0,
                     "description": "Source records that are not valid events.",
                 },
-                "progress": {"type": "number", "minimum": 0, "maximum": 1},
+                "progress": {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": 1,
+                    "description": "The share of the records to read that were read, never "
+                    "falling: 0 until the reading starts, below 1 while it runs, 1 once done (a "
+                    "failed or cancelled one keeps its share).",
+                },
                 "error": {
                     "type": ["string", "null"],
                     "description": "Why it failed: event_not_retained (a redelivery whose event "

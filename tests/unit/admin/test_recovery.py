@@ -141,13 +141,59 @@ def test_a_request_that_cannot_run_is_refused(changes: dict[str, object]) -> Non
 
 def test_an_operation_reports_progress_and_cancellation() -> None:
     operation = Operation(request())
-    assert operation.as_dict()["progress"] == 1.0  # nothing to read
+    assert operation.as_dict()["progress"] == 0.0  # its ends not known yet
     operation.total, operation.done = 8, 2
     shown = operation.as_dict()
     assert shown["progress"] == 0.25 and shown["state"] == "running"
     assert shown["since"] == "2024-01-15T10:00:00.000Z" and shown["webhook_id"] == "wh"
     operation.cancel()
     assert operation.cancelled
+
+
+@st.composite
+def readings(draw: st.DrawFn) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
+    """Source partitions as ``(start, reported end, last offset + 1)`` (the embedded broker
+    reports ends short of a last batch's records, and a position may be reset past the
+    reported end), and the reads of them in turn: ``(partition, next offset)``."""
+    partitions = []
+    for _ in range(draw(st.integers(1, 4))):
+        start = draw(st.integers(0, 50))
+        end = draw(st.integers(start, start + 50))
+        partitions.append((start, end, draw(st.integers(end, end + 10))))
+    at = [start for start, _, _ in partitions]
+    reads = []
+    for _ in range(draw(st.integers(0, 60))):
+        n = draw(st.integers(0, len(partitions) - 1))
+        at[n] = min(partitions[n][2], at[n] + draw(st.integers(0, 7)))
+        reads.append((n, at[n]))
+    reads += [(n, last) for n, (_, _, last) in enumerate(partitions)]  # read to the last
+    return partitions, reads
+
+
+@given(readings(), st.sampled_from(["done", "cancelled", "failed"]))
+def test_progress_only_grows_within_0_and_1_and_is_1_at_the_end_alone(
+    reading: tuple[list[tuple[int, int, int]], list[tuple[int, int]]], end: str
+) -> None:
+    """0 before the ends are known (until 2026-12-07: 1), never 1 while it reads (records past
+    a reported end counted in neither done nor total, and it showed 1 while they were read),
+    never falling, and 1 once it ended having read every record."""
+    partitions, reads = reading
+    operation = Operation(request())
+    shown = [operation.as_dict()["progress"]]
+    assert shown == [0.0]
+    # As the reading starts (recover: the ends when it began, each read from its start).
+    operation.ends = {f"t:{n}": end for n, (_, end, _) in enumerate(partitions)}
+    operation.positions = {f"t:{n}": start for n, (start, _, _) in enumerate(partitions)}
+    operation.total = sum(end - start for start, end, _ in partitions)
+    shown.append(operation.as_dict()["progress"])
+    for n, next_offset in reads:
+        operation.read_to(f"t:{n}", next_offset, partitions[n][1])
+        shown.append(operation.as_dict()["progress"])
+    assert operation.done == operation.total == sum(last - s for s, _, last in partitions)
+    assert all(0.0 <= p < 1.0 for p in shown)
+    assert shown == sorted(shown)
+    operation.state = end  # (every record read: 1 whatever the end)
+    assert operation.as_dict()["progress"] == 1.0
 
 
 def test_operations_forget_the_oldest_finished_ones() -> None:
@@ -681,3 +727,29 @@ async def test_a_redelivery_whose_webhook_no_longer_gets_its_event_fails_saying_
         0,
     )
     assert operation.scanned == 45 - RetainedPartition.LOG_START + 1
+
+
+async def test_records_past_a_reported_end_are_read_without_progress_reaching_1(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The embedded broker reports the end 5 records short: those are read and sent, counted
+    in done and total, with the progress below 1 until the recovery is done (until 2026-12-07
+    it showed 1 while they were read)."""
+
+    class ShortEnd(RetainedPartition):
+        async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+            return {tp: self.END - 5 for tp in tps}
+
+    operation = Operation(request(rate=1_000_000.0))
+    shown: list[float] = []
+
+    def current(written: int) -> Webhook:
+        shown.append(operation.as_dict()["progress"])
+        return WEBHOOK
+
+    times, run = run_with(monkeypatch, operation, current, consumer=ShortEnd)
+    await asyncio.wait_for(run, 5.0)
+    assert len(times) == ShortEnd.END - ShortEnd.LOG_START
+    assert shown == sorted(shown) and all(0.0 <= p < 1.0 for p in shown)
+    assert (operation.done, operation.total) == (ShortEnd.END, ShortEnd.END)
+    assert (operation.state, operation.as_dict()["progress"]) == ("done", 1.0)
