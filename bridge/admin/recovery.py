@@ -5,7 +5,8 @@ A recovery reads the retained source topics, keeps the records published in ``[s
 be sent now, and enqueues each in the first retry tier, due at once, with the delivery id the
 first delivery had: receivers deduplicate on it. Deliveries then go through the worker's
 normal path (the endpoint's concurrency, rate limit and circuit breaker apply), and the
-recovery writes them no faster than ``rate`` per second, so an endpoint is never flooded and the
+recovery writes them no faster than ``rate`` per second, so an endpoint gets no more than its
+webhook's rate limit allows (a token bucket: at most twice it in any one second) and the
 retry tier never holds a backlog of not-yet-due records in front of other webhooks' retries.
 
 A recovery is an :class:`Operation`: it reports progress and counts while it runs and can be

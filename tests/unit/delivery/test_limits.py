@@ -7,8 +7,11 @@ every wait bounded by ``asyncio.wait_for``; the token buckets run on a fake cloc
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridge.delivery import limits
 from bridge.delivery.limits import EndpointBusy, EndpointSlots, RateLimits, Slots, TokenBucket
@@ -254,6 +257,37 @@ def test_rate_below_one_has_a_burst_of_one() -> None:
     assert rates.wait_time("w", 0.5) == 2.0
     clock.now += 2.0
     assert rates.wait_time("w", 0.5) == 2.0  # the token refilled is already promised
+
+
+@given(
+    st.sampled_from([0.5, 1.0, 2.0, 3.5, 10.0]),
+    st.lists(st.floats(0.0, 1.5, allow_nan=False), min_size=1, max_size=80),
+)
+def test_a_rate_limit_sends_at_most_twice_it_in_any_second(rate: float, gaps: list[float]) -> None:
+    """What docs/producers.md says ``rate_limit`` allows: on average at most ``rate`` a
+    second, up to ``max(1, rate)`` at once after a quiet spell, so at most ``rate`` more
+    within the next second: in any one-second window at most ``max(1, rate) + rate`` (twice
+    it from 1 up)."""
+    clock = FakeClock()
+    rates = RateLimits(clock)
+    sent = []
+    for gap in gaps:  # deliveries falling due, each sent once its wait is over
+        clock.now += gap
+        sent.append(clock.now + rates.wait_time("w", rate))
+    bound = math.floor(max(1.0, rate) + rate * (1 + 1e-9))
+    for at in sent:
+        assert sum(at <= other <= at + 1 + 1e-9 for other in sent) <= bound
+
+
+@pytest.mark.parametrize("rate", [1.0, 4.0, 10.0])
+def test_after_a_quiet_second_a_rate_limit_sends_twice_it_within_a_second(rate: float) -> None:
+    """The bound is reached: ``rate`` at once, then ``rate`` more by the second's end."""
+    clock = FakeClock()
+    rates = RateLimits(clock)
+    sent = [clock.now + rates.wait_time("w", rate) for _ in range(int(2 * rate) + 1)]
+    start = sent[0]
+    assert sum(at <= start + 1 + 1e-9 for at in sent) == 2 * rate
+    assert sent[-1] > start + 1
 
 
 @pytest.mark.parametrize("rate", [None, 0, 0.0, -1.0])
