@@ -933,7 +933,8 @@ def _webhooks_recover(args: argparse.Namespace) -> int:
         if args.delivery_id is not None and operation.enqueued == 0:
             # As the API answers 404 (until 2026-12-07 this ended 0, nothing sent).
             raise ConfigError(
-                f"no event of delivery {args.delivery_id!r} between --since and --until"
+                _not_redelivered(args.delivery_id, operation.error)
+                or f"no event of delivery {args.delivery_id!r} between --since and --until"
             )
         return 0
     with api:
@@ -954,7 +955,14 @@ def _webhooks_recover(args: argparse.Namespace) -> int:
             if args.rate is not None:
                 body["rate"] = args.rate
             started = api.post(f"/v1/webhooks/{path_segment(args.webhook_id)}/recoveries", body)
-        print(json.dumps(api.finished(started)))
+        ended = api.finished(started)
+        print(json.dumps(ended))
+    if args.delivery_id is not None and ended.get("enqueued") == 0:
+        # As without the API (until 2026-12-07 a redelivery that sent nothing ended 0 here).
+        raise ConfigError(
+            _not_redelivered(args.delivery_id, ended.get("error"))
+            or f"the event of delivery {args.delivery_id!r} is no longer in the source topics"
+        )
     return 0
 
 
@@ -1229,16 +1237,32 @@ def _deliveries_redeliver(args: argparse.Namespace) -> int:
                 f"/v1/deliveries/{path_segment(args.delivery_id)}/redeliver",
                 params=_of_webhook(args),
             )
-            enqueued = int(api.finished(started)["enqueued"])
+            ended = api.finished(started)
+            enqueued, error = int(ended["enqueued"]), ended.get("error")
     else:
         operation = _run_managed(args, run)
         enqueued = 0 if operation is None else operation.enqueued
+        error = None if operation is None else operation.error
     if enqueued == 0:
         raise ConfigError(
-            f"the event of delivery {args.delivery_id!r} is no longer in the source topics"
+            _not_redelivered(args.delivery_id, error)
+            or f"the event of delivery {args.delivery_id!r} is no longer in the source topics"
         )
     print(shown(f"redelivering {args.delivery_id}"))
     return 0
+
+
+def _not_redelivered(delivery_id: str, error: object) -> str | None:
+    """Why a redelivery that sent nothing did not, when it is not that its event is gone
+    (until 2026-12-07 every such redelivery said the event had left the source topics)."""
+    from bridge.admin.recovery import NOT_RECEIVING
+
+    if error == NOT_RECEIVING:
+        return (
+            f"the webhook of delivery {delivery_id!r} no longer gets its event (its events, "
+            "site or account changed, or it is off): nothing sent"
+        )
+    return None
 
 
 def _webhooks_delete(args: argparse.Namespace) -> int:

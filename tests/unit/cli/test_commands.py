@@ -1249,3 +1249,30 @@ def test_run_checks_every_address_of_an_empty_web_host() -> None:
         taken.listen()
         with pytest.raises(ConfigError, match=f"port {port} is already in use"):
             cli._check_web_port(settings)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["deliveries", "redeliver", "d1"],
+        ["webhooks", "recover", "wh", "--since", "2h", "--delivery", "d1"],
+    ],
+)
+def test_a_redelivery_its_webhook_no_longer_gets_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """Until 2026-12-07 a redelivery that sent nothing because the webhook no longer gets the
+    event (its events changed, or it is off) said the event had left the source topics."""
+    import httpx
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        ended = {"id": "r1", "state": "failed", "enqueued": 0, "error": "not_receiving"}
+        return httpx.Response(202, json=ended)
+
+    api_answering(monkeypatch, answer)
+    assert cli.main([*command, *BROKER]) == 1
+    err = capsys.readouterr().err.splitlines(keepends=True)[-1]
+    assert err == (
+        "webhook-bridge: the webhook of delivery 'd1' no longer gets its event (its events, "
+        "site or account changed, or it is off): nothing sent\n"
+    )
