@@ -278,3 +278,71 @@ async def test_subscription_record_with_many_object_event_types_is_skipped_promp
         assert took < PROMPT, f"the event after it was delivered after {took:.1f} s"
     finally:
         await writer.stop()
+
+
+async def test_events_nested_at_and_past_the_data_depth_limit_all_settle(
+    settings: Settings, receiver: Receiver, in_process_workers
+) -> None:
+    """``data`` nested MAX_DATA_DEPTH - 1 .. MAX_DATA_DEPTH + 2 levels, to an endpoint that
+    answers 500: those at most MAX_DATA_DEPTH deep are attempted, retried (their retry records
+    hold the event) and dead-lettered with every attempt; deeper ones are dead-lettered
+    ``too_deep`` as read, never attempted. Every offset is committed. Until 2026-12-07 data
+    254 levels deep was accepted, then its retry record and dead letter could not be written:
+    its job never settled and its partition committed no further."""
+    from bridge.contract.events import MAX_DATA_DEPTH
+
+    await subscribe(settings, receiver, {"main": "site-main"}, ("*",))
+    receiver.statuses["/main"] = 500
+    worker = in_process_workers(settings)
+    await worker.wait_ready(60)
+    bootstrap = settings.kafka_bootstrap_servers
+    writer = await RawWriter(bootstrap).start()
+    tail = await TopicTail(bootstrap, [settings.deadletter_topic]).start()
+    depths = range(MAX_DATA_DEPTH - 1, MAX_DATA_DEPTH + 3)
+    try:
+        offsets: dict[int, int] = {}
+        for depth in depths:
+            # ``data`` is one level; each list inside it one more.
+            inner = "[" * (depth - 1) + "]" * (depth - 1)
+            head = json.dumps(post_created(f"ev-depth-{depth}"))
+            value = head.replace('"title": "t"', '"title": "t", "x": ' + inner)
+            _, offsets[depth] = await writer.write(
+                settings.events_topic, value.encode(), key=b"site-main", partition=0
+            )
+        last = max(offsets.values())
+
+        def letters() -> dict[str, dict[str, object]]:
+            found = {}
+            for r in tail.of(settings.deadletter_topic):
+                letter = json.loads(r.value or b"{}")
+                source = letter.get("source") or {}
+                event = letter.get("event") or {}
+                key = event.get("id") if isinstance(event, dict) else None
+                key = key or f"offset-{source.get('offset')}"
+                found[str(key)] = letter
+            return found
+
+        committed = await poll(
+            lambda: committed_offsets(bootstrap, settings.group_id, settings.events_topic),
+            until=lambda c: c.get(0, 0) > last and len(letters()) >= len(depths),
+            timeout=30,
+            interval=0.5,
+        )
+        assert committed.get(0, 0) > last, (committed, offsets, sorted(letters()))
+        kept = letters()
+        attempted = {r.delivery_id for r in receiver.received}
+        schedule = len(settings.retry_schedule) + 1
+        for depth in depths:
+            event_id = f"ev-depth-{depth}"
+            if depth <= MAX_DATA_DEPTH:
+                letter = kept[event_id]
+                assert letter["reason"] == "attempts_exhausted", letter["reason"]
+                assert len(letter["attempts"]) == schedule  # type: ignore[arg-type]
+                assert delivery_id(event_id, "main") in attempted
+            else:
+                (letter,) = [x for x in kept.values() if x["reason"] == "too_deep"
+                             and (x.get("source") or {}).get("offset") == offsets[depth]]  # type: ignore[union-attr]  # fmt: skip
+                assert delivery_id(event_id, "main") not in attempted
+    finally:
+        await tail.stop()
+        await writer.stop()
