@@ -10,7 +10,10 @@ on and commits past it, and the worker's event loop is never held.
 - a subscription record with thousands of objects as event types (jsonschema's ``uniqueItems``
   compared every pair: ~30 s of the loop for 6,000);
 - records whose header key is not UTF-8, in the subscriptions and events topics: aiokafka's
-  reader raised out of every fetch of their batch, and the worker crashed at every start."""
+  reader raised out of every fetch of their batch, and the worker crashed at every start;
+- events whose data nests at and past MAX_DATA_DEPTH, to a failing endpoint (their retry
+  records and dead letters must be written);
+- retry records due far past their tier's delay (an hour, 10^300): one delay in all."""
 
 from __future__ import annotations
 
@@ -345,4 +348,54 @@ async def test_events_nested_at_and_past_the_data_depth_limit_all_settle(
                 assert delivery_id(event_id, "main") not in attempted
     finally:
         await tail.stop()
+        await writer.stop()
+
+
+async def test_retry_records_due_far_ahead_hold_their_tier_one_delay_in_all(
+    settings: Settings, receiver: Receiver, in_process_workers
+) -> None:
+    # A first tier of 2 s: one delay in all, against four or more from each one's turn.
+    settings = settings.replace(retry_schedule=(2.0, 0.6))
+    """Retry records in the first tier whose ``not_before`` is far past the tier's delay (a
+    writer's clock ahead, a hostile record: an hour, 10^300) are attempted the tier's delay
+    after they were taken, one behind another, and a correct record behind them with them;
+    the tier commits past them all. Until 2026-12-07 each waited a whole delay from its turn."""
+    await subscribe(settings, receiver, {"main": "site-main"}, ("*",))
+    worker = in_process_workers(settings)
+    await worker.wait_ready(60)
+    bootstrap = settings.kafka_bootstrap_servers
+    tier = settings.retry_topics[0]
+    delay = settings.retry_schedule[0]
+    writer = await RawWriter(bootstrap).start()
+    try:
+        now = time.time()
+        ahead = [1e300, now + 3600.0, now + 600.0, now + 60.0, now]
+        offsets = []
+        started = time.monotonic()
+        for n, not_before in enumerate(ahead):
+            record = json.loads(retry_record("[]", 2))
+            record.update(
+                delivery_id=delivery_id(f"ev-ahead-{n}", "main"),
+                event=post_created(f"ev-ahead-{n}"),
+                not_before=not_before,
+            )
+            _, offset = await writer.write(
+                tier, json.dumps(record).encode(), key=b"main", partition=0
+            )
+            offsets.append(offset)
+        await receiver.wait_for(lambda got: len(got) >= len(ahead), 15)
+        took = time.monotonic() - started
+        assert sorted(r.delivery_id for r in receiver.received) == sorted(
+            delivery_id(f"ev-ahead-{n}", "main") for n in range(len(ahead))
+        )
+        # One delay in all (each counted from when it was taken), with room for a slow fetch.
+        assert took < 2 * delay + 1, f"{len(ahead)} records took {took:.1f} s"
+        committed = await poll(
+            lambda: committed_offsets(bootstrap, settings.group_id, tier),
+            until=lambda c: c.get(0, 0) > max(offsets),
+            timeout=PROMPT,
+            interval=0.5,
+        )
+        assert committed.get(0, 0) > max(offsets)
+    finally:
         await writer.stop()
