@@ -708,7 +708,29 @@ def test_network_policy_excepts_the_ipv6_images_of_every_ipv4_range(
     ):
         assert ssrf.classify(ipaddress.ip_address(address)) is not None, address
         assert not _egress_allows(policy, address, 443), address
-    for address in ("64:ff9b::5db8:d822", "2002:5db8:d822::1"):  # 93.184.216.34
+    # Until 2026-12-07 let through too (the guard refuses them: multicast, reserved, broadcast,
+    # IETF protocol assignments, Teredo, benchmarking, documentation, discard-only).
+    for address in (
+        "224.0.0.1",
+        "239.255.255.250",
+        "240.0.0.1",
+        "255.255.255.255",
+        "192.0.0.9",
+        "198.18.0.1",
+        "192.0.2.1",
+        "198.51.100.1",
+        "203.0.113.1",
+        "ff02::1",
+        "ff0e::1",
+        "2001::1",
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+        "2001:db8::1",
+        "100::1",
+        "64:ff9b::e000:1",
+    ):
+        assert ssrf.classify(ipaddress.ip_address(address)) is not None, address
+        assert not _egress_allows(policy, address, 443), address
+    for address in ("64:ff9b::5db8:d822", "2002:5db8:d822::1", "2001:4860:4860::8888"):
         assert ssrf.classify(ipaddress.ip_address(address)) is None, address
         assert _egress_allows(policy, address, 443), address
 
