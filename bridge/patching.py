@@ -42,8 +42,10 @@ class Patch:
     #: What is put in its place; ``None`` for an internal that is only relied on (checked,
     #: not replaced).
     replacement: Any
-    #: SHA-256 (first 16 hex digits) of the original's source, as the library ships it.
-    fingerprint: str
+    #: SHA-256 (first 16 hex digits) of the original's source, as the library ships it; or
+    #: several, one per form the library ships it in (a compiled class and its pure-Python
+    #: twin, which the library uses when its extensions are not built).
+    fingerprint: str | tuple[str, ...]
     #: The upstream behaviour the patch changes, in one line.
     upstream: str
 
@@ -113,11 +115,12 @@ def apply(patches: Iterable[Patch], originals: Mapping[str, Any], kind: str) -> 
                 f"against; upstream behaviour it changes: {patch.upstream}"
             )
         found = fingerprint(current)
-        if found != patch.fingerprint:
+        expected = (patch.fingerprint,) if isinstance(patch.fingerprint, str) else patch.fingerprint
+        if found not in expected:
             raise PatchMismatch(
                 f"{kind} {patch.name}: {where}.{patch.attribute} is not the code the "
                 f"patch was written against (fingerprint {found}, expected "
-                f"{patch.fingerprint}); upstream behaviour it changes: {patch.upstream}"
+                f"{' or '.join(expected)}); upstream behaviour it changes: {patch.upstream}"
             )
         if patch.replacement is not None:
             pending.append(patch)

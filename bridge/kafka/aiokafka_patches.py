@@ -2,7 +2,8 @@
 
 A record header's key is a string in Kafka's protocol, and aiokafka decodes it strictly: a key
 that is not UTF-8 (any producer can write one; the broker checks nothing) makes both of its
-record readers (the compiled one in use and the pure-Python one) raise ``UnicodeDecodeError``
+record readers (the compiled one, and the pure-Python one aiokafka uses without its
+extensions, which wraps it in ``CorruptRecordException``) raise ``UnicodeDecodeError``
 while the fetcher iterates the batch that holds it (``PartitionRecords._unpack_records``). The
 error escaped ``getmany`` and ``getone``, and the next fetch returned the same batch: a Faust
 worker crashed on it at every start (in the compacted subscriptions topic, which every worker
@@ -38,6 +39,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from aiokafka.consumer import fetcher
+from aiokafka.errors import CorruptRecordException
 from aiokafka.record import default_records
 
 from bridge.patching import Patch, apply, require_release
@@ -167,7 +169,12 @@ def _unpack_records(self: Any) -> Iterator[Any]:
         try:
             yield from records
             return
-        except UnicodeDecodeError:
+        except (UnicodeDecodeError, CorruptRecordException) as exc:
+            # aiokafka's pure-Python reader (in use without its extensions) wraps the error.
+            if isinstance(exc, CorruptRecordException) and not isinstance(
+                exc.__cause__, UnicodeDecodeError
+            ):
+                raise
             resume = self.next_fetch_offset
             if data is None or resume == failed_at:
                 raise  # not a header key's: read leniently, it failed again where it did
@@ -193,7 +200,10 @@ PATCHES: tuple[Patch, ...] = (
         fetcher,
         "MemoryRecords",
         _KeptRecords,
-        "9a2ab3ccf719adc7",
+        # The compiled reader, and the pure-Python one aiokafka uses without its extensions
+        # (AIOKAFKA_NO_EXTENSIONS, or an install that did not build them): until 2026-12-07
+        # the bridge refused to start there.
+        ("9a2ab3ccf719adc7", "795a0314fbca30af"),
         "(the fetcher's reader of each fetched message set, which keeps no bytes to read again)",
     ),
     Patch(
