@@ -354,12 +354,12 @@ async def test_events_nested_at_and_past_the_data_depth_limit_all_settle(
 async def test_retry_records_due_far_ahead_hold_their_tier_one_delay_in_all(
     settings: Settings, receiver: Receiver, in_process_workers
 ) -> None:
-    # A first tier of 2 s: one delay in all, against four or more from each one's turn.
-    settings = settings.replace(retry_schedule=(2.0, 0.6))
     """Retry records in the first tier whose ``not_before`` is far past the tier's delay (a
     writer's clock ahead, a hostile record: an hour, 10^300) are attempted the tier's delay
     after they were taken, one behind another, and a correct record behind them with them;
     the tier commits past them all. Until 2026-12-07 each waited a whole delay from its turn."""
+    # A first tier of 2 s: one delay in all, against four or more from each one's turn.
+    settings = settings.replace(retry_schedule=(2.0, 0.6))
     await subscribe(settings, receiver, {"main": "site-main"}, ("*",))
     worker = in_process_workers(settings)
     await worker.wait_ready(60)
