@@ -18,7 +18,6 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from bridge import __version__
-from bridge.cli.terminal import escaped, json_line, shown
 from bridge.config import (
     Section,
     Settings,
@@ -31,6 +30,7 @@ from bridge.contract.events import Event, build_event
 from bridge.contract.payload import delivery_id
 from bridge.errors import BridgeError, ConfigError, InvalidRecord, TopicDrift
 from bridge.paths import path_segment
+from bridge.terminal import escaped, json_line, shown
 from bridge.worker.embedded import GROUP_TIMEOUTS, EmbeddedBroker, _port_open
 
 if TYPE_CHECKING:

@@ -9,8 +9,8 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
-from bridge.cli.terminal import json_line
 from bridge.contract.signing import verify
+from bridge.terminal import json_line
 
 __all__ = ["make_receiver_app"]
 
@@ -27,7 +27,7 @@ def make_receiver_app(
     A signature is good when it verifies with any of ``secrets`` (a webhook's old and new
     secret, around a rotation). Each request is printed as one JSON line: delivery id, event
     type, whether the signature verified, and the parsed body, with the characters a terminal
-    could act on as JSON escapes (:func:`~bridge.cli.terminal.json_line`).
+    could act on as JSON escapes (:func:`~bridge.terminal.json_line`).
     """
     stream = out if out is not None else sys.stdout
     accepted = (secrets,) if isinstance(secrets, str) else tuple(secrets)

@@ -6,13 +6,14 @@ Both formats show the same things: time, level, logger, message and the known ``
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from aiohttp.http_exceptions import HttpProcessingError
+
+from bridge.terminal import json_line
 
 __all__ = [
     "FIELDS",
@@ -114,7 +115,10 @@ class JsonFormatter(logging.Formatter):
         line.update(_fields(record))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False, default=str)
+        # Controls, line breaks and format characters as JSON escapes: a line read in a
+        # terminal (kubectl logs) is never obeyed by it (until 2026-12-07 C1 controls and
+        # bidirectional overrides of a record's text were written raw).
+        return json_line(line, default=str)
 
 
 class TextFormatter(logging.Formatter):
@@ -139,13 +143,25 @@ class TextFormatter(logging.Formatter):
 
 
 def _one_line(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+    """``text`` with the backslash doubled and every character a terminal could act on (C0
+    and C1 controls, line breaks, bidirectional and other format characters) as a Python
+    escape: until 2026-12-07 only line breaks were, and the escape sequences of a record's
+    text (a schema error names the keys of the event it refused) reached the operator's
+    terminal raw."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(
+        c
+        if c.isprintable() and c != "\\"
+        else ("\\\\" if c == "\\" else c.encode("unicode_escape").decode("ascii"))
+        for c in text
+    )
 
 
 def _value(value: Any) -> str:
     text = str(value)
-    if not text or any(c.isspace() or c in "\"'=\\" for c in text):
-        return json.dumps(text, ensure_ascii=False)
+    if not text or not text.isprintable() or any(c.isspace() or c in "\"'=\\" for c in text):
+        return json_line(text)
     return text
 
 

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.worker.logs import (
     CHATTY_LOGGERS,
@@ -69,6 +71,27 @@ def test_a_text_line_stays_one_line_and_quotes_values() -> None:
     assert 'error="timed out \\"after\\" 30s"' in line
     assert 'detail="a=b"' in line
     assert 'reason=""' in line
+
+
+@given(text=st.text(), value=st.text())
+@settings(max_examples=300, deadline=None)
+def test_no_line_holds_a_character_a_terminal_could_act_on(text: str, value: str) -> None:
+    """A message or a field may hold a record's text (a schema error names the keys of the
+    event it refused): until 2026-12-07 text lines wrote its C0 and C1 controls and
+    bidirectional overrides raw, and JSON lines its C1 controls and format characters, all
+    obeyed by the terminal a line is read in. Every character shown is printable (or a space),
+    and each format reads back what was logged."""
+    record = _record(text, webhook_id=value)
+    text_line = TextFormatter().format(record)
+    json_text = JsonFormatter().format(record)
+    for line in (text_line, json_text):
+        assert line.isprintable(), repr(line)
+    parsed = json.loads(json_text)
+    assert (parsed["message"], parsed["webhook_id"]) == (text, value)
+    message = text_line.split(" pipeline: ", 1)[1].rsplit(" webhook_id=", 1)[0]
+    assert message.encode("ascii", "backslashreplace").decode("unicode_escape") == text
+    shown = text_line.rsplit(" webhook_id=", 1)[1]
+    assert (json.loads(shown) if shown.startswith('"') else shown) == value
 
 
 def test_an_exception_follows_its_line_indented() -> None:

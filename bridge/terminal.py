@@ -1,9 +1,10 @@
-"""What the commands print of text they did not write (records, an API's answers): shown on
-the terminal, never obeyed by it."""
+"""Text the bridge did not write (records, an API's answers, a receiver's bytes) as the
+commands print it and the worker logs it: shown on the terminal, never obeyed by it."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["escaped", "shown", "json_line"]
@@ -31,14 +32,16 @@ def shown(text: str) -> str:
     )
 
 
-def json_line(value: Any) -> str:
-    """``value`` as one line of JSON, its text as it is but for the characters :func:`escaped`
-    escapes (controls, line breaks, bidirectional and other format characters), written as
-    JSON escapes: what a dead letter holds is shown, never obeyed by the terminal (until
-    2026-12-06 ``dlq list`` printed C1 controls and bidi overrides raw)."""
-    return "".join(
-        c if c.isprintable() else _json_escape(c) for c in json.dumps(value, ensure_ascii=False)
-    )
+def json_line(value: Any, default: Callable[[Any], Any] | None = None) -> str:
+    """``value`` as one line of JSON (``default`` as for :func:`json.dumps`), its text as it
+    is but for the characters :func:`escaped` escapes (controls, line breaks, bidirectional
+    and other format characters), written as JSON escapes: what a dead letter holds is shown,
+    never obeyed by the terminal (until 2026-12-06 ``dlq list`` printed C1 controls and bidi
+    overrides raw)."""
+    text = json.dumps(value, ensure_ascii=False, default=default)
+    if text.isprintable():  # the usual line: one pass in C
+        return text
+    return "".join(c if c.isprintable() else _json_escape(c) for c in text)
 
 
 def _json_escape(c: str) -> str:
