@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from bridge.worker import embedded
+
 TESTS = Path(__file__).resolve().parent
 #: Folder (directly under tests/) -> the marker every test collected below it carries.
 FOLDER_MARKERS = {"integration": pytest.mark.integration, "deploy": pytest.mark.deploy}
@@ -33,6 +35,32 @@ def _profile() -> str:
 
 
 settings.load_profile(_profile())
+
+#: Interleaved slices of the ports ``free_port`` chooses from: one per pytest process of a run
+#: (``./dev test`` runs the integration tests in pytest-xdist workers beside one process of
+#: unit tests), so that no two processes hand out one port, which each only guards against
+#: within itself (a worker's web port was taken by another process's receiver, 2026-12-07).
+PORT_SLICES = 8
+
+
+def _port_slice() -> int:
+    """This process's slice: 0 for a plain pytest run, 1 + n for xdist's worker ``gw<n>``."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return (int(worker[2:]) + 1) % PORT_SLICES if worker[2:].isdigit() else 0
+
+
+def _slice_free_ports() -> None:
+    shipped = embedded._unassigned_ports
+    index = _port_slice()
+
+    def sliced(range_file: Path = embedded._EPHEMERAL_RANGE) -> range | None:
+        ports = shipped(range_file)
+        return None if ports is None else ports[index::PORT_SLICES]
+
+    embedded._unassigned_ports = sliced
+
+
+_slice_free_ports()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
