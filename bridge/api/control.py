@@ -777,24 +777,30 @@ class ControlService:
     async def _scope_dead_letters(
         self, principal: Principal, webhook_id: str | None
     ) -> Callable[[dict[str, Any]], Any] | None:
-        """``None`` for an unrestricted token; else a check of a record's webhook (awaitable)."""
+        """``None`` for an unrestricted token; else a check of a record's webhook (awaitable).
+
+        The letters, and ``webhook_id``, are judged by the webhooks as they are when the
+        listing begins, read once (:meth:`WebhookRepository.current`, as a replay reads them):
+        until 2026-12-07 each webhook the letters named was read apart, which for ``serve``
+        read the whole subscriptions topic once each (letters of 40 other webhooks among
+        10,000: past the request's timeout, holding a dead-letter read's place meanwhile)."""
         if not principal.restricted:
             return None
-        await self._scoped_webhook(principal, webhook_id)
-        seen: dict[str, Webhook | None] = {}
+        webhooks = await self._repository.current()
+        if webhook_id is not None:
+            named = webhooks(webhook_id)
+            if named is None:
+                raise Problem("not_found", "no such webhook")
+            principal.see(named)
 
         async def visible(record: dict[str, Any]) -> bool:
             owner = record.get("webhook_id")
             if not isinstance(owner, str):
                 return False
-            if owner not in seen:
-                webhook = await self._repository.get(owner)
-                allowed = webhook is not None and principal.allows(webhook.site_id, webhook.user_id)
-                seen[owner] = webhook if allowed else None
-            webhook = seen[owner]
-            return webhook is not None and (
-                webhook.created_at is None or of_webhook_created(record, webhook.created_at)
-            )
+            webhook = webhooks(owner)
+            if webhook is None or not principal.allows(webhook.site_id, webhook.user_id):
+                return False
+            return webhook.created_at is None or of_webhook_created(record, webhook.created_at)
 
         return visible
 

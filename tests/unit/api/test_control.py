@@ -6,7 +6,7 @@ import asyncio
 import base64
 import dataclasses
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,6 +38,8 @@ from bridge.cursors import decode_cursor as decode_raw_cursor
 from bridge.cursors import encode_cursor as encode_raw_cursor
 from bridge.delivery.dead_letters import dead_letter_record
 from bridge.delivery.job import SourceRef
+from bridge.subscriptions.webhook import Webhook, webhook_from_record
+from tests.support.builders import webhook_record
 from tests.support.waiting import eventually
 from tests.unit.api.conftest import (
     ADMIN,
@@ -754,6 +756,48 @@ async def test_a_replay_reads_the_current_webhooks_once(api: Api) -> None:
     found = [await lookup(f"wh_{n}") for n in (1, 2, 3, 4)]
     assert [w is not None for w in found] == [True, True, True, False]
     assert reads == ["current"]
+
+
+class LoadingRepository(MemoryRepository):
+    """A repository whose every read loads all the webhooks, as ``serve``'s reads the whole
+    subscriptions topic (:class:`~bridge.api.store_repository.StoreRepository`): counted."""
+
+    loads = 0
+
+    async def get(self, webhook_id: str) -> Webhook | None:
+        self.loads += 1
+        return await super().get(webhook_id)
+
+    async def current(self) -> Callable[[str], Webhook | None]:
+        self.loads += 1
+        return await super().current()
+
+
+@pytest.mark.parametrize("named", [None, "wh_0"])
+async def test_a_restricted_dead_letter_listing_reads_the_webhooks_once(named: str | None) -> None:
+    """One read of the webhooks for a site token's listing, however many webhooks its letters
+    name (until 2026-12-07 one each: for ``serve`` the whole topic each)."""
+    webhooks = {
+        f"wh_{n}": webhook_from_record(
+            webhook_record(id=f"wh_{n}", site_id="site_1" if n % 2 == 0 else "site_2")
+        )
+        for n in range(20)
+    }
+    repository = LoadingRepository(webhooks)
+    source = MemoryDeadLetters(
+        records=[dead_letter(n, webhook_id=f"wh_{n % 20}") for n in range(60)]
+    )
+    control = control_service(repository, dead_letters=source)
+    site = Principal("site", frozenset({"read"}), site_id="site_1")
+    where = DeadLetterFilter(webhook_id=named)
+    page = await control.dead_letters(site, where, limit=100, cursor=None)
+    shown = {item["webhook_id"] for item in page.items}
+    assert shown == ({f"wh_{n}" for n in range(0, 20, 2)} if named is None else {named})
+    assert repository.loads == 1
+    outside = DeadLetterFilter(webhook_id="wh_1")
+    with pytest.raises(Problem) as refused:
+        await control.dead_letters(site, outside, limit=100, cursor=None)
+    assert refused.value.status == 404
 
 
 async def test_a_site_token_reaches_only_its_sites_webhooks(api: Api) -> None:
