@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ __all__ = [
     "problem_response",
     "read_body",
     "read_json_object",
+    "UNWIND_GRACE",
     "problem_middleware",
     "route_template",
 ]
@@ -238,17 +239,69 @@ def route_template(request: web.Request) -> str | None:
     return None if resource is None else resource.canonical
 
 
+#: How long a handler cancelled at the request's timeout is waited for before the ``503`` is
+#: answered (seconds): most end at once, and are done with (their locks released) before the
+#: client learns of it; one that takes longer ends after the answer.
+UNWIND_GRACE = 0.05
+
+
 def problem_middleware(timeout: float) -> Middleware:
     """Middleware answering every error as a problem and every request within ``timeout``.
 
-    A handler that takes longer is cancelled and answered ``503 timeout`` with ``Retry-After``.
+    A handler that takes longer is cancelled and answered ``503 timeout`` with ``Retry-After``
+    at the timeout (and :data:`UNWIND_GRACE`), whatever its cancellation still does: until
+    2026-12-07 the answer waited for it, and a handler cancelled while it started or stopped a
+    Kafka client against a broker that did not answer (the client is let finish, or stopped to
+    the end, ``bridge.kafka.clients``) was answered after 15 s. What it does then is kept
+    track of until it ends, and a failure logged.
     """
+    unwinding: set[asyncio.Task[web.StreamResponse]] = set()
+
+    def unwound(request: web.Request) -> Callable[[asyncio.Task[web.StreamResponse]], None]:
+        template = route_template(request) or "unmatched"
+        method = request.method
+
+        def done(task: asyncio.Task[web.StreamResponse]) -> None:
+            unwinding.discard(task)
+            if task.cancelled():
+                return
+            failed = task.exception()
+            if failed is not None and not isinstance(failed, (Problem, web.HTTPException)):
+                log.warning(
+                    "answering %s %s failed after its timeout: %s",
+                    method,
+                    template,
+                    type(failed).__name__,
+                    exc_info=None if isinstance(failed, KafkaError) else failed,
+                )
+
+        return done
+
+    async def within(request: web.Request, handler: Handler) -> web.StreamResponse:
+        task = asyncio.ensure_future(handler(request))
+        try:
+            await asyncio.wait([task], timeout=timeout)
+            if not task.done():
+                task.cancel()
+                await asyncio.wait([task], timeout=UNWIND_GRACE)
+        except asyncio.CancelledError:
+            # The request itself is cancelled (the server stopping): its handler is too, and
+            # waited for, as when it ran in the request's own task.
+            task.cancel()
+            await asyncio.wait([task])
+            raise
+        if not task.done():
+            unwinding.add(task)
+            task.add_done_callback(unwound(request))
+            raise TimeoutError
+        if task.cancelled():
+            raise TimeoutError
+        return task.result()
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            async with asyncio.timeout(timeout):
-                return await handler(request)
+            return await within(request, handler)
         except Problem as problem:
             return problem_response(problem)
         except web.HTTPException as exc:

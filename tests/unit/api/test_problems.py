@@ -20,6 +20,7 @@ from bridge.api.problems import (
     problem_middleware,
     read_json_object,
 )
+from tests.support.waiting import eventually
 
 LIMIT = 1024
 
@@ -176,6 +177,37 @@ async def test_a_slow_request_is_a_503_with_retry_after(client: TestClient[Any, 
     response = await client.get("/slow")
     await problem_of(response, 503)
     assert response.headers["Retry-After"] == "1"
+
+
+async def test_a_request_is_answered_at_its_timeout_however_long_its_handler_unwinds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Until 2026-12-07 the 503 waited for the cancelled handler to end: one stopping a Kafka
+    client against a broker that did not answer was answered 5 s past the timeout. Its
+    cancellation goes on after the answer, and what it raises then is logged."""
+    released = asyncio.Event()
+    unwound: list[str] = []
+
+    async def stubborn(request: web.Request) -> web.Response:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await released.wait()  # as a client's shielded stop against a hung broker
+            unwound.append("done")
+            raise RuntimeError("failed as it stopped") from None
+        return web.Response()
+
+    app = web.Application(middlewares=[problem_middleware(0.2)])
+    app.router.add_get("/stubborn", stubborn)
+    async with TestClient(TestServer(app)) as client:
+        response = await asyncio.wait_for(client.get("/stubborn"), timeout=5.0)
+        assert (await problem_of(response, 503))["type"].endswith("timeout")
+        assert response.headers["Retry-After"] == "1"
+        assert unwound == []  # answered while the handler still unwinds
+        released.set()
+        await eventually(lambda: "failed after its timeout" in caplog.text)
+        assert unwound == ["done"]
+        assert "RuntimeError" in caplog.text
 
 
 async def test_a_broker_that_failed_is_a_503_to_retry_not_a_500(
