@@ -5,12 +5,16 @@ restart costs. :class:`MemoryStore` (the default) holds everything in
 :class:`~bridge.attempts.book.ActivityBook` s and has no checkpoint: a restart reads the
 attempts topic again from ``now - delivery_log_max_age``. :class:`RocksStore` keeps each
 partition's log in a :class:`~bridge.attempts.rocks.PartitionLog` on disk with the next offset
-to read, so a restart reads only what it missed, and memory holds the stats only.
+to read, so a restart reads only what it missed, and memory holds the stats only. A
+:class:`RocksStore` holds its directory for its life (an exclusive ``flock`` on :data:`LOCK_FILE`
+in it): a second process given the same directory refuses to start.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -21,13 +25,23 @@ import rocksdict
 from bridge.attempts.book import RELEASE_CHUNK, Activity, ActivityBook, empty_activity
 from bridge.attempts.record import Attempt
 from bridge.attempts.rocks import Checkpoint, PartitionLog, RocksOptions
+from bridge.errors import ConfigError
 
-__all__ = ["STORES", "Checkpoint", "DeliveryLogStore", "MemoryStore", "RocksStore"]
+__all__ = ["LOCK_FILE", "STORES", "Checkpoint", "DeliveryLogStore", "MemoryStore", "RocksStore"]
 
 log = logging.getLogger(__name__)
 
 #: The values of the ``delivery_log_store`` setting.
 STORES = ("memory", "rocksdb")
+
+#: The file in a :class:`RocksStore`'s directory that the store holds locked for its life.
+LOCK_FILE = ".lock"
+
+#: How RocksDB's errors that say a database's files are not what it wrote begin (rocksdict
+#: raises RocksDB's status as the text of a plain ``Exception``). Its other errors (``IO
+#: error``: a lock another process holds, a full disk, a directory not writable) say nothing
+#: of the files, which are left as they are.
+_DAMAGE = ("Corruption:", "Invalid argument:")
 
 
 class DeliveryLogStore(Protocol):
@@ -200,9 +214,44 @@ class MemoryStore:
         pass
 
 
+def _damaged(error: Exception) -> bool:
+    """Whether ``error``, raised opening a partition's database, says that its files are
+    damaged (a checksum that does not match, a key or checkpoint of another form), rather than
+    that they cannot be used now (:data:`_DAMAGE`)."""
+    if isinstance(error, OSError):
+        return False
+    if type(error) is Exception:  # rocksdict's: RocksDB's status as text
+        return str(error).startswith(_DAMAGE)
+    return True  # read, but not of the form the store writes
+
+
+def _hold_directory(directory: Path) -> int:
+    """Lock ``directory`` for this process (an exclusive ``flock`` on its :data:`LOCK_FILE`,
+    released when the returned descriptor is closed); :class:`ConfigError` when another process
+    holds it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(
+            f"the delivery log's directory {directory} is in use by another worker: each "
+            "worker needs its own data_dir"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class RocksStore:
     """The log on disk: one :class:`PartitionLog` per held partition under ``directory``
-    (``<data dir>/delivery-log/<attempts topic>/<partition>``), one block cache shared by all."""
+    (``<data dir>/delivery-log/<attempts topic>/<partition>``), one block cache shared by all.
+
+    ``directory`` is held from here to :meth:`close` (:data:`LOCK_FILE`): :class:`ConfigError`
+    when another process holds it. Until 2026-12-07 two workers given one ``data_dir`` each took
+    the other's locked databases for damaged files and deleted them."""
 
     def __init__(
         self,
@@ -213,6 +262,8 @@ class RocksStore:
         options: RocksOptions | None = None,
     ) -> None:
         self.directory = directory
+        #: The descriptor of the locked :data:`LOCK_FILE` (``None`` once closed).
+        self._lock: int | None = _hold_directory(directory)
         self._max_attempts = max_attempts
         self._max_age = max_age
         self._options = options or RocksOptions()
@@ -244,7 +295,11 @@ class RocksStore:
     def _load(self, partition: int, now: float) -> PartitionLog:
         try:
             return self._open(partition, now)
-        except Exception:
+        except Exception as exc:
+            if not _damaged(exc):
+                # Files that cannot be used now are not damaged: deleting them (until
+                # 2026-12-07, after any error) deleted a database another process had open.
+                raise
             # Damaged files: the log is read again from the topic, as with no files.
             log.exception("delivery log: partition %s unreadable; reading it again", partition)
             shutil.rmtree(self._path(partition), ignore_errors=True)
@@ -321,7 +376,12 @@ class RocksStore:
         }
 
     def close(self) -> None:
-        for held in [*self.partitions.values(), *self._loaded.values()]:
-            held.close()
-        self.partitions.clear()
-        self._loaded.clear()
+        try:
+            for held in [*self.partitions.values(), *self._loaded.values()]:
+                held.close()
+        finally:
+            self.partitions.clear()
+            self._loaded.clear()
+            if self._lock is not None:
+                os.close(self._lock)  # releases the directory
+                self._lock = None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from bridge.attempts.log import LogQuery, WebhookLog, decode_cursor
 from bridge.attempts.record import Attempt
 from bridge.attempts.stats import WINDOWS
 from bridge.attempts.stores import DeliveryLogStore, MemoryStore, RocksStore
+from bridge.errors import ConfigError
 from tests.support.attempt_logs import attempt_bytes
 from tests.unit.attempts.test_attempts import T0, attempt, cursors
 
@@ -248,6 +251,101 @@ def test_a_partition_whose_files_are_damaged_is_read_again(tmp_path: Path) -> No
     store = RocksStore(tmp_path, max_attempts=10, max_age=86400)
     assert store.open(0, T0) is None and store.get("x") is None
     assert store.add(0, 0, one, attempt_bytes(one), T0)
+    store.close()
+
+
+def in_another_process(code: str, *args: str) -> subprocess.Popen[str]:
+    """``code`` run by another Python process (``sys.argv[1:]``: ``args``), which says
+    ``ready`` on its output once it has done what it does before it waits for its input."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[3],  # this tree's bridge
+    )
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    if line.strip() != "ready":
+        child.kill()
+        _, err = child.communicate()
+        raise AssertionError(f"the other process did not start: {line!r} {err}")
+    return child
+
+
+def ended(child: subprocess.Popen[str]) -> str:
+    """Let ``child`` end (its input closed); what it wrote after ``ready``."""
+    out, err = child.communicate(timeout=30)
+    assert child.returncode == 0, err
+    return out
+
+
+HOLD_STORE = """
+import sys
+from pathlib import Path
+from bridge.attempts.stores import RocksStore
+store = RocksStore(Path(sys.argv[1]), max_attempts=10, max_age=86400)
+store.open(0, 0.0)
+print("ready", flush=True)
+sys.stdin.read()
+store.close()
+"""
+
+
+def test_a_directory_another_process_holds_is_refused_and_kept(tmp_path: Path) -> None:
+    """Two workers given one ``data_dir``: the second refuses to start, naming the directory
+    (until 2026-12-07 it took the first one's locked databases for damaged files and deleted
+    them, and the first deleted the second's when it gave partitions up)."""
+    holder = in_another_process(HOLD_STORE, str(tmp_path))
+    try:
+        with pytest.raises(ConfigError, match="own data_dir") as refused:
+            RocksStore(tmp_path, max_attempts=10, max_age=86400)
+        assert str(tmp_path) in str(refused.value)
+        assert (tmp_path / "0" / "CURRENT").exists()
+    finally:
+        ended(holder)
+    store = RocksStore(tmp_path, max_attempts=10, max_age=86400)  # released with its close
+    # Held by the store, not by the process: a second store in this one is refused too.
+    with pytest.raises(ConfigError):
+        RocksStore(tmp_path, max_attempts=10, max_age=86400)
+    store.close()
+    RocksStore(tmp_path, max_attempts=10, max_age=86400).close()
+
+
+HOLD_DATABASE = """
+import sys, rocksdict
+db = rocksdict.Rdict(sys.argv[1], options=rocksdict.Options(raw_mode=True))
+print("ready", flush=True)
+sys.stdin.read()
+db.close()
+"""
+
+
+def test_a_partition_whose_database_another_process_holds_is_not_taken_for_damaged(
+    tmp_path: Path,
+) -> None:
+    """RocksDB's lock on a database open elsewhere is an error of the moment, not damage: the
+    files are left as they are (until 2026-12-07 they were deleted, under the process that had
+    them open), and the partition opens once they are free."""
+    store = RocksStore(tmp_path, max_attempts=10, max_age=86400)
+    store.open(0, T0)
+    one = attempt(T0, webhook_id="x")
+    assert store.add(0, 5, one, attempt_bytes(one), T0)
+    store.close()
+    holder = in_another_process(HOLD_DATABASE, str(tmp_path / "0"))
+    store = RocksStore(tmp_path, max_attempts=10, max_age=86400)
+    try:
+        with pytest.raises(Exception, match="lock"):
+            store.open(0, T0)
+        with pytest.raises(Exception, match="lock"):
+            store.preload(0, T0)
+        assert store.partitions == {}
+    finally:
+        ended(holder)
+    assert store.open(0, T0) == (6, -1)
+    activity = store.get("x")
+    assert activity is not None and activity.log.attempts() == [one]
     store.close()
 
 
