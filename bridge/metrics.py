@@ -414,6 +414,17 @@ class Metrics:
             "held; each refuses webhook changes for a session timeout.",
             registry=registry,
         )
+        self.delivery_log_failures = Counter(
+            "webhook_bridge_delivery_log_failures_total",
+            "Workers with delivery_log only: writes of a held attempts partition's log (its "
+            "attempts or its checkpoint) that failed, and openings of its store again that "
+            "failed, by operation (write, reopen); the partition is not answered from until "
+            "its store is opened again and it is read to its end.",
+            ["operation"],
+            registry=registry,
+        )
+        for operation in ("write", "reopen"):  # exported at 0: an increase() sees the first
+            self.delivery_log_failures.labels(operation)
         self.retries_cancelled = Counter(
             "webhook_bridge_retries_cancelled_total",
             "Pending retries dropped because their webhook was deleted or deactivated meanwhile, "

@@ -82,6 +82,11 @@ class DeliveryLogStore(Protocol):
         """Forget ``partition``'s log (revoked, or to be read again)."""
         ...
 
+    def close_partition(self, partition: int) -> None:
+        """Close ``partition``'s log as kept (after a failed write): the next :meth:`preload`
+        and :meth:`open` read it again from what the store kept."""
+        ...
+
     def sweep_steps(self, now: float) -> Iterator[None]:
         """Expire old attempts and stats buckets of every webhook and forget the webhooks left
         with neither, a slice of webhooks a step, so that the caller can let other work run
@@ -170,6 +175,9 @@ class MemoryStore:
         book = self.books.pop(partition, None)
         if book is not None and len(book):
             self._dropped.append(book)
+
+    def close_partition(self, partition: int) -> None:
+        pass  # nothing kept to read again: open() says to read the partition anew
 
     def _release_dropped(self) -> Iterator[None]:
         while self._dropped:
@@ -334,6 +342,13 @@ class RocksStore:
         if held is not None:
             held.flush()
 
+    def close_partition(self, partition: int) -> None:
+        # RocksDB refuses every write after one failed (its background error), until the
+        # database is opened again.
+        for one in (self.partitions.pop(partition, None), self._loaded.pop(partition, None)):
+            if one is not None:
+                _close(partition, one)
+
     def drop(self, partition: int) -> None:
         held = [self.partitions.pop(partition, None), self._loaded.pop(partition, None)]
         for one in held:
@@ -376,12 +391,20 @@ class RocksStore:
         }
 
     def close(self) -> None:
-        try:
-            for held in [*self.partitions.values(), *self._loaded.values()]:
-                held.close()
-        finally:
-            self.partitions.clear()
-            self._loaded.clear()
-            if self._lock is not None:
-                os.close(self._lock)  # releases the directory
-                self._lock = None
+        for partition, held in [*self.partitions.items(), *self._loaded.items()]:
+            _close(partition, held)
+        self.partitions.clear()
+        self._loaded.clear()
+        if self._lock is not None:
+            os.close(self._lock)  # releases the directory
+            self._lock = None
+
+
+def _close(partition: int, held: PartitionLog) -> None:
+    """Close ``held``. One that failed a write fails to flush its memtable at close too, and is
+    closed all the same (RocksDB's lock released): its writes that succeeded are in its
+    write-ahead log, read back at the next open."""
+    try:
+        held.close()
+    except Exception as exc:
+        log.warning("delivery log: partition %s closed without a flush: %s", partition, exc)

@@ -216,6 +216,7 @@ class Bridge:
             )
             for verdict in VERDICTS:
                 self.metrics.disable_writes.labels(verdict)
+            log_failures = self.metrics.delivery_log_failures
             self.delivery_log = DeliveryLogReader(
                 topic=settings.attempts_topic,
                 consumer_factory=lambda: new_consumer(
@@ -228,6 +229,7 @@ class Bridge:
                 max_age=settings.delivery_log_max_age,
                 on_change=self.changes.notify,
                 partitions=self._partitions[settings.attempts_topic],
+                on_store_failure=lambda operation: log_failures.labels(operation).inc(),
             )
         #: Every recovery's newest record (the recoveries table). Every role declares the table,
         #: though only workers serving the API read the view: Faust's assignor gives each

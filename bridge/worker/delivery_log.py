@@ -21,7 +21,10 @@ Two pieces, each doing what it does well:
   and timestamp); past the topic's end the broker answers "out of range" (Kafka) or an empty
   fetch with a lower high-water mark (the embedded broker, whose reported ends cannot be
   compared with a checkpoint: they may be too low). A partition that is revoked is forgotten
-  (its files deleted).
+  (its files deleted). A partition whose store fails a write is not answered from (not
+  :meth:`~DeliveryLogReader.complete`, so neither :attr:`~DeliveryLogReader.caught_up`) until
+  its store is opened again, after a wait (:data:`REOPEN_FIRST`, doubled after each failure in a
+  row up to :data:`REOPEN_LONGEST`), and it is read from its checkpoint to its end.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -55,6 +59,8 @@ __all__ = [
     "DeliveryLogReader",
     "Owner",
     "OwnerUnavailable",
+    "REOPEN_FIRST",
+    "REOPEN_LONGEST",
     "SWEEP_SLICE",
     "attempts_partition",
 ]
@@ -74,6 +80,15 @@ FUTURE_MARGIN = 300.0
 #: Longest the reader sweeps at a time before it lets the event loop run other work (requests,
 #: and deliveries with ``--role all``): a whole sweep of 100,000 webhooks takes 0.2-1.3 s.
 SWEEP_SLICE = 0.005
+
+#: Seconds the reader waits before it opens again the store of a partition that failed a write
+#: (RocksDB refuses every write after one failed, until the database is opened again), doubled
+#: after each failure in a row of the same partition, up to :data:`REOPEN_LONGEST`; the count
+#: starts afresh once the partition is read to its end. Until 2026-12-07 the reader went back to
+#: the checkpoint at once, without opening the database again: the same write failed some 70
+#: times a second for as long as the worker ran, and the partition was answered from meanwhile.
+REOPEN_FIRST = 0.5
+REOPEN_LONGEST = 30.0
 
 _partitioner = DefaultPartitioner()
 
@@ -193,7 +208,11 @@ class DeliveryLogReader(Service):
     and kept, it went into that partition's book, where the webhook's log and stats were
     looked up first in whichever book held the webhook, so a record of it elsewhere hid its
     real ones (until 2026-12-07). After the topic's partitions are increased, a webhook's
-    older attempts are on its former partition and its log starts afresh on its new one."""
+    older attempts are on its former partition and its log starts afresh on its new one.
+
+    ``on_store_failure`` is called with ``write`` for each write of the store that failed
+    (attempts or a checkpoint) and ``reopen`` for each failed opening of a partition again;
+    ``monotonic`` gives the time the waits between them are measured by."""
 
     def __init__(
         self,
@@ -207,6 +226,8 @@ class DeliveryLogReader(Service):
         sweep_interval: float = 60.0,
         on_change: Callable[[], None] | None = None,
         partitions: int | None = None,
+        on_store_failure: Callable[[str], None] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
         self.topic = topic
@@ -218,6 +239,8 @@ class DeliveryLogReader(Service):
                 lambda webhook_id: attempts_partition(webhook_id, count)
             )
         self._on_change = on_change
+        self._on_store_failure = on_store_failure
+        self._monotonic = monotonic
         self.store = store
         self._max_age = max_age
         self._consumer_factory = consumer_factory
@@ -242,8 +265,13 @@ class DeliveryLogReader(Service):
         self.reread = 0
         #: Partitions not yet read up to the end they had when assigned.
         self._catching_up: dict[int, int] = {}
-        #: Partitions whose store failed a write: read again from their checkpoint.
+        #: Partitions whose store failed a write (or its opening again), not fed until it is
+        #: opened again and they are read again from their checkpoint.
         self._failed: set[int] = set()
+        #: Failures in a row per partition, since it was last read to its end.
+        self._failures: dict[int, int] = {}
+        #: When (``monotonic``) to open each failed partition's store again.
+        self._reopen_at: dict[int, float] = {}
         #: Resumed partitions whose first record must be the one their checkpoint names.
         self._verifying: dict[int, Checkpoint] = {}
         #: Partitions found to be another topic than their checkpoint's: read again.
@@ -280,32 +308,60 @@ class DeliveryLogReader(Service):
         return set(self._held)
 
     def complete(self, partition: int) -> bool:
-        """``partition`` is held and read up to the end it had when assigned: its book can
-        answer (while it is read, a part of it would be answered as if it were all)."""
-        return partition in self._held and partition not in self._catching_up
+        """``partition`` is held and read up to the end it had when assigned (or, after its store
+        failed a write, read again to its end): its book can answer (while it is read, a part of
+        it would be answered as if it were all)."""
+        return (
+            partition in self._held
+            and partition not in self._catching_up
+            and partition not in self._failed
+        )
 
     @property
     def caught_up(self) -> bool:
-        """Every partition has been read up to its end at assignment."""
+        """Every partition has been read up to its end at assignment (and none failed since
+        without being read to its end again)."""
         return (
-            self._wanted is not None and self._wanted == set(self._held) and not (self._catching_up)
+            self._wanted is not None
+            and self._wanted == set(self._held)
+            and not self._catching_up
+            and not self._failed
         )
+
+    def _read_to_end(self, partition: int, *, tell: bool = True) -> None:
+        """``partition`` is read up to its end: complete, unless its store failed meanwhile
+        (``tell``: :meth:`_progress` tells it, else the caller does)."""
+        if self._catching_up.pop(partition, None) is None:
+            return
+        failures = self._failures.pop(partition, None)
+        if failures is not None:
+            log.info(
+                "delivery log: partition %s read to its end again, after %d failures",
+                partition,
+                failures,
+            )
+        if tell:
+            self._progress()
 
     async def _preload(self, partition: int) -> None:
         """Let the store read what it kept of ``partition`` in a worker thread: requests (and
         deliveries, with ``--role all``) go on meanwhile. If that fails, :meth:`hold` reads it
         on the loop, as it did before."""
-        loading = asyncio.ensure_future(
-            asyncio.to_thread(self.store.preload, partition, self._clock())
-        )
+        try:
+            await self._in_thread(self.store.preload, partition, self._clock())
+        except Exception:
+            log.exception("delivery log: partition %s not preloaded", partition)
+
+    @staticmethod
+    async def _in_thread(call: Callable[[int, float], None], partition: int, now: float) -> None:
+        """``call(partition, now)`` in a worker thread, waited for to its end even when the
+        caller is cancelled (stopping: closing the store then closes what it opened)."""
+        loading = asyncio.ensure_future(asyncio.to_thread(call, partition, now))
         try:
             await asyncio.shield(loading)
         except asyncio.CancelledError:
-            # Stopping: let the thread finish, so that closing the store closes what it opened.
             await asyncio.wait([loading])
             raise
-        except Exception:
-            log.exception("delivery log: partition %s not preloaded", partition)
 
     def hold(self, partition: int) -> Checkpoint | None:
         """Start holding ``partition``: the offset its store says to resume from, if any."""
@@ -371,10 +427,7 @@ class DeliveryLogReader(Service):
                 try:
                     store.add(partition, offset, attempt, value, now, timestamp)
                 except Exception:
-                    log.exception(
-                        "delivery log: partition %s not written; reading it again", partition
-                    )
-                    self._failed.add(partition)
+                    self._fail(partition, "write")
                     return
         finally:
             if count:
@@ -386,8 +439,7 @@ class DeliveryLogReader(Service):
                 self._next[partition] = last + 1
                 end = self._catching_up.get(partition)
                 if end is not None and last + 1 >= end:
-                    del self._catching_up[partition]
-                    self._progress()
+                    self._read_to_end(partition)
 
     def start_sweep(self, now: float) -> None:
         """Begin a sweep of the store as of ``now``, unless one is under way."""
@@ -432,6 +484,8 @@ class DeliveryLogReader(Service):
             self.resumed.pop(partition, None)
             self._catching_up.pop(partition, None)
             self._failed.discard(partition)
+            self._failures.pop(partition, None)
+            self._reopen_at.pop(partition, None)
             self._verifying.pop(partition, None)
             self._stale.discard(partition)
         if dropped:
@@ -450,6 +504,7 @@ class DeliveryLogReader(Service):
             "reread": self.reread,
             "invalid": self.invalid,
             "misplaced": self.misplaced,
+            "failed": sorted(self._failed),
             "gaps": self.gaps[-20:],
         }
 
@@ -514,7 +569,7 @@ class DeliveryLogReader(Service):
             if ends[tp] > start:
                 self._catching_up[tp.partition] = ends[tp]
             else:
-                self._catching_up.pop(tp.partition, None)
+                self._read_to_end(tp.partition, tell=False)  # _reassign tells
         log.info("delivery log: reading attempts partitions %s (resumed: %s)", new, self.resumed)
 
     async def _check_caught_up(self, consumer: AIOKafkaConsumer) -> None:
@@ -523,11 +578,12 @@ class DeliveryLogReader(Service):
         last batch's base offset + 1), so the end asked for at assignment may never be
         reached by an offset, while a fetch's mark is always reached."""
         for partition in list(self._catching_up):
+            if partition in self._failed:
+                continue  # its fetched records are not kept: read to its end once opened again
             tp = TopicPartition(self.topic, partition)
             mark = consumer.highwater(tp)
             if mark is not None and await consumer.position(tp) >= mark:
-                if self._catching_up.pop(partition, None) is not None:
-                    self._progress()
+                self._read_to_end(partition)
 
     def _check_resumed(self, consumer: AIOKafkaConsumer) -> None:
         """Read again the partitions found to be another topic: by their first record, or
@@ -549,22 +605,72 @@ class DeliveryLogReader(Service):
         self.reread += len(partitions)
         self._changed.set()
 
-    def _flush(self, consumer: AIOKafkaConsumer, partitions: Iterable[int]) -> None:
-        """Write the checkpoints of what was read; a partition whose write failed is read
-        again from its last written checkpoint."""
+    def _flush(self, partitions: Iterable[int]) -> None:
+        """Write the checkpoints of what was read (a partition whose write fails is opened
+        again later: :meth:`_reopen_failed`)."""
         for partition in partitions:
-            if partition not in self._failed:
+            if partition not in self._failed and partition in self._held:
                 try:
                     self.store.flush(partition)
                 except Exception:
-                    log.exception("delivery log: checkpoint of partition %s not written", partition)
-                    self._failed.add(partition)
-        for partition in list(self._failed):
+                    self._fail(partition, "write")
+
+    def _fail(self, partition: int, operation: str) -> None:
+        """``partition``'s store failed ``operation`` (``write``, ``reopen``; called where the
+        error is caught): it is fed nothing and not :meth:`complete` until opened again, after
+        a wait that doubles with each failure in a row, and read to its end. Logged with the
+        error's traceback at the first failure in a row, in one line at each next one."""
+        failures = self._failures.get(partition, 0) + 1
+        self._failures[partition] = failures
+        wait = min(REOPEN_FIRST * 2 ** min(failures - 1, 16), REOPEN_LONGEST)
+        self._reopen_at[partition] = self._monotonic() + wait
+        self._failed.add(partition)
+        self._catching_up[partition] = NEVER_READ
+        self.positions.pop(partition, None)
+        if failures == 1:
+            log.exception(
+                "delivery log: partition %s: %s failed; opening it again in %.1f s to read it "
+                "again from its checkpoint",
+                partition,
+                operation,
+                wait,
+            )
+        else:
+            error = sys.exc_info()[1]
+            log.warning(
+                "delivery log: partition %s: %s failed (%d failures in a row: %s); opening it "
+                "again in %.1f s",
+                partition,
+                operation,
+                failures,
+                error,
+                wait,
+            )
+        if self._on_store_failure is not None:
+            self._on_store_failure(operation)
+        self._progress()
+
+    async def _reopen_failed(self, consumer: AIOKafkaConsumer) -> None:
+        """Open again the store of each failed partition whose wait is over, and read it again
+        from its checkpoint (anew from the topic when the store kept none)."""
+        for partition in sorted(self._failed):
+            if partition not in self._failed or self._reopen_at[partition] > self._monotonic():
+                continue
+            self.store.close_partition(partition)
+            try:
+                # Reads every key the partition kept (as at assignment): in a thread.
+                await self._in_thread(self.store.preload, partition, self._clock())
+                checkpoint = self.store.open(partition, self._clock())
+            except Exception:
+                self._fail(partition, "reopen")
+                continue
             self._failed.discard(partition)
-            checkpoint = self.store.open(partition, self._clock())
+            del self._reopen_at[partition]
             self.positions.pop(partition, None)
             if checkpoint is None:
+                failures = self._failures[partition]
                 self._read_again([partition])
+                self._failures[partition] = failures  # in a row until read to its end
             else:
                 consumer.seek(TopicPartition(self.topic, partition), checkpoint.offset)
                 self._next[partition] = checkpoint.offset
@@ -602,7 +708,9 @@ class DeliveryLogReader(Service):
                 for tp, records in batches.items():
                     self.add_many(tp.partition, [(r.offset, r.value, r.timestamp) for r in records])
                 self._check_resumed(consumer)
-                self._flush(consumer, [tp.partition for tp in batches])
+                self._flush([tp.partition for tp in batches])
+                if self._failed:
+                    await self._reopen_failed(consumer)
                 await self._check_caught_up(consumer)
                 if self._sweeping is None and self._clock() - swept >= self._sweep_interval:
                     swept = self._clock()

@@ -2,7 +2,8 @@
 
 A sweep expires old attempts and stats buckets of every held webhook; at 100,000 webhooks a
 whole one took 0.2-1.3 s in one call on the worker's event loop. The reader now sweeps a slice
-at a time between its reads; here it does so while records go on arriving.
+at a time between its reads; here it does so while records go on arriving. A store whose disk
+fails is opened again, after a wait, and read again to the end.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from bridge.worker.delivery_log import DeliveryLogReader
 from tests.support.attempt_logs import attempt_bytes
 from tests.support.waiting import eventually
 from tests.unit.attempts.test_attempts import attempt
+from tests.unit.worker.test_delivery_log import Disk, StoreOnDisk
 
 MAX_AGE = 3600.0
 
@@ -213,3 +215,53 @@ async def test_hostile_attempt_records_are_skipped_and_counted_between_valid_one
             assert kept == sorted(f"good{n}" for n in range(len(hostile)))
         finally:
             again.close()
+
+
+async def test_a_store_whose_disk_fails_is_opened_again_after_a_wait_and_read_to_the_end(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """While the disk fails (RocksDB refusing every write of a database after one failed, and
+    opening it failing), the partitions written to are not answered from and their stores are
+    tried again after waits that double, not at every fetch; once it works again, each is
+    opened again and read from its checkpoint, and the log holds every record. Until
+    2026-12-07 the reader went back to the checkpoint at every fetch (~70 times a second, a
+    traceback each) and answered from the partitions, for as long as it ran."""
+    disk = Disk()
+    store = StoreOnDisk(tmp_path / "log", disk, max_attempts=1000, max_age=MAX_AGE)
+    failures: list[str] = []
+    async with reading(settings, store, on_store_failure=failures.append) as (reader, producer):
+        partitions = sorted(await producer.partitions_for(settings.attempts_topic))
+        reader.assign(partitions)
+
+        async def write(start: int, count: int) -> None:
+            for n in range(start, start + count):
+                one = attempt(time.time(), webhook_id=f"wh-{n % 12}", delivery_id=f"d{n}")
+                await producer.send(
+                    settings.attempts_topic, attempt_bytes(one), key=one.webhook_id.encode()
+                )
+            await producer.flush()
+
+        await write(0, 300)
+        await eventually(
+            lambda: store.summary()["attempts"] == 300 and reader.caught_up, timeout=60.0
+        )
+        written_to = sorted(int(p) for p in reader.summary()["read"])
+        broke = time.monotonic()
+        disk.broken = True
+        await write(300, 300)
+        await eventually(lambda: set(reader._failed) == set(written_to), timeout=30.0)
+        assert not reader.caught_up and not any(reader.complete(p) for p in written_to)
+        # Tried again after 0.5 s, then 1 s later (each opening fails): not at every fetch.
+        await eventually(lambda: disk.failed_opens >= 2 * len(written_to), timeout=30.0)
+        assert time.monotonic() - broke >= 1.5
+        assert disk.failed_writes <= 2 * len(written_to), disk.failed_writes
+        assert disk.failed_opens <= 3 * len(written_to), disk.failed_opens
+        assert not reader.caught_up and not any(reader.complete(p) for p in written_to)
+        disk.broken = False
+        await eventually(
+            lambda: store.summary()["attempts"] == 600 and reader.caught_up, timeout=60.0
+        )
+        held = [a.delivery_id for w in range(12) for a in _log(store, f"wh-{w}")]
+        assert sorted(held) == sorted(f"d{n}" for n in range(600))
+        assert reader.gaps == [] and not reader._failed
+        assert set(failures) == {"write", "reopen"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from bridge.worker.app import Bridge
 from bridge.worker.delivery_log import (
     FUTURE_MARGIN,
     NEVER_READ,
+    REOPEN_FIRST,
     DeliveryLogReader,
     OwnerUnavailable,
     attempts_partition,
@@ -594,35 +596,189 @@ class Seeks:
         self.seeks.append((tp.partition, offset))
 
 
-def test_a_failed_write_is_read_again_from_the_checkpoint(tmp_path: Path) -> None:
-    store = RocksStore(tmp_path / "log", max_attempts=10, max_age=7 * 86400.0)
-    log = reader(store)
+class Disk:
+    """The disk of a :class:`StoreOnDisk`: while ``broken``, every write fails, a database that
+    failed one fails every later one until it is opened again (as RocksDB does: its background
+    error), and opening one fails."""
+
+    def __init__(self) -> None:
+        self.broken = False
+        self.failed_writes = 0
+        self.failed_opens = 0
+        self.opens = 0
+
+
+class StoreOnDisk(RocksStore):
+    """A RocksDB store on a :class:`Disk` that can break."""
+
+    def __init__(
+        self, directory: Path, disk: Disk, max_attempts: int = 10, max_age: float = 7 * 86400.0
+    ) -> None:
+        super().__init__(directory, max_attempts=max_attempts, max_age=max_age)
+        self.disk = disk
+
+    def _open(self, partition: int, now: float) -> Any:
+        disk = self.disk
+        if disk.broken:
+            disk.failed_opens += 1
+            raise Exception("IO error: While renaming a file to LOG.old: Operation not permitted")
+        opened = super()._open(partition, now)
+        disk.opens += 1
+        real = opened.write
+        failed = False
+
+        def write(batch: Any) -> None:
+            nonlocal failed
+            if failed or disk.broken:
+                failed = True
+                disk.failed_writes += 1
+                raise Exception("IO error: No space left on device")
+            real(batch)
+
+        opened.write = write  # type: ignore[method-assign]
+        return opened
+
+
+class Consumer(Seeks):
+    """The consumer's end and position of each partition, as the reader asks them."""
+
+    def __init__(self, end: int) -> None:
+        super().__init__()
+        self.end = end
+        self.at: dict[int, int] = {}
+
+    def seek(self, tp: Any, offset: int) -> None:
+        super().seek(tp, offset)
+        self.at[tp.partition] = offset
+
+    def highwater(self, tp: Any) -> int:
+        return self.end
+
+    async def position(self, tp: Any) -> int:
+        return self.at.get(tp.partition, self.end)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_failed_write_is_read_again_from_the_checkpoint_once_opened_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A write that failed leaves the partition unanswered (not complete, not caught up) until
+    its database is opened again, after a wait that doubles while opening fails, and it is read
+    again from its checkpoint to its end; then its log holds every record. Until 2026-12-07 the
+    reader went back to the checkpoint at once, with RocksDB refusing every write since the
+    first failed, over and over, and answered from the partition meanwhile."""
+    caplog.set_level(logging.INFO, logger="bridge.worker.delivery_log")
+    disk = Disk()
+    store = StoreOnDisk(tmp_path / "log", disk)
+    clock = Clock()
+    failures: list[str] = []
+    log = DeliveryLogReader(
+        topic="attempts",
+        consumer_factory=lambda: None,  # type: ignore[arg-type,return-value]  # never started
+        store=store,
+        max_age=7 * 86400.0,
+        clock=lambda: T0 + 60,
+        monotonic=clock,
+        on_store_failure=failures.append,
+    )
+    log.assign([0])
+    log._changed.clear()
     log.hold(0)
-    for n in range(3):
-        log.add(0, n, value("a", n))
-    partition = store.partitions[0]
-    real = partition.write
+    log.add_many(0, [(n, value("a", n), -1) for n in range(3)])
+    log._flush([0])
+    assert log.complete(0) and log.caught_up and disk.opens == 1
+    consumer = Consumer(end=5)
 
-    def broken(batch: Any) -> None:
-        raise OSError("disk full")
+    disk.broken = True
+    log.add_many(0, [(3, value("a", 3), -1), (4, value("a", 4), -1)])  # 3 fails: 4 is not read
+    log._flush([0])
+    assert not log.complete(0) and not log.caught_up
+    assert failures == ["write"] and disk.failed_writes == 1
+    assert log.summary()["failed"] == [0]
+    await log._reopen_failed(consumer)  # type: ignore[arg-type]
+    await log._check_caught_up(consumer)  # type: ignore[arg-type]
+    assert disk.failed_opens == 0 and not consumer.seeks  # it waits
+    log.add_many(0, [(3, value("a", 3), -1)])  # fetched meanwhile: not kept, not written
+    assert disk.failed_writes == 1 and not log.complete(0)
 
-    partition.write = broken
-    log.add(0, 3, value("a", 3))  # fails: not kept, and what follows is not read
-    log.add(0, 4, value("a", 4))
-    consumer = Seeks()
-    log._flush(consumer, [0])  # type: ignore[arg-type]
-    assert consumer.seeks == [(0, 3)]
-    partition.write = real
-    log.add(0, 3, value("a", 3))
-    log.add(0, 4, value("a", 4))
-    log._flush(consumer, [0])  # type: ignore[arg-type]
+    clock.now += REOPEN_FIRST
+    await log._reopen_failed(consumer)  # type: ignore[arg-type]
+    assert disk.failed_opens == 1 and failures == ["write", "reopen"]
+    clock.now += REOPEN_FIRST  # the wait doubled: not yet
+    await log._reopen_failed(consumer)  # type: ignore[arg-type]
+    assert disk.failed_opens == 1 and not consumer.seeks and not log.complete(0)
+
+    disk.broken = False
+    clock.now += REOPEN_FIRST
+    await log._reopen_failed(consumer)  # type: ignore[arg-type]
+    assert disk.opens == 2 and consumer.seeks == [(0, 3)]
+    await log._check_caught_up(consumer)  # type: ignore[arg-type]
+    assert not log.complete(0) and not log.caught_up  # read again to its end first
+    log.add_many(0, [(3, value("a", 3), -1), (4, value("a", 4), -1)])
+    consumer.at[0] = 5  # fetched up to the high-water mark
+    log._flush([0])
+    await log._check_caught_up(consumer)  # type: ignore[arg-type]
+    assert log.complete(0) and log.caught_up and not log._failures
     activity = store.get("a")
     assert activity is not None
     assert [a.delivery_id for a in activity.log.attempts()] == [f"d{n}" for n in range(5)]
     assert activity.stats.window("1h", T0 + 60).attempts == 5
-    assert partition.checkpoint is not None and partition.checkpoint.offset == 5
-    assert not log.gaps
+    assert store.partitions[0].checkpoint == (5, -1)
+    assert not log.gaps and failures == ["write", "reopen"]
+    # One traceback for the failures in a row; one line for the next one, one at the end.
+    errors = [r for r in caplog.records if r.name == "bridge.worker.delivery_log"]
+    assert [(r.levelname, r.exc_info is not None) for r in errors] == [
+        ("ERROR", True),
+        ("WARNING", False),
+        ("INFO", False),
+    ], caplog.text
     store.close()
+
+
+async def test_a_memory_store_that_failed_a_write_reads_the_partition_anew(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The memory store keeps nothing to go back to: the partition is read again from the
+    topic (at the next reassignment), after the same wait."""
+
+    class Failing(MemoryStore):
+        def __init__(self) -> None:
+            super().__init__(max_attempts=10, max_age=7 * 86400.0)
+            self.fail = True
+
+        def add(self, *args: Any, **kwargs: Any) -> bool:
+            if self.fail:
+                self.fail = False
+                raise RuntimeError("a bug")
+            return super().add(*args, **kwargs)
+
+    clock = Clock()
+    log = DeliveryLogReader(
+        topic="attempts",
+        consumer_factory=lambda: None,  # type: ignore[arg-type,return-value]  # never started
+        store=Failing(),
+        max_age=7 * 86400.0,
+        clock=lambda: T0 + 60,
+        monotonic=clock,
+    )
+    log.assign([0])
+    log._changed.clear()
+    log.hold(0)
+    log.add(0, 0, value("a", 0))
+    assert not log.complete(0) and log.assigned == {0}
+    await log._reopen_failed(Seeks())  # type: ignore[arg-type]
+    assert log.assigned == {0} and not log._changed.is_set()
+    clock.now += REOPEN_FIRST
+    await log._reopen_failed(Seeks())  # type: ignore[arg-type]
+    assert log.assigned == set() and log.reread == 1 and log._changed.is_set()
+    assert log._failures == {0: 1}  # in a row until the partition is read to its end
 
 
 def test_a_checkpoint_is_resumed_and_a_revoked_partition_deleted(tmp_path: Path) -> None:
@@ -631,7 +787,7 @@ def test_a_checkpoint_is_resumed_and_a_revoked_partition_deleted(tmp_path: Path)
     assert log.hold(2) is None
     log.add(2, 7, value("a", 0), 1700)
     log.add(2, 8, b"{}", 1800)
-    log._flush(Seeks(), [2])  # type: ignore[arg-type]
+    log._flush([2])
     store.close()
     store = RocksStore(tmp_path / "log", max_attempts=10, max_age=7 * 86400.0)
     log = reader(store)
