@@ -279,9 +279,11 @@ def problem_middleware(timeout: float) -> Middleware:
 
     async def within(request: web.Request, handler: Handler) -> web.StreamResponse:
         task = asyncio.ensure_future(handler(request))
+        timed_out = False
         try:
             await asyncio.wait([task], timeout=timeout)
             if not task.done():
+                timed_out = True
                 task.cancel()
                 await asyncio.wait([task], timeout=UNWIND_GRACE)
         except asyncio.CancelledError:
@@ -289,12 +291,17 @@ def problem_middleware(timeout: float) -> Middleware:
             # waited for, as when it ran in the request's own task.
             task.cancel()
             await asyncio.wait([task])
+            if not task.cancelled() and task.exception() is not None:
+                unwound(request)(task)  # logged, not left "never retrieved"
             raise
         if not task.done():
             unwinding.add(task)
             task.add_done_callback(unwound(request))
             raise TimeoutError
-        if task.cancelled():
+        if timed_out and (task.cancelled() or task.exception() is not None):
+            # Cancelled at its timeout: what it raised as it unwound is logged, and the
+            # answer is the timeout's (a handler failing so was answered 500).
+            unwound(request)(task)
             raise TimeoutError
         return task.result()
 

@@ -459,9 +459,16 @@ class PartitionLog:
         self._db.close()
 
     def destroy(self) -> None:
-        """Close and delete the database."""
-        self._db.close()
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Close and delete the database; deleted even when the close fails (RocksDB refuses
+        to flush after a failed write, and still lets its files go: until 2026-12-07 such a
+        partition revoked while it waited to be opened again stopped the reader, its files
+        kept)."""
+        try:
+            self._db.close()
+        except Exception:
+            log.warning("delivery log: %s not closed cleanly; deleted all the same", self.path)
+        finally:
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def disk_bytes(self) -> int:
         """The size of the database's files."""

@@ -222,14 +222,19 @@ class MemoryStore:
         pass
 
 
-def _damaged(error: Exception) -> bool:
-    """Whether ``error``, raised opening a partition's database, says that its files are
-    damaged (a checksum that does not match, a key or checkpoint of another form), rather than
-    that they cannot be used now (:data:`_DAMAGE`)."""
+def _damaged(error: Exception, path: Path) -> bool:
+    """Whether ``error``, raised opening the partition's database at ``path``, says that its
+    files are damaged (a checksum that does not match, a key or checkpoint of another form, a
+    file of the database missing from its own directory), rather than that they cannot be used
+    now (:data:`_DAMAGE`)."""
     if isinstance(error, OSError):
         return False
     if type(error) is Exception:  # rocksdict's: RocksDB's status as text
-        return str(error).startswith(_DAMAGE)
+        text = str(error)
+        # A MANIFEST gone from the directory: until 2026-12-07 taken for a disk that cannot be
+        # used now, and the reader failed at every start until the directory was deleted.
+        missing = text.startswith("IO error: No such file or directory") and str(path) in text
+        return text.startswith(_DAMAGE) or missing
     return True  # read, but not of the form the store writes
 
 
@@ -304,7 +309,7 @@ class RocksStore:
         try:
             return self._open(partition, now)
         except Exception as exc:
-            if not _damaged(exc):
+            if not _damaged(exc, self._path(partition)):
                 # Files that cannot be used now are not damaged: deleting them (until
                 # 2026-12-07, after any error) deleted a database another process had open.
                 raise

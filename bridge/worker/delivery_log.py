@@ -677,7 +677,14 @@ class DeliveryLogReader(Service):
 
     @Service.task
     async def _read(self) -> None:
-        consumer = await started(self._consumer_factory())
+        try:
+            # (In the try: a consumer that does not start, or a stop meanwhile, closes the
+            # store too, which holds its directory: until 2026-12-07 it stayed held, and a
+            # worker started again in the same process was refused it.)
+            consumer = await started(self._consumer_factory())
+        except BaseException:
+            self.store.close()
+            raise
         self._consumer = consumer
         swept = self._clock()
         try:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from aiokafka.errors import KafkaError
 
 from bridge.api.problems import (
@@ -208,6 +209,59 @@ async def test_a_request_is_answered_at_its_timeout_however_long_its_handler_unw
         await eventually(lambda: "failed after its timeout" in caplog.text)
         assert unwound == ["done"]
         assert "RuntimeError" in caplog.text
+
+
+async def test_a_handler_failing_at_once_as_it_is_cancelled_at_its_timeout_is_a_503(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler cancelled at its timeout that fails within the grace is answered as timed
+    out and its failure logged: until 2026-12-07 its failure was the answer (a 500)."""
+
+    async def failing(request: web.Request) -> web.Response:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise RuntimeError("failed as it stopped") from None
+        return web.Response()
+
+    app = web.Application(middlewares=[problem_middleware(0.2)])
+    app.router.add_get("/failing", failing)
+    async with TestClient(TestServer(app)) as client:
+        response = await asyncio.wait_for(client.get("/failing"), timeout=5.0)
+        assert (await problem_of(response, 503))["type"].endswith("timeout")
+        assert "failed after its timeout" in caplog.text and "RuntimeError" in caplog.text
+
+
+async def test_a_handler_failing_as_its_request_is_cancelled_is_logged_not_left(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The request's own task cancelled (the server stopping): the handler is cancelled and
+    waited for, and what it raised then is logged; until 2026-12-07 asyncio reported it as a
+    task exception never retrieved."""
+    entered = asyncio.Event()
+    unretrieved: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context))
+
+    async def failing(request: web.Request) -> web.Response:
+        entered.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise RuntimeError("failed as it stopped") from None
+        return web.Response()
+
+    middleware = problem_middleware(5.0)
+    request = make_mocked_request("GET", "/failing")
+    answering = asyncio.ensure_future(middleware(request, failing))
+    await entered.wait()
+    answering.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await answering
+    gc.collect()
+    await asyncio.sleep(0)
+    assert unretrieved == []
+    assert "RuntimeError" in caplog.text
 
 
 async def test_a_broker_that_failed_is_a_503_to_retry_not_a_500(

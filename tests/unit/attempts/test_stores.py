@@ -254,6 +254,44 @@ def test_a_partition_whose_files_are_damaged_is_read_again(tmp_path: Path) -> No
     store.close()
 
 
+def test_a_partition_whose_manifest_is_gone_is_read_again(tmp_path: Path) -> None:
+    """RocksDB says "IO error: No such file or directory" for a MANIFEST gone from the
+    partition's own directory: until 2026-12-07 taken for a disk that cannot be used now, and
+    the partition failed to open at every start until the directory was deleted by hand."""
+    store = RocksStore(tmp_path, max_attempts=10, max_age=86400)
+    one = attempt(T0, webhook_id="x")
+    store.open(0, T0)
+    assert store.add(0, 5, one, attempt_bytes(one), T0)
+    store.flush(0)
+    store.close()
+    manifests = list((tmp_path / "0").glob("MANIFEST-*"))
+    assert manifests
+    for manifest in manifests:
+        manifest.unlink()
+    store = RocksStore(tmp_path, max_attempts=10, max_age=86400)
+    assert store.open(0, T0) is None and store.get("x") is None
+    store.close()
+
+
+def test_a_revoked_partition_whose_database_fails_to_close_is_deleted(tmp_path: Path) -> None:
+    """RocksDB refuses to close cleanly after a failed write ("Writer has previous error"):
+    until 2026-12-07 such a partition, revoked while it waited to be opened again, raised out
+    of the reader, its files kept."""
+    store = RocksStore(tmp_path, max_attempts=10, max_age=86400)
+    store.open(0, T0)
+    held = store.partitions[0]
+    held._db.close()
+
+    class Failing:
+        def close(self) -> None:
+            raise Exception("IO error: Writer has previous error")
+
+    held._db = Failing()
+    store.drop(0)
+    assert not (tmp_path / "0").exists()
+    store.close()
+
+
 def in_another_process(code: str, *args: str) -> subprocess.Popen[str]:
     """``code`` run by another Python process (``sys.argv[1:]``: ``args``), which says
     ``ready`` on its output once it has done what it does before it waits for its input."""

@@ -1026,3 +1026,44 @@ async def test_a_routed_read_refused_for_the_token_s_rate_is_the_caller_s_429(
     finally:
         await server.close()
         await bridge.close()
+
+
+@pytest.mark.parametrize("how", ["fails", "stopped"])
+async def test_a_reader_whose_consumer_does_not_start_lets_its_directory_go(
+    tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The RocksDB store holds its directory for its life: until 2026-12-07 a reader whose
+    consumer failed to start (or that was stopped meanwhile) never closed it, and a worker
+    started again in the same process was refused the directory."""
+    from bridge.errors import ConfigError
+    from bridge.kafka import clients
+
+    monkeypatch.setattr(clients, "START_GRACE", 0.05)  # a stop lets a start finish this long
+    started = asyncio.Event()
+
+    class Consumer:
+        async def start(self) -> None:
+            started.set()
+            if how == "fails":
+                raise ConnectionError("no broker")
+            await asyncio.sleep(3600)
+
+        async def stop(self) -> None:
+            pass
+
+    store = RocksStore(tmp_path / "log", max_attempts=10, max_age=86400)
+    with pytest.raises(ConfigError):
+        RocksStore(tmp_path / "log", max_attempts=10, max_age=86400)  # held
+    log = DeliveryLogReader(
+        topic="attempts",
+        consumer_factory=lambda: Consumer(),  # type: ignore[arg-type,return-value]
+        store=store,
+        max_age=86400.0,
+    )
+    reading = asyncio.ensure_future(log._read(log))  # (a mode ServiceTask: its own service)
+    await asyncio.wait_for(started.wait(), PROMPT)
+    if how == "stopped":
+        reading.cancel()
+    with pytest.raises((ConnectionError, asyncio.CancelledError)):
+        await reading
+    RocksStore(tmp_path / "log", max_attempts=10, max_age=86400).close()
