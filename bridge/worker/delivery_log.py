@@ -266,12 +266,11 @@ class DeliveryLogReader(Service):
         #: Partitions not yet read up to the end they had when assigned.
         self._catching_up: dict[int, int] = {}
         #: Partitions whose store failed a write (or its opening again), not fed until it is
-        #: opened again and they are read again from their checkpoint.
-        self._failed: set[int] = set()
+        #: opened again and they are read again from their checkpoint: when (``monotonic``) to
+        #: open each one's store again.
+        self._failed: dict[int, float] = {}
         #: Failures in a row per partition, since it was last read to its end.
         self._failures: dict[int, int] = {}
-        #: When (``monotonic``) to open each failed partition's store again.
-        self._reopen_at: dict[int, float] = {}
         #: Resumed partitions whose first record must be the one their checkpoint names.
         self._verifying: dict[int, Checkpoint] = {}
         #: Partitions found to be another topic than their checkpoint's: read again.
@@ -483,9 +482,8 @@ class DeliveryLogReader(Service):
             self._next.pop(partition, None)
             self.resumed.pop(partition, None)
             self._catching_up.pop(partition, None)
-            self._failed.discard(partition)
+            self._failed.pop(partition, None)
             self._failures.pop(partition, None)
-            self._reopen_at.pop(partition, None)
             self._verifying.pop(partition, None)
             self._stale.discard(partition)
         if dropped:
@@ -623,8 +621,7 @@ class DeliveryLogReader(Service):
         failures = self._failures.get(partition, 0) + 1
         self._failures[partition] = failures
         wait = min(REOPEN_FIRST * 2 ** min(failures - 1, 16), REOPEN_LONGEST)
-        self._reopen_at[partition] = self._monotonic() + wait
-        self._failed.add(partition)
+        self._failed[partition] = self._monotonic() + wait
         self._catching_up[partition] = NEVER_READ
         self.positions.pop(partition, None)
         if failures == 1:
@@ -654,7 +651,7 @@ class DeliveryLogReader(Service):
         """Open again the store of each failed partition whose wait is over, and read it again
         from its checkpoint (anew from the topic when the store kept none)."""
         for partition in sorted(self._failed):
-            if partition not in self._failed or self._reopen_at[partition] > self._monotonic():
+            if self._failed.get(partition, float("inf")) > self._monotonic():
                 continue
             self.store.close_partition(partition)
             try:
@@ -664,8 +661,7 @@ class DeliveryLogReader(Service):
             except Exception:
                 self._fail(partition, "reopen")
                 continue
-            self._failed.discard(partition)
-            del self._reopen_at[partition]
+            del self._failed[partition]
             self.positions.pop(partition, None)
             if checkpoint is None:
                 failures = self._failures[partition]
