@@ -456,19 +456,20 @@ class PartitionLog:
 
     # -- the database ----------------------------------------------------------------------------
     def close(self) -> None:
-        self._db.close()
-
-    def destroy(self) -> None:
-        """Close and delete the database; deleted even when the close fails (RocksDB refuses
-        to flush after a failed write, and still lets its files go: until 2026-12-07 such a
-        partition revoked while it waited to be opened again stopped the reader, its files
-        kept)."""
+        """Close the database. One that failed a write fails to flush its memtable at close
+        too, and is closed all the same (RocksDB's lock released): its writes that succeeded
+        are in its write-ahead log, read back at the next open."""
         try:
             self._db.close()
-        except Exception:
-            log.warning("delivery log: %s not closed cleanly; deleted all the same", self.path)
-        finally:
-            shutil.rmtree(self.path, ignore_errors=True)
+        except Exception as exc:
+            log.warning("delivery log: %s closed without a flush: %s", self.path, exc)
+
+    def destroy(self) -> None:
+        """Close and delete the database, deleted even when the close fails (until 2026-12-07
+        such a partition, revoked while it waited to be opened again, stopped the reader, its
+        files kept)."""
+        self.close()
+        shutil.rmtree(self.path, ignore_errors=True)
 
     def disk_bytes(self) -> int:
         """The size of the database's files."""

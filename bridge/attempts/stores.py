@@ -352,7 +352,7 @@ class RocksStore:
         # database is opened again.
         for one in (self.partitions.pop(partition, None), self._loaded.pop(partition, None)):
             if one is not None:
-                _close(partition, one)
+                one.close()
 
     def drop(self, partition: int) -> None:
         held = [self.partitions.pop(partition, None), self._loaded.pop(partition, None)]
@@ -396,20 +396,11 @@ class RocksStore:
         }
 
     def close(self) -> None:
-        for partition, held in [*self.partitions.items(), *self._loaded.items()]:
-            _close(partition, held)
+        for held in [*self.partitions.values(), *self._loaded.values()]:
+            held.close()
         self.partitions.clear()
         self._loaded.clear()
         if self._lock is not None:
             os.close(self._lock)  # releases the directory
             self._lock = None
 
-
-def _close(partition: int, held: PartitionLog) -> None:
-    """Close ``held``. One that failed a write fails to flush its memtable at close too, and is
-    closed all the same (RocksDB's lock released): its writes that succeeded are in its
-    write-ahead log, read back at the next open."""
-    try:
-        held.close()
-    except Exception as exc:
-        log.warning("delivery log: partition %s closed without a flush: %s", partition, exc)
