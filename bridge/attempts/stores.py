@@ -403,4 +403,3 @@ class RocksStore:
         if self._lock is not None:
             os.close(self._lock)  # releases the directory
             self._lock = None
-

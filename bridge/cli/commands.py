@@ -932,9 +932,8 @@ def _webhooks_recover(args: argparse.Namespace) -> int:
         print(json.dumps(operation.as_dict()))
         if args.delivery_id is not None and operation.enqueued == 0:
             # As the API answers 404 (until 2026-12-07 this ended 0, nothing sent).
-            raise ConfigError(
-                _not_redelivered(args.delivery_id, operation.error)
-                or f"no event of delivery {args.delivery_id!r} between --since and --until"
+            raise _not_redelivered(
+                args.delivery_id, operation.error, gone="between --since and --until"
             )
         return 0
     with api:
@@ -959,10 +958,7 @@ def _webhooks_recover(args: argparse.Namespace) -> int:
         print(json.dumps(ended))
     if args.delivery_id is not None and ended.get("enqueued") == 0:
         # As without the API (until 2026-12-07 a redelivery that sent nothing ended 0 here).
-        raise ConfigError(
-            _not_redelivered(args.delivery_id, ended.get("error"))
-            or f"the event of delivery {args.delivery_id!r} is no longer in the source topics"
-        )
+        raise _not_redelivered(args.delivery_id, ended.get("error"))
     return 0
 
 
@@ -1244,25 +1240,25 @@ def _deliveries_redeliver(args: argparse.Namespace) -> int:
         enqueued = 0 if operation is None else operation.enqueued
         error = None if operation is None else operation.error
     if enqueued == 0:
-        raise ConfigError(
-            _not_redelivered(args.delivery_id, error)
-            or f"the event of delivery {args.delivery_id!r} is no longer in the source topics"
-        )
+        raise _not_redelivered(args.delivery_id, error)
     print(shown(f"redelivering {args.delivery_id}"))
     return 0
 
 
-def _not_redelivered(delivery_id: str, error: object) -> str | None:
-    """Why a redelivery that sent nothing did not, when it is not that its event is gone
-    (until 2026-12-07 every such redelivery said the event had left the source topics)."""
+def _not_redelivered(delivery_id: str, error: object, *, gone: str | None = None) -> ConfigError:
+    """Why a redelivery that sent nothing did not: its webhook no longer gets the event (until
+    2026-12-07 every such redelivery said the event had left the source topics), else its event
+    is gone (from the source topics, or ``gone``: from the window a recovery read)."""
     from bridge.admin.recovery import NOT_RECEIVING
 
     if error == NOT_RECEIVING:
-        return (
+        return ConfigError(
             f"the webhook of delivery {delivery_id!r} no longer gets its event (its events, "
             "site or account changed, or it is off): nothing sent"
         )
-    return None
+    if gone is not None:
+        return ConfigError(f"no event of delivery {delivery_id!r} {gone}")
+    return ConfigError(f"the event of delivery {delivery_id!r} is no longer in the source topics")
 
 
 def _webhooks_delete(args: argparse.Namespace) -> int:
