@@ -209,6 +209,14 @@ def sees_recovery(principal: Principal, webhook: Webhook | None, started_at: flo
     return created is None or started_at >= created
 
 
+def _named_webhook(principal: Principal, webhook: Webhook | None) -> Webhook:
+    """The webhook a request named, as ``principal`` may see it: ``404`` when there is none,
+    or it is outside the restriction."""
+    if webhook is None:
+        raise Problem("not_found", "no such webhook")
+    return principal.see(webhook)
+
+
 def _decode_cursor(cursor: str, shape: tuple[type, ...]) -> list[Any]:
     """:func:`bridge.cursors.decode_cursor`, ``400`` naming ``cursor`` for what it refuses."""
     try:
@@ -402,10 +410,7 @@ class ControlService:
     # made for the deleted webhook (its log, letters, recoveries) is not the new owner's.
 
     async def _webhook(self, principal: Principal, webhook_id: str) -> Webhook:
-        webhook = await self._repository.get(webhook_id)
-        if webhook is None:
-            raise Problem("not_found", "no such webhook")
-        return principal.see(webhook)
+        return _named_webhook(principal, await self._repository.get(webhook_id))
 
     # ------------------------------------------------------------------ log and stats
 
@@ -769,10 +774,7 @@ class ControlService:
         there is none or it is outside the restriction; else ``None``."""
         if not principal.restricted or webhook_id is None:
             return None
-        webhook = await self._repository.get(webhook_id)
-        if webhook is None:
-            raise Problem("not_found", "no such webhook")
-        return principal.see(webhook)
+        return _named_webhook(principal, await self._repository.get(webhook_id))
 
     async def _scope_dead_letters(
         self, principal: Principal, webhook_id: str | None
@@ -788,10 +790,7 @@ class ControlService:
             return None
         webhooks = await self._repository.current()
         if webhook_id is not None:
-            named = webhooks(webhook_id)
-            if named is None:
-                raise Problem("not_found", "no such webhook")
-            principal.see(named)
+            _named_webhook(principal, webhooks(webhook_id))
 
         async def visible(record: dict[str, Any]) -> bool:
             owner = record.get("webhook_id")
