@@ -10,13 +10,17 @@ from typing import Any
 __all__ = ["escaped", "shown", "json_line"]
 
 
-def escaped(text: str) -> str:
+def escaped(text: str, *, quote: bool = True) -> str:
     """``text`` with every character a terminal could act on (C0 and C1 controls, DEL, line
-    breaks, bidirectional and other format characters), the backslash and the double quote
-    written as Python escapes: for text shown between double quotes (a receiver's bytes)."""
+    breaks, bidirectional and other format characters), the backslash and (with ``quote``) the
+    double quote written as Python escapes: for text shown between double quotes (a
+    receiver's bytes), or as one unambiguous line (a log line's message)."""
+    special = '\\"' if quote else "\\"
+    if text.isprintable() and not any(c in text for c in special):  # one pass in C
+        return text
     return "".join(
         c
-        if c.isprintable() and c not in '\\"'
+        if c.isprintable() and c not in special
         else ('\\"' if c == '"' else c.encode("unicode_escape").decode("ascii"))
         for c in text
     )

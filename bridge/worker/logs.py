@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from aiohttp.http_exceptions import HttpProcessingError
 
-from bridge.terminal import json_line
+from bridge.terminal import escaped, json_line
 
 __all__ = [
     "FIELDS",
@@ -133,29 +133,17 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         moment = datetime.fromtimestamp(record.created).strftime("%H:%M:%S.%f")[:-3]
         short = record.name.rpartition(".")[2]
-        parts = [moment, f"{record.levelname:<7}", f"{short}:", _one_line(record.getMessage())]
+        # The message as one line, nothing in it a terminal acts on (until 2026-12-07 only its
+        # line breaks were escaped, and the escape sequences of a record's text, such as the
+        # keys a schema error names, reached the operator's terminal raw).
+        message = escaped(record.getMessage(), quote=False)
+        parts = [moment, f"{record.levelname:<7}", f"{short}:", message]
         parts.extend(f"{key}={_value(value)}" for key, value in _fields(record).items())
         line = " ".join(parts)
         if record.exc_info:
             trace = self.formatException(record.exc_info)
             line += "\n" + "\n".join("    " + row for row in trace.splitlines())
         return line
-
-
-def _one_line(text: str) -> str:
-    """``text`` with the backslash doubled and every character a terminal could act on (C0
-    and C1 controls, line breaks, bidirectional and other format characters) as a Python
-    escape: until 2026-12-07 only line breaks were, and the escape sequences of a record's
-    text (a schema error names the keys of the event it refused) reached the operator's
-    terminal raw."""
-    if text.isprintable() and "\\" not in text:
-        return text
-    return "".join(
-        c
-        if c.isprintable() and c != "\\"
-        else ("\\\\" if c == "\\" else c.encode("unicode_escape").decode("ascii"))
-        for c in text
-    )
 
 
 def _value(value: Any) -> str:
