@@ -417,13 +417,14 @@ class Metrics:
         self.delivery_log_failures = Counter(
             "webhook_bridge_delivery_log_failures_total",
             "Workers with delivery_log only: writes of a held attempts partition's log (its "
-            "attempts or its checkpoint) that failed, and openings of its store again that "
-            "failed, by operation (write, reopen); the partition is not answered from until "
-            "its store is opened again and it is read to its end.",
+            "attempts or its checkpoint) that failed, openings of a newly assigned partition's "
+            "store that failed, and openings of its store again after a failed write that "
+            "failed, by operation (write, open, reopen); the partition is not answered from "
+            "until its store is opened and it is read to its end.",
             ["operation"],
             registry=registry,
         )
-        for operation in ("write", "reopen"):  # exported at 0: an increase() sees the first
+        for operation in ("write", "open", "reopen"):  # exported at 0: an increase() sees the first
             self.delivery_log_failures.labels(operation)
         self.retries_cancelled = Counter(
             "webhook_bridge_retries_cancelled_total",

@@ -24,7 +24,8 @@ Two pieces, each doing what it does well:
   (its files deleted). A partition whose store fails a write is not answered from (not
   :meth:`~DeliveryLogReader.complete`, so neither :attr:`~DeliveryLogReader.caught_up`) until
   its store is opened again, after a wait (:data:`REOPEN_FIRST`, doubled after each failure in a
-  row up to :data:`REOPEN_LONGEST`), and it is read from its checkpoint to its end.
+  row up to :data:`REOPEN_LONGEST`), and it is read from its checkpoint to its end; one whose
+  store cannot be opened when assigned waits as long, then is assigned again.
 """
 
 from __future__ import annotations
@@ -211,7 +212,9 @@ class DeliveryLogReader(Service):
     older attempts are on its former partition and its log starts afresh on its new one.
 
     ``on_store_failure`` is called with ``write`` for each write of the store that failed
-    (attempts or a checkpoint) and ``reopen`` for each failed opening of a partition again;
+    (attempts or a checkpoint), ``open`` for each failed opening of a newly assigned partition
+    (tried again after the same waits) and ``reopen`` for each failed opening of a partition
+    again after a failed write;
     ``monotonic`` gives the time the waits between them are measured by."""
 
     def __init__(
@@ -269,6 +272,9 @@ class DeliveryLogReader(Service):
         #: opened again and they are read again from their checkpoint: when (``monotonic``) to
         #: open each one's store again.
         self._failed: dict[int, float] = {}
+        #: Failed partitions whose store never opened (:meth:`_fail` ``open``): assigned again
+        #: once their wait is over, their checkpoint checked as at any assignment.
+        self._unopened: set[int] = set()
         #: Failures in a row per partition, since it was last read to its end.
         self._failures: dict[int, int] = {}
         #: Resumed partitions whose first record must be the one their checkpoint names.
@@ -348,8 +354,17 @@ class DeliveryLogReader(Service):
         on the loop, as it did before."""
         try:
             await self._in_thread(self.store.preload, partition, self._clock())
-        except Exception:
-            log.exception("delivery log: partition %s not preloaded", partition)
+        except Exception as exc:
+            # A line, not a traceback: opening it on the loop next fails with the same error
+            # when its disk does (logged then), else the partition is read all the same.
+            level = logging.DEBUG if partition in self._failures else logging.WARNING
+            log.log(
+                level,
+                "delivery log: partition %s not preloaded (%s: %s); opening it on the event loop",
+                partition,
+                type(exc).__name__,
+                exc,
+            )
 
     @staticmethod
     async def _in_thread(call: Callable[[int, float], None], partition: int, now: float) -> None:
@@ -483,6 +498,7 @@ class DeliveryLogReader(Service):
             self.resumed.pop(partition, None)
             self._catching_up.pop(partition, None)
             self._failed.pop(partition, None)
+            self._unopened.discard(partition)
             self._failures.pop(partition, None)
             self._verifying.pop(partition, None)
             self._stale.discard(partition)
@@ -529,14 +545,24 @@ class DeliveryLogReader(Service):
         checkpoints: dict[int, Checkpoint | None] = {}
         for p in new:
             await self._preload(p)
-            checkpoints[p] = self.hold(p)
             # Not caught up until its start and end are known (ready() reads this meanwhile).
             self._catching_up[p] = NEVER_READ
+            try:
+                checkpoints[p] = self.hold(p)
+            except Exception:
+                # Its store cannot be opened now (a full or unwritable disk): held, not
+                # answered from, and assigned again after a wait (_reopen_failed), as a
+                # failed write's store is opened again. Until 2026-12-07 the error stopped
+                # the reader (and, with --role all, deliveries with it).
+                self._unopened.add(p)
+                self._fail(p, "open")
         new_tps = [tps[p] for p in new]
         starts = await consumer.beginning_offsets(new_tps)
         ends = await consumer.end_offsets(new_tps)
         resume: dict[int, int] = {}
         for tp in new_tps:
+            if tp.partition in self._failed:
+                continue
             checkpoint = checkpoints[tp.partition]
             if checkpoint is not None and checkpoint.offset < starts[tp]:
                 log.info("delivery log: partition %s kept offsets no longer in the topic", tp)
@@ -554,6 +580,12 @@ class DeliveryLogReader(Service):
         unkept = [tp for tp in new_tps if tp.partition not in resume]
         found = await consumer.offsets_for_times({tp: since_ms for tp in unkept}) if unkept else {}
         for tp in new_tps:
+            if tp.partition in self._failed:
+                # Its fetched records are not kept: fetched from its end meanwhile, and
+                # assigned again once its wait is over (_reopen_failed).
+                consumer.seek(tp, ends[tp])
+                self._next[tp.partition] = ends[tp]
+                continue
             if tp.partition in resume:
                 start = resume[tp.partition]
             else:
@@ -614,10 +646,11 @@ class DeliveryLogReader(Service):
                     self._fail(partition, "write")
 
     def _fail(self, partition: int, operation: str) -> None:
-        """``partition``'s store failed ``operation`` (``write``, ``reopen``; called where the
-        error is caught): it is fed nothing and not :meth:`complete` until opened again, after
-        a wait that doubles with each failure in a row, and read to its end. Logged with the
-        error's traceback at the first failure in a row, in one line at each next one."""
+        """``partition``'s store failed ``operation`` (``write``, ``open``, ``reopen``; called
+        where the error is caught): it is fed nothing and not :meth:`complete` until opened
+        again, after a wait that doubles with each failure in a row, and read to its end.
+        Logged with the error's traceback at the first failure in a row, in one line at each
+        next one."""
         failures = self._failures.get(partition, 0) + 1
         self._failures[partition] = failures
         wait = min(REOPEN_FIRST * 2 ** min(failures - 1, 16), REOPEN_LONGEST)
@@ -652,6 +685,17 @@ class DeliveryLogReader(Service):
         from its checkpoint (anew from the topic when the store kept none)."""
         for partition in sorted(self._failed):
             if self._failed.get(partition, float("inf")) > self._monotonic():
+                continue
+            if partition in self._unopened:
+                # Never opened: held again as if newly assigned (at the next reassignment),
+                # its failures in a row kept.
+                self._unopened.discard(partition)
+                del self._failed[partition]
+                self._held.discard(partition)
+                self._catching_up.pop(partition, None)
+                self._next.pop(partition, None)
+                self.store.close_partition(partition)
+                self._changed.set()
                 continue
             self.store.close_partition(partition)
             try:

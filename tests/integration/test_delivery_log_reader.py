@@ -265,3 +265,39 @@ async def test_a_store_whose_disk_fails_is_opened_again_after_a_wait_and_read_to
         assert sorted(held) == sorted(f"d{n}" for n in range(600))
         assert reader.gaps == [] and not reader._failed
         assert set(failures) == {"write", "reopen"}
+
+
+async def test_partitions_whose_stores_cannot_be_opened_when_assigned_are_read_once_they_open(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A disk that fails when the partitions are assigned (at start, or at a rebalance): the
+    reader goes on, answers none of them, tries them again after waits that double, and once
+    the disk works reads every one to its end. Until 2026-12-07 the first failed opening
+    stopped the reader."""
+    disk = Disk()
+    store = StoreOnDisk(tmp_path / "log", disk, max_attempts=1000, max_age=MAX_AGE)
+    failures: list[str] = []
+    disk.broken = True
+    async with reading(settings, store, on_store_failure=failures.append) as (reader, producer):
+        partitions = sorted(await producer.partitions_for(settings.attempts_topic))
+        broke = time.monotonic()
+        reader.assign(partitions)
+        for n in range(200):
+            one = attempt(time.time(), webhook_id=f"wh-{n % 12}", delivery_id=f"d{n}")
+            await producer.send(
+                settings.attempts_topic, attempt_bytes(one), key=one.webhook_id.encode()
+            )
+        await producer.flush()
+        # Each partition tried at its assignment, again 0.5 s later, then 1 s after that.
+        await eventually(lambda: len(failures) >= 3 * len(partitions), timeout=30.0)
+        assert time.monotonic() - broke >= 1.5
+        assert not reader.caught_up and not any(reader.complete(p) for p in partitions)
+        assert store.summary()["attempts"] == 0 and set(failures) == {"open"}
+        assert not reader.crashed and reader._consumer is not None  # still reading
+        disk.broken = False
+        await eventually(
+            lambda: store.summary()["attempts"] == 200 and reader.caught_up, timeout=60.0
+        )
+        held = [a.delivery_id for w in range(12) for a in _log(store, f"wh-{w}")]
+        assert sorted(held) == sorted(f"d{n}" for n in range(200))
+        assert reader.gaps == [] and not reader._failed and set(failures) == {"open"}

@@ -742,6 +742,103 @@ async def test_a_failed_write_is_read_again_from_the_checkpoint_once_opened_agai
     store.close()
 
 
+class AssignedSeeks(Assigned, Consumer):
+    """A consumer for assignments (:class:`Assigned`) that remembers its seeks and answers
+    its position and high-water marks (:class:`Consumer`)."""
+
+    def __init__(self, ends: dict[int, int]) -> None:
+        Assigned.__init__(self, ends)
+        Consumer.__init__(self, end=max(ends.values()))
+
+    def seek(self, tp: Any, offset: int) -> None:
+        Consumer.seek(self, tp, offset)
+
+
+async def test_a_partition_whose_store_cannot_be_opened_when_assigned_is_assigned_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store that cannot be opened when its partition is assigned (a full or unwritable disk
+    at start or at a rebalance) leaves that partition unanswered, the others answered, and is
+    assigned again after the waits a failed write's store is opened again after; once it
+    opens, the partition is resumed from its checkpoint, which is checked as at any
+    assignment. Until 2026-12-07 the error stopped the reader (and, with ``--role all``,
+    the worker's deliveries)."""
+    caplog.set_level(logging.INFO, logger="bridge.worker.delivery_log")
+    disk = Disk()
+    directory = tmp_path / "log"
+    store = StoreOnDisk(directory, disk)
+    log = reader(store)
+    log.hold(1)
+    log.add_many(1, [(n, value("b", n), 100 + n) for n in range(3)])  # a checkpoint kept
+    log._flush([1])
+    store.close()
+
+    disk = Disk()
+    store = StoreOnDisk(directory, disk)
+    clock = Clock()
+    failures: list[str] = []
+    told: list[bool] = []
+    log = DeliveryLogReader(
+        topic="attempts",
+        consumer_factory=lambda: None,  # type: ignore[arg-type,return-value]  # never started
+        store=store,
+        max_age=7 * 86400.0,
+        clock=lambda: T0 + 60,
+        monotonic=clock,
+        on_store_failure=failures.append,
+        on_change=lambda: told.append(log.caught_up),
+    )
+    consumer = AssignedSeeks({0: 2, 1: 5})
+    log.assign([0, 1])
+    disk.broken = True
+    await log._reassign(consumer)  # type: ignore[arg-type]
+    assert failures == ["open", "open"] and log.summary()["failed"] == [0, 1]
+    assert log.assigned == {0, 1} and not log.complete(0) and not log.caught_up
+    # Their records are fetched from their ends meanwhile, and not kept.
+    assert consumer.seeks == [(0, 2), (1, 5)]
+    log.add_many(1, [(5, value("b", 5), 105)])
+    assert store.get("b") is None and not log._changed.is_set()
+
+    clock.now += REOPEN_FIRST
+    await log._reopen_failed(consumer)  # type: ignore[arg-type]
+    assert log.assigned == set() and log._changed.is_set()  # to be assigned again
+    await log._reassign(consumer)  # type: ignore[arg-type]
+    assert failures == ["open"] * 4 and log.assigned == {0, 1}  # still broken: waits longer
+    clock.now += REOPEN_FIRST
+    await log._reopen_failed(consumer)  # type: ignore[arg-type]
+    assert not log._changed.is_set() and log.assigned == {0, 1}
+
+    disk.broken = False
+    clock.now += REOPEN_FIRST
+    await log._reopen_failed(consumer)  # type: ignore[arg-type]
+    consumer.seeks.clear()
+    await log._reassign(consumer)  # type: ignore[arg-type]
+    assert failures == ["open"] * 4 and not log._failed
+    # Partition 0 kept nothing: read from the start; 1 resumes one record before its
+    # checkpoint, to check that record is the one the checkpoint names.
+    assert consumer.seeks == [(0, 0), (1, 2)] and log._verifying == {1: Checkpoint(3, 102)}
+    log.add_many(0, [(0, value("a", 0), 200), (1, value("a", 1), 201)])
+    log.add_many(1, [(n, value("b", n), 100 + n) for n in range(2, 5)])
+    log._flush([0, 1])
+    assert log.complete(0) and log.complete(1) and log.caught_up and told[-1]
+    activity = store.get("b")
+    assert activity is not None
+    assert [a.delivery_id for a in activity.log.attempts()] == [f"d{n}" for n in range(5)]
+    assert not log.gaps and not log._failures
+    # A line for each first preload that failed, one traceback per partition for the failures
+    # in a row, then one line each.
+    errors = [r for r in caplog.records if r.levelname != "INFO"]
+    assert [(r.levelname, r.exc_info is not None) for r in errors] == [
+        ("WARNING", False),
+        ("ERROR", True),
+        ("WARNING", False),
+        ("ERROR", True),
+        ("WARNING", False),
+        ("WARNING", False),
+    ], caplog.text
+    store.close()
+
+
 async def test_a_memory_store_that_failed_a_write_reads_the_partition_anew(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
