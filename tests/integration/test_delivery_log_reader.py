@@ -24,7 +24,7 @@ from bridge.attempts.record import Attempt
 from bridge.attempts.stores import DeliveryLogStore, MemoryStore, RocksStore
 from bridge.config import Settings
 from bridge.kafka.clients import client_kwargs
-from bridge.worker.delivery_log import DeliveryLogReader
+from bridge.worker.delivery_log import DeliveryLogReader, attempts_partition
 from tests.support.attempt_logs import attempt_bytes
 from tests.support.waiting import eventually
 from tests.unit.attempts.test_attempts import attempt
@@ -301,3 +301,59 @@ async def test_partitions_whose_stores_cannot_be_opened_when_assigned_are_read_o
         held = [a.delivery_id for w in range(12) for a in _log(store, f"wh-{w}")]
         assert sorted(held) == sorted(f"d{n}" for n in range(200))
         assert reader.gaps == [] and not reader._failed and set(failures) == {"open"}
+
+
+async def test_attempts_written_to_another_partition_than_their_webhook_s_are_skipped(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A writer other than the bridge puts a webhook's attempt records on partitions other
+    than its key's: each is skipped and counted ``misplaced``, the real attempts are the log,
+    and the checkpoint goes past the skipped ones (a restart reads none of them again). Until
+    2026-12-07 one such record hid every real attempt of its webhook."""
+    producer = AIOKafkaProducer(**client_kwargs(settings))
+    await producer.start()
+    try:
+        count = len(await producer.partitions_for(settings.attempts_topic))
+    finally:
+        await producer.stop()
+    assert count >= 2
+    rng = random.Random(20261207)
+    webhooks = [f"wh-{n}" for n in range(8)]
+    store = RocksStore(tmp_path / "log", max_attempts=1000, max_age=MAX_AGE)
+    real: dict[str, list[str]] = {w: [] for w in webhooks}
+    misplaced = 0
+    async with reading(settings, store, partitions=count) as (reader, producer):
+        reader.assign(range(count))
+        for n in range(160):
+            webhook = rng.choice(webhooks)
+            home = attempts_partition(webhook, count)
+            foreign = rng.random() < 0.3
+            partition = rng.choice([p for p in range(count) if p != home]) if foreign else home
+            one = attempt(time.time(), webhook_id=webhook, delivery_id=f"d{n}")
+            await producer.send(
+                settings.attempts_topic,
+                attempt_bytes(one),
+                key=webhook.encode(),
+                partition=partition,
+            )
+            if foreign:
+                misplaced += 1
+            else:
+                real[webhook].append(f"d{n}")
+        await producer.flush()
+        await eventually(
+            lambda: sum(reader.read.values()) == 160 and reader.caught_up, timeout=60.0
+        )
+        assert reader.misplaced == misplaced > 0 and reader.invalid == 0
+        for webhook in webhooks:
+            assert sorted(a.delivery_id for a in _log(store, webhook)) == sorted(real[webhook])
+        positions = dict(reader.positions)
+    store = RocksStore(tmp_path / "log", max_attempts=1000, max_age=MAX_AGE)
+    async with reading(settings, store, partitions=count) as (reader, producer):
+        reader.assign(range(count))
+        await eventually(lambda: reader.caught_up, timeout=60.0)
+        # Resumed past every record read, the skipped ones among them: none read again.
+        assert reader.resumed == {p: offset + 1 for p, offset in positions.items()}
+        assert reader.misplaced == 0
+        for webhook in webhooks:
+            assert sorted(a.delivery_id for a in _log(store, webhook)) == sorted(real[webhook])
