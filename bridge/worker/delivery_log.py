@@ -534,6 +534,8 @@ class DeliveryLogReader(Service):
         self._changed.clear()
         wanted = set(self._wanted or ())
         self.forget(self._held - wanted)
+        for gone in set(self._failures) - wanted:  # revoked while waiting to be held again
+            del self._failures[gone]
         new = sorted(wanted - self._held)
         tps = {p: TopicPartition(self.topic, p) for p in sorted(wanted)}
         consumer.assign(list(tps.values()))

@@ -124,7 +124,9 @@ async def test_hostile_records_and_webhooks_are_logged_in_printable_lines_only(
         interval=0.2,
     )
     assert skipped(values) == len(records) - webhooks, values
-    event = build_event("post.created", {"id": "p", "title": "t"}, site_id="s-hostile", user_id="u1")
+    event = build_event(
+        "post.created", {"id": "p", "title": "t"}, site_id="s-hostile", user_id="u1"
+    )
     await publish_events(settings, [event])
     await receiver.wait_for(lambda got: len(got) >= webhooks, timeout=60)
     log = await poll(
