@@ -34,6 +34,7 @@ from bridge.api.problems import (
     DEFAULT_MAX_BODY_BYTES,
     FieldError,
     Problem,
+    Unwinding,
     problem_middleware,
     read_json_object,
 )
@@ -606,13 +607,18 @@ def create_app(
     *,
     config: ApiConfig | None = None,
     metrics: ApiMetrics | None = None,
+    unwinding: Unwinding | None = None,
 ) -> web.Application:
     """The ``/v1`` application: the OpenAPI document (no token needed) and every operation it
     declares. The recoveries ``control`` runs are cancelled when the application shuts down.
-    Given ``metrics``, every request is counted and timed."""
+    Given ``metrics``, every request is counted and timed. ``unwinding`` tracks the handlers
+    answered at their timeout that still run, and refuses requests while too many do (one of
+    its own, counted in ``metrics``, when not given)."""
     config = config or ApiConfig()
     routes = _Routes(service, control, tokens, config)
-    middlewares = [problem_middleware(config.request_timeout)]
+    if unwinding is None:
+        unwinding = Unwinding(gauge=None if metrics is None else metrics.unwinding)
+    middlewares = [problem_middleware(config.request_timeout, unwinding)]
     if metrics is not None:
         middlewares.insert(0, metrics_middleware(metrics))
     app = web.Application(

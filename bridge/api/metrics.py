@@ -1,5 +1,6 @@
 """The API's Prometheus metrics: requests by route template, method and status class, latency,
-and how long requests were held through rebalances."""
+how long requests were held through rebalances, and the requests still unwinding after their
+timeout."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from bridge.api.problems import Problem, route_template
+from bridge.api.problems import MAX_UNWINDING, PROBE_PATHS, Problem, route_template
 
 __all__ = ["NOT_COUNTED", "ApiMetrics", "answered", "metrics_middleware"]
 
@@ -19,9 +20,9 @@ _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: Seconds a request is held through a rebalance: up to its hold (5 s).
 _HELD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0)
 #: Paths served beside the API on its port that are not API requests: the probes and the
-#: scrape. A worker not ready answers ``/readyz`` 503, which counted as the API's 5xx (and
-#: fired ``WebhookBridgeApiErrors``) until 2026-12-06.
-NOT_COUNTED = frozenset({"/healthz", "/readyz", "/metrics"})
+#: scrape (:data:`~bridge.api.problems.PROBE_PATHS`). A worker not ready answers ``/readyz``
+#: 503, which counted as the API's 5xx (and fired ``WebhookBridgeApiErrors``) until 2026-12-06.
+NOT_COUNTED = PROBE_PATHS
 
 
 class ApiMetrics:
@@ -55,6 +56,13 @@ class ApiMetrics:
         )
         for outcome in ("settled", "unavailable"):
             self.held.labels(outcome)  # exported from the start, at 0: rates of no hold are 0
+        self.unwinding = Gauge(
+            "webhook_bridge_api_unwinding_requests",
+            "API requests answered 503 at their timeout whose handlers still run (cancelled, "
+            "waiting on a Kafka client against a broker that does not answer). At "
+            f"{MAX_UNWINDING} new requests are refused (503) until they are down to half.",
+            registry=registry,
+        )
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, f"{status // 100}xx").inc()

@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from aiokafka.errors import KafkaError
+from prometheus_client import Gauge
 
 from bridge.contract import jsoncanon
 from bridge.errors import InvalidRecord
@@ -36,6 +37,10 @@ __all__ = [
     "read_body",
     "read_json_object",
     "UNWIND_GRACE",
+    "MAX_UNWINDING",
+    "REFUSED_RETRY_AFTER",
+    "PROBE_PATHS",
+    "Unwinding",
     "problem_middleware",
     "route_template",
 ]
@@ -245,7 +250,100 @@ def route_template(request: web.Request) -> str | None:
 UNWIND_GRACE = 0.05
 
 
-def problem_middleware(timeout: float) -> Middleware:
+#: The most handlers answered at their timeout that may still run before the API refuses new
+#: requests (``503 unavailable``), until they are down to half of it. A broker that answers
+#: leaves none running past :data:`UNWIND_GRACE`; one that does not leaves each with the Kafka
+#: client it waits on: started against it, ~22 KB and a socket per broker (measured
+#: 2026-12-07). 64 of them are ~1.5 MB and, with three brokers, ~200 sockets: well within an API
+#: worker's memory and a 1,024 open-file limit beside the worker's own connections. Fewer would
+#: refuse a worker's ``/v1`` for a broker pausing a few seconds (a leader moving) under a few
+#: requests a second, each running up to its client's start grace
+#: (``bridge.kafka.clients.START_GRACE``, 5 s) past its timeout.
+MAX_UNWINDING = 64
+
+#: ``Retry-After`` (seconds) of a request refused while handlers unwind: they wait on a broker
+#: that did not answer for a whole request timeout, which seldom answers within a second.
+REFUSED_RETRY_AFTER = 5
+
+#: Paths served beside the API on its port that are not API requests: the probes and the
+#: scrape. Never refused while handlers unwind (an orchestrator probing a worker refusing
+#: ``/v1`` must see it alive, and Prometheus the unwinding count).
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class Unwinding:
+    """The handlers answered at their timeout that still run (cancelled, stopping a Kafka
+    client against a broker that does not answer), counted in ``gauge``, and whether new
+    requests are refused for them: from when they are ``limit`` until they are down to half of
+    it (a handler ending while the broker still hangs would free a place for one more to hang
+    in; the refusal ends once the broker answers again, as it ends them). Reaching the limit
+    and getting down from it are logged once each."""
+
+    def __init__(self, limit: int = MAX_UNWINDING, gauge: Gauge | None = None) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.limit = limit
+        self._gauge = gauge
+        self._tasks: set[asyncio.Task[web.StreamResponse]] = set()
+        self._refusing = False
+        #: Requests refused since the limit was reached (logged as the refusal ends).
+        self._refused = 0
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def refusing(self) -> bool:
+        """Whether new requests are refused."""
+        return self._refusing
+
+    def readiness(self) -> tuple[bool, str]:
+        """``/readyz``'s view: not ready while refusing, so that the API's Service sends
+        requests to the workers that answer them."""
+        if not self._refusing:
+            return True, ""
+        return False, (
+            f"{len(self._tasks)} API requests still unwinding after their timeout (waiting on "
+            f"the broker, most likely): refusing /v1 until they are down to {self.limit // 2}"
+        )
+
+    def refused(self) -> None:
+        """Count a request refused."""
+        self._refused += 1
+
+    def add(self, task: asyncio.Task[web.StreamResponse]) -> None:
+        """Track ``task``, a handler answered at its timeout that still runs."""
+        self._tasks.add(task)
+        self._counted()
+        if not self._refusing and len(self._tasks) >= self.limit:
+            self._refusing = True
+            self._refused = 0
+            log.warning(
+                "%d API requests are still unwinding after their timeout (waiting on the broker, "
+                "most likely): refusing new ones (503) until they are down to %d",
+                len(self._tasks),
+                self.limit // 2,
+            )
+
+    def discard(self, task: asyncio.Task[web.StreamResponse]) -> None:
+        """Forget ``task``, which ended."""
+        self._tasks.discard(task)
+        self._counted()
+        if self._refusing and len(self._tasks) <= self.limit // 2:
+            self._refusing = False
+            log.warning(
+                "API requests still unwinding are down to %d: answering again (%d refused "
+                "meanwhile)",
+                len(self._tasks),
+                self._refused,
+            )
+
+    def _counted(self) -> None:
+        if self._gauge is not None:
+            self._gauge.set(len(self._tasks))
+
+
+def problem_middleware(timeout: float, unwinding: Unwinding | None = None) -> Middleware:
     """Middleware answering every error as a problem and every request within ``timeout``.
 
     A handler that takes longer is cancelled and answered ``503 timeout`` with ``Retry-After``
@@ -253,16 +351,20 @@ def problem_middleware(timeout: float) -> Middleware:
     2026-12-07 the answer waited for it, and a handler cancelled while it started or stopped a
     Kafka client against a broker that did not answer (the client is let finish, or stopped to
     the end, ``bridge.kafka.clients``) was answered after 15 s. What it does then is kept
-    track of until it ends, and a failure logged.
+    track of in ``unwinding`` until it ends, and a failure logged. While ``unwinding`` refuses
+    (:data:`MAX_UNWINDING` of them by default), a request is answered ``503 unavailable`` with
+    ``Retry-After`` at once, its handler not run (until 2026-12-07 each request against a hung
+    broker left one more Kafka client open, without bound), except the probes and the scrape
+    (:data:`PROBE_PATHS`).
     """
-    unwinding: set[asyncio.Task[web.StreamResponse]] = set()
+    tracked = Unwinding() if unwinding is None else unwinding
 
     def unwound(request: web.Request) -> Callable[[asyncio.Task[web.StreamResponse]], None]:
         template = route_template(request) or "unmatched"
         method = request.method
 
         def done(task: asyncio.Task[web.StreamResponse]) -> None:
-            unwinding.discard(task)
+            tracked.discard(task)
             if task.cancelled():
                 return
             failed = task.exception()
@@ -295,7 +397,7 @@ def problem_middleware(timeout: float) -> Middleware:
                 unwound(request)(task)  # logged, not left "never retrieved"
             raise
         if not task.done():
-            unwinding.add(task)
+            tracked.add(task)
             task.add_done_callback(unwound(request))
             raise TimeoutError
         if timed_out and (task.cancelled() or task.exception() is not None):
@@ -307,6 +409,15 @@ def problem_middleware(timeout: float) -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if tracked.refusing and request.path not in PROBE_PATHS:
+            tracked.refused()
+            busy = Problem(
+                "unavailable",
+                f"{len(tracked)} requests are still unwinding after their timeout (waiting on "
+                "the broker, most likely); try again after Retry-After seconds",
+                headers={"Retry-After": str(REFUSED_RETRY_AFTER)},
+            )
+            return problem_response(busy)
         try:
             return await within(request, handler)
         except Problem as problem:

@@ -75,7 +75,7 @@ from bridge.api.kafka_sources import (
     scan_share,
 )
 from bridge.api.metrics import ApiMetrics, answered
-from bridge.api.problems import Problem, read_body, route_template
+from bridge.api.problems import Problem, Unwinding, read_body, route_template
 from bridge.api.ratelimit import TokenBuckets
 from bridge.api.recoveries import DEFAULT_HEARTBEAT, Recoveries, per_owner
 from bridge.api.repository import WebhookRepository
@@ -107,6 +107,7 @@ from bridge.worker.settling import (
     settle,
     settle_async,
 )
+from bridge.worker.web import READINESS
 
 if TYPE_CHECKING:
     from bridge.worker.app import Bridge
@@ -668,7 +669,11 @@ async def api_application(bridge: Bridge) -> web.Application:
     )
     config = ApiConfig(rate_limit=settings.api_rate_limit)
     metrics = ApiMetrics(bridge.registry)
-    app = create_app(service, control, tokens, config=config, metrics=metrics)
+    unwinding = Unwinding(gauge=metrics.unwinding)
+    app = create_app(service, control, tokens, config=config, metrics=metrics, unwinding=unwinding)
+    # Not ready while /v1 is refused for the handlers still unwinding: the Service sends the
+    # API's requests to the workers that answer them.
+    app[READINESS] = unwinding.readiness
     app.middlewares.append(_keep_authorization)
     # Inside problem_middleware's request timeout: a held request is answered "unavailable" after
     # its hold, which leaves time for the answer when the owner settles within it.

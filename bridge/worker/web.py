@@ -22,6 +22,7 @@ __all__ = [
     "HEADERS_TIMEOUT",
     "KEEPALIVE_TIMEOUT",
     "RUNNER_OPTIONS",
+    "READINESS",
     "WebServer",
     "app_runner",
 ]
@@ -110,6 +111,12 @@ def app_runner(app: web.Application) -> web.AppRunner:
     return _Runner(app, **RUNNER_OPTIONS)
 
 
+#: The readiness of the application the probes are added to, beside the worker's own: ``/readyz``
+#: is ready when both are. The API's is not while it refuses requests for the handlers still
+#: unwinding after their timeout (``bridge.api.problems.Unwinding``).
+READINESS = web.AppKey[Callable[[], tuple[bool, str]]]("readiness")
+
+
 class WebServer(Service):
     """Serves health, readiness and metrics on one port."""
 
@@ -149,6 +156,11 @@ class WebServer(Service):
 
     async def _readyz(self, request: web.Request) -> web.Response:
         ready, why = self._ready()
+        application = request.app.get(READINESS)
+        if ready and application is not None:
+            served, reason = application()
+            if not served:
+                ready, why = False, reason
         return web.json_response(
             {"status": "ready" if ready else "not_ready", "detail": why},
             status=200 if ready else 503,

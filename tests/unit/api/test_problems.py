@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,13 +12,18 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from aiokafka.errors import KafkaError
+from prometheus_client import CollectorRegistry
 
+from bridge.api.metrics import ApiMetrics
 from bridge.api.problems import (
+    PROBE_PATHS,
     PROBLEM_JSON,
     PROBLEM_TITLES,
     PROBLEM_TYPE_PREFIX,
+    REFUSED_RETRY_AFTER,
     FieldError,
     Problem,
+    Unwinding,
     problem_middleware,
     read_json_object,
 )
@@ -276,3 +282,119 @@ async def test_a_broker_that_failed_is_a_503_to_retry_not_a_500(
     assert response.headers["Retry-After"] == "1"
     assert "the broker failed answering POST /broker: KafkaError" in caplog.text
     assert "Traceback" not in caplog.text
+
+
+class Stubborn:
+    """Handlers that, cancelled at their timeout, go on until released (as a Kafka client's stop
+    against a broker that does not answer), each by its ``?n=``; and handlers that answer at
+    once, each call noted."""
+
+    def __init__(self) -> None:
+        self.releases: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self.entered: list[str] = []
+        self.called: list[str] = []
+
+    async def hang(self, request: web.Request) -> web.Response:
+        n = request.query["n"]
+        self.entered.append(n)
+        try:
+            await asyncio.Event().wait()  # only the timeout ends it
+        except asyncio.CancelledError:
+            await self.releases[n].wait()
+            raise
+        return web.Response()
+
+    async def answer(self, request: web.Request) -> web.Response:
+        self.called.append(request.path)
+        return web.Response(text="answered")
+
+
+def stubborn_app(stubborn: Stubborn, unwinding: Unwinding) -> web.Application:
+    app = web.Application(middlewares=[problem_middleware(0.2, unwinding)])
+    app.router.add_get("/hang", stubborn.hang)
+    app.router.add_get("/answer", stubborn.answer)
+    for path in sorted(PROBE_PATHS):
+        app.router.add_get(path, stubborn.answer)
+    return app
+
+
+async def test_requests_still_unwinding_at_the_limit_refuse_new_ones_until_half_are_done(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Until 2026-12-07 every request against a broker that did not answer left its handler
+    unwinding (a Kafka client open) after its 503, without bound, and nothing exported how
+    many. At the limit a request is answered 503 at once, its handler not run, the probes and
+    the scrape still answered, until they are down to half of it; logged once each way."""
+    registry = CollectorRegistry()
+    unwinding = Unwinding(limit=4, gauge=ApiMetrics(registry).unwinding)
+    stubborn = Stubborn()
+
+    def gauge() -> float | None:
+        return registry.get_sample_value("webhook_bridge_api_unwinding_requests")
+
+    async with TestClient(TestServer(stubborn_app(stubborn, unwinding))) as client:
+        assert gauge() == 0
+        for n in range(3):
+            response = await client.get("/hang", params={"n": str(n)})
+            assert (await problem_of(response, 503))["type"].endswith("timeout")
+            assert gauge() == n + 1
+        assert unwinding.readiness() == (True, "")
+        response = await client.get("/hang", params={"n": "3"})
+        assert (await problem_of(response, 503))["type"].endswith("timeout")
+        assert gauge() == 4 and unwinding.refusing
+
+        for path in ("/answer", "/hang?n=4", "/v1/anything"):
+            response = await client.get(path)
+            problem = await problem_of(response, 503)
+            assert problem["type"].endswith("unavailable")
+            assert response.headers["Retry-After"] == str(REFUSED_RETRY_AFTER)
+        assert stubborn.called == [] and stubborn.entered == ["0", "1", "2", "3"]
+        for path in sorted(PROBE_PATHS):
+            assert (await client.get(path)).status == 200
+        assert stubborn.called == sorted(PROBE_PATHS)
+        ready, why = unwinding.readiness()
+        assert not ready and "4 API requests still unwinding" in why
+        assert caplog.text.count("refusing new ones (503)") == 1
+
+        stubborn.releases["0"].set()
+        await eventually(lambda: gauge() == 3)
+        assert unwinding.refusing  # one ended: the broker may still hang
+        assert (await client.get("/answer")).status == 503
+        stubborn.releases["1"].set()
+        await eventually(lambda: gauge() == 2)
+        assert not unwinding.refusing and unwinding.readiness() == (True, "")
+        assert caplog.text.count("answering again (4 refused meanwhile)") == 1
+        response = await client.get("/answer")
+        assert response.status == 200 and await response.text() == "answered"
+
+        stubborn.releases["2"].set()
+        stubborn.releases["3"].set()
+        await eventually(lambda: gauge() == 0)
+        assert len(unwinding) == 0
+    assert caplog.text.count("refusing new ones (503)") == 1
+    assert caplog.text.count("answering again") == 1
+
+
+async def test_the_limit_is_reached_again_after_it_cleared(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A limit of 1: each handler left unwinding refuses the next requests until it ends."""
+    unwinding = Unwinding(limit=1)
+    stubborn = Stubborn()
+    async with TestClient(TestServer(stubborn_app(stubborn, unwinding))) as client:
+        for n in ("a", "b"):
+            response = await client.get("/hang", params={"n": n})
+            assert (await problem_of(response, 503))["type"].endswith("timeout")
+            assert unwinding.refusing and len(unwinding) == 1
+            assert (await client.get("/hang", params={"n": "never"})).status == 503
+            stubborn.releases[n].set()
+            await eventually(lambda: not unwinding.refusing)
+            assert len(unwinding) == 0
+    assert "never" not in stubborn.entered
+    assert caplog.text.count("refusing new ones (503)") == 2
+    assert caplog.text.count("answering again (1 refused meanwhile)") == 2
+
+
+def test_a_limit_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        Unwinding(limit=0)

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from bridge.worker.embedded import free_port
 from bridge.worker.logs import logging_config
-from bridge.worker.web import MAX_HEADER_LINE, MAX_REQUEST_LINE, WebServer
+from bridge.worker.web import MAX_HEADER_LINE, MAX_REQUEST_LINE, READINESS, WebServer
 
 
 async def _echo(request: web.Request) -> web.Response:
@@ -67,6 +67,30 @@ async def serving(**options: Any) -> AsyncIterator[str]:
 async def server() -> AsyncIterator[str]:
     async with serving(application=_application) as base:
         yield base
+
+
+async def test_readyz_is_not_ready_while_the_application_is_not(server: str) -> None:
+    """The API refusing /v1 for its handlers still unwinding after their timeout makes the
+    worker not ready (bridge.api.problems.Unwinding); an application without a readiness of
+    its own leaves the worker's."""
+    served: list[tuple[bool, str]] = [(False, "refusing /v1")]
+
+    async def application() -> web.Application:
+        app = await _application()
+        app[READINESS] = lambda: served[-1]
+        return app
+
+    async with aiohttp.ClientSession() as session:
+        async with serving(application=application) as base:
+            async with session.get(f"{base}/readyz") as answer:
+                assert answer.status == 503
+                assert await answer.json() == {"status": "not_ready", "detail": "refusing /v1"}
+            served.append((True, ""))
+            async with session.get(f"{base}/readyz") as answer:
+                assert answer.status == 200
+                assert await answer.json() == {"status": "ready", "detail": "ready"}
+        async with session.get(f"{server}/readyz") as answer:
+            assert answer.status == 200
 
 
 async def test_long_request_lines_and_headers_reach_the_application(server: str) -> None:
