@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from bridge.contract.events import format_timestamp
+from bridge.contract.events import format_timestamp, parse_time
 from bridge.contract.payload import build_body
 from bridge.delivery.attempt_record import attempt_record
 from bridge.delivery.breaker import CLOSED, Breakers, Permit, endpoint_of
@@ -434,9 +434,15 @@ class Deliverer:
                 history,
             )
             return
+        began = _began(result, now)
         if counts and result.status == 410:
             gone = self._health.on_gone(
-                webhook_id, now, job.webhook.created_at, job.webhook.updated_at, job.made_at
+                webhook_id,
+                now,
+                job.webhook.created_at,
+                job.webhook.updated_at,
+                job.made_at,
+                began=began,
             )
             if gone is not None:
                 await self._disable(job, gone, "gone")
@@ -445,7 +451,12 @@ class Deliverer:
             return
         if counts:
             change = self._health.on_failure(
-                webhook_id, now, job.webhook.created_at, job.webhook.updated_at, job.made_at
+                webhook_id,
+                now,
+                job.webhook.created_at,
+                job.webhook.updated_at,
+                job.made_at,
+                began=began,
             )
             if change is not None and change.state == "disabled":
                 await self._disable(job, change, "failing")
@@ -616,3 +627,12 @@ def _sends_alike(webhook: Webhook, was: Webhook) -> bool:
     """Whether a request to ``webhook`` goes where one to ``was`` would, with the same body
     (the body names the webhook): else the job takes its places again, those of its URL."""
     return (webhook.url, webhook.name) == (was.url, was.name)
+
+
+def _began(result: AttemptResult, now: float) -> float:
+    """When ``result``'s attempt began (Unix time): its ``at``, the time the delivery log
+    shows it at (else ``now`` less its duration)."""
+    try:
+        return parse_time(result.at).timestamp()
+    except ValueError:
+        return now - result.duration

@@ -202,21 +202,26 @@ class EndpointHealth:
         created_at: str | None = None,
         updated_at: str | None = None,
         made_at: float | None = None,
+        began: float | None = None,
     ) -> HealthChange | None:
-        """A failure at ``now`` (Unix time): ``failing`` at the first of a period (or one a
-        day, :data:`FAILURE_GAP`, after the one before), ``disabled`` ``disable_after`` into
-        it, ``failing`` again an hour (:data:`FAILURE_REFRESH`) after the period's latest
-        failure published; otherwise nothing."""
+        """A failure known at ``now`` (Unix time), of an attempt that ``began`` then (its
+        ``at``; ``now`` when not given): ``failing`` at the first of a period (or one a day,
+        :data:`FAILURE_GAP`, after the one before), ``disabled`` ``disable_after`` into it,
+        ``failing`` again an hour (:data:`FAILURE_REFRESH`) after the period's latest failure
+        published; otherwise nothing. A period is failing since its first attempt began, as
+        the delivery log says (until 2026-12-07 since that attempt ended: up to the HTTP
+        timeout after its own ``at``)."""
         state, since, last = self._current(webhook_id, created_at, updated_at, made_at, now)
         if state == "disabled":
             return None
+        at = now if began is None else min(began, now)
         latest = last if last is not None else since
         if state != "failing" or since is None or latest is None or now - latest > FAILURE_GAP:
-            return self._change(HealthChange(webhook_id, "failing", now, last_failure_at=now))
+            return self._change(HealthChange(webhook_id, "failing", at, last_failure_at=at))
         if now - since >= self._disable_after:
             return self._change(HealthChange(webhook_id, "disabled", since, "failing"))
         if now - latest >= FAILURE_REFRESH:
-            return self._change(HealthChange(webhook_id, "failing", since, last_failure_at=now))
+            return self._change(HealthChange(webhook_id, "failing", since, last_failure_at=at))
         return None
 
     def on_gone(
@@ -226,12 +231,15 @@ class EndpointHealth:
         created_at: str | None = None,
         updated_at: str | None = None,
         made_at: float | None = None,
+        began: float | None = None,
     ) -> HealthChange | None:
-        """410 Gone: disable, unless this worker already did (concurrent deliveries)."""
+        """410 Gone (known at ``now``, answering an attempt that ``began`` then): disable,
+        unless this worker already did (concurrent deliveries)."""
         state, since, _ = self._current(webhook_id, created_at, updated_at, made_at, now)
         if state == "disabled":
             return None
-        return self._change(HealthChange(webhook_id, "disabled", since or now, "gone"))
+        at = now if began is None else min(began, now)
+        return self._change(HealthChange(webhook_id, "disabled", since or at, "gone"))
 
     def on_webhook_enabled(self, webhook_id: str, updated_at: str | None = None) -> None:
         """An active subscription record (of version ``updated_at``) after a disable starts the

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from bridge.contract.events import Event, format_timestamp
+from bridge.contract.events import Event, format_timestamp, parse_time
 from bridge.contract.payload import EncodedEvent, build_body, delivery_id
 from bridge.contract.schemas import schema_errors
 from bridge.delivery.breaker import CLOSED, HALF_OPEN, OPEN, Breakers, endpoint_of
@@ -359,11 +359,13 @@ async def test_500_schedules_a_retry_in_tier_0() -> None:
     )
     assert h.attempt() == attempt_record(1, result, "retry")
     assert h.outputs.dead_letters == []
-    # First failure of the endpoint: a failing period starts now.
+    # First failure of the endpoint: a failing period starts at the attempt's start, its
+    # ``at`` in the log (until 2026-12-07 at its end: up to the HTTP timeout later).
     [(key, status)] = h.outputs.statuses
     assert key == b"webhook_abc"
     assert schema_errors("status", status) == []
-    assert (status["state"], status["failing_since"]) == ("failing", NOW_TS)
+    assert (status["state"], status["failing_since"]) == ("failing", parse_time(AT).timestamp())
+    assert status["last_failure_at"] == parse_time(AT).timestamp()
     # The retry is written before the attempt's record says it is scheduled.
     assert h.outputs.calls.index("retry") < h.outputs.calls.index("attempt")
     assert h.value("webhook_bridge_retries_scheduled_total", tier="1") == 1.0
@@ -456,8 +458,8 @@ async def test_a_disable_made_here_without_an_owner_is_marked_applied() -> None:
 
 async def test_failing_longer_than_disable_after_disables() -> None:
     h = Harness(FakeSender(failed(500), failed(500), failed(500)), disable_after=3600.0)
-    await h.run(make_job())
-    h.wall.now += 3599.0
+    await h.run(make_job())  # its attempt began at AT, 1.5 s before the clock's now
+    h.wall.now += 3598.0
     await h.run(make_job(2, history=earlier(1)))
     assert [r["state"] for _, r in h.outputs.statuses] == ["failing"]
     assert len(h.outputs.retries) == 2

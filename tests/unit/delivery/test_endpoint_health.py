@@ -544,3 +544,19 @@ def test_a_success_of_a_webhook_stamped_past_the_clock_ends_its_failing() -> Non
     future = at(32503680000.0)
     assert health.on_failure(W, T0, future) == failing(T0)
     assert health.on_success(W, future, None, T0 + 10) == HealthChange(W, "healthy", None)
+
+
+def test_a_failing_period_begins_when_its_first_failed_attempt_began() -> None:
+    """As the delivery log says (the attempt's ``at``), not when the attempt ended: until
+    2026-12-07 ``failing_since`` was up to the HTTP timeout after that attempt's ``at``, and
+    after its ``last_failure_at``."""
+    health, table = make()
+    change = health.on_failure(W, T0 + 30.0, began=T0)
+    assert change == failing(T0)
+    publish(table, change)
+    assert health.on_failure(W, T0 + 3600.0 + 30.0, began=T0 + 3600.0) == failing(T0, T0 + 3600.0)
+    # A start after the time it is known (a clock stepped back) is taken as that time.
+    fresh, _ = make()
+    assert fresh.on_failure(W, T0, began=T0 + 5.0) == failing(T0)
+    gone, _ = make()
+    assert gone.on_gone(W, T0 + 30.0, began=T0) == HealthChange(W, "disabled", T0, "gone")
