@@ -303,7 +303,8 @@ async def test_a_keyless_record_with_an_unencodable_id_delays_nothing(
         published = time.monotonic()
         await publish_events(settings, [post(n)])
         await receiver.wait_for(lambda got, n=n: len(got) == n + 1, timeout=10.0)
-        assert receiver.received[-1].at - published < 1.0
+        # Well under the wait (1.1 s seen on a loaded machine: not 1 s, as this said).
+        assert receiver.received[-1].at - published < settings.subscription_sync_timeout / 2
     values = await worker.metrics()
     assert values["webhook_bridge_subscription_sync_timeouts_total"] == 0
 
