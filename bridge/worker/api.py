@@ -74,7 +74,7 @@ from bridge.api.kafka_sources import (
     kafka_recovery_runner,
     scan_share,
 )
-from bridge.api.metrics import ApiMetrics, answered
+from bridge.api.metrics import RELAYED_BY, ApiMetrics, answered, hop_of
 from bridge.api.problems import Problem, Unwinding, read_body, route_template
 from bridge.api.ratelimit import TokenBuckets
 from bridge.api.recoveries import DEFAULT_HEARTBEAT, Recoveries, per_owner
@@ -119,9 +119,6 @@ _authorization: ContextVar[str | None] = ContextVar("authorization", default=Non
 #: When the request being answered stops waiting for an owner (event loop time; ``None``: it
 #: does not wait, outside a request).
 _hold_until: ContextVar[float | None] = ContextVar("hold_until", default=None)
-
-#: The header of a change relayed to its webhook's owner: the relaying worker's URL.
-RELAYED_BY = "X-Bridge-Relayed-By"
 
 #: The routes the owner of the webhook named in the path answers (method, route template):
 #: its changes, and its recoveries, which run in the owner.
@@ -241,7 +238,7 @@ def _holding(bound: float, metrics: ApiMetrics | None = None) -> Middleware:
         def seen(status: int) -> None:
             if waits and metrics is not None:
                 outcome = "unavailable" if status == 503 else "settled"
-                metrics.held.labels(outcome).observe(sum(waits))
+                metrics.held.labels(outcome, hop_of(request)).observe(sum(waits))
 
         try:
             return await answered(request, handler, seen)

@@ -322,7 +322,7 @@ async def test_python_m_bridge_api_serve_answers_and_counts_its_requests(
             assert (await client.get("/v1/webhooks", headers=reader)).status_code == 200
             text = (await client.get("/metrics")).text
         assert (
-            'webhook_bridge_api_requests_total{method="GET",route="/v1/webhooks",'
+            'webhook_bridge_api_requests_total{hop="client",method="GET",route="/v1/webhooks",'
             'status_class="4xx"} 2.0' in text  # the 401 and the 429
         )
         assert 'route="/v1/webhooks/{webhook_id}"' in text and "nope" not in text

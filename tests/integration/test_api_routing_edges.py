@@ -2,16 +2,19 @@
 client-chosen id racing through both; a relayed answer keeps `Cache-Control: no-store`; many
 concurrent writes keep the subscriptions topic's end offsets exact (so the freshness barrier
 waits for every one); a forged relay header does not make a worker change a webhook it does
-not own."""
+not own; the API's metrics count each client's request once, relayed or routed."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
+from typing import Any
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import CollectorRegistry
 
 from bridge.config import Settings
 from bridge.kafka.clients import client_kwargs
@@ -24,6 +27,8 @@ from tests.integration.test_api_changes import (
     _two_workers,
 )
 from tests.support.api import SITE_AUTH
+from tests.support.metrics import sample
+from tests.support.workers import InProcessWorker
 
 pytestmark = pytest.mark.integration
 
@@ -220,3 +225,132 @@ async def test_two_workers_pass_a_sites_webhook_limit_by_one_at_most(
             headers=AUTH,
         )
         assert again.status_code == 201, again.text
+
+
+def _api_answers(registry: CollectorRegistry) -> dict[tuple[str, str, str, str], float]:
+    """``webhook_bridge_api_requests_total`` by (hop, route, method, status class); ``-`` for a
+    hop the series does not have."""
+    return {
+        (
+            s.labels.get("hop", "-"),
+            s.labels["route"],
+            s.labels["method"],
+            s.labels["status_class"],
+        ): (s.value)
+        for family in registry.collect()
+        if family.name == "webhook_bridge_api_requests"
+        for s in family.samples
+        if s.name.endswith("_total")
+    }
+
+
+def _counted(
+    workers: list[InProcessWorker], before: list[dict[tuple[str, str, str, str], float]]
+) -> tuple[Counter[tuple[str, str, str]], Counter[tuple[str, str, str]]]:
+    """The answers counted since ``before`` (one per worker), summed over the workers: those
+    not counted ``peer`` (what clients got), and those counted ``peer``."""
+    clients: Counter[tuple[str, str, str]] = Counter()
+    peers: Counter[tuple[str, str, str]] = Counter()
+    for worker, earlier in zip(workers, before, strict=True):
+        for (hop, *labels), value in _api_answers(worker.bridge.registry).items():
+            added = int(value - earlier.get((hop, *labels), 0.0))
+            if added:
+                (peers if hop == "peer" else clients)[tuple(labels)] += added  # type: ignore[index]
+    return clients, peers
+
+
+async def test_the_api_counts_each_client_request_once_where_the_client_sent_it(
+    log_settings: Settings, in_process_workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Changes and log reads of a webhook the other worker owns, sent to the worker that does
+    not own it: relayed or routed to the owner, counted once over the two workers as the client
+    got them (a 503 of the owner's too: it was paused past its session timeout), and counted
+    at the owner as hop="peer". Until 2026-12-07 both workers counted each of them alike, and
+    WebhookBridgeApiErrors saw an owner's 503 twice."""
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        first, second, owners = await _two_workers(log_settings, in_process_workers, client)
+        workers = [first, second]
+        w = _id_owned_by(owners, second, _attempts_partitions(log_settings), "m")
+        before = [_api_answers(worker.bridge.registry) for worker in workers]
+        durations = sample(
+            first.bridge.registry,
+            "webhook_bridge_api_request_duration_seconds_count",
+            route="/v1/webhooks/{webhook_id}",
+            hop="client",
+        )
+        held = sample(
+            second.bridge.registry,
+            "webhook_bridge_api_held_seconds_count",
+            outcome="unavailable",
+            hop="peer",
+        )
+        got: Counter[tuple[str, str, str]] = Counter()
+
+        async def send(
+            method: str,
+            route: str,
+            path: str,
+            body: dict[str, Any] | None = None,
+            **headers: str,
+        ) -> httpx.Response:
+            answer = await client.request(
+                method, first.base_url + path, json=body, headers={**AUTH, **headers}
+            )
+            got[(route, method, f"{answer.status_code // 100}xx")] += 1
+            return answer
+
+        one = "/v1/webhooks/{webhook_id}"
+        created = await send("POST", "/v1/webhooks", "/v1/webhooks", _body(w))
+        assert created.status_code == 201, created.text
+        changed = await send("PATCH", one, f"/v1/webhooks/{w}", {"name": "n1"})
+        assert changed.status_code == 200, changed.text
+        stale = created.headers["ETag"]
+        lost = await send("PATCH", one, f"/v1/webhooks/{w}", {"name": "n2"}, **{"If-Match": stale})
+        assert lost.status_code == 412, lost.text
+        for tail in ("attempts", "stats"):
+            read = await send("GET", f"{one}/{tail}", f"/v1/webhooks/{w}/{tail}")
+            assert read.status_code == 200, read.text
+        # The owner paused past its session timeout writes no change: held there, then 503,
+        # which the worker the client asked answers with.
+        monkeypatch.setattr(second.bridge.pauses, "may_write", lambda: False)
+        refused = await send("PATCH", one, f"/v1/webhooks/{w}", {"name": "n3"})
+        assert refused.status_code == 503, refused.text
+        monkeypatch.undo()
+        deleted = await send("DELETE", one, f"/v1/webhooks/{w}")
+        assert deleted.status_code == 204, deleted.text
+
+        clients, peers = _counted(workers, before)
+        assert clients == got
+        assert peers == {
+            ("/v1/webhooks", "POST", "2xx"): 1,
+            (one, "PATCH", "2xx"): 1,
+            (one, "PATCH", "4xx"): 1,
+            (one, "PATCH", "5xx"): 1,
+            ("/internal/v1/activity/{webhook_id}", "GET", "2xx"): 2,
+            (one, "DELETE", "2xx"): 1,
+        }
+        timed = sample(
+            first.bridge.registry,
+            "webhook_bridge_api_request_duration_seconds_count",
+            route=one,
+            hop="client",
+        )
+        assert timed - durations == 4
+        assert (
+            sample(
+                second.bridge.registry,
+                "webhook_bridge_api_held_seconds_count",
+                outcome="unavailable",
+                hop="peer",
+            )
+            - held
+            == 1
+        )
+        # The header is not trusted: a client sending it is counted as a peer, not lost.
+        forged = await client.get(
+            first.base_url + "/v1/webhooks", headers={**AUTH, RELAYED_BY: "http://127.0.0.1:1"}
+        )
+        assert forged.status_code == 200, forged.text
+        clients, peers = _counted(workers, before)
+        assert clients == got
+        assert peers[("/v1/webhooks", "GET", "2xx")] == 1

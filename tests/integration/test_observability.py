@@ -79,6 +79,12 @@ EXPECTED_LABELS = {
         "output",
         {"attempt", "retry", "dead_letter", "disable"},
     ),
+    "API requests by route and status class": (
+        "route",
+        {"/v1/webhooks", "/v1/webhooks/{webhook_id}"},
+    ),
+    "API requests between workers": ("route", {"/internal/v1/delivery-log"}),
+    "API requests held through rebalances": ("hop", {"client", "peer"}),
 }
 
 
@@ -313,6 +319,8 @@ async def test_prometheus_evaluates_every_dashboard_and_alert_expression(
     ) as api_client:
         assert (await api_client.get("/v1/webhooks")).status_code == 200
         assert (await api_client.get("/v1/webhooks/nope")).status_code == 404
+        # What another worker reads this one's log through (hop="peer"): a panel of its own.
+        assert (await api_client.get("/internal/v1/delivery-log")).status_code == 200
     data = {
         "post.created": {"id": "p1", "title": "Hello"},
         "post.published": {"id": "p1", "title": "Hello"},

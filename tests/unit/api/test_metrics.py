@@ -1,4 +1,5 @@
-"""bridge.api.metrics: every answer counted by route template, method and status class, timed."""
+"""bridge.api.metrics: every answer counted by route template, method, status class and hop,
+timed."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from bridge.api.app import create_app
 from bridge.api.auth import TokenSet
-from bridge.api.metrics import ApiMetrics
+from bridge.api.metrics import RELAYED_BY, ApiMetrics
 from bridge.api.service import WebhookService
 from tests.unit.api.conftest import (
     MemoryRepository as Repository,
@@ -40,7 +41,7 @@ async def test_requests_are_counted_by_template_never_by_id(tokens: TokenSet) ->
     def count(route: str, method: str, status_class: str) -> float | None:
         return registry.get_sample_value(
             "webhook_bridge_api_requests_total",
-            {"route": route, "method": method, "status_class": status_class},
+            {"route": route, "method": method, "status_class": status_class, "hop": "client"},
         )
 
     assert count("/v1/webhooks/{webhook_id}", "GET", "4xx") == 2
@@ -49,7 +50,8 @@ async def test_requests_are_counted_by_template_never_by_id(tokens: TokenSet) ->
     exported = "\n".join(f"{s.name}{s.labels}" for m in registry.collect() for s in m.samples)
     assert "wh_secret_id" not in exported and "no/such" not in exported
     observed = registry.get_sample_value(
-        "webhook_bridge_api_request_duration_seconds_count", {"route": "/v1/webhooks/{webhook_id}"}
+        "webhook_bridge_api_request_duration_seconds_count",
+        {"route": "/v1/webhooks/{webhook_id}", "hop": "client"},
     )
     assert observed == 2
 
@@ -95,3 +97,47 @@ async def test_the_probes_and_the_scrape_served_beside_the_api_are_not_api_reque
         if sample.name.endswith("_total")
     }
     assert routes == {"/v1/webhooks"}
+
+
+async def test_requests_between_workers_are_counted_apart_from_the_clients(
+    tokens: TokenSet,
+) -> None:
+    """A request on the workers' internal routes, or carrying the relay header, is a worker's on
+    a client's behalf (the worker the client asked counts the client's answer): ``hop="peer"``.
+    The header is not trusted, so a client sending it is counted there too, not lost."""
+    registry = CollectorRegistry()
+    repository = Repository()
+    service = WebhookService(repository, publisher=Published())
+    app = create_app(service, control_service(repository), tokens, metrics=ApiMetrics(registry))
+    client: TestClient[Any, Any] = TestClient(TestServer(app))
+    await client.start_server()
+    relayed = {**auth(), RELAYED_BY: "http://127.0.0.1:1"}
+    try:
+        assert (await client.get("/v1/webhooks", headers=auth())).status == 200
+        assert (await client.get("/v1/webhooks", headers=relayed)).status == 200
+        assert (await client.get("/v1/webhooks/wh_x", headers=relayed)).status == 404
+        assert (await client.get("/internal/v1/nothing/here", headers=auth())).status == 404
+    finally:
+        await client.close()
+
+    def count(route: str, method: str, status_class: str, hop: str) -> float:
+        labels = {"route": route, "method": method, "status_class": status_class, "hop": hop}
+        return registry.get_sample_value("webhook_bridge_api_requests_total", labels) or 0.0
+
+    assert count("/v1/webhooks", "GET", "2xx", "client") == 1
+    assert count("/v1/webhooks", "GET", "2xx", "peer") == 1
+    assert count("/v1/webhooks/{webhook_id}", "GET", "4xx", "peer") == 1
+    assert count("unmatched", "other", "4xx", "peer") == 1
+    assert count("unmatched", "other", "4xx", "client") == 0
+    timed = {
+        (s.labels["route"], s.labels["hop"]): s.value
+        for family in registry.collect()
+        for s in family.samples
+        if s.name == "webhook_bridge_api_request_duration_seconds_count"
+    }
+    assert timed == {
+        ("/v1/webhooks", "client"): 1,
+        ("/v1/webhooks", "peer"): 1,
+        ("/v1/webhooks/{webhook_id}", "peer"): 1,
+        ("unmatched", "peer"): 1,
+    }

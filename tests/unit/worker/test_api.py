@@ -156,10 +156,11 @@ async def worker(bridge: Bridge) -> AsyncIterator[tuple[TestClient[Any, Any], li
     await bridge.close()
 
 
-def holds(bridge: Bridge, outcome: str) -> tuple[float, float]:
-    """How many requests were held and ended ``outcome``, and their seconds held in all."""
+def holds(bridge: Bridge, outcome: str, hop: str = "client") -> tuple[float, float]:
+    """How many requests (as ``hop`` counts them) were held and ended ``outcome``, and their
+    seconds held in all."""
     registry = bridge.registry
-    labels = {"outcome": outcome}
+    labels = {"outcome": outcome, "hop": hop}
     count = registry.get_sample_value("webhook_bridge_api_held_seconds_count", labels)
     total = registry.get_sample_value("webhook_bridge_api_held_seconds_sum", labels)
     return count or 0.0, total or 0.0
@@ -237,8 +238,9 @@ async def test_a_relayed_change_that_stays_another_worker_s_is_unavailable_after
     assert problem["type"] == PROBLEM_TYPE_PREFIX + "unavailable"
     assert "another worker" in problem["detail"]
     assert not made and not peer.relayed  # neither made here nor relayed again
-    count, seconds = holds(bridge, "unavailable")
+    count, seconds = holds(bridge, "unavailable", hop="peer")  # sent with the relay header
     assert count == 1 and 0.3 - 0.05 <= seconds < PROMPT
+    assert holds(bridge, "unavailable") == (0, 0)
 
 
 async def test_a_change_the_worker_owns_is_made_at_once(
@@ -251,7 +253,8 @@ async def test_a_change_the_worker_owns_is_made_at_once(
         client.patch("/v1/webhooks/wh", json={}, headers=LOG_AUTH), PROMPT
     )
     assert answer.status == 200 and made == ["wh"]
-    assert holds(bridge, "settled") == holds(bridge, "unavailable") == (0, 0)  # never waited
+    for hop in ("client", "peer"):  # never waited
+        assert holds(bridge, "settled", hop) == holds(bridge, "unavailable", hop) == (0, 0)
 
 
 async def test_a_change_waiting_at_the_owner_as_a_rebalance_begins_is_made_by_the_next_owner(
