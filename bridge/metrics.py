@@ -258,7 +258,9 @@ class Metrics:
         )
         self.events = Counter(
             "webhook_bridge_events_total",
-            "Platform events consumed, by event type (unknown types as 'invalid').",
+            "Platform events consumed, by event type (unknown types as 'invalid'); a record "
+            "read again after a rebalance or restart (at least once) is counted again: "
+            "webhook_bridge_deliveries_total counts the deliveries settled.",
             ["event_type"],
             registry=registry,
         )
@@ -299,7 +301,8 @@ class Metrics:
             "webhook_bridge_event_stage_latency_seconds",
             "Time from the event's timestamp to a stage of its first attempt in this worker: "
             "received (its record reached the pipeline), matched (the subscription table was "
-            "current and the event matched).",
+            "current and the event matched); observed again for a record read again after a "
+            "rebalance or restart.",
             ["stage"],
             buckets=STAGE_BUCKETS,
             registry=registry,

@@ -227,6 +227,31 @@ def test_every_metric_is_in_metrics_md() -> None:
     assert not missing, f"metrics not in docs/metrics.md: {missing}"
 
 
+def _metric_row(text: str, name: str) -> str:
+    """The row of docs/metrics.md's table that documents ``name``."""
+    (row,) = [line for line in text.splitlines() if line.startswith(f"| `{name}` |")]
+    return row
+
+
+def test_metrics_md_says_records_read_again_are_counted_again() -> None:
+    """Records are read at least once: one read again after a rebalance or restart counts as
+    an event again, and is timed again (tests/unit/delivery/test_pipeline.py shows it). Until
+    2026-12-07 the table said each valid event was observed once, and the events summed over
+    workers (508 for 360 published) were taken for a fault; deliveries settled are the count to
+    compare."""
+    text = (DOCS / "metrics.md").read_text(encoding="utf-8")
+    events = _metric_row(text, "webhook_bridge_events_total")
+    assert "read again after a rebalance or a restart" in events
+    assert "counted again" in events
+    assert "`webhook_bridge_deliveries_total`" in events
+    stages = _metric_row(text, "webhook_bridge_event_stage_latency_seconds")
+    assert "observed once per valid event (" not in stages
+    assert "read again after a rebalance or a restart" in stages
+    deliveries = _metric_row(text, "webhook_bridge_deliveries_total")
+    assert "`webhook_bridge_jobs_joined_total`" in deliveries
+    assert "counted again" in deliveries
+
+
 # ------------------------------------------------------------- deliveries for the examples
 
 

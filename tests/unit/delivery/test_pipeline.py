@@ -1565,6 +1565,26 @@ async def test_an_event_read_again_joins_only_the_jobs_it_shares() -> None:
     assert len(sender.sent) == 4
 
 
+async def test_an_event_read_again_is_counted_again_and_its_delivery_once() -> None:
+    """What docs/metrics.md says of a record read again after a rebalance (at least once): the
+    event and its stage latencies are counted at each read, the delivery it settled once (the
+    second read joins it). Until 2026-12-07 the documentation said the events were counted
+    once, and operators compared them with what was published."""
+    h = Harness([webhook("w")], ScriptedSender())
+    event = make_event().to_bytes()
+    for acks in (Acks(), Acks()):
+        await h.pipeline.handle_event(event, SOURCE, acks)
+        await h.settled()
+        assert acks.count == 1
+    assert len(h.sender.sent) == 1
+    assert h.value("webhook_bridge_events_total", event_type="post.created") == 2
+    for stage in ("received", "matched"):
+        count = h.value("webhook_bridge_event_stage_latency_seconds_count", stage=stage)
+        assert count == 2
+    assert h.value(DELIVERIES, event_type="post.created", outcome="delivered") == 1
+    assert h.value(JOINED, state="settled") == 1
+
+
 async def test_settled_jobs_remembered_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipeline_module, "SETTLED_REMEMBERED", 3)
     hook = webhook("w")
