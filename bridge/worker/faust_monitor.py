@@ -1,10 +1,22 @@
-"""Faust's Prometheus sensor, with its per-record label lookups remembered.
+"""Faust's Prometheus sensor, with its per-record label lookups remembered and its per-topic
+counters kept through rebalances.
 
 ``faust.sensors.prometheus.PrometheusMonitor`` resolves labelled children (``labels(topic=...)``,
 and a stream label through a regular expression) for every record consumed, every end offset it
-tracks and every event a stream takes. The metrics and their values are the same here; the
-children are looked up once per topic, partition and stream, and looked up again after Faust
-removes the topic and partition children (it does at every rebalance).
+tracks and every event a stream takes. The metrics are the same here, and so are their values
+but for the per-topic counters after a rebalance (below); the children are looked up once per
+topic, partition and stream, and the partition children looked up again after they are removed
+(at every rebalance).
+
+At a rebalance's start and end (``on_rebalance_start``, ``on_rebalance_end``) Faust also removes
+the children of its per-topic counters (``messages_received_per_topic``, ``topic_messages_sent``):
+each counted again from 0, so ``faust_messages_received_per_topic_total``, a dashboard panel,
+went down at every rebalance (a counter's rate read that as a reset, and a scrape between the
+removal and the next record lost the series). Here only the per-partition gauges are removed
+(a partition's offsets are stale once another worker may own it); the counters keep counting.
+Until 2026-12-07 the bridge kept Faust's clearing. The Faust internals this relies on are checked
+with the patches (``keep_topic_counters`` in :mod:`bridge.worker.faust_patches.registry`): a
+release that changes them refuses to start.
 """
 
 from __future__ import annotations
@@ -18,7 +30,8 @@ __all__ = ["FaustPrometheusMonitor"]
 
 
 class FaustPrometheusMonitor(PrometheusMonitor):
-    """Same metrics as :class:`PrometheusMonitor`, cheaper per record."""
+    """Same metrics as :class:`PrometheusMonitor`, cheaper per record; its per-topic counters
+    are not reset at a rebalance."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -28,10 +41,14 @@ class FaustPrometheusMonitor(PrometheusMonitor):
         self._end_offsets: dict[Any, Any] = {}
 
     def _clear_partition_related_metrics(self) -> None:
-        # Faust removes these children from their metrics; a remembered one would go on
-        # counting where no scrape sees it.
-        super()._clear_partition_related_metrics()
-        self._by_topic.clear()
+        # Faust's, but for FaustMetrics._clear_topic_related_metrics, which removes the per-topic
+        # counters' children: a counter never goes down. The per-partition gauges go as in
+        # Faust, and with them the children remembered here (one would go on being set where
+        # no scrape sees it); the per-topic ones stay registered, and remembered.
+        self._metrics._clear_topic_partition_related_metrics()
+        self.tp_committed_offsets.clear()
+        self.tp_read_offsets.clear()
+        self.tp_end_offsets.clear()
         self._by_partition.clear()
         self._end_offsets.clear()
 

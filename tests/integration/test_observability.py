@@ -1,5 +1,5 @@
 """The dashboard and alert rules against real tools: promtool, and a real Prometheus scraping a
-real worker that delivers, retries and dead-letters."""
+real worker that delivers, retries and dead-letters; a dashboard counter through a rebalance."""
 
 from __future__ import annotations
 
@@ -356,6 +356,32 @@ async def test_prometheus_evaluates_every_dashboard_and_alert_expression(
         await wait_target_up(client, timeout=30.0)
         await check_dashboard_queries(client, dashboard, timeout=30.0)
         await check_alert_rules(client, timeout=30.0)
+
+
+async def test_faust_s_records_by_topic_do_not_go_down_at_a_rebalance(
+    settings: Settings, in_process_workers
+) -> None:
+    """faust_messages_received_per_topic_total (the panel "Messages received by topic") is a
+    counter: a second worker joining makes the first rebalance, and it goes on from what it
+    counted. Until 2026-12-07 Faust's sensor removed the per-topic counters at a rebalance's
+    start and end, and the first worker's count of the events fell to what it read since."""
+    first = in_process_workers(settings)
+    await first.wait_ready()
+    events = [
+        build_event("post.created", {"id": f"p{n}", "title": "t"}, site_id=f"s{n}", user_id="u1")
+        for n in range(40)
+    ]
+    await publish_events(settings, events)
+    received = f'faust_messages_received_per_topic_total{{topic="{settings.events_topic}"}}'
+    await first.wait_metric(received, lambda v: v >= len(events), timeout=60.0)
+    # Observed as each rebalance ends (recovery included): the first one's, so far.
+    ended = "faust_rebalance_done_latency_count"
+    rebalances = (await first.metrics()).get(ended, 0.0)
+    assert rebalances >= 1
+    second = in_process_workers(settings.replace(web_port=free_port()))
+    await second.wait_ready()
+    values = await first.wait_metric(ended, lambda v: v > rebalances, timeout=60.0)
+    assert values.get(received, 0.0) >= len(events), values.get(received)
 
 
 async def wait_target_up(client: httpx.AsyncClient, timeout: float) -> None:

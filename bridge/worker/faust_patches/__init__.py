@@ -17,7 +17,8 @@ bridge changes it:
 - :mod:`.connections`: aiokafka's broker connections, under Faust's clients and the bridge's
   own (``closed_transport_is_a_broken_connection``);
 - :mod:`.registry`: every patch with its original's fingerprint (:data:`PATCHES`), the originals
-  (:data:`ORIGINALS`) and :func:`install`.
+  (:data:`ORIGINALS`) and :func:`install`; it also checks the internals of Faust's Prometheus
+  sensor that :mod:`bridge.worker.faust_monitor` overrides (``keep_topic_counters``).
 
 The rest of the bridge imports from this package, which re-exports each module's public names.
 """

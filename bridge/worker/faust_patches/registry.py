@@ -8,6 +8,7 @@ from typing import Any
 
 from aiokafka.conn import AIOKafkaConnection
 from faust.app import base as faust_app
+from faust.sensors import prometheus as faust_prometheus
 from faust.tables import manager as faust_tables
 from faust.tables import recovery as faust_recovery
 from faust.transport import conductor as faust_conductor
@@ -263,6 +264,40 @@ PATCHES: tuple[Patch, ...] = (
         _send_sasl_token,
         "7a3d948fc526c953",
         "(aiokafka) the same, for a SASL token written as a connection is made",
+    ),
+    Patch(
+        "keep_topic_counters",
+        faust_prometheus.PrometheusMonitor,
+        "_clear_partition_related_metrics",
+        None,
+        "f733982878e5c883",
+        "(bridge.worker.faust_monitor overrides it) at a rebalance's start and end the sensor "
+        "removes its per-topic counters' children with its per-partition gauges: "
+        "faust_messages_received_per_topic_total goes down",
+    ),
+    Patch(
+        "keep_topic_counters.start",
+        faust_prometheus.PrometheusMonitor,
+        "on_rebalance_start",
+        None,
+        "48426a8048bea7be",
+        "(a rebalance's start clears the sensor's topic metrics through the method overridden)",
+    ),
+    Patch(
+        "keep_topic_counters.end",
+        faust_prometheus.PrometheusMonitor,
+        "on_rebalance_end",
+        None,
+        "33ac613ec7131708",
+        "(a rebalance's end clears them through it too)",
+    ),
+    Patch(
+        "keep_topic_counters.gauges",
+        faust_prometheus.FaustMetrics,
+        "_clear_topic_partition_related_metrics",
+        None,
+        "ee5a72f3dc5bb8be",
+        "(the per-partition gauges the override still clears, and no counter)",
     ),
     Patch(
         "direct_topic.conductor",
