@@ -332,6 +332,12 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.raised_rate_limits = Counter(
+            "webhook_bridge_subscription_rate_limits_raised_total",
+            "Subscription records read with a rate_limit below 0.01 (an older writer's, another "
+            "producer's), read as 0.01: one count and one warning per record read.",
+            registry=registry,
+        )
         self.invalid_statuses = Counter(
             "webhook_bridge_invalid_status_records_total",
             "Endpoint status records skipped as invalid, by reason (null_key, key_not_utf8, "

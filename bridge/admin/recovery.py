@@ -40,7 +40,7 @@ from bridge.errors import InvalidRecord
 from bridge.kafka.clients import client_kwargs, new_consumer, require_topics, started, stopped
 from bridge.kafka.reading import SETTLE_STAMP_MARGIN, fetch_kwargs, settled, stream_topic
 from bridge.subscriptions.index import SubscriptionIndex
-from bridge.subscriptions.webhook import TEST_EVENT, Webhook, before_created
+from bridge.subscriptions.webhook import MIN_RATE_LIMIT, TEST_EVENT, Webhook, before_created
 from bridge.worker.recovery_view import recovery_record
 
 __all__ = [
@@ -76,8 +76,9 @@ FETCH_POLL = 1.0
 
 #: The slowest pace a recovery goes at (one delivery every 100 s), however slow the rate asked
 #: for or its webhook's ``rate_limit`` (5e-324 is a positive one: its interval was infinite,
-#: and the recovery held its place until cancelled, until 2026-12-07).
-MIN_RATE = 0.01
+#: and the recovery held its place until cancelled, until 2026-12-07). The lowest
+#: ``rate_limit`` a webhook may have, too (:data:`~bridge.subscriptions.webhook.MIN_RATE_LIMIT`).
+MIN_RATE = MIN_RATE_LIMIT
 
 #: Deliveries a recovery enqueues per second unless told otherwise (and never more than the
 #: webhook's own ``rate_limit``).

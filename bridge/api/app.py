@@ -40,7 +40,7 @@ from bridge.api.problems import (
 )
 from bridge.api.ratelimit import TokenBuckets
 from bridge.api.repository import WebhookFilter
-from bridge.api.service import WebhookService, body_errors, etag, none_match, public_view
+from bridge.api.service import WebhookService, body_errors, etag, none_match
 from bridge.attempts.log import STATUS_CLASSES, LogQuery, decode_cursor
 from bridge.attempts.record import TRIGGERS
 from bridge.contract import jsoncanon
@@ -109,19 +109,6 @@ def _json(
     )
 
 
-def _webhook_response(
-    webhook: Webhook,
-    status: int = 200,
-    *,
-    with_secret: bool = False,
-    headers: Mapping[str, str] | None = None,
-) -> web.Response:
-    out = {"ETag": etag(webhook), **(headers or {})}
-    if with_secret:
-        out["Cache-Control"] = "no-store"
-    return _json(public_view(webhook, with_secret=with_secret), status, headers=out)
-
-
 def _replayed(replayed: bool) -> dict[str, str]:
     """The header of an answer to a request whose ``Idempotency-Key`` had made its change."""
     return {REPLAYED_HEADER: "true"} if replayed else {}
@@ -154,6 +141,20 @@ class _Routes:
         self._tokens = tokens
         self._config = config
         self._buckets = TokenBuckets(config.rate_limit)
+
+    def _webhook_response(
+        self,
+        webhook: Webhook,
+        status: int = 200,
+        *,
+        with_secret: bool = False,
+        headers: Mapping[str, str] | None = None,
+    ) -> web.Response:
+        """``webhook`` as the service shows it now, with its ``ETag``."""
+        out = {"ETag": etag(webhook), **(headers or {})}
+        if with_secret:
+            out["Cache-Control"] = "no-store"
+        return _json(self._service.view(webhook, with_secret=with_secret), status, headers=out)
 
     def _principal(self, request: web.Request, scope: Scope) -> Principal:
         """The request's token, which has ``scope``, within its rate."""
@@ -211,7 +212,10 @@ class _Routes:
         )
         page = await self._service.list(principal, where, limit=limit, cursor=query.get("cursor"))
         return _json(
-            {"items": [public_view(w) for w in page.items], "next_cursor": page.next_cursor}
+            {
+                "items": [self._service.view(w) for w in page.items],
+                "next_cursor": page.next_cursor,
+            }
         )
 
     async def create_webhook(self, request: web.Request) -> web.Response:
@@ -221,11 +225,13 @@ class _Routes:
         created = await self._service.create(principal, await self._body(request), key=key)
         webhook = created.webhook
         if not created.created:
-            return _webhook_response(
+            return self._webhook_response(
                 webhook, 200, with_secret=created.shows_secret, headers=_replayed(created.replayed)
             )
         location = f"/v1/webhooks/{path_segment(webhook.id)}"
-        return _webhook_response(webhook, 201, with_secret=True, headers={"Location": location})
+        return self._webhook_response(
+            webhook, 201, with_secret=True, headers={"Location": location}
+        )
 
     async def get_webhook(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "read")
@@ -234,7 +240,7 @@ class _Routes:
         unchanged = _if_none_match(request)
         if unchanged is not None and none_match(unchanged, webhook):
             return web.Response(status=304, headers={"ETag": etag(webhook)})
-        return _webhook_response(webhook)
+        return self._webhook_response(webhook)
 
     async def update_webhook(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "write")
@@ -245,7 +251,7 @@ class _Routes:
         changed = await self._service.update(
             principal, webhook_id, body, if_match=_if_match(request), key=key
         )
-        return _webhook_response(changed.webhook, headers=_replayed(changed.replayed))
+        return self._webhook_response(changed.webhook, headers=_replayed(changed.replayed))
 
     async def delete_webhook(self, request: web.Request) -> web.Response:
         principal = self._principal(request, "write")
@@ -264,7 +270,7 @@ class _Routes:
         changed = await self._service.rotate_secret(
             principal, webhook_id, body, if_match=_if_match(request), key=key
         )
-        return _webhook_response(
+        return self._webhook_response(
             changed.webhook, with_secret=True, headers=_replayed(changed.replayed)
         )
 

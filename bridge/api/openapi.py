@@ -31,7 +31,7 @@ from bridge.attempts.record import TRIGGERS
 from bridge.attempts.stats import LATENCY_BOUNDS
 from bridge.contract.resources import load_json
 from bridge.contract.schemas import EVENT_TYPES, Validator
-from bridge.subscriptions.changes import MAX_LENGTHS, MAX_OVERLAP_SECONDS
+from bridge.subscriptions.changes import MAX_LENGTHS, MAX_OVERLAP_SECONDS, MIN_RATE_LIMIT
 
 __all__ = [
     "API_VERSION",
@@ -131,11 +131,20 @@ def _schemas() -> dict[str, Any]:
         "active": _webhook_field("active"),
         "state": {"enum": list(WEBHOOK_STATES)},
         "disabled_reason": _webhook_field("disabled_reason"),
-        "rate_limit": _webhook_field("rate_limit"),
+        "rate_limit": {
+            **_webhook_field("rate_limit"),
+            "description": "At most this many deliveries per second to this webhook (a record "
+            f"written with less than {MIN_RATE_LIMIT} before 2026-12-07, or by another "
+            f"producer, is delivered and shown at {MIN_RATE_LIMIT}).",
+        },
         "standard_webhooks": _webhook_field("standard_webhooks"),
         "previous_secret_expires_at": {
             "type": ["string", "null"],
-            "description": "End of the rotation overlap: the previous secret signs too until then.",
+            "description": "End of the running rotation overlap: until then the previous secret "
+            "signs the Standard Webhooks header (webhook-signature) too. Null without one, once "
+            "it has passed (the next change drops the previous secret from the record), and for "
+            "a webhook without Standard Webhooks headers, whose X-Webhook-Signature carries the "
+            "current secret alone.",
         },
         "created_at": {"type": ["string", "null"]},
         "updated_at": {"type": ["string", "null"]},
@@ -160,6 +169,17 @@ def _schemas() -> dict[str, Any]:
         for name, longest in MAX_LENGTHS.items():
             if name in props:
                 props[name]["maxLength"] = longest
+        # The topic's schema takes any positive rate (a record written before 2026-12-07 is
+        # read as the floor): a change sets MIN_RATE_LIMIT at least.
+        rate = props["rate_limit"]
+        rate.pop("exclusiveMinimum", None)
+        rate["minimum"] = MIN_RATE_LIMIT
+        rate["description"] = (
+            f"Optional: at most this many deliveries per second to this webhook, at least "
+            f"{MIN_RATE_LIMIT} (one every {1 / MIN_RATE_LIMIT:g} s: a delivery over the rate is "
+            "deferred, and a slower rate would defer it past its last try)."
+        )
+    update_props["rate_limit"]["description"] += " null removes the limit."
     attempt = _attempt_fields()
     attempt["event_id"] = {"type": ["string", "null"]}
     attempt["event_at"] = {
@@ -292,7 +312,9 @@ def _schemas() -> dict[str, Any]:
             "properties": update_props,
             "additionalProperties": False,
             "description": "Only the fields given change; rate_limit null removes the limit. "
-            "The secret changes only by rotation.",
+            "The secret changes only by rotation. Turning standard_webhooks on keeps a running "
+            "overlap's previous secret only when it is whsec_ (a Standard Webhooks secret); "
+            "turning it off ends the overlap (no other header carries the previous secret).",
         },
         "RotateSecret": {
             "type": "object",
@@ -302,10 +324,13 @@ def _schemas() -> dict[str, Any]:
                     "type": "number",
                     "minimum": 0,
                     "maximum": MAX_OVERLAP_SECONDS,
-                    "description": "How long the previous secret also signs (Standard "
-                    "Webhooks). One previous secret is kept: while the last rotation's overlap "
-                    "runs, another overlap is 409 (overlap_running); a rotation without one "
-                    "ends it.",
+                    "description": "How long the previous secret also signs the Standard "
+                    "Webhooks header (webhook-signature), the one header that carries several "
+                    "signatures. A webhook without standard_webhooks takes no overlap: 409 "
+                    "(overlap_needs_standard_webhooks), as its X-Webhook-Signature carries the "
+                    "new secret alone from the next delivery on. One previous secret is kept: "
+                    "while the last rotation's overlap runs, another overlap is 409 "
+                    "(overlap_running); a rotation without one ends it.",
                 },
             },
             "additionalProperties": False,
@@ -947,7 +972,10 @@ def _paths() -> dict[str, Any]:
                     "200": with_secret,
                     "404": not_found,
                     "409": _problem_response(
-                        "A secret that is not whsec_ for a Standard Webhooks webhook; or this "
+                        "A secret that is not whsec_ for a Standard Webhooks webhook; an "
+                        "overlap of a webhook without Standard Webhooks headers "
+                        "(overlap_needs_standard_webhooks: no header would carry the previous "
+                        "secret), or while the last overlap runs (overlap_running); or this "
                         "Idempotency-Key's rotation was made and the webhook changed since (its "
                         "secret is not shown again: rotate again)."
                     ),

@@ -129,8 +129,13 @@ REPEAT_SHOWS_SECRET_FOR = 86400.0
 MAX_DELETES_KEPT = 10_000
 
 
-def public_view(webhook: Webhook, *, with_secret: bool = False) -> dict[str, Any]:
-    """The API's representation of a webhook: no secret unless ``with_secret``."""
+def public_view(
+    webhook: Webhook, *, with_secret: bool = False, now: datetime | None = None
+) -> dict[str, Any]:
+    """The API's representation of a webhook at ``now`` (the clock's, unless given): no secret
+    unless ``with_secret``; ``previous_secret_expires_at`` while the previous secret signs
+    (:meth:`Webhook.overlap_end`), not an end that has passed (the record keeps it until the
+    next change) nor one of a webhook whose headers carry no previous secret."""
     out: dict[str, Any] = {
         "id": webhook.id,
         "name": webhook.shown_name(),
@@ -143,7 +148,7 @@ def public_view(webhook: Webhook, *, with_secret: bool = False) -> dict[str, Any
         "disabled_reason": webhook.extra.get("disabled_reason"),
         "rate_limit": webhook.rate_limit,
         "standard_webhooks": webhook.standard_webhooks,
-        "previous_secret_expires_at": webhook.previous_secret_expires_at,
+        "previous_secret_expires_at": webhook.overlap_end(now or datetime.now(UTC)),
         "created_at": webhook.extra.get("created_at"),
         "updated_at": webhook.extra.get("updated_at"),
         "version": webhook_version(webhook),
@@ -486,7 +491,7 @@ class WebhookService:
                     standard=bool(body.get("standard_webhooks", False)),
                 )
             except InvalidSubscription as exc:
-                raise _conflict("secret", exc) from None
+                raise _refused("secret", exc) from None
             record["created_by"] = principal.name
             if change is not None:
                 change.record(record, None, now=self._now())
@@ -561,7 +566,7 @@ class WebhookService:
             try:
                 record = updated_record(current, changes, self._clock())
             except InvalidSubscription as exc:
-                raise _conflict("standard_webhooks", exc) from None
+                raise _refused("standard_webhooks", exc) from None
             principal.check_scope(record.get("site_id"), record.get("user_id"))
             self._note(change, record, current)
             webhook = _from_record(record, check_url=self._check_url if "url" in changes else None)
@@ -571,6 +576,10 @@ class WebhookService:
 
     def _now(self) -> float:
         return self._clock().timestamp()
+
+    def view(self, webhook: Webhook, *, with_secret: bool = False) -> dict[str, Any]:
+        """:func:`public_view` of ``webhook`` at this service's clock."""
+        return public_view(webhook, with_secret=with_secret, now=self._clock())
 
     def _note(self, change: KeyedChange | None, record: dict[str, Any], current: Webhook) -> None:
         """Record ``change``'s key in ``record`` (``current`` changed), or without a key drop
@@ -659,8 +668,8 @@ class WebhookService:
                     overlap=float(body.get("overlap_seconds", 0)),
                 )
             except InvalidSubscription as exc:
-                field = "overlap_seconds" if exc.reason == "overlap_running" else "secret"
-                raise _conflict(field, exc) from None
+                field = "overlap_seconds" if exc.reason.startswith("overlap_") else "secret"
+                raise _refused(field, exc) from None
             self._note(change, record, current)
             webhook = _from_record(record, check_url=None)
             await self._put(webhook)
@@ -713,8 +722,13 @@ def _taken() -> Problem:
     )
 
 
-def _conflict(field: str, exc: InvalidSubscription) -> Problem:
-    """``409`` for a change the webhook as it would be cannot take (``secret_not_whsec``)."""
+def _refused(field: str, exc: InvalidSubscription) -> Problem:
+    """The problem of a change :mod:`bridge.subscriptions.changes` refused: ``400`` naming
+    ``rate_limit`` for one below the lowest (the request schema refuses it first), else
+    ``409`` naming ``field``, for a change the webhook as it is, or would be, cannot take
+    (``secret_not_whsec``, ``overlap_running``, ``overlap_needs_standard_webhooks``)."""
+    if exc.reason == "rate_limit_too_low":
+        return Problem.invalid(FieldError("rate_limit", exc.reason, exc.detail))
     return Problem("conflict", exc.detail, errors=[FieldError(field, exc.reason, exc.detail)])
 
 

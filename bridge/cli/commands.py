@@ -30,6 +30,7 @@ from bridge.contract.events import Event, build_event
 from bridge.contract.payload import delivery_id
 from bridge.errors import BridgeError, ConfigError, InvalidRecord, TopicDrift
 from bridge.paths import path_segment
+from bridge.subscriptions.webhook import MIN_RATE_LIMIT
 from bridge.terminal import escaped, json_line, shown
 from bridge.worker.embedded import GROUP_TIMEOUTS, EmbeddedBroker, _port_open
 
@@ -233,6 +234,24 @@ def _recovery_rate(text: str) -> float:
     return rate
 
 
+def _rate_limit(text: str, *, none: bool = False) -> float:
+    """``--rate-limit`` of ``webhooks create`` (``update`` with ``none``: 0 removes it): a
+    number of deliveries per second from the lowest a webhook may have (until 2026-12-07 any
+    positive one was written, and the webhook's deliveries after its first dead-lettered)."""
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = math.nan
+    if none and rate == 0:
+        return rate
+    if not MIN_RATE_LIMIT <= rate < math.inf:  # (never for nan)
+        raise argparse.ArgumentTypeError(
+            f"must be a number of deliveries per second, at least {MIN_RATE_LIMIT}"
+            + (" (0: no limit)" if none else "")
+        )
+    return rate
+
+
 def _secret(text: str) -> str:
     """``--secret`` of ``receive``, ``webhooks create``, ``update`` and ``rotate-secret``:
     refused empty (until 2026-12-07 ``create`` and ``rotate-secret`` given ``--secret ""``, an
@@ -283,7 +302,11 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--secret", type=_secret, help="signing secret (default: 32 random bytes)")
     create.add_argument("--id", dest="webhook_id", help="webhook id (default: generated)")
     create.add_argument("--inactive", action="store_true", help="create it inactive")
-    create.add_argument("--rate-limit", type=float, help="at most this many deliveries per second")
+    create.add_argument(
+        "--rate-limit",
+        type=_rate_limit,
+        help=f"at most this many deliveries per second (at least {MIN_RATE_LIMIT})",
+    )
     create.add_argument(
         "--standard-webhooks",
         nargs="?",
@@ -305,7 +328,11 @@ def _parser() -> argparse.ArgumentParser:
     update.add_argument("--name")
     update.add_argument("--secret", type=_secret)
     update.add_argument("--active", type=parse_bool, help="true or false")
-    update.add_argument("--rate-limit", type=float, help="deliveries per second (0: no limit)")
+    update.add_argument(
+        "--rate-limit",
+        type=functools.partial(_rate_limit, none=True),
+        help=f"deliveries per second, at least {MIN_RATE_LIMIT} (0: no limit)",
+    )
     update.add_argument(
         "--standard-webhooks",
         nargs="?",
@@ -325,8 +352,9 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument(
         "--overlap",
         default="0s",
-        help="how long the previous secret stays valid too, e.g. 24h (Standard Webhooks "
-        "signatures carry both meanwhile)",
+        help="how long the previous secret stays valid too, e.g. 24h: Standard Webhooks "
+        "signatures carry both meanwhile (refused for a webhook without Standard Webhooks "
+        "headers, whose X-Webhook-Signature carries the new secret alone)",
     )
     _settings_flags(rotate, "webhooks rotate-secret")
     rotate.set_defaults(handler=_webhooks_rotate)
@@ -852,21 +880,15 @@ def _webhooks_rotate(args: argparse.Namespace) -> int:
     if args.secret is None:
         print(f"secret  {webhook.secret}")
     if webhook.previous_secret_expires_at:
-        # X-Webhook-Signature carries one signature: the new secret's, from now on.
+        # X-Webhook-Signature carries one signature: the new secret's, from now on. An overlap
+        # is taken of a Standard Webhooks webhook only (overlap_needs_standard_webhooks
+        # otherwise, as the API answers: until 2026-12-07 a webhook without those headers
+        # took one, which no delivery carried).
         print("X-Webhook-Signature is signed with the new secret from the next delivery on")
-        if webhook.standard_webhooks:
-            print(
-                "previous secret also signs the Standard Webhooks header (webhook-signature) "
-                f"until {webhook.previous_secret_expires_at}"
-            )
-        else:
-            # The overlap is kept, as the API keeps it, but no header carries it (until
-            # 2026-12-07 this said the previous secret signed a header the webhook never sends).
-            print(
-                "this webhook sends no Standard Webhooks header: no delivery is signed with the "
-                "previous secret (its overlap counts only if Standard Webhooks signing is "
-                f"turned on before {webhook.previous_secret_expires_at})"
-            )
+        print(
+            "previous secret also signs the Standard Webhooks header (webhook-signature) "
+            f"until {webhook.previous_secret_expires_at}"
+        )
     return 0
 
 
@@ -1279,6 +1301,8 @@ def _webhooks_delete(args: argparse.Namespace) -> int:
 
 
 def _webhooks_list(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
     from bridge.redaction import url_without_userinfo
     from bridge.subscriptions.store import WebhookStore
 
@@ -1289,8 +1313,14 @@ def _webhooks_list(args: argparse.Namespace) -> int:
             return await store.load(reveal=False)
 
     webhooks = _run_managed(args, load)
+    now = datetime.now(UTC)
     for webhook in sorted(webhooks.values(), key=lambda w: w.id):
         record = webhook.to_record()
+        if webhook.overlap_end(now) is None:
+            # An overlap that has ended, or that no header carries, is not shown (the next
+            # change drops it from the record), as the API shows none.
+            record.pop("previous_secret", None)
+            record.pop("previous_secret_expires_at", None)
         for field in ("secret", "previous_secret"):
             if record.get(field) is not None:
                 record[field] = "***"

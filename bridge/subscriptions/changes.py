@@ -3,8 +3,11 @@
 Pure: the clock's reading and the generated secrets come in as arguments or from
 :func:`new_secret`, nothing is written here, and only what a change itself may not do is
 checked (a Standard Webhooks webhook without a ``whsec_`` secret, a field longer than
-:data:`MAX_LENGTHS`). :class:`~bridge.subscriptions.store.WebhookStore` (the CLI, the workers)
-and :class:`~bridge.api.service.WebhookService` (the API) both build their records with these
+:data:`MAX_LENGTHS`, a ``rate_limit`` below :data:`MIN_RATE_LIMIT`, a rotation overlap no
+header would carry). Every change drops a previous secret that signs nothing any more
+(:func:`_drop_retired_secret`), so that no write carries a retired secret forward.
+:class:`~bridge.subscriptions.store.WebhookStore` (the CLI, the workers) and
+:class:`~bridge.api.service.WebhookService` (the API) both build their records with these
 functions, then validate them with :func:`~bridge.subscriptions.webhook.webhook_from_record`,
 so a webhook changed by either has the same defaults and fields.
 """
@@ -19,13 +22,15 @@ from typing import Any
 from bridge.contract import standard_webhooks
 from bridge.contract.events import format_timestamp, parse_time
 from bridge.errors import InvalidSubscription
-from bridge.subscriptions.webhook import Webhook
+from bridge.subscriptions.webhook import MIN_RATE_LIMIT, Webhook
 
 __all__ = [
     "SECRET_BYTES",
     "MAX_LENGTHS",
     "MAX_NAME",
     "MAX_OVERLAP_SECONDS",
+    "MIN_RATE_LIMIT",
+    "check_rate_limit",
     "default_name",
     "new_secret",
     "generated_secret",
@@ -72,6 +77,54 @@ def _standard_needs_whsec(record: Mapping[str, Any]) -> None:
             "Standard Webhooks signing needs a whsec_ secret: give one with the change, "
             "or rotate to one first",
         )
+
+
+def check_rate_limit(rate_limit: object) -> None:
+    """:class:`InvalidSubscription` (``rate_limit_too_low``) for a ``rate_limit`` a writer may
+    not set: a number below :data:`MIN_RATE_LIMIT` (``nan`` too). ``None`` (no limit) and what
+    is not a number pass: the schema judges those."""
+    if (
+        isinstance(rate_limit, int | float)
+        and not isinstance(rate_limit, bool)
+        and not rate_limit >= MIN_RATE_LIMIT
+    ):
+        raise InvalidSubscription(
+            "rate_limit_too_low",
+            f"rate_limit must be at least {MIN_RATE_LIMIT} (a delivery every "
+            f"{1 / MIN_RATE_LIMIT:g} s); remove it for no limit",
+        )
+
+
+def _overlap_running(record: Mapping[str, Any], now: datetime) -> bool:
+    """Whether ``record``'s previous secret is still valid at ``now``: there is one, with an
+    expiry that is a time after ``now`` (as :meth:`Webhook.signing_secrets` reads it)."""
+    expires = record.get("previous_secret_expires_at")
+    if not record.get("previous_secret") or not isinstance(expires, str):
+        return False
+    try:
+        return now < parse_time(expires)
+    except (ValueError, TypeError):
+        return False
+
+
+def _drop_retired_secret(record: dict[str, Any], now: datetime, *, turned_on: bool) -> None:
+    """Remove ``previous_secret`` and its expiry from ``record`` (a change being written at
+    ``now``) unless the previous secret still signs: the webhook sends Standard Webhooks
+    headers (``webhook-signature`` is the one header that carries more than one signature)
+    and the overlap runs; when ``turned_on`` (this change turns those headers on), only a
+    ``whsec_`` previous secret is kept, as a Standard Webhooks secret. Until 2026-12-07 every
+    write (an update, the bridge's disable, a rotation) wrote the retired secret again to the
+    compacted topic, and the API went on showing the end of an overlap long past; a webhook
+    given an overlap without those headers then turned on signed them with its non-``whsec_``
+    previous secret."""
+    if "previous_secret" not in record and "previous_secret_expires_at" not in record:
+        return
+    signs = record.get("standard_webhooks") is True and _overlap_running(record, now)
+    if signs and turned_on:
+        signs = str(record["previous_secret"]).startswith(standard_webhooks.SECRET_PREFIX)
+    if not signs:
+        record.pop("previous_secret", None)
+        record.pop("previous_secret_expires_at", None)
 
 
 def _bounded(record: Mapping[str, Any], fields: Iterable[str]) -> None:
@@ -139,6 +192,7 @@ def created_record(
         "updated_at": stamp,
     }
     if rate_limit is not None:
+        check_rate_limit(rate_limit)
         record["rate_limit"] = rate_limit
     if standard:
         record["standard_webhooks"] = True
@@ -150,10 +204,14 @@ def created_record(
 def updated_record(current: Webhook, changes: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     """``current``'s record with ``changes``: ``active`` (the owner turning it on or off)
     clears ``disabled_reason``, ``rate_limit: None`` removes the limit, a new ``url`` renames a
-    webhook named after its URL (:func:`default_name`) unless ``changes`` name it.
+    webhook named after its URL (:func:`default_name`) unless ``changes`` name it; a previous
+    secret that signs nothing any more is dropped (:func:`_drop_retired_secret`: turning
+    Standard Webhooks signing on drops one that is not ``whsec_``, turning it off drops any).
     :class:`InvalidSubscription` (``secret_not_whsec``) when Standard Webhooks signing is asked
     for without a ``whsec_`` secret, ``too_long`` for a field set longer than
-    :data:`MAX_LENGTHS` allows."""
+    :data:`MAX_LENGTHS` allows, ``rate_limit_too_low`` (:func:`check_rate_limit`)."""
+    if changes.get("rate_limit") is not None:
+        check_rate_limit(changes["rate_limit"])
     record = current.to_record()
     if "active" in changes:
         record.pop("disabled_reason", None)
@@ -169,6 +227,8 @@ def updated_record(current: Webhook, changes: Mapping[str, Any], now: datetime) 
         record["events"] = list(changes["events"])
     if "rate_limit" in changes and changes["rate_limit"] is None:
         record.pop("rate_limit", None)
+    turned_on = bool(record.get("standard_webhooks")) and not current.standard_webhooks
+    _drop_retired_secret(record, now, turned_on=turned_on)
     record["updated_at"] = _stamp_after(current, now)
     return record
 
@@ -180,14 +240,27 @@ def rotated_record(
     seconds, the previous secret stays valid that long. A webhook the bridge disabled stays
     so (``disabled_reason``) until its owner turns it on (``active``), as after any change.
     :class:`InvalidSubscription` (``secret_not_whsec``) for a Standard Webhooks webhook given
-    a secret that is not ``whsec_``; (``overlap_running``) for an overlap asked while the last
-    rotation's still runs: one previous secret is kept, and a second overlap would end the
-    first before the end its rotation gave (until 2026-12-06 it did). A rotation without an
-    overlap ends both at once (a secret that leaked)."""
+    a secret that is not ``whsec_``; (``overlap_needs_standard_webhooks``) for an overlap of a
+    webhook without Standard Webhooks headers, where no header would carry the previous
+    secret: ``X-Webhook-Signature`` holds one signature, the current secret's (until
+    2026-12-07 the overlap was taken, shown, and refused a second overlap as running);
+    (``overlap_running``) for an overlap asked while the last rotation's still runs: one
+    previous secret is kept, and a second overlap would end the first before the end its
+    rotation gave (until 2026-12-06 it did). A rotation without an overlap ends both at once
+    (a secret that leaked)."""
     if not 0 <= overlap <= MAX_OVERLAP_SECONDS:
         # (the API's schema says so too; until 2026-12-07 the CLI's 99999999d was a traceback)
         raise InvalidSubscription(
             "overlap_too_long", f"the overlap must be at most {MAX_OVERLAP_SECONDS // 86400} days"
+        )
+    if overlap > 0 and not current.standard_webhooks:
+        raise InvalidSubscription(
+            "overlap_needs_standard_webhooks",
+            "no header would carry the previous secret: X-Webhook-Signature holds one "
+            "signature, the new secret's from the next delivery on, and only the Standard "
+            "Webhooks header (webhook-signature) holds several. Rotate without an overlap and "
+            "have the receiver accept both secrets for a while, or turn standard_webhooks on "
+            "first",
         )
     if overlap > 0 and len(current.signing_secrets(now)) > 1:
         raise InvalidSubscription(
@@ -212,7 +285,9 @@ def rotated_record(
 
 
 def disabled_record(current: Webhook, reason: str, now: datetime) -> dict[str, Any]:
-    """``current``'s record turned off by the bridge, saying why (``disabled_reason``)."""
+    """``current``'s record turned off by the bridge, saying why (``disabled_reason``), without
+    a previous secret that signs nothing any more (:func:`_drop_retired_secret`)."""
     record = current.to_record()
     record.update(active=False, disabled_reason=reason, updated_at=_stamp_after(current, now))
+    _drop_retired_secret(record, now, turned_on=False)
     return record

@@ -17,6 +17,7 @@ from bridge.kafka.clients import client_kwargs, keyring, require_topics, started
 from bridge.kafka.reading import read_topic
 from bridge.subscriptions.changes import (
     SECRET_BYTES,
+    check_rate_limit,
     created_record,
     disabled_record,
     new_secret,
@@ -87,6 +88,8 @@ class WebhookStore:
         themselves (the API, with the deployment's policy)."""
         record = webhook.to_record()
         webhook_from_record(record)
+        # A Webhook built by a caller with a lower rate_limit (one read is at least the floor).
+        check_rate_limit(webhook.rate_limit)
         if self._keyring is not None:
             aad = webhook.id.encode("utf-8")
             record["secret"] = self._keyring.encrypt(webhook.secret, aad=aad)
@@ -101,7 +104,9 @@ class WebhookStore:
         self, webhook_id: str, *, secret: str | None = None, overlap: float = 0.0
     ) -> Webhook:
         """Give a webhook a new secret (32 random bytes unless given). With ``overlap`` seconds,
-        the previous secret stays valid that long: Standard Webhooks signatures carry both."""
+        the previous secret stays valid that long: Standard Webhooks signatures carry both.
+        :class:`InvalidSubscription` (``overlap_needs_standard_webhooks``) for an overlap of a
+        webhook without Standard Webhooks headers, which no header would carry."""
         current = (await self.load()).get(webhook_id)
         if current is None:
             raise InvalidSubscription("unknown_webhook", f"no webhook {webhook_id!r}")

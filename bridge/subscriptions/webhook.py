@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from functools import lru_cache
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 from bridge.contract import jsoncanon, standard_webhooks
 from bridge.contract.events import Event, parse_time
@@ -20,6 +20,8 @@ from bridge.subscriptions.secretbox import Keyring, is_encrypted
 __all__ = [
     "ALL_EVENTS",
     "TEST_EVENT",
+    "MIN_RATE_LIMIT",
+    "RaisedRate",
     "Webhook",
     "name_as_shown",
     "webhook_from_record",
@@ -38,6 +40,16 @@ ALL_EVENTS = "*"
 
 TEST_EVENT = "test.event"
 
+#: The lowest ``rate_limit`` (deliveries per second: one every 100 s), the slowest pace a
+#: recovery goes at too (:data:`bridge.admin.recovery.MIN_RATE`). A delivery over its webhook's
+#: rate is deferred, and a deferred delivery is tried again for about 11 hours
+#: (:data:`bridge.delivery.deliverer.MAX_DEFERRALS`): at 0.01 the next turn comes within that,
+#: at 1e-6 (one every 11.6 days) never, and at 5e-324 the wait was infinite. Writers refuse a
+#: lower one (until 2026-12-07 any positive one was taken, and every delivery after the first
+#: was dead-lettered ``attempts_exhausted``); one read in a record (an older writer's, another
+#: producer's) is read as this (:func:`parse_webhook`).
+MIN_RATE_LIMIT = 0.01
+
 
 @dataclass(frozen=True, slots=True)
 class Webhook:
@@ -55,7 +67,8 @@ class Webhook:
     #: The owning account; required for account scope, optional for site scope.
     user_id: str | None
     active: bool = True
-    #: Optional limit of deliveries per second to this webhook.
+    #: Optional limit of deliveries per second to this webhook: at least :data:`MIN_RATE_LIMIT`
+    #: (a record's lower one is read as that).
     rate_limit: float | None = None
     #: Also sign with Standard Webhooks headers (``webhook-id``, ``webhook-timestamp``,
     #: ``webhook-signature``), which carry a timestamp and so resist replays.
@@ -103,6 +116,16 @@ class Webhook:
             if overlapping:
                 secrets.append(self.previous_secret)
         return secrets
+
+    def overlap_end(self, now: datetime) -> str | None:
+        """``previous_secret_expires_at`` while the previous secret signs a header at ``now``
+        (a Standard Webhooks webhook's rotation overlap runs), else ``None``: what the API and
+        the CLI show. ``X-Webhook-Signature`` carries the current secret alone, so a webhook
+        without Standard Webhooks headers never has one (until 2026-12-07 the API showed the
+        end of an overlap no header carried, and of one that had ended)."""
+        if self.standard_webhooks and len(self.signing_secrets(now)) > 1:
+            return self.previous_secret_expires_at
+        return None
 
     @property
     def created_at(self) -> str | None:
@@ -260,6 +283,11 @@ def webhook_from_record(value: Any, keyring: Keyring | None = None) -> Webhook:
     return _webhook(value, keyring)
 
 
+#: Called with a webhook's id and the ``rate_limit`` its record gave when that was below
+#: :data:`MIN_RATE_LIMIT` (the webhook is read with that): see :func:`parse_webhook`.
+RaisedRate = Callable[[str, float], None]
+
+
 def _webhook(value: Any, keyring: Keyring | None, *, reveal: bool = True) -> Webhook:
     """The webhook of a decoded record value whose strings are all text; with ``reveal``
     false its secrets as stored (see :func:`parse_webhook`)."""
@@ -282,6 +310,11 @@ def _webhook(value: Any, keyring: Keyring | None, *, reveal: bool = True) -> Web
         raise InvalidSubscription(
             "schema_invalid", "rate_limit is an integer beyond +/-(2**53 - 1)"
         )
+    if rate_limit is not None and rate_limit < MIN_RATE_LIMIT:
+        # (the schema has it a positive number) Read as the lowest a writer takes: the
+        # webhook gets a delivery every 100 s at least, rather than its first delivery and
+        # none after, each dead-lettered (until 2026-12-07). A write of it writes that.
+        rate_limit = MIN_RATE_LIMIT
     aad = value["id"].encode("utf-8")
     secret = value["secret"]
     previous = value.get("previous_secret")
@@ -314,7 +347,7 @@ def _webhook(value: Any, keyring: Keyring | None, *, reveal: bool = True) -> Web
         site_id=value.get("site_id"),
         user_id=value.get("user_id"),
         active=value["active"],
-        rate_limit=value.get("rate_limit"),
+        rate_limit=rate_limit,
         standard_webhooks=bool(value.get("standard_webhooks", False)),
         previous_secret=previous if isinstance(previous, str) else None,
         previous_secret_expires_at=value.get("previous_secret_expires_at"),
@@ -368,13 +401,22 @@ def webhook_key(key: bytes | None) -> str | None:
 
 
 def parse_webhook(
-    key: bytes | None, raw: bytes | None, keyring: Keyring | None = None, *, reveal: bool = True
+    key: bytes | None,
+    raw: bytes | None,
+    keyring: Keyring | None = None,
+    *,
+    reveal: bool = True,
+    on_raised_rate: RaisedRate | None = None,
 ) -> Webhook | None:
     """Parse a subscriptions-topic record; ``None`` for a tombstone.
 
     With ``reveal`` false the secrets are left as stored (encrypted, with ``secret_keys``), not
     decrypted nor checked: a webhook to judge (which it is, what it receives), never to sign
     with, read by a process that need not hold the keys.
+
+    A ``rate_limit`` below :data:`MIN_RATE_LIMIT` (a record of a writer older than that
+    floor, or of another producer) is read as it, and ``on_raised_rate`` told (a worker counts
+    and logs it, once per record it reads).
 
     Raises :class:`InvalidSubscription`, with one of :data:`RECORD_PROBLEMS` as its reason, for
     any other record: no key (a compacted topic keeps no keyless record, and Apache Kafka refuses
@@ -397,6 +439,10 @@ def parse_webhook(
         raise InvalidSubscription(
             "key_mismatch", f"the record key {webhook_id[:200]!r} is not the webhook id"
         )
+    if on_raised_rate is not None and webhook.rate_limit == MIN_RATE_LIMIT:
+        written: float = cast(dict[str, Any], value)["rate_limit"]  # (the schema held)
+        if written < MIN_RATE_LIMIT:
+            on_raised_rate(webhook.id, written)
     return webhook
 
 

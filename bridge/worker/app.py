@@ -60,7 +60,7 @@ from bridge.subscriptions.freshness import TableFreshness
 from bridge.subscriptions.index import SubscriptionIndex
 from bridge.subscriptions.serial import KeyedLocks
 from bridge.subscriptions.store import WebhookStore
-from bridge.subscriptions.webhook import parse_webhook, webhook_key
+from bridge.subscriptions.webhook import MIN_RATE_LIMIT, parse_webhook, webhook_key
 from bridge.worker.delivery_log import (
     AssignmentTable,
     CountingAssignor,
@@ -731,7 +731,9 @@ class Bridge:
         message = event.message
         webhook_id = webhook_key(message.key)
         try:
-            webhook = parse_webhook(message.key, message.value, self.keyring)
+            webhook = parse_webhook(
+                message.key, message.value, self.keyring, on_raised_rate=self._raised_rate
+            )
         except InvalidSubscription as exc:
             # The newest record is the truth: a webhook whose record is broken gets nothing
             # rather than deliveries to a URL or with a secret that are no longer wanted.
@@ -758,6 +760,19 @@ class Bridge:
                     self.health.on_webhook_enabled(webhook.id, webhook.updated_at)
         finally:
             self.freshness.applied(message.partition, message.offset)
+
+    def _raised_rate(self, webhook_id: str, written: float) -> None:
+        """Count and log a subscription record whose ``rate_limit`` is below the lowest a
+        writer takes: read as that (:data:`~bridge.subscriptions.webhook.MIN_RATE_LIMIT`),
+        once per record read, rather than each of its deliveries deferred for ever."""
+        self.metrics.raised_rate_limits.inc()
+        log.warning(
+            "subscription record with rate_limit %s, below the lowest: read as %s (the next "
+            "change of the webhook writes that)",
+            written,
+            MIN_RATE_LIMIT,
+            extra={"webhook_id": webhook_id},
+        )
 
     async def on_status_event(self, event: Any) -> None:
         """Keep the endpoint statuses in step with the status table; a record that is not a

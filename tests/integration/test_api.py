@@ -85,6 +85,8 @@ async def _exercise(client: TestClient[Any, Any], cli: WebhookStore, settings: S
         "site_id": "site_1",
         "user_id": "user_1",
         "name": "From the API",
+        # Standard Webhooks headers: the one header that carries a rotation's previous secret.
+        "standard_webhooks": True,
     }
     response = await client.post("/v1/webhooks", json=body, headers=HEADERS)
     assert response.status == 201, await response.text()

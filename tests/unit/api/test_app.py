@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -81,7 +82,11 @@ async def test_a_standard_webhooks_secret_is_generated_when_asked(api: Api) -> N
         ({"url": "https://e.com/h", "events": ["*"], "site_id": "s", "colour": "red"},
          [("colour", "unknown_field")]),
         ({"url": "https://e.com/h", "events": ["*"], "site_id": "s", "rate_limit": 0},
-         [("rate_limit", "exclusiveMinimum")]),
+         [("rate_limit", "minimum")]),
+        ({"url": "https://e.com/h", "events": ["*"], "site_id": "s", "rate_limit": 1e-6},
+         [("rate_limit", "minimum")]),
+        ({"url": "https://e.com/h", "events": ["*"], "site_id": "s", "rate_limit": 1e-320},
+         [("rate_limit", "minimum")]),
         ({"url": "https://e.com/h", "events": ["*"], "site_id": "s", "id": ""},
          [("id", "minLength"), ("id", "pattern")]),
         ({"url": "https://e.com/h", "events": ["*"], "site_id": "s", "standard_webhooks": True,
@@ -272,14 +277,14 @@ async def test_delete_with_and_without_if_match(api: Api) -> None:
 
 
 async def test_rotate_secret_with_an_overlap(api: Api) -> None:
-    created = await api.create()
+    created = await api.create(standard_webhooks=True)
     path = f"/v1/webhooks/{created['id']}/rotate-secret"
     response = await api.client.post(
         path, json={"overlap_seconds": 3600}, headers={**auth(), "If-Match": response_tag(created)}
     )
     assert response.status == 200 and response.headers["Cache-Control"] == "no-store"
     rotated = await response.json()
-    assert rotated["secret"] != created["secret"] and len(rotated["secret"]) == 64
+    assert rotated["secret"] != created["secret"] and rotated["secret"].startswith("whsec_")
     assert rotated["version"] != created["version"]
     stored = await api.repository.get(created["id"])
     assert stored is not None and stored.previous_secret == created["secret"]
@@ -301,8 +306,8 @@ async def test_rotate_secret_with_an_overlap(api: Api) -> None:
     assert bare.status == 200
     final = await bare.json()
     assert final["previous_secret_expires_at"] is None
-    chosen = await api.client.post(path, json={"secret": "chosen-secret-1"}, headers=auth())
-    assert (await chosen.json())["secret"] == "chosen-secret-1"
+    chosen = await api.client.post(path, json={"secret": WHSEC}, headers=auth())
+    assert (await chosen.json())["secret"] == WHSEC
     for body, expected in [
         ({"overlap_seconds": -1}, [("overlap_seconds", "minimum")]),
         ({"overlap_seconds": 10**9}, [("overlap_seconds", "maximum")]),
@@ -315,6 +320,133 @@ async def test_rotate_secret_with_an_overlap(api: Api) -> None:
 
 def response_tag(webhook: dict[str, Any]) -> str:
     return f'"{webhook["version"]}"'
+
+
+WHSEC = "whsec_" + base64.b64encode(b"c" * 32).decode()
+PREVIOUS_WHSEC = "whsec_" + base64.b64encode(b"p" * 32).decode()
+
+
+async def test_an_overlap_of_a_webhook_without_standard_headers_is_refused(api: Api) -> None:
+    """X-Webhook-Signature carries one signature, the current secret's: only the Standard
+    Webhooks header carries the previous secret too. Until 2026-12-07 the overlap was taken
+    (200, its end shown), carried by no delivery, and a second one refused as running."""
+    created = await api.create()
+    path = f"/v1/webhooks/{created['id']}/rotate-secret"
+    for overlap in (3600, 0.5):
+        refused = await problem(
+            await api.client.post(path, json={"overlap_seconds": overlap}, headers=auth()), 409
+        )
+        assert fields(refused) == [("overlap_seconds", "overlap_needs_standard_webhooks")]
+        assert "X-Webhook-Signature holds one signature" in refused["detail"]
+    kept = await api.repository.get(created["id"])
+    assert kept is not None and kept.secret == created["secret"]
+    assert webhook_version(kept) == created["version"]
+    # Without an overlap (0 too) it rotates.
+    for body in ({"overlap_seconds": 0}, {}):
+        rotated = await api.client.post(path, json=body, headers=auth())
+        assert rotated.status == 200
+        assert (await rotated.json())["previous_secret_expires_at"] is None
+
+
+@pytest.mark.parametrize("rate", [1e-6, 1e-320, 0.0099, 0])
+async def test_a_rate_limit_below_the_lowest_is_refused_by_a_change(api: Api, rate: float) -> None:
+    """At most one delivery every 100 s, the slowest a deferred delivery waits for within its
+    deferrals: until 2026-12-07 a lower one was taken, and every delivery after the first was
+    dead-lettered (at 1e-320 its wait was infinite)."""
+    created = await api.create(rate_limit=5)
+    path = f"/v1/webhooks/{created['id']}"
+    refused = await problem(
+        await api.client.patch(path, json={"rate_limit": rate}, headers=auth()), 400
+    )
+    assert fields(refused) == [("rate_limit", "minimum")]
+    assert refused["errors"][0]["detail"] == "less than 0.01"
+    at_floor = await api.client.patch(path, json={"rate_limit": 0.01}, headers=auth())
+    assert at_floor.status == 200 and (await at_floor.json())["rate_limit"] == 0.01
+    removed = await api.client.patch(path, json={"rate_limit": None}, headers=auth())
+    assert (await removed.json())["rate_limit"] is None
+
+
+async def test_a_record_below_the_lowest_rate_limit_is_shown_and_written_at_it(api: Api) -> None:
+    """A record of an older writer, or of another producer: read as 0.01, and the next change
+    writes that."""
+    from bridge.subscriptions.webhook import webhook_from_record
+
+    created = await api.create()
+    stored = await api.repository.get(created["id"])
+    assert stored is not None
+    await api.repository.put(webhook_from_record({**stored.to_record(), "rate_limit": 1e-320}))
+    got = await (await api.client.get(f"/v1/webhooks/{created['id']}", headers=auth())).json()
+    assert got["rate_limit"] == 0.01
+    renamed = await api.client.patch(
+        f"/v1/webhooks/{created['id']}", json={"name": "renamed"}, headers=auth()
+    )
+    assert renamed.status == 200
+    written = await api.repository.get(created["id"])
+    assert written is not None and written.to_record()["rate_limit"] == 0.01
+
+
+async def test_an_ended_overlap_is_not_shown_and_the_next_change_drops_it(api: Api) -> None:
+    """Until 2026-12-07 the retired secret stayed in the record, written again by every later
+    change, and answers showed the end of the overlap long past."""
+    created = await api.create(standard_webhooks=True)
+    path = f"/v1/webhooks/{created['id']}"
+    rotated = await (
+        await api.client.post(path + "/rotate-secret", json={"overlap_seconds": 60}, headers=auth())
+    ).json()
+    shown = await (await api.client.get(path, headers=auth())).json()
+    assert shown["previous_secret_expires_at"] == rotated["previous_secret_expires_at"]
+    api.clock.now += timedelta(seconds=61)
+    ended = await api.client.get(path, headers=auth())
+    assert (await ended.json())["previous_secret_expires_at"] is None
+    listed = await (await api.client.get("/v1/webhooks", headers=auth())).json()
+    assert [w["previous_secret_expires_at"] for w in listed["items"]] == [None]
+    before = await api.repository.get(created["id"])
+    assert before is not None and before.previous_secret == created["secret"]  # until a change
+    renamed = await api.client.patch(path, json={"name": "renamed"}, headers=auth())
+    assert (await renamed.json())["previous_secret_expires_at"] is None
+    after = await api.repository.get(created["id"])
+    assert after is not None and after.previous_secret is None
+    assert "previous_secret" not in after.to_record()
+    assert "previous_secret_expires_at" not in after.to_record()
+    # A new overlap may begin: the last one ended.
+    again = await api.client.post(
+        path + "/rotate-secret", json={"overlap_seconds": 60}, headers=auth()
+    )
+    assert again.status == 200
+
+
+@pytest.mark.parametrize(("previous", "kept"), [("p" * 32, False), (PREVIOUS_WHSEC, True)])
+async def test_turning_standard_signing_on_keeps_only_a_whsec_previous_secret(
+    api: Api, previous: str, kept: bool
+) -> None:
+    """A webhook an older version gave an overlap without Standard Webhooks headers (its
+    previous secret hex, as generated for such a webhook): turned on, its Standard header was
+    signed with that previous secret too (until 2026-12-07), which Standard Webhooks signing
+    never uses. Dropped; a whsec_ one is a Standard Webhooks secret, and signs on."""
+    from bridge.contract.events import format_timestamp
+    from bridge.subscriptions.webhook import webhook_from_record
+
+    created = await api.create(secret=WHSEC)
+    path = f"/v1/webhooks/{created['id']}"
+    stored = await api.repository.get(created["id"])
+    assert stored is not None
+    ends = format_timestamp(api.clock.now + timedelta(hours=1))
+    older = {**stored.to_record(), "previous_secret": previous, "previous_secret_expires_at": ends}
+    await api.repository.put(webhook_from_record(older))
+    shown = await (await api.client.get(path, headers=auth())).json()
+    assert shown["previous_secret_expires_at"] is None  # no header carries it
+    turned_on = await api.client.patch(path, json={"standard_webhooks": True}, headers=auth())
+    assert turned_on.status == 200, await turned_on.text()
+    assert (await turned_on.json())["previous_secret_expires_at"] == (ends if kept else None)
+    now_stored = await api.repository.get(created["id"])
+    assert now_stored is not None
+    assert now_stored.signing_secrets(api.clock.now) == ([WHSEC, previous] if kept else [WHSEC])
+    assert ("previous_secret" in now_stored.to_record()) == kept
+    # Turned off, no header carries the previous secret: the overlap ends.
+    turned_off = await api.client.patch(path, json={"standard_webhooks": False}, headers=auth())
+    assert (await turned_off.json())["previous_secret_expires_at"] is None
+    off = await api.repository.get(created["id"])
+    assert off is not None and off.previous_secret is None
 
 
 async def test_send_a_test_event(api: Api) -> None:

@@ -248,7 +248,7 @@ async def test_keys_in_a_record_someone_else_wrote_are_read_with_care(api: Api, 
 
 
 async def test_a_rotation_sent_again_answers_the_secret_it_made_not_a_second_one(api: Api) -> None:
-    await api.create(id="wh_1", **BODY)
+    await api.create(id="wh_1", **BODY, standard_webhooks=True)  # (an overlap needs it)
     sent = {"json": {"overlap_seconds": 3600}, "headers": keyed("rot-1")}
     status, headers, first = await answer(
         await api.client.post("/v1/webhooks/wh_1/rotate-secret", **sent)
@@ -401,7 +401,9 @@ class KeyedChanges(RuleBasedStateMachine):
 
     @initialize()
     def create(self) -> None:
-        status, _, body = self.call("POST", "/v1/webhooks", {"id": "wh_1", **BODY}, auth())
+        # Standard Webhooks headers: the one header that carries a rotation's previous secret.
+        created = {"id": "wh_1", **BODY, "standard_webhooks": True}
+        status, _, body = self.call("POST", "/v1/webhooks", created, auth())
         assert status == 201
         self.last_version = body["version"]
 

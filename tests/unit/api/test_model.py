@@ -434,6 +434,14 @@ class WebhookApiModel(RuleBasedStateMachine):
         assert "errors" not in answer.body
         return False
 
+    def shown(self, model: Model) -> dict[str, Any]:
+        """``model``'s view as the API shows it now: without the end of an overlap that has
+        passed (the record keeps it until the webhook's next change, which drops it)."""
+        ends = model.view["previous_secret_expires_at"]
+        if ends is not None and self.clock.now >= parse_time(ends):
+            return {**model.view, "previous_secret_expires_at": None}
+        return model.view
+
     def accept_write(self, webhook_id: str, answer: Answer, old: Model) -> dict[str, Any]:
         """Checks of a changed webhook's answer: its ETag, a version it never had, its
         creation time kept and its update time later."""
@@ -521,7 +529,7 @@ class WebhookApiModel(RuleBasedStateMachine):
                 assert answer.headers.get("Cache-Control") == "no-store"
             else:
                 assert shown is None, "a repeat showed the secret to another token, or late"
-            assert answer.body == existing.view
+            assert answer.body == self.shown(existing)
             assert answer.headers["ETag"] == f'"{existing.view["version"]}"'
             return
         assert answer.status == 201, answer.text
@@ -566,7 +574,7 @@ class WebhookApiModel(RuleBasedStateMachine):
             return
         assert answer.status == 200, answer.text
         self.no_secret_in(answer)
-        assert answer.body == model.view
+        assert answer.body == self.shown(model)
         assert answer.headers["ETag"] == f'"{model.view["version"]}"'
 
     @rule(token=tokens, changes=update_bodies, choice=st.sampled_from(IF_MATCH), data=st.data())
@@ -637,7 +645,11 @@ class WebhookApiModel(RuleBasedStateMachine):
                 expected["state"] = "disabled"
         for name, value in expected.items():
             assert view[name] == value, (name, view)
-        assert view["previous_secret_expires_at"] == model.view["previous_secret_expires_at"]
+        # An overlap runs on while the webhook signs with Standard Webhooks headers, the one
+        # header that carries the previous secret; its end is shown until it passes.
+        running = self.shown(model)["previous_secret_expires_at"]
+        expected_end = running if fields["standard_webhooks"] else None
+        assert view["previous_secret_expires_at"] == expected_end
         model.view = view
         return True
 
@@ -690,8 +702,15 @@ class WebhookApiModel(RuleBasedStateMachine):
         model = self.change_allowed(token, webhook_id, headers, answer)
         if model is None:
             return
-        running = model.view["previous_secret_expires_at"]
-        if overlap and running is not None and self.clock.now < parse_time(running):
+        if overlap and not model.view["standard_webhooks"]:
+            # X-Webhook-Signature carries the current secret alone: no header would carry
+            # the previous one.
+            assert answer.status == 409, answer.text
+            assert [e["field"] for e in answer.body["errors"]] == ["overlap_seconds"]
+            assert answer.body["errors"][0]["reason"] == "overlap_needs_standard_webhooks"
+            return
+        running = self.shown(model)["previous_secret_expires_at"]
+        if overlap and running is not None:
             # One previous secret is kept: a second overlap would cut the first one short.
             assert answer.status == 409, answer.text
             assert [e["field"] for e in answer.body["errors"]] == ["overlap_seconds"]
@@ -788,7 +807,12 @@ class WebhookApiModel(RuleBasedStateMachine):
         model = self.webhooks[webhook_id]
         answer = self.request("GET", self.path(webhook_id), ADMIN)
         view = self.accept_write(webhook_id, answer, model)
-        expected = {**model.view, "active": False, "state": "disabled", "disabled_reason": reason}
+        expected = {
+            **self.shown(model),
+            "active": False,
+            "state": "disabled",
+            "disabled_reason": reason,
+        }
         for name, value in expected.items():
             if name not in ("version", "updated_at"):
                 assert view[name] == value, name
@@ -826,7 +850,7 @@ class WebhookApiModel(RuleBasedStateMachine):
         else:
             raise AssertionError("the listing does not end")
         expected = [
-            self.webhooks[i].view
+            self.shown(self.webhooks[i])
             for i in sorted(self.webhooks)
             if matches(self.webhooks[i].view, where)
             and token.allows(self.webhooks[i].view["site_id"], self.webhooks[i].view["user_id"])
@@ -864,7 +888,7 @@ class WebhookApiModel(RuleBasedStateMachine):
         items = answer.body["items"]
         assert len(items) <= walk["limit"]
         for item in items:  # each as it is now, visible and selected now
-            assert item == self.webhooks[item["id"]].view
+            assert item == self.shown(self.webhooks[item["id"]])
             assert matches(item, where) and token.allows(item["site_id"], item["user_id"])
         walk["seen"] += [item["id"] for item in items]
         walk["cursor"] = answer.body["next_cursor"]
@@ -917,12 +941,12 @@ class WebhookApiModel(RuleBasedStateMachine):
                 continue
             assert answer.status == 200, answer.text
             self.no_secret_in(answer)
-            assert answer.body == model.view
+            assert answer.body == self.shown(model)
             assert answer.headers["ETag"] == f'"{model.view["version"]}"'
         answer = self.request("GET", "/v1/webhooks?limit=200", READER)
         self.no_secret_in(answer)
         assert answer.body == {
-            "items": [self.webhooks[i].view for i in sorted(self.webhooks)],
+            "items": [self.shown(self.webhooks[i]) for i in sorted(self.webhooks)],
             "next_cursor": None,
         }
 

@@ -13,6 +13,7 @@ from openapi_spec_validator import validate
 from bridge.api.app import create_app
 from bridge.api.auth import TokenSet
 from bridge.api.openapi import (
+    MIN_RECOVERY_RATE,
     openapi_document,
     request_schema,
     request_validator,
@@ -21,7 +22,7 @@ from bridge.api.openapi import (
 from bridge.api.repository import MemoryRepository
 from bridge.api.service import WebhookService, body_errors
 from bridge.contract.resources import load_json
-from bridge.subscriptions.changes import MAX_LENGTHS
+from bridge.subscriptions.changes import MAX_LENGTHS, MIN_RATE_LIMIT
 from tests.unit.api.conftest import Api, auth, control_service
 
 
@@ -85,8 +86,16 @@ def test_request_fields_are_the_subscription_schemas_fields() -> None:
                 bounded["maxLength"] = MAX_LENGTHS[name]
             if name == "events":  # unique members of the enum: no more than it has
                 bounded["maxItems"] = len(bounded["items"]["enum"])
+            if name == "rate_limit":  # a change sets the lowest at least (one read is raised)
+                del bounded["exclusiveMinimum"]
+                bounded["minimum"] = MIN_RATE_LIMIT
+                bounded["description"] = schema["description"]
             assert schema == bounded, name
     assert create["properties"]["secret"]["maxLength"] == MAX_LENGTHS["secret"]
+    for request in (create, request_schema("WebhookUpdate")):
+        rate = request["properties"]["rate_limit"]
+        assert rate["minimum"] == MIN_RATE_LIMIT == MIN_RECOVERY_RATE == 0.01
+        assert "exclusiveMinimum" not in rate
     assert create["anyOf"] == webhook["anyOf"]
     assert create["additionalProperties"] is False
     update = request_schema("WebhookUpdate")

@@ -7,6 +7,7 @@ with another message.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import io
 import json
@@ -1201,34 +1202,125 @@ def test_receive_on_a_port_in_use_is_one_line(capsys: pytest.CaptureFixture[str]
     assert line.startswith(f"webhook-bridge: cannot listen on 127.0.0.1:{port}: ")
 
 
-def test_rotate_secret_with_an_overlap_of_a_webhook_without_standard_headers_says_so(
+def capturing_store(monkeypatch: pytest.MonkeyPatch, *webhooks: Webhook) -> list[Any]:
+    """Management commands open the real ``WebhookStore`` over ``webhooks``, whose records are
+    captured here (the list returned) instead of being sent: no broker asked."""
+    from bridge.subscriptions import store
+
+    sent: list[Any] = []
+
+    class Capturing(store.WebhookStore):
+        async def __aenter__(self) -> Capturing:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            pass
+
+        async def load(self, *, reveal: bool = True) -> dict[str, Webhook]:
+            return {webhook.id: webhook for webhook in webhooks}
+
+        async def _send(self, webhook_id: str, value: bytes | None) -> None:
+            sent.append((webhook_id, None if value is None else json.loads(value)))
+
+    monkeypatch.setattr(store, "WebhookStore", Capturing)
+    return sent
+
+
+def test_rotate_secret_refuses_an_overlap_of_a_webhook_without_standard_headers(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Until 2026-12-07 it said the previous secret "also signs the Standard Webhooks header"
-    of a webhook that sends none: no delivery carries the previous secret. The overlap is
-    taken, as the API takes it."""
-    rotated = a_webhook(
-        "wh_r",
-        previous_secret="o" * 32,
-        previous_secret_expires_at="2026-12-07T18:00:00.000Z",
+    """``X-Webhook-Signature`` carries the current secret alone, so no delivery of a webhook
+    without Standard Webhooks headers would carry the previous one: refused, as the API
+    refuses it (409 overlap_needs_standard_webhooks). Until 2026-12-07 the overlap was written,
+    the command said no delivery carried it, and a later overlap was refused as running."""
+    sent = capturing_store(monkeypatch, a_webhook("wh_r", secret="o" * 32))
+    code, line = exit_and_error(
+        capsys, "webhooks", "rotate-secret", "wh_r", "--overlap", "24h", *BROKER
     )
-    asked: list[float] = []
-
-    async def rotate_secret(webhook_id: str, **kw: Any) -> Webhook:
-        asked.append(kw["overlap"])
-        return rotated
-
-    use_store(monkeypatch, rotate_secret=rotate_secret)
-    assert cli.main(["webhooks", "rotate-secret", "wh_r", "--overlap", "24h", *BROKER]) == 0
+    assert code == 1 and sent == []
+    assert line.startswith("webhook-bridge: overlap_needs_standard_webhooks: no header would ")
+    assert "X-Webhook-Signature holds one signature" in line
+    # Without an overlap it rotates, and says nothing of a previous secret.
+    assert cli.main(["webhooks", "rotate-secret", "wh_r", *BROKER]) == 0
     out = capsys.readouterr().out
-    assert asked == [86400.0]
-    assert "Standard Webhooks header (webhook-signature)" not in out
+    [(_, written)] = sent
+    assert "previous_secret" not in written and f"secret  {written['secret']}" in out
+    assert "previous" not in out and "o" * 32 not in out
+
+
+def test_rotate_secret_with_an_overlap_of_a_standard_webhook_says_until_when(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = "whsec_" + base64.b64encode(b"o" * 32).decode()
+    sent = capturing_store(monkeypatch, a_webhook("wh_s", secret=old, standard_webhooks=True))
+    assert cli.main(["webhooks", "rotate-secret", "wh_s", "--overlap", "24h", *BROKER]) == 0
+    out = capsys.readouterr().out
+    [(_, written)] = sent
+    assert written["previous_secret"] == old and written["secret"].startswith("whsec_")
     assert out.splitlines()[-1] == (
-        "this webhook sends no Standard Webhooks header: no delivery is signed with the previous "
-        "secret (its overlap counts only if Standard Webhooks signing is turned on before "
-        "2026-12-07T18:00:00.000Z)"
+        "previous secret also signs the Standard Webhooks header (webhook-signature) until "
+        f"{written['previous_secret_expires_at']}"
     )
-    assert "o" * 32 not in out
+    assert old not in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["create", "--url", "https://e.example/h", "--events", "*", "--site-id", "s",
+          "--rate-limit", "1e-6"], "at least 0.01"),
+        (["create", "--url", "https://e.example/h", "--events", "*", "--site-id", "s",
+          "--rate-limit", "0"], "at least 0.01"),
+        (["create", "--url", "https://e.example/h", "--events", "*", "--site-id", "s",
+          "--rate-limit", "nan"], "at least 0.01"),
+        (["update", "wh", "--rate-limit", "1e-320"], "at least 0.01 (0: no limit)"),
+        (["update", "wh", "--rate-limit", "inf"], "at least 0.01 (0: no limit)"),
+    ],
+)  # fmt: skip
+def test_a_rate_limit_below_the_lowest_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    said: str,
+) -> None:
+    """Until 2026-12-07 any positive rate was written, and the webhook's deliveries after its
+    first were deferred until dead-lettered (at 1e-320 the wait was infinite)."""
+    sent = capturing_store(monkeypatch, a_webhook("wh"))
+    code, line = exit_and_error(capsys, "webhooks", *argv, *BROKER)
+    assert code == 2 and said in line and "--rate-limit" in line
+    assert sent == []
+
+
+def test_a_rate_limit_at_the_lowest_is_written_and_0_removes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sent = capturing_store(monkeypatch, a_webhook("wh", rate_limit=5.0))
+    assert cli.main(["webhooks", "update", "wh", "--rate-limit", "0.01", *BROKER]) == 0
+    assert cli.main(["webhooks", "update", "wh", "--rate-limit", "0", *BROKER]) == 0
+    assert [written.get("rate_limit") for _, written in sent] == [0.01, None]
+
+
+def test_list_shows_no_overlap_that_has_ended_or_that_no_header_carries(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As the API: until 2026-12-07 an overlap's end was listed long after it had passed."""
+    later = "2999-01-01T00:00:00.000Z"
+    previous = "whsec_" + base64.b64encode(b"p" * 32).decode()
+    use_webhooks(
+        monkeypatch,
+        a_webhook("ended", standard_webhooks=True, previous_secret=previous,
+                  previous_secret_expires_at="2026-01-01T00:00:00.000Z"),
+        a_webhook("plain", previous_secret="p" * 32, previous_secret_expires_at=later),
+        a_webhook("running", standard_webhooks=True, previous_secret=previous,
+                  previous_secret_expires_at=later),
+    )  # fmt: skip
+    assert cli.main(["webhooks", "list", "--json", *BROKER]) == 0
+    listed = {w["id"]: w for w in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert "previous_secret_expires_at" not in listed["ended"]
+    assert "previous_secret" not in listed["ended"]
+    assert "previous_secret_expires_at" not in listed["plain"]
+    assert listed["running"]["previous_secret_expires_at"] == later
+    assert listed["running"]["previous_secret"] == "***"
 
 
 def test_run_checks_every_address_of_an_empty_web_host() -> None:

@@ -333,11 +333,16 @@ def test_updated_record_enables_clears_the_reason_and_removes_a_null_rate_limit(
     assert caught.value.reason == "secret_not_whsec"
 
 
+#: Standard Webhooks secrets (an overlap is taken of such a webhook only).
+WHSEC = "whsec_" + base64.b64encode(b"k" * 32).decode()
+WHSEC_NEW = "whsec_" + base64.b64encode(b"n" * 32).decode()
+
+
 @pytest.mark.parametrize("overlap", [changes.MAX_OVERLAP_SECONDS + 1, 99999999 * 86400.0, -1.0])
 def test_rotated_record_refuses_an_overlap_past_thirty_days(overlap: float) -> None:
     """As the API's schema does; ``rotate-secret --overlap 99999999d`` was a traceback until
     2026-12-07."""
-    current = webhook_from_record(record())
+    current = webhook_from_record(record(standard_webhooks=True, secret=WHSEC))
     with pytest.raises(InvalidSubscription) as caught:
         changes.rotated_record(current, now=NOW, overlap=overlap)
     assert caught.value.reason == "overlap_too_long"
@@ -346,14 +351,51 @@ def test_rotated_record_refuses_an_overlap_past_thirty_days(overlap: float) -> N
 
 
 def test_rotated_record_keeps_the_previous_secret_only_with_an_overlap() -> None:
-    current = webhook_from_record(record(disabled_reason="failing"))
-    overlapping = changes.rotated_record(current, now=NOW, secret="new-secret-1", overlap=60)
-    assert overlapping["previous_secret"] == SECRET
+    current = webhook_from_record(
+        record(disabled_reason="failing", standard_webhooks=True, secret=WHSEC)
+    )
+    overlapping = changes.rotated_record(current, now=NOW, secret=WHSEC_NEW, overlap=60)
+    assert overlapping["previous_secret"] == WHSEC
     assert overlapping["previous_secret_expires_at"] == "2026-01-15T10:31:00.000Z"
     # Disabled by the bridge it stays, until its owner turns it on.
     assert overlapping["disabled_reason"] == "failing"
     again = changes.rotated_record(webhook_from_record(overlapping), now=NOW)
-    assert "previous_secret" not in again and again["secret"] not in ("new-secret-1", SECRET)
+    assert "previous_secret" not in again and again["secret"] not in (WHSEC_NEW, WHSEC)
+
+
+async def test_the_store_writes_no_rate_limit_below_the_lowest() -> None:
+    """Its create, its update, and a Webhook a caller built and handed to put or write: until
+    2026-12-07 each wrote any positive rate, and the webhook's deliveries after its first were
+    dead-lettered."""
+    store = CapturingStore({"hook": webhook_from_record(record())})
+    attempts: list[Callable[[], Awaitable[object]]] = [
+        lambda: store.create(url="https://hooks.example/h", events=["*"], site_id="s",
+                             rate_limit=1e-6),
+        lambda: store.update("hook", rate_limit=1e-320),
+        lambda: store.put(Webhook(**{**vars_of(store.stored["hook"]), "rate_limit": 1e-6})),
+        lambda: store.write(Webhook(**{**vars_of(store.stored["hook"]), "rate_limit": 0.001})),
+    ]  # fmt: skip
+    for attempt in attempts:
+        with pytest.raises(InvalidSubscription) as caught:
+            await attempt()
+        assert caught.value.reason == "rate_limit_too_low"
+    assert store.sent == []
+    await store.update("hook", rate_limit=changes.MIN_RATE_LIMIT)
+    [(_, value)] = store.sent
+    assert value is not None and json.loads(value)["rate_limit"] == 0.01
+
+
+def vars_of(webhook: Webhook) -> dict[str, Any]:
+    return {name: getattr(webhook, name) for name in Webhook.__dataclass_fields__}
+
+
+async def test_the_store_refuses_an_overlap_no_header_would_carry() -> None:
+    store = CapturingStore({"hook": webhook_from_record(record())})
+    with pytest.raises(InvalidSubscription) as caught:
+        await store.rotate_secret("hook", overlap=60)
+    assert caught.value.reason == "overlap_needs_standard_webhooks" and store.sent == []
+    rotated = await store.rotate_secret("hook")
+    assert rotated.previous_secret is None and len(store.sent) == 1
 
 
 async def test_the_store_and_the_api_build_the_same_records() -> None:

@@ -135,6 +135,35 @@ def test_a_record_with_a_64_bit_id_of_its_producer_s_is_matched(bridge: Bridge) 
     assert b'"crm_id":1234567890123456789' in webhook.to_bytes()
 
 
+def test_a_record_below_the_lowest_rate_limit_is_matched_at_it_counted_and_logged_once(
+    bridge: Bridge, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An older writer's record, or another producer's: until 2026-12-07 its webhook got its
+    first delivery and every later one was deferred until dead-lettered (at 1e-320 its wait
+    was infinite), nothing said. Matched at 0.01 a second, counted and logged once per record
+    read (not per delivery); one at or above it is neither."""
+    feed = Feed(bridge)
+    name = "webhook_bridge_subscription_rate_limits_raised_total"
+    assert bridge.registry.get_sample_value(name) == 0
+    with caplog.at_level(logging.WARNING, logger=app_module.__name__):
+        feed.subscription(b"hook", encode(record(rate_limit=1e-320)))
+        feed.subscription(b"fine", encode(record(id="fine", rate_limit=0.01)))
+    webhook = bridge.index.get("hook")
+    assert webhook is not None and webhook.rate_limit == 0.01
+    assert bridge.registry.get_sample_value(name) == 1
+    assert sum(invalid(bridge, r) for r in INVALID_RECORD_REASONS) == 0
+    (logged,) = [r for r in caplog.records if "rate_limit" in r.getMessage()]
+    assert logged.getMessage() == (
+        "subscription record with rate_limit 1e-320, below the lowest: read as 0.01 (the next "
+        "change of the webhook writes that)"
+    )
+    assert logged.webhook_id == "hook"  # type: ignore[attr-defined]
+    assert SECRET not in JsonFormatter().format(logged)
+    # Each record read once: a later one of the webhook below it counts again.
+    feed.subscription(b"hook", encode(record(rate_limit=0.001)))
+    assert bridge.registry.get_sample_value(name) == 2
+
+
 def test_a_broken_newest_record_makes_its_webhook_absent(bridge: Bridge) -> None:
     feed = Feed(bridge)
     feed.subscription(b"hook", encode(record()))
