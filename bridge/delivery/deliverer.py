@@ -434,30 +434,18 @@ class Deliverer:
                 history,
             )
             return
+        # The webhook (its versions) and the attempt's start the health decisions are made for.
+        made_for = (job.webhook.created_at, job.webhook.updated_at, job.made_at)
         began = _began(result, now)
         if counts and result.status == 410:
-            gone = self._health.on_gone(
-                webhook_id,
-                now,
-                job.webhook.created_at,
-                job.webhook.updated_at,
-                job.made_at,
-                began=began,
-            )
+            gone = self._health.on_gone(webhook_id, now, *made_for, began=began)
             if gone is not None:
                 await self._disable(job, gone, "gone")
             await self._record_attempt(job, result, "disabled")
             await self._dead_letter(job, "endpoint_gone", "the endpoint answered 410 Gone", history)
             return
         if counts:
-            change = self._health.on_failure(
-                webhook_id,
-                now,
-                job.webhook.created_at,
-                job.webhook.updated_at,
-                job.made_at,
-                began=began,
-            )
+            change = self._health.on_failure(webhook_id, now, *made_for, began=began)
             if change is not None and change.state == "disabled":
                 await self._disable(job, change, "failing")
                 await self._record_attempt(job, result, "disabled")
