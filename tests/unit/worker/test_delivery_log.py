@@ -666,6 +666,23 @@ class Clock:
         return self.now
 
 
+def clocked_reader(
+    store: DeliveryLogStore, clock: Clock, failures: list[str] | None = None, **options: Any
+) -> DeliveryLogReader:
+    """A reader of ``store`` (never started) whose waits are measured by ``clock``, each failure
+    of its store appended to ``failures``."""
+    return DeliveryLogReader(
+        topic="attempts",
+        consumer_factory=lambda: None,  # type: ignore[arg-type,return-value]  # never started
+        store=store,
+        max_age=7 * 86400.0,
+        clock=lambda: T0 + 60,
+        monotonic=clock,
+        on_store_failure=None if failures is None else failures.append,
+        **options,
+    )
+
+
 async def test_a_failed_write_is_read_again_from_the_checkpoint_once_opened_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -679,15 +696,7 @@ async def test_a_failed_write_is_read_again_from_the_checkpoint_once_opened_agai
     store = StoreOnDisk(tmp_path / "log", disk)
     clock = Clock()
     failures: list[str] = []
-    log = DeliveryLogReader(
-        topic="attempts",
-        consumer_factory=lambda: None,  # type: ignore[arg-type,return-value]  # never started
-        store=store,
-        max_age=7 * 86400.0,
-        clock=lambda: T0 + 60,
-        monotonic=clock,
-        on_store_failure=failures.append,
-    )
+    log = clocked_reader(store, clock, failures)
     log.assign([0])
     log._changed.clear()
     log.hold(0)
@@ -778,16 +787,7 @@ async def test_a_partition_whose_store_cannot_be_opened_when_assigned_is_assigne
     clock = Clock()
     failures: list[str] = []
     told: list[bool] = []
-    log = DeliveryLogReader(
-        topic="attempts",
-        consumer_factory=lambda: None,  # type: ignore[arg-type,return-value]  # never started
-        store=store,
-        max_age=7 * 86400.0,
-        clock=lambda: T0 + 60,
-        monotonic=clock,
-        on_store_failure=failures.append,
-        on_change=lambda: told.append(log.caught_up),
-    )
+    log = clocked_reader(store, clock, failures, on_change=lambda: told.append(log.caught_up))
     consumer = AssignedSeeks({0: 2, 1: 5, 2: 0})
     log.assign([0, 1])
     disk.broken = True
@@ -864,14 +864,7 @@ async def test_a_memory_store_that_failed_a_write_reads_the_partition_anew(
             return super().add(*args, **kwargs)
 
     clock = Clock()
-    log = DeliveryLogReader(
-        topic="attempts",
-        consumer_factory=lambda: None,  # type: ignore[arg-type,return-value]  # never started
-        store=Failing(),
-        max_age=7 * 86400.0,
-        clock=lambda: T0 + 60,
-        monotonic=clock,
-    )
+    log = clocked_reader(Failing(), clock)
     log.assign([0])
     log._changed.clear()
     log.hold(0)
