@@ -22,13 +22,19 @@ from tests.unit.api.conftest import (
 )
 
 
-async def test_requests_are_counted_by_template_never_by_id(tokens: TokenSet) -> None:
-    registry = CollectorRegistry()
+async def counted_client(tokens: TokenSet, registry: CollectorRegistry) -> TestClient[Any, Any]:
+    """A started client of the API over an empty repository, counting in ``registry``."""
     repository = Repository()
     service = WebhookService(repository, publisher=Published())
     app = create_app(service, control_service(repository), tokens, metrics=ApiMetrics(registry))
     client: TestClient[Any, Any] = TestClient(TestServer(app))
     await client.start_server()
+    return client
+
+
+async def test_requests_are_counted_by_template_never_by_id(tokens: TokenSet) -> None:
+    registry = CollectorRegistry()
+    client = await counted_client(tokens, registry)
     try:
         assert (await client.get("/v1/webhooks/wh_secret_id", headers=auth())).status == 404
         assert (await client.get("/v1/webhooks/wh_other")).status == 401
@@ -106,11 +112,7 @@ async def test_requests_between_workers_are_counted_apart_from_the_clients(
     a client's behalf (the worker the client asked counts the client's answer): ``hop="peer"``.
     The header is not trusted, so a client sending it is counted there too, not lost."""
     registry = CollectorRegistry()
-    repository = Repository()
-    service = WebhookService(repository, publisher=Published())
-    app = create_app(service, control_service(repository), tokens, metrics=ApiMetrics(registry))
-    client: TestClient[Any, Any] = TestClient(TestServer(app))
-    await client.start_server()
+    client = await counted_client(tokens, registry)
     relayed = {**auth(), RELAYED_BY: "http://127.0.0.1:1"}
     try:
         assert (await client.get("/v1/webhooks", headers=auth())).status == 200

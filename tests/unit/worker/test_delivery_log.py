@@ -43,13 +43,15 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DeliveryLo
     made.close()
 
 
-def reader(store: DeliveryLogStore) -> DeliveryLogReader:
+def reader(store: DeliveryLogStore, **options: Any) -> DeliveryLogReader:
+    """A reader of ``store``, never started, a minute after :data:`T0`."""
     return DeliveryLogReader(
         topic="attempts",
         consumer_factory=lambda: None,  # type: ignore[arg-type,return-value]  # never started
         store=store,
         max_age=7 * 86400.0,
         clock=lambda: T0 + 60,
+        **options,
     )
 
 
@@ -669,18 +671,10 @@ class Clock:
 def clocked_reader(
     store: DeliveryLogStore, clock: Clock, failures: list[str] | None = None, **options: Any
 ) -> DeliveryLogReader:
-    """A reader of ``store`` (never started) whose waits are measured by ``clock``, each failure
-    of its store appended to ``failures``."""
-    return DeliveryLogReader(
-        topic="attempts",
-        consumer_factory=lambda: None,  # type: ignore[arg-type,return-value]  # never started
-        store=store,
-        max_age=7 * 86400.0,
-        clock=lambda: T0 + 60,
-        monotonic=clock,
-        on_store_failure=None if failures is None else failures.append,
-        **options,
-    )
+    """A :func:`reader` whose waits are measured by ``clock``, each failure of its store
+    appended to ``failures``."""
+    failed = None if failures is None else failures.append
+    return reader(store, monotonic=clock, on_store_failure=failed, **options)
 
 
 async def test_a_failed_write_is_read_again_from_the_checkpoint_once_opened_again(

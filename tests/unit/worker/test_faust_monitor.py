@@ -73,15 +73,22 @@ def _counters(samples: dict[Any, float]) -> dict[Any, float]:
     return {key: v for key, v in samples.items() if key[0] in names}
 
 
-def test_per_topic_counters_keep_counting_through_a_rebalance() -> None:
-    """Faust removes its per-topic counters' children at a rebalance's start and end, so
-    faust_messages_received_per_topic_total (a dashboard panel) went down at each (until
-    2026-12-07); here they keep counting, and every other sample is Faust's."""
+def faust_s_and_ours() -> tuple[CollectorRegistry, CollectorRegistry, list[PrometheusMonitor]]:
+    """Faust's sensor and ours, each with a registry of its own: (Faust's registry, ours, the
+    two sensors)."""
     theirs, ours = CollectorRegistry(), CollectorRegistry()
     monitors = [
         PrometheusMonitor(metrics=FaustMetrics.create(theirs, "faust")),
         FaustPrometheusMonitor(metrics=FaustMetrics.create(ours, "faust")),
     ]
+    return theirs, ours, monitors
+
+
+def test_per_topic_counters_keep_counting_through_a_rebalance() -> None:
+    """Faust removes its per-topic counters' children at a rebalance's start and end, so
+    faust_messages_received_per_topic_total (a dashboard panel) went down at each (until
+    2026-12-07); here they keep counting, and every other sample is Faust's."""
+    theirs, ours, monitors = faust_s_and_ours()
     for monitor in monitors:
         _feed(monitor)
     before = _counters(_samples(ours))
@@ -110,11 +117,7 @@ def test_per_topic_counters_keep_counting_through_a_rebalance() -> None:
 
 def test_per_partition_gauges_go_at_a_rebalance_as_in_faust() -> None:
     """A partition another worker may own now reports no offsets here until it is read again."""
-    theirs, ours = CollectorRegistry(), CollectorRegistry()
-    monitors = [
-        PrometheusMonitor(metrics=FaustMetrics.create(theirs, "faust")),
-        FaustPrometheusMonitor(metrics=FaustMetrics.create(ours, "faust")),
-    ]
+    theirs, ours, monitors = faust_s_and_ours()
     for monitor in monitors:
         _feed(monitor)
         monitor.on_tp_commit({TP("events", 1): 7})
