@@ -28,6 +28,8 @@ from bridge.errors import ConfigError
 from bridge.subscriptions.webhook import RECORD_PROBLEMS
 
 __all__ = [
+    "CONNECTION_DROPS",
+    "ConnectionMetrics",
     "Metrics",
     "RecentEndpoints",
     "ENDPOINT_BUCKETS",
@@ -545,6 +547,37 @@ class Metrics:
             raise
         self.output_written(output, time.monotonic() - started, True)
         return result
+
+
+#: Why a worker's web server (``bridge.worker.web``) closed a connection itself: ``refused``,
+#: opened while the server held its most connections, each answering a request (``503``);
+#: ``shed``, the connection waiting longest (idle, its headers arriving, or its answer being
+#: written), closed to make room for a new one; ``headers_timeout``, a request's headers not
+#: whole in time; ``headers_too_large``, a request's headers past their bound (``431``).
+CONNECTION_DROPS = ("refused", "shed", "headers_timeout", "headers_too_large")
+
+
+class ConnectionMetrics:
+    """The connections a worker's web server (``/healthz``, ``/readyz``, ``/metrics`` and
+    ``/v1``) holds, and those it closed itself and why (:data:`CONNECTION_DROPS`)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.open = Gauge(
+            "webhook_bridge_http_connections",
+            "Connections the worker's web server (probes, metrics, /v1) holds open.",
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "webhook_bridge_http_connections_dropped_total",
+            "Connections the worker's web server closed itself, by reason: refused (at its "
+            "bound, every connection answering a request: 503), shed (the one waiting "
+            "longest, closed to make room for a new one), headers_timeout (a request's headers "
+            "not whole in time), headers_too_large (431).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in CONNECTION_DROPS:
+            self.dropped.labels(reason)
 
 
 class HotCounter:

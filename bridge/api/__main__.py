@@ -110,6 +110,7 @@ def serve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings
 async def _serve(args: argparse.Namespace) -> None:
     from bridge.admin.publish import send_test_event
     from bridge.kafka.clients import endpoint_check
+    from bridge.metrics import ConnectionMetrics
     from bridge.subscriptions.store import WebhookStore
     from bridge.worker.logs import logging_config
     from bridge.worker.web import app_runner
@@ -145,7 +146,7 @@ async def _serve(args: argparse.Namespace) -> None:
             return web.Response(body=generate_latest(registry), content_type="text/plain")
 
         app.router.add_get("/metrics", metrics, allow_head=False)
-        runner = app_runner(app)
+        runner = app_runner(app, ConnectionMetrics(registry))
         await runner.setup()
         await web.TCPSite(runner, args.host, args.port).start()
         print(f"serving /v1 on http://{args.host}:{args.port} ({len(tokens)} tokens)", flush=True)

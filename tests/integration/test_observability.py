@@ -20,7 +20,7 @@ from bridge.api.auth import hash_token
 from bridge.api.metrics import ApiMetrics
 from bridge.config import Settings
 from bridge.contract.events import build_event
-from bridge.metrics import Metrics
+from bridge.metrics import ConnectionMetrics, Metrics
 from bridge.subscriptions.store import WebhookStore
 from bridge.worker.embedded import free_port
 from tests.support.processes import ChildProcess
@@ -139,6 +139,7 @@ def exported_metric_names() -> list[str]:
     define, as Prometheus stores it."""
     registry = CollectorRegistry()
     Metrics(registry)
+    ConnectionMetrics(registry)
     ApiMetrics(registry)
     return [
         family.name + "_total" if family.type == "counter" else family.name

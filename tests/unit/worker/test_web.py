@@ -4,6 +4,7 @@ problem naming what is wrong) and what the HTTP layer refuses before it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import logging.config
@@ -19,7 +20,14 @@ from prometheus_client import CollectorRegistry
 
 from bridge.worker.embedded import free_port
 from bridge.worker.logs import logging_config
-from bridge.worker.web import MAX_HEADER_LINE, MAX_REQUEST_LINE, READINESS, WebServer
+from bridge.worker.web import (
+    MAX_HEADER_BYTES,
+    MAX_HEADER_LINE,
+    MAX_REQUEST_LINE,
+    READINESS,
+    WebServer,
+)
+from tests.support.waiting import eventually
 
 
 async def _echo(request: web.Request) -> web.Response:
@@ -46,13 +54,13 @@ async def _application() -> web.Application:
 
 
 @asynccontextmanager
-async def serving(**options: Any) -> AsyncIterator[str]:
+async def serving(registry: CollectorRegistry | None = None, **options: Any) -> AsyncIterator[str]:
     """A WebServer on a free loopback port, ready, with ``options``: its base URL."""
     port = free_port()
     served = WebServer(
         host="127.0.0.1",
         port=port,
-        registry=CollectorRegistry(),
+        registry=registry if registry is not None else CollectorRegistry(),
         ready=lambda: (True, "ready"),
         **options,
     )
@@ -244,3 +252,200 @@ async def test_healthz_fails_once_the_process_no_longer_works() -> None:
                 "status": "failed",
                 "detail": "crashed: KafkaTimeoutError",
             }
+
+
+# -- each request's headers bounded in time and size, and the connections in number ------------
+async def _answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """The status and body of the next answer on a raw connection."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = head.decode("latin-1").split("\r\n")
+    length = next(
+        int(line.split(":")[1]) for line in lines if line.lower().startswith("content-length")
+    )
+    return int(lines[0].split()[1]), await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+async def _rest(reader: asyncio.StreamReader, timeout: float = 5.0) -> bytes:
+    """What a connection sends until the server closes it (a reset is a close too)."""
+    try:
+        return await asyncio.wait_for(reader.read(), timeout)
+    except ConnectionResetError:
+        return b""
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+
+
+def _dropped(registry: CollectorRegistry, reason: str) -> float:
+    value = registry.get_sample_value(
+        "webhook_bridge_http_connections_dropped_total", {"reason": reason}
+    )
+    return -1.0 if value is None else value
+
+
+GET = b"GET /v1/echo HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
+async def test_every_requests_headers_on_a_kept_connection_must_arrive_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Until 2026-12-07 only a connection's first request had HEADERS_TIMEOUT: a second
+    request's headers, sent a line at a time, were waited for as long as an idle connection
+    is kept (75 s). The deadline starts again at a later request's first bytes, not while the
+    connection is idle between requests."""
+    from bridge.worker import web as worker_web
+
+    monkeypatch.setattr(worker_web, "HEADERS_TIMEOUT", 0.5)
+    registry = CollectorRegistry()
+    loop = asyncio.get_running_loop()
+    async with serving(registry, application=_application) as base:
+        port = int(base.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(3):  # whole requests, one after the other, each answered
+            writer.write(GET)
+            assert (await _answer(reader))[0] == 200
+        writer.write(b"GET /v1/echo HTTP/1.1\r\nHost: a\r\n")
+        started = loop.time()
+
+        async def dribble() -> None:
+            while True:
+                writer.write(b"X-More: 1\r\n")
+                await asyncio.sleep(0.2)
+
+        dribbling = asyncio.ensure_future(dribble())
+        try:
+            assert await _rest(reader) == b""  # closed, nothing answered
+        finally:
+            dribbling.cancel()
+            await _close(writer)
+        assert 0.4 < loop.time() - started < 3
+        assert _dropped(registry, "headers_timeout") == 1
+
+
+async def test_a_requests_headers_past_their_bound_are_refused_431() -> None:
+    """Until 2026-12-07 a request's headers were bounded by their lines only (64 of 16 KiB):
+    a client sending 62 of them for a second request and never the blank line held ~1.9 MB of
+    the worker for 75 s, per connection. Whole or still arriving, headers past MAX_HEADER_BYTES
+    are answered 431 at once and their connection closed; up to it, with the longest request
+    line besides, the route sees them."""
+    line = b"X-Pad: " + b"p" * (MAX_HEADER_LINE - 100) + b"\r\n"
+    over = MAX_HEADER_BYTES // len(line) + 1
+    registry = CollectorRegistry()
+    loop = asyncio.get_running_loop()
+    async with serving(registry, application=_application) as base:
+        port = int(base.rsplit(":", 1)[1])
+        # Whole, in one write.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /v1/echo HTTP/1.1\r\nHost: a\r\n" + line * over + b"\r\n")
+        status, body = await _answer(reader)
+        assert (status, body) == (431, b"Request Header Fields Too Large")
+        assert await _rest(reader) == b""
+        await _close(writer)
+        # A kept connection's second request, never whole: refused as its bytes pass the
+        # bound, not at its deadline (10 s) nor at the idle connection's end (75 s).
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(GET)
+        assert (await _answer(reader))[0] == 200
+        started = loop.time()
+        writer.write(b"GET /v1/echo HTTP/1.1\r\nHost: a\r\n")
+        for _ in range(over):
+            writer.write(line)
+            await writer.drain()
+        status, body = await _answer(reader)
+        assert status == 431
+        assert await _rest(reader) == b""
+        assert loop.time() - started < 3
+        await _close(writer)
+        assert _dropped(registry, "headers_too_large") == 2
+        # Up to the bound, after a request line at its own, sent in pieces: answered.
+        query = "q=" + "x" * (MAX_REQUEST_LINE - 100)
+        within = b"X-Long: " + b"y" * (MAX_HEADER_LINE - 100) + b"\r\n"
+        fits = (MAX_HEADER_BYTES - 100) // len(within)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        request = f"GET /v1/echo?{query} HTTP/1.1\r\nHost: a\r\n".encode() + within * fits
+        for at in range(0, len(request), 7000):
+            writer.write(request[at : at + 7000])
+            await writer.drain()
+        writer.write(b"\r\n")
+        status, body = await _answer(reader)
+        assert status == 200, body
+        assert b'"query": %d' % len(query) in body
+        await _close(writer)
+
+
+async def test_connections_past_the_bound_shed_the_longest_waiting_and_probes_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Until 2026-12-07 a worker held every connection opened to it: ~320 of them sending
+    headers that never end took a worker past its memory limit. At MAX_CONNECTIONS, a new
+    connection takes the place of the one waiting longest (shed), so that a probe is answered
+    whatever others hold open; while every connection is answering a request (a route
+    running), a new one is answered 503 and closed (refused); the open ones are exported."""
+    from bridge.worker import web as worker_web
+
+    monkeypatch.setattr(worker_web, "MAX_CONNECTIONS", 6)
+    release = asyncio.Event()
+    entered: list[int] = []
+
+    async def hold(request: web.Request) -> web.Response:
+        entered.append(1)
+        await release.wait()
+        return web.json_response({"held": True})
+
+    async def application() -> web.Application:
+        app = await _application()
+        app.router.add_get("/v1/hold", hold)
+        return app
+
+    registry = CollectorRegistry()
+
+    def open_connections() -> float | None:
+        return registry.get_sample_value("webhook_bridge_http_connections")
+
+    async with serving(registry, application=application) as base:
+        port = int(base.rsplit(":", 1)[1])
+        slow = []
+        for _ in range(6):  # a request answered, then headers that never end
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(GET)
+            assert (await _answer(reader))[0] == 200
+            writer.write(b"GET /v1/echo HTTP/1.1\r\nX-Slow: 1\r\n")
+            await writer.drain()
+            slow.append((reader, writer))
+        assert open_connections() == 6
+        # A connection per probe, as the kubelet opens.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+            for path in ("/healthz", "/readyz", "/metrics"):
+                async with s.get(f"{base}{path}") as answer:
+                    assert answer.status == 200, path
+        # The first took the place of the longest waiting; the later ones found room, the
+        # probe before closed once answered.
+        assert await _rest(slow[0][0]) == b""
+        assert _dropped(registry, "shed") == 1
+        await eventually(lambda: open_connections() == 5, message="5 connections open")
+        for _, writer in slow:
+            await _close(writer)
+        await eventually(lambda: open_connections() == 0, message="connections closed")
+        # Every connection answering a request: a new one is refused, the probes too.
+        busy = []
+        for _ in range(6):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /v1/hold HTTP/1.1\r\nHost: a\r\n\r\n")
+            busy.append((reader, writer))
+        await eventually(lambda: len(entered) == 6, message="6 requests being answered")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        refused = await _rest(reader)
+        assert refused == b"" or refused.startswith(b"HTTP/1.1 503 "), refused
+        await _close(writer)
+        assert _dropped(registry, "refused") == 1
+        release.set()
+        for reader, writer in busy:
+            assert (await _answer(reader))[0] == 200
+            await _close(writer)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/healthz") as answer:
+                assert answer.status == 200
