@@ -549,15 +549,7 @@ class DeliveryLogReader(Service):
             await self._preload(p)
             # Not caught up until its start and end are known (ready() reads this meanwhile).
             self._catching_up[p] = NEVER_READ
-            try:
-                checkpoints[p] = self.hold(p)
-            except Exception:
-                # Its store cannot be opened now (a full or unwritable disk): held, not
-                # answered from, and assigned again after a wait (_reopen_failed), as a
-                # failed write's store is opened again. Until 2026-12-07 the error stopped
-                # the reader (and, with --role all, deliveries with it).
-                self._unopened.add(p)
-                self._fail(p, "open")
+            checkpoints[p] = self._held_anew(p)
         new_tps = [tps[p] for p in new]
         starts = await consumer.beginning_offsets(new_tps)
         ends = await consumer.end_offsets(new_tps)
@@ -570,7 +562,7 @@ class DeliveryLogReader(Service):
                 log.info("delivery log: partition %s kept offsets no longer in the topic", tp)
                 self.store.drop(tp.partition)
                 self.reread += 1
-                checkpoint = self.hold(tp.partition)
+                checkpoint = self._held_anew(tp.partition)
             if checkpoint is None:
                 continue
             self.resumed[tp.partition] = checkpoint.offset
@@ -603,6 +595,19 @@ class DeliveryLogReader(Service):
             else:
                 self._read_to_end(tp.partition, tell=False)  # _reassign tells
         log.info("delivery log: reading attempts partitions %s (resumed: %s)", new, self.resumed)
+
+    def _held_anew(self, partition: int) -> Checkpoint | None:
+        """:meth:`hold` a newly assigned ``partition`` (or one whose log was dropped). When its
+        store cannot be opened now (a full or unwritable disk), it is held, not answered from,
+        and assigned again after a wait (:meth:`_reopen_failed`), as a failed write's store is
+        opened again: ``None``. Until 2026-12-07 the error stopped the reader (and, with
+        ``--role all``, deliveries with it)."""
+        try:
+            return self.hold(partition)
+        except Exception:
+            self._unopened.add(partition)
+            self._fail(partition, "open")
+            return None
 
     async def _check_caught_up(self, consumer: AIOKafkaConsumer) -> None:
         """A partition is caught up once read to the end it had when assigned, or to the

@@ -840,6 +840,51 @@ async def test_a_partition_whose_store_cannot_be_opened_when_assigned_is_assigne
     store.close()
 
 
+async def test_a_store_that_cannot_be_made_anew_after_a_checkpoint_too_old_is_tried_again(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint before the partition's start (retention deleted what it names) drops the
+    partition's database and makes it anew; a disk that fails then holds the partition for a
+    later try, as at its first opening (until 2026-12-07 that error stopped the reader)."""
+    directory = tmp_path / "log"
+    store = StoreOnDisk(directory, Disk())
+    log = reader(store)
+    log.hold(1)
+    log.add_many(1, [(n, value("b", n), 100 + n) for n in range(3)])
+    log._flush([1])
+    store.close()
+
+    class FirstOpenOnly(StoreOnDisk):
+        """Opens the database it kept; making it anew fails (a full disk)."""
+
+        def _open(self, partition: int, now: float) -> Any:
+            if self.disk.opens >= 1:
+                self.disk.broken = True
+            return super()._open(partition, now)
+
+    class Later(AssignedSeeks):
+        async def beginning_offsets(self, tps: Any) -> dict[Any, int]:
+            return {tp: 10 for tp in tps}  # past the checkpoint (offset 3)
+
+    store = FirstOpenOnly(directory, Disk())
+    clock = Clock()
+    failures: list[str] = []
+    log = clocked_reader(store, clock, failures)
+    consumer = Later({1: 20})
+    log.assign([1])
+    await log._reassign(consumer)  # type: ignore[arg-type]
+    assert failures == ["open"] and log.summary()["failed"] == [1] and log.reread == 1
+    assert log.assigned == {1} and not log.complete(1) and consumer.seeks == [(1, 20)]
+    store.disk.broken = False
+    store.disk.opens = -10  # opens from here on
+    clock.now += REOPEN_FIRST
+    await log._reopen_failed(consumer)  # type: ignore[arg-type]
+    await log._reassign(consumer)  # type: ignore[arg-type]
+    assert failures == ["open"] and not log._failed and log.assigned == {1}
+    assert consumer.seeks[-1] == (1, 10)  # read anew from the partition's start
+    store.close()
+
+
 async def test_a_memory_store_that_failed_a_write_reads_the_partition_anew(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
