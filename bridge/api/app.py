@@ -135,12 +135,13 @@ class _Routes:
         control: ControlService,
         tokens: TokenSet,
         config: ApiConfig,
+        buckets: TokenBuckets | None = None,
     ) -> None:
         self._service = service
         self._control = control
         self._tokens = tokens
         self._config = config
-        self._buckets = TokenBuckets(config.rate_limit)
+        self._buckets = TokenBuckets(config.rate_limit) if buckets is None else buckets
 
     def _webhook_response(
         self,
@@ -160,7 +161,7 @@ class _Routes:
         """The request's token, which has ``scope``, within its rate."""
         principal = self._tokens.authenticate_headers(request.headers)
         principal.require(scope)
-        self._buckets.admit(principal.name)
+        self._buckets.admit_request(request, principal.name)
         if scope == "write" and "If-None-Match" in request.headers:
             raise Problem.invalid(_NONE_MATCH_REFUSED)
         return principal
@@ -614,14 +615,17 @@ def create_app(
     config: ApiConfig | None = None,
     metrics: ApiMetrics | None = None,
     unwinding: Unwinding | None = None,
+    buckets: TokenBuckets | None = None,
 ) -> web.Application:
     """The ``/v1`` application: the OpenAPI document (no token needed) and every operation it
     declares. The recoveries ``control`` runs are cancelled when the application shuts down.
     Given ``metrics``, every request is counted and timed. ``unwinding`` tracks the handlers
     answered at their timeout that still run, and refuses requests while too many do (one of
-    its own, counted in ``metrics``, when not given)."""
+    its own, counted in ``metrics``, when not given). ``buckets`` count each token's requests
+    (``config.rate_limit``'s own when not given; a middleware that counts a request before
+    its route shares them, :meth:`~bridge.api.ratelimit.TokenBuckets.admit_request`)."""
     config = config or ApiConfig()
-    routes = _Routes(service, control, tokens, config)
+    routes = _Routes(service, control, tokens, config, buckets)
     if unwinding is None:
         unwinding = Unwinding(gauge=None if metrics is None else metrics.unwinding)
     middlewares = [problem_middleware(config.request_timeout, unwinding)]

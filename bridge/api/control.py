@@ -249,8 +249,8 @@ def decode_dead_letter_cursor(cursor: str) -> DeadLetterPosition | OldDeadLetter
 
 
 #: Partitions a replay's cursor names at most (the dead-letter topic is declared with 3), and
-#: the longest such cursor: characters a request body holds whatever they are (one escaped as
-#: JSON takes up to 12 of its 64 KiB).
+#: the longest such cursor: characters a request body holds (a cursor is ASCII, one byte each of
+#: its 16 KiB).
 _MAX_CURSOR_PARTITIONS = 150
 MAX_REPLAY_CURSOR = 5_000
 

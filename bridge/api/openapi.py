@@ -26,6 +26,7 @@ from bridge.api.idempotency import (
     MAX_KEYS_PER_WEBHOOK,
     REPLAYED_HEADER,
 )
+from bridge.api.problems import DEFAULT_MAX_BODY_BYTES
 from bridge.attempts.log import STATUS_CLASSES
 from bridge.attempts.record import TRIGGERS
 from bridge.attempts.stats import LATENCY_BOUNDS
@@ -792,7 +793,9 @@ def _operation(
             "required": body_required,
             "content": {"application/json": {"schema": _ref(body)}},
         }
-        out["responses"]["413"] = _problem_response("The body is larger than 64 KiB.")
+        out["responses"]["413"] = _problem_response(
+            f"The body is larger than {DEFAULT_MAX_BODY_BYTES // 1024} KiB."
+        )
         out["responses"]["415"] = _problem_response(
             "The body is not application/json, or is sent with a Content-Encoding."
         )

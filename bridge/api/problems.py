@@ -35,6 +35,7 @@ __all__ = [
     "Problem",
     "problem_response",
     "read_body",
+    "read_json",
     "read_json_object",
     "UNWIND_GRACE",
     "MAX_UNWINDING",
@@ -72,11 +73,19 @@ PROBLEM_TITLES: Mapping[str, tuple[int, str]] = {
     "internal_error": (500, "Internal error"),
 }
 
-#: The largest request body accepted (64 KiB: the largest valid body, a webhook with every field
-#: at its longest, is under 4 KiB); a larger one is answered ``413``. Every byte accepted is
-#: parsed and validated on the event loop: until 2026-12-05 it was 1 MiB, whose numbers alone
-#: took 130 ms to parse.
-DEFAULT_MAX_BODY_BYTES = 64 * 1024
+#: The largest request body accepted; a larger one is answered ``413``. The largest valid body
+#: is a creation with every field at its longest (a URL of 2,048 characters, a name of 500, an
+#: id, site_id and user_id of 200, a secret of 256, every event type): 3,681 bytes in ASCII,
+#: 12,501 in UTF-8 when every character of them takes 4 bytes, and 15,781 with those of all but
+#: the URL written as escaped surrogate pairs (``\ud83d\ude00``, as Python's ``json.dumps``
+#: writes them); the other routes' bodies are smaller (a replay's with its longest cursor,
+#: ASCII, under 10 KB however its ids are written). Only a body whose URL too is written so is
+#: larger (up to 36 KB): it fits sent as UTF-8. Every byte accepted is parsed and validated on
+#: the event loop of a worker that also delivers: until 2026-12-05 the limit was 1 MiB, whose
+#: numbers alone took 130 ms to parse, and until 2026-12-07 64 KiB, an invalid one of which
+#: took 15 to 70 ms (measured 2026-12-07: parsed, checked for unsafe integers by encoding it
+#: again, and validated).
+DEFAULT_MAX_BODY_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +164,12 @@ def problem_response(problem: Problem) -> web.Response:
 _BODY_KEY = web.RequestKey("bridge.api.body", bytes)
 
 
+def _too_large(max_bytes: int) -> Problem:
+    # Made where it is raised, never kept in the raising frame: its traceback holds that frame,
+    # and a problem the frame held too was a reference cycle (until 2026-12-07).
+    return Problem("body_too_large", f"the body may hold at most {max_bytes} bytes")
+
+
 async def read_body(request: web.Request, *, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> bytes:
     """The request body, at most ``max_bytes`` (``413 body_too_large`` otherwise, judged from
     ``Content-Length`` before reading and while reading a chunked body); ``415`` for a body
@@ -170,9 +185,8 @@ async def read_body(request: web.Request, *, max_bytes: int = DEFAULT_MAX_BODY_B
             "send the body without a Content-Encoding",
             errors=[FieldError("Content-Encoding", "encoding", "not identity", "header")],
         )
-    too_large = Problem("body_too_large", f"the body may hold at most {max_bytes} bytes")
     if request.content_length is not None and request.content_length > max_bytes:
-        raise too_large
+        raise _too_large(max_bytes)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -181,11 +195,39 @@ async def read_body(request: web.Request, *, max_bytes: int = DEFAULT_MAX_BODY_B
             break
         size += len(chunk)
         if size > max_bytes:
-            raise too_large
+            raise _too_large(max_bytes)
         chunks.append(chunk)
     body = b"".join(chunks)
     request[_BODY_KEY] = body
     return body
+
+
+#: Where :func:`read_json` keeps what it read of a body: the value, or the detail of the
+#: ``malformed_json`` refusing it (not the problem itself: an exception kept and raised again
+#: would keep every frame it passed through).
+_JSON_KEY = web.RequestKey("bridge.api.json", tuple)
+
+
+async def read_json(request: web.Request, *, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> object:
+    """The request body read as strict JSON (:func:`read_body`, then
+    :func:`~bridge.contract.jsoncanon.loads_encodable`), or ``400 malformed_json`` for bytes
+    that are not (invalid UTF-8, lone surrogates, ``NaN``, numbers no double holds, integers
+    beyond 2^53 - 1, which the topic's records cannot carry, or nesting deeper than 256).
+    Read once: a second call (a middleware, then the route) gets the same value, or the same
+    refusal, without parsing again (until 2026-12-07 a creation's body was parsed twice on a
+    worker)."""
+    kept = request.get(_JSON_KEY)
+    if kept is None:
+        body = await read_body(request, max_bytes=max_bytes)
+        try:
+            kept = (jsoncanon.loads_encodable(body), None)
+        except InvalidRecord as exc:
+            kept = (None, f"{exc.reason}: {exc.detail}")
+        request[_JSON_KEY] = kept
+    value, refused = kept
+    if refused is not None:
+        raise Problem("malformed_json", refused)
+    return value
 
 
 async def read_json_object(
@@ -195,9 +237,8 @@ async def read_json_object(
 
     ``415`` unless the body is ``application/json``; ``413`` when it is larger than
     ``max_bytes`` (judged from ``Content-Length`` before reading, and while reading a chunked
-    body); ``400 malformed_json`` for bytes that are not strict JSON (invalid UTF-8, lone
-    surrogates, ``NaN``, numbers no double holds or integers beyond 2^53 - 1, which the topic's
-    records cannot carry); ``400 validation_failed`` when it is not an object.
+    body); ``400 malformed_json`` for bytes that are not strict JSON (:func:`read_json`);
+    ``400 validation_failed`` when it is not an object.
     """
     media = request.content_type
     if media != "application/json" and not (
@@ -208,12 +249,7 @@ async def read_json_object(
             "send the body as application/json",
             errors=[FieldError("Content-Type", "media_type", "not JSON", "header")],
         )
-    body = await read_body(request, max_bytes=max_bytes)
-    try:
-        value = jsoncanon.loads(body)
-        jsoncanon.dumps(value)  # refuses integers beyond 2^53 - 1 (unsafe_integer)
-    except InvalidRecord as exc:
-        raise Problem("malformed_json", f"{exc.reason}: {exc.detail}") from None
+    value = await read_json(request, max_bytes=max_bytes)
     if not isinstance(value, dict):
         raise Problem.invalid(FieldError("", "type", "the body must be a JSON object"))
     return value
@@ -405,7 +441,15 @@ def problem_middleware(timeout: float, unwinding: Unwinding | None = None) -> Mi
             # answer is the timeout's (a handler failing so was answered 500).
             unwound(request)(task)
             raise TimeoutError
-        return task.result()
+        try:
+            return task.result()
+        except BaseException:
+            # Raised again here, its traceback holds this frame, which held the task that
+            # holds it: a reference cycle per problem answered (30 objects a 401), left to the
+            # collector's full passes, which paused the loop 120-220 ms every few seconds under
+            # a flood of refusals until 2026-12-07.
+            del task
+            raise
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -425,6 +469,9 @@ def problem_middleware(timeout: float, unwinding: Unwinding | None = None) -> Mi
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
+            # aiohttp keeps the 404 or 405 of an unmatched request in the request's match info,
+            # which its traceback's frames hold: a reference cycle of each, until 2026-12-07.
+            exc.__traceback__ = None
             slug = _HTTP_SLUGS.get(exc.status)
             if slug is None:
                 slug = "validation_failed" if exc.status < 500 else "internal_error"

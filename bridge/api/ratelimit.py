@@ -3,8 +3,10 @@ with a site-scoped token, a runaway script) cannot take a worker's API for itsel
 rate a request is answered ``429`` with ``Retry-After``, as Stripe's and Svix's APIs answer.
 
 The buckets are per process: a deployment of N workers admits up to N times the rate for one
-token when its requests are spread over them (a request is counted by the worker whose handler
-answers it: the one asked, or the webhook's owner for a change relayed to it).
+token when its requests are spread over them. A request is counted once by the worker whose
+handler answers it: the one asked, or the webhook's owner for a change relayed to it, and a
+creation also by the worker asked, which reads its body to find where it goes (before reading
+it: until 2026-12-07 a token over its rate had each body read and parsed before its ``429``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import math
 import time
 from collections.abc import Callable
 
+from aiohttp import web
+
 from bridge.api.problems import Problem
 
 __all__ = ["BURST_SECONDS", "TokenBuckets"]
@@ -20,6 +24,10 @@ __all__ = ["BURST_SECONDS", "TokenBuckets"]
 #: A token's bucket holds this many seconds of its rate: a client idle for a while may send that
 #: many requests at once.
 BURST_SECONDS = 2.0
+
+
+#: The token a request was counted for (:meth:`TokenBuckets.admit_request`).
+_COUNTED = web.RequestKey("bridge.api.counted", str)
 
 
 #: What the refill's floating-point arithmetic may come short of a whole request by, after the
@@ -63,3 +71,12 @@ class TokenBuckets:
                 f"more than {self.rate:g} {what} a second with this token",
                 headers={"Retry-After": str(wait)},
             )
+
+    def admit_request(self, request: web.Request, name: str, what: str = "requests") -> None:
+        """:meth:`admit` ``request`` of token ``name``, once: a middleware that counts it before
+        reading its body and the route that counts it again take one request from the bucket,
+        not two."""
+        if request.get(_COUNTED) == name:
+            return
+        self.admit(name, what)
+        request[_COUNTED] = name

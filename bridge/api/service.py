@@ -215,22 +215,27 @@ def encode_cursor(after: str, where: WebhookFilter) -> str:
 def decode_cursor(cursor: str, where: WebhookFilter) -> str:
     """The id a page starts after; ``400`` for a cursor that is not one of
     :func:`encode_cursor`'s or came from a listing with other filters."""
-    problem = Problem.invalid(
-        FieldError("cursor", "invalid_cursor", "not a cursor of this listing", "query")
-    )
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         value = json.loads(raw)
     except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
-        raise problem from None
+        raise _not_a_listing_cursor() from None
     if (
         not isinstance(value, dict)
         or set(value) != {"a", "f"}
         or not isinstance(value["a"], str)
         or value["f"] != where.digest()
     ):
-        raise problem
+        raise _not_a_listing_cursor()
     return value["a"]
+
+
+def _not_a_listing_cursor() -> Problem:
+    # Made where it is raised: a problem kept in the raising frame, which its traceback holds,
+    # was a reference cycle (until 2026-12-07).
+    return Problem.invalid(
+        FieldError("cursor", "invalid_cursor", "not a cursor of this listing", "query")
+    )
 
 
 def _field_name(path: Iterable[Any]) -> str:
@@ -251,7 +256,18 @@ def body_errors(schema: str, body: Mapping[str, Any]) -> list[FieldError]:
         out.extend(_field_errors(error))
         if len(out) >= 10:
             break
+    for error in errors:
+        # jsonschema links an error (an anyOf's) and those under it both ways (context and
+        # parent): a reference cycle of every such body's errors until 2026-12-07.
+        _unlinked(error)
     return out[:10]
+
+
+def _unlinked(error: ValidationError) -> None:
+    for under in error.context:
+        _unlinked(under)
+        under.parent = None
+    error.context.clear()
 
 
 def _field_errors(error: ValidationError) -> list[FieldError]:
@@ -260,13 +276,14 @@ def _field_errors(error: ValidationError) -> list[FieldError]:
     if rule == "additionalProperties" and isinstance(error.instance, dict):
         known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
         # Named as sent, up to 100 characters (a key of 60 KB was quoted whole, twice, until
-        # 2026-12-05), as unknown query parameters are.
+        # 2026-12-05), as unknown query parameters are; the first ten, as many as are
+        # answered (until 2026-12-07 one for each of thousands of keys was made first).
+        unknown = itertools.islice((k for k in error.instance if k not in known), 10)
         return [
             FieldError(
                 _field_name([*error.absolute_path, k[:100]]), "unknown_field", "not a field here"
             )
-            for k in error.instance
-            if k not in known
+            for k in unknown
         ]
     if rule == "required" and isinstance(error.instance, dict):
         return [

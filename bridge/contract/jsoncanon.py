@@ -41,6 +41,7 @@ __all__ = [
     "dumps_flat",
     "dumps_str",
     "loads",
+    "loads_encodable",
     "check_encodable",
     "check_text",
     "find_lone_surrogate",
@@ -413,6 +414,12 @@ def _parse_constant(name: str) -> object:
 _DECODER = json.JSONDecoder(
     parse_float=_parse_float, parse_int=_parse_int, parse_constant=_parse_constant
 )
+#: :data:`_DECODER` for text without a run of 16 digits, whose integer literals are all safe
+#: integers that ``int`` reads as :func:`_parse_int` does: the C scanner reads them itself,
+#: without a call into Python for each.
+_SHORT_INTS_DECODER = json.JSONDecoder(parse_float=_parse_float, parse_constant=_parse_constant)
+#: Sixteen digits: the fewest an integer beyond MAX_SAFE_INTEGER is written with.
+_LONG_DIGITS = re.compile("[0-9]{16}")
 
 
 def loads(data: bytes | str) -> object:
@@ -428,17 +435,60 @@ def loads(data: bytes | str) -> object:
     "1152921504606847000"): then it is that ``float``, so ``dumps(loads(dumps(v)))``
     equals ``dumps(v)``.
     """
-    literal_surrogates = isinstance(data, str)  # UTF-8 bytes cannot hold one
-    if isinstance(data, str):
-        text = data
+    text = _text(data)
+    decoder = _DECODER if _LONG_DIGITS.search(text) is not None else _SHORT_INTS_DECODER
+    return _decoded(text, decoder, literal_surrogates=isinstance(data, str))
+
+
+def loads_encodable(data: bytes | str) -> object:
+    """:func:`loads`, refusing also what :func:`dumps` would refuse of the value read, with
+    the error ``dumps`` raises (``UnencodableValue``, an ``InvalidRecord``, naming the first
+    such value's path): an integer beyond :data:`MAX_SAFE_INTEGER` (``unsafe_integer``) or
+    containers nested more than :data:`MAX_DEPTH` levels (``too_deep``). For what a client
+    sends that is answered to JavaScript readers (an API request's body).
+
+    Judged as the text is read rather than by encoding the value (which took longer than
+    reading it: until 2026-12-07 the API did so for every body): integers by the parser's
+    hook, which only text with a run of 16 digits needs; nesting by counting brackets, and
+    pairing them only when there are more than :data:`MAX_DEPTH` of them.
+    ``dumps`` runs only for a value it refuses, to name where.
+    """
+    text = _text(data)
+    unsafe: list[str] = []
+    if _LONG_DIGITS.search(text) is None:
+        decoder = _SHORT_INTS_DECODER  # no integer beyond 10**16 - 1 can be written
     else:
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            detail = f"invalid UTF-8 at byte {exc.start}"
-            raise InvalidRecord("malformed_json", detail) from None
+
+        def parse_int(literal: str) -> int | float:
+            n = _parse_int(literal)
+            if type(n) is int and not -MAX_SAFE_INTEGER <= n <= MAX_SAFE_INTEGER:
+                unsafe.append(literal)
+            return n
+
+        decoder = json.JSONDecoder(
+            parse_float=_parse_float, parse_int=parse_int, parse_constant=_parse_constant
+        )
+    value = _decoded(text, decoder, literal_surrogates=isinstance(data, str))
+    if unsafe or (text.count("[") + text.count("{") > MAX_DEPTH and _deeper_than(text, MAX_DEPTH)):
+        dumps(value)  # raises what it refuses there, naming the path
+    return value
+
+
+def _text(data: bytes | str) -> str:
+    if isinstance(data, str):
+        return data
     try:
-        value = _DECODER.decode(text)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        detail = f"invalid UTF-8 at byte {exc.start}"
+        raise InvalidRecord("malformed_json", detail) from None
+
+
+def _decoded(text: str, decoder: json.JSONDecoder, *, literal_surrogates: bool) -> object:
+    """``text`` read by ``decoder``, as :func:`loads` reads it (``literal_surrogates``: the
+    text was given as a ``str``, which may hold a surrogate unescaped)."""
+    try:
+        value = decoder.decode(text)
     except json.JSONDecodeError as exc:
         raise InvalidRecord(
             "malformed_json", f"{exc.msg} at line {exc.lineno} column {exc.colno}"
@@ -455,6 +505,27 @@ def loads(data: bytes | str) -> object:
     ):
         check_text(value)
     return value
+
+
+#: A JSON string literal (of text the parser took: every quote inside one is escaped).
+_STRING_LITERAL = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+#: An empty array or object, once all but brackets is taken away.
+_EMPTY_PAIR = re.compile(r"\[\]|\{\}")
+#: What is not a bracket.
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+
+
+def _deeper_than(text: str, levels: int) -> bool:
+    """Whether the JSON ``text`` (which parsed) nests containers more than ``levels`` deep (the
+    outermost is the first level): its brackets outside strings are kept, and the empty pairs
+    they make (the innermost containers) taken away a level at a time, at C speed."""
+    brackets = _NOT_BRACKETS.sub("", _STRING_LITERAL.sub("", text))
+    for _ in range(levels):
+        if not brackets:
+            return False
+        # One pass takes the pairs empty as it starts: `{[]}` is two levels, two passes.
+        brackets = _EMPTY_PAIR.sub("", brackets)
+    return bool(brackets)
 
 
 def check_text(value: object) -> None:

@@ -75,7 +75,7 @@ from bridge.api.kafka_sources import (
     scan_share,
 )
 from bridge.api.metrics import RELAYED_BY, ApiMetrics, answered, hop_of
-from bridge.api.problems import Problem, Unwinding, read_body, route_template
+from bridge.api.problems import Problem, Unwinding, read_body, read_json, route_template
 from bridge.api.ratelimit import TokenBuckets
 from bridge.api.recoveries import DEFAULT_HEARTBEAT, Recoveries, per_owner
 from bridge.api.repository import WebhookRepository
@@ -85,7 +85,6 @@ from bridge.attempts.book import Activity
 from bridge.attempts.record import Attempt
 from bridge.attempts.wire import activity_to_dict
 from bridge.contract import jsoncanon
-from bridge.errors import InvalidRecord
 from bridge.kafka.clients import client_kwargs, started, stopped
 from bridge.subscriptions.serial import NotWritable
 from bridge.subscriptions.store import WebhookStore
@@ -261,7 +260,9 @@ def _key(request: web.Request, tokens: TokenSet) -> IdempotencyKey | None:
         return None
 
 
-async def _changed_webhook(request: web.Request, max_bytes: int, tokens: TokenSet) -> str | None:
+async def _changed_webhook(
+    request: web.Request, max_bytes: int, tokens: TokenSet, buckets: TokenBuckets
+) -> str | None:
     """The id of the webhook a request changes, or ``None`` (not a change, or a creation
     without a client-chosen id or ``Idempotency-Key``, which no other request can race)."""
     template = route_template(request)
@@ -270,10 +271,16 @@ async def _changed_webhook(request: web.Request, max_bytes: int, tokens: TokenSe
     if request.method == "POST" and template == "/v1/webhooks":
         # Refused before the body is read, as the route refuses it: until 2026-12-07 a stranger
         # was answered 413 or 415, and had the worker read and parse 64 KiB first.
-        tokens.authenticate_headers(request.headers).require("write")
+        principal = tokens.authenticate_headers(request.headers)
+        principal.require("write")
+        # Counted before the body is read (once: the route, if it runs here, counts it no
+        # more). Until 2026-12-07 a token over its rate had every body read and parsed before
+        # the route answered it 429.
+        buckets.admit_request(request, principal.name)
+        await read_body(request, max_bytes=max_bytes)  # 413 and 415 answered from here
         try:
-            body = jsoncanon.loads(await read_body(request, max_bytes=max_bytes))
-        except InvalidRecord:  # the route answers what is wrong with it
+            body = await read_json(request, max_bytes=max_bytes)  # kept for the route
+        except Problem:  # the route answers what is wrong with it
             return None
         chosen = body.get("id") if isinstance(body, dict) else None
         if isinstance(chosen, str) and chosen:
@@ -286,10 +293,19 @@ async def _changed_webhook(request: web.Request, max_bytes: int, tokens: TokenSe
 class _Relay:
     """Sends a change of a webhook to its owner (see the module docstring)."""
 
-    def __init__(self, bridge: Bridge, tokens: TokenSet, *, max_bytes: int) -> None:
+    def __init__(
+        self,
+        bridge: Bridge,
+        tokens: TokenSet,
+        *,
+        max_bytes: int,
+        buckets: TokenBuckets | None = None,
+    ) -> None:
         self._bridge = bridge
         self._tokens = tokens
         self._max_bytes = max_bytes
+        #: The routes' buckets (a creation is counted here before its body is read).
+        self._buckets = TokenBuckets(0.0) if buckets is None else buckets
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -309,7 +325,7 @@ class _Relay:
                 return await self._relay(runner, request)
             except OwnerUnavailable as exc:  # no connection to the runner
                 raise _unavailable(exc) from None
-        webhook_id = await _changed_webhook(request, self._max_bytes, self._tokens)
+        webhook_id = await _changed_webhook(request, self._max_bytes, self._tokens, self._buckets)
         path_qs = request.rel_url.raw_path_qs
         if webhook_id is None and (request.method, route_template(request)) == _REDELIVER:
             # A relayed one names its webhook, and is answered here only if this worker owns it
@@ -493,16 +509,15 @@ class _Relay:
                 f"the webhook's owner did not answer ({type(exc).__name__})"
             ) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            unanswered = OwnerUnavailable(
-                f"the webhook's owner did not answer ({type(exc).__name__})"
-            )
+            # Made where raised (an error kept in the raising frame is a reference cycle).
+            unanswered = f"the webhook's owner did not answer ({type(exc).__name__})"
             keyed = (request.method, route_template(request)) in _KEYED
             if keyed and _key(request, self._tokens) is not None:
                 # Sent, and maybe made: with an Idempotency-Key the owner the next assignment
                 # names makes it at most once (the key is in the webhook's record), so it may
                 # be sent again.
-                raise unanswered from None
-            raise _unavailable(unanswered) from None
+                raise OwnerUnavailable(unanswered) from None
+            raise _unavailable(OwnerUnavailable(unanswered)) from None
         except OwnerUnavailable as exc:
             raise _unavailable(exc) from None
 
@@ -667,7 +682,17 @@ async def api_application(bridge: Bridge) -> web.Application:
     config = ApiConfig(rate_limit=settings.api_rate_limit)
     metrics = ApiMetrics(bridge.registry)
     unwinding = Unwinding(gauge=metrics.unwinding)
-    app = create_app(service, control, tokens, config=config, metrics=metrics, unwinding=unwinding)
+    # Shared by the routes and the relay, which counts a creation before reading its body.
+    buckets = TokenBuckets(config.rate_limit)
+    app = create_app(
+        service,
+        control,
+        tokens,
+        config=config,
+        metrics=metrics,
+        unwinding=unwinding,
+        buckets=buckets,
+    )
     # Not ready while /v1 is refused for the handlers still unwinding: the Service sends the
     # API's requests to the workers that answer them.
     app[READINESS] = unwinding.readiness
@@ -675,7 +700,7 @@ async def api_application(bridge: Bridge) -> web.Application:
     # Inside problem_middleware's request timeout: a held request is answered "unavailable" after
     # its hold, which leaves time for the answer when the owner settles within it.
     app.middlewares.append(_holding(hold_bound(config.request_timeout), metrics))
-    relay = _Relay(bridge, tokens, max_bytes=config.max_body_bytes)
+    relay = _Relay(bridge, tokens, max_bytes=config.max_body_bytes, buckets=buckets)
     app.middlewares.append(relay.middleware)
     internal = _Internal(bridge, tokens, as_it_is, rate_limit=config.rate_limit)
     app.router.add_get("/internal/v1/activity/{webhook_id}", internal.activity, allow_head=False)

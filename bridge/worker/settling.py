@@ -148,4 +148,9 @@ async def settle_async(
         except OwnerUnavailable as exc:
             unavailable = exc
         if not unavailable.settles or not await wait_for_change(changed, until):
-            raise unavailable
+            try:
+                raise unavailable
+            finally:
+                # Its traceback holds this frame: not kept here too, which made a reference
+                # cycle of every 503 (until 2026-12-07), left to the collector's full passes.
+                del unavailable

@@ -4,6 +4,7 @@ polls, never waits past its bound, and does not wait at all when it need not."""
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
@@ -15,6 +16,7 @@ from bridge.worker.settling import (
     hold_left,
     hold_until,
     settle,
+    settle_async,
     wait_for_change,
 )
 from tests.support.waiting import PROMPT
@@ -145,3 +147,23 @@ async def test_not_held_without_a_deadline_or_when_no_change_can_settle_it() -> 
     with pytest.raises(OwnerUnavailable):
         await asyncio.wait_for(settle(answered, Changes(), loop.time() + 60), PROMPT)
     assert answered.asked == 1
+
+
+async def test_an_owner_never_known_leaves_no_reference_cycle() -> None:
+    """The error raised at the end of a hold is not kept in the frame its traceback holds: until
+    2026-12-07 each ``503`` so answered was a reference cycle, left to the collector's full
+    passes, which pause the event loop."""
+    changes = Changes()
+
+    async def attempt() -> None:
+        raise OwnerUnavailable("no owner", settles=False)
+
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(50):
+            with pytest.raises(OwnerUnavailable):
+                await settle_async(attempt, changes, None)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
