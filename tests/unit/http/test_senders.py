@@ -506,7 +506,9 @@ async def test_whole_request_timeout(server: LocalServer, kind: str) -> None:
     )
     elapsed = time.perf_counter() - started
     assert outcome(result) == (False, None, "timeout", None)
-    assert 0.15 <= elapsed < 1.0
+    # Ended by the timeout, not by the handler, which never answers (under 1 s here; 1.05 s
+    # seen on a loaded machine: the bound tells the timeout from the 5 s wait, nothing finer).
+    assert 0.15 <= elapsed < 2.5
     assert len(server.requests) == 1
     # The client gave the connection up: the server saw it go and cancelled the handler.
     await asyncio.wait_for(handler_ended.wait(), 2)
