@@ -27,6 +27,7 @@ from bridge.worker.delivery_log import (
     OwnerUnavailable,
     attempts_partition,
 )
+from tests.support.clocks import FakeClock
 from tests.support.waiting import PROMPT, eventually
 from tests.support.workers import offline_bridge
 from tests.unit.attempts.test_attempts import T0, attempt, record, stamp
@@ -660,16 +661,8 @@ class Consumer(Seeks):
         return self.at.get(tp.partition, self.end)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def clocked_reader(
-    store: DeliveryLogStore, clock: Clock, failures: list[str] | None = None, **options: Any
+    store: DeliveryLogStore, clock: FakeClock, failures: list[str] | None = None, **options: Any
 ) -> DeliveryLogReader:
     """A :func:`reader` whose waits are measured by ``clock``, each failure of its store
     appended to ``failures``."""
@@ -688,7 +681,7 @@ async def test_a_failed_write_is_read_again_from_the_checkpoint_once_opened_agai
     caplog.set_level(logging.INFO, logger="bridge.worker.delivery_log")
     disk = Disk()
     store = StoreOnDisk(tmp_path / "log", disk)
-    clock = Clock()
+    clock = FakeClock()
     failures: list[str] = []
     log = clocked_reader(store, clock, failures)
     log.assign([0])
@@ -778,7 +771,7 @@ async def test_a_partition_whose_store_cannot_be_opened_when_assigned_is_assigne
 
     disk = Disk()
     store = StoreOnDisk(directory, disk)
-    clock = Clock()
+    clock = FakeClock()
     failures: list[str] = []
     told: list[bool] = []
     log = clocked_reader(store, clock, failures, on_change=lambda: told.append(log.caught_up))
@@ -867,7 +860,7 @@ async def test_a_store_that_cannot_be_made_anew_after_a_checkpoint_too_old_is_tr
             return {tp: 10 for tp in tps}  # past the checkpoint (offset 3)
 
     store = FirstOpenOnly(directory, Disk())
-    clock = Clock()
+    clock = FakeClock()
     failures: list[str] = []
     log = clocked_reader(store, clock, failures)
     consumer = Later({1: 20})
@@ -902,7 +895,7 @@ async def test_a_memory_store_that_failed_a_write_reads_the_partition_anew(
                 raise RuntimeError("a bug")
             return super().add(*args, **kwargs)
 
-    clock = Clock()
+    clock = FakeClock()
     log = clocked_reader(Failing(), clock)
     log.assign([0])
     log._changed.clear()

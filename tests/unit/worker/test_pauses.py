@@ -14,22 +14,15 @@ from hypothesis import strategies as st
 from bridge.worker.app import Bridge
 from bridge.worker.pauses import TICK, LoopPauses, PauseTicker
 from tests.support.api import LOG_AUTH
+from tests.support.clocks import FakeClock
 from tests.support.waiting import PROMPT
 from tests.support.workers import offline_bridge
 from tests.unit.worker.test_api import HOLD, api_bridge, assign, relaying_app
 from tests.unit.worker.test_delivery_log import turns
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def pauses(
-    clock: Clock, lapses: list[float] | None = None, seen: list[float] | None = None
+    clock: FakeClock, lapses: list[float] | None = None, seen: list[float] | None = None
 ) -> LoopPauses:
     """A fence of limit 1.5 s and hold 2 s on ``clock``, noting when it saw a pause (``seen``)
     and when a hold lapsed (``lapses``)."""
@@ -43,7 +36,7 @@ def pauses(
 
 
 def test_ticks_closer_than_the_limit_never_refuse() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     seen: list[float] = []
     fence = pauses(clock, seen=seen)
     assert fence.may_write()  # not ticking yet: ownership alone decides
@@ -57,7 +50,7 @@ def test_ticks_closer_than_the_limit_never_refuse() -> None:
 def test_a_write_woken_by_a_pause_before_the_first_tick_after_it_is_refused() -> None:
     """After a pause the event loop runs what was ready in any order: a write that runs before
     the tick that would see the gap is refused all the same."""
-    clock = Clock()
+    clock = FakeClock(100.0)
     fence = pauses(clock)
     fence.tick()
     clock.now += 1.6
@@ -65,7 +58,7 @@ def test_a_write_woken_by_a_pause_before_the_first_tick_after_it_is_refused() ->
 
 
 def test_a_pause_refuses_writes_for_the_hold_then_wakes_what_waited() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     lapses: list[float] = []
     seen: list[float] = []
     fence = pauses(clock, lapses, seen)
@@ -89,7 +82,7 @@ def test_a_pause_refuses_writes_for_the_hold_then_wakes_what_waited() -> None:
 def test_no_write_within_the_hold_after_any_gap_longer_than_the_limit(gaps: list[float]) -> None:
     """Whatever the ticks' spacing: a write is allowed only if the last tick is within the
     limit and no gap longer than the limit ended less than the hold ago."""
-    clock = Clock()
+    clock = FakeClock(100.0)
     fence = pauses(clock)
     fence.tick()
     pauses_ended: list[float] = []
@@ -110,11 +103,11 @@ def test_a_worker_takes_its_limit_and_hold_from_its_group_timeouts(tmp_path: Pat
     assert (bridge.pauses.limit, bridge.pauses.hold) == (1.5, 2.0)  # every 0.5 s
 
 
-def fenced_bridge(tmp_path: Path) -> tuple[Bridge, Clock]:
+def fenced_bridge(tmp_path: Path) -> tuple[Bridge, FakeClock]:
     """A worker with the API and the delivery log whose pause fence (limit 1.5 s, hold 2 s, its
     lapse wired as the worker wires it) runs on a clock the test moves."""
     bridge = api_bridge(tmp_path)
-    clock = Clock()
+    clock = FakeClock(100.0)
     bridge.pauses = LoopPauses(limit=1.5, hold=2.0, clock=clock, on_lapse=bridge._writes_may_go_on)
     return bridge, clock
 
