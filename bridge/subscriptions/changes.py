@@ -95,23 +95,12 @@ def check_rate_limit(rate_limit: object) -> None:
         )
 
 
-def _overlap_running(record: Mapping[str, Any], now: datetime) -> bool:
-    """Whether ``record``'s previous secret is still valid at ``now``: there is one, with an
-    expiry that is a time after ``now`` (as :meth:`Webhook.signing_secrets` reads it)."""
-    expires = record.get("previous_secret_expires_at")
-    if not record.get("previous_secret") or not isinstance(expires, str):
-        return False
-    try:
-        return now < parse_time(expires)
-    except (ValueError, TypeError):
-        return False
-
-
-def _drop_retired_secret(record: dict[str, Any], now: datetime, *, turned_on: bool) -> None:
-    """Remove ``previous_secret`` and its expiry from ``record`` (a change being written at
-    ``now``) unless the previous secret still signs: the webhook sends Standard Webhooks
-    headers (``webhook-signature`` is the one header that carries more than one signature)
-    and the overlap runs; when ``turned_on`` (this change turns those headers on), only a
+def _drop_retired_secret(record: dict[str, Any], current: Webhook, now: datetime) -> None:
+    """Remove ``previous_secret`` and its expiry from ``record`` (a change of ``current``
+    being written at ``now``, which keeps its previous secret) unless the previous secret
+    still signs: the webhook sends Standard Webhooks headers (``webhook-signature`` is the one
+    header that carries more than one signature) and the overlap runs
+    (:meth:`Webhook.signing_secrets`); when this change turns those headers on, only a
     ``whsec_`` previous secret is kept, as a Standard Webhooks secret. Until 2026-12-07 every
     write (an update, the bridge's disable, a rotation) wrote the retired secret again to the
     compacted topic, and the API went on showing the end of an overlap long past; a webhook
@@ -119,8 +108,9 @@ def _drop_retired_secret(record: dict[str, Any], now: datetime, *, turned_on: bo
     previous secret."""
     if "previous_secret" not in record and "previous_secret_expires_at" not in record:
         return
-    signs = record.get("standard_webhooks") is True and _overlap_running(record, now)
-    if signs and turned_on:
+    standard = record.get("standard_webhooks") is True
+    signs = standard and len(current.signing_secrets(now)) > 1
+    if signs and not current.standard_webhooks:  # turned on by this change
         signs = str(record["previous_secret"]).startswith(standard_webhooks.SECRET_PREFIX)
     if not signs:
         record.pop("previous_secret", None)
@@ -227,8 +217,7 @@ def updated_record(current: Webhook, changes: Mapping[str, Any], now: datetime) 
         record["events"] = list(changes["events"])
     if "rate_limit" in changes and changes["rate_limit"] is None:
         record.pop("rate_limit", None)
-    turned_on = bool(record.get("standard_webhooks")) and not current.standard_webhooks
-    _drop_retired_secret(record, now, turned_on=turned_on)
+    _drop_retired_secret(record, current, now)
     record["updated_at"] = _stamp_after(current, now)
     return record
 
@@ -289,5 +278,5 @@ def disabled_record(current: Webhook, reason: str, now: datetime) -> dict[str, A
     a previous secret that signs nothing any more (:func:`_drop_retired_secret`)."""
     record = current.to_record()
     record.update(active=False, disabled_reason=reason, updated_at=_stamp_after(current, now))
-    _drop_retired_secret(record, now, turned_on=False)
+    _drop_retired_secret(record, current, now)
     return record
