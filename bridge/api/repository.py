@@ -26,6 +26,7 @@ from typing import Protocol
 
 from bridge.contract import jsoncanon
 from bridge.redaction import url_without_userinfo
+from bridge.subscriptions.freshness import Placed
 from bridge.subscriptions.webhook import Webhook
 
 __all__ = [
@@ -146,12 +147,14 @@ class WebhookRepository(Protocol):
         implementation may use it to narrow its walk, or not)."""
         ...
 
-    async def put(self, webhook: Webhook) -> None:
-        """Write a webhook record that the service validated (its URL included)."""
+    async def put(self, webhook: Webhook) -> Placed | None:
+        """Write a webhook record that the service validated (its URL included); where the
+        broker acknowledged it, when the repository's reads know when they show that
+        (:class:`~bridge.subscriptions.serial.KeyedLocks`), else ``None``."""
         ...
 
-    async def delete(self, webhook_id: str) -> None:
-        """Write the tombstone of a webhook."""
+    async def delete(self, webhook_id: str) -> Placed | None:
+        """Write the tombstone of a webhook; where, as :meth:`put`."""
         ...
 
 

@@ -50,7 +50,8 @@ from bridge.subscriptions.changes import (
     rotated_record,
     updated_record,
 )
-from bridge.subscriptions.serial import KeyedLocks
+from bridge.subscriptions.freshness import Placed
+from bridge.subscriptions.serial import KeyedLocks, to_the_end
 from bridge.subscriptions.urls import WebhookUrl
 from bridge.subscriptions.webhook import Webhook, webhook_from_record
 
@@ -405,10 +406,14 @@ class WebhookService:
     async def _put(self, webhook: Webhook, *, fenced: bool = True) -> None:
         """Write ``webhook`` (its lock held), unless this process may not write it now
         (:class:`~bridge.subscriptions.serial.NotWritable`: a worker that gave its webhooks up
-        since the change was taken). ``fenced=False``: an id generated for it here."""
+        since the change was taken). ``fenced=False``: an id generated for it here. Written
+        to its end, the lock held, even when the request is cancelled meanwhile (its record
+        lands all the same: :func:`~bridge.subscriptions.serial.to_the_end`)."""
         async with self._locks.writing(webhook.id, fenced=fenced):
-            await self._repository.put(webhook)
-        self._locks.wrote(webhook.id, webhook)
+            await to_the_end(
+                self._repository.put(webhook),
+                lambda placed: self._locks.wrote(webhook.id, webhook, placed),
+            )
 
     async def _existing(self, webhook_id: str, principal: Principal) -> Webhook:
         webhook = await self._read_as_written(webhook_id)
@@ -616,17 +621,23 @@ class WebhookService:
             current = await self._existing(webhook_id, principal)
             _if_match(if_match, current)
             async with self._locks.writing(webhook_id):
-                await self._repository.delete(webhook_id)
-            at = self._clock()
-            self._locks.deleted(webhook_id, format_timestamp(at))
-            try:
-                # No earlier than the deleted webhook's own last stamp (a change within the
-                # millisecond is stamped a millisecond on): made again, it is stamped later
-                # than every webhook of the id before it.
-                at = max(at, parse_time(current.updated_at or ""))
-            except ValueError:
-                pass
-            put_newest(self._deleted, webhook_id, at, MAX_DELETES_KEPT)
+                await to_the_end(
+                    self._repository.delete(webhook_id),
+                    lambda placed: self._was_deleted(current, placed),
+                )
+
+    def _was_deleted(self, deleted: Webhook, placed: Placed | None) -> None:
+        """This process deleted ``deleted`` (acknowledged at ``placed``), its lock held."""
+        at = self._clock()
+        self._locks.deleted(deleted.id, format_timestamp(at), placed)
+        try:
+            # No earlier than the deleted webhook's own last stamp (a change within the
+            # millisecond is stamped a millisecond on): made again, it is stamped later than
+            # every webhook of the id before it.
+            at = max(at, parse_time(deleted.updated_at or ""))
+        except ValueError:
+            pass
+        put_newest(self._deleted, deleted.id, at, MAX_DELETES_KEPT)
 
     def _creation_time(self, webhook_id: str) -> datetime:
         """Now, or a millisecond after this process deleted ``webhook_id`` if that was no

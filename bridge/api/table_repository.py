@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from bridge.api.problems import Problem
 from bridge.api.repository import WebhookFilter, scan_ordered
-from bridge.subscriptions.freshness import TableFreshness
+from bridge.subscriptions.freshness import Placed, TableFreshness
 from bridge.subscriptions.index import SubscriptionIndex
 from bridge.subscriptions.store import WebhookStore
 from bridge.subscriptions.webhook import Webhook
@@ -109,10 +109,12 @@ class TableRepository:
             )
         return await scan_ordered(ordered, after=after, limit=limit, where=where)
 
-    async def put(self, webhook: Webhook) -> None:
+    async def put(self, webhook: Webhook) -> Placed | None:
         # The service judged the URL when it set it (as for StoreRepository.put). The next read
         # waits until the table applied this record: it was in the topic before that read began.
         await self._store.write(webhook)
+        return self._store.placed(webhook.id)
 
-    async def delete(self, webhook_id: str) -> None:
+    async def delete(self, webhook_id: str) -> Placed | None:
         await self._store.delete(webhook_id)
+        return self._store.placed(webhook_id)

@@ -31,9 +31,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-__all__ = ["TableFreshness", "Position"]
+__all__ = ["TableFreshness", "Placed", "Position"]
 
 _EndOffsets = Callable[[], Awaitable[Mapping[int, int]]]
 #: The consumer's high-water marks of the source partitions, by (topic, partition): what the
@@ -52,6 +52,13 @@ class Position(Protocol):
 
     @property
     def offset(self) -> int: ...
+
+
+class Placed(NamedTuple):
+    """Where the broker acknowledged a record this process wrote to the subscriptions topic."""
+
+    partition: int
+    offset: int
 
 
 class TableFreshness:
@@ -88,6 +95,11 @@ class TableFreshness:
         if offset + 1 > self._applied.get(partition, 0):
             self._applied[partition] = offset + 1
             self._progress.set()
+
+    def has_applied(self, placed: Placed) -> bool:
+        """Whether the table applied the record at ``placed`` (or a later one of its
+        partition, which it reads in order)."""
+        return self._applied.get(placed.partition, 0) > placed.offset
 
     def received(self, source: Position) -> None:
         """Note a source record's arrival; call it for each, in the order its partition

@@ -15,6 +15,7 @@ from bridge.contract import jsoncanon
 from bridge.errors import InvalidSubscription
 from bridge.kafka.clients import client_kwargs, keyring, require_topics, started, stopped
 from bridge.kafka.reading import read_topic
+from bridge.memo import put_newest
 from bridge.subscriptions.changes import (
     SECRET_BYTES,
     check_rate_limit,
@@ -24,14 +25,19 @@ from bridge.subscriptions.changes import (
     rotated_record,
     updated_record,
 )
+from bridge.subscriptions.freshness import Placed
 from bridge.subscriptions.urls import WebhookUrl
 from bridge.subscriptions.webhook import Webhook, parse_webhook, webhook_from_record, webhook_key
 
 # SECRET_BYTES and new_secret live in bridge.subscriptions.changes; named here for callers of old.
-__all__ = ["SECRET_BYTES", "new_secret", "WebhookStore"]
+__all__ = ["MAX_PLACED_KEPT", "SECRET_BYTES", "new_secret", "WebhookStore"]
 
 
 log = logging.getLogger(__name__)
+
+#: Webhooks whose newest write :meth:`WebhookStore.placed` remembers (the oldest forgotten
+#: first): it is read right after the write, under the webhook's lock.
+MAX_PLACED_KEPT = 10_000
 
 
 class WebhookStore:
@@ -48,6 +54,15 @@ class WebhookStore:
         self._settings = settings
         self._keyring = keyring(settings)
         self._producer: AIOKafkaProducer | None = None
+        #: Where the newest record this store wrote of each webhook was acknowledged.
+        self._placed: dict[str, Placed] = {}
+
+    def placed(self, webhook_id: str) -> Placed | None:
+        """Where the broker acknowledged the newest record (a tombstone included) this store
+        wrote of ``webhook_id``: the highest offset, a key's records sharing a partition. A
+        writer holding the webhook's lock reads it right after its write, to know when a table
+        has applied that write (:meth:`bridge.subscriptions.serial.KeyedLocks.wrote`)."""
+        return self._placed.get(webhook_id)
 
     async def __aenter__(self) -> WebhookStore:
         self._producer = await started(
@@ -195,9 +210,13 @@ class WebhookStore:
 
     async def _send(self, webhook_id: str, value: bytes | None) -> None:
         assert self._producer is not None, "use WebhookStore as an async context manager"
-        await self._producer.send_and_wait(
+        sent = await self._producer.send_and_wait(
             self._settings.subscriptions_topic, value, key=webhook_id.encode("utf-8")
         )
+        placed = Placed(sent.partition, sent.offset)
+        known = self._placed.get(webhook_id)
+        if known is None or known.partition != placed.partition or known.offset < placed.offset:
+            put_newest(self._placed, webhook_id, placed, MAX_PLACED_KEPT)
 
     async def load(self, *, reveal: bool = True) -> dict[str, Webhook]:
         """Read the whole subscriptions topic; the current webhooks by id.

@@ -188,7 +188,9 @@ class Bridge:
         self.changes = Changes()
         #: One change of a webhook at a time: the API's, and the bridge's disables; each
         #: written only while this worker may (:meth:`_may_change`).
-        self.change_locks = KeyedLocks(may_write=self._may_change)
+        self.change_locks = KeyedLocks(
+            may_write=self._may_change, applied=self.freshness.has_applied
+        )
         #: The event loop's pauses long enough for the group to have dropped this worker
         #: unawares: no change is written for a session timeout after one.
         self.pauses = LoopPauses(

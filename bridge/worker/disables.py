@@ -39,7 +39,7 @@ from bridge.contract.events import format_timestamp
 from bridge.delivery.endpoint_health import HealthChange
 from bridge.metrics import Metrics
 from bridge.subscriptions.freshness import TableFreshness
-from bridge.subscriptions.serial import KeyedLocks, NotWritable
+from bridge.subscriptions.serial import KeyedLocks, NotWritable, to_the_end
 from bridge.subscriptions.store import WebhookStore
 from bridge.subscriptions.webhook import Webhook, before_created
 
@@ -249,8 +249,12 @@ class DisableWriter:
             assert current is not None
             reason = status.get("reason")
             why = reason if reason in DISABLE_REASONS else "failing"
-            written = await self._metrics.observed_write("disable", store.disable(current, why))
-            self._locks.wrote(webhook_id, written)
+            # To its end even if this worker stops meanwhile (to_the_end): the lock is held
+            # until the record is, the next change reads it.
+            await to_the_end(
+                self._metrics.observed_write("disable", store.disable(current, why)),
+                lambda written: self._locks.wrote(webhook_id, written, store.placed(webhook_id)),
+            )
             self._metrics.disabled.labels(why).inc()
             log.warning("webhook disabled", extra={"webhook_id": webhook_id, "reason": reason})
         if verdict == "deleted":

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.tables import recovery as faust_recovery
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -543,3 +543,48 @@ async def test_a_partition_paused_for_the_standby_start_stays_paused_when_its_bu
     assert not failures, failures
     assert drained.is_set()
     assert await names_missing(worker, seed + extra) == []
+
+
+async def test_the_store_reports_where_each_write_of_a_webhook_was_acknowledged(
+    settings: Settings,
+) -> None:
+    """:meth:`WebhookStore.placed`: the partition and offset of the newest record (a tombstone
+    included) the store wrote of a webhook, which is where a reader of the topic finds it: a
+    worker's API and disables wait for their table to have applied it before changing the
+    webhook again (bridge.subscriptions.serial.KeyedLocks)."""
+    async with WebhookStore(settings) as store:
+        assert store.placed("wh_placed") is None
+        made = await store.create(
+            url="https://example.com/h",
+            events=["post.created"],
+            webhook_id="wh_placed",
+            site_id="s1",
+        )
+        first = store.placed("wh_placed")
+        await store.create(
+            url="https://example.com/h", events=["post.created"], webhook_id="wh_b", site_id="s1"
+        )
+        await store.disable(made, "gone")
+        second = store.placed("wh_placed")
+        await store.delete("wh_placed")
+        third = store.placed("wh_placed")
+    assert first is not None and second is not None and third is not None
+    assert first.partition == second.partition == third.partition
+    assert first.offset < second.offset < third.offset
+
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(settings.subscriptions_topic, first.partition)
+        consumer.assign([tp])
+        found: dict[int, tuple[bytes | None, bytes | None]] = {}
+        for placed in (first, second, third):
+            consumer.seek(tp, placed.offset)
+            record = await asyncio.wait_for(consumer.getone(), 10)
+            found[record.offset] = (record.key, record.value)
+    finally:
+        await consumer.stop()
+    assert set(found) == {first.offset, second.offset, third.offset}
+    assert {key for key, _ in found.values()} == {b"wh_placed"}
+    assert b'"active":false' in (found[second.offset][1] or b"")
+    assert found[third.offset][1] is None

@@ -284,6 +284,9 @@ class IndexStore:
         await asyncio.sleep(0)
         self.index.remove(webhook_id)
 
+    def placed(self, webhook_id: str) -> None:
+        """Applied as written: nowhere to wait for."""
+
 
 def memory_repository() -> Any:
     return MemoryRepository()

@@ -3,6 +3,7 @@ listing of one site walks only that site's webhooks."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,11 +19,13 @@ from bridge.api.repository import (
 )
 from bridge.api.service import WebhookService
 from bridge.api.table_repository import TableRepository
-from bridge.subscriptions.freshness import TableFreshness
+from bridge.subscriptions.freshness import Placed, TableFreshness
 from bridge.subscriptions.index import SubscriptionIndex
+from bridge.subscriptions.serial import KeyedLocks
 from bridge.subscriptions.webhook import Webhook, webhook_from_record
 from tests.support.builders import webhook_record
 from tests.support.turns import turns_during
+from tests.support.waiting import PROMPT
 
 
 def webhook(webhook_id: str) -> Webhook:
@@ -30,17 +33,26 @@ def webhook(webhook_id: str) -> Webhook:
 
 
 class Store:
-    """What the repository writes (the WebhookStore's two write methods)."""
+    """What the repository writes (the WebhookStore's two write methods), each record placed
+    at the next offset of partition 0."""
 
     def __init__(self) -> None:
         self.written: list[Any] = []
+        self._placed: dict[str, Placed] = {}
 
     async def write(self, value: Webhook) -> Webhook:
-        self.written.append(value)
+        self._place(value.id, value)
         return value
 
     async def delete(self, webhook_id: str) -> None:
-        self.written.append(webhook_id)
+        self._place(webhook_id, webhook_id)
+
+    def _place(self, webhook_id: str, value: Any) -> None:
+        self._placed[webhook_id] = Placed(0, len(self.written))
+        self.written.append(value)
+
+    def placed(self, webhook_id: str) -> Placed | None:
+        return self._placed.get(webhook_id)
 
 
 def repository(
@@ -73,11 +85,49 @@ async def test_a_table_behind_its_topic_answers_503_not_an_old_version() -> None
     assert refused.value.headers["Retry-After"] == "1"
 
 
-async def test_writes_go_to_the_store() -> None:
+async def test_writes_go_to_the_store_and_say_where_they_were_placed() -> None:
     repo, _ = repository(SubscriptionIndex(), {})
-    await repo.put(webhook("a"))
-    await repo.delete("a")
+    assert await repo.put(webhook("a")) == Placed(0, 0)
+    assert await repo.delete("a") == Placed(0, 1)
     assert [getattr(w, "id", w) for w in repo._store.written] == ["a", "a"]
+
+
+async def test_a_change_waits_for_the_table_to_apply_the_last_one_wherever_the_ends_say() -> None:
+    """The broker's end offsets trail a write (the embedded broker's, after two producers wrote
+    at once), so the table reads as current without it, and it trails longer than the time a
+    write was once trusted to be applied within (``seen_within``, 0 here). A rename made then
+    would be made over the version before the owner's disable: it waits (``503`` at its
+    timeout) until the table applied the disable's record, then is made to the disabled
+    webhook."""
+    index = SubscriptionIndex([webhook("a")])
+    repo, freshness = repository(index, {0: 0})  # ends that trail every write
+    locks = KeyedLocks(applied=freshness.has_applied, seen_within=0.0)
+    service = WebhookService(repo, locks=locks)
+    writer = Principal("writer", frozenset({"read", "write"}))
+    await service.update(writer, "a", {"active": False}, if_match=None)
+    [disabled] = repo._store.written
+    assert not disabled.active and index.get("a").active  # the table has not applied it
+
+    reads = 0
+    read = index.get
+
+    def counted(webhook_id: str) -> Webhook | None:
+        nonlocal reads
+        reads += 1
+        return read(webhook_id)
+
+    index.get = counted  # type: ignore[method-assign]
+    renaming = asyncio.ensure_future(
+        service.update(writer, "a", {"name": "renamed"}, if_match=None)
+    )
+    while reads < 20 and not renaming.done():
+        await asyncio.sleep(0.001)
+    assert not renaming.done() and len(repo._store.written) == 1  # waiting, nothing written
+
+    index.put(disabled)
+    freshness.applied(0, 0)
+    renamed = (await asyncio.wait_for(renaming, PROMPT)).webhook
+    assert (renamed.name, renamed.active) == ("renamed", False)
 
 
 async def test_without_current_reads_answer_from_the_table_as_it_is_once_it_was_current() -> None:

@@ -4,6 +4,8 @@ under the lock of the API's changes, with its table current, once per status rec
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -13,12 +15,15 @@ from prometheus_client import CollectorRegistry
 from bridge.config import Settings
 from bridge.contract.schemas import is_valid
 from bridge.metrics import Metrics
+from bridge.subscriptions.changes import disabled_record
+from bridge.subscriptions.freshness import Placed
 from bridge.subscriptions.serial import KeyedLocks
-from bridge.subscriptions.webhook import Webhook
+from bridge.subscriptions.webhook import Webhook, webhook_from_record
 from bridge.worker import disables
 from bridge.worker.disables import DisableWriter, disable_verdict
 from tests.support.jobs import spec_webhook
 from tests.support.metrics import sample
+from tests.support.waiting import PROMPT
 
 CREATED = "2024-01-15T09:00:00.000Z"
 VERSION = "2024-01-15T09:30:00.000Z"
@@ -115,7 +120,11 @@ class _Store:
     async def disable(self, current: Webhook, reason: str) -> Webhook:
         # The API's changes of this webhook wait meanwhile: the lock is held.
         self.calls.append(("disable", (current.id, reason, len(self.locks))))
-        return current
+        return webhook_from_record(disabled_record(current, reason, datetime.now(UTC)))
+
+    def placed(self, webhook_id: str) -> Placed | None:
+        """Where its disable was acknowledged."""
+        return Placed(0, 7) if ("disable", (webhook_id, "gone", 1)) in self.calls else None
 
     async def put_status(self, record: dict[str, Any]) -> None:
         self.calls.append(("status", record["state"]))
@@ -133,9 +142,13 @@ def _writer(
     owns: bool = True,
     fresh: bool = True,
     may_write: bool = True,
+    applied: Callable[[Placed], bool] | None = None,
 ) -> tuple[DisableWriter, _Store, _Freshness, CollectorRegistry]:
     registry = CollectorRegistry()
-    locks = KeyedLocks(may_write=lambda _: may_write)
+    if applied is None:
+        locks = KeyedLocks(may_write=lambda _: may_write)
+    else:  # waits for a write until its place is applied, never by time
+        locks = KeyedLocks(may_write=lambda _: may_write, applied=applied, seen_within=0.0)
     store = _Store(locks)
     freshness = _Freshness(fresh)
     writer = DisableWriter(
@@ -183,6 +196,30 @@ async def test_the_owner_writes_the_disable_under_the_lock_once(
     assert len(store.calls) == 2
     assert sample(registry, "webhook_bridge_disable_writes_total", result="written") == 1
     assert sample(registry, "webhook_bridge_webhooks_disabled_total", reason="gone") == 1
+
+
+async def test_a_change_after_the_owners_disable_waits_until_the_table_applied_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The disable's place on the topic is kept under its lock: a change of the webhook read
+    from a table that still shows the version before waits for the table to apply it, however
+    long (until 2026-12-07, at most 5 s after the disable)."""
+    applied: set[Placed] = set()
+    statuses = {"webhook_abc": disabled()}
+    writer, store, _, _ = _writer(
+        monkeypatch, current=webhook(), statuses=statuses, applied=applied.__contains__
+    )
+    writer.offer(["webhook_abc"])
+    await _settled(writer)
+    assert store.calls[0][0] == "disable"
+
+    async def before() -> Webhook | None:
+        return webhook()  # on: the table has not applied the disable
+
+    read = store.locks.read_as_written
+    assert await read("webhook_abc", before, timeout=0.02) == (False, webhook())
+    applied.add(Placed(0, 7))
+    assert await read("webhook_abc", before, timeout=PROMPT) == (True, webhook())
 
 
 async def test_a_webhook_turned_on_after_its_disable_was_applied_stays_on(
