@@ -63,9 +63,10 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from httptools import HttpResponseParser
-from yarl import URL
 
+from bridge.errors import InvalidUrl
 from bridge.http.ssrf import AddressPolicy, Resolver, checked_addresses
+from bridge.subscriptions.urls import WebhookUrl
 
 __all__ = [
     "MAX_HANDSHAKE_READS",
@@ -175,17 +176,18 @@ class Target:
 
 
 def target_of(url: str) -> Target:
-    """Parse an ``http``/``https`` URL (``ValueError`` for anything else)."""
-    parsed = URL(url)
-    if parsed.scheme not in ("http", "https") or not parsed.raw_host:
-        raise ValueError(f"not an http(s) URL: {url!r}")
-    port = parsed.port
-    assert port is not None  # yarl knows the default ports of http and https
-    path = parsed.raw_path_qs or "/"
-    # host_port_subcomponent brackets IPv6 and leaves the scheme's default port out.
-    host_header = parsed.host_port_subcomponent
-    prefix = f"POST {path} HTTP/1.1\r\nHost: {host_header}\r\n".encode("ascii")
-    return Target((parsed.scheme, parsed.raw_host, port), prefix)
+    """Parse an ``http``/``https`` webhook URL (``ValueError`` for anything else) as every
+    other part of the bridge reads it (:meth:`~bridge.subscriptions.urls.WebhookUrl.parse`:
+    the SSRF check, the endpoint's key): the request target is its normal form's, byte for
+    byte, as the API stores and shows it. Until 2026-12-07 it was yarl's reading, which
+    decoded escapes such as ``%2F`` in a signed query and resolved ``%2e%2e``."""
+    try:
+        parsed = WebhookUrl.parse(url)
+    except InvalidUrl as refused:
+        raise ValueError(f"not a usable http(s) URL: {refused}") from None
+    # authority brackets IPv6 and leaves the scheme's default port out.
+    prefix = f"POST {parsed.target} HTTP/1.1\r\nHost: {parsed.authority}\r\n".encode("ascii")
+    return Target((parsed.scheme, parsed.host, parsed.port), prefix)
 
 
 def render_head(target: Target, headers: dict[str, str], content_length: int) -> bytes:

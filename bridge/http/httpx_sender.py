@@ -34,6 +34,7 @@ from bridge.http.http1 import (
     TlsRecords,
 )
 from bridge.http.ssrf import AddressPolicy, Resolver
+from bridge.subscriptions.urls import WebhookUrl
 
 __all__ = ["new_client", "HttpxSender"]
 
@@ -388,8 +389,11 @@ class HttpxSender(SenderBase):
         # documentation promises ("We will time out requests after 30 seconds").
         async with asyncio.timeout(self._timeout):
             try:
+                # The URL's normal form: its host as the SSRF check read it (127.1. is
+                # 127.0.0.1, not a name to look up), its target as the API stores it.
+                url = WebhookUrl.parse(job.webhook.url).url
                 async with self._client.stream(
-                    "POST", job.webhook.url, content=body, headers=headers
+                    "POST", url, content=body, headers=headers
                 ) as response:
                     refusal = _refusal(response)
                     if refusal is not None:

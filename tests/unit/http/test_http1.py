@@ -439,7 +439,7 @@ def test_unsolicited_bytes_on_an_idle_connection_drop_it() -> None:
             True,
         ),
         (
-            "https://Bücher.example/a b?q=ü",
+            "https://Bücher.example/a%20b?q=%C3%BC",
             ("https", "xn--bcher-kva.example", 443),
             b"POST /a%20b?q=%C3%BC HTTP/1.1\r\nHost: xn--bcher-kva.example\r\n",
             True,

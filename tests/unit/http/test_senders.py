@@ -49,6 +49,7 @@ from bridge.http.dns import DnsResolver, resolver_for
 from bridge.http.http1_sender import Http1Sender
 from bridge.http.httpx_sender import HttpxSender, new_client
 from bridge.http.ssrf import AddressPolicy, IPAddress, Resolver
+from bridge.subscriptions.urls import WebhookUrl
 from bridge.worker.embedded import free_port
 from tests.support.clocks import Ticks
 from tests.support.fake_dns import FakeDns
@@ -207,6 +208,7 @@ class FakeResolver:
 @dataclass(frozen=True)
 class Seen:
     method: str
+    #: The request target as it came in the request line, undecoded.
     path_qs: str
     #: As received: names in their case, in order, repeated headers repeated.
     headers: tuple[tuple[str, str], ...]
@@ -274,7 +276,7 @@ async def local_server(ssl_context: ssl.SSLContext | None = None) -> AsyncIterat
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         body = await request.read()
         headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers)
-        state.requests.append(Seen(request.method, request.path_qs, headers, body))
+        state.requests.append(Seen(request.method, request.raw_path, headers, body))
         return await state.respond(request)
 
     manager = _Server(state, handle)
@@ -333,6 +335,32 @@ async def test_sends_one_post_with_exactly_the_documented_headers(
     # Byte for byte what build_headers gives (header names keep their documented spelling).
     for name, value in build_headers(*delivery, WALL).items():
         assert (name, value) in seen.headers
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        # An Azure Logic Apps shape: a signed query whose %2F must stay escaped.
+        "/hook?sp=%2Ftriggers%2Fmanual%2Frun&sig=ab%2Bcd%2Fef%3D",
+        "/h;v=%3B1",  # a reserved character escaped: decoding it changes the meaning
+        "/%2e%2e/admin",  # an escaped dot segment is not a dot segment to resolve
+        "/%7Euser/hook",
+        "/%e2%9c%93",  # escapes in lower case
+        "/a%20b?q=%C3%BC&r=a+b",
+    ],
+)
+async def test_the_request_target_is_sent_as_stored(
+    server: LocalServer, kind: str, target: str
+) -> None:
+    """The request line carries the target as the webhook's URL has it (its normal form,
+    WebhookUrl.parse, which the API stores and shows), byte for byte. Until 2026-12-07 the
+    http1 client parsed the URL again with yarl, which decoded escapes such as ``%2F`` and
+    ``%3B`` and resolved ``%2e%2e``: another request than the receiver configured."""
+    url = server.url(target)
+    assert WebhookUrl.parse(url).url == url
+    await send_once(hot_sender(kind), make_delivery(url))
+    (seen,) = server.requests
+    assert seen.path_qs == target
 
 
 async def test_body_bytes_are_sent_unchanged_and_verify(server: LocalServer, kind: str) -> None:
@@ -603,6 +631,30 @@ async def test_allow_listed_loopback_is_delivered(
     assert outcome(first) == outcome(second) == (True, 200, None, None)
     assert len(server.requests) == 2
     assert server.connections == 1  # keep-alive
+    assert connects == ["127.0.0.1"]
+
+
+@pytest.mark.parametrize("host", ["127.1.", "0x7f.0.0.1", "2130706433", "127.0.0.1."])
+async def test_a_legacy_ipv4_host_is_connected_to_as_it_was_checked(
+    server: LocalServer, connects: list[str], kind: str, host: str
+) -> None:
+    """A host in a form ``getaddrinfo`` also reads (``127.1.``) is the address the SSRF check
+    and the endpoint's key saw (WebhookUrl.parse: ``127.0.0.1``), never a name to look up: no
+    resolver here answers. Until 2026-12-07 both senders read the URL again (yarl, httpx), and
+    asked DNS for ``127.1.`` (httpx refused ``0x7f.0.0.1`` with an exception: an internal error)."""
+
+    class Unused:
+        async def resolve(self, host: str, port: int) -> list[IPAddress]:
+            raise AssertionError(f"{host} looked up")
+
+    sender = hot_sender(kind, resolver=Unused())
+    try:
+        result = await sender.send(*make_delivery(f"http://{host}:{server.port}/hook"))
+    finally:
+        await sender.aclose()
+    assert outcome(result) == (True, 200, None, None)
+    (seen,) = server.requests
+    assert seen.values("Host") == [f"127.0.0.1:{server.port}"]
     assert connects == ["127.0.0.1"]
 
 
