@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "parse_duration",
+    "parse_explicit_bool",
     "parse_schedule",
     "RENAMED",
     "format_duration",
@@ -208,6 +209,15 @@ def parse_bool(text: str) -> bool:
     if lowered in _FALSE:
         return False
     raise ValueError(f"expected a boolean (true/false), got {text!r}")
+
+
+def parse_explicit_bool(text: str) -> bool:
+    """:func:`parse_bool` without the empty value: for a safeguard (``ssrf_guard``), which a
+    variable set to nothing (an unset shell or compose variable, Helm's ``--set key=``) must
+    not turn off. Until 2026-12-07 ``BRIDGE_SSRF_GUARD=`` did, silently."""
+    if not text.strip():
+        raise ValueError("expected true or false, got an empty value (which would turn it off)")
+    return parse_bool(text)
 
 
 def parse_list(text: str) -> tuple[str, ...]:
@@ -782,7 +792,7 @@ class Settings:
         True,
         "BRIDGE_SSRF_GUARD",
         "--ssrf-guard",
-        parse_bool,
+        parse_explicit_bool,
         "Refuse deliveries to loopback, private, link-local and other internal addresses.",
     )
     allow_networks: tuple[str, ...] = Section.SECURITY.setting(

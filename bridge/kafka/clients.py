@@ -42,6 +42,9 @@ __all__ = [
 RECORD_DUMPING_LOGGERS = ("aiokafka.conn", "aiokafka.producer.producer")
 
 
+log = logging.getLogger(__name__)
+
+
 class _NoDebug(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno > logging.DEBUG
@@ -116,7 +119,13 @@ async def stopped(client: KafkaClient) -> None:
 
 
 def address_policy(settings: Settings) -> AddressPolicy:
-    """The SSRF guard's policy: on unless disabled, with the configured allow-list."""
+    """The SSRF guard's policy: on unless disabled (logged, each time a policy is made), with
+    the configured allow-list."""
+    if not settings.ssrf_guard:
+        log.warning(
+            "the SSRF guard is off (ssrf_guard false): deliveries may reach loopback, private "
+            "and link-local addresses, cloud metadata services included"
+        )
     return AddressPolicy.from_setting(
         ",".join(settings.allow_networks), enabled=settings.ssrf_guard
     )

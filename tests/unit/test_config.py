@@ -29,6 +29,7 @@ from bridge.config import (
 from bridge.contract.resources import load_json
 from bridge.delivery.retry_policy import MAX_RETRY_DELAY
 from bridge.errors import BridgeError, ConfigError
+from bridge.kafka.clients import address_policy
 from bridge.worker.embedded import GROUP_TIMEOUTS
 
 SASL = {
@@ -949,3 +950,25 @@ def test_bootstrap_servers_in_brackets_or_signed_are_host_port_or_refused(server
     """(Not in the shared refused values: the chart's tests read those as YAML.)"""
     with pytest.raises(ConfigError, match="BRIDGE_KAFKA_BOOTSTRAP_SERVERS"):
         Settings.load(env={"BRIDGE_KAFKA_BOOTSTRAP_SERVERS": servers})
+
+
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_ssrf_guard_is_refused_not_read_as_off(empty: str) -> None:
+    """An empty variable (an unset compose or shell variable, Helm's ``--set key=``) is read
+    as false for other booleans; for the SSRF guard it would turn the safeguard off, silently
+    (until 2026-12-07). It is refused, naming the variable."""
+    with pytest.raises(ConfigError, match="BRIDGE_SSRF_GUARD"):
+        Settings.load(env={"BRIDGE_SSRF_GUARD": empty})
+    assert Settings.load(env={"BRIDGE_SSRF_GUARD": "false"}).ssrf_guard is False
+    assert Settings.load(env={}).ssrf_guard is True
+
+
+def test_the_ssrf_guard_turned_off_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="bridge.kafka.clients"):
+        address_policy(Settings.load(env={}))
+        assert not caplog.records
+        address_policy(Settings.load(env={"BRIDGE_SSRF_GUARD": "off"}))
+    assert [r.getMessage() for r in caplog.records] == [
+        "the SSRF guard is off (ssrf_guard false): deliveries may reach loopback, private and "
+        "link-local addresses, cloud metadata services included"
+    ]
