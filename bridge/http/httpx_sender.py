@@ -390,10 +390,15 @@ class HttpxSender(SenderBase):
         async with asyncio.timeout(self._timeout):
             try:
                 # The URL's normal form: its host as the SSRF check read it (127.1. is
-                # 127.0.0.1, not a name to look up), its target as the API stores it.
-                url = WebhookUrl.parse(job.webhook.url).url
+                # 127.0.0.1, not a name to look up), its target as the API stores it; and
+                # its Host header, which httpx would otherwise make by decoding an xn-- name
+                # whole (raising for a later label IDNA 2008 refuses, my_svc).
+                parsed = WebhookUrl.parse(job.webhook.url)
                 async with self._client.stream(
-                    "POST", url, content=body, headers=headers
+                    "POST",
+                    parsed.url,
+                    content=body,
+                    headers={"Host": parsed.authority, **headers},
                 ) as response:
                     refusal = _refusal(response)
                     if refusal is not None:

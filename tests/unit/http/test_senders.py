@@ -675,6 +675,23 @@ async def test_allow_listed_name_is_delivered_to_the_checked_address(
     assert connects == ["127.0.0.1"]
 
 
+@pytest.mark.parametrize("host", ["xn--bcher-kva.my_svc.test", "xn--bcher-kva.ab--cd.test"])
+async def test_a_name_whose_labels_are_not_all_idna_is_delivered(
+    server: LocalServer, connects: list[str], kind: str, host: str
+) -> None:
+    """A name the URL rules take (an ``xn--`` label that decodes, then ASCII labels with
+    ``_`` or ``--`` in third place, which IDNA 2008 would not) is delivered by both senders as
+    it is written. Until 2026-12-07 httpx decoded the whole name for its Host header, raised,
+    and every delivery was dead-lettered ``internal_error``."""
+    fake = FakeResolver(["127.0.0.1"])
+    result = await send_once(hot_sender(kind, resolver=fake), make_delivery(server.url(host=host)))
+    assert outcome(result) == (True, 200, None, None)
+    (seen,) = server.requests
+    assert seen.values("Host") == [f"{host}:{server.port}"]
+    assert fake.asked == [(host, server.port)]
+    assert connects == ["127.0.0.1"]
+
+
 async def test_localhost_is_delivered_under_a_loopback_v4_policy(
     server: LocalServer,
     connects: list[str],
