@@ -109,7 +109,7 @@ def serve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings
 
 async def _serve(args: argparse.Namespace) -> None:
     from bridge.admin.publish import send_test_event
-    from bridge.kafka.clients import endpoint_check
+    from bridge.kafka.clients import endpoint_check, warn_if_unguarded
     from bridge.metrics import ConnectionMetrics
     from bridge.subscriptions.store import WebhookStore
     from bridge.worker.logs import logging_config
@@ -119,6 +119,7 @@ async def _serve(args: argparse.Namespace) -> None:
     assert settings.api_tokens is not None
     tokens = TokenSet.from_file(settings.api_tokens)
     logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
+    warn_if_unguarded(settings)
     async with WebhookStore(settings) as store:
         repository = StoreRepository(store)
         service = WebhookService(

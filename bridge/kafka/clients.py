@@ -118,14 +118,17 @@ async def stopped(client: KafkaClient) -> None:
         raise
 
 
-def address_policy(settings: Settings) -> AddressPolicy:
-    """The SSRF guard's policy: on unless disabled (logged, each time a policy is made), with
-    the configured allow-list."""
+def warn_if_unguarded(settings: Settings) -> None:
+    """Log, as a worker or ``serve`` starts, that the SSRF guard is off."""
     if not settings.ssrf_guard:
         log.warning(
             "the SSRF guard is off (ssrf_guard false): deliveries may reach loopback, private "
             "and link-local addresses, cloud metadata services included"
         )
+
+
+def address_policy(settings: Settings) -> AddressPolicy:
+    """The SSRF guard's policy: on unless disabled, with the configured allow-list."""
     return AddressPolicy.from_setting(
         ",".join(settings.allow_networks), enabled=settings.ssrf_guard
     )

@@ -51,6 +51,7 @@ from bridge.kafka.clients import (
     new_consumer,
     started,
     stopped,
+    warn_if_unguarded,
 )
 from bridge.kafka.outputs import KafkaOutputs
 from bridge.kafka.topics import declared_topics
@@ -140,6 +141,7 @@ class Bridge:
 
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
+        warn_if_unguarded(settings)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry, __version__, http_timeout=settings.http_timeout)
         self.index = SubscriptionIndex()

@@ -29,7 +29,6 @@ from bridge.config import (
 from bridge.contract.resources import load_json
 from bridge.delivery.retry_policy import MAX_RETRY_DELAY
 from bridge.errors import BridgeError, ConfigError
-from bridge.kafka.clients import address_policy
 from bridge.worker.embedded import GROUP_TIMEOUTS
 
 SASL = {
@@ -963,11 +962,19 @@ def test_an_empty_ssrf_guard_is_refused_not_read_as_off(empty: str) -> None:
     assert Settings.load(env={}).ssrf_guard is True
 
 
-def test_the_ssrf_guard_turned_off_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+def test_the_ssrf_guard_turned_off_is_logged_as_a_worker_starts(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """Once, when the worker is made (not at its first delivery, which a worker without
+    traffic never makes), and never for a guard on."""
+    from bridge.worker.app import Bridge
+
     with caplog.at_level(logging.WARNING, logger="bridge.kafka.clients"):
-        address_policy(Settings.load(env={}))
+        kafka = {"BRIDGE_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"}  # (made, never reached)
+        Bridge(Settings.load(env=kafka, overrides={"data_dir": str(tmp_path)}))
         assert not caplog.records
-        address_policy(Settings.load(env={"BRIDGE_SSRF_GUARD": "off"}))
+        unguarded = {**kafka, "BRIDGE_SSRF_GUARD": "off"}
+        Bridge(Settings.load(env=unguarded, overrides={"data_dir": str(tmp_path)}))
     assert [r.getMessage() for r in caplog.records] == [
         "the SSRF guard is off (ssrf_guard false): deliveries may reach loopback, private and "
         "link-local addresses, cloud metadata services included"
