@@ -8,6 +8,7 @@ way, so that a worker giving its partitions up can wait for the writes it let th
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
@@ -20,6 +21,8 @@ from bridge.subscriptions.webhook import Webhook
 __all__ = ["MAX_WRITES_KEPT", "WRITE_SEEN_TIMEOUT", "KeyedLocks", "NotWritable", "to_the_end"]
 
 _T = TypeVar("_T")
+
+log = logging.getLogger(__name__)
 
 #: The last writes kept (the oldest forgotten first): a table applies a write within a fetch.
 MAX_WRITES_KEPT = 10_000
@@ -195,8 +198,9 @@ async def to_the_end(write: Awaitable[_T], then: Callable[[_T], object]) -> _T:
     before the cancellation goes on, and the next change of the key reads it. Until 2026-12-07
     the lock was let go at the cancel: a disable made meanwhile read the version before a rename
     whose record then landed after the disable's, turning the webhook on again. A write that
-    fails after the cancel is dropped with it (nothing was recorded; the cancellation is
-    raised). The wait is bounded by the producer's own (its delivery timeout)."""
+    fails after the cancel is logged and dropped with it (nothing was recorded; the
+    cancellation is raised). The wait is bounded by the producer's own (its delivery timeout,
+    40 s)."""
     task = asyncio.ensure_future(write)
     cancelled = False
     while not task.done():
@@ -207,6 +211,10 @@ async def to_the_end(write: Awaitable[_T], then: Callable[[_T], object]) -> _T:
     error = None if task.cancelled() else task.exception()
     if task.cancelled() or error is not None:
         if cancelled:
+            if error is not None:  # no one else sees it: the request's answer was its cancel
+                log.warning(
+                    "a write failed after its request was cancelled: %s", type(error).__name__
+                )
             raise asyncio.CancelledError() from error
         return task.result()  # raises what ended it
     result = task.result()

@@ -5,6 +5,7 @@ through, within a bound."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -221,7 +222,9 @@ async def test_a_place_is_ignored_without_a_table_to_ask() -> None:
     assert await locks.read_as_written("wh_a", shows, timeout=PROMPT) == (True, before)
 
 
-async def test_a_write_is_awaited_to_its_end_through_any_number_of_cancels() -> None:
+async def test_a_write_is_awaited_to_its_end_through_any_number_of_cancels(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """to_the_end: the caller cancelled (twice) while its record is on its way waits for it,
     records it (``then``), and only then is cancelled; a write failing after the cancel is
     dropped with it, one failing otherwise raises as before."""
@@ -257,8 +260,12 @@ async def test_a_write_is_awaited_to_its_end_through_any_number_of_cancels() -> 
     caller.cancel()
     await asyncio.sleep(0)
     failing.set()
-    with pytest.raises(asyncio.CancelledError):
-        await caller
+    with caplog.at_level(logging.WARNING, logger="bridge.subscriptions.serial"):
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+    assert [r.getMessage() for r in caplog.records] == [
+        "a write failed after its request was cancelled: OSError"
+    ]
     with pytest.raises(OSError, match="broker gone"):
         await to_the_end(fails(), seen.append)
     assert seen == [7, 7]
