@@ -40,7 +40,7 @@ from bridge.http.base import AttemptResult, DeliverySender, status_class
 from bridge.metrics import SKIP_REASONS, Metrics
 from bridge.subscriptions.webhook import Webhook
 
-__all__ = ["Outputs", "Deliverer", "MAX_DEFERRALS"]
+__all__ = ["Outputs", "Deliverer", "MAX_DEFERRALS", "MAX_ENDPOINT_WAIT"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,14 @@ _MAX_RATE_WAIT = 5.0
 #: deferral waits twice the one before (:meth:`RetryPolicy.after_skip`), up to an hour: 20
 #: take about 11.4 h with the default schedule (100 until 2026-12-06, when each waited 5 s).
 MAX_DEFERRALS = 20
+#: How long a delivery waits for a place at its endpoint (behind the ``endpoint_max_in_flight``
+#: requests in flight) before it is deferred ``endpoint_busy`` to the retry path: a delivery
+#: waiting holds its source record unsettled, and so its partition's commits. Until 2026-12-07
+#: the wait had no bound but the queue's length: behind an endpoint that hangs, or answers
+#: after 29 s, the 256 queued of one stranger held their partition's commits for minutes
+#: (17 waves of the 30 s timeout), and a crash then sent that partition's settled deliveries
+#: of the last minutes again.
+MAX_ENDPOINT_WAIT = 10.0
 
 
 class Outputs(Protocol):
@@ -98,11 +106,13 @@ class Deliverer:
         max_body_bytes: int,
         owner_max_in_flight: int = 0,
         slow_endpoint_share: float = 0.5,
+        endpoint_max_wait: float = MAX_ENDPOINT_WAIT,
         clock: Callable[[], float] = time.monotonic,
         wall_time: Callable[[], float] = time.time,
         webhooks: Callable[[str], Webhook | None] | None = None,
     ) -> None:
         self._sender = sender
+        self._endpoint_max_wait = endpoint_max_wait
         #: The webhook of an id as the subscription table holds it now (``None``: not looked
         #: up again; a job is sent to its webhook as matched).
         self._webhooks = webhooks
@@ -231,9 +241,21 @@ class Deliverer:
             await self._settle_failure(job, skip, counts=False)
             return None
         try:
-            await self._endpoints.acquire(endpoint)
-        except EndpointBusy:
+            async with asyncio.timeout(self._endpoint_max_wait):
+                await self._endpoints.acquire(endpoint)
+        except (EndpointBusy, TimeoutError):
+            # Its queue full, or no place within MAX_ENDPOINT_WAIT: to the retry path,
+            # settling its source record rather than holding its partition's commits.
             await self._deferred(job, permit, "endpoint_busy")
+            return None
+        if permit.probe is None and self._breakers.state(endpoint) != CLOSED:
+            # Its circuit opened while it waited for its endpoint's place (the requests ahead
+            # of it failed): deferred as one arriving now would be. Until 2026-12-07 every
+            # delivery queued behind a hanging endpoint was still sent, one timeout a wave.
+            reopens = self._breakers.reopens_in(endpoint)
+            await self._deferred(
+                job, permit, "circuit_open", endpoint_held=True, retry_after=reopens
+            )
             return None
         # The site's place, once the endpoint's is taken, and never waited for: a delivery
         # waiting for it would hold its endpoint's place (which other sites' deliveries to a
@@ -356,6 +378,7 @@ class Deliverer:
         *,
         endpoint_held: bool = False,
         owner: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         """Settle ``job`` deferred for ``reason`` once past the circuit, no request made: what
         it took is given back (the endpoint's place when ``endpoint_held``, ``owner``'s place,
@@ -368,7 +391,7 @@ class Deliverer:
             self._release_owner(owner)
         self._rates.refund(job.webhook.id)
         self._breakers.release(permit)
-        await self._settle_failure(job, self._skipped(reason), counts=False)
+        await self._settle_failure(job, self._skipped(reason, retry_after), counts=False)
 
     def _as_now(self, job: Job) -> Job | str:
         """``job`` with its webhook as the table holds it now, or why it is not sent at all

@@ -141,6 +141,7 @@ class Harness:
         disable_after: float = DISABLE_AFTER,
         owner_max_in_flight: int = 0,
         slow_endpoint_share: float = 0.5,
+        endpoint_max_wait: float = 30.0,
     ) -> None:
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
@@ -164,6 +165,7 @@ class Harness:
             max_body_bytes=max_body_bytes,
             owner_max_in_flight=owner_max_in_flight,
             slow_endpoint_share=slow_endpoint_share,
+            endpoint_max_wait=endpoint_max_wait,
             clock=self.clock,
             wall_time=self.wall,
         )
@@ -564,6 +566,51 @@ async def test_a_full_endpoint_queue_skips_with_endpoint_busy() -> None:
     await asyncio.wait_for(first, PROMPT)
     assert h.acks.count == 2
     assert h.outputs.attempts[-1][1]["outcome"] == "success"
+
+
+async def test_a_delivery_waits_for_its_endpoint_no_longer_than_its_bound() -> None:
+    """Behind an endpoint whose requests hang, a queued delivery is deferred ``endpoint_busy``
+    once it waited ``endpoint_max_wait`` (MAX_ENDPOINT_WAIT): its source record settles (to the
+    retry path) rather than holding its partition's commits for as many timeouts as waves are
+    ahead of it (until 2026-12-07, minutes)."""
+    sender = FakeSender()
+    sender.gate = asyncio.Event()
+    h = Harness(sender, endpoint_max_in_flight=1, endpoint_max_queued=10, endpoint_max_wait=0.05)
+    first = h.start(make_job(event=make_event("evt_first")))
+    await asyncio.wait_for(sender.started.wait(), PROMPT)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await h.run(make_job())
+    assert 0.05 <= loop.time() - began < PROMPT
+    assert len(sender.sent) == 1
+    assert h.attempt() == attempt_record(1, skipped("endpoint_busy"), "retry")
+    assert h.acks.count == 1  # settled
+    sender.gate.set()
+    await asyncio.wait_for(first, PROMPT)
+    assert h.acks.count == 2
+
+
+async def test_deliveries_queued_when_their_endpoints_circuit_opened_are_not_sent() -> None:
+    """The requests in flight fail and open the circuit; the deliveries queued behind them
+    (let through while it was closed) are deferred ``circuit_open`` until it lets a probe
+    through, not sent one wave after another (until 2026-12-07 all of them were)."""
+    sender = FakeSender(*[failed(500)] * THRESHOLD)
+    sender.gate = asyncio.Event()
+    h = Harness(sender, endpoint_max_in_flight=THRESHOLD, endpoint_max_queued=10)
+    ahead = [h.start(make_job(event=make_event(f"evt_{n}"))) for n in range(THRESHOLD)]
+    await asyncio.wait_for(sender.started.wait(), PROMPT)
+    queued = [h.start(make_job(event=make_event(f"evt_q{n}"))) for n in range(4)]
+    while len(sender.sent) < THRESHOLD:
+        await asyncio.sleep(0)
+    sender.gate.set()
+    await asyncio.wait_for(asyncio.gather(*ahead, *queued), PROMPT)
+    assert len(sender.sent) == THRESHOLD
+    assert h.deliverer.breakers.state(endpoint_of(WEBHOOK.url)) == OPEN
+    skips = [r for _, r in h.outputs.attempts if r.get("error") == "circuit_open"]
+    assert len(skips) == 4
+    retries = [h.retry(i)[1] for i in range(-4, 0)]
+    assert all(p.not_before == NOW_TS + COOLDOWN for p in retries), retries
+    assert h.acks.count == THRESHOLD + 4
 
 
 async def test_a_deferred_attempt_keeps_its_number_and_spends_no_entry_of_the_schedule() -> None:
