@@ -241,8 +241,9 @@ class Deliverer:
             await self._settle_failure(job, skip, counts=False)
             return None
         try:
-            async with asyncio.timeout(self._endpoint_max_wait):
-                await self._endpoints.acquire(endpoint)
+            if not self._endpoints.try_acquire(endpoint):  # (no timer for a free place)
+                async with asyncio.timeout(self._endpoint_max_wait):
+                    await self._endpoints.acquire(endpoint)
         except (EndpointBusy, TimeoutError):
             # Its queue full, or no place within MAX_ENDPOINT_WAIT: to the retry path,
             # settling its source record rather than holding its partition's commits.

@@ -138,6 +138,17 @@ class EndpointSlots:
         state.waiting -= 1
         state.in_flight += 1
 
+    def try_acquire(self, endpoint: str) -> bool:
+        """Take a place at ``endpoint`` if one is free now; never waits (nor queues)."""
+        state = self._endpoints.get(endpoint)
+        if state is None:
+            state = self._endpoints[endpoint] = _Endpoint(self._limit)
+        if not state.semaphore.try_acquire():
+            self._forget_if_idle(endpoint, state)
+            return False
+        state.in_flight += 1
+        return True
+
     def release(self, endpoint: str) -> None:
         state = self._endpoints[endpoint]
         state.semaphore.release()

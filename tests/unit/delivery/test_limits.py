@@ -108,6 +108,21 @@ async def test_no_queue_refuses_as_soon_as_the_slots_are_taken() -> None:
     slots.release(A)
 
 
+async def test_try_acquire_takes_only_a_free_place_and_never_jumps_the_queue() -> None:
+    slots = EndpointSlots(limit=1, max_queued=2)
+    assert slots.try_acquire(A)
+    assert not slots.try_acquire(A)
+    queued = asyncio.ensure_future(slots.acquire(A))
+    await eventually(lambda: slots.waiting(A) == 1)
+    slots.release(A)  # handed to the one waiting, not left free for a try
+    assert not slots.try_acquire(A)
+    await asyncio.wait_for(queued, PROMPT)
+    slots.release(A)
+    assert slots.try_acquire(A)
+    slots.release(A)
+    assert slots.waiting(A) == 0 and len(slots._endpoints) == 0  # forgotten when idle
+
+
 async def test_other_endpoints_are_unaffected() -> None:
     slots = EndpointSlots(limit=1, max_queued=1)
     holders = Holders(slots)
