@@ -572,6 +572,58 @@ async def test_a_hanging_endpoint_does_not_slow_healthy_ones(
         await hang.stop()
 
 
+async def test_deliveries_queued_behind_a_hanging_endpoint_hold_no_commits(
+    make_settings, receiver: Receiver, in_process_workers
+) -> None:
+    """200 events for a webhook whose endpoint hangs (16 requests at once, the rest queued)
+    and a healthy one: the circuit opens at the first wave's timeouts, and the queued
+    deliveries go to the retry path (a bounded wait, the circuit asked again) rather than
+    being sent a wave a timeout, so the events topic's offsets are all committed within a few
+    timeouts and the endpoint gets one wave (and the two places its first failures freed).
+    Until 2026-12-07 all 200 were sent, 13 waves of the 3 s timeout, the partitions' commits
+    held meanwhile (minutes at the default 30 s)."""
+    from bridge.admin.topics import apply_topics
+
+    hang = await Receiver().start()
+    try:
+        settings = make_settings(
+            http_timeout=3.0, breaker_threshold=3, breaker_cooldown=60.0, endpoint_max_in_flight=16
+        )
+        await apply_topics(settings)
+        hang.holds["/hang"] = asyncio.Event()  # never set: every request hangs until timeout
+        async with WebhookStore(settings) as store:
+            await store.create(
+                url=hang.url("/hang"),
+                events=["*"],
+                site_id="s1",
+                user_id="u1",
+                secret="secret-hang-0123",
+                webhook_id="hang",
+            )
+            await hook(store, receiver, "healthy")
+        worker = in_process_workers(settings)
+        await worker.wait_ready()
+        await publish_events(settings, [post(n) for n in range(200)])
+        await receiver.wait_for(lambda got: len(got) == 200, timeout=30)
+
+        async def committed() -> int:
+            assert settings.kafka_bootstrap_servers is not None
+            offsets = await committed_offsets(
+                settings.kafka_bootstrap_servers, settings.group_id, settings.events_topic
+            )
+            return sum(offsets.values())
+
+        # One wave's timeout (3 s), the queued deferred, the commit interval: well before the
+        # 13 waves (39 s) it took.
+        done = await poll(committed, until=lambda n: n >= 200, timeout=20, interval=0.2)
+        assert done == 200
+        # One wave, and the places its first failures freed before the circuit opened at the
+        # third: the rest deferred, none sent.
+        assert len(hang.at("/hang")) <= 16 + settings.breaker_threshold - 1
+    finally:
+        await hang.stop()
+
+
 async def _hanging_and_healthy(
     settings: Settings, receiver: Receiver, hangs: list[Receiver], *, each_its_site: bool
 ) -> None:
