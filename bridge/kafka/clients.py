@@ -29,6 +29,7 @@ __all__ = [
     "faust_broker_kwargs",
     "bootstrap_servers",
     "address_policy",
+    "warn_if_unguarded",
     "endpoint_check",
     "keyring",
     "require_topics",
