@@ -537,26 +537,32 @@ async def test_sigterm_drains_in_flight_deliveries_and_exits(
     )
 
 
+async def _one_hanging_one_healthy(settings: Settings, hang: Receiver, receiver: Receiver) -> None:
+    """The topics, a webhook ``hang`` on ``hang`` whose every request hangs until its timeout,
+    and a healthy one on ``receiver``, both of site s1 and every event."""
+    from bridge.admin.topics import apply_topics
+
+    await apply_topics(settings)
+    hang.holds["/hang"] = asyncio.Event()  # never set
+    async with WebhookStore(settings) as store:
+        await store.create(
+            url=hang.url("/hang"),
+            events=["*"],
+            site_id="s1",
+            user_id="u1",
+            secret="secret-hang-0123",
+            webhook_id="hang",
+        )
+        await hook(store, receiver, "healthy")
+
+
 async def test_a_hanging_endpoint_does_not_slow_healthy_ones(
     make_settings, receiver: Receiver, in_process_workers
 ) -> None:
-    from bridge.admin.topics import apply_topics
-
     hang = await Receiver().start()
     try:
         settings = make_settings(http_timeout=3.0, breaker_threshold=3, breaker_cooldown=60.0)
-        await apply_topics(settings)
-        hang.holds["/hang"] = asyncio.Event()  # never set: every request hangs until timeout
-        async with WebhookStore(settings) as store:
-            await store.create(
-                url=hang.url("/hang"),
-                events=["*"],
-                site_id="s1",
-                user_id="u1",
-                secret="secret-hang-0123",
-                webhook_id="hang",
-            )
-            await hook(store, receiver, "healthy")
+        await _one_hanging_one_healthy(settings, hang, receiver)
         worker = in_process_workers(settings)
         await worker.wait_ready()
         events = [post(n) for n in range(200)]
@@ -582,25 +588,12 @@ async def test_deliveries_queued_behind_a_hanging_endpoint_hold_no_commits(
     timeouts and the endpoint gets one wave (and the two places its first failures freed).
     Until 2026-12-07 all 200 were sent, 13 waves of the 3 s timeout, the partitions' commits
     held meanwhile (minutes at the default 30 s)."""
-    from bridge.admin.topics import apply_topics
-
     hang = await Receiver().start()
     try:
         settings = make_settings(
             http_timeout=3.0, breaker_threshold=3, breaker_cooldown=60.0, endpoint_max_in_flight=16
         )
-        await apply_topics(settings)
-        hang.holds["/hang"] = asyncio.Event()  # never set: every request hangs until timeout
-        async with WebhookStore(settings) as store:
-            await store.create(
-                url=hang.url("/hang"),
-                events=["*"],
-                site_id="s1",
-                user_id="u1",
-                secret="secret-hang-0123",
-                webhook_id="hang",
-            )
-            await hook(store, receiver, "healthy")
+        await _one_hanging_one_healthy(settings, hang, receiver)
         worker = in_process_workers(settings)
         await worker.wait_ready()
         await publish_events(settings, [post(n) for n in range(200)])
