@@ -35,7 +35,7 @@ from bridge.attempts.wire import activity_from_dict, attempts_from_list
 from bridge.config import Settings
 from bridge.contract import jsoncanon
 from bridge.contract.schemas import is_valid
-from bridge.delivery.deliverer import MAX_ENDPOINT_WAIT, Deliverer
+from bridge.delivery.deliverer import Deliverer
 from bridge.delivery.endpoint_health import EndpointHealth
 from bridge.delivery.pipeline import Pipeline
 from bridge.delivery.retry_policy import RetryPolicy
@@ -906,8 +906,6 @@ class Bridge:
                     endpoint_max_queued=s.endpoint_max_queued,
                     owner_max_in_flight=s.owner_max_in_flight,
                     slow_endpoint_share=s.slow_endpoint_share,
-                    # No longer than a request may take (a shorter timeout, a shorter wait).
-                    endpoint_max_wait=min(MAX_ENDPOINT_WAIT, s.http_timeout),
                     breaker_threshold=s.breaker_threshold,
                     breaker_cooldown=s.breaker_cooldown,
                     max_body_bytes=s.max_body_bytes,
