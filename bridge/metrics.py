@@ -425,6 +425,14 @@ class Metrics:
             "held; each refuses webhook changes for a session timeout.",
             registry=registry,
         )
+        self.event_loop_lag = Histogram(
+            "webhook_bridge_event_loop_lag_seconds",
+            "How much later than asked the worker's event loop woke a task sleeping a quarter "
+            "of a second (observed four times a second): the time deliveries, API requests "
+            "and heartbeats waited for the loop, its CPU taken by other work.",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=registry,
+        )
         self.delivery_log_failures = Counter(
             "webhook_bridge_delivery_log_failures_total",
             "Workers with delivery_log only: writes of a held attempts partition's log (its "

@@ -1010,7 +1010,8 @@ class Bridge:
             application=api,
             alive=self.alive,
         )
-        services: list[Service] = [web, _Closer(self), PauseTicker(self.pauses)]
+        ticker = PauseTicker(self.pauses, on_lag=self.metrics.event_loop_lag.observe)
+        services: list[Service] = [web, _Closer(self), ticker]
         if self.delivery_log is not None:
             services.append(self.delivery_log)
         return services

@@ -18,6 +18,7 @@ answered ``503``, rather than risk being made twice.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -90,15 +91,24 @@ class PauseTicker(Service):
     before the Faust app, so before any assignment: Faust's own timers begin only once the
     tables are recovered, and a pause between would go unseen)."""
 
-    def __init__(self, pauses: LoopPauses) -> None:
+    def __init__(
+        self, pauses: LoopPauses, *, on_lag: Callable[[float], None] = lambda lag: None
+    ) -> None:
         super().__init__()
         self._pauses = pauses
+        self._on_lag = on_lag
         #: Seconds between ticks: well within the limit, whatever it is (a session timeout of
         #: a second or less would otherwise take every gap between ticks for a pause).
         self.interval = min(TICK, pauses.limit / 4)
 
     @Service.task
     async def _ticking(self) -> None:
+        clock = asyncio.get_running_loop().time
         while not self.should_stop:
             self._pauses.tick()
+            asleep = clock()
             await self.sleep(self.interval)
+            # How much later than asked the loop woke this task: its lag, every tick
+            # (``webhook_bridge_event_loop_lag_seconds``). A sleep cut short by the stop is not.
+            if not self.should_stop:
+                self._on_lag(max(0.0, clock() - asleep - self.interval))

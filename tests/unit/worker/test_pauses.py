@@ -4,6 +4,7 @@ its webhook changes (bridge.worker.pauses), at a worker's wiring too (Bridge._ma
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from aiohttp import web
@@ -169,6 +170,29 @@ def test_the_disables_refused_during_a_hold_are_offered_again_when_it_lapses(
 def test_ticks_come_well_within_the_limit_however_short() -> None:
     assert PauseTicker(LoopPauses(limit=5.0, hold=6.0)).interval == TICK
     assert PauseTicker(LoopPauses(limit=0.4, hold=0.5)).interval == 0.1
+
+
+async def test_the_ticker_reports_how_late_the_loop_woke_it() -> None:
+    """``webhook_bridge_event_loop_lag_seconds``: each tick's lateness; a loop held 0.6 s (a
+    blocking call) while the ticker slept its 0.25 s shows as one of 0.35 to 0.6 s (held from
+    the start of its sleep to its end), the others as next to nothing."""
+    lags: list[float] = []
+    ticker = PauseTicker(LoopPauses(limit=5.0, hold=6.0), on_lag=lags.append)
+    await ticker.start()
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PROMPT
+        while len(lags) < 2 and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        time.sleep(0.6)  # the loop held: what the metric is for
+        while max(lags) < 0.3 and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+    finally:
+        await ticker.stop()
+    assert len(lags) >= 3
+    assert 0.34 <= max(lags) < 1.0
+    assert min(lags) < 0.25  # lateness, not the sleep itself
+    assert all(lag >= 0 for lag in lags)
 
 
 async def test_a_change_held_past_its_hold_by_a_pause_is_answered_503_saying_so(
