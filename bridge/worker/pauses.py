@@ -18,7 +18,6 @@ answered ``503``, rather than risk being made twice.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -58,7 +57,8 @@ class LoopPauses:
         #: Writes are refused until then (``None``: not held).
         self._held_until: float | None = None
 
-    def tick(self) -> None:
+    def tick(self) -> float | None:
+        """The loop ran: the seconds since the last tick (``None`` for the first)."""
         now = self._clock()
         last, self._last = self._last, now
         if last is not None and now - last > self.limit:
@@ -74,6 +74,7 @@ class LoopPauses:
         elif self._held_until is not None and now >= self._held_until:
             self._held_until = None
             self._on_lapse()
+        return None if last is None else now - last
 
     def may_write(self) -> bool:
         """Whether no pause longer than ``limit`` is under way (the loop not ticked for longer:
@@ -103,12 +104,11 @@ class PauseTicker(Service):
 
     @Service.task
     async def _ticking(self) -> None:
-        clock = asyncio.get_running_loop().time
         while not self.should_stop:
-            self._pauses.tick()
-            asleep = clock()
+            gap = self._pauses.tick()
+            if gap is not None:
+                # How much later than asked the loop woke this task: its lag, every tick
+                # (``webhook_bridge_event_loop_lag_seconds``). A sleep cut short by the stop
+                # ends the loop before its tick.
+                self._on_lag(max(0.0, gap - self.interval))
             await self.sleep(self.interval)
-            # How much later than asked the loop woke this task: its lag, every tick
-            # (``webhook_bridge_event_loop_lag_seconds``). A sleep cut short by the stop is not.
-            if not self.should_stop:
-                self._on_lag(max(0.0, clock() - asleep - self.interval))
