@@ -756,8 +756,10 @@ class Settings:
         "--slow-endpoint-share",
         _share,
         "The share of max_in_flight that endpoints and sites answering slowly (an answer of 2 "
-        "s or more in the last 5 minutes) hold together; a request to one finding it taken "
-        "goes to the retry path (endpoint_busy). More than 0, at most 1 (1: no share).",
+        "s or more in the last 5 minutes), and endpoints not yet heard answering quickly, hold "
+        "together; a request to a slow one finding it taken goes to the retry path "
+        "(endpoint_busy), one to an endpoint not yet heard from waits for a place (10 s at "
+        "most). More than 0, at most 1 (1: no share).",
     )
     breaker_threshold: int = Section.RELIABILITY.setting(
         5,

@@ -27,6 +27,7 @@ from bridge.delivery.job import Ack, Job
 from bridge.delivery.limits import (
     PROBE,
     SLOW,
+    UNPROVEN,
     EndpointBusy,
     EndpointSlots,
     RateLimits,
@@ -240,9 +241,13 @@ class Deliverer:
             skip = self._skipped("circuit_open", self._breakers.reopens_in(endpoint))
             await self._settle_failure(job, skip, counts=False)
             return None
+        #: When waiting for places ends (the endpoint's, and an unproven endpoint's place of
+        #: the share: one bound for both), set when a wait begins.
+        deadline: float | None = None
         try:
             if not self._endpoints.try_acquire(endpoint):  # (no timer for a free place)
-                async with asyncio.timeout(self._endpoint_max_wait):
+                deadline = asyncio.get_running_loop().time() + self._endpoint_max_wait
+                async with asyncio.timeout_at(deadline):
                     await self._endpoints.acquire(endpoint)
         except (EndpointBusy, TimeoutError):
             # Its queue full, or no place within MAX_ENDPOINT_WAIT: to the retry path,
@@ -266,14 +271,31 @@ class Deliverer:
         if owner is not None and not self._take_owner(owner):
             await self._deferred(job, permit, "owner_busy", endpoint_held=True)
             return None
-        # Last, and never waited for either: a place of the share that slow endpoints and
-        # sites hold together (:class:`SlowEndpoints`), so that the rest stays for others.
+        # Last: a place of the share that slow endpoints and sites, and endpoints not yet heard
+        # answering quickly, hold together (:class:`SlowEndpoints`), so that the rest stays
+        # for the others. A slow one never waits for it; an unproven one waits behind the
+        # others (within the same bound as for its endpoint's place): the first deliveries of
+        # a starting worker are to endpoints it has not heard from, and most answer at once.
         judged = (endpoint, owner if owner is not None else _owner_key(webhook))
         verdict = self._slow.judge(*judged)
-        slow = verdict == SLOW
+        slow = verdict in (SLOW, UNPROVEN)
         if slow and not self._slow.try_take():
-            await self._deferred(job, permit, "endpoint_busy", endpoint_held=True, owner=owner)
-            return None
+            if verdict == SLOW or not await self._take_share(deadline):
+                await self._deferred(job, permit, "endpoint_busy", endpoint_held=True, owner=owner)
+                return None
+            if permit.probe is None and self._breakers.state(endpoint) != CLOSED:
+                # As after the wait for its endpoint's place (the requests ahead failed).
+                self._slow.give_back()
+                reopens = self._breakers.reopens_in(endpoint)
+                await self._deferred(
+                    job,
+                    permit,
+                    "circuit_open",
+                    endpoint_held=True,
+                    owner=owner,
+                    retry_after=reopens,
+                )
+                return None
         result: AttemptResult | None = None
         #: Why the job is not sent (its webhook deleted, turned off or no longer receiving it
         #: since it was matched), or the job to run again (its webhook's URL or name changed).
@@ -350,6 +372,18 @@ class Deliverer:
         """A delivery's attempt record acknowledged, then its webhook's recovery published."""
         await written
         await self._publish_health(change)
+
+    async def _take_share(self, deadline: float | None) -> bool:
+        """Wait for a place of the share until ``deadline`` (loop time; ``None``: the whole
+        bound from now); ``False`` when none came."""
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + self._endpoint_max_wait
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._slow.take()
+        except TimeoutError:
+            return False
+        return True
 
     def _take_owner(self, owner: str) -> bool:
         """A place among the requests in flight of a site (account); ``False`` when it has

@@ -22,6 +22,7 @@ __all__ = [
     "QUICK",
     "SLOW",
     "PROBE",
+    "UNPROVEN",
     "SLOW_AFTER",
     "SLOW_FOR",
     "TokenBucket",
@@ -173,14 +174,18 @@ SLOW_FOR = 300.0
 #: At most this many endpoints are remembered; the one whose slowness ends first is forgotten
 #: first.
 _MAX_REMEMBERED = 50_000
+#: At most this many endpoints are remembered as having answered quickly; the one proven first
+#: is forgotten first (and takes a place of the share again until its next quick answer).
+_MAX_PROVEN = 100_000
 
 
 #: :meth:`SlowEndpoints.judge`'s verdicts.
-QUICK, SLOW, PROBE = 0, 1, 2
+QUICK, SLOW, PROBE, UNPROVEN = 0, 1, 2, 3
 
 
 class SlowEndpoints:
-    """Endpoints, and sites, that answer slowly share at most ``places`` of a worker's requests.
+    """Endpoints, and sites, that answer slowly, and endpoints not yet heard from, share at most
+    ``places`` of a worker's requests.
 
     The per-site limit bounds what one site holds, not what a few together hold: sites with
     webhooks on endpoints that take the whole timeout to answer took every place of the worker
@@ -200,9 +205,21 @@ class SlowEndpoints:
     so a key whose requests were all deferred, with no answer to be judged by, is measured
     again (a healthy endpoint that timed out once was otherwise deferred until its deliveries
     were dead-lettered untried), and one that still hangs gets one place outside the share
-    every :data:`SLOW_FOR`, not a wave. A site never seen slow is judged by its first answers."""
+    every :data:`SLOW_FOR`, not a wave.
 
-    __slots__ = ("_places", "_taken", "_slow_after", "_slow_for", "_clock", "_until")
+    An endpoint never heard answering quickly (:data:`UNPROVEN`: new, or new to this worker
+    since it started) takes a place of the share too, and may wait for one: until 2026-12-07
+    such an endpoint was judged quick until its first answers, and four new sites with four
+    hanging webhooks each held all 256 places for a whole timeout (32 new sites of one hanging
+    webhook, two timeouts), each worker and each restart again. Its first quick answer makes it
+    quick (:data:`QUICK`) from then on, until it answers slowly; endpoints that answer in time
+    take no place of the share after their first answer, and the others wait for the quick
+    ones' places before any slow endpoint takes one (:meth:`take` goes before :meth:`try_take`).
+    The endpoint, not the site: a new site's webhook on an endpoint others use is judged by
+    that endpoint, and a known site's webhook on a new endpoint is not let through on the
+    site's word."""
+
+    __slots__ = ("_share", "_taken", "_slow_after", "_slow_for", "_clock", "_until", "_proven")
 
     def __init__(
         self,
@@ -214,7 +231,7 @@ class SlowEndpoints:
     ) -> None:
         if places < 1:
             raise ValueError("places must be at least 1")
-        self._places = places
+        self._share = Slots(places)
         self._taken = 0
         self._slow_after = slow_after
         self._slow_for = slow_for
@@ -222,19 +239,29 @@ class SlowEndpoints:
         #: Each slow key (an endpoint, a site), with when its slowness ends, in that order
         #: (every entry is written with the same lifetime, so insertion order is end order).
         self._until: dict[str, float] = {}
+        #: Endpoints that answered quickly and have not answered slowly since, in the order
+        #: they were proven.
+        self._proven: dict[str, None] = {}
 
     @property
     def taken(self) -> int:
         """Requests held to the share, in flight."""
         return self._taken
 
-    def judge(self, *keys: str | None) -> int:
-        """:data:`SLOW` when a key is slow (the request needs a place of the share),
-        :data:`PROBE` when a key's time is up and this request measures it again (the key is
-        slow for others meanwhile), else :data:`QUICK`."""
-        verdict = QUICK
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a place of the share (an upper bound: see :attr:`Slots.waiting`)."""
+        return self._share.waiting
+
+    def judge(self, endpoint: str, site: str | None = None) -> int:
+        """:data:`SLOW` when the endpoint or the site is slow (the request needs a place of
+        the share, taken without waiting), :data:`PROBE` when a key's time is up and this
+        request measures it again (the key is slow for others meanwhile), else
+        :data:`UNPROVEN` when the endpoint has not answered quickly yet (the request waits
+        for a place of the share), else :data:`QUICK`."""
+        verdict = QUICK if endpoint in self._proven else UNPROVEN
         now = 0.0
-        for key in keys:
+        for key in (endpoint, site):
             if key is None:
                 continue
             until = self._until.get(key)
@@ -248,27 +275,40 @@ class SlowEndpoints:
         return verdict
 
     def try_take(self) -> bool:
-        """A place of the share, if one is free now; never waits."""
-        if self._taken >= self._places:
+        """A place of the share, if one is free now (and none is waited for); never waits."""
+        if not self._share.try_acquire():
             return False
         self._taken += 1
         return True
 
+    async def take(self) -> None:
+        """A place of the share, waiting for it behind those already waiting."""
+        await self._share.acquire()
+        self._taken += 1
+
     def give_back(self) -> None:
         self._taken -= 1
+        self._share.release()
 
-    def observe(self, keys: tuple[str | None, ...], duration: float, *, probe: bool) -> None:
+    def observe(self, keys: tuple[str, str | None], duration: float, *, probe: bool) -> None:
         """An answer (or a timeout, or an error) after ``duration`` seconds to a request
-        judged with ``keys``; ``probe``: it was judged :data:`PROBE`."""
+        judged with ``keys`` (its endpoint and site); ``probe``: it was judged :data:`PROBE`."""
+        endpoint = keys[0]
         if duration >= self._slow_after:
+            self._proven.pop(endpoint, None)
             now = self._clock()
             for key in keys:
                 if key is not None:
                     self._mark(key, now)
-        elif probe:
+            return
+        if probe:
             for key in keys:
                 if key is not None:
                     self._until.pop(key, None)
+        if endpoint not in self._proven and endpoint not in self._until:
+            if len(self._proven) >= _MAX_PROVEN:
+                del self._proven[next(iter(self._proven))]
+            self._proven[endpoint] = None
 
     def _mark(self, key: str, now: float) -> None:
         self._until.pop(key, None)

@@ -682,10 +682,13 @@ async def test_several_sites_hanging_endpoints_hold_half_the_worker_not_all_of_i
     make_settings, receiver: Receiver, in_process_workers
 ) -> None:
     """Four sites, each within its own limit (two places), on endpoints that hang until the
-    timeout: together they held all eight places of the worker, and twenty other sites'
-    deliveries waited out their requests (until 2026-12-06). Once the hanging endpoints have
-    answered slowly (timed out) once, they share half the places: their next wave makes four
-    requests, not eight, and the other sites' deliveries arrive long before it times out."""
+    timeout: together they held all eight places of the worker, and the other sites'
+    deliveries waited out their requests (until 2026-12-06), and still did for their first
+    timeout, while their endpoints, not yet heard from, were judged quick (until 2026-12-07).
+    Endpoints not yet heard answering quickly, and those that answered slowly, now share half
+    the places: the hanging sites' first wave is four requests, not eight, and the other
+    sites' deliveries, to an endpoint heard answering quickly, arrive long before it times
+    out."""
     hangs = [await Receiver().start() for _ in range(4)]
     try:
         settings = make_settings(
@@ -694,6 +697,10 @@ async def test_several_sites_hanging_endpoints_hold_half_the_worker_not_all_of_i
         await _hanging_and_healthy(settings, receiver, hangs, each_its_site=True)
         worker = in_process_workers(settings)
         await worker.wait_ready()
+        loop = asyncio.get_running_loop()
+        # The healthy sites' endpoint is heard from (one of them delivered to).
+        await publish_events(settings, [post(0, site="s_ok0")])
+        await receiver.wait_for(lambda got: len(receiver.at("/healthy0")) == 1, timeout=30)
         await publish_events(
             settings, [post(n, site=f"s_bad{s}") for n in range(10) for s in range(4)]
         )
@@ -701,17 +708,18 @@ async def test_several_sites_hanging_endpoints_hold_half_the_worker_not_all_of_i
         def hanging() -> int:
             return sum(len(h.received) for h in hangs)
 
-        # The first wave (eight: each site's two places) times out; the next is four.
-        await poll(hanging, until=lambda n: n >= 12, timeout=30)
-        started = asyncio.get_running_loop().time()
-        await publish_events(settings, [post(n, site=f"s_ok{n}") for n in range(20)])
+        await poll(hanging, until=lambda n: n >= 4, timeout=30)
+        hanging_since = started = loop.time()
+        await publish_events(settings, [post(n, site=f"s_ok{n}") for n in range(1, 20)])
         await receiver.wait_for(
             lambda got: all(len(receiver.at(f"/healthy{n}")) == 1 for n in range(20)),
             timeout=30,
         )
-        elapsed = asyncio.get_running_loop().time() - started
+        elapsed = loop.time() - started
         assert elapsed < settings.http_timeout / 2, elapsed
-        assert hanging() == 12, hanging()  # the second wave was four, not eight
+        # The next hanging request is made once the first wave has timed out, not before.
+        await poll(hanging, until=lambda n: n > 4, timeout=30)
+        assert loop.time() - hanging_since >= settings.http_timeout - 0.5, hanging()
     finally:
         for hang in hangs:
             await hang.stop()

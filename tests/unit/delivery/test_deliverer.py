@@ -1152,18 +1152,19 @@ async def test_endpoints_answering_slowly_hold_at_most_half_the_worker() -> None
     await asyncio.gather(
         *(h.run(make_job(webhook=w, event=make_event(f"e_{n}"))) for n, w in enumerate(slow))
     )
+    quick = dataclasses.replace(make_webhook("wh_quick", host="quick.example"), site_id="s_q")
+    await h.run(make_job(webhook=quick, event=make_event("e_quick0")))  # heard from: quick
     assert h.value("webhook_bridge_slow_in_flight_requests") == 0
     sender.gate = asyncio.Event()
     held = [
         h.start(make_job(webhook=w, event=make_event(f"e_again{n}"))) for n, w in enumerate(slow)
     ]
-    await eventually(lambda: len(sender.sent) == 6 and sum(t.done() for t in held) == 2)
+    await eventually(lambda: len(sender.sent) == 7 and sum(t.done() for t in held) == 2)
     assert h.value("webhook_bridge_slow_in_flight_requests") == 2
     busy = [r for _, r in h.outputs.attempts if r.get("error") == "endpoint_busy"]
     assert len(busy) == 2
-    quick = dataclasses.replace(make_webhook("wh_quick", host="quick.example"), site_id="s_q")
     other = h.start(make_job(webhook=quick, event=make_event("e_quick")))
-    await eventually(lambda: len(sender.sent) == 7)
+    await eventually(lambda: len(sender.sent) == 8)
     assert sender.sent[-1].job.webhook.id == "wh_quick"
     sender.gate.set()
     await asyncio.wait_for(asyncio.gather(*held, other), PROMPT)
@@ -1217,6 +1218,74 @@ async def test_with_a_share_of_one_slow_endpoints_may_hold_every_place() -> None
     await asyncio.wait_for(asyncio.gather(*held), PROMPT)
 
 
+async def test_endpoints_not_yet_heard_from_hold_at_most_the_share_and_wait_for_it() -> None:
+    """New sites' webhooks on new endpoints that hang: until 2026-12-07 an endpoint with no
+    answer yet was judged quick, and four new sites with four hanging webhooks each held all
+    256 places of a worker for a whole timeout. Now they hold the share (two of four places
+    here): an endpoint heard answering quickly is sent to at once beside them, and those
+    past the share wait for a place, deferred ``endpoint_busy`` when none comes within the
+    bound (holding their source records no longer); one that gets a place is sent."""
+    sender = FakeSender()
+    h = Harness(sender, max_in_flight=4, owner_max_in_flight=2, endpoint_max_wait=1.0)
+    known = dataclasses.replace(make_webhook("wh_known", host="known.example"), site_id="s_k")
+    await h.run(make_job(webhook=known, event=make_event("e_known0")))  # heard from: quick
+    sender.gate = asyncio.Event()
+    hostile = [
+        dataclasses.replace(
+            make_webhook(f"wh_{s}_{n}", host=f"new{s}x{n}.example"), site_id=f"n{s}"
+        )
+        for s in range(4)
+        for n in range(2)
+    ]
+    jobs = [h.start(make_job(webhook=w, event=make_event(f"e_{w.id}"))) for w in hostile]
+    await eventually(lambda: len(sender.sent) == 3)
+    assert h.value("webhook_bridge_slow_in_flight_requests") == 2
+    other = h.start(make_job(webhook=known, event=make_event("e_known")))
+    await eventually(lambda: len(sender.sent) == 4)
+    assert sender.sent[-1].job.webhook.id == "wh_known"
+    await eventually(lambda: sum(t.done() for t in jobs) == 6, timeout=5.0)
+    busy = [r for _, r in h.outputs.attempts if r.get("error") == "endpoint_busy"]
+    assert len(busy) == 6 and all(r["next"] == "retry" for r in busy)
+    assert len(sender.sent) == 4  # none of the six was sent
+    # A new endpoint's delivery waits for a place of the share, and is sent when one frees.
+    fresh = dataclasses.replace(make_webhook("wh_fresh", host="fresh.example"), site_id="s_f")
+    queued = h.deliverer._slow.waiting  # (the six gave up theirs: an upper bound)
+    waiting = h.start(make_job(webhook=fresh, event=make_event("e_fresh")))
+    await eventually(lambda: h.deliverer._slow.waiting == queued + 1)
+    assert not waiting.done() and len(sender.sent) == 4
+    sender.gate.set()
+    await asyncio.wait_for(asyncio.gather(*jobs, other, waiting), PROMPT)
+    assert sender.sent[-1].job.webhook.id == "wh_fresh"
+    assert h.outputs.attempts[-1][1]["outcome"] == "success"
+    assert h.value("webhook_bridge_slow_in_flight_requests") == 0
+    # The two sent are heard from now (they answered quickly): they take no place of the share.
+    sender.gate = asyncio.Event()
+    again = [h.start(make_job(webhook=w, event=make_event(f"e2_{w.id}"))) for w in hostile[:2]]
+    await eventually(lambda: len(sender.sent) == 7)
+    assert h.value("webhook_bridge_slow_in_flight_requests") == 0
+    sender.gate.set()
+    await asyncio.wait_for(asyncio.gather(*again), PROMPT)
+
+
+async def test_a_circuit_opened_while_waiting_for_the_share_defers_the_delivery() -> None:
+    """As after the wait for its endpoint's place: the requests ahead of it failed."""
+    sender = FakeSender(AttemptResult(False, 502, "http_status", 0.1, AT))
+    sender.gate = asyncio.Event()
+    h = Harness(sender, max_in_flight=2)  # a share of one
+    first = h.start(make_job(event=make_event("e_1")))
+    await eventually(lambda: len(sender.sent) == 1)
+    second = h.start(make_job(event=make_event("e_2")))
+    await eventually(lambda: h.deliverer._slow.waiting == 1)
+    for _ in range(THRESHOLD):
+        h.deliverer.breakers.failure(endpoint_of(WEBHOOK.url))
+    sender.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, second), PROMPT)
+    assert len(sender.sent) == 1
+    assert h.outputs.attempts[-1][1]["error"] == "circuit_open"
+    assert h.value("webhook_bridge_slow_in_flight_requests") == 0
+    assert h.deliverer._endpoints.waiting(endpoint_of(WEBHOOK.url)) == 0
+
+
 async def test_a_slow_sites_webhooks_on_hostnames_never_seen_are_held_to_the_share() -> None:
     """Their sites answered slowly: their webhooks moved to new hostnames are slow too (until
     the site was a key, each fresh hostname's first wave held the other places again)."""
@@ -1231,16 +1300,17 @@ async def test_a_slow_sites_webhooks_on_hostnames_never_seen_are_held_to_the_sha
     await asyncio.gather(
         *(h.run(make_job(webhook=hook(n, "slow"), event=make_event(f"e_{n}"))) for n in range(4))
     )
+    quick = dataclasses.replace(make_webhook("wh_quick", host="quick.example"), site_id="s_q")
+    await h.run(make_job(webhook=quick, event=make_event("e_quick0")))  # heard from: quick
     sender.gate = asyncio.Event()
     held = [
         h.start(make_job(webhook=hook(n, "fresh"), event=make_event(f"e_fresh{n}")))
         for n in range(4)
     ]
-    await eventually(lambda: len(sender.sent) == 6 and sum(t.done() for t in held) == 2)
+    await eventually(lambda: len(sender.sent) == 7 and sum(t.done() for t in held) == 2)
     assert h.value("webhook_bridge_slow_in_flight_requests") == 2
-    quick = dataclasses.replace(make_webhook("wh_quick", host="quick.example"), site_id="s_q")
     other = h.start(make_job(webhook=quick, event=make_event("e_quick")))
-    await eventually(lambda: len(sender.sent) == 7)
+    await eventually(lambda: len(sender.sent) == 8)
     sender.gate.set()
     await asyncio.wait_for(asyncio.gather(*held, other), PROMPT)
 

@@ -179,9 +179,11 @@ class Harness:
             policy=RetryPolicy(SCHEDULE, jitter=0.0, rand=lambda: 0.0),
             health=EndpointHealth(5 * 86400.0, {}.get),
             max_in_flight=max_in_flight,
-            # Every test webhook is on the same host: keep endpoint isolation out of the way.
+            # Every test webhook is on the same host: keep endpoint isolation out of the way,
+            # and the share of slow endpoints and those not yet heard from (no share).
             endpoint_max_in_flight=1000,
             endpoint_max_queued=1000,
+            slow_endpoint_share=1.0,
             breaker_threshold=1000,
             breaker_cooldown=30.0,
             max_body_bytes=max_body_bytes,

@@ -1,15 +1,26 @@
 """bridge.delivery.limits.SlowEndpoints: which endpoints and sites are slow, the probe that
-measures one again, and the share they hold."""
+measures one again, which endpoints have not been heard from, and the share they hold."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.delivery import limits
-from bridge.delivery.limits import PROBE, QUICK, SLOW, SLOW_AFTER, SLOW_FOR, SlowEndpoints
+from bridge.delivery.limits import (
+    PROBE,
+    QUICK,
+    SLOW,
+    SLOW_AFTER,
+    SLOW_FOR,
+    UNPROVEN,
+    SlowEndpoints,
+)
 from tests.support.clocks import FakeClock
+from tests.support.waiting import PROMPT, eventually
 
 A, B, SITE = "https://a.example:443", "https://b.example:443", "site_id:s1"
 
@@ -20,7 +31,7 @@ def test_a_slow_answer_makes_its_endpoint_and_site_slow_whatever_they_answer_the
     seen are held to the share as well."""
     clock = FakeClock(1000.0)
     slow = SlowEndpoints(2, clock=clock)
-    assert slow.judge(A, SITE) == QUICK
+    assert slow.judge(A, SITE) == UNPROVEN
     slow.observe((A, SITE), 30.0, probe=False)
     slow.observe((B, "site_id:s2"), SLOW_AFTER - 0.01, probe=False)
     assert slow.judge(A, SITE) == SLOW and slow.judge(B, SITE) == SLOW  # B by its site
@@ -48,6 +59,59 @@ def test_when_its_time_is_up_one_request_measures_a_key_again() -> None:
     assert slow.judge(A, SITE) == PROBE
     slow.observe((A, SITE), 0.05, probe=True)  # answered in time: quick again
     assert slow.judge(A, SITE) == QUICK and not slow._until
+
+
+def test_an_endpoint_is_unproven_until_it_answers_quickly_and_again_after_a_slow_answer() -> None:
+    """Not heard from: the share (it may hang with the other places, as new sites' hanging
+    webhooks did). Judged by its endpoint: a site's quick answers elsewhere do not vouch for a
+    new endpoint of the site, and a new site on an endpoint heard answering quickly is quick."""
+    clock = FakeClock(1000.0)
+    slow = SlowEndpoints(2, clock=clock)
+    assert slow.judge(A, SITE) == UNPROVEN and slow.judge(A) == UNPROVEN
+    slow.observe((A, SITE), 0.05, probe=False)
+    assert slow.judge(A, SITE) == QUICK and slow.judge(A, "site_id:new") == QUICK
+    assert slow.judge(B, SITE) == UNPROVEN  # the site's word is not enough
+    slow.observe((A, SITE), SLOW_AFTER, probe=False)
+    assert slow.judge(A, "site_id:new") == SLOW
+    clock.now += SLOW_FOR
+    assert slow.judge(A, "site_id:new") == PROBE
+    slow.observe((A, "site_id:new"), 0.05, probe=True)
+    assert slow.judge(A, "site_id:new") == QUICK  # measured again: quick
+    # A quick answer through the share while slow does not make it quick (nor proven).
+    slow.observe((B, None), 30.0, probe=False)
+    slow.observe((B, None), 0.05, probe=False)
+    clock.now += 1
+    assert slow.judge(B) == SLOW and B not in slow._proven
+
+
+def test_the_endpoints_heard_from_are_bounded_the_first_proven_forgotten_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(limits, "_MAX_PROVEN", 3)
+    slow = SlowEndpoints(2)
+    for n in range(5):
+        slow.observe((f"https://e{n}.example:443", None), 0.01, probe=False)
+    assert list(slow._proven) == [f"https://e{n}.example:443" for n in (2, 3, 4)]
+    assert slow.judge("https://e0.example:443") == UNPROVEN  # asks for the share again
+
+
+async def test_an_unproven_request_waits_for_the_share_and_no_slow_one_jumps_it() -> None:
+    slow = SlowEndpoints(1)
+    assert slow.try_take()
+    waiting = asyncio.ensure_future(slow.take())
+    await eventually(lambda: slow.waiting == 1)
+    assert not waiting.done()
+    slow.give_back()  # handed to the waiter, not left for a slow request's try_take
+    assert not slow.try_take()
+    await asyncio.wait_for(waiting, PROMPT)
+    assert slow.taken == 1
+    # A waiter cancelled (its bound passed) takes nothing.
+    late = asyncio.ensure_future(slow.take())
+    await eventually(lambda: slow.waiting == 1)
+    late.cancel()
+    await asyncio.gather(late, return_exceptions=True)
+    slow.give_back()
+    assert slow.taken == 0 and slow.try_take()
 
 
 def test_the_share_is_taken_without_waiting_and_given_back() -> None:
@@ -96,5 +160,9 @@ def test_it_remembers_only_slow_keys_and_never_more_than_its_bound(
             for name, at in marked.items():
                 if clock() < slow._until.get(name, clock()):  # still slow
                     assert clock() - at < SLOW_FOR
+            # An endpoint heard answering quickly is not slow, and one slow is not quick.
+            assert not set(slow._proven) & set(slow._until)
+            if duration < SLOW_AFTER and key not in slow._until:
+                assert slow.judge(key) == QUICK
     finally:
         limits._MAX_REMEMBERED = original
