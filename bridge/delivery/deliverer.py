@@ -283,6 +283,17 @@ class Deliverer:
             if verdict == SLOW or not await self._take_share(deadline):
                 await self._deferred(job, permit, "endpoint_busy", endpoint_held=True, owner=owner)
                 return None
+            # Judged again: its endpoint (or site) may have answered slowly meanwhile, the
+            # requests ahead of it timing out. A slow one takes no place others wait for: the
+            # place goes to the next, and this delivery to the retry path (as a slow one finding
+            # the share taken), not to another wave behind the same timeout.
+            again = self._slow.judge(*judged)
+            if again == SLOW and self._slow.waiting:
+                self._slow.give_back()
+                await self._deferred(job, permit, "endpoint_busy", endpoint_held=True, owner=owner)
+                return None
+            if again == PROBE:  # (its slowness began and ended while it waited)
+                verdict = PROBE
             if permit.probe is None and self._breakers.state(endpoint) != CLOSED:
                 # As after the wait for its endpoint's place (the requests ahead failed).
                 self._slow.give_back()

@@ -1267,6 +1267,30 @@ async def test_endpoints_not_yet_heard_from_hold_at_most_the_share_and_wait_for_
     await asyncio.wait_for(asyncio.gather(*again), PROMPT)
 
 
+async def test_one_found_slow_while_waiting_for_the_share_leaves_its_place_to_the_next() -> None:
+    """Deliveries to a new endpoint wait for the share behind its first request, which times
+    out: its endpoint is slow now, and the one given the place passes it on to the delivery
+    waiting behind it (a new endpoint's), going to the retry path itself, rather than making
+    another request that hangs as long."""
+    sender = FakeSender(timed_out())
+    sender.gate = asyncio.Event()
+    h = Harness(sender, max_in_flight=2, endpoint_max_in_flight=4)  # a share of one
+    hangs = make_webhook("wh_hangs", host="hangs.example")
+    fresh = dataclasses.replace(make_webhook("wh_fresh", host="fresh.example"), site_id="s_f")
+    first = h.start(make_job(webhook=hangs, event=make_event("e_1")))
+    await eventually(lambda: len(sender.sent) == 1)
+    second = h.start(make_job(webhook=hangs, event=make_event("e_2")))
+    await eventually(lambda: h.deliverer._slow.waiting == 1)
+    third = h.start(make_job(webhook=fresh, event=make_event("e_3")))
+    await eventually(lambda: h.deliverer._slow.waiting == 2)
+    sender.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, second, third), PROMPT)
+    assert [o.job.event.id for o in sender.sent] == ["e_1", "e_3"]
+    errors = {r["event_id"]: r["error"] for _, r in h.outputs.attempts}
+    assert errors == {"e_1": "timeout", "e_2": "endpoint_busy", "e_3": None}
+    assert h.value("webhook_bridge_slow_in_flight_requests") == 0
+
+
 async def test_a_circuit_opened_while_waiting_for_the_share_defers_the_delivery() -> None:
     """As after the wait for its endpoint's place: the requests ahead of it failed."""
     sender = FakeSender(AttemptResult(False, 502, "http_status", 0.1, AT))
