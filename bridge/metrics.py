@@ -258,6 +258,12 @@ class Metrics:
             "a response or the broker's acknowledgement of their records).",
             registry=registry,
         )
+        self.oldest_unsettled = Gauge(
+            "webhook_bridge_oldest_unsettled_event_seconds",
+            "Seconds the oldest source-topic record this worker has taken and not yet settled "
+            "has waited (its partition's committed offset cannot pass it); 0 when none.",
+            registry=registry,
+        )
         self.events = Counter(
             "webhook_bridge_events_total",
             "Platform events consumed, by event type (unknown types as 'invalid'); a record "

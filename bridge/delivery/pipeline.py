@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import time
 from collections import deque
@@ -96,6 +97,22 @@ def drain_worst_case(drain_timeout: float) -> float:
     return drain_timeout + handover_timeout(drain_timeout)
 
 
+class _Unsettled:
+    """A source record's acknowledgement, the record counted among the unsettled until it is
+    called (:meth:`Pipeline.oldest_unsettled`)."""
+
+    __slots__ = ("_ack", "_unsettled", "token")
+
+    def __init__(self, ack: Ack, unsettled: dict[int, float], token: int) -> None:
+        self._ack = ack
+        self._unsettled = unsettled
+        self.token = token
+
+    def __call__(self) -> None:
+        self._unsettled.pop(self.token, None)
+        self._ack()
+
+
 class Pipeline:
     """Turns event and retry records into delivery jobs, and acknowledges records when settled."""
 
@@ -129,6 +146,11 @@ class Pipeline:
         #: Jobs whose task has ended, settled once their attempt record is acknowledged.
         self._written: set[asyncio.Future[Any]] = set()
         metrics.pending.set_function(lambda: self.in_flight)
+        #: Source records taken and not yet settled (acknowledged), with when each was taken,
+        #: oldest first: the age of the first is what holds its partition's commits.
+        self._unsettled: dict[int, float] = {}
+        self._tokens = itertools.count()
+        metrics.oldest_unsettled.set_function(self.oldest_unsettled)
         #: Records waiting for the subscription table, oldest first, and the task releasing them.
         self._held: deque[_Held] = deque()
         self._releaser: asyncio.Task[None] | None = None
@@ -159,16 +181,41 @@ class Pipeline:
         trip (or one task) each.
         """
         received_at = self._clock()
+        tracked = self._tracked(ack, received_at)
         freshness = self._freshness
         if freshness is None:
-            await self._match(raw, source, ack, received_at)
+            await self._match(raw, source, tracked, received_at)
             return
         freshness.received(source)
         if not self._held and freshness.covers(received_at, source):
-            await self._match(raw, source, ack, received_at)
+            await self._match(raw, source, tracked, received_at)
             return
-        await self._waiting.acquire()
-        self._hold(received_at, raw, source, ack)
+        try:
+            await self._waiting.acquire()
+        except BaseException:
+            self._untrack(tracked)  # (cancelled: the record was not taken)
+            raise
+        self._hold(received_at, raw, source, tracked)
+
+    def _tracked(self, ack: Ack, received_at: float) -> _Unsettled:
+        """``ack``, counted among the unsettled records (:meth:`oldest_unsettled`) until called."""
+        token = next(self._tokens)
+        self._unsettled[token] = received_at
+        return _Unsettled(ack, self._unsettled, token)
+
+    def _untrack(self, ack: _Unsettled) -> None:
+        self._unsettled.pop(ack.token, None)
+
+    def oldest_unsettled(self) -> float:
+        """Seconds the oldest source record taken and not yet settled has waited (0: none).
+
+        Every record is settled (acknowledged) once its jobs have settled or it was
+        dead-lettered; one that waits longer than a request and its places take is held up
+        (a dead letter that cannot be written, a bug), and with it its partition's commits.
+        Retry records are not counted: they wait until due by design."""
+        for taken_at in self._unsettled.values():  # (the first is the oldest)
+            return max(0.0, self._clock() - taken_at)
+        return 0.0
 
     def accepts(self) -> bool:
         """True when :meth:`offer` can take a record now."""
@@ -182,7 +229,8 @@ class Pipeline:
             raise RuntimeError("Pipeline.offer without room: check accepts() first")
         if self._freshness is not None:
             self._freshness.received(source)
-        self._hold(self._clock(), raw, source, ack)
+        received_at = self._clock()
+        self._hold(received_at, raw, source, self._tracked(ack, received_at))
 
     def _hold(self, received_at: float, raw: bytes | None, source: SourceRef, ack: Ack) -> None:
         """Queue a record (its ``_waiting`` slot taken) for the releasing task."""

@@ -52,6 +52,7 @@ ALERTS = {
     "WebhookBridgeFailureRatioHigh",
     "WebhookBridgeDeadLettersGrowing",
     "WebhookBridgeConsumerLagGrowing",
+    "WebhookBridgeEventUnsettled",
     "WebhookBridgeNoDeliveries",
     "WebhookBridgeLatencyP99High",
     "WebhookBridgeOutputWritesFailing",

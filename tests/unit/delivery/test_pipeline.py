@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -166,6 +167,7 @@ class Harness:
         max_pending: int = 4096,
         max_body_bytes: int = 1024 * 1024,
         freshness: Any = None,
+        clock: Callable[[], float] = lambda: 123.0,
     ) -> None:
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
@@ -198,7 +200,7 @@ class Harness:
             max_pending=max_pending,
             freshness=freshness,
             wall_time=lambda: NOW_TS,
-            clock=lambda: 123.0,
+            clock=clock,
         )
 
     def value(self, name: str, **labels: str) -> float | None:
@@ -1913,3 +1915,35 @@ async def test_a_job_whose_attempts_cannot_be_written_is_dead_lettered_without_t
     ((_, letter),) = h.outputs.dead_letters
     assert letter["attempts"] == [] and letter["reason"] == "internal_error"
     assert letter["detail"].endswith("its earlier attempts left out")
+
+
+async def test_the_oldest_unsettled_record_is_exported_with_its_age_until_it_settles() -> None:
+    """``webhook_bridge_oldest_unsettled_event_seconds``: what holds a partition's commits, as
+    an age, oldest first; a record whose dead letter cannot be written stays counted (it is
+    left unacknowledged), and retry records, which wait until due by design, are not."""
+    clock = FakeClock(500.0)
+    sender = BlockingSender()
+    h = Harness([webhook("w1", site_id="s1"), webhook("w2", site_id="s2")], sender, clock=clock)
+    oldest = "webhook_bridge_oldest_unsettled_event_seconds"
+    assert h.value(oldest) == 0
+    first, second = Acks(), Acks()
+    await h.pipeline.handle_event(make_event(event_id="e1", site_id="s1").to_bytes(), SOURCE, first)
+    clock.now += 7.0
+    await h.pipeline.handle_event(
+        make_event(event_id="e2", site_id="s2").to_bytes(), SOURCE, second
+    )
+    await eventually(lambda: len(sender.started) == 2)
+    clock.now += 3.0
+    assert h.value(oldest) == 10.0
+    sender.release("w1")  # the oldest settles: the next is the oldest
+    await eventually(lambda: first.count == 1)
+    assert h.value(oldest) == 3.0
+    sender.release("w2")
+    await eventually(lambda: second.count == 1)
+    assert h.value(oldest) == 0
+    # Invalid, and its dead letter cannot be written: it stays, and ages.
+    h.outputs.dead_letter_error = KafkaTimeoutError()
+    stuck = Acks()
+    await h.pipeline.handle_event(b"not json", SOURCE, stuck)
+    clock.now += 60.0
+    assert stuck.count == 0 and h.value(oldest) == 60.0
