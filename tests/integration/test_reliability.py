@@ -18,6 +18,7 @@ from bridge.admin.publish import publish_events
 from bridge.config import Settings
 from bridge.contract.events import build_event
 from bridge.contract.payload import delivery_id
+from bridge.delivery.deliverer import MAX_ENDPOINT_WAIT
 from bridge.delivery.pending_retry import PendingRetry
 from bridge.kafka.reading import read_topic
 from bridge.kafka.topics import declared_topics
@@ -599,17 +600,25 @@ async def test_deliveries_queued_behind_a_hanging_endpoint_hold_no_commits(
         await publish_events(settings, [post(n) for n in range(200)])
         await receiver.wait_for(lambda got: len(got) == 200, timeout=30)
 
+        oldest = "webhook_bridge_oldest_unsettled_event_seconds"
+        ages: list[float] = []
+
         async def committed() -> int:
             assert settings.kafka_bootstrap_servers is not None
             offsets = await committed_offsets(
                 settings.kafka_bootstrap_servers, settings.group_id, settings.events_topic
             )
+            ages.append((await worker.metrics())[oldest])
             return sum(offsets.values())
 
         # One wave's timeout (3 s), the queued deferred, the commit interval: well before the
         # 13 waves (39 s) it took.
         done = await poll(committed, until=lambda n: n >= 200, timeout=20, interval=0.2)
         assert done == 200
+        # No record was held longer than the wait for a place and a request (and the
+        # writing of their records), and none is left unsettled.
+        assert max(ages) < MAX_ENDPOINT_WAIT + settings.http_timeout + 2.0, max(ages)
+        assert (await worker.metrics())[oldest] == 0
         # One wave, and the places its first failures freed before the circuit opened at the
         # third: the rest deferred, none sent.
         assert len(hang.at("/hang")) <= 16 + settings.breaker_threshold - 1
