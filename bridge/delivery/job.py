@@ -85,10 +85,6 @@ class Job:
     #: retry record's ``replayed``), and its retries: its attempts are recorded ``trigger``
     #: ``manual``.
     replayed: bool = False
-    #: When its retry record was written (``PendingRetry.enqueued_at``), ``None`` for a job made
-    #: from an event: the copies of one retry record (a write retried after its answer was
-    #: lost lands twice) are the same job (see :meth:`bridge.delivery.pipeline.Pipeline._start`).
-    enqueued_at: float | None = None
     #: The recovery or redelivery that sent it (its retry record's), recorded with its attempts.
     recovery_id: str | None = None
     #: How many of ``history`` were made before an operator last sent the delivery again (a

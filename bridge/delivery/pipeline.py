@@ -51,7 +51,7 @@ _Held = tuple[float, bytes | None, SourceRef, Ack]
 #: records alike), which are not at the same offset; a record's place alone can be taken by
 #: another record (a retry tier deleted and made again, an in-memory broker restarted, while
 #: the worker runs).
-_JobKey = tuple[str, int, float | None, str, str | None, int, bool]
+_JobKey = tuple[str, int, str, str | None, int, int, bool, str | None, int]
 
 
 class _Running:
@@ -73,15 +73,28 @@ SETTLED_REMEMBERED = 16384
 
 
 def _key_of(job: Job) -> _JobKey:
+    """What a job attempts: the same key is the same step of one delivery's sending.
+
+    Not when its retry record was written: a worker that crashed after a failed attempt wrote
+    its retry, before its commit, had the same attempt made again by the next owner, which
+    wrote a second retry record of it, at another time; the two were different jobs, and the
+    delivery's sending went on twice to the end of its schedule, each later attempt made
+    twice and two final outcomes (two 200s, or two dead letters), one more for each crash
+    (until 2026-12-07). Now the second is the first's copy: joined while the first runs,
+    settled at once after it settled here. A deferral (one more entry in its history), an
+    operator's redelivery or recovery (``replayed``, ``recovery_id``) and a dead letter's
+    replay (``replayed_after``) are other steps."""
     source = job.source
     return (
         source.topic,
         source.partition,
-        job.enqueued_at,
         job.delivery_id,
         job.webhook.created_at,
         job.attempt,
+        len(job.history),
         job.replayed,
+        job.recovery_id,
+        job.replayed_after,
     )
 
 
@@ -421,7 +434,6 @@ class Pipeline:
                 source,
                 pending.history,
                 pending.replayed,
-                pending.enqueued_at,
                 pending.recovery_id,
                 pending.replayed_after,
             )

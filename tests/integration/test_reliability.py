@@ -774,6 +774,67 @@ async def records_from(settings: Settings, topic: str, offsets: dict[int, int]) 
         return count
 
 
+async def test_a_crash_after_retries_were_written_does_not_fork_their_deliveries(
+    settings: Settings, receiver: Receiver, workers, record_property
+) -> None:
+    """A worker killed after its failed attempts wrote their next retries, before the commit:
+    the next owner makes those attempts again and writes each next retry a second time, the
+    first one's copy, settled without a request. Each delivery ends with one dead letter, every
+    attempt after the crash made once. (Until 2026-12-07 each such delivery's sending went on
+    twice to the end of its schedule: every later attempt made twice, two dead letters; one
+    more chain per crash.) The kill follows the attempts by milliseconds, the commit comes
+    every second: the run records whether the commit came first (then nothing was attempted
+    again, and nothing can fork)."""
+    settings = settings.replace(retry_schedule=(1.0, 2.0, 2.0), breaker_threshold=1_000_000)
+    receiver.statuses["/down"] = 500
+    async with WebhookStore(settings) as store:
+        await hook(store, receiver, "down")
+    first = workers(settings)
+    await first.wait_ready()
+    events = [post(n) for n in range(30)]
+    ids = {delivery_id(e.id, "down") for e in events}
+
+    def requests() -> dict[str, int]:
+        counts = dict.fromkeys(ids, 0)
+        for got in receiver.received:
+            counts[got.delivery_id] += 1
+        return counts
+
+    await publish_events(settings, events)
+    # Every delivery's second attempt made (its third's retry written): killed at once.
+    await receiver.wait_for(lambda got: min(requests().values()) >= 2, timeout=30)
+    first.kill()
+    tier = settings.retry_topics[0]
+    done = await committed_offsets(settings.kafka_bootstrap_servers, settings.group_id, tier)
+    again = await records_from(settings, tier, done)
+    record_property("first_tier_records_past_the_commit", again)
+    second = workers(settings.replace(web_port=free_port()))
+    await second.wait_ready()
+
+    async def letters() -> list[str]:
+        values = await read_topic(settings, settings.deadletter_topic)
+        return [json.loads(v)["delivery_id"] for _, v in values if v is not None]
+
+    await poll(letters, until=lambda got: set(got) >= ids, timeout=60, interval=0.2)
+    # Every tier committed to its end: no chain is left to end later.
+    for topic in (settings.events_topic, *settings.retry_topics):
+
+        async def behind(topic: str = topic) -> bool:
+            ends = await end_offsets(settings.kafka_bootstrap_servers, topic)
+            done = await committed_offsets(
+                settings.kafka_bootstrap_servers, settings.group_id, topic
+            )
+            return any(done.get(p, 0) < end for p, end in ends.items())
+
+        assert not await poll(behind, until=lambda left: not left, timeout=60, interval=0.2)
+    got = await letters()
+    assert sorted(got) == sorted(ids), "one dead letter per delivery"
+    # Four attempts each (the schedule's three retries), one made again after the kill when
+    # its first-tier record was not committed: never a second chain's.
+    assert set(requests().values()) <= {4, 5}, requests()
+    assert all(receiver.verified(r) for r in receiver.received)
+
+
 async def test_duplicates_after_a_crash_are_bounded_by_the_records_taken_since_the_last_commit(
     settings: Settings, receiver: Receiver, workers, record_property
 ) -> None:

@@ -237,10 +237,13 @@ def retry_record(
     replayed: bool = False,
     enqueued_at: float = NOW_TS - 60,
     recovery_id: str | None = None,
+    deferrals: int = 0,
 ) -> bytes:
     event = event if event is not None else make_event()
     history = tuple(
         AttemptResult(False, 500, "http_status", 0.5, AT).as_record() for _ in range(attempt - 1)
+    ) + tuple(
+        AttemptResult(False, None, "endpoint_busy", 0.0, AT).as_record() for _ in range(deferrals)
     )
     return PendingRetry(
         delivery_id=delivery_id(event.id, hook.id),
@@ -780,8 +783,9 @@ async def test_a_retry_for_a_deleted_webhook_whose_id_was_taken_again_is_dropped
     assert h.sender.sent == []
     assert h.value("webhook_bridge_retries_cancelled_total") == 1
     for offset, marker in enumerate((again, None)):
-        source = dataclasses.replace(RETRY_SOURCE, offset=offset)  # each record its own
-        raw = retry_record(now, attempt=2, webhook_created_at=marker, enqueued_at=NOW_TS - offset)
+        source = dataclasses.replace(RETRY_SOURCE, offset=offset)
+        # (each a step of its own: the same step's second record would join the first)
+        raw = retry_record(now, attempt=2, webhook_created_at=marker, deferrals=offset)
         await h.pipeline.handle_retry(raw, source, acks, 1)
     await h.settled()
     assert [d.webhook.url for d in h.sender.sent] == [now.url, now.url]
@@ -1327,29 +1331,37 @@ async def test_a_copy_of_a_retry_record_makes_no_second_request(settled_first: b
     """A write retried after its answer was lost can put a retry record in its tier twice (no
     idempotent producer): the copy, at the next offset, is due at the same moment and joins
     the first (until 2026-12-06 both were attempted in one millisecond, and each scheduled
-    the next retry: the chain doubled). Another record of the same delivery and attempt
-    written at another time (a deferral, an operator's) is attempted."""
+    the next retry: the chain doubled). So does another record of the same step written at
+    another time: the next owner's, after a crash lost the commit of the attempt that wrote
+    the first (until 2026-12-07 both were attempted, and the sending went on twice to the end
+    of its schedule). A record of another step of the delivery is attempted: one deferred
+    since (its history longer), an operator's redelivery or recovery."""
     hook = webhook("w")
     sender = GatedSender(FAILED)
     h = Harness([hook], sender)
     raw = retry_record(hook, attempt=2)
-    acks = [Acks(), Acks(), Acks()]
+    acks = [Acks() for _ in range(5)]
     await h.pipeline.handle_retry(raw, RETRY_SOURCE, acks[0], 1)
     await eventually(lambda: len(sender.sent) == 1)
     if settled_first:
         sender.gate.set()
         await h.settled()
-    copy = dataclasses.replace(RETRY_SOURCE, offset=RETRY_SOURCE.offset + 1)
-    await h.pipeline.handle_retry(raw, copy, acks[1], 1)
-    later = dataclasses.replace(RETRY_SOURCE, offset=RETRY_SOURCE.offset + 2)
-    other = retry_record(hook, attempt=2, enqueued_at=NOW_TS - 30)
-    await h.pipeline.handle_retry(other, later, acks[2], 1)
+    others = [
+        raw,  # the copy
+        retry_record(hook, attempt=2, enqueued_at=NOW_TS - 30),  # the next owner's
+        retry_record(hook, attempt=2, deferrals=1),  # deferred since
+        retry_record(hook, attempt=2, replayed=True, recovery_id="rec_1"),  # an operator's
+    ]
+    for n, other in enumerate(others, start=1):
+        source = dataclasses.replace(RETRY_SOURCE, offset=RETRY_SOURCE.offset + n)
+        await h.pipeline.handle_retry(other, source, acks[n], 1)
     sender.gate.set()
     await h.settled()
-    assert len(sender.sent) == 2
-    assert [ack.count for ack in acks] == [1, 1, 1]
-    assert len(h.outputs.attempts) == 2 and len(h.outputs.retries) == 2
-    assert h.value(JOINED, state="settled" if settled_first else "running") == 1
+    sent = sorted((len(d.job.history), d.job.replayed) for d in sender.sent)
+    assert sent == [(1, False), (1, True), (2, False)]  # the first, the deferred, the operator's
+    assert [ack.count for ack in acks] == [1] * 5
+    assert len(h.outputs.attempts) == 3 and len(h.outputs.retries) == 3
+    assert h.value(JOINED, state="settled" if settled_first else "running") == 2
 
 
 async def test_a_record_read_again_after_its_jobs_settled_is_acknowledged_at_once() -> None:
@@ -1595,7 +1607,7 @@ async def test_settled_jobs_remembered_are_bounded(monkeypatch: pytest.MonkeyPat
     h = Harness([hook], ScriptedSender())
     records = [
         (
-            retry_record(hook, attempt=2, enqueued_at=NOW_TS - n),
+            retry_record(hook, attempt=2, deferrals=n),
             dataclasses.replace(RETRY_SOURCE, offset=n),
         )
         for n in range(5)
