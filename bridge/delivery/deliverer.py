@@ -26,6 +26,7 @@ from bridge.delivery.endpoint_health import EndpointHealth, HealthChange
 from bridge.delivery.job import Ack, Job
 from bridge.delivery.limits import (
     PROBE,
+    QUICK,
     SLOW,
     UNPROVEN,
     EndpointBusy,
@@ -132,6 +133,9 @@ class Deliverer:
         #: The most that endpoints answering slowly hold together (half the worker's places by
         #: default; all of them, that is no share, at 1).
         self._slow = SlowEndpoints(max(1, int(max_in_flight * slow_endpoint_share)), clock=clock)
+        #: Whether an endpoint not yet heard from makes one request at a time (:meth:`_share`):
+        #: not without a share (1), where nothing is held back for the others.
+        self._trials = slow_endpoint_share < 1
         self._breakers = Breakers(breaker_threshold, breaker_cooldown, clock)
         self._rates = RateLimits(clock)
         self._max_body_bytes = max_body_bytes
@@ -273,40 +277,22 @@ class Deliverer:
             return None
         # Last: a place of the share that slow endpoints and sites, and endpoints not yet heard
         # answering quickly, hold together (:class:`SlowEndpoints`), so that the rest stays
-        # for the others. A slow one never waits for it; an unproven one waits behind the
-        # others (within the same bound as for its endpoint's place): the first deliveries of
-        # a starting worker are to endpoints it has not heard from, and most answer at once.
+        # for the others (:meth:`_share`).
         judged = (endpoint, owner if owner is not None else _owner_key(webhook))
-        verdict = self._slow.judge(*judged)
-        slow = verdict in (SLOW, UNPROVEN)
-        if slow and not self._slow.try_take():
-            if verdict == SLOW or not await self._take_share(deadline):
-                await self._deferred(job, permit, "endpoint_busy", endpoint_held=True, owner=owner)
-                return None
-            # Judged again: its endpoint (or site) may have answered slowly meanwhile, the
-            # requests ahead of it timing out. A slow one takes no place others wait for: the
-            # place goes to the next, and this delivery to the retry path (as a slow one finding
-            # the share taken), not to another wave behind the same timeout.
-            again = self._slow.judge(*judged)
-            if again == SLOW and self._slow.waiting:
-                self._slow.give_back()
-                await self._deferred(job, permit, "endpoint_busy", endpoint_held=True, owner=owner)
-                return None
-            if again == PROBE:  # (its slowness began and ended while it waited)
-                verdict = PROBE
-            if permit.probe is None and self._breakers.state(endpoint) != CLOSED:
-                # As after the wait for its endpoint's place (the requests ahead failed).
-                self._slow.give_back()
-                reopens = self._breakers.reopens_in(endpoint)
-                await self._deferred(
-                    job,
-                    permit,
-                    "circuit_open",
-                    endpoint_held=True,
-                    owner=owner,
-                    retry_after=reopens,
-                )
-                return None
+        placed = await self._share(endpoint, judged, deadline)
+        if placed is None:
+            await self._deferred(job, permit, "endpoint_busy", endpoint_held=True, owner=owner)
+            return None
+        verdict, shared, trying = placed
+        if permit.probe is None and self._breakers.state(endpoint) != CLOSED:
+            # Its circuit opened while it waited for the share or its endpoint's first answer
+            # (as after the wait for its endpoint's place: the requests ahead failed).
+            self._share_ended(endpoint, shared, trying)
+            reopens = self._breakers.reopens_in(endpoint)
+            await self._deferred(
+                job, permit, "circuit_open", endpoint_held=True, owner=owner, retry_after=reopens
+            )
+            return None
         result: AttemptResult | None = None
         #: Why the job is not sent (its webhook deleted, turned off or no longer receiving it
         #: since it was matched), or the job to run again (its webhook's URL or name changed).
@@ -327,10 +313,11 @@ class Deliverer:
             self._endpoints.release(endpoint)
             if owner is not None:
                 self._release_owner(owner)
-            if slow:
-                self._slow.give_back()
             if result is not None and result.error != "destination_forbidden":
                 self._slow.observe(judged, result.duration, probe=verdict == PROBE)
+            # After the answer is judged: those waiting for the endpoint's first answer
+            # judge it again.
+            self._share_ended(endpoint, shared, trying)
             if result is None:
                 # Not sent (its webhook changed), or cancelled or crashed mid-request (the
                 # bridge's, not the endpoint's: a bug, a drain): a half-open circuit's probe
@@ -384,17 +371,71 @@ class Deliverer:
         await written
         await self._publish_health(change)
 
-    async def _take_share(self, deadline: float | None) -> bool:
-        """Wait for a place of the share until ``deadline`` (loop time; ``None``: the whole
-        bound from now); ``False`` when none came."""
-        if deadline is None:
-            deadline = asyncio.get_running_loop().time() + self._endpoint_max_wait
-        try:
-            async with asyncio.timeout_at(deadline):
-                await self._slow.take()
-        except TimeoutError:
-            return False
-        return True
+    async def _share(
+        self, endpoint: str, judged: tuple[str, str], deadline: float | None
+    ) -> tuple[int, bool, bool] | None:
+        """How a request goes: its verdict (:meth:`SlowEndpoints.judge`), whether it holds a
+        place of the share, and whether it is its endpoint's trial; ``None`` when it is to be
+        deferred (``endpoint_busy``), holding none of them. Waits until ``deadline`` (loop
+        time; ``None``: the whole bound from now) at most.
+
+        A slow endpoint's or site's request takes a place of the share without waiting. An
+        endpoint not yet heard answering quickly makes one request at a time, its *trial*,
+        which waits for a place of the share; the endpoint's other requests wait for the
+        trial's answer and are judged again by it (quick: sent at once, without the share;
+        slow: held to the share as any slow one's). Until 2026-12-07 each of them waited in
+        the share's queue, behind hanging requests, after their endpoint had answered in a
+        few milliseconds (15 s late, then deferred), and one new endpoint could hold as many
+        places of the share as its ``endpoint_max_in_flight``: eight new hanging endpoints
+        held all 128."""
+        slow = self._slow
+        loop = asyncio.get_running_loop()
+        verdict = slow.judge(*judged)
+        trials = self._trials
+        while trials and verdict == UNPROVEN and (trial := slow.trial(endpoint)) is not None:
+            if deadline is None:
+                deadline = loop.time() + self._endpoint_max_wait
+            left = deadline - loop.time()
+            if left > 0:
+                await asyncio.wait((trial,), timeout=left)
+            if not trial.done():
+                return None
+            verdict = slow.judge(*judged)
+        if verdict in (QUICK, PROBE):
+            return verdict, False, False
+        if verdict == SLOW:
+            return (SLOW, True, False) if slow.try_take() else None
+        if trials:
+            slow.begin_trial(endpoint)
+        if not slow.try_take():
+            if deadline is None:
+                deadline = loop.time() + self._endpoint_max_wait
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await slow.take()
+            except BaseException as exc:
+                if trials:
+                    slow.end_trial(endpoint)
+                if isinstance(exc, TimeoutError):
+                    return None
+                raise
+            # Judged again: its site may have answered slowly meanwhile (elsewhere). A slow
+            # one takes no place others wait for: the place goes to the next, and this
+            # delivery to the retry path, not into another wave behind the same timeout.
+            again = slow.judge(*judged)
+            if again == SLOW and slow.waiting:
+                self._share_ended(endpoint, True, trials)
+                return None
+            if again == PROBE:  # (its site's slowness ended while it waited)
+                verdict = PROBE
+        return verdict, True, trials
+
+    def _share_ended(self, endpoint: str, shared: bool, trying: bool) -> None:
+        """Give back what :meth:`_share` gave a request."""
+        if shared:
+            self._slow.give_back()
+        if trying:
+            self._slow.end_trial(endpoint)
 
     def _take_owner(self, owner: str) -> bool:
         """A place among the requests in flight of a site (account); ``False`` when it has

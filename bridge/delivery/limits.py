@@ -211,15 +211,26 @@ class SlowEndpoints:
     since it started) takes a place of the share too, and may wait for one: until 2026-12-07
     such an endpoint was judged quick until its first answers, and four new sites with four
     hanging webhooks each held all 256 places for a whole timeout (32 new sites of one hanging
-    webhook, two timeouts), each worker and each restart again. Its first quick answer makes it
-    quick (:data:`QUICK`) from then on, until it answers slowly; endpoints that answer in time
-    take no place of the share after their first answer, and the others wait for the quick
-    ones' places before any slow endpoint takes one (:meth:`take` goes before :meth:`try_take`).
+    webhook, two timeouts), each worker and each restart again. It makes one request at a
+    time, its *trial* (:meth:`begin_trial`, :meth:`end_trial`), whose answer its other
+    requests wait for (:meth:`trial`) and are judged by: its first quick answer makes it quick
+    (:data:`QUICK`) from then on, until it answers slowly, so endpoints that answer in time
+    take one place of the share, once; and trials wait for places of the share before any slow
+    endpoint takes one (:meth:`take` goes before :meth:`try_take`).
     The endpoint, not the site: a new site's webhook on an endpoint others use is judged by
     that endpoint, and a known site's webhook on a new endpoint is not let through on the
     site's word."""
 
-    __slots__ = ("_share", "_taken", "_slow_after", "_slow_for", "_clock", "_until", "_proven")
+    __slots__ = (
+        "_share",
+        "_taken",
+        "_slow_after",
+        "_slow_for",
+        "_clock",
+        "_until",
+        "_proven",
+        "_trials",
+    )
 
     def __init__(
         self,
@@ -242,6 +253,8 @@ class SlowEndpoints:
         #: Endpoints that answered quickly and have not answered slowly since, in the order
         #: they were proven.
         self._proven: dict[str, None] = {}
+        #: Unproven endpoints with a request out (their trial), and what ends when it does.
+        self._trials: dict[str, asyncio.Future[None]] = {}
 
     @property
     def taken(self) -> int:
@@ -289,6 +302,25 @@ class SlowEndpoints:
     def give_back(self) -> None:
         self._taken -= 1
         self._share.release()
+
+    def trial(self, endpoint: str) -> asyncio.Future[None] | None:
+        """The end of the request out to an endpoint not yet heard from (its trial), if one
+        is out: the endpoint's other requests wait for it, then are judged again."""
+        return self._trials.get(endpoint)
+
+    def begin_trial(self, endpoint: str) -> None:
+        self._trials[endpoint] = asyncio.get_running_loop().create_future()
+
+    def end_trial(self, endpoint: str) -> None:
+        """The trial ended: answered (and :meth:`observe` d first), or not sent at all."""
+        ended = self._trials.pop(endpoint, None)
+        if ended is not None and not ended.done():
+            ended.set_result(None)
+
+    @property
+    def trials(self) -> int:
+        """Endpoints not yet heard from with a request out."""
+        return len(self._trials)
 
     def observe(self, keys: tuple[str, str | None], duration: float, *, probe: bool) -> None:
         """An answer (or a timeout, or an error) after ``duration`` seconds to a request

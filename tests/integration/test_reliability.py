@@ -424,7 +424,6 @@ async def test_crash_mid_flight_loses_nothing(
 ) -> None:
     """SIGKILL a worker while deliveries are in flight; its successor delivers everything."""
     release = asyncio.Event()
-    receiver.holds["/held"] = release
     async with WebhookStore(settings) as store:
         await hook(store, receiver, "held")
     first = workers(settings)
@@ -433,8 +432,13 @@ async def test_crash_mid_flight_loses_nothing(
     # Site-scoped to s1 only receives s1 events: use an account-scoped webhook instead.
     async with WebhookStore(settings) as store:
         await store.update("held", site_id=None)
+    # Its endpoint heard from first (one not yet heard from makes one request at a time).
+    warm = post(100)
+    await publish_events(settings, [warm])
+    await receiver.wait_for(lambda got: len(got) == 1)
+    receiver.holds["/held"] = release
     await publish_events(settings, events)
-    await receiver.wait_for(lambda got: len(got) >= 12)
+    await receiver.wait_for(lambda got: len(got) >= 13)
     first.kill()  # deliveries held in flight: none was answered
     receiver.holds.pop("/held")
     release.set()
@@ -448,7 +452,7 @@ async def test_crash_mid_flight_loses_nothing(
         timeout=60,
     )
     ids = [r.delivery_id for r in receiver.received]
-    assert set(ids) == {delivery_id(e.id, "held") for e in events}
+    assert set(ids) == {delivery_id(e.id, "held") for e in [warm, *events]}
 
 
 async def test_a_receiver_that_was_down_gets_everything_when_back(

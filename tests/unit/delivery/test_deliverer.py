@@ -594,23 +594,23 @@ async def test_deliveries_queued_when_their_endpoints_circuit_opened_are_not_sen
     """The requests in flight fail and open the circuit; the deliveries queued behind them
     (let through while it was closed) are deferred ``circuit_open`` until it lets a probe
     through, not sent one wave after another (until 2026-12-07 all of them were)."""
-    sender = FakeSender(*[failed(500)] * THRESHOLD)
-    sender.gate = asyncio.Event()
+    sender = FakeSender(OK, *[failed(500)] * THRESHOLD)
     h = Harness(sender, endpoint_max_in_flight=THRESHOLD, endpoint_max_queued=10)
+    await h.run(make_job(event=make_event("evt_known")))  # (heard from: no trial)
+    sender.gate = asyncio.Event()
     ahead = [h.start(make_job(event=make_event(f"evt_{n}"))) for n in range(THRESHOLD)]
-    await asyncio.wait_for(sender.started.wait(), PROMPT)
     queued = [h.start(make_job(event=make_event(f"evt_q{n}"))) for n in range(4)]
-    while len(sender.sent) < THRESHOLD:
+    while len(sender.sent) < THRESHOLD + 1:
         await asyncio.sleep(0)
     sender.gate.set()
     await asyncio.wait_for(asyncio.gather(*ahead, *queued), PROMPT)
-    assert len(sender.sent) == THRESHOLD
+    assert len(sender.sent) == THRESHOLD + 1
     assert h.deliverer.breakers.state(endpoint_of(WEBHOOK.url)) == OPEN
     skips = [r for _, r in h.outputs.attempts if r.get("error") == "circuit_open"]
     assert len(skips) == 4
     retries = [h.retry(i)[1] for i in range(-4, 0)]
     assert all(p.not_before == NOW_TS + COOLDOWN for p in retries), retries
-    assert h.acks.count == THRESHOLD + 4
+    assert h.acks.count == THRESHOLD + 4 + 1
 
 
 async def test_a_deferred_attempt_keeps_its_number_and_spends_no_entry_of_the_schedule() -> None:
@@ -1117,20 +1117,22 @@ async def test_one_slow_endpoint_of_a_site_holds_no_more_than_its_own_places() -
     other endpoints keep the rest (until the change that made a site's place be taken with its
     endpoint's, a slow endpoint's queue could take every place of its site)."""
     sender = FakeSender()
-    sender.gate = asyncio.Event()
     h = Harness(sender, endpoint_max_in_flight=2, owner_max_in_flight=3)
     slow = dataclasses.replace(make_webhook("wh_slow", host="slow.example"), site_id="s1")
     quick = dataclasses.replace(make_webhook("wh_quick", host="quick.example"), site_id="s1")
+    for hook in (slow, quick):  # (both heard from: no trial)
+        await h.run(make_job(webhook=hook, event=make_event(f"e_known_{hook.id}")))
+    sender.gate = asyncio.Event()
     waiting = [h.start(make_job(webhook=slow, event=make_event(f"e_{n}"))) for n in range(6)]
-    await eventually(lambda: len(sender.sent) == 2)
+    await eventually(lambda: len(sender.sent) == 4)
     assert h.deliverer.owner_in_flight("site_id:s1") == 2  # the four waiting hold none
     other = h.start(make_job(webhook=quick, event=make_event("e_quick")))
-    await eventually(lambda: len(sender.sent) == 3)
+    await eventually(lambda: len(sender.sent) == 5)
     assert sender.sent[-1].job.webhook.id == "wh_quick"
     assert not any(r["error"] == "owner_busy" for _, r in h.outputs.attempts)
     sender.gate.set()
     await asyncio.wait_for(asyncio.gather(*waiting, other), PROMPT)
-    assert len(sender.sent) == 7 and h.deliverer.owner_in_flight("site_id:s1") == 0
+    assert len(sender.sent) == 9 and h.deliverer.owner_in_flight("site_id:s1") == 0
 
 
 def timed_out(duration: float = 30.0) -> AttemptResult:
@@ -1267,11 +1269,61 @@ async def test_endpoints_not_yet_heard_from_hold_at_most_the_share_and_wait_for_
     await asyncio.wait_for(asyncio.gather(*again), PROMPT)
 
 
+class HostGates(FakeSender):
+    """Holds each send to a host in ``holds`` until its event is set; answers OK."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holds: dict[str, asyncio.Event] = {}
+
+    async def send(self, job: Job, body: bytes) -> AttemptResult:
+        self.sent.append(Outgoing(job, body))
+        host = job.webhook.url.split("/")[2]
+        hold = self.holds.get(host)
+        if hold is not None:
+            await hold.wait()
+        return OK
+
+
+async def test_an_endpoint_not_yet_heard_from_sends_one_request_until_it_answers() -> None:
+    """One new endpoint held as many places of the share as its ``endpoint_max_in_flight``
+    (eight new hanging endpoints held all 128), and once it answered quickly its deliveries
+    still waiting in the share's queue waited behind hanging ones until deferred, 15 s later
+    (until 2026-12-07). Now it makes one request, its trial; its other deliveries wait for the
+    trial's answer, then go at once (quick), holding no place of the share."""
+    sender = HostGates()
+    h = Harness(sender, max_in_flight=6, endpoint_max_in_flight=16, endpoint_max_wait=5.0)
+    for host in ("hang0.example", "hang1.example", "hang2.example", "new.example"):
+        sender.holds[host] = asyncio.Event()
+    hang = [make_webhook(f"wh_hang{n}", host=f"hang{n}.example") for n in range(3)]
+    new = make_webhook("wh_new", host="new.example")
+    jobs = [h.start(make_job(webhook=w, event=make_event(f"e_{w.id}"))) for w in hang[:2]]
+    jobs.append(h.start(make_job(webhook=new, event=make_event("e_new0"))))
+    await eventually(lambda: len(sender.sent) == 3)  # the share's three places
+    # The third hanging endpoint: its first waits for a place of the share, the others for
+    # that first one's answer; the new endpoint's others wait for its first one's answer.
+    jobs += [h.start(make_job(webhook=hang[2], event=make_event(f"e_h{n}"))) for n in range(4)]
+    jobs += [h.start(make_job(webhook=new, event=make_event(f"e_new{n}"))) for n in range(1, 6)]
+    await eventually(lambda: h.deliverer._slow.waiting == 1)
+    assert len(sender.sent) == 3 and h.deliverer._slow.trials == 4
+    sender.holds["new.example"].set()  # its first answer, quick
+    await eventually(lambda: sum(o.job.webhook.id == "wh_new" for o in sender.sent) == 6)
+    # Sent at once, without the share: the third hanging endpoint's first took the place the
+    # new one's first gave back, and its others still wait for it.
+    await eventually(lambda: len(sender.sent) == 3 + 5 + 1)
+    assert h.value("webhook_bridge_slow_in_flight_requests") == 3
+    assert not [r for _, r in h.outputs.attempts if r.get("error")]
+    for hold in sender.holds.values():
+        hold.set()
+    await asyncio.wait_for(asyncio.gather(*jobs), PROMPT)
+    assert len(sender.sent) == 3 + 5 + 4 and h.deliverer._slow.trials == 0
+
+
 async def test_one_found_slow_while_waiting_for_the_share_leaves_its_place_to_the_next() -> None:
-    """Deliveries to a new endpoint wait for the share behind its first request, which times
-    out: its endpoint is slow now, and the one given the place passes it on to the delivery
-    waiting behind it (a new endpoint's), going to the retry path itself, rather than making
-    another request that hangs as long."""
+    """Deliveries to a new endpoint wait for its first request's answer, which times out: its
+    endpoint is slow now, and the share's place its first request gives back goes to the
+    delivery waiting for one (a new endpoint's); the second goes to the retry path, rather
+    than making another request that hangs as long."""
     sender = FakeSender(timed_out())
     sender.gate = asyncio.Event()
     h = Harness(sender, max_in_flight=2, endpoint_max_in_flight=4)  # a share of one
@@ -1279,27 +1331,35 @@ async def test_one_found_slow_while_waiting_for_the_share_leaves_its_place_to_th
     fresh = dataclasses.replace(make_webhook("wh_fresh", host="fresh.example"), site_id="s_f")
     first = h.start(make_job(webhook=hangs, event=make_event("e_1")))
     await eventually(lambda: len(sender.sent) == 1)
-    second = h.start(make_job(webhook=hangs, event=make_event("e_2")))
-    await eventually(lambda: h.deliverer._slow.waiting == 1)
     third = h.start(make_job(webhook=fresh, event=make_event("e_3")))
-    await eventually(lambda: h.deliverer._slow.waiting == 2)
+    await eventually(lambda: h.deliverer._slow.waiting == 1)
+    # The second to the hanging endpoint waits for its first's answer (its trial's).
+    second = h.start(make_job(webhook=hangs, event=make_event("e_2")))
+    await eventually(
+        lambda: h.deliverer._endpoints._endpoints[endpoint_of(hangs.url)].in_flight == 2
+    )
     sender.gate.set()
     await asyncio.wait_for(asyncio.gather(first, second, third), PROMPT)
-    assert [o.job.event.id for o in sender.sent] == ["e_1", "e_3"]
+    # The new endpoint's goes first; the slow one's only through a place of the share left
+    # free (here, once the new one has answered), else to the retry path.
+    assert [o.job.event.id for o in sender.sent][:2] == ["e_1", "e_3"]
     errors = {r["event_id"]: r["error"] for _, r in h.outputs.attempts}
-    assert errors == {"e_1": "timeout", "e_2": "endpoint_busy", "e_3": None}
+    assert errors["e_1"] == "timeout" and errors["e_3"] is None
+    assert errors["e_2"] in ("endpoint_busy", None)
     assert h.value("webhook_bridge_slow_in_flight_requests") == 0
 
 
-async def test_a_circuit_opened_while_waiting_for_the_share_defers_the_delivery() -> None:
+async def test_a_circuit_opened_while_waiting_for_the_endpoints_first_answer_defers() -> None:
     """As after the wait for its endpoint's place: the requests ahead of it failed."""
     sender = FakeSender(AttemptResult(False, 502, "http_status", 0.1, AT))
     sender.gate = asyncio.Event()
     h = Harness(sender, max_in_flight=2)  # a share of one
     first = h.start(make_job(event=make_event("e_1")))
     await eventually(lambda: len(sender.sent) == 1)
-    second = h.start(make_job(event=make_event("e_2")))
-    await eventually(lambda: h.deliverer._slow.waiting == 1)
+    second = h.start(make_job(event=make_event("e_2")))  # waits for the first's answer
+    await eventually(
+        lambda: h.deliverer._endpoints._endpoints[endpoint_of(WEBHOOK.url)].in_flight == 2
+    )
     for _ in range(THRESHOLD):
         h.deliverer.breakers.failure(endpoint_of(WEBHOOK.url))
     sender.gate.set()
