@@ -116,6 +116,10 @@ def parse_retry(raw: bytes | None) -> PendingRetry:
                 "invalid_retry_record",
                 "$.replayed_after must be an integer from 0 to the number of attempts",
             )
+        replayed = value.get("replayed", False)
+        if not isinstance(replayed, bool):
+            # (until 2026-12-07 read by its truth: "no" made the attempts "manual")
+            raise InvalidRecord("invalid_retry_record", "$.replayed must be true or false")
         return PendingRetry(
             delivery_id=str(value["delivery_id"]),
             webhook_id=str(value["webhook_id"]),
@@ -124,7 +128,7 @@ def parse_retry(raw: bytes | None) -> PendingRetry:
             not_before=float(not_before),
             enqueued_at=float(enqueued_at),
             history=history,
-            replayed=bool(value.get("replayed", False)),
+            replayed=replayed,
             webhook_created_at=created,
             recovery_id=recovery,
             replayed_after=replayed_after,
