@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -441,4 +442,7 @@ def _replayed(record: dict[str, Any], now: float) -> PendingRetry | None:
         webhook_created_at=created if isinstance(created, str) else None,
         # Its deferrals are counted afresh: the letter's are of the sending that ended.
         replayed_after=len(history),
+        # A sending of its own: a worker that settled an earlier replay of this letter does
+        # not take this one for its copy.
+        replay_id=str(uuid.uuid4()),
     )

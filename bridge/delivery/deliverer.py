@@ -279,7 +279,16 @@ class Deliverer:
         # answering quickly, hold together (:class:`SlowEndpoints`), so that the rest stays
         # for the others (:meth:`_share`).
         judged = (endpoint, owner if owner is not None else _owner_key(webhook))
-        placed = await self._share(endpoint, judged, deadline)
+        try:
+            placed = await self._share(endpoint, judged, deadline)
+        except BaseException:
+            # Cancelled while it waited (a drain): what it took is given back, as a deferral's.
+            self._endpoints.release(endpoint)
+            if owner is not None:
+                self._release_owner(owner)
+            self._rates.refund(webhook.id)
+            self._breakers.release(permit)
+            raise
         if placed is None:
             await self._deferred(job, permit, "endpoint_busy", endpoint_held=True, owner=owner)
             return None
@@ -608,6 +617,7 @@ class Deliverer:
             replayed=job.replayed,
             webhook_created_at=job.webhook.created_at,
             recovery_id=job.recovery_id,
+            replay_id=job.replay_id,
             replayed_after=job.replayed_after,
         )
         # The retry is written before the attempt's record says it is scheduled, so that the

@@ -91,6 +91,8 @@ class Job:
     #: dead letter replayed; its retry record's ``replayed_after``): its deferrals are counted
     #: after them.
     replayed_after: int = 0
+    #: The replay of a dead letter that sent it (its retry record's ``replay_id``).
+    replay_id: str | None = None
 
     @property
     def event(self) -> Event:

@@ -38,6 +38,9 @@ class PendingRetry:
     #: How many of ``history`` were made before the delivery was last replayed from the
     #: dead-letter topic: only the deferrals after them count (``deliverer.MAX_DEFERRALS``).
     replayed_after: int = 0
+    #: The replay of a dead letter that sent it (one id each time a letter is replayed), kept
+    #: by its retries: two replays of one letter are two sendings, not copies of one.
+    replay_id: str | None = None
 
     def to_record(self) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -57,6 +60,8 @@ class PendingRetry:
             record["recovery_id"] = self.recovery_id
         if self.replayed_after:
             record["replayed_after"] = self.replayed_after
+        if self.replay_id is not None:
+            record["replay_id"] = self.replay_id
         return record
 
     def to_bytes(self) -> bytes:
@@ -106,6 +111,9 @@ def parse_retry(raw: bytes | None) -> PendingRetry:
         recovery = value.get("recovery_id")
         if recovery is not None and (not isinstance(recovery, str) or not recovery):
             raise InvalidRecord("invalid_retry_record", "$.recovery_id must be a string")
+        replay = value.get("replay_id")
+        if replay is not None and (not isinstance(replay, str) or not replay):
+            raise InvalidRecord("invalid_retry_record", "$.replay_id must be a string")
         replayed_after = value.get("replayed_after", 0)
         if (
             not isinstance(replayed_after, int)
@@ -132,6 +140,7 @@ def parse_retry(raw: bytes | None) -> PendingRetry:
             webhook_created_at=created,
             recovery_id=recovery,
             replayed_after=replayed_after,
+            replay_id=replay,
         )
     except KeyError as exc:
         raise InvalidRecord("invalid_retry_record", f"missing {exc.args[0]!r}") from None

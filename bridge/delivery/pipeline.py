@@ -51,7 +51,7 @@ _Held = tuple[float, bytes | None, SourceRef, Ack]
 #: records alike), which are not at the same offset; a record's place alone can be taken by
 #: another record (a retry tier deleted and made again, an in-memory broker restarted, while
 #: the worker runs).
-_JobKey = tuple[str, int, str, str | None, int, int, bool, str | None, int]
+_JobKey = tuple[str, int, str, str | None, int, int, bool, str | None, int, str | None]
 
 
 class _Running:
@@ -82,8 +82,9 @@ def _key_of(job: Job) -> _JobKey:
     twice and two final outcomes (two 200s, or two dead letters), one more for each crash
     (until 2026-12-07). Now the second is the first's copy: joined while the first runs,
     settled at once after it settled here. A deferral (one more entry in its history), an
-    operator's redelivery or recovery (``replayed``, ``recovery_id``) and a dead letter's
-    replay (``replayed_after``) are other steps."""
+    operator's redelivery or recovery (``replayed``, ``recovery_id``) and each replay of a dead
+    letter (``replay_id``: from `1cdce4c` until it was added, the same letter replayed twice
+    was settled the second time without a request) are other steps."""
     source = job.source
     return (
         source.topic,
@@ -95,6 +96,7 @@ def _key_of(job: Job) -> _JobKey:
         job.replayed,
         job.recovery_id,
         job.replayed_after,
+        job.replay_id,
     )
 
 
@@ -436,6 +438,7 @@ class Pipeline:
                 pending.replayed,
                 pending.recovery_id,
                 pending.replayed_after,
+                pending.replay_id,
             )
         except Exception as exc:
             await self._settle_unmatched(source, *internal_error(exc, "reading a retry"), raw, ack)

@@ -1319,6 +1319,37 @@ async def test_an_endpoint_not_yet_heard_from_sends_one_request_until_it_answers
     assert len(sender.sent) == 3 + 5 + 4 and h.deliverer._slow.trials == 0
 
 
+@pytest.mark.parametrize("waiting_for", ["trial", "share"])
+async def test_a_delivery_cancelled_while_it_waits_in_the_share_gives_its_places_back(
+    waiting_for: str,
+) -> None:
+    """Cancelled while it waited for its endpoint's first answer or for a place of the share
+    (not draining: its source record stays unsettled), it held its endpoint's place and its
+    site's until the fix (nothing cancels such a job but a drain today)."""
+    sender = FakeSender()
+    sender.gate = asyncio.Event()
+    h = Harness(sender, max_in_flight=2, owner_max_in_flight=4)  # a share of one
+    other = make_webhook("wh_other", host="other.example")
+    first = h.start(make_job(webhook=other if waiting_for == "share" else WEBHOOK))
+    await eventually(lambda: len(sender.sent) == 1)
+    endpoint = endpoint_of(WEBHOOK.url)
+    waiting = h.start(make_job(event=make_event("e_wait")))
+    if waiting_for == "trial":
+        await eventually(lambda: h.deliverer._endpoints._endpoints[endpoint].in_flight == 2)
+    else:
+        await eventually(lambda: h.deliverer._slow.waiting == 1)
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    places = 1 if waiting_for == "trial" else 0
+    state = h.deliverer._endpoints._endpoints.get(endpoint)
+    assert (state.in_flight if state is not None else 0) == places
+    assert h.deliverer.owner_in_flight("site_id:site_789") == 1
+    sender.gate.set()
+    await asyncio.wait_for(first, PROMPT)
+    assert h.deliverer._endpoints._endpoints.get(endpoint) is None
+    assert h.deliverer.owner_in_flight("site_id:site_789") == 0
+
+
 async def test_one_found_slow_while_waiting_for_the_share_leaves_its_place_to_the_next() -> None:
     """Deliveries to a new endpoint wait for its first request's answer, which times out: its
     endpoint is slow now, and the share's place its first request gives back goes to the

@@ -1364,6 +1364,37 @@ async def test_a_copy_of_a_retry_record_makes_no_second_request(settled_first: b
     assert h.value(JOINED, state="settled" if settled_first else "running") == 2
 
 
+async def test_a_dead_letter_replayed_twice_is_sent_twice() -> None:
+    """Each replay of a letter is a sending of its own (``replay_id``): the operator replays
+    while the receiver is still broken, the delivery is dead-lettered again, the receiver is
+    fixed, the same letter is replayed again (its first letter, read first). From `1cdce4c`
+    until replays had ids the second was taken for the first's copy and settled without a
+    request: the delivery never reached the receiver."""
+    from bridge.admin.dead_letters import _replayed
+
+    hook = webhook("w")
+    h = Harness([hook], ScriptedSender({"w": FAILED}))
+    event = make_event()
+    letter = {
+        "webhook_id": "w",
+        "delivery_id": delivery_id(event.id, "w"),
+        "event": event.envelope(),
+        "attempts": [FAILED.as_record()],
+    }
+    for n in range(2):
+        replay = _replayed(letter, NOW_TS)
+        assert replay is not None and replay.replay_id
+        source = dataclasses.replace(RETRY_SOURCE, offset=RETRY_SOURCE.offset + n)
+        await h.pipeline.handle_retry(replay.to_bytes(), source, Acks(), 1)
+        await h.settled()
+    assert len(h.sender.sent) == 2
+    assert h.value(JOINED, state="settled") == 0
+    # Its retries keep the replay's id: a copy of one (a crash's) still joins its chain.
+    ((_, _, first), (_, _, second)) = h.outputs.retries
+    assert parse_retry(first).replay_id != parse_retry(second).replay_id
+    assert parse_retry(first).replay_id is not None
+
+
 async def test_a_record_read_again_after_its_jobs_settled_is_acknowledged_at_once() -> None:
     """Read again after its jobs settled here (their commit lost to the rebalance): nothing is
     attempted again, for an event's every webhook and for a retry."""
