@@ -135,7 +135,7 @@ class Deliverer:
         self._slow = SlowEndpoints(max(1, int(max_in_flight * slow_endpoint_share)), clock=clock)
         #: Whether an endpoint not yet heard from makes one request at a time (:meth:`_share`):
         #: not without a share (1), where nothing is held back for the others.
-        self._trials = slow_endpoint_share < 1
+        self._trials_on = slow_endpoint_share < 1
         self._breakers = Breakers(breaker_threshold, breaker_cooldown, clock)
         self._rates = RateLimits(clock)
         self._max_body_bytes = max_body_bytes
@@ -258,10 +258,10 @@ class Deliverer:
             # settling its source record rather than holding its partition's commits.
             await self._deferred(job, permit, "endpoint_busy")
             return None
-        if permit.probe is None and self._breakers.state(endpoint) != CLOSED:
-            # Its circuit opened while it waited for its endpoint's place (the requests ahead
-            # of it failed): deferred as one arriving now would be. Until 2026-12-07 every
-            # delivery queued behind a hanging endpoint was still sent, one timeout a wave.
+        if self._opened_meanwhile(permit):
+            # Its circuit opened while it waited for its endpoint's place: deferred as one
+            # arriving now would be. Until 2026-12-07 every delivery queued behind a hanging
+            # endpoint was still sent, one timeout a wave.
             reopens = self._breakers.reopens_in(endpoint)
             await self._deferred(
                 job, permit, "circuit_open", endpoint_held=True, retry_after=reopens
@@ -283,19 +283,14 @@ class Deliverer:
             placed = await self._share(endpoint, judged, deadline)
         except BaseException:
             # Cancelled while it waited (a drain): what it took is given back, as a deferral's.
-            self._endpoints.release(endpoint)
-            if owner is not None:
-                self._release_owner(owner)
-            self._rates.refund(webhook.id)
-            self._breakers.release(permit)
+            self._give_back(job, permit, endpoint_held=True, owner=owner)
             raise
         if placed is None:
             await self._deferred(job, permit, "endpoint_busy", endpoint_held=True, owner=owner)
             return None
         verdict, shared, trying = placed
-        if permit.probe is None and self._breakers.state(endpoint) != CLOSED:
-            # Its circuit opened while it waited for the share or its endpoint's first answer
-            # (as after the wait for its endpoint's place: the requests ahead failed).
+        if self._opened_meanwhile(permit):
+            # Its circuit opened while it waited for the share or its endpoint's first answer.
             self._share_ended(endpoint, shared, trying)
             reopens = self._breakers.reopens_in(endpoint)
             await self._deferred(
@@ -400,7 +395,7 @@ class Deliverer:
         slow = self._slow
         loop = asyncio.get_running_loop()
         verdict = slow.judge(*judged)
-        trials = self._trials
+        trials = self._trials_on
         while trials and verdict == UNPROVEN and (trial := slow.trial(endpoint)) is not None:
             if deadline is None:
                 deadline = loop.time() + self._endpoint_max_wait
@@ -477,17 +472,27 @@ class Deliverer:
         retry_after: float | None = None,
     ) -> None:
         """Settle ``job`` deferred for ``reason`` once past the circuit, no request made: what
-        it took is given back (the endpoint's place when ``endpoint_held``, ``owner``'s place,
-        the webhook's rate-limit token, and a half-open circuit's probe, which goes to the next
-        request)."""
-        endpoint = permit.endpoint
+        it took is given back (:meth:`_give_back`)."""
+        self._give_back(job, permit, endpoint_held=endpoint_held, owner=owner)
+        await self._settle_failure(job, self._skipped(reason, retry_after), counts=False)
+
+    def _give_back(
+        self, job: Job, permit: Permit, *, endpoint_held: bool, owner: str | None
+    ) -> None:
+        """What a job past the circuit took, no request made: the endpoint's place when
+        ``endpoint_held``, ``owner``'s place, the webhook's rate-limit token, and a half-open
+        circuit's probe, which goes to the next request."""
         if endpoint_held:
-            self._endpoints.release(endpoint)
+            self._endpoints.release(permit.endpoint)
         if owner is not None:
             self._release_owner(owner)
         self._rates.refund(job.webhook.id)
         self._breakers.release(permit)
-        await self._settle_failure(job, self._skipped(reason, retry_after), counts=False)
+
+    def _opened_meanwhile(self, permit: Permit) -> bool:
+        """Whether the circuit a request was let through (not as its probe) opened while it
+        waited for its places: the requests ahead of it failed."""
+        return permit.probe is None and self._breakers.state(permit.endpoint) != CLOSED
 
     def _as_now(self, job: Job) -> Job | str:
         """``job`` with its webhook as the table holds it now, or why it is not sent at all

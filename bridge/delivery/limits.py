@@ -51,6 +51,11 @@ class Slots:
         return self._free == 0
 
     @property
+    def free(self) -> int:
+        """Slots neither held nor handed to a waiter."""
+        return self._free
+
+    @property
     def waiting(self) -> int:
         """Waiters, including cancelled ones not yet skipped (an upper bound)."""
         return len(self._waiters)
@@ -222,8 +227,8 @@ class SlowEndpoints:
     site's word."""
 
     __slots__ = (
+        "_places",
         "_share",
-        "_taken",
         "_slow_after",
         "_slow_for",
         "_clock",
@@ -242,8 +247,8 @@ class SlowEndpoints:
     ) -> None:
         if places < 1:
             raise ValueError("places must be at least 1")
+        self._places = places
         self._share = Slots(places)
-        self._taken = 0
         self._slow_after = slow_after
         self._slow_for = slow_for
         self._clock = clock
@@ -259,7 +264,7 @@ class SlowEndpoints:
     @property
     def taken(self) -> int:
         """Requests held to the share, in flight."""
-        return self._taken
+        return self._places - self._share.free
 
     @property
     def waiting(self) -> int:
@@ -289,18 +294,13 @@ class SlowEndpoints:
 
     def try_take(self) -> bool:
         """A place of the share, if one is free now (and none is waited for); never waits."""
-        if not self._share.try_acquire():
-            return False
-        self._taken += 1
-        return True
+        return self._share.try_acquire()
 
     async def take(self) -> None:
         """A place of the share, waiting for it behind those already waiting."""
         await self._share.acquire()
-        self._taken += 1
 
     def give_back(self) -> None:
-        self._taken -= 1
         self._share.release()
 
     def trial(self, endpoint: str) -> asyncio.Future[None] | None:

@@ -73,6 +73,14 @@ class PendingRetry:
 MAX_HISTORY_BYTES = 256 * 1024
 
 
+def _optional_id(value: Mapping[str, Any], name: str) -> str | None:
+    """The record's ``name``: absent, or a non-empty string."""
+    found = value.get(name)
+    if found is not None and (not isinstance(found, str) or not found):
+        raise InvalidRecord("invalid_retry_record", f"$.{name} must be a string")
+    return found
+
+
 def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -108,12 +116,8 @@ def parse_retry(raw: bytes | None) -> PendingRetry:
         created = value.get("webhook_created_at")
         if created is not None and not isinstance(created, str):
             raise InvalidRecord("invalid_retry_record", "$.webhook_created_at must be a string")
-        recovery = value.get("recovery_id")
-        if recovery is not None and (not isinstance(recovery, str) or not recovery):
-            raise InvalidRecord("invalid_retry_record", "$.recovery_id must be a string")
-        replay = value.get("replay_id")
-        if replay is not None and (not isinstance(replay, str) or not replay):
-            raise InvalidRecord("invalid_retry_record", "$.replay_id must be a string")
+        recovery = _optional_id(value, "recovery_id")
+        replay = _optional_id(value, "replay_id")
         replayed_after = value.get("replayed_after", 0)
         if (
             not isinstance(replayed_after, int)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import logging
 import time
 from collections import deque
@@ -113,18 +112,22 @@ def drain_worst_case(drain_timeout: float) -> float:
 
 
 class _Unsettled:
-    """A source record's acknowledgement, the record counted among the unsettled until it is
-    called (:meth:`Pipeline.oldest_unsettled`)."""
+    """A source record's acknowledgement: the record is counted among ``unsettled`` (taken at
+    ``taken_at``) from its making until it is called (:meth:`Pipeline.oldest_unsettled`)."""
 
-    __slots__ = ("_ack", "_unsettled", "token")
+    __slots__ = ("_ack", "_unsettled")
 
-    def __init__(self, ack: Ack, unsettled: dict[int, float], token: int) -> None:
+    def __init__(self, ack: Ack, unsettled: dict[_Unsettled, float], taken_at: float) -> None:
         self._ack = ack
         self._unsettled = unsettled
-        self.token = token
+        unsettled[self] = taken_at
+
+    def untrack(self) -> None:
+        """Counted no more (the record was not taken after all)."""
+        self._unsettled.pop(self, None)
 
     def __call__(self) -> None:
-        self._unsettled.pop(self.token, None)
+        self.untrack()
         self._ack()
 
 
@@ -163,8 +166,7 @@ class Pipeline:
         metrics.pending.set_function(lambda: self.in_flight)
         #: Source records taken and not yet settled (acknowledged), with when each was taken,
         #: oldest first: the age of the first is what holds its partition's commits.
-        self._unsettled: dict[int, float] = {}
-        self._tokens = itertools.count()
+        self._unsettled: dict[_Unsettled, float] = {}
         metrics.oldest_unsettled.set_function(self.oldest_unsettled)
         #: Records waiting for the subscription table, oldest first, and the task releasing them.
         self._held: deque[_Held] = deque()
@@ -196,7 +198,7 @@ class Pipeline:
         trip (or one task) each.
         """
         received_at = self._clock()
-        tracked = self._tracked(ack, received_at)
+        tracked = _Unsettled(ack, self._unsettled, received_at)
         freshness = self._freshness
         if freshness is None:
             await self._match(raw, source, tracked, received_at)
@@ -208,18 +210,9 @@ class Pipeline:
         try:
             await self._waiting.acquire()
         except BaseException:
-            self._untrack(tracked)  # (cancelled: the record was not taken)
+            tracked.untrack()  # (cancelled: the record was not taken)
             raise
         self._hold(received_at, raw, source, tracked)
-
-    def _tracked(self, ack: Ack, received_at: float) -> _Unsettled:
-        """``ack``, counted among the unsettled records (:meth:`oldest_unsettled`) until called."""
-        token = next(self._tokens)
-        self._unsettled[token] = received_at
-        return _Unsettled(ack, self._unsettled, token)
-
-    def _untrack(self, ack: _Unsettled) -> None:
-        self._unsettled.pop(ack.token, None)
 
     def oldest_unsettled(self) -> float:
         """Seconds the oldest source record taken and not yet settled has waited (0: none).
@@ -245,7 +238,7 @@ class Pipeline:
         if self._freshness is not None:
             self._freshness.received(source)
         received_at = self._clock()
-        self._hold(received_at, raw, source, self._tracked(ack, received_at))
+        self._hold(received_at, raw, source, _Unsettled(ack, self._unsettled, received_at))
 
     def _hold(self, received_at: float, raw: bytes | None, source: SourceRef, ack: Ack) -> None:
         """Queue a record (its ``_waiting`` slot taken) for the releasing task."""
