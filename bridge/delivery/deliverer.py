@@ -36,6 +36,7 @@ from bridge.delivery.limits import (
     SlowEndpoints,
 )
 from bridge.delivery.pending_retry import PendingRetry
+from bridge.delivery.recent_answers import RecentAnswers
 from bridge.delivery.retry_policy import RetryPolicy
 from bridge.errors import InvalidEvent, InvalidUrl
 from bridge.http.base import AttemptResult, DeliverySender, status_class
@@ -154,6 +155,13 @@ class Deliverer:
     @property
     def breakers(self) -> Breakers:
         return self._breakers
+
+    def remember(self, answers: RecentAnswers, webhooks: Callable[[str], Webhook | None]) -> None:
+        """What the workers before this one heard from endpoints: those that answered quickly
+        are not tried one request at a time again, those still slow take places of the share
+        alone (:meth:`SlowEndpoints.remember`). Nothing without a share."""
+        if self._trials_on:
+            self._slow.remember(*answers.endpoints(webhooks))
 
     @property
     def policy(self) -> RetryPolicy:

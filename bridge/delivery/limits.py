@@ -8,7 +8,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -342,14 +342,36 @@ class SlowEndpoints:
                 del self._proven[next(iter(self._proven))]
             self._proven[endpoint] = None
 
-    def _mark(self, key: str, now: float) -> None:
+    def remember(self, proven: Iterable[str], slow: Mapping[str, float]) -> None:
+        """What an earlier worker heard (:mod:`bridge.delivery.recent_answers`): endpoints
+        that answered quickly (proven unless slow now, as by a quick answer), and endpoints
+        that answered slowly with the seconds of their slowness left (slow for that long, as
+        if they had answered so here). A worker hears from no endpoint before it starts, and
+        until 2026-12-08 one that started to a backlog headed by many endpoints that hang took
+        each for new: their trials held every place of the share for a timeout, and every
+        other endpoint, all new to it too, waited for a place and was deferred (1,800 healthy
+        deliveries behind 140 hanging endpoints came 36 and 65 s after the worker was ready)."""
+        now = self._clock()
+        # The shortest first: the map stays in the order slownesses end (none seeded lasts
+        # longer than one marked from now on).
+        for endpoint, left in sorted(slow.items(), key=lambda item: item[1]):
+            if left > 0 and endpoint not in self._until:
+                self._proven.pop(endpoint, None)
+                self._mark(endpoint, now, min(left, self._slow_for))
+        for endpoint in proven:
+            if endpoint not in self._proven and endpoint not in self._until:
+                if len(self._proven) >= _MAX_PROVEN:
+                    return
+                self._proven[endpoint] = None
+
+    def _mark(self, key: str, now: float, lasts: float | None = None) -> None:
         self._until.pop(key, None)
         # Forget those whose slowness ended (the oldest first), and the oldest past the bound.
         for oldest, until in list(itertools.islice(self._until.items(), 8)):
             if until > now and len(self._until) < _MAX_REMEMBERED:
                 break
             del self._until[oldest]
-        self._until[key] = now + self._slow_for
+        self._until[key] = now + (self._slow_for if lasts is None else lasts)
 
 
 @dataclass

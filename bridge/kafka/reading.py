@@ -192,6 +192,7 @@ async def stream_positioned(
     since_ms: int | None = None,
     until_ms: UntilMs | None = None,
     start_offsets: Mapping[int, int] | None = None,
+    newest: int | None = None,
 ) -> AsyncGenerator[list[Positioned], None]:
     """Every record of ``topic`` from the beginning to its end, a fetched batch at a time (so
     a reader need not hold the topic in memory); given ``key``, the one partition a producer's
@@ -216,6 +217,9 @@ async def stream_positioned(
     Given ``start_offsets`` (partition: offset), each partition it names is read from that
     offset instead (from its first offset when that one is gone): a read resumed where an
     earlier one stopped (:attr:`Positioned.offset` + 1 of the last record it took).
+
+    Given ``newest``, at most that many records are read up to the end offsets, the newest of
+    each partition (an equal part each, from no earlier than where the read would start).
     """
     begun_ms = int((time.time() + SETTLE_STAMP_MARGIN) * 1000)
     consumer = await started(
@@ -260,6 +264,12 @@ async def stream_positioned(
                 # None: nothing stamped that late; what arrives after the end is still read.
                 start = ends[tp] if stamped is None else stamped.offset
                 consumer.seek(tp, max(start, starts[tp]))
+        if newest is not None:
+            part = max(1, newest // len(tps))
+            for tp in tps:
+                position = await consumer.position(tp)
+                if ends[tp] - part > position:
+                    consumer.seek(tp, ends[tp] - part)
         positioned_ms = int(time.time() * 1000)  # as aiokafka stamps a fetch's answer
         pending = {tp for tp in tps if ends[tp] > 0}
         done: set[TopicPartition] = set()  # read up to a record stamped after until_ms()

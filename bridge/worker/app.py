@@ -38,6 +38,7 @@ from bridge.contract.schemas import is_valid
 from bridge.delivery.deliverer import Deliverer
 from bridge.delivery.endpoint_health import EndpointHealth
 from bridge.delivery.pipeline import Pipeline
+from bridge.delivery.recent_answers import RecentAnswers
 from bridge.delivery.retry_policy import RetryPolicy
 from bridge.errors import InvalidRecord, InvalidSubscription
 from bridge.http.base import DeliverySender
@@ -77,6 +78,7 @@ from bridge.worker.faust_patches import install as install_faust_patches
 from bridge.worker.faust_patches import set_fetch_max_wait
 from bridge.worker.logs import logging_config
 from bridge.worker.pauses import LoopPauses, PauseTicker
+from bridge.worker.recent_answers import read_recent_answers
 from bridge.worker.recovery_view import RecoveryView
 from bridge.worker.retry_intake import RetryIntake
 from bridge.worker.settling import HOLD_HEADER, Changes, hold_left, settle_async
@@ -173,6 +175,8 @@ class Bridge:
         )
         self._partitions = {spec.name: spec.partitions for spec in declared_topics(settings)}
         self._pipeline: Pipeline | None = None
+        #: Endpoints' recent answers, read as a delivering worker starts (:meth:`pipeline`).
+        self._answers_read: asyncio.Future[RecentAnswers] | None = None
         self._retries: RetryIntake | None = None
         self._store: WebhookStore | None = None
         self._outputs: KafkaOutputs | None = None
@@ -911,6 +915,13 @@ class Bridge:
                     max_body_bytes=s.max_body_bytes,
                     webhooks=self.index.get,
                 )
+                if s.slow_endpoint_share < 1:
+                    # Before the first delivery: a backlog's first requests are to endpoints
+                    # the workers before this one heard from; resolved against the
+                    # subscriptions table, recovered by now (an event or retry in hand).
+                    answers = await self._recent_answers()
+                    deliverer.remember(answers, self.index.get)
+                    answers.clear()
                 self._pipeline = Pipeline(
                     index=self.index,
                     deliverer=deliverer,
@@ -919,6 +930,13 @@ class Bridge:
                     freshness=self.freshness,
                 )
             return self._pipeline
+
+    def _recent_answers(self) -> asyncio.Future[RecentAnswers]:
+        """The read of endpoints' recent answers (:mod:`bridge.worker.recent_answers`), begun
+        as the worker starts (beside its group join and table recovery), or now."""
+        if self._answers_read is None:
+            self._answers_read = asyncio.ensure_future(read_recent_answers(self.settings))
+        return self._answers_read
 
     def _new_sender(self, policy: AddressPolicy) -> DeliverySender:
         s = self.settings
@@ -1012,6 +1030,8 @@ class Bridge:
         )
         ticker = PauseTicker(self.pauses, on_lag=self.metrics.event_loop_lag.observe)
         services: list[Service] = [web, _Closer(self), ticker]
+        if self.settings.delivers and self.settings.slow_endpoint_share < 1:
+            services.append(_AnswersReader(self))
         if self.delivery_log is not None:
             services.append(self.delivery_log)
         return services
@@ -1066,6 +1086,24 @@ class _Runtime(Service):
     def on_init_dependencies(self) -> list[Any]:
         self._app.beacon.reattach(self.beacon)
         return [*self._services, self._app]
+
+
+class _AnswersReader(Service):
+    """Begins the read of endpoints' recent answers as the worker starts (the first delivery
+    waits for it: :meth:`Bridge.pipeline`), and stops it with the worker."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        super().__init__()
+        self._bridge = bridge
+
+    async def on_start(self) -> None:
+        self._bridge._recent_answers()
+
+    async def on_stop(self) -> None:
+        read = self._bridge._answers_read
+        if read is not None and not read.done():
+            read.cancel()
+            await asyncio.gather(read, return_exceptions=True)
 
 
 class _Closer(Service):

@@ -738,6 +738,53 @@ async def test_several_sites_hanging_endpoints_hold_half_the_worker_not_all_of_i
             await hang.stop()
 
 
+async def test_a_restarted_worker_remembers_which_endpoints_answered_quickly(
+    make_settings, receiver: Receiver, in_process_workers, record_property
+) -> None:
+    """A worker starts to a backlog headed by sites whose endpoints hang, none heard from
+    before, and the healthy sites' endpoint its predecessor delivered to. Until 2026-12-08 it
+    took every endpoint for new: the hanging ones' first requests held all four places of the
+    share for a timeout, and the healthy endpoint's first request waited behind them (here
+    6 s; 36 and 65 s at the defaults behind 140 hanging endpoints). It now reads the attempts
+    topic's newest records as it starts, takes the healthy endpoint as quick, and its
+    deliveries arrive long before a hanging request times out. (The healthy sites' events are
+    written once the hanging wave is out: partitions are taken in no set order.)"""
+    hangs = [await Receiver().start() for _ in range(6)]
+    try:
+        settings = make_settings(
+            http_timeout=6.0, breaker_threshold=100, max_in_flight=8, owner_max_in_flight=2
+        )
+        await _hanging_and_healthy(settings, receiver, hangs, each_its_site=True)
+        first = in_process_workers(settings)
+        await first.wait_ready()
+        await publish_events(settings, [post(0, site="s_ok0")])
+        await receiver.wait_for(lambda got: len(receiver.at("/healthy0")) == 1, timeout=30)
+        await records(settings, settings.attempts_topic, at_least=1)
+        await first.stop()
+        # The backlog's head: the hanging sites' events, whose first requests take the
+        # share's four places (the rest wait for them), then the healthy sites'.
+        await publish_events(
+            settings, [post(n, site=f"s_bad{s}") for n in range(5) for s in range(len(hangs))]
+        )
+        second = in_process_workers(settings)
+        await second.wait_ready()
+        await poll(lambda: sum(len(h.received) for h in hangs), until=lambda n: n >= 4, timeout=30)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await publish_events(settings, [post(n, site=f"s_ok{n}") for n in range(1, 20)])
+        await receiver.wait_for(
+            lambda got: all(len(receiver.at(f"/healthy{n}")) == 1 for n in range(20)),
+            timeout=30,
+        )
+        elapsed = loop.time() - started
+        record_property("healthy_after_the_hanging_wave", round(elapsed, 2))
+        assert elapsed < settings.http_timeout / 2, elapsed
+        await second.stop()  # before the hanging endpoints go, its requests to them with it
+    finally:
+        for hang in hangs:
+            await hang.stop()
+
+
 async def test_a_rate_limited_webhook_is_paced_and_others_are_not(
     settings: Settings, receiver: Receiver, in_process_workers
 ) -> None:
