@@ -347,7 +347,7 @@ class SlowEndpoints:
         that answered quickly (proven unless slow now, as by a quick answer), and endpoints
         that answered slowly with the seconds of their slowness left (slow for that long, as
         if they had answered so here). A worker hears from no endpoint before it starts, and
-        until 2026-12-08 one that started to a backlog headed by many endpoints that hang took
+        until 2026-12-07 one that started to a backlog headed by many endpoints that hang took
         each for new: their trials held every place of the share for a timeout, and every
         other endpoint, all new to it too, waited for a place and was deferred (1,800 healthy
         deliveries behind 140 hanging endpoints came 36 and 65 s after the worker was ready)."""

@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -630,6 +632,33 @@ async def test_deliveries_queued_behind_a_hanging_endpoint_hold_no_commits(
         await hang.stop()
 
 
+@asynccontextmanager
+async def _hanging_sites(
+    make_settings: Callable[..., Settings],
+    receiver: Receiver,
+    count: int,
+    *,
+    http_timeout: float,
+    each_its_site: bool,
+) -> AsyncIterator[tuple[Settings, list[Receiver]]]:
+    """``count`` endpoints that hang and twenty healthy sites (:func:`_hanging_and_healthy`)
+    for a worker of eight places, two a site, circuits slow to open; the endpoints stop when
+    the block ends."""
+    hangs = [await Receiver().start() for _ in range(count)]
+    try:
+        settings = make_settings(
+            http_timeout=http_timeout,
+            breaker_threshold=100,
+            max_in_flight=8,
+            owner_max_in_flight=2,
+        )
+        await _hanging_and_healthy(settings, receiver, hangs, each_its_site=each_its_site)
+        yield settings, hangs
+    finally:
+        for hang in hangs:
+            await hang.stop()
+
+
 async def _hanging_and_healthy(
     settings: Settings, receiver: Receiver, hangs: list[Receiver], *, each_its_site: bool
 ) -> None:
@@ -664,12 +693,8 @@ async def test_one_sites_hanging_endpoints_do_not_hold_every_place(
     sites waited out the timeout, wave after wave.) Twenty sites of one event each: more
     deliveries than the places the hanging site leaves, none held back by its own site's
     limit (a site sent more than its two places carry has the rest deferred)."""
-    hangs = [await Receiver().start() for _ in range(2)]
-    try:
-        settings = make_settings(
-            http_timeout=3.0, breaker_threshold=100, max_in_flight=8, owner_max_in_flight=2
-        )
-        await _hanging_and_healthy(settings, receiver, hangs, each_its_site=False)
+    sites = _hanging_sites(make_settings, receiver, 2, http_timeout=3.0, each_its_site=False)
+    async with sites as (settings, hangs):
         worker = in_process_workers(settings)
         await worker.wait_ready()
         await publish_events(settings, [post(n, site="s_bad") for n in range(10)])
@@ -686,9 +711,6 @@ async def test_one_sites_hanging_endpoints_do_not_hold_every_place(
         # places, never more.
         if asyncio.get_running_loop().time() - hanging_since < settings.http_timeout - 0.5:
             assert sum(len(h.received) for h in hangs) == 2
-    finally:
-        for hang in hangs:
-            await hang.stop()
 
 
 async def test_several_sites_hanging_endpoints_hold_half_the_worker_not_all_of_it(
@@ -702,12 +724,8 @@ async def test_several_sites_hanging_endpoints_hold_half_the_worker_not_all_of_i
     the places: the hanging sites' first wave is four requests, not eight, and the other
     sites' deliveries, to an endpoint heard answering quickly, arrive long before it times
     out."""
-    hangs = [await Receiver().start() for _ in range(4)]
-    try:
-        settings = make_settings(
-            http_timeout=4.0, breaker_threshold=100, max_in_flight=8, owner_max_in_flight=2
-        )
-        await _hanging_and_healthy(settings, receiver, hangs, each_its_site=True)
+    sites = _hanging_sites(make_settings, receiver, 4, http_timeout=4.0, each_its_site=True)
+    async with sites as (settings, hangs):
         worker = in_process_workers(settings)
         await worker.wait_ready()
         loop = asyncio.get_running_loop()
@@ -733,28 +751,21 @@ async def test_several_sites_hanging_endpoints_hold_half_the_worker_not_all_of_i
         # The next hanging request is made once the first wave has timed out, not before.
         await poll(hanging, until=lambda n: n > 4, timeout=30)
         assert loop.time() - hanging_since >= settings.http_timeout - 0.5, hanging()
-    finally:
-        for hang in hangs:
-            await hang.stop()
 
 
 async def test_a_restarted_worker_remembers_which_endpoints_answered_quickly(
     make_settings, receiver: Receiver, in_process_workers, record_property
 ) -> None:
     """A worker starts to a backlog headed by sites whose endpoints hang, none heard from
-    before, and the healthy sites' endpoint its predecessor delivered to. Until 2026-12-08 it
+    before, and the healthy sites' endpoint its predecessor delivered to. Until 2026-12-07 it
     took every endpoint for new: the hanging ones' first requests held all four places of the
     share for a timeout, and the healthy endpoint's first request waited behind them (here
     6 s; 36 and 65 s at the defaults behind 140 hanging endpoints). It now reads the attempts
     topic's newest records as it starts, takes the healthy endpoint as quick, and its
     deliveries arrive long before a hanging request times out. (The healthy sites' events are
     written once the hanging wave is out: partitions are taken in no set order.)"""
-    hangs = [await Receiver().start() for _ in range(6)]
-    try:
-        settings = make_settings(
-            http_timeout=6.0, breaker_threshold=100, max_in_flight=8, owner_max_in_flight=2
-        )
-        await _hanging_and_healthy(settings, receiver, hangs, each_its_site=True)
+    sites = _hanging_sites(make_settings, receiver, 6, http_timeout=6.0, each_its_site=True)
+    async with sites as (settings, hangs):
         first = in_process_workers(settings)
         await first.wait_ready()
         await publish_events(settings, [post(0, site="s_ok0")])
@@ -780,9 +791,6 @@ async def test_a_restarted_worker_remembers_which_endpoints_answered_quickly(
         record_property("healthy_after_the_hanging_wave", round(elapsed, 2))
         assert elapsed < settings.http_timeout / 2, elapsed
         await second.stop()  # before the hanging endpoints go, its requests to them with it
-    finally:
-        for hang in hangs:
-            await hang.stop()
 
 
 async def test_a_rate_limited_webhook_is_paced_and_others_are_not(
