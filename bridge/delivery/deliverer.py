@@ -156,12 +156,14 @@ class Deliverer:
     def breakers(self) -> Breakers:
         return self._breakers
 
-    def remember(self, answers: RecentAnswers, webhooks: Callable[[str], Webhook | None]) -> None:
+    async def remember(
+        self, answers: RecentAnswers, webhooks: Callable[[str], Webhook | None]
+    ) -> None:
         """What the workers before this one heard from endpoints: those that answered quickly
         are not tried one request at a time again, those still slow take places of the share
         alone (:meth:`SlowEndpoints.remember`). Nothing without a share."""
         if self._trials_on:
-            self._slow.remember(*answers.endpoints(webhooks))
+            self._slow.remember(*await answers.endpoints(webhooks, self._wall_time()))
 
     @property
     def policy(self) -> RetryPolicy:

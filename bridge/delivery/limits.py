@@ -353,25 +353,27 @@ class SlowEndpoints:
         deliveries behind 140 hanging endpoints came 36 and 65 s after the worker was ready)."""
         now = self._clock()
         # The shortest first: the map stays in the order slownesses end (none seeded lasts
-        # longer than one marked from now on).
-        for endpoint, left in sorted(slow.items(), key=lambda item: item[1]):
-            if left > 0 and endpoint not in self._until:
+        # longer than one marked from now on); those that last longest if not all fit.
+        room = max(0, _MAX_REMEMBERED - len(self._until))
+        lasting = sorted((left, key) for key, left in slow.items() if left > 0)
+        for left, endpoint in lasting[max(0, len(lasting) - room) :]:
+            if endpoint not in self._until:
                 self._proven.pop(endpoint, None)
-                self._mark(endpoint, now, min(left, self._slow_for))
+                self._until[endpoint] = now + min(left, self._slow_for)
         for endpoint in proven:
             if endpoint not in self._proven and endpoint not in self._until:
                 if len(self._proven) >= _MAX_PROVEN:
                     return
                 self._proven[endpoint] = None
 
-    def _mark(self, key: str, now: float, lasts: float | None = None) -> None:
+    def _mark(self, key: str, now: float) -> None:
         self._until.pop(key, None)
         # Forget those whose slowness ended (the oldest first), and the oldest past the bound.
         for oldest, until in list(itertools.islice(self._until.items(), 8)):
             if until > now and len(self._until) < _MAX_REMEMBERED:
                 break
             del self._until[oldest]
-        self._until[key] = now + (self._slow_for if lasts is None else lasts)
+        self._until[key] = now + self._slow_for
 
 
 @dataclass

@@ -6,18 +6,21 @@ answering quickly for one that may hang (its requests share a part of the worker
 at a time: :class:`~bridge.delivery.limits.SlowEndpoints`). The workers before it heard from
 them: each attempt record says how long its endpoint took to answer (``duration_seconds``).
 Only the newest answered attempt of each webhook counts, and only for the webhook as the table
-holds it now, unchanged since: a webhook updated after its attempt may point somewhere else.
+holds it now, unchanged since: a webhook updated after its attempt may point somewhere else (its
+``updated_at`` says when it changed: a record without one, a producer's, is left out).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from bridge.attempts.record import Attempt
-from bridge.delivery.breaker import endpoint_of
 from bridge.delivery.limits import SLOW_AFTER, SLOW_FOR
 from bridge.errors import InvalidUrl
+from bridge.metrics import SKIP_REASONS
+from bridge.subscriptions.urls import WebhookUrl
 from bridge.subscriptions.webhook import Webhook, created_seconds
 
 __all__ = ["RecentAnswers", "SEED_SINCE", "SEED_RECORDS", "SEED_TIMEOUT"]
@@ -26,17 +29,23 @@ __all__ = ["RecentAnswers", "SEED_SINCE", "SEED_RECORDS", "SEED_TIMEOUT"]
 #: endpoint.
 SEED_SINCE = 3600.0
 #: At most this many attempt records are read, the newest of each partition (an equal part
-#: each): 2.2 s on the embedded broker (20,000: 0.5 s; BENCHMARKS.md, "A starting worker's
-#: read of recent answers"), beside the worker's group join and table recovery.
-SEED_RECORDS = 200_000
+#: each): ~1 s on the embedded broker, and one answer kept a webhook (12 MB for 60,000) until
+#: the first delivery (BENCHMARKS.md, "A starting worker's read of recent answers"), beside
+#: the worker's group join and table recovery.
+SEED_RECORDS = 100_000
 #: The longest (seconds) a starting worker's first deliveries wait for the read: past it, they
 #: go with what was read by then.
 SEED_TIMEOUT = 10.0
 #: Seconds an attempt may be stamped past this worker's clock and still be taken: writers'
 #: clocks differ by less (as the delivery log's ``FUTURE_MARGIN``).
 _FUTURE_MARGIN = 300.0
-#: Errors that say nothing of how an endpoint answers: no request was made.
-_NO_REQUEST = frozenset({"destination_forbidden"})
+#: Errors that say nothing of how an endpoint answers: no request was made, or none was
+#: answered (``interrupted``: a stopping worker's request cut short, recorded with no duration,
+#: which until it was left out made every endpoint a stopped worker had a request out to, those
+#: that hang above all, quick to the next).
+_NO_ANSWER = frozenset(SKIP_REASONS)
+#: Webhooks resolved between two turns of the event loop (:meth:`RecentAnswers.endpoints`).
+_RESOLVE_STEP = 1000
 
 
 @dataclass(slots=True)
@@ -50,7 +59,10 @@ class _Answer:
 class RecentAnswers:
     """The newest answered attempt of each webhook, as attempt records are :meth:`add` ed."""
 
+    #: When the read began (wall time): answers stamped more than :data:`SEED_SINCE` before,
+    #: or more than the clocks' margin after, are not taken.
     now: float
+    since: float = SEED_SINCE
     slow_after: float = SLOW_AFTER
     slow_for: float = SLOW_FOR
     _newest: dict[str, _Answer] = field(default_factory=dict)
@@ -62,9 +74,10 @@ class RecentAnswers:
         at = attempt.at_seconds
         if (
             attempt.outcome == "skipped"
-            or attempt.error in _NO_REQUEST
+            or attempt.error in _NO_ANSWER
             or not at
             or at > self.now + _FUTURE_MARGIN
+            or at < self.now - self.since
         ):
             self.skipped += 1
             return
@@ -82,21 +95,29 @@ class RecentAnswers:
         """Forget the answers (once remembered: up to one entry per webhook read)."""
         self._newest.clear()
 
-    def endpoints(
-        self, webhooks: Callable[[str], Webhook | None]
+    async def endpoints(
+        self, webhooks: Callable[[str], Webhook | None], now: float
     ) -> tuple[list[str], Mapping[str, float]]:
         """The endpoints heard answering quickly, and those heard answering slowly with the
-        seconds of their slowness left (:data:`SLOW_FOR` after the answer), by the newest
-        answer of each: the webhooks' as ``webhooks`` (the table) holds them now. A webhook
-        deleted, re-created, or updated since its attempt is left out (its URL may have
-        changed)."""
+        seconds of their slowness left at ``now`` (wall time; :data:`SLOW_FOR` after the
+        answer), by the newest answer of each heard within ``since`` of ``now``: the
+        webhooks' as ``webhooks`` (the table) holds them now. A webhook deleted, re-created,
+        or updated since its attempt is left out (its URL may have changed). Lets the event
+        loop run every :data:`_RESOLVE_STEP` webhooks (100,000 take ~2 s)."""
         newest: dict[str, _Answer] = {}
-        for webhook_id, answer in self._newest.items():
+        oldest = now - self.since
+        for n, (webhook_id, answer) in enumerate(list(self._newest.items()), start=1):
+            if n % _RESOLVE_STEP == 0:
+                await asyncio.sleep(0)
+            if answer.at < oldest:
+                continue
             webhook = webhooks(webhook_id)
             if webhook is None or not _unchanged_since(webhook, answer):
                 continue
             try:
-                endpoint = endpoint_of(webhook.url)
+                # Not remembered: the cache of URLs (6.6 KB an entry) is for the webhooks
+                # delivered to, and these are every webhook heard from in the read.
+                endpoint = WebhookUrl.parse(webhook.url, remember=False).endpoint
             except InvalidUrl:
                 continue
             known = newest.get(endpoint)
@@ -108,7 +129,7 @@ class RecentAnswers:
             if answer.duration < self.slow_after:
                 proven.append(endpoint)
             else:
-                left = answer.at + self.slow_for - self.now
+                left = answer.at + self.slow_for - now
                 if left > 0:
                     slow[endpoint] = left
         return proven, slow
@@ -118,8 +139,8 @@ def _unchanged_since(webhook: Webhook, answer: _Answer) -> bool:
     """Whether ``webhook`` is the one the answered attempt was made for, as it was then."""
     if not webhook.made_for(answer.at, answer.webhook_created_at):
         return False
-    changed = webhook.updated_at or webhook.created_at
-    if changed is None:
-        return True
+    changed = webhook.updated_at
+    if changed is None:  # (a producer's record: when it changed is not known)
+        return False
     seconds = created_seconds(changed)
     return seconds is not None and seconds <= answer.at

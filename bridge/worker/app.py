@@ -920,7 +920,7 @@ class Bridge:
                     # the workers before this one heard from; resolved against the
                     # subscriptions table, recovered by now (an event or retry in hand).
                     answers = await self._recent_answers()
-                    deliverer.remember(answers, self.index.get)
+                    await deliverer.remember(answers, self.index.get)
                     answers.clear()
                 self._pipeline = Pipeline(
                     index=self.index,

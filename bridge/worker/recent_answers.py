@@ -23,6 +23,9 @@ __all__ = ["read_recent_answers"]
 
 log = logging.getLogger(__name__)
 
+#: Records read between two turns of the event loop.
+_STEP = 1000
+
 
 async def read_recent_answers(
     settings: Settings,
@@ -48,11 +51,13 @@ async def read_recent_answers(
     try:
         async with asyncio.timeout(timeout), aclosing(stream) as batches:
             async for batch in batches:
-                for record in batch:
+                for n, record in enumerate(batch, start=1):
                     try:
                         answers.add(Attempt.parse(record.value))
                     except InvalidRecord:
                         answers.skipped += 1
+                    if n % _STEP == 0:
+                        await asyncio.sleep(0)  # (the embedded broker's fetches are large)
     except TimeoutError:
         ended = f"cut at {timeout:g} s"
     except Exception as exc:  # the broker's (KafkaError, MissingTopic, OSError), or a bug

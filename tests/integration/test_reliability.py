@@ -640,10 +640,11 @@ async def _hanging_sites(
     *,
     http_timeout: float,
     each_its_site: bool,
+    **changes: Any,
 ) -> AsyncIterator[tuple[Settings, list[Receiver]]]:
     """``count`` endpoints that hang and twenty healthy sites (:func:`_hanging_and_healthy`)
-    for a worker of eight places, two a site, circuits slow to open; the endpoints stop when
-    the block ends."""
+    for a worker of eight places, two a site, circuits slow to open (and the settings'
+    ``changes``); the endpoints stop when the block ends."""
     hangs = [await Receiver().start() for _ in range(count)]
     try:
         settings = make_settings(
@@ -651,6 +652,7 @@ async def _hanging_sites(
             breaker_threshold=100,
             max_in_flight=8,
             owner_max_in_flight=2,
+            **changes,
         )
         await _hanging_and_healthy(settings, receiver, hangs, each_its_site=each_its_site)
         yield settings, hangs
@@ -756,30 +758,49 @@ async def test_several_sites_hanging_endpoints_hold_half_the_worker_not_all_of_i
 async def test_a_restarted_worker_remembers_which_endpoints_answered_quickly(
     make_settings, receiver: Receiver, in_process_workers, record_property
 ) -> None:
-    """A worker starts to a backlog headed by sites whose endpoints hang, none heard from
+    """A worker starts to a backlog headed by sites whose endpoints hang, none heard answering
     before, and the healthy sites' endpoint its predecessor delivered to. Until 2026-12-07 it
     took every endpoint for new: the hanging ones' first requests held all four places of the
     share for a timeout, and the healthy endpoint's first request waited behind them (here
     6 s; 36 and 65 s at the defaults behind 140 hanging endpoints). It now reads the attempts
     topic's newest records as it starts, takes the healthy endpoint as quick, and its
     deliveries arrive long before a hanging request times out. (The healthy sites' events are
-    written once the hanging wave is out: partitions are taken in no set order.)"""
-    sites = _hanging_sites(make_settings, receiver, 6, http_timeout=6.0, each_its_site=True)
+    written once the hanging wave is out: partitions are taken in no set order.)
+
+    The predecessor stopped with requests out to the hanging endpoints: recorded
+    ``interrupted``, with no duration, they are no answer. (Taken for quick answers in the
+    read's first version, they made every hanging endpoint quick: its requests took every
+    place, eight, not the share's four.)"""
+    sites = _hanging_sites(
+        make_settings, receiver, 6, http_timeout=6.0, each_its_site=True, drain_timeout=0.5
+    )
     async with sites as (settings, hangs):
+
+        def hanging() -> int:
+            return sum(len(h.received) for h in hangs)
+
         first = in_process_workers(settings)
         await first.wait_ready()
         await publish_events(settings, [post(0, site="s_ok0")])
+        await publish_events(settings, [post(0, site=f"s_bad{s}") for s in range(len(hangs))])
         await receiver.wait_for(lambda got: len(receiver.at("/healthy0")) == 1, timeout=30)
-        await records(settings, settings.attempts_topic, at_least=1)
-        await first.stop()
+        await poll(hanging, until=lambda n: n >= 4, timeout=30)
+        await first.stop()  # its hanging requests cut short: interrupted
+        interrupted = [
+            r
+            for r in await records(settings, settings.attempts_topic, at_least=5)
+            if r.get("error") == "interrupted"
+        ]
+        assert interrupted, "the stop cut no request short"
+        before = hanging()
         # The backlog's head: the hanging sites' events, whose first requests take the
         # share's four places (the rest wait for them), then the healthy sites'.
         await publish_events(
-            settings, [post(n, site=f"s_bad{s}") for n in range(5) for s in range(len(hangs))]
+            settings, [post(n, site=f"s_bad{s}") for n in range(1, 6) for s in range(len(hangs))]
         )
         second = in_process_workers(settings)
         await second.wait_ready()
-        await poll(lambda: sum(len(h.received) for h in hangs), until=lambda n: n >= 4, timeout=30)
+        await poll(lambda: hanging() - before, until=lambda n: n >= 4, timeout=30)
         loop = asyncio.get_running_loop()
         started = loop.time()
         await publish_events(settings, [post(n, site=f"s_ok{n}") for n in range(1, 20)])
@@ -790,6 +811,9 @@ async def test_a_restarted_worker_remembers_which_endpoints_answered_quickly(
         elapsed = loop.time() - started
         record_property("healthy_after_the_hanging_wave", round(elapsed, 2))
         assert elapsed < settings.http_timeout / 2, elapsed
+        # The hanging endpoints' next requests come once the first wave has timed out.
+        await poll(lambda: hanging() - before, until=lambda n: n > 4, timeout=30)
+        assert loop.time() - started >= settings.http_timeout - 1.0, hanging() - before
         await second.stop()  # before the hanging endpoints go, its requests to them with it
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.attempts.record import Attempt
 from bridge.contract import jsoncanon
 from bridge.contract.events import format_timestamp
+from bridge.delivery import limits
 from bridge.delivery.limits import PROBE, QUICK, SLOW, SLOW_FOR, UNPROVEN, SlowEndpoints
 from bridge.delivery.recent_answers import RecentAnswers
 from bridge.subscriptions.webhook import Webhook, parse_webhook
@@ -23,7 +25,9 @@ CREATED = "2025-01-01T00:00:00.000Z"
 
 
 def hook(webhook_id: str, url: str, **changes: Any) -> Webhook:
-    record = webhook_record(id=webhook_id, url=url, **{"created_at": CREATED, **changes})
+    """A webhook as WebhookStore writes it: created and last changed at CREATED."""
+    times = {"created_at": CREATED, "updated_at": CREATED}
+    record = webhook_record(id=webhook_id, url=url, **{**times, **changes})
     webhook = parse_webhook(webhook_id.encode(), jsoncanon.dumps(record))
     assert webhook is not None
     return webhook
@@ -54,7 +58,7 @@ def table(*webhooks: Webhook) -> Any:
     return {w.id: w for w in webhooks}.get
 
 
-def test_the_newest_answer_of_each_webhook_decides_its_endpoint() -> None:
+async def test_the_newest_answer_of_each_webhook_decides_its_endpoint() -> None:
     answers = RecentAnswers(now=NOW)
     # "q": slow once, quick since; "s": quick once, slow since (read out of order).
     answers.add(attempt("q", 100, 30.0))
@@ -62,12 +66,12 @@ def test_the_newest_answer_of_each_webhook_decides_its_endpoint() -> None:
     answers.add(attempt("s", 10, 30.0, outcome="failure", error="timeout"))
     answers.add(attempt("s", 100, 0.05))
     webhooks = table(hook("q", "https://q.example/a"), hook("s", "https://s.example/a"))
-    proven, slow = answers.endpoints(webhooks)
+    proven, slow = await answers.endpoints(webhooks, NOW)
     assert proven == ["https://q.example:443"]
     assert slow == {"https://s.example:443": SLOW_FOR - 10}
 
 
-def test_a_quick_failure_proves_its_endpoint_and_no_request_says_nothing() -> None:
+async def test_a_quick_failure_proves_its_endpoint_and_no_request_says_nothing() -> None:
     """As an answer heard live: an error answered within SLOW_AFTER (a 500, a refused
     connection) is no hang. A skipped attempt, or one the SSRF guard refused, made no request."""
     answers = RecentAnswers(now=NOW)
@@ -79,28 +83,70 @@ def test_a_quick_failure_proves_its_endpoint_and_no_request_says_nothing() -> No
         hook("k", "https://k.example/"),
         hook("f", "https://f.example/"),
     )
-    assert answers.endpoints(webhooks) == (["https://e.example:443"], {})
+    assert await answers.endpoints(webhooks, NOW) == (["https://e.example:443"], {})
     assert answers.skipped == 2
 
 
-def test_slowness_heard_longer_ago_than_it_lasts_is_over() -> None:
+async def test_a_request_cut_short_by_a_stopping_worker_is_no_answer() -> None:
+    """``interrupted``, recorded with no duration as a worker stops with requests out (to the
+    endpoints that hang above all): taken as an answer, it made every one of them quick to the
+    next worker. The timeout before it stays the newest answer."""
+    answers = RecentAnswers(now=NOW)
+    answers.add(attempt("h", 40, 30.0, outcome="failure", error="timeout"))
+    answers.add(attempt("h", 5, 0.0, outcome="failure", error="interrupted"))
+    answers.add(attempt("n", 5, 0.0, outcome="failure", error="interrupted"))
+    webhooks = table(hook("h", "https://h.example/"), hook("n", "https://n.example/"))
+    assert await answers.endpoints(webhooks, NOW) == ([], {"https://h.example:443": SLOW_FOR - 40})
+    assert answers.skipped == 2
+
+
+async def test_a_producers_record_without_updated_at_is_left_out() -> None:
+    """When it changed is not known: its URL may be another than the attempt's."""
+    answers = RecentAnswers(now=NOW)
+    answers.add(attempt("p", 10, 0.01))
+    record = webhook_record(id="p", url="https://p.example/", created_at=CREATED)
+    webhook = parse_webhook(b"p", jsoncanon.dumps(record))
+    assert webhook is not None and webhook.updated_at is None
+    assert await answers.endpoints(table(webhook), NOW) == ([], {})
+
+
+async def test_answers_are_judged_by_the_time_they_are_remembered_at() -> None:
+    """The first delivery may come long after the read (an idle worker): slowness left is
+    counted to then, and answers older than the read's reach by then are left out."""
+    answers = RecentAnswers(now=NOW, since=3600)
+    answers.add(attempt("s", 10, 30.0))
+    answers.add(attempt("q", 3500, 0.01))
+    answers.add(attempt("old", 3700, 0.01))  # beyond the reach when read
+    webhooks = table(
+        hook("s", "https://s.example/"),
+        hook("q", "https://q.example/"),
+        hook("old", "https://old.example/"),
+    )
+    assert answers.skipped == 1
+    assert await answers.endpoints(webhooks, NOW + 200) == (
+        [],
+        {"https://s.example:443": SLOW_FOR - 210},
+    )
+
+
+async def test_slowness_heard_longer_ago_than_it_lasts_is_over() -> None:
     answers = RecentAnswers(now=NOW)
     answers.add(attempt("old", SLOW_FOR + 1, 30.0))
-    assert answers.endpoints(table(hook("old", "https://old.example/"))) == ([], {})
+    assert await answers.endpoints(table(hook("old", "https://old.example/")), NOW) == ([], {})
 
 
-def test_answers_stamped_far_ahead_of_the_clock_are_not_taken() -> None:
+async def test_answers_stamped_far_ahead_of_the_clock_are_not_taken() -> None:
     answers = RecentAnswers(now=NOW)
     answers.add(attempt("f", -3600, 0.01))
     answers.add(attempt("f", 60, 30.0))
     # The one from the future would have been the newest and made it quick.
-    assert answers.endpoints(table(hook("f", "https://f.example/"))) == (
+    assert await answers.endpoints(table(hook("f", "https://f.example/")), NOW) == (
         [],
         {"https://f.example:443": SLOW_FOR - 60},
     )
 
 
-def test_a_webhook_deleted_recreated_or_changed_since_its_attempt_is_left_out() -> None:
+async def test_a_webhook_deleted_recreated_or_changed_since_its_attempt_is_left_out() -> None:
     """Its URL may be another now: the answer was not its endpoint's."""
     answers = RecentAnswers(now=NOW)
     for webhook_id in ("gone", "again", "moved", "kept"):
@@ -110,24 +156,27 @@ def test_a_webhook_deleted_recreated_or_changed_since_its_attempt_is_left_out() 
         hook("moved", "https://moved.example/", updated_at=format_timestamp_of(NOW - 30)),
         hook("kept", "https://kept.example/", updated_at=format_timestamp_of(NOW - 90)),
     )
-    assert answers.endpoints(webhooks) == (["https://kept.example:443"], {})
+    assert await answers.endpoints(webhooks, NOW) == (["https://kept.example:443"], {})
 
 
-def test_webhooks_on_one_endpoint_it_is_judged_by_the_newest_answer() -> None:
+async def test_webhooks_on_one_endpoint_it_is_judged_by_the_newest_answer() -> None:
     answers = RecentAnswers(now=NOW)
     answers.add(attempt("a", 20, 0.01))
     answers.add(attempt("b", 10, 30.0))
     webhooks = table(hook("a", "https://shared.example/a"), hook("b", "https://shared.example/b"))
-    assert answers.endpoints(webhooks) == ([], {"https://shared.example:443": SLOW_FOR - 10})
+    assert await answers.endpoints(webhooks, NOW) == (
+        [],
+        {"https://shared.example:443": SLOW_FOR - 10},
+    )
 
 
-def test_a_webhook_whose_url_no_one_could_use_is_left_out() -> None:
+async def test_a_webhook_whose_url_no_one_could_use_is_left_out() -> None:
     answers = RecentAnswers(now=NOW)
     answers.add(attempt("bad", 10, 0.01))
     record = webhook_record(id="bad", url="not a url", created_at=CREATED)
     webhook = parse_webhook(b"bad", jsoncanon.dumps(record))
     assert webhook is not None
-    assert answers.endpoints(table(webhook)) == ([], {})
+    assert await answers.endpoints(table(webhook), NOW) == ([], {})
 
 
 def test_remembered_endpoints_are_judged_as_if_heard_here() -> None:
@@ -158,6 +207,16 @@ def test_remembering_never_ends_a_slowness_heard_here() -> None:
     assert slow.judge(B) == PROBE
     clock.now += SLOW_FOR
     assert slow.judge(A) == PROBE
+
+
+def test_remembered_slownesses_beyond_the_bound_keep_those_that_last_longest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(limits, "_MAX_REMEMBERED", 3)
+    clock = FakeClock(1000.0)
+    slow = SlowEndpoints(4, clock=clock)
+    slow.remember([], {f"k{n}": float(10 * n + 1) for n in range(6)})
+    assert list(slow._until) == ["k3", "k4", "k5"]
 
 
 @given(st.lists(st.floats(min_value=0.5, max_value=SLOW_FOR * 2), min_size=1, max_size=40))
