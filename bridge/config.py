@@ -8,6 +8,7 @@ else receives a :class:`Settings`.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import enum
@@ -46,6 +47,7 @@ __all__ = [
     "parse_topics",
     "parse_retry_prefix",
     "parse_group_id",
+    "parse_port",
     "DEFAULT_HTTP_TIMEOUT",
     "LOOPBACK_NETWORKS",
     "MAX_ATTEMPT_RESPONSE_PREFIX",
@@ -277,6 +279,18 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def parse_port(text: str) -> int:
+    """A TCP port to listen on, 1 to 65535 (an ``argparse`` type: until 2026-12-07
+    ``receive --port 99999``, and ``python -m bridge.api serve --port 99999``, were tracebacks)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError("must be a port number from 1 to 65535")
+    return port
+
+
 def _optional_str(text: str) -> str | None:
     return text or None
 
@@ -315,6 +329,13 @@ def _bootstrap_servers(text: str) -> str | None:
             raise ValueError(f"not host:port: {server.strip()!r}")
         if port and not 0 < int(port) < 65536:
             raise ValueError(f"a port is 1 to 65535: {server.strip()!r}")
+        if not host.startswith("["):
+            try:
+                # What the clients' connection does with it (until 2026-12-07 an empty label,
+                # `kafka..internal`, or one over 63 characters was a traceback of the idna codec).
+                host.encode("idna")
+            except UnicodeError:
+                raise ValueError(f"not a host name: {server.strip()!r}") from None
     return text or None
 
 

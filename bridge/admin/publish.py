@@ -13,7 +13,16 @@ from bridge.errors import InvalidSubscription
 from bridge.kafka.clients import client_kwargs, require_topics, started, stopped
 from bridge.subscriptions.webhook import Webhook
 
-__all__ = ["publish_events", "send_test_event", "publish_event", "scope_of_test_event"]
+__all__ = [
+    "MAX_TEST_MESSAGE",
+    "publish_events",
+    "send_test_event",
+    "publish_event",
+    "scope_of_test_event",
+]
+
+#: The longest ``message`` of a ``test.event`` (characters), through the API and the CLI.
+MAX_TEST_MESSAGE = 1000
 
 
 async def publish_events(

@@ -34,7 +34,13 @@ from bridge.api.metrics import ApiMetrics
 from bridge.api.recoveries import Recoveries, per_owner
 from bridge.api.service import WebhookService
 from bridge.api.store_repository import StoreRepository
-from bridge.config import Section, Settings, add_section_flags, overrides_from_args
+from bridge.config import (
+    Section,
+    Settings,
+    add_section_flags,
+    overrides_from_args,
+    parse_port,
+)
 from bridge.errors import BridgeError, ConfigError
 
 #: The settings sections whose flags ``serve`` takes: the broker, the topics it reads and
@@ -174,7 +180,7 @@ def parser() -> argparse.ArgumentParser:
         "--tokens", dest="api_tokens", help="the token file (YAML or JSON): --api-tokens"
     )
     serve.add_argument("--host", default="127.0.0.1", help="the address /v1 is served on")
-    serve.add_argument("--port", type=int, default=8081, help="the port /v1 is served on")
+    serve.add_argument("--port", type=parse_port, default=8081, help="the port /v1 is served on")
     serve.set_defaults(settings=names)
     return top
 
@@ -187,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_serve(args))
     except BridgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # its address: in use, or not the machine's (not a traceback)
+        print(f"error: {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

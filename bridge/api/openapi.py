@@ -17,6 +17,7 @@ from functools import cache
 from typing import Any
 
 from bridge.admin.dead_letters import SKIP_REASONS
+from bridge.admin.publish import MAX_TEST_MESSAGE
 from bridge.admin.recovery import MIN_RATE
 from bridge.api.control import MAX_REPLAY_CURSOR
 from bridge.api.idempotency import HEADER as IDEMPOTENCY_KEY
@@ -339,7 +340,7 @@ def _schemas() -> dict[str, Any]:
         "TestEventRequest": {
             "type": "object",
             "properties": {
-                "message": {"type": "string", "maxLength": 1000},
+                "message": {"type": "string", "maxLength": MAX_TEST_MESSAGE},
                 "site_id": {"type": "string", "minLength": 1, "maxLength": 200},
                 "user_id": {"type": "string", "minLength": 1, "maxLength": 200},
             },

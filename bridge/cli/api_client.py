@@ -20,7 +20,14 @@ import httpx
 from bridge.errors import ConfigError
 from bridge.paths import path_segment
 
-__all__ = ["ApiClient", "RETRY_FOR", "MAX_RETRY_AFTER", "MAX_ANSWER_BYTES", "MAX_PAGES"]
+__all__ = [
+    "ApiClient",
+    "FOLLOW_PATIENCE",
+    "RETRY_FOR",
+    "MAX_RETRY_AFTER",
+    "MAX_ANSWER_BYTES",
+    "MAX_PAGES",
+]
 
 #: Seconds within which a 503 or an unanswered request is sent again.
 RETRY_FOR = 10.0
@@ -35,6 +42,16 @@ MAX_ANSWER_BYTES = 16 * 1024 * 1024
 #: Pages of a list read at most (``webhooks recoveries``): a server giving cursors for ever
 #: is not the API either.
 MAX_PAGES = 1000
+#: Seconds a recovery is followed (:meth:`ApiClient.finished`) while its view does not change,
+#: or while the API does not answer, before the command gives up on following it (the
+#: recovery goes on). Until 2026-12-07 a recovery was followed 3,600 s in all (one of more
+#: than 3,600 events at ``--rate 1`` was given up on while it ran) and a worker's restart
+#: ended the command within :data:`RETRY_FOR`, the recovery running on, its id never shown.
+FOLLOW_PATIENCE = 300.0
+
+
+class _Unanswered(ConfigError):
+    """No answer from the API within :data:`RETRY_FOR` (none, or ``503``s)."""
 
 
 class ApiClient:
@@ -52,6 +69,7 @@ class ApiClient:
         retry_for: float = RETRY_FOR,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if token is None:
             raise ConfigError("--api-url needs a token: set BRIDGE_API_TOKEN (or --api-token)")
@@ -71,6 +89,7 @@ class ApiClient:
             raise ConfigError("--api-url is not a URL (http://HOST:PORT)") from None
         self._timeout = timeout
         self._retry_for = retry_for
+        self._clock = clock
         self._sleep = sleep
 
     def __enter__(self) -> ApiClient:
@@ -140,6 +159,8 @@ class ApiClient:
 
     def _answer(self, call: Callable[[], _Answer]) -> Any:
         answer = self._tried(call)
+        if answer.status == 503:
+            raise _Unanswered(f"the API answered 503: {answer.problem()}")
         if answer.status >= 400:
             raise ConfigError(f"the API answered {answer.status}: {answer.problem()}")
         if answer.status >= 300:
@@ -156,30 +177,54 @@ class ApiClient:
         """``call``'s answer, sent again after a 503 or without an answer while
         :data:`RETRY_FOR` lasts (a connection refused or a response lost alike: every request
         sent is a read or carries its key)."""
-        deadline = time.monotonic() + self._retry_for
+        deadline = self._clock() + self._retry_for
         while True:
             try:
                 answer = call()
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-                if time.monotonic() >= deadline:
-                    raise ConfigError(f"the API did not answer: {type(exc).__name__}") from None
+                if self._clock() >= deadline:
+                    raise _Unanswered(f"the API did not answer: {type(exc).__name__}") from None
                 self._sleep(1.0)
                 continue
             except httpx.HTTPError as exc:  # not worth a second try (a URL it cannot use)
                 raise ConfigError(f"the API did not answer: {type(exc).__name__}") from None
-            if answer.status != 503 or time.monotonic() >= deadline:
+            except httpx.InvalidURL:  # (not an HTTPError: until 2026-12-07 a traceback)
+                raise ConfigError(
+                    "no request made: its URL is too long or not one (an id of thousands of "
+                    "characters?)"
+                ) from None
+            if answer.status != 503 or self._clock() >= deadline:
                 return answer
             self._sleep(answer.retry_after)
 
-    def finished(self, operation: Mapping[str, Any], *, timeout: float = 3600.0) -> Any:
-        """Poll a recovery until it is no longer running; its final view."""
-        deadline = time.monotonic() + timeout
+    def finished(self, operation: Mapping[str, Any], *, patience: float = FOLLOW_PATIENCE) -> Any:
+        """Poll a recovery until it is no longer running; its final view. Followed while its
+        view changes (its counts grow) or for ``patience`` seconds since it last did, through
+        a worker's restart or a rebalance (no answer, ``503``) as long; past that, a
+        :class:`ConfigError` saying the recovery may still be running and where to see it."""
         current: Any = _operation(operation)
+        seen = dict(current)
+        changed = self._clock()
         while current["state"] == "running":
-            if time.monotonic() > deadline:
-                raise ConfigError(f"recovery {current.get('id')} still running after {timeout}s")
-            time.sleep(0.5)
-            current = _operation(self.get(f"/v1/recoveries/{path_segment(current['id'])}"))
+            if self._clock() - changed > patience:
+                raise ConfigError(
+                    f"recovery {current['id']} still running, no change seen for {patience:g} s; "
+                    "it goes on: `webhook-bridge webhooks recoveries WEBHOOK_ID` shows it"
+                )
+            self._sleep(0.5)
+            try:
+                view = self.get(f"/v1/recoveries/{path_segment(current['id'])}")
+            except _Unanswered as exc:
+                if self._clock() - changed > patience:
+                    raise ConfigError(
+                        f"recovery {current['id']} may still be running ({exc}); "
+                        "`webhook-bridge webhooks recoveries WEBHOOK_ID` shows it"
+                    ) from None
+                continue
+            current = _operation(view)
+            if current != seen:
+                seen = dict(current)
+                changed = self._clock()
         return current
 
 

@@ -25,6 +25,7 @@ from bridge.config import (
     overrides_from_args,
     parse_bool,
     parse_list,
+    parse_port,
 )
 from bridge.contract.events import Event, build_event
 from bridge.contract.payload import delivery_id
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "main",
+    "MAX_DATA_BYTES",
     "COMMAND_SECTIONS",
     "SilentParser",
     "token_flags",
@@ -204,18 +206,6 @@ def _takes_a_value(parser: argparse.ArgumentParser, flag: str) -> bool:
     return False
 
 
-def _port(text: str) -> int:
-    """A TCP port to listen on, 1 to 65535 (until 2026-12-07 ``receive --port 99999`` was a
-    traceback)."""
-    try:
-        port = int(text)
-    except ValueError:
-        port = 0
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError("must be a port number from 1 to 65535")
-    return port
-
-
 def _recovery_rate(text: str) -> float:
     """``--rate`` of ``webhooks recover``: a finite number of deliveries per second within the
     API's bounds, with or without the API (until 2026-12-06 ``inf`` was taken: no pacing, and
@@ -252,6 +242,27 @@ def _rate_limit(text: str, *, none: bool = False) -> float:
     return rate
 
 
+def _given_id(text: str) -> str:
+    """``--id`` of ``webhooks create`` and ``publish``: refused empty (until 2026-12-07 an
+    unset ``$ID`` made a new webhook, or a new event, each time, with ids of its own: a
+    create run twice made two webhooks, and one event reached an endpoint under two delivery
+    ids no receiver could take for one)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an id is not empty (leave --id out for a new one)")
+    return text
+
+
+def _test_message(text: str) -> str:
+    """``webhooks test --message``: at most the API's :data:`MAX_TEST_MESSAGE` characters
+    (until 2026-12-07 any length was published, and one over the worker's body limit was
+    dead-lettered ``payload_too_large``)."""
+    from bridge.admin.publish import MAX_TEST_MESSAGE
+
+    if len(text) > MAX_TEST_MESSAGE:
+        raise argparse.ArgumentTypeError(f"at most {MAX_TEST_MESSAGE} characters")
+    return text
+
+
 def _secret(text: str) -> str:
     """``--secret`` of ``receive``, ``webhooks create``, ``update`` and ``rotate-secret``:
     refused empty (until 2026-12-07 ``create`` and ``rotate-secret`` given ``--secret ""``, an
@@ -277,7 +288,9 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     broker = commands.add_parser("broker", help="run only the embedded broker, in the foreground")
-    broker.add_argument("--port", type=_port, default=None, help="port (default: --embedded-port)")
+    broker.add_argument(
+        "--port", type=parse_port, default=None, help="port (default: --embedded-port)"
+    )
     _settings_flags(broker, "broker")
     broker.set_defaults(handler=_broker)
 
@@ -300,7 +313,9 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--user-id", help="owner account (required for account scope)")
     create.add_argument("--name")
     create.add_argument("--secret", type=_secret, help="signing secret (default: 32 random bytes)")
-    create.add_argument("--id", dest="webhook_id", help="webhook id (default: generated)")
+    create.add_argument(
+        "--id", dest="webhook_id", type=_given_id, help="webhook id (default: generated)"
+    )
     create.add_argument("--inactive", action="store_true", help="create it inactive")
     create.add_argument(
         "--rate-limit",
@@ -361,7 +376,9 @@ def _parser() -> argparse.ArgumentParser:
 
     test = hook_commands.add_parser("test", help="send a test.event to one webhook")
     test.add_argument("webhook_id", metavar="ID")
-    test.add_argument("--message", default="", help="text for data.message")
+    test.add_argument(
+        "--message", default="", type=_test_message, help="text for data.message (1,000 at most)"
+    )
     test.add_argument("--site-id", help="site of the event (needed for account-scoped webhooks)")
     test.add_argument("--user-id", help="account of the event (default: the webhook's)")
     _settings_flags(test, "webhooks test")
@@ -481,7 +498,9 @@ def _parser() -> argparse.ArgumentParser:
         help="the event's data as a JSON object: inline, read from FILE (@FILE) or from stdin "
         "(- or @-)",
     )
-    publish.add_argument("--id", dest="event_id", help="event id (default: a random UUID)")
+    publish.add_argument(
+        "--id", dest="event_id", type=_given_id, help="event id (default: a random UUID)"
+    )
     _settings_flags(publish, "publish")
     publish.set_defaults(handler=_publish)
 
@@ -510,7 +529,7 @@ def _parser() -> argparse.ArgumentParser:
     add.set_defaults(handler=_tokens_add)
 
     receive = commands.add_parser("receive", help="a receiver that verifies and prints deliveries")
-    receive.add_argument("--port", type=_port, required=True)
+    receive.add_argument("--port", type=parse_port, required=True)
     receive.add_argument(
         "--secret",
         dest="secrets",
@@ -957,6 +976,7 @@ def _webhooks_recover(args: argparse.Namespace) -> int:
             raise _not_redelivered(
                 args.delivery_id, operation.error, gone="between --since and --until"
             )
+        _require_done(operation.as_dict())
         return 0
     with api:
         if args.delivery_id is not None:
@@ -981,7 +1001,22 @@ def _webhooks_recover(args: argparse.Namespace) -> int:
     if args.delivery_id is not None and ended.get("enqueued") == 0:
         # As without the API (until 2026-12-07 a redelivery that sent nothing ended 0 here).
         raise _not_redelivered(args.delivery_id, ended.get("error"))
+    _require_done(ended)
     return 0
+
+
+def _require_done(view: Mapping[str, Any]) -> None:
+    """A recovery that ended other than ``done`` (cancelled, or failed: its webhook turned
+    off, say) ends the command 1, naming how and what it had sent: until 2026-12-07 it ended
+    0, its view on stdout the only word of it."""
+    state = view.get("state")
+    if state != "done":
+        error = view.get("error")
+        raise ConfigError(
+            f"recovery {view.get('id')} ended {state}"
+            + (f" ({error})" if error else "")
+            + f" after {view.get('enqueued', 0)} of its events were sent again"
+        )
 
 
 @_reads_api
@@ -1359,24 +1394,33 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The largest ``--data`` read (bytes): a Kafka broker takes a record of 1 MiB by default, and
+#: the worker delivers an event's body of at most ``max_body_bytes`` (100 KiB by default).
+MAX_DATA_BYTES = 1024 * 1024
+
+
 def _event_data(argument: str) -> dict[str, Any]:
     """``--data``: a JSON object given inline, read from a file (``@FILE``) or from stdin
     (``-`` or ``@-``), as curl reads its ``--data``."""
     from bridge.contract import jsoncanon
 
     if argument in ("-", "@-"):
-        text: bytes | str = sys.stdin.buffer.read()
+        text: bytes | str = sys.stdin.buffer.read(MAX_DATA_BYTES + 1)
         source = "--data from stdin"
     elif argument.startswith("@"):
         path = argument[1:]
         try:
             with open(path, "rb") as file:
-                text = file.read()
+                text = file.read(MAX_DATA_BYTES + 1)
         except OSError as exc:
             raise ConfigError(f"--data @{path}: {exc.strerror or exc}") from None
         source = f"--data @{path}"
     else:
         text, source = argument, ""
+    if len(text) > MAX_DATA_BYTES:
+        # Read up to the bound, not whole (until 2026-12-07 `--data @/dev/zero` grew the
+        # command by 200-300 MB a second until killed).
+        raise ConfigError(f"{source or '--data'} is larger than {MAX_DATA_BYTES:,} bytes")
     try:
         data = jsoncanon.loads(text)
     except InvalidRecord as exc:
@@ -1528,7 +1572,19 @@ def _receive(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``webhook-bridge`` console script."""
-    args = _parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    for n, argument in enumerate(arguments, start=1):
+        try:
+            argument.encode("utf-8")
+        except UnicodeEncodeError:
+            # Bytes that are not UTF-8 (Python holds them as lone surrogates): refused here,
+            # not shown (the argument may be a secret). Until 2026-12-07 they reached the
+            # commands: a traceback writing them to Kafka or a URL, or a token file's name the
+            # API could never use.
+            after = f" (after {arguments[n - 2]})" if n > 1 and arguments[n - 2][:2] == "--" else ""
+            print(f"webhook-bridge: argument {n}{shown(after)} is not valid UTF-8", file=sys.stderr)
+            return 2
+    args = _parser().parse_args(arguments)
     try:
         return int(args.handler(args))
     except BridgeError as exc:

@@ -38,7 +38,7 @@ def make_receiver_app(
         ok = bool(signature) and any(verify(secret, body, signature) for secret in accepted)
         try:
             parsed: Any = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # (a body nested deeper than json reads)
             parsed = None
         line = {
             "delivery": request.headers.get("X-Webhook-Delivery"),

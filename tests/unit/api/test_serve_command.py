@@ -53,3 +53,27 @@ def test_left_out_settings_must_exist() -> None:
 
     with pytest.raises(ValueError, match="no such setting: rol"):
         add_section_flags(argparse.ArgumentParser(), [Section.ACTIVITY], without=["rol"])
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "0", "http"])
+def test_serve_refuses_a_port_that_is_none(port: str, capsys) -> None:
+    """Until 2026-12-07 an ``OverflowError`` traceback (99999, -1)."""
+    with pytest.raises(SystemExit) as ended:
+        parser().parse_args(["serve", "--tokens", "t.json", "--port", port])
+    assert ended.value.code == 2
+    assert "--port: must be a port number from 1 to 65535" in capsys.readouterr().err
+
+
+def test_serve_on_an_address_it_cannot_take_is_one_line(monkeypatch, capsys) -> None:
+    """A port in use, or a host not the machine's: until 2026-12-07 an ``OSError``
+    traceback."""
+    import errno
+
+    from bridge.api import __main__ as serve_main
+
+    async def refused(args: object) -> None:
+        raise OSError(errno.EADDRINUSE, "address already in use")
+
+    monkeypatch.setattr(serve_main, "_serve", refused)
+    assert serve_main.main(["serve", "--tokens", "t.json", "--port", "8081"]) == 1
+    assert capsys.readouterr().err == "error: 127.0.0.1:8081: address already in use\n"

@@ -195,3 +195,68 @@ def test_an_answer_dribbled_past_the_timeout_ends_at_it() -> None:
         thread.join(5)
         server.close()
     assert time.monotonic() - began < 5.0
+
+
+class Following:
+    """A recovery's views as the API gives them, one a poll: a view (a dict), a status, or an
+    error raised; the clock moves by what the client sleeps."""
+
+    def __init__(self, *script: dict | int | Exception) -> None:
+        self.script = list(script)
+        self.now = 0.0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        if isinstance(step, Exception):
+            raise step
+        if isinstance(step, int):
+            return httpx.Response(step, headers={"Retry-After": "1"}, json={"title": "t"})
+        return httpx.Response(200, json=step)
+
+    def client(self) -> ApiClient:
+        def sleep(seconds: float) -> None:
+            self.now += seconds
+
+        return ApiClient(
+            "http://api.test",
+            "wbt_t",
+            transport=httpx.MockTransport(self),
+            sleep=sleep,
+            clock=lambda: self.now,
+        )
+
+
+def view(state: str, enqueued: int) -> dict:
+    return {"id": "r1", "state": state, "enqueued": enqueued}
+
+
+def test_a_recovery_is_followed_through_a_workers_restart_to_its_end() -> None:
+    """No answer for 60 s, then 503s (a rebalance): until 2026-12-07 the command ended within
+    10 s, the recovery running on (it was resumed, and ended done), its id never shown."""
+    down = [httpx.ConnectError("refused")] * 60
+    following = Following(*down, 503, 503, view("running", 3), view("done", 5))
+    with following.client() as client:
+        assert client.finished(view("running", 1)) == view("done", 5)
+    assert following.now >= 60
+
+
+def test_a_long_recovery_is_followed_while_it_moves() -> None:
+    """Until 2026-12-07 one followed for more than 3,600 s was given up on, moving or not."""
+    moving = [view("running", n) for n in range(1, 20_000)]
+    following = Following(*moving, view("done", 20_000))
+    with following.client() as client:
+        assert client.finished(view("running", 0)) == view("done", 20_000)
+    assert following.now > 3600
+
+
+def test_following_ends_when_nothing_changes_and_says_the_recovery_goes_on() -> None:
+    following = Following(view("running", 2))
+    with following.client() as client, pytest.raises(ConfigError) as caught:
+        client.finished(view("running", 2), patience=30)
+    assert "recovery r1 still running, no change seen for 30 s; it goes on" in str(caught.value)
+    assert 30 < following.now < 32
+    gone = Following(httpx.ConnectError("refused"))
+    with gone.client() as client, pytest.raises(ConfigError) as caught:
+        client.finished(view("running", 2), patience=30)
+    assert "recovery r1 may still be running (the API did not answer" in str(caught.value)
+    assert "webhooks recoveries WEBHOOK_ID" in str(caught.value)

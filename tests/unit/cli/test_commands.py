@@ -64,8 +64,6 @@ def test_webhooks_create_and_update_refuse_an_unusable_url(
     [
         ["--data", '{"id": "p", "title": "\\ud800"}'],  # escaped in the JSON text
         ["--data", '{"id": "p", "title": "t", "\\udfff": 1}'],
-        ["--data", '{"id": "p", "title": "t"}', "--site-id", "\udcff"],  # a non-UTF-8 argv
-        ["--data", '{"id": "p", "title": "t"}', "--id", "e\ud800"],
     ],
 )
 def test_publish_refuses_lone_surrogates(
@@ -78,6 +76,22 @@ def test_publish_refuses_lone_surrogates(
     err = refused(capsys, "publish", "post.created", *args, *extra)
     assert err.startswith("webhook-bridge: invalid_text: a lone surrogate")
     assert err.isascii()
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--site-id", "\udcff", "--user-id", "u"], "argument 4 (after --site-id)"),
+        (["--site-id", "s", "--user-id", "u", "--id", "e\ud800"], "argument 8 (after --id)"),
+    ],
+)
+def test_publish_refuses_arguments_that_are_not_utf8(
+    capsys: pytest.CaptureFixture[str], args: list[str], said: str
+) -> None:
+    """As every command (checked before the arguments are parsed): usage, 2."""
+    assert cli.main(["publish", "post.created", *args, *BROKER]) == 2
+    err = capsys.readouterr().err
+    assert err == f"webhook-bridge: {said} is not valid UTF-8\n"
 
 
 # ------------------------------------------------------------------------ publish --data
@@ -433,6 +447,37 @@ def test_recover_of_one_delivery_through_the_api_names_its_webhook(
     assert request.url.raw_path == b"/v1/deliveries/d%2F1/redeliver?webhook_id=wh"
     assert dict(request.url.params) == {"webhook_id": "wh"}
     assert "--since, --until and --rate are not used" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("ended", "said"),
+    [
+        ({"state": "cancelled", "enqueued": 1}, "recovery r1 ended cancelled after 1 of"),
+        (
+            {"state": "failed", "enqueued": 2, "error": "webhook_inactive"},
+            "recovery r1 ended failed (webhook_inactive) after 2 of",
+        ),
+    ],
+)
+def test_a_recovery_that_did_not_end_done_ends_the_command_1(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    ended: dict[str, Any],
+    said: str,
+) -> None:
+    """Cancelled (``DELETE /v1/recoveries/ID``) or failed (its webhook turned off) while the
+    command followed it: until 2026-12-07 the command ended 0, the view on stdout the only
+    word of it."""
+    import httpx
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(202, json={"id": "r1", **ended})
+
+    api = api_answering(monkeypatch, answer)
+    assert cli.main(["webhooks", "recover", "wh", "--since", "2h", *api]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)["state"] == ended["state"]
+    assert err.startswith(f"webhook-bridge: {said}")
 
 
 def test_redeliver_an_attempt_recorded_in_year_1_is_one_line(
@@ -1368,3 +1413,103 @@ def test_a_redelivery_its_webhook_no_longer_gets_says_so(
         "webhook-bridge: the webhook of delivery 'd1' no longer gets its event (its events, "
         "site or account changed, or it is off): nothing sent\n"
     )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["webhooks", "create", "--id", "", "--url", "https://h.example/", "--site-id", "s"],
+        ["publish", "post.created", "--site-id", "s", "--user-id", "u", "--id", ""],
+    ],
+)
+def test_an_empty_id_is_refused_not_made_anew(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """An unset ``$ID``: until 2026-12-07 a new webhook (or event) each time, with an id of its
+    own: one event reached an endpoint under two delivery ids."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main([*argv, *BROKER])
+    assert exited.value.code == 2
+    assert "an id is not empty" in capsys.readouterr().err
+
+
+def test_a_test_message_longer_than_the_api_takes_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["webhooks", "test", "wh", "--message", "m" * 1001, *BROKER])
+    assert exited.value.code == 2
+    assert "--message: at most 1000 characters" in capsys.readouterr().err
+    args = cli._parser().parse_args(["webhooks", "test", "wh", "--message", "m" * 1000])
+    assert len(args.message) == 1000
+
+
+def test_data_larger_than_a_record_is_refused_having_read_no_more(
+    capsys: pytest.CaptureFixture[str], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--data @/dev/zero`` grew the command 200-300 MB a second (until 2026-12-07)."""
+    import io
+
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * (cli.MAX_DATA_BYTES + 1))
+    argv = ["publish", "post.created", "--site-id", "s", "--user-id", "u"]
+    err = refused(capsys, *argv, "--data", f"@{big}")
+    assert f"--data @{big} is larger than 1,048,576 bytes" in err
+
+    class Endless(io.RawIOBase):
+        read_so_far = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            Endless.read_so_far += len(buffer)
+            buffer[:] = b" " * len(buffer)
+            return len(buffer)
+
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BufferedReader(Endless())))
+    err = refused(capsys, *argv, "--data", "-")
+    assert "--data from stdin is larger than" in err
+    assert Endless.read_so_far < 2 * cli.MAX_DATA_BYTES
+
+
+def test_an_argument_that_is_not_utf8_is_refused_unshown(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Bytes that are not UTF-8 (held as lone surrogates): until 2026-12-07 a traceback
+    writing them to Kafka or a URL, or a token name the API could never use."""
+    secretish = "s3cr\udcff"
+    assert cli.main(["dlq", "list", "--webhook", secretish, *BROKER]) == 2
+    err = capsys.readouterr().err
+    assert err == "webhook-bridge: argument 4 (after --webhook) is not valid UTF-8\n"
+    assert "s3cr" not in err
+
+
+def test_a_bootstrap_host_the_clients_cannot_encode_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An empty label, or one of 64 characters: until 2026-12-07 an idna traceback, ``run``
+    too. A flag's value is refused unshown (it may hold a secret); the environment's names
+    what is wrong."""
+    from bridge.errors import ConfigError
+
+    for host in ("kafka..internal", "a" * 64 + ".example"):
+        with pytest.raises(SystemExit) as exited:
+            cli.main(["dlq", "list", "--bootstrap-servers", f"{host}:9092"])
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert "--bootstrap-servers: invalid value" in err and "Traceback" not in err
+        with pytest.raises(ConfigError, match="not a host name"):
+            Settings.load(env={"BRIDGE_KAFKA_BOOTSTRAP_SERVERS": f"{host}:9092"})
+
+
+def test_an_id_too_long_for_a_url_is_one_line_through_the_api(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """httpx's InvalidURL is no HTTPError: until 2026-12-07 a traceback."""
+    import httpx
+
+    api = api_answering(monkeypatch, lambda request: httpx.Response(200, json={}))
+    assert cli.main(["webhooks", "stats", "w" * 100_000, *api]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("webhook-bridge: no request made: its URL is too long")

@@ -83,3 +83,20 @@ async def test_what_a_request_sent_is_shown_never_obeyed() -> None:
     assert printed["verified"] is False
     assert printed["body"] == {"title": hostile}
     assert printed["delivery"] == "d\x9b2J\u202e"
+
+
+async def test_a_body_nested_deeper_than_json_reads_is_shown_as_no_json() -> None:
+    """Until 2026-12-07 a 200,000-deep array was a 500 and a RecursionError traceback."""
+    out = io.StringIO()
+    server = TestServer(make_receiver_app(["a-secret"], out=out), host="127.0.0.1")
+    await server.start_server()
+    deep = b"[" * 200_000 + b"]" * 200_000
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(server.make_url("/hook"), data=deep) as response:
+                status = response.status
+    finally:
+        await server.close()
+    assert status == 401  # unsigned: refused, as any
+    (line,) = [json.loads(text) for text in out.getvalue().splitlines()]
+    assert line["body"] is None and line["verified"] is False
