@@ -38,7 +38,7 @@ async def read_recent_answers(
     ``since`` seconds, read for ``timeout`` seconds at most. Never raises for the broker: what
     was read before a failure or the timeout is what is known (a record that is no attempt is
     skipped); the worker then hears the rest for itself."""
-    answers = RecentAnswers(now=time.time())
+    answers = RecentAnswers(now=time.time(), since=since)
     begun = time.monotonic()
     stream = stream_positioned(
         settings,

@@ -5,6 +5,7 @@ nothing raised when the topic cannot be read."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -18,7 +19,8 @@ from tests.support.records import RawWriter
 pytestmark = pytest.mark.integration
 
 
-def attempt(n: int, duration: float) -> bytes:
+def attempt(n: int, duration: float, ago: float = 0.0) -> bytes:
+    at = datetime.fromtimestamp(time.time() - ago, UTC)
     return json.dumps(
         {
             "delivery_id": f"d{n}",
@@ -27,7 +29,7 @@ def attempt(n: int, duration: float) -> bytes:
             "attempt": 1,
             "outcome": "success",
             "duration_seconds": duration,
-            "at": format_timestamp(datetime.now(UTC)),
+            "at": format_timestamp(at),
         }
     ).encode()
 
@@ -56,6 +58,19 @@ async def test_the_newest_records_of_each_partition_are_read_and_no_more(
     assert answers.taken == 16 - len(hostile)
     newest = {f"wh{n}" for n in range(40 - answers.taken, 40)}
     assert set(answers._newest) == newest
+
+
+async def test_answers_older_than_the_reach_are_not_taken(settings: Settings) -> None:
+    """The embedded broker has no time index (a read from a time starts at the beginning):
+    each record's own time is judged too."""
+    writer = await RawWriter(settings.kafka_bootstrap_servers).start()
+    try:
+        await writer.write(settings.attempts_topic, attempt(1, 0.01, ago=7200), key=b"k")
+        await writer.write(settings.attempts_topic, attempt(2, 0.01, ago=4000), key=b"k")
+    finally:
+        await writer.stop()
+    answers = await read_recent_answers(settings, since=5400, timeout=30)
+    assert set(answers._newest) == {"wh2"} and answers.skipped == 1
 
 
 async def test_a_topic_that_cannot_be_read_is_no_answers_and_no_error(make_settings) -> None:
