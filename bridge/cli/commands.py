@@ -1541,8 +1541,12 @@ def _tokens_add(args: argparse.Namespace) -> int:
 
     token, entry = made_token(args)
     add_token(args.file, entry)
+    # The path as given, escaped: it is the caller's, but a terminal acts on what it holds
+    # (until 2026-12-07 printed raw, escape sequences and all).
     print(
-        f"added token {args.name!r} to {args.file} (shown once; workers read the file at start)",
+        shown(
+            f"added token {args.name!r} to {args.file} (shown once; workers read the file at start)"
+        ),
         file=sys.stderr,
     )
     print(token)

@@ -288,6 +288,21 @@ def test_any_configured_random_token_authenticates_as_itself(raw: bytes) -> None
 # ------------------------------------------------------------------ webhook-bridge tokens add
 
 
+def test_tokens_add_shows_its_file_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A path holding a terminal's escape sequence: printed raw until 2026-12-07."""
+    from bridge.cli import commands
+
+    directory = tmp_path / "t\x1b]0;owned\x07"
+    directory.mkdir()
+    argv = ["tokens", "add", "--file", str(directory / "tokens.json"), "--name", "platform"]
+    assert commands.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err
+    assert "added token 'platform' to " in err
+
+
 def test_tokens_add_makes_a_private_file_and_adds_to_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
