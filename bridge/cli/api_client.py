@@ -205,8 +205,15 @@ class ApiClient:
         current: Any = _operation(operation)
         seen = dict(current)
         changed = self._clock()
+        #: Why the last poll got no view (none while the API answers).
+        unanswered: _Unanswered | None = None
         while current["state"] == "running":
             if self._clock() - changed > patience:
+                if unanswered is not None:
+                    raise ConfigError(
+                        f"recovery {current['id']} may still be running ({unanswered}); "
+                        "`webhook-bridge webhooks recoveries WEBHOOK_ID` shows it"
+                    )
                 raise ConfigError(
                     f"recovery {current['id']} still running, no change seen for {patience:g} s; "
                     "it goes on: `webhook-bridge webhooks recoveries WEBHOOK_ID` shows it"
@@ -215,12 +222,9 @@ class ApiClient:
             try:
                 view = self.get(f"/v1/recoveries/{path_segment(current['id'])}")
             except _Unanswered as exc:
-                if self._clock() - changed > patience:
-                    raise ConfigError(
-                        f"recovery {current['id']} may still be running ({exc}); "
-                        "`webhook-bridge webhooks recoveries WEBHOOK_ID` shows it"
-                    ) from None
+                unanswered = exc
                 continue
+            unanswered = None
             current = _operation(view)
             if current != seen:
                 seen = dict(current)

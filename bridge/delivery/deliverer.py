@@ -161,9 +161,9 @@ class Deliverer:
     ) -> None:
         """What the workers before this one heard from endpoints: those that answered quickly
         are not tried one request at a time again, those still slow take places of the share
-        alone (:meth:`SlowEndpoints.remember`). Nothing without a share."""
-        if self._trials_on:
-            self._slow.remember(*await answers.endpoints(webhooks, self._wall_time()))
+        alone (:meth:`SlowEndpoints.remember`). Called with a share only (the worker's
+        ``_remembers_answers``)."""
+        self._slow.remember(*await answers.endpoints(webhooks, self._wall_time()))
 
     @property
     def policy(self) -> RetryPolicy:

@@ -915,7 +915,7 @@ class Bridge:
                     max_body_bytes=s.max_body_bytes,
                     webhooks=self.index.get,
                 )
-                if s.slow_endpoint_share < 1:
+                if self._remembers_answers:
                     # Before the first delivery: a backlog's first requests are to endpoints
                     # the workers before this one heard from; resolved against the
                     # subscriptions table, recovered by now (an event or retry in hand).
@@ -930,6 +930,13 @@ class Bridge:
                     freshness=self.freshness,
                 )
             return self._pipeline
+
+    @property
+    def _remembers_answers(self) -> bool:
+        """Whether a delivering worker starts from its predecessors' answers: only with a share
+        of places held back for endpoints not yet heard from (``slow_endpoint_share`` under 1;
+        at 1 there is none, and no trial)."""
+        return self.settings.delivers and self.settings.slow_endpoint_share < 1
 
     def _recent_answers(self) -> asyncio.Future[RecentAnswers]:
         """The read of endpoints' recent answers (:mod:`bridge.worker.recent_answers`), begun
@@ -1030,7 +1037,7 @@ class Bridge:
         )
         ticker = PauseTicker(self.pauses, on_lag=self.metrics.event_loop_lag.observe)
         services: list[Service] = [web, _Closer(self), ticker]
-        if self.settings.delivers and self.settings.slow_endpoint_share < 1:
+        if self._remembers_answers:
             services.append(_AnswersReader(self))
         if self.delivery_log is not None:
             services.append(self.delivery_log)
