@@ -973,8 +973,13 @@ def _webhooks_recover(args: argparse.Namespace) -> int:
         print(json.dumps(operation.as_dict()))
         if args.delivery_id is not None and operation.enqueued == 0:
             # As the API answers 404 (until 2026-12-07 this ended 0, nothing sent).
+            # The delivery ids of another webhook's deliveries are never this webhook's: say
+            # which webhook was read (until 2026-12-07 a delivery of another webhook was only
+            # "not between --since and --until").
             raise _not_redelivered(
-                args.delivery_id, operation.error, gone="between --since and --until"
+                args.delivery_id,
+                operation.error,
+                gone=f"to webhook {args.webhook_id!r} between --since and --until",
             )
         _require_done(operation.as_dict())
         return 0

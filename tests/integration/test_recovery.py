@@ -81,3 +81,21 @@ async def test_recover_since_a_time_sends_that_webhooks_events_again_with_their_
     await receiver.wait_for(lambda _: len(receiver.at("/a")) == 12)
     assert receiver.at("/a")[-1].delivery_id == target
     assert len(receiver.at("/b")) == 2
+
+    # A delivery of another webhook is not one of this webhook's: nothing sent, exit 1, saying
+    # which webhook was read.
+    other = delivery_id(others[1].id, "b")
+    refused = subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "webhooks", "recover", "a", "--since", "1h"]
+        + ["--delivery", other],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 1, refused
+    assert refused.stderr.splitlines()[-1] == (
+        f"webhook-bridge: no event of delivery {other!r} to webhook 'a' between --since and "
+        "--until"
+    )
+    assert len(receiver.at("/a")) == 12 and len(receiver.at("/b")) == 2
