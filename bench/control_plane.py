@@ -322,8 +322,9 @@ def attempt_records(
     webhook_ids: list[str], count: int, *, days: float, seed: int = 7
 ) -> list[tuple[bytes, bytes, int]]:
     """``count`` attempt records (``topics/schemas/attempt.json``, the deliverer's field order
-    and sizes: UUID delivery and event ids, six-decimal durations) of random webhooks, their
-    ``at`` times rising evenly over the ``days`` before now: (key, value, timestamp in ms)."""
+    and sizes: UUID delivery and event ids, six-decimal durations, and since 2026-12-07 the
+    request's endpoint, one host per webhook) of random webhooks, their ``at`` times rising
+    evenly over the ``days`` before now: (key, value, timestamp in ms)."""
     rng = random.Random(seed)
     now = datetime.now(UTC) - timedelta(seconds=30)
     start = now - timedelta(days=days)
@@ -333,7 +334,8 @@ def attempt_records(
     chosen = rng.choices(endings, weights, k=count)
     out = []
     for n in range(count):
-        webhook_id = webhook_ids[rng.randrange(len(webhook_ids))]
+        index = rng.randrange(len(webhook_ids))
+        webhook_id = webhook_ids[index]
         at = start + step * n
         outcome, status, error, next_step = chosen[n]
         attempt = 1 if outcome == "success" and rng.random() < 0.9 else rng.randint(1, 4)
@@ -353,6 +355,8 @@ def attempt_records(
         }
         if next_step == "retry":
             record["next_at"] = _stamp(at + timedelta(seconds=30 * 2**attempt))
+        if outcome != "skipped":
+            record["endpoint"] = f"https://hooks-{index}.example.com:443"
         value = json.dumps(record, separators=(",", ":")).encode()
         out.append((webhook_id.encode(), value, int(at.timestamp() * 1000)))
     return out

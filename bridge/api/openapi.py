@@ -183,6 +183,9 @@ def _schemas() -> dict[str, Any]:
         )
     update_props["rate_limit"]["description"] += " null removes the limit."
     attempt = _attempt_fields()
+    # For a starting worker's recent answers (bridge.delivery.recent_answers): the delivery log
+    # does not keep it, the webhook's URL says where its attempts go.
+    del attempt["endpoint"]
     attempt["event_id"] = {"type": ["string", "null"]}
     attempt["event_at"] = {
         "type": ["string", "null"],

@@ -82,6 +82,9 @@ class ActivityBook:
         created_at = activity.stats.webhook_created_at
         if created_at is not None and attempt.webhook_created_at == created_at:
             attempt.webhook_created_at = created_at
+        # Not shown, and a text of its own in each record: for a starting worker's recent
+        # answers alone (bridge.delivery.recent_answers).
+        attempt.endpoint = None
         assert isinstance(activity.log, WebhookLog)  # the book makes only these
         if not activity.log.add(attempt, now):
             if activity.log.older_than_kept:

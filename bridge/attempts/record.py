@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -31,6 +32,7 @@ _OPTIONAL_TEXT = (
     "event_at",
     "webhook_created_at",
     "recovery_id",
+    "endpoint",
 )
 
 #: The longest id an attempt record may carry (delivery, webhook, event, recovery): the
@@ -48,6 +50,13 @@ _MAX_TIME = 64
 #: 1,024 (``bridge.config.MAX_ATTEMPT_RESPONSE_PREFIX``), and the writer's text is never longer in
 #: UTF-8 than the bytes kept, so never more characters.
 MAX_RESPONSE_PREFIX = 1024
+#: The longest ``endpoint`` (``scheme://host:port``): a webhook URL's host is a name of at most
+#: 253 characters (an internationalised one's ASCII form), an IPv4 address or a bracketed IPv6
+#: one (``bridge.subscriptions.urls``), lower-cased.
+_MAX_ENDPOINT = len("https://") + 253 + len(":65535")
+#: What an ``endpoint`` is made of (the characters of those hosts): nothing JSON escapes.
+_ENDPOINT = r"^https?://[0-9a-z_.\[\]:-]+\Z"
+_ENDPOINT_MATCH = re.compile(_ENDPOINT).fullmatch
 #: The most characters each text field may hold: what the bridge's writer can produce.
 MAX_LENGTHS = {
     "delivery_id": _MAX_ID,
@@ -62,6 +71,7 @@ MAX_LENGTHS = {
     "event_at": _MAX_TIME,
     "webhook_created_at": _MAX_TIME,
     "response_prefix": MAX_RESPONSE_PREFIX,
+    "endpoint": _MAX_ENDPOINT,
 }
 #: The largest record value read: larger ones are refused unread (``too_large``). A record with
 #: every field at its bound, each character one JSON writes as ``\uXXXX`` (6 bytes; control
@@ -143,6 +153,12 @@ class Attempt(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     trigger: Literal["scheduled", "manual"] = "scheduled"
     #: The recovery or redelivery that sent it (``/v1/recoveries/{id}``), for ``manual``.
     recovery_id: _Id | None = None
+    #: ``scheme://host:port`` of the request (``None`` in a record ``skipped``, and in records
+    #: written before 2026-12-07): what a starting worker's recent answers are judged by. Not
+    #: kept in the delivery log (:class:`~bridge.attempts.book.ActivityBook` drops it).
+    endpoint: Annotated[str, msgspec.Meta(max_length=_MAX_ENDPOINT, pattern=_ENDPOINT)] | None = (
+        None
+    )
     #: ``at`` in seconds since the epoch, for ordering and windows: not read from the record,
     #: always worked out from ``at``.
     at_seconds: float = 0.0
@@ -212,6 +228,7 @@ class Attempt(msgspec.Struct, gc=False, forbid_unknown_fields=True):
             webhook_created_at=get("webhook_created_at"),
             trigger=get("trigger", "scheduled"),
             recovery_id=get("recovery_id"),
+            endpoint=get("endpoint"),
             at_seconds=_seconds(at),
         )
 
@@ -316,6 +333,9 @@ def _check(record: dict[str, Any]) -> None:
         raise InvalidRecord("schema_invalid", "attempt record: response_truncated is not true")
     if get("trigger", "scheduled") not in TRIGGERS:  # a tuple: any JSON value compares
         raise InvalidRecord("schema_invalid", "attempt record: unknown trigger")
+    endpoint = get("endpoint")
+    if endpoint is not None and _ENDPOINT_MATCH(endpoint) is None:
+        raise InvalidRecord("schema_invalid", "attempt record: endpoint is not scheme://host:port")
     prefix = get("response_prefix")
     if prefix is not None:
         if not isinstance(prefix, str):

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from bridge.contract.events import format_epoch
+from bridge.delivery.breaker import endpoint_of
 from bridge.delivery.job import Job
 from bridge.delivery.pending_retry import PendingRetry
+from bridge.errors import InvalidUrl
 from bridge.http.base import AttemptResult
 
 __all__ = ["attempt_record", "dropped_record"]
@@ -28,7 +30,10 @@ def attempt_record(
     (``response_prefix``) only when the sender kept them, as text no longer in UTF-8 than the
     bytes kept: a receiver cannot make a record larger than that. An attempt of a delivery an
     operator sent again (``Job.replayed``) is recorded ``trigger`` ``manual``; the others leave
-    it out (``scheduled``)."""
+    it out (``scheduled``). An attempt not skipped names the ``endpoint`` it was made (or
+    refused) to: scheme, host and port, the key the worker's limits judge it by, never the
+    URL's path, query or credentials; so that a worker starting later takes its answer for that
+    endpoint's, whatever the webhook's URL is by then (:mod:`bridge.delivery.recent_answers`)."""
     record: dict[str, Any] = {
         "delivery_id": job.delivery_id,
         "webhook_id": job.webhook.id,
@@ -45,6 +50,11 @@ def attempt_record(
         "response_bytes": result.response_bytes,
     }
     _made_for(record, job.webhook.created_at, job.replayed, job.recovery_id)
+    if outcome != "skipped":
+        try:
+            record["endpoint"] = endpoint_of(job.webhook.url)
+        except InvalidUrl:  # (no request is made to one: recorded skipped)
+            pass
     if next_at is not None:
         record["next_at"] = format_epoch(next_at)
     if result.response_truncated:

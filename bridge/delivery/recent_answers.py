@@ -5,9 +5,12 @@ A worker hears from no endpoint before it starts, and takes every endpoint it ha
 answering quickly for one that may hang (its requests share a part of the worker's places, one
 at a time: :class:`~bridge.delivery.limits.SlowEndpoints`). The workers before it heard from
 them: each attempt record says how long its endpoint took to answer (``duration_seconds``).
-Only the newest answered attempt of each webhook counts, and only for the webhook as the table
-holds it now, unchanged since: a webhook updated after its attempt may point somewhere else (its
-``updated_at`` says when it changed: a record without one, a producer's, is left out).
+Only the newest answered attempt of each endpoint counts. A record names the endpoint its
+request went to (``endpoint``, since 2026-12-07); one written before names only its webhook, and
+counts for the webhook as the table holds it now, unchanged since: a webhook updated after its
+attempt may point somewhere else (its ``updated_at`` says when it changed: a record without one,
+a producer's, is left out; and a producer that moved a webhook keeping its ``updated_at`` made
+the new endpoint take the old one's answers, which a record naming its endpoint cannot).
 """
 
 from __future__ import annotations
@@ -65,7 +68,10 @@ class RecentAnswers:
     since: float = SEED_SINCE
     slow_after: float = SLOW_AFTER
     slow_for: float = SLOW_FOR
+    #: By webhook id, the newest answer of the records that name no endpoint.
     _newest: dict[str, _Answer] = field(default_factory=dict)
+    #: By endpoint, the newest answer of the records that name theirs.
+    _by_endpoint: dict[str, _Answer] = field(default_factory=dict)
     #: Records taken (answered attempts), and skipped (no request made or answered, not an
     #: attempt record, or stamped outside the read's reach).
     taken: int = 0
@@ -83,30 +89,35 @@ class RecentAnswers:
             self.skipped += 1
             return
         self.taken += 1
-        newest = self._newest.get(attempt.webhook_id)
+        key = attempt.endpoint
+        answers = self._by_endpoint
+        if key is None:
+            key, answers = attempt.webhook_id, self._newest
+        newest = answers.get(key)
         if newest is None or at >= newest.at:
-            self._newest[attempt.webhook_id] = _Answer(
-                at, attempt.duration_seconds, attempt.webhook_created_at
-            )
+            answers[key] = _Answer(at, attempt.duration_seconds, attempt.webhook_created_at)
 
     def __len__(self) -> int:
-        return len(self._newest)
+        return len(self._newest) + len(self._by_endpoint)
 
     def clear(self) -> None:
-        """Forget the answers (once remembered: up to one entry per webhook read)."""
+        """Forget the answers (once remembered: up to one entry per webhook or endpoint read)."""
         self._newest.clear()
+        self._by_endpoint.clear()
 
     async def endpoints(
         self, webhooks: Callable[[str], Webhook | None], now: float
     ) -> tuple[list[str], Mapping[str, float]]:
         """The endpoints heard answering quickly, and those heard answering slowly with the
         seconds of their slowness left at ``now`` (wall time; :data:`SLOW_FOR` after the
-        answer), by the newest answer of each heard within ``since`` of ``now``: the
-        webhooks' as ``webhooks`` (the table) holds them now. A webhook deleted, re-created,
-        or updated since its attempt is left out (its URL may have changed). Lets the event
-        loop run every :data:`_RESOLVE_STEP` webhooks (63,000 took 0.95 s: BENCHMARKS.md)."""
-        newest: dict[str, _Answer] = {}
+        answer), by the newest answer of each heard within ``since`` of ``now``. A record
+        that names its endpoint is that endpoint's answer; one that does not (written before
+        2026-12-07) is its webhook's, as ``webhooks`` (the table) holds it now: a webhook
+        deleted, re-created, or updated since its attempt is left out (its URL may have
+        changed). Lets the event loop run every :data:`_RESOLVE_STEP` webhooks (63,000 took
+        0.95 s: BENCHMARKS.md)."""
         oldest = now - self.since
+        newest = {e: a for e, a in self._by_endpoint.items() if a.at >= oldest}
         for n, (webhook_id, answer) in enumerate(list(self._newest.items()), start=1):
             if n % _RESOLVE_STEP == 0:
                 await asyncio.sleep(0)

@@ -817,6 +817,81 @@ async def test_a_restarted_worker_remembers_which_endpoints_answered_quickly(
         await second.stop()  # before the hanging endpoints go, its requests to them with it
 
 
+async def test_a_restarted_worker_takes_no_answer_of_an_endpoint_for_another(
+    make_settings, receiver: Receiver, in_process_workers, record_property
+) -> None:
+    """Webhooks that answered quickly at one endpoint, moved by a producer to endpoints that
+    hang keeping their ``updated_at`` (docs/producers.md asks for a newer one). Until
+    2026-12-07 a restarted worker judged an attempt by its webhook as the table held it: the
+    table said unchanged since, and each hanging endpoint was taken as quick. Their requests,
+    two a site, took all eight places, not the share's four, and the healthy sites' deliveries
+    waited out a timeout (the review's probe: 7.5 s). Attempt records now name their endpoint:
+    the answers were the first endpoint's, and the hanging ones are new to the worker."""
+    import dataclasses
+    from datetime import UTC, datetime
+
+    from bridge.contract.events import format_timestamp
+
+    sites = _hanging_sites(
+        make_settings, receiver, 6, http_timeout=6.0, each_its_site=True, drain_timeout=0.5
+    )
+    async with sites as (settings, hangs):
+
+        def hanging() -> int:
+            return sum(len(h.received) for h in hangs)
+
+        async with WebhookStore(settings) as store:
+            at_hangs = [(await store.load())[f"hang{n}"] for n in range(len(hangs))]
+            moved = []
+            for n, webhook in enumerate(at_hangs):
+                receiver.secrets[f"/was{n}"] = webhook.secret
+                stamp = format_timestamp(datetime.now(UTC))
+                extra = {**webhook.extra, "updated_at": stamp}
+                moved.append(
+                    await store.put(
+                        dataclasses.replace(webhook, url=receiver.url(f"/was{n}"), extra=extra)
+                    )
+                )
+        first = in_process_workers(settings)
+        await first.wait_ready()
+        await publish_events(settings, [post(0, site="s_ok0")])
+        await publish_events(settings, [post(0, site=f"s_bad{s}") for s in range(len(hangs))])
+        await receiver.wait_for(
+            lambda got: (
+                all(len(receiver.at(f"/was{n}")) == 1 for n in range(len(hangs)))
+                and len(receiver.at("/healthy0")) == 1
+            ),
+            timeout=30,
+        )
+        assert all(receiver.verified(r) for r in receiver.at("/was0")), "not the webhook's"
+        await first.stop()
+        assert hanging() == 0
+        # The producer moves them back, copying each record's updated_at.
+        async with WebhookStore(settings) as store:
+            for webhook, back in zip(moved, at_hangs, strict=True):
+                assert webhook.updated_at is not None
+                await store.put(dataclasses.replace(webhook, url=back.url))
+        await publish_events(
+            settings, [post(n, site=f"s_bad{s}") for n in range(1, 6) for s in range(len(hangs))]
+        )
+        second = in_process_workers(settings)
+        await second.wait_ready()
+        await poll(hanging, until=lambda n: n >= 4, timeout=30)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await publish_events(settings, [post(n, site=f"s_ok{n}") for n in range(1, 20)])
+        await receiver.wait_for(
+            lambda got: all(len(receiver.at(f"/healthy{n}")) == 1 for n in range(20)),
+            timeout=30,
+        )
+        elapsed = loop.time() - started
+        record_property("healthy_after_the_hanging_wave", round(elapsed, 2))
+        assert elapsed < settings.http_timeout / 2, elapsed
+        # The share's four trials, no more, until the first wave has timed out.
+        assert hanging() == 4, hanging()
+        await second.stop()
+
+
 async def test_a_rate_limited_webhook_is_paced_and_others_are_not(
     settings: Settings, receiver: Receiver, in_process_workers
 ) -> None:

@@ -468,10 +468,18 @@ def test_the_book_keeps_one_text_of_what_its_attempts_repeat() -> None:
         # each parsed from its own bytes: equal texts, distinct objects
         read = Attempt.parse(
             json.dumps(
-                record(delivery_id=f"d{n}", event_type=event_type, webhook_created_at=created)
+                record(
+                    delivery_id=f"d{n}",
+                    event_type=event_type,
+                    webhook_created_at=created,
+                    endpoint="https://example.test:443",
+                )
             ).encode()
         )
+        assert read.endpoint == "https://example.test:443"
         assert book.add(read, now=T0)
+        # Not shown by the log: not held either (a text of its own in each record).
+        assert read.endpoint is None
         kept.append(read)
     first, second, unknown = kept
     assert first.webhook_id is second.webhook_id is unknown.webhook_id

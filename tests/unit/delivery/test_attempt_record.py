@@ -61,6 +61,29 @@ def test_the_webhooks_created_at_is_recorded_when_it_has_one() -> None:
     assert "webhook_created_at" not in attempt_record(JOB, result(), "success", None)
 
 
+@pytest.mark.parametrize(
+    ("url", "endpoint"),
+    [
+        ("https://Example.TEST/hook?token=t", "https://example.test:443"),
+        ("http://[::FFFF:127.0.0.1]:8080/a", "http://[::ffff:7f00:1]:8080"),
+        ("https://bücher.example/x", "https://xn--bcher-kva.example:443"),
+    ],
+)
+def test_an_attempt_names_its_endpoint_never_its_path_or_query(url: str, endpoint: str) -> None:
+    """What a starting worker takes an answer for (bridge.delivery.recent_answers): scheme,
+    host and port as the limits key them; a skipped attempt made no request and names none."""
+    job = outgoing(SPEC_EVENT, spec_webhook(url, "whsec_x")).job
+    failed = result(status=503)
+    for outcome, step in (("success", None), ("failure", "retry")):
+        record = attempt_record(job, result() if step is None else failed, outcome, step, None)
+        assert record["endpoint"] == endpoint
+        assert Attempt.parse(jsoncanon.dumps(record)).endpoint == endpoint
+        assert schema_errors("attempt", record) == []
+        assert record["endpoint"].count("/") == 2 and "?" not in record["endpoint"]
+    skipped = AttemptResult(False, None, "circuit_open", 0.0, AT)
+    assert "endpoint" not in attempt_record(job, skipped, "skipped", "retry", 30.0)
+
+
 def test_no_response_has_no_size() -> None:
     record = attempt_record(JOB, result(status=None, size=None), "failure", "retry", 1.0)
     assert record["response_bytes"] is None

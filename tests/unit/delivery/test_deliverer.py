@@ -253,6 +253,8 @@ def attempt_record(attempt: int, result: AttemptResult, next_step: str | None) -
         "response_bytes": result.response_bytes,
         **({"response_truncated": True} if result.response_truncated else {}),
         **({"response_prefix": result.response_text} if result.response_prefix is not None else {}),
+        # scheme://host:port of a request made (or refused): a starting worker's recent answers
+        **({"endpoint": "https://hooks.example:443"} if outcome != "skipped" else {}),
     }
 
 

@@ -170,6 +170,45 @@ async def test_webhooks_on_one_endpoint_it_is_judged_by_the_newest_answer() -> N
     )
 
 
+async def test_a_record_naming_its_endpoint_is_that_endpoints_answer() -> None:
+    """Since 2026-12-07 a record names the endpoint its request went to. A producer that moved
+    a webhook to another URL and kept its updated_at made the new endpoint take the old one's
+    answers (the table said the webhook was unchanged since); and an answer needs no webhook of
+    the table (deleted, re-created, or without updated_at: the endpoint answered all the same)."""
+    answers = RecentAnswers(now=NOW)
+    answers.add(attempt("m", 10, 0.01, endpoint="https://old.example:443"))
+    answers.add(attempt("gone", 10, 30.0, endpoint="https://slow.example:443"))
+    record = webhook_record(id="p", url="https://p.example/", created_at=CREATED)
+    answers.add(attempt("p", 10, 0.01, endpoint="https://p.example:443"))
+    producers = parse_webhook(b"p", jsoncanon.dumps(record))
+    assert producers is not None and producers.updated_at is None
+    # "m" moved to new.example, its updated_at copied from before its attempt.
+    webhooks = table(hook("m", "https://new.example/hook"), producers)
+    proven, slow = await answers.endpoints(webhooks, NOW)
+    assert sorted(proven) == ["https://old.example:443", "https://p.example:443"]
+    assert slow == {"https://slow.example:443": SLOW_FOR - 10}
+    assert len(answers) == 3
+
+
+async def test_an_endpoint_is_judged_by_its_newest_answer_whichever_record_names_it() -> None:
+    """During a rolling upgrade records of both forms are read: a record naming no endpoint
+    counts for its webhook's, and the newest answer of the endpoint decides."""
+    for quick_first in (True, False):
+        answers = RecentAnswers(now=NOW)
+        old_form = attempt("a", 20 if quick_first else 10, 0.01 if quick_first else 30.0)
+        new_form = attempt(
+            "b",
+            10 if quick_first else 20,
+            30.0 if quick_first else 0.01,
+            endpoint="https://shared.example:443",
+        )
+        answers.add(old_form)
+        answers.add(new_form)
+        webhooks = table(hook("a", "https://shared.example/a"))
+        proven, slow = await answers.endpoints(webhooks, NOW)
+        assert (proven, slow) == ([], {"https://shared.example:443": SLOW_FOR - 10})
+
+
 async def test_a_webhook_whose_url_no_one_could_use_is_left_out() -> None:
     answers = RecentAnswers(now=NOW)
     answers.add(attempt("bad", 10, 0.01))

@@ -127,6 +127,7 @@ def test_records_with_fields_past_what_the_bridge_writes_are_not_kept(
         webhook_created_at=stamp(T0 - 3600),
     )
     at_bounds["webhook_id"] = "a" * MAX_LENGTHS["webhook_id"]
+    at_bounds["endpoint"] = "https://" + "h" * (MAX_LENGTHS["endpoint"] - 14) + ":65535"
     webhook = at_bounds["webhook_id"]
     over = [
         record(webhook_id=webhook, delivery_id="d" * 201),
@@ -134,6 +135,8 @@ def test_records_with_fields_past_what_the_bridge_writes_are_not_kept(
         record(webhook_id=webhook, event_type="t" * 201),
         record(webhook_id=webhook, response_prefix="p" * 1025),
         record(webhook_id=webhook, next_at="2" * 65),
+        record(webhook_id=webhook, endpoint="https://" + "h" * 254 + ":65535"),
+        record(webhook_id=webhook, endpoint="https://hooks.example:443/hook"),
         record(webhook_id=webhook, error="http_status", padding="x" * 500_000),
         {**at_bounds, "delivery_id": "d" * 200 + "x"},
     ]
@@ -156,6 +159,8 @@ def test_a_record_at_every_bound_in_its_longest_json_is_under_the_size_cap() -> 
     widest["next_at"] = widest["event_at"] = widest["webhook_created_at"] = (
         "2024-01-15T10:30:00.123456+05:30"
     )
+    # scheme://host:port, of characters JSON writes as they are (a control character is none).
+    widest["endpoint"] = "https://" + "h" * (MAX_LENGTHS["endpoint"] - 14) + ":65535"
     raw = jsoncanon.dumps(widest)
     assert len(raw) <= MAX_RECORD_BYTES
     assert Attempt.parse(raw).response_prefix == "\x01" * MAX_ATTEMPT_RESPONSE_PREFIX
