@@ -95,7 +95,6 @@ async def test_recover_since_a_time_sends_that_webhooks_events_again_with_their_
     )
     assert refused.returncode == 1, refused
     assert refused.stderr.splitlines()[-1] == (
-        f"webhook-bridge: no event of delivery {other!r} to webhook 'a' between --since and "
-        "--until"
+        f"webhook-bridge: no event of delivery {other!r} to webhook 'a' between --since and --until"
     )
     assert len(receiver.at("/a")) == 12 and len(receiver.at("/b")) == 2
