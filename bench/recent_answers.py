@@ -3,7 +3,9 @@ seconds to read the newest ``SEED_RECORDS`` attempt records (100,000, an equal p
 attempts partition) and to resolve them against a table holding their webhooks, on an embedded
 broker of its own, median of three reads, and the memory the answers hold and the peak while
 they are resolved (tracemalloc, a fourth read): of 100,000 and of 10,000 webhooks, and a
-topic of 20,000 records.
+topic of 20,000 records; the records naming their endpoint as written since 2026-12-07 (no
+resolving), and, for 100,000 webhooks, without it as earlier versions wrote them (each resolved
+through the table).
 
 ``python -m bench.recent_answers``: the first deliveries of a starting worker wait for this
 (the read begins as the worker starts, beside its group join and table recovery).
@@ -12,6 +14,7 @@ topic of 20,000 records.
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import tempfile
 import time
@@ -68,15 +71,26 @@ def _table(webhook_ids: list[str]) -> dict[str, Webhook]:
     return table
 
 
+def _unnamed(records: list[tuple[bytes, bytes, int]]) -> list[tuple[bytes, bytes, int]]:
+    """``records`` as versions before 2026-12-07 wrote them: without ``endpoint``."""
+    out = []
+    for key, value, stamp in records:
+        record = json.loads(value)
+        record.pop("endpoint", None)
+        out.append((key, json.dumps(record, separators=(",", ":")).encode(), stamp))
+    return out
+
+
 async def _measure(
-    bootstrap: str, workdir: Path, prefix: str, count: int, webhooks: int
-) -> dict[str, float]:
+    bootstrap: str, workdir: Path, prefix: str, count: int, webhooks: int, *, named: bool = True
+) -> dict[str, float | bool]:
     settings = make_settings(bootstrap, prefix, workdir)
     await apply_topics(settings)
     ids = [f"wh_{n}" for n in range(webhooks)]
     table = _table(ids)
     # An hour's records, the newest 30 s old: all of them within the read's reach.
-    await _fill(settings, attempt_records(ids, count, days=1 / 24))
+    records = attempt_records(ids, count, days=1 / 24)
+    await _fill(settings, records if named else _unnamed(records))
     reads, resolves = [], []
     for _ in range(3):
         started = time.perf_counter()
@@ -92,6 +106,7 @@ async def _measure(
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return {
+        "endpoint_named": named,
         "records": count,
         "read": answers.taken + answers.skipped,
         "webhooks": len(answers),
@@ -103,10 +118,15 @@ async def _measure(
 
 
 async def _main(bootstrap: str, workdir: Path) -> None:
-    for n, (count, webhooks) in enumerate(
-        ((SEED_RECORDS + 25_000, 100_000), (SEED_RECORDS + 25_000, 10_000), (20_000, 10_000))
+    for n, (count, webhooks, named) in enumerate(
+        (
+            (SEED_RECORDS + 25_000, 100_000, True),
+            (SEED_RECORDS + 25_000, 100_000, False),
+            (SEED_RECORDS + 25_000, 10_000, True),
+            (20_000, 10_000, True),
+        )
     ):
-        result = await _measure(bootstrap, workdir, f"answers{n}", count, webhooks)
+        result = await _measure(bootstrap, workdir, f"answers{n}", count, webhooks, named=named)
         print(result, flush=True)
 
 
