@@ -152,7 +152,13 @@ async def _serve(args: argparse.Namespace) -> None:
         async def metrics(request: web.Request) -> web.Response:
             return web.Response(body=generate_latest(registry), content_type="text/plain")
 
+        async def healthz(request: web.Request) -> web.Response:
+            # Liveness, as a worker's: the event loop answers (until 2026-12-07 a 404, so a
+            # probe of it could only be a TCP check).
+            return web.json_response({"status": "ok"})
+
         app.router.add_get("/metrics", metrics, allow_head=False)
+        app.router.add_get("/healthz", healthz, allow_head=False)
         runner = app_runner(app, ConnectionMetrics(registry))
         await runner.setup()
         await web.TCPSite(runner, args.host, args.port).start()

@@ -323,6 +323,10 @@ async def test_python_m_bridge_api_serve_answers_and_counts_its_requests(
             reader = {"Authorization": f"Bearer {READER}"}
             assert (await client.get("/v1/webhooks", headers=reader)).status_code == 200
             text = (await client.get("/metrics")).text
+            # Liveness without a token, as a worker's, and not counted as an API request.
+            alive = await client.get("/healthz")
+            assert (alive.status_code, alive.json()) == (200, {"status": "ok"})
+        assert "/healthz" not in text
         assert (
             'webhook_bridge_api_requests_total{hop="client",method="GET",route="/v1/webhooks",'
             'status_class="4xx"} 2.0' in text  # the 401 and the 429
