@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from bridge.attempts.record import Attempt
 from bridge.delivery.limits import SLOW_AFTER, SLOW_FOR
-from bridge.errors import InvalidUrl
+from bridge.errors import InvalidRecord, InvalidUrl
 from bridge.metrics import SKIP_REASONS
 from bridge.subscriptions.urls import WebhookUrl
 from bridge.subscriptions.webhook import Webhook, created_seconds
@@ -76,6 +76,16 @@ class RecentAnswers:
     #: attempt record, or stamped outside the read's reach).
     taken: int = 0
     skipped: int = 0
+
+    def add_value(self, value: bytes | None) -> None:
+        """:meth:`add` the attempt of an attempts-topic record's value; one that is no attempt
+        record is skipped."""
+        try:
+            attempt = Attempt.parse(value)
+        except InvalidRecord:
+            self.skipped += 1
+            return
+        self.add(attempt)
 
     def add(self, attempt: Attempt) -> None:
         at = attempt.at_seconds

@@ -8,7 +8,6 @@ import logging
 import time
 from contextlib import aclosing
 
-from bridge.attempts.record import Attempt
 from bridge.config import Settings
 from bridge.delivery.recent_answers import (
     SEED_RECORDS,
@@ -16,7 +15,6 @@ from bridge.delivery.recent_answers import (
     SEED_TIMEOUT,
     RecentAnswers,
 )
-from bridge.errors import InvalidRecord
 from bridge.kafka.reading import stream_positioned
 
 __all__ = ["read_recent_answers"]
@@ -52,10 +50,7 @@ async def read_recent_answers(
         async with asyncio.timeout(timeout), aclosing(stream) as batches:
             async for batch in batches:
                 for n, record in enumerate(batch, start=1):
-                    try:
-                        answers.add(Attempt.parse(record.value))
-                    except InvalidRecord:
-                        answers.skipped += 1
+                    answers.add_value(record.value)
                     if n % _STEP == 0:
                         await asyncio.sleep(0)  # (the embedded broker's fetches are large)
     except TimeoutError:

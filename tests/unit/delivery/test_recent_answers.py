@@ -209,6 +209,14 @@ async def test_an_endpoint_is_judged_by_its_newest_answer_whichever_record_names
         assert (proven, slow) == ([], {"https://shared.example:443": SLOW_FOR - 10})
 
 
+async def test_a_record_that_is_no_attempt_is_skipped() -> None:
+    answers = RecentAnswers(now=NOW)
+    for value in (None, b"", b"{", b"[]", b'{"webhook_id": "w"}', b"x" * 20_000):
+        answers.add_value(value)
+    answers.add_value(jsoncanon.dumps(attempt("q", 10, 0.01).as_dict()))
+    assert (answers.skipped, answers.taken, len(answers)) == (6, 1, 1)
+
+
 async def test_a_webhook_whose_url_no_one_could_use_is_left_out() -> None:
     answers = RecentAnswers(now=NOW)
     answers.add(attempt("bad", 10, 0.01))
