@@ -4,6 +4,7 @@ records written before them still read."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -136,6 +137,7 @@ _FIELDS = (
     "trigger",
     "recovery_id",
     "response_prefix",
+    "endpoint",
 )
 
 _ANY_VALUE = st.one_of(
@@ -162,6 +164,15 @@ _ANY_VALUE = st.one_of(
             "x" * 201,
             "x" * 1024,
             "x" * 1025,
+            # an endpoint: scheme://host:port of at most 267 characters, lower-cased
+            "https://hooks.example:443",
+            "http://[::1]:8080",
+            "https://Hooks.example:443",
+            "https://hooks.example:443\n",
+            "https://hooks.example:443/path",
+            "ftp://hooks.example:21",
+            "https://" + "h" * 253 + ":65535",
+            "https://" + "h" * 254 + ":65535",
         ]
     ),
     st.lists(st.integers(), max_size=2),
@@ -173,14 +184,14 @@ def _reference_problem(fields: dict[str, Any]) -> str | None:
     """What a record's fields are refused for, checked one by one in the order the schema
     lists them (what :meth:`Attempt.of` must say), or ``None``."""
     longest = {"at": 64, "next_at": 64, "event_at": 64, "event_type": 200, "error": 200}
-    longest |= {"next": 200, "response_prefix": 1024}
+    longest |= {"next": 200, "response_prefix": 1024, "endpoint": 267}
     for name in ("delivery_id", "webhook_id", "event_type", "at"):
         value = fields.get(name)
         if not isinstance(value, str) or not value:
             return f"attempt record: {name} is not a string"
         if len(value) > longest.get(name, 200):
             return f"attempt record: {name} is longer than {longest.get(name, 200)} characters"
-    for name in ("event_id", "error", "next", "next_at", "event_at", "recovery_id"):
+    for name in ("event_id", "error", "next", "next_at", "event_at", "recovery_id", "endpoint"):
         value = fields.get(name)
         if value is not None and (not isinstance(value, str) or not value):
             return f"attempt record: {name} is not a string"
@@ -213,6 +224,9 @@ def _reference_problem(fields: dict[str, Any]) -> str | None:
         return "attempt record: response_truncated is not true"
     if fields.get("trigger", "scheduled") not in ("scheduled", "manual"):
         return "attempt record: unknown trigger"
+    endpoint = fields.get("endpoint")
+    if endpoint is not None and not re.fullmatch(r"https?://[0-9a-z_.\[\]:-]+", endpoint):
+        return "attempt record: endpoint is not scheme://host:port"
     prefix = fields.get("response_prefix")
     if prefix is not None and not isinstance(prefix, str):
         return "attempt record: response_prefix is not a string"
