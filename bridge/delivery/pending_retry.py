@@ -132,6 +132,14 @@ def parse_retry(raw: bytes | None) -> PendingRetry:
         if not isinstance(replayed, bool):
             # (until 2026-12-07 read by its truth: "no" made the attempts "manual")
             raise InvalidRecord("invalid_retry_record", "$.replayed must be true or false")
+        if replayed and replay is None and recovery is None:
+            # A dead letter's replay written by a version before replays had ids (or its
+            # retry): told apart by when it was written, as that version told them, so that
+            # two replays of one letter are two sendings (during a rolling upgrade, the second
+            # replay by an earlier version's command was taken here for the first's copy and
+            # settled without a request: the delivery never reached the receiver). Its copies
+            # share the time; its retries written here keep the id.
+            replay = f"written-{float(enqueued_at)!r}"
         return PendingRetry(
             delivery_id=str(value["delivery_id"]),
             webhook_id=str(value["webhook_id"]),

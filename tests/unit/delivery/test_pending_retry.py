@@ -37,6 +37,7 @@ PENDING = PendingRetry(
     enqueued_at=1_705_314_606.25,
     history=HISTORY,
     replayed=True,
+    replay_id="5f0c6a52-replay",
 )
 
 
@@ -52,6 +53,22 @@ def encode(value: Any) -> bytes:
 
 def test_round_trip() -> None:
     assert parse_retry(PENDING.to_bytes()) == PENDING
+
+
+def test_a_replay_written_without_its_id_is_told_by_when_it_was_written() -> None:
+    """A dead letter's replay written by a version before replays had ids: two replays of one
+    letter are two sendings (see the pipeline's job key), a copy of one the same."""
+    earlier = PENDING.to_record()
+    del earlier["replay_id"]
+    first = parse_retry(encode(earlier))
+    assert first.replay_id is not None
+    assert parse_retry(encode(earlier)).replay_id == first.replay_id
+    again = parse_retry(encode({**earlier, "enqueued_at": PENDING.enqueued_at + 60}))
+    assert again.replay_id not in (None, first.replay_id)
+    # An operator's redelivery or recovery (its recovery_id) and a retry of the event's own
+    # (not replayed) get none.
+    assert parse_retry(encode({**earlier, "recovery_id": "rec_1"})).replay_id is None
+    assert parse_retry(encode({**earlier, "replayed": False})).replay_id is None
 
 
 def test_round_trip_of_the_defaults() -> None:
@@ -73,6 +90,7 @@ def test_record_shape() -> None:
         "enqueued_at": 1_705_314_606.25,
         "attempts": [dict(a) for a in HISTORY],
         "replayed": True,
+        "replay_id": "5f0c6a52-replay",
     }
     assert schema_errors("retry", record) == []
     assert json.loads(PENDING.to_bytes()) == record
@@ -125,7 +143,7 @@ INVALID: dict[str, bytes | None] = {
     **{
         f"missing {key}": encode(without(key))
         for key in PENDING.to_record()
-        if key not in {"enqueued_at", "attempts", "replayed"}
+        if key not in {"enqueued_at", "attempts", "replayed", "replay_id"}
     },
     "attempt true": encode(valid_record(attempt=True)),
     "attempt 0": encode(valid_record(attempt=0)),

@@ -1395,6 +1395,39 @@ async def test_a_dead_letter_replayed_twice_is_sent_twice() -> None:
     assert parse_retry(first).replay_id is not None
 
 
+async def test_a_dead_letter_replayed_twice_by_an_earlier_version_is_sent_twice() -> None:
+    """Replays written by a version before replays had ids (during a rolling upgrade, the
+    earlier version's ``dlq replay`` or API): told apart by when each was written. Until
+    2026-12-07 this version took the second for the first's copy and settled it without a
+    request. A copy of one (same record, written twice) still joins it."""
+    from bridge.admin.dead_letters import _replayed
+
+    hook = webhook("w")
+    h = Harness([hook], ScriptedSender({"w": FAILED}))
+    event = make_event()
+    letter = {
+        "webhook_id": "w",
+        "delivery_id": delivery_id(event.id, "w"),
+        "event": event.envelope(),
+        "attempts": [FAILED.as_record()],
+    }
+    written = []
+    for n in range(2):
+        replay = _replayed(letter, NOW_TS + n)
+        assert replay is not None
+        record = replay.to_record()
+        del record["replay_id"]  # as the earlier version wrote it
+        written.append(json.dumps(record).encode())
+    for n, raw in enumerate([written[0], written[0], written[1]]):
+        source = dataclasses.replace(RETRY_SOURCE, offset=RETRY_SOURCE.offset + n)
+        await h.pipeline.handle_retry(raw, source, Acks(), 1)
+        await h.settled()
+    assert len(h.sender.sent) == 2
+    assert h.value(JOINED, state="settled") == 1  # the copy
+    ((_, _, first), (_, _, second)) = h.outputs.retries
+    assert parse_retry(first).replay_id != parse_retry(second).replay_id
+
+
 async def test_a_record_read_again_after_its_jobs_settled_is_acknowledged_at_once() -> None:
     """Read again after its jobs settled here (their commit lost to the rebalance): nothing is
     attempted again, for an event's every webhook and for a retry."""
