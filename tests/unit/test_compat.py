@@ -7,6 +7,7 @@ that stops this version reading one of them fails here."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ from bridge.contract.payload import EncodedEvent
 from bridge.contract.schemas import is_valid
 from bridge.delivery.attempt_record import attempt_record
 from bridge.delivery.dead_letters import dead_letter_record
-from bridge.delivery.endpoint_health import HealthChange
+from bridge.delivery.endpoint_health import EndpointHealth, HealthChange
 from bridge.delivery.job import Job, SourceRef
 from bridge.delivery.pending_retry import PendingRetry, parse_retry
 from bridge.http.base import AttemptResult
@@ -72,9 +73,16 @@ def test_a_record_an_earlier_version_wrote_is_read(record: dict[str, Any]) -> No
     elif kind == "attempt":
         attempt = Attempt.parse(value)
         assert attempt.delivery_id == record["value"]["delivery_id"]
+        assert attempt.recovery_id == record["value"].get("recovery_id")
+        assert attempt.trigger == record["value"].get("trigger", "scheduled")
     elif kind == "retry":
         retry = parse_retry(value)
         assert retry.attempt == record["value"]["attempt"]
+        assert retry.recovery_id == record["value"].get("recovery_id")
+        if "replay_id" in record["value"]:
+            assert retry.replay_id == record["value"]["replay_id"]
+        elif retry.replayed and retry.recovery_id is None:
+            assert retry.replay_id is not None  # told by when it was written (bdb2a47)
     elif kind == "deadletter":
         # Replayable, as the CLI and the API replay it.
         assert dead_letters._replayed(record["value"], NOW) is not None
@@ -82,7 +90,15 @@ def test_a_record_an_earlier_version_wrote_is_read(record: dict[str, Any]) -> No
         assert is_valid("schemas/status.json", record["value"])
         webhook = _webhook(record["written_by"])
         verdict = disable_verdict(webhook, record["value"])
-        if isinstance(record["value"].get("applied_at"), str):
+        if record["value"]["state"] == "failing":
+            # No disable; a failure within a day of its latest goes on with its period.
+            assert verdict is None
+            latest = record["value"].get("last_failure_at") or record["value"]["failing_since"]
+            health = EndpointHealth(30 * 86400.0, {record["key"]: record["value"]}.get)
+            change = health.on_failure(record["key"], latest + 7200.0)
+            assert change is not None
+            assert change.failing_since == record["value"]["failing_since"]
+        elif isinstance(record["value"].get("applied_at"), str):
             assert verdict is None  # applied: never again
         elif "webhook_updated_at" not in record["value"]:
             # Written before 2026-12-04: the deciding worker turned the webhook off itself,
@@ -140,9 +156,12 @@ def _written_now() -> dict[str, list[dict[str, Any]]]:
             response_prefix=b"ok",
         ),
     ]
+    # An operator's sending (a recovery): its attempts are manual and name the recovery.
+    recovered = dataclasses.replace(job, replayed=True, recovery_id="rec_1")
     attempts = [
         jsoncanon.loads(_attempt_bytes(attempt_record(job, results[0], "failure", "retry", 1.5))),
         jsoncanon.loads(_attempt_bytes(attempt_record(job, results[1], "success", None, None))),
+        jsoncanon.loads(_attempt_bytes(attempt_record(recovered, results[1], "success", None))),
     ]
     retry = PendingRetry(
         delivery_id=job.delivery_id,
@@ -155,6 +174,11 @@ def _written_now() -> dict[str, list[dict[str, Any]]]:
         replayed=True,
         webhook_created_at=webhook.created_at,
     )
+    # A dead letter's replay (its id, and the attempts made before it) and a recovery's retry.
+    replay = dataclasses.replace(
+        retry, replay_id="5f0c6a52-replay", replayed_after=2, webhook_created_at=None
+    )
+    recovery_retry = dataclasses.replace(retry, recovery_id="rec_1")
     letter = dead_letter_record(
         reason="attempts_exhausted",
         detail="8 attempts; last: HTTP 503",
@@ -175,6 +199,16 @@ def _written_now() -> dict[str, list[dict[str, Any]]]:
         webhook.updated_at,
         "2026-12-06T10:00:06.000Z",
     )
+    # A failing period, with its latest failure (published at most hourly).
+    failing = HealthChange(
+        "wh_1",
+        "failing",
+        1796540000.0,
+        None,
+        webhook.created_at,
+        webhook.updated_at,
+        last_failure_at=1796549000.0,
+    )
     request = RecoveryRequest(
         webhook, datetime(2026, 12, 6, 9, tzinfo=UTC), datetime(2026, 12, 6, 10, tzinfo=UTC)
     )
@@ -182,9 +216,12 @@ def _written_now() -> dict[str, list[dict[str, Any]]]:
     return {
         "webhook": [made, rotated, disabled],
         "attempt": attempts,
-        "retry": [jsoncanon.loads(retry.to_bytes())],
+        "retry": [jsoncanon.loads(r.to_bytes()) for r in (retry, replay, recovery_retry)],
         "deadletter": [letter],
-        "status": [change.to_record("2026-12-06T10:00:05.000Z")],
+        "status": [
+            change.to_record("2026-12-06T10:00:05.000Z"),
+            failing.to_record("2026-12-06T10:00:04.000Z"),
+        ],
         "recovery": [operation.to_record(updated_at=1796551200.0)],
     }
 
