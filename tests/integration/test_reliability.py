@@ -825,8 +825,8 @@ async def test_a_restarted_worker_takes_no_answer_of_an_endpoint_for_another(
     2026-12-07 a restarted worker judged an attempt by its webhook as the table held it: the
     table said unchanged since, and each hanging endpoint was taken as quick. Their requests,
     two a site, took all eight places, not the share's four, and the healthy sites' deliveries
-    waited out a timeout (the review's probe: 7.5 s). Attempt records now name their endpoint:
-    the answers were the first endpoint's, and the hanging ones are new to the worker."""
+    waited out a timeout (6.0 s here). Attempt records now name their endpoint: the answers
+    were the first endpoint's, and the hanging ones are new to the worker."""
     import dataclasses
     from datetime import UTC, datetime
 
