@@ -755,6 +755,39 @@ async def test_several_sites_hanging_endpoints_hold_half_the_worker_not_all_of_i
         assert loop.time() - hanging_since >= settings.http_timeout - 0.5, hanging()
 
 
+async def _restarted_behind_hanging_sites(
+    settings: Settings,
+    receiver: Receiver,
+    hangs: list[Receiver],
+    in_process_workers: Any,
+    record_property: Any,
+    before: int,
+) -> tuple[Any, float]:
+    """A worker started to a backlog headed by five events of each hanging site (``before``
+    hanging requests made already), then twenty healthy sites' events once four hanging
+    requests are out: each healthy delivery arrives within half a timeout. The worker, and
+    when the healthy events were written (the event loop's time)."""
+    await publish_events(
+        settings, [post(n, site=f"s_bad{s}") for n in range(1, 6) for s in range(len(hangs))]
+    )
+    worker = in_process_workers(settings)
+    await worker.wait_ready()
+    await poll(
+        lambda: sum(len(h.received) for h in hangs) - before, until=lambda n: n >= 4, timeout=30
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await publish_events(settings, [post(n, site=f"s_ok{n}") for n in range(1, 20)])
+    await receiver.wait_for(
+        lambda got: all(len(receiver.at(f"/healthy{n}")) == 1 for n in range(20)),
+        timeout=30,
+    )
+    elapsed = loop.time() - started
+    record_property("healthy_after_the_hanging_wave", round(elapsed, 2))
+    assert elapsed < settings.http_timeout / 2, elapsed
+    return worker, started
+
+
 async def test_a_restarted_worker_remembers_which_endpoints_answered_quickly(
     make_settings, receiver: Receiver, in_process_workers, record_property
 ) -> None:
@@ -795,22 +828,10 @@ async def test_a_restarted_worker_remembers_which_endpoints_answered_quickly(
         before = hanging()
         # The backlog's head: the hanging sites' events, whose first requests take the
         # share's four places (the rest wait for them), then the healthy sites'.
-        await publish_events(
-            settings, [post(n, site=f"s_bad{s}") for n in range(1, 6) for s in range(len(hangs))]
+        second, started = await _restarted_behind_hanging_sites(
+            settings, receiver, hangs, in_process_workers, record_property, before
         )
-        second = in_process_workers(settings)
-        await second.wait_ready()
-        await poll(lambda: hanging() - before, until=lambda n: n >= 4, timeout=30)
         loop = asyncio.get_running_loop()
-        started = loop.time()
-        await publish_events(settings, [post(n, site=f"s_ok{n}") for n in range(1, 20)])
-        await receiver.wait_for(
-            lambda got: all(len(receiver.at(f"/healthy{n}")) == 1 for n in range(20)),
-            timeout=30,
-        )
-        elapsed = loop.time() - started
-        record_property("healthy_after_the_hanging_wave", round(elapsed, 2))
-        assert elapsed < settings.http_timeout / 2, elapsed
         # The hanging endpoints' next requests come once the first wave has timed out.
         await poll(lambda: hanging() - before, until=lambda n: n > 4, timeout=30)
         assert loop.time() - started >= settings.http_timeout - 1.0, hanging() - before
@@ -871,22 +892,9 @@ async def test_a_restarted_worker_takes_no_answer_of_an_endpoint_for_another(
             for webhook, back in zip(moved, at_hangs, strict=True):
                 assert webhook.updated_at is not None
                 await store.put(dataclasses.replace(webhook, url=back.url))
-        await publish_events(
-            settings, [post(n, site=f"s_bad{s}") for n in range(1, 6) for s in range(len(hangs))]
+        second, _ = await _restarted_behind_hanging_sites(
+            settings, receiver, hangs, in_process_workers, record_property, 0
         )
-        second = in_process_workers(settings)
-        await second.wait_ready()
-        await poll(hanging, until=lambda n: n >= 4, timeout=30)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        await publish_events(settings, [post(n, site=f"s_ok{n}") for n in range(1, 20)])
-        await receiver.wait_for(
-            lambda got: all(len(receiver.at(f"/healthy{n}")) == 1 for n in range(20)),
-            timeout=30,
-        )
-        elapsed = loop.time() - started
-        record_property("healthy_after_the_hanging_wave", round(elapsed, 2))
-        assert elapsed < settings.http_timeout / 2, elapsed
         # The share's four trials, no more, until the first wave has timed out.
         assert hanging() == 4, hanging()
         await second.stop()

@@ -1364,6 +1364,17 @@ async def test_a_copy_of_a_retry_record_makes_no_second_request(settled_first: b
     assert h.value(JOINED, state="settled" if settled_first else "running") == 2
 
 
+def _failed_letter(webhook_id: str) -> dict[str, Any]:
+    """The dead letter of a delivery to ``webhook_id`` that failed once."""
+    event = make_event()
+    return {
+        "webhook_id": webhook_id,
+        "delivery_id": delivery_id(event.id, webhook_id),
+        "event": event.envelope(),
+        "attempts": [FAILED.as_record()],
+    }
+
+
 async def test_a_dead_letter_replayed_twice_is_sent_twice() -> None:
     """Each replay of a letter is a sending of its own (``replay_id``): the operator replays
     while the receiver is still broken, the delivery is dead-lettered again, the receiver is
@@ -1372,15 +1383,8 @@ async def test_a_dead_letter_replayed_twice_is_sent_twice() -> None:
     request: the delivery never reached the receiver."""
     from bridge.admin.dead_letters import _replayed
 
-    hook = webhook("w")
-    h = Harness([hook], ScriptedSender({"w": FAILED}))
-    event = make_event()
-    letter = {
-        "webhook_id": "w",
-        "delivery_id": delivery_id(event.id, "w"),
-        "event": event.envelope(),
-        "attempts": [FAILED.as_record()],
-    }
+    h = Harness([webhook("w")], ScriptedSender({"w": FAILED}))
+    letter = _failed_letter("w")
     for n in range(2):
         replay = _replayed(letter, NOW_TS)
         assert replay is not None and replay.replay_id
@@ -1402,15 +1406,8 @@ async def test_a_dead_letter_replayed_twice_by_an_earlier_version_is_sent_twice(
     request. A copy of one (same record, written twice) still joins it."""
     from bridge.admin.dead_letters import _replayed
 
-    hook = webhook("w")
-    h = Harness([hook], ScriptedSender({"w": FAILED}))
-    event = make_event()
-    letter = {
-        "webhook_id": "w",
-        "delivery_id": delivery_id(event.id, "w"),
-        "event": event.envelope(),
-        "attempts": [FAILED.as_record()],
-    }
+    h = Harness([webhook("w")], ScriptedSender({"w": FAILED}))
+    letter = _failed_letter("w")
     written = []
     for n in range(2):
         replay = _replayed(letter, NOW_TS + n)
