@@ -58,11 +58,11 @@ async def read_recent_answers(
     except Exception as exc:  # the broker's (KafkaError, MissingTopic, OSError), or a bug
         ended = f"cut by {type(exc).__name__}"
     log.info(
-        "endpoints' recent answers: %d attempt records of %d endpoints (a record naming none: "
-        "of its webhook) (%d skipped) from %s, %s in %.2f s",
+        "endpoints' recent answers: %d attempt records, %d skipped, of %d endpoints (or "
+        "webhooks, for records naming none) from %s, %s in %.2f s",
         answers.taken,
-        len(answers),
         answers.skipped,
+        len(answers),
         settings.attempts_topic,
         ended,
         time.monotonic() - begun,
