@@ -60,7 +60,8 @@ class _Answer:
 
 @dataclass
 class RecentAnswers:
-    """The newest answered attempt of each webhook, as attempt records are :meth:`add` ed."""
+    """The newest answered attempt of each endpoint (of each webhook, for records naming no
+    endpoint), as attempt records are :meth:`add` ed."""
 
     #: When the read began (wall time): answers stamped more than :data:`SEED_SINCE` before,
     #: or more than the clocks' margin after, are not taken.
